@@ -1,0 +1,497 @@
+//! The event catalogue: every fact idledger records, one struct per kind.
+//!
+//! Each kind has a stable name and a schema version. The payload is stored as the bincode
+//! encoding of the struct of that version; [`Event::decode_payload`] is the one place where
+//! an old schema would be upcast to the current struct.
+
+use crate::codec::{decode_exact, encode_into, CodecError};
+use crate::ids::*;
+use crate::types::*;
+use serde::{Deserialize, Serialize};
+
+// ---- domain stream -------------------------------------------------------------------------
+
+/// A domain was added.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct DomainRegistered {
+    /// The domain's id (also in its stream name).
+    pub domain_id: DomainId,
+    /// The tenant's domain name, e.g. `contoso.onmicrosoft.com`.
+    pub name: String,
+    /// Initial settings.
+    pub settings: DomainSettings,
+}
+
+/// A domain's settings were changed (the whole new settings).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct DomainSettingsChanged {
+    /// The new settings.
+    pub settings: DomainSettings,
+}
+
+/// Graph credentials were saved for a domain.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct DomainCredentialsSet {
+    /// Entra tenant id.
+    pub tenant_id: String,
+    /// App registration's client id.
+    pub client_id: String,
+    /// The client secret, sealed.
+    pub client_secret: SealedSecret,
+}
+
+/// A domain's credentials were removed: all sync and rotation for it stop.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct DomainCredentialsRemoved {}
+
+/// A domain's default SSO settings changed.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct SsoDefaultsChanged {
+    /// The new defaults, applied to users imported from now on.
+    pub sso: SsoSettings,
+}
+
+/// A domain was removed. Its history stays in the log.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct DomainRemoved {}
+
+/// The sync and rotation groups resolved to these object ids.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct SyncGroupsResolved {
+    /// Object id of the sync group.
+    pub sync_group_id: String,
+    /// Object id of the rotation group.
+    pub rotation_group_id: String,
+}
+
+/// A sync run began.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct SyncRunStarted {
+    /// The run.
+    pub run_id: SyncRunId,
+    /// Why it runs.
+    pub trigger: SyncTrigger,
+    /// A dry run computes changes and applies none.
+    pub dry_run: bool,
+    /// A full round (no stored delta link, or it expired).
+    pub full: bool,
+}
+
+/// A sync run finished.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct SyncRunCompleted {
+    /// The run.
+    pub run_id: SyncRunId,
+    /// What changed.
+    pub counters: SyncCounters,
+}
+
+/// A sync run failed.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct SyncRunFailed {
+    /// The run.
+    pub run_id: SyncRunId,
+    /// What went wrong (never a secret).
+    pub error: String,
+    /// Graph's error code, when Graph gave one.
+    pub graph_code: Option<String>,
+}
+
+/// A sync run would have removed too many users and applied none of those removals.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct SyncQuarantined {
+    /// The run.
+    pub run_id: SyncRunId,
+    /// The users whose removal is held back.
+    pub held_removals: Vec<UserId>,
+    /// The domain's user count when the guard tripped.
+    pub domain_users: u32,
+}
+
+/// An admin approved a quarantined run's removals.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct SyncQuarantineApproved {
+    /// The run.
+    pub run_id: SyncRunId,
+}
+
+/// A delta round ended with this link; the next run starts from it.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct DeltaCheckpointed {
+    /// The run that reached it.
+    pub run_id: SyncRunId,
+    /// Graph's `@odata.deltaLink`.
+    pub delta_link: String,
+}
+
+// ---- user stream ---------------------------------------------------------------------------
+
+/// A member of the sync group was seen for the first time: a candidate.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct UserDiscovered {
+    /// The engine's id for the user.
+    pub user_id: UserId,
+    /// The domain the user belongs to.
+    pub domain_id: DomainId,
+    /// The Entra object id.
+    pub external_id: String,
+    /// Attributes as read.
+    pub attributes: UserAttributes,
+}
+
+/// Entra ID attributes changed.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct UserAttributesChanged {
+    /// The new attributes (all of them).
+    pub attributes: UserAttributes,
+}
+
+/// An admin (or auto import) imported a candidate.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct UserImported {
+    /// The domain's SSO defaults at import.
+    pub sso: SsoSettings,
+}
+
+/// The user left the sync group, or was deleted or disabled in Entra ID.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct MemberLeftSyncGroup {
+    /// What Graph reported.
+    pub reason: LeaveReason,
+}
+
+/// The user is back in the sync group (and enabled).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct MemberRejoinedSyncGroup {}
+
+/// The removal behaviour `keep` was applied: the user stays active.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct UserKept {
+    /// The removal that was not acted on.
+    pub reason: LeaveReason,
+}
+
+/// The user was deactivated: SSO off, PC unlock kept.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct UserDeactivated {
+    /// Set by the removal behaviour; `None` when an admin did it.
+    pub reason: Option<LeaveReason>,
+}
+
+/// The user was deleted; their data key is shredded.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct UserDeleted {
+    /// Set by the removal behaviour; `None` when an admin did it.
+    pub reason: Option<LeaveReason>,
+}
+
+/// An admin reactivated a deactivated user.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct UserReactivated {}
+
+/// The user joined the rotation group.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct RotationGroupJoined {}
+
+/// The user left the rotation group.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct RotationGroupLeft {}
+
+/// An admin set or cleared the user's SSO override.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct UserSsoOverrideSet {
+    /// The override; `None` falls back to the settings applied at import.
+    pub sso: Option<SsoSettings>,
+}
+
+/// A hardware key was assigned to the user.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct KeyAssigned {
+    /// The key.
+    pub key_id: KeyId,
+}
+
+/// The user's hardware key was unassigned.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct KeyUnassigned {
+    /// The key.
+    pub key_id: KeyId,
+}
+
+/// An invite was sent to the user.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct InviteSent {
+    /// The address it went to.
+    pub to: String,
+    /// The mailer that took it (`smtp`, `outbox`).
+    pub via: String,
+}
+
+/// A rotation began. The new password is sealed here and durable before Graph is asked.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct RotationStarted {
+    /// The rotation.
+    pub rotation_id: RotationId,
+    /// Why.
+    pub reason: RotationReason,
+    /// The candidate password, sealed.
+    pub sealed_password: SealedSecret,
+}
+
+/// Graph's answer was unknown (timeout, 5xx); the same password is tried again.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct RotationRetried {
+    /// The rotation.
+    pub rotation_id: RotationId,
+    /// Attempt number that failed (1-based).
+    pub attempt: u32,
+    /// What happened.
+    pub error: String,
+}
+
+/// Graph set the password: it is now the current one.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct RotationSucceeded {
+    /// The rotation.
+    pub rotation_id: RotationId,
+}
+
+/// The rotation ended without success.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct RotationFailed {
+    /// The rotation.
+    pub rotation_id: RotationId,
+    /// `false`: Graph refused and the previous password stays current. `true`: the outcome
+    /// is unknown, both candidate passwords are kept and the user needs attention.
+    pub retryable: bool,
+    /// Graph's error code, when it gave one.
+    pub graph_code: Option<String>,
+    /// What happened (never a password).
+    pub error: String,
+}
+
+/// A password is waiting to be written to the user's key.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct KeyWriteQueued {
+    /// The write.
+    pub key_write_id: KeyWriteId,
+    /// The rotation whose password it carries.
+    pub rotation_id: RotationId,
+    /// The key to write.
+    pub key_id: KeyId,
+}
+
+/// The agent fetched the write (the password left the engine).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct KeyWriteDelivered {
+    /// The write.
+    pub key_write_id: KeyWriteId,
+}
+
+/// The agent wrote the key.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct KeyWriteConfirmed {
+    /// The write.
+    pub key_write_id: KeyWriteId,
+}
+
+/// The agent could not write the key.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct KeyWriteFailed {
+    /// The write.
+    pub key_write_id: KeyWriteId,
+    /// The agent's explanation.
+    pub detail: String,
+}
+
+/// A newer rotation replaced a write that was not yet delivered.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct KeyWriteSuperseded {
+    /// The write replaced.
+    pub key_write_id: KeyWriteId,
+    /// The rotation that replaced it.
+    pub by_rotation: RotationId,
+}
+
+/// An admin revealed the current password (break-glass).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct PasswordRevealed {
+    /// The rotation whose password was shown.
+    pub rotation_id: RotationId,
+    /// The admin's stated reason.
+    pub reason: String,
+}
+
+// ---- tokens stream -------------------------------------------------------------------------
+
+/// An API token was issued. Only its SHA-256 is kept.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct TokenIssued {
+    /// The token.
+    pub token_id: TokenId,
+    /// Its role.
+    pub role: Role,
+    /// A label.
+    pub name: String,
+    /// For agents: the keys it may serve.
+    pub key_ids: Vec<KeyId>,
+    /// SHA-256 of the secret token text.
+    pub token_hash: Hash,
+}
+
+/// An API token was revoked.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct TokenRevoked {
+    /// The token.
+    pub token_id: TokenId,
+}
+
+// ---- benchmarks ----------------------------------------------------------------------------
+
+/// Filler used by `idledger bench` on `bench-*` streams; folded by no projection.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct BenchFiller {
+    /// Opaque bytes of the requested size.
+    pub data: Vec<u8>,
+}
+
+macro_rules! event_catalogue {
+    ($( $(#[$doc:meta])* $variant:ident = $kind:literal, schema $schema:literal, $cat:ident; )*) => {
+        /// Every event idledger records.
+        #[derive(Clone, PartialEq, Eq, Debug)]
+        pub enum Event {
+            $( $(#[$doc])* $variant($variant), )*
+        }
+
+        impl Event {
+            /// Every kind name, in catalogue order.
+            pub const KINDS: &'static [&'static str] = &[$($kind),*];
+
+            /// The kind's stable name.
+            pub fn kind(&self) -> &'static str {
+                match self { $(Event::$variant(_) => $kind,)* }
+            }
+
+            /// The schema version the payload is encoded with.
+            pub fn schema(&self) -> u16 {
+                match self { $(Event::$variant(_) => $schema,)* }
+            }
+
+            /// The kind of stream the event belongs to.
+            pub fn stream_kind(&self) -> StreamKind {
+                match self { $(Event::$variant(_) => StreamKind::$cat,)* }
+            }
+
+            /// Appends the payload's canonical bytes to `out`.
+            pub fn encode_payload(&self, out: &mut Vec<u8>) -> Result<(), CodecError> {
+                match self { $(Event::$variant(p) => encode_into(p, out),)* }
+            }
+
+            /// Decodes a payload of the given kind and schema, upcasting old schemas.
+            pub fn decode_payload(kind: &str, schema: u16, bytes: &[u8]) -> Result<Event, CodecError> {
+                match (kind, schema) {
+                    $( ($kind, $schema) => Ok(Event::$variant(decode_exact(bytes)?)), )*
+                    _ => Err(CodecError::UnknownKind { kind: kind.to_owned(), schema }),
+                }
+            }
+
+            /// The payload as JSON (sealed secrets show as `"sealed"`).
+            pub fn payload_json(&self) -> serde_json::Value {
+                let v = match self { $(Event::$variant(p) => serde_json::to_value(p),)* };
+                // Serializing these plain structs into a Value cannot fail.
+                v.unwrap_or(serde_json::Value::Null)
+            }
+        }
+
+        $(
+            impl From<$variant> for Event {
+                fn from(p: $variant) -> Event { Event::$variant(p) }
+            }
+        )*
+    };
+}
+
+event_catalogue! {
+    /// See [`DomainRegistered`].
+    DomainRegistered = "DomainRegistered", schema 1, Domain;
+    /// See [`DomainSettingsChanged`].
+    DomainSettingsChanged = "DomainSettingsChanged", schema 1, Domain;
+    /// See [`DomainCredentialsSet`].
+    DomainCredentialsSet = "DomainCredentialsSet", schema 1, Domain;
+    /// See [`DomainCredentialsRemoved`].
+    DomainCredentialsRemoved = "DomainCredentialsRemoved", schema 1, Domain;
+    /// See [`SsoDefaultsChanged`].
+    SsoDefaultsChanged = "SsoDefaultsChanged", schema 1, Domain;
+    /// See [`DomainRemoved`].
+    DomainRemoved = "DomainRemoved", schema 1, Domain;
+    /// See [`SyncGroupsResolved`].
+    SyncGroupsResolved = "SyncGroupsResolved", schema 1, Domain;
+    /// See [`SyncRunStarted`].
+    SyncRunStarted = "SyncRunStarted", schema 1, Domain;
+    /// See [`SyncRunCompleted`].
+    SyncRunCompleted = "SyncRunCompleted", schema 1, Domain;
+    /// See [`SyncRunFailed`].
+    SyncRunFailed = "SyncRunFailed", schema 1, Domain;
+    /// See [`SyncQuarantined`].
+    SyncQuarantined = "SyncQuarantined", schema 1, Domain;
+    /// See [`SyncQuarantineApproved`].
+    SyncQuarantineApproved = "SyncQuarantineApproved", schema 1, Domain;
+    /// See [`DeltaCheckpointed`].
+    DeltaCheckpointed = "DeltaCheckpointed", schema 1, Domain;
+    /// See [`UserDiscovered`].
+    UserDiscovered = "UserDiscovered", schema 1, User;
+    /// See [`UserAttributesChanged`].
+    UserAttributesChanged = "UserAttributesChanged", schema 1, User;
+    /// See [`UserImported`].
+    UserImported = "UserImported", schema 1, User;
+    /// See [`MemberLeftSyncGroup`].
+    MemberLeftSyncGroup = "MemberLeftSyncGroup", schema 1, User;
+    /// See [`MemberRejoinedSyncGroup`].
+    MemberRejoinedSyncGroup = "MemberRejoinedSyncGroup", schema 1, User;
+    /// See [`UserKept`].
+    UserKept = "UserKept", schema 1, User;
+    /// See [`UserDeactivated`].
+    UserDeactivated = "UserDeactivated", schema 1, User;
+    /// See [`UserDeleted`].
+    UserDeleted = "UserDeleted", schema 1, User;
+    /// See [`UserReactivated`].
+    UserReactivated = "UserReactivated", schema 1, User;
+    /// See [`RotationGroupJoined`].
+    RotationGroupJoined = "RotationGroupJoined", schema 1, User;
+    /// See [`RotationGroupLeft`].
+    RotationGroupLeft = "RotationGroupLeft", schema 1, User;
+    /// See [`UserSsoOverrideSet`].
+    UserSsoOverrideSet = "UserSsoOverrideSet", schema 1, User;
+    /// See [`KeyAssigned`].
+    KeyAssigned = "KeyAssigned", schema 1, User;
+    /// See [`KeyUnassigned`].
+    KeyUnassigned = "KeyUnassigned", schema 1, User;
+    /// See [`InviteSent`].
+    InviteSent = "InviteSent", schema 1, User;
+    /// See [`RotationStarted`].
+    RotationStarted = "RotationStarted", schema 1, User;
+    /// See [`RotationRetried`].
+    RotationRetried = "RotationRetried", schema 1, User;
+    /// See [`RotationSucceeded`].
+    RotationSucceeded = "RotationSucceeded", schema 1, User;
+    /// See [`RotationFailed`].
+    RotationFailed = "RotationFailed", schema 1, User;
+    /// See [`KeyWriteQueued`].
+    KeyWriteQueued = "KeyWriteQueued", schema 1, User;
+    /// See [`KeyWriteDelivered`].
+    KeyWriteDelivered = "KeyWriteDelivered", schema 1, User;
+    /// See [`KeyWriteConfirmed`].
+    KeyWriteConfirmed = "KeyWriteConfirmed", schema 1, User;
+    /// See [`KeyWriteFailed`].
+    KeyWriteFailed = "KeyWriteFailed", schema 1, User;
+    /// See [`KeyWriteSuperseded`].
+    KeyWriteSuperseded = "KeyWriteSuperseded", schema 1, User;
+    /// See [`PasswordRevealed`].
+    PasswordRevealed = "PasswordRevealed", schema 1, User;
+    /// See [`TokenIssued`].
+    TokenIssued = "TokenIssued", schema 1, Tokens;
+    /// See [`TokenRevoked`].
+    TokenRevoked = "TokenRevoked", schema 1, Tokens;
+    /// See [`BenchFiller`].
+    BenchFiller = "BenchFiller", schema 1, Other;
+}

@@ -42,7 +42,10 @@ pub fn encode_into<T: Serialize>(value: &T, out: &mut Vec<u8>) -> Result<(), Cod
 
 /// Decodes a value from the front of `bytes`, returning it and the bytes consumed.
 pub fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), CodecError> {
-    bincode::serde::decode_from_slice(bytes, config()).map_err(|e| CodecError::Decode(e.to_string()))
+    // The borrowing decoder hands byte strings (UUIDs, hashes) to serde as slices; the
+    // owned one allocates a Vec for each, which dominated replay time.
+    bincode::serde::borrow_decode_from_slice(bytes, config())
+        .map_err(|e| CodecError::Decode(e.to_string()))
 }
 
 /// Decodes a value that must fill `bytes` exactly.

@@ -172,6 +172,18 @@ impl<'a> RawRecord<'a> {
         chain_hash(&self.prev_hash, self.body)
     }
 
+    /// Decodes only the header: what indexes need, without the payload.
+    pub fn decode_header(&self) -> Result<RecordHeader, RecordError> {
+        let (h, _): (HeaderIn, usize) = decode_prefix(self.body)?;
+        Ok(RecordHeader {
+            position: h.position,
+            stream: StreamId::new(h.stream)?,
+            version: h.version,
+            event_id: h.event_id,
+            recorded_at_us: h.recorded_at_us,
+        })
+    }
+
     /// Decodes the body into an envelope.
     pub fn decode(&self) -> Result<Envelope, RecordError> {
         let (h, n): (HeaderIn, usize) = decode_prefix(self.body)?;
@@ -192,6 +204,21 @@ impl<'a> RawRecord<'a> {
             hash: self.hash,
         })
     }
+}
+
+/// The index fields of a record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordHeader {
+    /// Position.
+    pub position: u64,
+    /// Stream.
+    pub stream: StreamId,
+    /// Version in the stream.
+    pub version: u64,
+    /// Event id.
+    pub event_id: Uuid,
+    /// Commit time in microseconds since the Unix epoch.
+    pub recorded_at_us: i64,
 }
 
 /// `SHA-256(prev_hash ‖ body)`: the chain link.
@@ -225,7 +252,10 @@ pub struct RecordFields<'a> {
 /// Encodes a record chained to `prev_hash`; returns the bytes and the record's hash.
 ///
 /// `recorded_at` is stored in whole microseconds.
-pub fn encode_record(fields: RecordFields<'_>, prev_hash: &Hash) -> Result<(Vec<u8>, Hash), CodecError> {
+pub fn encode_record(
+    fields: RecordFields<'_>,
+    prev_hash: &Hash,
+) -> Result<(Vec<u8>, Hash), CodecError> {
     let mut out = Vec::with_capacity(256);
     out.push(RECORD_FORMAT);
     out.extend_from_slice(&prev_hash.0);

@@ -346,15 +346,6 @@ pub struct TokenRevoked {
     pub token_id: TokenId,
 }
 
-// ---- benchmarks ----------------------------------------------------------------------------
-
-/// Filler used by `idledger bench` on `bench-*` streams; folded by no projection.
-#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
-pub struct BenchFiller {
-    /// Opaque bytes of the requested size.
-    pub data: Vec<u8>,
-}
-
 macro_rules! event_catalogue {
     ($( $(#[$doc:meta])* $variant:ident = $kind:literal, schema $schema:literal, $cat:ident; )*) => {
         /// Every event idledger records.
@@ -492,6 +483,4 @@ event_catalogue! {
     TokenIssued = "TokenIssued", schema 1, Tokens;
     /// See [`TokenRevoked`].
     TokenRevoked = "TokenRevoked", schema 1, Tokens;
-    /// See [`BenchFiller`].
-    BenchFiller = "BenchFiller", schema 1, Other;
 }

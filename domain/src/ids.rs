@@ -204,7 +204,10 @@ mod tests {
         assert_eq!(StreamId::user(u).user_id(), Some(u));
         assert_eq!(StreamId::tokens().kind(), StreamKind::Tokens);
         assert_eq!(StreamId::new("bench-7").unwrap().kind(), StreamKind::Other);
-        assert_eq!(StreamId::new("user-notauuid").unwrap().kind(), StreamKind::Other);
+        assert_eq!(
+            StreamId::new("user-notauuid").unwrap().kind(),
+            StreamKind::Other
+        );
     }
 
     #[test]

@@ -13,7 +13,9 @@ pub mod ids;
 pub mod samples;
 pub mod types;
 
-pub use envelope::{decode_record, encode_record, Envelope, ProposedEvent, RawRecord, RecordFields};
+pub use envelope::{
+    decode_record, encode_record, Envelope, ProposedEvent, RawRecord, RecordFields,
+};
 pub use events::Event;
 pub use ids::*;
 pub use types::*;

@@ -88,8 +88,11 @@ pub fn sample_event(index: usize, s: &SampleSeed) -> Option<Event> {
     let run_id = SyncRunId(s.uuid(3));
     let key_id = KeyId(format!("KEY-{}", s.number % 10_000));
     let text = s.text.clone();
-    let reason = [LeaveReason::LeftGroup, LeaveReason::DeletedInEntra, LeaveReason::DisabledInEntra]
-        [(s.number % 3) as usize];
+    let reason = [
+        LeaveReason::LeftGroup,
+        LeaveReason::DeletedInEntra,
+        LeaveReason::DisabledInEntra,
+    ][(s.number % 3) as usize];
     let e: Event = match Event::KINDS.get(index)? {
         &"DomainRegistered" => DomainRegistered {
             domain_id: DomainId(s.uuid(4)),
@@ -97,7 +100,10 @@ pub fn sample_event(index: usize, s: &SampleSeed) -> Option<Event> {
             settings: s.settings(),
         }
         .into(),
-        &"DomainSettingsChanged" => DomainSettingsChanged { settings: s.settings() }.into(),
+        &"DomainSettingsChanged" => DomainSettingsChanged {
+            settings: s.settings(),
+        }
+        .into(),
         &"DomainCredentialsSet" => DomainCredentialsSet {
             tenant_id: s.uuid(5).to_string(),
             client_id: s.uuid(6).to_string(),
@@ -114,7 +120,11 @@ pub fn sample_event(index: usize, s: &SampleSeed) -> Option<Event> {
         .into(),
         &"SyncRunStarted" => SyncRunStarted {
             run_id,
-            trigger: if s.flag { SyncTrigger::Manual } else { SyncTrigger::Scheduled },
+            trigger: if s.flag {
+                SyncTrigger::Manual
+            } else {
+                SyncTrigger::Scheduled
+            },
             dry_run: !s.flag,
             full: s.flag,
         }
@@ -147,7 +157,10 @@ pub fn sample_event(index: usize, s: &SampleSeed) -> Option<Event> {
         &"SyncQuarantineApproved" => SyncQuarantineApproved { run_id }.into(),
         &"DeltaCheckpointed" => DeltaCheckpointed {
             run_id,
-            delta_link: format!("https://graph.example/v1.0/groups/delta?$deltatoken={}", s.number),
+            delta_link: format!(
+                "https://graph.example/v1.0/groups/delta?$deltatoken={}",
+                s.number
+            ),
         }
         .into(),
         &"UserDiscovered" => UserDiscovered {
@@ -157,17 +170,29 @@ pub fn sample_event(index: usize, s: &SampleSeed) -> Option<Event> {
             attributes: s.attributes(),
         }
         .into(),
-        &"UserAttributesChanged" => UserAttributesChanged { attributes: s.attributes() }.into(),
+        &"UserAttributesChanged" => UserAttributesChanged {
+            attributes: s.attributes(),
+        }
+        .into(),
         &"UserImported" => UserImported { sso: s.sso() }.into(),
         &"MemberLeftSyncGroup" => MemberLeftSyncGroup { reason }.into(),
         &"MemberRejoinedSyncGroup" => MemberRejoinedSyncGroup {}.into(),
         &"UserKept" => UserKept { reason }.into(),
-        &"UserDeactivated" => UserDeactivated { reason: s.flag.then_some(reason) }.into(),
-        &"UserDeleted" => UserDeleted { reason: s.flag.then_some(reason) }.into(),
+        &"UserDeactivated" => UserDeactivated {
+            reason: s.flag.then_some(reason),
+        }
+        .into(),
+        &"UserDeleted" => UserDeleted {
+            reason: s.flag.then_some(reason),
+        }
+        .into(),
         &"UserReactivated" => UserReactivated {}.into(),
         &"RotationGroupJoined" => RotationGroupJoined {}.into(),
         &"RotationGroupLeft" => RotationGroupLeft {}.into(),
-        &"UserSsoOverrideSet" => UserSsoOverrideSet { sso: s.flag.then(|| s.sso()) }.into(),
+        &"UserSsoOverrideSet" => UserSsoOverrideSet {
+            sso: s.flag.then(|| s.sso()),
+        }
+        .into(),
         &"KeyAssigned" => KeyAssigned { key_id }.into(),
         &"KeyUnassigned" => KeyUnassigned { key_id }.into(),
         &"InviteSent" => InviteSent {
@@ -200,16 +225,29 @@ pub fn sample_event(index: usize, s: &SampleSeed) -> Option<Event> {
             error: text,
         }
         .into(),
-        &"KeyWriteQueued" => KeyWriteQueued { key_write_id, rotation_id, key_id }.into(),
+        &"KeyWriteQueued" => KeyWriteQueued {
+            key_write_id,
+            rotation_id,
+            key_id,
+        }
+        .into(),
         &"KeyWriteDelivered" => KeyWriteDelivered { key_write_id }.into(),
         &"KeyWriteConfirmed" => KeyWriteConfirmed { key_write_id }.into(),
-        &"KeyWriteFailed" => KeyWriteFailed { key_write_id, detail: text }.into(),
+        &"KeyWriteFailed" => KeyWriteFailed {
+            key_write_id,
+            detail: text,
+        }
+        .into(),
         &"KeyWriteSuperseded" => KeyWriteSuperseded {
             key_write_id,
             by_rotation: RotationId(s.uuid(16)),
         }
         .into(),
-        &"PasswordRevealed" => PasswordRevealed { rotation_id, reason: text }.into(),
+        &"PasswordRevealed" => PasswordRevealed {
+            rotation_id,
+            reason: text,
+        }
+        .into(),
         &"TokenIssued" => TokenIssued {
             token_id: TokenId(s.uuid(17)),
             role: [Role::Admin, Role::Auditor, Role::Agent][(s.number % 3) as usize],
@@ -218,8 +256,10 @@ pub fn sample_event(index: usize, s: &SampleSeed) -> Option<Event> {
             token_hash: Hash([s.number as u8; 32]),
         }
         .into(),
-        &"TokenRevoked" => TokenRevoked { token_id: TokenId(s.uuid(17)) }.into(),
-        &"BenchFiller" => BenchFiller { data: s.bytes.clone() }.into(),
+        &"TokenRevoked" => TokenRevoked {
+            token_id: TokenId(s.uuid(17)),
+        }
+        .into(),
         other => panic!("sample_event does not cover kind {other}"),
     };
     Some(e)

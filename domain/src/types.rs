@@ -429,4 +429,3 @@ pub enum KeyWriteState {
     /// A newer rotation replaced it before delivery.
     Superseded,
 }
-

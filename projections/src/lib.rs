@@ -1,1 +1,86 @@
+//! idledger's projections: pure, deterministic folds of envelopes into current state.
+//!
+//! [`Projections::apply`] is the only way state changes. The live projector in the binary
+//! and `replay` call the same function, so folding the whole log from empty gives exactly
+//! the live state.
+//!
+//! **Architecture invariant:** no clock, no IO, no randomness. Times come from envelopes.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
+pub mod domains;
+pub mod key_writes;
+pub mod rotations;
+pub mod tokens;
+pub mod users;
+
+use chrono::{DateTime, Utc};
+use idledger_domain::{Envelope, Event, Hash, StreamKind};
+use serde::Serialize;
+
+pub use domains::{DomainView, Domains, SyncRunStatus, SyncRunView};
+pub use key_writes::{KeyWriteView, KeyWrites};
+pub use rotations::{RotationOutcome, RotationView, Rotations};
+pub use tokens::{TokenView, Tokens};
+pub use users::{UserStatus, UserView, Users};
+
+/// All projections, folded together in log order.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Projections {
+    /// Position of the last envelope applied (0 when empty).
+    pub position: u64,
+    /// Commit time of the last envelope applied.
+    pub recorded_at: Option<DateTime<Utc>>,
+    /// Hash of the last envelope applied.
+    pub head_hash: Hash,
+    /// Domains and their sync runs.
+    pub domains: Domains,
+    /// Users.
+    pub users: Users,
+    /// Password rotations.
+    pub rotations: Rotations,
+    /// Key writes.
+    pub key_writes: KeyWrites,
+    /// API tokens.
+    pub tokens: Tokens,
+}
+
+impl Projections {
+    /// Empty state, before position 1.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Folds one envelope. Envelopes must come in log order; one at or before the current
+    /// position is ignored, so re-delivery is harmless.
+    pub fn apply(&mut self, env: &Envelope) {
+        if env.position <= self.position {
+            return;
+        }
+        self.position = env.position;
+        self.recorded_at = Some(env.recorded_at);
+        self.head_hash = env.hash;
+        match env.stream.kind() {
+            StreamKind::Domain => {
+                if let Some(domain_id) = env.stream.domain_id() {
+                    self.domains.apply(domain_id, env);
+                }
+            }
+            StreamKind::User => {
+                if let Some(user_id) = env.stream.user_id() {
+                    self.users.apply(user_id, env);
+                    let domain_id = self.users.get(user_id).map(|u| u.domain_id);
+                    self.rotations.apply(user_id, domain_id, env);
+                    if let Some((rotation, state)) = self.key_writes.apply(user_id, env) {
+                        self.rotations.set_key_write_state(rotation, state);
+                    }
+                    if let Event::UserDeleted(_) = env.event {
+                        self.key_writes.drop_pending_of(user_id);
+                    }
+                }
+            }
+            StreamKind::Tokens => self.tokens.apply(env),
+            StreamKind::Other => {}
+        }
+    }
+}

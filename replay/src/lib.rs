@@ -1,1 +1,13 @@
+//! idledger's replay: fold any iterator of envelopes up to a position or a time, and
+//! verify the hash chain of any sequence of stored records.
+//!
+//! Nothing here knows about sled or HTTP: the CLI feeds it from a data dir or from a
+//! server's event feed, so an auditor can check a log without trusting whoever serves it.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
+pub mod fold;
+pub mod verify;
+
+pub use fold::{fold, Until};
+pub use verify::{Problem, Verifier, VerifyReport};

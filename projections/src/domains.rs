@@ -1,0 +1,268 @@
+//! Domains: settings, credentials (sealed), SSO defaults, group ids, delta link, sync runs.
+
+use chrono::{DateTime, Utc};
+use idledger_domain::{
+    DomainId, DomainSettings, Envelope, Event, SealedSecret, SsoSettings, SyncCounters, SyncRunId,
+    SyncTrigger, UserId,
+};
+use rustc_hash::FxHashMap;
+use serde::Serialize;
+
+/// A domain's Graph credentials; the secret stays sealed and is never serialized.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CredentialsView {
+    /// Entra tenant id.
+    pub tenant_id: String,
+    /// App registration's client id.
+    pub client_id: String,
+    /// Always true while credentials exist (the API's `secret_set`).
+    pub secret_set: bool,
+    /// When they were saved.
+    pub updated_at: DateTime<Utc>,
+    /// The sealed client secret.
+    #[serde(skip)]
+    pub client_secret: SealedSecret,
+}
+
+/// One domain.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DomainView {
+    /// The domain.
+    pub id: DomainId,
+    /// The tenant's domain name.
+    pub name: String,
+    /// Settings.
+    pub settings: DomainSettings,
+    /// Credentials, if saved.
+    pub credentials: Option<CredentialsView>,
+    /// SSO defaults applied at import.
+    pub sso_defaults: SsoSettings,
+    /// Removed (history kept).
+    pub removed: bool,
+    /// Resolved object id of the sync group.
+    pub sync_group_id: Option<String>,
+    /// Resolved object id of the rotation group.
+    pub rotation_group_id: Option<String>,
+    /// The delta link the next run starts from.
+    pub delta_link: Option<String>,
+    /// The latest run.
+    pub last_run: Option<SyncRunId>,
+    /// A quarantined run waiting for approval.
+    pub quarantined_run: Option<SyncRunId>,
+    /// Registered.
+    pub created_at: DateTime<Utc>,
+    /// Last event.
+    pub updated_at: DateTime<Utc>,
+    /// Version of the domain's stream.
+    pub version: u64,
+}
+
+/// Where a sync run stands.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncRunStatus {
+    /// Started, not finished.
+    Running,
+    /// Finished.
+    Succeeded,
+    /// Failed.
+    Failed,
+    /// Held by the deletion guard.
+    Quarantined,
+}
+
+/// One sync run.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SyncRunView {
+    /// The run.
+    pub run_id: SyncRunId,
+    /// Its domain.
+    pub domain_id: DomainId,
+    /// Why it ran.
+    pub trigger: SyncTrigger,
+    /// Dry run.
+    pub dry_run: bool,
+    /// Full round.
+    pub full: bool,
+    /// Status.
+    pub status: SyncRunStatus,
+    /// Started.
+    pub started_at: DateTime<Utc>,
+    /// Ended.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Counters.
+    pub counters: SyncCounters,
+    /// Error text.
+    pub error: Option<String>,
+    /// Graph's error code.
+    pub graph_code: Option<String>,
+    /// Removals held back by the deletion guard.
+    pub held_removals: Vec<UserId>,
+    /// Approved after quarantine.
+    pub approved: bool,
+}
+
+/// All domains and their sync runs.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Domains {
+    #[serde(serialize_with = "crate::users::sorted_values")]
+    by_id: FxHashMap<DomainId, DomainView>,
+    #[serde(skip)]
+    runs: FxHashMap<SyncRunId, SyncRunView>,
+    #[serde(skip)]
+    runs_of: FxHashMap<DomainId, Vec<SyncRunId>>,
+}
+
+impl Domains {
+    /// A domain by id (removed ones included).
+    pub fn get(&self, id: DomainId) -> Option<&DomainView> {
+        self.by_id.get(&id)
+    }
+
+    /// All domains, removed ones included, by creation.
+    pub fn all(&self) -> Vec<&DomainView> {
+        let mut v: Vec<_> = self.by_id.values().collect();
+        v.sort_by_key(|d| (d.created_at, d.id));
+        v
+    }
+
+    /// A live domain with this name.
+    pub fn by_name(&self, name: &str) -> Option<&DomainView> {
+        self.by_id
+            .values()
+            .find(|d| !d.removed && d.name.eq_ignore_ascii_case(name))
+    }
+
+    /// A sync run by id.
+    pub fn run(&self, id: SyncRunId) -> Option<&SyncRunView> {
+        self.runs.get(&id)
+    }
+
+    /// A domain's runs, newest first.
+    pub fn runs_of(&self, domain: DomainId) -> impl Iterator<Item = &SyncRunView> + '_ {
+        self.runs_of
+            .get(&domain)
+            .into_iter()
+            .flat_map(|v| v.iter().rev())
+            .filter_map(|id| self.runs.get(id))
+    }
+
+    pub(crate) fn apply(&mut self, id: DomainId, env: &Envelope) {
+        let at = env.recorded_at;
+        if let Event::DomainRegistered(e) = &env.event {
+            self.by_id.insert(
+                id,
+                DomainView {
+                    id,
+                    name: e.name.clone(),
+                    settings: e.settings.clone(),
+                    credentials: None,
+                    sso_defaults: SsoSettings::default(),
+                    removed: false,
+                    sync_group_id: None,
+                    rotation_group_id: None,
+                    delta_link: None,
+                    last_run: None,
+                    quarantined_run: None,
+                    created_at: at,
+                    updated_at: at,
+                    version: env.version,
+                },
+            );
+            return;
+        }
+        let Some(d) = self.by_id.get_mut(&id) else {
+            return;
+        };
+        d.updated_at = at;
+        d.version = env.version;
+        match &env.event {
+            Event::DomainSettingsChanged(e) => {
+                if e.settings.sync_group != d.settings.sync_group
+                    || e.settings.rotation_group != d.settings.rotation_group
+                {
+                    // Other groups: the old delta link tracks the wrong objects.
+                    d.delta_link = None;
+                    d.sync_group_id = None;
+                    d.rotation_group_id = None;
+                }
+                d.settings = e.settings.clone();
+            }
+            Event::DomainCredentialsSet(e) => {
+                d.credentials = Some(CredentialsView {
+                    tenant_id: e.tenant_id.clone(),
+                    client_id: e.client_id.clone(),
+                    secret_set: true,
+                    updated_at: at,
+                    client_secret: e.client_secret.clone(),
+                })
+            }
+            Event::DomainCredentialsRemoved(_) => d.credentials = None,
+            Event::SsoDefaultsChanged(e) => d.sso_defaults = e.sso,
+            Event::DomainRemoved(_) => {
+                d.removed = true;
+                d.credentials = None;
+            }
+            Event::SyncGroupsResolved(e) => {
+                d.sync_group_id = Some(e.sync_group_id.clone());
+                d.rotation_group_id = Some(e.rotation_group_id.clone());
+            }
+            Event::DeltaCheckpointed(e) => d.delta_link = Some(e.delta_link.clone()),
+            Event::SyncRunStarted(e) => {
+                d.last_run = Some(e.run_id);
+                self.runs.insert(
+                    e.run_id,
+                    SyncRunView {
+                        run_id: e.run_id,
+                        domain_id: id,
+                        trigger: e.trigger,
+                        dry_run: e.dry_run,
+                        full: e.full,
+                        status: SyncRunStatus::Running,
+                        started_at: at,
+                        finished_at: None,
+                        counters: SyncCounters::default(),
+                        error: None,
+                        graph_code: None,
+                        held_removals: Vec::new(),
+                        approved: false,
+                    },
+                );
+                self.runs_of.entry(id).or_default().push(e.run_id);
+            }
+            Event::SyncRunCompleted(e) => {
+                if let Some(r) = self.runs.get_mut(&e.run_id) {
+                    r.counters = e.counters;
+                    r.finished_at = Some(at);
+                    if r.status == SyncRunStatus::Running {
+                        r.status = SyncRunStatus::Succeeded;
+                    }
+                }
+            }
+            Event::SyncRunFailed(e) => {
+                if let Some(r) = self.runs.get_mut(&e.run_id) {
+                    r.status = SyncRunStatus::Failed;
+                    r.error = Some(e.error.clone());
+                    r.graph_code = e.graph_code.clone();
+                    r.finished_at = Some(at);
+                }
+            }
+            Event::SyncQuarantined(e) => {
+                d.quarantined_run = Some(e.run_id);
+                if let Some(r) = self.runs.get_mut(&e.run_id) {
+                    r.status = SyncRunStatus::Quarantined;
+                    r.held_removals = e.held_removals.clone();
+                }
+            }
+            Event::SyncQuarantineApproved(e) => {
+                if d.quarantined_run == Some(e.run_id) {
+                    d.quarantined_run = None;
+                }
+                if let Some(r) = self.runs.get_mut(&e.run_id) {
+                    r.approved = true;
+                }
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! The users projection: every user the engine knows, candidates included.
+
+use chrono::{DateTime, Utc};
+use idledger_domain::{
+    DomainId, Envelope, Event, KeyId, LeaveReason, RotationId, SsoSettings, UserAttributes, UserId,
+};
+use rustc_hash::FxHashMap;
+use serde::Serialize;
+use std::collections::BTreeSet;
+
+/// Where a user stands.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UserStatus {
+    /// Seen in the sync group, not imported.
+    Candidate,
+    /// Imported.
+    Active,
+    /// SSO off, PC unlock kept; only an admin reactivates.
+    Deactivated,
+    /// Deleted; data key shredded.
+    Deleted,
+}
+
+impl UserStatus {
+    /// The status name used in the API.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            UserStatus::Candidate => "candidate",
+            UserStatus::Active => "active",
+            UserStatus::Deactivated => "deactivated",
+            UserStatus::Deleted => "deleted",
+        }
+    }
+}
+
+/// One user's current state.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct UserView {
+    /// Engine id.
+    pub id: UserId,
+    /// Domain.
+    pub domain_id: DomainId,
+    /// Entra object id.
+    pub external_id: String,
+    /// Attributes from Entra ID.
+    pub attributes: UserAttributes,
+    /// Status.
+    pub status: UserStatus,
+    /// Member of the sync group now.
+    pub in_sync_group: bool,
+    /// Member of the rotation group now.
+    pub in_rotation_group: bool,
+    /// Why the user last left, while out of the group.
+    pub left_reason: Option<LeaveReason>,
+    /// SSO settings applied at import (the domain's defaults then).
+    pub imported_sso: Option<SsoSettings>,
+    /// An admin's per-user override; wins over the imported settings.
+    pub sso_override: Option<SsoSettings>,
+    /// PC unlock with the key (kept on deactivation).
+    pub pc_unlock: bool,
+    /// The assigned hardware key.
+    pub key_id: Option<KeyId>,
+    /// The rotation whose password is current.
+    pub current_rotation: Option<RotationId>,
+    /// A rotation in flight.
+    pub pending_rotation: Option<RotationId>,
+    /// When the last rotation succeeded.
+    pub last_rotation_at: Option<DateTime<Utc>>,
+    /// A rotation ended with an unknown outcome: an admin should look.
+    pub needs_attention: bool,
+    /// When the password was last revealed.
+    pub last_revealed_at: Option<DateTime<Utc>>,
+    /// When the last invite went out.
+    pub invited_at: Option<DateTime<Utc>>,
+    /// First seen.
+    pub discovered_at: DateTime<Utc>,
+    /// Imported.
+    pub imported_at: Option<DateTime<Utc>>,
+    /// Last event.
+    pub updated_at: DateTime<Utc>,
+    /// Version of the user's stream.
+    pub version: u64,
+    /// Position of the user's last event.
+    pub last_position: u64,
+}
+
+impl UserView {
+    /// The SSO settings in force: none unless active; the override wins over import.
+    pub fn effective_sso(&self) -> SsoSettings {
+        match self.status {
+            UserStatus::Active => self.sso_override.or(self.imported_sso).unwrap_or_default(),
+            _ => SsoSettings {
+                enabled: false,
+                ..self.sso_override.or(self.imported_sso).unwrap_or_default()
+            },
+        }
+    }
+}
+
+/// All users, by id, with an index by (domain, Entra object id) of the live ones.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Users {
+    #[serde(serialize_with = "crate::users::sorted_values")]
+    by_id: FxHashMap<UserId, UserView>,
+    #[serde(skip)]
+    order: BTreeSet<UserId>,
+    #[serde(skip)]
+    by_external: FxHashMap<(DomainId, String), UserId>,
+}
+
+/// Serializes a hash map's values in key order, so JSON output is deterministic.
+pub(crate) fn sorted_values<K, V, S>(map: &FxHashMap<K, V>, s: S) -> Result<S::Ok, S::Error>
+where
+    K: Ord + std::hash::Hash,
+    V: Serialize,
+    S: serde::Serializer,
+{
+    let mut v: Vec<(&K, &V)> = map.iter().collect();
+    v.sort_by(|a, b| a.0.cmp(b.0));
+    s.collect_seq(v.into_iter().map(|(_, v)| v))
+}
+
+impl Users {
+    /// A user by id.
+    pub fn get(&self, id: UserId) -> Option<&UserView> {
+        self.by_id.get(&id)
+    }
+
+    /// The live (not deleted) user with this Entra object id in this domain.
+    pub fn by_external(&self, domain: DomainId, external_id: &str) -> Option<&UserView> {
+        let id = self.by_external.get(&(domain, external_id.to_owned()))?;
+        self.by_id.get(id)
+    }
+
+    /// Number of users, deleted included.
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// No users at all.
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    /// Users in id order, starting after `after`.
+    pub fn iter_after(&self, after: Option<UserId>) -> impl Iterator<Item = &UserView> + '_ {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let lower = after.map_or(Unbounded, Excluded);
+        self.order
+            .range((lower, Unbounded))
+            .filter_map(move |id| self.by_id.get(id))
+    }
+
+    /// Users of one domain, in id order.
+    pub fn of_domain(&self, domain: DomainId) -> impl Iterator<Item = &UserView> + '_ {
+        self.iter_after(None).filter(move |u| u.domain_id == domain)
+    }
+
+    pub(crate) fn apply(&mut self, id: UserId, env: &Envelope) {
+        if let Event::UserDiscovered(e) = &env.event {
+            let view = UserView {
+                id,
+                domain_id: e.domain_id,
+                external_id: e.external_id.clone(),
+                attributes: e.attributes.clone(),
+                status: UserStatus::Candidate,
+                in_sync_group: true,
+                in_rotation_group: false,
+                left_reason: None,
+                imported_sso: None,
+                sso_override: None,
+                pc_unlock: false,
+                key_id: None,
+                current_rotation: None,
+                pending_rotation: None,
+                last_rotation_at: None,
+                needs_attention: false,
+                last_revealed_at: None,
+                invited_at: None,
+                discovered_at: env.recorded_at,
+                imported_at: None,
+                updated_at: env.recorded_at,
+                version: env.version,
+                last_position: env.position,
+            };
+            self.by_external
+                .insert((e.domain_id, e.external_id.clone()), id);
+            self.order.insert(id);
+            self.by_id.insert(id, view);
+            return;
+        }
+        let Some(u) = self.by_id.get_mut(&id) else {
+            return;
+        };
+        u.updated_at = env.recorded_at;
+        u.version = env.version;
+        u.last_position = env.position;
+        match &env.event {
+            Event::UserAttributesChanged(e) => u.attributes = e.attributes.clone(),
+            Event::UserImported(e) => {
+                u.status = UserStatus::Active;
+                u.imported_sso = Some(e.sso);
+                u.pc_unlock = true;
+                u.imported_at = Some(env.recorded_at);
+            }
+            Event::MemberLeftSyncGroup(e) => {
+                u.in_sync_group = false;
+                u.left_reason = Some(e.reason);
+            }
+            Event::MemberRejoinedSyncGroup(_) => {
+                u.in_sync_group = true;
+                u.left_reason = None;
+            }
+            Event::UserDeactivated(_) => u.status = UserStatus::Deactivated,
+            Event::UserReactivated(_) => u.status = UserStatus::Active,
+            Event::UserDeleted(_) => {
+                u.status = UserStatus::Deleted;
+                u.pc_unlock = false;
+                u.pending_rotation = None;
+                let key = (u.domain_id, u.external_id.clone());
+                if self.by_external.get(&key) == Some(&id) {
+                    self.by_external.remove(&key);
+                }
+            }
+            Event::RotationGroupJoined(_) => u.in_rotation_group = true,
+            Event::RotationGroupLeft(_) => u.in_rotation_group = false,
+            Event::UserSsoOverrideSet(e) => u.sso_override = e.sso,
+            Event::KeyAssigned(e) => u.key_id = Some(e.key_id.clone()),
+            Event::KeyUnassigned(_) => u.key_id = None,
+            Event::InviteSent(_) => u.invited_at = Some(env.recorded_at),
+            Event::RotationStarted(e) => u.pending_rotation = Some(e.rotation_id),
+            Event::RotationSucceeded(e) => {
+                u.current_rotation = Some(e.rotation_id);
+                u.pending_rotation = None;
+                u.last_rotation_at = Some(env.recorded_at);
+                u.needs_attention = false;
+            }
+            Event::RotationFailed(e) => {
+                u.pending_rotation = None;
+                if e.retryable {
+                    u.needs_attention = true;
+                }
+            }
+            Event::PasswordRevealed(_) => u.last_revealed_at = Some(env.recorded_at),
+            _ => {}
+        }
+    }
+}

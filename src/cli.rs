@@ -1,0 +1,131 @@
+//! Command-line parsing and dispatch. Each subcommand's work lives in its own module.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// idledger: an event-sourced identity engine for Microsoft Entra ID.
+#[derive(Parser, Debug)]
+#[command(name = "idledger", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the engine end to end on a data dir and print a summary.
+    Demo(crate::demo::DemoArgs),
+    /// Print envelopes as JSON Lines (sealed secrets show as "sealed").
+    Log(LogArgs),
+    /// Verify the hash chain, encodings and positions of the whole log.
+    Verify(DataDir),
+    /// Fold the log (up to a position or time) and print the projections as JSON.
+    Replay(ReplayArgs),
+    /// Measure the event log.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+/// The data directory option shared by commands that read a local store.
+#[derive(Args, Debug, Clone)]
+pub struct DataDir {
+    /// The data directory (holds the sled store under `store/`).
+    #[arg(long, env = "IDLEDGER_DATA_DIR")]
+    pub data_dir: PathBuf,
+}
+
+/// Options of `idledger log`.
+#[derive(Args, Debug)]
+pub struct LogArgs {
+    #[command(flatten)]
+    pub dir: DataDir,
+    /// First position to print.
+    #[arg(long, default_value_t = 1)]
+    pub from_position: u64,
+    /// Only this stream (e.g. `user-<id>`, `domain-<id>`, `tokens`).
+    #[arg(long)]
+    pub stream: Option<String>,
+    /// Print at most this many envelopes.
+    #[arg(long)]
+    pub limit: Option<u64>,
+}
+
+/// Options of `idledger replay`.
+#[derive(Args, Debug)]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    pub dir: DataDir,
+    /// Stop after this position.
+    #[arg(long, conflicts_with = "until_time")]
+    pub until_position: Option<u64>,
+    /// Stop after the last event recorded at or before this time (RFC 3339).
+    #[arg(long)]
+    pub until_time: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// Durable appends from concurrent writers, against raw sled with as many flushes.
+    Append(crate::bench::AppendArgs),
+    /// Folding the log into all projections, against a raw sled scan plus decode.
+    Replay(crate::bench::ReplayArgs),
+}
+
+/// Parses the command line and runs it.
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let result = match cli.command {
+        Command::Demo(a) => runtime().and_then(|rt| rt.block_on(crate::demo::run(a))),
+        Command::Log(a) => crate::inspect::log(&a),
+        Command::Verify(a) => crate::inspect::verify(&a.data_dir),
+        Command::Replay(a) => crate::inspect::replay(&a),
+        Command::Bench(BenchCommand::Append(a)) => {
+            runtime().and_then(|rt| rt.block_on(crate::bench::append(a)))
+        }
+        Command::Bench(BenchCommand::Replay(a)) => {
+            runtime().and_then(|rt| rt.block_on(crate::bench::replay(a)))
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Other(e.to_string()))
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("IDLEDGER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// A CLI command failed (as opposed to finding a problem, which is an exit code).
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// An append failed.
+    #[error(transparent)]
+    Append(#[from] crate::store::AppendError),
+    /// Reading or writing a file failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// Anything else.
+    #[error("{0}")]
+    Other(String),
+}

@@ -1,0 +1,12 @@
+//! The idledger binary's library: everything that does IO (store, projector, CLI).
+//!
+//! `main.rs` only dispatches to [`cli::run`]; integration tests use these modules directly.
+#![forbid(unsafe_code)]
+
+pub mod bench;
+pub mod cli;
+pub mod demo;
+pub mod inspect;
+pub mod progress;
+pub mod projector;
+pub mod store;

@@ -1,0 +1,160 @@
+//! The event log: the single source of truth.
+//!
+//! [`EventLog`] is the boundary every other part of the binary uses; [`sled_log`] is the
+//! only module that knows sled. A later backend (NATS JetStream with
+//! expected-last-subject-sequence, PostgreSQL) implements the same trait.
+
+pub mod sled_log;
+mod subscription;
+
+use idledger_domain::{Envelope, Hash, ProposedEvent, StreamId};
+use std::future::Future;
+use std::sync::Arc;
+use tokio::sync::broadcast;
+
+pub use sled_log::SledEventLog;
+pub use subscription::Subscription;
+
+/// The optimistic-concurrency condition of an append.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExpectedVersion {
+    /// Append whatever the stream's version.
+    Any,
+    /// The stream must not exist yet.
+    NoStream,
+    /// The stream's version must be exactly this (its last event's version).
+    Exact(u64),
+}
+
+/// Events to append to one stream, atomically.
+#[derive(Clone, Debug)]
+pub struct AppendRequest {
+    /// The stream.
+    pub stream: StreamId,
+    /// The condition.
+    pub expected: ExpectedVersion,
+    /// One or more events; all are appended or none.
+    pub events: Vec<ProposedEvent>,
+}
+
+impl AppendRequest {
+    /// A request for `events` on `stream` under `expected`.
+    pub fn new(stream: StreamId, expected: ExpectedVersion, events: Vec<ProposedEvent>) -> Self {
+        AppendRequest {
+            stream,
+            expected,
+            events,
+        }
+    }
+}
+
+/// The result of a successful append.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Appended {
+    /// Position of the first event.
+    pub first_position: u64,
+    /// Position of the last event (what a client passes as `min_position`).
+    pub last_position: u64,
+    /// The stream's version after the append.
+    pub stream_version: u64,
+    /// True when every event id was already in the log: nothing new was written.
+    pub duplicate: bool,
+}
+
+/// The log's head: the last committed (flushed) record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct LogHead {
+    /// Its position (0 for an empty log).
+    pub position: u64,
+    /// Its hash.
+    pub hash: Hash,
+}
+
+/// An append was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    /// The stream's version is not what the caller expected.
+    #[error("wrong expected version for {stream}: expected {expected:?}, stream is at {actual}")]
+    WrongExpectedVersion {
+        /// The stream.
+        stream: StreamId,
+        /// What the caller expected.
+        expected: ExpectedVersion,
+        /// The stream's version (0: no stream).
+        actual: u64,
+    },
+    /// Some event ids of the request are in the log and some are not, or they are on
+    /// another stream: not a retry of the same append.
+    #[error("event id {event_id} was already appended with other content")]
+    EventIdConflict {
+        /// The first conflicting id.
+        event_id: uuid::Uuid,
+    },
+    /// An event does not belong on this kind of stream.
+    #[error("event {kind} does not belong on stream {stream}")]
+    WrongStream {
+        /// The event kind.
+        kind: &'static str,
+        /// The stream.
+        stream: StreamId,
+    },
+    /// The request breaks a limit (no events, too many, too large).
+    #[error("invalid append: {0}")]
+    Invalid(String),
+    /// Storage failed; the log stops accepting appends.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Storage failed.
+#[derive(Debug, thiserror::Error, Clone)]
+pub enum StoreError {
+    /// The storage engine reported an error.
+    #[error("storage error: {0}")]
+    Io(String),
+    /// A stored record is damaged.
+    #[error("damaged record at position {position}: {reason}")]
+    Corrupt {
+        /// Where.
+        position: u64,
+        /// What.
+        reason: String,
+    },
+    /// The writer has stopped (shutdown or an earlier storage failure).
+    #[error("the event log is closed")]
+    Closed,
+}
+
+/// The event log, as the rest of the binary sees it.
+pub trait EventLog: Send + Sync + 'static {
+    /// Appends atomically; resolves only after the events are flushed to disk.
+    fn append(
+        &self,
+        req: AppendRequest,
+    ) -> impl Future<Output = Result<Appended, AppendError>> + Send;
+
+    /// The last committed record.
+    fn head(&self) -> LogHead;
+
+    /// Up to `limit` committed envelopes from `from` (inclusive), in position order.
+    fn read_all(&self, from: u64, limit: usize) -> Result<Vec<Envelope>, StoreError>;
+
+    /// Up to `limit` envelopes of one stream from version `from_version` (inclusive).
+    fn read_stream(
+        &self,
+        stream: &StreamId,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<Envelope>, StoreError>;
+
+    /// The stream's current version (0 when it does not exist).
+    fn stream_version(&self, stream: &StreamId) -> u64;
+
+    /// Committed batches as they are published, for catch-up subscriptions.
+    fn live(&self) -> broadcast::Receiver<Arc<[Envelope]>>;
+}
+
+/// History from `from`, then live events, with no gap and no duplicate.
+pub fn subscribe<L: EventLog>(log: Arc<L>, from: u64) -> Subscription<L> {
+    Subscription::new(log, from)
+}

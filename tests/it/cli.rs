@@ -1,0 +1,263 @@
+//! The CLI over a data dir: log, verify (including damaged stores), replay.
+
+use crate::support::*;
+use idledger::store::sled_log::open_raw;
+use idledger::store::ExpectedVersion;
+use idledger::store::SledEventLog;
+use std::path::Path;
+
+/// Fills a data dir with `n` events on a few users, then lets go of it.
+fn filled(n: u64) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let out = idledger()
+        .args([
+            "bench",
+            "append",
+            "--events",
+            &n.to_string(),
+            "--writers",
+            "4",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(line["bench"], "append");
+    assert_eq!(line["events"], n);
+    assert!(line["ratio"].as_f64().unwrap() > 0.0);
+    dir
+}
+
+fn damage(dir: &Path, f: impl FnOnce(&sled::Tree)) {
+    let store = open_raw(dir).unwrap();
+    f(store.log_tree());
+    store.flush().unwrap();
+}
+
+#[test]
+fn verify_accepts_an_intact_log() {
+    let dir = filled(200);
+    let (report, code) = verify(dir.path());
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["ok"], true);
+    assert_eq!(report["events"], 200);
+    assert_eq!(report["head_position"], 200);
+    assert_eq!(report["head_hash"].as_str().unwrap().len(), 64);
+}
+
+#[test]
+fn verify_names_an_altered_record() {
+    let dir = filled(120);
+    damage(dir.path(), |log| {
+        let key = 37u64.to_be_bytes();
+        let mut v = log.get(key).unwrap().unwrap().to_vec();
+        let last = v.len() - 3;
+        v[last] ^= 0x20; // one bit of the payload
+        log.insert(key, v).unwrap();
+    });
+    let (report, code) = verify(dir.path());
+    assert_eq!(code, 1);
+    assert_eq!(report["ok"], false);
+    assert_eq!(report["first_bad_position"], 37, "{report}");
+}
+
+#[test]
+fn verify_names_a_gap_and_garbage() {
+    let dir = filled(60);
+    damage(dir.path(), |log| {
+        log.remove(20u64.to_be_bytes()).unwrap();
+    });
+    let (report, code) = verify(dir.path());
+    assert_eq!(
+        (code, report["first_bad_position"].as_u64()),
+        (1, Some(21)),
+        "{report}"
+    );
+
+    let dir = filled(60);
+    damage(dir.path(), |log| {
+        log.insert(9u64.to_be_bytes(), &b"not a record at all"[..])
+            .unwrap();
+    });
+    let (report, code) = verify(dir.path());
+    assert_eq!(
+        (code, report["first_bad_position"].as_u64()),
+        (1, Some(9)),
+        "{report}"
+    );
+    assert!(
+        report["reason"].as_str().unwrap().contains("encoding"),
+        "{report}"
+    );
+}
+
+#[test]
+fn verify_reports_a_missing_or_unreadable_store_without_panicking() {
+    let dir = tempfile::tempdir().unwrap();
+    let (report, code) = verify(dir.path());
+    assert_eq!(code, 1);
+    assert_eq!(report["ok"], false);
+    let dir = filled(10);
+    for entry in std::fs::read_dir(dir.path().join("store")).unwrap() {
+        let p = entry.unwrap().path();
+        if p.is_file() {
+            std::fs::write(&p, b"\xff garbage \xff").unwrap();
+        }
+    }
+    let out = idledger()
+        .arg("verify")
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(line["ok"], false);
+}
+
+#[tokio::test]
+async fn log_prints_envelopes_and_filters() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = SledEventLog::open(dir.path()).unwrap();
+        for n in 0..10u128 {
+            append(
+                &log,
+                user(n % 2),
+                ExpectedVersion::Any,
+                vec![some_user_event(n as u64)],
+            )
+            .await;
+        }
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let run = |args: &[&str]| {
+        let out = idledger()
+            .arg("log")
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let all = run(&[]);
+    assert_eq!(all.len(), 10);
+    for key in [
+        "position",
+        "stream",
+        "version",
+        "event_id",
+        "recorded_at",
+        "actor",
+        "kind",
+        "schema",
+        "payload",
+        "prev_hash",
+        "hash",
+    ] {
+        assert!(all[0].get(key).is_some(), "missing {key}");
+    }
+    let stream = format!("user-{}", user(1));
+    let one = run(&["--stream", &stream, "--from-position", "3", "--limit", "2"]);
+    assert_eq!(one.len(), 2);
+    assert!(one.iter().all(|e| e["stream"] == stream.as_str()));
+    assert_eq!(one[0]["position"], 4);
+}
+
+#[test]
+fn replay_until_a_position_is_a_prefix() {
+    let dir = filled(50);
+    let run = |args: &[&str]| -> serde_json::Value {
+        let out = idledger()
+            .arg("replay")
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let full = run(&[]);
+    assert_eq!(full["position"], 50);
+    let part = run(&["--until-position", "10"]);
+    assert_eq!(part["position"], 10);
+    let users = part["users"]["by_id"].as_array().unwrap().len();
+    assert!((1..=10).contains(&users), "{users}");
+    let time = full["recorded_at"].as_str().unwrap();
+    assert_eq!(run(&["--until-time", time])["position"], 50);
+    assert_eq!(
+        run(&["--until-time", "2000-01-01T00:00:00Z"])["position"],
+        0
+    );
+}
+
+#[test]
+fn every_command_has_help() {
+    for cmd in [
+        vec!["--help"],
+        vec!["demo", "--help"],
+        vec!["log", "--help"],
+        vec!["verify", "--help"],
+        vec!["replay", "--help"],
+        vec!["bench", "append", "--help"],
+        vec!["bench", "replay", "--help"],
+    ] {
+        let out = idledger().args(&cmd).output().unwrap();
+        assert!(out.status.success(), "{cmd:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Usage"),
+            "{cmd:?}"
+        );
+    }
+}
+
+#[test]
+fn demo_runs_once_and_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = idledger()
+        .args(["demo", "--once", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let raw = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{raw}");
+    let text: Vec<String> = raw
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    for want in [
+        "users active 5",
+        "users candidate 2",
+        "users deactivated 1",
+        "events appended 18",
+        "verify ok",
+    ] {
+        assert!(text.iter().any(|l| l == want), "{want:?} not in {raw}");
+    }
+}

@@ -1,0 +1,347 @@
+//! The event log's contract: atomic appends, expected versions, idempotency, reads,
+//! subscriptions, and folding equal to the live projector.
+
+use crate::support::*;
+use idledger::projector::Projector;
+use idledger::store::{
+    subscribe, AppendError, AppendRequest, EventLog, ExpectedVersion, SledEventLog,
+};
+use idledger_domain::events::DomainRegistered;
+use idledger_domain::{Actor, DomainSettings, ProposedEvent, StreamId};
+use idledger_replay::{fold, Until};
+use proptest::prelude::*;
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+
+#[tokio::test]
+async fn appends_are_atomic_versioned_and_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = SledEventLog::open(dir.path()).unwrap();
+    let a = user(1);
+    let first = append(
+        &log,
+        a,
+        ExpectedVersion::NoStream,
+        vec![discovered(a), some_user_event(1), some_user_event(2)],
+    )
+    .await;
+    assert_eq!(
+        (
+            first.first_position,
+            first.last_position,
+            first.stream_version
+        ),
+        (1, 3, 3)
+    );
+    let stale = log
+        .append(AppendRequest::new(
+            StreamId::user(a),
+            ExpectedVersion::Exact(2),
+            vec![proposed(some_user_event(3))],
+        ))
+        .await;
+    assert!(
+        matches!(
+            stale,
+            Err(AppendError::WrongExpectedVersion { actual: 3, .. })
+        ),
+        "{stale:?}"
+    );
+    let no_stream = log
+        .append(AppendRequest::new(
+            StreamId::user(a),
+            ExpectedVersion::NoStream,
+            vec![proposed(some_user_event(3))],
+        ))
+        .await;
+    assert!(matches!(
+        no_stream,
+        Err(AppendError::WrongExpectedVersion { .. })
+    ));
+    let b = user(2);
+    append(&log, b, ExpectedVersion::Any, vec![discovered(b)]).await;
+    append(&log, a, ExpectedVersion::Exact(3), vec![some_user_event(4)]).await;
+    let stream = log.read_stream(&StreamId::user(a), 1, 100).unwrap();
+    assert_eq!(
+        stream.iter().map(|e| e.version).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4]
+    );
+    assert_eq!(
+        stream.iter().map(|e| e.position).collect::<Vec<_>>(),
+        vec![1, 2, 3, 5]
+    );
+    assert_eq!(
+        log.read_stream(&StreamId::user(a), 3, 1).unwrap()[0].version,
+        3
+    );
+    let all = log.read_all(1, 100).unwrap();
+    assert_eq!(all.len(), 5);
+    for w in all.windows(2) {
+        assert_eq!(w[1].prev_hash, w[0].hash, "chain links");
+    }
+    assert_eq!(log.head().position, 5);
+    assert_eq!(log.head().hash, all[4].hash);
+}
+
+#[tokio::test]
+async fn the_same_event_ids_append_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = SledEventLog::open(dir.path()).unwrap();
+    let u = user(7);
+    let events = vec![proposed(discovered(u)), proposed(some_user_event(1))];
+    let req = AppendRequest::new(StreamId::user(u), ExpectedVersion::NoStream, events.clone());
+    let first = log.append(req.clone()).await.unwrap();
+    // A retry (same ids, now-stale expected version) is answered with the first result.
+    let again = log.append(req).await.unwrap();
+    assert!(again.duplicate);
+    assert_eq!(
+        (again.first_position, again.last_position),
+        (first.first_position, first.last_position)
+    );
+    assert_eq!(log.head().position, 2);
+    // Reusing one known id with a new one is a conflict, not a partial append.
+    let mixed = vec![events[0].clone(), proposed(some_user_event(2))];
+    let r = log
+        .append(AppendRequest::new(
+            StreamId::user(u),
+            ExpectedVersion::Any,
+            mixed,
+        ))
+        .await;
+    assert!(
+        matches!(r, Err(AppendError::EventIdConflict { .. })),
+        "{r:?}"
+    );
+    // The same id on another stream is a conflict too.
+    let other = AppendRequest::new(
+        StreamId::user(user(8)),
+        ExpectedVersion::Any,
+        vec![events[0].clone()],
+    );
+    assert!(matches!(
+        log.append(other).await,
+        Err(AppendError::EventIdConflict { .. })
+    ));
+    assert_eq!(log.head().position, 2);
+    // Idempotency survives a restart (the id map is rebuilt from the log).
+    drop(log);
+    let log = reopen(dir.path()).await;
+    let retry = AppendRequest::new(StreamId::user(u), ExpectedVersion::NoStream, events);
+    assert!(log.append(retry).await.unwrap().duplicate);
+}
+
+#[tokio::test]
+async fn events_must_match_their_stream_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = SledEventLog::open(dir.path()).unwrap();
+    let domain_event = DomainRegistered {
+        domain_id: domain(),
+        name: "contoso.onmicrosoft.com".into(),
+        settings: DomainSettings::default(),
+    };
+    let wrong = AppendRequest::new(
+        StreamId::user(user(1)),
+        ExpectedVersion::Any,
+        vec![ProposedEvent::new(
+            Uuid::now_v7(),
+            Actor::System,
+            domain_event,
+        )],
+    );
+    assert!(matches!(
+        log.append(wrong).await,
+        Err(AppendError::WrongStream { .. })
+    ));
+    let empty = AppendRequest::new(StreamId::user(user(1)), ExpectedVersion::Any, vec![]);
+    assert!(matches!(
+        log.append(empty).await,
+        Err(AppendError::Invalid(_))
+    ));
+    assert_eq!(log.head().position, 0);
+}
+
+/// sled holds a lock on its directory until its last handle (the writer task's) is gone.
+pub async fn reopen(dir: &std::path::Path) -> Arc<SledEventLog> {
+    for _ in 0..200 {
+        match SledEventLog::open(dir) {
+            Ok(log) => return log,
+            Err(_) => tokio::time::sleep(Duration::from_millis(25)).await,
+        }
+    }
+    panic!("could not reopen the log");
+}
+
+#[tokio::test]
+async fn positions_versions_and_hashes_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = SledEventLog::open(dir.path()).unwrap();
+    for n in 0..20u128 {
+        append(
+            &log,
+            user(n % 4),
+            ExpectedVersion::Any,
+            vec![some_user_event(n as u64)],
+        )
+        .await;
+    }
+    let head = log.head();
+    drop(log);
+    let log = reopen(dir.path()).await;
+    assert_eq!(log.head(), head);
+    assert_eq!(log.stream_version(&StreamId::user(user(1))), 5);
+    let next = append(
+        &log,
+        user(1),
+        ExpectedVersion::Exact(5),
+        vec![some_user_event(0)],
+    )
+    .await;
+    assert_eq!(next.first_position, 21);
+    let all = log.read_all(20, 2).unwrap();
+    assert_eq!(all[1].prev_hash, all[0].hash);
+}
+
+#[tokio::test]
+async fn catch_up_subscription_has_no_gap_and_no_duplicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = SledEventLog::open(dir.path()).unwrap();
+    for n in 0..300u128 {
+        append(
+            &log,
+            user(n % 7),
+            ExpectedVersion::Any,
+            vec![some_user_event(n as u64)],
+        )
+        .await;
+    }
+    // Appends keep running while several subscribers start at different points.
+    let writer = {
+        let log = log.clone();
+        tokio::spawn(async move {
+            for n in 0..2000u128 {
+                let events = (0..(n % 3 + 1))
+                    .map(|k| some_user_event(k as u64))
+                    .collect();
+                append(&log, user(n % 11), ExpectedVersion::Any, events).await;
+                if n % 50 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+        })
+    };
+    let mut readers = Vec::new();
+    for from in [1u64, 150, 299, 301] {
+        let log = log.clone();
+        readers.push(tokio::spawn(async move {
+            let mut sub = subscribe(log, from);
+            let mut seen = Vec::new();
+            while seen.len() < 2500 {
+                let batch = sub.next_batch(97).await.unwrap();
+                seen.extend(batch.into_iter().map(|e| e.position));
+            }
+            (from, seen)
+        }));
+    }
+    writer.await.unwrap();
+    for r in readers {
+        let (from, seen) = tokio::time::timeout(Duration::from_secs(30), r)
+            .await
+            .unwrap()
+            .unwrap();
+        let expected: Vec<u64> = (from..from + seen.len() as u64).collect();
+        assert_eq!(seen, expected, "subscriber from {from}");
+    }
+}
+
+fn fold_log(log: &SledEventLog) -> idledger_projections::Projections {
+    fold(log.envelopes(1), Until::End, |_| {}).unwrap()
+}
+
+#[derive(Debug, Clone)]
+struct Op {
+    task: usize,
+    stream: u128,
+    stale: bool,
+    events: u64,
+}
+
+fn ops() -> impl Strategy<Value = Vec<Op>> {
+    proptest::collection::vec(
+        (0usize..6, 0u128..5, proptest::bool::weighted(0.3), 1u64..4).prop_map(
+            |(task, stream, stale, events)| Op {
+                task,
+                stream,
+                stale,
+                events,
+            },
+        ),
+        1..60,
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, .. ProptestConfig::default() })]
+
+    /// Random concurrent appends: positions and versions stay contiguous, a conflict is
+    /// reported exactly when the expected version was not the stream's version, and
+    /// folding the log equals the live projector's state.
+    #[test]
+    fn concurrent_appends_keep_the_log_consistent(ops in ops()) {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(async move {
+            let dir = tempfile::tempdir().unwrap();
+            let log = SledEventLog::open(dir.path()).unwrap();
+            let projector = Projector::start(log.clone());
+            for s in 0..5u128 {
+                append(&log, user(s), ExpectedVersion::NoStream, vec![discovered(user(s))]).await;
+            }
+            let mut tasks = Vec::new();
+            for t in 0..6 {
+                let mine: Vec<Op> = ops.iter().filter(|o| o.task == t).cloned().collect();
+                let log = log.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut results = Vec::new();
+                    for op in mine {
+                        let stream = StreamId::user(user(op.stream));
+                        let seen = log.stream_version(&stream);
+                        let expected = if op.stale { seen.saturating_sub(1) } else { seen };
+                        let events = (0..op.events).map(|k| proposed(some_user_event(k))).collect();
+                        let r = log.append(AppendRequest::new(stream, ExpectedVersion::Exact(expected), events)).await;
+                        results.push((op.events, expected, r));
+                    }
+                    results
+                }));
+            }
+            let mut appended = 5u64;
+            for t in tasks {
+                for (n, expected, r) in t.await.unwrap() {
+                    match r {
+                        Ok(a) => {
+                            assert_eq!(a.stream_version, expected + n, "success means the expectation held");
+                            assert_eq!(a.last_position - a.first_position + 1, n);
+                            appended += n;
+                        }
+                        Err(AppendError::WrongExpectedVersion { actual, .. }) => {
+                            assert_ne!(actual, expected, "a conflict means the expectation failed");
+                        }
+                        Err(e) => panic!("unexpected {e}"),
+                    }
+                }
+            }
+            let all = log.read_all(1, 100_000).unwrap();
+            assert_eq!(all.len() as u64, appended);
+            let mut versions = std::collections::HashMap::new();
+            for (i, e) in all.iter().enumerate() {
+                assert_eq!(e.position, i as u64 + 1);
+                let v = versions.entry(e.stream.clone()).or_insert(0u64);
+                *v += 1;
+                assert_eq!(e.version, *v);
+            }
+            projector.wait_for(log.head().position, Duration::from_secs(10)).await.unwrap();
+            let live = serde_json::to_value(&*projector.read()).unwrap();
+            let folded = serde_json::to_value(fold_log(&log)).unwrap();
+            assert_eq!(live, folded);
+        });
+    }
+}

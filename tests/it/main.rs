@@ -1,0 +1,7 @@
+//! End-to-end tests of the idledger binary and its event log. One test binary, modules
+//! by area (see STYLE.md).
+
+mod cli;
+mod crash;
+mod log;
+mod support;

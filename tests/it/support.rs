@@ -1,0 +1,91 @@
+//! Helpers shared by the integration tests.
+
+use idledger::store::{AppendRequest, EventLog, ExpectedVersion, SledEventLog};
+use idledger_domain::events::{
+    RotationGroupJoined, UserAttributesChanged, UserDiscovered, UserImported,
+};
+use idledger_domain::{
+    Actor, DomainId, Event, ProposedEvent, SsoSettings, StreamId, UserAttributes, UserId,
+};
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// The `idledger` binary built for these tests.
+pub fn idledger() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_idledger"))
+}
+
+pub fn user(n: u128) -> UserId {
+    UserId(Uuid::from_u128(0x5eed_0000 + n))
+}
+
+pub fn domain() -> DomainId {
+    DomainId(Uuid::from_u128(0xd0))
+}
+
+pub fn attributes(name: &str) -> UserAttributes {
+    UserAttributes {
+        user_principal_name: format!("{name}@contoso.onmicrosoft.com"),
+        display_name: name.to_owned(),
+        account_enabled: true,
+        ..UserAttributes::default()
+    }
+}
+
+pub fn discovered(u: UserId) -> Event {
+    UserDiscovered {
+        user_id: u,
+        domain_id: domain(),
+        external_id: u.to_string(),
+        attributes: attributes(&format!("u{}", u.0.as_u128() & 0xffff)),
+    }
+    .into()
+}
+
+/// A user event chosen by `n`, for random workloads.
+pub fn some_user_event(n: u64) -> Event {
+    match n % 3 {
+        0 => UserAttributesChanged {
+            attributes: attributes(&format!("name{n}")),
+        }
+        .into(),
+        1 => UserImported {
+            sso: SsoSettings::default(),
+        }
+        .into(),
+        _ => RotationGroupJoined {}.into(),
+    }
+}
+
+pub fn proposed(event: Event) -> ProposedEvent {
+    ProposedEvent::new(Uuid::now_v7(), Actor::System, event)
+}
+
+pub async fn append(
+    log: &Arc<SledEventLog>,
+    u: UserId,
+    expected: ExpectedVersion,
+    events: Vec<Event>,
+) -> idledger::store::Appended {
+    let req = AppendRequest::new(
+        StreamId::user(u),
+        expected,
+        events.into_iter().map(proposed).collect(),
+    );
+    log.append(req).await.expect("append")
+}
+
+/// Runs `idledger verify` and returns its JSON line and exit code.
+pub fn verify(dir: &Path) -> (serde_json::Value, i32) {
+    let out = idledger()
+        .arg("verify")
+        .arg("--data-dir")
+        .arg(dir)
+        .output()
+        .unwrap();
+    let line = String::from_utf8_lossy(&out.stdout);
+    let json = serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+    (json, out.status.code().unwrap_or(-1))
+}

@@ -141,21 +141,9 @@ async fn log_prints_envelopes_and_filters() {
             .await;
         }
     }
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    wait_released(dir.path()).await;
     let run = |args: &[&str]| {
-        let out = idledger()
-            .arg("log")
-            .arg("--data-dir")
-            .arg(dir.path())
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout)
+        String::from_utf8(run_ok("log", dir.path(), args))
             .unwrap()
             .lines()
             .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
@@ -189,19 +177,7 @@ async fn log_prints_envelopes_and_filters() {
 fn replay_until_a_position_is_a_prefix() {
     let dir = filled(50);
     let run = |args: &[&str]| -> serde_json::Value {
-        let out = idledger()
-            .arg("replay")
-            .arg("--data-dir")
-            .arg(dir.path())
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
+        serde_json::from_slice(&run_ok("replay", dir.path(), args)).unwrap()
     };
     let full = run(&[]);
     assert_eq!(full["position"], 50);

@@ -89,3 +89,32 @@ pub fn verify(dir: &Path) -> (serde_json::Value, i32) {
     let json = serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{e}: {line:?}"));
     (json, out.status.code().unwrap_or(-1))
 }
+
+/// Runs `idledger <cmd> --data-dir <dir> <args>`, asserts success, returns stdout.
+pub fn run_ok(cmd: &str, dir: &Path, args: &[&str]) -> Vec<u8> {
+    let out = idledger()
+        .arg(cmd)
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// Waits until this process no longer holds sled's lock on the store (the writer task
+/// drops its handle shortly after the last `SledEventLog` is dropped).
+pub async fn wait_released(dir: &Path) {
+    for _ in 0..400 {
+        if idledger::store::sled_log::open_raw(dir).is_ok() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("the store at {} stayed locked", dir.display());
+}

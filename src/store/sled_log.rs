@@ -98,7 +98,7 @@ struct Rebuilt {
     head: LogHead,
     last_time_us: i64,
     streams: FxHashMap<StreamId, Vec<u64>>,
-    ids: FxHashMap<Uuid, u64>,
+    ids: FxHashMap<Uuid, (u64, u64)>,
 }
 
 fn corrupt(position: u64, reason: impl Into<String>) -> StoreError {
@@ -136,12 +136,13 @@ fn rebuild(log: &sled::Tree) -> Result<Rebuilt, StoreError> {
         if h.position != key {
             return Err(corrupt(key, format!("record says position {}", h.position)));
         }
+        let tag = stream_tag(&h.stream);
         let positions = r.streams.entry(h.stream).or_default();
         if h.version != positions.len() as u64 + 1 {
             return Err(corrupt(key, "stream versions are not contiguous"));
         }
         positions.push(key);
-        if r.ids.insert(h.event_id, key).is_some() {
+        if r.ids.insert(h.event_id, (key, tag)).is_some() {
             return Err(corrupt(key, format!("duplicate event id {}", h.event_id)));
         }
         r.head = LogHead {
@@ -401,7 +402,16 @@ struct Writer {
     last_hash: Hash,
     last_time_us: i64,
     heads: FxHashMap<StreamId, u64>,
-    ids: FxHashMap<Uuid, u64>,
+    /// Event id → (position, stream tag) of every event written, committed or in flight.
+    ids: FxHashMap<Uuid, (u64, u64)>,
+}
+
+/// A 64-bit tag of a stream name, so the id map need not hold a copy of every name.
+fn stream_tag(stream: &StreamId) -> u64 {
+    use std::hash::{Hash as _, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    stream.hash(&mut h);
+    h.finish()
 }
 
 /// One group commit being built.
@@ -449,7 +459,9 @@ impl Writer {
         }
     }
 
-    /// Checks and writes one group; `None` when nothing was written (answers sent).
+    /// Checks and writes one group. The answers travel with it to the committer even when
+    /// nothing new was written: a retry's answer may point at a group still being flushed.
+    /// `None` only when the write failed (answers sent).
     fn write(&mut self, jobs: Vec<Job>) -> Option<Pending> {
         let started = std::time::Instant::now();
         let now_us = Utc::now().timestamp_micros().max(self.last_time_us);
@@ -461,10 +473,11 @@ impl Writer {
             replies.push((job.reply, result));
         }
         if batch.envelopes.is_empty() {
-            for (reply, result) in replies {
-                let _ = reply.send(result);
-            }
-            return None;
+            return Some(Pending {
+                envelopes: Vec::new(),
+                replies,
+                started,
+            });
         }
         if let Err(e) = self.shared.log.apply_batch(batch.records) {
             fail(&self.shared, replies, io(e));
@@ -472,8 +485,8 @@ impl Writer {
         }
         self.last_time_us = now_us;
         self.last_hash = batch.envelopes.last().map_or(self.last_hash, |e| e.hash);
-        for (id, (pos, _)) in batch.ids {
-            self.ids.insert(id, pos);
+        for (id, (pos, stream)) in batch.ids {
+            self.ids.insert(id, (pos, stream_tag(&stream)));
         }
         Some(Pending {
             envelopes: batch.envelopes,
@@ -569,33 +582,19 @@ impl Writer {
                 stream: req.stream.clone(),
             });
         }
-        let found: Vec<Option<u64>> = req
+        let tag = stream_tag(&req.stream);
+        // Each id's position, and whether it is on this stream.
+        let found: Vec<Option<(u64, bool)>> = req
             .events
             .iter()
             .map(|e| match batch_ids.get(&e.event_id) {
-                Some((pos, s)) if s == &req.stream => Some(*pos),
-                Some(_) => Some(0),
-                None => self.ids.get(&e.event_id).copied(),
+                Some((pos, s)) => Some((*pos, s == &req.stream)),
+                None => self.ids.get(&e.event_id).map(|(pos, t)| (*pos, *t == tag)),
             })
             .collect();
-        let known = found.iter().flatten().count();
-        if known == req.events.len() {
-            let positions: Vec<u64> = found.iter().flatten().copied().collect();
-            let on_stream = {
-                let streams = self
-                    .shared
-                    .streams
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner());
-                let committed = streams.get(&req.stream);
-                positions.iter().all(|p| {
-                    batch_ids
-                        .values()
-                        .any(|(bp, s)| bp == p && s == &req.stream)
-                        || committed.is_some_and(|c| c.binary_search(p).is_ok())
-                })
-            };
-            if on_stream && positions.windows(2).all(|w| w[1] == w[0] + 1) {
+        if found.iter().all(|f| f.is_some_and(|(_, same)| same)) {
+            let positions: Vec<u64> = found.iter().flatten().map(|(p, _)| *p).collect();
+            if positions.windows(2).all(|w| w[1] == w[0] + 1) {
                 return Ok(Some(Appended {
                     first_position: positions[0],
                     last_position: positions[positions.len() - 1],
@@ -672,14 +671,20 @@ async fn commit_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<Pending>) {
             fail(&shared, p.replies, StoreError::Closed);
             continue;
         }
+        let (first, last) = match (p.envelopes.first(), p.envelopes.last()) {
+            (Some(f), Some(l)) => (f.position, l.clone()),
+            _ => {
+                // Nothing new: every earlier group is flushed, since groups come in order.
+                for (reply, result) in p.replies {
+                    let _ = reply.send(result);
+                }
+                continue;
+            }
+        };
         if let Err(e) = shared.db.flush_async().await {
             fail(&shared, p.replies, io(e));
             continue;
         }
-        let (first, last) = match (p.envelopes.first(), p.envelopes.last()) {
-            (Some(f), Some(l)) => (f.position, l.clone()),
-            _ => continue,
-        };
         {
             let mut streams = shared.streams.write().unwrap_or_else(|e| e.into_inner());
             for e in &p.envelopes {

@@ -345,3 +345,27 @@ proptest! {
         });
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_racing_its_original_lands_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = SledEventLog::open(dir.path()).unwrap();
+    for n in 0..50u128 {
+        let u = user(100 + n);
+        let req = AppendRequest::new(
+            StreamId::user(u),
+            ExpectedVersion::NoStream,
+            vec![proposed(discovered(u)), proposed(some_user_event(1))],
+        );
+        let (a, b) = tokio::join!(log.append(req.clone()), log.append(req));
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!(
+            (a.first_position, a.last_position),
+            (b.first_position, b.last_position)
+        );
+        assert!(a.duplicate != b.duplicate, "exactly one of the two wrote");
+        // The answer is only given once the events are readable (committed).
+        assert!(log.head().position >= a.last_position);
+    }
+    assert_eq!(log.head().position, 100);
+}

@@ -95,14 +95,7 @@ pub fn replay(args: &ReplayArgs) -> Result<ExitCode, CliError> {
         (None, None) => Until::End,
     };
     let pb = progress::bar(Some(store.last_position()?), "replay");
-    let envelopes = store.records().map(|r| {
-        let (pos, bytes) = r?;
-        decode_record(&bytes).map_err(|e| crate::store::StoreError::Corrupt {
-            position: pos,
-            reason: e.to_string(),
-        })
-    });
-    let projections = fold(envelopes, until, |e| {
+    let projections = fold(store.envelopes_parallel(), until, |e| {
         if e.position % 4096 == 0 {
             pb.set_position(e.position);
         }

@@ -48,6 +48,14 @@ pub fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), Co
         .map_err(|e| CodecError::Decode(e.to_string()))
 }
 
+/// Decodes a value that may borrow strings from `bytes`; returns it and the bytes consumed.
+pub fn decode_borrowed_prefix<'a, T: serde::Deserialize<'a>>(
+    bytes: &'a [u8],
+) -> Result<(T, usize), CodecError> {
+    bincode::serde::borrow_decode_from_slice(bytes, config())
+        .map_err(|e| CodecError::Decode(e.to_string()))
+}
+
 /// Decodes a value that must fill `bytes` exactly.
 pub fn decode_exact<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     let (v, n) = decode_prefix(bytes)?;

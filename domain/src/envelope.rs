@@ -13,7 +13,7 @@
 //! the header's kind and schema. Hashing the body as stored means verification needs no
 //! re-encoding, so a verifier built years later checks the very bytes that were written.
 
-use crate::codec::{decode_prefix, encode_into, CodecError};
+use crate::codec::{decode_borrowed_prefix, encode_into, CodecError};
 use crate::events::Event;
 use crate::ids::{InvalidStreamName, StreamId};
 use crate::types::{Actor, Hash};
@@ -103,16 +103,17 @@ struct HeaderOut<'a> {
 }
 
 #[derive(Deserialize)]
-struct HeaderIn {
+struct HeaderIn<'a> {
     position: u64,
-    stream: String,
+    #[serde(borrow)]
+    stream: &'a str,
     version: u64,
     event_id: Uuid,
     recorded_at_us: i64,
     actor: Actor,
     correlation_id: Option<Uuid>,
     causation_id: Option<Uuid>,
-    kind: String,
+    kind: &'a str,
     schema: u16,
 }
 
@@ -174,7 +175,7 @@ impl<'a> RawRecord<'a> {
 
     /// Decodes only the header: what indexes need, without the payload.
     pub fn decode_header(&self) -> Result<RecordHeader, RecordError> {
-        let (h, _): (HeaderIn, usize) = decode_prefix(self.body)?;
+        let (h, _): (HeaderIn<'_>, usize) = decode_borrowed_prefix(self.body)?;
         Ok(RecordHeader {
             position: h.position,
             stream: StreamId::new(h.stream)?,
@@ -186,8 +187,8 @@ impl<'a> RawRecord<'a> {
 
     /// Decodes the body into an envelope.
     pub fn decode(&self) -> Result<Envelope, RecordError> {
-        let (h, n): (HeaderIn, usize) = decode_prefix(self.body)?;
-        let event = Event::decode_payload(&h.kind, h.schema, &self.body[n..])?;
+        let (h, n): (HeaderIn<'_>, usize) = decode_borrowed_prefix(self.body)?;
+        let event = Event::decode_payload(h.kind, h.schema, &self.body[n..])?;
         let recorded_at =
             DateTime::<Utc>::from_timestamp_micros(h.recorded_at_us).ok_or(RecordError::BadTime)?;
         Ok(Envelope {

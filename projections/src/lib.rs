@@ -51,6 +51,23 @@ impl Projections {
         Self::default()
     }
 
+    /// Folds one envelope it may consume. Same result as [`Projections::apply`]; moves the
+    /// large payloads (user attributes) instead of cloning them, which is most of a
+    /// replay's allocation.
+    pub fn apply_owned(&mut self, env: Envelope) {
+        let moves = matches!(env.event, Event::UserAttributesChanged(_));
+        match env.stream.user_id() {
+            // Only the users projection reads this kind.
+            Some(user_id) if moves && env.position > self.position => {
+                self.position = env.position;
+                self.recorded_at = Some(env.recorded_at);
+                self.head_hash = env.hash;
+                self.users.apply_owned(user_id, env);
+            }
+            _ => self.apply(&env),
+        }
+    }
+
     /// Folds one envelope. Envelopes must come in log order; one at or before the current
     /// position is ignored, so re-delivery is harmless.
     pub fn apply(&mut self, env: &Envelope) {

@@ -157,6 +157,21 @@ impl Users {
         self.iter_after(None).filter(move |u| u.domain_id == domain)
     }
 
+    /// [`Users::apply`] for the kinds whose payload can be moved in.
+    pub(crate) fn apply_owned(&mut self, id: UserId, env: Envelope) {
+        match env.event {
+            Event::UserAttributesChanged(e) => {
+                if let Some(u) = self.by_id.get_mut(&id) {
+                    u.updated_at = env.recorded_at;
+                    u.version = env.version;
+                    u.last_position = env.position;
+                    u.attributes = e.attributes;
+                }
+            }
+            _ => self.apply(id, &env),
+        }
+    }
+
     pub(crate) fn apply(&mut self, id: UserId, env: &Envelope) {
         if let Event::UserDiscovered(e) = &env.event {
             let view = UserView {

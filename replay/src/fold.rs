@@ -28,7 +28,7 @@ impl Until {
 
 /// Folds `events` (in log order) into fresh projections, stopping at `until`.
 ///
-/// `on_event` is called after each applied envelope (for progress bars). The first error
+/// `on_event` is called with each envelope just before it is applied (for progress bars). The first error
 /// from the source stops the fold and is returned.
 pub fn fold<E>(
     events: impl IntoIterator<Item = Result<Envelope, E>>,
@@ -41,8 +41,8 @@ pub fn fold<E>(
         if until.is_past(&env) {
             break;
         }
-        p.apply(&env);
         on_event(&env);
+        p.apply_owned(env);
     }
     Ok(p)
 }

@@ -290,6 +290,17 @@ pub struct RawStore {
 }
 
 impl RawStore {
+    /// Every record decoded, in key order, decoding on every core.
+    pub fn envelopes_parallel(&self) -> super::parallel_decode::ParallelDecode {
+        let log = self.log.clone();
+        let raw = log.range(be(1)..).map(|kv| {
+            let (k, v) = kv.map_err(io)?;
+            let pos = read_be(&k).ok_or_else(|| corrupt(0, "log key is not 8 bytes"))?;
+            Ok((pos, v))
+        });
+        super::parallel_decode::parallel_decode(raw, super::parallel_decode::decoder_threads())
+    }
+
     /// Every record of the log tree, in key order.
     pub fn records(&self) -> impl Iterator<Item = Result<(u64, sled::IVec), StoreError>> + '_ {
         raw_iter(&self.log, 1, u64::MAX)
@@ -419,11 +430,11 @@ fn stream_tag(stream: &StreamId) -> u64 {
 struct Batch {
     records: sled::Batch,
     envelopes: Vec<Envelope>,
-    /// Ids of this batch → (position, stream), for retries within the same batch.
-    ids: FxHashMap<Uuid, (u64, StreamId)>,
+    /// Ids of this batch → (position, stream tag), for retries within the same batch.
+    ids: FxHashMap<Uuid, (u64, u64)>,
 }
 
-/// A written, not yet flushed, group commit on its way to the committer.
+/// A written, not yet flushed, group commit.
 struct Pending {
     envelopes: Vec<Envelope>,
     replies: Vec<Reply>,
@@ -431,27 +442,20 @@ struct Pending {
 }
 
 impl Writer {
-    /// Gathers requests, checks and encodes them, writes their records, and hands the
-    /// group to the committer. Runs one group ahead of the committer: the next group is
-    /// written while the previous one is being flushed (sled's flush covers everything
-    /// written before it starts, so nothing is answered before its own bytes are durable).
+    /// Gathers requests, checks and encodes them, writes their records, flushes, and only
+    /// then answers. One group at a time: with callers that each wait for their answer,
+    /// writing the next group during this one's flush only split them into two half-size
+    /// groups (measured: 44k vs 49k events/s with 64 writers; see ARCHITECTURE.md).
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Job>) {
-        let (to_committer, from_writer) = mpsc::channel::<Pending>(1);
-        let committer = tokio::spawn(commit_loop(self.shared.clone(), from_writer));
         while let Some(first) = rx.recv().await {
             let jobs = gather(first, &mut rx).await;
-            let pending = self.write(jobs);
-            if let Some(p) = pending {
-                if to_committer.send(p).await.is_err() {
-                    break;
-                }
+            if let Some(p) = self.write(jobs) {
+                commit(&self.shared, p).await;
             }
             if self.shared.closed.load(Ordering::Acquire) {
                 break;
             }
         }
-        drop(to_committer);
-        let _ = committer.await;
         // The log is closed: refuse whatever is still queued.
         rx.close();
         while let Some(j) = rx.recv().await {
@@ -459,9 +463,8 @@ impl Writer {
         }
     }
 
-    /// Checks and writes one group. The answers travel with it to the committer even when
-    /// nothing new was written: a retry's answer may point at a group still being flushed.
-    /// `None` only when the write failed (answers sent).
+    /// Checks and writes one group (not yet flushed). `None` only when the write failed
+    /// (answers sent).
     fn write(&mut self, jobs: Vec<Job>) -> Option<Pending> {
         let started = std::time::Instant::now();
         let now_us = Utc::now().timestamp_micros().max(self.last_time_us);
@@ -485,9 +488,7 @@ impl Writer {
         }
         self.last_time_us = now_us;
         self.last_hash = batch.envelopes.last().map_or(self.last_hash, |e| e.hash);
-        for (id, (pos, stream)) in batch.ids {
-            self.ids.insert(id, (pos, stream_tag(&stream)));
-        }
+        self.ids.extend(batch.ids);
         Some(Pending {
             envelopes: batch.envelopes,
             replies,
@@ -506,6 +507,7 @@ impl Writer {
             return Ok(duplicate);
         }
         let current = self.heads.get(&req.stream).copied().unwrap_or(0);
+        let tag = stream_tag(&req.stream);
         let first = self.next_position;
         let count = req.events.len() as u64;
         let mut chain = batch.envelopes.last().map_or(self.last_hash, |e| e.hash);
@@ -533,7 +535,7 @@ impl Writer {
         for (i, (p, (bytes, prev_hash, hash))) in req.events.into_iter().zip(encoded).enumerate() {
             let position = first + i as u64;
             batch.records.insert(&be(position), bytes);
-            batch.ids.insert(p.event_id, (position, req.stream.clone()));
+            batch.ids.insert(p.event_id, (position, tag));
             batch.envelopes.push(Envelope {
                 position,
                 stream: req.stream.clone(),
@@ -564,7 +566,7 @@ impl Writer {
     fn check(
         &self,
         req: &AppendRequest,
-        batch_ids: &FxHashMap<Uuid, (u64, StreamId)>,
+        batch_ids: &FxHashMap<Uuid, (u64, u64)>,
     ) -> Result<Option<Appended>, AppendError> {
         if req.events.is_empty() {
             return Err(AppendError::Invalid("no events".into()));
@@ -587,9 +589,11 @@ impl Writer {
         let found: Vec<Option<(u64, bool)>> = req
             .events
             .iter()
-            .map(|e| match batch_ids.get(&e.event_id) {
-                Some((pos, s)) => Some((*pos, s == &req.stream)),
-                None => self.ids.get(&e.event_id).map(|(pos, t)| (*pos, *t == tag)),
+            .map(|e| {
+                let hit = batch_ids
+                    .get(&e.event_id)
+                    .or_else(|| self.ids.get(&e.event_id));
+                hit.map(|(pos, t)| (*pos, *t == tag))
             })
             .collect();
         if found.iter().all(|f| f.is_some_and(|(_, same)| same)) {
@@ -664,53 +668,47 @@ fn fail(shared: &Shared, replies: Vec<Reply>, err: StoreError) {
     }
 }
 
-/// Flushes each group in order; only then makes it readable, answers and publishes it.
-async fn commit_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<Pending>) {
-    while let Some(p) = rx.recv().await {
-        if shared.closed.load(Ordering::Acquire) {
-            fail(&shared, p.replies, StoreError::Closed);
-            continue;
-        }
-        let (first, last) = match (p.envelopes.first(), p.envelopes.last()) {
-            (Some(f), Some(l)) => (f.position, l.clone()),
-            _ => {
-                // Nothing new: every earlier group is flushed, since groups come in order.
-                for (reply, result) in p.replies {
-                    let _ = reply.send(result);
-                }
-                continue;
+/// Flushes a written group; only then makes it readable, answers and publishes it.
+async fn commit(shared: &Shared, p: Pending) {
+    let (first, last) = match (p.envelopes.first(), p.envelopes.last()) {
+        (Some(f), Some(l)) => (f.position, l.clone()),
+        _ => {
+            // Nothing new (refusals and retries only): every earlier group is flushed.
+            for (reply, result) in p.replies {
+                let _ = reply.send(result);
             }
-        };
-        if let Err(e) = shared.db.flush_async().await {
-            fail(&shared, p.replies, io(e));
-            continue;
+            return;
         }
-        {
-            let mut streams = shared.streams.write().unwrap_or_else(|e| e.into_inner());
-            for e in &p.envelopes {
-                streams
-                    .entry(e.stream.clone())
-                    .or_default()
-                    .push(e.position);
-            }
-        }
-        {
-            let mut h = shared.head_hash.lock().unwrap_or_else(|e| e.into_inner());
-            *h = last.hash;
-            shared.committed.store(last.position, Ordering::Release);
-        }
-        let stats = &shared.stats;
-        stats.flushes.fetch_add(1, Ordering::Relaxed);
-        stats
-            .events
-            .fetch_add(last.position + 1 - first, Ordering::Relaxed);
-        stats
-            .commit_micros
-            .fetch_add(p.started.elapsed().as_micros() as u64, Ordering::Relaxed);
-        for (reply, result) in p.replies {
-            let _ = reply.send(result);
-        }
-        // No subscriber is fine: the projector may not have started yet.
-        let _ = shared.live.send(Arc::from(p.envelopes));
+    };
+    if let Err(e) = shared.db.flush_async().await {
+        fail(shared, p.replies, io(e));
+        return;
     }
+    {
+        let mut streams = shared.streams.write().unwrap_or_else(|e| e.into_inner());
+        for e in &p.envelopes {
+            streams
+                .entry(e.stream.clone())
+                .or_default()
+                .push(e.position);
+        }
+    }
+    {
+        let mut h = shared.head_hash.lock().unwrap_or_else(|e| e.into_inner());
+        *h = last.hash;
+        shared.committed.store(last.position, Ordering::Release);
+    }
+    let stats = &shared.stats;
+    stats.flushes.fetch_add(1, Ordering::Relaxed);
+    stats
+        .events
+        .fetch_add(last.position + 1 - first, Ordering::Relaxed);
+    stats
+        .commit_micros
+        .fetch_add(p.started.elapsed().as_micros() as u64, Ordering::Relaxed);
+    for (reply, result) in p.replies {
+        let _ = reply.send(result);
+    }
+    // No subscriber is fine: the projector may not have started yet.
+    let _ = shared.live.send(Arc::from(p.envelopes));
 }

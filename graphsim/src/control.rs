@@ -1,0 +1,210 @@
+//! The control API under `/_sim`: loopback only, no token. Tests and the demo change the
+//! directory, inject faults, expire delta tokens and read what was asked.
+
+use crate::graph::{graph_error, user_json};
+use crate::state::{Fault, Sim};
+use crate::tenant::UserEntry;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::json;
+
+/// `POST /_sim/users` body: a Graph user object, optionally with `password` and `adminRoles`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NewUser {
+    #[serde(default)]
+    id: Option<String>,
+    user_principal_name: String,
+    display_name: String,
+    #[serde(default)]
+    mail: Option<String>,
+    #[serde(default)]
+    given_name: Option<String>,
+    #[serde(default)]
+    surname: Option<String>,
+    #[serde(default = "yes")]
+    account_enabled: bool,
+    #[serde(default)]
+    password: Option<String>,
+    #[serde(default)]
+    admin_roles: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Creates a user.
+pub async fn create_user(State(sim): State<Sim>, Json(u): Json<NewUser>) -> Response {
+    let user = UserEntry {
+        id: u.id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+        user_principal_name: u.user_principal_name,
+        display_name: u.display_name,
+        mail: u.mail,
+        given_name: u.given_name,
+        surname: u.surname,
+        account_enabled: u.account_enabled,
+        password: u.password,
+        admin_roles: u.admin_roles,
+    };
+    let body = user_json(&user, &[], false);
+    sim.lock().put_user(user);
+    (StatusCode::CREATED, Json(body)).into_response()
+}
+
+/// `PATCH /_sim/users/{id}` body: any of the user's attributes.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UserPatch {
+    user_principal_name: Option<String>,
+    display_name: Option<String>,
+    mail: Option<Option<String>>,
+    given_name: Option<Option<String>>,
+    surname: Option<Option<String>>,
+    account_enabled: Option<bool>,
+    password: Option<String>,
+    admin_roles: Option<Vec<String>>,
+}
+
+/// Changes a user's attributes (a change delta rounds will report).
+pub async fn patch_user(
+    State(sim): State<Sim>,
+    Path(id): Path<String>,
+    Json(p): Json<UserPatch>,
+) -> Response {
+    let mut inner = sim.lock();
+    let Some(mut u) = inner.dir.users.get(&id).cloned() else {
+        return graph_error(
+            StatusCode::NOT_FOUND,
+            "Request_ResourceNotFound",
+            "no such user",
+        );
+    };
+    if let Some(v) = p.user_principal_name {
+        u.user_principal_name = v;
+    }
+    if let Some(v) = p.display_name {
+        u.display_name = v;
+    }
+    if let Some(v) = p.mail {
+        u.mail = v;
+    }
+    if let Some(v) = p.given_name {
+        u.given_name = v;
+    }
+    if let Some(v) = p.surname {
+        u.surname = v;
+    }
+    if let Some(v) = p.account_enabled {
+        u.account_enabled = v;
+    }
+    if let Some(v) = p.password {
+        u.password = Some(v);
+    }
+    if let Some(v) = p.admin_roles {
+        u.admin_roles = v;
+    }
+    let body = user_json(&u, &[], false);
+    inner.put_user(u);
+    Json(body).into_response()
+}
+
+/// Deletes a user (and their memberships).
+pub async fn delete_user(State(sim): State<Sim>, Path(id): Path<String>) -> StatusCode {
+    if sim.lock().delete_user(&id) {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::NOT_FOUND
+    }
+}
+
+/// The user's current password and how often Graph changed it.
+pub async fn password(State(sim): State<Sim>, Path(id): Path<String>) -> Response {
+    let inner = sim.lock();
+    match inner.dir.users.get(&id) {
+        Some(u) => Json(json!({
+            "password": u.password,
+            "changes": inner.dir.password_changes.get(&id).copied().unwrap_or(0),
+        }))
+        .into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+/// Adds a member.
+pub async fn add_member(
+    State(sim): State<Sim>,
+    Path((group, user)): Path<(String, String)>,
+) -> StatusCode {
+    if sim.lock().set_member(&group, &user, true) {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::NOT_FOUND
+    }
+}
+
+/// Removes a member.
+pub async fn remove_member(
+    State(sim): State<Sim>,
+    Path((group, user)): Path<(String, String)>,
+) -> StatusCode {
+    if sim.lock().set_member(&group, &user, false) {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::NOT_FOUND
+    }
+}
+
+/// Queues a fault.
+pub async fn add_fault(State(sim): State<Sim>, Json(f): Json<Fault>) -> StatusCode {
+    sim.lock().faults.push(f);
+    StatusCode::NO_CONTENT
+}
+
+/// Clears every fault.
+pub async fn clear_faults(State(sim): State<Sim>) -> StatusCode {
+    sim.lock().faults.clear();
+    StatusCode::NO_CONTENT
+}
+
+/// Expires every delta token issued so far.
+pub async fn expire_delta(State(sim): State<Sim>) -> StatusCode {
+    sim.lock().epoch += 1;
+    StatusCode::NO_CONTENT
+}
+
+/// The requests received, oldest first.
+pub async fn requests(State(sim): State<Sim>) -> Response {
+    let inner = sim.lock();
+    Json(json!(inner.requests.iter().collect::<Vec<_>>())).into_response()
+}
+
+/// `PATCH /_sim/apps/{client_id}` body: a new `secret` and/or `permissions`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppPatch {
+    secret: Option<String>,
+    permissions: Option<Vec<String>>,
+}
+
+/// Rotates an app's secret or changes its permissions (tokens already issued keep theirs).
+pub async fn patch_app(
+    State(sim): State<Sim>,
+    Path(client_id): Path<String>,
+    Json(p): Json<AppPatch>,
+) -> StatusCode {
+    let mut inner = sim.lock();
+    let Some(app) = inner.dir.apps.get_mut(&client_id) else {
+        return StatusCode::NOT_FOUND;
+    };
+    if let Some(s) = p.secret {
+        app.secret = s;
+    }
+    if let Some(p) = p.permissions {
+        app.permissions = p;
+    }
+    StatusCode::NO_CONTENT
+}

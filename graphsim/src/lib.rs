@@ -1,0 +1,196 @@
+//! graphsim: a faithful-enough Microsoft Graph v1.0 and identity platform for idledger's
+//! tests and demo. Same paths, JSON shapes, paging, delta semantics, permission checks,
+//! errors and throttling as the real service (see `../shared/graph/GRAPH.md`), plus a
+//! loopback-only control API under `/_sim`.
+#![forbid(unsafe_code)]
+
+pub mod control;
+pub mod graph;
+pub mod jwt;
+pub mod state;
+pub mod tenant;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use state::{LoggedRequest, Sim};
+use std::net::SocketAddr;
+
+pub use state::{Fault, SimConfig};
+pub use tenant::{Directory, TenantFile};
+
+/// The router: Graph and token routes behind the request log and faults, `/_sim` behind
+/// the loopback check.
+pub fn router(sim: Sim) -> Router {
+    let graph = Router::new()
+        .route("/v1.0/groups", get(graph::list_groups))
+        .route("/v1.0/groups/delta", get(graph::groups_delta))
+        .route("/v1.0/groups/{id}/members", get(graph::group_members))
+        .route(
+            "/v1.0/groups/{id}/members/microsoft.graph.user",
+            get(graph::group_members),
+        )
+        .route("/v1.0/users", get(graph::list_users))
+        .route("/v1.0/users/delta", get(graph::users_delta))
+        .route(
+            "/v1.0/users/{id}",
+            get(graph::get_user).patch(graph::patch_user),
+        )
+        .route("/v1.0/domains", get(graph::list_domains))
+        .route("/{tenant}/oauth2/v2.0/token", post(graph::token))
+        .route(
+            "/{tenant}/v2.0/.well-known/openid-configuration",
+            get(graph::openid_configuration),
+        )
+        .layer(middleware::from_fn_with_state(sim.clone(), log_and_faults));
+    let control = Router::new()
+        .route("/_sim/users", post(control::create_user))
+        .route(
+            "/_sim/users/{id}",
+            axum::routing::patch(control::patch_user).delete(control::delete_user),
+        )
+        .route("/_sim/users/{id}/password", get(control::password))
+        .route(
+            "/_sim/groups/{group}/members/{user}",
+            post(control::add_member).delete(control::remove_member),
+        )
+        .route(
+            "/_sim/faults",
+            post(control::add_fault).delete(control::clear_faults),
+        )
+        .route("/_sim/delta/expire", post(control::expire_delta))
+        .route("/_sim/requests", get(control::requests))
+        .route(
+            "/_sim/apps/{client_id}",
+            axum::routing::patch(control::patch_app),
+        )
+        .layer(middleware::from_fn(loopback_only));
+    graph.merge(control).with_state(sim)
+}
+
+/// Refuses `/_sim` to anyone not on loopback.
+async fn loopback_only(req: Request, next: Next) -> Response {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    match peer {
+        Some(ip) if ip.is_loopback() => next.run(req).await,
+        _ => (
+            StatusCode::FORBIDDEN,
+            "the control API answers loopback only",
+        )
+            .into_response(),
+    }
+}
+
+/// Logs the request, applies a matching fault, and stamps `request-id` on the answer.
+async fn log_and_faults(State(sim): State<Sim>, req: Request, next: Next) -> Response {
+    let method = req.method().as_str().to_owned();
+    let path = req.uri().path().to_owned();
+    let headers = req
+        .headers()
+        .iter()
+        .filter(|(k, _)| k.as_str() != "authorization")
+        .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+        .collect();
+    let client_request_id = req.headers().get("client-request-id").cloned();
+    let fault = {
+        let mut inner = sim.lock();
+        inner.log_request(LoggedRequest {
+            method: method.clone(),
+            path: path.clone(),
+            query: req.uri().query().unwrap_or("").to_owned(),
+            headers,
+            time: chrono::Utc::now().to_rfc3339(),
+        });
+        inner.take_fault(&method, &path)
+    };
+    let mut response = match fault {
+        None => next.run(req).await,
+        Some(f) => {
+            if let Some(ms) = f.delay_ms {
+                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            }
+            if f.drop_connection {
+                // An answer whose body fails mid-stream: the client sees the connection cut.
+                let failing = futures_util::stream::once(async {
+                    Err::<axum::body::Bytes, std::io::Error>(std::io::Error::other(
+                        "dropped by a fault",
+                    ))
+                });
+                return Response::new(axum::body::Body::from_stream(failing));
+            }
+            match f.status.and_then(|s| StatusCode::from_u16(s).ok()) {
+                None => next.run(req).await,
+                Some(status) => fault_response(status, f.retry_after),
+            }
+        }
+    };
+    let h = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()) {
+        h.insert("request-id", v);
+    }
+    if let Some(v) = client_request_id {
+        h.insert("client-request-id", v);
+    }
+    response
+}
+
+fn fault_response(status: StatusCode, retry_after: Option<f64>) -> Response {
+    let code = match status.as_u16() {
+        429 => "TooManyRequests",
+        503 => "serviceNotAvailable",
+        504 => "gatewayTimeout",
+        401 => "InvalidAuthenticationToken",
+        403 => "Authorization_RequestDenied",
+        _ => "generalException",
+    };
+    let mut r = graph::graph_error(status, code, "Injected by graphsim.");
+    if let Some(s) = retry_after {
+        if let Ok(v) = HeaderValue::from_str(&format!("{s}")) {
+            r.headers_mut().insert("retry-after", v);
+        }
+    }
+    r
+}
+
+/// Serves `sim` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    sim: Sim,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router(sim).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
+
+/// Starts a simulator on a free loopback port in the current runtime; returns its base URL
+/// and a handle to its state. Used by tests and `idledger demo`.
+pub async fn spawn(dir: Directory, config: SimConfig) -> std::io::Result<(String, Sim)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let sim = Sim::new(dir, config);
+    let serving = sim.clone();
+    tokio::spawn(async move {
+        if let Err(e) = serve(listener, serving, std::future::pending()).await {
+            tracing::error!(error = %e, "graphsim stopped");
+        }
+    });
+    Ok((url, sim))
+}
+
+/// Loads a tenant file.
+pub fn load_tenant(path: &std::path::Path) -> Result<Directory, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let file: TenantFile =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(Directory::from_file(file))
+}

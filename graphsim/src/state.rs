@@ -1,0 +1,261 @@
+//! The simulator's state: the directory, a change log for delta queries, faults to inject,
+//! and the log of requests received.
+
+use crate::tenant::{Directory, UserEntry};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// Requests kept for `GET /_sim/requests`.
+const MAX_REQUEST_LOG: usize = 10_000;
+
+/// Settings of a simulator instance.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// Default page size of collections and delta rounds.
+    pub page_size: usize,
+    /// Lifetime of delta tokens.
+    pub delta_token_ttl: Duration,
+    /// Lifetime of access tokens (`expires_in`).
+    pub access_token_ttl: Duration,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            page_size: 100,
+            delta_token_ttl: Duration::from_secs(7 * 24 * 3600),
+            access_token_ttl: Duration::from_secs(3599),
+        }
+    }
+}
+
+/// One change, for delta rounds.
+#[derive(Clone, Debug)]
+pub enum Change {
+    /// A user joined (`added`) or left a group.
+    Member {
+        /// Group id.
+        group: String,
+        /// User id.
+        user: String,
+        /// Joined or left.
+        added: bool,
+    },
+    /// A user's attributes changed.
+    User(String),
+    /// A user was deleted.
+    UserDeleted(String),
+}
+
+/// A fault to inject into Graph routes (`POST /_sim/faults`).
+#[derive(Clone, Debug, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Fault {
+    /// Only requests with this method.
+    #[serde(default)]
+    pub method: Option<String>,
+    /// Only paths starting with this.
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    /// Answer with this status (and Graph's error body) instead of the real answer.
+    #[serde(default)]
+    pub status: Option<u16>,
+    /// `Retry-After` seconds to send (may be fractional).
+    #[serde(default)]
+    pub retry_after: Option<f64>,
+    /// Hold the request this long first.
+    #[serde(default)]
+    pub delay_ms: Option<u64>,
+    /// Cut the connection instead of answering.
+    #[serde(default)]
+    pub drop_connection: bool,
+    /// How many requests it applies to.
+    pub count: u32,
+}
+
+/// One request received (`GET /_sim/requests`).
+#[derive(Clone, Debug, Serialize)]
+pub struct LoggedRequest {
+    /// Method.
+    pub method: String,
+    /// Path.
+    pub path: String,
+    /// Raw query string.
+    pub query: String,
+    /// Headers, Authorization removed.
+    pub headers: BTreeMap<String, String>,
+    /// When (RFC 3339).
+    pub time: String,
+}
+
+/// Where a delta round resumes: what the opaque `$deltatoken` / `$skiptoken` carry.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct DeltaCursor {
+    /// Changes after this sequence number are reported (0 with `full`).
+    pub from: u64,
+    /// Changes up to this sequence number are in this round.
+    pub upto: u64,
+    /// Full round: every current member or user.
+    pub full: bool,
+    /// Entries of this round already served (paging).
+    pub offset: usize,
+    /// The round's `$filter`.
+    pub filter: String,
+    /// The round's `$select`.
+    pub select: String,
+    /// When the token was issued (Unix seconds), for expiry.
+    pub issued: i64,
+    /// Tokens of an older epoch are expired (`POST /_sim/delta/expire`).
+    pub epoch: u64,
+}
+
+impl DeltaCursor {
+    /// The opaque token form.
+    pub fn encode(&self) -> String {
+        B64.encode(serde_json::to_vec(self).unwrap_or_default())
+    }
+
+    /// Parses a token.
+    pub fn decode(token: &str) -> Option<Self> {
+        serde_json::from_slice(&B64.decode(token).ok()?).ok()
+    }
+}
+
+/// Everything behind the lock.
+#[derive(Debug, Default)]
+pub struct Inner {
+    /// The directory.
+    pub dir: Directory,
+    /// Sequence number of the last change.
+    pub seq: u64,
+    /// Changes in order, with their sequence numbers.
+    pub changes: Vec<(u64, Change)>,
+    /// Current delta epoch.
+    pub epoch: u64,
+    /// Faults waiting to fire.
+    pub faults: Vec<Fault>,
+    /// Requests received, oldest first.
+    pub requests: VecDeque<LoggedRequest>,
+}
+
+impl Inner {
+    /// Records a change.
+    pub fn record(&mut self, change: Change) {
+        self.seq += 1;
+        self.changes.push((self.seq, change));
+    }
+
+    /// Adds or replaces a user, recording the change.
+    pub fn put_user(&mut self, user: UserEntry) {
+        let id = user.id.clone();
+        self.dir.users.insert(id.clone(), user);
+        self.record(Change::User(id));
+    }
+
+    /// Deletes a user and their memberships, recording both.
+    pub fn delete_user(&mut self, id: &str) -> bool {
+        if self.dir.users.remove(id).is_none() {
+            return false;
+        }
+        let groups: Vec<String> = self
+            .dir
+            .groups
+            .values()
+            .filter(|g| g.members.contains(id))
+            .map(|g| g.id.clone())
+            .collect();
+        for g in groups {
+            if let Some(group) = self.dir.groups.get_mut(&g) {
+                group.members.remove(id);
+            }
+            self.record(Change::Member {
+                group: g,
+                user: id.to_owned(),
+                added: false,
+            });
+        }
+        self.record(Change::UserDeleted(id.to_owned()));
+        true
+    }
+
+    /// Adds or removes a member; false when the group or user is unknown.
+    pub fn set_member(&mut self, group: &str, user: &str, added: bool) -> bool {
+        if !self.dir.users.contains_key(user) {
+            return false;
+        }
+        let Some(g) = self.dir.groups.get_mut(group) else {
+            return false;
+        };
+        let changed = if added {
+            g.members.insert(user.to_owned())
+        } else {
+            g.members.remove(user)
+        };
+        if changed {
+            self.record(Change::Member {
+                group: group.to_owned(),
+                user: user.to_owned(),
+                added,
+            });
+        }
+        true
+    }
+
+    /// Takes one use of the first fault matching a request.
+    pub fn take_fault(&mut self, method: &str, path: &str) -> Option<Fault> {
+        let f = self.faults.iter_mut().find(|f| {
+            f.count > 0
+                && f.method
+                    .as_deref()
+                    .is_none_or(|m| m.eq_ignore_ascii_case(method))
+                && f.path_prefix.as_deref().is_none_or(|p| path.starts_with(p))
+        })?;
+        f.count -= 1;
+        let out = f.clone();
+        self.faults.retain(|f| f.count > 0);
+        Some(out)
+    }
+
+    /// Logs a request.
+    pub fn log_request(&mut self, r: LoggedRequest) {
+        if self.requests.len() >= MAX_REQUEST_LOG {
+            self.requests.pop_front();
+        }
+        self.requests.push_back(r);
+    }
+}
+
+/// A simulator instance: shared state plus settings and the token key.
+#[derive(Clone)]
+pub struct Sim {
+    inner: Arc<Mutex<Inner>>,
+    /// Settings.
+    pub config: Arc<SimConfig>,
+    /// Key signing this instance's access tokens.
+    pub token_key: Arc<[u8; 32]>,
+}
+
+impl Sim {
+    /// A simulator serving `dir`.
+    pub fn new(dir: Directory, config: SimConfig) -> Self {
+        let mut key = [0u8; 32];
+        rand::Rng::fill(&mut rand::thread_rng(), &mut key);
+        Sim {
+            inner: Arc::new(Mutex::new(Inner {
+                dir,
+                ..Inner::default()
+            })),
+            config: Arc::new(config),
+            token_key: Arc::new(key),
+        }
+    }
+
+    /// Locks the state.
+    pub fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}

@@ -25,6 +25,15 @@ enum Command {
     /// Measure the event log.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Microsoft Graph tools.
+    #[command(subcommand)]
+    Graph(GraphCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum GraphCommand {
+    /// Test a connection: token, granted permissions, the reads the product needs, both groups.
+    Check(crate::graph::check::CheckArgs),
 }
 
 /// The data directory option shared by commands that read a local store.
@@ -81,6 +90,9 @@ pub fn run() -> ExitCode {
         Command::Log(a) => crate::inspect::log(&a),
         Command::Verify(a) => crate::inspect::verify(&a.data_dir),
         Command::Replay(a) => crate::inspect::replay(&a),
+        Command::Graph(GraphCommand::Check(a)) => {
+            runtime().map(|rt| rt.block_on(crate::graph::check::run(a)))
+        }
         Command::Bench(BenchCommand::Append(a)) => {
             runtime().and_then(|rt| rt.block_on(crate::bench::append(a)))
         }

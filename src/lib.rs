@@ -6,6 +6,7 @@
 pub mod bench;
 pub mod cli;
 pub mod demo;
+pub mod graph;
 pub mod inspect;
 pub mod progress;
 pub mod projector;

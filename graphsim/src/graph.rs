@@ -527,7 +527,15 @@ fn delta_cursor(
     }
     let inner = sim.lock();
     let now = chrono::Utc::now().timestamp();
-    let token = params.get("$deltatoken").or(params.get("$skiptoken"));
+    // Graph documents `$deltaToken=latest` with a capital T; links it hands out use `$deltatoken`.
+    let latest = params
+        .get("$deltaToken")
+        .or(params.get("$deltatoken"))
+        .is_some_and(|t| t == "latest");
+    let token = params
+        .get("$deltatoken")
+        .or(params.get("$skiptoken"))
+        .or(params.get("$deltaToken"));
     let Some(token) = token else {
         let filter = params.get("$filter").cloned().unwrap_or_default();
         if !filter.is_empty() {
@@ -553,7 +561,7 @@ fn delta_cursor(
             epoch: inner.epoch,
         });
     };
-    if params.get("$deltatoken").is_some_and(|t| t == "latest") {
+    if latest {
         return Ok(DeltaCursor {
             from: inner.seq,
             upto: inner.seq,

@@ -1,0 +1,571 @@
+//! The HTTP side: tokens, retries, paging.
+
+use super::error::GraphError;
+use super::types::*;
+use base64::Engine;
+use rand::Rng;
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use std::fmt;
+use std::time::{Duration, Instant};
+use tokio::sync::Mutex;
+
+/// A secret string: never printed, never logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+
+    /// The secret itself, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Where and as whom to talk to Graph.
+#[derive(Clone, Debug)]
+pub struct GraphSettings {
+    /// Identity platform authority, e.g. `https://login.microsoftonline.com`.
+    pub authority_url: String,
+    /// Graph service root, e.g. `https://graph.microsoft.com` (the client adds `/v1.0`).
+    pub graph_url: String,
+    /// Tenant id or verified domain name.
+    pub tenant_id: String,
+    /// App registration's client id.
+    pub client_id: String,
+    /// App registration's client secret.
+    pub client_secret: Secret,
+}
+
+/// How requests are retried.
+#[derive(Clone, Debug)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included.
+    pub max_attempts: u32,
+    /// First backoff; doubles each attempt, with full jitter.
+    pub base_delay: Duration,
+    /// Longest backoff (and longest `Retry-After` honoured).
+    pub max_delay: Duration,
+    /// Timeout of one request.
+    pub request_timeout: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 6,
+            base_delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+struct CachedToken {
+    token: Secret,
+    refresh_at: Instant,
+}
+
+/// A Graph client for one app registration in one tenant.
+pub struct GraphClient {
+    http: reqwest::Client,
+    settings: GraphSettings,
+    retry: RetryPolicy,
+    page_size: u32,
+    token: Mutex<Option<CachedToken>>,
+}
+
+fn trim(url: &str) -> &str {
+    url.trim_end_matches('/')
+}
+
+fn host_of(url: &str) -> String {
+    reqwest::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// Parses Graph's error body; the innermost `innerError.code` wins when present.
+fn api_error(status: StatusCode, body: &[u8], request_id: Option<String>) -> GraphError {
+    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let err = &v["error"];
+    let mut code = err["code"].as_str().unwrap_or("").to_owned();
+    let mut inner = err.get("innerError").or(err.get("innererror"));
+    while let Some(i) = inner {
+        if let Some(c) = i["code"].as_str() {
+            code = c.to_owned();
+        }
+        inner = i.get("innerError").or(i.get("innererror"));
+    }
+    if code.is_empty() {
+        code = status
+            .canonical_reason()
+            .unwrap_or("error")
+            .replace(' ', "");
+    }
+    GraphError::Api {
+        status: status.as_u16(),
+        code,
+        message: err["message"].as_str().unwrap_or("").to_owned(),
+        request_id,
+    }
+}
+
+/// `Retry-After` in seconds, possibly fractional.
+fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
+    let s = resp.headers().get("retry-after")?.to_str().ok()?;
+    let secs: f64 = s.trim().parse().ok()?;
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+}
+
+impl GraphClient {
+    /// A client with its own connection pool.
+    pub fn new(settings: GraphSettings, retry: RetryPolicy) -> Result<Self, GraphError> {
+        let http = reqwest::Client::builder()
+            .timeout(retry.request_timeout)
+            .connect_timeout(Duration::from_secs(10))
+            .pool_max_idle_per_host(16)
+            .build()
+            .map_err(|e| GraphError::Decode(e.to_string()))?;
+        Ok(GraphClient {
+            http,
+            settings,
+            retry,
+            page_size: 999,
+            token: Mutex::new(None),
+        })
+    }
+
+    /// Page size asked of collections (`$top`, 1 to 999).
+    pub fn with_page_size(mut self, n: u32) -> Self {
+        self.page_size = n.clamp(1, 999);
+        self
+    }
+
+    fn graph(&self, path: &str) -> String {
+        format!("{}/v1.0{path}", trim(&self.settings.graph_url))
+    }
+
+    /// A valid access token, from the cache or the token endpoint.
+    pub async fn access_token(&self) -> Result<Secret, GraphError> {
+        let mut cached = self.token.lock().await;
+        if let Some(t) = cached.as_ref().filter(|t| Instant::now() < t.refresh_at) {
+            return Ok(t.token.clone());
+        }
+        let url = format!(
+            "{}/{}/oauth2/v2.0/token",
+            trim(&self.settings.authority_url),
+            self.settings.tenant_id
+        );
+        let scope = format!("{}/.default", trim(&self.settings.graph_url));
+        let form = [
+            ("client_id", self.settings.client_id.as_str()),
+            ("client_secret", self.settings.client_secret.expose()),
+            ("scope", scope.as_str()),
+            ("grant_type", "client_credentials"),
+        ];
+        let mut attempt = 0;
+        let resp = loop {
+            attempt += 1;
+            match self.http.post(&url).form(&form).send().await {
+                Ok(r) if r.status().is_server_error() && attempt < self.retry.max_attempts => {}
+                Ok(r) => break r,
+                Err(e) if attempt >= self.retry.max_attempts => {
+                    return Err(GraphError::Transport {
+                        host: host_of(&url),
+                        reason: e.without_url().to_string(),
+                    })
+                }
+                Err(_) => {}
+            }
+            tokio::time::sleep(self.backoff(attempt)).await;
+        };
+        let status = resp.status();
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| GraphError::Decode(e.without_url().to_string()))?;
+        let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        if !status.is_success() {
+            return Err(GraphError::Token {
+                status: status.as_u16(),
+                error: v["error"].as_str().unwrap_or("unknown").to_owned(),
+                aadsts: v["error_codes"][0].as_u64().unwrap_or(0) as u32,
+            });
+        }
+        let token = v["access_token"]
+            .as_str()
+            .ok_or_else(|| GraphError::Decode("token response without access_token".into()))?;
+        let expires_in = v["expires_in"].as_u64().unwrap_or(3599);
+        // Refresh five minutes early (or at half the lifetime of a short-lived token).
+        let early = (expires_in / 2).min(300);
+        let token = Secret::new(token);
+        *cached = Some(CachedToken {
+            token: token.clone(),
+            refresh_at: Instant::now() + Duration::from_secs(expires_in - early),
+        });
+        Ok(token)
+    }
+
+    /// The application permissions granted to the app: the token's `roles` claim.
+    pub async fn granted_roles(&self) -> Result<Vec<String>, GraphError> {
+        let token = self.access_token().await?;
+        let payload = token.expose().split('.').nth(1).unwrap_or("");
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload.trim_end_matches('='))
+            .map_err(|_| GraphError::Decode("the access token is not a JWT".into()))?;
+        let claims: Value =
+            serde_json::from_slice(&bytes).map_err(|e| GraphError::Decode(e.to_string()))?;
+        Ok(claims["roles"]
+            .as_array()
+            .map(|r| {
+                r.iter()
+                    .filter_map(|x| x.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn invalidate_token(&self) {
+        *self.token.lock().await = None;
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let exp = self
+            .retry
+            .base_delay
+            .saturating_mul(1 << attempt.saturating_sub(1).min(16));
+        let cap = exp.min(self.retry.max_delay);
+        // Full jitter, but never less than a tenth of the step: retrying at once only adds load.
+        let ms = cap.as_millis().max(1) as u64;
+        Duration::from_millis(rand::thread_rng().gen_range(ms / 10..=ms))
+    }
+
+    /// Sends one request with retries; returns the successful answer's body.
+    async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        body: Option<&Value>,
+    ) -> Result<Option<Value>, GraphError> {
+        let mut refreshed = false;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let token = self.access_token().await?;
+            let client_request_id = uuid::Uuid::new_v4().to_string();
+            let mut req = self
+                .http
+                .request(method.clone(), url)
+                .bearer_auth(token.expose())
+                .header("client-request-id", &client_request_id);
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            let last = attempt >= self.retry.max_attempts;
+            let resp = match req.send().await {
+                Ok(r) => r,
+                Err(e) => {
+                    let err = GraphError::Transport {
+                        host: host_of(url),
+                        reason: e.without_url().to_string(),
+                    };
+                    tracing::warn!(attempt, %client_request_id, error = %err, "Graph request failed");
+                    if last {
+                        return Err(err);
+                    }
+                    tokio::time::sleep(self.backoff(attempt)).await;
+                    continue;
+                }
+            };
+            let status = resp.status();
+            let request_id = resp
+                .headers()
+                .get("request-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            tracing::debug!(%method, status = status.as_u16(), ?request_id, %client_request_id, "Graph");
+            if status.is_success() {
+                let bytes = resp
+                    .bytes()
+                    .await
+                    .map_err(|e| GraphError::Decode(e.without_url().to_string()))?;
+                if bytes.is_empty() {
+                    return Ok(None);
+                }
+                return serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| GraphError::Decode(e.to_string()));
+            }
+            let wait = retry_after(&resp);
+            let bytes = resp.bytes().await.unwrap_or_default();
+            let err = api_error(status, &bytes, request_id.clone());
+            if status == StatusCode::UNAUTHORIZED && !refreshed {
+                // Expired or revoked token: one fresh token, then the 401 stands.
+                refreshed = true;
+                self.invalidate_token().await;
+                continue;
+            }
+            let expired_delta = status == StatusCode::GONE
+                || matches!(
+                    err.code().as_deref(),
+                    Some("syncStateNotFound" | "resyncRequired" | "syncStateInvalid")
+                );
+            if expired_delta {
+                return Err(GraphError::DeltaExpired);
+            }
+            let transient = matches!(status.as_u16(), 429 | 503 | 504) || status.is_server_error();
+            if !transient || last {
+                tracing::warn!(status = status.as_u16(), code = ?err.code(), ?request_id, %client_request_id, "Graph refused");
+                return Err(err);
+            }
+            let delay = match wait {
+                Some(d) => d.min(self.retry.max_delay),
+                None => self.backoff(attempt),
+            };
+            tracing::info!(
+                status = status.as_u16(),
+                ?request_id,
+                delay_ms = delay.as_millis() as u64,
+                "Graph throttled or failed; retrying"
+            );
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    async fn get(&self, url: &str) -> Result<Value, GraphError> {
+        self.send(Method::GET, url, None)
+            .await?
+            .ok_or_else(|| GraphError::Decode("empty answer".into()))
+    }
+
+    /// Follows `@odata.nextLink` from `url`, calling `page` on each page's body.
+    async fn pages(
+        &self,
+        url: String,
+        mut page: impl FnMut(&Value) -> Result<(), GraphError>,
+    ) -> Result<Value, GraphError> {
+        let mut next = url;
+        loop {
+            let body = self.get(&next).await?;
+            page(&body)?;
+            match body["@odata.nextLink"].as_str() {
+                // Follow the whole link as given; never rebuild it.
+                Some(link) => next = link.to_owned(),
+                None => return Ok(body),
+            }
+        }
+    }
+
+    /// Groups with this display name (0, 1 or several: names are not unique).
+    pub async fn find_groups(&self, display_name: &str) -> Result<Vec<GraphGroup>, GraphError> {
+        let filter = format!("displayName eq '{}'", display_name.replace('\'', "''"));
+        let url = format!(
+            "{}?$filter={}&$select=id,displayName",
+            self.graph("/groups"),
+            urlencoding::encode(&filter)
+        );
+        let mut out = Vec::new();
+        self.pages(url, |body| {
+            out.extend(parse_values::<GraphGroup>(body)?);
+            Ok(())
+        })
+        .await?;
+        Ok(out)
+    }
+
+    /// Direct members of a group that are users, with `select`ed properties.
+    pub async fn group_members(
+        &self,
+        group_id: &str,
+        select: &str,
+    ) -> Result<Vec<GraphUser>, GraphError> {
+        let url = format!(
+            "{}?$select={}&$top={}",
+            self.graph(&format!(
+                "/groups/{}/members/microsoft.graph.user",
+                urlencoding::encode(group_id)
+            )),
+            urlencoding::encode(select),
+            self.page_size
+        );
+        let mut out = Vec::new();
+        self.pages(url, |body| {
+            out.extend(parse_values::<GraphUser>(body)?);
+            Ok(())
+        })
+        .await?;
+        Ok(out)
+    }
+
+    /// One `groups/delta` round for `group_ids` (at most 50), from `delta_link` or from
+    /// scratch. Pages are merged per group.
+    pub async fn groups_delta(
+        &self,
+        group_ids: &[String],
+        delta_link: Option<&str>,
+    ) -> Result<GroupsDelta, GraphError> {
+        let url = match delta_link {
+            Some(link) => link.to_owned(),
+            None => {
+                let filter = group_ids
+                    .iter()
+                    .map(|id| format!("id eq '{}'", id.replace('\'', "''")))
+                    .collect::<Vec<_>>()
+                    .join(" or ");
+                format!(
+                    "{}?$filter={}&$select=members",
+                    self.graph("/groups/delta"),
+                    urlencoding::encode(&filter)
+                )
+            }
+        };
+        let mut out = GroupsDelta::default();
+        let last = self
+            .pages(url, |body| {
+                for g in values(body)? {
+                    let id = g["id"]
+                        .as_str()
+                        .ok_or_else(|| GraphError::Decode("group without id".into()))?;
+                    let list = out.changes.entry(id.to_owned()).or_default();
+                    for m in g["members@delta"].as_array().into_iter().flatten() {
+                        if m["@odata.type"]
+                            .as_str()
+                            .is_some_and(|t| t != "#microsoft.graph.user")
+                        {
+                            continue;
+                        }
+                        if let Some(user_id) = m["id"].as_str() {
+                            list.push(MemberChange {
+                                user_id: user_id.to_owned(),
+                                removed: m.get("@removed").is_some(),
+                            });
+                        }
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+        out.delta_link = delta_link_of(&last)?;
+        Ok(out)
+    }
+
+    /// One `users/delta` round (`select`ed properties), optionally only for `ids` (at most
+    /// 50), from `delta_link` or from scratch.
+    pub async fn users_delta(
+        &self,
+        select: &str,
+        ids: Option<&[String]>,
+        delta_link: Option<&str>,
+    ) -> Result<UsersDelta, GraphError> {
+        let url = match delta_link {
+            Some(link) => link.to_owned(),
+            None => {
+                let mut url = format!(
+                    "{}?$select={}",
+                    self.graph("/users/delta"),
+                    urlencoding::encode(select)
+                );
+                if let Some(ids) = ids {
+                    let filter = ids
+                        .iter()
+                        .map(|id| format!("id eq '{id}'"))
+                        .collect::<Vec<_>>()
+                        .join(" or ");
+                    url.push_str(&format!("&$filter={}", urlencoding::encode(&filter)));
+                }
+                url
+            }
+        };
+        let mut out = UsersDelta::default();
+        let last = self
+            .pages(url, |body| {
+                for u in values(body)? {
+                    if let Some(removed) = u.get("@removed") {
+                        out.changes.push(UserChange::Removed {
+                            id: u["id"].as_str().unwrap_or_default().to_owned(),
+                            reason: removed["reason"].as_str().unwrap_or("deleted").to_owned(),
+                        });
+                    } else {
+                        let user = serde_json::from_value(u.clone())
+                            .map_err(|e| GraphError::Decode(e.to_string()))?;
+                        out.changes.push(UserChange::Upsert(user));
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+        out.delta_link = delta_link_of(&last)?;
+        Ok(out)
+    }
+
+    /// Starts tracking users from now (`$deltaToken=latest`): no users, only a delta link.
+    /// Also the cheapest proof that the app may read users.
+    pub async fn users_delta_latest(&self, select: &str) -> Result<String, GraphError> {
+        let url = format!(
+            "{}?$select={}&$deltaToken=latest",
+            self.graph("/users/delta"),
+            urlencoding::encode(select)
+        );
+        delta_link_of(&self.get(&url).await?)
+    }
+
+    /// One user.
+    pub async fn user(&self, id: &str, select: &str) -> Result<GraphUser, GraphError> {
+        let url = format!(
+            "{}?$select={}",
+            self.graph(&format!("/users/{}", urlencoding::encode(id))),
+            urlencoding::encode(select)
+        );
+        serde_json::from_value(self.get(&url).await?).map_err(|e| GraphError::Decode(e.to_string()))
+    }
+
+    /// Sets a user's password (no forced change at next sign-in).
+    pub async fn set_password(&self, user_id: &str, password: &Secret) -> Result<(), GraphError> {
+        let url = self.graph(&format!("/users/{}", urlencoding::encode(user_id)));
+        let body = serde_json::json!({"passwordProfile": {
+            "forceChangePasswordNextSignIn": false,
+            "password": password.expose(),
+        }});
+        self.send(Method::PATCH, &url, Some(&body))
+            .await
+            .map(|_| ())
+    }
+
+    /// The tenant's domains.
+    pub async fn domains(&self) -> Result<Vec<GraphDomain>, GraphError> {
+        let body = self.get(&self.graph("/domains")).await?;
+        parse_values(&body)
+    }
+}
+
+fn values(body: &Value) -> Result<&Vec<Value>, GraphError> {
+    body["value"]
+        .as_array()
+        .ok_or_else(|| GraphError::Decode("collection without value".into()))
+}
+
+fn parse_values<T: serde::de::DeserializeOwned>(body: &Value) -> Result<Vec<T>, GraphError> {
+    values(body)?
+        .iter()
+        .map(|v| serde_json::from_value(v.clone()).map_err(|e| GraphError::Decode(e.to_string())))
+        .collect()
+}
+
+fn delta_link_of(last: &Value) -> Result<String, GraphError> {
+    last["@odata.deltaLink"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| GraphError::Decode("the last delta page has no @odata.deltaLink".into()))
+}

@@ -1,0 +1,12 @@
+//! The Microsoft Graph client: client-credentials tokens, typed reads and the password
+//! update, retries as Graph asks for them. Every base URL is a setting, so the same code
+//! talks to the public cloud, a national cloud, or graphsim.
+
+pub mod check;
+mod client;
+mod error;
+mod types;
+
+pub use client::{GraphClient, GraphSettings, RetryPolicy, Secret};
+pub use error::GraphError;
+pub use types::*;

@@ -1,0 +1,591 @@
+//! The Graph client against a real graphsim on loopback.
+
+use crate::support::idledger;
+use graphsim::state::Sim;
+use graphsim::{load_tenant, SimConfig};
+use idledger::graph::{
+    GraphClient, GraphError, GraphSettings, RetryPolicy, Secret, UserChange, USER_SELECT,
+};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+const TENANT: &str = "6f1a2b3c-4d5e-4f60-8a7b-9c0d1e2f3a4b";
+const APP: &str = "11111111-2222-4333-8444-555555555555";
+const READONLY_APP: &str = "22222222-3333-4444-8555-666666666666";
+const SYNC: &str = "a1b2c3d4-0000-4000-8000-000000000001";
+const ROTATION: &str = "a1b2c3d4-0000-4000-8000-000000000002";
+
+fn user(n: u32) -> String {
+    format!("c0a80000-0000-4000-8000-{n:012}")
+}
+
+fn contoso() -> graphsim::Directory {
+    load_tenant(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/tenants/contoso.json"),
+    )
+    .unwrap()
+}
+
+async fn sim(page_size: usize) -> (String, Sim) {
+    graphsim::spawn(
+        contoso(),
+        SimConfig {
+            page_size,
+            ..SimConfig::default()
+        },
+    )
+    .await
+    .unwrap()
+}
+
+fn client(url: &str, secret: &str) -> GraphClient {
+    let settings = GraphSettings {
+        authority_url: url.to_owned(),
+        graph_url: url.to_owned(),
+        tenant_id: TENANT.to_owned(),
+        client_id: APP.to_owned(),
+        client_secret: Secret::new(secret),
+    };
+    let retry = RetryPolicy {
+        base_delay: Duration::from_millis(20),
+        ..RetryPolicy::default()
+    };
+    GraphClient::new(settings, retry).unwrap()
+}
+
+async fn control(
+    url: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> reqwest::Response {
+    let mut req = reqwest::Client::new().request(method, format!("{url}{path}"));
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().await.unwrap();
+    assert!(r.status().is_success(), "{path}: {}", r.status());
+    r
+}
+
+async fn requests_to(url: &str, path_part: &str) -> Vec<Value> {
+    let all: Vec<Value> = reqwest::get(format!("{url}/_sim/requests"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    all.into_iter()
+        .filter(|r| r["path"].as_str().unwrap_or("").contains(path_part))
+        .collect()
+}
+
+#[tokio::test]
+async fn tokens_are_cached_and_fetched_again_after_a_401() {
+    let (url, _sim) = sim(100).await;
+    let c = client(&url, "contoso-demo-secret");
+    c.find_groups("Hideez Users Sync").await.unwrap();
+    c.domains().await.unwrap();
+    assert_eq!(
+        requests_to(&url, "/oauth2/v2.0/token").await.len(),
+        1,
+        "one token for two calls"
+    );
+    // Graph says the token is no good: the client gets a new one once and retries.
+    control(
+        &url,
+        reqwest::Method::POST,
+        "/_sim/faults",
+        Some(json!({"status": 401, "path_prefix": "/v1.0/domains", "count": 1})),
+    )
+    .await;
+    c.domains().await.unwrap();
+    assert_eq!(requests_to(&url, "/oauth2/v2.0/token").await.len(), 2);
+    // Every Graph request carried a client-request-id and no request log holds a token.
+    for r in requests_to(&url, "/v1.0/").await {
+        assert!(
+            r["headers"]["client-request-id"]
+                .as_str()
+                .is_some_and(|v| v.len() == 36),
+            "{r}"
+        );
+        assert!(r["headers"].get("authorization").is_none());
+    }
+}
+
+#[tokio::test]
+async fn token_refusals_keep_their_aadsts_code() {
+    let (url, _sim) = sim(100).await;
+    let err = client(&url, "wrong-secret").domains().await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            GraphError::Token {
+                status: 401,
+                aadsts: 7000215,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(err.code().as_deref(), Some("AADSTS7000215"));
+    assert!(
+        !format!("{err} {err:?}").contains("wrong-secret"),
+        "the secret leaked into an error"
+    );
+}
+
+#[tokio::test]
+async fn members_are_read_across_many_pages() {
+    let (url, _sim) = sim(100).await;
+    let c = client(&url, "contoso-demo-secret").with_page_size(4);
+    let members = c.group_members(SYNC, USER_SELECT).await.unwrap();
+    assert_eq!(members.len(), 30);
+    assert_eq!(
+        members
+            .iter()
+            .map(|m| m.id.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+            .len(),
+        30
+    );
+    assert!(
+        members.iter().any(|m| m.account_enabled == Some(false)),
+        "the disabled user is a member"
+    );
+    assert!(
+        requests_to(&url, &format!("/groups/{SYNC}/members"))
+            .await
+            .len()
+            >= 8,
+        "30 members at 4 a page"
+    );
+    let groups = c
+        .find_groups("Hideez Key Auto Password Change")
+        .await
+        .unwrap();
+    assert_eq!(groups.len(), 1);
+    assert_eq!(groups[0].id, ROTATION);
+    assert!(c.find_groups("No Such Group").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn delta_rounds_report_additions_removals_deletions_and_changes() {
+    let (url, _sim) = sim(7).await;
+    let c = client(&url, "contoso-demo-secret");
+    let ids = vec![SYNC.to_owned(), ROTATION.to_owned()];
+    let first = c.groups_delta(&ids, None).await.unwrap();
+    assert_eq!(
+        first.changes[SYNC].len(),
+        30,
+        "first round lists every member, over several pages"
+    );
+    assert_eq!(first.changes[ROTATION].len(), 11);
+    assert!(first.changes.values().flatten().all(|m| !m.removed));
+    let users_first = c.users_delta(USER_SELECT, None, None).await.unwrap();
+    assert_eq!(users_first.changes.len(), 40);
+
+    // An unchanged tenant gives an empty round.
+    let same = c.groups_delta(&ids, Some(&first.delta_link)).await.unwrap();
+    assert!(same.changes.values().all(|v| v.is_empty()), "{same:?}");
+
+    // Join, leave, delete, change.
+    control(
+        &url,
+        reqwest::Method::POST,
+        &format!("/_sim/groups/{SYNC}/members/{}", user(31)),
+        None,
+    )
+    .await;
+    control(
+        &url,
+        reqwest::Method::DELETE,
+        &format!("/_sim/groups/{SYNC}/members/{}", user(12)),
+        None,
+    )
+    .await;
+    control(
+        &url,
+        reqwest::Method::DELETE,
+        &format!("/_sim/users/{}", user(3)),
+        None,
+    )
+    .await;
+    control(
+        &url,
+        reqwest::Method::PATCH,
+        &format!("/_sim/users/{}", user(5)),
+        Some(json!({"displayName": "Christie Cline-Smith"})),
+    )
+    .await;
+    let second = c.groups_delta(&ids, Some(&same.delta_link)).await.unwrap();
+    let sync: Vec<_> = second.changes[SYNC]
+        .iter()
+        .map(|m| (m.user_id.clone(), m.removed))
+        .collect();
+    assert!(sync.contains(&(user(31), false)), "{sync:?}");
+    assert!(sync.contains(&(user(12), true)), "{sync:?}");
+    assert!(
+        sync.contains(&(user(3), true)),
+        "a deleted user leaves the group: {sync:?}"
+    );
+    assert!(
+        second.changes[ROTATION].contains(&idledger::graph::MemberChange {
+            user_id: user(3),
+            removed: true
+        })
+    );
+    let users = c
+        .users_delta(USER_SELECT, None, Some(&users_first.delta_link))
+        .await
+        .unwrap();
+    assert!(
+        users
+            .changes
+            .iter()
+            .any(|u| matches!(u, UserChange::Removed { id, .. } if *id == user(3))),
+        "{users:?}"
+    );
+    assert!(users.changes.iter().any(
+        |u| matches!(u, UserChange::Upsert(g) if g.id == user(5) && g.display_name.as_deref() == Some("Christie Cline-Smith"))
+    ));
+}
+
+#[tokio::test]
+async fn an_expired_delta_token_asks_for_a_full_round() {
+    let (url, _sim) = sim(100).await;
+    let c = client(&url, "contoso-demo-secret");
+    let ids = vec![SYNC.to_owned()];
+    let first = c.groups_delta(&ids, None).await.unwrap();
+    control(&url, reqwest::Method::POST, "/_sim/delta/expire", None).await;
+    let err = c
+        .groups_delta(&ids, Some(&first.delta_link))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, GraphError::DeltaExpired), "{err:?}");
+    // The full round works again.
+    assert_eq!(
+        c.groups_delta(&ids, None).await.unwrap().changes[SYNC].len(),
+        30
+    );
+}
+
+#[tokio::test]
+async fn a_429_storm_is_waited_out_as_asked() {
+    let (url, _sim) = sim(100).await;
+    let c = client(&url, "contoso-demo-secret");
+    c.domains().await.unwrap();
+    control(
+        &url,
+        reqwest::Method::POST,
+        "/_sim/faults",
+        Some(json!({"status": 429, "retry_after": 0.6, "path_prefix": "/v1.0/groups", "count": 3})),
+    )
+    .await;
+    let started = Instant::now();
+    let groups = c.find_groups("Hideez Users Sync").await.unwrap();
+    let waited = started.elapsed();
+    assert_eq!(groups.len(), 1);
+    assert!(
+        waited >= Duration::from_millis(1800),
+        "three Retry-After: 0.6 waits, took {waited:?}"
+    );
+    assert_eq!(requests_to(&url, "/v1.0/groups").await.len(), 4);
+}
+
+#[tokio::test]
+async fn a_503_storm_is_survived_and_a_longer_one_reported() {
+    let (url, _sim) = sim(100).await;
+    let c = client(&url, "contoso-demo-secret");
+    control(
+        &url,
+        reqwest::Method::POST,
+        "/_sim/faults",
+        Some(json!({"status": 503, "path_prefix": "/v1.0/domains", "count": 4})),
+    )
+    .await;
+    assert_eq!(c.domains().await.unwrap().len(), 1);
+    control(
+        &url,
+        reqwest::Method::POST,
+        "/_sim/faults",
+        Some(json!({"status": 503, "path_prefix": "/v1.0/domains", "count": 50})),
+    )
+    .await;
+    let err = c.domains().await.unwrap_err();
+    assert_eq!(err.status(), Some(503), "{err:?}");
+    assert_eq!(
+        requests_to(&url, "/v1.0/domains").await.len(),
+        5 + 6,
+        "bounded attempts"
+    );
+    // A cut connection is retried too.
+    control(&url, reqwest::Method::DELETE, "/_sim/faults", None).await;
+    control(
+        &url,
+        reqwest::Method::POST,
+        "/_sim/faults",
+        Some(json!({"drop_connection": true, "path_prefix": "/v1.0/domains", "count": 1})),
+    )
+    .await;
+    assert_eq!(c.domains().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn password_updates_and_their_refusals() {
+    let (url, _sim) = sim(100).await;
+    let c = client(&url, "contoso-demo-secret");
+    let good = Secret::new("Kx9#vQ2!mW7@pL4$");
+    c.set_password(&user(2), &good).await.unwrap();
+    let state: Value = reqwest::get(format!("{url}/_sim/users/{}/password", user(2)))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(state, json!({"password": "Kx9#vQ2!mW7@pL4$", "changes": 1}));
+
+    let weak = c
+        .set_password(&user(2), &Secret::new("short"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (weak.status(), weak.code().as_deref()),
+        (Some(400), Some("Request_BadRequest"))
+    );
+    assert!(weak.is_definite());
+    let admin = c.set_password(&user(1), &good).await.unwrap_err();
+    assert_eq!(
+        (admin.status(), admin.code().as_deref()),
+        (Some(403), Some("Authorization_RequestDenied"))
+    );
+    let missing = c
+        .set_password("00000000-0000-4000-8000-000000000000", &good)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (missing.status(), missing.code().as_deref()),
+        (Some(404), Some("Request_ResourceNotFound"))
+    );
+    for e in [&weak, &admin, &missing] {
+        assert!(
+            !format!("{e} {e:?}").contains("Kx9#"),
+            "a password leaked into an error"
+        );
+    }
+    // None of the refusals was retried, and the password did not change.
+    assert_eq!(
+        requests_to(&url, &format!("/v1.0/users/{}", user(1)))
+            .await
+            .len(),
+        1
+    );
+    let state: Value = reqwest::get(format!("{url}/_sim/users/{}/password", user(2)))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(state["changes"], 1);
+    // The read-only app may not set passwords.
+    let mut ro = GraphSettings {
+        authority_url: url.clone(),
+        graph_url: url.clone(),
+        tenant_id: TENANT.into(),
+        client_id: READONLY_APP.into(),
+        client_secret: Secret::new("contoso-readonly-secret"),
+    };
+    let denied = GraphClient::new(ro.clone(), RetryPolicy::default())
+        .unwrap()
+        .set_password(&user(2), &good)
+        .await
+        .unwrap_err();
+    assert_eq!(denied.status(), Some(403));
+    ro.client_secret = Secret::new("nope");
+    assert!(matches!(
+        GraphClient::new(ro, RetryPolicy::default())
+            .unwrap()
+            .domains()
+            .await,
+        Err(GraphError::Token { .. })
+    ));
+}
+
+fn check(url: &str, client_id: &str, secret: &str) -> (Value, i32) {
+    let out = idledger()
+        .args([
+            "graph",
+            "check",
+            "--tenant-id",
+            TENANT,
+            "--client-id",
+            client_id,
+            "--authority-url",
+            url,
+            "--graph-url",
+            url,
+        ])
+        .env("IDLEDGER_CLIENT_SECRET", secret)
+        .output()
+        .unwrap();
+    let report = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (report, out.status.code().unwrap_or(-1))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graph_check_reports_health_and_names_missing_permissions() {
+    let (url, _sim) = sim(100).await;
+    let u = url.clone();
+    let (report, code) = tokio::task::spawn_blocking(move || check(&u, APP, "contoso-demo-secret"))
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["token"], "ok");
+    assert_eq!(report["sync_group"]["id"], SYNC);
+    assert_eq!(report["sync_group"]["members"], 30);
+    assert_eq!(report["rotation_group"]["members"], 11);
+    assert!(report["seconds"].as_f64().is_some());
+    let u = url.clone();
+    let (report, code) =
+        tokio::task::spawn_blocking(move || check(&u, READONLY_APP, "contoso-readonly-secret"))
+            .await
+            .unwrap();
+    assert_eq!(code, 1, "{report}");
+    assert_eq!(
+        report["permissions"]["User-PasswordProfile.ReadWrite.All"],
+        "missing"
+    );
+    assert_eq!(report["permissions"]["User.ReadWrite.All"], "missing");
+    assert_eq!(report["permissions"]["User.Read.All"], "granted");
+    assert_eq!(
+        report["missing_permissions"],
+        json!(["User.ReadWrite.All", "User-PasswordProfile.ReadWrite.All"])
+    );
+    let u = url.clone();
+    let (report, code) = tokio::task::spawn_blocking(move || check(&u, APP, "bad"))
+        .await
+        .unwrap();
+    assert_eq!(code, 1);
+    assert_eq!(report["token"]["error"], "AADSTS7000215");
+}
+
+/// graphsim answers with the shapes GRAPH.md documents.
+#[tokio::test]
+async fn graphsim_speaks_graphs_shapes() {
+    let (url, _sim) = sim(5).await;
+    let http = reqwest::Client::new();
+    let token: Value = http
+        .post(format!("{url}/{TENANT}/oauth2/v2.0/token"))
+        .form(&[
+            ("client_id", APP),
+            ("client_secret", "contoso-demo-secret"),
+            ("scope", &format!("{url}/.default")),
+            ("grant_type", "client_credentials"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(token["token_type"], "Bearer");
+    assert!(token["expires_in"].as_u64().unwrap() > 0 && token["ext_expires_in"].is_u64());
+    let jwt = token["access_token"].as_str().unwrap();
+    let claims = graphsim::jwt::peek(jwt).unwrap();
+    assert_eq!(
+        (
+            claims.tid.as_str(),
+            claims.appid.as_str(),
+            claims.aud.as_str()
+        ),
+        (TENANT, APP, url.as_str())
+    );
+    assert!(
+        claims
+            .roles
+            .contains(&"User-PasswordProfile.ReadWrite.All".to_owned())
+            && claims.exp > claims.iat
+    );
+    let bad: Value = http
+        .post(format!("{url}/{TENANT}/oauth2/v2.0/token"))
+        .form(&[
+            ("client_id", APP),
+            ("client_secret", "x"),
+            ("scope", "https://foo/.default"),
+            ("grant_type", "client_credentials"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for key in [
+        "error",
+        "error_description",
+        "error_codes",
+        "timestamp",
+        "trace_id",
+        "correlation_id",
+    ] {
+        assert!(bad.get(key).is_some(), "token error lacks {key}: {bad}");
+    }
+    let get = |path: String| {
+        let http = http.clone();
+        let jwt = jwt.to_owned();
+        async move { http.get(path).bearer_auth(jwt).send().await.unwrap() }
+    };
+    let page: Value = get(format!("{url}/v1.0/groups/{SYNC}/members"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(page["@odata.context"].is_string() && page["@odata.nextLink"].is_string());
+    assert_eq!(page["value"][0]["@odata.type"], "#microsoft.graph.user");
+    let delta: Value = get(format!(
+        "{url}/v1.0/groups/delta?$filter=id%20eq%20'{ROTATION}'&$select=members"
+    ))
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert!(delta["@odata.nextLink"]
+        .as_str()
+        .unwrap()
+        .contains("$skiptoken="));
+    assert_eq!(
+        delta["value"][0]["members@delta"][0]["@odata.type"],
+        "#microsoft.graph.user"
+    );
+    let refused = get(format!("{url}/v1.0/groups/delta?$top=5")).await;
+    assert_eq!(refused.status(), 400);
+    let missing = get(format!("{url}/v1.0/users/nope")).await;
+    assert_eq!(missing.status(), 404);
+    assert!(missing.headers().get("request-id").is_some());
+    let body: Value = missing.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "Request_ResourceNotFound");
+    assert!(
+        body["error"]["innerError"]["request-id"].is_string()
+            && body["error"]["innerError"]["date"].is_string()
+    );
+    let anonymous = http
+        .get(format!("{url}/v1.0/domains"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let wk: Value = http
+        .get(format!(
+            "{url}/{TENANT}/v2.0/.well-known/openid-configuration"
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        wk["token_endpoint"],
+        format!("{url}/{TENANT}/oauth2/v2.0/token")
+    );
+}

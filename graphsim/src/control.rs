@@ -12,8 +12,10 @@ use serde::Deserialize;
 use serde_json::json;
 
 /// `POST /_sim/users` body: a Graph user object, optionally with `password` and `adminRoles`.
+/// Properties the simulator does not model (`jobTitle`, `@odata.type` …) are ignored, as a
+/// Graph user object may carry any of them.
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct NewUser {
     #[serde(default)]
     id: Option<String>,

@@ -589,3 +589,41 @@ async fn graphsim_speaks_graphs_shapes() {
         format!("{url}/{TENANT}/oauth2/v2.0/token")
     );
 }
+
+#[tokio::test]
+async fn the_control_api_takes_graph_user_objects() {
+    let (url, _sim) = sim(100).await;
+    let created: Value = control(
+        &url,
+        reqwest::Method::POST,
+        "/_sim/users",
+        Some(json!({
+            "@odata.type": "#microsoft.graph.user", "userPrincipalName": "new.hire@contoso.onmicrosoft.com",
+            "displayName": "New Hire", "jobTitle": "Analyst", "password": "First-Key-2026!"
+        })),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    control(
+        &url,
+        reqwest::Method::POST,
+        &format!("/_sim/groups/{SYNC}/members/{id}"),
+        None,
+    )
+    .await;
+    let c = client(&url, "contoso-demo-secret");
+    let members = c.group_members(SYNC, USER_SELECT).await.unwrap();
+    assert!(members
+        .iter()
+        .any(|m| m.id == id && m.display_name.as_deref() == Some("New Hire")));
+    let pw: Value = reqwest::get(format!("{url}/_sim/users/{id}/password"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(pw, json!({"password": "First-Key-2026!", "changes": 0}));
+}

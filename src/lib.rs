@@ -10,4 +10,5 @@ pub mod graph;
 pub mod inspect;
 pub mod progress;
 pub mod projector;
+pub mod secrets;
 pub mod store;

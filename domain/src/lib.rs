@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod codec;
+pub mod decide;
 pub mod envelope;
 pub mod events;
 pub mod ids;

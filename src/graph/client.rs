@@ -6,31 +6,10 @@ use base64::Engine;
 use rand::Rng;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
-use std::fmt;
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 
-/// A secret string: never printed, never logged.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret.
-    pub fn new(s: impl Into<String>) -> Self {
-        Secret(s.into())
-    }
-
-    /// The secret itself, for the one place that must send it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
+pub use crate::secrets::Secret;
 
 /// Where and as whom to talk to Graph.
 #[derive(Clone, Debug)]

@@ -1,0 +1,562 @@
+//! Pure decisions: `evolve` folds a stream's events into the little state a decision needs,
+//! `decide` turns a command into events or a [`Rejection`]. The caller appends the events
+//! with the stream's version as the expected version, so a concurrent change makes the
+//! append fail instead of deciding on stale state.
+
+use crate::events::*;
+use crate::ids::*;
+use crate::types::*;
+use crate::Event;
+
+/// A command refused by the domain rules (not an infrastructure failure).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// The subject does not exist.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// The subject exists already.
+    #[error("{0} already exists")]
+    AlreadyExists(&'static str),
+    /// The domain was removed.
+    #[error("the domain was removed")]
+    DomainRemoved,
+    /// The command is not allowed in the subject's current state.
+    #[error("{0}")]
+    Conflict(String),
+    /// A field is out of range or malformed.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// The field.
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> Rejection {
+    Rejection::Invalid {
+        field,
+        message: message.into(),
+    }
+}
+
+/// Checks domain settings against their documented ranges.
+pub fn validate_settings(s: &DomainSettings) -> Result<(), Rejection> {
+    if let Some(d) = s.auto_password_change_days {
+        if !(1..=365).contains(&d) {
+            return Err(invalid("auto_password_change_days", "must be 1 to 365"));
+        }
+    }
+    if !(1..=1440).contains(&s.sync_interval_minutes) {
+        return Err(invalid("sync_interval_minutes", "must be 1 to 1440"));
+    }
+    if !(16..=256).contains(&s.password_length) {
+        return Err(invalid("password_length", "must be 16 to 256"));
+    }
+    if !(1..=64).contains(&s.max_concurrent_rotations) {
+        return Err(invalid("max_concurrent_rotations", "must be 1 to 64"));
+    }
+    if s.deletion_threshold == 0 {
+        return Err(invalid("deletion_threshold", "must be at least 1"));
+    }
+    for (field, g) in [
+        ("sync_group", &s.sync_group),
+        ("rotation_group", &s.rotation_group),
+    ] {
+        if g.display_name.trim().is_empty() || g.display_name.len() > 256 {
+            return Err(invalid(field, "a display name of 1 to 256 characters"));
+        }
+    }
+    for (field, url) in [
+        ("graph_url", &s.graph_url),
+        ("authority_url", &s.authority_url),
+    ] {
+        if !(url.starts_with("https://") || url.starts_with("http://")) || url.len() > 512 {
+            return Err(invalid(field, "an http(s) URL"));
+        }
+    }
+    Ok(())
+}
+
+/// Decisions on a domain stream.
+pub mod domain {
+    use super::*;
+
+    /// What decisions about a domain need to know.
+    #[derive(Clone, Debug, Default, PartialEq)]
+    pub struct DomainState {
+        /// Registered.
+        pub registered: bool,
+        /// Removed.
+        pub removed: bool,
+        /// Current settings.
+        pub settings: DomainSettings,
+        /// Credentials saved.
+        pub has_credentials: bool,
+        /// SSO defaults.
+        pub sso: SsoSettings,
+    }
+
+    /// Folds one event of the domain's stream.
+    pub fn evolve(mut s: DomainState, e: &Event) -> DomainState {
+        match e {
+            Event::DomainRegistered(e) => {
+                s.registered = true;
+                s.settings = e.settings.clone();
+            }
+            Event::DomainSettingsChanged(e) => s.settings = e.settings.clone(),
+            Event::DomainCredentialsSet(_) => s.has_credentials = true,
+            Event::DomainCredentialsRemoved(_) => s.has_credentials = false,
+            Event::SsoDefaultsChanged(e) => s.sso = e.sso,
+            Event::DomainRemoved(_) => {
+                s.removed = true;
+                s.has_credentials = false;
+            }
+            _ => {}
+        }
+        s
+    }
+
+    /// A command on a domain.
+    #[derive(Clone, Debug, PartialEq)]
+    pub enum DomainCommand {
+        /// Add a domain.
+        Register {
+            /// New id.
+            domain_id: DomainId,
+            /// Tenant domain name.
+            name: String,
+            /// Settings.
+            settings: DomainSettings,
+        },
+        /// Replace the settings.
+        ChangeSettings(DomainSettings),
+        /// Save credentials (the secret already sealed).
+        SetCredentials {
+            /// Tenant id.
+            tenant_id: String,
+            /// Client id.
+            client_id: String,
+            /// Sealed client secret.
+            client_secret: SealedSecret,
+        },
+        /// Remove credentials: sync and rotation stop.
+        RemoveCredentials,
+        /// Set the SSO defaults.
+        SetSsoDefaults(SsoSettings),
+        /// Remove the domain.
+        Remove,
+    }
+
+    fn valid_name(name: &str) -> bool {
+        !name.is_empty()
+            && name.len() <= 253
+            && name.contains('.')
+            && name.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            })
+    }
+
+    fn guid_like(s: &str) -> bool {
+        uuid::Uuid::parse_str(s).is_ok()
+    }
+
+    /// Decides a command. An empty list means nothing to change (idempotent repeat).
+    pub fn decide(s: &DomainState, c: DomainCommand) -> Result<Vec<Event>, Rejection> {
+        if let DomainCommand::Register {
+            domain_id,
+            name,
+            settings,
+        } = c
+        {
+            if s.registered {
+                return Err(Rejection::AlreadyExists("domain"));
+            }
+            if !valid_name(&name) {
+                return Err(invalid(
+                    "domain",
+                    "a DNS name such as contoso.onmicrosoft.com",
+                ));
+            }
+            validate_settings(&settings)?;
+            return Ok(vec![DomainRegistered {
+                domain_id,
+                name: name.to_ascii_lowercase(),
+                settings,
+            }
+            .into()]);
+        }
+        if !s.registered {
+            return Err(Rejection::NotFound("domain"));
+        }
+        if s.removed {
+            return Err(Rejection::DomainRemoved);
+        }
+        Ok(match c {
+            DomainCommand::Register { .. } => unreachable!("handled above"),
+            DomainCommand::ChangeSettings(settings) => {
+                validate_settings(&settings)?;
+                if settings == s.settings {
+                    vec![]
+                } else {
+                    vec![DomainSettingsChanged { settings }.into()]
+                }
+            }
+            DomainCommand::SetCredentials {
+                tenant_id,
+                client_id,
+                client_secret,
+            } => {
+                if !guid_like(&tenant_id) {
+                    return Err(invalid("tenant_id", "a GUID"));
+                }
+                if !guid_like(&client_id) {
+                    return Err(invalid("client_id", "a GUID"));
+                }
+                vec![DomainCredentialsSet {
+                    tenant_id,
+                    client_id,
+                    client_secret,
+                }
+                .into()]
+            }
+            DomainCommand::RemoveCredentials if s.has_credentials => {
+                vec![DomainCredentialsRemoved {}.into()]
+            }
+            DomainCommand::RemoveCredentials => vec![],
+            DomainCommand::SetSsoDefaults(sso) if sso == s.sso => vec![],
+            DomainCommand::SetSsoDefaults(sso) => vec![SsoDefaultsChanged { sso }.into()],
+            DomainCommand::Remove => vec![DomainRemoved {}.into()],
+        })
+    }
+}
+
+/// Decisions on the `tokens` stream.
+pub mod tokens {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    /// Tokens by id: live (`true`) or revoked.
+    #[derive(Clone, Debug, Default, PartialEq)]
+    pub struct TokensState {
+        /// Every token ever issued.
+        pub tokens: BTreeMap<TokenId, bool>,
+    }
+
+    /// Folds one event of the tokens stream.
+    pub fn evolve(mut s: TokensState, e: &Event) -> TokensState {
+        match e {
+            Event::TokenIssued(e) => {
+                s.tokens.insert(e.token_id, true);
+            }
+            Event::TokenRevoked(e) => {
+                s.tokens.insert(e.token_id, false);
+            }
+            _ => {}
+        }
+        s
+    }
+
+    /// A command on tokens.
+    #[derive(Clone, Debug, PartialEq)]
+    pub enum TokenCommand {
+        /// Issue a token whose secret hashes to `token_hash`.
+        Issue(TokenIssued),
+        /// Revoke a token.
+        Revoke(TokenId),
+    }
+
+    /// Decides a command.
+    pub fn decide(s: &TokensState, c: TokenCommand) -> Result<Vec<Event>, Rejection> {
+        match c {
+            TokenCommand::Issue(t) => {
+                if s.tokens.contains_key(&t.token_id) {
+                    return Err(Rejection::AlreadyExists("token"));
+                }
+                if t.name.chars().count() > 200 {
+                    return Err(invalid("name", "at most 200 characters"));
+                }
+                match (t.role, t.key_ids.is_empty()) {
+                    (Role::Agent, true) => {
+                        return Err(invalid(
+                            "key_ids",
+                            "an agent token needs at least one key id",
+                        ))
+                    }
+                    (Role::Admin | Role::Auditor, false) => {
+                        return Err(invalid("key_ids", "only agent tokens are bound to keys"))
+                    }
+                    _ => {}
+                }
+                if t.key_ids.iter().any(|k| k.0.is_empty() || k.0.len() > 128) {
+                    return Err(invalid("key_ids", "each key id is 1 to 128 characters"));
+                }
+                Ok(vec![t.into()])
+            }
+            TokenCommand::Revoke(id) => match s.tokens.get(&id) {
+                None => Err(Rejection::NotFound("token")),
+                Some(false) => Ok(vec![]),
+                Some(true) => Ok(vec![TokenRevoked { token_id: id }.into()]),
+            },
+        }
+    }
+}
+
+/// Decisions an admin makes on a user's stream.
+pub mod user {
+    use super::*;
+
+    /// Where a user stands, for decisions.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub enum Status {
+        /// No such user.
+        #[default]
+        Unknown,
+        /// Not imported.
+        Candidate,
+        /// Imported.
+        Active,
+        /// Deactivated.
+        Deactivated,
+        /// Deleted.
+        Deleted,
+    }
+
+    /// What decisions about a user need to know.
+    #[derive(Clone, Debug, Default, PartialEq, Eq)]
+    pub struct UserState {
+        /// Status.
+        pub status: Status,
+        /// The SSO override.
+        pub sso_override: Option<SsoSettings>,
+    }
+
+    /// Folds one event of the user's stream.
+    pub fn evolve(mut s: UserState, e: &Event) -> UserState {
+        match e {
+            Event::UserDiscovered(_) => s.status = Status::Candidate,
+            Event::UserImported(_) | Event::UserReactivated(_) => s.status = Status::Active,
+            Event::UserDeactivated(_) => s.status = Status::Deactivated,
+            Event::UserDeleted(_) => s.status = Status::Deleted,
+            Event::UserSsoOverrideSet(e) => s.sso_override = e.sso,
+            _ => {}
+        }
+        s
+    }
+
+    /// An admin's command on a user.
+    #[derive(Clone, Debug, PartialEq)]
+    pub enum UserCommand {
+        /// Set (or clear with `None`) the per-user SSO override.
+        SetSsoOverride(Option<SsoSettings>),
+        /// Bring a deactivated user back.
+        Activate,
+        /// Deactivate an active user.
+        Deactivate,
+    }
+
+    /// Decides a command.
+    pub fn decide(s: &UserState, c: UserCommand) -> Result<Vec<Event>, Rejection> {
+        match (s.status, c) {
+            (Status::Unknown, _) => Err(Rejection::NotFound("user")),
+            (Status::Deleted, _) => Err(Rejection::Conflict("the user was deleted".into())),
+            (_, UserCommand::SetSsoOverride(sso)) if sso == s.sso_override => Ok(vec![]),
+            (_, UserCommand::SetSsoOverride(sso)) => Ok(vec![UserSsoOverrideSet { sso }.into()]),
+            (Status::Deactivated, UserCommand::Activate) => Ok(vec![UserReactivated {}.into()]),
+            (Status::Active, UserCommand::Activate) => Ok(vec![]),
+            (Status::Active, UserCommand::Deactivate) => {
+                Ok(vec![UserDeactivated { reason: None }.into()])
+            }
+            (Status::Deactivated, UserCommand::Deactivate) => Ok(vec![]),
+            (Status::Candidate, _) => Err(Rejection::Conflict(
+                "a candidate must be imported first".into(),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// given(past events).when(command).then(result), for one aggregate.
+    fn given<S: Default>(evolve: fn(S, &Event) -> S, past: &[Event]) -> S {
+        past.iter().fold(S::default(), evolve)
+    }
+
+    fn registered() -> Event {
+        DomainRegistered {
+            domain_id: DomainId(uuid::Uuid::from_u128(1)),
+            name: "contoso.onmicrosoft.com".into(),
+            settings: DomainSettings::default(),
+        }
+        .into()
+    }
+
+    fn sealed() -> SealedSecret {
+        SealedSecret {
+            key_id: DataKeyId(uuid::Uuid::from_u128(9)),
+            nonce: [0; 24],
+            ciphertext: vec![1, 2, 3],
+        }
+    }
+
+    #[test]
+    fn a_domain_is_registered_once_with_valid_settings() {
+        use domain::*;
+        let register = |name: &str, settings| DomainCommand::Register {
+            domain_id: DomainId(uuid::Uuid::from_u128(1)),
+            name: name.into(),
+            settings,
+        };
+        let s = given(evolve, &[]);
+        assert_eq!(
+            decide(
+                &s,
+                register("Contoso.onmicrosoft.com", DomainSettings::default())
+            )
+            .unwrap()
+            .len(),
+            1
+        );
+        assert!(matches!(
+            decide(&s, register("not a name", DomainSettings::default())),
+            Err(Rejection::Invalid {
+                field: "domain",
+                ..
+            })
+        ));
+        let bad = DomainSettings {
+            auto_password_change_days: Some(366),
+            ..DomainSettings::default()
+        };
+        assert!(matches!(
+            decide(&s, register("contoso.com", bad)),
+            Err(Rejection::Invalid {
+                field: "auto_password_change_days",
+                ..
+            })
+        ));
+        let s = given(evolve, &[registered()]);
+        assert_eq!(
+            decide(&s, register("contoso.com", DomainSettings::default())),
+            Err(Rejection::AlreadyExists("domain"))
+        );
+    }
+
+    #[test]
+    fn domain_changes_are_idempotent_and_stop_after_removal() {
+        use domain::*;
+        let s = given(evolve, &[registered()]);
+        assert_eq!(
+            decide(&s, DomainCommand::ChangeSettings(DomainSettings::default())),
+            Ok(vec![])
+        );
+        assert_eq!(decide(&s, DomainCommand::RemoveCredentials), Ok(vec![]));
+        let creds = DomainCommand::SetCredentials {
+            tenant_id: uuid::Uuid::from_u128(5).to_string(),
+            client_id: uuid::Uuid::from_u128(6).to_string(),
+            client_secret: sealed(),
+        };
+        let set = decide(&s, creds.clone()).unwrap();
+        let s = given(evolve, &[registered(), set[0].clone()]);
+        assert_eq!(
+            decide(&s, DomainCommand::RemoveCredentials),
+            Ok(vec![DomainCredentialsRemoved {}.into()])
+        );
+        let bad_tenant = DomainCommand::SetCredentials {
+            tenant_id: "contoso".into(),
+            client_id: uuid::Uuid::from_u128(6).to_string(),
+            client_secret: sealed(),
+        };
+        assert!(matches!(
+            decide(&s, bad_tenant),
+            Err(Rejection::Invalid {
+                field: "tenant_id",
+                ..
+            })
+        ));
+        let s = given(evolve, &[registered(), DomainRemoved {}.into()]);
+        assert_eq!(decide(&s, creds), Err(Rejection::DomainRemoved));
+        assert_eq!(
+            decide(&given(evolve, &[]), DomainCommand::Remove),
+            Err(Rejection::NotFound("domain"))
+        );
+    }
+
+    #[test]
+    fn tokens_need_keys_exactly_when_they_are_agents() {
+        use tokens::*;
+        let issue = |role, keys: Vec<&str>| {
+            TokenCommand::Issue(TokenIssued {
+                token_id: TokenId(uuid::Uuid::from_u128(3)),
+                role,
+                name: "t".into(),
+                key_ids: keys.into_iter().map(|k| KeyId(k.into())).collect(),
+                token_hash: Hash([1; 32]),
+            })
+        };
+        let s = given(evolve, &[]);
+        assert!(decide(&s, issue(Role::Agent, vec!["K1"])).is_ok());
+        assert!(decide(&s, issue(Role::Agent, vec![])).is_err());
+        assert!(decide(&s, issue(Role::Admin, vec!["K1"])).is_err());
+        let issued = decide(&s, issue(Role::Admin, vec![])).unwrap();
+        let s = given(evolve, &issued);
+        let id = TokenId(uuid::Uuid::from_u128(3));
+        assert_eq!(decide(&s, TokenCommand::Revoke(id)).unwrap().len(), 1);
+        let s = given(
+            evolve,
+            &[issued[0].clone(), TokenRevoked { token_id: id }.into()],
+        );
+        assert_eq!(decide(&s, TokenCommand::Revoke(id)), Ok(vec![]));
+        assert_eq!(
+            decide(&s, TokenCommand::Revoke(TokenId(uuid::Uuid::nil()))),
+            Err(Rejection::NotFound("token"))
+        );
+    }
+
+    #[test]
+    fn only_deactivated_users_are_activated() {
+        use user::*;
+        let discovered: Event = UserDiscovered {
+            user_id: UserId(uuid::Uuid::from_u128(4)),
+            domain_id: DomainId(uuid::Uuid::from_u128(1)),
+            external_id: "x".into(),
+            attributes: UserAttributes::default(),
+        }
+        .into();
+        let imported: Event = UserImported {
+            sso: SsoSettings::default(),
+        }
+        .into();
+        let candidate = given(evolve, std::slice::from_ref(&discovered));
+        assert!(matches!(
+            decide(&candidate, UserCommand::Activate),
+            Err(Rejection::Conflict(_))
+        ));
+        let active = given(evolve, &[discovered.clone(), imported.clone()]);
+        assert_eq!(decide(&active, UserCommand::Activate), Ok(vec![]));
+        assert_eq!(
+            decide(&active, UserCommand::Deactivate),
+            Ok(vec![UserDeactivated { reason: None }.into()])
+        );
+        let off = given(
+            evolve,
+            &[
+                discovered,
+                imported,
+                UserDeactivated { reason: None }.into(),
+            ],
+        );
+        assert_eq!(
+            decide(&off, UserCommand::Activate),
+            Ok(vec![UserReactivated {}.into()])
+        );
+        assert_eq!(
+            decide(&given(evolve, &[]), UserCommand::Activate),
+            Err(Rejection::NotFound("user"))
+        );
+    }
+}

@@ -1,0 +1,378 @@
+//! Secrets at rest (ENGINE.md §5): a master key, a data key per subject wrapped by it, and
+//! secrets in events sealed with XChaCha20-Poly1305 under the subject's data key with the
+//! stream name as associated data. Deleting a subject's data key (crypto-shredding) makes
+//! its secrets unreadable while the log and its chain stay intact.
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use idledger_domain::{DataKeyId, SealedSecret, StreamId};
+use rand::RngCore;
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+/// A secret value in memory: never printed, never logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+
+    /// The secret itself, for the few places that must use it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Why secrets could not be handled.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretsError {
+    /// The master key does not open the key store: another data dir's key, or a typo.
+    #[error("the master key does not match this data dir's key store (wrong IDLEDGER_MASTER_KEY or master.key?)")]
+    WrongMasterKey,
+    /// The master key is not 32 bytes of base64.
+    #[error("the master key must be 32 bytes, base64-encoded: {0}")]
+    BadMasterKey(String),
+    /// The subject's data key is gone (shredded) or never existed.
+    #[error("the data key {0} is not in the key store (shredded?)")]
+    MissingKey(DataKeyId),
+    /// Decryption failed: wrong stream, or altered ciphertext.
+    #[error("a sealed secret failed authentication")]
+    Unseal,
+    /// Reading or writing the key store or key file failed.
+    #[error("key store: {0}")]
+    Storage(String),
+}
+
+/// Durable storage of wrapped data keys (sled's `keys` tree in production).
+pub trait KeyStorage: Send + Sync {
+    /// Reads a value.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, SecretsError>;
+    /// Writes a value durably (flushed before returning).
+    fn put(&self, key: &[u8], value: &[u8]) -> Result<(), SecretsError>;
+    /// Deletes a value durably.
+    fn remove(&self, key: &[u8]) -> Result<(), SecretsError>;
+}
+
+/// The 32-byte master key.
+#[derive(Clone)]
+pub struct MasterKey([u8; 32]);
+
+impl fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MasterKey(***)")
+    }
+}
+
+impl MasterKey {
+    /// Parses base64 text.
+    pub fn from_base64(text: &str) -> Result<Self, SecretsError> {
+        let bytes = B64
+            .decode(text.trim())
+            .map_err(|e| SecretsError::BadMasterKey(e.to_string()))?;
+        let key: [u8; 32] = bytes
+            .try_into()
+            .map_err(|b: Vec<u8>| SecretsError::BadMasterKey(format!("{} bytes", b.len())))?;
+        Ok(MasterKey(key))
+    }
+
+    /// `IDLEDGER_MASTER_KEY` if set, else `<data_dir>/master.key`, created (mode 0600) when
+    /// missing. Returns the key and whether it was just created.
+    pub fn load_or_create(data_dir: &Path) -> Result<(Self, bool), SecretsError> {
+        if let Ok(text) = std::env::var("IDLEDGER_MASTER_KEY") {
+            return Ok((Self::from_base64(&text)?, false));
+        }
+        let path = data_dir.join("master.key");
+        if path.exists() {
+            let text =
+                std::fs::read_to_string(&path).map_err(|e| SecretsError::Storage(e.to_string()))?;
+            return Ok((Self::from_base64(&text)?, false));
+        }
+        let mut key = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut key);
+        write_private(&path, format!("{}\n", B64.encode(key)).as_bytes())?;
+        Ok((MasterKey(key), true))
+    }
+
+    fn cipher(&self) -> XChaCha20Poly1305 {
+        XChaCha20Poly1305::new((&self.0).into())
+    }
+}
+
+/// Writes a file readable by its owner only (0600), failing if it exists.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), SecretsError> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts
+        .open(path)
+        .map_err(|e| SecretsError::Storage(format!("{}: {e}", path.display())))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| SecretsError::Storage(e.to_string()))
+}
+
+fn seal_with(cipher: &XChaCha20Poly1305, plaintext: &[u8], aad: &[u8]) -> ([u8; 24], Vec<u8>) {
+    let mut nonce = [0u8; 24];
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    // Encryption with a valid key and nonce size cannot fail.
+    let ct = cipher
+        .encrypt(
+            XNonce::from_slice(&nonce),
+            Payload {
+                msg: plaintext,
+                aad,
+            },
+        )
+        .unwrap_or_default();
+    (nonce, ct)
+}
+
+fn open_with(
+    cipher: &XChaCha20Poly1305,
+    nonce: &[u8; 24],
+    ct: &[u8],
+    aad: &[u8],
+) -> Result<Vec<u8>, SecretsError> {
+    cipher
+        .decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad })
+        .map_err(|_| SecretsError::Unseal)
+}
+
+const CHECK_KEY: &[u8] = b"master-check";
+const CHECK_TEXT: &[u8] = b"idledger master key check v1";
+
+/// Seals and unseals secrets with per-subject data keys.
+pub struct Keyring {
+    master: MasterKey,
+    storage: Arc<dyn KeyStorage>,
+    cache: Mutex<HashMap<DataKeyId, [u8; 32]>>,
+}
+
+impl fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Keyring")
+    }
+}
+
+fn subject_key(stream: &StreamId) -> Vec<u8> {
+    format!("subject:{stream}").into_bytes()
+}
+
+fn data_key_key(id: DataKeyId) -> Vec<u8> {
+    format!("dk:{id}").into_bytes()
+}
+
+impl Keyring {
+    /// Opens the key store with `master`; a store made under another master key is refused.
+    pub fn open(master: MasterKey, storage: Arc<dyn KeyStorage>) -> Result<Self, SecretsError> {
+        let cipher = master.cipher();
+        match storage.get(CHECK_KEY)? {
+            None => {
+                let (nonce, ct) = seal_with(&cipher, CHECK_TEXT, CHECK_KEY);
+                storage.put(CHECK_KEY, &[&nonce[..], &ct].concat())?;
+            }
+            Some(v) if v.len() > 24 => {
+                let nonce: [u8; 24] = v[..24]
+                    .try_into()
+                    .map_err(|_| SecretsError::WrongMasterKey)?;
+                let text = open_with(&cipher, &nonce, &v[24..], CHECK_KEY)
+                    .map_err(|_| SecretsError::WrongMasterKey)?;
+                if text != CHECK_TEXT {
+                    return Err(SecretsError::WrongMasterKey);
+                }
+            }
+            Some(_) => return Err(SecretsError::WrongMasterKey),
+        }
+        Ok(Keyring {
+            master,
+            storage,
+            cache: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn load(&self, id: DataKeyId) -> Result<[u8; 32], SecretsError> {
+        if let Some(k) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+        {
+            return Ok(*k);
+        }
+        let wrapped = self
+            .storage
+            .get(&data_key_key(id))?
+            .ok_or(SecretsError::MissingKey(id))?;
+        if wrapped.len() <= 24 {
+            return Err(SecretsError::MissingKey(id));
+        }
+        let nonce: [u8; 24] = wrapped[..24].try_into().map_err(|_| SecretsError::Unseal)?;
+        let key = open_with(
+            &self.master.cipher(),
+            &nonce,
+            &wrapped[24..],
+            id.0.as_bytes(),
+        )?;
+        let key: [u8; 32] = key.try_into().map_err(|_| SecretsError::Unseal)?;
+        self.cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, key);
+        Ok(key)
+    }
+
+    /// The data key of `stream`'s subject, created (and stored durably) on first use.
+    fn key_for(&self, stream: &StreamId) -> Result<(DataKeyId, [u8; 32]), SecretsError> {
+        if let Some(v) = self.storage.get(&subject_key(stream))? {
+            let id = DataKeyId(
+                uuid::Uuid::from_slice(&v).map_err(|e| SecretsError::Storage(e.to_string()))?,
+            );
+            return Ok((id, self.load(id)?));
+        }
+        let id = DataKeyId(uuid::Uuid::new_v4());
+        let mut key = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut key);
+        let (nonce, ct) = seal_with(&self.master.cipher(), &key, id.0.as_bytes());
+        self.storage
+            .put(&data_key_key(id), &[&nonce[..], &ct].concat())?;
+        self.storage.put(&subject_key(stream), id.0.as_bytes())?;
+        Ok((id, key))
+    }
+
+    /// Seals `plaintext` for an event of `stream`.
+    pub fn seal(
+        &self,
+        stream: &StreamId,
+        plaintext: &Secret,
+    ) -> Result<SealedSecret, SecretsError> {
+        let (key_id, key) = self.key_for(stream)?;
+        let cipher = XChaCha20Poly1305::new((&key).into());
+        let (nonce, ciphertext) = seal_with(
+            &cipher,
+            plaintext.expose().as_bytes(),
+            stream.as_str().as_bytes(),
+        );
+        Ok(SealedSecret {
+            key_id,
+            nonce,
+            ciphertext,
+        })
+    }
+
+    /// Opens a secret sealed for `stream`.
+    pub fn unseal(&self, stream: &StreamId, sealed: &SealedSecret) -> Result<Secret, SecretsError> {
+        let key = self.load(sealed.key_id)?;
+        let cipher = XChaCha20Poly1305::new((&key).into());
+        let bytes = open_with(
+            &cipher,
+            &sealed.nonce,
+            &sealed.ciphertext,
+            stream.as_str().as_bytes(),
+        )?;
+        String::from_utf8(bytes)
+            .map(Secret)
+            .map_err(|_| SecretsError::Unseal)
+    }
+
+    /// Crypto-shreds `stream`'s subject: every secret sealed for it becomes unreadable.
+    pub fn shred(&self, stream: &StreamId) -> Result<(), SecretsError> {
+        if let Some(v) = self.storage.get(&subject_key(stream))? {
+            if let Ok(u) = uuid::Uuid::from_slice(&v) {
+                let id = DataKeyId(u);
+                self.storage.remove(&data_key_key(id))?;
+                self.cache
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&id);
+            }
+            self.storage.remove(&subject_key(stream))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct MemStorage(Mutex<HashMap<Vec<u8>, Vec<u8>>>);
+
+    impl KeyStorage for MemStorage {
+        fn get(&self, k: &[u8]) -> Result<Option<Vec<u8>>, SecretsError> {
+            Ok(self.0.lock().unwrap().get(k).cloned())
+        }
+        fn put(&self, k: &[u8], v: &[u8]) -> Result<(), SecretsError> {
+            self.0.lock().unwrap().insert(k.to_vec(), v.to_vec());
+            Ok(())
+        }
+        fn remove(&self, k: &[u8]) -> Result<(), SecretsError> {
+            self.0.lock().unwrap().remove(k);
+            Ok(())
+        }
+    }
+
+    fn master(b: u8) -> MasterKey {
+        MasterKey([b; 32])
+    }
+
+    #[test]
+    fn seal_unseal_bind_the_stream_and_shred() {
+        let storage = Arc::new(MemStorage::default());
+        let ring = Keyring::open(master(1), storage.clone()).unwrap();
+        let d = StreamId::domain(idledger_domain::DomainId(uuid::Uuid::from_u128(1)));
+        let other = StreamId::domain(idledger_domain::DomainId(uuid::Uuid::from_u128(2)));
+        let sealed = ring.seal(&d, &Secret::new("s3cret")).unwrap();
+        assert!(!sealed.ciphertext.windows(6).any(|w| w == b"s3cret"));
+        assert_eq!(ring.unseal(&d, &sealed).unwrap().expose(), "s3cret");
+        assert!(
+            matches!(ring.unseal(&other, &sealed), Err(SecretsError::Unseal)),
+            "stream is bound"
+        );
+        let mut altered = sealed.clone();
+        altered.ciphertext[0] ^= 1;
+        assert!(ring.unseal(&d, &altered).is_err());
+        // The same subject keeps one data key.
+        assert_eq!(
+            ring.seal(&d, &Secret::new("x")).unwrap().key_id,
+            sealed.key_id
+        );
+        ring.shred(&d).unwrap();
+        assert!(matches!(
+            ring.unseal(&d, &sealed),
+            Err(SecretsError::MissingKey(_))
+        ));
+        // A wrong master key is refused up front.
+        assert!(matches!(
+            Keyring::open(master(2), storage.clone()),
+            Err(SecretsError::WrongMasterKey)
+        ));
+        assert!(Keyring::open(master(1), storage).is_ok());
+        assert!(!format!("{:?} {:?}", master(1), Secret::new("s3cret")).contains("s3cret"));
+    }
+
+    #[test]
+    fn master_keys_parse_from_base64_only_at_32_bytes() {
+        assert!(MasterKey::from_base64(&B64.encode([7u8; 32])).is_ok());
+        assert!(MasterKey::from_base64(&B64.encode([7u8; 16])).is_err());
+        assert!(MasterKey::from_base64("not base64!").is_err());
+    }
+}

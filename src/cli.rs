@@ -28,6 +28,17 @@ enum Command {
     /// Microsoft Graph tools.
     #[command(subcommand)]
     Graph(GraphCommand),
+    /// Serve the HTTP API on the event log.
+    Serve(crate::server::ServeArgs),
+    /// API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCommand {
+    /// Issue a token while the server is stopped; prints it once.
+    Create(crate::server::TokenCreateArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -84,8 +95,15 @@ enum BenchCommand {
 /// Parses the command line and runs it.
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    if let Command::Serve(args) = cli.command {
+        return serve(args);
+    }
+    init_tracing("warn", false);
     let result = match cli.command {
+        Command::Serve(_) => unreachable!("handled above"),
+        Command::Token(TokenCommand::Create(a)) => {
+            runtime().and_then(|rt| rt.block_on(crate::server::token_create(a)))
+        }
         Command::Demo(a) => runtime().and_then(|rt| rt.block_on(crate::demo::run(a))),
         Command::Log(a) => crate::inspect::log(&a),
         Command::Verify(a) => crate::inspect::verify(&a.data_dir),
@@ -116,13 +134,36 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
         .map_err(|e| CliError::Other(e.to_string()))
 }
 
-fn init_tracing() {
+fn serve(args: crate::server::ServeArgs) -> ExitCode {
+    let config = match crate::server::Config::load(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing("info", config.log_format == "json");
+    match runtime().and_then(|rt| rt.block_on(crate::server::serve(args, config))) {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!(error = %e, "serve failed");
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_tracing(default: &str, json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("IDLEDGER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 /// A CLI command failed (as opposed to finding a problem, which is an exit code).

@@ -1,0 +1,76 @@
+//! Bearer tokens: who is calling, and with which role.
+
+use super::error::ApiError;
+use super::AppState;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use idledger_domain::{Actor, Hash, KeyId, Role, TokenId};
+use sha2::{Digest, Sha256};
+
+/// The caller, from a live token.
+#[derive(Clone, Debug)]
+pub struct Principal {
+    /// The token.
+    pub token_id: TokenId,
+    /// Its role.
+    pub role: Role,
+    /// For agents, the keys it serves.
+    pub key_ids: Vec<KeyId>,
+}
+
+impl Principal {
+    /// Refuses the call unless the caller holds one of `roles`.
+    pub fn require(&self, roles: &[Role]) -> Result<(), ApiError> {
+        if roles.contains(&self.role) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(format!(
+                "the {} role may not do this",
+                self.role.as_str()
+            )))
+        }
+    }
+
+    /// The actor recorded on events this caller causes.
+    pub fn actor(&self) -> Actor {
+        Actor::Token(self.token_id, self.role)
+    }
+}
+
+/// SHA-256 of a token's text: what the log keeps.
+pub fn token_hash(token: &str) -> Hash {
+    Hash(Sha256::digest(token.as_bytes()).into())
+}
+
+/// A new token's secret text: `idl_` and 32 random bytes, base64url.
+pub fn new_token_text() -> String {
+    use base64::Engine;
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    format!(
+        "idl_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
+}
+
+impl FromRequestParts<AppState> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or(ApiError::Unauthorized)?;
+        let hash = token_hash(token.trim());
+        let p = state.projector.read();
+        let t = p.tokens.by_hash(&hash).ok_or(ApiError::Unauthorized)?;
+        Ok(Principal {
+            token_id: t.id,
+            role: t.role,
+            key_ids: t.key_ids.clone(),
+        })
+    }
+}

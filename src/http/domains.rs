@@ -1,0 +1,342 @@
+//! `/v1/domains`: Entra tenants (admin; auditors read). The client secret is sealed the
+//! moment it arrives and no response ever contains it.
+
+use super::auth::Principal;
+use super::error::{ApiError, ApiJson, ApiQuery, IdPath};
+use super::{page, AppState, Consistency};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::Json;
+use idledger_domain::decide::domain::{decide, evolve, DomainCommand};
+use idledger_domain::{DomainId, DomainSettings, RemovalBehavior, Role, SsoSettings, StreamId};
+use idledger_projections::DomainView;
+use serde::{Deserialize, Deserializer};
+use serde_json::{json, Value};
+
+use crate::secrets::Secret;
+
+/// Distinguishes an absent field from an explicit `null` (which clears an optional setting).
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// Settings fields shared by create and update.
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct SettingsPatch {
+    #[serde(default, deserialize_with = "present")]
+    auto_password_change_days: Option<Option<u16>>,
+    removal_behavior: Option<RemovalBehavior>,
+    sync_group: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    sync_group_id: Option<Option<String>>,
+    rotation_group: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    rotation_group_id: Option<Option<String>>,
+    auto_import: Option<bool>,
+    sync_interval_minutes: Option<u32>,
+    graph_url: Option<String>,
+    authority_url: Option<String>,
+    deletion_threshold: Option<u32>,
+    password_length: Option<u16>,
+    rotate_after_reveal_hours: Option<u32>,
+    max_concurrent_rotations: Option<u32>,
+}
+
+impl SettingsPatch {
+    fn apply(self, mut s: DomainSettings) -> DomainSettings {
+        if let Some(v) = self.auto_password_change_days {
+            s.auto_password_change_days = v;
+        }
+        if let Some(v) = self.removal_behavior {
+            s.removal_behavior = v;
+        }
+        if let Some(v) = self.sync_group {
+            s.sync_group.display_name = v;
+        }
+        if let Some(v) = self.sync_group_id {
+            s.sync_group.object_id = v;
+        }
+        if let Some(v) = self.rotation_group {
+            s.rotation_group.display_name = v;
+        }
+        if let Some(v) = self.rotation_group_id {
+            s.rotation_group.object_id = v;
+        }
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = self.$f { s.$f = v; } )* };
+        }
+        set!(
+            auto_import,
+            sync_interval_minutes,
+            graph_url,
+            authority_url,
+            deletion_threshold,
+            password_length,
+            rotate_after_reveal_hours,
+            max_concurrent_rotations
+        );
+        s
+    }
+}
+
+/// `POST /v1/domains` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewDomain {
+    domain: String,
+    tenant_id: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<Secret>,
+    #[serde(flatten)]
+    settings: SettingsPatch,
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Secret::new)
+    }
+}
+
+/// `PUT /v1/domains/{id}/credentials` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    tenant_id: String,
+    client_id: String,
+    client_secret: Secret,
+}
+
+/// A domain as the API shows it.
+pub fn domain_json(d: &DomainView) -> Value {
+    let s = &d.settings;
+    json!({
+        "id": d.id,
+        "domain": d.name,
+        "removed": d.removed,
+        "auto_password_change_days": s.auto_password_change_days,
+        "removal_behavior": s.removal_behavior,
+        "sync_group": s.sync_group.display_name,
+        "sync_group_id": s.sync_group.object_id.clone().or(d.sync_group_id.clone()),
+        "rotation_group": s.rotation_group.display_name,
+        "rotation_group_id": s.rotation_group.object_id.clone().or(d.rotation_group_id.clone()),
+        "auto_import": s.auto_import,
+        "sync_interval_minutes": s.sync_interval_minutes,
+        "graph_url": s.graph_url,
+        "authority_url": s.authority_url,
+        "deletion_threshold": s.deletion_threshold,
+        "password_length": s.password_length,
+        "rotate_after_reveal_hours": s.rotate_after_reveal_hours,
+        "max_concurrent_rotations": s.max_concurrent_rotations,
+        "sso_defaults": d.sso_defaults,
+        "credentials": d.credentials.as_ref().map(|c| json!({
+            "tenant_id": c.tenant_id, "client_id": c.client_id, "secret_set": c.secret_set, "updated_at": c.updated_at,
+        })),
+        "quarantined_run": d.quarantined_run,
+        "created_at": d.created_at,
+        "updated_at": d.updated_at,
+        "version": d.version,
+    })
+}
+
+fn found(s: &AppState, id: DomainId) -> Result<Value, ApiError> {
+    let p = s.projector.read();
+    p.domains
+        .get(id)
+        .map(domain_json)
+        .ok_or_else(|| ApiError::NotFound("domain".into()))
+}
+
+async fn respond(
+    s: &AppState,
+    id: DomainId,
+    position: u64,
+    status: StatusCode,
+) -> Result<impl IntoResponse, ApiError> {
+    s.reach(Some(position)).await?;
+    let mut body = found(s, id)?;
+    body["position"] = json!(position);
+    Ok((status, Json(body)))
+}
+
+fn seal_credentials(
+    s: &AppState,
+    stream: &StreamId,
+    c: Credentials,
+) -> Result<DomainCommand, ApiError> {
+    Ok(DomainCommand::SetCredentials {
+        tenant_id: c.tenant_id,
+        client_id: c.client_id,
+        client_secret: s.keyring.seal(stream, &c.client_secret)?,
+    })
+}
+
+/// Adds a domain, with its credentials when all three are given.
+pub async fn create(
+    State(s): State<AppState>,
+    who: Principal,
+    ApiJson(body): ApiJson<NewDomain>,
+) -> Result<impl IntoResponse, ApiError> {
+    who.require(&[Role::Admin])?;
+    let id = DomainId(uuid::Uuid::now_v7());
+    let stream = StreamId::domain(id);
+    let credentials = match (body.tenant_id, body.client_id, body.client_secret) {
+        (None, None, None) => None,
+        (Some(tenant_id), Some(client_id), Some(client_secret)) => Some(Credentials {
+            tenant_id,
+            client_id,
+            client_secret,
+        }),
+        _ => {
+            return Err(ApiError::Unprocessable(
+                "tenant_id, client_id and client_secret come together or not at all".into(),
+            ))
+        }
+    };
+    if s.projector.read().domains.by_name(&body.domain).is_some() {
+        return Err(ApiError::Conflict(format!(
+            "domain {} exists already",
+            body.domain
+        )));
+    }
+    let register = DomainCommand::Register {
+        domain_id: id,
+        name: body.domain,
+        settings: body.settings.apply(DomainSettings::default()),
+    };
+    let set = credentials
+        .map(|c| seal_credentials(&s, &stream, c))
+        .transpose()?;
+    // Both events in one atomic append: a domain never exists half-configured.
+    let position = s
+        .command(&stream, &who.actor(), evolve, |st| {
+            let mut events = decide(st, register.clone())?;
+            if let Some(set) = &set {
+                let registered = events.iter().fold(st.clone(), evolve);
+                events.extend(decide(&registered, set.clone())?);
+            }
+            Ok(events)
+        })
+        .await?;
+    respond(&s, id, position, StatusCode::CREATED).await
+}
+
+/// Lists domains (removed ones included, flagged).
+pub async fn list(
+    State(s): State<AppState>,
+    who: Principal,
+    ApiQuery(q): ApiQuery<Consistency>,
+) -> Result<impl IntoResponse, ApiError> {
+    who.require(&[Role::Admin, Role::Auditor])?;
+    s.reach(q.min_position).await?;
+    let p = s.projector.read();
+    Ok(page(
+        p.domains.all().into_iter().map(domain_json).collect(),
+        None,
+    ))
+}
+
+/// One domain.
+pub async fn get_one(
+    State(s): State<AppState>,
+    who: Principal,
+    IdPath(id): IdPath,
+    ApiQuery(q): ApiQuery<Consistency>,
+) -> Result<impl IntoResponse, ApiError> {
+    who.require(&[Role::Admin, Role::Auditor])?;
+    s.reach(q.min_position).await?;
+    Ok(Json(found(&s, DomainId(id))?))
+}
+
+/// Changes settings.
+pub async fn patch(
+    State(s): State<AppState>,
+    who: Principal,
+    IdPath(id): IdPath,
+    ApiJson(body): ApiJson<SettingsPatch>,
+) -> Result<impl IntoResponse, ApiError> {
+    who.require(&[Role::Admin])?;
+    let id = DomainId(id);
+    let stream = StreamId::domain(id);
+    let position = s
+        .command(&stream, &who.actor(), evolve, |st| {
+            decide(
+                st,
+                DomainCommand::ChangeSettings(body.clone().apply(st.settings.clone())),
+            )
+        })
+        .await?;
+    respond(&s, id, position, StatusCode::OK).await
+}
+
+/// Removes a domain (its history stays).
+pub async fn remove(
+    State(s): State<AppState>,
+    who: Principal,
+    IdPath(id): IdPath,
+) -> Result<impl IntoResponse, ApiError> {
+    who.require(&[Role::Admin])?;
+    let id = DomainId(id);
+    let position = s
+        .command(&StreamId::domain(id), &who.actor(), evolve, |st| {
+            decide(st, DomainCommand::Remove)
+        })
+        .await?;
+    respond(&s, id, position, StatusCode::OK).await
+}
+
+/// Saves credentials (the secret is sealed at once).
+pub async fn put_credentials(
+    State(s): State<AppState>,
+    who: Principal,
+    IdPath(id): IdPath,
+    ApiJson(body): ApiJson<Credentials>,
+) -> Result<impl IntoResponse, ApiError> {
+    who.require(&[Role::Admin])?;
+    let id = DomainId(id);
+    let stream = StreamId::domain(id);
+    if s.projector.read().domains.get(id).is_none() {
+        return Err(ApiError::NotFound("domain".into()));
+    }
+    let set = seal_credentials(&s, &stream, body)?;
+    let position = s
+        .command(&stream, &who.actor(), evolve, |st| decide(st, set.clone()))
+        .await?;
+    respond(&s, id, position, StatusCode::OK).await
+}
+
+/// Removes credentials: sync and rotation for the domain stop.
+pub async fn remove_credentials(
+    State(s): State<AppState>,
+    who: Principal,
+    IdPath(id): IdPath,
+) -> Result<impl IntoResponse, ApiError> {
+    who.require(&[Role::Admin])?;
+    let id = DomainId(id);
+    let position = s
+        .command(&StreamId::domain(id), &who.actor(), evolve, |st| {
+            decide(st, DomainCommand::RemoveCredentials)
+        })
+        .await?;
+    respond(&s, id, position, StatusCode::OK).await
+}
+
+/// Sets the SSO defaults applied at import.
+pub async fn put_sso_defaults(
+    State(s): State<AppState>,
+    who: Principal,
+    IdPath(id): IdPath,
+    ApiJson(sso): ApiJson<SsoSettings>,
+) -> Result<impl IntoResponse, ApiError> {
+    who.require(&[Role::Admin])?;
+    let id = DomainId(id);
+    let position = s
+        .command(&StreamId::domain(id), &who.actor(), evolve, |st| {
+            decide(st, DomainCommand::SetSsoDefaults(sso))
+        })
+        .await?;
+    respond(&s, id, position, StatusCode::OK).await
+}

@@ -1,0 +1,54 @@
+//! `/v1/events`: the log itself (admin, auditor), secrets shown as "sealed". Each item also
+//! carries the stored `record` (base64), so a client can verify the chain itself.
+
+use super::auth::Principal;
+use super::error::{ApiError, ApiQuery};
+use super::{page, AppState};
+use axum::extract::State;
+use axum::response::IntoResponse;
+use base64::Engine;
+use idledger_domain::Role;
+use serde::Deserialize;
+
+/// Most envelopes per page.
+pub const MAX_EVENTS_PAGE: usize = 100_000;
+
+/// `GET /v1/events` parameters.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    from_position: Option<u64>,
+    limit: Option<usize>,
+    min_position: Option<u64>,
+}
+
+/// A page of envelopes from `from_position`.
+pub async fn list(
+    State(s): State<AppState>,
+    who: Principal,
+    ApiQuery(q): ApiQuery<EventsQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    who.require(&[Role::Admin, Role::Auditor])?;
+    s.reach(q.min_position).await?;
+    let limit = q.limit.unwrap_or(1000);
+    if limit == 0 || limit > MAX_EVENTS_PAGE {
+        return Err(ApiError::BadRequest(format!(
+            "limit: 1 to {MAX_EVENTS_PAGE}"
+        )));
+    }
+    let from = q.from_position.unwrap_or(1).max(1);
+    let mut items = Vec::new();
+    let mut last = None;
+    for r in s.log.raw_records(from).take(limit) {
+        let (pos, bytes) = r?;
+        let env = idledger_domain::decode_record(&bytes)
+            .map_err(|e| ApiError::Internal(format!("position {pos}: {e}")))?;
+        let mut v = env.to_json();
+        v["record"] = serde_json::json!(base64::engine::general_purpose::STANDARD.encode(&bytes));
+        items.push(v);
+        last = Some(pos);
+    }
+    let head = crate::store::EventLog::head(&*s.log).position;
+    let next = last.filter(|l| *l < head).map(|l| (l + 1).to_string());
+    Ok(page(items, next))
+}

@@ -1,0 +1,80 @@
+//! `/v1/tokens`: API tokens (admin). A token's text is shown once, at creation.
+
+use super::auth::{new_token_text, token_hash, Principal};
+use super::error::{ApiError, ApiJson, IdPath};
+use super::{page, AppState};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::Json;
+use idledger_domain::decide::tokens::{decide, evolve, TokenCommand};
+use idledger_domain::events::TokenIssued;
+use idledger_domain::{KeyId, Role, StreamId, TokenId};
+use serde::Deserialize;
+use serde_json::json;
+
+/// `POST /v1/tokens` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewToken {
+    role: Role,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    key_ids: Vec<String>,
+}
+
+/// Issues a token; answers `{"id","token","position"}` once.
+pub async fn create(
+    State(s): State<AppState>,
+    who: Principal,
+    ApiJson(body): ApiJson<NewToken>,
+) -> Result<impl IntoResponse, ApiError> {
+    who.require(&[Role::Admin])?;
+    let text = new_token_text();
+    let token_id = TokenId(uuid::Uuid::now_v7());
+    let issued = TokenIssued {
+        token_id,
+        role: body.role,
+        name: body.name,
+        key_ids: body.key_ids.into_iter().map(KeyId).collect(),
+        token_hash: token_hash(&text),
+    };
+    let position = s
+        .command(&StreamId::tokens(), &who.actor(), evolve, |st| {
+            decide(st, TokenCommand::Issue(issued.clone()))
+        })
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"id": token_id, "token": text, "position": position})),
+    ))
+}
+
+/// Lists tokens (never their text or hash).
+pub async fn list(
+    State(s): State<AppState>,
+    who: Principal,
+) -> Result<impl IntoResponse, ApiError> {
+    who.require(&[Role::Admin])?;
+    let p = s.projector.read();
+    let items: Vec<_> = p.tokens.all().into_iter().cloned().collect();
+    Ok(page(items, None))
+}
+
+/// Revokes a token.
+pub async fn revoke(
+    State(s): State<AppState>,
+    who: Principal,
+    IdPath(id): IdPath,
+) -> Result<impl IntoResponse, ApiError> {
+    who.require(&[Role::Admin])?;
+    let position = s
+        .command(&StreamId::tokens(), &who.actor(), evolve, |st| {
+            decide(st, TokenCommand::Revoke(TokenId(id)))
+        })
+        .await?;
+    Ok(Json(
+        json!({"id": id, "revoked": true, "position": position}),
+    ))
+}

@@ -1,0 +1,237 @@
+//! `/v1/users`: every user the engine knows (admin; auditors read).
+
+use super::auth::Principal;
+use super::error::{ApiError, ApiJson, ApiQuery, IdPath};
+use super::{page, AppState};
+use crate::store::EventLog;
+use axum::extract::State;
+use axum::response::IntoResponse;
+use axum::Json;
+use idledger_domain::decide::user::{decide, evolve, UserCommand};
+use idledger_domain::{DomainId, Role, SsoSettings, StreamId, UserId};
+use idledger_projections::{UserStatus, UserView};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// Most items per page.
+const MAX_LIMIT: usize = 1000;
+
+/// A user as the API shows it.
+pub fn user_json(u: &UserView) -> Value {
+    let a = &u.attributes;
+    json!({
+        "id": u.id,
+        "domain_id": u.domain_id,
+        "external_id": u.external_id,
+        "user_principal_name": a.user_principal_name,
+        "display_name": a.display_name,
+        "mail": a.mail,
+        "given_name": a.given_name,
+        "surname": a.surname,
+        "account_enabled": a.account_enabled,
+        "status": u.status,
+        "in_sync_group": u.in_sync_group,
+        "in_rotation_group": u.in_rotation_group,
+        "sso": u.effective_sso(),
+        "sso_override": u.sso_override,
+        "pc_unlock": u.pc_unlock,
+        "key_id": u.key_id,
+        "last_rotation_at": u.last_rotation_at,
+        "needs_attention": u.needs_attention,
+        "invited_at": u.invited_at,
+        "discovered_at": u.discovered_at,
+        "imported_at": u.imported_at,
+        "updated_at": u.updated_at,
+        "version": u.version,
+    })
+}
+
+/// `GET /v1/users` filters.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserQuery {
+    domain: Option<uuid::Uuid>,
+    status: Option<String>,
+    q: Option<String>,
+    #[serde(default)]
+    include_deleted: bool,
+    limit: Option<usize>,
+    after: Option<uuid::Uuid>,
+    min_position: Option<u64>,
+}
+
+fn parse_status(s: &str) -> Result<UserStatus, ApiError> {
+    Ok(match s {
+        "candidate" => UserStatus::Candidate,
+        "active" => UserStatus::Active,
+        "deactivated" => UserStatus::Deactivated,
+        "deleted" => UserStatus::Deleted,
+        other => {
+            return Err(ApiError::BadRequest(format!(
+                "status: unknown value {other:?}"
+            )))
+        }
+    })
+}
+
+/// Lists users, in id order, with cursor paging.
+pub async fn list(
+    State(s): State<AppState>,
+    who: Principal,
+    ApiQuery(q): ApiQuery<UserQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    who.require(&[Role::Admin, Role::Auditor])?;
+    s.reach(q.min_position).await?;
+    let status = q.status.as_deref().map(parse_status).transpose()?;
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_LIMIT {
+        return Err(ApiError::BadRequest(format!("limit: 1 to {MAX_LIMIT}")));
+    }
+    let needle = q.q.as_deref().map(str::to_lowercase);
+    let p = s.projector.read();
+    let mut items = Vec::new();
+    let mut last = None;
+    let mut more = false;
+    for u in p.users.iter_after(q.after.map(UserId)) {
+        let wanted = q.domain.is_none_or(|d| u.domain_id == DomainId(d))
+            && status.is_none_or(|st| u.status == st)
+            && (q.include_deleted
+                || status == Some(UserStatus::Deleted)
+                || u.status != UserStatus::Deleted)
+            && needle.as_deref().is_none_or(|n| {
+                u.attributes.user_principal_name.to_lowercase().contains(n)
+                    || u.attributes.display_name.to_lowercase().contains(n)
+            });
+        if !wanted {
+            continue;
+        }
+        if items.len() == limit {
+            more = true;
+            break;
+        }
+        last = Some(u.id);
+        items.push(user_json(u));
+    }
+    Ok(page(
+        items,
+        if more {
+            last.map(|id| id.to_string())
+        } else {
+            None
+        },
+    ))
+}
+
+/// `GET /v1/users/{id}` parameters.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OneQuery {
+    min_position: Option<u64>,
+}
+
+/// One user.
+pub async fn get_one(
+    State(s): State<AppState>,
+    who: Principal,
+    IdPath(id): IdPath,
+    ApiQuery(q): ApiQuery<OneQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    who.require(&[Role::Admin, Role::Auditor])?;
+    s.reach(q.min_position).await?;
+    let p = s.projector.read();
+    p.users
+        .get(UserId(id))
+        .map(|u| Json(user_json(u)))
+        .ok_or_else(|| ApiError::NotFound("user".into()))
+}
+
+/// `GET /v1/users/{id}/events` parameters.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    from_version: Option<u64>,
+    limit: Option<usize>,
+    min_position: Option<u64>,
+}
+
+/// The user's own events, as `idledger log` shows them.
+pub async fn events(
+    State(s): State<AppState>,
+    who: Principal,
+    IdPath(id): IdPath,
+    ApiQuery(q): ApiQuery<EventsQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    who.require(&[Role::Admin, Role::Auditor])?;
+    s.reach(q.min_position).await?;
+    let stream = StreamId::user(UserId(id));
+    if s.log.stream_version(&stream) == 0 {
+        return Err(ApiError::NotFound("user".into()));
+    }
+    let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
+    let from = q.from_version.unwrap_or(1).max(1);
+    let envs = s.log.read_stream(&stream, from, limit + 1)?;
+    let next = (envs.len() > limit).then(|| envs[limit].version.to_string());
+    Ok(page(
+        envs.iter().take(limit).map(|e| e.to_json()).collect(),
+        next,
+    ))
+}
+
+/// `PATCH /v1/users/{id}` body: the per-user SSO override (`null` clears it).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserPatch {
+    sso_override: Option<SsoSettings>,
+}
+
+async fn run(
+    s: &AppState,
+    who: &Principal,
+    id: uuid::Uuid,
+    c: UserCommand,
+) -> Result<Json<Value>, ApiError> {
+    who.require(&[Role::Admin])?;
+    let user = UserId(id);
+    let position = s
+        .command(&StreamId::user(user), &who.actor(), evolve, |st| {
+            decide(st, c.clone())
+        })
+        .await?;
+    s.reach(Some(position)).await?;
+    let p = s.projector.read();
+    let mut body = p
+        .users
+        .get(user)
+        .map(user_json)
+        .ok_or_else(|| ApiError::NotFound("user".into()))?;
+    body["position"] = json!(position);
+    Ok(Json(body))
+}
+
+/// Sets or clears the SSO override.
+pub async fn patch(
+    State(s): State<AppState>,
+    who: Principal,
+    IdPath(id): IdPath,
+    ApiJson(b): ApiJson<UserPatch>,
+) -> Result<impl IntoResponse, ApiError> {
+    run(&s, &who, id, UserCommand::SetSsoOverride(b.sso_override)).await
+}
+
+/// Reactivates a deactivated user.
+pub async fn activate(
+    State(s): State<AppState>,
+    who: Principal,
+    IdPath(id): IdPath,
+) -> Result<impl IntoResponse, ApiError> {
+    run(&s, &who, id, UserCommand::Activate).await
+}
+
+/// Deactivates an active user.
+pub async fn deactivate(
+    State(s): State<AppState>,
+    who: Principal,
+    IdPath(id): IdPath,
+) -> Result<impl IntoResponse, ApiError> {
+    run(&s, &who, id, UserCommand::Deactivate).await
+}

@@ -1,0 +1,258 @@
+//! `idledger serve` and `idledger token create`: configuration, start-up (log, keys,
+//! projections, bootstrap token), and graceful shutdown.
+
+use crate::cli::CliError;
+use crate::http::{self, new_token_text, token_hash, AppState, Metrics};
+use crate::projector::Projector;
+use crate::secrets::{write_private, Keyring, MasterKey};
+use crate::store::{AppendRequest, EventLog, ExpectedVersion, SledEventLog};
+use clap::Args;
+use idledger_domain::decide::tokens::{decide, evolve, TokenCommand};
+use idledger_domain::events::TokenIssued;
+use idledger_domain::{Actor, KeyId, ProposedEvent, Role, StreamId, TokenId};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Options of `idledger serve`.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Data directory.
+    #[arg(long, env = "IDLEDGER_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// Address to listen on (default 127.0.0.1:8080).
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// A TOML configuration file (`listen`, `log_format`, `request_timeout_secs`).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// `text` or `json`.
+    #[arg(long)]
+    pub log_format: Option<String>,
+}
+
+/// Settings: defaults, then the TOML file, then `IDLEDGER_*` variables, then flags.
+#[derive(Debug, Deserialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Listen address.
+    pub listen: String,
+    /// `text` or `json`.
+    pub log_format: String,
+    /// Every route's timeout, in seconds.
+    pub request_timeout_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8080".into(),
+            log_format: "text".into(),
+            request_timeout_secs: 30,
+        }
+    }
+}
+
+impl Config {
+    /// Builds the configuration of `serve`.
+    pub fn load(args: &ServeArgs) -> Result<Self, CliError> {
+        let mut c = match &args.config {
+            None => Config::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| CliError::Other(format!("{}: {e}", path.display())))?;
+                toml::from_str(&text)
+                    .map_err(|e| CliError::Other(format!("{}: {e}", path.display())))?
+            }
+        };
+        if let Ok(v) = std::env::var("IDLEDGER_LISTEN") {
+            c.listen = v;
+        }
+        if let Ok(v) = std::env::var("IDLEDGER_LOG_FORMAT") {
+            c.log_format = v;
+        }
+        if let Ok(v) = std::env::var("IDLEDGER_REQUEST_TIMEOUT_SECS") {
+            c.request_timeout_secs = v.parse().map_err(|_| {
+                CliError::Other("IDLEDGER_REQUEST_TIMEOUT_SECS must be a number of seconds".into())
+            })?;
+        }
+        if let Some(v) = &args.listen {
+            c.listen = v.clone();
+        }
+        if let Some(v) = &args.log_format {
+            c.log_format = v.clone();
+        }
+        if !matches!(c.log_format.as_str(), "text" | "json") {
+            return Err(CliError::Other(format!(
+                "log format {:?}: use text or json",
+                c.log_format
+            )));
+        }
+        Ok(c)
+    }
+}
+
+/// Issues a token on the tokens stream; returns its id and its text (shown once).
+pub async fn issue_token(
+    log: &SledEventLog,
+    actor: Actor,
+    role: Role,
+    name: String,
+    key_ids: Vec<KeyId>,
+) -> Result<(TokenId, String, u64), CliError> {
+    let text = new_token_text();
+    let token_id = TokenId(uuid::Uuid::now_v7());
+    let stream = StreamId::tokens();
+    let past = log.read_stream(&stream, 1, usize::MAX)?;
+    let state = past
+        .iter()
+        .fold(Default::default(), |s, e| evolve(s, &e.event));
+    let issued = TokenIssued {
+        token_id,
+        role,
+        name,
+        key_ids,
+        token_hash: token_hash(&text),
+    };
+    let events =
+        decide(&state, TokenCommand::Issue(issued)).map_err(|r| CliError::Other(r.to_string()))?;
+    let expected = match past.last() {
+        None => ExpectedVersion::NoStream,
+        Some(e) => ExpectedVersion::Exact(e.version),
+    };
+    let proposed = events
+        .into_iter()
+        .map(|e| ProposedEvent::new(uuid::Uuid::now_v7(), actor.clone(), e))
+        .collect();
+    let done = log
+        .append(AppendRequest::new(stream, expected, proposed))
+        .await?;
+    Ok((token_id, text, done.last_position))
+}
+
+/// Opens everything `serve` needs. On a log with no live token, writes a bootstrap admin
+/// token to `<data-dir>/admin.token` (0600) and returns that path.
+pub async fn start(
+    data_dir: &Path,
+    request_timeout: Duration,
+) -> Result<(AppState, Option<PathBuf>), CliError> {
+    let log = SledEventLog::open(data_dir)?;
+    let (master, created) =
+        MasterKey::load_or_create(data_dir).map_err(|e| CliError::Other(e.to_string()))?;
+    if created {
+        tracing::warn!(path = %data_dir.join("master.key").display(), "created a new master key: back it up, without it no sealed secret can be read");
+    }
+    let keyring =
+        Keyring::open(master, log.key_storage()?).map_err(|e| CliError::Other(e.to_string()))?;
+    let projector = Projector::start(log.clone());
+    projector
+        .wait_for(log.head().position, Duration::from_secs(600))
+        .await
+        .map_err(|e| CliError::Other(e.to_string()))?;
+    let mut bootstrap = None;
+    if projector.read().tokens.none_live() {
+        let (_, text, position) =
+            issue_token(&log, Actor::System, Role::Admin, "bootstrap".into(), vec![]).await?;
+        let path = data_dir.join("admin.token");
+        let _ = std::fs::remove_file(&path);
+        write_private(&path, format!("{text}\n").as_bytes())
+            .map_err(|e| CliError::Other(e.to_string()))?;
+        projector
+            .wait_for(position, Duration::from_secs(10))
+            .await
+            .map_err(|e| CliError::Other(e.to_string()))?;
+        tracing::info!(path = %path.display(), "no API token was live: wrote a bootstrap admin token");
+        bootstrap = Some(path);
+    }
+    let state = AppState {
+        log,
+        projector,
+        keyring: Arc::new(keyring),
+        metrics: Arc::new(Metrics::default()),
+        request_timeout,
+    };
+    Ok((state, bootstrap))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down: finishing requests in flight");
+}
+
+/// Runs `idledger serve`.
+pub async fn serve(args: ServeArgs, config: Config) -> Result<ExitCode, CliError> {
+    let (state, _) = start(
+        &args.data_dir,
+        Duration::from_secs(config.request_timeout_secs),
+    )
+    .await?;
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .map_err(|e| CliError::Other(format!("cannot listen on {}: {e}", config.listen)))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, data_dir = %args.data_dir.display(), "serving");
+    let log = state.log.clone();
+    http::serve(listener, state, shutdown_signal()).await?;
+    log.flush().await?;
+    tracing::info!("stopped; the log is flushed");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Options of `idledger token create`.
+#[derive(Args, Debug)]
+pub struct TokenCreateArgs {
+    /// Data directory (the server must be stopped).
+    #[arg(long, env = "IDLEDGER_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// `admin`, `auditor` or `agent`.
+    #[arg(long)]
+    pub role: String,
+    /// For agents: a key it serves (repeat for several).
+    #[arg(long = "key-id")]
+    pub key_ids: Vec<String>,
+    /// A label.
+    #[arg(long, default_value = "")]
+    pub name: String,
+}
+
+/// Runs `idledger token create`: prints the new token once.
+pub async fn token_create(args: TokenCreateArgs) -> Result<ExitCode, CliError> {
+    let role = match args.role.as_str() {
+        "admin" => Role::Admin,
+        "auditor" => Role::Auditor,
+        "agent" => Role::Agent,
+        other => {
+            return Err(CliError::Other(format!(
+                "role {other:?}: use admin, auditor or agent"
+            )))
+        }
+    };
+    let log = SledEventLog::open(&args.data_dir).map_err(|e| {
+        CliError::Other(format!(
+            "{e} (is the server running? stop it first, or use POST /v1/tokens)"
+        ))
+    })?;
+    let keys = args.key_ids.into_iter().map(KeyId).collect();
+    let (id, text, position) = issue_token(&log, Actor::Operator, role, args.name, keys).await?;
+    println!(
+        "{}",
+        serde_json::json!({"id": id, "token": text, "position": position})
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -2,7 +2,7 @@
 //! moment it arrives and no response ever contains it.
 
 use super::auth::Principal;
-use super::error::{ApiError, ApiJson, ApiQuery, IdPath};
+use super::error::{from_json, ApiError, ApiJson, ApiQuery, IdPath};
 use super::{page, AppState, Consistency};
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -83,16 +83,43 @@ impl SettingsPatch {
     }
 }
 
-/// `POST /v1/domains` body.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+/// `POST /v1/domains` body: the domain name, optional credentials, and settings. Read in
+/// two parts rather than with `#[serde(flatten)]`, which loses the path of a failing field.
 pub struct NewDomain {
     domain: String,
     tenant_id: Option<String>,
     client_id: Option<String>,
     client_secret: Option<Secret>,
-    #[serde(flatten)]
     settings: SettingsPatch,
+}
+
+/// The identity part of [`NewDomain`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewDomainHead {
+    domain: String,
+    tenant_id: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<Secret>,
+}
+
+impl NewDomain {
+    fn from_body(mut body: serde_json::Map<String, Value>) -> Result<Self, ApiError> {
+        let mut head = serde_json::Map::new();
+        for k in ["domain", "tenant_id", "client_id", "client_secret"] {
+            if let Some(v) = body.remove(k) {
+                head.insert(k.to_owned(), v);
+            }
+        }
+        let head: NewDomainHead = from_json(Value::Object(head))?;
+        Ok(NewDomain {
+            domain: head.domain,
+            tenant_id: head.tenant_id,
+            client_id: head.client_id,
+            client_secret: head.client_secret,
+            settings: from_json(Value::Object(body))?,
+        })
+    }
 }
 
 impl<'de> Deserialize<'de> for Secret {
@@ -178,9 +205,10 @@ fn seal_credentials(
 pub async fn create(
     State(s): State<AppState>,
     who: Principal,
-    ApiJson(body): ApiJson<NewDomain>,
+    ApiJson(body): ApiJson<serde_json::Map<String, Value>>,
 ) -> Result<impl IntoResponse, ApiError> {
     who.require(&[Role::Admin])?;
+    let body = NewDomain::from_body(body)?;
     let id = DomainId(uuid::Uuid::now_v7());
     let stream = StreamId::domain(id);
     let credentials = match (body.tenant_id, body.client_id, body.client_secret) {

@@ -137,6 +137,14 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     }
 }
 
+/// Deserializes part of a body, naming the failing field (422) as serde_path_to_error finds it.
+pub fn from_json<T: DeserializeOwned>(v: serde_json::Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        ApiError::Unprocessable(format!("{path}: {}", e.into_inner()))
+    })
+}
+
 /// Query parameters whose rejections are 400s naming the parameter.
 pub struct ApiQuery<T>(pub T);
 

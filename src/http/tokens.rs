@@ -45,6 +45,8 @@ pub async fn create(
             decide(st, TokenCommand::Issue(issued.clone()))
         })
         .await?;
+    // The token works as soon as its creator has it.
+    s.reach(Some(position)).await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({"id": token_id, "token": text, "position": position})),
@@ -74,6 +76,8 @@ pub async fn revoke(
             decide(st, TokenCommand::Revoke(TokenId(id)))
         })
         .await?;
+    // Revoked means refused from the next request on.
+    s.reach(Some(position)).await?;
     Ok(Json(
         json!({"id": id, "revoked": true, "position": position}),
     ))

@@ -1,6 +1,7 @@
 //! End-to-end tests of the idledger binary and its event log. One test binary, modules
 //! by area (see STYLE.md).
 
+mod api;
 mod cli;
 mod crash;
 mod graph;

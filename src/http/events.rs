@@ -5,6 +5,8 @@ use super::auth::Principal;
 use super::error::{ApiError, ApiQuery};
 use super::{page, AppState};
 use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::IntoResponse;
 use base64::Engine;
 use idledger_domain::Role;
@@ -51,4 +53,55 @@ pub async fn list(
     let head = crate::store::EventLog::head(&*s.log).position;
     let next = last.filter(|l| *l < head).map(|l| (l + 1).to_string());
     Ok(page(items, next))
+}
+
+/// `GET /v1/events/stream` parameters.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamQuery {
+    from_position: Option<u64>,
+}
+
+fn sse_event(env: &idledger_domain::Envelope) -> SseEvent {
+    SseEvent::default()
+        .id(env.position.to_string())
+        .event(env.kind())
+        .data(env.to_json().to_string())
+}
+
+/// Server-Sent Events: history from `from_position` (or after `Last-Event-ID`), then live,
+/// in order, with no gap and no duplicate. Each event's `id` is its position, so a client
+/// reconnects where it stopped.
+pub async fn stream(
+    State(s): State<AppState>,
+    who: Principal,
+    headers: HeaderMap,
+    ApiQuery(q): ApiQuery<StreamQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    who.require(&[Role::Admin, Role::Auditor])?;
+    let resume = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.trim()
+                .parse::<u64>()
+                .map_err(|_| ApiError::BadRequest("Last-Event-ID: not a position".into()))
+        })
+        .transpose()?
+        .map(|last| last + 1);
+    let from = resume.or(q.from_position).unwrap_or(1).max(1);
+    let sub = crate::store::subscribe(s.log.clone(), from);
+    let events = futures_util::stream::unfold(sub, |mut sub| async move {
+        match sub.next_batch(256).await {
+            Ok(batch) => {
+                let items: Vec<Result<SseEvent, std::convert::Infallible>> =
+                    batch.iter().map(|e| Ok(sse_event(e))).collect();
+                Some((futures_util::stream::iter(items), sub))
+            }
+            // The log closed (shutdown) or failed: end the stream; the client resumes later.
+            Err(_) => None,
+        }
+    });
+    use futures_util::StreamExt;
+    Ok(Sse::new(events.flatten()).keep_alive(KeepAlive::default()))
 }

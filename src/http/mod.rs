@@ -81,6 +81,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/users/{id}/activate", post(users::activate))
         .route("/v1/users/{id}/deactivate", post(users::deactivate))
         .route("/v1/events", get(events::list))
+        .route("/v1/events/stream", get(events::stream))
         .fallback(|| async { ApiError::NotFound("route".into()) })
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn_with_state(

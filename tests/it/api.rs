@@ -723,3 +723,75 @@ async fn tokens_are_shown_once_and_revocation_takes_effect() {
         .await;
     assert_eq!(active["items"].as_array().unwrap().len(), 5);
 }
+
+/// Reads SSE frames until `count` event ids were seen; returns them.
+async fn read_sse(app: &App, query: &str, last_event_id: Option<u64>, count: usize) -> Vec<u64> {
+    let mut req = app
+        .http
+        .get(format!("{}/v1/events/stream{query}", app.url))
+        .bearer_auth(&app.admin);
+    if let Some(id) = last_event_id {
+        req = req.header("Last-Event-ID", id.to_string());
+    }
+    let mut resp = req.send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let mut buf = String::new();
+    let mut ids = Vec::new();
+    while ids.len() < count {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), resp.chunk())
+            .await
+            .expect("SSE stalled")
+            .unwrap()
+            .expect("SSE ended");
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let frame: String = buf.drain(..end + 2).collect();
+            if let Some(id) = frame.lines().find_map(|l| l.strip_prefix("id:")) {
+                ids.push(id.trim().parse().unwrap());
+                let data = frame.lines().find_map(|l| l.strip_prefix("data:")).unwrap();
+                let env: Value = serde_json::from_str(data.trim()).unwrap();
+                assert_eq!(env["position"].as_u64(), ids.last().copied());
+            }
+        }
+    }
+    ids.truncate(count);
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_stream_is_history_then_live_across_a_reconnect() {
+    let app = spawn_app().await;
+    for i in 0..20 {
+        app.domain(&format!("d{i}.onmicrosoft.com")).await;
+    }
+    // Appends keep coming while the stream is read.
+    let url = app.url.clone();
+    let admin = app.admin.clone();
+    let writer = tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        for i in 0..60 {
+            let r = http
+                .post(format!("{url}/v1/domains"))
+                .bearer_auth(&admin)
+                .json(&json!({"domain": format!("live{i}.onmicrosoft.com")}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::CREATED);
+        }
+    });
+    let first = read_sse(&app, "?from_position=1", None, 40).await;
+    assert_eq!(first, (1..=40).collect::<Vec<u64>>());
+    // Reconnect where we stopped, once by query and once by Last-Event-ID.
+    let second = read_sse(&app, "?from_position=41", None, 20).await;
+    assert_eq!(second, (41..=60).collect::<Vec<u64>>());
+    let third = read_sse(&app, "", Some(60), 21).await;
+    assert_eq!(third, (61..=81).collect::<Vec<u64>>());
+    writer.await.unwrap();
+    let (s, _) = app.call(None, Method::GET, "/v1/events/stream", None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+}

@@ -138,6 +138,19 @@ impl AppState {
         }
     }
 
+    /// The projections as they were at a past time or position: a replay of the log's
+    /// prefix, on a blocking thread (it reads the whole prefix).
+    pub async fn replay_until(
+        &self,
+        until: idledger_replay::Until,
+    ) -> Result<idledger_projections::Projections, ApiError> {
+        let log = self.log.clone();
+        tokio::task::spawn_blocking(move || idledger_replay::fold(log.envelopes(1), until, |_| {}))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .map_err(ApiError::from)
+    }
+
     /// The command path: fold `stream` with `evolve`, `decide`, append at exactly the
     /// version folded. A concurrent change is retried once on fresh state. Returns the
     /// position of the last event appended (the log's head when nothing changed).

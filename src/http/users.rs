@@ -9,7 +9,8 @@ use axum::response::IntoResponse;
 use axum::Json;
 use idledger_domain::decide::user::{decide, evolve, UserCommand};
 use idledger_domain::{DomainId, Role, SsoSettings, StreamId, UserId};
-use idledger_projections::{UserStatus, UserView};
+use idledger_projections::{Projections, UserStatus, UserView};
+use idledger_replay::Until;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -58,6 +59,23 @@ pub struct UserQuery {
     limit: Option<usize>,
     after: Option<uuid::Uuid>,
     min_position: Option<u64>,
+    at: Option<chrono::DateTime<chrono::Utc>>,
+    at_position: Option<u64>,
+}
+
+/// `at` / `at_position`: which past state to answer from, if any.
+fn point_in_time(
+    at: Option<chrono::DateTime<chrono::Utc>>,
+    at_position: Option<u64>,
+) -> Result<Option<Until>, ApiError> {
+    match (at, at_position) {
+        (Some(_), Some(_)) => Err(ApiError::BadRequest(
+            "at, at_position: give one, not both".into(),
+        )),
+        (Some(t), None) => Ok(Some(Until::Time(t))),
+        (None, Some(p)) => Ok(Some(Until::Position(p))),
+        (None, None) => Ok(None),
+    }
 }
 
 fn parse_status(s: &str) -> Result<UserStatus, ApiError> {
@@ -88,7 +106,18 @@ pub async fn list(
         return Err(ApiError::BadRequest(format!("limit: 1 to {MAX_LIMIT}")));
     }
     let needle = q.q.as_deref().map(str::to_lowercase);
-    let p = s.projector.read();
+    let past = match point_in_time(q.at, q.at_position)? {
+        Some(until) => Some(s.replay_until(until).await?),
+        None => None,
+    };
+    let live;
+    let p: &Projections = match &past {
+        Some(p) => p,
+        None => {
+            live = s.projector.read();
+            &live
+        }
+    };
     let mut items = Vec::new();
     let mut last = None;
     let mut more = false;
@@ -127,6 +156,8 @@ pub async fn list(
 #[serde(deny_unknown_fields)]
 pub struct OneQuery {
     min_position: Option<u64>,
+    at: Option<chrono::DateTime<chrono::Utc>>,
+    at_position: Option<u64>,
 }
 
 /// One user.
@@ -138,11 +169,12 @@ pub async fn get_one(
 ) -> Result<impl IntoResponse, ApiError> {
     who.require(&[Role::Admin, Role::Auditor])?;
     s.reach(q.min_position).await?;
-    let p = s.projector.read();
-    p.users
-        .get(UserId(id))
-        .map(|u| Json(user_json(u)))
-        .ok_or_else(|| ApiError::NotFound("user".into()))
+    let found = |p: &Projections| p.users.get(UserId(id)).map(|u| Json(user_json(u)));
+    let answer = match point_in_time(q.at, q.at_position)? {
+        Some(until) => found(&s.replay_until(until).await?),
+        None => found(&s.projector.read()),
+    };
+    answer.ok_or_else(|| ApiError::NotFound("user".into()))
 }
 
 /// `GET /v1/users/{id}/events` parameters.

@@ -795,3 +795,99 @@ async fn the_event_stream_is_history_then_live_across_a_reconnect() {
     let (s, _) = app.call(None, Method::GET, "/v1/events/stream", None).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_answers_equal_what_was_read_live_then() {
+    let app = spawn_app().await;
+    let d = app.domain("history.onmicrosoft.com").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let u = app.user(&d).await;
+    let (_, live_before) = app
+        .call(
+            Some(&app.admin),
+            Method::GET,
+            &format!("/v1/users/{u}"),
+            None,
+        )
+        .await;
+    let (_, list_before) = app
+        .call(Some(&app.admin), Method::GET, "/v1/users", None)
+        .await;
+    let position = app.head();
+    // A moment that lies between the two states, in the log's own clock.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let moment = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let (s, _) = app
+        .call(
+            Some(&app.admin),
+            Method::POST,
+            &format!("/v1/users/{u}/deactivate"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    app.user(&d).await;
+    let (_, live_after) = app
+        .call(
+            Some(&app.admin),
+            Method::GET,
+            &format!("/v1/users/{u}"),
+            None,
+        )
+        .await;
+    assert_eq!(live_after["status"], "deactivated");
+    let (_, at_position) = app
+        .call(
+            Some(&app.admin),
+            Method::GET,
+            &format!("/v1/users/{u}?at_position={position}"),
+            None,
+        )
+        .await;
+    assert_eq!(at_position, live_before);
+    let encoded = urlencoding_free(&moment);
+    let (_, at_time) = app
+        .call(
+            Some(&app.admin),
+            Method::GET,
+            &format!("/v1/users/{u}?at={encoded}"),
+            None,
+        )
+        .await;
+    assert_eq!(at_time, live_before);
+    let (_, list_then) = app
+        .call(
+            Some(&app.admin),
+            Method::GET,
+            &format!("/v1/users?at={encoded}"),
+            None,
+        )
+        .await;
+    assert_eq!(list_then, list_before);
+    let (s, _) = app
+        .call(
+            Some(&app.admin),
+            Method::GET,
+            &format!("/v1/users/{u}?at=yesterday"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _) = app
+        .call(
+            Some(&app.admin),
+            Method::GET,
+            &format!("/v1/users/{u}?at_position=1"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "the user did not exist yet");
+}
+
+/// RFC 3339 in a query string: `+` and `:` must be escaped.
+fn urlencoding_free(s: &str) -> String {
+    s.replace(':', "%3A").replace('+', "%2B")
+}

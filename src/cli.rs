@@ -47,12 +47,17 @@ enum GraphCommand {
     Check(crate::graph::check::CheckArgs),
 }
 
-/// The data directory option shared by commands that read a local store.
+/// Where the log is read from: a local data dir, or a running server's event feed (with
+/// the token in `IDLEDGER_TOKEN`; the work is still done locally).
 #[derive(Args, Debug, Clone)]
+#[group(required = true, multiple = false)]
 pub struct DataDir {
     /// The data directory (holds the sled store under `store/`).
-    #[arg(long, env = "IDLEDGER_DATA_DIR")]
-    pub data_dir: PathBuf,
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// A running server, e.g. http://127.0.0.1:8080 (token from IDLEDGER_TOKEN).
+    #[arg(long)]
+    pub server: Option<String>,
 }
 
 /// Options of `idledger log`.
@@ -106,7 +111,7 @@ pub fn run() -> ExitCode {
         }
         Command::Demo(a) => runtime().and_then(|rt| rt.block_on(crate::demo::run(a))),
         Command::Log(a) => crate::inspect::log(&a),
-        Command::Verify(a) => crate::inspect::verify(&a.data_dir),
+        Command::Verify(a) => crate::inspect::verify(&a),
         Command::Replay(a) => crate::inspect::replay(&a),
         Command::Graph(GraphCommand::Check(a)) => {
             runtime().map(|rt| rt.block_on(crate::graph::check::run(a)))

@@ -71,3 +71,8 @@ pub async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
+
+/// The OpenAPI document, built from the same table as the router.
+pub async fn openapi() -> impl IntoResponse {
+    axum::Json(super::openapi_document())
+}

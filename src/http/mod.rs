@@ -53,35 +53,225 @@ pub struct AppState {
     pub request_timeout: Duration,
 }
 
+/// Who may call a route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// No token needed.
+    Open,
+    /// Admins only.
+    Admin,
+    /// Admins and auditors.
+    Read,
+}
+
+/// One operation of the API: the router and the OpenAPI document are both built from the
+/// list of these, so the document lists exactly what the router serves.
+pub struct Operation {
+    /// HTTP method.
+    pub method: axum::http::Method,
+    /// Path in axum's syntax (`{id}` parameters).
+    pub path: &'static str,
+    /// One line for the document.
+    pub summary: &'static str,
+    /// Who may call it.
+    pub access: Access,
+    handler: axum::routing::MethodRouter<AppState>,
+}
+
+fn op(
+    method: axum::http::Method,
+    path: &'static str,
+    access: Access,
+    summary: &'static str,
+    handler: axum::routing::MethodRouter<AppState>,
+) -> Operation {
+    Operation {
+        method,
+        path,
+        summary,
+        access,
+        handler,
+    }
+}
+
+/// Every operation of the API.
+pub fn operations() -> Vec<Operation> {
+    use axum::http::Method as M;
+    use Access::*;
+    vec![
+        op(
+            M::GET,
+            "/healthz",
+            Open,
+            "Liveness, log head and projector position",
+            get(meta::healthz),
+        ),
+        op(
+            M::GET,
+            "/metrics",
+            Open,
+            "Prometheus metrics",
+            get(meta::metrics),
+        ),
+        op(
+            M::GET,
+            "/v1/openapi.json",
+            Open,
+            "This document",
+            get(meta::openapi),
+        ),
+        op(
+            M::POST,
+            "/v1/tokens",
+            Admin,
+            "Issue an API token (its text is shown once)",
+            post(tokens::create),
+        ),
+        op(
+            M::GET,
+            "/v1/tokens",
+            Admin,
+            "List API tokens",
+            get(tokens::list),
+        ),
+        op(
+            M::DELETE,
+            "/v1/tokens/{id}",
+            Admin,
+            "Revoke an API token",
+            delete(tokens::revoke),
+        ),
+        op(
+            M::POST,
+            "/v1/domains",
+            Admin,
+            "Add a domain (optionally with credentials)",
+            post(domains::create),
+        ),
+        op(
+            M::GET,
+            "/v1/domains",
+            Read,
+            "List domains",
+            get(domains::list),
+        ),
+        op(
+            M::GET,
+            "/v1/domains/{id}",
+            Read,
+            "One domain",
+            get(domains::get_one),
+        ),
+        op(
+            M::PATCH,
+            "/v1/domains/{id}",
+            Admin,
+            "Change a domain's settings",
+            axum::routing::patch(domains::patch),
+        ),
+        op(
+            M::DELETE,
+            "/v1/domains/{id}",
+            Admin,
+            "Remove a domain",
+            delete(domains::remove),
+        ),
+        op(
+            M::PUT,
+            "/v1/domains/{id}/credentials",
+            Admin,
+            "Save Graph credentials (sealed at once)",
+            put(domains::put_credentials),
+        ),
+        op(
+            M::DELETE,
+            "/v1/domains/{id}/credentials",
+            Admin,
+            "Remove Graph credentials",
+            delete(domains::remove_credentials),
+        ),
+        op(
+            M::PUT,
+            "/v1/domains/{id}/sso-defaults",
+            Admin,
+            "Set the SSO defaults applied at import",
+            put(domains::put_sso_defaults),
+        ),
+        op(
+            M::GET,
+            "/v1/users",
+            Read,
+            "List users (filters, paging, at / at_position)",
+            get(users::list),
+        ),
+        op(
+            M::GET,
+            "/v1/users/{id}",
+            Read,
+            "One user (at / at_position)",
+            get(users::get_one),
+        ),
+        op(
+            M::PATCH,
+            "/v1/users/{id}",
+            Admin,
+            "Set or clear the user's SSO override",
+            axum::routing::patch(users::patch),
+        ),
+        op(
+            M::GET,
+            "/v1/users/{id}/events",
+            Read,
+            "The user's events",
+            get(users::events),
+        ),
+        op(
+            M::POST,
+            "/v1/users/{id}/activate",
+            Admin,
+            "Reactivate a deactivated user",
+            post(users::activate),
+        ),
+        op(
+            M::POST,
+            "/v1/users/{id}/deactivate",
+            Admin,
+            "Deactivate a user",
+            post(users::deactivate),
+        ),
+        op(
+            M::GET,
+            "/v1/events",
+            Read,
+            "Envelopes from a position (with the stored record)",
+            get(events::list),
+        ),
+        op(
+            M::GET,
+            "/v1/events/stream",
+            Read,
+            "Server-Sent Events: history, then live",
+            get(events::stream),
+        ),
+    ]
+}
+
 /// The router with every route, the body limit, timeouts and request metrics.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(meta::healthz))
-        .route("/metrics", get(meta::metrics))
-        .route("/v1/tokens", post(tokens::create).get(tokens::list))
-        .route("/v1/tokens/{id}", delete(tokens::revoke))
-        .route("/v1/domains", post(domains::create).get(domains::list))
-        .route(
-            "/v1/domains/{id}",
-            get(domains::get_one)
-                .patch(domains::patch)
-                .delete(domains::remove),
-        )
-        .route(
-            "/v1/domains/{id}/credentials",
-            put(domains::put_credentials).delete(domains::remove_credentials),
-        )
-        .route(
-            "/v1/domains/{id}/sso-defaults",
-            put(domains::put_sso_defaults),
-        )
-        .route("/v1/users", get(users::list))
-        .route("/v1/users/{id}", get(users::get_one).patch(users::patch))
-        .route("/v1/users/{id}/events", get(users::events))
-        .route("/v1/users/{id}/activate", post(users::activate))
-        .route("/v1/users/{id}/deactivate", post(users::deactivate))
-        .route("/v1/events", get(events::list))
-        .route("/v1/events/stream", get(events::stream))
+    let mut router = Router::new();
+    for o in operations() {
+        // Access is checked before any extractor reads the request, so a caller without
+        // the right learns nothing from validation errors. Operations on one path merge.
+        let handler = match o.access {
+            Access::Open => o.handler,
+            access => o.handler.route_layer(middleware::from_fn_with_state(
+                (state.clone(), access),
+                check_access,
+            )),
+        };
+        router = router.route(o.path, handler);
+    }
+    router
         .fallback(|| async { ApiError::NotFound("route".into()) })
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn_with_state(
@@ -89,6 +279,70 @@ pub fn router(state: AppState) -> Router {
             timeout_and_count,
         ))
         .with_state(state)
+}
+
+async fn check_access(
+    State((state, access)): State<(AppState, Access)>,
+    req: Request,
+    next: Next,
+) -> Response {
+    use axum::extract::FromRequestParts;
+    use axum::response::IntoResponse;
+    use idledger_domain::Role;
+    let (mut parts, body) = req.into_parts();
+    let allowed: &[Role] = match access {
+        Access::Open => return next.run(Request::from_parts(parts, body)).await,
+        Access::Admin => &[Role::Admin],
+        Access::Read => &[Role::Admin, Role::Auditor],
+    };
+    match Principal::from_request_parts(&mut parts, &state).await {
+        Ok(who) => match who.require(allowed) {
+            Ok(()) => next.run(Request::from_parts(parts, body)).await,
+            Err(e) => e.into_response(),
+        },
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The OpenAPI 3.1 document of [`operations`].
+pub fn openapi_document() -> serde_json::Value {
+    let mut paths = serde_json::Map::new();
+    for o in operations() {
+        let params: Vec<serde_json::Value> = o
+            .path
+            .split('/')
+            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .map(|name| serde_json::json!({"name": name, "in": "path", "required": true, "schema": {"type": "string", "format": "uuid"}}))
+            .collect();
+        let security = match o.access {
+            Access::Open => serde_json::json!([]),
+            _ => serde_json::json!([{"bearer": []}]),
+        };
+        let roles = match o.access {
+            Access::Open => "none",
+            Access::Admin => "admin",
+            Access::Read => "admin, auditor",
+        };
+        let entry = paths
+            .entry(o.path.to_owned())
+            .or_insert_with(|| serde_json::json!({}));
+        entry[o.method.as_str().to_lowercase()] = serde_json::json!({
+            "summary": o.summary,
+            "description": format!("Roles: {roles}."),
+            "parameters": params,
+            "security": security,
+            "responses": {
+                "2XX": {"description": "Success"},
+                "4XX": {"description": "{\"error\":{\"code\",\"message\"}}"},
+            },
+        });
+    }
+    serde_json::json!({
+        "openapi": "3.1.0",
+        "info": {"title": "idledger", "version": env!("CARGO_PKG_VERSION")},
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "paths": paths,
+    })
 }
 
 /// Bounds every request's time and counts it by route and status.

@@ -1000,3 +1000,59 @@ async fn log_verify_and_replay_work_over_the_wire() {
     .unwrap();
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_lists_every_route_with_its_roles() {
+    let app = spawn_app().await;
+    let auditor = app.token("auditor", &[]).await;
+    let (s, doc) = app.call(None, Method::GET, "/v1/openapi.json", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths = doc["paths"].as_object().unwrap();
+    let mut operations = 0;
+    for (path, methods) in paths {
+        let concrete = path.replace("{id}", &uuid::Uuid::new_v4().to_string());
+        for (method, op) in methods.as_object().unwrap() {
+            operations += 1;
+            let m: Method = method.to_uppercase().parse().unwrap();
+            let roles = op["description"].as_str().unwrap();
+            let send = |token: Option<String>| {
+                let mut req = app
+                    .http
+                    .request(m.clone(), format!("{}{concrete}", app.url));
+                if let Some(t) = token {
+                    req = req.bearer_auth(t);
+                }
+                if m != Method::GET && m != Method::DELETE {
+                    req = req.json(&json!({}));
+                }
+                async move { req.send().await.unwrap() }
+            };
+            // Served: not the fallback's 404 and not 405.
+            let r = send(Some(app.admin.clone())).await;
+            let status = r.status();
+            if status == StatusCode::NOT_FOUND {
+                let body: Value = r.json().await.unwrap();
+                assert_ne!(
+                    body["error"]["message"], "route not found",
+                    "{method} {path} is documented but not served"
+                );
+            }
+            assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+            // The documented roles are the enforced ones.
+            let as_auditor = send(Some(auditor.clone())).await.status();
+            let anonymous = send(None).await.status();
+            if roles.contains("none") {
+                assert_ne!(anonymous, StatusCode::UNAUTHORIZED, "{method} {path}");
+            } else {
+                assert_eq!(anonymous, StatusCode::UNAUTHORIZED, "{method} {path}");
+                assert_eq!(
+                    as_auditor == StatusCode::FORBIDDEN,
+                    !roles.contains("auditor"),
+                    "{method} {path}: {roles}"
+                );
+            }
+        }
+    }
+    assert_eq!(operations, idledger::http::operations().len());
+}

@@ -95,6 +95,11 @@ enum BenchCommand {
     Append(crate::bench::AppendArgs),
     /// Folding the log into all projections, against a raw sled scan plus decode.
     Replay(crate::bench::ReplayArgs),
+    /// GET /v1/users/{id} on a serve process: p99 at a fixed rate, and throughput against a bare axum handler.
+    Api(crate::bench_api::ApiArgs),
+    /// The bare axum handler `bench api` compares against.
+    #[command(hide = true)]
+    BareServer(crate::bench_api::BareArgs),
 }
 
 /// Parses the command line and runs it.
@@ -119,6 +124,8 @@ pub fn run() -> ExitCode {
         Command::Bench(BenchCommand::Append(a)) => {
             runtime().and_then(|rt| rt.block_on(crate::bench::append(a)))
         }
+        Command::Bench(BenchCommand::Api(a)) => runtime().and_then(|rt| rt.block_on(crate::bench_api::api(a))),
+        Command::Bench(BenchCommand::BareServer(a)) => runtime().and_then(|rt| rt.block_on(crate::bench_api::bare_server(a))),
         Command::Bench(BenchCommand::Replay(a)) => {
             runtime().and_then(|rt| rt.block_on(crate::bench::replay(a)))
         }

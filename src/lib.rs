@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bench;
+pub mod bench_api;
 pub mod cli;
 pub mod demo;
 pub mod graph;

@@ -54,7 +54,10 @@ pub async fn bare_server(args: BareArgs) -> Result<ExitCode, CliError> {
     });
     let app = axum::Router::new()
         .route("/healthz", axum::routing::get(|| async { "ok" }))
-        .route("/v1/users/{id}", axum::routing::get(move || async move { axum::Json(body.clone()) }));
+        .route(
+            "/v1/users/{id}",
+            axum::routing::get(move || async move { axum::Json(body.clone()) }),
+        );
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;
     axum::serve(listener, app).await?;
     Ok(ExitCode::SUCCESS)
@@ -69,7 +72,12 @@ async fn prepare(data_dir: &std::path::Path) -> Result<(String, Vec<UserId>), Cl
     log.append(AppendRequest::new(
         StreamId::domain(domain),
         ExpectedVersion::NoStream,
-        vec![d(DomainRegistered { domain_id: domain, name: "bench.onmicrosoft.com".into(), settings: DomainSettings::default() }.into())],
+        vec![d(DomainRegistered {
+            domain_id: domain,
+            name: "bench.onmicrosoft.com".into(),
+            settings: DomainSettings::default(),
+        }
+        .into())],
     ))
     .await?;
     for i in 0..USERS {
@@ -81,19 +89,36 @@ async fn prepare(data_dir: &std::path::Path) -> Result<(String, Vec<UserId>), Cl
             ..UserAttributes::default()
         };
         let events = vec![
-            d(UserDiscovered { user_id: user, domain_id: domain, external_id: Uuid::new_v4().to_string(), attributes }.into()),
-            d(UserImported { sso: SsoSettings::default() }.into()),
+            d(UserDiscovered {
+                user_id: user,
+                domain_id: domain,
+                external_id: Uuid::new_v4().to_string(),
+                attributes,
+            }
+            .into()),
+            d(UserImported {
+                sso: SsoSettings::default(),
+            }
+            .into()),
         ];
-        log.append(AppendRequest::new(StreamId::user(user), ExpectedVersion::NoStream, events)).await?;
+        log.append(AppendRequest::new(
+            StreamId::user(user),
+            ExpectedVersion::NoStream,
+            events,
+        ))
+        .await?;
         users.push(user);
     }
-    let (_, token, _) = issue_token(&log, Actor::Operator, Role::Auditor, "bench".into(), vec![]).await?;
+    let (_, token, _) =
+        issue_token(&log, Actor::Operator, Role::Auditor, "bench".into(), vec![]).await?;
     log.flush().await?;
     Ok((token, users))
 }
 
 fn free_port() -> Result<u16, CliError> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 struct Killed(Child);
@@ -119,7 +144,15 @@ async fn wait_healthy(http: &reqwest::Client, url: &str) -> Result<(), CliError>
 /// Fixed-rate load: dispatched in 1 ms ticks (tokio's timer granularity), each tick sending
 /// its share of the rate. Latency runs from the tick's wake-up, so waiting for a free
 /// connection counts (no coordinated omission) but the timer's own lateness does not.
-async fn open_loop(http: &reqwest::Client, url: &str, token: &str, users: &[UserId], rate: u64, seconds: u64, connections: usize) -> (Vec<f64>, u64) {
+async fn open_loop(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    users: &[UserId],
+    rate: u64,
+    seconds: u64,
+    connections: usize,
+) -> (Vec<f64>, u64) {
     let total = rate * seconds;
     let gate = Arc::new(tokio::sync::Semaphore::new(connections * 4));
     let mut tick = tokio::time::interval(Duration::from_millis(1));
@@ -134,7 +167,12 @@ async fn open_loop(http: &reqwest::Client, url: &str, token: &str, users: &[User
         let due = ((woke - start).as_secs_f64() * rate as f64).ceil() as u64;
         while sent < due.min(total) {
             let permit = gate.clone().acquire_owned().await;
-            let req = http.get(format!("{url}/v1/users/{}", users[sent as usize % users.len()])).bearer_auth(token);
+            let req = http
+                .get(format!(
+                    "{url}/v1/users/{}",
+                    users[sent as usize % users.len()]
+                ))
+                .bearer_auth(token);
             tasks.push(tokio::spawn(async move {
                 let _permit = permit;
                 let ok = match req.send().await {
@@ -158,17 +196,34 @@ async fn open_loop(http: &reqwest::Client, url: &str, token: &str, users: &[User
 }
 
 /// Closed-loop load: the highest requests/s `connections` callers reach.
-async fn closed_loop(http: &reqwest::Client, url: &str, token: &str, users: &[UserId], seconds: u64, connections: usize) -> f64 {
+async fn closed_loop(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    users: &[UserId],
+    seconds: u64,
+    connections: usize,
+) -> f64 {
     let stop = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..connections {
-        let (http, url, token, users) = (http.clone(), url.to_owned(), token.to_owned(), users.to_vec());
+        let (http, url, token, users) = (
+            http.clone(),
+            url.to_owned(),
+            token.to_owned(),
+            users.to_vec(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut n = 0u64;
             while Instant::now() < stop {
                 let u = users[(c + n as usize) % users.len()];
-                if let Ok(r) = http.get(format!("{url}/v1/users/{u}")).bearer_auth(&token).send().await {
+                if let Ok(r) = http
+                    .get(format!("{url}/v1/users/{u}"))
+                    .bearer_auth(&token)
+                    .send()
+                    .await
+                {
                     if r.status().is_success() && r.bytes().await.is_ok() {
                         n += 1;
                     }
@@ -201,7 +256,13 @@ pub async fn api(args: ApiArgs) -> Result<ExitCode, CliError> {
     let quiet = || std::process::Stdio::null();
     let _serve = Killed(
         std::process::Command::new(&exe)
-            .args(["serve", "--listen", &format!("127.0.0.1:{p1}"), "--log-format", "json"])
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{p1}"),
+                "--log-format",
+                "json",
+            ])
             .arg("--data-dir")
             .arg(&args.data_dir)
             .env("IDLEDGER_LOG", "warn")
@@ -211,12 +272,20 @@ pub async fn api(args: ApiArgs) -> Result<ExitCode, CliError> {
     );
     let _bare = Killed(
         std::process::Command::new(&exe)
-            .args(["bench", "bare-server", "--listen", &format!("127.0.0.1:{p2}")])
+            .args([
+                "bench",
+                "bare-server",
+                "--listen",
+                &format!("127.0.0.1:{p2}"),
+            ])
             .stdout(quiet())
             .stderr(quiet())
             .spawn()?,
     );
-    let (ours, bare) = (format!("http://127.0.0.1:{p1}"), format!("http://127.0.0.1:{p2}"));
+    let (ours, bare) = (
+        format!("http://127.0.0.1:{p1}"),
+        format!("http://127.0.0.1:{p2}"),
+    );
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(args.connections * 4)
         .build()
@@ -226,10 +295,35 @@ pub async fn api(args: ApiArgs) -> Result<ExitCode, CliError> {
     // Warm up both.
     closed_loop(&http, &ours, &token, &users, 1, args.connections).await;
     closed_loop(&http, &bare, &token, &users, 1, args.connections).await;
-    let (mut latencies, errors) = open_loop(&http, &ours, &token, &users, args.rate, args.seconds, args.connections).await;
+    let (mut latencies, errors) = open_loop(
+        &http,
+        &ours,
+        &token,
+        &users,
+        args.rate,
+        args.seconds,
+        args.connections,
+    )
+    .await;
     latencies.sort_by(|a, b| a.total_cmp(b));
-    let max_rps = closed_loop(&http, &ours, &token, &users, args.seconds / 2 + 1, args.connections).await;
-    let baseline_rps = closed_loop(&http, &bare, &token, &users, args.seconds / 2 + 1, args.connections).await;
+    let max_rps = closed_loop(
+        &http,
+        &ours,
+        &token,
+        &users,
+        args.seconds / 2 + 1,
+        args.connections,
+    )
+    .await;
+    let baseline_rps = closed_loop(
+        &http,
+        &bare,
+        &token,
+        &users,
+        args.seconds / 2 + 1,
+        args.connections,
+    )
+    .await;
     let r3 = |x: f64| (x * 1000.0).round() / 1000.0;
     println!(
         "{}",

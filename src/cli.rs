@@ -124,8 +124,12 @@ pub fn run() -> ExitCode {
         Command::Bench(BenchCommand::Append(a)) => {
             runtime().and_then(|rt| rt.block_on(crate::bench::append(a)))
         }
-        Command::Bench(BenchCommand::Api(a)) => runtime().and_then(|rt| rt.block_on(crate::bench_api::api(a))),
-        Command::Bench(BenchCommand::BareServer(a)) => runtime().and_then(|rt| rt.block_on(crate::bench_api::bare_server(a))),
+        Command::Bench(BenchCommand::Api(a)) => {
+            runtime().and_then(|rt| rt.block_on(crate::bench_api::api(a)))
+        }
+        Command::Bench(BenchCommand::BareServer(a)) => {
+            runtime().and_then(|rt| rt.block_on(crate::bench_api::bare_server(a)))
+        }
         Command::Bench(BenchCommand::Replay(a)) => {
             runtime().and_then(|rt| rt.block_on(crate::bench::replay(a)))
         }

@@ -1056,3 +1056,143 @@ async fn the_openapi_document_lists_every_route_with_its_roles() {
     }
     assert_eq!(operations, idledger::http::operations().len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_reaches_the_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = crate::support::free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let log_path = dir.path().join("serve.log");
+    let log_file = std::fs::File::create(&log_path).unwrap();
+    let mut child = crate::support::idledger()
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--log-format",
+            "json",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env("IDLEDGER_LOG", "debug")
+        .stderr(log_file)
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    while http.get(format!("{url}/healthz")).send().await.is_err() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let token = std::fs::read_to_string(dir.path().join("data/admin.token"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let secrets = [
+        "Log-Secret-One-8f3k",
+        "Log-Secret-Two-2m9q",
+        "Log-Secret-Three-7x1z",
+    ];
+    let post = |body: Value| {
+        let req = http
+            .post(format!("{url}/v1/domains"))
+            .bearer_auth(&token)
+            .json(&body);
+        async move { req.send().await.unwrap().status() }
+    };
+    let tid = uuid::Uuid::new_v4().to_string();
+    assert_eq!(post(json!({"domain": "logs.onmicrosoft.com", "tenant_id": tid, "client_id": tid, "client_secret": secrets[0]})).await, StatusCode::CREATED);
+    // Refused requests carrying secrets are logged too.
+    assert_eq!(post(json!({"domain": "bad name", "tenant_id": tid, "client_id": tid, "client_secret": secrets[1]})).await, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(post(json!({"domain": "x.com", "tenant_id": "nope", "client_id": tid, "client_secret": secrets[2]})).await, StatusCode::UNPROCESSABLE_ENTITY);
+    // SIGTERM: graceful shutdown writes its last lines.
+    let pid = child.id().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    child.wait().unwrap();
+    let logs = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        logs.contains("admin.token"),
+        "the bootstrap token's path is logged: {logs}"
+    );
+    assert!(logs.contains("stopped; the log is flushed"), "{logs}");
+    assert!(
+        !logs.contains(&token),
+        "the bootstrap token reached the log"
+    );
+    for s in secrets {
+        assert!(!logs.contains(s), "{s} reached the log");
+    }
+    for line in logs.lines().filter(|l| !l.trim().is_empty()) {
+        serde_json::from_str::<Value>(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_create_while_stopped_and_a_wrong_master_key_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = crate::support::idledger()
+        .args([
+            "token", "create", "--role", "agent", "--key-id", "KEY-7", "--name", "desk 7",
+        ])
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let created: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let agent = created["token"].as_str().unwrap().to_owned();
+    // The server starts on that data dir; the agent token is live, so no bootstrap token.
+    let (state, bootstrap) = idledger::server::start(&data, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(bootstrap.is_none());
+    let p = state.projector.read();
+    let t = p
+        .tokens
+        .by_hash(&idledger::http::token_hash(&agent))
+        .expect("the printed token is the one stored");
+    assert_eq!(t.key_ids, vec![idledger_domain::KeyId("KEY-7".into())]);
+    drop(p);
+    // A key store made under one master key refuses another, clearly: a first serve
+    // creates master.key and the key store, a second with another key must not start.
+    let keyed = dir.path().join("keyed");
+    let port = crate::support::free_port();
+    let mut first = crate::support::idledger()
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(&keyed)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    while reqwest::get(format!("http://127.0.0.1:{port}/healthz"))
+        .await
+        .is_err()
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    std::process::Command::new("kill")
+        .args(["-TERM", &first.id().to_string()])
+        .status()
+        .unwrap();
+    first.wait().unwrap();
+    let other = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    let out = crate::support::idledger()
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(&keyed)
+        .env("IDLEDGER_MASTER_KEY", other)
+        .output()
+        .unwrap();
+    let out = (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert_eq!(out.0, Some(2), "{}", out.1);
+    assert!(out.1.contains("the master key does not match"), "{}", out.1);
+}

@@ -118,3 +118,12 @@ pub async fn wait_released(dir: &Path) {
     }
     panic!("the store at {} stayed locked", dir.display());
 }
+
+/// A free loopback port (bound, then released for a child process to take).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

@@ -1152,13 +1152,15 @@ async fn token_create_while_stopped_and_a_wrong_master_key_is_refused() {
         .await
         .unwrap();
     assert!(bootstrap.is_none());
-    let p = state.projector.read();
-    let t = p
-        .tokens
-        .by_hash(&idledger::http::token_hash(&agent))
-        .expect("the printed token is the one stored");
-    assert_eq!(t.key_ids, vec![idledger_domain::KeyId("KEY-7".into())]);
-    drop(p);
+    let keys = {
+        let p = state.projector.read();
+        let t = p
+            .tokens
+            .by_hash(&idledger::http::token_hash(&agent))
+            .expect("the printed token is the one stored");
+        t.key_ids.clone()
+    };
+    assert_eq!(keys, vec![idledger_domain::KeyId("KEY-7".into())]);
     // A key store made under one master key refuses another, clearly: a first serve
     // creates master.key and the key store, a second with another key must not start.
     let keyed = dir.path().join("keyed");

@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
-use idledger_domain::decide::domain::{decide, evolve, DomainCommand};
+use idledger_domain::decide::domain::{decide, evolve, DomainCommand, DomainState};
 use idledger_domain::{DomainId, DomainSettings, RemovalBehavior, Role, SsoSettings, StreamId};
 use idledger_projections::DomainView;
 use serde::{Deserialize, Deserializer};
@@ -182,7 +182,7 @@ async fn respond(
     id: DomainId,
     position: u64,
     status: StatusCode,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     s.reach(Some(position)).await?;
     let mut body = found(s, id)?;
     body["position"] = json!(position);
@@ -279,6 +279,23 @@ pub async fn get_one(
     Ok(Json(found(&s, DomainId(id))?))
 }
 
+/// The admin path of every change to an existing domain: decide `command` on the
+/// domain's current state, append, answer the domain with the position.
+async fn run(
+    s: &AppState,
+    who: &Principal,
+    id: DomainId,
+    command: impl Fn(&DomainState) -> DomainCommand,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    who.require(&[Role::Admin])?;
+    let position = s
+        .command(&StreamId::domain(id), &who.actor(), evolve, |st| {
+            decide(st, command(st))
+        })
+        .await?;
+    respond(s, id, position, StatusCode::OK).await
+}
+
 /// Changes settings.
 pub async fn patch(
     State(s): State<AppState>,
@@ -286,18 +303,10 @@ pub async fn patch(
     IdPath(id): IdPath,
     ApiJson(body): ApiJson<SettingsPatch>,
 ) -> Result<impl IntoResponse, ApiError> {
-    who.require(&[Role::Admin])?;
-    let id = DomainId(id);
-    let stream = StreamId::domain(id);
-    let position = s
-        .command(&stream, &who.actor(), evolve, |st| {
-            decide(
-                st,
-                DomainCommand::ChangeSettings(body.clone().apply(st.settings.clone())),
-            )
-        })
-        .await?;
-    respond(&s, id, position, StatusCode::OK).await
+    run(&s, &who, DomainId(id), |st| {
+        DomainCommand::ChangeSettings(body.clone().apply(st.settings.clone()))
+    })
+    .await
 }
 
 /// Removes a domain (its history stays).
@@ -306,14 +315,7 @@ pub async fn remove(
     who: Principal,
     IdPath(id): IdPath,
 ) -> Result<impl IntoResponse, ApiError> {
-    who.require(&[Role::Admin])?;
-    let id = DomainId(id);
-    let position = s
-        .command(&StreamId::domain(id), &who.actor(), evolve, |st| {
-            decide(st, DomainCommand::Remove)
-        })
-        .await?;
-    respond(&s, id, position, StatusCode::OK).await
+    run(&s, &who, DomainId(id), |_| DomainCommand::Remove).await
 }
 
 /// Saves credentials (the secret is sealed at once).
@@ -325,15 +327,12 @@ pub async fn put_credentials(
 ) -> Result<impl IntoResponse, ApiError> {
     who.require(&[Role::Admin])?;
     let id = DomainId(id);
-    let stream = StreamId::domain(id);
     if s.projector.read().domains.get(id).is_none() {
         return Err(ApiError::NotFound("domain".into()));
     }
-    let set = seal_credentials(&s, &stream, body)?;
-    let position = s
-        .command(&stream, &who.actor(), evolve, |st| decide(st, set.clone()))
-        .await?;
-    respond(&s, id, position, StatusCode::OK).await
+    // Sealed once, before deciding: a retried decision reuses the same sealed secret.
+    let set = seal_credentials(&s, &StreamId::domain(id), body)?;
+    run(&s, &who, id, |_| set.clone()).await
 }
 
 /// Removes credentials: sync and rotation for the domain stop.
@@ -342,14 +341,7 @@ pub async fn remove_credentials(
     who: Principal,
     IdPath(id): IdPath,
 ) -> Result<impl IntoResponse, ApiError> {
-    who.require(&[Role::Admin])?;
-    let id = DomainId(id);
-    let position = s
-        .command(&StreamId::domain(id), &who.actor(), evolve, |st| {
-            decide(st, DomainCommand::RemoveCredentials)
-        })
-        .await?;
-    respond(&s, id, position, StatusCode::OK).await
+    run(&s, &who, DomainId(id), |_| DomainCommand::RemoveCredentials).await
 }
 
 /// Sets the SSO defaults applied at import.
@@ -359,12 +351,8 @@ pub async fn put_sso_defaults(
     IdPath(id): IdPath,
     ApiJson(sso): ApiJson<SsoSettings>,
 ) -> Result<impl IntoResponse, ApiError> {
-    who.require(&[Role::Admin])?;
-    let id = DomainId(id);
-    let position = s
-        .command(&StreamId::domain(id), &who.actor(), evolve, |st| {
-            decide(st, DomainCommand::SetSsoDefaults(sso))
-        })
-        .await?;
-    respond(&s, id, position, StatusCode::OK).await
+    run(&s, &who, DomainId(id), |_| {
+        DomainCommand::SetSsoDefaults(sso)
+    })
+    .await
 }

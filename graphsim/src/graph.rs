@@ -644,6 +644,20 @@ fn delta_page<T>(
     Json(body).into_response()
 }
 
+/// The start of every delta request: the permission, the round's cursor, its id filter.
+fn delta_round(
+    sim: &Sim,
+    headers: &HeaderMap,
+    params: &HashMap<String, String>,
+    path: &str,
+    permissions: &[&str],
+) -> Result<(DeltaCursor, Option<Vec<String>>), GraphFail> {
+    authorize(sim, headers, permissions)?;
+    let cursor = delta_cursor(sim, params, headers, path)?;
+    let ids = filter_ids(&cursor.filter);
+    Ok((cursor, ids))
+}
+
 /// `GET /v1.0/groups/delta`: membership changes of the filtered groups.
 pub async fn groups_delta(
     State(sim): State<Sim>,
@@ -651,14 +665,10 @@ pub async fn groups_delta(
     Query(params): Params,
     uri: axum::http::Uri,
 ) -> Response {
-    if let Err(r) = authorize(&sim, &headers, READ_GROUPS) {
-        return r.into_response();
-    }
-    let cursor = match delta_cursor(&sim, &params, &headers, uri.path()) {
-        Ok(c) => c,
-        Err(r) => return r.into_response(),
+    let (cursor, ids) = match delta_round(&sim, &headers, &params, uri.path(), READ_GROUPS) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
     };
-    let ids = filter_ids(&cursor.filter);
     let wanted = |g: &str| ids.as_ref().is_none_or(|ids| ids.iter().any(|i| i == g));
     // One entry per member change; a group spanning pages comes back with another slice.
     let mut entries: Vec<(String, Option<(String, bool)>)> = Vec::new();
@@ -744,14 +754,10 @@ pub async fn users_delta(
     Query(params): Params,
     uri: axum::http::Uri,
 ) -> Response {
-    if let Err(r) = authorize(&sim, &headers, READ_USERS) {
-        return r.into_response();
-    }
-    let cursor = match delta_cursor(&sim, &params, &headers, uri.path()) {
-        Ok(c) => c,
-        Err(r) => return r.into_response(),
+    let (cursor, ids) = match delta_round(&sim, &headers, &params, uri.path(), READ_USERS) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
     };
-    let ids = filter_ids(&cursor.filter);
     let wanted = |u: &str| ids.as_ref().is_none_or(|ids| ids.iter().any(|i| i == u));
     let select: Vec<String> = cursor
         .select

@@ -122,12 +122,6 @@ impl NewDomain {
     }
 }
 
-impl<'de> Deserialize<'de> for Secret {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d).map(Secret::new)
-    }
-}
-
 /// `PUT /v1/domains/{id}/credentials` body.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -234,15 +234,6 @@ impl SledEventLog {
         &self.shared.stats
     }
 
-    /// Number of streams.
-    pub fn stream_count(&self) -> usize {
-        self.shared
-            .streams
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .len()
-    }
-
     /// Flushes everything (appends are already durable when answered; this is for shutdown).
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.shared.db.flush_async().await.map(|_| ()).map_err(io)
@@ -313,11 +304,6 @@ impl RawStore {
     /// Every record of the log tree, in key order.
     pub fn records(&self) -> impl Iterator<Item = Result<(u64, sled::IVec), StoreError>> + '_ {
         raw_iter(&self.log, 1, u64::MAX)
-    }
-
-    /// Every record decoded, in key order.
-    pub fn envelopes(&self) -> impl Iterator<Item = Result<Envelope, StoreError>> + '_ {
-        self.records().map(decode_raw)
     }
 
     /// The last position key (0 when empty).

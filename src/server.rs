@@ -6,6 +6,7 @@ use crate::http::{self, new_token_text, token_hash, AppState, Metrics};
 use crate::projector::Projector;
 use crate::secrets::{write_private, Keyring, MasterKey};
 use crate::store::{AppendRequest, EventLog, ExpectedVersion, SledEventLog};
+use crate::sync::{Engine, SyncConfig, SyncService};
 use clap::Args;
 use idledger_domain::decide::tokens::{decide, evolve, TokenCommand};
 use idledger_domain::events::TokenIssued;
@@ -43,6 +44,8 @@ pub struct Config {
     pub log_format: String,
     /// Every route's timeout, in seconds.
     pub request_timeout_secs: u64,
+    /// The SMTP relay for invites; without it invites go to `<data-dir>/outbox/`.
+    pub smtp: Option<crate::invite::SmtpConfig>,
 }
 
 impl Default for Config {
@@ -51,6 +54,7 @@ impl Default for Config {
             listen: "127.0.0.1:8080".into(),
             log_format: "text".into(),
             request_timeout_secs: 30,
+            smtp: None,
         }
     }
 }
@@ -132,12 +136,29 @@ pub async fn issue_token(
     Ok((token_id, text, done.last_position))
 }
 
-/// Opens everything `serve` needs. On a log with no live token, writes a bootstrap admin
-/// token to `<data-dir>/admin.token` (0600) and returns that path.
+/// Opens everything `serve` needs, with the default sync settings and the outbox mailer.
 pub async fn start(
     data_dir: &Path,
     request_timeout: Duration,
 ) -> Result<(AppState, Option<PathBuf>), CliError> {
+    let config = Config {
+        request_timeout_secs: request_timeout.as_secs().max(1),
+        ..Config::default()
+    };
+    start_with(data_dir, &config, SyncConfig::default()).await
+}
+
+/// Opens everything `serve` needs and starts the sync workers. On a log with no live
+/// token, writes a bootstrap admin token to `<data-dir>/admin.token` (0600) and returns
+/// that path.
+pub async fn start_with(
+    data_dir: &Path,
+    config: &Config,
+    sync: SyncConfig,
+) -> Result<(AppState, Option<PathBuf>), CliError> {
+    let request_timeout = Duration::from_secs(config.request_timeout_secs);
+    let mailer = crate::invite::Mailer::new(config.smtp.as_ref(), data_dir)
+        .map_err(|e| CliError::Other(e.to_string()))?;
     let log = SledEventLog::open(data_dir)?;
     let (master, created) =
         MasterKey::load_or_create(data_dir).map_err(|e| CliError::Other(e.to_string()))?;
@@ -166,12 +187,24 @@ pub async fn start(
         tracing::info!(path = %path.display(), "no API token was live: wrote a bootstrap admin token");
         bootstrap = Some(path);
     }
+    let keyring = Arc::new(keyring);
+    let sync = SyncService::start(
+        Engine {
+            log: log.clone(),
+            projector: projector.clone(),
+            keyring: keyring.clone(),
+        },
+        sync,
+    );
+    sync.supervise();
     let state = AppState {
         log,
         projector,
-        keyring: Arc::new(keyring),
+        keyring,
         metrics: Arc::new(Metrics::default()),
         request_timeout,
+        sync,
+        mailer: Arc::new(mailer),
     };
     Ok((state, bootstrap))
 }
@@ -197,11 +230,7 @@ async fn shutdown_signal() {
 
 /// Runs `idledger serve`.
 pub async fn serve(args: ServeArgs, config: Config) -> Result<ExitCode, CliError> {
-    let (state, _) = start(
-        &args.data_dir,
-        Duration::from_secs(config.request_timeout_secs),
-    )
-    .await?;
+    let (state, _) = start_with(&args.data_dir, &config, SyncConfig::default()).await?;
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .map_err(|e| CliError::Other(format!("cannot listen on {}: {e}", config.listen)))?;

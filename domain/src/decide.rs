@@ -331,12 +331,19 @@ pub mod user {
         pub status: Status,
         /// The SSO override.
         pub sso_override: Option<SsoSettings>,
+        /// In scope of the sync group (a member, enabled, existing).
+        pub in_sync_group: bool,
     }
 
     /// Folds one event of the user's stream.
     pub fn evolve(mut s: UserState, e: &Event) -> UserState {
         match e {
-            Event::UserDiscovered(_) => s.status = Status::Candidate,
+            Event::UserDiscovered(_) => {
+                s.status = Status::Candidate;
+                s.in_sync_group = true;
+            }
+            Event::MemberLeftSyncGroup(_) => s.in_sync_group = false,
+            Event::MemberRejoinedSyncGroup(_) => s.in_sync_group = true,
             Event::UserImported(_) | Event::UserReactivated(_) => s.status = Status::Active,
             Event::UserDeactivated(_) => s.status = Status::Deactivated,
             Event::UserDeleted(_) => s.status = Status::Deleted,
@@ -355,6 +362,8 @@ pub mod user {
         Activate,
         /// Deactivate an active user.
         Deactivate,
+        /// Import a candidate with these SSO settings (the domain's defaults).
+        Import(SsoSettings),
     }
 
     /// Decides a command.
@@ -362,6 +371,11 @@ pub mod user {
         match (s.status, c) {
             (Status::Unknown, _) => Err(Rejection::NotFound("user")),
             (Status::Deleted, _) => Err(Rejection::Conflict("the user was deleted".into())),
+            (Status::Candidate, UserCommand::Import(_)) if !s.in_sync_group => Err(
+                Rejection::Conflict("the user is no longer in the sync group".into()),
+            ),
+            (Status::Candidate, UserCommand::Import(sso)) => Ok(vec![UserImported { sso }.into()]),
+            (_, UserCommand::Import(_)) => Ok(vec![]),
             (_, UserCommand::SetSsoOverride(sso)) if sso == s.sso_override => Ok(vec![]),
             (_, UserCommand::SetSsoOverride(sso)) => Ok(vec![UserSsoOverrideSet { sso }.into()]),
             (Status::Deactivated, UserCommand::Activate) => Ok(vec![UserReactivated {}.into()]),
@@ -558,5 +572,42 @@ mod tests {
             decide(&given(evolve, &[]), UserCommand::Activate),
             Err(Rejection::NotFound("user"))
         );
+    }
+
+    #[test]
+    fn only_candidates_in_the_sync_group_are_imported() {
+        use user::*;
+        let discovered: Event = UserDiscovered {
+            user_id: UserId(uuid::Uuid::from_u128(4)),
+            domain_id: DomainId(uuid::Uuid::from_u128(1)),
+            external_id: "x".into(),
+            attributes: UserAttributes::default(),
+        }
+        .into();
+        let sso = SsoSettings {
+            enabled: true,
+            method: SsoMethod::Passwordless,
+        };
+        let candidate = given(evolve, std::slice::from_ref(&discovered));
+        assert_eq!(
+            decide(&candidate, UserCommand::Import(sso)),
+            Ok(vec![UserImported { sso }.into()])
+        );
+        let imported = given(evolve, &[discovered.clone(), UserImported { sso }.into()]);
+        assert_eq!(decide(&imported, UserCommand::Import(sso)), Ok(vec![]));
+        let gone = given(
+            evolve,
+            &[
+                discovered,
+                MemberLeftSyncGroup {
+                    reason: LeaveReason::LeftGroup,
+                }
+                .into(),
+            ],
+        );
+        assert!(matches!(
+            decide(&gone, UserCommand::Import(sso)),
+            Err(Rejection::Conflict(_))
+        ));
     }
 }

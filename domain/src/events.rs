@@ -115,13 +115,15 @@ pub struct SyncQuarantineApproved {
     pub run_id: SyncRunId,
 }
 
-/// A delta round ended with this link; the next run starts from it.
+/// A run's delta rounds ended with these links; the next run starts from them.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct DeltaCheckpointed {
-    /// The run that reached it.
+    /// The run that reached them.
     pub run_id: SyncRunId,
-    /// Graph's `@odata.deltaLink`.
-    pub delta_link: String,
+    /// `@odata.deltaLink` of the `groups/delta` round (sync and rotation group membership).
+    pub groups_delta_link: String,
+    /// `@odata.deltaLink` of the `users/delta` round (attributes, disabling, deletion).
+    pub users_delta_link: String,
 }
 
 // ---- user stream ---------------------------------------------------------------------------

@@ -12,6 +12,7 @@ pub mod envelope;
 pub mod events;
 pub mod ids;
 pub mod samples;
+pub mod sync;
 pub mod types;
 
 pub use envelope::{

@@ -157,8 +157,12 @@ pub fn sample_event(index: usize, s: &SampleSeed) -> Option<Event> {
         &"SyncQuarantineApproved" => SyncQuarantineApproved { run_id }.into(),
         &"DeltaCheckpointed" => DeltaCheckpointed {
             run_id,
-            delta_link: format!(
+            groups_delta_link: format!(
                 "https://graph.example/v1.0/groups/delta?$deltatoken={}",
+                s.number
+            ),
+            users_delta_link: format!(
+                "https://graph.example/v1.0/users/delta?$deltatoken={}",
                 s.number
             ),
         }

@@ -610,23 +610,23 @@ fn filter_ids(filter: &str) -> Option<Vec<String>> {
         .map(|t| t.into_iter().map(|(_, v)| v).collect())
 }
 
-/// One page of a delta round over `entries`, rendered by `render`, with the next link or
-/// the delta link.
-fn delta_page<T>(
+/// One page of a delta round of `total` entries; `render(start, end)` gives the entries of
+/// the page, so a full round of a large directory renders only what it sends.
+fn delta_page(
     sim: &Sim,
     headers: &HeaderMap,
     path: &str,
     cursor: DeltaCursor,
-    entries: &[T],
+    total: usize,
     context: &str,
-    render: impl Fn(&[T]) -> Vec<Value>,
+    render: impl FnOnce(usize, usize) -> Vec<Value>,
 ) -> Response {
     let base = base_url(headers);
     let page = sim.config.page_size;
-    let start = cursor.offset.min(entries.len());
-    let end = (start + page).min(entries.len());
-    let mut body = json!({"@odata.context": format!("{base}/v1.0/$metadata#{context}"), "value": render(&entries[start..end])});
-    if end < entries.len() {
+    let start = cursor.offset.min(total);
+    let end = (start + page).min(total);
+    let mut body = json!({"@odata.context": format!("{base}/v1.0/$metadata#{context}"), "value": render(start, end)});
+    if end < total {
         let next = DeltaCursor {
             offset: end,
             ..cursor
@@ -670,55 +670,74 @@ pub async fn groups_delta(
         Err(e) => return e.into_response(),
     };
     let wanted = |g: &str| ids.as_ref().is_none_or(|ids| ids.iter().any(|i| i == g));
-    // One entry per member change; a group spanning pages comes back with another slice.
-    let mut entries: Vec<(String, Option<(String, bool)>)> = Vec::new();
-    {
-        let inner = sim.lock();
-        if cursor.full {
-            for g in inner.dir.groups.values().filter(|g| wanted(&g.id)) {
-                if g.members.is_empty() {
-                    entries.push((g.id.clone(), None));
-                }
-                entries.extend(
-                    g.members
-                        .iter()
-                        .map(|m| (g.id.clone(), Some((m.clone(), false)))),
-                );
-            }
-        } else if cursor.offset != usize::MAX {
-            let mut net: BTreeMap<(String, String), bool> = BTreeMap::new();
-            for (seq, change) in &inner.changes {
-                if *seq <= cursor.from || *seq > cursor.upto {
-                    continue;
-                }
-                if let Change::Member { group, user, added } = change {
-                    if wanted(group) {
-                        net.insert((group.clone(), user.clone()), *added);
-                    }
-                }
-            }
-            entries.extend(
-                net.into_iter()
-                    .map(|((g, u), added)| (g, Some((u, !added)))),
-            );
-        }
-    }
+    let latest = cursor.offset == usize::MAX;
     let cursor = DeltaCursor {
-        offset: if cursor.offset == usize::MAX {
-            0
-        } else {
-            cursor.offset
-        },
+        offset: if latest { 0 } else { cursor.offset },
         ..cursor
     };
+    let inner = sim.lock();
+    if cursor.full {
+        // One entry per member (a group with none has one empty entry); only the page's
+        // slice is rendered, so a 100,000-member group costs a walk per page, not a copy.
+        let groups: Vec<_> = inner
+            .dir
+            .groups
+            .values()
+            .filter(|g| wanted(&g.id))
+            .collect();
+        let total = groups.iter().map(|g| g.members.len().max(1)).sum();
+        return delta_page(
+            &sim,
+            &headers,
+            uri.path(),
+            cursor,
+            total,
+            "groups",
+            |start, end| {
+                let entries: Vec<(String, Option<(String, bool)>)> = groups
+                    .iter()
+                    .flat_map(|g| {
+                        let empty = g.members.is_empty().then_some((g.id.as_str(), None));
+                        empty
+                            .into_iter()
+                            .chain(g.members.iter().map(|m| (g.id.as_str(), Some(m.as_str()))))
+                    })
+                    .skip(start)
+                    .take(end - start)
+                    .map(|(g, m)| (g.to_owned(), m.map(|m| (m.to_owned(), false))))
+                    .collect();
+                group_objects(&entries)
+            },
+        );
+    }
+    // One entry per member change; a group spanning pages comes back with another slice.
+    let mut entries: Vec<(String, Option<(String, bool)>)> = Vec::new();
+    if !latest {
+        let mut net: BTreeMap<(String, String), bool> = BTreeMap::new();
+        for (seq, change) in &inner.changes {
+            if *seq <= cursor.from || *seq > cursor.upto {
+                continue;
+            }
+            if let Change::Member { group, user, added } = change {
+                if wanted(group) {
+                    net.insert((group.clone(), user.clone()), *added);
+                }
+            }
+        }
+        entries.extend(
+            net.into_iter()
+                .map(|((g, u), added)| (g, Some((u, !added)))),
+        );
+    }
+    drop(inner);
     delta_page(
         &sim,
         &headers,
         uri.path(),
         cursor,
-        &entries,
+        entries.len(),
         "groups",
-        group_objects,
+        |start, end| group_objects(&entries[start..end]),
     )
 }
 
@@ -765,54 +784,58 @@ pub async fn users_delta(
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty())
         .collect();
-    let entries: Vec<Value> = {
-        let inner = sim.lock();
-        if cursor.full {
-            inner
-                .dir
-                .users
-                .values()
-                .filter(|u| wanted(&u.id))
-                .map(|u| user_json(u, &select, false))
-                .collect()
-        } else if cursor.offset == usize::MAX {
-            Vec::new()
-        } else {
-            let mut touched: BTreeMap<String, ()> = BTreeMap::new();
-            for (seq, change) in &inner.changes {
-                if *seq > cursor.from && *seq <= cursor.upto {
-                    if let Change::User(u) | Change::UserDeleted(u) = change {
-                        if wanted(u) {
-                            touched.insert(u.clone(), ());
-                        }
+    let latest = cursor.offset == usize::MAX;
+    let cursor = DeltaCursor {
+        offset: if latest { 0 } else { cursor.offset },
+        ..cursor
+    };
+    let inner = sim.lock();
+    if cursor.full {
+        let users: Vec<_> = inner.dir.users.values().filter(|u| wanted(&u.id)).collect();
+        return delta_page(
+            &sim,
+            &headers,
+            uri.path(),
+            cursor,
+            users.len(),
+            "users",
+            |start, end| {
+                users[start..end]
+                    .iter()
+                    .map(|u| user_json(u, &select, false))
+                    .collect()
+            },
+        );
+    }
+    let mut entries: Vec<Value> = Vec::new();
+    if !latest {
+        let mut touched: BTreeMap<String, ()> = BTreeMap::new();
+        for (seq, change) in &inner.changes {
+            if *seq > cursor.from && *seq <= cursor.upto {
+                if let Change::User(u) | Change::UserDeleted(u) = change {
+                    if wanted(u) {
+                        touched.insert(u.clone(), ());
                     }
                 }
             }
-            touched
-                .into_keys()
-                .map(|id| match inner.dir.users.get(&id) {
-                    Some(u) => user_json(u, &select, false),
-                    None => json!({"id": id, "@removed": {"reason": "changed"}}),
-                })
-                .collect()
         }
-    };
-    let cursor = DeltaCursor {
-        offset: if cursor.offset == usize::MAX {
-            0
-        } else {
-            cursor.offset
-        },
-        ..cursor
-    };
+        entries = touched
+            .into_keys()
+            .map(|id| match inner.dir.users.get(&id) {
+                Some(u) => user_json(u, &select, false),
+                None => json!({"id": id, "@removed": {"reason": "changed"}}),
+            })
+            .collect();
+    }
+    drop(inner);
     delta_page(
         &sim,
         &headers,
         uri.path(),
         cursor,
-        &entries,
+        entries.len(),
         "users",
-        <[Value]>::to_vec,
+        |start, end| entries[start..end].to_vec(),
     )
 }
 

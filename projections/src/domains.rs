@@ -1,12 +1,48 @@
 //! Domains: settings, credentials (sealed), SSO defaults, group ids, delta link, sync runs.
 
 use chrono::{DateTime, Utc};
+use idledger_domain::sync::SyncOutcome;
 use idledger_domain::{
     DomainId, DomainSettings, Envelope, Event, SealedSecret, SsoSettings, SyncCounters, SyncRunId,
     SyncTrigger, UserId,
 };
 use rustc_hash::FxHashMap;
 use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// What a run (or the approval of its held removals) did to a user besides the facts.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunAction {
+    /// Imported (auto import).
+    Imported,
+    /// The removal behaviour `keep`.
+    Kept,
+    /// Deactivated by the removal behaviour.
+    Deactivated,
+    /// Deleted by the removal behaviour.
+    Deleted,
+}
+
+/// How one run affected one user.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize)]
+pub struct RunUserOutcome {
+    /// What Entra ID said.
+    pub outcome: Option<SyncOutcome>,
+    /// What the engine did about it.
+    pub action: Option<RunAction>,
+}
+
+fn rank(o: Option<SyncOutcome>) -> u8 {
+    match o {
+        None => 0,
+        Some(SyncOutcome::Changed) => 1,
+        Some(SyncOutcome::Rejoined) => 2,
+        Some(SyncOutcome::Left) => 3,
+        Some(SyncOutcome::Deleted) => 4,
+        Some(SyncOutcome::Added) => 5,
+    }
+}
 
 /// A domain's Graph credentials; the secret stays sealed and is never serialized.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -35,6 +71,8 @@ pub struct DomainView {
     pub settings: DomainSettings,
     /// Credentials, if saved.
     pub credentials: Option<CredentialsView>,
+    /// When credentials were last removed (cleared when new ones are saved).
+    pub credentials_removed_at: Option<DateTime<Utc>>,
     /// SSO defaults applied at import.
     pub sso_defaults: SsoSettings,
     /// Removed (history kept).
@@ -43,8 +81,9 @@ pub struct DomainView {
     pub sync_group_id: Option<String>,
     /// Resolved object id of the rotation group.
     pub rotation_group_id: Option<String>,
-    /// The delta link the next run starts from.
-    pub delta_link: Option<String>,
+    /// The `groups/delta` and `users/delta` links the next run starts from.
+    #[serde(skip)]
+    pub delta_links: Option<(String, String)>,
     /// The latest run.
     pub last_run: Option<SyncRunId>,
     /// A quarantined run waiting for approval.
@@ -100,6 +139,8 @@ pub struct SyncRunView {
     pub held_removals: Vec<UserId>,
     /// Approved after quarantine.
     pub approved: bool,
+    /// Users the run affected (unchanged ones are not listed), in id order.
+    pub users: BTreeMap<UserId, RunUserOutcome>,
 }
 
 /// All domains and their sync runs.
@@ -147,6 +188,42 @@ impl Domains {
             .filter_map(|id| self.runs.get(id))
     }
 
+    /// Notes a user event appended by a run (its correlation id is the run's id).
+    pub(crate) fn note_run_user_event(&mut self, run: SyncRunId, user: UserId, event: &Event) {
+        let Some(r) = self.runs.get_mut(&run) else {
+            return;
+        };
+        let (outcome, action) = match event {
+            Event::UserDiscovered(_) => (Some(SyncOutcome::Added), None),
+            Event::UserAttributesChanged(_)
+            | Event::RotationGroupJoined(_)
+            | Event::RotationGroupLeft(_) => (Some(SyncOutcome::Changed), None),
+            Event::MemberRejoinedSyncGroup(_) => (Some(SyncOutcome::Rejoined), None),
+            Event::MemberLeftSyncGroup(e) => (
+                Some(match e.reason {
+                    idledger_domain::LeaveReason::LeftGroup => SyncOutcome::Left,
+                    _ => SyncOutcome::Deleted,
+                }),
+                None,
+            ),
+            Event::UserImported(_) => (None, Some(RunAction::Imported)),
+            Event::UserKept(_) => (None, Some(RunAction::Kept)),
+            Event::UserDeactivated(_) => (None, Some(RunAction::Deactivated)),
+            Event::UserDeleted(_) => (None, Some(RunAction::Deleted)),
+            _ => return,
+        };
+        let entry = r.users.entry(user).or_insert(RunUserOutcome {
+            outcome: None,
+            action: None,
+        });
+        if rank(outcome) > rank(entry.outcome) {
+            entry.outcome = outcome;
+        }
+        if action.is_some() {
+            entry.action = action;
+        }
+    }
+
     pub(crate) fn apply(&mut self, id: DomainId, env: &Envelope) {
         let at = env.recorded_at;
         if let Event::DomainRegistered(e) = &env.event {
@@ -157,11 +234,12 @@ impl Domains {
                     name: e.name.clone(),
                     settings: e.settings.clone(),
                     credentials: None,
+                    credentials_removed_at: None,
                     sso_defaults: SsoSettings::default(),
                     removed: false,
                     sync_group_id: None,
                     rotation_group_id: None,
-                    delta_link: None,
+                    delta_links: None,
                     last_run: None,
                     quarantined_run: None,
                     created_at: at,
@@ -182,13 +260,14 @@ impl Domains {
                     || e.settings.rotation_group != d.settings.rotation_group
                 {
                     // Other groups: the old delta link tracks the wrong objects.
-                    d.delta_link = None;
+                    d.delta_links = None;
                     d.sync_group_id = None;
                     d.rotation_group_id = None;
                 }
                 d.settings = e.settings.clone();
             }
             Event::DomainCredentialsSet(e) => {
+                d.credentials_removed_at = None;
                 d.credentials = Some(CredentialsView {
                     tenant_id: e.tenant_id.clone(),
                     client_id: e.client_id.clone(),
@@ -197,7 +276,10 @@ impl Domains {
                     client_secret: e.client_secret.clone(),
                 })
             }
-            Event::DomainCredentialsRemoved(_) => d.credentials = None,
+            Event::DomainCredentialsRemoved(_) => {
+                d.credentials = None;
+                d.credentials_removed_at = Some(at);
+            }
             Event::SsoDefaultsChanged(e) => d.sso_defaults = e.sso,
             Event::DomainRemoved(_) => {
                 d.removed = true;
@@ -207,7 +289,9 @@ impl Domains {
                 d.sync_group_id = Some(e.sync_group_id.clone());
                 d.rotation_group_id = Some(e.rotation_group_id.clone());
             }
-            Event::DeltaCheckpointed(e) => d.delta_link = Some(e.delta_link.clone()),
+            Event::DeltaCheckpointed(e) => {
+                d.delta_links = Some((e.groups_delta_link.clone(), e.users_delta_link.clone()))
+            }
             Event::SyncRunStarted(e) => {
                 d.last_run = Some(e.run_id);
                 self.runs.insert(
@@ -226,6 +310,7 @@ impl Domains {
                         graph_code: None,
                         held_removals: Vec::new(),
                         approved: false,
+                        users: BTreeMap::new(),
                     },
                 );
                 self.runs_of.entry(id).or_default().push(e.run_id);

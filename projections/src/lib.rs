@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 use idledger_domain::{Envelope, Event, Hash, StreamKind};
 use serde::Serialize;
 
-pub use domains::{DomainView, Domains, SyncRunStatus, SyncRunView};
+pub use domains::{DomainView, Domains, RunAction, RunUserOutcome, SyncRunStatus, SyncRunView};
 pub use key_writes::{KeyWriteView, KeyWrites};
 pub use rotations::{RotationOutcome, RotationView, Rotations};
 pub use tokens::{TokenView, Tokens};
@@ -62,6 +62,10 @@ impl Projections {
                 self.position = env.position;
                 self.recorded_at = Some(env.recorded_at);
                 self.head_hash = env.hash;
+                if let Some(c) = env.correlation_id {
+                    let run = idledger_domain::SyncRunId(c);
+                    self.domains.note_run_user_event(run, user_id, &env.event);
+                }
                 self.users.apply_owned(user_id, env);
             }
             _ => self.apply(&env),
@@ -86,6 +90,13 @@ impl Projections {
             StreamKind::User => {
                 if let Some(user_id) = env.stream.user_id() {
                     self.users.apply(user_id, env);
+                    if let Some(c) = env.correlation_id {
+                        self.domains.note_run_user_event(
+                            idledger_domain::SyncRunId(c),
+                            user_id,
+                            &env.event,
+                        );
+                    }
                     let domain_id = self.users.get(user_id).map(|u| u.domain_id);
                     self.rotations.apply(user_id, domain_id, env);
                     if let Some((rotation, state)) = self.key_writes.apply(user_id, env) {

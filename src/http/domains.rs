@@ -10,7 +10,7 @@ use axum::response::IntoResponse;
 use axum::Json;
 use idledger_domain::decide::domain::{decide, evolve, DomainCommand, DomainState};
 use idledger_domain::{DomainId, DomainSettings, RemovalBehavior, Role, SsoSettings, StreamId};
-use idledger_projections::DomainView;
+use idledger_projections::{DomainView, Domains};
 use serde::{Deserialize, Deserializer};
 use serde_json::{json, Value};
 
@@ -131,8 +131,10 @@ pub struct Credentials {
     client_secret: Secret,
 }
 
-/// A domain as the API shows it.
-pub fn domain_json(d: &DomainView) -> Value {
+/// A domain as the API shows it, with its latest sync run (its error, with Graph's
+/// code, stays visible until a later run succeeds).
+pub fn domain_json(domains: &Domains, d: &DomainView) -> Value {
+    let last_run = d.last_run.and_then(|r| domains.run(r));
     let s = &d.settings;
     json!({
         "id": d.id,
@@ -157,6 +159,15 @@ pub fn domain_json(d: &DomainView) -> Value {
             "tenant_id": c.tenant_id, "client_id": c.client_id, "secret_set": c.secret_set, "updated_at": c.updated_at,
         })),
         "quarantined_run": d.quarantined_run,
+        "sync_active": d.credentials.is_some() && !d.removed,
+        "last_sync": last_run.map(|r| json!({
+            "run_id": r.run_id,
+            "status": r.status,
+            "started_at": r.started_at,
+            "finished_at": r.finished_at,
+            "error": r.error,
+            "graph_code": r.graph_code,
+        })),
         "created_at": d.created_at,
         "updated_at": d.updated_at,
         "version": d.version,
@@ -167,7 +178,7 @@ fn found(s: &AppState, id: DomainId) -> Result<Value, ApiError> {
     let p = s.projector.read();
     p.domains
         .get(id)
-        .map(domain_json)
+        .map(|d| domain_json(&p.domains, d))
         .ok_or_else(|| ApiError::NotFound("domain".into()))
 }
 
@@ -256,7 +267,11 @@ pub async fn list(
     s.reach(q.min_position).await?;
     let p = s.projector.read();
     Ok(page(
-        p.domains.all().into_iter().map(domain_json).collect(),
+        p.domains
+            .all()
+            .into_iter()
+            .map(|d| domain_json(&p.domains, d))
+            .collect(),
         None,
     ))
 }
@@ -309,7 +324,9 @@ pub async fn remove(
     who: Principal,
     IdPath(id): IdPath,
 ) -> Result<impl IntoResponse, ApiError> {
-    run(&s, &who, DomainId(id), |_| DomainCommand::Remove).await
+    let answer = run(&s, &who, DomainId(id), |_| DomainCommand::Remove).await?;
+    s.sync.supervise();
+    Ok(answer)
 }
 
 /// Saves credentials (the secret is sealed at once).
@@ -335,7 +352,10 @@ pub async fn remove_credentials(
     who: Principal,
     IdPath(id): IdPath,
 ) -> Result<impl IntoResponse, ApiError> {
-    run(&s, &who, DomainId(id), |_| DomainCommand::RemoveCredentials).await
+    let answer = run(&s, &who, DomainId(id), |_| DomainCommand::RemoveCredentials).await?;
+    // The projections include the removal (respond waited for it): stop the worker now.
+    s.sync.supervise();
+    Ok(answer)
 }
 
 /// Sets the SSO defaults applied at import.

@@ -40,6 +40,9 @@ pub enum ApiError {
     /// A bounded wait ran out (a route's timeout, or `min_position` not reached).
     #[error("{0}")]
     Timeout(String),
+    /// A service we depend on (Graph, the mail relay) failed.
+    #[error("{0}")]
+    BadGateway(String),
     /// Something on our side failed; the details are in the log.
     #[error("internal error")]
     Internal(String),
@@ -59,6 +62,7 @@ impl ApiError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
             ApiError::Timeout(_) => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
+            ApiError::BadGateway(_) => (StatusCode::BAD_GATEWAY, "upstream"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -96,6 +100,34 @@ impl From<crate::store::AppendError> for ApiError {
             }
             A::Invalid(m) => ApiError::Unprocessable(m),
             A::WrongStream { .. } | A::Store(_) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<crate::store::CommandError> for ApiError {
+    fn from(e: crate::store::CommandError) -> Self {
+        use crate::store::CommandError as C;
+        match e {
+            C::Rejected(r) => r.into(),
+            C::Append(a) => a.into(),
+            C::Store(s) => s.into(),
+            C::Contended => ApiError::Conflict(e.to_string()),
+        }
+    }
+}
+
+impl From<crate::sync::SyncError> for ApiError {
+    fn from(e: crate::sync::SyncError) -> Self {
+        use crate::sync::SyncError as S;
+        match e {
+            S::NotFound(what) => ApiError::NotFound(what.to_owned()),
+            S::NoCredentials(m) | S::Conflict(m) | S::Group(m) => ApiError::Conflict(m),
+            S::Invalid(m) => ApiError::Unprocessable(m),
+            S::Command(c) => c.into(),
+            S::Append(a) => a.into(),
+            S::Graph(g) => ApiError::BadGateway(g.to_string()),
+            S::Cancelled => ApiError::Conflict(e.to_string()),
+            other => ApiError::Internal(other.to_string()),
         }
     }
 }

@@ -6,6 +6,7 @@ mod domains;
 mod error;
 mod events;
 mod meta;
+mod sync;
 mod tokens;
 mod users;
 
@@ -14,14 +15,14 @@ pub use error::ApiError;
 
 use crate::projector::Projector;
 use crate::secrets::Keyring;
-use crate::store::{AppendRequest, EventLog, ExpectedVersion, SledEventLog};
+use crate::store::{EventLog, SledEventLog};
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{delete, get, post, put};
 use axum::Router;
 use idledger_domain::decide::Rejection;
-use idledger_domain::{Actor, Event, ProposedEvent, StreamId};
+use idledger_domain::{Actor, Event, StreamId};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -51,6 +52,10 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Every route's timeout.
     pub request_timeout: Duration,
+    /// The sync workers.
+    pub sync: crate::sync::SyncService,
+    /// Where invites go.
+    pub mailer: Arc<crate::invite::Mailer>,
 }
 
 /// Who may call a route.
@@ -198,6 +203,48 @@ pub fn operations() -> Vec<Operation> {
             put(domains::put_sso_defaults),
         ),
         op(
+            M::POST,
+            "/v1/domains/{id}/sync",
+            Admin,
+            "Start a sync run (202 with run_id; ?dry_run=true answers the changes)",
+            post(sync::start),
+        ),
+        op(
+            M::GET,
+            "/v1/domains/{id}/sync-runs",
+            Read,
+            "A domain's sync runs, newest first",
+            get(sync::list),
+        ),
+        op(
+            M::GET,
+            "/v1/domains/{id}/sync-runs/{run}",
+            Read,
+            "One sync run with its per-user outcomes",
+            get(sync::get_one),
+        ),
+        op(
+            M::POST,
+            "/v1/domains/{id}/sync-runs/{run}/approve",
+            Admin,
+            "Apply the removals a quarantined run held back",
+            post(sync::approve),
+        ),
+        op(
+            M::GET,
+            "/v1/domains/{id}/candidates",
+            Read,
+            "Members of the sync group not yet imported",
+            get(sync::candidates),
+        ),
+        op(
+            M::POST,
+            "/v1/domains/{id}/import",
+            Admin,
+            "Import candidates ({\"user_ids\":[…]} or {\"all\":true})",
+            post(sync::import),
+        ),
+        op(
             M::GET,
             "/v1/users",
             Read,
@@ -238,6 +285,13 @@ pub fn operations() -> Vec<Operation> {
             Admin,
             "Deactivate a user",
             post(users::deactivate),
+        ),
+        op(
+            M::POST,
+            "/v1/users/{id}/invite",
+            Admin,
+            "Send the user an invite",
+            post(sync::invite),
         ),
         op(
             M::GET,
@@ -405,9 +459,7 @@ impl AppState {
             .map_err(ApiError::from)
     }
 
-    /// The command path: fold `stream` with `evolve`, `decide`, append at exactly the
-    /// version folded. A concurrent change is retried once on fresh state. Returns the
-    /// position of the last event appended (the log's head when nothing changed).
+    /// The command path ([`crate::store::decide_and_append`]) with the API's errors.
     pub async fn command<S: Default>(
         &self,
         stream: &StreamId,
@@ -415,38 +467,10 @@ impl AppState {
         evolve: fn(S, &Event) -> S,
         decide: impl Fn(&S) -> Result<Vec<Event>, Rejection>,
     ) -> Result<u64, ApiError> {
-        for attempt in 0..2 {
-            let past = self.log.read_stream(stream, 1, usize::MAX)?;
-            let version = past.last().map_or(0, |e| e.version);
-            let state = past.iter().fold(S::default(), |s, e| evolve(s, &e.event));
-            let events = decide(&state)?;
-            if events.is_empty() {
-                return Ok(self.log.head().position);
-            }
-            let proposed = events
-                .into_iter()
-                .map(|e| ProposedEvent::new(uuid::Uuid::now_v7(), actor.clone(), e))
-                .collect();
-            let expected = if version == 0 {
-                ExpectedVersion::NoStream
-            } else {
-                ExpectedVersion::Exact(version)
-            };
-            match self
-                .log
-                .append(AppendRequest::new(stream.clone(), expected, proposed))
-                .await
-            {
-                Ok(done) => return Ok(done.last_position),
-                Err(crate::store::AppendError::WrongExpectedVersion { .. }) if attempt == 0 => {
-                    continue
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(ApiError::Conflict(
-            "the resource changed meanwhile; retry".into(),
-        ))
+        Ok(
+            crate::store::decide_and_append(&*self.log, stream, actor, None, evolve, decide)
+                .await?,
+        )
     }
 }
 

@@ -8,7 +8,8 @@ pub mod parallel_decode;
 pub mod sled_log;
 mod subscription;
 
-use idledger_domain::{Envelope, Hash, ProposedEvent, StreamId};
+use idledger_domain::decide::Rejection;
+use idledger_domain::{Actor, Envelope, Event, Hash, ProposedEvent, StreamId};
 use std::future::Future;
 use std::sync::Arc;
 use tokio::sync::broadcast;
@@ -158,4 +159,65 @@ pub trait EventLog: Send + Sync + 'static {
 /// History from `from`, then live events, with no gap and no duplicate.
 pub fn subscribe<L: EventLog>(log: Arc<L>, from: u64) -> Subscription<L> {
     Subscription::new(log, from)
+}
+
+/// Why a command did not land.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// The domain rules refused it.
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    /// The append failed.
+    #[error(transparent)]
+    Append(#[from] AppendError),
+    /// Reading the stream failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The stream changed between every read and append.
+    #[error("the resource changed meanwhile; retry")]
+    Contended,
+}
+
+/// The command path: fold `stream` with `evolve`, `decide`, append at exactly the version
+/// folded (with `correlation_id` on every event). A concurrent change is retried once on
+/// fresh state. Returns the position of the last event appended (the log's head when
+/// nothing changed).
+pub async fn decide_and_append<L: EventLog, S: Default>(
+    log: &L,
+    stream: &StreamId,
+    actor: &Actor,
+    correlation_id: Option<uuid::Uuid>,
+    evolve: fn(S, &Event) -> S,
+    decide: impl Fn(&S) -> Result<Vec<Event>, Rejection>,
+) -> Result<u64, CommandError> {
+    for attempt in 0..2 {
+        let past = log.read_stream(stream, 1, usize::MAX)?;
+        let version = past.last().map_or(0, |e| e.version);
+        let state = past.iter().fold(S::default(), |s, e| evolve(s, &e.event));
+        let events = decide(&state)?;
+        if events.is_empty() {
+            return Ok(log.head().position);
+        }
+        let proposed = events
+            .into_iter()
+            .map(|e| ProposedEvent {
+                correlation_id,
+                ..ProposedEvent::new(uuid::Uuid::now_v7(), actor.clone(), e)
+            })
+            .collect();
+        let expected = if version == 0 {
+            ExpectedVersion::NoStream
+        } else {
+            ExpectedVersion::Exact(version)
+        };
+        match log
+            .append(AppendRequest::new(stream.clone(), expected, proposed))
+            .await
+        {
+            Ok(done) => return Ok(done.last_position),
+            Err(AppendError::WrongExpectedVersion { .. }) if attempt == 0 => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(CommandError::Contended)
 }

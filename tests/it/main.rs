@@ -7,3 +7,4 @@ mod crash;
 mod graph;
 mod log;
 mod support;
+mod sync;

@@ -1,0 +1,498 @@
+//! Sync decisions: what one run's view of Entra ID means for one user, the removal
+//! behaviour, and the deletion guard.
+//!
+//! The sync worker gathers facts from Graph ([`Observed`]) and the engine's state of the
+//! user ([`Known`]); [`plan_user`] turns them into the events to append. Facts (discovery,
+//! attributes, membership) are separate from the removal action, so the deletion guard can
+//! hold back removals while every fact still lands.
+//!
+//! A user is *in scope* while they exist in Entra ID, are a member of the sync group and
+//! are enabled. Leaving scope for any of the three reasons is "leaving"; a disabled member
+//! is therefore never discovered as a candidate.
+
+use crate::decide::user::Status;
+use crate::events::*;
+use crate::ids::{DomainId, UserId};
+use crate::types::{LeaveReason, RemovalBehavior, SsoSettings, UserAttributes};
+use crate::Event;
+use serde::Serialize;
+
+/// What the engine knows of a live (not deleted) user, for sync decisions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Known {
+    /// Candidate, active or deactivated.
+    pub status: Status,
+    /// Attributes as last recorded.
+    pub attributes: UserAttributes,
+    /// In scope as last recorded.
+    pub in_scope: bool,
+    /// Why the user last left scope, while out of it.
+    pub left_reason: Option<LeaveReason>,
+    /// Member of the rotation group as last recorded.
+    pub in_rotation_group: bool,
+}
+
+impl Known {
+    /// Still a member of the sync group as far as recorded: in scope, or out of scope only
+    /// because the account is disabled.
+    pub fn is_member(&self) -> bool {
+        self.in_scope || self.left_reason == Some(LeaveReason::DisabledInEntra)
+    }
+}
+
+/// What a run learned from Graph about one user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observed {
+    /// The user exists in Entra ID.
+    pub exists: bool,
+    /// Member of the sync group.
+    pub member: bool,
+    /// Attributes, when this run read them.
+    pub attributes: Option<UserAttributes>,
+    /// Member of the rotation group.
+    pub in_rotation_group: bool,
+}
+
+impl Observed {
+    /// Exists, is a member and is enabled. `fallback` gives `accountEnabled` when this run
+    /// did not read the attributes.
+    fn in_scope(&self, fallback: Option<&UserAttributes>) -> bool {
+        let enabled = self
+            .attributes
+            .as_ref()
+            .or(fallback)
+            .is_some_and(|a| a.account_enabled);
+        self.exists && self.member && enabled
+    }
+
+    fn leave_reason(&self) -> LeaveReason {
+        if !self.exists {
+            LeaveReason::DeletedInEntra
+        } else if !self.member {
+            LeaveReason::LeftGroup
+        } else {
+            LeaveReason::DisabledInEntra
+        }
+    }
+}
+
+/// How a run affected one user (unchanged users have none).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncOutcome {
+    /// Seen for the first time: a new candidate.
+    Added,
+    /// Attributes or rotation-group membership changed.
+    Changed,
+    /// Back in scope.
+    Rejoined,
+    /// Left the sync group.
+    Left,
+    /// Deleted or disabled in Entra ID.
+    Deleted,
+}
+
+/// The events one run appends for one user.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct UserPlan {
+    /// Facts: discovery, attributes, membership, auto import.
+    pub events: Vec<Event>,
+    /// The removal behaviour's action, if any (the deletion guard may hold it back).
+    pub removal: Option<Event>,
+    /// How the user was affected.
+    pub outcome: Option<SyncOutcome>,
+}
+
+impl UserPlan {
+    /// Nothing to append.
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty() && self.removal.is_none()
+    }
+
+    /// The removal deactivates or deletes (what the deletion guard counts).
+    pub fn is_destructive(&self) -> bool {
+        matches!(
+            self.removal,
+            Some(Event::UserDeactivated(_) | Event::UserDeleted(_))
+        )
+    }
+
+    /// The plan imports the user.
+    pub fn imports(&self) -> bool {
+        self.events
+            .iter()
+            .any(|e| matches!(e, Event::UserImported(_)))
+    }
+}
+
+/// Who a newly discovered user is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Discovery {
+    /// The id the engine gives the user.
+    pub user_id: UserId,
+    /// The domain.
+    pub domain_id: DomainId,
+    /// The Entra object id.
+    pub external_id: String,
+}
+
+/// The domain settings a plan depends on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyncPolicy {
+    /// What happens to users who leave.
+    pub removal_behavior: RemovalBehavior,
+    /// Import candidates at once.
+    pub auto_import: bool,
+    /// SSO settings applied at import.
+    pub sso_defaults: SsoSettings,
+}
+
+/// What a run does with one user. `known` is `None` for a user the engine does not know
+/// (or knows only as deleted: a deleted user who comes back is a new candidate).
+pub fn plan_user(
+    policy: &SyncPolicy,
+    known: Option<&Known>,
+    seen: &Observed,
+    discovery: impl FnOnce() -> Discovery,
+) -> UserPlan {
+    let mut plan = UserPlan::default();
+    let Some(k) = known else {
+        let Some(attributes) = seen.attributes.clone() else {
+            return plan;
+        };
+        if !seen.in_scope(Some(&attributes)) {
+            return plan;
+        }
+        let d = discovery();
+        plan.events.push(
+            UserDiscovered {
+                user_id: d.user_id,
+                domain_id: d.domain_id,
+                external_id: d.external_id,
+                attributes,
+            }
+            .into(),
+        );
+        if seen.in_rotation_group {
+            plan.events.push(RotationGroupJoined {}.into());
+        }
+        if policy.auto_import {
+            plan.events.push(
+                UserImported {
+                    sso: policy.sso_defaults,
+                }
+                .into(),
+            );
+        }
+        plan.outcome = Some(SyncOutcome::Added);
+        return plan;
+    };
+    let mut outcome = None;
+    if let Some(a) = &seen.attributes {
+        if *a != k.attributes {
+            plan.events.push(
+                UserAttributesChanged {
+                    attributes: a.clone(),
+                }
+                .into(),
+            );
+            outcome = Some(SyncOutcome::Changed);
+        }
+    }
+    if seen.in_rotation_group != k.in_rotation_group {
+        plan.events.push(if seen.in_rotation_group {
+            RotationGroupJoined {}.into()
+        } else {
+            RotationGroupLeft {}.into()
+        });
+        outcome = Some(SyncOutcome::Changed);
+    }
+    let now_in = seen.in_scope(Some(&k.attributes));
+    match (k.in_scope, now_in) {
+        (true, false) => {
+            let reason = seen.leave_reason();
+            plan.events.push(MemberLeftSyncGroup { reason }.into());
+            plan.removal = removal_for(policy.removal_behavior, k.status, reason);
+            outcome = Some(match reason {
+                LeaveReason::LeftGroup => SyncOutcome::Left,
+                _ => SyncOutcome::Deleted,
+            });
+        }
+        (false, true) => {
+            // A deactivated user stays deactivated: only an admin brings them back.
+            plan.events.push(MemberRejoinedSyncGroup {}.into());
+            outcome = Some(SyncOutcome::Rejoined);
+        }
+        (false, false) => {
+            // Still out, for another reason now (e.g. removed from the group while
+            // disabled): record it, so membership stays known. No second removal.
+            let reason = seen.leave_reason();
+            if k.left_reason != Some(reason) {
+                plan.events.push(MemberLeftSyncGroup { reason }.into());
+            }
+        }
+        (true, true) => {}
+    }
+    plan.outcome = outcome;
+    plan
+}
+
+/// The removal behaviour's action for a user of `status` who left for `reason`.
+/// Candidates are never removed: they were never imported.
+pub fn removal_for(
+    behavior: RemovalBehavior,
+    status: Status,
+    reason: LeaveReason,
+) -> Option<Event> {
+    match (behavior, status) {
+        (RemovalBehavior::Keep, Status::Active) => Some(UserKept { reason }.into()),
+        (RemovalBehavior::Deactivate, Status::Active) => Some(
+            UserDeactivated {
+                reason: Some(reason),
+            }
+            .into(),
+        ),
+        (RemovalBehavior::Delete, Status::Active | Status::Deactivated) => Some(
+            UserDeleted {
+                reason: Some(reason),
+            }
+            .into(),
+        ),
+        _ => None,
+    }
+}
+
+/// The deletion guard: a run that would deactivate or delete more than `threshold` users,
+/// and more than 10% of the domain's `domain_users`, is quarantined.
+pub fn guard_trips(removals: usize, domain_users: usize, threshold: u32) -> bool {
+    removals > threshold as usize && removals * 10 > domain_users
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::SsoMethod;
+
+    fn attrs(enabled: bool) -> UserAttributes {
+        UserAttributes {
+            user_principal_name: "adele@contoso.com".into(),
+            display_name: "Adele Vance".into(),
+            mail: None,
+            given_name: None,
+            surname: None,
+            account_enabled: enabled,
+        }
+    }
+
+    fn policy(removal_behavior: RemovalBehavior) -> SyncPolicy {
+        SyncPolicy {
+            removal_behavior,
+            auto_import: false,
+            sso_defaults: SsoSettings {
+                enabled: true,
+                method: SsoMethod::Passwordless,
+            },
+        }
+    }
+
+    fn active() -> Known {
+        Known {
+            status: Status::Active,
+            attributes: attrs(true),
+            in_scope: true,
+            left_reason: None,
+            in_rotation_group: false,
+        }
+    }
+
+    fn seen(exists: bool, member: bool, attributes: Option<UserAttributes>) -> Observed {
+        Observed {
+            exists,
+            member,
+            attributes,
+            in_rotation_group: false,
+        }
+    }
+
+    fn discovery() -> Discovery {
+        Discovery {
+            user_id: UserId(uuid::Uuid::from_u128(7)),
+            domain_id: DomainId(uuid::Uuid::from_u128(1)),
+            external_id: "ext".into(),
+        }
+    }
+
+    fn kinds(p: &UserPlan) -> Vec<&'static str> {
+        p.events
+            .iter()
+            .chain(&p.removal)
+            .map(|e| e.kind())
+            .collect()
+    }
+
+    #[test]
+    fn an_enabled_member_is_discovered_as_a_candidate_and_a_disabled_one_is_not() {
+        let p = plan_user(
+            &policy(RemovalBehavior::Keep),
+            None,
+            &seen(true, true, Some(attrs(true))),
+            discovery,
+        );
+        assert_eq!(kinds(&p), ["UserDiscovered"]);
+        assert_eq!(p.outcome, Some(SyncOutcome::Added));
+        let p = plan_user(
+            &policy(RemovalBehavior::Keep),
+            None,
+            &seen(true, true, Some(attrs(false))),
+            discovery,
+        );
+        assert!(p.is_empty());
+    }
+
+    #[test]
+    fn auto_import_imports_with_the_domains_sso_defaults() {
+        let pol = SyncPolicy {
+            auto_import: true,
+            ..policy(RemovalBehavior::Keep)
+        };
+        let mut s = seen(true, true, Some(attrs(true)));
+        s.in_rotation_group = true;
+        let p = plan_user(&pol, None, &s, discovery);
+        assert_eq!(
+            kinds(&p),
+            ["UserDiscovered", "RotationGroupJoined", "UserImported"]
+        );
+        assert_eq!(
+            p.events[2],
+            Event::UserImported(UserImported {
+                sso: pol.sso_defaults
+            })
+        );
+    }
+
+    #[test]
+    fn each_removal_behaviour_applies_to_an_active_user_who_leaves() {
+        let cases = [
+            (RemovalBehavior::Keep, "UserKept", false),
+            (RemovalBehavior::Deactivate, "UserDeactivated", true),
+            (RemovalBehavior::Delete, "UserDeleted", true),
+        ];
+        for (behavior, action, destructive) in cases {
+            let p = plan_user(
+                &policy(behavior),
+                Some(&active()),
+                &seen(true, false, None),
+                discovery,
+            );
+            assert_eq!(kinds(&p), ["MemberLeftSyncGroup", action]);
+            assert_eq!(p.is_destructive(), destructive);
+            assert_eq!(p.outcome, Some(SyncOutcome::Left));
+        }
+    }
+
+    #[test]
+    fn deletion_and_disabling_in_entra_are_leaving_with_their_reason() {
+        let p = plan_user(
+            &policy(RemovalBehavior::Deactivate),
+            Some(&active()),
+            &seen(false, false, None),
+            discovery,
+        );
+        assert_eq!(
+            p.events[0],
+            Event::MemberLeftSyncGroup(MemberLeftSyncGroup {
+                reason: LeaveReason::DeletedInEntra
+            })
+        );
+        assert_eq!(p.outcome, Some(SyncOutcome::Deleted));
+        let p = plan_user(
+            &policy(RemovalBehavior::Deactivate),
+            Some(&active()),
+            &seen(true, true, Some(attrs(false))),
+            discovery,
+        );
+        assert_eq!(
+            kinds(&p),
+            [
+                "UserAttributesChanged",
+                "MemberLeftSyncGroup",
+                "UserDeactivated"
+            ]
+        );
+        assert_eq!(
+            p.removal,
+            Some(Event::UserDeactivated(UserDeactivated {
+                reason: Some(LeaveReason::DisabledInEntra)
+            }))
+        );
+    }
+
+    #[test]
+    fn a_deactivated_user_who_rejoins_stays_deactivated() {
+        let k = Known {
+            status: Status::Deactivated,
+            in_scope: false,
+            left_reason: Some(LeaveReason::LeftGroup),
+            ..active()
+        };
+        let p = plan_user(
+            &policy(RemovalBehavior::Deactivate),
+            Some(&k),
+            &seen(true, true, None),
+            discovery,
+        );
+        assert_eq!(kinds(&p), ["MemberRejoinedSyncGroup"]);
+        assert_eq!(p.outcome, Some(SyncOutcome::Rejoined));
+    }
+
+    #[test]
+    fn candidates_leave_without_a_removal_and_nothing_changes_when_nothing_did() {
+        let k = Known {
+            status: Status::Candidate,
+            ..active()
+        };
+        let p = plan_user(
+            &policy(RemovalBehavior::Delete),
+            Some(&k),
+            &seen(true, false, None),
+            discovery,
+        );
+        assert_eq!(kinds(&p), ["MemberLeftSyncGroup"]);
+        let p = plan_user(
+            &policy(RemovalBehavior::Delete),
+            Some(&active()),
+            &seen(true, true, Some(attrs(true))),
+            discovery,
+        );
+        assert!(p.is_empty());
+        assert_eq!(p.outcome, None);
+    }
+
+    #[test]
+    fn a_member_removed_while_disabled_stays_out_but_its_reason_is_updated() {
+        let k = Known {
+            status: Status::Deactivated,
+            attributes: attrs(false),
+            in_scope: false,
+            left_reason: Some(LeaveReason::DisabledInEntra),
+            in_rotation_group: false,
+        };
+        assert!(k.is_member());
+        let p = plan_user(
+            &policy(RemovalBehavior::Deactivate),
+            Some(&k),
+            &seen(true, false, None),
+            discovery,
+        );
+        assert_eq!(kinds(&p), ["MemberLeftSyncGroup"]);
+        assert!(p.removal.is_none());
+    }
+
+    #[test]
+    fn the_guard_needs_both_the_threshold_and_ten_percent() {
+        assert!(!guard_trips(20, 100, 20));
+        assert!(guard_trips(21, 100, 20));
+        assert!(!guard_trips(21, 1000, 20));
+        assert!(guard_trips(101, 1000, 20));
+    }
+}

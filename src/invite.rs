@@ -1,0 +1,188 @@
+//! Invites: the message a user receives, and the mailer that carries it (SMTP when
+//! `[smtp]` is configured, otherwise an `.eml` file in `<data-dir>/outbox/`).
+
+use crate::secrets::Secret;
+use lettre::message::{header::ContentType, Mailbox};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use serde::Deserialize;
+use std::path::PathBuf;
+
+/// `[smtp]` of the serve configuration.
+#[derive(Debug, Deserialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpConfig {
+    /// Relay host.
+    pub host: String,
+    /// Port (default 587 with STARTTLS, 465 with implicit TLS, 25 without TLS).
+    pub port: Option<u16>,
+    /// `starttls` (default), `tls` or `none` (only for a relay on loopback).
+    #[serde(default = "default_security")]
+    pub security: String,
+    /// Login, when the relay wants one.
+    pub username: Option<String>,
+    /// Password of the login.
+    pub password: Option<Secret>,
+    /// The sender, e.g. `idledger <noreply@contoso.com>`.
+    pub from: String,
+}
+
+fn default_security() -> String {
+    "starttls".into()
+}
+
+/// An invite could not be sent.
+#[derive(Debug, thiserror::Error)]
+pub enum InviteError {
+    /// An address or the configuration is unusable.
+    #[error("{0}")]
+    Address(String),
+    /// The relay or the outbox refused it.
+    #[error("the invite could not be delivered: {0}")]
+    Delivery(String),
+}
+
+/// What an invite says.
+#[derive(Clone, Debug)]
+pub struct Invite {
+    /// Recipient address.
+    pub to: String,
+    /// The user's name.
+    pub display_name: String,
+    /// The account.
+    pub user_principal_name: String,
+    /// The tenant's domain name.
+    pub domain: String,
+}
+
+/// Carries invites.
+pub enum Mailer {
+    /// An SMTP relay.
+    Smtp {
+        /// The transport.
+        transport: AsyncSmtpTransport<Tokio1Executor>,
+        /// The sender.
+        from: Mailbox,
+    },
+    /// `.eml` files in a directory.
+    Outbox {
+        /// The directory.
+        dir: PathBuf,
+        /// The sender.
+        from: Mailbox,
+    },
+}
+
+fn mailbox(s: &str) -> Result<Mailbox, InviteError> {
+    s.parse()
+        .map_err(|e| InviteError::Address(format!("{s:?} is not a mail address: {e}")))
+}
+
+impl Mailer {
+    /// SMTP with `smtp`, else the outbox under `data_dir`.
+    pub fn new(smtp: Option<&SmtpConfig>, data_dir: &std::path::Path) -> Result<Self, InviteError> {
+        let Some(c) = smtp else {
+            return Ok(Mailer::Outbox {
+                dir: data_dir.join("outbox"),
+                from: mailbox("idledger <noreply@idledger.invalid>")?,
+            });
+        };
+        let builder = match c.security.as_str() {
+            "starttls" => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&c.host),
+            "tls" => AsyncSmtpTransport::<Tokio1Executor>::relay(&c.host),
+            "none" => Ok(AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(
+                &c.host,
+            )),
+            other => {
+                return Err(InviteError::Address(format!(
+                    "smtp.security {other:?}: use starttls, tls or none"
+                )))
+            }
+        }
+        .map_err(|e| InviteError::Address(format!("smtp.host {:?}: {e}", c.host)))?;
+        let builder = match c.port {
+            Some(p) => builder.port(p),
+            None => builder,
+        };
+        let builder = match (&c.username, &c.password) {
+            (Some(u), Some(p)) => {
+                builder.credentials(Credentials::new(u.clone(), p.expose().to_owned()))
+            }
+            _ => builder,
+        };
+        Ok(Mailer::Smtp {
+            transport: builder.build(),
+            from: mailbox(&c.from)?,
+        })
+    }
+
+    /// `smtp` or `outbox`, as recorded in `InviteSent`.
+    pub fn via(&self) -> &'static str {
+        match self {
+            Mailer::Smtp { .. } => "smtp",
+            Mailer::Outbox { .. } => "outbox",
+        }
+    }
+
+    /// Sends the invite.
+    pub async fn send(&self, invite: &Invite) -> Result<(), InviteError> {
+        let from = match self {
+            Mailer::Smtp { from, .. } | Mailer::Outbox { from, .. } => from.clone(),
+        };
+        let message = message(from, invite)?;
+        match self {
+            Mailer::Smtp { transport, .. } => transport
+                .send(message)
+                .await
+                .map(|_| ())
+                .map_err(|e| InviteError::Delivery(e.to_string())),
+            Mailer::Outbox { dir, .. } => {
+                let name = format!(
+                    "{}-{}.eml",
+                    chrono::Utc::now().format("%Y%m%dT%H%M%S%.6fZ"),
+                    invite.user_principal_name.replace(
+                        |c: char| !c.is_ascii_alphanumeric() && c != '.' && c != '@',
+                        "_"
+                    )
+                );
+                let bytes = message.formatted();
+                let dir = dir.clone();
+                tokio::task::spawn_blocking(move || {
+                    std::fs::create_dir_all(&dir)?;
+                    std::fs::write(dir.join(name), bytes)
+                })
+                .await
+                .map_err(|e| InviteError::Delivery(e.to_string()))?
+                .map_err(|e| InviteError::Delivery(e.to_string()))
+            }
+        }
+    }
+}
+
+/// The invite's text: who it is for and how to choose a sign-in method.
+pub fn body(invite: &Invite) -> String {
+    format!(
+        "Hello {name},\n\n\
+         your account {upn} in {domain} now signs in with Hideez.\n\n\
+         Choose your sign-in method:\n\
+         1. Hardware key (passwordless): tap your Hideez key when Windows or a web sign-in asks;\n   \
+            your password is changed and kept on the key for you, so you never type it.\n\
+         2. Password and a second factor: sign in with your password, then confirm with the\n   \
+            Hideez key or the authenticator app.\n\n\
+         Your administrator may have chosen one for you; you can ask them to change it.\n\
+         If you did not expect this message, tell your administrator.\n",
+        name = invite.display_name,
+        upn = invite.user_principal_name,
+        domain = invite.domain,
+    )
+}
+
+fn message(from: Mailbox, invite: &Invite) -> Result<Message, InviteError> {
+    Message::builder()
+        .from(from)
+        .to(mailbox(&invite.to)?)
+        .subject(format!("Sign in to {} with Hideez", invite.domain))
+        .header(ContentType::TEXT_PLAIN)
+        .body(body(invite))
+        .map_err(|e| InviteError::Address(e.to_string()))
+}

@@ -1,0 +1,523 @@
+//! Sync from Entra ID: one worker per domain with credentials, runs on a schedule and on
+//! demand, the approval of quarantined removals, and the import of candidates.
+//!
+//! [`SyncService`] owns the workers. A supervisor compares them with the projections every
+//! `supervise_every` (and at once after a credentials change through the API): a domain
+//! that gained credentials gets a worker, one that lost them (or got new ones, or a new
+//! Graph address) has its worker cancelled, which fails a run in flight with a clear
+//! error. Runs of one domain are serialized by the worker's lock; domains never wait for
+//! each other.
+
+mod run;
+
+pub use run::{Engine, PlannedChange, RunReport, SyncRun};
+
+use crate::graph::{GraphClient, GraphError, GraphSettings, RetryPolicy};
+use crate::secrets::SecretsError;
+use crate::store::{AppendError, CommandError, EventLog, ExpectedVersion};
+use chrono::{DateTime, Utc};
+use futures_util::stream::{self, StreamExt, TryStreamExt};
+use idledger_domain::decide::user::{evolve as user_evolve, UserCommand};
+use idledger_domain::decide::Rejection;
+use idledger_domain::events::{SyncQuarantineApproved, SyncRunFailed, SyncRunStarted};
+use idledger_domain::sync::removal_for;
+use idledger_domain::{Actor, DomainId, Event, StreamId, SyncRunId, SyncTrigger, UserId};
+use idledger_projections::{SyncRunStatus, UserStatus};
+use rand::Rng;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Why a sync request or run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// No such domain, run or user.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// The domain has no credentials.
+    #[error("{0}")]
+    NoCredentials(String),
+    /// The request conflicts with the current state.
+    #[error("{0}")]
+    Conflict(String),
+    /// Bad input (an id that is not a candidate of the domain).
+    #[error("{0}")]
+    Invalid(String),
+    /// A group is missing or ambiguous.
+    #[error("{0}")]
+    Group(String),
+    /// Graph failed.
+    #[error(transparent)]
+    Graph(#[from] GraphError),
+    /// The credentials were removed while the run was in flight.
+    #[error("the domain's credentials were removed; the run stopped")]
+    Cancelled,
+    /// Appending failed.
+    #[error(transparent)]
+    Append(#[from] AppendError),
+    /// A command failed.
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    /// Sealing failed.
+    #[error(transparent)]
+    Secrets(#[from] SecretsError),
+    /// Something else on our side.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl SyncError {
+    /// Graph's own error code, when Graph gave one.
+    pub fn graph_code(&self) -> Option<String> {
+        match self {
+            SyncError::Graph(e) => e.code(),
+            _ => None,
+        }
+    }
+}
+
+/// Settings of the sync workers.
+#[derive(Clone, Debug)]
+pub struct SyncConfig {
+    /// How Graph requests are retried.
+    pub retry: RetryPolicy,
+    /// How often workers are compared with the domains' credentials.
+    pub supervise_every: Duration,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            retry: RetryPolicy::default(),
+            supervise_every: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What a worker was built from: a change means a new client.
+type Fingerprint = (DateTime<Utc>, String, String);
+
+struct Worker {
+    fingerprint: Fingerprint,
+    client: Arc<GraphClient>,
+    cancel: watch::Sender<bool>,
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+struct Inner {
+    engine: Engine,
+    config: SyncConfig,
+    workers: Mutex<HashMap<DomainId, Worker>>,
+}
+
+/// The sync workers of every domain.
+#[derive(Clone)]
+pub struct SyncService {
+    inner: Arc<Inner>,
+}
+
+/// A run accepted: its id and the position of its `SyncRunStarted`.
+pub struct Accepted {
+    /// The run.
+    pub run_id: SyncRunId,
+    /// Position of `SyncRunStarted`.
+    pub position: u64,
+    /// The run's end.
+    pub done: tokio::task::JoinHandle<Result<RunReport, SyncError>>,
+}
+
+impl SyncService {
+    /// Starts the supervisor.
+    pub fn start(engine: Engine, config: SyncConfig) -> Self {
+        let svc = SyncService {
+            inner: Arc::new(Inner {
+                engine,
+                config,
+                workers: Mutex::new(HashMap::new()),
+            }),
+        };
+        let weak = Arc::downgrade(&svc.inner);
+        let every = svc.inner.config.supervise_every;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(inner) = weak.upgrade() else { return };
+                SyncService { inner }.supervise();
+            }
+        });
+        svc
+    }
+
+    fn workers(&self) -> std::sync::MutexGuard<'_, HashMap<DomainId, Worker>> {
+        self.inner.workers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Brings the workers in line with the domains' credentials.
+    pub fn supervise(&self) {
+        let wanted: Vec<(DomainId, Fingerprint, GraphSettings)> = {
+            let p = self.inner.engine.projector.read();
+            p.domains
+                .all()
+                .into_iter()
+                .filter(|d| !d.removed)
+                .filter_map(|d| {
+                    let c = d.credentials.as_ref()?;
+                    let secret = match self
+                        .inner
+                        .engine
+                        .keyring
+                        .unseal(&StreamId::domain(d.id), &c.client_secret)
+                    {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::error!(domain = %d.name, error = %e, "cannot open the domain's client secret");
+                            return None;
+                        }
+                    };
+                    let fp = (
+                        c.updated_at,
+                        d.settings.graph_url.clone(),
+                        d.settings.authority_url.clone(),
+                    );
+                    Some((
+                        d.id,
+                        fp,
+                        GraphSettings {
+                            authority_url: d.settings.authority_url.clone(),
+                            graph_url: d.settings.graph_url.clone(),
+                            tenant_id: c.tenant_id.clone(),
+                            client_id: c.client_id.clone(),
+                            client_secret: secret,
+                        },
+                    ))
+                })
+                .collect()
+        };
+        let mut workers = self.workers();
+        workers.retain(|id, w| {
+            let keep = wanted
+                .iter()
+                .any(|(d, fp, _)| d == id && *fp == w.fingerprint);
+            if !keep {
+                w.cancel.send_replace(true);
+                tracing::info!(domain = %id, "sync worker stopped");
+            }
+            keep
+        });
+        for (id, fp, settings) in wanted {
+            if workers.contains_key(&id) {
+                continue;
+            }
+            let client = match GraphClient::new(settings, self.inner.config.retry.clone()) {
+                Ok(c) => Arc::new(c),
+                Err(e) => {
+                    tracing::error!(domain = %id, error = %e, "cannot build a Graph client");
+                    continue;
+                }
+            };
+            let (cancel, cancelled) = watch::channel(false);
+            workers.insert(
+                id,
+                Worker {
+                    fingerprint: fp,
+                    client,
+                    cancel,
+                    lock: Arc::new(tokio::sync::Mutex::new(())),
+                },
+            );
+            tokio::spawn(self.clone().schedule(id, cancelled));
+            tracing::info!(domain = %id, "sync worker started");
+        }
+    }
+
+    /// The scheduled runs of one domain, until its worker is cancelled.
+    async fn schedule(self, domain: DomainId, mut cancelled: watch::Receiver<bool>) {
+        loop {
+            let minutes = {
+                let p = self.inner.engine.projector.read();
+                p.domains
+                    .get(domain)
+                    .map_or(15, |d| d.settings.sync_interval_minutes.max(1))
+            };
+            let jitter = rand::thread_rng().gen_range(0.9..1.1);
+            let wait = Duration::from_secs_f64(f64::from(minutes) * 60.0 * jitter);
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = cancelled.wait_for(|c| *c) => return,
+            }
+            match self.start_run(domain, SyncTrigger::Scheduled, false).await {
+                Ok(a) => {
+                    let _ = a.done.await;
+                }
+                Err(e) => tracing::warn!(%domain, error = %e, "scheduled sync not started"),
+            }
+            if *cancelled.borrow() {
+                return;
+            }
+        }
+    }
+
+    /// Why `domain` has no worker, as an error.
+    fn no_worker(&self, domain: DomainId) -> SyncError {
+        let p = self.inner.engine.projector.read();
+        match p.domains.get(domain) {
+            None => SyncError::NotFound("domain"),
+            Some(d) if d.removed => SyncError::Conflict(format!("domain {} was removed", d.name)),
+            Some(d) if d.credentials_removed_at.is_some() && d.credentials.is_none() => {
+                SyncError::NoCredentials(format!(
+                    "the credentials of domain {} were removed; sync is stopped until new ones are saved",
+                    d.name
+                ))
+            }
+            Some(d) if d.credentials.is_none() => SyncError::NoCredentials(format!(
+                "domain {} has no credentials; save them first",
+                d.name
+            )),
+            Some(d) => SyncError::Internal(format!(
+                "domain {} has no sync worker (its client secret cannot be opened)",
+                d.name
+            )),
+        }
+    }
+
+    /// Starts a run now: appends `SyncRunStarted` and runs it on its own task.
+    pub async fn start_run(
+        &self,
+        domain: DomainId,
+        trigger: SyncTrigger,
+        dry_run: bool,
+    ) -> Result<Accepted, SyncError> {
+        self.inner.engine.settle().await?;
+        self.supervise();
+        let (client, lock, cancelled) = {
+            let workers = self.workers();
+            match workers.get(&domain) {
+                Some(w) => (w.client.clone(), w.lock.clone(), w.cancel.subscribe()),
+                None => {
+                    drop(workers);
+                    return Err(self.no_worker(domain));
+                }
+            }
+        };
+        let full = {
+            let p = self.inner.engine.projector.read();
+            p.domains
+                .get(domain)
+                .is_none_or(|d| d.delta_links.is_none())
+        };
+        let run_id = SyncRunId(uuid::Uuid::now_v7());
+        let position = run::append_correlated(
+            &self.inner.engine.log,
+            StreamId::domain(domain),
+            ExpectedVersion::Any,
+            &Actor::Sync(domain),
+            run_id,
+            vec![SyncRunStarted {
+                run_id,
+                trigger,
+                dry_run,
+                full,
+            }
+            .into()],
+        )
+        .await?;
+        let engine = self.inner.engine.clone();
+        let done = tokio::spawn(async move {
+            let result = tokio::select! {
+                r = async {
+                    let _serial = lock.lock().await;
+                    SyncRun::new(&engine, &client, domain, run_id, dry_run).await?.execute().await
+                } => r,
+                _ = wait_cancelled(cancelled) => Err(SyncError::Cancelled),
+            };
+            if let Err(e) = &result {
+                tracing::warn!(%domain, run = %run_id.0, error = %e, "sync run failed");
+                let failed = SyncRunFailed {
+                    run_id,
+                    error: e.to_string(),
+                    graph_code: e.graph_code(),
+                };
+                if let Err(e2) = run::append_correlated(
+                    &engine.log,
+                    StreamId::domain(domain),
+                    ExpectedVersion::Any,
+                    &Actor::Sync(domain),
+                    run_id,
+                    vec![failed.into()],
+                )
+                .await
+                {
+                    tracing::error!(error = %e2, "cannot record the failed run");
+                }
+            }
+            result
+        });
+        Ok(Accepted {
+            run_id,
+            position,
+            done,
+        })
+    }
+
+    /// Applies the removals a quarantined run held back, to the users still out of the
+    /// sync group. Returns the position of the last event.
+    pub async fn approve(
+        &self,
+        domain: DomainId,
+        run_id: SyncRunId,
+        actor: &Actor,
+    ) -> Result<u64, SyncError> {
+        let engine = &self.inner.engine;
+        engine.settle().await?;
+        let (behavior, held) = {
+            let p = engine.projector.read();
+            let run = p
+                .domains
+                .run(run_id)
+                .filter(|r| r.domain_id == domain)
+                .ok_or(SyncError::NotFound("sync run"))?;
+            if run.status != SyncRunStatus::Quarantined {
+                return Err(SyncError::Conflict("the run is not quarantined".into()));
+            }
+            if run.approved {
+                return Err(SyncError::Conflict("the run was approved already".into()));
+            }
+            let d = p.domains.get(domain).ok_or(SyncError::NotFound("domain"))?;
+            (d.settings.removal_behavior, run.held_removals.clone())
+        };
+        let mut last = run::append_correlated(
+            &engine.log,
+            StreamId::domain(domain),
+            ExpectedVersion::Any,
+            actor,
+            run_id,
+            vec![SyncQuarantineApproved { run_id }.into()],
+        )
+        .await?;
+        let positions: Vec<u64> = stream::iter(held)
+            .map(|user| async move {
+                let stream = StreamId::user(user);
+                let removal = {
+                    let p = engine.projector.read();
+                    p.users.get(user).and_then(|u| {
+                        let out = u.status != UserStatus::Deleted && !u.in_sync_group;
+                        let reason = u.left_reason?;
+                        out.then(|| {
+                            removal_for(behavior, run::status_of(u.status), reason)
+                                .map(|e| (e, u.version))
+                        })
+                        .flatten()
+                    })
+                };
+                let Some((event, version)) = removal else {
+                    return Ok::<u64, SyncError>(0);
+                };
+                let deletes = matches!(event, Event::UserDeleted(_));
+                let p = run::append_correlated(
+                    &engine.log,
+                    stream.clone(),
+                    ExpectedVersion::Exact(version),
+                    actor,
+                    run_id,
+                    vec![event],
+                )
+                .await?;
+                if deletes {
+                    engine.keyring.shred(&stream)?;
+                }
+                Ok(p)
+            })
+            .buffer_unordered(64)
+            .try_collect()
+            .await?;
+        last = positions.into_iter().fold(last, u64::max);
+        Ok(last)
+    }
+
+    /// Imports candidates of `domain` (all of them with `None`) with the domain's SSO
+    /// defaults. Every id is checked before anything is appended. Returns how many were
+    /// imported and the position of the last event.
+    pub async fn import(
+        &self,
+        domain: DomainId,
+        ids: Option<Vec<UserId>>,
+        actor: &Actor,
+    ) -> Result<(usize, u64), SyncError> {
+        let engine = &self.inner.engine;
+        engine.settle().await?;
+        let (sso, targets) = {
+            let p = engine.projector.read();
+            let d = p.domains.get(domain).ok_or(SyncError::NotFound("domain"))?;
+            if d.removed {
+                return Err(SyncError::Conflict(format!(
+                    "domain {} was removed",
+                    d.name
+                )));
+            }
+            let targets: Vec<UserId> = match ids {
+                None => p
+                    .users
+                    .of_domain(domain)
+                    .filter(|u| u.status == UserStatus::Candidate && u.in_sync_group)
+                    .map(|u| u.id)
+                    .collect(),
+                Some(ids) => {
+                    for id in &ids {
+                        match p.users.get(*id) {
+                            Some(u)
+                                if u.domain_id == domain
+                                    && u.status == UserStatus::Candidate
+                                    && u.in_sync_group => {}
+                            Some(u)
+                                if u.domain_id == domain && u.status != UserStatus::Candidate => {}
+                            _ => {
+                                return Err(SyncError::Invalid(format!(
+                                    "user_ids: {} is not a candidate of this domain",
+                                    id.0
+                                )))
+                            }
+                        }
+                    }
+                    ids
+                }
+            };
+            (d.sso_defaults, targets)
+        };
+        let results: Vec<Option<u64>> = stream::iter(targets)
+            .map(|user| async move {
+                match crate::store::decide_and_append(
+                    &*engine.log,
+                    &StreamId::user(user),
+                    actor,
+                    None,
+                    user_evolve,
+                    |st| idledger_domain::decide::user::decide(st, UserCommand::Import(sso)),
+                )
+                .await
+                {
+                    Ok(p) => Ok(Some(p)),
+                    // Left the group since the check: not imported, not an error.
+                    Err(CommandError::Rejected(Rejection::Conflict(_))) => Ok(None),
+                    Err(e) => Err(SyncError::from(e)),
+                }
+            })
+            .buffer_unordered(256)
+            .try_collect()
+            .await?;
+        let imported = results.iter().flatten().count();
+        let last = results
+            .into_iter()
+            .flatten()
+            .max()
+            .unwrap_or_else(|| engine.log.head().position);
+        Ok((imported, last))
+    }
+}
+
+async fn wait_cancelled(mut rx: watch::Receiver<bool>) {
+    if rx.wait_for(|c| *c).await.is_err() {
+        // The worker is gone without a cancel: never fire.
+        std::future::pending::<()>().await;
+    }
+}

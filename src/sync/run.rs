@@ -1,0 +1,783 @@
+//! One sync run of one domain: resolve the groups, read Entra ID (a full round or the
+//! changes since the stored delta links), plan each user with [`idledger_domain::sync`],
+//! hold back removals when the deletion guard trips, and append.
+//!
+//! Facts are appended per user stream, concurrently (the log's group commit turns them
+//! into few flushes); the run's own record and the new delta links go to the domain
+//! stream last, so a run that dies half-way is re-read from the old links next time and
+//! its appended facts are not appended twice (plans compare with what is recorded).
+
+use super::SyncError;
+use crate::graph::{GraphClient, GraphError, GraphUser, UserChange, USER_SELECT};
+use crate::projector::Projector;
+use crate::secrets::Keyring;
+use crate::store::{AppendError, AppendRequest, EventLog, ExpectedVersion, SledEventLog};
+use futures_util::stream::{self, StreamExt, TryStreamExt};
+use idledger_domain::decide::user::Status;
+use idledger_domain::events::*;
+use idledger_domain::sync::{
+    guard_trips, plan_user, Discovery, Known, Observed, SyncOutcome, SyncPolicy, UserPlan,
+};
+use idledger_domain::{
+    Actor, DomainId, Event, LeaveReason, ProposedEvent, StreamId, SyncCounters, SyncRunId,
+    UserAttributes, UserId,
+};
+use idledger_projections::{DomainView, UserStatus, UserView};
+use serde::Serialize;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Appends in flight at once: enough to fill the log's group commits.
+const APPEND_CONCURRENCY: usize = 256;
+/// Ids per filtered `users/delta` request (Graph's limit).
+const IDS_PER_REQUEST: usize = 50;
+/// Filtered `users/delta` requests in flight at once.
+const READ_CONCURRENCY: usize = 8;
+
+/// What a run needs from the engine.
+#[derive(Clone)]
+pub struct Engine {
+    /// The log.
+    pub log: Arc<SledEventLog>,
+    /// Live projections.
+    pub projector: Projector,
+    /// For shredding deleted users' data keys.
+    pub keyring: Arc<Keyring>,
+}
+
+impl Engine {
+    /// Waits until the projections include everything committed so far.
+    pub async fn settle(&self) -> Result<(), SyncError> {
+        self.projector
+            .wait_for(self.log.head().position, Duration::from_secs(60))
+            .await
+            .map_err(|e| SyncError::Internal(e.to_string()))
+    }
+}
+
+/// One user's change, as a run reports it.
+#[derive(Clone, Debug, Serialize)]
+pub struct PlannedChange {
+    /// The engine's id (a new one for added users).
+    pub user_id: UserId,
+    /// Entra object id.
+    pub external_id: String,
+    /// `userPrincipalName`.
+    pub user_principal_name: String,
+    /// What Entra ID said.
+    pub outcome: Option<SyncOutcome>,
+    /// Kinds of the events the run appends (or would append) for the user.
+    pub events: Vec<&'static str>,
+    /// Held back by the deletion guard.
+    pub held: bool,
+}
+
+/// What a run did (or, dry, would do).
+#[derive(Clone, Debug, Serialize)]
+pub struct RunReport {
+    /// The run.
+    pub run_id: SyncRunId,
+    /// A full round.
+    pub full: bool,
+    /// Counters.
+    pub counters: SyncCounters,
+    /// The deletion guard tripped.
+    pub quarantined: bool,
+    /// Per-user changes.
+    pub changes: Vec<PlannedChange>,
+    /// Position of the run's last event.
+    pub position: u64,
+}
+
+/// A user the engine knows, as a run sees it.
+struct KnownUser {
+    id: UserId,
+    version: u64,
+    known: Known,
+}
+
+pub(crate) fn status_of(s: UserStatus) -> Status {
+    match s {
+        UserStatus::Candidate => Status::Candidate,
+        UserStatus::Active => Status::Active,
+        UserStatus::Deactivated => Status::Deactivated,
+        UserStatus::Deleted => Status::Deleted,
+    }
+}
+
+fn known_of(u: &UserView) -> KnownUser {
+    KnownUser {
+        id: u.id,
+        version: u.version,
+        known: Known {
+            status: status_of(u.status),
+            attributes: u.attributes.clone(),
+            in_scope: u.in_sync_group,
+            left_reason: u.left_reason,
+            in_rotation_group: u.in_rotation_group,
+        },
+    }
+}
+
+/// Graph's user as recorded attributes; required fields absent from a delta entry keep
+/// what was recorded.
+fn attributes_of(u: GraphUser, before: Option<&UserAttributes>) -> UserAttributes {
+    UserAttributes {
+        user_principal_name: u
+            .user_principal_name
+            .or_else(|| before.map(|b| b.user_principal_name.clone()))
+            .unwrap_or_default(),
+        display_name: u
+            .display_name
+            .or_else(|| before.map(|b| b.display_name.clone()))
+            .unwrap_or_default(),
+        mail: u.mail,
+        given_name: u.given_name,
+        surname: u.surname,
+        account_enabled: u
+            .account_enabled
+            .or(before.map(|b| b.account_enabled))
+            .unwrap_or(true),
+    }
+}
+
+/// One user's plan, waiting to be appended.
+struct Pending {
+    /// Entra object id.
+    ext: String,
+    /// The user's id and stream version, when known.
+    known: Option<(UserId, u64)>,
+    plan: UserPlan,
+}
+
+/// The resolved groups and where the rounds start.
+struct Groups {
+    sync: String,
+    rotation: String,
+    changed: bool,
+}
+
+/// A run in progress.
+pub struct SyncRun<'a> {
+    engine: &'a Engine,
+    client: &'a GraphClient,
+    domain: DomainView,
+    run_id: SyncRunId,
+    dry_run: bool,
+    known: HashMap<String, KnownUser>,
+}
+
+impl<'a> SyncRun<'a> {
+    /// Prepares a run over the engine's current state of `domain`.
+    pub async fn new(
+        engine: &'a Engine,
+        client: &'a GraphClient,
+        domain: DomainId,
+        run_id: SyncRunId,
+        dry_run: bool,
+    ) -> Result<SyncRun<'a>, SyncError> {
+        engine.settle().await?;
+        let p = engine.projector.read();
+        let domain = p
+            .domains
+            .get(domain)
+            .cloned()
+            .ok_or(SyncError::NotFound("domain"))?;
+        let known = p
+            .users
+            .of_domain(domain.id)
+            .filter(|u| u.status != UserStatus::Deleted)
+            .map(|u| (u.external_id.clone(), known_of(u)))
+            .collect();
+        Ok(SyncRun {
+            engine,
+            client,
+            domain,
+            run_id,
+            dry_run,
+            known,
+        })
+    }
+
+    fn policy(&self) -> SyncPolicy {
+        SyncPolicy {
+            removal_behavior: self.domain.settings.removal_behavior,
+            auto_import: self.domain.settings.auto_import,
+            sso_defaults: self.domain.sso_defaults,
+        }
+    }
+
+    async fn resolve(
+        &self,
+        which: &str,
+        configured: &Option<String>,
+        name: &str,
+    ) -> Result<String, SyncError> {
+        if let Some(id) = configured {
+            return Ok(id.clone());
+        }
+        let found = self.client.find_groups(name).await?;
+        match found.len() {
+            1 => Ok(found[0].id.clone()),
+            0 => Err(SyncError::Group(format!(
+                "the {which} group '{name}' was not found in domain {}",
+                self.domain.name
+            ))),
+            n => Err(SyncError::Group(format!(
+                "the {which} group '{name}' is ambiguous in domain {}: {n} groups have that name; configure its object id",
+                self.domain.name
+            ))),
+        }
+    }
+
+    async fn groups(&self) -> Result<Groups, SyncError> {
+        let s = &self.domain.settings;
+        let sync = self
+            .resolve("sync", &s.sync_group.object_id, &s.sync_group.display_name)
+            .await?;
+        let rotation = self
+            .resolve(
+                "rotation",
+                &s.rotation_group.object_id,
+                &s.rotation_group.display_name,
+            )
+            .await?;
+        let changed = self.domain.sync_group_id.as_deref() != Some(sync.as_str())
+            || self.domain.rotation_group_id.as_deref() != Some(rotation.as_str());
+        Ok(Groups {
+            sync,
+            rotation,
+            changed,
+        })
+    }
+
+    /// Current attributes of `ids` (absent: the user does not exist), 50 per request.
+    async fn read_users(&self, ids: Vec<String>) -> Result<HashMap<String, GraphUser>, SyncError> {
+        let chunks: Vec<Vec<String>> = ids.chunks(IDS_PER_REQUEST).map(<[_]>::to_vec).collect();
+        let rounds: Vec<_> = stream::iter(chunks)
+            .map(|chunk| async move {
+                self.client
+                    .users_delta(USER_SELECT, Some(&chunk), None)
+                    .await
+            })
+            .buffer_unordered(READ_CONCURRENCY)
+            .try_collect()
+            .await?;
+        let mut out = HashMap::new();
+        for round in rounds {
+            for c in round.changes {
+                if let UserChange::Upsert(u) = c {
+                    out.insert(u.id.clone(), u);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// A full round: every member of both groups, every member's attributes, and a check
+    /// of each recorded member who is no longer in the group (left, or deleted?).
+    async fn observe_full(
+        &self,
+        g: &Groups,
+    ) -> Result<(HashMap<String, Observed>, (String, String)), SyncError> {
+        // The users link first: changes after it show up in the next run, never lost.
+        let users_link = self.client.users_delta_latest(USER_SELECT).await?;
+        let round = self
+            .client
+            .groups_delta(&[g.sync.clone(), g.rotation.clone()], None)
+            .await?;
+        let members_of = |group: &str| -> HashSet<String> {
+            let mut set = HashSet::new();
+            for c in round.changes.get(group).into_iter().flatten() {
+                if c.removed {
+                    set.remove(&c.user_id);
+                } else {
+                    set.insert(c.user_id.clone());
+                }
+            }
+            set
+        };
+        let members = members_of(&g.sync);
+        let rotation = members_of(&g.rotation);
+        let mut attrs: HashMap<String, GraphUser> = self
+            .client
+            .group_members(&g.sync, USER_SELECT)
+            .await?
+            .into_iter()
+            .map(|u| (u.id.clone(), u))
+            .collect();
+        // Members the member list missed (it changed between the reads), and recorded
+        // members who left: read them, absent means deleted.
+        let gone: Vec<String> = self
+            .known
+            .iter()
+            .filter(|(ext, k)| k.known.in_scope && !members.contains(*ext))
+            .map(|(ext, _)| ext.clone())
+            .collect();
+        let missing: Vec<String> = members
+            .iter()
+            .filter(|m| !attrs.contains_key(*m))
+            .cloned()
+            .chain(gone.iter().cloned())
+            .collect();
+        let mut read_back = self.read_users(missing).await?;
+        let mut observed = HashMap::new();
+        for m in &members {
+            let user = attrs.remove(m).or_else(|| read_back.remove(m));
+            let exists = user.is_some();
+            let before = self.known.get(m).map(|k| &k.known.attributes);
+            observed.insert(
+                m.clone(),
+                Observed {
+                    exists,
+                    member: exists,
+                    attributes: user.map(|u| attributes_of(u, before)),
+                    in_rotation_group: rotation.contains(m),
+                },
+            );
+        }
+        for (ext, k) in &self.known {
+            if members.contains(ext) {
+                continue;
+            }
+            let seen = if gone.contains(ext) {
+                let user = read_back.remove(ext);
+                Observed {
+                    exists: user.is_some(),
+                    member: false,
+                    attributes: user.map(|u| attributes_of(u, Some(&k.known.attributes))),
+                    in_rotation_group: rotation.contains(ext),
+                }
+            } else {
+                // Out of scope before and not read now: as recorded, except that a
+                // disabled member is no longer a member.
+                Observed {
+                    exists: k.known.left_reason != Some(LeaveReason::DeletedInEntra),
+                    member: false,
+                    attributes: None,
+                    in_rotation_group: rotation.contains(ext),
+                }
+            };
+            observed.insert(ext.clone(), seen);
+        }
+        Ok((observed, (round.delta_link, users_link)))
+    }
+
+    /// An incremental round: only what changed since the stored links.
+    async fn observe_changes(
+        &self,
+        g: &Groups,
+        links: &(String, String),
+    ) -> Result<(HashMap<String, Observed>, (String, String)), SyncError> {
+        let groups = self
+            .client
+            .groups_delta(&[g.sync.clone(), g.rotation.clone()], Some(&links.0))
+            .await?;
+        let users = self
+            .client
+            .users_delta(USER_SELECT, None, Some(&links.1))
+            .await?;
+        let mut observed: HashMap<String, Observed> = HashMap::new();
+        let mut rotation_unknown: HashSet<String> = HashSet::new();
+        let base = |ext: &str, rotation_unknown: &mut HashSet<String>| match self.known.get(ext) {
+            Some(k) => Observed {
+                exists: true,
+                member: k.known.is_member(),
+                attributes: None,
+                in_rotation_group: k.known.in_rotation_group,
+            },
+            None => {
+                rotation_unknown.insert(ext.to_owned());
+                Observed {
+                    exists: true,
+                    member: false,
+                    attributes: None,
+                    in_rotation_group: false,
+                }
+            }
+        };
+        for c in groups.changes.get(&g.sync).into_iter().flatten() {
+            let o = observed
+                .entry(c.user_id.clone())
+                .or_insert_with(|| base(&c.user_id, &mut rotation_unknown));
+            o.member = !c.removed;
+        }
+        for c in groups.changes.get(&g.rotation).into_iter().flatten() {
+            rotation_unknown.remove(&c.user_id);
+            if let Some(o) = observed.get_mut(&c.user_id) {
+                o.in_rotation_group = !c.removed;
+            } else if self.known.contains_key(&c.user_id) {
+                let mut o = base(&c.user_id, &mut rotation_unknown);
+                o.in_rotation_group = !c.removed;
+                observed.insert(c.user_id.clone(), o);
+            }
+        }
+        for c in users.changes {
+            match c {
+                UserChange::Upsert(u) => {
+                    let before = self.known.get(&u.id).map(|k| &k.known.attributes);
+                    if before.is_none() && !observed.contains_key(&u.id) {
+                        continue; // not a member: the tenant's other users are not ours
+                    }
+                    let id = u.id.clone();
+                    let attrs = attributes_of(u, before);
+                    observed
+                        .entry(id.clone())
+                        .or_insert_with(|| base(&id, &mut rotation_unknown))
+                        .attributes = Some(attrs);
+                }
+                UserChange::Removed { id, .. } => {
+                    if self.known.contains_key(&id) || observed.contains_key(&id) {
+                        let o = observed
+                            .entry(id.clone())
+                            .or_insert_with(|| base(&id, &mut rotation_unknown));
+                        o.exists = false;
+                        o.member = false;
+                    }
+                }
+            }
+        }
+        // New members: their attributes and whether they are already in the rotation group.
+        let need: Vec<String> = observed
+            .iter()
+            .filter(|(ext, o)| {
+                o.member && o.exists && o.attributes.is_none() && !self.known.contains_key(*ext)
+            })
+            .map(|(ext, _)| ext.clone())
+            .collect();
+        let mut read_back = self.read_users(need.clone()).await?;
+        for ext in need {
+            if let Some(o) = observed.get_mut(&ext) {
+                match read_back.remove(&ext) {
+                    Some(u) => o.attributes = Some(attributes_of(u, None)),
+                    None => o.exists = false,
+                }
+            }
+        }
+        rotation_unknown.retain(|ext| observed.get(ext).is_some_and(|o| o.member && o.exists));
+        if !rotation_unknown.is_empty() {
+            let rotation: HashSet<String> = self
+                .client
+                .group_members(&g.rotation, "id")
+                .await?
+                .into_iter()
+                .map(|u| u.id)
+                .collect();
+            for ext in rotation_unknown {
+                if let Some(o) = observed.get_mut(&ext) {
+                    o.in_rotation_group = rotation.contains(&ext);
+                }
+            }
+        }
+        Ok((observed, (groups.delta_link, users.delta_link)))
+    }
+
+    /// Runs to the end. The run's `SyncRunStarted` is already appended.
+    pub async fn execute(self) -> Result<RunReport, SyncError> {
+        let groups = self.groups().await?;
+        let links = if groups.changed {
+            None
+        } else {
+            self.domain.delta_links.clone()
+        };
+        let (observed, links, full) = match &links {
+            Some(l) => match self.observe_changes(&groups, l).await {
+                Ok((o, l)) => (o, l, false),
+                Err(SyncError::Graph(GraphError::DeltaExpired)) => {
+                    tracing::info!(domain = %self.domain.name, "delta token expired: full round and reconcile");
+                    let (o, l) = self.observe_full(&groups).await?;
+                    (o, l, true)
+                }
+                Err(e) => return Err(e),
+            },
+            None => {
+                let (o, l) = self.observe_full(&groups).await?;
+                (o, l, true)
+            }
+        };
+        let policy = self.policy();
+        let domain_id = self.domain.id;
+        let mut plans: Vec<Pending> = Vec::new();
+        let mut counters = SyncCounters::default();
+        for (ext, seen) in observed {
+            let k = self.known.get(&ext);
+            let plan = plan_user(&policy, k.map(|k| &k.known), &seen, || Discovery {
+                user_id: UserId(uuid::Uuid::now_v7()),
+                domain_id,
+                external_id: ext.clone(),
+            });
+            match plan.outcome {
+                Some(SyncOutcome::Added) => counters.added += 1,
+                Some(SyncOutcome::Changed | SyncOutcome::Rejoined) => counters.changed += 1,
+                Some(SyncOutcome::Left) => counters.left += 1,
+                Some(SyncOutcome::Deleted) => counters.deleted += 1,
+                None if plan.is_empty() => counters.unchanged += 1,
+                None => {}
+            }
+            if plan.imports() {
+                counters.imported += 1;
+            }
+            if !plan.is_empty() {
+                plans.push(Pending {
+                    ext,
+                    known: k.map(|k| (k.id, k.version)),
+                    plan,
+                });
+            }
+        }
+        plans.sort_by(|a, b| a.ext.cmp(&b.ext));
+        let removals = plans.iter().filter(|p| p.plan.is_destructive()).count();
+        let quarantined = guard_trips(
+            removals,
+            self.known.len(),
+            self.domain.settings.deletion_threshold,
+        );
+        let mut held = Vec::new();
+        let mut changes = Vec::with_capacity(plans.len());
+        for Pending {
+            ext,
+            known: k,
+            plan,
+        } in &plans
+        {
+            let hold = quarantined && plan.is_destructive();
+            let user_id = match (k, plan.events.first()) {
+                (Some((id, _)), _) => *id,
+                (None, Some(Event::UserDiscovered(d))) => d.user_id,
+                _ => continue,
+            };
+            if hold {
+                held.push(user_id);
+            } else if plan.is_destructive() {
+                counters.removed += 1;
+            }
+            let upn = plan
+                .events
+                .iter()
+                .find_map(|e| match e {
+                    Event::UserDiscovered(d) => Some(d.attributes.user_principal_name.clone()),
+                    Event::UserAttributesChanged(c) => {
+                        Some(c.attributes.user_principal_name.clone())
+                    }
+                    _ => None,
+                })
+                .or_else(|| {
+                    self.known
+                        .get(ext)
+                        .map(|k| k.known.attributes.user_principal_name.clone())
+                })
+                .unwrap_or_default();
+            changes.push(PlannedChange {
+                user_id,
+                external_id: ext.clone(),
+                user_principal_name: upn,
+                outcome: plan.outcome,
+                events: plan
+                    .events
+                    .iter()
+                    .chain(plan.removal.iter().filter(|_| !hold))
+                    .map(Event::kind)
+                    .collect(),
+                held: hold,
+            });
+        }
+        let actor = Actor::Sync(domain_id);
+        if !self.dry_run {
+            let applied: Vec<()> = stream::iter(plans)
+                .map(
+                    |Pending {
+                         ext,
+                         known: k,
+                         plan,
+                     }| {
+                        let hold = quarantined && plan.is_destructive();
+                        self.apply_user(ext, k, plan, hold)
+                    },
+                )
+                .buffer_unordered(APPEND_CONCURRENCY)
+                .try_collect()
+                .await?;
+            drop(applied);
+        }
+        let mut domain_events: Vec<Event> = Vec::new();
+        if !self.dry_run {
+            if groups.changed {
+                domain_events.push(
+                    SyncGroupsResolved {
+                        sync_group_id: groups.sync.clone(),
+                        rotation_group_id: groups.rotation.clone(),
+                    }
+                    .into(),
+                );
+            }
+            if quarantined {
+                domain_events.push(
+                    SyncQuarantined {
+                        run_id: self.run_id,
+                        held_removals: held,
+                        domain_users: self.known.len() as u32,
+                    }
+                    .into(),
+                );
+            }
+            domain_events.push(
+                DeltaCheckpointed {
+                    run_id: self.run_id,
+                    groups_delta_link: links.0,
+                    users_delta_link: links.1,
+                }
+                .into(),
+            );
+        }
+        domain_events.push(
+            SyncRunCompleted {
+                run_id: self.run_id,
+                counters,
+            }
+            .into(),
+        );
+        let position = append_correlated(
+            &self.engine.log,
+            StreamId::domain(domain_id),
+            ExpectedVersion::Any,
+            &actor,
+            self.run_id,
+            domain_events,
+        )
+        .await?;
+        Ok(RunReport {
+            run_id: self.run_id,
+            full,
+            counters,
+            quarantined,
+            changes,
+            position,
+        })
+    }
+
+    /// Appends one user's plan; on a concurrent change (an admin acted meanwhile) plans
+    /// again on the fresh state, with the same observation.
+    async fn apply_user(
+        &self,
+        ext: String,
+        mut known: Option<(UserId, u64)>,
+        mut plan: UserPlan,
+        hold: bool,
+    ) -> Result<(), SyncError> {
+        let actor = Actor::Sync(self.domain.id);
+        for _ in 0..3 {
+            let (user_id, expected) = match (known, plan.events.first()) {
+                (Some((id, v)), _) => (id, ExpectedVersion::Exact(v)),
+                (None, Some(Event::UserDiscovered(d))) => (d.user_id, ExpectedVersion::NoStream),
+                _ => return Ok(()),
+            };
+            let mut events = plan.events.clone();
+            if !hold {
+                events.extend(plan.removal.clone());
+            }
+            if events.is_empty() {
+                return Ok(());
+            }
+            let deletes = events.iter().any(|e| matches!(e, Event::UserDeleted(_)));
+            let stream = StreamId::user(user_id);
+            match append_correlated(
+                &self.engine.log,
+                stream.clone(),
+                expected,
+                &actor,
+                self.run_id,
+                events,
+            )
+            .await
+            {
+                Ok(_) => {
+                    if deletes {
+                        self.engine.keyring.shred(&stream)?;
+                    }
+                    return Ok(());
+                }
+                Err(SyncError::Append(AppendError::WrongExpectedVersion { .. })) => {
+                    self.engine.settle().await?;
+                    let fresh = {
+                        let p = self.engine.projector.read();
+                        p.users.by_external(self.domain.id, &ext).map(known_of)
+                    };
+                    let Some(fresh) = fresh else { return Ok(()) };
+                    // Replan the same observation against the fresh state: only the
+                    // difference still to record.
+                    let seen = observation_of(&plan, &fresh.known);
+                    plan = plan_user(&self.policy(), Some(&fresh.known), &seen, || {
+                        unreachable_discovery()
+                    });
+                    known = Some((fresh.id, fresh.version));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(SyncError::Internal(format!(
+            "user {ext} kept changing during the run"
+        )))
+    }
+}
+
+/// A discovery is never needed when replanning a known user.
+fn unreachable_discovery() -> Discovery {
+    Discovery {
+        user_id: UserId(uuid::Uuid::nil()),
+        domain_id: DomainId(uuid::Uuid::nil()),
+        external_id: String::new(),
+    }
+}
+
+/// The observation a plan was made from, recovered from its events over `known`.
+fn observation_of(plan: &UserPlan, known: &Known) -> Observed {
+    let mut seen = Observed {
+        exists: true,
+        member: known.is_member(),
+        attributes: None,
+        in_rotation_group: known.in_rotation_group,
+    };
+    for e in &plan.events {
+        match e {
+            Event::UserDiscovered(d) => seen.attributes = Some(d.attributes.clone()),
+            Event::UserAttributesChanged(c) => seen.attributes = Some(c.attributes.clone()),
+            Event::RotationGroupJoined(_) => seen.in_rotation_group = true,
+            Event::RotationGroupLeft(_) => seen.in_rotation_group = false,
+            Event::MemberRejoinedSyncGroup(_) => seen.member = true,
+            Event::MemberLeftSyncGroup(l) => match l.reason {
+                LeaveReason::DeletedInEntra => {
+                    seen.exists = false;
+                    seen.member = false;
+                }
+                LeaveReason::LeftGroup => seen.member = false,
+                LeaveReason::DisabledInEntra => seen.member = true,
+            },
+            _ => {}
+        }
+    }
+    seen
+}
+
+/// Appends `events` to `stream`, tied to the run by its correlation id; returns the
+/// position of the last one.
+pub async fn append_correlated(
+    log: &SledEventLog,
+    stream: StreamId,
+    expected: ExpectedVersion,
+    actor: &Actor,
+    run_id: SyncRunId,
+    events: Vec<Event>,
+) -> Result<u64, SyncError> {
+    let proposed = events
+        .into_iter()
+        .map(|e| ProposedEvent {
+            correlation_id: Some(run_id.0),
+            ..ProposedEvent::new(uuid::Uuid::now_v7(), actor.clone(), e)
+        })
+        .collect();
+    let done = log
+        .append(AppendRequest::new(stream, expected, proposed))
+        .await?;
+    Ok(done.last_position)
+}

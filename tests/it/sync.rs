@@ -1,0 +1,742 @@
+//! Sync from Entra ID: the real server and a real graphsim on loopback, driven over HTTP.
+
+use crate::api::{spawn_app, App};
+use graphsim::{load_tenant, SimConfig};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+const TENANT: &str = "6f1a2b3c-4d5e-4f60-8a7b-9c0d1e2f3a4b";
+const APP: &str = "11111111-2222-4333-8444-555555555555";
+const SECRET: &str = "contoso-demo-secret";
+const SYNC: &str = "a1b2c3d4-0000-4000-8000-000000000001";
+
+fn ext(n: u32) -> String {
+    format!("c0a80000-0000-4000-8000-{n:012}")
+}
+
+/// The enabled members of the contoso sync group: users 1 to 30 but the disabled 29.
+fn contoso_candidates() -> BTreeSet<String> {
+    (1..=30).filter(|n| *n != 29).map(ext).collect()
+}
+
+struct World {
+    app: App,
+    sim: String,
+    domain: String,
+}
+
+async fn sim() -> String {
+    let dir = load_tenant(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/tenants/contoso.json"),
+    )
+    .unwrap();
+    // Small pages, so every round is paged.
+    let config = SimConfig {
+        page_size: 7,
+        ..SimConfig::default()
+    };
+    graphsim::spawn(dir, config).await.unwrap().0
+}
+
+fn domain_body(name: &str, sim: &str, secret: &str, settings: &Value) -> Value {
+    let mut body = json!({
+        "domain": name,
+        "tenant_id": TENANT,
+        "client_id": APP,
+        "client_secret": secret,
+        "graph_url": sim,
+        "authority_url": sim,
+    });
+    for (k, v) in settings.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    body
+}
+
+async fn world(settings: Value) -> World {
+    let sim = sim().await;
+    let app = spawn_app().await;
+    let (s, d) = app
+        .call(
+            Some(&app.admin),
+            Method::POST,
+            "/v1/domains",
+            Some(domain_body(
+                "contoso.onmicrosoft.com",
+                &sim,
+                SECRET,
+                &settings,
+            )),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{d}");
+    World {
+        domain: d["id"].as_str().unwrap().to_owned(),
+        app,
+        sim,
+    }
+}
+
+impl World {
+    async fn admin(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        self.app
+            .call(Some(&self.app.admin), method, path, body)
+            .await
+    }
+
+    /// Starts a run and waits for its end.
+    async fn sync_domain(&self, domain: &str) -> Value {
+        let (s, started) = self
+            .admin(Method::POST, &format!("/v1/domains/{domain}/sync"), None)
+            .await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{started}");
+        let run = started["run_id"].as_str().unwrap().to_owned();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (s, r) = self
+                .admin(
+                    Method::GET,
+                    &format!("/v1/domains/{domain}/sync-runs/{run}"),
+                    None,
+                )
+                .await;
+            assert_eq!(s, StatusCode::OK, "{r}");
+            if r["status"] != "running" {
+                return r;
+            }
+            assert!(Instant::now() < deadline, "run still running: {r}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn sync(&self) -> Value {
+        let run = self.sync_domain(&self.domain).await;
+        assert_ne!(run["status"], "failed", "{run}");
+        run
+    }
+
+    async fn sim(&self, method: Method, path: &str, body: Option<Value>) {
+        let mut req = reqwest::Client::new().request(method, format!("{}{path}", self.sim));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().await.unwrap();
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+    }
+
+    async fn leave(&self, n: u32) {
+        self.sim(
+            Method::DELETE,
+            &format!("/_sim/groups/{SYNC}/members/{}", ext(n)),
+            None,
+        )
+        .await;
+    }
+
+    async fn join(&self, n: u32) {
+        self.sim(
+            Method::POST,
+            &format!("/_sim/groups/{SYNC}/members/{}", ext(n)),
+            None,
+        )
+        .await;
+    }
+
+    /// Users of the domain, by Entra object id (deleted ones too with `include_deleted`).
+    async fn users(&self, query: &str) -> Vec<Value> {
+        let (s, body) = self
+            .admin(
+                Method::GET,
+                &format!("/v1/users?domain={}&limit=1000{query}", self.domain),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        body["items"].as_array().unwrap().clone()
+    }
+
+    async fn user(&self, n: u32) -> Option<Value> {
+        self.users("")
+            .await
+            .into_iter()
+            .find(|u| u["external_id"] == ext(n).as_str())
+    }
+
+    async fn head(&self) -> u64 {
+        self.app.head()
+    }
+
+    /// Kinds of the user events appended after `from`.
+    async fn user_events_after(&self, from: u64) -> Vec<String> {
+        let (s, body) = self
+            .admin(
+                Method::GET,
+                &format!("/v1/events?from_position={}&limit=10000", from + 1),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["stream"].as_str().unwrap().starts_with("user-"))
+            .map(|e| e["kind"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    async fn import_all(&self) {
+        let (s, body) = self
+            .admin(
+                Method::POST,
+                &format!("/v1/domains/{}/import", self.domain),
+                Some(json!({"all": true})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+    }
+}
+
+fn externals(users: &[Value]) -> BTreeSet<String> {
+    users
+        .iter()
+        .map(|u| u["external_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_first_run_finds_the_group_as_candidates_and_an_unchanged_second_run_appends_no_user_events(
+) {
+    let w = world(json!({})).await;
+    let run = w.sync().await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["counters"]["added"], 29, "{run}");
+    assert_eq!(run["users"].as_array().unwrap().len(), 29);
+    assert!(run["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|u| u["outcome"] == "added"));
+
+    let (s, c) = w
+        .admin(
+            Method::GET,
+            &format!("/v1/domains/{}/candidates", w.domain),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let candidates = c["items"].as_array().unwrap();
+    assert_eq!(externals(candidates), contoso_candidates());
+    assert_eq!(
+        externals(&w.users("&status=candidate").await),
+        contoso_candidates()
+    );
+    // Rotation-group membership is tracked: users 1 to 10 are in it, user 36 is no member.
+    for u in candidates {
+        let n: u32 = u["external_id"].as_str().unwrap()[24..].parse().unwrap();
+        assert_eq!(u["in_rotation_group"], n <= 10, "{u}");
+        assert!(!u["display_name"].as_str().unwrap().is_empty());
+    }
+
+    // Import two, then the rest.
+    let two: Vec<&Value> = candidates.iter().take(2).map(|u| &u["id"]).collect();
+    let (s, body) = w
+        .admin(
+            Method::POST,
+            &format!("/v1/domains/{}/import", w.domain),
+            Some(json!({"user_ids": two})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body["imported"], 2);
+    assert_eq!(w.users("&status=active").await.len(), 2);
+    w.import_all().await;
+    let active = w.users("&status=active").await;
+    assert_eq!(externals(&active), contoso_candidates());
+    assert!(active.iter().all(|u| u["pc_unlock"] == true));
+
+    let head = w.head().await;
+    let again = w.sync().await;
+    assert_eq!(again["counters"]["added"], 0, "{again}");
+    assert_eq!(again["counters"]["changed"], 0, "{again}");
+    assert!(again["users"].as_array().unwrap().is_empty());
+    assert_eq!(w.user_events_after(head).await, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn import_applies_the_domains_sso_defaults_and_an_override_wins() {
+    let w = world(json!({})).await;
+    let sso = json!({"enabled": true, "method": "password_and_second_factor"});
+    let (s, _) = w
+        .admin(
+            Method::PUT,
+            &format!("/v1/domains/{}/sso-defaults", w.domain),
+            Some(sso.clone()),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    w.sync().await;
+    w.import_all().await;
+    let u = w.user(3).await.unwrap();
+    assert_eq!(u["sso"], sso);
+    let id = u["id"].as_str().unwrap();
+    let mine = json!({"enabled": true, "method": "passwordless"});
+    let (s, body) = w
+        .admin(
+            Method::PATCH,
+            &format!("/v1/users/{id}"),
+            Some(json!({"sso_override": mine})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(w.user(3).await.unwrap()["sso"], mine);
+}
+
+#[tokio::test]
+async fn each_removal_behaviour_and_what_rejoining_does() {
+    for behavior in ["keep", "deactivate", "delete"] {
+        let w = world(json!({"removal_behavior": behavior, "auto_import": true})).await;
+        w.sync().await;
+        let before = w.user(5).await.unwrap();
+        assert_eq!(before["status"], "active");
+        w.leave(5).await;
+        let run = w.sync().await;
+        assert_eq!(run["counters"]["left"], 1, "{behavior}: {run}");
+        match behavior {
+            "keep" => {
+                let u = w.user(5).await.unwrap();
+                assert_eq!(u["status"], "active");
+                assert_eq!(u["in_sync_group"], false);
+            }
+            "deactivate" => {
+                let u = w.user(5).await.unwrap();
+                assert_eq!(u["status"], "deactivated");
+                assert_eq!(u["sso"]["enabled"], false);
+                assert_eq!(u["pc_unlock"], true);
+            }
+            _ => {
+                assert!(w.user(5).await.is_none(), "deleted users are hidden");
+                let all = w.users("&include_deleted=true").await;
+                let gone = all
+                    .iter()
+                    .find(|u| u["external_id"] == ext(5).as_str())
+                    .unwrap();
+                assert_eq!(gone["status"], "deleted");
+            }
+        }
+
+        w.join(5).await;
+        w.sync().await;
+        let u = w.user(5).await.unwrap();
+        assert_eq!(u["in_sync_group"], true, "{behavior}: {u}");
+        match behavior {
+            "keep" => assert_eq!(u["status"], "active"),
+            "deactivate" => {
+                assert_eq!(u["status"], "deactivated", "rejoining does not reactivate");
+                let id = u["id"].as_str().unwrap();
+                let (s, _) = w
+                    .admin(Method::POST, &format!("/v1/users/{id}/activate"), None)
+                    .await;
+                assert_eq!(s, StatusCode::OK);
+                assert_eq!(w.user(5).await.unwrap()["status"], "active");
+            }
+            _ => {
+                // A new candidate: auto import makes it active again, under a new id.
+                assert_ne!(u["id"], before["id"]);
+                assert_eq!(u["status"], "active");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn deletion_disabling_and_attribute_changes_in_entra_arrive_as_events() {
+    let w = world(json!({"removal_behavior": "deactivate", "auto_import": true})).await;
+    w.sync().await;
+    w.sim(Method::DELETE, &format!("/_sim/users/{}", ext(7)), None)
+        .await;
+    w.sim(
+        Method::PATCH,
+        &format!("/_sim/users/{}", ext(8)),
+        Some(json!({"accountEnabled": false})),
+    )
+    .await;
+    w.sim(
+        Method::PATCH,
+        &format!("/_sim/users/{}", ext(9)),
+        Some(json!({"displayName": "Renamed Person", "mail": "renamed@contoso.com"})),
+    )
+    .await;
+    let run = w.sync().await;
+    assert_eq!(run["counters"]["deleted"], 2, "{run}");
+    assert_eq!(run["counters"]["changed"], 1, "{run}");
+    assert_eq!(w.user(7).await.unwrap()["status"], "deactivated");
+    let disabled = w.user(8).await.unwrap();
+    assert_eq!(disabled["status"], "deactivated");
+    assert_eq!(disabled["account_enabled"], false);
+    let renamed = w.user(9).await.unwrap();
+    assert_eq!(renamed["display_name"], "Renamed Person");
+    assert_eq!(renamed["mail"], "renamed@contoso.com");
+    assert_eq!(renamed["status"], "active");
+
+    // The reasons are on record.
+    let id = w.user(7).await.unwrap()["id"].as_str().unwrap().to_owned();
+    let (_, events) = w
+        .admin(Method::GET, &format!("/v1/users/{id}/events"), None)
+        .await;
+    let left = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "MemberLeftSyncGroup")
+        .unwrap()
+        .clone();
+    assert_eq!(left["payload"]["reason"], "deleted_in_entra", "{left}");
+
+    // Enabled again: back in scope, still deactivated until an admin acts.
+    w.sim(
+        Method::PATCH,
+        &format!("/_sim/users/{}", ext(8)),
+        Some(json!({"accountEnabled": true})),
+    )
+    .await;
+    w.sync().await;
+    let back = w.user(8).await.unwrap();
+    assert_eq!(back["in_sync_group"], true);
+    assert_eq!(back["status"], "deactivated");
+}
+
+#[tokio::test]
+async fn an_expired_delta_token_leads_to_a_full_reread_and_reconcile() {
+    let w = world(json!({"auto_import": true})).await;
+    w.sync().await;
+    w.leave(11).await;
+    w.sim(
+        Method::PATCH,
+        &format!("/_sim/users/{}", ext(12)),
+        Some(json!({"surname": "Changed"})),
+    )
+    .await;
+    w.sim(Method::POST, "/_sim/delta/expire", None).await;
+    let run = w.sync().await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["counters"]["left"], 1, "{run}");
+    assert_eq!(run["counters"]["changed"], 1, "{run}");
+    assert_eq!(w.user(11).await.unwrap()["status"], "deactivated");
+    assert_eq!(w.user(12).await.unwrap()["surname"], "Changed");
+    // And the fresh links work: nothing more to record.
+    let head = w.head().await;
+    let run = w.sync().await;
+    assert_eq!(run["full"], false, "{run}");
+    assert!(w.user_events_after(head).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_429_storm_with_retry_after_is_waited_out() {
+    let w = world(json!({})).await;
+    w.sim(
+        Method::POST,
+        "/_sim/faults",
+        Some(json!({"path_prefix": "/v1.0/groups", "status": 429, "retry_after": 0.2, "count": 4})),
+    )
+    .await;
+    let started = Instant::now();
+    let run = w.sync().await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["counters"]["added"], 29);
+    assert!(
+        started.elapsed() >= Duration::from_millis(700),
+        "Retry-After was honoured"
+    );
+}
+
+#[tokio::test]
+async fn a_domain_with_a_wrong_secret_fails_with_graphs_code_and_the_other_syncs() {
+    let w = world(json!({})).await;
+    let (s, bad) = w
+        .admin(
+            Method::POST,
+            "/v1/domains",
+            Some(domain_body(
+                "fabrikam.onmicrosoft.com",
+                &w.sim,
+                "not-the-secret",
+                &json!({}),
+            )),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{bad}");
+    let bad = bad["id"].as_str().unwrap().to_owned();
+    let (failed, ok) = tokio::join!(w.sync_domain(&bad), w.sync_domain(&w.domain));
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert_eq!(failed["graph_code"], "AADSTS7000215", "{failed}");
+    assert_eq!(ok["status"], "succeeded", "{ok}");
+    let (_, d) = w
+        .admin(Method::GET, &format!("/v1/domains/{bad}"), None)
+        .await;
+    assert_eq!(d["last_sync"]["status"], "failed");
+    assert_eq!(d["last_sync"]["graph_code"], "AADSTS7000215");
+    assert!(!d.to_string().contains("not-the-secret"));
+}
+
+#[tokio::test]
+async fn removing_credentials_stops_the_worker_and_putting_them_back_resumes() {
+    let w = world(json!({})).await;
+    w.sync().await;
+    // A run held up by a slow Graph is stopped when the credentials go.
+    w.sim(
+        Method::POST,
+        "/_sim/faults",
+        Some(json!({"path_prefix": "/v1.0/groups", "delay_ms": 5000, "count": 1})),
+    )
+    .await;
+    let (s, started) = w
+        .admin(
+            Method::POST,
+            &format!("/v1/domains/{}/sync", w.domain),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    let run = started["run_id"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let removed_at = Instant::now();
+    let (s, _) = w
+        .admin(
+            Method::DELETE,
+            &format!("/v1/domains/{}/credentials", w.domain),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    loop {
+        let (_, r) = w
+            .admin(
+                Method::GET,
+                &format!("/v1/domains/{}/sync-runs/{run}", w.domain),
+                None,
+            )
+            .await;
+        if r["status"] == "failed" {
+            assert!(r["error"].as_str().unwrap().contains("credentials"), "{r}");
+            break;
+        }
+        assert!(removed_at.elapsed() < Duration::from_secs(3), "{r}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (s, body) = w
+        .admin(
+            Method::POST,
+            &format!("/v1/domains/{}/sync", w.domain),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("removed"),
+        "{body}"
+    );
+
+    let (s, _) = w
+        .admin(
+            Method::PUT,
+            &format!("/v1/domains/{}/credentials", w.domain),
+            Some(json!({"tenant_id": TENANT, "client_id": APP, "client_secret": SECRET})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(w.sync().await["status"], "succeeded");
+}
+
+#[tokio::test]
+async fn the_deletion_guard_quarantines_a_mass_removal_until_approved() {
+    let w = world(json!({"auto_import": true, "deletion_threshold": 3})).await;
+    w.sync().await;
+    for n in 1..=6 {
+        w.leave(n).await;
+    }
+    let run = w.sync().await;
+    assert_eq!(run["status"], "quarantined", "{run}");
+    assert_eq!(run["held_removals"].as_array().unwrap().len(), 6);
+    for n in 1..=6 {
+        let u = w.user(n).await.unwrap();
+        assert_eq!(u["status"], "active", "held back: {u}");
+        assert_eq!(u["in_sync_group"], false);
+    }
+    let (_, d) = w
+        .admin(Method::GET, &format!("/v1/domains/{}", w.domain), None)
+        .await;
+    assert_eq!(d["quarantined_run"], run["run_id"]);
+
+    // The admin puts one back in Entra ID, then approves: the others are deactivated.
+    w.join(6).await;
+    w.sync().await;
+    let run_id = run["run_id"].as_str().unwrap();
+    let (s, approved) = w
+        .admin(
+            Method::POST,
+            &format!("/v1/domains/{}/sync-runs/{run_id}/approve", w.domain),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{approved}");
+    assert_eq!(approved["approved"], true);
+    for n in 1..=5 {
+        assert_eq!(w.user(n).await.unwrap()["status"], "deactivated");
+    }
+    assert_eq!(w.user(6).await.unwrap()["status"], "active");
+    let (_, d) = w
+        .admin(Method::GET, &format!("/v1/domains/{}", w.domain), None)
+        .await;
+    assert_eq!(d["quarantined_run"], Value::Null);
+    let (s, _) = w
+        .admin(
+            Method::POST,
+            &format!("/v1/domains/{}/sync-runs/{run_id}/approve", w.domain),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "approved once");
+}
+
+#[tokio::test]
+async fn a_dry_run_reports_the_changes_and_appends_only_its_run_record() {
+    let w = world(json!({"auto_import": true})).await;
+    w.sync().await;
+    w.leave(4).await;
+    let head = w.head().await;
+    let (s, dry) = w
+        .admin(
+            Method::POST,
+            &format!("/v1/domains/{}/sync?dry_run=true", w.domain),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{dry}");
+    assert_eq!(dry["counters"]["left"], 1, "{dry}");
+    let change = &dry["changes"][0];
+    assert_eq!(change["external_id"], ext(4).as_str());
+    assert_eq!(change["outcome"], "left");
+    assert!(change["events"].to_string().contains("UserDeactivated"));
+    assert!(w.user_events_after(head).await.is_empty());
+    assert_eq!(w.user(4).await.unwrap()["status"], "active");
+    let (_, runs) = w
+        .admin(
+            Method::GET,
+            &format!("/v1/domains/{}/sync-runs", w.domain),
+            None,
+        )
+        .await;
+    assert_eq!(runs["items"][0]["dry_run"], true);
+    // The real run still sees the change: the dry run moved no delta link.
+    let run = w.sync().await;
+    assert_eq!(run["counters"]["left"], 1, "{run}");
+}
+
+#[tokio::test]
+async fn invites_go_to_the_outbox_and_are_recorded() {
+    let w = world(json!({})).await;
+    w.sync().await;
+    let candidate = w.user(2).await.unwrap();
+    let id = candidate["id"].as_str().unwrap().to_owned();
+    let (s, body) = w
+        .admin(Method::POST, &format!("/v1/users/{id}/invite"), None)
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::CONFLICT,
+        "candidates are imported first: {body}"
+    );
+    w.import_all().await;
+    let (s, body) = w
+        .admin(Method::POST, &format!("/v1/users/{id}/invite"), None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body["via"], "outbox");
+    let outbox = w.app.dir.path().join("outbox");
+    let files: Vec<_> = std::fs::read_dir(&outbox).unwrap().collect();
+    assert_eq!(files.len(), 1);
+    let mail = std::fs::read_to_string(files[0].as_ref().unwrap().path()).unwrap();
+    assert!(mail.contains("sign-in method"), "{mail}");
+    assert!(
+        mail.contains(&format!("To: {}", body["to"].as_str().unwrap())),
+        "{mail}"
+    );
+    assert!(w.user(2).await.unwrap()["invited_at"].is_string());
+}
+
+#[tokio::test]
+async fn bad_sync_requests_get_clear_errors_and_change_nothing() {
+    let w = world(json!({})).await;
+    let (s, body) = w
+        .admin(
+            Method::POST,
+            &format!("/v1/domains/{}/import", w.domain),
+            Some(json!({"user_ids": [uuid::Uuid::new_v4()]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let (s, _) = w
+        .admin(
+            Method::POST,
+            &format!("/v1/domains/{}/import", w.domain),
+            Some(json!({"all": true, "user_ids": []})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    let (s, _) = w
+        .admin(
+            Method::GET,
+            &format!("/v1/domains/{}/sync-runs/not-a-uuid", w.domain),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _) = w
+        .admin(
+            Method::POST,
+            &format!("/v1/domains/{}/sync?dry_run=perhaps", w.domain),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let plain = w.app.domain("nocreds.onmicrosoft.com").await;
+    let (s, body) = w
+        .admin(
+            Method::POST,
+            &format!("/v1/domains/{}/sync", plain["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{body}");
+    let auditor = w.app.token("auditor", &[]).await;
+    let (s, _) = w
+        .app
+        .call(
+            Some(&auditor),
+            Method::POST,
+            &format!("/v1/domains/{}/sync", w.domain),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert!(w.users("").await.is_empty());
+}
+
+#[tokio::test]
+async fn a_missing_group_fails_the_run_naming_the_group_and_the_domain() {
+    let w = world(json!({"sync_group": "No Such Group"})).await;
+    let run = w.sync_domain(&w.domain).await;
+    assert_eq!(run["status"], "failed");
+    let error = run["error"].as_str().unwrap();
+    assert!(
+        error.contains("No Such Group") && error.contains("contoso.onmicrosoft.com"),
+        "{error}"
+    );
+}

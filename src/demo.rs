@@ -1,21 +1,29 @@
-//! `idledger demo`: what the engine does today, end to end on a real data dir.
+//! `idledger demo`: the engine end to end against the Graph simulator.
 //!
-//! It registers a domain, records the discovery and import of a handful of users and one
-//! departure through the event log, lets the projector fold them, verifies the chain and
-//! prints a summary. The Graph-backed demo (sync from the simulator) replaces the
-//! hand-made user events once sync lands.
+//! It starts graphsim with the contoso tenant (built into the binary) on a free loopback
+//! port, and the engine with its HTTP API on another; then, through the API as an admin
+//! would: registers the domain with its credentials, runs a sync, imports the candidates,
+//! and prints a summary. It then serves until Ctrl-C, or exits with `--once`.
 
 use crate::cli::CliError;
-use crate::projector::Projector;
-use crate::store::{AppendRequest, EventLog, ExpectedVersion, SledEventLog};
+use crate::server::{issue_token, start_with, Config};
+use crate::store::EventLog;
+use crate::sync::SyncConfig;
 use clap::Args;
-use idledger_domain::events::*;
-use idledger_domain::*;
+use idledger_domain::{Actor, Role};
 use idledger_replay::Verifier;
+use reqwest::Method;
+use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
-use uuid::Uuid;
+use std::time::{Duration, Instant};
+
+/// The demo tenant, the same file as `fixtures/tenants/contoso.json`.
+const CONTOSO: &str = include_str!("../fixtures/tenants/contoso.json");
+const DOMAIN: &str = "contoso.onmicrosoft.com";
+const TENANT: &str = "6f1a2b3c-4d5e-4f60-8a7b-9c0d1e2f3a4b";
+const CLIENT_ID: &str = "11111111-2222-4333-8444-555555555555";
+const CLIENT_SECRET: &str = "contoso-demo-secret";
 
 /// Options of `idledger demo`.
 #[derive(Args, Debug)]
@@ -23,136 +31,142 @@ pub struct DemoArgs {
     /// Data directory to use (a fresh temporary one when omitted).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Exit after the summary (today the demo always does).
+    /// Exit after the summary instead of serving until Ctrl-C.
     #[arg(long)]
     pub once: bool,
+    /// Address of the engine's API (default: a free loopback port).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: String,
 }
 
-const PEOPLE: [(&str, &str); 8] = [
-    ("Adele", "Vance"),
-    ("Alex", "Wilber"),
-    ("Diego", "Siciliani"),
-    ("Grady", "Archie"),
-    ("Isaiah", "Langer"),
-    ("Johanna", "Lorenz"),
-    ("Lee", "Gu"),
-    ("Megan", "Bowen"),
-];
+/// An admin talking to the demo's own API.
+struct Admin {
+    http: reqwest::Client,
+    url: String,
+    token: String,
+}
 
-async fn put(log: &SledEventLog, stream: StreamId, events: Vec<Event>) -> Result<u64, CliError> {
-    let actor = stream.domain_id().map_or(Actor::Operator, Actor::Sync);
-    let proposed = events
-        .into_iter()
-        .map(|e| ProposedEvent::new(Uuid::now_v7(), actor.clone(), e))
-        .collect();
-    let done = log
-        .append(AppendRequest::new(stream, ExpectedVersion::Any, proposed))
-        .await?;
-    Ok(done.last_position)
+impl Admin {
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, CliError> {
+        let mut req = self
+            .http
+            .request(method.clone(), format!("{}{path}", self.url))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| CliError::Other(format!("{method} {path}: {e}")))?;
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            return Err(CliError::Other(format!("{method} {path}: {status} {body}")));
+        }
+        Ok(body)
+    }
 }
 
 /// Runs the demo.
 pub async fn run(args: DemoArgs) -> Result<ExitCode, CliError> {
-    let temp;
     let dir = match &args.data_dir {
         Some(d) => d.clone(),
         None => {
-            temp = std::env::temp_dir().join(format!("idledger-demo-{}", Uuid::new_v4().simple()));
-            temp
+            std::env::temp_dir().join(format!("idledger-demo-{}", uuid::Uuid::new_v4().simple()))
         }
     };
-    let log = SledEventLog::open(&dir)?;
-    let projector = Projector::start(log.clone());
-    let start = log.head().position;
-    let domain_id = DomainId(Uuid::now_v7());
-    let settings = DomainSettings {
-        auto_password_change_days: Some(30),
-        ..DomainSettings::default()
+    let tenant = graphsim::parse_tenant(CONTOSO).map_err(CliError::Other)?;
+    let (sim_url, _sim) = graphsim::spawn(tenant, graphsim::SimConfig::default()).await?;
+
+    let config = Config {
+        listen: args.listen.clone(),
+        ..Config::default()
     };
-    put(
-        &log,
-        StreamId::domain(domain_id),
-        vec![
-            DomainRegistered {
-                domain_id,
-                name: "contoso.onmicrosoft.com".into(),
-                settings,
-            }
-            .into(),
-            SsoDefaultsChanged {
-                sso: SsoSettings {
-                    enabled: true,
-                    method: SsoMethod::Passwordless,
-                },
-            }
-            .into(),
-        ],
+    let (state, _) = start_with(&dir, &config, SyncConfig::default()).await?;
+    let start = state.log.head().position;
+    // The demo's own admin token: a reused data dir has no bootstrap token to read.
+    let (_, token, position) = issue_token(
+        &state.log,
+        Actor::Operator,
+        Role::Admin,
+        "demo".into(),
+        vec![],
     )
     .await?;
-    let sso = SsoSettings {
-        enabled: true,
-        method: SsoMethod::Passwordless,
-    };
-    let mut last = 0;
-    for (i, (given, surname)) in PEOPLE.iter().enumerate() {
-        let user_id = UserId(Uuid::now_v7());
-        let upn = format!(
-            "{}{}@contoso.onmicrosoft.com",
-            given.to_lowercase(),
-            &surname[..1].to_lowercase()
-        );
-        let mut events: Vec<Event> = vec![UserDiscovered {
-            user_id,
-            domain_id,
-            external_id: Uuid::new_v4().to_string(),
-            attributes: UserAttributes {
-                user_principal_name: upn,
-                display_name: format!("{given} {surname}"),
-                mail: None,
-                given_name: Some((*given).to_owned()),
-                surname: Some((*surname).to_owned()),
-                account_enabled: true,
-            },
-        }
-        .into()];
-        // Six are imported; one of them later leaves the sync group and is deactivated.
-        if i < 6 {
-            events.push(UserImported { sso }.into());
-        }
-        if i == 5 {
-            events.push(
-                MemberLeftSyncGroup {
-                    reason: LeaveReason::LeftGroup,
-                }
-                .into(),
-            );
-            events.push(
-                UserDeactivated {
-                    reason: Some(LeaveReason::LeftGroup),
-                }
-                .into(),
-            );
-        }
-        last = put(&log, StreamId::user(user_id), events).await?;
-    }
-    projector
-        .wait_for(last, Duration::from_secs(10))
+    state
+        .projector
+        .wait_for(position, Duration::from_secs(10))
         .await
         .map_err(|e| CliError::Other(e.to_string()))?;
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .map_err(|e| CliError::Other(format!("cannot listen on {}: {e}", config.listen)))?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let log = state.log.clone();
+    let projector = state.projector.clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(crate::http::serve(listener, state, async {
+        let _ = stopped.await;
+    }));
+    let admin = Admin {
+        http: reqwest::Client::new(),
+        url: url.clone(),
+        token,
+    };
+
+    let domain = register(&admin, &sim_url).await?;
+    let id = domain["id"].as_str().unwrap_or_default().to_owned();
+    let run = sync(&admin, &id).await?;
+    let imported = admin
+        .call(
+            Method::POST,
+            &format!("/v1/domains/{id}/import"),
+            Some(json!({"all": true})),
+        )
+        .await?;
+    projector
+        .wait_for(log.head().position, Duration::from_secs(10))
+        .await
+        .map_err(|e| CliError::Other(e.to_string()))?;
+
     let mut verifier = Verifier::new();
     for r in log.raw_records(1) {
         let (pos, bytes) = r?;
         verifier.push(pos, &bytes);
     }
     let report = verifier.finish();
-    let p = projector.read();
-    let mut by_status = std::collections::BTreeMap::new();
-    for u in p.users.of_domain(domain_id) {
-        *by_status.entry(u.status.as_str()).or_insert(0) += 1;
-    }
+    let by_status = {
+        let p = projector.read();
+        let mut by_status = std::collections::BTreeMap::new();
+        for u in p.users.of_domain(idledger_domain::DomainId(
+            id.parse()
+                .map_err(|_| CliError::Other("bad domain id".into()))?,
+        )) {
+            *by_status.entry(u.status.as_str()).or_insert(0) += 1;
+        }
+        by_status
+    };
+    let ok = report.ok && run["status"] == "succeeded";
     println!("idledger demo");
     println!("  data dir        {}", dir.display());
-    println!("  domain          contoso.onmicrosoft.com ({domain_id})");
+    println!("  graph (sim)     {sim_url}");
+    println!("  domain          {DOMAIN} ({id})");
+    println!(
+        "  sync run        {} {} (added {}, changed {}, left {}, deleted {})",
+        run["run_id"].as_str().unwrap_or_default(),
+        run["status"].as_str().unwrap_or_default(),
+        run["counters"]["added"],
+        run["counters"]["changed"],
+        run["counters"]["left"],
+        run["counters"]["deleted"],
+    );
+    println!("  imported        {}", imported["imported"]);
     for (status, n) in &by_status {
         println!("  users {status:<11} {n}");
     }
@@ -166,11 +180,104 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode, CliError> {
         if report.ok { "ok" } else { "FAILED" }
     );
     println!();
-    println!("Try: idledger log --data-dir {} --limit 3", dir.display());
-    println!("     idledger verify --data-dir {}", dir.display());
-    Ok(if report.ok {
+    println!("  API             {url}");
+    println!("  admin token     {}", admin.token);
+    println!();
+    println!(
+        "Try: curl -H 'Authorization: Bearer {}' {url}/v1/users?status=active",
+        admin.token
+    );
+    println!(
+        "     IDLEDGER_TOKEN={} idledger verify --server {url}",
+        admin.token
+    );
+
+    if !args.once {
+        println!();
+        println!("Serving until Ctrl-C.");
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    let _ = stop.send(());
+    let _ = server.await;
+    log.flush().await?;
+    Ok(if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Registers the demo domain (or points an existing one at this run's simulator).
+async fn register(admin: &Admin, sim_url: &str) -> Result<Value, CliError> {
+    let existing = admin.call(Method::GET, "/v1/domains", None).await?;
+    let found = existing["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|d| d["domain"] == DOMAIN && d["removed"] == false)
+        .cloned();
+    let credentials = json!({
+        "tenant_id": TENANT, "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
+    });
+    let Some(d) = found else {
+        let mut body = json!({
+            "domain": DOMAIN,
+            "graph_url": sim_url,
+            "authority_url": sim_url,
+            "auto_password_change_days": 30,
+        });
+        for (k, v) in credentials.as_object().into_iter().flatten() {
+            body[k] = v.clone();
+        }
+        let d = admin.call(Method::POST, "/v1/domains", Some(body)).await?;
+        let id = d["id"].as_str().unwrap_or_default();
+        admin
+            .call(
+                Method::PUT,
+                &format!("/v1/domains/{id}/sso-defaults"),
+                Some(json!({"enabled": true, "method": "passwordless"})),
+            )
+            .await?;
+        return Ok(d);
+    };
+    let id = d["id"].as_str().unwrap_or_default();
+    admin
+        .call(
+            Method::PATCH,
+            &format!("/v1/domains/{id}"),
+            Some(json!({"graph_url": sim_url, "authority_url": sim_url})),
+        )
+        .await?;
+    admin
+        .call(
+            Method::PUT,
+            &format!("/v1/domains/{id}/credentials"),
+            Some(credentials),
+        )
+        .await
+}
+
+/// Runs a sync and waits for its end.
+async fn sync(admin: &Admin, id: &str) -> Result<Value, CliError> {
+    let started = admin
+        .call(Method::POST, &format!("/v1/domains/{id}/sync"), None)
+        .await?;
+    let run = started["run_id"].as_str().unwrap_or_default().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let r = admin
+            .call(
+                Method::GET,
+                &format!("/v1/domains/{id}/sync-runs/{run}"),
+                None,
+            )
+            .await?;
+        if r["status"] != "running" {
+            return Ok(r);
+        }
+        if Instant::now() > deadline {
+            return Err(CliError::Other(format!("sync run {run} did not finish")));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -190,7 +190,11 @@ pub async fn spawn(dir: Directory, config: SimConfig) -> std::io::Result<(String
 /// Loads a tenant file.
 pub fn load_tenant(path: &std::path::Path) -> Result<Directory, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let file: TenantFile =
-        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    parse_tenant(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Parses a tenant file's text.
+pub fn parse_tenant(text: &str) -> Result<Directory, String> {
+    let file: TenantFile = serde_json::from_str(text).map_err(|e| e.to_string())?;
     Ok(Directory::from_file(file))
 }

@@ -258,8 +258,10 @@ impl Domains {
             Event::DomainSettingsChanged(e) => {
                 if e.settings.sync_group != d.settings.sync_group
                     || e.settings.rotation_group != d.settings.rotation_group
+                    || e.settings.graph_url != d.settings.graph_url
                 {
-                    // Other groups: the old delta link tracks the wrong objects.
+                    // Other groups, or another Graph: the old delta links track the
+                    // wrong objects.
                     d.delta_links = None;
                     d.sync_group_id = None;
                     d.rotation_group_id = None;

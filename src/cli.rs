@@ -97,6 +97,8 @@ enum BenchCommand {
     Replay(crate::bench::ReplayArgs),
     /// GET /v1/users/{id} on a serve process: p99 at a fixed rate, and throughput against a bare axum handler.
     Api(crate::bench_api::ApiArgs),
+    /// A first sync of a large generated group, then an incremental run of known changes.
+    Sync(crate::bench_sync::SyncArgs),
     /// The bare axum handler `bench api` compares against.
     #[command(hide = true)]
     BareServer(crate::bench_api::BareArgs),
@@ -123,6 +125,9 @@ pub fn run() -> ExitCode {
         }
         Command::Bench(BenchCommand::Append(a)) => {
             runtime().and_then(|rt| rt.block_on(crate::bench::append(a)))
+        }
+        Command::Bench(BenchCommand::Sync(a)) => {
+            runtime().and_then(|rt| rt.block_on(crate::bench_sync::sync(a)))
         }
         Command::Bench(BenchCommand::Api(a)) => {
             runtime().and_then(|rt| rt.block_on(crate::bench_api::api(a)))

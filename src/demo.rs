@@ -5,6 +5,7 @@
 //! would: registers the domain with its credentials, runs a sync, imports the candidates,
 //! and prints a summary. It then serves until Ctrl-C, or exits with `--once`.
 
+use crate::api_client::ApiClient;
 use crate::cli::CliError;
 use crate::server::{issue_token, start_with, Config};
 use crate::store::EventLog;
@@ -16,7 +17,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The demo tenant, the same file as `fixtures/tenants/contoso.json`.
 const CONTOSO: &str = include_str!("../fixtures/tenants/contoso.json");
@@ -37,40 +38,6 @@ pub struct DemoArgs {
     /// Address of the engine's API (default: a free loopback port).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub listen: String,
-}
-
-/// An admin talking to the demo's own API.
-struct Admin {
-    http: reqwest::Client,
-    url: String,
-    token: String,
-}
-
-impl Admin {
-    async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> Result<Value, CliError> {
-        let mut req = self
-            .http
-            .request(method.clone(), format!("{}{path}", self.url))
-            .bearer_auth(&self.token);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| CliError::Other(format!("{method} {path}: {e}")))?;
-        let status = resp.status();
-        let body: Value = resp.json().await.unwrap_or(Value::Null);
-        if !status.is_success() {
-            return Err(CliError::Other(format!("{method} {path}: {status} {body}")));
-        }
-        Ok(body)
-    }
 }
 
 /// Runs the demo.
@@ -114,15 +81,11 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode, CliError> {
     let server = tokio::spawn(crate::http::serve(listener, state, async {
         let _ = stopped.await;
     }));
-    let admin = Admin {
-        http: reqwest::Client::new(),
-        url: url.clone(),
-        token,
-    };
+    let admin = ApiClient::new(url.clone(), token);
 
     let domain = register(&admin, &sim_url).await?;
     let id = domain["id"].as_str().unwrap_or_default().to_owned();
-    let run = sync(&admin, &id).await?;
+    let run = admin.sync_and_wait(&id, Duration::from_secs(120)).await?;
     let imported = admin
         .call(
             Method::POST,
@@ -208,7 +171,7 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode, CliError> {
 }
 
 /// Registers the demo domain (or points an existing one at this run's simulator).
-async fn register(admin: &Admin, sim_url: &str) -> Result<Value, CliError> {
+async fn register(admin: &ApiClient, sim_url: &str) -> Result<Value, CliError> {
     let existing = admin.call(Method::GET, "/v1/domains", None).await?;
     let found = existing["items"]
         .as_array()
@@ -255,29 +218,4 @@ async fn register(admin: &Admin, sim_url: &str) -> Result<Value, CliError> {
             Some(credentials),
         )
         .await
-}
-
-/// Runs a sync and waits for its end.
-async fn sync(admin: &Admin, id: &str) -> Result<Value, CliError> {
-    let started = admin
-        .call(Method::POST, &format!("/v1/domains/{id}/sync"), None)
-        .await?;
-    let run = started["run_id"].as_str().unwrap_or_default().to_owned();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let r = admin
-            .call(
-                Method::GET,
-                &format!("/v1/domains/{id}/sync-runs/{run}"),
-                None,
-            )
-            .await?;
-        if r["status"] != "running" {
-            return Ok(r);
-        }
-        if Instant::now() > deadline {
-            return Err(CliError::Other(format!("sync run {run} did not finish")));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }

@@ -3,8 +3,10 @@
 //! `main.rs` only dispatches to [`cli::run`]; integration tests use these modules directly.
 #![forbid(unsafe_code)]
 
+pub mod api_client;
 pub mod bench;
 pub mod bench_api;
+pub mod bench_sync;
 pub mod cli;
 pub mod demo;
 pub mod graph;

@@ -253,3 +253,27 @@ fn demo_syncs_contoso_from_graphsim_and_a_second_run_adds_nothing() {
         .unwrap();
     assert!(out.status.success());
 }
+
+#[test]
+fn bench_sync_reports_both_runs_and_the_serve_process_memory() {
+    let out = idledger()
+        .args(["bench", "sync", "--users", "300", "--changes", "40"])
+        .output()
+        .unwrap();
+    let raw = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{raw} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(raw.trim()).unwrap();
+    assert_eq!(v["bench"], "sync");
+    // 300 generated members and contoso's 29 enabled ones.
+    assert_eq!(v["first_counters"]["added"], 329, "{v}");
+    let c = &v["incremental_counters"];
+    assert_eq!(c["added"], 10, "{v}");
+    assert_eq!(c["left"], 10, "{v}");
+    assert_eq!(c["deleted"], 10, "{v}");
+    assert_eq!(c["changed"], 10, "{v}");
+    assert!(v["serve_rss_mib"].as_f64().unwrap() > 0.0, "{v}");
+}

@@ -1,0 +1,218 @@
+//! `idledger bench sync`: a first sync of a large generated group and an incremental run
+//! carrying a known number of changes, against an in-process graphsim, through the API.
+
+use crate::api_client::ApiClient;
+use crate::cli::CliError;
+use clap::Args;
+use graphsim::tenant::UserEntry;
+use reqwest::Method;
+use serde_json::json;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+const CONTOSO: &str = include_str!("../fixtures/tenants/contoso.json");
+const SYNC_GROUP: &str = "Hideez Users Sync";
+const ROTATION_GROUP: &str = "Hideez Key Auto Password Change";
+
+/// Options of `idledger bench sync`.
+#[derive(Args, Debug)]
+pub struct SyncArgs {
+    /// Generated members of the sync group (besides contoso's own).
+    #[arg(long, default_value_t = 100_000)]
+    pub users: usize,
+    /// Changes the incremental run carries (a mix of new members, leavers, attribute
+    /// changes and disabled accounts).
+    #[arg(long, default_value_t = 1_000)]
+    pub changes: usize,
+    /// Data directory (a fresh temporary one when omitted; it must be empty).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Resident and peak memory of a process, in MiB (Linux; zero elsewhere).
+fn memory_mib(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Runs the benchmark and prints one JSON line.
+pub async fn sync(args: SyncArgs) -> Result<ExitCode, CliError> {
+    let temp = tempfile_dir(&args.data_dir)?;
+    let dir = temp.clone();
+    std::fs::create_dir_all(&dir)?;
+    let mut tenant = graphsim::parse_tenant(CONTOSO).map_err(CliError::Other)?;
+    tenant.generate_users(args.users, SYNC_GROUP, ROTATION_GROUP);
+    let (sim_url, sim) = graphsim::spawn(tenant, graphsim::SimConfig::default()).await?;
+
+    // The engine is a real `serve` process, so its memory is measured alone.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut serve = std::process::Command::new(std::env::current_exe()?)
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(&dir)
+        .env("IDLEDGER_REQUEST_TIMEOUT_SECS", "300")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let result = drive(&args, &url, &dir, &sim_url, &sim, serve.id()).await;
+    let _ = serve.kill();
+    let _ = serve.wait();
+    if args.data_dir.is_none() {
+        let _ = std::fs::remove_dir_all(&temp);
+    }
+    result
+}
+
+/// Waits for the server, then runs both syncs and prints the figures.
+async fn drive(
+    args: &SyncArgs,
+    url: &str,
+    dir: &std::path::Path,
+    sim_url: &str,
+    sim: &graphsim::state::Sim,
+    pid: u32,
+) -> Result<ExitCode, CliError> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let token = loop {
+        let ready = reqwest::get(format!("{url}/healthz")).await.is_ok();
+        if let (true, Ok(t)) = (ready, std::fs::read_to_string(dir.join("admin.token"))) {
+            break t.trim().to_owned();
+        }
+        if Instant::now() > deadline {
+            return Err(CliError::Other("the serve process did not come up".into()));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let api = ApiClient::new(url.to_owned(), token);
+    let domain = api
+        .call(
+            Method::POST,
+            "/v1/domains",
+            Some(json!({
+                "domain": "contoso.onmicrosoft.com",
+                "tenant_id": "6f1a2b3c-4d5e-4f60-8a7b-9c0d1e2f3a4b",
+                "client_id": "11111111-2222-4333-8444-555555555555",
+                "client_secret": "contoso-demo-secret",
+                "graph_url": sim_url,
+                "authority_url": sim_url,
+            })),
+        )
+        .await?;
+    let id = domain["id"].as_str().unwrap_or_default().to_owned();
+    let pb = crate::progress::bar(None, "first sync");
+    pb.enable_steady_tick(Duration::from_millis(200));
+    let t = Instant::now();
+    let first = api.sync_and_wait(&id, Duration::from_secs(600)).await?;
+    let first_s = t.elapsed().as_secs_f64();
+    pb.finish_and_clear();
+    if first["status"] != "succeeded" {
+        return Err(CliError::Other(format!(
+            "the first run did not succeed: {first}"
+        )));
+    }
+
+    // The changes, made in the simulator's directory: a quarter each.
+    {
+        let mut inner = sim.lock();
+        let sync_id = inner
+            .dir
+            .groups
+            .values()
+            .find(|g| g.display_name == SYNC_GROUP)
+            .map(|g| g.id.clone())
+            .unwrap_or_default();
+        let members: Vec<String> = inner
+            .dir
+            .users
+            .keys()
+            .filter(|k| k.starts_with("6e"))
+            .cloned()
+            .collect();
+        let quarter = args.changes / 4;
+        for (i, m) in members.iter().take(args.changes - 3 * quarter).enumerate() {
+            let mut u = inner.dir.users[m].clone();
+            u.display_name = format!("Renamed {i}");
+            inner.put_user(u);
+        }
+        let rest = &members[args.changes - 3 * quarter..];
+        for m in rest.iter().take(quarter) {
+            inner.set_member(&sync_id, m, false);
+        }
+        for m in rest.iter().skip(quarter).take(quarter) {
+            let mut u = inner.dir.users[m].clone();
+            u.account_enabled = false;
+            inner.put_user(u);
+        }
+        for i in 0..quarter {
+            let id = uuid::Uuid::new_v4().to_string();
+            inner.put_user(UserEntry {
+                id: id.clone(),
+                user_principal_name: format!("new{i}@contoso.onmicrosoft.com"),
+                display_name: format!("New Member {i}"),
+                mail: None,
+                given_name: None,
+                surname: None,
+                account_enabled: true,
+                password: None,
+                admin_roles: Vec::new(),
+            });
+            inner.set_member(&sync_id, &id, true);
+        }
+    }
+    let t = Instant::now();
+    let second = api.sync_and_wait(&id, Duration::from_secs(600)).await?;
+    let incremental_s = t.elapsed().as_secs_f64();
+    if second["status"] != "succeeded" {
+        return Err(CliError::Other(format!(
+            "the incremental run did not succeed: {second}"
+        )));
+    }
+    let (rss, peak) = memory_mib(pid);
+    println!(
+        "{}",
+        json!({
+            "bench": "sync",
+            "users": args.users,
+            "first_sync_seconds": first_s,
+            "first_counters": first["counters"],
+            "changes": args.changes,
+            "incremental_seconds": incremental_s,
+            "incremental_counters": second["counters"],
+            "serve_rss_mib": rss,
+            "serve_peak_rss_mib": peak,
+        })
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn tempfile_dir(given: &Option<PathBuf>) -> Result<PathBuf, CliError> {
+    let dir = match given {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir().join(format!(
+            "idledger-bench-sync-{}",
+            uuid::Uuid::new_v4().simple()
+        )),
+    };
+    if dir.exists() && std::fs::read_dir(&dir)?.next().is_some() {
+        return Err(CliError::Other(format!(
+            "{} is not empty: bench sync needs a fresh data dir",
+            dir.display()
+        )));
+    }
+    Ok(dir)
+}

@@ -644,18 +644,24 @@ fn delta_page(
     Json(body).into_response()
 }
 
-/// The start of every delta request: the permission, the round's cursor, its id filter.
+/// The start of every delta request: the permission, the round's cursor, its id filter,
+/// and whether it is a `$deltaToken=latest` round (no entries, only a delta link).
 fn delta_round(
     sim: &Sim,
     headers: &HeaderMap,
     params: &HashMap<String, String>,
     path: &str,
     permissions: &[&str],
-) -> Result<(DeltaCursor, Option<Vec<String>>), GraphFail> {
+) -> Result<(DeltaCursor, Option<Vec<String>>, bool), GraphFail> {
     authorize(sim, headers, permissions)?;
     let cursor = delta_cursor(sim, params, headers, path)?;
     let ids = filter_ids(&cursor.filter);
-    Ok((cursor, ids))
+    let latest = cursor.offset == usize::MAX;
+    let cursor = DeltaCursor {
+        offset: if latest { 0 } else { cursor.offset },
+        ..cursor
+    };
+    Ok((cursor, ids, latest))
 }
 
 /// `GET /v1.0/groups/delta`: membership changes of the filtered groups.
@@ -665,16 +671,12 @@ pub async fn groups_delta(
     Query(params): Params,
     uri: axum::http::Uri,
 ) -> Response {
-    let (cursor, ids) = match delta_round(&sim, &headers, &params, uri.path(), READ_GROUPS) {
+    let (cursor, ids, latest) = match delta_round(&sim, &headers, &params, uri.path(), READ_GROUPS)
+    {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
     let wanted = |g: &str| ids.as_ref().is_none_or(|ids| ids.iter().any(|i| i == g));
-    let latest = cursor.offset == usize::MAX;
-    let cursor = DeltaCursor {
-        offset: if latest { 0 } else { cursor.offset },
-        ..cursor
-    };
     let inner = sim.lock();
     if cursor.full {
         // One entry per member (a group with none has one empty entry); only the page's
@@ -773,7 +775,7 @@ pub async fn users_delta(
     Query(params): Params,
     uri: axum::http::Uri,
 ) -> Response {
-    let (cursor, ids) = match delta_round(&sim, &headers, &params, uri.path(), READ_USERS) {
+    let (cursor, ids, latest) = match delta_round(&sim, &headers, &params, uri.path(), READ_USERS) {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
@@ -784,11 +786,6 @@ pub async fn users_delta(
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty())
         .collect();
-    let latest = cursor.offset == usize::MAX;
-    let cursor = DeltaCursor {
-        offset: if latest { 0 } else { cursor.offset },
-        ..cursor
-    };
     let inner = sim.lock();
     if cursor.full {
         let users: Vec<_> = inner.dir.users.values().filter(|u| wanted(&u.id)).collect();

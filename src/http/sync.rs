@@ -15,6 +15,7 @@ use idledger_domain::{DomainId, Role, StreamId, SyncRunId, SyncTrigger, UserId};
 use idledger_projections::{Projections, SyncRunView, UserStatus};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use std::sync::RwLockReadGuard;
 
 /// A run as the API shows it; `users` only in the detail view.
 pub fn run_json(r: &SyncRunView, with_users: bool) -> Value {
@@ -43,11 +44,21 @@ pub fn run_json(r: &SyncRunView, with_users: bool) -> Value {
     v
 }
 
-fn domain_exists(p: &Projections, id: DomainId) -> Result<(), ApiError> {
-    p.domains
-        .get(id)
-        .map(|_| ())
-        .ok_or_else(|| ApiError::NotFound("domain".into()))
+/// The read path of a domain's collections: the reader's role, `min_position`, and a
+/// read of projections that hold the domain.
+async fn read_domain<'a>(
+    s: &'a AppState,
+    who: &Principal,
+    id: DomainId,
+    min_position: Option<u64>,
+) -> Result<RwLockReadGuard<'a, Projections>, ApiError> {
+    who.require(&[Role::Admin, Role::Auditor])?;
+    s.reach(min_position).await?;
+    let p = s.projector.read();
+    if p.domains.get(id).is_none() {
+        return Err(ApiError::NotFound("domain".into()));
+    }
+    Ok(p)
 }
 
 /// `POST /v1/domains/{id}/sync` query.
@@ -101,10 +112,7 @@ pub async fn list(
     IdPath(id): IdPath,
     ApiQuery(q): ApiQuery<Consistency>,
 ) -> Result<impl IntoResponse, ApiError> {
-    who.require(&[Role::Admin, Role::Auditor])?;
-    s.reach(q.min_position).await?;
-    let p = s.projector.read();
-    domain_exists(&p, DomainId(id))?;
+    let p = read_domain(&s, &who, DomainId(id), q.min_position).await?;
     Ok(page(
         p.domains
             .runs_of(DomainId(id))
@@ -132,11 +140,8 @@ pub async fn get_one(
     Path(raw): Path<(String, String)>,
     ApiQuery(q): ApiQuery<Consistency>,
 ) -> Result<impl IntoResponse, ApiError> {
-    who.require(&[Role::Admin, Role::Auditor])?;
     let (domain, run) = run_path(raw)?;
-    s.reach(q.min_position).await?;
-    let p = s.projector.read();
-    domain_exists(&p, domain)?;
+    let p = read_domain(&s, &who, domain, q.min_position).await?;
     p.domains
         .run(run)
         .filter(|r| r.domain_id == domain)
@@ -171,10 +176,7 @@ pub async fn candidates(
     IdPath(id): IdPath,
     ApiQuery(q): ApiQuery<Consistency>,
 ) -> Result<impl IntoResponse, ApiError> {
-    who.require(&[Role::Admin, Role::Auditor])?;
-    s.reach(q.min_position).await?;
-    let p = s.projector.read();
-    domain_exists(&p, DomainId(id))?;
+    let p = read_domain(&s, &who, DomainId(id), q.min_position).await?;
     Ok(page(
         p.users
             .of_domain(DomainId(id))

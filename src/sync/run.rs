@@ -287,6 +287,16 @@ impl<'a> SyncRun<'a> {
             .client
             .groups_delta(&[g.sync.clone(), g.rotation.clone()], None)
             .await?;
+        // A configured object id that names no group must not read as an empty group
+        // (every user would leave): the round lists every group it covers.
+        for (which, id) in [("sync", &g.sync), ("rotation", &g.rotation)] {
+            if !round.changes.contains_key(id) {
+                return Err(SyncError::Group(format!(
+                    "the {which} group {id} was not found in domain {}",
+                    self.domain.name
+                )));
+            }
+        }
         let members_of = |group: &str| -> HashSet<String> {
             let mut set = HashSet::new();
             for c in round.changes.get(group).into_iter().flatten() {

@@ -13,6 +13,7 @@ pub mod graph;
 pub mod http;
 pub mod inspect;
 pub mod invite;
+pub mod password;
 pub mod progress;
 pub mod projector;
 pub mod secrets;

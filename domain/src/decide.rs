@@ -333,6 +333,8 @@ pub mod user {
         pub sso_override: Option<SsoSettings>,
         /// In scope of the sync group (a member, enabled, existing).
         pub in_sync_group: bool,
+        /// The assigned hardware key.
+        pub key_id: Option<KeyId>,
     }
 
     /// Folds one event of the user's stream.
@@ -343,6 +345,8 @@ pub mod user {
                 s.in_sync_group = true;
             }
             Event::MemberLeftSyncGroup(_) => s.in_sync_group = false,
+            Event::KeyAssigned(e) => s.key_id = Some(e.key_id.clone()),
+            Event::KeyUnassigned(_) => s.key_id = None,
             Event::MemberRejoinedSyncGroup(_) => s.in_sync_group = true,
             Event::UserImported(_) | Event::UserReactivated(_) => s.status = Status::Active,
             Event::UserDeactivated(_) => s.status = Status::Deactivated,
@@ -364,6 +368,10 @@ pub mod user {
         Deactivate,
         /// Import a candidate with these SSO settings (the domain's defaults).
         Import(SsoSettings),
+        /// Assign a hardware key (replacing the one assigned, if any).
+        AssignKey(KeyId),
+        /// Take the hardware key away.
+        UnassignKey,
     }
 
     /// Decides a command.
@@ -371,6 +379,28 @@ pub mod user {
         match (s.status, c) {
             (Status::Unknown, _) => Err(Rejection::NotFound("user")),
             (Status::Deleted, _) => Err(Rejection::Conflict("the user was deleted".into())),
+            (_, UserCommand::AssignKey(k)) if k.0.is_empty() || k.0.len() > 128 => {
+                Err(invalid("key_id", "a key id is 1 to 128 characters"))
+            }
+            (Status::Candidate, UserCommand::AssignKey(_)) => Err(Rejection::Conflict(
+                "a candidate must be imported first".into(),
+            )),
+            (_, UserCommand::AssignKey(k)) => Ok(match &s.key_id {
+                Some(current) if *current == k => vec![],
+                Some(current) => vec![
+                    KeyUnassigned {
+                        key_id: current.clone(),
+                    }
+                    .into(),
+                    KeyAssigned { key_id: k }.into(),
+                ],
+                None => vec![KeyAssigned { key_id: k }.into()],
+            }),
+            (_, UserCommand::UnassignKey) => Ok(s
+                .key_id
+                .iter()
+                .map(|k| KeyUnassigned { key_id: k.clone() }.into())
+                .collect()),
             (Status::Candidate, UserCommand::Import(_)) if !s.in_sync_group => Err(
                 Rejection::Conflict("the user is no longer in the sync group".into()),
             ),
@@ -609,5 +639,63 @@ mod tests {
             decide(&gone, UserCommand::Import(sso)),
             Err(Rejection::Conflict(_))
         ));
+    }
+
+    #[test]
+    fn a_key_is_assigned_replaced_and_unassigned() {
+        use user::*;
+        let discovered: Event = UserDiscovered {
+            user_id: UserId(uuid::Uuid::from_u128(4)),
+            domain_id: DomainId(uuid::Uuid::from_u128(1)),
+            external_id: "x".into(),
+            attributes: UserAttributes::default(),
+        }
+        .into();
+        let key = |k: &str| KeyId(k.into());
+        let candidate = given(evolve, std::slice::from_ref(&discovered));
+        assert!(matches!(
+            decide(&candidate, UserCommand::AssignKey(key("K1"))),
+            Err(Rejection::Conflict(_))
+        ));
+        let imported: Event = UserImported {
+            sso: SsoSettings::default(),
+        }
+        .into();
+        let active = given(evolve, &[discovered.clone(), imported.clone()]);
+        assert!(matches!(
+            decide(&active, UserCommand::AssignKey(key(""))),
+            Err(Rejection::Invalid {
+                field: "key_id",
+                ..
+            })
+        ));
+        assert_eq!(
+            decide(&active, UserCommand::AssignKey(key("K1"))),
+            Ok(vec![KeyAssigned { key_id: key("K1") }.into()])
+        );
+        assert_eq!(decide(&active, UserCommand::UnassignKey), Ok(vec![]));
+        let with_key = given(
+            evolve,
+            &[
+                discovered,
+                imported,
+                KeyAssigned { key_id: key("K1") }.into(),
+            ],
+        );
+        assert_eq!(
+            decide(&with_key, UserCommand::AssignKey(key("K1"))),
+            Ok(vec![])
+        );
+        assert_eq!(
+            decide(&with_key, UserCommand::AssignKey(key("K2"))),
+            Ok(vec![
+                KeyUnassigned { key_id: key("K1") }.into(),
+                KeyAssigned { key_id: key("K2") }.into()
+            ])
+        );
+        assert_eq!(
+            decide(&with_key, UserCommand::UnassignKey),
+            Ok(vec![KeyUnassigned { key_id: key("K1") }.into()])
+        );
     }
 }

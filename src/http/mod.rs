@@ -287,6 +287,20 @@ pub fn operations() -> Vec<Operation> {
             post(users::deactivate),
         ),
         op(
+            M::PUT,
+            "/v1/users/{id}/key",
+            Admin,
+            "Assign a hardware key ({\"key_id\":…})",
+            put(users::put_key),
+        ),
+        op(
+            M::DELETE,
+            "/v1/users/{id}/key",
+            Admin,
+            "Take the user's hardware key away",
+            delete(users::delete_key),
+        ),
+        op(
             M::POST,
             "/v1/users/{id}/invite",
             Admin,

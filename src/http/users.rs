@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::response::IntoResponse;
 use axum::Json;
 use idledger_domain::decide::user::{decide, evolve, UserCommand};
-use idledger_domain::{DomainId, Role, SsoSettings, StreamId, UserId};
+use idledger_domain::{DomainId, KeyId, Role, SsoSettings, StreamId, UserId};
 use idledger_projections::{Projections, UserStatus, UserView};
 use idledger_replay::Until;
 use serde::Deserialize;
@@ -266,4 +266,49 @@ pub async fn deactivate(
     IdPath(id): IdPath,
 ) -> Result<impl IntoResponse, ApiError> {
     run(&s, &who, id, UserCommand::Deactivate).await
+}
+
+/// `PUT /v1/users/{id}/key` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyBody {
+    key_id: String,
+}
+
+/// Assigns a hardware key (one key serves one live user).
+pub async fn put_key(
+    State(s): State<AppState>,
+    who: Principal,
+    IdPath(id): IdPath,
+    ApiJson(b): ApiJson<KeyBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    let holder = {
+        let p = s.projector.read();
+        let holder = p
+            .users
+            .iter_after(None)
+            .find(|u| {
+                u.id.0 != id
+                    && u.status != UserStatus::Deleted
+                    && u.key_id.as_ref().is_some_and(|k| k.0 == b.key_id)
+            })
+            .map(|u| u.id);
+        holder
+    };
+    if let Some(other) = holder {
+        return Err(ApiError::Conflict(format!(
+            "key {} is assigned to user {}; unassign it there first",
+            b.key_id, other.0
+        )));
+    }
+    run(&s, &who, id, UserCommand::AssignKey(KeyId(b.key_id))).await
+}
+
+/// Takes the user's hardware key away.
+pub async fn delete_key(
+    State(s): State<AppState>,
+    who: Principal,
+    IdPath(id): IdPath,
+) -> Result<impl IntoResponse, ApiError> {
+    run(&s, &who, id, UserCommand::UnassignKey).await
 }

@@ -740,3 +740,85 @@ async fn a_missing_group_fails_the_run_naming_the_group_and_the_domain() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn a_configured_group_id_that_names_no_group_fails_the_run_instead_of_emptying_it() {
+    let w = world(json!({"auto_import": true})).await;
+    w.sync().await;
+    let (s, _) = w
+        .admin(
+            Method::PATCH,
+            &format!("/v1/domains/{}", w.domain),
+            Some(json!({"sync_group_id": "a1b2c3d4-0000-4000-8000-0000000000ff"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let run = w.sync_domain(&w.domain).await;
+    assert_eq!(run["status"], "failed", "{run}");
+    assert!(
+        run["error"].as_str().unwrap().contains("0000000000ff"),
+        "{run}"
+    );
+    assert_eq!(w.users("&status=active").await.len(), 29);
+}
+
+#[tokio::test]
+async fn keys_are_assigned_to_imported_users_one_user_per_key() {
+    let w = world(json!({})).await;
+    w.sync().await;
+    let candidate = w.user(1).await.unwrap()["id"].as_str().unwrap().to_owned();
+    let key = |k: &str| Some(json!({"key_id": k}));
+    let (s, _) = w
+        .admin(
+            Method::PUT,
+            &format!("/v1/users/{candidate}/key"),
+            key("K1"),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "candidates are imported first");
+    w.import_all().await;
+    let one = candidate;
+    let two = w.user(2).await.unwrap()["id"].as_str().unwrap().to_owned();
+    let (s, body) = w
+        .admin(Method::PUT, &format!("/v1/users/{one}/key"), key("K1"))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body["key_id"], "K1");
+    let (s, body) = w
+        .admin(Method::PUT, &format!("/v1/users/{two}/key"), key("K1"))
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{body}");
+    let (s, body) = w
+        .admin(Method::PUT, &format!("/v1/users/{one}/key"), key("K2"))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body["key_id"], "K2");
+    let (s, body) = w
+        .admin(Method::PUT, &format!("/v1/users/{two}/key"), key(""))
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let (s, body) = w
+        .admin(Method::DELETE, &format!("/v1/users/{one}/key"), None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body["key_id"], Value::Null);
+    let (_, events) = w
+        .admin(Method::GET, &format!("/v1/users/{one}/events"), None)
+        .await;
+    let kinds: Vec<&str> = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .filter(|k| k.starts_with("Key"))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "KeyAssigned",
+            "KeyUnassigned",
+            "KeyAssigned",
+            "KeyUnassigned"
+        ]
+    );
+}

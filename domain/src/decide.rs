@@ -430,6 +430,16 @@ mod tests {
         past.iter().fold(S::default(), evolve)
     }
 
+    fn discovered() -> Event {
+        UserDiscovered {
+            user_id: UserId(uuid::Uuid::from_u128(4)),
+            domain_id: DomainId(uuid::Uuid::from_u128(1)),
+            external_id: "x".into(),
+            attributes: UserAttributes::default(),
+        }
+        .into()
+    }
+
     fn registered() -> Event {
         DomainRegistered {
             domain_id: DomainId(uuid::Uuid::from_u128(1)),
@@ -564,13 +574,7 @@ mod tests {
     #[test]
     fn only_deactivated_users_are_activated() {
         use user::*;
-        let discovered: Event = UserDiscovered {
-            user_id: UserId(uuid::Uuid::from_u128(4)),
-            domain_id: DomainId(uuid::Uuid::from_u128(1)),
-            external_id: "x".into(),
-            attributes: UserAttributes::default(),
-        }
-        .into();
+        let discovered = discovered();
         let imported: Event = UserImported {
             sso: SsoSettings::default(),
         }
@@ -607,13 +611,7 @@ mod tests {
     #[test]
     fn only_candidates_in_the_sync_group_are_imported() {
         use user::*;
-        let discovered: Event = UserDiscovered {
-            user_id: UserId(uuid::Uuid::from_u128(4)),
-            domain_id: DomainId(uuid::Uuid::from_u128(1)),
-            external_id: "x".into(),
-            attributes: UserAttributes::default(),
-        }
-        .into();
+        let discovered = discovered();
         let sso = SsoSettings {
             enabled: true,
             method: SsoMethod::Passwordless,
@@ -644,13 +642,7 @@ mod tests {
     #[test]
     fn a_key_is_assigned_replaced_and_unassigned() {
         use user::*;
-        let discovered: Event = UserDiscovered {
-            user_id: UserId(uuid::Uuid::from_u128(4)),
-            domain_id: DomainId(uuid::Uuid::from_u128(1)),
-            external_id: "x".into(),
-            attributes: UserAttributes::default(),
-        }
-        .into();
+        let discovered = discovered();
         let key = |k: &str| KeyId(k.into());
         let candidate = given(evolve, std::slice::from_ref(&discovered));
         assert!(matches!(

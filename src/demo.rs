@@ -7,6 +7,7 @@
 
 use crate::api_client::ApiClient;
 use crate::cli::CliError;
+use crate::rotation::RotationConfig;
 use crate::server::{issue_token, start_with, Config};
 use crate::store::EventLog;
 use crate::sync::SyncConfig;
@@ -55,7 +56,13 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode, CliError> {
         listen: args.listen.clone(),
         ..Config::default()
     };
-    let (state, _) = start_with(&dir, &config, SyncConfig::default()).await?;
+    let (state, _) = start_with(
+        &dir,
+        &config,
+        SyncConfig::default(),
+        RotationConfig::default(),
+    )
+    .await?;
     let start = state.log.head().position;
     // The demo's own admin token: a reused data dir has no bootstrap token to read.
     let (_, token, position) = issue_token(

@@ -16,6 +16,7 @@ pub mod invite;
 pub mod password;
 pub mod progress;
 pub mod projector;
+pub mod rotation;
 pub mod secrets;
 pub mod server;
 pub mod store;

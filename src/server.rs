@@ -4,6 +4,7 @@
 use crate::cli::CliError;
 use crate::http::{self, new_token_text, token_hash, AppState, Metrics};
 use crate::projector::Projector;
+use crate::rotation::{RotationConfig, RotationService};
 use crate::secrets::{write_private, Keyring, MasterKey};
 use crate::store::{AppendRequest, EventLog, ExpectedVersion, SledEventLog};
 use crate::sync::{Engine, SyncConfig, SyncService};
@@ -46,6 +47,21 @@ pub struct Config {
     pub request_timeout_secs: u64,
     /// The SMTP relay for invites; without it invites go to `<data-dir>/outbox/`.
     pub smtp: Option<crate::invite::SmtpConfig>,
+    /// Seconds between the rotation scheduler's looks for due and unfinished rotations.
+    pub rotation_check_secs: u64,
+    /// Seconds before the first retry of a rotation whose outcome is unknown (doubling).
+    pub rotation_retry_secs: f64,
+}
+
+impl Config {
+    /// The rotation scheduler's settings.
+    pub fn rotation(&self) -> RotationConfig {
+        RotationConfig {
+            check_every: Duration::from_secs(self.rotation_check_secs.max(1)),
+            retry_delay: Duration::from_secs_f64(self.rotation_retry_secs.max(0.0)),
+            ..RotationConfig::default()
+        }
+    }
 }
 
 impl Default for Config {
@@ -55,6 +71,8 @@ impl Default for Config {
             log_format: "text".into(),
             request_timeout_secs: 30,
             smtp: None,
+            rotation_check_secs: 60,
+            rotation_retry_secs: 2.0,
         }
     }
 }
@@ -80,6 +98,16 @@ impl Config {
         if let Ok(v) = std::env::var("IDLEDGER_REQUEST_TIMEOUT_SECS") {
             c.request_timeout_secs = v.parse().map_err(|_| {
                 CliError::Other("IDLEDGER_REQUEST_TIMEOUT_SECS must be a number of seconds".into())
+            })?;
+        }
+        if let Ok(v) = std::env::var("IDLEDGER_ROTATION_CHECK_SECS") {
+            c.rotation_check_secs = v.parse().map_err(|_| {
+                CliError::Other("IDLEDGER_ROTATION_CHECK_SECS must be a number of seconds".into())
+            })?;
+        }
+        if let Ok(v) = std::env::var("IDLEDGER_ROTATION_RETRY_SECS") {
+            c.rotation_retry_secs = v.parse().map_err(|_| {
+                CliError::Other("IDLEDGER_ROTATION_RETRY_SECS must be a number of seconds".into())
             })?;
         }
         if let Some(v) = &args.listen {
@@ -145,7 +173,13 @@ pub async fn start(
         request_timeout_secs: request_timeout.as_secs().max(1),
         ..Config::default()
     };
-    start_with(data_dir, &config, SyncConfig::default()).await
+    start_with(
+        data_dir,
+        &config,
+        SyncConfig::default(),
+        RotationConfig::default(),
+    )
+    .await
 }
 
 /// Opens everything `serve` needs and starts the sync workers. On a log with no live
@@ -155,6 +189,7 @@ pub async fn start_with(
     data_dir: &Path,
     config: &Config,
     sync: SyncConfig,
+    rotation: RotationConfig,
 ) -> Result<(AppState, Option<PathBuf>), CliError> {
     let request_timeout = Duration::from_secs(config.request_timeout_secs);
     let mailer = crate::invite::Mailer::new(config.smtp.as_ref(), data_dir)
@@ -197,6 +232,15 @@ pub async fn start_with(
         sync,
     );
     sync.supervise();
+    let rotation = RotationService::start(
+        Engine {
+            log: log.clone(),
+            projector: projector.clone(),
+            keyring: keyring.clone(),
+        },
+        sync.clone(),
+        rotation,
+    );
     let state = AppState {
         log,
         projector,
@@ -205,6 +249,7 @@ pub async fn start_with(
         request_timeout,
         sync,
         mailer: Arc::new(mailer),
+        rotation,
     };
     Ok((state, bootstrap))
 }
@@ -230,7 +275,13 @@ async fn shutdown_signal() {
 
 /// Runs `idledger serve`.
 pub async fn serve(args: ServeArgs, config: Config) -> Result<ExitCode, CliError> {
-    let (state, _) = start_with(&args.data_dir, &config, SyncConfig::default()).await?;
+    let (state, _) = start_with(
+        &args.data_dir,
+        &config,
+        SyncConfig::default(),
+        config.rotation(),
+    )
+    .await?;
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .map_err(|e| CliError::Other(format!("cannot listen on {}: {e}", config.listen)))?;

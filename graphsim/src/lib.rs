@@ -147,6 +147,7 @@ fn fault_response(status: StatusCode, retry_after: Option<f64>) -> Response {
         504 => "gatewayTimeout",
         401 => "InvalidAuthenticationToken",
         403 => "Authorization_RequestDenied",
+        400 => "Request_BadRequest",
         _ => "generalException",
     };
     let mut r = graph::graph_error(status, code, "Injected by graphsim.");

@@ -6,6 +6,7 @@ mod domains;
 mod error;
 mod events;
 mod meta;
+mod rotation;
 mod sync;
 mod tokens;
 mod users;
@@ -56,6 +57,8 @@ pub struct AppState {
     pub sync: crate::sync::SyncService,
     /// Where invites go.
     pub mailer: Arc<crate::invite::Mailer>,
+    /// The rotation scheduler and protocol.
+    pub rotation: crate::rotation::RotationService,
 }
 
 /// Who may call a route.
@@ -67,6 +70,8 @@ pub enum Access {
     Admin,
     /// Admins and auditors.
     Read,
+    /// Workstation agents (their own keys' writes only).
+    Agent,
 }
 
 /// One operation of the API: the router and the OpenAPI document are both built from the
@@ -302,6 +307,48 @@ pub fn operations() -> Vec<Operation> {
         ),
         op(
             M::POST,
+            "/v1/users/{id}/rotate",
+            Admin,
+            "Rotate the user's password now (202 with rotation_id)",
+            post(rotation::rotate),
+        ),
+        op(
+            M::GET,
+            "/v1/users/{id}/password-history",
+            Read,
+            "Every rotation of the user's password (never a password)",
+            get(rotation::history),
+        ),
+        op(
+            M::POST,
+            "/v1/users/{id}/password/reveal",
+            Admin,
+            "Break-glass: the current password, recorded with the reason",
+            post(rotation::reveal),
+        ),
+        op(
+            M::GET,
+            "/v1/rotations/upcoming",
+            Read,
+            "Who rotates when (within_days)",
+            get(rotation::upcoming),
+        ),
+        op(
+            M::GET,
+            "/v1/agent/key-writes",
+            Agent,
+            "Pending key writes for this agent's keys, oldest first, with the passwords",
+            get(rotation::key_writes),
+        ),
+        op(
+            M::POST,
+            "/v1/agent/key-writes/{id}/ack",
+            Agent,
+            "Acknowledge a key write ({\"result\":\"written\"|\"failed\",\"detail\":…})",
+            post(rotation::ack),
+        ),
+        op(
+            M::POST,
             "/v1/users/{id}/invite",
             Admin,
             "Send the user an invite",
@@ -362,6 +409,7 @@ async fn check_access(
         Access::Open => return next.run(Request::from_parts(parts, body)).await,
         Access::Admin => &[Role::Admin],
         Access::Read => &[Role::Admin, Role::Auditor],
+        Access::Agent => &[Role::Agent],
     };
     match Principal::from_request_parts(&mut parts, &state).await {
         Ok(who) => match who.require(allowed) {
@@ -390,6 +438,7 @@ pub fn openapi_document() -> serde_json::Value {
             Access::Open => "none",
             Access::Admin => "admin",
             Access::Read => "admin, auditor",
+            Access::Agent => "agent",
         };
         let entry = paths
             .entry(o.path.to_owned())

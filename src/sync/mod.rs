@@ -258,8 +258,24 @@ impl SyncService {
         }
     }
 
+    /// The Graph client of `domain`'s worker and a receiver that turns true when the
+    /// worker is cancelled (its credentials removed or replaced); `None` without a worker.
+    pub fn client(&self, domain: DomainId) -> Option<(Arc<GraphClient>, watch::Receiver<bool>)> {
+        self.supervise_if_missing(domain);
+        let workers = self.workers();
+        workers
+            .get(&domain)
+            .map(|w| (w.client.clone(), w.cancel.subscribe()))
+    }
+
+    fn supervise_if_missing(&self, domain: DomainId) {
+        if !self.workers().contains_key(&domain) {
+            self.supervise();
+        }
+    }
+
     /// Why `domain` has no worker, as an error.
-    fn no_worker(&self, domain: DomainId) -> SyncError {
+    pub fn no_worker(&self, domain: DomainId) -> SyncError {
         let p = self.inner.engine.projector.read();
         match p.domains.get(domain) {
             None => SyncError::NotFound("domain"),
@@ -515,7 +531,8 @@ impl SyncService {
     }
 }
 
-async fn wait_cancelled(mut rx: watch::Receiver<bool>) {
+/// Resolves when the worker is cancelled; never when it is dropped without a cancel.
+pub async fn wait_cancelled(mut rx: watch::Receiver<bool>) {
     if rx.wait_for(|c| *c).await.is_err() {
         // The worker is gone without a cancel: never fire.
         std::future::pending::<()>().await;

@@ -20,9 +20,20 @@ pub struct App {
 
 pub async fn spawn_app() -> App {
     let dir = tempfile::tempdir().unwrap();
-    let (state, bootstrap) = idledger::server::start(dir.path(), Duration::from_secs(30))
-        .await
-        .unwrap();
+    // Rotation ticks fast, so tests of scheduled rotations take a fraction of a second.
+    let rotation = idledger::rotation::RotationConfig {
+        check_every: Duration::from_millis(100),
+        max_attempts: 4,
+        retry_delay: Duration::from_millis(50),
+    };
+    let (state, bootstrap) = idledger::server::start_with(
+        dir.path(),
+        &idledger::server::Config::default(),
+        idledger::sync::SyncConfig::default(),
+        rotation,
+    )
+    .await
+    .unwrap();
     let admin = std::fs::read_to_string(bootstrap.expect("a bootstrap token on a new data dir"))
         .unwrap()
         .trim()

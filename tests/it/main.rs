@@ -6,5 +6,6 @@ mod cli;
 mod crash;
 mod graph;
 mod log;
+mod rotation;
 mod support;
 mod sync;

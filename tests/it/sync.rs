@@ -7,12 +7,12 @@ use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-const TENANT: &str = "6f1a2b3c-4d5e-4f60-8a7b-9c0d1e2f3a4b";
-const APP: &str = "11111111-2222-4333-8444-555555555555";
-const SECRET: &str = "contoso-demo-secret";
-const SYNC: &str = "a1b2c3d4-0000-4000-8000-000000000001";
+pub const TENANT: &str = "6f1a2b3c-4d5e-4f60-8a7b-9c0d1e2f3a4b";
+pub const APP: &str = "11111111-2222-4333-8444-555555555555";
+pub const SECRET: &str = "contoso-demo-secret";
+pub const SYNC: &str = "a1b2c3d4-0000-4000-8000-000000000001";
 
-fn ext(n: u32) -> String {
+pub fn ext(n: u32) -> String {
     format!("c0a80000-0000-4000-8000-{n:012}")
 }
 
@@ -21,13 +21,13 @@ fn contoso_candidates() -> BTreeSet<String> {
     (1..=30).filter(|n| *n != 29).map(ext).collect()
 }
 
-struct World {
-    app: App,
-    sim: String,
-    domain: String,
+pub struct World {
+    pub app: App,
+    pub sim: String,
+    pub domain: String,
 }
 
-async fn sim() -> String {
+pub async fn sim() -> String {
     let dir = load_tenant(
         &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/tenants/contoso.json"),
     )
@@ -40,7 +40,7 @@ async fn sim() -> String {
     graphsim::spawn(dir, config).await.unwrap().0
 }
 
-fn domain_body(name: &str, sim: &str, secret: &str, settings: &Value) -> Value {
+pub fn domain_body(name: &str, sim: &str, secret: &str, settings: &Value) -> Value {
     let mut body = json!({
         "domain": name,
         "tenant_id": TENANT,
@@ -55,7 +55,7 @@ fn domain_body(name: &str, sim: &str, secret: &str, settings: &Value) -> Value {
     body
 }
 
-async fn world(settings: Value) -> World {
+pub async fn world(settings: Value) -> World {
     let sim = sim().await;
     let app = spawn_app().await;
     let (s, d) = app
@@ -80,14 +80,19 @@ async fn world(settings: Value) -> World {
 }
 
 impl World {
-    async fn admin(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    pub async fn admin(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         self.app
             .call(Some(&self.app.admin), method, path, body)
             .await
     }
 
     /// Starts a run and waits for its end.
-    async fn sync_domain(&self, domain: &str) -> Value {
+    pub async fn sync_domain(&self, domain: &str) -> Value {
         let (s, started) = self
             .admin(Method::POST, &format!("/v1/domains/{domain}/sync"), None)
             .await;
@@ -111,13 +116,13 @@ impl World {
         }
     }
 
-    async fn sync(&self) -> Value {
+    pub async fn sync(&self) -> Value {
         let run = self.sync_domain(&self.domain).await;
         assert_ne!(run["status"], "failed", "{run}");
         run
     }
 
-    async fn sim(&self, method: Method, path: &str, body: Option<Value>) {
+    pub async fn sim(&self, method: Method, path: &str, body: Option<Value>) {
         let mut req = reqwest::Client::new().request(method, format!("{}{path}", self.sim));
         if let Some(b) = body {
             req = req.json(&b);
@@ -126,7 +131,7 @@ impl World {
         assert!(r.status().is_success(), "{path}: {}", r.status());
     }
 
-    async fn leave(&self, n: u32) {
+    pub async fn leave(&self, n: u32) {
         self.sim(
             Method::DELETE,
             &format!("/_sim/groups/{SYNC}/members/{}", ext(n)),
@@ -135,7 +140,7 @@ impl World {
         .await;
     }
 
-    async fn join(&self, n: u32) {
+    pub async fn join(&self, n: u32) {
         self.sim(
             Method::POST,
             &format!("/_sim/groups/{SYNC}/members/{}", ext(n)),
@@ -145,7 +150,7 @@ impl World {
     }
 
     /// Users of the domain, by Entra object id (deleted ones too with `include_deleted`).
-    async fn users(&self, query: &str) -> Vec<Value> {
+    pub async fn users(&self, query: &str) -> Vec<Value> {
         let (s, body) = self
             .admin(
                 Method::GET,
@@ -157,19 +162,19 @@ impl World {
         body["items"].as_array().unwrap().clone()
     }
 
-    async fn user(&self, n: u32) -> Option<Value> {
+    pub async fn user(&self, n: u32) -> Option<Value> {
         self.users("")
             .await
             .into_iter()
             .find(|u| u["external_id"] == ext(n).as_str())
     }
 
-    async fn head(&self) -> u64 {
+    pub async fn head(&self) -> u64 {
         self.app.head()
     }
 
     /// Kinds of the user events appended after `from`.
-    async fn user_events_after(&self, from: u64) -> Vec<String> {
+    pub async fn user_events_after(&self, from: u64) -> Vec<String> {
         let (s, body) = self
             .admin(
                 Method::GET,
@@ -187,7 +192,7 @@ impl World {
             .collect()
     }
 
-    async fn import_all(&self) {
+    pub async fn import_all(&self) {
         let (s, body) = self
             .admin(
                 Method::POST,

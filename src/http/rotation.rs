@@ -1,0 +1,337 @@
+//! Rotation over the API: manual rotation, password history, the upcoming schedule,
+//! break-glass reveal, and the agents' key writes. A password leaves the engine only in
+//! the answers of `reveal` and `GET /v1/agent/key-writes`, each time after the event that
+//! records it is durable.
+
+use super::auth::Principal;
+use super::error::{ApiError, ApiJson, ApiQuery, IdPath};
+use super::{page, AppState};
+use crate::rotation::{facts, RotationError};
+use crate::store::{AppendRequest, EventLog, ExpectedVersion};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::Json;
+use chrono::Utc;
+use idledger_domain::events::{
+    KeyWriteConfirmed, KeyWriteDelivered, KeyWriteFailed, PasswordRevealed,
+};
+use idledger_domain::{Event, KeyWriteId, ProposedEvent, Role, StreamId, UserId};
+use idledger_projections::{RotationOutcome, UserStatus};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+impl From<RotationError> for ApiError {
+    fn from(e: RotationError) -> Self {
+        match e {
+            RotationError::NotFound(what) => ApiError::NotFound(what.to_owned()),
+            RotationError::Conflict(m) => ApiError::Conflict(m),
+            RotationError::Append(a) => a.into(),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+async fn append_one(
+    s: &AppState,
+    user: UserId,
+    who: &Principal,
+    correlation: Option<uuid::Uuid>,
+    event: Event,
+) -> Result<u64, ApiError> {
+    let proposed = ProposedEvent {
+        correlation_id: correlation,
+        ..ProposedEvent::new(uuid::Uuid::now_v7(), who.actor(), event)
+    };
+    let done = s
+        .log
+        .append(AppendRequest::new(
+            StreamId::user(user),
+            ExpectedVersion::Any,
+            vec![proposed],
+        ))
+        .await?;
+    Ok(done.last_position)
+}
+
+/// Starts a rotation now: 202 with its id.
+pub async fn rotate(
+    State(s): State<AppState>,
+    who: Principal,
+    IdPath(id): IdPath,
+) -> Result<impl IntoResponse, ApiError> {
+    who.require(&[Role::Admin])?;
+    let (rotation_id, position) = s.rotation.start_manual(UserId(id), who.actor()).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"rotation_id": rotation_id, "position": position})),
+    ))
+}
+
+/// Every rotation of the user, oldest first: times, reason, outcome, Graph's code, actor,
+/// key-write state. Never a password.
+pub async fn history(
+    State(s): State<AppState>,
+    who: Principal,
+    IdPath(id): IdPath,
+    ApiQuery(q): ApiQuery<super::Consistency>,
+) -> Result<impl IntoResponse, ApiError> {
+    who.require(&[Role::Admin, Role::Auditor])?;
+    s.reach(q.min_position).await?;
+    let p = s.projector.read();
+    let user = UserId(id);
+    let u = p
+        .users
+        .get(user)
+        .ok_or_else(|| ApiError::NotFound("user".into()))?;
+    let items: Vec<Value> = p
+        .rotations
+        .of_user(user)
+        .map(|r| {
+            json!({
+                "rotation_id": r.rotation_id,
+                "reason": r.reason,
+                "actor": r.actor,
+                "started_at": r.started_at,
+                "finished_at": r.finished_at,
+                "outcome": r.outcome,
+                "retries": r.retries,
+                "graph_code": r.graph_code,
+                "error": r.error,
+                "current": u.current_rotation == Some(r.rotation_id),
+                "key_write_id": r.key_write_id,
+                "key_write_state": r.key_write_state,
+                "reveals": r.reveals,
+            })
+        })
+        .collect();
+    Ok(page(items, None))
+}
+
+/// `POST /v1/users/{id}/password/reveal` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevealBody {
+    reason: String,
+}
+
+/// Break-glass: records the reveal with its reason, then answers the current password
+/// (and, when the last rotation's outcome is unknown, that rotation's candidate too).
+pub async fn reveal(
+    State(s): State<AppState>,
+    who: Principal,
+    IdPath(id): IdPath,
+    ApiJson(b): ApiJson<RevealBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    who.require(&[Role::Admin])?;
+    let reason = b.reason.trim().to_owned();
+    if reason.is_empty() || reason.len() > 1000 {
+        return Err(ApiError::Unprocessable(
+            "reason: say why, in 1 to 1000 characters".into(),
+        ));
+    }
+    let user = UserId(id);
+    let stream = StreamId::user(user);
+    let (current, candidate) = {
+        let p = s.projector.read();
+        let u = p
+            .users
+            .get(user)
+            .filter(|u| u.status != UserStatus::Deleted)
+            .ok_or_else(|| ApiError::NotFound("user".into()))?;
+        let current = u
+            .current_rotation
+            .and_then(|r| p.rotations.get(r))
+            .map(|r| (r.rotation_id, r.sealed_password.clone()))
+            .ok_or_else(|| {
+                ApiError::Conflict("the engine holds no password of this user yet".into())
+            })?;
+        let candidate = p
+            .rotations
+            .of_user(user)
+            .filter(|r| r.outcome == RotationOutcome::Unknown)
+            .last()
+            .filter(|_| u.needs_attention)
+            .map(|r| (r.rotation_id, r.sealed_password.clone()));
+        (current, candidate)
+    };
+    let password = s.keyring.unseal(&stream, &current.1)?;
+    let candidate = candidate
+        .map(|(id, sealed)| s.keyring.unseal(&stream, &sealed).map(|p| (id, p)))
+        .transpose()?;
+    let position = append_one(
+        &s,
+        user,
+        &who,
+        Some(current.0 .0),
+        PasswordRevealed {
+            rotation_id: current.0,
+            reason,
+        }
+        .into(),
+    )
+    .await?;
+    Ok(Json(json!({
+        "user_id": user,
+        "rotation_id": current.0,
+        "password": password.expose(),
+        "unconfirmed_candidate": candidate.as_ref().map(|(id, p)| json!({"rotation_id": id, "password": p.expose()})),
+        "position": position,
+    })))
+}
+
+/// `GET /v1/rotations/upcoming` query.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpcomingQuery {
+    within_days: Option<u32>,
+    min_position: Option<u64>,
+}
+
+/// Who rotates when, within `within_days` (default 7), soonest first.
+pub async fn upcoming(
+    State(s): State<AppState>,
+    who: Principal,
+    ApiQuery(q): ApiQuery<UpcomingQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    who.require(&[Role::Admin, Role::Auditor])?;
+    let days = q.within_days.unwrap_or(7);
+    if days > 3650 {
+        return Err(ApiError::BadRequest("within_days: 0 to 3650".into()));
+    }
+    s.reach(q.min_position).await?;
+    let now = Utc::now();
+    let until = now + chrono::Duration::days(i64::from(days));
+    let p = s.projector.read();
+    let mut items: Vec<(chrono::DateTime<Utc>, Value)> = p
+        .users
+        .iter_after(None)
+        .filter_map(|u| {
+            let (at, reason) = facts(&p, u).next_due(now)?;
+            (at <= until).then(|| {
+                (
+                    at,
+                    json!({
+                        "user_id": u.id,
+                        "domain_id": u.domain_id,
+                        "user_principal_name": u.attributes.user_principal_name,
+                        "due_at": at,
+                        "reason": reason,
+                    }),
+                )
+            })
+        })
+        .collect();
+    items.sort_by_key(|(at, _)| *at);
+    Ok(page(items.into_iter().map(|(_, v)| v).collect(), None))
+}
+
+/// The agent's pending key writes, oldest first, with the passwords. Each delivery is
+/// recorded before the answer leaves.
+pub async fn key_writes(
+    State(s): State<AppState>,
+    who: Principal,
+) -> Result<impl IntoResponse, ApiError> {
+    who.require(&[Role::Agent])?;
+    let writes: Vec<_> = {
+        let p = s.projector.read();
+        p.key_writes
+            .pending_for(&who.key_ids)
+            .filter_map(|w| {
+                let u = p.users.get(w.user_id)?;
+                let r = p.rotations.get(w.rotation_id)?;
+                Some((
+                    w.id,
+                    w.user_id,
+                    w.key_id.clone(),
+                    w.rotation_id,
+                    u.attributes.user_principal_name.clone(),
+                    u.attributes.display_name.clone(),
+                    r.sealed_password.clone(),
+                ))
+            })
+            .collect()
+    };
+    let mut items = Vec::with_capacity(writes.len());
+    for (id, user, key, rotation, upn, name, sealed) in writes {
+        let password = s.keyring.unseal(&StreamId::user(user), &sealed)?;
+        append_one(
+            &s,
+            user,
+            &who,
+            Some(rotation.0),
+            KeyWriteDelivered { key_write_id: id }.into(),
+        )
+        .await?;
+        items.push(json!({
+            "id": id,
+            "key_id": key,
+            "user_principal_name": upn,
+            "display_name": name,
+            "password": password.expose(),
+            "rotation_id": rotation,
+        }));
+    }
+    Ok(page(items, None))
+}
+
+/// `POST /v1/agent/key-writes/{id}/ack` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AckBody {
+    result: AckResult,
+    #[serde(default)]
+    detail: String,
+}
+
+/// What the agent did with a write.
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AckResult {
+    /// The key holds the password.
+    Written,
+    /// The key could not be written.
+    Failed,
+}
+
+/// Records the agent's acknowledgement of one of its writes.
+pub async fn ack(
+    State(s): State<AppState>,
+    who: Principal,
+    IdPath(id): IdPath,
+    ApiJson(b): ApiJson<AckBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    who.require(&[Role::Agent])?;
+    if b.detail.len() > 2000 {
+        return Err(ApiError::Unprocessable(
+            "detail: at most 2000 characters".into(),
+        ));
+    }
+    let id = KeyWriteId(id);
+    let (user, rotation) = {
+        let p = s.projector.read();
+        // Another key's write is not found: an agent learns nothing of other keys.
+        let w = p
+            .key_writes
+            .get(id)
+            .filter(|w| who.key_ids.contains(&w.key_id))
+            .ok_or_else(|| ApiError::NotFound("key write".into()))?;
+        if !w.is_pending() {
+            return Err(ApiError::Conflict(format!(
+                "the key write is {:?} already",
+                w.state
+            )));
+        }
+        (w.user_id, w.rotation_id)
+    };
+    let event: Event = match b.result {
+        AckResult::Written => KeyWriteConfirmed { key_write_id: id }.into(),
+        AckResult::Failed => KeyWriteFailed {
+            key_write_id: id,
+            detail: b.detail,
+        }
+        .into(),
+    };
+    let position = append_one(&s, user, &who, Some(rotation.0), event).await?;
+    Ok(Json(json!({"id": id, "position": position})))
+}

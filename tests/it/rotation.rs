@@ -1,0 +1,391 @@
+//! Password rotation and key writes: the real server and graphsim on loopback, over HTTP.
+
+use crate::sync::{ext, world, World, APP};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+impl World {
+    /// The engine's id of contoso user `n`.
+    async fn id(&self, n: u32) -> String {
+        self.user(n).await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    async fn assign_key(&self, n: u32, key: &str) -> String {
+        let id = self.id(n).await;
+        let (s, body) = self
+            .admin(
+                Method::PUT,
+                &format!("/v1/users/{id}/key"),
+                Some(json!({"key_id": key})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        id
+    }
+
+    async fn history(&self, id: &str) -> Vec<Value> {
+        let (s, body) = self
+            .admin(
+                Method::GET,
+                &format!("/v1/users/{id}/password-history"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        body["items"].as_array().unwrap().clone()
+    }
+
+    /// Waits until the user has `n` rotations and none is pending; returns the history.
+    async fn rotations_settled(&self, id: &str, n: usize) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let h = self.history(id).await;
+            if h.len() >= n && h.iter().all(|r| r["outcome"] != "pending") {
+                return h;
+            }
+            assert!(Instant::now() < deadline, "rotations of {id}: {h:?}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    async fn rotate(&self, id: &str) -> String {
+        let (s, body) = self
+            .admin(Method::POST, &format!("/v1/users/{id}/rotate"), None)
+            .await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{body}");
+        body["rotation_id"].as_str().unwrap().to_owned()
+    }
+
+    async fn reveal(&self, id: &str) -> Value {
+        let (s, body) = self
+            .admin(
+                Method::POST,
+                &format!("/v1/users/{id}/password/reveal"),
+                Some(json!({"reason": "test"})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        body
+    }
+
+    async fn sim_password(&self, n: u32) -> String {
+        let v: Value = reqwest::get(format!("{}/_sim/users/{}/password", self.sim, ext(n)))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["password"].as_str().unwrap().to_owned()
+    }
+
+    async fn kinds(&self, id: &str) -> Vec<String> {
+        let (_, events) = self
+            .admin(Method::GET, &format!("/v1/users/{id}/events"), None)
+            .await;
+        events["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["kind"].as_str().unwrap().to_owned())
+            .collect()
+    }
+}
+
+async fn rotating_world(extra: Value) -> World {
+    let mut settings = json!({"auto_import": true});
+    for (k, v) in extra.as_object().unwrap() {
+        settings[k] = v.clone();
+    }
+    let w = world(settings).await;
+    w.sync().await;
+    w
+}
+
+#[tokio::test]
+async fn a_scheduled_rotation_sets_in_graph_exactly_the_password_the_agent_receives() {
+    let w = rotating_world(json!({"auto_password_change_days": 30})).await;
+    let id = w.assign_key(2, "K-0002").await;
+    let h = w.rotations_settled(&id, 1).await;
+    assert_eq!(h[0]["outcome"], "succeeded", "{h:?}");
+    assert_eq!(h[0]["reason"], "initial");
+    assert_eq!(h[0]["key_write_state"], "queued");
+    assert!(
+        !h[0].to_string().contains("password\":"),
+        "no password in history"
+    );
+
+    let agent = w.app.token("agent", &["K-0002"]).await;
+    let other = w.app.token("agent", &["K-9999"]).await;
+    let (s, none) = w
+        .app
+        .call(Some(&other), Method::GET, "/v1/agent/key-writes", None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(none["items"].as_array().unwrap().is_empty(), "{none}");
+    let (s, writes) = w
+        .app
+        .call(Some(&agent), Method::GET, "/v1/agent/key-writes", None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{writes}");
+    let write = &writes["items"][0];
+    assert_eq!(writes["items"].as_array().unwrap().len(), 1);
+    assert_eq!(write["key_id"], "K-0002");
+    assert_eq!(write["rotation_id"], h[0]["rotation_id"]);
+    assert_eq!(write["password"].as_str().unwrap(), w.sim_password(2).await);
+    assert_eq!(
+        write["user_principal_name"],
+        w.user(2).await.unwrap()["user_principal_name"]
+    );
+
+    // Another agent can neither see nor acknowledge it; an admin cannot fetch writes.
+    let write_id = write["id"].as_str().unwrap();
+    let ack = |result: &str| Some(json!({"result": result, "detail": ""}));
+    let (s, _) = w
+        .app
+        .call(
+            Some(&other),
+            Method::POST,
+            &format!("/v1/agent/key-writes/{write_id}/ack"),
+            ack("written"),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = w.admin(Method::GET, "/v1/agent/key-writes", None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, body) = w
+        .app
+        .call(
+            Some(&agent),
+            Method::POST,
+            &format!("/v1/agent/key-writes/{write_id}/ack"),
+            ack("written"),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let h = w.history(&id).await;
+    assert_eq!(h[0]["key_write_state"], "confirmed");
+    let kinds = w.kinds(&id).await;
+    for k in [
+        "RotationStarted",
+        "RotationSucceeded",
+        "KeyWriteQueued",
+        "KeyWriteDelivered",
+        "KeyWriteConfirmed",
+    ] {
+        assert!(kinds.iter().any(|x| x == k), "{k} in {kinds:?}");
+    }
+    let (s, _) = w
+        .app
+        .call(Some(&agent), Method::GET, "/v1/agent/key-writes", None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+
+    // The preview shows the next rotation 30 days on.
+    let (s, up) = w
+        .admin(Method::GET, "/v1/rotations/upcoming?within_days=31", None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{up}");
+    let mine: Vec<&Value> = up["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|u| u["user_id"] == id.as_str())
+        .collect();
+    assert_eq!(mine.len(), 1, "{up}");
+    assert_eq!(mine[0]["reason"], "scheduled");
+    let (_, up) = w
+        .admin(Method::GET, "/v1/rotations/upcoming?within_days=29", None)
+        .await;
+    assert!(!up.to_string().contains(&id));
+}
+
+#[tokio::test]
+async fn a_503_storm_is_retried_with_the_same_password() {
+    let w = rotating_world(json!({})).await;
+    let id = w.assign_key(3, "K-0003").await;
+    // More 503s than the client's own attempts: the rotation records a retry.
+    w.sim(
+        Method::POST,
+        "/_sim/faults",
+        Some(json!({"method": "PATCH", "path_prefix": "/v1.0/users", "status": 503, "retry_after": 0.01, "count": 8})),
+    )
+    .await;
+    w.rotate(&id).await;
+    let h = w.rotations_settled(&id, 1).await;
+    assert_eq!(h[0]["outcome"], "succeeded", "{h:?}");
+    assert!(h[0]["retries"].as_u64().unwrap() >= 1, "{h:?}");
+    assert!(w.kinds(&id).await.iter().any(|k| k == "RotationRetried"));
+    // One sealed password per rotation: what Graph holds is what the engine holds.
+    assert_eq!(
+        w.reveal(&id).await["password"].as_str().unwrap(),
+        w.sim_password(3).await
+    );
+}
+
+#[tokio::test]
+async fn refusals_are_not_retried_and_keep_the_previous_password() {
+    let w = rotating_world(json!({})).await;
+    // User 1 is a Global Administrator: Graph answers 403 to the app.
+    let admin_user = w.assign_key(1, "K-0001").await;
+    let before = w.sim_password(1).await;
+    w.rotate(&admin_user).await;
+    let h = w.rotations_settled(&admin_user, 1).await;
+    assert_eq!(h[0]["outcome"], "failed", "{h:?}");
+    assert_eq!(h[0]["graph_code"], "Authorization_RequestDenied");
+    assert_eq!(h[0]["retries"], 0);
+    assert_eq!(w.sim_password(1).await, before);
+    let (s, _) = w
+        .admin(
+            Method::POST,
+            &format!("/v1/users/{admin_user}/password/reveal"),
+            Some(json!({"reason": "x"})),
+        )
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::CONFLICT,
+        "no password is known to the engine"
+    );
+
+    // A complexity refusal: the first rotation's password stays current.
+    let id = w.assign_key(4, "K-0004").await;
+    w.rotate(&id).await;
+    w.rotations_settled(&id, 1).await;
+    let first = w.reveal(&id).await;
+    w.sim(
+        Method::POST,
+        "/_sim/faults",
+        Some(json!({"method": "PATCH", "path_prefix": "/v1.0/users", "status": 400, "count": 1})),
+    )
+    .await;
+    w.rotate(&id).await;
+    let h = w.rotations_settled(&id, 2).await;
+    assert_eq!(h[1]["outcome"], "failed", "{h:?}");
+    assert_eq!(h[1]["graph_code"], "Request_BadRequest");
+    assert_eq!(h[1]["retries"], 0);
+    let now = w.reveal(&id).await;
+    assert_eq!(now["rotation_id"], first["rotation_id"]);
+    assert_eq!(now["password"], first["password"]);
+    assert_eq!(now["password"].as_str().unwrap(), w.sim_password(4).await);
+}
+
+#[tokio::test]
+async fn a_revoked_app_secret_fails_the_rotation_with_the_token_error() {
+    let w = rotating_world(json!({})).await;
+    let id = w.assign_key(5, "K-0005").await;
+    w.sim(
+        Method::PATCH,
+        &format!("/_sim/apps/{APP}"),
+        Some(json!({"secret": "rotated-elsewhere"})),
+    )
+    .await;
+    // The cached access token is refused once: the client asks for a new one, and the
+    // old secret no longer gets it.
+    w.sim(
+        Method::POST,
+        "/_sim/faults",
+        Some(json!({"method": "PATCH", "path_prefix": "/v1.0/users", "status": 401, "count": 1})),
+    )
+    .await;
+    w.rotate(&id).await;
+    let h = w.rotations_settled(&id, 1).await;
+    assert_eq!(h[0]["outcome"], "failed", "{h:?}");
+    assert_eq!(h[0]["graph_code"], "AADSTS7000215", "{h:?}");
+    assert!(!h[0].to_string().contains("contoso-demo-secret"));
+}
+
+#[tokio::test]
+async fn leaving_the_rotation_group_or_losing_credentials_stops_rotations() {
+    let w =
+        rotating_world(json!({"auto_password_change_days": 30, "rotate_after_reveal_hours": 0}))
+            .await;
+    let stays = w.assign_key(6, "K-0006").await;
+    let leaves = w.assign_key(7, "K-0007").await;
+    w.rotations_settled(&stays, 1).await;
+    w.rotations_settled(&leaves, 1).await;
+    w.sim(
+        Method::DELETE,
+        &format!(
+            "/_sim/groups/a1b2c3d4-0000-4000-8000-000000000002/members/{}",
+            ext(7)
+        ),
+        None,
+    )
+    .await;
+    w.sync().await;
+    assert_eq!(w.user(7).await.unwrap()["in_rotation_group"], false);
+    // A reveal makes a rotation due at once (rotate_after_reveal_hours 0) — for the one
+    // still in the group only.
+    w.reveal(&stays).await;
+    w.reveal(&leaves).await;
+    let h = w.rotations_settled(&stays, 2).await;
+    assert_eq!(h[1]["reason"], "after_reveal", "{h:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(w.history(&leaves).await.len(), 1);
+
+    // Without credentials nothing rotates; with them back, the due rotation follows.
+    let (s, _) = w
+        .admin(
+            Method::DELETE,
+            &format!("/v1/domains/{}/credentials", w.domain),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    w.reveal(&stays).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(w.history(&stays).await.len(), 2);
+    let (s, body) = w
+        .admin(Method::POST, &format!("/v1/users/{stays}/rotate"), None)
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{body}");
+    let (s, _) = w
+        .admin(
+            Method::PUT,
+            &format!("/v1/domains/{}/credentials", w.domain),
+            Some(json!({"tenant_id": crate::sync::TENANT, "client_id": APP, "client_secret": crate::sync::SECRET})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let h = w.rotations_settled(&stays, 3).await;
+    assert_eq!(h[2]["outcome"], "succeeded", "{h:?}");
+}
+
+#[tokio::test]
+async fn manual_rotation_needs_an_active_user_with_a_key() {
+    let w = world(json!({})).await;
+    w.sync().await;
+    let candidate = w.id(8).await;
+    let (s, _) = w
+        .admin(Method::POST, &format!("/v1/users/{candidate}/rotate"), None)
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    w.import_all().await;
+    let (s, body) = w
+        .admin(Method::POST, &format!("/v1/users/{candidate}/rotate"), None)
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "no key: {body}");
+    let (s, _) = w
+        .admin(
+            Method::POST,
+            &format!("/v1/users/{candidate}/password/reveal"),
+            Some(json!({"reason": ""})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    let auditor = w.app.token("auditor", &[]).await;
+    let (s, _) = w
+        .app
+        .call(
+            Some(&auditor),
+            Method::POST,
+            &format!("/v1/users/{candidate}/rotate"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+}

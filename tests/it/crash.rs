@@ -176,3 +176,271 @@ async fn sigkill_of_serve_loses_no_answered_request() {
         );
     }
 }
+
+/// A `serve` child process on a free port, and an admin's client of it.
+struct Serve {
+    child: std::process::Child,
+    url: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Serve {
+    async fn start(data: &std::path::Path, crash_at: Option<&str>) -> Serve {
+        let port = free_port();
+        let url = format!("http://127.0.0.1:{port}");
+        let mut cmd = idledger();
+        cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--data-dir")
+            .arg(data)
+            .env("IDLEDGER_ROTATION_CHECK_SECS", "1")
+            .env("IDLEDGER_ROTATION_RETRY_SECS", "0.05")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        if let Some(point) = crash_at {
+            cmd.env("IDLEDGER_TEST_CRASH_AT", point);
+        }
+        let child = cmd.spawn().unwrap();
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while http.get(format!("{url}/healthz")).send().await.is_err() {
+            assert!(Instant::now() < deadline, "serve did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let token = std::fs::read_to_string(data.join("admin.token"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        Serve {
+            child,
+            url,
+            token,
+            http,
+        }
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> serde_json::Value {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().await.unwrap();
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+        r.json().await.unwrap()
+    }
+}
+
+/// Where the first `serve` dies during a rotation.
+#[derive(Clone, Copy, Debug)]
+enum RotationCrash {
+    /// After `RotationStarted` is durable, before Graph is called.
+    AfterStarted,
+    /// While graphsim holds the password PATCH.
+    WhileGraphHolds,
+    /// After Graph answered, before `RotationSucceeded`.
+    AfterGraphAnswered,
+}
+
+async fn crash_during_rotation(crash: RotationCrash) {
+    use reqwest::Method;
+    use serde_json::json;
+    let tenant = graphsim::load_tenant(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/tenants/contoso.json"),
+    )
+    .unwrap();
+    let (sim, _sim) = graphsim::spawn(tenant, graphsim::SimConfig::default())
+        .await
+        .unwrap();
+    let external = "c0a80000-0000-4000-8000-000000000003";
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let crash_at = match crash {
+        RotationCrash::AfterStarted => Some("after_started"),
+        RotationCrash::AfterGraphAnswered => Some("after_graph"),
+        RotationCrash::WhileGraphHolds => None,
+    };
+    let mut first = Serve::start(&data, crash_at).await;
+    let d = first
+        .call(
+            Method::POST,
+            "/v1/domains",
+            Some(json!({
+                "domain": "contoso.onmicrosoft.com",
+                "tenant_id": "6f1a2b3c-4d5e-4f60-8a7b-9c0d1e2f3a4b",
+                "client_id": "11111111-2222-4333-8444-555555555555",
+                "client_secret": "contoso-demo-secret",
+                "graph_url": sim, "authority_url": sim, "auto_import": true,
+            })),
+        )
+        .await;
+    let domain = d["id"].as_str().unwrap().to_owned();
+    let run = first
+        .call(Method::POST, &format!("/v1/domains/{domain}/sync"), None)
+        .await;
+    let run = run["run_id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = first
+            .call(
+                Method::GET,
+                &format!("/v1/domains/{domain}/sync-runs/{run}"),
+                None,
+            )
+            .await;
+        if r["status"] == "succeeded" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{r}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let users = first
+        .call(
+            Method::GET,
+            &format!("/v1/users?domain={domain}&limit=1000"),
+            None,
+        )
+        .await;
+    let user = users["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["external_id"] == external)
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    first
+        .call(
+            Method::PUT,
+            &format!("/v1/users/{user}/key"),
+            Some(json!({"key_id": "K-0003"})),
+        )
+        .await;
+    if let RotationCrash::WhileGraphHolds = crash {
+        reqwest::Client::new()
+            .post(format!("{sim}/_sim/faults"))
+            .json(&json!({"method": "PATCH", "path_prefix": "/v1.0/users", "delay_ms": 5000, "count": 1}))
+            .send()
+            .await
+            .unwrap();
+    }
+    // The answer may never come: the process may die first.
+    let _ = first
+        .http
+        .post(format!("{}/v1/users/{user}/rotate", first.url))
+        .bearer_auth(&first.token)
+        .send()
+        .await;
+    match crash {
+        RotationCrash::WhileGraphHolds => {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let seen: Vec<serde_json::Value> = reqwest::get(format!("{sim}/_sim/requests"))
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                if seen.iter().any(|r| r["method"] == "PATCH") {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the PATCH never reached graphsim"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            first.child.kill().unwrap(); // SIGKILL while the PATCH is held
+        }
+        _ => {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while first.child.try_wait().unwrap().is_none() {
+                assert!(
+                    Instant::now() < deadline,
+                    "{crash:?}: serve did not stop at the crash point"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    first.child.wait().unwrap();
+
+    // After a restart the rotation resumes with its own password and ends once.
+    let mut second = Serve::start(&data, None).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let history = loop {
+        let h = second
+            .call(
+                Method::GET,
+                &format!("/v1/users/{user}/password-history"),
+                None,
+            )
+            .await;
+        let items = h["items"].as_array().unwrap().clone();
+        if !items.is_empty() && items.iter().all(|r| r["outcome"] != "pending") {
+            break items;
+        }
+        assert!(Instant::now() < deadline, "{crash:?}: {h}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(history.len(), 1, "{crash:?}: {history:?}");
+    assert_eq!(history[0]["outcome"], "succeeded", "{crash:?}: {history:?}");
+    let revealed = second
+        .call(
+            Method::POST,
+            &format!("/v1/users/{user}/password/reveal"),
+            Some(json!({"reason": "crash test"})),
+        )
+        .await;
+    let in_graph: serde_json::Value = reqwest::get(format!("{sim}/_sim/users/{external}/password"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(revealed["password"], in_graph["password"], "{crash:?}");
+    let events = second
+        .call(Method::GET, &format!("/v1/users/{user}/events"), None)
+        .await;
+    let mut outcomes: HashMap<String, usize> = HashMap::new();
+    for e in events["items"].as_array().unwrap() {
+        if e["kind"] == "RotationSucceeded" || e["kind"] == "RotationFailed" {
+            *outcomes
+                .entry(e["payload"]["rotation_id"].as_str().unwrap().to_owned())
+                .or_default() += 1;
+        }
+    }
+    assert_eq!(outcomes.len(), 1, "{crash:?}: {outcomes:?}");
+    assert!(
+        outcomes.values().all(|n| *n == 1),
+        "{crash:?}: {outcomes:?}"
+    );
+    second.child.kill().unwrap();
+    second.child.wait().unwrap();
+    let (report, code) = verify(&data);
+    assert_eq!(code, 0, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_after_rotation_started_resumes_with_the_same_password() {
+    crash_during_rotation(RotationCrash::AfterStarted).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkill_while_graph_holds_the_patch_resumes_with_the_same_password() {
+    crash_during_rotation(RotationCrash::WhileGraphHolds).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_after_graph_answered_resumes_with_the_same_password() {
+    crash_during_rotation(RotationCrash::AfterGraphAnswered).await;
+}

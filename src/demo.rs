@@ -100,6 +100,7 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode, CliError> {
             Some(json!({"all": true})),
         )
         .await?;
+    let keys = rotate_and_deliver(&admin, &id).await?;
     projector
         .wait_for(log.head().position, Duration::from_secs(10))
         .await
@@ -122,7 +123,7 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode, CliError> {
         }
         by_status
     };
-    let ok = report.ok && run["status"] == "succeeded";
+    let ok = report.ok && run["status"] == "succeeded" && keys.confirmed == keys.succeeded;
     println!("idledger demo");
     println!("  data dir        {}", dir.display());
     println!("  graph (sim)     {sim_url}");
@@ -137,6 +138,19 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode, CliError> {
         run["counters"]["deleted"],
     );
     println!("  imported        {}", imported["imported"]);
+    println!("  keys assigned   {}", keys.assigned);
+    println!(
+        "  rotations       {} succeeded, {} refused by Graph",
+        keys.succeeded,
+        keys.refused.len()
+    );
+    for (upn, code) in &keys.refused {
+        println!("    refused       {upn}: {code} (a Global Administrator: the app may not reset it; the old password stays)");
+    }
+    println!(
+        "  key writes      {} confirmed by the agent",
+        keys.confirmed
+    );
     for (status, n) in &by_status {
         println!("  users {status:<11} {n}");
     }
@@ -225,4 +239,121 @@ async fn register(admin: &ApiClient, sim_url: &str) -> Result<Value, CliError> {
             Some(credentials),
         )
         .await
+}
+
+/// What the rotation part of the demo did.
+struct KeysReport {
+    assigned: usize,
+    succeeded: usize,
+    refused: Vec<(String, String)>,
+    confirmed: usize,
+}
+
+/// Gives every rotation-group member a key, rotates their passwords, and acknowledges
+/// the key writes as the workstation agent would.
+async fn rotate_and_deliver(admin: &ApiClient, domain: &str) -> Result<KeysReport, CliError> {
+    let users = admin
+        .call(
+            Method::GET,
+            &format!("/v1/users?domain={domain}&status=active&limit=1000"),
+            None,
+        )
+        .await?;
+    let members: Vec<(String, String)> = users["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|u| u["in_rotation_group"] == true)
+        .map(|u| {
+            (
+                u["id"].as_str().unwrap_or_default().to_owned(),
+                u["user_principal_name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        })
+        .collect();
+    let mut keys = Vec::new();
+    for (i, (id, _)) in members.iter().enumerate() {
+        let key = format!("HZ-{:04}", i + 1);
+        admin
+            .call(
+                Method::PUT,
+                &format!("/v1/users/{id}/key"),
+                Some(json!({"key_id": key})),
+            )
+            .await?;
+        // A rotation already in flight (resumed at start) is as good as a new one.
+        if let Err(e) = admin
+            .call(Method::POST, &format!("/v1/users/{id}/rotate"), None)
+            .await
+        {
+            if !e.to_string().contains("in flight") {
+                return Err(e);
+            }
+        }
+        keys.push(key);
+    }
+    let mut report = KeysReport {
+        assigned: members.len(),
+        succeeded: 0,
+        refused: Vec::new(),
+        confirmed: 0,
+    };
+    for (id, upn) in &members {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let last = loop {
+            let h = admin
+                .call(
+                    Method::GET,
+                    &format!("/v1/users/{id}/password-history"),
+                    None,
+                )
+                .await?;
+            let last = h["items"].as_array().and_then(|v| v.last()).cloned();
+            if let Some(r) = last.filter(|r| r["outcome"] != "pending") {
+                break r;
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(CliError::Other(format!(
+                    "the rotation of {upn} did not end"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        if last["outcome"] == "succeeded" {
+            report.succeeded += 1;
+        } else {
+            let code = last["graph_code"].as_str().unwrap_or("unknown").to_owned();
+            report.refused.push((upn.clone(), code));
+        }
+    }
+    let agent = admin
+        .call(
+            Method::POST,
+            "/v1/tokens",
+            Some(json!({"role": "agent", "name": "demo workstation agent", "key_ids": keys})),
+        )
+        .await?;
+    let agent = ApiClient::new(
+        admin.url.clone(),
+        agent["token"].as_str().unwrap_or_default().to_owned(),
+    );
+    let writes = agent
+        .call(Method::GET, "/v1/agent/key-writes", None)
+        .await?;
+    for w in writes["items"].as_array().into_iter().flatten() {
+        // A real agent writes `password` to the key `key_id` here.
+        let id = w["id"].as_str().unwrap_or_default();
+        agent
+            .call(
+                Method::POST,
+                &format!("/v1/agent/key-writes/{id}/ack"),
+                Some(json!({"result": "written", "detail": "demo"})),
+            )
+            .await?;
+        report.confirmed += 1;
+    }
+    Ok(report)
 }

@@ -111,6 +111,12 @@ pub fn facts(p: &Projections, u: &UserView) -> RotationFacts {
         needs_attention: u.needs_attention,
         last_success: u.last_rotation_at,
         last_revealed: u.last_revealed_at,
+        last_refused: p
+            .rotations
+            .of_user(u.id)
+            .last()
+            .filter(|r| r.outcome == RotationOutcome::Failed)
+            .and_then(|r| r.finished_at),
         every_days: d
             .filter(|d| !d.removed && d.credentials.is_some())
             .and_then(|d| d.settings.auto_password_change_days),

@@ -5,6 +5,10 @@
 use crate::types::RotationReason;
 use chrono::{DateTime, Duration, Utc};
 
+/// After Graph refuses a rotation, the scheduler waits this long before trying again:
+/// a refusal (an admin account, a policy) does not go away by itself within minutes.
+pub const REFUSAL_BACKOFF_HOURS: i64 = 24;
+
 /// What the rules need to know of a user and their domain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RotationFacts {
@@ -24,6 +28,8 @@ pub struct RotationFacts {
     pub last_success: Option<DateTime<Utc>>,
     /// When the password was last revealed.
     pub last_revealed: Option<DateTime<Utc>>,
+    /// When Graph last refused a rotation of this user (a definite failure).
+    pub last_refused: Option<DateTime<Utc>>,
     /// The domain's `auto_password_change_days`.
     pub every_days: Option<u16>,
     /// The domain's `rotate_after_reveal_hours`.
@@ -47,8 +53,13 @@ impl RotationFacts {
             return None;
         }
         let days = self.every_days?;
+        let not_before = self
+            .last_refused
+            .filter(|r| self.last_success.is_none_or(|s| *r > s))
+            .map(|r| r + Duration::hours(REFUSAL_BACKOFF_HOURS));
+        let later = |t: DateTime<Utc>| not_before.map_or(t, |n| n.max(t));
         let Some(last) = self.last_success else {
-            return Some((now, RotationReason::Initial));
+            return Some((later(now), RotationReason::Initial));
         };
         let scheduled = last + Duration::days(i64::from(days));
         let after_reveal = self
@@ -56,8 +67,8 @@ impl RotationFacts {
             .filter(|r| *r >= last)
             .map(|r| r + Duration::hours(i64::from(self.after_reveal_hours)));
         Some(match after_reveal {
-            Some(t) if t < scheduled => (t, RotationReason::AfterReveal),
-            _ => (scheduled, RotationReason::Scheduled),
+            Some(t) if t < scheduled => (later(t), RotationReason::AfterReveal),
+            _ => (later(scheduled), RotationReason::Scheduled),
         })
     }
 
@@ -145,6 +156,7 @@ mod tests {
             needs_attention: false,
             last_success: None,
             last_revealed: None,
+            last_refused: None,
             every_days: Some(7),
             after_reveal_hours: 24,
         }
@@ -218,6 +230,23 @@ mod tests {
             ..facts()
         };
         assert_eq!(f.next_due(t(2)), Some((t(9), RotationReason::Scheduled)));
+    }
+
+    #[test]
+    fn after_a_refusal_the_scheduler_waits_a_day() {
+        let f = RotationFacts {
+            last_refused: Some(t(1)),
+            ..facts()
+        };
+        assert_eq!(f.due_at(t(1)), None);
+        assert_eq!(f.due_at(t(2)), Some(RotationReason::Initial));
+        // A refusal older than the last success does not count.
+        let f = RotationFacts {
+            last_refused: Some(t(1)),
+            last_success: Some(t(3)),
+            ..facts()
+        };
+        assert_eq!(f.next_due(t(4)), Some((t(10), RotationReason::Scheduled)));
     }
 
     #[test]

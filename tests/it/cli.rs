@@ -231,7 +231,14 @@ fn demo_syncs_contoso_from_graphsim_and_a_second_run_adds_nothing() {
         (raw, lines)
     };
     let (raw, text) = demo();
-    for want in ["imported 29", "users active 29", "verify ok"] {
+    for want in [
+        "imported 29",
+        "keys assigned 10",
+        "rotations 9 succeeded, 1 refused by Graph",
+        "key writes 9 confirmed by the agent",
+        "users active 29",
+        "verify ok",
+    ] {
         assert!(text.iter().any(|l| l == want), "{want:?} not in {raw}");
     }
     assert!(

@@ -83,3 +83,68 @@ impl ApiClient {
         }
     }
 }
+
+/// A `serve` child process of this same binary on a free loopback port, with an admin
+/// client from its bootstrap token; killed when dropped. Benchmarks use it so that the
+/// engine's figures (memory above all) are its own.
+pub struct ServeProcess {
+    child: std::process::Child,
+    /// An admin client of it.
+    pub api: ApiClient,
+}
+
+impl ServeProcess {
+    /// Starts `serve` on `data_dir` (which must be new) with extra environment variables.
+    pub async fn start(
+        data_dir: &std::path::Path,
+        env: &[(&str, &str)],
+    ) -> Result<ServeProcess, CliError> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let url = format!("http://127.0.0.1:{port}");
+        let mut cmd = std::process::Command::new(std::env::current_exe()?);
+        cmd.args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .env("IDLEDGER_REQUEST_TIMEOUT_SECS", "300")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn()?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let token = loop {
+            let ready = reqwest::get(format!("{url}/healthz")).await.is_ok();
+            if let (true, Ok(t)) = (ready, std::fs::read_to_string(data_dir.join("admin.token"))) {
+                break t.trim().to_owned();
+            }
+            if Instant::now() > deadline || child.try_wait()?.is_some() {
+                let _ = child.kill();
+                return Err(CliError::Other("the serve process did not come up".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        Ok(ServeProcess {
+            child,
+            api: ApiClient::new(url, token),
+        })
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,7 +1,7 @@
 //! `idledger bench sync`: a first sync of a large generated group and an incremental run
 //! carrying a known number of changes, against an in-process graphsim, through the API.
 
-use crate::api_client::ApiClient;
+use crate::api_client::ServeProcess;
 use crate::cli::CliError;
 use clap::Args;
 use graphsim::tenant::UserEntry;
@@ -31,7 +31,7 @@ pub struct SyncArgs {
 }
 
 /// Resident and peak memory of a process, in MiB (Linux; zero elsewhere).
-fn memory_mib(pid: u32) -> (f64, f64) {
+pub(crate) fn memory_mib(pid: u32) -> (f64, f64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |name: &str| {
         status
@@ -53,52 +53,24 @@ pub async fn sync(args: SyncArgs) -> Result<ExitCode, CliError> {
     let (sim_url, sim) = graphsim::spawn(tenant, graphsim::SimConfig::default()).await?;
 
     // The engine is a real `serve` process, so its memory is measured alone.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let url = format!("http://127.0.0.1:{port}");
-    let mut serve = std::process::Command::new(std::env::current_exe()?)
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--data-dir",
-        ])
-        .arg(&dir)
-        .env("IDLEDGER_REQUEST_TIMEOUT_SECS", "300")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
-    let result = drive(&args, &url, &dir, &sim_url, &sim, serve.id()).await;
-    let _ = serve.kill();
-    let _ = serve.wait();
+    let serve = ServeProcess::start(&dir, &[]).await?;
+    let result = drive(&args, &serve, &sim_url, &sim).await;
+    drop(serve);
     if args.data_dir.is_none() {
         let _ = std::fs::remove_dir_all(&temp);
     }
     result
 }
 
-/// Waits for the server, then runs both syncs and prints the figures.
+/// Runs both syncs on `serve` and prints the figures.
 async fn drive(
     args: &SyncArgs,
-    url: &str,
-    dir: &std::path::Path,
+    serve: &ServeProcess,
     sim_url: &str,
     sim: &graphsim::state::Sim,
-    pid: u32,
 ) -> Result<ExitCode, CliError> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let token = loop {
-        let ready = reqwest::get(format!("{url}/healthz")).await.is_ok();
-        if let (true, Ok(t)) = (ready, std::fs::read_to_string(dir.join("admin.token"))) {
-            break t.trim().to_owned();
-        }
-        if Instant::now() > deadline {
-            return Err(CliError::Other("the serve process did not come up".into()));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let api = ApiClient::new(url.to_owned(), token);
+    let api = &serve.api;
+    let pid = serve.pid();
     let domain = api
         .call(
             Method::POST,
@@ -200,7 +172,7 @@ async fn drive(
     Ok(ExitCode::SUCCESS)
 }
 
-fn tempfile_dir(given: &Option<PathBuf>) -> Result<PathBuf, CliError> {
+pub(crate) fn tempfile_dir(given: &Option<PathBuf>) -> Result<PathBuf, CliError> {
     let dir = match given {
         Some(d) => d.clone(),
         None => std::env::temp_dir().join(format!(

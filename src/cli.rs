@@ -99,6 +99,8 @@ enum BenchCommand {
     Api(crate::bench_api::ApiArgs),
     /// A first sync of a large generated group, then an incremental run of known changes.
     Sync(crate::bench_sync::SyncArgs),
+    /// N due users rotated against graphsim by a serve process, the concurrency limit checked.
+    Rotate(crate::bench_rotate::RotateArgs),
     /// The bare axum handler `bench api` compares against.
     #[command(hide = true)]
     BareServer(crate::bench_api::BareArgs),
@@ -128,6 +130,9 @@ pub fn run() -> ExitCode {
         }
         Command::Bench(BenchCommand::Sync(a)) => {
             runtime().and_then(|rt| rt.block_on(crate::bench_sync::sync(a)))
+        }
+        Command::Bench(BenchCommand::Rotate(a)) => {
+            runtime().and_then(|rt| rt.block_on(crate::bench_rotate::rotate(a)))
         }
         Command::Bench(BenchCommand::Api(a)) => {
             runtime().and_then(|rt| rt.block_on(crate::bench_api::api(a)))

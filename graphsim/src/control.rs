@@ -210,3 +210,13 @@ pub async fn patch_app(
     }
     StatusCode::NO_CONTENT
 }
+
+/// Counters: the most user `PATCH` requests served at once, and password changes made.
+pub async fn stats(State(sim): State<Sim>) -> Response {
+    let changes: u32 = sim.lock().dir.password_changes.values().sum();
+    Json(json!({
+        "max_concurrent_patches": sim.patches.max(),
+        "password_changes": changes,
+    }))
+    .into_response()
+}

@@ -63,6 +63,7 @@ pub fn router(sim: Sim) -> Router {
         )
         .route("/_sim/delta/expire", post(control::expire_delta))
         .route("/_sim/requests", get(control::requests))
+        .route("/_sim/stats", get(control::stats))
         .route(
             "/_sim/apps/{client_id}",
             axum::routing::patch(control::patch_app),
@@ -109,6 +110,23 @@ async fn log_and_faults(State(sim): State<Sim>, req: Request, next: Next) -> Res
         });
         inner.take_fault(&method, &path)
     };
+    let patch = method == "PATCH" && path.starts_with("/v1.0/users/");
+    if patch {
+        sim.patches.enter();
+        if !sim.config.patch_latency.is_zero() {
+            tokio::time::sleep(sim.config.patch_latency).await;
+        }
+    }
+    // Leaves the gauge however the request ends (answered, or dropped with the client).
+    struct Leave<'a>(Option<&'a state::PatchGauge>);
+    impl Drop for Leave<'_> {
+        fn drop(&mut self) {
+            if let Some(g) = self.0 {
+                g.leave();
+            }
+        }
+    }
+    let _leave = Leave(patch.then_some(&*sim.patches));
     let mut response = match fault {
         None => next.run(req).await,
         Some(f) => {

@@ -21,6 +21,8 @@ pub struct SimConfig {
     pub delta_token_ttl: Duration,
     /// Lifetime of access tokens (`expires_in`).
     pub access_token_ttl: Duration,
+    /// How long a user `PATCH` takes (Graph's own latency), for load tests.
+    pub patch_latency: Duration,
 }
 
 impl Default for SimConfig {
@@ -29,6 +31,7 @@ impl Default for SimConfig {
             page_size: 100,
             delta_token_ttl: Duration::from_secs(7 * 24 * 3600),
             access_token_ttl: Duration::from_secs(3599),
+            patch_latency: Duration::ZERO,
         }
     }
 }
@@ -237,6 +240,34 @@ pub struct Sim {
     pub config: Arc<SimConfig>,
     /// Key signing this instance's access tokens.
     pub token_key: Arc<[u8; 32]>,
+    /// User `PATCH` requests being served now, and the most at once (`GET /_sim/stats`).
+    pub patches: Arc<PatchGauge>,
+}
+
+/// Counts concurrent user `PATCH` requests: how a client's concurrency limit is checked.
+#[derive(Debug, Default)]
+pub struct PatchGauge {
+    now: std::sync::atomic::AtomicUsize,
+    max: std::sync::atomic::AtomicUsize,
+}
+
+impl PatchGauge {
+    /// One more in flight.
+    pub fn enter(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let n = self.now.fetch_add(1, SeqCst) + 1;
+        self.max.fetch_max(n, SeqCst);
+    }
+
+    /// One fewer in flight.
+    pub fn leave(&self) {
+        self.now.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The most in flight at once so far.
+    pub fn max(&self) -> usize {
+        self.max.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 impl Sim {
@@ -251,6 +282,7 @@ impl Sim {
             })),
             config: Arc::new(config),
             token_key: Arc::new(key),
+            patches: Arc::new(PatchGauge::default()),
         }
     }
 

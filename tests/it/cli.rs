@@ -284,3 +284,33 @@ fn bench_sync_reports_both_runs_and_the_serve_process_memory() {
     assert_eq!(c["changed"], 10, "{v}");
     assert!(v["serve_rss_mib"].as_f64().unwrap() > 0.0, "{v}");
 }
+
+#[test]
+fn bench_rotate_rotates_every_due_user_within_the_limit() {
+    let out = idledger()
+        .args([
+            "bench",
+            "rotate",
+            "--users",
+            "60",
+            "--concurrency",
+            "3",
+            "--graph-latency-ms",
+            "5",
+        ])
+        .output()
+        .unwrap();
+    let raw = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{raw} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(raw.trim()).unwrap();
+    assert_eq!(v["rotated"], 60, "{v}");
+    assert_eq!(v["graph_password_changes"], 60, "{v}");
+    assert!(
+        v["max_concurrent_patches_seen"].as_u64().unwrap() <= 3,
+        "{v}"
+    );
+}

@@ -389,3 +389,37 @@ async fn manual_rotation_needs_an_active_user_with_a_key() {
         .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
 }
+
+#[tokio::test]
+async fn a_newer_rotation_supersedes_a_write_not_yet_delivered() {
+    let w = rotating_world(json!({})).await;
+    let id = w.assign_key(9, "K-0009").await;
+    w.rotate(&id).await;
+    w.rotations_settled(&id, 1).await;
+    w.rotate(&id).await;
+    let h = w.rotations_settled(&id, 2).await;
+    assert_eq!(h[0]["key_write_state"], "superseded", "{h:?}");
+    assert_eq!(h[1]["key_write_state"], "queued", "{h:?}");
+    let agent = w.app.token("agent", &["K-0009"]).await;
+    let (_, writes) = w
+        .app
+        .call(Some(&agent), Method::GET, "/v1/agent/key-writes", None)
+        .await;
+    let items = writes["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{writes}");
+    assert_eq!(items[0]["rotation_id"], h[1]["rotation_id"]);
+    assert_eq!(
+        items[0]["password"].as_str().unwrap(),
+        w.sim_password(9).await
+    );
+    // Delivered but not acknowledged: a third rotation leaves it be (the agent may be
+    // writing it) and queues its own.
+    w.rotate(&id).await;
+    let h = w.rotations_settled(&id, 3).await;
+    assert_eq!(h[1]["key_write_state"], "delivered", "{h:?}");
+    let (_, writes) = w
+        .app
+        .call(Some(&agent), Method::GET, "/v1/agent/key-writes", None)
+        .await;
+    assert_eq!(writes["items"].as_array().unwrap().len(), 2, "{writes}");
+}

@@ -22,6 +22,10 @@ enum Command {
     Verify(DataDir),
     /// Fold the log (up to a position or time) and print the projections as JSON.
     Replay(ReplayArgs),
+    /// Write a compliance export (CSV or JSON Lines) and its manifest.
+    Export(crate::export::ExportArgs),
+    /// Check an export against the log: rows, count, file hash and the chain.
+    VerifyExport(crate::export::VerifyExportArgs),
     /// Measure the event log.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -122,6 +126,8 @@ pub fn run() -> ExitCode {
         Command::Log(a) => crate::inspect::log(&a),
         Command::Verify(a) => crate::inspect::verify(&a),
         Command::Replay(a) => crate::inspect::replay(&a),
+        Command::Export(a) => crate::export::export(&a),
+        Command::VerifyExport(a) => crate::export::verify_export(&a),
         Command::Graph(GraphCommand::Check(a)) => {
             runtime().map(|rt| rt.block_on(crate::graph::check::run(a)))
         }

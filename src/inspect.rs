@@ -16,7 +16,7 @@ const REMOTE_PAGE: usize = 10_000;
 /// Calls `f` with each stored record `(position, bytes)` from `from` on, in log order,
 /// until `f` breaks: from the data dir, or from the server's `GET /v1/events`, whose items
 /// carry the stored record, so the checking is done here and not by the server.
-fn each_record(
+pub(crate) fn each_record(
     source: &DataDir,
     from: u64,
     mut f: impl FnMut(u64, &[u8]) -> ControlFlow<()>,
@@ -82,7 +82,7 @@ fn each_record(
     Ok(())
 }
 
-fn decode_at(pos: u64, bytes: &[u8]) -> Result<idledger_domain::Envelope, StoreError> {
+pub(crate) fn decode_at(pos: u64, bytes: &[u8]) -> Result<idledger_domain::Envelope, StoreError> {
     decode_record(bytes).map_err(|e| StoreError::Corrupt {
         position: pos,
         reason: e.to_string(),
@@ -149,7 +149,7 @@ pub fn verify(source: &DataDir) -> Result<ExitCode, CliError> {
     })
 }
 
-fn last_position(source: &DataDir) -> Option<u64> {
+pub(crate) fn last_position(source: &DataDir) -> Option<u64> {
     source
         .data_dir
         .as_ref()

@@ -10,6 +10,7 @@ pub mod bench_rotate;
 pub mod bench_sync;
 pub mod cli;
 pub mod demo;
+pub mod export;
 pub mod graph;
 pub mod http;
 pub mod inspect;

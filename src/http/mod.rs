@@ -1,6 +1,7 @@
 //! The HTTP API (axum): the shared state, the router, and the command path every write
 //! takes. One file per resource with its routes and JSON types; handlers stay thin.
 
+mod audit;
 mod auth;
 mod domains;
 mod error;
@@ -356,6 +357,27 @@ pub fn operations() -> Vec<Operation> {
         ),
         op(
             M::GET,
+            "/v1/users/{id}/timeline",
+            Read,
+            "One user's whole story in order (sync, status, SSO, keys, rotations, key writes, reveals)",
+            get(audit::timeline),
+        ),
+        op(
+            M::GET,
+            "/v1/audit/exports/{kind}",
+            Read,
+            "Export rows (password-changes, events, users; from, to, domain, user, format)",
+            get(audit::export),
+        ),
+        op(
+            M::GET,
+            "/v1/audit/exports/{kind}/manifest",
+            Read,
+            "The manifest of the same export query",
+            get(audit::export_manifest),
+        ),
+        op(
+            M::GET,
             "/v1/events",
             Read,
             "Envelopes from a position (with the stored record)",
@@ -428,7 +450,13 @@ pub fn openapi_document() -> serde_json::Value {
             .path
             .split('/')
             .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
-            .map(|name| serde_json::json!({"name": name, "in": "path", "required": true, "schema": {"type": "string", "format": "uuid"}}))
+            .map(|name| {
+                let schema = match name {
+                    "kind" => serde_json::json!({"type": "string", "enum": ["password-changes", "events", "users"]}),
+                    _ => serde_json::json!({"type": "string", "format": "uuid"}),
+                };
+                serde_json::json!({"name": name, "in": "path", "required": true, "schema": schema})
+            })
             .collect();
         let security = match o.access {
             Access::Open => serde_json::json!([]),

@@ -62,6 +62,7 @@ pub async fn rotate(
 ) -> Result<impl IntoResponse, ApiError> {
     who.require(&[Role::Admin])?;
     let (rotation_id, position) = s.rotation.start_manual(UserId(id), who.actor()).await?;
+    s.reach(Some(position)).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"rotation_id": rotation_id, "position": position})),

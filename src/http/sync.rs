@@ -82,6 +82,8 @@ pub async fn start(
         .start_run(DomainId(id), SyncTrigger::Manual, q.dry_run)
         .await?;
     if !q.dry_run {
+        // Read-your-writes: the run is visible to the caller's next GET.
+        s.reach(Some(accepted.position)).await?;
         return Ok((
             StatusCode::ACCEPTED,
             Json(json!({"run_id": accepted.run_id, "position": accepted.position})),

@@ -2,6 +2,7 @@
 //! by area (see STYLE.md).
 
 mod api;
+mod audit;
 mod cli;
 mod crash;
 mod graph;

@@ -103,6 +103,8 @@ enum BenchCommand {
     Api(crate::bench_api::ApiArgs),
     /// A first sync of a large generated group, then an incremental run of known changes.
     Sync(crate::bench_sync::SyncArgs),
+    /// A password-changes export of N events and its verify-export, in rows/s.
+    Export(crate::bench_export::ExportBenchArgs),
     /// N due users rotated against graphsim by a serve process, the concurrency limit checked.
     Rotate(crate::bench_rotate::RotateArgs),
     /// The bare axum handler `bench api` compares against.
@@ -136,6 +138,9 @@ pub fn run() -> ExitCode {
         }
         Command::Bench(BenchCommand::Sync(a)) => {
             runtime().and_then(|rt| rt.block_on(crate::bench_sync::sync(a)))
+        }
+        Command::Bench(BenchCommand::Export(a)) => {
+            runtime().and_then(|rt| rt.block_on(crate::bench_export::run(a)))
         }
         Command::Bench(BenchCommand::Rotate(a)) => {
             runtime().and_then(|rt| rt.block_on(crate::bench_rotate::rotate(a)))

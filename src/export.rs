@@ -171,8 +171,23 @@ fn manifest_path(file: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// `idledger export`.
+/// `idledger export`: prints where the file and manifest went.
 pub fn export(args: &ExportArgs) -> Result<ExitCode, CliError> {
+    println!("{}", export_file(args)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes the export and its manifest; answers where they went.
+pub fn export_file(args: &ExportArgs) -> Result<Value, CliError> {
+    export_from(args, records_of(&args.dir), last_position(&args.dir))
+}
+
+/// [`export_file`] over any records (`args.dir` is not read).
+pub fn export_from(
+    args: &ExportArgs,
+    records: Records<'_>,
+    last: Option<u64>,
+) -> Result<Value, CliError> {
     let (query, format) = query_of(
         &args.kind,
         &args.format,
@@ -182,10 +197,10 @@ pub fn export(args: &ExportArgs) -> Result<ExitCode, CliError> {
         args.user,
     )
     .map_err(CliError::Other)?;
-    let pb = progress::bar(last_position(&args.dir), "export");
+    let pb = progress::bar(last, "export");
     let mut file = std::io::BufWriter::new(std::fs::File::create(&args.out)?);
     let (summary, sha) = run_export(
-        records_of(&args.dir),
+        records,
         &query,
         format,
         None,
@@ -202,19 +217,33 @@ pub fn export(args: &ExportArgs) -> Result<ExitCode, CliError> {
     let m = manifest(&query, format, &summary, &sha);
     let text = serde_json::to_string_pretty(&m).map_err(|e| CliError::Other(e.to_string()))?;
     std::fs::write(manifest_path(&args.out), format!("{text}\n"))?;
-    println!(
-        "{}",
-        json!({"file": args.out, "manifest": manifest_path(&args.out), "rows": summary.rows, "log_position": summary.log_position})
-    );
-    Ok(ExitCode::SUCCESS)
+    Ok(
+        json!({"file": args.out, "manifest": manifest_path(&args.out), "rows": summary.rows, "log_position": summary.log_position}),
+    )
 }
 
-/// `idledger verify-export`: recomputes the rows from the log up to the manifest's
-/// position, checks the chain to there, and compares the file row by row.
+/// `idledger verify-export`: prints the report; exits 1 unless it is ok.
 pub fn verify_export(args: &VerifyExportArgs) -> Result<ExitCode, CliError> {
-    let m: Value = serde_json::from_slice(&std::fs::read(manifest_path(&args.file))?)
+    let report = verify_report(args)?;
+    println!("{report}");
+    Ok(if report["ok"] == true {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Recomputes the rows from the log up to the manifest's position, checks the chain to
+/// there, and compares the file row by row.
+pub fn verify_report(args: &VerifyExportArgs) -> Result<Value, CliError> {
+    verify_from(&args.file, records_of(&args.dir))
+}
+
+/// [`verify_report`] of `file` over any records.
+pub fn verify_from(file_path: &Path, records: Records<'_>) -> Result<Value, CliError> {
+    let m: Value = serde_json::from_slice(&std::fs::read(manifest_path(file_path))?)
         .map_err(|e| CliError::Other(format!("the manifest: {e}")))?;
-    let file = std::fs::read(&args.file)?;
+    let file = std::fs::read(file_path)?;
     let text = |k: &str| m[k].as_str().map(str::to_owned);
     let time = |v: &Value| v.as_str().and_then(|s| s.parse::<DateTime<Utc>>().ok());
     let uuid = |v: &Value| v.as_str().and_then(|s| s.parse::<uuid::Uuid>().ok());
@@ -232,7 +261,7 @@ pub fn verify_export(args: &VerifyExportArgs) -> Result<ExitCode, CliError> {
     let mut expected = Vec::new();
     let mut chain = Verifier::new();
     let (summary, sha) = run_export(
-        records_of(&args.dir),
+        records,
         &query,
         format,
         Some(log_position),
@@ -277,13 +306,5 @@ pub fn verify_export(args: &VerifyExportArgs) -> Result<ExitCode, CliError> {
         problems.push(json!({"problem": "bytes", "detail": "the rows match but the bytes do not"}));
     }
     let ok = problems.is_empty();
-    println!(
-        "{}",
-        json!({"ok": ok, "rows": summary.rows, "log_position": log_position, "problems": problems})
-    );
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(json!({"ok": ok, "rows": summary.rows, "log_position": log_position, "problems": problems}))
 }

@@ -6,6 +6,7 @@
 pub mod api_client;
 pub mod bench;
 pub mod bench_api;
+pub mod bench_export;
 pub mod bench_rotate;
 pub mod bench_sync;
 pub mod cli;

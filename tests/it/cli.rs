@@ -223,7 +223,11 @@ fn demo_syncs_contoso_from_graphsim_and_a_second_run_adds_nothing() {
             .output()
             .unwrap();
         let raw = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(out.status.success(), "{raw}");
+        assert!(
+            out.status.success(),
+            "{raw}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let lines: Vec<String> = raw
             .lines()
             .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
@@ -313,4 +317,21 @@ fn bench_rotate_rotates_every_due_user_within_the_limit() {
         v["max_concurrent_patches_seen"].as_u64().unwrap() <= 3,
         "{v}"
     );
+}
+
+#[test]
+fn bench_export_exports_and_verifies_every_password_change() {
+    let out = idledger()
+        .args(["bench", "export", "--events", "700"])
+        .output()
+        .unwrap();
+    let raw = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{raw} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(raw.trim()).unwrap();
+    assert_eq!(v["rows"], 700, "{v}");
+    assert_eq!(v["verified"], true, "{v}");
 }

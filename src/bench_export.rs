@@ -1,0 +1,192 @@
+//! `idledger bench export`: a password-changes CSV export of a log of N password-change
+//! events, and its `verify-export`, in rows per second.
+
+use crate::cli::{CliError, DataDir};
+use crate::export::{export_from, verify_from, ExportArgs, Records};
+use crate::store::{AppendRequest, EventLog, ExpectedVersion, SledEventLog};
+use clap::Args;
+use idledger_domain::events::*;
+use idledger_domain::*;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use uuid::Uuid;
+
+/// Options of `idledger bench export`.
+#[derive(Args, Debug)]
+pub struct ExportBenchArgs {
+    /// Password-change events in the log (filled when the data dir holds none).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub events: u64,
+    /// Data directory (a fresh temporary one when omitted).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// One user's password story: discovery, then rotations of seven steps each
+/// (started, succeeded, key write queued, delivered, confirmed; a reveal; a superseded
+/// write every other rotation).
+fn story(user: UserId, domain: DomainId, events: u64) -> Vec<Event> {
+    let mut out: Vec<Event> = vec![UserDiscovered {
+        user_id: user,
+        domain_id: domain,
+        external_id: Uuid::new_v4().to_string(),
+        attributes: UserAttributes {
+            user_principal_name: format!("{}@contoso.onmicrosoft.com", user.0.simple()),
+            display_name: "Bench User".into(),
+            account_enabled: true,
+            ..UserAttributes::default()
+        },
+    }
+    .into()];
+    while (out.len() as u64) < events + 1 {
+        let rotation_id = RotationId(Uuid::now_v7());
+        let key_write_id = KeyWriteId(Uuid::now_v7());
+        out.extend([
+            RotationStarted {
+                rotation_id,
+                reason: RotationReason::Scheduled,
+                sealed_password: SealedSecret {
+                    key_id: DataKeyId(Uuid::nil()),
+                    nonce: [7; 24],
+                    ciphertext: vec![9; 40],
+                },
+            }
+            .into(),
+            RotationSucceeded { rotation_id }.into(),
+            KeyWriteQueued {
+                key_write_id,
+                rotation_id,
+                key_id: KeyId("HZ-BENCH".into()),
+            }
+            .into(),
+            KeyWriteDelivered { key_write_id }.into(),
+            KeyWriteConfirmed { key_write_id }.into(),
+            PasswordRevealed {
+                rotation_id,
+                reason: "bench".into(),
+            }
+            .into(),
+        ]);
+    }
+    out.truncate(events as usize + 1);
+    out
+}
+
+async fn fill(log: &Arc<SledEventLog>, count: u64) -> Result<(), CliError> {
+    const PER_USER: u64 = 60;
+    let domain = DomainId(Uuid::now_v7());
+    let remaining = Arc::new(AtomicU64::new(count));
+    let pb = crate::progress::bar(Some(count), "fill");
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (log, remaining, pb) = (log.clone(), remaining.clone(), pb.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let took = remaining
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| {
+                        (r > 0).then(|| r - PER_USER.min(r))
+                    })
+                    .unwrap_or(0);
+                let n = took.min(PER_USER);
+                if n == 0 {
+                    return Ok::<_, CliError>(());
+                }
+                let user = UserId(Uuid::now_v7());
+                let events = story(user, domain, n)
+                    .into_iter()
+                    .map(|e| ProposedEvent::new(Uuid::now_v7(), Actor::System, e))
+                    .collect();
+                log.append(AppendRequest::new(
+                    StreamId::user(user),
+                    ExpectedVersion::NoStream,
+                    events,
+                ))
+                .await?;
+                pb.inc(n);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(|e| CliError::Other(e.to_string()))??;
+    }
+    pb.finish_and_clear();
+    log.flush().await?;
+    Ok(())
+}
+
+/// Runs the benchmark and prints one JSON line.
+pub async fn run(args: ExportBenchArgs) -> Result<ExitCode, CliError> {
+    let dir = args.data_dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("idledger-bench-export-{}", Uuid::new_v4().simple()))
+    });
+    let log = SledEventLog::open(&dir)?;
+    if log.head().position == 0 {
+        fill(&log, args.events).await?;
+    }
+    log.flush().await?;
+    // The log stays open (its writer holds the store): export over its records.
+    let records = |log: Arc<SledEventLog>| -> Records<'static> {
+        Box::new(move |f| {
+            for r in log.raw_records(1) {
+                let (pos, bytes) = r?;
+                if f(pos, &bytes).is_break() {
+                    break;
+                }
+            }
+            Ok(())
+        })
+    };
+    let out = dir.join("bench-export.csv");
+    let export_args = ExportArgs {
+        kind: "password-changes".into(),
+        dir: DataDir {
+            data_dir: Some(dir.clone()),
+            server: None,
+        },
+        from: None,
+        to: None,
+        domain: None,
+        user: None,
+        format: "csv".into(),
+        out: out.clone(),
+    };
+    let head = log.head().position;
+    let (export_s, verify_s, verified) = tokio::task::spawn_blocking(move || {
+        let t = Instant::now();
+        export_from(&export_args, records(log.clone()), Some(head))?;
+        let export_s = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let report = verify_from(&out, records(log))?;
+        Ok::<_, CliError>((export_s, t.elapsed().as_secs_f64(), report["ok"] == true))
+    })
+    .await
+    .map_err(|e| CliError::Other(e.to_string()))??;
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("bench-export.csv.manifest.json"))?)
+            .map_err(|e| CliError::Other(e.to_string()))?;
+    let rows = manifest["rows"].as_u64().unwrap_or(0);
+    println!(
+        "{}",
+        serde_json::json!({
+            "bench": "export",
+            "rows": rows,
+            "log_events": manifest["log_position"],
+            "export_seconds": export_s,
+            "export_rows_per_s": rows as f64 / export_s,
+            "verify_seconds": verify_s,
+            "verify_rows_per_s": rows as f64 / verify_s,
+            "verified": verified,
+        })
+    );
+    if args.data_dir.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(if verified {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

@@ -15,15 +15,14 @@
 
 use crate::password;
 use crate::secrets::{Secret, SecretsError};
-use crate::store::{AppendError, AppendRequest, EventLog, ExpectedVersion};
+use crate::store::{AppendError, ExpectedVersion};
 use crate::sync::{wait_cancelled, Engine, SyncService};
 use chrono::Utc;
 use futures_util::stream::{self, StreamExt};
 use idledger_domain::events::*;
 use idledger_domain::rotation::{after_attempt, AttemptResult, NextStep, RotationFacts};
 use idledger_domain::{
-    Actor, DomainId, Event, KeyWriteId, KeyWriteState, ProposedEvent, RotationId, RotationReason,
-    StreamId, UserId,
+    Actor, DomainId, Event, KeyWriteId, KeyWriteState, RotationId, RotationReason, StreamId, UserId,
 };
 use idledger_projections::{Projections, RotationOutcome, UserStatus, UserView};
 use std::collections::{HashMap, HashSet};
@@ -351,20 +350,16 @@ impl RotationService {
         rotation: RotationId,
         events: Vec<Event>,
     ) -> Result<u64, RotationError> {
-        let proposed = events
-            .into_iter()
-            .map(|e| ProposedEvent {
-                correlation_id: Some(rotation.0),
-                ..ProposedEvent::new(uuid::Uuid::now_v7(), actor.clone(), e)
-            })
-            .collect();
-        let done = self
-            .inner
-            .engine
-            .log
-            .append(AppendRequest::new(stream.clone(), expected, proposed))
-            .await?;
-        Ok(done.last_position)
+        let log = &*self.inner.engine.log;
+        let at = crate::store::append_correlated(
+            log,
+            stream.clone(),
+            expected,
+            actor,
+            Some(rotation.0),
+            events,
+        );
+        Ok(at.await?)
     }
 
     /// Drives a rotation to its outcome (or leaves it pending when its domain's worker

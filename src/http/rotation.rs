@@ -7,7 +7,7 @@ use super::auth::Principal;
 use super::error::{ApiError, ApiJson, ApiQuery, IdPath};
 use super::{page, AppState};
 use crate::rotation::{facts, RotationError};
-use crate::store::{AppendRequest, EventLog, ExpectedVersion};
+use crate::store::ExpectedVersion;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -16,7 +16,7 @@ use chrono::Utc;
 use idledger_domain::events::{
     KeyWriteConfirmed, KeyWriteDelivered, KeyWriteFailed, PasswordRevealed,
 };
-use idledger_domain::{Event, KeyWriteId, ProposedEvent, Role, StreamId, UserId};
+use idledger_domain::{Event, KeyWriteId, Role, StreamId, UserId};
 use idledger_projections::{RotationOutcome, UserStatus};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -39,19 +39,17 @@ async fn append_one(
     correlation: Option<uuid::Uuid>,
     event: Event,
 ) -> Result<u64, ApiError> {
-    let proposed = ProposedEvent {
-        correlation_id: correlation,
-        ..ProposedEvent::new(uuid::Uuid::now_v7(), who.actor(), event)
-    };
-    let done = s
-        .log
-        .append(AppendRequest::new(
-            StreamId::user(user),
-            ExpectedVersion::Any,
-            vec![proposed],
-        ))
-        .await?;
-    Ok(done.last_position)
+    let stream = StreamId::user(user);
+    let actor = who.actor();
+    let at = crate::store::append_correlated(
+        &*s.log,
+        stream,
+        ExpectedVersion::Any,
+        &actor,
+        correlation,
+        vec![event],
+    );
+    Ok(at.await?)
 }
 
 /// Starts a rotation now: 202 with its id.

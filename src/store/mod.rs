@@ -221,3 +221,27 @@ pub async fn decide_and_append<L: EventLog, S: Default>(
     }
     Err(CommandError::Contended)
 }
+
+/// Appends `events` to `stream` as `actor`, each carrying `correlation_id` (a sync run's
+/// or a rotation's id, so its events can be found together); returns the position of the
+/// last one.
+pub async fn append_correlated<L: EventLog>(
+    log: &L,
+    stream: StreamId,
+    expected: ExpectedVersion,
+    actor: &Actor,
+    correlation_id: Option<uuid::Uuid>,
+    events: Vec<Event>,
+) -> Result<u64, AppendError> {
+    let proposed = events
+        .into_iter()
+        .map(|e| ProposedEvent {
+            correlation_id,
+            ..ProposedEvent::new(uuid::Uuid::now_v7(), actor.clone(), e)
+        })
+        .collect();
+    let done = log
+        .append(AppendRequest::new(stream, expected, proposed))
+        .await?;
+    Ok(done.last_position)
+}

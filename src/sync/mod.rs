@@ -323,12 +323,12 @@ impl SyncService {
                 .is_none_or(|d| d.delta_links.is_none())
         };
         let run_id = SyncRunId(uuid::Uuid::now_v7());
-        let position = run::append_correlated(
-            &self.inner.engine.log,
+        let position = crate::store::append_correlated(
+            &*self.inner.engine.log,
             StreamId::domain(domain),
             ExpectedVersion::Any,
             &Actor::Sync(domain),
-            run_id,
+            Some(run_id.0),
             vec![SyncRunStarted {
                 run_id,
                 trigger,
@@ -354,12 +354,12 @@ impl SyncService {
                     error: e.to_string(),
                     graph_code: e.graph_code(),
                 };
-                if let Err(e2) = run::append_correlated(
-                    &engine.log,
+                if let Err(e2) = crate::store::append_correlated(
+                    &*engine.log,
                     StreamId::domain(domain),
                     ExpectedVersion::Any,
                     &Actor::Sync(domain),
-                    run_id,
+                    Some(run_id.0),
                     vec![failed.into()],
                 )
                 .await
@@ -402,12 +402,12 @@ impl SyncService {
             let d = p.domains.get(domain).ok_or(SyncError::NotFound("domain"))?;
             (d.settings.removal_behavior, run.held_removals.clone())
         };
-        let mut last = run::append_correlated(
-            &engine.log,
+        let mut last = crate::store::append_correlated(
+            &*engine.log,
             StreamId::domain(domain),
             ExpectedVersion::Any,
             actor,
-            run_id,
+            Some(run_id.0),
             vec![SyncQuarantineApproved { run_id }.into()],
         )
         .await?;
@@ -430,12 +430,12 @@ impl SyncService {
                     return Ok::<u64, SyncError>(0);
                 };
                 let deletes = matches!(event, Event::UserDeleted(_));
-                let p = run::append_correlated(
-                    &engine.log,
+                let p = crate::store::append_correlated(
+                    &*engine.log,
                     stream.clone(),
                     ExpectedVersion::Exact(version),
                     actor,
-                    run_id,
+                    Some(run_id.0),
                     vec![event],
                 )
                 .await?;

@@ -11,7 +11,7 @@ use super::SyncError;
 use crate::graph::{GraphClient, GraphError, GraphUser, UserChange, USER_SELECT};
 use crate::projector::Projector;
 use crate::secrets::Keyring;
-use crate::store::{AppendError, AppendRequest, EventLog, ExpectedVersion, SledEventLog};
+use crate::store::{AppendError, EventLog, ExpectedVersion, SledEventLog};
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use idledger_domain::decide::user::Status;
 use idledger_domain::events::*;
@@ -19,8 +19,7 @@ use idledger_domain::sync::{
     guard_trips, plan_user, Discovery, Known, Observed, SyncOutcome, SyncPolicy, UserPlan,
 };
 use idledger_domain::{
-    Actor, DomainId, Event, LeaveReason, ProposedEvent, StreamId, SyncCounters, SyncRunId,
-    UserAttributes, UserId,
+    Actor, DomainId, Event, LeaveReason, StreamId, SyncCounters, SyncRunId, UserAttributes, UserId,
 };
 use idledger_projections::{DomainView, UserStatus, UserView};
 use serde::Serialize;
@@ -647,12 +646,12 @@ impl<'a> SyncRun<'a> {
             }
             .into(),
         );
-        let position = append_correlated(
-            &self.engine.log,
+        let position = crate::store::append_correlated(
+            &*self.engine.log,
             StreamId::domain(domain_id),
             ExpectedVersion::Any,
             &actor,
-            self.run_id,
+            Some(self.run_id.0),
             domain_events,
         )
         .await?;
@@ -691,12 +690,12 @@ impl<'a> SyncRun<'a> {
             }
             let deletes = events.iter().any(|e| matches!(e, Event::UserDeleted(_)));
             let stream = StreamId::user(user_id);
-            match append_correlated(
-                &self.engine.log,
+            match crate::store::append_correlated(
+                &*self.engine.log,
                 stream.clone(),
                 expected,
                 &actor,
-                self.run_id,
+                Some(self.run_id.0),
                 events,
             )
             .await
@@ -707,7 +706,7 @@ impl<'a> SyncRun<'a> {
                     }
                     return Ok(());
                 }
-                Err(SyncError::Append(AppendError::WrongExpectedVersion { .. })) => {
+                Err(AppendError::WrongExpectedVersion { .. }) => {
                     self.engine.settle().await?;
                     let fresh = {
                         let p = self.engine.projector.read();
@@ -722,7 +721,7 @@ impl<'a> SyncRun<'a> {
                     });
                     known = Some((fresh.id, fresh.version));
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             }
         }
         Err(SyncError::Internal(format!(
@@ -767,27 +766,4 @@ fn observation_of(plan: &UserPlan, known: &Known) -> Observed {
         }
     }
     seen
-}
-
-/// Appends `events` to `stream`, tied to the run by its correlation id; returns the
-/// position of the last one.
-pub async fn append_correlated(
-    log: &SledEventLog,
-    stream: StreamId,
-    expected: ExpectedVersion,
-    actor: &Actor,
-    run_id: SyncRunId,
-    events: Vec<Event>,
-) -> Result<u64, SyncError> {
-    let proposed = events
-        .into_iter()
-        .map(|e| ProposedEvent {
-            correlation_id: Some(run_id.0),
-            ..ProposedEvent::new(uuid::Uuid::now_v7(), actor.clone(), e)
-        })
-        .collect();
-    let done = log
-        .append(AppendRequest::new(stream, expected, proposed))
-        .await?;
-    Ok(done.last_position)
 }

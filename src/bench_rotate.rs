@@ -1,7 +1,7 @@
 //! `idledger bench rotate`: N due users rotated against an in-process graphsim by a real
 //! `serve` process, with the domain's concurrency limit checked on graphsim's side.
 
-use crate::api_client::ServeProcess;
+use crate::api_client::{contoso, ServeProcess};
 use crate::bench_sync::tempfile_dir;
 use crate::cli::CliError;
 use clap::Args;
@@ -11,10 +11,6 @@ use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
-
-const CONTOSO: &str = include_str!("../fixtures/tenants/contoso.json");
-const SYNC_GROUP: &str = "Hideez Users Sync";
-const ROTATION_GROUP: &str = "Hideez Key Auto Password Change";
 
 /// Options of `idledger bench rotate`.
 #[derive(Args, Debug)]
@@ -37,12 +33,12 @@ pub struct RotateArgs {
 pub async fn rotate(args: RotateArgs) -> Result<ExitCode, CliError> {
     let dir = tempfile_dir(&args.data_dir)?;
     std::fs::create_dir_all(&dir)?;
-    let mut tenant = graphsim::parse_tenant(CONTOSO).map_err(CliError::Other)?;
-    tenant.generate_users(args.users, SYNC_GROUP, ROTATION_GROUP);
+    let mut tenant = contoso::directory()?;
+    tenant.generate_users(args.users, contoso::SYNC_GROUP, contoso::ROTATION_GROUP);
     let rotation = tenant
         .groups
         .values()
-        .find(|g| g.display_name == ROTATION_GROUP)
+        .find(|g| g.display_name == contoso::ROTATION_GROUP)
         .map(|g| g.id.clone())
         .unwrap_or_default();
     let generated: Vec<String> = tenant
@@ -81,22 +77,8 @@ async fn drive(
     sim_url: &str,
 ) -> Result<ExitCode, CliError> {
     let api = &serve.api;
-    let domain = api
-        .call(
-            Method::POST,
-            "/v1/domains",
-            Some(json!({
-                "domain": "contoso.onmicrosoft.com",
-                "tenant_id": "6f1a2b3c-4d5e-4f60-8a7b-9c0d1e2f3a4b",
-                "client_id": "11111111-2222-4333-8444-555555555555",
-                "client_secret": "contoso-demo-secret",
-                "graph_url": sim_url,
-                "authority_url": sim_url,
-                "auto_import": true,
-                "max_concurrent_rotations": args.concurrency,
-            })),
-        )
-        .await?;
+    let settings = json!({"auto_import": true, "max_concurrent_rotations": args.concurrency});
+    let domain = api.add_contoso(sim_url, settings).await?;
     let id = domain["id"].as_str().unwrap_or_default().to_owned();
     let run = api.sync_and_wait(&id, Duration::from_secs(600)).await?;
     if run["status"] != "succeeded" {

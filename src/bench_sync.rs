@@ -1,19 +1,14 @@
 //! `idledger bench sync`: a first sync of a large generated group and an incremental run
 //! carrying a known number of changes, against an in-process graphsim, through the API.
 
-use crate::api_client::ServeProcess;
+use crate::api_client::{contoso, ServeProcess};
 use crate::cli::CliError;
 use clap::Args;
 use graphsim::tenant::UserEntry;
-use reqwest::Method;
 use serde_json::json;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
-
-const CONTOSO: &str = include_str!("../fixtures/tenants/contoso.json");
-const SYNC_GROUP: &str = "Hideez Users Sync";
-const ROTATION_GROUP: &str = "Hideez Key Auto Password Change";
 
 /// Options of `idledger bench sync`.
 #[derive(Args, Debug)]
@@ -48,8 +43,8 @@ pub async fn sync(args: SyncArgs) -> Result<ExitCode, CliError> {
     let temp = tempfile_dir(&args.data_dir)?;
     let dir = temp.clone();
     std::fs::create_dir_all(&dir)?;
-    let mut tenant = graphsim::parse_tenant(CONTOSO).map_err(CliError::Other)?;
-    tenant.generate_users(args.users, SYNC_GROUP, ROTATION_GROUP);
+    let mut tenant = contoso::directory()?;
+    tenant.generate_users(args.users, contoso::SYNC_GROUP, contoso::ROTATION_GROUP);
     let (sim_url, sim) = graphsim::spawn(tenant, graphsim::SimConfig::default()).await?;
 
     // The engine is a real `serve` process, so its memory is measured alone.
@@ -71,20 +66,7 @@ async fn drive(
 ) -> Result<ExitCode, CliError> {
     let api = &serve.api;
     let pid = serve.pid();
-    let domain = api
-        .call(
-            Method::POST,
-            "/v1/domains",
-            Some(json!({
-                "domain": "contoso.onmicrosoft.com",
-                "tenant_id": "6f1a2b3c-4d5e-4f60-8a7b-9c0d1e2f3a4b",
-                "client_id": "11111111-2222-4333-8444-555555555555",
-                "client_secret": "contoso-demo-secret",
-                "graph_url": sim_url,
-                "authority_url": sim_url,
-            })),
-        )
-        .await?;
+    let domain = api.add_contoso(sim_url, json!({})).await?;
     let id = domain["id"].as_str().unwrap_or_default().to_owned();
     let pb = crate::progress::bar(None, "first sync");
     pb.enable_steady_tick(Duration::from_millis(200));
@@ -105,7 +87,7 @@ async fn drive(
             .dir
             .groups
             .values()
-            .find(|g| g.display_name == SYNC_GROUP)
+            .find(|g| g.display_name == contoso::SYNC_GROUP)
             .map(|g| g.id.clone())
             .unwrap_or_default();
         let members: Vec<String> = inner

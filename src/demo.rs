@@ -5,7 +5,7 @@
 //! would: registers the domain with its credentials, runs a sync, imports the candidates,
 //! and prints a summary. It then serves until Ctrl-C, or exits with `--once`.
 
-use crate::api_client::ApiClient;
+use crate::api_client::{contoso, ApiClient};
 use crate::cli::CliError;
 use crate::rotation::RotationConfig;
 use crate::server::{issue_token, start_with, Config};
@@ -19,13 +19,6 @@ use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
-
-/// The demo tenant, the same file as `fixtures/tenants/contoso.json`.
-const CONTOSO: &str = include_str!("../fixtures/tenants/contoso.json");
-const DOMAIN: &str = "contoso.onmicrosoft.com";
-const TENANT: &str = "6f1a2b3c-4d5e-4f60-8a7b-9c0d1e2f3a4b";
-const CLIENT_ID: &str = "11111111-2222-4333-8444-555555555555";
-const CLIENT_SECRET: &str = "contoso-demo-secret";
 
 /// Options of `idledger demo`.
 #[derive(Args, Debug)]
@@ -49,7 +42,7 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode, CliError> {
             std::env::temp_dir().join(format!("idledger-demo-{}", uuid::Uuid::new_v4().simple()))
         }
     };
-    let tenant = graphsim::parse_tenant(CONTOSO).map_err(CliError::Other)?;
+    let tenant = contoso::directory()?;
     let (sim_url, _sim) = graphsim::spawn(tenant, graphsim::SimConfig::default()).await?;
 
     let config = Config {
@@ -127,7 +120,7 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode, CliError> {
     println!("idledger demo");
     println!("  data dir        {}", dir.display());
     println!("  graph (sim)     {sim_url}");
-    println!("  domain          {DOMAIN} ({id})");
+    println!("  domain          {} ({id})", contoso::DOMAIN);
     println!(
         "  sync run        {} {} (added {}, changed {}, left {}, deleted {})",
         run["run_id"].as_str().unwrap_or_default(),
@@ -198,22 +191,13 @@ async fn register(admin: &ApiClient, sim_url: &str) -> Result<Value, CliError> {
         .as_array()
         .into_iter()
         .flatten()
-        .find(|d| d["domain"] == DOMAIN && d["removed"] == false)
+        .find(|d| d["domain"] == contoso::DOMAIN && d["removed"] == false)
         .cloned();
-    let credentials = json!({
-        "tenant_id": TENANT, "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
-    });
+    let credentials = contoso::credentials();
     let Some(d) = found else {
-        let mut body = json!({
-            "domain": DOMAIN,
-            "graph_url": sim_url,
-            "authority_url": sim_url,
-            "auto_password_change_days": 30,
-        });
-        for (k, v) in credentials.as_object().into_iter().flatten() {
-            body[k] = v.clone();
-        }
-        let d = admin.call(Method::POST, "/v1/domains", Some(body)).await?;
+        let d = admin
+            .add_contoso(sim_url, json!({"auto_password_change_days": 30}))
+            .await?;
         let id = d["id"].as_str().unwrap_or_default();
         admin
             .call(

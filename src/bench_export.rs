@@ -2,7 +2,7 @@
 //! events, and its `verify-export`, in rows per second.
 
 use crate::cli::{CliError, DataDir};
-use crate::export::{export_from, verify_from, ExportArgs, Records};
+use crate::export::{export_from, records_of_log, verify_from, ExportArgs};
 use crate::store::{AppendRequest, EventLog, ExpectedVersion, SledEventLog};
 use clap::Args;
 use idledger_domain::events::*;
@@ -128,17 +128,6 @@ pub async fn run(args: ExportBenchArgs) -> Result<ExitCode, CliError> {
     }
     log.flush().await?;
     // The log stays open (its writer holds the store): export over its records.
-    let records = |log: Arc<SledEventLog>| -> Records<'static> {
-        Box::new(move |f| {
-            for r in log.raw_records(1) {
-                let (pos, bytes) = r?;
-                if f(pos, &bytes).is_break() {
-                    break;
-                }
-            }
-            Ok(())
-        })
-    };
     let out = dir.join("bench-export.csv");
     let export_args = ExportArgs {
         kind: "password-changes".into(),
@@ -156,10 +145,10 @@ pub async fn run(args: ExportBenchArgs) -> Result<ExitCode, CliError> {
     let head = log.head().position;
     let (export_s, verify_s, verified) = tokio::task::spawn_blocking(move || {
         let t = Instant::now();
-        export_from(&export_args, records(log.clone()), Some(head))?;
+        export_from(&export_args, records_of_log(log.clone()), Some(head))?;
         let export_s = t.elapsed().as_secs_f64();
         let t = Instant::now();
-        let report = verify_from(&out, records(log))?;
+        let report = verify_from(&out, records_of_log(log))?;
         Ok::<_, CliError>((export_s, t.elapsed().as_secs_f64(), report["ok"] == true))
     })
     .await

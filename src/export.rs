@@ -116,6 +116,19 @@ pub fn records_of(source: &DataDir) -> Records<'_> {
     Box::new(move |f| each_record(source, 1, f))
 }
 
+/// The records of an open log (the server's own, or one a benchmark just filled).
+pub fn records_of_log(log: std::sync::Arc<crate::store::SledEventLog>) -> Records<'static> {
+    Box::new(move |f| {
+        for r in log.raw_records(1) {
+            let (pos, bytes) = r?;
+            if f(pos, &bytes).is_break() {
+                break;
+            }
+        }
+        Ok(())
+    })
+}
+
 /// Runs an export over `records` (in log order), writing the rows to `sink`; stops after
 /// `until_position` when given. Returns the summary and the SHA-256 of what was written.
 pub fn run_export(

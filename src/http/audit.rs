@@ -5,7 +5,7 @@ use super::auth::Principal;
 use super::error::{ApiError, ApiQuery, IdPath};
 use super::{page, AppState};
 use crate::cli::CliError;
-use crate::export::{manifest, query_of, run_export, Records};
+use crate::export::{manifest, query_of, records_of_log, run_export};
 use crate::store::EventLog;
 use axum::extract::{Path, State};
 use axum::http::header;
@@ -40,15 +40,7 @@ async fn make(
     let log = s.log.clone();
     let head = log.head().position;
     tokio::task::spawn_blocking(move || {
-        let records: Records<'_> = Box::new(|f| {
-            for r in log.raw_records(1) {
-                let (pos, bytes) = r.map_err(CliError::from)?;
-                if f(pos, &bytes).is_break() {
-                    break;
-                }
-            }
-            Ok(())
-        });
+        let records = records_of_log(log);
         let mut body = Vec::new();
         let (summary, sha) = run_export(
             records,

@@ -5,7 +5,7 @@ use super::auth::Principal;
 use super::error::{ApiError, ApiJson, ApiQuery, IdPath};
 use super::users::user_json;
 use super::{page, AppState, Consistency};
-use crate::store::{AppendRequest, EventLog, ExpectedVersion};
+use crate::store::{append_correlated, ExpectedVersion};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -264,22 +264,21 @@ pub async fn invite(
         to: invite.to.clone(),
         via: s.mailer.via().into(),
     };
-    let done = s
-        .log
-        .append(AppendRequest::new(
-            StreamId::user(user),
-            ExpectedVersion::Any,
-            vec![idledger_domain::ProposedEvent::new(
-                uuid::Uuid::now_v7(),
-                who.actor(),
-                sent,
-            )],
-        ))
-        .await?;
+    let actor = who.actor();
+    let stream = StreamId::user(user);
+    let position = append_correlated(
+        &*s.log,
+        stream,
+        ExpectedVersion::Any,
+        &actor,
+        None,
+        vec![sent.into()],
+    );
+    let position = position.await?;
     Ok(Json(json!({
         "user_id": user,
         "to": invite.to,
         "via": s.mailer.via(),
-        "position": done.last_position,
+        "position": position,
     })))
 }

@@ -104,7 +104,7 @@ impl App {
         body
     }
 
-    /// A user as sync will create them (sync lands with a later issue).
+    /// A user as sync creates them, appended directly (for tests that need no Graph).
     pub async fn user(&self, domain: &str) -> UserId {
         let user = UserId(uuid::Uuid::now_v7());
         let events = vec![

@@ -2,7 +2,7 @@
 
 use crate::cli::CliError;
 use crate::progress;
-use crate::store::sled_log::open_raw;
+use crate::store::sled_log::{open_raw, RawStore};
 use crate::store::{AppendRequest, EventLog, ExpectedVersion, SledEventLog};
 use chrono::Utc;
 use clap::Args;
@@ -287,6 +287,18 @@ async fn fill(log: &Arc<SledEventLog>, count: u64) -> Result<(), CliError> {
     Ok(())
 }
 
+/// Opens a data dir for reading once the log that had it open (dropped just before) has
+/// let go: its writer task needs a moment to drop its handle on the store.
+pub(crate) async fn reopen(data_dir: &std::path::Path) -> Result<RawStore, CliError> {
+    for _ in 0..100 {
+        match open_raw(data_dir) {
+            Ok(s) => return Ok(s),
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
+    }
+    Err(CliError::Other("could not reopen the store".into()))
+}
+
 /// Runs `bench replay`.
 pub async fn replay(args: ReplayArgs) -> Result<ExitCode, CliError> {
     {
@@ -296,18 +308,7 @@ pub async fn replay(args: ReplayArgs) -> Result<ExitCode, CliError> {
             fill(&log, args.events - have).await?;
         }
     }
-    // Give the writer task a moment to drop its handle on the store.
-    let mut store = None;
-    for _ in 0..100 {
-        match open_raw(&args.data_dir) {
-            Ok(s) => {
-                store = Some(s);
-                break;
-            }
-            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
-        }
-    }
-    let store = store.ok_or_else(|| CliError::Other("could not reopen the store".into()))?;
+    let store = reopen(&args.data_dir).await?;
     let n = args.events;
     let pb = progress::bar(Some(4 * n), "replay");
     let mut best_ours = f64::MAX;
@@ -338,7 +339,7 @@ pub async fn replay(args: ReplayArgs) -> Result<ExitCode, CliError> {
         pb.inc(count);
         // Ours: the same scan, decoded on every core, folded into every projection.
         let started = Instant::now();
-        let projections = fold(store.envelopes_parallel(), Until::Position(n), |_| {})?;
+        let projections = fold(store.envelopes_parallel()?, Until::Position(n), |_| {})?;
         folded = projections.position;
         std::hint::black_box(&projections);
         best_ours = best_ours.min(started.elapsed().as_secs_f64() / folded.max(1) as f64);

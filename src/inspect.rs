@@ -188,7 +188,7 @@ pub fn replay(args: &ReplayArgs) -> Result<ExitCode, CliError> {
         }
     };
     let projections = match &args.dir.data_dir {
-        Some(dir) => fold(open_raw(dir)?.envelopes_parallel(), until, tick)?,
+        Some(dir) => fold(open_raw(dir)?.envelopes_parallel()?, until, tick)?,
         None => {
             let mut envelopes = Vec::new();
             let mut failed = None;

@@ -12,6 +12,7 @@ use idledger_domain::{DomainId, Envelope, Event, Hash, KeyWriteId, RotationId, U
 use idledger_projections::Projections;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
+use std::io::BufRead;
 use std::ops::ControlFlow;
 
 /// What an export lists.
@@ -150,8 +151,126 @@ struct Context {
     writes: FxHashMap<KeyWriteId, RotationId>,
 }
 
+/// Times as `to_rfc3339_opts(SecondsFormat::Micros, true)` writes them, without its
+/// allocation: rows of one day share the date part, kept between rows.
+#[derive(Default)]
+struct TimeText {
+    day: Option<i64>,
+    date: Vec<u8>,
+}
+
+/// 1970-01-01 and 10000-01-01 in seconds: four-digit years, where the fast path applies.
+const FAST_TIMES: std::ops::Range<i64> = 0..253_402_300_800;
+
+impl TimeText {
+    fn write(&mut self, t: DateTime<Utc>, out: &mut Vec<u8>) {
+        let secs = t.timestamp();
+        let nanos = t.timestamp_subsec_nanos();
+        if nanos >= 1_000_000_000 || !FAST_TIMES.contains(&secs) {
+            // A leap second or a year without four digits: chrono's own words.
+            out.extend_from_slice(time(t).as_bytes());
+            return;
+        }
+        let day = secs.div_euclid(86_400);
+        if self.day != Some(day) {
+            self.date = t.format("%Y-%m-%dT").to_string().into_bytes();
+            self.day = Some(day);
+        }
+        out.extend_from_slice(&self.date);
+        let s = secs.rem_euclid(86_400) as u32;
+        let micros = nanos / 1000;
+        let digits = |n: u32, width: u32, out: &mut Vec<u8>| {
+            for k in (0..width).rev() {
+                out.push(b'0' + (n / 10u32.pow(k) % 10) as u8);
+            }
+        };
+        digits(s / 3600, 2, out);
+        out.push(b':');
+        digits(s / 60 % 60, 2, out);
+        out.push(b':');
+        digits(s % 60, 2, out);
+        out.push(b'.');
+        digits(micros, 6, out);
+        out.push(b'Z');
+    }
+}
+
 fn time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// One row's fields, written end to end into one buffer that lives as long as the
+/// exporter: a row costs no allocation.
+#[derive(Default)]
+struct Row {
+    text: Vec<u8>,
+    ends: Vec<usize>,
+    /// Bit i set: field i is free text, which CSV may have to quote. Numbers, ids, times
+    /// and hashes never need it, so they are not scanned.
+    free_text: u64,
+    times: TimeText,
+}
+
+impl Row {
+    fn start(&mut self) -> &mut Self {
+        self.text.clear();
+        self.ends.clear();
+        self.free_text = 0;
+        self
+    }
+
+    fn done(&mut self) -> &mut Self {
+        self.ends.push(self.text.len());
+        self
+    }
+
+    fn str(&mut self, s: &str) -> &mut Self {
+        self.free_text |= 1 << self.ends.len();
+        self.text.extend_from_slice(s.as_bytes());
+        self.done()
+    }
+
+    fn num(&mut self, n: u64) -> &mut Self {
+        self.text
+            .extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+        self.done()
+    }
+
+    fn uuid(&mut self, u: Option<&uuid::Uuid>) -> &mut Self {
+        if let Some(u) = u {
+            let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+            self.text
+                .extend_from_slice(u.hyphenated().encode_lower(&mut buf).as_bytes());
+        }
+        self.done()
+    }
+
+    fn time(&mut self, t: Option<DateTime<Utc>>) -> &mut Self {
+        if let Some(t) = t {
+            self.times.write(t, &mut self.text);
+        }
+        self.done()
+    }
+
+    fn hash(&mut self, h: &Hash) -> &mut Self {
+        let mut buf = [0u8; 64];
+        if hex::encode_to_slice(h.0, &mut buf).is_ok() {
+            self.text.extend_from_slice(&buf);
+        }
+        self.done()
+    }
+
+    fn display(&mut self, d: impl std::fmt::Display) -> &mut Self {
+        use std::io::Write as _;
+        self.free_text |= 1 << self.ends.len();
+        let _ = write!(self.text, "{d}");
+        self.done()
+    }
+
+    fn field(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.text[start..self.ends[i]]
+    }
 }
 
 /// Makes the rows of one query from envelopes fed in log order.
@@ -162,32 +281,48 @@ pub struct Exporter {
     /// Only for `users`: the projections folded up to `to`.
     state: Option<Projections>,
     summary: ExportSummary,
+    row: Row,
+    /// JSON Lines keys in the order they are written (sorted, as a JSON object map
+    /// writes them): indexes into the columns.
+    json_order: Vec<usize>,
 }
 
 /// Appends one RFC 4180 record: a field is quoted when it holds a comma, quote or line
 /// break, with quotes doubled. (The `csv` crate reads exports back; writing by hand avoids
 /// a writer per row.)
-fn csv_record<S: AsRef<str>>(values: &[S], out: &mut Vec<u8>) {
-    for (i, v) in values.iter().enumerate() {
+fn csv_record<S: AsRef<[u8]>>(values: impl IntoIterator<Item = S>, out: &mut Vec<u8>) {
+    for (i, v) in values.into_iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        let v = v.as_ref();
-        if v.contains([',', '"', '\n', '\r']) {
-            out.push(b'"');
-            out.extend_from_slice(v.replace('"', "\"\"").as_bytes());
-            out.push(b'"');
-        } else {
-            out.extend_from_slice(v.as_bytes());
-        }
+        csv_field(v.as_ref(), out);
     }
     out.push(b'\n');
+}
+
+/// Appends one CSV field, quoted if it must be.
+fn csv_field(v: &[u8], out: &mut Vec<u8>) {
+    if v.iter().any(|b| matches!(b, b',' | b'"' | b'\n' | b'\r')) {
+        out.push(b'"');
+        for &b in v {
+            if b == b'"' {
+                out.push(b'"');
+            }
+            out.push(b);
+        }
+        out.push(b'"');
+    } else {
+        out.extend_from_slice(v);
+    }
 }
 
 impl Exporter {
     /// An exporter of `query` in `format`.
     pub fn new(query: ExportQuery, format: ExportFormat) -> Self {
         let state = (query.kind == ExportKind::Users).then(Projections::new);
+        let columns = query.kind.columns();
+        let mut json_order: Vec<usize> = (0..columns.len()).collect();
+        json_order.sort_by_key(|&i| columns[i]);
         Exporter {
             query,
             format,
@@ -200,6 +335,8 @@ impl Exporter {
                 log_position: 0,
                 chain_hash: Hash::ZERO,
             },
+            row: Row::default(),
+            json_order,
         }
     }
 
@@ -215,25 +352,41 @@ impl Exporter {
         }
     }
 
-    fn emit(&mut self, values: &[String], out: &mut Vec<u8>) {
+    /// Appends the row held in `self.row` to `out`.
+    fn emit(&mut self, out: &mut Vec<u8>) {
+        let row = &self.row;
         match self.format {
-            ExportFormat::Csv => csv_record(values, out),
-            ExportFormat::Jsonl => {
-                let mut m = serde_json::Map::with_capacity(values.len());
-                for (k, v) in self.query.kind.columns().iter().zip(values) {
-                    m.insert((*k).to_owned(), serde_json::Value::String(v.clone()));
+            ExportFormat::Csv => {
+                for i in 0..row.ends.len() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    if row.free_text & (1 << i) != 0 {
+                        csv_field(row.field(i), out);
+                    } else {
+                        out.extend_from_slice(row.field(i));
+                    }
                 }
-                let _ = serde_json::to_writer(&mut *out, &m);
                 out.push(b'\n');
+            }
+            ExportFormat::Jsonl => {
+                let columns = self.query.kind.columns();
+                out.push(b'{');
+                for (n, &i) in self.json_order.iter().enumerate() {
+                    if n > 0 {
+                        out.push(b',');
+                    }
+                    out.push(b'"');
+                    out.extend_from_slice(columns[i].as_bytes());
+                    out.extend_from_slice(b"\":");
+                    // Fields are built from strings, so this never replaces anything.
+                    let value = String::from_utf8_lossy(row.field(i));
+                    let _ = serde_json::to_writer(&mut *out, &*value);
+                }
+                out.extend_from_slice(b"}\n");
             }
         }
         self.summary.rows += 1;
-    }
-
-    fn row(&mut self, position: u64, values: &[String], out: &mut Vec<u8>) {
-        self.summary.first_position.get_or_insert(position);
-        self.summary.last_position = Some(position);
-        self.emit(values, out);
     }
 
     /// Feeds one envelope; appends its row (if any) to `out`. Breaks once past `to`:
@@ -262,52 +415,51 @@ impl Exporter {
         if !wanted {
             return ControlFlow::Continue(());
         }
-        match self.query.kind {
+        let written = match self.query.kind {
             ExportKind::Events => {
-                let values = [
-                    env.position.to_string(),
-                    time(env.recorded_at),
-                    env.stream.as_str().to_owned(),
-                    env.version.to_string(),
-                    env.event.kind().to_owned(),
-                    env.actor.to_string(),
-                    env.correlation_id
-                        .map(|c| c.to_string())
-                        .unwrap_or_default(),
-                    env.event.payload_json().to_string(),
-                    env.hash.to_hex(),
-                ];
-                self.row(env.position, &values, out);
+                self.row
+                    .start()
+                    .num(env.position)
+                    .time(Some(env.recorded_at))
+                    .str(env.stream.as_str())
+                    .num(env.version)
+                    .str(env.event.kind())
+                    .display(&env.actor)
+                    .uuid(env.correlation_id.as_ref())
+                    .str(&env.event.payload_json().to_string())
+                    .hash(&env.hash);
+                true
             }
-            ExportKind::PasswordChanges => {
-                if let (Some(user), Some((step, rotation, code))) = (user, self.step(env)) {
-                    let (domain, upn) = self
-                        .context
-                        .users
-                        .get(&user)
-                        .map(|(d, u)| (d.0.to_string(), u.clone()))
-                        .unwrap_or_default();
+            ExportKind::PasswordChanges => match (user, step(&self.context, env)) {
+                (Some(user), Some((step, rotation, code))) => {
+                    let known = self.context.users.get(&user);
                     let reason = rotation
                         .and_then(|r| self.context.reasons.get(&r))
                         .copied()
                         .unwrap_or_default();
-                    let values = [
-                        env.position.to_string(),
-                        time(env.recorded_at),
-                        domain,
-                        user.0.to_string(),
-                        upn,
-                        rotation.map(|r| r.0.to_string()).unwrap_or_default(),
-                        step.to_owned(),
-                        reason.to_owned(),
-                        code.unwrap_or_default(),
-                        env.actor.to_string(),
-                        env.hash.to_hex(),
-                    ];
-                    self.row(env.position, &values, out);
+                    self.row
+                        .start()
+                        .num(env.position)
+                        .time(Some(env.recorded_at))
+                        .uuid(known.map(|(d, _)| &d.0))
+                        .uuid(Some(&user.0))
+                        .str(known.map_or("", |(_, upn)| upn))
+                        .uuid(rotation.as_ref().map(|r| &r.0))
+                        .str(step)
+                        .str(reason)
+                        .str(code.unwrap_or_default())
+                        .display(&env.actor)
+                        .hash(&env.hash);
+                    true
                 }
-            }
-            ExportKind::Users => {}
+                _ => false,
+            },
+            ExportKind::Users => false,
+        };
+        if written {
+            self.summary.first_position.get_or_insert(env.position);
+            self.summary.last_position = Some(env.position);
+            self.emit(out);
         }
         ControlFlow::Continue(())
     }
@@ -336,55 +488,64 @@ impl Exporter {
         }
     }
 
-    /// The password-change step of an event: its name, rotation and Graph code.
-    fn step(&self, env: &Envelope) -> Option<(&'static str, Option<RotationId>, Option<String>)> {
-        let write = |id: &KeyWriteId| self.context.writes.get(id).copied();
-        Some(match &env.event {
-            Event::RotationStarted(e) => ("started", Some(e.rotation_id), None),
-            Event::RotationRetried(e) => ("retried", Some(e.rotation_id), None),
-            Event::RotationSucceeded(e) => ("succeeded", Some(e.rotation_id), None),
-            Event::RotationFailed(e) => ("failed", Some(e.rotation_id), e.graph_code.clone()),
-            Event::KeyWriteQueued(e) => ("key write queued", Some(e.rotation_id), None),
-            Event::KeyWriteDelivered(e) => ("key write delivered", write(&e.key_write_id), None),
-            Event::KeyWriteConfirmed(e) => ("key write confirmed", write(&e.key_write_id), None),
-            Event::KeyWriteFailed(e) => ("key write failed", write(&e.key_write_id), None),
-            Event::KeyWriteSuperseded(e) => ("key write superseded", write(&e.key_write_id), None),
-            Event::PasswordRevealed(e) => ("revealed", Some(e.rotation_id), None),
-            _ => return None,
-        })
+    /// Ends the export: for `users`, appends the rows of the state reached.
+    pub fn finish(self, out: &mut Vec<u8>) -> ExportSummary {
+        self.finish_each(|row| out.extend_from_slice(row))
     }
 
-    /// Ends the export: for `users`, appends the rows of the state reached.
-    pub fn finish(mut self, out: &mut Vec<u8>) -> ExportSummary {
+    /// Ends the export, handing each remaining row (only `users` has any) to `each`.
+    pub fn finish_each(mut self, mut each: impl FnMut(&[u8])) -> ExportSummary {
         if let Some(p) = self.state.take() {
-            let rows: Vec<[String; 12]> = p
+            let mut out = Vec::new();
+            let (user, domain) = (self.query.user, self.query.domain);
+            for u in p
                 .users
                 .iter_after(None)
-                .filter(|u| self.query.user.is_none_or(|x| x == u.id))
-                .filter(|u| self.query.domain.is_none_or(|d| d == u.domain_id))
-                .map(|u| {
-                    [
-                        u.id.0.to_string(),
-                        u.domain_id.0.to_string(),
-                        u.external_id.clone(),
-                        u.attributes.user_principal_name.clone(),
-                        u.attributes.display_name.clone(),
-                        u.status.as_str().to_owned(),
-                        u.in_sync_group.to_string(),
-                        u.in_rotation_group.to_string(),
-                        u.key_id.as_ref().map(|k| k.0.clone()).unwrap_or_default(),
-                        u.last_rotation_at.map(time).unwrap_or_default(),
-                        u.needs_attention.to_string(),
-                        u.last_position.to_string(),
-                    ]
-                })
-                .collect();
-            for r in rows {
-                self.emit(&r, out);
+                .filter(|u| user.is_none_or(|x| x == u.id))
+                .filter(|u| domain.is_none_or(|d| d == u.domain_id))
+            {
+                self.row
+                    .start()
+                    .uuid(Some(&u.id.0))
+                    .uuid(Some(&u.domain_id.0))
+                    .str(&u.external_id)
+                    .str(&u.attributes.user_principal_name)
+                    .str(&u.attributes.display_name)
+                    .str(u.status.as_str())
+                    .display(u.in_sync_group)
+                    .display(u.in_rotation_group)
+                    .str(u.key_id.as_ref().map_or("", |k| k.0.as_str()))
+                    .time(u.last_rotation_at)
+                    .display(u.needs_attention)
+                    .num(u.last_position);
+                out.clear();
+                self.emit(&mut out);
+                each(&out);
             }
         }
         self.summary
     }
+}
+
+/// The password-change step of an event: its name, rotation and Graph code.
+fn step<'e>(
+    context: &Context,
+    env: &'e Envelope,
+) -> Option<(&'static str, Option<RotationId>, Option<&'e str>)> {
+    let write = |id: &KeyWriteId| context.writes.get(id).copied();
+    Some(match &env.event {
+        Event::RotationStarted(e) => ("started", Some(e.rotation_id), None),
+        Event::RotationRetried(e) => ("retried", Some(e.rotation_id), None),
+        Event::RotationSucceeded(e) => ("succeeded", Some(e.rotation_id), None),
+        Event::RotationFailed(e) => ("failed", Some(e.rotation_id), e.graph_code.as_deref()),
+        Event::KeyWriteQueued(e) => ("key write queued", Some(e.rotation_id), None),
+        Event::KeyWriteDelivered(e) => ("key write delivered", write(&e.key_write_id), None),
+        Event::KeyWriteConfirmed(e) => ("key write confirmed", write(&e.key_write_id), None),
+        Event::KeyWriteFailed(e) => ("key write failed", write(&e.key_write_id), None),
+        Event::KeyWriteSuperseded(e) => ("key write superseded", write(&e.key_write_id), None),
+        Event::PasswordRevealed(e) => ("revealed", Some(e.rotation_id), None),
+        _ => return None,
+    })
 }
 
 fn reason_name(r: idledger_domain::RotationReason) -> &'static str {
@@ -397,27 +558,19 @@ fn reason_name(r: idledger_domain::RotationReason) -> &'static str {
     }
 }
 
-/// The data rows of an export file, for comparison: CSV records (joined back with a unit
-/// separator, so a comma inside a field cannot fake a match) or JSON lines.
-pub fn data_rows(format: ExportFormat, bytes: &[u8]) -> Result<Vec<String>, String> {
+/// Counts the rows in part of an export file (no header).
+fn count_rows(format: ExportFormat, bytes: &[u8]) -> usize {
     match format {
-        ExportFormat::Csv => {
-            let mut r = csv::ReaderBuilder::new()
-                .has_headers(true)
-                .flexible(true)
-                .from_reader(bytes);
-            r.records()
-                .map(|rec| {
-                    rec.map(|rec| rec.iter().collect::<Vec<_>>().join("\u{1f}"))
-                        .map_err(|e| e.to_string())
-                })
-                .collect()
-        }
-        ExportFormat::Jsonl => Ok(bytes
+        ExportFormat::Csv => csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .from_reader(bytes)
+            .records()
+            .count(),
+        ExportFormat::Jsonl => bytes
             .split(|b| *b == b'\n')
             .filter(|l| !l.is_empty())
-            .map(|l| String::from_utf8_lossy(l).into_owned())
-            .collect()),
+            .count(),
     }
 }
 
@@ -425,6 +578,8 @@ pub fn data_rows(format: ExportFormat, bytes: &[u8]) -> Result<Vec<String>, Stri
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "problem", rename_all = "snake_case")]
 pub enum RowMismatch {
+    /// The CSV header is not the kind's columns.
+    Header,
     /// Row `row` of the file is not the log's row `row`.
     Differs {
         /// The row.
@@ -446,21 +601,102 @@ pub enum RowMismatch {
     },
 }
 
-/// Compares a file's rows with the log's: the first difference, if any.
-pub fn compare_rows(file: &[String], log: &[String]) -> Option<RowMismatch> {
-    if let Some(i) = file.iter().zip(log).position(|(a, b)| a != b) {
-        return Some(RowMismatch::Differs { row: i + 1 });
+/// Compares an export file, read as it goes, with the rows the log gives, one row at a
+/// time: memory stays flat however long the file. The rows the log gives are exactly the
+/// bytes an export writes, so comparing bytes row by row compares the rows, and the first
+/// row whose bytes differ is the first row that differs.
+pub struct RowComparer<R> {
+    file: R,
+    format: ExportFormat,
+    read: Vec<u8>,
+    rows: usize,
+    header_differs: bool,
+    mismatch: Option<RowMismatch>,
+}
+
+impl<R: BufRead> RowComparer<R> {
+    /// Compares `file` (an export in `format`) with the rows to come.
+    pub fn new(file: R, format: ExportFormat) -> Self {
+        RowComparer {
+            file,
+            format,
+            read: Vec::new(),
+            rows: 0,
+            header_differs: false,
+            mismatch: None,
+        }
     }
-    match file.len().cmp(&log.len()) {
-        std::cmp::Ordering::Less => Some(RowMismatch::Missing {
-            row: file.len() + 1,
-            count: log.len() - file.len(),
-        }),
-        std::cmp::Ordering::Greater => Some(RowMismatch::Extra {
-            row: log.len() + 1,
-            count: file.len() - log.len(),
-        }),
-        std::cmp::Ordering::Equal => None,
+
+    /// Compares the file's header (its first line) with `expected` (empty: no header).
+    pub fn header(&mut self, expected: &[u8]) -> std::io::Result<()> {
+        if expected.is_empty() {
+            return Ok(());
+        }
+        // A header holds no quoted line breaks: it ends at the first one.
+        self.read.clear();
+        self.file.read_until(b'\n', &mut self.read)?;
+        self.header_differs = self.read != expected;
+        Ok(())
+    }
+
+    /// Compares the file's next row with the log's next row, `expected`, in the reader's
+    /// buffer (no copy).
+    pub fn row(&mut self, expected: &[u8]) -> std::io::Result<()> {
+        self.rows += 1;
+        if self.mismatch.is_some() {
+            return Ok(());
+        }
+        let mut want = expected;
+        while !want.is_empty() {
+            let have = self.file.fill_buf()?;
+            if have.is_empty() {
+                self.mismatch = Some(if want.len() == expected.len() {
+                    RowMismatch::Missing {
+                        row: self.rows,
+                        count: 0,
+                    }
+                } else {
+                    RowMismatch::Differs { row: self.rows }
+                });
+                return Ok(());
+            }
+            let n = have.len().min(want.len());
+            let same = have[..n] == want[..n];
+            self.file.consume(n);
+            if !same {
+                self.mismatch = Some(RowMismatch::Differs { row: self.rows });
+                return Ok(());
+            }
+            want = &want[n..];
+        }
+        Ok(())
+    }
+
+    /// What differs, after the log's last row: the header, then the first row that
+    /// differs, the rows missing or the rows extra. Reads the file to its end either way,
+    /// and hands it back.
+    pub fn finish(mut self) -> std::io::Result<(Vec<RowMismatch>, R)> {
+        let mut rest = Vec::new();
+        self.file.read_to_end(&mut rest)?;
+        let rows = match self.mismatch {
+            Some(RowMismatch::Missing { row, .. }) => Some(RowMismatch::Missing {
+                row,
+                count: self.rows + 1 - row,
+            }),
+            Some(m) => Some(m),
+            None if rest.is_empty() => None,
+            None => Some(RowMismatch::Extra {
+                row: self.rows + 1,
+                count: count_rows(self.format, &rest).max(1),
+            }),
+        };
+        let found = self
+            .header_differs
+            .then_some(RowMismatch::Header)
+            .into_iter()
+            .chain(rows)
+            .collect();
+        Ok((found, self.file))
     }
 }
 
@@ -468,42 +704,103 @@ pub fn compare_rows(file: &[String], log: &[String]) -> Option<RowMismatch> {
 mod tests {
     use super::*;
 
-    fn rows(v: &[&str]) -> Vec<String> {
-        v.iter().map(|s| s.to_string()).collect()
+    fn compare(file: &str, log: &[&str]) -> Vec<RowMismatch> {
+        let mut c = RowComparer::new(file.as_bytes(), ExportFormat::Jsonl);
+        for r in log {
+            c.row(r.as_bytes()).unwrap();
+        }
+        c.finish().unwrap().0
     }
 
     #[test]
     fn the_first_difference_missing_and_extra_rows_are_named() {
-        let log = rows(&["a", "b", "c"]);
-        assert_eq!(compare_rows(&log, &log), None);
+        let log = ["a\n", "b\n", "c\n"];
+        assert_eq!(compare("a\nb\nc\n", &log), vec![]);
         assert_eq!(
-            compare_rows(&rows(&["a", "x", "c"]), &log),
-            Some(RowMismatch::Differs { row: 2 })
+            compare("a\nx\nc\n", &log),
+            vec![RowMismatch::Differs { row: 2 }]
         );
         assert_eq!(
-            compare_rows(&rows(&["a", "b"]), &log),
-            Some(RowMismatch::Missing { row: 3, count: 1 })
+            compare("a\nbb\nc\n", &log),
+            vec![RowMismatch::Differs { row: 2 }]
         );
         assert_eq!(
-            compare_rows(&rows(&["a", "b", "c", "d", "e"]), &log),
-            Some(RowMismatch::Extra { row: 4, count: 2 })
+            compare("a\nb\n", &log),
+            vec![RowMismatch::Missing { row: 3, count: 1 }]
         );
+        assert_eq!(
+            compare("a\n", &log),
+            vec![RowMismatch::Missing { row: 2, count: 2 }]
+        );
+        assert_eq!(
+            compare("a\nb\nc\nd\ne\n", &log),
+            vec![RowMismatch::Extra { row: 4, count: 2 }]
+        );
+    }
+
+    #[test]
+    fn a_changed_csv_header_is_named_and_rows_still_compared() {
+        let mut c = RowComparer::new(&b"h1,hX\nx,y\n"[..], ExportFormat::Csv);
+        c.header(b"h1,h2\n").unwrap();
+        c.row(b"x,y\n").unwrap();
+        assert_eq!(c.finish().unwrap().0, vec![RowMismatch::Header]);
+    }
+
+    #[test]
+    fn extra_csv_rows_are_counted_as_records_not_lines() {
+        let mut c = RowComparer::new(&b"h\nx\n\"a\nb\"\nc\n"[..], ExportFormat::Csv);
+        c.header(b"h\n").unwrap();
+        c.row(b"x\n").unwrap();
+        assert_eq!(
+            c.finish().unwrap().0,
+            vec![RowMismatch::Extra { row: 2, count: 2 }]
+        );
+    }
+
+    #[test]
+    fn times_are_written_as_chrono_writes_them() {
+        let mut t = TimeText::default();
+        let mut check = |secs: i64, nanos: u32| {
+            let at = DateTime::<Utc>::from_timestamp(secs, nanos).unwrap();
+            let mut out = Vec::new();
+            t.write(at, &mut out);
+            assert_eq!(String::from_utf8(out).unwrap(), time(at), "{secs} {nanos}");
+        };
+        for (secs, nanos) in [
+            (0, 0),
+            (86_399, 999_999_999),
+            (1_795_000_000, 123_456_789),
+            (253_402_300_799, 1_000),
+            (253_402_300_800, 0),
+            (-1, 5),
+            (-62_135_596_800, 0),
+        ] {
+            check(secs, nanos);
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_time_is_written_as_chrono_writes_it(
+            times in proptest::collection::vec((-100_000_000_000i64..300_000_000_000, 0u32..1_000_000_000), 1..20)
+        ) {
+            let mut t = TimeText::default();
+            for (secs, nanos) in times {
+                let at = DateTime::<Utc>::from_timestamp(secs, nanos).unwrap();
+                let mut out = Vec::new();
+                t.write(at, &mut out);
+                proptest::prop_assert_eq!(String::from_utf8(out).unwrap(), time(at));
+            }
+        }
     }
 
     #[test]
     fn written_csv_reads_back_field_for_field() {
         let values = ["plain", "a,b", "say \"hi\"", "two\nlines", ""];
         let mut out = b"h1,h2,h3,h4,h5\n".to_vec();
-        csv_record(&values, &mut out);
+        csv_record(values, &mut out);
         let mut r = csv::Reader::from_reader(&out[..]);
         let rec = r.records().next().unwrap().unwrap();
         assert_eq!(rec.iter().collect::<Vec<_>>(), values);
-    }
-
-    #[test]
-    fn csv_rows_keep_fields_apart() {
-        let a = data_rows(ExportFormat::Csv, b"h1,h2\n\"x,y\",z\n").unwrap();
-        let b = data_rows(ExportFormat::Csv, b"h1,h2\nx,\"y,z\"\n").unwrap();
-        assert_ne!(a, b);
     }
 }

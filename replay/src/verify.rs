@@ -4,9 +4,9 @@
 //! feed or a file alike, in constant memory apart from per-stream versions and event ids.
 
 use idledger_domain::envelope::RawRecord;
-use idledger_domain::Hash;
+use idledger_domain::{Envelope, Hash};
+use rustc_hash::{FxHashMap, FxHashSet};
 use serde::Serialize;
-use std::collections::{HashMap, HashSet};
 
 /// Problems kept in a report beyond the first (the count is always exact).
 pub const MAX_PROBLEMS: usize = 100;
@@ -62,6 +62,60 @@ impl VerifyReport {
     }
 }
 
+/// One stored record, parsed, hashed and decoded: the part of verification that needs
+/// nothing but the record, so it can run on any thread.
+#[derive(Debug)]
+pub struct CheckedRecord {
+    /// The position the record was read under.
+    pub position: u64,
+    /// Its chain links, or why the record could not be parsed.
+    pub links: Result<Links, String>,
+    /// The decoded envelope, or why it could not be decoded.
+    pub envelope: Result<Envelope, String>,
+}
+
+/// A record's place in the chain.
+#[derive(Clone, Copy, Debug)]
+pub struct Links {
+    /// The hash it says comes before it.
+    pub prev_hash: Hash,
+    /// The hash it carries.
+    pub hash: Hash,
+    /// Whether the carried hash is the hash of its content (`None`: not computed).
+    pub hash_matches: Option<bool>,
+}
+
+impl CheckedRecord {
+    /// Parses, hashes and decodes the record stored under `position`.
+    pub fn check(position: u64, bytes: &[u8]) -> Self {
+        Self::read(position, bytes, true)
+    }
+
+    /// Parses and decodes without recomputing the hash (an export that is not checking).
+    pub fn decode(position: u64, bytes: &[u8]) -> Self {
+        Self::read(position, bytes, false)
+    }
+
+    fn read(position: u64, bytes: &[u8], hash: bool) -> Self {
+        match RawRecord::parse(bytes) {
+            Err(e) => CheckedRecord {
+                position,
+                links: Err(e.to_string()),
+                envelope: Err(e.to_string()),
+            },
+            Ok(raw) => CheckedRecord {
+                position,
+                links: Ok(Links {
+                    prev_hash: raw.prev_hash,
+                    hash: raw.hash,
+                    hash_matches: hash.then(|| raw.computed_hash() == raw.hash),
+                }),
+                envelope: raw.decode().map_err(|e| e.to_string()),
+            },
+        }
+    }
+}
+
 /// Streaming verifier: feed records in key order with [`Verifier::push`], then
 /// [`Verifier::finish`].
 #[derive(Debug, Default)]
@@ -71,14 +125,23 @@ pub struct Verifier {
     last_hash: Hash,
     problem_count: u64,
     problems: Vec<Problem>,
-    stream_versions: HashMap<String, u64>,
-    event_ids: HashSet<uuid::Uuid>,
+    stream_versions: FxHashMap<String, u64>,
+    event_ids: FxHashSet<uuid::Uuid>,
 }
 
 impl Verifier {
     /// A verifier expecting the record at position 1 first.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A verifier that expects about `records` records: it sizes its tables once rather
+    /// than growing them as it goes.
+    pub fn expecting(records: u64) -> Self {
+        let mut v = Self::default();
+        v.event_ids
+            .reserve(usize::try_from(records).unwrap_or(0).min(1 << 26));
+        v
     }
 
     fn problem(&mut self, position: u64, reason: String) {
@@ -90,6 +153,13 @@ impl Verifier {
 
     /// Checks one stored record, read under `key` (its big-endian position key).
     pub fn push(&mut self, key: u64, bytes: &[u8]) {
+        self.accept(&CheckedRecord::check(key, bytes));
+    }
+
+    /// Takes one record already checked (on any thread) by [`CheckedRecord::check`]; the
+    /// checks that need the records before it (gaps, links, versions, duplicates) run here.
+    pub fn accept(&mut self, record: &CheckedRecord) {
+        let key = record.position;
         self.events += 1;
         let expected = self.last_position + 1;
         if key != expected {
@@ -101,27 +171,26 @@ impl Verifier {
             self.problem(key, reason);
         }
         self.last_position = key;
-        let raw = match RawRecord::parse(bytes) {
-            Ok(r) => r,
+        let links = match &record.links {
+            Ok(l) => l,
             Err(e) => {
                 self.problem(key, format!("bad encoding: {e}"));
                 // Keep checking later links against whatever this record claimed.
                 return;
             }
         };
-        if raw.prev_hash != self.last_hash {
+        if links.prev_hash != self.last_hash {
             self.problem(
                 key,
                 "broken chain: prev_hash does not match the previous record".into(),
             );
         }
-        let computed = raw.computed_hash();
-        if computed != raw.hash {
+        if links.hash_matches == Some(false) {
             self.problem(key, "hash mismatch: record content was altered".into());
         }
         // Later records chain to the stored hash, so one altered record is one problem.
-        self.last_hash = raw.hash;
-        let env = match raw.decode() {
+        self.last_hash = links.hash;
+        let env = match &record.envelope {
             Ok(e) => e,
             Err(e) => {
                 self.problem(key, format!("bad encoding: {e}"));
@@ -134,19 +203,20 @@ impl Verifier {
                 format!("record says position {}, stored under {key}", env.position),
             );
         }
-        let v = self
-            .stream_versions
-            .entry(env.stream.as_str().to_owned())
-            .or_insert(0);
-        if env.version != *v + 1 {
+        let previous = match self.stream_versions.get_mut(env.stream.as_str()) {
+            Some(v) => std::mem::replace(v, env.version),
+            None => {
+                self.stream_versions
+                    .insert(env.stream.as_str().to_owned(), env.version);
+                0
+            }
+        };
+        if env.version != previous + 1 {
             let msg = format!(
-                "stream {} version {} follows version {}",
-                env.stream, env.version, *v
+                "stream {} version {} follows version {previous}",
+                env.stream, env.version
             );
-            *v = env.version;
             self.problem(key, msg);
-        } else {
-            *v = env.version;
         }
         if !self.event_ids.insert(env.event_id) {
             self.problem(key, format!("duplicate event_id {}", env.event_id));

@@ -5,7 +5,7 @@ use super::auth::Principal;
 use super::error::{ApiError, ApiQuery, IdPath};
 use super::{page, AppState};
 use crate::cli::CliError;
-use crate::export::{manifest, query_of, records_of_log, run_export};
+use crate::export::{manifest, query_of, records_of_log, run_export, HashedWriter};
 use crate::store::EventLog;
 use axum::extract::{Path, State};
 use axum::http::header;
@@ -40,19 +40,17 @@ async fn make(
     let log = s.log.clone();
     let head = log.head().position;
     tokio::task::spawn_blocking(move || {
-        let records = records_of_log(log);
-        let mut body = Vec::new();
-        let (summary, sha) = run_export(
-            records,
+        let mut body = HashedWriter::new(Vec::new());
+        let summary = run_export(
+            records_of_log(&log),
             &query,
             format,
             Some(head),
-            |b| {
-                body.extend_from_slice(b);
-                Ok(())
-            },
-            |_, _| {},
+            &mut body,
+            None,
+            |_| {},
         )?;
+        let (sha, body) = body.finish();
         Ok::<_, CliError>((body, manifest(&query, format, &summary, &sha), format))
     })
     .await

@@ -1,109 +1,438 @@
-//! Decoding a log scan on every core, in order.
+//! Reading and decoding a log on every core, in order.
 //!
-//! A full scan is bound by decoding (sled's scan alone runs about three times faster than
-//! scan plus decode), while folding must stay in log order. So one thread scans and deals
-//! chunks of raw records round-robin to decoder threads; the consumer takes the decoded
-//! chunks back in the same round-robin order, which is log order.
+//! A full scan is bound by sled's iteration and by decoding, while folding, verifying and
+//! exporting must stay in log order. So workers each take every n-th batch of records
+//! and the consumer takes the results back in the same round-robin order, which is log
+//! order. A store is read by position range, each worker scanning its own batches; a
+//! network feed has one reader that deals batches out.
+//!
+//! The end is explicit: after the last batch comes `End` (or the error that stopped the
+//! reading), so a thread that dies (a panic inside sled on a damaged file, say) shows up as
+//! an error, never as a log that merely seems shorter.
 
-use super::sled_log::decode_raw;
-use super::StoreError;
-use idledger_domain::Envelope;
+use std::collections::VecDeque;
+use std::ops::ControlFlow;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::vec::IntoIter;
+use std::sync::Arc;
 
-/// Records per chunk: large enough to amortise channel hand-offs.
-const CHUNK: usize = 2048;
-/// Chunks queued per decoder.
+/// Records per batch: large enough to amortise channel hand-offs.
+const BATCH: u64 = 2048;
+/// Batches queued per worker.
 const DEPTH: usize = 4;
 
-type Raw = Result<(u64, sled::IVec), StoreError>;
-type Decoded = Result<Envelope, StoreError>;
+/// Reads records: calls its argument with each `(position, bytes)` in log order until the
+/// argument breaks or the records end.
+pub type Reader<E> =
+    Box<dyn FnOnce(&mut dyn FnMut(u64, &[u8]) -> ControlFlow<()>) -> Result<(), E> + Send>;
 
-/// An iterator of decoded envelopes fed by background threads.
-pub struct ParallelDecode {
-    outputs: Vec<Receiver<Vec<Decoded>>>,
-    next: usize,
-    current: IntoIter<Decoded>,
+/// Reads the records from one position through another, like a [`Reader`].
+pub type RangeReader<E> = Arc<
+    dyn Fn(u64, u64, &mut dyn FnMut(u64, &[u8]) -> ControlFlow<()>) -> Result<(), E> + Send + Sync,
+>;
+
+/// Where records come from.
+pub enum Source<E> {
+    /// One reader, in order (a server's feed).
+    Stream(Reader<E>),
+    /// Any range on demand (a store): positions `from` through `through`.
+    Ranges {
+        /// Reads one range.
+        read: RangeReader<E>,
+        /// The first position.
+        from: u64,
+        /// The last position.
+        through: u64,
+    },
 }
 
-/// Decodes `raw` (an iterator that can move to another thread) on `decoders` threads.
-/// Dropping the result stops the threads at their next hand-off.
-pub fn parallel_decode<I>(raw: I, decoders: usize) -> ParallelDecode
+/// A worker's answer for one batch.
+enum Out<T, E> {
+    Batch(VecDeque<T>),
+    /// The batch's results before the failure, then the failure.
+    Failed(VecDeque<T>, E),
+    End,
+}
+
+/// Records copied into one buffer, for the stream reader to deal out: one allocation
+/// per batch, not per record.
+#[derive(Default)]
+struct Batch {
+    positions: Vec<u64>,
+    ends: Vec<usize>,
+    bytes: Vec<u8>,
+}
+
+impl Batch {
+    fn push(&mut self, position: u64, bytes: &[u8]) {
+        self.positions.push(position);
+        self.bytes.extend_from_slice(bytes);
+        self.ends.push(self.bytes.len());
+    }
+
+    fn records(&self) -> impl Iterator<Item = (u64, &[u8])> {
+        (0..self.positions.len()).map(|i| {
+            let start = if i == 0 { 0 } else { self.ends[i - 1] };
+            (self.positions[i], &self.bytes[start..self.ends[i]])
+        })
+    }
+
+    fn clear(&mut self) {
+        self.positions.clear();
+        self.ends.clear();
+        self.bytes.clear();
+    }
+}
+
+enum In<E> {
+    Batch(Batch),
+    Failed(E),
+    End,
+}
+
+/// The results of `work` over every record, in log order; `Err` once if reading failed or a
+/// thread was lost, then the end.
+///
+/// Buffers go round: result queues back from the consumer to their worker, and the stream
+/// reader's batches back from the workers. A scan reuses a handful of buffers instead of
+/// asking the allocator for fresh megabytes (and the kernel for zeroed pages) per batch.
+pub struct ParallelMap<T, E> {
+    outputs: Vec<Receiver<Out<T, E>>>,
+    returns: Vec<SyncSender<VecDeque<T>>>,
+    next: usize,
+    current: VecDeque<T>,
+    current_from: usize,
+    failure: Option<E>,
+    done: bool,
+    lost: fn(&'static str) -> E,
+}
+
+/// Runs `work` over every record of `source` on `workers` threads. `lost` makes the error
+/// for a thread that stopped without saying why. Dropping the result stops the threads at
+/// their next hand-off.
+pub fn parallel_map<T, E>(
+    source: Source<E>,
+    work: impl Fn(u64, &[u8]) -> T + Send + Sync + 'static,
+    workers: usize,
+    lost: fn(&'static str) -> E,
+) -> ParallelMap<T, E>
 where
-    I: Iterator<Item = Raw> + Send + 'static,
+    T: Send + 'static,
+    E: Send + 'static,
 {
-    let decoders = decoders.max(1);
-    let mut inputs: Vec<SyncSender<Vec<Raw>>> = Vec::new();
+    let work = Arc::new(work);
+    let workers = workers.max(1);
     let mut outputs = Vec::new();
-    for _ in 0..decoders {
-        let (in_tx, in_rx) = sync_channel::<Vec<Raw>>(DEPTH);
-        let (out_tx, out_rx) = sync_channel::<Vec<Decoded>>(DEPTH);
-        let spawned = std::thread::Builder::new()
+    let mut returns = Vec::new();
+    let mut inputs = Vec::new();
+    let (spare_tx, spare_rx) = sync_channel::<Batch>(workers * (DEPTH + 1) + 1);
+    for k in 0..workers {
+        let (out_tx, out_rx) = sync_channel::<Out<T, E>>(DEPTH);
+        let (back_tx, back_rx) = sync_channel::<VecDeque<T>>(DEPTH + 2);
+        let work = work.clone();
+        let job: Box<dyn FnOnce() + Send> = match &source {
+            Source::Ranges {
+                read,
+                from,
+                through,
+            } => {
+                let (read, from, through) = (read.clone(), *from, *through);
+                Box::new(move || {
+                    ranges_worker(
+                        k, workers, read, from, through, &*work, out_tx, back_rx, lost,
+                    )
+                })
+            }
+            Source::Stream(_) => {
+                let (in_tx, in_rx) = sync_channel::<In<E>>(DEPTH);
+                inputs.push(in_tx);
+                let spare_tx = spare_tx.clone();
+                Box::new(move || stream_worker(in_rx, &*work, out_tx, back_rx, spare_tx))
+            }
+        };
+        if std::thread::Builder::new()
             .name("decode".into())
-            .spawn(move || {
-                for chunk in in_rx {
-                    let decoded: Vec<Decoded> = chunk.into_iter().map(decode_raw).collect();
-                    if out_tx.send(decoded).is_err() {
-                        return;
-                    }
-                }
-            });
-        if spawned.is_err() {
-            // No thread: the consumer sees this decoder closed, i.e. an early end. Fall
-            // back to fewer decoders rather than lose chunks.
+            .spawn(job)
+            .is_err()
+        {
+            // Fewer workers rather than none: the batches go round-robin over those started.
+            inputs.truncate(outputs.len());
             break;
         }
-        inputs.push(in_tx);
         outputs.push(out_rx);
+        returns.push(back_tx);
     }
-    let decoders = inputs.len().max(1);
-    let _ = std::thread::Builder::new()
-        .name("scan".into())
-        .spawn(move || {
-            let mut raw = raw.peekable();
-            let mut i = 0usize;
-            while raw.peek().is_some() {
-                let mut chunk = Vec::with_capacity(CHUNK);
-                for r in raw.by_ref().take(CHUNK) {
-                    let stop = r.is_err();
-                    chunk.push(r);
-                    if stop {
-                        break;
-                    }
-                }
-                let failed = chunk.last().is_some_and(|r| r.is_err());
-                if inputs[i % decoders].send(chunk).is_err() || failed {
-                    return;
-                }
-                i += 1;
-            }
-        });
-    ParallelDecode {
+    let mut done = outputs.is_empty();
+    if let Source::Stream(read) = source {
+        let spawned = std::thread::Builder::new()
+            .name("scan".into())
+            .spawn(move || deal(read, inputs, spare_rx, lost));
+        done |= spawned.is_err();
+    }
+    ParallelMap {
         outputs,
+        returns,
         next: 0,
-        current: Vec::new().into_iter(),
+        current: VecDeque::new(),
+        current_from: 0,
+        failure: None,
+        done,
+        lost,
     }
 }
 
-impl Iterator for ParallelDecode {
-    type Item = Decoded;
-
-    fn next(&mut self) -> Option<Decoded> {
-        loop {
-            if let Some(e) = self.current.next() {
-                return Some(e);
-            }
-            // Chunk k comes from decoder k % n; a closed decoder means the scan ended.
-            let chunk = self.outputs[self.next].recv().ok()?;
-            self.next = (self.next + 1) % self.outputs.len();
-            self.current = chunk.into_iter();
+/// Worker `k` of `n` over a store: reads and maps batches k, k + n, k + 2n, ...
+#[allow(clippy::too_many_arguments)]
+fn ranges_worker<T, E>(
+    k: usize,
+    n: usize,
+    read: RangeReader<E>,
+    from: u64,
+    through: u64,
+    work: &(dyn Fn(u64, &[u8]) -> T + Send + Sync),
+    out: SyncSender<Out<T, E>>,
+    back: Receiver<VecDeque<T>>,
+    lost: fn(&'static str) -> E,
+) {
+    for batch in (k as u64..).step_by(n) {
+        let start = batch
+            .checked_mul(BATCH)
+            .and_then(|o| from.checked_add(o))
+            .filter(|s| *s <= through);
+        let Some(start) = start else {
+            let _ = out.send(Out::End);
+            return;
+        };
+        let end = start.saturating_add(BATCH - 1).min(through);
+        let mut items = back.try_recv().unwrap_or_default();
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            read(start, end, &mut |pos, bytes| {
+                items.push_back(work(pos, bytes));
+                ControlFlow::Continue(())
+            })
+        }));
+        let (msg, last) = match outcome {
+            Ok(Ok(())) => (Out::Batch(items), false),
+            Ok(Err(e)) => (Out::Failed(items, e), true),
+            Err(_) => (Out::Failed(items, lost("reading the records failed")), true),
+        };
+        if out.send(msg).is_err() || last {
+            return;
         }
     }
 }
 
-/// Decoder threads worth starting on this machine.
+/// A worker over a stream: maps the batches the reader deals it.
+fn stream_worker<T, E>(
+    input: Receiver<In<E>>,
+    work: &(dyn Fn(u64, &[u8]) -> T + Send + Sync),
+    out: SyncSender<Out<T, E>>,
+    back: Receiver<VecDeque<T>>,
+    spare: SyncSender<Batch>,
+) {
+    for msg in input {
+        let (msg, last) = match msg {
+            In::Batch(mut b) => {
+                let mut items = back.try_recv().unwrap_or_default();
+                items.extend(b.records().map(|(p, r)| work(p, r)));
+                b.clear();
+                let _ = spare.try_send(b);
+                (Out::Batch(items), false)
+            }
+            In::Failed(e) => (Out::Failed(VecDeque::new(), e), true),
+            In::End => (Out::End, true),
+        };
+        if out.send(msg).is_err() || last {
+            return;
+        }
+    }
+}
+
+/// The stream reader: deals batches round-robin, then the end or the error.
+fn deal<E>(
+    read: Reader<E>,
+    inputs: Vec<SyncSender<In<E>>>,
+    spare: Receiver<Batch>,
+    lost: fn(&'static str) -> E,
+) {
+    let n = inputs.len();
+    let mut i = 0usize;
+    let send = |msg: In<E>, i: &mut usize| {
+        let ok = n > 0 && inputs[*i % n].send(msg).is_ok();
+        *i += 1;
+        ok
+    };
+    let mut batch = Batch::default();
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        read(&mut |pos, bytes| {
+            batch.push(pos, bytes);
+            if batch.positions.len() as u64 == BATCH {
+                let next = spare.try_recv().unwrap_or_default();
+                if !send(In::Batch(std::mem::replace(&mut batch, next)), &mut i) {
+                    return ControlFlow::Break(());
+                }
+            }
+            ControlFlow::Continue(())
+        })
+    }));
+    if !batch.positions.is_empty() && !send(In::Batch(batch), &mut i) {
+        return;
+    }
+    let last = match outcome {
+        Ok(Ok(())) => In::End,
+        Ok(Err(e)) => In::Failed(e),
+        Err(_) => In::Failed(lost("reading the records failed")),
+    };
+    send(last, &mut i);
+}
+
+impl<T, E> Iterator for ParallelMap<T, E> {
+    type Item = Result<T, E>;
+
+    fn next(&mut self) -> Option<Result<T, E>> {
+        loop {
+            if let Some(t) = self.current.pop_front() {
+                return Some(Ok(t));
+            }
+            if let Some(e) = self.failure.take() {
+                return Some(Err(e));
+            }
+            if self.done {
+                return None;
+            }
+            // Batch k comes from worker k % n.
+            let from = self.next;
+            let msg = self.outputs[from].recv();
+            self.next = (from + 1) % self.outputs.len();
+            let items = match msg {
+                Ok(Out::Batch(items)) => items,
+                Ok(Out::Failed(items, e)) => {
+                    self.failure = Some(e);
+                    self.done = true;
+                    items
+                }
+                Ok(Out::End) => {
+                    self.done = true;
+                    continue;
+                }
+                Err(_) => {
+                    self.done = true;
+                    return Some(Err((self.lost)("a decoding thread stopped")));
+                }
+            };
+            let spent = std::mem::replace(&mut self.current, items);
+            let _ = self.returns[self.current_from].try_send(spent);
+            self.current_from = from;
+        }
+    }
+}
+
+/// Worker threads worth starting on this machine.
 pub fn decoder_threads() -> usize {
     std::thread::available_parallelism()
         .map_or(2, |n| n.get())
         .clamp(1, 8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_numbers(
+        from: u64,
+        through: u64,
+        fail_at: Option<u64>,
+        f: &mut dyn FnMut(u64, &[u8]) -> ControlFlow<()>,
+    ) -> Result<(), String> {
+        for p in from..=through {
+            if Some(p) == fail_at {
+                return Err(format!("unreadable at {p}"));
+            }
+            if f(p, &p.to_le_bytes()).is_break() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The numbers 1..=n as a stream and as ranges, failing at `fail_at`.
+    fn sources(n: u64, fail_at: Option<u64>) -> [Source<String>; 2] {
+        [
+            Source::Stream(Box::new(move |f| read_numbers(1, n, fail_at, f))),
+            Source::Ranges {
+                read: Arc::new(move |a, b, f| read_numbers(a, b, fail_at, f)),
+                from: 1,
+                through: n,
+            },
+        ]
+    }
+
+    fn lost(what: &'static str) -> String {
+        what.to_owned()
+    }
+
+    fn decode(p: u64, b: &[u8]) -> (u64, u64) {
+        (p, u64::from_le_bytes(b.try_into().unwrap()))
+    }
+
+    #[test]
+    fn results_come_back_in_log_order() {
+        for n in [0, 1, 2047, 2048, 2049, 10_000] {
+            for source in sources(n, None) {
+                let got: Vec<_> = parallel_map(source, decode, 3, lost)
+                    .collect::<Result<_, _>>()
+                    .unwrap();
+                assert_eq!(got, (1..=n).map(|p| (p, p)).collect::<Vec<_>>());
+            }
+        }
+    }
+
+    #[test]
+    fn a_read_error_comes_after_every_record_before_it() {
+        for source in sources(10_000, Some(5_000)) {
+            let got: Vec<_> = parallel_map(source, decode, 2, lost).collect();
+            assert_eq!(got.len(), 5_000);
+            assert!(got[..4_999].iter().all(Result::is_ok));
+            assert_eq!(got[4_999], Err("unreadable at 5000".to_owned()));
+        }
+    }
+
+    #[test]
+    fn a_reader_that_panics_is_an_error_not_an_early_end() {
+        let stream: Reader<String> = Box::new(|f| {
+            for p in 1..=3000u64 {
+                let _ = f(p, &p.to_le_bytes());
+            }
+            panic!("sled could not read a page");
+        });
+        let ranges = Source::Ranges {
+            read: Arc::new(
+                |a: u64, b: u64, f: &mut dyn FnMut(u64, &[u8]) -> ControlFlow<()>| {
+                    for p in a..=b.min(3000) {
+                        let _ = f(p, &p.to_le_bytes());
+                    }
+                    if b > 3000 {
+                        panic!("sled could not read a page");
+                    }
+                    Ok(())
+                },
+            ),
+            from: 1,
+            through: 5000,
+        };
+        for source in [Source::Stream(stream), ranges] {
+            let got: Vec<_> = parallel_map(source, decode, 2, lost).collect();
+            assert_eq!(got.len(), 3001);
+            assert_eq!(got[3000], Err("reading the records failed".to_owned()));
+        }
+    }
+
+    #[test]
+    fn dropping_the_consumer_early_stops_the_readers() {
+        for source in sources(u64::MAX - 1, None) {
+            let mut it = parallel_map(source, decode, 2, lost);
+            assert_eq!(it.next(), Some(Ok((1, 1))));
+            drop(it);
+        }
+    }
 }

@@ -14,7 +14,7 @@
 
 use super::{AppendError, AppendRequest, Appended, EventLog, ExpectedVersion, LogHead, StoreError};
 use chrono::{DateTime, Utc};
-use idledger_domain::envelope::{encode_record, RawRecord, RecordFields};
+use idledger_domain::envelope::{decode_record, encode_record, RawRecord, RecordFields};
 use idledger_domain::{Envelope, Hash, StreamId};
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::path::{Path, PathBuf};
@@ -239,6 +239,12 @@ impl SledEventLog {
         self.shared.db.flush_async().await.map(|_| ()).map_err(io)
     }
 
+    /// The records committed now, from `from`, for
+    /// [`super::parallel_decode::parallel_map`].
+    pub fn source(&self, from: u64) -> super::parallel_decode::Source<StoreError> {
+        range_source(self.shared.log.clone(), from, self.head().position)
+    }
+
     /// Iterates committed raw records from `from`: `(position, bytes)`.
     pub fn raw_records(
         &self,
@@ -250,6 +256,27 @@ impl SledEventLog {
     /// Iterates committed envelopes from `from`, decoding each record.
     pub fn envelopes(&self, from: u64) -> impl Iterator<Item = Result<Envelope, StoreError>> + '_ {
         self.raw_records(from).map(decode_raw)
+    }
+}
+
+/// The records of `log` from `from` through `through`, read by range on any thread.
+fn range_source(
+    log: sled::Tree,
+    from: u64,
+    through: u64,
+) -> super::parallel_decode::Source<StoreError> {
+    super::parallel_decode::Source::Ranges {
+        read: Arc::new(move |a, b, f| {
+            for r in raw_iter(&log, a, b) {
+                let (pos, bytes) = r?;
+                if f(pos, &bytes).is_break() {
+                    break;
+                }
+            }
+            Ok(())
+        }),
+        from,
+        through,
     }
 }
 
@@ -271,6 +298,9 @@ fn raw_iter(
     })
 }
 
+/// sled's page cache for [`open_raw`].
+const RAW_CACHE_BYTES: u64 = 32 << 20;
+
 /// Opens a data dir's log for reading what is there: no checks, no writer. `verify` uses
 /// it, since it must report a damaged store rather than refuse to open it.
 pub fn open_raw(data_dir: &Path) -> Result<RawStore, StoreError> {
@@ -278,7 +308,13 @@ pub fn open_raw(data_dir: &Path) -> Result<RawStore, StoreError> {
     if !dir.exists() {
         return Err(StoreError::Io(format!("no store at {}", dir.display())));
     }
-    let db = sled::Config::new().path(&dir).open().map_err(io)?;
+    // Readers pass over the log once: a small cache lets sled reuse the memory of pages
+    // already read instead of growing (each fresh page costs the kernel a zeroed page).
+    let db = sled::Config::new()
+        .path(&dir)
+        .cache_capacity(RAW_CACHE_BYTES)
+        .open()
+        .map_err(io)?;
     let log = db.open_tree("log").map_err(io)?;
     Ok(RawStore { _db: db, log })
 }
@@ -291,14 +327,23 @@ pub struct RawStore {
 
 impl RawStore {
     /// Every record decoded, in key order, decoding on every core.
-    pub fn envelopes_parallel(&self) -> super::parallel_decode::ParallelDecode {
-        let log = self.log.clone();
-        let raw = log.range(be(1)..).map(|kv| {
-            let (k, v) = kv.map_err(io)?;
-            let pos = read_be(&k).ok_or_else(|| corrupt(0, "log key is not 8 bytes"))?;
-            Ok((pos, v))
-        });
-        super::parallel_decode::parallel_decode(raw, super::parallel_decode::decoder_threads())
+    pub fn envelopes_parallel(
+        &self,
+    ) -> Result<impl Iterator<Item = Result<Envelope, StoreError>> + Send + 'static, StoreError>
+    {
+        use super::parallel_decode::{decoder_threads, parallel_map};
+        Ok(parallel_map(
+            self.source()?,
+            |pos, bytes| decode_record(bytes).map_err(|e| corrupt(pos, e.to_string())),
+            decoder_threads(),
+            |what| StoreError::Io(what.to_owned()),
+        )
+        .map(|r| r.and_then(|decoded| decoded)))
+    }
+
+    /// Every record, by range, for [`super::parallel_decode::parallel_map`].
+    pub fn source(&self) -> Result<super::parallel_decode::Source<StoreError>, StoreError> {
+        Ok(range_source(self.log.clone(), 1, self.last_position()?))
     }
 
     /// Every record of the log tree, in key order.

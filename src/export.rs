@@ -4,7 +4,7 @@
 use crate::cli::{CliError, DataDir};
 use crate::inspect::{each_record, last_position};
 use crate::progress;
-use crate::store::parallel_decode::{decoder_threads, parallel_map, Source};
+use crate::store::parallel_decode::{decoder_threads, parallel_map, Reader};
 use crate::store::sled_log::{open_raw, RawStore};
 use crate::store::StoreError;
 use chrono::{DateTime, Utc};
@@ -109,47 +109,32 @@ pub fn manifest(
     })
 }
 
-/// Stored records `(position, bytes)`: a data dir, a server's feed, or an open log. They
-/// are read and decoded on every core, and consumed in log order.
-pub type Records = Source<CliError>;
+/// Reads stored records `(position, bytes)` in log order: a data dir, a server's feed, or
+/// an open log. It runs on its own thread while others decode.
+pub type Records = Reader<CliError>;
 
-/// The records of a data dir (read by range) or of a server's event feed (one stream).
+/// The records of a data dir or of a server's event feed.
 pub fn records_of(source: &DataDir) -> Result<Records, CliError> {
     match &source.data_dir {
         Some(dir) => records_of_store(&open_raw(dir)?),
         None => {
             let source = source.clone();
-            Ok(Source::Stream(Box::new(move |f| {
-                each_record(&source, 1, f)
-            })))
+            Ok(Box::new(move |f| each_record(&source, 1, f)))
         }
     }
 }
 
 /// The records of a store opened for reading.
 pub fn records_of_store(store: &RawStore) -> Result<Records, CliError> {
-    Ok(cli_errors(store.source()?))
+    let read = store.reader()?;
+    Ok(Box::new(move |f| read(f).map_err(CliError::from)))
 }
 
 /// The records of an open log as committed now (the server's own, or one a benchmark just
 /// filled).
 pub fn records_of_log(log: &crate::store::SledEventLog) -> Records {
-    cli_errors(log.source(1))
-}
-
-fn cli_errors(source: Source<StoreError>) -> Records {
-    match source {
-        Source::Stream(read) => Source::Stream(Box::new(move |f| read(f).map_err(CliError::from))),
-        Source::Ranges {
-            read,
-            from,
-            through,
-        } => Source::Ranges {
-            read: std::sync::Arc::new(move |a, b, f| read(a, b, f).map_err(CliError::from)),
-            from,
-            through,
-        },
-    }
+    let read = log.reader(1);
+    Box::new(move |f| read(f).map_err(CliError::from))
 }
 
 /// Where an export's bytes go: a file, a response body, or a comparison with a file.

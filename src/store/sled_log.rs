@@ -463,6 +463,16 @@ struct Batch {
     ids: FxHashMap<Uuid, (u64, u64)>,
 }
 
+/// A group commit being gathered: its requests checked and encoded as they arrive.
+struct Group {
+    started: std::time::Instant,
+    now_us: i64,
+    recorded_at: DateTime<Utc>,
+    batch: Batch,
+    replies: Vec<Reply>,
+    events: usize,
+}
+
 /// A written, not yet flushed, group commit.
 struct Pending {
     envelopes: Vec<Envelope>,
@@ -471,14 +481,17 @@ struct Pending {
 }
 
 impl Writer {
-    /// Gathers requests, checks and encodes them, writes their records, flushes, and only
-    /// then answers. One group at a time: with callers that each wait for their answer,
-    /// writing the next group during this one's flush only split them into two half-size
-    /// groups (measured: 44k vs 49k events/s with 64 writers; see ARCHITECTURE.md).
+    /// Gathers requests, checking and encoding each as it arrives, writes the group's
+    /// records, flushes, and only then answers. One group at a time: with callers that
+    /// each wait for their answer, writing the next group during this one's flush only
+    /// split them into two half-size groups (measured: 44k vs 49k events/s with 64
+    /// writers; see ARCHITECTURE.md).
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Job>) {
         while let Some(first) = rx.recv().await {
-            let jobs = gather(first, &mut rx).await;
-            if let Some(p) = self.write(jobs) {
+            let mut group = self.open_group();
+            self.take(first, &mut group);
+            self.gather(&mut rx, &mut group).await;
+            if let Some(p) = self.write(group) {
                 commit(&self.shared, p).await;
             }
             if self.shared.closed.load(Ordering::Acquire) {
@@ -492,18 +505,55 @@ impl Writer {
         }
     }
 
-    /// Checks and writes one group (not yet flushed). `None` only when the write failed
-    /// (answers sent).
-    fn write(&mut self, jobs: Vec<Job>) -> Option<Pending> {
-        let started = std::time::Instant::now();
+    /// A new group, stamped now (never earlier than the group before).
+    fn open_group(&self) -> Group {
         let now_us = Utc::now().timestamp_micros().max(self.last_time_us);
-        let recorded_at = DateTime::<Utc>::from_timestamp_micros(now_us).unwrap_or_default();
-        let mut batch = Batch::default();
-        let mut replies = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            let result = self.prepare(job.req, recorded_at, &mut batch);
-            replies.push((job.reply, result));
+        Group {
+            started: std::time::Instant::now(),
+            now_us,
+            recorded_at: DateTime::<Utc>::from_timestamp_micros(now_us).unwrap_or_default(),
+            batch: Batch::default(),
+            replies: Vec::new(),
+            events: 0,
         }
+    }
+
+    /// Checks and encodes one request into the group as it arrives: the writer encodes
+    /// while the callers answered by the last commit are still making their next
+    /// requests, instead of after all of them.
+    fn take(&mut self, job: Job, group: &mut Group) {
+        group.events += job.req.events.len();
+        let result = self.prepare(job.req, group.recorded_at, &mut group.batch);
+        group.replies.push((job.reply, result));
+    }
+
+    /// Takes requests waiting behind the first; see [`GATHER_YIELDS`].
+    async fn gather(&mut self, rx: &mut mpsc::UnboundedReceiver<Job>, group: &mut Group) {
+        // Callers answered by the last commit are runnable now; yielding lets them submit
+        // their next request into this group instead of the one after.
+        let mut yields = 0;
+        while group.events < MAX_BATCH_EVENTS {
+            match rx.try_recv() {
+                Ok(j) => self.take(j, group),
+                Err(_) if yields < GATHER_YIELDS => {
+                    yields += 1;
+                    tokio::task::yield_now().await;
+                }
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Writes one group's records (not yet flushed). `None` only when the write failed
+    /// (answers sent).
+    fn write(&mut self, group: Group) -> Option<Pending> {
+        let Group {
+            started,
+            now_us,
+            batch,
+            replies,
+            ..
+        } = group;
         if batch.envelopes.is_empty() {
             return Some(Pending {
                 envelopes: Vec::new(),
@@ -663,29 +713,6 @@ impl Writer {
         }
         Ok(None)
     }
-}
-
-/// Takes requests waiting behind `first`; see [`GATHER_YIELDS`].
-async fn gather(first: Job, rx: &mut mpsc::UnboundedReceiver<Job>) -> Vec<Job> {
-    let mut jobs = vec![first];
-    let mut events = jobs[0].req.events.len();
-    // Callers answered by the last commit are runnable now; yielding lets them submit
-    // their next request into this group instead of the one after.
-    let mut yields = 0;
-    while events < MAX_BATCH_EVENTS {
-        match rx.try_recv() {
-            Ok(j) => {
-                events += j.req.events.len();
-                jobs.push(j);
-            }
-            Err(_) if yields < GATHER_YIELDS => {
-                yields += 1;
-                tokio::task::yield_now().await;
-            }
-            Err(_) => break,
-        }
-    }
-    jobs
 }
 
 /// Answers every caller of a failed group and closes the log.

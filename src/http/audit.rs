@@ -5,15 +5,16 @@ use super::auth::Principal;
 use super::error::{ApiError, ApiQuery, IdPath};
 use super::{page, AppState};
 use crate::cli::CliError;
-use crate::export::{manifest, query_of, records_of_log, run_export, HashedWriter};
+use crate::export::{manifest, query_of, records_of_log, run_export, HashedWriter, RowSink};
 use crate::store::EventLog;
+use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use idledger_domain::{Role, StreamId, UserId};
-use idledger_replay::ExportFormat;
+use idledger_replay::{ExportFormat, ExportQuery};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -28,37 +29,47 @@ pub struct ExportParams {
     format: Option<String>,
 }
 
-/// Makes the export on a blocking thread, over the server's own log as committed now.
-async fn make(
-    s: &AppState,
-    kind: String,
-    q: ExportParams,
-) -> Result<(Vec<u8>, Value, ExportFormat), ApiError> {
-    let format = q.format.clone().unwrap_or_else(|| "csv".into());
-    let (query, format) =
-        query_of(&kind, &format, q.from, q.to, q.domain, q.user).map_err(ApiError::BadRequest)?;
-    let log = s.log.clone();
-    let head = log.head().position;
-    tokio::task::spawn_blocking(move || {
-        let mut body = HashedWriter::new(Vec::new());
-        let summary = run_export(
-            records_of_log(&log),
-            &query,
-            format,
-            Some(head),
-            &mut body,
-            None,
-            |_| {},
-        )?;
-        let (sha, body) = body.finish();
-        Ok::<_, CliError>((body, manifest(&query, format, &summary, &sha), format))
-    })
-    .await
-    .map_err(|e| ApiError::Internal(e.to_string()))?
-    .map_err(|e| ApiError::Internal(e.to_string()))
+/// The query and format of a request.
+fn query(kind: &str, q: &ExportParams) -> Result<(ExportQuery, ExportFormat), ApiError> {
+    let format = q.format.as_deref().unwrap_or("csv");
+    query_of(kind, format, q.from, q.to, q.domain, q.user).map_err(ApiError::BadRequest)
 }
 
-/// The rows of an export (CSV by default, or `format=jsonl`).
+/// Rows handed to the response body in large pieces as they are made.
+struct BodySink {
+    buf: Vec<u8>,
+    tx: tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
+}
+
+/// Bytes per piece of the response body.
+const BODY_PIECE: usize = 256 << 10;
+
+impl BodySink {
+    fn send(&mut self) -> std::io::Result<()> {
+        let piece = std::mem::replace(&mut self.buf, Vec::with_capacity(BODY_PIECE));
+        self.tx
+            .blocking_send(Ok(piece))
+            .map_err(|_| std::io::Error::other("the client went away"))
+    }
+}
+
+impl RowSink for BodySink {
+    fn header(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.row(bytes)
+    }
+
+    fn row(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.buf.extend_from_slice(bytes);
+        if self.buf.len() >= BODY_PIECE {
+            self.send()?;
+        }
+        Ok(())
+    }
+}
+
+/// The rows of an export (CSV by default, or `format=jsonl`), streamed as they are made
+/// over the server's own log as committed when the request came. A failure midway aborts
+/// the body, so a client never takes a cut-off export for a whole one.
 pub async fn export(
     State(s): State<AppState>,
     who: Principal,
@@ -66,24 +77,55 @@ pub async fn export(
     ApiQuery(q): ApiQuery<ExportParams>,
 ) -> Result<impl IntoResponse, ApiError> {
     who.require(&[Role::Admin, Role::Auditor])?;
-    let (body, m, format) = make(&s, kind, q).await?;
+    let (query, format) = query(&kind, &q)?;
+    let log = s.log.clone();
+    let head = log.head().position;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::task::spawn_blocking(move || {
+        let mut body = BodySink {
+            buf: Vec::with_capacity(BODY_PIECE),
+            tx: tx.clone(),
+        };
+        let done = run_export(
+            records_of_log(&log),
+            &query,
+            format,
+            Some(head),
+            &mut body,
+            None,
+            |_| {},
+        )
+        .map_err(|e| std::io::Error::other(e.to_string()))
+        .and_then(|_| body.send());
+        if let Err(e) = done {
+            tracing::warn!(error = %e, "export stopped");
+            let _ = tx.blocking_send(Err(e));
+        }
+    });
+    let pieces = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|piece| (piece, rx))
+    });
     let content_type = match format {
         ExportFormat::Csv => "text/csv; charset=utf-8",
         ExportFormat::Jsonl => "application/x-ndjson",
     };
-    Ok((
-        [
-            (header::CONTENT_TYPE, content_type.to_owned()),
-            (
-                header::HeaderName::from_static("x-idledger-log-position"),
-                m["log_position"].to_string(),
-            ),
-        ],
-        body,
-    ))
+    let mut headers = axum::http::HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static(content_type),
+    );
+    if q.to.is_none() {
+        // Without `to` the export reads the log up to its head now: the manifest's
+        // `log_position`. (With `to`, only the manifest knows.)
+        headers.insert(
+            header::HeaderName::from_static("x-idledger-log-position"),
+            axum::http::HeaderValue::from(head),
+        );
+    }
+    Ok((headers, Body::from_stream(pieces)))
 }
 
-/// The manifest of the same query.
+/// The manifest of the same query (the rows are made again and hashed, not kept).
 pub async fn export_manifest(
     State(s): State<AppState>,
     who: Principal,
@@ -91,7 +133,26 @@ pub async fn export_manifest(
     ApiQuery(q): ApiQuery<ExportParams>,
 ) -> Result<impl IntoResponse, ApiError> {
     who.require(&[Role::Admin, Role::Auditor])?;
-    let (_, m, _) = make(&s, kind, q).await?;
+    let (query, format) = query(&kind, &q)?;
+    let log = s.log.clone();
+    let head = log.head().position;
+    let m = tokio::task::spawn_blocking(move || {
+        let mut rows = HashedWriter::new(std::io::sink());
+        let summary = run_export(
+            records_of_log(&log),
+            &query,
+            format,
+            Some(head),
+            &mut rows,
+            None,
+            |_| {},
+        )?;
+        let (sha, _) = rows.finish();
+        Ok::<_, CliError>(manifest(&query, format, &summary, &sha))
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))?
+    .map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(Json(m))
 }
 

@@ -234,6 +234,11 @@ async fn an_exports_rows_are_the_events_in_its_range_and_filters() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
+    let head: u64 = resp.headers()["x-idledger-log-position"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     let body = resp.bytes().await.unwrap();
     assert_eq!(
         &body[..],
@@ -248,6 +253,10 @@ async fn an_exports_rows_are_the_events_in_its_range_and_filters() {
         .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(m["file_sha256"], manifest["file_sha256"]);
+    // The header names the position the body was cut at: no earlier than the CLI's
+    // export before it, no later than the manifest made after it.
+    assert!(manifest["log_position"].as_u64().unwrap() <= head);
+    assert!(head <= m["log_position"].as_u64().unwrap());
     let (s, _) = w
         .admin(Method::GET, "/v1/audit/exports/secrets", None)
         .await;

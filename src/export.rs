@@ -139,8 +139,11 @@ pub fn records_of_log(log: &crate::store::SledEventLog) -> Records {
 
 /// Where an export's bytes go: a file, a response body, or a comparison with a file.
 pub trait RowSink {
-    /// The file's first bytes (the CSV header), once, before any row.
-    fn header(&mut self, bytes: &[u8]) -> std::io::Result<()>;
+    /// The file's first bytes (the CSV header), once, before any row. Most sinks take
+    /// them like a row.
+    fn header(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.row(bytes)
+    }
     /// One row, with its line end.
     fn row(&mut self, bytes: &[u8]) -> std::io::Result<()>;
 }
@@ -168,10 +171,6 @@ impl<W: Write> HashedWriter<W> {
 }
 
 impl<W: Write> RowSink for HashedWriter<W> {
-    fn header(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.row(bytes)
-    }
-
     fn row(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.sha.update(bytes);
         self.inner.write_all(bytes)
@@ -285,10 +284,6 @@ impl FileSink {
 }
 
 impl RowSink for FileSink {
-    fn header(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.row(bytes)
-    }
-
     fn row(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.buf.extend_from_slice(bytes);
         if self.buf.len() >= FILE_BUFFER {

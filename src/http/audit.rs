@@ -54,10 +54,6 @@ impl BodySink {
 }
 
 impl RowSink for BodySink {
-    fn header(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.row(bytes)
-    }
-
     fn row(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.buf.extend_from_slice(bytes);
         if self.buf.len() >= BODY_PIECE {

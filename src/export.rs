@@ -116,7 +116,15 @@ pub type Records = Reader<CliError>;
 /// The records of a data dir or of a server's event feed.
 pub fn records_of(source: &DataDir) -> Result<Records, CliError> {
     match &source.data_dir {
-        Some(dir) => records_of_store(&open_raw(dir)?),
+        Some(dir) => {
+            let store = open_raw(dir)?;
+            let read = records_of_store(&store)?;
+            // The store stays open for as long as its records are read.
+            Ok(Box::new(move |f| {
+                let _open = &store;
+                read(f)
+            }))
+        }
         None => {
             let source = source.clone();
             Ok(Box::new(move |f| each_record(&source, 1, f)))

@@ -2,9 +2,11 @@
 
 use crate::cli::{CliError, DataDir, LogArgs, ReplayArgs};
 use crate::progress;
+use crate::store::parallel_decode::{decoder_threads, parallel_map};
 use crate::store::sled_log::open_raw;
 use crate::store::StoreError;
 use idledger_domain::decode_record;
+use idledger_replay::verify::CheckedRecord;
 use idledger_replay::{fold, Until, Verifier};
 use std::io::{BufWriter, Write};
 use std::ops::ControlFlow;
@@ -159,14 +161,27 @@ pub(crate) fn last_position(source: &DataDir) -> Option<u64> {
 fn verify_inner(source: &DataDir) -> Result<serde_json::Value, CliError> {
     let pb = progress::bar(last_position(source), "verify");
     let mut v = Verifier::new();
-    let read = each_record(source, 1, |pos, bytes| {
-        v.push(pos, bytes);
-        if v.events() % 4096 == 0 {
-            pb.set_position(v.events());
-        }
-        ControlFlow::Continue(())
+    // Records are parsed, hashed and decoded on every core; the checks that need order
+    // run here.
+    let read = crate::export::records_of(source).map(|records| {
+        parallel_map(records, CheckedRecord::check, decoder_threads(), |what| {
+            CliError::Other(what.to_owned())
+        })
     });
-    if let Err(e) = read {
+    let failed = match read {
+        Ok(checked) => checked
+            .map(|r| {
+                r.map(|record| {
+                    v.accept(&record);
+                    if v.events() % 4096 == 0 {
+                        pb.set_position(v.events());
+                    }
+                })
+            })
+            .find_map(Result::err),
+        Err(e) => Some(e),
+    };
+    if let Some(e) = failed {
         // Reading stopped (an unreadable record, a lost connection): that is a finding too.
         v.unreadable(v.events() + 1, e.to_string());
     }

@@ -93,7 +93,7 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode, CliError> {
             Some(json!({"all": true})),
         )
         .await?;
-    let keys = rotate_and_deliver(&admin, &id).await?;
+    let keys = rotate_and_deliver(&admin, &id, imported["position"].as_u64()).await?;
     projector
         .wait_for(log.head().position, Duration::from_secs(10))
         .await
@@ -235,11 +235,16 @@ struct KeysReport {
 
 /// Gives every rotation-group member a key, rotates their passwords, and acknowledges
 /// the key writes as the workstation agent would.
-async fn rotate_and_deliver(admin: &ApiClient, domain: &str) -> Result<KeysReport, CliError> {
+async fn rotate_and_deliver(
+    admin: &ApiClient,
+    domain: &str,
+    imported_at: Option<u64>,
+) -> Result<KeysReport, CliError> {
+    let after_import = imported_at.map_or(String::new(), |p| format!("&min_position={p}"));
     let users = admin
         .call(
             Method::GET,
-            &format!("/v1/users?domain={domain}&status=active&limit=1000"),
+            &format!("/v1/users?domain={domain}&status=active&limit=1000{after_import}"),
             None,
         )
         .await?;

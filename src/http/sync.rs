@@ -216,6 +216,8 @@ pub async fn import(
         }
     };
     let (imported, position) = s.sync.import(DomainId(id), ids, &who.actor()).await?;
+    // An import is followed by reads of the users it made: answer once they can see them.
+    s.reach(Some(position)).await?;
     Ok(Json(json!({"imported": imported, "position": position})))
 }
 

@@ -430,7 +430,7 @@ pub fn run_export(
         }
     }
     let mut failed = Ok(());
-    let summary = exporter.finish_each(|row| {
+    let summary = exporter.finish(|row| {
         if failed.is_ok() {
             failed = sink.row(row);
         }

@@ -488,13 +488,9 @@ impl Exporter {
         }
     }
 
-    /// Ends the export: for `users`, appends the rows of the state reached.
-    pub fn finish(self, out: &mut Vec<u8>) -> ExportSummary {
-        self.finish_each(|row| out.extend_from_slice(row))
-    }
-
-    /// Ends the export, handing each remaining row (only `users` has any) to `each`.
-    pub fn finish_each(mut self, mut each: impl FnMut(&[u8])) -> ExportSummary {
+    /// Ends the export, handing each remaining row (only `users` has any: the state
+    /// reached) to `each`.
+    pub fn finish(mut self, mut each: impl FnMut(&[u8])) -> ExportSummary {
         if let Some(p) = self.state.take() {
             let mut out = Vec::new();
             let (user, domain) = (self.query.user, self.query.domain);

@@ -198,13 +198,7 @@ pub async fn decide_and_append<L: EventLog, S: Default>(
         if events.is_empty() {
             return Ok(log.head().position);
         }
-        let proposed = events
-            .into_iter()
-            .map(|e| ProposedEvent {
-                correlation_id,
-                ..ProposedEvent::new(uuid::Uuid::now_v7(), actor.clone(), e)
-            })
-            .collect();
+        let proposed = propose(events, actor, correlation_id);
         let expected = if version == 0 {
             ExpectedVersion::NoStream
         } else {
@@ -222,6 +216,21 @@ pub async fn decide_and_append<L: EventLog, S: Default>(
     Err(CommandError::Contended)
 }
 
+/// New events as `actor` proposes them, each with a fresh id and `correlation_id`.
+fn propose(
+    events: Vec<Event>,
+    actor: &Actor,
+    correlation_id: Option<uuid::Uuid>,
+) -> Vec<ProposedEvent> {
+    events
+        .into_iter()
+        .map(|e| ProposedEvent {
+            correlation_id,
+            ..ProposedEvent::new(uuid::Uuid::now_v7(), actor.clone(), e)
+        })
+        .collect()
+}
+
 /// Appends `events` to `stream` as `actor`, each carrying `correlation_id` (a sync run's
 /// or a rotation's id, so its events can be found together); returns the position of the
 /// last one.
@@ -233,13 +242,7 @@ pub async fn append_correlated<L: EventLog>(
     correlation_id: Option<uuid::Uuid>,
     events: Vec<Event>,
 ) -> Result<u64, AppendError> {
-    let proposed = events
-        .into_iter()
-        .map(|e| ProposedEvent {
-            correlation_id,
-            ..ProposedEvent::new(uuid::Uuid::now_v7(), actor.clone(), e)
-        })
-        .collect();
+    let proposed = propose(events, actor, correlation_id);
     let done = log
         .append(AppendRequest::new(stream, expected, proposed))
         .await?;

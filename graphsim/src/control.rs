@@ -136,6 +136,31 @@ pub async fn password(State(sim): State<Sim>, Path(id): Path<String>) -> Respons
     }
 }
 
+/// `GET /_sim/password-log` query.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordLogQuery {
+    /// Only this user's changes.
+    user: Option<String>,
+    /// Only changes after this sequence number.
+    after: Option<u64>,
+}
+
+/// Every password Graph set, oldest first (optionally one user's, after a sequence number).
+pub async fn password_log(
+    State(sim): State<Sim>,
+    axum::extract::Query(q): axum::extract::Query<PasswordLogQuery>,
+) -> Response {
+    let inner = sim.lock();
+    let items: Vec<_> = inner
+        .password_log
+        .iter()
+        .filter(|p| q.after.is_none_or(|a| p.seq > a))
+        .filter(|p| q.user.as_deref().is_none_or(|u| p.user == u))
+        .collect();
+    Json(json!(items)).into_response()
+}
+
 /// Adds a member.
 pub async fn add_member(
     State(sim): State<Sim>,

@@ -469,6 +469,7 @@ pub async fn patch_user(
                 "The specified password does not comply with password complexity requirements. Please provide a different password.",
             );
         }
+        inner.log_password(&id, &password);
         if let Some(u) = inner.dir.users.get_mut(&id) {
             u.password = Some(password);
         }

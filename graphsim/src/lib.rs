@@ -53,6 +53,7 @@ pub fn router(sim: Sim) -> Router {
             axum::routing::patch(control::patch_user).delete(control::delete_user),
         )
         .route("/_sim/users/{id}/password", get(control::password))
+        .route("/_sim/password-log", get(control::password_log))
         .route(
             "/_sim/groups/{group}/members/{user}",
             post(control::add_member).delete(control::remove_member),
@@ -129,24 +130,16 @@ async fn log_and_faults(State(sim): State<Sim>, req: Request, next: Next) -> Res
     let _leave = Leave(patch.then_some(&*sim.patches));
     let mut response = match fault {
         None => next.run(req).await,
-        Some(f) => {
-            if let Some(ms) = f.delay_ms {
-                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
-            }
-            if f.drop_connection {
-                // An answer whose body fails mid-stream: the client sees the connection cut.
-                let failing = futures_util::stream::once(async {
-                    Err::<axum::body::Bytes, std::io::Error>(std::io::Error::other(
-                        "dropped by a fault",
-                    ))
-                });
-                return Response::new(axum::body::Body::from_stream(failing));
-            }
-            match f.status.and_then(|s| StatusCode::from_u16(s).ok()) {
-                None => next.run(req).await,
-                Some(status) => fault_response(status, f.retry_after),
+        Some(f) if f.complete_after_disconnect => {
+            // The rest runs on its own task: when the caller hangs up, this handler's
+            // future is dropped, but the task goes on and acts, as Graph would.
+            let task = tokio::spawn(apply_fault(f, req, next));
+            match task.await {
+                Ok(r) => r,
+                Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
             }
         }
+        Some(f) => apply_fault(f, req, next).await,
     };
     let h = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()) {
@@ -156,6 +149,28 @@ async fn log_and_faults(State(sim): State<Sim>, req: Request, next: Next) -> Res
         h.insert("client-request-id", v);
     }
     response
+}
+
+/// Serves a request under a fault: hold it, then cut it, refuse it, or serve it.
+async fn apply_fault(f: Fault, req: Request, next: Next) -> Response {
+    if let Some(ms) = f.delay_ms {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
+    if f.drop_connection || f.drop_after_apply {
+        if f.drop_after_apply {
+            // Graph acts; only the answer is lost.
+            let _ = next.run(req).await;
+        }
+        // An answer whose body fails mid-stream: the client sees the connection cut.
+        let failing = futures_util::stream::once(async {
+            Err::<axum::body::Bytes, std::io::Error>(std::io::Error::other("dropped by a fault"))
+        });
+        return Response::new(axum::body::Body::from_stream(failing));
+    }
+    match f.status.and_then(|s| StatusCode::from_u16(s).ok()) {
+        None => next.run(req).await,
+        Some(status) => fault_response(status, f.retry_after),
+    }
 }
 
 fn fault_response(status: StatusCode, retry_after: Option<f64>) -> Response {

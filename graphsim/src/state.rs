@@ -12,6 +12,9 @@ use std::time::Duration;
 /// Requests kept for `GET /_sim/requests`.
 const MAX_REQUEST_LOG: usize = 10_000;
 
+/// Password changes kept for `GET /_sim/password-log`.
+const MAX_PASSWORD_LOG: usize = 1_000_000;
+
 /// Settings of a simulator instance.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
@@ -76,6 +79,14 @@ pub struct Fault {
     /// Cut the connection instead of answering.
     #[serde(default)]
     pub drop_connection: bool,
+    /// With `delay_ms`: finish the request even when the caller hung up during the delay,
+    /// as Graph (and many outbound proxies) do. Without it a request whose caller is gone
+    /// is dropped unserved, which hides late landings.
+    #[serde(default)]
+    pub complete_after_disconnect: bool,
+    /// Serve the request (Graph acts), then cut the connection: the answer is lost.
+    #[serde(default)]
+    pub drop_after_apply: bool,
     /// How many requests it applies to.
     pub count: u32,
 }
@@ -143,6 +154,23 @@ pub struct Inner {
     pub faults: Vec<Fault>,
     /// Requests received, oldest first.
     pub requests: VecDeque<LoggedRequest>,
+    /// Every password Graph set, in the order it set them.
+    pub password_log: VecDeque<PasswordSet>,
+}
+
+/// One password set through Graph's `PATCH /users/{id}` (`GET /_sim/password-log`): what a
+/// fault campaign compares with the engine's history. The simulator's own secret, never
+/// served by Graph routes.
+#[derive(Clone, Debug, Serialize)]
+pub struct PasswordSet {
+    /// Order of application, from 1.
+    pub seq: u64,
+    /// When it was set (RFC 3339 with nanoseconds).
+    pub time: String,
+    /// The user's object id.
+    pub user: String,
+    /// The password now in force.
+    pub password: String,
 }
 
 impl Inner {
@@ -221,6 +249,20 @@ impl Inner {
         let out = f.clone();
         self.faults.retain(|f| f.count > 0);
         Some(out)
+    }
+
+    /// Records a password Graph just set.
+    pub fn log_password(&mut self, user: &str, password: &str) {
+        if self.password_log.len() >= MAX_PASSWORD_LOG {
+            self.password_log.pop_front();
+        }
+        let seq = self.password_log.back().map_or(1, |p| p.seq + 1);
+        self.password_log.push_back(PasswordSet {
+            seq,
+            time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+            user: user.to_owned(),
+            password: password.to_owned(),
+        });
     }
 
     /// Logs a request.

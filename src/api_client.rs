@@ -94,16 +94,27 @@ pub struct ServeProcess {
 }
 
 impl ServeProcess {
-    /// Starts `serve` on `data_dir` (which must be new) with extra environment variables.
+    /// Starts `serve` of this same binary on `data_dir` with extra environment variables.
     pub async fn start(
         data_dir: &std::path::Path,
         env: &[(&str, &str)],
+    ) -> Result<ServeProcess, CliError> {
+        Self::start_program(&std::env::current_exe()?, data_dir, env, None).await
+    }
+
+    /// Starts `program serve` (an `idledger` binary) on `data_dir`, new or used before,
+    /// with extra environment variables; its log goes to `log` (appended) or nowhere.
+    pub async fn start_program(
+        program: &std::path::Path,
+        data_dir: &std::path::Path,
+        env: &[(&str, &str)],
+        log: Option<&std::path::Path>,
     ) -> Result<ServeProcess, CliError> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
         let url = format!("http://127.0.0.1:{port}");
-        let mut cmd = std::process::Command::new(std::env::current_exe()?);
+        let mut cmd = std::process::Command::new(program);
         cmd.args([
             "serve",
             "--listen",
@@ -113,7 +124,14 @@ impl ServeProcess {
         .arg(data_dir)
         .env("IDLEDGER_REQUEST_TIMEOUT_SECS", "300")
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
+        .stderr(match log {
+            None => std::process::Stdio::null(),
+            Some(path) => std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?
+                .into(),
+        });
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -139,6 +157,12 @@ impl ServeProcess {
     /// Its process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Kills it at once (SIGKILL), as a power cut would stop it, and reaps it.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -1,30 +1,38 @@
 //! Password rotation (ENGINE.md §7): never lock anyone out.
 //!
-//! A rotation is `RotationStarted` with the new password sealed, appended (so flushed)
-//! before Graph is asked; then, per attempt, Graph's answer decides the next event
-//! ([`idledger_domain::rotation::after_attempt`]): `RotationSucceeded` with the key write
-//! in the same append, a definite `RotationFailed` (the previous password stays current),
-//! or `RotationRetried` with the *same* sealed password until the attempts run out
-//! (`RotationFailed { retryable: true }`, the user needs attention, both candidates kept).
-//! A rotation with no outcome — the process died, or the credentials went — is driven
-//! again by the next tick with its own password, so Graph and the engine agree in the end.
+//! The rules are [`idledger_domain::rotation`]'s, over the user's [`PasswordState`]; this
+//! module carries them out. A rotation is `RotationStarted` with the new password sealed,
+//! appended (so flushed) before Graph is asked; then, per attempt, Graph's answer decides
+//! the next event ([`after_attempt`]): `RotationSucceeded` with the key write in the same
+//! append, a definite `RotationFailed` (only while no attempt may have landed),
+//! `RotationRetried` with the *same* password, or `RotationFailed { retryable: true }`:
+//! given up for now, the candidate kept and tried again after a wait.
 //!
-//! The scheduler ticks every `check_every`: it resumes rotations without an outcome and
-//! starts those due, at most `max_concurrent_rotations` per domain at a time (a semaphore
-//! shared with manual and resumed rotations).
+//! An attempt that may have reached Graph without an answer (no answer, a 5xx, the
+//! process stopped, the credentials went) opens the uncertainty window: no *different*
+//! password is sent for that user until it has passed, and then the current password is
+//! sent again first ([`RotationReason::Reassert`]). A process start records every open
+//! rotation as interrupted before driving it again with its own password.
+//!
+//! The scheduler ticks every `check_every`: it asks [`next`] for every user and starts,
+//! resumes or reasserts accordingly, at most `max_concurrent_rotations` per domain at a
+//! time (a semaphore shared with resumed rotations).
 
 use crate::password;
 use crate::secrets::{Secret, SecretsError};
-use crate::store::{AppendError, ExpectedVersion};
+use crate::store::{AppendError, EventLog, ExpectedVersion};
 use crate::sync::{wait_cancelled, Engine, SyncService};
 use chrono::Utc;
 use futures_util::stream::{self, StreamExt};
 use idledger_domain::events::*;
-use idledger_domain::rotation::{after_attempt, AttemptResult, NextStep, RotationFacts};
+use idledger_domain::rotation::{
+    after_attempt, next, on_resume, request_manual, AttemptResult, ManualRotation, Next, NextStep,
+    PasswordState, Protocol, RotationFacts,
+};
 use idledger_domain::{
     Actor, DomainId, Event, KeyWriteId, KeyWriteState, RotationId, RotationReason, StreamId, UserId,
 };
-use idledger_projections::{Projections, RotationOutcome, UserStatus, UserView};
+use idledger_projections::{Projections, UserStatus, UserView};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -64,10 +72,33 @@ pub enum RotationError {
 pub struct RotationConfig {
     /// How often due and unfinished rotations are looked for.
     pub check_every: Duration,
-    /// Attempts with the same password before the outcome is given up as unknown.
+    /// Attempts with the same password before the outcome is given up as unknown (for now).
     pub max_attempts: u32,
     /// First wait between attempts; doubles each time.
     pub retry_delay: Duration,
+    /// How long after an attempt with an unknown outcome a request may still land: no
+    /// different password is sent for that user before it has passed.
+    pub uncertainty: Duration,
+}
+
+/// The shortest uncertainty window by default: Graph's request timeout plus a margin,
+/// and never less than this.
+pub const MIN_DEFAULT_UNCERTAINTY: Duration = Duration::from_secs(120);
+
+impl RotationConfig {
+    /// The default window for a Graph request timeout: the timeout plus a minute, at
+    /// least [`MIN_DEFAULT_UNCERTAINTY`].
+    pub fn default_uncertainty(graph_timeout: Duration) -> Duration {
+        (graph_timeout + Duration::from_secs(60)).max(MIN_DEFAULT_UNCERTAINTY)
+    }
+
+    fn protocol(&self) -> Protocol {
+        Protocol {
+            uncertainty: chrono::Duration::from_std(self.uncertainty)
+                .unwrap_or(chrono::Duration::MAX),
+            max_attempts: self.max_attempts.max(1),
+        }
+    }
 }
 
 impl Default for RotationConfig {
@@ -76,8 +107,30 @@ impl Default for RotationConfig {
             check_every: Duration::from_secs(60),
             max_attempts: 4,
             retry_delay: Duration::from_secs(2),
+            uncertainty: Self::default_uncertainty(
+                crate::graph::RetryPolicy::default().request_timeout,
+            ),
         }
     }
+}
+
+/// What `POST /v1/users/{id}/rotate` came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ManualStart {
+    /// Started now.
+    Started {
+        /// The rotation.
+        rotation_id: RotationId,
+        /// Position of `RotationStarted`.
+        position: u64,
+    },
+    /// Recorded; the scheduler starts it when the rules allow.
+    Deferred {
+        /// About when it starts.
+        until: chrono::DateTime<Utc>,
+        /// Position of `RotationRequested` (the log's head when it was recorded already).
+        position: u64,
+    },
 }
 
 struct Inner {
@@ -86,6 +139,10 @@ struct Inner {
     config: RotationConfig,
     /// Rotations being driven by this process.
     in_flight: Mutex<HashSet<RotationId>>,
+    /// Rotations this process started, or recorded as interrupted when it found them
+    /// open: every other open rotation may have had an attempt in flight when the last
+    /// process stopped.
+    recovered: Mutex<HashSet<RotationId>>,
     /// Domains whose due users are being worked through.
     busy: Mutex<HashSet<DomainId>>,
     /// Per domain: the configured limit and its semaphore.
@@ -106,16 +163,11 @@ pub fn facts(p: &Projections, u: &UserView) -> RotationFacts {
         in_sync_group: u.in_sync_group,
         in_rotation_group: u.in_rotation_group,
         has_key: u.key_id.is_some(),
-        pending: u.pending_rotation.is_some(),
-        needs_attention: u.needs_attention,
-        last_success: u.last_rotation_at,
+        pending: u.password.in_flight().is_some(),
+        needs_attention: u.password.open.as_ref().is_some_and(|o| o.gave_up),
+        last_success: u.password.last_success,
         last_revealed: u.last_revealed_at,
-        last_refused: p
-            .rotations
-            .of_user(u.id)
-            .last()
-            .filter(|r| r.outcome == RotationOutcome::Failed)
-            .and_then(|r| r.finished_at),
+        last_refused: u.password.last_refused_at,
         every_days: d
             .filter(|d| !d.removed && d.credentials.is_some())
             .and_then(|d| d.settings.auto_password_change_days),
@@ -132,6 +184,7 @@ impl RotationService {
                 sync,
                 config,
                 in_flight: Mutex::new(HashSet::new()),
+                recovered: Mutex::new(HashSet::new()),
                 busy: Mutex::new(HashSet::new()),
                 limits: Mutex::new(HashMap::new()),
             }),
@@ -161,40 +214,76 @@ impl RotationService {
         }
     }
 
-    /// One look: resume rotations without an outcome, start the due ones.
+    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What the rules say for `u` now. A new password is wanted when the schedule says so
+    /// or an admin's request is recorded, for a user who may be rotated (active, with a
+    /// key, in a domain with credentials); an open rotation is settled regardless, as long
+    /// as the domain has credentials to reach Graph with.
+    fn next_for(&self, p: &Projections, u: &UserView, now: chrono::DateTime<Utc>) -> Next {
+        let credentials = p
+            .domains
+            .get(u.domain_id)
+            .is_some_and(|d| !d.removed && d.credentials.is_some());
+        if !credentials {
+            return Next::Idle;
+        }
+        let f = facts(p, u);
+        let may_rotate = f.active && f.has_key;
+        let wanted = u.password.wanted(f.due_at(now)).filter(|_| may_rotate);
+        next(&u.password, wanted, now, &self.inner.config.protocol())
+    }
+
+    /// When the next rotation with a new password is expected to start for `u`, and why:
+    /// the schedule or a recorded request, not before the uncertainty window has passed.
+    pub fn next_due(
+        &self,
+        p: &Projections,
+        u: &UserView,
+        now: chrono::DateTime<Utc>,
+    ) -> Option<(chrono::DateTime<Utc>, RotationReason)> {
+        let f = facts(p, u);
+        let (at, reason) = match u.password.requested.filter(|_| f.active && f.has_key) {
+            Some(reason) => (now, reason),
+            None => f.next_due(now)?,
+        };
+        let not_before = u.password.window_end(&self.inner.config.protocol());
+        Some((not_before.map_or(at, |w| w.max(at)), reason))
+    }
+
+    /// One look: settle open rotations, reassert where a window has passed, start the
+    /// due and the requested ones.
     pub async fn tick(&self) {
         if self.inner.engine.settle().await.is_err() {
             return;
         }
         let now = Utc::now();
-        let (pending, due) = {
+        let mut drive = Vec::new();
+        let mut start: HashMap<DomainId, Vec<(UserId, RotationReason)>> = HashMap::new();
+        {
             let p = self.inner.engine.projector.read();
-            let pending: Vec<RotationId> = p
-                .rotations
-                .pending()
-                .iter()
-                .map(|r| r.rotation_id)
-                .collect();
-            let mut due: HashMap<DomainId, Vec<(UserId, RotationReason)>> = HashMap::new();
             for u in p.users.iter_after(None) {
-                if let Some(reason) = facts(&p, u).due_at(now) {
-                    due.entry(u.domain_id).or_default().push((u.id, reason));
+                match self.next_for(&p, u, now) {
+                    Next::Drive(id) => drive.push(id),
+                    Next::Reassert => start
+                        .entry(u.domain_id)
+                        .or_default()
+                        .push((u.id, RotationReason::Reassert)),
+                    Next::Start(reason) => {
+                        start.entry(u.domain_id).or_default().push((u.id, reason))
+                    }
+                    Next::Idle | Next::WaitUntil(_) => {}
                 }
             }
-            (pending, due)
-        };
-        for id in pending {
+        }
+        for id in drive {
             let svc = self.clone();
             tokio::spawn(async move { svc.drive(id, None).await });
         }
-        for (domain, users) in due {
-            if !self
-                .inner
-                .busy
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(domain)
-            {
+        for (domain, users) in start {
+            if !Self::lock(&self.inner.busy).insert(domain) {
                 continue;
             }
             let svc = self.clone();
@@ -218,11 +307,7 @@ impl RotationService {
                         }
                     })
                     .await;
-                svc.inner
-                    .busy
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&domain);
+                Self::lock(&svc.inner.busy).remove(&domain);
             });
         }
     }
@@ -240,7 +325,7 @@ impl RotationService {
             .acquire_owned()
             .await
             .map_err(|e| RotationError::Internal(e.to_string()))?;
-        let (id, _, password) = self.begin(user, reason, actor).await?;
+        let (id, _, password) = self.begin(user, Some(reason), actor).await?;
         self.drive(id, Some((password, Some(permit)))).await;
         Ok(())
     }
@@ -255,67 +340,158 @@ impl RotationService {
         Ok((u.domain_id, max))
     }
 
-    /// `POST /v1/users/{id}/rotate`: starts a rotation now; its outcome follows on a task.
+    /// `POST /v1/users/{id}/rotate`: starts a rotation now when the rules allow (its
+    /// outcome follows on a task), else records the request for the scheduler.
     pub async fn start_manual(
         &self,
         user: UserId,
         actor: Actor,
-    ) -> Result<(RotationId, u64), RotationError> {
-        self.inner
-            .engine
+    ) -> Result<ManualStart, RotationError> {
+        let engine = &self.inner.engine;
+        engine
             .settle()
             .await
             .map_err(|e| RotationError::Internal(e.to_string()))?;
-        let (id, position, password) = self.begin(user, RotationReason::Manual, actor).await?;
-        let svc = self.clone();
-        tokio::spawn(async move { svc.drive(id, Some((password, None))).await });
-        Ok((id, position))
+        let (decision, version) = {
+            let p = engine.projector.read();
+            let u = self.rotatable(&p, user)?;
+            let decision = request_manual(&u.password, Utc::now(), &self.inner.config.protocol())
+                .map_err(|r| RotationError::Conflict(r.to_string()))?;
+            (decision, u.version)
+        };
+        match decision {
+            ManualRotation::Start => {
+                let (rotation_id, position, password) = self.begin(user, None, actor).await?;
+                let svc = self.clone();
+                tokio::spawn(async move { svc.drive(rotation_id, Some((password, None))).await });
+                Ok(ManualStart::Started {
+                    rotation_id,
+                    position,
+                })
+            }
+            ManualRotation::Deferred { events, until } => {
+                let position = if events.is_empty() {
+                    engine.log.head().position
+                } else {
+                    crate::store::append_correlated(
+                        &*engine.log,
+                        StreamId::user(user),
+                        ExpectedVersion::Exact(version),
+                        &actor,
+                        None,
+                        events,
+                    )
+                    .await
+                    .map_err(conflict_on_race)?
+                };
+                Ok(ManualStart::Deferred { until, position })
+            }
+        }
     }
 
-    /// Checks the user, makes and seals the password, appends `RotationStarted`.
+    /// The user, if a rotation (new password) may be started for them at all.
+    fn rotatable<'p>(
+        &self,
+        p: &'p Projections,
+        user: UserId,
+    ) -> Result<&'p UserView, RotationError> {
+        let u = p
+            .users
+            .get(user)
+            .filter(|u| u.status != UserStatus::Deleted)
+            .ok_or(RotationError::NotFound("user"))?;
+        if u.status != UserStatus::Active {
+            return Err(RotationError::Conflict(format!(
+                "only active users are rotated; this one is {}",
+                u.status.as_str()
+            )));
+        }
+        if u.key_id.is_none() {
+            return Err(RotationError::Conflict(
+                "the user has no key: the new password would reach no one".into(),
+            ));
+        }
+        p.domains
+            .get(u.domain_id)
+            .ok_or(RotationError::NotFound("domain"))?;
+        Ok(u)
+    }
+
+    /// Checks the user and the rules, makes and seals the password (a reassert seals
+    /// nothing new: it carries the current one), appends `RotationStarted`. `reason`:
+    /// what the scheduler decided; `None` for an admin's rotation the rules allow now.
     async fn begin(
         &self,
         user: UserId,
-        reason: RotationReason,
+        reason: Option<RotationReason>,
         actor: Actor,
     ) -> Result<(RotationId, u64, Secret), RotationError> {
-        let (version, length, domain) = {
+        let stream = StreamId::user(user);
+        let (version, length, domain, reason, current) = {
             let p = self.inner.engine.projector.read();
-            let u = p
-                .users
-                .get(user)
-                .filter(|u| u.status != UserStatus::Deleted)
-                .ok_or(RotationError::NotFound("user"))?;
-            if u.status != UserStatus::Active {
-                return Err(RotationError::Conflict(format!(
-                    "only active users are rotated; this one is {}",
-                    u.status.as_str()
-                )));
-            }
-            if u.key_id.is_none() {
-                return Err(RotationError::Conflict(
-                    "the user has no key: the new password would reach no one".into(),
-                ));
-            }
-            if u.pending_rotation.is_some() {
-                return Err(RotationError::Conflict(
-                    "a rotation of this user is in flight".into(),
-                ));
-            }
+            let u = self.rotatable(&p, user)?;
+            // The projection may have moved since the decision: decide again on it.
+            let now = Utc::now();
+            let protocol = self.inner.config.protocol();
+            let reason = match (
+                reason,
+                next(
+                    &u.password,
+                    Some(reason.unwrap_or(RotationReason::Manual)),
+                    now,
+                    &protocol,
+                ),
+            ) {
+                (Some(RotationReason::Reassert), Next::Reassert) => RotationReason::Reassert,
+                (Some(r), Next::Start(_)) if r != RotationReason::Reassert => r,
+                (None, Next::Start(_)) => RotationReason::Manual,
+                (_, Next::Drive(_)) => {
+                    return Err(RotationError::Conflict(
+                        "a rotation of this user is in flight".into(),
+                    ))
+                }
+                _ => {
+                    return Err(RotationError::Conflict(
+                        "the rules do not allow this rotation now; it was not started".into(),
+                    ))
+                }
+            };
+            let current = match reason {
+                RotationReason::Reassert => {
+                    let c = u.password.current.and_then(|c| p.rotations.get(c));
+                    Some(
+                        c.ok_or(RotationError::NotFound("current password"))?
+                            .sealed_password
+                            .clone(),
+                    )
+                }
+                _ => None,
+            };
             let d = p
                 .domains
                 .get(u.domain_id)
                 .ok_or(RotationError::NotFound("domain"))?;
-            (u.version, d.settings.password_length, u.domain_id)
+            (
+                u.version,
+                d.settings.password_length,
+                u.domain_id,
+                reason,
+                current,
+            )
         };
         if self.inner.sync.client(domain).is_none() {
             return Err(RotationError::Conflict(
                 self.inner.sync.no_worker(domain).to_string(),
             ));
         }
-        let stream = StreamId::user(user);
-        let password = password::generate(length);
-        let sealed = self.inner.engine.keyring.seal(&stream, &password)?;
+        let (password, sealed) = match current {
+            Some(sealed) => (self.inner.engine.keyring.unseal(&stream, &sealed)?, sealed),
+            None => {
+                let password = password::generate(length);
+                let sealed = self.inner.engine.keyring.seal(&stream, &password)?;
+                (password, sealed)
+            }
+        };
         let rotation_id = RotationId(uuid::Uuid::now_v7());
         let started = RotationStarted {
             rotation_id,
@@ -333,11 +509,10 @@ impl RotationService {
             )
             .await
             .map_err(|e| match e {
-                RotationError::Append(AppendError::WrongExpectedVersion { .. }) => {
-                    RotationError::Conflict("the user changed meanwhile; retry".into())
-                }
+                RotationError::Append(a) => conflict_on_race(a),
                 e => e,
             })?;
+        Self::lock(&self.inner.recovered).insert(rotation_id);
         crash_point("after_started");
         Ok((rotation_id, done, password))
     }
@@ -362,27 +537,47 @@ impl RotationService {
         Ok(at.await?)
     }
 
-    /// Drives a rotation to its outcome (or leaves it pending when its domain's worker
-    /// goes away). `started` carries the password and permit of a rotation just begun;
-    /// a resumed one takes both itself.
+    /// Drives a rotation to its outcome (or leaves it open when its domain's worker goes
+    /// away). `started` carries the password and permit of a rotation just begun; a
+    /// resumed one takes both itself.
     async fn drive(&self, id: RotationId, started: Option<(Secret, Permit)>) {
-        if !self
-            .inner
-            .in_flight
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id)
-        {
+        if !Self::lock(&self.inner.in_flight).insert(id) {
             return;
         }
         if let Err(e) = self.drive_inner(id, started).await {
-            tracing::warn!(rotation = %id.0, error = %e, "rotation left without an outcome; it resumes on the next tick");
+            tracing::warn!(rotation = %id.0, error = %e, "rotation left open; the scheduler takes it up again");
         }
-        self.inner
-            .in_flight
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
+        Self::lock(&self.inner.in_flight).remove(&id);
+    }
+
+    /// The user and state of an open rotation, from the projections.
+    fn open_rotation(&self, id: RotationId) -> Result<Option<OpenView>, RotationError> {
+        let p = self.inner.engine.projector.read();
+        let r = p
+            .rotations
+            .get(id)
+            .ok_or(RotationError::NotFound("rotation"))?;
+        let u = p
+            .users
+            .get(r.user_id)
+            .ok_or(RotationError::NotFound("user"))?;
+        let Some(open) = u.password.open.clone().filter(|o| o.rotation_id == id) else {
+            return Ok(None);
+        };
+        let max = p
+            .domains
+            .get(u.domain_id)
+            .map_or(1, |d| d.settings.max_concurrent_rotations);
+        Ok(Some(OpenView {
+            user: u.id,
+            domain: u.domain_id,
+            external: u.external_id.clone(),
+            key: u.key_id.clone(),
+            sealed: r.sealed_password.clone(),
+            state: u.password.clone(),
+            open,
+            max,
+        }))
     }
 
     async fn drive_inner(
@@ -394,24 +589,11 @@ impl RotationService {
         let (mut password, _permit) = match started {
             Some((pw, permit)) => (Some(pw), permit),
             None => {
-                let (domain, max) = {
-                    let p = engine.projector.read();
-                    let r = p
-                        .rotations
-                        .get(id)
-                        .ok_or(RotationError::NotFound("rotation"))?;
-                    let u = p
-                        .users
-                        .get(r.user_id)
-                        .ok_or(RotationError::NotFound("user"))?;
-                    let max = p
-                        .domains
-                        .get(u.domain_id)
-                        .map_or(1, |d| d.settings.max_concurrent_rotations);
-                    (u.domain_id, max)
+                let Some(o) = self.open_rotation(id)? else {
+                    return Ok(());
                 };
                 let permit = self
-                    .limit(domain, max)
+                    .limit(o.domain, o.max)
                     .acquire_owned()
                     .await
                     .map_err(|e| RotationError::Internal(e.to_string()))?;
@@ -423,36 +605,25 @@ impl RotationService {
                 .settle()
                 .await
                 .map_err(|e| RotationError::Internal(e.to_string()))?;
-            let (user, domain, external, key, attempt, sealed) = {
-                let p = engine.projector.read();
-                let r = p
-                    .rotations
-                    .get(id)
-                    .ok_or(RotationError::NotFound("rotation"))?;
-                if r.outcome != RotationOutcome::Pending {
-                    return Ok(());
-                }
-                let u = p
-                    .users
-                    .get(r.user_id)
-                    .ok_or(RotationError::NotFound("user"))?;
-                (
-                    u.id,
-                    u.domain_id,
-                    u.external_id.clone(),
-                    u.key_id.clone(),
-                    r.retries + 1,
-                    r.sealed_password.clone(),
-                )
+            let Some(o) = self.open_rotation(id)? else {
+                return Ok(());
             };
-            let stream = StreamId::user(user);
-            let actor = Actor::Scheduler(domain);
+            let stream = StreamId::user(o.user);
+            let actor = Actor::Scheduler(o.domain);
+            if !Self::lock(&self.inner.recovered).contains(&id) {
+                // Found open at start: the last process may have had an attempt in flight.
+                let events = on_resume(&o.state);
+                self.append(&stream, ExpectedVersion::Any, &actor, id, events)
+                    .await?;
+                Self::lock(&self.inner.recovered).insert(id);
+                continue;
+            }
             let pw = match password.take() {
                 Some(pw) => pw,
-                None => match engine.keyring.unseal(&stream, &sealed) {
+                None => match engine.keyring.unseal(&stream, &o.sealed) {
                     Ok(pw) => pw,
                     Err(e) => {
-                        // The user was deleted and their key shredded: nothing to set.
+                        // The user's key was shredded: nothing to set, nothing to keep.
                         let failed = RotationFailed {
                             rotation_id: id,
                             retryable: false,
@@ -471,37 +642,42 @@ impl RotationService {
                     }
                 },
             };
-            let Some((client, cancelled)) = self.inner.sync.client(domain) else {
+            let Some((client, cancelled)) = self.inner.sync.client(o.domain) else {
                 return Err(RotationError::Conflict(
                     "the domain has no credentials; the rotation waits for them".into(),
                 ));
             };
             let answer = tokio::select! {
-                a = client.set_password(&external, &pw) => a,
+                a = client.set_password(&o.external, &pw) => a,
                 _ = wait_cancelled(cancelled) => {
+                    // The request may have left: record that its outcome is unknown.
+                    let events = on_resume(&o.state);
+                    self.append(&stream, ExpectedVersion::Any, &actor, id, events).await?;
                     return Err(RotationError::Conflict("the domain's credentials were removed".into()));
                 }
             };
             crash_point("after_graph");
             let result = match answer {
                 Ok(()) => AttemptResult::Set,
-                Err(e) if e.is_definite() => AttemptResult::Refused {
-                    code: e.code(),
-                    error: e.to_string(),
+                Err(e) if e.error.is_definite() && !e.maybe_applied => AttemptResult::Refused {
+                    code: e.error.code(),
+                    error: e.error.to_string(),
                 },
                 Err(e) => AttemptResult::Unknown {
-                    error: e.to_string(),
+                    error: e.error.to_string(),
                 },
             };
-            let throttled = matches!(&result, AttemptResult::Unknown { .. });
-            let step = after_attempt(result, attempt, self.inner.config.max_attempts);
+            let step = after_attempt(&o.open, result, self.inner.config.max_attempts);
             let events: Vec<Event> = match &step {
+                NextStep::Succeed if o.open.reason == RotationReason::Reassert => {
+                    vec![RotationSucceeded { rotation_id: id }.into()]
+                }
                 NextStep::Succeed => {
                     let mut events: Vec<Event> = vec![RotationSucceeded { rotation_id: id }.into()];
                     let older: Vec<KeyWriteId> = {
                         let p = engine.projector.read();
                         p.key_writes
-                            .of_user(user)
+                            .of_user(o.user)
                             .filter(|w| w.state == KeyWriteState::Queued)
                             .map(|w| w.id)
                             .collect()
@@ -512,7 +688,7 @@ impl RotationService {
                             by_rotation: id,
                         })
                     }));
-                    if let Some(key_id) = key {
+                    if let Some(key_id) = o.key {
                         events.push(
                             KeyWriteQueued {
                                 key_write_id: KeyWriteId(uuid::Uuid::now_v7()),
@@ -551,13 +727,35 @@ impl RotationService {
                 NextStep::Retry { attempt, .. } => {
                     let base = self.inner.config.retry_delay;
                     let wait = base * 2u32.saturating_pow(attempt.saturating_sub(1).min(6));
-                    tracing::info!(rotation = %id.0, attempt, ?wait, throttled, "outcome unknown: the same password again");
+                    tracing::info!(rotation = %id.0, attempt, ?wait, "outcome unknown: the same password again");
                     password = Some(pw);
                     tokio::time::sleep(wait).await;
                 }
                 _ => return Ok(()),
             }
         }
+    }
+}
+
+/// What driving an open rotation needs to know.
+struct OpenView {
+    user: UserId,
+    domain: DomainId,
+    external: String,
+    key: Option<idledger_domain::KeyId>,
+    sealed: idledger_domain::SealedSecret,
+    state: PasswordState,
+    open: idledger_domain::rotation::OpenRotation,
+    max: u32,
+}
+
+/// A concurrent change of the user between the decision and the append.
+fn conflict_on_race(e: AppendError) -> RotationError {
+    match e {
+        AppendError::WrongExpectedVersion { .. } => {
+            RotationError::Conflict("the user changed meanwhile; retry".into())
+        }
+        e => RotationError::Append(e),
     }
 }
 

@@ -51,16 +51,75 @@ pub struct Config {
     pub rotation_check_secs: u64,
     /// Seconds before the first retry of a rotation whose outcome is unknown (doubling).
     pub rotation_retry_secs: f64,
+    /// Timeout of one Graph request, in seconds.
+    pub graph_timeout_secs: f64,
+    /// Seconds after an attempt with an unknown outcome during which no different password
+    /// is sent for that user (default: the Graph timeout plus 60, at least 120). It must
+    /// cover every request that may still land, so it is never shorter than the timeout.
+    pub rotation_uncertainty_secs: Option<f64>,
 }
 
 impl Config {
+    fn graph_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.graph_timeout_secs)
+    }
+
     /// The rotation scheduler's settings.
     pub fn rotation(&self) -> RotationConfig {
         RotationConfig {
             check_every: Duration::from_secs(self.rotation_check_secs.max(1)),
             retry_delay: Duration::from_secs_f64(self.rotation_retry_secs.max(0.0)),
+            uncertainty: match self.rotation_uncertainty_secs {
+                Some(s) => Duration::from_secs_f64(s),
+                None => RotationConfig::default_uncertainty(self.graph_timeout()),
+            },
             ..RotationConfig::default()
         }
+    }
+
+    /// The sync workers' settings (their Graph clients are the rotations' too).
+    pub fn sync(&self) -> SyncConfig {
+        let mut c = SyncConfig::default();
+        c.retry.request_timeout = self.graph_timeout();
+        c
+    }
+
+    fn check(&self) -> Result<(), CliError> {
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return Err(CliError::Other(format!(
+                "log format {:?}: use text or json",
+                self.log_format
+            )));
+        }
+        let seconds = |v: f64| v.is_finite() && v > 0.0 && v <= 86_400.0;
+        if !seconds(self.graph_timeout_secs) {
+            return Err(CliError::Other(
+                "graph_timeout_secs: more than 0, at most 86400".into(),
+            ));
+        }
+        if let Some(w) = self.rotation_uncertainty_secs {
+            if !seconds(w) || w < self.graph_timeout_secs {
+                return Err(CliError::Other(format!(
+                    "rotation_uncertainty_secs: at least the Graph timeout ({} s), at most 86400: a shorter window cannot cover a request that timed out and still lands",
+                    self.graph_timeout_secs
+                )));
+            }
+        }
+        if !self.rotation_retry_secs.is_finite() || self.rotation_retry_secs < 0.0 {
+            return Err(CliError::Other("rotation_retry_secs: 0 or more".into()));
+        }
+        Ok(())
+    }
+}
+
+/// `name` from the environment, parsed; `None` when unset.
+fn env_setting<T: std::str::FromStr>(name: &str, what: &str) -> Result<Option<T>, CliError> {
+    match std::env::var(name) {
+        Err(_) => Ok(None),
+        Ok(v) => v
+            .parse()
+            .map(Some)
+            .map_err(|_| CliError::Other(format!("{name} must be {what}"))),
     }
 }
 
@@ -73,6 +132,8 @@ impl Default for Config {
             smtp: None,
             rotation_check_secs: 60,
             rotation_retry_secs: 2.0,
+            graph_timeout_secs: 30.0,
+            rotation_uncertainty_secs: None,
         }
     }
 }
@@ -89,26 +150,27 @@ impl Config {
                     .map_err(|e| CliError::Other(format!("{}: {e}", path.display())))?
             }
         };
-        if let Ok(v) = std::env::var("IDLEDGER_LISTEN") {
+        if let Some(v) = env_setting("IDLEDGER_LISTEN", "an address")? {
             c.listen = v;
         }
-        if let Ok(v) = std::env::var("IDLEDGER_LOG_FORMAT") {
+        if let Some(v) = env_setting("IDLEDGER_LOG_FORMAT", "text or json")? {
             c.log_format = v;
         }
-        if let Ok(v) = std::env::var("IDLEDGER_REQUEST_TIMEOUT_SECS") {
-            c.request_timeout_secs = v.parse().map_err(|_| {
-                CliError::Other("IDLEDGER_REQUEST_TIMEOUT_SECS must be a number of seconds".into())
-            })?;
+        let secs = "a number of seconds";
+        if let Some(v) = env_setting("IDLEDGER_REQUEST_TIMEOUT_SECS", secs)? {
+            c.request_timeout_secs = v;
         }
-        if let Ok(v) = std::env::var("IDLEDGER_ROTATION_CHECK_SECS") {
-            c.rotation_check_secs = v.parse().map_err(|_| {
-                CliError::Other("IDLEDGER_ROTATION_CHECK_SECS must be a number of seconds".into())
-            })?;
+        if let Some(v) = env_setting("IDLEDGER_ROTATION_CHECK_SECS", secs)? {
+            c.rotation_check_secs = v;
         }
-        if let Ok(v) = std::env::var("IDLEDGER_ROTATION_RETRY_SECS") {
-            c.rotation_retry_secs = v.parse().map_err(|_| {
-                CliError::Other("IDLEDGER_ROTATION_RETRY_SECS must be a number of seconds".into())
-            })?;
+        if let Some(v) = env_setting("IDLEDGER_ROTATION_RETRY_SECS", secs)? {
+            c.rotation_retry_secs = v;
+        }
+        if let Some(v) = env_setting("IDLEDGER_GRAPH_TIMEOUT_SECS", secs)? {
+            c.graph_timeout_secs = v;
+        }
+        if let Some(v) = env_setting("IDLEDGER_ROTATION_UNCERTAINTY_SECS", secs)? {
+            c.rotation_uncertainty_secs = Some(v);
         }
         if let Some(v) = &args.listen {
             c.listen = v.clone();
@@ -116,12 +178,7 @@ impl Config {
         if let Some(v) = &args.log_format {
             c.log_format = v.clone();
         }
-        if !matches!(c.log_format.as_str(), "text" | "json") {
-            return Err(CliError::Other(format!(
-                "log format {:?}: use text or json",
-                c.log_format
-            )));
-        }
+        c.check()?;
         Ok(c)
     }
 }
@@ -275,13 +332,7 @@ async fn shutdown_signal() {
 
 /// Runs `idledger serve`.
 pub async fn serve(args: ServeArgs, config: Config) -> Result<ExitCode, CliError> {
-    let (state, _) = start_with(
-        &args.data_dir,
-        &config,
-        SyncConfig::default(),
-        config.rotation(),
-    )
-    .await?;
+    let (state, _) = start_with(&args.data_dir, &config, config.sync(), config.rotation()).await?;
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .map_err(|e| CliError::Other(format!("cannot listen on {}: {e}", config.listen)))?;

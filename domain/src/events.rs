@@ -324,6 +324,23 @@ pub struct PasswordRevealed {
     pub reason: String,
 }
 
+/// An attempt of the rotation may have reached Graph without an answer: the process
+/// stopped, or the domain's credentials were removed, while it was in flight. The
+/// rotation stays open and keeps its password.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct RotationInterrupted {
+    /// The rotation.
+    pub rotation_id: RotationId,
+}
+
+/// A rotation was asked for that may not start yet (an uncertainty window is open, or an
+/// earlier rotation's outcome must be settled first); the scheduler starts it when allowed.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct RotationRequested {
+    /// Why it was asked for.
+    pub reason: RotationReason,
+}
+
 // ---- tokens stream -------------------------------------------------------------------------
 
 /// An API token was issued. Only its SHA-256 is kept.
@@ -485,4 +502,8 @@ event_catalogue! {
     TokenIssued = "TokenIssued", schema 1, Tokens;
     /// See [`TokenRevoked`].
     TokenRevoked = "TokenRevoked", schema 1, Tokens;
+    /// See [`RotationInterrupted`].
+    RotationInterrupted = "RotationInterrupted", schema 1, User;
+    /// See [`RotationRequested`].
+    RotationRequested = "RotationRequested", schema 1, User;
 }

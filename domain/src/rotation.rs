@@ -1,8 +1,13 @@
-//! Rotation decisions: who is eligible, when a rotation is due and why, and what an
-//! attempt's result means. The rotation protocol (ENGINE.md §7) lives in the binary; the
-//! rules it follows are here, pure.
+//! Rotation decisions: who is eligible, when a rotation is due and why, and the protocol
+//! that never locks anyone out (ENGINE.md §7): what an attempt's result means, when a new
+//! password may be sent, what a restart records. The binary carries these rules out; the
+//! state they read ([`PasswordState`]) is folded from the user's stream by [`evolve`].
 
+use crate::decide::Rejection;
+use crate::events::{RotationInterrupted, RotationRequested};
+use crate::ids::RotationId;
 use crate::types::RotationReason;
+use crate::Event;
 use chrono::{DateTime, Duration, Utc};
 
 /// After Graph refuses a rotation, the scheduler waits this long before trying again:
@@ -85,21 +90,23 @@ impl RotationFacts {
 pub enum AttemptResult {
     /// Graph set it.
     Set,
-    /// Graph refused (a 4xx other than throttling): retrying cannot help.
+    /// Graph refused this attempt (a 4xx other than throttling) and nothing of the attempt
+    /// may have landed: the refusal is definite for this attempt, and for no other.
     Refused {
         /// Graph's error code.
         code: Option<String>,
         /// What it said.
         error: String,
     },
-    /// No answer, a 5xx, or throttling past the client's retries: it may or may not be set.
+    /// No answer, a 5xx, or throttling past the client's retries; or a refusal after a
+    /// request of the same attempt got no answer: it may or may not be set.
     Unknown {
         /// What happened.
         error: String,
     },
 }
 
-/// What to do after attempt number `attempt` (1-based) of at most `max_attempts`.
+/// What to do after an attempt.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NextStep {
     /// Record success and queue the key write.
@@ -113,28 +120,319 @@ pub enum NextStep {
     },
     /// Record the retry and try the same password again.
     Retry {
-        /// The attempt that failed.
+        /// The attempt that failed (1-based).
         attempt: u32,
         /// What happened.
         error: String,
     },
-    /// Give up with the outcome unknown: both candidates are kept, the user needs attention.
+    /// Give up for now with the outcome unknown: the candidate is kept (reveal names it),
+    /// the user needs attention, and the engine tries the same password again later.
     GiveUp {
         /// What happened last.
         error: String,
     },
 }
 
-/// The protocol's decision after an attempt.
-pub fn after_attempt(result: AttemptResult, attempt: u32, max_attempts: u32) -> NextStep {
+/// The protocol's decision after an attempt of `open`, given at most `max_attempts`
+/// attempts before giving up for now.
+///
+/// **A refusal proves that this attempt did nothing, and nothing about an earlier one
+/// whose answer was lost**: once an attempt may have reached Graph the rotation ends only
+/// confirmed, or stays open with its candidate.
+pub fn after_attempt(open: &OpenRotation, result: AttemptResult, max_attempts: u32) -> NextStep {
+    let attempt = open.attempts + 1;
+    let unknown = |error: String| {
+        if attempt < max_attempts {
+            NextStep::Retry { attempt, error }
+        } else {
+            NextStep::GiveUp { error }
+        }
+    };
     match result {
         AttemptResult::Set => NextStep::Succeed,
-        AttemptResult::Refused { code, error } => NextStep::Fail { code, error },
-        AttemptResult::Unknown { error } if attempt < max_attempts => {
-            NextStep::Retry { attempt, error }
-        }
-        AttemptResult::Unknown { error } => NextStep::GiveUp { error },
+        AttemptResult::Refused { code, error } if !open.reached => NextStep::Fail { code, error },
+        AttemptResult::Refused { code, error } => unknown(format!(
+            "refused ({}): {error}; an earlier attempt may have set the password, so the same one is tried again",
+            code.as_deref().unwrap_or("no code")
+        )),
+        AttemptResult::Unknown { error } => unknown(error),
     }
+}
+
+/// A rotation whose password may be in Entra ID but is not confirmed: started and not
+/// ended, or given up for now with its outcome unknown.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpenRotation {
+    /// The rotation.
+    pub rotation_id: RotationId,
+    /// Why it started.
+    pub reason: RotationReason,
+    /// Attempts whose outcome was recorded as unknown (retried, interrupted, given up).
+    pub attempts: u32,
+    /// An attempt may have reached Graph: the rotation can no longer fail definitively.
+    pub reached: bool,
+    /// Given up for now: not in flight; the candidate is tried again after a wait.
+    pub gave_up: bool,
+}
+
+/// The protocol's view of one user's passwords, folded from the user's stream by
+/// [`evolve`]: what the engine holds, what may be in Entra ID, and since when it is unsure.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PasswordState {
+    /// The rotation whose password Graph confirmed last: the engine's current password.
+    pub current: Option<RotationId>,
+    /// When the current password was last confirmed by Graph (not by a reassert).
+    pub last_success: Option<DateTime<Utc>>,
+    /// The rotation not yet confirmed, if any.
+    pub open: Option<OpenRotation>,
+    /// When an attempt's outcome was last recorded as unknown: a request with that
+    /// password may land until the uncertainty window after it has passed.
+    pub last_uncertain_at: Option<DateTime<Utc>>,
+    /// When Graph last confirmed a password of this user (a rotation or a reassert).
+    pub last_confirmed_at: Option<DateTime<Utc>>,
+    /// When Graph last refused a rotation definitively.
+    pub last_refused_at: Option<DateTime<Utc>>,
+    /// A rotation asked for and not started yet.
+    pub requested: Option<RotationReason>,
+}
+
+/// Folds one event of the user's stream, recorded at `at`.
+pub fn evolve(mut s: PasswordState, event: &Event, at: DateTime<Utc>) -> PasswordState {
+    let is_open =
+        |s: &PasswordState, id: RotationId| s.open.as_ref().is_some_and(|o| o.rotation_id == id);
+    match event {
+        Event::RotationStarted(e) => {
+            s.open = Some(OpenRotation {
+                rotation_id: e.rotation_id,
+                reason: e.reason,
+                attempts: 0,
+                reached: false,
+                gave_up: false,
+            });
+            // A reassert runs before the rotation that was asked for; it does not serve it.
+            if e.reason != RotationReason::Reassert {
+                s.requested = None;
+            }
+        }
+        Event::RotationRetried(e) if is_open(&s, e.rotation_id) => {
+            if let Some(o) = s.open.as_mut() {
+                o.attempts = o.attempts.max(e.attempt);
+                o.reached = true;
+            }
+            s.last_uncertain_at = Some(at);
+        }
+        Event::RotationInterrupted(e) if is_open(&s, e.rotation_id) => {
+            if let Some(o) = s.open.as_mut() {
+                o.attempts += 1;
+                o.reached = true;
+            }
+            s.last_uncertain_at = Some(at);
+        }
+        Event::RotationFailed(e) if is_open(&s, e.rotation_id) => {
+            if e.retryable {
+                if let Some(o) = s.open.as_mut() {
+                    o.attempts += 1;
+                    o.reached = true;
+                    o.gave_up = true;
+                }
+                s.last_uncertain_at = Some(at);
+            } else {
+                // A refused reassert drops a waiting request too: Graph refuses this
+                // user's password, and a new one would be refused the same way.
+                s.open = None;
+                s.requested = None;
+                s.last_refused_at = Some(at);
+            }
+        }
+        Event::RotationSucceeded(e) => {
+            let reason = s
+                .open
+                .as_ref()
+                .filter(|o| o.rotation_id == e.rotation_id)
+                .map(|o| o.reason);
+            if reason.is_some() {
+                s.open = None;
+            }
+            if reason != Some(RotationReason::Reassert) {
+                s.last_success = Some(at);
+            }
+            s.current = Some(e.rotation_id);
+            s.last_confirmed_at = Some(at);
+        }
+        Event::RotationRequested(e) => s.requested = Some(e.reason),
+        Event::UserDeleted(_) => {
+            s.open = None;
+            s.requested = None;
+        }
+        _ => {}
+    }
+    s
+}
+
+/// The timing of the protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Protocol {
+    /// How long after an attempt with an unknown outcome a request carrying its password
+    /// may still land (the Graph client's request timeout plus a margin).
+    pub uncertainty: Duration,
+    /// Attempts of a rotation before it is given up for now.
+    pub max_attempts: u32,
+}
+
+/// The longest wait between tries of a candidate given up for now.
+pub const MAX_CANDIDATE_RETRY_HOURS: i64 = 24;
+
+/// What the engine does next for one user.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Nothing to do.
+    Idle,
+    /// Nothing now; look again then.
+    WaitUntil(DateTime<Utc>),
+    /// Send the open rotation's own password (again).
+    Drive(RotationId),
+    /// Send the current password again before any new one: a rotation with reason
+    /// [`RotationReason::Reassert`] carrying it.
+    Reassert,
+    /// Start a rotation with a new password.
+    Start(RotationReason),
+}
+
+impl PasswordState {
+    /// When requests with the password of an unknown attempt can no longer land.
+    pub fn window_end(&self, p: &Protocol) -> Option<DateTime<Utc>> {
+        self.last_uncertain_at.map(|t| t + p.uncertainty)
+    }
+
+    /// A password was sent without an answer since the last confirmation that came after
+    /// its window: the current password is sent again before anything new.
+    pub fn needs_reassert(&self, p: &Protocol) -> bool {
+        match (self.window_end(p), self.last_confirmed_at) {
+            (None, _) => false,
+            (Some(end), Some(confirmed)) => confirmed < end,
+            (Some(_), None) => true,
+        }
+    }
+
+    /// The candidate reveal names and the key write will carry once confirmed: the open
+    /// rotation's password once an attempt of it may have reached Graph.
+    pub fn unconfirmed_candidate(&self) -> Option<RotationId> {
+        self.open
+            .as_ref()
+            .filter(|o| o.reached)
+            .map(|o| o.rotation_id)
+    }
+
+    /// The new password wanted: a recorded request first, else what the schedule says.
+    pub fn wanted(&self, due: Option<RotationReason>) -> Option<RotationReason> {
+        self.requested.or(due)
+    }
+
+    /// A rotation is being driven (started, not given up, not ended).
+    pub fn in_flight(&self) -> Option<RotationId> {
+        self.open
+            .as_ref()
+            .filter(|o| !o.gave_up)
+            .map(|o| o.rotation_id)
+    }
+}
+
+/// What the engine does next for a user at `now`. `wanted` is a new password the engine
+/// wants: what the schedule says ([`RotationFacts::due_at`]) or a recorded request
+/// ([`PasswordState::wanted`]), for a user who may be rotated now. The rules:
+/// - an open rotation is settled before anything new: driven while in flight, and tried
+///   again with its own password after its window (with a doubling wait) once given up;
+/// - **a different password is never sent while a request carrying another may still
+///   land**: nothing new starts before the uncertainty window after the last unknown
+///   outcome has passed;
+/// - after that window the current password is sent again once (a reassert) before any
+///   new one, so that whatever landed late is overwritten by the password the engine
+///   holds.
+pub fn next(
+    s: &PasswordState,
+    wanted: Option<RotationReason>,
+    now: DateTime<Utc>,
+    p: &Protocol,
+) -> Next {
+    if let Some(o) = &s.open {
+        if !o.gave_up {
+            return Next::Drive(o.rotation_id);
+        }
+        let doublings = o.attempts.saturating_sub(p.max_attempts).min(16);
+        let wait = (p.uncertainty * 2i32.pow(doublings))
+            .min(Duration::hours(MAX_CANDIDATE_RETRY_HOURS))
+            .max(p.uncertainty);
+        let at = s.last_uncertain_at.map_or(now, |t| t + wait);
+        return if now >= at {
+            Next::Drive(o.rotation_id)
+        } else {
+            Next::WaitUntil(at)
+        };
+    }
+    let Some(reason) = wanted else {
+        return Next::Idle;
+    };
+    match s.window_end(p) {
+        Some(end) if now < end => Next::WaitUntil(end),
+        _ if s.needs_reassert(p) && s.current.is_some() => Next::Reassert,
+        _ => Next::Start(reason),
+    }
+}
+
+/// An admin's request to rotate now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ManualRotation {
+    /// Start it now.
+    Start,
+    /// Record the request (these events; none when it is recorded already); the rotation
+    /// runs when the rules allow, about `until`.
+    Deferred {
+        /// The events to append.
+        events: Vec<Event>,
+        /// When it is expected to start.
+        until: DateTime<Utc>,
+    },
+}
+
+/// Decides an admin's request to rotate a user's password now.
+pub fn request_manual(
+    s: &PasswordState,
+    now: DateTime<Utc>,
+    p: &Protocol,
+) -> Result<ManualRotation, Rejection> {
+    if s.in_flight().is_some() {
+        return Err(Rejection::Conflict(
+            "a rotation of this user is in flight".into(),
+        ));
+    }
+    let until = match next(s, Some(RotationReason::Manual), now, p) {
+        Next::Start(_) if s.requested.is_none() => return Ok(ManualRotation::Start),
+        Next::WaitUntil(t) => t,
+        _ => now,
+    };
+    let events = match s.requested {
+        Some(_) => vec![],
+        None => vec![RotationRequested {
+            reason: RotationReason::Manual,
+        }
+        .into()],
+    };
+    Ok(ManualRotation::Deferred { events, until })
+}
+
+/// The events that record a process start finding `s`'s rotation open: whatever attempt
+/// was in flight when the previous process stopped may have reached Graph.
+pub fn on_resume(s: &PasswordState) -> Vec<Event> {
+    s.open
+        .as_ref()
+        .map(|o| {
+            RotationInterrupted {
+                rotation_id: o.rotation_id,
+            }
+            .into()
+        })
+        .into_iter()
+        .collect()
 }
 
 #[cfg(test)]
@@ -249,32 +547,200 @@ mod tests {
         assert_eq!(f.next_due(t(4)), Some((t(10), RotationReason::Scheduled)));
     }
 
-    #[test]
-    fn refusals_end_at_once_and_unknown_outcomes_retry_then_give_up() {
-        assert_eq!(after_attempt(AttemptResult::Set, 1, 3), NextStep::Succeed);
-        let refused = AttemptResult::Refused {
+    fn open(attempts: u32, reached: bool) -> OpenRotation {
+        OpenRotation {
+            rotation_id: rid(1),
+            reason: RotationReason::Manual,
+            attempts,
+            reached,
+            gave_up: false,
+        }
+    }
+
+    fn rid(n: u128) -> RotationId {
+        RotationId(uuid::Uuid::from_u128(n))
+    }
+
+    fn refused() -> AttemptResult {
+        AttemptResult::Refused {
             code: Some("Request_BadRequest".into()),
             error: "complexity".into(),
-        };
+        }
+    }
+
+    fn unknown() -> AttemptResult {
+        AttemptResult::Unknown {
+            error: "503".into(),
+        }
+    }
+
+    #[test]
+    fn a_refusal_ends_a_rotation_only_while_no_attempt_may_have_landed() {
+        assert_eq!(
+            after_attempt(&open(0, false), AttemptResult::Set, 3),
+            NextStep::Succeed
+        );
         assert!(matches!(
-            after_attempt(refused, 1, 3),
+            after_attempt(&open(0, false), refused(), 3),
             NextStep::Fail { .. }
         ));
-        let unknown = || AttemptResult::Unknown {
-            error: "503".into(),
-        };
+        // After an unknown outcome a refusal proves nothing about the earlier attempt.
+        assert!(matches!(
+            after_attempt(&open(1, true), refused(), 3),
+            NextStep::Retry { attempt: 2, .. }
+        ));
+        assert!(matches!(
+            after_attempt(&open(2, true), refused(), 3),
+            NextStep::GiveUp { .. }
+        ));
+    }
+
+    #[test]
+    fn unknown_outcomes_retry_then_give_up_for_now() {
         assert_eq!(
-            after_attempt(unknown(), 1, 3),
+            after_attempt(&open(0, false), unknown(), 3),
             NextStep::Retry {
                 attempt: 1,
                 error: "503".into()
             }
         );
         assert_eq!(
-            after_attempt(unknown(), 3, 3),
+            after_attempt(&open(2, true), unknown(), 3),
             NextStep::GiveUp {
                 error: "503".into()
             }
         );
+    }
+
+    const P: Protocol = Protocol {
+        uncertainty: Duration::seconds(120),
+        max_attempts: 3,
+    };
+
+    fn at(secs: i64) -> DateTime<Utc> {
+        t(1) + Duration::seconds(secs)
+    }
+
+    /// Folds `events`, the i-th recorded at `at(i)`.
+    fn given(events: &[Event]) -> PasswordState {
+        events
+            .iter()
+            .enumerate()
+            .fold(PasswordState::default(), |s, (i, e)| {
+                evolve(s, e, at(i as i64))
+            })
+    }
+
+    fn started(n: u128) -> Event {
+        crate::events::RotationStarted {
+            rotation_id: rid(n),
+            reason: RotationReason::Manual,
+            sealed_password: crate::types::SealedSecret {
+                key_id: crate::ids::DataKeyId(uuid::Uuid::from_u128(9)),
+                nonce: [0; 24],
+                ciphertext: vec![1],
+            },
+        }
+        .into()
+    }
+
+    fn succeeded(n: u128) -> Event {
+        crate::events::RotationSucceeded {
+            rotation_id: rid(n),
+        }
+        .into()
+    }
+
+    fn interrupted(n: u128) -> Event {
+        RotationInterrupted {
+            rotation_id: rid(n),
+        }
+        .into()
+    }
+
+    fn gave_up(n: u128) -> Event {
+        crate::events::RotationFailed {
+            rotation_id: rid(n),
+            retryable: true,
+            graph_code: None,
+            error: "503".into(),
+        }
+        .into()
+    }
+
+    #[test]
+    fn an_open_rotation_is_settled_before_anything_new() {
+        let s = given(&[started(1)]);
+        assert_eq!(
+            next(&s, Some(RotationReason::Scheduled), at(5), &P),
+            Next::Drive(rid(1))
+        );
+        // Given up at at(1): tried again with its own password after the window.
+        let s = given(&[started(1), gave_up(1)]);
+        assert_eq!(s.unconfirmed_candidate(), Some(rid(1)));
+        assert_eq!(next(&s, None, at(60), &P), Next::WaitUntil(at(121)));
+        assert_eq!(
+            next(&s, Some(RotationReason::Scheduled), at(121), &P),
+            Next::Drive(rid(1))
+        );
+    }
+
+    #[test]
+    fn no_new_password_inside_the_window_and_a_reassert_after_it() {
+        // Rotation 1 confirmed at at(0); rotation 2 interrupted at at(2), confirmed at at(3).
+        let s = given(&[succeeded(1), started(2), interrupted(2), succeeded(2)]);
+        assert_eq!(s.current, Some(rid(2)));
+        assert_eq!(next(&s, None, at(10), &P), Next::Idle);
+        assert_eq!(
+            next(&s, Some(RotationReason::Scheduled), at(10), &P),
+            Next::WaitUntil(at(122))
+        );
+        assert_eq!(
+            next(&s, Some(RotationReason::Scheduled), at(122), &P),
+            Next::Reassert
+        );
+        // A reassert confirmed after the window clears the way.
+        let mut s = s;
+        s = evolve(s, &started(3), at(130));
+        assert_eq!(s.requested, None);
+        s = evolve(s, &succeeded(3), at(131));
+        assert_eq!(
+            next(&s, Some(RotationReason::Scheduled), at(131), &P),
+            Next::Start(RotationReason::Scheduled)
+        );
+    }
+
+    #[test]
+    fn a_manual_request_inside_the_window_is_recorded_and_deferred() {
+        let s = given(&[succeeded(1), started(2), interrupted(2), succeeded(2)]);
+        match request_manual(&s, at(10), &P) {
+            Ok(ManualRotation::Deferred { events, until }) => {
+                assert_eq!(until, at(122));
+                assert_eq!(events.len(), 1);
+                let s = evolve(s.clone(), &events[0], at(10));
+                assert_eq!(s.requested, Some(RotationReason::Manual));
+                assert_eq!(next(&s, s.wanted(None), at(200), &P), Next::Reassert);
+                // Asked again: nothing more to record.
+                assert!(matches!(
+                    request_manual(&s, at(11), &P),
+                    Ok(ManualRotation::Deferred { events, .. }) if events.is_empty()
+                ));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            request_manual(&given(&[succeeded(1)]), at(10), &P),
+            Ok(ManualRotation::Start)
+        );
+        assert!(request_manual(&given(&[started(1)]), at(10), &P).is_err());
+    }
+
+    #[test]
+    fn a_restart_records_every_open_rotation_as_interrupted() {
+        assert_eq!(on_resume(&given(&[succeeded(1)])), vec![]);
+        assert_eq!(on_resume(&given(&[started(2)])), vec![interrupted(2)]);
+        let s = given(&[started(2), interrupted(2)]);
+        assert!(s.open.as_ref().unwrap().reached);
+        assert_eq!(s.unconfirmed_candidate(), Some(rid(2)));
     }
 }

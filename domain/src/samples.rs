@@ -206,12 +206,17 @@ pub fn sample_event(index: usize, s: &SampleSeed) -> Option<Event> {
         .into(),
         &"RotationStarted" => RotationStarted {
             rotation_id,
-            reason: [
-                RotationReason::Initial,
-                RotationReason::Scheduled,
-                RotationReason::Manual,
-                RotationReason::AfterReveal,
-            ][(s.number % 4) as usize],
+            // `% 5 == 4` leaves the golden seed's reason (and its bytes) as they were.
+            reason: if s.number % 5 == 4 {
+                RotationReason::Reassert
+            } else {
+                [
+                    RotationReason::Initial,
+                    RotationReason::Scheduled,
+                    RotationReason::Manual,
+                    RotationReason::AfterReveal,
+                ][(s.number % 4) as usize]
+            },
             sealed_password: s.sealed(),
         }
         .into(),
@@ -262,6 +267,11 @@ pub fn sample_event(index: usize, s: &SampleSeed) -> Option<Event> {
         .into(),
         &"TokenRevoked" => TokenRevoked {
             token_id: TokenId(s.uuid(17)),
+        }
+        .into(),
+        &"RotationInterrupted" => RotationInterrupted { rotation_id }.into(),
+        &"RotationRequested" => RotationRequested {
+            reason: [RotationReason::Manual, RotationReason::Scheduled][(s.number % 2) as usize],
         }
         .into(),
         other => panic!("sample_event does not cover kind {other}"),

@@ -383,6 +383,10 @@ pub enum RotationReason {
     Manual,
     /// The password was revealed; it must not stay in use.
     AfterReveal,
+    /// The engine's current password sent again before a new one, after an attempt whose
+    /// outcome was unknown: whatever landed late is overwritten. No new password, no key
+    /// write.
+    Reassert,
 }
 
 /// What started a sync run.

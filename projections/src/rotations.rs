@@ -18,7 +18,8 @@ pub enum RotationOutcome {
     Succeeded,
     /// Graph refused; the previous password stays current.
     Failed,
-    /// The outcome is unknown after all retries; both candidates are kept.
+    /// The outcome is unknown after the retries; the candidate is kept and tried again
+    /// later, until Graph confirms it.
     Unknown,
 }
 
@@ -134,6 +135,7 @@ impl Rotations {
                 return;
             }
             Event::RotationRetried(e) => e.rotation_id,
+            Event::RotationInterrupted(e) => e.rotation_id,
             Event::RotationSucceeded(e) => e.rotation_id,
             Event::RotationFailed(e) => e.rotation_id,
             Event::KeyWriteQueued(e) => e.rotation_id,
@@ -147,6 +149,11 @@ impl Rotations {
             Event::RotationRetried(e) => {
                 r.retries = r.retries.max(e.attempt);
                 r.error = Some(e.error.clone());
+            }
+            Event::RotationInterrupted(_) => {
+                r.retries += 1;
+                r.error =
+                    Some("interrupted: an attempt may have reached Graph without an answer".into());
             }
             Event::RotationSucceeded(_) => {
                 r.outcome = RotationOutcome::Succeeded;

@@ -1,6 +1,7 @@
 //! The users projection: every user the engine knows, candidates included.
 
 use chrono::{DateTime, Utc};
+use idledger_domain::rotation::{self, PasswordState};
 use idledger_domain::{
     DomainId, Envelope, Event, KeyId, LeaveReason, RotationId, SsoSettings, UserAttributes, UserId,
 };
@@ -71,6 +72,10 @@ pub struct UserView {
     pub needs_attention: bool,
     /// When the password was last revealed.
     pub last_revealed_at: Option<DateTime<Utc>>,
+    /// The rotation protocol's view of the user's passwords; the four fields above are
+    /// read off it.
+    #[serde(skip)]
+    pub password: PasswordState,
     /// When the last invite went out.
     pub invited_at: Option<DateTime<Utc>>,
     /// First seen.
@@ -192,6 +197,7 @@ impl Users {
                 last_rotation_at: None,
                 needs_attention: false,
                 last_revealed_at: None,
+                password: PasswordState::default(),
                 invited_at: None,
                 discovered_at: env.recorded_at,
                 imported_at: None,
@@ -232,6 +238,8 @@ impl Users {
             Event::UserDeleted(_) => {
                 u.status = UserStatus::Deleted;
                 u.pc_unlock = false;
+                u.password =
+                    rotation::evolve(std::mem::take(&mut u.password), &env.event, env.recorded_at);
                 u.pending_rotation = None;
                 let key = (u.domain_id, u.external_id.clone());
                 if self.by_external.get(&key) == Some(&id) {
@@ -244,18 +252,19 @@ impl Users {
             Event::KeyAssigned(e) => u.key_id = Some(e.key_id.clone()),
             Event::KeyUnassigned(_) => u.key_id = None,
             Event::InviteSent(_) => u.invited_at = Some(env.recorded_at),
-            Event::RotationStarted(e) => u.pending_rotation = Some(e.rotation_id),
-            Event::RotationSucceeded(e) => {
-                u.current_rotation = Some(e.rotation_id);
-                u.pending_rotation = None;
-                u.last_rotation_at = Some(env.recorded_at);
-                u.needs_attention = false;
-            }
-            Event::RotationFailed(e) => {
-                u.pending_rotation = None;
-                if e.retryable {
-                    u.needs_attention = true;
-                }
+            Event::RotationStarted(_)
+            | Event::RotationRetried(_)
+            | Event::RotationInterrupted(_)
+            | Event::RotationSucceeded(_)
+            | Event::RotationFailed(_)
+            | Event::RotationRequested(_) => {
+                let p =
+                    rotation::evolve(std::mem::take(&mut u.password), &env.event, env.recorded_at);
+                u.current_rotation = p.current;
+                u.pending_rotation = p.in_flight();
+                u.needs_attention = p.open.as_ref().is_some_and(|o| o.gave_up);
+                u.last_rotation_at = p.last_success;
+                u.password = p;
             }
             Event::PasswordRevealed(_) => u.last_revealed_at = Some(env.recorded_at),
             _ => {}

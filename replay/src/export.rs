@@ -433,10 +433,13 @@ impl Exporter {
             ExportKind::PasswordChanges => match (user, step(&self.context, env)) {
                 (Some(user), Some((step, rotation, code))) => {
                     let known = self.context.users.get(&user);
-                    let reason = rotation
-                        .and_then(|r| self.context.reasons.get(&r))
-                        .copied()
-                        .unwrap_or_default();
+                    let reason = match &env.event {
+                        Event::RotationRequested(e) => reason_name(e.reason),
+                        _ => rotation
+                            .and_then(|r| self.context.reasons.get(&r))
+                            .copied()
+                            .unwrap_or_default(),
+                    };
                     self.row
                         .start()
                         .num(env.position)
@@ -531,7 +534,9 @@ fn step<'e>(
     let write = |id: &KeyWriteId| context.writes.get(id).copied();
     Some(match &env.event {
         Event::RotationStarted(e) => ("started", Some(e.rotation_id), None),
+        Event::RotationRequested(_) => ("requested", None, None),
         Event::RotationRetried(e) => ("retried", Some(e.rotation_id), None),
+        Event::RotationInterrupted(e) => ("interrupted", Some(e.rotation_id), None),
         Event::RotationSucceeded(e) => ("succeeded", Some(e.rotation_id), None),
         Event::RotationFailed(e) => ("failed", Some(e.rotation_id), e.graph_code.as_deref()),
         Event::KeyWriteQueued(e) => ("key write queued", Some(e.rotation_id), None),
@@ -551,6 +556,7 @@ fn reason_name(r: idledger_domain::RotationReason) -> &'static str {
         R::Scheduled => "scheduled",
         R::Manual => "manual",
         R::AfterReveal => "after_reveal",
+        R::Reassert => "reassert",
     }
 }
 

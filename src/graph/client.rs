@@ -50,6 +50,16 @@ impl Default for RetryPolicy {
     }
 }
 
+/// A password PATCH that Graph did not confirm.
+#[derive(Debug)]
+pub struct PasswordNotSet {
+    /// The last failure.
+    pub error: GraphError,
+    /// A request of this call may have reached Graph and been applied: even a definite
+    /// refusal at the end does not show that the password is unchanged.
+    pub maybe_applied: bool,
+}
+
 struct CachedToken {
     token: Secret,
     refresh_at: Instant,
@@ -238,6 +248,21 @@ impl GraphClient {
         url: &str,
         body: Option<&Value>,
     ) -> Result<Option<Value>, GraphError> {
+        self.send_noting(method, url, body, None).await
+    }
+
+    /// [`GraphClient::send`]; with `uncertain`, for writes that must not land behind the
+    /// caller's back: it is set when a try may have reached Graph and been acted on
+    /// without an answer saying so (no answer after the request left, or a 5xx other than
+    /// 503, Graph's "not now"), and then nothing is retried: a retry could be answered
+    /// while the earlier try still lands later. The caller's own protocol retries.
+    async fn send_noting(
+        &self,
+        method: Method,
+        url: &str,
+        body: Option<&Value>,
+        mut uncertain: Option<&mut bool>,
+    ) -> Result<Option<Value>, GraphError> {
         let mut refreshed = false;
         let mut attempt = 0;
         loop {
@@ -256,11 +281,19 @@ impl GraphClient {
             let resp = match req.send().await {
                 Ok(r) => r,
                 Err(e) => {
+                    // A refused connection never carried the request; anything else may have.
+                    let unanswered = !e.is_connect();
                     let err = GraphError::Transport {
                         host: host_of(url),
                         reason: e.without_url().to_string(),
                     };
                     tracing::warn!(attempt, %client_request_id, error = %err, "Graph request failed");
+                    if let Some(u) = uncertain.as_deref_mut() {
+                        if unanswered {
+                            *u = true;
+                            return Err(err);
+                        }
+                    }
                     if last {
                         return Err(err);
                     }
@@ -290,6 +323,13 @@ impl GraphClient {
             let wait = retry_after(&resp);
             let bytes = resp.bytes().await.unwrap_or_default();
             let err = api_error(status, &bytes, request_id.clone());
+            if let Some(u) = uncertain.as_deref_mut() {
+                if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
+                    *u = true;
+                    tracing::warn!(status = status.as_u16(), ?request_id, %client_request_id, "Graph failed; the write may have been applied");
+                    return Err(err);
+                }
+            }
             if status == StatusCode::UNAUTHORIZED && !refreshed {
                 // Expired or revoked token: one fresh token, then the 401 stands.
                 refreshed = true;
@@ -510,16 +550,28 @@ impl GraphClient {
         serde_json::from_value(self.get(&url).await?).map_err(|e| GraphError::Decode(e.to_string()))
     }
 
-    /// Sets a user's password (no forced change at next sign-in).
-    pub async fn set_password(&self, user_id: &str, password: &Secret) -> Result<(), GraphError> {
+    /// Sets a user's password (no forced change at next sign-in). Tries that Graph
+    /// certainly did not act on (a refused connection, 429, 503, an expired token) are
+    /// retried here; after a try that may have been applied nothing is, and the error says
+    /// so: a retry must be the caller's, recorded as such.
+    pub async fn set_password(
+        &self,
+        user_id: &str,
+        password: &Secret,
+    ) -> Result<(), PasswordNotSet> {
         let url = self.graph(&format!("/users/{}", urlencoding::encode(user_id)));
         let body = serde_json::json!({"passwordProfile": {
             "forceChangePasswordNextSignIn": false,
             "password": password.expose(),
         }});
-        self.send(Method::PATCH, &url, Some(&body))
+        let mut maybe_applied = false;
+        self.send_noting(Method::PATCH, &url, Some(&body), Some(&mut maybe_applied))
             .await
             .map(|_| ())
+            .map_err(|error| PasswordNotSet {
+                error,
+                maybe_applied,
+            })
     }
 
     /// The tenant's domains.

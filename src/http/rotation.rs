@@ -6,19 +6,19 @@
 use super::auth::Principal;
 use super::error::{ApiError, ApiJson, ApiQuery, IdPath};
 use super::{page, AppState};
-use crate::rotation::{facts, RotationError};
+use crate::rotation::{ManualStart, RotationError};
 use crate::store::ExpectedVersion;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use idledger_domain::events::{
     KeyWriteConfirmed, KeyWriteDelivered, KeyWriteFailed, PasswordRevealed,
 };
-use idledger_domain::{Event, KeyWriteId, Role, StreamId, UserId};
-use idledger_projections::{RotationOutcome, UserStatus};
-use serde::Deserialize;
+use idledger_domain::{Event, KeyWriteId, Role, RotationId, StreamId, UserId};
+use idledger_projections::UserStatus;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 impl From<RotationError> for ApiError {
@@ -52,19 +52,43 @@ async fn append_one(
     Ok(at.await?)
 }
 
-/// Starts a rotation now: 202 with its id.
+/// `POST /v1/users/{id}/rotate` answer: the rotation started, or when it will run.
+#[derive(Serialize)]
+pub struct RotateAccepted {
+    /// The rotation started now; `null` when deferred.
+    rotation_id: Option<RotationId>,
+    /// When a deferred rotation is expected to start (after an uncertainty window, or
+    /// once an earlier rotation's outcome is settled); `null` when started now.
+    deferred_until: Option<DateTime<Utc>>,
+    /// Position of the event recording it.
+    position: u64,
+}
+
+/// Starts a rotation now (202 with its id), or, when the rules do not allow a new
+/// password yet, records the request (202 with `deferred_until`).
 pub async fn rotate(
     State(s): State<AppState>,
     who: Principal,
     IdPath(id): IdPath,
 ) -> Result<impl IntoResponse, ApiError> {
     who.require(&[Role::Admin])?;
-    let (rotation_id, position) = s.rotation.start_manual(UserId(id), who.actor()).await?;
-    s.reach(Some(position)).await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({"rotation_id": rotation_id, "position": position})),
-    ))
+    let answer = match s.rotation.start_manual(UserId(id), who.actor()).await? {
+        ManualStart::Started {
+            rotation_id,
+            position,
+        } => RotateAccepted {
+            rotation_id: Some(rotation_id),
+            deferred_until: None,
+            position,
+        },
+        ManualStart::Deferred { until, position } => RotateAccepted {
+            rotation_id: None,
+            deferred_until: Some(until),
+            position,
+        },
+    };
+    s.reach(Some(answer.position)).await?;
+    Ok((StatusCode::ACCEPTED, Json(answer)))
 }
 
 /// Every rotation of the user, oldest first: times, reason, outcome, Graph's code, actor,
@@ -141,30 +165,34 @@ pub async fn reveal(
         let current = u
             .current_rotation
             .and_then(|r| p.rotations.get(r))
-            .map(|r| (r.rotation_id, r.sealed_password.clone()))
-            .ok_or_else(|| {
-                ApiError::Conflict("the engine holds no password of this user yet".into())
-            })?;
-        let candidate = p
-            .rotations
-            .of_user(user)
-            .filter(|r| r.outcome == RotationOutcome::Unknown)
-            .last()
-            .filter(|_| u.needs_attention)
+            .map(|r| (r.rotation_id, r.sealed_password.clone()));
+        // The open rotation's password once an attempt of it may have reached Graph.
+        let candidate = u
+            .password
+            .unconfirmed_candidate()
+            .and_then(|r| p.rotations.get(r))
             .map(|r| (r.rotation_id, r.sealed_password.clone()));
         (current, candidate)
     };
-    let password = s.keyring.unseal(&stream, &current.1)?;
-    let candidate = candidate
-        .map(|(id, sealed)| s.keyring.unseal(&stream, &sealed).map(|p| (id, p)))
-        .transpose()?;
+    let Some((revealed, _)) = current.as_ref().or(candidate.as_ref()) else {
+        return Err(ApiError::Conflict(
+            "the engine holds no password of this user yet".into(),
+        ));
+    };
+    let revealed = *revealed;
+    let open = |c: Option<(RotationId, idledger_domain::SealedSecret)>| {
+        c.map(|(id, sealed)| s.keyring.unseal(&stream, &sealed).map(|p| (id, p)))
+            .transpose()
+    };
+    let password = open(current)?;
+    let candidate = open(candidate)?;
     let position = append_one(
         &s,
         user,
         &who,
-        Some(current.0 .0),
+        Some(revealed.0),
         PasswordRevealed {
-            rotation_id: current.0,
+            rotation_id: revealed,
             reason,
         }
         .into(),
@@ -172,8 +200,8 @@ pub async fn reveal(
     .await?;
     Ok(Json(json!({
         "user_id": user,
-        "rotation_id": current.0,
-        "password": password.expose(),
+        "rotation_id": password.as_ref().map(|(id, _)| *id),
+        "password": password.as_ref().map(|(_, p)| p.expose()),
         "unconfirmed_candidate": candidate.as_ref().map(|(id, p)| json!({"rotation_id": id, "password": p.expose()})),
         "position": position,
     })))
@@ -206,7 +234,7 @@ pub async fn upcoming(
         .users
         .iter_after(None)
         .filter_map(|u| {
-            let (at, reason) = facts(&p, u).next_due(now)?;
+            let (at, reason) = s.rotation.next_due(&p, u, now)?;
             (at <= until).then(|| {
                 (
                     at,

@@ -25,6 +25,7 @@ pub async fn spawn_app() -> App {
         check_every: Duration::from_millis(100),
         max_attempts: 4,
         retry_delay: Duration::from_millis(50),
+        uncertainty: Duration::from_secs(2),
     };
     let (state, bootstrap) = idledger::server::start_with(
         dir.path(),

@@ -187,6 +187,14 @@ struct Serve {
 
 impl Serve {
     async fn start(data: &std::path::Path, crash_at: Option<&str>) -> Serve {
+        Self::start_with(data, crash_at, &[]).await
+    }
+
+    async fn start_with(
+        data: &std::path::Path,
+        crash_at: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Serve {
         let port = free_port();
         let url = format!("http://127.0.0.1:{port}");
         let mut cmd = idledger();
@@ -199,6 +207,9 @@ impl Serve {
             .stderr(std::process::Stdio::null());
         if let Some(point) = crash_at {
             cmd.env("IDLEDGER_TEST_CRASH_AT", point);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
         }
         let child = cmd.spawn().unwrap();
         let http = reqwest::Client::new();
@@ -249,6 +260,70 @@ enum RotationCrash {
     AfterGraphAnswered,
 }
 
+/// Adds the contoso domain against graphsim at `sim`, syncs it, assigns a key to the user
+/// with Entra object id `external`; answers the user's id.
+async fn user_with_key(serve: &Serve, sim: &str, external: &str) -> String {
+    use reqwest::Method;
+    use serde_json::json;
+    let d = serve
+        .call(
+            Method::POST,
+            "/v1/domains",
+            Some(json!({
+                "domain": "contoso.onmicrosoft.com",
+                "tenant_id": "6f1a2b3c-4d5e-4f60-8a7b-9c0d1e2f3a4b",
+                "client_id": "11111111-2222-4333-8444-555555555555",
+                "client_secret": "contoso-demo-secret",
+                "graph_url": sim, "authority_url": sim, "auto_import": true,
+            })),
+        )
+        .await;
+    let domain = d["id"].as_str().unwrap().to_owned();
+    let run = serve
+        .call(Method::POST, &format!("/v1/domains/{domain}/sync"), None)
+        .await;
+    let run = run["run_id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = serve
+            .call(
+                Method::GET,
+                &format!("/v1/domains/{domain}/sync-runs/{run}"),
+                None,
+            )
+            .await;
+        if r["status"] == "succeeded" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{r}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let users = serve
+        .call(
+            Method::GET,
+            &format!("/v1/users?domain={domain}&limit=1000"),
+            None,
+        )
+        .await;
+    let user = users["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["external_id"] == external)
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    serve
+        .call(
+            Method::PUT,
+            &format!("/v1/users/{user}/key"),
+            Some(json!({"key_id": "K-0003"})),
+        )
+        .await;
+    user
+}
+
 async fn crash_during_rotation(crash: RotationCrash) {
     use reqwest::Method;
     use serde_json::json;
@@ -269,62 +344,7 @@ async fn crash_during_rotation(crash: RotationCrash) {
         RotationCrash::WhileGraphHolds => None,
     };
     let mut first = Serve::start(&data, crash_at).await;
-    let d = first
-        .call(
-            Method::POST,
-            "/v1/domains",
-            Some(json!({
-                "domain": "contoso.onmicrosoft.com",
-                "tenant_id": "6f1a2b3c-4d5e-4f60-8a7b-9c0d1e2f3a4b",
-                "client_id": "11111111-2222-4333-8444-555555555555",
-                "client_secret": "contoso-demo-secret",
-                "graph_url": sim, "authority_url": sim, "auto_import": true,
-            })),
-        )
-        .await;
-    let domain = d["id"].as_str().unwrap().to_owned();
-    let run = first
-        .call(Method::POST, &format!("/v1/domains/{domain}/sync"), None)
-        .await;
-    let run = run["run_id"].as_str().unwrap().to_owned();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let r = first
-            .call(
-                Method::GET,
-                &format!("/v1/domains/{domain}/sync-runs/{run}"),
-                None,
-            )
-            .await;
-        if r["status"] == "succeeded" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{r}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let users = first
-        .call(
-            Method::GET,
-            &format!("/v1/users?domain={domain}&limit=1000"),
-            None,
-        )
-        .await;
-    let user = users["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|u| u["external_id"] == external)
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    first
-        .call(
-            Method::PUT,
-            &format!("/v1/users/{user}/key"),
-            Some(json!({"key_id": "K-0003"})),
-        )
-        .await;
+    let user = user_with_key(&first, &sim, external).await;
     if let RotationCrash::WhileGraphHolds = crash {
         reqwest::Client::new()
             .post(format!("{sim}/_sim/faults"))
@@ -443,4 +463,226 @@ async fn a_sigkill_while_graph_holds_the_patch_resumes_with_the_same_password() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_after_graph_answered_resumes_with_the_same_password() {
     crash_during_rotation(RotationCrash::AfterGraphAnswered).await;
+}
+
+/// Graph's current password of `external`, and the engine's (reveal: current, candidate).
+async fn passwords(
+    serve: &Serve,
+    sim: &str,
+    user: &str,
+    external: &str,
+) -> (String, serde_json::Value, serde_json::Value) {
+    let in_graph: serde_json::Value = reqwest::get(format!("{sim}/_sim/users/{external}/password"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let revealed = serve
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/users/{user}/password/reveal"),
+            Some(serde_json::json!({"reason": "crash test"})),
+        )
+        .await;
+    (
+        in_graph["password"].as_str().unwrap().to_owned(),
+        revealed["password"].clone(),
+        revealed["unconfirmed_candidate"]["password"].clone(),
+    )
+}
+
+async fn add_fault(sim: &str, fault: serde_json::Value) {
+    let r = reqwest::Client::new()
+        .post(format!("{sim}/_sim/faults"))
+        .json(&fault)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+}
+
+async fn history_settled(serve: &Serve, user: &str, n: usize) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let h = serve
+            .call(
+                reqwest::Method::GET,
+                &format!("/v1/users/{user}/password-history"),
+                None,
+            )
+            .await;
+        let items = h["items"].as_array().unwrap().clone();
+        if items.len() >= n && items.iter().all(|r| r["outcome"] == "succeeded") {
+            return items;
+        }
+        assert!(Instant::now() < deadline, "{h}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Hole 1: Graph set the password, the process died before recording it, and the resumed
+/// rotation's first attempt is refused (the token endpoint answers 400 once). The refusal
+/// proves nothing about the lost answer: the rotation must not end as a definite failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_after_a_lost_answer_keeps_the_candidate_until_graph_confirms_it() {
+    let (sim, _sim) = graphsim::spawn(
+        idledger::api_client::contoso::directory().unwrap(),
+        graphsim::SimConfig::default(),
+    )
+    .await
+    .unwrap();
+    let external = "c0a80000-0000-4000-8000-000000000003";
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let mut first = Serve::start(&data, Some("after_graph")).await;
+    let user = user_with_key(&first, &sim, external).await;
+    let _ = first
+        .http
+        .post(format!("{}/v1/users/{user}/rotate", first.url))
+        .bearer_auth(&first.token)
+        .send()
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while first.child.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "serve did not stop after Graph answered"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let set_by_graph = reqwest::get(format!("{sim}/_sim/users/{external}/password"))
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap()["password"]
+        .clone();
+    // The next process's first token request is refused, definitely.
+    add_fault(
+        &sim,
+        serde_json::json!({"method": "POST", "path_prefix": "/6f1a2b3c-4d5e-4f60-8a7b-9c0d1e2f3a4b/oauth2", "status": 400, "count": 1}),
+    )
+    .await;
+    let mut second = Serve::start(&data, None).await;
+    let history = history_settled(&second, &user, 1).await;
+    assert_eq!(history.len(), 1, "{history:?}");
+    let (in_graph, current, _) = passwords(&second, &sim, &user, external).await;
+    assert_eq!(in_graph, set_by_graph.as_str().unwrap());
+    assert_eq!(current, set_by_graph, "the engine holds what Graph holds");
+    let events = second
+        .call(
+            reqwest::Method::GET,
+            &format!("/v1/users/{user}/events"),
+            None,
+        )
+        .await;
+    let kinds: Vec<&str> = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .filter(|k| k.starts_with("Rotation"))
+        .collect();
+    assert!(!kinds.contains(&"RotationFailed"), "{kinds:?}");
+    assert!(kinds.contains(&"RotationInterrupted"), "{kinds:?}");
+    second.child.kill().unwrap();
+    second.child.wait().unwrap();
+}
+
+/// Hole 2: a PATCH held by Graph outlives the process; after a restart the rotation
+/// resumes and succeeds, and an admin asks for a new one at once. The new password must
+/// wait for the uncertainty window, and the current one is sent again first, so the late
+/// request cannot land after the new password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_new_password_while_a_held_request_may_still_land() {
+    let (sim, sim_state) = graphsim::spawn(
+        idledger::api_client::contoso::directory().unwrap(),
+        graphsim::SimConfig::default(),
+    )
+    .await
+    .unwrap();
+    let external = "c0a80000-0000-4000-8000-000000000003";
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let env = [
+        ("IDLEDGER_GRAPH_TIMEOUT_SECS", "3"),
+        ("IDLEDGER_ROTATION_UNCERTAINTY_SECS", "4"),
+    ];
+    let mut first = Serve::start_with(&data, None, &env).await;
+    let user = user_with_key(&first, &sim, external).await;
+    add_fault(
+        &sim,
+        serde_json::json!({"method": "PATCH", "path_prefix": "/v1.0/users", "delay_ms": 2500,
+                           "complete_after_disconnect": true, "count": 1}),
+    )
+    .await;
+    let _ = first
+        .http
+        .post(format!("{}/v1/users/{user}/rotate", first.url))
+        .bearer_auth(&first.token)
+        .send()
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sim_state
+        .lock()
+        .requests
+        .iter()
+        .any(|r| r.method == "PATCH")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the PATCH never reached graphsim"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    first.child.kill().unwrap(); // SIGKILL while Graph holds the PATCH
+    first.child.wait().unwrap();
+
+    let mut second = Serve::start_with(&data, None, &env).await;
+    history_settled(&second, &user, 1).await;
+    let asked = second
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/users/{user}/rotate"),
+            None,
+        )
+        .await;
+    assert!(
+        asked["rotation_id"].is_null(),
+        "a new password inside the window: {asked}"
+    );
+    assert!(asked["deferred_until"].is_string(), "{asked}");
+    // The reassert and then the deferred rotation run once the window has passed.
+    let history = history_settled(&second, &user, 3).await;
+    let reasons: Vec<&str> = history
+        .iter()
+        .filter_map(|r| r["reason"].as_str())
+        .collect();
+    assert_eq!(reasons, ["manual", "reassert", "manual"], "{history:?}");
+    // Graph applied: the first rotation's password (late, from the dead process, and
+    // again on resume, in either order), the reassert, then the new one, which holds.
+    let log: Vec<String> = sim_state
+        .lock()
+        .password_log
+        .iter()
+        .filter(|p| p.user == external)
+        .map(|p| p.password.clone())
+        .collect();
+    assert_eq!(log.len(), 4, "{} passwords set", log.len());
+    assert!(log[..3].iter().all(|p| *p == log[0]));
+    let (in_graph, current, candidate) = passwords(&second, &sim, &user, external).await;
+    assert_eq!(in_graph, log[3]);
+    assert_eq!(
+        current,
+        in_graph.as_str(),
+        "the engine holds what Graph holds"
+    );
+    assert!(candidate.is_null());
+    second.child.kill().unwrap();
+    second.child.wait().unwrap();
+    let (report, code) = verify(&data);
+    assert_eq!(code, 0, "{report}");
 }

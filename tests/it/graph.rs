@@ -349,12 +349,14 @@ async fn password_updates_and_their_refusals() {
         .set_password(&user(2), &Secret::new("short"))
         .await
         .unwrap_err();
+    assert!(!weak.maybe_applied, "a plain refusal changed nothing");
+    let weak = weak.error;
     assert_eq!(
         (weak.status(), weak.code().as_deref()),
         (Some(400), Some("Request_BadRequest"))
     );
     assert!(weak.is_definite());
-    let admin = c.set_password(&user(1), &good).await.unwrap_err();
+    let admin = c.set_password(&user(1), &good).await.unwrap_err().error;
     assert_eq!(
         (admin.status(), admin.code().as_deref()),
         (Some(403), Some("Authorization_RequestDenied"))
@@ -362,7 +364,8 @@ async fn password_updates_and_their_refusals() {
     let missing = c
         .set_password("00000000-0000-4000-8000-000000000000", &good)
         .await
-        .unwrap_err();
+        .unwrap_err()
+        .error;
     assert_eq!(
         (missing.status(), missing.code().as_deref()),
         (Some(404), Some("Request_ResourceNotFound"))
@@ -399,7 +402,8 @@ async fn password_updates_and_their_refusals() {
         .unwrap()
         .set_password(&user(2), &good)
         .await
-        .unwrap_err();
+        .unwrap_err()
+        .error;
     assert_eq!(denied.status(), Some(403));
     ro.client_secret = Secret::new("nope");
     assert!(matches!(
@@ -409,6 +413,106 @@ async fn password_updates_and_their_refusals() {
             .await,
         Err(GraphError::Token { .. })
     ));
+}
+
+async fn fault(url: &str, f: Value) {
+    let r = reqwest::Client::new()
+        .post(format!("{url}/_sim/faults"))
+        .json(&f)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{f}");
+}
+
+#[tokio::test]
+async fn a_password_write_is_not_retried_once_it_may_have_been_applied() {
+    let (url, sim) = sim(100).await;
+    let c = client(&url, "contoso-demo-secret");
+    let pw = Secret::new("Kx9#vQ2!mW7@pL4$");
+    let patch = json!({"method": "PATCH", "path_prefix": "/v1.0/users/", "count": 1});
+    let patches = |u: u32| {
+        let url = url.clone();
+        async move {
+            requests_to(&url, &format!("/v1.0/users/{}", user(u)))
+                .await
+                .len()
+        }
+    };
+    // Graph acts, the answer is lost: unknown, and not retried behind the caller's back.
+    let mut lost = patch.clone();
+    lost["drop_after_apply"] = true.into();
+    fault(&url, lost).await;
+    let e = c.set_password(&user(2), &pw).await.unwrap_err();
+    assert!(matches!(e.error, GraphError::Transport { .. }), "{e:?}");
+    assert!(e.maybe_applied);
+    assert_eq!(patches(2).await, 1);
+    assert_eq!(
+        sim.lock().dir.users[&user(2)].password.as_deref(),
+        Some("Kx9#vQ2!mW7@pL4$")
+    );
+    // A 500 may have been applied too.
+    let mut failed = patch.clone();
+    failed["status"] = 500.into();
+    fault(&url, failed).await;
+    let e = c.set_password(&user(3), &pw).await.unwrap_err();
+    assert_eq!((e.error.status(), e.maybe_applied), (Some(500), true));
+    assert_eq!(patches(3).await, 1);
+    // 429 and 503 are Graph's "not now": nothing was done, so the client retries.
+    for status in [429, 503] {
+        let mut busy = patch.clone();
+        busy["status"] = status.into();
+        busy["retry_after"] = 0.01.into();
+        fault(&url, busy).await;
+    }
+    c.set_password(&user(4), &pw).await.unwrap();
+    assert_eq!(patches(4).await, 3);
+}
+
+#[tokio::test]
+async fn a_held_request_finishes_after_its_caller_hung_up_when_told_to() {
+    let (url, sim) = sim(100).await;
+    let settings = GraphSettings {
+        authority_url: url.clone(),
+        graph_url: url.clone(),
+        tenant_id: TENANT.into(),
+        client_id: APP.into(),
+        client_secret: Secret::new("contoso-demo-secret"),
+    };
+    let impatient = GraphClient::new(
+        settings,
+        RetryPolicy {
+            max_attempts: 1,
+            request_timeout: Duration::from_millis(200),
+            ..RetryPolicy::default()
+        },
+    )
+    .unwrap();
+    impatient.domains().await.unwrap(); // a token first, so only the PATCH is held
+    for (complete, user_n) in [(false, 4), (true, 5)] {
+        fault(
+            &url,
+            json!({"method": "PATCH", "path_prefix": "/v1.0/users/", "delay_ms": 600,
+                   "complete_after_disconnect": complete, "count": 1}),
+        )
+        .await;
+        let e = impatient
+            .set_password(&user(user_n), &Secret::new("Late#Landing2026!"))
+            .await
+            .unwrap_err();
+        assert!(e.maybe_applied);
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        let landed =
+            sim.lock().dir.users[&user(user_n)].password.as_deref() == Some("Late#Landing2026!");
+        assert_eq!(landed, complete, "complete_after_disconnect: {complete}");
+    }
+    let log: Vec<Value> = reqwest::get(format!("{url}/_sim/password-log?user={}", user(5)))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(log.len(), 1, "{log:?}");
 }
 
 fn check(url: &str, client_id: &str, secret: &str) -> (Value, i32) {

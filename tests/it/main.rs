@@ -3,6 +3,7 @@
 
 mod api;
 mod audit;
+mod campaign;
 mod cli;
 mod crash;
 mod graph;

@@ -38,6 +38,10 @@ pub struct AppendArgs {
     /// Append `position event_id` per acknowledged event to this file, as soon as acknowledged.
     #[arg(long)]
     pub ack_file: Option<PathBuf>,
+    /// `device` (fdatasync before every acknowledgement) or `process` (sled's flush only);
+    /// the raw sled baseline syncs the same way.
+    #[arg(long, default_value = "device")]
+    pub durability: crate::store::Durability,
 }
 
 /// Options of `idledger bench replay`.
@@ -126,7 +130,7 @@ pub async fn append(args: AppendArgs) -> Result<ExitCode, CliError> {
             "--events and --writers must be positive".into(),
         ));
     }
-    let log = SledEventLog::open(&args.data_dir)?;
+    let log = SledEventLog::open_with(&args.data_dir, args.durability)?;
     let maker = Arc::new(EventMaker::new(args.event_bytes));
     let ack = ack_writer(&args.ack_file)?;
     let issued = Arc::new(AtomicU64::new(0));
@@ -185,13 +189,14 @@ pub async fn append(args: AppendArgs) -> Result<ExitCode, CliError> {
         .take_while(|r| r.as_ref().map_or(true, |(p, _)| *p <= last_position))
         .map(|r| r.map(|(_, v)| v))
         .collect::<Result<_, _>>()?;
-    let baseline = raw_sled_append(&args.data_dir, &records, flushes).await?;
+    let baseline = raw_sled_append(&args.data_dir, &records, flushes, args.durability).await?;
     let events_per_s = args.events as f64 / seconds;
     let baseline_events_per_s = records.len() as f64 / baseline;
     println!(
         "{}",
         serde_json::json!({
             "bench": "append",
+            "durability": args.durability.as_str(),
             "events": args.events,
             "writers": args.writers,
             "seconds": round3(seconds),
@@ -209,11 +214,13 @@ fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
-/// Raw sled: one tree, the same records, the same number of flushes. Seconds taken.
+/// Raw sled: one tree, the same records, the same number of flushes, each followed by the
+/// same device sync as the log's at `durability`. Seconds taken.
 async fn raw_sled_append(
     data_dir: &Path,
     records: &[sled::IVec],
     flushes: u64,
+    durability: crate::store::Durability,
 ) -> Result<f64, CliError> {
     let dir = data_dir.join("bench-baseline.tmp");
     let _ = std::fs::remove_dir_all(&dir);
@@ -225,6 +232,12 @@ async fn raw_sled_append(
     let tree = db
         .open_tree("log")
         .map_err(|e| CliError::Other(e.to_string()))?;
+    let device = match durability {
+        crate::store::Durability::Device => {
+            Some(Arc::new(crate::store::sled_log::DeviceSync::open(&dir)?))
+        }
+        crate::store::Durability::Process => None,
+    };
     let per_flush = records.len().div_ceil(flushes.max(1) as usize).max(1);
     let started = Instant::now();
     for (chunk_no, chunk) in records.chunks(per_flush).enumerate() {
@@ -238,6 +251,11 @@ async fn raw_sled_append(
         db.flush_async()
             .await
             .map_err(|e| CliError::Other(e.to_string()))?;
+        if let Some(d) = device.clone() {
+            tokio::task::spawn_blocking(move || d.sync())
+                .await
+                .map_err(|e| CliError::Other(e.to_string()))??;
+        }
     }
     let seconds = started.elapsed().as_secs_f64();
     drop(tree);

@@ -57,6 +57,9 @@ pub struct Config {
     /// is sent for that user (default: the Graph timeout plus 60, at least 120). It must
     /// cover every request that may still land, so it is never shorter than the timeout.
     pub rotation_uncertainty_secs: Option<f64>,
+    /// `device` (default: acknowledged appends survive power loss) or `process` (sled's
+    /// flush only: survives a killed process, not necessarily a lost machine).
+    pub durability: crate::store::Durability,
 }
 
 impl Config {
@@ -134,6 +137,7 @@ impl Default for Config {
             rotation_retry_secs: 2.0,
             graph_timeout_secs: 30.0,
             rotation_uncertainty_secs: None,
+            durability: crate::store::Durability::Device,
         }
     }
 }
@@ -171,6 +175,9 @@ impl Config {
         }
         if let Some(v) = env_setting("IDLEDGER_ROTATION_UNCERTAINTY_SECS", secs)? {
             c.rotation_uncertainty_secs = Some(v);
+        }
+        if let Some(v) = env_setting("IDLEDGER_DURABILITY", "device or process")? {
+            c.durability = v;
         }
         if let Some(v) = &args.listen {
             c.listen = v.clone();
@@ -251,7 +258,7 @@ pub async fn start_with(
     let request_timeout = Duration::from_secs(config.request_timeout_secs);
     let mailer = crate::invite::Mailer::new(config.smtp.as_ref(), data_dir)
         .map_err(|e| CliError::Other(e.to_string()))?;
-    let log = SledEventLog::open(data_dir)?;
+    let log = SledEventLog::open_with(data_dir, config.durability)?;
     let (master, created) =
         MasterKey::load_or_create(data_dir).map_err(|e| CliError::Other(e.to_string()))?;
     if created {
@@ -337,7 +344,15 @@ pub async fn serve(args: ServeArgs, config: Config) -> Result<ExitCode, CliError
         .await
         .map_err(|e| CliError::Other(format!("cannot listen on {}: {e}", config.listen)))?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, data_dir = %args.data_dir.display(), "serving");
+    let rotation = config.rotation();
+    tracing::info!(
+        %addr,
+        data_dir = %args.data_dir.display(),
+        durability = config.durability.as_str(),
+        graph_timeout_secs = config.graph_timeout_secs,
+        rotation_uncertainty_secs = rotation.uncertainty.as_secs_f64(),
+        "serving"
+    );
     let log = state.log.clone();
     http::serve(listener, state, shutdown_signal()).await?;
     log.flush().await?;

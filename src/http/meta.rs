@@ -12,6 +12,7 @@ use std::sync::atomic::Ordering;
 pub async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
     axum::Json(serde_json::json!({
         "status": "ok",
+        "durability": s.log.durability().as_str(),
         "head_position": s.log.head().position,
         "projector_position": s.projector.position(),
     }))
@@ -58,6 +59,16 @@ pub async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
         out,
         "idledger_appended_events_total {}",
         stats.events.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP idledger_durability How far an acknowledged append has gone (device: fdatasync; process: sled's flush only)."
+    );
+    let _ = writeln!(out, "# TYPE idledger_durability gauge");
+    let _ = writeln!(
+        out,
+        "idledger_durability{{level=\"{}\"}} 1",
+        s.log.durability().as_str()
     );
     let _ = writeln!(out, "# TYPE idledger_log_head_position gauge");
     let _ = writeln!(out, "idledger_log_head_position {head}");

@@ -17,6 +17,41 @@ use tokio::sync::broadcast;
 pub use sled_log::SledEventLog;
 pub use subscription::Subscription;
 
+/// How far an acknowledged append has gone.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// On the device: the log's files are `fdatasync`ed (new files and their directory
+    /// `fsync`ed) after each group's write and before any answer. Survives power loss.
+    #[default]
+    Device,
+    /// sled's own flush only (`sync_file_range`, which neither flushes the device's write
+    /// cache nor persists a growing file's size): survives a killed process, not
+    /// necessarily a lost machine. For those who accept that risk for speed.
+    Process,
+}
+
+impl Durability {
+    /// The setting's name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Durability::Device => "device",
+            Durability::Process => "process",
+        }
+    }
+}
+
+impl std::str::FromStr for Durability {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "device" => Ok(Durability::Device),
+            "process" => Ok(Durability::Process),
+            other => Err(format!("durability {other:?}: use device or process")),
+        }
+    }
+}
+
 /// The optimistic-concurrency condition of an append.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExpectedVersion {
@@ -129,7 +164,7 @@ pub enum StoreError {
 
 /// The event log, as the rest of the binary sees it.
 pub trait EventLog: Send + Sync + 'static {
-    /// Appends atomically; resolves only after the events are flushed to disk.
+    /// Appends atomically; resolves only after the events are durable (see [`Durability`]).
     fn append(
         &self,
         req: AppendRequest,

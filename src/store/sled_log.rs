@@ -12,7 +12,10 @@
 //! one `apply_batch` (atomic), calls `flush_async` once for all of them, and only then
 //! updates the readable indexes, answers callers and publishes the envelopes.
 
-use super::{AppendError, AppendRequest, Appended, EventLog, ExpectedVersion, LogHead, StoreError};
+use super::{
+    AppendError, AppendRequest, Appended, Durability, EventLog, ExpectedVersion, LogHead,
+    StoreError,
+};
 use chrono::{DateTime, Utc};
 use idledger_domain::envelope::{decode_record, encode_record, RawRecord, RecordFields};
 use idledger_domain::{Envelope, Hash, StreamId};
@@ -66,6 +69,8 @@ pub struct WriterStats {
 
 struct Shared {
     db: sled::Db,
+    /// With [`Durability::Device`]: what makes a flushed group durable on the device.
+    device: Option<Arc<DeviceSync>>,
     log: sled::Tree,
     committed: AtomicU64,
     head_hash: Mutex<Hash>,
@@ -166,16 +171,106 @@ fn rebuild(log: &sled::Tree) -> Result<Rebuilt, StoreError> {
     Ok(r)
 }
 
+/// Makes what sled flushed durable on the device. sled 0.34 ends a flush with
+/// `sync_file_range`, which neither flushes the device's write cache nor persists the
+/// size of a growing file, and writes blob files (values or nodes too large to inline)
+/// with no sync at all. All segments live in one file (`db`), so one `fdatasync` of it per
+/// group covers every page of the group (Linux syncs per inode); a blob file is synced
+/// once, when first seen, and then its directory.
+pub struct DeviceSync {
+    db: std::fs::File,
+    blobs: PathBuf,
+    synced_blobs: Mutex<FxHashSet<std::ffi::OsString>>,
+}
+
+impl DeviceSync {
+    /// Opens the files of the sled database at `store`; syncs the directories whose
+    /// entries sled just made (the store, its parent, `blobs`) and the `conf` file.
+    pub fn open(store: &Path) -> std::io::Result<DeviceSync> {
+        let db = std::fs::File::open(store.join("db"))?;
+        if let Ok(conf) = std::fs::File::open(store.join("conf")) {
+            conf.sync_all()?;
+        }
+        let blobs = store.join("blobs");
+        for dir in [Some(store), store.parent(), Some(blobs.as_path())]
+            .into_iter()
+            .flatten()
+        {
+            if dir.as_os_str().is_empty() {
+                continue;
+            }
+            if let Ok(d) = std::fs::File::open(dir) {
+                d.sync_all()?;
+            }
+        }
+        // Whatever an earlier process left unsynced (fsync here; groups use fdatasync).
+        db.sync_all()?;
+        let mut synced_blobs = FxHashSet::default();
+        if let Ok(entries) = std::fs::read_dir(&blobs) {
+            for entry in entries {
+                let entry = entry?;
+                std::fs::File::open(entry.path())?.sync_all()?;
+                synced_blobs.insert(entry.file_name());
+            }
+        }
+        Ok(DeviceSync {
+            db,
+            blobs,
+            synced_blobs: Mutex::new(synced_blobs),
+        })
+    }
+
+    /// `fdatasync` of the log's file, of blob files not synced yet, and of the blob
+    /// directory when it gained entries.
+    pub fn sync(&self) -> std::io::Result<()> {
+        self.db.sync_data()?;
+        let Ok(entries) = std::fs::read_dir(&self.blobs) else {
+            return Ok(());
+        };
+        let mut synced = self.synced_blobs.lock().unwrap_or_else(|e| e.into_inner());
+        let mut present = FxHashSet::default();
+        let mut new = false;
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name();
+            if !synced.contains(&name) {
+                std::fs::File::open(entry.path())?.sync_data()?;
+                new = true;
+            }
+            present.insert(name);
+        }
+        if new {
+            std::fs::File::open(&self.blobs)?.sync_all()?;
+        }
+        // Blobs sled collected are gone; forget them.
+        *synced = present;
+        Ok(())
+    }
+}
+
 impl SledEventLog {
-    /// Opens (or creates) the log in `data_dir`, rebuilds and checks the derived state, and
-    /// starts the writer task on the current tokio runtime.
+    /// Opens (or creates) the log in `data_dir` with [`Durability::Device`].
     pub fn open(data_dir: &Path) -> Result<Arc<Self>, StoreError> {
+        Self::open_with(data_dir, Durability::Device)
+    }
+
+    /// Opens (or creates) the log in `data_dir`, rebuilds and checks the derived state, and
+    /// starts the writer task on the current tokio runtime. Appends are acknowledged at
+    /// the given durability.
+    pub fn open_with(data_dir: &Path, durability: Durability) -> Result<Arc<Self>, StoreError> {
         std::fs::create_dir_all(data_dir).map_err(|e| StoreError::Io(e.to_string()))?;
         let db = sled::Config::new()
             .path(store_dir(data_dir))
             .cache_capacity(128 << 20)
             .open()
             .map_err(io)?;
+        let device = match durability {
+            Durability::Process => None,
+            Durability::Device => Some(Arc::new(
+                DeviceSync::open(&store_dir(data_dir))
+                    .map_err(|e| StoreError::Io(format!("syncing the store: {e}")))?,
+            )),
+        };
         let log = db.open_tree("log").map_err(io)?;
         let meta = db.open_tree("meta").map_err(io)?;
         match meta.get("format").map_err(io)? {
@@ -199,6 +294,7 @@ impl SledEventLog {
             .collect();
         let shared = Arc::new(Shared {
             db,
+            device,
             log,
             committed: AtomicU64::new(rebuilt.head.position),
             head_hash: Mutex::new(rebuilt.head.hash),
@@ -229,6 +325,14 @@ impl SledEventLog {
         }))
     }
 
+    /// How far an acknowledged append has gone.
+    pub fn durability(&self) -> Durability {
+        match self.shared.device {
+            Some(_) => Durability::Device,
+            None => Durability::Process,
+        }
+    }
+
     /// Writer counters.
     pub fn stats(&self) -> &WriterStats {
         &self.shared.stats
@@ -236,7 +340,14 @@ impl SledEventLog {
 
     /// Flushes everything (appends are already durable when answered; this is for shutdown).
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.shared.db.flush_async().await.map(|_| ()).map_err(io)
+        self.shared.db.flush_async().await.map_err(io)?;
+        if let Some(device) = self.shared.device.clone() {
+            tokio::task::spawn_blocking(move || device.sync())
+                .await
+                .map_err(|e| StoreError::Io(e.to_string()))?
+                .map_err(|e| StoreError::Io(format!("fdatasync of the log: {e}")))?;
+        }
+        Ok(())
     }
 
     /// A reader of the records committed now, from `from`, for
@@ -739,6 +850,25 @@ async fn commit(shared: &Shared, p: Pending) {
     if let Err(e) = shared.db.flush_async().await {
         fail(shared, p.replies, io(e));
         return;
+    }
+    if let Some(device) = &shared.device {
+        let device = device.clone();
+        let synced = tokio::task::spawn_blocking(move || device.sync()).await;
+        let failed = match synced {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(e) = failed {
+            // After a failed fdatasync the kernel may have dropped the dirty pages: nothing
+            // written since can be promised, so the log stops here.
+            fail(
+                shared,
+                p.replies,
+                StoreError::Io(format!("fdatasync of the log: {e}")),
+            );
+            return;
+        }
     }
     {
         let mut streams = shared.streams.write().unwrap_or_else(|e| e.into_inner());

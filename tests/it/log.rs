@@ -369,3 +369,90 @@ async fn a_retry_racing_its_original_lands_once() {
     }
     assert_eq!(log.head().position, 100);
 }
+
+/// `idledger bench append` under strace, with `fdatasync` answered as strace is told to.
+fn traced_bench_append(
+    dir: &std::path::Path,
+    durability: &str,
+    inject: Option<&str>,
+) -> (std::process::Output, String, usize) {
+    let data = dir.join(format!("data-{durability}-{}", inject.is_some()));
+    let acks = dir.join(format!("acks-{durability}-{}", inject.is_some()));
+    let trace = dir.join(format!("trace-{durability}-{}", inject.is_some()));
+    let mut cmd = std::process::Command::new("strace");
+    cmd.args(["-f", "-qq", "-y", "-e", "trace=fdatasync"]);
+    if let Some(i) = inject {
+        cmd.args(["-e", i]);
+    }
+    cmd.arg("-o")
+        .arg(&trace)
+        .arg(env!("CARGO_BIN_EXE_idledger"))
+        .args(["bench", "append", "--events", "400", "--writers", "8"])
+        .args(["--durability", durability])
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--ack-file")
+        .arg(&acks);
+    let out = cmd
+        .output()
+        .expect("strace is needed for this test (apt-get install strace; .ci/run installs it)");
+    let acked = std::fs::read_to_string(&acks).map_or(0, |s| s.lines().count());
+    (out, std::fs::read_to_string(&trace).unwrap(), acked)
+}
+
+/// Acknowledged means on the device: with `fdatasync` of the log's file failing, not one
+/// append may be acknowledged (a build that synced after answering, or not at all, would
+/// acknowledge them). With `durability = "process"` the same failure changes nothing,
+/// because nothing syncs the log that way: that is the risk the opt-out accepts.
+#[test]
+fn an_append_is_acknowledged_only_after_fdatasync_of_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_file = "/store/db>";
+    // Device durability, every fdatasync failing (opening syncs with fsync).
+    let (out, trace, acked) =
+        traced_bench_append(dir.path(), "device", Some("inject=fdatasync:error=EIO"));
+    assert!(
+        !out.status.success(),
+        "appends went on after a failed fdatasync"
+    );
+    assert_eq!(acked, 0, "acknowledged without the device having it");
+    assert!(
+        trace
+            .lines()
+            .any(|l| l.contains(log_file) && l.contains("EIO") && l.contains("INJECTED")),
+        "{trace}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("fdatasync"),
+        "the failure is named: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Device durability: one fdatasync of the log per group commit, at least.
+    let (out, trace, acked) = traced_bench_append(dir.path(), "device", None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(acked, 400);
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("bench prints its JSON");
+    let syncs = trace
+        .lines()
+        .filter(|l| l.contains("fdatasync(") && l.contains(log_file))
+        .count() as u64;
+    assert!(
+        syncs >= report["flushes"].as_u64().unwrap(),
+        "{syncs} fdatasyncs for {report}"
+    );
+    // Process durability: no fdatasync of the log, so the injected failure is never seen.
+    let (out, trace, acked) =
+        traced_bench_append(dir.path(), "process", Some("inject=fdatasync:error=EIO"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(acked, 400);
+    assert!(!trace.lines().any(|l| l.contains(log_file)), "{trace}");
+}

@@ -847,28 +847,26 @@ async fn commit(shared: &Shared, p: Pending) {
             return;
         }
     };
-    if let Err(e) = shared.db.flush_async().await {
-        fail(shared, p.replies, io(e));
-        return;
-    }
-    if let Some(device) = &shared.device {
-        let device = device.clone();
-        let synced = tokio::task::spawn_blocking(move || device.sync()).await;
-        let failed = match synced {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(e.to_string()),
-            Err(e) => Some(e.to_string()),
-        };
-        if let Some(e) = failed {
-            // After a failed fdatasync the kernel may have dropped the dirty pages: nothing
-            // written since can be promised, so the log stops here.
-            fail(
-                shared,
-                p.replies,
-                StoreError::Io(format!("fdatasync of the log: {e}")),
-            );
-            return;
+    let flushed = match &shared.device {
+        None => shared.db.flush_async().await.map(|_| ()).map_err(io),
+        // sled's flush and the device sync on one blocking thread: one hand-off, not two.
+        Some(device) => {
+            let (db, device) = (shared.db.clone(), device.clone());
+            let synced = tokio::task::spawn_blocking(move || {
+                db.flush().map_err(io)?;
+                // After a failed fdatasync the kernel may have dropped the dirty pages:
+                // nothing written since can be promised, so the log stops here.
+                device
+                    .sync()
+                    .map_err(|e| StoreError::Io(format!("fdatasync of the log: {e}")))
+            })
+            .await;
+            synced.unwrap_or_else(|e| Err(StoreError::Io(e.to_string())))
         }
+    };
+    if let Err(e) = flushed {
+        fail(shared, p.replies, e);
+        return;
     }
     {
         let mut streams = shared.streams.write().unwrap_or_else(|e| e.into_inner());

@@ -685,7 +685,7 @@ impl RotationService {
                     events.extend(older.into_iter().map(|w| {
                         Event::from(KeyWriteSuperseded {
                             key_write_id: w,
-                            by_rotation: id,
+                            reason: SupersedeReason::NewerRotation { rotation_id: id },
                         })
                     }));
                     if let Some(key_id) = o.key {

@@ -60,6 +60,9 @@ pub struct Config {
     /// `device` (default: acknowledged appends survive power loss) or `process` (sled's
     /// flush only: survives a killed process, not necessarily a lost machine).
     pub durability: crate::store::Durability,
+    /// Seconds a key write handed to an agent waits for its acknowledgement before it is
+    /// handed out again (the agent may have crashed).
+    pub agent_lease_secs: u64,
 }
 
 impl Config {
@@ -138,6 +141,7 @@ impl Default for Config {
             graph_timeout_secs: 30.0,
             rotation_uncertainty_secs: None,
             durability: crate::store::Durability::Device,
+            agent_lease_secs: 60,
         }
     }
 }
@@ -175,6 +179,9 @@ impl Config {
         }
         if let Some(v) = env_setting("IDLEDGER_ROTATION_UNCERTAINTY_SECS", secs)? {
             c.rotation_uncertainty_secs = Some(v);
+        }
+        if let Some(v) = env_setting("IDLEDGER_AGENT_LEASE_SECS", secs)? {
+            c.agent_lease_secs = v;
         }
         if let Some(v) = env_setting("IDLEDGER_DURABILITY", "device or process")? {
             c.durability = v;
@@ -314,6 +321,7 @@ pub async fn start_with(
         sync,
         mailer: Arc::new(mailer),
         rotation,
+        agent_lease: Duration::from_secs(config.agent_lease_secs),
     };
     Ok((state, bootstrap))
 }

@@ -335,11 +335,19 @@ pub mod user {
         pub in_sync_group: bool,
         /// The assigned hardware key.
         pub key_id: Option<KeyId>,
+        /// Key writes not yet acknowledged (queued, or delivered and unanswered).
+        pub undelivered: Vec<KeyWriteId>,
     }
 
     /// Folds one event of the user's stream.
     pub fn evolve(mut s: UserState, e: &Event) -> UserState {
         match e {
+            Event::KeyWriteQueued(e) => s.undelivered.push(e.key_write_id),
+            Event::KeyWriteConfirmed(KeyWriteConfirmed { key_write_id })
+            | Event::KeyWriteFailed(KeyWriteFailed { key_write_id, .. })
+            | Event::KeyWriteSuperseded(KeyWriteSuperseded { key_write_id, .. }) => {
+                s.undelivered.retain(|w| w != key_write_id)
+            }
             Event::UserDiscovered(_) => {
                 s.status = Status::Candidate;
                 s.in_sync_group = true;
@@ -374,6 +382,18 @@ pub mod user {
         UnassignKey,
     }
 
+    /// Every write the user's key was still owed ends with the key: a password reaches
+    /// only the key of the user it belongs to, and only while they hold it.
+    fn supersede(s: &UserState, reason: SupersedeReason) -> impl Iterator<Item = Event> + '_ {
+        s.undelivered.iter().map(move |w| {
+            KeyWriteSuperseded {
+                key_write_id: *w,
+                reason: reason.clone(),
+            }
+            .into()
+        })
+    }
+
     /// Decides a command.
     pub fn decide(s: &UserState, c: UserCommand) -> Result<Vec<Event>, Rejection> {
         match (s.status, c) {
@@ -387,20 +407,34 @@ pub mod user {
             )),
             (_, UserCommand::AssignKey(k)) => Ok(match &s.key_id {
                 Some(current) if *current == k => vec![],
-                Some(current) => vec![
-                    KeyUnassigned {
+                Some(current) => {
+                    let mut events: Vec<Event> = vec![KeyUnassigned {
                         key_id: current.clone(),
                     }
-                    .into(),
-                    KeyAssigned { key_id: k }.into(),
-                ],
+                    .into()];
+                    events.extend(supersede(
+                        s,
+                        SupersedeReason::KeyReassigned {
+                            from: current.clone(),
+                            to: k.clone(),
+                        },
+                    ));
+                    events.push(KeyAssigned { key_id: k }.into());
+                    events
+                }
                 None => vec![KeyAssigned { key_id: k }.into()],
             }),
-            (_, UserCommand::UnassignKey) => Ok(s
-                .key_id
-                .iter()
-                .map(|k| KeyUnassigned { key_id: k.clone() }.into())
-                .collect()),
+            (_, UserCommand::UnassignKey) => Ok(match &s.key_id {
+                None => vec![],
+                Some(k) => {
+                    let mut events: Vec<Event> = vec![KeyUnassigned { key_id: k.clone() }.into()];
+                    events.extend(supersede(
+                        s,
+                        SupersedeReason::KeyUnassigned { key_id: k.clone() },
+                    ));
+                    events
+                }
+            }),
             (Status::Candidate, UserCommand::Import(_)) if !s.in_sync_group => Err(
                 Rejection::Conflict("the user is no longer in the sync group".into()),
             ),
@@ -688,6 +722,65 @@ mod tests {
         assert_eq!(
             decide(&with_key, UserCommand::UnassignKey),
             Ok(vec![KeyUnassigned { key_id: key("K1") }.into()])
+        );
+    }
+
+    #[test]
+    fn taking_a_key_away_supersedes_every_write_it_was_still_owed() {
+        use user::*;
+        let key = |k: &str| KeyId(k.into());
+        let w = |n: u128| KeyWriteId(uuid::Uuid::from_u128(n));
+        let queued = |n: u128| -> Event {
+            KeyWriteQueued {
+                key_write_id: w(n),
+                rotation_id: RotationId(uuid::Uuid::from_u128(n)),
+                key_id: key("K1"),
+            }
+            .into()
+        };
+        let past = [
+            discovered(),
+            UserImported {
+                sso: SsoSettings::default(),
+            }
+            .into(),
+            KeyAssigned { key_id: key("K1") }.into(),
+            queued(1),
+            KeyWriteConfirmed { key_write_id: w(1) }.into(),
+            queued(2),
+            KeyWriteDelivered { key_write_id: w(2) }.into(),
+            queued(3),
+        ];
+        let s = given(evolve, &past);
+        assert_eq!(s.undelivered, vec![w(2), w(3)]);
+        let superseded = |n, reason: &SupersedeReason| -> Event {
+            KeyWriteSuperseded {
+                key_write_id: w(n),
+                reason: reason.clone(),
+            }
+            .into()
+        };
+        let gone = SupersedeReason::KeyUnassigned { key_id: key("K1") };
+        assert_eq!(
+            decide(&s, UserCommand::UnassignKey),
+            Ok(vec![
+                KeyUnassigned { key_id: key("K1") }.into(),
+                superseded(2, &gone),
+                superseded(3, &gone),
+            ])
+        );
+        let moved = SupersedeReason::KeyReassigned {
+            from: key("K1"),
+            to: key("K2"),
+        };
+        assert_eq!(
+            decide(&s, UserCommand::AssignKey(key("K2"))),
+            Ok(vec![
+                KeyUnassigned { key_id: key("K1") }.into(),
+                superseded(2, &moved),
+                superseded(3, &moved),
+                KeyAssigned { key_id: key("K2") }.into(),
+            ])
         );
     }
 }

@@ -306,13 +306,63 @@ pub struct KeyWriteFailed {
     pub detail: String,
 }
 
-/// A newer rotation replaced a write that was not yet delivered.
+/// A key write will never be delivered: a newer rotation replaced it, or the key was
+/// taken from its user (a password reaches only the key of the user it belongs to).
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct KeyWriteSuperseded {
-    /// The write replaced.
+    /// The write.
     pub key_write_id: KeyWriteId,
-    /// The rotation that replaced it.
-    pub by_rotation: RotationId,
+    /// Why it will not be delivered.
+    pub reason: SupersedeReason,
+}
+
+/// Why a key write was superseded.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SupersedeReason {
+    /// A newer rotation's write replaces it.
+    NewerRotation {
+        /// That rotation.
+        rotation_id: RotationId,
+    },
+    /// The key was unassigned from the user.
+    KeyUnassigned {
+        /// The key.
+        key_id: KeyId,
+    },
+    /// The user was given another key.
+    KeyReassigned {
+        /// The key the write was for.
+        from: KeyId,
+        /// The user's new key.
+        to: KeyId,
+    },
+}
+
+/// Schema 1 of [`KeyWriteSuperseded`]: only newer rotations superseded writes.
+#[derive(Deserialize)]
+struct KeyWriteSupersededV1 {
+    key_write_id: KeyWriteId,
+    by_rotation: RotationId,
+}
+
+/// Decodes payloads of schemas older than the catalogue's, into today's structs.
+fn upcast(kind: &str, schema: u16, bytes: &[u8]) -> Result<Event, CodecError> {
+    match (kind, schema) {
+        ("KeyWriteSuperseded", 1) => {
+            let v1: KeyWriteSupersededV1 = decode_exact(bytes)?;
+            Ok(Event::KeyWriteSuperseded(KeyWriteSuperseded {
+                key_write_id: v1.key_write_id,
+                reason: SupersedeReason::NewerRotation {
+                    rotation_id: v1.by_rotation,
+                },
+            }))
+        }
+        _ => Err(CodecError::UnknownKind {
+            kind: kind.to_owned(),
+            schema,
+        }),
+    }
 }
 
 /// An admin revealed the current password (break-glass).
@@ -401,7 +451,7 @@ macro_rules! event_catalogue {
             pub fn decode_payload(kind: &str, schema: u16, bytes: &[u8]) -> Result<Event, CodecError> {
                 match (kind, schema) {
                     $( ($kind, $schema) => Ok(Event::$variant(decode_exact(bytes)?)), )*
-                    _ => Err(CodecError::UnknownKind { kind: kind.to_owned(), schema }),
+                    _ => upcast(kind, schema, bytes),
                 }
             }
 
@@ -495,7 +545,7 @@ event_catalogue! {
     /// See [`KeyWriteFailed`].
     KeyWriteFailed = "KeyWriteFailed", schema 1, User;
     /// See [`KeyWriteSuperseded`].
-    KeyWriteSuperseded = "KeyWriteSuperseded", schema 1, User;
+    KeyWriteSuperseded = "KeyWriteSuperseded", schema 2, User;
     /// See [`PasswordRevealed`].
     PasswordRevealed = "PasswordRevealed", schema 1, User;
     /// See [`TokenIssued`].

@@ -33,7 +33,8 @@ impl SampleSeed {
         }
     }
 
-    fn uuid(&self, salt: u128) -> Uuid {
+    /// The uuid this seed gives for `salt` (samples use fixed salts per field).
+    pub fn uuid(&self, salt: u128) -> Uuid {
         Uuid::from_u128((u128::from(self.number) << 16) ^ salt)
     }
 
@@ -249,7 +250,18 @@ pub fn sample_event(index: usize, s: &SampleSeed) -> Option<Event> {
         .into(),
         &"KeyWriteSuperseded" => KeyWriteSuperseded {
             key_write_id,
-            by_rotation: RotationId(s.uuid(16)),
+            reason: match s.number % 3 {
+                0 => SupersedeReason::NewerRotation {
+                    rotation_id: RotationId(s.uuid(16)),
+                },
+                1 => SupersedeReason::KeyUnassigned {
+                    key_id: key_id.clone(),
+                },
+                _ => SupersedeReason::KeyReassigned {
+                    from: key_id.clone(),
+                    to: KeyId(format!("{}-next", key_id.0)),
+                },
+            },
         }
         .into(),
         &"PasswordRevealed" => PasswordRevealed {

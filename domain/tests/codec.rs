@@ -196,3 +196,50 @@ proptest! {
         prop_assert_eq!(actor_text.parse::<Actor>().unwrap(), env.actor);
     }
 }
+
+/// Records stored under an older schema of their kind, as written by an earlier build:
+/// they must decode (upcast) into today's struct.
+#[test]
+fn records_of_older_schemas_are_upcast() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../fixtures/golden/upcasts.txt"
+    ))
+    .unwrap();
+    let seed = SampleSeed::golden();
+    let mut seen = 0;
+    for line in text.lines() {
+        let mut parts = line.split(' ');
+        let (kind, schema, hex_bytes) = (
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+        );
+        let bytes = hex::decode(hex_bytes).unwrap();
+        let raw = RawRecord::parse(&bytes).unwrap();
+        assert_eq!(
+            raw.computed_hash(),
+            raw.hash,
+            "{kind}: the stored hash still holds"
+        );
+        let env = decode_record(&bytes).unwrap();
+        assert_eq!(env.kind(), kind);
+        assert!(
+            env.schema().to_string() > schema.to_owned(),
+            "{kind} {schema} is old"
+        );
+        match (kind, &env.event) {
+            ("KeyWriteSuperseded", Event::KeyWriteSuperseded(e)) => {
+                assert_eq!(
+                    e.reason,
+                    events::SupersedeReason::NewerRotation {
+                        rotation_id: RotationId(seed.uuid(16))
+                    }
+                );
+            }
+            other => panic!("no expectation for {other:?}"),
+        }
+        seen += 1;
+    }
+    assert!(seen > 0);
+}

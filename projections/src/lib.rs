@@ -46,6 +46,26 @@ pub struct Projections {
 }
 
 impl Projections {
+    /// The key writes an agent serving `keys` may be handed at `now`, oldest first: queued
+    /// ones, and delivered ones left unacknowledged for `lease` (the agent may have
+    /// crashed) — only while the write's user still holds the write's key, so a password
+    /// reaches only the key of the user it belongs to.
+    pub fn deliverable_writes<'a>(
+        &'a self,
+        keys: &'a [idledger_domain::KeyId],
+        now: DateTime<Utc>,
+        lease: chrono::Duration,
+    ) -> impl Iterator<Item = &'a KeyWriteView> + 'a {
+        self.key_writes.pending_for(keys).filter(move |w| {
+            let leased = w.state == idledger_domain::KeyWriteState::Delivered
+                && w.delivered_at.is_some_and(|t| t + lease > now);
+            let held = self.users.get(w.user_id).is_some_and(|u| {
+                u.status != UserStatus::Deleted && u.key_id.as_ref() == Some(&w.key_id)
+            });
+            held && !leased
+        })
+    }
+
     /// Empty state, before position 1.
     pub fn new() -> Self {
         Self::default()

@@ -60,6 +60,9 @@ pub struct AppState {
     pub mailer: Arc<crate::invite::Mailer>,
     /// The rotation scheduler and protocol.
     pub rotation: crate::rotation::RotationService,
+    /// How long a key write handed to an agent waits for its acknowledgement before it is
+    /// handed out again.
+    pub agent_lease: Duration,
 }
 
 /// Who may call a route.

@@ -260,10 +260,10 @@ pub async fn key_writes(
     who: Principal,
 ) -> Result<impl IntoResponse, ApiError> {
     who.require(&[Role::Agent])?;
+    let lease = chrono::Duration::from_std(s.agent_lease).unwrap_or(chrono::Duration::MAX);
     let writes: Vec<_> = {
         let p = s.projector.read();
-        p.key_writes
-            .pending_for(&who.key_ids)
+        p.deliverable_writes(&who.key_ids, Utc::now(), lease)
             .filter_map(|w| {
                 let u = p.users.get(w.user_id)?;
                 let r = p.rotations.get(w.rotation_id)?;

@@ -29,7 +29,11 @@ pub async fn spawn_app() -> App {
     };
     let (state, bootstrap) = idledger::server::start_with(
         dir.path(),
-        &idledger::server::Config::default(),
+        // Agents' leases end soon, so tests of redelivery take a second.
+        &idledger::server::Config {
+            agent_lease_secs: 1,
+            ..idledger::server::Config::default()
+        },
         idledger::sync::SyncConfig::default(),
         rotation,
     )

@@ -413,7 +413,8 @@ async fn a_newer_rotation_supersedes_a_write_not_yet_delivered() {
         w.sim_password(9).await
     );
     // Delivered but not acknowledged: a third rotation leaves it be (the agent may be
-    // writing it) and queues its own.
+    // writing it) and queues its own. The delivered one is handed out again only once
+    // its lease (1 s in these tests) has run out, not on every poll.
     w.rotate(&id).await;
     let h = w.rotations_settled(&id, 3).await;
     assert_eq!(h[1]["key_write_state"], "delivered", "{h:?}");
@@ -421,5 +422,79 @@ async fn a_newer_rotation_supersedes_a_write_not_yet_delivered() {
         .app
         .call(Some(&agent), Method::GET, "/v1/agent/key-writes", None)
         .await;
+    let items = writes["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{writes}");
+    assert_eq!(items[0]["rotation_id"], h[2]["rotation_id"]);
+    let (_, again) = w
+        .app
+        .call(Some(&agent), Method::GET, "/v1/agent/key-writes", None)
+        .await;
+    assert!(again["items"].as_array().unwrap().is_empty(), "{again}");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (_, writes) = w
+        .app
+        .call(Some(&agent), Method::GET, "/v1/agent/key-writes", None)
+        .await;
     assert_eq!(writes["items"].as_array().unwrap().len(), 2, "{writes}");
+    let deliveries = w
+        .kinds(&id)
+        .await
+        .iter()
+        .filter(|k| *k == "KeyWriteDelivered")
+        .count();
+    assert_eq!(deliveries, 4, "each delivery is an event");
+}
+
+/// A password reaches only the key of the user it belongs to: B's key, taken away and
+/// given to C, must not bring B's password to C's agent.
+#[tokio::test]
+async fn a_reassigned_key_receives_nothing_of_its_previous_holder() {
+    let w = rotating_world(json!({})).await;
+    let b = w.assign_key(3, "K-0003").await;
+    w.rotate(&b).await;
+    w.rotations_settled(&b, 1).await;
+    let (s, body) = w
+        .admin(Method::DELETE, &format!("/v1/users/{b}/key"), None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let c = w.assign_key(4, "K-0003").await;
+    let agent = w.app.token("agent", &["K-0003"]).await;
+    let (s, writes) = w
+        .app
+        .call(Some(&agent), Method::GET, "/v1/agent/key-writes", None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(writes["items"].as_array().unwrap().is_empty(), "{writes}");
+    let h = w.history(&b).await;
+    assert_eq!(h[0]["key_write_state"], "superseded", "{h:?}");
+    let (_, events) = w
+        .admin(Method::GET, &format!("/v1/users/{b}/events"), None)
+        .await;
+    let superseded = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "KeyWriteSuperseded")
+        .expect("the unassignment says what became of the write");
+    assert_eq!(
+        superseded["payload"]["reason"],
+        json!({"key_unassigned": {"key_id": "K-0003"}})
+    );
+    // C's own rotation reaches C's agent, and only C's.
+    w.rotate(&c).await;
+    w.rotations_settled(&c, 1).await;
+    let (_, writes) = w
+        .app
+        .call(Some(&agent), Method::GET, "/v1/agent/key-writes", None)
+        .await;
+    let items = writes["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{writes}");
+    assert_eq!(
+        items[0]["user_principal_name"],
+        w.user(4).await.unwrap()["user_principal_name"]
+    );
+    assert_eq!(
+        items[0]["password"].as_str().unwrap(),
+        w.sim_password(4).await
+    );
 }

@@ -63,6 +63,8 @@ pub struct Config {
     /// Seconds a key write handed to an agent waits for its acknowledgement before it is
     /// handed out again (the agent may have crashed).
     pub agent_lease_secs: u64,
+    /// Most event streams (SSE) open at once; the next is answered 503 with Retry-After.
+    pub max_event_streams: usize,
 }
 
 impl Config {
@@ -142,6 +144,7 @@ impl Default for Config {
             rotation_uncertainty_secs: None,
             durability: crate::store::Durability::Device,
             agent_lease_secs: 60,
+            max_event_streams: 256,
         }
     }
 }
@@ -182,6 +185,9 @@ impl Config {
         }
         if let Some(v) = env_setting("IDLEDGER_AGENT_LEASE_SECS", secs)? {
             c.agent_lease_secs = v;
+        }
+        if let Some(v) = env_setting("IDLEDGER_MAX_EVENT_STREAMS", "a number")? {
+            c.max_event_streams = v;
         }
         if let Some(v) = env_setting("IDLEDGER_DURABILITY", "device or process")? {
             c.durability = v;
@@ -322,6 +328,7 @@ pub async fn start_with(
         mailer: Arc::new(mailer),
         rotation,
         agent_lease: Duration::from_secs(config.agent_lease_secs),
+        event_streams: http::StreamSlots::new(config.max_event_streams),
     };
     Ok((state, bootstrap))
 }

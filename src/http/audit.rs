@@ -118,6 +118,9 @@ pub async fn export(
             axum::http::HeaderValue::from(head),
         );
     }
+    // A revoked token aborts the body (an error, so the cut export is not taken whole).
+    let revoked = Err(std::io::Error::other("the token was revoked"));
+    let pieces = super::auth::until_revoked(Box::pin(pieces), s.clone(), who, Some(revoked));
     Ok((headers, Body::from_stream(pieces)))
 }
 

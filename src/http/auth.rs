@@ -31,6 +31,15 @@ impl Principal {
         }
     }
 
+    /// The caller's token is still live: long-lived responses ask again while they run.
+    pub fn still_live(&self, s: &AppState) -> bool {
+        s.projector
+            .read()
+            .tokens
+            .get(self.token_id)
+            .is_some_and(|t| t.revoked_at.is_none())
+    }
+
     /// The actor recorded on events this caller causes.
     pub fn actor(&self) -> Actor {
         Actor::Token(self.token_id, self.role)
@@ -73,4 +82,51 @@ impl FromRequestParts<AppState> for Principal {
             key_ids: t.key_ids.clone(),
         })
     }
+}
+
+/// How often a long-lived response checks its caller's token at the least.
+pub const RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// `inner` until the caller's token is revoked: checked before every item and at least
+/// once every [`RECHECK`] while nothing comes. On revocation the stream ends after `last`
+/// (an error, for bodies that must not pass for complete) or at once.
+pub fn until_revoked<S>(
+    inner: S,
+    state: AppState,
+    who: Principal,
+    last: Option<S::Item>,
+) -> impl futures_util::Stream<Item = S::Item> + Send
+where
+    S: futures_util::Stream + Send + Unpin + 'static,
+    S::Item: Send + 'static,
+{
+    use futures_util::StreamExt;
+    let tick = tokio::time::interval(RECHECK);
+    futures_util::stream::unfold(
+        (inner, tick, last, false),
+        move |(mut inner, mut tick, mut last, ended)| {
+            let (state, who) = (state.clone(), who.clone());
+            async move {
+                if ended {
+                    return None;
+                }
+                loop {
+                    tokio::select! {
+                        biased;
+                        _ = tick.tick() => {
+                            if !who.still_live(&state) {
+                                return last.take().map(|l| (l, (inner, tick, None, true)));
+                            }
+                        }
+                        item = inner.next() => {
+                            if !who.still_live(&state) {
+                                return last.take().map(|l| (l, (inner, tick, None, true)));
+                            }
+                            return item.map(|i| (i, (inner, tick, last, false)));
+                        }
+                    }
+                }
+            }
+        },
+    )
 }

@@ -40,6 +40,9 @@ pub enum ApiError {
     /// A bounded wait ran out (a route's timeout, or `min_position` not reached).
     #[error("{0}")]
     Timeout(String),
+    /// Busy (a bounded resource is in use): retry after a few seconds.
+    #[error("{0}")]
+    Unavailable(String),
     /// A service we depend on (Graph, the mail relay) failed.
     #[error("{0}")]
     BadGateway(String),
@@ -62,6 +65,7 @@ impl ApiError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
             ApiError::Timeout(_) => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             ApiError::BadGateway(_) => (StatusCode::BAD_GATEWAY, "upstream"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -75,7 +79,14 @@ impl IntoResponse for ApiError {
             tracing::error!(error = %detail, "internal error");
         }
         let body = serde_json::json!({"error": {"code": code, "message": self.to_string()}});
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if let ApiError::Unavailable(_) = self {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("5"),
+            );
+        }
+        response
     }
 }
 

@@ -9,7 +9,7 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::IntoResponse;
 use base64::Engine;
-use idledger_domain::Role;
+use idledger_domain::{Event, Role};
 use serde::Deserialize;
 
 /// Most envelopes per page.
@@ -69,15 +69,52 @@ fn sse_event(env: &idledger_domain::Envelope) -> SseEvent {
         .data(env.to_json().to_string())
 }
 
+/// Open event streams, bounded: each stream holds a slot until it ends.
+pub struct StreamSlots {
+    open: std::sync::atomic::AtomicUsize,
+    max: usize,
+}
+
+/// One open stream's place; given back when dropped.
+pub struct StreamSlot(std::sync::Arc<StreamSlots>);
+
+impl StreamSlots {
+    /// At most `max` streams at once.
+    pub fn new(max: usize) -> std::sync::Arc<StreamSlots> {
+        std::sync::Arc::new(StreamSlots {
+            open: std::sync::atomic::AtomicUsize::new(0),
+            max,
+        })
+    }
+
+    fn take(self: &std::sync::Arc<Self>) -> Option<StreamSlot> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.open
+            .fetch_update(SeqCst, SeqCst, |n| (n < self.max).then_some(n + 1))
+            .ok()
+            .map(|_| StreamSlot(self.clone()))
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0
+            .open
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// Server-Sent Events: history from `from_position` (or after `Last-Event-ID`), then live,
 /// in order, with no gap and no duplicate. Each event's `id` is its position, so a client
-/// reconnects where it stopped.
+/// reconnects where it stopped. The stream ends at the revocation of the caller's token
+/// (nothing appended after it is sent) and is checked against it every second.
 pub async fn stream(
     State(s): State<AppState>,
     who: Principal,
     headers: HeaderMap,
     ApiQuery(q): ApiQuery<StreamQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
+    use futures_util::StreamExt;
     who.require(&[Role::Admin, Role::Auditor])?;
     let resume = headers
         .get("last-event-id")
@@ -85,23 +122,43 @@ pub async fn stream(
         .map(|v| {
             v.trim()
                 .parse::<u64>()
-                .map_err(|_| ApiError::BadRequest("Last-Event-ID: not a position".into()))
+                .ok()
+                .and_then(|last| last.checked_add(1))
+                .ok_or_else(|| ApiError::BadRequest("Last-Event-ID: not a position".into()))
         })
-        .transpose()?
-        .map(|last| last + 1);
+        .transpose()?;
     let from = resume.or(q.from_position).unwrap_or(1).max(1);
+    let slot = s.event_streams.take().ok_or_else(|| {
+        ApiError::Unavailable("too many event streams are open; retry shortly".into())
+    })?;
+    let token = who.token_id;
     let sub = crate::store::subscribe(s.log.clone(), from);
-    let events = futures_util::stream::unfold(sub, |mut sub| async move {
-        match sub.next_batch(256).await {
-            Ok(batch) => {
-                let items: Vec<Result<SseEvent, std::convert::Infallible>> =
-                    batch.iter().map(|e| Ok(sse_event(e))).collect();
-                Some((futures_util::stream::iter(items), sub))
+    let events = futures_util::stream::unfold(
+        (sub, false, slot),
+        move |(mut sub, revoked, slot)| async move {
+            if revoked {
+                return None;
             }
-            // The log closed (shutdown) or failed: end the stream; the client resumes later.
-            Err(_) => None,
-        }
-    });
-    use futures_util::StreamExt;
-    Ok(Sse::new(events.flatten()).keep_alive(KeepAlive::default()))
+            match sub.next_batch(256).await {
+                Ok(batch) => {
+                    let cut = batch.iter().position(
+                        |e| matches!(&e.event, Event::TokenRevoked(t) if t.token_id == token),
+                    );
+                    let items: Vec<Result<SseEvent, std::convert::Infallible>> = batch
+                        [..cut.unwrap_or(batch.len())]
+                        .iter()
+                        .map(|e| Ok(sse_event(e)))
+                        .collect();
+                    Some((
+                        futures_util::stream::iter(items),
+                        (sub, cut.is_some(), slot),
+                    ))
+                }
+                // The log closed (shutdown) or failed: end the stream; the client resumes later.
+                Err(_) => None,
+            }
+        },
+    );
+    let events = super::auth::until_revoked(Box::pin(events.flatten()), s.clone(), who, None);
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }

@@ -14,6 +14,7 @@ mod users;
 
 pub use auth::{new_token_text, token_hash, Principal};
 pub use error::ApiError;
+pub use events::StreamSlots;
 
 use crate::projector::Projector;
 use crate::secrets::Keyring;
@@ -63,6 +64,8 @@ pub struct AppState {
     /// How long a key write handed to an agent waits for its acknowledgement before it is
     /// handed out again.
     pub agent_lease: Duration,
+    /// Open event streams (SSE), bounded.
+    pub event_streams: Arc<events::StreamSlots>,
 }
 
 /// Who may call a route.

@@ -32,6 +32,7 @@ pub async fn spawn_app() -> App {
         // Agents' leases end soon, so tests of redelivery take a second.
         &idledger::server::Config {
             agent_lease_secs: 1,
+            max_event_streams: 8,
             ..idledger::server::Config::default()
         },
         idledger::sync::SyncConfig::default(),
@@ -73,6 +74,29 @@ impl App {
         }
         if let Some(b) = body {
             req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// A GET with extra headers; the answer as JSON (or text).
+    pub async fn call_with(
+        &self,
+        token: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, Value) {
+        let mut req = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(token);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
         }
         let resp = req.send().await.unwrap();
         let status = resp.status();
@@ -1213,4 +1237,180 @@ async fn token_create_while_stopped_and_a_wrong_master_key_is_refused() {
     );
     assert_eq!(out.0, Some(2), "{}", out.1);
     assert!(out.1.contains("the master key does not match"), "{}", out.1);
+}
+
+/// Revoking a token ends what it has open: an event stream ends within two seconds and
+/// carries nothing appended after the revocation; a streamed export is cut off with an
+/// error, never ended as if complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_a_token_ends_its_open_streams() {
+    let app = spawn_app().await;
+    let (s, issued) = app
+        .call(
+            Some(&app.admin),
+            Method::POST,
+            "/v1/tokens",
+            Some(json!({"role": "auditor", "name": "to be revoked"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{issued}");
+    let (token, token_id) = (
+        issued["token"].as_str().unwrap().to_owned(),
+        issued["id"].as_str().unwrap().to_owned(),
+    );
+    let mut stream = app
+        .http
+        .get(format!("{}/v1/events/stream", app.url))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+    app.domain("before.onmicrosoft.com").await;
+    let (s, revoked) = app
+        .call(
+            Some(&app.admin),
+            Method::DELETE,
+            &format!("/v1/tokens/{token_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{revoked}");
+    let revoked_at = revoked["position"].as_u64().unwrap();
+    for i in 0..5 {
+        app.domain(&format!("after{i}.onmicrosoft.com")).await;
+    }
+    let started = std::time::Instant::now();
+    let mut text = String::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(3), stream.chunk()).await {
+            Ok(Ok(Some(c))) => text.push_str(&String::from_utf8_lossy(&c)),
+            Ok(_) => break, // ended (cleanly or not)
+            Err(_) => panic!("the stream is still open after its token was revoked"),
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let ids: Vec<u64> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("id:"))
+        .map(|id| id.trim().parse().unwrap())
+        .collect();
+    assert!(!ids.is_empty());
+    assert!(
+        ids.iter().all(|p| *p < revoked_at),
+        "sent after the revocation at {revoked_at}: {ids:?}"
+    );
+
+    // A streamed export with a token revoked while it runs is cut off with an error.
+    let exporter = app.token("auditor", &[]).await;
+    // Enough events that the export is far from done when the token goes.
+    for u in 0..100u128 {
+        let user = crate::support::user(1000 + u);
+        let mut events = vec![crate::support::discovered(user)];
+        events.extend((0..499).map(|n| crate::support::some_user_event(n * 3)));
+        crate::support::append(
+            &app.state.log,
+            user,
+            idledger::store::ExpectedVersion::NoStream,
+            events,
+        )
+        .await;
+    }
+    let (_, tokens) = app
+        .call(Some(&app.admin), Method::GET, "/v1/tokens", None)
+        .await;
+    let exporter_id = tokens["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["role"] == "auditor" && t["revoked_at"].is_null())
+        .last()
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut export = app
+        .http
+        .get(format!("{}/v1/audit/exports/events?format=jsonl", app.url))
+        .bearer_auth(&exporter)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(export.status(), StatusCode::OK);
+    let first = export.chunk().await.unwrap();
+    assert!(first.is_some());
+    app.call(
+        Some(&app.admin),
+        Method::DELETE,
+        &format!("/v1/tokens/{exporter_id}"),
+        None,
+    )
+    .await;
+    let ended = loop {
+        match tokio::time::timeout(Duration::from_secs(3), export.chunk()).await {
+            Ok(Ok(Some(_))) => continue,
+            Ok(Ok(None)) => break "complete",
+            Ok(Err(_)) => break "aborted",
+            Err(_) => panic!("the export goes on after its token was revoked"),
+        }
+    };
+    assert_eq!(ended, "aborted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_streams_are_bounded_and_hostile_resume_points_refused() {
+    let app = spawn_app().await;
+    let (s, body) = app
+        .call_with(
+            &app.admin,
+            "/v1/events/stream",
+            &[("Last-Event-ID", "18446744073709551615")],
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+    let mut open = Vec::new();
+    for _ in 0..8 {
+        let r = app
+            .http
+            .get(format!("{}/v1/events/stream", app.url))
+            .bearer_auth(&app.admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        open.push(r);
+    }
+    let busy = app
+        .http
+        .get(format!("{}/v1/events/stream", app.url))
+        .bearer_auth(&app.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(busy.headers().contains_key("retry-after"));
+    // A closed stream gives its place back.
+    drop(open.pop());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = app
+            .http
+            .get(format!("{}/v1/events/stream", app.url))
+            .bearer_auth(&app.admin)
+            .send()
+            .await
+            .unwrap();
+        if r.status() == StatusCode::OK {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slot never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -1327,8 +1327,7 @@ async fn revoking_a_token_ends_its_open_streams() {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|t| t["role"] == "auditor" && t["revoked_at"].is_null())
-        .last()
+        .rfind(|t| t["role"] == "auditor" && t["revoked_at"].is_null())
         .unwrap()["id"]
         .as_str()
         .unwrap()

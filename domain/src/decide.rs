@@ -71,11 +71,58 @@ pub fn validate_settings(s: &DomainSettings) -> Result<(), Rejection> {
         ("graph_url", &s.graph_url),
         ("authority_url", &s.authority_url),
     ] {
-        if !(url.starts_with("https://") || url.starts_with("http://")) || url.len() > 512 {
-            return Err(invalid(field, "an http(s) URL"));
-        }
+        check_service_url(url).map_err(|m| invalid(field, m))?;
     }
     Ok(())
+}
+
+/// A URL the client secret or Graph tokens are sent to: `https://`, or `http://` to a
+/// loopback host only (graphsim in tests and the demo); no user info, a plain host,
+/// at most 512 characters.
+pub fn check_service_url(url: &str) -> Result<(), &'static str> {
+    const WHAT: &str = "an https:// URL (http:// only to a loopback host), with no user info";
+    if url.len() > 512 || url.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(WHAT);
+    }
+    let (secure, rest) = match url.split_once("://") {
+        Some(("https", rest)) => (true, rest),
+        Some(("http", rest)) => (false, rest),
+        _ => return Err(WHAT),
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.contains('@') {
+        return Err(WHAT);
+    }
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => {
+            let (host, after) = v6.split_once(']').ok_or(WHAT)?;
+            (host, after.strip_prefix(':'))
+        }
+        None => match authority.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        },
+    };
+    if port.is_some_and(|p| p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit())) {
+        return Err(WHAT);
+    }
+    let plain = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b':');
+    if !plain {
+        return Err(WHAT);
+    }
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host == "::1"
+        || host
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if secure || loopback {
+        Ok(())
+    } else {
+        Err(WHAT)
+    }
 }
 
 /// Decisions on a domain stream.
@@ -93,6 +140,8 @@ pub mod domain {
         pub settings: DomainSettings,
         /// Credentials saved.
         pub has_credentials: bool,
+        /// The saved tenant and client ids.
+        pub app: Option<(String, String)>,
         /// SSO defaults.
         pub sso: SsoSettings,
     }
@@ -105,8 +154,14 @@ pub mod domain {
                 s.settings = e.settings.clone();
             }
             Event::DomainSettingsChanged(e) => s.settings = e.settings.clone(),
-            Event::DomainCredentialsSet(_) => s.has_credentials = true,
-            Event::DomainCredentialsRemoved(_) => s.has_credentials = false,
+            Event::DomainCredentialsSet(e) => {
+                s.has_credentials = true;
+                s.app = Some((e.tenant_id.clone(), e.client_id.clone()));
+            }
+            Event::DomainCredentialsRemoved(_) => {
+                s.has_credentials = false;
+                s.app = None;
+            }
             Event::SsoDefaultsChanged(e) => s.sso = e.sso,
             Event::DomainRemoved(_) => {
                 s.removed = true;
@@ -129,8 +184,17 @@ pub mod domain {
             /// Settings.
             settings: DomainSettings,
         },
-        /// Replace the settings.
+        /// Replace the settings. Moving `graph_url` or `authority_url` of a domain with
+        /// credentials needs [`DomainCommand::ChangeSettingsWithSecret`].
         ChangeSettings(DomainSettings),
+        /// Replace the settings and save the client secret again, given in the same
+        /// request: how Graph or authority URLs of a domain with credentials change.
+        ChangeSettingsWithSecret {
+            /// The new settings.
+            settings: DomainSettings,
+            /// The client secret, sealed.
+            client_secret: SealedSecret,
+        },
         /// Save credentials (the secret already sealed).
         SetCredentials {
             /// Tenant id.
@@ -198,11 +262,46 @@ pub mod domain {
             DomainCommand::Register { .. } => unreachable!("handled above"),
             DomainCommand::ChangeSettings(settings) => {
                 validate_settings(&settings)?;
+                let moved = settings.graph_url != s.settings.graph_url
+                    || settings.authority_url != s.settings.authority_url;
+                if moved && s.has_credentials {
+                    // Otherwise the saved secret would go wherever an admin points it: a
+                    // saved secret is sent nowhere but where it was saved for.
+                    return Err(invalid(
+                        "client_secret",
+                        "changing graph_url or authority_url of a domain with credentials needs the client secret in the same request",
+                    ));
+                }
                 if settings == s.settings {
                     vec![]
                 } else {
                     vec![DomainSettingsChanged { settings }.into()]
                 }
+            }
+            DomainCommand::ChangeSettingsWithSecret {
+                settings,
+                client_secret,
+            } => {
+                validate_settings(&settings)?;
+                let Some((tenant_id, client_id)) = s.app.clone() else {
+                    return Err(invalid(
+                        "client_secret",
+                        "the domain has no credentials to go with it; save tenant_id, client_id and client_secret first",
+                    ));
+                };
+                let mut events: Vec<Event> = Vec::new();
+                if settings != s.settings {
+                    events.push(DomainSettingsChanged { settings }.into());
+                }
+                events.push(
+                    DomainCredentialsSet {
+                        tenant_id,
+                        client_id,
+                        client_secret,
+                    }
+                    .into(),
+                );
+                events
             }
             DomainCommand::SetCredentials {
                 tenant_id,
@@ -230,6 +329,39 @@ pub mod domain {
             DomainCommand::SetSsoDefaults(sso) => vec![SsoDefaultsChanged { sso }.into()],
             DomainCommand::Remove => vec![DomainRemoved {}.into()],
         })
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn service_urls_are_https_or_loopback_http() {
+            for ok in [
+                "https://graph.microsoft.com",
+                "https://login.microsoftonline.us/",
+                "https://graph.example:8443/v1",
+                "http://127.0.0.1:8090",
+                "http://localhost:1234/x",
+                "http://[::1]:80",
+            ] {
+                assert_eq!(check_service_url(ok), Ok(()), "{ok}");
+            }
+            for bad in [
+                "http://attacker.example",
+                "http://10.0.0.1",
+                "ftp://graph.microsoft.com",
+                "https://user:pw@graph.microsoft.com",
+                "https://127.0.0.1@attacker.example",
+                "http://127.0.0.1.attacker.example",
+                "https://",
+                "https://graph.microsoft.com:port",
+                "https://graph microsoft.com",
+                "graph.microsoft.com",
+            ] {
+                assert!(check_service_url(bad).is_err(), "{bad}");
+            }
+        }
     }
 }
 

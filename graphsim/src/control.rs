@@ -161,6 +161,19 @@ pub async fn password_log(
     Json(json!(items)).into_response()
 }
 
+/// `PUT /_sim/link-host` body: the host links in answers name (`null`: the one asked).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkHost {
+    host: Option<String>,
+}
+
+/// Makes answers link to another host, as a hostile or broken Graph would.
+pub async fn link_host(State(sim): State<Sim>, Json(l): Json<LinkHost>) -> StatusCode {
+    sim.lock().link_host = l.host;
+    StatusCode::NO_CONTENT
+}
+
 /// Adds a member.
 pub async fn add_member(
     State(sim): State<Sim>,

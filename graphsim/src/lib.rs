@@ -54,6 +54,7 @@ pub fn router(sim: Sim) -> Router {
         )
         .route("/_sim/users/{id}/password", get(control::password))
         .route("/_sim/password-log", get(control::password_log))
+        .route("/_sim/link-host", axum::routing::put(control::link_host))
         .route(
             "/_sim/groups/{group}/members/{user}",
             post(control::add_member).delete(control::remove_member),
@@ -90,7 +91,12 @@ async fn loopback_only(req: Request, next: Next) -> Response {
 }
 
 /// Logs the request, applies a matching fault, and stamps `request-id` on the answer.
-async fn log_and_faults(State(sim): State<Sim>, req: Request, next: Next) -> Response {
+async fn log_and_faults(State(sim): State<Sim>, mut req: Request, next: Next) -> Response {
+    if let Some(host) = sim.lock().link_host.clone() {
+        if let Ok(v) = HeaderValue::from_str(&host) {
+            req.headers_mut().insert(axum::http::header::HOST, v);
+        }
+    }
     let method = req.method().as_str().to_owned();
     let path = req.uri().path().to_owned();
     let headers = req

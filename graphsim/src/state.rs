@@ -156,6 +156,9 @@ pub struct Inner {
     pub requests: VecDeque<LoggedRequest>,
     /// Every password Graph set, in the order it set them.
     pub password_log: VecDeque<PasswordSet>,
+    /// When set, links in answers (`@odata.nextLink`, `@odata.deltaLink`, `Location`)
+    /// name this host instead of the one asked: a hostile or broken Graph, for tests.
+    pub link_host: Option<String>,
 }
 
 /// One password set through Graph's `PATCH /users/{id}` (`GET /_sim/password-log`): what a

@@ -78,6 +78,16 @@ fn trim(url: &str) -> &str {
     url.trim_end_matches('/')
 }
 
+/// Scheme, host and port of a URL: where a request (and its token) would go.
+fn origin(url: &str) -> Option<(String, String, Option<u16>)> {
+    let u = reqwest::Url::parse(url).ok()?;
+    Some((
+        u.scheme().to_owned(),
+        u.host_str()?.to_ascii_lowercase(),
+        u.port_or_known_default(),
+    ))
+}
+
 fn host_of(url: &str) -> String {
     reqwest::Url::parse(url)
         .ok()
@@ -122,6 +132,8 @@ impl GraphClient {
     /// A client with its own connection pool.
     pub fn new(settings: GraphSettings, retry: RetryPolicy) -> Result<Self, GraphError> {
         let http = reqwest::Client::builder()
+            // A redirect could carry the client secret or a token elsewhere: none followed.
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(retry.request_timeout)
             .connect_timeout(Duration::from_secs(10))
             .pool_max_idle_per_host(16)
@@ -263,6 +275,10 @@ impl GraphClient {
         body: Option<&Value>,
         mut uncertain: Option<&mut bool>,
     ) -> Result<Option<Value>, GraphError> {
+        match (origin(url), origin(&self.settings.graph_url)) {
+            (Some(to), Some(graph)) if to == graph => {}
+            _ => return Err(GraphError::ForeignLink(host_of(url))),
+        }
         let mut refreshed = false;
         let mut attempt = 0;
         loop {

@@ -39,6 +39,12 @@ pub enum GraphError {
     /// An answer that does not have Graph's shape.
     #[error("unexpected answer: {0}")]
     Decode(String),
+    /// Graph's answer pointed somewhere other than the configured Graph host (a next or
+    /// delta link); it was not followed, so the token went nowhere else.
+    #[error(
+        "Graph sent a link to {0}, which is not the configured Graph host; it was not followed"
+    )]
+    ForeignLink(String),
 }
 
 impl GraphError {

@@ -305,17 +305,48 @@ async fn run(
     respond(s, id, position, StatusCode::OK).await
 }
 
-/// Changes settings.
+/// Changes settings. Moving `graph_url` or `authority_url` of a domain with credentials
+/// needs `client_secret` in the same body (saved again, sealed); without it, 422.
 pub async fn patch(
     State(s): State<AppState>,
     who: Principal,
     IdPath(id): IdPath,
-    ApiJson(body): ApiJson<SettingsPatch>,
+    ApiJson(mut body): ApiJson<serde_json::Map<String, Value>>,
 ) -> Result<impl IntoResponse, ApiError> {
-    run(&s, &who, DomainId(id), |st| {
-        DomainCommand::ChangeSettings(body.clone().apply(st.settings.clone()))
+    who.require(&[Role::Admin])?;
+    let secret: Option<Secret> = body
+        .remove("client_secret")
+        .map(|v| from_json(json!({ "client_secret": v })).map(|h: SecretOnly| h.client_secret))
+        .transpose()?;
+    let patch: SettingsPatch = from_json(Value::Object(body))?;
+    let id = DomainId(id);
+    if s.projector.read().domains.get(id).is_none() {
+        return Err(ApiError::NotFound("domain".into()));
+    }
+    // Sealed once, before deciding: a retried decision reuses the same sealed secret.
+    let sealed = secret
+        .map(|sec| s.keyring.seal(&StreamId::domain(id), &sec))
+        .transpose()?;
+    let answer = run(&s, &who, id, |st| {
+        let settings = patch.clone().apply(st.settings.clone());
+        match &sealed {
+            None => DomainCommand::ChangeSettings(settings),
+            Some(client_secret) => DomainCommand::ChangeSettingsWithSecret {
+                settings,
+                client_secret: client_secret.clone(),
+            },
+        }
     })
-    .await
+    .await?;
+    s.sync.supervise();
+    Ok(answer)
+}
+
+/// The secret of a settings change, read apart from the settings.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SecretOnly {
+    client_secret: Secret,
 }
 
 /// Removes a domain (its history stays).

@@ -731,3 +731,38 @@ async fn the_control_api_takes_graph_user_objects() {
         .unwrap();
     assert_eq!(pw, json!({"password": "First-Key-2026!", "changes": 0}));
 }
+
+/// A token endpoint that redirects elsewhere does not get the client secret carried
+/// there: redirects are not followed.
+#[tokio::test]
+async fn the_token_request_follows_no_redirect() {
+    use axum::routing::post;
+    let evil = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let evil_url = format!("http://{}", evil.local_addr().unwrap());
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = evil.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(s);
+        }
+    });
+    let redirect_to = format!("{evil_url}/steal");
+    let app = axum::Router::new().route(
+        "/{tenant}/oauth2/v2.0/token",
+        post(move || {
+            let to = redirect_to.clone();
+            async move { axum::response::Redirect::temporary(&to) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let c = client(&url, "contoso-demo-secret");
+    let err = c.domains().await.unwrap_err();
+    assert!(
+        matches!(err, GraphError::Token { status: 307, .. }),
+        "{err:?}"
+    );
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+}

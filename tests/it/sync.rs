@@ -827,3 +827,83 @@ async fn keys_are_assigned_to_imported_users_one_user_per_key() {
         ]
     );
 }
+
+/// A loopback listener that counts the connections it gets: where a secret or a token
+/// must never go.
+async fn attacker() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(socket);
+        }
+    });
+    (host, hits)
+}
+
+/// A saved client secret can never be read back: moving where it is sent needs the secret
+/// itself, plain http goes to loopback only, and a link from Graph to another host is not
+/// followed (the token never goes there).
+#[tokio::test]
+async fn a_saved_secret_goes_nowhere_but_where_it_was_saved_for() {
+    let w = world(json!({})).await;
+    let (evil, hits) = attacker().await;
+    let path = format!("/v1/domains/{}", w.domain);
+    for moved in [
+        json!({"authority_url": format!("http://{evil}")}),
+        json!({"graph_url": format!("http://{evil}")}),
+        json!({"authority_url": "https://login.attacker.example"}),
+    ] {
+        let (s, body) = w.admin(Method::PATCH, &path, Some(moved.clone())).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{moved}: {body}");
+        assert!(body.to_string().contains("client_secret"), "{body}");
+    }
+    for not_https in ["http://attacker.example", "http://10.1.2.3:80"] {
+        let (s, body) = w
+            .admin(
+                Method::PATCH,
+                &path,
+                Some(json!({"authority_url": not_https, "client_secret": SECRET})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    }
+    let run = w.sync().await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    // With the secret in the same request the move is allowed (and saves it again).
+    let (_, before) = w.admin(Method::GET, &path, None).await;
+    let (s, after) = w
+        .admin(
+            Method::PATCH,
+            &path,
+            Some(json!({"sync_interval_minutes": 30, "authority_url": w.sim, "client_secret": SECRET})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{after}");
+    assert_ne!(
+        before["credentials"]["updated_at"],
+        after["credentials"]["updated_at"]
+    );
+
+    // Graph links to another host: the run fails naming it, and nothing reaches it.
+    w.sim(
+        Method::PUT,
+        "/_sim/link-host",
+        Some(json!({"host": evil.clone()})),
+    )
+    .await;
+    w.sim(Method::POST, "/_sim/delta/expire", None).await;
+    let run = w.sync_domain(&w.domain).await;
+    assert_eq!(run["status"], "failed", "{run}");
+    assert!(
+        run["error"]
+            .as_str()
+            .unwrap()
+            .contains("not the configured Graph host"),
+        "{run}"
+    );
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+}

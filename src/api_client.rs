@@ -115,8 +115,10 @@ impl ServeProcess {
             .port();
         let url = format!("http://127.0.0.1:{port}");
         let mut cmd = std::process::Command::new(program);
+        // Benchmarks, the demo and tests: their data dirs are throwaway.
         cmd.args([
             "serve",
+            "--allow-master-key-in-data-dir",
             "--listen",
             &format!("127.0.0.1:{port}"),
             "--data-dir",

@@ -262,6 +262,7 @@ pub async fn api(args: ApiArgs) -> Result<ExitCode, CliError> {
                 &format!("127.0.0.1:{p1}"),
                 "--log-format",
                 "json",
+                "--allow-master-key-in-data-dir",
             ])
             .arg("--data-dir")
             .arg(&args.data_dir)

@@ -47,6 +47,8 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode, CliError> {
 
     let config = Config {
         listen: args.listen.clone(),
+        // A demo's data dir is throwaway: its master key may sit inside it.
+        allow_master_key_in_data_dir: true,
         ..Config::default()
     };
     let (state, _) = start_with(
@@ -209,18 +211,16 @@ async fn register(admin: &ApiClient, sim_url: &str) -> Result<Value, CliError> {
         return Ok(d);
     };
     let id = d["id"].as_str().unwrap_or_default();
+    // Moving where the secret goes needs the secret itself in the same request.
     admin
         .call(
             Method::PATCH,
             &format!("/v1/domains/{id}"),
-            Some(json!({"graph_url": sim_url, "authority_url": sim_url})),
-        )
-        .await?;
-    admin
-        .call(
-            Method::PUT,
-            &format!("/v1/domains/{id}/credentials"),
-            Some(credentials),
+            Some(json!({
+                "graph_url": sim_url,
+                "authority_url": sim_url,
+                "client_secret": credentials["client_secret"],
+            })),
         )
         .await
 }

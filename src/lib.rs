@@ -16,6 +16,7 @@ pub mod graph;
 pub mod http;
 pub mod inspect;
 pub mod invite;
+pub mod keystore;
 pub mod password;
 pub mod progress;
 pub mod projector;

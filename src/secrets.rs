@@ -11,7 +11,7 @@ use idledger_domain::{DataKeyId, SealedSecret, StreamId};
 use rand::RngCore;
 use std::collections::HashMap;
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 /// A secret value in memory: never printed, never logged.
@@ -62,16 +62,33 @@ pub enum SecretsError {
     /// Reading or writing the key store or key file failed.
     #[error("key store: {0}")]
     Storage(String),
+    /// The master key is missing, or kept where it must not be.
+    #[error("{0}")]
+    Placement(String),
 }
 
-/// Durable storage of wrapped data keys (sled's `keys` tree in production).
+/// `path` lies inside `dir` (both as they resolve; a file yet to be made by its parent).
+fn inside(path: &Path, dir: &Path) -> bool {
+    let resolve = |p: &Path| {
+        std::fs::canonicalize(p).ok().or_else(|| {
+            let parent = std::fs::canonicalize(p.parent()?).ok()?;
+            Some(parent.join(p.file_name()?))
+        })
+    };
+    match (resolve(path), std::fs::canonicalize(dir)) {
+        (Some(p), Ok(d)) => p.starts_with(d),
+        _ => false,
+    }
+}
+
+/// Durable storage of wrapped data keys ([`crate::keystore::KeyFile`] in production).
 pub trait KeyStorage: Send + Sync {
     /// Reads a value.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, SecretsError>;
-    /// Writes a value durably (flushed before returning).
-    fn put(&self, key: &[u8], value: &[u8]) -> Result<(), SecretsError>;
-    /// Deletes a value durably.
-    fn remove(&self, key: &[u8]) -> Result<(), SecretsError>;
+    /// Writes values durably (on the device before returning).
+    fn put_all(&self, entries: &[(&[u8], &[u8])]) -> Result<(), SecretsError>;
+    /// Deletes values durably, leaving no readable copy in the storage's files.
+    fn remove_all(&self, keys: &[&[u8]]) -> Result<(), SecretsError>;
 }
 
 /// The 32-byte master key.
@@ -96,22 +113,41 @@ impl MasterKey {
         Ok(MasterKey(key))
     }
 
-    /// `IDLEDGER_MASTER_KEY` if set, else `<data_dir>/master.key`, created (mode 0600) when
-    /// missing. Returns the key and whether it was just created.
-    pub fn load_or_create(data_dir: &Path) -> Result<(Self, bool), SecretsError> {
+    /// The master key: `IDLEDGER_MASTER_KEY` (base64) if set; else the file `file`, or
+    /// `<data_dir>/master.key` when `allow_in_data_dir`, created (0600) when missing. A key
+    /// file inside the data dir is refused unless allowed: whoever copies the data dir
+    /// would have the key with what it protects. Returns the key and the path of a file
+    /// just created.
+    pub fn load(
+        data_dir: &Path,
+        file: Option<&Path>,
+        allow_in_data_dir: bool,
+    ) -> Result<(Self, Option<PathBuf>), SecretsError> {
         if let Ok(text) = std::env::var("IDLEDGER_MASTER_KEY") {
-            return Ok((Self::from_base64(&text)?, false));
+            return Ok((Self::from_base64(&text)?, None));
         }
-        let path = data_dir.join("master.key");
+        let path = match file {
+            Some(f) => f.to_path_buf(),
+            None if allow_in_data_dir => data_dir.join("master.key"),
+            None => return Err(SecretsError::Placement(
+                "no master key given: pass --master-key-file PATH (a file outside the data dir, created if missing) or IDLEDGER_MASTER_KEY, or --allow-master-key-in-data-dir to keep it at <data-dir>/master.key".into(),
+            )),
+        };
+        if !allow_in_data_dir && inside(&path, data_dir) {
+            return Err(SecretsError::Placement(format!(
+                "the master key file {} is inside the data dir it protects; keep it elsewhere, or pass --allow-master-key-in-data-dir",
+                path.display()
+            )));
+        }
         if path.exists() {
             let text =
                 std::fs::read_to_string(&path).map_err(|e| SecretsError::Storage(e.to_string()))?;
-            return Ok((Self::from_base64(&text)?, false));
+            return Ok((Self::from_base64(&text)?, None));
         }
         let mut key = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut key);
         write_private(&path, format!("{}\n", B64.encode(key)).as_bytes())?;
-        Ok((MasterKey(key), true))
+        Ok((MasterKey(key), Some(path)))
     }
 
     fn cipher(&self) -> XChaCha20Poly1305 {
@@ -195,7 +231,7 @@ impl Keyring {
         match storage.get(CHECK_KEY)? {
             None => {
                 let (nonce, ct) = seal_with(&cipher, CHECK_TEXT, CHECK_KEY);
-                storage.put(CHECK_KEY, &[&nonce[..], &ct].concat())?;
+                storage.put_all(&[(CHECK_KEY, &[&nonce[..], &ct].concat())])?;
             }
             Some(v) if v.len() > 24 => {
                 let nonce: [u8; 24] = v[..24]
@@ -259,9 +295,11 @@ impl Keyring {
         let mut key = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut key);
         let (nonce, ct) = seal_with(&self.master.cipher(), &key, id.0.as_bytes());
-        self.storage
-            .put(&data_key_key(id), &[&nonce[..], &ct].concat())?;
-        self.storage.put(&subject_key(stream), id.0.as_bytes())?;
+        // Both in one durable write: a subject never points at a missing key.
+        self.storage.put_all(&[
+            (&data_key_key(id), &[&nonce[..], &ct].concat()),
+            (&subject_key(stream), id.0.as_bytes()),
+        ])?;
         Ok((id, key))
     }
 
@@ -300,18 +338,22 @@ impl Keyring {
             .map_err(|_| SecretsError::Unseal)
     }
 
-    /// Crypto-shreds `stream`'s subject: every secret sealed for it becomes unreadable.
+    /// Crypto-shreds `stream`'s subject: every secret sealed for it becomes unreadable,
+    /// and its data key is in no file of the data dir any more.
     pub fn shred(&self, stream: &StreamId) -> Result<(), SecretsError> {
-        if let Some(v) = self.storage.get(&subject_key(stream))? {
+        let subject = subject_key(stream);
+        if let Some(v) = self.storage.get(&subject)? {
+            let mut gone = vec![subject.clone()];
             if let Ok(u) = uuid::Uuid::from_slice(&v) {
                 let id = DataKeyId(u);
-                self.storage.remove(&data_key_key(id))?;
+                gone.push(data_key_key(id));
                 self.cache
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .remove(&id);
             }
-            self.storage.remove(&subject_key(stream))?;
+            let keys: Vec<&[u8]> = gone.iter().map(Vec::as_slice).collect();
+            self.storage.remove_all(&keys)?;
         }
         Ok(())
     }
@@ -321,30 +363,14 @@ impl Keyring {
 mod tests {
     use super::*;
 
-    #[derive(Default)]
-    struct MemStorage(Mutex<HashMap<Vec<u8>, Vec<u8>>>);
-
-    impl KeyStorage for MemStorage {
-        fn get(&self, k: &[u8]) -> Result<Option<Vec<u8>>, SecretsError> {
-            Ok(self.0.lock().unwrap().get(k).cloned())
-        }
-        fn put(&self, k: &[u8], v: &[u8]) -> Result<(), SecretsError> {
-            self.0.lock().unwrap().insert(k.to_vec(), v.to_vec());
-            Ok(())
-        }
-        fn remove(&self, k: &[u8]) -> Result<(), SecretsError> {
-            self.0.lock().unwrap().remove(k);
-            Ok(())
-        }
-    }
-
     fn master(b: u8) -> MasterKey {
         MasterKey([b; 32])
     }
 
     #[test]
     fn seal_unseal_bind_the_stream_and_shred() {
-        let storage = Arc::new(MemStorage::default());
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Arc::new(crate::keystore::KeyFile::open(dir.path()).unwrap());
         let ring = Keyring::open(master(1), storage.clone()).unwrap();
         let d = StreamId::domain(idledger_domain::DomainId(uuid::Uuid::from_u128(1)));
         let other = StreamId::domain(idledger_domain::DomainId(uuid::Uuid::from_u128(2)));

@@ -3,9 +3,10 @@
 
 use crate::cli::CliError;
 use crate::http::{self, new_token_text, token_hash, AppState, Metrics};
+use crate::keystore::KeyFile;
 use crate::projector::Projector;
 use crate::rotation::{RotationConfig, RotationService};
-use crate::secrets::{write_private, Keyring, MasterKey};
+use crate::secrets::{write_private, KeyStorage, Keyring, MasterKey};
 use crate::store::{AppendRequest, EventLog, ExpectedVersion, SledEventLog};
 use crate::sync::{Engine, SyncConfig, SyncService};
 use clap::Args;
@@ -33,6 +34,14 @@ pub struct ServeArgs {
     /// `text` or `json`.
     #[arg(long)]
     pub log_format: Option<String>,
+    /// The master key's file, outside the data dir (created, 0600, when missing). Back it
+    /// up apart from the data: without it no sealed secret can be read.
+    #[arg(long, env = "IDLEDGER_MASTER_KEY_FILE")]
+    pub master_key_file: Option<PathBuf>,
+    /// Keep the master key at `<data-dir>/master.key`, next to what it protects (demos
+    /// and tests; not for production).
+    #[arg(long, env = "IDLEDGER_ALLOW_MASTER_KEY_IN_DATA_DIR")]
+    pub allow_master_key_in_data_dir: bool,
 }
 
 /// Settings: defaults, then the TOML file, then `IDLEDGER_*` variables, then flags.
@@ -65,6 +74,10 @@ pub struct Config {
     pub agent_lease_secs: u64,
     /// Most event streams (SSE) open at once; the next is answered 503 with Retry-After.
     pub max_event_streams: usize,
+    /// The master key's file (see `--master-key-file`).
+    pub master_key_file: Option<PathBuf>,
+    /// Allow the master key inside the data dir (see `--allow-master-key-in-data-dir`).
+    pub allow_master_key_in_data_dir: bool,
 }
 
 impl Config {
@@ -145,6 +158,8 @@ impl Default for Config {
             durability: crate::store::Durability::Device,
             agent_lease_secs: 60,
             max_event_streams: 256,
+            master_key_file: None,
+            allow_master_key_in_data_dir: false,
         }
     }
 }
@@ -198,6 +213,10 @@ impl Config {
         if let Some(v) = &args.log_format {
             c.log_format = v.clone();
         }
+        if let Some(v) = &args.master_key_file {
+            c.master_key_file = Some(v.clone());
+        }
+        c.allow_master_key_in_data_dir |= args.allow_master_key_in_data_dir;
         c.check()?;
         Ok(c)
     }
@@ -241,24 +260,6 @@ pub async fn issue_token(
     Ok((token_id, text, done.last_position))
 }
 
-/// Opens everything `serve` needs, with the default sync settings and the outbox mailer.
-pub async fn start(
-    data_dir: &Path,
-    request_timeout: Duration,
-) -> Result<(AppState, Option<PathBuf>), CliError> {
-    let config = Config {
-        request_timeout_secs: request_timeout.as_secs().max(1),
-        ..Config::default()
-    };
-    start_with(
-        data_dir,
-        &config,
-        SyncConfig::default(),
-        RotationConfig::default(),
-    )
-    .await
-}
-
 /// Opens everything `serve` needs and starts the sync workers. On a log with no live
 /// token, writes a bootstrap admin token to `<data-dir>/admin.token` (0600) and returns
 /// that path.
@@ -271,14 +272,36 @@ pub async fn start_with(
     let request_timeout = Duration::from_secs(config.request_timeout_secs);
     let mailer = crate::invite::Mailer::new(config.smtp.as_ref(), data_dir)
         .map_err(|e| CliError::Other(e.to_string()))?;
+    let secrets = |e: crate::secrets::SecretsError| CliError::Other(e.to_string());
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| CliError::Other(format!("{}: {e}", data_dir.display())))?;
+    let (master, created) = MasterKey::load(
+        data_dir,
+        config.master_key_file.as_deref(),
+        config.allow_master_key_in_data_dir,
+    )
+    .map_err(secrets)?;
     let log = SledEventLog::open_with(data_dir, config.durability)?;
-    let (master, created) =
-        MasterKey::load_or_create(data_dir).map_err(|e| CliError::Other(e.to_string()))?;
-    if created {
-        tracing::warn!(path = %data_dir.join("master.key").display(), "created a new master key: back it up, without it no sealed secret can be read");
+    private_dir(data_dir)?;
+    if let Some(path) = created {
+        tracing::warn!(path = %path.display(), "created a new master key: back it up apart from the data dir, without it no sealed secret can be read");
     }
-    let keyring =
-        Keyring::open(master, log.key_storage()?).map_err(|e| CliError::Other(e.to_string()))?;
+    let keys = Arc::new(KeyFile::open(data_dir).map_err(secrets)?);
+    let legacy = log.legacy_keys()?;
+    if !legacy.is_empty() && keys.get(b"master-check").map_err(secrets)?.is_none() {
+        // An earlier build kept wrapped keys in sled: move them to the key store file.
+        let entries: Vec<(&[u8], &[u8])> = legacy
+            .iter()
+            .map(|(k, v)| (k.as_slice(), v.as_slice()))
+            .collect();
+        keys.put_all(&entries).map_err(secrets)?;
+        log.drop_legacy_keys()?;
+        tracing::info!(
+            count = legacy.len(),
+            "moved the wrapped data keys from sled to the key store file"
+        );
+    }
+    let keyring = Keyring::open(master, keys).map_err(secrets)?;
     let projector = Projector::start(log.clone());
     projector
         .wait_for(log.head().position, Duration::from_secs(600))
@@ -333,6 +356,33 @@ pub async fn start_with(
     Ok((state, bootstrap))
 }
 
+/// The data dir and everything in it readable by its owner only: 0700 directories, 0600
+/// files. (`serve` also sets its umask, so what it makes later is private too.)
+fn private_dir(dir: &Path) -> Result<(), CliError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |path: &Path, m: u32| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(m))
+                .map_err(|e| CliError::Other(format!("{}: {e}", path.display())))
+        };
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            mode(&d, 0o700)?;
+            for entry in std::fs::read_dir(&d)? {
+                let entry = entry?;
+                let kind = entry.file_type()?;
+                if kind.is_dir() {
+                    stack.push(entry.path());
+                } else if kind.is_file() {
+                    mode(&entry.path(), 0o600)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -354,6 +404,9 @@ async fn shutdown_signal() {
 
 /// Runs `idledger serve`.
 pub async fn serve(args: ServeArgs, config: Config) -> Result<ExitCode, CliError> {
+    // Whatever this process creates is its user's alone.
+    #[cfg(unix)]
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let (state, _) = start_with(&args.data_dir, &config, config.sync(), config.rotation()).await?;
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await

@@ -300,8 +300,18 @@ fn csv_record<S: AsRef<[u8]>>(values: impl IntoIterator<Item = S>, out: &mut Vec
     out.push(b'\n');
 }
 
-/// Appends one CSV field, quoted if it must be.
+/// Appends one CSV field of free text, quoted if it must be. Text that a spreadsheet
+/// would run as a formula (it begins with `=`, `+`, `-`, `@`, a tab or a carriage return:
+/// OWASP's list) gets a leading `'`, so a display name like `=HYPERLINK(…)` stays text.
 fn csv_field(v: &[u8], out: &mut Vec<u8>) {
+    let formula = matches!(v.first(), Some(b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r'));
+    let guarded;
+    let v = if formula {
+        guarded = [&b"'"[..], v].concat();
+        &guarded[..]
+    } else {
+        v
+    };
     if v.iter().any(|b| matches!(b, b',' | b'"' | b'\n' | b'\r')) {
         out.push(b'"');
         for &b in v {
@@ -794,6 +804,35 @@ mod tests {
                 proptest::prop_assert_eq!(String::from_utf8(out).unwrap(), time(at));
             }
         }
+    }
+
+    #[test]
+    fn text_a_spreadsheet_would_run_is_written_as_text() {
+        let values = [
+            "=HYPERLINK(\"http://x\",\"y\")",
+            "+1",
+            "-2",
+            "@SUM(A1)",
+            "\tx",
+            "ok=1",
+        ];
+        let mut out = Vec::new();
+        csv_record(values, &mut out);
+        let mut r = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .from_reader(&out[..]);
+        let rec = r.records().next().unwrap().unwrap();
+        assert_eq!(
+            rec.iter().collect::<Vec<_>>(),
+            [
+                "'=HYPERLINK(\"http://x\",\"y\")",
+                "'+1",
+                "'-2",
+                "'@SUM(A1)",
+                "'\tx",
+                "ok=1"
+            ]
+        );
     }
 
     #[test]

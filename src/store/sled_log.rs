@@ -316,13 +316,29 @@ impl SledEventLog {
         Ok(Arc::new(SledEventLog { shared, tx }))
     }
 
-    /// The `keys` tree, for the keyring: wrapped data keys, never in the log.
-    pub fn key_storage(&self) -> Result<Arc<dyn crate::secrets::KeyStorage>, StoreError> {
+    /// Wrapped data keys an earlier build kept in sled's `keys` tree, to move to the key
+    /// store file ([`crate::keystore`]); none on a store that never had them.
+    pub fn legacy_keys(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        if !self
+            .shared
+            .db
+            .tree_names()
+            .iter()
+            .any(|n| n.as_ref() == b"keys")
+        {
+            return Ok(vec![]);
+        }
         let tree = self.shared.db.open_tree("keys").map_err(io)?;
-        Ok(Arc::new(SledKeyStorage {
-            db: self.shared.db.clone(),
-            tree,
-        }))
+        tree.iter()
+            .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(io))
+            .collect()
+    }
+
+    /// Drops the `keys` tree once its entries were moved.
+    pub fn drop_legacy_keys(&self) -> Result<(), StoreError> {
+        self.shared.db.drop_tree("keys").map_err(io)?;
+        self.shared.db.flush().map_err(io)?;
+        Ok(())
     }
 
     /// How far an acknowledged append has gone.
@@ -895,32 +911,4 @@ async fn commit(shared: &Shared, p: Pending) {
     }
     // No subscriber is fine: the projector may not have started yet.
     let _ = shared.live.send(Arc::from(p.envelopes));
-}
-
-/// The keyring's storage: a sled tree flushed on every change, so a data key is durable
-/// before any event sealed with it is appended.
-struct SledKeyStorage {
-    db: sled::Db,
-    tree: sled::Tree,
-}
-
-impl crate::secrets::KeyStorage for SledKeyStorage {
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, crate::secrets::SecretsError> {
-        self.tree
-            .get(key)
-            .map(|v| v.map(|v| v.to_vec()))
-            .map_err(|e| crate::secrets::SecretsError::Storage(e.to_string()))
-    }
-
-    fn put(&self, key: &[u8], value: &[u8]) -> Result<(), crate::secrets::SecretsError> {
-        let storage = |e: sled::Error| crate::secrets::SecretsError::Storage(e.to_string());
-        self.tree.insert(key, value).map_err(storage)?;
-        self.db.flush().map(|_| ()).map_err(storage)
-    }
-
-    fn remove(&self, key: &[u8]) -> Result<(), crate::secrets::SecretsError> {
-        let storage = |e: sled::Error| crate::secrets::SecretsError::Storage(e.to_string());
-        self.tree.remove(key).map_err(storage)?;
-        self.db.flush().map(|_| ()).map_err(storage)
-    }
 }

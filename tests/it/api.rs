@@ -33,6 +33,7 @@ pub async fn spawn_app() -> App {
         &idledger::server::Config {
             agent_lease_secs: 1,
             max_event_streams: 8,
+            allow_master_key_in_data_dir: true,
             ..idledger::server::Config::default()
         },
         idledger::sync::SyncConfig::default(),
@@ -1188,9 +1189,17 @@ async fn token_create_while_stopped_and_a_wrong_master_key_is_refused() {
     let created: Value = serde_json::from_slice(&out.stdout).unwrap();
     let agent = created["token"].as_str().unwrap().to_owned();
     // The server starts on that data dir; the agent token is live, so no bootstrap token.
-    let (state, bootstrap) = idledger::server::start(&data, Duration::from_secs(30))
-        .await
-        .unwrap();
+    let (state, bootstrap) = idledger::server::start_with(
+        &data,
+        &idledger::server::Config {
+            allow_master_key_in_data_dir: true,
+            ..idledger::server::Config::default()
+        },
+        idledger::sync::SyncConfig::default(),
+        idledger::rotation::RotationConfig::default(),
+    )
+    .await
+    .unwrap();
     assert!(bootstrap.is_none());
     let keys = {
         let p = state.projector.read();
@@ -1412,4 +1421,84 @@ async fn event_streams_are_bounded_and_hostile_resume_points_refused() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The master key is kept apart from the data it protects unless explicitly allowed, and
+/// the data dir is its owner's alone: 0700 directories, 0600 files.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_master_key_lives_apart_and_the_data_dir_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let port = crate::support::free_port();
+    let serve = |extra: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_idledger"));
+        cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--data-dir")
+            .arg(&data)
+            .args(extra)
+            .env_remove("IDLEDGER_MASTER_KEY")
+            .env_remove("IDLEDGER_ALLOW_MASTER_KEY_IN_DATA_DIR");
+        cmd
+    };
+    let out = serve(&[]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--master-key-file"), "{err}");
+    let inside = data.join("master.key");
+    let out = serve(&["--master-key-file", inside.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("inside the data dir"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!inside.exists());
+
+    // Outside the data dir it is created (0600), and serve runs.
+    let key_file = dir.path().join("secrets").join("idledger.key");
+    std::fs::create_dir_all(key_file.parent().unwrap()).unwrap();
+    let mut child = serve(&["--master-key-file", key_file.to_str().unwrap()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while reqwest::get(format!("{url}/healthz")).await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "serve did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let token = std::fs::read_to_string(data.join("admin.token")).unwrap();
+    let r = reqwest::Client::new()
+        .post(format!("{url}/v1/domains"))
+        .bearer_auth(token.trim())
+        .json(&json!({"domain": "private.onmicrosoft.com", "tenant_id": "6f1a2b3c-4d5e-4f60-8a7b-9c0d1e2f3a4b",
+                      "client_id": "11111111-2222-4333-8444-555555555555", "client_secret": "s3cret-for-the-keystore"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&key_file), 0o600);
+    assert!(!data.join("master.key").exists());
+    let mut stack = vec![data.clone()];
+    let mut files = 0;
+    while let Some(d) = stack.pop() {
+        assert_eq!(mode(&d), 0o700, "{}", d.display());
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                assert_eq!(mode(&path), 0o600, "{}", path.display());
+                files += 1;
+            }
+        }
+    }
+    assert!(files >= 3, "keystore, store files, admin.token");
 }

@@ -440,8 +440,9 @@ fn check_history(
     graph_log: &[Value],
 ) -> Vec<String> {
     let store = SledEventLog::open(data).unwrap();
-    let (master, _) = MasterKey::load_or_create(data).unwrap();
-    let keyring = Keyring::open(master, store.key_storage().unwrap()).unwrap();
+    let (master, _) = MasterKey::load(data, None, true).unwrap();
+    let keys = idledger::keystore::KeyFile::open(data).unwrap();
+    let keyring = Keyring::open(master, std::sync::Arc::new(keys)).unwrap();
     let mut problems = Vec::new();
     for (user, external) in targets {
         let user_id = UserId(user.parse().unwrap());

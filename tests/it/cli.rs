@@ -228,6 +228,12 @@ fn demo_syncs_contoso_from_graphsim_and_a_second_run_adds_nothing() {
             "{raw}\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        assert!(!out.stderr.is_empty(), "the demo logs");
+        assert!(
+            !out.stderr.contains(&0x1b),
+            "colour codes in piped logs: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let lines: Vec<String> = raw
             .lines()
             .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))

@@ -12,9 +12,12 @@ use std::process::Command;
 use std::sync::Arc;
 use uuid::Uuid;
 
-/// The `idledger` binary built for these tests.
+/// The `idledger` binary built for these tests (its data dirs are throwaway: the master
+/// key may sit inside them).
 pub fn idledger() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_idledger"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_idledger"));
+    cmd.env("IDLEDGER_ALLOW_MASTER_KEY_IN_DATA_DIR", "true");
+    cmd
 }
 
 pub fn user(n: u128) -> UserId {

@@ -907,3 +907,92 @@ async fn a_saved_secret_goes_nowhere_but_where_it_was_saved_for() {
     );
     assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
+
+/// Deleting a user destroys their secrets for real: the wrapped data key is in no file of
+/// the data dir afterwards (in any encoding the key store uses), and the master key can
+/// no longer open the user's sealed password.
+#[tokio::test]
+async fn a_deleted_users_data_key_is_in_no_file_and_their_password_opens_no_more() {
+    use base64::Engine;
+    use idledger::secrets::{KeyStorage, Keyring, MasterKey};
+    use idledger::store::EventLog;
+    let w = world(json!({"auto_import": true, "removal_behavior": "delete"})).await;
+    w.sync().await;
+    let id = w.user(5).await.unwrap()["id"].as_str().unwrap().to_owned();
+    let (s, body) = w
+        .admin(
+            Method::PUT,
+            &format!("/v1/users/{id}/key"),
+            Some(json!({"key_id": "K-0005"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let (s, body) = w
+        .admin(Method::POST, &format!("/v1/users/{id}/rotate"), None)
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{body}");
+    let stream = idledger_domain::StreamId::user(idledger_domain::UserId(id.parse().unwrap()));
+    let sealed = {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let events = w.app.state.log.read_stream(&stream, 1, usize::MAX).unwrap();
+            let started = events.iter().find_map(|e| match &e.event {
+                idledger_domain::Event::RotationStarted(r) => Some(r.sealed_password.clone()),
+                _ => None,
+            });
+            if let Some(s) = started {
+                break s;
+            }
+            assert!(Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let data = w.app.dir.path();
+    let (master, _) = MasterKey::load(data, None, true).unwrap();
+    let keys = std::sync::Arc::new(idledger::keystore::KeyFile::open(data).unwrap());
+    let wrapped = keys
+        .get(format!("dk:{}", sealed.key_id).as_bytes())
+        .unwrap()
+        .expect("the user's data key is stored while the user lives");
+    assert!(Keyring::open(master.clone(), keys)
+        .unwrap()
+        .unseal(&stream, &sealed)
+        .is_ok());
+
+    w.leave(5).await;
+    w.sync().await;
+    let (_, gone) = w.admin(Method::GET, &format!("/v1/users/{id}"), None).await;
+    assert_eq!(gone["status"], "deleted", "{gone}");
+
+    let needles = [
+        wrapped.clone(),
+        base64::engine::general_purpose::STANDARD
+            .encode(&wrapped)
+            .into_bytes(),
+    ];
+    let mut stack = vec![data.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let bytes = std::fs::read(&path).unwrap();
+            for n in &needles {
+                assert!(
+                    !bytes.windows(n.len()).any(|w| w == n.as_slice()),
+                    "the deleted user's data key is still in {}",
+                    path.display()
+                );
+            }
+        }
+    }
+    let keys = std::sync::Arc::new(idledger::keystore::KeyFile::open(data).unwrap());
+    assert!(matches!(
+        Keyring::open(master, keys)
+            .unwrap()
+            .unseal(&stream, &sealed),
+        Err(idledger::secrets::SecretsError::MissingKey(_))
+    ));
+}

@@ -1,0 +1,274 @@
+//! The key store: wrapped data keys in one file of the data dir (`keystore`), never in
+//! the log and never in sled.
+//!
+//! sled keeps superseded pages in its file until it rewrites a segment, so a key removed
+//! from a sled tree could still be read from `store/db`. Here a removal rewrites the whole
+//! file (a new file written, `fdatasync`ed, renamed over the old one, the directory
+//! `fsync`ed): afterwards no file of the data dir holds the key. What remains is what the
+//! file system and the device still hold in freed blocks; see ARCHITECTURE.md.
+//!
+//! Additions are appended and made durable before they are used (a sealed secret is only
+//! ever written to the log under a key that is on the device). Concurrent additions share
+//! one `fdatasync`; concurrent removals share one rewrite.
+//!
+//! Format: a header line, then one `base64(key) base64(value)` line per entry; a later
+//! line for the same key wins. A torn last line (a crash mid-append) belongs to an entry
+//! never used, and is dropped on open.
+
+use crate::secrets::{KeyStorage, SecretsError};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+const HEADER: &str = "idledger keystore 1\n";
+
+fn storage(e: impl std::fmt::Display) -> SecretsError {
+    SecretsError::Storage(e.to_string())
+}
+
+/// What the lock guards: the entries, the append handle, and how far changes are durable.
+struct State {
+    entries: BTreeMap<Vec<u8>, Vec<u8>>,
+    file: std::fs::File,
+    /// Appends made, counted, and how many of them are known durable.
+    appended: u64,
+    synced: u64,
+    /// Removals made, counted, and how many of them a rewrite has carried out.
+    removed: u64,
+    rewritten: u64,
+}
+
+/// The key store file.
+pub struct KeyFile {
+    path: PathBuf,
+    state: Mutex<State>,
+    /// Held while syncing or rewriting, so that one of them serves every change before it.
+    persist: Mutex<()>,
+}
+
+impl std::fmt::Debug for KeyFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeyFile({})", self.path.display())
+    }
+}
+
+/// Where the key store of a data dir lives.
+pub fn path_in(data_dir: &Path) -> PathBuf {
+    data_dir.join("keystore")
+}
+
+fn parse(text: &str) -> Result<(BTreeMap<Vec<u8>, Vec<u8>>, bool), SecretsError> {
+    let body = text
+        .strip_prefix(HEADER)
+        .ok_or_else(|| storage("the key store file has an unknown format"))?;
+    let mut entries = BTreeMap::new();
+    let torn = !body.is_empty() && !body.ends_with('\n');
+    let whole = match body.rfind('\n') {
+        Some(i) if torn => &body[..=i],
+        None if torn => "",
+        _ => body,
+    };
+    for (n, line) in whole.lines().enumerate() {
+        let (k, v) = line
+            .split_once(' ')
+            .ok_or_else(|| storage(format!("key store line {}: not `key value`", n + 2)))?;
+        let k = B64.decode(k).map_err(storage)?;
+        let v = B64.decode(v).map_err(storage)?;
+        entries.insert(k, v);
+    }
+    Ok((entries, torn))
+}
+
+fn line(k: &[u8], v: &[u8]) -> String {
+    format!("{} {}\n", B64.encode(k), B64.encode(v))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), SecretsError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(storage)
+}
+
+/// Writes `entries` as the whole new file at `path`: temporary file, `fdatasync`, rename,
+/// directory `fsync`.
+fn rewrite(path: &Path, entries: &BTreeMap<Vec<u8>, Vec<u8>>) -> Result<(), SecretsError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut text = String::from(HEADER);
+    for (k, v) in entries {
+        text.push_str(&line(k, v));
+    }
+    crate::secrets::write_private(&tmp, text.as_bytes())?;
+    std::fs::rename(&tmp, path).map_err(storage)?;
+    sync_dir(dir)
+}
+
+fn append_handle(path: &Path) -> Result<std::fs::File, SecretsError> {
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(|e| storage(format!("{}: {e}", path.display())))
+}
+
+impl KeyFile {
+    /// Opens the data dir's key store, creating it empty if there is none.
+    pub fn open(data_dir: &Path) -> Result<KeyFile, SecretsError> {
+        let path = path_in(data_dir);
+        let entries = match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let (entries, torn) = parse(&text)?;
+                if torn {
+                    rewrite(&path, &entries)?;
+                }
+                entries
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let entries = BTreeMap::new();
+                rewrite(&path, &entries)?;
+                entries
+            }
+            Err(e) => return Err(storage(format!("{}: {e}", path.display()))),
+        };
+        Ok(KeyFile {
+            state: Mutex::new(State {
+                entries,
+                file: append_handle(&path)?,
+                appended: 0,
+                synced: 0,
+                removed: 0,
+                rewritten: 0,
+            }),
+            path,
+            persist: Mutex::new(()),
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes append number `upto` durable: an `fdatasync` of the file, unless another
+    /// caller's sync or a rewrite already covered it.
+    fn sync_through(&self, upto: u64) -> Result<(), SecretsError> {
+        let _one = self.persist.lock().unwrap_or_else(|e| e.into_inner());
+        let (file, target) = {
+            let s = self.state();
+            if s.synced >= upto {
+                return Ok(());
+            }
+            (s.file.try_clone().map_err(storage)?, s.appended)
+        };
+        file.sync_data().map_err(storage)?;
+        let mut s = self.state();
+        s.synced = s.synced.max(target);
+        Ok(())
+    }
+
+    /// Rewrites the file from the entries as they are, unless a rewrite that began after
+    /// removal number `upto` already did. A rewrite makes every append before it durable.
+    fn rewrite_through(&self, upto: u64) -> Result<(), SecretsError> {
+        let _one = self.persist.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = self.state();
+        if s.rewritten >= upto {
+            return Ok(());
+        }
+        // Appends wait while the file is replaced (the state lock is held throughout).
+        rewrite(&self.path, &s.entries)?;
+        s.file = append_handle(&self.path)?;
+        s.rewritten = s.removed;
+        s.synced = s.appended;
+        Ok(())
+    }
+}
+
+impl KeyStorage for KeyFile {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, SecretsError> {
+        Ok(self.state().entries.get(key).cloned())
+    }
+
+    fn put_all(&self, entries: &[(&[u8], &[u8])]) -> Result<(), SecretsError> {
+        let (appended, replaced) = {
+            let mut s = self.state();
+            let mut text = String::new();
+            let mut replaced = false;
+            for (k, v) in entries {
+                replaced |= s.entries.get(*k).is_some_and(|old| old != v);
+                s.entries.insert(k.to_vec(), v.to_vec());
+                text.push_str(&line(k, v));
+            }
+            s.file.write_all(text.as_bytes()).map_err(storage)?;
+            s.appended += 1;
+            if replaced {
+                // The old value must not stay readable in the file.
+                s.removed += 1;
+                (0, Some(s.removed))
+            } else {
+                (s.appended, None)
+            }
+        };
+        match replaced {
+            Some(removal) => self.rewrite_through(removal),
+            None => self.sync_through(appended),
+        }
+    }
+
+    fn remove_all(&self, keys: &[&[u8]]) -> Result<(), SecretsError> {
+        let upto = {
+            let mut s = self.state();
+            let mut removed = false;
+            for k in keys {
+                removed |= s.entries.remove(*k).is_some();
+            }
+            if !removed {
+                return Ok(());
+            }
+            s.removed += 1;
+            s.removed
+        };
+        self.rewrite_through(upto)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_survive_reopening_and_removed_ones_leave_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let ks = KeyFile::open(dir.path()).unwrap();
+        ks.put_all(&[(b"a", b"one"), (b"b", b"two")]).unwrap();
+        ks.put_all(&[(b"c", b"three-secret")]).unwrap();
+        ks.remove_all(&[b"c"]).unwrap();
+        drop(ks);
+        let bytes = std::fs::read(path_in(dir.path())).unwrap();
+        let needle = B64.encode(b"three-secret");
+        assert!(!String::from_utf8_lossy(&bytes).contains(&needle));
+        let ks = KeyFile::open(dir.path()).unwrap();
+        assert_eq!(ks.get(b"a").unwrap().as_deref(), Some(&b"one"[..]));
+        assert_eq!(ks.get(b"c").unwrap(), None);
+    }
+
+    #[test]
+    fn a_torn_last_line_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let ks = KeyFile::open(dir.path()).unwrap();
+        ks.put_all(&[(b"a", b"one")]).unwrap();
+        drop(ks);
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(path_in(dir.path()))
+            .unwrap();
+        f.write_all(b"YmFk aGFsZi13cml").unwrap();
+        drop(f);
+        let ks = KeyFile::open(dir.path()).unwrap();
+        assert_eq!(ks.get(b"a").unwrap().as_deref(), Some(&b"one"[..]));
+        assert_eq!(ks.get(b"bad").unwrap(), None);
+        let text = std::fs::read_to_string(path_in(dir.path())).unwrap();
+        assert!(text.ends_with('\n'));
+    }
+}

@@ -25,13 +25,16 @@ use std::sync::{Mutex, MutexGuard};
 
 const HEADER: &str = "idledger keystore 1\n";
 
+/// Entries by key: what the file holds.
+type Entries = BTreeMap<Vec<u8>, Vec<u8>>;
+
 fn storage(e: impl std::fmt::Display) -> SecretsError {
     SecretsError::Storage(e.to_string())
 }
 
 /// What the lock guards: the entries, the append handle, and how far changes are durable.
 struct State {
-    entries: BTreeMap<Vec<u8>, Vec<u8>>,
+    entries: Entries,
     file: std::fs::File,
     /// Appends made, counted, and how many of them are known durable.
     appended: u64,
@@ -60,7 +63,8 @@ pub fn path_in(data_dir: &Path) -> PathBuf {
     data_dir.join("keystore")
 }
 
-fn parse(text: &str) -> Result<(BTreeMap<Vec<u8>, Vec<u8>>, bool), SecretsError> {
+/// The entries of a key store file's text, and whether its last line was torn.
+fn parse(text: &str) -> Result<(Entries, bool), SecretsError> {
     let body = text
         .strip_prefix(HEADER)
         .ok_or_else(|| storage("the key store file has an unknown format"))?;
@@ -94,7 +98,7 @@ fn sync_dir(dir: &Path) -> Result<(), SecretsError> {
 
 /// Writes `entries` as the whole new file at `path`: temporary file, `fdatasync`, rename,
 /// directory `fsync`.
-fn rewrite(path: &Path, entries: &BTreeMap<Vec<u8>, Vec<u8>>) -> Result<(), SecretsError> {
+fn rewrite(path: &Path, entries: &Entries) -> Result<(), SecretsError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = path.with_extension("tmp");
     let _ = std::fs::remove_file(&tmp);

@@ -92,6 +92,9 @@ struct Job {
     reply: oneshot::Sender<Result<Appended, AppendError>>,
 }
 
+/// A wrapped data key as an earlier build kept it in sled: its key and value.
+pub type LegacyKey = (Vec<u8>, Vec<u8>);
+
 /// The sled event log. Share it behind an `Arc`.
 pub struct SledEventLog {
     shared: Arc<Shared>,
@@ -318,7 +321,7 @@ impl SledEventLog {
 
     /// Wrapped data keys an earlier build kept in sled's `keys` tree, to move to the key
     /// store file ([`crate::keystore`]); none on a store that never had them.
-    pub fn legacy_keys(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn legacy_keys(&self) -> Result<Vec<LegacyKey>, StoreError> {
         if !self
             .shared
             .db

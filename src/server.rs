@@ -331,6 +331,9 @@ pub async fn start_with(
         },
         sync,
     );
+    sync.close_interrupted_runs()
+        .await
+        .map_err(|e| CliError::Other(e.to_string()))?;
     sync.supervise();
     let rotation = RotationService::start(
         Engine {

@@ -174,6 +174,19 @@ pub async fn link_host(State(sim): State<Sim>, Json(l): Json<LinkHost>) -> Statu
     StatusCode::NO_CONTENT
 }
 
+/// `PUT /_sim/token-lifetime` body: the `expires_in` token answers claim (`null`: the truth).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenLifetime {
+    expires_in: Option<u64>,
+}
+
+/// Makes token answers claim another lifetime, as a hostile endpoint might.
+pub async fn token_lifetime(State(sim): State<Sim>, Json(t): Json<TokenLifetime>) -> StatusCode {
+    sim.lock().claimed_expires_in = t.expires_in;
+    StatusCode::NO_CONTENT
+}
+
 /// Adds a member.
 pub async fn add_member(
     State(sim): State<Sim>,

@@ -903,7 +903,9 @@ pub async fn token(
         exp: now + ttl,
     };
     let token = jwt::sign(&claims, &sim.token_key[..]);
-    Json(json!({"token_type": "Bearer", "expires_in": ttl, "ext_expires_in": ttl, "access_token": token})).into_response()
+    // A hostile or broken token endpoint may claim any lifetime (`PUT /_sim/token-lifetime`).
+    let expires_in = inner.claimed_expires_in.map_or(json!(ttl), |n| json!(n));
+    Json(json!({"token_type": "Bearer", "expires_in": expires_in, "ext_expires_in": expires_in, "access_token": token})).into_response()
 }
 
 /// `GET /{tenant}/v2.0/.well-known/openid-configuration`.

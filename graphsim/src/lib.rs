@@ -56,6 +56,10 @@ pub fn router(sim: Sim) -> Router {
         .route("/_sim/password-log", get(control::password_log))
         .route("/_sim/link-host", axum::routing::put(control::link_host))
         .route(
+            "/_sim/token-lifetime",
+            axum::routing::put(control::token_lifetime),
+        )
+        .route(
             "/_sim/groups/{group}/members/{user}",
             post(control::add_member).delete(control::remove_member),
         )

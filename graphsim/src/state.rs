@@ -159,6 +159,8 @@ pub struct Inner {
     /// When set, links in answers (`@odata.nextLink`, `@odata.deltaLink`, `Location`)
     /// name this host instead of the one asked: a hostile or broken Graph, for tests.
     pub link_host: Option<String>,
+    /// When set, token answers claim this `expires_in` whatever the token's real lifetime.
+    pub claimed_expires_in: Option<u64>,
 }
 
 /// One password set through Graph's `PATCH /users/{id}` (`GET /_sim/password-log`): what a

@@ -125,7 +125,8 @@ fn api_error(status: StatusCode, body: &[u8], request_id: Option<String>) -> Gra
 fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
     let s = resp.headers().get("retry-after")?.to_str().ok()?;
     let secs: f64 = s.trim().parse().ok()?;
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+    // `from_secs_f64` panics past Duration's range: a peer's number never reaches it.
+    Duration::try_from_secs_f64(secs).ok()
 }
 
 impl GraphClient {
@@ -208,7 +209,8 @@ impl GraphClient {
         let token = v["access_token"]
             .as_str()
             .ok_or_else(|| GraphError::Decode("token response without access_token".into()))?;
-        let expires_in = v["expires_in"].as_u64().unwrap_or(3599);
+        // A peer's number: bounded (a day) before any arithmetic.
+        let expires_in = v["expires_in"].as_u64().unwrap_or(3599).min(86_400);
         // Refresh five minutes early (or at half the lifetime of a short-lived token).
         let early = (expires_in / 2).min(300);
         let token = Secret::new(token);

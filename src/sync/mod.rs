@@ -376,6 +376,46 @@ impl SyncService {
         })
     }
 
+    /// Closes every run an earlier process left running (it died mid-run) as failed, so no
+    /// run stays `running` for ever. Call once at start, before any worker runs.
+    pub async fn close_interrupted_runs(&self) -> Result<usize, SyncError> {
+        let engine = &self.inner.engine;
+        engine.settle().await?;
+        let stuck: Vec<(DomainId, SyncRunId)> = {
+            let p = engine.projector.read();
+            p.domains
+                .all()
+                .into_iter()
+                .flat_map(|d| p.domains.runs_of(d.id))
+                .filter(|r| r.status == SyncRunStatus::Running)
+                .map(|r| (r.domain_id, r.run_id))
+                .collect()
+        };
+        for (domain, run_id) in &stuck {
+            let failed = SyncRunFailed {
+                run_id: *run_id,
+                error: "interrupted by a restart".into(),
+                graph_code: None,
+            };
+            crate::store::append_correlated(
+                &*engine.log,
+                StreamId::domain(*domain),
+                ExpectedVersion::Any,
+                &Actor::System,
+                Some(run_id.0),
+                vec![failed.into()],
+            )
+            .await?;
+        }
+        if !stuck.is_empty() {
+            tracing::warn!(
+                runs = stuck.len(),
+                "closed sync runs an earlier process left running"
+            );
+        }
+        Ok(stuck.len())
+    }
+
     /// Applies the removals a quarantined run held back, to the users still out of the
     /// sync group. Returns the position of the last event.
     pub async fn approve(

@@ -686,3 +686,56 @@ async fn no_new_password_while_a_held_request_may_still_land() {
     let (report, code) = verify(&data);
     assert_eq!(code, 0, "{report}");
 }
+
+/// A run that was going when the process died is closed as failed by the next process:
+/// no run stays `running` for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_interrupted_by_a_crash_is_closed_on_restart() {
+    use reqwest::Method;
+    use serde_json::json;
+    let (sim, _sim) = graphsim::spawn(
+        idledger::api_client::contoso::directory().unwrap(),
+        graphsim::SimConfig::default(),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let mut first = Serve::start(&data, None).await;
+    let d = first
+        .call(
+            Method::POST,
+            "/v1/domains",
+            Some(json!({
+                "domain": "contoso.onmicrosoft.com",
+                "tenant_id": "6f1a2b3c-4d5e-4f60-8a7b-9c0d1e2f3a4b",
+                "client_id": "11111111-2222-4333-8444-555555555555",
+                "client_secret": "contoso-demo-secret",
+                "graph_url": sim, "authority_url": sim,
+            })),
+        )
+        .await;
+    let domain = d["id"].as_str().unwrap().to_owned();
+    add_fault(
+        &sim,
+        json!({"path_prefix": "/v1.0/groups", "delay_ms": 20000, "count": 100}),
+    )
+    .await;
+    let run = first
+        .call(Method::POST, &format!("/v1/domains/{domain}/sync"), None)
+        .await;
+    let run = run["run_id"].as_str().unwrap().to_owned();
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    let second = Serve::start(&data, None).await;
+    let r = second
+        .call(
+            Method::GET,
+            &format!("/v1/domains/{domain}/sync-runs/{run}"),
+            None,
+        )
+        .await;
+    assert_eq!(r["status"], "failed", "{r}");
+    assert_eq!(r["error"], "interrupted by a restart", "{r}");
+}

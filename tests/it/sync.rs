@@ -996,3 +996,26 @@ async fn a_deleted_users_data_key_is_in_no_file_and_their_password_opens_no_more
         Err(idledger::secrets::SecretsError::MissingKey(_))
     ));
 }
+
+/// A peer's numbers never panic the engine: a token answer claiming a lifetime of
+/// u64::MAX seconds, or a Retry-After past any duration, leaves the run to finish.
+#[tokio::test]
+async fn absurd_numbers_from_graph_do_not_stop_a_run() {
+    let w = world(json!({"auto_import": true})).await;
+    w.sim(
+        Method::PUT,
+        "/_sim/token-lifetime",
+        Some(json!({"expires_in": u64::MAX})),
+    )
+    .await;
+    w.sim(
+        Method::POST,
+        "/_sim/faults",
+        Some(
+            json!({"status": 429, "retry_after": 1e300, "path_prefix": "/v1.0/groups", "count": 1}),
+        ),
+    )
+    .await;
+    let run = w.sync().await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+}

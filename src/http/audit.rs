@@ -161,13 +161,19 @@ pub async fn timeline(
     State(s): State<AppState>,
     who: Principal,
     IdPath(id): IdPath,
+    ApiQuery(q): ApiQuery<TimelineQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     who.require(&[Role::Admin, Role::Auditor])?;
+    s.reach(q.min_position).await?;
     let stream = StreamId::user(UserId(id));
-    let events = s.log.read_stream(&stream, 1, usize::MAX)?;
-    if events.is_empty() {
+    if s.log.stream_version(&stream) == 0 {
         return Err(ApiError::NotFound("user".into()));
     }
+    // The cursor is the stream version of the last event sent.
+    let from = q.after.unwrap_or(0).saturating_add(1);
+    let wanted = q.limit.unwrap_or(100).min(super::MAX_PAGE);
+    let events = s.log.read_stream(&stream, from, wanted.saturating_add(1))?;
+    let (events, next) = super::page_of(events.into_iter(), q.limit, |e| e.version)?;
     let items: Vec<Value> = events
         .iter()
         .map(|e| {
@@ -183,7 +189,16 @@ pub async fn timeline(
             })
         })
         .collect();
-    Ok(page(items, None))
+    Ok(page(items, next))
+}
+
+/// `GET /v1/users/{id}/timeline` query.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimelineQuery {
+    limit: Option<usize>,
+    after: Option<u64>,
+    min_position: Option<u64>,
 }
 
 /// The area of the story an event belongs to.

@@ -257,22 +257,36 @@ pub async fn create(
     respond(&s, id, position, StatusCode::CREATED).await
 }
 
-/// Lists domains (removed ones included, flagged).
+/// `GET /v1/domains` query.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainsQuery {
+    limit: Option<usize>,
+    after: Option<uuid::Uuid>,
+    min_position: Option<u64>,
+}
+
+/// Lists domains (removed ones included, flagged) in id order, paged.
 pub async fn list(
     State(s): State<AppState>,
     who: Principal,
-    ApiQuery(q): ApiQuery<Consistency>,
+    ApiQuery(q): ApiQuery<DomainsQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     who.require(&[Role::Admin, Role::Auditor])?;
     s.reach(q.min_position).await?;
     let p = s.projector.read();
+    let mut all = p.domains.all();
+    all.sort_by_key(|d| d.id);
+    let domains = all
+        .into_iter()
+        .filter(|d| q.after.is_none_or(|a| d.id.0 > a));
+    let (items, next) = super::page_of(domains, q.limit, |d| d.id)?;
     Ok(page(
-        p.domains
-            .all()
+        items
             .into_iter()
             .map(|d| domain_json(&p.domains, d))
             .collect(),
-        None,
+        next,
     ))
 }
 

@@ -236,6 +236,13 @@ pub fn operations() -> Vec<Operation> {
             get(sync::get_one),
         ),
         op(
+            M::GET,
+            "/v1/domains/{id}/sync-runs/{run}/outcomes",
+            Read,
+            "A sync run's per-user outcomes, paged",
+            get(sync::run_outcomes),
+        ),
+        op(
             M::POST,
             "/v1/domains/{id}/sync-runs/{run}/approve",
             Admin,
@@ -569,6 +576,32 @@ impl AppState {
                 .await?,
         )
     }
+}
+
+/// Most items one page of any collection holds.
+pub const MAX_PAGE: usize = 1000;
+
+/// One page of `items`, which the caller has positioned after the request's cursor: at
+/// most `limit` (1 to [`MAX_PAGE`], default 100) of them, and the cursor of the next page
+/// (`cursor` of the last item taken) when more follow. Every collection pages so.
+pub fn page_of<T, C: std::fmt::Display>(
+    items: impl Iterator<Item = T>,
+    limit: Option<usize>,
+    cursor: impl Fn(&T) -> C,
+) -> Result<(Vec<T>, Option<String>), ApiError> {
+    let limit = limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(ApiError::BadRequest(format!("limit: 1 to {MAX_PAGE}")));
+    }
+    let mut taken = Vec::new();
+    for item in items {
+        if taken.len() == limit {
+            let next = taken.last().map(|l| cursor(l).to_string());
+            return Ok((taken, next));
+        }
+        taken.push(item);
+    }
+    Ok((taken, None))
 }
 
 /// A collection page: `{"items":[…],"next":CURSOR_OR_NULL}`.

@@ -5,7 +5,7 @@
 
 use super::auth::Principal;
 use super::error::{ApiError, ApiJson, ApiQuery, IdPath};
-use super::{page, AppState};
+use super::{page, page_of, AppState};
 use crate::rotation::{ManualStart, RotationError};
 use crate::store::ExpectedVersion;
 use axum::extract::State;
@@ -91,13 +91,22 @@ pub async fn rotate(
     Ok((StatusCode::ACCEPTED, Json(answer)))
 }
 
-/// Every rotation of the user, oldest first: times, reason, outcome, Graph's code, actor,
-/// key-write state. Never a password.
+/// `GET /v1/users/{id}/password-history` query.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryQuery {
+    limit: Option<usize>,
+    after: Option<uuid::Uuid>,
+    min_position: Option<u64>,
+}
+
+/// Every rotation of the user, oldest first, paged: times, reason, outcome, Graph's code,
+/// actor, key-write state. Never a password.
 pub async fn history(
     State(s): State<AppState>,
     who: Principal,
     IdPath(id): IdPath,
-    ApiQuery(q): ApiQuery<super::Consistency>,
+    ApiQuery(q): ApiQuery<HistoryQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     who.require(&[Role::Admin, Role::Auditor])?;
     s.reach(q.min_position).await?;
@@ -107,9 +116,14 @@ pub async fn history(
         .users
         .get(user)
         .ok_or_else(|| ApiError::NotFound("user".into()))?;
-    let items: Vec<Value> = p
+    // Rotation ids are UUIDv7: oldest first is ascending id order.
+    let rotations = p
         .rotations
         .of_user(user)
+        .filter(|r| q.after.is_none_or(|a| r.rotation_id.0 > a));
+    let (rotations, next) = page_of(rotations, q.limit, |r| r.rotation_id)?;
+    let items: Vec<Value> = rotations
+        .into_iter()
         .map(|r| {
             json!({
                 "rotation_id": r.rotation_id,
@@ -128,7 +142,7 @@ pub async fn history(
             })
         })
         .collect();
-    Ok(page(items, None))
+    Ok(page(items, next))
 }
 
 /// `POST /v1/users/{id}/password/reveal` body.
@@ -212,6 +226,9 @@ pub async fn reveal(
 #[serde(deny_unknown_fields)]
 pub struct UpcomingQuery {
     within_days: Option<u32>,
+    limit: Option<usize>,
+    /// How many of the soonest were sent already (the list is computed afresh).
+    after: Option<usize>,
     min_position: Option<u64>,
 }
 
@@ -249,8 +266,17 @@ pub async fn upcoming(
             })
         })
         .collect();
-    items.sort_by_key(|(at, _)| *at);
-    Ok(page(items.into_iter().map(|(_, v)| v).collect(), None))
+    items.sort_by(|(a, x), (b, y)| {
+        a.cmp(b)
+            .then_with(|| x["user_id"].to_string().cmp(&y["user_id"].to_string()))
+    });
+    let skip = q.after.unwrap_or(0);
+    let (items, next) = page_of(
+        items.into_iter().map(|(_, v)| v).enumerate().skip(skip),
+        q.limit,
+        |(i, _)| i + 1,
+    )?;
+    Ok(page(items.into_iter().map(|(_, v)| v).collect(), next))
 }
 
 /// The agent's pending key writes, oldest first, with the passwords. Each delivery is
@@ -258,12 +284,14 @@ pub async fn upcoming(
 pub async fn key_writes(
     State(s): State<AppState>,
     who: Principal,
+    ApiQuery(q): ApiQuery<AgentQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     who.require(&[Role::Agent])?;
     let lease = chrono::Duration::from_std(s.agent_lease).unwrap_or(chrono::Duration::MAX);
-    let writes: Vec<_> = {
+    let (writes, more) = {
         let p = s.projector.read();
-        p.deliverable_writes(&who.key_ids, Utc::now(), lease)
+        let deliverable = p
+            .deliverable_writes(&who.key_ids, Utc::now(), lease)
             .filter_map(|w| {
                 let u = p.users.get(w.user_id)?;
                 let r = p.rotations.get(w.rotation_id)?;
@@ -276,8 +304,9 @@ pub async fn key_writes(
                     u.attributes.display_name.clone(),
                     r.sealed_password.clone(),
                 ))
-            })
-            .collect()
+            });
+        // The rest come on the next call: what is delivered now is leased meanwhile.
+        page_of(deliverable, q.limit, |w| w.0)?
     };
     let mut items = Vec::with_capacity(writes.len());
     for (id, user, key, rotation, upn, name, sealed) in writes {
@@ -299,7 +328,14 @@ pub async fn key_writes(
             "rotation_id": rotation,
         }));
     }
-    Ok(page(items, None))
+    Ok(page(items, more))
+}
+
+/// `GET /v1/agent/key-writes` query.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentQuery {
+    limit: Option<usize>,
 }
 
 /// `POST /v1/agent/key-writes/{id}/ack` body.

@@ -4,7 +4,7 @@
 use super::auth::Principal;
 use super::error::{ApiError, ApiJson, ApiQuery, IdPath};
 use super::users::user_json;
-use super::{page, AppState, Consistency};
+use super::{page, page_of, AppState, Consistency};
 use crate::store::{append_correlated, ExpectedVersion};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -17,7 +17,26 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::RwLockReadGuard;
 
-/// A run as the API shows it; `users` only in the detail view.
+/// A run's per-user outcomes in user id order after `after`: `{"user_id","outcome","action"}`.
+fn outcomes(
+    r: &SyncRunView,
+    after: Option<UserId>,
+    limit: Option<usize>,
+) -> Result<(Vec<Value>, Option<String>), ApiError> {
+    use std::ops::Bound::{Excluded, Unbounded};
+    let lower = after.map_or(Unbounded, Excluded);
+    let (items, next) = page_of(r.users.range((lower, Unbounded)), limit, |(id, _)| **id)?;
+    Ok((
+        items
+            .into_iter()
+            .map(|(id, o)| json!({"user_id": id, "outcome": o.outcome, "action": o.action}))
+            .collect(),
+        next,
+    ))
+}
+
+/// A run as the API shows it; in the detail view with the first page of its per-user
+/// outcomes (`users`, and `users_next` to page on at `.../outcomes`).
 pub fn run_json(r: &SyncRunView, with_users: bool) -> Value {
     let mut v = json!({
         "run_id": r.run_id,
@@ -35,11 +54,10 @@ pub fn run_json(r: &SyncRunView, with_users: bool) -> Value {
         "approved": r.approved,
     });
     if with_users {
-        v["users"] = r
-            .users
-            .iter()
-            .map(|(id, o)| json!({"user_id": id, "outcome": o.outcome, "action": o.action}))
-            .collect();
+        if let Ok((users, next)) = outcomes(r, None, None) {
+            v["users"] = users.into();
+            v["users_next"] = next.into();
+        }
     }
     v
 }
@@ -107,20 +125,32 @@ pub async fn start(
     ))
 }
 
-/// A domain's runs, newest first.
+/// `GET /v1/domains/{id}/sync-runs` query.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunsQuery {
+    limit: Option<usize>,
+    after: Option<uuid::Uuid>,
+    min_position: Option<u64>,
+}
+
+/// A domain's runs, newest first, paged.
 pub async fn list(
     State(s): State<AppState>,
     who: Principal,
     IdPath(id): IdPath,
-    ApiQuery(q): ApiQuery<Consistency>,
+    ApiQuery(q): ApiQuery<RunsQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     let p = read_domain(&s, &who, DomainId(id), q.min_position).await?;
+    // Run ids are UUIDv7: newest first is descending id order.
+    let runs = p
+        .domains
+        .runs_of(DomainId(id))
+        .skip_while(|r| q.after.is_some_and(|a| r.run_id.0 >= a));
+    let (items, next) = page_of(runs, q.limit, |r| r.run_id)?;
     Ok(page(
-        p.domains
-            .runs_of(DomainId(id))
-            .map(|r| run_json(r, false))
-            .collect(),
-        None,
+        items.into_iter().map(|r| run_json(r, false)).collect(),
+        next,
     ))
 }
 
@@ -151,6 +181,33 @@ pub async fn get_one(
         .ok_or_else(|| ApiError::NotFound("sync run".into()))
 }
 
+/// `GET /v1/domains/{id}/sync-runs/{run}/outcomes` query.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutcomesQuery {
+    limit: Option<usize>,
+    after: Option<uuid::Uuid>,
+    min_position: Option<u64>,
+}
+
+/// A run's per-user outcomes, paged.
+pub async fn run_outcomes(
+    State(s): State<AppState>,
+    who: Principal,
+    Path(raw): Path<(String, String)>,
+    ApiQuery(q): ApiQuery<OutcomesQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let (domain, run) = run_path(raw)?;
+    let p = read_domain(&s, &who, domain, q.min_position).await?;
+    let r = p
+        .domains
+        .run(run)
+        .filter(|r| r.domain_id == domain)
+        .ok_or_else(|| ApiError::NotFound("sync run".into()))?;
+    let (items, next) = outcomes(r, q.after.map(UserId), q.limit)?;
+    Ok(page(items, next))
+}
+
 /// Applies the removals a quarantined run held back.
 pub async fn approve(
     State(s): State<AppState>,
@@ -171,22 +228,38 @@ pub async fn approve(
     Ok(Json(body))
 }
 
-/// Candidates of a domain: members of the sync group not yet imported.
+/// `GET /v1/domains/{id}/candidates` query.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CandidatesQuery {
+    limit: Option<usize>,
+    after: Option<uuid::Uuid>,
+    /// Part of the principal name or display name, any case.
+    q: Option<String>,
+    min_position: Option<u64>,
+}
+
+/// Candidates of a domain: members of the sync group not yet imported, in id order,
+/// paged and searchable.
 pub async fn candidates(
     State(s): State<AppState>,
     who: Principal,
     IdPath(id): IdPath,
-    ApiQuery(q): ApiQuery<Consistency>,
+    ApiQuery(q): ApiQuery<CandidatesQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let p = read_domain(&s, &who, DomainId(id), q.min_position).await?;
-    Ok(page(
-        p.users
-            .of_domain(DomainId(id))
-            .filter(|u| u.status == UserStatus::Candidate && u.in_sync_group)
-            .map(user_json)
-            .collect(),
-        None,
-    ))
+    let domain = DomainId(id);
+    let p = read_domain(&s, &who, domain, q.min_position).await?;
+    let needle = q.q.as_deref().map(str::to_lowercase);
+    let candidates = p.users.iter_after(q.after.map(UserId)).filter(|u| {
+        u.domain_id == domain
+            && u.status == UserStatus::Candidate
+            && u.in_sync_group
+            && needle
+                .as_deref()
+                .is_none_or(|n| super::users::matches(u, n))
+    });
+    let (items, next) = page_of(candidates, q.limit, |u| u.id)?;
+    Ok(page(items.into_iter().map(user_json).collect(), next))
 }
 
 /// `POST /v1/domains/{id}/import` body: `{"user_ids":[…]}` or `{"all":true}`.

@@ -1,7 +1,7 @@
 //! `/v1/tokens`: API tokens (admin). A token's text is shown once, at creation.
 
 use super::auth::{new_token_text, token_hash, Principal};
-use super::error::{ApiError, ApiJson, IdPath};
+use super::error::{ApiError, ApiJson, ApiQuery, IdPath};
 use super::{page, AppState};
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -53,15 +53,31 @@ pub async fn create(
     ))
 }
 
-/// Lists tokens (never their text or hash).
+/// `GET /v1/tokens` query.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokensQuery {
+    limit: Option<usize>,
+    after: Option<uuid::Uuid>,
+    min_position: Option<u64>,
+}
+
+/// Lists tokens (never their text or hash) in id order, paged.
 pub async fn list(
     State(s): State<AppState>,
     who: Principal,
+    ApiQuery(q): ApiQuery<TokensQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     who.require(&[Role::Admin])?;
+    s.reach(q.min_position).await?;
     let p = s.projector.read();
-    let items: Vec<_> = p.tokens.all().into_iter().cloned().collect();
-    Ok(page(items, None))
+    let mut all = p.tokens.all();
+    all.sort_by_key(|t| t.id);
+    let tokens = all
+        .into_iter()
+        .filter(|t| q.after.is_none_or(|a| t.id.0 > a));
+    let (items, next) = super::page_of(tokens, q.limit, |t| t.id)?;
+    Ok(page(items.into_iter().cloned().collect(), next))
 }
 
 /// Revokes a token.

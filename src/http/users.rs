@@ -14,9 +14,6 @@ use idledger_replay::Until;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-/// Most items per page.
-const MAX_LIMIT: usize = 1000;
-
 /// A user as the API shows it.
 pub fn user_json(u: &UserView) -> Value {
     let a = &u.attributes;
@@ -101,10 +98,6 @@ pub async fn list(
     who.require(&[Role::Admin, Role::Auditor])?;
     s.reach(q.min_position).await?;
     let status = q.status.as_deref().map(parse_status).transpose()?;
-    let limit = q.limit.unwrap_or(100);
-    if limit == 0 || limit > MAX_LIMIT {
-        return Err(ApiError::BadRequest(format!("limit: 1 to {MAX_LIMIT}")));
-    }
     let needle = q.q.as_deref().map(str::to_lowercase);
     let past = match point_in_time(q.at, q.at_position)? {
         Some(until) => Some(s.replay_until(until).await?),
@@ -118,37 +111,25 @@ pub async fn list(
             &live
         }
     };
-    let mut items = Vec::new();
-    let mut last = None;
-    let mut more = false;
-    for u in p.users.iter_after(q.after.map(UserId)) {
-        let wanted = q.domain.is_none_or(|d| u.domain_id == DomainId(d))
+    let users = p.users.iter_after(q.after.map(UserId)).filter(|u| {
+        q.domain.is_none_or(|d| u.domain_id == DomainId(d))
             && status.is_none_or(|st| u.status == st)
             && (q.include_deleted
                 || status == Some(UserStatus::Deleted)
                 || u.status != UserStatus::Deleted)
-            && needle.as_deref().is_none_or(|n| {
-                u.attributes.user_principal_name.to_lowercase().contains(n)
-                    || u.attributes.display_name.to_lowercase().contains(n)
-            });
-        if !wanted {
-            continue;
-        }
-        if items.len() == limit {
-            more = true;
-            break;
-        }
-        last = Some(u.id);
-        items.push(user_json(u));
-    }
-    Ok(page(
-        items,
-        if more {
-            last.map(|id| id.to_string())
-        } else {
-            None
-        },
-    ))
+            && needle.as_deref().is_none_or(|n| matches(u, n))
+    });
+    let (items, next) = super::page_of(users, q.limit, |u| u.id)?;
+    Ok(page(items.into_iter().map(user_json).collect(), next))
+}
+
+/// The user's principal name or display name holds `needle` (lower case).
+pub fn matches(u: &idledger_projections::UserView, needle: &str) -> bool {
+    u.attributes
+        .user_principal_name
+        .to_lowercase()
+        .contains(needle)
+        || u.attributes.display_name.to_lowercase().contains(needle)
 }
 
 /// `GET /v1/users/{id}` parameters.

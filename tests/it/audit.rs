@@ -395,7 +395,12 @@ async fn formula_looking_names_are_exported_as_text_and_still_verify() {
     .await;
     w.sync().await;
     let dir = tempfile::tempdir().unwrap();
-    let path = export(&w, dir.path(), "users.csv", &["--kind", "users", "--format", "csv"]);
+    let path = export(
+        &w,
+        dir.path(),
+        "users.csv",
+        &["--kind", "users", "--format", "csv"],
+    );
     let rows = csv_rows(&path);
     let cell = rows
         .iter()

@@ -1019,3 +1019,97 @@ async fn absurd_numbers_from_graph_do_not_stop_a_run() {
     let run = w.sync().await;
     assert_eq!(run["status"], "succeeded", "{run}");
 }
+
+/// Follows `next` from `path` (which has `?` already) to the end; every item once.
+async fn all_pages(w: &World, path: &str, limit: usize) -> (Vec<Value>, usize) {
+    let mut items = Vec::new();
+    let mut pages = 0;
+    let mut after: Option<String> = None;
+    loop {
+        let url = match &after {
+            None => format!("{path}&limit={limit}"),
+            Some(a) => format!("{path}&limit={limit}&after={a}"),
+        };
+        let (s, body) = w.admin(Method::GET, &url, None).await;
+        assert_eq!(s, StatusCode::OK, "{url}: {body}");
+        let page = body["items"].as_array().unwrap();
+        assert!(page.len() <= limit);
+        items.extend(page.iter().cloned());
+        pages += 1;
+        match body["next"].as_str() {
+            Some(n) => after = Some(n.to_owned()),
+            None => return (items, pages),
+        }
+    }
+}
+
+/// Every collection pages with `limit` / `after` / `next`, as `/v1/users` does.
+#[tokio::test]
+async fn candidates_runs_outcomes_domains_and_timelines_page() {
+    let w = world(json!({})).await;
+    let run = w.sync().await;
+    let d = &w.domain;
+    let (candidates, pages) = all_pages(&w, &format!("/v1/domains/{d}/candidates?"), 10).await;
+    assert_eq!((candidates.len(), pages), (29, 3));
+    let ids: BTreeSet<&str> = candidates
+        .iter()
+        .map(|u| u["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 29, "no item twice");
+    let (found, _) = all_pages(&w, &format!("/v1/domains/{d}/candidates?q=ADELE"), 10).await;
+    assert_eq!(found.len(), 1, "{found:?}");
+    let run_id = run["run_id"].as_str().unwrap();
+    let (outcomes, pages) = all_pages(
+        &w,
+        &format!("/v1/domains/{d}/sync-runs/{run_id}/outcomes?"),
+        10,
+    )
+    .await;
+    assert_eq!((outcomes.len(), pages), (29, 3));
+    let (_, detail) = w
+        .admin(
+            Method::GET,
+            &format!("/v1/domains/{d}/sync-runs/{run_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(detail["users"].as_array().unwrap().len(), 29);
+    assert!(detail["users_next"].is_null());
+    w.sync().await;
+    let (runs, pages) = all_pages(&w, &format!("/v1/domains/{d}/sync-runs?"), 1).await;
+    assert_eq!((runs.len(), pages), (2, 2));
+    assert!(
+        runs[0]["run_id"].as_str() > runs[1]["run_id"].as_str(),
+        "newest first"
+    );
+    for n in 0..4 {
+        let (s, _) = w
+            .admin(
+                Method::POST,
+                "/v1/domains",
+                Some(json!({"domain": format!("paged{n}.onmicrosoft.com")})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED);
+    }
+    let (domains, pages) = all_pages(&w, "/v1/domains?", 2).await;
+    assert_eq!((domains.len(), pages), (5, 3));
+    let user = candidates[0]["id"].as_str().unwrap();
+    let (story, _) = all_pages(&w, &format!("/v1/users/{user}/timeline?"), 1).await;
+    let (_, whole) = w
+        .admin(
+            Method::GET,
+            &format!("/v1/users/{user}/timeline?limit=1000"),
+            None,
+        )
+        .await;
+    assert_eq!(&story, whole["items"].as_array().unwrap());
+    let (s, body) = w
+        .admin(
+            Method::GET,
+            &format!("/v1/domains/{d}/candidates?limit=0"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+}

@@ -218,3 +218,23 @@ impl<S: Send + Sync> FromRequestParts<S> for IdPath {
             .map_err(|_| ApiError::BadRequest(format!("id: {raw:?} is not a UUID")))
     }
 }
+
+/// Checks a free-text identifier or label from a request: `min` to `max` characters, no
+/// control characters and no bidirectional-text overrides (which make a log line or a
+/// table show something other than what is stored). 400 naming the field otherwise.
+pub fn free_text(field: &str, value: &str, min: usize, max: usize) -> Result<(), ApiError> {
+    let len = value.chars().count();
+    if len < min || len > max {
+        return Err(ApiError::BadRequest(format!(
+            "{field}: {min} to {max} characters"
+        )));
+    }
+    let hostile =
+        |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if value.chars().any(hostile) {
+        return Err(ApiError::BadRequest(format!(
+            "{field}: no control or bidirectional-override characters"
+        )));
+    }
+    Ok(())
+}

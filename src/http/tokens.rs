@@ -31,6 +31,10 @@ pub async fn create(
     ApiJson(body): ApiJson<NewToken>,
 ) -> Result<impl IntoResponse, ApiError> {
     who.require(&[Role::Admin])?;
+    super::error::free_text("name", &body.name, 0, 200)?;
+    for k in &body.key_ids {
+        super::error::free_text("key_ids", k, 1, 128)?;
+    }
     let text = new_token_text();
     let token_id = TokenId(uuid::Uuid::now_v7());
     let issued = TokenIssued {

@@ -263,6 +263,8 @@ pub async fn put_key(
     IdPath(id): IdPath,
     ApiJson(b): ApiJson<KeyBody>,
 ) -> Result<impl IntoResponse, ApiError> {
+    who.require(&[Role::Admin])?;
+    super::error::free_text("key_id", &b.key_id, 1, 128)?;
     let holder = {
         let p = s.projector.read();
         let holder = p

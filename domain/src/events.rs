@@ -84,6 +84,17 @@ pub struct SyncRunCompleted {
     pub run_id: SyncRunId,
     /// What changed.
     pub counters: SyncCounters,
+    /// Whether the run read everything (a full round): what happened, which may differ
+    /// from what `SyncRunStarted` expected (an expired delta token forces a full round).
+    /// `None` in records of schema 1, which did not say.
+    pub full: Option<bool>,
+}
+
+/// Schema 1 of [`SyncRunCompleted`].
+#[derive(Deserialize)]
+struct SyncRunCompletedV1 {
+    run_id: SyncRunId,
+    counters: SyncCounters,
 }
 
 /// A sync run failed.
@@ -358,6 +369,14 @@ fn upcast(kind: &str, schema: u16, bytes: &[u8]) -> Result<Event, CodecError> {
                 },
             }))
         }
+        ("SyncRunCompleted", 1) => {
+            let v1: SyncRunCompletedV1 = decode_exact(bytes)?;
+            Ok(Event::SyncRunCompleted(SyncRunCompleted {
+                run_id: v1.run_id,
+                counters: v1.counters,
+                full: None,
+            }))
+        }
         _ => Err(CodecError::UnknownKind {
             kind: kind.to_owned(),
             schema,
@@ -489,7 +508,7 @@ event_catalogue! {
     /// See [`SyncRunStarted`].
     SyncRunStarted = "SyncRunStarted", schema 1, Domain;
     /// See [`SyncRunCompleted`].
-    SyncRunCompleted = "SyncRunCompleted", schema 1, Domain;
+    SyncRunCompleted = "SyncRunCompleted", schema 2, Domain;
     /// See [`SyncRunFailed`].
     SyncRunFailed = "SyncRunFailed", schema 1, Domain;
     /// See [`SyncQuarantined`].

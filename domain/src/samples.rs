@@ -141,6 +141,7 @@ pub fn sample_event(index: usize, s: &SampleSeed) -> Option<Event> {
                 removed: 6,
                 unchanged: 7,
             },
+            full: s.flag.then_some(s.number % 2 == 0),
         }
         .into(),
         &"SyncRunFailed" => SyncRunFailed {

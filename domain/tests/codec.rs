@@ -237,6 +237,10 @@ fn records_of_older_schemas_are_upcast() {
                     }
                 );
             }
+            ("SyncRunCompleted", Event::SyncRunCompleted(e)) => {
+                assert_eq!(e.full, None, "schema 1 did not say");
+                assert_eq!(e.run_id, SyncRunId(seed.uuid(3)));
+            }
             other => panic!("no expectation for {other:?}"),
         }
         seen += 1;

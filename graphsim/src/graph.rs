@@ -55,6 +55,23 @@ pub fn graph_error(status: StatusCode, code: &str, message: &str) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// Any path Graph does not serve: Graph's error body naming the first unknown segment,
+/// never an empty answer.
+pub async fn unknown_segment(uri: axum::http::Uri) -> Response {
+    let segment = uri
+        .path()
+        .trim_start_matches('/')
+        .trim_start_matches("v1.0/")
+        .split('/')
+        .next()
+        .unwrap_or("");
+    graph_error(
+        StatusCode::BAD_REQUEST,
+        "BadRequest",
+        &format!("Resource not found for the segment '{segment}'."),
+    )
+}
+
 fn token_error(status: StatusCode, error: &str, aadsts: u32, description: &str) -> Response {
     let now = chrono::Utc::now().format("%Y-%m-%d %H:%M:%SZ").to_string();
     let body = json!({

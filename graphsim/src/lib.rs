@@ -28,6 +28,8 @@ pub fn router(sim: Sim) -> Router {
     let graph = Router::new()
         .route("/v1.0/groups", get(graph::list_groups))
         .route("/v1.0/groups/delta", get(graph::groups_delta))
+        // OData function-call syntax, as Microsoft's generated SDKs send it.
+        .route("/v1.0/groups/delta()", get(graph::groups_delta))
         .route("/v1.0/groups/{id}/members", get(graph::group_members))
         .route(
             "/v1.0/groups/{id}/members/microsoft.graph.user",
@@ -35,6 +37,7 @@ pub fn router(sim: Sim) -> Router {
         )
         .route("/v1.0/users", get(graph::list_users))
         .route("/v1.0/users/delta", get(graph::users_delta))
+        .route("/v1.0/users/delta()", get(graph::users_delta))
         .route(
             "/v1.0/users/{id}",
             get(graph::get_user).patch(graph::patch_user),
@@ -75,7 +78,10 @@ pub fn router(sim: Sim) -> Router {
             axum::routing::patch(control::patch_app),
         )
         .layer(middleware::from_fn(loopback_only));
-    graph.merge(control).with_state(sim)
+    graph
+        .merge(control)
+        .fallback(graph::unknown_segment)
+        .with_state(sim)
 }
 
 /// Refuses `/_sim` to anyone not on loopback.

@@ -320,6 +320,9 @@ impl Domains {
             Event::SyncRunCompleted(e) => {
                 if let Some(r) = self.runs.get_mut(&e.run_id) {
                     r.counters = e.counters;
+                    if let Some(full) = e.full {
+                        r.full = full;
+                    }
                     r.finished_at = Some(at);
                     if r.status == SyncRunStatus::Running {
                         r.status = SyncRunStatus::Succeeded;

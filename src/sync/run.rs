@@ -643,6 +643,7 @@ impl<'a> SyncRun<'a> {
             SyncRunCompleted {
                 run_id: self.run_id,
                 counters,
+                full: Some(full),
             }
             .into(),
         );

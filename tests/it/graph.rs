@@ -766,3 +766,36 @@ async fn the_token_request_follows_no_redirect() {
     );
     assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
+
+/// Graph's function-call form of delta (`delta()`), as generated SDKs send it, is the same
+/// round; a path Graph does not serve answers Graph's error body.
+#[tokio::test]
+async fn delta_with_parentheses_and_unknown_paths_answer_as_graph_does() {
+    let (url, _sim) = sim(100).await;
+    let c = client(&url, "contoso-demo-secret");
+    let token = c.access_token().await.unwrap();
+    let http = reqwest::Client::new();
+    let get = |path: String| {
+        let req = http.get(format!("{url}{path}")).bearer_auth(token.expose());
+        async move {
+            let r = req.send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let filter = format!("?$filter=id%20eq%20%27{SYNC}%27&$select=members");
+    let (s1, plain) = get(format!("/v1.0/groups/delta{filter}")).await;
+    let (s2, called) = get(format!("/v1.0/groups/delta(){filter}")).await;
+    assert_eq!((s1, s2), (200, 200), "{called}");
+    assert_eq!(plain["value"], called["value"]);
+    let (s, users) = get("/v1.0/users/delta()?$select=id,displayName".into()).await;
+    assert_eq!(s, 200, "{users}");
+    assert!(!users["value"].as_array().unwrap().is_empty());
+    let (s, err) = get("/v1.0/nothingHere/at/all".into()).await;
+    assert_eq!(s, 400);
+    assert_eq!(err["error"]["code"], "BadRequest");
+    assert!(err["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("nothingHere"));
+    assert!(err["error"]["innerError"]["request-id"].is_string());
+}

@@ -428,6 +428,7 @@ async fn an_expired_delta_token_leads_to_a_full_reread_and_reconcile() {
     w.sim(Method::POST, "/_sim/delta/expire", None).await;
     let run = w.sync().await;
     assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["full"], true, "the record says what happened: {run}");
     assert_eq!(run["counters"]["left"], 1, "{run}");
     assert_eq!(run["counters"]["changed"], 1, "{run}");
     assert_eq!(w.user(11).await.unwrap()["status"], "deactivated");

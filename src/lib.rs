@@ -1,24 +1,27 @@
-//! The idledger binary's library: everything that does IO (store, projector, CLI).
+//! The idledger binary's library: everything that does IO. Rooms, from the edge inwards
+//! (arrows only point down this list; nothing imports `cli`):
 //!
-//! `main.rs` only dispatches to [`cli::run`]; integration tests use these modules directly.
+//! - [`cli`]: the command line (argument types, printing, benchmarks, the demo);
+//! - [`client`]: a client of our own API and a `serve` child process (demo, benches, tests);
+//! - [`server`]: start-up, configuration and shutdown of `serve`;
+//! - [`http`]: the API and its typed requests and answers;
+//! - [`audit`]: verification, replay and exports over stored records;
+//! - [`sync`], [`rotation`]: the services that talk to Microsoft Graph;
+//! - [`engine`]: the log, the projections and the keyring every service shares;
+//! - [`graph`], [`invite`], [`password`]: Graph's client, the mailer, the password maker;
+//! - [`projector`], [`store`], [`secrets`]: the live fold, the log, sealing and keys;
+//! - [`error`]: the error start-up and commands report.
 #![forbid(unsafe_code)]
 
-pub mod api_client;
-pub mod bench;
-pub mod bench_api;
-pub mod bench_export;
-pub mod bench_rotate;
-pub mod bench_sync;
+pub mod audit;
 pub mod cli;
-pub mod demo;
-pub mod export;
+pub mod client;
+pub mod engine;
+pub mod error;
 pub mod graph;
 pub mod http;
-pub mod inspect;
 pub mod invite;
-pub mod keystore;
 pub mod password;
-pub mod progress;
 pub mod projector;
 pub mod rotation;
 pub mod secrets;

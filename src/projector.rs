@@ -28,7 +28,7 @@ pub struct NotReached {
 
 impl Projector {
     /// Folds the whole log, then keeps following it on a background task.
-    pub fn start<L: EventLog>(log: Arc<L>) -> Self {
+    pub fn start(log: Arc<dyn EventLog>) -> Self {
         let state = Arc::new(RwLock::new(Projections::new()));
         let (tx, position) = watch::channel(0);
         let task_state = state.clone();

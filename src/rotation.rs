@@ -18,10 +18,11 @@
 //! resumes or reasserts accordingly, at most `max_concurrent_rotations` per domain at a
 //! time (a semaphore shared with resumed rotations).
 
+use crate::engine::Engine;
 use crate::password;
 use crate::secrets::{Secret, SecretsError};
-use crate::store::{AppendError, EventLog, ExpectedVersion};
-use crate::sync::{wait_cancelled, Engine, SyncService};
+use crate::store::{AppendError, ExpectedVersion};
+use crate::sync::{wait_cancelled, SyncService};
 use chrono::Utc;
 use futures_util::stream::{self, StreamExt};
 use idledger_domain::events::*;

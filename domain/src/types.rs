@@ -70,6 +70,18 @@ pub enum Role {
     Agent,
 }
 
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "admin" => Ok(Role::Admin),
+            "auditor" => Ok(Role::Auditor),
+            "agent" => Ok(Role::Agent),
+            other => Err(format!("role {other:?}: use admin, auditor or agent")),
+        }
+    }
+}
+
 impl Role {
     /// The role's name as used in the API.
     pub fn as_str(&self) -> &'static str {

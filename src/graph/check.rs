@@ -1,12 +1,8 @@
-//! `idledger graph check`: the "test connection" an admin runs before saving a domain.
+//! The "test connection" an admin runs before saving a domain (`idledger graph check`):
+//! a token, the permissions granted, each read the product needs, both groups.
 
-use super::{GraphClient, GraphError, GraphSettings, RetryPolicy, Secret, USER_SELECT};
-use clap::Args;
-use idledger_domain::{
-    DEFAULT_AUTHORITY_URL, DEFAULT_GRAPH_URL, DEFAULT_ROTATION_GROUP, DEFAULT_SYNC_GROUP,
-};
+use super::{GraphClient, GraphError, GraphSettings, RetryPolicy, USER_SELECT};
 use serde_json::{json, Map, Value};
-use std::process::ExitCode;
 use std::time::Instant;
 
 /// The application permissions of the Entra ID setup guide.
@@ -17,32 +13,6 @@ pub const REQUIRED_PERMISSIONS: &[&str] = &[
     "User.ReadWrite.All",
     "User-PasswordProfile.ReadWrite.All",
 ];
-
-/// Options of `idledger graph check`.
-#[derive(Args, Debug)]
-pub struct CheckArgs {
-    /// Entra tenant id (or verified domain name).
-    #[arg(long)]
-    pub tenant_id: String,
-    /// App registration's client id.
-    #[arg(long)]
-    pub client_id: String,
-    /// Environment variable holding the client secret (never a command-line argument).
-    #[arg(long, default_value = "IDLEDGER_CLIENT_SECRET")]
-    pub client_secret_env: String,
-    /// Identity platform authority.
-    #[arg(long, default_value = DEFAULT_AUTHORITY_URL)]
-    pub authority_url: String,
-    /// Graph service root.
-    #[arg(long, default_value = DEFAULT_GRAPH_URL)]
-    pub graph_url: String,
-    /// Display name of the sync group.
-    #[arg(long, default_value = DEFAULT_SYNC_GROUP)]
-    pub sync_group: String,
-    /// Display name of the rotation group.
-    #[arg(long, default_value = DEFAULT_ROTATION_GROUP)]
-    pub rotation_group: String,
-}
 
 fn outcome(r: &Result<(), GraphError>) -> Value {
     match r {
@@ -77,36 +47,21 @@ async fn group_report(client: &GraphClient, name: &str) -> (Value, bool) {
 }
 
 /// Runs the check and prints one JSON report; exit 1 when anything is missing.
-pub async fn run(args: CheckArgs) -> ExitCode {
+/// Checks a connection; answers the report (`"ok": true` when nothing is missing).
+pub async fn check(settings: GraphSettings, sync_group: &str, rotation_group: &str) -> Value {
     let started = Instant::now();
-    let secret = std::env::var(&args.client_secret_env).unwrap_or_default();
-    let settings = GraphSettings {
-        authority_url: args.authority_url,
-        graph_url: args.graph_url,
-        tenant_id: args.tenant_id,
-        client_id: args.client_id,
-        client_secret: Secret::new(secret),
-    };
     let client = match GraphClient::new(settings, RetryPolicy::default()) {
         Ok(c) => c,
-        Err(e) => {
-            println!(
-                "{}",
-                json!({"token": {"error": e.to_string()}, "ok": false})
-            );
-            return ExitCode::from(1);
-        }
+        Err(e) => return json!({"token": {"error": e.to_string()}, "ok": false}),
     };
     let roles = match client.granted_roles().await {
         Ok(r) => r,
         Err(e) => {
-            let report = json!({
+            return json!({
                 "token": {"error": e.code().unwrap_or_else(|| e.to_string()), "message": e.to_string()},
                 "ok": false,
                 "seconds": started.elapsed().as_secs_f64(),
             });
-            println!("{report}");
-            return ExitCode::from(1);
         }
     };
     let mut permissions = Map::new();
@@ -123,17 +78,17 @@ pub async fn run(args: CheckArgs) -> ExitCode {
     }
     // Each read the product needs, tried for real.
     let reads = json!({
-        "groups": outcome(&client.find_groups(&args.sync_group).await.map(|_| ())),
+        "groups": outcome(&client.find_groups(sync_group).await.map(|_| ())),
         "users": outcome(&client.users_delta_latest(USER_SELECT).await.map(|_| ())),
         "domains": outcome(&client.domains().await.map(|_| ())),
     });
     let reads_ok = reads
         .as_object()
         .is_some_and(|m| m.values().all(|v| v == "ok"));
-    let (sync_group, sync_ok) = group_report(&client, &args.sync_group).await;
-    let (rotation_group, rotation_ok) = group_report(&client, &args.rotation_group).await;
+    let (sync_group, sync_ok) = group_report(&client, sync_group).await;
+    let (rotation_group, rotation_ok) = group_report(&client, rotation_group).await;
     let ok = missing.is_empty() && reads_ok && sync_ok && rotation_ok;
-    let report = json!({
+    json!({
         "token": "ok",
         "permissions": permissions,
         "missing_permissions": missing,
@@ -142,11 +97,5 @@ pub async fn run(args: CheckArgs) -> ExitCode {
         "rotation_group": rotation_group,
         "ok": ok,
         "seconds": (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
-    });
-    println!("{report}");
-    if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    }
+    })
 }

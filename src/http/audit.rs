@@ -4,9 +4,8 @@
 use super::auth::Principal;
 use super::error::{ApiError, ApiQuery, IdPath};
 use super::{page, AppState};
-use crate::cli::CliError;
-use crate::export::{manifest, query_of, records_of_log, run_export, HashedWriter, RowSink};
-use crate::store::EventLog;
+use crate::audit::{query_of, records_of_log, run_export, HashedWriter, Manifest, RowSink};
+use crate::error::Error;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::header;
@@ -83,7 +82,7 @@ pub async fn export(
             tx: tx.clone(),
         };
         let done = run_export(
-            records_of_log(&log),
+            records_of_log(&*log),
             &query,
             format,
             Some(head),
@@ -138,7 +137,7 @@ pub async fn export_manifest(
     let m = tokio::task::spawn_blocking(move || {
         let mut rows = HashedWriter::new(std::io::sink());
         let summary = run_export(
-            records_of_log(&log),
+            records_of_log(&*log),
             &query,
             format,
             Some(head),
@@ -147,7 +146,7 @@ pub async fn export_manifest(
             |_| {},
         )?;
         let (sha, _) = rows.finish();
-        Ok::<_, CliError>(manifest(&query, format, &summary, &sha))
+        Ok::<_, Error>(Manifest::new(&query, format, &summary, &sha, Utc::now()))
     })
     .await
     .map_err(|e| ApiError::Internal(e.to_string()))?

@@ -131,14 +131,13 @@ impl From<crate::sync::SyncError> for ApiError {
     fn from(e: crate::sync::SyncError) -> Self {
         use crate::sync::SyncError as S;
         match e {
-            S::NotFound(what) => ApiError::NotFound(what.to_owned()),
-            S::NoCredentials(m) | S::Conflict(m) | S::Group(m) => ApiError::Conflict(m),
-            S::Invalid(m) => ApiError::Unprocessable(m),
-            S::Command(c) => c.into(),
+            S::Rejected(r) => r.into(),
+            S::Tenant(m) => ApiError::Conflict(m),
             S::Append(a) => a.into(),
             S::Graph(g) => ApiError::BadGateway(g.to_string()),
-            S::Cancelled => ApiError::Conflict(e.to_string()),
-            other => ApiError::Internal(other.to_string()),
+            S::Cancelled | S::Contended(_) => ApiError::Conflict(e.to_string()),
+            S::NotReached(n) => ApiError::Timeout(n.to_string()),
+            S::Store(_) | S::Secrets(_) => ApiError::Internal(e.to_string()),
         }
     }
 }

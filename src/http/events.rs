@@ -41,14 +41,26 @@ pub async fn list(
     let from = q.from_position.unwrap_or(1).max(1);
     let mut items = Vec::new();
     let mut last = None;
-    for r in s.log.raw_records(from).take(limit) {
-        let (pos, bytes) = r?;
-        let env = idledger_domain::decode_record(&bytes)
-            .map_err(|e| ApiError::Internal(format!("position {pos}: {e}")))?;
-        let mut v = env.to_json();
-        v["record"] = serde_json::json!(base64::engine::general_purpose::STANDARD.encode(&bytes));
-        items.push(v);
-        last = Some(pos);
+    let mut damaged = None;
+    s.log.records(from)(&mut |pos, bytes| {
+        match idledger_domain::decode_record(bytes) {
+            Ok(env) => {
+                let mut v = env.to_json();
+                v["record"] =
+                    serde_json::json!(base64::engine::general_purpose::STANDARD.encode(bytes));
+                items.push(v);
+                last = Some(pos);
+            }
+            Err(e) => damaged = Some(format!("position {pos}: {e}")),
+        }
+        if damaged.is_some() || items.len() == limit {
+            std::ops::ControlFlow::Break(())
+        } else {
+            std::ops::ControlFlow::Continue(())
+        }
+    })?;
+    if let Some(d) = damaged {
+        return Err(ApiError::Internal(d));
     }
     let head = crate::store::EventLog::head(&*s.log).position;
     let next = last.filter(|l| *l < head).map(|l| (l + 1).to_string());

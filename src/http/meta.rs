@@ -1,7 +1,6 @@
 //! `/healthz` and `/metrics` (no token).
 
 use super::AppState;
-use crate::store::EventLog;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;

@@ -18,7 +18,7 @@ pub use events::StreamSlots;
 
 use crate::projector::Projector;
 use crate::secrets::Keyring;
-use crate::store::{EventLog, SledEventLog};
+use crate::store::EventLog;
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
@@ -46,7 +46,7 @@ pub struct Metrics {
 #[derive(Clone)]
 pub struct AppState {
     /// The event log.
-    pub log: Arc<SledEventLog>,
+    pub log: Arc<dyn EventLog>,
     /// The live projections.
     pub projector: Projector,
     /// Sealing of secrets.
@@ -557,10 +557,12 @@ impl AppState {
         until: idledger_replay::Until,
     ) -> Result<idledger_projections::Projections, ApiError> {
         let log = self.log.clone();
-        tokio::task::spawn_blocking(move || idledger_replay::fold(log.envelopes(1), until, |_| {}))
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?
-            .map_err(ApiError::from)
+        tokio::task::spawn_blocking(move || {
+            idledger_replay::fold(crate::store::envelopes(&*log, 1), until, |_| {})
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(ApiError::from)
     }
 
     /// The command path ([`crate::store::decide_and_append`]) with the API's errors.

@@ -3,7 +3,6 @@
 use super::auth::Principal;
 use super::error::{ApiError, ApiJson, ApiQuery, IdPath};
 use super::{page, AppState};
-use crate::store::EventLog;
 use axum::extract::State;
 use axum::response::IntoResponse;
 use axum::Json;

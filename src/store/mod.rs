@@ -14,6 +14,7 @@ use std::future::Future;
 use std::sync::Arc;
 use tokio::sync::broadcast;
 
+pub use parallel_decode::Reader;
 pub use sled_log::SledEventLog;
 pub use subscription::Subscription;
 
@@ -162,13 +163,25 @@ pub enum StoreError {
     Closed,
 }
 
-/// The event log, as the rest of the binary sees it.
+/// A future an [`EventLog`] answers with (boxed, so the trait can be used as `dyn`).
+pub type LogFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Counters of a log's writer, for metrics and benchmarks.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    /// Group commits done.
+    pub flushes: std::sync::atomic::AtomicU64,
+    /// Events committed.
+    pub events: std::sync::atomic::AtomicU64,
+    /// Total microseconds spent in commits (encode, write, flush, sync).
+    pub commit_micros: std::sync::atomic::AtomicU64,
+}
+
+/// The event log, as the rest of the binary sees it: every service and handler holds an
+/// `Arc<dyn EventLog>`, never the sled type.
 pub trait EventLog: Send + Sync + 'static {
     /// Appends atomically; resolves only after the events are durable (see [`Durability`]).
-    fn append(
-        &self,
-        req: AppendRequest,
-    ) -> impl Future<Output = Result<Appended, AppendError>> + Send;
+    fn append(&self, req: AppendRequest) -> LogFuture<'_, Result<Appended, AppendError>>;
 
     /// The last committed record.
     fn head(&self) -> LogHead;
@@ -189,11 +202,45 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// Committed batches as they are published, for catch-up subscriptions.
     fn live(&self) -> broadcast::Receiver<Arc<[Envelope]>>;
+
+    /// The stored records from `from` through the head as it is now, exactly as stored,
+    /// for readers that check or decode them themselves (the event feed, exports,
+    /// replays), on whatever thread runs the reader.
+    fn records(&self, from: u64) -> Reader<StoreError>;
+
+    /// How far an acknowledged append has gone.
+    fn durability(&self) -> Durability;
+
+    /// The writer's counters.
+    fn stats(&self) -> &WriterStats;
+
+    /// Flushes everything (appends are durable when answered; this is for shutdown).
+    fn flush(&self) -> LogFuture<'_, Result<(), StoreError>>;
 }
 
 /// History from `from`, then live events, with no gap and no duplicate.
-pub fn subscribe<L: EventLog>(log: Arc<L>, from: u64) -> Subscription<L> {
+pub fn subscribe(log: Arc<dyn EventLog>, from: u64) -> Subscription {
     Subscription::new(log, from)
+}
+
+/// The committed envelopes from `from` through the head now, decoded on every core.
+pub fn envelopes(
+    log: &dyn EventLog,
+    from: u64,
+) -> impl Iterator<Item = Result<Envelope, StoreError>> + Send + 'static {
+    use parallel_decode::{decoder_threads, parallel_map};
+    parallel_map(
+        log.records(from),
+        |position, bytes| {
+            idledger_domain::decode_record(bytes).map_err(|e| StoreError::Corrupt {
+                position,
+                reason: e.to_string(),
+            })
+        },
+        decoder_threads(),
+        |what| StoreError::Io(what.to_owned()),
+    )
+    .map(|r| r.and_then(|decoded| decoded))
 }
 
 /// Why a command did not land.
@@ -217,8 +264,8 @@ pub enum CommandError {
 /// folded (with `correlation_id` on every event). A concurrent change is retried once on
 /// fresh state. Returns the position of the last event appended (the log's head when
 /// nothing changed).
-pub async fn decide_and_append<L: EventLog, S: Default>(
-    log: &L,
+pub async fn decide_and_append<S: Default>(
+    log: &dyn EventLog,
     stream: &StreamId,
     actor: &Actor,
     correlation_id: Option<uuid::Uuid>,
@@ -269,8 +316,8 @@ fn propose(
 /// Appends `events` to `stream` as `actor`, each carrying `correlation_id` (a sync run's
 /// or a rotation's id, so its events can be found together); returns the position of the
 /// last one.
-pub async fn append_correlated<L: EventLog>(
-    log: &L,
+pub async fn append_correlated(
+    log: &dyn EventLog,
     stream: StreamId,
     expected: ExpectedVersion,
     actor: &Actor,

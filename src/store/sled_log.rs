@@ -13,8 +13,8 @@
 //! updates the readable indexes, answers callers and publishes the envelopes.
 
 use super::{
-    AppendError, AppendRequest, Appended, Durability, EventLog, ExpectedVersion, LogHead,
-    StoreError,
+    AppendError, AppendRequest, Appended, Durability, EventLog, ExpectedVersion, LogFuture,
+    LogHead, StoreError, WriterStats,
 };
 use chrono::{DateTime, Utc};
 use idledger_domain::envelope::{decode_record, encode_record, RawRecord, RecordFields};
@@ -23,6 +23,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use uuid::Uuid;
 
@@ -54,17 +55,6 @@ fn read_be(bytes: &[u8]) -> Option<u64> {
 /// The directory of the log's sled database inside a data dir.
 pub fn store_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("store")
-}
-
-/// Counters of the writer, for metrics and benchmarks.
-#[derive(Debug, Default)]
-pub struct WriterStats {
-    /// Flushes (group commits) done.
-    pub flushes: AtomicU64,
-    /// Events committed.
-    pub events: AtomicU64,
-    /// Total microseconds spent in commits (encode, write, flush).
-    pub commit_micros: AtomicU64,
 }
 
 struct Shared {
@@ -320,7 +310,7 @@ impl SledEventLog {
     }
 
     /// Wrapped data keys an earlier build kept in sled's `keys` tree, to move to the key
-    /// store file ([`crate::keystore`]); none on a store that never had them.
+    /// store file ([`crate::secrets::keystore`]); none on a store that never had them.
     pub fn legacy_keys(&self) -> Result<Vec<LegacyKey>, StoreError> {
         if !self
             .shared
@@ -342,50 +332,6 @@ impl SledEventLog {
         self.shared.db.drop_tree("keys").map_err(io)?;
         self.shared.db.flush().map_err(io)?;
         Ok(())
-    }
-
-    /// How far an acknowledged append has gone.
-    pub fn durability(&self) -> Durability {
-        match self.shared.device {
-            Some(_) => Durability::Device,
-            None => Durability::Process,
-        }
-    }
-
-    /// Writer counters.
-    pub fn stats(&self) -> &WriterStats {
-        &self.shared.stats
-    }
-
-    /// Flushes everything (appends are already durable when answered; this is for shutdown).
-    pub async fn flush(&self) -> Result<(), StoreError> {
-        self.shared.db.flush_async().await.map_err(io)?;
-        if let Some(device) = self.shared.device.clone() {
-            tokio::task::spawn_blocking(move || device.sync())
-                .await
-                .map_err(|e| StoreError::Io(e.to_string()))?
-                .map_err(|e| StoreError::Io(format!("fdatasync of the log: {e}")))?;
-        }
-        Ok(())
-    }
-
-    /// A reader of the records committed now, from `from`, for
-    /// [`super::parallel_decode::parallel_map`].
-    pub fn reader(&self, from: u64) -> super::parallel_decode::Reader<StoreError> {
-        tree_reader(self.shared.log.clone(), from, self.head().position)
-    }
-
-    /// Iterates committed raw records from `from`: `(position, bytes)`.
-    pub fn raw_records(
-        &self,
-        from: u64,
-    ) -> impl Iterator<Item = Result<(u64, sled::IVec), StoreError>> + '_ {
-        raw_iter(&self.shared.log, from, self.head().position)
-    }
-
-    /// Iterates committed envelopes from `from`, decoding each record.
-    pub fn envelopes(&self, from: u64) -> impl Iterator<Item = Result<Envelope, StoreError>> + '_ {
-        self.raw_records(from).map(decode_raw)
     }
 }
 
@@ -489,8 +435,8 @@ impl RawStore {
     }
 }
 
-impl EventLog for SledEventLog {
-    async fn append(&self, req: AppendRequest) -> Result<Appended, AppendError> {
+impl SledEventLog {
+    async fn append_now(&self, req: AppendRequest) -> Result<Appended, AppendError> {
         if self.shared.closed.load(Ordering::Acquire) {
             return Err(StoreError::Closed.into());
         }
@@ -499,6 +445,40 @@ impl EventLog for SledEventLog {
             .send(Job { req, reply })
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+impl EventLog for SledEventLog {
+    fn append(&self, req: AppendRequest) -> LogFuture<'_, Result<Appended, AppendError>> {
+        Box::pin(self.append_now(req))
+    }
+
+    fn records(&self, from: u64) -> super::parallel_decode::Reader<StoreError> {
+        tree_reader(self.shared.log.clone(), from, self.head().position)
+    }
+
+    fn durability(&self) -> Durability {
+        match self.shared.device {
+            Some(_) => Durability::Device,
+            None => Durability::Process,
+        }
+    }
+
+    fn stats(&self) -> &WriterStats {
+        &self.shared.stats
+    }
+
+    fn flush(&self) -> LogFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.shared.db.flush_async().await.map_err(io)?;
+            if let Some(device) = self.shared.device.clone() {
+                tokio::task::spawn_blocking(move || device.sync())
+                    .await
+                    .map_err(|e| StoreError::Io(e.to_string()))?
+                    .map_err(|e| StoreError::Io(format!("fdatasync of the log: {e}")))?;
+            }
+            Ok(())
+        })
     }
 
     fn head(&self) -> LogHead {
@@ -515,7 +495,10 @@ impl EventLog for SledEventLog {
     }
 
     fn read_all(&self, from: u64, limit: usize) -> Result<Vec<Envelope>, StoreError> {
-        self.envelopes(from).take(limit).collect()
+        raw_iter(&self.shared.log, from, self.head().position)
+            .take(limit)
+            .map(decode_raw)
+            .collect()
     }
 
     fn read_stream(
@@ -914,4 +897,55 @@ async fn commit(shared: &Shared, p: Pending) {
     }
     // No subscriber is fine: the projector may not have started yet.
     let _ = shared.live.send(Arc::from(p.envelopes));
+}
+
+/// The baseline of `bench append`: raw sled, one tree, `records` written in `flushes`
+/// equal batches, each flushed (and, at [`Durability::Device`], synced as the log syncs),
+/// in a scratch store under `data_dir`. Seconds taken.
+pub async fn raw_append(
+    data_dir: &Path,
+    records: &[Vec<u8>],
+    flushes: u64,
+    durability: Durability,
+) -> Result<f64, StoreError> {
+    let records: Vec<sled::IVec> = records
+        .iter()
+        .map(|r| sled::IVec::from(r.as_slice()))
+        .collect();
+    let dir = data_dir.join("bench-baseline.tmp");
+    let _ = std::fs::remove_dir_all(&dir);
+    let db = sled::Config::new()
+        .path(&dir)
+        .cache_capacity(256 << 20)
+        .open()
+        .map_err(io)?;
+    let tree = db.open_tree("log").map_err(io)?;
+    let device = match durability {
+        Durability::Device => Some(Arc::new(
+            DeviceSync::open(&dir).map_err(|e| StoreError::Io(e.to_string()))?,
+        )),
+        Durability::Process => None,
+    };
+    let per_flush = records.len().div_ceil(flushes.max(1) as usize).max(1);
+    let started = Instant::now();
+    for (chunk_no, chunk) in records.chunks(per_flush).enumerate() {
+        let mut batch = sled::Batch::default();
+        for (i, r) in chunk.iter().enumerate() {
+            let key = ((chunk_no * per_flush + i) as u64 + 1).to_be_bytes();
+            batch.insert(&key, r.clone());
+        }
+        tree.apply_batch(batch).map_err(io)?;
+        db.flush_async().await.map_err(io)?;
+        if let Some(d) = device.clone() {
+            tokio::task::spawn_blocking(move || d.sync())
+                .await
+                .map_err(|e| StoreError::Io(e.to_string()))?
+                .map_err(|e| StoreError::Io(e.to_string()))?;
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    drop(tree);
+    drop(db);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(seconds)
 }

@@ -11,15 +11,15 @@ const HISTORY_CHUNK: usize = 4096;
 
 /// A catch-up subscription. Created before its first read, so no batch published after
 /// creation can be missed; a batch already covered by history is skipped by position.
-pub struct Subscription<L: EventLog> {
-    log: Arc<L>,
+pub struct Subscription {
+    log: Arc<dyn EventLog>,
     live: tokio::sync::broadcast::Receiver<Arc<[Envelope]>>,
     next: u64,
     buffer: VecDeque<Envelope>,
 }
 
-impl<L: EventLog> Subscription<L> {
-    pub(super) fn new(log: Arc<L>, from: u64) -> Self {
+impl Subscription {
+    pub(super) fn new(log: Arc<dyn EventLog>, from: u64) -> Self {
         // Subscribe to live batches first: anything committed after this point is either
         // in the store when history is read, or in this receiver, or both.
         let live = log.live();

@@ -10,11 +10,13 @@
 
 mod run;
 
-pub use run::{Engine, PlannedChange, RunReport, SyncRun};
+pub use run::{PlannedChange, RunReport, SyncRun};
 
+use crate::engine::Engine;
 use crate::graph::{GraphClient, GraphError, GraphSettings, RetryPolicy};
+use crate::projector::NotReached;
 use crate::secrets::SecretsError;
-use crate::store::{AppendError, CommandError, EventLog, ExpectedVersion};
+use crate::store::{AppendError, CommandError, ExpectedVersion, StoreError};
 use chrono::{DateTime, Utc};
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use idledger_domain::decide::user::{evolve as user_evolve, UserCommand};
@@ -29,24 +31,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// Why a sync request or run failed.
+/// Why a sync request or run failed: a rule refused it, or something outside it failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
-    /// No such domain, run or user.
-    #[error("{0} not found")]
-    NotFound(&'static str),
-    /// The domain has no credentials.
+    /// The rules refused it (no such domain or run, no credentials, a bad id).
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    /// The tenant is not set up as the product needs (a group missing or ambiguous).
     #[error("{0}")]
-    NoCredentials(String),
-    /// The request conflicts with the current state.
-    #[error("{0}")]
-    Conflict(String),
-    /// Bad input (an id that is not a candidate of the domain).
-    #[error("{0}")]
-    Invalid(String),
-    /// A group is missing or ambiguous.
-    #[error("{0}")]
-    Group(String),
+    Tenant(String),
     /// Graph failed.
     #[error(transparent)]
     Graph(#[from] GraphError),
@@ -56,15 +49,31 @@ pub enum SyncError {
     /// Appending failed.
     #[error(transparent)]
     Append(#[from] AppendError),
-    /// A command failed.
+    /// Reading the log failed.
     #[error(transparent)]
-    Command(#[from] CommandError),
-    /// Sealing failed.
+    Store(#[from] StoreError),
+    /// Sealing or unsealing failed.
     #[error(transparent)]
     Secrets(#[from] SecretsError),
-    /// Something else on our side.
-    #[error("{0}")]
-    Internal(String),
+    /// The projections did not catch up in time.
+    #[error(transparent)]
+    NotReached(#[from] NotReached),
+    /// A user kept changing while the run tried to record it.
+    #[error("user {0} kept changing during the run")]
+    Contended(String),
+}
+
+impl From<CommandError> for SyncError {
+    fn from(e: CommandError) -> Self {
+        match e {
+            CommandError::Rejected(r) => SyncError::Rejected(r),
+            CommandError::Append(a) => SyncError::Append(a),
+            CommandError::Store(s) => SyncError::Store(s),
+            CommandError::Contended => SyncError::Rejected(Rejection::Conflict(
+                "the resource changed meanwhile; retry".into(),
+            )),
+        }
+    }
 }
 
 impl SyncError {
@@ -278,22 +287,27 @@ impl SyncService {
     pub fn no_worker(&self, domain: DomainId) -> SyncError {
         let p = self.inner.engine.projector.read();
         match p.domains.get(domain) {
-            None => SyncError::NotFound("domain"),
-            Some(d) if d.removed => SyncError::Conflict(format!("domain {} was removed", d.name)),
+            None => Rejection::NotFound("domain").into(),
+            Some(d) if d.removed => {
+                Rejection::Conflict(format!("domain {} was removed", d.name)).into()
+            }
             Some(d) if d.credentials_removed_at.is_some() && d.credentials.is_none() => {
-                SyncError::NoCredentials(format!(
+                Rejection::Conflict(format!(
                     "the credentials of domain {} were removed; sync is stopped until new ones are saved",
                     d.name
                 ))
+                .into()
             }
-            Some(d) if d.credentials.is_none() => SyncError::NoCredentials(format!(
+            Some(d) if d.credentials.is_none() => Rejection::Conflict(format!(
                 "domain {} has no credentials; save them first",
                 d.name
-            )),
-            Some(d) => SyncError::Internal(format!(
+            ))
+            .into(),
+            Some(d) => Rejection::Conflict(format!(
                 "domain {} has no sync worker (its client secret cannot be opened)",
                 d.name
-            )),
+            ))
+            .into(),
         }
     }
 
@@ -432,14 +446,14 @@ impl SyncService {
                 .domains
                 .run(run_id)
                 .filter(|r| r.domain_id == domain)
-                .ok_or(SyncError::NotFound("sync run"))?;
+                .ok_or(Rejection::NotFound("sync run"))?;
             if run.status != SyncRunStatus::Quarantined {
-                return Err(SyncError::Conflict("the run is not quarantined".into()));
+                return Err(Rejection::Conflict("the run is not quarantined".into()).into());
             }
             if run.approved {
-                return Err(SyncError::Conflict("the run was approved already".into()));
+                return Err(Rejection::Conflict("the run was approved already".into()).into());
             }
-            let d = p.domains.get(domain).ok_or(SyncError::NotFound("domain"))?;
+            let d = p.domains.get(domain).ok_or(Rejection::NotFound("domain"))?;
             (d.settings.removal_behavior, run.held_removals.clone())
         };
         let mut last = crate::store::append_correlated(
@@ -504,12 +518,9 @@ impl SyncService {
         engine.settle().await?;
         let (sso, targets) = {
             let p = engine.projector.read();
-            let d = p.domains.get(domain).ok_or(SyncError::NotFound("domain"))?;
+            let d = p.domains.get(domain).ok_or(Rejection::NotFound("domain"))?;
             if d.removed {
-                return Err(SyncError::Conflict(format!(
-                    "domain {} was removed",
-                    d.name
-                )));
+                return Err(Rejection::Conflict(format!("domain {} was removed", d.name)).into());
             }
             let targets: Vec<UserId> = match ids {
                 None => p
@@ -528,10 +539,11 @@ impl SyncService {
                             Some(u)
                                 if u.domain_id == domain && u.status != UserStatus::Candidate => {}
                             _ => {
-                                return Err(SyncError::Invalid(format!(
-                                    "user_ids: {} is not a candidate of this domain",
-                                    id.0
-                                )))
+                                return Err(Rejection::Invalid {
+                                    field: "user_ids",
+                                    message: format!("{} is not a candidate of this domain", id.0),
+                                }
+                                .into())
                             }
                         }
                     }

@@ -8,10 +8,9 @@
 //! its appended facts are not appended twice (plans compare with what is recorded).
 
 use super::SyncError;
+use crate::engine::Engine;
 use crate::graph::{GraphClient, GraphError, GraphUser, UserChange, USER_SELECT};
-use crate::projector::Projector;
-use crate::secrets::Keyring;
-use crate::store::{AppendError, EventLog, ExpectedVersion, SledEventLog};
+use crate::store::{AppendError, ExpectedVersion};
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use idledger_domain::decide::user::Status;
 use idledger_domain::events::*;
@@ -24,8 +23,6 @@ use idledger_domain::{
 use idledger_projections::{DomainView, UserStatus, UserView};
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
-use std::time::Duration;
 
 /// Appends in flight at once: enough to fill the log's group commits.
 const APPEND_CONCURRENCY: usize = 256;
@@ -33,27 +30,6 @@ const APPEND_CONCURRENCY: usize = 256;
 const IDS_PER_REQUEST: usize = 50;
 /// Filtered `users/delta` requests in flight at once.
 const READ_CONCURRENCY: usize = 8;
-
-/// What a run needs from the engine.
-#[derive(Clone)]
-pub struct Engine {
-    /// The log.
-    pub log: Arc<SledEventLog>,
-    /// Live projections.
-    pub projector: Projector,
-    /// For shredding deleted users' data keys.
-    pub keyring: Arc<Keyring>,
-}
-
-impl Engine {
-    /// Waits until the projections include everything committed so far.
-    pub async fn settle(&self) -> Result<(), SyncError> {
-        self.projector
-            .wait_for(self.log.head().position, Duration::from_secs(60))
-            .await
-            .map_err(|e| SyncError::Internal(e.to_string()))
-    }
-}
 
 /// One user's change, as a run reports it.
 #[derive(Clone, Debug, Serialize)]
@@ -182,7 +158,7 @@ impl<'a> SyncRun<'a> {
             .domains
             .get(domain)
             .cloned()
-            .ok_or(SyncError::NotFound("domain"))?;
+            .ok_or(idledger_domain::decide::Rejection::NotFound("domain"))?;
         let known = p
             .users
             .of_domain(domain.id)
@@ -219,11 +195,11 @@ impl<'a> SyncRun<'a> {
         let found = self.client.find_groups(name).await?;
         match found.len() {
             1 => Ok(found[0].id.clone()),
-            0 => Err(SyncError::Group(format!(
+            0 => Err(SyncError::Tenant(format!(
                 "the {which} group '{name}' was not found in domain {}",
                 self.domain.name
             ))),
-            n => Err(SyncError::Group(format!(
+            n => Err(SyncError::Tenant(format!(
                 "the {which} group '{name}' is ambiguous in domain {}: {n} groups have that name; configure its object id",
                 self.domain.name
             ))),
@@ -290,7 +266,7 @@ impl<'a> SyncRun<'a> {
         // (every user would leave): the round lists every group it covers.
         for (which, id) in [("sync", &g.sync), ("rotation", &g.rotation)] {
             if !round.changes.contains_key(id) {
-                return Err(SyncError::Group(format!(
+                return Err(SyncError::Tenant(format!(
                     "the {which} group {id} was not found in domain {}",
                     self.domain.name
                 )));
@@ -725,9 +701,7 @@ impl<'a> SyncRun<'a> {
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(SyncError::Internal(format!(
-            "user {ext} kept changing during the run"
-        )))
+        Err(SyncError::Contended(ext))
     }
 }
 

@@ -1,7 +1,7 @@
 //! The HTTP API: the real server on a loopback port, a real HTTP client.
 
 use idledger::http::AppState;
-use idledger::store::{AppendRequest, EventLog, ExpectedVersion};
+use idledger::store::{AppendRequest, ExpectedVersion};
 use idledger_domain::events::{UserDiscovered, UserImported};
 use idledger_domain::{
     Actor, DomainId, ProposedEvent, SsoSettings, StreamId, UserAttributes, UserId,
@@ -989,10 +989,11 @@ async fn log_verify_and_replay_work_over_the_wire() {
     }
     // What verify would say on the data dir, computed on the served log itself.
     let mut local = idledger_replay::Verifier::new();
-    for r in app.state.log.raw_records(1) {
-        let (pos, bytes) = r.unwrap();
-        local.push(pos, &bytes);
-    }
+    app.state.log.records(1)(&mut |pos, bytes| {
+        local.push(pos, bytes);
+        std::ops::ControlFlow::Continue(())
+    })
+    .unwrap();
     let local = local.finish().summary_json();
     let run = |args: Vec<String>| {
         let token = auditor.clone();
@@ -1059,7 +1060,7 @@ async fn log_verify_and_replay_work_over_the_wire() {
     assert_eq!(code, Some(0));
     let remote: Value = serde_json::from_str(&stdout).unwrap();
     let folded = idledger_replay::fold(
-        app.state.log.envelopes(1),
+        idledger::store::envelopes(&*app.state.log, 1),
         idledger_replay::Until::Position(until),
         |_| {},
     )
@@ -1362,7 +1363,7 @@ async fn revoking_a_token_ends_its_open_streams() {
         let mut events = vec![crate::support::discovered(user)];
         events.extend((0..499).map(|n| crate::support::some_user_event(n * 3)));
         crate::support::append(
-            &app.state.log,
+            &*app.state.log,
             user,
             idledger::store::ExpectedVersion::NoStream,
             events,

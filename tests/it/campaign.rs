@@ -12,7 +12,7 @@
 
 use crate::support::*;
 use chrono::{DateTime, Utc};
-use idledger::api_client::{contoso, ServeProcess};
+use idledger::client::{contoso, ServeProcess};
 use idledger::secrets::{Keyring, MasterKey};
 use idledger::store::SledEventLog;
 use idledger_domain::{Event, RotationId, StreamId, UserId};
@@ -441,7 +441,7 @@ fn check_history(
 ) -> Vec<String> {
     let store = SledEventLog::open(data).unwrap();
     let (master, _) = MasterKey::load(data, None, true).unwrap();
-    let keys = idledger::keystore::KeyFile::open(data).unwrap();
+    let keys = idledger::secrets::keystore::KeyFile::open(data).unwrap();
     let keyring = Keyring::open(master, std::sync::Arc::new(keys)).unwrap();
     let mut problems = Vec::new();
     for (user, external) in targets {
@@ -458,7 +458,7 @@ fn check_history(
         }
         let mut passwords: BTreeMap<RotationId, String> = BTreeMap::new();
         let mut view = EngineView::default();
-        for env in store.envelopes(1) {
+        for env in idledger::store::envelopes(&*store, 1) {
             let env = env.unwrap();
             if env.stream != stream {
                 continue;

@@ -133,7 +133,7 @@ async fn log_prints_envelopes_and_filters() {
         let log = SledEventLog::open(dir.path()).unwrap();
         for n in 0..10u128 {
             append(
-                &log,
+                &*log,
                 user(n % 2),
                 ExpectedVersion::Any,
                 vec![some_user_event(n as u64)],

@@ -67,8 +67,7 @@ async fn acknowledged_events_survive_sigkill() {
     let (report, code) = verify(&data);
     assert_eq!(code, 0, "{report}");
     let log = SledEventLog::open(&data).unwrap();
-    let all: HashMap<u64, String> = log
-        .envelopes(1)
+    let all: HashMap<u64, String> = idledger::store::envelopes(&*log, 1)
         .map(|e| e.map(|e| (e.position, e.event_id.hyphenated().to_string())))
         .collect::<Result<_, _>>()
         .unwrap();
@@ -527,7 +526,7 @@ async fn history_settled(serve: &Serve, user: &str, n: usize) -> Vec<serde_json:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refusal_after_a_lost_answer_keeps_the_candidate_until_graph_confirms_it() {
     let (sim, _sim) = graphsim::spawn(
-        idledger::api_client::contoso::directory().unwrap(),
+        idledger::client::contoso::directory().unwrap(),
         graphsim::SimConfig::default(),
     )
     .await
@@ -598,7 +597,7 @@ async fn a_refusal_after_a_lost_answer_keeps_the_candidate_until_graph_confirms_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_new_password_while_a_held_request_may_still_land() {
     let (sim, sim_state) = graphsim::spawn(
-        idledger::api_client::contoso::directory().unwrap(),
+        idledger::client::contoso::directory().unwrap(),
         graphsim::SimConfig::default(),
     )
     .await
@@ -694,7 +693,7 @@ async fn a_run_interrupted_by_a_crash_is_closed_on_restart() {
     use reqwest::Method;
     use serde_json::json;
     let (sim, _sim) = graphsim::spawn(
-        idledger::api_client::contoso::directory().unwrap(),
+        idledger::client::contoso::directory().unwrap(),
         graphsim::SimConfig::default(),
     )
     .await

@@ -20,7 +20,7 @@ async fn appends_are_atomic_versioned_and_readable() {
     let log = SledEventLog::open(dir.path()).unwrap();
     let a = user(1);
     let first = append(
-        &log,
+        &*log,
         a,
         ExpectedVersion::NoStream,
         vec![discovered(a), some_user_event(1), some_user_event(2)],
@@ -60,8 +60,14 @@ async fn appends_are_atomic_versioned_and_readable() {
         Err(AppendError::WrongExpectedVersion { .. })
     ));
     let b = user(2);
-    append(&log, b, ExpectedVersion::Any, vec![discovered(b)]).await;
-    append(&log, a, ExpectedVersion::Exact(3), vec![some_user_event(4)]).await;
+    append(&*log, b, ExpectedVersion::Any, vec![discovered(b)]).await;
+    append(
+        &*log,
+        a,
+        ExpectedVersion::Exact(3),
+        vec![some_user_event(4)],
+    )
+    .await;
     let stream = log.read_stream(&StreamId::user(a), 1, 100).unwrap();
     assert_eq!(
         stream.iter().map(|e| e.version).collect::<Vec<_>>(),
@@ -178,7 +184,7 @@ async fn positions_versions_and_hashes_survive_reopen() {
     let log = SledEventLog::open(dir.path()).unwrap();
     for n in 0..20u128 {
         append(
-            &log,
+            &*log,
             user(n % 4),
             ExpectedVersion::Any,
             vec![some_user_event(n as u64)],
@@ -191,7 +197,7 @@ async fn positions_versions_and_hashes_survive_reopen() {
     assert_eq!(log.head(), head);
     assert_eq!(log.stream_version(&StreamId::user(user(1))), 5);
     let next = append(
-        &log,
+        &*log,
         user(1),
         ExpectedVersion::Exact(5),
         vec![some_user_event(0)],
@@ -208,7 +214,7 @@ async fn catch_up_subscription_has_no_gap_and_no_duplicate() {
     let log = SledEventLog::open(dir.path()).unwrap();
     for n in 0..300u128 {
         append(
-            &log,
+            &*log,
             user(n % 7),
             ExpectedVersion::Any,
             vec![some_user_event(n as u64)],
@@ -223,7 +229,7 @@ async fn catch_up_subscription_has_no_gap_and_no_duplicate() {
                 let events = (0..(n % 3 + 1))
                     .map(|k| some_user_event(k as u64))
                     .collect();
-                append(&log, user(n % 11), ExpectedVersion::Any, events).await;
+                append(&*log, user(n % 11), ExpectedVersion::Any, events).await;
                 if n % 50 == 0 {
                     tokio::task::yield_now().await;
                 }
@@ -255,7 +261,7 @@ async fn catch_up_subscription_has_no_gap_and_no_duplicate() {
 }
 
 fn fold_log(log: &SledEventLog) -> idledger_projections::Projections {
-    fold(log.envelopes(1), Until::End, |_| {}).unwrap()
+    fold(idledger::store::envelopes(log, 1), Until::End, |_| {}).unwrap()
 }
 
 #[derive(Debug, Clone)]
@@ -294,7 +300,7 @@ proptest! {
             let log = SledEventLog::open(dir.path()).unwrap();
             let projector = Projector::start(log.clone());
             for s in 0..5u128 {
-                append(&log, user(s), ExpectedVersion::NoStream, vec![discovered(user(s))]).await;
+                append(&*log, user(s), ExpectedVersion::NoStream, vec![discovered(user(s))]).await;
             }
             let mut tasks = Vec::new();
             for t in 0..6 {

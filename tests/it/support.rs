@@ -1,6 +1,6 @@
 //! Helpers shared by the integration tests.
 
-use idledger::store::{AppendRequest, EventLog, ExpectedVersion, SledEventLog};
+use idledger::store::{AppendRequest, EventLog, ExpectedVersion};
 use idledger_domain::events::{
     RotationGroupJoined, UserAttributesChanged, UserDiscovered, UserImported,
 };
@@ -9,7 +9,6 @@ use idledger_domain::{
 };
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 use uuid::Uuid;
 
 /// The `idledger` binary built for these tests (its data dirs are throwaway: the master
@@ -67,7 +66,7 @@ pub fn proposed(event: Event) -> ProposedEvent {
 }
 
 pub async fn append(
-    log: &Arc<SledEventLog>,
+    log: &dyn EventLog,
     u: UserId,
     expected: ExpectedVersion,
     events: Vec<Event>,

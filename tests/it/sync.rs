@@ -916,7 +916,6 @@ async fn a_saved_secret_goes_nowhere_but_where_it_was_saved_for() {
 async fn a_deleted_users_data_key_is_in_no_file_and_their_password_opens_no_more() {
     use base64::Engine;
     use idledger::secrets::{KeyStorage, Keyring, MasterKey};
-    use idledger::store::EventLog;
     let w = world(json!({"auto_import": true, "removal_behavior": "delete"})).await;
     w.sync().await;
     let id = w.user(5).await.unwrap()["id"].as_str().unwrap().to_owned();
@@ -950,7 +949,7 @@ async fn a_deleted_users_data_key_is_in_no_file_and_their_password_opens_no_more
     };
     let data = w.app.dir.path();
     let (master, _) = MasterKey::load(data, None, true).unwrap();
-    let keys = std::sync::Arc::new(idledger::keystore::KeyFile::open(data).unwrap());
+    let keys = std::sync::Arc::new(idledger::secrets::keystore::KeyFile::open(data).unwrap());
     let wrapped = keys
         .get(format!("dk:{}", sealed.key_id).as_bytes())
         .unwrap()
@@ -989,7 +988,7 @@ async fn a_deleted_users_data_key_is_in_no_file_and_their_password_opens_no_more
             }
         }
     }
-    let keys = std::sync::Arc::new(idledger::keystore::KeyFile::open(data).unwrap());
+    let keys = std::sync::Arc::new(idledger::secrets::keystore::KeyFile::open(data).unwrap());
     assert!(matches!(
         Keyring::open(master, keys)
             .unwrap()

@@ -5,11 +5,10 @@
 //! would: registers the domain with its credentials, runs a sync, imports the candidates,
 //! and prints a summary. It then serves until Ctrl-C, or exits with `--once`.
 
-use crate::api_client::{contoso, ApiClient};
-use crate::cli::CliError;
+use crate::client::{contoso, ApiClient};
+use crate::error::Error;
 use crate::rotation::RotationConfig;
 use crate::server::{issue_token, start_with, Config};
-use crate::store::EventLog;
 use crate::sync::SyncConfig;
 use clap::Args;
 use idledger_domain::{Actor, Role};
@@ -35,7 +34,7 @@ pub struct DemoArgs {
 }
 
 /// Runs the demo.
-pub async fn run(args: DemoArgs) -> Result<ExitCode, CliError> {
+pub async fn run(args: DemoArgs) -> Result<ExitCode, Error> {
     let dir = match &args.data_dir {
         Some(d) => d.clone(),
         None => {
@@ -61,7 +60,7 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode, CliError> {
     let start = state.log.head().position;
     // The demo's own admin token: a reused data dir has no bootstrap token to read.
     let (_, token, position) = issue_token(
-        &state.log,
+        &*state.log,
         Actor::Operator,
         Role::Admin,
         "demo".into(),
@@ -72,10 +71,10 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode, CliError> {
         .projector
         .wait_for(position, Duration::from_secs(10))
         .await
-        .map_err(|e| CliError::Other(e.to_string()))?;
+        .map_err(|e| Error::Other(e.to_string()))?;
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
-        .map_err(|e| CliError::Other(format!("cannot listen on {}: {e}", config.listen)))?;
+        .map_err(|e| Error::Other(format!("cannot listen on {}: {e}", config.listen)))?;
     let url = format!("http://{}", listener.local_addr()?);
     let log = state.log.clone();
     let projector = state.projector.clone();
@@ -99,20 +98,20 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode, CliError> {
     projector
         .wait_for(log.head().position, Duration::from_secs(10))
         .await
-        .map_err(|e| CliError::Other(e.to_string()))?;
+        .map_err(|e| Error::Other(e.to_string()))?;
 
     let mut verifier = Verifier::new();
-    for r in log.raw_records(1) {
-        let (pos, bytes) = r?;
-        verifier.push(pos, &bytes);
-    }
+    log.records(1)(&mut |pos, bytes| {
+        verifier.push(pos, bytes);
+        std::ops::ControlFlow::Continue(())
+    })?;
     let report = verifier.finish();
     let by_status = {
         let p = projector.read();
         let mut by_status = std::collections::BTreeMap::new();
         for u in p.users.of_domain(idledger_domain::DomainId(
             id.parse()
-                .map_err(|_| CliError::Other("bad domain id".into()))?,
+                .map_err(|_| Error::Other("bad domain id".into()))?,
         )) {
             *by_status.entry(u.status.as_str()).or_insert(0) += 1;
         }
@@ -187,7 +186,7 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode, CliError> {
 }
 
 /// Registers the demo domain (or points an existing one at this run's simulator).
-async fn register(admin: &ApiClient, sim_url: &str) -> Result<Value, CliError> {
+async fn register(admin: &ApiClient, sim_url: &str) -> Result<Value, Error> {
     let existing = admin.call(Method::GET, "/v1/domains", None).await?;
     let found = existing["items"]
         .as_array()
@@ -239,7 +238,7 @@ async fn rotate_and_deliver(
     admin: &ApiClient,
     domain: &str,
     imported_at: Option<u64>,
-) -> Result<KeysReport, CliError> {
+) -> Result<KeysReport, Error> {
     let after_import = imported_at.map_or(String::new(), |p| format!("&min_position={p}"));
     let users = admin
         .call(
@@ -306,9 +305,7 @@ async fn rotate_and_deliver(
                 break r;
             }
             if std::time::Instant::now() > deadline {
-                return Err(CliError::Other(format!(
-                    "the rotation of {upn} did not end"
-                )));
+                return Err(Error::Other(format!("the rotation of {upn} did not end")));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         };

@@ -3,7 +3,7 @@
 //! (open-loop) phase for latency, measured from each request's scheduled time so a slow
 //! server cannot hide its queueing, then a closed-loop phase for the highest throughput.
 
-use crate::cli::CliError;
+use crate::error::Error;
 use crate::server::issue_token;
 use crate::store::{AppendRequest, EventLog, ExpectedVersion, SledEventLog};
 use clap::Args;
@@ -43,7 +43,7 @@ pub struct BareArgs {
 const USERS: u32 = 1000;
 
 /// A bare axum handler answering a user-sized JSON body: the baseline.
-pub async fn bare_server(args: BareArgs) -> Result<ExitCode, CliError> {
+pub async fn bare_server(args: BareArgs) -> Result<ExitCode, Error> {
     let body = serde_json::json!({
         "id": Uuid::nil(), "domain_id": Uuid::nil(), "external_id": Uuid::nil().to_string(),
         "user_principal_name": "user@bench.onmicrosoft.com", "display_name": "Bench User", "mail": null,
@@ -64,7 +64,7 @@ pub async fn bare_server(args: BareArgs) -> Result<ExitCode, CliError> {
 }
 
 /// Adds a domain and users when the data dir has none; returns a token and some user ids.
-async fn prepare(data_dir: &std::path::Path) -> Result<(String, Vec<UserId>), CliError> {
+async fn prepare(data_dir: &std::path::Path) -> Result<(String, Vec<UserId>), Error> {
     let log = SledEventLog::open(data_dir)?;
     let domain = DomainId(Uuid::now_v7());
     let mut users = Vec::new();
@@ -109,13 +109,19 @@ async fn prepare(data_dir: &std::path::Path) -> Result<(String, Vec<UserId>), Cl
         .await?;
         users.push(user);
     }
-    let (_, token, _) =
-        issue_token(&log, Actor::Operator, Role::Auditor, "bench".into(), vec![]).await?;
+    let (_, token, _) = issue_token(
+        &*log,
+        Actor::Operator,
+        Role::Auditor,
+        "bench".into(),
+        vec![],
+    )
+    .await?;
     log.flush().await?;
     Ok((token, users))
 }
 
-fn free_port() -> Result<u16, CliError> {
+fn free_port() -> Result<u16, Error> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
@@ -130,11 +136,11 @@ impl Drop for Killed {
     }
 }
 
-async fn wait_healthy(http: &reqwest::Client, url: &str) -> Result<(), CliError> {
+async fn wait_healthy(http: &reqwest::Client, url: &str) -> Result<(), Error> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while http.get(format!("{url}/healthz")).send().await.is_err() {
         if Instant::now() > deadline {
-            return Err(CliError::Other(format!("{url} did not start")));
+            return Err(Error::Other(format!("{url} did not start")));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -247,7 +253,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// Runs `bench api`.
-pub async fn api(args: ApiArgs) -> Result<ExitCode, CliError> {
+pub async fn api(args: ApiArgs) -> Result<ExitCode, Error> {
     let (token, users) = prepare(&args.data_dir).await?;
     // Let the writer task release sled's lock before `serve` opens the store.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -290,7 +296,7 @@ pub async fn api(args: ApiArgs) -> Result<ExitCode, CliError> {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(args.connections * 4)
         .build()
-        .map_err(|e| CliError::Other(e.to_string()))?;
+        .map_err(|e| Error::Other(e.to_string()))?;
     wait_healthy(&http, &ours).await?;
     wait_healthy(&http, &bare).await?;
     // Warm up both.

@@ -1,5 +1,17 @@
-//! Command-line parsing and dispatch. Each subcommand's work lives in its own module.
+//! The command line: argument types, dispatch, and the printing of each command. Nothing
+//! else in the crate imports this room; the work itself is done by the rooms below it.
 
+pub mod bench;
+pub mod demo;
+pub mod export;
+pub mod graph;
+pub mod inspect;
+pub mod progress;
+pub mod serve;
+pub mod token;
+
+use crate::audit::Source;
+use crate::error::Error;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,7 +27,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the engine end to end on a data dir and print a summary.
-    Demo(crate::demo::DemoArgs),
+    Demo(demo::DemoArgs),
     /// Print envelopes as JSON Lines (sealed secrets show as "sealed").
     Log(LogArgs),
     /// Verify the hash chain, encodings and positions of the whole log.
@@ -23,17 +35,17 @@ enum Command {
     /// Fold the log (up to a position or time) and print the projections as JSON.
     Replay(ReplayArgs),
     /// Write a compliance export (CSV or JSON Lines) and its manifest.
-    Export(crate::export::ExportArgs),
+    Export(export::ExportArgs),
     /// Check an export against the log: rows, count, file hash and the chain.
-    VerifyExport(crate::export::VerifyExportArgs),
-    /// Measure the event log.
+    VerifyExport(export::VerifyExportArgs),
+    /// Measure the engine.
     #[command(subcommand)]
-    Bench(BenchCommand),
+    Bench(bench::BenchCommand),
     /// Microsoft Graph tools.
     #[command(subcommand)]
     Graph(GraphCommand),
     /// Serve the HTTP API on the event log.
-    Serve(crate::server::ServeArgs),
+    Serve(serve::ServeArgs),
     /// API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -42,13 +54,13 @@ enum Command {
 #[derive(Subcommand, Debug)]
 enum TokenCommand {
     /// Issue a token while the server is stopped; prints it once.
-    Create(crate::server::TokenCreateArgs),
+    Create(token::TokenCreateArgs),
 }
 
 #[derive(Subcommand, Debug)]
 enum GraphCommand {
     /// Test a connection: token, granted permissions, the reads the product needs, both groups.
-    Check(crate::graph::check::CheckArgs),
+    Check(graph::CheckArgs),
 }
 
 /// Where the log is read from: a local data dir, or a running server's event feed (with
@@ -62,6 +74,25 @@ pub struct DataDir {
     /// A running server, e.g. http://127.0.0.1:8080 (token from IDLEDGER_TOKEN).
     #[arg(long)]
     pub server: Option<String>,
+}
+
+impl DataDir {
+    /// Where to read: the data dir, or the server with the token in `IDLEDGER_TOKEN`.
+    pub fn source(&self) -> Result<Source, Error> {
+        match (&self.data_dir, &self.server) {
+            (Some(dir), _) => Ok(Source::DataDir(dir.clone())),
+            (None, Some(url)) => {
+                let token = std::env::var("IDLEDGER_TOKEN").map_err(|_| {
+                    Error::Other("set IDLEDGER_TOKEN to an admin or auditor token".into())
+                })?;
+                Ok(Source::Server {
+                    url: url.clone(),
+                    token,
+                })
+            }
+            (None, None) => Err(Error::Other("give --data-dir or --server".into())),
+        }
+    }
 }
 
 /// Options of `idledger log`.
@@ -93,25 +124,6 @@ pub struct ReplayArgs {
     pub until_time: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-#[derive(Subcommand, Debug)]
-enum BenchCommand {
-    /// Durable appends from concurrent writers, against raw sled with as many flushes.
-    Append(crate::bench::AppendArgs),
-    /// Folding the log into all projections, against a raw sled scan plus decode.
-    Replay(crate::bench::ReplayArgs),
-    /// GET /v1/users/{id} on a serve process: p99 at a fixed rate, and throughput against a bare axum handler.
-    Api(crate::bench_api::ApiArgs),
-    /// A first sync of a large generated group, then an incremental run of known changes.
-    Sync(crate::bench_sync::SyncArgs),
-    /// A password-changes export of N events and its verify-export, in rows/s.
-    Export(crate::bench_export::ExportBenchArgs),
-    /// N due users rotated against graphsim by a serve process, the concurrency limit checked.
-    Rotate(crate::bench_rotate::RotateArgs),
-    /// The bare axum handler `bench api` compares against.
-    #[command(hide = true)]
-    BareServer(crate::bench_api::BareArgs),
-}
-
 /// Parses the command line and runs it.
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
@@ -122,38 +134,16 @@ pub fn run() -> ExitCode {
     let result = match cli.command {
         Command::Serve(_) => unreachable!("handled above"),
         Command::Token(TokenCommand::Create(a)) => {
-            runtime().and_then(|rt| rt.block_on(crate::server::token_create(a)))
+            runtime().and_then(|rt| rt.block_on(token::create(a)))
         }
-        Command::Demo(a) => runtime().and_then(|rt| rt.block_on(crate::demo::run(a))),
-        Command::Log(a) => crate::inspect::log(&a),
-        Command::Verify(a) => crate::inspect::verify(&a),
-        Command::Replay(a) => crate::inspect::replay(&a),
-        Command::Export(a) => crate::export::export(&a),
-        Command::VerifyExport(a) => crate::export::verify_export(&a),
-        Command::Graph(GraphCommand::Check(a)) => {
-            runtime().map(|rt| rt.block_on(crate::graph::check::run(a)))
-        }
-        Command::Bench(BenchCommand::Append(a)) => {
-            runtime().and_then(|rt| rt.block_on(crate::bench::append(a)))
-        }
-        Command::Bench(BenchCommand::Sync(a)) => {
-            runtime().and_then(|rt| rt.block_on(crate::bench_sync::sync(a)))
-        }
-        Command::Bench(BenchCommand::Export(a)) => {
-            runtime().and_then(|rt| rt.block_on(crate::bench_export::run(a)))
-        }
-        Command::Bench(BenchCommand::Rotate(a)) => {
-            runtime().and_then(|rt| rt.block_on(crate::bench_rotate::rotate(a)))
-        }
-        Command::Bench(BenchCommand::Api(a)) => {
-            runtime().and_then(|rt| rt.block_on(crate::bench_api::api(a)))
-        }
-        Command::Bench(BenchCommand::BareServer(a)) => {
-            runtime().and_then(|rt| rt.block_on(crate::bench_api::bare_server(a)))
-        }
-        Command::Bench(BenchCommand::Replay(a)) => {
-            runtime().and_then(|rt| rt.block_on(crate::bench::replay(a)))
-        }
+        Command::Demo(a) => runtime().and_then(|rt| rt.block_on(demo::run(a))),
+        Command::Log(a) => inspect::log(&a),
+        Command::Verify(a) => inspect::verify(&a),
+        Command::Replay(a) => inspect::replay(&a),
+        Command::Export(a) => export::export(&a),
+        Command::VerifyExport(a) => export::verify_export(&a),
+        Command::Graph(GraphCommand::Check(a)) => runtime().map(|rt| rt.block_on(graph::check(a))),
+        Command::Bench(b) => bench::run(b),
     };
     match result {
         Ok(code) => code,
@@ -164,24 +154,32 @@ pub fn run() -> ExitCode {
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+/// A multi-threaded runtime for one command.
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, Error> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| CliError::Other(e.to_string()))
+        .map_err(|e| Error::Other(e.to_string()))
 }
 
-fn serve(args: crate::server::ServeArgs) -> ExitCode {
-    let config = match crate::server::Config::load(&args) {
+fn serve(args: serve::ServeArgs) -> ExitCode {
+    let config = match args.config() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);
         }
     };
-    init_tracing("info", config.log_format == "json");
-    match runtime().and_then(|rt| rt.block_on(crate::server::serve(args, config))) {
-        Ok(code) => code,
+    init_tracing("info", config.log_format == crate::server::LogFormat::Json);
+    let served = runtime().and_then(|rt| {
+        rt.block_on(crate::server::run(
+            &args.data_dir,
+            &config,
+            crate::server::shutdown_signal(),
+        ))
+    });
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "serve failed");
             eprintln!("error: {e}");
@@ -204,21 +202,4 @@ fn init_tracing(default: &str, json: bool) {
     } else {
         builder.try_init()
     };
-}
-
-/// A CLI command failed (as opposed to finding a problem, which is an exit code).
-#[derive(Debug, thiserror::Error)]
-pub enum CliError {
-    /// The store failed.
-    #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
-    /// An append failed.
-    #[error(transparent)]
-    Append(#[from] crate::store::AppendError),
-    /// Reading or writing a file failed.
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-    /// Anything else.
-    #[error("{0}")]
-    Other(String),
 }

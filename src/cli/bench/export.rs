@@ -1,12 +1,13 @@
 //! `idledger bench export`: a password-changes CSV export of a log of N password-change
 //! events, and its `verify-export`, in rows per second.
 
-use crate::cli::{CliError, DataDir};
-use crate::export::{export_from, records_of_store, verify_from, ExportArgs};
+use crate::audit::source::records_of_store;
+use crate::error::Error;
 use crate::store::{AppendRequest, EventLog, ExpectedVersion, SledEventLog};
 use clap::Args;
 use idledger_domain::events::*;
 use idledger_domain::*;
+use idledger_replay::{ExportFormat, ExportKind, ExportQuery};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -75,11 +76,11 @@ fn story(user: UserId, domain: DomainId, events: u64) -> Vec<Event> {
     out
 }
 
-async fn fill(log: &Arc<SledEventLog>, count: u64) -> Result<(), CliError> {
+async fn fill(log: &Arc<SledEventLog>, count: u64) -> Result<(), Error> {
     const PER_USER: u64 = 60;
     let domain = DomainId(Uuid::now_v7());
     let remaining = Arc::new(AtomicU64::new(count));
-    let pb = crate::progress::bar(Some(count), "fill");
+    let pb = crate::cli::progress::bar(Some(count), "fill");
     let mut tasks = Vec::new();
     for _ in 0..8 {
         let (log, remaining, pb) = (log.clone(), remaining.clone(), pb.clone());
@@ -92,7 +93,7 @@ async fn fill(log: &Arc<SledEventLog>, count: u64) -> Result<(), CliError> {
                     .unwrap_or(0);
                 let n = took.min(PER_USER);
                 if n == 0 {
-                    return Ok::<_, CliError>(());
+                    return Ok::<_, Error>(());
                 }
                 let user = UserId(Uuid::now_v7());
                 let events = story(user, domain, n)
@@ -110,7 +111,7 @@ async fn fill(log: &Arc<SledEventLog>, count: u64) -> Result<(), CliError> {
         }));
     }
     for t in tasks {
-        t.await.map_err(|e| CliError::Other(e.to_string()))??;
+        t.await.map_err(|e| Error::Other(e.to_string()))??;
     }
     pb.finish_and_clear();
     log.flush().await?;
@@ -118,7 +119,7 @@ async fn fill(log: &Arc<SledEventLog>, count: u64) -> Result<(), CliError> {
 }
 
 /// Runs the benchmark and prints one JSON line.
-pub async fn run(args: ExportBenchArgs) -> Result<ExitCode, CliError> {
+pub async fn run(args: ExportBenchArgs) -> Result<ExitCode, Error> {
     let dir = args.data_dir.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("idledger-bench-export-{}", Uuid::new_v4().simple()))
     });
@@ -132,44 +133,44 @@ pub async fn run(args: ExportBenchArgs) -> Result<ExitCode, CliError> {
     // Measure what an auditor runs, `idledger export --data-dir` and `verify-export`, on
     // the closed store (opened before the clock starts: sled keeps its lock a while after
     // the log is dropped).
-    let store = crate::bench::reopen(&dir).await?;
+    let store = super::reopen(&dir).await?;
     let out = dir.join("bench-export.csv");
-    let export_args = ExportArgs {
-        kind: "password-changes".into(),
-        dir: DataDir {
-            data_dir: Some(dir.clone()),
-            server: None,
-        },
+    let query = ExportQuery {
+        kind: ExportKind::PasswordChanges,
         from: None,
         to: None,
         domain: None,
         user: None,
-        format: "csv".into(),
-        out: out.clone(),
     };
-    let blocking = |job: Box<dyn FnOnce() -> Result<(f64, bool), CliError> + Send>| async {
+    let file = out.clone();
+    let blocking = |job: Box<dyn FnOnce() -> Result<(f64, bool), Error> + Send>| async {
         tokio::task::spawn_blocking(job)
             .await
-            .map_err(|e| CliError::Other(e.to_string()))?
+            .map_err(|e| Error::Other(e.to_string()))?
     };
     let (export_s, _) = blocking(Box::new(move || {
         let t = Instant::now();
-        let last = store.last_position()?;
-        export_from(&export_args, records_of_store(&store)?, Some(last))?;
+        crate::audit::export_file(
+            records_of_store(&store)?,
+            &query,
+            ExportFormat::Csv,
+            &file,
+            |_| {},
+        )?;
         Ok((t.elapsed().as_secs_f64(), true))
     }))
     .await?;
     // verify-export reads the store cold too, as a fresh `idledger verify-export` would.
-    let store = crate::bench::reopen(&dir).await?;
+    let store = super::reopen(&dir).await?;
     let (verify_s, verified) = blocking(Box::new(move || {
         let t = Instant::now();
-        let report = verify_from(&out, records_of_store(&store)?)?;
-        Ok((t.elapsed().as_secs_f64(), report["ok"] == true))
+        let report = crate::audit::verify_export_file(&out, records_of_store(&store)?, |_| {})?;
+        Ok((t.elapsed().as_secs_f64(), report.ok))
     }))
     .await?;
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("bench-export.csv.manifest.json"))?)
-            .map_err(|e| CliError::Other(e.to_string()))?;
+            .map_err(|e| Error::Other(e.to_string()))?;
     let rows = manifest["rows"].as_u64().unwrap_or(0);
     println!(
         "{}",

@@ -1,9 +1,9 @@
 //! `idledger bench rotate`: N due users rotated against an in-process graphsim by a real
 //! `serve` process, with the domain's concurrency limit checked on graphsim's side.
 
-use crate::api_client::{contoso, ServeProcess};
-use crate::bench_sync::tempfile_dir;
-use crate::cli::CliError;
+use super::sync::tempfile_dir;
+use crate::client::{contoso, ServeProcess};
+use crate::error::Error;
 use clap::Args;
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use reqwest::Method;
@@ -30,7 +30,7 @@ pub struct RotateArgs {
 }
 
 /// Runs the benchmark and prints one JSON line.
-pub async fn rotate(args: RotateArgs) -> Result<ExitCode, CliError> {
+pub async fn rotate(args: RotateArgs) -> Result<ExitCode, Error> {
     let dir = tempfile_dir(&args.data_dir)?;
     std::fs::create_dir_all(&dir)?;
     let mut tenant = contoso::directory()?;
@@ -71,18 +71,14 @@ pub async fn rotate(args: RotateArgs) -> Result<ExitCode, CliError> {
     result
 }
 
-async fn drive(
-    args: &RotateArgs,
-    serve: &ServeProcess,
-    sim_url: &str,
-) -> Result<ExitCode, CliError> {
+async fn drive(args: &RotateArgs, serve: &ServeProcess, sim_url: &str) -> Result<ExitCode, Error> {
     let api = &serve.api;
     let settings = json!({"auto_import": true, "max_concurrent_rotations": args.concurrency});
     let domain = api.add_contoso(sim_url, settings).await?;
     let id = domain["id"].as_str().unwrap_or_default().to_owned();
     let run = api.sync_and_wait(&id, Duration::from_secs(600)).await?;
     if run["status"] != "succeeded" {
-        return Err(CliError::Other(format!("the sync did not succeed: {run}")));
+        return Err(Error::Other(format!("the sync did not succeed: {run}")));
     }
     // Every generated user gets a key (contoso's own users stay out).
     let mut users = Vec::new();
@@ -106,7 +102,7 @@ async fn drive(
             None => break,
         }
     }
-    let pb = crate::progress::bar(Some(users.len() as u64), "keys");
+    let pb = crate::cli::progress::bar(Some(users.len() as u64), "keys");
     stream::iter(users.iter().enumerate())
         .map(|(i, u)| {
             let pb = &pb;
@@ -118,7 +114,7 @@ async fn drive(
                 )
                 .await?;
                 pb.inc(1);
-                Ok::<(), CliError>(())
+                Ok::<(), Error>(())
             }
         })
         .buffer_unordered(32)
@@ -134,7 +130,7 @@ async fn drive(
         Some(json!({"auto_password_change_days": 30})),
     )
     .await?;
-    let pb = crate::progress::bar(Some(users.len() as u64), "rotated");
+    let pb = crate::cli::progress::bar(Some(users.len() as u64), "rotated");
     let (done, failed) = loop {
         let (done, failed) = rotated(api, &id).await?;
         pb.set_position(done as u64);
@@ -142,7 +138,7 @@ async fn drive(
             break (done, failed);
         }
         if t.elapsed() > Duration::from_secs(1800) {
-            return Err(CliError::Other(format!(
+            return Err(Error::Other(format!(
                 "only {done} of {} rotated",
                 users.len()
             )));
@@ -153,10 +149,10 @@ async fn drive(
     pb.finish_and_clear();
     let stats: Value = reqwest::get(format!("{sim_url}/_sim/stats"))
         .await
-        .map_err(|e| CliError::Other(e.to_string()))?
+        .map_err(|e| Error::Other(e.to_string()))?
         .json()
         .await
-        .map_err(|e| CliError::Other(e.to_string()))?;
+        .map_err(|e| Error::Other(e.to_string()))?;
     println!(
         "{}",
         json!({
@@ -183,10 +179,7 @@ async fn drive(
 
 /// How many of the domain's users have a rotation that succeeded, and how many whose last
 /// rotation ended otherwise.
-async fn rotated(
-    api: &crate::api_client::ApiClient,
-    domain: &str,
-) -> Result<(usize, usize), CliError> {
+async fn rotated(api: &crate::client::ApiClient, domain: &str) -> Result<(usize, usize), Error> {
     let mut done = 0;
     let mut failed = 0;
     let mut after: Option<String> = None;

@@ -3,6 +3,8 @@
 //! stream name as associated data. Deleting a subject's data key (crypto-shredding) makes
 //! its secrets unreadable while the log and its chain stay intact.
 
+pub mod keystore;
+
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
@@ -81,7 +83,7 @@ fn inside(path: &Path, dir: &Path) -> bool {
     }
 }
 
-/// Durable storage of wrapped data keys ([`crate::keystore::KeyFile`] in production).
+/// Durable storage of wrapped data keys ([`crate::secrets::keystore::KeyFile`] in production).
 pub trait KeyStorage: Send + Sync {
     /// Reads a value.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, SecretsError>;
@@ -370,7 +372,7 @@ mod tests {
     #[test]
     fn seal_unseal_bind_the_stream_and_shred() {
         let dir = tempfile::tempdir().unwrap();
-        let storage = Arc::new(crate::keystore::KeyFile::open(dir.path()).unwrap());
+        let storage = Arc::new(crate::secrets::keystore::KeyFile::open(dir.path()).unwrap());
         let ring = Keyring::open(master(1), storage.clone()).unwrap();
         let d = StreamId::domain(idledger_domain::DomainId(uuid::Uuid::from_u128(1)));
         let other = StreamId::domain(idledger_domain::DomainId(uuid::Uuid::from_u128(2)));

@@ -1,7 +1,7 @@
 //! A small client of the engine's own API, for the CLI commands that drive a server the
 //! way an admin would (`demo`, `bench sync`).
 
-use crate::cli::CliError;
+use crate::error::Error;
 use reqwest::Method;
 use serde_json::Value;
 use std::time::{Duration, Instant};
@@ -31,7 +31,7 @@ impl ApiClient {
         method: Method,
         path: &str,
         body: Option<Value>,
-    ) -> Result<Value, CliError> {
+    ) -> Result<Value, Error> {
         let mut req = self
             .http
             .request(method.clone(), format!("{}{path}", self.url))
@@ -42,18 +42,18 @@ impl ApiClient {
         let resp = req
             .send()
             .await
-            .map_err(|e| CliError::Other(format!("{method} {path}: {e}")))?;
+            .map_err(|e| Error::Other(format!("{method} {path}: {e}")))?;
         let status = resp.status();
         let body: Value = resp.json().await.unwrap_or(Value::Null);
         if !status.is_success() {
-            return Err(CliError::Other(format!("{method} {path}: {status} {body}")));
+            return Err(Error::Other(format!("{method} {path}: {status} {body}")));
         }
         Ok(body)
     }
 
     /// Starts a sync run of `domain` and waits (at most `limit`) for its end; answers the
     /// run without its per-user outcomes.
-    pub async fn sync_and_wait(&self, domain: &str, limit: Duration) -> Result<Value, CliError> {
+    pub async fn sync_and_wait(&self, domain: &str, limit: Duration) -> Result<Value, Error> {
         let started = self
             .call(Method::POST, &format!("/v1/domains/{domain}/sync"), None)
             .await?;
@@ -77,7 +77,7 @@ impl ApiClient {
                 return Ok(r.clone());
             }
             if Instant::now() > deadline {
-                return Err(CliError::Other(format!("sync run {run} did not finish")));
+                return Err(Error::Other(format!("sync run {run} did not finish")));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -98,7 +98,7 @@ impl ServeProcess {
     pub async fn start(
         data_dir: &std::path::Path,
         env: &[(&str, &str)],
-    ) -> Result<ServeProcess, CliError> {
+    ) -> Result<ServeProcess, Error> {
         Self::start_program(&std::env::current_exe()?, data_dir, env, None).await
     }
 
@@ -109,7 +109,7 @@ impl ServeProcess {
         data_dir: &std::path::Path,
         env: &[(&str, &str)],
         log: Option<&std::path::Path>,
-    ) -> Result<ServeProcess, CliError> {
+    ) -> Result<ServeProcess, Error> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -146,7 +146,7 @@ impl ServeProcess {
             }
             if Instant::now() > deadline || child.try_wait()?.is_some() {
                 let _ = child.kill();
-                return Err(CliError::Other("the serve process did not come up".into()));
+                return Err(Error::Other("the serve process did not come up".into()));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
@@ -179,7 +179,7 @@ impl Drop for ServeProcess {
 /// demo app registration: what `demo` and the benchmarks run against.
 pub mod contoso {
     /// The tenant file.
-    pub const TENANT_FILE: &str = include_str!("../fixtures/tenants/contoso.json");
+    pub const TENANT_FILE: &str = include_str!("../../fixtures/tenants/contoso.json");
     /// Its domain name.
     pub const DOMAIN: &str = "contoso.onmicrosoft.com";
     /// Its tenant id.
@@ -194,8 +194,8 @@ pub mod contoso {
     pub const ROTATION_GROUP: &str = "Hideez Key Auto Password Change";
 
     /// The tenant, parsed.
-    pub fn directory() -> Result<graphsim::Directory, crate::cli::CliError> {
-        graphsim::parse_tenant(TENANT_FILE).map_err(crate::cli::CliError::Other)
+    pub fn directory() -> Result<graphsim::Directory, crate::error::Error> {
+        graphsim::parse_tenant(TENANT_FILE).map_err(crate::error::Error::Other)
     }
 
     /// The credentials of the demo app, as `PUT /v1/domains/{id}/credentials` takes them.
@@ -207,7 +207,7 @@ pub mod contoso {
 impl ApiClient {
     /// Adds the contoso domain with the demo app's credentials, Graph at `graph_url`, and
     /// any further `settings`; answers the domain.
-    pub async fn add_contoso(&self, graph_url: &str, settings: Value) -> Result<Value, CliError> {
+    pub async fn add_contoso(&self, graph_url: &str, settings: Value) -> Result<Value, Error> {
         let mut body = contoso::credentials();
         body["domain"] = contoso::DOMAIN.into();
         body["graph_url"] = graph_url.into();

@@ -1,8 +1,8 @@
 //! `idledger bench sync`: a first sync of a large generated group and an incremental run
 //! carrying a known number of changes, against an in-process graphsim, through the API.
 
-use crate::api_client::{contoso, ServeProcess};
-use crate::cli::CliError;
+use crate::client::{contoso, ServeProcess};
+use crate::error::Error;
 use clap::Args;
 use graphsim::tenant::UserEntry;
 use serde_json::json;
@@ -39,7 +39,7 @@ pub(crate) fn memory_mib(pid: u32) -> (f64, f64) {
 }
 
 /// Runs the benchmark and prints one JSON line.
-pub async fn sync(args: SyncArgs) -> Result<ExitCode, CliError> {
+pub async fn sync(args: SyncArgs) -> Result<ExitCode, Error> {
     let temp = tempfile_dir(&args.data_dir)?;
     let dir = temp.clone();
     std::fs::create_dir_all(&dir)?;
@@ -63,19 +63,19 @@ async fn drive(
     serve: &ServeProcess,
     sim_url: &str,
     sim: &graphsim::state::Sim,
-) -> Result<ExitCode, CliError> {
+) -> Result<ExitCode, Error> {
     let api = &serve.api;
     let pid = serve.pid();
     let domain = api.add_contoso(sim_url, json!({})).await?;
     let id = domain["id"].as_str().unwrap_or_default().to_owned();
-    let pb = crate::progress::bar(None, "first sync");
+    let pb = crate::cli::progress::bar(None, "first sync");
     pb.enable_steady_tick(Duration::from_millis(200));
     let t = Instant::now();
     let first = api.sync_and_wait(&id, Duration::from_secs(600)).await?;
     let first_s = t.elapsed().as_secs_f64();
     pb.finish_and_clear();
     if first["status"] != "succeeded" {
-        return Err(CliError::Other(format!(
+        return Err(Error::Other(format!(
             "the first run did not succeed: {first}"
         )));
     }
@@ -132,7 +132,7 @@ async fn drive(
     let second = api.sync_and_wait(&id, Duration::from_secs(600)).await?;
     let incremental_s = t.elapsed().as_secs_f64();
     if second["status"] != "succeeded" {
-        return Err(CliError::Other(format!(
+        return Err(Error::Other(format!(
             "the incremental run did not succeed: {second}"
         )));
     }
@@ -173,7 +173,7 @@ async fn drive(
     Ok(ExitCode::SUCCESS)
 }
 
-pub(crate) fn tempfile_dir(given: &Option<PathBuf>) -> Result<PathBuf, CliError> {
+pub(crate) fn tempfile_dir(given: &Option<PathBuf>) -> Result<PathBuf, Error> {
     let dir = match given {
         Some(d) => d.clone(),
         None => std::env::temp_dir().join(format!(
@@ -182,7 +182,7 @@ pub(crate) fn tempfile_dir(given: &Option<PathBuf>) -> Result<PathBuf, CliError>
         )),
     };
     if dir.exists() && std::fs::read_dir(&dir)?.next().is_some() {
-        return Err(CliError::Other(format!(
+        return Err(Error::Other(format!(
             "{} is not empty: bench sync needs a fresh data dir",
             dir.display()
         )));

@@ -1,0 +1,80 @@
+//! The log checked and folded by the auditor's own process: the whole chain verified
+//! (every record parsed, hashed and decoded on every core, the order checks here), and
+//! the projections at any past point.
+
+use super::source::{decode_at, each_record, records_of, Source};
+use crate::error::Error;
+use crate::store::parallel_decode::{decoder_threads, parallel_map};
+use crate::store::sled_log::open_raw;
+use crate::store::StoreError;
+use idledger_projections::Projections;
+use idledger_replay::verify::CheckedRecord;
+use idledger_replay::{fold, Until, Verifier};
+use std::ops::ControlFlow;
+
+/// Verifies the whole chain of `source`; answers the verifier's summary. Reading that
+/// stops early (an unreadable record, a lost connection) is a finding, not an error; sled's
+/// own panics on unreadable files are caught and reported the same way.
+pub fn verify(source: &Source, mut on_position: impl FnMut(u64)) -> serde_json::Value {
+    let source = source.clone();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut v = Verifier::new();
+        let read = records_of(&source).map(|records| {
+            parallel_map(records, CheckedRecord::check, decoder_threads(), |what| {
+                Error::Other(what.to_owned())
+            })
+        });
+        let failed = match read {
+            Ok(checked) => checked
+                .map(|r| {
+                    r.map(|record| {
+                        v.accept(&record);
+                        on_position(v.events());
+                    })
+                })
+                .find_map(Result::err),
+            Err(e) => Some(e),
+        };
+        if let Some(e) = failed {
+            v.unreadable(v.events() + 1, e.to_string());
+        }
+        v.finish().summary_json()
+    }));
+    outcome.unwrap_or_else(|_| {
+        serde_json::json!({"ok": false, "first_bad_position": 0, "reason": "the store could not be read"})
+    })
+}
+
+/// The projections of `source`'s log up to `until`.
+pub fn replay(
+    source: &Source,
+    until: Until,
+    tick: impl FnMut(&idledger_domain::Envelope),
+) -> Result<Projections, Error> {
+    match source {
+        Source::DataDir(dir) => Ok(fold(open_raw(dir)?.envelopes_parallel()?, until, tick)?),
+        Source::Server { .. } => {
+            let mut envelopes = Vec::new();
+            let mut failed = None;
+            each_record(source, 1, |pos, bytes| match decode_at(pos, bytes) {
+                Ok(e) if until.is_past(&e) => ControlFlow::Break(()),
+                Ok(e) => {
+                    envelopes.push(e);
+                    ControlFlow::Continue(())
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    ControlFlow::Break(())
+                }
+            })?;
+            if let Some(e) = failed {
+                return Err(e.into());
+            }
+            Ok(fold(
+                envelopes.into_iter().map(Ok::<_, StoreError>),
+                until,
+                tick,
+            )?)
+        }
+    }
+}

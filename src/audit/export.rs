@@ -1,0 +1,237 @@
+//! Compliance exports and their independent check: the rows of a query made from stored
+//! records on every core, written to a file (or any [`RowSink`]) with a [`Manifest`], and
+//! `verify-export`'s comparison of a file with the rows the log gives.
+
+use super::files::{FileSink, FileSource, RowSink};
+use super::manifest::Manifest;
+use super::source::Records;
+use crate::error::Error;
+use crate::store::parallel_decode::{decoder_threads, parallel_map};
+use crate::store::StoreError;
+use chrono::{DateTime, Utc};
+use idledger_domain::{DomainId, UserId};
+use idledger_replay::export::{RowComparer, RowMismatch};
+use idledger_replay::verify::CheckedRecord;
+use idledger_replay::{ExportFormat, ExportKind, ExportQuery, ExportSummary, Exporter, Verifier};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+/// The query and format of an export, from the CLI's or the API's words.
+pub fn query_of(
+    kind: &str,
+    format: &str,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    domain: Option<uuid::Uuid>,
+    user: Option<uuid::Uuid>,
+) -> Result<(ExportQuery, ExportFormat), String> {
+    let kind = ExportKind::parse(kind)
+        .ok_or_else(|| format!("kind {kind:?}: use password-changes, events or users"))?;
+    let format = ExportFormat::parse(format)
+        .ok_or_else(|| format!("format {format:?}: use csv or jsonl"))?;
+    if let (Some(f), Some(t)) = (from, to) {
+        if f > t {
+            return Err("from is after to".into());
+        }
+    }
+    Ok((
+        ExportQuery {
+            kind,
+            from,
+            to,
+            domain: domain.map(DomainId),
+            user: user.map(UserId),
+        },
+        format,
+    ))
+}
+
+/// Runs an export over `records`, handing the header and each row to `sink`; stops after
+/// `until_position` when given. Records are decoded (and, for a `chain` verifier, hashed)
+/// on every core, then exported in log order; `chain` sees every record exported.
+pub fn run_export(
+    records: Records,
+    query: &ExportQuery,
+    format: ExportFormat,
+    until_position: Option<u64>,
+    sink: &mut dyn RowSink,
+    mut chain: Option<&mut Verifier>,
+    mut on_position: impl FnMut(u64),
+) -> Result<ExportSummary, Error> {
+    let hash = chain.is_some();
+    let checked = parallel_map(
+        records,
+        move |pos, bytes| {
+            if hash {
+                CheckedRecord::check(pos, bytes)
+            } else {
+                CheckedRecord::decode(pos, bytes)
+            }
+        },
+        decoder_threads(),
+        |what| Error::Other(what.to_owned()),
+    );
+    let mut exporter = Exporter::new(query.clone(), format);
+    sink.header(&exporter.header())?;
+    let mut row = Vec::with_capacity(1024);
+    for record in checked {
+        let record = record?;
+        if until_position.is_some_and(|u| record.position > u) {
+            break;
+        }
+        on_position(record.position);
+        if let Some(chain) = chain.as_deref_mut() {
+            chain.accept(&record);
+        }
+        let env = record.envelope.as_ref().map_err(|e| StoreError::Corrupt {
+            position: record.position,
+            reason: e.clone(),
+        })?;
+        row.clear();
+        let flow = exporter.push(env, &mut row);
+        if !row.is_empty() {
+            sink.row(&row)?;
+        }
+        if flow.is_break() {
+            break;
+        }
+    }
+    let mut failed = Ok(());
+    let summary = exporter.finish(|row| {
+        if failed.is_ok() {
+            failed = sink.row(row);
+        }
+    });
+    failed?;
+    Ok(summary)
+}
+
+/// Where an export went.
+#[derive(Debug, Serialize)]
+pub struct Written {
+    /// The file.
+    pub file: PathBuf,
+    /// Its manifest.
+    pub manifest: PathBuf,
+    /// Rows written.
+    pub rows: u64,
+    /// The last log position read.
+    pub log_position: u64,
+}
+
+/// Writes the export of `query` over `records` to `out`, and its manifest beside it.
+pub fn export_file(
+    records: Records,
+    query: &ExportQuery,
+    format: ExportFormat,
+    out: &Path,
+    on_position: impl FnMut(u64),
+) -> Result<Written, Error> {
+    let mut sink = FileSink::create(out)?;
+    let summary = run_export(records, query, format, None, &mut sink, None, on_position)?;
+    let sha = sink.finish()?;
+    let manifest = Manifest::new(query, format, &summary, &sha, Utc::now());
+    let text = serde_json::to_string_pretty(&manifest).map_err(|e| Error::Other(e.to_string()))?;
+    let manifest_path = Manifest::path_of(out);
+    std::fs::write(&manifest_path, format!("{text}\n"))?;
+    Ok(Written {
+        file: out.to_path_buf(),
+        manifest: manifest_path,
+        rows: summary.rows,
+        log_position: summary.log_position,
+    })
+}
+
+/// What `verify-export` found wrong.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum Problem {
+    /// A row differs from, lacks or adds to what the log gives.
+    Row(RowMismatch),
+    /// Anything else, named.
+    Other {
+        /// `chain`, `chain_hash`, `row_count` or `file_sha256`.
+        problem: &'static str,
+        /// What is wrong.
+        detail: serde_json::Value,
+    },
+}
+
+/// `verify-export`'s report.
+#[derive(Debug, Serialize)]
+pub struct ExportCheck {
+    /// No problem found.
+    pub ok: bool,
+    /// Rows the log gives for the manifest's query.
+    pub rows: u64,
+    /// Where the log was read to (the manifest's).
+    pub log_position: u64,
+    /// Every problem found.
+    pub problems: Vec<Problem>,
+}
+
+/// Recomputes the rows of `file`'s manifest from `records` up to its position, checks the
+/// chain to there, and compares the file row by row.
+pub fn verify_export_file(
+    file: &Path,
+    records: Records,
+    on_position: impl FnMut(u64),
+) -> Result<ExportCheck, Error> {
+    let m: Manifest = serde_json::from_slice(&std::fs::read(Manifest::path_of(file))?)
+        .map_err(|e| Error::Other(format!("the manifest: {e}")))?;
+    let query = m.query();
+    let mut rows = RowComparer::new(FileSource::open(file)?, m.format);
+    let mut chain = Verifier::expecting(m.log_position);
+    let summary = run_export(
+        records,
+        &query,
+        m.format,
+        Some(m.log_position),
+        &mut rows,
+        Some(&mut chain),
+        on_position,
+    )?;
+    let (mismatches, source) = rows.finish()?;
+    let file_sha = hex::encode(source.finish()?);
+    let chain = chain.finish();
+    let mut problems = Vec::new();
+    if !chain.ok {
+        problems.push(Problem::Other {
+            problem: "chain",
+            detail: chain.summary_json(),
+        });
+    }
+    if summary.log_position != m.log_position || summary.chain_hash != m.chain_hash {
+        problems.push(Problem::Other {
+            problem: "chain_hash",
+            detail: format!(
+                "the log's record at position {} does not have the manifest's chain hash",
+                m.log_position
+            )
+            .into(),
+        });
+    }
+    problems.extend(mismatches.into_iter().map(Problem::Row));
+    if m.rows != summary.rows {
+        problems.push(Problem::Other {
+            problem: "row_count",
+            detail: format!(
+                "the manifest says {} rows, the log gives {}",
+                m.rows, summary.rows
+            )
+            .into(),
+        });
+    }
+    if m.file_sha256 != file_sha {
+        problems.push(Problem::Other {
+            problem: "file_sha256",
+            detail: "the file is not the one the manifest describes".into(),
+        });
+    }
+    Ok(ExportCheck {
+        ok: problems.is_empty(),
+        rows: summary.rows,
+        log_position: m.log_position,
+        problems,
+    })
+}

@@ -1,0 +1,143 @@
+//! Where stored records come from: a data dir, a running server's event feed (whose
+//! items carry the stored record, so all checking is done here and not by the server),
+//! or a log this process has open.
+
+use crate::error::Error;
+use crate::store::parallel_decode::Reader;
+use crate::store::sled_log::open_raw;
+use crate::store::StoreError;
+use idledger_domain::decode_record;
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+
+/// Records per page read from a server.
+const REMOTE_PAGE: usize = 10_000;
+
+/// Where to read a log from.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// A data dir (the server must be stopped: sled allows one process).
+    DataDir(PathBuf),
+    /// A running server's `GET /v1/events`, read with an admin or auditor token.
+    Server {
+        /// Its base URL.
+        url: String,
+        /// The bearer token.
+        token: String,
+    },
+}
+
+/// Reads stored records `(position, bytes)` in log order, on its own thread while others
+/// decode: a data dir, a server's feed, or an open log.
+pub type Records = Reader<Error>;
+
+/// Calls `f` with each stored record `(position, bytes)` from `from` on, in log order,
+/// until `f` breaks.
+pub fn each_record(
+    source: &Source,
+    from: u64,
+    mut f: impl FnMut(u64, &[u8]) -> ControlFlow<()>,
+) -> Result<(), Error> {
+    let (server, token) = match source {
+        Source::DataDir(dir) => {
+            let store = open_raw(dir)?;
+            for r in store.records() {
+                let (pos, bytes) = r?;
+                if pos >= from && f(pos, &bytes).is_break() {
+                    break;
+                }
+            }
+            return Ok(());
+        }
+        Source::Server { url, token } => (url.trim_end_matches('/').to_owned(), token),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let http = reqwest::Client::new();
+    let mut next = Some(from.max(1));
+    while let Some(pos) = next {
+        let url = format!("{server}/v1/events?from_position={pos}&limit={REMOTE_PAGE}");
+        let page: serde_json::Value = rt.block_on(async {
+            let other = |e: reqwest::Error| Error::Other(e.without_url().to_string());
+            let resp = http
+                .get(&url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .map_err(other)?;
+            let status = resp.status();
+            let body: serde_json::Value = resp.json().await.map_err(other)?;
+            if !status.is_success() {
+                return Err(Error::Other(format!(
+                    "{server} answered {status}: {}",
+                    body["error"]["message"]
+                )));
+            }
+            Ok(body)
+        })?;
+        for item in page["items"].as_array().into_iter().flatten() {
+            use base64::Engine;
+            let position = item["position"].as_u64().unwrap_or(0);
+            let bytes = item["record"]
+                .as_str()
+                .and_then(|r| base64::engine::general_purpose::STANDARD.decode(r).ok())
+                .ok_or_else(|| {
+                    Error::Other(format!("position {position}: the feed carries no record"))
+                })?;
+            if f(position, &bytes).is_break() {
+                return Ok(());
+            }
+        }
+        next = page["next"].as_str().and_then(|n| n.parse().ok());
+    }
+    Ok(())
+}
+
+/// Decodes the record at `pos`.
+pub fn decode_at(pos: u64, bytes: &[u8]) -> Result<idledger_domain::Envelope, StoreError> {
+    decode_record(bytes).map_err(|e| StoreError::Corrupt {
+        position: pos,
+        reason: e.to_string(),
+    })
+}
+
+/// The last position of a data dir's log (none for a server: unknown until read).
+pub fn last_position(source: &Source) -> Option<u64> {
+    match source {
+        Source::DataDir(d) => open_raw(d).ok()?.last_position().ok(),
+        Source::Server { .. } => None,
+    }
+}
+
+/// The records of a data dir or of a server's event feed.
+pub fn records_of(source: &Source) -> Result<Records, Error> {
+    match source {
+        Source::DataDir(dir) => {
+            let store = open_raw(dir)?;
+            let read = store.reader()?;
+            // The store stays open for as long as its records are read.
+            Ok(Box::new(move |f| {
+                let _open = &store;
+                read(f).map_err(Error::from)
+            }))
+        }
+        Source::Server { .. } => {
+            let source = source.clone();
+            Ok(Box::new(move |f| each_record(&source, 1, f)))
+        }
+    }
+}
+
+/// The records of a store opened for reading (the caller keeps it open meanwhile).
+pub fn records_of_store(store: &crate::store::sled_log::RawStore) -> Result<Records, Error> {
+    let read = store.reader()?;
+    Ok(Box::new(move |f| read(f).map_err(Error::from)))
+}
+
+/// The records of an open log as committed now (the server's own, or one a benchmark just
+/// filled).
+pub fn records_of_log(log: &dyn crate::store::EventLog) -> Records {
+    let read = log.records(1);
+    Box::new(move |f| read(f).map_err(Error::from))
+}

@@ -1,0 +1,142 @@
+//! `idledger bench append`: durable appends from concurrent writers, against raw sled
+//! writing the same bytes with as many flushes (and the same device syncs).
+
+use super::{progress, round3, EventMaker, STREAMS_PER_WRITER};
+use crate::error::Error;
+use crate::store::{AppendRequest, EventLog, ExpectedVersion, SledEventLog};
+use clap::Args;
+use idledger_domain::{StreamId, UserId};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use uuid::Uuid;
+
+/// Options of `idledger bench append`.
+#[derive(Args, Debug)]
+pub struct AppendArgs {
+    /// Data directory; created if needed, never wiped.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Events to append.
+    #[arg(long)]
+    pub events: u64,
+    /// Concurrent writer tasks, each waiting for its acknowledgement.
+    #[arg(long, default_value_t = 64)]
+    pub writers: usize,
+    /// Approximate size of one stored record.
+    #[arg(long, default_value_t = 256)]
+    pub event_bytes: usize,
+    /// Append `position event_id` per acknowledged event to this file, as soon as acknowledged.
+    #[arg(long)]
+    pub ack_file: Option<PathBuf>,
+    /// `device` (fdatasync before every acknowledgement) or `process` (sled's flush only);
+    /// the raw sled baseline syncs the same way.
+    #[arg(long, default_value = "device")]
+    pub durability: crate::store::Durability,
+}
+
+fn ack_writer(path: &Option<PathBuf>) -> Result<Option<Arc<Mutex<std::fs::File>>>, Error> {
+    Ok(match path {
+        None => None,
+        Some(p) => Some(Arc::new(Mutex::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)?,
+        ))),
+    })
+}
+
+/// Runs `bench append`.
+pub async fn append(args: AppendArgs) -> Result<ExitCode, Error> {
+    if args.writers == 0 || args.events == 0 {
+        return Err(Error::Other(
+            "--events and --writers must be positive".into(),
+        ));
+    }
+    let log = SledEventLog::open_with(&args.data_dir, args.durability)?;
+    let maker = Arc::new(EventMaker::new(args.event_bytes));
+    let ack = ack_writer(&args.ack_file)?;
+    let issued = Arc::new(AtomicU64::new(0));
+    let pb = progress::bar(Some(args.events), "append");
+    let flushes_before = log.stats().flushes.load(Ordering::Relaxed);
+    let first_position = log.head().position + 1;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.writers {
+        let (log, maker, ack, issued, pb) = (
+            log.clone(),
+            maker.clone(),
+            ack.clone(),
+            issued.clone(),
+            pb.clone(),
+        );
+        let total = args.events;
+        tasks.push(tokio::spawn(async move {
+            let users: Vec<UserId> = (0..STREAMS_PER_WRITER)
+                .map(|_| UserId(Uuid::new_v4()))
+                .collect();
+            let mut versions = [0u64; STREAMS_PER_WRITER];
+            let mut i = 0usize;
+            while issued.fetch_add(1, Ordering::Relaxed) < total {
+                let slot = i % STREAMS_PER_WRITER;
+                i += 1;
+                let event = maker.event(users[slot], versions[slot] + 1);
+                let event_id = event.event_id;
+                let expected = match versions[slot] {
+                    0 => ExpectedVersion::NoStream,
+                    v => ExpectedVersion::Exact(v),
+                };
+                let req = AppendRequest::new(StreamId::user(users[slot]), expected, vec![event]);
+                let done = log.append(req).await?;
+                versions[slot] = done.stream_version;
+                if let Some(f) = &ack {
+                    let line = format!("{} {}\n", done.last_position, event_id.hyphenated());
+                    let mut f = f.lock().unwrap_or_else(|e| e.into_inner());
+                    f.write_all(line.as_bytes())?;
+                }
+                pb.inc(1);
+            }
+            Ok::<_, Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(|e| Error::Other(e.to_string()))??;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    pb.finish_and_clear();
+    let flushes = log.stats().flushes.load(Ordering::Relaxed) - flushes_before;
+    let last_position = log.head().position;
+    // The baseline writes the very bytes just committed.
+    let mut records: Vec<Vec<u8>> = Vec::new();
+    log.records(first_position)(&mut |p, bytes| {
+        if p <= last_position {
+            records.push(bytes.to_vec());
+        }
+        std::ops::ControlFlow::Continue(())
+    })?;
+    let baseline =
+        crate::store::sled_log::raw_append(&args.data_dir, &records, flushes, args.durability)
+            .await?;
+    let events_per_s = args.events as f64 / seconds;
+    let baseline_events_per_s = records.len() as f64 / baseline;
+    println!(
+        "{}",
+        serde_json::json!({
+            "bench": "append",
+            "durability": args.durability.as_str(),
+            "events": args.events,
+            "writers": args.writers,
+            "seconds": round3(seconds),
+            "events_per_s": events_per_s.round(),
+            "baseline_events_per_s": baseline_events_per_s.round(),
+            "ratio": round3(events_per_s / baseline_events_per_s),
+            "flushes": flushes,
+            "record_bytes": records.first().map_or(0, |r| r.len()),
+        })
+    );
+    Ok(ExitCode::SUCCESS)
+}

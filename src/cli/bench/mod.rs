@@ -1,0 +1,173 @@
+//! `idledger bench`: the engine measured, each figure against a baseline measured in the
+//! same run (raw sled, a bare axum handler) where one exists. Every bench prints one JSON
+//! line; BENCHMARKS.md records them with their commands.
+
+pub mod api;
+pub mod append;
+pub mod export;
+pub mod replay;
+pub mod rotate;
+pub mod sync;
+
+use super::progress;
+use crate::error::Error;
+use crate::store::sled_log::{open_raw, RawStore};
+use crate::store::{AppendRequest, EventLog, ExpectedVersion, SledEventLog};
+use chrono::Utc;
+use idledger_domain::envelope::{encode_record, RecordFields};
+use idledger_domain::events::{UserAttributesChanged, UserDiscovered};
+use idledger_domain::Hash;
+use idledger_domain::{Actor, DomainId, Event, ProposedEvent, StreamId, UserAttributes, UserId};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// `idledger bench …`.
+#[derive(clap::Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Durable appends from concurrent writers, against raw sled with as many flushes.
+    Append(append::AppendArgs),
+    /// Folding the log into all projections, against a raw sled scan plus decode.
+    Replay(replay::ReplayArgs),
+    /// GET /v1/users/{id} on a serve process: p99 at a fixed rate, and throughput against a bare axum handler.
+    Api(api::ApiArgs),
+    /// A first sync of a large generated group, then an incremental run of known changes.
+    Sync(sync::SyncArgs),
+    /// A password-changes export of N events and its verify-export, in rows/s.
+    Export(export::ExportBenchArgs),
+    /// N due users rotated against graphsim by a serve process, the concurrency limit checked.
+    Rotate(rotate::RotateArgs),
+    /// The bare axum handler `bench api` compares against.
+    #[command(hide = true)]
+    BareServer(api::BareArgs),
+}
+
+/// Runs a bench.
+pub fn run(command: BenchCommand) -> Result<ExitCode, Error> {
+    let rt = super::runtime()?;
+    rt.block_on(async {
+        match command {
+            BenchCommand::Append(a) => append::append(a).await,
+            BenchCommand::Replay(a) => replay::replay(a).await,
+            BenchCommand::Api(a) => api::api(a).await,
+            BenchCommand::Sync(a) => sync::sync(a).await,
+            BenchCommand::Export(a) => export::run(a).await,
+            BenchCommand::Rotate(a) => rotate::rotate(a).await,
+            BenchCommand::BareServer(a) => api::bare_server(a).await,
+        }
+    })
+}
+
+/// Users per writer: each writer cycles over its own streams, so versions are its own.
+const STREAMS_PER_WRITER: usize = 16;
+
+/// Builds realistic user events of about `record_bytes` stored bytes.
+pub(crate) struct EventMaker {
+    domain: DomainId,
+    padding: usize,
+}
+
+impl EventMaker {
+    pub(crate) fn new(record_bytes: usize) -> Self {
+        let mut maker = EventMaker {
+            domain: DomainId(Uuid::new_v4()),
+            padding: 0,
+        };
+        let probe = maker.event(UserId(Uuid::new_v4()), 1);
+        let stream = StreamId::user(UserId(Uuid::new_v4()));
+        let fields = RecordFields {
+            position: 1_000_000,
+            stream: &stream,
+            version: 2,
+            recorded_at: Utc::now(),
+            proposed: &probe,
+        };
+        let size = encode_record(fields, &Hash::ZERO)
+            .map(|r| r.0.len())
+            .unwrap_or(0);
+        maker.padding = record_bytes.saturating_sub(size);
+        maker
+    }
+
+    /// The event at `version` (1-based) of a user's stream.
+    pub(crate) fn event(&self, user: UserId, version: u64) -> ProposedEvent {
+        let attributes = UserAttributes {
+            user_principal_name: format!("{}@bench.onmicrosoft.com", user.0.simple()),
+            display_name: format!("User {version} {}", "x".repeat(self.padding)),
+            mail: None,
+            given_name: Some("Bench".into()),
+            surname: Some(format!("{version}")),
+            account_enabled: true,
+        };
+        let event: Event = if version == 1 {
+            UserDiscovered {
+                user_id: user,
+                domain_id: self.domain,
+                external_id: user.0.to_string(),
+                attributes,
+            }
+            .into()
+        } else {
+            UserAttributesChanged { attributes }.into()
+        };
+        ProposedEvent::new(Uuid::now_v7(), Actor::Sync(self.domain), event)
+    }
+}
+
+pub(crate) fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// Fills the log with `count` more events, 100 per append, from several tasks.
+pub(crate) async fn fill(log: &Arc<SledEventLog>, count: u64) -> Result<(), Error> {
+    const PER_APPEND: u64 = 100;
+    let maker = Arc::new(EventMaker::new(256));
+    let remaining = Arc::new(AtomicU64::new(count));
+    let pb = progress::bar(Some(count), "fill");
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (log, maker, remaining, pb) =
+            (log.clone(), maker.clone(), remaining.clone(), pb.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let took = remaining
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| {
+                        r.checked_sub(PER_APPEND.min(r)).filter(|_| r > 0)
+                    })
+                    .unwrap_or(0);
+                let n = took.min(PER_APPEND);
+                if n == 0 {
+                    return Ok::<_, Error>(());
+                }
+                let user = UserId(Uuid::new_v4());
+                let events = (1..=n).map(|v| maker.event(user, v)).collect();
+                log.append(AppendRequest::new(
+                    StreamId::user(user),
+                    ExpectedVersion::NoStream,
+                    events,
+                ))
+                .await?;
+                pb.inc(n);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(|e| Error::Other(e.to_string()))??;
+    }
+    pb.finish_and_clear();
+    log.flush().await?;
+    Ok(())
+}
+
+/// Opens a data dir for reading once the log that had it open (dropped just before) has
+/// let go: its writer task needs a moment to drop its handle on the store.
+pub(crate) async fn reopen(data_dir: &std::path::Path) -> Result<RawStore, Error> {
+    for _ in 0..100 {
+        match open_raw(data_dir) {
+            Ok(s) => return Ok(s),
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
+    }
+    Err(Error::Other("could not reopen the store".into()))
+}

@@ -1,0 +1,98 @@
+//! `idledger export` and `idledger verify-export`: the arguments and the printing; the
+//! work is [`crate::audit::export`]'s.
+
+use super::progress;
+use super::DataDir;
+use crate::audit::source::{last_position, records_of};
+use crate::error::Error;
+use chrono::{DateTime, Utc};
+use clap::Args;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Options of `idledger export`.
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// `password-changes`, `events` or `users`.
+    #[arg(long)]
+    pub kind: String,
+    #[command(flatten)]
+    pub dir: DataDir,
+    /// Events recorded at or after this time (RFC 3339).
+    #[arg(long)]
+    pub from: Option<DateTime<Utc>>,
+    /// Events recorded at or before this time; for `users`, the state at this time.
+    #[arg(long)]
+    pub to: Option<DateTime<Utc>>,
+    /// Only this domain.
+    #[arg(long)]
+    pub domain: Option<uuid::Uuid>,
+    /// Only this user.
+    #[arg(long)]
+    pub user: Option<uuid::Uuid>,
+    /// `csv` or `jsonl`.
+    #[arg(long)]
+    pub format: String,
+    /// The file to write; its manifest goes to FILE.manifest.json.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Options of `idledger verify-export`.
+#[derive(Args, Debug)]
+pub struct VerifyExportArgs {
+    /// The export file (its manifest is FILE.manifest.json).
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub dir: DataDir,
+}
+
+/// A progress bar for reading up to `last`, and the callback that moves it.
+fn bar(last: Option<u64>, what: &'static str) -> (indicatif::ProgressBar, impl FnMut(u64)) {
+    let pb = progress::bar(last, what);
+    let moved = pb.clone();
+    (pb, move |pos: u64| {
+        if pos % 4096 == 0 {
+            moved.set_position(pos);
+        }
+    })
+}
+
+/// `idledger export`: prints where the file and manifest went.
+pub fn export(args: &ExportArgs) -> Result<ExitCode, Error> {
+    let (query, format) = crate::audit::query_of(
+        &args.kind,
+        &args.format,
+        args.from,
+        args.to,
+        args.domain,
+        args.user,
+    )
+    .map_err(Error::Other)?;
+    let source = args.dir.source()?;
+    let (pb, tick) = bar(last_position(&source), "export");
+    let written = crate::audit::export_file(records_of(&source)?, &query, format, &args.out, tick)?;
+    pb.finish_and_clear();
+    println!(
+        "{}",
+        serde_json::to_string(&written).map_err(|e| Error::Other(e.to_string()))?
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `idledger verify-export`: prints the report; exits 1 unless it is ok.
+pub fn verify_export(args: &VerifyExportArgs) -> Result<ExitCode, Error> {
+    let source = args.dir.source()?;
+    let (pb, tick) = bar(last_position(&source), "verify-export");
+    let report = crate::audit::verify_export_file(&args.file, records_of(&source)?, tick)?;
+    pb.finish_and_clear();
+    println!(
+        "{}",
+        serde_json::to_string(&report).map_err(|e| Error::Other(e.to_string()))?
+    );
+    Ok(if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

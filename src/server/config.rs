@@ -1,0 +1,217 @@
+//! `serve`'s configuration: defaults, then a TOML file, then `IDLEDGER_…` variables, then
+//! the command line's flags, checked once before anything starts.
+
+use crate::error::Error;
+use crate::rotation::RotationConfig;
+use crate::sync::SyncConfig;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How `serve` writes its log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Lines for people.
+    #[default]
+    Text,
+    /// One JSON object per line, for collectors.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("log format {other:?}: use text or json")),
+        }
+    }
+}
+
+/// What the command line may set, over the file and the environment.
+#[derive(Clone, Debug, Default)]
+pub struct Flags {
+    /// `--listen`.
+    pub listen: Option<String>,
+    /// `--log-format`.
+    pub log_format: Option<LogFormat>,
+    /// `--master-key-file`.
+    pub master_key_file: Option<PathBuf>,
+    /// `--allow-master-key-in-data-dir`.
+    pub allow_master_key_in_data_dir: bool,
+}
+
+/// Settings: defaults, then the TOML file, then `IDLEDGER_*` variables, then flags.
+#[derive(Debug, Deserialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Listen address.
+    pub listen: String,
+    /// How the log is written.
+    pub log_format: LogFormat,
+    /// Every route's timeout, in seconds.
+    pub request_timeout_secs: u64,
+    /// The SMTP relay for invites; without it invites go to `<data-dir>/outbox/`.
+    pub smtp: Option<crate::invite::SmtpConfig>,
+    /// Seconds between the rotation scheduler's looks for due and unfinished rotations.
+    pub rotation_check_secs: u64,
+    /// Seconds before the first retry of a rotation whose outcome is unknown (doubling).
+    pub rotation_retry_secs: f64,
+    /// Timeout of one Graph request, in seconds.
+    pub graph_timeout_secs: f64,
+    /// Seconds after an attempt with an unknown outcome during which no different password
+    /// is sent for that user (default: the Graph timeout plus 60, at least 120). It must
+    /// cover every request that may still land, so it is never shorter than the timeout.
+    pub rotation_uncertainty_secs: Option<f64>,
+    /// `device` (default: acknowledged appends survive power loss) or `process` (sled's
+    /// flush only: survives a killed process, not necessarily a lost machine).
+    pub durability: crate::store::Durability,
+    /// Seconds a key write handed to an agent waits for its acknowledgement before it is
+    /// handed out again (the agent may have crashed).
+    pub agent_lease_secs: u64,
+    /// Most event streams (SSE) open at once; the next is answered 503 with Retry-After.
+    pub max_event_streams: usize,
+    /// The master key's file (see `--master-key-file`).
+    pub master_key_file: Option<PathBuf>,
+    /// Allow the master key inside the data dir (see `--allow-master-key-in-data-dir`).
+    pub allow_master_key_in_data_dir: bool,
+}
+
+impl Config {
+    fn graph_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.graph_timeout_secs)
+    }
+
+    /// The rotation scheduler's settings.
+    pub fn rotation(&self) -> RotationConfig {
+        RotationConfig {
+            check_every: Duration::from_secs(self.rotation_check_secs.max(1)),
+            retry_delay: Duration::from_secs_f64(self.rotation_retry_secs.max(0.0)),
+            uncertainty: match self.rotation_uncertainty_secs {
+                Some(s) => Duration::from_secs_f64(s),
+                None => RotationConfig::default_uncertainty(self.graph_timeout()),
+            },
+            ..RotationConfig::default()
+        }
+    }
+
+    /// The sync workers' settings (their Graph clients are the rotations' too).
+    pub fn sync(&self) -> SyncConfig {
+        let mut c = SyncConfig::default();
+        c.retry.request_timeout = self.graph_timeout();
+        c
+    }
+
+    fn check(&self) -> Result<(), Error> {
+        let seconds = |v: f64| v.is_finite() && v > 0.0 && v <= 86_400.0;
+        if !seconds(self.graph_timeout_secs) {
+            return Err(Error::Other(
+                "graph_timeout_secs: more than 0, at most 86400".into(),
+            ));
+        }
+        if let Some(w) = self.rotation_uncertainty_secs {
+            if !seconds(w) || w < self.graph_timeout_secs {
+                return Err(Error::Other(format!(
+                    "rotation_uncertainty_secs: at least the Graph timeout ({} s), at most 86400: a shorter window cannot cover a request that timed out and still lands",
+                    self.graph_timeout_secs
+                )));
+            }
+        }
+        if !self.rotation_retry_secs.is_finite() || self.rotation_retry_secs < 0.0 {
+            return Err(Error::Other("rotation_retry_secs: 0 or more".into()));
+        }
+        Ok(())
+    }
+}
+
+/// `name` from the environment, parsed; `None` when unset.
+fn env_setting<T: std::str::FromStr>(name: &str, what: &str) -> Result<Option<T>, Error> {
+    match std::env::var(name) {
+        Err(_) => Ok(None),
+        Ok(v) => v
+            .parse()
+            .map(Some)
+            .map_err(|_| Error::Other(format!("{name} must be {what}"))),
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8080".into(),
+            log_format: LogFormat::Text,
+            request_timeout_secs: 30,
+            smtp: None,
+            rotation_check_secs: 60,
+            rotation_retry_secs: 2.0,
+            graph_timeout_secs: 30.0,
+            rotation_uncertainty_secs: None,
+            durability: crate::store::Durability::Device,
+            agent_lease_secs: 60,
+            max_event_streams: 256,
+            master_key_file: None,
+            allow_master_key_in_data_dir: false,
+        }
+    }
+}
+
+impl Config {
+    /// The configuration of `serve`: defaults, then the TOML file `file`, then the
+    /// `IDLEDGER_…` variables, then `flags`.
+    pub fn load(file: Option<&Path>, flags: Flags) -> Result<Self, Error> {
+        let mut c = match file {
+            None => Config::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| Error::Other(format!("{}: {e}", path.display())))?;
+                toml::from_str(&text)
+                    .map_err(|e| Error::Other(format!("{}: {e}", path.display())))?
+            }
+        };
+        if let Some(v) = env_setting("IDLEDGER_LISTEN", "an address")? {
+            c.listen = v;
+        }
+        if let Some(v) = env_setting("IDLEDGER_LOG_FORMAT", "text or json")? {
+            c.log_format = v;
+        }
+        let secs = "a number of seconds";
+        if let Some(v) = env_setting("IDLEDGER_REQUEST_TIMEOUT_SECS", secs)? {
+            c.request_timeout_secs = v;
+        }
+        if let Some(v) = env_setting("IDLEDGER_ROTATION_CHECK_SECS", secs)? {
+            c.rotation_check_secs = v;
+        }
+        if let Some(v) = env_setting("IDLEDGER_ROTATION_RETRY_SECS", secs)? {
+            c.rotation_retry_secs = v;
+        }
+        if let Some(v) = env_setting("IDLEDGER_GRAPH_TIMEOUT_SECS", secs)? {
+            c.graph_timeout_secs = v;
+        }
+        if let Some(v) = env_setting("IDLEDGER_ROTATION_UNCERTAINTY_SECS", secs)? {
+            c.rotation_uncertainty_secs = Some(v);
+        }
+        if let Some(v) = env_setting("IDLEDGER_AGENT_LEASE_SECS", secs)? {
+            c.agent_lease_secs = v;
+        }
+        if let Some(v) = env_setting("IDLEDGER_MAX_EVENT_STREAMS", "a number")? {
+            c.max_event_streams = v;
+        }
+        if let Some(v) = env_setting("IDLEDGER_DURABILITY", "device or process")? {
+            c.durability = v;
+        }
+        if let Some(v) = flags.listen {
+            c.listen = v;
+        }
+        if let Some(v) = flags.log_format {
+            c.log_format = v;
+        }
+        if let Some(v) = flags.master_key_file {
+            c.master_key_file = Some(v);
+        }
+        c.allow_master_key_in_data_dir |= flags.allow_master_key_in_data_dir;
+        c.check()?;
+        Ok(c)
+    }
+}

@@ -1,0 +1,207 @@
+//! The engine as a server: start-up (log, keys, projections, a bootstrap token, the
+//! sync workers and the rotation scheduler), the HTTP API on a listener, and a graceful
+//! shutdown with a final flush. No command-line parsing: `cli::serve` hands in a
+//! [`Config`].
+
+mod config;
+mod tokens;
+
+pub use config::{Config, Flags, LogFormat};
+pub use tokens::issue_token;
+
+use crate::engine::Engine;
+use crate::error::Error;
+use crate::http::{self, AppState, Metrics};
+use crate::projector::Projector;
+use crate::rotation::{RotationConfig, RotationService};
+use crate::secrets::keystore::KeyFile;
+use crate::secrets::{write_private, KeyStorage, Keyring, MasterKey};
+use crate::store::{EventLog, SledEventLog};
+use crate::sync::{SyncConfig, SyncService};
+use idledger_domain::{Actor, Role};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Opens everything `serve` needs and starts the sync workers. On a log with no live
+/// token, writes a bootstrap admin token to `<data-dir>/admin.token` (0600) and returns
+/// that path.
+pub async fn start_with(
+    data_dir: &Path,
+    config: &Config,
+    sync: SyncConfig,
+    rotation: RotationConfig,
+) -> Result<(AppState, Option<PathBuf>), Error> {
+    let request_timeout = Duration::from_secs(config.request_timeout_secs);
+    let mailer = crate::invite::Mailer::new(config.smtp.as_ref(), data_dir)
+        .map_err(|e| Error::Other(e.to_string()))?;
+    let secrets = |e: crate::secrets::SecretsError| Error::Other(e.to_string());
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| Error::Other(format!("{}: {e}", data_dir.display())))?;
+    let (master, created) = MasterKey::load(
+        data_dir,
+        config.master_key_file.as_deref(),
+        config.allow_master_key_in_data_dir,
+    )
+    .map_err(secrets)?;
+    let log = SledEventLog::open_with(data_dir, config.durability)?;
+    private_dir(data_dir)?;
+    if let Some(path) = created {
+        tracing::warn!(path = %path.display(), "created a new master key: back it up apart from the data dir, without it no sealed secret can be read");
+    }
+    let keys = Arc::new(KeyFile::open(data_dir).map_err(secrets)?);
+    let legacy = log.legacy_keys()?;
+    if !legacy.is_empty() && keys.get(b"master-check").map_err(secrets)?.is_none() {
+        // An earlier build kept wrapped keys in sled: move them to the key store file.
+        let entries: Vec<(&[u8], &[u8])> = legacy
+            .iter()
+            .map(|(k, v)| (k.as_slice(), v.as_slice()))
+            .collect();
+        keys.put_all(&entries).map_err(secrets)?;
+        log.drop_legacy_keys()?;
+        tracing::info!(
+            count = legacy.len(),
+            "moved the wrapped data keys from sled to the key store file"
+        );
+    }
+    let keyring = Keyring::open(master, keys).map_err(secrets)?;
+    let projector = Projector::start(log.clone());
+    projector
+        .wait_for(log.head().position, Duration::from_secs(600))
+        .await
+        .map_err(|e| Error::Other(e.to_string()))?;
+    let mut bootstrap = None;
+    if projector.read().tokens.none_live() {
+        let (_, text, position) = issue_token(
+            &*log,
+            Actor::System,
+            Role::Admin,
+            "bootstrap".into(),
+            vec![],
+        )
+        .await?;
+        let path = data_dir.join("admin.token");
+        let _ = std::fs::remove_file(&path);
+        write_private(&path, format!("{text}\n").as_bytes())
+            .map_err(|e| Error::Other(e.to_string()))?;
+        projector
+            .wait_for(position, Duration::from_secs(10))
+            .await
+            .map_err(|e| Error::Other(e.to_string()))?;
+        tracing::info!(path = %path.display(), "no API token was live: wrote a bootstrap admin token");
+        bootstrap = Some(path);
+    }
+    let keyring = Arc::new(keyring);
+    let sync = SyncService::start(
+        Engine {
+            log: log.clone(),
+            projector: projector.clone(),
+            keyring: keyring.clone(),
+        },
+        sync,
+    );
+    sync.close_interrupted_runs()
+        .await
+        .map_err(|e| Error::Other(e.to_string()))?;
+    sync.supervise();
+    let rotation = RotationService::start(
+        Engine {
+            log: log.clone(),
+            projector: projector.clone(),
+            keyring: keyring.clone(),
+        },
+        sync.clone(),
+        rotation,
+    );
+    let state = AppState {
+        log,
+        projector,
+        keyring,
+        metrics: Arc::new(Metrics::default()),
+        request_timeout,
+        sync,
+        mailer: Arc::new(mailer),
+        rotation,
+        agent_lease: Duration::from_secs(config.agent_lease_secs),
+        event_streams: http::StreamSlots::new(config.max_event_streams),
+    };
+    Ok((state, bootstrap))
+}
+
+/// The data dir and everything in it readable by its owner only: 0700 directories, 0600
+/// files. (`serve` also sets its umask, so what it makes later is private too.)
+fn private_dir(dir: &Path) -> Result<(), Error> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |path: &Path, m: u32| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(m))
+                .map_err(|e| Error::Other(format!("{}: {e}", path.display())))
+        };
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            mode(&d, 0o700)?;
+            for entry in std::fs::read_dir(&d)? {
+                let entry = entry?;
+                let kind = entry.file_type()?;
+                if kind.is_dir() {
+                    stack.push(entry.path());
+                } else if kind.is_file() {
+                    mode(&entry.path(), 0o600)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down: finishing requests in flight");
+}
+
+/// Serves `data_dir` as `config` says until `shutdown` resolves; then finishes the
+/// requests in flight and flushes the log.
+pub async fn run(
+    data_dir: &Path,
+    config: &Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    // Whatever this process creates is its user's alone.
+    #[cfg(unix)]
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    let (state, _) = start_with(data_dir, config, config.sync(), config.rotation()).await?;
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .map_err(|e| Error::Other(format!("cannot listen on {}: {e}", config.listen)))?;
+    let addr = listener.local_addr()?;
+    let rotation = config.rotation();
+    tracing::info!(
+        %addr,
+        data_dir = %data_dir.display(),
+        durability = config.durability.as_str(),
+        graph_timeout_secs = config.graph_timeout_secs,
+        rotation_uncertainty_secs = rotation.uncertainty.as_secs_f64(),
+        "serving"
+    );
+    let log = state.log.clone();
+    http::serve(listener, state, shutdown).await?;
+    log.flush().await?;
+    tracing::info!("stopped; the log is flushed");
+    Ok(())
+}

@@ -1,5 +1,11 @@
-//! A small client of the engine's own API, for the CLI commands that drive a server the
-//! way an admin would (`demo`, `bench sync`).
+//! A client of our own API as an admin drives it (the demo, the benchmarks, the tests),
+//! a `serve` child process to drive ([`ServeProcess`]), and the contoso tenant built into
+//! the binary ([`contoso`]).
+
+pub mod contoso;
+mod process;
+
+pub use process::ServeProcess;
 
 use crate::error::Error;
 use reqwest::Method;
@@ -81,126 +87,6 @@ impl ApiClient {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-    }
-}
-
-/// A `serve` child process of this same binary on a free loopback port, with an admin
-/// client from its bootstrap token; killed when dropped. Benchmarks use it so that the
-/// engine's figures (memory above all) are its own.
-pub struct ServeProcess {
-    child: std::process::Child,
-    /// An admin client of it.
-    pub api: ApiClient,
-}
-
-impl ServeProcess {
-    /// Starts `serve` of this same binary on `data_dir` with extra environment variables.
-    pub async fn start(
-        data_dir: &std::path::Path,
-        env: &[(&str, &str)],
-    ) -> Result<ServeProcess, Error> {
-        Self::start_program(&std::env::current_exe()?, data_dir, env, None).await
-    }
-
-    /// Starts `program serve` (an `idledger` binary) on `data_dir`, new or used before,
-    /// with extra environment variables; its log goes to `log` (appended) or nowhere.
-    pub async fn start_program(
-        program: &std::path::Path,
-        data_dir: &std::path::Path,
-        env: &[(&str, &str)],
-        log: Option<&std::path::Path>,
-    ) -> Result<ServeProcess, Error> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let url = format!("http://127.0.0.1:{port}");
-        let mut cmd = std::process::Command::new(program);
-        // Benchmarks, the demo and tests: their data dirs are throwaway.
-        cmd.args([
-            "serve",
-            "--allow-master-key-in-data-dir",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--data-dir",
-        ])
-        .arg(data_dir)
-        .env("IDLEDGER_REQUEST_TIMEOUT_SECS", "300")
-        .stdout(std::process::Stdio::null())
-        .stderr(match log {
-            None => std::process::Stdio::null(),
-            Some(path) => std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)?
-                .into(),
-        });
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn()?;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let token = loop {
-            let ready = reqwest::get(format!("{url}/healthz")).await.is_ok();
-            if let (true, Ok(t)) = (ready, std::fs::read_to_string(data_dir.join("admin.token"))) {
-                break t.trim().to_owned();
-            }
-            if Instant::now() > deadline || child.try_wait()?.is_some() {
-                let _ = child.kill();
-                return Err(Error::Other("the serve process did not come up".into()));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        Ok(ServeProcess {
-            child,
-            api: ApiClient::new(url, token),
-        })
-    }
-
-    /// Its process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Kills it at once (SIGKILL), as a power cut would stop it, and reaps it.
-    pub fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for ServeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The contoso tenant (`fixtures/tenants/contoso.json`, built into the binary) and its
-/// demo app registration: what `demo` and the benchmarks run against.
-pub mod contoso {
-    /// The tenant file.
-    pub const TENANT_FILE: &str = include_str!("../../fixtures/tenants/contoso.json");
-    /// Its domain name.
-    pub const DOMAIN: &str = "contoso.onmicrosoft.com";
-    /// Its tenant id.
-    pub const TENANT: &str = "6f1a2b3c-4d5e-4f60-8a7b-9c0d1e2f3a4b";
-    /// The app with every permission the product needs.
-    pub const CLIENT_ID: &str = "11111111-2222-4333-8444-555555555555";
-    /// That app's secret.
-    pub const CLIENT_SECRET: &str = "contoso-demo-secret";
-    /// The sync group's name.
-    pub const SYNC_GROUP: &str = "Hideez Users Sync";
-    /// The rotation group's name.
-    pub const ROTATION_GROUP: &str = "Hideez Key Auto Password Change";
-
-    /// The tenant, parsed.
-    pub fn directory() -> Result<graphsim::Directory, crate::error::Error> {
-        graphsim::parse_tenant(TENANT_FILE).map_err(crate::error::Error::Other)
-    }
-
-    /// The credentials of the demo app, as `PUT /v1/domains/{id}/credentials` takes them.
-    pub fn credentials() -> serde_json::Value {
-        serde_json::json!({"tenant_id": TENANT, "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET})
     }
 }
 

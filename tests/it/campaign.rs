@@ -448,14 +448,6 @@ fn check_history(
         let user_id = UserId(user.parse().unwrap());
         let stream = StreamId::user(user_id);
         let mut moments: Vec<(DateTime<Utc>, u8, Moment)> = Vec::new();
-        for p in graph_log.iter().filter(|p| p["user"] == external.as_str()) {
-            let t: DateTime<Utc> = p["time"].as_str().unwrap().parse().unwrap();
-            moments.push((
-                t,
-                0,
-                Moment::Entra(p["password"].as_str().unwrap().to_owned()),
-            ));
-        }
         let mut passwords: BTreeMap<RotationId, String> = BTreeMap::new();
         let mut view = EngineView::default();
         for env in idledger::store::envelopes(&*store, 1) {
@@ -488,15 +480,24 @@ fn check_history(
                 }
                 _ => continue,
             }
-            // A group of appends is stamped when it opens; an outcome that joined it a few
-            // microseconds later (after graphsim applied what it reports) carries the
-            // earlier stamp, so outcomes take effect a little later, never earlier. A
-            // start is stamped before the request it precedes in any case.
-            let at = match kind {
-                "RotationStarted" => env.recorded_at,
-                _ => env.recorded_at + chrono::Duration::milliseconds(5),
-            };
-            moments.push((at, 1, Moment::Engine(kind, view.clone())));
+            moments.push((env.recorded_at, 1, Moment::Engine(kind, view.clone())));
+        }
+        // A group of appends is stamped when it opens, so a success that joined a group a
+        // few microseconds after graphsim applied its password (which caused it) may carry
+        // an earlier stamp than graphsim's record of that password. Causality decides: a
+        // password set just after a success that made it current was set before it.
+        for p in graph_log.iter().filter(|p| p["user"] == external.as_str()) {
+            let mut t: DateTime<Utc> = p["time"].as_str().unwrap().parse().unwrap();
+            let pw = p["password"].as_str().unwrap().to_owned();
+            let caused = moments.iter().find(|(at, _, m)| {
+                matches!(m, Moment::Engine("RotationSucceeded", v) if v.current.as_deref() == Some(pw.as_str()))
+                    && *at <= t
+                    && t - *at < chrono::Duration::milliseconds(20)
+            });
+            if let Some((at, _, _)) = caused {
+                t = *at;
+            }
+            moments.push((t, 0, Moment::Entra(pw)));
         }
         for w in lockouts(&initial[external], moments) {
             problems.push(format!("user {user} ({external}): {w}"));

@@ -2,6 +2,7 @@
 //! by area (see STYLE.md).
 
 mod api;
+mod architecture;
 mod audit;
 mod campaign;
 mod cli;

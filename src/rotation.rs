@@ -20,15 +20,17 @@
 
 use crate::engine::Engine;
 use crate::password;
+use crate::projector::NotReached;
 use crate::secrets::{Secret, SecretsError};
 use crate::store::{AppendError, ExpectedVersion};
 use crate::sync::{wait_cancelled, SyncService};
 use chrono::Utc;
 use futures_util::stream::{self, StreamExt};
+use idledger_domain::decide::Rejection;
 use idledger_domain::events::*;
 use idledger_domain::rotation::{
-    after_attempt, next, on_resume, request_manual, AttemptResult, ManualRotation, Next, NextStep,
-    PasswordState, Protocol, RotationFacts,
+    after_attempt, check_rotatable, events_after, next, on_resume, request_manual, AttemptResult,
+    ManualRotation, Next, NextStep, PasswordState, Protocol, RotationFacts,
 };
 use idledger_domain::{
     Actor, DomainId, Event, KeyWriteId, KeyWriteState, RotationId, RotationReason, StreamId, UserId,
@@ -48,24 +50,35 @@ fn crash_point(name: &str) {
     }
 }
 
-/// Why a rotation request failed.
+/// Why a rotation request failed, or why a rotation was left open for the next tick.
 #[derive(Debug, thiserror::Error)]
 pub enum RotationError {
-    /// No such user.
-    #[error("{0} not found")]
-    NotFound(&'static str),
-    /// The user's state forbids it.
+    /// The rules refused it.
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    /// The domain has no credentials now: nothing reaches Graph until they are back.
     #[error("{0}")]
-    Conflict(String),
-    /// Sealing failed.
+    NoCredentials(String),
+    /// Sealing or unsealing failed.
     #[error(transparent)]
     Secrets(#[from] SecretsError),
     /// Appending failed.
     #[error(transparent)]
     Append(#[from] AppendError),
-    /// Something else on our side.
-    #[error("{0}")]
-    Internal(String),
+    /// The projections did not catch up in time.
+    #[error(transparent)]
+    NotReached(#[from] NotReached),
+    /// The service is shutting down.
+    #[error("the rotation service is stopping")]
+    Stopping,
+}
+
+fn not_found(what: &'static str) -> RotationError {
+    Rejection::NotFound(what).into()
+}
+
+fn conflict(message: impl Into<String>) -> RotationError {
+    Rejection::Conflict(message.into()).into()
 }
 
 /// Settings of the rotation scheduler.
@@ -325,7 +338,7 @@ impl RotationService {
             .limit(domain, max)
             .acquire_owned()
             .await
-            .map_err(|e| RotationError::Internal(e.to_string()))?;
+            .map_err(|_| RotationError::Stopping)?;
         let (id, _, password) = self.begin(user, Some(reason), actor).await?;
         self.drive(id, Some((password, Some(permit)))).await;
         Ok(())
@@ -333,7 +346,7 @@ impl RotationService {
 
     fn domain_of(&self, user: UserId) -> Result<(DomainId, u32), RotationError> {
         let p = self.inner.engine.projector.read();
-        let u = p.users.get(user).ok_or(RotationError::NotFound("user"))?;
+        let u = p.users.get(user).ok_or_else(|| not_found("user"))?;
         let max = p
             .domains
             .get(u.domain_id)
@@ -349,15 +362,11 @@ impl RotationService {
         actor: Actor,
     ) -> Result<ManualStart, RotationError> {
         let engine = &self.inner.engine;
-        engine
-            .settle()
-            .await
-            .map_err(|e| RotationError::Internal(e.to_string()))?;
+        engine.settle().await?;
         let (decision, version) = {
             let p = engine.projector.read();
             let u = self.rotatable(&p, user)?;
-            let decision = request_manual(&u.password, Utc::now(), &self.inner.config.protocol())
-                .map_err(|r| RotationError::Conflict(r.to_string()))?;
+            let decision = request_manual(&u.password, Utc::now(), &self.inner.config.protocol())?;
             (decision, u.version)
         };
         match decision {
@@ -396,25 +405,11 @@ impl RotationService {
         p: &'p Projections,
         user: UserId,
     ) -> Result<&'p UserView, RotationError> {
-        let u = p
-            .users
-            .get(user)
-            .filter(|u| u.status != UserStatus::Deleted)
-            .ok_or(RotationError::NotFound("user"))?;
-        if u.status != UserStatus::Active {
-            return Err(RotationError::Conflict(format!(
-                "only active users are rotated; this one is {}",
-                u.status.as_str()
-            )));
-        }
-        if u.key_id.is_none() {
-            return Err(RotationError::Conflict(
-                "the user has no key: the new password would reach no one".into(),
-            ));
-        }
+        let u = p.users.get(user).ok_or_else(|| not_found("user"))?;
+        check_rotatable(u.status.decided(), u.key_id.is_some(), &u.password)?;
         p.domains
             .get(u.domain_id)
-            .ok_or(RotationError::NotFound("domain"))?;
+            .ok_or_else(|| not_found("domain"))?;
         Ok(u)
     }
 
@@ -447,13 +442,11 @@ impl RotationService {
                 (Some(r), Next::Start(_)) if r != RotationReason::Reassert => r,
                 (None, Next::Start(_)) => RotationReason::Manual,
                 (_, Next::Drive(_)) => {
-                    return Err(RotationError::Conflict(
-                        "a rotation of this user is in flight".into(),
-                    ))
+                    return Err(conflict("a rotation of this user is in flight"))
                 }
                 _ => {
-                    return Err(RotationError::Conflict(
-                        "the rules do not allow this rotation now; it was not started".into(),
+                    return Err(conflict(
+                        "the rules do not allow this rotation now; it was not started",
                     ))
                 }
             };
@@ -461,7 +454,7 @@ impl RotationService {
                 RotationReason::Reassert => {
                     let c = u.password.current.and_then(|c| p.rotations.get(c));
                     Some(
-                        c.ok_or(RotationError::NotFound("current password"))?
+                        c.ok_or_else(|| not_found("current password"))?
                             .sealed_password
                             .clone(),
                     )
@@ -471,7 +464,7 @@ impl RotationService {
             let d = p
                 .domains
                 .get(u.domain_id)
-                .ok_or(RotationError::NotFound("domain"))?;
+                .ok_or_else(|| not_found("domain"))?;
             (
                 u.version,
                 d.settings.password_length,
@@ -481,7 +474,7 @@ impl RotationService {
             )
         };
         if self.inner.sync.client(domain).is_none() {
-            return Err(RotationError::Conflict(
+            return Err(RotationError::NoCredentials(
                 self.inner.sync.no_worker(domain).to_string(),
             ));
         }
@@ -554,14 +547,8 @@ impl RotationService {
     /// The user and state of an open rotation, from the projections.
     fn open_rotation(&self, id: RotationId) -> Result<Option<OpenView>, RotationError> {
         let p = self.inner.engine.projector.read();
-        let r = p
-            .rotations
-            .get(id)
-            .ok_or(RotationError::NotFound("rotation"))?;
-        let u = p
-            .users
-            .get(r.user_id)
-            .ok_or(RotationError::NotFound("user"))?;
+        let r = p.rotations.get(id).ok_or_else(|| not_found("rotation"))?;
+        let u = p.users.get(r.user_id).ok_or_else(|| not_found("user"))?;
         let Some(open) = u.password.open.clone().filter(|o| o.rotation_id == id) else {
             return Ok(None);
         };
@@ -597,15 +584,12 @@ impl RotationService {
                     .limit(o.domain, o.max)
                     .acquire_owned()
                     .await
-                    .map_err(|e| RotationError::Internal(e.to_string()))?;
+                    .map_err(|_| RotationError::Stopping)?;
                 (None, Some(permit))
             }
         };
         loop {
-            engine
-                .settle()
-                .await
-                .map_err(|e| RotationError::Internal(e.to_string()))?;
+            engine.settle().await?;
             let Some(o) = self.open_rotation(id)? else {
                 return Ok(());
             };
@@ -644,7 +628,7 @@ impl RotationService {
                 },
             };
             let Some((client, cancelled)) = self.inner.sync.client(o.domain) else {
-                return Err(RotationError::Conflict(
+                return Err(RotationError::NoCredentials(
                     "the domain has no credentials; the rotation waits for them".into(),
                 ));
             };
@@ -654,7 +638,7 @@ impl RotationService {
                     // The request may have left: record that its outcome is unknown.
                     let events = on_resume(&o.state);
                     self.append(&stream, ExpectedVersion::Any, &actor, id, events).await?;
-                    return Err(RotationError::Conflict("the domain's credentials were removed".into()));
+                    return Err(RotationError::NoCredentials("the domain's credentials were removed".into()));
                 }
             };
             crash_point("after_graph");
@@ -669,59 +653,16 @@ impl RotationService {
                 },
             };
             let step = after_attempt(&o.open, result, self.inner.config.max_attempts);
-            let events: Vec<Event> = match &step {
-                NextStep::Succeed if o.open.reason == RotationReason::Reassert => {
-                    vec![RotationSucceeded { rotation_id: id }.into()]
-                }
-                NextStep::Succeed => {
-                    let mut events: Vec<Event> = vec![RotationSucceeded { rotation_id: id }.into()];
-                    let older: Vec<KeyWriteId> = {
-                        let p = engine.projector.read();
-                        p.key_writes
-                            .of_user(o.user)
-                            .filter(|w| w.state == KeyWriteState::Queued)
-                            .map(|w| w.id)
-                            .collect()
-                    };
-                    events.extend(older.into_iter().map(|w| {
-                        Event::from(KeyWriteSuperseded {
-                            key_write_id: w,
-                            reason: SupersedeReason::NewerRotation { rotation_id: id },
-                        })
-                    }));
-                    if let Some(key_id) = o.key {
-                        events.push(
-                            KeyWriteQueued {
-                                key_write_id: KeyWriteId(uuid::Uuid::now_v7()),
-                                rotation_id: id,
-                                key_id,
-                            }
-                            .into(),
-                        );
-                    }
-                    events
-                }
-                NextStep::Fail { code, error } => vec![RotationFailed {
-                    rotation_id: id,
-                    retryable: false,
-                    graph_code: code.clone(),
-                    error: error.clone(),
-                }
-                .into()],
-                NextStep::Retry { attempt, error } => vec![RotationRetried {
-                    rotation_id: id,
-                    attempt: *attempt,
-                    error: error.clone(),
-                }
-                .into()],
-                NextStep::GiveUp { error } => vec![RotationFailed {
-                    rotation_id: id,
-                    retryable: true,
-                    graph_code: None,
-                    error: error.clone(),
-                }
-                .into()],
+            let queued: Vec<KeyWriteId> = {
+                let p = engine.projector.read();
+                p.key_writes
+                    .of_user(o.user)
+                    .filter(|w| w.state == KeyWriteState::Queued)
+                    .map(|w| w.id)
+                    .collect()
             };
+            let new_write = o.key.map(|k| (KeyWriteId(uuid::Uuid::now_v7()), k));
+            let events = events_after(&step, &o.open, &queued, new_write);
             self.append(&stream, ExpectedVersion::Any, &actor, id, events)
                 .await?;
             match step {
@@ -753,9 +694,7 @@ struct OpenView {
 /// A concurrent change of the user between the decision and the append.
 fn conflict_on_race(e: AppendError) -> RotationError {
     match e {
-        AppendError::WrongExpectedVersion { .. } => {
-            RotationError::Conflict("the user changed meanwhile; retry".into())
-        }
+        AppendError::WrongExpectedVersion { .. } => conflict("the user changed meanwhile; retry"),
         e => RotationError::Append(e),
     }
 }

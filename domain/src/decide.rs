@@ -456,6 +456,19 @@ pub mod user {
         Deleted,
     }
 
+    impl Status {
+        /// The status name used in the API.
+        pub fn as_str(&self) -> &'static str {
+            match self {
+                Status::Unknown => "unknown",
+                Status::Candidate => "candidate",
+                Status::Active => "active",
+                Status::Deactivated => "deactivated",
+                Status::Deleted => "deleted",
+            }
+        }
+    }
+
     /// What decisions about a user need to know.
     #[derive(Clone, Debug, Default, PartialEq, Eq)]
     pub struct UserState {
@@ -467,18 +480,39 @@ pub mod user {
         pub in_sync_group: bool,
         /// The assigned hardware key.
         pub key_id: Option<KeyId>,
-        /// Key writes not yet acknowledged (queued, or delivered and unanswered).
-        pub undelivered: Vec<KeyWriteId>,
+        /// Every key write of the user: its key and where it stands.
+        pub writes: std::collections::BTreeMap<KeyWriteId, (KeyId, KeyWriteState)>,
+    }
+
+    impl UserState {
+        /// Writes still owed to the key (queued, or delivered and unacknowledged).
+        pub fn undelivered(&self) -> Vec<KeyWriteId> {
+            self.writes
+                .iter()
+                .filter(|(_, (_, st))| {
+                    matches!(st, KeyWriteState::Queued | KeyWriteState::Delivered)
+                })
+                .map(|(id, _)| *id)
+                .collect()
+        }
     }
 
     /// Folds one event of the user's stream.
     pub fn evolve(mut s: UserState, e: &Event) -> UserState {
         match e {
-            Event::KeyWriteQueued(e) => s.undelivered.push(e.key_write_id),
-            Event::KeyWriteConfirmed(KeyWriteConfirmed { key_write_id })
-            | Event::KeyWriteFailed(KeyWriteFailed { key_write_id, .. })
-            | Event::KeyWriteSuperseded(KeyWriteSuperseded { key_write_id, .. }) => {
-                s.undelivered.retain(|w| w != key_write_id)
+            Event::KeyWriteQueued(e) => {
+                s.writes
+                    .insert(e.key_write_id, (e.key_id.clone(), KeyWriteState::Queued));
+            }
+            Event::KeyWriteDelivered(e) => {
+                set_write(&mut s, e.key_write_id, KeyWriteState::Delivered)
+            }
+            Event::KeyWriteConfirmed(e) => {
+                set_write(&mut s, e.key_write_id, KeyWriteState::Confirmed)
+            }
+            Event::KeyWriteFailed(e) => set_write(&mut s, e.key_write_id, KeyWriteState::Failed),
+            Event::KeyWriteSuperseded(e) => {
+                set_write(&mut s, e.key_write_id, KeyWriteState::Superseded)
             }
             Event::UserDiscovered(_) => {
                 s.status = Status::Candidate;
@@ -512,23 +546,154 @@ pub mod user {
         AssignKey(KeyId),
         /// Take the hardware key away.
         UnassignKey,
+        /// Hand write `write` to an agent serving `keys` (its password leaves the engine).
+        DeliverWrite {
+            /// The write.
+            write: KeyWriteId,
+            /// The agent's keys.
+            keys: Vec<KeyId>,
+        },
+        /// Record an agent's answer about write `write`.
+        AcknowledgeWrite {
+            /// The write.
+            write: KeyWriteId,
+            /// The agent's keys.
+            keys: Vec<KeyId>,
+            /// What it did.
+            outcome: WriteOutcome,
+        },
+        /// Record a break-glass reveal of rotation `rotation`'s password, with its reason.
+        RecordReveal {
+            /// The rotation whose password is shown.
+            rotation: RotationId,
+            /// Why, in the admin's words.
+            reason: String,
+        },
+        /// Record an invite sent to `to` by `via`.
+        RecordInvite {
+            /// The address.
+            to: String,
+            /// The mailer (`smtp`, `outbox`).
+            via: String,
+        },
+    }
+
+    fn set_write(s: &mut UserState, id: KeyWriteId, state: KeyWriteState) {
+        if let Some(w) = s.writes.get_mut(&id) {
+            w.1 = state;
+        }
     }
 
     /// Every write the user's key was still owed ends with the key: a password reaches
     /// only the key of the user it belongs to, and only while they hold it.
-    fn supersede(s: &UserState, reason: SupersedeReason) -> impl Iterator<Item = Event> + '_ {
-        s.undelivered.iter().map(move |w| {
+    fn supersede(s: &UserState, reason: SupersedeReason) -> impl Iterator<Item = Event> {
+        s.undelivered().into_iter().map(move |w| {
             KeyWriteSuperseded {
-                key_write_id: *w,
+                key_write_id: w,
                 reason: reason.clone(),
             }
             .into()
         })
     }
 
+    /// The reason of a break-glass reveal, trimmed: 1 to 1000 characters.
+    pub fn reveal_reason(reason: &str) -> Result<String, Rejection> {
+        let reason = reason.trim();
+        if reason.is_empty() || reason.chars().count() > 1000 {
+            return Err(invalid("reason", "say why, in 1 to 1000 characters"));
+        }
+        Ok(reason.to_owned())
+    }
+
+    /// What a workstation agent did with a write.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub enum WriteOutcome {
+        /// The key holds the password.
+        Written,
+        /// The key could not be written; the agent says why.
+        Failed(String),
+    }
+
+    /// An agent serving `keys` asks for or answers about write `write`.
+    fn agents_write<'s>(
+        s: &'s UserState,
+        write: KeyWriteId,
+        keys: &[KeyId],
+    ) -> Result<&'s (KeyId, KeyWriteState), Rejection> {
+        // Another key's write is not found: an agent learns nothing of other keys.
+        s.writes
+            .get(&write)
+            .filter(|(k, _)| keys.contains(k))
+            .ok_or(Rejection::NotFound("key write"))
+    }
+
     /// Decides a command.
     pub fn decide(s: &UserState, c: UserCommand) -> Result<Vec<Event>, Rejection> {
         match (s.status, c) {
+            (_, UserCommand::DeliverWrite { write, keys }) => {
+                let (key, state) = agents_write(s, write, &keys)?;
+                if !matches!(state, KeyWriteState::Queued | KeyWriteState::Delivered)
+                    || s.key_id.as_ref() != Some(key)
+                    || s.status == Status::Deleted
+                {
+                    // Not owed any more, or the key is no longer the user's.
+                    return Err(Rejection::NotFound("key write"));
+                }
+                Ok(vec![KeyWriteDelivered {
+                    key_write_id: write,
+                }
+                .into()])
+            }
+            (
+                _,
+                UserCommand::AcknowledgeWrite {
+                    write,
+                    keys,
+                    outcome,
+                },
+            ) => {
+                let (_, state) = agents_write(s, write, &keys)?;
+                if !matches!(state, KeyWriteState::Queued | KeyWriteState::Delivered) {
+                    return Err(Rejection::Conflict(format!(
+                        "the key write is {} already",
+                        state.as_str()
+                    )));
+                }
+                Ok(vec![match outcome {
+                    WriteOutcome::Written => KeyWriteConfirmed {
+                        key_write_id: write,
+                    }
+                    .into(),
+                    WriteOutcome::Failed(detail) => {
+                        if detail.chars().count() > 2000 {
+                            return Err(invalid("detail", "at most 2000 characters"));
+                        }
+                        KeyWriteFailed {
+                            key_write_id: write,
+                            detail,
+                        }
+                        .into()
+                    }
+                }])
+            }
+            (Status::Unknown | Status::Deleted, UserCommand::RecordReveal { .. }) => {
+                Err(Rejection::NotFound("user"))
+            }
+            (_, UserCommand::RecordReveal { rotation, reason }) => Ok(vec![PasswordRevealed {
+                rotation_id: rotation,
+                reason: reveal_reason(&reason)?,
+            }
+            .into()]),
+            (Status::Active, UserCommand::RecordInvite { to, via }) => {
+                Ok(vec![InviteSent { to, via }.into()])
+            }
+            (Status::Unknown | Status::Deleted, UserCommand::RecordInvite { .. }) => {
+                Err(Rejection::NotFound("user"))
+            }
+            (status, UserCommand::RecordInvite { .. }) => Err(Rejection::Conflict(format!(
+                "only active users are invited; this one is {}",
+                status.as_str()
+            ))),
             (Status::Unknown, _) => Err(Rejection::NotFound("user")),
             (Status::Deleted, _) => Err(Rejection::Conflict("the user was deleted".into())),
             (_, UserCommand::AssignKey(k)) if k.0.is_empty() || k.0.len() > 128 => {
@@ -884,7 +1049,7 @@ mod tests {
             queued(3),
         ];
         let s = given(evolve, &past);
-        assert_eq!(s.undelivered, vec![w(2), w(3)]);
+        assert_eq!(s.undelivered(), vec![w(2), w(3)]);
         let superseded = |n, reason: &SupersedeReason| -> Event {
             KeyWriteSuperseded {
                 key_write_id: w(n),

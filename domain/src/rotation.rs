@@ -3,9 +3,13 @@
 //! password may be sent, what a restart records. The binary carries these rules out; the
 //! state they read ([`PasswordState`]) is folded from the user's stream by [`evolve`].
 
+use crate::decide::user::Status;
 use crate::decide::Rejection;
-use crate::events::{RotationInterrupted, RotationRequested};
-use crate::ids::RotationId;
+use crate::events::{
+    KeyWriteQueued, KeyWriteSuperseded, RotationFailed, RotationInterrupted, RotationRequested,
+    RotationRetried, RotationSucceeded, SupersedeReason,
+};
+use crate::ids::{KeyId, KeyWriteId, RotationId};
 use crate::types::RotationReason;
 use crate::Event;
 use chrono::{DateTime, Duration, Utc};
@@ -418,6 +422,93 @@ pub fn request_manual(
         .into()],
     };
     Ok(ManualRotation::Deferred { events, until })
+}
+
+/// The events that record `step`, just decided for the open rotation `open`: a success
+/// supersedes the user's writes still queued (`queued`) and queues `new_write` (the user's
+/// key and a fresh write id) unless it was a reassert, which changed no password.
+pub fn events_after(
+    step: &NextStep,
+    open: &OpenRotation,
+    queued: &[KeyWriteId],
+    new_write: Option<(KeyWriteId, KeyId)>,
+) -> Vec<Event> {
+    let rotation_id = open.rotation_id;
+    match step {
+        NextStep::Succeed if open.reason == RotationReason::Reassert => {
+            vec![RotationSucceeded { rotation_id }.into()]
+        }
+        NextStep::Succeed => {
+            let mut events: Vec<Event> = vec![RotationSucceeded { rotation_id }.into()];
+            events.extend(queued.iter().map(|w| {
+                Event::from(KeyWriteSuperseded {
+                    key_write_id: *w,
+                    reason: SupersedeReason::NewerRotation { rotation_id },
+                })
+            }));
+            if let Some((key_write_id, key_id)) = new_write {
+                events.push(
+                    KeyWriteQueued {
+                        key_write_id,
+                        rotation_id,
+                        key_id,
+                    }
+                    .into(),
+                );
+            }
+            events
+        }
+        NextStep::Fail { code, error } => vec![RotationFailed {
+            rotation_id,
+            retryable: false,
+            graph_code: code.clone(),
+            error: error.clone(),
+        }
+        .into()],
+        NextStep::Retry { attempt, error } => vec![RotationRetried {
+            rotation_id,
+            attempt: *attempt,
+            error: error.clone(),
+        }
+        .into()],
+        NextStep::GiveUp { error } => vec![RotationFailed {
+            rotation_id,
+            retryable: true,
+            graph_code: None,
+            error: error.clone(),
+        }
+        .into()],
+    }
+}
+
+/// Whether a rotation with a new password may be started for a user at all: active, with
+/// a hardware key (the password would reach no one otherwise), no rotation in flight.
+pub fn check_rotatable(status: Status, has_key: bool, s: &PasswordState) -> Result<(), Rejection> {
+    match status {
+        Status::Active => {}
+        Status::Unknown | Status::Deleted => return Err(Rejection::NotFound("user")),
+        Status::Candidate | Status::Deactivated => {
+            let name = if status == Status::Candidate {
+                "candidate"
+            } else {
+                "deactivated"
+            };
+            return Err(Rejection::Conflict(format!(
+                "only active users are rotated; this one is {name}"
+            )));
+        }
+    }
+    if !has_key {
+        return Err(Rejection::Conflict(
+            "the user has no key: the new password would reach no one".into(),
+        ));
+    }
+    if s.in_flight().is_some() {
+        return Err(Rejection::Conflict(
+            "a rotation of this user is in flight".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// The events that record a process start finding `s`'s rotation open: whatever attempt

@@ -445,3 +445,16 @@ pub enum KeyWriteState {
     /// A newer rotation replaced it before delivery.
     Superseded,
 }
+
+impl KeyWriteState {
+    /// The state's name used in the API.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            KeyWriteState::Queued => "queued",
+            KeyWriteState::Delivered => "delivered",
+            KeyWriteState::Confirmed => "confirmed",
+            KeyWriteState::Failed => "failed",
+            KeyWriteState::Superseded => "superseded",
+        }
+    }
+}

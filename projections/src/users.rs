@@ -24,6 +24,17 @@ pub enum UserStatus {
 }
 
 impl UserStatus {
+    /// The same status as decisions in `domain` know it.
+    pub fn decided(&self) -> idledger_domain::decide::user::Status {
+        use idledger_domain::decide::user::Status;
+        match self {
+            UserStatus::Candidate => Status::Candidate,
+            UserStatus::Active => Status::Active,
+            UserStatus::Deactivated => Status::Deactivated,
+            UserStatus::Deleted => Status::Deleted,
+        }
+    }
+
     /// The status name used in the API.
     pub fn as_str(&self) -> &'static str {
         match self {

@@ -7,16 +7,13 @@ use super::auth::Principal;
 use super::error::{ApiError, ApiJson, ApiQuery, IdPath};
 use super::{page, page_of, AppState};
 use crate::rotation::{ManualStart, RotationError};
-use crate::store::ExpectedVersion;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
 use chrono::{DateTime, Utc};
-use idledger_domain::events::{
-    KeyWriteConfirmed, KeyWriteDelivered, KeyWriteFailed, PasswordRevealed,
-};
-use idledger_domain::{Event, KeyWriteId, Role, RotationId, StreamId, UserId};
+use idledger_domain::decide::user::{decide, evolve, UserCommand, WriteOutcome};
+use idledger_domain::{KeyWriteId, Role, RotationId, StreamId, UserId};
 use idledger_projections::UserStatus;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -24,32 +21,33 @@ use serde_json::{json, Value};
 impl From<RotationError> for ApiError {
     fn from(e: RotationError) -> Self {
         match e {
-            RotationError::NotFound(what) => ApiError::NotFound(what.to_owned()),
-            RotationError::Conflict(m) => ApiError::Conflict(m),
+            RotationError::Rejected(r) => r.into(),
+            RotationError::NoCredentials(m) => ApiError::Conflict(m),
             RotationError::Append(a) => a.into(),
-            other => ApiError::Internal(other.to_string()),
+            RotationError::NotReached(n) => ApiError::Timeout(n.to_string()),
+            RotationError::Stopping => ApiError::Unavailable(e.to_string()),
+            RotationError::Secrets(_) => ApiError::Internal(e.to_string()),
         }
     }
 }
 
-async fn append_one(
+/// The command path for a user's stream, with `correlation` (a rotation's id) on the events.
+async fn decide_for(
     s: &AppState,
     user: UserId,
     who: &Principal,
     correlation: Option<uuid::Uuid>,
-    event: Event,
-) -> Result<u64, ApiError> {
-    let stream = StreamId::user(user);
-    let actor = who.actor();
-    let at = crate::store::append_correlated(
+    command: UserCommand,
+) -> Result<u64, crate::store::CommandError> {
+    crate::store::decide_and_append(
         &*s.log,
-        stream,
-        ExpectedVersion::Any,
-        &actor,
+        &StreamId::user(user),
+        &who.actor(),
         correlation,
-        vec![event],
-    );
-    Ok(at.await?)
+        evolve,
+        |st| decide(st, command.clone()),
+    )
+    .await
 }
 
 /// `POST /v1/users/{id}/rotate` answer: the rotation started, or when it will run.
@@ -161,12 +159,8 @@ pub async fn reveal(
     ApiJson(b): ApiJson<RevealBody>,
 ) -> Result<impl IntoResponse, ApiError> {
     who.require(&[Role::Admin])?;
-    let reason = b.reason.trim().to_owned();
-    if reason.is_empty() || reason.len() > 1000 {
-        return Err(ApiError::Unprocessable(
-            "reason: say why, in 1 to 1000 characters".into(),
-        ));
-    }
+    // Bad input is refused before anything is looked at.
+    idledger_domain::decide::user::reveal_reason(&b.reason)?;
     let user = UserId(id);
     let stream = StreamId::user(user);
     let (current, candidate) = {
@@ -200,18 +194,12 @@ pub async fn reveal(
     };
     let password = open(current)?;
     let candidate = open(candidate)?;
-    let position = append_one(
-        &s,
-        user,
-        &who,
-        Some(revealed.0),
-        PasswordRevealed {
-            rotation_id: revealed,
-            reason,
-        }
-        .into(),
-    )
-    .await?;
+    // Recorded (durably) before the password leaves in the answer.
+    let command = UserCommand::RecordReveal {
+        rotation: revealed,
+        reason: b.reason,
+    };
+    let position = decide_for(&s, user, &who, Some(revealed.0), command).await?;
     Ok(Json(json!({
         "user_id": user,
         "rotation_id": password.as_ref().map(|(id, _)| *id),
@@ -311,14 +299,17 @@ pub async fn key_writes(
     let mut items = Vec::with_capacity(writes.len());
     for (id, user, key, rotation, upn, name, sealed) in writes {
         let password = s.keyring.unseal(&StreamId::user(user), &sealed)?;
-        append_one(
-            &s,
-            user,
-            &who,
-            Some(rotation.0),
-            KeyWriteDelivered { key_write_id: id }.into(),
-        )
-        .await?;
+        let deliver = UserCommand::DeliverWrite {
+            write: id,
+            keys: who.key_ids.clone(),
+        };
+        // Recorded before the password leaves; a write no longer owed (the key moved on
+        // meanwhile) is left out.
+        match decide_for(&s, user, &who, Some(rotation.0), deliver).await {
+            Ok(_) => {}
+            Err(crate::store::CommandError::Rejected(_)) => continue,
+            Err(e) => return Err(e.into()),
+        }
         items.push(json!({
             "id": id,
             "key_id": key,
@@ -365,36 +356,25 @@ pub async fn ack(
     ApiJson(b): ApiJson<AckBody>,
 ) -> Result<impl IntoResponse, ApiError> {
     who.require(&[Role::Agent])?;
-    if b.detail.len() > 2000 {
-        return Err(ApiError::Unprocessable(
-            "detail: at most 2000 characters".into(),
-        ));
-    }
     let id = KeyWriteId(id);
-    let (user, rotation) = {
-        let p = s.projector.read();
-        // Another key's write is not found: an agent learns nothing of other keys.
-        let w = p
-            .key_writes
-            .get(id)
-            .filter(|w| who.key_ids.contains(&w.key_id))
-            .ok_or_else(|| ApiError::NotFound("key write".into()))?;
-        if !w.is_pending() {
-            return Err(ApiError::Conflict(format!(
-                "the key write is {:?} already",
-                w.state
-            )));
-        }
-        (w.user_id, w.rotation_id)
+    let user = s
+        .projector
+        .read()
+        .key_writes
+        .get(id)
+        .filter(|w| who.key_ids.contains(&w.key_id))
+        .map(|w| (w.user_id, w.rotation_id));
+    // Another key's write is not found: an agent learns nothing of other keys.
+    let (user, rotation) = user.ok_or_else(|| ApiError::NotFound("key write".into()))?;
+    let outcome = match b.result {
+        AckResult::Written => WriteOutcome::Written,
+        AckResult::Failed => WriteOutcome::Failed(b.detail),
     };
-    let event: Event = match b.result {
-        AckResult::Written => KeyWriteConfirmed { key_write_id: id }.into(),
-        AckResult::Failed => KeyWriteFailed {
-            key_write_id: id,
-            detail: b.detail,
-        }
-        .into(),
+    let command = UserCommand::AcknowledgeWrite {
+        write: id,
+        keys: who.key_ids.clone(),
+        outcome,
     };
-    let position = append_one(&s, user, &who, Some(rotation.0), event).await?;
+    let position = decide_for(&s, user, &who, Some(rotation.0), command).await?;
     Ok(Json(json!({"id": id, "position": position})))
 }

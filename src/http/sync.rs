@@ -5,12 +5,11 @@ use super::auth::Principal;
 use super::error::{ApiError, ApiJson, ApiQuery, IdPath};
 use super::users::user_json;
 use super::{page, page_of, AppState, Consistency};
-use crate::store::{append_correlated, ExpectedVersion};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
-use idledger_domain::events::InviteSent;
+use idledger_domain::decide::user::{decide, evolve, UserCommand};
 use idledger_domain::{DomainId, Role, StreamId, SyncRunId, SyncTrigger, UserId};
 use idledger_projections::{Projections, SyncRunView, UserStatus};
 use serde::Deserialize;
@@ -335,21 +334,15 @@ pub async fn invite(
         crate::invite::InviteError::Address(m) => ApiError::Unprocessable(m),
         crate::invite::InviteError::Delivery(m) => ApiError::BadGateway(m),
     })?;
-    let sent = InviteSent {
+    let record = UserCommand::RecordInvite {
         to: invite.to.clone(),
         via: s.mailer.via().into(),
     };
-    let actor = who.actor();
-    let stream = StreamId::user(user);
-    let position = append_correlated(
-        &*s.log,
-        stream,
-        ExpectedVersion::Any,
-        &actor,
-        None,
-        vec![sent.into()],
-    );
-    let position = position.await?;
+    let position = s
+        .command(&StreamId::user(user), &who.actor(), evolve, |st| {
+            decide(st, record.clone())
+        })
+        .await?;
     Ok(Json(json!({
         "user_id": user,
         "to": invite.to,

@@ -474,7 +474,7 @@ impl SyncService {
                         let out = u.status != UserStatus::Deleted && !u.in_sync_group;
                         let reason = u.left_reason?;
                         out.then(|| {
-                            removal_for(behavior, run::status_of(u.status), reason)
+                            removal_for(behavior, u.status.decided(), reason)
                                 .map(|e| (e, u.version))
                         })
                         .flatten()

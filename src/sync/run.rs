@@ -12,7 +12,6 @@ use crate::engine::Engine;
 use crate::graph::{GraphClient, GraphError, GraphUser, UserChange, USER_SELECT};
 use crate::store::{AppendError, ExpectedVersion};
 use futures_util::stream::{self, StreamExt, TryStreamExt};
-use idledger_domain::decide::user::Status;
 use idledger_domain::events::*;
 use idledger_domain::sync::{
     guard_trips, plan_user, Discovery, Known, Observed, SyncOutcome, SyncPolicy, UserPlan,
@@ -72,21 +71,12 @@ struct KnownUser {
     known: Known,
 }
 
-pub(crate) fn status_of(s: UserStatus) -> Status {
-    match s {
-        UserStatus::Candidate => Status::Candidate,
-        UserStatus::Active => Status::Active,
-        UserStatus::Deactivated => Status::Deactivated,
-        UserStatus::Deleted => Status::Deleted,
-    }
-}
-
 fn known_of(u: &UserView) -> KnownUser {
     KnownUser {
         id: u.id,
         version: u.version,
         known: Known {
-            status: status_of(u.status),
+            status: u.status.decided(),
             attributes: u.attributes.clone(),
             in_scope: u.in_sync_group,
             left_reason: u.left_reason,

@@ -16,34 +16,37 @@ use idledger_replay::{ExportFormat, ExportKind, ExportQuery, ExportSummary, Expo
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
-/// The query and format of an export, from the CLI's or the API's words.
+/// An export kind from the CLI's or the API's words, or what to say instead.
+pub fn parse_kind(kind: &str) -> Result<ExportKind, String> {
+    ExportKind::parse(kind)
+        .ok_or_else(|| format!("kind {kind:?}: use password-changes, events or users"))
+}
+
+/// An export format from the CLI's or the API's words, or what to say instead.
+pub fn parse_format(format: &str) -> Result<ExportFormat, String> {
+    ExportFormat::parse(format).ok_or_else(|| format!("format {format:?}: use csv or jsonl"))
+}
+
+/// The query of an export; a range that ends before it begins is refused.
 pub fn query_of(
-    kind: &str,
-    format: &str,
+    kind: ExportKind,
     from: Option<DateTime<Utc>>,
     to: Option<DateTime<Utc>>,
     domain: Option<uuid::Uuid>,
     user: Option<uuid::Uuid>,
-) -> Result<(ExportQuery, ExportFormat), String> {
-    let kind = ExportKind::parse(kind)
-        .ok_or_else(|| format!("kind {kind:?}: use password-changes, events or users"))?;
-    let format = ExportFormat::parse(format)
-        .ok_or_else(|| format!("format {format:?}: use csv or jsonl"))?;
+) -> Result<ExportQuery, String> {
     if let (Some(f), Some(t)) = (from, to) {
         if f > t {
             return Err("from is after to".into());
         }
     }
-    Ok((
-        ExportQuery {
-            kind,
-            from,
-            to,
-            domain: domain.map(DomainId),
-            user: user.map(UserId),
-        },
-        format,
-    ))
+    Ok(ExportQuery {
+        kind,
+        from,
+        to,
+        domain: domain.map(DomainId),
+        user: user.map(UserId),
+    })
 }
 
 /// Runs an export over `records`, handing the header and each row to `sink`; stops after
@@ -109,9 +112,7 @@ pub fn run_export(
 /// Where an export went.
 #[derive(Debug, Serialize)]
 pub struct Written {
-    /// The file.
     pub file: PathBuf,
-    /// Its manifest.
     pub manifest: PathBuf,
     /// Rows written.
     pub rows: u64,

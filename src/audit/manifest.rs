@@ -36,7 +36,6 @@ pub struct Manifest {
     pub kind: ExportKind,
     /// How.
     pub format: ExportFormat,
-    /// Its filters.
     pub filters: Filters,
     /// Its time range.
     pub range: Range,

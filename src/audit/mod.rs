@@ -9,7 +9,7 @@ pub mod files;
 pub mod manifest;
 pub mod source;
 
-pub use export::{export_file, query_of, run_export, verify_export_file};
+pub use export::{export_file, parse_format, parse_kind, query_of, run_export, verify_export_file};
 pub use files::{HashedWriter, RowSink};
 pub use manifest::Manifest;
 pub use source::{records_of, records_of_log, Records, Source};

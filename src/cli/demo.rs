@@ -57,10 +57,10 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode, Error> {
         RotationConfig::default(),
     )
     .await?;
-    let start = state.log.head().position;
+    let start = state.engine.log.head().position;
     // The demo's own admin token: a reused data dir has no bootstrap token to read.
     let (_, token, position) = issue_token(
-        &*state.log,
+        &*state.engine.log,
         Actor::Operator,
         Role::Admin,
         "demo".into(),
@@ -68,6 +68,7 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode, Error> {
     )
     .await?;
     state
+        .engine
         .projector
         .wait_for(position, Duration::from_secs(10))
         .await
@@ -76,8 +77,8 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode, Error> {
         .await
         .map_err(|e| Error::Other(format!("cannot listen on {}: {e}", config.listen)))?;
     let url = format!("http://{}", listener.local_addr()?);
-    let log = state.log.clone();
-    let projector = state.projector.clone();
+    let log = state.engine.log.clone();
+    let projector = state.engine.projector.clone();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(crate::http::serve(listener, state, async {
         let _ = stopped.await;

@@ -7,6 +7,7 @@ use crate::audit::source::{last_position, records_of};
 use crate::error::Error;
 use chrono::{DateTime, Utc};
 use clap::Args;
+use idledger_replay::{ExportFormat, ExportKind};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -14,8 +15,8 @@ use std::process::ExitCode;
 #[derive(Args, Debug)]
 pub struct ExportArgs {
     /// `password-changes`, `events` or `users`.
-    #[arg(long)]
-    pub kind: String,
+    #[arg(long, value_parser = crate::audit::parse_kind)]
+    pub kind: ExportKind,
     #[command(flatten)]
     pub dir: DataDir,
     /// Events recorded at or after this time (RFC 3339).
@@ -31,8 +32,8 @@ pub struct ExportArgs {
     #[arg(long)]
     pub user: Option<uuid::Uuid>,
     /// `csv` or `jsonl`.
-    #[arg(long)]
-    pub format: String,
+    #[arg(long, value_parser = crate::audit::parse_format)]
+    pub format: ExportFormat,
     /// The file to write; its manifest goes to FILE.manifest.json.
     #[arg(long)]
     pub out: PathBuf,
@@ -60,15 +61,9 @@ fn bar(last: Option<u64>, what: &'static str) -> (indicatif::ProgressBar, impl F
 
 /// `idledger export`: prints where the file and manifest went.
 pub fn export(args: &ExportArgs) -> Result<ExitCode, Error> {
-    let (query, format) = crate::audit::query_of(
-        &args.kind,
-        &args.format,
-        args.from,
-        args.to,
-        args.domain,
-        args.user,
-    )
-    .map_err(Error::Other)?;
+    let query = crate::audit::query_of(args.kind, args.from, args.to, args.domain, args.user)
+        .map_err(Error::Other)?;
+    let format = args.format;
     let source = args.dir.source()?;
     let (pb, tick) = bar(last_position(&source), "export");
     let written = crate::audit::export_file(records_of(&source)?, &query, format, &args.out, tick)?;

@@ -8,7 +8,6 @@ use std::path::PathBuf;
 /// Options of `idledger serve`.
 #[derive(Args, Debug)]
 pub struct ServeArgs {
-    /// Data directory.
     #[arg(long, env = "IDLEDGER_DATA_DIR")]
     pub data_dir: PathBuf,
     /// Address to listen on (default 127.0.0.1:8080).

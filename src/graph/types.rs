@@ -39,7 +39,6 @@ pub struct GraphUser {
 pub struct GraphGroup {
     /// Object id.
     pub id: String,
-    /// Display name.
     #[serde(default)]
     pub display_name: Option<String>,
 }
@@ -61,7 +60,6 @@ pub struct GraphDomain {
 /// One member change of a delta round.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MemberChange {
-    /// The user.
     pub user_id: String,
     /// Left the group, or was deleted (Graph does not tell which).
     pub removed: bool,

@@ -3,8 +3,11 @@
 
 use super::auth::Principal;
 use super::error::{ApiError, ApiQuery, IdPath};
-use super::{page, AppState};
-use crate::audit::{query_of, records_of_log, run_export, HashedWriter, Manifest, RowSink};
+use super::schema::ExportFormatSchema;
+use super::{page, AppState, Page};
+use crate::audit::{
+    parse_kind, query_of, records_of_log, run_export, HashedWriter, Manifest, RowSink,
+};
 use crate::error::Error;
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -12,26 +15,33 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::Json;
 use chrono::{DateTime, Utc};
-use idledger_domain::{Role, StreamId, UserId};
+use idledger_domain::{StreamId, UserId};
 use idledger_replay::{ExportFormat, ExportQuery};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 /// `GET /v1/audit/exports/{kind}` query.
-#[derive(Deserialize, Clone)]
+#[derive(Deserialize, Clone, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct ExportParams {
+    /// Events recorded at or after this time (RFC 3339).
     from: Option<DateTime<Utc>>,
+    /// Events recorded at or before this time; for `users`, the state at this time.
     to: Option<DateTime<Utc>>,
+    /// Only this domain.
     domain: Option<uuid::Uuid>,
+    /// Only this user.
     user: Option<uuid::Uuid>,
-    format: Option<String>,
+    /// `csv` (the default) or `jsonl`.
+    #[param(value_type = Option<ExportFormatSchema>)]
+    format: Option<ExportFormat>,
 }
 
 /// The query and format of a request.
 fn query(kind: &str, q: &ExportParams) -> Result<(ExportQuery, ExportFormat), ApiError> {
-    let format = q.format.as_deref().unwrap_or("csv");
-    query_of(kind, format, q.from, q.to, q.domain, q.user).map_err(ApiError::BadRequest)
+    let kind = parse_kind(kind).map_err(ApiError::BadRequest)?;
+    let query = query_of(kind, q.from, q.to, q.domain, q.user).map_err(ApiError::BadRequest)?;
+    Ok((query, q.format.unwrap_or(ExportFormat::Csv)))
 }
 
 /// Rows handed to the response body in large pieces as they are made.
@@ -71,9 +81,8 @@ pub async fn export(
     Path(kind): Path<String>,
     ApiQuery(q): ApiQuery<ExportParams>,
 ) -> Result<impl IntoResponse, ApiError> {
-    who.require(&[Role::Admin, Role::Auditor])?;
     let (query, format) = query(&kind, &q)?;
-    let log = s.log.clone();
+    let log = s.engine.log.clone();
     let head = log.head().position;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tokio::task::spawn_blocking(move || {
@@ -126,13 +135,11 @@ pub async fn export(
 /// The manifest of the same query (the rows are made again and hashed, not kept).
 pub async fn export_manifest(
     State(s): State<AppState>,
-    who: Principal,
     Path(kind): Path<String>,
     ApiQuery(q): ApiQuery<ExportParams>,
-) -> Result<impl IntoResponse, ApiError> {
-    who.require(&[Role::Admin, Role::Auditor])?;
+) -> Result<Json<Manifest>, ApiError> {
     let (query, format) = query(&kind, &q)?;
-    let log = s.log.clone();
+    let log = s.engine.log.clone();
     let head = log.head().position;
     let m = tokio::task::spawn_blocking(move || {
         let mut rows = HashedWriter::new(std::io::sink());
@@ -158,76 +165,122 @@ pub async fn export_manifest(
 /// actor and payload (sealed secrets as `"sealed"`).
 pub async fn timeline(
     State(s): State<AppState>,
-    who: Principal,
     IdPath(id): IdPath,
     ApiQuery(q): ApiQuery<TimelineQuery>,
-) -> Result<impl IntoResponse, ApiError> {
-    who.require(&[Role::Admin, Role::Auditor])?;
+) -> Result<Json<Page<TimelineEntry>>, ApiError> {
     s.reach(q.min_position).await?;
     let stream = StreamId::user(UserId(id));
-    if s.log.stream_version(&stream) == 0 {
+    if s.engine.log.stream_version(&stream) == 0 {
         return Err(ApiError::NotFound("user".into()));
     }
     // The cursor is the stream version of the last event sent.
     let from = q.after.unwrap_or(0).saturating_add(1);
     let wanted = q.limit.unwrap_or(100).min(super::MAX_PAGE);
-    let events = s.log.read_stream(&stream, from, wanted.saturating_add(1))?;
+    let events = s
+        .engine
+        .log
+        .read_stream(&stream, from, wanted.saturating_add(1))?;
     let (events, next) = super::page_of(events.into_iter(), q.limit, |e| e.version)?;
-    let items: Vec<Value> = events
+    let items = events
         .iter()
-        .map(|e| {
-            json!({
-                "position": e.position,
-                "recorded_at": e.recorded_at,
-                "kind": e.event.kind(),
-                "what": what(&e.event),
-                "actor": e.actor.to_string(),
-                "correlation_id": e.correlation_id,
-                "payload": e.event.payload_json(),
-                "hash": e.hash.to_hex(),
-            })
+        .map(|e| TimelineEntry {
+            position: e.position,
+            recorded_at: e.recorded_at,
+            kind: e.event.kind(),
+            what: Area::of(&e.event),
+            actor: e.actor.to_string(),
+            correlation_id: e.correlation_id,
+            payload: e.event.payload_json(),
+            hash: e.hash.to_hex(),
         })
         .collect();
     Ok(page(items, next))
 }
 
 /// `GET /v1/users/{id}/timeline` query.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct TimelineQuery {
+    /// Page size, 1 to 1000 (100).
     limit: Option<usize>,
+    /// The cursor `next` of the previous page (a version of the user's stream).
     after: Option<u64>,
+    /// Wait (bounded) until the projections include this position.
     min_position: Option<u64>,
 }
 
+/// One event of a user's story.
+#[derive(Serialize, ToSchema)]
+pub struct TimelineEntry {
+    /// Its position in the log.
+    position: u64,
+    recorded_at: DateTime<Utc>,
+    /// The event's kind (`RotationStarted` …).
+    kind: &'static str,
+    what: Area,
+    /// Who caused it (`sync:<domain>`, `admin:<token>` …).
+    actor: String,
+    /// Ties a run's or a rotation's events together.
+    correlation_id: Option<uuid::Uuid>,
+    /// The event's fields, sealed secrets as `"sealed"`.
+    #[schema(value_type = Object)]
+    payload: serde_json::Value,
+    /// The record's hash (hex).
+    hash: String,
+}
+
 /// The area of the story an event belongs to.
-fn what(e: &idledger_domain::Event) -> &'static str {
-    use idledger_domain::Event as E;
-    match e {
-        E::UserDiscovered(_)
-        | E::MemberLeftSyncGroup(_)
-        | E::MemberRejoinedSyncGroup(_)
-        | E::UserAttributesChanged(_)
-        | E::RotationGroupJoined(_)
-        | E::RotationGroupLeft(_) => "sync",
-        E::UserImported(_)
-        | E::UserKept(_)
-        | E::UserDeactivated(_)
-        | E::UserDeleted(_)
-        | E::UserReactivated(_) => "status",
-        E::UserSsoOverrideSet(_) => "sso",
-        E::KeyAssigned(_) | E::KeyUnassigned(_) => "key",
-        E::InviteSent(_) => "invite",
-        E::RotationStarted(_)
-        | E::RotationRetried(_)
-        | E::RotationSucceeded(_)
-        | E::RotationFailed(_) => "rotation",
-        E::KeyWriteQueued(_)
-        | E::KeyWriteDelivered(_)
-        | E::KeyWriteConfirmed(_)
-        | E::KeyWriteFailed(_)
-        | E::KeyWriteSuperseded(_) => "key_write",
-        E::PasswordRevealed(_) => "reveal",
-        _ => "other",
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Area {
+    /// What Entra ID said.
+    Sync,
+    /// Imported, kept, deactivated, deleted, reactivated.
+    Status,
+    /// The SSO override.
+    Sso,
+    /// Key assignment.
+    Key,
+    Invite,
+    /// Rotation steps.
+    Rotation,
+    /// Key-write steps.
+    KeyWrite,
+    /// Break-glass reveals.
+    Reveal,
+    /// Anything else of the stream.
+    Other,
+}
+
+impl Area {
+    fn of(e: &idledger_domain::Event) -> Area {
+        use idledger_domain::Event as E;
+        match e {
+            E::UserDiscovered(_)
+            | E::MemberLeftSyncGroup(_)
+            | E::MemberRejoinedSyncGroup(_)
+            | E::UserAttributesChanged(_)
+            | E::RotationGroupJoined(_)
+            | E::RotationGroupLeft(_) => Area::Sync,
+            E::UserImported(_)
+            | E::UserKept(_)
+            | E::UserDeactivated(_)
+            | E::UserDeleted(_)
+            | E::UserReactivated(_) => Area::Status,
+            E::UserSsoOverrideSet(_) => Area::Sso,
+            E::KeyAssigned(_) | E::KeyUnassigned(_) => Area::Key,
+            E::InviteSent(_) => Area::Invite,
+            E::RotationStarted(_)
+            | E::RotationRetried(_)
+            | E::RotationSucceeded(_)
+            | E::RotationFailed(_) => Area::Rotation,
+            E::KeyWriteQueued(_)
+            | E::KeyWriteDelivered(_)
+            | E::KeyWriteConfirmed(_)
+            | E::KeyWriteFailed(_)
+            | E::KeyWriteSuperseded(_) => Area::KeyWrite,
+            E::PasswordRevealed(_) => Area::Reveal,
+            _ => Area::Other,
+        }
     }
 }

@@ -10,9 +10,9 @@ use sha2::{Digest, Sha256};
 /// The caller, from a live token.
 #[derive(Clone, Debug)]
 pub struct Principal {
-    /// The token.
+    /// The token's id (its text is never stored, only its hash).
     pub token_id: TokenId,
-    /// Its role.
+    /// What the token may do.
     pub role: Role,
     /// For agents, the keys it serves.
     pub key_ids: Vec<KeyId>,
@@ -33,7 +33,8 @@ impl Principal {
 
     /// The caller's token is still live: long-lived responses ask again while they run.
     pub fn still_live(&self, s: &AppState) -> bool {
-        s.projector
+        s.engine
+            .projector
             .read()
             .tokens
             .get(self.token_id)
@@ -63,10 +64,9 @@ pub fn new_token_text() -> String {
     )
 }
 
-impl FromRequestParts<AppState> for Principal {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+impl Principal {
+    /// The caller of a request, from its bearer token.
+    pub fn of_request(parts: &Parts, state: &AppState) -> Result<Self, ApiError> {
         let token = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
@@ -74,13 +74,26 @@ impl FromRequestParts<AppState> for Principal {
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or(ApiError::Unauthorized)?;
         let hash = token_hash(token.trim());
-        let p = state.projector.read();
+        let p = state.engine.projector.read();
         let t = p.tokens.by_hash(&hash).ok_or(ApiError::Unauthorized)?;
         Ok(Principal {
             token_id: t.id,
             role: t.role,
             key_ids: t.key_ids.clone(),
         })
+    }
+}
+
+/// Handlers read the caller the access layer resolved (and checked the role of) before
+/// any extractor ran: one lookup per request, one place that decides access.
+impl FromRequestParts<AppState> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        match parts.extensions.get::<Principal>() {
+            Some(p) => Ok(p.clone()),
+            None => Principal::of_request(parts, state),
+        }
     }
 }
 

@@ -78,7 +78,12 @@ impl IntoResponse for ApiError {
         if let ApiError::Internal(detail) = &self {
             tracing::error!(error = %detail, "internal error");
         }
-        let body = serde_json::json!({"error": {"code": code, "message": self.to_string()}});
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: code.to_owned(),
+                message: self.to_string(),
+            },
+        };
         let mut response = (status, Json(body)).into_response();
         if let ApiError::Unavailable(_) = self {
             response.headers_mut().insert(
@@ -236,4 +241,21 @@ pub fn free_text(field: &str, value: &str, min: usize, max: usize) -> Result<(),
         )));
     }
     Ok(())
+}
+
+/// The body of every error: `{"error":{"code","message"}}`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// A stable code (`unauthorized`, `forbidden`, `not_found`, `bad_request`, `invalid`,
+    /// `conflict`, `payload_too_large`, `unsupported_media_type`, `timeout`, `busy`,
+    /// `upstream`, `internal`).
+    pub code: String,
+    /// What to do about it, in words.
+    pub message: String,
 }

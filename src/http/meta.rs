@@ -4,25 +4,40 @@ use super::AppState;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
+use serde::Serialize;
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
+use utoipa::ToSchema;
+
+/// `GET /healthz`: the process answers; the log's head and the projector's position.
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    /// Always `ok` when it answers.
+    status: &'static str,
+    /// `device` or `process`: how far an acknowledged append has gone.
+    durability: &'static str,
+    /// The last committed position.
+    head_position: u64,
+    /// The position the projections have reached.
+    projector_position: u64,
+}
 
 /// Liveness with the log head and projector position.
-pub async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
-    axum::Json(serde_json::json!({
-        "status": "ok",
-        "durability": s.log.durability().as_str(),
-        "head_position": s.log.head().position,
-        "projector_position": s.projector.position(),
-    }))
+pub async fn healthz(State(s): State<AppState>) -> axum::Json<Health> {
+    axum::Json(Health {
+        status: "ok",
+        durability: s.engine.log.durability().as_str(),
+        head_position: s.engine.log.head().position,
+        projector_position: s.engine.projector.position(),
+    })
 }
 
 /// Prometheus text format.
 pub async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     let mut out = String::new();
-    let head = s.log.head().position;
-    let projected = s.projector.position();
-    let stats = s.log.stats();
+    let head = s.engine.log.head().position;
+    let projected = s.engine.projector.position();
+    let stats = s.engine.log.stats();
     let _ = writeln!(
         out,
         "# HELP idledger_http_requests_total HTTP requests by route and status."
@@ -67,7 +82,7 @@ pub async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     let _ = writeln!(
         out,
         "idledger_durability{{level=\"{}\"}} 1",
-        s.log.durability().as_str()
+        s.engine.log.durability().as_str()
     );
     let _ = writeln!(out, "# TYPE idledger_log_head_position gauge");
     let _ = writeln!(out, "idledger_log_head_position {head}");
@@ -84,5 +99,5 @@ pub async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
 
 /// The OpenAPI document, built from the same table as the router.
 pub async fn openapi() -> impl IntoResponse {
-    axum::Json(super::openapi_document())
+    axum::Json(super::openapi::document())
 }

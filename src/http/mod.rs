@@ -7,7 +7,9 @@ mod domains;
 mod error;
 mod events;
 mod meta;
+pub mod openapi;
 mod rotation;
+pub mod schema;
 mod sync;
 mod tokens;
 mod users;
@@ -16,9 +18,7 @@ pub use auth::{new_token_text, token_hash, Principal};
 pub use error::ApiError;
 pub use events::StreamSlots;
 
-use crate::projector::Projector;
-use crate::secrets::Keyring;
-use crate::store::EventLog;
+use crate::engine::Engine;
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
@@ -45,12 +45,8 @@ pub struct Metrics {
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
-    /// The event log.
-    pub log: Arc<dyn EventLog>,
-    /// The live projections.
-    pub projector: Projector,
-    /// Sealing of secrets.
-    pub keyring: Arc<Keyring>,
+    /// The log, the projections and the keyring.
+    pub engine: Engine,
     /// Counters.
     pub metrics: Arc<Metrics>,
     /// Every route's timeout.
@@ -82,7 +78,8 @@ pub enum Access {
 }
 
 /// One operation of the API: the router and the OpenAPI document are both built from the
-/// list of these, so the document lists exactly what the router serves.
+/// list of these, so the document lists exactly what the router serves, with the schemas
+/// of the very types its handler reads and answers.
 pub struct Operation {
     /// HTTP method.
     pub method: axum::http::Method,
@@ -93,6 +90,12 @@ pub struct Operation {
     /// Who may call it.
     pub access: Access,
     handler: axum::routing::MethodRouter<AppState>,
+    /// Its query parameters (the handler's query type).
+    pub query: Option<fn() -> Vec<utoipa::openapi::path::Parameter>>,
+    /// Its JSON request body.
+    pub body: Option<openapi::SchemaOf>,
+    /// Its answers on success: status and what they carry.
+    pub answers: Vec<(u16, openapi::Content)>,
 }
 
 fn op(
@@ -108,301 +111,172 @@ fn op(
         summary,
         access,
         handler,
+        query: None,
+        body: None,
+        answers: Vec::new(),
+    }
+}
+
+impl Operation {
+    /// Its query parameters are `Q`'s.
+    fn query<Q: utoipa::IntoParams>(mut self) -> Self {
+        self.query = Some(|| Q::into_params(|| Some(utoipa::openapi::path::ParameterIn::Query)));
+        self
+    }
+
+    /// Its request body is a `B` as JSON.
+    fn body<B: utoipa::ToSchema>(self) -> Self {
+        self.body_with(schema::reference::<B>)
+    }
+
+    /// Its request body is JSON of a composed schema (a body read in parts).
+    fn body_with(mut self, schema: openapi::SchemaOf) -> Self {
+        self.body = Some(schema);
+        self
+    }
+
+    /// It answers `status` with an `R` as JSON.
+    fn json<R: utoipa::ToSchema>(mut self, status: u16) -> Self {
+        self.answers
+            .push((status, openapi::Content::Json(schema::reference::<R>)));
+        self
+    }
+
+    /// It answers 200 with a page of `T`s: `{"items":[…],"next":…}`.
+    fn page<T: utoipa::ToSchema>(mut self) -> Self {
+        self.answers
+            .push((200, openapi::Content::Json(openapi::page_of::<T>)));
+        self
+    }
+
+    /// It answers `status` with other content (`text/csv`, `text/event-stream` …).
+    fn other(mut self, status: u16, content_type: &'static str) -> Self {
+        self.answers
+            .push((status, openapi::Content::Other(content_type)));
+        self
     }
 }
 
 /// Every operation of the API.
 pub fn operations() -> Vec<Operation> {
     use axum::http::Method as M;
+    use axum::routing::patch;
+    use schema::{EnvelopeSchema, ManifestSchema, SsoSettingsSchema};
     use Access::*;
     vec![
-        op(
-            M::GET,
-            "/healthz",
-            Open,
-            "Liveness, log head and projector position",
-            get(meta::healthz),
-        ),
-        op(
-            M::GET,
-            "/metrics",
-            Open,
-            "Prometheus metrics",
-            get(meta::metrics),
-        ),
-        op(
-            M::GET,
-            "/v1/openapi.json",
-            Open,
-            "This document",
-            get(meta::openapi),
-        ),
-        op(
-            M::POST,
-            "/v1/tokens",
-            Admin,
-            "Issue an API token (its text is shown once)",
-            post(tokens::create),
-        ),
-        op(
-            M::GET,
-            "/v1/tokens",
-            Admin,
-            "List API tokens",
-            get(tokens::list),
-        ),
-        op(
-            M::DELETE,
-            "/v1/tokens/{id}",
-            Admin,
-            "Revoke an API token",
-            delete(tokens::revoke),
-        ),
-        op(
-            M::POST,
-            "/v1/domains",
-            Admin,
-            "Add a domain (optionally with credentials)",
-            post(domains::create),
-        ),
-        op(
-            M::GET,
-            "/v1/domains",
-            Read,
-            "List domains",
-            get(domains::list),
-        ),
-        op(
-            M::GET,
-            "/v1/domains/{id}",
-            Read,
-            "One domain",
-            get(domains::get_one),
-        ),
-        op(
-            M::PATCH,
-            "/v1/domains/{id}",
-            Admin,
-            "Change a domain's settings",
-            axum::routing::patch(domains::patch),
-        ),
-        op(
-            M::DELETE,
-            "/v1/domains/{id}",
-            Admin,
-            "Remove a domain",
-            delete(domains::remove),
-        ),
-        op(
-            M::PUT,
-            "/v1/domains/{id}/credentials",
-            Admin,
-            "Save Graph credentials (sealed at once)",
-            put(domains::put_credentials),
-        ),
-        op(
-            M::DELETE,
-            "/v1/domains/{id}/credentials",
-            Admin,
-            "Remove Graph credentials",
-            delete(domains::remove_credentials),
-        ),
-        op(
-            M::PUT,
-            "/v1/domains/{id}/sso-defaults",
-            Admin,
-            "Set the SSO defaults applied at import",
-            put(domains::put_sso_defaults),
-        ),
-        op(
-            M::POST,
-            "/v1/domains/{id}/sync",
-            Admin,
-            "Start a sync run (202 with run_id; ?dry_run=true answers the changes)",
-            post(sync::start),
-        ),
-        op(
-            M::GET,
-            "/v1/domains/{id}/sync-runs",
-            Read,
-            "A domain's sync runs, newest first",
-            get(sync::list),
-        ),
-        op(
-            M::GET,
-            "/v1/domains/{id}/sync-runs/{run}",
-            Read,
-            "One sync run with its per-user outcomes",
-            get(sync::get_one),
-        ),
-        op(
-            M::GET,
-            "/v1/domains/{id}/sync-runs/{run}/outcomes",
-            Read,
-            "A sync run's per-user outcomes, paged",
-            get(sync::run_outcomes),
-        ),
-        op(
-            M::POST,
-            "/v1/domains/{id}/sync-runs/{run}/approve",
-            Admin,
-            "Apply the removals a quarantined run held back",
-            post(sync::approve),
-        ),
-        op(
-            M::GET,
-            "/v1/domains/{id}/candidates",
-            Read,
-            "Members of the sync group not yet imported",
-            get(sync::candidates),
-        ),
-        op(
-            M::POST,
-            "/v1/domains/{id}/import",
-            Admin,
-            "Import candidates ({\"user_ids\":[…]} or {\"all\":true})",
-            post(sync::import),
-        ),
-        op(
-            M::GET,
-            "/v1/users",
-            Read,
-            "List users (filters, paging, at / at_position)",
-            get(users::list),
-        ),
-        op(
-            M::GET,
-            "/v1/users/{id}",
-            Read,
-            "One user (at / at_position)",
-            get(users::get_one),
-        ),
-        op(
-            M::PATCH,
-            "/v1/users/{id}",
-            Admin,
-            "Set or clear the user's SSO override",
-            axum::routing::patch(users::patch),
-        ),
-        op(
-            M::GET,
-            "/v1/users/{id}/events",
-            Read,
-            "The user's events",
-            get(users::events),
-        ),
-        op(
-            M::POST,
-            "/v1/users/{id}/activate",
-            Admin,
-            "Reactivate a deactivated user",
-            post(users::activate),
-        ),
-        op(
-            M::POST,
-            "/v1/users/{id}/deactivate",
-            Admin,
-            "Deactivate a user",
-            post(users::deactivate),
-        ),
-        op(
-            M::PUT,
-            "/v1/users/{id}/key",
-            Admin,
-            "Assign a hardware key ({\"key_id\":…})",
-            put(users::put_key),
-        ),
-        op(
-            M::DELETE,
-            "/v1/users/{id}/key",
-            Admin,
-            "Take the user's hardware key away",
-            delete(users::delete_key),
-        ),
-        op(
-            M::POST,
-            "/v1/users/{id}/rotate",
-            Admin,
-            "Rotate the user's password now (202 with rotation_id)",
-            post(rotation::rotate),
-        ),
-        op(
-            M::GET,
-            "/v1/users/{id}/password-history",
-            Read,
-            "Every rotation of the user's password (never a password)",
-            get(rotation::history),
-        ),
-        op(
-            M::POST,
-            "/v1/users/{id}/password/reveal",
-            Admin,
-            "Break-glass: the current password, recorded with the reason",
-            post(rotation::reveal),
-        ),
-        op(
-            M::GET,
-            "/v1/rotations/upcoming",
-            Read,
-            "Who rotates when (within_days)",
-            get(rotation::upcoming),
-        ),
-        op(
-            M::GET,
-            "/v1/agent/key-writes",
-            Agent,
-            "Pending key writes for this agent's keys, oldest first, with the passwords",
-            get(rotation::key_writes),
-        ),
-        op(
-            M::POST,
-            "/v1/agent/key-writes/{id}/ack",
-            Agent,
-            "Acknowledge a key write ({\"result\":\"written\"|\"failed\",\"detail\":…})",
-            post(rotation::ack),
-        ),
-        op(
-            M::POST,
-            "/v1/users/{id}/invite",
-            Admin,
-            "Send the user an invite",
-            post(sync::invite),
-        ),
-        op(
-            M::GET,
-            "/v1/users/{id}/timeline",
-            Read,
-            "One user's whole story in order (sync, status, SSO, keys, rotations, key writes, reveals)",
-            get(audit::timeline),
-        ),
-        op(
-            M::GET,
-            "/v1/audit/exports/{kind}",
-            Read,
-            "Export rows (password-changes, events, users; from, to, domain, user, format)",
-            get(audit::export),
-        ),
-        op(
-            M::GET,
-            "/v1/audit/exports/{kind}/manifest",
-            Read,
-            "The manifest of the same export query",
-            get(audit::export_manifest),
-        ),
-        op(
-            M::GET,
-            "/v1/events",
-            Read,
-            "Envelopes from a position (with the stored record)",
-            get(events::list),
-        ),
-        op(
-            M::GET,
-            "/v1/events/stream",
-            Read,
-            "Server-Sent Events: history, then live",
-            get(events::stream),
-        ),
+        op(M::GET, "/healthz", Open, "Liveness, log head and projector position", get(meta::healthz))
+            .json::<meta::Health>(200),
+        op(M::GET, "/metrics", Open, "Prometheus metrics", get(meta::metrics))
+            .other(200, "text/plain"),
+        op(M::GET, "/v1/openapi.json", Open, "This document", get(meta::openapi))
+            .other(200, "application/json"),
+        op(M::POST, "/v1/tokens", Admin, "Issue an API token (its text is shown once)", post(tokens::create))
+            .body::<tokens::NewToken>()
+            .json::<tokens::TokenCreated>(201),
+        op(M::GET, "/v1/tokens", Admin, "List API tokens", get(tokens::list))
+            .query::<tokens::TokensQuery>()
+            .page::<tokens::Token>(),
+        op(M::DELETE, "/v1/tokens/{id}", Admin, "Revoke an API token", delete(tokens::revoke))
+            .json::<tokens::TokenRevoked>(200),
+        op(M::POST, "/v1/domains", Admin, "Add a domain (optionally with credentials)", post(domains::create))
+            .body_with(domains::new_domain_schema)
+            .json::<domains::Domain>(201),
+        op(M::GET, "/v1/domains", Read, "List domains", get(domains::list))
+            .query::<domains::DomainsQuery>()
+            .page::<domains::Domain>(),
+        op(M::GET, "/v1/domains/{id}", Read, "One domain", get(domains::get_one))
+            .query::<Consistency>()
+            .json::<domains::Domain>(200),
+        op(M::PATCH, "/v1/domains/{id}", Admin, "Change a domain's settings", patch(domains::patch))
+            .body_with(domains::settings_change_schema)
+            .json::<domains::Domain>(200),
+        op(M::DELETE, "/v1/domains/{id}", Admin, "Remove a domain", delete(domains::remove))
+            .json::<domains::Domain>(200),
+        op(M::PUT, "/v1/domains/{id}/credentials", Admin, "Save Graph credentials (sealed at once)", put(domains::put_credentials))
+            .body::<domains::Credentials>()
+            .json::<domains::Domain>(200),
+        op(M::DELETE, "/v1/domains/{id}/credentials", Admin, "Remove Graph credentials", delete(domains::remove_credentials))
+            .json::<domains::Domain>(200),
+        op(M::PUT, "/v1/domains/{id}/sso-defaults", Admin, "Set the SSO defaults applied at import", put(domains::put_sso_defaults))
+            .body::<SsoSettingsSchema>()
+            .json::<domains::Domain>(200),
+        op(M::POST, "/v1/domains/{id}/sync", Admin, "Start a sync run (202 with run_id; ?dry_run=true answers the changes)", post(sync::start))
+            .query::<sync::SyncQuery>()
+            .json::<sync::RunStarted>(202)
+            .json::<sync::DryRunReport>(200),
+        op(M::GET, "/v1/domains/{id}/sync-runs", Read, "A domain's sync runs, newest first", get(sync::list))
+            .query::<sync::RunsQuery>()
+            .page::<sync::SyncRun>(),
+        op(M::GET, "/v1/domains/{id}/sync-runs/{run}", Read, "One sync run with its per-user outcomes", get(sync::get_one))
+            .query::<Consistency>()
+            .json::<sync::SyncRunDetail>(200),
+        op(M::GET, "/v1/domains/{id}/sync-runs/{run}/outcomes", Read, "A sync run's per-user outcomes, paged", get(sync::run_outcomes))
+            .query::<sync::OutcomesQuery>()
+            .page::<sync::RunOutcome>(),
+        op(M::POST, "/v1/domains/{id}/sync-runs/{run}/approve", Admin, "Apply the removals a quarantined run held back", post(sync::approve))
+            .json::<sync::SyncRunDetail>(200),
+        op(M::GET, "/v1/domains/{id}/candidates", Read, "Members of the sync group not yet imported", get(sync::candidates))
+            .query::<sync::CandidatesQuery>()
+            .page::<users::User>(),
+        op(M::POST, "/v1/domains/{id}/import", Admin, "Import candidates ({\"user_ids\":[…]} or {\"all\":true})", post(sync::import))
+            .body::<sync::ImportBody>()
+            .json::<sync::Imported>(200),
+        op(M::GET, "/v1/users", Read, "List users (filters, paging, at / at_position)", get(users::list))
+            .query::<users::UserQuery>()
+            .page::<users::User>(),
+        op(M::GET, "/v1/users/{id}", Read, "One user (at / at_position)", get(users::get_one))
+            .query::<users::OneQuery>()
+            .json::<users::User>(200),
+        op(M::PATCH, "/v1/users/{id}", Admin, "Set or clear the user's SSO override", patch(users::patch))
+            .body::<users::UserPatch>()
+            .json::<users::User>(200),
+        op(M::GET, "/v1/users/{id}/events", Read, "The user's events", get(users::events))
+            .query::<users::EventsQuery>()
+            .page::<EnvelopeSchema>(),
+        op(M::POST, "/v1/users/{id}/activate", Admin, "Reactivate a deactivated user", post(users::activate))
+            .json::<users::User>(200),
+        op(M::POST, "/v1/users/{id}/deactivate", Admin, "Deactivate a user", post(users::deactivate))
+            .json::<users::User>(200),
+        op(M::PUT, "/v1/users/{id}/key", Admin, "Assign a hardware key ({\"key_id\":…})", put(users::put_key))
+            .body::<users::KeyBody>()
+            .json::<users::User>(200),
+        op(M::DELETE, "/v1/users/{id}/key", Admin, "Take the user's hardware key away", delete(users::delete_key))
+            .json::<users::User>(200),
+        op(M::POST, "/v1/users/{id}/rotate", Admin, "Rotate the user's password now (202 with rotation_id)", post(rotation::rotate))
+            .json::<rotation::RotateAccepted>(202),
+        op(M::GET, "/v1/users/{id}/password-history", Read, "Every rotation of the user's password (never a password)", get(rotation::history))
+            .query::<rotation::HistoryQuery>()
+            .page::<rotation::PasswordChange>(),
+        op(M::POST, "/v1/users/{id}/password/reveal", Admin, "Break-glass: the current password, recorded with the reason", post(rotation::reveal))
+            .body::<rotation::RevealBody>()
+            .json::<rotation::Revealed>(200),
+        op(M::GET, "/v1/rotations/upcoming", Read, "Who rotates when (within_days)", get(rotation::upcoming))
+            .query::<rotation::UpcomingQuery>()
+            .page::<rotation::DueRotation>(),
+        op(M::GET, "/v1/agent/key-writes", Agent, "Pending key writes for this agent's keys, oldest first, with the passwords", get(rotation::key_writes))
+            .query::<rotation::AgentQuery>()
+            .page::<rotation::KeyWrite>(),
+        op(M::POST, "/v1/agent/key-writes/{id}/ack", Agent, "Acknowledge a key write ({\"result\":\"written\"|\"failed\",\"detail\":…})", post(rotation::ack))
+            .body::<rotation::AckBody>()
+            .json::<rotation::Acknowledged>(200),
+        op(M::POST, "/v1/users/{id}/invite", Admin, "Send the user an invite", post(sync::invite))
+            .json::<sync::InviteSent>(200),
+        op(M::GET, "/v1/users/{id}/timeline", Read, "One user's whole story in order (sync, status, SSO, keys, rotations, key writes, reveals)", get(audit::timeline))
+            .query::<audit::TimelineQuery>()
+            .page::<audit::TimelineEntry>(),
+        op(M::GET, "/v1/audit/exports/{kind}", Read, "Export rows (password-changes, events, users; from, to, domain, user, format)", get(audit::export))
+            .query::<audit::ExportParams>()
+            .other(200, "text/csv")
+            .other(200, "application/x-ndjson"),
+        op(M::GET, "/v1/audit/exports/{kind}/manifest", Read, "The manifest of the same export query", get(audit::export_manifest))
+            .query::<audit::ExportParams>()
+            .json::<ManifestSchema>(200),
+        op(M::GET, "/v1/events", Read, "Envelopes from a position (with the stored record)", get(events::list))
+            .query::<events::EventsQuery>()
+            .page::<EnvelopeSchema>(),
+        op(M::GET, "/v1/events/stream", Read, "Server-Sent Events: history, then live", get(events::stream))
+            .query::<events::StreamQuery>()
+            .other(200, "text/event-stream"),
     ]
 }
 
@@ -436,7 +310,6 @@ async fn check_access(
     req: Request,
     next: Next,
 ) -> Response {
-    use axum::extract::FromRequestParts;
     use axum::response::IntoResponse;
     use idledger_domain::Role;
     let (mut parts, body) = req.into_parts();
@@ -446,61 +319,15 @@ async fn check_access(
         Access::Read => &[Role::Admin, Role::Auditor],
         Access::Agent => &[Role::Agent],
     };
-    match Principal::from_request_parts(&mut parts, &state).await {
-        Ok(who) => match who.require(allowed) {
-            Ok(()) => next.run(Request::from_parts(parts, body)).await,
-            Err(e) => e.into_response(),
-        },
-        Err(e) => e.into_response(),
+    let who = match Principal::of_request(&parts, &state) {
+        Ok(who) => who,
+        Err(e) => return e.into_response(),
+    };
+    if let Err(e) = who.require(allowed) {
+        return e.into_response();
     }
-}
-
-/// The OpenAPI 3.1 document of [`operations`].
-pub fn openapi_document() -> serde_json::Value {
-    let mut paths = serde_json::Map::new();
-    for o in operations() {
-        let params: Vec<serde_json::Value> = o
-            .path
-            .split('/')
-            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
-            .map(|name| {
-                let schema = match name {
-                    "kind" => serde_json::json!({"type": "string", "enum": ["password-changes", "events", "users"]}),
-                    _ => serde_json::json!({"type": "string", "format": "uuid"}),
-                };
-                serde_json::json!({"name": name, "in": "path", "required": true, "schema": schema})
-            })
-            .collect();
-        let security = match o.access {
-            Access::Open => serde_json::json!([]),
-            _ => serde_json::json!([{"bearer": []}]),
-        };
-        let roles = match o.access {
-            Access::Open => "none",
-            Access::Admin => "admin",
-            Access::Read => "admin, auditor",
-            Access::Agent => "agent",
-        };
-        let entry = paths
-            .entry(o.path.to_owned())
-            .or_insert_with(|| serde_json::json!({}));
-        entry[o.method.as_str().to_lowercase()] = serde_json::json!({
-            "summary": o.summary,
-            "description": format!("Roles: {roles}."),
-            "parameters": params,
-            "security": security,
-            "responses": {
-                "2XX": {"description": "Success"},
-                "4XX": {"description": "{\"error\":{\"code\",\"message\"}}"},
-            },
-        });
-    }
-    serde_json::json!({
-        "openapi": "3.1.0",
-        "info": {"title": "idledger", "version": env!("CARGO_PKG_VERSION")},
-        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
-        "paths": paths,
-    })
+    parts.extensions.insert(who);
+    next.run(Request::from_parts(parts, body)).await
 }
 
 /// Bounds every request's time and counts it by route and status.
@@ -526,7 +353,7 @@ async fn timeout_and_count(State(state): State<AppState>, req: Request, next: Ne
 }
 
 /// `min_position` (read your writes) and paging, accepted by every query.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct Consistency {
     /// Wait (bounded) until the projections include this position.
@@ -538,11 +365,12 @@ impl AppState {
     pub async fn reach(&self, min_position: Option<u64>) -> Result<(), ApiError> {
         match min_position {
             None => Ok(()),
-            Some(p) if p > self.log.head().position => Err(ApiError::BadRequest(format!(
+            Some(p) if p > self.engine.log.head().position => Err(ApiError::BadRequest(format!(
                 "min_position {p} is past the log's head {}",
-                self.log.head().position
+                self.engine.log.head().position
             ))),
             Some(p) => self
+                .engine
                 .projector
                 .wait_for(p, MIN_POSITION_WAIT)
                 .await
@@ -556,7 +384,7 @@ impl AppState {
         &self,
         until: idledger_replay::Until,
     ) -> Result<idledger_projections::Projections, ApiError> {
-        let log = self.log.clone();
+        let log = self.engine.log.clone();
         tokio::task::spawn_blocking(move || {
             idledger_replay::fold(crate::store::envelopes(&*log, 1), until, |_| {})
         })
@@ -574,7 +402,7 @@ impl AppState {
         decide: impl Fn(&S) -> Result<Vec<Event>, Rejection>,
     ) -> Result<u64, ApiError> {
         Ok(
-            crate::store::decide_and_append(&*self.log, stream, actor, None, evolve, decide)
+            crate::store::decide_and_append(&*self.engine.log, stream, actor, None, evolve, decide)
                 .await?,
         )
     }
@@ -607,11 +435,17 @@ pub fn page_of<T, C: std::fmt::Display>(
 }
 
 /// A collection page: `{"items":[…],"next":CURSOR_OR_NULL}`.
-pub fn page<T: serde::Serialize>(
-    items: Vec<T>,
-    next: Option<String>,
-) -> axum::Json<serde_json::Value> {
-    axum::Json(serde_json::json!({"items": items, "next": next}))
+#[derive(serde::Serialize)]
+pub struct Page<T> {
+    /// This page's items.
+    pub items: Vec<T>,
+    /// Pass as `after` for the next page; `None` on the last.
+    pub next: Option<String>,
+}
+
+/// A collection page as an answer.
+pub fn page<T: serde::Serialize>(items: Vec<T>, next: Option<String>) -> axum::Json<Page<T>> {
+    axum::Json(Page { items, next })
 }
 
 /// Serves `state` on `listener` until `shutdown`; in-flight requests finish first.

@@ -5,18 +5,18 @@
 
 use super::auth::Principal;
 use super::error::{ApiError, ApiJson, ApiQuery, IdPath};
-use super::{page, page_of, AppState};
+use super::schema::{KeyWriteStateSchema, RotationOutcomeSchema, RotationReasonSchema};
+use super::{page, page_of, AppState, Page};
 use crate::rotation::{ManualStart, RotationError};
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use idledger_domain::decide::user::{decide, evolve, UserCommand, WriteOutcome};
-use idledger_domain::{KeyWriteId, Role, RotationId, StreamId, UserId};
-use idledger_projections::UserStatus;
+use idledger_domain::{KeyWriteId, KeyWriteState, RotationId, RotationReason, StreamId, UserId};
+use idledger_projections::{RotationOutcome, UserStatus};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use utoipa::{IntoParams, ToSchema};
 
 impl From<RotationError> for ApiError {
     fn from(e: RotationError) -> Self {
@@ -40,7 +40,7 @@ async fn decide_for(
     command: UserCommand,
 ) -> Result<u64, crate::store::CommandError> {
     crate::store::decide_and_append(
-        &*s.log,
+        &*s.engine.log,
         &StreamId::user(user),
         &who.actor(),
         correlation,
@@ -51,14 +51,15 @@ async fn decide_for(
 }
 
 /// `POST /v1/users/{id}/rotate` answer: the rotation started, or when it will run.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct RotateAccepted {
     /// The rotation started now; `null` when deferred.
+    #[schema(value_type = Option<uuid::Uuid>)]
     rotation_id: Option<RotationId>,
     /// When a deferred rotation is expected to start (after an uncertainty window, or
     /// once an earlier rotation's outcome is settled); `null` when started now.
     deferred_until: Option<DateTime<Utc>>,
-    /// Position of the event recording it.
+    /// The position of the event recording it.
     position: u64,
 }
 
@@ -68,8 +69,7 @@ pub async fn rotate(
     State(s): State<AppState>,
     who: Principal,
     IdPath(id): IdPath,
-) -> Result<impl IntoResponse, ApiError> {
-    who.require(&[Role::Admin])?;
+) -> Result<(StatusCode, Json<RotateAccepted>), ApiError> {
     let answer = match s.rotation.start_manual(UserId(id), who.actor()).await? {
         ManualStart::Started {
             rotation_id,
@@ -90,25 +90,53 @@ pub async fn rotate(
 }
 
 /// `GET /v1/users/{id}/password-history` query.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryQuery {
+    /// Page size, 1 to 1000 (100).
     limit: Option<usize>,
+    /// The cursor `next` of the previous page.
     after: Option<uuid::Uuid>,
+    /// Wait (bounded) until the projections include this position.
     min_position: Option<u64>,
+}
+
+/// One rotation of a user's password. Never the password.
+#[derive(Serialize, ToSchema)]
+pub struct PasswordChange {
+    rotation_id: uuid::Uuid,
+    #[schema(value_type = RotationReasonSchema)]
+    reason: RotationReason,
+    /// Who asked for it (`scheduler:<domain>`, `admin:<token>` …).
+    #[schema(value_type = String)]
+    actor: idledger_domain::Actor,
+    started_at: DateTime<Utc>,
+    finished_at: Option<DateTime<Utc>>,
+    #[schema(value_type = RotationOutcomeSchema)]
+    outcome: RotationOutcome,
+    /// Attempts after the first.
+    retries: u32,
+    /// Graph's error code of a refusal.
+    graph_code: Option<String>,
+    error: Option<String>,
+    /// Its password is the user's current one.
+    current: bool,
+    key_write_id: Option<uuid::Uuid>,
+    #[schema(value_type = Option<KeyWriteStateSchema>)]
+    key_write_state: Option<KeyWriteState>,
+    /// How often its password was revealed.
+    reveals: u32,
 }
 
 /// Every rotation of the user, oldest first, paged: times, reason, outcome, Graph's code,
 /// actor, key-write state. Never a password.
 pub async fn history(
     State(s): State<AppState>,
-    who: Principal,
     IdPath(id): IdPath,
     ApiQuery(q): ApiQuery<HistoryQuery>,
-) -> Result<impl IntoResponse, ApiError> {
-    who.require(&[Role::Admin, Role::Auditor])?;
+) -> Result<Json<Page<PasswordChange>>, ApiError> {
     s.reach(q.min_position).await?;
-    let p = s.projector.read();
+    let p = s.engine.projector.read();
     let user = UserId(id);
     let u = p
         .users
@@ -120,34 +148,54 @@ pub async fn history(
         .of_user(user)
         .filter(|r| q.after.is_none_or(|a| r.rotation_id.0 > a));
     let (rotations, next) = page_of(rotations, q.limit, |r| r.rotation_id)?;
-    let items: Vec<Value> = rotations
+    let items = rotations
         .into_iter()
-        .map(|r| {
-            json!({
-                "rotation_id": r.rotation_id,
-                "reason": r.reason,
-                "actor": r.actor,
-                "started_at": r.started_at,
-                "finished_at": r.finished_at,
-                "outcome": r.outcome,
-                "retries": r.retries,
-                "graph_code": r.graph_code,
-                "error": r.error,
-                "current": u.current_rotation == Some(r.rotation_id),
-                "key_write_id": r.key_write_id,
-                "key_write_state": r.key_write_state,
-                "reveals": r.reveals,
-            })
+        .map(|r| PasswordChange {
+            rotation_id: r.rotation_id.0,
+            reason: r.reason,
+            actor: r.actor.clone(),
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+            outcome: r.outcome,
+            retries: r.retries,
+            graph_code: r.graph_code.clone(),
+            error: r.error.clone(),
+            current: u.current_rotation == Some(r.rotation_id),
+            key_write_id: r.key_write_id.map(|w| w.0),
+            key_write_state: r.key_write_state,
+            reveals: r.reveals,
         })
         .collect();
     Ok(page(items, next))
 }
 
 /// `POST /v1/users/{id}/password/reveal` body.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RevealBody {
+    /// Why the password is needed (recorded; 1 to 500 characters).
     reason: String,
+}
+
+/// A password and the rotation that made it.
+#[derive(Serialize, ToSchema)]
+pub struct RevealedPassword {
+    rotation_id: uuid::Uuid,
+    password: String,
+}
+
+/// The answer of a reveal: the current password and, while an attempt's outcome is
+/// unknown, the candidate that may have become current.
+#[derive(Serialize, ToSchema)]
+pub struct Revealed {
+    user_id: uuid::Uuid,
+    /// The rotation whose password is current.
+    rotation_id: Option<uuid::Uuid>,
+    /// The current password.
+    password: Option<String>,
+    unconfirmed_candidate: Option<RevealedPassword>,
+    /// The position of the reveal's record.
+    position: u64,
 }
 
 /// Break-glass: records the reveal with its reason, then answers the current password
@@ -157,14 +205,13 @@ pub async fn reveal(
     who: Principal,
     IdPath(id): IdPath,
     ApiJson(b): ApiJson<RevealBody>,
-) -> Result<impl IntoResponse, ApiError> {
-    who.require(&[Role::Admin])?;
+) -> Result<Json<Revealed>, ApiError> {
     // Bad input is refused before anything is looked at.
     idledger_domain::decide::user::reveal_reason(&b.reason)?;
     let user = UserId(id);
     let stream = StreamId::user(user);
     let (current, candidate) = {
-        let p = s.projector.read();
+        let p = s.engine.projector.read();
         let u = p
             .users
             .get(user)
@@ -189,7 +236,7 @@ pub async fn reveal(
     };
     let revealed = *revealed;
     let open = |c: Option<(RotationId, idledger_domain::SealedSecret)>| {
-        c.map(|(id, sealed)| s.keyring.unseal(&stream, &sealed).map(|p| (id, p)))
+        c.map(|(id, sealed)| s.engine.keyring.unseal(&stream, &sealed).map(|p| (id, p)))
             .transpose()
     };
     let password = open(current)?;
@@ -200,33 +247,49 @@ pub async fn reveal(
         reason: b.reason,
     };
     let position = decide_for(&s, user, &who, Some(revealed.0), command).await?;
-    Ok(Json(json!({
-        "user_id": user,
-        "rotation_id": password.as_ref().map(|(id, _)| *id),
-        "password": password.as_ref().map(|(_, p)| p.expose()),
-        "unconfirmed_candidate": candidate.as_ref().map(|(id, p)| json!({"rotation_id": id, "password": p.expose()})),
-        "position": position,
-    })))
+    Ok(Json(Revealed {
+        user_id: user.0,
+        rotation_id: password.as_ref().map(|(id, _)| id.0),
+        password: password.as_ref().map(|(_, p)| p.expose().to_owned()),
+        unconfirmed_candidate: candidate.as_ref().map(|(id, p)| RevealedPassword {
+            rotation_id: id.0,
+            password: p.expose().to_owned(),
+        }),
+        position,
+    }))
 }
 
 /// `GET /v1/rotations/upcoming` query.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct UpcomingQuery {
+    /// How far ahead, 0 to 3650 days (7).
     within_days: Option<u32>,
+    /// Page size, 1 to 1000 (100).
     limit: Option<usize>,
     /// How many of the soonest were sent already (the list is computed afresh).
     after: Option<usize>,
+    /// Wait (bounded) until the projections include this position.
     min_position: Option<u64>,
+}
+
+/// A rotation due.
+#[derive(Serialize, ToSchema)]
+pub struct DueRotation {
+    user_id: uuid::Uuid,
+    domain_id: uuid::Uuid,
+    user_principal_name: String,
+    /// When it is expected to start.
+    due_at: DateTime<Utc>,
+    #[schema(value_type = RotationReasonSchema)]
+    reason: RotationReason,
 }
 
 /// Who rotates when, within `within_days` (default 7), soonest first.
 pub async fn upcoming(
     State(s): State<AppState>,
-    who: Principal,
     ApiQuery(q): ApiQuery<UpcomingQuery>,
-) -> Result<impl IntoResponse, ApiError> {
-    who.require(&[Role::Admin, Role::Auditor])?;
+) -> Result<Json<Page<DueRotation>>, ApiError> {
     let days = q.within_days.unwrap_or(7);
     if days > 3650 {
         return Err(ApiError::BadRequest("within_days: 0 to 3650".into()));
@@ -234,33 +297,25 @@ pub async fn upcoming(
     s.reach(q.min_position).await?;
     let now = Utc::now();
     let until = now + chrono::Duration::days(i64::from(days));
-    let p = s.projector.read();
-    let mut items: Vec<(chrono::DateTime<Utc>, Value)> = p
+    let p = s.engine.projector.read();
+    let mut items: Vec<DueRotation> = p
         .users
         .iter_after(None)
         .filter_map(|u| {
             let (at, reason) = s.rotation.next_due(&p, u, now)?;
-            (at <= until).then(|| {
-                (
-                    at,
-                    json!({
-                        "user_id": u.id,
-                        "domain_id": u.domain_id,
-                        "user_principal_name": u.attributes.user_principal_name,
-                        "due_at": at,
-                        "reason": reason,
-                    }),
-                )
+            (at <= until).then(|| DueRotation {
+                user_id: u.id.0,
+                domain_id: u.domain_id.0,
+                user_principal_name: u.attributes.user_principal_name.clone(),
+                due_at: at,
+                reason,
             })
         })
         .collect();
-    items.sort_by(|(a, x), (b, y)| {
-        a.cmp(b)
-            .then_with(|| x["user_id"].to_string().cmp(&y["user_id"].to_string()))
-    });
+    items.sort_by(|x, y| x.due_at.cmp(&y.due_at).then(x.user_id.cmp(&y.user_id)));
     let skip = q.after.unwrap_or(0);
     let (items, next) = page_of(
-        items.into_iter().map(|(_, v)| v).enumerate().skip(skip),
+        items.into_iter().enumerate().skip(skip),
         q.limit,
         |(i, _)| i + 1,
     )?;
@@ -273,11 +328,10 @@ pub async fn key_writes(
     State(s): State<AppState>,
     who: Principal,
     ApiQuery(q): ApiQuery<AgentQuery>,
-) -> Result<impl IntoResponse, ApiError> {
-    who.require(&[Role::Agent])?;
+) -> Result<Json<Page<KeyWrite>>, ApiError> {
     let lease = chrono::Duration::from_std(s.agent_lease).unwrap_or(chrono::Duration::MAX);
     let (writes, more) = {
-        let p = s.projector.read();
+        let p = s.engine.projector.read();
         let deliverable = p
             .deliverable_writes(&who.key_ids, Utc::now(), lease)
             .filter_map(|w| {
@@ -298,7 +352,7 @@ pub async fn key_writes(
     };
     let mut items = Vec::with_capacity(writes.len());
     for (id, user, key, rotation, upn, name, sealed) in writes {
-        let password = s.keyring.unseal(&StreamId::user(user), &sealed)?;
+        let password = s.engine.keyring.unseal(&StreamId::user(user), &sealed)?;
         let deliver = UserCommand::DeliverWrite {
             write: id,
             keys: who.key_ids.clone(),
@@ -310,36 +364,60 @@ pub async fn key_writes(
             Err(crate::store::CommandError::Rejected(_)) => continue,
             Err(e) => return Err(e.into()),
         }
-        items.push(json!({
-            "id": id,
-            "key_id": key,
-            "user_principal_name": upn,
-            "display_name": name,
-            "password": password.expose(),
-            "rotation_id": rotation,
-        }));
+        items.push(KeyWrite {
+            id: id.0,
+            key_id: key.0,
+            user_principal_name: upn,
+            display_name: name,
+            password: password.expose().to_owned(),
+            rotation_id: rotation.0,
+        });
     }
     Ok(page(items, more))
 }
 
 /// `GET /v1/agent/key-writes` query.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct AgentQuery {
+    /// Page size, 1 to 1000 (100); the rest come on the next call.
     limit: Option<usize>,
 }
 
+/// A password to copy onto a key.
+#[derive(Serialize, ToSchema)]
+pub struct KeyWrite {
+    /// Acknowledge with this id.
+    id: uuid::Uuid,
+    /// The key to write.
+    key_id: String,
+    user_principal_name: String,
+    display_name: String,
+    password: String,
+    rotation_id: uuid::Uuid,
+}
+
 /// `POST /v1/agent/key-writes/{id}/ack` body.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AckBody {
     result: AckResult,
+    /// What went wrong, for a failed write.
     #[serde(default)]
     detail: String,
 }
 
+/// An acknowledgement recorded.
+#[derive(Serialize, ToSchema)]
+pub struct Acknowledged {
+    /// The key write.
+    id: uuid::Uuid,
+    /// The position of its record.
+    position: u64,
+}
+
 /// What the agent did with a write.
-#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AckResult {
     /// The key holds the password.
@@ -354,10 +432,10 @@ pub async fn ack(
     who: Principal,
     IdPath(id): IdPath,
     ApiJson(b): ApiJson<AckBody>,
-) -> Result<impl IntoResponse, ApiError> {
-    who.require(&[Role::Agent])?;
+) -> Result<Json<Acknowledged>, ApiError> {
     let id = KeyWriteId(id);
     let user = s
+        .engine
         .projector
         .read()
         .key_writes
@@ -376,5 +454,5 @@ pub async fn ack(
         outcome,
     };
     let position = decide_for(&s, user, &who, Some(rotation.0), command).await?;
-    Ok(Json(json!({"id": id, "position": position})))
+    Ok(Json(Acknowledged { id: id.0, position }))
 }

@@ -3,75 +3,139 @@
 
 use super::auth::Principal;
 use super::error::{ApiError, ApiJson, ApiQuery, IdPath};
-use super::users::user_json;
-use super::{page, page_of, AppState, Consistency};
+use super::schema::{
+    RunActionSchema, SyncCountersSchema, SyncOutcomeSchema, SyncRunStatusSchema, SyncTriggerSchema,
+};
+use super::users::User;
+use super::{page, page_of, AppState, Consistency, Page};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
+use chrono::{DateTime, Utc};
 use idledger_domain::decide::user::{decide, evolve, UserCommand};
-use idledger_domain::{DomainId, Role, StreamId, SyncRunId, SyncTrigger, UserId};
-use idledger_projections::{Projections, SyncRunView, UserStatus};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use idledger_domain::sync::SyncOutcome;
+use idledger_domain::{DomainId, StreamId, SyncCounters, SyncRunId, SyncTrigger, UserId};
+use idledger_projections::{Projections, RunAction, SyncRunStatus, SyncRunView, UserStatus};
+use serde::{Deserialize, Serialize};
 use std::sync::RwLockReadGuard;
+use utoipa::{IntoParams, ToSchema};
 
-/// A run's per-user outcomes in user id order after `after`: `{"user_id","outcome","action"}`.
+/// How one run affected one user.
+#[derive(Serialize, ToSchema)]
+pub struct RunOutcome {
+    user_id: uuid::Uuid,
+    /// What Entra ID said (none: the run only acted, e.g. an approved removal).
+    #[schema(value_type = Option<SyncOutcomeSchema>)]
+    outcome: Option<SyncOutcome>,
+    /// What the engine did about it beside recording the facts.
+    #[schema(value_type = Option<RunActionSchema>)]
+    action: Option<RunAction>,
+}
+
+/// A sync run as the API lists it.
+#[derive(Serialize, ToSchema)]
+pub struct SyncRun {
+    run_id: uuid::Uuid,
+    domain_id: uuid::Uuid,
+    #[schema(value_type = SyncTriggerSchema)]
+    trigger: SyncTrigger,
+    /// Nothing was written but the run's own record.
+    dry_run: bool,
+    /// A full round (no delta token, or Graph expired it) rather than a delta.
+    full: bool,
+    #[schema(value_type = SyncRunStatusSchema)]
+    status: SyncRunStatus,
+    started_at: DateTime<Utc>,
+    finished_at: Option<DateTime<Utc>>,
+    #[schema(value_type = SyncCountersSchema)]
+    counters: SyncCounters,
+    /// Why it failed.
+    error: Option<String>,
+    /// Graph's error code, when Graph's refusal failed it.
+    graph_code: Option<String>,
+    /// Removals the deletion guard held back, waiting for approval.
+    held_removals: Vec<uuid::Uuid>,
+    approved: bool,
+}
+
+impl From<&SyncRunView> for SyncRun {
+    fn from(r: &SyncRunView) -> Self {
+        SyncRun {
+            run_id: r.run_id.0,
+            domain_id: r.domain_id.0,
+            trigger: r.trigger,
+            dry_run: r.dry_run,
+            full: r.full,
+            status: r.status,
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+            counters: r.counters,
+            error: r.error.clone(),
+            graph_code: r.graph_code.clone(),
+            held_removals: r.held_removals.iter().map(|u| u.0).collect(),
+            approved: r.approved,
+        }
+    }
+}
+
+/// One run with the first page of its per-user outcomes; `users_next` pages on at
+/// `.../outcomes`.
+#[derive(Serialize, ToSchema)]
+pub struct SyncRunDetail {
+    #[serde(flatten)]
+    run: SyncRun,
+    users: Vec<RunOutcome>,
+    /// Pass as `after` to `.../outcomes` for the rest; null when this is all.
+    users_next: Option<String>,
+    /// After an approval: the position of its last event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    position: Option<u64>,
+}
+
+impl SyncRunDetail {
+    fn of(r: &SyncRunView) -> Result<Self, ApiError> {
+        let (users, users_next) = outcomes(r, None, None)?;
+        Ok(SyncRunDetail {
+            run: SyncRun::from(r),
+            users,
+            users_next,
+            position: None,
+        })
+    }
+}
+
+/// A run's per-user outcomes in user id order after `after`.
 fn outcomes(
     r: &SyncRunView,
     after: Option<UserId>,
     limit: Option<usize>,
-) -> Result<(Vec<Value>, Option<String>), ApiError> {
+) -> Result<(Vec<RunOutcome>, Option<String>), ApiError> {
     use std::ops::Bound::{Excluded, Unbounded};
     let lower = after.map_or(Unbounded, Excluded);
     let (items, next) = page_of(r.users.range((lower, Unbounded)), limit, |(id, _)| **id)?;
     Ok((
         items
             .into_iter()
-            .map(|(id, o)| json!({"user_id": id, "outcome": o.outcome, "action": o.action}))
+            .map(|(id, o)| RunOutcome {
+                user_id: id.0,
+                outcome: o.outcome,
+                action: o.action,
+            })
             .collect(),
         next,
     ))
 }
 
-/// A run as the API shows it; in the detail view with the first page of its per-user
-/// outcomes (`users`, and `users_next` to page on at `.../outcomes`).
-pub fn run_json(r: &SyncRunView, with_users: bool) -> Value {
-    let mut v = json!({
-        "run_id": r.run_id,
-        "domain_id": r.domain_id,
-        "trigger": r.trigger,
-        "dry_run": r.dry_run,
-        "full": r.full,
-        "status": r.status,
-        "started_at": r.started_at,
-        "finished_at": r.finished_at,
-        "counters": r.counters,
-        "error": r.error,
-        "graph_code": r.graph_code,
-        "held_removals": r.held_removals,
-        "approved": r.approved,
-    });
-    if with_users {
-        if let Ok((users, next)) = outcomes(r, None, None) {
-            v["users"] = users.into();
-            v["users_next"] = next.into();
-        }
-    }
-    v
-}
-
-/// The read path of a domain's collections: the reader's role, `min_position`, and a
-/// read of projections that hold the domain.
-async fn read_domain<'a>(
-    s: &'a AppState,
-    who: &Principal,
+/// The read path of a domain's collections: `min_position`, and a read of projections
+/// that hold the domain.
+async fn read_domain(
+    s: &AppState,
     id: DomainId,
     min_position: Option<u64>,
-) -> Result<RwLockReadGuard<'a, Projections>, ApiError> {
-    who.require(&[Role::Admin, Role::Auditor])?;
+) -> Result<RwLockReadGuard<'_, Projections>, ApiError> {
     s.reach(min_position).await?;
-    let p = s.projector.read();
+    let p = s.engine.projector.read();
     if p.domains.get(id).is_none() {
         return Err(ApiError::NotFound("domain".into()));
     }
@@ -79,21 +143,59 @@ async fn read_domain<'a>(
 }
 
 /// `POST /v1/domains/{id}/sync` query.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct SyncQuery {
+    /// Answer the changes a run would make and write none of them.
     #[serde(default)]
     dry_run: bool,
+}
+
+/// A run accepted: it goes on in the background.
+#[derive(Serialize, ToSchema)]
+pub struct RunStarted {
+    run_id: uuid::Uuid,
+    /// The position of the run's start; `min_position` for a read that sees it.
+    position: u64,
+}
+
+/// One user's change in a dry run.
+#[derive(Serialize, ToSchema)]
+pub struct PlannedChange {
+    user_id: uuid::Uuid,
+    /// Entra ID's object id.
+    external_id: String,
+    user_principal_name: String,
+    #[schema(value_type = Option<SyncOutcomeSchema>)]
+    outcome: Option<SyncOutcome>,
+    /// Kinds of the events a run would append for the user.
+    events: Vec<String>,
+    /// The deletion guard would hold it back.
+    held: bool,
+}
+
+/// What a run would do.
+#[derive(Serialize, ToSchema)]
+pub struct DryRunReport {
+    run_id: uuid::Uuid,
+    /// Always true.
+    dry_run: bool,
+    full: bool,
+    #[schema(value_type = SyncCountersSchema)]
+    counters: SyncCounters,
+    /// The deletion guard would trip.
+    quarantined: bool,
+    changes: Vec<PlannedChange>,
+    /// The position of the dry run's record.
+    position: u64,
 }
 
 /// Starts a run: 202 with its id; a dry run answers 200 with the changes it would make.
 pub async fn start(
     State(s): State<AppState>,
-    who: Principal,
     IdPath(id): IdPath,
     ApiQuery(q): ApiQuery<SyncQuery>,
-) -> Result<impl IntoResponse, ApiError> {
-    who.require(&[Role::Admin])?;
+) -> Result<Response, ApiError> {
     let accepted = s
         .sync
         .start_run(DomainId(id), SyncTrigger::Manual, q.dry_run)
@@ -101,56 +203,66 @@ pub async fn start(
     if !q.dry_run {
         // Read-your-writes: the run is visible to the caller's next GET.
         s.reach(Some(accepted.position)).await?;
-        return Ok((
-            StatusCode::ACCEPTED,
-            Json(json!({"run_id": accepted.run_id, "position": accepted.position})),
-        ));
+        let started = RunStarted {
+            run_id: accepted.run_id.0,
+            position: accepted.position,
+        };
+        return Ok((StatusCode::ACCEPTED, Json(started)).into_response());
     }
     let report = accepted
         .done
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))??;
-    Ok((
-        StatusCode::OK,
-        Json(json!({
-            "run_id": report.run_id,
-            "dry_run": true,
-            "full": report.full,
-            "counters": report.counters,
-            "quarantined": report.quarantined,
-            "changes": report.changes,
-            "position": report.position,
-        })),
-    ))
+    let changes = report
+        .changes
+        .into_iter()
+        .map(|c| PlannedChange {
+            user_id: c.user_id.0,
+            external_id: c.external_id,
+            user_principal_name: c.user_principal_name,
+            outcome: c.outcome,
+            events: c.events.into_iter().map(str::to_owned).collect(),
+            held: c.held,
+        })
+        .collect();
+    Ok(Json(DryRunReport {
+        run_id: report.run_id.0,
+        dry_run: true,
+        full: report.full,
+        counters: report.counters,
+        quarantined: report.quarantined,
+        changes,
+        position: report.position,
+    })
+    .into_response())
 }
 
 /// `GET /v1/domains/{id}/sync-runs` query.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct RunsQuery {
+    /// Page size, 1 to 1000 (100).
     limit: Option<usize>,
+    /// The cursor `next` of the previous page.
     after: Option<uuid::Uuid>,
+    /// Wait (bounded) until the projections include this position.
     min_position: Option<u64>,
 }
 
 /// A domain's runs, newest first, paged.
 pub async fn list(
     State(s): State<AppState>,
-    who: Principal,
     IdPath(id): IdPath,
     ApiQuery(q): ApiQuery<RunsQuery>,
-) -> Result<impl IntoResponse, ApiError> {
-    let p = read_domain(&s, &who, DomainId(id), q.min_position).await?;
+) -> Result<Json<Page<SyncRun>>, ApiError> {
+    let p = read_domain(&s, DomainId(id), q.min_position).await?;
     // Run ids are UUIDv7: newest first is descending id order.
     let runs = p
         .domains
         .runs_of(DomainId(id))
         .skip_while(|r| q.after.is_some_and(|a| r.run_id.0 >= a));
     let (items, next) = page_of(runs, q.limit, |r| r.run_id)?;
-    Ok(page(
-        items.into_iter().map(|r| run_json(r, false)).collect(),
-        next,
-    ))
+    Ok(page(items.into_iter().map(SyncRun::from).collect(), next))
 }
 
 fn run_path(raw: (String, String)) -> Result<(DomainId, SyncRunId), ApiError> {
@@ -167,37 +279,39 @@ fn run_path(raw: (String, String)) -> Result<(DomainId, SyncRunId), ApiError> {
 /// One run with its per-user outcomes.
 pub async fn get_one(
     State(s): State<AppState>,
-    who: Principal,
     Path(raw): Path<(String, String)>,
     ApiQuery(q): ApiQuery<Consistency>,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<Json<SyncRunDetail>, ApiError> {
     let (domain, run) = run_path(raw)?;
-    let p = read_domain(&s, &who, domain, q.min_position).await?;
-    p.domains
+    let p = read_domain(&s, domain, q.min_position).await?;
+    let r = p
+        .domains
         .run(run)
         .filter(|r| r.domain_id == domain)
-        .map(|r| Json(run_json(r, true)))
-        .ok_or_else(|| ApiError::NotFound("sync run".into()))
+        .ok_or_else(|| ApiError::NotFound("sync run".into()))?;
+    Ok(Json(SyncRunDetail::of(r)?))
 }
 
 /// `GET /v1/domains/{id}/sync-runs/{run}/outcomes` query.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct OutcomesQuery {
+    /// Page size, 1 to 1000 (100).
     limit: Option<usize>,
+    /// The cursor `next` (or `users_next`) of the previous page.
     after: Option<uuid::Uuid>,
+    /// Wait (bounded) until the projections include this position.
     min_position: Option<u64>,
 }
 
 /// A run's per-user outcomes, paged.
 pub async fn run_outcomes(
     State(s): State<AppState>,
-    who: Principal,
     Path(raw): Path<(String, String)>,
     ApiQuery(q): ApiQuery<OutcomesQuery>,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<Json<Page<RunOutcome>>, ApiError> {
     let (domain, run) = run_path(raw)?;
-    let p = read_domain(&s, &who, domain, q.min_position).await?;
+    let p = read_domain(&s, domain, q.min_position).await?;
     let r = p
         .domains
         .run(run)
@@ -212,29 +326,31 @@ pub async fn approve(
     State(s): State<AppState>,
     who: Principal,
     Path(raw): Path<(String, String)>,
-) -> Result<impl IntoResponse, ApiError> {
-    who.require(&[Role::Admin])?;
+) -> Result<Json<SyncRunDetail>, ApiError> {
     let (domain, run) = run_path(raw)?;
     let position = s.sync.approve(domain, run, &who.actor()).await?;
     s.reach(Some(position)).await?;
-    let p = s.projector.read();
-    let mut body = p
+    let p = s.engine.projector.read();
+    let r = p
         .domains
         .run(run)
-        .map(|r| run_json(r, true))
         .ok_or_else(|| ApiError::NotFound("sync run".into()))?;
-    body["position"] = json!(position);
-    Ok(Json(body))
+    let mut detail = SyncRunDetail::of(r)?;
+    detail.position = Some(position);
+    Ok(Json(detail))
 }
 
 /// `GET /v1/domains/{id}/candidates` query.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct CandidatesQuery {
+    /// Page size, 1 to 1000 (100).
     limit: Option<usize>,
+    /// The cursor `next` of the previous page.
     after: Option<uuid::Uuid>,
     /// Part of the principal name or display name, any case.
     q: Option<String>,
+    /// Wait (bounded) until the projections include this position.
     min_position: Option<u64>,
 }
 
@@ -242,12 +358,11 @@ pub struct CandidatesQuery {
 /// paged and searchable.
 pub async fn candidates(
     State(s): State<AppState>,
-    who: Principal,
     IdPath(id): IdPath,
     ApiQuery(q): ApiQuery<CandidatesQuery>,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<Json<Page<User>>, ApiError> {
     let domain = DomainId(id);
-    let p = read_domain(&s, &who, domain, q.min_position).await?;
+    let p = read_domain(&s, domain, q.min_position).await?;
     let needle = q.q.as_deref().map(str::to_lowercase);
     let candidates = p.users.iter_after(q.after.map(UserId)).filter(|u| {
         u.domain_id == domain
@@ -258,16 +373,27 @@ pub async fn candidates(
                 .is_none_or(|n| super::users::matches(u, n))
     });
     let (items, next) = page_of(candidates, q.limit, |u| u.id)?;
-    Ok(page(items.into_iter().map(user_json).collect(), next))
+    Ok(page(items.into_iter().map(User::from).collect(), next))
 }
 
 /// `POST /v1/domains/{id}/import` body: `{"user_ids":[…]}` or `{"all":true}`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImportBody {
+    /// These candidates.
     user_ids: Option<Vec<uuid::Uuid>>,
+    /// Every candidate of the domain.
     #[serde(default)]
     all: bool,
+}
+
+/// What an import did.
+#[derive(Serialize, ToSchema)]
+pub struct Imported {
+    /// How many users it imported.
+    imported: usize,
+    /// The position of its last event.
+    position: u64,
 }
 
 /// Imports candidates with the domain's SSO defaults.
@@ -276,8 +402,7 @@ pub async fn import(
     who: Principal,
     IdPath(id): IdPath,
     ApiJson(body): ApiJson<ImportBody>,
-) -> Result<impl IntoResponse, ApiError> {
-    who.require(&[Role::Admin])?;
+) -> Result<Json<Imported>, ApiError> {
     let ids = match (body.user_ids, body.all) {
         (Some(ids), false) if !ids.is_empty() => Some(ids.into_iter().map(UserId).collect()),
         (None, true) => None,
@@ -290,7 +415,19 @@ pub async fn import(
     let (imported, position) = s.sync.import(DomainId(id), ids, &who.actor()).await?;
     // An import is followed by reads of the users it made: answer once they can see them.
     s.reach(Some(position)).await?;
-    Ok(Json(json!({"imported": imported, "position": position})))
+    Ok(Json(Imported { imported, position }))
+}
+
+/// An invite sent and recorded.
+#[derive(Serialize, ToSchema)]
+pub struct InviteSent {
+    user_id: uuid::Uuid,
+    /// The address it went to.
+    to: String,
+    /// The mailer that carried it.
+    via: String,
+    /// The position of the invite's record.
+    position: u64,
 }
 
 /// Sends an invite to an active user and records it.
@@ -298,11 +435,10 @@ pub async fn invite(
     State(s): State<AppState>,
     who: Principal,
     IdPath(id): IdPath,
-) -> Result<impl IntoResponse, ApiError> {
-    who.require(&[Role::Admin])?;
+) -> Result<Json<InviteSent>, ApiError> {
     let user = UserId(id);
     let invite = {
-        let p = s.projector.read();
+        let p = s.engine.projector.read();
         let u = p
             .users
             .get(user)
@@ -343,10 +479,10 @@ pub async fn invite(
             decide(st, record.clone())
         })
         .await?;
-    Ok(Json(json!({
-        "user_id": user,
-        "to": invite.to,
-        "via": s.mailer.via(),
-        "position": position,
-    })))
+    Ok(Json(InviteSent {
+        user_id: user.0,
+        to: invite.to,
+        via: s.mailer.via().into(),
+        position,
+    }))
 }

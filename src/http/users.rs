@@ -2,60 +2,157 @@
 
 use super::auth::Principal;
 use super::error::{ApiError, ApiJson, ApiQuery, IdPath};
-use super::{page, AppState};
+use super::schema::{SsoSettingsSchema, UserStatusSchema};
+use super::{page, AppState, Page};
 use axum::extract::State;
-use axum::response::IntoResponse;
 use axum::Json;
+use chrono::{DateTime, Utc};
 use idledger_domain::decide::user::{decide, evolve, UserCommand};
-use idledger_domain::{DomainId, KeyId, Role, SsoSettings, StreamId, UserId};
+use idledger_domain::{DomainId, KeyId, SsoSettings, StreamId, UserId};
 use idledger_projections::{Projections, UserStatus, UserView};
 use idledger_replay::Until;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
-/// A user as the API shows it.
-pub fn user_json(u: &UserView) -> Value {
-    let a = &u.attributes;
-    json!({
-        "id": u.id,
-        "domain_id": u.domain_id,
-        "external_id": u.external_id,
-        "user_principal_name": a.user_principal_name,
-        "display_name": a.display_name,
-        "mail": a.mail,
-        "given_name": a.given_name,
-        "surname": a.surname,
-        "account_enabled": a.account_enabled,
-        "status": u.status,
-        "in_sync_group": u.in_sync_group,
-        "in_rotation_group": u.in_rotation_group,
-        "sso": u.effective_sso(),
-        "sso_override": u.sso_override,
-        "pc_unlock": u.pc_unlock,
-        "key_id": u.key_id,
-        "last_rotation_at": u.last_rotation_at,
-        "needs_attention": u.needs_attention,
-        "invited_at": u.invited_at,
-        "discovered_at": u.discovered_at,
-        "imported_at": u.imported_at,
-        "updated_at": u.updated_at,
-        "version": u.version,
-    })
+/// A user as the API shows it: Entra ID's attributes, where they stand, their key and SSO
+/// settings. Never a password.
+#[derive(Serialize, ToSchema)]
+pub struct User {
+    /// The engine's id.
+    id: uuid::Uuid,
+    /// Their domain.
+    domain_id: uuid::Uuid,
+    /// Entra ID's object id.
+    external_id: String,
+    /// `userPrincipalName`.
+    user_principal_name: String,
+    /// `displayName`.
+    display_name: String,
+    /// `mail`.
+    mail: Option<String>,
+    /// `givenName`.
+    given_name: Option<String>,
+    /// `surname`.
+    surname: Option<String>,
+    /// `accountEnabled`.
+    account_enabled: bool,
+    /// Where they stand.
+    #[schema(value_type = UserStatusSchema)]
+    status: UserStatus,
+    /// In the sync group now.
+    in_sync_group: bool,
+    /// In the rotation group now.
+    in_rotation_group: bool,
+    /// The SSO settings in force (off unless active).
+    #[schema(value_type = SsoSettingsSchema)]
+    sso: SsoSettings,
+    /// An admin's override of the domain's defaults.
+    #[schema(value_type = Option<SsoSettingsSchema>)]
+    sso_override: Option<SsoSettings>,
+    /// PC unlock with the key.
+    pc_unlock: bool,
+    /// The assigned hardware key.
+    #[schema(value_type = Option<String>)]
+    key_id: Option<KeyId>,
+    /// When a rotation last succeeded.
+    last_rotation_at: Option<DateTime<Utc>>,
+    /// A rotation's outcome is unknown (its candidate is kept and tried again).
+    needs_attention: bool,
+    /// When the last invite went out.
+    invited_at: Option<DateTime<Utc>>,
+    /// First seen.
+    discovered_at: DateTime<Utc>,
+    /// When the user was imported.
+    imported_at: Option<DateTime<Utc>>,
+    /// Last changed.
+    updated_at: DateTime<Utc>,
+    /// Version of the user's stream.
+    version: u64,
+    /// After a change: the position of its last event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    position: Option<u64>,
+}
+
+impl From<&UserView> for User {
+    fn from(u: &UserView) -> Self {
+        let a = &u.attributes;
+        User {
+            id: u.id.0,
+            domain_id: u.domain_id.0,
+            external_id: u.external_id.clone(),
+            user_principal_name: a.user_principal_name.clone(),
+            display_name: a.display_name.clone(),
+            mail: a.mail.clone(),
+            given_name: a.given_name.clone(),
+            surname: a.surname.clone(),
+            account_enabled: a.account_enabled,
+            status: u.status,
+            in_sync_group: u.in_sync_group,
+            in_rotation_group: u.in_rotation_group,
+            sso: u.effective_sso(),
+            sso_override: u.sso_override,
+            pc_unlock: u.pc_unlock,
+            key_id: u.key_id.clone(),
+            last_rotation_at: u.last_rotation_at,
+            needs_attention: u.needs_attention,
+            invited_at: u.invited_at,
+            discovered_at: u.discovered_at,
+            imported_at: u.imported_at,
+            updated_at: u.updated_at,
+            version: u.version,
+            position: None,
+        }
+    }
+}
+
+/// A status to list users of.
+#[derive(Deserialize, Clone, Copy, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StatusFilter {
+    /// Not imported.
+    Candidate,
+    /// Imported.
+    Active,
+    /// SSO off; PC unlock kept.
+    Deactivated,
+    /// Gone; their data key is shredded.
+    Deleted,
+}
+
+impl StatusFilter {
+    fn status(self) -> UserStatus {
+        match self {
+            StatusFilter::Candidate => UserStatus::Candidate,
+            StatusFilter::Active => UserStatus::Active,
+            StatusFilter::Deactivated => UserStatus::Deactivated,
+            StatusFilter::Deleted => UserStatus::Deleted,
+        }
+    }
 }
 
 /// `GET /v1/users` filters.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct UserQuery {
+    /// Only this domain's.
     domain: Option<uuid::Uuid>,
-    status: Option<String>,
+    /// Only users in this status.
+    #[param(inline)]
+    status: Option<StatusFilter>,
+    /// Part of the principal name or display name, any case.
     q: Option<String>,
+    /// Deleted users too.
     #[serde(default)]
     include_deleted: bool,
+    /// At most this many (1 to 1000, default 100).
     limit: Option<usize>,
+    /// The `next` of the page before.
     after: Option<uuid::Uuid>,
+    /// Wait (briefly) until the projections include this position.
     min_position: Option<u64>,
+    /// Answer as of this time (a replay of the log).
     at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Answer as of this position (a replay of the log).
     at_position: Option<u64>,
 }
 
@@ -74,29 +171,13 @@ fn point_in_time(
     }
 }
 
-fn parse_status(s: &str) -> Result<UserStatus, ApiError> {
-    Ok(match s {
-        "candidate" => UserStatus::Candidate,
-        "active" => UserStatus::Active,
-        "deactivated" => UserStatus::Deactivated,
-        "deleted" => UserStatus::Deleted,
-        other => {
-            return Err(ApiError::BadRequest(format!(
-                "status: unknown value {other:?}"
-            )))
-        }
-    })
-}
-
 /// Lists users, in id order, with cursor paging.
 pub async fn list(
     State(s): State<AppState>,
-    who: Principal,
     ApiQuery(q): ApiQuery<UserQuery>,
-) -> Result<impl IntoResponse, ApiError> {
-    who.require(&[Role::Admin, Role::Auditor])?;
+) -> Result<Json<Page<User>>, ApiError> {
     s.reach(q.min_position).await?;
-    let status = q.status.as_deref().map(parse_status).transpose()?;
+    let status = q.status.map(StatusFilter::status);
     let needle = q.q.as_deref().map(str::to_lowercase);
     let past = match point_in_time(q.at, q.at_position)? {
         Some(until) => Some(s.replay_until(until).await?),
@@ -106,7 +187,7 @@ pub async fn list(
     let p: &Projections = match &past {
         Some(p) => p,
         None => {
-            live = s.projector.read();
+            live = s.engine.projector.read();
             &live
         }
     };
@@ -119,7 +200,7 @@ pub async fn list(
             && needle.as_deref().is_none_or(|n| matches(u, n))
     });
     let (items, next) = super::page_of(users, q.limit, |u| u.id)?;
-    Ok(page(items.into_iter().map(user_json).collect(), next))
+    Ok(page(items.into_iter().map(User::from).collect(), next))
 }
 
 /// The user's principal name or display name holds `needle` (lower case).
@@ -132,56 +213,58 @@ pub fn matches(u: &idledger_projections::UserView, needle: &str) -> bool {
 }
 
 /// `GET /v1/users/{id}` parameters.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct OneQuery {
+    /// Wait (briefly) until the projections include this position.
     min_position: Option<u64>,
+    /// Answer as of this time (a replay of the log).
     at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Answer as of this position (a replay of the log).
     at_position: Option<u64>,
 }
 
 /// One user.
 pub async fn get_one(
     State(s): State<AppState>,
-    who: Principal,
     IdPath(id): IdPath,
     ApiQuery(q): ApiQuery<OneQuery>,
-) -> Result<impl IntoResponse, ApiError> {
-    who.require(&[Role::Admin, Role::Auditor])?;
+) -> Result<Json<User>, ApiError> {
     s.reach(q.min_position).await?;
-    let found = |p: &Projections| p.users.get(UserId(id)).map(|u| Json(user_json(u)));
+    let found = |p: &Projections| p.users.get(UserId(id)).map(|u| Json(User::from(u)));
     let answer = match point_in_time(q.at, q.at_position)? {
         Some(until) => found(&s.replay_until(until).await?),
-        None => found(&s.projector.read()),
+        None => found(&s.engine.projector.read()),
     };
     answer.ok_or_else(|| ApiError::NotFound("user".into()))
 }
 
 /// `GET /v1/users/{id}/events` parameters.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
+    /// From this stream version (the `next` of the page before).
     from_version: Option<u64>,
+    /// At most this many (1 to 10000, default 1000).
     limit: Option<usize>,
+    /// Wait (briefly) until the projections include this position.
     min_position: Option<u64>,
 }
 
 /// The user's own events, as `idledger log` shows them.
 pub async fn events(
     State(s): State<AppState>,
-    who: Principal,
     IdPath(id): IdPath,
     ApiQuery(q): ApiQuery<EventsQuery>,
-) -> Result<impl IntoResponse, ApiError> {
-    who.require(&[Role::Admin, Role::Auditor])?;
+) -> Result<Json<Page<serde_json::Value>>, ApiError> {
     s.reach(q.min_position).await?;
     let stream = StreamId::user(UserId(id));
-    if s.log.stream_version(&stream) == 0 {
+    if s.engine.log.stream_version(&stream) == 0 {
         return Err(ApiError::NotFound("user".into()));
     }
     let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
     let from = q.from_version.unwrap_or(1).max(1);
-    let envs = s.log.read_stream(&stream, from, limit + 1)?;
+    let envs = s.engine.log.read_stream(&stream, from, limit + 1)?;
     let next = (envs.len() > limit).then(|| envs[limit].version.to_string());
     Ok(page(
         envs.iter().take(limit).map(|e| e.to_json()).collect(),
@@ -190,9 +273,11 @@ pub async fn events(
 }
 
 /// `PATCH /v1/users/{id}` body: the per-user SSO override (`null` clears it).
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UserPatch {
+    /// The override; null falls back to the settings applied at import.
+    #[schema(value_type = Option<SsoSettingsSchema>)]
     sso_override: Option<SsoSettings>,
 }
 
@@ -201,8 +286,7 @@ async fn run(
     who: &Principal,
     id: uuid::Uuid,
     c: UserCommand,
-) -> Result<Json<Value>, ApiError> {
-    who.require(&[Role::Admin])?;
+) -> Result<Json<User>, ApiError> {
     let user = UserId(id);
     let position = s
         .command(&StreamId::user(user), &who.actor(), evolve, |st| {
@@ -210,13 +294,13 @@ async fn run(
         })
         .await?;
     s.reach(Some(position)).await?;
-    let p = s.projector.read();
+    let p = s.engine.projector.read();
     let mut body = p
         .users
         .get(user)
-        .map(user_json)
+        .map(User::from)
         .ok_or_else(|| ApiError::NotFound("user".into()))?;
-    body["position"] = json!(position);
+    body.position = Some(position);
     Ok(Json(body))
 }
 
@@ -226,7 +310,7 @@ pub async fn patch(
     who: Principal,
     IdPath(id): IdPath,
     ApiJson(b): ApiJson<UserPatch>,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<Json<User>, ApiError> {
     run(&s, &who, id, UserCommand::SetSsoOverride(b.sso_override)).await
 }
 
@@ -235,7 +319,7 @@ pub async fn activate(
     State(s): State<AppState>,
     who: Principal,
     IdPath(id): IdPath,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<Json<User>, ApiError> {
     run(&s, &who, id, UserCommand::Activate).await
 }
 
@@ -244,14 +328,15 @@ pub async fn deactivate(
     State(s): State<AppState>,
     who: Principal,
     IdPath(id): IdPath,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<Json<User>, ApiError> {
     run(&s, &who, id, UserCommand::Deactivate).await
 }
 
 /// `PUT /v1/users/{id}/key` body.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KeyBody {
+    /// The hardware key's serial (1 to 128 characters; one live user per key).
     key_id: String,
 }
 
@@ -261,12 +346,11 @@ pub async fn put_key(
     who: Principal,
     IdPath(id): IdPath,
     ApiJson(b): ApiJson<KeyBody>,
-) -> Result<impl IntoResponse, ApiError> {
-    who.require(&[Role::Admin])?;
+) -> Result<Json<User>, ApiError> {
     // An empty id stays the domain rule's 422; hostile text is refused here.
     super::error::free_text("key_id", &b.key_id, 0, 128)?;
     let holder = {
-        let p = s.projector.read();
+        let p = s.engine.projector.read();
         let holder = p
             .users
             .iter_after(None)
@@ -292,6 +376,6 @@ pub async fn delete_key(
     State(s): State<AppState>,
     who: Principal,
     IdPath(id): IdPath,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<Json<User>, ApiError> {
     run(&s, &who, id, UserCommand::UnassignKey).await
 }

@@ -92,31 +92,19 @@ pub async fn start_with(
         bootstrap = Some(path);
     }
     let keyring = Arc::new(keyring);
-    let sync = SyncService::start(
-        Engine {
-            log: log.clone(),
-            projector: projector.clone(),
-            keyring: keyring.clone(),
-        },
-        sync,
-    );
+    let engine = Engine {
+        log,
+        projector,
+        keyring,
+    };
+    let sync = SyncService::start(engine.clone(), sync);
     sync.close_interrupted_runs()
         .await
         .map_err(|e| Error::Other(e.to_string()))?;
     sync.supervise();
-    let rotation = RotationService::start(
-        Engine {
-            log: log.clone(),
-            projector: projector.clone(),
-            keyring: keyring.clone(),
-        },
-        sync.clone(),
-        rotation,
-    );
+    let rotation = RotationService::start(engine.clone(), sync.clone(), rotation);
     let state = AppState {
-        log,
-        projector,
-        keyring,
+        engine,
         metrics: Arc::new(Metrics::default()),
         request_timeout,
         sync,
@@ -199,7 +187,7 @@ pub async fn run(
         rotation_uncertainty_secs = rotation.uncertainty.as_secs_f64(),
         "serving"
     );
-    let log = state.log.clone();
+    let log = state.engine.log.clone();
     http::serve(listener, state, shutdown).await?;
     log.flush().await?;
     tracing::info!("stopped; the log is flushed");

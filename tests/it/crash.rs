@@ -81,15 +81,6 @@ async fn acknowledged_events_survive_sigkill() {
     assert_eq!(log.head().position, all.len() as u64);
 }
 
-/// A free loopback port (bound, then released for the child to take).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_of_serve_loses_no_answered_request() {
     let dir = tempfile::tempdir().unwrap();
@@ -173,78 +164,6 @@ async fn sigkill_of_serve_loses_no_answered_request() {
             log.stream_version(&stream) >= 1,
             "domain {id} was answered 2xx but is not in the log"
         );
-    }
-}
-
-/// A `serve` child process on a free port, and an admin's client of it.
-struct Serve {
-    child: std::process::Child,
-    url: String,
-    token: String,
-    http: reqwest::Client,
-}
-
-impl Serve {
-    async fn start(data: &std::path::Path, crash_at: Option<&str>) -> Serve {
-        Self::start_with(data, crash_at, &[]).await
-    }
-
-    async fn start_with(
-        data: &std::path::Path,
-        crash_at: Option<&str>,
-        env: &[(&str, &str)],
-    ) -> Serve {
-        let port = free_port();
-        let url = format!("http://127.0.0.1:{port}");
-        let mut cmd = idledger();
-        cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .arg("--data-dir")
-            .arg(data)
-            .env("IDLEDGER_ROTATION_CHECK_SECS", "1")
-            .env("IDLEDGER_ROTATION_RETRY_SECS", "0.05")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        if let Some(point) = crash_at {
-            cmd.env("IDLEDGER_TEST_CRASH_AT", point);
-        }
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().unwrap();
-        let http = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while http.get(format!("{url}/healthz")).send().await.is_err() {
-            assert!(Instant::now() < deadline, "serve did not start");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let token = std::fs::read_to_string(data.join("admin.token"))
-            .unwrap()
-            .trim()
-            .to_owned();
-        Serve {
-            child,
-            url,
-            token,
-            http,
-        }
-    }
-
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<serde_json::Value>,
-    ) -> serde_json::Value {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.url))
-            .bearer_auth(&self.token);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let r = req.send().await.unwrap();
-        assert!(r.status().is_success(), "{path}: {}", r.status());
-        r.json().await.unwrap()
     }
 }
 

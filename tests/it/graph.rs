@@ -1,6 +1,6 @@
 //! The Graph client against a real graphsim on loopback.
 
-use crate::support::idledger;
+use crate::support::{ext as user, idledger, APP, SYNC, TENANT};
 use graphsim::state::Sim;
 use graphsim::{load_tenant, SimConfig};
 use idledger::graph::{
@@ -9,15 +9,8 @@ use idledger::graph::{
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
-const TENANT: &str = "6f1a2b3c-4d5e-4f60-8a7b-9c0d1e2f3a4b";
-const APP: &str = "11111111-2222-4333-8444-555555555555";
 const READONLY_APP: &str = "22222222-3333-4444-8555-666666666666";
-const SYNC: &str = "a1b2c3d4-0000-4000-8000-000000000001";
 const ROTATION: &str = "a1b2c3d4-0000-4000-8000-000000000002";
-
-fn user(n: u32) -> String {
-    format!("c0a80000-0000-4000-8000-{n:012}")
-}
 
 fn contoso() -> graphsim::Directory {
     load_tenant(

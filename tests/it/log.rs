@@ -10,7 +10,6 @@ use idledger_domain::events::DomainRegistered;
 use idledger_domain::{Actor, DomainSettings, ProposedEvent, StreamId};
 use idledger_replay::{fold, Until};
 use proptest::prelude::*;
-use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -165,17 +164,6 @@ async fn events_must_match_their_stream_kind() {
         Err(AppendError::Invalid(_))
     ));
     assert_eq!(log.head().position, 0);
-}
-
-/// sled holds a lock on its directory until its last handle (the writer task's) is gone.
-pub async fn reopen(dir: &std::path::Path) -> Arc<SledEventLog> {
-    for _ in 0..200 {
-        match SledEventLog::open(dir) {
-            Ok(log) => return log,
-            Err(_) => tokio::time::sleep(Duration::from_millis(25)).await,
-        }
-    }
-    panic!("could not reopen the log");
 }
 
 #[tokio::test]

@@ -9,6 +9,7 @@ mod cli;
 mod crash;
 mod graph;
 mod log;
+mod openapi;
 mod rotation;
 mod support;
 mod sync;

@@ -1,6 +1,6 @@
 //! Password rotation and key writes: the real server and graphsim on loopback, over HTTP.
 
-use crate::sync::{ext, world, World, APP};
+use crate::support::{ext, world, World, APP};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -347,7 +347,7 @@ async fn leaving_the_rotation_group_or_losing_credentials_stops_rotations() {
         .admin(
             Method::PUT,
             &format!("/v1/domains/{}/credentials", w.domain),
-            Some(json!({"tenant_id": crate::sync::TENANT, "client_id": APP, "client_secret": crate::sync::SECRET})),
+            Some(json!({"tenant_id": crate::support::TENANT, "client_id": APP, "client_secret": crate::support::SECRET})),
         )
         .await;
     assert_eq!(s, StatusCode::OK);

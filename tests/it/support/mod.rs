@@ -1,4 +1,13 @@
-//! Helpers shared by the integration tests.
+//! Helpers shared by the integration tests: the server in-process (`app`), a world with
+//! graphsim (`world`), `serve` as a child (`serve`), and the small things below.
+
+pub mod app;
+pub mod serve;
+pub mod world;
+
+pub use app::{spawn_app, App};
+pub use serve::Serve;
+pub use world::{domain_body, ext, world, World, APP, SECRET, SYNC, TENANT};
 
 use idledger::store::{AppendRequest, EventLog, ExpectedVersion};
 use idledger_domain::events::{
@@ -128,4 +137,15 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// sled holds a lock on its directory until its last handle (the writer task's) is gone.
+pub async fn reopen(dir: &Path) -> std::sync::Arc<idledger::store::SledEventLog> {
+    for _ in 0..200 {
+        match idledger::store::SledEventLog::open(dir) {
+            Ok(log) => return log,
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(25)).await,
+        }
+    }
+    panic!("could not reopen the log");
 }

@@ -1,0 +1,127 @@
+//! The OpenAPI 3.1 document of the operation table: every path, its roles, its query
+//! parameters and the JSON Schema of every request and answer body, each generated from
+//! the Rust type its handler uses (utoipa), the error body and the collection page
+//! included.
+
+use super::error::ErrorBody;
+use super::schema::{reference, Components};
+use super::{operations, Access};
+use serde_json::{json, Map, Value};
+use utoipa::openapi::{RefOr, Schema};
+
+/// A schema and the components it needs.
+pub type SchemaOf = fn(&mut Components) -> RefOr<Schema>;
+
+/// What an answer carries.
+#[derive(Clone, Copy)]
+pub enum Content {
+    /// JSON of this schema.
+    Json(SchemaOf),
+    /// Another media type (exports, metrics, the event stream).
+    Other(&'static str),
+}
+
+/// The schema of a page of `T`s: `{"items":[T…],"next":"cursor"|null}`.
+pub fn page_of<T: utoipa::ToSchema>(components: &mut Components) -> RefOr<Schema> {
+    use utoipa::openapi::schema::SchemaType;
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    let items = ArrayBuilder::new().items(reference::<T>(components));
+    let next = ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+        .description(Some("Pass as `after` for the next page; null on the last."));
+    ObjectBuilder::new()
+        .property("items", items)
+        .required("items")
+        .property("next", next)
+        .required("next")
+        .into()
+}
+
+fn to_value<T: serde::Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+/// The path parameters of an axum path (`{id}` …): object ids are UUIDs, `kind` an
+/// export kind.
+fn path_parameters(path: &str) -> Vec<Value> {
+    path.split('/')
+        .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+        .map(|name| {
+            let schema = match name {
+                "kind" => {
+                    json!({"type": "string", "enum": ["password-changes", "events", "users"]})
+                }
+                _ => json!({"type": "string", "format": "uuid"}),
+            };
+            json!({"name": name, "in": "path", "required": true, "schema": schema})
+        })
+        .collect()
+}
+
+/// The document.
+pub fn document() -> Value {
+    let mut components: Components = Vec::new();
+    let error = reference::<ErrorBody>(&mut components);
+    let mut paths = Map::new();
+    for o in operations() {
+        let mut parameters = path_parameters(o.path);
+        if let Some(query) = o.query {
+            parameters.extend(query().iter().map(to_value));
+        }
+        let mut responses = Map::new();
+        for (status, content) in &o.answers {
+            let (media, body) = match content {
+                Content::Json(schema) => (
+                    "application/json",
+                    json!({"schema": to_value(&schema(&mut components))}),
+                ),
+                Content::Other(media) => (*media, json!({"schema": {"type": "string"}})),
+            };
+            // One status may carry several media types (an export's CSV or JSON Lines).
+            let answer = responses
+                .entry(status.to_string())
+                .or_insert_with(|| json!({"description": "Success", "content": {}}));
+            answer["content"][media] = body;
+        }
+        responses.insert(
+            "4XX".into(),
+            json!({"description": "Refused: the body says why",
+                   "content": {"application/json": {"schema": to_value(&error)}}}),
+        );
+        let (security, roles) = match o.access {
+            Access::Open => (json!([]), "none"),
+            Access::Admin => (json!([{"bearer": []}]), "admin"),
+            Access::Read => (json!([{"bearer": []}]), "admin, auditor"),
+            Access::Agent => (json!([{"bearer": []}]), "agent"),
+        };
+        let mut operation = json!({
+            "summary": o.summary,
+            "description": format!("Roles: {roles}."),
+            "operationId": format!("{} {}", o.method, o.path),
+            "parameters": parameters,
+            "security": security,
+            "responses": responses,
+        });
+        if let Some(body) = o.body {
+            operation["requestBody"] = json!({
+                "required": true,
+                "content": {"application/json": {"schema": to_value(&body(&mut components))}},
+            });
+        }
+        let entry = paths.entry(o.path.to_owned()).or_insert_with(|| json!({}));
+        entry[o.method.as_str().to_lowercase()] = operation;
+    }
+    let schemas: Map<String, Value> = components
+        .into_iter()
+        .map(|(name, schema)| (name, to_value(&schema)))
+        .collect();
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "idledger", "version": env!("CARGO_PKG_VERSION")},
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": schemas,
+        },
+        "paths": paths,
+    })
+}

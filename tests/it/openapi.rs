@@ -1,0 +1,796 @@
+//! The OpenAPI document against the server: a sample call of every operation, each answer
+//! validated against the JSON Schema the document gives for its status. The document's
+//! objects are closed for the check (no undocumented field passes), so a field added to a
+//! response type without its schema, or a schema that says something else, fails here.
+
+use crate::support::{world, World};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Map, Value};
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+/// The document, and which of its operations a call has been checked against.
+struct Conformance {
+    doc: Value,
+    /// `components.schemas`, closed: `allOf`s of objects merged, and no property allowed
+    /// beyond those described.
+    closed: Value,
+    checked: BTreeSet<(String, String)>,
+}
+
+impl Conformance {
+    async fn of(w: &World) -> Conformance {
+        let (s, doc) = w
+            .app
+            .call(None, Method::GET, "/v1/openapi.json", None)
+            .await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(doc["openapi"], "3.1.0");
+        let schemas = doc["components"]["schemas"].as_object().unwrap().clone();
+        let mut closed = Map::new();
+        for (name, schema) in &schemas {
+            closed.insert(name.clone(), close(schema, &schemas));
+        }
+        Conformance {
+            doc,
+            closed: Value::Object(closed),
+            checked: BTreeSet::new(),
+        }
+    }
+
+    fn operation(&self, method: &Method, template: &str) -> &Value {
+        let operation = &self.doc["paths"][template][method.as_str().to_lowercase()];
+        assert!(
+            operation.is_object(),
+            "{method} {template} is not in the document"
+        );
+        operation
+    }
+
+    /// The errors of `value` against `schema` (closed).
+    fn errors(&self, schema: &Value, value: &Value) -> Vec<String> {
+        let schemas = self.doc["components"]["schemas"].as_object().unwrap();
+        let mut root = close(schema, schemas);
+        root["components"] = json!({"schemas": self.closed});
+        let validator = jsonschema::draft202012::options()
+            .should_validate_formats(true)
+            .build(&root)
+            .unwrap_or_else(|e| panic!("the schema does not compile: {e}: {schema}"));
+        validator
+            .iter_errors(value)
+            .map(|e| format!("{} at {}", e, e.instance_path()))
+            .collect()
+    }
+
+    /// Checks a request body the server took against the documented request schema.
+    fn check_request(&self, method: &Method, template: &str, body: &Value) {
+        let operation = self.operation(method, template);
+        let schema = &operation["requestBody"]["content"]["application/json"]["schema"];
+        assert!(
+            schema.is_object(),
+            "{method} {template} reads a body the document does not describe"
+        );
+        let errors = self.errors(schema, body);
+        assert!(
+            errors.is_empty(),
+            "{method} {template} took a body off its schema:\n{}\nbody: {body}",
+            errors.join("\n")
+        );
+    }
+
+    /// Checks `body`, answered with `status` to `method template`, against its schema.
+    fn check(&mut self, method: &Method, template: &str, status: StatusCode, body: &Value) {
+        let operation = self.operation(method, template);
+        let documented = if status.is_success() {
+            status.as_str().to_owned()
+        } else {
+            "4XX".to_owned()
+        };
+        let schema = &operation["responses"][&documented]["content"]["application/json"]["schema"];
+        assert!(
+            schema.is_object(),
+            "{method} {template}: no JSON schema for {status}: {operation}"
+        );
+        let errors = self.errors(schema, body);
+        assert!(
+            errors.is_empty(),
+            "{method} {template} answered {status} off its schema:\n{}\nbody: {body}\nschema: {schema}",
+            errors.join("\n")
+        );
+        self.checked
+            .insert((method.as_str().to_owned(), template.to_owned()));
+    }
+
+    /// Checks that a non-JSON answer has a media type the document names.
+    fn check_media(&mut self, method: &Method, template: &str, content_type: &str) {
+        let operation = &self.doc["paths"][template][method.as_str().to_lowercase()];
+        let content = operation["responses"]["200"]["content"]
+            .as_object()
+            .unwrap_or_else(|| panic!("{method} {template}: no 200 answer"));
+        assert!(
+            content.keys().any(|m| content_type.starts_with(m.as_str())),
+            "{method} {template} answered {content_type}, documented {:?}",
+            content.keys().collect::<Vec<_>>()
+        );
+        self.checked
+            .insert((method.as_str().to_owned(), template.to_owned()));
+    }
+
+    /// Every operation the document lists, and whether each has request and answer schemas.
+    fn operations(&self) -> Vec<(String, String, bool, bool)> {
+        let mut all = Vec::new();
+        for (path, methods) in self.doc["paths"].as_object().unwrap() {
+            for (method, op) in methods.as_object().unwrap() {
+                let has_body = op.get("requestBody").is_some();
+                let answers = op["responses"].as_object().unwrap();
+                let has_answer = answers
+                    .iter()
+                    .filter(|(status, _)| status.starts_with('2'))
+                    .all(|(_, a)| {
+                        a["content"]
+                            .as_object()
+                            .is_some_and(|c| c.values().all(|m| m["schema"].is_object()))
+                    });
+                all.push((method.to_uppercase(), path.clone(), has_body, has_answer));
+            }
+        }
+        all
+    }
+}
+
+/// `schema` with every object closed (`additionalProperties: false`) and every `allOf` of
+/// objects merged into one object first, so closing does not refuse the other parts'
+/// fields. Free-form objects (no `properties`) stay open.
+fn close(schema: &Value, schemas: &Map<String, Value>) -> Value {
+    match schema {
+        Value::Object(o) => {
+            if let Some(Value::Array(parts)) = o.get("allOf") {
+                let resolved: Vec<Value> = parts
+                    .iter()
+                    .map(|p| match p["$ref"].as_str() {
+                        Some(r) => schemas[r.trim_start_matches("#/components/schemas/")].clone(),
+                        None => p.clone(),
+                    })
+                    .collect();
+                if resolved.iter().all(|p| p["properties"].is_object()) {
+                    let mut properties = Map::new();
+                    let mut required = Vec::new();
+                    for p in &resolved {
+                        properties.extend(p["properties"].as_object().unwrap().clone());
+                        if let Some(r) = p["required"].as_array() {
+                            required.extend(r.iter().cloned());
+                        }
+                    }
+                    let merged =
+                        json!({"type": "object", "properties": properties, "required": required});
+                    return close(&merged, schemas);
+                }
+            }
+            let mut out: Map<String, Value> = o
+                .iter()
+                .map(|(k, v)| (k.clone(), close(v, schemas)))
+                .collect();
+            if o.get("properties").is_some_and(Value::is_object) {
+                out.insert("additionalProperties".into(), Value::Bool(false));
+            }
+            Value::Object(out)
+        }
+        Value::Array(items) => Value::Array(items.iter().map(|v| close(v, schemas)).collect()),
+        other => other.clone(),
+    }
+}
+
+impl World {
+    async fn checked(
+        &self,
+        c: &mut Conformance,
+        token: &str,
+        method: Method,
+        template: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let (status, answer) = self
+            .app
+            .call(Some(token), method.clone(), path, body.clone())
+            .await;
+        if let (true, Some(body)) = (status.is_success(), &body) {
+            c.check_request(&method, template, body);
+        }
+        c.check(&method, template, status, &answer);
+        (status, answer)
+    }
+
+    async fn media(&self, c: &mut Conformance, token: &str, template: &str, path: &str) {
+        let r = self
+            .app
+            .http
+            .get(format!("{}{path}", self.app.url))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+        let content_type = r.headers()["content-type"].to_str().unwrap().to_owned();
+        c.check_media(&Method::GET, template, &content_type);
+    }
+
+    async fn run_done(&self, domain: &str, run: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, r) = self
+                .admin(
+                    Method::GET,
+                    &format!("/v1/domains/{domain}/sync-runs/{run}"),
+                    None,
+                )
+                .await;
+            if r["status"] != "running" {
+                return r;
+            }
+            assert!(Instant::now() < deadline, "{r}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_operation_answers_as_its_schema_says() {
+    let w = world(json!({"auto_password_change_days": 30, "deletion_threshold": 3})).await;
+    let mut c = Conformance::of(&w).await;
+    let admin = w.app.admin.clone();
+    let d = w.domain.clone();
+    let a = admin.as_str();
+    let ok = StatusCode::OK;
+
+    // The open routes.
+    let (s, health) = w.app.call(None, Method::GET, "/healthz", None).await;
+    c.check(&Method::GET, "/healthz", s, &health);
+    w.media(&mut c, a, "/metrics", "/metrics").await;
+    w.media(&mut c, a, "/v1/openapi.json", "/v1/openapi.json")
+        .await;
+
+    // Tokens.
+    let (s, t) = w
+        .checked(
+            &mut c,
+            a,
+            Method::POST,
+            "/v1/tokens",
+            "/v1/tokens",
+            Some(json!({"role": "auditor", "name": "schema"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{t}");
+    let auditor = t["token"].as_str().unwrap().to_owned();
+    let (_, t) = w
+        .checked(
+            &mut c,
+            a,
+            Method::POST,
+            "/v1/tokens",
+            "/v1/tokens",
+            Some(json!({"role": "agent", "key_ids": ["K-0002"]})),
+        )
+        .await;
+    let agent = t["token"].as_str().unwrap().to_owned();
+    let (_, spare) = w
+        .checked(
+            &mut c,
+            a,
+            Method::POST,
+            "/v1/tokens",
+            "/v1/tokens",
+            Some(json!({"role": "auditor"})),
+        )
+        .await;
+    w.checked(&mut c, a, Method::GET, "/v1/tokens", "/v1/tokens", None)
+        .await;
+    let (s, _) = w
+        .checked(
+            &mut c,
+            a,
+            Method::DELETE,
+            "/v1/tokens/{id}",
+            &format!("/v1/tokens/{}", spare["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(s, ok);
+    let r = auditor.as_str();
+
+    // A second domain, taken through every change.
+    let (s, other) = w
+        .checked(
+            &mut c,
+            a,
+            Method::POST,
+            "/v1/domains",
+            "/v1/domains",
+            Some(json!({"domain": "fabrikam.onmicrosoft.com", "auto_import": false})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{other}");
+    let o = other["id"].as_str().unwrap().to_owned();
+    let one = "/v1/domains/{id}";
+    w.checked(&mut c, r, Method::GET, "/v1/domains", "/v1/domains", None)
+        .await;
+    w.checked(
+        &mut c,
+        r,
+        Method::GET,
+        one,
+        &format!("/v1/domains/{d}"),
+        None,
+    )
+    .await;
+    let (s, _) = w
+        .checked(
+            &mut c,
+            a,
+            Method::PATCH,
+            one,
+            &format!("/v1/domains/{o}"),
+            Some(json!({"auto_import": true, "removal_behavior": "deactivate"})),
+        )
+        .await;
+    assert_eq!(s, ok);
+    let creds = json!({"tenant_id": uuid::Uuid::new_v4(), "client_id": uuid::Uuid::new_v4(), "client_secret": "x"});
+    let (s, _) = w
+        .checked(
+            &mut c,
+            a,
+            Method::PUT,
+            "/v1/domains/{id}/credentials",
+            &format!("/v1/domains/{o}/credentials"),
+            Some(creds),
+        )
+        .await;
+    assert_eq!(s, ok);
+    w.checked(
+        &mut c,
+        a,
+        Method::DELETE,
+        "/v1/domains/{id}/credentials",
+        &format!("/v1/domains/{o}/credentials"),
+        None,
+    )
+    .await;
+    let (s, _) = w
+        .checked(
+            &mut c,
+            a,
+            Method::PUT,
+            "/v1/domains/{id}/sso-defaults",
+            &format!("/v1/domains/{d}/sso-defaults"),
+            Some(json!({"enabled": true, "method": "passwordless"})),
+        )
+        .await;
+    assert_eq!(s, ok);
+    let (s, _) = w
+        .checked(
+            &mut c,
+            a,
+            Method::DELETE,
+            one,
+            &format!("/v1/domains/{o}"),
+            None,
+        )
+        .await;
+    assert_eq!(s, ok);
+
+    // Sync: a dry run, a run, candidates, imports.
+    let sync = "/v1/domains/{id}/sync";
+    let (s, dry) = w
+        .checked(
+            &mut c,
+            a,
+            Method::POST,
+            sync,
+            &format!("/v1/domains/{d}/sync?dry_run=true"),
+            None,
+        )
+        .await;
+    assert_eq!(s, ok, "{dry}");
+    assert!(!dry["changes"].as_array().unwrap().is_empty(), "{dry}");
+    let (s, started) = w
+        .checked(
+            &mut c,
+            a,
+            Method::POST,
+            sync,
+            &format!("/v1/domains/{d}/sync"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    let run = started["run_id"].as_str().unwrap().to_owned();
+    w.run_done(&d, &run).await;
+    let (_, runs) = w
+        .checked(
+            &mut c,
+            r,
+            Method::GET,
+            "/v1/domains/{id}/sync-runs",
+            &format!("/v1/domains/{d}/sync-runs"),
+            None,
+        )
+        .await;
+    assert!(!runs["items"].as_array().unwrap().is_empty());
+    let (_, detail) = w
+        .checked(
+            &mut c,
+            r,
+            Method::GET,
+            "/v1/domains/{id}/sync-runs/{run}",
+            &format!("/v1/domains/{d}/sync-runs/{run}"),
+            None,
+        )
+        .await;
+    assert!(!detail["users"].as_array().unwrap().is_empty(), "{detail}");
+    w.checked(
+        &mut c,
+        r,
+        Method::GET,
+        "/v1/domains/{id}/sync-runs/{run}/outcomes",
+        &format!("/v1/domains/{d}/sync-runs/{run}/outcomes?limit=5"),
+        None,
+    )
+    .await;
+    let (_, candidates) = w
+        .checked(
+            &mut c,
+            r,
+            Method::GET,
+            "/v1/domains/{id}/candidates",
+            &format!("/v1/domains/{d}/candidates?limit=3"),
+            None,
+        )
+        .await;
+    let first = candidates["items"][0]["id"].as_str().unwrap().to_owned();
+    let import = "/v1/domains/{id}/import";
+    w.checked(
+        &mut c,
+        a,
+        Method::POST,
+        import,
+        &format!("/v1/domains/{d}/import"),
+        Some(json!({"user_ids": [first]})),
+    )
+    .await;
+    let (s, _) = w
+        .checked(
+            &mut c,
+            a,
+            Method::POST,
+            import,
+            &format!("/v1/domains/{d}/import"),
+            Some(json!({"all": true})),
+        )
+        .await;
+    assert_eq!(s, ok);
+
+    // Users.
+    let u = w.user(2).await.unwrap()["id"].as_str().unwrap().to_owned();
+    let user = "/v1/users/{id}";
+    let (_, users) = w
+        .checked(
+            &mut c,
+            r,
+            Method::GET,
+            "/v1/users",
+            "/v1/users?limit=50",
+            None,
+        )
+        .await;
+    assert!(users["items"].as_array().unwrap().len() > 20);
+    w.checked(
+        &mut c,
+        r,
+        Method::GET,
+        user,
+        &format!("/v1/users/{u}"),
+        None,
+    )
+    .await;
+    w.checked(
+        &mut c,
+        r,
+        Method::GET,
+        user,
+        &format!("/v1/users/{u}?at_position=3"),
+        None,
+    )
+    .await;
+    let (s, _) = w
+        .checked(
+            &mut c,
+            a,
+            Method::PATCH,
+            user,
+            &format!("/v1/users/{u}"),
+            Some(
+                json!({"sso_override": {"enabled": true, "method": "password_and_second_factor"}}),
+            ),
+        )
+        .await;
+    assert_eq!(s, ok);
+    w.checked(
+        &mut c,
+        r,
+        Method::GET,
+        "/v1/users/{id}/events",
+        &format!("/v1/users/{u}/events"),
+        None,
+    )
+    .await;
+    let (s, _) = w
+        .checked(
+            &mut c,
+            a,
+            Method::POST,
+            "/v1/users/{id}/deactivate",
+            &format!("/v1/users/{u}/deactivate"),
+            None,
+        )
+        .await;
+    assert_eq!(s, ok);
+    let (s, _) = w
+        .checked(
+            &mut c,
+            a,
+            Method::POST,
+            "/v1/users/{id}/activate",
+            &format!("/v1/users/{u}/activate"),
+            None,
+        )
+        .await;
+    assert_eq!(s, ok);
+    let (s, _) = w
+        .checked(
+            &mut c,
+            a,
+            Method::POST,
+            "/v1/users/{id}/invite",
+            &format!("/v1/users/{u}/invite"),
+            None,
+        )
+        .await;
+    assert_eq!(s, ok);
+
+    // Rotation and the agent's key writes.
+    let (s, _) = w
+        .checked(
+            &mut c,
+            a,
+            Method::PUT,
+            "/v1/users/{id}/key",
+            &format!("/v1/users/{u}/key"),
+            Some(json!({"key_id": "K-0002"})),
+        )
+        .await;
+    assert_eq!(s, ok);
+    let history = "/v1/users/{id}/password-history";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, h) = w
+            .checked(
+                &mut c,
+                r,
+                Method::GET,
+                history,
+                &format!("/v1/users/{u}/password-history"),
+                None,
+            )
+            .await;
+        if h["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["outcome"] == "succeeded")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{h}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let (s, _) = w
+        .checked(
+            &mut c,
+            a,
+            Method::POST,
+            "/v1/users/{id}/rotate",
+            &format!("/v1/users/{u}/rotate"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    let (s, revealed) = w
+        .checked(
+            &mut c,
+            a,
+            Method::POST,
+            "/v1/users/{id}/password/reveal",
+            &format!("/v1/users/{u}/password/reveal"),
+            Some(json!({"reason": "schema check"})),
+        )
+        .await;
+    assert_eq!(s, ok, "{revealed}");
+    w.checked(
+        &mut c,
+        r,
+        Method::GET,
+        "/v1/rotations/upcoming",
+        "/v1/rotations/upcoming?within_days=60",
+        None,
+    )
+    .await;
+    let (_, writes) = w
+        .checked(
+            &mut c,
+            &agent,
+            Method::GET,
+            "/v1/agent/key-writes",
+            "/v1/agent/key-writes",
+            None,
+        )
+        .await;
+    let write = writes["items"][0]["id"].as_str().unwrap().to_owned();
+    let (s, _) = w
+        .checked(
+            &mut c,
+            &agent,
+            Method::POST,
+            "/v1/agent/key-writes/{id}/ack",
+            &format!("/v1/agent/key-writes/{write}/ack"),
+            Some(json!({"result": "written"})),
+        )
+        .await;
+    assert_eq!(s, ok);
+    let (s, _) = w
+        .checked(
+            &mut c,
+            a,
+            Method::DELETE,
+            "/v1/users/{id}/key",
+            &format!("/v1/users/{u}/key"),
+            None,
+        )
+        .await;
+    assert_eq!(s, ok);
+
+    // Audit.
+    w.checked(
+        &mut c,
+        r,
+        Method::GET,
+        "/v1/users/{id}/timeline",
+        &format!("/v1/users/{u}/timeline"),
+        None,
+    )
+    .await;
+    let export = "/v1/audit/exports/{kind}";
+    w.media(&mut c, r, export, "/v1/audit/exports/password-changes")
+        .await;
+    w.media(&mut c, r, export, "/v1/audit/exports/events?format=jsonl")
+        .await;
+    for kind in ["password-changes", "events", "users"] {
+        w.checked(
+            &mut c,
+            r,
+            Method::GET,
+            "/v1/audit/exports/{kind}/manifest",
+            &format!("/v1/audit/exports/{kind}/manifest"),
+            None,
+        )
+        .await;
+    }
+    w.checked(
+        &mut c,
+        r,
+        Method::GET,
+        "/v1/events",
+        "/v1/events?limit=500",
+        None,
+    )
+    .await;
+    let stream = w
+        .app
+        .http
+        .get(format!("{}/v1/events/stream", w.app.url))
+        .bearer_auth(r)
+        .send()
+        .await
+        .unwrap();
+    let content_type = stream.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    c.check_media(&Method::GET, "/v1/events/stream", &content_type);
+    drop(stream);
+
+    // A quarantined run, approved.
+    for n in 3..=7 {
+        w.leave(n).await;
+    }
+    let (_, started) = w
+        .admin(Method::POST, &format!("/v1/domains/{d}/sync"), None)
+        .await;
+    let run = started["run_id"].as_str().unwrap().to_owned();
+    let held = w.run_done(&d, &run).await;
+    assert_eq!(held["status"], "quarantined", "{held}");
+    let (s, approved) = w
+        .checked(
+            &mut c,
+            a,
+            Method::POST,
+            "/v1/domains/{id}/sync-runs/{run}/approve",
+            &format!("/v1/domains/{d}/sync-runs/{run}/approve"),
+            None,
+        )
+        .await;
+    assert_eq!(s, ok, "{approved}");
+    assert!(approved["position"].is_u64());
+
+    // Refusals answer the error body.
+    let (s, _) = w
+        .checked(
+            &mut c,
+            a,
+            Method::GET,
+            "/v1/users",
+            "/v1/users?status=nope",
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _) = w
+        .checked(
+            &mut c,
+            r,
+            Method::GET,
+            user,
+            &format!("/v1/users/{}", uuid::Uuid::new_v4()),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    // The check can fail: an undocumented field, a value off its enum, a missing field.
+    let answer = |m: &str, p: &str| {
+        c.doc["paths"][p][m]["responses"]["200"]["content"]["application/json"]["schema"].clone()
+    };
+    let mut extra = health.clone();
+    extra["surprise"] = json!(1);
+    assert!(!c.errors(&answer("get", "/healthz"), &extra).is_empty());
+    let mut off = users.clone();
+    off["items"][0]["status"] = json!("Active");
+    assert!(!c.errors(&answer("get", "/v1/users"), &off).is_empty());
+    let mut missing = detail.clone();
+    missing.as_object_mut().unwrap().remove("counters");
+    assert!(!c
+        .errors(&answer("get", "/v1/domains/{id}/sync-runs/{run}"), &missing)
+        .is_empty());
+    let mut nested = detail.clone();
+    nested["users"][0]["sneaky"] = json!(true);
+    assert!(!c
+        .errors(&answer("get", "/v1/domains/{id}/sync-runs/{run}"), &nested)
+        .is_empty());
+
+    // Every operation was called and checked; every one has its schemas.
+    let all = c.operations();
+    let unchecked: Vec<_> = all
+        .iter()
+        .filter(|(m, p, _, _)| !c.checked.contains(&(m.clone(), p.clone())))
+        .collect();
+    assert!(unchecked.is_empty(), "not called: {unchecked:?}");
+    let without: Vec<_> = all.iter().filter(|(_, _, _, answer)| !answer).collect();
+    assert!(without.is_empty(), "answers without a schema: {without:?}");
+    let bodies = all.iter().filter(|(_, _, body, _)| *body).count();
+    println!(
+        "schema coverage: {} operations, {} with answer schemas, {} with request bodies",
+        all.len(),
+        all.iter().filter(|(_, _, _, answer)| *answer).count(),
+        bodies
+    );
+}

@@ -1,0 +1,187 @@
+//! The server in this test process on a loopback port (`spawn_app`), and its client.
+
+use idledger::http::AppState;
+use idledger::store::{AppendRequest, ExpectedVersion};
+use idledger_domain::events::{UserDiscovered, UserImported};
+use idledger_domain::{
+    Actor, DomainId, ProposedEvent, SsoSettings, StreamId, UserAttributes, UserId,
+};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+pub struct App {
+    pub dir: tempfile::TempDir,
+    pub url: String,
+    pub admin: String,
+    pub http: reqwest::Client,
+    pub state: AppState,
+}
+
+pub async fn spawn_app() -> App {
+    let dir = tempfile::tempdir().unwrap();
+    // Rotation ticks fast, so tests of scheduled rotations take a fraction of a second.
+    let rotation = idledger::rotation::RotationConfig {
+        check_every: Duration::from_millis(100),
+        max_attempts: 4,
+        retry_delay: Duration::from_millis(50),
+        uncertainty: Duration::from_secs(2),
+    };
+    let (state, bootstrap) = idledger::server::start_with(
+        dir.path(),
+        // Agents' leases end soon, so tests of redelivery take a second.
+        &idledger::server::Config {
+            agent_lease_secs: 1,
+            max_event_streams: 8,
+            allow_master_key_in_data_dir: true,
+            ..idledger::server::Config::default()
+        },
+        idledger::sync::SyncConfig::default(),
+        rotation,
+    )
+    .await
+    .unwrap();
+    let admin = std::fs::read_to_string(bootstrap.expect("a bootstrap token on a new data dir"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(idledger::http::serve(
+        listener,
+        state.clone(),
+        std::future::pending(),
+    ));
+    App {
+        dir,
+        url,
+        admin,
+        http: reqwest::Client::new(),
+        state,
+    }
+}
+
+impl App {
+    pub async fn call(
+        &self,
+        token: Option<&str>,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.url));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// A GET with extra headers; the answer as JSON (or text).
+    pub async fn call_with(
+        &self,
+        token: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, Value) {
+        let mut req = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(token);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub async fn token(&self, role: &str, keys: &[&str]) -> String {
+        let (s, body) = self
+            .call(
+                Some(&self.admin),
+                Method::POST,
+                "/v1/tokens",
+                Some(json!({"role": role, "name": role, "key_ids": keys})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{body}");
+        body["token"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn domain(&self, name: &str) -> Value {
+        let (s, body) = self
+            .call(
+                Some(&self.admin),
+                Method::POST,
+                "/v1/domains",
+                Some(json!({"domain": name})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{body}");
+        body
+    }
+
+    /// A user as sync creates them, appended directly (for tests that need no Graph).
+    pub async fn user(&self, domain: &str) -> UserId {
+        let user = UserId(uuid::Uuid::now_v7());
+        let events = vec![
+            ProposedEvent::new(
+                uuid::Uuid::now_v7(),
+                Actor::System,
+                UserDiscovered {
+                    user_id: user,
+                    domain_id: DomainId(domain.parse().unwrap()),
+                    external_id: uuid::Uuid::new_v4().to_string(),
+                    attributes: UserAttributes {
+                        user_principal_name: format!("{}@contoso.onmicrosoft.com", user.0.simple()),
+                        display_name: "Megan Bowen".into(),
+                        account_enabled: true,
+                        ..UserAttributes::default()
+                    },
+                },
+            ),
+            ProposedEvent::new(
+                uuid::Uuid::now_v7(),
+                Actor::System,
+                UserImported {
+                    sso: SsoSettings::default(),
+                },
+            ),
+        ];
+        let done = self
+            .state
+            .engine
+            .log
+            .append(AppendRequest::new(
+                StreamId::user(user),
+                ExpectedVersion::NoStream,
+                events,
+            ))
+            .await
+            .unwrap();
+        self.state
+            .engine
+            .projector
+            .wait_for(done.last_position, Duration::from_secs(5))
+            .await
+            .unwrap();
+        user
+    }
+
+    pub fn head(&self) -> u64 {
+        self.state.engine.log.head().position
+    }
+}

@@ -1,0 +1,76 @@
+//! `idledger serve` as a child process (`Serve`), for tests that kill and restart it.
+
+use super::{free_port, idledger};
+use std::time::{Duration, Instant};
+
+/// A `serve` child process on a free port, and an admin's client of it.
+pub struct Serve {
+    pub child: std::process::Child,
+    pub url: String,
+    pub token: String,
+    pub http: reqwest::Client,
+}
+
+impl Serve {
+    pub async fn start(data: &std::path::Path, crash_at: Option<&str>) -> Serve {
+        Self::start_with(data, crash_at, &[]).await
+    }
+
+    pub async fn start_with(
+        data: &std::path::Path,
+        crash_at: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Serve {
+        let port = free_port();
+        let url = format!("http://127.0.0.1:{port}");
+        let mut cmd = idledger();
+        cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--data-dir")
+            .arg(data)
+            .env("IDLEDGER_ROTATION_CHECK_SECS", "1")
+            .env("IDLEDGER_ROTATION_RETRY_SECS", "0.05")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        if let Some(point) = crash_at {
+            cmd.env("IDLEDGER_TEST_CRASH_AT", point);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap();
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while http.get(format!("{url}/healthz")).send().await.is_err() {
+            assert!(Instant::now() < deadline, "serve did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let token = std::fs::read_to_string(data.join("admin.token"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        Serve {
+            child,
+            url,
+            token,
+            http,
+        }
+    }
+
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> serde_json::Value {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().await.unwrap();
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+        r.json().await.unwrap()
+    }
+}

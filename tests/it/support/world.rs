@@ -1,0 +1,200 @@
+//! A world of the server and a graphsim holding the contoso tenant, with a domain that
+//! reaches it (`world`), and the steps tests take in it.
+
+use super::app::{spawn_app, App};
+use graphsim::{load_tenant, SimConfig};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+pub const TENANT: &str = "6f1a2b3c-4d5e-4f60-8a7b-9c0d1e2f3a4b";
+pub const APP: &str = "11111111-2222-4333-8444-555555555555";
+pub const SECRET: &str = "contoso-demo-secret";
+pub const SYNC: &str = "a1b2c3d4-0000-4000-8000-000000000001";
+
+pub fn ext(n: u32) -> String {
+    format!("c0a80000-0000-4000-8000-{n:012}")
+}
+
+pub struct World {
+    pub app: App,
+    pub sim: String,
+    pub domain: String,
+}
+
+pub async fn sim() -> String {
+    let dir = load_tenant(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/tenants/contoso.json"),
+    )
+    .unwrap();
+    // Small pages, so every round is paged.
+    let config = SimConfig {
+        page_size: 7,
+        ..SimConfig::default()
+    };
+    graphsim::spawn(dir, config).await.unwrap().0
+}
+
+pub fn domain_body(name: &str, sim: &str, secret: &str, settings: &Value) -> Value {
+    let mut body = json!({
+        "domain": name,
+        "tenant_id": TENANT,
+        "client_id": APP,
+        "client_secret": secret,
+        "graph_url": sim,
+        "authority_url": sim,
+    });
+    for (k, v) in settings.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    body
+}
+
+pub async fn world(settings: Value) -> World {
+    let sim = sim().await;
+    let app = spawn_app().await;
+    let (s, d) = app
+        .call(
+            Some(&app.admin),
+            Method::POST,
+            "/v1/domains",
+            Some(domain_body(
+                "contoso.onmicrosoft.com",
+                &sim,
+                SECRET,
+                &settings,
+            )),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{d}");
+    World {
+        domain: d["id"].as_str().unwrap().to_owned(),
+        app,
+        sim,
+    }
+}
+
+impl World {
+    pub async fn admin(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        self.app
+            .call(Some(&self.app.admin), method, path, body)
+            .await
+    }
+
+    /// Starts a run and waits for its end.
+    pub async fn sync_domain(&self, domain: &str) -> Value {
+        let (s, started) = self
+            .admin(Method::POST, &format!("/v1/domains/{domain}/sync"), None)
+            .await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{started}");
+        let run = started["run_id"].as_str().unwrap().to_owned();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (s, r) = self
+                .admin(
+                    Method::GET,
+                    &format!("/v1/domains/{domain}/sync-runs/{run}"),
+                    None,
+                )
+                .await;
+            assert_eq!(s, StatusCode::OK, "{r}");
+            if r["status"] != "running" {
+                return r;
+            }
+            assert!(Instant::now() < deadline, "run still running: {r}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn sync(&self) -> Value {
+        let run = self.sync_domain(&self.domain).await;
+        assert_ne!(run["status"], "failed", "{run}");
+        run
+    }
+
+    pub async fn sim(&self, method: Method, path: &str, body: Option<Value>) {
+        let mut req = reqwest::Client::new().request(method, format!("{}{path}", self.sim));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().await.unwrap();
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+    }
+
+    pub async fn leave(&self, n: u32) {
+        self.sim(
+            Method::DELETE,
+            &format!("/_sim/groups/{SYNC}/members/{}", ext(n)),
+            None,
+        )
+        .await;
+    }
+
+    pub async fn join(&self, n: u32) {
+        self.sim(
+            Method::POST,
+            &format!("/_sim/groups/{SYNC}/members/{}", ext(n)),
+            None,
+        )
+        .await;
+    }
+
+    /// Users of the domain, by Entra object id (deleted ones too with `include_deleted`).
+    pub async fn users(&self, query: &str) -> Vec<Value> {
+        let (s, body) = self
+            .admin(
+                Method::GET,
+                &format!("/v1/users?domain={}&limit=1000{query}", self.domain),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        body["items"].as_array().unwrap().clone()
+    }
+
+    pub async fn user(&self, n: u32) -> Option<Value> {
+        self.users("")
+            .await
+            .into_iter()
+            .find(|u| u["external_id"] == ext(n).as_str())
+    }
+
+    pub async fn head(&self) -> u64 {
+        self.app.head()
+    }
+
+    /// Kinds of the user events appended after `from`.
+    pub async fn user_events_after(&self, from: u64) -> Vec<String> {
+        let (s, body) = self
+            .admin(
+                Method::GET,
+                &format!("/v1/events?from_position={}&limit=10000", from + 1),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["stream"].as_str().unwrap().starts_with("user-"))
+            .map(|e| e["kind"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    pub async fn import_all(&self) {
+        let (s, body) = self
+            .admin(
+                Method::POST,
+                &format!("/v1/domains/{}/import", self.domain),
+                Some(json!({"all": true})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+    }
+}

@@ -61,11 +61,11 @@ pub struct ProposedEvent {
     pub event_id: Uuid,
     /// Who causes it.
     pub actor: Actor,
-    /// Correlation id.
+    /// Ties the events of one sync run or one rotation together.
     pub correlation_id: Option<Uuid>,
-    /// Causation id.
+    /// The event or request that caused this one.
     pub causation_id: Option<Uuid>,
-    /// The event.
+    /// What happened.
     pub event: Event,
 }
 
@@ -210,13 +210,13 @@ impl<'a> RawRecord<'a> {
 /// The index fields of a record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RecordHeader {
-    /// Position.
+    /// Global position, from 1, assigned by the log.
     pub position: u64,
-    /// Stream.
+    /// The stream it belongs to (`domain-{id}`, `user-{id}`, `tokens`).
     pub stream: StreamId,
     /// Version in the stream.
     pub version: u64,
-    /// Event id.
+    /// Unique id: the idempotency key.
     pub event_id: Uuid,
     /// Commit time in microseconds since the Unix epoch.
     pub recorded_at_us: i64,
@@ -240,13 +240,13 @@ pub fn decode_record(bytes: &[u8]) -> Result<Envelope, RecordError> {
 pub struct RecordFields<'a> {
     /// Position assigned by the log.
     pub position: u64,
-    /// Stream.
+    /// The stream it belongs to (`domain-{id}`, `user-{id}`, `tokens`).
     pub stream: &'a StreamId,
     /// Version assigned by the log.
     pub version: u64,
     /// Commit time.
     pub recorded_at: DateTime<Utc>,
-    /// The proposal.
+    /// What the caller proposed (id, actor, correlation, event).
     pub proposed: &'a ProposedEvent,
 }
 

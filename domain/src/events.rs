@@ -67,7 +67,7 @@ pub struct SyncGroupsResolved {
 /// A sync run began.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct SyncRunStarted {
-    /// The run.
+    /// The run this event belongs to (also the correlation id of its events).
     pub run_id: SyncRunId,
     /// Why it runs.
     pub trigger: SyncTrigger,
@@ -80,7 +80,7 @@ pub struct SyncRunStarted {
 /// A sync run finished.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct SyncRunCompleted {
-    /// The run.
+    /// The run this event belongs to (also the correlation id of its events).
     pub run_id: SyncRunId,
     /// What changed.
     pub counters: SyncCounters,
@@ -100,7 +100,7 @@ struct SyncRunCompletedV1 {
 /// A sync run failed.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct SyncRunFailed {
-    /// The run.
+    /// The run this event belongs to (also the correlation id of its events).
     pub run_id: SyncRunId,
     /// What went wrong (never a secret).
     pub error: String,
@@ -111,7 +111,7 @@ pub struct SyncRunFailed {
 /// A sync run would have removed too many users and applied none of those removals.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct SyncQuarantined {
-    /// The run.
+    /// The run this event belongs to (also the correlation id of its events).
     pub run_id: SyncRunId,
     /// The users whose removal is held back.
     pub held_removals: Vec<UserId>,
@@ -122,7 +122,7 @@ pub struct SyncQuarantined {
 /// An admin approved a quarantined run's removals.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct SyncQuarantineApproved {
-    /// The run.
+    /// The run this event belongs to (also the correlation id of its events).
     pub run_id: SyncRunId,
 }
 
@@ -220,14 +220,14 @@ pub struct UserSsoOverrideSet {
 /// A hardware key was assigned to the user.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct KeyAssigned {
-    /// The key.
+    /// The hardware key's serial.
     pub key_id: KeyId,
 }
 
 /// The user's hardware key was unassigned.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct KeyUnassigned {
-    /// The key.
+    /// The hardware key's serial.
     pub key_id: KeyId,
 }
 
@@ -243,7 +243,7 @@ pub struct InviteSent {
 /// A rotation began. The new password is sealed here and durable before Graph is asked.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct RotationStarted {
-    /// The rotation.
+    /// The rotation this belongs to (also the correlation id of its events).
     pub rotation_id: RotationId,
     /// Why.
     pub reason: RotationReason,
@@ -254,7 +254,7 @@ pub struct RotationStarted {
 /// Graph's answer was unknown (timeout, 5xx); the same password is tried again.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct RotationRetried {
-    /// The rotation.
+    /// The rotation this belongs to (also the correlation id of its events).
     pub rotation_id: RotationId,
     /// Attempt number that failed (1-based).
     pub attempt: u32,
@@ -265,14 +265,14 @@ pub struct RotationRetried {
 /// Graph set the password: it is now the current one.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct RotationSucceeded {
-    /// The rotation.
+    /// The rotation this belongs to (also the correlation id of its events).
     pub rotation_id: RotationId,
 }
 
 /// The rotation ended without success.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct RotationFailed {
-    /// The rotation.
+    /// The rotation this belongs to (also the correlation id of its events).
     pub rotation_id: RotationId,
     /// `false`: Graph refused and the previous password stays current. `true`: the outcome
     /// is unknown, both candidate passwords are kept and the user needs attention.
@@ -286,7 +286,7 @@ pub struct RotationFailed {
 /// A password is waiting to be written to the user's key.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct KeyWriteQueued {
-    /// The write.
+    /// The key write this step belongs to.
     pub key_write_id: KeyWriteId,
     /// The rotation whose password it carries.
     pub rotation_id: RotationId,
@@ -297,21 +297,21 @@ pub struct KeyWriteQueued {
 /// The agent fetched the write (the password left the engine).
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct KeyWriteDelivered {
-    /// The write.
+    /// The key write this step belongs to.
     pub key_write_id: KeyWriteId,
 }
 
 /// The agent wrote the key.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct KeyWriteConfirmed {
-    /// The write.
+    /// The key write this step belongs to.
     pub key_write_id: KeyWriteId,
 }
 
 /// The agent could not write the key.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct KeyWriteFailed {
-    /// The write.
+    /// The key write this step belongs to.
     pub key_write_id: KeyWriteId,
     /// The agent's explanation.
     pub detail: String,
@@ -321,7 +321,7 @@ pub struct KeyWriteFailed {
 /// taken from its user (a password reaches only the key of the user it belongs to).
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct KeyWriteSuperseded {
-    /// The write.
+    /// The key write this step belongs to.
     pub key_write_id: KeyWriteId,
     /// Why it will not be delivered.
     pub reason: SupersedeReason,
@@ -338,7 +338,7 @@ pub enum SupersedeReason {
     },
     /// The key was unassigned from the user.
     KeyUnassigned {
-        /// The key.
+        /// The hardware key's serial.
         key_id: KeyId,
     },
     /// The user was given another key.
@@ -398,7 +398,7 @@ pub struct PasswordRevealed {
 /// rotation stays open and keeps its password.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct RotationInterrupted {
-    /// The rotation.
+    /// The rotation this belongs to (also the correlation id of its events).
     pub rotation_id: RotationId,
 }
 
@@ -415,9 +415,9 @@ pub struct RotationRequested {
 /// An API token was issued. Only its SHA-256 is kept.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct TokenIssued {
-    /// The token.
+    /// The token's id (its text is never stored, only its hash).
     pub token_id: TokenId,
-    /// Its role.
+    /// What the token may do.
     pub role: Role,
     /// A label.
     pub name: String,
@@ -430,7 +430,7 @@ pub struct TokenIssued {
 /// An API token was revoked.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct TokenRevoked {
-    /// The token.
+    /// The token's id (its text is never stored, only its hash).
     pub token_id: TokenId,
 }
 

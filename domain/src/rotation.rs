@@ -167,7 +167,7 @@ pub fn after_attempt(open: &OpenRotation, result: AttemptResult, max_attempts: u
 /// ended, or given up for now with its outcome unknown.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OpenRotation {
-    /// The rotation.
+    /// The rotation this belongs to (also the correlation id of its events).
     pub rotation_id: RotationId,
     /// Why it started.
     pub reason: RotationReason,

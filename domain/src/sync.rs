@@ -130,7 +130,7 @@ impl UserPlan {
 pub struct Discovery {
     /// The id the engine gives the user.
     pub user_id: UserId,
-    /// The domain.
+    /// The domain the user belongs to.
     pub domain_id: DomainId,
     /// The Entra object id.
     pub external_id: String,

@@ -35,11 +35,11 @@ pub struct Projections {
     pub head_hash: Hash,
     /// Domains and their sync runs.
     pub domains: Domains,
-    /// Users.
+    /// Every user ever discovered, deleted ones included.
     pub users: Users,
     /// Password rotations.
     pub rotations: Rotations,
-    /// Key writes.
+    /// Every key write and where it stands.
     pub key_writes: KeyWrites,
     /// API tokens.
     pub tokens: Tokens,
@@ -130,5 +130,289 @@ impl Projections {
             StreamKind::Tokens => self.tokens.apply(env),
             StreamKind::Other => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use idledger_domain::events::*;
+    use idledger_domain::{
+        Actor, DataKeyId, DomainId, Hash, KeyId, KeyWriteId, KeyWriteState, LeaveReason, Role,
+        RotationId, RotationReason, SealedSecret, SsoMethod, SsoSettings, StreamId, TokenId,
+        UserAttributes, UserId,
+    };
+
+    fn at(second: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000 + second, 0).expect("a valid time")
+    }
+
+    fn user() -> UserId {
+        UserId(uuid::Uuid::from_u128(1))
+    }
+
+    /// Envelopes of `events` on `stream`, at positions after `from`, ten seconds apart.
+    fn on(stream: &StreamId, from: u64, events: Vec<Event>) -> Vec<Envelope> {
+        (from + 1..)
+            .zip(events)
+            .map(|(position, event)| Envelope {
+                position,
+                stream: stream.clone(),
+                version: position,
+                event_id: uuid::Uuid::from_u128(u128::from(position)),
+                recorded_at: at(position as i64 * 10),
+                actor: Actor::System,
+                correlation_id: None,
+                causation_id: None,
+                event,
+                prev_hash: Hash::default(),
+                hash: Hash([position as u8; 32]),
+            })
+            .collect()
+    }
+
+    fn folded(envelopes: &[Envelope]) -> Projections {
+        let mut p = Projections::new();
+        for e in envelopes {
+            p.apply(e);
+        }
+        p
+    }
+
+    fn name(n: &str) -> UserAttributes {
+        UserAttributes {
+            user_principal_name: format!("{n}@contoso.com"),
+            display_name: n.into(),
+            account_enabled: true,
+            ..UserAttributes::default()
+        }
+    }
+
+    fn sealed() -> SealedSecret {
+        SealedSecret {
+            key_id: DataKeyId(uuid::Uuid::from_u128(9)),
+            nonce: [0; 24],
+            ciphertext: vec![1],
+        }
+    }
+
+    fn a_user_with_a_key() -> Vec<Event> {
+        vec![
+            UserDiscovered {
+                user_id: user(),
+                domain_id: DomainId(uuid::Uuid::from_u128(2)),
+                external_id: "e".into(),
+                attributes: name("ada"),
+            }
+            .into(),
+            UserImported {
+                sso: SsoSettings {
+                    enabled: true,
+                    method: SsoMethod::Passwordless,
+                },
+            }
+            .into(),
+            KeyAssigned {
+                key_id: KeyId("K1".into()),
+            }
+            .into(),
+        ]
+    }
+
+    #[test]
+    fn a_user_is_a_candidate_until_imported_and_stays_active_after_leaving_the_group() {
+        let mut events = a_user_with_a_key();
+        events.push(
+            MemberLeftSyncGroup {
+                reason: LeaveReason::LeftGroup,
+            }
+            .into(),
+        );
+        let log = on(&StreamId::user(user()), 0, events);
+        let candidate = folded(&log[..1]);
+        let u = candidate.users.get(user()).unwrap();
+        assert_eq!((u.status, u.in_sync_group), (UserStatus::Candidate, true));
+        assert_eq!(u.effective_sso(), SsoSettings::default());
+        let p = folded(&log);
+        let u = p.users.get(user()).unwrap();
+        assert_eq!((u.status, u.in_sync_group), (UserStatus::Active, false));
+        assert!(u.effective_sso().enabled);
+        assert_eq!(u.key_id, Some(KeyId("K1".into())));
+        assert_eq!((u.imported_at, u.updated_at), (Some(at(20)), at(40)));
+        assert_eq!(p.position, 4);
+        assert_eq!(p.head_hash, Hash([4; 32]));
+    }
+
+    #[test]
+    fn envelopes_at_or_before_the_position_are_ignored() {
+        let log = on(&StreamId::user(user()), 0, a_user_with_a_key());
+        let mut p = folded(&log);
+        let before = serde_json::to_value(&p).unwrap();
+        for e in &log {
+            p.apply(e);
+        }
+        let mut stale = log[2].clone();
+        stale.event = UserDeleted { reason: None }.into();
+        p.apply(&stale);
+        assert_eq!(serde_json::to_value(&p).unwrap(), before);
+    }
+
+    #[test]
+    fn folding_owned_envelopes_gives_what_folding_borrowed_ones_does() {
+        let mut events = a_user_with_a_key();
+        events.push(
+            UserAttributesChanged {
+                attributes: name("ada lovelace"),
+            }
+            .into(),
+        );
+        events.push(UserDeactivated { reason: None }.into());
+        let log = on(&StreamId::user(user()), 0, events);
+        let mut owned = Projections::new();
+        for e in log.clone() {
+            owned.apply_owned(e);
+        }
+        assert_eq!(
+            serde_json::to_value(&owned).unwrap(),
+            serde_json::to_value(folded(&log)).unwrap()
+        );
+        assert_eq!(
+            owned.users.get(user()).unwrap().attributes.display_name,
+            "ada lovelace"
+        );
+    }
+
+    #[test]
+    fn a_rotation_and_its_key_write_move_together() {
+        let rotation = RotationId(uuid::Uuid::from_u128(7));
+        let write = KeyWriteId(uuid::Uuid::from_u128(8));
+        let mut events = a_user_with_a_key();
+        events.extend([
+            RotationStarted {
+                rotation_id: rotation,
+                reason: RotationReason::Initial,
+                sealed_password: sealed(),
+            }
+            .into(),
+            RotationSucceeded {
+                rotation_id: rotation,
+            }
+            .into(),
+            KeyWriteQueued {
+                key_write_id: write,
+                rotation_id: rotation,
+                key_id: KeyId("K1".into()),
+            }
+            .into(),
+        ]);
+        let log = on(&StreamId::user(user()), 0, events);
+        let p = folded(&log[..4]);
+        assert_eq!(p.rotations.pending().len(), 1);
+        let p = folded(&log);
+        let r = p.rotations.get(rotation).unwrap();
+        assert_eq!(r.outcome, RotationOutcome::Succeeded);
+        assert_eq!(r.key_write_state, Some(KeyWriteState::Queued));
+        assert_eq!(
+            p.users.get(user()).unwrap().current_rotation,
+            Some(rotation)
+        );
+        assert_eq!(p.users.get(user()).unwrap().last_rotation_at, Some(at(50)));
+
+        let mut p = p;
+        let delivered = on(
+            &StreamId::user(user()),
+            6,
+            vec![KeyWriteDelivered {
+                key_write_id: write,
+            }
+            .into()],
+        );
+        p.apply(&delivered[0]);
+        let r = p.rotations.get(rotation).unwrap();
+        assert_eq!(r.key_write_state, Some(KeyWriteState::Delivered));
+    }
+
+    #[test]
+    fn a_write_is_deliverable_to_its_keys_agent_while_unleased_and_held() {
+        let rotation = RotationId(uuid::Uuid::from_u128(7));
+        let write = KeyWriteId(uuid::Uuid::from_u128(8));
+        let mut events = a_user_with_a_key();
+        events.extend([
+            RotationStarted {
+                rotation_id: rotation,
+                reason: RotationReason::Initial,
+                sealed_password: sealed(),
+            }
+            .into(),
+            RotationSucceeded {
+                rotation_id: rotation,
+            }
+            .into(),
+            KeyWriteQueued {
+                key_write_id: write,
+                rotation_id: rotation,
+                key_id: KeyId("K1".into()),
+            }
+            .into(),
+            KeyWriteDelivered {
+                key_write_id: write,
+            }
+            .into(),
+        ]);
+        let log = on(&StreamId::user(user()), 0, events);
+        let p = folded(&log);
+        let lease = chrono::Duration::seconds(60);
+        let keys = [KeyId("K1".into())];
+        let ids = |p: &Projections, now| {
+            p.deliverable_writes(&keys, now, lease)
+                .map(|w| w.id)
+                .collect::<Vec<_>>()
+        };
+        // Delivered at 70 s: leased until 130 s.
+        assert_eq!(ids(&p, at(100)), vec![]);
+        assert_eq!(ids(&p, at(131)), vec![write]);
+        assert_eq!(
+            p.deliverable_writes(&[KeyId("K2".into())], at(131), lease)
+                .count(),
+            0
+        );
+        let mut p = p;
+        let unassigned = on(
+            &StreamId::user(user()),
+            7,
+            vec![KeyUnassigned {
+                key_id: KeyId("K1".into()),
+            }
+            .into()],
+        );
+        p.apply(&unassigned[0]);
+        assert_eq!(ids(&p, at(131)), vec![]);
+    }
+
+    #[test]
+    fn tokens_are_found_by_hash_until_revoked() {
+        let id = TokenId(uuid::Uuid::from_u128(3));
+        let log = on(
+            &StreamId::tokens(),
+            0,
+            vec![
+                TokenIssued {
+                    token_id: id,
+                    role: Role::Auditor,
+                    name: "audit".into(),
+                    key_ids: vec![],
+                    token_hash: Hash([5; 32]),
+                }
+                .into(),
+                TokenRevoked { token_id: id }.into(),
+            ],
+        );
+        let live = folded(&log[..1]);
+        let t = live.tokens.by_hash(&Hash([5; 32])).unwrap();
+        assert_eq!((t.role, t.revoked_at), (Role::Auditor, None));
+        assert!(!live.tokens.none_live());
+        let revoked = folded(&log);
+        assert_eq!(revoked.tokens.get(id).unwrap().revoked_at, Some(at(20)));
+        assert!(revoked.tokens.none_live());
     }
 }

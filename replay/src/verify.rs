@@ -245,3 +245,181 @@ impl Verifier {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use idledger_domain::events::RotationGroupJoined;
+    use idledger_domain::{encode_record, Actor, ProposedEvent, RecordFields, StreamId, UserId};
+
+    /// One record of user `user`'s stream, chained to `prev`.
+    fn record(
+        position: u64,
+        user: u128,
+        version: u64,
+        event_id: u128,
+        prev: &Hash,
+    ) -> (Vec<u8>, Hash) {
+        let stream = StreamId::user(UserId(uuid::Uuid::from_u128(user)));
+        let proposed = ProposedEvent::new(
+            uuid::Uuid::from_u128(event_id),
+            Actor::System,
+            RotationGroupJoined {},
+        );
+        let recorded_at = chrono::DateTime::from_timestamp(1_700_000_000 + position as i64, 0)
+            .expect("a valid time");
+        encode_record(
+            RecordFields {
+                position,
+                stream: &stream,
+                version,
+                recorded_at,
+                proposed: &proposed,
+            },
+            prev,
+        )
+        .expect("encodes")
+    }
+
+    /// A sound log of `n` records: one stream, versions 1 to n.
+    fn chain(n: u64) -> Vec<Vec<u8>> {
+        let mut prev = Hash::default();
+        (1..=n)
+            .map(|p| {
+                let (bytes, hash) = record(p, 1, p, u128::from(p), &prev);
+                prev = hash;
+                bytes
+            })
+            .collect()
+    }
+
+    fn verify(records: &[(u64, Vec<u8>)]) -> VerifyReport {
+        let mut v = Verifier::new();
+        for (key, bytes) in records {
+            v.push(*key, bytes);
+        }
+        v.finish()
+    }
+
+    fn numbered(records: Vec<Vec<u8>>) -> Vec<(u64, Vec<u8>)> {
+        (1..).zip(records).collect()
+    }
+
+    fn reasons(report: &VerifyReport) -> Vec<(u64, String)> {
+        report
+            .problems
+            .iter()
+            .map(|p| (p.position, p.reason.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn a_sound_log_verifies_and_reports_its_head() {
+        let records = chain(5);
+        let report = verify(&numbered(records.clone()));
+        assert!(report.ok, "{report:?}");
+        assert_eq!(report.events, 5);
+        assert_eq!(report.head_position, 5);
+        let last = RawRecord::parse(&records[4]).unwrap();
+        assert_eq!(report.head_hash, last.hash);
+        assert_eq!(report.summary_json()["ok"], true);
+    }
+
+    #[test]
+    fn one_altered_byte_is_one_hash_mismatch_at_its_position() {
+        let mut records = chain(5);
+        // The event id of the third record: altered, it still decodes.
+        let id = *uuid::Uuid::from_u128(3).as_bytes();
+        let at = records[2]
+            .windows(16)
+            .position(|w| w == id)
+            .expect("the record holds its event id");
+        records[2][at] ^= 1;
+        let report = verify(&numbered(records));
+        assert!(!report.ok);
+        let problems = reasons(&report);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].0, 3);
+        assert!(problems[0].1.starts_with("hash mismatch"), "{problems:?}");
+        assert_eq!(report.summary_json()["first_bad_position"], 3);
+    }
+
+    #[test]
+    fn a_missing_record_is_a_gap_and_a_broken_chain() {
+        let mut records = numbered(chain(5));
+        records.remove(2);
+        let problems = reasons(&verify(&records));
+        assert_eq!(problems[0].0, 4, "{problems:?}");
+        assert!(problems[0].1.starts_with("gap: expected position 3"));
+        assert!(problems
+            .iter()
+            .any(|(p, r)| *p == 4 && r.starts_with("broken chain")));
+        assert!(problems
+            .iter()
+            .any(|(_, r)| r.contains("version 4 follows version 2")));
+    }
+
+    #[test]
+    fn a_record_chained_elsewhere_breaks_the_chain() {
+        let mut records = chain(3);
+        let (forged, _) = record(2, 1, 2, 2, &Hash([7; 32]));
+        records[1] = forged;
+        // Its own link is wrong, and the next record's link to it: two problems.
+        let problems = reasons(&verify(&numbered(records)));
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert_eq!((problems[0].0, problems[1].0), (2, 3));
+        assert!(problems.iter().all(|(_, r)| r.starts_with("broken chain")));
+    }
+
+    #[test]
+    fn a_replayed_event_id_and_a_misplaced_record_are_named() {
+        let (one, h1) = record(1, 1, 1, 1, &Hash::default());
+        let (two, h2) = record(2, 2, 1, 1, &h1);
+        let (three, _) = record(9, 3, 1, 3, &h2);
+        let problems = reasons(&verify(&[(1, one), (2, two), (3, three)]));
+        assert_eq!(
+            problems,
+            vec![
+                (
+                    2,
+                    "duplicate event_id 00000000-0000-0000-0000-000000000001".into()
+                ),
+                (3, "record says position 9, stored under 3".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn unreadable_and_truncated_records_are_problems_not_panics() {
+        let mut records = numbered(chain(3));
+        records[1].1.truncate(10);
+        let mut v = Verifier::new();
+        for (key, bytes) in &records {
+            v.push(*key, bytes);
+        }
+        v.unreadable(4, "io error".into());
+        let report = v.finish();
+        let problems = reasons(&report);
+        assert!(problems[0].1.starts_with("bad encoding"), "{problems:?}");
+        assert!(problems
+            .iter()
+            .any(|(p, r)| *p == 4 && r == "unreadable: io error"));
+    }
+
+    #[test]
+    fn the_count_of_problems_is_exact_beyond_the_ones_kept() {
+        let records: Vec<(u64, Vec<u8>)> = chain(MAX_PROBLEMS as u64 + 50)
+            .into_iter()
+            .enumerate()
+            // Every record stored one key too far: every one a gap (or out of order).
+            .map(|(i, r)| (i as u64 + 2, r))
+            .collect();
+        let report = verify(&records);
+        assert_eq!(report.problems.len(), MAX_PROBLEMS);
+        assert!(report.problem_count > MAX_PROBLEMS as u64);
+        assert_eq!(
+            report.summary_json()["problems"],
+            serde_json::json!(report.problem_count)
+        );
+    }
+}

@@ -1,0 +1,305 @@
+//! Decisions on a domain stream.
+
+use super::*;
+
+/// What decisions about a domain need to know.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DomainState {
+    /// A `DomainRegistered` was seen.
+    pub registered: bool,
+    /// A `DomainRemoved` was seen: nothing changes any more.
+    pub removed: bool,
+    /// Current settings.
+    pub settings: DomainSettings,
+    /// Credentials saved.
+    pub has_credentials: bool,
+    /// The saved tenant and client ids.
+    pub app: Option<(String, String)>,
+    /// SSO defaults.
+    pub sso: SsoSettings,
+}
+
+/// Folds one event of the domain's stream.
+pub fn evolve(mut s: DomainState, e: &Event) -> DomainState {
+    match e {
+        Event::DomainRegistered(e) => {
+            s.registered = true;
+            s.settings = e.settings.clone();
+        }
+        Event::DomainSettingsChanged(e) => s.settings = e.settings.clone(),
+        Event::DomainCredentialsSet(e) => {
+            s.has_credentials = true;
+            s.app = Some((e.tenant_id.clone(), e.client_id.clone()));
+        }
+        Event::DomainCredentialsRemoved(_) => {
+            s.has_credentials = false;
+            s.app = None;
+        }
+        Event::SsoDefaultsChanged(e) => s.sso = e.sso,
+        Event::DomainRemoved(_) => {
+            s.removed = true;
+            s.has_credentials = false;
+        }
+        _ => {}
+    }
+    s
+}
+
+/// A command on a domain.
+#[derive(Clone, Debug, PartialEq)]
+pub enum DomainCommand {
+    /// Add a domain.
+    Register {
+        /// New id.
+        domain_id: DomainId,
+        /// Tenant domain name.
+        name: String,
+        /// The settings in force.
+        settings: DomainSettings,
+    },
+    /// Replace the settings. Moving `graph_url` or `authority_url` of a domain with
+    /// credentials needs [`DomainCommand::ChangeSettingsWithSecret`].
+    ChangeSettings(DomainSettings),
+    /// Replace the settings and save the client secret again, given in the same
+    /// request: how Graph or authority URLs of a domain with credentials change.
+    ChangeSettingsWithSecret {
+        /// The new settings.
+        settings: DomainSettings,
+        /// The client secret, sealed.
+        client_secret: SealedSecret,
+    },
+    /// Save credentials (the secret already sealed).
+    SetCredentials {
+        /// Entra tenant id (a GUID).
+        tenant_id: String,
+        /// The app registration's client id (a GUID).
+        client_id: String,
+        /// Sealed client secret.
+        client_secret: SealedSecret,
+    },
+    /// Remove credentials: sync and rotation stop.
+    RemoveCredentials,
+    /// Set the SSO settings users get at import.
+    SetSsoDefaults(SsoSettings),
+    /// Remove the domain.
+    Remove,
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.contains('.')
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+fn guid_like(s: &str) -> bool {
+    uuid::Uuid::parse_str(s).is_ok()
+}
+
+/// Decides a command. An empty list means nothing to change (idempotent repeat).
+pub fn decide(s: &DomainState, c: DomainCommand) -> Result<Vec<Event>, Rejection> {
+    if let DomainCommand::Register {
+        domain_id,
+        name,
+        settings,
+    } = c
+    {
+        if s.registered {
+            return Err(Rejection::AlreadyExists("domain"));
+        }
+        if !valid_name(&name) {
+            return Err(invalid(
+                "domain",
+                "a DNS name such as contoso.onmicrosoft.com",
+            ));
+        }
+        validate_settings(&settings)?;
+        return Ok(vec![DomainRegistered {
+            domain_id,
+            name: name.to_ascii_lowercase(),
+            settings,
+        }
+        .into()]);
+    }
+    if !s.registered {
+        return Err(Rejection::NotFound("domain"));
+    }
+    if s.removed {
+        return Err(Rejection::DomainRemoved);
+    }
+    Ok(match c {
+        DomainCommand::Register { .. } => unreachable!("handled above"),
+        DomainCommand::ChangeSettings(settings) => {
+            validate_settings(&settings)?;
+            let moved = settings.graph_url != s.settings.graph_url
+                || settings.authority_url != s.settings.authority_url;
+            if moved && s.has_credentials {
+                // Otherwise the saved secret would go wherever an admin points it: a
+                // saved secret is sent nowhere but where it was saved for.
+                return Err(invalid(
+                    "client_secret",
+                    "changing graph_url or authority_url of a domain with credentials needs the client secret in the same request",
+                ));
+            }
+            if settings == s.settings {
+                vec![]
+            } else {
+                vec![DomainSettingsChanged { settings }.into()]
+            }
+        }
+        DomainCommand::ChangeSettingsWithSecret {
+            settings,
+            client_secret,
+        } => {
+            validate_settings(&settings)?;
+            let Some((tenant_id, client_id)) = s.app.clone() else {
+                return Err(invalid(
+                    "client_secret",
+                    "the domain has no credentials to go with it; save tenant_id, client_id and client_secret first",
+                ));
+            };
+            let mut events: Vec<Event> = Vec::new();
+            if settings != s.settings {
+                events.push(DomainSettingsChanged { settings }.into());
+            }
+            events.push(
+                DomainCredentialsSet {
+                    tenant_id,
+                    client_id,
+                    client_secret,
+                }
+                .into(),
+            );
+            events
+        }
+        DomainCommand::SetCredentials {
+            tenant_id,
+            client_id,
+            client_secret,
+        } => {
+            if !guid_like(&tenant_id) {
+                return Err(invalid("tenant_id", "a GUID"));
+            }
+            if !guid_like(&client_id) {
+                return Err(invalid("client_id", "a GUID"));
+            }
+            vec![DomainCredentialsSet {
+                tenant_id,
+                client_id,
+                client_secret,
+            }
+            .into()]
+        }
+        DomainCommand::RemoveCredentials if s.has_credentials => {
+            vec![DomainCredentialsRemoved {}.into()]
+        }
+        DomainCommand::RemoveCredentials => vec![],
+        DomainCommand::SetSsoDefaults(sso) if sso == s.sso => vec![],
+        DomainCommand::SetSsoDefaults(sso) => vec![SsoDefaultsChanged { sso }.into()],
+        DomainCommand::Remove => vec![DomainRemoved {}.into()],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::spec::{given, DomainStream};
+    use super::*;
+
+    fn id() -> DomainId {
+        DomainId(uuid::Uuid::from_u128(1))
+    }
+
+    fn registered() -> Event {
+        DomainRegistered {
+            domain_id: id(),
+            name: "contoso.onmicrosoft.com".into(),
+            settings: DomainSettings::default(),
+        }
+        .into()
+    }
+
+    fn register(name: &str, settings: DomainSettings) -> DomainCommand {
+        DomainCommand::Register {
+            domain_id: id(),
+            name: name.into(),
+            settings,
+        }
+    }
+
+    fn sealed() -> SealedSecret {
+        SealedSecret {
+            key_id: DataKeyId(uuid::Uuid::from_u128(9)),
+            nonce: [0; 24],
+            ciphertext: vec![1, 2, 3],
+        }
+    }
+
+    fn credentials(tenant: &str) -> DomainCommand {
+        DomainCommand::SetCredentials {
+            tenant_id: tenant.into(),
+            client_id: uuid::Uuid::from_u128(6).to_string(),
+            client_secret: sealed(),
+        }
+    }
+
+    #[test]
+    fn a_domain_is_registered_once_with_a_valid_name_and_settings() {
+        given::<DomainStream>(&[])
+            .when(register(
+                "Contoso.onmicrosoft.com",
+                DomainSettings::default(),
+            ))
+            .then_ok();
+        given::<DomainStream>(&[])
+            .when(register("not a name", DomainSettings::default()))
+            .then_invalid("domain");
+        let too_long = DomainSettings {
+            auto_password_change_days: Some(366),
+            ..DomainSettings::default()
+        };
+        given::<DomainStream>(&[])
+            .when(register("contoso.com", too_long))
+            .then_invalid("auto_password_change_days");
+        given::<DomainStream>(&[registered()])
+            .when(register("contoso.com", DomainSettings::default()))
+            .then_reject(Rejection::AlreadyExists("domain"));
+    }
+
+    #[test]
+    fn changes_that_change_nothing_append_nothing() {
+        let domain = given::<DomainStream>(&[registered()]);
+        domain
+            .when(DomainCommand::ChangeSettings(DomainSettings::default()))
+            .then_nothing();
+        domain.when(DomainCommand::RemoveCredentials).then_nothing();
+    }
+
+    #[test]
+    fn credentials_are_checked_saved_and_removed() {
+        let tenant = uuid::Uuid::from_u128(5).to_string();
+        let set = given::<DomainStream>(&[registered()])
+            .when(credentials(&tenant))
+            .then_ok();
+        given::<DomainStream>(&[registered()])
+            .when(credentials("contoso"))
+            .then_invalid("tenant_id");
+        given::<DomainStream>(&[registered(), set[0].clone()])
+            .when(DomainCommand::RemoveCredentials)
+            .then([DomainCredentialsRemoved {}.into()]);
+    }
+
+    #[test]
+    fn a_removed_domain_takes_no_more_changes() {
+        let tenant = uuid::Uuid::from_u128(5).to_string();
+        given::<DomainStream>(&[registered(), DomainRemoved {}.into()])
+            .when(credentials(&tenant))
+            .then_reject(Rejection::DomainRemoved);
+        given::<DomainStream>(&[])
+            .when(DomainCommand::Remove)
+            .then_reject(Rejection::NotFound("domain"));
+    }
+}

@@ -1,0 +1,118 @@
+//! Decisions on the `tokens` stream.
+
+use super::*;
+use std::collections::BTreeMap;
+
+/// Tokens by id: live (`true`) or revoked.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TokensState {
+    /// Every token ever issued.
+    pub tokens: BTreeMap<TokenId, bool>,
+}
+
+/// Folds one event of the tokens stream.
+pub fn evolve(mut s: TokensState, e: &Event) -> TokensState {
+    match e {
+        Event::TokenIssued(e) => {
+            s.tokens.insert(e.token_id, true);
+        }
+        Event::TokenRevoked(e) => {
+            s.tokens.insert(e.token_id, false);
+        }
+        _ => {}
+    }
+    s
+}
+
+/// A command on tokens.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TokenCommand {
+    /// Issue a token whose secret hashes to `token_hash`.
+    Issue(TokenIssued),
+    /// Revoke a token.
+    Revoke(TokenId),
+}
+
+/// Decides a command.
+pub fn decide(s: &TokensState, c: TokenCommand) -> Result<Vec<Event>, Rejection> {
+    match c {
+        TokenCommand::Issue(t) => {
+            if s.tokens.contains_key(&t.token_id) {
+                return Err(Rejection::AlreadyExists("token"));
+            }
+            if t.name.chars().count() > 200 {
+                return Err(invalid("name", "at most 200 characters"));
+            }
+            match (t.role, t.key_ids.is_empty()) {
+                (Role::Agent, true) => {
+                    return Err(invalid(
+                        "key_ids",
+                        "an agent token needs at least one key id",
+                    ))
+                }
+                (Role::Admin | Role::Auditor, false) => {
+                    return Err(invalid("key_ids", "only agent tokens are bound to keys"))
+                }
+                _ => {}
+            }
+            if t.key_ids.iter().any(|k| k.0.is_empty() || k.0.len() > 128) {
+                return Err(invalid("key_ids", "each key id is 1 to 128 characters"));
+            }
+            Ok(vec![t.into()])
+        }
+        TokenCommand::Revoke(id) => match s.tokens.get(&id) {
+            None => Err(Rejection::NotFound("token")),
+            Some(false) => Ok(vec![]),
+            Some(true) => Ok(vec![TokenRevoked { token_id: id }.into()]),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::spec::{given, TokensStream};
+    use super::*;
+
+    fn id() -> TokenId {
+        TokenId(uuid::Uuid::from_u128(3))
+    }
+
+    fn issue(role: Role, keys: &[&str]) -> TokenCommand {
+        TokenCommand::Issue(TokenIssued {
+            token_id: id(),
+            role,
+            name: "t".into(),
+            key_ids: keys.iter().map(|k| KeyId((*k).into())).collect(),
+            token_hash: Hash([1; 32]),
+        })
+    }
+
+    fn issued(role: Role) -> Event {
+        let TokenCommand::Issue(t) = issue(role, &[]) else {
+            unreachable!()
+        };
+        t.into()
+    }
+
+    #[test]
+    fn agents_and_only_agents_hold_keys() {
+        let none = given::<TokensStream>(&[]);
+        none.when(issue(Role::Agent, &["K1"])).then_ok();
+        none.when(issue(Role::Agent, &[])).then_invalid("key_ids");
+        none.when(issue(Role::Admin, &["K1"]))
+            .then_invalid("key_ids");
+    }
+
+    #[test]
+    fn a_token_is_revoked_once_and_an_unknown_one_not_at_all() {
+        given::<TokensStream>(&[issued(Role::Admin)])
+            .when(TokenCommand::Revoke(id()))
+            .then([TokenRevoked { token_id: id() }.into()]);
+        let revoked =
+            given::<TokensStream>(&[issued(Role::Admin), TokenRevoked { token_id: id() }.into()]);
+        revoked.when(TokenCommand::Revoke(id())).then_nothing();
+        revoked
+            .when(TokenCommand::Revoke(TokenId(uuid::Uuid::nil())))
+            .then_reject(Rejection::NotFound("token"));
+    }
+}

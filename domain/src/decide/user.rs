@@ -1,0 +1,568 @@
+//! Decisions an admin makes on a user's stream.
+
+use super::*;
+
+/// Where a user stands, for decisions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Status {
+    /// No such user.
+    #[default]
+    Unknown,
+    /// Not imported.
+    Candidate,
+    /// Imported.
+    Active,
+    /// SSO off; PC unlock kept.
+    Deactivated,
+    /// Gone; their data key is shredded.
+    Deleted,
+}
+
+impl Status {
+    /// The status name used in the API.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Status::Unknown => "unknown",
+            Status::Candidate => "candidate",
+            Status::Active => "active",
+            Status::Deactivated => "deactivated",
+            Status::Deleted => "deleted",
+        }
+    }
+}
+
+/// What decisions about a user need to know.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UserState {
+    /// Where it stands.
+    pub status: Status,
+    /// An admin's override of the domain's SSO defaults.
+    pub sso_override: Option<SsoSettings>,
+    /// In scope of the sync group (a member, enabled, existing).
+    pub in_sync_group: bool,
+    /// The assigned hardware key.
+    pub key_id: Option<KeyId>,
+    /// Every key write of the user: its key and where it stands.
+    pub writes: std::collections::BTreeMap<KeyWriteId, (KeyId, KeyWriteState)>,
+}
+
+impl UserState {
+    /// Writes still owed to the key (queued, or delivered and unacknowledged).
+    pub fn undelivered(&self) -> Vec<KeyWriteId> {
+        self.writes
+            .iter()
+            .filter(|(_, (_, st))| matches!(st, KeyWriteState::Queued | KeyWriteState::Delivered))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+}
+
+/// Folds one event of the user's stream.
+pub fn evolve(mut s: UserState, e: &Event) -> UserState {
+    match e {
+        Event::KeyWriteQueued(e) => {
+            s.writes
+                .insert(e.key_write_id, (e.key_id.clone(), KeyWriteState::Queued));
+        }
+        Event::KeyWriteDelivered(e) => set_write(&mut s, e.key_write_id, KeyWriteState::Delivered),
+        Event::KeyWriteConfirmed(e) => set_write(&mut s, e.key_write_id, KeyWriteState::Confirmed),
+        Event::KeyWriteFailed(e) => set_write(&mut s, e.key_write_id, KeyWriteState::Failed),
+        Event::KeyWriteSuperseded(e) => {
+            set_write(&mut s, e.key_write_id, KeyWriteState::Superseded)
+        }
+        Event::UserDiscovered(_) => {
+            s.status = Status::Candidate;
+            s.in_sync_group = true;
+        }
+        Event::MemberLeftSyncGroup(_) => s.in_sync_group = false,
+        Event::KeyAssigned(e) => s.key_id = Some(e.key_id.clone()),
+        Event::KeyUnassigned(_) => s.key_id = None,
+        Event::MemberRejoinedSyncGroup(_) => s.in_sync_group = true,
+        Event::UserImported(_) | Event::UserReactivated(_) => s.status = Status::Active,
+        Event::UserDeactivated(_) => s.status = Status::Deactivated,
+        Event::UserDeleted(_) => s.status = Status::Deleted,
+        Event::UserSsoOverrideSet(e) => s.sso_override = e.sso,
+        _ => {}
+    }
+    s
+}
+
+/// An admin's command on a user.
+#[derive(Clone, Debug, PartialEq)]
+pub enum UserCommand {
+    /// Set (or clear with `None`) the per-user SSO override.
+    SetSsoOverride(Option<SsoSettings>),
+    /// Bring a deactivated user back.
+    Activate,
+    /// Deactivate an active user.
+    Deactivate,
+    /// Import a candidate with these SSO settings (the domain's defaults).
+    Import(SsoSettings),
+    /// Assign a hardware key (replacing the one assigned, if any).
+    AssignKey(KeyId),
+    /// Take the hardware key away.
+    UnassignKey,
+    /// Hand write `write` to an agent serving `keys` (its password leaves the engine).
+    DeliverWrite {
+        /// The key write asked about.
+        write: KeyWriteId,
+        /// The agent's keys.
+        keys: Vec<KeyId>,
+    },
+    /// Record an agent's answer about write `write`.
+    AcknowledgeWrite {
+        /// The key write asked about.
+        write: KeyWriteId,
+        /// The agent's keys.
+        keys: Vec<KeyId>,
+        /// What it did.
+        outcome: WriteOutcome,
+    },
+    /// Record a break-glass reveal of rotation `rotation`'s password, with its reason.
+    RecordReveal {
+        /// The rotation whose password is shown.
+        rotation: RotationId,
+        /// Why, in the admin's words.
+        reason: String,
+    },
+    /// Record an invite sent to `to` by `via`.
+    RecordInvite {
+        /// The address.
+        to: String,
+        /// The mailer (`smtp`, `outbox`).
+        via: String,
+    },
+}
+
+fn set_write(s: &mut UserState, id: KeyWriteId, state: KeyWriteState) {
+    if let Some(w) = s.writes.get_mut(&id) {
+        w.1 = state;
+    }
+}
+
+/// Every write the user's key was still owed ends with the key: a password reaches
+/// only the key of the user it belongs to, and only while they hold it.
+fn supersede(s: &UserState, reason: SupersedeReason) -> impl Iterator<Item = Event> {
+    s.undelivered().into_iter().map(move |w| {
+        KeyWriteSuperseded {
+            key_write_id: w,
+            reason: reason.clone(),
+        }
+        .into()
+    })
+}
+
+/// The reason of a break-glass reveal, trimmed: 1 to 1000 characters.
+pub fn reveal_reason(reason: &str) -> Result<String, Rejection> {
+    let reason = reason.trim();
+    if reason.is_empty() || reason.chars().count() > 1000 {
+        return Err(invalid("reason", "say why, in 1 to 1000 characters"));
+    }
+    Ok(reason.to_owned())
+}
+
+/// What a workstation agent did with a write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// The key holds the password.
+    Written,
+    /// The key could not be written; the agent says why.
+    Failed(String),
+}
+
+/// An agent serving `keys` asks for or answers about write `write`.
+fn agents_write<'s>(
+    s: &'s UserState,
+    write: KeyWriteId,
+    keys: &[KeyId],
+) -> Result<&'s (KeyId, KeyWriteState), Rejection> {
+    // Another key's write is not found: an agent learns nothing of other keys.
+    s.writes
+        .get(&write)
+        .filter(|(k, _)| keys.contains(k))
+        .ok_or(Rejection::NotFound("key write"))
+}
+
+/// Decides a command.
+pub fn decide(s: &UserState, c: UserCommand) -> Result<Vec<Event>, Rejection> {
+    match (s.status, c) {
+        (_, UserCommand::DeliverWrite { write, keys }) => {
+            let (key, state) = agents_write(s, write, &keys)?;
+            if !matches!(state, KeyWriteState::Queued | KeyWriteState::Delivered)
+                || s.key_id.as_ref() != Some(key)
+                || s.status == Status::Deleted
+            {
+                // Not owed any more, or the key is no longer the user's.
+                return Err(Rejection::NotFound("key write"));
+            }
+            Ok(vec![KeyWriteDelivered {
+                key_write_id: write,
+            }
+            .into()])
+        }
+        (
+            _,
+            UserCommand::AcknowledgeWrite {
+                write,
+                keys,
+                outcome,
+            },
+        ) => {
+            let (_, state) = agents_write(s, write, &keys)?;
+            if !matches!(state, KeyWriteState::Queued | KeyWriteState::Delivered) {
+                return Err(Rejection::Conflict(format!(
+                    "the key write is {} already",
+                    state.as_str()
+                )));
+            }
+            Ok(vec![match outcome {
+                WriteOutcome::Written => KeyWriteConfirmed {
+                    key_write_id: write,
+                }
+                .into(),
+                WriteOutcome::Failed(detail) => {
+                    if detail.chars().count() > 2000 {
+                        return Err(invalid("detail", "at most 2000 characters"));
+                    }
+                    KeyWriteFailed {
+                        key_write_id: write,
+                        detail,
+                    }
+                    .into()
+                }
+            }])
+        }
+        (Status::Unknown | Status::Deleted, UserCommand::RecordReveal { .. }) => {
+            Err(Rejection::NotFound("user"))
+        }
+        (_, UserCommand::RecordReveal { rotation, reason }) => Ok(vec![PasswordRevealed {
+            rotation_id: rotation,
+            reason: reveal_reason(&reason)?,
+        }
+        .into()]),
+        (Status::Active, UserCommand::RecordInvite { to, via }) => {
+            Ok(vec![InviteSent { to, via }.into()])
+        }
+        (Status::Unknown | Status::Deleted, UserCommand::RecordInvite { .. }) => {
+            Err(Rejection::NotFound("user"))
+        }
+        (status, UserCommand::RecordInvite { .. }) => Err(Rejection::Conflict(format!(
+            "only active users are invited; this one is {}",
+            status.as_str()
+        ))),
+        (Status::Unknown, _) => Err(Rejection::NotFound("user")),
+        (Status::Deleted, _) => Err(Rejection::Conflict("the user was deleted".into())),
+        (_, UserCommand::AssignKey(k)) if k.0.is_empty() || k.0.len() > 128 => {
+            Err(invalid("key_id", "a key id is 1 to 128 characters"))
+        }
+        (Status::Candidate, UserCommand::AssignKey(_)) => Err(Rejection::Conflict(
+            "a candidate must be imported first".into(),
+        )),
+        (_, UserCommand::AssignKey(k)) => Ok(match &s.key_id {
+            Some(current) if *current == k => vec![],
+            Some(current) => {
+                let mut events: Vec<Event> = vec![KeyUnassigned {
+                    key_id: current.clone(),
+                }
+                .into()];
+                events.extend(supersede(
+                    s,
+                    SupersedeReason::KeyReassigned {
+                        from: current.clone(),
+                        to: k.clone(),
+                    },
+                ));
+                events.push(KeyAssigned { key_id: k }.into());
+                events
+            }
+            None => vec![KeyAssigned { key_id: k }.into()],
+        }),
+        (_, UserCommand::UnassignKey) => Ok(match &s.key_id {
+            None => vec![],
+            Some(k) => {
+                let mut events: Vec<Event> = vec![KeyUnassigned { key_id: k.clone() }.into()];
+                events.extend(supersede(
+                    s,
+                    SupersedeReason::KeyUnassigned { key_id: k.clone() },
+                ));
+                events
+            }
+        }),
+        (Status::Candidate, UserCommand::Import(_)) if !s.in_sync_group => Err(
+            Rejection::Conflict("the user is no longer in the sync group".into()),
+        ),
+        (Status::Candidate, UserCommand::Import(sso)) => Ok(vec![UserImported { sso }.into()]),
+        (_, UserCommand::Import(_)) => Ok(vec![]),
+        (_, UserCommand::SetSsoOverride(sso)) if sso == s.sso_override => Ok(vec![]),
+        (_, UserCommand::SetSsoOverride(sso)) => Ok(vec![UserSsoOverrideSet { sso }.into()]),
+        (Status::Deactivated, UserCommand::Activate) => Ok(vec![UserReactivated {}.into()]),
+        (Status::Active, UserCommand::Activate) => Ok(vec![]),
+        (Status::Active, UserCommand::Deactivate) => {
+            Ok(vec![UserDeactivated { reason: None }.into()])
+        }
+        (Status::Deactivated, UserCommand::Deactivate) => Ok(vec![]),
+        (Status::Candidate, _) => Err(Rejection::Conflict(
+            "a candidate must be imported first".into(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::spec::{given, UserStream};
+    use super::*;
+
+    fn discovered() -> Event {
+        UserDiscovered {
+            user_id: UserId(uuid::Uuid::from_u128(4)),
+            domain_id: DomainId(uuid::Uuid::from_u128(1)),
+            external_id: "x".into(),
+            attributes: UserAttributes::default(),
+        }
+        .into()
+    }
+
+    fn imported() -> Event {
+        UserImported {
+            sso: SsoSettings::default(),
+        }
+        .into()
+    }
+
+    fn key(k: &str) -> KeyId {
+        KeyId(k.into())
+    }
+
+    fn w(n: u128) -> KeyWriteId {
+        KeyWriteId(uuid::Uuid::from_u128(n))
+    }
+
+    fn queued(n: u128, k: &str) -> Event {
+        KeyWriteQueued {
+            key_write_id: w(n),
+            rotation_id: RotationId(uuid::Uuid::from_u128(n)),
+            key_id: key(k),
+        }
+        .into()
+    }
+
+    fn assigned(k: &str) -> Event {
+        KeyAssigned { key_id: key(k) }.into()
+    }
+
+    #[test]
+    fn only_deactivated_users_are_activated() {
+        given::<UserStream>(&[discovered()])
+            .when(UserCommand::Activate)
+            .then_conflict();
+        let active = given::<UserStream>(&[discovered(), imported()]);
+        active.when(UserCommand::Activate).then_nothing();
+        active
+            .when(UserCommand::Deactivate)
+            .then([UserDeactivated { reason: None }.into()]);
+        given::<UserStream>(&[
+            discovered(),
+            imported(),
+            UserDeactivated { reason: None }.into(),
+        ])
+        .when(UserCommand::Activate)
+        .then([UserReactivated {}.into()]);
+        given::<UserStream>(&[])
+            .when(UserCommand::Activate)
+            .then_reject(Rejection::NotFound("user"));
+    }
+
+    #[test]
+    fn only_candidates_still_in_the_sync_group_are_imported() {
+        let sso = SsoSettings {
+            enabled: true,
+            method: SsoMethod::Passwordless,
+        };
+        given::<UserStream>(&[discovered()])
+            .when(UserCommand::Import(sso))
+            .then([UserImported { sso }.into()]);
+        given::<UserStream>(&[discovered(), UserImported { sso }.into()])
+            .when(UserCommand::Import(sso))
+            .then_nothing();
+        let left = MemberLeftSyncGroup {
+            reason: LeaveReason::LeftGroup,
+        };
+        given::<UserStream>(&[discovered(), left.into()])
+            .when(UserCommand::Import(sso))
+            .then_conflict();
+    }
+
+    #[test]
+    fn a_key_is_assigned_replaced_and_unassigned() {
+        given::<UserStream>(&[discovered()])
+            .when(UserCommand::AssignKey(key("K1")))
+            .then_conflict();
+        let active = given::<UserStream>(&[discovered(), imported()]);
+        active
+            .when(UserCommand::AssignKey(key("")))
+            .then_invalid("key_id");
+        active
+            .when(UserCommand::AssignKey(key("K1")))
+            .then([assigned("K1")]);
+        active.when(UserCommand::UnassignKey).then_nothing();
+        let holding = given::<UserStream>(&[discovered(), imported(), assigned("K1")]);
+        holding
+            .when(UserCommand::AssignKey(key("K1")))
+            .then_nothing();
+        holding
+            .when(UserCommand::AssignKey(key("K2")))
+            .then([KeyUnassigned { key_id: key("K1") }.into(), assigned("K2")]);
+        holding
+            .when(UserCommand::UnassignKey)
+            .then([KeyUnassigned { key_id: key("K1") }.into()]);
+    }
+
+    #[test]
+    fn taking_a_key_away_supersedes_every_write_it_was_still_owed() {
+        let past = [
+            discovered(),
+            imported(),
+            assigned("K1"),
+            queued(1, "K1"),
+            KeyWriteConfirmed { key_write_id: w(1) }.into(),
+            queued(2, "K1"),
+            KeyWriteDelivered { key_write_id: w(2) }.into(),
+            queued(3, "K1"),
+        ];
+        let user = given::<UserStream>(&past);
+        assert_eq!(user.state().undelivered(), vec![w(2), w(3)]);
+        let superseded = |n, reason: &SupersedeReason| -> Event {
+            KeyWriteSuperseded {
+                key_write_id: w(n),
+                reason: reason.clone(),
+            }
+            .into()
+        };
+        let gone = SupersedeReason::KeyUnassigned { key_id: key("K1") };
+        user.when(UserCommand::UnassignKey).then([
+            KeyUnassigned { key_id: key("K1") }.into(),
+            superseded(2, &gone),
+            superseded(3, &gone),
+        ]);
+        let moved = SupersedeReason::KeyReassigned {
+            from: key("K1"),
+            to: key("K2"),
+        };
+        user.when(UserCommand::AssignKey(key("K2"))).then([
+            KeyUnassigned { key_id: key("K1") }.into(),
+            superseded(2, &moved),
+            superseded(3, &moved),
+            assigned("K2"),
+        ]);
+    }
+
+    #[test]
+    fn a_write_is_delivered_only_to_an_agent_of_the_key_the_user_still_holds() {
+        let deliver = |keys: &[&str]| UserCommand::DeliverWrite {
+            write: w(1),
+            keys: keys.iter().map(|k| key(k)).collect(),
+        };
+        let owed =
+            given::<UserStream>(&[discovered(), imported(), assigned("K1"), queued(1, "K1")]);
+        owed.when(deliver(&["K1", "K9"]))
+            .then([KeyWriteDelivered { key_write_id: w(1) }.into()]);
+        // Another key's agent learns nothing, not even that the write exists.
+        owed.when(deliver(&["K2"]))
+            .then_reject(Rejection::NotFound("key write"));
+        // Delivered and not acknowledged: handed out again after its lease.
+        given::<UserStream>(&[
+            discovered(),
+            imported(),
+            assigned("K1"),
+            queued(1, "K1"),
+            KeyWriteDelivered { key_write_id: w(1) }.into(),
+        ])
+        .when(deliver(&["K1"]))
+        .then_ok();
+        for after in [
+            KeyUnassigned { key_id: key("K1") }.into(),
+            KeyWriteConfirmed { key_write_id: w(1) }.into(),
+            UserDeleted { reason: None }.into(),
+        ] {
+            given::<UserStream>(&[
+                discovered(),
+                imported(),
+                assigned("K1"),
+                queued(1, "K1"),
+                after,
+            ])
+            .when(deliver(&["K1"]))
+            .then_reject(Rejection::NotFound("key write"));
+        }
+    }
+
+    #[test]
+    fn a_write_is_acknowledged_once() {
+        let ack = |outcome| UserCommand::AcknowledgeWrite {
+            write: w(1),
+            keys: vec![key("K1")],
+            outcome,
+        };
+        let delivered = [
+            discovered(),
+            imported(),
+            assigned("K1"),
+            queued(1, "K1"),
+            KeyWriteDelivered { key_write_id: w(1) }.into(),
+        ];
+        given::<UserStream>(&delivered)
+            .when(ack(WriteOutcome::Written))
+            .then([KeyWriteConfirmed { key_write_id: w(1) }.into()]);
+        given::<UserStream>(&delivered)
+            .when(ack(WriteOutcome::Failed("no key".into())))
+            .then([KeyWriteFailed {
+                key_write_id: w(1),
+                detail: "no key".into(),
+            }
+            .into()]);
+        given::<UserStream>(&delivered)
+            .when(ack(WriteOutcome::Failed("x".repeat(2001))))
+            .then_invalid("detail");
+        let mut confirmed = delivered.to_vec();
+        confirmed.push(KeyWriteConfirmed { key_write_id: w(1) }.into());
+        given::<UserStream>(&confirmed)
+            .when(ack(WriteOutcome::Written))
+            .then_conflict();
+    }
+
+    #[test]
+    fn a_reveal_is_recorded_with_its_reason_and_invites_go_to_active_users() {
+        let reveal = |reason: &str| UserCommand::RecordReveal {
+            rotation: RotationId(uuid::Uuid::from_u128(7)),
+            reason: reason.into(),
+        };
+        let active = given::<UserStream>(&[discovered(), imported()]);
+        active
+            .when(reveal("  locked out  "))
+            .then([PasswordRevealed {
+                rotation_id: RotationId(uuid::Uuid::from_u128(7)),
+                reason: "locked out".into(),
+            }
+            .into()]);
+        active.when(reveal("   ")).then_invalid("reason");
+        given::<UserStream>(&[
+            discovered(),
+            imported(),
+            UserDeleted { reason: None }.into(),
+        ])
+        .when(reveal("why"))
+        .then_reject(Rejection::NotFound("user"));
+        let invite = || UserCommand::RecordInvite {
+            to: "a@contoso.com".into(),
+            via: "outbox".into(),
+        };
+        active.when(invite()).then([InviteSent {
+            to: "a@contoso.com".into(),
+            via: "outbox".into(),
+        }
+        .into()]);
+        given::<UserStream>(&[discovered()])
+            .when(invite())
+            .then_conflict();
+    }
+}

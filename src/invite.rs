@@ -59,14 +59,12 @@ pub struct Invite {
 pub enum Mailer {
     /// An SMTP relay.
     Smtp {
-        /// The transport.
         transport: AsyncSmtpTransport<Tokio1Executor>,
         /// The sender.
         from: Mailbox,
     },
     /// `.eml` files in a directory.
     Outbox {
-        /// The directory.
         dir: PathBuf,
         /// The sender.
         from: Mailbox,

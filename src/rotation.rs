@@ -133,7 +133,7 @@ impl Default for RotationConfig {
 pub enum ManualStart {
     /// Started now.
     Started {
-        /// The rotation.
+        /// The rotation this belongs to (also the correlation id of its events).
         rotation_id: RotationId,
         /// Position of `RotationStarted`.
         position: u64,

@@ -39,7 +39,6 @@ fn yes() -> bool {
     true
 }
 
-/// Creates a user.
 pub async fn create_user(State(sim): State<Sim>, Json(u): Json<NewUser>) -> Response {
     let user = UserEntry {
         id: u.id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
@@ -187,7 +186,6 @@ pub async fn token_lifetime(State(sim): State<Sim>, Json(t): Json<TokenLifetime>
     StatusCode::NO_CONTENT
 }
 
-/// Adds a member.
 pub async fn add_member(
     State(sim): State<Sim>,
     Path((group, user)): Path<(String, String)>,
@@ -199,7 +197,6 @@ pub async fn add_member(
     }
 }
 
-/// Removes a member.
 pub async fn remove_member(
     State(sim): State<Sim>,
     Path((group, user)): Path<(String, String)>,

@@ -13,7 +13,6 @@ use sha2::Sha256;
 pub struct Claims {
     /// Audience: the Graph service root.
     pub aud: String,
-    /// Issuer.
     pub iss: String,
     /// Tenant id.
     pub tid: String,
@@ -25,7 +24,6 @@ pub struct Claims {
     pub iat: i64,
     /// Not before.
     pub nbf: i64,
-    /// Expiry.
     pub exp: i64,
 }
 

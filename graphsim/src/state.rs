@@ -94,9 +94,7 @@ pub struct Fault {
 /// One request received (`GET /_sim/requests`).
 #[derive(Clone, Debug, Serialize)]
 pub struct LoggedRequest {
-    /// Method.
     pub method: String,
-    /// Path.
     pub path: String,
     /// Raw query string.
     pub query: String,
@@ -142,7 +140,6 @@ impl DeltaCursor {
 /// Everything behind the lock.
 #[derive(Debug, Default)]
 pub struct Inner {
-    /// The directory.
     pub dir: Directory,
     /// Sequence number of the last change.
     pub seq: u64,

@@ -13,7 +13,7 @@ pub struct TenantFile {
     pub domains: Vec<DomainEntry>,
     /// App registrations that may get tokens.
     pub applications: Vec<Application>,
-    /// Users.
+    /// Every user ever discovered, deleted ones included.
     pub users: Vec<UserEntry>,
     /// Groups with their direct members (user ids).
     pub groups: Vec<GroupEntry>,
@@ -46,7 +46,6 @@ fn managed() -> String {
 pub struct Application {
     /// Client (application) id.
     pub client_id: String,
-    /// Display name.
     pub display_name: String,
     /// The client secret.
     pub secret: String,
@@ -107,9 +106,8 @@ pub struct GroupEntry {
 /// The simulator's live copy of the directory.
 #[derive(Clone, Debug, Default)]
 pub struct Directory {
-    /// Tenant id.
+    /// Entra tenant id (a GUID).
     pub tenant_id: String,
-    /// Domains.
     pub domains: Vec<DomainEntry>,
     /// Apps by client id.
     pub apps: BTreeMap<String, Application>,
@@ -126,7 +124,6 @@ pub struct Directory {
 pub struct Group {
     /// Object id.
     pub id: String,
-    /// Display name.
     pub display_name: String,
     /// Member user ids.
     pub members: BTreeSet<String>,

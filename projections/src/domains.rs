@@ -67,7 +67,7 @@ pub struct DomainView {
     pub id: DomainId,
     /// The tenant's domain name.
     pub name: String,
-    /// Settings.
+    /// The settings in force.
     pub settings: DomainSettings,
     /// Credentials, if saved.
     pub credentials: Option<CredentialsView>,
@@ -104,7 +104,7 @@ pub enum SyncRunStatus {
     Running,
     /// Finished.
     Succeeded,
-    /// Failed.
+    /// It failed; `error` says why.
     Failed,
     /// Held by the deletion guard.
     Quarantined,
@@ -113,23 +113,23 @@ pub enum SyncRunStatus {
 /// One sync run.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct SyncRunView {
-    /// The run.
+    /// The run this event belongs to (also the correlation id of its events).
     pub run_id: SyncRunId,
-    /// Its domain.
+    /// The domain it synced.
     pub domain_id: DomainId,
     /// Why it ran.
     pub trigger: SyncTrigger,
-    /// Dry run.
+    /// Nothing but the run's own record was written.
     pub dry_run: bool,
     /// Full round.
     pub full: bool,
-    /// Status.
+    /// Where it stands.
     pub status: SyncRunStatus,
-    /// Started.
+    /// When it started.
     pub started_at: DateTime<Utc>,
     /// Ended.
     pub finished_at: Option<DateTime<Utc>>,
-    /// Counters.
+    /// What it saw and did, counted.
     pub counters: SyncCounters,
     /// Error text.
     pub error: Option<String>,

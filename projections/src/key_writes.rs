@@ -13,13 +13,13 @@ pub struct KeyWriteView {
     pub id: KeyWriteId,
     /// Whose password.
     pub user_id: UserId,
-    /// The key.
+    /// The hardware key's serial.
     pub key_id: KeyId,
     /// The rotation whose password it carries.
     pub rotation_id: RotationId,
     /// Where it stands.
     pub state: KeyWriteState,
-    /// Queued.
+    /// When it was queued.
     pub queued_at: DateTime<Utc>,
     /// Position of `KeyWriteQueued` (agents get writes in this order).
     pub queued_position: u64,

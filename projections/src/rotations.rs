@@ -26,7 +26,7 @@ pub enum RotationOutcome {
 /// One rotation.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct RotationView {
-    /// The rotation.
+    /// The rotation this belongs to (also the correlation id of its events).
     pub rotation_id: RotationId,
     /// Whose password.
     pub user_id: UserId,
@@ -45,7 +45,7 @@ pub struct RotationView {
     pub sealed_password: SealedSecret,
     /// Attempts that ended with an unknown outcome.
     pub retries: u32,
-    /// The outcome.
+    /// How it ended, or pending.
     pub outcome: RotationOutcome,
     /// Graph's error code on failure.
     pub graph_code: Option<String>,

@@ -10,13 +10,13 @@ use serde::Serialize;
 pub struct TokenView {
     /// The token.
     pub id: TokenId,
-    /// Its role.
+    /// What the token may do.
     pub role: Role,
     /// Its label.
     pub name: String,
     /// For agents, the keys it serves.
     pub key_ids: Vec<KeyId>,
-    /// Issued.
+    /// When it was issued.
     pub issued_at: DateTime<Utc>,
     /// Revoked, if so.
     pub revoked_at: Option<DateTime<Utc>>,

@@ -51,13 +51,13 @@ impl UserStatus {
 pub struct UserView {
     /// Engine id.
     pub id: UserId,
-    /// Domain.
+    /// The domain it belongs to.
     pub domain_id: DomainId,
     /// Entra object id.
     pub external_id: String,
     /// Attributes from Entra ID.
     pub attributes: UserAttributes,
-    /// Status.
+    /// Where it stands.
     pub status: UserStatus,
     /// Member of the sync group now.
     pub in_sync_group: bool,
@@ -91,7 +91,7 @@ pub struct UserView {
     pub invited_at: Option<DateTime<Utc>>,
     /// First seen.
     pub discovered_at: DateTime<Utc>,
-    /// Imported.
+    /// When the user was imported.
     pub imported_at: Option<DateTime<Utc>>,
     /// Last event.
     pub updated_at: DateTime<Utc>,

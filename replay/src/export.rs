@@ -116,7 +116,7 @@ impl ExportFormat {
 /// Which rows: a time range (both ends inclusive) and optional filters.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExportQuery {
-    /// The kind.
+    /// What is exported.
     pub kind: ExportKind,
     /// Events recorded at or after this time.
     pub from: Option<DateTime<Utc>>,
@@ -594,7 +594,7 @@ pub enum RowMismatch {
     Header,
     /// Row `row` of the file is not the log's row `row`.
     Differs {
-        /// The row.
+        /// Its number among the data rows, from 1 (the header is not counted).
         row: usize,
     },
     /// The file ends before the log's rows do.

@@ -67,7 +67,6 @@ pub enum ExpectedVersion {
 /// Events to append to one stream, atomically.
 #[derive(Clone, Debug)]
 pub struct AppendRequest {
-    /// The stream.
     pub stream: StreamId,
     /// The condition.
     pub expected: ExpectedVersion,
@@ -104,7 +103,6 @@ pub struct Appended {
 pub struct LogHead {
     /// Its position (0 for an empty log).
     pub position: u64,
-    /// Its hash.
     pub hash: Hash,
 }
 
@@ -114,7 +112,6 @@ pub enum AppendError {
     /// The stream's version is not what the caller expected.
     #[error("wrong expected version for {stream}: expected {expected:?}, stream is at {actual}")]
     WrongExpectedVersion {
-        /// The stream.
         stream: StreamId,
         /// What the caller expected.
         expected: ExpectedVersion,
@@ -133,7 +130,6 @@ pub enum AppendError {
     WrongStream {
         /// The event kind.
         kind: &'static str,
-        /// The stream.
         stream: StreamId,
     },
     /// The request breaks a limit (no events, too many, too large).

@@ -128,7 +128,7 @@ pub struct SyncService {
 
 /// A run accepted: its id and the position of its `SyncRunStarted`.
 pub struct Accepted {
-    /// The run.
+    /// The run this event belongs to (also the correlation id of its events).
     pub run_id: SyncRunId,
     /// Position of `SyncRunStarted`.
     pub position: u64,

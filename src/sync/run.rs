@@ -50,11 +50,11 @@ pub struct PlannedChange {
 /// What a run did (or, dry, would do).
 #[derive(Clone, Debug, Serialize)]
 pub struct RunReport {
-    /// The run.
+    /// The run this event belongs to (also the correlation id of its events).
     pub run_id: SyncRunId,
     /// A full round.
     pub full: bool,
-    /// Counters.
+    /// What it saw and did, counted.
     pub counters: SyncCounters,
     /// The deletion guard tripped.
     pub quarantined: bool,

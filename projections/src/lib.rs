@@ -219,6 +219,30 @@ mod tests {
         ]
     }
 
+    /// The user with a key, rotated once, the rotation's key write queued.
+    fn rotated(rotation: RotationId, write: KeyWriteId) -> Vec<Event> {
+        let mut events = a_user_with_a_key();
+        events.extend([
+            RotationStarted {
+                rotation_id: rotation,
+                reason: RotationReason::Initial,
+                sealed_password: sealed(),
+            }
+            .into(),
+            RotationSucceeded {
+                rotation_id: rotation,
+            }
+            .into(),
+            KeyWriteQueued {
+                key_write_id: write,
+                rotation_id: rotation,
+                key_id: KeyId("K1".into()),
+            }
+            .into(),
+        ]);
+        events
+    }
+
     #[test]
     fn a_user_is_a_candidate_until_imported_and_stays_active_after_leaving_the_group() {
         let mut events = a_user_with_a_key();
@@ -286,26 +310,7 @@ mod tests {
     fn a_rotation_and_its_key_write_move_together() {
         let rotation = RotationId(uuid::Uuid::from_u128(7));
         let write = KeyWriteId(uuid::Uuid::from_u128(8));
-        let mut events = a_user_with_a_key();
-        events.extend([
-            RotationStarted {
-                rotation_id: rotation,
-                reason: RotationReason::Initial,
-                sealed_password: sealed(),
-            }
-            .into(),
-            RotationSucceeded {
-                rotation_id: rotation,
-            }
-            .into(),
-            KeyWriteQueued {
-                key_write_id: write,
-                rotation_id: rotation,
-                key_id: KeyId("K1".into()),
-            }
-            .into(),
-        ]);
-        let log = on(&StreamId::user(user()), 0, events);
+        let log = on(&StreamId::user(user()), 0, rotated(rotation, write));
         let p = folded(&log[..4]);
         assert_eq!(p.rotations.pending().len(), 1);
         let p = folded(&log);
@@ -336,29 +341,13 @@ mod tests {
     fn a_write_is_deliverable_to_its_keys_agent_while_unleased_and_held() {
         let rotation = RotationId(uuid::Uuid::from_u128(7));
         let write = KeyWriteId(uuid::Uuid::from_u128(8));
-        let mut events = a_user_with_a_key();
-        events.extend([
-            RotationStarted {
-                rotation_id: rotation,
-                reason: RotationReason::Initial,
-                sealed_password: sealed(),
-            }
-            .into(),
-            RotationSucceeded {
-                rotation_id: rotation,
-            }
-            .into(),
-            KeyWriteQueued {
-                key_write_id: write,
-                rotation_id: rotation,
-                key_id: KeyId("K1".into()),
-            }
-            .into(),
+        let mut events = rotated(rotation, write);
+        events.push(
             KeyWriteDelivered {
                 key_write_id: write,
             }
             .into(),
-        ]);
+        );
         let log = on(&StreamId::user(user()), 0, events);
         let p = folded(&log);
         let lease = chrono::Duration::seconds(60);

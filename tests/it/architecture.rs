@@ -78,6 +78,11 @@ fn cycle(
 fn the_rooms_of_src_form_no_cycle_and_nothing_imports_the_cli() {
     let graph = arrows();
     assert!(graph.len() > 10, "{graph:?}");
+    // The graph, for whoever runs this with --nocapture.
+    for (from, to) in &graph {
+        let to: Vec<&str> = to.iter().map(String::as_str).collect();
+        println!("{from} → {}", to.join(", "));
+    }
     let mut done = BTreeSet::new();
     for node in graph.keys() {
         if let Some(c) = cycle(&graph, node, &mut Vec::new(), &mut done) {

@@ -87,26 +87,8 @@ async fn sigkill_of_serve_loses_no_answered_request() {
     let data = dir.path().join("data");
     let mut answered: Vec<String> = Vec::new();
     for round in 0..3 {
-        let port = free_port();
-        let url = format!("http://127.0.0.1:{port}");
-        let mut child = idledger()
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .arg("--data-dir")
-            .arg(&data)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let http = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while http.get(format!("{url}/healthz")).send().await.is_err() {
-            assert!(Instant::now() < deadline, "serve did not start");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let token = std::fs::read_to_string(data.join("admin.token"))
-            .unwrap()
-            .trim()
-            .to_owned();
+        let mut serve = Serve::start(&data, None).await;
+        let (http, url, token) = (serve.http.clone(), serve.url.clone(), serve.token.clone());
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
         let mut flood = Vec::new();
         for w in 0..16 {
@@ -144,8 +126,8 @@ async fn sigkill_of_serve_loses_no_answered_request() {
                 None => panic!("every writer stopped before the kill"),
             }
         }
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
+        serve.child.kill().unwrap(); // SIGKILL
+        serve.child.wait().unwrap();
         for f in flood {
             let _ = f.await;
         }

@@ -3,14 +3,13 @@
 
 use crate::audit::source::records_of_store;
 use crate::error::Error;
-use crate::store::{AppendRequest, EventLog, ExpectedVersion, SledEventLog};
+use crate::store::{EventLog, SledEventLog};
 use clap::Args;
 use idledger_domain::events::*;
 use idledger_domain::*;
 use idledger_replay::{ExportFormat, ExportKind, ExportQuery};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use uuid::Uuid;
@@ -76,46 +75,16 @@ fn story(user: UserId, domain: DomainId, events: u64) -> Vec<Event> {
     out
 }
 
+/// Fills the log with `count` password-change events, 60 per user.
 async fn fill(log: &Arc<SledEventLog>, count: u64) -> Result<(), Error> {
-    const PER_USER: u64 = 60;
     let domain = DomainId(Uuid::now_v7());
-    let remaining = Arc::new(AtomicU64::new(count));
-    let pb = crate::cli::progress::bar(Some(count), "fill");
-    let mut tasks = Vec::new();
-    for _ in 0..8 {
-        let (log, remaining, pb) = (log.clone(), remaining.clone(), pb.clone());
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let took = remaining
-                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| {
-                        (r > 0).then(|| r - PER_USER.min(r))
-                    })
-                    .unwrap_or(0);
-                let n = took.min(PER_USER);
-                if n == 0 {
-                    return Ok::<_, Error>(());
-                }
-                let user = UserId(Uuid::now_v7());
-                let events = story(user, domain, n)
-                    .into_iter()
-                    .map(|e| ProposedEvent::new(Uuid::now_v7(), Actor::System, e))
-                    .collect();
-                log.append(AppendRequest::new(
-                    StreamId::user(user),
-                    ExpectedVersion::NoStream,
-                    events,
-                ))
-                .await?;
-                pb.inc(n);
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.map_err(|e| Error::Other(e.to_string()))??;
-    }
-    pb.finish_and_clear();
-    log.flush().await?;
-    Ok(())
+    super::fill_with(log, count, 60, move |user, n| {
+        story(user, domain, n)
+            .into_iter()
+            .map(|e| ProposedEvent::new(Uuid::now_v7(), Actor::System, e))
+            .collect()
+    })
+    .await
 }
 
 /// Runs the benchmark and prints one JSON line.

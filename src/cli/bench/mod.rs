@@ -121,31 +121,44 @@ pub(crate) fn round3(x: f64) -> f64 {
 
 /// Fills the log with `count` more events, 100 per append, from several tasks.
 pub(crate) async fn fill(log: &Arc<SledEventLog>, count: u64) -> Result<(), Error> {
-    const PER_APPEND: u64 = 100;
-    let maker = Arc::new(EventMaker::new(256));
+    let maker = EventMaker::new(256);
+    fill_with(log, count, 100, move |user, n| {
+        (1..=n).map(|v| maker.event(user, v)).collect()
+    })
+    .await
+}
+
+/// Fills the log with `count` more events from eight tasks, each append a new user's
+/// stream holding `story(user, n)`: its first `n` events (at most `per_append`).
+pub(crate) async fn fill_with(
+    log: &Arc<SledEventLog>,
+    count: u64,
+    per_append: u64,
+    story: impl Fn(UserId, u64) -> Vec<ProposedEvent> + Send + Sync + 'static,
+) -> Result<(), Error> {
+    let story = Arc::new(story);
     let remaining = Arc::new(AtomicU64::new(count));
     let pb = progress::bar(Some(count), "fill");
     let mut tasks = Vec::new();
     for _ in 0..8 {
-        let (log, maker, remaining, pb) =
-            (log.clone(), maker.clone(), remaining.clone(), pb.clone());
+        let (log, story, remaining, pb) =
+            (log.clone(), story.clone(), remaining.clone(), pb.clone());
         tasks.push(tokio::spawn(async move {
             loop {
                 let took = remaining
                     .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| {
-                        r.checked_sub(PER_APPEND.min(r)).filter(|_| r > 0)
+                        r.checked_sub(per_append.min(r)).filter(|_| r > 0)
                     })
                     .unwrap_or(0);
-                let n = took.min(PER_APPEND);
+                let n = took.min(per_append);
                 if n == 0 {
                     return Ok::<_, Error>(());
                 }
                 let user = UserId(Uuid::new_v4());
-                let events = (1..=n).map(|v| maker.event(user, v)).collect();
                 log.append(AppendRequest::new(
                     StreamId::user(user),
                     ExpectedVersion::NoStream,
-                    events,
+                    story(user, n),
                 ))
                 .await?;
                 pb.inc(n);

@@ -5,9 +5,10 @@
 //! - [`client`]: a client of our own API and a `serve` child process (demo, benches, tests);
 //! - [`server`]: start-up, configuration and shutdown of `serve`;
 //! - [`http`]: the API and its typed requests and answers;
-//! - [`audit`]: verification, replay and exports over stored records;
+//! - [`audit`]: verification, replay, exports and proofs over stored records;
 //! - [`sync`], [`rotation`]: the services that talk to Microsoft Graph;
 //! - [`engine`]: the log, the projections and the keyring every service shares;
+//! - [`notary`]: the log's signing key and its signed tree heads;
 //! - [`graph`], [`invite`], [`password`]: Graph's client, the mailer, the password maker;
 //! - [`projector`], [`store`], [`secrets`]: the live fold, the log, sealing and keys;
 //! - [`error`]: the error start-up and commands report.
@@ -21,6 +22,7 @@ pub mod error;
 pub mod graph;
 pub mod http;
 pub mod invite;
+pub mod notary;
 pub mod password;
 pub mod projector;
 pub mod rotation;

@@ -1,6 +1,6 @@
 //! idledger's replay: fold any iterator of envelopes up to a position or a time, and
-//! verify the hash chain of any sequence of stored records, and make or check compliance
-//! exports.
+//! verify the hash chain of any sequence of stored records, make or check compliance
+//! exports, and check the Merkle tree's proofs and signed tree heads.
 //!
 //! Nothing here knows about sled or HTTP: the CLI feeds it from a data dir or from a
 //! server's event feed, so an auditor can check a log without trusting whoever serves it.
@@ -9,6 +9,7 @@
 
 pub mod export;
 pub mod fold;
+pub mod tree;
 pub mod verify;
 
 pub use export::{ExportFormat, ExportKind, ExportQuery, ExportSummary, Exporter};

@@ -3,6 +3,7 @@
 //! [`Verifier`] takes records one at a time (`push`), so it runs over a sled scan, an HTTP
 //! feed or a file alike, in constant memory apart from per-stream versions and event ids.
 
+use crate::tree::{leaf_hash, Frontier, TreeHead};
 use idledger_domain::envelope::RawRecord;
 use idledger_domain::{Envelope, Hash};
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -35,6 +36,10 @@ pub struct VerifyReport {
     pub problem_count: u64,
     /// The first problems, in log order.
     pub problems: Vec<Problem>,
+    /// The Merkle tree's root over the records read (RFC 9162).
+    pub tree_root: Hash,
+    /// The smallest tree size whose signed root the records do not give, if any.
+    pub first_inconsistent_tree_size: Option<u64>,
 }
 
 impl VerifyReport {
@@ -45,19 +50,29 @@ impl VerifyReport {
 
     /// The one-line JSON summary printed by `idledger verify`.
     pub fn summary_json(&self) -> serde_json::Value {
+        use base64::Engine;
+        let root = base64::engine::general_purpose::STANDARD.encode(self.tree_root.0);
         match self.first_bad() {
             None => serde_json::json!({
                 "ok": true,
                 "events": self.events,
                 "head_position": self.head_position,
                 "head_hash": self.head_hash.to_hex(),
+                "tree_size": self.events,
+                "tree_root": root,
             }),
-            Some(p) => serde_json::json!({
-                "ok": false,
-                "first_bad_position": p.position,
-                "reason": p.reason,
-                "problems": self.problem_count,
-            }),
+            Some(p) => {
+                let mut v = serde_json::json!({
+                    "ok": false,
+                    "first_bad_position": p.position,
+                    "reason": p.reason,
+                    "problems": self.problem_count,
+                });
+                if let Some(size) = self.first_inconsistent_tree_size {
+                    v["first_inconsistent_tree_size"] = size.into();
+                }
+                v
+            }
         }
     }
 }
@@ -72,6 +87,8 @@ pub struct CheckedRecord {
     pub links: Result<Links, String>,
     /// The decoded envelope, or why it could not be decoded.
     pub envelope: Result<Envelope, String>,
+    /// The record's leaf hash in the Merkle tree (when checked, not only decoded).
+    pub leaf: Option<Hash>,
 }
 
 /// A record's place in the chain.
@@ -102,6 +119,7 @@ impl CheckedRecord {
                 position,
                 links: Err(e.to_string()),
                 envelope: Err(e.to_string()),
+                leaf: hash.then(|| leaf_hash(bytes)),
             },
             Ok(raw) => CheckedRecord {
                 position,
@@ -111,6 +129,7 @@ impl CheckedRecord {
                     hash_matches: hash.then(|| raw.computed_hash() == raw.hash),
                 }),
                 envelope: raw.decode().map_err(|e| e.to_string()),
+                leaf: hash.then(|| leaf_hash(bytes)),
             },
         }
     }
@@ -127,6 +146,10 @@ pub struct Verifier {
     problems: Vec<Problem>,
     stream_versions: FxHashMap<String, u64>,
     event_ids: FxHashSet<uuid::Uuid>,
+    tree: Frontier,
+    /// Signed heads to hold the records to, by increasing size (the next is last).
+    heads: Vec<TreeHead>,
+    first_inconsistent: Option<u64>,
 }
 
 impl Verifier {
@@ -142,6 +165,13 @@ impl Verifier {
         v.event_ids
             .reserve(usize::try_from(records).unwrap_or(0).min(1 << 26));
         v
+    }
+
+    /// Holds the records to these signed heads: when the tree reaches a head's size, its
+    /// root must be the head's. (Heads larger than the log read are left unchecked.)
+    pub fn expect_heads(&mut self, mut heads: Vec<TreeHead>) {
+        heads.sort_by_key(|h| std::cmp::Reverse(h.tree_size));
+        self.heads = heads;
     }
 
     fn problem(&mut self, position: u64, reason: String) {
@@ -161,6 +191,10 @@ impl Verifier {
     pub fn accept(&mut self, record: &CheckedRecord) {
         let key = record.position;
         self.events += 1;
+        if let Some(leaf) = record.leaf {
+            self.tree.push(leaf);
+            self.check_heads(key);
+        }
         let expected = self.last_position + 1;
         if key != expected {
             let reason = if key > expected {
@@ -223,6 +257,29 @@ impl Verifier {
         }
     }
 
+    fn check_heads(&mut self, key: u64) {
+        let size = self.tree.size();
+        while let Some(head) = self.heads.last().copied() {
+            if head.tree_size > size {
+                return;
+            }
+            self.heads.pop();
+            if head.tree_size < size {
+                continue;
+            }
+            let root = self.tree.root();
+            if root != head.root_hash {
+                self.first_inconsistent.get_or_insert(size);
+                self.problem(
+                    key,
+                    format!(
+                        "inconsistent: the tree head signed for size {size} has another root than these records give"
+                    ),
+                );
+            }
+        }
+    }
+
     /// Reports a record that could not be read at all (an IO error from the source).
     pub fn unreadable(&mut self, position: u64, reason: String) {
         self.problem(position, format!("unreadable: {reason}"));
@@ -242,6 +299,8 @@ impl Verifier {
             head_hash: self.last_hash,
             problem_count: self.problem_count,
             problems: self.problems,
+            tree_root: self.tree.root(),
+            first_inconsistent_tree_size: self.first_inconsistent,
         }
     }
 }
@@ -421,5 +480,46 @@ mod tests {
             report.summary_json()["problems"],
             serde_json::json!(report.problem_count)
         );
+    }
+
+    #[test]
+    fn the_tree_over_the_records_is_held_to_the_heads_signed_for_it() {
+        use crate::tree::{Frontier, TreeHead};
+        let records = chain(10);
+        let mut roots = vec![];
+        let mut f = Frontier::new();
+        for r in &records {
+            f.push(leaf_hash(r));
+            roots.push(f.root());
+        }
+        let head = |size: u64, root: Hash| TreeHead {
+            tree_size: size,
+            root_hash: root,
+            timestamp_ms: 0,
+        };
+        let run = |heads: Vec<TreeHead>| {
+            let mut v = Verifier::new();
+            v.expect_heads(heads);
+            for (key, bytes) in numbered(records.clone()) {
+                v.push(key, &bytes);
+            }
+            v.finish()
+        };
+        let sound = run(vec![
+            head(4, roots[3]),
+            head(10, roots[9]),
+            head(99, Hash([1; 32])),
+        ]);
+        assert!(sound.ok, "{sound:?}");
+        assert_eq!(sound.tree_root, roots[9]);
+        // A head whose root these records do not give: named by its size.
+        let forked = run(vec![
+            head(4, roots[3]),
+            head(7, roots[5]),
+            head(9, Hash([2; 32])),
+        ]);
+        assert_eq!(forked.first_inconsistent_tree_size, Some(7));
+        assert_eq!(forked.problem_count, 2);
+        assert_eq!(forked.summary_json()["first_inconsistent_tree_size"], 7);
     }
 }

@@ -8,17 +8,40 @@ use crate::store::parallel_decode::{decoder_threads, parallel_map};
 use crate::store::sled_log::open_raw;
 use crate::store::StoreError;
 use idledger_projections::Projections;
+use idledger_replay::tree::TreeHead;
 use idledger_replay::verify::CheckedRecord;
-use idledger_replay::{fold, Until, Verifier};
+use idledger_replay::{fold, Until, Verifier, VerifyReport};
 use std::ops::ControlFlow;
 
 /// Verifies the whole chain of `source`; answers the verifier's summary. Reading that
 /// stops early (an unreadable record, a lost connection) is a finding, not an error; sled's
 /// own panics on unreadable files are caught and reported the same way.
-pub fn verify(source: &Source, mut on_position: impl FnMut(u64)) -> serde_json::Value {
+pub fn verify(source: &Source, on_position: impl FnMut(u64)) -> serde_json::Value {
+    // A data dir's own signed heads are held to its records too (a server's are checked
+    // with the auditor's key, by `verify --checkpoint`).
+    let heads = match source {
+        Source::DataDir(dir) => match crate::notary::kept_heads(dir) {
+            Ok(heads) => heads,
+            Err(e) => {
+                return serde_json::json!({"ok": false, "first_bad_position": 0, "reason": e.to_string()})
+            }
+        },
+        Source::Server { .. } => Vec::new(),
+    };
+    verify_against(source, heads, on_position).summary_json()
+}
+
+/// [`verify`], with the Merkle tree over the records also held to `heads` (signed tree
+/// heads): a head whose root the records do not give is a problem naming its size.
+pub fn verify_against(
+    source: &Source,
+    heads: Vec<TreeHead>,
+    mut on_position: impl FnMut(u64),
+) -> VerifyReport {
     let source = source.clone();
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let mut v = Verifier::new();
+        v.expect_heads(heads);
         let read = records_of(&source).map(|records| {
             parallel_map(records, CheckedRecord::check, decoder_threads(), |what| {
                 Error::Other(what.to_owned())
@@ -38,10 +61,12 @@ pub fn verify(source: &Source, mut on_position: impl FnMut(u64)) -> serde_json::
         if let Some(e) = failed {
             v.unreadable(v.events() + 1, e.to_string());
         }
-        v.finish().summary_json()
+        v.finish()
     }));
     outcome.unwrap_or_else(|_| {
-        serde_json::json!({"ok": false, "first_bad_position": 0, "reason": "the store could not be read"})
+        let mut v = Verifier::new();
+        v.unreadable(0, "the store could not be read".into());
+        v.finish()
     })
 }
 

@@ -3,7 +3,7 @@
 //! `verify-export`'s comparison of a file with the rows the log gives.
 
 use super::files::{FileSink, FileSource, RowSink};
-use super::manifest::Manifest;
+use super::manifest::{Manifest, ManifestHead};
 use super::source::Records;
 use crate::error::Error;
 use crate::store::parallel_decode::{decoder_threads, parallel_map};
@@ -11,6 +11,7 @@ use crate::store::StoreError;
 use chrono::{DateTime, Utc};
 use idledger_domain::{DomainId, UserId};
 use idledger_replay::export::{RowComparer, RowMismatch};
+use idledger_replay::tree::{check_consistency, LogPublicKey};
 use idledger_replay::verify::CheckedRecord;
 use idledger_replay::{ExportFormat, ExportKind, ExportQuery, ExportSummary, Exporter, Verifier};
 use serde::Serialize;
@@ -118,20 +119,30 @@ pub struct Written {
     pub rows: u64,
     /// The last log position read.
     pub log_position: u64,
+    /// The size of the signed tree head the manifest carries (none: it carries none).
+    pub signed_tree_size: Option<u64>,
 }
 
-/// Writes the export of `query` over `records` to `out`, and its manifest beside it.
+/// Writes the export of `query` over `records` to `out`, and its manifest beside it, with
+/// the signed tree head `cover(log_position)` finds for it.
 pub fn export_file(
     records: Records,
     query: &ExportQuery,
     format: ExportFormat,
     out: &Path,
+    cover: impl FnOnce(u64) -> Result<Option<ManifestHead>, Error>,
     on_position: impl FnMut(u64),
 ) -> Result<Written, Error> {
     let mut sink = FileSink::create(out)?;
     let summary = run_export(records, query, format, None, &mut sink, None, on_position)?;
     let sha = sink.finish()?;
-    let manifest = Manifest::new(query, format, &summary, &sha, Utc::now());
+    let mut manifest = Manifest::new(query, format, &summary, &sha, Utc::now());
+    manifest.signed_head = cover(summary.log_position)?;
+    let signed_tree_size = manifest
+        .signed_head
+        .as_ref()
+        .and_then(|h| h.checkpoint.lines().nth(1))
+        .and_then(|size| size.parse().ok());
     let text = serde_json::to_string_pretty(&manifest).map_err(|e| Error::Other(e.to_string()))?;
     let manifest_path = Manifest::path_of(out);
     std::fs::write(&manifest_path, format!("{text}\n"))?;
@@ -140,6 +151,7 @@ pub fn export_file(
         manifest: manifest_path,
         rows: summary.rows,
         log_position: summary.log_position,
+        signed_tree_size,
     })
 }
 
@@ -167,8 +179,60 @@ pub struct ExportCheck {
     pub rows: u64,
     /// Where the log was read to (the manifest's).
     pub log_position: u64,
+    /// `verified` (the log to `log_position` is in the manifest's signed tree head),
+    /// `absent` (the manifest carries none), `unchecked` (no public key was given to
+    /// check it with: `--public-key`) or `failed` (see `problems`).
+    pub signed_head: &'static str,
     /// Every problem found.
     pub problems: Vec<Problem>,
+}
+
+/// Checks that the tree of the records up to `m.log_position` (whose root is `root`) is in
+/// the signed head `m` carries.
+fn check_signed_head(
+    m: &Manifest,
+    root: &idledger_domain::Hash,
+    key: Option<&LogPublicKey>,
+) -> Result<(), String> {
+    let Some(signed) = &m.signed_head else {
+        return Ok(());
+    };
+    // Without the auditor's key there is nothing to hold the head to (the server's own
+    // key proves nothing); the report says so instead of failing.
+    let Some(key) = key else {
+        return Ok(());
+    };
+    let head = key
+        .open(&signed.checkpoint)
+        .map_err(|e| e.to_string())?
+        .head;
+    let proof = signed
+        .consistency
+        .iter()
+        .map(|h| crate::audit::proofs::hash_of(h))
+        .collect::<Result<Vec<_>, _>>()?;
+    if head.tree_size == m.log_position {
+        if proof.is_empty() && head.root_hash == *root {
+            return Ok(());
+        }
+        return Err(format!(
+            "the records to position {} do not give the root signed for that size",
+            m.log_position
+        ));
+    }
+    check_consistency(
+        &proof,
+        m.log_position,
+        root,
+        head.tree_size,
+        &head.root_hash,
+    )
+    .map_err(|e| {
+        format!(
+            "the records to position {} are not a prefix of the tree signed at size {}: {e}",
+            m.log_position, head.tree_size
+        )
+    })
 }
 
 /// Recomputes the rows of `file`'s manifest from `records` up to its position, checks the
@@ -176,6 +240,7 @@ pub struct ExportCheck {
 pub fn verify_export_file(
     file: &Path,
     records: Records,
+    key: Option<&LogPublicKey>,
     on_position: impl FnMut(u64),
 ) -> Result<ExportCheck, Error> {
     let m: Manifest = serde_json::from_slice(&std::fs::read(Manifest::path_of(file))?)
@@ -196,6 +261,18 @@ pub fn verify_export_file(
     let file_sha = hex::encode(source.finish()?);
     let chain = chain.finish();
     let mut problems = Vec::new();
+    let signed_head = match check_signed_head(&m, &chain.tree_root, key) {
+        Ok(()) if m.signed_head.is_some() && key.is_none() => "unchecked",
+        Ok(()) if m.signed_head.is_some() => "verified",
+        Ok(()) => "absent",
+        Err(detail) => {
+            problems.push(Problem::Other {
+                problem: "signed_head",
+                detail: detail.into(),
+            });
+            "failed"
+        }
+    };
     if !chain.ok {
         problems.push(Problem::Other {
             problem: "chain",
@@ -233,6 +310,7 @@ pub fn verify_export_file(
         ok: problems.is_empty(),
         rows: summary.rows,
         log_position: m.log_position,
+        signed_head,
         problems,
     })
 }

@@ -55,6 +55,23 @@ pub struct Manifest {
     pub tool: String,
     /// When it was made.
     pub made_at: DateTime<Utc>,
+    /// A signed tree head of the log that covers `log_position`, so the export proves
+    /// where it sits in the one history (absent in manifests made before tree heads, and
+    /// when no head covered the position).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_head: Option<ManifestHead>,
+}
+
+/// A signed tree head covering an export, with the proof that ties the export's position
+/// to it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestHead {
+    /// The head as a C2SP checkpoint (signed note).
+    pub checkpoint: String,
+    /// The consistency proof (base64 hashes) from the tree of `log_position` records to
+    /// the head's tree; empty when the head is of exactly that size.
+    pub consistency: Vec<String>,
 }
 
 impl Manifest {
@@ -86,6 +103,7 @@ impl Manifest {
             file_sha256: hex::encode(file_sha256),
             tool: format!("idledger {}", env!("CARGO_PKG_VERSION")),
             made_at: now,
+            signed_head: None,
         }
     }
 

@@ -3,7 +3,7 @@
 
 use super::progress;
 use super::DataDir;
-use crate::audit::source::{last_position, records_of};
+use crate::audit::source::{last_position, records_of, Source};
 use crate::error::Error;
 use chrono::{DateTime, Utc};
 use clap::Args;
@@ -46,6 +46,10 @@ pub struct VerifyExportArgs {
     pub file: PathBuf,
     #[command(flatten)]
     pub dir: DataDir,
+    /// The log's public key (its text, or a file holding it) to check the manifest's
+    /// signed tree head with; by default the data dir's own (with --server: give it).
+    #[arg(long)]
+    pub public_key: Option<String>,
 }
 
 /// A progress bar for reading up to `last`, and the callback that moves it.
@@ -66,7 +70,13 @@ pub fn export(args: &ExportArgs) -> Result<ExitCode, Error> {
     let format = args.format;
     let source = args.dir.source()?;
     let (pb, tick) = bar(last_position(&source), "export");
-    let written = crate::audit::export_file(records_of(&source)?, &query, format, &args.out, tick)?;
+    let cover = |log_position| match &source {
+        Source::DataDir(dir) => crate::audit::proofs::cover_in_data_dir(dir, log_position),
+        Source::Server { url, token } => crate::audit::proofs::Server::new(url, token)?
+            .cover(log_position, std::time::Duration::from_secs(5)),
+    };
+    let written =
+        crate::audit::export_file(records_of(&source)?, &query, format, &args.out, cover, tick)?;
     pb.finish_and_clear();
     println!(
         "{}",
@@ -78,8 +88,14 @@ pub fn export(args: &ExportArgs) -> Result<ExitCode, Error> {
 /// `idledger verify-export`: prints the report; exits 1 unless it is ok.
 pub fn verify_export(args: &VerifyExportArgs) -> Result<ExitCode, Error> {
     let source = args.dir.source()?;
+    let key = match (&args.public_key, &args.dir.data_dir) {
+        (Some(k), _) => Some(super::proofs::public_key(k)?),
+        (None, Some(dir)) => crate::notary::key::public_key(dir).ok(),
+        (None, None) => None,
+    };
     let (pb, tick) = bar(last_position(&source), "verify-export");
-    let report = crate::audit::verify_export_file(&args.file, records_of(&source)?, tick)?;
+    let report =
+        crate::audit::verify_export_file(&args.file, records_of(&source)?, key.as_ref(), tick)?;
     pb.finish_and_clear();
     println!(
         "{}",

@@ -7,6 +7,7 @@ pub mod export;
 pub mod graph;
 pub mod inspect;
 pub mod progress;
+pub mod proofs;
 pub mod serve;
 pub mod token;
 
@@ -30,8 +31,9 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Print envelopes as JSON Lines (sealed secrets show as "sealed").
     Log(LogArgs),
-    /// Verify the hash chain, encodings and positions of the whole log.
-    Verify(DataDir),
+    /// Verify the hash chain, encodings and positions of the whole log (and, with
+    /// --checkpoint, that a server's history extends the one accepted before).
+    Verify(VerifyArgs),
     /// Fold the log (up to a position or time) and print the projections as JSON.
     Replay(ReplayArgs),
     /// Write a compliance export (CSV or JSON Lines) and its manifest.
@@ -49,6 +51,34 @@ enum Command {
     /// API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Print the log's public key (C2SP verifier key) from a data dir.
+    LogKey(proofs::LogKeyArgs),
+    /// Prove that the record at a position is in a server's signed tree head.
+    Prove(proofs::ProveArgs),
+    /// Signed tree head files (checkpoints).
+    #[command(subcommand)]
+    Checkpoint(CheckpointCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum CheckpointCommand {
+    /// Check that two checkpoints describe one history (same size: same root; else a
+    /// consistency proof from --server).
+    Compare(proofs::CompareArgs),
+}
+
+/// Options of `idledger verify`.
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub dir: DataDir,
+    /// A checkpoint file (with --server): the server's latest signed tree head must
+    /// extend the one in it, and replaces it once everything holds.
+    #[arg(long, requires = "server", requires = "public_key")]
+    pub checkpoint: Option<PathBuf>,
+    /// The log's public key (its text, or a file holding it), for --checkpoint.
+    #[arg(long)]
+    pub public_key: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -138,7 +168,13 @@ pub fn run() -> ExitCode {
         }
         Command::Demo(a) => runtime().and_then(|rt| rt.block_on(demo::run(a))),
         Command::Log(a) => inspect::log(&a),
-        Command::Verify(a) => inspect::verify(&a),
+        Command::Verify(a) => match (&a.checkpoint, &a.dir.server, &a.public_key) {
+            (Some(file), Some(url), Some(key)) => proofs::verify_checkpoint(url, file, key),
+            _ => inspect::verify(&a.dir),
+        },
+        Command::LogKey(a) => proofs::log_key(&a),
+        Command::Prove(a) => proofs::prove(&a),
+        Command::Checkpoint(CheckpointCommand::Compare(a)) => proofs::compare(&a),
         Command::Replay(a) => inspect::replay(&a),
         Command::Export(a) => export::export(&a),
         Command::VerifyExport(a) => export::verify_export(&a),

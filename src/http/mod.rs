@@ -8,6 +8,7 @@ mod error;
 mod events;
 mod meta;
 pub mod openapi;
+mod proofs;
 mod rotation;
 pub mod schema;
 mod sync;
@@ -62,6 +63,8 @@ pub struct AppState {
     pub agent_lease: Duration,
     /// Open event streams (SSE), bounded.
     pub event_streams: Arc<events::StreamSlots>,
+    /// Signed tree heads and the Merkle tree's proofs.
+    pub notary: crate::notary::Notary,
 }
 
 /// Who may call a route.
@@ -277,6 +280,25 @@ pub fn operations() -> Vec<Operation> {
         op(M::GET, "/v1/events/stream", Read, "Server-Sent Events: history, then live", get(events::stream))
             .query::<events::StreamQuery>()
             .other(200, "text/event-stream"),
+        op(M::GET, "/v1/log/public-key", Read, "The log's public key (C2SP verifier key)", get(proofs::public_key))
+            .other(200, "text/plain"),
+        op(M::GET, "/v1/log/sth", Read, "The latest signed tree head (C2SP checkpoint; ?format=json)", get(proofs::latest))
+            .query::<proofs::HeadQuery>()
+            .other(200, "text/plain")
+            .json::<proofs::SignedHead>(200),
+        op(M::GET, "/v1/log/sth/{tree_size}", Read, "The signed tree head kept for this tree size", get(proofs::at_size))
+            .query::<proofs::HeadQuery>()
+            .other(200, "text/plain")
+            .json::<proofs::SignedHead>(200),
+        op(M::GET, "/v1/log/sths", Read, "Every signed tree head kept, by tree size", get(proofs::heads))
+            .query::<proofs::HeadsQuery>()
+            .page::<proofs::SignedHead>(),
+        op(M::GET, "/v1/log/proof/inclusion", Read, "RFC 9162 inclusion proof of a position in a tree size", get(proofs::inclusion))
+            .query::<proofs::InclusionQuery>()
+            .json::<proofs::InclusionProof>(200),
+        op(M::GET, "/v1/log/proof/consistency", Read, "RFC 9162 consistency proof between two tree sizes", get(proofs::consistency))
+            .query::<proofs::ConsistencyQuery>()
+            .json::<proofs::ConsistencyProof>(200),
     ]
 }
 

@@ -292,6 +292,19 @@ pub struct ManifestSchema {
     /// The tool and version that made it.
     pub tool: String,
     pub made_at: chrono::DateTime<chrono::Utc>,
+    /// A signed tree head covering `log_position`.
+    pub signed_head: Option<ManifestHeadSchema>,
+}
+
+/// A signed tree head covering an export, and the proof tying the export's position to it.
+#[derive(ToSchema)]
+#[schema(as = ManifestHead)]
+pub struct ManifestHeadSchema {
+    /// The head as a C2SP checkpoint (signed note).
+    pub checkpoint: String,
+    /// Consistency proof (base64) from the tree of `log_position` records to the head's;
+    /// empty when the head is of exactly that size.
+    pub consistency: Vec<String>,
 }
 
 /// An export's filters.

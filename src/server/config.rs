@@ -77,6 +77,8 @@ pub struct Config {
     pub master_key_file: Option<PathBuf>,
     /// Allow the master key inside the data dir (see `--allow-master-key-in-data-dir`).
     pub allow_master_key_in_data_dir: bool,
+    /// At most this often (milliseconds) a new tree head is signed while the log grows.
+    pub sth_interval_ms: u64,
 }
 
 impl Config {
@@ -119,6 +121,11 @@ impl Config {
                 )));
             }
         }
+        if !(10..=3_600_000).contains(&self.sth_interval_ms) {
+            return Err(Error::Other(
+                "sth_interval_ms: 10 to 3600000 milliseconds".into(),
+            ));
+        }
         if !self.rotation_retry_secs.is_finite() || self.rotation_retry_secs < 0.0 {
             return Err(Error::Other("rotation_retry_secs: 0 or more".into()));
         }
@@ -153,6 +160,7 @@ impl Default for Config {
             max_event_streams: 256,
             master_key_file: None,
             allow_master_key_in_data_dir: false,
+            sth_interval_ms: 1000,
         }
     }
 }
@@ -197,6 +205,9 @@ impl Config {
         }
         if let Some(v) = env_setting("IDLEDGER_MAX_EVENT_STREAMS", "a number")? {
             c.max_event_streams = v;
+        }
+        if let Some(v) = env_setting("IDLEDGER_STH_INTERVAL_MS", "a number of milliseconds")? {
+            c.sth_interval_ms = v;
         }
         if let Some(v) = env_setting("IDLEDGER_DURABILITY", "device or process")? {
             c.durability = v;

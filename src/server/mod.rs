@@ -12,6 +12,7 @@ pub use tokens::issue_token;
 use crate::engine::Engine;
 use crate::error::Error;
 use crate::http::{self, AppState, Metrics};
+use crate::notary::Notary;
 use crate::projector::Projector;
 use crate::rotation::{RotationConfig, RotationService};
 use crate::secrets::keystore::KeyFile;
@@ -91,6 +92,16 @@ pub async fn start_with(
         tracing::info!(path = %path.display(), "no API token was live: wrote a bootstrap admin token");
         bootstrap = Some(path);
     }
+    let tree = log
+        .tree()
+        .ok_or_else(|| Error::Other("the log keeps no Merkle tree".into()))?;
+    let notary = Notary::start(
+        data_dir,
+        tree,
+        &keyring,
+        Duration::from_millis(config.sth_interval_ms),
+    )
+    .map_err(|e| Error::Other(e.to_string()))?;
     let keyring = Arc::new(keyring);
     let engine = Engine {
         log,
@@ -112,6 +123,7 @@ pub async fn start_with(
         rotation,
         agent_lease: Duration::from_secs(config.agent_lease_secs),
         event_streams: http::StreamSlots::new(config.max_event_streams),
+        notary,
     };
     Ok((state, bootstrap))
 }
@@ -188,8 +200,14 @@ pub async fn run(
         "serving"
     );
     let log = state.engine.log.clone();
+    let notary = state.notary.clone();
     http::serve(listener, state, shutdown).await?;
     log.flush().await?;
-    tracing::info!("stopped; the log is flushed");
+    // The last appends get a head too: an auditor's next visit finds them signed.
+    tokio::task::spawn_blocking(move || notary.sign_now())
+        .await
+        .map_err(|e| Error::Other(e.to_string()))?
+        .map_err(|e| Error::Other(e.to_string()))?;
+    tracing::info!("stopped; the log is flushed and its tree signed");
     Ok(())
 }

@@ -7,6 +7,7 @@
 pub mod parallel_decode;
 pub mod sled_log;
 mod subscription;
+pub mod tree;
 
 use idledger_domain::decide::Rejection;
 use idledger_domain::{Actor, Envelope, Event, Hash, ProposedEvent, StreamId};
@@ -212,6 +213,9 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// Flushes everything (appends are durable when answered; this is for shutdown).
     fn flush(&self) -> LogFuture<'_, Result<(), StoreError>>;
+
+    /// The Merkle tree over the records, when the log keeps one.
+    fn tree(&self) -> Option<Arc<tree::LogTree>>;
 }
 
 /// History from `from`, then live events, with no gap and no duplicate.

@@ -12,6 +12,7 @@
 //! one `apply_batch` (atomic), calls `flush_async` once for all of them, and only then
 //! updates the readable indexes, answers callers and publishes the envelopes.
 
+use super::tree::LogTree;
 use super::{
     AppendError, AppendRequest, Appended, Durability, EventLog, ExpectedVersion, LogFuture,
     LogHead, StoreError, WriterStats,
@@ -19,6 +20,7 @@ use super::{
 use chrono::{DateTime, Utc};
 use idledger_domain::envelope::{decode_record, encode_record, RawRecord, RecordFields};
 use idledger_domain::{Envelope, Hash, StreamId};
+use idledger_replay::tree::leaf_hash;
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -69,6 +71,8 @@ struct Shared {
     live: broadcast::Sender<Arc<[Envelope]>>,
     closed: AtomicBool,
     stats: WriterStats,
+    /// The Merkle tree over the records (none only when a benchmark turns it off).
+    tree: Option<Arc<LogTree>>,
 }
 
 /// A caller's answer channel with the answer it will get once the group is durable.
@@ -247,10 +251,21 @@ impl SledEventLog {
         Self::open_with(data_dir, Durability::Device)
     }
 
+    /// Opens (or creates) the log in `data_dir` with its Merkle tree; appends are
+    /// acknowledged at the given durability.
+    pub fn open_with(data_dir: &Path, durability: Durability) -> Result<Arc<Self>, StoreError> {
+        Self::open_with_tree(data_dir, durability, true)
+    }
+
     /// Opens (or creates) the log in `data_dir`, rebuilds and checks the derived state, and
     /// starts the writer task on the current tokio runtime. Appends are acknowledged at
-    /// the given durability.
-    pub fn open_with(data_dir: &Path, durability: Durability) -> Result<Arc<Self>, StoreError> {
+    /// the given durability. Without `tree` no Merkle tree is kept (for `bench append`,
+    /// to measure what it costs).
+    pub fn open_with_tree(
+        data_dir: &Path,
+        durability: Durability,
+        tree: bool,
+    ) -> Result<Arc<Self>, StoreError> {
         std::fs::create_dir_all(data_dir).map_err(|e| StoreError::Io(e.to_string()))?;
         let db = sled::Config::new()
             .path(store_dir(data_dir))
@@ -279,6 +294,19 @@ impl SledEventLog {
             }
         }
         let rebuilt = rebuild(&log)?;
+        let tree = if tree {
+            let record = |p: u64| match log.get(be(p)).map_err(io)? {
+                Some(v) => Ok(v.to_vec()),
+                None => Err(corrupt(p, "missing while the tree was made")),
+            };
+            Some(Arc::new(LogTree::open(
+                data_dir,
+                rebuilt.head.position,
+                record,
+            )?))
+        } else {
+            None
+        };
         let (live, _) = broadcast::channel(LIVE_CAPACITY);
         let heads = rebuilt
             .streams
@@ -295,6 +323,7 @@ impl SledEventLog {
             live,
             closed: AtomicBool::new(false),
             stats: WriterStats::default(),
+            tree,
         });
         let (tx, rx) = mpsc::unbounded_channel();
         let writer = Writer {
@@ -424,6 +453,93 @@ impl RawStore {
         })
     }
 
+    /// The leaf hashes of positions `1..=through` in order, handed to `sink` a range at a
+    /// time, read and hashed on `threads` threads, each reading its own ranges of the
+    /// store (one reader thread cannot keep up with sled: reading is most of the work).
+    /// A missing position is an error: a tree over a log with a gap proves nothing.
+    pub fn leaves(
+        &self,
+        through: u64,
+        threads: usize,
+        mut sink: impl FnMut(&[Hash]),
+    ) -> Result<(), StoreError> {
+        const RANGE: u64 = 1 << 14;
+        let ranges = through.div_ceil(RANGE);
+        let next = AtomicU64::new(0);
+        let threads = threads.clamp(1, 16);
+        std::thread::scope(|scope| {
+            // A bounded window: a worker waits while it is more than a few ranges ahead.
+            let (tx, rx) =
+                std::sync::mpsc::sync_channel::<(u64, Result<Vec<Hash>, StoreError>)>(threads * 4);
+            for _ in 0..threads {
+                let (tx, next, log) = (tx.clone(), &next, &self.log);
+                scope.spawn(move || loop {
+                    let r = next.fetch_add(1, Ordering::Relaxed);
+                    if r >= ranges {
+                        return;
+                    }
+                    let (from, to) = (r * RANGE + 1, ((r + 1) * RANGE).min(through));
+                    let mut hashes = Vec::with_capacity((to - from + 1) as usize);
+                    let mut expected = from;
+                    let mut failed = None;
+                    for item in raw_iter(log, from, to) {
+                        match item {
+                            Ok((pos, bytes)) if pos == expected => {
+                                hashes.push(idledger_replay::tree::leaf_hash(&bytes));
+                                expected += 1;
+                            }
+                            Ok((pos, _)) => {
+                                failed =
+                                    Some(corrupt(expected, format!("missing (next is {pos})")));
+                                break;
+                            }
+                            Err(e) => {
+                                failed = Some(e);
+                                break;
+                            }
+                        }
+                    }
+                    if failed.is_none() && expected != to + 1 {
+                        failed = Some(corrupt(expected, "missing"));
+                    }
+                    let answer = match failed {
+                        Some(e) => Err(e),
+                        None => Ok(hashes),
+                    };
+                    if tx.send((r, answer)).is_err() {
+                        return;
+                    }
+                });
+            }
+            drop(tx);
+            // Ranges come back in any order; they are handed on in log order.
+            let mut waiting = std::collections::BTreeMap::new();
+            let mut due = 0u64;
+            for (r, answer) in rx {
+                waiting.insert(r, answer);
+                while let Some(answer) = waiting.remove(&due) {
+                    sink(&answer?);
+                    due += 1;
+                }
+            }
+            if due == ranges {
+                Ok(())
+            } else {
+                Err(StoreError::Io(
+                    "a thread reading the tree's leaves stopped".into(),
+                ))
+            }
+        })
+    }
+
+    /// The stored record at `pos`.
+    pub fn record(&self, pos: u64) -> Result<Vec<u8>, StoreError> {
+        match self.log.get(pos.to_be_bytes()).map_err(io)? {
+            Some(v) => Ok(v.to_vec()),
+            None => Err(corrupt(pos, "missing")),
+        }
+    }
+
     /// The log tree itself (tests damage records through it on purpose).
     pub fn log_tree(&self) -> &sled::Tree {
         &self.log
@@ -466,6 +582,10 @@ impl EventLog for SledEventLog {
 
     fn stats(&self) -> &WriterStats {
         &self.shared.stats
+    }
+
+    fn tree(&self) -> Option<Arc<LogTree>> {
+        self.shared.tree.clone()
     }
 
     fn flush(&self) -> LogFuture<'_, Result<(), StoreError>> {
@@ -572,6 +692,8 @@ fn stream_tag(stream: &StreamId) -> u64 {
 struct Batch {
     records: sled::Batch,
     envelopes: Vec<Envelope>,
+    /// The records' leaf hashes, for the tree.
+    leaves: Vec<Hash>,
     /// Ids of this batch → (position, stream tag), for retries within the same batch.
     ids: FxHashMap<Uuid, (u64, u64)>,
 }
@@ -589,6 +711,7 @@ struct Group {
 /// A written, not yet flushed, group commit.
 struct Pending {
     envelopes: Vec<Envelope>,
+    leaves: Vec<Hash>,
     replies: Vec<Reply>,
     started: std::time::Instant,
 }
@@ -670,6 +793,7 @@ impl Writer {
         if batch.envelopes.is_empty() {
             return Some(Pending {
                 envelopes: Vec::new(),
+                leaves: Vec::new(),
                 replies,
                 started,
             });
@@ -683,6 +807,7 @@ impl Writer {
         self.ids.extend(batch.ids);
         Some(Pending {
             envelopes: batch.envelopes,
+            leaves: batch.leaves,
             replies,
             started,
         })
@@ -726,6 +851,9 @@ impl Writer {
         }
         for (i, (p, (bytes, prev_hash, hash))) in req.events.into_iter().zip(encoded).enumerate() {
             let position = first + i as u64;
+            if self.shared.tree.is_some() {
+                batch.leaves.push(leaf_hash(&bytes));
+            }
             batch.records.insert(&be(position), bytes);
             batch.ids.insert(p.event_id, (position, tag));
             batch.envelopes.push(Envelope {
@@ -869,6 +997,11 @@ async fn commit(shared: &Shared, p: Pending) {
     if let Err(e) = flushed {
         fail(shared, p.replies, e);
         return;
+    }
+    // The group is durable: its leaves join the tree before anyone learns of it, so a
+    // proof can be asked for any position as soon as it is answered.
+    if let Some(tree) = &shared.tree {
+        tree.append(&p.leaves);
     }
     {
         let mut streams = shared.streams.write().unwrap_or_else(|e| e.into_inner());

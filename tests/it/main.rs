@@ -10,6 +10,7 @@ mod crash;
 mod graph;
 mod log;
 mod openapi;
+mod proofs;
 mod rotation;
 mod support;
 mod sync;

@@ -694,6 +694,43 @@ async fn every_operation_answers_as_its_schema_says() {
         None,
     )
     .await;
+
+    // Provable history: the key and the checkpoint as text, the rest as JSON.
+    w.media(&mut c, r, "/v1/log/public-key", "/v1/log/public-key")
+        .await;
+    w.media(&mut c, r, "/v1/log/sth", "/v1/log/sth").await;
+    let (s, sth) = w
+        .checked(
+            &mut c,
+            r,
+            Method::GET,
+            "/v1/log/sth",
+            "/v1/log/sth?format=json",
+            None,
+        )
+        .await;
+    assert_eq!(s, ok, "{sth}");
+    let size = sth["tree_size"].as_u64().unwrap();
+    for (template, path) in [
+        (
+            "/v1/log/sth/{tree_size}",
+            format!("/v1/log/sth/{size}?format=json"),
+        ),
+        ("/v1/log/sths", "/v1/log/sths?limit=2".to_owned()),
+        (
+            "/v1/log/proof/inclusion",
+            format!("/v1/log/proof/inclusion?position=1&tree_size={size}"),
+        ),
+        (
+            "/v1/log/proof/consistency",
+            format!("/v1/log/proof/consistency?from=1&to={size}"),
+        ),
+    ] {
+        let (s, answer) = w
+            .checked(&mut c, r, Method::GET, template, &path, None)
+            .await;
+        assert_eq!(s, ok, "{path}: {answer}");
+    }
     let stream = w
         .app
         .http

@@ -34,6 +34,8 @@ pub async fn spawn_app() -> App {
             agent_lease_secs: 1,
             max_event_streams: 8,
             allow_master_key_in_data_dir: true,
+            // Heads are signed soon after appends, so proofs are at hand.
+            sth_interval_ms: 20,
             ..idledger::server::Config::default()
         },
         idledger::sync::SyncConfig::default(),

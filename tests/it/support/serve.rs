@@ -56,6 +56,13 @@ impl Serve {
         }
     }
 
+    /// SIGTERM, and waits for the graceful shutdown to finish.
+    pub fn stop(&mut self) {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        self.child.wait().unwrap();
+    }
+
     pub async fn call(
         &self,
         method: reqwest::Method,
@@ -72,5 +79,15 @@ impl Serve {
         let r = req.send().await.unwrap();
         assert!(r.status().is_success(), "{path}: {}", r.status());
         r.json().await.unwrap()
+    }
+}
+
+impl Drop for Serve {
+    /// A failed test leaves no server behind.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }

@@ -1,0 +1,555 @@
+//! The auditor's side of provable history, against a server they need not trust: every
+//! head is checked with the public key the auditor holds, every proof is checked here,
+//! and the records are hashed here.
+//!
+//! - [`check_checkpoint`]: the server's latest head extends the one the auditor accepted
+//!   last time (a consistency proof), and the records the server serves give the roots
+//!   of every head it signed; the new head is then kept as the auditor's checkpoint.
+//! - [`prove`]: one record is in the tree of a signed head (an inclusion proof).
+//! - [`compare`]: two auditors' checkpoints describe one history.
+
+use super::chain;
+use super::source::Source;
+use super::ManifestHead;
+use crate::error::Error;
+use base64::Engine;
+use idledger_domain::Hash;
+use idledger_replay::tree::{
+    check_consistency, check_inclusion, leaf_hash, LogPublicKey, SignedTreeHead,
+};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+/// A base64 hash from a proof or a head.
+pub fn hash_of(text: &str) -> Result<Hash, String> {
+    let bytes = B64
+        .decode(text)
+        .map_err(|_| format!("{text:?} is not base64"))?;
+    Ok(Hash(
+        bytes
+            .try_into()
+            .map_err(|_| "a hash is 32 bytes".to_owned())?,
+    ))
+}
+
+/// A server read with a token, on a runtime of its own (the CLI is synchronous).
+pub struct Server {
+    url: String,
+    token: String,
+    http: reqwest::Client,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Server {
+    /// The server at `url`, read with `token`.
+    pub fn new(url: &str, token: &str) -> Result<Server, Error> {
+        Ok(Server {
+            url: url.trim_end_matches('/').to_owned(),
+            token: token.to_owned(),
+            http: reqwest::Client::new(),
+            rt: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?,
+        })
+    }
+
+    /// The server as a record source.
+    pub fn source(&self) -> Source {
+        Source::Server {
+            url: self.url.clone(),
+            token: self.token.clone(),
+        }
+    }
+
+    /// The body at `path`. A refusal (4xx) is the server's answer, kept as a finding
+    /// (`Ok(Err)`); not reaching it, or its failing (5xx), means nothing could be checked.
+    fn get(&self, path: &str) -> Result<Finding<String>, Error> {
+        self.rt.block_on(async {
+            let other = |e: reqwest::Error| Error::Other(e.without_url().to_string());
+            let resp = self
+                .http
+                .get(format!("{}{path}", self.url))
+                .bearer_auth(&self.token)
+                .send()
+                .await
+                .map_err(other)?;
+            let status = resp.status();
+            let body = resp.text().await.map_err(other)?;
+            if status.is_client_error() {
+                return Ok(Err(format!("{path}: the server answered {status}: {body}")));
+            }
+            if !status.is_success() {
+                return Err(Error::Other(format!("{path}: {status}: {body}")));
+            }
+            Ok(Ok(body))
+        })
+    }
+
+    fn json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<Finding<T>, Error> {
+        Ok(self.get(path)?.and_then(|body| {
+            serde_json::from_str(&body).map_err(|e| format!("{path}: the server's answer: {e}"))
+        }))
+    }
+
+    /// The server's public key (to be compared with the one the auditor holds, never
+    /// trusted in its place).
+    pub fn public_key(&self) -> Result<LogPublicKey, Error> {
+        let text = self.get("/v1/log/public-key")?.map_err(Error::Other)?;
+        LogPublicKey::parse(&text).map_err(|e| Error::Other(e.to_string()))
+    }
+
+    fn latest_head(&self, key: &LogPublicKey) -> Result<Finding<SignedTreeHead>, Error> {
+        Ok(self.get("/v1/log/sth")?.and_then(|note| {
+            key.open(&note)
+                .map_err(|e| format!("the server's latest head: {e}"))
+        }))
+    }
+
+    fn consistency(&self, from: u64, to: u64) -> Result<Finding<Vec<Hash>>, Error> {
+        let path = format!("/v1/log/proof/consistency?from={from}&to={to}");
+        Ok(self
+            .json::<ProofBody>(&path)?
+            .and_then(|proof| proof.hashes())
+            .map_err(|e| {
+                format!(
+                    "no proof that the tree of {from} records is a prefix of the tree of {to}: {e}"
+                )
+            }))
+    }
+
+    /// Every head the server kept.
+    fn heads(&self, key: &LogPublicKey) -> Result<Finding<Vec<SignedTreeHead>>, Error> {
+        let mut heads = Vec::new();
+        let mut after = 0u64;
+        loop {
+            let page: HeadsPage =
+                match self.json(&format!("/v1/log/sths?after={after}&limit=1000"))? {
+                    Ok(page) => page,
+                    Err(why) => return Ok(Err(why)),
+                };
+            for item in &page.items {
+                match key.open(&item.checkpoint) {
+                    Ok(head) => heads.push(head),
+                    Err(e) => {
+                        return Ok(Err(format!(
+                            "the server's head of size {}: {e}",
+                            item.tree_size
+                        )))
+                    }
+                }
+            }
+            match page.next.and_then(|n| n.parse().ok()) {
+                Some(n) => after = n,
+                None => return Ok(Ok(heads)),
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct ProofBody {
+    hashes: Vec<String>,
+}
+
+impl ProofBody {
+    fn hashes(&self) -> Finding<Vec<Hash>> {
+        self.hashes.iter().map(|h| hash_of(h)).collect()
+    }
+}
+
+/// What the server answered, or why its answer proves nothing: a finding the report
+/// carries (exit 1), unlike an [`Error`] (nothing could be checked, exit 2).
+type Finding<T> = Result<T, String>;
+
+#[derive(Deserialize)]
+struct HeadItem {
+    tree_size: u64,
+    checkpoint: String,
+}
+
+#[derive(Deserialize)]
+struct HeadsPage {
+    items: Vec<HeadItem>,
+    next: Option<String>,
+}
+
+/// Why a head does not extend another: `None` when it does.
+fn extends(
+    server: Option<&Server>,
+    old: &SignedTreeHead,
+    new: &SignedTreeHead,
+) -> Result<Option<String>, Error> {
+    let (o, n) = (&old.head, &new.head);
+    if o.tree_size > n.tree_size {
+        return Ok(Some(format!(
+            "the tree shrank from {} to {} records",
+            o.tree_size, n.tree_size
+        )));
+    }
+    if o.tree_size == n.tree_size {
+        return Ok((o.root_hash != n.root_hash).then(|| {
+            format!(
+                "two different roots were signed for tree size {}",
+                o.tree_size
+            )
+        }));
+    }
+    if o.tree_size == 0 {
+        return Ok(None);
+    }
+    let server = server.ok_or_else(|| {
+        Error::Other("different tree sizes: give --server to fetch the consistency proof".into())
+    })?;
+    let proof = match server.consistency(o.tree_size, n.tree_size)? {
+        Ok(proof) => proof,
+        Err(why) => return Ok(Some(why)),
+    };
+    Ok(
+        check_consistency(&proof, o.tree_size, &o.root_hash, n.tree_size, &n.root_hash)
+            .err()
+            .map(|e| {
+                format!(
+                    "the tree of {} records is not a prefix of the tree of {}: {e}",
+                    o.tree_size, n.tree_size
+                )
+            }),
+    )
+}
+
+/// `verify --checkpoint`'s report.
+#[derive(Debug, Serialize)]
+pub struct CheckpointReport {
+    /// Everything holds; the new head was kept as the checkpoint.
+    pub ok: bool,
+    /// The checkpoint accepted before, if any.
+    pub previous_tree_size: Option<u64>,
+    /// The server's latest head's (none when it showed no head that verifies).
+    pub tree_size: Option<u64>,
+    /// The smallest signed tree size the server's history contradicts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_inconsistent_tree_size: Option<u64>,
+    /// What is wrong.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The whole log's check (chain and tree); null when there was no head to hold it to.
+    pub log: serde_json::Value,
+}
+
+/// Checks the server's history against the checkpoint in `file` (if any) and the records
+/// against every head the server signed; on success writes the server's latest head to
+/// `file`.
+pub fn check_checkpoint(
+    server: &Server,
+    key: &LogPublicKey,
+    file: &Path,
+    on_position: impl FnMut(u64),
+) -> Result<CheckpointReport, Error> {
+    let previous = match std::fs::read_to_string(file) {
+        Ok(text) => Some(
+            key.open(&text)
+                .map_err(|e| Error::Other(format!("{}: {e}", file.display())))?,
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(Error::Other(format!("{}: {e}", file.display()))),
+    };
+    let latest = match server.latest_head(key)? {
+        Ok(head) => head,
+        Err(why) => {
+            return Ok(CheckpointReport {
+                ok: false,
+                previous_tree_size: previous.map(|h| h.head.tree_size),
+                tree_size: None,
+                first_inconsistent_tree_size: None,
+                reason: Some(why),
+                log: serde_json::Value::Null,
+            })
+        }
+    };
+    let mut first_inconsistent = None;
+    let mut reason = None;
+    if let Some(old) = &previous {
+        if let Some(why) = extends(Some(server), old, &latest)? {
+            first_inconsistent = Some(old.head.tree_size.min(latest.head.tree_size));
+            reason = Some(why);
+        }
+    }
+    // The records must give the root of every head: the auditor's, the latest, and each
+    // the server kept.
+    let mut heads = match server.heads(key)? {
+        Ok(kept) => kept.into_iter().map(|h| h.head).collect(),
+        Err(why) => {
+            reason.get_or_insert(why);
+            Vec::new()
+        }
+    };
+    heads.push(latest.head);
+    heads.extend(previous.iter().map(|h| h.head));
+    let log = chain::verify_against(&server.source(), heads, on_position);
+    if let Some(size) = log.first_inconsistent_tree_size {
+        first_inconsistent = Some(first_inconsistent.map_or(size, |s: u64| s.min(size)));
+        reason.get_or_insert_with(|| {
+            format!(
+                "the records the server serves do not give the root it signed for tree size {size}"
+            )
+        });
+    }
+    if reason.is_none() && !log.ok {
+        reason = log.first_bad().map(|p| p.reason.clone());
+    }
+    let ok = reason.is_none();
+    if ok {
+        // Written whole, then renamed: a crash leaves the old checkpoint or the new one.
+        let tmp = file.with_extension("tmp");
+        std::fs::write(&tmp, latest.to_note())?;
+        std::fs::rename(&tmp, file)?;
+    }
+    Ok(CheckpointReport {
+        ok,
+        previous_tree_size: previous.map(|h| h.head.tree_size),
+        tree_size: Some(latest.head.tree_size),
+        first_inconsistent_tree_size: first_inconsistent,
+        reason,
+        log: log.summary_json(),
+    })
+}
+
+/// `prove`'s report.
+#[derive(Debug, Default, Serialize)]
+pub struct ProveReport {
+    /// The record is in the signed tree.
+    pub ok: bool,
+    /// Its position.
+    pub position: u64,
+    /// The size of the signed head it was proven in.
+    pub tree_size: Option<u64>,
+    /// That head's root, base64.
+    pub root_hash: Option<String>,
+    /// The record's event id.
+    pub event_id: Option<String>,
+    /// Its stream.
+    pub stream: Option<String>,
+    /// Its kind.
+    pub kind: Option<String>,
+    /// What failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct EventsPage {
+    items: Vec<EventItem>,
+}
+
+#[derive(Deserialize)]
+struct EventItem {
+    position: u64,
+    record: String,
+}
+
+/// Fetches the record at `position` and proves it in the server's latest signed head,
+/// checking everything here; with `checkpoint`, that head must also extend it.
+pub fn prove(
+    server: &Server,
+    key: &LogPublicKey,
+    position: u64,
+    checkpoint: Option<&Path>,
+) -> Result<ProveReport, Error> {
+    if position == 0 {
+        return Err(Error::Other("--position: from 1".into()));
+    }
+    let old = match checkpoint {
+        None => None,
+        Some(file) => {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| Error::Other(format!("{}: {e}", file.display())))?;
+            Some(
+                key.open(&text)
+                    .map_err(|e| Error::Other(format!("{}: {e}", file.display())))?,
+            )
+        }
+    };
+    let mut report = ProveReport {
+        position,
+        ..ProveReport::default()
+    };
+    if let Err(why) = prove_into(&mut report, server, key, old.as_ref())? {
+        report.reason = Some(why);
+    }
+    report.ok = report.reason.is_none();
+    Ok(report)
+}
+
+/// Fills `report` as far as the server's answers hold.
+fn prove_into(
+    report: &mut ProveReport,
+    server: &Server,
+    key: &LogPublicKey,
+    old: Option<&SignedTreeHead>,
+) -> Result<Finding<()>, Error> {
+    let position = report.position;
+    let page =
+        server.json::<EventsPage>(&format!("/v1/events?from_position={position}&limit=1"))?;
+    let record = match page.and_then(|page| {
+        let item = page
+            .items
+            .into_iter()
+            .find(|i| i.position == position)
+            .ok_or_else(|| format!("the server has no record at position {position}"))?;
+        B64.decode(&item.record)
+            .map_err(|_| "the record is not base64".to_owned())
+    }) {
+        Ok(record) => record,
+        Err(why) => return Ok(Err(why)),
+    };
+    let env = match idledger_domain::decode_record(&record) {
+        Ok(env) => env,
+        Err(e) => return Ok(Err(format!("the record does not decode: {e}"))),
+    };
+    report.event_id = Some(env.event_id.to_string());
+    report.stream = Some(env.stream.to_string());
+    report.kind = Some(env.kind().to_owned());
+    if env.position != position {
+        return Ok(Err(format!("the record says position {}", env.position)));
+    }
+    let latest = match server.latest_head(key)? {
+        Ok(head) => head,
+        Err(why) => return Ok(Err(why)),
+    };
+    let head = latest.head;
+    report.tree_size = Some(head.tree_size);
+    report.root_hash = Some(B64.encode(head.root_hash.0));
+    if let Some(old) = old {
+        if let Some(why) = extends(Some(server), old, &latest)? {
+            return Ok(Err(why));
+        }
+    }
+    if position > head.tree_size {
+        return Ok(Err(format!(
+            "position {position} is not yet in the latest signed head ({} records); retry shortly",
+            head.tree_size
+        )));
+    }
+    let proof = server
+        .json::<ProofBody>(&format!(
+            "/v1/log/proof/inclusion?position={position}&tree_size={}",
+            head.tree_size
+        ))?
+        .and_then(|p| p.hashes());
+    let checked = proof.and_then(|hashes| {
+        check_inclusion(
+            &hashes,
+            head.tree_size,
+            &head.root_hash,
+            position - 1,
+            &leaf_hash(&record),
+        )
+        .map_err(|e| format!("the inclusion proof: {e}"))
+    });
+    Ok(checked)
+}
+
+/// `checkpoint compare`'s report.
+#[derive(Debug, Serialize)]
+pub struct CompareReport {
+    /// The two checkpoints describe one history.
+    pub ok: bool,
+    /// The first one's tree size.
+    pub a_tree_size: u64,
+    /// The second one's.
+    pub b_tree_size: u64,
+    /// Why not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Compares two checkpoints: the same size must have the same root; of different sizes,
+/// the smaller must be a prefix of the larger (the proof fetched from `server`).
+pub fn compare(
+    a: &str,
+    b: &str,
+    key: &LogPublicKey,
+    server: Option<&Server>,
+) -> Result<CompareReport, Error> {
+    let open = |which: &str, text: &str| {
+        key.open(text)
+            .map_err(|e| Error::Other(format!("checkpoint {which}: {e}")))
+    };
+    let (a, b) = (open("A", a)?, open("B", b)?);
+    let (small, large) = if a.head.tree_size <= b.head.tree_size {
+        (&a, &b)
+    } else {
+        (&b, &a)
+    };
+    let reason = extends(server, small, large)?;
+    Ok(CompareReport {
+        ok: reason.is_none(),
+        a_tree_size: a.head.tree_size,
+        b_tree_size: b.head.tree_size,
+        reason,
+    })
+}
+
+/// The manifest's head for an export that read a stopped server's data dir to
+/// `log_position`: the first head the server kept that covers it, with the consistency
+/// proof to it. None when no head covers it yet (the server never signed past it).
+pub fn cover_in_data_dir(dir: &Path, log_position: u64) -> Result<Option<ManifestHead>, Error> {
+    if log_position == 0 {
+        return Ok(None);
+    }
+    let store = crate::store::sled_log::open_raw(dir)?;
+    let head = store.last_position()?;
+    let found = crate::notary::covering_head(dir, log_position, head, |p| store.record(p))
+        .map_err(|e| Error::Other(e.to_string()))?;
+    Ok(found.map(|(head, proof)| manifest_head(&head, &proof)))
+}
+
+fn manifest_head(head: &SignedTreeHead, proof: &[Hash]) -> ManifestHead {
+    ManifestHead {
+        checkpoint: head.to_note(),
+        consistency: proof.iter().map(|h| B64.encode(h.0)).collect(),
+    }
+}
+
+impl Server {
+    /// The manifest's head for an export that read this server's feed to `log_position`:
+    /// its latest head once that covers the position (the server signs at most every
+    /// `sth_interval_ms`, so this waits up to `patience`), with the consistency proof
+    /// to it. Checked by `verify-export`, not here: the exporter needs no key.
+    pub fn cover(
+        &self,
+        log_position: u64,
+        patience: std::time::Duration,
+    ) -> Result<Option<ManifestHead>, Error> {
+        if log_position == 0 {
+            return Ok(None);
+        }
+        let deadline = std::time::Instant::now() + patience;
+        loop {
+            // The exporter checks nothing: a refusal here is an error to report.
+            let note = self.get("/v1/log/sth")?.map_err(Error::Other)?;
+            let size: u64 = note
+                .lines()
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| Error::Other("the server's latest head has no tree size".into()))?;
+            if size >= log_position {
+                let proof = if size == log_position {
+                    Vec::new()
+                } else {
+                    self.consistency(log_position, size)?
+                        .map_err(Error::Other)?
+                };
+                return Ok(Some(ManifestHead {
+                    checkpoint: note,
+                    consistency: proof.iter().map(|h| B64.encode(h.0)).collect(),
+                }));
+            }
+            if std::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! `idledger log-key`, `prove`, `checkpoint compare`, and `verify --checkpoint`: the
+//! auditor's commands of provable history. One JSON line each; exit 0 when everything
+//! holds, 1 when something does not, 2 when the question could not be asked.
+
+use super::progress;
+use crate::audit::proofs::{self, Server};
+use crate::error::Error;
+use clap::Args;
+use idledger_replay::tree::LogPublicKey;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// The log's public key from the command line: the key's text, or a file holding it.
+pub fn public_key(value: &str) -> Result<LogPublicKey, Error> {
+    if let Ok(key) = LogPublicKey::parse(value) {
+        return Ok(key);
+    }
+    let text = std::fs::read_to_string(value).map_err(|e| {
+        Error::Other(format!(
+            "--public-key {value:?} is neither a key (name+id+key) nor a readable file: {e}"
+        ))
+    })?;
+    LogPublicKey::parse(&text).map_err(|e| Error::Other(format!("{value}: {e}")))
+}
+
+/// The server of `--server`, with the token in `IDLEDGER_TOKEN`.
+pub fn server(url: &str) -> Result<Server, Error> {
+    let token = std::env::var("IDLEDGER_TOKEN")
+        .map_err(|_| Error::Other("set IDLEDGER_TOKEN to an admin or auditor token".into()))?;
+    Server::new(url, &token)
+}
+
+fn print<T: serde::Serialize>(report: &T, ok: bool) -> Result<ExitCode, Error> {
+    println!(
+        "{}",
+        serde_json::to_string(report).map_err(|e| Error::Other(e.to_string()))?
+    );
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Options of `idledger log-key`.
+#[derive(Args, Debug)]
+pub struct LogKeyArgs {
+    /// The data directory.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+}
+
+/// `idledger log-key`: prints the log's public key (C2SP verifier key text).
+pub fn log_key(args: &LogKeyArgs) -> Result<ExitCode, Error> {
+    let key = crate::notary::key::public_key(&args.data_dir)
+        .map_err(|e| Error::Other(format!("{e} (a log gets its key at its first `serve`)")))?;
+    println!("{key}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Options of `idledger prove`.
+#[derive(Args, Debug)]
+pub struct ProveArgs {
+    /// The server, e.g. http://127.0.0.1:8080 (token from IDLEDGER_TOKEN).
+    #[arg(long)]
+    pub server: String,
+    /// The record's position.
+    #[arg(long)]
+    pub position: u64,
+    /// The log's public key (its text, or a file holding it).
+    #[arg(long)]
+    pub public_key: String,
+    /// A checkpoint accepted before: the head the record is proven in must extend it.
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+}
+
+/// `idledger prove`: the record at a position, proven in a signed tree head, all checked
+/// here.
+pub fn prove(args: &ProveArgs) -> Result<ExitCode, Error> {
+    let key = public_key(&args.public_key)?;
+    let server = server(&args.server)?;
+    let report = proofs::prove(&server, &key, args.position, args.checkpoint.as_deref())?;
+    print(&report, report.ok)
+}
+
+/// Options of `idledger checkpoint compare`.
+#[derive(Args, Debug)]
+pub struct CompareArgs {
+    /// One checkpoint file.
+    pub a: PathBuf,
+    /// The other.
+    pub b: PathBuf,
+    /// The log's public key (its text, or a file holding it).
+    #[arg(long)]
+    pub public_key: String,
+    /// A server to fetch the consistency proof from, when the sizes differ.
+    #[arg(long)]
+    pub server: Option<String>,
+}
+
+fn read(path: &Path) -> Result<String, Error> {
+    std::fs::read_to_string(path).map_err(|e| Error::Other(format!("{}: {e}", path.display())))
+}
+
+/// `idledger checkpoint compare`: whether two checkpoints describe one history.
+pub fn compare(args: &CompareArgs) -> Result<ExitCode, Error> {
+    let key = public_key(&args.public_key)?;
+    let server = args.server.as_deref().map(server).transpose()?;
+    let report = proofs::compare(&read(&args.a)?, &read(&args.b)?, &key, server.as_ref())?;
+    print(&report, report.ok)
+}
+
+/// `idledger verify --server URL --checkpoint FILE`: the server's history extends the
+/// checkpoint, its records give every root it signed; the new head becomes the checkpoint.
+pub fn verify_checkpoint(url: &str, file: &Path, key: &str) -> Result<ExitCode, Error> {
+    let key = public_key(key)?;
+    let server = server(url)?;
+    let pb = progress::bar(None, "verify");
+    let report = proofs::check_checkpoint(&server, &key, file, |n| {
+        if n % 4096 == 0 {
+            pb.set_position(n);
+        }
+    })?;
+    pb.finish_and_clear();
+    print(&report, report.ok)
+}

@@ -1,0 +1,169 @@
+//! The signed tree heads, kept: `<data-dir>/tree/heads`, one fixed-size record per head
+//! (tree size, timestamp, root, signature: 112 bytes), in increasing tree size, each
+//! appended and `fdatasync`ed before it is served. Found by size with a binary search;
+//! only the latest is held in memory.
+
+use super::NotaryError;
+use idledger_domain::Hash;
+use idledger_replay::tree::{SignedTreeHead, TreeHead};
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+
+const RECORD: u64 = 8 + 8 + 32 + 64;
+
+/// The heads file.
+pub struct Heads {
+    file: File,
+    count: u64,
+    origin: String,
+    key_id: u32,
+    latest: Option<SignedTreeHead>,
+}
+
+fn io(e: std::io::Error) -> NotaryError {
+    NotaryError::Io(format!("the signed tree heads: {e}"))
+}
+
+impl Heads {
+    /// Opens (or creates) the file of a log named `origin` signing with `key_id`.
+    pub fn open(data_dir: &Path, origin: &str, key_id: u32) -> Result<Heads, NotaryError> {
+        let path = crate::store::tree::tree_dir(data_dir).join("heads");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        // A torn last record (a crash mid-write) was never served: drop it.
+        if len % RECORD != 0 {
+            file.set_len(len - len % RECORD).map_err(io)?;
+        }
+        let mut heads = Heads {
+            file,
+            count: len / RECORD,
+            origin: origin.to_owned(),
+            key_id,
+            latest: None,
+        };
+        heads.latest = match heads.count {
+            0 => None,
+            n => Some(heads.read(n - 1)?),
+        };
+        Ok(heads)
+    }
+
+    /// Opens the file of a stopped server to read (nothing is changed).
+    pub fn read_only(data_dir: &Path, origin: &str, key_id: u32) -> Result<Heads, NotaryError> {
+        let path = crate::store::tree::tree_dir(data_dir).join("heads");
+        let file = File::open(&path).map_err(io)?;
+        let count = file.metadata().map_err(io)?.len() / RECORD;
+        let mut heads = Heads {
+            file,
+            count,
+            origin: origin.to_owned(),
+            key_id,
+            latest: None,
+        };
+        heads.latest = match count {
+            0 => None,
+            n => Some(heads.read(n - 1)?),
+        };
+        Ok(heads)
+    }
+
+    /// The first head of a tree of `size` records or more.
+    pub fn covering(&self, size: u64) -> Result<Option<SignedTreeHead>, NotaryError> {
+        let i = self.first_after(size.saturating_sub(1))?;
+        (i < self.count).then(|| self.read(i)).transpose()
+    }
+
+    fn read(&self, i: u64) -> Result<SignedTreeHead, NotaryError> {
+        let mut buf = [0u8; RECORD as usize];
+        self.file.read_exact_at(&mut buf, i * RECORD).map_err(io)?;
+        let u64_at = |at: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&buf[at..at + 8]);
+            u64::from_be_bytes(b)
+        };
+        let mut root = [0u8; 32];
+        root.copy_from_slice(&buf[16..48]);
+        let mut signature = [0u8; 64];
+        signature.copy_from_slice(&buf[48..112]);
+        Ok(SignedTreeHead {
+            origin: self.origin.clone(),
+            head: TreeHead {
+                tree_size: u64_at(0),
+                timestamp_ms: u64_at(8),
+                root_hash: Hash(root),
+            },
+            key_id: self.key_id,
+            signature,
+        })
+    }
+
+    /// Keeps `head` (durably) after the others; its tree must be larger than the last's.
+    pub fn push(&mut self, head: SignedTreeHead) -> Result<(), NotaryError> {
+        if self
+            .latest
+            .as_ref()
+            .is_some_and(|l| l.head.tree_size >= head.head.tree_size)
+        {
+            return Err(NotaryError::Head(
+                "heads are kept in increasing size".into(),
+            ));
+        }
+        let mut buf = Vec::with_capacity(RECORD as usize);
+        buf.extend_from_slice(&head.head.tree_size.to_be_bytes());
+        buf.extend_from_slice(&head.head.timestamp_ms.to_be_bytes());
+        buf.extend_from_slice(&head.head.root_hash.0);
+        buf.extend_from_slice(&head.signature);
+        self.file.write_all(&buf).map_err(io)?;
+        self.file.sync_data().map_err(io)?;
+        self.count += 1;
+        self.latest = Some(head);
+        Ok(())
+    }
+
+    /// The last head kept.
+    pub fn latest(&self) -> Option<&SignedTreeHead> {
+        self.latest.as_ref()
+    }
+
+    /// The index of the first head whose tree is larger than `size`.
+    fn first_after(&self, size: u64) -> Result<u64, NotaryError> {
+        let (mut lo, mut hi) = (0, self.count);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.read(mid)?.head.tree_size <= size {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        Ok(lo)
+    }
+
+    /// The head kept for exactly `size`, if any.
+    pub fn at(&self, size: u64) -> Result<Option<SignedTreeHead>, NotaryError> {
+        let i = self.first_after(size.saturating_sub(1))?;
+        if i < self.count {
+            let head = self.read(i)?;
+            if head.head.tree_size == size {
+                return Ok(Some(head));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Up to `limit` heads with trees larger than `after`, in increasing size.
+    pub fn after(&self, after: u64, limit: usize) -> Result<Vec<SignedTreeHead>, NotaryError> {
+        let first = self.first_after(after)?;
+        (first..self.count.min(first + limit as u64))
+            .map(|i| self.read(i))
+            .collect()
+    }
+}

@@ -1,0 +1,238 @@
+//! The notary: signs tree heads of the log's Merkle tree with the log's Ed25519 key and
+//! keeps them. A head is signed when the tree has grown, at most every `interval` (a
+//! background tick, and on demand when one is asked for), and kept durably before it is
+//! served. **Only sizes the log holds durably are signed**: the tree grows only after a
+//! group's `fdatasync`.
+
+mod heads;
+pub mod key;
+
+use crate::secrets::{Keyring, SecretsError};
+use crate::store::tree::LogTree;
+use heads::Heads;
+use idledger_replay::tree::{LogPublicKey, LogSigningKey, ProofError, SignedTreeHead, TreeHead};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Why the notary could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum NotaryError {
+    /// Its files.
+    #[error("{0}")]
+    Io(String),
+    /// Unsealing its key.
+    #[error(transparent)]
+    Secrets(#[from] SecretsError),
+    /// A key or head that does not hold together.
+    #[error("{0}")]
+    Head(String),
+    /// A size the tree does not have.
+    #[error(transparent)]
+    Tree(#[from] ProofError),
+}
+
+/// Signs and keeps tree heads; cheap to clone.
+#[derive(Clone)]
+pub struct Notary {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    tree: Arc<LogTree>,
+    key: LogSigningKey,
+    heads: Mutex<Heads>,
+    interval: Duration,
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0)
+}
+
+impl Notary {
+    /// Loads (or makes) the data dir's log key and its kept heads, signs the tree as it is
+    /// if it grew since the last head, and signs again every `interval` while it grows.
+    pub fn start(
+        data_dir: &Path,
+        tree: Arc<LogTree>,
+        keyring: &Keyring,
+        interval: Duration,
+    ) -> Result<Notary, NotaryError> {
+        let key = key::load_or_create(data_dir, keyring)?;
+        let heads = Heads::open(data_dir, key.public().name(), key.public().key_id())?;
+        if let Some(last) = heads.latest() {
+            if last.head.tree_size > tree.size() {
+                tracing::error!(
+                    signed = last.head.tree_size,
+                    log = tree.size(),
+                    "a head was signed for more records than the log holds (was it written with durability = \"process\" and lost?)"
+                );
+            }
+        }
+        let notary = Notary {
+            inner: Arc::new(Inner {
+                tree,
+                key,
+                heads: Mutex::new(heads),
+                interval,
+            }),
+        };
+        notary.sign_if_grown(true)?;
+        let weak = Arc::downgrade(&notary.inner);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                let notary = Notary { inner };
+                if let Err(e) = tokio::task::spawn_blocking(move || notary.sign_if_grown(true))
+                    .await
+                    .unwrap_or_else(|e| Err(NotaryError::Io(e.to_string())))
+                {
+                    tracing::error!(error = %e, "signing a tree head failed");
+                }
+            }
+        });
+        Ok(notary)
+    }
+
+    /// The public key the heads verify with.
+    pub fn public_key(&self) -> &LogPublicKey {
+        self.inner.key.public()
+    }
+
+    /// The tree the heads are of.
+    pub fn tree(&self) -> &Arc<LogTree> {
+        &self.inner.tree
+    }
+
+    /// Signs and keeps a head of the tree as it is now, if it grew since the last head and
+    /// (unless `now`) the last is at least `interval` old. Answers the latest head.
+    fn sign_if_grown(&self, now: bool) -> Result<Option<SignedTreeHead>, NotaryError> {
+        let mut heads = self.inner.heads.lock().unwrap_or_else(|e| e.into_inner());
+        let size = self.inner.tree.size();
+        let due = match heads.latest() {
+            None => size > 0,
+            Some(last) => {
+                let old = now_ms().saturating_sub(last.head.timestamp_ms)
+                    >= self.inner.interval.as_millis() as u64;
+                size > last.head.tree_size && (now || old)
+            }
+        };
+        if due {
+            let head = self.sign(size)?;
+            heads.push(head)?;
+        }
+        Ok(heads.latest().cloned())
+    }
+
+    /// The latest head: the one kept, or a new one if the tree grew and the last is at
+    /// least `interval` old.
+    pub fn latest(&self) -> Result<Option<SignedTreeHead>, NotaryError> {
+        self.sign_if_grown(false)
+    }
+
+    /// Signs and keeps a head now if the tree grew since the last (at shutdown).
+    pub fn sign_now(&self) -> Result<Option<SignedTreeHead>, NotaryError> {
+        self.sign_if_grown(true)
+    }
+
+    /// The head kept for exactly `size`.
+    pub fn at(&self, size: u64) -> Result<Option<SignedTreeHead>, NotaryError> {
+        self.inner
+            .heads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .at(size)
+    }
+
+    /// Up to `limit` kept heads with trees larger than `after`.
+    pub fn after(&self, after: u64, limit: usize) -> Result<Vec<SignedTreeHead>, NotaryError> {
+        self.inner
+            .heads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .after(after, limit)
+    }
+
+    /// A head of the tree of exactly `size` leaves signed now, not kept (an export's
+    /// manifest carries the head at its own position).
+    pub fn sign(&self, size: u64) -> Result<SignedTreeHead, NotaryError> {
+        // The leaves under a signed root must survive a power loss: a tree made again
+        // differently would contradict the head.
+        self.inner
+            .tree
+            .sync()
+            .map_err(|e| NotaryError::Io(e.to_string()))?;
+        let head = TreeHead {
+            tree_size: size,
+            root_hash: self.inner.tree.root(size)?,
+            timestamp_ms: now_ms(),
+        };
+        self.inner
+            .key
+            .sign(head)
+            .map_err(|e| NotaryError::Head(e.to_string()))
+    }
+}
+
+/// For a stopped server's data dir: the first kept head covering `size` records, and the
+/// consistency proof from the tree of `size` to it (empty when it is of that size). None
+/// when no head covers it yet (or the log has no key). `record(p)` reads stored records.
+pub fn covering_head(
+    data_dir: &Path,
+    size: u64,
+    log_head: u64,
+    record: impl FnMut(u64) -> Result<Vec<u8>, crate::store::StoreError>,
+) -> Result<Option<(SignedTreeHead, Vec<idledger_domain::Hash>)>, NotaryError> {
+    let Ok(public) = key::public_key(data_dir) else {
+        return Ok(None);
+    };
+    let heads = match Heads::read_only(data_dir, public.name(), public.key_id()) {
+        Ok(h) => h,
+        Err(_) => return Ok(None),
+    };
+    let Some(head) = heads.covering(size)? else {
+        return Ok(None);
+    };
+    if size == 0 || head.head.tree_size > log_head {
+        return Ok(None);
+    }
+    let tree =
+        LogTree::open(data_dir, log_head, record).map_err(|e| NotaryError::Io(e.to_string()))?;
+    let proof = if head.head.tree_size == size {
+        Vec::new()
+    } else {
+        tree.consistency(size, head.head.tree_size)?
+    };
+    Ok(Some((head, proof)))
+}
+
+/// Every head a stopped server's data dir kept, each signature checked with the data
+/// dir's public key (none when the log was never served, so has no key yet).
+pub fn kept_heads(data_dir: &Path) -> Result<Vec<TreeHead>, NotaryError> {
+    let Ok(public) = key::public_key(data_dir) else {
+        return Ok(Vec::new());
+    };
+    let heads = match Heads::read_only(data_dir, public.name(), public.key_id()) {
+        Ok(h) => h,
+        Err(_)
+            if !crate::store::tree::tree_dir(data_dir)
+                .join("heads")
+                .exists() =>
+        {
+            return Ok(Vec::new())
+        }
+        Err(e) => return Err(e),
+    };
+    heads
+        .after(0, usize::MAX)?
+        .into_iter()
+        .map(|h| {
+            public.open(&h.to_note()).map(|h| h.head).map_err(|e| {
+                NotaryError::Head(format!("the head of size {}: {e}", h.head.tree_size))
+            })
+        })
+        .collect()
+}

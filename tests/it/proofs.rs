@@ -1,0 +1,1071 @@
+//! Provable history, checked from outside: every proof the server gives is held to a
+//! second RFC 9162 implementation written here from the RFC's definitions (MTH, PATH,
+//! PROOF and the two verification algorithms), every signed head to a signature check
+//! done here with ed25519-dalek; then the auditor's commands against a server that
+//! rewrites history, two servers that fork, and a server killed while it appends.
+
+use crate::support::*;
+use base64::Engine;
+use proptest::prelude::*;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+/// RFC 9162 §2.1, from its recursive definitions: slow and obviously right.
+mod rfc9162 {
+    use super::*;
+
+    pub type H = [u8; 32];
+
+    pub fn leaf(record: &[u8]) -> H {
+        let mut h = Sha256::new();
+        h.update([0u8]);
+        h.update(record);
+        h.finalize().into()
+    }
+
+    pub fn node(left: &H, right: &H) -> H {
+        let mut h = Sha256::new();
+        h.update([1u8]);
+        h.update(left);
+        h.update(right);
+        h.finalize().into()
+    }
+
+    /// The largest power of two smaller than `n` (n > 1).
+    fn split(n: usize) -> usize {
+        let mut k = 1;
+        while k << 1 < n {
+            k <<= 1;
+        }
+        k
+    }
+
+    /// MTH(D[n]) over leaf hashes.
+    pub fn mth(d: &[H]) -> H {
+        match d.len() {
+            0 => Sha256::digest([]).into(),
+            1 => d[0],
+            n => {
+                let k = split(n);
+                node(&mth(&d[..k]), &mth(&d[k..]))
+            }
+        }
+    }
+
+    /// PATH(m, D[n]).
+    pub fn path(m: usize, d: &[H]) -> Vec<H> {
+        let n = d.len();
+        if n <= 1 {
+            return Vec::new();
+        }
+        let k = split(n);
+        if m < k {
+            let mut p = path(m, &d[..k]);
+            p.push(mth(&d[k..]));
+            p
+        } else {
+            let mut p = path(m - k, &d[k..]);
+            p.push(mth(&d[..k]));
+            p
+        }
+    }
+
+    fn subproof(m: usize, d: &[H], b: bool) -> Vec<H> {
+        let n = d.len();
+        if m == n {
+            return if b { Vec::new() } else { vec![mth(d)] };
+        }
+        let k = split(n);
+        if m <= k {
+            let mut p = subproof(m, &d[..k], b);
+            p.push(mth(&d[k..]));
+            p
+        } else {
+            let mut p = subproof(m - k, &d[k..], false);
+            p.push(mth(&d[..k]));
+            p
+        }
+    }
+
+    /// PROOF(m, D[n]).
+    pub fn proof(m: usize, d: &[H]) -> Vec<H> {
+        subproof(m, d, true)
+    }
+
+    /// §2.1.3.2.
+    pub fn verify_inclusion(index: u64, size: u64, leaf: &H, proof: &[H], root: &H) -> bool {
+        if index >= size {
+            return false;
+        }
+        let (mut f, mut s) = (index, size - 1);
+        let mut r = *leaf;
+        for p in proof {
+            if s == 0 {
+                return false;
+            }
+            if f & 1 == 1 || f == s {
+                r = node(p, &r);
+                while f & 1 == 0 && f != 0 {
+                    f >>= 1;
+                    s >>= 1;
+                }
+            } else {
+                r = node(&r, p);
+            }
+            f >>= 1;
+            s >>= 1;
+        }
+        s == 0 && r == *root
+    }
+
+    /// §2.1.4.2.
+    pub fn verify_consistency(first: u64, second: u64, old: &H, new: &H, proof: &[H]) -> bool {
+        if first == 0 || first > second {
+            return false;
+        }
+        if first == second {
+            return proof.is_empty() && old == new;
+        }
+        if proof.is_empty() {
+            return false;
+        }
+        let mut path = proof.to_vec();
+        if first.is_power_of_two() {
+            path.insert(0, *old);
+        }
+        let (mut f, mut s) = (first - 1, second - 1);
+        while f & 1 == 1 {
+            f >>= 1;
+            s >>= 1;
+        }
+        let (mut fr, mut sr) = (path[0], path[0]);
+        for c in &path[1..] {
+            if s == 0 {
+                return false;
+            }
+            if f & 1 == 1 || f == s {
+                fr = node(c, &fr);
+                sr = node(c, &sr);
+                while f & 1 == 0 && f != 0 {
+                    f >>= 1;
+                    s >>= 1;
+                }
+            } else {
+                sr = node(&sr, c);
+            }
+            f >>= 1;
+            s >>= 1;
+        }
+        fr == *old && sr == *new && s == 0
+    }
+}
+
+use rfc9162::H;
+
+/// The head in a C2SP checkpoint, its Ed25519 signature checked here against the verifier
+/// key text (`name+keyid+base64(0x01 ‖ key)`): `(origin, size, root)`.
+fn open_checkpoint(note: &str, vkey: &str) -> (String, u64, H) {
+    let mut parts = vkey.trim().splitn(3, '+');
+    let (name, id_hex, key_b64) = (
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+    );
+    let key = B64.decode(key_b64).unwrap();
+    assert_eq!(key[0], 1, "an Ed25519 verifier key");
+    let mut id = Sha256::new();
+    id.update(name.as_bytes());
+    id.update(b"\n");
+    id.update(&key);
+    let id: [u8; 32] = id.finalize().into();
+    assert_eq!(
+        hex::encode(&id[..4]),
+        id_hex,
+        "the key id is its hash's first 4 bytes"
+    );
+    let (body, sigs) = note
+        .split_once("\n\n")
+        .expect("a blank line before the signatures");
+    let body = format!("{body}\n");
+    let line = sigs
+        .lines()
+        .find(|l| l.starts_with(&format!("\u{2014} {name} ")))
+        .expect("a signature by the key");
+    let sig = B64.decode(line.rsplit(' ').next().unwrap()).unwrap();
+    assert_eq!(&sig[..4], &id[..4]);
+    let verifying = ed25519_dalek::VerifyingKey::from_bytes(&key[1..].try_into().unwrap()).unwrap();
+    let signature = ed25519_dalek::Signature::from_bytes(&sig[4..].try_into().unwrap());
+    verifying
+        .verify_strict(body.as_bytes(), &signature)
+        .expect("the head's signature holds");
+    let mut lines = body.lines();
+    let origin = lines.next().unwrap().to_owned();
+    assert_eq!(origin, name);
+    let size = lines.next().unwrap().parse().unwrap();
+    let root = B64
+        .decode(lines.next().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    assert!(lines.next().unwrap().starts_with("Timestamp: "));
+    (origin, size, root)
+}
+
+fn hashes(v: &Value) -> Vec<H> {
+    v["hashes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| B64.decode(h.as_str().unwrap()).unwrap().try_into().unwrap())
+        .collect()
+}
+
+/// Every stored record a server's feed gives, as leaf hashes.
+async fn leaves_of(http: &reqwest::Client, url: &str, token: &str) -> Vec<H> {
+    let mut out = Vec::new();
+    let mut from = 1u64;
+    loop {
+        let page: Value = http
+            .get(format!("{url}/v1/events?from_position={from}&limit=1000"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for item in page["items"].as_array().unwrap() {
+            assert_eq!(item["position"], out.len() as u64 + 1);
+            out.push(rfc9162::leaf(
+                &B64.decode(item["record"].as_str().unwrap()).unwrap(),
+            ));
+        }
+        match page["next"].as_str() {
+            Some(n) => from = n.parse().unwrap(),
+            None => return out,
+        }
+    }
+}
+
+async fn get_text(http: &reqwest::Client, url: &str, token: &str) -> (StatusCode, String) {
+    let r = http.get(url).bearer_auth(token).send().await.unwrap();
+    (r.status(), r.text().await.unwrap())
+}
+
+/// Waits until the server's latest head covers `size` records; answers its checkpoint.
+async fn head_covering(http: &reqwest::Client, url: &str, token: &str, size: u64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (s, note) = get_text(http, &format!("{url}/v1/log/sth"), token).await;
+        if s == StatusCode::OK && note.lines().nth(1).unwrap().parse::<u64>().unwrap() >= size {
+            return note;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no head covers {size}: {s} {note}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proofs_over_http_hold_for_an_independent_verifier() {
+    let app = spawn_app().await;
+    let admin = app.admin.clone();
+    for n in 0..20 {
+        app.domain(&format!("d{n}.example.com")).await;
+    }
+    let auditor = app.token("auditor", &[]).await;
+    let head = app.head();
+    let (s, vkey) = get_text(
+        &app.http,
+        &format!("{}/v1/log/public-key", app.url),
+        &auditor,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let note = head_covering(&app.http, &app.url, &auditor, head).await;
+    let leaves = leaves_of(&app.http, &app.url, &auditor).await;
+    let (origin, size, root) = open_checkpoint(&note, &vkey);
+    assert!(origin.starts_with("idledger/"));
+    assert_eq!(size as usize, leaves.len());
+    assert_eq!(
+        root,
+        rfc9162::mth(&leaves),
+        "the signed root is the records' MTH"
+    );
+
+    // The JSON form carries the same head.
+    let (s, j) = app
+        .call(Some(&auditor), Method::GET, "/v1/log/sth?format=json", None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(j["tree_size"], size);
+    assert_eq!(j["root_hash"], B64.encode(root));
+    assert_eq!(j["checkpoint"], note.as_str());
+    assert!(j["timestamp"].as_u64().unwrap() > 1_700_000_000_000);
+    assert!(note.contains(j["signature"].as_str().unwrap()));
+    let (s, kept) = app
+        .call(
+            Some(&auditor),
+            Method::GET,
+            &format!("/v1/log/sth/{size}?format=json"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{kept}");
+    assert_eq!(kept["root_hash"], j["root_hash"]);
+
+    // Every inclusion proof of every position in every tree size, and every consistency
+    // proof between every two sizes: equal to the RFC's PATH and PROOF, and holding.
+    let n = leaves.len();
+    for size in 1..=n {
+        let root = rfc9162::mth(&leaves[..size]);
+        for index in 0..size {
+            let (s, p) = app
+                .call(
+                    Some(&auditor),
+                    Method::GET,
+                    &format!(
+                        "/v1/log/proof/inclusion?position={}&tree_size={size}",
+                        index + 1
+                    ),
+                    None,
+                )
+                .await;
+            assert_eq!(s, StatusCode::OK, "{p}");
+            assert_eq!(p["leaf_index"], index);
+            assert_eq!(p["tree_size"], size);
+            let path = hashes(&p);
+            assert_eq!(
+                path,
+                rfc9162::path(index, &leaves[..size]),
+                "PATH({index}, {size})"
+            );
+            assert!(rfc9162::verify_inclusion(
+                index as u64,
+                size as u64,
+                &leaves[index],
+                &path,
+                &root
+            ));
+        }
+        for from in 1..=size {
+            let (s, p) = app
+                .call(
+                    Some(&auditor),
+                    Method::GET,
+                    &format!("/v1/log/proof/consistency?from={from}&to={size}"),
+                    None,
+                )
+                .await;
+            assert_eq!(s, StatusCode::OK, "{p}");
+            assert_eq!(
+                (p["from"].clone(), p["to"].clone()),
+                (json!(from), json!(size))
+            );
+            let proof = hashes(&p);
+            assert_eq!(
+                proof,
+                rfc9162::proof(from, &leaves[..size]),
+                "PROOF({from}, {size})"
+            );
+            assert!(rfc9162::verify_consistency(
+                from as u64,
+                size as u64,
+                &rfc9162::mth(&leaves[..from]),
+                &root,
+                &proof
+            ));
+        }
+    }
+
+    // An export's manifest carries a head of exactly its position.
+    let (s, m) = app
+        .call(
+            Some(&auditor),
+            Method::GET,
+            "/v1/audit/exports/events/manifest",
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{m}");
+    let at = m["log_position"].as_u64().unwrap() as usize;
+    let (_, signed, root) =
+        open_checkpoint(m["signed_head"]["checkpoint"].as_str().unwrap(), &vkey);
+    assert_eq!(signed as usize, at);
+    assert_eq!(
+        root,
+        rfc9162::mth(&leaves_of(&app.http, &app.url, &auditor).await[..at])
+    );
+
+    // Bad asks are refused plainly.
+    for bad in [
+        "/v1/log/proof/inclusion?position=0&tree_size=3",
+        &format!("/v1/log/proof/inclusion?position=3&tree_size={}", n + 1000),
+        "/v1/log/proof/inclusion?position=5&tree_size=4",
+        "/v1/log/proof/inclusion?position=x",
+        "/v1/log/proof/inclusion?position=1&surprise=1",
+        "/v1/log/proof/consistency?from=0&to=3",
+        "/v1/log/proof/consistency?from=4&to=3",
+        &format!("/v1/log/proof/consistency?from=1&to={}", n + 1000),
+        "/v1/log/sth?format=xml",
+        "/v1/log/sths?limit=0",
+        "/v1/log/sth/abc",
+    ] {
+        let (s, body) = app.call(Some(&auditor), Method::GET, bad, None).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        assert!(body["error"]["message"].is_string(), "{bad}: {body}");
+    }
+    let (s, _) = app
+        .call(Some(&auditor), Method::GET, "/v1/log/sth/999999", None)
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = app.call(None, Method::GET, "/v1/log/sth", None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+
+    // The kept heads page, each one signed and each root the records' MTH at its size.
+    let mut after = 0;
+    let mut seen = 0;
+    loop {
+        let (s, page) = app
+            .call(
+                Some(&admin),
+                Method::GET,
+                &format!("/v1/log/sths?after={after}&limit=2"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{page}");
+        for item in page["items"].as_array().unwrap() {
+            let (_, size, root) = open_checkpoint(item["checkpoint"].as_str().unwrap(), &vkey);
+            assert!(size > after);
+            assert_eq!(root, rfc9162::mth(&leaves[..size as usize]));
+            after = size;
+            seen += 1;
+        }
+        if page["next"].is_null() {
+            break;
+        }
+    }
+    assert!(seen >= 1);
+}
+
+/// One tree the server's own code keeps (the store's `LogTree`), for the property tests.
+fn server_tree() -> &'static (tempfile::TempDir, idledger::store::tree::LogTree, Vec<H>) {
+    static TREE: std::sync::OnceLock<(tempfile::TempDir, idledger::store::tree::LogTree, Vec<H>)> =
+        std::sync::OnceLock::new();
+    TREE.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = idledger::store::tree::LogTree::open(dir.path(), 0, |_| unreachable!()).unwrap();
+        let leaves: Vec<H> = (0..1500u32)
+            .map(|i| rfc9162::leaf(format!("record {i}").as_bytes()))
+            .collect();
+        // Appended in groups of varying size, as group commits do.
+        let mut at = 0;
+        let mut group = 1;
+        while at < leaves.len() {
+            let end = (at + group).min(leaves.len());
+            let batch: Vec<_> = leaves[at..end]
+                .iter()
+                .map(|h| idledger_domain::Hash(*h))
+                .collect();
+            tree.append(&batch);
+            at = end;
+            group = group % 97 + 13;
+        }
+        assert_eq!(tree.size(), 1500);
+        (dir, tree, leaves)
+    })
+}
+
+fn flip(h: &H, bit: usize) -> H {
+    let mut h = *h;
+    h[bit / 8 % 32] ^= 1 << (bit % 8);
+    h
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn every_inclusion_proof_holds_and_no_flipped_bit_does(
+        size in 1usize..=1500, at in any::<prop::sample::Index>(),
+        which in any::<prop::sample::Index>(), bit in 0usize..256,
+    ) {
+        let (_, tree, leaves) = server_tree();
+        let index = at.index(size);
+        let d = &leaves[..size];
+        let root = rfc9162::mth(d);
+        prop_assert_eq!(tree.root(size as u64).unwrap().0, root);
+        let proof: Vec<H> = tree.inclusion(index as u64, size as u64).unwrap().into_iter().map(|h| h.0).collect();
+        prop_assert_eq!(&proof, &rfc9162::path(index, d));
+        let ours = |proof: &[H], leaf: &H, root: &H| {
+            let proof: Vec<_> = proof.iter().map(|h| idledger_domain::Hash(*h)).collect();
+            idledger_replay::tree::check_inclusion(&proof, size as u64, &idledger_domain::Hash(*root), index as u64, &idledger_domain::Hash(*leaf)).is_ok()
+        };
+        prop_assert!(rfc9162::verify_inclusion(index as u64, size as u64, &d[index], &proof, &root));
+        prop_assert!(ours(&proof, &d[index], &root));
+        // One bit flipped anywhere: in a proof hash, the leaf or the root.
+        let spot = which.index(proof.len() + 2);
+        let (mut p, mut leaf, mut r) = (proof.clone(), d[index], root);
+        match spot {
+            s if s < proof.len() => p[s] = flip(&p[s], bit),
+            s if s == proof.len() => leaf = flip(&leaf, bit),
+            _ => r = flip(&r, bit),
+        }
+        prop_assert!(!rfc9162::verify_inclusion(index as u64, size as u64, &leaf, &p, &r));
+        prop_assert!(!ours(&p, &leaf, &r));
+        // A proof cut short or lengthened fails too.
+        if !proof.is_empty() {
+            prop_assert!(!ours(&proof[..proof.len() - 1], &d[index], &root));
+        }
+        let mut longer = proof.clone();
+        longer.push(root);
+        prop_assert!(!ours(&longer, &d[index], &root));
+    }
+
+    #[test]
+    fn every_consistency_proof_holds_and_no_flipped_bit_does(
+        to in 1usize..=1500, from_at in any::<prop::sample::Index>(),
+        which in any::<prop::sample::Index>(), bit in 0usize..256,
+    ) {
+        let (_, tree, leaves) = server_tree();
+        let from = from_at.index(to) + 1;
+        let (old, new) = (rfc9162::mth(&leaves[..from]), rfc9162::mth(&leaves[..to]));
+        let proof: Vec<H> = tree.consistency(from as u64, to as u64).unwrap().into_iter().map(|h| h.0).collect();
+        prop_assert_eq!(&proof, &rfc9162::proof(from, &leaves[..to]));
+        let ours = |proof: &[H], old: &H, new: &H| {
+            let proof: Vec<_> = proof.iter().map(|h| idledger_domain::Hash(*h)).collect();
+            idledger_replay::tree::check_consistency(&proof, from as u64, &idledger_domain::Hash(*old), to as u64, &idledger_domain::Hash(*new)).is_ok()
+        };
+        prop_assert!(rfc9162::verify_consistency(from as u64, to as u64, &old, &new, &proof));
+        prop_assert!(ours(&proof, &old, &new));
+        let spot = which.index(proof.len() + 2);
+        let (mut p, mut o, mut n) = (proof.clone(), old, new);
+        match spot {
+            s if s < proof.len() => p[s] = flip(&p[s], bit),
+            s if s == proof.len() => o = flip(&o, bit),
+            _ => n = flip(&n, bit),
+        }
+        prop_assert!(!rfc9162::verify_consistency(from as u64, to as u64, &o, &n, &p));
+        prop_assert!(!ours(&p, &o, &n));
+    }
+}
+
+/// Known answers: the roots of RFC 6962's reference data (Certificate Transparency's
+/// test vectors) over the eight leaves below, for every prefix.
+#[test]
+fn the_reference_verifier_gives_the_known_roots() {
+    let records: [&[u8]; 8] = [
+        b"",
+        b"\x00",
+        b"\x10",
+        b"\x20\x21",
+        b"\x30\x31",
+        b"\x40\x41\x42\x43",
+        b"\x50\x51\x52\x53\x54\x55\x56\x57",
+        b"\x60\x61\x62\x63\x64\x65\x66\x67\x68\x69\x6a\x6b\x6c\x6d\x6e\x6f",
+    ];
+    let roots = [
+        "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d",
+        "fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125",
+        "aeb6bcfe274b70a14fb067a5e5578264db0fa9b51af5e0ba159158f329e06e77",
+        "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
+        "4e3bbb1f7b478dcfe71fb631631519a3bca12c9aefca1612bfce4c13a86264d4",
+        "76e67dadbcdf1e10e1b74ddc608abd2f98dfb16fbce75277b5232a127f2087ef",
+        "ddb89be403809e325750d3d263cd78929c2942b7942a34b77e122c9594a74c8c",
+        "5dc9da79a70659a9ad559cb701ded9a2ab9d823aad2f4960cfe370eff4604328",
+    ];
+    let leaves: Vec<H> = records.iter().map(|r| rfc9162::leaf(r)).collect();
+    for (n, want) in roots.iter().enumerate() {
+        assert_eq!(
+            hex::encode(rfc9162::mth(&leaves[..n + 1])),
+            *want,
+            "size {}",
+            n + 1
+        );
+    }
+    // And RFC 9162's worked example: the consistency proof from 3 to 7 is [c, d, g, l].
+    let proof = rfc9162::proof(3, &leaves[..7]);
+    assert_eq!(proof.len(), 4);
+    assert!(rfc9162::verify_consistency(
+        3,
+        7,
+        &rfc9162::mth(&leaves[..3]),
+        &rfc9162::mth(&leaves[..7]),
+        &proof
+    ));
+}
+
+/// `idledger <args>` with the token set; its JSON line and exit code.
+fn auditor_cli(token: &str, args: &[&str]) -> (Value, i32) {
+    let out = idledger()
+        .env("IDLEDGER_TOKEN", token)
+        .args(args)
+        .output()
+        .unwrap();
+    let line = String::from_utf8_lossy(&out.stdout);
+    let json = serde_json::from_str(line.trim()).unwrap_or_else(|e| {
+        panic!(
+            "{args:?}: {e}: {line:?} {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (json, out.status.code().unwrap_or(-1))
+}
+
+/// An auditor's visit: `verify --server --checkpoint`; its report and exit code.
+fn visit(serve: &Serve, checkpoint: &str, key: &str) -> (Value, i32) {
+    auditor_cli(
+        &serve.token,
+        &[
+            "verify",
+            "--server",
+            &serve.url,
+            "--checkpoint",
+            checkpoint,
+            "--public-key",
+            key,
+        ],
+    )
+}
+
+async fn add_domains(serve: &Serve, names: &[&str]) {
+    for name in names {
+        serve
+            .call(Method::POST, "/v1/domains", Some(json!({"domain": name})))
+            .await;
+    }
+}
+
+/// The number of records a server holds.
+async fn head_of(serve: &Serve) -> u64 {
+    leaves_of(&serve.http, &serve.url, &serve.token).await.len() as u64
+}
+
+/// The sizes of every head a server kept.
+async fn kept_sizes(serve: &Serve) -> Vec<u64> {
+    let page = serve
+        .call(Method::GET, "/v1/log/sths?limit=1000", None)
+        .await;
+    page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["tree_size"].as_u64().unwrap())
+        .collect()
+}
+
+fn public_key_of(data: &Path) -> String {
+    let out = idledger()
+        .arg("log-key")
+        .arg("--data-dir")
+        .arg(data)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// Rewrites the record at `position` (its time moved by a microsecond) and chains every
+/// later record to it again: a history rewritten so its hash chain still holds.
+fn rewrite_history(data: &Path, position: u64) {
+    let store = idledger::store::sled_log::open_raw(data).unwrap();
+    let last = store.last_position().unwrap();
+    let mut prev = idledger_domain::decode_record(&store.record(position - 1).unwrap())
+        .unwrap()
+        .hash;
+    for p in position..=last {
+        let env = idledger_domain::decode_record(&store.record(p).unwrap()).unwrap();
+        let proposed = idledger_domain::ProposedEvent {
+            event_id: env.event_id,
+            actor: env.actor.clone(),
+            correlation_id: env.correlation_id,
+            causation_id: env.causation_id,
+            event: env.event.clone(),
+        };
+        let shift = if p == position {
+            chrono::Duration::microseconds(1)
+        } else {
+            chrono::Duration::zero()
+        };
+        let (bytes, hash) = idledger_domain::encode_record(
+            idledger_domain::RecordFields {
+                position: p,
+                stream: &env.stream,
+                version: env.version,
+                recorded_at: env.recorded_at + shift,
+                proposed: &proposed,
+            },
+            &prev,
+        )
+        .unwrap();
+        store.log_tree().insert(p.to_be_bytes(), bytes).unwrap();
+        prev = hash;
+    }
+    store.flush().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewritten_history_is_caught_on_the_next_visit() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let fast = [("IDLEDGER_STH_INTERVAL_MS", "10")];
+    let mut serve = Serve::start_with(&data, None, &fast).await;
+    add_domains(&serve, &["a.example.com", "b.example.com", "c.example.com"]).await;
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    add_domains(&serve, &["d.example.com", "e.example.com"]).await;
+    let head = head_of(&serve).await;
+    head_covering(&serve.http, &serve.url, &serve.token, head).await;
+    let key = public_key_of(&data);
+    let checkpoint = dir.path().join("auditor.checkpoint");
+    let cp = checkpoint.to_str().unwrap();
+    let (first, code) = visit(&serve, cp, &key);
+    assert_eq!(code, 0, "{first}");
+    assert_eq!(first["previous_tree_size"], Value::Null);
+    assert_eq!(first["tree_size"], head);
+
+    // The auditor proves a record offline against the head they accepted.
+    let (proved, code) = auditor_cli(
+        &serve.token,
+        &[
+            "prove",
+            "--server",
+            &serve.url,
+            "--position",
+            "3",
+            "--public-key",
+            &key,
+            "--checkpoint",
+            cp,
+        ],
+    );
+    assert_eq!(code, 0, "{proved}");
+    assert_eq!(proved["kind"], "DomainRegistered");
+    // With another log's key, nothing is accepted.
+    let other =
+        idledger_replay::tree::LogSigningKey::from_seed("idledger/other", &[7; 32]).unwrap();
+    let (refused, code) = auditor_cli(
+        &serve.token,
+        &[
+            "prove",
+            "--server",
+            &serve.url,
+            "--position",
+            "3",
+            "--public-key",
+            &other.public().to_string(),
+        ],
+    );
+    assert_ne!(code, 0, "{refused}");
+
+    // A second visit after more appends: consistent.
+    add_domains(&serve, &["f.example.com"]).await;
+    head_covering(&serve.http, &serve.url, &serve.token, head + 1).await;
+    let (second, code) = visit(&serve, cp, &key);
+    assert_eq!(code, 0, "{second}");
+    assert_eq!(second["previous_tree_size"], head);
+    let kept = kept_sizes(&serve).await;
+    serve.stop();
+
+    // The operator rewrites record 3 (chain re-made, so the chain alone still holds).
+    rewrite_history(&data, 3);
+    // The chain alone still holds; the heads the data dir kept do not.
+    let first_bad = *kept.iter().find(|&&s| s >= 3).unwrap();
+    let (local, code) = verify(&data);
+    assert_eq!(code, 1, "{local}");
+    assert_eq!(local["first_inconsistent_tree_size"], first_bad, "{local}");
+    let mut serve = Serve::start_with(&data, None, &fast).await;
+    add_domains(&serve, &["g.example.com"]).await;
+    let head = head_of(&serve).await;
+    head_covering(&serve.http, &serve.url, &serve.token, head).await;
+    let before = std::fs::read_to_string(&checkpoint).unwrap();
+    let (caught, code) = visit(&serve, cp, &key);
+    assert_eq!(code, 1, "{caught}");
+    assert_eq!(caught["ok"], false);
+    assert_eq!(
+        caught["first_inconsistent_tree_size"], first_bad,
+        "{caught} (kept {kept:?})"
+    );
+    assert!(caught["reason"].is_string());
+    // The checkpoint is kept as it was: the next visit fails the same way.
+    assert_eq!(std::fs::read_to_string(&checkpoint).unwrap(), before);
+    serve.stop();
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forked_server_is_caught_by_comparing_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
+    let fast = [("IDLEDGER_STH_INTERVAL_MS", "10")];
+    let mut a = Serve::start_with(&a_dir, None, &fast).await;
+    add_domains(&a, &["one.example.com", "two.example.com"]).await;
+    let shared = head_of(&a).await;
+    head_covering(&a.http, &a.url, &a.token, shared).await;
+    let key = public_key_of(&a_dir);
+    let file = |n: &str| dir.path().join(n).to_str().unwrap().to_owned();
+    let accepted = |serve: &Serve, cp: &str| {
+        let (r, code) = visit(serve, cp, &key);
+        assert_eq!(code, 0, "{r}");
+        r["tree_size"].as_u64().unwrap()
+    };
+    let early = file("early.checkpoint");
+    accepted(&a, &early);
+    a.stop();
+    // The same history, then two: each server shows its auditor a consistent log.
+    copy_dir(&a_dir, &b_dir);
+    let a = Serve::start_with(&a_dir, None, &fast).await;
+    let b = Serve::start_with(&b_dir, None, &fast).await;
+    add_domains(&a, &["three-a.example.com"]).await;
+    add_domains(&b, &["three-b.example.com", "four-b.example.com"]).await;
+    head_covering(&a.http, &a.url, &a.token, shared + 1).await;
+    head_covering(&b.http, &b.url, &b.token, shared + 2).await;
+    let (ca, cb) = (file("a.checkpoint"), file("b.checkpoint"));
+    assert_eq!(accepted(&a, &ca), shared + 1);
+    assert_eq!(accepted(&b, &cb), shared + 2);
+    let compare = |x: &str, y: &str, server: Option<&Serve>| {
+        let mut args = vec!["checkpoint", "compare", x, y, "--public-key", &key];
+        if let Some(s) = server {
+            args.extend(["--server", &s.url]);
+        }
+        auditor_cli(&a.token, &args)
+    };
+    // Each agrees with the early checkpoint; they disagree with each other, whichever
+    // server is asked for the proof.
+    let (r, code) = compare(&early, &ca, Some(&a));
+    assert_eq!(code, 0, "{r}");
+    let (r, code) = compare(&early, &cb, Some(&b));
+    assert_eq!(code, 0, "{r}");
+    for server in [&a, &b] {
+        let (r, code) = compare(&ca, &cb, Some(server));
+        assert_eq!(code, 1, "{r}");
+        assert_eq!(r["ok"], false);
+    }
+    // Same size, different roots: caught without asking anyone.
+    add_domains(&a, &["four-a.example.com"]).await;
+    head_covering(&a.http, &a.url, &a.token, shared + 2).await;
+    assert_eq!(accepted(&a, &ca), shared + 2);
+    let (r, code) = compare(&ca, &cb, None);
+    assert_eq!(code, 1, "{r}");
+    assert!(
+        r["reason"]
+            .as_str()
+            .unwrap()
+            .contains("two different roots"),
+        "{r}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heads_signed_before_a_sigkill_hold_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let fast = [("IDLEDGER_STH_INTERVAL_MS", "10")];
+    let mut seen: Vec<String> = Vec::new();
+    let mut key = None;
+    for round in 0..3 {
+        let mut serve = Serve::start_with(&data, None, &fast).await;
+        let vkey = key.get_or_insert_with(|| public_key_of(&data)).clone();
+        // Writers append while an auditor keeps every head it is shown.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut writers = Vec::new();
+        for w in 0..4 {
+            let (http, url, token, stop) = (
+                serve.http.clone(),
+                serve.url.clone(),
+                serve.token.clone(),
+                stop.clone(),
+            );
+            writers.push(tokio::spawn(async move {
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = http
+                        .post(format!("{url}/v1/domains"))
+                        .bearer_auth(&token)
+                        .json(&json!({"domain": format!("r{round}w{w}n{n}.example.com")}))
+                        .send()
+                        .await;
+                    n += 1;
+                }
+            }));
+        }
+        let deadline = Instant::now() + Duration::from_millis(800 + 300 * round);
+        while Instant::now() < deadline {
+            if let (StatusCode::OK, note) = get_text(
+                &serve.http,
+                &format!("{}/v1/log/sth", serve.url),
+                &serve.token,
+            )
+            .await
+            {
+                if seen.last() != Some(&note) {
+                    seen.push(note);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        serve.child.kill().unwrap(); // SIGKILL, writers mid-request
+        serve.child.wait().unwrap();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for w in writers {
+            w.await.unwrap();
+        }
+
+        let serve = Serve::start_with(&data, None, &fast).await;
+        let head = head_of(&serve).await;
+        let latest = head_covering(&serve.http, &serve.url, &serve.token, head).await;
+        let leaves = leaves_of(&serve.http, &serve.url, &serve.token).await;
+        let (_, size, root) = open_checkpoint(&latest, &vkey);
+        assert_eq!(size as usize, leaves.len(), "round {round}");
+        assert_eq!(
+            root,
+            rfc9162::mth(&leaves),
+            "round {round}: the root is the records' MTH"
+        );
+        assert!(
+            seen.len() > 3,
+            "round {round}: too few heads seen ({})",
+            seen.len()
+        );
+        for note in &seen {
+            let (_, old, old_root) = open_checkpoint(note, &vkey);
+            assert!(old <= size, "a head was signed for records that were lost");
+            assert_eq!(
+                old_root,
+                rfc9162::mth(&leaves[..old as usize]),
+                "round {round}: head {old}"
+            );
+            let p = serve
+                .call(
+                    Method::GET,
+                    &format!("/v1/log/proof/consistency?from={old}&to={size}"),
+                    None,
+                )
+                .await;
+            assert!(rfc9162::verify_consistency(
+                old,
+                size,
+                &old_root,
+                &root,
+                &hashes(&p)
+            ));
+        }
+        drop(serve);
+    }
+    let (report, code) = verify(&data);
+    assert_eq!(code, 0, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_proves_where_it_sits_in_the_signed_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let fast = [("IDLEDGER_STH_INTERVAL_MS", "10")];
+    let mut serve = Serve::start_with(&data, None, &fast).await;
+    add_domains(&serve, &["x.example.com", "y.example.com"]).await;
+    let key = public_key_of(&data);
+    let out = dir.path().join("events.jsonl");
+    let o = out.to_str().unwrap();
+    let (written, code) = auditor_cli(
+        &serve.token,
+        &[
+            "export", "--server", &serve.url, "--kind", "events", "--format", "jsonl", "--out", o,
+        ],
+    );
+    assert_eq!(code, 0, "{written}");
+    assert!(
+        written["signed_tree_size"].as_u64().unwrap() >= written["log_position"].as_u64().unwrap()
+    );
+    let (checked, code) = auditor_cli(
+        &serve.token,
+        &[
+            "verify-export",
+            o,
+            "--server",
+            &serve.url,
+            "--public-key",
+            &key,
+        ],
+    );
+    assert_eq!(code, 0, "{checked}");
+    assert_eq!(checked["signed_head"], "verified");
+    // Without the auditor's key the head is not checked, and the report says so.
+    let (unchecked, code) =
+        auditor_cli(&serve.token, &["verify-export", o, "--server", &serve.url]);
+    assert_eq!(code, 0, "{unchecked}");
+    assert_eq!(unchecked["signed_head"], "unchecked");
+    // A head whose root is not the records' is refused.
+    let manifest = dir.path().join("events.jsonl.manifest.json");
+    let original = std::fs::read_to_string(&manifest).unwrap();
+    let mut m: Value = serde_json::from_str(&original).unwrap();
+    let note = m["signed_head"]["checkpoint"].as_str().unwrap().to_owned();
+    let root = note.lines().nth(2).unwrap().to_owned();
+    let other = B64.encode([9u8; 32]);
+    m["signed_head"]["checkpoint"] = json!(note.replace(&root, &other));
+    std::fs::write(&manifest, serde_json::to_string_pretty(&m).unwrap()).unwrap();
+    let (refused, code) = auditor_cli(
+        &serve.token,
+        &[
+            "verify-export",
+            o,
+            "--server",
+            &serve.url,
+            "--public-key",
+            &key,
+        ],
+    );
+    assert_eq!(code, 1, "{refused}");
+    assert_eq!(refused["signed_head"], "failed");
+    std::fs::write(&manifest, &original).unwrap();
+
+    // From the stopped server's data dir: the first kept head past the position, with
+    // the consistency proof to it.
+    add_domains(&serve, &["z.example.com"]).await;
+    serve.stop();
+    let (written, code) = auditor_cli(
+        "",
+        &[
+            "export",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--kind",
+            "events",
+            "--format",
+            "csv",
+            "--out",
+            dir.path().join("e.csv").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{written}");
+    assert!(written["signed_tree_size"].is_u64(), "{written}");
+    let (checked, code) = auditor_cli(
+        "",
+        &[
+            "verify-export",
+            dir.path().join("e.csv").to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{checked}");
+    assert_eq!(checked["signed_head"], "verified");
+}

@@ -381,7 +381,17 @@ fn traced_bench_append(
     cmd.arg("-o")
         .arg(&trace)
         .arg(env!("CARGO_BIN_EXE_idledger"))
-        .args(["bench", "append", "--events", "400", "--writers", "8"])
+        // The log's own syncs only: no tree, no notary and its key files.
+        .args([
+            "bench",
+            "append",
+            "--events",
+            "400",
+            "--writers",
+            "8",
+            "--tree",
+            "off",
+        ])
         .args(["--durability", durability])
         .arg("--data-dir")
         .arg(&data)

@@ -4,7 +4,6 @@
 //! server cannot hide its queueing, then a closed-loop phase for the highest throughput.
 
 use crate::error::Error;
-use crate::server::issue_token;
 use crate::store::{AppendRequest, EventLog, ExpectedVersion, SledEventLog};
 use clap::Args;
 use idledger_domain::events::{DomainRegistered, UserDiscovered, UserImported};
@@ -109,25 +108,17 @@ async fn prepare(data_dir: &std::path::Path) -> Result<(String, Vec<UserId>), Er
         .await?;
         users.push(user);
     }
-    let (_, token, _) = issue_token(
-        &*log,
-        Actor::Operator,
-        Role::Auditor,
-        "bench".into(),
-        vec![],
-    )
-    .await?;
-    log.flush().await?;
-    Ok((token, users))
+    Ok((super::auditor_token(&log).await?, users))
 }
 
-fn free_port() -> Result<u16, Error> {
+pub(crate) fn free_port() -> Result<u16, Error> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
 }
 
-struct Killed(Child);
+/// A child process killed when dropped.
+pub(crate) struct Killed(pub(crate) Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {
@@ -136,8 +127,12 @@ impl Drop for Killed {
     }
 }
 
-async fn wait_healthy(http: &reqwest::Client, url: &str) -> Result<(), Error> {
-    let deadline = Instant::now() + Duration::from_secs(60);
+pub(crate) async fn wait_healthy(
+    http: &reqwest::Client,
+    url: &str,
+    patience: Duration,
+) -> Result<(), Error> {
+    let deadline = Instant::now() + patience;
     while http.get(format!("{url}/healthz")).send().await.is_err() {
         if Instant::now() > deadline {
             return Err(Error::Other(format!("{url} did not start")));
@@ -150,11 +145,12 @@ async fn wait_healthy(http: &reqwest::Client, url: &str) -> Result<(), Error> {
 /// Fixed-rate load: dispatched in 1 ms ticks (tokio's timer granularity), each tick sending
 /// its share of the rate. Latency runs from the tick's wake-up, so waiting for a free
 /// connection counts (no coordinated omission) but the timer's own lateness does not.
-async fn open_loop(
+/// `path(n)` is the n-th request's path.
+pub(crate) async fn open_loop(
     http: &reqwest::Client,
     url: &str,
     token: &str,
-    users: &[UserId],
+    path: impl Fn(u64) -> String,
     rate: u64,
     seconds: u64,
     connections: usize,
@@ -173,12 +169,7 @@ async fn open_loop(
         let due = ((woke - start).as_secs_f64() * rate as f64).ceil() as u64;
         while sent < due.min(total) {
             let permit = gate.clone().acquire_owned().await;
-            let req = http
-                .get(format!(
-                    "{url}/v1/users/{}",
-                    users[sent as usize % users.len()]
-                ))
-                .bearer_auth(token);
+            let req = http.get(format!("{url}{}", path(sent))).bearer_auth(token);
             tasks.push(tokio::spawn(async move {
                 let _permit = permit;
                 let ok = match req.send().await {
@@ -245,7 +236,7 @@ async fn closed_loop(
     done as f64 / started.elapsed().as_secs_f64()
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
@@ -297,8 +288,8 @@ pub async fn api(args: ApiArgs) -> Result<ExitCode, Error> {
         .pool_max_idle_per_host(args.connections * 4)
         .build()
         .map_err(|e| Error::Other(e.to_string()))?;
-    wait_healthy(&http, &ours).await?;
-    wait_healthy(&http, &bare).await?;
+    wait_healthy(&http, &ours, Duration::from_secs(60)).await?;
+    wait_healthy(&http, &bare, Duration::from_secs(60)).await?;
     // Warm up both.
     closed_loop(&http, &ours, &token, &users, 1, args.connections).await;
     closed_loop(&http, &bare, &token, &users, 1, args.connections).await;
@@ -306,7 +297,7 @@ pub async fn api(args: ApiArgs) -> Result<ExitCode, Error> {
         &http,
         &ours,
         &token,
-        &users,
+        |n| format!("/v1/users/{}", users[n as usize % users.len()]),
         args.rate,
         args.seconds,
         args.connections,

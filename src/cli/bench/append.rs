@@ -3,14 +3,18 @@
 
 use super::{progress, round3, EventMaker, STREAMS_PER_WRITER};
 use crate::error::Error;
+use crate::notary::Notary;
+use crate::secrets::keystore::KeyFile;
+use crate::secrets::{Keyring, MasterKey};
 use crate::store::{AppendRequest, EventLog, ExpectedVersion, SledEventLog};
 use clap::Args;
 use idledger_domain::{StreamId, UserId};
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use std::time::Instant;
 use uuid::Uuid;
 
@@ -36,6 +40,46 @@ pub struct AppendArgs {
     /// the raw sled baseline syncs the same way.
     #[arg(long, default_value = "device")]
     pub durability: crate::store::Durability,
+    /// `on`: the Merkle tree kept and heads signed (as `serve` does); `off`: neither;
+    /// `both`: the two compared in one run, on fresh `tree-on` and `tree-off` dirs
+    /// inside `--data-dir`, alternating for `--rounds` rounds.
+    #[arg(long, default_value = "on", value_parser = ["on", "off", "both"])]
+    pub tree: String,
+    /// Rounds of `--tree both`.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: u32,
+    /// How often heads are signed while the tree grows (as `serve`'s `sth_interval_ms`).
+    #[arg(long, default_value_t = 1000)]
+    pub sth_interval_ms: u64,
+}
+
+/// A log opened for the bench, with the notary that signs its heads when the tree is on.
+async fn open_log(
+    dir: &Path,
+    args: &AppendArgs,
+    tree: bool,
+) -> Result<(Arc<SledEventLog>, Option<Notary>), Error> {
+    let log = SledEventLog::open_with_tree(dir, args.durability, tree)?;
+    let notary = match log.tree() {
+        None => None,
+        Some(tree) => {
+            // The bench's data dir is throwaway: its master key may sit in it.
+            let (master, _) =
+                MasterKey::load(dir, None, true).map_err(|e| Error::Other(e.to_string()))?;
+            let keys = Arc::new(KeyFile::open(dir).map_err(|e| Error::Other(e.to_string()))?);
+            let keyring = Keyring::open(master, keys).map_err(|e| Error::Other(e.to_string()))?;
+            Some(
+                Notary::start(
+                    dir,
+                    tree,
+                    &keyring,
+                    Duration::from_millis(args.sth_interval_ms.max(10)),
+                )
+                .map_err(|e| Error::Other(e.to_string()))?,
+            )
+        }
+    };
+    Ok((log, notary))
 }
 
 fn ack_writer(path: &Option<PathBuf>) -> Result<Option<Arc<Mutex<std::fs::File>>>, Error> {
@@ -52,18 +96,70 @@ fn ack_writer(path: &Option<PathBuf>) -> Result<Option<Arc<Mutex<std::fs::File>>
 
 /// Runs `bench append`.
 pub async fn append(args: AppendArgs) -> Result<ExitCode, Error> {
-    if args.writers == 0 || args.events == 0 {
+    if args.writers == 0 || args.events == 0 || args.rounds == 0 {
         return Err(Error::Other(
-            "--events and --writers must be positive".into(),
+            "--events, --writers and --rounds must be positive".into(),
         ));
     }
-    let log = SledEventLog::open_with(&args.data_dir, args.durability)?;
-    let maker = Arc::new(EventMaker::new(args.event_bytes));
+    if args.tree == "both" {
+        return tree_both(&args).await;
+    }
+    let (log, notary) = open_log(&args.data_dir, &args, args.tree == "on").await?;
     let ack = ack_writer(&args.ack_file)?;
-    let issued = Arc::new(AtomicU64::new(0));
-    let pb = progress::bar(Some(args.events), "append");
     let flushes_before = log.stats().flushes.load(Ordering::Relaxed);
     let first_position = log.head().position + 1;
+    let seconds = fill(&log, &args, ack).await?;
+    let flushes = log.stats().flushes.load(Ordering::Relaxed) - flushes_before;
+    let last_position = log.head().position;
+    let signed = match &notary {
+        Some(n) => n
+            .sign_now()
+            .map_err(|e| Error::Other(e.to_string()))?
+            .map(|h| h.head.tree_size),
+        None => None,
+    };
+    // The baseline writes the very bytes just committed.
+    let mut records: Vec<Vec<u8>> = Vec::new();
+    log.records(first_position)(&mut |p, bytes| {
+        if p <= last_position {
+            records.push(bytes.to_vec());
+        }
+        std::ops::ControlFlow::Continue(())
+    })?;
+    let baseline =
+        crate::store::sled_log::raw_append(&args.data_dir, &records, flushes, args.durability)
+            .await?;
+    let events_per_s = args.events as f64 / seconds;
+    let baseline_events_per_s = records.len() as f64 / baseline;
+    println!(
+        "{}",
+        serde_json::json!({
+            "bench": "append",
+            "durability": args.durability.as_str(),
+            "events": args.events,
+            "writers": args.writers,
+            "seconds": round3(seconds),
+            "events_per_s": events_per_s.round(),
+            "baseline_events_per_s": baseline_events_per_s.round(),
+            "ratio": round3(events_per_s / baseline_events_per_s),
+            "flushes": flushes,
+            "record_bytes": records.first().map_or(0, |r| r.len()),
+            "tree": args.tree,
+            "signed_tree_size": signed,
+        })
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Appends `args.events` events from `args.writers` writers; answers the seconds taken.
+async fn fill(
+    log: &Arc<SledEventLog>,
+    args: &AppendArgs,
+    ack: Option<Arc<Mutex<std::fs::File>>>,
+) -> Result<f64, Error> {
+    let maker = Arc::new(EventMaker::new(args.event_bytes));
+    let issued = Arc::new(AtomicU64::new(0));
+    let pb = progress::bar(Some(args.events), "append");
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..args.writers {
@@ -108,34 +204,61 @@ pub async fn append(args: AppendArgs) -> Result<ExitCode, Error> {
     }
     let seconds = started.elapsed().as_secs_f64();
     pb.finish_and_clear();
-    let flushes = log.stats().flushes.load(Ordering::Relaxed) - flushes_before;
-    let last_position = log.head().position;
-    // The baseline writes the very bytes just committed.
-    let mut records: Vec<Vec<u8>> = Vec::new();
-    log.records(first_position)(&mut |p, bytes| {
-        if p <= last_position {
-            records.push(bytes.to_vec());
+    Ok(seconds)
+}
+
+/// `--tree both`: the same workload on a log with the tree and heads and on one without,
+/// alternating, each on its own fresh dir; the ratio of their throughputs.
+async fn tree_both(args: &AppendArgs) -> Result<ExitCode, Error> {
+    let mut seconds = [0f64; 2];
+    let mut rounds = Vec::new();
+    for round in 0..args.rounds {
+        let mut pair = [0f64; 2];
+        // Which goes first alternates, so neither always meets a warmer device.
+        let order = if round % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for tree in order {
+            let dir = args
+                .data_dir
+                .join(if tree { "tree-on" } else { "tree-off" })
+                .join(format!("round-{round}"));
+            if dir.exists() {
+                return Err(Error::Other(format!(
+                    "{} exists: --tree both wants fresh dirs",
+                    dir.display()
+                )));
+            }
+            let (log, notary) = open_log(&dir, args, tree).await?;
+            let s = fill(&log, args, None).await?;
+            if let Some(n) = notary {
+                n.sign_now().map_err(|e| Error::Other(e.to_string()))?;
+            }
+            log.flush().await?;
+            pair[usize::from(tree)] = s;
+            seconds[usize::from(tree)] += s;
         }
-        std::ops::ControlFlow::Continue(())
-    })?;
-    let baseline =
-        crate::store::sled_log::raw_append(&args.data_dir, &records, flushes, args.durability)
-            .await?;
-    let events_per_s = args.events as f64 / seconds;
-    let baseline_events_per_s = records.len() as f64 / baseline;
+        rounds.push(serde_json::json!({
+            "tree_off_events_per_s": (args.events as f64 / pair[0]).round(),
+            "tree_on_events_per_s": (args.events as f64 / pair[1]).round(),
+        }));
+    }
+    let total = args.events as f64 * f64::from(args.rounds);
+    let (off, on) = (total / seconds[0], total / seconds[1]);
     println!(
         "{}",
         serde_json::json!({
             "bench": "append",
+            "tree": "both",
             "durability": args.durability.as_str(),
             "events": args.events,
             "writers": args.writers,
-            "seconds": round3(seconds),
-            "events_per_s": events_per_s.round(),
-            "baseline_events_per_s": baseline_events_per_s.round(),
-            "ratio": round3(events_per_s / baseline_events_per_s),
-            "flushes": flushes,
-            "record_bytes": records.first().map_or(0, |r| r.len()),
+            "rounds": rounds,
+            "tree_off_events_per_s": off.round(),
+            "tree_on_events_per_s": on.round(),
+            "tree_ratio": round3(on / off),
         })
     );
     Ok(ExitCode::SUCCESS)

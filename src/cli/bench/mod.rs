@@ -5,6 +5,7 @@
 pub mod api;
 pub mod append;
 pub mod export;
+pub mod proofs;
 pub mod replay;
 pub mod rotate;
 pub mod sync;
@@ -38,6 +39,9 @@ pub enum BenchCommand {
     Export(export::ExportBenchArgs),
     /// N due users rotated against graphsim by a serve process, the concurrency limit checked.
     Rotate(rotate::RotateArgs),
+    /// The Merkle tree recomputed over a large log, then inclusion and consistency proofs
+    /// served by a serve process at a fixed rate, against /healthz at the same rate.
+    Proofs(proofs::ProofsArgs),
     /// The bare axum handler `bench api` compares against.
     #[command(hide = true)]
     BareServer(api::BareArgs),
@@ -54,6 +58,7 @@ pub fn run(command: BenchCommand) -> Result<ExitCode, Error> {
             BenchCommand::Sync(a) => sync::sync(a).await,
             BenchCommand::Export(a) => export::run(a).await,
             BenchCommand::Rotate(a) => rotate::rotate(a).await,
+            BenchCommand::Proofs(a) => proofs::proofs(a).await,
             BenchCommand::BareServer(a) => api::bare_server(a).await,
         }
     })
@@ -171,6 +176,20 @@ pub(crate) async fn fill_with(
     pb.finish_and_clear();
     log.flush().await?;
     Ok(())
+}
+
+/// An auditor token issued into `log` (flushed): what the benches read a serve with.
+pub(crate) async fn auditor_token(log: &SledEventLog) -> Result<String, Error> {
+    let (_, token, _) = crate::server::issue_token(
+        log,
+        Actor::Operator,
+        idledger_domain::Role::Auditor,
+        "bench".into(),
+        vec![],
+    )
+    .await?;
+    log.flush().await?;
+    Ok(token)
 }
 
 /// Opens a data dir for reading once the log that had it open (dropped just before) has

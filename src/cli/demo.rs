@@ -170,6 +170,13 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode, Error> {
         "     IDLEDGER_TOKEN={} idledger verify --server {url}",
         admin.token
     );
+    // The auditor's side of provable history: the checkpoint kept between visits.
+    if let Ok(key) = crate::notary::key::public_key(&dir) {
+        println!(
+            "     IDLEDGER_TOKEN={} idledger verify --server {url} --checkpoint auditor.checkpoint --public-key '{key}'",
+            admin.token
+        );
+    }
 
     if !args.once {
         println!();

@@ -168,7 +168,8 @@ impl Verifier {
     }
 
     /// Holds the records to these signed heads: when the tree reaches a head's size, its
-    /// root must be the head's. (Heads larger than the log read are left unchecked.)
+    /// root must be the head's; a head larger than the log read means records withheld
+    /// or lost.
     pub fn expect_heads(&mut self, mut heads: Vec<TreeHead>) {
         heads.sort_by_key(|h| std::cmp::Reverse(h.tree_size));
         self.heads = heads;
@@ -291,7 +292,17 @@ impl Verifier {
     }
 
     /// The report.
-    pub fn finish(self) -> VerifyReport {
+    pub fn finish(mut self) -> VerifyReport {
+        // Heads are sorted largest first: the last left is the smallest never reached.
+        if let Some(head) = self.heads.last().copied() {
+            self.first_inconsistent.get_or_insert(head.tree_size);
+            let reason = format!(
+                "missing: a tree head was signed for {} records; the log gives {}",
+                head.tree_size,
+                self.tree.size()
+            );
+            self.problem(self.last_position + 1, reason);
+        }
         VerifyReport {
             ok: self.problem_count == 0,
             events: self.events,
@@ -505,13 +516,13 @@ mod tests {
             }
             v.finish()
         };
-        let sound = run(vec![
-            head(4, roots[3]),
-            head(10, roots[9]),
-            head(99, Hash([1; 32])),
-        ]);
+        let sound = run(vec![head(4, roots[3]), head(10, roots[9])]);
         assert!(sound.ok, "{sound:?}");
         assert_eq!(sound.tree_root, roots[9]);
+        // A head beyond the records: some were withheld or lost.
+        let short = run(vec![head(10, roots[9]), head(12, Hash([1; 32]))]);
+        assert_eq!(short.first_inconsistent_tree_size, Some(12));
+        assert!(short.problems[0].reason.starts_with("missing"), "{short:?}");
         // A head whose root these records do not give: named by its size.
         let forked = run(vec![
             head(4, roots[3]),

@@ -42,18 +42,7 @@ impl Heads {
         if len % RECORD != 0 {
             file.set_len(len - len % RECORD).map_err(io)?;
         }
-        let mut heads = Heads {
-            file,
-            count: len / RECORD,
-            origin: origin.to_owned(),
-            key_id,
-            latest: None,
-        };
-        heads.latest = match heads.count {
-            0 => None,
-            n => Some(heads.read(n - 1)?),
-        };
-        Ok(heads)
+        Self::of(file, len / RECORD, origin, key_id)
     }
 
     /// Opens the file of a stopped server to read (nothing is changed).
@@ -61,6 +50,11 @@ impl Heads {
         let path = crate::store::tree::tree_dir(data_dir).join("heads");
         let file = File::open(&path).map_err(io)?;
         let count = file.metadata().map_err(io)?.len() / RECORD;
+        Self::of(file, count, origin, key_id)
+    }
+
+    /// The first `count` heads of `file`, the last of them read.
+    fn of(file: File, count: u64, origin: &str, key_id: u32) -> Result<Heads, NotaryError> {
         let mut heads = Heads {
             file,
             count,

@@ -468,7 +468,8 @@ impl RawStore {
         let next = AtomicU64::new(0);
         let threads = threads.clamp(1, 16);
         std::thread::scope(|scope| {
-            // A bounded window: a worker waits while it is more than a few ranges ahead.
+            // Ranges are handed out in order, so the reordering below holds about one per
+            // thread, unless one thread stalls while the others go on.
             let (tx, rx) =
                 std::sync::mpsc::sync_channel::<(u64, Result<Vec<Hash>, StoreError>)>(threads * 4);
             for _ in 0..threads {
@@ -485,7 +486,7 @@ impl RawStore {
                     for item in raw_iter(log, from, to) {
                         match item {
                             Ok((pos, bytes)) if pos == expected => {
-                                hashes.push(idledger_replay::tree::leaf_hash(&bytes));
+                                hashes.push(leaf_hash(&bytes));
                                 expected += 1;
                             }
                             Ok((pos, _)) => {

@@ -90,7 +90,15 @@ fn base_url(headers: &HeaderMap) -> String {
         .get("host")
         .and_then(|h| h.to_str().ok())
         .unwrap_or("localhost");
-    format!("http://{host}")
+    // `serve_tls` sets the header on every request, as a TLS-terminating front would.
+    let scheme = match headers
+        .get("x-forwarded-proto")
+        .and_then(|h| h.to_str().ok())
+    {
+        Some("https") => "https",
+        _ => "http",
+    };
+    format!("{scheme}://{host}")
 }
 
 fn not_found(id: &str) -> Response {

@@ -9,6 +9,7 @@ pub mod graph;
 pub mod jwt;
 pub mod state;
 pub mod tenant;
+pub mod tls;
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderValue, StatusCode};
@@ -231,6 +232,62 @@ pub async fn spawn(dir: Directory, config: SimConfig) -> std::io::Result<(String
     let serving = sim.clone();
     tokio::spawn(async move {
         if let Err(e) = serve(listener, serving, std::future::pending()).await {
+            tracing::error!(error = %e, "graphsim stopped");
+        }
+    });
+    Ok((url, sim))
+}
+
+/// Serves `sim` over HTTPS with `tls` on `listener` until `shutdown` resolves.
+pub async fn serve_tls(
+    listener: std::net::TcpListener,
+    sim: Sim,
+    tls: std::sync::Arc<rustls::ServerConfig>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let handle = axum_server::Handle::new();
+    let stopping = handle.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        stopping.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
+    });
+    listener.set_nonblocking(true)?;
+    axum_server::tls_rustls::from_tcp_rustls(
+        listener,
+        axum_server::tls_rustls::RustlsConfig::from_config(tls),
+    )?
+    .handle(handle)
+    .serve(
+        router(sim)
+            .layer(axum::middleware::map_request(https_request))
+            .into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await
+}
+
+/// Marks a request as having come over HTTPS, so the links graphsim writes say https.
+async fn https_request(mut request: axum::extract::Request) -> axum::extract::Request {
+    request.headers_mut().insert(
+        "x-forwarded-proto",
+        axum::http::HeaderValue::from_static("https"),
+    );
+    request
+}
+
+/// [`spawn`] over HTTPS: the base URL is `https://localhost:<port>`, so the client sends
+/// SNI and checks the name as it would for Graph; `tls` carries the certificate (see
+/// [`tls::TestCa`]).
+pub async fn spawn_tls(
+    dir: Directory,
+    config: SimConfig,
+    tls: std::sync::Arc<rustls::ServerConfig>,
+) -> std::io::Result<(String, Sim)> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let url = format!("https://localhost:{}", listener.local_addr()?.port());
+    let sim = Sim::new(dir, config);
+    let serving = sim.clone();
+    tokio::spawn(async move {
+        if let Err(e) = serve_tls(listener, serving, tls, std::future::pending()).await {
             tracing::error!(error = %e, "graphsim stopped");
         }
     });

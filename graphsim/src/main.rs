@@ -30,6 +30,14 @@ struct Args {
     /// Name of the rotation group that every tenth generated user joins.
     #[arg(long, default_value = "Hideez Key Auto Password Change")]
     rotation_group: String,
+    /// Serve HTTPS with a certificate for localhost and 127.0.0.1 from a certificate
+    /// authority made at start (clients trust it by its certificate, see --tls-ca-out).
+    #[arg(long)]
+    tls: bool,
+    /// Where --tls writes the authority's certificate (PEM): hand it to idledger as
+    /// `graph_ca_bundle`.
+    #[arg(long, default_value = "graphsim-ca.pem", requires = "tls")]
+    tls_ca_out: PathBuf,
 }
 
 #[tokio::main]
@@ -51,31 +59,61 @@ async fn main() -> std::process::ExitCode {
         delta_token_ttl: Duration::from_secs(args.delta_token_ttl),
         ..SimConfig::default()
     };
-    let listener = match tokio::net::TcpListener::bind(&args.listen).await {
+    let listener = match std::net::TcpListener::bind(&args.listen) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("error: cannot listen on {}: {e}", args.listen);
             return std::process::ExitCode::from(2);
         }
     };
-    let addr = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
     let users = dir.users.len();
-    eprintln!(
-        "graphsim: tenant {} with {users} users on http://{addr}",
-        dir.tenant_id
-    );
+    let tenant = dir.tenant_id.clone();
     let sim = graphsim::state::Sim::new(dir, config);
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    match graphsim::serve(listener, sim, shutdown).await {
+    let served = if args.tls {
+        let tls = match make_tls(&args.tls_ca_out) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return std::process::ExitCode::from(2);
+            }
+        };
+        eprintln!(
+            "graphsim: tenant {} with {users} users on https://localhost:{port} (CA certificate in {})",
+            tenant,
+            args.tls_ca_out.display()
+        );
+        graphsim::serve_tls(listener, sim, tls, shutdown).await
+    } else {
+        eprintln!(
+            "graphsim: tenant {} with {users} users on http://127.0.0.1:{port}",
+            tenant
+        );
+        match listener
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpListener::from_std(listener))
+        {
+            Ok(l) => graphsim::serve(l, sim, shutdown).await,
+            Err(e) => Err(e),
+        }
+    };
+    match served {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// A new authority, its certificate written to `ca_out`, and a server certificate it signed.
+fn make_tls(ca_out: &std::path::Path) -> Result<std::sync::Arc<rustls::ServerConfig>, String> {
+    let ca = graphsim::tls::TestCa::new("graphsim test CA").map_err(|e| e.to_string())?;
+    std::fs::write(ca_out, ca.cert_pem()).map_err(|e| format!("{}: {e}", ca_out.display()))?;
+    ca.issue(&["localhost", "127.0.0.1", "::1"])
+        .and_then(|leaf| leaf.server_config())
+        .map_err(|e| e.to_string())
 }

@@ -42,7 +42,23 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode, Error> {
         }
     };
     let tenant = contoso::directory()?;
-    let (sim_url, _sim) = graphsim::spawn(tenant, graphsim::SimConfig::default()).await?;
+    // graphsim speaks HTTPS with a certificate from a CA made now, and the engine trusts
+    // that CA the way `graph_ca_bundle` makes it: the TLS path production takes.
+    std::fs::create_dir_all(&dir)?;
+    let ca =
+        graphsim::tls::TestCa::new("idledger demo CA").map_err(|e| Error::Other(e.to_string()))?;
+    let ca_file = dir.join("graphsim-ca.pem");
+    std::fs::write(&ca_file, ca.cert_pem())?;
+    let leaf = ca
+        .issue(&["localhost"])
+        .and_then(|l| l.server_config())
+        .map_err(|e| Error::Other(e.to_string()))?;
+    let (sim_url, _sim) = graphsim::spawn_tls(tenant, graphsim::SimConfig::default(), leaf).await?;
+    let sync = SyncConfig {
+        trust: crate::graph::GraphTrust::with_pem_bundle(ca.cert_pem().as_bytes())
+            .map_err(Error::Other)?,
+        ..SyncConfig::default()
+    };
 
     let config = Config {
         listen: args.listen.clone(),
@@ -50,13 +66,7 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode, Error> {
         allow_master_key_in_data_dir: true,
         ..Config::default()
     };
-    let (state, _) = start_with(
-        &dir,
-        &config,
-        SyncConfig::default(),
-        RotationConfig::default(),
-    )
-    .await?;
+    let (state, _) = start_with(&dir, &config, sync, RotationConfig::default()).await?;
     let start = state.engine.log.head().position;
     // The demo's own admin token: a reused data dir has no bootstrap token to read.
     let (_, token, position) = issue_token(
@@ -121,7 +131,10 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode, Error> {
     let ok = report.ok && run["status"] == "succeeded" && keys.confirmed == keys.succeeded;
     println!("idledger demo");
     println!("  data dir        {}", dir.display());
-    println!("  graph (sim)     {sim_url}");
+    println!(
+        "  graph (sim)     {sim_url} (HTTPS; its CA in {})",
+        ca_file.display()
+    );
     println!("  domain          {} ({id})", contoso::DOMAIN);
     println!(
         "  sync run        {} {} (added {}, changed {}, left {}, deleted {})",

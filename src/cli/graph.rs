@@ -1,6 +1,6 @@
 //! `idledger graph check`: the arguments and the printing of [`crate::graph::check`].
 
-use crate::graph::{GraphSettings, Secret};
+use crate::graph::{GraphSettings, GraphTrust, Secret};
 use clap::Args;
 use idledger_domain::{
     DEFAULT_AUTHORITY_URL, DEFAULT_GRAPH_URL, DEFAULT_ROTATION_GROUP, DEFAULT_SYNC_GROUP,
@@ -31,6 +31,10 @@ pub struct CheckArgs {
     /// Display name of the rotation group.
     #[arg(long, default_value = DEFAULT_ROTATION_GROUP)]
     pub rotation_group: String,
+    /// CA certificates (PEM) trusted beside the built-in roots, for a TLS-inspecting proxy
+    /// (the same file as serve's `graph_ca_bundle`).
+    #[arg(long, env = "IDLEDGER_GRAPH_CA_BUNDLE")]
+    pub graph_ca_bundle: Option<std::path::PathBuf>,
 }
 
 /// Prints the report; exits 1 when anything is missing.
@@ -43,7 +47,18 @@ pub async fn check(args: CheckArgs) -> ExitCode {
         client_id: args.client_id,
         client_secret: Secret::new(secret),
     };
-    let report = crate::graph::check::check(settings, &args.sync_group, &args.rotation_group).await;
+    let trust = match &args.graph_ca_bundle {
+        None => GraphTrust::default(),
+        Some(path) => match GraphTrust::with_pem_file(path) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: graph_ca_bundle: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let report =
+        crate::graph::check::check(settings, &trust, &args.sync_group, &args.rotation_group).await;
     println!("{report}");
     if report["ok"] == true {
         ExitCode::SUCCESS

@@ -27,6 +27,20 @@ pub struct ServeArgs {
     /// and tests; not for production).
     #[arg(long, env = "IDLEDGER_ALLOW_MASTER_KEY_IN_DATA_DIR")]
     pub allow_master_key_in_data_dir: bool,
+    /// The server certificate chain (PEM); with --tls-key, serve speaks HTTPS only
+    /// (reloaded when the file changes or on SIGHUP).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Also listen here for plain HTTP that only redirects to HTTPS.
+    #[arg(long)]
+    pub redirect_listen: Option<String>,
+    /// CA certificates (PEM) trusted for Graph beside the built-in roots (a TLS-inspecting
+    /// proxy's).
+    #[arg(long)]
+    pub graph_ca_bundle: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -39,6 +53,10 @@ impl ServeArgs {
                 log_format: self.log_format,
                 master_key_file: self.master_key_file.clone(),
                 allow_master_key_in_data_dir: self.allow_master_key_in_data_dir,
+                tls_cert: self.tls_cert.clone(),
+                tls_key: self.tls_key.clone(),
+                redirect_listen: self.redirect_listen.clone(),
+                graph_ca_bundle: self.graph_ca_bundle.clone(),
             },
         )
     }

@@ -1,7 +1,7 @@
 //! The "test connection" an admin runs before saving a domain (`idledger graph check`):
 //! a token, the permissions granted, each read the product needs, both groups.
 
-use super::{GraphClient, GraphError, GraphSettings, RetryPolicy, USER_SELECT};
+use super::{GraphClient, GraphError, GraphSettings, GraphTrust, RetryPolicy, USER_SELECT};
 use serde_json::{json, Map, Value};
 use std::time::Instant;
 
@@ -46,11 +46,15 @@ async fn group_report(client: &GraphClient, name: &str) -> (Value, bool) {
     }
 }
 
-/// Runs the check and prints one JSON report; exit 1 when anything is missing.
 /// Checks a connection; answers the report (`"ok": true` when nothing is missing).
-pub async fn check(settings: GraphSettings, sync_group: &str, rotation_group: &str) -> Value {
+pub async fn check(
+    settings: GraphSettings,
+    trust: &GraphTrust,
+    sync_group: &str,
+    rotation_group: &str,
+) -> Value {
     let started = Instant::now();
-    let client = match GraphClient::new(settings, RetryPolicy::default()) {
+    let client = match GraphClient::new(settings, RetryPolicy::default(), trust) {
         Ok(c) => c,
         Err(e) => return json!({"token": {"error": e.to_string()}, "ok": false}),
     };

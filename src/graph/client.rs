@@ -1,6 +1,6 @@
 //! The HTTP side: tokens, retries, paging.
 
-use super::error::GraphError;
+use super::error::{GraphError, TlsProblem};
 use super::types::*;
 use base64::Engine;
 use rand::Rng;
@@ -48,6 +48,78 @@ impl Default for RetryPolicy {
             request_timeout: Duration::from_secs(30),
         }
     }
+}
+
+/// Whom the client trusts for TLS: the roots built into the binary (Mozilla's, through
+/// webpki-roots: the same on every machine, independent of a host's CA store), plus the
+/// certificates of `graph_ca_bundle` for a TLS-inspecting proxy. There is no way to turn
+/// verification off.
+#[derive(Clone, Default)]
+pub struct GraphTrust {
+    extra_roots: std::sync::Arc<[reqwest::Certificate]>,
+}
+
+impl std::fmt::Debug for GraphTrust {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GraphTrust")
+            .field("extra_roots", &self.extra_roots.len())
+            .finish()
+    }
+}
+
+impl GraphTrust {
+    /// The built-in roots and every certificate of a PEM bundle.
+    pub fn with_pem_bundle(pem: &[u8]) -> Result<GraphTrust, String> {
+        let certs = reqwest::Certificate::from_pem_bundle(pem)
+            .map_err(|e| format!("not a PEM certificate bundle: {e}"))?;
+        if certs.is_empty() {
+            return Err("no CERTIFICATE block in the bundle".into());
+        }
+        Ok(GraphTrust {
+            extra_roots: certs.into(),
+        })
+    }
+
+    /// [`GraphTrust::with_pem_bundle`] of a file.
+    pub fn with_pem_file(path: &std::path::Path) -> Result<GraphTrust, String> {
+        let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Self::with_pem_bundle(&pem).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Certificates trusted beside the built-in roots.
+    pub fn extra_roots(&self) -> usize {
+        self.extra_roots.len()
+    }
+}
+
+/// A request that got no answer, as a [`GraphError`]: a certificate problem named as one.
+fn unanswered(url: &str, e: reqwest::Error) -> GraphError {
+    match TlsProblem::of(&e) {
+        Some(problem) => GraphError::Tls {
+            host: host_of(url),
+            problem,
+        },
+        None => GraphError::Transport {
+            host: host_of(url),
+            reason: reason(&e.without_url()),
+        },
+    }
+}
+
+/// An error and its causes in one line: reqwest's own text ("error sending request") says
+/// little without them.
+fn reason(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        next = cause.source();
+    }
+    text
 }
 
 /// A password PATCH that Graph did not confirm.
@@ -131,13 +203,23 @@ fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
 
 impl GraphClient {
     /// A client with its own connection pool.
-    pub fn new(settings: GraphSettings, retry: RetryPolicy) -> Result<Self, GraphError> {
-        let http = reqwest::Client::builder()
+    pub fn new(
+        settings: GraphSettings,
+        retry: RetryPolicy,
+        trust: &GraphTrust,
+    ) -> Result<Self, GraphError> {
+        let mut http = reqwest::Client::builder()
+            // HTTPS_PROXY, ALL_PROXY and NO_PROXY are honoured (reqwest reads them).
+            .tls_built_in_root_certs(true)
             // A redirect could carry the client secret or a token elsewhere: none followed.
             .redirect(reqwest::redirect::Policy::none())
             .timeout(retry.request_timeout)
             .connect_timeout(Duration::from_secs(10))
-            .pool_max_idle_per_host(16)
+            .pool_max_idle_per_host(16);
+        for cert in trust.extra_roots.iter() {
+            http = http.add_root_certificate(cert.clone());
+        }
+        let http = http
             .build()
             .map_err(|e| GraphError::Decode(e.to_string()))?;
         Ok(GraphClient {
@@ -183,13 +265,13 @@ impl GraphClient {
             match self.http.post(&url).form(&form).send().await {
                 Ok(r) if r.status().is_server_error() && attempt < self.retry.max_attempts => {}
                 Ok(r) => break r,
-                Err(e) if attempt >= self.retry.max_attempts => {
-                    return Err(GraphError::Transport {
-                        host: host_of(&url),
-                        reason: e.without_url().to_string(),
-                    })
+                Err(e) => {
+                    let err = unanswered(&url, e);
+                    // A certificate problem does not heal on retry: it is a setting.
+                    if attempt >= self.retry.max_attempts || matches!(err, GraphError::Tls { .. }) {
+                        return Err(err);
+                    }
                 }
-                Err(_) => {}
             }
             tokio::time::sleep(self.backoff(attempt)).await;
         };
@@ -300,19 +382,16 @@ impl GraphClient {
                 Ok(r) => r,
                 Err(e) => {
                     // A refused connection never carried the request; anything else may have.
-                    let unanswered = !e.is_connect();
-                    let err = GraphError::Transport {
-                        host: host_of(url),
-                        reason: e.without_url().to_string(),
-                    };
+                    let unanswered_request = !e.is_connect();
+                    let err = unanswered(url, e);
                     tracing::warn!(attempt, %client_request_id, error = %err, "Graph request failed");
                     if let Some(u) = uncertain.as_deref_mut() {
-                        if unanswered {
+                        if unanswered_request {
                             *u = true;
                             return Err(err);
                         }
                     }
-                    if last {
+                    if last || matches!(err, GraphError::Tls { .. }) {
                         return Err(err);
                     }
                     tokio::time::sleep(self.backoff(attempt)).await;

@@ -36,6 +36,15 @@ pub enum GraphError {
         /// What happened.
         reason: String,
     },
+    /// The TLS handshake failed: the certificate problem is named, since it is usually a
+    /// setting (a TLS-inspecting proxy's CA missing from `graph_ca_bundle`, a wrong URL).
+    #[error("TLS with {host} failed: {problem}")]
+    Tls {
+        /// The host asked.
+        host: String,
+        /// What was wrong with its certificate or the handshake.
+        problem: TlsProblem,
+    },
     /// An answer that does not have Graph's shape.
     #[error("unexpected answer: {0}")]
     Decode(String),
@@ -54,6 +63,7 @@ impl GraphError {
             GraphError::Api { code, .. } => Some(code.clone()),
             GraphError::Token { aadsts, .. } => Some(format!("AADSTS{aadsts}")),
             GraphError::DeltaExpired => Some("syncStateNotFound".into()),
+            GraphError::Tls { problem, .. } => Some(problem.code().into()),
             _ => None,
         }
     }
@@ -69,5 +79,79 @@ impl GraphError {
     /// A definite refusal (4xx other than throttling): retrying the same request cannot help.
     pub fn is_definite(&self) -> bool {
         matches!(self.status(), Some(s) if (400..500).contains(&s) && s != 429 && s != 408)
+    }
+}
+
+/// What a TLS handshake with Graph or the identity platform found wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TlsProblem {
+    /// No trusted root signed the chain: a TLS-inspecting proxy (give its CA as
+    /// `graph_ca_bundle`), or a URL that points somewhere else.
+    #[error("certificate signed by an unknown issuer (behind a TLS-inspecting proxy, give its CA certificate as graph_ca_bundle)")]
+    UnknownIssuer,
+    /// The certificate's validity ended.
+    #[error("certificate expired")]
+    Expired,
+    /// The certificate's validity has not begun (or this machine's clock is wrong).
+    #[error("certificate not valid yet (is this machine's clock right?)")]
+    NotYetValid,
+    /// The certificate names other hosts.
+    #[error("certificate not valid for this host name")]
+    WrongHost,
+    /// The issuer revoked the certificate.
+    #[error("certificate revoked")]
+    Revoked,
+    /// Anything else rustls refused, in its words.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl TlsProblem {
+    /// A stable code for `last_sync` and `graph check`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            TlsProblem::UnknownIssuer => "TlsUnknownIssuer",
+            TlsProblem::Expired => "TlsCertificateExpired",
+            TlsProblem::NotYetValid => "TlsCertificateNotYetValid",
+            TlsProblem::WrongHost => "TlsCertificateWrongHost",
+            TlsProblem::Revoked => "TlsCertificateRevoked",
+            TlsProblem::Other(_) => "TlsHandshakeFailed",
+        }
+    }
+
+    /// The TLS problem behind a request's failure, when there is one. reqwest wraps
+    /// rustls's error in `io::Error`s, whose `source()` skips the wrapped error, so each
+    /// link of the chain is also looked into.
+    pub fn of(err: &(dyn std::error::Error + 'static)) -> Option<TlsProblem> {
+        let mut next = Some(err);
+        while let Some(e) = next {
+            if let Some(r) = e.downcast_ref::<rustls::Error>() {
+                return Some(TlsProblem::from_rustls(r));
+            }
+            // hyper-rustls wraps tokio-rustls's `io::Error` in another one.
+            next = match e
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+            {
+                Some(wrapped) => Some(wrapped as &(dyn std::error::Error + 'static)),
+                None => e.source(),
+            };
+        }
+        None
+    }
+
+    fn from_rustls(e: &rustls::Error) -> TlsProblem {
+        use rustls::CertificateError as C;
+        match e {
+            rustls::Error::InvalidCertificate(c) => match c {
+                C::UnknownIssuer => TlsProblem::UnknownIssuer,
+                C::Expired | C::ExpiredContext { .. } => TlsProblem::Expired,
+                C::NotValidYet | C::NotValidYetContext { .. } => TlsProblem::NotYetValid,
+                C::NotValidForName | C::NotValidForNameContext { .. } => TlsProblem::WrongHost,
+                C::Revoked => TlsProblem::Revoked,
+                other => TlsProblem::Other(format!("invalid certificate: {other:?}")),
+            },
+            other => TlsProblem::Other(other.to_string()),
+        }
     }
 }

@@ -7,6 +7,6 @@ mod client;
 mod error;
 mod types;
 
-pub use client::{GraphClient, GraphSettings, PasswordNotSet, RetryPolicy, Secret};
-pub use error::GraphError;
+pub use client::{GraphClient, GraphSettings, GraphTrust, PasswordNotSet, RetryPolicy, Secret};
+pub use error::{GraphError, TlsProblem};
 pub use types::*;

@@ -65,6 +65,8 @@ pub struct AppState {
     pub event_streams: Arc<events::StreamSlots>,
     /// Signed tree heads and the Merkle tree's proofs.
     pub notary: crate::notary::Notary,
+    /// Served over HTTPS: cookies are `Secure`.
+    pub https: bool,
 }
 
 /// Who may call a route.
@@ -476,7 +478,46 @@ pub async fn serve(
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    // Nagle's algorithm would hold a response's last segment for the client's delayed ACK.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// How long a stopping HTTPS server waits for open connections (event streams, say).
+const TLS_GRACE: Duration = Duration::from_secs(30);
+
+/// Serves `state` over HTTPS on `listener` until `shutdown`; in-flight requests finish
+/// first. `tls` may be reloaded meanwhile. Every answer carries `Strict-Transport-Security`.
+pub async fn serve_tls(
+    listener: std::net::TcpListener,
+    state: AppState,
+    tls: axum_server::tls_rustls::RustlsConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let handle = axum_server::Handle::new();
+    let stopping = handle.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        stopping.graceful_shutdown(Some(TLS_GRACE));
+    });
+    listener.set_nonblocking(true)?;
+    let app = router(state).layer(axum::middleware::map_response(strict_transport));
+    axum_server::tls_rustls::from_tcp_rustls(listener, tls)?
+        .handle(handle)
+        .serve(app.into_make_service())
+        .await
+}
+
+/// A year; no `includeSubDomains`, since the parent domain's other hosts are not ours.
+async fn strict_transport(mut response: axum::response::Response) -> axum::response::Response {
+    response.headers_mut().insert(
+        axum::http::header::STRICT_TRANSPORT_SECURITY,
+        axum::http::HeaderValue::from_static("max-age=31536000"),
+    );
+    response
 }

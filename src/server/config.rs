@@ -2,6 +2,7 @@
 //! the command line's flags, checked once before anything starts.
 
 use crate::error::Error;
+use crate::graph::GraphTrust;
 use crate::rotation::RotationConfig;
 use crate::sync::SyncConfig;
 use serde::Deserialize;
@@ -41,6 +42,14 @@ pub struct Flags {
     pub master_key_file: Option<PathBuf>,
     /// `--allow-master-key-in-data-dir`.
     pub allow_master_key_in_data_dir: bool,
+    /// `--tls-cert`.
+    pub tls_cert: Option<PathBuf>,
+    /// `--tls-key`.
+    pub tls_key: Option<PathBuf>,
+    /// `--redirect-listen`.
+    pub redirect_listen: Option<String>,
+    /// `--graph-ca-bundle`.
+    pub graph_ca_bundle: Option<PathBuf>,
 }
 
 /// Settings: defaults, then the TOML file, then `IDLEDGER_*` variables, then flags.
@@ -79,6 +88,18 @@ pub struct Config {
     pub allow_master_key_in_data_dir: bool,
     /// At most this often (milliseconds) a new tree head is signed while the log grows.
     pub sth_interval_ms: u64,
+    /// The server certificate chain (PEM): with `tls_key`, `serve` speaks HTTPS only.
+    pub tls_cert: Option<PathBuf>,
+    /// The server certificate's private key (PEM, PKCS#8, PKCS#1 or SEC1).
+    pub tls_key: Option<PathBuf>,
+    /// Seconds between looks at the certificate files; a change is loaded without a
+    /// restart (as is SIGHUP), open connections keep theirs.
+    pub tls_reload_secs: u64,
+    /// A plain HTTP listener that only redirects to HTTPS (needs TLS on).
+    pub redirect_listen: Option<String>,
+    /// CA certificates (PEM) the Graph client trusts beside the built-in roots, for a
+    /// TLS-inspecting proxy; used for Graph, the authority and sign-in endpoints alike.
+    pub graph_ca_bundle: Option<PathBuf>,
 }
 
 impl Config {
@@ -99,11 +120,27 @@ impl Config {
         }
     }
 
-    /// The sync workers' settings (their Graph clients are the rotations' too).
-    pub fn sync(&self) -> SyncConfig {
+    /// The sync workers' settings (their Graph clients are the rotations' too); reads
+    /// `graph_ca_bundle`.
+    pub fn sync(&self) -> Result<SyncConfig, Error> {
         let mut c = SyncConfig::default();
         c.retry.request_timeout = self.graph_timeout();
-        c
+        if let Some(path) = &self.graph_ca_bundle {
+            c.trust = GraphTrust::with_pem_file(path)
+                .map_err(|e| Error::Other(format!("graph_ca_bundle: {e}")))?;
+        }
+        Ok(c)
+    }
+
+    /// Where the server's certificate and key are, when HTTPS is on.
+    pub fn tls_files(&self) -> Option<super::tls::TlsFiles> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(super::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        }
     }
 
     fn check(&self) -> Result<(), Error> {
@@ -125,6 +162,19 @@ impl Config {
             return Err(Error::Other(
                 "sth_interval_ms: 10 to 3600000 milliseconds".into(),
             ));
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(Error::Other(
+                "tls_cert and tls_key: give both (HTTPS) or neither (plain HTTP)".into(),
+            ));
+        }
+        if self.redirect_listen.is_some() && self.tls_cert.is_none() {
+            return Err(Error::Other(
+                "redirect_listen: redirects to HTTPS, so it needs tls_cert and tls_key".into(),
+            ));
+        }
+        if !(1..=86_400).contains(&self.tls_reload_secs) {
+            return Err(Error::Other("tls_reload_secs: 1 to 86400".into()));
         }
         if !self.rotation_retry_secs.is_finite() || self.rotation_retry_secs < 0.0 {
             return Err(Error::Other("rotation_retry_secs: 0 or more".into()));
@@ -161,6 +211,11 @@ impl Default for Config {
             master_key_file: None,
             allow_master_key_in_data_dir: false,
             sth_interval_ms: 1000,
+            tls_cert: None,
+            tls_key: None,
+            tls_reload_secs: 5,
+            redirect_listen: None,
+            graph_ca_bundle: None,
         }
     }
 }
@@ -212,6 +267,21 @@ impl Config {
         if let Some(v) = env_setting("IDLEDGER_DURABILITY", "device or process")? {
             c.durability = v;
         }
+        if let Some(v) = env_setting("IDLEDGER_TLS_CERT", "a file")? {
+            c.tls_cert = Some(v);
+        }
+        if let Some(v) = env_setting("IDLEDGER_TLS_KEY", "a file")? {
+            c.tls_key = Some(v);
+        }
+        if let Some(v) = env_setting("IDLEDGER_TLS_RELOAD_SECS", secs)? {
+            c.tls_reload_secs = v;
+        }
+        if let Some(v) = env_setting("IDLEDGER_REDIRECT_LISTEN", "an address")? {
+            c.redirect_listen = Some(v);
+        }
+        if let Some(v) = env_setting("IDLEDGER_GRAPH_CA_BUNDLE", "a file")? {
+            c.graph_ca_bundle = Some(v);
+        }
         if let Some(v) = flags.listen {
             c.listen = v;
         }
@@ -222,6 +292,18 @@ impl Config {
             c.master_key_file = Some(v);
         }
         c.allow_master_key_in_data_dir |= flags.allow_master_key_in_data_dir;
+        if let Some(v) = flags.tls_cert {
+            c.tls_cert = Some(v);
+        }
+        if let Some(v) = flags.tls_key {
+            c.tls_key = Some(v);
+        }
+        if let Some(v) = flags.redirect_listen {
+            c.redirect_listen = Some(v);
+        }
+        if let Some(v) = flags.graph_ca_bundle {
+            c.graph_ca_bundle = Some(v);
+        }
         c.check()?;
         Ok(c)
     }

@@ -4,9 +4,11 @@
 //! [`Config`].
 
 mod config;
+mod tls;
 mod tokens;
 
 pub use config::{Config, Flags, LogFormat};
+pub use tls::{redirect_router, TlsError, TlsFiles};
 pub use tokens::issue_token;
 
 use crate::engine::Engine;
@@ -124,6 +126,7 @@ pub async fn start_with(
         agent_lease: Duration::from_secs(config.agent_lease_secs),
         event_streams: http::StreamSlots::new(config.max_event_streams),
         notary,
+        https: config.tls_cert.is_some(),
     };
     Ok((state, bootstrap))
 }
@@ -185,14 +188,25 @@ pub async fn run(
     // Whatever this process creates is its user's alone.
     #[cfg(unix)]
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
-    let (state, _) = start_with(data_dir, config, config.sync(), config.rotation()).await?;
-    let listener = tokio::net::TcpListener::bind(&config.listen)
-        .await
+    // The certificate is read before anything starts, so a bad one stops `serve` at once.
+    let tls = match config.tls_files() {
+        None => None,
+        Some(files) => {
+            let loaded = files.load().map_err(|e| Error::Other(e.to_string()))?;
+            Some((
+                files,
+                axum_server::tls_rustls::RustlsConfig::from_config(loaded),
+            ))
+        }
+    };
+    let (state, _) = start_with(data_dir, config, config.sync()?, config.rotation()).await?;
+    let listener = std::net::TcpListener::bind(&config.listen)
         .map_err(|e| Error::Other(format!("cannot listen on {}: {e}", config.listen)))?;
     let addr = listener.local_addr()?;
     let rotation = config.rotation();
     tracing::info!(
         %addr,
+        scheme = if tls.is_some() { "https" } else { "http" },
         data_dir = %data_dir.display(),
         durability = config.durability.as_str(),
         graph_timeout_secs = config.graph_timeout_secs,
@@ -201,7 +215,33 @@ pub async fn run(
     );
     let log = state.engine.log.clone();
     let notary = state.notary.clone();
-    http::serve(listener, state, shutdown).await?;
+    match tls {
+        None => {
+            listener.set_nonblocking(true)?;
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            http::serve(listener, state, shutdown).await?;
+        }
+        Some((files, serving)) => {
+            files.keep_loaded(serving.clone(), Duration::from_secs(config.tls_reload_secs));
+            let redirect = match &config.redirect_listen {
+                None => None,
+                Some(at) => {
+                    let plain = tokio::net::TcpListener::bind(at)
+                        .await
+                        .map_err(|e| Error::Other(format!("cannot listen on {at}: {e}")))?;
+                    tracing::info!(addr = %plain.local_addr()?, "redirecting plain HTTP to HTTPS");
+                    let router = redirect_router(addr.port());
+                    Some(tokio::spawn(
+                        async move { axum::serve(plain, router).await },
+                    ))
+                }
+            };
+            http::serve_tls(listener, state, serving, shutdown).await?;
+            if let Some(r) = redirect {
+                r.abort();
+            }
+        }
+    }
     log.flush().await?;
     // The last appends get a head too: an auditor's next visit finds them signed.
     tokio::task::spawn_blocking(move || notary.sign_now())

@@ -13,7 +13,7 @@ mod run;
 pub use run::{PlannedChange, RunReport, SyncRun};
 
 use crate::engine::Engine;
-use crate::graph::{GraphClient, GraphError, GraphSettings, RetryPolicy};
+use crate::graph::{GraphClient, GraphError, GraphSettings, GraphTrust, RetryPolicy};
 use crate::projector::NotReached;
 use crate::secrets::SecretsError;
 use crate::store::{AppendError, CommandError, ExpectedVersion, StoreError};
@@ -91,6 +91,8 @@ impl SyncError {
 pub struct SyncConfig {
     /// How Graph requests are retried.
     pub retry: RetryPolicy,
+    /// Whom the Graph clients trust for TLS (the built-in roots and `graph_ca_bundle`).
+    pub trust: GraphTrust,
     /// How often workers are compared with the domains' credentials.
     pub supervise_every: Duration,
 }
@@ -99,6 +101,7 @@ impl Default for SyncConfig {
     fn default() -> Self {
         SyncConfig {
             retry: RetryPolicy::default(),
+            trust: GraphTrust::default(),
             supervise_every: Duration::from_secs(1),
         }
     }
@@ -218,7 +221,11 @@ impl SyncService {
             if workers.contains_key(&id) {
                 continue;
             }
-            let client = match GraphClient::new(settings, self.inner.config.retry.clone()) {
+            let client = match GraphClient::new(
+                settings,
+                self.inner.config.retry.clone(),
+                &self.inner.config.trust,
+            ) {
                 Ok(c) => Arc::new(c),
                 Err(e) => {
                     tracing::error!(domain = %id, error = %e, "cannot build a Graph client");

@@ -4,7 +4,8 @@ use crate::support::{ext as user, idledger, APP, SYNC, TENANT};
 use graphsim::state::Sim;
 use graphsim::{load_tenant, SimConfig};
 use idledger::graph::{
-    GraphClient, GraphError, GraphSettings, RetryPolicy, Secret, UserChange, USER_SELECT,
+    GraphClient, GraphError, GraphSettings, GraphTrust, RetryPolicy, Secret, UserChange,
+    USER_SELECT,
 };
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -43,7 +44,7 @@ fn client(url: &str, secret: &str) -> GraphClient {
         base_delay: Duration::from_millis(20),
         ..RetryPolicy::default()
     };
-    GraphClient::new(settings, retry).unwrap()
+    GraphClient::new(settings, retry, &GraphTrust::default()).unwrap()
 }
 
 async fn control(
@@ -391,7 +392,7 @@ async fn password_updates_and_their_refusals() {
         client_id: READONLY_APP.into(),
         client_secret: Secret::new("contoso-readonly-secret"),
     };
-    let denied = GraphClient::new(ro.clone(), RetryPolicy::default())
+    let denied = GraphClient::new(ro.clone(), RetryPolicy::default(), &GraphTrust::default())
         .unwrap()
         .set_password(&user(2), &good)
         .await
@@ -400,7 +401,7 @@ async fn password_updates_and_their_refusals() {
     assert_eq!(denied.status(), Some(403));
     ro.client_secret = Secret::new("nope");
     assert!(matches!(
-        GraphClient::new(ro, RetryPolicy::default())
+        GraphClient::new(ro, RetryPolicy::default(), &GraphTrust::default())
             .unwrap()
             .domains()
             .await,
@@ -479,6 +480,7 @@ async fn a_held_request_finishes_after_its_caller_hung_up_when_told_to() {
             request_timeout: Duration::from_millis(200),
             ..RetryPolicy::default()
         },
+        &GraphTrust::default(),
     )
     .unwrap();
     impatient.domains().await.unwrap(); // a token first, so only the PATCH is held

@@ -14,3 +14,4 @@ mod proofs;
 mod rotation;
 mod support;
 mod sync;
+mod tls;

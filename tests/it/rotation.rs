@@ -7,14 +7,14 @@ use std::time::{Duration, Instant};
 
 impl World {
     /// The engine's id of contoso user `n`.
-    async fn id(&self, n: u32) -> String {
+    pub(crate) async fn id(&self, n: u32) -> String {
         self.user(n).await.unwrap()["id"]
             .as_str()
             .unwrap()
             .to_owned()
     }
 
-    async fn assign_key(&self, n: u32, key: &str) -> String {
+    pub(crate) async fn assign_key(&self, n: u32, key: &str) -> String {
         let id = self.id(n).await;
         let (s, body) = self
             .admin(
@@ -27,7 +27,7 @@ impl World {
         id
     }
 
-    async fn history(&self, id: &str) -> Vec<Value> {
+    pub(crate) async fn history(&self, id: &str) -> Vec<Value> {
         let (s, body) = self
             .admin(
                 Method::GET,
@@ -40,7 +40,7 @@ impl World {
     }
 
     /// Waits until the user has `n` rotations and none is pending; returns the history.
-    async fn rotations_settled(&self, id: &str, n: usize) -> Vec<Value> {
+    pub(crate) async fn rotations_settled(&self, id: &str, n: usize) -> Vec<Value> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let h = self.history(id).await;
@@ -52,7 +52,7 @@ impl World {
         }
     }
 
-    async fn rotate(&self, id: &str) -> String {
+    pub(crate) async fn rotate(&self, id: &str) -> String {
         let (s, body) = self
             .admin(Method::POST, &format!("/v1/users/{id}/rotate"), None)
             .await;
@@ -60,7 +60,7 @@ impl World {
         body["rotation_id"].as_str().unwrap().to_owned()
     }
 
-    async fn reveal(&self, id: &str) -> Value {
+    pub(crate) async fn reveal(&self, id: &str) -> Value {
         let (s, body) = self
             .admin(
                 Method::POST,
@@ -72,8 +72,11 @@ impl World {
         body
     }
 
-    async fn sim_password(&self, n: u32) -> String {
-        let v: Value = reqwest::get(format!("{}/_sim/users/{}/password", self.sim, ext(n)))
+    pub(crate) async fn sim_password(&self, n: u32) -> String {
+        let v: Value = self
+            .sim_http
+            .get(format!("{}/_sim/users/{}/password", self.sim, ext(n)))
+            .send()
             .await
             .unwrap()
             .json()
@@ -82,7 +85,7 @@ impl World {
         v["password"].as_str().unwrap().to_owned()
     }
 
-    async fn kinds(&self, id: &str) -> Vec<String> {
+    pub(crate) async fn kinds(&self, id: &str) -> Vec<String> {
         let (_, events) = self
             .admin(Method::GET, &format!("/v1/users/{id}/events"), None)
             .await;
@@ -95,7 +98,7 @@ impl World {
     }
 }
 
-async fn rotating_world(extra: Value) -> World {
+pub(crate) async fn rotating_world(extra: Value) -> World {
     let mut settings = json!({"auto_import": true});
     for (k, v) in extra.as_object().unwrap() {
         settings[k] = v.clone();

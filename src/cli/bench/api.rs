@@ -29,6 +29,10 @@ pub struct ApiArgs {
     /// Concurrent connections.
     #[arg(long, default_value_t = 32)]
     pub connections: usize,
+    /// Serve over plain HTTP (`off`), HTTPS (`on`), or both, one after the other on the
+    /// same data dir, with the ratio of their throughputs (`both`).
+    #[arg(long, default_value = "off", value_parser = ["off", "on", "both"])]
+    pub tls: String,
 }
 
 /// Options of the hidden `idledger bench bare-server`.
@@ -57,7 +61,13 @@ pub async fn bare_server(args: BareArgs) -> Result<ExitCode, Error> {
             "/v1/users/{id}",
             axum::routing::get(move || async move { axum::Json(body.clone()) }),
         );
-    let listener = tokio::net::TcpListener::bind(&args.listen).await?;
+    use axum::serve::ListenerExt;
+    // As `serve` does: no Nagle.
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await?
+        .tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
     axum::serve(listener, app).await?;
     Ok(ExitCode::SUCCESS)
 }
@@ -243,60 +253,122 @@ pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
 
-/// Runs `bench api`.
-pub async fn api(args: ApiArgs) -> Result<ExitCode, Error> {
-    let (token, users) = prepare(&args.data_dir).await?;
-    // Let the writer task release sled's lock before `serve` opens the store.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+/// One `serve`'s figures: the fixed-rate phase's latencies, then the closed loop's rate.
+struct Measured {
+    scheme: &'static str,
+    requests: usize,
+    errors: u64,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    max_rps: f64,
+}
+
+impl Measured {
+    /// The mean of runs of one scheme (`None` for none).
+    fn mean(runs: Vec<Measured>) -> Option<Measured> {
+        let n = runs.len() as f64;
+        let first = runs.first()?;
+        let avg = |f: fn(&Measured) -> f64| runs.iter().map(f).sum::<f64>() / n;
+        Some(Measured {
+            scheme: first.scheme,
+            requests: runs.iter().map(|r| r.requests).sum(),
+            errors: runs.iter().map(|r| r.errors).sum(),
+            p50_ms: avg(|r| r.p50_ms),
+            p99_ms: avg(|r| r.p99_ms),
+            max_ms: runs.iter().map(|r| r.max_ms).fold(0.0, f64::max),
+            max_rps: avg(|r| r.max_rps),
+        })
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let r3 = |x: f64| (x * 1000.0).round() / 1000.0;
+        serde_json::json!({
+            "scheme": self.scheme,
+            "requests": self.requests,
+            "errors": self.errors,
+            "p50_ms": r3(self.p50_ms),
+            "p99_ms": r3(self.p99_ms),
+            "max_ms": r3(self.max_ms),
+            "max_rps": self.max_rps.round(),
+        })
+    }
+}
+
+/// The certificate `serve` gets for `--tls`: from a CA made for this run, which the load
+/// generator's client trusts.
+struct BenchTls {
+    cert: PathBuf,
+    key: PathBuf,
+    ca_pem: String,
+}
+
+impl BenchTls {
+    /// Writes the pair into `dir`.
+    fn new(dir: &std::path::Path) -> Result<BenchTls, Error> {
+        let tls = |e: graphsim::tls::TlsError| Error::Other(e.to_string());
+        let ca = graphsim::tls::TestCa::new("idledger bench CA").map_err(tls)?;
+        let leaf = ca.issue(&["localhost"]).map_err(tls)?;
+        std::fs::create_dir_all(dir)?;
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert, &leaf.cert_pem)?;
+        // A fresh key each run; the file is created 0600 and never overwritten in place.
+        let _ = std::fs::remove_file(&key);
+        crate::secrets::write_private(&key, leaf.key_pem.as_bytes())
+            .map_err(|e| Error::Other(e.to_string()))?;
+        Ok(BenchTls {
+            cert,
+            key,
+            ca_pem: ca.cert_pem(),
+        })
+    }
+}
+
+/// Starts `serve` on `data_dir` (over HTTPS with `tls`), measures it, and stops it.
+async fn measure_serve(
+    args: &ApiArgs,
+    token: &str,
+    users: &[UserId],
+    tls: Option<&BenchTls>,
+) -> Result<Measured, Error> {
     let exe = std::env::current_exe()?;
-    let (p1, p2) = (free_port()?, free_port()?);
-    let quiet = || std::process::Stdio::null();
-    let _serve = Killed(
-        std::process::Command::new(&exe)
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{p1}"),
-                "--log-format",
-                "json",
-                "--allow-master-key-in-data-dir",
-            ])
-            .arg("--data-dir")
-            .arg(&args.data_dir)
-            .env("IDLEDGER_LOG", "warn")
-            .stdout(quiet())
-            .stderr(quiet())
-            .spawn()?,
-    );
-    let _bare = Killed(
-        std::process::Command::new(&exe)
-            .args([
-                "bench",
-                "bare-server",
-                "--listen",
-                &format!("127.0.0.1:{p2}"),
-            ])
-            .stdout(quiet())
-            .stderr(quiet())
-            .spawn()?,
-    );
-    let (ours, bare) = (
-        format!("http://127.0.0.1:{p1}"),
-        format!("http://127.0.0.1:{p2}"),
-    );
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.connections * 4)
-        .build()
-        .map_err(|e| Error::Other(e.to_string()))?;
-    wait_healthy(&http, &ours, Duration::from_secs(60)).await?;
-    wait_healthy(&http, &bare, Duration::from_secs(60)).await?;
-    // Warm up both.
-    closed_loop(&http, &ours, &token, &users, 1, args.connections).await;
-    closed_loop(&http, &bare, &token, &users, 1, args.connections).await;
+    let port = free_port()?;
+    let mut cmd = std::process::Command::new(&exe);
+    cmd.args([
+        "serve",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--log-format",
+        "json",
+        "--allow-master-key-in-data-dir",
+    ])
+    .arg("--data-dir")
+    .arg(&args.data_dir)
+    .env("IDLEDGER_LOG", "warn")
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
+    let mut http = reqwest::Client::builder().pool_max_idle_per_host(args.connections * 4);
+    let url = match tls {
+        None => format!("http://127.0.0.1:{port}"),
+        Some(t) => {
+            cmd.arg("--tls-cert")
+                .arg(&t.cert)
+                .arg("--tls-key")
+                .arg(&t.key);
+            let ca = reqwest::Certificate::from_pem(t.ca_pem.as_bytes())
+                .map_err(|e| Error::Other(e.to_string()))?;
+            http = http.add_root_certificate(ca);
+            format!("https://localhost:{port}")
+        }
+    };
+    let http = http.build().map_err(|e| Error::Other(e.to_string()))?;
+    let serve = Killed(cmd.spawn()?);
+    wait_healthy(&http, &url, Duration::from_secs(60)).await?;
+    closed_loop(&http, &url, token, users, 1, args.connections).await;
     let (mut latencies, errors) = open_loop(
         &http,
-        &ours,
-        &token,
+        &url,
+        token,
         |n| format!("/v1/users/{}", users[n as usize % users.len()]),
         args.rate,
         args.seconds,
@@ -306,13 +378,84 @@ pub async fn api(args: ApiArgs) -> Result<ExitCode, Error> {
     latencies.sort_by(|a, b| a.total_cmp(b));
     let max_rps = closed_loop(
         &http,
-        &ours,
-        &token,
-        &users,
+        &url,
+        token,
+        users,
         args.seconds / 2 + 1,
         args.connections,
     )
     .await;
+    drop(serve);
+    // The next `serve` opens the same data dir: the killed one's lock must be gone.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Ok(Measured {
+        scheme: if tls.is_some() { "https" } else { "http" },
+        requests: latencies.len(),
+        errors,
+        p50_ms: percentile(&latencies, 0.50),
+        p99_ms: percentile(&latencies, 0.99),
+        max_ms: latencies.last().copied().unwrap_or(0.0),
+        max_rps,
+    })
+}
+
+/// Runs `bench api`.
+pub async fn api(args: ApiArgs) -> Result<ExitCode, Error> {
+    let (token, users) = prepare(&args.data_dir).await?;
+    // Let the writer task release sled's lock before `serve` opens the store.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let exe = std::env::current_exe()?;
+    let bare_port = free_port()?;
+    let _bare = Killed(
+        std::process::Command::new(&exe)
+            .args([
+                "bench",
+                "bare-server",
+                "--listen",
+                &format!("127.0.0.1:{bare_port}"),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?,
+    );
+    let bare = format!("http://127.0.0.1:{bare_port}");
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.connections * 4)
+        .build()
+        .map_err(|e| Error::Other(e.to_string()))?;
+    wait_healthy(&http, &bare, Duration::from_secs(60)).await?;
+    closed_loop(&http, &bare, &token, &users, 1, args.connections).await;
+    let certificate = match args.tls.as_str() {
+        "off" => None,
+        _ => Some(BenchTls::new(&args.data_dir.join("bench-tls"))?),
+    };
+    // `both` runs plain, TLS, TLS, plain and averages each pair, so a drift of the
+    // machine over the run (page cache, clocks) weighs on both alike.
+    let order: &[bool] = match args.tls.as_str() {
+        "off" => &[false],
+        "on" => &[true],
+        _ => &[false, true, true, false],
+    };
+    let mut plain = Vec::new();
+    let mut secure = Vec::new();
+    for &over_tls in order {
+        let m = measure_serve(
+            &args,
+            &token,
+            &users,
+            certificate.as_ref().filter(|_| over_tls),
+        )
+        .await?;
+        if over_tls {
+            secure.push(m);
+        } else {
+            plain.push(m);
+        }
+    }
+    let runs: Vec<Measured> = [plain, secure]
+        .into_iter()
+        .filter_map(Measured::mean)
+        .collect();
     let baseline_rps = closed_loop(
         &http,
         &bare,
@@ -323,22 +466,20 @@ pub async fn api(args: ApiArgs) -> Result<ExitCode, Error> {
     )
     .await;
     let r3 = |x: f64| (x * 1000.0).round() / 1000.0;
-    println!(
-        "{}",
-        serde_json::json!({
-            "bench": "api",
-            "route": "GET /v1/users/{id}",
-            "rate": args.rate,
-            "seconds": args.seconds,
-            "requests": latencies.len(),
-            "errors": errors,
-            "p50_ms": r3(percentile(&latencies, 0.50)),
-            "p99_ms": r3(percentile(&latencies, 0.99)),
-            "max_ms": r3(latencies.last().copied().unwrap_or(0.0)),
-            "max_rps": max_rps.round(),
-            "baseline_rps": baseline_rps.round(),
-            "ratio": r3(max_rps / baseline_rps),
-        })
-    );
+    // The first run's figures stay at the top level, as before `--tls` existed.
+    let first = &runs[0];
+    let mut report = first.json();
+    report["bench"] = "api".into();
+    report["route"] = "GET /v1/users/{id}".into();
+    report["rate"] = args.rate.into();
+    report["seconds"] = args.seconds.into();
+    report["baseline_rps"] = baseline_rps.round().into();
+    report["ratio"] = r3(first.max_rps / baseline_rps).into();
+    if let [plain, tls] = &runs[..] {
+        report["tls"] = tls.json();
+        report["tls_ratio"] = r3(tls.max_rps / plain.max_rps).into();
+        report["tls_p99_ms"] = r3(tls.p99_ms).into();
+    }
+    println!("{report}");
     Ok(ExitCode::SUCCESS)
 }

@@ -19,6 +19,11 @@ pub struct App {
 }
 
 pub async fn spawn_app() -> App {
+    spawn_app_with(idledger::sync::SyncConfig::default()).await
+}
+
+/// [`spawn_app`] with the sync workers' settings (a Graph CA bundle, say).
+pub async fn spawn_app_with(sync: idledger::sync::SyncConfig) -> App {
     let dir = tempfile::tempdir().unwrap();
     // Rotation ticks fast, so tests of scheduled rotations take a fraction of a second.
     let rotation = idledger::rotation::RotationConfig {
@@ -38,7 +43,7 @@ pub async fn spawn_app() -> App {
             sth_interval_ms: 20,
             ..idledger::server::Config::default()
         },
-        idledger::sync::SyncConfig::default(),
+        sync,
         rotation,
     )
     .await

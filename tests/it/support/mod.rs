@@ -5,9 +5,12 @@ pub mod app;
 pub mod serve;
 pub mod world;
 
-pub use app::{spawn_app, App};
+pub use app::{spawn_app, spawn_app_with, App};
 pub use serve::Serve;
-pub use world::{domain_body, ext, world, World, APP, SECRET, SYNC, TENANT};
+pub use world::{
+    client_trusting, domain_body, ext, tls_sim, tls_sim_with, tls_world, world, World, APP, SECRET,
+    SYNC, TENANT,
+};
 
 use idledger::store::{AppendRequest, EventLog, ExpectedVersion};
 use idledger_domain::events::{

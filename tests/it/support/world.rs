@@ -1,7 +1,7 @@
 //! A world of the server and a graphsim holding the contoso tenant, with a domain that
 //! reaches it (`world`), and the steps tests take in it.
 
-use super::app::{spawn_app, App};
+use super::app::{spawn_app, spawn_app_with, App};
 use graphsim::{load_tenant, SimConfig};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -19,20 +19,54 @@ pub fn ext(n: u32) -> String {
 pub struct World {
     pub app: App,
     pub sim: String,
+    /// A client of graphsim's own routes (it trusts the sim's CA when it speaks HTTPS).
+    pub sim_http: reqwest::Client,
+    /// The certificate of the CA that signed graphsim's, when it speaks HTTPS.
+    pub sim_ca: Option<String>,
     pub domain: String,
 }
 
-pub async fn sim() -> String {
-    let dir = load_tenant(
+fn contoso() -> graphsim::Directory {
+    load_tenant(
         &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/tenants/contoso.json"),
     )
-    .unwrap();
-    // Small pages, so every round is paged.
-    let config = SimConfig {
+    .unwrap()
+}
+
+/// Small pages, so every round is paged.
+fn sim_config() -> SimConfig {
+    SimConfig {
         page_size: 7,
         ..SimConfig::default()
-    };
-    graphsim::spawn(dir, config).await.unwrap().0
+    }
+}
+
+pub async fn sim() -> String {
+    graphsim::spawn(contoso(), sim_config()).await.unwrap().0
+}
+
+/// graphsim over HTTPS at `https://localhost:<port>`, with a certificate from a CA made
+/// here; answers its URL and the CA's certificate (PEM).
+pub async fn tls_sim() -> (String, String) {
+    let ca = graphsim::tls::TestCa::new("idledger test CA").unwrap();
+    let url = tls_sim_with(&ca.issue(&["localhost"]).unwrap()).await;
+    (url, ca.cert_pem())
+}
+
+/// graphsim over HTTPS with the certificate `leaf`; its URL.
+pub async fn tls_sim_with(leaf: &graphsim::tls::Issued) -> String {
+    graphsim::spawn_tls(contoso(), sim_config(), leaf.server_config().unwrap())
+        .await
+        .unwrap()
+        .0
+}
+
+/// A client that trusts `ca_pem` (and nothing else but the built-in roots).
+pub fn client_trusting(ca_pem: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap())
+        .build()
+        .unwrap()
 }
 
 pub fn domain_body(name: &str, sim: &str, secret: &str, settings: &Value) -> Value {
@@ -52,7 +86,21 @@ pub fn domain_body(name: &str, sim: &str, secret: &str, settings: &Value) -> Val
 
 pub async fn world(settings: Value) -> World {
     let sim = sim().await;
-    let app = spawn_app().await;
+    world_in(spawn_app().await, sim, None, settings).await
+}
+
+/// [`world`] with graphsim over HTTPS: the server's Graph client trusts its CA through
+/// the same `GraphTrust` that `graph_ca_bundle` makes.
+pub async fn tls_world(settings: Value) -> World {
+    let (sim, ca) = tls_sim().await;
+    let sync = idledger::sync::SyncConfig {
+        trust: idledger::graph::GraphTrust::with_pem_bundle(ca.as_bytes()).unwrap(),
+        ..idledger::sync::SyncConfig::default()
+    };
+    world_in(spawn_app_with(sync).await, sim, Some(ca), settings).await
+}
+
+async fn world_in(app: App, sim: String, sim_ca: Option<String>, settings: Value) -> World {
     let (s, d) = app
         .call(
             Some(&app.admin),
@@ -70,6 +118,11 @@ pub async fn world(settings: Value) -> World {
     World {
         domain: d["id"].as_str().unwrap().to_owned(),
         app,
+        sim_http: match &sim_ca {
+            Some(ca) => client_trusting(ca),
+            None => reqwest::Client::new(),
+        },
+        sim_ca,
         sim,
     }
 }
@@ -118,7 +171,7 @@ impl World {
     }
 
     pub async fn sim(&self, method: Method, path: &str, body: Option<Value>) {
-        let mut req = reqwest::Client::new().request(method, format!("{}{path}", self.sim));
+        let mut req = self.sim_http.request(method, format!("{}{path}", self.sim));
         if let Some(b) = body {
             req = req.json(&b);
         }

@@ -17,6 +17,7 @@
 pub mod audit;
 pub mod cli;
 pub mod client;
+pub mod console;
 pub mod engine;
 pub mod error;
 pub mod graph;

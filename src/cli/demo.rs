@@ -69,7 +69,7 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode, Error> {
     let (state, _) = start_with(&dir, &config, sync, RotationConfig::default()).await?;
     let start = state.engine.log.head().position;
     // The demo's own admin token: a reused data dir has no bootstrap token to read.
-    let (_, token, position) = issue_token(
+    let (token_id, token, position) = issue_token(
         &*state.engine.log,
         Actor::Operator,
         Role::Admin,
@@ -89,10 +89,16 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode, Error> {
     let url = format!("http://{}", listener.local_addr()?);
     let log = state.engine.log.clone();
     let projector = state.engine.projector.clone();
+    // One click into the console: a one-time sign-in link for the demo's admin token.
+    let console_link = format!("{url}/console/sign-in/{}", state.sessions.ticket(token_id));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(crate::http::serve(listener, state, async {
-        let _ = stopped.await;
-    }));
+    let server = tokio::spawn(crate::http::serve(
+        listener,
+        crate::console::app(state),
+        async {
+            let _ = stopped.await;
+        },
+    ));
     let admin = ApiClient::new(url.clone(), token);
 
     let domain = register(&admin, &sim_url).await?;
@@ -172,6 +178,7 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode, Error> {
         if report.ok { "ok" } else { "FAILED" }
     );
     println!();
+    println!("  console         {url}/  (one-time sign-in: {console_link})");
     println!("  API             {url}");
     println!("  admin token     {}", admin.token);
     println!();

@@ -65,17 +65,48 @@ pub fn new_token_text() -> String {
 }
 
 impl Principal {
-    /// The caller of a request, from its bearer token.
+    /// The caller of a request: its bearer token, or else its console session. A session
+    /// stands for its token (revoked: the session is over) and an unsafe method through it
+    /// must carry the session's CSRF token in `X-CSRF-Token`.
     pub fn of_request(parts: &Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = parts
+        let bearer = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or(ApiError::Unauthorized)?;
-        let hash = token_hash(token.trim());
+            .and_then(|v| v.strip_prefix("Bearer "));
         let p = state.engine.projector.read();
-        let t = p.tokens.by_hash(&hash).ok_or(ApiError::Unauthorized)?;
+        let t = match bearer {
+            Some(token) => p
+                .tokens
+                .by_hash(&token_hash(token.trim()))
+                .ok_or(ApiError::Unauthorized)?,
+            None => {
+                let cookie = super::session::cookie(&parts.headers, super::session::COOKIE)
+                    .ok_or(ApiError::Unauthorized)?;
+                let session = state.sessions.find(cookie).ok_or(ApiError::Unauthorized)?;
+                if !parts.method.is_safe() {
+                    let sent = parts
+                        .headers
+                        .get("x-csrf-token")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("");
+                    if !super::session::same_secret(sent, &session.csrf) {
+                        return Err(ApiError::Forbidden(
+                            "X-CSRF-Token: missing or not this session's".into(),
+                        ));
+                    }
+                }
+                let t = p
+                    .tokens
+                    .get(session.token_id)
+                    .filter(|t| t.revoked_at.is_none())
+                    .ok_or(ApiError::Unauthorized)?;
+                if !matches!(t.role, Role::Admin | Role::Auditor) {
+                    return Err(ApiError::Unauthorized);
+                }
+                t
+            }
+        };
         Ok(Principal {
             token_id: t.id,
             role: t.role,

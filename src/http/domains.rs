@@ -576,3 +576,70 @@ pub async fn put_sso_defaults(
     })
     .await
 }
+
+/// `POST /v1/domains/check` body: the connection a domain would be saved with.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionCheck {
+    /// Entra tenant id (or verified domain name).
+    tenant_id: String,
+    /// The app registration's client id.
+    client_id: String,
+    /// Its client secret: used for this check only, never kept.
+    client_secret: String,
+    /// Graph's service root (default the public cloud's).
+    graph_url: Option<String>,
+    /// The identity platform's authority (default the public cloud's).
+    authority_url: Option<String>,
+    /// The sync group's display name.
+    sync_group: Option<String>,
+    /// The rotation group's display name.
+    rotation_group: Option<String>,
+}
+
+/// What `idledger graph check` reports: the token, each permission granted or missing,
+/// the reads the product needs, both groups found or not, and `ok`.
+#[derive(Serialize, ToSchema)]
+#[serde(transparent)]
+#[schema(value_type = Object)]
+pub struct ConnectionReport(Value);
+
+/// Tests a connection before it is saved (the console's **Test connection**): the same
+/// check as `idledger graph check`, with the server's Graph trust. Nothing is recorded.
+pub async fn check_connection(
+    State(s): State<AppState>,
+    ApiJson(body): ApiJson<ConnectionCheck>,
+) -> Result<Json<ConnectionReport>, ApiError> {
+    let url = |field: &str, given: Option<String>, default: &str| {
+        let url = given
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| default.to_owned());
+        idledger_domain::decide::check_service_url(&url)
+            .map(|()| url)
+            .map_err(|m| ApiError::Unprocessable(format!("{field}: {m}")))
+    };
+    let settings = crate::graph::GraphSettings {
+        graph_url: url(
+            "graph_url",
+            body.graph_url,
+            idledger_domain::DEFAULT_GRAPH_URL,
+        )?,
+        authority_url: url(
+            "authority_url",
+            body.authority_url,
+            idledger_domain::DEFAULT_AUTHORITY_URL,
+        )?,
+        tenant_id: body.tenant_id,
+        client_id: body.client_id,
+        client_secret: Secret::new(body.client_secret),
+    };
+    let group = |g: Option<String>, default: &str| g.unwrap_or_else(|| default.to_owned());
+    let report = crate::graph::check::check(
+        settings,
+        s.sync.graph_trust(),
+        &group(body.sync_group, idledger_domain::DEFAULT_SYNC_GROUP),
+        &group(body.rotation_group, idledger_domain::DEFAULT_ROTATION_GROUP),
+    )
+    .await;
+    Ok(Json(ConnectionReport(report)))
+}

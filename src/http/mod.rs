@@ -11,6 +11,7 @@ pub mod openapi;
 mod proofs;
 mod rotation;
 pub mod schema;
+pub mod session;
 mod sync;
 mod tokens;
 mod users;
@@ -18,6 +19,7 @@ mod users;
 pub use auth::{new_token_text, token_hash, Principal};
 pub use error::ApiError;
 pub use events::StreamSlots;
+pub use session::Sessions;
 
 use crate::engine::Engine;
 use axum::extract::{MatchedPath, Request, State};
@@ -67,6 +69,8 @@ pub struct AppState {
     pub notary: crate::notary::Notary,
     /// Served over HTTPS: cookies are `Secure`.
     pub https: bool,
+    /// Console sign-ins.
+    pub sessions: Arc<session::Sessions>,
 }
 
 /// Who may call a route.
@@ -186,6 +190,9 @@ pub fn operations() -> Vec<Operation> {
         op(M::POST, "/v1/domains", Admin, "Add a domain (optionally with credentials)", post(domains::create))
             .body_with(domains::new_domain_schema)
             .json::<domains::Domain>(201),
+        op(M::POST, "/v1/domains/check", Admin, "Test a connection before saving it (the graph check; nothing is kept)", post(domains::check_connection))
+            .body::<domains::ConnectionCheck>()
+            .json::<domains::ConnectionReport>(200),
         op(M::GET, "/v1/domains", Read, "List domains", get(domains::list))
             .query::<domains::DomainsQuery>()
             .page::<domains::Domain>(),
@@ -472,10 +479,11 @@ pub fn page<T: serde::Serialize>(items: Vec<T>, next: Option<String>) -> axum::J
     axum::Json(Page { items, next })
 }
 
-/// Serves `state` on `listener` until `shutdown`; in-flight requests finish first.
+/// Serves `app` (the API's [`router`], with the console's pages) on `listener` until
+/// `shutdown`; in-flight requests finish first.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    state: AppState,
+    app: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     use axum::serve::ListenerExt;
@@ -483,7 +491,7 @@ pub async fn serve(
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(listener, router(state))
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
 }
@@ -491,11 +499,11 @@ pub async fn serve(
 /// How long a stopping HTTPS server waits for open connections (event streams, say).
 const TLS_GRACE: Duration = Duration::from_secs(30);
 
-/// Serves `state` over HTTPS on `listener` until `shutdown`; in-flight requests finish
+/// Serves `app` over HTTPS on `listener` until `shutdown`; in-flight requests finish
 /// first. `tls` may be reloaded meanwhile. Every answer carries `Strict-Transport-Security`.
 pub async fn serve_tls(
     listener: std::net::TcpListener,
-    state: AppState,
+    app: Router,
     tls: axum_server::tls_rustls::RustlsConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -506,7 +514,7 @@ pub async fn serve_tls(
         stopping.graceful_shutdown(Some(TLS_GRACE));
     });
     listener.set_nonblocking(true)?;
-    let app = router(state).layer(axum::middleware::map_response(strict_transport));
+    let app = app.layer(axum::middleware::map_response(strict_transport));
     axum_server::tls_rustls::from_tcp_rustls(listener, tls)?
         .handle(handle)
         .serve(app.into_make_service())

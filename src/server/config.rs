@@ -100,6 +100,8 @@ pub struct Config {
     /// CA certificates (PEM) the Graph client trusts beside the built-in roots, for a
     /// TLS-inspecting proxy; used for Graph, the authority and sign-in endpoints alike.
     pub graph_ca_bundle: Option<PathBuf>,
+    /// Minutes a console session lasts without a request.
+    pub console_idle_minutes: u64,
 }
 
 impl Config {
@@ -173,6 +175,9 @@ impl Config {
                 "redirect_listen: redirects to HTTPS, so it needs tls_cert and tls_key".into(),
             ));
         }
+        if !(1..=1440).contains(&self.console_idle_minutes) {
+            return Err(Error::Other("console_idle_minutes: 1 to 1440".into()));
+        }
         if !(1..=86_400).contains(&self.tls_reload_secs) {
             return Err(Error::Other("tls_reload_secs: 1 to 86400".into()));
         }
@@ -216,6 +221,7 @@ impl Default for Config {
             tls_reload_secs: 5,
             redirect_listen: None,
             graph_ca_bundle: None,
+            console_idle_minutes: 30,
         }
     }
 }
@@ -278,6 +284,9 @@ impl Config {
         }
         if let Some(v) = env_setting("IDLEDGER_REDIRECT_LISTEN", "an address")? {
             c.redirect_listen = Some(v);
+        }
+        if let Some(v) = env_setting("IDLEDGER_CONSOLE_IDLE_MINUTES", "a number of minutes")? {
+            c.console_idle_minutes = v;
         }
         if let Some(v) = env_setting("IDLEDGER_GRAPH_CA_BUNDLE", "a file")? {
             c.graph_ca_bundle = Some(v);

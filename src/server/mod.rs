@@ -127,6 +127,9 @@ pub async fn start_with(
         event_streams: http::StreamSlots::new(config.max_event_streams),
         notary,
         https: config.tls_cert.is_some(),
+        sessions: Arc::new(http::Sessions::new(Duration::from_secs(
+            config.console_idle_minutes * 60,
+        ))),
     };
     Ok((state, bootstrap))
 }
@@ -219,7 +222,7 @@ pub async fn run(
         None => {
             listener.set_nonblocking(true)?;
             let listener = tokio::net::TcpListener::from_std(listener)?;
-            http::serve(listener, state, shutdown).await?;
+            http::serve(listener, crate::console::app(state), shutdown).await?;
         }
         Some((files, serving)) => {
             files.keep_loaded(serving.clone(), Duration::from_secs(config.tls_reload_secs));
@@ -236,7 +239,7 @@ pub async fn run(
                     ))
                 }
             };
-            http::serve_tls(listener, state, serving, shutdown).await?;
+            http::serve_tls(listener, crate::console::app(state), serving, shutdown).await?;
             if let Some(r) = redirect {
                 r.abort();
             }

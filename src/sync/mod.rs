@@ -140,6 +140,11 @@ pub struct Accepted {
 }
 
 impl SyncService {
+    /// Whom the Graph clients trust for TLS: a connection test trusts the same.
+    pub fn graph_trust(&self) -> &GraphTrust {
+        &self.inner.config.trust
+    }
+
     /// Starts the supervisor.
     pub fn start(engine: Engine, config: SyncConfig) -> Self {
         let svc = SyncService {

@@ -6,6 +6,7 @@ mod architecture;
 mod audit;
 mod campaign;
 mod cli;
+mod console;
 mod crash;
 mod graph;
 mod log;

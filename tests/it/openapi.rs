@@ -312,6 +312,22 @@ async fn every_operation_answers_as_its_schema_says() {
         .await;
     assert_eq!(s, StatusCode::CREATED, "{other}");
     let o = other["id"].as_str().unwrap().to_owned();
+    let (s, report) = w
+        .checked(
+            &mut c,
+            a,
+            Method::POST,
+            "/v1/domains/check",
+            "/v1/domains/check",
+            Some(json!({"tenant_id": crate::support::TENANT, "client_id": crate::support::APP,
+                        "client_secret": crate::support::SECRET, "graph_url": w.sim, "authority_url": w.sim})),
+        )
+        .await;
+    assert_eq!(
+        (s, &report["ok"]),
+        (StatusCode::OK, &json!(true)),
+        "{report}"
+    );
     let one = "/v1/domains/{id}";
     w.checked(&mut c, r, Method::GET, "/v1/domains", "/v1/domains", None)
         .await;

@@ -515,6 +515,17 @@ async fn serve_speaks_tls_12_and_13_with_alpn_hsts_and_a_redirect() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.headers()["strict-transport-security"], "max-age=31536000");
+    // Over TLS the console's cookies are Secure.
+    let page = client_trusting(&ca.cert_pem())
+        .get(serve.url("/"))
+        .send()
+        .await
+        .unwrap();
+    let cookie = page.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        cookie.contains("; Secure") && cookie.contains("HttpOnly"),
+        "{cookie}"
+    );
     for (min, max) in [
         (
             reqwest::tls::Version::TLS_1_2,

@@ -56,7 +56,7 @@ pub async fn spawn_app_with(sync: idledger::sync::SyncConfig) -> App {
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(idledger::http::serve(
         listener,
-        state.clone(),
+        idledger::console::app(state.clone()),
         std::future::pending(),
     ));
     App {

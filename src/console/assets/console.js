@@ -1,0 +1,504 @@
+// idledger console: fills the server-rendered frames from the JSON API and sends every
+// command to the API's own routes (session cookie + X-CSRF-Token). Text from the API is
+// only ever set with textContent, never parsed as HTML.
+"use strict";
+
+const body = document.body;
+const admin = body.dataset.role === "admin";
+const pageId = body.dataset.id;
+const csrf = document.querySelector('meta[name="csrf-token"]')?.content ?? "";
+const $ = (sel) => document.querySelector(sel);
+
+const KINDS = ["DomainRegistered", "DomainSettingsChanged", "DomainCredentialsSet",
+  "DomainCredentialsRemoved", "SsoDefaultsChanged", "DomainRemoved", "SyncGroupsResolved",
+  "SyncRunStarted", "SyncRunCompleted", "SyncRunFailed", "SyncQuarantined",
+  "SyncQuarantineApproved", "DeltaCheckpointed", "UserDiscovered", "UserAttributesChanged",
+  "UserImported", "MemberLeftSyncGroup", "MemberRejoinedSyncGroup", "UserKept",
+  "UserDeactivated", "UserDeleted", "UserReactivated", "RotationGroupJoined",
+  "RotationGroupLeft", "UserSsoOverrideSet", "KeyAssigned", "KeyUnassigned", "InviteSent",
+  "RotationStarted", "RotationRetried", "RotationSucceeded", "RotationFailed",
+  "KeyWriteQueued", "KeyWriteDelivered", "KeyWriteAcknowledged", "KeyWriteSuperseded",
+  "PasswordRevealed", "TokenIssued", "TokenRevoked"];
+
+/// Calls the API; answers the parsed body, or throws an Error with the API's message.
+async function api(method, path, payload) {
+  const init = { method, credentials: "same-origin", headers: {} };
+  if (method !== "GET") init.headers["x-csrf-token"] = csrf;
+  if (payload !== undefined) {
+    init.headers["content-type"] = "application/json";
+    init.body = JSON.stringify(payload);
+  }
+  const r = await fetch(path, init);
+  if (r.status === 401) {
+    window.location.assign("/");
+    throw new Error("signed out");
+  }
+  const text = await r.text();
+  let data = null;
+  try { data = text ? JSON.parse(text) : null; } catch { data = text; }
+  if (!r.ok) throw new Error(data?.error?.message ?? `${r.status} ${r.statusText}`);
+  return data;
+}
+
+/// An element with attributes and children (strings become text nodes).
+function el(tag, attrs = {}, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+    else if (k === "class") e.className = v;
+    else e.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined) continue;
+    e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return e;
+}
+
+function flash(message, kind = "ok") {
+  const f = $("#flash");
+  f.replaceChildren(el("p", { class: kind, role: kind === "error" ? "alert" : null }, message));
+}
+
+/// Runs `action` for a button, showing errors and keeping the button busy meanwhile.
+function wire(target, action, confirmText) {
+  if (!target) return;
+  const run = async (ev) => {
+    ev?.preventDefault();
+    if (confirmText && !window.confirm(confirmText)) return;
+    const button = target.tagName === "FORM" ? target.querySelector("[type=submit]") : target;
+    button?.setAttribute("aria-busy", "true");
+    if (button) button.disabled = true;
+    try {
+      await action();
+    } catch (e) {
+      flash(e.message, "error");
+    } finally {
+      button?.removeAttribute("aria-busy");
+      if (button) button.disabled = false;
+    }
+  };
+  target.addEventListener(target.tagName === "FORM" ? "submit" : "click", run);
+}
+
+function when(t) {
+  return t ? new Date(t).toLocaleString() : "—";
+}
+
+function badge(text, kind) {
+  return el("span", { class: `badge ${kind ?? text}` }, text);
+}
+
+function fill(table, rows, empty) {
+  const tbody = table.querySelector("tbody");
+  tbody.replaceChildren(...rows);
+  if (!rows.length) {
+    const cols = table.querySelectorAll("thead th").length;
+    tbody.append(el("tr", {}, el("td", { colspan: cols, class: "empty" }, empty)));
+  }
+}
+
+function facts(dl, pairs) {
+  dl.replaceChildren(...pairs.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
+}
+
+function formObject(form) {
+  const o = {};
+  for (const [k, v] of new FormData(form).entries()) if (v !== "") o[k] = v;
+  return o;
+}
+
+function ssoText(s) {
+  if (!s) return "domain default";
+  if (!s.enabled) return "off";
+  return s.method === "passwordless" ? "passwordless" : "password + second factor";
+}
+
+/// Follows the log from its head: `on(envelope)` for each new event.
+async function follow(on) {
+  const h = await api("GET", "/healthz");
+  const source = new EventSource(`/v1/events/stream?from_position=${h.head_position + 1}`);
+  for (const k of KINDS) source.addEventListener(k, (m) => on(JSON.parse(m.data)));
+  return source;
+}
+
+// ---- Domains ---------------------------------------------------------------------------
+
+function checkReport(report) {
+  const items = [];
+  const token = report.token;
+  items.push(el("li", { class: token === "ok" ? "ok" : "missing" },
+    `Token: ${token === "ok" ? "ok" : (token?.message ?? token?.error ?? "failed")}`));
+  for (const [p, state] of Object.entries(report.permissions ?? {})) {
+    items.push(el("li", { class: state === "granted" ? "ok" : "missing" }, `${p}: ${state}`));
+  }
+  for (const key of ["sync_group", "rotation_group"]) {
+    const g = report[key];
+    if (!g) continue;
+    const found = g.error === undefined;
+    items.push(el("li", { class: found ? "ok" : "missing" },
+      `${key === "sync_group" ? "Sync group" : "Rotation group"} “${g.name}”: ` +
+      (found ? `found, ${g.members} members` : g.error)));
+  }
+  return el("div", { class: report.ok ? "report ok" : "report missing" },
+    el("p", {}, report.ok ? "Connection ok: everything needed is there." : "Something is missing:"),
+    el("ul", {}, items));
+}
+
+function domainBody(form) {
+  const o = formObject(form);
+  if (o.auto_password_change_days) o.auto_password_change_days = Number(o.auto_password_change_days);
+  return o;
+}
+
+async function domainsPage() {
+  const list = await api("GET", "/v1/domains?limit=1000");
+  fill($("#domains"), list.items.filter((d) => !d.removed).map((d) => {
+    const last = d.last_sync;
+    const next = d.sync_active && last?.finished_at
+      ? when(new Date(new Date(last.finished_at).getTime() + d.sync_interval_minutes * 60000))
+      : (d.sync_active ? "soon" : "stopped");
+    return el("tr", {},
+      el("td", {}, el("a", { href: `/console/domains/${d.id}` }, d.domain)),
+      el("td", {}, d.credentials?.tenant_id ?? "—"),
+      el("td", {}, d.credentials ? badge("saved", "active") : badge("none", "deactivated")),
+      el("td", {}, last ? [badge(last.status), " ", when(last.finished_at ?? last.started_at)] : "never"),
+      el("td", {}, next),
+      el("td", {}, last?.error ? `${last.graph_code ?? ""} ${last.error}`.trim() : ""));
+  }), "No domains yet." + (admin ? " Add one below." : ""));
+  const form = $("#add-domain");
+  if (!form) return;
+  wire($("#test-connection"), async () => {
+    const o = domainBody(form);
+    const report = await api("POST", "/v1/domains/check", {
+      tenant_id: o.tenant_id ?? "", client_id: o.client_id ?? "", client_secret: o.client_secret ?? "",
+      graph_url: o.graph_url, authority_url: o.authority_url,
+      sync_group: o.sync_group, rotation_group: o.rotation_group,
+    });
+    $("#check-report").replaceChildren(checkReport(report));
+  });
+  wire(form, async () => {
+    const d = await api("POST", "/v1/domains", domainBody(form));
+    window.location.assign(`/console/domains/${d.id}`);
+  });
+}
+
+function runRow(r) {
+  const c = r.counters;
+  return el("tr", {},
+    el("td", {}, when(r.started_at)),
+    el("td", {}, r.dry_run ? "dry run" : (r.full ? "full" : "delta")),
+    el("td", {}, badge(r.status)),
+    el("td", {}, c.added), el("td", {}, c.changed), el("td", {}, c.left), el("td", {}, c.imported),
+    el("td", {}, r.error ? `${r.graph_code ?? ""} ${r.error}`.trim() : ""));
+}
+
+async function domainPage() {
+  let d = await api("GET", `/v1/domains/${pageId}`);
+  document.title = `${d.domain} · idledger`;
+  $("h1").textContent = d.domain;
+  const showFacts = () => facts($("#domain-facts"), [
+    ["Tenant ID", d.credentials?.tenant_id ?? "—"],
+    ["Application ID", d.credentials?.client_id ?? "—"],
+    ["Client Secret", d.credentials?.secret_set ? "saved (never shown)" : "none"],
+    ["Sync", d.sync_active ? "active" : "stopped (no credentials)"],
+    ["Auto Password Change (days)", d.auto_password_change_days ?? "off"],
+    ["Behavior when removing a user from a sync group", d.removal_behavior],
+    ["Sync group", d.sync_group], ["Rotation group", d.rotation_group],
+    ["Default SSO", ssoText(d.sso_defaults)],
+    ["Last sync", d.last_sync ? `${d.last_sync.status} ${when(d.last_sync.finished_at ?? d.last_sync.started_at)}` : "never"],
+  ]);
+  showFacts();
+  const refreshRuns = async () => {
+    const runs = await api("GET", `/v1/domains/${pageId}/sync-runs?limit=20`);
+    fill($("#runs"), runs.items.map(runRow), "No runs yet.");
+    const q = $("#quarantine");
+    const held = runs.items.find((r) => r.status === "quarantined" && !r.approved);
+    q.replaceChildren();
+    if (held) {
+      q.append(el("div", { class: "report missing" },
+        el("p", {}, `A run was quarantined: it would remove ${held.held_removals.length} users and applied none of those removals.`),
+        admin ? el("button", { type: "button", id: "approve", class: "danger" }, "Approve removals") : null));
+      wire($("#approve"), async () => {
+        await api("POST", `/v1/domains/${pageId}/sync-runs/${held.run_id}/approve`);
+        flash("Removals approved.");
+        await refreshRuns();
+      }, "Apply the removals this run held back?");
+    }
+  };
+  await refreshRuns();
+  if (!admin) return;
+  $("#import-link").href = `/console/domains/${pageId}/import`;
+  const sso = $("#sso-defaults");
+  sso.elements.enabled.value = String(d.sso_defaults.enabled);
+  sso.elements.method.value = d.sso_defaults.method;
+  wire(sso, async () => {
+    d = await api("PUT", `/v1/domains/${pageId}/sso-defaults`,
+      { enabled: sso.elements.enabled.value === "true", method: sso.elements.method.value });
+    showFacts();
+    flash("SSO defaults saved.");
+  });
+  wire($("#replace-secret"), async () => {
+    const f = $("#replace-secret");
+    d = await api("PUT", `/v1/domains/${pageId}/credentials`, {
+      tenant_id: d.credentials?.tenant_id ?? "", client_id: d.credentials?.client_id ?? "",
+      client_secret: f.elements.client_secret.value,
+    });
+    f.reset();
+    showFacts();
+    flash("The new secret is saved; it will not be shown again.");
+  });
+  wire($("#remove-credentials"), async () => {
+    d = await api("DELETE", `/v1/domains/${pageId}/credentials`);
+    showFacts();
+    flash("Credentials removed: sync has stopped.");
+  }, "Remove the credentials? Sync of this domain will stop until new credentials are saved.");
+  wire($("#sync-dry"), async () => {
+    const r = await api("POST", `/v1/domains/${pageId}/sync?dry_run=true`);
+    const rows = r.changes.map((c) => el("li", {}, `${c.user_principal_name}: ${c.outcome ?? ""} ${c.events.join(", ")}${c.held ? " (held)" : ""}`));
+    $("#dry-report").replaceChildren(el("div", { class: "report" },
+      el("p", {}, `A run now would make ${r.changes.length} changes${r.quarantined ? " and would be quarantined" : ""}:`),
+      rows.length ? el("ul", {}, rows) : el("p", { class: "empty" }, "Nothing to change.")));
+  });
+  wire($("#sync-now"), async () => {
+    const started = await api("POST", `/v1/domains/${pageId}/sync`);
+    const live = $("#live-run");
+    const show = (r) => live.replaceChildren(el("p", { id: "live-status" },
+      "Run ", badge(r.status), ` added ${r.counters.added}, changed ${r.counters.changed}, left ${r.counters.left}, imported ${r.counters.imported}`));
+    let run = await api("GET", `/v1/domains/${pageId}/sync-runs/${started.run_id}`);
+    show(run);
+    if (run.status !== "running") return refreshRuns();
+    // Live: each event of the run brings its state; the stream closes at the end.
+    await new Promise((resolve) => {
+      let source;
+      const update = async () => {
+        run = await api("GET", `/v1/domains/${pageId}/sync-runs/${started.run_id}`);
+        show(run);
+        if (run.status !== "running") { source?.close(); resolve(); }
+      };
+      follow((e) => { if (e.correlation_id === started.run_id || e.stream.startsWith("domain-")) update(); })
+        .then((s) => { source = s; update(); });
+    });
+    d = await api("GET", `/v1/domains/${pageId}`);
+    showFacts();
+    await refreshRuns();
+  });
+}
+
+async function importPage() {
+  const d = await api("GET", `/v1/domains/${pageId}`);
+  $("h1").textContent = `Import from Entra ID: ${d.domain}`;
+  $("#sso-note").textContent = `Imported users get the domain's SSO defaults: ${ssoText(d.sso_defaults)}.`;
+  let after = null;
+  const load = async (reset) => {
+    if (reset) after = null;
+    const q = $("#cq").value.trim();
+    const params = new URLSearchParams({ limit: "50" });
+    if (q) params.set("q", q);
+    if (after) params.set("after", after);
+    const page = await api("GET", `/v1/domains/${pageId}/candidates?${params}`);
+    fill($("#candidates"), page.items.map((u) => el("tr", {},
+      el("td", {}, admin ? el("input", { type: "checkbox", value: u.id, "aria-label": `Select ${u.display_name}` }) : ""),
+      el("td", {}, u.display_name), el("td", {}, u.user_principal_name), el("td", {}, u.mail ?? ""))),
+      q ? "No candidate matches." : "No candidates: every member of the sync group is imported.");
+    after = page.next;
+    $("#candidates-more").hidden = !page.next;
+  };
+  $("#candidate-search").addEventListener("submit", (e) => { e.preventDefault(); load(true).catch((x) => flash(x.message, "error")); });
+  $("#candidates-more").addEventListener("click", () => load(false).catch((x) => flash(x.message, "error")));
+  await load(true);
+  if (!admin) return;
+  wire($("#import-selected"), async () => {
+    const ids = [...document.querySelectorAll("#candidates input:checked")].map((c) => c.value);
+    if (!ids.length) throw new Error("Select at least one candidate.");
+    const r = await api("POST", `/v1/domains/${pageId}/import`, { user_ids: ids });
+    flash(`Imported ${r.imported} users.`);
+    await load(true);
+  });
+  wire($("#import-all"), async () => {
+    const r = await api("POST", `/v1/domains/${pageId}/import`, { all: true });
+    flash(`Imported ${r.imported} users.`);
+    await load(true);
+  }, "Import every candidate of this domain?");
+}
+
+// ---- Users -----------------------------------------------------------------------------
+
+async function usersPage() {
+  const domains = await api("GET", "/v1/domains?limit=1000");
+  const names = new Map(domains.items.map((d) => [d.id, d.domain]));
+  for (const d of domains.items) $("#udomain").append(el("option", { value: d.id }, d.domain));
+  const due = new Map();
+  try {
+    const up = await api("GET", "/v1/rotations/upcoming?within_days=3650&limit=1000");
+    for (const r of up.items) due.set(r.user_id, r.due_at);
+  } catch { /* rotations are a badge, not the page */ }
+  let after = null;
+  const load = async (reset) => {
+    if (reset) after = null;
+    const f = $("#user-search");
+    const params = new URLSearchParams({ limit: "50" });
+    for (const k of ["q", "domain", "status"]) if (f.elements[k].value) params.set(k, f.elements[k].value);
+    if (after) params.set("after", after);
+    const page = await api("GET", `/v1/users?${params}`);
+    fill($("#users"), page.items.map((u) => el("tr", {},
+      el("td", {}, el("a", { href: `/console/users/${u.id}` }, u.display_name)),
+      el("td", {}, u.user_principal_name, el("small", {}, ` ${names.get(u.domain_id) ?? ""}`)),
+      el("td", {}, badge(u.status)),
+      el("td", {}, u.key_id ? badge(u.key_id, "key") : "—"),
+      el("td", {}, ssoText(u.sso)),
+      el("td", {}, due.has(u.id) ? when(due.get(u.id)) : "—"))), "No users match.");
+    after = page.next;
+    $("#users-more").hidden = !page.next;
+  };
+  $("#user-search").addEventListener("submit", (e) => { e.preventDefault(); load(true).catch((x) => flash(x.message, "error")); });
+  $("#users-more").addEventListener("click", () => load(false).catch((x) => flash(x.message, "error")));
+  await load(true);
+}
+
+async function userPage() {
+  let at = null;
+  const show = async () => {
+    const suffix = at ? `?at=${encodeURIComponent(at)}` : "";
+    const u = await api("GET", `/v1/users/${pageId}${suffix}`);
+    $("h1").textContent = u.display_name + (at ? ` (as of ${when(at)})` : "");
+    facts($("#user-facts"), [
+      ["Principal name", u.user_principal_name], ["Mail", u.mail ?? "—"],
+      ["Given name", u.given_name ?? "—"], ["Surname", u.surname ?? "—"],
+      ["Status", badge(u.status)], ["Enabled in Entra ID", u.account_enabled ? "yes" : "no"],
+      ["In sync group", u.in_sync_group ? "yes" : "no"], ["In rotation group", u.in_rotation_group ? "yes" : "no"],
+      ["Hardware key", u.key_id ?? "none"], ["SSO", ssoText(u.sso)],
+      ["SSO override", u.sso_override ? ssoText(u.sso_override) : "none"],
+      ["Last rotation", when(u.last_rotation_at)], ["Invited", when(u.invited_at)],
+      ["Imported", when(u.imported_at)],
+    ]);
+    return u;
+  };
+  const history = async () => {
+    const h = await api("GET", `/v1/users/${pageId}/password-history`);
+    fill($("#history"), h.items.map((r) => el("tr", {},
+      el("td", {}, when(r.started_at)), el("td", {}, badge(r.outcome), r.graph_code ? ` ${r.graph_code}` : ""),
+      el("td", {}, when(r.finished_at)), el("td", {}, r.retries), el("td", {}, r.reason))), "No rotations yet.");
+    const t = await api("GET", `/v1/users/${pageId}/timeline?limit=200`);
+    fill($("#timeline"), t.items.map((e) => el("tr", {},
+      el("td", {}, when(e.recorded_at)), el("td", {}, e.kind), el("td", {}, e.actor))), "Nothing yet.");
+  };
+  await show();
+  await history();
+  $("#as-of").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const v = $("#at").value;
+    at = v ? new Date(v).toISOString() : null;
+    show().catch((x) => flash(x.message, "error"));
+  });
+  $("#now").addEventListener("click", () => { at = null; $("#at").value = ""; show().catch((x) => flash(x.message, "error")); });
+  if (!admin) return;
+  const after = async (message) => { await show(); await history(); flash(message); };
+  wire($("#activate"), async () => { await api("POST", `/v1/users/${pageId}/activate`); await after("Activated."); });
+  wire($("#deactivate"), async () => { await api("POST", `/v1/users/${pageId}/deactivate`); await after("Deactivated."); },
+    "Deactivate this user?");
+  wire($("#invite"), async () => { await api("POST", `/v1/users/${pageId}/invite`); await after("Invite sent."); });
+  wire($("#assign-key"), async () => {
+    await api("PUT", `/v1/users/${pageId}/key`, { key_id: $("#key-id").value.trim() });
+    $("#assign-key").reset();
+    await after("Key assigned.");
+  });
+  wire($("#unassign-key"), async () => { await api("DELETE", `/v1/users/${pageId}/key`); await after("Key taken away."); },
+    "Take the key away? Undelivered key writes for it are superseded.");
+  wire($("#sso-override"), async () => {
+    const v = $("#ov").value;
+    const sso_override = v === "" ? null : v === "off" ? { enabled: false, method: "passwordless" }
+      : { enabled: true, method: v.slice(3) };
+    await api("PATCH", `/v1/users/${pageId}`, { sso_override });
+    await after("SSO override saved.");
+  });
+  wire($("#rotate"), async () => {
+    await api("POST", `/v1/users/${pageId}/rotate`);
+    flash("Rotation started.");
+    for (let i = 0; i < 40; i++) {
+      const h = await api("GET", `/v1/users/${pageId}/password-history`);
+      if (h.items.length && h.items.every((r) => r.outcome !== "pending")) break;
+      await new Promise((r) => setTimeout(r, 250));
+    }
+    await after("Rotation finished.");
+  });
+  wire($("#reveal"), async () => {
+    const reason = $("#reason").value.trim();
+    const r = await api("POST", `/v1/users/${pageId}/password/reveal`, { reason });
+    $("#reveal").reset();
+    const box = $("#revealed");
+    const password = r.password ?? r.unconfirmed_candidate?.password;
+    if (!password) { box.replaceChildren(el("p", { class: "empty" }, "No password is held for this user yet.")); return; }
+    const hide = () => box.replaceChildren(el("p", { class: "empty" }, "Hidden. The reveal is in the audit trail."));
+    box.replaceChildren(el("div", { class: "secret" },
+      el("p", {}, r.password ? "Current password (shown once):" : "Unconfirmed candidate (Graph may hold it):"),
+      el("code", { id: "revealed-password" }, password),
+      el("button", { type: "button", onclick: hide }, "Hide")));
+    setTimeout(hide, 60000);
+    await history();
+  });
+}
+
+// ---- Rotations and audit ---------------------------------------------------------------
+
+async function rotationsPage() {
+  const load = async () => {
+    const days = $("#within").value || "30";
+    const up = await api("GET", `/v1/rotations/upcoming?within_days=${encodeURIComponent(days)}&limit=500`);
+    fill($("#upcoming"), up.items.map((r) => el("tr", {},
+      el("td", {}, el("a", { href: `/console/users/${r.user_id}` }, r.user_principal_name)),
+      el("td", {}, when(r.due_at)), el("td", {}, r.reason))), "No rotation is due in that time.");
+  };
+  $("#upcoming-form").addEventListener("submit", (e) => { e.preventDefault(); load().catch((x) => flash(x.message, "error")); });
+  await load();
+}
+
+async function auditPage() {
+  const head = async () => {
+    const h = await api("GET", "/healthz");
+    const sth = await api("GET", "/v1/log/sth?format=json").catch(() => null);
+    facts($("#log-facts"), [
+      ["Head position", h.head_position], ["Durability", h.durability],
+      ["Signed tree head", sth ? `size ${sth.tree_size}, root ${sth.root_hash}` : "none yet"],
+    ]);
+  };
+  await head();
+  wire($("#verify-chain"), async () => {
+    // The chain, re-hashed here from the feed: each record's prev_hash must be the hash before.
+    let from = 1, prev = null, count = 0, problem = null;
+    for (;;) {
+      const page = await api("GET", `/v1/events?from_position=${from}&limit=1000`);
+      for (const item of page.items) {
+        const e = item.envelope;
+        if (prev !== null && e.prev_hash !== prev) { problem = `position ${e.position}: prev_hash does not match`; break; }
+        prev = e.hash; count++;
+      }
+      if (problem || !page.next) break;
+      from = Number(page.next);
+    }
+    $("#verify-result").replaceChildren(el("p", { class: problem ? "error" : "ok", id: "verify-status" },
+      problem ?? `Chain ok: ${count} records linked, head ${prev}. (idledger verify --server re-hashes every record.)`));
+  });
+  const exportUrl = (manifest) => {
+    const f = $("#export-form");
+    const params = new URLSearchParams({ format: f.elements.format.value });
+    for (const k of ["from", "to"]) if (f.elements[k].value) params.set(k, new Date(f.elements[k].value).toISOString());
+    return `/v1/audit/exports/${f.elements.kind.value}${manifest ? "/manifest" : ""}?${params}`;
+  };
+  $("#export-form").addEventListener("submit", (e) => { e.preventDefault(); window.location.assign(exportUrl(false)); });
+  $("#download-manifest").addEventListener("click", () => window.location.assign(exportUrl(true)));
+  const feed = $("#feed tbody");
+  await follow((e) => {
+    feed.prepend(el("tr", {}, el("td", {}, e.position), el("td", {}, when(e.recorded_at)),
+      el("td", {}, e.stream), el("td", {}, e.kind)));
+    while (feed.children.length > 100) feed.lastChild.remove();
+  });
+}
+
+const pages = {
+  domains: domainsPage, domain: domainPage, import: importPage, users: usersPage,
+  user: userPage, rotations: rotationsPage, audit: auditPage,
+};
+const start = pages[body.dataset.page];
+if (start) start().catch((e) => flash(e.message, "error"));

@@ -1,0 +1,255 @@
+//! The admin console: the pages an administrator (or, read-only, an auditor) works in, at
+//! `/` and under `/console/`, on the same origin as the API.
+//!
+//! The server renders each page's frame (navigation, headings, forms with their labels,
+//! tables' heads, and for auditors no command control at all); `assets/console.js` fills
+//! the tables from the JSON API and sends every command to the API's own routes, with the
+//! session cookie and the session's CSRF token. So the console has no second way to read
+//! or write: what a page shows and does is what the API answers and decides. Every asset
+//! is embedded in the binary; pages carry a strict Content-Security-Policy (no inline
+//! script or style).
+
+mod pages;
+
+use crate::http::session::{cookie, same_secret, COOKIE};
+use crate::http::{token_hash, AppState};
+use axum::extract::{Form, Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use idledger_domain::{Role, TokenId};
+use serde::Deserialize;
+
+/// The API's router with the console's pages and assets.
+pub fn app(state: AppState) -> Router {
+    let console = Router::new()
+        .route("/", get(sign_in_page))
+        .route("/console/sign-in", post(sign_in))
+        .route("/console/sign-in/{ticket}", get(sign_in_link))
+        .route("/console/sign-out", post(sign_out))
+        .route("/console/domains", get(pages::domains))
+        .route("/console/domains/{id}", get(pages::domain))
+        .route("/console/domains/{id}/import", get(pages::import))
+        .route("/console/users", get(pages::users))
+        .route("/console/users/{id}", get(pages::user))
+        .route("/console/rotations", get(pages::rotations))
+        .route("/console/audit", get(pages::audit))
+        .route("/console/assets/{file}", get(asset))
+        .layer(axum::middleware::map_response(page_headers))
+        .with_state(state.clone());
+    crate::http::router(state).merge(console)
+}
+
+/// Who is looking at a page.
+pub(crate) struct Viewer {
+    pub role: Role,
+    pub csrf: String,
+}
+
+impl Viewer {
+    pub fn admin(&self) -> bool {
+        self.role == Role::Admin
+    }
+}
+
+/// The viewer of a page request: a live session of a live admin or auditor token.
+fn viewer(state: &AppState, headers: &HeaderMap) -> Option<Viewer> {
+    let session = state.sessions.find(cookie(headers, COOKIE)?)?;
+    let p = state.engine.projector.read();
+    let token = p
+        .tokens
+        .get(session.token_id)
+        .filter(|t| t.revoked_at.is_none())?;
+    matches!(token.role, Role::Admin | Role::Auditor).then(|| Viewer {
+        role: token.role,
+        csrf: session.csrf,
+    })
+}
+
+/// A page for a signed-in viewer, or the way back to sign-in.
+pub(crate) fn signed_in(
+    state: &AppState,
+    headers: &HeaderMap,
+    page: impl FnOnce(&Viewer) -> Response,
+) -> Response {
+    match viewer(state, headers) {
+        Some(v) => page(&v),
+        None => Redirect::to("/").into_response(),
+    }
+}
+
+/// Security headers of every console answer: nothing runs but our own script, nothing
+/// frames the console, and pages (which name users) are not cached.
+async fn page_headers(mut response: Response) -> Response {
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+             connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    response
+}
+
+const CSS: &str = include_str!("assets/console.css");
+const JS: &str = include_str!("assets/console.js");
+
+/// The embedded assets; their names carry the package version, so they may be cached
+/// for a day without a stale script surviving an upgrade for long.
+async fn asset(Path(file): Path<String>) -> Response {
+    let (body, kind) = match file.as_str() {
+        "console.css" => (CSS, "text/css; charset=utf-8"),
+        "console.js" => (JS, "text/javascript; charset=utf-8"),
+        _ => return (StatusCode::NOT_FOUND, "no such asset\n").into_response(),
+    };
+    (
+        [
+            (header::CONTENT_TYPE, kind),
+            (header::CACHE_CONTROL, "public, max-age=86400"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// The cookie that holds a session: HttpOnly, SameSite=Strict, Secure over HTTPS.
+fn session_cookie(state: &AppState, value: &str, max_age: Option<u64>) -> HeaderValue {
+    let mut c = format!("{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict");
+    if let Some(age) = max_age {
+        c.push_str(&format!("; Max-Age={age}"));
+    }
+    if state.https {
+        c.push_str("; Secure");
+    }
+    HeaderValue::from_str(&c).unwrap_or(HeaderValue::from_static("idl_session=; Max-Age=0"))
+}
+
+/// The double-submit value that ties a sign-in form to the browser that loaded it.
+const PRE: &str = "idl_signin";
+
+async fn sign_in_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if viewer(&state, &headers).is_some() {
+        return Redirect::to("/console/domains").into_response();
+    }
+    sign_in_form(&state, StatusCode::OK, None)
+}
+
+fn sign_in_form(state: &AppState, status: StatusCode, error: Option<&str>) -> Response {
+    let pre = crate::http::new_token_text();
+    let mut cookie = format!("{PRE}={pre}; Path=/console/sign-in; HttpOnly; SameSite=Strict");
+    if state.https {
+        cookie.push_str("; Secure");
+    }
+    let mut response = (status, pages::sign_in(&pre, error)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().append(header::SET_COOKIE, v);
+    }
+    response
+}
+
+/// The sign-in form.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignIn {
+    token: String,
+    pre: String,
+}
+
+/// A session for the token in `token_id`, and the answer that sets its cookie.
+fn open_session(state: &AppState, token_id: TokenId) -> Response {
+    let value = state.sessions.open(token_id);
+    let mut response = Redirect::to("/console/domains").into_response();
+    response
+        .headers_mut()
+        .append(header::SET_COOKIE, session_cookie(state, &value, None));
+    response
+}
+
+async fn sign_in(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    form: Result<Form<SignIn>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let Ok(Form(form)) = form else {
+        return sign_in_form(
+            &state,
+            StatusCode::BAD_REQUEST,
+            Some("The form was incomplete."),
+        );
+    };
+    let pre_ok = cookie(&headers, PRE).is_some_and(|c| same_secret(c, &form.pre));
+    if !pre_ok {
+        return sign_in_form(
+            &state,
+            StatusCode::FORBIDDEN,
+            Some("This sign-in form expired or came from elsewhere; try again."),
+        );
+    }
+    let token = {
+        let p = state.engine.projector.read();
+        p.tokens
+            .by_hash(&token_hash(form.token.trim()))
+            .filter(|t| matches!(t.role, Role::Admin | Role::Auditor))
+            .map(|t| t.id)
+    };
+    match token {
+        Some(id) => open_session(&state, id),
+        None => sign_in_form(
+            &state,
+            StatusCode::UNAUTHORIZED,
+            Some("That is not a live admin or auditor token."),
+        ),
+    }
+}
+
+/// A one-time sign-in link (the demo prints one).
+async fn sign_in_link(State(state): State<AppState>, Path(ticket): Path<String>) -> Response {
+    match state.sessions.redeem(&ticket) {
+        Some(id) => open_session(&state, id),
+        None => sign_in_form(
+            &state,
+            StatusCode::UNAUTHORIZED,
+            Some("That sign-in link was used already or expired; sign in with a token."),
+        ),
+    }
+}
+
+/// The sign-out form.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignOut {
+    csrf: String,
+}
+
+async fn sign_out(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    form: Result<Form<SignOut>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    if let (Some(value), Ok(Form(form))) = (cookie(&headers, COOKIE), form) {
+        if let Some(session) = state.sessions.find(value) {
+            if same_secret(&form.csrf, &session.csrf) {
+                state.sessions.close(value);
+            } else {
+                return (StatusCode::FORBIDDEN, "CSRF token missing or wrong\n").into_response();
+            }
+        }
+    }
+    let mut response = Redirect::to("/").into_response();
+    response
+        .headers_mut()
+        .append(header::SET_COOKIE, session_cookie(&state, "", Some(0)));
+    response
+}

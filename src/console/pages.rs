@@ -1,0 +1,408 @@
+//! The pages' frames. Every value that comes from a request or the log goes through
+//! [`esc`]; the tables are filled by `console.js` with `textContent`, never as HTML.
+
+use super::{signed_in, Viewer};
+use crate::http::AppState;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::{Html, IntoResponse, Response};
+
+/// HTML-escapes text for an element's content or a quoted attribute.
+pub(crate) fn esc(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+const NAV: [(&str, &str, &str); 4] = [
+    ("domains", "/console/domains", "Domains"),
+    ("users", "/console/users", "Users"),
+    ("rotations", "/console/rotations", "Rotations"),
+    ("audit", "/console/audit", "Audit"),
+];
+
+/// The frame of every signed-in page: `page` names the script's part, `id` the object the
+/// page is about (a domain's or user's id, checked to be a UUID by the route's caller).
+fn layout(
+    viewer: &Viewer,
+    title: &str,
+    section: &str,
+    page: &str,
+    id: &str,
+    main: &str,
+) -> Response {
+    let nav: String = NAV
+        .iter()
+        .map(|(key, href, label)| {
+            let current = if *key == section {
+                " aria-current=\"page\""
+            } else {
+                ""
+            };
+            format!("<a href=\"{href}\"{current}>{label}</a>")
+        })
+        .collect();
+    let role = viewer.role.as_str();
+    Html(format!(
+        r#"<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="csrf-token" content="{csrf}">
+<title>{title} · idledger</title>
+<link rel="stylesheet" href="/console/assets/console.css">
+<script src="/console/assets/console.js" defer></script>
+</head>
+<body data-page="{page}" data-role="{role}" data-id="{id}">
+<header class="top">
+  <span class="brand">idledger</span>
+  <nav aria-label="Sections">{nav}</nav>
+  <span class="who">Signed in as <strong>{role}</strong></span>
+  <form method="post" action="/console/sign-out" class="sign-out">
+    <input type="hidden" name="csrf" value="{csrf}">
+    <button type="submit">Sign out</button>
+  </form>
+</header>
+<main>
+<h1>{title}</h1>
+<div id="flash" role="status" aria-live="polite"></div>
+{main}
+</main>
+</body>
+</html>"#,
+        csrf = esc(&viewer.csrf),
+        title = esc(title),
+        page = esc(page),
+        id = esc(id),
+    ))
+    .into_response()
+}
+
+/// The sign-in page; `pre` ties the form to this browser.
+pub(super) fn sign_in(pre: &str, error: Option<&str>) -> Html<String> {
+    let error = error
+        .map(|e| format!("<p class=\"error\" role=\"alert\">{}</p>", esc(e)))
+        .unwrap_or_default();
+    Html(format!(
+        r#"<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Sign in · idledger</title>
+<link rel="stylesheet" href="/console/assets/console.css">
+</head>
+<body class="sign-in">
+<main>
+<h1>idledger</h1>
+<p>Sign in with an admin or auditor API token. It is sent once; the console keeps a
+session cookie, never the token.</p>
+{error}
+<form method="post" action="/console/sign-in">
+  <input type="hidden" name="pre" value="{pre}">
+  <label for="token">API token</label>
+  <input id="token" name="token" type="password" autocomplete="off" required>
+  <button type="submit">Sign in</button>
+</form>
+</main>
+</body>
+</html>"#,
+        pre = esc(pre),
+    ))
+}
+
+/// The route's id, when it is a UUID (anything else is not a page).
+fn uuid_of(id: &str) -> Option<String> {
+    uuid::Uuid::parse_str(id).ok().map(|u| u.to_string())
+}
+
+fn not_found(viewer: &Viewer) -> Response {
+    let mut r = layout(
+        viewer,
+        "Not found",
+        "",
+        "none",
+        "",
+        "<p class=\"empty\">There is no such page. <a href=\"/console/domains\">Back to domains</a>.</p>",
+    );
+    *r.status_mut() = axum::http::StatusCode::NOT_FOUND;
+    r
+}
+
+const ADD_DOMAIN: &str = r#"
+<section class="card" aria-labelledby="add-title">
+<h2 id="add-title">Add domain settings</h2>
+<form id="add-domain" class="grid">
+  <label for="d-domain">Domain</label>
+  <input id="d-domain" name="domain" required placeholder="contoso.onmicrosoft.com">
+  <label for="d-client">Application ID</label>
+  <input id="d-client" name="client_id" required>
+  <label for="d-secret">Client Secret</label>
+  <input id="d-secret" name="client_secret" type="password" autocomplete="off" required>
+  <label for="d-tenant">Tenant ID</label>
+  <input id="d-tenant" name="tenant_id" required>
+  <label for="d-days">Auto Password Change (days)</label>
+  <input id="d-days" name="auto_password_change_days" type="number" min="1" max="3650" placeholder="off">
+  <fieldset class="wide">
+    <legend>Behavior when removing a user from a sync group</legend>
+    <label><input type="radio" name="removal_behavior" value="keep" checked> Keep
+      <small>The user stays in idledger as they are.</small></label>
+    <label><input type="radio" name="removal_behavior" value="deactivate"> Deactivate
+      <small>The user stays but is deactivated: no sign-in, no rotation.</small></label>
+    <label><input type="radio" name="removal_behavior" value="delete"> Delete
+      <small>The user is deleted, and their sealed secrets with them.</small></label>
+  </fieldset>
+  <label for="d-sync">Sync group</label>
+  <input id="d-sync" name="sync_group" value="Hideez Users Sync" required>
+  <label for="d-rot">Rotation group</label>
+  <input id="d-rot" name="rotation_group" value="Hideez Key Auto Password Change" required>
+  <details class="wide"><summary>Endpoints (national clouds, or the simulator)</summary>
+    <div class="grid">
+      <label for="d-graph">Graph URL</label>
+      <input id="d-graph" name="graph_url" placeholder="https://graph.microsoft.com">
+      <label for="d-auth">Authority URL</label>
+      <input id="d-auth" name="authority_url" placeholder="https://login.microsoftonline.com">
+    </div>
+  </details>
+  <div class="actions wide">
+    <button type="button" id="test-connection">Test connection</button>
+    <button type="submit" class="primary">Save</button>
+  </div>
+</form>
+<div id="check-report" aria-live="polite"></div>
+</section>"#;
+
+pub(super) async fn domains(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    signed_in(&s, &headers, |v| {
+        let add = if v.admin() { ADD_DOMAIN } else { "" };
+        let main = format!(
+            r#"<section class="card" aria-labelledby="list-title">
+<h2 id="list-title">Settings → Parameters</h2>
+<table id="domains"><thead><tr><th>Domain</th><th>Tenant</th><th>Credentials</th><th>Last sync</th><th>Next sync</th><th>Error</th></tr></thead><tbody></tbody></table>
+</section>{add}"#
+        );
+        layout(v, "Domains", "domains", "domains", "", &main)
+    })
+}
+
+const DOMAIN_ADMIN: &str = r#"
+<section class="card" aria-labelledby="sync-title">
+<h2 id="sync-title">Sync</h2>
+<div class="actions">
+  <button type="button" id="sync-now" class="primary">Run sync now</button>
+  <button type="button" id="sync-dry">Dry run</button>
+  <a id="import-link" class="button" href="">Import from Entra ID</a>
+</div>
+<div id="live-run" aria-live="polite"></div>
+<div id="dry-report"></div>
+</section>
+<section class="card" aria-labelledby="sso-title">
+<h2 id="sso-title">Default Single Sign-On Settings</h2>
+<form id="sso-defaults" class="grid">
+  <label for="sso-enabled">SSO</label>
+  <select id="sso-enabled" name="enabled"><option value="true">On</option><option value="false">Off</option></select>
+  <label for="sso-method">Login method</label>
+  <select id="sso-method" name="method"><option value="passwordless">Passwordless (Hideez Key, passkey)</option><option value="password_and_second_factor">Entra ID password and a second factor</option></select>
+  <div class="actions wide"><button type="submit">Save SSO defaults</button></div>
+</form>
+</section>
+<section class="card" aria-labelledby="cred-title">
+<h2 id="cred-title">Credentials</h2>
+<p>The client secret is never shown again after saving.</p>
+<form id="replace-secret" class="grid">
+  <label for="new-secret">Replace secret</label>
+  <input id="new-secret" name="client_secret" type="password" autocomplete="off" required>
+  <div class="actions wide"><button type="submit">Save new secret</button></div>
+</form>
+<div class="actions"><button type="button" id="remove-credentials" class="danger">Remove credentials</button></div>
+</section>"#;
+
+pub(super) async fn domain(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    signed_in(&s, &headers, |v| {
+        let Some(id) = uuid_of(&id) else {
+            return not_found(v);
+        };
+        let admin = if v.admin() { DOMAIN_ADMIN } else { "" };
+        let main = format!(
+            r#"<section class="card"><dl id="domain-facts" class="facts"></dl></section>{admin}
+<section class="card" aria-labelledby="runs-title">
+<h2 id="runs-title">Runs</h2>
+<div id="quarantine"></div>
+<table id="runs"><thead><tr><th>Started</th><th>Kind</th><th>Status</th><th>Added</th><th>Changed</th><th>Left</th><th>Imported</th><th>Error</th></tr></thead><tbody></tbody></table>
+<div class="pager"><button type="button" id="runs-more" hidden>More runs</button></div>
+</section>"#
+        );
+        layout(v, "Domain", "domains", "domain", &id, &main)
+    })
+}
+
+pub(super) async fn import(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    signed_in(&s, &headers, |v| {
+        let Some(id) = uuid_of(&id) else {
+            return not_found(v);
+        };
+        let actions = if v.admin() {
+            r#"<div class="actions"><button type="button" id="import-selected" class="primary">Import selected</button>
+<button type="button" id="import-all">Import all</button></div>"#
+        } else {
+            ""
+        };
+        let main = format!(
+            r#"<section class="card">
+<p id="sso-note"></p>
+<form id="candidate-search" class="search" role="search">
+  <label for="cq">Search candidates</label>
+  <input id="cq" name="q" type="search" placeholder="name or principal name">
+  <button type="submit">Search</button>
+</form>
+{actions}
+<table id="candidates"><thead><tr><th><span class="sr">Select</span></th><th>Name</th><th>Principal name</th><th>Mail</th></tr></thead><tbody></tbody></table>
+<div class="pager"><button type="button" id="candidates-more" hidden>Next page</button></div>
+</section>"#
+        );
+        layout(v, "Import from Entra ID", "users", "import", &id, &main)
+    })
+}
+
+pub(super) async fn users(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    signed_in(&s, &headers, |v| {
+        let main = r#"<section class="card">
+<form id="user-search" class="search" role="search">
+  <label for="uq">Search</label>
+  <input id="uq" name="q" type="search" placeholder="name or principal name">
+  <label for="udomain">Domain</label>
+  <select id="udomain" name="domain"><option value="">All domains</option></select>
+  <label for="ustatus">Status</label>
+  <select id="ustatus" name="status"><option value="">Any status</option><option>candidate</option><option>active</option><option>deactivated</option><option>deleted</option></select>
+  <button type="submit">Filter</button>
+</form>
+<table id="users"><thead><tr><th>Name</th><th>Principal name</th><th>Status</th><th>Key</th><th>SSO</th><th>Rotation due</th></tr></thead><tbody></tbody></table>
+<div class="pager"><button type="button" id="users-more" hidden>Next page</button></div>
+</section>"#;
+        layout(v, "Users", "users", "users", "", main)
+    })
+}
+
+const USER_ADMIN: &str = r#"
+<section class="card" aria-labelledby="act-title">
+<h2 id="act-title">Actions</h2>
+<div class="actions">
+  <button type="button" id="activate">Activate</button>
+  <button type="button" id="deactivate">Deactivate</button>
+  <button type="button" id="rotate" class="primary">Rotate now</button>
+  <button type="button" id="invite">Send invite</button>
+</div>
+<form id="assign-key" class="grid">
+  <label for="key-id">Hardware key</label>
+  <input id="key-id" name="key_id" required placeholder="key id">
+  <div class="actions wide"><button type="submit">Assign key</button>
+  <button type="button" id="unassign-key">Take key away</button></div>
+</form>
+<form id="sso-override" class="grid">
+  <label for="ov">SSO override</label>
+  <select id="ov" name="override"><option value="">Domain default</option><option value="on-passwordless">On, passwordless</option><option value="on-password_and_second_factor">On, password and second factor</option><option value="off">Off</option></select>
+  <div class="actions wide"><button type="submit">Save override</button></div>
+</form>
+<form id="reveal" class="grid">
+  <label for="reason">Reason for revealing the password</label>
+  <input id="reason" name="reason" required minlength="3" placeholder="who asked, and why">
+  <div class="actions wide"><button type="submit" class="danger">Reveal password</button></div>
+</form>
+<div id="revealed" aria-live="polite"></div>
+</section>"#;
+
+pub(super) async fn user(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    signed_in(&s, &headers, |v| {
+        let Some(id) = uuid_of(&id) else {
+            return not_found(v);
+        };
+        let admin = if v.admin() { USER_ADMIN } else { "" };
+        let main = format!(
+            r#"<section class="card">
+<form id="as-of" class="search">
+  <label for="at">As of</label>
+  <input id="at" name="at" type="datetime-local" step="1">
+  <button type="submit">Show</button>
+  <button type="button" id="now">Now</button>
+</form>
+<dl id="user-facts" class="facts"></dl>
+</section>{admin}
+<section class="card" aria-labelledby="hist-title">
+<h2 id="hist-title">Password history</h2>
+<table id="history"><thead><tr><th>Started</th><th>Outcome</th><th>Finished</th><th>Retries</th><th>Reason</th></tr></thead><tbody></tbody></table>
+</section>
+<section class="card" aria-labelledby="tl-title">
+<h2 id="tl-title">Timeline</h2>
+<table id="timeline"><thead><tr><th>When</th><th>What</th><th>By</th></tr></thead><tbody></tbody></table>
+</section>"#
+        );
+        layout(v, "User", "users", "user", &id, &main)
+    })
+}
+
+pub(super) async fn rotations(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    signed_in(&s, &headers, |v| {
+        let main = r#"<section class="card">
+<form id="upcoming-form" class="search">
+  <label for="within">Next days</label>
+  <input id="within" name="within_days" type="number" min="1" max="3650" value="30">
+  <button type="submit">Show</button>
+</form>
+<table id="upcoming"><thead><tr><th>User</th><th>Due</th><th>Last rotation</th></tr></thead><tbody></tbody></table>
+</section>"#;
+        layout(v, "Rotations", "rotations", "rotations", "", main)
+    })
+}
+
+pub(super) async fn audit(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    signed_in(&s, &headers, |v| {
+        let main = r#"<section class="card" aria-labelledby="head-title">
+<h2 id="head-title">The log</h2>
+<dl id="log-facts" class="facts"></dl>
+<div class="actions"><button type="button" id="verify-chain">Verify chain</button></div>
+<div id="verify-result" aria-live="polite"></div>
+</section>
+<section class="card" aria-labelledby="exp-title">
+<h2 id="exp-title">Exports</h2>
+<form id="export-form" class="grid">
+  <label for="kind">Kind</label>
+  <select id="kind" name="kind"><option value="password-changes">Password changes</option><option value="events">Events</option><option value="users">Users</option></select>
+  <label for="format">Format</label>
+  <select id="format" name="format"><option value="csv">CSV</option><option value="jsonl">JSON Lines</option></select>
+  <label for="from">From</label>
+  <input id="from" name="from" type="datetime-local" step="1">
+  <label for="to">To</label>
+  <input id="to" name="to" type="datetime-local" step="1">
+  <div class="actions wide"><button type="submit">Download export</button>
+  <button type="button" id="download-manifest">Download manifest</button></div>
+</form>
+</section>
+<section class="card" aria-labelledby="feed-title">
+<h2 id="feed-title">Live event feed</h2>
+<table id="feed"><thead><tr><th>Position</th><th>When</th><th>Stream</th><th>Kind</th></tr></thead><tbody></tbody></table>
+</section>"#;
+        layout(v, "Audit", "audit", "audit", "", main)
+    })
+}

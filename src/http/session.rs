@@ -1,0 +1,155 @@
+//! Console sessions: an admin or auditor pastes a token once and gets a cookie. A session
+//! is only a pointer to its token: every request looks the token up again, so revoking
+//! the token ends the session at its next request. Sessions live in memory (a restart
+//! signs everyone out, which is the safe direction) and end after `idle` without use.
+
+use idledger_domain::TokenId;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// The session cookie's name.
+pub const COOKIE: &str = "idl_session";
+
+/// How long a one-time sign-in link (the demo prints one) stays usable.
+const TICKET_TTL: Duration = Duration::from_secs(600);
+
+struct Session {
+    token_id: TokenId,
+    csrf: String,
+    last_seen: Instant,
+}
+
+/// Open sessions and one-time sign-in tickets, each keyed by the SHA-256 of its secret
+/// (what an attacker reading memory dumps would find is not a usable cookie).
+pub struct Sessions {
+    idle: Duration,
+    open: Mutex<HashMap<[u8; 32], Session>>,
+    tickets: Mutex<HashMap<[u8; 32], (TokenId, Instant)>>,
+}
+
+/// A session as a request sees it.
+#[derive(Clone, Debug)]
+pub struct SessionInfo {
+    /// The token the session stands for.
+    pub token_id: TokenId,
+    /// What unsafe requests must echo in `X-CSRF-Token`.
+    pub csrf: String,
+}
+
+fn random_text() -> String {
+    use base64::Engine;
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn key(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+impl Sessions {
+    /// No sessions yet; each ends after `idle` without a request.
+    pub fn new(idle: Duration) -> Sessions {
+        Sessions {
+            idle,
+            open: Mutex::new(HashMap::new()),
+            tickets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Opens a session for `token_id`; answers the cookie's value.
+    pub fn open(&self, token_id: TokenId) -> String {
+        let cookie = random_text();
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let idle = self.idle;
+        open.retain(|_, s| s.last_seen.elapsed() < idle);
+        open.insert(
+            key(&cookie),
+            Session {
+                token_id,
+                csrf: random_text(),
+                last_seen: Instant::now(),
+            },
+        );
+        cookie
+    }
+
+    /// The live session of `cookie`, marked as used now.
+    pub fn find(&self, cookie: &str) -> Option<SessionInfo> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let k = key(cookie);
+        let session = open.get_mut(&k)?;
+        if session.last_seen.elapsed() >= self.idle {
+            open.remove(&k);
+            return None;
+        }
+        session.last_seen = Instant::now();
+        Some(SessionInfo {
+            token_id: session.token_id,
+            csrf: session.csrf.clone(),
+        })
+    }
+
+    /// Ends the session of `cookie`.
+    pub fn close(&self, cookie: &str) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.remove(&key(cookie));
+    }
+
+    /// A one-time sign-in secret for `token_id`, usable once within ten minutes.
+    pub fn ticket(&self, token_id: TokenId) -> String {
+        let ticket = random_text();
+        let mut tickets = self.tickets.lock().unwrap_or_else(|e| e.into_inner());
+        tickets.retain(|_, (_, at)| at.elapsed() < TICKET_TTL);
+        tickets.insert(key(&ticket), (token_id, Instant::now()));
+        ticket
+    }
+
+    /// The token of `ticket`, which is used up by this call.
+    pub fn redeem(&self, ticket: &str) -> Option<TokenId> {
+        let mut tickets = self.tickets.lock().unwrap_or_else(|e| e.into_inner());
+        let (token_id, at) = tickets.remove(&key(ticket))?;
+        (at.elapsed() < TICKET_TTL).then_some(token_id)
+    }
+}
+
+/// Compares two strings in time independent of where they differ.
+pub fn same_secret(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The value of cookie `name` in a request's `Cookie` headers.
+pub fn cookie<'a>(headers: &'a axum::http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_ends_when_idle_and_a_ticket_works_once() {
+        let id = TokenId(uuid::Uuid::from_u128(7));
+        let s = Sessions::new(Duration::from_millis(50));
+        let c = s.open(id);
+        assert_eq!(s.find(&c).unwrap().token_id, id);
+        assert!(s.find("forged").is_none());
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(s.find(&c).is_none());
+        let t = s.ticket(id);
+        assert_eq!(s.redeem(&t), Some(id));
+        assert_eq!(s.redeem(&t), None);
+        assert!(same_secret("abc", "abc") && !same_secret("abc", "abd") && !same_secret("a", "ab"));
+    }
+}

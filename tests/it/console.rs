@@ -1,0 +1,459 @@
+//! The admin console in a real headless Chromium (Debian's `chromium` driven through
+//! `chromedriver`): the seed's workflow from sign-in to removing credentials, as an admin
+//! clicks it, then the same pages as an auditor, who finds no command at all. Assertions
+//! are on what the pages show. Screenshots of the main pages go to `docs/`.
+
+use crate::support::{ext, free_port, sim, spawn_app, APP, SECRET, TENANT};
+use fantoccini::{Client, ClientBuilder, Locator};
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+/// chromedriver as a child process and a WebDriver session of a headless Chromium.
+struct Browser {
+    driver: std::process::Child,
+    client: Client,
+    _profile: tempfile::TempDir,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+impl Browser {
+    async fn start() -> Browser {
+        let port = free_port();
+        let driver = std::process::Command::new(
+            std::env::var("CHROMEDRIVER").unwrap_or_else(|_| "chromedriver".into()),
+        )
+        .arg(format!("--port={port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("chromedriver (Debian: apt-get install chromium chromium-driver; .ci/run does)");
+        let profile = tempfile::tempdir().unwrap();
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({
+                "binary": std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()),
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                         "--disable-background-networking", "--disable-component-update",
+                         "--disable-sync", "--no-first-run", "--window-size=1280,1000",
+                         format!("--user-data-dir={}", profile.path().display())],
+            }),
+        );
+        let url = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let client = loop {
+            let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+            match ClientBuilder::new(connector)
+                .capabilities(caps.clone())
+                .connect(&url)
+                .await
+            {
+                Ok(c) => break c,
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "no WebDriver session: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        };
+        Browser {
+            driver,
+            client,
+            _profile: profile,
+        }
+    }
+
+    async fn goto(&self, url: &str) {
+        self.client.goto(url).await.unwrap();
+    }
+
+    async fn css(&self, selector: &str) -> fantoccini::elements::Element {
+        self.client
+            .wait()
+            .at_most(Duration::from_secs(15))
+            .for_element(Locator::Css(selector))
+            .await
+            .unwrap_or_else(|e| panic!("{selector}: {e}"))
+    }
+
+    async fn fill(&self, selector: &str, text: &str) {
+        let e = self.css(selector).await;
+        e.clear().await.unwrap();
+        e.send_keys(text).await.unwrap();
+    }
+
+    async fn click(&self, selector: &str) {
+        self.css(selector).await.click().await.unwrap();
+    }
+
+    /// Waits until the element's text contains `want`; answers the text.
+    async fn wait_text(&self, selector: &str, want: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = match self.client.find(Locator::Css(selector)).await {
+                Ok(e) => e.text().await.unwrap_or_default(),
+                Err(_) => String::new(),
+            };
+            if text.contains(want) {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{selector}: wanted {want:?}, shows {text:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn present(&self, selector: &str) -> bool {
+        !self
+            .client
+            .find_all(Locator::Css(selector))
+            .await
+            .unwrap()
+            .is_empty()
+    }
+
+    async fn sign_in(&self, base: &str, token: &str) {
+        self.goto(&format!("{base}/")).await;
+        self.fill("#token", token).await;
+        self.click("button[type=submit]").await;
+        self.wait_text("h1", "Domains").await;
+    }
+
+    async fn screenshot(&self, name: &str) {
+        let png = self.client.screenshot().await.unwrap();
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("console-{name}.png")), png).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_runs_the_whole_workflow_in_the_browser_and_an_auditor_only_reads() {
+    let graph = sim().await;
+    let app = spawn_app().await;
+    let base = app.url.clone();
+    let b = Browser::start().await;
+
+    // A wrong token is refused on the page, with no session.
+    b.goto(&format!("{base}/")).await;
+    b.fill("#token", "idl_not-a-token").await;
+    b.click("button[type=submit]").await;
+    b.wait_text("[role=alert]", "not a live admin or auditor token")
+        .await;
+    b.goto(&format!("{base}/console/domains")).await;
+    b.css("#token").await;
+
+    b.sign_in(&base, &app.admin).await;
+    b.wait_text("#domains", "No domains yet").await;
+
+    // Add domain settings, after testing the connection.
+    b.fill("#d-domain", "contoso.onmicrosoft.com").await;
+    b.fill("#d-client", APP).await;
+    b.fill("#d-secret", SECRET).await;
+    b.fill("#d-tenant", TENANT).await;
+    b.fill("#d-days", "30").await;
+    b.click("details summary").await;
+    b.fill("#d-graph", &graph).await;
+    b.fill("#d-auth", &graph).await;
+    b.click("#test-connection").await;
+    let report = b.wait_text("#check-report", "Connection ok").await;
+    assert!(
+        report.contains("User-PasswordProfile.ReadWrite.All: granted"),
+        "{report}"
+    );
+    assert!(
+        report.contains("Sync group “Hideez Users Sync”: found, 30 members"),
+        "{report}"
+    );
+    b.screenshot("domains").await;
+    b.click("#add-domain button[type=submit]").await;
+    b.wait_text("h1", "contoso.onmicrosoft.com").await;
+    let facts = b.wait_text("#domain-facts", "saved (never shown)").await;
+    assert!(!facts.contains(SECRET));
+
+    // Run a sync and watch it finish without reloading.
+    b.click("#sync-now").await;
+    b.wait_text("#live-status", "succeeded").await;
+    b.wait_text("#live-status", "added 29").await;
+    b.wait_text("#runs", "succeeded").await;
+    b.screenshot("domain").await;
+
+    // Import two selected candidates.
+    b.click("#import-link").await;
+    b.wait_text("#candidates", "Alex Wilber").await;
+    b.click("input[aria-label='Select Alex Wilber']").await;
+    b.click("input[aria-label='Select Allan Deyoung']").await;
+    b.screenshot("import").await;
+    b.click("#import-selected").await;
+    b.wait_text("#flash", "Imported 2 users").await;
+    let left = b.css("#candidates").await.text().await.unwrap();
+    assert!(
+        !left.contains("Alex Wilber") && left.contains("Brian Johnson"),
+        "{left}"
+    );
+
+    // The user: assign a key, rotate, reveal with a reason.
+    b.goto(&format!("{base}/console/users")).await;
+    b.fill("#uq", "alex").await;
+    b.click("#user-search button[type=submit]").await;
+    b.wait_text("#users", "alex.wilber@contoso.onmicrosoft.com")
+        .await;
+    b.click("#users a").await;
+    b.wait_text("h1", "Alex Wilber").await;
+    b.fill("#key-id", "K-0002").await;
+    b.click("#assign-key button[type=submit]").await;
+    b.wait_text("#flash", "Key assigned").await;
+    b.wait_text("#user-facts", "K-0002").await;
+    b.click("#rotate").await;
+    b.wait_text("#flash", "Rotation finished").await;
+    b.wait_text("#history", "succeeded").await;
+    b.fill("#reason", "helpdesk ticket 4711: user locked out")
+        .await;
+    b.click("#reveal button[type=submit]").await;
+    let shown = b.css("#revealed-password").await.text().await.unwrap();
+    let in_graph: serde_json::Value =
+        reqwest::get(format!("{graph}/_sim/users/{}/password", ext(2)))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(shown, in_graph["password"].as_str().unwrap());
+    b.wait_text("#timeline", "PasswordRevealed").await;
+    b.screenshot("user").await;
+    b.click("#revealed button").await;
+    b.wait_text("#revealed", "Hidden").await;
+
+    // Remove the credentials, confirmed: sync stops.
+    let (_, domains) = app
+        .call(Some(&app.admin), Method::GET, "/v1/domains", None)
+        .await;
+    let id = domains["items"][0]["id"].as_str().unwrap().to_owned();
+    b.goto(&format!("{base}/console/domains/{id}")).await;
+    b.wait_text("#domain-facts", "active").await;
+    b.click("#remove-credentials").await;
+    b.client.accept_alert().await.unwrap();
+    b.wait_text("#flash", "sync has stopped").await;
+    b.wait_text("#domain-facts", "stopped (no credentials)")
+        .await;
+    let (s, d) = app
+        .call(
+            Some(&app.admin),
+            Method::GET,
+            &format!("/v1/domains/{id}"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, &d["sync_active"]),
+        (StatusCode::OK, &json!(false)),
+        "{d}"
+    );
+
+    // An auditor sees the same pages and no command anywhere.
+    let auditor = app.token("auditor", &[]).await;
+    b.click(".sign-out button").await;
+    b.css("#token").await;
+    b.sign_in(&base, &auditor).await;
+    b.wait_text("#domains", "contoso.onmicrosoft.com").await;
+    assert!(!b.present("#add-domain").await && !b.present("#test-connection").await);
+    b.goto(&format!("{base}/console/domains/{id}")).await;
+    b.wait_text("#runs", "succeeded").await;
+    for command in [
+        "#sync-now",
+        "#sync-dry",
+        "#remove-credentials",
+        "#replace-secret",
+        "#sso-defaults",
+    ] {
+        assert!(!b.present(command).await, "{command} shown to an auditor");
+    }
+    b.goto(&format!("{base}/console/domains/{id}/import")).await;
+    b.wait_text("#candidates", "Brian Johnson").await;
+    for command in ["#import-selected", "#import-all", "#candidates input"] {
+        assert!(!b.present(command).await, "{command} shown to an auditor");
+    }
+    b.goto(&format!("{base}/console/users")).await;
+    b.fill("#uq", "alex").await;
+    b.click("#user-search button[type=submit]").await;
+    b.wait_text("#users", "alex.wilber").await;
+    b.click("#users a").await;
+    b.wait_text("#history", "manual").await;
+    for command in [
+        "#rotate",
+        "#reveal",
+        "#assign-key",
+        "#activate",
+        "#deactivate",
+        "#invite",
+    ] {
+        assert!(!b.present(command).await, "{command} shown to an auditor");
+    }
+    // The API refuses the auditor's session a command even when forced.
+    let refused = b
+        .client
+        .execute(
+            "return fetch('/v1/domains/' + arguments[0] + '/sync', {method: 'POST', headers: {'x-csrf-token': document.querySelector('meta[name=csrf-token]').content}}).then(r => r.status)",
+            vec![json!(id)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(refused, json!(403));
+}
+
+/// The `pre` value of the sign-in form and its cookie.
+async fn sign_in_form(http: &reqwest::Client, base: &str) -> (String, String) {
+    let r = http.get(format!("{base}/")).send().await.unwrap();
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+    let cookie = cookie.split(';').next().unwrap().to_owned();
+    let html = r.text().await.unwrap();
+    (attribute_after(&html, "name=\"pre\" value=\""), cookie)
+}
+
+/// The quoted value that follows `marker` in `html`.
+fn attribute_after(html: &str, marker: &str) -> String {
+    html.split(marker)
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("{marker} in {html}"))
+        .to_owned()
+}
+
+/// A session is a cookie (HttpOnly, SameSite=Strict) standing for its token: commands
+/// through it need the session's CSRF token, a revoked token ends it, agents get none.
+#[tokio::test]
+async fn a_session_stands_for_its_token_and_commands_need_its_csrf_token() {
+    let app = spawn_app().await;
+    let base = app.url.clone();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let page = http.get(format!("{base}/")).send().await.unwrap();
+    let csp = page.headers()["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+
+    // A form posted without the browser's own sign-in cookie (from another site) is refused.
+    let (pre, _) = sign_in_form(&http, &base).await;
+    let r = http
+        .post(format!("{base}/console/sign-in"))
+        .form(&[("token", app.admin.as_str()), ("pre", pre.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+
+    let sign_in = |token: String| {
+        let (http, base) = (http.clone(), base.clone());
+        async move {
+            let (pre, pre_cookie) = sign_in_form(&http, &base).await;
+            http.post(format!("{base}/console/sign-in"))
+                .header("cookie", pre_cookie)
+                .form(&[("token", token.as_str()), ("pre", pre.as_str())])
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let agent = app.token("agent", &["K-1"]).await;
+    assert_eq!(sign_in(agent).await.status(), StatusCode::UNAUTHORIZED);
+
+    let admin = app.token("admin", &[]).await;
+    let r = sign_in(admin.clone()).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let set = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+        "{set}"
+    );
+    assert!(!set.contains("Secure"), "plain HTTP: {set}");
+    let session = set.split(';').next().unwrap().to_owned();
+
+    let page = http
+        .get(format!("{base}/console/domains"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let csrf = attribute_after(
+        &page.text().await.unwrap(),
+        "name=\"csrf-token\" content=\"",
+    );
+    let create = |csrf: Option<String>| {
+        let mut req = http
+            .post(format!("{base}/v1/domains"))
+            .header("cookie", &session)
+            .json(&json!({"domain": "fabrikam.onmicrosoft.com"}));
+        if let Some(c) = csrf {
+            req = req.header("x-csrf-token", c);
+        }
+        req.send()
+    };
+    assert_eq!(create(None).await.unwrap().status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        create(Some("forged".into())).await.unwrap().status(),
+        StatusCode::FORBIDDEN
+    );
+    let (_, domains) = app
+        .call(Some(&app.admin), Method::GET, "/v1/domains", None)
+        .await;
+    assert_eq!(
+        domains["items"],
+        json!([]),
+        "a refused command changed nothing"
+    );
+    assert_eq!(
+        create(Some(csrf.clone())).await.unwrap().status(),
+        StatusCode::CREATED
+    );
+
+    // Revoking the token ends the session: the API and the pages send it back to sign-in.
+    let (_, tokens) = app
+        .call(Some(&app.admin), Method::GET, "/v1/tokens", None)
+        .await;
+    let id = tokens["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "admin" && t["revoked_at"].is_null())
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (s, _) = app
+        .call(
+            Some(&app.admin),
+            Method::DELETE,
+            &format!("/v1/tokens/{id}"),
+            None,
+        )
+        .await;
+    assert!(s.is_success());
+    let r = http
+        .get(format!("{base}/v1/domains"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = http
+        .get(format!("{base}/console/domains"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(r.headers()["location"], "/");
+}

@@ -127,6 +127,23 @@ pub(crate) fn free_port() -> Result<u16, Error> {
         .port())
 }
 
+/// `serve` of this binary on `data_dir` at `127.0.0.1:port`, quiet (JSON log, warnings
+/// only, to nowhere): how every bench starts the engine it measures.
+pub(crate) fn quiet_serve(
+    data_dir: &std::path::Path,
+    port: u16,
+) -> Result<std::process::Command, Error> {
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--log-format", "json", "--allow-master-key-in-data-dir"])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("IDLEDGER_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    Ok(cmd)
+}
+
 /// A child process killed when dropped.
 pub(crate) struct Killed(pub(crate) Child);
 
@@ -331,22 +348,8 @@ async fn measure_serve(
     users: &[UserId],
     tls: Option<&BenchTls>,
 ) -> Result<Measured, Error> {
-    let exe = std::env::current_exe()?;
     let port = free_port()?;
-    let mut cmd = std::process::Command::new(&exe);
-    cmd.args([
-        "serve",
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--log-format",
-        "json",
-        "--allow-master-key-in-data-dir",
-    ])
-    .arg("--data-dir")
-    .arg(&args.data_dir)
-    .env("IDLEDGER_LOG", "warn")
-    .stdout(std::process::Stdio::null())
-    .stderr(std::process::Stdio::null());
+    let mut cmd = quiet_serve(&args.data_dir, port)?;
     let mut http = reqwest::Client::builder().pool_max_idle_per_host(args.connections * 4);
     let url = match tls {
         None => format!("http://127.0.0.1:{port}"),

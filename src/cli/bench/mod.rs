@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod append;
+pub mod console;
 pub mod export;
 pub mod proofs;
 pub mod replay;
@@ -33,6 +34,8 @@ pub enum BenchCommand {
     Replay(replay::ReplayArgs),
     /// GET /v1/users/{id} on a serve process: p99 at a fixed rate, and throughput against a bare axum handler.
     Api(api::ApiArgs),
+    /// The console's pages (frame and API calls, through a session) with N users and N candidates.
+    Console(console::ConsoleArgs),
     /// A first sync of a large generated group, then an incremental run of known changes.
     Sync(sync::SyncArgs),
     /// A password-changes export of N events and its verify-export, in rows/s.
@@ -55,6 +58,7 @@ pub fn run(command: BenchCommand) -> Result<ExitCode, Error> {
             BenchCommand::Append(a) => append::append(a).await,
             BenchCommand::Replay(a) => replay::replay(a).await,
             BenchCommand::Api(a) => api::api(a).await,
+            BenchCommand::Console(a) => console::console(a).await,
             BenchCommand::Sync(a) => sync::sync(a).await,
             BenchCommand::Export(a) => export::run(a).await,
             BenchCommand::Rotate(a) => rotate::rotate(a).await,

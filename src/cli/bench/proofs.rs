@@ -102,20 +102,9 @@ pub async fn proofs(args: ProofsArgs) -> Result<ExitCode, Error> {
     drop(store);
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let exe = std::env::current_exe()?;
     let port = free_port()?;
     let url = format!("http://127.0.0.1:{port}");
-    let _serve = Killed(
-        std::process::Command::new(&exe)
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .args(["--log-format", "json", "--allow-master-key-in-data-dir"])
-            .arg("--data-dir")
-            .arg(&args.data_dir)
-            .env("IDLEDGER_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()?,
-    );
+    let _serve = Killed(super::api::quiet_serve(&args.data_dir, port)?.spawn()?);
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(args.connections * 4)
         .build()

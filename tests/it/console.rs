@@ -7,6 +7,7 @@ use crate::support::{ext, free_port, sim, spawn_app, APP, SECRET, TENANT};
 use fantoccini::{Client, ClientBuilder, Locator};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
+use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};
 
 /// chromedriver as a child process and a WebDriver session of a headless Chromium.
@@ -17,8 +18,12 @@ struct Browser {
 }
 
 impl Drop for Browser {
+    /// chromedriver leads its own process group, so Chromium and its helpers go with it
+    /// even when a test fails before closing the session.
     fn drop(&mut self) {
-        let _ = self.driver.kill();
+        if let Some(group) = rustix::process::Pid::from_raw(self.driver.id() as i32) {
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+        }
         let _ = self.driver.wait();
     }
 }
@@ -30,6 +35,7 @@ impl Browser {
             std::env::var("CHROMEDRIVER").unwrap_or_else(|_| "chromedriver".into()),
         )
         .arg(format!("--port={port}"))
+        .process_group(0)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()

@@ -11,7 +11,7 @@
 
 mod pages;
 
-use crate::http::session::{cookie, same_secret, COOKIE};
+use crate::http::session::{cookie, cookie_name, same_secret};
 use crate::http::{token_hash, AppState};
 use axum::extract::{Form, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -55,7 +55,9 @@ impl Viewer {
 
 /// The viewer of a page request: a live session of a live admin or auditor token.
 fn viewer(state: &AppState, headers: &HeaderMap) -> Option<Viewer> {
-    let session = state.sessions.find(cookie(headers, COOKIE)?)?;
+    let session = state
+        .sessions
+        .find(cookie(headers, cookie_name(state.https))?)?;
     let p = state.engine.projector.read();
     let token = p
         .tokens
@@ -86,7 +88,7 @@ async fn page_headers(mut response: Response) -> Response {
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(
-            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
              connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
         ),
     );
@@ -106,27 +108,47 @@ async fn page_headers(mut response: Response) -> Response {
 const CSS: &str = include_str!("assets/console.css");
 const JS: &str = include_str!("assets/console.js");
 
-/// The embedded assets; their names carry the package version, so they may be cached
-/// for a day without a stale script surviving an upgrade for long.
-async fn asset(Path(file): Path<String>) -> Response {
-    let (body, kind) = match file.as_str() {
-        "console.css" => (CSS, "text/css; charset=utf-8"),
-        "console.js" => (JS, "text/javascript; charset=utf-8"),
+/// The embedded assets, revalidated on every use (`no-cache` with an ETag of their
+/// content): a fixed script reaches browsers at once, an unchanged one costs a 304.
+async fn asset(Path(file): Path<String>, headers: HeaderMap) -> Response {
+    static TAGS: std::sync::OnceLock<[String; 2]> = std::sync::OnceLock::new();
+    let tags = TAGS.get_or_init(|| {
+        let tag = |body: &str| {
+            use sha2::Digest;
+            format!(
+                "\"{}\"",
+                &hex::encode(sha2::Sha256::digest(body.as_bytes()))[..32]
+            )
+        };
+        [tag(CSS), tag(JS)]
+    });
+    let (body, kind, tag) = match file.as_str() {
+        "console.css" => (CSS, "text/css; charset=utf-8", &tags[0]),
+        "console.js" => (JS, "text/javascript; charset=utf-8", &tags[1]),
         _ => return (StatusCode::NOT_FOUND, "no such asset\n").into_response(),
     };
-    (
-        [
-            (header::CONTENT_TYPE, kind),
-            (header::CACHE_CONTROL, "public, max-age=86400"),
-        ],
-        body,
-    )
-        .into_response()
+    let cached = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == tag));
+    let head = [
+        (header::CONTENT_TYPE, kind),
+        (header::CACHE_CONTROL, "no-cache"),
+        (header::ETAG, tag.as_str()),
+    ];
+    if cached {
+        (StatusCode::NOT_MODIFIED, head).into_response()
+    } else {
+        (head, body).into_response()
+    }
 }
 
 /// The cookie that holds a session: HttpOnly, SameSite=Strict, Secure over HTTPS.
 fn session_cookie(state: &AppState, value: &str, max_age: Option<u64>) -> HeaderValue {
-    let mut c = format!("{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict");
+    let mut c = format!(
+        "{}={value}; Path=/; HttpOnly; SameSite=Strict",
+        cookie_name(state.https)
+    );
     if let Some(age) = max_age {
         c.push_str(&format!("; Max-Age={age}"));
     }
@@ -136,8 +158,15 @@ fn session_cookie(state: &AppState, value: &str, max_age: Option<u64>) -> Header
     HeaderValue::from_str(&c).unwrap_or(HeaderValue::from_static("idl_session=; Max-Age=0"))
 }
 
-/// The double-submit value that ties a sign-in form to the browser that loaded it.
-const PRE: &str = "idl_signin";
+/// The double-submit value that ties a sign-in form to the browser that loaded it
+/// (`__Host-` over HTTPS, so a sibling subdomain cannot plant one).
+fn pre_name(https: bool) -> &'static str {
+    if https {
+        "__Host-idl_signin"
+    } else {
+        "idl_signin"
+    }
+}
 
 async fn sign_in_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
     if viewer(&state, &headers).is_some() {
@@ -148,10 +177,18 @@ async fn sign_in_page(State(state): State<AppState>, headers: HeaderMap) -> Resp
 
 fn sign_in_form(state: &AppState, status: StatusCode, error: Option<&str>) -> Response {
     let pre = crate::http::new_token_text();
-    let mut cookie = format!("{PRE}={pre}; Path=/console/sign-in; HttpOnly; SameSite=Strict");
-    if state.https {
-        cookie.push_str("; Secure");
-    }
+    // `__Host-` cookies must have Path=/; over plain HTTP the path keeps it off other routes.
+    let cookie = if state.https {
+        format!(
+            "{}={pre}; Path=/; HttpOnly; SameSite=Strict; Secure",
+            pre_name(true)
+        )
+    } else {
+        format!(
+            "{}={pre}; Path=/console/sign-in; HttpOnly; SameSite=Strict",
+            pre_name(false)
+        )
+    };
     let mut response = (status, pages::sign_in(&pre, error)).into_response();
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         response.headers_mut().append(header::SET_COOKIE, v);
@@ -189,7 +226,7 @@ async fn sign_in(
             Some("The form was incomplete."),
         );
     };
-    let pre_ok = cookie(&headers, PRE).is_some_and(|c| same_secret(c, &form.pre));
+    let pre_ok = cookie(&headers, pre_name(state.https)).is_some_and(|c| same_secret(c, &form.pre));
     if !pre_ok {
         return sign_in_form(
             &state,
@@ -238,18 +275,21 @@ async fn sign_out(
     headers: HeaderMap,
     form: Result<Form<SignOut>, axum::extract::rejection::FormRejection>,
 ) -> Response {
-    if let (Some(value), Ok(Form(form))) = (cookie(&headers, COOKIE), form) {
-        if let Some(session) = state.sessions.find(value) {
-            if same_secret(&form.csrf, &session.csrf) {
-                state.sessions.close(value);
-            } else {
-                return (StatusCode::FORBIDDEN, "CSRF token missing or wrong\n").into_response();
-            }
+    let value = cookie(&headers, cookie_name(state.https));
+    let session = value.and_then(|v| state.sessions.find(v).map(|s| (v, s)));
+    let Some((value, session)) = session else {
+        // No session here: nothing to end (and no cookie cleared on another site's say-so).
+        return Redirect::to("/").into_response();
+    };
+    match form {
+        Ok(Form(form)) if same_secret(&form.csrf, &session.csrf) => {
+            state.sessions.close(value);
+            let mut response = Redirect::to("/").into_response();
+            response
+                .headers_mut()
+                .append(header::SET_COOKIE, session_cookie(&state, "", Some(0)));
+            response
         }
+        _ => (StatusCode::FORBIDDEN, "CSRF token missing or wrong\n").into_response(),
     }
-    let mut response = Redirect::to("/").into_response();
-    response
-        .headers_mut()
-        .append(header::SET_COOKIE, session_cookie(&state, "", Some(0)));
-    response
 }

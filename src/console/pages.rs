@@ -243,7 +243,7 @@ pub(super) async fn domain(
 <h2 id="runs-title">Runs</h2>
 <div id="quarantine"></div>
 <table id="runs"><thead><tr><th>Started</th><th>Kind</th><th>Status</th><th>Added</th><th>Changed</th><th>Left</th><th>Imported</th><th>Error</th></tr></thead><tbody></tbody></table>
-<div class="pager"><button type="button" id="runs-more" hidden>More runs</button></div>
+<div id="run-detail" aria-live="polite"></div>
 </section>"#
         );
         layout(v, "Domain", "domains", "domain", &id, &main)

@@ -81,8 +81,11 @@ impl Principal {
                 .by_hash(&token_hash(token.trim()))
                 .ok_or(ApiError::Unauthorized)?,
             None => {
-                let cookie = super::session::cookie(&parts.headers, super::session::COOKIE)
-                    .ok_or(ApiError::Unauthorized)?;
+                let cookie = super::session::cookie(
+                    &parts.headers,
+                    super::session::cookie_name(state.https),
+                )
+                .ok_or(ApiError::Unauthorized)?;
                 let session = state.sessions.find(cookie).ok_or(ApiError::Unauthorized)?;
                 if !parts.method.is_safe() {
                     let sent = parts

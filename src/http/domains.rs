@@ -581,9 +581,9 @@ pub async fn put_sso_defaults(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectionCheck {
-    /// Entra tenant id (or verified domain name).
+    /// Entra tenant id (a GUID, as saving requires).
     tenant_id: String,
-    /// The app registration's client id.
+    /// The app registration's client id (a GUID).
     client_id: String,
     /// Its client secret: used for this check only, never kept.
     client_secret: String,
@@ -618,6 +618,17 @@ pub async fn check_connection(
             .map(|()| url)
             .map_err(|m| ApiError::Unprocessable(format!("{field}: {m}")))
     };
+    // The ids become part of the token URL's path: as when saving, GUIDs only (nothing
+    // that could walk the path elsewhere on the authority's host).
+    let guid = |field: &str, v: &str| {
+        uuid::Uuid::parse_str(v)
+            .map(|u| u.to_string())
+            .map_err(|_| ApiError::Unprocessable(format!("{field}: a GUID")))
+    };
+    let (tenant_id, client_id) = (
+        guid("tenant_id", &body.tenant_id)?,
+        guid("client_id", &body.client_id)?,
+    );
     let settings = crate::graph::GraphSettings {
         graph_url: url(
             "graph_url",
@@ -629,8 +640,8 @@ pub async fn check_connection(
             body.authority_url,
             idledger_domain::DEFAULT_AUTHORITY_URL,
         )?,
-        tenant_id: body.tenant_id,
-        client_id: body.client_id,
+        tenant_id,
+        client_id,
         client_secret: Secret::new(body.client_secret),
     };
     let group = |g: Option<String>, default: &str| g.unwrap_or_else(|| default.to_owned());

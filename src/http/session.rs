@@ -10,8 +10,27 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// The session cookie's name.
+/// The session cookie's name over plain HTTP (loopback, or behind a proxy).
 pub const COOKIE: &str = "idl_session";
+
+/// The session cookie's name over HTTPS: the `__Host-` prefix makes browsers refuse one
+/// planted by a sibling subdomain or scoped to a path.
+pub const SECURE_COOKIE: &str = "__Host-idl_session";
+
+/// The session cookie's name for a server served over HTTPS (`https`) or not.
+pub fn cookie_name(https: bool) -> &'static str {
+    if https {
+        SECURE_COOKIE
+    } else {
+        COOKIE
+    }
+}
+
+/// Sessions one token may hold: signing in again closes its oldest.
+const PER_TOKEN: usize = 16;
+
+/// Sessions in all: past this, the least recently used is closed.
+const MOST: usize = 10_000;
 
 /// How long a one-time sign-in link (the demo prints one) stays usable.
 const TICKET_TTL: Duration = Duration::from_secs(600);
@@ -66,6 +85,25 @@ impl Sessions {
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let idle = self.idle;
         open.retain(|_, s| s.last_seen.elapsed() < idle);
+        // Bounded, so a token holder signing in in a loop cannot grow the map.
+        let oldest = |open: &HashMap<[u8; 32], Session>, of: Option<TokenId>| {
+            open.iter()
+                .filter(|(_, s)| of.is_none_or(|t| s.token_id == t))
+                .min_by_key(|(_, s)| s.last_seen)
+                .map(|(k, _)| *k)
+        };
+        while open.values().filter(|s| s.token_id == token_id).count() >= PER_TOKEN {
+            match oldest(&open, Some(token_id)) {
+                Some(k) => open.remove(&k),
+                None => break,
+            };
+        }
+        while open.len() >= MOST {
+            match oldest(&open, None) {
+                Some(k) => open.remove(&k),
+                None => break,
+            };
+        }
         open.insert(
             key(&cookie),
             Session {
@@ -151,5 +189,13 @@ mod tests {
         assert_eq!(s.redeem(&t), Some(id));
         assert_eq!(s.redeem(&t), None);
         assert!(same_secret("abc", "abc") && !same_secret("abc", "abd") && !same_secret("a", "ab"));
+        // One token's sessions are bounded: the oldest goes.
+        let s = Sessions::new(Duration::from_secs(60));
+        let first = s.open(id);
+        for _ in 0..PER_TOKEN {
+            s.open(id);
+        }
+        assert!(s.find(&first).is_none());
+        assert_eq!(s.open.lock().unwrap().len(), PER_TOKEN);
     }
 }

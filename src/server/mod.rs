@@ -8,7 +8,7 @@ mod tls;
 mod tokens;
 
 pub use config::{Config, Flags, LogFormat};
-pub use tls::{redirect_router, TlsError, TlsFiles};
+pub use tls::{redirect_router, FilesSeen, TlsError, TlsFiles};
 pub use tokens::issue_token;
 
 use crate::engine::Engine;
@@ -195,9 +195,10 @@ pub async fn run(
     let tls = match config.tls_files() {
         None => None,
         Some(files) => {
-            let loaded = files.load().map_err(|e| Error::Other(e.to_string()))?;
+            let (loaded, seen) = files.load_seen().map_err(|e| Error::Other(e.to_string()))?;
             Some((
                 files,
+                seen,
                 axum_server::tls_rustls::RustlsConfig::from_config(loaded),
             ))
         }
@@ -224,8 +225,12 @@ pub async fn run(
             let listener = tokio::net::TcpListener::from_std(listener)?;
             http::serve(listener, crate::console::app(state), shutdown).await?;
         }
-        Some((files, serving)) => {
-            files.keep_loaded(serving.clone(), Duration::from_secs(config.tls_reload_secs));
+        Some((files, seen, serving)) => {
+            files.keep_loaded(
+                serving.clone(),
+                Duration::from_secs(config.tls_reload_secs),
+                seen,
+            );
             let redirect = match &config.redirect_listen {
                 None => None,
                 Some(at) => {

@@ -81,7 +81,11 @@ impl TlsFiles {
 
     /// What identifies the files' current contents without reading them: a rename onto
     /// the path (as certbot and Kubernetes do) changes the inode, an edit the time or size.
-    fn stamp(&self) -> Option<[(SystemTime, u64, u64); 2]> {
+    fn stamp(&self) -> FilesSeen {
+        FilesSeen(self.stamp_now())
+    }
+
+    fn stamp_now(&self) -> Option<[(SystemTime, u64, u64); 2]> {
         let one = |path: &Path| {
             let m = std::fs::metadata(path).ok()?;
             #[cfg(unix)]
@@ -93,10 +97,18 @@ impl TlsFiles {
         Some([one(&self.cert)?, one(&self.key)?])
     }
 
-    /// Loads the files and keeps `serving` up to date with them: looks every `every`, and
-    /// at once on SIGHUP. Runs until the process ends.
-    pub fn keep_loaded(self, serving: RustlsConfig, every: Duration) {
-        let mut seen = self.stamp();
+    /// The configuration the files make now, and what the files looked like just before
+    /// they were read (for [`TlsFiles::keep_loaded`]: a change made after, even while the
+    /// server is still starting, is then picked up).
+    pub fn load_seen(&self) -> Result<(Arc<rustls::ServerConfig>, FilesSeen), TlsError> {
+        let seen = self.stamp();
+        Ok((self.load()?, seen))
+    }
+
+    /// Keeps `serving` up to date with the files, last seen as `seen`: looks every
+    /// `every`, and at once on SIGHUP. Runs until the process ends.
+    pub fn keep_loaded(self, serving: RustlsConfig, every: Duration, seen: FilesSeen) {
+        let mut seen = seen;
         tokio::spawn(async move {
             let mut hangup = hangups();
             loop {
@@ -124,6 +136,10 @@ impl TlsFiles {
         });
     }
 }
+
+/// What the certificate files looked like at a moment (time, size and inode of each).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FilesSeen(Option<[(SystemTime, u64, u64); 2]>);
 
 /// SIGHUPs as a channel (none off Unix).
 fn hangups() -> tokio::sync::mpsc::Receiver<()> {

@@ -191,6 +191,9 @@ async fn an_admin_runs_the_whole_workflow_in_the_browser_and_an_auditor_only_rea
     b.wait_text("#live-status", "added 29").await;
     b.wait_text("#runs", "succeeded").await;
     b.screenshot("domain").await;
+    // The run's per-user outcomes, a page at a time.
+    b.click("#runs button.link").await;
+    b.wait_text("#outcomes", "added").await;
 
     // Import two selected candidates.
     b.click("#import-link").await;
@@ -425,6 +428,54 @@ async fn a_session_stands_for_its_token_and_commands_need_its_csrf_token() {
         create(Some(csrf.clone())).await.unwrap().status(),
         StatusCode::CREATED
     );
+
+    // Test connection takes GUIDs only: an id cannot walk the token URL's path elsewhere.
+    let r = http
+        .post(format!("{base}/v1/domains/check"))
+        .header("cookie", &session)
+        .header("x-csrf-token", &csrf)
+        .json(
+            &json!({"tenant_id": "../../admin?x=", "client_id": APP, "client_secret": "s",
+                      "authority_url": "http://127.0.0.1:9"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+
+    // A sign-out posted without the session's CSRF token (another site's form) changes
+    // nothing: no cookie cleared, the session still works.
+    let r = http
+        .post(format!("{base}/console/sign-out"))
+        .header("cookie", &session)
+        .form(&[("csrf", "forged")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(r.headers().get("set-cookie").is_none());
+    let r = http
+        .get(format!("{base}/v1/domains"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+
+    // Assets are revalidated by their ETag.
+    let js = http
+        .get(format!("{base}/console/assets/console.js"))
+        .send()
+        .await
+        .unwrap();
+    let tag = js.headers()["etag"].to_str().unwrap().to_owned();
+    let again = http
+        .get(format!("{base}/console/assets/console.js"))
+        .header("if-none-match", &tag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
 
     // Revoking the token ends the session: the API and the pages send it back to sign-in.
     let (_, tokens) = app

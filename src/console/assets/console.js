@@ -184,10 +184,29 @@ async function domainsPage() {
   });
 }
 
+/// A run's per-user outcomes, a page at a time, under the runs table.
+async function showOutcomes(run, after) {
+  const params = new URLSearchParams({ limit: "50" });
+  if (after) params.set("after", after);
+  const page = await api("GET", `/v1/domains/${pageId}/sync-runs/${run.run_id}/outcomes?${params}`);
+  const table = el("table", { id: "outcomes" },
+    el("thead", {}, el("tr", {}, el("th", {}, "User"), el("th", {}, "Change"), el("th", {}, "Action"))),
+    el("tbody", {}));
+  fill(table, page.items.map((o) => el("tr", {},
+    el("td", {}, el("a", { href: `/console/users/${o.user_id}` }, o.user_id)),
+    el("td", {}, o.outcome ?? "—"), el("td", {}, o.action ?? "—"))), "This run changed no user.");
+  const more = page.next
+    ? el("button", { type: "button", onclick: () => showOutcomes(run, page.next).catch((e) => flash(e.message, "error")) }, "Next users")
+    : null;
+  $("#run-detail").replaceChildren(
+    el("h3", {}, `Run of ${when(run.started_at)}: users`), table, el("div", { class: "pager" }, more));
+}
+
 function runRow(r) {
   const c = r.counters;
+  const open = () => showOutcomes(r).catch((e) => flash(e.message, "error"));
   return el("tr", {},
-    el("td", {}, when(r.started_at)),
+    el("td", {}, el("button", { type: "button", class: "link", onclick: open, "aria-label": `Users of the run of ${when(r.started_at)}` }, when(r.started_at))),
     el("td", {}, r.dry_run ? "dry run" : (r.full ? "full" : "delta")),
     el("td", {}, badge(r.status)),
     el("td", {}, c.added), el("td", {}, c.changed), el("td", {}, c.left), el("td", {}, c.imported),

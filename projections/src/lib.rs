@@ -268,6 +268,50 @@ mod tests {
     }
 
     #[test]
+    fn first_matching_pages_as_the_id_order_walk_does() {
+        let mut p = Projections::new();
+        let mut position = 0;
+        // Ids given out of order, so storage order is not id order.
+        for n in [7u128, 3, 11, 1, 9, 5, 2, 8, 4, 10, 6] {
+            let id = UserId(uuid::Uuid::from_u128(n));
+            for e in on(
+                &StreamId::user(id),
+                position,
+                vec![UserDiscovered {
+                    user_id: id,
+                    domain_id: DomainId(uuid::Uuid::from_u128(2)),
+                    external_id: format!("e{n}"),
+                    attributes: name(&format!("u{n}")),
+                }
+                .into()],
+            ) {
+                p.apply(&e);
+            }
+            position += 1;
+        }
+        let odd = |u: &crate::UserView| u.id.0.as_u128() % 2 == 1;
+        for after in [None, Some(3u128), Some(6), Some(11)] {
+            let after = after.map(|a| UserId(uuid::Uuid::from_u128(a)));
+            for n in [0, 1, 2, 10] {
+                let walked: Vec<UserId> = p
+                    .users
+                    .iter_after(after)
+                    .filter(|u| odd(u))
+                    .take(n)
+                    .map(|u| u.id)
+                    .collect();
+                let found: Vec<UserId> = p
+                    .users
+                    .first_matching(after, n, odd)
+                    .iter()
+                    .map(|u| u.id)
+                    .collect();
+                assert_eq!(found, walked, "after {after:?}, {n}");
+            }
+        }
+    }
+
+    #[test]
     fn envelopes_at_or_before_the_position_are_ignored() {
         let log = on(&StreamId::user(user()), 0, a_user_with_a_key());
         let mut p = folded(&log);

@@ -125,6 +125,27 @@ pub struct Users {
     by_external: FxHashMap<(DomainId, String), UserId>,
 }
 
+/// A user on [`Users::first_matching`]'s heap, ordered by its id alone (which comes first
+/// in the tuple, so this order is never consulted between distinct ids).
+struct HeapUser<'a>(&'a UserView);
+
+impl PartialEq for HeapUser<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.id == other.0.id
+    }
+}
+impl Eq for HeapUser<'_> {}
+impl PartialOrd for HeapUser<'_> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for HeapUser<'_> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.id.cmp(&other.0.id)
+    }
+}
+
 /// Serializes a hash map's values in key order, so JSON output is deterministic.
 pub(crate) fn sorted_values<K, V, S>(map: &FxHashMap<K, V>, s: S) -> Result<S::Ok, S::Error>
 where
@@ -166,6 +187,36 @@ impl Users {
         self.order
             .range((lower, Unbounded))
             .filter_map(move |id| self.by_id.get(id))
+    }
+
+    /// The first `n` users in id order after `after` for which `keep` holds. For searches:
+    /// one pass over the users in storage order (no id-order walk with a lookup per user),
+    /// keeping only the `n` smallest ids on a heap.
+    pub fn first_matching(
+        &self,
+        after: Option<UserId>,
+        n: usize,
+        mut keep: impl FnMut(&UserView) -> bool,
+    ) -> Vec<&UserView> {
+        let mut best: std::collections::BinaryHeap<(UserId, HeapUser<'_>)> =
+            std::collections::BinaryHeap::with_capacity(n + 1);
+        for u in self.by_id.values() {
+            if after.is_some_and(|a| u.id <= a) || n == 0 {
+                continue;
+            }
+            if best.len() == n && best.peek().is_some_and(|(top, _)| u.id >= *top) {
+                continue;
+            }
+            if keep(u) {
+                best.push((u.id, HeapUser(u)));
+                if best.len() > n {
+                    best.pop();
+                }
+            }
+        }
+        let mut found: Vec<&UserView> = best.into_iter().map(|(_, u)| u.0).collect();
+        found.sort_by_key(|u| u.id);
+        found
     }
 
     /// Users of one domain, in id order.

@@ -450,10 +450,7 @@ pub fn page_of<T, C: std::fmt::Display>(
     limit: Option<usize>,
     cursor: impl Fn(&T) -> C,
 ) -> Result<(Vec<T>, Option<String>), ApiError> {
-    let limit = limit.unwrap_or(100);
-    if limit == 0 || limit > MAX_PAGE {
-        return Err(ApiError::BadRequest(format!("limit: 1 to {MAX_PAGE}")));
-    }
+    let limit = page_limit(limit)?;
     let mut taken = Vec::new();
     for item in items {
         if taken.len() == limit {
@@ -463,6 +460,15 @@ pub fn page_of<T, C: std::fmt::Display>(
         taken.push(item);
     }
     Ok((taken, None))
+}
+
+/// A page's size: `limit`, or 100; 1 to [`MAX_PAGE`].
+pub fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
+    let limit = limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(ApiError::BadRequest(format!("limit: 1 to {MAX_PAGE}")));
+    }
+    Ok(limit)
 }
 
 /// A collection page: `{"items":[…],"next":CURSOR_OR_NULL}`.

@@ -364,15 +364,29 @@ pub async fn candidates(
     let domain = DomainId(id);
     let p = read_domain(&s, domain, q.min_position).await?;
     let needle = q.q.as_deref().map(str::to_lowercase);
-    let candidates = p.users.iter_after(q.after.map(UserId)).filter(|u| {
+    let keep = |u: &idledger_projections::UserView| {
         u.domain_id == domain
             && u.status == UserStatus::Candidate
             && u.in_sync_group
             && needle
                 .as_deref()
                 .is_none_or(|n| super::users::matches(u, n))
-    });
-    let (items, next) = page_of(candidates, q.limit, |u| u.id)?;
+    };
+    let after = q.after.map(UserId);
+    let (items, next) = if needle.is_some() {
+        let limit = super::page_limit(q.limit)?;
+        page_of(
+            p.users.first_matching(after, limit + 1, keep).into_iter(),
+            Some(limit),
+            |u| u.id,
+        )?
+    } else {
+        page_of(
+            p.users.iter_after(after).filter(|u| keep(u)),
+            q.limit,
+            |u| u.id,
+        )?
+    };
     Ok(page(items.into_iter().map(User::from).collect(), next))
 }
 

@@ -191,15 +191,31 @@ pub async fn list(
             &live
         }
     };
-    let users = p.users.iter_after(q.after.map(UserId)).filter(|u| {
+    let keep = |u: &idledger_projections::UserView| {
         q.domain.is_none_or(|d| u.domain_id == DomainId(d))
             && status.is_none_or(|st| u.status == st)
             && (q.include_deleted
                 || status == Some(UserStatus::Deleted)
                 || u.status != UserStatus::Deleted)
             && needle.as_deref().is_none_or(|n| matches(u, n))
-    });
-    let (items, next) = super::page_of(users, q.limit, |u| u.id)?;
+    };
+    let after = q.after.map(UserId);
+    let (items, next) = if needle.is_some() {
+        // A search may match few users anywhere: one pass in storage order beats the
+        // id-order walk to the end (see `Users::first_matching`).
+        let limit = super::page_limit(q.limit)?;
+        super::page_of(
+            p.users.first_matching(after, limit + 1, keep).into_iter(),
+            Some(limit),
+            |u| u.id,
+        )?
+    } else {
+        super::page_of(
+            p.users.iter_after(after).filter(|u| keep(u)),
+            q.limit,
+            |u| u.id,
+        )?
+    };
     Ok(page(items.into_iter().map(User::from).collect(), next))
 }
 

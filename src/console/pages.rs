@@ -399,6 +399,19 @@ pub(super) async fn audit(State(s): State<AppState>, headers: HeaderMap) -> Resp
   <button type="button" id="download-manifest">Download manifest</button></div>
 </form>
 </section>
+<section class="card" aria-labelledby="ver-title">
+<h2 id="ver-title">Verify an export</h2>
+<p>Drop an export and its manifest here, or choose them: the server runs the manifest's query
+again on the log and compares every row.</p>
+<form id="verify-export" class="grid drop">
+  <label for="export-file">Export file</label>
+  <input id="export-file" name="file" type="file" accept=".csv,.jsonl">
+  <label for="manifest-file">Manifest</label>
+  <input id="manifest-file" name="manifest" type="file" accept=".json">
+  <div class="actions wide"><button type="submit">Verify export</button></div>
+</form>
+<div id="export-result" aria-live="polite"></div>
+</section>
 <section class="card" aria-labelledby="feed-title">
 <h2 id="feed-title">Live event feed</h2>
 <table id="feed"><thead><tr><th>Position</th><th>When</th><th>Stream</th><th>Kind</th></tr></thead><tbody></tbody></table>

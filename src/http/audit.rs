@@ -12,7 +12,7 @@ use crate::error::Error;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::header;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use idledger_domain::{StreamId, UserId};
@@ -292,4 +292,99 @@ impl Area {
             _ => Area::Other,
         }
     }
+}
+
+/// The largest export `POST /v1/audit/verify-export` takes (it is written to a private
+/// temporary file while it arrives, never held in memory).
+const UPLOAD_LIMIT: u64 = 2 << 30;
+
+/// The largest manifest line.
+const MANIFEST_LIMIT: usize = 256 << 10;
+
+/// `verify-export`'s report (see the CLI): `ok`, `rows`, `log_position`, `signed_head`
+/// (`unchecked` here: the server's own key would prove nothing) and `problems`, the first
+/// differing row among them.
+#[derive(ToSchema)]
+#[schema(value_type = Object)]
+#[allow(dead_code)] // only its schema is used: the answer is `audit::ExportCheck` itself
+pub struct ExportCheckSchema(serde_json::Value);
+
+/// A directory of this process's own, removed when dropped.
+struct Scratch(std::path::PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Verifies an uploaded export (the console's drag and drop) as `idledger verify-export`
+/// does, against the live log: the manifest's query is run again to its position, the
+/// chain checked, and the file compared row by row and by its SHA-256.
+pub async fn verify_upload(State(s): State<AppState>, body: Body) -> Result<Response, ApiError> {
+    use futures_util::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    let scratch = Scratch(
+        std::env::temp_dir().join(format!("idledger-verify-{}", uuid::Uuid::new_v4().simple())),
+    );
+    std::fs::create_dir(&scratch.0).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let mut stream = body.into_data_stream();
+    let mut head = Vec::new();
+    let mut rest = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("the body: {e}")))?;
+        match chunk.iter().position(|b| *b == b'\n') {
+            Some(at) => {
+                head.extend_from_slice(&chunk[..at]);
+                rest.extend_from_slice(&chunk[at + 1..]);
+                break;
+            }
+            None => head.extend_from_slice(&chunk),
+        }
+        if head.len() > MANIFEST_LIMIT {
+            return Err(ApiError::PayloadTooLarge(MANIFEST_LIMIT));
+        }
+    }
+    let manifest: Manifest = serde_json::from_slice(&head)
+        .map_err(|e| ApiError::BadRequest(format!("the manifest line: {e}")))?;
+    let file = scratch.0.join(match manifest.format {
+        ExportFormat::Csv => "export.csv",
+        _ => "export.jsonl",
+    });
+    std::fs::write(
+        Manifest::path_of(&file),
+        serde_json::to_vec(&manifest).map_err(|e| ApiError::Internal(e.to_string()))?,
+    )
+    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let mut out = tokio::fs::File::create(&file)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let mut written = rest.len() as u64;
+    out.write_all(&rest)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("the body: {e}")))?;
+        written += chunk.len() as u64;
+        if written > UPLOAD_LIMIT {
+            return Err(ApiError::PayloadTooLarge(UPLOAD_LIMIT as usize));
+        }
+        out.write_all(&chunk)
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+    }
+    out.flush()
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    drop(out);
+    let log = s.engine.log.clone();
+    let report = tokio::task::spawn_blocking(move || {
+        let report = crate::audit::verify_export_file(&file, records_of_log(&*log), None, |_| {});
+        drop(scratch);
+        report
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))?
+    .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
+    Ok(Json(report).into_response())
 }

@@ -103,6 +103,8 @@ pub struct Operation {
     pub query: Option<fn() -> Vec<utoipa::openapi::path::Parameter>>,
     /// Its JSON request body.
     pub body: Option<openapi::SchemaOf>,
+    /// Its request body when not JSON: the media type and what the bytes are.
+    pub raw_body: Option<(&'static str, &'static str)>,
     /// Its answers on success: status and what they carry.
     pub answers: Vec<(u16, openapi::Content)>,
 }
@@ -122,6 +124,7 @@ fn op(
         handler,
         query: None,
         body: None,
+        raw_body: None,
         answers: Vec::new(),
     }
 }
@@ -141,6 +144,12 @@ impl Operation {
     /// Its request body is JSON of a composed schema (a body read in parts).
     fn body_with(mut self, schema: openapi::SchemaOf) -> Self {
         self.body = Some(schema);
+        self
+    }
+
+    /// Its request body is bytes of `media`, described by `what`.
+    fn raw_body(mut self, media: &'static str, what: &'static str) -> Self {
+        self.raw_body = Some((media, what));
         self
     }
 
@@ -283,6 +292,9 @@ pub fn operations() -> Vec<Operation> {
         op(M::GET, "/v1/audit/exports/{kind}/manifest", Read, "The manifest of the same export query", get(audit::export_manifest))
             .query::<audit::ExportParams>()
             .json::<ManifestSchema>(200),
+        op(M::POST, "/v1/audit/verify-export", Read, "Verify an export against the log (body: its manifest as one JSON line, then the file)", post(audit::verify_upload))
+            .raw_body("application/octet-stream", "The export's manifest as one line of JSON, a newline, then the export file's bytes exactly as downloaded.")
+            .json::<audit::ExportCheckSchema>(200),
         op(M::GET, "/v1/events", Read, "Envelopes from a position (with the stored record)", get(events::list))
             .query::<events::EventsQuery>()
             .page::<EnvelopeSchema>(),

@@ -108,6 +108,13 @@ pub fn document() -> Value {
                 "content": {"application/json": {"schema": to_value(&body(&mut components))}},
             });
         }
+        if let Some((media, what)) = o.raw_body {
+            operation["requestBody"] = json!({
+                "required": true,
+                "description": what,
+                "content": {media: {"schema": {"type": "string", "format": "binary"}}},
+            });
+        }
         let entry = paths.entry(o.path.to_owned()).or_insert_with(|| json!({}));
         entry[o.method.as_str().to_lowercase()] = operation;
     }

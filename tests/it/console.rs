@@ -307,6 +307,67 @@ async fn an_admin_runs_the_whole_workflow_in_the_browser_and_an_auditor_only_rea
     ] {
         assert!(!b.present(command).await, "{command} shown to an auditor");
     }
+    // The auditor verifies an export by upload: as downloaded it matches; one byte changed,
+    // the page names the first differing row.
+    let dir = tempfile::tempdir().unwrap();
+    let export = |path: &str| {
+        let (http, url, token) = (app.http.clone(), format!("{base}{path}"), auditor.clone());
+        async move {
+            http.get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap()
+        }
+    };
+    let csv = export("/v1/audit/exports/password-changes?format=csv").await;
+    let manifest = export("/v1/audit/exports/password-changes/manifest?format=csv").await;
+    let (file, manifest_file) = (
+        dir.path().join("changes.csv"),
+        dir.path().join("changes.csv.manifest.json"),
+    );
+    std::fs::write(&file, &csv).unwrap();
+    std::fs::write(&manifest_file, &manifest).unwrap();
+    b.goto(&format!("{base}/console/audit")).await;
+    b.css("#export-file")
+        .await
+        .send_keys(file.to_str().unwrap())
+        .await
+        .unwrap();
+    b.css("#manifest-file")
+        .await
+        .send_keys(manifest_file.to_str().unwrap())
+        .await
+        .unwrap();
+    b.click("#verify-export button[type=submit]").await;
+    b.wait_text("#export-status", "Export ok").await;
+    let text = String::from_utf8(csv.to_vec()).unwrap();
+    let tampered = text.replacen("manual", "manuaL", 1);
+    assert_ne!(tampered, text);
+    std::fs::write(&file, tampered).unwrap();
+    b.goto(&format!("{base}/console/audit")).await;
+    b.css("#export-file")
+        .await
+        .send_keys(file.to_str().unwrap())
+        .await
+        .unwrap();
+    b.css("#manifest-file")
+        .await
+        .send_keys(manifest_file.to_str().unwrap())
+        .await
+        .unwrap();
+    b.click("#verify-export button[type=submit]").await;
+    let differs = b.wait_text("#export-status", "Export differs").await;
+    // Data rows count from 1 after the header line.
+    let row = text.lines().position(|l| l.contains("manual")).unwrap();
+    assert!(
+        differs.contains(&format!("differs at row {row}")),
+        "{differs}"
+    );
+
     // The API refuses the auditor's session a command even when forced.
     let refused = b
         .client

@@ -701,6 +701,48 @@ async fn every_operation_answers_as_its_schema_says() {
         )
         .await;
     }
+    // An export uploaded for verification: its manifest line, then the file.
+    let get = |path: &str| {
+        let req = w
+            .app
+            .http
+            .get(format!("{}{path}", w.app.url))
+            .bearer_auth(r);
+        async move { req.send().await.unwrap().bytes().await.unwrap() }
+    };
+    let manifest = get("/v1/audit/exports/users/manifest").await;
+    let mut upload =
+        serde_json::to_vec(&serde_json::from_slice::<Value>(&manifest).unwrap()).unwrap();
+    upload.push(b'\n');
+    upload.extend_from_slice(&get("/v1/audit/exports/users").await);
+    let answer = w
+        .app
+        .http
+        .post(format!("{}/v1/audit/verify-export", w.app.url))
+        .bearer_auth(r)
+        .header("content-type", "application/octet-stream")
+        .body(upload)
+        .send()
+        .await
+        .unwrap();
+    let status = answer.status();
+    let report: Value = answer.json().await.unwrap();
+    assert_eq!(
+        (status, &report["ok"]),
+        (StatusCode::OK, &json!(true)),
+        "{report}"
+    );
+    c.check(&Method::POST, "/v1/audit/verify-export", status, &report);
+    let bad = w
+        .app
+        .http
+        .post(format!("{}/v1/audit/verify-export", w.app.url))
+        .bearer_auth(r)
+        .body("not a manifest\nrow")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
     w.checked(
         &mut c,
         r,

@@ -507,6 +507,40 @@ async function auditPage() {
   };
   $("#export-form").addEventListener("submit", (e) => { e.preventDefault(); window.location.assign(exportUrl(false)); });
   $("#download-manifest").addEventListener("click", () => window.location.assign(exportUrl(true)));
+  // Verify an export: the manifest as one JSON line, then the file, in one body.
+  const verifyForm = $("#verify-export");
+  verifyForm.addEventListener("dragover", (e) => { e.preventDefault(); verifyForm.classList.add("over"); });
+  verifyForm.addEventListener("dragleave", () => verifyForm.classList.remove("over"));
+  verifyForm.addEventListener("drop", (e) => {
+    e.preventDefault();
+    verifyForm.classList.remove("over");
+    for (const f of e.dataTransfer.files) {
+      const target = f.name.endsWith(".manifest.json") ? $("#manifest-file") : $("#export-file");
+      const list = new DataTransfer();
+      list.items.add(f);
+      target.files = list.files;
+    }
+  });
+  wire(verifyForm, async () => {
+    const file = $("#export-file").files[0];
+    const manifest = $("#manifest-file").files[0];
+    if (!file || !manifest) throw new Error("Choose the export file and its manifest.");
+    const line = JSON.stringify(JSON.parse(await manifest.text()));
+    const r = await fetch("/v1/audit/verify-export", {
+      method: "POST", credentials: "same-origin",
+      headers: { "x-csrf-token": csrf, "content-type": "application/octet-stream" },
+      body: new Blob([line, "\n", file]),
+    });
+    const report = await r.json();
+    if (!r.ok) throw new Error(report?.error?.message ?? `${r.status}`);
+    const first = report.problems[0];
+    const describe = (p) => p.row !== undefined
+      ? `${p.problem ?? "differs"} at row ${p.row}${p.count ? ` (${p.count} rows)` : ""}`
+      : `${p.problem}: ${typeof p.detail === "string" ? p.detail : JSON.stringify(p.detail)}`;
+    $("#export-result").replaceChildren(el("p", { id: "export-status", class: report.ok ? "ok" : "error" },
+      report.ok ? `Export ok: ${report.rows} rows match the log at position ${report.log_position}.`
+        : `Export differs (${report.problems.length} problems). First: ${describe(first)}`));
+  });
   const feed = $("#feed tbody");
   await follow((e) => {
     feed.prepend(el("tr", {}, el("td", {}, e.position), el("td", {}, when(e.recorded_at)),

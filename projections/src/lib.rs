@@ -270,9 +270,8 @@ mod tests {
     #[test]
     fn first_matching_pages_as_the_id_order_walk_does() {
         let mut p = Projections::new();
-        let mut position = 0;
         // Ids given out of order, so storage order is not id order.
-        for n in [7u128, 3, 11, 1, 9, 5, 2, 8, 4, 10, 6] {
+        for (position, n) in (0u64..).zip([7u128, 3, 11, 1, 9, 5, 2, 8, 4, 10, 6]) {
             let id = UserId(uuid::Uuid::from_u128(n));
             for e in on(
                 &StreamId::user(id),
@@ -287,7 +286,6 @@ mod tests {
             ) {
                 p.apply(&e);
             }
-            position += 1;
         }
         let odd = |u: &crate::UserView| u.id.0.as_u128() % 2 == 1;
         for after in [None, Some(3u128), Some(6), Some(11)] {

@@ -16,6 +16,9 @@ pub struct Principal {
     pub role: Role,
     /// For agents, the keys it serves.
     pub key_ids: Vec<KeyId>,
+    /// The console session the call came through, if any (its cookie's value): a
+    /// long-lived answer ends when the session does, not only when the token does.
+    pub session: Option<String>,
 }
 
 impl Principal {
@@ -31,14 +34,21 @@ impl Principal {
         }
     }
 
-    /// The caller's token is still live: long-lived responses ask again while they run.
+    /// The caller's token is still live, and so is the console session it came through
+    /// (if any): long-lived responses ask again while they run.
     pub fn still_live(&self, s: &AppState) -> bool {
-        s.engine
+        let token = s
+            .engine
             .projector
             .read()
             .tokens
             .get(self.token_id)
-            .is_some_and(|t| t.revoked_at.is_none())
+            .is_some_and(|t| t.revoked_at.is_none());
+        token
+            && self
+                .session
+                .as_deref()
+                .is_none_or(|c| s.sessions.is_open(c))
     }
 
     /// The actor recorded on events this caller causes.
@@ -75,6 +85,7 @@ impl Principal {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         let p = state.engine.projector.read();
+        let mut through_session = None;
         let t = match bearer {
             Some(token) => p
                 .tokens
@@ -107,6 +118,7 @@ impl Principal {
                 if !matches!(t.role, Role::Admin | Role::Auditor) {
                     return Err(ApiError::Unauthorized);
                 }
+                through_session = Some(cookie.to_owned());
                 t
             }
         };
@@ -114,6 +126,7 @@ impl Principal {
             token_id: t.id,
             role: t.role,
             key_ids: t.key_ids.clone(),
+            session: through_session,
         })
     }
 }

@@ -131,6 +131,14 @@ impl Sessions {
         })
     }
 
+    /// The session of `cookie` is open (looked at without counting as use: an event
+    /// stream's checks must not keep an idle session alive).
+    pub fn is_open(&self, cookie: &str) -> bool {
+        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.get(&key(cookie))
+            .is_some_and(|s| s.last_seen.elapsed() < self.idle)
+    }
+
     /// Ends the session of `cookie`.
     pub fn close(&self, cookie: &str) {
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());

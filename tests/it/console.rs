@@ -575,4 +575,48 @@ async fn a_session_stands_for_its_token_and_commands_need_its_csrf_token() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
     assert_eq!(r.headers()["location"], "/");
+
+    // Signing out ends what the session has open: its event stream closes.
+    let fresh = app.token("auditor", &[]).await;
+    let r = sign_in(fresh).await;
+    let session = r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let page = http
+        .get(format!("{base}/console/audit"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    let csrf = attribute_after(
+        &page.text().await.unwrap(),
+        "name=\"csrf-token\" content=\"",
+    );
+    let mut stream = http
+        .get(format!(
+            "{base}/v1/events/stream?from_position={}",
+            app.head() + 1
+        ))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+    let out = http
+        .post(format!("{base}/console/sign-out"))
+        .header("cookie", &session)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), StatusCode::SEE_OTHER);
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(Some(_)) = stream.chunk().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream outlived its session");
 }

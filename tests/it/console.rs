@@ -133,6 +133,16 @@ impl Browser {
         self.wait_text("h1", "Domains").await;
     }
 
+    /// Chooses an export and its manifest on the audit page and verifies them.
+    async fn verify_upload(&self, base: &str, file: &std::path::Path, manifest: &std::path::Path) {
+        self.goto(&format!("{base}/console/audit")).await;
+        for (input, path) in [("#export-file", file), ("#manifest-file", manifest)] {
+            let chooser = self.css(input).await;
+            chooser.send_keys(path.to_str().unwrap()).await.unwrap();
+        }
+        self.click("#verify-export button[type=submit]").await;
+    }
+
     async fn screenshot(&self, name: &str) {
         let png = self.client.screenshot().await.unwrap();
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
@@ -331,35 +341,13 @@ async fn an_admin_runs_the_whole_workflow_in_the_browser_and_an_auditor_only_rea
     );
     std::fs::write(&file, &csv).unwrap();
     std::fs::write(&manifest_file, &manifest).unwrap();
-    b.goto(&format!("{base}/console/audit")).await;
-    b.css("#export-file")
-        .await
-        .send_keys(file.to_str().unwrap())
-        .await
-        .unwrap();
-    b.css("#manifest-file")
-        .await
-        .send_keys(manifest_file.to_str().unwrap())
-        .await
-        .unwrap();
-    b.click("#verify-export button[type=submit]").await;
+    b.verify_upload(&base, &file, &manifest_file).await;
     b.wait_text("#export-status", "Export ok").await;
     let text = String::from_utf8(csv.to_vec()).unwrap();
     let tampered = text.replacen("manual", "manuaL", 1);
     assert_ne!(tampered, text);
     std::fs::write(&file, tampered).unwrap();
-    b.goto(&format!("{base}/console/audit")).await;
-    b.css("#export-file")
-        .await
-        .send_keys(file.to_str().unwrap())
-        .await
-        .unwrap();
-    b.css("#manifest-file")
-        .await
-        .send_keys(manifest_file.to_str().unwrap())
-        .await
-        .unwrap();
-    b.click("#verify-export button[type=submit]").await;
+    b.verify_upload(&base, &file, &manifest_file).await;
     let differs = b.wait_text("#export-status", "Export differs").await;
     // Data rows count from 1 after the header line.
     let row = text.lines().position(|l| l.contains("manual")).unwrap();

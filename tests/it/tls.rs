@@ -3,8 +3,8 @@
 //! (versions, ALPN, HSTS, the redirect listener, certificate reloads).
 
 use crate::support::{
-    client_trusting, domain_body, idledger, tls_sim, tls_sim_with, tls_world, Serve, APP, SECRET,
-    TENANT,
+    client_trusting, domain_body, idledger, tls_sim, tls_sim_with, tls_world, world_in, Serve, APP,
+    SECRET, TENANT,
 };
 use graphsim::tls::{Issued, TestCa};
 use idledger::graph::TlsProblem;
@@ -79,54 +79,22 @@ async fn an_unknown_issuer_fails_the_sync_naming_it() {
         trust: GraphTrust::with_pem_bundle(other.cert_pem().as_bytes()).unwrap(),
         ..idledger::sync::SyncConfig::default()
     };
-    let app = crate::support::spawn_app_with(sync).await;
-    let (s, d) = app
-        .call(
-            Some(&app.admin),
-            Method::POST,
-            "/v1/domains",
-            Some(domain_body(
-                "contoso.onmicrosoft.com",
-                &sim,
-                SECRET,
-                &json!({"auto_import": true}),
-            )),
-        )
+    let w = world_in(
+        crate::support::spawn_app_with(sync).await,
+        sim,
+        None,
+        json!({"auto_import": true}),
+    )
+    .await;
+    let run = w.sync_domain(&w.domain).await;
+    assert_eq!(run["status"], "failed", "{run}");
+    let (_, domain) = w
+        .admin(Method::GET, &format!("/v1/domains/{}", w.domain), None)
         .await;
-    assert_eq!(s, StatusCode::CREATED, "{d}");
-    let id = d["id"].as_str().unwrap();
-    let (s, started) = app
-        .call(
-            Some(&app.admin),
-            Method::POST,
-            &format!("/v1/domains/{id}/sync"),
-            None,
-        )
-        .await;
-    assert_eq!(s, StatusCode::ACCEPTED, "{started}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let domain = loop {
-        let (_, d) = app
-            .call(
-                Some(&app.admin),
-                Method::GET,
-                &format!("/v1/domains/{id}"),
-                None,
-            )
-            .await;
-        if d["last_sync"]["status"] == "failed" {
-            break d;
-        }
-        assert!(Instant::now() < deadline, "{d}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
     let text = domain["last_sync"].to_string();
     assert!(text.contains("TlsUnknownIssuer"), "{text}");
     assert!(text.contains("unknown issuer"), "{text}");
-    let (_, users) = app
-        .call(Some(&app.admin), Method::GET, "/v1/users?limit=10", None)
-        .await;
-    assert_eq!(users["items"], json!([]), "{users}");
+    assert_eq!(w.users("").await, Vec::<Value>::new());
 }
 
 fn settings(url: &str) -> GraphSettings {

@@ -8,8 +8,8 @@ pub mod world;
 pub use app::{spawn_app, spawn_app_with, App};
 pub use serve::Serve;
 pub use world::{
-    client_trusting, domain_body, ext, sim, tls_sim, tls_sim_with, tls_world, world, World, APP,
-    SECRET, SYNC, TENANT,
+    client_trusting, domain_body, ext, sim, tls_sim, tls_sim_with, tls_world, world, world_in,
+    World, APP, SECRET, SYNC, TENANT,
 };
 
 use idledger::store::{AppendRequest, EventLog, ExpectedVersion};

@@ -100,7 +100,9 @@ pub async fn tls_world(settings: Value) -> World {
     world_in(spawn_app_with(sync).await, sim, Some(ca), settings).await
 }
 
-async fn world_in(app: App, sim: String, sim_ca: Option<String>, settings: Value) -> World {
+/// A world of `app` and the graphsim at `sim` (whose CA is `sim_ca`, over HTTPS), with the
+/// contoso domain added.
+pub async fn world_in(app: App, sim: String, sim_ca: Option<String>, settings: Value) -> World {
     let (s, d) = app
         .call(
             Some(&app.admin),

@@ -7,6 +7,7 @@
 use crate::codec::{decode_exact, encode_into, CodecError};
 use crate::ids::*;
 use crate::types::*;
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 // ---- domain stream -------------------------------------------------------------------------
@@ -231,13 +232,123 @@ pub struct KeyUnassigned {
     pub key_id: KeyId,
 }
 
-/// An invite was sent to the user.
+/// An invite was sent to the user. Its enrolment link replaces any earlier one.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct InviteSent {
     /// The address it went to.
     pub to: String,
     /// The mailer that took it (`smtp`, `outbox`).
     pub via: String,
+    /// The enrolment link it carried (`None` for invites recorded before links existed).
+    pub link: Option<EnrolmentLink>,
+}
+
+/// Schema 1 of [`InviteSent`]: no enrolment link.
+#[derive(Deserialize)]
+struct InviteSentV1 {
+    to: String,
+    via: String,
+}
+
+/// The user opened their enrolment link and began registering a method.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct EnrolmentStarted {
+    /// The link used.
+    pub link_id: LinkId,
+}
+
+/// Enrolment finished: the link is used up and the user can sign in.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct EnrolmentCompleted {
+    /// The link used.
+    pub link_id: LinkId,
+    /// The sign-in method the user enrolled for.
+    pub method: SsoMethod,
+}
+
+/// A WebAuthn credential (passkey or FIDO2 security key) was registered.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct PasskeyRegistered {
+    /// The credential id, base64url.
+    pub credential_id: String,
+    /// The user's name for it.
+    pub name: String,
+    /// The COSE public key, sealed with the user's data key (shredded with the user).
+    pub sealed_public_key: SealedSecret,
+    /// Its COSE algorithm (-7 ES256, -8 EdDSA, -257 RS256).
+    pub algorithm: i64,
+    /// Platform (built into the device) or cross-platform (a security key), when known.
+    pub attachment: Option<Attachment>,
+    /// The authenticator's signature counter at registration.
+    pub sign_count: u32,
+}
+
+/// A passkey was renamed.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct PasskeyRenamed {
+    /// The credential id, base64url.
+    pub credential_id: String,
+    /// The new name.
+    pub name: String,
+}
+
+/// A passkey was removed; it signs nobody in any more.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct PasskeyRemoved {
+    /// The credential id, base64url.
+    pub credential_id: String,
+}
+
+/// An authenticator app (TOTP) was set up, confirmed by a typed code.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct TotpEnrolled {
+    /// The seed, sealed with the user's data key.
+    pub sealed_seed: SealedSecret,
+    /// The step of the confirmation code (used: it is not accepted again).
+    pub step: u64,
+}
+
+/// The authenticator app was removed.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct TotpRemoved {}
+
+/// The user signed in.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct SignInSucceeded {
+    /// The method signed in with.
+    pub method: SsoMethod,
+    /// Authentication method references (RFC 8176), as ID tokens carry them.
+    pub amr: Vec<String>,
+    /// The app the sign-in was for (`None`: the user's own page).
+    pub app: Option<String>,
+    /// The passkey used and its new signature counter.
+    pub passkey: Option<(String, u32)>,
+    /// The authenticator-code step used.
+    pub totp_step: Option<u64>,
+    /// When (the lockout window counts from here).
+    pub at: DateTime<Utc>,
+}
+
+/// A sign-in attempt failed.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct SignInFailed {
+    /// The factor that failed.
+    pub factor: Factor,
+    /// Why.
+    pub reason: SignInFailure,
+    /// The app the sign-in was for.
+    pub app: Option<String>,
+    /// When (the lockout window counts from here).
+    pub at: DateTime<Utc>,
+}
+
+/// Too many failures: the factor is locked.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct SignInLocked {
+    /// The factor locked.
+    pub factor: Factor,
+    /// Until when.
+    pub until: DateTime<Utc>,
 }
 
 /// A rotation began. The new password is sealed here and durable before Graph is asked.
@@ -367,6 +478,14 @@ fn upcast(kind: &str, schema: u16, bytes: &[u8]) -> Result<Event, CodecError> {
                 reason: SupersedeReason::NewerRotation {
                     rotation_id: v1.by_rotation,
                 },
+            }))
+        }
+        ("InviteSent", 1) => {
+            let v1: InviteSentV1 = decode_exact(bytes)?;
+            Ok(Event::InviteSent(InviteSent {
+                to: v1.to,
+                via: v1.via,
+                link: None,
             }))
         }
         ("SyncRunCompleted", 1) => {
@@ -546,7 +665,7 @@ event_catalogue! {
     /// See [`KeyUnassigned`].
     KeyUnassigned = "KeyUnassigned", schema 1, User;
     /// See [`InviteSent`].
-    InviteSent = "InviteSent", schema 1, User;
+    InviteSent = "InviteSent", schema 2, User;
     /// See [`RotationStarted`].
     RotationStarted = "RotationStarted", schema 1, User;
     /// See [`RotationRetried`].
@@ -575,4 +694,24 @@ event_catalogue! {
     RotationInterrupted = "RotationInterrupted", schema 1, User;
     /// See [`RotationRequested`].
     RotationRequested = "RotationRequested", schema 1, User;
+    /// See [`EnrolmentStarted`].
+    EnrolmentStarted = "EnrolmentStarted", schema 1, User;
+    /// See [`EnrolmentCompleted`].
+    EnrolmentCompleted = "EnrolmentCompleted", schema 1, User;
+    /// See [`PasskeyRegistered`].
+    PasskeyRegistered = "PasskeyRegistered", schema 1, User;
+    /// See [`PasskeyRenamed`].
+    PasskeyRenamed = "PasskeyRenamed", schema 1, User;
+    /// See [`PasskeyRemoved`].
+    PasskeyRemoved = "PasskeyRemoved", schema 1, User;
+    /// See [`TotpEnrolled`].
+    TotpEnrolled = "TotpEnrolled", schema 1, User;
+    /// See [`TotpRemoved`].
+    TotpRemoved = "TotpRemoved", schema 1, User;
+    /// See [`SignInSucceeded`].
+    SignInSucceeded = "SignInSucceeded", schema 1, User;
+    /// See [`SignInFailed`].
+    SignInFailed = "SignInFailed", schema 1, User;
+    /// See [`SignInLocked`].
+    SignInLocked = "SignInLocked", schema 1, User;
 }

@@ -72,6 +72,10 @@ uuid_id!(
     /// A data key in the engine's key store (see ENGINE.md §5).
     DataKeyId
 );
+uuid_id!(
+    /// One enrolment link (an invite's): events name it, never its secret.
+    LinkId
+);
 
 /// The serial of a hardware key. Free text chosen by the key's vendor.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Debug)]

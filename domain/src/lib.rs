@@ -14,6 +14,7 @@ pub mod ids;
 pub mod rotation;
 pub mod samples;
 pub mod sync;
+pub mod totp;
 pub mod types;
 
 pub use envelope::{

@@ -204,6 +204,11 @@ pub fn sample_event(index: usize, s: &SampleSeed) -> Option<Event> {
         &"InviteSent" => InviteSent {
             to: format!("{}@contoso.com", s.number),
             via: "outbox".to_owned(),
+            link: s.flag.then(|| EnrolmentLink {
+                link_id: LinkId(s.uuid(18)),
+                token_hash: Hash([s.number as u8; 32]),
+                expires_at: at(s.number),
+            }),
         }
         .into(),
         &"RotationStarted" => RotationStarted {
@@ -287,7 +292,73 @@ pub fn sample_event(index: usize, s: &SampleSeed) -> Option<Event> {
             reason: [RotationReason::Manual, RotationReason::Scheduled][(s.number % 2) as usize],
         }
         .into(),
+        &"EnrolmentStarted" => EnrolmentStarted {
+            link_id: LinkId(s.uuid(18)),
+        }
+        .into(),
+        &"EnrolmentCompleted" => EnrolmentCompleted {
+            link_id: LinkId(s.uuid(18)),
+            method: s.sso().method,
+        }
+        .into(),
+        &"PasskeyRegistered" => PasskeyRegistered {
+            credential_id: format!("cred-{}", s.number),
+            name: text,
+            sealed_public_key: s.sealed(),
+            algorithm: [-7, -8, -257][(s.number % 3) as usize],
+            attachment: s.flag.then_some(Attachment::CrossPlatform),
+            sign_count: s.number as u32,
+        }
+        .into(),
+        &"PasskeyRenamed" => PasskeyRenamed {
+            credential_id: format!("cred-{}", s.number),
+            name: text,
+        }
+        .into(),
+        &"PasskeyRemoved" => PasskeyRemoved {
+            credential_id: format!("cred-{}", s.number),
+        }
+        .into(),
+        &"TotpEnrolled" => TotpEnrolled {
+            sealed_seed: s.sealed(),
+            step: s.number,
+        }
+        .into(),
+        &"TotpRemoved" => TotpRemoved {}.into(),
+        &"SignInSucceeded" => SignInSucceeded {
+            method: s.sso().method,
+            amr: vec!["hwk".into(), "mfa".into()],
+            app: s.flag.then(|| text.clone()),
+            passkey: s
+                .flag
+                .then(|| (format!("cred-{}", s.number), s.number as u32)),
+            totp_step: (!s.flag).then_some(s.number),
+            at: at(s.number),
+        }
+        .into(),
+        &"SignInFailed" => SignInFailed {
+            factor: [Factor::Passkey, Factor::Entra, Factor::Totp][(s.number % 3) as usize],
+            reason: if s.flag {
+                SignInFailure::BadCredential(text)
+            } else {
+                SignInFailure::ReusedCode
+            },
+            app: None,
+            at: at(s.number),
+        }
+        .into(),
+        &"SignInLocked" => SignInLocked {
+            factor: Factor::Totp,
+            until: at(s.number),
+        }
+        .into(),
         other => panic!("sample_event does not cover kind {other}"),
     };
     Some(e)
+}
+
+/// A time for samples: whole seconds, so every format round-trips it exactly.
+fn at(number: u64) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp(1_700_000_000 + (number % 1_000_000) as i64, 0)
+        .unwrap_or_default()
 }

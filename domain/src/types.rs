@@ -1,6 +1,6 @@
 //! Value types shared by events, decisions and projections.
 
-use crate::ids::{DataKeyId, DomainId, TokenId};
+use crate::ids::{DataKeyId, DomainId, LinkId, TokenId};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 
@@ -455,6 +455,135 @@ impl KeyWriteState {
             KeyWriteState::Confirmed => "confirmed",
             KeyWriteState::Failed => "failed",
             KeyWriteState::Superseded => "superseded",
+        }
+    }
+}
+
+/// An invite's enrolment link as the log knows it: its id, the SHA-256 of its secret
+/// (the secret itself is only in the invite) and when it stops working.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct EnrolmentLink {
+    /// Named by events and pages.
+    pub link_id: LinkId,
+    /// SHA-256 of the link's secret.
+    pub token_hash: Hash,
+    /// The link stops working then.
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Where a WebAuthn authenticator lives (WebAuthn's `authenticatorAttachment`).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Attachment {
+    /// Built into the device (a platform passkey): `amr` `swk`.
+    Platform,
+    /// A separate security key such as the Hideez Key: `amr` `hwk`.
+    CrossPlatform,
+}
+
+/// One thing a user proves themselves with; failures and lockouts count per factor.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum Factor {
+    /// A WebAuthn credential (passkey or security key).
+    Passkey,
+    /// Entra ID credentials (the first factor of `password_and_second_factor`).
+    Entra,
+    /// An authenticator-app code.
+    Totp,
+}
+
+impl Factor {
+    /// The factor's name in the API and pages.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Factor::Passkey => "passkey",
+            Factor::Entra => "entra",
+            Factor::Totp => "totp",
+        }
+    }
+}
+
+/// Why a sign-in attempt failed (no secret, no key material).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SignInFailure {
+    /// The credential's proof did not verify (signature, origin, challenge …).
+    BadCredential(String),
+    /// The authenticator's counter went back: a possibly cloned authenticator.
+    CounterWentBack,
+    /// The passkey is not the user's (or was removed).
+    UnknownCredential,
+    /// The authenticator code is wrong.
+    WrongCode,
+    /// The authenticator code was used already.
+    ReusedCode,
+    /// Entra ID refused the credentials or the answer did not validate.
+    EntraRefused(String),
+    /// Entra ID signed in a different user than the one at hand.
+    EntraUserMismatch,
+    /// The factor is locked after repeated failures.
+    Locked,
+    /// The user is not active (deactivated, deleted, a candidate).
+    NotActive,
+    /// SSO is off for the user.
+    SsoOff,
+    /// The user's SSO method does not allow this way of signing in.
+    MethodNotAllowed,
+    /// The user has not enrolled the factor.
+    NotEnrolled,
+}
+
+impl SignInFailure {
+    /// A short machine-readable name.
+    pub fn code(&self) -> &'static str {
+        match self {
+            SignInFailure::BadCredential(_) => "bad_credential",
+            SignInFailure::CounterWentBack => "counter_went_back",
+            SignInFailure::UnknownCredential => "unknown_credential",
+            SignInFailure::WrongCode => "wrong_code",
+            SignInFailure::ReusedCode => "reused_code",
+            SignInFailure::EntraRefused(_) => "entra_refused",
+            SignInFailure::EntraUserMismatch => "entra_user_mismatch",
+            SignInFailure::Locked => "locked",
+            SignInFailure::NotActive => "not_active",
+            SignInFailure::SsoOff => "sso_off",
+            SignInFailure::MethodNotAllowed => "method_not_allowed",
+            SignInFailure::NotEnrolled => "not_enrolled",
+        }
+    }
+
+    /// What to tell the person signing in, and what to do next.
+    pub fn message(&self) -> &'static str {
+        match self {
+            SignInFailure::BadCredential(_) | SignInFailure::UnknownCredential => {
+                "That passkey could not be verified. Try again, or use another passkey."
+            }
+            SignInFailure::CounterWentBack => {
+                "That security key looks copied and was refused. Ask your administrator."
+            }
+            SignInFailure::WrongCode => {
+                "That code is not right. Type the current code from your authenticator app."
+            }
+            SignInFailure::ReusedCode => {
+                "That code was used already. Wait for the next code and type it."
+            }
+            SignInFailure::EntraRefused(_) => "Entra ID did not confirm your sign-in. Try again.",
+            SignInFailure::EntraUserMismatch => {
+                "You signed in to Entra ID as someone else. Sign in with your own account."
+            }
+            SignInFailure::Locked => {
+                "Too many failed attempts: this method is locked for 15 minutes. Try again later."
+            }
+            SignInFailure::NotActive | SignInFailure::SsoOff => {
+                "Your account cannot sign in here. Ask your administrator."
+            }
+            SignInFailure::MethodNotAllowed => {
+                "Your account signs in another way. Use the method your administrator set."
+            }
+            SignInFailure::NotEnrolled => {
+                "You have not set up this method. Open your invite to enrol."
+            }
         }
     }
 }

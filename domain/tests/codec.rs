@@ -241,6 +241,10 @@ fn records_of_older_schemas_are_upcast() {
                 assert_eq!(e.full, None, "schema 1 did not say");
                 assert_eq!(e.run_id, SyncRunId(seed.uuid(3)));
             }
+            ("InviteSent", Event::InviteSent(e)) => {
+                assert_eq!(e.link, None, "schema 1 carried no enrolment link");
+                assert!(e.to.ends_with("@contoso.com"));
+            }
             other => panic!("no expectation for {other:?}"),
         }
         seen += 1;

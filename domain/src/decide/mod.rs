@@ -9,6 +9,7 @@ use crate::types::*;
 use crate::Event;
 
 pub mod domain;
+pub mod signin;
 #[cfg(test)]
 mod spec;
 pub mod tokens;

@@ -44,6 +44,10 @@ pub struct UserState {
     pub key_id: Option<KeyId>,
     /// Every key write of the user: its key and where it stands.
     pub writes: std::collections::BTreeMap<KeyWriteId, (KeyId, KeyWriteState)>,
+    /// SSO settings applied at import.
+    pub imported_sso: Option<SsoSettings>,
+    /// Enrolment, sign-in methods and lockouts.
+    pub signin: super::signin::SignInState,
 }
 
 impl UserState {
@@ -78,11 +82,15 @@ pub fn evolve(mut s: UserState, e: &Event) -> UserState {
         Event::KeyAssigned(e) => s.key_id = Some(e.key_id.clone()),
         Event::KeyUnassigned(_) => s.key_id = None,
         Event::MemberRejoinedSyncGroup(_) => s.in_sync_group = true,
-        Event::UserImported(_) | Event::UserReactivated(_) => s.status = Status::Active,
+        Event::UserImported(e) => {
+            s.status = Status::Active;
+            s.imported_sso = Some(e.sso);
+        }
+        Event::UserReactivated(_) => s.status = Status::Active,
         Event::UserDeactivated(_) => s.status = Status::Deactivated,
         Event::UserDeleted(_) => s.status = Status::Deleted,
         Event::UserSsoOverrideSet(e) => s.sso_override = e.sso,
-        _ => {}
+        e => super::signin::evolve(&mut s.signin, e),
     }
     s
 }
@@ -131,6 +139,8 @@ pub enum UserCommand {
         to: String,
         /// The mailer (`smtp`, `outbox`).
         via: String,
+        /// The enrolment link it carries; it replaces any earlier one.
+        link: Option<EnrolmentLink>,
     },
 }
 
@@ -240,8 +250,8 @@ pub fn decide(s: &UserState, c: UserCommand) -> Result<Vec<Event>, Rejection> {
             reason: reveal_reason(&reason)?,
         }
         .into()]),
-        (Status::Active, UserCommand::RecordInvite { to, via }) => {
-            Ok(vec![InviteSent { to, via }.into()])
+        (Status::Active, UserCommand::RecordInvite { to, via, link }) => {
+            Ok(vec![InviteSent { to, via, link }.into()])
         }
         (Status::Unknown | Status::Deleted, UserCommand::RecordInvite { .. }) => {
             Err(Rejection::NotFound("user"))
@@ -555,10 +565,12 @@ mod tests {
         let invite = || UserCommand::RecordInvite {
             to: "a@contoso.com".into(),
             via: "outbox".into(),
+            link: None,
         };
         active.when(invite()).then([InviteSent {
             to: "a@contoso.com".into(),
             via: "outbox".into(),
+            link: None,
         }
         .into()]);
         given::<UserStream>(&[discovered()])

@@ -1,0 +1,1022 @@
+//! Enrolment and sign-in decisions on a user's stream: whether an enrolment link still
+//! works, which methods a user may register and remove, and whether a sign-in attempt
+//! succeeds — status, SSO settings, method, lockout, code reuse and counters are all
+//! decided here, after the IO layer has checked the cryptography.
+
+use super::user::{Status, UserState};
+use super::*;
+use chrono::{DateTime, Duration, Utc};
+use std::collections::BTreeMap;
+
+/// Failures of one factor within [`FAILURE_WINDOW`] that lock it.
+pub const FAILURES_TO_LOCK: usize = 5;
+/// The window failures are counted in (5 minutes).
+pub const FAILURE_WINDOW: Duration = Duration::minutes(5);
+/// How long a locked factor stays locked (15 minutes).
+pub const LOCK_FOR: Duration = Duration::minutes(15);
+/// Passkeys one user may hold.
+pub const MAX_PASSKEYS: usize = 10;
+
+/// The latest enrolment link of a user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkState {
+    /// The link.
+    pub link_id: LinkId,
+    /// It stops working then.
+    pub expires_at: DateTime<Utc>,
+    /// The user began enrolling with it.
+    pub started: bool,
+    /// Enrolment finished with it.
+    pub used: bool,
+}
+
+/// A registered passkey, as decisions need it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PasskeyState {
+    /// Signature counter last seen.
+    pub sign_count: u32,
+    /// Platform or security key, as registered.
+    pub attachment: Option<Attachment>,
+}
+
+/// What sign-in decisions know of a user.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SignInState {
+    /// The latest enrolment link (earlier ones are replaced).
+    pub link: Option<LinkState>,
+    /// Enrolment completed at least once.
+    pub enrolled: bool,
+    /// Passkeys by credential id (base64url).
+    pub passkeys: BTreeMap<String, PasskeyState>,
+    /// An authenticator app is set up.
+    pub totp: bool,
+    /// The newest authenticator-code step used.
+    pub totp_last_step: Option<u64>,
+    /// Recent failures per factor (at most [`FAILURES_TO_LOCK`] each).
+    pub failures: BTreeMap<Factor, Vec<DateTime<Utc>>>,
+    /// Locked factors and until when.
+    pub locked_until: BTreeMap<Factor, DateTime<Utc>>,
+}
+
+/// Folds the sign-in events of a user's stream.
+pub fn evolve(s: &mut SignInState, e: &Event) {
+    match e {
+        Event::InviteSent(e) => {
+            if let Some(link) = &e.link {
+                s.link = Some(LinkState {
+                    link_id: link.link_id,
+                    expires_at: link.expires_at,
+                    started: false,
+                    used: false,
+                });
+            }
+        }
+        Event::EnrolmentStarted(e) => {
+            if let Some(l) = s.link.as_mut().filter(|l| l.link_id == e.link_id) {
+                l.started = true;
+            }
+        }
+        Event::EnrolmentCompleted(e) => {
+            s.enrolled = true;
+            if let Some(l) = s.link.as_mut().filter(|l| l.link_id == e.link_id) {
+                l.used = true;
+            }
+        }
+        Event::PasskeyRegistered(e) => {
+            s.passkeys.insert(
+                e.credential_id.clone(),
+                PasskeyState {
+                    sign_count: e.sign_count,
+                    attachment: e.attachment,
+                },
+            );
+        }
+        Event::PasskeyRemoved(e) => {
+            s.passkeys.remove(&e.credential_id);
+        }
+        Event::TotpEnrolled(e) => {
+            s.totp = true;
+            s.totp_last_step = s.totp_last_step.max(Some(e.step));
+        }
+        Event::TotpRemoved(_) => s.totp = false,
+        Event::SignInSucceeded(e) => {
+            if let Some((id, count)) = &e.passkey {
+                if let Some(p) = s.passkeys.get_mut(id) {
+                    p.sign_count = *count;
+                }
+            }
+            if e.totp_step.is_some() {
+                s.totp_last_step = s.totp_last_step.max(e.totp_step);
+            }
+        }
+        Event::SignInFailed(e) => {
+            let list = s.failures.entry(e.factor).or_default();
+            list.push(e.at);
+            if list.len() > FAILURES_TO_LOCK {
+                list.remove(0);
+            }
+        }
+        Event::SignInLocked(e) => {
+            s.locked_until.insert(e.factor, e.until);
+            s.failures.remove(&e.factor);
+        }
+        _ => {}
+    }
+}
+
+/// Why an enrolment link does not work (the page says which).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LinkGone {
+    /// Enrolment finished with it.
+    #[error("this enrolment link was used already")]
+    Used,
+    /// Past its expiry.
+    #[error("this enrolment link has expired")]
+    Expired,
+    /// A newer invite replaced it.
+    #[error("a newer invite replaced this enrolment link")]
+    Replaced,
+}
+
+/// Whether `link_id` (known to belong to this user) still works at `now`.
+pub fn link_status(s: &UserState, link_id: LinkId, now: DateTime<Utc>) -> Result<(), LinkGone> {
+    match &s.signin.link {
+        Some(l) if l.link_id == link_id => {
+            if l.used {
+                Err(LinkGone::Used)
+            } else if now >= l.expires_at {
+                Err(LinkGone::Expired)
+            } else {
+                Ok(())
+            }
+        }
+        _ => Err(LinkGone::Replaced),
+    }
+}
+
+/// The SSO settings in force for a user who may sign in, or why they may not: only active
+/// users with SSO on sign in (the override wins over the settings applied at import).
+pub fn sign_in_allowed(
+    status: Status,
+    imported: Option<SsoSettings>,
+    sso_override: Option<SsoSettings>,
+) -> Result<SsoSettings, SignInFailure> {
+    if status != Status::Active {
+        return Err(SignInFailure::NotActive);
+    }
+    let sso = sso_override.or(imported).unwrap_or_default();
+    if !sso.enabled {
+        return Err(SignInFailure::SsoOff);
+    }
+    Ok(sso)
+}
+
+fn allowed(s: &UserState) -> Result<SsoSettings, SignInFailure> {
+    sign_in_allowed(s.status, s.imported_sso, s.sso_override)
+}
+
+/// What the IO layer verified of a passkey's assertion.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PasskeyProof {
+    /// The authenticator's new signature counter.
+    pub sign_count: u32,
+    /// The authenticator verified the user (PIN, biometrics).
+    pub user_verified: bool,
+}
+
+/// A sign-in attempt with its evidence.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Proof {
+    /// Passwordless: a passkey alone.
+    Passkey {
+        /// The credential used (base64url).
+        credential_id: String,
+        /// The verified assertion, or why it did not verify.
+        verified: Result<PasskeyProof, SignInFailure>,
+    },
+    /// Entra ID credentials (checked, and matched to this user), then a passkey.
+    EntraThenPasskey {
+        /// The credential used (base64url).
+        credential_id: String,
+        /// The verified assertion, or why it did not verify.
+        verified: Result<PasskeyProof, SignInFailure>,
+    },
+    /// Entra ID credentials (checked, and matched to this user), then a typed code.
+    EntraThenTotp {
+        /// What the user typed.
+        code: String,
+        /// The user's seed, unsealed for this check only.
+        seed: Vec<u8>,
+    },
+    /// The Entra ID step failed for this user.
+    EntraFailed(SignInFailure),
+}
+
+impl Proof {
+    fn factor(&self) -> Factor {
+        match self {
+            Proof::Passkey { .. } | Proof::EntraThenPasskey { .. } => Factor::Passkey,
+            Proof::EntraThenTotp { .. } => Factor::Totp,
+            Proof::EntraFailed(_) => Factor::Entra,
+        }
+    }
+
+    fn method(&self) -> SsoMethod {
+        match self {
+            Proof::Passkey { .. } => SsoMethod::Passwordless,
+            _ => SsoMethod::PasswordAndSecondFactor,
+        }
+    }
+}
+
+/// A command about a user's enrolment and sign-in.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SignInCommand {
+    /// The user opened enrolment link `link_id` and began.
+    StartEnrolment {
+        /// The link.
+        link_id: LinkId,
+        /// Now.
+        at: DateTime<Utc>,
+    },
+    /// Register a passkey, during enrolment (`enrolment` names the link and whether the
+    /// Entra step was done in this browser) or from the user's own page.
+    RegisterPasskey {
+        /// The enrolment link, when enrolling.
+        enrolment: Option<(LinkId, bool)>,
+        /// The credential.
+        passkey: PasskeyRegistered,
+        /// The ceremony verified the user.
+        user_verified: bool,
+        /// Now.
+        at: DateTime<Utc>,
+    },
+    /// Set up an authenticator app, confirmed with a code the IO layer checked.
+    EnrolTotp {
+        /// The enrolment link and whether the Entra step was done, when enrolling.
+        enrolment: Option<(LinkId, bool)>,
+        /// The sealed seed.
+        sealed_seed: SealedSecret,
+        /// The confirmation code's step.
+        step: u64,
+        /// Now.
+        at: DateTime<Utc>,
+    },
+    /// Rename a passkey.
+    RenamePasskey {
+        /// The credential (base64url).
+        credential_id: String,
+        /// The new name.
+        name: String,
+    },
+    /// Remove a passkey (not the last one the method needs).
+    RemovePasskey {
+        /// The credential (base64url).
+        credential_id: String,
+    },
+    /// Remove the authenticator app (not when it is the last second factor).
+    RemoveTotp,
+    /// Decide a sign-in attempt.
+    SignIn {
+        /// The evidence.
+        proof: Proof,
+        /// The app signed in to (`None`: the user's own page).
+        app: Option<String>,
+        /// Now.
+        at: DateTime<Utc>,
+    },
+}
+
+/// A passkey's name: 1 to 64 characters, trimmed.
+pub fn passkey_name(name: &str) -> Result<String, Rejection> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
+        return Err(invalid("name", "a passkey's name is 1 to 64 characters"));
+    }
+    Ok(name.to_owned())
+}
+
+fn amr_of(attachment: Option<Attachment>, user_verified: bool) -> Vec<String> {
+    let mut amr = vec![match attachment {
+        Some(Attachment::CrossPlatform) => "hwk".to_owned(),
+        _ => "swk".to_owned(),
+    }];
+    if user_verified {
+        amr.push("mfa".into());
+    }
+    amr
+}
+
+/// An open link of this user, or the rejection that says why not.
+fn open_link(s: &UserState, link_id: LinkId, at: DateTime<Utc>) -> Result<(), Rejection> {
+    allowed(s).map_err(|f| Rejection::Conflict(f.message().into()))?;
+    link_status(s, link_id, at).map_err(|g| Rejection::Conflict(g.to_string()))
+}
+
+/// The events that end an enrolment with `method`, which also sign the user in.
+fn complete(
+    s: &UserState,
+    link_id: LinkId,
+    method: SsoMethod,
+    amr: Vec<String>,
+    at: DateTime<Utc>,
+) -> Vec<Event> {
+    let mut events = Vec::new();
+    if !s.signin.link.as_ref().is_some_and(|l| l.started) {
+        events.push(EnrolmentStarted { link_id }.into());
+    }
+    events.push(EnrolmentCompleted { link_id, method }.into());
+    events.push(
+        SignInSucceeded {
+            method,
+            amr,
+            app: None,
+            passkey: None,
+            totp_step: None,
+            at,
+        }
+        .into(),
+    );
+    events
+}
+
+/// Decides a command.
+pub fn decide(s: &UserState, c: SignInCommand) -> Result<Vec<Event>, Rejection> {
+    if matches!(s.status, Status::Unknown) {
+        return Err(Rejection::NotFound("user"));
+    }
+    match c {
+        SignInCommand::StartEnrolment { link_id, at } => {
+            open_link(s, link_id, at)?;
+            Ok(if s.signin.link.as_ref().is_some_and(|l| l.started) {
+                vec![]
+            } else {
+                vec![EnrolmentStarted { link_id }.into()]
+            })
+        }
+        SignInCommand::RegisterPasskey {
+            enrolment,
+            passkey,
+            user_verified,
+            at,
+        } => {
+            let sso = allowed(s).map_err(|f| Rejection::Conflict(f.message().into()))?;
+            if let Some((link_id, _)) = enrolment {
+                open_link(s, link_id, at)?;
+            }
+            if s.signin.passkeys.contains_key(&passkey.credential_id) {
+                return Err(Rejection::AlreadyExists("passkey"));
+            }
+            if s.signin.passkeys.len() >= MAX_PASSKEYS {
+                return Err(Rejection::Conflict(format!(
+                    "a user holds at most {MAX_PASSKEYS} passkeys; remove one first"
+                )));
+            }
+            let passkey = PasskeyRegistered {
+                name: passkey_name(&passkey.name)?,
+                ..passkey
+            };
+            let amr = amr_of(passkey.attachment, user_verified);
+            let mut events: Vec<Event> = vec![passkey.into()];
+            match enrolment {
+                Some((link_id, _)) if sso.method == SsoMethod::Passwordless => {
+                    events.extend(complete(s, link_id, sso.method, amr, at));
+                }
+                Some((link_id, true)) => {
+                    let amr = std::iter::once("fed".to_owned())
+                        .chain(amr.into_iter().take(1))
+                        .collect();
+                    events.extend(complete(s, link_id, sso.method, amr, at));
+                }
+                Some((_, false)) => return Err(Rejection::Conflict(
+                    "sign in with Entra ID first: your account uses a password and a second factor"
+                        .into(),
+                )),
+                None => {}
+            }
+            Ok(events)
+        }
+        SignInCommand::EnrolTotp {
+            enrolment,
+            sealed_seed,
+            step,
+            at,
+        } => {
+            let sso = allowed(s).map_err(|f| Rejection::Conflict(f.message().into()))?;
+            if sso.method != SsoMethod::PasswordAndSecondFactor {
+                return Err(Rejection::Conflict(
+                    "authenticator codes go with Entra ID sign-in; your account is passwordless"
+                        .into(),
+                ));
+            }
+            if s.signin.totp_last_step.is_some_and(|u| step <= u) {
+                return Err(Rejection::Conflict(
+                    "that code was used already; wait for the next one".into(),
+                ));
+            }
+            let mut events: Vec<Event> = vec![TotpEnrolled { sealed_seed, step }.into()];
+            match enrolment {
+                Some((link_id, true)) => {
+                    open_link(s, link_id, at)?;
+                    events.extend(complete(
+                        s,
+                        link_id,
+                        sso.method,
+                        vec!["fed".into(), "otp".into()],
+                        at,
+                    ));
+                }
+                Some((_, false)) => return Err(Rejection::Conflict(
+                    "sign in with Entra ID first: your account uses a password and a second factor"
+                        .into(),
+                )),
+                None => {}
+            }
+            Ok(events)
+        }
+        SignInCommand::RenamePasskey {
+            credential_id,
+            name,
+        } => {
+            if !s.signin.passkeys.contains_key(&credential_id) {
+                return Err(Rejection::NotFound("passkey"));
+            }
+            Ok(vec![PasskeyRenamed {
+                credential_id,
+                name: passkey_name(&name)?,
+            }
+            .into()])
+        }
+        SignInCommand::RemovePasskey { credential_id } => {
+            if !s.signin.passkeys.contains_key(&credential_id) {
+                return Err(Rejection::NotFound("passkey"));
+            }
+            let sso = s.sso_override.or(s.imported_sso).unwrap_or_default();
+            let left = s.signin.passkeys.len() - 1;
+            let needed = match sso.method {
+                SsoMethod::Passwordless => left == 0,
+                SsoMethod::PasswordAndSecondFactor => left == 0 && !s.signin.totp,
+            };
+            if needed && sso.enabled {
+                return Err(Rejection::Conflict(
+                    "this is your last way to sign in: add another before removing it".into(),
+                ));
+            }
+            Ok(vec![PasskeyRemoved { credential_id }.into()])
+        }
+        SignInCommand::RemoveTotp => {
+            if !s.signin.totp {
+                return Err(Rejection::NotFound("authenticator app"));
+            }
+            let sso = s.sso_override.or(s.imported_sso).unwrap_or_default();
+            if sso.enabled
+                && sso.method == SsoMethod::PasswordAndSecondFactor
+                && s.signin.passkeys.is_empty()
+            {
+                return Err(Rejection::Conflict(
+                    "this is your last second factor: add a passkey before removing it".into(),
+                ));
+            }
+            Ok(vec![TotpRemoved {}.into()])
+        }
+        SignInCommand::SignIn { proof, app, at } => Ok(sign_in(s, proof, app, at)),
+    }
+}
+
+/// A sign-in attempt always yields events: success, or the failure (and a lock when it
+/// is one failure too many) — so every attempt is in the audit trail.
+fn sign_in(s: &UserState, proof: Proof, app: Option<String>, at: DateTime<Utc>) -> Vec<Event> {
+    let factor = proof.factor();
+    let fail = |reason: SignInFailure| -> Vec<Event> {
+        let mut events: Vec<Event> = vec![SignInFailed {
+            factor,
+            reason: reason.clone(),
+            app: app.clone(),
+            at,
+        }
+        .into()];
+        // A refusal for who the user is (not what they presented) is no guess to count.
+        let counts = !matches!(
+            reason,
+            SignInFailure::Locked
+                | SignInFailure::NotActive
+                | SignInFailure::SsoOff
+                | SignInFailure::MethodNotAllowed
+        );
+        let recent = s.signin.failures.get(&factor).map_or(0, |l| {
+            l.iter().filter(|t| at - **t < FAILURE_WINDOW).count()
+        });
+        if counts && recent + 1 >= FAILURES_TO_LOCK {
+            events.push(
+                SignInLocked {
+                    factor,
+                    until: at + LOCK_FOR,
+                }
+                .into(),
+            );
+        }
+        events
+    };
+    let sso = match allowed(s) {
+        Ok(sso) => sso,
+        Err(f) => return fail(f),
+    };
+    if sso.method != proof.method() {
+        return fail(SignInFailure::MethodNotAllowed);
+    }
+    if s.signin.locked_until.get(&factor).is_some_and(|u| at < *u) {
+        return fail(SignInFailure::Locked);
+    }
+    let mut ok = SignInSucceeded {
+        method: sso.method,
+        amr: Vec::new(),
+        app: app.clone(),
+        passkey: None,
+        totp_step: None,
+        at,
+    };
+    match proof {
+        Proof::EntraFailed(reason) => return fail(reason),
+        Proof::Passkey {
+            credential_id,
+            verified,
+        }
+        | Proof::EntraThenPasskey {
+            credential_id,
+            verified,
+        } => {
+            let Some(held) = s.signin.passkeys.get(&credential_id) else {
+                return fail(SignInFailure::UnknownCredential);
+            };
+            let proof = match verified {
+                Ok(p) => p,
+                Err(f) => return fail(f),
+            };
+            // Synced passkeys keep 0; otherwise the counter must move forward, or two
+            // authenticators hold one key.
+            if (held.sign_count != 0 || proof.sign_count != 0)
+                && proof.sign_count <= held.sign_count
+            {
+                return fail(SignInFailure::CounterWentBack);
+            }
+            let amr = amr_of(held.attachment, proof.user_verified);
+            ok.amr = match sso.method {
+                SsoMethod::Passwordless => amr,
+                SsoMethod::PasswordAndSecondFactor => std::iter::once("fed".to_owned())
+                    .chain(amr.into_iter().take(1))
+                    .collect(),
+            };
+            ok.passkey = Some((credential_id, proof.sign_count));
+        }
+        Proof::EntraThenTotp { code, seed } => {
+            if !s.signin.totp {
+                return fail(SignInFailure::NotEnrolled);
+            }
+            match crate::totp::verify(&seed, &code, at.timestamp(), s.signin.totp_last_step) {
+                Ok(step) => {
+                    ok.amr = vec!["fed".into(), "otp".into()];
+                    ok.totp_step = Some(step);
+                }
+                Err(crate::totp::CodeRefused::Reused) => return fail(SignInFailure::ReusedCode),
+                Err(_) => return fail(SignInFailure::WrongCode),
+            }
+        }
+    }
+    vec![ok.into()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::user::evolve as fold;
+    use super::*;
+    use proptest::prelude::*;
+
+    fn t0() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default()
+    }
+
+    fn user(method: SsoMethod) -> UserState {
+        let mut s = UserState::default();
+        for e in [
+            UserDiscovered {
+                user_id: UserId(uuid::Uuid::from_u128(4)),
+                domain_id: DomainId(uuid::Uuid::from_u128(1)),
+                external_id: "x".into(),
+                attributes: UserAttributes::default(),
+            }
+            .into(),
+            UserImported {
+                sso: SsoSettings {
+                    enabled: true,
+                    method,
+                },
+            }
+            .into(),
+        ] {
+            s = fold(s, &e);
+        }
+        s
+    }
+
+    fn apply(mut s: UserState, events: &[Event]) -> UserState {
+        for e in events {
+            s = fold(s, e);
+        }
+        s
+    }
+
+    fn link(n: u128, expires_at: DateTime<Utc>) -> Event {
+        InviteSent {
+            to: "a@contoso.com".into(),
+            via: "outbox".into(),
+            link: Some(EnrolmentLink {
+                link_id: LinkId(uuid::Uuid::from_u128(n)),
+                token_hash: Hash([n as u8; 32]),
+                expires_at,
+            }),
+        }
+        .into()
+    }
+
+    fn sealed() -> SealedSecret {
+        SealedSecret {
+            key_id: DataKeyId(uuid::Uuid::from_u128(9)),
+            nonce: [0; 24],
+            ciphertext: vec![1, 2, 3],
+        }
+    }
+
+    fn passkey(id: &str, attachment: Attachment) -> PasskeyRegistered {
+        PasskeyRegistered {
+            credential_id: id.into(),
+            name: " Laptop ".into(),
+            sealed_public_key: sealed(),
+            algorithm: -7,
+            attachment: Some(attachment),
+            sign_count: 1,
+        }
+    }
+
+    fn lid(n: u128) -> LinkId {
+        LinkId(uuid::Uuid::from_u128(n))
+    }
+
+    #[test]
+    fn enrolling_a_security_key_completes_enrolment_and_signs_in() {
+        let s = apply(
+            user(SsoMethod::Passwordless),
+            &[link(1, t0() + Duration::hours(72))],
+        );
+        let events = decide(
+            &s,
+            SignInCommand::RegisterPasskey {
+                enrolment: Some((lid(1), false)),
+                passkey: passkey("c1", Attachment::CrossPlatform),
+                user_verified: true,
+                at: t0(),
+            },
+        )
+        .unwrap_or_default();
+        let kinds: Vec<_> = events.iter().map(Event::kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                "PasskeyRegistered",
+                "EnrolmentStarted",
+                "EnrolmentCompleted",
+                "SignInSucceeded"
+            ]
+        );
+        let Event::SignInSucceeded(ok) = &events[3] else {
+            unreachable!()
+        };
+        assert_eq!(ok.amr, ["hwk", "mfa"]);
+        let Event::PasskeyRegistered(p) = &events[0] else {
+            unreachable!()
+        };
+        assert_eq!(p.name, "Laptop");
+        // The link is used up now.
+        let s = apply(s, &events);
+        assert_eq!(link_status(&s, lid(1), t0()), Err(LinkGone::Used));
+    }
+
+    #[test]
+    fn password_mode_enrolment_needs_the_entra_step() {
+        let s = apply(
+            user(SsoMethod::PasswordAndSecondFactor),
+            &[link(1, t0() + Duration::hours(72))],
+        );
+        let totp = |entra| SignInCommand::EnrolTotp {
+            enrolment: Some((lid(1), entra)),
+            sealed_seed: sealed(),
+            step: 7,
+            at: t0(),
+        };
+        assert!(matches!(
+            decide(&s, totp(false)),
+            Err(Rejection::Conflict(_))
+        ));
+        let events = decide(&s, totp(true)).unwrap_or_default();
+        let Some(Event::SignInSucceeded(ok)) = events.last() else {
+            unreachable!()
+        };
+        assert_eq!(ok.amr, ["fed", "otp"]);
+        // Passwordless users have no authenticator codes.
+        let s = apply(
+            user(SsoMethod::Passwordless),
+            &[link(1, t0() + Duration::hours(1))],
+        );
+        assert!(decide(&s, totp(true)).is_err());
+    }
+
+    #[test]
+    fn no_enrolment_when_sso_is_off_or_the_user_is_not_active() {
+        let s = apply(
+            user(SsoMethod::Passwordless),
+            &[
+                link(1, t0() + Duration::hours(72)),
+                UserSsoOverrideSet {
+                    sso: Some(SsoSettings {
+                        enabled: false,
+                        method: SsoMethod::Passwordless,
+                    }),
+                }
+                .into(),
+            ],
+        );
+        let start = SignInCommand::StartEnrolment {
+            link_id: lid(1),
+            at: t0(),
+        };
+        assert!(matches!(
+            decide(&s, start.clone()),
+            Err(Rejection::Conflict(_))
+        ));
+        let s = apply(
+            user(SsoMethod::Passwordless),
+            &[
+                link(1, t0() + Duration::hours(72)),
+                UserDeactivated { reason: None }.into(),
+            ],
+        );
+        assert!(matches!(decide(&s, start), Err(Rejection::Conflict(_))));
+    }
+
+    fn signed_up(method: SsoMethod) -> UserState {
+        let mut s = apply(user(method), &[passkey("c1", Attachment::Platform).into()]);
+        if method == SsoMethod::PasswordAndSecondFactor {
+            s = apply(
+                s,
+                &[TotpEnrolled {
+                    sealed_seed: sealed(),
+                    step: 1,
+                }
+                .into()],
+            );
+        }
+        s
+    }
+
+    fn by_passkey(count: u32) -> Proof {
+        Proof::Passkey {
+            credential_id: "c1".into(),
+            verified: Ok(PasskeyProof {
+                sign_count: count,
+                user_verified: true,
+            }),
+        }
+    }
+
+    fn attempt(s: &UserState, proof: Proof, at: DateTime<Utc>) -> Vec<Event> {
+        decide(
+            s,
+            SignInCommand::SignIn {
+                proof,
+                app: None,
+                at,
+            },
+        )
+        .unwrap_or_default()
+    }
+
+    fn failure(events: &[Event]) -> Option<SignInFailure> {
+        events.iter().find_map(|e| match e {
+            Event::SignInFailed(f) => Some(f.reason.clone()),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn passkey_sign_in_and_its_rules() {
+        let s = signed_up(SsoMethod::Passwordless);
+        let ok = attempt(&s, by_passkey(2), t0());
+        let Some(Event::SignInSucceeded(e)) = ok.first() else {
+            unreachable!("{ok:?}")
+        };
+        assert_eq!(e.amr, ["swk", "mfa"]);
+        let s2 = apply(s.clone(), &ok);
+        // The same counter again: a copied authenticator.
+        assert_eq!(
+            failure(&attempt(&s2, by_passkey(2), t0())),
+            Some(SignInFailure::CounterWentBack)
+        );
+        // Someone else's (or a removed) credential.
+        let other = Proof::Passkey {
+            credential_id: "c9".into(),
+            verified: Ok(PasskeyProof {
+                sign_count: 5,
+                user_verified: true,
+            }),
+        };
+        assert_eq!(
+            failure(&attempt(&s, other, t0())),
+            Some(SignInFailure::UnknownCredential)
+        );
+        // Deactivated, or SSO turned off: refused, whatever the proof.
+        let off = apply(s.clone(), &[UserDeactivated { reason: None }.into()]);
+        assert_eq!(
+            failure(&attempt(&off, by_passkey(3), t0())),
+            Some(SignInFailure::NotActive)
+        );
+        let off = apply(
+            s.clone(),
+            &[UserSsoOverrideSet {
+                sso: Some(SsoSettings {
+                    enabled: false,
+                    method: SsoMethod::Passwordless,
+                }),
+            }
+            .into()],
+        );
+        assert_eq!(
+            failure(&attempt(&off, by_passkey(3), t0())),
+            Some(SignInFailure::SsoOff)
+        );
+        // A passwordless user cannot use the password way.
+        let pw = Proof::EntraThenTotp {
+            code: "123456".into(),
+            seed: vec![1; 20],
+        };
+        assert_eq!(
+            failure(&attempt(&s, pw, t0())),
+            Some(SignInFailure::MethodNotAllowed)
+        );
+    }
+
+    #[test]
+    fn totp_codes_are_used_once() {
+        let s = signed_up(SsoMethod::PasswordAndSecondFactor);
+        let seed = vec![3u8; 20];
+        let now = t0();
+        let code = format!(
+            "{:06}",
+            crate::totp::code(&seed, crate::totp::step_at(now.timestamp()))
+        );
+        let proof = || Proof::EntraThenTotp {
+            code: code.clone(),
+            seed: seed.clone(),
+        };
+        let ok = attempt(&s, proof(), now);
+        let Some(Event::SignInSucceeded(e)) = ok.first() else {
+            unreachable!("{ok:?}")
+        };
+        assert_eq!(e.amr, ["fed", "otp"]);
+        let s = apply(s, &ok);
+        assert_eq!(
+            failure(&attempt(&s, proof(), now + Duration::seconds(5))),
+            Some(SignInFailure::ReusedCode)
+        );
+    }
+
+    #[test]
+    fn removing_the_last_method_is_refused() {
+        let s = signed_up(SsoMethod::Passwordless);
+        assert!(matches!(
+            decide(
+                &s,
+                SignInCommand::RemovePasskey {
+                    credential_id: "c1".into()
+                }
+            ),
+            Err(Rejection::Conflict(_))
+        ));
+        let s = apply(s, &[passkey("c2", Attachment::CrossPlatform).into()]);
+        assert!(decide(
+            &s,
+            SignInCommand::RemovePasskey {
+                credential_id: "c1".into()
+            }
+        )
+        .is_ok());
+    }
+
+    fn bad_passkey() -> Proof {
+        Proof::Passkey {
+            credential_id: "c1".into(),
+            verified: Err(SignInFailure::BadCredential("signature".into())),
+        }
+    }
+
+    #[test]
+    fn five_failures_in_five_minutes_lock_for_fifteen() {
+        let mut s = signed_up(SsoMethod::Passwordless);
+        let mut at = t0();
+        for i in 0..FAILURES_TO_LOCK {
+            let events = attempt(&s, bad_passkey(), at);
+            assert_eq!(
+                events.iter().any(|e| e.kind() == "SignInLocked"),
+                i + 1 == FAILURES_TO_LOCK
+            );
+            s = apply(s, &events);
+            at += Duration::seconds(30);
+        }
+        // Locked: even the right passkey is refused, with the reason.
+        assert_eq!(
+            failure(&attempt(&s, by_passkey(9), at)),
+            Some(SignInFailure::Locked)
+        );
+        // Fifteen minutes after the lock, it works again.
+        let later = at - Duration::seconds(30) + LOCK_FOR;
+        assert!(failure(&attempt(&s, by_passkey(9), later)).is_none());
+    }
+
+    /// One step of the enrolment-link model.
+    #[derive(Clone, Debug)]
+    enum Step {
+        /// An admin sends an invite (a new link), valid for `hours`.
+        Invite { hours: i64 },
+        /// Time passes.
+        Wait { minutes: i64 },
+        /// The user presents link number `n` (of those sent so far) and finishes.
+        Enrol { n: usize },
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            (1i64..100).prop_map(|hours| Step::Invite { hours }),
+            (1i64..3000).prop_map(|minutes| Step::Wait { minutes }),
+            (0usize..6).prop_map(|n| Step::Enrol { n }),
+        ]
+    }
+
+    proptest! {
+        /// The enrolment link's state machine against a plain model: a link works only
+        /// while it is the newest, unexpired and unused; it works at most once; and a
+        /// refusal changes nothing.
+        #[test]
+        fn enrolment_links(steps in proptest::collection::vec(step(), 1..40)) {
+            let mut s = user(SsoMethod::Passwordless);
+            let mut now = t0();
+            // Model: every link sent, with its expiry; which one was used.
+            let mut sent: Vec<(LinkId, DateTime<Utc>)> = Vec::new();
+            let mut used: Option<LinkId> = None;
+            let mut creds = 0u32;
+            for st in steps {
+                match st {
+                    Step::Invite { hours } => {
+                        let n = sent.len() as u128 + 1;
+                        let e = link(n, now + Duration::hours(hours));
+                        sent.push((lid(n), now + Duration::hours(hours)));
+                        used = None;
+                        s = apply(s, &[e]);
+                    }
+                    Step::Wait { minutes } => now += Duration::minutes(minutes),
+                    Step::Enrol { n } => {
+                        let Some(&(id, expires)) = sent.get(n) else { continue };
+                        let newest = sent.last().map(|l| l.0) == Some(id);
+                        let expected = if !newest {
+                            Err(LinkGone::Replaced)
+                        } else if used == Some(id) {
+                            Err(LinkGone::Used)
+                        } else if now >= expires {
+                            Err(LinkGone::Expired)
+                        } else {
+                            Ok(())
+                        };
+                        prop_assert_eq!(link_status(&s, id, now), expected);
+                        creds += 1;
+                        let r = decide(&s, SignInCommand::RegisterPasskey {
+                            enrolment: Some((id, false)),
+                            passkey: passkey(&format!("k{creds}"), Attachment::Platform),
+                            user_verified: true,
+                            at: now,
+                        });
+                        match (expected, r) {
+                            (Ok(()), Ok(events)) => {
+                                prop_assert!(events.iter().any(|e| e.kind() == "EnrolmentCompleted"));
+                                used = Some(id);
+                                s = apply(s, &events);
+                            }
+                            (Err(_), Err(Rejection::Conflict(_))) => {}
+                            // Passkey limit reached: refused, and the link stays as it was.
+                            (Ok(()), Err(Rejection::Conflict(_))) => {
+                                prop_assert!(s.signin.passkeys.len() >= MAX_PASSKEYS);
+                            }
+                            (e, r) => prop_assert!(false, "model {e:?}, decided {r:?}"),
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -232,15 +232,19 @@ pub async fn requests(State(sim): State<Sim>) -> Response {
     Json(json!(inner.requests.iter().collect::<Vec<_>>())).into_response()
 }
 
-/// `PATCH /_sim/apps/{client_id}` body: a new `secret` and/or `permissions`.
+/// `PATCH /_sim/apps/{client_id}` body: a new `secret`, `permissions` and/or
+/// `redirectUris` (replacing the registered list).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AppPatch {
     secret: Option<String>,
     permissions: Option<Vec<String>>,
+    #[serde(rename = "redirectUris")]
+    redirect_uris: Option<Vec<String>>,
 }
 
-/// Rotates an app's secret or changes its permissions (tokens already issued keep theirs).
+/// Rotates an app's secret, changes its permissions (tokens already issued keep theirs) or
+/// its redirect URIs (codes already issued keep theirs).
 pub async fn patch_app(
     State(sim): State<Sim>,
     Path(client_id): Path<String>,
@@ -255,6 +259,9 @@ pub async fn patch_app(
     }
     if let Some(p) = p.permissions {
         app.permissions = p;
+    }
+    if let Some(r) = p.redirect_uris {
+        app.redirect_uris = r;
     }
     StatusCode::NO_CONTENT
 }

@@ -7,6 +7,7 @@ use axum::extract::{Form, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use serde::Serialize;
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, HashMap};
 
@@ -72,7 +73,12 @@ pub async fn unknown_segment(uri: axum::http::Uri) -> Response {
     )
 }
 
-fn token_error(status: StatusCode, error: &str, aadsts: u32, description: &str) -> Response {
+pub(crate) fn token_error(
+    status: StatusCode,
+    error: &str,
+    aadsts: u32,
+    description: &str,
+) -> Response {
     let now = chrono::Utc::now().format("%Y-%m-%d %H:%M:%SZ").to_string();
     let body = json!({
         "error": error,
@@ -85,7 +91,7 @@ fn token_error(status: StatusCode, error: &str, aadsts: u32, description: &str) 
     (status, Json(body)).into_response()
 }
 
-fn base_url(headers: &HeaderMap) -> String {
+pub(crate) fn base_url(headers: &HeaderMap) -> String {
     let host = headers
         .get("host")
         .and_then(|h| h.to_str().ok())
@@ -862,20 +868,25 @@ pub async fn users_delta(
     )
 }
 
-/// `POST /{tenant}/oauth2/v2.0/token`: client credentials.
-pub async fn token(
-    State(sim): State<Sim>,
-    Path(tenant): Path<String>,
-    Form(form): Form<HashMap<String, String>>,
-) -> Response {
-    let inner = sim.lock();
-    let dir = &inner.dir;
-    let known_tenant = tenant.eq_ignore_ascii_case(&dir.tenant_id)
+/// Whether `tenant` (in a path) names this directory: its id or one of its domains.
+pub(crate) fn known_tenant(dir: &crate::tenant::Directory, tenant: &str) -> bool {
+    tenant.eq_ignore_ascii_case(&dir.tenant_id)
         || dir
             .domains
             .iter()
-            .any(|d| d.id.eq_ignore_ascii_case(&tenant));
-    if !known_tenant {
+            .any(|d| d.id.eq_ignore_ascii_case(tenant))
+}
+
+/// `POST /{tenant}/oauth2/v2.0/token`: client credentials, and the authorization code of a
+/// user's sign-in (see [`crate::signin`]).
+pub async fn token(
+    State(sim): State<Sim>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let mut inner = sim.lock();
+    if !known_tenant(&inner.dir, &tenant) {
         return token_error(
             StatusCode::BAD_REQUEST,
             "invalid_request",
@@ -883,6 +894,10 @@ pub async fn token(
             &format!("Tenant '{tenant}' not found."),
         );
     }
+    if form.get("grant_type").map(String::as_str) == Some("authorization_code") {
+        return crate::signin::redeem_code(&sim, &mut inner, &headers, &form);
+    }
+    let dir = &inner.dir;
     if form.get("grant_type").map(String::as_str) != Some("client_credentials") {
         return token_error(
             StatusCode::BAD_REQUEST,
@@ -933,7 +948,25 @@ pub async fn token(
     Json(json!({"token_type": "Bearer", "expires_in": expires_in, "ext_expires_in": expires_in, "access_token": token})).into_response()
 }
 
-/// `GET /{tenant}/v2.0/.well-known/openid-configuration`.
+/// The OpenID Provider metadata Entra publishes, as far as the simulator serves it.
+#[derive(Serialize)]
+struct OpenIdConfiguration {
+    token_endpoint: String,
+    token_endpoint_auth_methods_supported: [&'static str; 3],
+    jwks_uri: String,
+    response_modes_supported: [&'static str; 3],
+    subject_types_supported: [&'static str; 1],
+    id_token_signing_alg_values_supported: [&'static str; 1],
+    response_types_supported: [&'static str; 4],
+    scopes_supported: [&'static str; 4],
+    issuer: String,
+    request_uri_parameter_supported: bool,
+    authorization_endpoint: String,
+    claims_supported: &'static [&'static str],
+}
+
+/// `GET /{tenant}/v2.0/.well-known/openid-configuration`. The lists are Entra's own (the
+/// simulator issues only what the authorization code flow and client credentials need).
 pub async fn openid_configuration(
     State(sim): State<Sim>,
     headers: HeaderMap,
@@ -941,11 +974,37 @@ pub async fn openid_configuration(
 ) -> Response {
     let base = base_url(&headers);
     let tid = sim.lock().dir.tenant_id.clone();
-    Json(json!({
-        "token_endpoint": format!("{base}/{tenant}/oauth2/v2.0/token"),
-        "issuer": format!("{base}/{tid}/v2.0"),
-        "authorization_endpoint": format!("{base}/{tenant}/oauth2/v2.0/authorize"),
-        "token_endpoint_auth_methods_supported": ["client_secret_post"],
-    }))
+    Json(OpenIdConfiguration {
+        token_endpoint: format!("{base}/{tenant}/oauth2/v2.0/token"),
+        token_endpoint_auth_methods_supported: [
+            "client_secret_post",
+            "private_key_jwt",
+            "client_secret_basic",
+        ],
+        jwks_uri: format!("{base}/{tenant}/discovery/v2.0/keys"),
+        response_modes_supported: ["query", "fragment", "form_post"],
+        subject_types_supported: ["pairwise"],
+        id_token_signing_alg_values_supported: ["RS256"],
+        response_types_supported: ["code", "id_token", "code id_token", "id_token token"],
+        scopes_supported: ["openid", "profile", "email", "offline_access"],
+        // The tenant's GUID whatever name the request used, as Entra's.
+        issuer: format!("{base}/{tid}/v2.0"),
+        request_uri_parameter_supported: false,
+        authorization_endpoint: format!("{base}/{tenant}/oauth2/v2.0/authorize"),
+        claims_supported: &[
+            "sub",
+            "iss",
+            "aud",
+            "exp",
+            "iat",
+            "nonce",
+            "preferred_username",
+            "name",
+            "tid",
+            "ver",
+            "email",
+            "oid",
+        ],
+    })
     .into_response()
 }

@@ -6,7 +6,9 @@
 
 pub mod control;
 pub mod graph;
+pub mod id_token;
 pub mod jwt;
+pub mod signin;
 pub mod state;
 pub mod tenant;
 pub mod tls;
@@ -45,6 +47,11 @@ pub fn router(sim: Sim) -> Router {
         )
         .route("/v1.0/domains", get(graph::list_domains))
         .route("/{tenant}/oauth2/v2.0/token", post(graph::token))
+        .route(
+            "/{tenant}/oauth2/v2.0/authorize",
+            get(signin::authorize_page).post(signin::authorize_submit),
+        )
+        .route("/{tenant}/discovery/v2.0/keys", get(signin::jwks))
         .route(
             "/{tenant}/v2.0/.well-known/openid-configuration",
             get(graph::openid_configuration),

@@ -158,6 +158,8 @@ pub struct Inner {
     pub link_host: Option<String>,
     /// When set, token answers claim this `expires_in` whatever the token's real lifetime.
     pub claimed_expires_in: Option<u64>,
+    /// Authorization codes issued by sign-ins, until redeemed and expired.
+    pub auth_codes: crate::signin::AuthCodes,
 }
 
 /// One password set through Graph's `PATCH /users/{id}` (`GET /_sim/password-log`): what a

@@ -54,6 +54,10 @@ pub struct Application {
     /// Directory roles held by the app's service principal.
     #[serde(default)]
     pub directory_roles: Vec<String>,
+    /// Redirect URIs registered for sign-in (`redirectUris`); the authorize endpoint
+    /// accepts exactly these strings.
+    #[serde(default)]
+    pub redirect_uris: Vec<String>,
 }
 
 /// A user.

@@ -53,6 +53,10 @@ pub struct Invite {
     pub user_principal_name: String,
     /// The tenant's domain name.
     pub domain: String,
+    /// The single-use enrolment link (the only place its secret is written).
+    pub link: String,
+    /// When the link stops working.
+    pub expires_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// Carries invites.
@@ -69,6 +73,11 @@ pub enum Mailer {
         /// The sender.
         from: Mailbox,
     },
+}
+
+/// Checks that `to` is a usable address before anything is recorded.
+pub fn check_address(to: &str) -> Result<(), InviteError> {
+    mailbox(to).map(|_| ())
 }
 
 fn mailbox(s: &str) -> Result<Mailbox, InviteError> {
@@ -157,21 +166,24 @@ impl Mailer {
     }
 }
 
-/// The invite's text: who it is for and how to choose a sign-in method.
+/// The invite's text: who it is for, the enrolment link, and how long it works.
 pub fn body(invite: &Invite) -> String {
     format!(
         "Hello {name},\n\n\
          your account {upn} in {domain} now signs in with Hideez.\n\n\
-         Choose your sign-in method:\n\
-         1. Hardware key (passwordless): tap your Hideez key when Windows or a web sign-in asks;\n   \
-            your password is changed and kept on the key for you, so you never type it.\n\
-         2. Password and a second factor: sign in with your password, then confirm with the\n   \
-            Hideez key or the authenticator app.\n\n\
-         Your administrator may have chosen one for you; you can ask them to change it.\n\
+         Open this link to choose your sign-in method and set it up:\n\n\
+         {link}\n\n\
+         The link works once, until {expires} (UTC). Your administrator may have chosen the\n\
+         method for you:\n\
+         - Passwordless: a passkey on this device or a security key such as the Hideez Key.\n\
+         - Password and a second factor: your Entra ID sign-in, then a passkey or an\n  \
+           authenticator app code.\n\n\
          If you did not expect this message, tell your administrator.\n",
         name = invite.display_name,
         upn = invite.user_principal_name,
         domain = invite.domain,
+        link = invite.link,
+        expires = invite.expires_at.format("%Y-%m-%d %H:%M"),
     )
 }
 

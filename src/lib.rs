@@ -29,5 +29,6 @@ pub mod projector;
 pub mod rotation;
 pub mod secrets;
 pub mod server;
+pub mod signin;
 pub mod store;
 pub mod sync;

@@ -1,6 +1,6 @@
 //! Value types shared by events, decisions and projections.
 
-use crate::ids::{DataKeyId, DomainId, LinkId, TokenId};
+use crate::ids::{DataKeyId, DomainId, LinkId, TokenId, UserId};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 
@@ -108,6 +108,8 @@ pub enum Actor {
     Scheduler(DomainId),
     /// An API caller, by token and role.
     Token(TokenId, Role),
+    /// A user acting for themselves: enrolling, signing in, managing their methods.
+    User(UserId),
 }
 
 impl fmt::Display for Actor {
@@ -118,6 +120,7 @@ impl fmt::Display for Actor {
             Actor::Sync(d) => write!(f, "sync:{d}"),
             Actor::Scheduler(d) => write!(f, "scheduler:{d}"),
             Actor::Token(t, r) => write!(f, "{}:{t}", r.as_str()),
+            Actor::User(u) => write!(f, "user:{u}"),
         }
     }
 }
@@ -138,6 +141,7 @@ impl std::str::FromStr for Actor {
                     "admin" => Actor::Token(TokenId(uuid), Role::Admin),
                     "auditor" => Actor::Token(TokenId(uuid), Role::Auditor),
                     "agent" => Actor::Token(TokenId(uuid), Role::Agent),
+                    "user" => Actor::User(UserId(uuid)),
                     _ => return Err(bad()),
                 }
             }
@@ -153,6 +157,7 @@ enum ActorRepr {
     Sync(DomainId),
     Scheduler(DomainId),
     Token(TokenId, Role),
+    User(UserId),
 }
 
 impl Serialize for Actor {
@@ -166,6 +171,7 @@ impl Serialize for Actor {
             Actor::Sync(d) => ActorRepr::Sync(d),
             Actor::Scheduler(d) => ActorRepr::Scheduler(d),
             Actor::Token(t, r) => ActorRepr::Token(t, r),
+            Actor::User(u) => ActorRepr::User(u),
         }
         .serialize(s)
     }
@@ -183,6 +189,7 @@ impl<'de> Deserialize<'de> for Actor {
             ActorRepr::Sync(d) => Actor::Sync(d),
             ActorRepr::Scheduler(d) => Actor::Scheduler(d),
             ActorRepr::Token(t, r) => Actor::Token(t, r),
+            ActorRepr::User(u) => Actor::User(u),
         })
     }
 }

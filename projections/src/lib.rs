@@ -11,6 +11,7 @@
 pub mod domains;
 pub mod key_writes;
 pub mod rotations;
+pub mod signins;
 pub mod tokens;
 pub mod users;
 
@@ -21,6 +22,7 @@ use serde::Serialize;
 pub use domains::{DomainView, Domains, RunAction, RunUserOutcome, SyncRunStatus, SyncRunView};
 pub use key_writes::{KeyWriteView, KeyWrites};
 pub use rotations::{RotationOutcome, RotationView, Rotations};
+pub use signins::{PasskeyView, SignInRecord, SignInView, SignIns};
 pub use tokens::{TokenView, Tokens};
 pub use users::{UserStatus, UserView, Users};
 
@@ -43,6 +45,8 @@ pub struct Projections {
     pub key_writes: KeyWrites,
     /// API tokens.
     pub tokens: Tokens,
+    /// Enrolment links, passkeys, authenticator apps and recent sign-ins.
+    pub signins: SignIns,
 }
 
 impl Projections {
@@ -110,6 +114,7 @@ impl Projections {
             StreamKind::User => {
                 if let Some(user_id) = env.stream.user_id() {
                     self.users.apply(user_id, env);
+                    self.signins.apply(user_id, env);
                     if let Some(c) = env.correlation_id {
                         self.domains.note_run_user_event(
                             idledger_domain::SyncRunId(c),

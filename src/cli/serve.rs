@@ -41,6 +41,11 @@ pub struct ServeArgs {
     /// proxy's).
     #[arg(long)]
     pub graph_ca_bundle: Option<PathBuf>,
+    /// The origin users' browsers reach this server at, e.g. `https://idp.contoso.com`
+    /// (invites link there; its host is the WebAuthn relying-party id). Default with a
+    /// loopback `--listen`: `http://localhost:<port>`.
+    #[arg(long)]
+    pub public_url: Option<String>,
 }
 
 impl ServeArgs {
@@ -57,6 +62,7 @@ impl ServeArgs {
                 tls_key: self.tls_key.clone(),
                 redirect_listen: self.redirect_listen.clone(),
                 graph_ca_bundle: self.graph_ca_bundle.clone(),
+                public_url: self.public_url.clone(),
             },
         )
     }

@@ -38,7 +38,9 @@ pub fn app(state: AppState) -> Router {
         .route("/console/assets/{file}", get(asset))
         .layer(axum::middleware::map_response(page_headers))
         .with_state(state.clone());
-    crate::http::router(state).merge(console)
+    crate::http::router(state.clone())
+        .merge(console)
+        .merge(crate::signin::routes(state))
 }
 
 /// Who is looking at a page.

@@ -2,26 +2,11 @@
 //! [`esc`]; the tables are filled by `console.js` with `textContent`, never as HTML.
 
 use super::{signed_in, Viewer};
+pub(crate) use crate::http::esc;
 use crate::http::AppState;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::{Html, IntoResponse, Response};
-
-/// HTML-escapes text for an element's content or a quoted attribute.
-pub(crate) fn esc(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
 
 const NAV: [(&str, &str, &str); 4] = [
     ("domains", "/console/domains", "Domains"),

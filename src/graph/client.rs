@@ -676,6 +676,147 @@ impl GraphClient {
         let body = self.get(&self.graph("/domains")).await?;
         parse_values(&body)
     }
+
+    fn authority(&self, path: &str) -> String {
+        format!(
+            "{}/{}{path}",
+            trim(&self.settings.authority_url),
+            urlencoding::encode(&self.settings.tenant_id)
+        )
+    }
+
+    /// Where to send a user's browser to sign in to Entra ID with this app registration:
+    /// the authorization code flow with PKCE (S256), `openid profile email`.
+    pub fn authorize_url(&self, request: &AuthorizeRequest<'_>) -> String {
+        let mut url = format!(
+            "{}?client_id={}&response_type=code&response_mode=query&scope={}&redirect_uri={}&state={}&nonce={}&code_challenge={}&code_challenge_method=S256",
+            self.authority("/oauth2/v2.0/authorize"),
+            urlencoding::encode(&self.settings.client_id),
+            urlencoding::encode("openid profile email"),
+            urlencoding::encode(request.redirect_uri),
+            urlencoding::encode(request.state),
+            urlencoding::encode(request.nonce),
+            urlencoding::encode(request.code_challenge),
+        );
+        if let Some(hint) = request.login_hint {
+            url.push_str("&login_hint=");
+            url.push_str(&urlencoding::encode(hint));
+        }
+        url
+    }
+
+    /// The tenant's OpenID Connect issuer and signing keys (JWKS bytes). The keys are read
+    /// only from the authority itself: a discovery document naming another host is refused.
+    pub async fn openid_keys(&self) -> Result<OpenIdKeys, GraphError> {
+        let metadata = self
+            .get_plain(&self.authority("/v2.0/.well-known/openid-configuration"))
+            .await?;
+        let issuer = metadata["issuer"]
+            .as_str()
+            .ok_or_else(|| GraphError::Decode("OpenID configuration without issuer".into()))?
+            .to_owned();
+        let jwks_uri = metadata["jwks_uri"]
+            .as_str()
+            .ok_or_else(|| GraphError::Decode("OpenID configuration without jwks_uri".into()))?
+            .to_owned();
+        if origin(&jwks_uri) != origin(&self.settings.authority_url) {
+            return Err(GraphError::Decode(format!(
+                "the jwks_uri {jwks_uri:?} is not on the authority's host"
+            )));
+        }
+        let jwks = self.get_plain(&jwks_uri).await?;
+        Ok(OpenIdKeys { issuer, jwks })
+    }
+
+    async fn get_plain(&self, url: &str) -> Result<Value, GraphError> {
+        let resp = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| unanswered(url, e))?;
+        let status = resp.status();
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| GraphError::Decode(e.without_url().to_string()))?;
+        if !status.is_success() {
+            return Err(api_error(status, &body, None));
+        }
+        serde_json::from_slice(&body).map_err(|e| GraphError::Decode(e.to_string()))
+    }
+
+    /// Redeems an authorization code for the ID token (the client secret goes to this
+    /// registration's own token endpoint, nowhere else). One try: a code is single-use.
+    pub async fn redeem_code(
+        &self,
+        code: &str,
+        redirect_uri: &str,
+        code_verifier: &str,
+    ) -> Result<Secret, GraphError> {
+        let url = self.authority("/oauth2/v2.0/token");
+        let form = [
+            ("client_id", self.settings.client_id.as_str()),
+            ("client_secret", self.settings.client_secret.expose()),
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", redirect_uri),
+            ("code_verifier", code_verifier),
+            ("scope", "openid profile email"),
+        ];
+        let resp = self
+            .http
+            .post(&url)
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| unanswered(&url, e))?;
+        let status = resp.status();
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| GraphError::Decode(e.without_url().to_string()))?;
+        let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        if !status.is_success() {
+            return Err(GraphError::Token {
+                status: status.as_u16(),
+                error: v["error"].as_str().unwrap_or("unknown").to_owned(),
+                aadsts: v["error_codes"][0].as_u64().unwrap_or(0) as u32,
+            });
+        }
+        v["id_token"]
+            .as_str()
+            .map(Secret::new)
+            .ok_or_else(|| GraphError::Decode("token response without id_token".into()))
+    }
+
+    /// The app registration's client id (the `aud` of its ID tokens).
+    pub fn client_id(&self) -> &str {
+        &self.settings.client_id
+    }
+}
+
+/// What an Entra sign-in asks for.
+pub struct AuthorizeRequest<'a> {
+    /// Where Entra sends the browser back (registered on the app).
+    pub redirect_uri: &'a str,
+    /// Ties the answer to this browser's request.
+    pub state: &'a str,
+    /// Ties the ID token to this request.
+    pub nonce: &'a str,
+    /// PKCE: BASE64URL(SHA-256(verifier)).
+    pub code_challenge: &'a str,
+    /// Pre-fills the user name.
+    pub login_hint: Option<&'a str>,
+}
+
+/// A tenant's OpenID Connect issuer and its keys.
+#[derive(Clone, Debug)]
+pub struct OpenIdKeys {
+    /// `iss` of its ID tokens.
+    pub issuer: String,
+    /// The JWKS document.
+    pub jwks: Value,
 }
 
 fn values(body: &Value) -> Result<&Vec<Value>, GraphError> {

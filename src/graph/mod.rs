@@ -7,6 +7,9 @@ mod client;
 mod error;
 mod types;
 
-pub use client::{GraphClient, GraphSettings, GraphTrust, PasswordNotSet, RetryPolicy, Secret};
+pub use client::{
+    AuthorizeRequest, GraphClient, GraphSettings, GraphTrust, OpenIdKeys, PasswordNotSet,
+    RetryPolicy, Secret,
+};
 pub use error::{GraphError, TlsProblem};
 pub use types::*;

@@ -8,6 +8,7 @@ mod error;
 mod events;
 mod meta;
 pub mod openapi;
+mod origin;
 mod proofs;
 mod rotation;
 pub mod schema;
@@ -19,6 +20,7 @@ mod users;
 pub use auth::{new_token_text, token_hash, Principal};
 pub use error::ApiError;
 pub use events::StreamSlots;
+pub use origin::PublicUrl;
 pub use session::Sessions;
 
 use crate::engine::Engine;
@@ -71,6 +73,12 @@ pub struct AppState {
     pub https: bool,
     /// Console sign-ins.
     pub sessions: Arc<session::Sessions>,
+    /// Where users' browsers reach this server (invites link there); `None` until known.
+    pub public_url: Option<PublicUrl>,
+    /// How long an invite's enrolment link works.
+    pub invite_ttl: chrono::Duration,
+    /// How long a user's sign-in session lasts without a request.
+    pub signin_idle: Duration,
 }
 
 /// Who may call a route.
@@ -449,6 +457,23 @@ impl AppState {
                 .await?,
         )
     }
+}
+
+/// HTML-escapes text for an element's content or a quoted attribute (the console's and
+/// sign-in's pages put every value from a request or the log through it).
+pub fn esc(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// Most items one page of any collection holds.

@@ -440,17 +440,34 @@ pub struct InviteSent {
     to: String,
     /// The mailer that carried it.
     via: String,
+    /// The invite's enrolment link (never its secret).
+    link_id: uuid::Uuid,
+    /// When the link stops working.
+    expires_at: chrono::DateTime<chrono::Utc>,
     /// The position of the invite's record.
     position: u64,
 }
 
-/// Sends an invite to an active user and records it.
+/// Sends an invite with a new enrolment link to an active user. The link is recorded
+/// (its hash only) before the mail leaves, so every link a user can hold is known; an
+/// earlier link stops working at once.
 pub async fn invite(
     State(s): State<AppState>,
     who: Principal,
     IdPath(id): IdPath,
 ) -> Result<Json<InviteSent>, ApiError> {
     let user = UserId(id);
+    let public = s.public_url.clone().ok_or_else(|| {
+        ApiError::Conflict(
+            "the server's public_url is not set: invites have nowhere to link".into(),
+        )
+    })?;
+    let secret = crate::http::new_token_text();
+    let link = idledger_domain::EnrolmentLink {
+        link_id: idledger_domain::LinkId(uuid::Uuid::now_v7()),
+        token_hash: crate::http::token_hash(&secret),
+        expires_at: chrono::Utc::now() + s.invite_ttl,
+    };
     let invite = {
         let p = s.engine.projector.read();
         let u = p
@@ -478,25 +495,33 @@ pub async fn invite(
             display_name: a.display_name.clone(),
             user_principal_name: a.user_principal_name.clone(),
             domain,
+            link: public.join(&format!("/enrol/{secret}")),
+            expires_at: link.expires_at,
         }
     };
-    s.mailer.send(&invite).await.map_err(|e| match e {
-        crate::invite::InviteError::Address(m) => ApiError::Unprocessable(m),
-        crate::invite::InviteError::Delivery(m) => ApiError::BadGateway(m),
-    })?;
+    crate::invite::check_address(&invite.to).map_err(|e| ApiError::Unprocessable(e.to_string()))?;
     let record = UserCommand::RecordInvite {
         to: invite.to.clone(),
         via: s.mailer.via().into(),
+        link: Some(link.clone()),
     };
     let position = s
         .command(&StreamId::user(user), &who.actor(), evolve, |st| {
             decide(st, record.clone())
         })
         .await?;
+    s.mailer.send(&invite).await.map_err(|e| match e {
+        crate::invite::InviteError::Address(m) => ApiError::Unprocessable(m),
+        crate::invite::InviteError::Delivery(m) => ApiError::BadGateway(format!(
+            "{m} (the new link is recorded and the earlier one void: send the invite again)"
+        )),
+    })?;
     Ok(Json(InviteSent {
         user_id: user.0,
         to: invite.to,
         via: s.mailer.via().into(),
+        link_id: link.link_id.0,
+        expires_at: link.expires_at,
         position,
     }))
 }

@@ -50,6 +50,8 @@ pub struct Flags {
     pub redirect_listen: Option<String>,
     /// `--graph-ca-bundle`.
     pub graph_ca_bundle: Option<PathBuf>,
+    /// `--public-url`.
+    pub public_url: Option<String>,
 }
 
 /// Settings: defaults, then the TOML file, then `IDLEDGER_*` variables, then flags.
@@ -102,6 +104,14 @@ pub struct Config {
     pub graph_ca_bundle: Option<PathBuf>,
     /// Minutes a console session lasts without a request.
     pub console_idle_minutes: u64,
+    /// The origin users' browsers reach idledger at (`https://idp.contoso.com`): invites
+    /// link there and its host is the WebAuthn relying-party id. With a loopback listen
+    /// address it defaults to `http://localhost:<port>`; otherwise it must be set.
+    pub public_url: Option<String>,
+    /// Hours an invite's enrolment link works.
+    pub invite_ttl_hours: u32,
+    /// Minutes a user's sign-in session lasts without a request.
+    pub signin_idle_minutes: u64,
 }
 
 impl Config {
@@ -178,6 +188,16 @@ impl Config {
         if !(1..=1440).contains(&self.console_idle_minutes) {
             return Err(Error::Other("console_idle_minutes: 1 to 1440".into()));
         }
+        if !(1..=1440).contains(&self.signin_idle_minutes) {
+            return Err(Error::Other("signin_idle_minutes: 1 to 1440".into()));
+        }
+        if !(1..=720).contains(&self.invite_ttl_hours) {
+            return Err(Error::Other("invite_ttl_hours: 1 to 720".into()));
+        }
+        if let Some(u) = &self.public_url {
+            crate::http::PublicUrl::parse(u)
+                .map_err(|e| Error::Other(format!("public_url: {e}")))?;
+        }
         if !(1..=86_400).contains(&self.tls_reload_secs) {
             return Err(Error::Other("tls_reload_secs: 1 to 86400".into()));
         }
@@ -222,6 +242,9 @@ impl Default for Config {
             redirect_listen: None,
             graph_ca_bundle: None,
             console_idle_minutes: 30,
+            public_url: None,
+            invite_ttl_hours: 72,
+            signin_idle_minutes: 30,
         }
     }
 }
@@ -291,6 +314,15 @@ impl Config {
         if let Some(v) = env_setting("IDLEDGER_GRAPH_CA_BUNDLE", "a file")? {
             c.graph_ca_bundle = Some(v);
         }
+        if let Some(v) = env_setting("IDLEDGER_PUBLIC_URL", "a URL")? {
+            c.public_url = Some(v);
+        }
+        if let Some(v) = env_setting("IDLEDGER_INVITE_TTL_HOURS", "a number of hours")? {
+            c.invite_ttl_hours = v;
+        }
+        if let Some(v) = env_setting("IDLEDGER_SIGNIN_IDLE_MINUTES", "a number of minutes")? {
+            c.signin_idle_minutes = v;
+        }
         if let Some(v) = flags.listen {
             c.listen = v;
         }
@@ -312,6 +344,9 @@ impl Config {
         }
         if let Some(v) = flags.graph_ca_bundle {
             c.graph_ca_bundle = Some(v);
+        }
+        if let Some(v) = flags.public_url {
+            c.public_url = Some(v);
         }
         c.check()?;
         Ok(c)

@@ -130,6 +130,14 @@ pub async fn start_with(
         sessions: Arc::new(http::Sessions::new(Duration::from_secs(
             config.console_idle_minutes * 60,
         ))),
+        public_url: config
+            .public_url
+            .as_deref()
+            .map(http::PublicUrl::parse)
+            .transpose()
+            .map_err(|e| Error::Other(format!("public_url: {e}")))?,
+        invite_ttl: chrono::Duration::hours(i64::from(config.invite_ttl_hours)),
+        signin_idle: Duration::from_secs(config.signin_idle_minutes * 60),
     };
     Ok((state, bootstrap))
 }
@@ -203,10 +211,19 @@ pub async fn run(
             ))
         }
     };
-    let (state, _) = start_with(data_dir, config, config.sync()?, config.rotation()).await?;
+    let (mut state, _) = start_with(data_dir, config, config.sync()?, config.rotation()).await?;
     let listener = std::net::TcpListener::bind(&config.listen)
         .map_err(|e| Error::Other(format!("cannot listen on {}: {e}", config.listen)))?;
     let addr = listener.local_addr()?;
+    if state.public_url.is_none() {
+        state.public_url = http::PublicUrl::loopback_default(addr, tls.is_some());
+    }
+    let Some(public) = &state.public_url else {
+        return Err(Error::Other(format!(
+            "public_url: set it (flag --public-url, IDLEDGER_PUBLIC_URL or the file) to the https origin users reach {addr} at: invites and passkeys need it"
+        )));
+    };
+    tracing::info!(public_url = %public.origin, "users sign in here");
     let rotation = config.rotation();
     tracing::info!(
         %addr,

@@ -3,129 +3,12 @@
 //! clicks it, then the same pages as an auditor, who finds no command at all. Assertions
 //! are on what the pages show. Screenshots of the main pages go to `docs/`.
 
-use crate::support::{ext, free_port, sim, spawn_app, APP, SECRET, TENANT};
-use fantoccini::{Client, ClientBuilder, Locator};
+use crate::support::{ext, sim, spawn_app, Browser, APP, SECRET, TENANT};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
-use std::os::unix::process::CommandExt;
-use std::time::{Duration, Instant};
-
-/// chromedriver as a child process and a WebDriver session of a headless Chromium.
-struct Browser {
-    driver: std::process::Child,
-    client: Client,
-    _profile: tempfile::TempDir,
-}
-
-impl Drop for Browser {
-    /// chromedriver leads its own process group, so Chromium and its helpers go with it
-    /// even when a test fails before closing the session.
-    fn drop(&mut self) {
-        if let Some(group) = rustix::process::Pid::from_raw(self.driver.id() as i32) {
-            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
-        }
-        let _ = self.driver.wait();
-    }
-}
+use std::time::Duration;
 
 impl Browser {
-    async fn start() -> Browser {
-        let port = free_port();
-        let driver = std::process::Command::new(
-            std::env::var("CHROMEDRIVER").unwrap_or_else(|_| "chromedriver".into()),
-        )
-        .arg(format!("--port={port}"))
-        .process_group(0)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("chromedriver (Debian: apt-get install chromium chromium-driver; .ci/run does)");
-        let profile = tempfile::tempdir().unwrap();
-        let mut caps = serde_json::Map::new();
-        caps.insert(
-            "goog:chromeOptions".into(),
-            json!({
-                "binary": std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()),
-                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                         "--disable-background-networking", "--disable-component-update",
-                         "--disable-sync", "--no-first-run", "--window-size=1280,1000",
-                         format!("--user-data-dir={}", profile.path().display())],
-            }),
-        );
-        let url = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let client = loop {
-            let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-            match ClientBuilder::new(connector)
-                .capabilities(caps.clone())
-                .connect(&url)
-                .await
-            {
-                Ok(c) => break c,
-                Err(e) => {
-                    assert!(Instant::now() < deadline, "no WebDriver session: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        };
-        Browser {
-            driver,
-            client,
-            _profile: profile,
-        }
-    }
-
-    async fn goto(&self, url: &str) {
-        self.client.goto(url).await.unwrap();
-    }
-
-    async fn css(&self, selector: &str) -> fantoccini::elements::Element {
-        self.client
-            .wait()
-            .at_most(Duration::from_secs(15))
-            .for_element(Locator::Css(selector))
-            .await
-            .unwrap_or_else(|e| panic!("{selector}: {e}"))
-    }
-
-    async fn fill(&self, selector: &str, text: &str) {
-        let e = self.css(selector).await;
-        e.clear().await.unwrap();
-        e.send_keys(text).await.unwrap();
-    }
-
-    async fn click(&self, selector: &str) {
-        self.css(selector).await.click().await.unwrap();
-    }
-
-    /// Waits until the element's text contains `want`; answers the text.
-    async fn wait_text(&self, selector: &str, want: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let text = match self.client.find(Locator::Css(selector)).await {
-                Ok(e) => e.text().await.unwrap_or_default(),
-                Err(_) => String::new(),
-            };
-            if text.contains(want) {
-                return text;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{selector}: wanted {want:?}, shows {text:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn present(&self, selector: &str) -> bool {
-        !self
-            .client
-            .find_all(Locator::Css(selector))
-            .await
-            .unwrap()
-            .is_empty()
-    }
-
     async fn sign_in(&self, base: &str, token: &str) {
         self.goto(&format!("{base}/")).await;
         self.fill("#token", token).await;
@@ -141,13 +24,6 @@ impl Browser {
             chooser.send_keys(path.to_str().unwrap()).await.unwrap();
         }
         self.click("#verify-export button[type=submit]").await;
-    }
-
-    async fn screenshot(&self, name: &str) {
-        let png = self.client.screenshot().await.unwrap();
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join(format!("console-{name}.png")), png).unwrap();
     }
 }
 
@@ -189,7 +65,7 @@ async fn an_admin_runs_the_whole_workflow_in_the_browser_and_an_auditor_only_rea
         report.contains("Sync group “Hideez Users Sync”: found, 30 members"),
         "{report}"
     );
-    b.screenshot("domains").await;
+    b.screenshot("console-domains").await;
     b.click("#add-domain button[type=submit]").await;
     b.wait_text("h1", "contoso.onmicrosoft.com").await;
     let facts = b.wait_text("#domain-facts", "saved (never shown)").await;
@@ -200,7 +76,7 @@ async fn an_admin_runs_the_whole_workflow_in_the_browser_and_an_auditor_only_rea
     b.wait_text("#live-status", "succeeded").await;
     b.wait_text("#live-status", "added 29").await;
     b.wait_text("#runs", "succeeded").await;
-    b.screenshot("domain").await;
+    b.screenshot("console-domain").await;
     // The run's per-user outcomes, a page at a time.
     b.click("#runs button.link").await;
     b.wait_text("#outcomes", "added").await;
@@ -210,7 +86,7 @@ async fn an_admin_runs_the_whole_workflow_in_the_browser_and_an_auditor_only_rea
     b.wait_text("#candidates", "Alex Wilber").await;
     b.click("input[aria-label='Select Alex Wilber']").await;
     b.click("input[aria-label='Select Allan Deyoung']").await;
-    b.screenshot("import").await;
+    b.screenshot("console-import").await;
     b.click("#import-selected").await;
     b.wait_text("#flash", "Imported 2 users").await;
     let left = b.css("#candidates").await.text().await.unwrap();
@@ -250,7 +126,7 @@ async fn an_admin_runs_the_whole_workflow_in_the_browser_and_an_auditor_only_rea
     b.click("#revealed button").await;
     b.wait_text("#revealed", "Hidden").await;
     // Taken once the password is hidden again: no screenshot carries one.
-    b.screenshot("user").await;
+    b.screenshot("console-user").await;
 
     // Remove the credentials, confirmed: sync stops.
     let (_, domains) = app

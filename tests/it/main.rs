@@ -13,6 +13,7 @@ mod log;
 mod openapi;
 mod proofs;
 mod rotation;
+mod signin;
 mod support;
 mod sync;
 mod tls;

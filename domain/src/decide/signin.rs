@@ -138,9 +138,14 @@ pub enum LinkGone {
     Replaced,
 }
 
-/// Whether `link_id` (known to belong to this user) still works at `now`.
-pub fn link_status(s: &UserState, link_id: LinkId, now: DateTime<Utc>) -> Result<(), LinkGone> {
-    match &s.signin.link {
+/// Whether `link_id` (known to belong to a user whose latest link is `latest`) still
+/// works at `now`.
+pub fn link_status(
+    latest: Option<&LinkState>,
+    link_id: LinkId,
+    now: DateTime<Utc>,
+) -> Result<(), LinkGone> {
+    match latest {
         Some(l) if l.link_id == link_id => {
             if l.used {
                 Err(LinkGone::Used)
@@ -310,7 +315,7 @@ fn amr_of(attachment: Option<Attachment>, user_verified: bool) -> Vec<String> {
 /// An open link of this user, or the rejection that says why not.
 fn open_link(s: &UserState, link_id: LinkId, at: DateTime<Utc>) -> Result<(), Rejection> {
     allowed(s).map_err(|f| Rejection::Conflict(f.message().into()))?;
-    link_status(s, link_id, at).map_err(|g| Rejection::Conflict(g.to_string()))
+    link_status(s.signin.link.as_ref(), link_id, at).map_err(|g| Rejection::Conflict(g.to_string()))
 }
 
 /// The events that end an enrolment with `method`, which also sign the user in.
@@ -697,7 +702,10 @@ mod tests {
         assert_eq!(p.name, "Laptop");
         // The link is used up now.
         let s = apply(s, &events);
-        assert_eq!(link_status(&s, lid(1), t0()), Err(LinkGone::Used));
+        assert_eq!(
+            link_status(s.signin.link.as_ref(), lid(1), t0()),
+            Err(LinkGone::Used)
+        );
     }
 
     #[test]
@@ -993,7 +1001,7 @@ mod tests {
                         } else {
                             Ok(())
                         };
-                        prop_assert_eq!(link_status(&s, id, now), expected);
+                        prop_assert_eq!(link_status(s.signin.link.as_ref(), id, now), expected);
                         creds += 1;
                         let r = decide(&s, SignInCommand::RegisterPasskey {
                             enrolment: Some((id, false)),

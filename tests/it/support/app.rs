@@ -13,6 +13,8 @@ use std::time::Duration;
 pub struct App {
     pub dir: tempfile::TempDir,
     pub url: String,
+    /// The same server as users' browsers reach it: `http://localhost:<port>`.
+    pub public: String,
     pub admin: String,
     pub http: reqwest::Client,
     pub state: AppState,
@@ -53,7 +55,12 @@ pub async fn spawn_app_with(sync: idledger::sync::SyncConfig) -> App {
         .trim()
         .to_owned();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
+    let addr = listener.local_addr().unwrap();
+    let url = format!("http://{addr}");
+    // Browsers reach it at `localhost` (a WebAuthn relying-party id is a name, not an IP).
+    let mut state = state;
+    state.public_url = idledger::http::PublicUrl::loopback_default(addr, false);
+    let public = format!("http://localhost:{}", addr.port());
     tokio::spawn(idledger::http::serve(
         listener,
         idledger::console::app(state.clone()),
@@ -62,6 +69,7 @@ pub async fn spawn_app_with(sync: idledger::sync::SyncConfig) -> App {
     App {
         dir,
         url,
+        public,
         admin,
         http: reqwest::Client::new(),
         state,

@@ -2,10 +2,12 @@
 //! graphsim (`world`), `serve` as a child (`serve`), and the small things below.
 
 pub mod app;
+pub mod browser;
 pub mod serve;
 pub mod world;
 
 pub use app::{spawn_app, spawn_app_with, App};
+pub use browser::Browser;
 pub use serve::Serve;
 pub use world::{
     client_trusting, domain_body, ext, sim, tls_sim, tls_sim_with, tls_world, world, world_in,

@@ -1,0 +1,1526 @@
+//! Sign-in for users: the enrolment an invite leads to (`/enrol/<secret>`), signing in
+//! (`/signin`: a discoverable passkey, or Entra ID credentials plus a second factor), and
+//! the user's own page (`/me`).
+//!
+//! The cryptography is checked here (WebAuthn in [`webauthn`], Entra's ID token in
+//! [`entra`], authenticator codes by `domain::totp`); every rule about who may enrol or
+//! sign in, and every event, is decided by `domain::decide::signin` through the one
+//! command path. Sessions and in-progress flows live in memory ([`sessions`]).
+
+pub mod entra;
+mod pages;
+pub mod sessions;
+pub mod webauthn;
+
+use crate::http::session::{cookie, same_secret};
+use crate::http::{token_hash, AppState};
+use crate::secrets::Secret;
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine;
+use idledger_domain::decide::signin::{self as rules, PasskeyProof, Proof, SignInCommand};
+use idledger_domain::decide::user::evolve;
+use idledger_domain::events::PasskeyRegistered;
+use idledger_domain::{Actor, DomainId, Event, SignInFailure, SsoMethod, StreamId, UserId};
+use serde::{Deserialize, Serialize};
+use sessions::{Ceremony, EntraPending, Store, UserSession};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a tenant's signing keys are kept before they are fetched again.
+const KEYS_TTL: Duration = Duration::from_secs(600);
+
+/// What every sign-in handler reaches.
+#[derive(Clone)]
+pub struct Ctx {
+    app: AppState,
+    store: Arc<Store>,
+    keys: Arc<Mutex<HashMap<DomainId, (Instant, crate::graph::OpenIdKeys)>>>,
+}
+
+/// The sign-in pages and their requests, served beside the API and the console.
+pub fn routes(app: AppState) -> Router {
+    let ctx = Ctx {
+        store: Arc::new(Store::new(app.signin_idle)),
+        keys: Arc::default(),
+        app,
+    };
+    Router::new()
+        .route("/enrol/{token}", get(enrol_page))
+        .route(
+            "/enrol/{token}/passkey/options",
+            post(enrol_passkey_options),
+        )
+        .route("/enrol/{token}/passkey", post(enrol_passkey))
+        .route("/enrol/{token}/totp/options", post(enrol_totp_options))
+        .route("/enrol/{token}/totp", post(enrol_totp))
+        .route("/enrol/{token}/entra", post(enrol_entra))
+        .route("/signin", get(signin_page))
+        .route("/signin/passkey/options", post(signin_passkey_options))
+        .route("/signin/passkey", post(signin_passkey))
+        .route("/signin/entra", post(signin_entra))
+        .route("/signin/entra/callback", get(entra_callback))
+        .route("/signin/second-factor", get(second_factor_page))
+        .route("/signin/totp", post(signin_totp))
+        .route(
+            "/signin/second-passkey/options",
+            post(second_passkey_options),
+        )
+        .route("/signin/second-passkey", post(second_passkey))
+        .route("/signin/assets/{file}", get(pages::asset))
+        .route("/me", get(me_page))
+        .route("/me/passkeys/options", post(me_passkey_options))
+        .route("/me/passkeys", post(me_add_passkey))
+        .route("/me/passkeys/{id}/rename", post(me_rename_passkey))
+        .route("/me/passkeys/{id}/remove", post(me_remove_passkey))
+        .route("/me/totp/options", post(me_totp_options))
+        .route("/me/totp", post(me_totp))
+        .route("/me/totp/remove", post(me_remove_totp))
+        .route("/signout", post(sign_out))
+        .layer(axum::middleware::map_response(pages::headers))
+        .with_state(ctx)
+}
+
+// ---- errors -------------------------------------------------------------------------------
+
+/// A refusal of a sign-in request: its status and a message for the person (no secret, no
+/// key material), as JSON for the pages' script.
+#[derive(Debug)]
+pub struct Refusal {
+    status: StatusCode,
+    message: String,
+}
+
+#[derive(Serialize)]
+struct RefusalBody<'a> {
+    error: &'a str,
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(RefusalBody {
+                error: &self.message,
+            }),
+        )
+            .into_response()
+    }
+}
+
+fn refuse(status: StatusCode, message: impl Into<String>) -> Refusal {
+    Refusal {
+        status,
+        message: message.into(),
+    }
+}
+
+fn expired_flow() -> Refusal {
+    refuse(
+        StatusCode::FORBIDDEN,
+        "This page expired or was opened in another browser. Reload the page and try again.",
+    )
+}
+
+impl From<crate::http::ApiError> for Refusal {
+    fn from(e: crate::http::ApiError) -> Refusal {
+        use crate::http::ApiError as A;
+        let status = match &e {
+            A::NotFound(_) => StatusCode::NOT_FOUND,
+            A::Conflict(_) => StatusCode::CONFLICT,
+            A::Unprocessable(_) | A::BadRequest(_) => StatusCode::BAD_REQUEST,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        let message = match &e {
+            A::Conflict(m) | A::Unprocessable(m) | A::BadRequest(m) => m.clone(),
+            A::NotFound(what) => format!("{what} not found"),
+            _ => "idledger could not record this just now. Try again in a moment.".into(),
+        };
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            tracing::warn!(error = %e, "a sign-in request could not be recorded");
+        }
+        refuse(status, message)
+    }
+}
+
+// ---- cookies --------------------------------------------------------------------------------
+
+/// The flow cookie: SameSite=Lax so it comes back with Entra's top-level redirect.
+fn flow_cookie_name(https: bool) -> &'static str {
+    if https {
+        "__Host-idl_flow"
+    } else {
+        "idl_flow"
+    }
+}
+
+/// The user session cookie: SameSite=Lax (SIGNIN.md: apps on other sites send users to
+/// `/authorize` with a top-level GET, which a Strict cookie would not follow).
+fn user_cookie_name(https: bool) -> &'static str {
+    if https {
+        "__Host-idl_user"
+    } else {
+        "idl_user"
+    }
+}
+
+fn set_cookie(ctx: &Ctx, name: &str, value: &str, max_age: Option<u64>) -> HeaderValue {
+    let mut c = format!("{name}={value}; Path=/; HttpOnly; SameSite=Lax");
+    if let Some(age) = max_age {
+        c.push_str(&format!("; Max-Age={age}"));
+    }
+    if ctx.app.https {
+        c.push_str("; Secure");
+    }
+    HeaderValue::from_str(&c).unwrap_or(HeaderValue::from_static("idl_flow=; Max-Age=0"))
+}
+
+/// The flow of this browser (a new one when it has none): its cookie, its CSRF token and
+/// whether the cookie must be set.
+fn flow_of(ctx: &Ctx, headers: &HeaderMap) -> (String, String, bool) {
+    if let Some(c) = cookie(headers, flow_cookie_name(ctx.app.https)) {
+        if let Some(csrf) = ctx.store.with_flow(c, |f| f.csrf.clone()) {
+            return (c.to_owned(), csrf, false);
+        }
+    }
+    let c = ctx.store.new_flow();
+    let csrf = ctx
+        .store
+        .with_flow(&c, |f| f.csrf.clone())
+        .unwrap_or_default();
+    (c, csrf, true)
+}
+
+fn with_flow_cookie(ctx: &Ctx, mut response: Response, flow: &str, new: bool) -> Response {
+    if new {
+        let v = set_cookie(
+            ctx,
+            flow_cookie_name(ctx.app.https),
+            flow,
+            Some(sessions::FLOW_TTL.as_secs()),
+        );
+        response.headers_mut().append(header::SET_COOKIE, v);
+    }
+    response
+}
+
+/// The flow cookie of a request whose CSRF token (header `X-CSRF-Token` or form field)
+/// matches its flow's.
+fn checked_flow(ctx: &Ctx, headers: &HeaderMap, csrf: Option<&str>) -> Result<String, Refusal> {
+    let flow = cookie(headers, flow_cookie_name(ctx.app.https)).ok_or_else(expired_flow)?;
+    let sent = csrf
+        .or_else(|| headers.get("x-csrf-token").and_then(|v| v.to_str().ok()))
+        .ok_or_else(expired_flow)?;
+    let ok = ctx
+        .store
+        .with_flow(flow, |f| same_secret(&f.csrf, sent))
+        .unwrap_or(false);
+    if ok {
+        Ok(flow.to_owned())
+    } else {
+        Err(expired_flow())
+    }
+}
+
+// ---- who and what -----------------------------------------------------------------------
+
+/// A user as pages show them.
+struct Person {
+    domain_id: DomainId,
+    display_name: String,
+    upn: String,
+    domain: String,
+    /// The SSO settings in force, or why the user may not sign in.
+    allowed: Result<idledger_domain::SsoSettings, SignInFailure>,
+}
+
+fn person(ctx: &Ctx, user: UserId) -> Option<Person> {
+    let p = ctx.app.engine.projector.read();
+    let u = p.users.get(user)?;
+    Some(Person {
+        domain_id: u.domain_id,
+        display_name: u.attributes.display_name.clone(),
+        upn: u.attributes.user_principal_name.clone(),
+        domain: p
+            .domains
+            .get(u.domain_id)
+            .map(|d| d.name.clone())
+            .unwrap_or_default(),
+        allowed: rules::sign_in_allowed(u.status.decided(), u.imported_sso, u.sso_override),
+    })
+}
+
+/// The signed-in user of a request, while they may still sign in; a session of a user who
+/// may not (deactivated, deleted, SSO turned off) ends here.
+fn signed_in(ctx: &Ctx, headers: &HeaderMap) -> Option<(String, UserSession)> {
+    let c = cookie(headers, user_cookie_name(ctx.app.https))?;
+    let s = ctx.store.find(c)?;
+    match person(ctx, s.user).map(|p| p.allowed) {
+        Some(Ok(_)) => Some((c.to_owned(), s)),
+        _ => {
+            ctx.store.close_all_of(s.user);
+            None
+        }
+    }
+}
+
+fn rp(ctx: &Ctx) -> Result<webauthn::RelyingParty, Refusal> {
+    let public = ctx.app.public_url.as_ref().ok_or_else(|| {
+        refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Sign-in is not set up on this server yet (no public URL). Ask your administrator.",
+        )
+    })?;
+    Ok(webauthn::RelyingParty {
+        id: public.host.clone(),
+        origin: public.origin.clone(),
+        name: "idledger".into(),
+    })
+}
+
+/// The user handle passkeys carry: the user's id, 16 random bytes (never a name).
+fn user_handle(user: UserId) -> Vec<u8> {
+    user.0.as_bytes().to_vec()
+}
+
+async fn decide(ctx: &Ctx, user: UserId, command: SignInCommand) -> Result<Vec<Event>, Refusal> {
+    let stream = StreamId::user(user);
+    let decided = Arc::new(Mutex::new(Vec::new()));
+    let seen = decided.clone();
+    ctx.app
+        .command(&stream, &Actor::User(user), evolve, move |st| {
+            let events = rules::decide(st, command.clone())?;
+            *seen.lock().unwrap_or_else(|e| e.into_inner()) = events.clone();
+            Ok(events)
+        })
+        .await?;
+    let events = std::mem::take(&mut *decided.lock().unwrap_or_else(|e| e.into_inner()));
+    // Pages read the projections right after: let them catch up with this append.
+    ctx.app.engine.settle().await.ok();
+    Ok(events)
+}
+
+/// Where a finished ceremony sends the browser.
+#[derive(Serialize)]
+struct Next {
+    next: String,
+}
+
+/// Opens a session for the sign-in recorded in `events` (its last `SignInSucceeded`);
+/// answers the session cookie's header.
+fn open_session(ctx: &Ctx, user: UserId, events: &[Event]) -> Option<HeaderValue> {
+    let ok = events.iter().rev().find_map(|e| match e {
+        Event::SignInSucceeded(s) => Some(s),
+        _ => None,
+    })?;
+    let cookie = ctx.store.open(user, ok.method, ok.amr.clone(), ok.at);
+    Some(set_cookie(
+        ctx,
+        user_cookie_name(ctx.app.https),
+        &cookie,
+        None,
+    ))
+}
+
+/// The answer to a sign-in decided in `events`: a session and the way to `/me`, or the
+/// failure's message.
+fn signed_in_or_refused(ctx: &Ctx, flow: &str, user: UserId, events: &[Event]) -> Response {
+    if let Some(cookie) = open_session(ctx, user, events) {
+        ctx.store.end_flow(flow);
+        let mut r = Json(Next { next: "/me".into() }).into_response();
+        r.headers_mut().append(header::SET_COOKIE, cookie);
+        return r;
+    }
+    let reason = events.iter().find_map(|e| match e {
+        Event::SignInFailed(f) => Some(f.reason.clone()),
+        _ => None,
+    });
+    let status = match reason {
+        Some(SignInFailure::Locked) => StatusCode::TOO_MANY_REQUESTS,
+        Some(
+            SignInFailure::NotActive | SignInFailure::SsoOff | SignInFailure::MethodNotAllowed,
+        ) => StatusCode::FORBIDDEN,
+        _ => StatusCode::UNAUTHORIZED,
+    };
+    let message = reason.map_or("The sign-in did not succeed. Try again.", |r| r.message());
+    refuse(status, message).into_response()
+}
+
+// ---- enrolment ------------------------------------------------------------------------------
+
+/// What an enrolment link leads to.
+enum LinkLookup {
+    /// No such link.
+    Unknown,
+    /// It was used, expired or replaced.
+    Gone(rules::LinkGone),
+    /// It works: the user and the link.
+    Open(UserId, idledger_domain::LinkId),
+}
+
+fn look_up_link(ctx: &Ctx, token: &str) -> LinkLookup {
+    let p = ctx.app.engine.projector.read();
+    let Some((user, link)) = p.signins.link(&token_hash(token)) else {
+        return LinkLookup::Unknown;
+    };
+    let latest = p.signins.get(user).and_then(|v| v.decided.link.clone());
+    match rules::link_status(latest.as_ref(), link, chrono::Utc::now()) {
+        Ok(()) => LinkLookup::Open(user, link),
+        Err(gone) => LinkLookup::Gone(gone),
+    }
+}
+
+async fn enrol_page(
+    State(ctx): State<Ctx>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let me = signed_in(&ctx, &headers).is_some();
+    let (user, link) = match look_up_link(&ctx, &token) {
+        LinkLookup::Unknown => return pages::link_unknown(me),
+        LinkLookup::Gone(why) => return pages::link_gone(why, me),
+        LinkLookup::Open(u, l) => (u, l),
+    };
+    let Some(who) = person(&ctx, user) else {
+        return pages::link_unknown(me);
+    };
+    let sso = match who.allowed {
+        Ok(sso) => sso,
+        Err(why) => return pages::cannot_enrol(&who.display_name, why),
+    };
+    let (flow, csrf, new) = flow_of(&ctx, &headers);
+    let entra_done = ctx
+        .store
+        .with_flow(&flow, |f| {
+            f.enrolment = Some((token.clone(), user, link));
+            f.entra_done_for(user)
+        })
+        .unwrap_or(false);
+    let page = pages::enrol(&pages::EnrolView {
+        token: &token,
+        csrf: &csrf,
+        display_name: &who.display_name,
+        upn: &who.upn,
+        domain: &who.domain,
+        method: sso.method,
+        entra_done,
+    });
+    with_flow_cookie(&ctx, page, &flow, new)
+}
+
+/// The enrolment a request may act on: the link of its path, opened in this browser
+/// (the flow), still working.
+fn enrolment(
+    ctx: &Ctx,
+    headers: &HeaderMap,
+    token: &str,
+    csrf: Option<&str>,
+) -> Result<(String, UserId, idledger_domain::LinkId, bool), Refusal> {
+    let flow = checked_flow(ctx, headers, csrf)?;
+    let (user, link) = match look_up_link(ctx, token) {
+        LinkLookup::Open(u, l) => (u, l),
+        LinkLookup::Gone(why) => return Err(refuse(StatusCode::GONE, why.to_string())),
+        LinkLookup::Unknown => {
+            return Err(refuse(StatusCode::NOT_FOUND, "No such enrolment link."))
+        }
+    };
+    let (opened, entra) = ctx
+        .store
+        .with_flow(&flow, |f| {
+            (
+                f.enrolment
+                    .as_ref()
+                    .is_some_and(|(t, u, l)| same_secret(t, token) && *u == user && *l == link),
+                f.entra_done_for(user),
+            )
+        })
+        .unwrap_or((false, false));
+    if !opened {
+        return Err(expired_flow());
+    }
+    Ok((flow, user, link, entra))
+}
+
+/// Options for `navigator.credentials.create()`.
+async fn enrol_passkey_options(
+    State(ctx): State<Ctx>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<webauthn::CreationOptions>, Refusal> {
+    let (flow, user, link, _) = enrolment(&ctx, &headers, &token, None)?;
+    decide(
+        &ctx,
+        user,
+        SignInCommand::StartEnrolment {
+            link_id: link,
+            at: chrono::Utc::now(),
+        },
+    )
+    .await?;
+    creation_options(&ctx, &flow, user)
+}
+
+fn creation_options(
+    ctx: &Ctx,
+    flow: &str,
+    user: UserId,
+) -> Result<Json<webauthn::CreationOptions>, Refusal> {
+    let rp = rp(ctx)?;
+    let who = person(ctx, user).ok_or_else(|| refuse(StatusCode::NOT_FOUND, "No such user."))?;
+    let exclude: Vec<Vec<u8>> = {
+        let p = ctx.app.engine.projector.read();
+        p.signins
+            .get(user)
+            .map(|v| {
+                v.passkeys
+                    .iter()
+                    .filter_map(|k| B64.decode(&k.credential_id).ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let challenge = webauthn::new_challenge();
+    ctx.store
+        .with_flow(flow, |f| {
+            f.challenge = Some((Ceremony::Register, challenge, Instant::now()))
+        })
+        .ok_or_else(expired_flow)?;
+    Ok(Json(webauthn::creation_options(
+        &rp,
+        &challenge,
+        &user_handle(user),
+        &who.upn,
+        &who.display_name,
+        &exclude,
+        true,
+    )))
+}
+
+/// A new passkey as the page posts it.
+#[derive(Deserialize)]
+struct NewPasskey {
+    credential: webauthn::RegistrationResponse,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+/// Verifies a registration and seals its public key for the user's stream.
+fn registered(
+    ctx: &Ctx,
+    flow: &str,
+    user: UserId,
+    body: &NewPasskey,
+) -> Result<(PasskeyRegistered, bool), Refusal> {
+    let rp = rp(ctx)?;
+    let challenge = ctx
+        .store
+        .with_flow(flow, |f| f.take_challenge(Ceremony::Register))
+        .flatten()
+        .ok_or_else(|| {
+            refuse(
+                StatusCode::BAD_REQUEST,
+                "The passkey request expired. Press the button again.",
+            )
+        })?;
+    let new = webauthn::verify_registration(&rp, &challenge, &body.credential)
+        .map_err(|e| refuse(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let sealed = ctx
+        .app
+        .engine
+        .keyring
+        .seal(
+            &StreamId::user(user),
+            &Secret::new(B64.encode(&new.public_key)),
+        )
+        .map_err(|e| {
+            tracing::warn!(error = %e, "a passkey could not be sealed");
+            refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "idledger could not store the passkey just now. Try again.",
+            )
+        })?;
+    let name = body
+        .name
+        .clone()
+        .filter(|n| !n.trim().is_empty())
+        .unwrap_or_else(|| match new.attachment {
+            Some(webauthn::Attachment::CrossPlatform) => "Security key".into(),
+            _ => "Passkey".into(),
+        });
+    Ok((
+        PasskeyRegistered {
+            credential_id: B64.encode(&new.id),
+            name,
+            sealed_public_key: sealed,
+            algorithm: new.algorithm,
+            attachment: new.attachment.map(|a| match a {
+                webauthn::Attachment::Platform => idledger_domain::Attachment::Platform,
+                webauthn::Attachment::CrossPlatform => idledger_domain::Attachment::CrossPlatform,
+            }),
+            sign_count: new.sign_count,
+        },
+        new.user_verified,
+    ))
+}
+
+async fn enrol_passkey(
+    State(ctx): State<Ctx>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<NewPasskey>,
+) -> Result<Response, Refusal> {
+    let (flow, user, link, entra) = enrolment(&ctx, &headers, &token, None)?;
+    let (passkey, user_verified) = registered(&ctx, &flow, user, &body)?;
+    let events = decide(
+        &ctx,
+        user,
+        SignInCommand::RegisterPasskey {
+            enrolment: Some((link, entra)),
+            passkey,
+            user_verified,
+            at: chrono::Utc::now(),
+        },
+    )
+    .await?;
+    Ok(signed_in_or_refused(&ctx, &flow, user, &events))
+}
+
+/// A new authenticator seed, shown once.
+#[derive(Serialize)]
+struct TotpSetup {
+    /// The seed in base32, for typing into an app.
+    secret: String,
+    /// The `otpauth://` URI.
+    uri: String,
+    /// The URI as a QR code (an SVG document).
+    qr_svg: String,
+}
+
+fn totp_setup(ctx: &Ctx, flow: &str, user: UserId) -> Result<Json<TotpSetup>, Refusal> {
+    use rand::RngCore;
+    let who = person(ctx, user).ok_or_else(|| refuse(StatusCode::NOT_FOUND, "No such user."))?;
+    let mut seed = vec![0u8; idledger_domain::totp::SEED_LEN];
+    rand::rngs::OsRng.fill_bytes(&mut seed);
+    let uri =
+        idledger_domain::totp::otpauth_uri(&seed, &format!("idledger {}", who.domain), &who.upn);
+    let qr_svg = qrcode::QrCode::new(uri.as_bytes())
+        .map(|q| {
+            q.render::<qrcode::render::svg::Color<'_>>()
+                .min_dimensions(200, 200)
+                .build()
+        })
+        .unwrap_or_default();
+    let secret = idledger_domain::totp::base32(&seed);
+    ctx.store
+        .with_flow(flow, |f| f.totp_seed = Some(seed))
+        .ok_or_else(expired_flow)?;
+    Ok(Json(TotpSetup {
+        secret,
+        uri,
+        qr_svg,
+    }))
+}
+
+async fn enrol_totp_options(
+    State(ctx): State<Ctx>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<TotpSetup>, Refusal> {
+    let (flow, user, link, _) = enrolment(&ctx, &headers, &token, None)?;
+    decide(
+        &ctx,
+        user,
+        SignInCommand::StartEnrolment {
+            link_id: link,
+            at: chrono::Utc::now(),
+        },
+    )
+    .await?;
+    totp_setup(&ctx, &flow, user)
+}
+
+/// A typed authenticator code.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TypedCode {
+    code: String,
+}
+
+/// Checks the confirmation code against the seed being set up; seals the seed.
+fn confirmed_seed(
+    ctx: &Ctx,
+    flow: &str,
+    user: UserId,
+    code: &str,
+) -> Result<(idledger_domain::SealedSecret, u64), Refusal> {
+    let seed = ctx
+        .store
+        .with_flow(flow, |f| f.totp_seed.clone())
+        .flatten()
+        .ok_or_else(|| {
+            refuse(
+                StatusCode::BAD_REQUEST,
+                "Set up the authenticator code again: the secret shown expired.",
+            )
+        })?;
+    let step = idledger_domain::totp::verify(&seed, code, chrono::Utc::now().timestamp(), None)
+        .map_err(|e| {
+            refuse(
+                StatusCode::BAD_REQUEST,
+                format!("{e}. Type the code your app shows now."),
+            )
+        })?;
+    let sealed = ctx
+        .app
+        .engine
+        .keyring
+        .seal(&StreamId::user(user), &Secret::new(B64.encode(&seed)))
+        .map_err(|e| {
+            tracing::warn!(error = %e, "an authenticator seed could not be sealed");
+            refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "idledger could not store it just now. Try again.",
+            )
+        })?;
+    ctx.store.with_flow(flow, |f| f.totp_seed = None);
+    Ok((sealed, step))
+}
+
+async fn enrol_totp(
+    State(ctx): State<Ctx>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<TypedCode>,
+) -> Result<Response, Refusal> {
+    let (flow, user, link, entra) = enrolment(&ctx, &headers, &token, None)?;
+    let (sealed_seed, step) = confirmed_seed(&ctx, &flow, user, &body.code)?;
+    let events = decide(
+        &ctx,
+        user,
+        SignInCommand::EnrolTotp {
+            enrolment: Some((link, entra)),
+            sealed_seed,
+            step,
+            at: chrono::Utc::now(),
+        },
+    )
+    .await?;
+    Ok(signed_in_or_refused(&ctx, &flow, user, &events))
+}
+
+/// Where the page's script sends the browser.
+#[derive(Serialize)]
+struct Redirection {
+    redirect: String,
+}
+
+async fn enrol_entra(
+    State(ctx): State<Ctx>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Redirection>, Refusal> {
+    let (flow, user, link, _) = enrolment(&ctx, &headers, &token, None)?;
+    decide(
+        &ctx,
+        user,
+        SignInCommand::StartEnrolment {
+            link_id: link,
+            at: chrono::Utc::now(),
+        },
+    )
+    .await?;
+    start_entra(&ctx, &flow, user).map(Json)
+}
+
+// ---- Entra ID -----------------------------------------------------------------------------
+
+fn callback_url(ctx: &Ctx) -> Result<String, Refusal> {
+    let public = ctx.app.public_url.as_ref().ok_or_else(|| {
+        refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Sign-in is not set up on this server yet.",
+        )
+    })?;
+    Ok(public.join("/signin/entra/callback"))
+}
+
+fn graph_client(ctx: &Ctx, domain: DomainId) -> Result<Arc<crate::graph::GraphClient>, Refusal> {
+    ctx.app.sync.client(domain).map(|(c, _)| c).ok_or_else(|| {
+        refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Your organisation's Entra ID connection is not set up. Ask your administrator.",
+        )
+    })
+}
+
+/// Sends the browser to the user's tenant, remembering state, nonce and PKCE verifier.
+fn start_entra(ctx: &Ctx, flow: &str, user: UserId) -> Result<Redirection, Refusal> {
+    let who = person(ctx, user).ok_or_else(|| refuse(StatusCode::NOT_FOUND, "No such user."))?;
+    who.allowed
+        .map_err(|f| refuse(StatusCode::FORBIDDEN, f.message()))?;
+    let client = graph_client(ctx, who.domain_id)?;
+    let (verifier, challenge) = entra::pkce();
+    let pending = EntraPending {
+        state: sessions::random_text(),
+        nonce: sessions::random_text(),
+        verifier,
+        user,
+    };
+    let redirect_uri = callback_url(ctx)?;
+    let url = client.authorize_url(&crate::graph::AuthorizeRequest {
+        redirect_uri: &redirect_uri,
+        state: &pending.state,
+        nonce: &pending.nonce,
+        code_challenge: &challenge,
+        login_hint: Some(&who.upn),
+    });
+    ctx.store
+        .with_flow(flow, |f| f.entra = Some(pending))
+        .ok_or_else(expired_flow)?;
+    Ok(Redirection { redirect: url })
+}
+
+/// The name typed on the sign-in page.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Username {
+    username: String,
+}
+
+async fn signin_entra(
+    State(ctx): State<Ctx>,
+    headers: HeaderMap,
+    Json(body): Json<Username>,
+) -> Result<Json<Redirection>, Refusal> {
+    let flow = checked_flow(&ctx, &headers, None)?;
+    let name = body.username.trim();
+    let user = {
+        let p = ctx.app.engine.projector.read();
+        let found = p
+            .users
+            .iter_after(None)
+            .find(|u| {
+                u.status == idledger_projections::UserStatus::Active
+                    && u.attributes.user_principal_name.eq_ignore_ascii_case(name)
+            })
+            .map(|u| u.id);
+        found
+    };
+    // The same answer for an unknown name and one that may not sign in this way: the page
+    // does not tell who has an account.
+    let unknown = || {
+        refuse(
+            StatusCode::BAD_REQUEST,
+            "That account cannot sign in with Entra ID here. Check the name, or use a passkey.",
+        )
+    };
+    let user = user.ok_or_else(unknown)?;
+    let who = person(&ctx, user).ok_or_else(unknown)?;
+    match who.allowed {
+        Ok(sso) if sso.method == SsoMethod::PasswordAndSecondFactor => {}
+        _ => return Err(unknown()),
+    }
+    start_entra(&ctx, &flow, user).map(Json)
+}
+
+/// Entra's answer (RFC 6749 §4.1.2).
+#[derive(Deserialize)]
+struct Callback {
+    #[serde(default)]
+    code: Option<String>,
+    #[serde(default)]
+    state: Option<String>,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    error_description: Option<String>,
+}
+
+async fn entra_callback(
+    State(ctx): State<Ctx>,
+    headers: HeaderMap,
+    Query(answer): Query<Callback>,
+) -> Response {
+    let Some(flow) = cookie(&headers, flow_cookie_name(ctx.app.https)).map(str::to_owned) else {
+        return pages::problem(
+            StatusCode::BAD_REQUEST,
+            "This sign-in expired",
+            "Start again from the sign-in page.",
+        );
+    };
+    // The pending request is taken: a callback is answered once.
+    let pending = ctx.store.with_flow(&flow, |f| f.entra.take()).flatten();
+    let Some(pending) = pending.filter(|p| {
+        answer
+            .state
+            .as_deref()
+            .is_some_and(|s| same_secret(s, &p.state))
+    }) else {
+        return pages::problem(
+            StatusCode::BAD_REQUEST,
+            "This sign-in expired",
+            "The answer from Entra ID does not belong to a sign-in of this browser. Start again from the sign-in page.",
+        );
+    };
+    let user = pending.user;
+    let verdict = match (&answer.error, &answer.code) {
+        (Some(e), _) => Err(SignInFailure::EntraRefused(format!(
+            "{e}: {}",
+            answer
+                .error_description
+                .as_deref()
+                .unwrap_or("")
+                .chars()
+                .take(200)
+                .collect::<String>()
+        ))),
+        (None, Some(code)) => check_entra(&ctx, user, &pending, code).await,
+        (None, None) => Err(SignInFailure::EntraRefused("no code in the answer".into())),
+    };
+    match verdict {
+        Ok(()) => {
+            let enrolling = ctx
+                .store
+                .with_flow(&flow, |f| {
+                    f.entra_user = Some((user, Instant::now()));
+                    f.enrolment
+                        .as_ref()
+                        .filter(|(_, u, _)| *u == user)
+                        .map(|(t, _, _)| t.clone())
+                })
+                .flatten();
+            match enrolling {
+                Some(token) => Redirect::to(&format!("/enrol/{token}")).into_response(),
+                None => Redirect::to("/signin/second-factor").into_response(),
+            }
+        }
+        Err(failure) => {
+            let message = failure.message();
+            let recorded = decide(
+                &ctx,
+                user,
+                SignInCommand::SignIn {
+                    proof: Proof::EntraFailed(failure),
+                    app: None,
+                    at: chrono::Utc::now(),
+                },
+            )
+            .await;
+            let message = match recorded.as_deref() {
+                Ok(events) if events.iter().any(|e| e.kind() == "SignInLocked") => {
+                    SignInFailure::Locked.message()
+                }
+                _ => message,
+            };
+            pages::problem(StatusCode::UNAUTHORIZED, "Entra ID sign-in failed", message)
+        }
+    }
+}
+
+/// Redeems the code and validates the ID token; the token's `oid` must be the user's.
+async fn check_entra(
+    ctx: &Ctx,
+    user: UserId,
+    pending: &EntraPending,
+    code: &str,
+) -> Result<(), SignInFailure> {
+    let refused = |what: String| SignInFailure::EntraRefused(what);
+    let (domain, external_id) = {
+        let p = ctx.app.engine.projector.read();
+        let u = p.users.get(user).ok_or(SignInFailure::NotActive)?;
+        (u.domain_id, u.external_id.clone())
+    };
+    let client = graph_client(ctx, domain).map_err(|r| refused(r.message))?;
+    let redirect_uri = callback_url(ctx).map_err(|r| refused(r.message))?;
+    let id_token = client
+        .redeem_code(code, &redirect_uri, &pending.verifier)
+        .await
+        .map_err(|e| refused(e.to_string()))?;
+    let keys = tenant_keys(ctx, domain, &client, false).await?;
+    let now = chrono::Utc::now().timestamp();
+    let check = |keys: &crate::graph::OpenIdKeys| {
+        entra::validate(
+            id_token.expose(),
+            &keys.jwks,
+            &keys.issuer,
+            client.client_id(),
+            &pending.nonce,
+            now,
+        )
+    };
+    let claims = match check(&keys) {
+        // Keys roll over: one fresh look before giving up on an unknown key.
+        Err(entra::IdTokenError::UnknownKey) => {
+            check(&tenant_keys(ctx, domain, &client, true).await?)
+        }
+        other => other,
+    }
+    .map_err(|e| refused(e.to_string()))?;
+    if !claims.oid.eq_ignore_ascii_case(&external_id) {
+        return Err(SignInFailure::EntraUserMismatch);
+    }
+    Ok(())
+}
+
+async fn tenant_keys(
+    ctx: &Ctx,
+    domain: DomainId,
+    client: &crate::graph::GraphClient,
+    fresh: bool,
+) -> Result<crate::graph::OpenIdKeys, SignInFailure> {
+    if !fresh {
+        let cached = ctx.keys.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, k)) = cached.get(&domain) {
+            if at.elapsed() < KEYS_TTL {
+                return Ok(k.clone());
+            }
+        }
+    }
+    let keys = client
+        .openid_keys()
+        .await
+        .map_err(|e| SignInFailure::EntraRefused(e.to_string()))?;
+    ctx.keys
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(domain, (Instant::now(), keys.clone()));
+    Ok(keys)
+}
+
+// ---- signing in -----------------------------------------------------------------------------
+
+async fn signin_page(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
+    if signed_in(&ctx, &headers).is_some() {
+        return Redirect::to("/me").into_response();
+    }
+    let (flow, csrf, new) = flow_of(&ctx, &headers);
+    with_flow_cookie(&ctx, pages::signin(&csrf), &flow, new)
+}
+
+async fn signin_passkey_options(
+    State(ctx): State<Ctx>,
+    headers: HeaderMap,
+) -> Result<Json<webauthn::RequestOptions>, Refusal> {
+    let flow = checked_flow(&ctx, &headers, None)?;
+    request_options(&ctx, &flow, Ceremony::SignIn, &[])
+}
+
+fn request_options(
+    ctx: &Ctx,
+    flow: &str,
+    ceremony: Ceremony,
+    allow: &[Vec<u8>],
+) -> Result<Json<webauthn::RequestOptions>, Refusal> {
+    let rp = rp(ctx)?;
+    let challenge = webauthn::new_challenge();
+    ctx.store
+        .with_flow(flow, |f| {
+            f.challenge = Some((ceremony, challenge, Instant::now()))
+        })
+        .ok_or_else(expired_flow)?;
+    Ok(Json(webauthn::request_options(&rp, &challenge, allow)))
+}
+
+/// A passkey's assertion as the page posts it.
+#[derive(Deserialize)]
+struct Assertion {
+    credential: webauthn::AssertionResponse,
+}
+
+/// Verifies an assertion against the passkey `user` holds under its credential id.
+fn verify_passkey(
+    ctx: &Ctx,
+    flow: &str,
+    ceremony: Ceremony,
+    user: UserId,
+    credential: &webauthn::AssertionResponse,
+) -> Result<(String, Result<PasskeyProof, SignInFailure>), Refusal> {
+    let rp = rp(ctx)?;
+    let raw_id = credential
+        .credential_id()
+        .map_err(|e| refuse(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let id = B64.encode(&raw_id);
+    let challenge = ctx
+        .store
+        .with_flow(flow, |f| f.take_challenge(ceremony))
+        .flatten()
+        .ok_or_else(|| {
+            refuse(
+                StatusCode::BAD_REQUEST,
+                "The passkey request expired. Press the button again.",
+            )
+        })?;
+    let held = {
+        let p = ctx.app.engine.projector.read();
+        p.signins
+            .passkey(user, &id)
+            .map(|k| (k.sealed_public_key.clone(), k.sign_count))
+    };
+    let Some((sealed, stored_count)) = held else {
+        return Ok((id, Err(SignInFailure::UnknownCredential)));
+    };
+    // The user handle, when the authenticator returns one, must name the same user.
+    if let Ok(Some(handle)) = credential.user_handle() {
+        if handle != user_handle(user) {
+            return Ok((id, Err(SignInFailure::UnknownCredential)));
+        }
+    }
+    let public_key = ctx
+        .app
+        .engine
+        .keyring
+        .unseal(&StreamId::user(user), &sealed)
+        .ok()
+        .and_then(|s| B64.decode(s.expose()).ok())
+        .ok_or_else(|| {
+            refuse(
+                StatusCode::UNAUTHORIZED,
+                SignInFailure::UnknownCredential.message(),
+            )
+        })?;
+    let verdict = match webauthn::verify_assertion(
+        &rp,
+        &challenge,
+        &raw_id,
+        &public_key,
+        stored_count,
+        credential,
+    ) {
+        Ok(v) => Ok(PasskeyProof {
+            sign_count: v.sign_count,
+            user_verified: v.user_verified,
+        }),
+        Err(webauthn::WebauthnError::CounterWentBack { .. }) => Err(SignInFailure::CounterWentBack),
+        Err(e) => Err(SignInFailure::BadCredential(e.to_string())),
+    };
+    Ok((id, verdict))
+}
+
+async fn signin_passkey(
+    State(ctx): State<Ctx>,
+    headers: HeaderMap,
+    Json(body): Json<Assertion>,
+) -> Result<Response, Refusal> {
+    let flow = checked_flow(&ctx, &headers, None)?;
+    let raw_id = body
+        .credential
+        .credential_id()
+        .map_err(|e| refuse(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let holder = {
+        let p = ctx.app.engine.projector.read();
+        p.signins.credential_holder(&B64.encode(&raw_id))
+    };
+    // A passkey nobody holds (removed, or its user deleted) names no stream to record on.
+    let Some(user) = holder else {
+        ctx.store.with_flow(&flow, |f| f.challenge = None);
+        return Err(refuse(
+            StatusCode::UNAUTHORIZED,
+            "This passkey is not registered here (it may have been removed). Use another, or ask your administrator for an invite.",
+        ));
+    };
+    let (credential_id, verified) =
+        verify_passkey(&ctx, &flow, Ceremony::SignIn, user, &body.credential)?;
+    let events = decide(
+        &ctx,
+        user,
+        SignInCommand::SignIn {
+            proof: Proof::Passkey {
+                credential_id,
+                verified,
+            },
+            app: None,
+            at: chrono::Utc::now(),
+        },
+    )
+    .await?;
+    Ok(signed_in_or_refused(&ctx, &flow, user, &events))
+}
+
+/// The user whose Entra step this browser just passed.
+fn entra_user(ctx: &Ctx, flow: &str) -> Option<UserId> {
+    ctx.store
+        .with_flow(flow, |f| {
+            f.entra_user
+                .filter(|(u, _)| f.entra_done_for(*u))
+                .map(|(u, _)| u)
+        })
+        .flatten()
+}
+
+async fn second_factor_page(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
+    let (flow, csrf, new) = flow_of(&ctx, &headers);
+    let Some(user) = entra_user(&ctx, &flow) else {
+        return Redirect::to("/signin").into_response();
+    };
+    let Some(who) = person(&ctx, user) else {
+        return Redirect::to("/signin").into_response();
+    };
+    let (passkeys, totp) = {
+        let p = ctx.app.engine.projector.read();
+        p.signins
+            .get(user)
+            .map(|v| (!v.passkeys.is_empty(), v.totp_seed.is_some()))
+            .unwrap_or((false, false))
+    };
+    let page = pages::second_factor(&csrf, &who.display_name, passkeys, totp, None);
+    with_flow_cookie(&ctx, page, &flow, new)
+}
+
+/// The authenticator-code form.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CodeForm {
+    code: String,
+    csrf: String,
+}
+
+async fn signin_totp(
+    State(ctx): State<Ctx>,
+    headers: HeaderMap,
+    form: Result<Form<CodeForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let Ok(Form(form)) = form else {
+        return pages::problem(
+            StatusCode::BAD_REQUEST,
+            "The form was incomplete",
+            "Go back and type the code again.",
+        );
+    };
+    let flow = match checked_flow(&ctx, &headers, Some(&form.csrf)) {
+        Ok(f) => f,
+        Err(_) => return Redirect::to("/signin").into_response(),
+    };
+    let Some(user) = entra_user(&ctx, &flow) else {
+        return Redirect::to("/signin").into_response();
+    };
+    let sealed = {
+        let p = ctx.app.engine.projector.read();
+        p.signins.get(user).and_then(|v| v.totp_seed.clone())
+    };
+    let seed = sealed
+        .and_then(|s| {
+            ctx.app
+                .engine
+                .keyring
+                .unseal(&StreamId::user(user), &s)
+                .ok()
+        })
+        .and_then(|s| B64.decode(s.expose()).ok())
+        .unwrap_or_default();
+    let events = decide(
+        &ctx,
+        user,
+        SignInCommand::SignIn {
+            proof: Proof::EntraThenTotp {
+                code: form.code,
+                seed,
+            },
+            app: None,
+            at: chrono::Utc::now(),
+        },
+    )
+    .await;
+    let events = match events {
+        Ok(e) => e,
+        Err(r) => return pages::problem(r.status, "Sign-in failed", &r.message),
+    };
+    if let Some(cookie) = open_session(&ctx, user, &events) {
+        ctx.store.end_flow(&flow);
+        let mut r = Redirect::to("/me").into_response();
+        r.headers_mut().append(header::SET_COOKIE, cookie);
+        return r;
+    }
+    let reason = events.iter().find_map(|e| match e {
+        Event::SignInFailed(f) => Some(f.reason.clone()),
+        _ => None,
+    });
+    let message = reason
+        .as_ref()
+        .map_or("The sign-in did not succeed.", |r| r.message());
+    let (passkeys, totp) = {
+        let p = ctx.app.engine.projector.read();
+        p.signins
+            .get(user)
+            .map(|v| (!v.passkeys.is_empty(), v.totp_seed.is_some()))
+            .unwrap_or((false, false))
+    };
+    let name = person(&ctx, user)
+        .map(|p| p.display_name)
+        .unwrap_or_default();
+    let csrf = ctx
+        .store
+        .with_flow(&flow, |f| f.csrf.clone())
+        .unwrap_or_default();
+    let mut page = pages::second_factor(&csrf, &name, passkeys, totp, Some(message));
+    *page.status_mut() = StatusCode::UNAUTHORIZED;
+    page
+}
+
+async fn second_passkey_options(
+    State(ctx): State<Ctx>,
+    headers: HeaderMap,
+) -> Result<Json<webauthn::RequestOptions>, Refusal> {
+    let flow = checked_flow(&ctx, &headers, None)?;
+    let user = entra_user(&ctx, &flow).ok_or_else(expired_flow)?;
+    let allow: Vec<Vec<u8>> = {
+        let p = ctx.app.engine.projector.read();
+        p.signins
+            .get(user)
+            .map(|v| {
+                v.passkeys
+                    .iter()
+                    .filter_map(|k| B64.decode(&k.credential_id).ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    request_options(&ctx, &flow, Ceremony::SecondFactor, &allow)
+}
+
+async fn second_passkey(
+    State(ctx): State<Ctx>,
+    headers: HeaderMap,
+    Json(body): Json<Assertion>,
+) -> Result<Response, Refusal> {
+    let flow = checked_flow(&ctx, &headers, None)?;
+    let user = entra_user(&ctx, &flow).ok_or_else(expired_flow)?;
+    let (credential_id, verified) =
+        verify_passkey(&ctx, &flow, Ceremony::SecondFactor, user, &body.credential)?;
+    let events = decide(
+        &ctx,
+        user,
+        SignInCommand::SignIn {
+            proof: Proof::EntraThenPasskey {
+                credential_id,
+                verified,
+            },
+            app: None,
+            at: chrono::Utc::now(),
+        },
+    )
+    .await?;
+    Ok(signed_in_or_refused(&ctx, &flow, user, &events))
+}
+
+// ---- the user's own page --------------------------------------------------------------------
+
+async fn me_page(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
+    me(&ctx, &headers, None)
+}
+
+fn me(ctx: &Ctx, headers: &HeaderMap, notice: Option<(bool, &str)>) -> Response {
+    let Some((_, session)) = signed_in(ctx, headers) else {
+        return Redirect::to("/signin").into_response();
+    };
+    let Some(who) = person(ctx, session.user) else {
+        return Redirect::to("/signin").into_response();
+    };
+    let view = {
+        let p = ctx.app.engine.projector.read();
+        p.signins.get(session.user).cloned().unwrap_or_default()
+    };
+    let method = who.allowed.map(|s| s.method).unwrap_or(session.method);
+    // The flow cookie carries the CSRF token of the page's scripted requests.
+    let (flow, flow_csrf, new) = flow_of(ctx, headers);
+    let page = pages::me(&pages::MeView {
+        session_csrf: &session.csrf,
+        flow_csrf: &flow_csrf,
+        display_name: &who.display_name,
+        upn: &who.upn,
+        domain: &who.domain,
+        method,
+        view: &view,
+        notice,
+    });
+    with_flow_cookie(ctx, page, &flow, new)
+}
+
+/// The signed-in user of a scripted request from `/me` (flow CSRF checked).
+fn me_user(ctx: &Ctx, headers: &HeaderMap) -> Result<(String, UserId), Refusal> {
+    let (_, session) = signed_in(ctx, headers).ok_or_else(|| {
+        refuse(
+            StatusCode::UNAUTHORIZED,
+            "Your session ended. Sign in again.",
+        )
+    })?;
+    let flow = checked_flow(ctx, headers, None)?;
+    Ok((flow, session.user))
+}
+
+async fn me_passkey_options(
+    State(ctx): State<Ctx>,
+    headers: HeaderMap,
+) -> Result<Json<webauthn::CreationOptions>, Refusal> {
+    let (flow, user) = me_user(&ctx, &headers)?;
+    creation_options(&ctx, &flow, user)
+}
+
+async fn me_add_passkey(
+    State(ctx): State<Ctx>,
+    headers: HeaderMap,
+    Json(body): Json<NewPasskey>,
+) -> Result<Json<Next>, Refusal> {
+    let (flow, user) = me_user(&ctx, &headers)?;
+    let (passkey, user_verified) = registered(&ctx, &flow, user, &body)?;
+    decide(
+        &ctx,
+        user,
+        SignInCommand::RegisterPasskey {
+            enrolment: None,
+            passkey,
+            user_verified,
+            at: chrono::Utc::now(),
+        },
+    )
+    .await?;
+    Ok(Json(Next { next: "/me".into() }))
+}
+
+async fn me_totp_options(
+    State(ctx): State<Ctx>,
+    headers: HeaderMap,
+) -> Result<Json<TotpSetup>, Refusal> {
+    let (flow, user) = me_user(&ctx, &headers)?;
+    totp_setup(&ctx, &flow, user)
+}
+
+async fn me_totp(
+    State(ctx): State<Ctx>,
+    headers: HeaderMap,
+    Json(body): Json<TypedCode>,
+) -> Result<Json<Next>, Refusal> {
+    let (flow, user) = me_user(&ctx, &headers)?;
+    let (sealed_seed, step) = confirmed_seed(&ctx, &flow, user, &body.code)?;
+    decide(
+        &ctx,
+        user,
+        SignInCommand::EnrolTotp {
+            enrolment: None,
+            sealed_seed,
+            step,
+            at: chrono::Utc::now(),
+        },
+    )
+    .await?;
+    Ok(Json(Next { next: "/me".into() }))
+}
+
+/// A form on `/me` with the session's CSRF token.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MeForm {
+    csrf: String,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+/// Runs a `/me` form's command; answers the page again with what happened.
+async fn me_form(
+    ctx: &Ctx,
+    headers: &HeaderMap,
+    form: Result<Form<MeForm>, axum::extract::rejection::FormRejection>,
+    command: impl FnOnce(&MeForm) -> SignInCommand,
+    done: &str,
+) -> Response {
+    let Some((_, session)) = signed_in(ctx, headers) else {
+        return Redirect::to("/signin").into_response();
+    };
+    let form = match form {
+        Ok(Form(f)) if same_secret(&f.csrf, &session.csrf) => f,
+        _ => {
+            return (StatusCode::FORBIDDEN, "CSRF token missing or wrong\n").into_response();
+        }
+    };
+    match decide(ctx, session.user, command(&form)).await {
+        Ok(_) => me(ctx, headers, Some((true, done))),
+        Err(r) => {
+            let mut page = me(ctx, headers, Some((false, &r.message)));
+            *page.status_mut() = r.status;
+            page
+        }
+    }
+}
+
+async fn me_rename_passkey(
+    State(ctx): State<Ctx>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    form: Result<Form<MeForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    me_form(
+        &ctx,
+        &headers,
+        form,
+        |f| SignInCommand::RenamePasskey {
+            credential_id: id,
+            name: f.name.clone().unwrap_or_default(),
+        },
+        "The passkey was renamed.",
+    )
+    .await
+}
+
+async fn me_remove_passkey(
+    State(ctx): State<Ctx>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    form: Result<Form<MeForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    me_form(
+        &ctx,
+        &headers,
+        form,
+        |_| SignInCommand::RemovePasskey { credential_id: id },
+        "The passkey was removed.",
+    )
+    .await
+}
+
+async fn me_remove_totp(
+    State(ctx): State<Ctx>,
+    headers: HeaderMap,
+    form: Result<Form<MeForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    me_form(
+        &ctx,
+        &headers,
+        form,
+        |_| SignInCommand::RemoveTotp,
+        "The authenticator app was removed.",
+    )
+    .await
+}
+
+/// The sign-out form.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignOut {
+    csrf: String,
+}
+
+async fn sign_out(
+    State(ctx): State<Ctx>,
+    headers: HeaderMap,
+    form: Result<Form<SignOut>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let Some((cookie_value, session)) = signed_in(&ctx, &headers) else {
+        return Redirect::to("/signin").into_response();
+    };
+    match form {
+        Ok(Form(f)) if same_secret(&f.csrf, &session.csrf) => {
+            ctx.store.close(&cookie_value);
+            let mut r = Redirect::to("/signin").into_response();
+            r.headers_mut().append(
+                header::SET_COOKIE,
+                set_cookie(&ctx, user_cookie_name(ctx.app.https), "", Some(0)),
+            );
+            r
+        }
+        _ => (StatusCode::FORBIDDEN, "CSRF token missing or wrong\n").into_response(),
+    }
+}

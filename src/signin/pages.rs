@@ -1,0 +1,445 @@
+//! The sign-in pages, rendered on the server. Every value from a request or the log goes
+//! through `esc`; `signin.js` runs the WebAuthn ceremonies and the authenticator-code
+//! setup, and finds its buttons by `data-` attributes, never by injected HTML.
+
+use crate::http::esc;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use idledger_domain::decide::signin::LinkGone;
+use idledger_domain::{Attachment, SignInFailure, SsoMethod};
+use idledger_projections::SignInView;
+
+/// Security headers of every sign-in answer. Like the console's, plus `data:` images for
+/// the QR code of an authenticator app.
+pub async fn headers(mut response: Response) -> Response {
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+             connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    response
+}
+
+const CSS: &str = include_str!("assets/signin.css");
+const JS: &str = include_str!("assets/signin.js");
+
+/// The embedded assets, revalidated by ETag like the console's.
+pub async fn asset(
+    axum::extract::Path(file): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    static TAGS: std::sync::OnceLock<[String; 2]> = std::sync::OnceLock::new();
+    let tags = TAGS.get_or_init(|| {
+        let tag = |body: &str| {
+            use sha2::Digest;
+            format!(
+                "\"{}\"",
+                &hex::encode(sha2::Sha256::digest(body.as_bytes()))[..32]
+            )
+        };
+        [tag(CSS), tag(JS)]
+    });
+    let (body, kind, tag) = match file.as_str() {
+        "signin.css" => (CSS, "text/css; charset=utf-8", &tags[0]),
+        "signin.js" => (JS, "text/javascript; charset=utf-8", &tags[1]),
+        _ => return (StatusCode::NOT_FOUND, "no such asset\n").into_response(),
+    };
+    let cached = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == tag));
+    let head = [
+        (header::CONTENT_TYPE, kind),
+        (header::CACHE_CONTROL, "no-cache"),
+        (header::ETAG, tag.as_str()),
+    ];
+    if cached {
+        (StatusCode::NOT_MODIFIED, head).into_response()
+    } else {
+        (head, body).into_response()
+    }
+}
+
+fn page(status: StatusCode, title: &str, csrf: &str, main: &str) -> Response {
+    (
+        status,
+        Html(format!(
+            r#"<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="csrf-token" content="{csrf}">
+<title>{title} · idledger</title>
+<link rel="stylesheet" href="/signin/assets/signin.css">
+<script src="/signin/assets/signin.js" defer></script>
+</head>
+<body>
+<main>
+{main}
+<div id="error" role="alert" hidden></div>
+</main>
+</body>
+</html>
+"#,
+            title = esc(title),
+            csrf = esc(csrf),
+        )),
+    )
+        .into_response()
+}
+
+/// A page that explains a problem and what to do next.
+pub fn problem(status: StatusCode, title: &str, message: &str) -> Response {
+    page(
+        status,
+        title,
+        "",
+        &format!(
+            "<h1>{}</h1>\n<p role=\"alert\">{}</p>\n<p><a href=\"/signin\">Go to sign-in</a></p>",
+            esc(title),
+            esc(message)
+        ),
+    )
+}
+
+fn to_me(signed_in: bool) -> &'static str {
+    if signed_in {
+        "<p><a href=\"/me\">Go to your page</a></p>"
+    } else {
+        ""
+    }
+}
+
+/// 404: a link that never existed.
+pub fn link_unknown(signed_in: bool) -> Response {
+    page(
+        StatusCode::NOT_FOUND,
+        "Enrolment link not found",
+        "",
+        &format!(
+            "<h1>Enrolment link not found</h1>\n<p role=\"alert\">This enrolment link does not exist. Check that you opened the whole link from your invite, or ask your administrator for a new invite.</p>\n{}",
+            to_me(signed_in)
+        ),
+    )
+}
+
+/// 410: used, expired or replaced; nothing can be registered here.
+pub fn link_gone(why: LinkGone, signed_in: bool) -> Response {
+    let (title, text) = match why {
+        LinkGone::Used => (
+            "Enrolment link already used",
+            "This enrolment link was used already: enrolment is done. Sign in instead, or ask your administrator for a new invite.",
+        ),
+        LinkGone::Expired => (
+            "Enrolment link expired",
+            "This enrolment link has expired. Ask your administrator for a new invite.",
+        ),
+        LinkGone::Replaced => (
+            "Enrolment link replaced",
+            "A newer invite replaced this enrolment link. Open the newest invite you received.",
+        ),
+    };
+    page(
+        StatusCode::GONE,
+        title,
+        "",
+        &format!(
+            "<h1>{title}</h1>\n<p role=\"alert\">{text}</p>\n<p><a href=\"/signin\">Go to sign-in</a></p>\n{}",
+            to_me(signed_in)
+        ),
+    )
+}
+
+/// 403: the user may not enrol (not active, or SSO off).
+pub fn cannot_enrol(display_name: &str, why: SignInFailure) -> Response {
+    page(
+        StatusCode::FORBIDDEN,
+        "Enrolment not available",
+        "",
+        &format!(
+            "<h1>{}</h1>\n<p role=\"alert\">Enrolment is not available for your account: {}</p>",
+            esc(display_name),
+            esc(why.message())
+        ),
+    )
+}
+
+/// What the enrolment page shows.
+pub struct EnrolView<'a> {
+    pub token: &'a str,
+    pub csrf: &'a str,
+    pub display_name: &'a str,
+    pub upn: &'a str,
+    pub domain: &'a str,
+    pub method: SsoMethod,
+    pub entra_done: bool,
+}
+
+fn passkey_name_field() -> &'static str {
+    r#"<p><label for="passkey-name">Name this passkey</label>
+<input id="passkey-name" name="name" maxlength="64" placeholder="e.g. Work laptop, Hideez Key"></p>"#
+}
+
+fn totp_setup(base: &str, disabled: &str) -> String {
+    format!(
+        r#"<section aria-labelledby="totp-h">
+<h2 id="totp-h">Authenticator app</h2>
+<button type="button" data-totp-setup="{base}/totp/options"{disabled}>Set up an authenticator code</button>
+<div id="totp-setup" hidden>
+<p>Scan this code with your authenticator app, or type the secret into it.</p>
+<img id="totp-qr" alt="QR code of the authenticator secret">
+<p>Secret: <code id="totp-secret"></code></p>
+<form data-totp-confirm="{base}/totp">
+<label for="totp-code">Confirmation code</label>
+<input id="totp-code" name="code" inputmode="numeric" autocomplete="one-time-code" pattern="[0-9]{{6}}" maxlength="6" required>
+<button type="submit">Confirm code</button>
+</form>
+</div>
+</section>"#
+    )
+}
+
+/// The enrolment page: who the user is, and only the methods their settings allow.
+pub fn enrol(v: &EnrolView<'_>) -> Response {
+    let base = format!("/enrol/{}", esc(v.token));
+    let who = format!(
+        "<h1>{}</h1>\n<p class=\"who\">{} · {}</p>",
+        esc(v.display_name),
+        esc(v.upn),
+        esc(v.domain)
+    );
+    let body = match v.method {
+        SsoMethod::Passwordless => format!(
+            r#"<p>Your account signs in without a password. Register a passkey: this device's own (fingerprint, face, PIN) or a security key such as the Hideez Key.</p>
+<section aria-labelledby="passkey-h">
+<h2 id="passkey-h">Passkey</h2>
+{field}
+<button type="button" data-webauthn="register" data-options="{base}/passkey/options" data-finish="{base}/passkey">Register a passkey</button>
+</section>"#,
+            field = passkey_name_field()
+        ),
+        SsoMethod::PasswordAndSecondFactor => {
+            let (step1, disabled) = if v.entra_done {
+                (
+                    "<p class=\"done\" role=\"status\">Step 1 done: Entra ID confirmed your account.</p>".to_owned(),
+                    "",
+                )
+            } else {
+                (
+                    format!(
+                        r#"<button type="button" data-redirect="{base}/entra">Sign in with Entra ID</button>"#
+                    ),
+                    " disabled",
+                )
+            };
+            format!(
+                r#"<p>Your account signs in with your Entra ID password and a second factor.</p>
+<section aria-labelledby="step1-h">
+<h2 id="step1-h">Step 1: your Entra ID sign-in</h2>
+{step1}
+</section>
+<section aria-labelledby="step2-h">
+<h2 id="step2-h">Step 2: a second factor</h2>
+<p>Choose one: a passkey or security key, or an authenticator app.</p>
+{field}
+<button type="button" data-webauthn="register" data-options="{base}/passkey/options" data-finish="{base}/passkey"{disabled}>Register a passkey</button>
+{totp}
+</section>"#,
+                field = passkey_name_field(),
+                totp = totp_setup(&base, disabled),
+            )
+        }
+    };
+    page(
+        StatusCode::OK,
+        &format!("Enrol {}", v.display_name),
+        v.csrf,
+        &format!("{who}\n{body}"),
+    )
+}
+
+/// `/signin`: a discoverable passkey, or Entra ID for password-and-second-factor users.
+pub fn signin(csrf: &str) -> Response {
+    page(
+        StatusCode::OK,
+        "Sign in",
+        csrf,
+        r#"<h1>Sign in</h1>
+<section aria-labelledby="pk-h">
+<h2 id="pk-h">Passwordless</h2>
+<button type="button" data-webauthn="signin" data-options="/signin/passkey/options" data-finish="/signin/passkey">Sign in with a passkey</button>
+</section>
+<section aria-labelledby="entra-h">
+<h2 id="entra-h">Password and a second factor</h2>
+<form data-entra-start="/signin/entra">
+<label for="username">Username</label>
+<input id="username" name="username" autocomplete="username" placeholder="name@contoso.com" required>
+<button type="submit">Sign in with Entra ID</button>
+</form>
+</section>"#,
+    )
+}
+
+/// The second step after Entra ID: a typed code or a passkey.
+pub fn second_factor(
+    csrf: &str,
+    display_name: &str,
+    passkeys: bool,
+    totp: bool,
+    error: Option<&str>,
+) -> Response {
+    let mut main = format!(
+        "<h1>{}</h1>\n<p>Entra ID confirmed your password. Now your second factor.</p>\n",
+        esc(display_name)
+    );
+    if let Some(e) = error {
+        main.push_str(&format!("<p role=\"alert\">{}</p>\n", esc(e)));
+    }
+    if totp {
+        main.push_str(&format!(
+            r#"<form method="post" action="/signin/totp">
+<input type="hidden" name="csrf" value="{}">
+<label for="code">Authenticator code</label>
+<input id="code" name="code" inputmode="numeric" autocomplete="one-time-code" maxlength="6" required>
+<button type="submit">Verify code</button>
+</form>
+"#,
+            esc(csrf)
+        ));
+    }
+    if passkeys {
+        main.push_str(r#"<button type="button" data-webauthn="second" data-options="/signin/second-passkey/options" data-finish="/signin/second-passkey">Use a passkey</button>
+"#);
+    }
+    if !passkeys && !totp {
+        main.push_str(
+            "<p role=\"alert\">You have no second factor yet. Open your invite to enrol.</p>",
+        );
+    }
+    page(StatusCode::OK, "Second factor", csrf, &main)
+}
+
+/// What `/me` shows.
+pub struct MeView<'a> {
+    pub session_csrf: &'a str,
+    pub flow_csrf: &'a str,
+    pub display_name: &'a str,
+    pub upn: &'a str,
+    pub domain: &'a str,
+    pub method: SsoMethod,
+    pub view: &'a SignInView,
+    /// A result to show: success or not, and the text.
+    pub notice: Option<(bool, &'a str)>,
+}
+
+fn method_name(m: SsoMethod) -> &'static str {
+    match m {
+        SsoMethod::Passwordless => "Passwordless",
+        SsoMethod::PasswordAndSecondFactor => "Password and second factor",
+    }
+}
+
+/// The user's own page: methods, recent sign-ins, sign-out.
+pub fn me(v: &MeView<'_>) -> Response {
+    let csrf = esc(v.session_csrf);
+    let notice = match v.notice {
+        Some((true, text)) => format!("<p role=\"status\">{}</p>", esc(text)),
+        Some((false, text)) => format!("<p role=\"alert\">{}</p>", esc(text)),
+        None => String::new(),
+    };
+    let passkeys: String = v
+        .view
+        .passkeys
+        .iter()
+        .map(|p| {
+            let id = esc(&p.credential_id);
+            let kind = match p.attachment {
+                Some(Attachment::CrossPlatform) => "Security key",
+                _ => "Passkey",
+            };
+            format!(
+                r#"<tr><td>{name}</td><td>{kind}</td><td>{added}</td><td>{used}</td>
+<td><form method="post" action="/me/passkeys/{id}/rename" class="inline"><input type="hidden" name="csrf" value="{csrf}"><label>New name <input name="name" maxlength="64" required></label><button type="submit">Rename</button></form>
+<form method="post" action="/me/passkeys/{id}/remove" class="inline"><input type="hidden" name="csrf" value="{csrf}"><button type="submit">Remove {name}</button></form></td></tr>"#,
+                name = esc(&p.name),
+                added = p.registered_at.format("%Y-%m-%d %H:%M"),
+                used = p
+                    .last_used_at
+                    .map(|t| t.format("%Y-%m-%d %H:%M").to_string())
+                    .unwrap_or_else(|| "never".into()),
+            )
+        })
+        .collect();
+    let totp = match (v.method, &v.view.totp_enrolled_at) {
+        (_, Some(at)) => format!(
+            r#"<p>Authenticator app set up {}.</p>
+<form method="post" action="/me/totp/remove"><input type="hidden" name="csrf" value="{csrf}"><button type="submit">Remove the authenticator app</button></form>"#,
+            at.format("%Y-%m-%d %H:%M")
+        ),
+        (SsoMethod::PasswordAndSecondFactor, None) => totp_setup("/me", ""),
+        (SsoMethod::Passwordless, None) => String::new(),
+    };
+    let recent: String = v
+        .view
+        .recent
+        .iter()
+        .map(|r| {
+            let method = match (&r.method, r.factor) {
+                (Some(m), _) => format!("{} ({})", method_name(*m), r.amr.join(", ")),
+                (None, Some(f)) => f.as_str().to_owned(),
+                (None, None) => String::new(),
+            };
+            let result = match r.failure {
+                None => "Success".to_owned(),
+                Some(code) => format!("Failed: {}", code.replace('_', " ")),
+            };
+            format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                r.at.format("%Y-%m-%d %H:%M:%S UTC"),
+                esc(&method),
+                esc(r.app.as_deref().unwrap_or("idledger")),
+                esc(&result)
+            )
+        })
+        .collect();
+    let main = format!(
+        r#"<header class="top"><span class="brand">idledger</span>
+<form method="post" action="/signout" class="sign-out"><input type="hidden" name="csrf" value="{csrf}"><button type="submit">Sign out</button></form></header>
+<h1>{name}</h1>
+<p class="who">{upn} · {domain} · {method}</p>
+{notice}
+<section aria-labelledby="methods-h">
+<h2 id="methods-h">Your passkeys</h2>
+<table><thead><tr><th>Name</th><th>Kind</th><th>Added</th><th>Last used</th><th></th></tr></thead>
+<tbody>{passkeys}</tbody></table>
+{field}
+<button type="button" data-webauthn="register" data-options="/me/passkeys/options" data-finish="/me/passkeys">Add a passkey</button>
+{totp}
+</section>
+<section aria-labelledby="recent-h">
+<h2 id="recent-h">Recent sign-ins</h2>
+<table><thead><tr><th>Time</th><th>Method</th><th>App</th><th>Result</th></tr></thead>
+<tbody>{recent}</tbody></table>
+</section>"#,
+        name = esc(v.display_name),
+        upn = esc(v.upn),
+        domain = esc(v.domain),
+        method = method_name(v.method),
+        field = passkey_name_field(),
+    );
+    page(StatusCode::OK, v.display_name, v.flow_csrf, &main)
+}

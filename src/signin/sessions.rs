@@ -1,0 +1,251 @@
+//! What sign-in keeps in memory: users' sessions, and the short-lived flows of a browser
+//! that is enrolling or signing in (its CSRF token, the pending WebAuthn challenge, the
+//! Entra request's state, nonce and PKCE verifier, the authenticator seed being set up).
+//!
+//! Both are keyed by the SHA-256 of their cookie. A session is only a pointer to its
+//! user: every request checks the user again (status, SSO settings), so deactivating a
+//! user or turning their SSO off ends their sessions at the next request. A restart
+//! signs everyone out, the safe direction.
+
+use idledger_domain::{LinkId, SsoMethod, UserId};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How long a flow (an enrolment or sign-in in progress) lives.
+pub const FLOW_TTL: Duration = Duration::from_secs(600);
+/// A WebAuthn ceremony's challenge is good this long (the browser's own timeout is 60 s).
+pub const CHALLENGE_TTL: Duration = Duration::from_secs(120);
+/// After the Entra step, the second factor must follow within this.
+pub const ENTRA_STEP_TTL: Duration = Duration::from_secs(300);
+/// Sessions in all, and flows in all: past this the least recently used goes.
+const MOST: usize = 100_000;
+/// Sessions of one user: signing in again closes the oldest.
+const PER_USER: usize = 16;
+
+/// What a WebAuthn challenge was issued for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ceremony {
+    /// Registering a passkey (enrolment or the user's page).
+    Register,
+    /// Passwordless sign-in (discoverable: no user named).
+    SignIn,
+    /// The second factor after Entra.
+    SecondFactor,
+}
+
+/// An Entra sign-in on its way: what the callback must match.
+#[derive(Clone, Debug)]
+pub struct EntraPending {
+    /// The `state` sent.
+    pub state: String,
+    /// The `nonce` sent.
+    pub nonce: String,
+    /// The PKCE verifier.
+    pub verifier: String,
+    /// The user expected back (enrolment), or the one whose name was typed (sign-in).
+    pub user: UserId,
+}
+
+/// A browser's enrolment or sign-in in progress.
+#[derive(Default)]
+pub struct Flow {
+    /// What its forms and requests must echo.
+    pub csrf: String,
+    /// The enrolment this browser opened: the link's secret (to find the way back after
+    /// Entra), the user and the link.
+    pub enrolment: Option<(String, UserId, LinkId)>,
+    /// A pending WebAuthn challenge.
+    pub challenge: Option<(Ceremony, [u8; 32], Instant)>,
+    /// A pending Entra request.
+    pub entra: Option<EntraPending>,
+    /// The user whose Entra credentials were checked, and when.
+    pub entra_user: Option<(UserId, Instant)>,
+    /// An authenticator seed shown and not yet confirmed.
+    pub totp_seed: Option<Vec<u8>>,
+    last_seen: Option<Instant>,
+}
+
+impl Flow {
+    /// The Entra step done for `user`, recently enough.
+    pub fn entra_done_for(&self, user: UserId) -> bool {
+        self.entra_user
+            .is_some_and(|(u, at)| u == user && at.elapsed() < ENTRA_STEP_TTL)
+    }
+
+    /// Takes the pending challenge of `ceremony`, if still fresh: a challenge is used once.
+    pub fn take_challenge(&mut self, ceremony: Ceremony) -> Option<[u8; 32]> {
+        match self.challenge.take() {
+            Some((c, challenge, at)) if c == ceremony && at.elapsed() < CHALLENGE_TTL => {
+                Some(challenge)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A signed-in user.
+#[derive(Clone, Debug)]
+pub struct UserSession {
+    /// Who.
+    pub user: UserId,
+    /// What unsafe requests must echo.
+    pub csrf: String,
+    /// The method signed in with.
+    pub method: SsoMethod,
+    /// RFC 8176 method references.
+    pub amr: Vec<String>,
+    /// When the user authenticated.
+    pub auth_time: chrono::DateTime<chrono::Utc>,
+    last_seen: Instant,
+}
+
+/// Random text for cookies and tokens: 256 bits, base64url.
+pub fn random_text() -> String {
+    use base64::Engine;
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn key(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+/// Users' sessions and browsers' flows.
+pub struct Store {
+    idle: Duration,
+    sessions: Mutex<HashMap<[u8; 32], UserSession>>,
+    flows: Mutex<HashMap<[u8; 32], Flow>>,
+}
+
+impl Store {
+    /// Sessions end after `idle` without a request.
+    pub fn new(idle: Duration) -> Store {
+        Store {
+            idle,
+            sessions: Mutex::new(HashMap::new()),
+            flows: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Starts a flow; answers its cookie.
+    pub fn new_flow(&self) -> String {
+        let cookie = random_text();
+        let mut flows = self.flows.lock().unwrap_or_else(|e| e.into_inner());
+        if flows.len() >= MOST {
+            flows.retain(|_, f| f.last_seen.is_some_and(|t| t.elapsed() < FLOW_TTL));
+        }
+        if flows.len() >= MOST {
+            // Still full of live flows: the oldest goes.
+            if let Some(k) = flows
+                .iter()
+                .min_by_key(|(_, f)| f.last_seen)
+                .map(|(k, _)| *k)
+            {
+                flows.remove(&k);
+            }
+        }
+        flows.insert(
+            key(&cookie),
+            Flow {
+                csrf: random_text(),
+                last_seen: Some(Instant::now()),
+                ..Flow::default()
+            },
+        );
+        cookie
+    }
+
+    /// Runs `f` on the live flow of `cookie`.
+    pub fn with_flow<T>(&self, cookie: &str, f: impl FnOnce(&mut Flow) -> T) -> Option<T> {
+        let mut flows = self.flows.lock().unwrap_or_else(|e| e.into_inner());
+        let k = key(cookie);
+        let flow = flows.get_mut(&k)?;
+        if flow.last_seen.is_none_or(|t| t.elapsed() >= FLOW_TTL) {
+            flows.remove(&k);
+            return None;
+        }
+        flow.last_seen = Some(Instant::now());
+        Some(f(flow))
+    }
+
+    /// Ends the flow of `cookie`.
+    pub fn end_flow(&self, cookie: &str) {
+        let mut flows = self.flows.lock().unwrap_or_else(|e| e.into_inner());
+        flows.remove(&key(cookie));
+    }
+
+    /// Opens a session; answers its cookie.
+    pub fn open(
+        &self,
+        user: UserId,
+        method: SsoMethod,
+        amr: Vec<String>,
+        auth_time: chrono::DateTime<chrono::Utc>,
+    ) -> String {
+        let cookie = random_text();
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let idle = self.idle;
+        if sessions.len() >= MOST {
+            sessions.retain(|_, s| s.last_seen.elapsed() < idle);
+        }
+        let oldest = |m: &HashMap<[u8; 32], UserSession>, of: Option<UserId>| {
+            m.iter()
+                .filter(|(_, s)| of.is_none_or(|u| s.user == u))
+                .min_by_key(|(_, s)| s.last_seen)
+                .map(|(k, _)| *k)
+        };
+        while sessions.values().filter(|s| s.user == user).count() >= PER_USER {
+            match oldest(&sessions, Some(user)) {
+                Some(k) => sessions.remove(&k),
+                None => break,
+            };
+        }
+        while sessions.len() >= MOST {
+            match oldest(&sessions, None) {
+                Some(k) => sessions.remove(&k),
+                None => break,
+            };
+        }
+        sessions.insert(
+            key(&cookie),
+            UserSession {
+                user,
+                csrf: random_text(),
+                method,
+                amr,
+                auth_time,
+                last_seen: Instant::now(),
+            },
+        );
+        cookie
+    }
+
+    /// The live session of `cookie`, marked as used now.
+    pub fn find(&self, cookie: &str) -> Option<UserSession> {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let k = key(cookie);
+        let s = sessions.get_mut(&k)?;
+        if s.last_seen.elapsed() >= self.idle {
+            sessions.remove(&k);
+            return None;
+        }
+        s.last_seen = Instant::now();
+        Some(s.clone())
+    }
+
+    /// Ends the session of `cookie`.
+    pub fn close(&self, cookie: &str) {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        sessions.remove(&key(cookie));
+    }
+
+    /// Ends every session of `user` (they may no longer sign in).
+    pub fn close_all_of(&self, user: UserId) {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        sessions.retain(|_, s| s.user != user);
+    }
+}

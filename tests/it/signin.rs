@@ -1,0 +1,663 @@
+//! Sign-in for users against the real server and graphsim on loopback: enrolment links
+//! (404, 410 used/expired/replaced, changing nothing), Entra ID credentials through
+//! graphsim's sign-in form plus an authenticator code, the rules (code reuse, lockout,
+//! deactivation, SSO off, method), and in a real headless Chromium with a virtual
+//! authenticator: a passkey enrolled from an invite and used to sign in.
+
+use crate::support::{world, Browser, World, APP};
+use idledger_domain::events::{EnrolmentCompleted, InviteSent};
+use idledger_domain::{EnrolmentLink, LinkId, UserId};
+use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+/// A browser-like HTTP client: follows nothing, keeps cookies by hand.
+struct Visitor {
+    http: reqwest::Client,
+    cookies: std::collections::BTreeMap<String, String>,
+}
+
+impl Visitor {
+    fn new() -> Visitor {
+        Visitor {
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            cookies: Default::default(),
+        }
+    }
+
+    fn cookie_header(&self) -> String {
+        self.cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    async fn send(&mut self, req: reqwest::RequestBuilder) -> (StatusCode, String, Option<String>) {
+        let resp = req
+            .header(COOKIE, self.cookie_header())
+            .send()
+            .await
+            .unwrap();
+        for c in resp.headers().get_all(SET_COOKIE) {
+            let text = c.to_str().unwrap();
+            let (pair, attrs) = text.split_once(';').unwrap_or((text, ""));
+            let (k, v) = pair.split_once('=').unwrap();
+            if attrs.contains("Max-Age=0") {
+                self.cookies.remove(k);
+            } else {
+                self.cookies.insert(k.to_owned(), v.to_owned());
+            }
+        }
+        let status = resp.status();
+        let location = resp
+            .headers()
+            .get(LOCATION)
+            .map(|l| l.to_str().unwrap().to_owned());
+        (status, resp.text().await.unwrap(), location)
+    }
+
+    async fn get(&mut self, url: &str) -> (StatusCode, String, Option<String>) {
+        let req = self.http.get(url);
+        self.send(req).await
+    }
+
+    async fn post_json(&mut self, url: &str, csrf: &str, body: Value) -> (StatusCode, Value) {
+        let req = self.http.post(url).header("x-csrf-token", csrf).json(&body);
+        let (s, text, _) = self.send(req).await;
+        (
+            s,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn post_form(
+        &mut self,
+        url: &str,
+        form: &[(&str, &str)],
+    ) -> (StatusCode, String, Option<String>) {
+        let req = self.http.post(url).form(form);
+        self.send(req).await
+    }
+}
+
+/// The `content` of `<meta name="csrf-token">`, or a hidden `csrf` field's value.
+fn csrf_of(html: &str) -> String {
+    for marker in ["name=\"csrf-token\" content=\"", "name=\"csrf\" value=\""] {
+        if let Some(i) = html.find(marker) {
+            let rest = &html[i + marker.len()..];
+            return rest[..rest.find('"').unwrap()].to_owned();
+        }
+    }
+    panic!("no CSRF token in {html}")
+}
+
+/// The newest enrolment link in the outbox for `upn`.
+fn outbox_link(w: &World, upn: &str) -> String {
+    let dir = w.app.dir.path().join("outbox");
+    let tag = upn.replace(
+        |c: char| !c.is_ascii_alphanumeric() && c != '.' && c != '@',
+        "_",
+    );
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains(&tag))
+        .collect();
+    files.sort();
+    let mail = std::fs::read_to_string(files.last().expect("an invite in the outbox")).unwrap();
+    // Undo quoted-printable soft line breaks, should the mailer have used them.
+    let mail = mail.replace("=\r\n", "").replace("=\n", "");
+    let start = mail
+        .find("/enrol/")
+        .expect("an enrolment link in the invite");
+    let begin = mail[..start].rfind("http").unwrap();
+    let end = mail[start..]
+        .find(|c: char| c.is_whitespace())
+        .map_or(mail.len(), |e| start + e);
+    mail[begin..end].to_owned()
+}
+
+/// A synced world with users 1 (passwordless) and 2 (password and second factor) imported,
+/// SSO on for both, and the server's Entra callback registered on the app in graphsim.
+async fn signin_world() -> (World, String, String) {
+    let w = world(json!({})).await;
+    w.sync().await;
+    w.import_all().await;
+    w.sim(
+        Method::PATCH,
+        &format!("/_sim/apps/{APP}"),
+        Some(json!({"redirectUris": [format!("{}/signin/entra/callback", w.app.public)]})),
+    )
+    .await;
+    let mut ids = Vec::new();
+    for (n, method) in [(1, "passwordless"), (2, "password_and_second_factor")] {
+        let id = w.user(n).await.unwrap()["id"].as_str().unwrap().to_owned();
+        let (s, b) = w
+            .admin(
+                Method::PATCH,
+                &format!("/v1/users/{id}"),
+                Some(json!({"sso_override": {"enabled": true, "method": method}})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        ids.push(id);
+    }
+    let alex = ids.pop().unwrap();
+    let adele = ids.pop().unwrap();
+    (w, adele, alex)
+}
+
+async fn invite(w: &World, user: &str) -> Value {
+    let (s, b) = w
+        .admin(Method::POST, &format!("/v1/users/{user}/invite"), None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    b
+}
+
+fn totp_code(secret_base32: &str, at: i64) -> String {
+    let seed = base32_decode(secret_base32);
+    format!(
+        "{:06}",
+        idledger_domain::totp::code(&seed, idledger_domain::totp::step_at(at))
+    )
+}
+
+fn base32_decode(text: &str) -> Vec<u8> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let (mut buffer, mut bits, mut out) = (0u32, 0u32, Vec::new());
+    for c in text.bytes() {
+        let v = ALPHABET.iter().position(|a| *a == c).unwrap() as u32;
+        buffer = (buffer << 5) | v;
+        bits += 5;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((buffer >> bits) as u8);
+        }
+    }
+    out
+}
+
+/// Signs in to graphsim's Entra form at `authorize` as `upn`; answers the callback URL.
+async fn entra_form(v: &mut Visitor, authorize: &str, upn: &str, password: &str) -> String {
+    let (s, page, _) = v.get(authorize).await;
+    assert_eq!(s, StatusCode::OK, "{page}");
+    let mut form: Vec<(String, String)> = Vec::new();
+    let mut rest = page.as_str();
+    while let Some(i) = rest.find("<input type=\"hidden\" name=\"") {
+        rest = &rest[i + 27..];
+        let name = &rest[..rest.find('"').unwrap()];
+        let vi = rest.find("value=\"").unwrap() + 7;
+        let value = &rest[vi..vi + rest[vi..].find('"').unwrap()];
+        form.push((name.to_owned(), value.replace("&amp;", "&")));
+    }
+    form.push(("username".into(), upn.into()));
+    form.push(("password".into(), password.into()));
+    let pairs: Vec<(&str, &str)> = form.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let (s, body, location) = v.post_form(authorize, &pairs).await;
+    assert_eq!(s, StatusCode::FOUND, "graphsim refused the sign-in: {body}");
+    location.unwrap()
+}
+
+const ALEX: &str = "alex.wilber@contoso.onmicrosoft.com";
+const ALEX_PASSWORD: &str = "Start-Key-2026-02!";
+
+/// Alex enrols: Entra ID through graphsim's form, then an authenticator app. Answers the
+/// visitor (signed in) and the authenticator secret.
+async fn enrol_alex(w: &World, alex: &str) -> (Visitor, String) {
+    invite(w, alex).await;
+    let link = outbox_link(w, ALEX);
+    assert!(link.starts_with(&w.app.public), "{link}");
+    let mut v = Visitor::new();
+    let (s, page, _) = v.get(&link).await;
+    assert_eq!(s, StatusCode::OK, "{page}");
+    assert!(page.contains("<h1>Alex Wilber</h1>"), "{page}");
+    assert!(page.contains("Sign in with Entra ID"));
+    let csrf = csrf_of(&page);
+    // The second factor waits for the Entra step.
+    let (s, b) = v
+        .post_json(&format!("{link}/totp"), &csrf, json!({"code": "123456"}))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    let (s, b) = v
+        .post_json(&format!("{link}/entra"), &csrf, json!({}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let authorize = b["redirect"].as_str().unwrap().to_owned();
+    assert!(authorize.starts_with(&w.sim), "{authorize}");
+    let callback = entra_form(&mut v, &authorize, ALEX, ALEX_PASSWORD).await;
+    let (s, _, back) = v.get(&callback).await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    assert_eq!(back.unwrap(), link.trim_start_matches(&w.app.public));
+    let (_, page, _) = v.get(&link).await;
+    assert!(page.contains("Step 1 done"), "{page}");
+    let (s, setup) = v
+        .post_json(&format!("{link}/totp/options"), &csrf, json!({}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{setup}");
+    let secret = setup["secret"].as_str().unwrap().to_owned();
+    assert!(setup["qr_svg"].as_str().unwrap().starts_with("<?xml"));
+    let now = chrono::Utc::now().timestamp();
+    let (s, b) = v
+        .post_json(
+            &format!("{link}/totp"),
+            &csrf,
+            json!({"code": totp_code(&secret, now)}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["next"], "/me");
+    (v, secret)
+}
+
+/// Entra step of a sign-in for `upn`; lands on the second-factor page.
+async fn entra_sign_in(w: &World, v: &mut Visitor, upn: &str, password: &str) -> String {
+    let (_, page, _) = v.get(&format!("{}/signin", w.app.public)).await;
+    let csrf = csrf_of(&page);
+    let (s, b) = v
+        .post_json(
+            &format!("{}/signin/entra", w.app.public),
+            &csrf,
+            json!({"username": upn}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let callback = entra_form(v, b["redirect"].as_str().unwrap(), upn, password).await;
+    let (s, _, next) = v.get(&callback).await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    assert_eq!(next.as_deref(), Some("/signin/second-factor"));
+    let (s, page, _) = v
+        .get(&format!("{}/signin/second-factor", w.app.public))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    page
+}
+
+async fn type_code(w: &World, v: &mut Visitor, page: &str, code: &str) -> (StatusCode, String) {
+    let csrf = csrf_of(page);
+    let (s, body, location) = v
+        .post_form(
+            &format!("{}/signin/totp", w.app.public),
+            &[("csrf", &csrf), ("code", code)],
+        )
+        .await;
+    (s, location.unwrap_or(body))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entra_credentials_and_an_authenticator_code_enrol_and_sign_in_with_every_rule() {
+    let (w, _, alex) = signin_world().await;
+    let (mut v, secret) = enrol_alex(&w, &alex).await;
+    let (s, me, _) = v.get(&format!("{}/me", w.app.public)).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        me.contains("<h1>Alex Wilber</h1>") && me.contains("Recent sign-ins"),
+        "{me}"
+    );
+    assert!(me.contains("fed, otp"), "{me}");
+    // The link is used up: 410, and nothing to register on the page.
+    let link = outbox_link(&w, ALEX);
+    let (s, page, _) = v.get(&link).await;
+    assert_eq!(s, StatusCode::GONE);
+    assert!(
+        page.contains("was used already") && page.contains("/me"),
+        "{page}"
+    );
+    assert!(!page.contains("data-webauthn"));
+
+    // Signing in again: Entra, then codes. The enrolment's code is used; so is each one
+    // accepted; a wrong one is refused.
+    let mut v = Visitor::new();
+    let page = entra_sign_in(&w, &mut v, ALEX, ALEX_PASSWORD).await;
+    let now = chrono::Utc::now().timestamp();
+    let (s, text) = type_code(&w, &mut v, &page, &totp_code(&secret, now)).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert!(text.contains("used already"), "{text}");
+    let (s, text) = type_code(&w, &mut v, &page, "000000").await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert!(
+        text.contains("not right") || text.contains("used already"),
+        "{text}"
+    );
+    let next = totp_code(&secret, now + 30);
+    let (s, to) = type_code(&w, &mut v, &page, &next).await;
+    assert_eq!((s, to.as_str()), (StatusCode::SEE_OTHER, "/me"));
+    let (s, _, _) = v.get(&format!("{}/me", w.app.public)).await;
+    assert_eq!(s, StatusCode::OK);
+
+    // A passwordless user cannot take the password way.
+    let mut other = Visitor::new();
+    let (_, page, _) = other.get(&format!("{}/signin", w.app.public)).await;
+    let (s, b) = other
+        .post_json(
+            &format!("{}/signin/entra", w.app.public),
+            &csrf_of(&page),
+            json!({"username": "adele.vance@contoso.onmicrosoft.com"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+
+    // SSO turned off for Alex ends the session at once.
+    let (s, b) = w
+        .admin(
+            Method::PATCH,
+            &format!("/v1/users/{alex}"),
+            Some(
+                json!({"sso_override": {"enabled": false, "method": "password_and_second_factor"}}),
+            ),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, _, to) = v.get(&format!("{}/me", w.app.public)).await;
+    assert_eq!((s, to.as_deref()), (StatusCode::SEE_OTHER, Some("/signin")));
+    let (s, b) = w
+        .admin(
+            Method::PATCH,
+            &format!("/v1/users/{alex}"),
+            Some(
+                json!({"sso_override": {"enabled": true, "method": "password_and_second_factor"}}),
+            ),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+
+    // Five wrong codes in five minutes lock the method, with the message saying so; the
+    // right code is refused while it lasts.
+    let mut v = Visitor::new();
+    let page = entra_sign_in(&w, &mut v, ALEX, ALEX_PASSWORD).await;
+    let mut last = String::new();
+    for _ in 0..5 {
+        let (s, text) = type_code(&w, &mut v, &page, "000001").await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+        last = text;
+    }
+    assert!(last.contains("locked for 15 minutes"), "{last}");
+    let good = totp_code(&secret, chrono::Utc::now().timestamp() + 30);
+    let (s, text) = type_code(&w, &mut v, &page, &good).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert!(text.contains("locked"), "{text}");
+
+    // Every attempt is on the user's stream.
+    let (s, events) = w
+        .admin(
+            Method::GET,
+            &format!("/v1/users/{alex}/events?limit=1000"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{events}");
+    let kinds: Vec<&str> = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    for kind in [
+        "InviteSent",
+        "EnrolmentStarted",
+        "TotpEnrolled",
+        "EnrolmentCompleted",
+        "SignInSucceeded",
+        "SignInFailed",
+        "SignInLocked",
+    ] {
+        assert!(kinds.contains(&kind), "{kind} missing from {kinds:?}");
+    }
+    // No secret of sign-in is in any event's JSON.
+    let text = events.to_string();
+    assert!(!text.contains(&secret) && !text.contains(ALEX_PASSWORD));
+
+    // A deactivated user cannot sign in.
+    let (s, _) = w
+        .admin(Method::POST, &format!("/v1/users/{alex}/deactivate"), None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let mut v = Visitor::new();
+    let (_, page, _) = v.get(&format!("{}/signin", w.app.public)).await;
+    let (s, b) = v
+        .post_json(
+            &format!("{}/signin/entra", w.app.public),
+            &csrf_of(&page),
+            json!({"username": ALEX}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+}
+
+#[tokio::test]
+async fn enrolment_links_that_do_not_work_say_why_and_change_nothing() {
+    let (w, adele, alex) = signin_world().await;
+    let mut v = Visitor::new();
+    // Never existed: 404.
+    let (s, page, _) = v
+        .get(&format!("{}/enrol/not-a-link-at-all", w.app.public))
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert!(page.contains("does not exist"));
+    // Replaced by a newer invite: 410, and the newer one works.
+    invite(&w, &adele).await;
+    let first = outbox_link(&w, "adele.vance@contoso.onmicrosoft.com");
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    invite(&w, &adele).await;
+    let second = outbox_link(&w, "adele.vance@contoso.onmicrosoft.com");
+    assert_ne!(first, second);
+    let head = w.head().await;
+    let (s, page, _) = v.get(&first).await;
+    assert_eq!(s, StatusCode::GONE);
+    assert!(page.contains("newer invite replaced"), "{page}");
+    let (s, page, _) = v.get(&second).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        page.contains("Register a passkey") && !page.contains("Entra"),
+        "{page}"
+    );
+    // A ceremony on the replaced link is refused too.
+    let (s, b) = v
+        .post_json(
+            &format!("{first}/passkey/options"),
+            &csrf_of(&page),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::GONE, "{b}");
+    // Opening pages and refused requests appended nothing.
+    assert_eq!(w.head().await, head);
+
+    // Expired and used links, recorded as an earlier build or a finished enrolment would.
+    let alex_id = UserId(alex.parse().unwrap());
+    let expired = "expired-link-secret";
+    let link = EnrolmentLink {
+        link_id: LinkId(uuid::Uuid::now_v7()),
+        token_hash: idledger::http::token_hash(expired),
+        expires_at: chrono::Utc::now() - chrono::Duration::minutes(1),
+    };
+    crate::support::append(
+        &*w.app.state.engine.log,
+        alex_id,
+        idledger::store::ExpectedVersion::Any,
+        vec![InviteSent {
+            to: ALEX.into(),
+            via: "outbox".into(),
+            link: Some(link),
+        }
+        .into()],
+    )
+    .await;
+    let used = "used-link-secret";
+    let link = EnrolmentLink {
+        link_id: LinkId(uuid::Uuid::now_v7()),
+        token_hash: idledger::http::token_hash(used),
+        expires_at: chrono::Utc::now() + chrono::Duration::hours(1),
+    };
+    let link_id = link.link_id;
+    crate::support::append(
+        &*w.app.state.engine.log,
+        alex_id,
+        idledger::store::ExpectedVersion::Any,
+        vec![InviteSent {
+            to: ALEX.into(),
+            via: "outbox".into(),
+            link: Some(link),
+        }
+        .into()],
+    )
+    .await;
+    w.app.state.engine.settle().await.unwrap();
+    let (s, page, _) = v.get(&format!("{}/enrol/{expired}", w.app.public)).await;
+    assert_eq!(s, StatusCode::GONE);
+    assert!(page.contains("newer invite replaced"), "{page}");
+    crate::support::append(
+        &*w.app.state.engine.log,
+        alex_id,
+        idledger::store::ExpectedVersion::Any,
+        vec![EnrolmentCompleted {
+            link_id,
+            method: idledger_domain::SsoMethod::PasswordAndSecondFactor,
+        }
+        .into()],
+    )
+    .await;
+    w.app.state.engine.settle().await.unwrap();
+    let (s, page, _) = v.get(&format!("{}/enrol/{used}", w.app.public)).await;
+    assert_eq!(s, StatusCode::GONE);
+    assert!(page.contains("was used already"), "{page}");
+
+    // An expired link as the newest one.
+    let latest = "latest-expired-secret";
+    crate::support::append(
+        &*w.app.state.engine.log,
+        alex_id,
+        idledger::store::ExpectedVersion::Any,
+        vec![InviteSent {
+            to: ALEX.into(),
+            via: "outbox".into(),
+            link: Some(EnrolmentLink {
+                link_id: LinkId(uuid::Uuid::now_v7()),
+                token_hash: idledger::http::token_hash(latest),
+                expires_at: chrono::Utc::now() - chrono::Duration::seconds(1),
+            }),
+        }
+        .into()],
+    )
+    .await;
+    w.app.state.engine.settle().await.unwrap();
+    let (s, page, _) = v.get(&format!("{}/enrol/{latest}", w.app.public)).await;
+    assert_eq!(s, StatusCode::GONE);
+    assert!(page.contains("has expired"), "{page}");
+
+    // A deactivated user's link leads to no enrolment.
+    let (s, _) = w
+        .admin(Method::POST, &format!("/v1/users/{adele}/deactivate"), None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, page, _) = v.get(&second).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert!(page.contains("not available"), "{page}");
+    assert!(!page.contains("data-webauthn"));
+}
+
+/// Reads a cookie's attributes off a sign-in answer.
+#[tokio::test]
+async fn sign_in_cookies_are_http_only_and_lax() {
+    let (w, _, _) = signin_world().await;
+    let resp = reqwest::get(format!("{}/signin", w.app.public))
+        .await
+        .unwrap();
+    let cookie = resp.headers()[SET_COOKIE].to_str().unwrap().to_owned();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"),
+        "{cookie}"
+    );
+    let csp = resp.headers()["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    // Requests without the flow's CSRF token are refused.
+    let (s, _) = Visitor::new()
+        .post_json(
+            &format!("{}/signin/passkey/options", w.app.public),
+            "nope",
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_enrols_a_passkey_from_an_invite_and_signs_in_with_it_in_chromium() {
+    let (w, adele, alex) = signin_world().await;
+    invite(&w, &adele).await;
+    let link = outbox_link(&w, "adele.vance@contoso.onmicrosoft.com");
+    let b = Browser::start().await;
+    let key = b.add_authenticator("usb").await;
+
+    b.goto(&link).await;
+    b.wait_text("h1", "Adele Vance").await;
+    b.fill("#passkey-name", "Hideez Key").await;
+    b.click("button[data-webauthn=register]").await;
+    b.wait_text("h1", "Adele Vance").await;
+    b.wait_text("main", "Recent sign-ins").await;
+    assert!(b.url().await.ends_with("/me"));
+    let page = b.wait_text("main", "Hideez Key").await;
+    assert!(page.contains("Security key"), "{page}");
+    assert!(page.contains("hwk, mfa"), "{page}");
+    assert_eq!(b.authenticator_credentials(&key).await.len(), 1);
+    b.screenshot("signin-me").await;
+
+    // Sign out; sign in again with the passkey, naming no one.
+    b.click("form[action='/signout'] button").await;
+    b.wait_text("h1", "Sign in").await;
+    b.click("button[data-webauthn=signin]").await;
+    b.wait_text("h1", "Adele Vance").await;
+    let page = b.wait_text("main", "Success").await;
+    assert!(page.matches("Success").count() >= 2, "{page}");
+
+    // The used link now says so, with a way to the user's page.
+    b.goto(&link).await;
+    b.wait_text("[role=alert]", "was used already").await;
+    assert!(b.present("a[href='/me']").await);
+
+    // An admin deactivates her: the open session ends, and the passkey no longer signs in.
+    let (s, _) = w
+        .admin(Method::POST, &format!("/v1/users/{adele}/deactivate"), None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    b.goto(&format!("{}/me", w.app.public)).await;
+    b.wait_text("h1", "Sign in").await;
+    b.click("button[data-webauthn=signin]").await;
+    b.wait_text("[role=alert]", "cannot sign in here").await;
+
+    // Alex enrols Entra ID plus an authenticator code in the browser.
+    b.remove_authenticator(&key).await;
+    invite(&w, &alex).await;
+    let link = outbox_link(&w, ALEX);
+    b.goto(&link).await;
+    b.wait_text("h1", "Alex Wilber").await;
+    b.click("button[data-redirect]").await;
+    b.wait_text("h1", "Sign in").await;
+    b.fill("#password", ALEX_PASSWORD).await;
+    b.click("button[type=submit]").await;
+    b.wait_text("main", "Step 1 done").await;
+    b.click("button[data-totp-setup]").await;
+    let secret = b.wait_text("#totp-secret", "").await;
+    let mut secret = secret.trim().to_owned();
+    for _ in 0..50 {
+        if !secret.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        secret = b.css("#totp-secret").await.text().await.unwrap();
+    }
+    b.fill(
+        "#totp-code",
+        &totp_code(&secret, chrono::Utc::now().timestamp()),
+    )
+    .await;
+    b.click("form[data-totp-confirm] button").await;
+    b.wait_text("h1", "Alex Wilber").await;
+    b.wait_text("main", "fed, otp").await;
+    b.screenshot("signin-totp").await;
+}

@@ -32,3 +32,4 @@ pub mod server;
 pub mod signin;
 pub mod store;
 pub mod sync;
+pub mod workstation;

@@ -52,6 +52,29 @@ pub struct SsoDefaultsChanged {
     pub sso: SsoSettings,
 }
 
+/// A domain got a new workstation passwordless logon certificate (its signing key sealed
+/// with the domain's data key). An earlier one is retired in the same append.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct WorkstationCertificateIssued {
+    /// SHA-256 fingerprint of the certificate (hex): its name.
+    pub certificate_id: String,
+    /// The X.509 certificate, DER (public).
+    pub certificate_der: Vec<u8>,
+    /// The ECDSA P-256 private key (PKCS#8), sealed.
+    pub sealed_private_key: SealedSecret,
+    /// Valid from.
+    pub not_before: DateTime<Utc>,
+    /// Valid until.
+    pub not_after: DateTime<Utc>,
+}
+
+/// A workstation logon certificate was replaced; it stays listed as retired.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct WorkstationCertificateRetired {
+    /// Its fingerprint.
+    pub certificate_id: String,
+}
+
 /// A domain was removed. Its history stays in the log.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct DomainRemoved {}
@@ -714,4 +737,8 @@ event_catalogue! {
     SignInFailed = "SignInFailed", schema 1, User;
     /// See [`SignInLocked`].
     SignInLocked = "SignInLocked", schema 1, User;
+    /// See [`WorkstationCertificateIssued`].
+    WorkstationCertificateIssued = "WorkstationCertificateIssued", schema 1, Domain;
+    /// See [`WorkstationCertificateRetired`].
+    WorkstationCertificateRetired = "WorkstationCertificateRetired", schema 1, Domain;
 }

@@ -352,6 +352,18 @@ pub fn sample_event(index: usize, s: &SampleSeed) -> Option<Event> {
             until: at(s.number),
         }
         .into(),
+        &"WorkstationCertificateIssued" => WorkstationCertificateIssued {
+            certificate_id: hex::encode([s.number as u8; 32]),
+            certificate_der: vec![0x30, 0x82, s.number as u8],
+            sealed_private_key: s.sealed(),
+            not_before: at(s.number),
+            not_after: at(s.number + 86_400),
+        }
+        .into(),
+        &"WorkstationCertificateRetired" => WorkstationCertificateRetired {
+            certificate_id: hex::encode([s.number as u8; 32]),
+        }
+        .into(),
         other => panic!("sample_event does not cover kind {other}"),
     };
     Some(e)

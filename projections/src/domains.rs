@@ -94,6 +94,37 @@ pub struct DomainView {
     pub updated_at: DateTime<Utc>,
     /// Version of the domain's stream.
     pub version: u64,
+    /// Workstation passwordless logon certificates, newest last; all but the one in force
+    /// are retired.
+    pub workstation_certificates: Vec<WorkstationCertificateView>,
+}
+
+/// A workstation passwordless logon certificate of a domain.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct WorkstationCertificateView {
+    /// SHA-256 fingerprint (hex).
+    pub id: String,
+    /// The certificate, DER.
+    #[serde(skip)]
+    pub der: Vec<u8>,
+    /// Valid from.
+    pub not_before: DateTime<Utc>,
+    /// Valid until.
+    pub not_after: DateTime<Utc>,
+    /// When it was issued.
+    pub issued_at: DateTime<Utc>,
+    /// When a newer one replaced it.
+    pub retired_at: Option<DateTime<Utc>>,
+}
+
+impl DomainView {
+    /// The workstation certificate in force.
+    pub fn workstation_certificate(&self) -> Option<&WorkstationCertificateView> {
+        self.workstation_certificates
+            .iter()
+            .rev()
+            .find(|c| c.retired_at.is_none())
+    }
 }
 
 /// Where a sync run stands.
@@ -245,6 +276,7 @@ impl Domains {
                     created_at: at,
                     updated_at: at,
                     version: env.version,
+                    workstation_certificates: Vec::new(),
                 },
             );
             return;
@@ -283,6 +315,25 @@ impl Domains {
                 d.credentials_removed_at = Some(at);
             }
             Event::SsoDefaultsChanged(e) => d.sso_defaults = e.sso,
+            Event::WorkstationCertificateIssued(e) => {
+                d.workstation_certificates.push(WorkstationCertificateView {
+                    id: e.certificate_id.clone(),
+                    der: e.certificate_der.clone(),
+                    not_before: e.not_before,
+                    not_after: e.not_after,
+                    issued_at: at,
+                    retired_at: None,
+                })
+            }
+            Event::WorkstationCertificateRetired(e) => {
+                if let Some(c) = d
+                    .workstation_certificates
+                    .iter_mut()
+                    .find(|c| c.id == e.certificate_id)
+                {
+                    c.retired_at = Some(at);
+                }
+            }
             Event::DomainRemoved(_) => {
                 d.removed = true;
                 d.credentials = None;

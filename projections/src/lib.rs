@@ -19,7 +19,10 @@ use chrono::{DateTime, Utc};
 use idledger_domain::{Envelope, Event, Hash, StreamKind};
 use serde::Serialize;
 
-pub use domains::{DomainView, Domains, RunAction, RunUserOutcome, SyncRunStatus, SyncRunView};
+pub use domains::{
+    DomainView, Domains, RunAction, RunUserOutcome, SyncRunStatus, SyncRunView,
+    WorkstationCertificateView,
+};
 pub use key_writes::{KeyWriteView, KeyWrites};
 pub use rotations::{RotationOutcome, RotationView, Rotations};
 pub use signins::{PasskeyView, SignInRecord, SignInView, SignIns};

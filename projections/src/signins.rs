@@ -134,7 +134,11 @@ impl SignIns {
                 self.users.entry(user).or_default().enrolled_at = Some(at);
             }
             Event::PasskeyRegistered(e) => {
-                self.credentials.insert(e.credential_id.clone(), user);
+                // A credential id names one passkey of one user: the first holder keeps
+                // it (registration refuses a held id; this keeps a race harmless).
+                self.credentials
+                    .entry(e.credential_id.clone())
+                    .or_insert(user);
                 self.users
                     .entry(user)
                     .or_default()
@@ -156,7 +160,9 @@ impl SignIns {
                 }
             }
             Event::PasskeyRemoved(e) => {
-                self.credentials.remove(&e.credential_id);
+                if self.credentials.get(&e.credential_id) == Some(&user) {
+                    self.credentials.remove(&e.credential_id);
+                }
                 if let Some(v) = self.users.get_mut(&user) {
                     v.passkeys.retain(|p| p.credential_id != e.credential_id);
                 }
@@ -218,7 +224,9 @@ impl SignIns {
             Event::UserDeleted(_) => {
                 if let Some(v) = self.users.remove(&user) {
                     for p in v.passkeys {
-                        self.credentials.remove(&p.credential_id);
+                        if self.credentials.get(&p.credential_id) == Some(&user) {
+                            self.credentials.remove(&p.credential_id);
+                        }
                     }
                 }
             }

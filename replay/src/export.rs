@@ -25,15 +25,18 @@ pub enum ExportKind {
     Events,
     /// The state of every user at the end of the range.
     Users,
+    /// Every sign-in attempt: success or failure with its reason, lockouts, enrolments.
+    SignIns,
 }
 
 impl ExportKind {
-    /// Parses `password-changes`, `events` or `users`.
+    /// Parses `password-changes`, `events`, `users` or `sign-ins`.
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "password-changes" => Some(ExportKind::PasswordChanges),
             "events" => Some(ExportKind::Events),
             "users" => Some(ExportKind::Users),
+            "sign-ins" => Some(ExportKind::SignIns),
             _ => None,
         }
     }
@@ -44,6 +47,7 @@ impl ExportKind {
             ExportKind::PasswordChanges => "password-changes",
             ExportKind::Events => "events",
             ExportKind::Users => "users",
+            ExportKind::SignIns => "sign-ins",
         }
     }
 
@@ -87,6 +91,22 @@ impl ExportKind {
                 "last_rotation_at",
                 "needs_attention",
                 "last_position",
+            ],
+            ExportKind::SignIns => &[
+                "position",
+                "recorded_at",
+                "domain",
+                "user_id",
+                "user_principal_name",
+                "step",
+                "method",
+                "amr",
+                "factor",
+                "app",
+                "result",
+                "reason",
+                "actor",
+                "event_hash",
             ],
         }
     }
@@ -467,6 +487,29 @@ impl Exporter {
                 }
                 _ => false,
             },
+            ExportKind::SignIns => match (user, sign_in_row(env)) {
+                (Some(user), Some(r)) => {
+                    let known = self.context.users.get(&user);
+                    self.row
+                        .start()
+                        .num(env.position)
+                        .time(Some(env.recorded_at))
+                        .uuid(known.map(|(d, _)| &d.0))
+                        .uuid(Some(&user.0))
+                        .str(known.map_or("", |(_, upn)| upn))
+                        .str(r.step)
+                        .str(r.method)
+                        .str(&r.amr)
+                        .str(r.factor)
+                        .str(r.app)
+                        .str(r.result)
+                        .str(&r.reason)
+                        .display(&env.actor)
+                        .hash(&env.hash);
+                    true
+                }
+                _ => false,
+            },
             ExportKind::Users => false,
         };
         if written {
@@ -534,6 +577,89 @@ impl Exporter {
         }
         self.summary
     }
+}
+
+/// One row of the sign-ins export.
+struct SignInRow<'e> {
+    step: &'static str,
+    method: &'static str,
+    amr: String,
+    factor: &'static str,
+    app: &'e str,
+    result: &'static str,
+    reason: String,
+}
+
+fn method_name(m: idledger_domain::SsoMethod) -> &'static str {
+    match m {
+        idledger_domain::SsoMethod::Passwordless => "passwordless",
+        idledger_domain::SsoMethod::PasswordAndSecondFactor => "password_and_second_factor",
+    }
+}
+
+/// The sign-in step of an event, if it is one.
+fn sign_in_row(env: &Envelope) -> Option<SignInRow<'_>> {
+    let blank = |step| SignInRow {
+        step,
+        method: "",
+        amr: String::new(),
+        factor: "",
+        app: "",
+        result: "",
+        reason: String::new(),
+    };
+    Some(match &env.event {
+        Event::InviteSent(e) if e.link.is_some() => blank("invited"),
+        Event::EnrolmentStarted(_) => blank("enrolment started"),
+        Event::EnrolmentCompleted(e) => SignInRow {
+            method: method_name(e.method),
+            ..blank("enrolment completed")
+        },
+        Event::PasskeyRegistered(_) => SignInRow {
+            factor: "passkey",
+            ..blank("method added")
+        },
+        Event::PasskeyRemoved(_) => SignInRow {
+            factor: "passkey",
+            ..blank("method removed")
+        },
+        Event::TotpEnrolled(_) => SignInRow {
+            factor: "totp",
+            ..blank("method added")
+        },
+        Event::TotpRemoved(_) => SignInRow {
+            factor: "totp",
+            ..blank("method removed")
+        },
+        Event::SignInSucceeded(e) => SignInRow {
+            method: method_name(e.method),
+            amr: e.amr.join(" "),
+            factor: if e.passkey.is_some() {
+                "passkey"
+            } else if e.totp_step.is_some() {
+                "totp"
+            } else {
+                "entra"
+            },
+            app: e.app.as_deref().unwrap_or(""),
+            result: "success",
+            ..blank("sign-in")
+        },
+        Event::SignInFailed(e) => SignInRow {
+            factor: e.factor.as_str(),
+            app: e.app.as_deref().unwrap_or(""),
+            result: "failure",
+            reason: e.reason.code().to_owned(),
+            ..blank("sign-in")
+        },
+        Event::SignInLocked(e) => SignInRow {
+            factor: e.factor.as_str(),
+            result: "locked",
+            reason: format!("until {}", time(e.until)),
+            ..blank("locked")
+        },
+        _ => return None,
+    })
 }
 
 /// The password-change step of an event: its name, rotation and Graph code.

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 /// An export kind from the CLI's or the API's words, or what to say instead.
 pub fn parse_kind(kind: &str) -> Result<ExportKind, String> {
     ExportKind::parse(kind)
-        .ok_or_else(|| format!("kind {kind:?}: use password-changes, events or users"))
+        .ok_or_else(|| format!("kind {kind:?}: use password-changes, events, users or sign-ins"))
 }
 
 /// An export format from the CLI's or the API's words, or what to say instead.

@@ -229,7 +229,19 @@ pub(super) async fn domain(
 <div id="quarantine"></div>
 <table id="runs"><thead><tr><th>Started</th><th>Kind</th><th>Status</th><th>Added</th><th>Changed</th><th>Left</th><th>Imported</th><th>Error</th></tr></thead><tbody></tbody></table>
 <div id="run-detail" aria-live="polite"></div>
-</section>"#
+</section>
+<section class="card" aria-labelledby="cert-title">
+<h2 id="cert-title">Workstation Passwordless Logon certificate</h2>
+<p>Workstation agents trust this certificate. Download it for the Workstation Passwordless Logon Settings.</p>
+<p class="actions"><a id="cert-pem" href="/v1/domains/{id}/workstation-certificate?format=pem" download>Download PEM</a>
+<a id="cert-der" href="/v1/domains/{id}/workstation-certificate?format=der" download>Download DER</a>{replace}</p>
+<table id="certificates"><thead><tr><th>Fingerprint (SHA-256)</th><th>Status</th><th>Valid from</th><th>Valid until</th><th>Retired</th></tr></thead><tbody></tbody></table>
+</section>"#,
+            replace = if v.admin() {
+                r#" <button type="button" id="replace-certificate">Replace certificate</button>"#
+            } else {
+                ""
+            }
         );
         layout(v, "Domain", "domains", "domain", &id, &main)
     })

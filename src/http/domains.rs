@@ -395,6 +395,7 @@ pub async fn create(
             body.domain
         )));
     }
+    let certificate = super::workstation::issue_command(&s, &stream, &body.domain)?;
     let register = DomainCommand::Register {
         domain_id: id,
         name: body.domain,
@@ -403,13 +404,16 @@ pub async fn create(
     let set = credentials
         .map(|c| seal_credentials(&s, &stream, c))
         .transpose()?;
-    // Both events in one atomic append: a domain never exists half-configured.
+    // All in one atomic append: a domain never exists half-configured, and has its
+    // workstation logon certificate from the start.
     let position = s
         .command(&stream, &who.actor(), evolve, |st| {
             let mut events = decide(st, register.clone())?;
-            if let Some(set) = &set {
-                let registered = events.iter().fold(st.clone(), evolve);
-                events.extend(decide(&registered, set.clone())?);
+            let mut then = events.iter().fold(st.clone(), evolve);
+            for next in set.iter().chain([&certificate]) {
+                let more = decide(&then, next.clone())?;
+                then = more.iter().fold(then, evolve);
+                events.extend(more);
             }
             Ok(events)
         })

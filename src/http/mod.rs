@@ -16,6 +16,7 @@ pub mod session;
 mod sync;
 mod tokens;
 mod users;
+mod workstation;
 
 pub use auth::{new_token_text, token_hash, Principal};
 pub use error::ApiError;
@@ -226,6 +227,15 @@ pub fn operations() -> Vec<Operation> {
             .json::<domains::Domain>(200),
         op(M::DELETE, "/v1/domains/{id}/credentials", Admin, "Remove Graph credentials", delete(domains::remove_credentials))
             .json::<domains::Domain>(200),
+        op(M::GET, "/v1/domains/{id}/workstation-certificate", Read, "The domain's workstation passwordless logon certificate (?format=pem|der)", get(workstation::download))
+            .query::<workstation::FormatQuery>()
+            .other(200, "application/x-pem-file")
+            .other(200, "application/pkix-cert"),
+        op(M::POST, "/v1/domains/{id}/workstation-certificate", Admin, "Issue a new workstation logon certificate; the one in force is retired", post(workstation::replace))
+            .json::<workstation::WorkstationCertificate>(201),
+        op(M::GET, "/v1/domains/{id}/workstation-certificates", Read, "Every workstation logon certificate of the domain, current and retired", get(workstation::list))
+            .query::<workstation::CertificatesQuery>()
+            .page::<workstation::WorkstationCertificate>(),
         op(M::PUT, "/v1/domains/{id}/sso-defaults", Admin, "Set the SSO defaults applied at import", put(domains::put_sso_defaults))
             .body::<SsoSettingsSchema>()
             .json::<domains::Domain>(200),
@@ -293,7 +303,7 @@ pub fn operations() -> Vec<Operation> {
         op(M::GET, "/v1/users/{id}/timeline", Read, "One user's whole story in order (sync, status, SSO, keys, rotations, key writes, reveals)", get(audit::timeline))
             .query::<audit::TimelineQuery>()
             .page::<audit::TimelineEntry>(),
-        op(M::GET, "/v1/audit/exports/{kind}", Read, "Export rows (password-changes, events, users; from, to, domain, user, format)", get(audit::export))
+        op(M::GET, "/v1/audit/exports/{kind}", Read, "Export rows (password-changes, events, users, sign-ins; from, to, domain, user, format)", get(audit::export))
             .query::<audit::ExportParams>()
             .other(200, "text/csv")
             .other(200, "application/x-ndjson"),

@@ -220,6 +220,8 @@ pub enum ExportKindSchema {
     Events,
     /// The users at the end of the range.
     Users,
+    /// Every sign-in attempt, enrolment and lockout.
+    SignIns,
 }
 
 /// How an export is written.

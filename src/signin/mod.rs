@@ -131,6 +131,8 @@ impl From<crate::http::ApiError> for Refusal {
     fn from(e: crate::http::ApiError) -> Refusal {
         use crate::http::ApiError as A;
         let status = match &e {
+            // Refused as locked without a new record (one a minute is recorded).
+            A::Conflict(m) if m == SignInFailure::Locked.message() => StatusCode::TOO_MANY_REQUESTS,
             A::NotFound(_) => StatusCode::NOT_FOUND,
             A::Conflict(_) => StatusCode::CONFLICT,
             A::Unprocessable(_) | A::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -149,6 +151,12 @@ impl From<crate::http::ApiError> for Refusal {
 }
 
 // ---- cookies --------------------------------------------------------------------------------
+
+/// Cookies are `Secure` (and `__Host-` named) when this server speaks HTTPS or its public
+/// origin is HTTPS (TLS ended at a proxy in front).
+fn https(ctx: &Ctx) -> bool {
+    ctx.app.https || ctx.app.public_url.as_ref().is_some_and(|p| p.https)
+}
 
 /// The flow cookie: SameSite=Lax so it comes back with Entra's top-level redirect.
 fn flow_cookie_name(https: bool) -> &'static str {
@@ -174,7 +182,7 @@ fn set_cookie(ctx: &Ctx, name: &str, value: &str, max_age: Option<u64>) -> Heade
     if let Some(age) = max_age {
         c.push_str(&format!("; Max-Age={age}"));
     }
-    if ctx.app.https {
+    if https(ctx) {
         c.push_str("; Secure");
     }
     HeaderValue::from_str(&c).unwrap_or(HeaderValue::from_static("idl_flow=; Max-Age=0"))
@@ -183,24 +191,21 @@ fn set_cookie(ctx: &Ctx, name: &str, value: &str, max_age: Option<u64>) -> Heade
 /// The flow of this browser (a new one when it has none): its cookie, its CSRF token and
 /// whether the cookie must be set.
 fn flow_of(ctx: &Ctx, headers: &HeaderMap) -> (String, String, bool) {
-    if let Some(c) = cookie(headers, flow_cookie_name(ctx.app.https)) {
-        if let Some(csrf) = ctx.store.with_flow(c, |f| f.csrf.clone()) {
-            return (c.to_owned(), csrf, false);
+    match cookie(headers, flow_cookie_name(https(ctx))) {
+        Some(c) => (c.to_owned(), ctx.store.csrf_of(c), false),
+        None => {
+            let c = ctx.store.new_flow();
+            let csrf = ctx.store.csrf_of(&c);
+            (c, csrf, true)
         }
     }
-    let c = ctx.store.new_flow();
-    let csrf = ctx
-        .store
-        .with_flow(&c, |f| f.csrf.clone())
-        .unwrap_or_default();
-    (c, csrf, true)
 }
 
 fn with_flow_cookie(ctx: &Ctx, mut response: Response, flow: &str, new: bool) -> Response {
     if new {
         let v = set_cookie(
             ctx,
-            flow_cookie_name(ctx.app.https),
+            flow_cookie_name(https(ctx)),
             flow,
             Some(sessions::FLOW_TTL.as_secs()),
         );
@@ -212,15 +217,11 @@ fn with_flow_cookie(ctx: &Ctx, mut response: Response, flow: &str, new: bool) ->
 /// The flow cookie of a request whose CSRF token (header `X-CSRF-Token` or form field)
 /// matches its flow's.
 fn checked_flow(ctx: &Ctx, headers: &HeaderMap, csrf: Option<&str>) -> Result<String, Refusal> {
-    let flow = cookie(headers, flow_cookie_name(ctx.app.https)).ok_or_else(expired_flow)?;
+    let flow = cookie(headers, flow_cookie_name(https(ctx))).ok_or_else(expired_flow)?;
     let sent = csrf
         .or_else(|| headers.get("x-csrf-token").and_then(|v| v.to_str().ok()))
         .ok_or_else(expired_flow)?;
-    let ok = ctx
-        .store
-        .with_flow(flow, |f| same_secret(&f.csrf, sent))
-        .unwrap_or(false);
-    if ok {
+    if same_secret(&ctx.store.csrf_of(flow), sent) {
         Ok(flow.to_owned())
     } else {
         Err(expired_flow())
@@ -258,10 +259,11 @@ fn person(ctx: &Ctx, user: UserId) -> Option<Person> {
 /// The signed-in user of a request, while they may still sign in; a session of a user who
 /// may not (deactivated, deleted, SSO turned off) ends here.
 fn signed_in(ctx: &Ctx, headers: &HeaderMap) -> Option<(String, UserSession)> {
-    let c = cookie(headers, user_cookie_name(ctx.app.https))?;
+    let c = cookie(headers, user_cookie_name(https(ctx)))?;
     let s = ctx.store.find(c)?;
     match person(ctx, s.user).map(|p| p.allowed) {
-        Some(Ok(_)) => Some((c.to_owned(), s)),
+        // A session stands for a sign-in by the method in force: a changed method ends it.
+        Some(Ok(sso)) if sso.method == s.method => Some((c.to_owned(), s)),
         _ => {
             ctx.store.close_all_of(s.user);
             None
@@ -319,12 +321,19 @@ fn open_session(ctx: &Ctx, user: UserId, events: &[Event]) -> Option<HeaderValue
         _ => None,
     })?;
     let cookie = ctx.store.open(user, ok.method, ok.amr.clone(), ok.at);
-    Some(set_cookie(
-        ctx,
-        user_cookie_name(ctx.app.https),
-        &cookie,
-        None,
-    ))
+    Some(set_cookie(ctx, user_cookie_name(https(ctx)), &cookie, None))
+}
+
+/// Why the sign-in decided in `events` failed: a lock it set says more than the failure
+/// that set it.
+fn failure_of(events: &[Event]) -> Option<SignInFailure> {
+    if events.iter().any(|e| matches!(e, Event::SignInLocked(_))) {
+        return Some(SignInFailure::Locked);
+    }
+    events.iter().find_map(|e| match e {
+        Event::SignInFailed(f) => Some(f.reason.clone()),
+        _ => None,
+    })
 }
 
 /// The answer to a sign-in decided in `events`: a session and the way to `/me`, or the
@@ -336,10 +345,7 @@ fn signed_in_or_refused(ctx: &Ctx, flow: &str, user: UserId, events: &[Event]) -
         r.headers_mut().append(header::SET_COOKIE, cookie);
         return r;
     }
-    let reason = events.iter().find_map(|e| match e {
-        Event::SignInFailed(f) => Some(f.reason.clone()),
-        _ => None,
-    });
+    let reason = failure_of(events);
     let status = match reason {
         Some(SignInFailure::Locked) => StatusCode::TOO_MANY_REQUESTS,
         Some(
@@ -394,13 +400,11 @@ async fn enrol_page(
         Err(why) => return pages::cannot_enrol(&who.display_name, why),
     };
     let (flow, csrf, new) = flow_of(&ctx, &headers);
-    let entra_done = ctx
-        .store
-        .with_flow(&flow, |f| {
-            f.enrolment = Some((token.clone(), user, link));
-            f.entra_done_for(user)
-        })
-        .unwrap_or(false);
+    // Holding a working link is what stores a flow here.
+    let entra_done = ctx.store.with_flow(&flow, |f| {
+        f.enrolment = Some((token.clone(), user, link));
+        f.entra_done_for(user)
+    });
     let page = pages::enrol(&pages::EnrolView {
         token: &token,
         csrf: &csrf,
@@ -431,7 +435,7 @@ fn enrolment(
     };
     let (opened, entra) = ctx
         .store
-        .with_flow(&flow, |f| {
+        .with_stored_flow(&flow, |f| {
             (
                 f.enrolment
                     .as_ref()
@@ -485,11 +489,9 @@ fn creation_options(
             .unwrap_or_default()
     };
     let challenge = webauthn::new_challenge();
-    ctx.store
-        .with_flow(flow, |f| {
-            f.challenge = Some((Ceremony::Register, challenge, Instant::now()))
-        })
-        .ok_or_else(expired_flow)?;
+    ctx.store.with_flow(flow, |f| {
+        f.challenge = Some((Ceremony::Register, challenge, Instant::now()))
+    });
     Ok(Json(webauthn::creation_options(
         &rp,
         &challenge,
@@ -519,7 +521,7 @@ fn registered(
     let rp = rp(ctx)?;
     let challenge = ctx
         .store
-        .with_flow(flow, |f| f.take_challenge(Ceremony::Register))
+        .with_stored_flow(flow, |f| f.take_challenge(Ceremony::Register))
         .flatten()
         .ok_or_else(|| {
             refuse(
@@ -529,6 +531,18 @@ fn registered(
         })?;
     let new = webauthn::verify_registration(&rp, &challenge, &body.credential)
         .map_err(|e| refuse(StatusCode::BAD_REQUEST, e.to_string()))?;
+    // A credential id names one passkey of one user (WebAuthn §7.1 step 22): one held by
+    // anyone, this user included, is refused.
+    let held = {
+        let p = ctx.app.engine.projector.read();
+        p.signins.credential_holder(&B64.encode(&new.id)).is_some()
+    };
+    if held {
+        return Err(refuse(
+            StatusCode::CONFLICT,
+            "This passkey is registered already. Use another authenticator.",
+        ));
+    }
     let sealed = ctx
         .app
         .engine
@@ -616,9 +630,7 @@ fn totp_setup(ctx: &Ctx, flow: &str, user: UserId) -> Result<Json<TotpSetup>, Re
         })
         .unwrap_or_default();
     let secret = idledger_domain::totp::base32(&seed);
-    ctx.store
-        .with_flow(flow, |f| f.totp_seed = Some(seed))
-        .ok_or_else(expired_flow)?;
+    ctx.store.with_flow(flow, |f| f.totp_seed = Some(seed));
     Ok(Json(TotpSetup {
         secret,
         uri,
@@ -660,7 +672,7 @@ fn confirmed_seed(
 ) -> Result<(idledger_domain::SealedSecret, u64), Refusal> {
     let seed = ctx
         .store
-        .with_flow(flow, |f| f.totp_seed.clone())
+        .with_stored_flow(flow, |f| f.totp_seed.clone())
         .flatten()
         .ok_or_else(|| {
             refuse(
@@ -758,11 +770,29 @@ fn graph_client(ctx: &Ctx, domain: DomainId) -> Result<Arc<crate::graph::GraphCl
     })
 }
 
+/// The Entra step of `user` is locked after repeated failures.
+fn entra_locked(ctx: &Ctx, user: UserId) -> bool {
+    let p = ctx.app.engine.projector.read();
+    p.signins.get(user).is_some_and(|v| {
+        rules::locked(
+            &v.decided,
+            idledger_domain::Factor::Entra,
+            chrono::Utc::now(),
+        )
+    })
+}
+
 /// Sends the browser to the user's tenant, remembering state, nonce and PKCE verifier.
 fn start_entra(ctx: &Ctx, flow: &str, user: UserId) -> Result<Redirection, Refusal> {
     let who = person(ctx, user).ok_or_else(|| refuse(StatusCode::NOT_FOUND, "No such user."))?;
     who.allowed
         .map_err(|f| refuse(StatusCode::FORBIDDEN, f.message()))?;
+    if entra_locked(ctx, user) {
+        return Err(refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            SignInFailure::Locked.message(),
+        ));
+    }
     let client = graph_client(ctx, who.domain_id)?;
     let (verifier, challenge) = entra::pkce();
     let pending = EntraPending {
@@ -779,9 +809,7 @@ fn start_entra(ctx: &Ctx, flow: &str, user: UserId) -> Result<Redirection, Refus
         code_challenge: &challenge,
         login_hint: Some(&who.upn),
     });
-    ctx.store
-        .with_flow(flow, |f| f.entra = Some(pending))
-        .ok_or_else(expired_flow)?;
+    ctx.store.with_flow(flow, |f| f.entra = Some(pending));
     Ok(Redirection { redirect: url })
 }
 
@@ -846,21 +874,32 @@ async fn entra_callback(
     headers: HeaderMap,
     Query(answer): Query<Callback>,
 ) -> Response {
-    let Some(flow) = cookie(&headers, flow_cookie_name(ctx.app.https)).map(str::to_owned) else {
+    let Some(flow) = cookie(&headers, flow_cookie_name(https(&ctx))).map(str::to_owned) else {
         return pages::problem(
             StatusCode::BAD_REQUEST,
             "This sign-in expired",
             "Start again from the sign-in page.",
         );
     };
-    // The pending request is taken: a callback is answered once.
-    let pending = ctx.store.with_flow(&flow, |f| f.entra.take()).flatten();
-    let Some(pending) = pending.filter(|p| {
-        answer
-            .state
-            .as_deref()
-            .is_some_and(|s| same_secret(s, &p.state))
-    }) else {
+    // The pending request is taken (a callback is answered once), but only by the answer
+    // that carries its state: a forged callback cannot cancel a sign-in under way.
+    let pending = ctx
+        .store
+        .with_stored_flow(&flow, |f| {
+            let matches = f.entra.as_ref().is_some_and(|p| {
+                answer
+                    .state
+                    .as_deref()
+                    .is_some_and(|s| same_secret(s, &p.state))
+            });
+            if matches {
+                f.entra.take()
+            } else {
+                None
+            }
+        })
+        .flatten();
+    let Some(pending) = pending else {
         return pages::problem(
             StatusCode::BAD_REQUEST,
             "This sign-in expired",
@@ -869,13 +908,20 @@ async fn entra_callback(
     };
     let user = pending.user;
     let verdict = match (&answer.error, &answer.code) {
+        // Entra's words are short codes and a sentence; what else arrives is cut, so a
+        // forged answer cannot put much into the user's stream.
         (Some(e), _) => Err(SignInFailure::EntraRefused(format!(
-            "{e}: {}",
+            "{}: {}",
+            e.chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .take(64)
+                .collect::<String>(),
             answer
                 .error_description
                 .as_deref()
                 .unwrap_or("")
                 .chars()
+                .filter(|c| !c.is_control())
                 .take(200)
                 .collect::<String>()
         ))),
@@ -883,17 +929,19 @@ async fn entra_callback(
         (None, None) => Err(SignInFailure::EntraRefused("no code in the answer".into())),
     };
     match verdict {
+        Ok(()) if entra_locked(&ctx, user) => pages::problem(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Entra ID sign-in locked",
+            SignInFailure::Locked.message(),
+        ),
         Ok(()) => {
-            let enrolling = ctx
-                .store
-                .with_flow(&flow, |f| {
-                    f.entra_user = Some((user, Instant::now()));
-                    f.enrolment
-                        .as_ref()
-                        .filter(|(_, u, _)| *u == user)
-                        .map(|(t, _, _)| t.clone())
-                })
-                .flatten();
+            let enrolling = ctx.store.with_flow(&flow, |f| {
+                f.entra_user = Some((user, Instant::now()));
+                f.enrolment
+                    .as_ref()
+                    .filter(|(_, u, _)| *u == user)
+                    .map(|(t, _, _)| t.clone())
+            });
             match enrolling {
                 Some(token) => Redirect::to(&format!("/enrol/{token}")).into_response(),
                 None => Redirect::to("/signin/second-factor").into_response(),
@@ -1018,11 +1066,9 @@ fn request_options(
 ) -> Result<Json<webauthn::RequestOptions>, Refusal> {
     let rp = rp(ctx)?;
     let challenge = webauthn::new_challenge();
-    ctx.store
-        .with_flow(flow, |f| {
-            f.challenge = Some((ceremony, challenge, Instant::now()))
-        })
-        .ok_or_else(expired_flow)?;
+    ctx.store.with_flow(flow, |f| {
+        f.challenge = Some((ceremony, challenge, Instant::now()))
+    });
     Ok(Json(webauthn::request_options(&rp, &challenge, allow)))
 }
 
@@ -1047,7 +1093,7 @@ fn verify_passkey(
     let id = B64.encode(&raw_id);
     let challenge = ctx
         .store
-        .with_flow(flow, |f| f.take_challenge(ceremony))
+        .with_stored_flow(flow, |f| f.take_challenge(ceremony))
         .flatten()
         .ok_or_else(|| {
             refuse(
@@ -1064,11 +1110,17 @@ fn verify_passkey(
     let Some((sealed, stored_count)) = held else {
         return Ok((id, Err(SignInFailure::UnknownCredential)));
     };
-    // The user handle, when the authenticator returns one, must name the same user.
-    if let Ok(Some(handle)) = credential.user_handle() {
-        if handle != user_handle(user) {
+    // The user handle must name the same user; a discoverable sign-in (which named no
+    // one) must carry it.
+    match credential.user_handle() {
+        Ok(Some(handle)) if handle != user_handle(user) => {
             return Ok((id, Err(SignInFailure::UnknownCredential)));
         }
+        Ok(None) if ceremony == Ceremony::SignIn => {
+            return Ok((id, Err(SignInFailure::UnknownCredential)));
+        }
+        Err(e) => return Err(refuse(StatusCode::BAD_REQUEST, e.to_string())),
+        _ => {}
     }
     let public_key = ctx
         .app
@@ -1144,7 +1196,7 @@ async fn signin_passkey(
 /// The user whose Entra step this browser just passed.
 fn entra_user(ctx: &Ctx, flow: &str) -> Option<UserId> {
     ctx.store
-        .with_flow(flow, |f| {
+        .with_stored_flow(flow, |f| {
             f.entra_user
                 .filter(|(u, _)| f.entra_done_for(*u))
                 .map(|(u, _)| u)
@@ -1153,7 +1205,10 @@ fn entra_user(ctx: &Ctx, flow: &str) -> Option<UserId> {
 }
 
 async fn second_factor_page(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
-    let (flow, csrf, new) = flow_of(&ctx, &headers);
+    let Some(flow) = cookie(&headers, flow_cookie_name(https(&ctx))).map(str::to_owned) else {
+        return Redirect::to("/signin").into_response();
+    };
+    let csrf = ctx.store.csrf_of(&flow);
     let Some(user) = entra_user(&ctx, &flow) else {
         return Redirect::to("/signin").into_response();
     };
@@ -1167,8 +1222,7 @@ async fn second_factor_page(State(ctx): State<Ctx>, headers: HeaderMap) -> Respo
             .map(|v| (!v.passkeys.is_empty(), v.totp_seed.is_some()))
             .unwrap_or((false, false))
     };
-    let page = pages::second_factor(&csrf, &who.display_name, passkeys, totp, None);
-    with_flow_cookie(&ctx, page, &flow, new)
+    pages::second_factor(&csrf, &who.display_name, passkeys, totp, None)
 }
 
 /// The authenticator-code form.
@@ -1202,16 +1256,28 @@ async fn signin_totp(
         let p = ctx.app.engine.projector.read();
         p.signins.get(user).and_then(|v| v.totp_seed.clone())
     };
-    let seed = sealed
-        .and_then(|s| {
-            ctx.app
-                .engine
-                .keyring
-                .unseal(&StreamId::user(user), &s)
-                .ok()
-        })
-        .and_then(|s| B64.decode(s.expose()).ok())
-        .unwrap_or_default();
+    // A seed that cannot be opened refuses the sign-in: never a check against no key.
+    let seed = match sealed {
+        None => Vec::new(),
+        Some(sealed) => match ctx
+            .app
+            .engine
+            .keyring
+            .unseal(&StreamId::user(user), &sealed)
+            .ok()
+            .and_then(|s| B64.decode(s.expose()).ok())
+        {
+            Some(seed) => seed,
+            None => {
+                tracing::warn!(%user, "an authenticator seed could not be unsealed");
+                return pages::problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Sign-in unavailable",
+                    "idledger cannot check authenticator codes just now. Try again later, or use a passkey.",
+                );
+            }
+        },
+    };
     let events = decide(
         &ctx,
         user,
@@ -1235,10 +1301,7 @@ async fn signin_totp(
         r.headers_mut().append(header::SET_COOKIE, cookie);
         return r;
     }
-    let reason = events.iter().find_map(|e| match e {
-        Event::SignInFailed(f) => Some(f.reason.clone()),
-        _ => None,
-    });
+    let reason = failure_of(&events);
     let message = reason
         .as_ref()
         .map_or("The sign-in did not succeed.", |r| r.message());
@@ -1252,10 +1315,7 @@ async fn signin_totp(
     let name = person(&ctx, user)
         .map(|p| p.display_name)
         .unwrap_or_default();
-    let csrf = ctx
-        .store
-        .with_flow(&flow, |f| f.csrf.clone())
-        .unwrap_or_default();
+    let csrf = ctx.store.csrf_of(&flow);
     let mut page = pages::second_factor(&csrf, &name, passkeys, totp, Some(message));
     *page.status_mut() = StatusCode::UNAUTHORIZED;
     page
@@ -1427,7 +1487,7 @@ async fn me_form(
     command: impl FnOnce(&MeForm) -> SignInCommand,
     done: &str,
 ) -> Response {
-    let Some((_, session)) = signed_in(ctx, headers) else {
+    let Some((cookie_value, session)) = signed_in(ctx, headers) else {
         return Redirect::to("/signin").into_response();
     };
     let form = match form {
@@ -1437,7 +1497,16 @@ async fn me_form(
         }
     };
     match decide(ctx, session.user, command(&form)).await {
-        Ok(_) => me(ctx, headers, Some((true, done))),
+        Ok(events) => {
+            // A removed method signs out every other browser that may have used it.
+            if events
+                .iter()
+                .any(|e| matches!(e, Event::PasskeyRemoved(_) | Event::TotpRemoved(_)))
+            {
+                ctx.store.close_others_of(session.user, &cookie_value);
+            }
+            me(ctx, headers, Some((true, done)))
+        }
         Err(r) => {
             let mut page = me(ctx, headers, Some((false, &r.message)));
             *page.status_mut() = r.status;
@@ -1517,7 +1586,7 @@ async fn sign_out(
             let mut r = Redirect::to("/signin").into_response();
             r.headers_mut().append(
                 header::SET_COOKIE,
-                set_cookie(&ctx, user_cookie_name(ctx.app.https), "", Some(0)),
+                set_cookie(&ctx, user_cookie_name(https(&ctx)), "", Some(0)),
             );
             r
         }

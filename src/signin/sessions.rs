@@ -6,6 +6,11 @@
 //! user: every request checks the user again (status, SSO settings), so deactivating a
 //! user or turning their SSO off ends their sessions at the next request. A restart
 //! signs everyone out, the safe direction.
+//!
+//! A flow's CSRF token is an HMAC of its cookie under a key of this process, so a page
+//! can carry one without anything stored: a flow is stored only once a request that
+//! carries the token needs state (a challenge, an Entra request), or an enrolment link
+//! was opened. Pages fetched by anyone, any number of times, cost no memory.
 
 use idledger_domain::{LinkId, SsoMethod, UserId};
 use rand::RngCore;
@@ -20,8 +25,11 @@ pub const FLOW_TTL: Duration = Duration::from_secs(600);
 pub const CHALLENGE_TTL: Duration = Duration::from_secs(120);
 /// After the Entra step, the second factor must follow within this.
 pub const ENTRA_STEP_TTL: Duration = Duration::from_secs(300);
-/// Sessions in all, and flows in all: past this the least recently used goes.
+/// Sessions in all, and flows in all: past this the least recently used go (a tenth of
+/// them at once, so a full map costs one sort per ten thousand inserts, not a scan each).
 const MOST: usize = 100_000;
+/// A session ends this long after sign-in, however busy (the user signs in again).
+pub const SESSION_MAX: Duration = Duration::from_secs(12 * 3600);
 /// Sessions of one user: signing in again closes the oldest.
 const PER_USER: usize = 16;
 
@@ -52,8 +60,6 @@ pub struct EntraPending {
 /// A browser's enrolment or sign-in in progress.
 #[derive(Default)]
 pub struct Flow {
-    /// What its forms and requests must echo.
-    pub csrf: String,
     /// The enrolment this browser opened: the link's secret (to find the way back after
     /// Entra), the user and the link.
     pub enrolment: Option<(String, UserId, LinkId)>,
@@ -99,6 +105,7 @@ pub struct UserSession {
     pub amr: Vec<String>,
     /// When the user authenticated.
     pub auth_time: chrono::DateTime<chrono::Utc>,
+    opened: Instant,
     last_seen: Instant,
 }
 
@@ -119,53 +126,71 @@ pub struct Store {
     idle: Duration,
     sessions: Mutex<HashMap<[u8; 32], UserSession>>,
     flows: Mutex<HashMap<[u8; 32], Flow>>,
+    csrf_key: ring::hmac::Key,
+}
+
+/// Drops the least recently seen tenth of `map` when it is full.
+fn make_room<V>(map: &mut HashMap<[u8; 32], V>, seen: impl Fn(&V) -> Option<Instant>) {
+    if map.len() < MOST {
+        return;
+    }
+    let mut ages: Vec<(Option<Instant>, [u8; 32])> =
+        map.iter().map(|(k, v)| (seen(v), *k)).collect();
+    ages.sort_unstable();
+    for (_, k) in ages.into_iter().take(MOST / 10) {
+        map.remove(&k);
+    }
 }
 
 impl Store {
     /// Sessions end after `idle` without a request.
     pub fn new(idle: Duration) -> Store {
+        let mut secret = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut secret);
         Store {
             idle,
             sessions: Mutex::new(HashMap::new()),
             flows: Mutex::new(HashMap::new()),
+            csrf_key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret),
         }
     }
 
-    /// Starts a flow; answers its cookie.
+    /// A new flow cookie (nothing stored yet).
     pub fn new_flow(&self) -> String {
-        let cookie = random_text();
-        let mut flows = self.flows.lock().unwrap_or_else(|e| e.into_inner());
-        if flows.len() >= MOST {
-            flows.retain(|_, f| f.last_seen.is_some_and(|t| t.elapsed() < FLOW_TTL));
-        }
-        if flows.len() >= MOST {
-            // Still full of live flows: the oldest goes.
-            if let Some(k) = flows
-                .iter()
-                .min_by_key(|(_, f)| f.last_seen)
-                .map(|(k, _)| *k)
-            {
-                flows.remove(&k);
-            }
-        }
-        flows.insert(
-            key(&cookie),
-            Flow {
-                csrf: random_text(),
-                last_seen: Some(Instant::now()),
-                ..Flow::default()
-            },
-        );
-        cookie
+        random_text()
     }
 
-    /// Runs `f` on the live flow of `cookie`.
-    pub fn with_flow<T>(&self, cookie: &str, f: impl FnOnce(&mut Flow) -> T) -> Option<T> {
+    /// The CSRF token of the flow of `cookie`: HMAC-SHA-256 of the cookie.
+    pub fn csrf_of(&self, cookie: &str) -> String {
+        use base64::Engine;
+        let tag = ring::hmac::sign(&self.csrf_key, cookie.as_bytes());
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(tag.as_ref())
+    }
+
+    /// Runs `f` on the flow of `cookie`, stored now if it was not (callers have checked
+    /// the flow's CSRF token, or hold an enrolment link).
+    pub fn with_flow<T>(&self, cookie: &str, f: impl FnOnce(&mut Flow) -> T) -> T {
         let mut flows = self.flows.lock().unwrap_or_else(|e| e.into_inner());
         let k = key(cookie);
-        let flow = flows.get_mut(&k)?;
-        if flow.last_seen.is_none_or(|t| t.elapsed() >= FLOW_TTL) {
+        let stale = flows
+            .get(&k)
+            .is_some_and(|f| f.last_seen.is_none_or(|t| t.elapsed() >= FLOW_TTL));
+        if stale {
             flows.remove(&k);
+        }
+        if !flows.contains_key(&k) {
+            make_room(&mut flows, |f| f.last_seen);
+        }
+        let flow = flows.entry(k).or_default();
+        flow.last_seen = Some(Instant::now());
+        f(flow)
+    }
+
+    /// Runs `f` on the stored flow of `cookie`, if there is one (nothing is stored).
+    pub fn with_stored_flow<T>(&self, cookie: &str, f: impl FnOnce(&mut Flow) -> T) -> Option<T> {
+        let mut flows = self.flows.lock().unwrap_or_else(|e| e.into_inner());
+        let flow = flows.get_mut(&key(cookie))?;
+        if flow.last_seen.is_none_or(|t| t.elapsed() >= FLOW_TTL) {
             return None;
         }
         flow.last_seen = Some(Instant::now());
@@ -192,6 +217,7 @@ impl Store {
         if sessions.len() >= MOST {
             sessions.retain(|_, s| s.last_seen.elapsed() < idle);
         }
+        make_room(&mut sessions, |s| Some(s.last_seen));
         let oldest = |m: &HashMap<[u8; 32], UserSession>, of: Option<UserId>| {
             m.iter()
                 .filter(|(_, s)| of.is_none_or(|u| s.user == u))
@@ -204,12 +230,6 @@ impl Store {
                 None => break,
             };
         }
-        while sessions.len() >= MOST {
-            match oldest(&sessions, None) {
-                Some(k) => sessions.remove(&k),
-                None => break,
-            };
-        }
         sessions.insert(
             key(&cookie),
             UserSession {
@@ -218,6 +238,7 @@ impl Store {
                 method,
                 amr,
                 auth_time,
+                opened: Instant::now(),
                 last_seen: Instant::now(),
             },
         );
@@ -229,7 +250,7 @@ impl Store {
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         let k = key(cookie);
         let s = sessions.get_mut(&k)?;
-        if s.last_seen.elapsed() >= self.idle {
+        if s.last_seen.elapsed() >= self.idle || s.opened.elapsed() >= SESSION_MAX {
             sessions.remove(&k);
             return None;
         }
@@ -247,5 +268,13 @@ impl Store {
     pub fn close_all_of(&self, user: UserId) {
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         sessions.retain(|_, s| s.user != user);
+    }
+
+    /// Ends every session of `user` but the one of `cookie` (a method was removed: a
+    /// browser that used it is signed out, the one that removed it stays).
+    pub fn close_others_of(&self, user: UserId, cookie: &str) {
+        let keep = key(cookie);
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        sessions.retain(|k, s| s.user != user || *k == keep);
     }
 }

@@ -383,6 +383,46 @@ async fn every_operation_answers_as_its_schema_says() {
         )
         .await;
     assert_eq!(s, ok);
+    // The workstation logon certificate: in force from registration, replaced, listed.
+    let cert = "/v1/domains/{id}/workstation-certificate";
+    w.media(
+        &mut c,
+        r,
+        cert,
+        &format!("/v1/domains/{d}/workstation-certificate?format=pem"),
+    )
+    .await;
+    w.media(
+        &mut c,
+        r,
+        cert,
+        &format!("/v1/domains/{d}/workstation-certificate?format=der"),
+    )
+    .await;
+    let (s, _) = w
+        .checked(
+            &mut c,
+            a,
+            Method::POST,
+            cert,
+            &format!("/v1/domains/{d}/workstation-certificate"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, certs) = w
+        .checked(
+            &mut c,
+            r,
+            Method::GET,
+            "/v1/domains/{id}/workstation-certificates",
+            &format!("/v1/domains/{d}/workstation-certificates?limit=1"),
+            None,
+        )
+        .await;
+    assert_eq!(s, ok);
+    assert_eq!(certs["items"][0]["status"], "current");
+    assert!(certs["next"].is_string(), "{certs}");
     let (s, _) = w
         .checked(
             &mut c,

@@ -366,21 +366,25 @@ async fn entra_credentials_and_an_authenticator_code_enrol_and_sign_in_with_ever
         .await;
     assert_eq!(s, StatusCode::OK, "{b}");
 
-    // Five wrong codes in five minutes lock the method, with the message saying so; the
-    // right code is refused while it lasts.
+    // Five wrong codes in five minutes (two above, three here) lock the method, with the
+    // message saying so; the right code is refused while it lasts.
     let mut v = Visitor::new();
     let page = entra_sign_in(&w, &mut v, ALEX, ALEX_PASSWORD).await;
-    let mut last = String::new();
-    for _ in 0..5 {
+    for n in 0..3 {
         let (s, text) = type_code(&w, &mut v, &page, "000001").await;
         assert_eq!(s, StatusCode::UNAUTHORIZED);
-        last = text;
+        assert_eq!(text.contains("locked for 15 minutes"), n == 2, "{text}");
     }
-    assert!(last.contains("locked for 15 minutes"), "{last}");
     let good = totp_code(&secret, chrono::Utc::now().timestamp() + 30);
-    let (s, text) = type_code(&w, &mut v, &page, &good).await;
-    assert_eq!(s, StatusCode::UNAUTHORIZED);
-    assert!(text.contains("locked"), "{text}");
+    for _ in 0..2 {
+        // Recorded once, then refused without a record while the minute lasts.
+        let (s, text) = type_code(&w, &mut v, &page, &good).await;
+        assert!(
+            s == StatusCode::UNAUTHORIZED || s == StatusCode::TOO_MANY_REQUESTS,
+            "{s}"
+        );
+        assert!(text.contains("locked"), "{text}");
+    }
 
     // Every attempt is on the user's stream.
     let (s, events) = w
@@ -660,4 +664,74 @@ async fn a_user_enrols_a_passkey_from_an_invite_and_signs_in_with_it_in_chromium
     b.wait_text("h1", "Alex Wilber").await;
     b.wait_text("main", "fed, otp").await;
     b.screenshot("signin-totp").await;
+}
+
+#[tokio::test]
+async fn a_domain_has_a_workstation_certificate_to_download_and_replace() {
+    let w = world(json!({})).await;
+    let path = format!("/v1/domains/{}/workstation-certificate", w.domain);
+    let get = |format: &'static str| {
+        let url = format!("{}{path}?format={format}", w.app.url);
+        let token = w.app.admin.clone();
+        async move {
+            let r = reqwest::Client::new()
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            (r.status(), r.bytes().await.unwrap().to_vec())
+        }
+    };
+    let (s, pem) = get("pem").await;
+    assert_eq!(s, StatusCode::OK);
+    let pem = String::from_utf8(pem).unwrap();
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----\n"), "{pem}");
+    let (s, der) = get("der").await;
+    assert_eq!(s, StatusCode::OK);
+    use rustls::pki_types::pem::PemObject;
+    let parsed = rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+    assert_eq!(parsed.as_ref(), der.as_slice());
+    let (s, _) = get("p12").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+
+    // Auditors read but do not replace; an admin's replacement retires the first.
+    let (s, t) = w
+        .admin(
+            Method::POST,
+            "/v1/tokens",
+            Some(json!({"role": "auditor", "name": "audit"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{t}");
+    let auditor = t["token"].as_str().unwrap();
+    let (s, _) = w.app.call(Some(auditor), Method::POST, &path, None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, body) = w.admin(Method::POST, &path, None).await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+    let (_, der2) = get("der").await;
+    assert_ne!(der, der2);
+    let (s, list) = w.admin(Method::GET, &format!("{path}s"), None).await;
+    assert_eq!(s, StatusCode::OK);
+    let statuses: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["current", "retired"]);
+    assert_eq!(list["items"][0]["id"], body["id"]);
+
+    // The key is in no answer and no event's JSON: only sealed.
+    let (_, events) = w.admin(Method::GET, "/v1/events?limit=1000", None).await;
+    let issued: Vec<&Value> = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "WorkstationCertificateIssued")
+        .collect();
+    assert_eq!(issued.len(), 2);
+    for e in issued {
+        assert_eq!(e["payload"]["sealed_private_key"], "sealed", "{e}");
+    }
 }

@@ -17,6 +17,8 @@ pub struct DomainState {
     pub app: Option<(String, String)>,
     /// SSO defaults.
     pub sso: SsoSettings,
+    /// The workstation logon certificate in force (its fingerprint).
+    pub workstation_certificate: Option<String>,
 }
 
 /// Folds one event of the domain's stream.
@@ -36,6 +38,14 @@ pub fn evolve(mut s: DomainState, e: &Event) -> DomainState {
             s.app = None;
         }
         Event::SsoDefaultsChanged(e) => s.sso = e.sso,
+        Event::WorkstationCertificateIssued(e) => {
+            s.workstation_certificate = Some(e.certificate_id.clone())
+        }
+        Event::WorkstationCertificateRetired(e)
+            if s.workstation_certificate.as_ref() == Some(&e.certificate_id) =>
+        {
+            s.workstation_certificate = None;
+        }
         Event::DomainRemoved(_) => {
             s.removed = true;
             s.has_credentials = false;
@@ -83,6 +93,8 @@ pub enum DomainCommand {
     SetSsoDefaults(SsoSettings),
     /// Remove the domain.
     Remove,
+    /// Give the domain a new workstation logon certificate, retiring the one in force.
+    IssueWorkstationCertificate(WorkstationCertificateIssued),
 }
 
 fn valid_name(name: &str) -> bool {
@@ -201,6 +213,28 @@ pub fn decide(s: &DomainState, c: DomainCommand) -> Result<Vec<Event>, Rejection
         DomainCommand::SetSsoDefaults(sso) if sso == s.sso => vec![],
         DomainCommand::SetSsoDefaults(sso) => vec![SsoDefaultsChanged { sso }.into()],
         DomainCommand::Remove => vec![DomainRemoved {}.into()],
+        DomainCommand::IssueWorkstationCertificate(issued) => {
+            if issued.certificate_der.is_empty() || issued.not_after <= issued.not_before {
+                return Err(invalid(
+                    "certificate",
+                    "a certificate with a validity period",
+                ));
+            }
+            if s.workstation_certificate.as_ref() == Some(&issued.certificate_id) {
+                return Err(Rejection::AlreadyExists("workstation certificate"));
+            }
+            let mut events: Vec<Event> = Vec::new();
+            if let Some(current) = &s.workstation_certificate {
+                events.push(
+                    WorkstationCertificateRetired {
+                        certificate_id: current.clone(),
+                    }
+                    .into(),
+                );
+            }
+            events.push(issued.into());
+            events
+        }
     })
 }
 
@@ -290,6 +324,40 @@ mod tests {
         given::<DomainStream>(&[registered(), set[0].clone()])
             .when(DomainCommand::RemoveCredentials)
             .then([DomainCredentialsRemoved {}.into()]);
+    }
+
+    #[test]
+    fn a_new_workstation_certificate_retires_the_one_in_force() {
+        let cert = |n: u8| WorkstationCertificateIssued {
+            certificate_id: hex::encode([n; 32]),
+            certificate_der: vec![0x30, n],
+            sealed_private_key: SealedSecret {
+                key_id: DataKeyId(uuid::Uuid::from_u128(9)),
+                nonce: [0; 24],
+                ciphertext: vec![n],
+            },
+            not_before: chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default(),
+            not_after: chrono::DateTime::from_timestamp(1_900_000_000, 0).unwrap_or_default(),
+        };
+        let first = given::<DomainStream>(&[registered()])
+            .when(DomainCommand::IssueWorkstationCertificate(cert(1)))
+            .then_ok();
+        assert_eq!(first, vec![Event::from(cert(1))]);
+        let both = given::<DomainStream>(&[registered(), first[0].clone()]);
+        both.when(DomainCommand::IssueWorkstationCertificate(cert(2)))
+            .then([
+                WorkstationCertificateRetired {
+                    certificate_id: hex::encode([1u8; 32]),
+                }
+                .into(),
+                cert(2).into(),
+            ]);
+        both.when(DomainCommand::IssueWorkstationCertificate(cert(1)))
+            .then_reject(Rejection::AlreadyExists("workstation certificate"));
+        let mut backwards = cert(3);
+        backwards.not_after = backwards.not_before;
+        both.when(DomainCommand::IssueWorkstationCertificate(backwards))
+            .then_invalid("certificate");
     }
 
     #[test]

@@ -56,6 +56,17 @@ pub struct SignInState {
     pub failures: BTreeMap<Factor, Vec<DateTime<Utc>>>,
     /// Locked factors and until when.
     pub locked_until: BTreeMap<Factor, DateTime<Utc>>,
+    /// When an attempt on a locked factor was last recorded (one a minute is enough for
+    /// the audit trail; more would let anyone grow a user's stream at will).
+    pub locked_refusal_at: BTreeMap<Factor, DateTime<Utc>>,
+}
+
+/// While a factor is locked, attempts are recorded at most this often.
+pub const LOCKED_RECORD_EVERY: Duration = Duration::minutes(1);
+
+/// Whether `factor` is locked at `now`.
+pub fn locked(s: &SignInState, factor: Factor, now: DateTime<Utc>) -> bool {
+    s.locked_until.get(&factor).is_some_and(|u| now < *u)
 }
 
 /// Folds the sign-in events of a user's stream.
@@ -108,6 +119,9 @@ pub fn evolve(s: &mut SignInState, e: &Event) {
             if e.totp_step.is_some() {
                 s.totp_last_step = s.totp_last_step.max(e.totp_step);
             }
+        }
+        Event::SignInFailed(e) if e.reason == SignInFailure::Locked => {
+            s.locked_refusal_at.insert(e.factor, e.at);
         }
         Event::SignInFailed(e) => {
             let list = s.failures.entry(e.factor).or_default();
@@ -484,7 +498,19 @@ pub fn decide(s: &UserState, c: SignInCommand) -> Result<Vec<Event>, Rejection> 
             }
             Ok(vec![TotpRemoved {}.into()])
         }
-        SignInCommand::SignIn { proof, app, at } => Ok(sign_in(s, proof, app, at)),
+        SignInCommand::SignIn { proof, app, at } => {
+            let factor = proof.factor();
+            let recently = s
+                .signin
+                .locked_refusal_at
+                .get(&factor)
+                .is_some_and(|t| at - *t < LOCKED_RECORD_EVERY);
+            if locked(&s.signin, factor, at) && recently {
+                // Refused as locked, recorded a moment ago: nothing new to record.
+                return Err(Rejection::Conflict(SignInFailure::Locked.message().into()));
+            }
+            Ok(sign_in(s, proof, app, at))
+        }
     }
 }
 
@@ -529,7 +555,7 @@ fn sign_in(s: &UserState, proof: Proof, app: Option<String>, at: DateTime<Utc>) 
     if sso.method != proof.method() {
         return fail(SignInFailure::MethodNotAllowed);
     }
-    if s.signin.locked_until.get(&factor).is_some_and(|u| at < *u) {
+    if locked(&s.signin, factor, at) {
         return fail(SignInFailure::Locked);
     }
     let mut ok = SignInSucceeded {
@@ -574,7 +600,9 @@ fn sign_in(s: &UserState, proof: Proof, app: Option<String>, at: DateTime<Utc>) 
             ok.passkey = Some((credential_id, proof.sign_count));
         }
         Proof::EntraThenTotp { code, seed } => {
-            if !s.signin.totp {
+            // No usable seed is no authenticator app, never a key anyone could compute
+            // codes for.
+            if !s.signin.totp || seed.len() < 16 {
                 return fail(SignInFailure::NotEnrolled);
             }
             match crate::totp::verify(&seed, &code, at.timestamp(), s.signin.totp_last_step) {
@@ -941,6 +969,24 @@ mod tests {
         // Locked: even the right passkey is refused, with the reason.
         assert_eq!(
             failure(&attempt(&s, by_passkey(9), at)),
+            Some(SignInFailure::Locked)
+        );
+        // Attempts while locked are recorded once a minute, refused without a record between.
+        let events = attempt(&s, by_passkey(9), at);
+        let s = apply(s, &events);
+        assert!(matches!(
+            decide(
+                &s,
+                SignInCommand::SignIn {
+                    proof: by_passkey(10),
+                    app: None,
+                    at: at + Duration::seconds(10),
+                }
+            ),
+            Err(Rejection::Conflict(_))
+        ));
+        assert_eq!(
+            failure(&attempt(&s, by_passkey(10), at + Duration::seconds(61))),
             Some(SignInFailure::Locked)
         );
         // Fifteen minutes after the lock, it works again.

@@ -18,7 +18,10 @@ const KINDS = ["DomainRegistered", "DomainSettingsChanged", "DomainCredentialsSe
   "RotationGroupLeft", "UserSsoOverrideSet", "KeyAssigned", "KeyUnassigned", "InviteSent",
   "RotationStarted", "RotationRetried", "RotationSucceeded", "RotationFailed",
   "KeyWriteQueued", "KeyWriteDelivered", "KeyWriteAcknowledged", "KeyWriteSuperseded",
-  "PasswordRevealed", "TokenIssued", "TokenRevoked"];
+  "PasswordRevealed", "TokenIssued", "TokenRevoked", "RotationInterrupted", "RotationRequested",
+  "EnrolmentStarted", "EnrolmentCompleted", "PasskeyRegistered", "PasskeyRenamed",
+  "PasskeyRemoved", "TotpEnrolled", "TotpRemoved", "SignInSucceeded", "SignInFailed",
+  "SignInLocked", "WorkstationCertificateIssued", "WorkstationCertificateRetired"];
 
 /// Calls the API; answers the parsed body, or throws an Error with the API's message.
 async function api(method, path, payload) {
@@ -247,7 +250,20 @@ async function domainPage() {
     }
   };
   await refreshRuns();
+  const refreshCertificates = async () => {
+    const certs = await api("GET", `/v1/domains/${pageId}/workstation-certificates?limit=20`);
+    fill($("#certificates"), certs.items.map((c) => el("tr", {},
+      el("td", { class: "mono" }, c.id), el("td", {}, badge(c.status)),
+      el("td", {}, when(c.not_before)), el("td", {}, when(c.not_after)),
+      el("td", {}, c.retired_at ? when(c.retired_at) : ""))), "No certificate yet.");
+  };
+  await refreshCertificates();
   if (!admin) return;
+  wire($("#replace-certificate"), async () => {
+    await api("POST", `/v1/domains/${pageId}/workstation-certificate`);
+    await refreshCertificates();
+    flash("A new certificate is in force; configure workstations with it. The old one is retired.");
+  }, "Replace the workstation logon certificate? Workstations must be given the new one.");
   $("#import-link").href = `/console/domains/${pageId}/import`;
   const sso = $("#sso-defaults");
   sso.elements.enabled.value = String(d.sso_defaults.enabled);

@@ -9,6 +9,7 @@ pub mod export;
 pub mod proofs;
 pub mod replay;
 pub mod rotate;
+pub mod signin;
 pub mod sync;
 
 use super::progress;
@@ -45,6 +46,9 @@ pub enum BenchCommand {
     /// The Merkle tree recomputed over a large log, then inclusion and consistency proofs
     /// served by a serve process at a fixed rate, against /healthz at the same rate.
     Proofs(proofs::ProofsArgs),
+    /// Passwordless sign-ins (options and assertion) on a serve process, each verified and
+    /// durably recorded, against the assertion verification alone.
+    Signin(signin::SigninArgs),
     /// The bare axum handler `bench api` compares against.
     #[command(hide = true)]
     BareServer(api::BareArgs),
@@ -63,6 +67,7 @@ pub fn run(command: BenchCommand) -> Result<ExitCode, Error> {
             BenchCommand::Export(a) => export::run(a).await,
             BenchCommand::Rotate(a) => rotate::rotate(a).await,
             BenchCommand::Proofs(a) => proofs::proofs(a).await,
+            BenchCommand::Signin(a) => signin::signin(a).await,
             BenchCommand::BareServer(a) => api::bare_server(a).await,
         }
     })

@@ -4,7 +4,10 @@
 //! deactivation, SSO off, method), and in a real headless Chromium with a virtual
 //! authenticator: a passkey enrolled from an invite and used to sign in.
 
+use crate::support::authenticator::SoftKey;
 use crate::support::{world, Browser, World, APP};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine;
 use idledger_domain::events::{EnrolmentCompleted, InviteSent};
 use idledger_domain::{EnrolmentLink, LinkId, UserId};
 use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
@@ -733,5 +736,259 @@ async fn a_domain_has_a_workstation_certificate_to_download_and_replace() {
     assert_eq!(issued.len(), 2);
     for e in issued {
         assert_eq!(e["payload"]["sealed_private_key"], "sealed", "{e}");
+    }
+}
+
+/// Enrols `upn` (passwordless, invited) with `key` over HTTP; answers the signed-in visitor.
+async fn enrol_with_key(w: &World, user: &str, upn: &str, key: &mut SoftKey) -> Visitor {
+    invite(w, user).await;
+    let link = outbox_link(w, upn);
+    let mut v = Visitor::new();
+    let (s, page, _) = v.get(&link).await;
+    assert_eq!(s, StatusCode::OK, "{page}");
+    let csrf = csrf_of(&page);
+    let (s, options) = v
+        .post_json(&format!("{link}/passkey/options"), &csrf, json!({}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{options}");
+    assert_eq!(
+        options["authenticatorSelection"]["userVerification"],
+        "required"
+    );
+    let credential = key.register(&options, &w.app.public);
+    let (s, b) = v
+        .post_json(
+            &format!("{link}/passkey"),
+            &csrf,
+            json!({"credential": credential, "name": format!("{upn} key")}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    v
+}
+
+/// A discoverable sign-in with `key`, sending `handle`; answers the status and body.
+async fn passkey_sign_in(
+    w: &World,
+    key: &mut SoftKey,
+    handle: Option<&[u8]>,
+) -> (StatusCode, Value) {
+    let mut v = Visitor::new();
+    let (_, page, _) = v.get(&format!("{}/signin", w.app.public)).await;
+    let csrf = csrf_of(&page);
+    let (s, options) = v
+        .post_json(
+            &format!("{}/signin/passkey/options", w.app.public),
+            &csrf,
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{options}");
+    assert_eq!(
+        options["allowCredentials"],
+        json!([]),
+        "discoverable: no user named"
+    );
+    let credential = key.assert(&options, &w.app.public, handle);
+    v.post_json(
+        &format!("{}/signin/passkey", w.app.public),
+        &csrf,
+        json!({"credential": credential}),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passkeys_belong_to_one_user_and_keep_their_rules() {
+    let (w, adele, alex) = signin_world().await;
+    let bianca = w.user(4).await.unwrap()["id"].as_str().unwrap().to_owned();
+    let (s, _) = w
+        .admin(
+            Method::PATCH,
+            &format!("/v1/users/{bianca}"),
+            Some(json!({"sso_override": {"enabled": true, "method": "passwordless"}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let mut adele_key = SoftKey::new();
+    let mut bianca_key = SoftKey::new();
+    let mut adele_v = enrol_with_key(
+        &w,
+        &adele,
+        "adele.vance@contoso.onmicrosoft.com",
+        &mut adele_key,
+    )
+    .await;
+    let mut bianca_v = enrol_with_key(
+        &w,
+        &bianca,
+        "bianca.pispisa@contoso.onmicrosoft.com",
+        &mut bianca_key,
+    )
+    .await;
+
+    // Bianca cannot take Adele's credential id for a key of her own.
+    let (_, me, _) = bianca_v.get(&format!("{}/me", w.app.public)).await;
+    let flow_csrf = csrf_of(&me);
+    let (s, options) = bianca_v
+        .post_json(
+            &format!("{}/me/passkeys/options", w.app.public),
+            &flow_csrf,
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{options}");
+    let forged = SoftKey::forging(&adele_key.credential).register(&options, &w.app.public);
+    let (s, b) = bianca_v
+        .post_json(
+            &format!("{}/me/passkeys", w.app.public),
+            &flow_csrf,
+            json!({"credential": forged}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{b}");
+
+    // Adele signs in with her key, naming no one.
+    let handle = adele_key.user_handle.clone();
+    let (s, b) = passkey_sign_in(&w, &mut adele_key, Some(&handle)).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    // Her credential id signed by another key; Bianca's key with Adele's handle; no
+    // handle at all; an authenticator whose counter went back: all refused.
+    let mut forger = SoftKey::forging(&adele_key.credential);
+    let (s, b) = passkey_sign_in(&w, &mut forger, Some(&handle)).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{b}");
+    let (s, b) = passkey_sign_in(&w, &mut bianca_key, Some(&handle)).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{b}");
+    let (s, b) = passkey_sign_in(&w, &mut adele_key, None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{b}");
+    adele_key.counter = 0;
+    let (s, b) = passkey_sign_in(&w, &mut adele_key, Some(&handle)).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{b}");
+    assert!(b["error"].as_str().unwrap().contains("copied"), "{b}");
+    adele_key.counter = 100;
+    let (s, b) = passkey_sign_in(&w, &mut adele_key, Some(&handle)).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+
+    // Her page: rename; the last passkey of a passwordless user stays.
+    let (_, me, _) = adele_v.get(&format!("{}/me", w.app.public)).await;
+    let session_csrf = me
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap()
+        .to_owned();
+    let id = B64.encode(&adele_key.credential);
+    let (s, page, _) = adele_v
+        .post_form(
+            &format!("{}/me/passkeys/{id}/rename", w.app.public),
+            &[("csrf", &session_csrf), ("name", "Office key")],
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{page}");
+    assert!(
+        page.contains("Office key") && page.contains("renamed"),
+        "{page}"
+    );
+    let (s, page, _) = adele_v
+        .post_form(
+            &format!("{}/me/passkeys/{id}/remove", w.app.public),
+            &[("csrf", &session_csrf)],
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{page}");
+    assert!(page.contains("last way to sign in"), "{page}");
+    // Without the session's CSRF token nothing changes.
+    let (s, _, _) = adele_v
+        .post_form(
+            &format!("{}/me/passkeys/{id}/remove", w.app.public),
+            &[("csrf", "forged")],
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+
+    // Alex (Entra ID and a second factor) adds a passkey on his page and signs in with it
+    // after Entra; Adele's passkey is no second factor of his.
+    let (mut alex_v, _) = enrol_alex(&w, &alex).await;
+    let (_, me, _) = alex_v.get(&format!("{}/me", w.app.public)).await;
+    let flow_csrf = csrf_of(&me);
+    let (s, options) = alex_v
+        .post_json(
+            &format!("{}/me/passkeys/options", w.app.public),
+            &flow_csrf,
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{options}");
+    let mut alex_key = SoftKey::new();
+    let credential = alex_key.register(&options, &w.app.public);
+    let (s, b) = alex_v
+        .post_json(
+            &format!("{}/me/passkeys", w.app.public),
+            &flow_csrf,
+            json!({"credential": credential}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    for (key, want) in [
+        (&mut adele_key, StatusCode::UNAUTHORIZED),
+        (&mut alex_key, StatusCode::OK),
+    ] {
+        let mut v = Visitor::new();
+        let page = entra_sign_in(&w, &mut v, ALEX, ALEX_PASSWORD).await;
+        assert!(page.contains("Use a passkey"), "{page}");
+        let csrf = csrf_of(&page);
+        let (s, options) = v
+            .post_json(
+                &format!("{}/signin/second-passkey/options", w.app.public),
+                &csrf,
+                json!({}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{options}");
+        assert_eq!(options["allowCredentials"].as_array().unwrap().len(), 1);
+        let credential = key.assert(&options, &w.app.public, None);
+        let (s, b) = v
+            .post_json(
+                &format!("{}/signin/second-passkey", w.app.public),
+                &csrf,
+                json!({"credential": credential}),
+            )
+            .await;
+        assert_eq!(s, want, "{b}");
+    }
+    let (_, events) = w
+        .admin(
+            Method::GET,
+            &format!("/v1/users/{alex}/events?limit=1000"),
+            None,
+        )
+        .await;
+    let last = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|e| e["kind"] == "SignInSucceeded")
+        .unwrap();
+    assert_eq!(last["payload"]["amr"], json!(["fed", "hwk"]));
+
+    // The sign-ins export lists them with the manifest the other exports have.
+    let (s, csv) = w
+        .admin(Method::GET, "/v1/audit/exports/sign-ins?format=csv", None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let csv = csv.as_str().unwrap().to_owned();
+    assert!(
+        csv.starts_with("position,recorded_at,domain,user_id,user_principal_name,step"),
+        "{csv}"
+    );
+    for want in [
+        "enrolment completed",
+        "success",
+        "failure",
+        "counter_went_back",
+        "fed hwk",
+    ] {
+        assert!(csv.contains(want), "{want} missing:\n{csv}");
     }
 }

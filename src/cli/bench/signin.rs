@@ -110,17 +110,17 @@ async fn fill(data_dir: &std::path::Path, n: u32) -> Result<Vec<Holder>, Error> 
                 let other = |e: ring::error::Unspecified| Error::Other(e.to_string());
                 let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng)
                     .map_err(other)?;
-                let key = EcdsaKeyPair::from_pkcs8(
-                    &ECDSA_P256_SHA256_ASN1_SIGNING,
-                    pkcs8.as_ref(),
-                    &rng,
-                )
-                .map_err(|e| Error::Other(e.to_string()))?;
+                let key =
+                    EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng)
+                        .map_err(|e| Error::Other(e.to_string()))?;
                 let user = UserId(Uuid::now_v7());
                 let stream = StreamId::user(user);
                 let credential = Uuid::new_v4().as_bytes().to_vec();
                 let sealed = keyring
-                    .seal(&stream, &Secret::new(B64.encode(cose_key(key.public_key().as_ref())?)))
+                    .seal(
+                        &stream,
+                        &Secret::new(B64.encode(cose_key(key.public_key().as_ref())?)),
+                    )
                     .map_err(|e| Error::Other(e.to_string()))?;
                 log.append(AppendRequest::new(
                     stream,
@@ -228,7 +228,11 @@ async fn client(
     count: u32,
 ) -> Result<Vec<f64>, Error> {
     let other = |e: reqwest::Error| Error::Other(e.to_string());
-    let page = http.get(format!("{url}/signin")).send().await.map_err(other)?;
+    let page = http
+        .get(format!("{url}/signin"))
+        .send()
+        .await
+        .map_err(other)?;
     let flow = set_cookie(&page, "idl_flow")
         .ok_or_else(|| Error::Other("the sign-in page set no flow cookie".into()))?;
     let html = page.text().await.map_err(other)?;

@@ -2,6 +2,7 @@
 //! graphsim (`world`), `serve` as a child (`serve`), and the small things below.
 
 pub mod app;
+pub mod authenticator;
 pub mod browser;
 pub mod serve;
 pub mod world;

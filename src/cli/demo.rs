@@ -66,7 +66,7 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode, Error> {
         allow_master_key_in_data_dir: true,
         ..Config::default()
     };
-    let (state, _) = start_with(&dir, &config, sync, RotationConfig::default()).await?;
+    let (mut state, _) = start_with(&dir, &config, sync, RotationConfig::default()).await?;
     let start = state.engine.log.head().position;
     // The demo's own admin token: a reused data dir has no bootstrap token to read.
     let (token_id, token, position) = issue_token(
@@ -86,7 +86,11 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode, Error> {
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .map_err(|e| Error::Other(format!("cannot listen on {}: {e}", config.listen)))?;
-    let url = format!("http://{}", listener.local_addr()?);
+    let addr = listener.local_addr()?;
+    let url = format!("http://{addr}");
+    // Users' browsers come to `localhost` (a passkey's relying party is a name).
+    state.public_url = crate::http::PublicUrl::loopback_default(addr, false);
+    let public = format!("http://localhost:{}", addr.port());
     let log = state.engine.log.clone();
     let projector = state.engine.projector.clone();
     // One click into the console: a one-time sign-in link for the demo's admin token.
@@ -112,6 +116,14 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode, Error> {
         )
         .await?;
     let keys = rotate_and_deliver(&admin, &id, imported["position"].as_u64()).await?;
+    let sim_http = reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(ca.cert_pem().as_bytes())
+                .map_err(|e| Error::Other(e.to_string()))?,
+        )
+        .build()
+        .map_err(|e| Error::Other(e.to_string()))?;
+    let invites = invite_two(&admin, &sim_http, &sim_url, &public, &dir, &id).await?;
     projector
         .wait_for(log.head().position, Duration::from_secs(10))
         .await
@@ -179,6 +191,13 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode, Error> {
     );
     println!();
     println!("  console         {url}/  (one-time sign-in: {console_link})");
+    println!("  user sign-in    {public}/signin");
+    for i in &invites {
+        println!("  enrol           {} ({}): {}", i.upn, i.method, i.link);
+        if let Some(p) = &i.password {
+            println!("                  its Entra ID password in graphsim: {p}");
+        }
+    }
     println!("  API             {url}");
     println!("  admin token     {}", admin.token);
     println!();
@@ -371,4 +390,111 @@ async fn rotate_and_deliver(
         report.confirmed += 1;
     }
     Ok(report)
+}
+
+/// An invited user of the demo.
+struct Invited {
+    upn: String,
+    method: &'static str,
+    link: String,
+    password: Option<String>,
+}
+
+/// Invites two active users with keys to no rotation — one passwordless (the domain's
+/// default), one with Entra ID credentials and a second factor — after telling graphsim's
+/// app registration the sign-in callback; answers their enrolment links (from the outbox).
+async fn invite_two(
+    admin: &ApiClient,
+    sim_http: &reqwest::Client,
+    sim_url: &str,
+    public: &str,
+    dir: &std::path::Path,
+    domain: &str,
+) -> Result<Vec<Invited>, Error> {
+    let other = |e: reqwest::Error| Error::Other(e.to_string());
+    sim_http
+        .patch(format!("{sim_url}/_sim/apps/{}", contoso::CLIENT_ID))
+        .json(&json!({"redirectUris": [format!("{public}/signin/entra/callback")]}))
+        .send()
+        .await
+        .map_err(other)?
+        .error_for_status()
+        .map_err(other)?;
+    let users = admin
+        .call(
+            Method::GET,
+            &format!("/v1/users?domain={domain}&status=active&limit=100"),
+            None,
+        )
+        .await?;
+    let picked: Vec<Value> = users["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|u| u["key_id"].is_null())
+        .take(2)
+        .cloned()
+        .collect();
+    let mut invited = Vec::new();
+    for (n, u) in picked.iter().enumerate() {
+        let id = u["id"].as_str().unwrap_or_default();
+        let upn = u["user_principal_name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let method = if n == 0 {
+            "passwordless"
+        } else {
+            "password_and_second_factor"
+        };
+        admin
+            .call(
+                Method::PATCH,
+                &format!("/v1/users/{id}"),
+                Some(json!({"sso_override": {"enabled": true, "method": method}})),
+            )
+            .await?;
+        admin
+            .call(Method::POST, &format!("/v1/users/{id}/invite"), None)
+            .await?;
+        let password = if n == 0 {
+            None
+        } else {
+            let external = u["external_id"].as_str().unwrap_or_default();
+            let p: Value = sim_http
+                .get(format!("{sim_url}/_sim/users/{external}/password"))
+                .send()
+                .await
+                .map_err(other)?
+                .json()
+                .await
+                .map_err(other)?;
+            p["password"].as_str().map(str::to_owned)
+        };
+        invited.push(Invited {
+            link: newest_link(&dir.join("outbox"), &upn).unwrap_or_default(),
+            upn,
+            method,
+            password,
+        });
+    }
+    Ok(invited)
+}
+
+/// The enrolment link in the newest invite to `upn` in the outbox.
+fn newest_link(outbox: &std::path::Path, upn: &str) -> Option<String> {
+    let tag = upn.replace(
+        |c: char| !c.is_ascii_alphanumeric() && c != '.' && c != '@',
+        "_",
+    );
+    let mut files: Vec<_> = std::fs::read_dir(outbox)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.to_string_lossy().contains(&tag))
+        .collect();
+    files.sort();
+    let mail = std::fs::read_to_string(files.last()?).ok()?;
+    mail.split_whitespace()
+        .find(|w| w.contains("/enrol/"))
+        .map(str::to_owned)
 }

@@ -14,7 +14,7 @@ use std::process::ExitCode;
 /// Options of `idledger export`.
 #[derive(Args, Debug)]
 pub struct ExportArgs {
-    /// `password-changes`, `events` or `users`.
+    /// `password-changes`, `events`, `users` or `sign-ins`.
     #[arg(long, value_parser = crate::audit::parse_kind)]
     pub kind: ExportKind,
     #[command(flatten)]

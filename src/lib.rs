@@ -26,6 +26,7 @@ pub mod invite;
 pub mod notary;
 pub mod password;
 pub mod projector;
+pub mod provider;
 pub mod rotation;
 pub mod secrets;
 pub mod server;

@@ -161,6 +161,112 @@ pub struct DeltaCheckpointed {
     pub users_delta_link: String,
 }
 
+// ---- provider stream -------------------------------------------------------------------
+
+/// A web app (relying party) was registered.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct AppRegistered {
+    /// The app.
+    pub app_id: AppId,
+    /// Its OAuth `client_id`.
+    pub client_id: String,
+    /// Its name, shown to admins.
+    pub name: String,
+    /// Redirect URIs, matched exactly.
+    pub redirect_uris: Vec<String>,
+    /// Where RP-initiated logout may send the browser, matched exactly.
+    pub post_logout_redirect_uris: Vec<String>,
+    /// Confidential (with a secret) or public.
+    pub client_type: ClientType,
+    /// Users of these domains may sign in to it.
+    pub domain_ids: Vec<DomainId>,
+    /// `ES256` (default) or `RS256`.
+    pub id_token_alg: String,
+    /// SHA-256 of the client secret (confidential apps); the secret itself is shown once.
+    pub secret_hash: Option<Hash>,
+}
+
+/// An app's settings changed (all of them, as they are now).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct AppChanged {
+    /// The app.
+    pub app_id: AppId,
+    /// Its name.
+    pub name: String,
+    /// Redirect URIs.
+    pub redirect_uris: Vec<String>,
+    /// Post-logout redirect URIs.
+    pub post_logout_redirect_uris: Vec<String>,
+    /// Domains whose users may sign in.
+    pub domain_ids: Vec<DomainId>,
+}
+
+/// A confidential app got a new client secret; the old one stops working.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct AppSecretRotated {
+    /// The app.
+    pub app_id: AppId,
+    /// SHA-256 of the new secret.
+    pub secret_hash: Hash,
+}
+
+/// An app was removed: no sign-in or token for it any more.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct AppRemoved {
+    /// The app.
+    pub app_id: AppId,
+}
+
+/// The provider got a signing key; earlier keys are retired in the same append.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct SigningKeyAdded {
+    /// Its `kid`.
+    pub kid: String,
+    /// `ES256`.
+    pub alg: String,
+    /// The public key as a JWK (JSON text).
+    pub public_jwk: String,
+    /// The private key (PKCS#8), sealed.
+    pub sealed_private_key: SealedSecret,
+}
+
+/// A signing key signs no more; tokens it signed verify until `verify_until`.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct SigningKeyRetired {
+    /// Its `kid`.
+    pub kid: String,
+    /// It stays in the JWKS until then (the longest lifetime of a token it signed).
+    pub verify_until: DateTime<Utc>,
+}
+
+/// Tokens were issued to an app for the user.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct AppTokensIssued {
+    /// The app.
+    pub app_id: AppId,
+    /// `authorization_code` or `refresh_token`.
+    pub grant: String,
+    /// The sign-in session (`sid`).
+    pub sid: String,
+    /// The refresh token's family and the SHA-256 of the new refresh token.
+    pub refresh: Option<(uuid::Uuid, Hash)>,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// A token request for the user was refused.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct AppTokenRefused {
+    /// The app.
+    pub app_id: AppId,
+    /// RFC 6749's error code and a few words (never a token).
+    pub reason: String,
+    /// The refresh token family it revoked, if any (a reused refresh token).
+    pub revoked_family: Option<uuid::Uuid>,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
 // ---- user stream ---------------------------------------------------------------------------
 
 /// A member of the sync group was seen for the first time: a candidate.
@@ -741,4 +847,20 @@ event_catalogue! {
     WorkstationCertificateIssued = "WorkstationCertificateIssued", schema 1, Domain;
     /// See [`WorkstationCertificateRetired`].
     WorkstationCertificateRetired = "WorkstationCertificateRetired", schema 1, Domain;
+    /// See [`AppRegistered`].
+    AppRegistered = "AppRegistered", schema 1, Provider;
+    /// See [`AppChanged`].
+    AppChanged = "AppChanged", schema 1, Provider;
+    /// See [`AppSecretRotated`].
+    AppSecretRotated = "AppSecretRotated", schema 1, Provider;
+    /// See [`AppRemoved`].
+    AppRemoved = "AppRemoved", schema 1, Provider;
+    /// See [`SigningKeyAdded`].
+    SigningKeyAdded = "SigningKeyAdded", schema 1, Provider;
+    /// See [`SigningKeyRetired`].
+    SigningKeyRetired = "SigningKeyRetired", schema 1, Provider;
+    /// See [`AppTokensIssued`].
+    AppTokensIssued = "AppTokensIssued", schema 1, User;
+    /// See [`AppTokenRefused`].
+    AppTokenRefused = "AppTokenRefused", schema 1, User;
 }

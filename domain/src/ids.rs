@@ -76,6 +76,10 @@ uuid_id!(
     /// One enrolment link (an invite's): events name it, never its secret.
     LinkId
 );
+uuid_id!(
+    /// A web app (OpenID Connect relying party) registered with the provider.
+    AppId
+);
 
 /// The serial of a hardware key. Free text chosen by the key's vendor.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Debug)]
@@ -97,6 +101,8 @@ pub enum StreamKind {
     User,
     /// `tokens`: API tokens.
     Tokens,
+    /// `provider`: the OpenID Connect provider's apps and signing keys.
+    Provider,
     /// Anything else (benchmarks and tests); accepts no catalogue rules.
     Other,
 }
@@ -146,6 +152,11 @@ impl StreamId {
         Self("tokens".to_owned())
     }
 
+    /// The stream of the OpenID Connect provider's apps and keys.
+    pub fn provider() -> Self {
+        Self("provider".to_owned())
+    }
+
     /// The name as text.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -155,6 +166,8 @@ impl StreamId {
     pub fn kind(&self) -> StreamKind {
         if self.0 == "tokens" {
             StreamKind::Tokens
+        } else if self.0 == "provider" {
+            StreamKind::Provider
         } else if self.domain_id().is_some() {
             StreamKind::Domain
         } else if self.user_id().is_some() {

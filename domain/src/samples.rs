@@ -364,6 +364,66 @@ pub fn sample_event(index: usize, s: &SampleSeed) -> Option<Event> {
             certificate_id: hex::encode([s.number as u8; 32]),
         }
         .into(),
+        &"AppRegistered" => AppRegistered {
+            app_id: AppId(s.uuid(19)),
+            client_id: s.uuid(20).to_string(),
+            name: text,
+            redirect_uris: vec![format!("https://app{}.contoso.com/cb", s.number)],
+            post_logout_redirect_uris: vec![],
+            client_type: if s.flag {
+                ClientType::Confidential
+            } else {
+                ClientType::Public
+            },
+            domain_ids: vec![DomainId(s.uuid(4))],
+            id_token_alg: "ES256".into(),
+            secret_hash: s.flag.then_some(Hash([s.number as u8; 32])),
+        }
+        .into(),
+        &"AppChanged" => AppChanged {
+            app_id: AppId(s.uuid(19)),
+            name: text,
+            redirect_uris: vec![format!("https://app{}.contoso.com/cb", s.number)],
+            post_logout_redirect_uris: vec![format!("https://app{}.contoso.com/", s.number)],
+            domain_ids: vec![DomainId(s.uuid(4))],
+        }
+        .into(),
+        &"AppSecretRotated" => AppSecretRotated {
+            app_id: AppId(s.uuid(19)),
+            secret_hash: Hash([s.number as u8; 32]),
+        }
+        .into(),
+        &"AppRemoved" => AppRemoved {
+            app_id: AppId(s.uuid(19)),
+        }
+        .into(),
+        &"SigningKeyAdded" => SigningKeyAdded {
+            kid: format!("k{}", s.number),
+            alg: "ES256".into(),
+            public_jwk: text,
+            sealed_private_key: s.sealed(),
+        }
+        .into(),
+        &"SigningKeyRetired" => SigningKeyRetired {
+            kid: format!("k{}", s.number),
+            verify_until: at(s.number),
+        }
+        .into(),
+        &"AppTokensIssued" => AppTokensIssued {
+            app_id: AppId(s.uuid(19)),
+            grant: "authorization_code".into(),
+            sid: s.uuid(21).to_string(),
+            refresh: s.flag.then(|| (s.uuid(22), Hash([s.number as u8; 32]))),
+            at: at(s.number),
+        }
+        .into(),
+        &"AppTokenRefused" => AppTokenRefused {
+            app_id: AppId(s.uuid(19)),
+            reason: text,
+            revoked_family: s.flag.then(|| s.uuid(22)),
+            at: at(s.number),
+        }
+        .into(),
         other => panic!("sample_event does not cover kind {other}"),
     };
     Some(e)

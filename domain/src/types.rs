@@ -594,3 +594,13 @@ impl SignInFailure {
         }
     }
 }
+
+/// How an app authenticates at the token endpoint.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientType {
+    /// A server-side app holding a client secret (PKCE allowed).
+    Confidential,
+    /// A browser or native app without a secret (PKCE with S256 required).
+    Public,
+}

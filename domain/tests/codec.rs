@@ -17,6 +17,7 @@ fn stream_for(event: &Event, n: u128) -> StreamId {
         StreamKind::Domain => StreamId::domain(DomainId(Uuid::from_u128(n))),
         StreamKind::User => StreamId::user(UserId(Uuid::from_u128(n))),
         StreamKind::Tokens => StreamId::tokens(),
+        StreamKind::Provider => StreamId::provider(),
         StreamKind::Other => StreamId::new("bench-1").unwrap(),
     }
 }

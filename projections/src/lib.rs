@@ -10,6 +10,7 @@
 
 pub mod domains;
 pub mod key_writes;
+pub mod provider;
 pub mod rotations;
 pub mod signins;
 pub mod tokens;
@@ -24,6 +25,7 @@ pub use domains::{
     WorkstationCertificateView,
 };
 pub use key_writes::{KeyWriteView, KeyWrites};
+pub use provider::{AppView, Provider, SigningKeyView};
 pub use rotations::{RotationOutcome, RotationView, Rotations};
 pub use signins::{PasskeyView, SignInRecord, SignInView, SignIns};
 pub use tokens::{TokenView, Tokens};
@@ -50,6 +52,8 @@ pub struct Projections {
     pub tokens: Tokens,
     /// Enrolment links, passkeys, authenticator apps and recent sign-ins.
     pub signins: SignIns,
+    /// The OpenID Connect provider's apps and signing keys.
+    pub provider: Provider,
 }
 
 impl Projections {
@@ -136,6 +140,7 @@ impl Projections {
                 }
             }
             StreamKind::Tokens => self.tokens.apply(env),
+            StreamKind::Provider => self.provider.apply(env),
             StreamKind::Other => {}
         }
     }

@@ -1,6 +1,7 @@
 //! The HTTP API (axum): the shared state, the router, and the command path every write
 //! takes. One file per resource with its routes and JSON types; handlers stay thin.
 
+mod apps;
 mod audit;
 mod auth;
 mod domains;
@@ -227,6 +228,26 @@ pub fn operations() -> Vec<Operation> {
             .json::<domains::Domain>(200),
         op(M::DELETE, "/v1/domains/{id}/credentials", Admin, "Remove Graph credentials", delete(domains::remove_credentials))
             .json::<domains::Domain>(200),
+        op(M::POST, "/v1/apps", Admin, "Register a web app (OpenID Connect relying party); a confidential app's secret is in this answer only", post(apps::create))
+            .body::<apps::NewApp>()
+            .json::<apps::App>(201),
+        op(M::GET, "/v1/apps", Read, "Registered apps", get(apps::list))
+            .query::<apps::AppsQuery>()
+            .page::<apps::App>(),
+        op(M::GET, "/v1/apps/{id}", Read, "One app", get(apps::get_one))
+            .json::<apps::App>(200),
+        op(M::PATCH, "/v1/apps/{id}", Admin, "Change an app's name, redirect URIs or domains", patch(apps::patch))
+            .body::<apps::AppPatch>()
+            .json::<apps::App>(200),
+        op(M::DELETE, "/v1/apps/{id}", Admin, "Remove an app", delete(apps::remove))
+            .json::<apps::App>(200),
+        op(M::POST, "/v1/apps/{id}/secret", Admin, "A new client secret for a confidential app (in this answer only)", post(apps::rotate_secret))
+            .json::<apps::App>(200),
+        op(M::GET, "/v1/provider/signing-keys", Read, "The provider's signing keys, newest first", get(apps::keys))
+            .query::<apps::KeysQuery>()
+            .page::<apps::SigningKey>(),
+        op(M::POST, "/v1/provider/signing-keys", Admin, "Put a new signing key in force; the previous one stays published while its tokens live", post(apps::rotate_key))
+            .json::<apps::SigningKey>(201),
         op(M::GET, "/v1/domains/{id}/workstation-certificate", Read, "The domain's workstation passwordless logon certificate (?format=pem|der)", get(workstation::download))
             .query::<workstation::FormatQuery>()
             .other(200, "application/x-pem-file")

@@ -8,6 +8,7 @@
 //! command path. Sessions and in-progress flows live in memory ([`sessions`]).
 
 pub mod entra;
+pub mod oidc;
 mod pages;
 pub mod sessions;
 pub mod webauthn;
@@ -41,6 +42,7 @@ pub struct Ctx {
     app: AppState,
     store: Arc<Store>,
     keys: Arc<Mutex<HashMap<DomainId, (Instant, crate::graph::OpenIdKeys)>>>,
+    provider: Arc<oidc::ProviderState>,
 }
 
 /// The sign-in pages and their requests, served beside the API and the console.
@@ -48,9 +50,10 @@ pub fn routes(app: AppState) -> Router {
     let ctx = Ctx {
         store: Arc::new(Store::new(app.signin_idle)),
         keys: Arc::default(),
+        provider: Arc::default(),
         app,
     };
-    Router::new()
+    oidc::routes(Router::new())
         .route("/enrol/{token}", get(enrol_page))
         .route(
             "/enrol/{token}/passkey/options",
@@ -324,6 +327,28 @@ fn open_session(ctx: &Ctx, user: UserId, events: &[Event]) -> Option<HeaderValue
     Some(set_cookie(ctx, user_cookie_name(https(ctx)), &cookie, None))
 }
 
+/// Where a browser goes once signed in: back to an app's authorization request that was
+/// waiting for it, or to the user's page. The flow's other state ends here.
+fn after_sign_in(ctx: &Ctx, flow: &str) -> String {
+    let waiting = ctx
+        .store
+        .with_stored_flow(flow, |f| {
+            f.challenge = None;
+            f.entra = None;
+            f.entra_user = None;
+            f.totp_seed = None;
+            f.enrolment = None;
+            f.authorize.is_some()
+        })
+        .unwrap_or(false);
+    if waiting {
+        "/authorize/resume".into()
+    } else {
+        ctx.store.end_flow(flow);
+        "/me".into()
+    }
+}
+
 /// Why the sign-in decided in `events` failed: a lock it set says more than the failure
 /// that set it.
 fn failure_of(events: &[Event]) -> Option<SignInFailure> {
@@ -340,8 +365,8 @@ fn failure_of(events: &[Event]) -> Option<SignInFailure> {
 /// failure's message.
 fn signed_in_or_refused(ctx: &Ctx, flow: &str, user: UserId, events: &[Event]) -> Response {
     if let Some(cookie) = open_session(ctx, user, events) {
-        ctx.store.end_flow(flow);
-        let mut r = Json(Next { next: "/me".into() }).into_response();
+        let next = after_sign_in(ctx, flow);
+        let mut r = Json(Next { next }).into_response();
         r.headers_mut().append(header::SET_COOKIE, cookie);
         return r;
     }
@@ -1296,8 +1321,8 @@ async fn signin_totp(
         Err(r) => return pages::problem(r.status, "Sign-in failed", &r.message),
     };
     if let Some(cookie) = open_session(&ctx, user, &events) {
-        ctx.store.end_flow(&flow);
-        let mut r = Redirect::to("/me").into_response();
+        let next = after_sign_in(&ctx, &flow);
+        let mut r = Redirect::to(&next).into_response();
         r.headers_mut().append(header::SET_COOKIE, cookie);
         return r;
     }

@@ -71,6 +71,8 @@ pub struct Flow {
     pub entra_user: Option<(UserId, Instant)>,
     /// An authenticator seed shown and not yet confirmed.
     pub totp_seed: Option<Vec<u8>>,
+    /// An app's authorization request waiting for this browser to sign in.
+    pub authorize: Option<super::oidc::AuthRequest>,
     last_seen: Option<Instant>,
 }
 
@@ -105,6 +107,8 @@ pub struct UserSession {
     pub amr: Vec<String>,
     /// When the user authenticated.
     pub auth_time: chrono::DateTime<chrono::Utc>,
+    /// The session's id as ID tokens carry it (`sid`).
+    pub sid: String,
     opened: Instant,
     last_seen: Instant,
 }
@@ -238,6 +242,7 @@ impl Store {
                 method,
                 amr,
                 auth_time,
+                sid: uuid::Uuid::new_v4().to_string(),
                 opened: Instant::now(),
                 last_seen: Instant::now(),
             },
@@ -268,6 +273,20 @@ impl Store {
     pub fn close_all_of(&self, user: UserId) {
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         sessions.retain(|_, s| s.user != user);
+    }
+
+    /// Ends the sessions with `sid` (RP-initiated logout).
+    pub fn close_sid(&self, sid: &str) {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        sessions.retain(|_, s| s.sid != sid);
+    }
+
+    /// Whether a live session has `sid`.
+    pub fn sid_open(&self, sid: &str) -> bool {
+        let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        sessions.values().any(|s| {
+            s.sid == sid && s.last_seen.elapsed() < self.idle && s.opened.elapsed() < SESSION_MAX
+        })
     }
 
     /// Ends every session of `user` but the one of `cookie` (a method was removed: a

@@ -10,6 +10,7 @@ mod console;
 mod crash;
 mod graph;
 mod log;
+mod oidc;
 mod openapi;
 mod proofs;
 mod rotation;

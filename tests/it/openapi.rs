@@ -383,6 +383,67 @@ async fn every_operation_answers_as_its_schema_says() {
         )
         .await;
     assert_eq!(s, ok);
+    // Apps of the OpenID Connect provider, and its signing keys.
+    let (s, app) = w
+        .checked(
+            &mut c,
+            a,
+            Method::POST,
+            "/v1/apps",
+            "/v1/apps",
+            Some(
+                json!({"name": "Payroll", "redirect_uris": ["https://payroll.contoso.com/cb"],
+                        "type": "confidential", "domain_ids": [d]}),
+            ),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{app}");
+    let app_id = app["id"].as_str().unwrap().to_owned();
+    let one_app = "/v1/apps/{id}";
+    let app_path = format!("/v1/apps/{app_id}");
+    for (m, template, path, body, want) in [
+        (
+            Method::GET,
+            "/v1/apps",
+            "/v1/apps?limit=10".to_owned(),
+            None,
+            ok,
+        ),
+        (Method::GET, one_app, app_path.clone(), None, ok),
+        (
+            Method::PATCH,
+            one_app,
+            app_path.clone(),
+            Some(json!({"name": "Payroll (EU)"})),
+            ok,
+        ),
+        (
+            Method::POST,
+            "/v1/apps/{id}/secret",
+            format!("{app_path}/secret"),
+            None,
+            ok,
+        ),
+        (
+            Method::GET,
+            "/v1/provider/signing-keys",
+            "/v1/provider/signing-keys".to_owned(),
+            None,
+            ok,
+        ),
+        (
+            Method::POST,
+            "/v1/provider/signing-keys",
+            "/v1/provider/signing-keys".to_owned(),
+            None,
+            StatusCode::CREATED,
+        ),
+        (Method::DELETE, one_app, app_path.clone(), None, ok),
+    ] {
+        let who = if m == Method::GET { r } else { a };
+        let (s, body) = w.checked(&mut c, who, m, template, &path, body).await;
+        assert_eq!(s, want, "{path}: {body}");
+    }
     // The workstation logon certificate: in force from registration, replaced, listed.
     let cert = "/v1/domains/{id}/workstation-certificate";
     w.media(

@@ -16,13 +16,13 @@ use serde_json::{json, Value};
 use std::time::Duration;
 
 /// A browser-like HTTP client: follows nothing, keeps cookies by hand.
-struct Visitor {
+pub(crate) struct Visitor {
     http: reqwest::Client,
     cookies: std::collections::BTreeMap<String, String>,
 }
 
 impl Visitor {
-    fn new() -> Visitor {
+    pub(crate) fn new() -> Visitor {
         Visitor {
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
@@ -64,7 +64,7 @@ impl Visitor {
         (status, resp.text().await.unwrap(), location)
     }
 
-    async fn get(&mut self, url: &str) -> (StatusCode, String, Option<String>) {
+    pub(crate) async fn get(&mut self, url: &str) -> (StatusCode, String, Option<String>) {
         let req = self.http.get(url);
         self.send(req).await
     }
@@ -127,7 +127,7 @@ fn outbox_link(w: &World, upn: &str) -> String {
 
 /// A synced world with users 1 (passwordless) and 2 (password and second factor) imported,
 /// SSO on for both, and the server's Entra callback registered on the app in graphsim.
-async fn signin_world() -> (World, String, String) {
+pub(crate) async fn signin_world() -> (World, String, String) {
     let w = world(json!({})).await;
     w.sync().await;
     w.import_all().await;
@@ -740,7 +740,7 @@ async fn a_domain_has_a_workstation_certificate_to_download_and_replace() {
 }
 
 /// Enrols `upn` (passwordless, invited) with `key` over HTTP; answers the signed-in visitor.
-async fn enrol_with_key(w: &World, user: &str, upn: &str, key: &mut SoftKey) -> Visitor {
+pub(crate) async fn enrol_with_key(w: &World, user: &str, upn: &str, key: &mut SoftKey) -> Visitor {
     invite(w, user).await;
     let link = outbox_link(w, upn);
     let mut v = Visitor::new();
@@ -773,7 +773,16 @@ async fn passkey_sign_in(
     key: &mut SoftKey,
     handle: Option<&[u8]>,
 ) -> (StatusCode, Value) {
-    let mut v = Visitor::new();
+    passkey_sign_in_with(w, &mut Visitor::new(), key, handle).await
+}
+
+/// [`passkey_sign_in`] in the browser `v` (its flow, and any request waiting in it).
+pub(crate) async fn passkey_sign_in_with(
+    w: &World,
+    v: &mut Visitor,
+    key: &mut SoftKey,
+    handle: Option<&[u8]>,
+) -> (StatusCode, Value) {
     let (_, page, _) = v.get(&format!("{}/signin", w.app.public)).await;
     let csrf = csrf_of(&page);
     let (s, options) = v

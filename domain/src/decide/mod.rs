@@ -9,6 +9,7 @@ use crate::types::*;
 use crate::Event;
 
 pub mod domain;
+pub mod provider;
 pub mod signin;
 #[cfg(test)]
 mod spec;

@@ -295,6 +295,16 @@ pub enum SignInCommand {
     },
     /// Remove the authenticator app (not when it is the last second factor).
     RemoveTotp,
+    /// Record tokens issued to an app, if the user may still use it: active, SSO on,
+    /// of one of the app's domains.
+    IssueAppTokens {
+        /// The tokens' record.
+        issued: AppTokensIssued,
+        /// Domains whose users may use the app.
+        app_domains: Vec<DomainId>,
+    },
+    /// Record a refused token request.
+    RefuseAppToken(AppTokenRefused),
     /// Decide a sign-in attempt.
     SignIn {
         /// The evidence.
@@ -498,6 +508,19 @@ pub fn decide(s: &UserState, c: SignInCommand) -> Result<Vec<Event>, Rejection> 
             }
             Ok(vec![TotpRemoved {}.into()])
         }
+        SignInCommand::IssueAppTokens {
+            issued,
+            app_domains,
+        } => {
+            allowed(s).map_err(|f| Rejection::Conflict(f.message().into()))?;
+            if !s.domain.is_some_and(|d| app_domains.contains(&d)) {
+                return Err(Rejection::Conflict(
+                    "this app is not open to users of your domain".into(),
+                ));
+            }
+            Ok(vec![issued.into()])
+        }
+        SignInCommand::RefuseAppToken(refused) => Ok(vec![refused.into()]),
         SignInCommand::SignIn { proof, app, at } => {
             let factor = proof.factor();
             let recently = s

@@ -46,6 +46,8 @@ pub struct UserState {
     pub writes: std::collections::BTreeMap<KeyWriteId, (KeyId, KeyWriteState)>,
     /// SSO settings applied at import.
     pub imported_sso: Option<SsoSettings>,
+    /// The user's domain.
+    pub domain: Option<DomainId>,
     /// Enrolment, sign-in methods and lockouts.
     pub signin: super::signin::SignInState,
 }
@@ -74,7 +76,8 @@ pub fn evolve(mut s: UserState, e: &Event) -> UserState {
         Event::KeyWriteSuperseded(e) => {
             set_write(&mut s, e.key_write_id, KeyWriteState::Superseded)
         }
-        Event::UserDiscovered(_) => {
+        Event::UserDiscovered(e) => {
+            s.domain = Some(e.domain_id);
             s.status = Status::Candidate;
             s.in_sync_group = true;
         }

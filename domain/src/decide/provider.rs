@@ -1,0 +1,341 @@
+//! Decisions on the OpenID Connect provider's stream: apps (relying parties) and the
+//! keys that sign their tokens.
+
+use super::*;
+use std::collections::BTreeMap;
+
+/// An app as decisions need it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppFacts {
+    /// Its `client_id`.
+    pub client_id: String,
+    /// Confidential or public.
+    pub client_type: ClientType,
+    /// Removed.
+    pub removed: bool,
+}
+
+/// What provider decisions know.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProviderState {
+    /// Every app ever registered.
+    pub apps: BTreeMap<AppId, AppFacts>,
+    /// The signing key in force.
+    pub signing_key: Option<String>,
+    /// Every key ever added.
+    pub keys: std::collections::BTreeSet<String>,
+}
+
+/// Folds one event of the provider's stream.
+pub fn evolve(mut s: ProviderState, e: &Event) -> ProviderState {
+    match e {
+        Event::AppRegistered(e) => {
+            s.apps.insert(
+                e.app_id,
+                AppFacts {
+                    client_id: e.client_id.clone(),
+                    client_type: e.client_type,
+                    removed: false,
+                },
+            );
+        }
+        Event::AppRemoved(e) => {
+            if let Some(a) = s.apps.get_mut(&e.app_id) {
+                a.removed = true;
+            }
+        }
+        Event::SigningKeyAdded(e) => {
+            s.keys.insert(e.kid.clone());
+            s.signing_key = Some(e.kid.clone());
+        }
+        Event::SigningKeyRetired(e) if s.signing_key.as_ref() == Some(&e.kid) => {
+            s.signing_key = None;
+        }
+        _ => {}
+    }
+    s
+}
+
+/// A command on the provider.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ProviderCommand {
+    /// Register an app.
+    Register(AppRegistered),
+    /// Change an app's settings.
+    Change(AppChanged),
+    /// Give a confidential app a new secret (its hash).
+    RotateSecret {
+        /// The app.
+        app_id: AppId,
+        /// SHA-256 of the new secret.
+        secret_hash: Hash,
+    },
+    /// Remove an app.
+    Remove(AppId),
+    /// Put a new signing key in force; the one in force verifies until `verify_until`.
+    AddSigningKey {
+        /// The key.
+        key: SigningKeyAdded,
+        /// Tokens the retired key signed stay verifiable until then.
+        verify_until: chrono::DateTime<chrono::Utc>,
+    },
+}
+
+/// Whether `uri` may be a redirect URI: absolute, `https`, or `http` on a loopback host
+/// (RFC 8252 §7.3), no fragment (RFC 6749 §3.1.2), no whitespace, at most 2,000 bytes.
+pub fn redirect_uri_ok(uri: &str) -> bool {
+    let Some((scheme, rest)) = uri.split_once("://") else {
+        return false;
+    };
+    let host_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let authority = &rest[..host_end];
+    let host = match authority.rsplit_once(':') {
+        Some((h, port)) if !h.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => authority,
+    };
+    let loopback = matches!(host, "localhost" | "127.0.0.1" | "[::1]");
+    let scheme_ok = scheme == "https" || (scheme == "http" && loopback);
+    scheme_ok
+        && !host.is_empty()
+        && !authority.contains('@')
+        && !uri.contains('#')
+        && !uri.chars().any(|c| c.is_whitespace() || c.is_control())
+        && uri.len() <= 2000
+}
+
+fn check_app(
+    name: &str,
+    redirect_uris: &[String],
+    post_logout: &[String],
+    domain_ids: &[DomainId],
+) -> Result<(), Rejection> {
+    if name.trim().is_empty() || name.chars().count() > 200 {
+        return Err(invalid("name", "1 to 200 characters"));
+    }
+    if redirect_uris.is_empty() || redirect_uris.len() > 20 {
+        return Err(invalid("redirect_uris", "1 to 20 URIs"));
+    }
+    if let Some(bad) = redirect_uris.iter().find(|u| !redirect_uri_ok(u)) {
+        return Err(invalid(
+            "redirect_uris",
+            format!("{bad:?}: an absolute https URI (http only on localhost), without a fragment"),
+        ));
+    }
+    if post_logout.len() > 20 {
+        return Err(invalid("post_logout_redirect_uris", "at most 20 URIs"));
+    }
+    if let Some(bad) = post_logout.iter().find(|u| !redirect_uri_ok(u)) {
+        return Err(invalid(
+            "post_logout_redirect_uris",
+            format!("{bad:?}: an absolute https URI (http only on localhost), without a fragment"),
+        ));
+    }
+    if domain_ids.is_empty() {
+        return Err(invalid(
+            "domain_ids",
+            "at least one domain whose users may sign in",
+        ));
+    }
+    Ok(())
+}
+
+fn live(s: &ProviderState, app: AppId) -> Result<&AppFacts, Rejection> {
+    s.apps
+        .get(&app)
+        .filter(|a| !a.removed)
+        .ok_or(Rejection::NotFound("app"))
+}
+
+/// Decides a command.
+pub fn decide(s: &ProviderState, c: ProviderCommand) -> Result<Vec<Event>, Rejection> {
+    match c {
+        ProviderCommand::Register(app) => {
+            if s.apps.contains_key(&app.app_id)
+                || s.apps.values().any(|a| a.client_id == app.client_id)
+            {
+                return Err(Rejection::AlreadyExists("app"));
+            }
+            check_app(
+                &app.name,
+                &app.redirect_uris,
+                &app.post_logout_redirect_uris,
+                &app.domain_ids,
+            )?;
+            if !matches!(app.id_token_alg.as_str(), "ES256" | "RS256") {
+                return Err(invalid("id_token_signed_response_alg", "ES256 or RS256"));
+            }
+            if (app.client_type == ClientType::Confidential) != app.secret_hash.is_some() {
+                return Err(invalid(
+                    "type",
+                    "a confidential app has a secret, a public one none",
+                ));
+            }
+            Ok(vec![app.into()])
+        }
+        ProviderCommand::Change(change) => {
+            live(s, change.app_id)?;
+            check_app(
+                &change.name,
+                &change.redirect_uris,
+                &change.post_logout_redirect_uris,
+                &change.domain_ids,
+            )?;
+            Ok(vec![change.into()])
+        }
+        ProviderCommand::RotateSecret {
+            app_id,
+            secret_hash,
+        } => {
+            if live(s, app_id)?.client_type != ClientType::Confidential {
+                return Err(Rejection::Conflict("a public app has no secret".into()));
+            }
+            Ok(vec![AppSecretRotated {
+                app_id,
+                secret_hash,
+            }
+            .into()])
+        }
+        ProviderCommand::Remove(app_id) => {
+            live(s, app_id)?;
+            Ok(vec![AppRemoved { app_id }.into()])
+        }
+        ProviderCommand::AddSigningKey { key, verify_until } => {
+            if s.keys.contains(&key.kid) {
+                return Err(Rejection::AlreadyExists("signing key"));
+            }
+            let mut events: Vec<Event> = Vec::new();
+            if let Some(current) = &s.signing_key {
+                events.push(
+                    SigningKeyRetired {
+                        kid: current.clone(),
+                        verify_until,
+                    }
+                    .into(),
+                );
+            }
+            events.push(key.into());
+            Ok(events)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirect_uris() {
+        for ok in [
+            "https://app.contoso.com/cb",
+            "https://app.contoso.com:8443/oidc/callback?x=1",
+            "http://localhost:3000/cb",
+            "http://127.0.0.1/cb",
+            "http://[::1]:8080/cb",
+        ] {
+            assert!(redirect_uri_ok(ok), "{ok}");
+        }
+        for bad in [
+            "http://app.contoso.com/cb",
+            "https://app.contoso.com/cb#frag",
+            "app.contoso.com/cb",
+            "https:///cb",
+            "javascript://alert(1)",
+            "https://user@evil.com/cb",
+            "https://app.contoso.com/c b",
+            "http://localhost.evil.com/cb",
+        ] {
+            assert!(!redirect_uri_ok(bad), "{bad}");
+        }
+    }
+
+    fn app(n: u128, client_type: ClientType) -> AppRegistered {
+        AppRegistered {
+            app_id: AppId(uuid::Uuid::from_u128(n)),
+            client_id: format!("client-{n}"),
+            name: "Payroll".into(),
+            redirect_uris: vec!["https://payroll.contoso.com/cb".into()],
+            post_logout_redirect_uris: vec![],
+            client_type,
+            domain_ids: vec![DomainId(uuid::Uuid::from_u128(1))],
+            id_token_alg: "ES256".into(),
+            secret_hash: (client_type == ClientType::Confidential).then_some(Hash([1; 32])),
+        }
+    }
+
+    #[test]
+    fn apps_are_checked_and_secrets_rotate_only_for_confidential_ones() {
+        let s = ProviderState::default();
+        let events = decide(
+            &s,
+            ProviderCommand::Register(app(1, ClientType::Confidential)),
+        )
+        .unwrap_or_default();
+        assert_eq!(events.len(), 1);
+        let s = events.iter().fold(s, evolve);
+        assert!(matches!(
+            decide(&s, ProviderCommand::Register(app(1, ClientType::Public))),
+            Err(Rejection::AlreadyExists("app"))
+        ));
+        let mut no_domain = app(2, ClientType::Public);
+        no_domain.domain_ids.clear();
+        assert!(matches!(
+            decide(&s, ProviderCommand::Register(no_domain)),
+            Err(Rejection::Invalid {
+                field: "domain_ids",
+                ..
+            })
+        ));
+        let mut public_with_secret = app(3, ClientType::Public);
+        public_with_secret.secret_hash = Some(Hash([2; 32]));
+        assert!(decide(&s, ProviderCommand::Register(public_with_secret)).is_err());
+        let s = decide(&s, ProviderCommand::Register(app(4, ClientType::Public)))
+            .unwrap_or_default()
+            .iter()
+            .fold(s, evolve);
+        let rotate = |n| ProviderCommand::RotateSecret {
+            app_id: AppId(uuid::Uuid::from_u128(n)),
+            secret_hash: Hash([9; 32]),
+        };
+        assert!(decide(&s, rotate(1)).is_ok());
+        assert!(matches!(decide(&s, rotate(4)), Err(Rejection::Conflict(_))));
+        let s = decide(&s, ProviderCommand::Remove(AppId(uuid::Uuid::from_u128(1))))
+            .unwrap_or_default()
+            .iter()
+            .fold(s, evolve);
+        assert!(matches!(
+            decide(&s, rotate(1)),
+            Err(Rejection::NotFound("app"))
+        ));
+    }
+
+    #[test]
+    fn a_new_signing_key_retires_the_one_in_force() {
+        let key = |kid: &str| SigningKeyAdded {
+            kid: kid.into(),
+            alg: "ES256".into(),
+            public_jwk: "{}".into(),
+            sealed_private_key: SealedSecret {
+                key_id: DataKeyId(uuid::Uuid::from_u128(9)),
+                nonce: [0; 24],
+                ciphertext: vec![1],
+            },
+        };
+        let until = chrono::DateTime::from_timestamp(1_900_000_000, 0).unwrap_or_default();
+        let add = |kid: &str| ProviderCommand::AddSigningKey {
+            key: key(kid),
+            verify_until: until,
+        };
+        let s = ProviderState::default();
+        let first = decide(&s, add("k1")).unwrap_or_default();
+        assert_eq!(first.len(), 1);
+        let s = first.iter().fold(s, evolve);
+        let second = decide(&s, add("k2")).unwrap_or_default();
+        assert_eq!(
+            second.iter().map(Event::kind).collect::<Vec<_>>(),
+            ["SigningKeyRetired", "SigningKeyAdded"]
+        );
+        let s = second.iter().fold(s, evolve);
+        assert_eq!(s.signing_key.as_deref(), Some("k2"));
+        assert!(decide(&s, add("k1")).is_err());
+    }
+}

@@ -1,0 +1,160 @@
+//! The OpenID Connect provider's apps and signing keys, as its endpoints read them.
+
+use chrono::{DateTime, Utc};
+use idledger_domain::{AppId, ClientType, DomainId, Envelope, Event, Hash, SealedSecret};
+use rustc_hash::FxHashMap;
+use serde::Serialize;
+
+/// A registered app.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AppView {
+    /// The app.
+    pub id: AppId,
+    /// Its `client_id`.
+    pub client_id: String,
+    /// Its name.
+    pub name: String,
+    /// Redirect URIs (exact match).
+    pub redirect_uris: Vec<String>,
+    /// Post-logout redirect URIs (exact match).
+    pub post_logout_redirect_uris: Vec<String>,
+    /// Confidential or public.
+    pub client_type: ClientType,
+    /// Users of these domains may sign in.
+    pub domain_ids: Vec<DomainId>,
+    /// `ES256` or `RS256`.
+    pub id_token_alg: String,
+    /// SHA-256 of the client secret.
+    #[serde(skip)]
+    pub secret_hash: Option<Hash>,
+    /// Removed.
+    pub removed: bool,
+    /// Registered.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A signing key of the provider.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SigningKeyView {
+    /// Its `kid`.
+    pub kid: String,
+    /// `ES256`.
+    pub alg: String,
+    /// The public JWK (JSON text).
+    pub public_jwk: String,
+    /// The private key, sealed.
+    #[serde(skip)]
+    pub sealed_private_key: SealedSecret,
+    /// Added.
+    pub added_at: DateTime<Utc>,
+    /// Retired: it signs no more and is published until then.
+    pub verify_until: Option<DateTime<Utc>>,
+}
+
+/// Apps and keys.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Provider {
+    apps: FxHashMap<AppId, AppView>,
+    #[serde(skip)]
+    by_client: FxHashMap<String, AppId>,
+    /// In the order they were added.
+    pub keys: Vec<SigningKeyView>,
+}
+
+impl Provider {
+    /// An app by id.
+    pub fn app(&self, id: AppId) -> Option<&AppView> {
+        self.apps.get(&id)
+    }
+
+    /// A live app by `client_id`.
+    pub fn by_client_id(&self, client_id: &str) -> Option<&AppView> {
+        self.by_client
+            .get(client_id)
+            .and_then(|id| self.apps.get(id))
+            .filter(|a| !a.removed)
+    }
+
+    /// Every app, removed ones too, oldest first.
+    pub fn apps(&self) -> Vec<&AppView> {
+        let mut all: Vec<&AppView> = self.apps.values().collect();
+        all.sort_by_key(|a| (a.created_at, a.id));
+        all
+    }
+
+    /// The key that signs now.
+    pub fn signing_key(&self) -> Option<&SigningKeyView> {
+        self.keys.iter().rev().find(|k| k.verify_until.is_none())
+    }
+
+    /// Keys a verifier needs at `now`: the one in force and retired ones still in overlap.
+    pub fn published_keys(&self, now: DateTime<Utc>) -> impl Iterator<Item = &SigningKeyView> {
+        self.keys
+            .iter()
+            .filter(move |k| k.verify_until.is_none_or(|u| now < u))
+    }
+
+    pub(crate) fn apply(&mut self, env: &Envelope) {
+        let at = env.recorded_at;
+        match &env.event {
+            Event::AppRegistered(e) => {
+                self.by_client.insert(e.client_id.clone(), e.app_id);
+                self.apps.insert(
+                    e.app_id,
+                    AppView {
+                        id: e.app_id,
+                        client_id: e.client_id.clone(),
+                        name: e.name.clone(),
+                        redirect_uris: e.redirect_uris.clone(),
+                        post_logout_redirect_uris: e.post_logout_redirect_uris.clone(),
+                        client_type: e.client_type,
+                        domain_ids: e.domain_ids.clone(),
+                        id_token_alg: e.id_token_alg.clone(),
+                        secret_hash: e.secret_hash,
+                        removed: false,
+                        created_at: at,
+                        updated_at: at,
+                    },
+                );
+            }
+            Event::AppChanged(e) => {
+                if let Some(a) = self.apps.get_mut(&e.app_id) {
+                    a.name.clone_from(&e.name);
+                    a.redirect_uris.clone_from(&e.redirect_uris);
+                    a.post_logout_redirect_uris
+                        .clone_from(&e.post_logout_redirect_uris);
+                    a.domain_ids.clone_from(&e.domain_ids);
+                    a.updated_at = at;
+                }
+            }
+            Event::AppSecretRotated(e) => {
+                if let Some(a) = self.apps.get_mut(&e.app_id) {
+                    a.secret_hash = Some(e.secret_hash);
+                    a.updated_at = at;
+                }
+            }
+            Event::AppRemoved(e) => {
+                if let Some(a) = self.apps.get_mut(&e.app_id) {
+                    a.removed = true;
+                    a.updated_at = at;
+                }
+            }
+            Event::SigningKeyAdded(e) => self.keys.push(SigningKeyView {
+                kid: e.kid.clone(),
+                alg: e.alg.clone(),
+                public_jwk: e.public_jwk.clone(),
+                sealed_private_key: e.sealed_private_key.clone(),
+                added_at: at,
+                verify_until: None,
+            }),
+            Event::SigningKeyRetired(e) => {
+                if let Some(k) = self.keys.iter_mut().find(|k| k.kid == e.kid) {
+                    k.verify_until = Some(e.verify_until);
+                }
+            }
+            _ => {}
+        }
+    }
+}

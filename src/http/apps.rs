@@ -1,0 +1,367 @@
+//! `/v1/apps`: the web apps (OpenID Connect relying parties) users sign in to, and
+//! `/v1/provider/signing-keys`. Admins register and change apps; a confidential app's
+//! client secret is in the answer that makes it and nowhere else (only its hash is
+//! recorded).
+
+use super::auth::{new_token_text, token_hash, Principal};
+use super::error::{ApiError, ApiJson, ApiQuery, IdPath};
+use super::{page, page_of, AppState, Page};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use idledger_domain::decide::provider::{decide, evolve, ProviderCommand};
+use idledger_domain::events::{AppChanged, AppRegistered};
+use idledger_domain::{AppId, ClientType, DomainId, StreamId};
+use idledger_projections::AppView;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+/// `POST /v1/apps` body.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewApp {
+    /// A name for admins (1 to 200 characters).
+    name: String,
+    /// Redirect URIs, matched exactly: https, or http on localhost.
+    redirect_uris: Vec<String>,
+    /// Where RP-initiated logout may return to (same rules).
+    #[serde(default)]
+    post_logout_redirect_uris: Vec<String>,
+    /// `confidential` (a secret, shown once) or `public` (PKCE S256 required).
+    #[serde(rename = "type")]
+    #[schema(value_type = String)]
+    client_type: ClientTypeBody,
+    /// Users of these domains may sign in (at least one).
+    domain_ids: Vec<uuid::Uuid>,
+    /// `ES256` (the default).
+    #[serde(default)]
+    id_token_signed_response_alg: Option<String>,
+}
+
+/// `confidential` or `public`.
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum ClientTypeBody {
+    Confidential,
+    Public,
+}
+
+/// `PATCH /v1/apps/{id}` body: what is given replaces what is there.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AppPatch {
+    name: Option<String>,
+    redirect_uris: Option<Vec<String>>,
+    post_logout_redirect_uris: Option<Vec<String>>,
+    domain_ids: Option<Vec<uuid::Uuid>>,
+}
+
+/// An app as the API shows it (never its secret, but once at registration).
+#[derive(Serialize, ToSchema)]
+pub struct App {
+    id: uuid::Uuid,
+    client_id: String,
+    /// Only in the answer that makes it (registration, secret rotation).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_secret: Option<String>,
+    name: String,
+    redirect_uris: Vec<String>,
+    post_logout_redirect_uris: Vec<String>,
+    #[serde(rename = "type")]
+    client_type: &'static str,
+    domain_ids: Vec<uuid::Uuid>,
+    id_token_signed_response_alg: String,
+    removed: bool,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    /// The position of the record this answer follows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    position: Option<u64>,
+}
+
+impl From<&AppView> for App {
+    fn from(a: &AppView) -> App {
+        App {
+            id: a.id.0,
+            client_id: a.client_id.clone(),
+            client_secret: None,
+            name: a.name.clone(),
+            redirect_uris: a.redirect_uris.clone(),
+            post_logout_redirect_uris: a.post_logout_redirect_uris.clone(),
+            client_type: match a.client_type {
+                ClientType::Confidential => "confidential",
+                ClientType::Public => "public",
+            },
+            domain_ids: a.domain_ids.iter().map(|d| d.0).collect(),
+            id_token_signed_response_alg: a.id_token_alg.clone(),
+            removed: a.removed,
+            created_at: a.created_at,
+            updated_at: a.updated_at,
+            position: None,
+        }
+    }
+}
+
+/// A client secret: 32 random bytes, base64url without padding (every client library's
+/// Basic authentication takes it as it is).
+fn new_secret() -> String {
+    new_token_text().trim_start_matches("idl_").to_owned()
+}
+
+fn known_domains(s: &AppState, ids: &[uuid::Uuid]) -> Result<Vec<DomainId>, ApiError> {
+    let p = s.engine.projector.read();
+    ids.iter()
+        .map(|id| {
+            p.domains
+                .get(DomainId(*id))
+                .filter(|d| !d.removed)
+                .map(|_| DomainId(*id))
+                .ok_or_else(|| ApiError::Unprocessable(format!("domain_ids: no domain {id}")))
+        })
+        .collect()
+}
+
+async fn answer(
+    s: &AppState,
+    id: AppId,
+    position: u64,
+    secret: Option<String>,
+) -> Result<App, ApiError> {
+    s.reach(Some(position)).await?;
+    let p = s.engine.projector.read();
+    let mut app = App::from(
+        p.provider
+            .app(id)
+            .ok_or_else(|| ApiError::NotFound("app".into()))?,
+    );
+    app.client_secret = secret;
+    app.position = Some(position);
+    Ok(app)
+}
+
+/// Registers an app; a confidential one's secret is in this answer only.
+pub async fn create(
+    State(s): State<AppState>,
+    who: Principal,
+    ApiJson(body): ApiJson<NewApp>,
+) -> Result<(StatusCode, Json<App>), ApiError> {
+    let alg = body
+        .id_token_signed_response_alg
+        .unwrap_or_else(|| "ES256".into());
+    if alg != "ES256" {
+        return Err(ApiError::Unprocessable(format!(
+            "id_token_signed_response_alg {alg:?}: this provider signs ES256 only for now"
+        )));
+    }
+    let domain_ids = known_domains(&s, &body.domain_ids)?;
+    let (client_type, secret) = match body.client_type {
+        ClientTypeBody::Confidential => (ClientType::Confidential, Some(new_secret())),
+        ClientTypeBody::Public => (ClientType::Public, None),
+    };
+    let app_id = AppId(uuid::Uuid::now_v7());
+    let registered = AppRegistered {
+        app_id,
+        client_id: uuid::Uuid::new_v4().to_string(),
+        name: body.name.trim().to_owned(),
+        redirect_uris: body.redirect_uris,
+        post_logout_redirect_uris: body.post_logout_redirect_uris,
+        client_type,
+        domain_ids,
+        id_token_alg: alg,
+        secret_hash: secret.as_deref().map(token_hash),
+    };
+    let command = ProviderCommand::Register(registered);
+    let position = s
+        .command(&StreamId::provider(), &who.actor(), evolve, |st| {
+            decide(st, command.clone())
+        })
+        .await?;
+    // The first app needs a key to sign its tokens, published before it asks for one.
+    let keyless = s.engine.projector.read().provider.signing_key().is_none();
+    if keyless {
+        crate::provider::add_signing_key(&s.engine, &who.actor())
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+    }
+    Ok((
+        StatusCode::CREATED,
+        Json(answer(&s, app_id, position, secret).await?),
+    ))
+}
+
+/// `?limit=&after=`.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct AppsQuery {
+    /// At most this many (1 to 1000, default 100).
+    limit: Option<usize>,
+    /// The `next` of the previous page.
+    after: Option<uuid::Uuid>,
+}
+
+/// Every app, removed ones too, oldest first.
+pub async fn list(
+    State(s): State<AppState>,
+    ApiQuery(q): ApiQuery<AppsQuery>,
+) -> Result<Json<Page<App>>, ApiError> {
+    let p = s.engine.projector.read();
+    let apps = p.provider.apps();
+    let start = q
+        .after
+        .and_then(|a| apps.iter().position(|x| x.id.0 == a).map(|i| i + 1))
+        .unwrap_or(0);
+    let (items, next) = page_of(apps.into_iter().skip(start).map(App::from), q.limit, |a| {
+        a.id
+    })?;
+    Ok(page(items, next))
+}
+
+/// One app.
+pub async fn get_one(State(s): State<AppState>, IdPath(id): IdPath) -> Result<Json<App>, ApiError> {
+    let p = s.engine.projector.read();
+    p.provider
+        .app(AppId(id))
+        .map(|a| Json(App::from(a)))
+        .ok_or_else(|| ApiError::NotFound("app".into()))
+}
+
+/// Changes an app's name, redirect URIs or domains.
+pub async fn patch(
+    State(s): State<AppState>,
+    who: Principal,
+    IdPath(id): IdPath,
+    ApiJson(body): ApiJson<AppPatch>,
+) -> Result<Json<App>, ApiError> {
+    let app_id = AppId(id);
+    let current = {
+        let p = s.engine.projector.read();
+        p.provider
+            .app(app_id)
+            .filter(|a| !a.removed)
+            .cloned()
+            .ok_or_else(|| ApiError::NotFound("app".into()))?
+    };
+    let domain_ids = match &body.domain_ids {
+        Some(ids) => known_domains(&s, ids)?,
+        None => current.domain_ids.clone(),
+    };
+    let change = AppChanged {
+        app_id,
+        name: body.name.map_or(current.name, |n| n.trim().to_owned()),
+        redirect_uris: body.redirect_uris.unwrap_or(current.redirect_uris),
+        post_logout_redirect_uris: body
+            .post_logout_redirect_uris
+            .unwrap_or(current.post_logout_redirect_uris),
+        domain_ids,
+    };
+    let command = ProviderCommand::Change(change);
+    let position = s
+        .command(&StreamId::provider(), &who.actor(), evolve, |st| {
+            decide(st, command.clone())
+        })
+        .await?;
+    Ok(Json(answer(&s, app_id, position, None).await?))
+}
+
+/// Removes an app: no sign-in or token for it any more.
+pub async fn remove(
+    State(s): State<AppState>,
+    who: Principal,
+    IdPath(id): IdPath,
+) -> Result<Json<App>, ApiError> {
+    let position = s
+        .command(&StreamId::provider(), &who.actor(), evolve, |st| {
+            decide(st, ProviderCommand::Remove(AppId(id)))
+        })
+        .await?;
+    Ok(Json(answer(&s, AppId(id), position, None).await?))
+}
+
+/// Gives a confidential app a new secret (in this answer only); the old one stops.
+pub async fn rotate_secret(
+    State(s): State<AppState>,
+    who: Principal,
+    IdPath(id): IdPath,
+) -> Result<Json<App>, ApiError> {
+    let secret = new_secret();
+    let command = ProviderCommand::RotateSecret {
+        app_id: AppId(id),
+        secret_hash: token_hash(&secret),
+    };
+    let position = s
+        .command(&StreamId::provider(), &who.actor(), evolve, |st| {
+            decide(st, command.clone())
+        })
+        .await?;
+    Ok(Json(answer(&s, AppId(id), position, Some(secret)).await?))
+}
+
+/// A signing key of the provider (public part).
+#[derive(Serialize, ToSchema)]
+pub struct SigningKey {
+    kid: String,
+    alg: String,
+    /// `current` or `retired`.
+    status: &'static str,
+    added_at: DateTime<Utc>,
+    /// A retired key is published (tokens it signed verify) until then.
+    verify_until: Option<DateTime<Utc>>,
+}
+
+/// `?limit=` of the keys list.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct KeysQuery {
+    /// At most this many (1 to 1000, default 100), newest first.
+    limit: Option<usize>,
+}
+
+/// The provider's signing keys, newest first.
+pub async fn keys(
+    State(s): State<AppState>,
+    ApiQuery(q): ApiQuery<KeysQuery>,
+) -> Result<Json<Page<SigningKey>>, ApiError> {
+    let p = s.engine.projector.read();
+    let items = p.provider.keys.iter().rev().map(|k| SigningKey {
+        kid: k.kid.clone(),
+        alg: k.alg.clone(),
+        status: if k.verify_until.is_none() {
+            "current"
+        } else {
+            "retired"
+        },
+        added_at: k.added_at,
+        verify_until: k.verify_until,
+    });
+    let (items, next) = page_of(items, q.limit, |k| k.kid.clone())?;
+    Ok(page(items, next))
+}
+
+/// Puts a new signing key in force; the previous one stays published while tokens it
+/// signed may be live.
+pub async fn rotate_key(
+    State(s): State<AppState>,
+    who: Principal,
+) -> Result<(StatusCode, Json<SigningKey>), ApiError> {
+    let kid = crate::provider::add_signing_key(&s.engine, &who.actor())
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let p = s.engine.projector.read();
+    let k = p
+        .provider
+        .keys
+        .iter()
+        .find(|k| k.kid == kid)
+        .ok_or_else(|| ApiError::Internal("the new key is not in the projection".into()))?;
+    Ok((
+        StatusCode::CREATED,
+        Json(SigningKey {
+            kid: k.kid.clone(),
+            alg: k.alg.clone(),
+            status: "current",
+            added_at: k.added_at,
+            verify_until: None,
+        }),
+    ))
+}

@@ -1,0 +1,1173 @@
+//! idledger as the OpenID Connect provider of registered web apps (OIDC Core 1.0,
+//! Discovery 1.0, RFC 6749, RFC 7636): discovery, JWKS, `/authorize` (code flow with PKCE,
+//! reading the user's sign-in session, or sending the browser through `/signin` and back),
+//! `/token` (authorization code and refresh token grants), `/userinfo`, and RP-initiated
+//! logout at `/end_session`.
+//!
+//! Codes live in memory for 60 s and are single-use; refresh tokens are rotated on use and
+//! a reused one revokes its whole family. Every token issued and every refusal that names
+//! a user is an event on that user's stream, decided by `domain::decide::signin` (only
+//! active users with SSO on, of one of the app's domains). The protocol's own rooms — SAML
+//! or WS-Federation later — would sit beside this file on the same sessions.
+
+use super::{https, refuse, sessions, signed_in, Ctx, Refusal};
+use crate::http::session::same_secret;
+use axum::extract::{Form, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use idledger_domain::decide::signin::SignInCommand;
+use idledger_domain::events::{AppTokenRefused, AppTokensIssued};
+use idledger_domain::{AppId, ClientType, SsoMethod, UserId};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How long an authorization code may be exchanged.
+const CODE_TTL: Duration = Duration::from_secs(60);
+/// Refresh tokens live this long without use.
+const REFRESH_TTL: Duration = Duration::from_secs(30 * 86_400);
+/// Codes and refresh families kept at most (a full map drops its oldest).
+const MOST: usize = 100_000;
+
+/// The provider's routes, added to the sign-in router (they share its sessions).
+pub fn routes(router: Router<Ctx>) -> Router<Ctx> {
+    router
+        .route("/.well-known/openid-configuration", get(discovery))
+        .route("/jwks.json", get(jwks))
+        .route("/authorize", get(authorize))
+        .route("/authorize/resume", get(resume))
+        .route("/token", axum::routing::post(token))
+        .route("/userinfo", get(userinfo).post(userinfo))
+        .route("/end_session", get(end_session))
+}
+
+/// An app's authorization request, kept in the browser's flow while the user signs in.
+#[derive(Clone, Debug)]
+pub struct AuthRequest {
+    app: AppId,
+    redirect_uri: String,
+    state: Option<String>,
+    nonce: Option<String>,
+    code_challenge: Option<String>,
+    scope: Vec<String>,
+    /// `prompt=login` or `max_age`: a sign-in at or after this time is needed.
+    fresh_after: Option<DateTime<Utc>>,
+}
+
+struct CodeGrant {
+    request: AuthRequest,
+    user: UserId,
+    session: Granted,
+    created: Instant,
+}
+
+/// What a sign-in session gives the tokens made from it.
+#[derive(Clone)]
+struct Granted {
+    sid: String,
+    auth_time: DateTime<Utc>,
+    amr: Vec<String>,
+    method: SsoMethod,
+}
+
+struct Family {
+    app: AppId,
+    user: UserId,
+    scope: Vec<String>,
+    nonce: Option<String>,
+    session: Granted,
+    current: [u8; 32],
+    last_used: Instant,
+}
+
+/// A code exchanged already, and what it gave.
+#[derive(Clone, Copy)]
+struct Spent {
+    at: Instant,
+    user: UserId,
+    app: AppId,
+    family: Option<uuid::Uuid>,
+}
+
+/// Codes and refresh-token families, in memory (a restart asks users to sign in again,
+/// the safe direction).
+#[derive(Default)]
+pub struct ProviderState {
+    codes: Mutex<HashMap<[u8; 32], CodeGrant>>,
+    /// Codes already exchanged (for a minute): a second use names its user and app.
+    spent: Mutex<HashMap<[u8; 32], Spent>>,
+    families: Mutex<HashMap<uuid::Uuid, Family>>,
+    /// Every refresh token ever handed out → its family (the current one, or a used one).
+    refresh: Mutex<HashMap<[u8; 32], uuid::Uuid>>,
+    signer: crate::provider::Signer,
+}
+
+fn hash(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+fn issuer(ctx: &Ctx) -> Result<String, Refusal> {
+    ctx.app
+        .public_url
+        .as_ref()
+        .map(|p| p.origin.clone())
+        .ok_or_else(|| {
+            refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the server's public_url is not set",
+            )
+        })
+}
+
+// ---- discovery ------------------------------------------------------------------------------
+
+/// The discovery document (OpenID Connect Discovery 1.0 §3).
+#[derive(Serialize)]
+struct Discovery {
+    issuer: String,
+    authorization_endpoint: String,
+    token_endpoint: String,
+    userinfo_endpoint: String,
+    jwks_uri: String,
+    end_session_endpoint: String,
+    scopes_supported: [&'static str; 4],
+    response_types_supported: [&'static str; 1],
+    response_modes_supported: [&'static str; 1],
+    grant_types_supported: [&'static str; 2],
+    subject_types_supported: [&'static str; 1],
+    id_token_signing_alg_values_supported: [&'static str; 1],
+    token_endpoint_auth_methods_supported: [&'static str; 3],
+    code_challenge_methods_supported: [&'static str; 1],
+    claims_supported: [&'static str; 14],
+    prompt_values_supported: [&'static str; 2],
+}
+
+async fn discovery(State(ctx): State<Ctx>) -> Result<Json<Discovery>, Refusal> {
+    let iss = issuer(&ctx)?;
+    Ok(Json(Discovery {
+        authorization_endpoint: format!("{iss}/authorize"),
+        token_endpoint: format!("{iss}/token"),
+        userinfo_endpoint: format!("{iss}/userinfo"),
+        jwks_uri: format!("{iss}/jwks.json"),
+        end_session_endpoint: format!("{iss}/end_session"),
+        issuer: iss,
+        scopes_supported: ["openid", "profile", "email", "offline_access"],
+        response_types_supported: ["code"],
+        response_modes_supported: ["query"],
+        grant_types_supported: ["authorization_code", "refresh_token"],
+        subject_types_supported: ["public"],
+        id_token_signing_alg_values_supported: ["ES256"],
+        token_endpoint_auth_methods_supported: [
+            "client_secret_basic",
+            "client_secret_post",
+            "none",
+        ],
+        code_challenge_methods_supported: ["S256"],
+        claims_supported: [
+            "iss",
+            "sub",
+            "aud",
+            "exp",
+            "iat",
+            "auth_time",
+            "nonce",
+            "acr",
+            "amr",
+            "sid",
+            "name",
+            "preferred_username",
+            "email",
+            "azp",
+        ],
+        prompt_values_supported: ["none", "login"],
+    }))
+}
+
+#[derive(Serialize)]
+struct JwkSet {
+    keys: Vec<crate::provider::Jwk>,
+}
+
+async fn jwks(State(ctx): State<Ctx>) -> Json<JwkSet> {
+    let p = ctx.app.engine.projector.read();
+    Json(JwkSet {
+        keys: p
+            .provider
+            .published_keys(Utc::now())
+            .filter_map(|k| serde_json::from_str(&k.public_jwk).ok())
+            .collect(),
+    })
+}
+
+// ---- authorization ----------------------------------------------------------------------------
+
+/// `/authorize`'s query (OIDC Core §3.1.2.1).
+#[derive(Deserialize)]
+struct AuthorizeQuery {
+    client_id: Option<String>,
+    redirect_uri: Option<String>,
+    response_type: Option<String>,
+    scope: Option<String>,
+    state: Option<String>,
+    nonce: Option<String>,
+    code_challenge: Option<String>,
+    code_challenge_method: Option<String>,
+    prompt: Option<String>,
+    max_age: Option<i64>,
+    response_mode: Option<String>,
+}
+
+/// The 400 page of a request that names no app or a redirect URI not registered for it:
+/// never redirected (it could be anyone's address).
+fn bad_client(message: &str) -> Response {
+    super::pages::problem(
+        StatusCode::BAD_REQUEST,
+        "This sign-in request is not valid",
+        message,
+    )
+}
+
+/// An error sent back to the app (RFC 6749 §4.1.2.1).
+fn to_app(redirect_uri: &str, state: Option<&str>, error: &str, description: &str) -> Response {
+    let mut url = format!(
+        "{redirect_uri}{}error={}&error_description={}",
+        if redirect_uri.contains('?') { '&' } else { '?' },
+        error,
+        urlencoding::encode(description)
+    );
+    if let Some(s) = state {
+        url.push_str(&format!("&state={}", urlencoding::encode(s)));
+    }
+    Redirect::to(&url).into_response()
+}
+
+async fn authorize(
+    State(ctx): State<Ctx>,
+    headers: HeaderMap,
+    query: Result<Query<AuthorizeQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = query else {
+        return bad_client("The request's parameters could not be read.");
+    };
+    let Some(app) = q.client_id.as_deref().and_then(|c| {
+        ctx.app
+            .engine
+            .projector
+            .read()
+            .provider
+            .by_client_id(c)
+            .cloned()
+    }) else {
+        return bad_client("No app is registered with this client_id.");
+    };
+    let Some(redirect_uri) = q
+        .redirect_uri
+        .clone()
+        .filter(|r| app.redirect_uris.iter().any(|u| u == r))
+    else {
+        return bad_client("The redirect_uri is not registered for this app.");
+    };
+    let state = q.state.as_deref();
+    let fail = |error: &str, description: &str| to_app(&redirect_uri, state, error, description);
+    if q.response_type.as_deref() != Some("code") {
+        return fail("unsupported_response_type", "only response_type=code");
+    }
+    if q.response_mode.as_deref().is_some_and(|m| m != "query") {
+        return fail("invalid_request", "only response_mode=query");
+    }
+    let scope: Vec<String> = q
+        .scope
+        .as_deref()
+        .unwrap_or("")
+        .split(' ')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if !scope.iter().any(|s| s == "openid") {
+        return fail("invalid_scope", "the openid scope is required");
+    }
+    match (
+        q.code_challenge.as_deref(),
+        q.code_challenge_method.as_deref(),
+    ) {
+        (Some(c), Some("S256")) if c.len() == 43 => {}
+        (Some(_), _) => return fail("invalid_request", "code_challenge_method must be S256"),
+        (None, _) if app.client_type == ClientType::Public => {
+            return fail(
+                "invalid_request",
+                "PKCE with S256 is required for public clients",
+            )
+        }
+        (None, _) => {}
+    }
+    let now = Utc::now();
+    let prompt: Vec<&str> = q.prompt.as_deref().unwrap_or("").split(' ').collect();
+    let fresh_after = if prompt.contains(&"login") {
+        Some(now)
+    } else {
+        q.max_age.map(|a| now - chrono::Duration::seconds(a.max(0)))
+    };
+    let request = AuthRequest {
+        app: app.id,
+        redirect_uri: redirect_uri.clone(),
+        state: q.state.clone(),
+        nonce: q.nonce.clone(),
+        code_challenge: q.code_challenge.clone(),
+        scope,
+        fresh_after,
+    };
+    let none = prompt.contains(&"none");
+    match continue_with(&ctx, &headers, &request) {
+        Some(answer) => answer,
+        None if none => fail("login_required", "the user is not signed in"),
+        None => {
+            // Sign in first, then come back: the request waits in this browser's flow.
+            let (flow, _, new) = super::flow_of(&ctx, &headers);
+            ctx.store.with_flow(&flow, |f| f.authorize = Some(request));
+            super::with_flow_cookie(&ctx, Redirect::to("/signin").into_response(), &flow, new)
+        }
+    }
+}
+
+/// Answers an authorization request with a code when the browser's session satisfies it;
+/// `None` when the user must sign in (again).
+fn continue_with(ctx: &Ctx, headers: &HeaderMap, request: &AuthRequest) -> Option<Response> {
+    let (_, session) = signed_in(ctx, headers)?;
+    if request.fresh_after.is_some_and(|t| session.auth_time < t) {
+        return None;
+    }
+    let app = ctx
+        .app
+        .engine
+        .projector
+        .read()
+        .provider
+        .app(request.app)
+        .cloned()?;
+    let state = request.state.as_deref();
+    let domain = ctx
+        .app
+        .engine
+        .projector
+        .read()
+        .users
+        .get(session.user)
+        .map(|u| u.domain_id);
+    if app.removed || !domain.is_some_and(|d| app.domain_ids.contains(&d)) {
+        return Some(to_app(
+            &request.redirect_uri,
+            state,
+            "access_denied",
+            "this app is not open to the signed-in user",
+        ));
+    }
+    let code = sessions::random_text();
+    {
+        let mut codes = ctx.provider.codes.lock().unwrap_or_else(|e| e.into_inner());
+        codes.retain(|_, c| c.created.elapsed() < CODE_TTL);
+        if codes.len() >= MOST {
+            return Some(to_app(
+                &request.redirect_uri,
+                state,
+                "temporarily_unavailable",
+                "too many sign-ins at once; try again",
+            ));
+        }
+        codes.insert(
+            hash(&code),
+            CodeGrant {
+                request: request.clone(),
+                user: session.user,
+                session: Granted {
+                    sid: session.sid.clone(),
+                    auth_time: session.auth_time,
+                    amr: session.amr.clone(),
+                    method: session.method,
+                },
+                created: Instant::now(),
+            },
+        );
+    }
+    let uri = &request.redirect_uri;
+    let mut url = format!(
+        "{uri}{}code={code}",
+        if uri.contains('?') { '&' } else { '?' }
+    );
+    if let Some(s) = state {
+        url.push_str(&format!("&state={}", urlencoding::encode(s)));
+    }
+    Some(Redirect::to(&url).into_response())
+}
+
+/// After signing in: the request that was waiting in this browser's flow.
+async fn resume(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
+    let flow = crate::http::session::cookie(&headers, super::flow_cookie_name(https(&ctx)))
+        .map(str::to_owned);
+    let request = flow
+        .as_deref()
+        .and_then(|f| ctx.store.with_stored_flow(f, |f| f.authorize.take()))
+        .flatten();
+    let Some(request) = request else {
+        return Redirect::to("/me").into_response();
+    };
+    match continue_with(&ctx, &headers, &request) {
+        Some(answer) => answer,
+        None => to_app(
+            &request.redirect_uri,
+            request.state.as_deref(),
+            "login_required",
+            "the sign-in did not complete",
+        ),
+    }
+}
+
+// ---- tokens -------------------------------------------------------------------------------------
+
+/// The token endpoint's form (RFC 6749 §4.1.3, §6).
+#[derive(Deserialize)]
+struct TokenForm {
+    grant_type: Option<String>,
+    code: Option<String>,
+    redirect_uri: Option<String>,
+    code_verifier: Option<String>,
+    refresh_token: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+}
+
+/// RFC 6749 §5.1.
+#[derive(Serialize)]
+struct TokenAnswer {
+    access_token: String,
+    token_type: &'static str,
+    expires_in: i64,
+    id_token: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refresh_token: Option<String>,
+    scope: String,
+}
+
+/// RFC 6749 §5.2.
+#[derive(Serialize)]
+struct TokenError {
+    error: &'static str,
+    error_description: String,
+}
+
+/// A refused token request, answered as RFC 6749 §5.2 says.
+struct TokenFail(Box<Response>);
+
+fn boxed(r: Response) -> TokenFail {
+    TokenFail(Box::new(r))
+}
+
+impl IntoResponse for TokenFail {
+    fn into_response(self) -> Response {
+        *self.0
+    }
+}
+
+fn token_error(
+    status: StatusCode,
+    error: &'static str,
+    description: impl Into<String>,
+) -> Response {
+    let mut r = (
+        status,
+        [
+            (header::CACHE_CONTROL, "no-store"),
+            (header::PRAGMA, "no-cache"),
+        ],
+        Json(TokenError {
+            error,
+            error_description: description.into(),
+        }),
+    )
+        .into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Basic realm=\"idledger\""),
+        );
+    }
+    r
+}
+
+/// The app a token request authenticates as (RFC 6749 §2.3.1: Basic with URL-encoded
+/// parts, or the form's fields; a public app names itself and has no secret).
+fn client(
+    ctx: &Ctx,
+    headers: &HeaderMap,
+    form: &TokenForm,
+) -> Result<idledger_projections::AppView, TokenFail> {
+    let invalid = || {
+        TokenFail(Box::new(token_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "client authentication failed",
+        )))
+    };
+    let basic = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .ok()
+        })
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|t| {
+            let (id, secret) = t.split_once(':')?;
+            Some((
+                urlencoding::decode(id).ok()?.into_owned(),
+                urlencoding::decode(secret).ok()?.into_owned(),
+            ))
+        });
+    let (id, secret) = match (basic, &form.client_id) {
+        (Some((id, secret)), None) => (id, Some(secret)),
+        (Some((id, secret)), Some(form_id)) if *form_id == id => (id, Some(secret)),
+        (Some(_), Some(_)) => return Err(invalid()),
+        (None, Some(id)) => (id.clone(), form.client_secret.clone()),
+        (None, None) => return Err(invalid()),
+    };
+    let app = ctx
+        .app
+        .engine
+        .projector
+        .read()
+        .provider
+        .by_client_id(&id)
+        .cloned()
+        .ok_or_else(invalid)?;
+    match (app.client_type, secret, app.secret_hash) {
+        (ClientType::Public, None, _) => Ok(app),
+        (ClientType::Confidential, Some(secret), Some(h)) => {
+            let sent = crate::http::token_hash(&secret);
+            if same_secret(&hex::encode(sent.0), &hex::encode(h.0)) {
+                Ok(app)
+            } else {
+                Err(invalid())
+            }
+        }
+        _ => Err(invalid()),
+    }
+}
+
+async fn token(
+    State(ctx): State<Ctx>,
+    headers: HeaderMap,
+    form: Result<Form<TokenForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let Ok(Form(form)) = form else {
+        return token_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "the form could not be read",
+        );
+    };
+    let app = match client(&ctx, &headers, &form) {
+        Ok(a) => a,
+        Err(r) => return r.into_response(),
+    };
+    match form.grant_type.as_deref() {
+        Some("authorization_code") => exchange_code(&ctx, &app, &form).await,
+        Some("refresh_token") => refresh(&ctx, &app, &form).await,
+        _ => token_error(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "authorization_code or refresh_token",
+        ),
+    }
+}
+
+fn invalid_grant(description: &str) -> Response {
+    token_error(StatusCode::BAD_REQUEST, "invalid_grant", description)
+}
+
+/// Records a refusal on the user's stream (best effort: the refusal stands either way).
+async fn record_refusal(
+    ctx: &Ctx,
+    user: UserId,
+    app: AppId,
+    reason: &str,
+    family: Option<uuid::Uuid>,
+) {
+    let refused = AppTokenRefused {
+        app_id: app,
+        reason: reason.to_owned(),
+        revoked_family: family,
+        at: Utc::now(),
+    };
+    if let Err(e) = super::decide(ctx, user, SignInCommand::RefuseAppToken(refused)).await {
+        tracing::warn!(%user, error = %e.message, "a token refusal could not be recorded");
+    }
+}
+
+async fn exchange_code(
+    ctx: &Ctx,
+    app: &idledger_projections::AppView,
+    form: &TokenForm,
+) -> Response {
+    let Some(code) = form.code.as_deref() else {
+        return token_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "code is missing",
+        );
+    };
+    let key = hash(code);
+    // Taken at once: a code is exchanged once, whatever follows.
+    let grant = ctx
+        .provider
+        .codes
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&key);
+    let Some(grant) = grant else {
+        let spent = ctx
+            .provider
+            .spent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .copied();
+        if let Some(Spent {
+            user,
+            app: app_id,
+            family,
+            ..
+        }) = spent
+        {
+            // A code used twice: the tokens it gave are revoked (RFC 6749 §4.1.2).
+            if let Some(f) = family {
+                revoke_family(ctx, f);
+            }
+            record_refusal(
+                ctx,
+                user,
+                app_id,
+                "invalid_grant: authorization code reused",
+                family,
+            )
+            .await;
+        }
+        return invalid_grant("the code is unknown, expired or used already");
+    };
+    let expired = grant.created.elapsed() >= CODE_TTL;
+    let reason = if expired {
+        Some("the code expired")
+    } else if grant.request.app != app.id {
+        Some("the code was issued to another client")
+    } else if form.redirect_uri.as_deref() != Some(grant.request.redirect_uri.as_str()) {
+        Some("redirect_uri differs from the authorization request's")
+    } else {
+        match (&grant.request.code_challenge, form.code_verifier.as_deref()) {
+            (Some(challenge), Some(verifier)) => {
+                let computed = B64.encode(Sha256::digest(verifier.as_bytes()));
+                (!same_secret(&computed, challenge)).then_some("the code_verifier does not match")
+            }
+            (Some(_), None) => Some("code_verifier is missing"),
+            (None, Some(_)) => Some("no code_challenge was sent with the authorization request"),
+            (None, None) => None,
+        }
+    };
+    if let Some(reason) = reason {
+        record_refusal(
+            ctx,
+            grant.user,
+            app.id,
+            &format!("invalid_grant: {reason}"),
+            None,
+        )
+        .await;
+        return invalid_grant(reason);
+    }
+    let answer = issue(
+        ctx,
+        app,
+        grant.user,
+        &grant.request.scope,
+        grant.request.nonce.clone(),
+        &grant.session,
+        "authorization_code",
+        None,
+    )
+    .await;
+    let family = match &answer {
+        Ok((_, family)) => *family,
+        Err(_) => None,
+    };
+    let mut spent = ctx.provider.spent.lock().unwrap_or_else(|e| e.into_inner());
+    spent.retain(|_, x| x.at.elapsed() < CODE_TTL);
+    if spent.len() < MOST {
+        spent.insert(
+            key,
+            Spent {
+                at: Instant::now(),
+                user: grant.user,
+                app: app.id,
+                family,
+            },
+        );
+    }
+    drop(spent);
+    match answer {
+        Ok((r, _)) => r,
+        Err(r) => r.into_response(),
+    }
+}
+
+fn revoke_family(ctx: &Ctx, family: uuid::Uuid) {
+    ctx.provider
+        .families
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&family);
+    ctx.provider
+        .refresh
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|_, f| *f != family);
+}
+
+/// ID token and access token claims (OIDC Core §2, §5.1).
+#[derive(Serialize)]
+struct Claims {
+    iss: String,
+    sub: String,
+    aud: String,
+    azp: String,
+    exp: i64,
+    iat: i64,
+    auth_time: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nonce: Option<String>,
+    acr: &'static str,
+    amr: Vec<String>,
+    sid: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    preferred_username: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    email: Option<String>,
+    /// Access tokens only: what they grant.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scope: Option<String>,
+    /// Access tokens only: unique id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    jti: Option<String>,
+}
+
+fn acr_of(m: SsoMethod) -> &'static str {
+    match m {
+        SsoMethod::Passwordless => "passwordless",
+        SsoMethod::PasswordAndSecondFactor => "password_and_second_factor",
+    }
+}
+
+/// Records the tokens on the user's stream (the rules decide whether they may be had),
+/// then signs and answers them.
+#[allow(clippy::too_many_arguments)]
+async fn issue(
+    ctx: &Ctx,
+    app: &idledger_projections::AppView,
+    user: UserId,
+    scope: &[String],
+    nonce: Option<String>,
+    session: &Granted,
+    grant: &str,
+    family: Option<uuid::Uuid>,
+) -> Result<(Response, Option<uuid::Uuid>), TokenFail> {
+    let iss = issuer(ctx)
+        .map_err(|r| boxed(token_error(r.status, "temporarily_unavailable", r.message)))?;
+    let refresh = if scope.iter().any(|s| s == "offline_access") {
+        Some((
+            family.unwrap_or_else(uuid::Uuid::new_v4),
+            sessions::random_text(),
+        ))
+    } else {
+        None
+    };
+    let issued = AppTokensIssued {
+        app_id: app.id,
+        grant: grant.to_owned(),
+        sid: session.sid.clone(),
+        refresh: refresh
+            .as_ref()
+            .map(|(f, t)| (*f, idledger_domain::Hash(hash(t)))),
+        at: Utc::now(),
+    };
+    let decided = super::decide(
+        ctx,
+        user,
+        SignInCommand::IssueAppTokens {
+            issued,
+            app_domains: app.domain_ids.clone(),
+        },
+    )
+    .await;
+    if let Err(r) = decided {
+        if let Some(f) = family {
+            revoke_family(ctx, f);
+        }
+        if r.status == StatusCode::CONFLICT {
+            record_refusal(
+                ctx,
+                user,
+                app.id,
+                &format!("invalid_grant: {}", r.message),
+                family,
+            )
+            .await;
+            return Err(boxed(invalid_grant(&r.message)));
+        }
+        return Err(boxed(token_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            r.message,
+        )));
+    }
+    if ctx
+        .app
+        .engine
+        .projector
+        .read()
+        .provider
+        .signing_key()
+        .is_none()
+    {
+        // The first token this provider signs: its first key, made and recorded now.
+        crate::provider::add_signing_key(&ctx.app.engine, &idledger_domain::Actor::System)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "no signing key could be made");
+                boxed(token_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    "no signing key",
+                ))
+            })?;
+    }
+    let (name, upn, mail) = {
+        let p = ctx.app.engine.projector.read();
+        p.users
+            .get(user)
+            .map(|u| {
+                (
+                    u.attributes.display_name.clone(),
+                    u.attributes.user_principal_name.clone(),
+                    u.attributes.mail.clone(),
+                )
+            })
+            .unwrap_or_default()
+    };
+    let now = Utc::now().timestamp();
+    let profile = scope.iter().any(|s| s == "profile");
+    let email = scope.iter().any(|s| s == "email");
+    let claims = |nonce: Option<String>, access: bool| Claims {
+        iss: iss.clone(),
+        sub: user.to_string(),
+        aud: app.client_id.clone(),
+        azp: app.client_id.clone(),
+        exp: now + crate::provider::TOKEN_TTL_SECS,
+        iat: now,
+        auth_time: session.auth_time.timestamp(),
+        nonce,
+        acr: acr_of(session.method),
+        amr: session.amr.clone(),
+        sid: session.sid.clone(),
+        name: profile.then(|| name.clone()),
+        preferred_username: profile.then(|| upn.clone()),
+        email: if email { mail.clone() } else { None },
+        scope: access.then(|| scope.join(" ")),
+        jti: access.then(|| uuid::Uuid::new_v4().to_string()),
+    };
+    let sign = |c: &Claims| {
+        ctx.provider.signer.sign(&ctx.app.engine, c).map_err(|e| {
+            tracing::warn!(error = %e, "a token could not be signed");
+            boxed(token_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "signing failed",
+            ))
+        })
+    };
+    let id_token = sign(&claims(nonce.clone(), false))?;
+    let access_token = sign(&claims(None, true))?;
+    let family_id = refresh.as_ref().map(|(f, _)| *f);
+    if let Some((f, text)) = &refresh {
+        let h = hash(text);
+        let mut families = ctx
+            .provider
+            .families
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        families.retain(|_, fam| fam.last_used.elapsed() < REFRESH_TTL);
+        if families.len() >= MOST && !families.contains_key(f) {
+            if let Some(oldest) = families
+                .iter()
+                .min_by_key(|(_, x)| x.last_used)
+                .map(|(k, _)| *k)
+            {
+                families.remove(&oldest);
+            }
+        }
+        families.insert(
+            *f,
+            Family {
+                app: app.id,
+                user,
+                scope: scope.to_vec(),
+                nonce,
+                session: session.clone(),
+                current: h,
+                last_used: Instant::now(),
+            },
+        );
+        ctx.provider
+            .refresh
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(h, *f);
+    }
+    let body = TokenAnswer {
+        access_token,
+        token_type: "Bearer",
+        expires_in: crate::provider::TOKEN_TTL_SECS,
+        id_token,
+        refresh_token: refresh.map(|(_, t)| t),
+        scope: scope.join(" "),
+    };
+    Ok((
+        (
+            [
+                (header::CACHE_CONTROL, "no-store"),
+                (header::PRAGMA, "no-cache"),
+            ],
+            Json(body),
+        )
+            .into_response(),
+        family_id,
+    ))
+}
+
+async fn refresh(ctx: &Ctx, app: &idledger_projections::AppView, form: &TokenForm) -> Response {
+    let Some(token) = form.refresh_token.as_deref() else {
+        return token_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "refresh_token is missing",
+        );
+    };
+    let h = hash(token);
+    let family_id = ctx
+        .provider
+        .refresh
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&h)
+        .copied();
+    let Some(family_id) = family_id else {
+        return invalid_grant("the refresh token is unknown or revoked");
+    };
+    let taken = {
+        let mut families = ctx
+            .provider
+            .families
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match families.get_mut(&family_id) {
+            None => Err(None),
+            Some(f) if f.current != h => Err(Some((f.user, f.app))),
+            Some(f) if f.app != app.id => Err(None),
+            Some(f) if f.last_used.elapsed() >= REFRESH_TTL => Err(None),
+            Some(f) => {
+                // Rotated now: this token is spent whatever follows.
+                f.current = [0; 32];
+                f.last_used = Instant::now();
+                Ok((f.user, f.scope.clone(), f.nonce.clone(), f.session.clone()))
+            }
+        }
+    };
+    let (user, scope, nonce, session) = match taken {
+        Ok(t) => t,
+        Err(Some((user, owner))) => {
+            // A used refresh token again: someone holds a copy. The family goes.
+            revoke_family(ctx, family_id);
+            record_refusal(
+                ctx,
+                user,
+                owner,
+                "invalid_grant: a used refresh token was presented; its family is revoked",
+                Some(family_id),
+            )
+            .await;
+            return invalid_grant("the refresh token was used already; its family is revoked");
+        }
+        Err(None) => {
+            return invalid_grant("the refresh token is unknown, revoked or another client's")
+        }
+    };
+    match issue(
+        ctx,
+        app,
+        user,
+        &scope,
+        nonce,
+        &session,
+        "refresh_token",
+        Some(family_id),
+    )
+    .await
+    {
+        Ok((r, _)) => r,
+        Err(r) => r.into_response(),
+    }
+}
+
+// ---- userinfo and logout -------------------------------------------------------------------
+
+/// The claims about the user an access token grants (OIDC Core §5.3).
+#[derive(Serialize)]
+struct UserInfo {
+    sub: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    preferred_username: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    email: Option<String>,
+}
+
+async fn userinfo(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
+    let unauthorized = |why: &str| {
+        let mut r = (
+            StatusCode::UNAUTHORIZED,
+            Json(TokenError {
+                error: "invalid_token",
+                error_description: why.to_owned(),
+            }),
+        )
+            .into_response();
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer error=\"invalid_token\""),
+        );
+        r
+    };
+    let Some(token) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return unauthorized("a Bearer access token is required");
+    };
+    let now = Utc::now();
+    let Some(claims) = crate::provider::verify(&ctx.app.engine, token.trim(), now) else {
+        return unauthorized("the access token does not verify");
+    };
+    let fresh = claims["exp"].as_i64().is_some_and(|e| now.timestamp() < e);
+    let scope = claims["scope"].as_str().unwrap_or("").to_owned();
+    let ours = claims["iss"].as_str() == ctx.app.public_url.as_ref().map(|p| p.origin.as_str());
+    if !fresh || !ours || scope.is_empty() {
+        return unauthorized("the access token is expired or not an access token");
+    }
+    let Some(user) = claims["sub"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .map(UserId)
+    else {
+        return unauthorized("the access token names no user");
+    };
+    let allowed = super::person(&ctx, user).is_some_and(|p| p.allowed.is_ok());
+    if !allowed {
+        return unauthorized("the user may no longer sign in");
+    }
+    let p = ctx.app.engine.projector.read();
+    let Some(u) = p.users.get(user) else {
+        return unauthorized("no such user");
+    };
+    let has = |s: &str| scope.split(' ').any(|x| x == s);
+    Json(UserInfo {
+        sub: user.to_string(),
+        name: has("profile").then(|| u.attributes.display_name.clone()),
+        preferred_username: has("profile").then(|| u.attributes.user_principal_name.clone()),
+        email: if has("email") {
+            u.attributes.mail.clone()
+        } else {
+            None
+        },
+    })
+    .into_response()
+}
+
+/// RP-initiated logout's query (OpenID Connect RP-Initiated Logout 1.0 §2).
+#[derive(Deserialize)]
+struct EndSession {
+    id_token_hint: Option<String>,
+    post_logout_redirect_uri: Option<String>,
+    state: Option<String>,
+    client_id: Option<String>,
+}
+
+async fn end_session(
+    State(ctx): State<Ctx>,
+    headers: HeaderMap,
+    query: Result<Query<EndSession>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let q = query.map(|Query(q)| q).ok();
+    let hint = q
+        .as_ref()
+        .and_then(|q| q.id_token_hint.as_deref())
+        .and_then(|t| crate::provider::verify(&ctx.app.engine, t, Utc::now()));
+    if let Some(sid) = hint.as_ref().and_then(|c| c["sid"].as_str()) {
+        ctx.store.close_sid(sid);
+    }
+    // The browser's own session ends too.
+    if let Some((cookie, _)) = signed_in(&ctx, &headers) {
+        ctx.store.close(&cookie);
+    }
+    let client = hint
+        .as_ref()
+        .and_then(|c| c["aud"].as_str().map(str::to_owned))
+        .or_else(|| q.as_ref().and_then(|q| q.client_id.clone()));
+    let app = client.and_then(|c| {
+        ctx.app
+            .engine
+            .projector
+            .read()
+            .provider
+            .by_client_id(&c)
+            .cloned()
+    });
+    let target = q.as_ref().and_then(|q| q.post_logout_redirect_uri.clone());
+    let clear = super::set_cookie(&ctx, super::user_cookie_name(https(&ctx)), "", Some(0));
+    let mut response = match (app, target) {
+        (Some(app), Some(uri)) if app.post_logout_redirect_uris.contains(&uri) => {
+            let mut url = uri;
+            if let Some(s) = q.as_ref().and_then(|q| q.state.as_deref()) {
+                url.push_str(if url.contains('?') { "&" } else { "?" });
+                url.push_str(&format!("state={}", urlencoding::encode(s)));
+            }
+            Redirect::to(&url).into_response()
+        }
+        _ => Html(
+            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Signed out · idledger</title>\
+             <link rel=\"stylesheet\" href=\"/signin/assets/signin.css\"></head><body><main>\
+             <h1>Signed out</h1><p role=\"status\">You are signed out of idledger.</p>\
+             <p><a href=\"/signin\">Sign in again</a></p></main></body></html>",
+        )
+        .into_response(),
+    };
+    response.headers_mut().append(header::SET_COOKIE, clear);
+    response
+}

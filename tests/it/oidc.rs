@@ -1,0 +1,415 @@
+//! idledger as an OpenID Connect provider, against a relying party built on the
+//! `openidconnect` crate: discovery, the code flow with PKCE for a user who signed in with
+//! a passkey (a software authenticator over HTTP), ID token validation against the JWKS,
+//! userinfo, refresh with rotation, RP-initiated logout, and what must be refused.
+
+use crate::signin::{enrol_with_key, passkey_sign_in_with, signin_world, Visitor};
+use crate::support::authenticator::SoftKey;
+use crate::support::World;
+use openidconnect::core::{
+    CoreAuthenticationFlow, CoreClient, CoreJwsSigningAlgorithm, CoreProviderMetadata,
+    CoreUserInfoClaims,
+};
+use openidconnect::{
+    AuthorizationCode, ClientId, ClientSecret, CsrfToken, IssuerUrl, Nonce, OAuth2TokenResponse,
+    PkceCodeChallenge, RedirectUrl, RefreshToken, Scope, TokenResponse,
+};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+const REDIRECT: &str = "http://localhost:9/callback";
+const LOGGED_OUT: &str = "http://localhost:9/bye";
+
+fn rp_http() -> openidconnect::reqwest::Client {
+    openidconnect::reqwest::ClientBuilder::new()
+        .redirect(openidconnect::reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+async fn register_app(w: &World, kind: &str) -> Value {
+    let (s, app) = w
+        .admin(
+            Method::POST,
+            "/v1/apps",
+            Some(json!({
+                "name": "Payroll",
+                "redirect_uris": [REDIRECT],
+                "post_logout_redirect_uris": [LOGGED_OUT],
+                "type": kind,
+                "domain_ids": [w.domain],
+            })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{app}");
+    app
+}
+
+/// Follows an authorization URL in `v` (a browser with or without a session) to the
+/// redirect it ends at; answers that URL's query as pairs.
+async fn authorize(
+    v: &mut Visitor,
+    url: &str,
+) -> (StatusCode, Option<String>, Vec<(String, String)>) {
+    let (s, body, location) = v.get(url).await;
+    let query = location
+        .as_deref()
+        .and_then(|l| l.split_once('?'))
+        .map(|(_, q)| {
+            q.split('&')
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_owned(), urlencoding::decode(v).unwrap().into_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let _ = body;
+    (s, location, query)
+}
+
+fn get<'a>(q: &'a [(String, String)], k: &str) -> Option<&'a str> {
+    q.iter().find(|(a, _)| a == k).map(|(_, v)| v.as_str())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relying_party_signs_a_passkey_user_in_and_every_rule_holds() {
+    let (w, adele, _) = signin_world().await;
+    let mut key = SoftKey::new();
+    let mut browser =
+        enrol_with_key(&w, &adele, "adele.vance@contoso.onmicrosoft.com", &mut key).await;
+    let app = register_app(&w, "confidential").await;
+    let client_id = app["client_id"].as_str().unwrap().to_owned();
+    let secret = app["client_secret"].as_str().unwrap().to_owned();
+    assert!(!secret.contains('=') && secret.len() >= 43, "{secret}");
+    // The secret is in that answer only.
+    let (_, again) = w
+        .admin(
+            Method::GET,
+            &format!("/v1/apps/{}", app["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert!(again.get("client_secret").is_none(), "{again}");
+
+    // Discovery through the library: the document must satisfy it.
+    let http = rp_http();
+    let metadata =
+        CoreProviderMetadata::discover_async(IssuerUrl::new(w.app.public.clone()).unwrap(), &http)
+            .await
+            .unwrap();
+    let client = CoreClient::from_provider_metadata(
+        metadata,
+        ClientId::new(client_id.clone()),
+        Some(ClientSecret::new(secret.clone())),
+    )
+    .set_redirect_uri(RedirectUrl::new(REDIRECT.into()).unwrap());
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let (url, csrf, nonce) = client
+        .authorize_url(
+            CoreAuthenticationFlow::AuthorizationCode,
+            CsrfToken::new_random,
+            Nonce::new_random,
+        )
+        .add_scope(Scope::new("profile".into()))
+        .add_scope(Scope::new("email".into()))
+        .add_scope(Scope::new("offline_access".into()))
+        .set_pkce_challenge(challenge)
+        .url();
+    // Adele's browser has her session: straight back with a code and the state.
+    let (s, _, q) = authorize(&mut browser, url.as_str()).await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    assert_eq!(get(&q, "state"), Some(csrf.secret().as_str()));
+    let code = get(&q, "code").unwrap().to_owned();
+    let tokens = client
+        .exchange_code(AuthorizationCode::new(code.clone()))
+        .unwrap()
+        .set_pkce_verifier(verifier)
+        .request_async(&http)
+        .await
+        .unwrap();
+    let verify = client
+        .id_token_verifier()
+        .set_allowed_algs(vec![CoreJwsSigningAlgorithm::EcdsaP256Sha256]);
+    let id_token = tokens.id_token().unwrap();
+    let claims = id_token.claims(&verify, &nonce).unwrap();
+    assert_eq!(claims.subject().as_str(), adele);
+    assert_eq!(
+        claims.preferred_username().unwrap().as_str(),
+        "adele.vance@contoso.onmicrosoft.com"
+    );
+    let amr: Vec<String> = claims
+        .auth_method_refs()
+        .unwrap()
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    assert_eq!(amr, ["hwk", "mfa"]);
+    assert_eq!(claims.auth_context_ref().unwrap().as_str(), "passwordless");
+    assert!(claims.auth_time().is_some());
+    // userinfo with the access token.
+    let info: CoreUserInfoClaims = client
+        .user_info(tokens.access_token().clone(), None)
+        .unwrap()
+        .request_async(&http)
+        .await
+        .unwrap();
+    assert_eq!(info.subject().as_str(), adele);
+
+    // Refresh rotates; the old refresh token again revokes the family.
+    let first = tokens.refresh_token().unwrap().clone();
+    let second = client
+        .exchange_refresh_token(&first)
+        .unwrap()
+        .request_async(&http)
+        .await
+        .unwrap();
+    let second = second.refresh_token().unwrap().clone();
+    assert_ne!(first.secret(), second.secret());
+    let replay = client
+        .exchange_refresh_token(&first)
+        .unwrap()
+        .request_async(&http)
+        .await;
+    assert!(
+        format!("{replay:?}").contains("invalid_grant"),
+        "{replay:?}"
+    );
+    let family_gone = client
+        .exchange_refresh_token(&second)
+        .unwrap()
+        .request_async(&http)
+        .await;
+    assert!(
+        format!("{family_gone:?}").contains("invalid_grant"),
+        "{family_gone:?}"
+    );
+
+    // The code is spent: a second exchange is refused.
+    let (_, verifier2) = PkceCodeChallenge::new_random_sha256();
+    let reused = client
+        .exchange_code(AuthorizationCode::new(code))
+        .unwrap()
+        .set_pkce_verifier(verifier2)
+        .request_async(&http)
+        .await;
+    assert!(
+        format!("{reused:?}").contains("invalid_grant"),
+        "{reused:?}"
+    );
+
+    // Token endpoint refusals as RFC 6749 names them.
+    let token_url = format!("{}/token", w.app.public);
+    let raw = reqwest::Client::new();
+    let r = raw
+        .post(&token_url)
+        .basic_auth(&client_id, Some("wrong"))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", "x"),
+            ("redirect_uri", REDIRECT),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(r.headers().contains_key("www-authenticate"));
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "invalid_client");
+
+    // A fresh code, exchanged with the wrong verifier, then with the wrong redirect URI.
+    for (verifier, redirect) in [
+        ("wrong-verifier-wrong-verifier-wrong-verifier", REDIRECT),
+        ("", "http://localhost:9/other"),
+    ] {
+        let (challenge, good) = PkceCodeChallenge::new_random_sha256();
+        let (url, _, _) = client
+            .authorize_url(
+                CoreAuthenticationFlow::AuthorizationCode,
+                CsrfToken::new_random,
+                Nonce::new_random,
+            )
+            .set_pkce_challenge(challenge)
+            .url();
+        let (_, _, q) = authorize(&mut browser, url.as_str()).await;
+        let code = get(&q, "code").unwrap();
+        let verifier = if verifier.is_empty() {
+            good.secret().as_str()
+        } else {
+            verifier
+        };
+        let r = raw
+            .post(&token_url)
+            .basic_auth(&client_id, Some(&secret))
+            .form(&[
+                ("grant_type", "authorization_code"),
+                ("code", code),
+                ("redirect_uri", redirect),
+                ("code_verifier", verifier),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(r.json::<Value>().await.unwrap()["error"], "invalid_grant");
+    }
+
+    // Unknown client and unregistered redirect URI: a 400 page, never a redirect.
+    for bad in [
+        format!("{}/authorize?client_id=nobody&redirect_uri={REDIRECT}&response_type=code&scope=openid", w.app.public),
+        format!("{}/authorize?client_id={client_id}&redirect_uri=https://evil.example/cb&response_type=code&scope=openid", w.app.public),
+    ] {
+        let (s, location, _) = authorize(&mut browser, &bad).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        assert!(location.is_none());
+    }
+
+    // A browser without a session goes through /signin and comes back with a code.
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let (url, csrf, nonce) = client
+        .authorize_url(
+            CoreAuthenticationFlow::AuthorizationCode,
+            CsrfToken::new_random,
+            Nonce::new_random,
+        )
+        .set_pkce_challenge(challenge)
+        .url();
+    let mut stranger = Visitor::new();
+    let (s, location, _) = authorize(&mut stranger, url.as_str()).await;
+    assert_eq!(
+        (s, location.as_deref()),
+        (StatusCode::SEE_OTHER, Some("/signin"))
+    );
+    let handle = key.user_handle.clone();
+    let (s, b) = passkey_sign_in_with(&w, &mut stranger, &mut key, Some(&handle)).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["next"], "/authorize/resume");
+    let (s, _, q) = authorize(&mut stranger, &format!("{}/authorize/resume", w.app.public)).await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    assert_eq!(get(&q, "state"), Some(csrf.secret().as_str()));
+    let tokens = client
+        .exchange_code(AuthorizationCode::new(get(&q, "code").unwrap().into()))
+        .unwrap()
+        .set_pkce_verifier(verifier)
+        .request_async(&http)
+        .await
+        .unwrap();
+    tokens.id_token().unwrap().claims(&verify, &nonce).unwrap();
+
+    // prompt=none without a session: login_required at the app.
+    let mut nobody = Visitor::new();
+    let (_, _, q) = authorize(
+        &mut nobody,
+        &format!("{}/authorize?client_id={client_id}&redirect_uri={REDIRECT}&response_type=code&scope=openid&prompt=none&state=s1", w.app.public),
+    )
+    .await;
+    assert_eq!(get(&q, "error"), Some("login_required"));
+    assert_eq!(get(&q, "state"), Some("s1"));
+
+    // A retired key: the JWKS keeps it while its tokens may live, so the earlier ID token
+    // still verifies after a rotation.
+    let (s, _) = w
+        .admin(Method::POST, "/v1/provider/signing-keys", None)
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let jwks: Value = raw
+        .get(format!("{}/jwks.json", w.app.public))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(jwks["keys"].as_array().unwrap().len(), 2, "{jwks}");
+    let metadata =
+        CoreProviderMetadata::discover_async(IssuerUrl::new(w.app.public.clone()).unwrap(), &http)
+            .await
+            .unwrap();
+    let rotated = CoreClient::from_provider_metadata(
+        metadata,
+        ClientId::new(client_id.clone()),
+        Some(ClientSecret::new(secret.clone())),
+    )
+    .set_redirect_uri(RedirectUrl::new(REDIRECT.into()).unwrap());
+    let verify_rotated = rotated
+        .id_token_verifier()
+        .set_allowed_algs(vec![CoreJwsSigningAlgorithm::EcdsaP256Sha256]);
+    tokens
+        .id_token()
+        .unwrap()
+        .claims(&verify_rotated, &nonce)
+        .unwrap();
+
+    // RP-initiated logout back to the registered URI, with the state; the session ends.
+    let hint = tokens.id_token().unwrap().to_string();
+    let (s, location, q) = authorize(
+        &mut stranger,
+        &format!(
+            "{}/end_session?id_token_hint={hint}&post_logout_redirect_uri={}&state=bye",
+            w.app.public,
+            urlencoding::encode(LOGGED_OUT)
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    assert!(location.unwrap().starts_with(LOGGED_OUT));
+    assert_eq!(get(&q, "state"), Some("bye"));
+    let (s, _, to) = stranger.get(&format!("{}/me", w.app.public)).await;
+    assert_eq!((s, to.as_deref()), (StatusCode::SEE_OTHER, Some("/signin")));
+
+    // Deactivated mid-session: refresh refused, userinfo refused, and on the record.
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let (url, _, _) = client
+        .authorize_url(
+            CoreAuthenticationFlow::AuthorizationCode,
+            CsrfToken::new_random,
+            Nonce::new_random,
+        )
+        .add_scope(Scope::new("offline_access".into()))
+        .set_pkce_challenge(challenge)
+        .url();
+    let (_, _, q) = authorize(&mut browser, url.as_str()).await;
+    let tokens = client
+        .exchange_code(AuthorizationCode::new(get(&q, "code").unwrap().into()))
+        .unwrap()
+        .set_pkce_verifier(verifier)
+        .request_async(&http)
+        .await
+        .unwrap();
+    let (s, _) = w
+        .admin(Method::POST, &format!("/v1/users/{adele}/deactivate"), None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let refused = client
+        .exchange_refresh_token(&RefreshToken::new(
+            tokens.refresh_token().unwrap().secret().clone(),
+        ))
+        .unwrap()
+        .request_async(&http)
+        .await;
+    assert!(
+        format!("{refused:?}").contains("invalid_grant"),
+        "{refused:?}"
+    );
+    let info: Result<CoreUserInfoClaims, _> = client
+        .user_info(tokens.access_token().clone(), None)
+        .unwrap()
+        .request_async(&http)
+        .await;
+    assert!(info.is_err());
+    let (_, events) = w
+        .admin(
+            Method::GET,
+            &format!("/v1/users/{adele}/events?limit=1000"),
+            None,
+        )
+        .await;
+    let kinds: Vec<&str> = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.contains(&"AppTokensIssued") && kinds.contains(&"AppTokenRefused"),
+        "{kinds:?}"
+    );
+}

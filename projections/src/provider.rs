@@ -158,3 +158,60 @@ impl Provider {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use idledger_domain::events::{SigningKeyAdded, SigningKeyRetired};
+    use idledger_domain::{DataKeyId, StreamId};
+
+    fn env(position: u64, event: Event) -> Envelope {
+        Envelope {
+            position,
+            stream: StreamId::provider(),
+            version: position,
+            recorded_at: DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default(),
+            event_id: uuid::Uuid::from_u128(u128::from(position)),
+            actor: idledger_domain::Actor::System,
+            correlation_id: None,
+            causation_id: None,
+            event,
+            prev_hash: Hash::ZERO,
+            hash: Hash::ZERO,
+        }
+    }
+
+    #[test]
+    fn a_retired_key_is_published_until_its_overlap_ends_and_signs_no_more() {
+        let mut p = Provider::default();
+        let key = |kid: &str| SigningKeyAdded {
+            kid: kid.into(),
+            alg: "ES256".into(),
+            public_jwk: "{}".into(),
+            sealed_private_key: SealedSecret {
+                key_id: DataKeyId(uuid::Uuid::from_u128(1)),
+                nonce: [0; 24],
+                ciphertext: vec![],
+            },
+        };
+        let until = DateTime::from_timestamp(1_800_001_000, 0).unwrap_or_default();
+        p.apply(&env(1, key("k1").into()));
+        p.apply(&env(
+            2,
+            SigningKeyRetired {
+                kid: "k1".into(),
+                verify_until: until,
+            }
+            .into(),
+        ));
+        p.apply(&env(3, key("k2").into()));
+        assert_eq!(p.signing_key().map(|k| k.kid.as_str()), Some("k2"));
+        let kids = |now| {
+            p.published_keys(now)
+                .map(|k| k.kid.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(kids(until - chrono::Duration::seconds(1)), ["k1", "k2"]);
+        assert_eq!(kids(until), ["k2"]);
+    }
+}

@@ -501,7 +501,7 @@ impl Exporter {
                         .str(r.method)
                         .str(&r.amr)
                         .str(r.factor)
-                        .str(r.app)
+                        .str(&r.app_id.map_or_else(|| r.app.to_owned(), |a| a.to_string()))
                         .str(r.result)
                         .str(&r.reason)
                         .display(&env.actor)
@@ -588,6 +588,8 @@ struct SignInRow<'e> {
     app: &'e str,
     result: &'static str,
     reason: String,
+    /// The app a token row is about (its id: names may change).
+    app_id: Option<idledger_domain::AppId>,
 }
 
 fn method_name(m: idledger_domain::SsoMethod) -> &'static str {
@@ -607,6 +609,7 @@ fn sign_in_row(env: &Envelope) -> Option<SignInRow<'_>> {
         app: "",
         result: "",
         reason: String::new(),
+        app_id: None,
     };
     Some(match &env.event {
         Event::InviteSent(e) if e.link.is_some() => blank("invited"),
@@ -651,6 +654,19 @@ fn sign_in_row(env: &Envelope) -> Option<SignInRow<'_>> {
             result: "failure",
             reason: e.reason.code().to_owned(),
             ..blank("sign-in")
+        },
+        Event::AppTokensIssued(e) => SignInRow {
+            result: "tokens issued",
+            reason: format!("{} (sid {})", e.grant, e.sid),
+            app: "",
+            app_id: Some(e.app_id),
+            ..blank("app tokens")
+        },
+        Event::AppTokenRefused(e) => SignInRow {
+            result: "refused",
+            reason: e.reason.clone(),
+            app_id: Some(e.app_id),
+            ..blank("app tokens")
         },
         Event::SignInLocked(e) => SignInRow {
             factor: e.factor.as_str(),

@@ -412,4 +412,22 @@ async fn a_relying_party_signs_a_passkey_user_in_and_every_rule_holds() {
         kinds.contains(&"AppTokensIssued") && kinds.contains(&"AppTokenRefused"),
         "{kinds:?}"
     );
+
+    // The sign-ins export names the app in its token rows.
+    let (s, csv) = w
+        .admin(Method::GET, "/v1/audit/exports/sign-ins?format=csv", None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let csv = csv.as_str().unwrap();
+    let app_id = app["id"].as_str().unwrap();
+    assert!(
+        csv.lines()
+            .any(|l| l.contains("tokens issued") && l.contains(app_id)),
+        "{csv}"
+    );
+    assert!(
+        csv.lines()
+            .any(|l| l.contains(",refused,") && l.contains(app_id)),
+        "{csv}"
+    );
 }

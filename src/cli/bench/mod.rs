@@ -6,6 +6,7 @@ pub mod api;
 pub mod append;
 pub mod console;
 pub mod export;
+pub mod oidc;
 pub mod proofs;
 pub mod replay;
 pub mod rotate;
@@ -49,6 +50,9 @@ pub enum BenchCommand {
     /// Passwordless sign-ins (options and assertion) on a serve process, each verified and
     /// durably recorded, against the assertion verification alone.
     Signin(signin::SigninArgs),
+    /// The OpenID Connect provider: code flows (the exchange at /token measured), then
+    /// discovery and JWKS, against /healthz.
+    Oidc(oidc::OidcArgs),
     /// The bare axum handler `bench api` compares against.
     #[command(hide = true)]
     BareServer(api::BareArgs),
@@ -68,6 +72,7 @@ pub fn run(command: BenchCommand) -> Result<ExitCode, Error> {
             BenchCommand::Rotate(a) => rotate::rotate(a).await,
             BenchCommand::Proofs(a) => proofs::proofs(a).await,
             BenchCommand::Signin(a) => signin::signin(a).await,
+            BenchCommand::Oidc(a) => oidc::oidc(a).await,
             BenchCommand::BareServer(a) => api::bare_server(a).await,
         }
     })

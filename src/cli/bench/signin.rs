@@ -45,7 +45,7 @@ pub struct SigninArgs {
 }
 
 /// A user's passkey as its authenticator holds it.
-struct Holder {
+pub(super) struct Holder {
     user: UserId,
     credential: Vec<u8>,
     key: EcdsaKeyPair,
@@ -74,7 +74,7 @@ fn cose_key(public: &[u8]) -> Result<Vec<u8>, Error> {
 
 /// `n` users with SSO on (passwordless), each with a passkey sealed as the server seals
 /// them; answers their authenticators.
-async fn fill(data_dir: &std::path::Path, n: u32) -> Result<Vec<Holder>, Error> {
+pub(super) async fn fill(data_dir: &std::path::Path, n: u32) -> Result<Vec<Holder>, Error> {
     let log = SledEventLog::open(data_dir)?;
     if log.head().position > 0 {
         return Err(Error::Other(format!(
@@ -175,7 +175,7 @@ async fn fill(data_dir: &std::path::Path, n: u32) -> Result<Vec<Holder>, Error> 
 }
 
 /// The assertion an authenticator makes for `challenge` (base64url) at `origin`.
-fn assert(
+pub(super) fn assert(
     h: &mut Holder,
     challenge: &str,
     origin: &str,
@@ -208,7 +208,7 @@ fn assert(
 }
 
 /// The cookie a response sets under `name`, as `name=value`.
-fn set_cookie(r: &reqwest::Response, name: &str) -> Option<String> {
+pub(super) fn set_cookie(r: &reqwest::Response, name: &str) -> Option<String> {
     r.headers()
         .get_all("set-cookie")
         .iter()
@@ -281,7 +281,7 @@ async fn client(
 }
 
 /// Assertion verifications per second on one core, in this process: the baseline.
-fn verify_only(rounds: u32) -> Result<f64, Error> {
+pub(super) fn verify_only(rounds: u32) -> Result<f64, Error> {
     let rng = SystemRandom::new();
     let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng)
         .map_err(|e| Error::Other(e.to_string()))?;

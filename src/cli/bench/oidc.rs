@@ -1,0 +1,288 @@
+//! `idledger bench oidc`: the OpenID Connect provider on a `serve` process. N users with a
+//! passkey each (as `bench signin` makes them) sign in once per client; an app is
+//! registered through the API (which also makes the provider's first signing key). Then C
+//! clients run the code flow over and over — `/authorize` with the session, and the
+//! measured part, the code exchange at `/token` (client authentication, PKCE, the rules,
+//! `AppTokensIssued` appended durably, ID and access tokens signed ES256). Last, the
+//! discovery document and the JWKS at full speed, against `/healthz` in the same run.
+
+use super::api::{free_port, percentile, quiet_serve, wait_healthy, Killed};
+use super::signin::{assert, fill, set_cookie, Holder};
+use crate::error::Error;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine;
+use clap::Args;
+use ring::rand::SystemRandom;
+use sha2::{Digest, Sha256};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+/// Options of `idledger bench oidc`.
+#[derive(Args, Debug)]
+pub struct OidcArgs {
+    /// A new data directory: the bench fills it.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Users, each signed in once; each client cycles through its share (so each user's
+    /// stream grows by exchanges / users events, as days of real use would).
+    #[arg(long, default_value_t = 1000)]
+    pub users: u32,
+    /// Code exchanges in all.
+    #[arg(long, default_value_t = 10_000)]
+    pub exchanges: u32,
+    /// Clients at once.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: u32,
+    /// Seconds of discovery, JWKS and /healthz each.
+    #[arg(long, default_value_t = 5)]
+    pub seconds: u64,
+}
+
+const REDIRECT: &str = "http://localhost:9/cb";
+
+fn other(e: impl std::fmt::Display) -> Error {
+    Error::Other(e.to_string())
+}
+
+/// A session cookie for `holder`, signed in with its passkey as the sign-in page does.
+async fn session(
+    http: &reqwest::Client,
+    url: &str,
+    origin: &str,
+    holder: &mut Holder,
+) -> Result<String, Error> {
+    let page = http
+        .get(format!("{url}/signin"))
+        .send()
+        .await
+        .map_err(other)?;
+    let flow = set_cookie(&page, "idl_flow").ok_or_else(|| other("no flow cookie"))?;
+    let html = page.text().await.map_err(other)?;
+    let csrf = html
+        .split("name=\"csrf-token\" content=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap_or_default()
+        .to_owned();
+    let options: serde_json::Value = http
+        .post(format!("{url}/signin/passkey/options"))
+        .header("cookie", &flow)
+        .header("x-csrf-token", &csrf)
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .map_err(other)?
+        .json()
+        .await
+        .map_err(other)?;
+    let body = assert(
+        holder,
+        options["challenge"].as_str().unwrap_or_default(),
+        origin,
+        options["rpId"].as_str().unwrap_or_default(),
+        &SystemRandom::new(),
+    )?;
+    let r = http
+        .post(format!("{url}/signin/passkey"))
+        .header("cookie", &flow)
+        .header("x-csrf-token", &csrf)
+        .json(&body)
+        .send()
+        .await
+        .map_err(other)?;
+    set_cookie(&r, "idl_user").ok_or_else(|| other(format!("sign-in answered {}", r.status())))
+}
+
+/// One client: codes from `/authorize`, each exchanged at `/token`; answers the exchanges'
+/// milliseconds.
+async fn client(
+    http: reqwest::Client,
+    url: String,
+    cookies: Vec<String>,
+    client_id: String,
+    secret: String,
+    count: u32,
+) -> Result<Vec<f64>, Error> {
+    let mut times = Vec::with_capacity(count as usize);
+    for n in 0..count {
+        let cookie = &cookies[n as usize % cookies.len()];
+        let verifier = crate::http::new_token_text();
+        let challenge = B64.encode(Sha256::digest(verifier.as_bytes()));
+        let r = http
+            .get(format!(
+                "{url}/authorize?client_id={client_id}&redirect_uri={}&response_type=code&scope=openid%20profile&state=s&nonce=n&code_challenge={challenge}&code_challenge_method=S256",
+                urlencoding::encode(REDIRECT)
+            ))
+            .header("cookie", cookie)
+            .send()
+            .await
+            .map_err(other)?;
+        let location = r
+            .headers()
+            .get("location")
+            .and_then(|l| l.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let code = location
+            .split(['?', '&'])
+            .find_map(|kv| kv.strip_prefix("code="))
+            .ok_or_else(|| other(format!("authorize answered {}: {location}", r.status())))?
+            .to_owned();
+        let started = Instant::now();
+        let r = http
+            .post(format!("{url}/token"))
+            .basic_auth(&client_id, Some(&secret))
+            .form(&[
+                ("grant_type", "authorization_code"),
+                ("code", code.as_str()),
+                ("redirect_uri", REDIRECT),
+                ("code_verifier", verifier.as_str()),
+            ])
+            .send()
+            .await
+            .map_err(other)?;
+        let status = r.status();
+        let body: serde_json::Value = r.json().await.map_err(other)?;
+        if !status.is_success() || body["id_token"].as_str().is_none() {
+            return Err(other(format!("token answered {status}: {body}")));
+        }
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok(times)
+}
+
+/// GETs of `path` by `c` clients for `seconds`; answers requests per second.
+async fn rate(
+    http: &reqwest::Client,
+    url: &str,
+    path: &str,
+    c: u32,
+    seconds: u64,
+) -> Result<f64, Error> {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..c)
+        .map(|_| {
+            let (http, target) = (http.clone(), format!("{url}{path}"));
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    let r = http.get(&target).send().await.map_err(other)?;
+                    if !r.status().is_success() {
+                        return Err(other(format!("{target}: {}", r.status())));
+                    }
+                    r.bytes().await.map_err(other)?;
+                    n += 1;
+                }
+                Ok::<u64, Error>(n)
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.map_err(other)??;
+    }
+    Ok(total as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Runs `bench oidc`.
+pub async fn oidc(args: OidcArgs) -> Result<ExitCode, Error> {
+    if args.users < args.concurrency || args.concurrency == 0 {
+        return Err(other("--users must be at least --concurrency"));
+    }
+    let mut holders = fill(&args.data_dir, args.users).await?;
+    let port = free_port()?;
+    let serve = Killed(quiet_serve(&args.data_dir, port)?.spawn()?);
+    let url = format!("http://127.0.0.1:{port}");
+    let origin = format!("http://localhost:{port}");
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_max_idle_per_host(args.concurrency as usize * 2)
+        .build()
+        .map_err(other)?;
+    wait_healthy(&http, &url, Duration::from_secs(600)).await?;
+    let token = std::fs::read_to_string(args.data_dir.join("admin.token"))?
+        .trim()
+        .to_owned();
+    let domains: serde_json::Value = http
+        .get(format!("{url}/v1/domains"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .map_err(other)?
+        .json()
+        .await
+        .map_err(other)?;
+    let domain = domains["items"][0]["id"].clone();
+    let app: serde_json::Value = http
+        .post(format!("{url}/v1/apps"))
+        .bearer_auth(&token)
+        .json(
+            &serde_json::json!({"name": "bench", "redirect_uris": [REDIRECT],
+            "type": "confidential", "domain_ids": [domain]}),
+        )
+        .send()
+        .await
+        .map_err(other)?
+        .json()
+        .await
+        .map_err(other)?;
+    let client_id = app["client_id"].as_str().unwrap_or_default().to_owned();
+    let secret = app["client_secret"].as_str().unwrap_or_default().to_owned();
+    let c = args.concurrency as usize;
+    let mut shares: Vec<Vec<String>> = vec![Vec::new(); c];
+    for (i, h) in holders.iter_mut().enumerate() {
+        shares[i % c].push(session(&http, &url, &origin, h).await?);
+    }
+    let per_client = args.exchanges / args.concurrency;
+    let started = Instant::now();
+    let runs: Vec<_> = shares
+        .into_iter()
+        .map(|cookies| {
+            tokio::spawn(client(
+                http.clone(),
+                url.clone(),
+                cookies,
+                client_id.clone(),
+                secret.clone(),
+                per_client,
+            ))
+        })
+        .collect();
+    let mut times = Vec::new();
+    for r in runs {
+        times.extend(r.await.map_err(other)??);
+    }
+    let flows_per_sec = times.len() as f64 / started.elapsed().as_secs_f64();
+    let c = args.concurrency;
+    let discovery = rate(
+        &http,
+        &url,
+        "/.well-known/openid-configuration",
+        c,
+        args.seconds,
+    )
+    .await?;
+    let jwks = rate(&http, &url, "/jwks.json", c, args.seconds).await?;
+    let healthz = rate(&http, &url, "/healthz", c, args.seconds).await?;
+    drop(serve);
+    times.sort_by(|a, b| a.total_cmp(b));
+    let r3 = |x: f64| (x * 1000.0).round() / 1000.0;
+    println!(
+        "{}",
+        serde_json::json!({
+            "bench": "oidc",
+            "exchanges": times.len(),
+            "concurrency": c,
+            "flows_per_sec": flows_per_sec.round(),
+            "exchange_p50_ms": r3(percentile(&times, 0.5)),
+            "exchange_p99_ms": r3(percentile(&times, 0.99)),
+            "exchange_max_ms": r3(times.last().copied().unwrap_or_default()),
+            "discovery_per_sec": discovery.round(),
+            "jwks_per_sec": jwks.round(),
+            "baseline_healthz_per_sec": healthz.round(),
+        })
+    );
+    Ok(ExitCode::SUCCESS)
+}

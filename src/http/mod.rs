@@ -17,6 +17,7 @@ pub mod session;
 mod sync;
 mod tokens;
 mod users;
+pub mod web;
 mod workstation;
 
 pub use auth::{new_token_text, token_hash, Principal};

@@ -3,7 +3,7 @@
 //! setup, and finds its buttons by `data-` attributes, never by injected HTML.
 
 use crate::http::esc;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use idledger_domain::decide::signin::LinkGone;
 use idledger_domain::{Attachment, SignInFailure, SsoMethod};
@@ -11,65 +11,26 @@ use idledger_projections::SignInView;
 
 /// Security headers of every sign-in answer. Like the console's, plus `data:` images for
 /// the QR code of an authenticator app.
-pub async fn headers(mut response: Response) -> Response {
-    let h = response.headers_mut();
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
-             connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-        ),
-    );
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    h.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
-    h.entry(header::CACHE_CONTROL)
-        .or_insert(HeaderValue::from_static("no-store"));
-    response
+pub async fn headers(response: Response) -> Response {
+    crate::http::web::security_headers(
+        response,
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+         connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    )
 }
 
 const CSS: &str = include_str!("assets/signin.css");
 const JS: &str = include_str!("assets/signin.js");
 
-/// The embedded assets, revalidated by ETag like the console's.
+/// The embedded assets.
 pub async fn asset(
     axum::extract::Path(file): axum::extract::Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    static TAGS: std::sync::OnceLock<[String; 2]> = std::sync::OnceLock::new();
-    let tags = TAGS.get_or_init(|| {
-        let tag = |body: &str| {
-            use sha2::Digest;
-            format!(
-                "\"{}\"",
-                &hex::encode(sha2::Sha256::digest(body.as_bytes()))[..32]
-            )
-        };
-        [tag(CSS), tag(JS)]
-    });
-    let (body, kind, tag) = match file.as_str() {
-        "signin.css" => (CSS, "text/css; charset=utf-8", &tags[0]),
-        "signin.js" => (JS, "text/javascript; charset=utf-8", &tags[1]),
-        _ => return (StatusCode::NOT_FOUND, "no such asset\n").into_response(),
-    };
-    let cached = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == tag));
-    let head = [
-        (header::CONTENT_TYPE, kind),
-        (header::CACHE_CONTROL, "no-cache"),
-        (header::ETAG, tag.as_str()),
-    ];
-    if cached {
-        (StatusCode::NOT_MODIFIED, head).into_response()
-    } else {
-        (head, body).into_response()
+    match file.as_str() {
+        "signin.css" => crate::http::web::asset(CSS, "text/css; charset=utf-8", &headers),
+        "signin.js" => crate::http::web::asset(JS, "text/javascript; charset=utf-8", &headers),
+        _ => (StatusCode::NOT_FOUND, "no such asset\n").into_response(),
     }
 }
 

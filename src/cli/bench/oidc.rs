@@ -7,7 +7,7 @@
 //! discovery document and the JWKS at full speed, against `/healthz` in the same run.
 
 use super::api::{free_port, percentile, quiet_serve, wait_healthy, Killed};
-use super::signin::{assert, fill, set_cookie, Holder};
+use super::signin::{assert, fill, set_cookie, signin_page, Holder};
 use crate::error::Error;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
@@ -52,19 +52,7 @@ async fn session(
     origin: &str,
     holder: &mut Holder,
 ) -> Result<String, Error> {
-    let page = http
-        .get(format!("{url}/signin"))
-        .send()
-        .await
-        .map_err(other)?;
-    let flow = set_cookie(&page, "idl_flow").ok_or_else(|| other("no flow cookie"))?;
-    let html = page.text().await.map_err(other)?;
-    let csrf = html
-        .split("name=\"csrf-token\" content=\"")
-        .nth(1)
-        .and_then(|r| r.split('"').next())
-        .unwrap_or_default()
-        .to_owned();
+    let (flow, csrf) = signin_page(http, url).await?;
     let options: serde_json::Value = http
         .post(format!("{url}/signin/passkey/options"))
         .header("cookie", &flow)

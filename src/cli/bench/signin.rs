@@ -218,15 +218,11 @@ pub(super) fn set_cookie(r: &reqwest::Response, name: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// One client: a flow from the sign-in page, then sign-ins of its users in turn; answers
-/// each sign-in's milliseconds.
-async fn client(
-    http: reqwest::Client,
-    url: String,
-    origin: String,
-    mut holders: Vec<Holder>,
-    count: u32,
-) -> Result<Vec<f64>, Error> {
+/// The sign-in page as a browser loads it: its flow cookie and CSRF token.
+pub(super) async fn signin_page(
+    http: &reqwest::Client,
+    url: &str,
+) -> Result<(String, String), Error> {
     let other = |e: reqwest::Error| Error::Other(e.to_string());
     let page = http
         .get(format!("{url}/signin"))
@@ -242,6 +238,20 @@ async fn client(
         .and_then(|r| r.split('"').next())
         .unwrap_or_default()
         .to_owned();
+    Ok((flow, csrf))
+}
+
+/// One client: a flow from the sign-in page, then sign-ins of its users in turn; answers
+/// each sign-in's milliseconds.
+async fn client(
+    http: reqwest::Client,
+    url: String,
+    origin: String,
+    mut holders: Vec<Holder>,
+    count: u32,
+) -> Result<Vec<f64>, Error> {
+    let other = |e: reqwest::Error| Error::Other(e.to_string());
+    let (flow, csrf) = signin_page(&http, &url).await?;
     let rng = SystemRandom::new();
     let mut times = Vec::with_capacity(count as usize);
     for n in 0..count {

@@ -22,6 +22,9 @@ pub enum ApiError {
     /// No such resource.
     #[error("{0} not found")]
     NotFound(String),
+    /// Too many attempts: try later.
+    #[error("{0}")]
+    TooManyRequests(String),
     /// Malformed input.
     #[error("{0}")]
     BadRequest(String),
@@ -66,6 +69,7 @@ impl ApiError {
             }
             ApiError::Timeout(_) => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
+            ApiError::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
             ApiError::BadGateway(_) => (StatusCode::BAD_GATEWAY, "upstream"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -99,6 +103,7 @@ impl From<Rejection> for ApiError {
     fn from(r: Rejection) -> Self {
         match r {
             Rejection::NotFound(what) => ApiError::NotFound(what.to_owned()),
+            Rejection::Throttled(m) => ApiError::TooManyRequests(m),
             Rejection::Invalid { .. } => ApiError::Unprocessable(r.to_string()),
             Rejection::AlreadyExists(_) | Rejection::DomainRemoved | Rejection::Conflict(_) => {
                 ApiError::Conflict(r.to_string())
@@ -253,7 +258,7 @@ pub struct ErrorBody {
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// A stable code (`unauthorized`, `forbidden`, `not_found`, `bad_request`, `invalid`,
-    /// `conflict`, `payload_too_large`, `unsupported_media_type`, `timeout`, `busy`,
+    /// `conflict`, `payload_too_large`, `unsupported_media_type`, `timeout`, `busy`, `too_many_requests`,
     /// `upstream`, `internal`).
     pub code: String,
     /// What to do about it, in words.

@@ -134,15 +134,16 @@ impl From<crate::http::ApiError> for Refusal {
     fn from(e: crate::http::ApiError) -> Refusal {
         use crate::http::ApiError as A;
         let status = match &e {
-            // Refused as locked without a new record (one a minute is recorded).
-            A::Conflict(m) if m == SignInFailure::Locked.message() => StatusCode::TOO_MANY_REQUESTS,
+            A::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             A::NotFound(_) => StatusCode::NOT_FOUND,
             A::Conflict(_) => StatusCode::CONFLICT,
             A::Unprocessable(_) | A::BadRequest(_) => StatusCode::BAD_REQUEST,
             _ => StatusCode::SERVICE_UNAVAILABLE,
         };
         let message = match &e {
-            A::Conflict(m) | A::Unprocessable(m) | A::BadRequest(m) => m.clone(),
+            A::Conflict(m) | A::Unprocessable(m) | A::BadRequest(m) | A::TooManyRequests(m) => {
+                m.clone()
+            }
             A::NotFound(what) => format!("{what} not found"),
             _ => "idledger could not record this just now. Try again in a moment.".into(),
         };
@@ -297,7 +298,8 @@ async fn decide(ctx: &Ctx, user: UserId, command: SignInCommand) -> Result<Vec<E
     let stream = StreamId::user(user);
     let decided = Arc::new(Mutex::new(Vec::new()));
     let seen = decided.clone();
-    ctx.app
+    let position = ctx
+        .app
         .command(&stream, &Actor::User(user), evolve, move |st| {
             let events = rules::decide(st, command.clone())?;
             *seen.lock().unwrap_or_else(|e| e.into_inner()) = events.clone();
@@ -305,8 +307,9 @@ async fn decide(ctx: &Ctx, user: UserId, command: SignInCommand) -> Result<Vec<E
         })
         .await?;
     let events = std::mem::take(&mut *decided.lock().unwrap_or_else(|e| e.into_inner()));
-    // Pages read the projections right after: let them catch up with this append.
-    ctx.app.engine.settle().await.ok();
+    // Pages read the projections right after: let them catch up with this append (not
+    // with everyone else's appends since).
+    ctx.app.reach(Some(position)).await.ok();
     Ok(events)
 }
 

@@ -911,6 +911,7 @@ async fn issue(
             .families
             .lock()
             .unwrap_or_else(|e| e.into_inner());
+        let before = families.len();
         families.retain(|_, fam| fam.last_used.elapsed() < REFRESH_TTL);
         if families.len() >= MOST && !families.contains_key(f) {
             if let Some(oldest) = families
@@ -920,6 +921,16 @@ async fn issue(
             {
                 families.remove(&oldest);
             }
+        }
+        let mut index = ctx
+            .provider
+            .refresh
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if families.len() < before {
+            // The tokens of families that ended (expired or evicted) go with them: the
+            // index holds live families' tokens only.
+            index.retain(|_, fam| families.contains_key(fam));
         }
         families.insert(
             *f,
@@ -933,11 +944,7 @@ async fn issue(
                 last_used: Instant::now(),
             },
         );
-        ctx.provider
-            .refresh
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(h, *f);
+        index.insert(h, *f);
     }
     let body = TokenAnswer {
         access_token,

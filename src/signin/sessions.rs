@@ -45,7 +45,7 @@ pub enum Ceremony {
 }
 
 /// An Entra sign-in on its way: what the callback must match.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct EntraPending {
     /// The `state` sent.
     pub state: String,
@@ -55,6 +55,15 @@ pub struct EntraPending {
     pub verifier: String,
     /// The user expected back (enrolment), or the one whose name was typed (sign-in).
     pub user: UserId,
+}
+
+/// Names the user only: state, nonce and verifier are secrets of the request.
+impl std::fmt::Debug for EntraPending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EntraPending")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A browser's enrolment or sign-in in progress.

@@ -31,6 +31,9 @@ pub enum Rejection {
     /// The command is not allowed in the subject's current state.
     #[error("{0}")]
     Conflict(String),
+    /// Refused for now, after too many attempts; nothing recorded.
+    #[error("{0}")]
+    Throttled(String),
     /// A field is out of range or malformed.
     #[error("{field}: {message}")]
     Invalid {

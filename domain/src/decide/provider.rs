@@ -130,10 +130,10 @@ fn check_app(
             format!("{bad:?}: an absolute https URI (http only on localhost), without a fragment"),
         ));
     }
-    if domain_ids.is_empty() {
+    if domain_ids.is_empty() || domain_ids.len() > 100 {
         return Err(invalid(
             "domain_ids",
-            "at least one domain whose users may sign in",
+            "1 to 100 domains whose users may sign in",
         ));
     }
     Ok(())

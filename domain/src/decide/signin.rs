@@ -204,7 +204,7 @@ pub struct PasskeyProof {
 }
 
 /// A sign-in attempt with its evidence.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub enum Proof {
     /// Passwordless: a passkey alone.
     Passkey {
@@ -229,6 +229,34 @@ pub enum Proof {
     },
     /// The Entra ID step failed for this user.
     EntraFailed(SignInFailure),
+}
+
+/// Names the proof, never the code or the seed it carries.
+impl std::fmt::Debug for Proof {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Proof::Passkey {
+                credential_id,
+                verified,
+            } => f
+                .debug_struct("Passkey")
+                .field("credential_id", credential_id)
+                .field("verified", verified)
+                .finish(),
+            Proof::EntraThenPasskey {
+                credential_id,
+                verified,
+            } => f
+                .debug_struct("EntraThenPasskey")
+                .field("credential_id", credential_id)
+                .field("verified", verified)
+                .finish(),
+            Proof::EntraThenTotp { .. } => {
+                f.write_str("EntraThenTotp { code: <typed>, seed: <sealed> }")
+            }
+            Proof::EntraFailed(reason) => f.debug_tuple("EntraFailed").field(reason).finish(),
+        }
+    }
 }
 
 impl Proof {
@@ -530,7 +558,7 @@ pub fn decide(s: &UserState, c: SignInCommand) -> Result<Vec<Event>, Rejection> 
                 .is_some_and(|t| at - *t < LOCKED_RECORD_EVERY);
             if locked(&s.signin, factor, at) && recently {
                 // Refused as locked, recorded a moment ago: nothing new to record.
-                return Err(Rejection::Conflict(SignInFailure::Locked.message().into()));
+                return Err(Rejection::Throttled(SignInFailure::Locked.message().into()));
             }
             Ok(sign_in(s, proof, app, at))
         }
@@ -948,6 +976,25 @@ mod tests {
     }
 
     #[test]
+    fn a_proof_prints_no_code_and_no_seed() {
+        let shown = format!(
+            "{:?}",
+            SignInCommand::SignIn {
+                proof: Proof::EntraThenTotp {
+                    code: "493817".into(),
+                    seed: b"SEEDSEEDSEEDSEEDSEED".to_vec(),
+                },
+                app: None,
+                at: t0(),
+            }
+        );
+        assert!(
+            !shown.contains("493817") && !shown.contains("83, 69, 69, 68"),
+            "{shown}"
+        );
+    }
+
+    #[test]
     fn removing_the_last_method_is_refused() {
         let s = signed_up(SsoMethod::Passwordless);
         assert!(matches!(
@@ -1006,7 +1053,7 @@ mod tests {
                     at: at + Duration::seconds(10),
                 }
             ),
-            Err(Rejection::Conflict(_))
+            Err(Rejection::Throttled(_))
         ));
         assert_eq!(
             failure(&attempt(&s, by_passkey(10), at + Duration::seconds(61))),

@@ -7,7 +7,7 @@
 //! discovery document and the JWKS at full speed, against `/healthz` in the same run.
 
 use super::api::{free_port, percentile, quiet_serve, wait_healthy, Killed};
-use super::signin::{assert, fill, set_cookie, signin_page, Holder};
+use super::signin::{fill, sign_in, signin_page, Holder};
 use crate::error::Error;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
@@ -53,33 +53,15 @@ async fn session(
     holder: &mut Holder,
 ) -> Result<String, Error> {
     let (flow, csrf) = signin_page(http, url).await?;
-    let options: serde_json::Value = http
-        .post(format!("{url}/signin/passkey/options"))
-        .header("cookie", &flow)
-        .header("x-csrf-token", &csrf)
-        .json(&serde_json::json!({}))
-        .send()
-        .await
-        .map_err(other)?
-        .json()
-        .await
-        .map_err(other)?;
-    let body = assert(
-        holder,
-        options["challenge"].as_str().unwrap_or_default(),
+    sign_in(
+        http,
+        url,
         origin,
-        options["rpId"].as_str().unwrap_or_default(),
+        (&flow, &csrf),
+        holder,
         &SystemRandom::new(),
-    )?;
-    let r = http
-        .post(format!("{url}/signin/passkey"))
-        .header("cookie", &flow)
-        .header("x-csrf-token", &csrf)
-        .json(&body)
-        .send()
-        .await
-        .map_err(other)?;
-    set_cookie(&r, "idl_user").ok_or_else(|| other(format!("sign-in answered {}", r.status())))
+    )
+    .await
 }
 
 /// One client: codes from `/authorize`, each exchanged at `/token`; answers the exchanges'

@@ -241,6 +241,49 @@ pub(super) async fn signin_page(
     Ok((flow, csrf))
 }
 
+/// One passwordless sign-in of `holder` in the browser of `flow` (cookie, CSRF token), as
+/// the sign-in page's script makes it: the options, then the assertion. Answers the
+/// session cookie.
+pub(super) async fn sign_in(
+    http: &reqwest::Client,
+    url: &str,
+    origin: &str,
+    (flow, csrf): (&str, &str),
+    holder: &mut Holder,
+    rng: &SystemRandom,
+) -> Result<String, Error> {
+    let other = |e: reqwest::Error| Error::Other(e.to_string());
+    let options: serde_json::Value = http
+        .post(format!("{url}/signin/passkey/options"))
+        .header("cookie", flow)
+        .header("x-csrf-token", csrf)
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .map_err(other)?
+        .json()
+        .await
+        .map_err(other)?;
+    let challenge = options["challenge"].as_str().unwrap_or_default();
+    let rp_id = options["rpId"].as_str().unwrap_or_default().to_owned();
+    let body = assert(holder, challenge, origin, &rp_id, rng)?;
+    let r = http
+        .post(format!("{url}/signin/passkey"))
+        .header("cookie", flow)
+        .header("x-csrf-token", csrf)
+        .json(&body)
+        .send()
+        .await
+        .map_err(other)?;
+    let status = r.status();
+    let session = set_cookie(&r, "idl_user");
+    let text = r.text().await.map_err(other)?;
+    match session {
+        Some(cookie) if status.is_success() => Ok(cookie),
+        _ => Err(Error::Other(format!("a sign-in answered {status}: {text}"))),
+    }
+}
+
 /// One client: a flow from the sign-in page, then sign-ins of its users in turn; answers
 /// each sign-in's milliseconds.
 async fn client(
@@ -250,41 +293,13 @@ async fn client(
     mut holders: Vec<Holder>,
     count: u32,
 ) -> Result<Vec<f64>, Error> {
-    let other = |e: reqwest::Error| Error::Other(e.to_string());
     let (flow, csrf) = signin_page(&http, &url).await?;
     let rng = SystemRandom::new();
     let mut times = Vec::with_capacity(count as usize);
     for n in 0..count {
         let i = n as usize % holders.len();
         let started = Instant::now();
-        let options: serde_json::Value = http
-            .post(format!("{url}/signin/passkey/options"))
-            .header("cookie", &flow)
-            .header("x-csrf-token", &csrf)
-            .json(&serde_json::json!({}))
-            .send()
-            .await
-            .map_err(other)?
-            .json()
-            .await
-            .map_err(other)?;
-        let challenge = options["challenge"].as_str().unwrap_or_default();
-        let rp_id = options["rpId"].as_str().unwrap_or_default().to_owned();
-        let body = assert(&mut holders[i], challenge, &origin, &rp_id, &rng)?;
-        let r = http
-            .post(format!("{url}/signin/passkey"))
-            .header("cookie", &flow)
-            .header("x-csrf-token", &csrf)
-            .json(&body)
-            .send()
-            .await
-            .map_err(other)?;
-        let status = r.status();
-        let session = set_cookie(&r, "idl_user");
-        let text = r.text().await.map_err(other)?;
-        if !status.is_success() || session.is_none() {
-            return Err(Error::Other(format!("a sign-in answered {status}: {text}")));
-        }
+        sign_in(&http, &url, &origin, (&flow, &csrf), &mut holders[i], &rng).await?;
         times.push(started.elapsed().as_secs_f64() * 1000.0);
     }
     Ok(times)

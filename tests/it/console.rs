@@ -77,6 +77,10 @@ async fn an_admin_runs_the_whole_workflow_in_the_browser_and_an_auditor_only_rea
     b.wait_text("#live-status", "added 29").await;
     b.wait_text("#runs", "succeeded").await;
     b.screenshot("console-domain").await;
+    // The domain's workstation logon certificate, in force since registration.
+    b.wait_text("#certificates", "current").await;
+    assert!(b.present("#cert-pem[href$='format=pem']").await);
+    assert!(b.present("#replace-certificate").await);
     // The run's per-user outcomes, a page at a time.
     b.click("#runs button.link").await;
     b.wait_text("#outcomes", "added").await;

@@ -222,7 +222,7 @@ pub struct AppRemoved {
 pub struct SigningKeyAdded {
     /// Its `kid`.
     pub kid: String,
-    /// `ES256`.
+    /// `ES256` or `RS256`: each algorithm has its own key in force.
     pub alg: String,
     /// The public key as a JWK (JSON text).
     pub public_jwk: String,

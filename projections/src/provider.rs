@@ -40,7 +40,7 @@ pub struct AppView {
 pub struct SigningKeyView {
     /// Its `kid`.
     pub kid: String,
-    /// `ES256`.
+    /// `ES256` or `RS256`.
     pub alg: String,
     /// The public JWK (JSON text).
     pub public_jwk: String,
@@ -84,9 +84,22 @@ impl Provider {
         all
     }
 
-    /// The key that signs now.
-    pub fn signing_key(&self) -> Option<&SigningKeyView> {
-        self.keys.iter().rev().find(|k| k.verify_until.is_none())
+    /// The key that signs with `alg` now.
+    pub fn signing_key(&self, alg: &str) -> Option<&SigningKeyView> {
+        self.keys
+            .iter()
+            .rev()
+            .find(|k| k.verify_until.is_none() && k.alg == alg)
+    }
+
+    /// The algorithms whose key in force was added `max_age` or longer before `now`: the
+    /// schedule replaces them.
+    pub fn keys_due(&self, now: DateTime<Utc>, max_age: chrono::Duration) -> Vec<String> {
+        self.keys
+            .iter()
+            .filter(|k| k.verify_until.is_none() && now - k.added_at >= max_age)
+            .map(|k| k.alg.clone())
+            .collect()
     }
 
     /// Keys a verifier needs at `now`: the one in force and retired ones still in overlap.
@@ -205,7 +218,8 @@ mod tests {
             .into(),
         ));
         p.apply(&env(3, key("k2").into()));
-        assert_eq!(p.signing_key().map(|k| k.kid.as_str()), Some("k2"));
+        assert_eq!(p.signing_key("ES256").map(|k| k.kid.as_str()), Some("k2"));
+        assert!(p.signing_key("RS256").is_none());
         let kids = |now| {
             p.published_keys(now)
                 .map(|k| k.kid.clone())
@@ -213,5 +227,12 @@ mod tests {
         };
         assert_eq!(kids(until - chrono::Duration::seconds(1)), ["k1", "k2"]);
         assert_eq!(kids(until), ["k2"]);
+        // k2 was added at the envelopes' time: due once it is a day old, not before.
+        let added = DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default();
+        let day = chrono::Duration::days(1);
+        assert!(p
+            .keys_due(added + day - chrono::Duration::seconds(1), day)
+            .is_empty());
+        assert_eq!(p.keys_due(added + day, day), ["ES256"]);
     }
 }

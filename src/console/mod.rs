@@ -35,6 +35,7 @@ pub fn app(state: AppState) -> Router {
         .route("/console/users/{id}", get(pages::user))
         .route("/console/rotations", get(pages::rotations))
         .route("/console/audit", get(pages::audit))
+        .route("/console/apps", get(pages::apps))
         .route("/console/assets/{file}", get(asset))
         .layer(axum::middleware::map_response(page_headers))
         .with_state(state.clone());

@@ -8,10 +8,11 @@ use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::{Html, IntoResponse, Response};
 
-const NAV: [(&str, &str, &str); 4] = [
+const NAV: [(&str, &str, &str); 5] = [
     ("domains", "/console/domains", "Domains"),
     ("users", "/console/users", "Users"),
     ("rotations", "/console/rotations", "Rotations"),
+    ("apps", "/console/apps", "Apps"),
     ("audit", "/console/audit", "Audit"),
 ];
 
@@ -414,5 +415,65 @@ again on the log and compares every row.</p>
 <table id="feed"><thead><tr><th>Position</th><th>When</th><th>Stream</th><th>Kind</th></tr></thead><tbody></tbody></table>
 </section>"#;
         layout(v, "Audit", "audit", "audit", "", main)
+    })
+}
+
+const ADD_APP: &str = r#"
+<section class="card" aria-labelledby="add-app-title">
+<h2 id="add-app-title">Register an app</h2>
+<p>Users of the chosen domains sign in to the app through idledger (OpenID Connect); no
+consent screen: an app registered here is approved by you.</p>
+<form id="add-app" class="grid">
+  <label for="a-name">Name</label>
+  <input id="a-name" name="name" required maxlength="200" placeholder="Payroll">
+  <label for="a-redirects">Redirect URIs</label>
+  <textarea id="a-redirects" name="redirect_uris" required rows="2" placeholder="https://payroll.contoso.com/oidc/callback (one per line)"></textarea>
+  <label for="a-logout">Sign-out redirect URIs</label>
+  <textarea id="a-logout" name="post_logout_redirect_uris" rows="2" placeholder="optional, one per line"></textarea>
+  <fieldset class="wide">
+    <legend>Type</legend>
+    <label><input type="radio" name="type" value="confidential" checked> Confidential
+      <small>A server-side app: it gets a client secret, shown once.</small></label>
+    <label><input type="radio" name="type" value="public"> Public
+      <small>A single-page or native app: no secret, PKCE required.</small></label>
+  </fieldset>
+  <label for="a-alg">ID token signature</label>
+  <select id="a-alg" name="id_token_signed_response_alg"><option value="ES256">ES256 (recommended)</option><option value="RS256">RS256 (for libraries that verify RSA only)</option></select>
+  <fieldset class="wide" id="a-domains">
+    <legend>Users of these domains may sign in</legend>
+  </fieldset>
+  <div class="actions wide"><button type="submit" class="primary">Register app</button></div>
+</form>
+<div id="app-secret" aria-live="polite"></div>
+</section>"#;
+
+pub(super) async fn apps(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    signed_in(&s, &headers, |v| {
+        let (add, rotate) = if v.admin() {
+            (
+                ADD_APP,
+                r#"<form id="rotate-key" class="search">
+  <label for="k-alg">Algorithm</label>
+  <select id="k-alg" name="alg"><option>ES256</option><option>RS256</option></select>
+  <button type="submit">Rotate signing key</button>
+</form>"#,
+            )
+        } else {
+            ("", "")
+        };
+        let main = format!(
+            r#"<section class="card" aria-labelledby="apps-title">
+<h2 id="apps-title">Web apps (OpenID Connect)</h2>
+<p>Issuer and discovery: <a id="discovery" href="/.well-known/openid-configuration">/.well-known/openid-configuration</a></p>
+<table id="apps"><thead><tr><th>Name</th><th>Client ID</th><th>Type</th><th>Redirect URIs</th><th>Domains</th><th>Status</th><th><span class="sr">Actions</span></th></tr></thead><tbody></tbody></table>
+</section>{add}
+<section class="card" aria-labelledby="keys-title">
+<h2 id="keys-title">Signing keys</h2>
+<p>A retired key stays published until every token it signed has expired.</p>
+{rotate}
+<table id="signing-keys"><thead><tr><th>Key ID</th><th>Algorithm</th><th>Status</th><th>Added</th><th>Published until</th></tr></thead><tbody></tbody></table>
+</section>"#
+        );
+        layout(v, "Apps", "apps", "apps", "", &main)
     })
 }

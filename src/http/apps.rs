@@ -34,7 +34,7 @@ pub struct NewApp {
     client_type: ClientTypeBody,
     /// Users of these domains may sign in (at least one).
     domain_ids: Vec<uuid::Uuid>,
-    /// `ES256` (the default).
+    /// `ES256` (the default) or `RS256`, for apps whose library verifies RSA only.
     #[serde(default)]
     id_token_signed_response_alg: Option<String>,
 }
@@ -149,11 +149,6 @@ pub async fn create(
     let alg = body
         .id_token_signed_response_alg
         .unwrap_or_else(|| "ES256".into());
-    if alg != "ES256" {
-        return Err(ApiError::Unprocessable(format!(
-            "id_token_signed_response_alg {alg:?}: this provider signs ES256 only for now"
-        )));
-    }
     let domain_ids = known_domains(&s, &body.domain_ids)?;
     let (client_type, secret) = match body.client_type {
         ClientTypeBody::Confidential => (ClientType::Confidential, Some(new_secret())),
@@ -168,7 +163,7 @@ pub async fn create(
         post_logout_redirect_uris: body.post_logout_redirect_uris,
         client_type,
         domain_ids,
-        id_token_alg: alg,
+        id_token_alg: alg.clone(),
         secret_hash: secret.as_deref().map(token_hash),
     };
     let command = ProviderCommand::Register(registered);
@@ -177,13 +172,16 @@ pub async fn create(
             decide(st, command.clone())
         })
         .await?;
-    // The first app needs a key to sign its tokens, published before it asks for one.
-    let keyless = s.engine.projector.read().provider.signing_key().is_none();
-    if keyless {
-        crate::provider::add_signing_key(&s.engine, &who.actor())
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
-    }
+    // The app's keys are published before it asks for a token (its library may fetch the
+    // JWKS once, at start).
+    crate::provider::ensure_signing_keys(
+        &s.engine,
+        &who.actor(),
+        &["ES256", alg.as_str()],
+        s.oidc.overlap(),
+    )
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok((
         StatusCode::CREATED,
         Json(answer(&s, app_id, position, secret).await?),
@@ -338,13 +336,28 @@ pub async fn keys(
     Ok(page(items, next))
 }
 
-/// Puts a new signing key in force; the previous one stays published while tokens it
-/// signed may be live.
+/// `?alg=` of a key rotation.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct RotateKeyQuery {
+    /// `ES256` (the default) or `RS256`.
+    alg: Option<String>,
+}
+
+/// Puts a new signing key in force for an algorithm; the previous one stays published
+/// while tokens it signed may be live.
 pub async fn rotate_key(
     State(s): State<AppState>,
     who: Principal,
+    ApiQuery(q): ApiQuery<RotateKeyQuery>,
 ) -> Result<(StatusCode, Json<SigningKey>), ApiError> {
-    let kid = crate::provider::add_signing_key(&s.engine, &who.actor())
+    let alg = q.alg.unwrap_or_else(|| "ES256".into());
+    if !crate::provider::ALGS.contains(&alg.as_str()) {
+        return Err(ApiError::Unprocessable(format!(
+            "alg {alg:?}: ES256 or RS256"
+        )));
+    }
+    let kid = crate::provider::add_signing_key(&s.engine, &who.actor(), &alg, s.oidc.overlap())
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     let p = s.engine.projector.read();

@@ -82,6 +82,8 @@ pub struct AppState {
     pub invite_ttl: chrono::Duration,
     /// How long a user's sign-in session lasts without a request.
     pub signin_idle: Duration,
+    /// The OpenID Connect provider's code and token lifetimes and key schedule.
+    pub oidc: crate::provider::Timing,
 }
 
 /// Who may call a route.
@@ -247,7 +249,8 @@ pub fn operations() -> Vec<Operation> {
         op(M::GET, "/v1/provider/signing-keys", Read, "The provider's signing keys, newest first", get(apps::keys))
             .query::<apps::KeysQuery>()
             .page::<apps::SigningKey>(),
-        op(M::POST, "/v1/provider/signing-keys", Admin, "Put a new signing key in force; the previous one stays published while its tokens live", post(apps::rotate_key))
+        op(M::POST, "/v1/provider/signing-keys", Admin, "Put a new signing key in force (?alg=ES256|RS256); the previous one stays published while its tokens live", post(apps::rotate_key))
+            .query::<apps::RotateKeyQuery>()
             .json::<apps::SigningKey>(201),
         op(M::GET, "/v1/domains/{id}/workstation-certificate", Read, "The domain's workstation passwordless logon certificate (?format=pem|der)", get(workstation::download))
             .query::<workstation::FormatQuery>()

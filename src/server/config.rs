@@ -112,11 +112,32 @@ pub struct Config {
     pub invite_ttl_hours: u32,
     /// Minutes a user's sign-in session lasts without a request.
     pub signin_idle_minutes: u64,
+    /// Seconds an OpenID Connect authorization code may be exchanged.
+    pub oidc_code_ttl_secs: u64,
+    /// Seconds an ID or access token lives.
+    pub oidc_token_ttl_secs: u64,
+    /// Seconds a relying party's clock may lag: a retired signing key stays published
+    /// `oidc_token_ttl_secs + oidc_clock_skew_secs`.
+    pub oidc_clock_skew_secs: u64,
+    /// Days a signing key is in force before the schedule replaces it (0: only on demand;
+    /// fractions allowed).
+    pub signing_key_rotation_days: f64,
 }
 
 impl Config {
     fn graph_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.graph_timeout_secs)
+    }
+
+    /// The OpenID Connect provider's lifetimes and key schedule.
+    pub fn oidc(&self) -> crate::provider::Timing {
+        crate::provider::Timing {
+            code_ttl: Duration::from_secs(self.oidc_code_ttl_secs),
+            token_ttl: Duration::from_secs(self.oidc_token_ttl_secs),
+            clock_skew: Duration::from_secs(self.oidc_clock_skew_secs),
+            key_rotation: (self.signing_key_rotation_days > 0.0)
+                .then(|| Duration::from_secs_f64(self.signing_key_rotation_days * 86_400.0)),
+        }
     }
 
     /// The rotation scheduler's settings.
@@ -194,6 +215,21 @@ impl Config {
         if !(1..=720).contains(&self.invite_ttl_hours) {
             return Err(Error::Other("invite_ttl_hours: 1 to 720".into()));
         }
+        if !(1..=600).contains(&self.oidc_code_ttl_secs) {
+            return Err(Error::Other("oidc_code_ttl_secs: 1 to 600".into()));
+        }
+        if !(1..=86_400).contains(&self.oidc_token_ttl_secs) {
+            return Err(Error::Other("oidc_token_ttl_secs: 1 to 86400".into()));
+        }
+        if self.oidc_clock_skew_secs > 3600 {
+            return Err(Error::Other("oidc_clock_skew_secs: 0 to 3600".into()));
+        }
+        let days = self.signing_key_rotation_days;
+        if !days.is_finite() || !(0.0..=3650.0).contains(&days) {
+            return Err(Error::Other(
+                "signing_key_rotation_days: 0 (never) to 3650".into(),
+            ));
+        }
         if let Some(u) = &self.public_url {
             crate::http::PublicUrl::parse(u)
                 .map_err(|e| Error::Other(format!("public_url: {e}")))?;
@@ -245,6 +281,10 @@ impl Default for Config {
             public_url: None,
             invite_ttl_hours: 72,
             signin_idle_minutes: 30,
+            oidc_code_ttl_secs: 60,
+            oidc_token_ttl_secs: 900,
+            oidc_clock_skew_secs: 300,
+            signing_key_rotation_days: 90.0,
         }
     }
 }
@@ -322,6 +362,18 @@ impl Config {
         }
         if let Some(v) = env_setting("IDLEDGER_SIGNIN_IDLE_MINUTES", "a number of minutes")? {
             c.signin_idle_minutes = v;
+        }
+        if let Some(v) = env_setting("IDLEDGER_OIDC_CODE_TTL_SECS", secs)? {
+            c.oidc_code_ttl_secs = v;
+        }
+        if let Some(v) = env_setting("IDLEDGER_OIDC_TOKEN_TTL_SECS", secs)? {
+            c.oidc_token_ttl_secs = v;
+        }
+        if let Some(v) = env_setting("IDLEDGER_OIDC_CLOCK_SKEW_SECS", secs)? {
+            c.oidc_clock_skew_secs = v;
+        }
+        if let Some(v) = env_setting("IDLEDGER_SIGNING_KEY_ROTATION_DAYS", "a number of days")? {
+            c.signing_key_rotation_days = v;
         }
         if let Some(v) = flags.listen {
             c.listen = v;

@@ -138,7 +138,9 @@ pub async fn start_with(
             .map_err(|e| Error::Other(format!("public_url: {e}")))?,
         invite_ttl: chrono::Duration::hours(i64::from(config.invite_ttl_hours)),
         signin_idle: Duration::from_secs(config.signin_idle_minutes * 60),
+        oidc: config.oidc(),
     };
+    crate::provider::keep_rotating(state.engine.clone(), state.oidc);
     Ok((state, bootstrap))
 }
 

@@ -29,8 +29,6 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// How long an authorization code may be exchanged.
-const CODE_TTL: Duration = Duration::from_secs(60);
 /// Refresh tokens live this long without use.
 const REFRESH_TTL: Duration = Duration::from_secs(30 * 86_400);
 /// Codes and refresh families kept at most (a full map drops its oldest).
@@ -142,7 +140,7 @@ struct Discovery {
     response_modes_supported: [&'static str; 1],
     grant_types_supported: [&'static str; 2],
     subject_types_supported: [&'static str; 1],
-    id_token_signing_alg_values_supported: [&'static str; 1],
+    id_token_signing_alg_values_supported: [&'static str; 2],
     token_endpoint_auth_methods_supported: [&'static str; 3],
     code_challenge_methods_supported: [&'static str; 1],
     claims_supported: [&'static str; 14],
@@ -163,7 +161,7 @@ async fn discovery(State(ctx): State<Ctx>) -> Result<Json<Discovery>, Refusal> {
         response_modes_supported: ["query"],
         grant_types_supported: ["authorization_code", "refresh_token"],
         subject_types_supported: ["public"],
-        id_token_signing_alg_values_supported: ["ES256"],
+        id_token_signing_alg_values_supported: crate::provider::ALGS,
         token_endpoint_auth_methods_supported: [
             "client_secret_basic",
             "client_secret_post",
@@ -371,7 +369,7 @@ fn continue_with(ctx: &Ctx, headers: &HeaderMap, request: &AuthRequest) -> Optio
     let code = sessions::random_text();
     {
         let mut codes = ctx.provider.codes.lock().unwrap_or_else(|e| e.into_inner());
-        codes.retain(|_, c| c.created.elapsed() < CODE_TTL);
+        codes.retain(|_, c| c.created.elapsed() < ctx.app.oidc.code_ttl);
         if codes.len() >= MOST {
             return Some(to_app(
                 &request.redirect_uri,
@@ -661,7 +659,7 @@ async fn exchange_code(
         }
         return invalid_grant("the code is unknown, expired or used already");
     };
-    let expired = grant.created.elapsed() >= CODE_TTL;
+    let expired = grant.created.elapsed() >= ctx.app.oidc.code_ttl;
     let reason = if expired {
         Some("the code expired")
     } else if grant.request.app != app.id {
@@ -706,7 +704,7 @@ async fn exchange_code(
         Err(_) => None,
     };
     let mut spent = ctx.provider.spent.lock().unwrap_or_else(|e| e.into_inner());
-    spent.retain(|_, x| x.at.elapsed() < CODE_TTL);
+    spent.retain(|_, x| x.at.elapsed() < ctx.app.oidc.code_ttl);
     if spent.len() < MOST {
         spent.insert(
             key,
@@ -836,27 +834,23 @@ async fn issue(
             r.message,
         )));
     }
-    if ctx
-        .app
-        .engine
-        .projector
-        .read()
-        .provider
-        .signing_key()
-        .is_none()
-    {
-        // The first token this provider signs: its first key, made and recorded now.
-        crate::provider::add_signing_key(&ctx.app.engine, &idledger_domain::Actor::System)
-            .await
-            .map_err(|e| {
-                tracing::warn!(error = %e, "no signing key could be made");
-                boxed(token_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "temporarily_unavailable",
-                    "no signing key",
-                ))
-            })?;
-    }
+    // The first token an app asks for: its keys, made and recorded now (access tokens are
+    // ES256; ID tokens use the app's algorithm).
+    crate::provider::ensure_signing_keys(
+        &ctx.app.engine,
+        &idledger_domain::Actor::System,
+        &["ES256", app.id_token_alg.as_str()],
+        ctx.app.oidc.overlap(),
+    )
+    .await
+    .map_err(|e| {
+        tracing::warn!(error = %e, "no signing key could be made");
+        boxed(token_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            "no signing key",
+        ))
+    })?;
     let (name, upn, mail) = {
         let p = ctx.app.engine.projector.read();
         p.users
@@ -871,6 +865,7 @@ async fn issue(
             .unwrap_or_default()
     };
     let now = Utc::now().timestamp();
+    let ttl = ctx.app.oidc.token_ttl.as_secs() as i64;
     let profile = scope.iter().any(|s| s == "profile");
     let email = scope.iter().any(|s| s == "email");
     let claims = |nonce: Option<String>, access: bool| Claims {
@@ -878,7 +873,7 @@ async fn issue(
         sub: user.to_string(),
         aud: app.client_id.clone(),
         azp: app.client_id.clone(),
-        exp: now + crate::provider::TOKEN_TTL_SECS,
+        exp: now + ttl,
         iat: now,
         auth_time: session.auth_time.timestamp(),
         nonce,
@@ -891,18 +886,21 @@ async fn issue(
         scope: access.then(|| scope.join(" ")),
         jti: access.then(|| uuid::Uuid::new_v4().to_string()),
     };
-    let sign = |c: &Claims| {
-        ctx.provider.signer.sign(&ctx.app.engine, c).map_err(|e| {
-            tracing::warn!(error = %e, "a token could not be signed");
-            boxed(token_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "temporarily_unavailable",
-                "signing failed",
-            ))
-        })
+    let sign = |alg: &str, c: &Claims| {
+        ctx.provider
+            .signer
+            .sign(&ctx.app.engine, alg, c)
+            .map_err(|e| {
+                tracing::warn!(error = %e, "a token could not be signed");
+                boxed(token_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    "signing failed",
+                ))
+            })
     };
-    let id_token = sign(&claims(nonce.clone(), false))?;
-    let access_token = sign(&claims(None, true))?;
+    let id_token = sign(&app.id_token_alg, &claims(nonce.clone(), false))?;
+    let access_token = sign("ES256", &claims(None, true))?;
     let family_id = refresh.as_ref().map(|(f, _)| *f);
     if let Some((f, text)) = &refresh {
         let h = hash(text);
@@ -949,7 +947,7 @@ async fn issue(
     let body = TokenAnswer {
         access_token,
         token_type: "Bearer",
-        expires_in: crate::provider::TOKEN_TTL_SECS,
+        expires_in: ttl,
         id_token,
         refresh_token: refresh.map(|(_, t)| t),
         scope: scope.join(" "),

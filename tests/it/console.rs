@@ -9,7 +9,7 @@ use serde_json::json;
 use std::time::Duration;
 
 impl Browser {
-    async fn sign_in(&self, base: &str, token: &str) {
+    pub(crate) async fn sign_in(&self, base: &str, token: &str) {
         self.goto(&format!("{base}/")).await;
         self.fill("#token", token).await;
         self.click("button[type=submit]").await;

@@ -431,3 +431,332 @@ async fn a_relying_party_signs_a_passkey_user_in_and_every_rule_holds() {
         "{csv}"
     );
 }
+
+/// A relying party's callback on loopback: answers 200 to whatever it is sent, so the
+/// browser settles there and the test reads the code from its address.
+async fn callback_server() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let app = axum::Router::new().route(
+        "/callback",
+        axum::routing::get(|| async { axum::response::Html("<h1>Payroll: signed in</h1>") }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://localhost:{port}/callback")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_registered_in_the_console_signs_a_passkey_user_in_through_chromium() {
+    let (w, adele, _) = signin_world().await;
+    let callback = callback_server().await;
+    let b = crate::support::Browser::start().await;
+
+    // An admin registers the app on the console's Apps page; RS256, for an RSA-only RP.
+    b.sign_in(&w.app.public, &w.app.admin).await;
+    b.goto(&format!("{}/console/apps", w.app.public)).await;
+    b.wait_text("#apps", "No apps yet").await;
+    b.fill("#a-name", "Payroll").await;
+    b.fill("#a-redirects", &callback).await;
+    b.css("#a-alg option[value=RS256]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    assert!(b.present("#a-domains input[type=checkbox]:checked").await);
+    b.click("#add-app button[type=submit]").await;
+    b.wait_text("#app-secret", "never shown again").await;
+    let client_id = b.css("#new-client-id").await.text().await.unwrap();
+    let secret = b.css("#new-client-secret").await.text().await.unwrap();
+    b.wait_text("#apps", "Payroll").await;
+    let keys = b.wait_text("#signing-keys", "RS256").await;
+    assert!(keys.contains("ES256"), "{keys}");
+    b.client
+        .execute("window.scrollTo(0, 0)", vec![])
+        .await
+        .unwrap();
+    b.screenshot("console-apps").await;
+    // The page's secret is the one the API answered with: it opens the token endpoint.
+    assert!(secret.len() >= 43, "{secret}");
+
+    // Adele enrols a passkey from her invite, then signs out.
+    let authenticator = b.add_authenticator("usb").await;
+    crate::signin::invite(&w, &adele).await;
+    b.goto(&crate::signin::outbox_link(
+        &w,
+        "adele.vance@contoso.onmicrosoft.com",
+    ))
+    .await;
+    b.wait_text("h1", "Adele Vance").await;
+    b.fill("#passkey-name", "Hideez Key").await;
+    b.click("button[data-webauthn=register]").await;
+    b.wait_text("main", "Recent sign-ins").await;
+    b.click("form[action='/signout'] button").await;
+    b.wait_text("h1", "Sign in").await;
+
+    // The relying party sends her browser to idledger; she signs in with the passkey and
+    // lands back at the app with a code.
+    let http = rp_http();
+    let metadata =
+        CoreProviderMetadata::discover_async(IssuerUrl::new(w.app.public.clone()).unwrap(), &http)
+            .await
+            .unwrap();
+    let client = CoreClient::from_provider_metadata(
+        metadata,
+        ClientId::new(client_id.trim().to_owned()),
+        Some(ClientSecret::new(secret.trim().to_owned())),
+    )
+    .set_redirect_uri(RedirectUrl::new(callback.clone()).unwrap());
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let (url, csrf, nonce) = client
+        .authorize_url(
+            CoreAuthenticationFlow::AuthorizationCode,
+            CsrfToken::new_random,
+            Nonce::new_random,
+        )
+        .add_scope(Scope::new("profile".into()))
+        .add_scope(Scope::new("email".into()))
+        .set_pkce_challenge(challenge)
+        .url();
+    b.goto(url.as_str()).await;
+    b.wait_text("h1", "Sign in").await;
+    b.click("button[data-webauthn=signin]").await;
+    b.wait_text("h1", "Payroll: signed in").await;
+    let landed = b.url().await;
+    assert!(landed.starts_with(&callback), "{landed}");
+    let query: Vec<(String, String)> = landed
+        .split_once('?')
+        .unwrap()
+        .1
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), urlencoding::decode(v).unwrap().into_owned()))
+        .collect();
+    assert_eq!(get(&query, "state"), Some(csrf.secret().as_str()));
+    let tokens = client
+        .exchange_code(AuthorizationCode::new(get(&query, "code").unwrap().into()))
+        .unwrap()
+        .set_pkce_verifier(verifier)
+        .request_async(&http)
+        .await
+        .unwrap();
+    let verify = client
+        .id_token_verifier()
+        .set_allowed_algs(vec![CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256]);
+    let claims = tokens.id_token().unwrap().claims(&verify, &nonce).unwrap();
+    assert_eq!(claims.subject().as_str(), adele);
+    assert_eq!(
+        claims.preferred_username().unwrap().as_str(),
+        "adele.vance@contoso.onmicrosoft.com"
+    );
+    let amr: Vec<String> = claims
+        .auth_method_refs()
+        .unwrap()
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    assert_eq!(amr, ["hwk", "mfa"]);
+    let info: CoreUserInfoClaims = client
+        .user_info(tokens.access_token().clone(), None)
+        .unwrap()
+        .request_async(&http)
+        .await
+        .unwrap();
+    assert_eq!(info.subject().as_str(), adele);
+    assert_eq!(b.authenticator_credentials(&authenticator).await.len(), 1);
+
+    // The console shows the app's secret once only: a reload shows the list, no secret.
+    b.goto(&format!("{}/console/apps", w.app.public)).await;
+    b.wait_text("#apps", "Payroll").await;
+    let page = b.css("main").await.text().await.unwrap();
+    assert!(!page.contains(secret.trim()), "the secret shows again");
+
+    // An auditor sees the apps and keys, and no control that changes them.
+    let auditor = w.app.token("auditor", &[]).await;
+    b.click("form.sign-out button").await;
+    b.css("#token").await;
+    b.sign_in(&w.app.public, &auditor).await;
+    b.goto(&format!("{}/console/apps", w.app.public)).await;
+    b.wait_text("#apps", "Payroll").await;
+    b.wait_text("#signing-keys", "RS256").await;
+    for control in ["#add-app", "#rotate-key", "[data-remove]", "[data-secret]"] {
+        assert!(!b.present(control).await, "an auditor sees {control}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codes_expire_keys_rotate_on_schedule_and_a_retired_key_stops_verifying_after_its_overlap()
+{
+    // Everything short: codes live 1 s, tokens 3 s, keys are replaced every 5 s.
+    let (w, adele, _) = crate::signin::signin_world_tuned(|c| {
+        c.oidc_code_ttl_secs = 1;
+        c.oidc_token_ttl_secs = 3;
+        c.oidc_clock_skew_secs = 0;
+        c.signing_key_rotation_days = 5.0 / 86_400.0;
+    })
+    .await;
+    let mut key = SoftKey::new();
+    let mut browser =
+        enrol_with_key(&w, &adele, "adele.vance@contoso.onmicrosoft.com", &mut key).await;
+    let app = register_app(&w, "confidential").await;
+    let client_id = app["client_id"].as_str().unwrap().to_owned();
+    let secret = app["client_secret"].as_str().unwrap().to_owned();
+    let first_kid = {
+        let (_, keys) = w
+            .admin(Method::GET, "/v1/provider/signing-keys", None)
+            .await;
+        keys["items"][0]["kid"].as_str().unwrap().to_owned()
+    };
+    let http = rp_http();
+    let discover = || async {
+        let metadata = CoreProviderMetadata::discover_async(
+            IssuerUrl::new(w.app.public.clone()).unwrap(),
+            &http,
+        )
+        .await
+        .unwrap();
+        CoreClient::from_provider_metadata(
+            metadata,
+            ClientId::new(client_id.clone()),
+            Some(ClientSecret::new(secret.clone())),
+        )
+        .set_redirect_uri(RedirectUrl::new(REDIRECT.into()).unwrap())
+    };
+    let client = discover().await;
+    let code_for = async |browser: &mut Visitor| {
+        let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+        let (url, _, nonce) = client
+            .authorize_url(
+                CoreAuthenticationFlow::AuthorizationCode,
+                CsrfToken::new_random,
+                Nonce::new_random,
+            )
+            .set_pkce_challenge(challenge)
+            .url();
+        let (_, _, q) = authorize(browser, url.as_str()).await;
+        (get(&q, "code").unwrap().to_owned(), verifier, nonce)
+    };
+
+    // A code not exchanged within its life is refused, and the refusal is on record.
+    let (code, verifier, _) = code_for(&mut browser).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1300)).await;
+    let late = reqwest::Client::new()
+        .post(format!("{}/token", w.app.public))
+        .basic_auth(&client_id, Some(&secret))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("redirect_uri", REDIRECT),
+            ("code_verifier", verifier.secret().as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(late.status(), StatusCode::BAD_REQUEST);
+    let body: Value = late.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_grant", "{body}");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("expired"),
+        "{body}"
+    );
+
+    // In time, it works; its ID token carries the first key's id.
+    let (code, verifier, nonce) = code_for(&mut browser).await;
+    let tokens = client
+        .exchange_code(AuthorizationCode::new(code))
+        .unwrap()
+        .set_pkce_verifier(verifier)
+        .request_async(&http)
+        .await
+        .unwrap();
+    let id_token = tokens.id_token().unwrap().clone();
+    let issued = chrono::Utc::now();
+    let allowed = vec![CoreJwsSigningAlgorithm::EcdsaP256Sha256];
+    id_token
+        .claims(
+            &client.id_token_verifier().set_allowed_algs(allowed.clone()),
+            &nonce,
+        )
+        .unwrap();
+    assert!(id_token.to_string().contains('.'));
+
+    // The schedule replaces the key without anyone asking; the old one is retired with a
+    // publication deadline of its tokens' life.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let retired_until = loop {
+        let (_, keys) = w
+            .admin(Method::GET, "/v1/provider/signing-keys", None)
+            .await;
+        let old = keys["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["kid"] == first_kid.as_str())
+            .unwrap()
+            .clone();
+        if old["status"] == "retired" {
+            break chrono::DateTime::parse_from_rfc3339(old["verify_until"].as_str().unwrap())
+                .unwrap();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no scheduled rotation: {keys}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    };
+    let (_, events) = w.admin(Method::GET, "/v1/events?limit=1000", None).await;
+    assert!(
+        events["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "SigningKeyRetired" && e["actor"].to_string().contains("system")),
+        "the schedule's rotation is an event by the system"
+    );
+
+    // After the overlap, the JWKS no longer has the key, and a relying party that fetches it
+    // anew cannot verify the token even at a moment when it had not expired.
+    let wait = (retired_until.with_timezone(&chrono::Utc) - chrono::Utc::now())
+        .to_std()
+        .unwrap_or_default();
+    tokio::time::sleep(wait + std::time::Duration::from_millis(200)).await;
+    let jwks: Value = reqwest::get(format!("{}/jwks.json", w.app.public))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        !jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["kid"] == first_kid.as_str()),
+        "{jwks}"
+    );
+    let fresh = discover().await;
+    let at_issue = move || issued;
+    // The control: with the JWKS fetched before the rotation, the same check passes.
+    id_token
+        .claims(
+            &client
+                .id_token_verifier()
+                .set_allowed_algs(allowed.clone())
+                .set_time_fn(at_issue),
+            &nonce,
+        )
+        .unwrap();
+    let refused = id_token.claims(
+        &fresh
+            .id_token_verifier()
+            .set_allowed_algs(allowed)
+            .set_time_fn(at_issue),
+        &nonce,
+    );
+    assert!(
+        refused.is_err(),
+        "a token of a key past its overlap verified"
+    );
+}

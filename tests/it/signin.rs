@@ -100,7 +100,7 @@ fn csrf_of(html: &str) -> String {
 }
 
 /// The newest enrolment link in the outbox for `upn`.
-fn outbox_link(w: &World, upn: &str) -> String {
+pub(crate) fn outbox_link(w: &World, upn: &str) -> String {
     let dir = w.app.dir.path().join("outbox");
     let tag = upn.replace(
         |c: char| !c.is_ascii_alphanumeric() && c != '.' && c != '@',
@@ -128,7 +128,21 @@ fn outbox_link(w: &World, upn: &str) -> String {
 /// A synced world with users 1 (passwordless) and 2 (password and second factor) imported,
 /// SSO on for both, and the server's Entra callback registered on the app in graphsim.
 pub(crate) async fn signin_world() -> (World, String, String) {
-    let w = world(json!({})).await;
+    signin_world_in(world(json!({})).await).await
+}
+
+/// [`signin_world`] on a server whose configuration `tune` changed.
+pub(crate) async fn signin_world_tuned(
+    tune: impl FnOnce(&mut idledger::server::Config),
+) -> (World, String, String) {
+    let app = crate::support::spawn_app_tuned(idledger::sync::SyncConfig::default(), tune).await;
+    signin_world_in(
+        crate::support::world_in(app, crate::support::sim().await, None, json!({})).await,
+    )
+    .await
+}
+
+async fn signin_world_in(w: World) -> (World, String, String) {
     w.sync().await;
     w.import_all().await;
     w.sim(
@@ -155,7 +169,7 @@ pub(crate) async fn signin_world() -> (World, String, String) {
     (w, adele, alex)
 }
 
-async fn invite(w: &World, user: &str) -> Value {
+pub(crate) async fn invite(w: &World, user: &str) -> Value {
     let (s, b) = w
         .admin(Method::POST, &format!("/v1/users/{user}/invite"), None)
         .await;

@@ -20,8 +20,8 @@ pub struct AppFacts {
 pub struct ProviderState {
     /// Every app ever registered.
     pub apps: BTreeMap<AppId, AppFacts>,
-    /// The signing key in force.
-    pub signing_key: Option<String>,
+    /// The signing key in force for each algorithm (`ES256`, `RS256`): its `kid`.
+    pub signing_keys: BTreeMap<String, String>,
     /// Every key ever added.
     pub keys: std::collections::BTreeSet<String>,
 }
@@ -46,10 +46,10 @@ pub fn evolve(mut s: ProviderState, e: &Event) -> ProviderState {
         }
         Event::SigningKeyAdded(e) => {
             s.keys.insert(e.kid.clone());
-            s.signing_key = Some(e.kid.clone());
+            s.signing_keys.insert(e.alg.clone(), e.kid.clone());
         }
-        Event::SigningKeyRetired(e) if s.signing_key.as_ref() == Some(&e.kid) => {
-            s.signing_key = None;
+        Event::SigningKeyRetired(e) => {
+            s.signing_keys.retain(|_, kid| *kid != e.kid);
         }
         _ => {}
     }
@@ -72,7 +72,8 @@ pub enum ProviderCommand {
     },
     /// Remove an app.
     Remove(AppId),
-    /// Put a new signing key in force; the one in force verifies until `verify_until`.
+    /// Put a new signing key in force for its algorithm; the one in force for that
+    /// algorithm verifies until `verify_until`.
     AddSigningKey {
         /// The key.
         key: SigningKeyAdded,
@@ -203,8 +204,11 @@ pub fn decide(s: &ProviderState, c: ProviderCommand) -> Result<Vec<Event>, Rejec
             if s.keys.contains(&key.kid) {
                 return Err(Rejection::AlreadyExists("signing key"));
             }
+            if !matches!(key.alg.as_str(), "ES256" | "RS256") {
+                return Err(invalid("alg", "ES256 or RS256"));
+            }
             let mut events: Vec<Event> = Vec::new();
-            if let Some(current) = &s.signing_key {
+            if let Some(current) = s.signing_keys.get(&key.alg) {
                 events.push(
                     SigningKeyRetired {
                         kid: current.clone(),
@@ -310,9 +314,9 @@ mod tests {
 
     #[test]
     fn a_new_signing_key_retires_the_one_in_force() {
-        let key = |kid: &str| SigningKeyAdded {
+        let key = |kid: &str, alg: &str| SigningKeyAdded {
             kid: kid.into(),
-            alg: "ES256".into(),
+            alg: alg.into(),
             public_jwk: "{}".into(),
             sealed_private_key: SealedSecret {
                 key_id: DataKeyId(uuid::Uuid::from_u128(9)),
@@ -321,10 +325,11 @@ mod tests {
             },
         };
         let until = chrono::DateTime::from_timestamp(1_900_000_000, 0).unwrap_or_default();
-        let add = |kid: &str| ProviderCommand::AddSigningKey {
-            key: key(kid),
+        let add_alg = |kid: &str, alg: &str| ProviderCommand::AddSigningKey {
+            key: key(kid, alg),
             verify_until: until,
         };
+        let add = |kid: &str| add_alg(kid, "ES256");
         let s = ProviderState::default();
         let first = decide(&s, add("k1")).unwrap_or_default();
         assert_eq!(first.len(), 1);
@@ -335,7 +340,19 @@ mod tests {
             ["SigningKeyRetired", "SigningKeyAdded"]
         );
         let s = second.iter().fold(s, evolve);
-        assert_eq!(s.signing_key.as_deref(), Some("k2"));
+        assert_eq!(s.signing_keys.get("ES256").map(String::as_str), Some("k2"));
         assert!(decide(&s, add("k1")).is_err());
+        // Each algorithm has its own key in force: an RS256 key retires no ES256 key.
+        let rsa = decide(&s, add_alg("r1", "RS256")).unwrap_or_default();
+        assert_eq!(
+            rsa.iter().map(Event::kind).collect::<Vec<_>>(),
+            ["SigningKeyAdded"]
+        );
+        let s = rsa.iter().fold(s, evolve);
+        assert_eq!(s.signing_keys.len(), 2);
+        assert!(matches!(
+            decide(&s, add_alg("h1", "HS256")),
+            Err(Rejection::Invalid { field: "alg", .. })
+        ));
     }
 }

@@ -21,7 +21,9 @@ const KINDS = ["DomainRegistered", "DomainSettingsChanged", "DomainCredentialsSe
   "PasswordRevealed", "TokenIssued", "TokenRevoked", "RotationInterrupted", "RotationRequested",
   "EnrolmentStarted", "EnrolmentCompleted", "PasskeyRegistered", "PasskeyRenamed",
   "PasskeyRemoved", "TotpEnrolled", "TotpRemoved", "SignInSucceeded", "SignInFailed",
-  "SignInLocked", "WorkstationCertificateIssued", "WorkstationCertificateRetired"];
+  "SignInLocked", "WorkstationCertificateIssued", "WorkstationCertificateRetired",
+  "AppRegistered", "AppChanged", "AppSecretRotated", "AppRemoved", "SigningKeyAdded",
+  "SigningKeyRetired", "AppTokensIssued", "AppTokenRefused"];
 
 /// Calls the API; answers the parsed body, or throws an Error with the API's message.
 async function api(method, path, payload) {
@@ -565,9 +567,88 @@ async function auditPage() {
   });
 }
 
+// ---- Apps ----------------------------------------------------------------------------
+
+/// The client id and, once, the secret of an app just registered or given a new secret.
+function showSecret(a, what) {
+  const rows = [el("dt", {}, "Client ID"), el("dd", { class: "mono", id: "new-client-id" }, a.client_id)];
+  if (a.client_secret) {
+    rows.push(el("dt", {}, "Client secret"), el("dd", { class: "mono", id: "new-client-secret" }, a.client_secret));
+  }
+  $("#app-secret").replaceChildren(el("div", { class: "report ok" },
+    el("p", {}, a.client_secret
+      ? `${what} “${a.name}”. Copy the client secret now: it is never shown again.`
+      : `${what} “${a.name}” (public: it has no secret).`),
+    el("dl", { class: "facts" }, rows)));
+}
+
+const lines = (text) => (text ?? "").split("\n").map((l) => l.trim()).filter((l) => l);
+
+async function appsPage() {
+  const domains = (await api("GET", "/v1/domains?limit=1000")).items.filter((d) => !d.removed);
+  const names = new Map(domains.map((d) => [d.id, d.domain]));
+  const refresh = async () => {
+    const list = await api("GET", "/v1/apps?limit=1000");
+    fill($("#apps"), list.items.filter((a) => !a.removed).map((a) => {
+      const actions = [];
+      if (admin && a.type === "confidential") {
+        actions.push(el("button", { type: "button", "data-secret": a.id, onclick: async (ev) => {
+          if (!window.confirm(`Give “${a.name}” a new client secret? The current one stops working at once.`)) return;
+          ev.target.disabled = true;
+          try { showSecret(await api("POST", `/v1/apps/${a.id}/secret`), "New secret for"); }
+          catch (e) { flash(e.message, "error"); } finally { ev.target.disabled = false; }
+        } }, "New secret"));
+      }
+      if (admin) {
+        actions.push(el("button", { type: "button", class: "danger", "data-remove": a.id, onclick: async () => {
+          if (!window.confirm(`Remove “${a.name}”? Its users can no longer sign in to it and its tokens are refused.`)) return;
+          try { await api("DELETE", `/v1/apps/${a.id}`); flash(`Removed ${a.name}.`); await refresh(); }
+          catch (e) { flash(e.message, "error"); }
+        } }, "Remove"));
+      }
+      return el("tr", {},
+        el("td", {}, a.name), el("td", { class: "mono" }, a.client_id), el("td", {}, a.type),
+        el("td", {}, a.redirect_uris.join("\n")),
+        el("td", {}, a.domain_ids.map((d) => names.get(d) ?? d).join(", ")),
+        el("td", {}, badge("active")), el("td", {}, actions));
+    }), "No apps yet." + (admin ? " Register one below." : ""));
+    const keys = await api("GET", "/v1/provider/signing-keys?limit=100");
+    fill($("#signing-keys"), keys.items.map((k) => el("tr", {},
+      el("td", { class: "mono" }, k.kid), el("td", {}, k.alg),
+      el("td", {}, badge(k.status === "current" ? "current" : "retired", k.status === "current" ? "active" : "deactivated")),
+      el("td", {}, when(k.added_at)), el("td", {}, k.verify_until ? when(k.verify_until) : "in force"))),
+    "No signing key yet: the first app makes one.");
+  };
+  await refresh();
+  const form = $("#add-app");
+  if (!form) return;
+  const box = $("#a-domains");
+  for (const d of domains) {
+    box.append(el("label", {}, el("input", { type: "checkbox", name: "domain_ids", value: d.id, checked: domains.length === 1 }), ` ${d.domain}`));
+  }
+  wire(form, async () => {
+    const data = new FormData(form);
+    const a = await api("POST", "/v1/apps", {
+      name: data.get("name"), redirect_uris: lines(data.get("redirect_uris")),
+      post_logout_redirect_uris: lines(data.get("post_logout_redirect_uris")),
+      type: data.get("type"), domain_ids: data.getAll("domain_ids"),
+      id_token_signed_response_alg: data.get("id_token_signed_response_alg"),
+    });
+    form.reset();
+    showSecret(a, "Registered");
+    await refresh();
+  });
+  wire($("#rotate-key"), async () => {
+    const alg = $("#k-alg").value;
+    const k = await api("POST", `/v1/provider/signing-keys?alg=${encodeURIComponent(alg)}`);
+    flash(`A new ${k.alg} key is in force: ${k.kid}.`);
+    await refresh();
+  }, "Put a new signing key in force? The current one stays published until its tokens expire.");
+}
+
 const pages = {
   domains: domainsPage, domain: domainPage, import: importPage, users: usersPage,
-  user: userPage, rotations: rotationsPage, audit: auditPage,
+  user: userPage, rotations: rotationsPage, audit: auditPage, apps: appsPage,
 };
 const start = pages[body.dataset.page];
 if (start) start().catch((e) => flash(e.message, "error"));

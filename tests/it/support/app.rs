@@ -26,6 +26,14 @@ pub async fn spawn_app() -> App {
 
 /// [`spawn_app`] with the sync workers' settings (a Graph CA bundle, say).
 pub async fn spawn_app_with(sync: idledger::sync::SyncConfig) -> App {
+    spawn_app_tuned(sync, |_| {}).await
+}
+
+/// [`spawn_app_with`], with `tune` changing the server's configuration last.
+pub async fn spawn_app_tuned(
+    sync: idledger::sync::SyncConfig,
+    tune: impl FnOnce(&mut idledger::server::Config),
+) -> App {
     let dir = tempfile::tempdir().unwrap();
     // Rotation ticks fast, so tests of scheduled rotations take a fraction of a second.
     let rotation = idledger::rotation::RotationConfig {
@@ -37,13 +45,17 @@ pub async fn spawn_app_with(sync: idledger::sync::SyncConfig) -> App {
     let (state, bootstrap) = idledger::server::start_with(
         dir.path(),
         // Agents' leases end soon, so tests of redelivery take a second.
-        &idledger::server::Config {
-            agent_lease_secs: 1,
-            max_event_streams: 8,
-            allow_master_key_in_data_dir: true,
-            // Heads are signed soon after appends, so proofs are at hand.
-            sth_interval_ms: 20,
-            ..idledger::server::Config::default()
+        &{
+            let mut config = idledger::server::Config {
+                agent_lease_secs: 1,
+                max_event_streams: 8,
+                allow_master_key_in_data_dir: true,
+                // Heads are signed soon after appends, so proofs are at hand.
+                sth_interval_ms: 20,
+                ..idledger::server::Config::default()
+            };
+            tune(&mut config);
+            config
         },
         sync,
         rotation,

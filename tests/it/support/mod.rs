@@ -7,7 +7,7 @@ pub mod browser;
 pub mod serve;
 pub mod world;
 
-pub use app::{spawn_app, spawn_app_with, App};
+pub use app::{spawn_app, spawn_app_tuned, spawn_app_with, App};
 pub use browser::Browser;
 pub use serve::Serve;
 pub use world::{

@@ -23,6 +23,7 @@ pub mod error;
 pub mod graph;
 pub mod http;
 pub mod invite;
+pub mod metrics;
 pub mod notary;
 pub mod password;
 pub mod projector;

@@ -32,6 +32,8 @@ impl Projector {
         let state = Arc::new(RwLock::new(Projections::new()));
         let (tx, position) = watch::channel(0);
         let task_state = state.clone();
+        // The lag of history folded at start says nothing about the live log.
+        let start_head = log.head().position;
         tokio::spawn(async move {
             let mut sub = subscribe(log, 1);
             loop {
@@ -43,6 +45,9 @@ impl Projector {
                             for env in &batch {
                                 p.apply(env);
                             }
+                        }
+                        if let Some(env) = batch.last().filter(|e| e.position > start_head) {
+                            crate::metrics::applied(env.recorded_at);
                         }
                         if let Some(last) = last {
                             tx.send_replace(last);

@@ -35,7 +35,7 @@ use idledger_domain::rotation::{
 use idledger_domain::{
     Actor, DomainId, Event, KeyWriteId, KeyWriteState, RotationId, RotationReason, StreamId, UserId,
 };
-use idledger_projections::{Projections, UserStatus, UserView};
+use idledger_projections::{Projections, RotationOutcome, UserStatus, UserView};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -538,8 +538,29 @@ impl RotationService {
         if !Self::lock(&self.inner.in_flight).insert(id) {
             return;
         }
+        let outcome = |this: &Self| {
+            let p = this.inner.engine.projector.read();
+            p.rotations
+                .get(id)
+                .map(|r| (r.outcome, r.started_at, r.finished_at))
+        };
+        let before = outcome(self).map(|(o, ..)| o);
         if let Err(e) = self.drive_inner(id, started).await {
             tracing::warn!(rotation = %id.0, error = %e, "rotation left open; the scheduler takes it up again");
+        }
+        if let Some((after, started_at, finished_at)) = outcome(self) {
+            let label = match after {
+                RotationOutcome::Succeeded => Some("succeeded"),
+                RotationOutcome::Failed => Some("refused"),
+                RotationOutcome::Unknown => Some("unknown"),
+                RotationOutcome::Pending => None,
+            };
+            if let Some(label) = label {
+                let end = finished_at.unwrap_or_else(chrono::Utc::now);
+                let took = (end - started_at).to_std().unwrap_or_default();
+                let was_unknown = before == Some(RotationOutcome::Unknown);
+                crate::metrics::rotation_driven(label, took, was_unknown);
+            }
         }
         Self::lock(&self.inner.in_flight).remove(&id);
     }

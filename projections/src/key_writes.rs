@@ -66,6 +66,11 @@ impl KeyWrites {
             .filter(move |w| keys.contains(&w.key_id))
     }
 
+    /// Every write still owed to an agent, oldest first.
+    pub fn pending(&self) -> impl Iterator<Item = &KeyWriteView> + '_ {
+        self.pending.values().filter_map(|id| self.by_id.get(id))
+    }
+
     /// One user's key writes, oldest first.
     pub fn of_user(&self, user: UserId) -> impl Iterator<Item = &KeyWriteView> + '_ {
         self.by_user

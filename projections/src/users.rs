@@ -219,6 +219,15 @@ impl Users {
         found
     }
 
+    /// How many users each domain has in each status (for metrics: one pass over all).
+    pub fn counts(&self) -> std::collections::BTreeMap<(DomainId, &'static str), u64> {
+        let mut counts = std::collections::BTreeMap::new();
+        for u in self.by_id.values() {
+            *counts.entry((u.domain_id, u.status.as_str())).or_default() += 1;
+        }
+        counts
+    }
+
     /// Users of one domain, in id order.
     pub fn of_domain(&self, domain: DomainId) -> impl Iterator<Item = &UserView> + '_ {
         self.iter_after(None).filter(move |u| u.domain_id == domain)

@@ -61,7 +61,9 @@ impl ServeProcess {
         let mut child = cmd.spawn()?;
         let deadline = Instant::now() + Duration::from_secs(60);
         let token = loop {
-            let ready = reqwest::get(format!("{url}/healthz")).await.is_ok();
+            let ready = reqwest::get(format!("{url}/readyz"))
+                .await
+                .is_ok_and(|r| r.status().is_success());
             if let (true, Ok(t)) = (ready, std::fs::read_to_string(data_dir.join("admin.token"))) {
                 break t.trim().to_owned();
             }

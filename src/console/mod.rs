@@ -42,6 +42,7 @@ pub fn app(state: AppState) -> Router {
     crate::http::router(state.clone())
         .merge(console)
         .merge(crate::signin::routes(state))
+        .layer(axum::middleware::from_fn(crate::http::record_request))
 }
 
 /// Who is looking at a page.

@@ -193,6 +193,18 @@ fn api_error(status: StatusCode, body: &[u8], request_id: Option<String>) -> Gra
     }
 }
 
+/// Sends a request for `operation`, recording its time and status (`metrics`).
+async fn timed(
+    operation: &'static str,
+    request: reqwest::RequestBuilder,
+) -> reqwest::Result<reqwest::Response> {
+    let started = Instant::now();
+    let answer = request.send().await;
+    let status = answer.as_ref().ok().map(|r| r.status().as_u16());
+    crate::metrics::graph_call(operation, status, started.elapsed());
+    answer
+}
+
 /// `Retry-After` in seconds, possibly fractional.
 fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
     let s = resp.headers().get("retry-after")?.to_str().ok()?;
@@ -262,7 +274,10 @@ impl GraphClient {
         let mut attempt = 0;
         let resp = loop {
             attempt += 1;
-            match self.http.post(&url).form(&form).send().await {
+            if attempt > 1 {
+                crate::metrics::graph_retry("token");
+            }
+            match timed("token", self.http.post(&url).form(&form)).await {
                 Ok(r) if r.status().is_server_error() && attempt < self.retry.max_attempts => {}
                 Ok(r) => break r,
                 Err(e) => {
@@ -340,11 +355,12 @@ impl GraphClient {
     /// Sends one request with retries; returns the successful answer's body.
     async fn send(
         &self,
+        operation: &'static str,
         method: Method,
         url: &str,
         body: Option<&Value>,
     ) -> Result<Option<Value>, GraphError> {
-        self.send_noting(method, url, body, None).await
+        self.send_noting(operation, method, url, body, None).await
     }
 
     /// [`GraphClient::send`]; with `uncertain`, for writes that must not land behind the
@@ -354,6 +370,7 @@ impl GraphClient {
     /// while the earlier try still lands later. The caller's own protocol retries.
     async fn send_noting(
         &self,
+        operation: &'static str,
         method: Method,
         url: &str,
         body: Option<&Value>,
@@ -367,6 +384,9 @@ impl GraphClient {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            if attempt > 1 {
+                crate::metrics::graph_retry(operation);
+            }
             let token = self.access_token().await?;
             let client_request_id = uuid::Uuid::new_v4().to_string();
             let mut req = self
@@ -378,7 +398,7 @@ impl GraphClient {
                 req = req.json(b);
             }
             let last = attempt >= self.retry.max_attempts;
-            let resp = match req.send().await {
+            let resp = match timed(operation, req).await {
                 Ok(r) => r,
                 Err(e) => {
                     // A refused connection never carried the request; anything else may have.
@@ -460,8 +480,8 @@ impl GraphClient {
         }
     }
 
-    async fn get(&self, url: &str) -> Result<Value, GraphError> {
-        self.send(Method::GET, url, None)
+    async fn get(&self, operation: &'static str, url: &str) -> Result<Value, GraphError> {
+        self.send(operation, Method::GET, url, None)
             .await?
             .ok_or_else(|| GraphError::Decode("empty answer".into()))
     }
@@ -469,12 +489,13 @@ impl GraphClient {
     /// Follows `@odata.nextLink` from `url`, calling `page` on each page's body.
     async fn pages(
         &self,
+        operation: &'static str,
         url: String,
         mut page: impl FnMut(&Value) -> Result<(), GraphError>,
     ) -> Result<Value, GraphError> {
         let mut next = url;
         loop {
-            let body = self.get(&next).await?;
+            let body = self.get(operation, &next).await?;
             page(&body)?;
             match body["@odata.nextLink"].as_str() {
                 // Follow the whole link as given; never rebuild it.
@@ -493,7 +514,7 @@ impl GraphClient {
             urlencoding::encode(&filter)
         );
         let mut out = Vec::new();
-        self.pages(url, |body| {
+        self.pages("groups", url, |body| {
             out.extend(parse_values::<GraphGroup>(body)?);
             Ok(())
         })
@@ -517,7 +538,7 @@ impl GraphClient {
             self.page_size
         );
         let mut out = Vec::new();
-        self.pages(url, |body| {
+        self.pages("members", url, |body| {
             out.extend(parse_values::<GraphUser>(body)?);
             Ok(())
         })
@@ -549,7 +570,7 @@ impl GraphClient {
         };
         let mut out = GroupsDelta::default();
         let last = self
-            .pages(url, |body| {
+            .pages("groups_delta", url, |body| {
                 for g in values(body)? {
                     let id = g["id"]
                         .as_str()
@@ -606,7 +627,7 @@ impl GraphClient {
         };
         let mut out = UsersDelta::default();
         let last = self
-            .pages(url, |body| {
+            .pages("users_delta", url, |body| {
                 for u in values(body)? {
                     if let Some(removed) = u.get("@removed") {
                         out.changes.push(UserChange::Removed {
@@ -634,7 +655,7 @@ impl GraphClient {
             self.graph("/users/delta"),
             urlencoding::encode(select)
         );
-        delta_link_of(&self.get(&url).await?)
+        delta_link_of(&self.get("users_delta", &url).await?)
     }
 
     /// One user.
@@ -644,7 +665,8 @@ impl GraphClient {
             self.graph(&format!("/users/{}", urlencoding::encode(id))),
             urlencoding::encode(select)
         );
-        serde_json::from_value(self.get(&url).await?).map_err(|e| GraphError::Decode(e.to_string()))
+        serde_json::from_value(self.get("user", &url).await?)
+            .map_err(|e| GraphError::Decode(e.to_string()))
     }
 
     /// Sets a user's password (no forced change at next sign-in). Tries that Graph
@@ -662,18 +684,24 @@ impl GraphClient {
             "password": password.expose(),
         }});
         let mut maybe_applied = false;
-        self.send_noting(Method::PATCH, &url, Some(&body), Some(&mut maybe_applied))
-            .await
-            .map(|_| ())
-            .map_err(|error| PasswordNotSet {
-                error,
-                maybe_applied,
-            })
+        self.send_noting(
+            "user_update",
+            Method::PATCH,
+            &url,
+            Some(&body),
+            Some(&mut maybe_applied),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|error| PasswordNotSet {
+            error,
+            maybe_applied,
+        })
     }
 
     /// The tenant's domains.
     pub async fn domains(&self) -> Result<Vec<GraphDomain>, GraphError> {
-        let body = self.get(&self.graph("/domains")).await?;
+        let body = self.get("domains", &self.graph("/domains")).await?;
         parse_values(&body)
     }
 
@@ -729,10 +757,7 @@ impl GraphClient {
     }
 
     async fn get_plain(&self, url: &str) -> Result<Value, GraphError> {
-        let resp = self
-            .http
-            .get(url)
-            .send()
+        let resp = timed("openid_keys", self.http.get(url))
             .await
             .map_err(|e| unanswered(url, e))?;
         let status = resp.status();
@@ -764,11 +789,7 @@ impl GraphClient {
             ("code_verifier", code_verifier),
             ("scope", "openid profile email"),
         ];
-        let resp = self
-            .http
-            .post(&url)
-            .form(&form)
-            .send()
+        let resp = timed("redeem_code", self.http.post(&url).form(&form))
             .await
             .map_err(|e| unanswered(&url, e))?;
         let status = resp.status();

@@ -1,12 +1,10 @@
-//! `/healthz` and `/metrics` (no token).
+//! `/healthz`, `/readyz` and `/metrics` (no token).
 
 use super::AppState;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use serde::Serialize;
-use std::fmt::Write;
-use std::sync::atomic::Ordering;
 use utoipa::ToSchema;
 
 /// `GET /healthz`: the process answers; the log's head and the projector's position.
@@ -32,69 +30,131 @@ pub async fn healthz(State(s): State<AppState>) -> axum::Json<Health> {
     })
 }
 
-/// Prometheus text format.
-pub async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
-    let mut out = String::new();
-    let head = s.engine.log.head().position;
-    let projected = s.engine.projector.position();
-    let stats = s.engine.log.stats();
-    let _ = writeln!(
-        out,
-        "# HELP idledger_http_requests_total HTTP requests by route and status."
-    );
-    let _ = writeln!(out, "# TYPE idledger_http_requests_total counter");
-    for ((route, status), n) in s
-        .metrics
-        .requests
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-    {
-        let _ = writeln!(
-            out,
-            "idledger_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
-        );
+/// `GET /readyz`: why the server is not ready, or that it is.
+#[derive(Serialize, ToSchema)]
+pub struct Readiness {
+    /// `ready`, or `not ready`.
+    status: &'static str,
+    /// What is wrong, when something is.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    problems: Vec<String>,
+}
+
+/// What keeps this server from taking traffic: the log closed after a failed write, or a
+/// data dir that takes no writes (full, read-only, gone). (Before the projections have
+/// caught up at start, `serve` answers `/readyz` from its starting router: 503.)
+fn readiness_problems(s: &AppState) -> Vec<String> {
+    let mut problems = Vec::new();
+    if !s.engine.log.accepting() {
+        problems.push("the event log refuses appends after a failed write".into());
     }
-    let flushes = stats.flushes.load(Ordering::Relaxed);
-    let micros = stats.commit_micros.load(Ordering::Relaxed);
-    let _ = writeln!(
-        out,
-        "# HELP idledger_append_commit_seconds Time of group commits (encode, write, flush)."
+    let probe = s.data_dir.join(".readyz");
+    let written = std::fs::write(&probe, b"ok").and_then(|()| std::fs::remove_file(&probe));
+    if let Err(e) = written {
+        problems.push(format!("the data dir takes no writes: {e}"));
+    }
+    problems
+}
+
+/// Readiness: 200 when the server can take traffic, 503 with the reasons when not.
+pub async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
+    let problems = tokio::task::spawn_blocking(move || readiness_problems(&s))
+        .await
+        .unwrap_or_else(|e| vec![e.to_string()]);
+    let status = if problems.is_empty() {
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        axum::Json(Readiness {
+            status: if problems.is_empty() {
+                "ready"
+            } else {
+                "not ready"
+            },
+            problems,
+        }),
+    )
+}
+
+/// Free bytes of the file system holding `dir`.
+fn available_bytes(dir: &std::path::Path) -> Option<u64> {
+    let st = rustix::fs::statvfs(dir).ok()?;
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// Prometheus text format, or OpenMetrics when `Accept` asks for it.
+pub async fn metrics(
+    State(s): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> impl IntoResponse {
+    let format = crate::metrics::Format::of_accept(
+        headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()),
     );
-    let _ = writeln!(out, "# TYPE idledger_append_commit_seconds summary");
-    let _ = writeln!(
-        out,
-        "idledger_append_commit_seconds_sum {}",
-        micros as f64 / 1e6
-    );
-    let _ = writeln!(out, "idledger_append_commit_seconds_count {flushes}");
-    let _ = writeln!(out, "# TYPE idledger_appended_events_total counter");
-    let _ = writeln!(
-        out,
-        "idledger_appended_events_total {}",
-        stats.events.load(Ordering::Relaxed)
-    );
-    let _ = writeln!(
-        out,
-        "# HELP idledger_durability How far an acknowledged append has gone (device: fdatasync; process: sled's flush only)."
-    );
-    let _ = writeln!(out, "# TYPE idledger_durability gauge");
-    let _ = writeln!(
-        out,
-        "idledger_durability{{level=\"{}\"}} 1",
-        s.engine.log.durability().as_str()
-    );
-    let _ = writeln!(out, "# TYPE idledger_log_head_position gauge");
-    let _ = writeln!(out, "idledger_log_head_position {head}");
-    let _ = writeln!(out, "# TYPE idledger_projector_position gauge");
-    let _ = writeln!(out, "idledger_projector_position {projected}");
-    let _ = writeln!(out, "# TYPE idledger_projector_lag gauge");
-    let _ = writeln!(
-        out,
-        "idledger_projector_lag {}",
-        head.saturating_sub(projected)
-    );
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+    let text = tokio::task::spawn_blocking(move || {
+        let mut snapshot = crate::metrics::Snapshot {
+            head: s.engine.log.head().position,
+            projected: s.engine.projector.position(),
+            durability: s.engine.log.durability().as_str(),
+            available_bytes: available_bytes(&s.data_dir),
+            ..Default::default()
+        };
+        snapshot.ready = readiness_problems(&s).is_empty();
+        let now = chrono::Utc::now();
+        let p = s.engine.projector.read();
+        let name = |d| {
+            p.domains
+                .get(d)
+                .map_or_else(|| "unknown".to_owned(), |d| d.name.clone())
+        };
+        snapshot.domains = p
+            .domains
+            .all()
+            .into_iter()
+            .filter(|d| !d.removed)
+            .map(|d| d.name.clone())
+            .collect();
+        snapshot.apps = p
+            .provider
+            .apps()
+            .into_iter()
+            .filter(|a| !a.removed)
+            .map(|a| a.id.0.to_string())
+            .collect();
+        snapshot.users = p
+            .users
+            .counts()
+            .into_iter()
+            .map(|((d, status), n)| (name(d), status, n))
+            .collect();
+        // Every live domain has its series, at zero when nothing waits.
+        let mut undelivered: std::collections::BTreeMap<String, (u64, f64)> = snapshot
+            .domains
+            .iter()
+            .map(|d| (d.clone(), (0, 0.0)))
+            .collect();
+        for w in p.key_writes.pending() {
+            let domain = p
+                .users
+                .get(w.user_id)
+                .map_or_else(|| "unknown".to_owned(), |u| name(u.domain_id));
+            let age = (now - w.queued_at).num_milliseconds().max(0) as f64 / 1e3;
+            let e = undelivered.entry(domain).or_default();
+            e.0 += 1;
+            e.1 = e.1.max(age);
+        }
+        snapshot.undelivered = undelivered
+            .into_iter()
+            .map(|(d, (n, age))| (d, n, age))
+            .collect();
+        drop(p);
+        crate::metrics::scrape(&snapshot, format)
+    })
+    .await
+    .unwrap_or_default();
+    ([(header::CONTENT_TYPE, format.content_type())], text)
 }
 
 /// The OpenAPI document, built from the same table as the router.

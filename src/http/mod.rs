@@ -35,8 +35,7 @@ use axum::Router;
 use idledger_domain::decide::Rejection;
 use idledger_domain::{Actor, Event, StreamId};
 use serde::Deserialize;
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Largest request body.
@@ -44,19 +43,13 @@ pub const BODY_LIMIT: usize = 1 << 20;
 /// Longest wait for `min_position`.
 const MIN_POSITION_WAIT: Duration = Duration::from_secs(5);
 
-/// Request counters for `/metrics`.
-#[derive(Default)]
-pub struct Metrics {
-    requests: Mutex<BTreeMap<(String, u16), u64>>,
-}
-
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
     /// The log, the projections and the keyring.
     pub engine: Engine,
-    /// Counters.
-    pub metrics: Arc<Metrics>,
+    /// The data dir (`/readyz` checks that it takes writes).
+    pub data_dir: Arc<std::path::Path>,
     /// Every route's timeout.
     pub request_timeout: Duration,
     /// The sync workers.
@@ -197,8 +190,12 @@ pub fn operations() -> Vec<Operation> {
     vec![
         op(M::GET, "/healthz", Open, "Liveness, log head and projector position", get(meta::healthz))
             .json::<meta::Health>(200),
-        op(M::GET, "/metrics", Open, "Prometheus metrics", get(meta::metrics))
-            .other(200, "text/plain"),
+        op(M::GET, "/readyz", Open, "Readiness: 200 when the server can take traffic, 503 with the reasons when not", get(meta::readyz))
+            .json::<meta::Readiness>(200)
+            .json::<meta::Readiness>(503),
+        op(M::GET, "/metrics", Open, "Metrics: Prometheus text, or OpenMetrics when Accept asks for it", get(meta::metrics))
+            .other(200, "text/plain")
+            .other(200, "application/openmetrics-text"),
         op(M::GET, "/v1/openapi.json", Open, "This document", get(meta::openapi))
             .other(200, "application/json"),
         op(M::POST, "/v1/tokens", Admin, "Issue an API token (its text is shown once)", post(tokens::create))
@@ -366,7 +363,7 @@ pub fn operations() -> Vec<Operation> {
     ]
 }
 
-/// The router with every route, the body limit, timeouts and request metrics.
+/// The router with every route, the body limit and timeouts.
 pub fn router(state: AppState) -> Router {
     let mut router = Router::new();
     for o in operations() {
@@ -384,10 +381,7 @@ pub fn router(state: AppState) -> Router {
     router
         .fallback(|| async { ApiError::NotFound("route".into()) })
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            timeout_and_count,
-        ))
+        .layer(middleware::from_fn_with_state(state.clone(), timeout))
         .with_state(state)
 }
 
@@ -416,25 +410,31 @@ async fn check_access(
     next.run(Request::from_parts(parts, body)).await
 }
 
-/// Bounds every request's time and counts it by route and status.
-async fn timeout_and_count(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// Bounds every request's time.
+async fn timeout(State(state): State<AppState>, req: Request, next: Next) -> Response {
     use axum::response::IntoResponse;
+    match tokio::time::timeout(state.request_timeout, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => ApiError::Timeout("the request took too long".into()).into_response(),
+    }
+}
+
+/// Records every request's duration by method, route template and status class (a layer
+/// over the whole app: API, console and sign-in pages).
+pub async fn record_request(req: Request, next: Next) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let response = match tokio::time::timeout(state.request_timeout, next.run(req)).await {
-        Ok(r) => r,
-        Err(_) => ApiError::Timeout("the request took too long".into()).into_response(),
-    };
-    let mut counts = state
-        .metrics
-        .requests
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    *counts
-        .entry((route, response.status().as_u16()))
-        .or_default() += 1;
+    let method = req.method().clone();
+    let started = std::time::Instant::now();
+    let response = next.run(req).await;
+    crate::metrics::http_request(
+        &method,
+        &route,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
     response
 }
 

@@ -13,7 +13,7 @@ pub use tokens::issue_token;
 
 use crate::engine::Engine;
 use crate::error::Error;
-use crate::http::{self, AppState, Metrics};
+use crate::http::{self, AppState};
 use crate::notary::Notary;
 use crate::projector::Projector;
 use crate::rotation::{RotationConfig, RotationService};
@@ -118,7 +118,7 @@ pub async fn start_with(
     let rotation = RotationService::start(engine.clone(), sync.clone(), rotation);
     let state = AppState {
         engine,
-        metrics: Arc::new(Metrics::default()),
+        data_dir: Arc::from(data_dir),
         request_timeout,
         sync,
         mailer: Arc::new(mailer),
@@ -213,10 +213,15 @@ pub async fn run(
             ))
         }
     };
-    let (mut state, _) = start_with(data_dir, config, config.sync()?, config.rotation()).await?;
     let listener = std::net::TcpListener::bind(&config.listen)
         .map_err(|e| Error::Other(format!("cannot listen on {}: {e}", config.listen)))?;
     let addr = listener.local_addr()?;
+    // While the log opens and the projections catch up (minutes, on a large log), the port
+    // already answers: `/readyz` and everything else 503, so an orchestrator waits.
+    let starting = Starting::serve(&listener, tls.as_ref().map(|(_, _, c)| c.clone()))?;
+    let started = start_with(data_dir, config, config.sync()?, config.rotation()).await;
+    starting.stop().await;
+    let (mut state, _) = started?;
     if state.public_url.is_none() {
         state.public_url = http::PublicUrl::loopback_default(addr, tls.is_some());
     }
@@ -277,4 +282,69 @@ pub async fn run(
         .map_err(|e| Error::Other(e.to_string()))?;
     tracing::info!("stopped; the log is flushed and its tree signed");
     Ok(())
+}
+
+/// The router of the starting phase: 503 with `Retry-After` for every request.
+fn starting_router() -> axum::Router {
+    use axum::http::{header, StatusCode};
+    let not_yet = || async {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            axum::Json(STARTING),
+        )
+    };
+    axum::Router::new().fallback(not_yet)
+}
+
+/// What every request gets while `serve` starts.
+#[derive(serde::Serialize, Clone, Copy)]
+struct StartingAnswer {
+    status: &'static str,
+    detail: &'static str,
+}
+
+const STARTING: StartingAnswer = StartingAnswer {
+    status: "starting",
+    detail: "the log is opening and the projections are catching up",
+};
+
+/// The port's answers while `serve` starts.
+struct Starting {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Starting {
+    /// Serves [`starting_router`] on a clone of `listener` (over TLS with `tls`).
+    fn serve(
+        listener: &std::net::TcpListener,
+        tls: Option<axum_server::tls_rustls::RustlsConfig>,
+    ) -> Result<Starting, Error> {
+        let early = listener.try_clone()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let shutdown = async move {
+            let _ = stopped.await;
+        };
+        let task = match tls {
+            None => {
+                early.set_nonblocking(true)?;
+                let early = tokio::net::TcpListener::from_std(early)?;
+                tokio::spawn(http::serve(early, starting_router(), shutdown))
+            }
+            Some(tls) => tokio::spawn(http::serve_tls(early, starting_router(), tls, shutdown)),
+        };
+        Ok(Starting { stop, task })
+    }
+
+    /// Stops taking connections and finishes the open ones; what arrives meanwhile waits
+    /// in the port's queue for the real server.
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        match self.task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "the starting listener failed"),
+            Err(e) => tracing::warn!(error = %e, "the starting listener panicked"),
+        }
+    }
 }

@@ -211,6 +211,9 @@ pub trait EventLog: Send + Sync + 'static {
     /// The writer's counters.
     fn stats(&self) -> &WriterStats;
 
+    /// Whether the log still takes appends (a failed write or device sync closes it).
+    fn accepting(&self) -> bool;
+
     /// Flushes everything (appends are durable when answered; this is for shutdown).
     fn flush(&self) -> LogFuture<'_, Result<(), StoreError>>;
 

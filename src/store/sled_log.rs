@@ -585,6 +585,10 @@ impl EventLog for SledEventLog {
         &self.shared.stats
     }
 
+    fn accepting(&self) -> bool {
+        !self.shared.closed.load(Ordering::Acquire)
+    }
+
     fn tree(&self) -> Option<Arc<LogTree>> {
         self.shared.tree.clone()
     }
@@ -1026,6 +1030,7 @@ async fn commit(shared: &Shared, p: Pending) {
     stats
         .commit_micros
         .fetch_add(p.started.elapsed().as_micros() as u64, Ordering::Relaxed);
+    crate::metrics::group_committed(p.started.elapsed(), p.envelopes.iter().map(|e| &e.event));
     for (reply, result) in p.replies {
         let _ = reply.send(result);
     }

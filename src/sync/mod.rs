@@ -366,6 +366,7 @@ impl SyncService {
         .await?;
         let engine = self.inner.engine.clone();
         let done = tokio::spawn(async move {
+            let started = std::time::Instant::now();
             let result = tokio::select! {
                 r = async {
                     let _serial = lock.lock().await;
@@ -373,6 +374,19 @@ impl SyncService {
                 } => r,
                 _ = wait_cancelled(cancelled) => Err(SyncError::Cancelled),
             };
+            let name = engine
+                .projector
+                .read()
+                .domains
+                .get(domain)
+                .map_or_else(|| "unknown".to_owned(), |d| d.name.clone());
+            let (ran_full, outcome) = match &result {
+                Ok(r) if r.quarantined => (r.full, "quarantined"),
+                Ok(r) => (r.full, "succeeded"),
+                Err(SyncError::Cancelled) => (full, "cancelled"),
+                Err(_) => (full, "failed"),
+            };
+            crate::metrics::sync_run(&name, ran_full, outcome, started.elapsed());
             if let Err(e) = &result {
                 tracing::warn!(%domain, run = %run_id.0, error = %e, "sync run failed");
                 let failed = SyncRunFailed {

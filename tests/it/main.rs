@@ -10,6 +10,7 @@ mod console;
 mod crash;
 mod graph;
 mod log;
+mod metrics;
 mod oidc;
 mod openapi;
 mod proofs;

@@ -329,7 +329,12 @@ impl TlsServe {
         };
         let http = client_trusting(&ca.cert_pem());
         let deadline = Instant::now() + Duration::from_secs(30);
-        while http.get(serve.url("/healthz")).send().await.is_err() {
+        while !http
+            .get(serve.url("/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
             assert!(Instant::now() < deadline, "serve did not start");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -57,6 +57,7 @@ pub async fn bare_server(args: BareArgs) -> Result<ExitCode, Error> {
     });
     let app = axum::Router::new()
         .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .route("/readyz", axum::routing::get(|| async { "ok" }))
         .route(
             "/v1/users/{id}",
             axum::routing::get(move || async move { axum::Json(body.clone()) }),
@@ -154,13 +155,18 @@ impl Drop for Killed {
     }
 }
 
-pub(crate) async fn wait_healthy(
+pub(crate) async fn wait_ready(
     http: &reqwest::Client,
     url: &str,
     patience: Duration,
 ) -> Result<(), Error> {
     let deadline = Instant::now() + patience;
-    while http.get(format!("{url}/healthz")).send().await.is_err() {
+    while !http
+        .get(format!("{url}/readyz"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
         if Instant::now() > deadline {
             return Err(Error::Other(format!("{url} did not start")));
         }
@@ -366,7 +372,7 @@ async fn measure_serve(
     };
     let http = http.build().map_err(|e| Error::Other(e.to_string()))?;
     let serve = Killed(cmd.spawn()?);
-    wait_healthy(&http, &url, Duration::from_secs(60)).await?;
+    wait_ready(&http, &url, Duration::from_secs(60)).await?;
     closed_loop(&http, &url, token, users, 1, args.connections).await;
     let (mut latencies, errors) = open_loop(
         &http,
@@ -426,7 +432,7 @@ pub async fn api(args: ApiArgs) -> Result<ExitCode, Error> {
         .pool_max_idle_per_host(args.connections * 4)
         .build()
         .map_err(|e| Error::Other(e.to_string()))?;
-    wait_healthy(&http, &bare, Duration::from_secs(60)).await?;
+    wait_ready(&http, &bare, Duration::from_secs(60)).await?;
     closed_loop(&http, &bare, &token, &users, 1, args.connections).await;
     let certificate = match args.tls.as_str() {
         "off" => None,

@@ -4,7 +4,7 @@
 //! per request from this process on loopback (an upper bound of the server's time), and
 //! per page as the sum of its requests.
 
-use super::api::{free_port, percentile, quiet_serve, wait_healthy, Killed};
+use super::api::{free_port, percentile, quiet_serve, wait_ready, Killed};
 use crate::error::Error;
 use crate::store::{AppendRequest, EventLog, ExpectedVersion, SledEventLog};
 use clap::Args;
@@ -164,7 +164,7 @@ pub async fn console(args: ConsoleArgs) -> Result<ExitCode, Error> {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| Error::Other(e.to_string()))?;
-    wait_healthy(&http, &url, Duration::from_secs(600)).await?;
+    wait_ready(&http, &url, Duration::from_secs(600)).await?;
     let cookie = sign_in(&http, &url, &token).await?;
     let (d, u) = (domain.0, user.0);
     let last = 2 * args.users - 1;

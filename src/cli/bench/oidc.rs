@@ -6,7 +6,7 @@
 //! `AppTokensIssued` appended durably, ID and access tokens signed ES256). Last, the
 //! discovery document and the JWKS at full speed, against `/healthz` in the same run.
 
-use super::api::{free_port, percentile, quiet_serve, wait_healthy, Killed};
+use super::api::{free_port, percentile, quiet_serve, wait_ready, Killed};
 use super::signin::{fill, sign_in, signin_page, Holder};
 use crate::error::Error;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -171,7 +171,7 @@ pub async fn oidc(args: OidcArgs) -> Result<ExitCode, Error> {
         .pool_max_idle_per_host(args.concurrency as usize * 2)
         .build()
         .map_err(other)?;
-    wait_healthy(&http, &url, Duration::from_secs(600)).await?;
+    wait_ready(&http, &url, Duration::from_secs(600)).await?;
     let token = std::fs::read_to_string(args.data_dir.join("admin.token"))?
         .trim()
         .to_owned();

@@ -4,7 +4,7 @@
 //! inclusion and consistency proofs for random positions and sizes at a fixed rate,
 //! against `/healthz` of the same process at the same rate (what HTTP alone costs).
 
-use super::api::{free_port, open_loop, percentile, wait_healthy, Killed};
+use super::api::{free_port, open_loop, percentile, wait_ready, Killed};
 use super::{fill, reopen, round3};
 use crate::audit::source::records_of_store;
 use crate::error::Error;
@@ -109,7 +109,7 @@ pub async fn proofs(args: ProofsArgs) -> Result<ExitCode, Error> {
         .pool_max_idle_per_host(args.connections * 4)
         .build()
         .map_err(|e| Error::Other(e.to_string()))?;
-    wait_healthy(&http, &url, Duration::from_secs(600)).await?;
+    wait_ready(&http, &url, Duration::from_secs(600)).await?;
     // The served head must be the tree just recomputed (plus nothing: the log is idle).
     let head: serde_json::Value = http
         .get(format!("{url}/v1/log/sth?format=json"))

@@ -6,7 +6,7 @@
 //! sign-in (both requests) from this process on loopback. The baseline, in the same run:
 //! the assertion verification alone, in this process, on one core.
 
-use super::api::{free_port, percentile, quiet_serve, wait_healthy, Killed};
+use super::api::{free_port, percentile, quiet_serve, wait_ready, Killed};
 use crate::error::Error;
 use crate::secrets::keystore::KeyFile;
 use crate::secrets::{Keyring, MasterKey, Secret};
@@ -361,7 +361,7 @@ pub async fn signin(args: SigninArgs) -> Result<ExitCode, Error> {
         .pool_max_idle_per_host(args.concurrency as usize)
         .build()
         .map_err(|e| Error::Other(e.to_string()))?;
-    wait_healthy(&http, &url, Duration::from_secs(600)).await?;
+    wait_ready(&http, &url, Duration::from_secs(600)).await?;
     // Each client takes every C-th user, so no two clients sign in one user at once.
     let c = args.concurrency as usize;
     let mut shares: Vec<Vec<Holder>> = (0..c).map(|_| Vec::new()).collect();

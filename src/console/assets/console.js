@@ -17,7 +17,7 @@ const KINDS = ["DomainRegistered", "DomainSettingsChanged", "DomainCredentialsSe
   "UserDeactivated", "UserDeleted", "UserReactivated", "RotationGroupJoined",
   "RotationGroupLeft", "UserSsoOverrideSet", "KeyAssigned", "KeyUnassigned", "InviteSent",
   "RotationStarted", "RotationRetried", "RotationSucceeded", "RotationFailed",
-  "KeyWriteQueued", "KeyWriteDelivered", "KeyWriteAcknowledged", "KeyWriteSuperseded",
+  "KeyWriteQueued", "KeyWriteDelivered", "KeyWriteConfirmed", "KeyWriteFailed", "KeyWriteSuperseded",
   "PasswordRevealed", "TokenIssued", "TokenRevoked", "RotationInterrupted", "RotationRequested",
   "EnrolmentStarted", "EnrolmentCompleted", "PasskeyRegistered", "PasskeyRenamed",
   "PasskeyRemoved", "TotpEnrolled", "TotpRemoved", "SignInSucceeded", "SignInFailed",

@@ -40,7 +40,12 @@ impl Serve {
         let child = cmd.spawn().unwrap();
         let http = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(30);
-        while http.get(format!("{url}/healthz")).send().await.is_err() {
+        while !http
+            .get(format!("{url}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
             assert!(Instant::now() < deadline, "serve did not start");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

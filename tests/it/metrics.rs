@@ -1,0 +1,288 @@
+//! What an operator scrapes: `/metrics` parsed by a standard Prometheus text parser, every
+//! documented family present with its type, the histograms and counters moving when their
+//! work happens (a sync run, a rotation and its key write, a 429 from graphsim, requests),
+//! and `/readyz` answering 503 while a large log is folded at start, 200 after.
+
+use crate::rotation::rotating_world;
+use crate::support::{free_port, idledger, World};
+use idledger::store::EventLog;
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// Every family the README documents, with its type.
+const DOCUMENTED: &[(&str, &str)] = &[
+    ("idledger_http_request_duration_seconds", "histogram"),
+    ("idledger_append_commit_duration_seconds", "histogram"),
+    ("idledger_append_group_events", "histogram"),
+    ("idledger_events_appended_total", "counter"),
+    ("idledger_projector_apply_lag_seconds", "histogram"),
+    ("idledger_graph_request_duration_seconds", "histogram"),
+    ("idledger_graph_throttled_total", "counter"),
+    ("idledger_graph_retries_total", "counter"),
+    ("idledger_sync_run_duration_seconds", "histogram"),
+    ("idledger_sync_runs_total", "counter"),
+    ("idledger_rotation_duration_seconds", "histogram"),
+    ("idledger_rotations_total", "counter"),
+    ("idledger_rotation_unknown_resolved_total", "counter"),
+    ("idledger_key_writes_total", "counter"),
+    ("idledger_sign_ins_total", "counter"),
+    ("idledger_oidc_tokens_total", "counter"),
+    ("idledger_log_head_position", "gauge"),
+    ("idledger_projector_position", "gauge"),
+    ("idledger_projector_lag_events", "gauge"),
+    ("idledger_ready", "gauge"),
+    ("idledger_durability", "gauge"),
+    ("idledger_data_dir_available_bytes", "gauge"),
+    ("idledger_users", "gauge"),
+    ("idledger_key_writes_undelivered", "gauge"),
+    (
+        "idledger_key_writes_oldest_undelivered_age_seconds",
+        "gauge",
+    ),
+];
+
+/// One scrape: the text, its samples parsed by `prometheus-parse`, and the declared types.
+struct Scrape {
+    samples: Vec<prometheus_parse::Sample>,
+    types: HashMap<String, String>,
+}
+
+impl Scrape {
+    async fn of(w: &World) -> Scrape {
+        let r = reqwest::get(format!("{}/metrics", w.app.url))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert!(r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4"));
+        let text = r.text().await.unwrap();
+        let lines = text.lines().map(|l| Ok(l.to_owned()));
+        let parsed = prometheus_parse::Scrape::parse(lines)
+            .unwrap_or_else(|e| panic!("the exposition does not parse: {e}\n{text}"));
+        let types = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_once(' '))
+            .map(|(n, t)| (n.to_owned(), t.to_owned()))
+            .collect();
+        Scrape {
+            samples: parsed.samples,
+            types,
+        }
+    }
+
+    /// The sum of a counter's or gauge's samples (or a histogram's counts) whose labels
+    /// include every pair of `labels`.
+    fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.samples
+            .iter()
+            .filter(|s| {
+                let matches = labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v));
+                matches && (s.metric == name || s.metric == format!("{name}_count"))
+            })
+            .map(|s| match &s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => *v,
+                prometheus_parse::Value::Histogram(_) | prometheus_parse::Value::Summary(_) => 0.0,
+            })
+            .sum()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_name_every_documented_family_and_move_with_their_work() {
+    let w = rotating_world(json!({"auto_password_change_days": 30})).await;
+    // An app, so its token series exist (at zero).
+    let (s, app) = w
+        .admin(
+            Method::POST,
+            "/v1/apps",
+            Some(
+                json!({"name": "Payroll", "redirect_uris": ["https://payroll.contoso.com/cb"],
+                        "type": "confidential", "domain_ids": [w.domain]}),
+            ),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{app}");
+    let before = Scrape::of(&w).await;
+    for (name, kind) in DOCUMENTED {
+        assert_eq!(
+            before.types.get(*name).map(String::as_str),
+            Some(*kind),
+            "{name} is not declared as a {kind}"
+        );
+    }
+    let domain = "contoso.onmicrosoft.com";
+    assert!(
+        before.value(
+            "idledger_sync_run_duration_seconds",
+            &[("domain", domain), ("kind", "full")]
+        ) >= 1.0
+    );
+    assert!(
+        before.value(
+            "idledger_users",
+            &[("domain", domain), ("status", "active")]
+        ) >= 1.0
+    );
+
+    // A sync run: its duration, its outcome and Graph's calls move.
+    w.sync().await;
+    // Graph throttles the next members page once: counted, retried, and the run succeeds.
+    w.sim(
+        Method::POST,
+        "/_sim/faults",
+        Some(
+            json!({"path_prefix": "/v1.0/groups/", "status": 429, "retry_after": 0.05, "count": 1}),
+        ),
+    )
+    .await;
+    w.sync().await;
+    // A rotation with its key write.
+    let id = w.assign_key(2, "K-0002").await;
+    let h = w.rotations_settled(&id, 1).await;
+    assert_eq!(h[0]["outcome"], "succeeded", "{h:?}");
+    let after = Scrape::of(&w).await;
+    let moved = |name: &str, labels: &[(&str, &str)]| {
+        let (b, a) = (before.value(name, labels), after.value(name, labels));
+        let seen: Vec<String> = after
+            .samples
+            .iter()
+            .filter(|s| s.metric.starts_with(name))
+            .map(|s| format!("{} {:?}", s.metric, s.labels))
+            .collect();
+        assert!(a > b, "{name}{labels:?} did not move: {b} → {a}; {seen:#?}");
+    };
+    moved("idledger_sync_run_duration_seconds", &[("domain", domain)]);
+    moved(
+        "idledger_sync_runs_total",
+        &[("domain", domain), ("outcome", "succeeded")],
+    );
+    moved(
+        "idledger_graph_request_duration_seconds",
+        &[("status", "429")],
+    );
+    moved("idledger_graph_throttled_total", &[]);
+    moved("idledger_graph_retries_total", &[]);
+    moved(
+        "idledger_rotation_duration_seconds",
+        &[("outcome", "succeeded")],
+    );
+    moved("idledger_rotations_total", &[("outcome", "succeeded")]);
+    moved("idledger_key_writes_total", &[("event", "queued")]);
+    moved(
+        "idledger_graph_request_duration_seconds",
+        &[("operation", "user_update"), ("status", "204")],
+    );
+    moved(
+        "idledger_events_appended_total",
+        &[("kind", "RotationSucceeded")],
+    );
+    moved("idledger_append_commit_duration_seconds", &[]);
+    moved(
+        "idledger_http_request_duration_seconds",
+        &[
+            ("route", "/v1/users/:id/key"),
+            ("method", "PUT"),
+            ("status", "2xx"),
+        ],
+    );
+    assert!(
+        after.value("idledger_key_writes_undelivered", &[("domain", domain)]) >= 1.0,
+        "the queued write is undelivered"
+    );
+    assert_eq!(after.value("idledger_ready", &[]), 1.0);
+    // No label carries a user id.
+    for s in &after.samples {
+        for v in s.labels.values() {
+            assert!(!v.contains(&id), "{} carries a user id", s.metric);
+        }
+    }
+
+    // OpenMetrics when asked.
+    let r = reqwest::Client::new()
+        .get(format!("{}/metrics", w.app.url))
+        .header("accept", "application/openmetrics-text; version=1.0.0")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/openmetrics-text"));
+    assert!(r.text().await.unwrap().ends_with("# EOF\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_is_503_while_a_large_log_is_folded_and_200_after() {
+    // 300,000 events in the data dir, written as `serve` would store them.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = idledger::store::SledEventLog::open(dir.path()).unwrap();
+        let mut n = 0u64;
+        for batch in 0..300u128 {
+            let user = crate::support::user(batch);
+            let mut events = vec![crate::support::discovered(user)];
+            events.extend((1..1000).map(|_| {
+                n += 1;
+                crate::support::some_user_event(n)
+            }));
+            crate::support::append(&*log, user, idledger::store::ExpectedVersion::Any, events)
+                .await;
+        }
+        log.flush().await.unwrap();
+    }
+    crate::support::wait_released(dir.path()).await;
+
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut child = idledger()
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut seen = Vec::new();
+    loop {
+        let status = match http.get(format!("{url}/readyz")).send().await {
+            Ok(r) => Some(r.status()),
+            Err(_) => None,
+        };
+        if seen.last() != Some(&status) {
+            seen.push(status);
+        }
+        if status == Some(StatusCode::OK) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never ready: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Ready means caught up: the projections hold the whole log.
+    let health: serde_json::Value = http
+        .get(format!("{url}/healthz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        seen.contains(&Some(StatusCode::SERVICE_UNAVAILABLE)),
+        "no 503 while folding: {seen:?}"
+    );
+    assert!(
+        health["projector_position"].as_u64().unwrap() >= 300_000,
+        "{health}"
+    );
+}

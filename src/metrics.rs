@@ -180,19 +180,21 @@ impl Recorded {
     fn prime(&self, domains: &[String], apps: &[String]) {
         for operation in GRAPH_OPERATIONS {
             let labels = OperationLabels { operation };
-            self.graph_throttled.get_or_create(&labels);
-            self.graph_retries.get_or_create(&labels);
+            let _ = self.graph_throttled.get_or_create(&labels);
+            let _ = self.graph_retries.get_or_create(&labels);
         }
         for outcome in ["succeeded", "refused", "unknown"] {
-            self.rotation_duration
+            let _ = self
+                .rotation_duration
                 .get_or_create(&OutcomeLabels { outcome });
-            self.rotations.get_or_create(&RotationLabels {
+            let _ = self.rotations.get_or_create(&RotationLabels {
                 outcome,
                 code_class: "none",
             });
         }
         for outcome in ["succeeded", "refused"] {
-            self.unknown_resolved
+            let _ = self
+                .unknown_resolved
                 .get_or_create(&OutcomeLabels { outcome });
         }
         for event in [
@@ -202,7 +204,7 @@ impl Recorded {
             "failed",
             "superseded",
         ] {
-            self.key_writes.get_or_create(&KeyWriteLabels { event });
+            let _ = self.key_writes.get_or_create(&KeyWriteLabels { event });
         }
         for (method, outcome) in [
             ("passwordless", "succeeded"),
@@ -214,17 +216,18 @@ impl Recorded {
             ("entra", "locked"),
             ("totp", "locked"),
         ] {
-            self.sign_ins
+            let _ = self
+                .sign_ins
                 .get_or_create(&SignInLabels { method, outcome });
         }
         for domain in domains {
             for kind in ["full", "delta"] {
-                self.sync_duration.get_or_create(&SyncLabels {
+                let _ = self.sync_duration.get_or_create(&SyncLabels {
                     domain: domain.clone(),
                     kind,
                 });
                 for outcome in ["succeeded", "failed"] {
-                    self.sync_runs.get_or_create(&SyncOutcomeLabels {
+                    let _ = self.sync_runs.get_or_create(&SyncOutcomeLabels {
                         domain: domain.clone(),
                         kind,
                         outcome,
@@ -238,7 +241,7 @@ impl Recorded {
                 ("refresh_token", "issued"),
                 ("", "refused"),
             ] {
-                self.tokens.get_or_create(&TokenLabels {
+                let _ = self.tokens.get_or_create(&TokenLabels {
                     app: app.clone(),
                     grant: grant.to_owned(),
                     outcome,

@@ -122,6 +122,9 @@ pub struct Config {
     /// Days a signing key is in force before the schedule replaces it (0: only on demand;
     /// fractions allowed).
     pub signing_key_rotation_days: f64,
+    /// Record metrics (`/metrics` still answers when off: states only). Off is for
+    /// measuring what recording costs.
+    pub metrics: bool,
 }
 
 impl Config {
@@ -285,6 +288,7 @@ impl Default for Config {
             oidc_token_ttl_secs: 900,
             oidc_clock_skew_secs: 300,
             signing_key_rotation_days: 90.0,
+            metrics: true,
         }
     }
 }
@@ -374,6 +378,9 @@ impl Config {
         }
         if let Some(v) = env_setting("IDLEDGER_SIGNING_KEY_ROTATION_DAYS", "a number of days")? {
             c.signing_key_rotation_days = v;
+        }
+        if let Some(v) = env_setting("IDLEDGER_METRICS", "true or false")? {
+            c.metrics = v;
         }
         if let Some(v) = flags.listen {
             c.listen = v;

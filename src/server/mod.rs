@@ -41,6 +41,7 @@ pub async fn start_with(
     let secrets = |e: crate::secrets::SecretsError| Error::Other(e.to_string());
     std::fs::create_dir_all(data_dir)
         .map_err(|e| Error::Other(format!("{}: {e}", data_dir.display())))?;
+    crate::metrics::set_enabled(config.metrics);
     let (master, created) = MasterKey::load(
         data_dir,
         config.master_key_file.as_deref(),
@@ -284,7 +285,8 @@ pub async fn run(
     Ok(())
 }
 
-/// The router of the starting phase: 503 with `Retry-After` for every request.
+/// The router of the starting phase: `/healthz` says the process lives (a liveness probe
+/// must not kill a long start), everything else is 503 with `Retry-After`.
 fn starting_router() -> axum::Router {
     use axum::http::{header, StatusCode};
     let not_yet = || async {
@@ -294,7 +296,12 @@ fn starting_router() -> axum::Router {
             axum::Json(STARTING),
         )
     };
-    axum::Router::new().fallback(not_yet)
+    axum::Router::new()
+        .route(
+            "/healthz",
+            axum::routing::get(|| async { axum::Json(STARTING) }),
+        )
+        .fallback(not_yet)
 }
 
 /// What every request gets while `serve` starts.

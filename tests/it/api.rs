@@ -985,7 +985,12 @@ async fn no_secret_reaches_the_logs() {
         .spawn()
         .unwrap();
     let http = reqwest::Client::new();
-    while http.get(format!("{url}/healthz")).send().await.is_err() {
+    while !http
+        .get(format!("{url}/readyz"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let token = std::fs::read_to_string(dir.path().join("data/admin.token"))
@@ -1086,9 +1091,9 @@ async fn token_create_while_stopped_and_a_wrong_master_key_is_refused() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    while reqwest::get(format!("http://127.0.0.1:{port}/healthz"))
+    while !reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
         .await
-        .is_err()
+        .is_ok_and(|r| r.status().is_success())
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -1332,7 +1337,10 @@ async fn the_master_key_lives_apart_and_the_data_dir_is_private() {
         .unwrap();
     let url = format!("http://127.0.0.1:{port}");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while reqwest::get(format!("{url}/healthz")).await.is_err() {
+    while !reqwest::get(format!("{url}/readyz"))
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
         assert!(std::time::Instant::now() < deadline, "serve did not start");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

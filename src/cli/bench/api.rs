@@ -33,6 +33,10 @@ pub struct ApiArgs {
     /// same data dir, with the ratio of their throughputs (`both`).
     #[arg(long, default_value = "off", value_parser = ["off", "on", "both"])]
     pub tls: String,
+    /// `serve` records metrics (`on`), does not (`off`), or both, alternating on the same
+    /// data dir (plain HTTP), with the ratio of their throughputs (`both`).
+    #[arg(long, default_value = "on", value_parser = ["off", "on", "both"])]
+    pub metrics: String,
 }
 
 /// Options of the hidden `idledger bench bare-server`.
@@ -353,9 +357,11 @@ async fn measure_serve(
     token: &str,
     users: &[UserId],
     tls: Option<&BenchTls>,
+    metrics: bool,
 ) -> Result<Measured, Error> {
     let port = free_port()?;
     let mut cmd = quiet_serve(&args.data_dir, port)?;
+    cmd.env("IDLEDGER_METRICS", metrics.to_string());
     let mut http = reqwest::Client::builder().pool_max_idle_per_host(args.connections * 4);
     let url = match tls {
         None => format!("http://127.0.0.1:{port}"),
@@ -438,24 +444,38 @@ pub async fn api(args: ApiArgs) -> Result<ExitCode, Error> {
         "off" => None,
         _ => Some(BenchTls::new(&args.data_dir.join("bench-tls"))?),
     };
-    // `both` runs plain, TLS, TLS, plain and averages each pair, so a drift of the
-    // machine over the run (page cache, clocks) weighs on both alike.
-    let order: &[bool] = match args.tls.as_str() {
-        "off" => &[false],
-        "on" => &[true],
-        _ => &[false, true, true, false],
+    // `both` runs plain, TLS, TLS, plain (or metrics on, off, off, on) and averages each
+    // pair, so a drift of the machine over the run (page cache, clocks) weighs on both alike.
+    let metrics_on = args.metrics != "off";
+    let order: Vec<(bool, bool)> = match (args.tls.as_str(), args.metrics.as_str()) {
+        (tls, "both") => {
+            let t = tls == "on";
+            vec![(t, true), (t, false), (t, false), (t, true)]
+        }
+        ("off", _) => vec![(false, metrics_on)],
+        ("on", _) => vec![(true, metrics_on)],
+        _ => vec![
+            (false, metrics_on),
+            (true, metrics_on),
+            (true, metrics_on),
+            (false, metrics_on),
+        ],
     };
     let mut plain = Vec::new();
     let mut secure = Vec::new();
-    for &over_tls in order {
+    let mut unmetered = Vec::new();
+    for &(over_tls, metrics) in &order {
         let m = measure_serve(
             &args,
             &token,
             &users,
             certificate.as_ref().filter(|_| over_tls),
+            metrics,
         )
         .await?;
-        if over_tls {
+        if args.metrics == "both" && !metrics {
+            unmetered.push(m);
+        } else if over_tls {
             secure.push(m);
         } else {
             plain.push(m);
@@ -488,6 +508,11 @@ pub async fn api(args: ApiArgs) -> Result<ExitCode, Error> {
         report["tls"] = tls.json();
         report["tls_ratio"] = r3(tls.max_rps / plain.max_rps).into();
         report["tls_p99_ms"] = r3(tls.p99_ms).into();
+    }
+    report["metrics"] = args.metrics.clone().into();
+    if let Some(off) = Measured::mean(unmetered) {
+        report["metrics_ratio"] = r3(first.max_rps / off.max_rps).into();
+        report["metrics_off"] = off.json();
     }
     println!("{report}");
     Ok(ExitCode::SUCCESS)

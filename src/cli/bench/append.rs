@@ -45,7 +45,11 @@ pub struct AppendArgs {
     /// inside `--data-dir`, alternating for `--rounds` rounds.
     #[arg(long, default_value = "on", value_parser = ["on", "off", "both"])]
     pub tree: String,
-    /// Rounds of `--tree both`.
+    /// `on`: metrics recorded (as `serve` does); `off`: not; `both`: the two compared in one
+    /// run, on fresh `metrics-on` and `metrics-off` dirs, alternating for `--rounds` rounds.
+    #[arg(long, default_value = "on", value_parser = ["on", "off", "both"])]
+    pub metrics: String,
+    /// Rounds of `--tree both` and `--metrics both`.
     #[arg(long, default_value_t = 3)]
     pub rounds: u32,
     /// How often heads are signed while the tree grows (as `serve`'s `sth_interval_ms`).
@@ -101,9 +105,18 @@ pub async fn append(args: AppendArgs) -> Result<ExitCode, Error> {
             "--events, --writers and --rounds must be positive".into(),
         ));
     }
-    if args.tree == "both" {
-        return tree_both(&args).await;
+    if args.tree == "both" && args.metrics == "both" {
+        return Err(Error::Other(
+            "compare one thing at a time: --tree both or --metrics both".into(),
+        ));
     }
+    if args.tree == "both" {
+        return both(&args, "tree").await;
+    }
+    if args.metrics == "both" {
+        return both(&args, "metrics").await;
+    }
+    crate::metrics::set_enabled(args.metrics == "on");
     let (log, notary) = open_log(&args.data_dir, &args, args.tree == "on").await?;
     let ack = ack_writer(&args.ack_file)?;
     let flushes_before = log.stats().flushes.load(Ordering::Relaxed);
@@ -145,6 +158,7 @@ pub async fn append(args: AppendArgs) -> Result<ExitCode, Error> {
             "flushes": flushes,
             "record_bytes": records.first().map_or(0, |r| r.len()),
             "tree": args.tree,
+            "metrics": args.metrics,
             "signed_tree_size": signed,
         })
     );
@@ -209,7 +223,7 @@ async fn fill(
 
 /// `--tree both`: the same workload on a log with the tree and heads and on one without,
 /// alternating, each on its own fresh dir; the ratio of their throughputs.
-async fn tree_both(args: &AppendArgs) -> Result<ExitCode, Error> {
+async fn both(args: &AppendArgs, what: &str) -> Result<ExitCode, Error> {
     let mut seconds = [0f64; 2];
     let mut rounds = Vec::new();
     for round in 0..args.rounds {
@@ -220,46 +234,54 @@ async fn tree_both(args: &AppendArgs) -> Result<ExitCode, Error> {
         } else {
             [true, false]
         };
-        for tree in order {
+        for on in order {
             let dir = args
                 .data_dir
-                .join(if tree { "tree-on" } else { "tree-off" })
+                .join(format!("{what}-{}", if on { "on" } else { "off" }))
                 .join(format!("round-{round}"));
             if dir.exists() {
                 return Err(Error::Other(format!(
-                    "{} exists: --tree both wants fresh dirs",
+                    "{} exists: --{what} both wants fresh dirs",
                     dir.display()
                 )));
             }
+            // The compared switch; the other stays as `serve` runs (tree kept, metrics on).
+            let tree = what != "tree" || on;
+            crate::metrics::set_enabled(what != "metrics" || on);
             let (log, notary) = open_log(&dir, args, tree).await?;
             let s = fill(&log, args, None).await?;
             if let Some(n) = notary {
                 n.sign_now().map_err(|e| Error::Other(e.to_string()))?;
             }
             log.flush().await?;
-            pair[usize::from(tree)] = s;
-            seconds[usize::from(tree)] += s;
+            pair[usize::from(on)] = s;
+            seconds[usize::from(on)] += s;
         }
-        rounds.push(serde_json::json!({
-            "tree_off_events_per_s": (args.events as f64 / pair[0]).round(),
-            "tree_on_events_per_s": (args.events as f64 / pair[1]).round(),
-        }));
+        let mut r = serde_json::Map::new();
+        r.insert(
+            format!("{what}_off_events_per_s"),
+            (args.events as f64 / pair[0]).round().into(),
+        );
+        r.insert(
+            format!("{what}_on_events_per_s"),
+            (args.events as f64 / pair[1]).round().into(),
+        );
+        rounds.push(serde_json::Value::Object(r));
     }
+    crate::metrics::set_enabled(true);
     let total = args.events as f64 * f64::from(args.rounds);
     let (off, on) = (total / seconds[0], total / seconds[1]);
-    println!(
-        "{}",
-        serde_json::json!({
-            "bench": "append",
-            "tree": "both",
-            "durability": args.durability.as_str(),
-            "events": args.events,
-            "writers": args.writers,
-            "rounds": rounds,
-            "tree_off_events_per_s": off.round(),
-            "tree_on_events_per_s": on.round(),
-            "tree_ratio": round3(on / off),
-        })
-    );
+    let mut report = serde_json::json!({
+        "bench": "append",
+        "durability": args.durability.as_str(),
+        "events": args.events,
+        "writers": args.writers,
+        "rounds": rounds,
+    });
+    report[what] = "both".into();
+    report[format!("{what}_off_events_per_s")] = off.round().into();
+    report[format!("{what}_on_events_per_s")] = on.round().into();
+    report[format!("{what}_ratio")] = round3(on / off).into();
+    println!("{report}");
     Ok(ExitCode::SUCCESS)
 }

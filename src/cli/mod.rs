@@ -1,6 +1,7 @@
 //! The command line: argument types, dispatch, and the printing of each command. Nothing
 //! else in the crate imports this room; the work itself is done by the rooms below it.
 
+pub mod backup;
 pub mod bench;
 pub mod demo;
 pub mod export;
@@ -51,6 +52,12 @@ enum Command {
     /// API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Back up a stopped server's data dir, or a running server (--server, online), into
+    /// one file: the records as stored, the sealed key store and log key (never the master
+    /// key), and a manifest.
+    Backup(backup::BackupArgs),
+    /// Restore a backup file into a new data dir, after checking every part of it.
+    Restore(backup::RestoreArgs),
     /// Print the log's public key (C2SP verifier key) from a data dir.
     LogKey(proofs::LogKeyArgs),
     /// Prove that the record at a position is in a server's signed tree head.
@@ -173,6 +180,8 @@ pub fn run() -> ExitCode {
             _ => inspect::verify(&a.dir),
         },
         Command::LogKey(a) => proofs::log_key(&a),
+        Command::Backup(a) => runtime().and_then(|rt| rt.block_on(backup::backup(&a))),
+        Command::Restore(a) => runtime().and_then(|rt| rt.block_on(backup::restore(&a))),
         Command::Prove(a) => proofs::prove(&a),
         Command::Checkpoint(CheckpointCommand::Compare(a)) => proofs::compare(&a),
         Command::Replay(a) => inspect::replay(&a),

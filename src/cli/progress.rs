@@ -20,3 +20,18 @@ pub fn bar(len: Option<u64>, what: &'static str) -> ProgressBar {
     pb.set_message(what);
     pb
 }
+
+/// A spinner counting bytes (a download of unknown length), hidden unless stderr is a
+/// terminal.
+pub fn bytes_bar(what: &'static str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    let style =
+        ProgressStyle::with_template("{msg:>10} [{elapsed_precise}] {bytes} ({bytes_per_sec})")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner());
+    pb.set_style(style);
+    pb.set_message(what);
+    pb
+}

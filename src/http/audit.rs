@@ -45,16 +45,28 @@ fn query(kind: &str, q: &ExportParams) -> Result<(ExportQuery, ExportFormat), Ap
 }
 
 /// Rows handed to the response body in large pieces as they are made.
-struct BodySink {
-    buf: Vec<u8>,
-    tx: tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
+pub(super) struct BodySink {
+    pub(super) buf: Vec<u8>,
+    pub(super) tx: tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
 }
 
 /// Bytes per piece of the response body.
-const BODY_PIECE: usize = 256 << 10;
+pub(super) const BODY_PIECE: usize = 256 << 10;
+
+/// A backup's bytes are a body too.
+impl std::io::Write for BodySink {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.row(bytes)?;
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send()
+    }
+}
 
 impl BodySink {
-    fn send(&mut self) -> std::io::Result<()> {
+    pub(super) fn send(&mut self) -> std::io::Result<()> {
         let piece = std::mem::replace(&mut self.buf, Vec::with_capacity(BODY_PIECE));
         self.tx
             .blocking_send(Ok(piece))

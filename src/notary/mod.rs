@@ -209,6 +209,20 @@ pub fn covering_head(
     Ok(Some((head, proof)))
 }
 
+/// The latest head a stopped server's data dir kept, as its signed note (for a backup's
+/// manifest), when its signature checks with the data dir's public key.
+pub fn latest_kept_note(data_dir: &Path) -> Option<String> {
+    let public = key::public_key(data_dir).ok()?;
+    let heads = Heads::read_only(data_dir, public.name(), public.key_id()).ok()?;
+    let latest = heads
+        .after(0, usize::MAX)
+        .ok()?
+        .into_iter()
+        .max_by_key(|h| h.head.tree_size)?;
+    let note = latest.to_note();
+    public.open(&note).ok().map(|_| note)
+}
+
 /// Every head a stopped server's data dir kept, each signature checked with the data
 /// dir's public key (none when the log was never served, so has no key yet).
 pub fn kept_heads(data_dir: &Path) -> Result<Vec<TreeHead>, NotaryError> {

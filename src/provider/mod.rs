@@ -275,10 +275,13 @@ enum Pair {
     Rsa(RsaKeyPair),
 }
 
+/// Per algorithm: the key in force's id and its unsealed pair.
+type Unsealed = HashMap<String, (String, Arc<Pair>)>;
+
 /// Signs JWTs with the keys in force, kept unsealed in memory per key id.
 #[derive(Clone, Default)]
 pub struct Signer {
-    cached: Arc<Mutex<HashMap<String, (String, Arc<Pair>)>>>,
+    cached: Arc<Mutex<Unsealed>>,
 }
 
 impl Signer {

@@ -399,6 +399,46 @@ fn raw_iter(
     })
 }
 
+/// Writes stored records as they are into a new data dir's store (a restore). The store is
+/// opened normally afterwards, which rebuilds and checks every index and the tree.
+pub fn import_records(data_dir: &Path) -> Result<Importer, StoreError> {
+    let dir = store_dir(data_dir);
+    let db = sled::Config::new().path(&dir).open().map_err(io)?;
+    let log = db.open_tree("log").map_err(io)?;
+    if log.first().map_err(io)?.is_some() {
+        return Err(StoreError::Io(format!(
+            "{} holds records already",
+            dir.display()
+        )));
+    }
+    let meta = db.open_tree("meta").map_err(io)?;
+    meta.insert("format", &be(STORE_FORMAT)).map_err(io)?;
+    Ok(Importer { db, log })
+}
+
+/// A store being filled by [`import_records`].
+pub struct Importer {
+    db: sled::Db,
+    log: sled::Tree,
+}
+
+impl Importer {
+    /// Writes `records` (position, stored bytes) in one batch.
+    pub fn put(&self, records: &[(u64, Vec<u8>)]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for (position, bytes) in records {
+            batch.insert(&be(*position), bytes.as_slice());
+        }
+        self.log.apply_batch(batch).map_err(io)
+    }
+
+    /// Makes everything written durable.
+    pub fn finish(self) -> Result<(), StoreError> {
+        self.db.flush().map_err(io)?;
+        Ok(())
+    }
+}
+
 /// Opens a data dir's log for reading what is there: no checks, no writer. `verify` uses
 /// it, since it must report a damaged store rather than refuse to open it.
 pub fn open_raw(data_dir: &Path) -> Result<RawStore, StoreError> {

@@ -162,7 +162,7 @@ enum RotationCrash {
 
 /// Adds the contoso domain against graphsim at `sim`, syncs it, assigns a key to the user
 /// with Entra object id `external`; answers the user's id.
-async fn user_with_key(serve: &Serve, sim: &str, external: &str) -> String {
+pub(crate) async fn user_with_key(serve: &Serve, sim: &str, external: &str) -> String {
     use reqwest::Method;
     use serde_json::json;
     let d = serve

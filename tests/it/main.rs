@@ -4,6 +4,7 @@
 mod api;
 mod architecture;
 mod audit;
+mod backup;
 mod campaign;
 mod cli;
 mod console;

@@ -5,7 +5,6 @@
 
 use crate::rotation::rotating_world;
 use crate::support::{free_port, idledger, World};
-use idledger::store::EventLog;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 use std::collections::HashMap;
@@ -229,22 +228,7 @@ async fn metrics_parse_name_every_documented_family_and_move_with_their_work() {
 async fn readyz_is_503_while_a_large_log_is_folded_and_200_after() {
     // 300,000 events in the data dir, written as `serve` would store them.
     let dir = tempfile::tempdir().unwrap();
-    {
-        let log = idledger::store::SledEventLog::open(dir.path()).unwrap();
-        let mut n = 0u64;
-        for batch in 0..300u128 {
-            let user = crate::support::user(batch);
-            let mut events = vec![crate::support::discovered(user)];
-            events.extend((1..1000).map(|_| {
-                n += 1;
-                crate::support::some_user_event(n)
-            }));
-            crate::support::append(&*log, user, idledger::store::ExpectedVersion::Any, events)
-                .await;
-        }
-        log.flush().await.unwrap();
-    }
-    crate::support::wait_released(dir.path()).await;
+    crate::support::filled_data_dir(dir.path(), 300).await;
 
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");

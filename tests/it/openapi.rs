@@ -250,6 +250,7 @@ async fn every_operation_answers_as_its_schema_says() {
     assert_eq!(s, StatusCode::OK, "{ready}");
     c.check(&Method::GET, "/readyz", s, &ready);
     w.media(&mut c, a, "/metrics", "/metrics").await;
+    w.media(&mut c, a, "/v1/backup", "/v1/backup").await;
     w.media(&mut c, a, "/v1/openapi.json", "/v1/openapi.json")
         .await;
 

@@ -94,6 +94,26 @@ pub async fn append(
     log.append(req).await.expect("append")
 }
 
+/// A data dir whose log holds `thousands` × 1,000 user events (a stream per thousand),
+/// stored as `serve` stores them; its lock released when this returns.
+pub async fn filled_data_dir(dir: &Path, thousands: u128) {
+    {
+        let log = idledger::store::SledEventLog::open(dir).unwrap();
+        let mut n = 0u64;
+        for batch in 0..thousands {
+            let u = user(batch);
+            let mut events = vec![discovered(u)];
+            events.extend((1..1000).map(|_| {
+                n += 1;
+                some_user_event(n)
+            }));
+            append(&*log, u, ExpectedVersion::Any, events).await;
+        }
+        idledger::store::EventLog::flush(&*log).await.unwrap();
+    }
+    wait_released(dir).await;
+}
+
 /// Runs `idledger verify` and returns its JSON line and exit code.
 pub fn verify(dir: &Path) -> (serde_json::Value, i32) {
     let out = idledger()

@@ -18,11 +18,13 @@ use std::path::Path;
 
 /// The first line of every backup file.
 pub const MAGIC: &[u8] = b"idledger backup 1\n";
-/// Records per chunk.
+/// Records per chunk, at most.
 const CHUNK: usize = 10_000;
-/// No section is larger (a chunk of 10,000 records of at most 1 MiB would be 10 GiB; real
-/// records are hundreds of bytes, so this bounds hostile lengths, not honest ones).
-const MAX_SECTION: u64 = 4 << 30;
+/// A chunk ends once it holds this many bytes (records are at most 1 MiB, so no chunk
+/// passes 65 MiB).
+const CHUNK_BYTES: usize = 64 << 20;
+/// No section is larger: a hostile length is refused before anything is read into memory.
+const MAX_SECTION: u64 = 256 << 20;
 
 /// Why a backup could not be made or a file cannot be restored.
 #[derive(Debug, thiserror::Error)]
@@ -173,7 +175,7 @@ impl<W: Write> BackupWriter<W> {
             .extend_from_slice(&(bytes.len() as u32).to_le_bytes());
         self.buf.extend_from_slice(bytes);
         self.next += 1;
-        if self.next - self.first == CHUNK as u64 {
+        if self.next - self.first == CHUNK as u64 || self.buf.len() >= CHUNK_BYTES {
             self.flush_chunk()?;
         }
         Ok(())
@@ -265,7 +267,24 @@ pub fn backup_data_dir(
         .write(true)
         .create_new(true)
         .open(out)?;
-    let mut w = BackupWriter::new(&file)?;
+    let written = write_store(&store, through, data_dir, &file, &mut progress)
+        .and_then(|m| file.sync_all().map(|()| m).map_err(BackupError::from));
+    if written.is_err() {
+        // A cut file would only be refused later; better none at all.
+        let _ = std::fs::remove_file(out);
+    }
+    written
+}
+
+/// [`backup_data_dir`]'s work, into `file`.
+fn write_store(
+    store: &crate::store::sled_log::RawStore,
+    through: u64,
+    data_dir: &Path,
+    file: &std::fs::File,
+    progress: &mut impl FnMut(u64),
+) -> Result<Manifest, BackupError> {
+    let mut w = BackupWriter::new(file)?;
     for r in store.records() {
         let (position, bytes) = r?;
         w.push(position, &bytes)?;
@@ -279,9 +298,7 @@ pub fn backup_data_dir(
     }
     let sealed = sealed_files(data_dir)?;
     let sth = crate::notary::latest_kept_note(data_dir);
-    let manifest = w.finish(sealed.keystore.as_deref(), sealed.log_key.as_deref(), sth)?;
-    file.sync_all()?;
-    Ok(manifest)
+    w.finish(sealed.keystore.as_deref(), sealed.log_key.as_deref(), sth)
 }
 
 /// What [`read`] found in a file.
@@ -466,16 +483,22 @@ fn occupied(dir: &Path) -> Result<bool, BackupError> {
 
 /// Restores the backup `from` into the new or empty data dir `data_dir`: the whole file is
 /// checked first (nothing is written for a file that is wrong anywhere), then the records
-/// are written as they were stored and the sealed files put back. Answers the manifest.
+/// are written as they were stored and the sealed files put back, in a staging directory
+/// inside `data_dir` that is moved into place only when everything is there. The file is
+/// opened once: both passes read the same bytes. Answers the manifest.
 pub fn restore(
     from: &Path,
     data_dir: &Path,
     mut progress: impl FnMut(u64),
 ) -> Result<Manifest, BackupError> {
+    use std::io::Seek;
     if occupied(data_dir)? {
         return Err(BackupError::NotEmpty(data_dir.display().to_string()));
     }
-    read(std::fs::File::open(from)?, |_, _| Ok(()))?;
+    let mut file = std::fs::File::open(from)?;
+    let checked = read(&file, |_, _| Ok(()))?;
+    file.rewind()?;
+    let created = !data_dir.exists();
     {
         use std::os::unix::fs::DirBuilderExt;
         std::fs::DirBuilder::new()
@@ -483,10 +506,35 @@ pub fn restore(
             .mode(0o700)
             .create(data_dir)?;
     }
-    // Second pass: the records into the store, in batches.
+    let staging = data_dir.join(".restoring");
+    let outcome =
+        restore_into(&file, &staging, &checked.manifest, &mut progress).and_then(|manifest| {
+            for entry in std::fs::read_dir(&staging)? {
+                let entry = entry?;
+                std::fs::rename(entry.path(), data_dir.join(entry.file_name()))?;
+            }
+            std::fs::remove_dir(&staging)?;
+            Ok(manifest)
+        });
+    if outcome.is_err() {
+        let _ = std::fs::remove_dir_all(&staging);
+        if created {
+            let _ = std::fs::remove_dir(data_dir);
+        }
+    }
+    outcome
+}
+
+/// The second pass of [`restore`]: everything into `staging`.
+fn restore_into(
+    file: &std::fs::File,
+    staging: &Path,
+    checked: &Manifest,
+    progress: &mut impl FnMut(u64),
+) -> Result<Manifest, BackupError> {
     let mut batch: Vec<(u64, Vec<u8>)> = Vec::with_capacity(CHUNK);
-    let importer = import_records(data_dir)?;
-    let contents = read(std::fs::File::open(from)?, |position, bytes| {
+    let importer = import_records(staging)?;
+    let contents = read(file, |position, bytes| {
         batch.push((position, bytes.to_vec()));
         if batch.len() == CHUNK {
             importer.put(&batch)?;
@@ -495,6 +543,9 @@ pub fn restore(
         }
         Ok(())
     })?;
+    if contents.manifest != *checked {
+        return Err(refused("file", "changed while it was being restored"));
+    }
     importer.put(&batch)?;
     importer.finish()?;
     progress(contents.manifest.position);
@@ -509,9 +560,9 @@ pub fn restore(
         Ok(())
     };
     write(
-        crate::secrets::keystore::path_in(data_dir),
+        crate::secrets::keystore::path_in(staging),
         &contents.keystore,
     )?;
-    write(crate::notary::key::key_path(data_dir), &contents.log_key)?;
+    write(crate::notary::key::key_path(staging), &contents.log_key)?;
     Ok(contents.manifest)
 }

@@ -17,10 +17,12 @@ pub async fn download(
     State(s): State<AppState>,
     who: Principal,
 ) -> Result<impl IntoResponse, ApiError> {
+    // The signed head first: every head is signed over committed records, so the log's
+    // head read after it is at or past its size.
+    let sth = s.notary.latest().ok().flatten().map(|h| h.to_note());
     let log = s.engine.log.clone();
     let head = log.head().position;
     let data_dir = s.data_dir.clone();
-    let sth = s.notary.latest().ok().flatten().map(|h| h.to_note());
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tokio::task::spawn_blocking(move || {
         let body = BodySink {

@@ -48,8 +48,17 @@ fn readiness_problems(s: &AppState) -> Vec<String> {
     if !s.engine.log.accepting() {
         problems.push("the event log refuses appends after a failed write".into());
     }
-    let probe = s.data_dir.join(".readyz");
-    let written = std::fs::write(&probe, b"ok").and_then(|()| std::fs::remove_file(&probe));
+    // Each probe its own file: overlapping probes (a scrape during a health check) must
+    // not remove each other's.
+    static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let probe = s
+        .data_dir
+        .join(format!(".readyz-{}-{n}", std::process::id()));
+    let written = std::fs::write(&probe, b"ok").and_then(|()| match std::fs::remove_file(&probe) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    });
     if let Err(e) = written {
         problems.push(format!("the data dir takes no writes: {e}"));
     }

@@ -346,12 +346,21 @@ impl Starting {
 
     /// Stops taking connections and finishes the open ones; what arrives meanwhile waits
     /// in the port's queue for the real server.
+    ///
+    /// A client that never finishes its request would hold a graceful shutdown for ever
+    /// (no header-read timeout here), so after a short grace the task is aborted: it only
+    /// ever answered 503, nothing is lost by cutting its connections.
     async fn stop(self) {
         let _ = self.stop.send(());
-        match self.task.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "the starting listener failed"),
-            Err(e) => tracing::warn!(error = %e, "the starting listener panicked"),
+        let mut task = self.task;
+        match tokio::time::timeout(Duration::from_secs(2), &mut task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "the starting listener failed"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "the starting listener panicked"),
+            Err(_) => {
+                task.abort();
+                tracing::info!("the starting listener's open connections were cut");
+            }
         }
     }
 }

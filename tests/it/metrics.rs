@@ -243,11 +243,24 @@ async fn readyz_is_503_while_a_large_log_is_folded_and_200_after() {
     let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut seen = Vec::new();
+    // A client that starts a request and never finishes it, while `serve` starts: it must
+    // not hold the start up.
+    let mut stalled = None;
     loop {
         let status = match http.get(format!("{url}/readyz")).send().await {
             Ok(r) => Some(r.status()),
             Err(_) => None,
         };
+        if status == Some(StatusCode::SERVICE_UNAVAILABLE) && stalled.is_none() {
+            use tokio::io::AsyncWriteExt;
+            let mut c = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap();
+            c.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+                .await
+                .unwrap();
+            stalled = Some(c);
+        }
         if seen.last() != Some(&status) {
             seen.push(status);
         }
@@ -266,6 +279,7 @@ async fn readyz_is_503_while_a_large_log_is_folded_and_200_after() {
         .json()
         .await
         .unwrap();
+    drop(stalled);
     let _ = child.kill();
     let _ = child.wait();
     assert!(

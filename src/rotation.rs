@@ -548,6 +548,12 @@ impl RotationService {
         if let Err(e) = self.drive_inner(id, started).await {
             tracing::warn!(rotation = %id.0, error = %e, "rotation left open; the scheduler takes it up again");
         }
+        // The outcome just appended, projected (bounded: a metric is not worth a stall).
+        let engine = &self.inner.engine;
+        let _ = engine
+            .projector
+            .wait_for(engine.log.head().position, Duration::from_secs(2))
+            .await;
         if let Some((after, started_at, finished_at)) = outcome(self) {
             let label = match after {
                 RotationOutcome::Succeeded => Some("succeeded"),

@@ -409,13 +409,29 @@ fn look_up_link(ctx: &Ctx, token: &str) -> LinkLookup {
     }
 }
 
+/// [`look_up_link`], once more after the projections reach the log's head when the link
+/// is unknown: its hash was appended before the mail left, so it may only be unprojected.
+async fn find_link(ctx: &Ctx, token: &str) -> LinkLookup {
+    match look_up_link(ctx, token) {
+        LinkLookup::Unknown => {
+            let engine = &ctx.app.engine;
+            let _ = engine
+                .projector
+                .wait_for(engine.log.head().position, Duration::from_secs(2))
+                .await;
+            look_up_link(ctx, token)
+        }
+        found => found,
+    }
+}
+
 async fn enrol_page(
     State(ctx): State<Ctx>,
     Path(token): Path<String>,
     headers: HeaderMap,
 ) -> Response {
     let me = signed_in(&ctx, &headers).is_some();
-    let (user, link) = match look_up_link(&ctx, &token) {
+    let (user, link) = match find_link(&ctx, &token).await {
         LinkLookup::Unknown => return pages::link_unknown(me),
         LinkLookup::Gone(why) => return pages::link_gone(why, me),
         LinkLookup::Open(u, l) => (u, l),

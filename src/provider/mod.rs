@@ -23,7 +23,8 @@ use std::time::Duration;
 /// always ES256; an app's ID tokens use the algorithm it registered.
 pub const ALGS: [&str; 2] = ["ES256", "RS256"];
 
-/// The provider's clocks: how long what it issues lives, and when its keys change.
+/// The provider's clocks: how long what it issues lives, and when its keys change (the
+/// defaults are `Config`'s).
 #[derive(Clone, Copy, Debug)]
 pub struct Timing {
     /// An authorization code's life (OIDC Core: short; we take RFC 6749's "10 minutes
@@ -36,17 +37,6 @@ pub struct Timing {
     pub clock_skew: Duration,
     /// A key in force this long is replaced by the schedule (`None`: only on demand).
     pub key_rotation: Option<Duration>,
-}
-
-impl Default for Timing {
-    fn default() -> Self {
-        Timing {
-            code_ttl: Duration::from_secs(60),
-            token_ttl: Duration::from_secs(900),
-            clock_skew: Duration::from_secs(300),
-            key_rotation: Some(Duration::from_secs(90 * 86_400)),
-        }
-    }
 }
 
 impl Timing {

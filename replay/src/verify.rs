@@ -150,6 +150,9 @@ pub struct Verifier {
     /// Signed heads to hold the records to, by increasing size (the next is last).
     heads: Vec<TreeHead>,
     first_inconsistent: Option<u64>,
+    /// Started after a position whose records it never saw: a stream's first version
+    /// seen is taken as it is, and the tree is not the log's.
+    resumed: bool,
 }
 
 impl Verifier {
@@ -165,6 +168,39 @@ impl Verifier {
         v.event_ids
             .reserve(usize::try_from(records).unwrap_or(0).min(1 << 26));
         v
+    }
+
+    /// A verifier that takes up the chain after `position`, whose record's hash is `hash`
+    /// (an incremental backup from `position + 1`). It checks positions and links as
+    /// [`Verifier::new`] does; a stream's versions only from its first record seen, and
+    /// event ids only among the records it sees.
+    pub fn after(position: u64, hash: Hash) -> Self {
+        Verifier {
+            last_position: position,
+            last_hash: hash,
+            resumed: true,
+            ..Self::default()
+        }
+    }
+
+    /// The position of the last record taken.
+    pub fn last_position(&self) -> u64 {
+        self.last_position
+    }
+
+    /// The hash the last record taken carries.
+    pub fn last_hash(&self) -> Hash {
+        self.last_hash
+    }
+
+    /// Problems found so far.
+    pub fn problem_count(&self) -> u64 {
+        self.problem_count
+    }
+
+    /// The first problem found, if any.
+    pub fn first_problem(&self) -> Option<&Problem> {
+        self.problems.first()
     }
 
     /// Holds the records to these signed heads: when the tree reaches a head's size, its
@@ -243,7 +279,11 @@ impl Verifier {
             None => {
                 self.stream_versions
                     .insert(env.stream.as_str().to_owned(), env.version);
-                0
+                if self.resumed {
+                    env.version.saturating_sub(1)
+                } else {
+                    0
+                }
             }
         };
         if env.version != previous + 1 {
@@ -393,6 +433,27 @@ mod tests {
         let last = RawRecord::parse(&records[4]).unwrap();
         assert_eq!(report.head_hash, last.hash);
         assert_eq!(report.summary_json()["ok"], true);
+    }
+
+    #[test]
+    fn a_verifier_after_a_position_checks_the_link_to_it_and_not_what_came_before() {
+        let records = chain(6);
+        let third = RawRecord::parse(&records[2]).unwrap().hash;
+        let mut v = Verifier::after(3, third);
+        for (key, bytes) in numbered(records.clone()).into_iter().skip(3) {
+            v.push(key, &bytes);
+        }
+        let report = v.finish();
+        assert!(report.ok, "{report:?}");
+        assert_eq!((report.events, report.head_position), (3, 6));
+
+        // The same records after another hash: the first is not linked to it.
+        let mut v = Verifier::after(3, RawRecord::parse(&records[1]).unwrap().hash);
+        for (key, bytes) in numbered(records).into_iter().skip(3) {
+            v.push(key, &bytes);
+        }
+        assert_eq!(v.first_problem().map(|p| p.position), Some(4));
+        assert_eq!(v.problem_count(), 1);
     }
 
     #[test]

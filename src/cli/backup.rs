@@ -2,32 +2,57 @@
 //! back into a new data dir, every part checked before anything is written.
 
 use super::progress;
-use crate::backup::{backup_data_dir, restore as restore_file, Manifest};
+use crate::backup::{backup_data_dir, restore as restore_file, BackupSource, Manifest};
 use crate::error::Error;
 use clap::Args;
+use idledger_domain::UserId;
+use idledger_projections::users::UserStatus;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Options of `idledger backup`.
 #[derive(Args, Debug)]
 pub struct BackupArgs {
-    /// A stopped server's data directory, or `--server` (online, token in IDLEDGER_TOKEN).
+    /// A stopped server's data directory, or `--server` (online, token of an admin or
+    /// auditor in IDLEDGER_TOKEN).
     #[command(flatten)]
     pub from: super::DataDir,
-    /// The backup file to write (it must not exist).
+    /// The backup file to write (it must not exist); with `--follow`, the copy's directory.
     #[arg(long)]
     pub out: PathBuf,
+    /// Keep a copy in the directory `--out` that follows the server's log: new records are
+    /// added as they come, each checked against the chain; a restart resumes.
+    #[arg(long, requires = "server")]
+    pub follow: bool,
+    /// With `--follow`: catch up with the log's head, then exit.
+    #[arg(long, requires = "follow")]
+    pub once: bool,
+    /// With `--follow`: key store snapshots older than this many days are removed (the
+    /// newest stays), so deleted users' keys age out of the copy.
+    #[arg(long, default_value_t = 30.0)]
+    pub retain_days: f64,
+    /// With `--follow`: how long to wait, once caught up, before asking again (ms).
+    #[arg(long, default_value_t = 250)]
+    pub interval_ms: u64,
+    /// With `--follow`: records per sealed segment file of the copy.
+    #[arg(long, default_value_t = crate::backup::follow::SEGMENT_RECORDS)]
+    pub segment_records: u64,
 }
 
 /// Options of `idledger restore`.
 #[derive(Args, Debug)]
 pub struct RestoreArgs {
-    /// The backup file.
+    /// The backup: a file, or the directory of a `backup --follow` copy.
     #[arg(long)]
     pub from: PathBuf,
     /// The data directory to restore into (new or empty).
     #[arg(long)]
     pub data_dir: PathBuf,
+    /// A later backup (file or copy) or the live server's URL (token in IDLEDGER_TOKEN):
+    /// restored users it shows deleted are named in a warning, since their data keys are
+    /// back in the restored data dir.
+    #[arg(long)]
+    pub compare_with: Option<String>,
 }
 
 fn refused(e: crate::backup::BackupError) -> Error {
@@ -92,8 +117,152 @@ async fn download(url: &str, token: &str, out: &std::path::Path) -> Result<Manif
     }
 }
 
+/// Records asked for in one increment: a follower's memory stays bounded however far
+/// behind it starts.
+const INCREMENT: u64 = 50_000;
+
+/// Why one round of `--follow` did not add to the copy.
+enum Round {
+    /// Worth trying again (the server restarting, a cut connection).
+    Again(String),
+    /// Not (a refused token, a server whose log is shorter than the copy).
+    Stop(Error),
+}
+
+/// Fetches one increment: the records after `from - 1`.
+async fn increment(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    from: u64,
+    keystore: Option<&str>,
+) -> Result<Vec<u8>, Round> {
+    let mut url = format!("{base}/v1/backup?from={from}&limit={INCREMENT}");
+    if let Some(k) = keystore {
+        url.push_str("&keystore_sha256=");
+        url.push_str(k);
+    }
+    let again = |e: reqwest::Error| Round::Again(e.without_url().to_string());
+    let r = http
+        .get(&url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .map_err(again)?;
+    let status = r.status();
+    if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+        return Err(Round::Again(format!("{base} answered {status}")));
+    }
+    if !status.is_success() {
+        let text = r.text().await.unwrap_or_default();
+        return Err(Round::Stop(Error::Other(format!(
+            "{base}/v1/backup?from={from}: {status}: {text}"
+        ))));
+    }
+    r.bytes().await.map(|b| b.to_vec()).map_err(again)
+}
+
+fn now_secs() -> u64 {
+    u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0)
+}
+
+/// `backup --follow`: keeps the copy in `args.out` up with the server's log, until killed
+/// (or, with `--once`, until it has reached the head).
+async fn follow(args: &BackupArgs, base: &str, token: &str) -> Result<ExitCode, Error> {
+    use crate::backup::follow::FollowCopy;
+    let base = base.trim_end_matches('/');
+    let http = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(120))
+        .build()
+        .map_err(|e| Error::Other(e.to_string()))?;
+    let interval = std::time::Duration::from_millis(args.interval_ms);
+    let retain_secs = (args.retain_days.max(0.0) * 86_400.0) as u64;
+    let pb = progress::bar(None, "follow");
+    let dir = args.out.clone();
+    let mut copy = {
+        let dir = dir.clone();
+        let segment_records = args.segment_records;
+        tokio::task::spawn_blocking(move || FollowCopy::open(&dir, segment_records))
+            .await
+            .map_err(|e| Error::Other(e.to_string()))?
+            .map_err(refused)?
+    };
+    let mut added = 0u64;
+    let mut failures = 0u32;
+    loop {
+        let from = copy.position() + 1;
+        pb.set_position(copy.position());
+        let body = match increment(&http, base, token, from, copy.keystore_sha256()).await {
+            Ok(b) => b,
+            Err(Round::Stop(e)) => return Err(e),
+            Err(Round::Again(why)) => {
+                failures += 1;
+                if args.once && failures > 20 {
+                    return Err(Error::Other(why));
+                }
+                tracing::warn!(%why, "backup --follow: trying again");
+                tokio::time::sleep(
+                    interval.max(std::time::Duration::from_millis(100)) * failures.min(20),
+                )
+                .await;
+                continue;
+            }
+        };
+        failures = 0;
+        let (back, taken) = tokio::task::spawn_blocking(move || {
+            let taken = copy.take(body.as_slice(), now_secs()).and_then(|n| {
+                copy.prune(retain_secs, now_secs())?;
+                Ok(n)
+            });
+            (copy, taken)
+        })
+        .await
+        .map_err(|e| Error::Other(e.to_string()))?;
+        copy = back;
+        // A refused increment is a server whose history does not continue the copy, or a
+        // disk that failed: neither mends by asking again.
+        let n = taken.map_err(refused)?;
+        added += n;
+        if n < INCREMENT {
+            if args.once {
+                break;
+            }
+            tokio::time::sleep(interval).await;
+        }
+    }
+    pb.finish_and_clear();
+    println!(
+        "{}",
+        serde_json::to_string(&FollowSummary {
+            copy: dir.display().to_string(),
+            position: copy.position(),
+            head_hash: copy.head_hash().to_hex(),
+            added,
+        })
+        .map_err(|e| Error::Other(e.to_string()))?
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What `backup --follow --once` prints.
+#[derive(serde::Serialize)]
+struct FollowSummary {
+    copy: String,
+    position: u64,
+    head_hash: String,
+    added: u64,
+}
+
 /// Writes the backup; prints its manifest's summary as one JSON line.
 pub async fn backup(args: &BackupArgs) -> Result<ExitCode, Error> {
+    if args.follow {
+        return match args.from.source()? {
+            crate::audit::Source::Server { url, token } => follow(args, &url, &token).await,
+            crate::audit::Source::DataDir(_) => Err(Error::Other(
+                "--follow follows a server: give --server".into(),
+            )),
+        };
+    }
     let manifest = match args.from.source()? {
         crate::audit::Source::Server { url, token } => download(&url, &token, &args.out).await?,
         crate::audit::Source::DataDir(dir) => {
@@ -125,17 +294,69 @@ pub async fn backup(args: &BackupArgs) -> Result<ExitCode, Error> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The users a backup or a live server shows deleted.
+fn deleted_users(source: &str) -> Result<std::collections::BTreeSet<UserId>, Error> {
+    use idledger_domain::Event;
+    let mut deleted = std::collections::BTreeSet::new();
+    let mut note = |position: u64, bytes: &[u8]| {
+        if let Ok(env) = crate::audit::source::decode_at(position, bytes) {
+            if let (Event::UserDeleted(_), Some(user)) = (&env.event, env.stream.user_id()) {
+                deleted.insert(user);
+            }
+        }
+    };
+    if source.starts_with("http://") || source.starts_with("https://") {
+        let token = std::env::var("IDLEDGER_TOKEN")
+            .map_err(|_| Error::Other("set IDLEDGER_TOKEN to an admin or auditor token".into()))?;
+        let server = crate::audit::Source::Server {
+            url: source.to_owned(),
+            token,
+        };
+        crate::audit::source::each_record(&server, 1, |p, b| {
+            note(p, b);
+            std::ops::ControlFlow::Continue(())
+        })?;
+    } else {
+        BackupSource::open(std::path::Path::new(source))
+            .and_then(|mut b| {
+                b.read(|p, r| {
+                    note(p, r);
+                    Ok(())
+                })
+            })
+            .map_err(|e| Error::Other(format!("{source}: {e}")))?;
+    }
+    Ok(deleted)
+}
+
+/// What `idledger restore` prints.
+#[derive(serde::Serialize)]
+struct Restored {
+    restored: String,
+    position: u64,
+    head_hash: String,
+    records: u64,
+    users: usize,
+    domains: usize,
+    /// Restored users that `--compare-with` shows deleted (absent without it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deleted_since_backup: Option<Vec<UserId>>,
+}
+
 /// Restores, opens the restored log (every index rebuilt and checked), folds it into the
-/// projections, and prints the head as one JSON line.
+/// projections, and prints the head as one JSON line; with `--compare-with`, warns of
+/// users deleted since.
 pub async fn restore(args: &RestoreArgs) -> Result<ExitCode, Error> {
     let pb = progress::bar(None, "restore");
     let (from, dir) = (args.from.clone(), args.data_dir.clone());
     let bar = pb.clone();
     let manifest = tokio::task::spawn_blocking(move || {
-        restore_file(&from, &dir, |p| bar.set_position(p)).map_err(refused)
+        let mut source = BackupSource::open(&from)?;
+        restore_file(&mut source, &dir, |p| bar.set_position(p))
     })
     .await
-    .map_err(|e| Error::Other(e.to_string()))??;
+    .map_err(|e| Error::Other(e.to_string()))?
+    .map_err(refused)?;
     pb.finish_and_clear();
     let head = {
         let log = crate::store::SledEventLog::open(&args.data_dir)?;
@@ -161,16 +382,40 @@ pub async fn restore(args: &RestoreArgs) -> Result<ExitCode, Error> {
     }
     let source = crate::audit::Source::DataDir(args.data_dir.clone());
     let projections = crate::audit::chain::replay(&source, idledger_replay::Until::End, |_| {})?;
+    let deleted_since_backup = match &args.compare_with {
+        None => None,
+        Some(later) => {
+            let later = later.clone();
+            let deleted = tokio::task::spawn_blocking(move || deleted_users(&later))
+                .await
+                .map_err(|e| Error::Other(e.to_string()))??;
+            let mut named = Vec::new();
+            for user in projections.users.iter_after(None) {
+                if user.status != UserStatus::Deleted && deleted.contains(&user.id) {
+                    eprintln!(
+                        "warning: {:?} ({}) was deleted after this backup was taken, so its data key is back in {}: delete the user again to destroy it",
+                        user.attributes.user_principal_name,
+                        user.id,
+                        args.data_dir.display()
+                    );
+                    named.push(user.id);
+                }
+            }
+            Some(named)
+        }
+    };
     println!(
         "{}",
-        serde_json::json!({
-            "restored": args.data_dir.display().to_string(),
-            "position": head.position,
-            "head_hash": head.hash.to_hex(),
-            "records": manifest.record_count,
-            "users": projections.users.len(),
-            "domains": projections.domains.all().len(),
+        serde_json::to_string(&Restored {
+            restored: args.data_dir.display().to_string(),
+            position: head.position,
+            head_hash: head.hash.to_hex(),
+            records: manifest.record_count,
+            users: projections.users.len(),
+            domains: projections.domains.all().len(),
+            deleted_since_backup,
         })
+        .map_err(|e| Error::Other(e.to_string()))?
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -1,28 +1,94 @@
 //! `GET /v1/backup`: the same file `idledger backup` writes, streamed from a running
 //! server: every record up to the head when the request came, then the sealed key store
-//! and log key (never the master key, never a plaintext secret), then the manifest.
+//! and log key (never the master key, never a plaintext secret), then the manifest. With
+//! `from`, an increment: the records after `from - 1`, which a `backup --follow` copy
+//! checks against its own head.
 
 use super::audit::{BodySink, BODY_PIECE};
 use super::auth::Principal;
-use super::error::ApiError;
+use super::error::{ApiError, ApiQuery};
 use super::AppState;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
+use serde::Deserialize;
 use std::ops::ControlFlow;
+use utoipa::IntoParams;
+
+/// `GET /v1/backup` parameters.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct BackupQuery {
+    /// The first position to carry (1: a whole backup); at most the head + 1.
+    from: Option<u64>,
+    /// Carry at most this many records (all up to the head).
+    limit: Option<u64>,
+    /// SHA-256 (hex) of the key store the reader holds: when it is still the server's,
+    /// the key store is left out (the manifest says so).
+    keystore_sha256: Option<String>,
+}
+
+/// The hash the record at `position` carries.
+fn hash_at(
+    log: &dyn crate::store::EventLog,
+    position: u64,
+) -> Result<idledger_domain::Hash, ApiError> {
+    let mut found = None;
+    log.records(position)(&mut |p, bytes| {
+        if p == position {
+            found = idledger_domain::envelope::RawRecord::parse(bytes)
+                .ok()
+                .map(|r| r.hash);
+        }
+        ControlFlow::Break(())
+    })?;
+    found.ok_or_else(|| ApiError::Internal(format!("position {position} cannot be read")))
+}
 
 /// The backup, streamed; `x-idledger-log-position` names the position it runs to.
 pub async fn download(
     State(s): State<AppState>,
     who: Principal,
+    ApiQuery(q): ApiQuery<BackupQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     // The signed head first: every head is signed over committed records, so the log's
     // head read after it is at or past its size.
     let sth = s.notary.latest().ok().flatten().map(|h| h.to_note());
     let log = s.engine.log.clone();
     let head = log.head().position;
+    let from = q.from.unwrap_or(1);
+    if from == 0 || from > head + 1 {
+        return Err(ApiError::BadRequest(format!(
+            "from: 1 to {} (the log's head is {head})",
+            head + 1
+        )));
+    }
+    if q.limit == Some(0) {
+        return Err(ApiError::BadRequest("limit: at least 1".into()));
+    }
+    if let Some(k) = &q.keystore_sha256 {
+        if k.len() != 64 || !k.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(ApiError::BadRequest(
+                "keystore_sha256: 64 hex digits".into(),
+            ));
+        }
+    }
+    let through = q
+        .limit
+        .map_or(head, |l| head.min(from.saturating_add(l - 1)));
+    let after = match from {
+        1 => None,
+        _ => {
+            let log = log.clone();
+            let hash = tokio::task::spawn_blocking(move || hash_at(&*log, from - 1))
+                .await
+                .map_err(|e| ApiError::Internal(e.to_string()))??;
+            Some((from - 1, hash))
+        }
+    };
     let data_dir = s.data_dir.clone();
+    let known = q.keystore_sha256.map(|k| k.to_ascii_lowercase());
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tokio::task::spawn_blocking(move || {
         let body = BodySink {
@@ -30,25 +96,30 @@ pub async fn download(
             tx: tx.clone(),
         };
         let done = (|| -> Result<(), crate::backup::BackupError> {
-            let mut w = crate::backup::BackupWriter::new(body)?;
+            let mut w = match after {
+                None => crate::backup::BackupWriter::new(body)?,
+                Some((position, hash)) => crate::backup::BackupWriter::after(body, position, hash)?,
+            };
             let mut failed = None;
-            log.records(1)(&mut |position, bytes| {
-                if position > head {
-                    return ControlFlow::Break(());
-                }
-                match w.push(position, bytes) {
-                    Ok(()) => ControlFlow::Continue(()),
-                    Err(e) => {
-                        failed = Some(e);
-                        ControlFlow::Break(())
+            if from <= through {
+                log.records(from)(&mut |position, bytes| {
+                    if position > through {
+                        return ControlFlow::Break(());
                     }
-                }
-            })?;
+                    match w.push(position, bytes) {
+                        Ok(()) => ControlFlow::Continue(()),
+                        Err(e) => {
+                            failed = Some(e);
+                            ControlFlow::Break(())
+                        }
+                    }
+                })?;
+            }
             if let Some(e) = failed {
                 return Err(e);
             }
             let sealed = crate::backup::sealed_files(&data_dir)?;
-            w.finish(sealed.keystore.as_deref(), sealed.log_key.as_deref(), sth)?;
+            w.finish(&sealed, known.as_deref(), sth)?;
             Ok(())
         })();
         if let Err(e) = done {
@@ -66,7 +137,7 @@ pub async fn download(
     );
     headers.insert(
         header::HeaderName::from_static("x-idledger-log-position"),
-        axum::http::HeaderValue::from(head),
+        axum::http::HeaderValue::from(through),
     );
     // A revoked token aborts the body: a cut backup fails its check, never passes as whole.
     let revoked = Err(std::io::Error::other("the token was revoked"));

@@ -326,7 +326,8 @@ pub fn operations() -> Vec<Operation> {
         op(M::GET, "/v1/users/{id}/timeline", Read, "One user's whole story in order (sync, status, SSO, keys, rotations, key writes, reveals)", get(audit::timeline))
             .query::<audit::TimelineQuery>()
             .page::<audit::TimelineEntry>(),
-        op(M::GET, "/v1/backup", Admin, "A backup of the log up to its head now, with the sealed key store (never the master key): what `idledger backup` writes", get(backup::download))
+        op(M::GET, "/v1/backup", Read, "A backup of the log up to its head now, with the sealed key store (never the master key): what `idledger backup` writes; with `from`, an increment for a `backup --follow` copy", get(backup::download))
+            .query::<backup::BackupQuery>()
             .other(200, "application/octet-stream"),
         op(M::GET, "/v1/audit/exports/{kind}", Read, "Export rows (password-changes, events, users, sign-ins; from, to, domain, user, format)", get(audit::export))
             .query::<audit::ExportParams>()

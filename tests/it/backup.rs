@@ -251,3 +251,282 @@ async fn a_wrong_backup_is_refused_naming_the_part_and_nothing_is_written() {
     assert!(ok, "{err}");
     assert_eq!(done["head_hash"], made["head_hash"]);
 }
+
+/// Runs `idledger` with the server's token, without blocking the test's runtime.
+async fn run_with_token(token: &str, args: &[&str]) -> (bool, Value, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_idledger"))
+        .args(args)
+        .env("IDLEDGER_TOKEN", token)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    (
+        out.status.success(),
+        serde_json::from_str(stdout.trim()).unwrap_or(Value::Null),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Clients that keep appending (each new token is an event) until aborted.
+fn keep_writing(serve: &Serve, clients: usize) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..clients)
+        .map(|c| {
+            let (url, token) = (serve.url.clone(), serve.token.clone());
+            tokio::spawn(async move {
+                let http = reqwest::Client::new();
+                for n in 0.. {
+                    let r = http
+                        .post(format!("{url}/v1/tokens"))
+                        .bearer_auth(&token)
+                        .json(&json!({"role": "auditor", "name": format!("load {c}/{n}")}))
+                        .send()
+                        .await;
+                    if r.is_err() {
+                        break;
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+/// The hash the server's log holds at `position`.
+async fn live_hash(serve: &Serve, position: u64) -> Value {
+    let live = serve
+        .call(
+            Method::GET,
+            &format!("/v1/events?from_position={position}&limit=1"),
+            None,
+        )
+        .await;
+    live["items"][0]["hash"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_following_copy_killed_again_and_again_resumes_without_gaps_and_restores() {
+    use rand::Rng;
+    let dir = tempfile::tempdir().unwrap();
+    let (data, copy) = (dir.path().join("data"), dir.path().join("copy"));
+    std::fs::create_dir_all(&data).unwrap();
+    let mut serve = Serve::start(&data, None).await;
+    let writers = keep_writing(&serve, 3);
+    let follow = [
+        "backup",
+        "--server",
+        &serve.url,
+        "--out",
+        path(&copy),
+        "--follow",
+        "--interval-ms",
+        "20",
+        // Small segments, so that kills land while segments are sealed too.
+        "--segment-records",
+        "300",
+    ];
+    let mut rng = rand::thread_rng();
+    for _ in 0..15 {
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_idledger"))
+            .args(follow)
+            .env("IDLEDGER_TOKEN", &serve.token)
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(100..600))).await;
+        child.start_kill().unwrap(); // SIGKILL
+        child.wait().await.unwrap();
+    }
+    // A second follower of the same copy is refused while one runs.
+    let mut running = tokio::process::Command::new(env!("CARGO_BIN_EXE_idledger"))
+        .args(follow)
+        .env("IDLEDGER_TOKEN", &serve.token)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (ok, _, err) = run_with_token(&serve.token, &[&follow[..], &["--once"]].concat()).await;
+    assert!(!ok && err.contains("another"), "{err}");
+    running.start_kill().unwrap();
+    running.wait().await.unwrap();
+
+    for w in writers {
+        w.abort();
+    }
+    let (ok, caught_up, err) =
+        run_with_token(&serve.token, &[&follow[..], &["--once"]].concat()).await;
+    assert!(ok, "{err}");
+    let position = caught_up["position"].as_u64().unwrap();
+    assert!(position > 1000, "{caught_up}");
+    assert_eq!(live_hash(&serve, position).await, caught_up["head_hash"]);
+    let sealed = std::fs::read_dir(copy.join("segments"))
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            !name.to_string_lossy().starts_with("open-")
+        })
+        .count();
+    assert!(
+        sealed as u64 >= position / 300 - 1,
+        "{sealed} sealed segments"
+    );
+
+    // Restored from the copy: the same history; then the original dir and the restored
+    // one verify to the same head.
+    let restored = dir.path().join("restored");
+    let (ok, done, err) = run(&[
+        "restore",
+        "--from",
+        path(&copy),
+        "--data-dir",
+        path(&restored),
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(done["head_hash"], caught_up["head_hash"], "{done}");
+    let (verified, code) = crate::support::verify(&restored);
+    assert_eq!(code, 0, "{verified}");
+    serve.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_names_users_deleted_after_the_backup_was_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let sim = sim().await;
+    let mut serve = Serve::start(&data, None).await;
+    let external = crate::support::ext(3);
+    let user = crate::crash::user_with_key(&serve, &sim, &external).await;
+    let domain = serve
+        .call(Method::GET, &format!("/v1/users/{user}"), None)
+        .await["domain_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    serve
+        .call(
+            Method::PATCH,
+            &format!("/v1/domains/{domain}"),
+            Some(json!({"removal_behavior": "delete"})),
+        )
+        .await;
+    // An auditor may take the backup; an agent may not.
+    let auditor = serve
+        .call(
+            Method::POST,
+            "/v1/tokens",
+            Some(json!({"role": "auditor", "name": "a"})),
+        )
+        .await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let agent = serve
+        .call(
+            Method::POST,
+            "/v1/tokens",
+            Some(json!({"role": "agent", "name": "k", "key_ids": ["K-0003"]})),
+        )
+        .await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let before = dir.path().join("before.backup");
+    let (ok, _, err) = run_with_token(
+        &agent,
+        &["backup", "--server", &serve.url, "--out", path(&before)],
+    )
+    .await;
+    assert!(!ok && err.contains("403"), "{err}");
+    assert!(!before.exists());
+    let (ok, _, err) = run_with_token(
+        &auditor,
+        &["backup", "--server", &serve.url, "--out", path(&before)],
+    )
+    .await;
+    assert!(ok, "{err}");
+
+    // The user leaves the sync group; the domain deletes such users.
+    let r = reqwest::Client::new()
+        .delete(format!(
+            "{sim}/_sim/groups/{}/members/{external}",
+            crate::support::SYNC
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    serve
+        .call(Method::POST, &format!("/v1/domains/{domain}/sync"), None)
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = serve
+            .http
+            .get(format!("{}/v1/users/{user}", serve.url))
+            .bearer_auth(&serve.token)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        if status == reqwest::StatusCode::NOT_FOUND || body["status"] == "deleted" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the user was not deleted: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let after = dir.path().join("after.backup");
+    let (ok, _, err) = run_with_token(
+        &auditor,
+        &["backup", "--server", &serve.url, "--out", path(&after)],
+    )
+    .await;
+    assert!(ok, "{err}");
+
+    // Against the live server, and against the later backup: the same warning.
+    for (n, later) in [serve.url.clone(), path(&after).to_owned()]
+        .iter()
+        .enumerate()
+    {
+        let target = dir.path().join(format!("restored-{n}"));
+        let (ok, done, err) = run_with_token(
+            &auditor,
+            &[
+                "restore",
+                "--from",
+                path(&before),
+                "--data-dir",
+                path(&target),
+                "--compare-with",
+                later,
+            ],
+        )
+        .await;
+        assert!(ok, "{err}");
+        assert_eq!(
+            done["deleted_since_backup"],
+            json!([user]),
+            "{later}: {done}"
+        );
+        assert!(
+            err.contains("was deleted after this backup was taken") && err.contains(&user),
+            "{later}: {err}"
+        );
+    }
+    // Without a later source, nothing is said.
+    let target = dir.path().join("restored-plain");
+    let (ok, done, err) = run(&[
+        "restore",
+        "--from",
+        path(&before),
+        "--data-dir",
+        path(&target),
+    ]);
+    assert!(ok, "{err}");
+    assert!(done.get("deleted_since_backup").is_none(), "{done}");
+    serve.stop();
+}

@@ -1,0 +1,909 @@
+//! The copy `idledger backup --follow` keeps: a directory that grows with the log, made
+//! of increments the server sends (`GET /v1/backup?from=N`), every record checked against
+//! the chain of all before it as it arrives.
+//!
+//! ```text
+//! DIR/FOLLOW                           the lock a follower holds (one per copy)
+//! DIR/segments/<first>-<last>.backup   sealed segments: backup files of 100,000 records each
+//! DIR/segments/open-<first>.backup     the segment being filled: header, then one chunk
+//!                                      section per increment, each on the device before
+//!                                      the next is asked for
+//! DIR/keys/keystore-<unix secs>.sealed the sealed key store, a snapshot whenever it changed
+//! DIR/keys/log.key.sealed              the sealed log-signing key
+//! ```
+//!
+//! **Crash safety** comes from order and from cutting, never from trusting what is on
+//! disk: keys are written (temporary file, fsync, rename, directory fsync) before the
+//! records sealed under them; a chunk is appended and `fdatasync`ed before the next
+//! increment is asked for; on open the whole copy is checked again and a torn last chunk
+//! is cut off, so a killed follower resumes at the last record that is whole, without a
+//! gap or a duplicate. Sealing writes a new file and renames it; the open segment is
+//! removed only after, and one already covered by a sealed segment is dropped on open.
+//!
+//! **Retention**: a user's deletion destroys their data key in the server's key store, but
+//! a key store snapshot taken before still holds it. Snapshots older than the retention
+//! are removed (the newest always stays), so a deleted user's records in the copy become
+//! unreadable once it passes.
+
+use super::{
+    chunk_records, read_with, refused, sha256_hex, BackupError, BackupWriter, ChunkEntry, Contents,
+    Manifest, SealedFiles, Section, SectionReader, CHUNK, CHUNK_BYTES, MAGIC,
+};
+use idledger_domain::Hash;
+use idledger_replay::verify::{CheckedRecord, Verifier};
+use sha2::{Digest, Sha256};
+use std::fs::File;
+use std::io::{Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+/// Records in a sealed segment, unless the follower says otherwise.
+pub const SEGMENT_RECORDS: u64 = 100_000;
+const LOCK: &str = "FOLLOW";
+const OPEN_PREFIX: &str = "open-";
+const SUFFIX: &str = ".backup";
+const KEYSTORE_PREFIX: &str = "keystore-";
+const LOG_KEY: &str = "log.key.sealed";
+
+fn segments_dir(dir: &Path) -> PathBuf {
+    dir.join("segments")
+}
+
+fn keys_dir(dir: &Path) -> PathBuf {
+    dir.join("keys")
+}
+
+fn in_file(path: &Path, e: BackupError) -> BackupError {
+    match e {
+        BackupError::Refused { part, detail } => BackupError::Refused {
+            part: format!("{}: {part}", path.display()),
+            detail,
+        },
+        other => other,
+    }
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Writes `bytes` to `path` as a whole or not at all (temporary file, fsync, rename,
+/// directory fsync), readable by the owner only.
+fn write_whole(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// The sealed segments, by first position: `(first, last, path)`.
+fn sealed_segments(dir: &Path) -> Result<Vec<(u64, u64, PathBuf)>, BackupError> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(segments_dir(dir))? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let Some(range) = name.strip_suffix(SUFFIX) else {
+            continue;
+        };
+        if range.starts_with(OPEN_PREFIX) {
+            continue;
+        }
+        let parsed = range
+            .split_once('-')
+            .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)));
+        match parsed {
+            Some((first, last)) => found.push((first, last, path)),
+            None => return Err(refused(name, "not a segment's name")),
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// The open segment, if there is one: `(first, path)`.
+fn open_segment(dir: &Path) -> Result<Option<(u64, PathBuf)>, BackupError> {
+    let mut found = None;
+    for entry in std::fs::read_dir(segments_dir(dir))? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if let Some(first) = name
+            .strip_prefix(OPEN_PREFIX)
+            .and_then(|n| n.strip_suffix(SUFFIX))
+        {
+            let first = first
+                .parse::<u64>()
+                .map_err(|_| refused(name, "not a segment's name"))?;
+            if found.replace((first, path)).is_some() {
+                return Err(refused("segments", "two open segments"));
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// The key store snapshots, oldest first: `(unix secs, path)`.
+fn keystore_snapshots(dir: &Path) -> Result<Vec<(u64, PathBuf)>, BackupError> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(keys_dir(dir))? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if let Some(secs) = name
+            .strip_prefix(KEYSTORE_PREFIX)
+            .and_then(|n| n.strip_suffix(".sealed"))
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            found.push((secs, path));
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// The copy's newest sealed files.
+fn newest_sealed(dir: &Path) -> Result<SealedFiles, BackupError> {
+    let keystore = match keystore_snapshots(dir)?.pop() {
+        Some((_, path)) => Some(std::fs::read(path)?),
+        None => None,
+    };
+    Ok(SealedFiles {
+        keystore,
+        log_key: super::read_if_there(keys_dir(dir).join(LOG_KEY))?,
+    })
+}
+
+/// Reads an open segment's chunk sections through `len` bytes, while `chunk` takes them
+/// (answers `true`); answers where the last chunk taken ends. Whatever does not read as a
+/// whole chunk ends the segment: a section torn by a crash, or bytes a lost machine left
+/// behind the last write it put on the device.
+fn open_chunks(
+    file: &File,
+    len: u64,
+    mut chunk: impl FnMut(&[u8]) -> Result<bool, BackupError>,
+) -> Result<u64, BackupError> {
+    use std::io::Read;
+    (&*file).seek(SeekFrom::Start(0))?;
+    let mut reader = file.take(len);
+    let Ok(mut sections) = SectionReader::open(&mut reader) else {
+        return Ok(0);
+    };
+    let mut end = sections.offset;
+    while let Ok(Section::Whole { tag: b'C', bytes }) = sections.next(String::new) {
+        if !chunk(&bytes)? {
+            break;
+        }
+        end = sections.offset;
+    }
+    Ok(end)
+}
+
+/// The segment being filled.
+struct OpenSegment {
+    file: File,
+    path: PathBuf,
+    first: u64,
+    /// The position and hash the segment continues.
+    after: (u64, Hash),
+}
+
+/// The copy, open for a follower to add to.
+pub struct FollowCopy {
+    dir: PathBuf,
+    _lock: File,
+    verifier: Verifier,
+    open: Option<OpenSegment>,
+    keystore_sha256: Option<String>,
+    log_key_sha256: Option<String>,
+    segment_records: u64,
+    /// A write or check failed half-way: what is in memory is not what is on disk.
+    broken: bool,
+}
+
+impl FollowCopy {
+    /// Opens (or starts) the copy in `dir`, checking all of it and cutting a torn last
+    /// chunk; another follower of the same copy is refused. The open segment is sealed
+    /// once it holds `segment_records` records.
+    pub fn open(dir: &Path, segment_records: u64) -> Result<Self, BackupError> {
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            let mut b = std::fs::DirBuilder::new();
+            b.recursive(true).mode(0o700);
+            b.create(segments_dir(dir))?;
+            b.create(keys_dir(dir))?;
+        }
+        let lock = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join(LOCK))?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+            .map_err(|_| BackupError::Busy(dir.display().to_string()))?;
+        for sub in [segments_dir(dir), keys_dir(dir)] {
+            for entry in std::fs::read_dir(&sub)? {
+                let path = entry?.path();
+                if path.extension().is_some_and(|e| e == "tmp") {
+                    std::fs::remove_file(path)?;
+                }
+            }
+        }
+        let mut verifier = Verifier::new();
+        for (first, last, path) in sealed_segments(dir)? {
+            let contents = read_with(File::open(&path)?, &mut verifier, |_, _| Ok(()))
+                .map_err(|e| in_file(&path, e))?;
+            if (contents.manifest.from, contents.manifest.position) != (first, last) {
+                return Err(refused(
+                    path.display().to_string(),
+                    "holds other positions than its name says",
+                ));
+            }
+        }
+        let open = match open_segment(dir)? {
+            Some((first, path)) if first <= verifier.last_position() => {
+                // Sealed already; the crash came before it was removed.
+                std::fs::remove_file(&path)?;
+                None
+            }
+            Some((first, path)) if first == verifier.last_position() + 1 => {
+                Some(Self::recover(path, first, &mut verifier)?)
+            }
+            Some((first, path)) => {
+                return Err(refused(
+                    path.display().to_string(),
+                    format!(
+                        "starts at position {first}, the sealed segments end at {}",
+                        verifier.last_position()
+                    ),
+                ))
+            }
+            None => None,
+        };
+        let sealed = newest_sealed(dir)?;
+        Ok(FollowCopy {
+            dir: dir.to_owned(),
+            _lock: lock,
+            verifier,
+            open,
+            keystore_sha256: sealed.keystore.as_deref().map(sha256_hex),
+            log_key_sha256: sealed.log_key.as_deref().map(sha256_hex),
+            segment_records: segment_records.max(1),
+            broken: false,
+        })
+    }
+
+    /// Checks the open segment's whole chunks on top of `verifier` and cuts what follows
+    /// them (a chunk torn by a crash, or one that does not check: only the last can be,
+    /// since each is on the device before the next is written).
+    fn recover(
+        path: PathBuf,
+        first: u64,
+        verifier: &mut Verifier,
+    ) -> Result<OpenSegment, BackupError> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)?;
+        let len = file.metadata()?.len();
+        let after = (verifier.last_position(), verifier.last_hash());
+        let mut taken = 0usize;
+        let good = open_chunks(&file, len, |bytes| {
+            // Checked on a scratch verifier first: a chunk that fails ends what is kept.
+            let next = verifier.last_position() + 1;
+            let mut scratch = Verifier::after(next - 1, verifier.last_hash());
+            let read = chunk_records(bytes, next, "open segment", |p, r| {
+                scratch.push(p, r);
+                Ok(())
+            });
+            if read.is_err() || scratch.problem_count() > 0 {
+                return Ok(false);
+            }
+            chunk_records(bytes, next, "open segment", |p, r| {
+                verifier.accept(&CheckedRecord::check(p, r));
+                Ok(())
+            })?;
+            taken += 1;
+            Ok(true)
+        })?;
+        if good < MAGIC.len() as u64 {
+            // Cut while its header was written: nothing in it yet.
+            file.set_len(0)?;
+            (&file).seek(SeekFrom::Start(0))?;
+            (&file).write_all(MAGIC)?;
+            file.sync_data()?;
+        } else if good != len {
+            // What follows was never acknowledged to anyone: the server sends it again.
+            file.set_len(good)?;
+            file.sync_all()?;
+            tracing::warn!(
+                segment = %path.display(),
+                cut = len - good,
+                chunks_kept = taken,
+                "cut the end of the open segment that was not whole"
+            );
+        }
+        (&file).seek(SeekFrom::Start(good.max(MAGIC.len() as u64)))?;
+        Ok(OpenSegment {
+            file,
+            path,
+            first,
+            after,
+        })
+    }
+
+    /// The last position the copy holds.
+    pub fn position(&self) -> u64 {
+        self.verifier.last_position()
+    }
+
+    /// The hash of the record at [`FollowCopy::position`].
+    pub fn head_hash(&self) -> Hash {
+        self.verifier.last_hash()
+    }
+
+    /// SHA-256 of the newest key store the copy holds: the server leaves the key store
+    /// out of an increment when it is still this one.
+    pub fn keystore_sha256(&self) -> Option<&str> {
+        self.keystore_sha256.as_deref()
+    }
+
+    /// Takes one increment (a backup file from [`FollowCopy::position`]` + 1`): checks
+    /// every part of it, stores keys that changed and then the records, on the device,
+    /// before answering the records added. `now_secs` names a new key store snapshot.
+    /// After an error the copy must be opened again.
+    pub fn take(
+        &mut self,
+        increment: impl std::io::Read,
+        now_secs: u64,
+    ) -> Result<u64, BackupError> {
+        if self.broken {
+            return Err(refused("copy", "a write failed: open it again"));
+        }
+        self.broken = true;
+        let after = (self.verifier.last_position(), self.verifier.last_hash());
+        let mut chunks = vec![(0usize, Vec::new())];
+        let contents = read_with(increment, &mut self.verifier, |_, rec| {
+            let full = chunks
+                .last()
+                .is_some_and(|(n, c)| *n == CHUNK || c.len() >= CHUNK_BYTES);
+            if full {
+                chunks.push((0, Vec::new()));
+            }
+            if let Some((n, chunk)) = chunks.last_mut() {
+                chunk.extend_from_slice(&(rec.len() as u32).to_le_bytes());
+                chunk.extend_from_slice(rec);
+                *n += 1;
+            }
+            Ok(())
+        })?;
+        self.store_keys(&contents, now_secs)?;
+        let added = contents.manifest.record_count;
+        if added > 0 {
+            self.append(&chunks, after)?;
+        }
+        self.broken = false;
+        if self
+            .open
+            .as_ref()
+            .is_some_and(|o| self.verifier.last_position() + 1 - o.first >= self.segment_records)
+        {
+            self.broken = true;
+            self.seal()?;
+            self.broken = false;
+        }
+        Ok(added)
+    }
+
+    fn store_keys(&mut self, contents: &Contents, now_secs: u64) -> Result<(), BackupError> {
+        if let Some(k) = &contents.sealed.keystore {
+            let sha = sha256_hex(k);
+            if self.keystore_sha256.as_deref() != Some(sha.as_str()) {
+                let name = format!("{KEYSTORE_PREFIX}{now_secs:020}.sealed");
+                write_whole(&keys_dir(&self.dir).join(name), k)?;
+                self.keystore_sha256 = Some(sha);
+            }
+        }
+        if let Some(k) = &contents.sealed.log_key {
+            let sha = sha256_hex(k);
+            if self.log_key_sha256.as_deref() != Some(sha.as_str()) {
+                write_whole(&keys_dir(&self.dir).join(LOG_KEY), k)?;
+                self.log_key_sha256 = Some(sha);
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends chunk sections to the open segment (started if there is none) and puts
+    /// them on the device.
+    fn append(
+        &mut self,
+        chunks: &[(usize, Vec<u8>)],
+        after: (u64, Hash),
+    ) -> Result<(), BackupError> {
+        if self.open.is_none() {
+            let first = after.0 + 1;
+            let path = segments_dir(&self.dir).join(format!("{OPEN_PREFIX}{first:020}{SUFFIX}"));
+            let mut file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&path)?;
+            file.write_all(MAGIC)?;
+            file.sync_data()?;
+            sync_dir(&segments_dir(&self.dir))?;
+            self.open = Some(OpenSegment {
+                file,
+                path,
+                first,
+                after,
+            });
+        }
+        let Some(open) = self.open.as_mut() else {
+            return Ok(());
+        };
+        let mut bytes = Vec::new();
+        for (_, chunk) in chunks {
+            bytes.push(b'C');
+            bytes.extend_from_slice(&(chunk.len() as u64).to_le_bytes());
+            bytes.extend_from_slice(chunk);
+        }
+        open.file.write_all(&bytes)?;
+        open.file.sync_data()?;
+        Ok(())
+    }
+
+    /// Rewrites the open segment as a sealed one (chunks of 10,000, a manifest), then
+    /// removes it.
+    fn seal(&mut self) -> Result<(), BackupError> {
+        let Some(open) = self.open.take() else {
+            return Ok(());
+        };
+        let last = self.verifier.last_position();
+        let name = format!("{:020}-{last:020}{SUFFIX}", open.first);
+        let path = segments_dir(&self.dir).join(&name);
+        let tmp = path.with_extension("tmp");
+        let out = File::create(&tmp)?;
+        let mut w = BackupWriter::after(&out, open.after.0, open.after.1)?;
+        let len = open.file.metadata()?.len();
+        let mut next = open.first;
+        open_chunks(&open.file, len, |bytes| {
+            next = chunk_records(bytes, next, "open segment", |p, r| w.push(p, r))?;
+            Ok(true)
+        })?;
+        let manifest = w.finish(&SealedFiles::default(), None, None)?;
+        if manifest.position != last || manifest.head_hash != self.verifier.last_hash().to_hex() {
+            return Err(refused(
+                open.path.display().to_string(),
+                "holds other records than were added to it",
+            ));
+        }
+        out.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        sync_dir(&segments_dir(&self.dir))?;
+        std::fs::remove_file(&open.path)?;
+        sync_dir(&segments_dir(&self.dir))?;
+        Ok(())
+    }
+
+    /// Removes the key store snapshots that were replaced more than `retain_secs` ago (the
+    /// newest always stays): a key the server destroyed stays in the copy for the
+    /// retention, then goes. Answers how many went.
+    pub fn prune(&self, retain_secs: u64, now_secs: u64) -> Result<usize, BackupError> {
+        let snapshots = keystore_snapshots(&self.dir)?;
+        let mut removed = 0;
+        for pair in snapshots.windows(2) {
+            let (replaced_at, path) = (pair[1].0, &pair[0].1);
+            if replaced_at.saturating_add(retain_secs) < now_secs {
+                std::fs::remove_file(path)?;
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            sync_dir(&keys_dir(&self.dir))?;
+        }
+        Ok(removed)
+    }
+}
+
+/// A copy as it was when opened, for reading while a follower may go on adding to it:
+/// every file it needs is held open, so a segment sealed or a snapshot pruned meanwhile
+/// changes nothing read.
+pub struct CopySnapshot {
+    sealed_segments: Vec<(PathBuf, File)>,
+    /// The open segment, its first position and its length when opened.
+    open_segment: Option<(File, u64, u64)>,
+    keys: SealedFiles,
+}
+
+impl CopySnapshot {
+    /// Opens the copy in `dir` for reading.
+    pub fn open(dir: &Path) -> Result<Self, BackupError> {
+        if !dir.join(LOCK).exists() {
+            return Err(refused(
+                dir.display().to_string(),
+                "not a copy `backup --follow` keeps",
+            ));
+        }
+        // A segment sealed between listing the sealed ones and opening the open one is in
+        // neither: list again (sealing is rare, so once more is nearly always enough).
+        for _ in 0..10 {
+            if let Some(snapshot) = Self::try_open(dir)? {
+                return Ok(snapshot);
+            }
+        }
+        Err(refused(
+            dir.display().to_string(),
+            "its segments kept changing while they were listed",
+        ))
+    }
+
+    fn try_open(dir: &Path) -> Result<Option<Self>, BackupError> {
+        let mut segments = Vec::new();
+        for (_, _, path) in sealed_segments(dir)? {
+            let file = File::open(&path)?;
+            segments.push((path, file));
+        }
+        let open_segment = match open_segment(dir)? {
+            Some((first, path)) => match File::open(&path) {
+                Ok(f) => {
+                    let len = f.metadata()?.len();
+                    Some((f, first, len))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e.into()),
+            },
+            None => None,
+        };
+        Ok(Some(CopySnapshot {
+            sealed_segments: segments,
+            open_segment,
+            keys: newest_sealed(dir)?,
+        }))
+    }
+
+    /// Reads and checks every record, from position 1 on; the manifest answered is made
+    /// for what was read (its `contents_sha256` covers the segments' contents hashes and
+    /// the open segment's whole chunks).
+    pub fn read(
+        &mut self,
+        mut record: impl FnMut(u64, &[u8]) -> Result<(), BackupError>,
+    ) -> Result<Contents, BackupError> {
+        let mut verifier = Verifier::new();
+        let mut chunks: Vec<ChunkEntry> = Vec::new();
+        let mut contents = Sha256::new();
+        let mut signed_tree_head = None;
+        for (path, file) in &mut self.sealed_segments {
+            file.rewind()?;
+            let c = read_with(&*file, &mut verifier, &mut record).map_err(|e| in_file(path, e))?;
+            contents.update(c.manifest.contents_sha256.as_bytes());
+            chunks.extend(c.manifest.chunks);
+            signed_tree_head = c.manifest.signed_tree_head.or(signed_tree_head);
+        }
+        // An open segment sealed already (the crash or the listing came between the
+        // rename and its removal) adds nothing.
+        let open = self
+            .open_segment
+            .as_ref()
+            .filter(|(_, first, _)| *first > verifier.last_position());
+        if let Some((file, first, len)) = open {
+            let mut next = verifier.last_position() + 1;
+            if *first != next {
+                return Err(refused(
+                    "open segment",
+                    format!(
+                        "starts at position {first}, the sealed segments end at {}",
+                        next - 1
+                    ),
+                ));
+            }
+            // As a follower resuming would: the first chunk that is not whole, or does
+            // not check, ends the segment (nothing after it was ever acknowledged).
+            open_chunks(file, *len, |bytes| {
+                let first = next;
+                let mut scratch = Verifier::after(first - 1, verifier.last_hash());
+                let read = chunk_records(bytes, first, "open segment", |p, r| {
+                    scratch.push(p, r);
+                    Ok(())
+                });
+                if read.is_err() || scratch.problem_count() > 0 {
+                    return Ok(false);
+                }
+                next = chunk_records(bytes, first, "open segment", |p, r| {
+                    verifier.accept(&CheckedRecord::check(p, r));
+                    record(p, r)
+                })?;
+                contents.update(bytes);
+                chunks.push(ChunkEntry {
+                    first,
+                    last: next - 1,
+                    sha256: sha256_hex(bytes),
+                });
+                Ok(true)
+            })?;
+        }
+        if let Some(p) = verifier.first_problem() {
+            return Err(BackupError::Chain {
+                position: p.position,
+                reason: p.reason.clone(),
+            });
+        }
+        let manifest = Manifest {
+            format: "idledger-backup".into(),
+            version: 1,
+            from: 1,
+            position: verifier.last_position(),
+            head_hash: verifier.last_hash().to_hex(),
+            record_count: verifier.last_position(),
+            chunks,
+            keystore_sha256: self.keys.keystore.as_deref().map(sha256_hex),
+            keystore_unchanged: false,
+            log_key_sha256: self.keys.log_key.as_deref().map(sha256_hex),
+            contents_sha256: hex::encode(contents.finalize()),
+            signed_tree_head,
+        };
+        Ok(Contents {
+            manifest,
+            sealed: self.keys.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use idledger_domain::events::RotationGroupJoined;
+    use idledger_domain::{encode_record, Actor, ProposedEvent, RecordFields, StreamId, UserId};
+    use proptest::prelude::*;
+
+    const RECORDS: u64 = 600;
+    const SEGMENT: u64 = 70;
+
+    /// A sound log of `n` records over three streams; another `history` gives other
+    /// records from position 1 on.
+    fn chain(n: u64, history: u128) -> Vec<Vec<u8>> {
+        let mut prev = Hash::default();
+        let mut versions = [0u64; 3];
+        (1..=n)
+            .map(|position| {
+                let s = (position % 3) as usize;
+                versions[s] += 1;
+                let stream = StreamId::user(UserId(uuid::Uuid::from_u128(s as u128 + 1)));
+                let proposed = ProposedEvent::new(
+                    uuid::Uuid::from_u128(u128::from(position) << 8 | history),
+                    Actor::System,
+                    RotationGroupJoined {},
+                );
+                let (bytes, hash) = encode_record(
+                    RecordFields {
+                        position,
+                        stream: &stream,
+                        version: versions[s],
+                        recorded_at: chrono::DateTime::from_timestamp(1_700_000_000, 0)
+                            .expect("a valid time"),
+                        proposed: &proposed,
+                    },
+                    &prev,
+                )
+                .expect("encodes");
+                prev = hash;
+                bytes
+            })
+            .collect()
+    }
+
+    fn hash_of(record: &[u8]) -> Hash {
+        idledger_domain::envelope::RawRecord::parse(record)
+            .expect("parses")
+            .hash
+    }
+
+    /// What the server would send from `from` on: at most `n` records, and a key store.
+    fn increment(log: &[Vec<u8>], from: u64, n: u64, keystore: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut w = match from {
+            1 => BackupWriter::new(&mut out),
+            _ => BackupWriter::after(&mut out, from - 1, hash_of(&log[from as usize - 2])),
+        }
+        .expect("starts");
+        let through = (from + n - 1).min(log.len() as u64);
+        for p in from..=through {
+            w.push(p, &log[p as usize - 1]).expect("pushes");
+        }
+        let sealed = SealedFiles {
+            keystore: Some(keystore.to_vec()),
+            log_key: None,
+        };
+        w.finish(&sealed, None, None).expect("finishes");
+        out
+    }
+
+    /// What can happen to a follower.
+    #[derive(Clone, Debug)]
+    enum Step {
+        /// An increment of up to this many records arrives and is taken.
+        Take(u64),
+        /// Killed while appending: a prefix of this many bytes of the next chunk section
+        /// reached the file (more than the section holds: the whole section, not synced
+        /// before the kill, which a resumed follower may keep).
+        KilledMidAppend(usize),
+        /// The machine lost power: zeros follow the last write.
+        PowerLoss(usize),
+        /// An increment with one flipped byte arrives.
+        Flipped(usize),
+        /// An increment from another history arrives.
+        Forked,
+        /// Restarted, nothing else.
+        Restart,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            4 => (1u64..120).prop_map(Step::Take),
+            2 => (0usize..4000).prop_map(Step::KilledMidAppend),
+            1 => (1usize..600).prop_map(Step::PowerLoss),
+            1 => any::<usize>().prop_map(Step::Flipped),
+            1 => Just(Step::Forked),
+            1 => Just(Step::Restart),
+        ]
+    }
+
+    fn open_path(dir: &Path) -> Option<PathBuf> {
+        open_segment(dir).expect("lists").map(|(_, p)| p)
+    }
+
+    fn append_to_open(dir: &Path, copy_position: u64, bytes: &[u8]) {
+        let path = open_path(dir).unwrap_or_else(|| {
+            let p =
+                segments_dir(dir).join(format!("{OPEN_PREFIX}{:020}{SUFFIX}", copy_position + 1));
+            std::fs::write(&p, MAGIC).expect("writes");
+            p
+        });
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .expect("opens");
+        f.write_all(bytes).expect("writes");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        /// Whatever kills, torn writes, lost power and bad increments come, the copy holds
+        /// records 1 to its position exactly as the log does, each once, and a follower
+        /// that goes on reaches the head.
+        #[test]
+        fn a_copy_holds_each_record_once_whatever_befalls_its_follower(
+            steps in proptest::collection::vec(step(), 1..30)
+        ) {
+            let log = chain(RECORDS, 0);
+            let other = chain(RECORDS, 1);
+            let tmp = tempfile::tempdir().expect("a temp dir");
+            let dir = tmp.path();
+            let mut copy = FollowCopy::open(dir, SEGMENT).expect("opens");
+            let mut now = 1_000u64;
+            for step in steps {
+                let at = copy.position();
+                match step {
+                    Step::Take(n) => {
+                        now += 1;
+                        let keystore = format!("keys at {now}");
+                        let inc = increment(&log, at + 1, n, keystore.as_bytes());
+                        copy.take(inc.as_slice(), now).expect("a good increment is taken");
+                        prop_assert!(copy.position() == (at + n).min(RECORDS));
+                    }
+                    Step::KilledMidAppend(prefix) => {
+                        drop(copy);
+                        let mut section = Vec::new();
+                        for r in log.iter().skip(at as usize).take(5) {
+                            section.extend_from_slice(&(r.len() as u32).to_le_bytes());
+                            section.extend_from_slice(r);
+                        }
+                        let mut bytes = vec![b'C'];
+                        bytes.extend_from_slice(&(section.len() as u64).to_le_bytes());
+                        bytes.extend_from_slice(&section);
+                        if at < RECORDS {
+                            bytes.truncate(prefix);
+                            append_to_open(dir, at, &bytes);
+                        }
+                        copy = FollowCopy::open(dir, SEGMENT).expect("reopens");
+                        let whole = at < RECORDS && prefix >= bytes.len() && !bytes.is_empty();
+                        let kept = copy.position();
+                        prop_assert!(kept == at || (whole && kept == (at + 5).min(RECORDS)));
+                    }
+                    Step::PowerLoss(zeros) => {
+                        drop(copy);
+                        append_to_open(dir, at, &vec![0u8; zeros]);
+                        copy = FollowCopy::open(dir, SEGMENT).expect("reopens");
+                        prop_assert_eq!(copy.position(), at);
+                    }
+                    Step::Flipped(which) => {
+                        let mut inc = increment(&log, at + 1, 20, b"k");
+                        let i = MAGIC.len() + which % (inc.len() - MAGIC.len());
+                        inc[i] ^= 0x01;
+                        prop_assert!(copy.take(inc.as_slice(), now).is_err());
+                        drop(copy);
+                        copy = FollowCopy::open(dir, SEGMENT).expect("reopens");
+                        prop_assert_eq!(copy.position(), at);
+                    }
+                    Step::Forked => {
+                        if at >= 1 {
+                            let inc = increment(&other, at + 1, 10, b"k");
+                            prop_assert!(copy.take(inc.as_slice(), now).is_err());
+                            drop(copy);
+                            copy = FollowCopy::open(dir, SEGMENT).expect("reopens");
+                            prop_assert_eq!(copy.position(), at);
+                        }
+                    }
+                    Step::Restart => {
+                        drop(copy);
+                        copy = FollowCopy::open(dir, SEGMENT).expect("reopens");
+                        prop_assert_eq!(copy.position(), at);
+                    }
+                }
+            }
+            loop {
+                let inc = increment(&log, copy.position() + 1, 97, b"last keys");
+                copy.take(inc.as_slice(), now + 1).expect("taken");
+                if copy.position() == RECORDS {
+                    break;
+                }
+            }
+            drop(copy);
+            let mut read = Vec::new();
+            let contents = CopySnapshot::open(dir)
+                .expect("opens")
+                .read(|p, r| {
+                    read.push((p, r.to_vec()));
+                    Ok(())
+                })
+                .expect("the copy reads whole");
+            prop_assert_eq!(contents.manifest.position, RECORDS);
+            prop_assert_eq!(contents.sealed.keystore.as_deref(), Some(&b"last keys"[..]));
+            prop_assert!(read.len() as u64 == RECORDS);
+            for (i, (p, r)) in read.iter().enumerate() {
+                prop_assert_eq!(*p, i as u64 + 1);
+                prop_assert!(r == &log[i]);
+            }
+            let sealed = sealed_segments(dir).expect("lists");
+            // A segment is sealed once an increment fills it: each holds at least SEGMENT
+            // records, at most one increment more.
+            prop_assert!(sealed.len() >= 3);
+            for (first, last, _) in sealed {
+                prop_assert!(last + 1 - first >= SEGMENT && last + 1 - first < SEGMENT + 120);
+            }
+        }
+    }
+
+    #[test]
+    fn old_key_store_snapshots_age_out_and_the_newest_stays() {
+        let log = chain(30, 0);
+        let tmp = tempfile::tempdir().expect("a temp dir");
+        let mut copy = FollowCopy::open(tmp.path(), SEGMENT).expect("opens");
+        for (i, now) in [100u64, 200, 300].into_iter().enumerate() {
+            let inc = increment(&log, copy.position() + 1, 10, format!("k{i}").as_bytes());
+            copy.take(inc.as_slice(), now).expect("taken");
+        }
+        assert_eq!(keystore_snapshots(tmp.path()).expect("lists").len(), 3);
+        // Retained for 150 s, at 360: the snapshot replaced at 200 goes, the one replaced
+        // at 300 stays.
+        assert_eq!(copy.prune(150, 360).expect("prunes"), 1);
+        let left: Vec<u64> = keystore_snapshots(tmp.path())
+            .expect("lists")
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
+        assert_eq!(left, [200, 300]);
+        assert_eq!(copy.prune(0, 10_000).expect("prunes"), 1);
+        assert_eq!(keystore_snapshots(tmp.path()).expect("lists").len(), 1);
+        // A second follower of the same copy is refused.
+        assert!(matches!(
+            FollowCopy::open(tmp.path(), SEGMENT),
+            Err(BackupError::Busy(_))
+        ));
+    }
+}

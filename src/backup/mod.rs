@@ -1,0 +1,562 @@
+//! Backups of a data dir, and restores from them: the log is the backup.
+//!
+//! A backup is one file: a header line, then sections (`tag ‖ u64 LE length ‖ bytes`):
+//! chunks of stored records exactly as stored (`C`: `u32 LE length ‖ record`, 10,000 per
+//! chunk), the sealed key store (`K`) and the sealed log-signing key (`L`) — both useless
+//! without the master key, **which is never part of a backup** — and last the manifest
+//! (`M`, JSON): format, the positions it holds, head hash, record count, each chunk's
+//! positions and SHA-256, and the SHA-256 of everything before the manifest. A restore
+//! checks all of it, and the chain of every record, before it writes anything.
+//!
+//! A file may also hold an increment: the records after a position (`from` in its
+//! manifest), which only a reader that has checked the records before can check. The
+//! copy `backup --follow` keeps ([`follow`]) is made of them.
+
+mod data_dir;
+pub mod follow;
+
+pub use data_dir::{backup_data_dir, restore, BackupSource};
+
+use crate::store::StoreError;
+use idledger_domain::Hash;
+use idledger_replay::verify::{CheckedRecord, Verifier};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::Path;
+
+/// The first line of every backup file.
+pub const MAGIC: &[u8] = b"idledger backup 1\n";
+/// Records per chunk, at most.
+const CHUNK: usize = 10_000;
+/// A chunk ends once it holds this many bytes (records are at most 1 MiB, so no chunk
+/// passes 65 MiB).
+const CHUNK_BYTES: usize = 64 << 20;
+/// No section is larger: a hostile length is refused before anything is read into memory.
+const MAX_SECTION: u64 = 256 << 20;
+
+/// Why a backup could not be made or a file cannot be restored.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    /// Reading or writing a file.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The log could not be read or written.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The file is not what a backup is; `part` names where.
+    #[error("{part}: {detail}")]
+    Refused {
+        /// The part of the file that is wrong (`header`, `chunk 3 (positions …)`, `manifest` …).
+        part: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A record breaks the chain.
+    #[error("position {position}: {reason}")]
+    Chain {
+        /// The first bad position.
+        position: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The target of a restore holds something already.
+    #[error("{0} is not empty: a restore writes only into a new or empty data dir")]
+    NotEmpty(String),
+    /// Another `backup --follow` keeps this copy.
+    #[error("{0} is kept by another `backup --follow`")]
+    Busy(String),
+}
+
+fn refused(part: impl Into<String>, detail: impl Into<String>) -> BackupError {
+    BackupError::Refused {
+        part: part.into(),
+        detail: detail.into(),
+    }
+}
+
+/// One chunk as the manifest lists it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ChunkEntry {
+    /// Its first position.
+    pub first: u64,
+    /// Its last position.
+    pub last: u64,
+    /// SHA-256 of the section's bytes (hex).
+    pub sha256: String,
+}
+
+fn position_one() -> u64 {
+    1
+}
+
+/// What a backup holds, written last.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// `idledger-backup`.
+    pub format: String,
+    /// 1.
+    pub version: u32,
+    /// The first position held: 1 for a whole backup, later for an increment.
+    #[serde(default = "position_one")]
+    pub from: u64,
+    /// The position the backup runs to (taken when it started).
+    pub position: u64,
+    /// The record at `position`'s hash (hex).
+    pub head_hash: String,
+    /// Records held (`position - from + 1`).
+    pub record_count: u64,
+    /// The chunks, in order.
+    pub chunks: Vec<ChunkEntry>,
+    /// SHA-256 of the sealed key store, if the data dir had one.
+    pub keystore_sha256: Option<String>,
+    /// The key store is left out because the reader named it as the one it has
+    /// (`keystore_sha256` says which).
+    #[serde(default)]
+    pub keystore_unchanged: bool,
+    /// SHA-256 of the sealed log-signing key section, if the data dir had one.
+    pub log_key_sha256: Option<String>,
+    /// SHA-256 of every byte before the manifest's section.
+    pub contents_sha256: String,
+    /// The latest signed tree head the data dir kept (a C2SP checkpoint), if any.
+    pub signed_tree_head: Option<String>,
+}
+
+/// Writes sections, hashing every byte.
+struct Sections<W: Write> {
+    out: W,
+    hash: Sha256,
+}
+
+impl<W: Write> Sections<W> {
+    fn section(&mut self, tag: u8, bytes: &[u8]) -> std::io::Result<()> {
+        let head = [&[tag][..], &(bytes.len() as u64).to_le_bytes()].concat();
+        self.hash.update(&head);
+        self.hash.update(bytes);
+        self.out.write_all(&head)?;
+        self.out.write_all(bytes)
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// A backup being written: records are pushed in order, then [`BackupWriter::finish`]
+/// adds the sealed files and the manifest.
+pub struct BackupWriter<W: Write> {
+    s: Sections<BufWriter<W>>,
+    verifier: Verifier,
+    chunks: Vec<ChunkEntry>,
+    buf: Vec<u8>,
+    from: u64,
+    first: u64,
+    next: u64,
+}
+
+impl<W: Write> BackupWriter<W> {
+    /// Starts a whole backup (from position 1) on `out`.
+    pub fn new(out: W) -> Result<Self, BackupError> {
+        Self::starting(out, Verifier::new())
+    }
+
+    /// Starts an increment on `out`: the records after `position`, whose hash is `hash`.
+    pub fn after(out: W, position: u64, hash: Hash) -> Result<Self, BackupError> {
+        Self::starting(out, Verifier::after(position, hash))
+    }
+
+    fn starting(out: W, verifier: Verifier) -> Result<Self, BackupError> {
+        let mut s = Sections {
+            out: BufWriter::with_capacity(1 << 16, out),
+            hash: Sha256::new(),
+        };
+        s.hash.update(MAGIC);
+        s.out.write_all(MAGIC)?;
+        let from = verifier.last_position() + 1;
+        Ok(BackupWriter {
+            s,
+            verifier,
+            chunks: Vec::new(),
+            buf: Vec::new(),
+            from,
+            first: from,
+            next: from,
+        })
+    }
+
+    fn flush_chunk(&mut self) -> Result<(), BackupError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        self.chunks.push(ChunkEntry {
+            first: self.first,
+            last: self.next - 1,
+            sha256: sha256_hex(&self.buf),
+        });
+        self.s.section(b'C', &self.buf)?;
+        self.buf.clear();
+        self.first = self.next;
+        Ok(())
+    }
+
+    /// The record at `position` (the next one: positions are pushed in order).
+    pub fn push(&mut self, position: u64, bytes: &[u8]) -> Result<(), BackupError> {
+        if position != self.next {
+            return Err(BackupError::Chain {
+                position: self.next,
+                reason: "missing from the store".into(),
+            });
+        }
+        self.verifier.accept(&CheckedRecord::check(position, bytes));
+        self.buf
+            .extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        self.buf.extend_from_slice(bytes);
+        self.next += 1;
+        if self.next - self.first == CHUNK as u64 || self.buf.len() >= CHUNK_BYTES {
+            self.flush_chunk()?;
+        }
+        Ok(())
+    }
+
+    /// The last position pushed (or the one the increment starts after).
+    pub fn position(&self) -> u64 {
+        self.next - 1
+    }
+
+    /// Ends the backup with the sealed files and the manifest; answers the manifest. The
+    /// key store is left out when its SHA-256 is `known_keystore` (the reader has it).
+    pub fn finish(
+        mut self,
+        sealed: &SealedFiles,
+        known_keystore: Option<&str>,
+        signed_tree_head: Option<String>,
+    ) -> Result<Manifest, BackupError> {
+        self.flush_chunk()?;
+        if let Some(p) = self.verifier.first_problem() {
+            return Err(BackupError::Chain {
+                position: p.position,
+                reason: p.reason.clone(),
+            });
+        }
+        let keystore_sha256 = sealed.keystore.as_deref().map(sha256_hex);
+        let keystore_unchanged =
+            known_keystore.is_some() && keystore_sha256.as_deref() == known_keystore;
+        if let Some(k) = sealed.keystore.as_deref().filter(|_| !keystore_unchanged) {
+            self.s.section(b'K', k)?;
+        }
+        if let Some(k) = &sealed.log_key {
+            self.s.section(b'L', k)?;
+        }
+        let manifest = Manifest {
+            format: "idledger-backup".into(),
+            version: 1,
+            from: self.from,
+            position: self.verifier.last_position(),
+            head_hash: self.verifier.last_hash().to_hex(),
+            record_count: self.next - self.from,
+            chunks: std::mem::take(&mut self.chunks),
+            keystore_sha256,
+            keystore_unchanged,
+            log_key_sha256: sealed.log_key.as_deref().map(sha256_hex),
+            contents_sha256: hex::encode(self.s.hash.clone().finalize()),
+            signed_tree_head,
+        };
+        let json = serde_json::to_vec(&manifest).map_err(|e| refused("manifest", e.to_string()))?;
+        self.s.section(b'M', &json)?;
+        self.s.out.flush()?;
+        Ok(manifest)
+    }
+}
+
+/// A file, or nothing, at `path`.
+fn read_if_there(path: std::path::PathBuf) -> std::io::Result<Option<Vec<u8>>> {
+    match std::fs::read(&path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The sealed files of a data dir a backup carries.
+#[derive(Clone, Debug, Default)]
+pub struct SealedFiles {
+    /// The key store (data keys wrapped under the master key).
+    pub keystore: Option<Vec<u8>>,
+    /// The log-signing key, sealed.
+    pub log_key: Option<Vec<u8>>,
+}
+
+/// Reads a data dir's sealed files. Read after the records: a key is on the device
+/// before any record sealed under it.
+pub fn sealed_files(data_dir: &Path) -> std::io::Result<SealedFiles> {
+    Ok(SealedFiles {
+        keystore: read_if_there(crate::secrets::keystore::path_in(data_dir))?,
+        log_key: read_if_there(crate::notary::key::key_path(data_dir))?,
+    })
+}
+
+/// One section as [`SectionReader`] finds it.
+enum Section {
+    /// A whole section.
+    Whole { tag: u8, bytes: Vec<u8> },
+    /// The input ends where a section would start.
+    End,
+    /// The input ends inside a section (a torn write, or a cut file).
+    Torn { part: String, detail: String },
+}
+
+/// Reads a file's sections, hashing every byte before the manifest's.
+struct SectionReader<R: Read> {
+    input: BufReader<R>,
+    hash: Sha256,
+    /// Bytes read through the last whole section.
+    offset: u64,
+}
+
+impl<R: Read> SectionReader<R> {
+    fn open(input: R) -> Result<Self, BackupError> {
+        let mut input = BufReader::with_capacity(1 << 20, input);
+        let mut magic = vec![0u8; MAGIC.len()];
+        input
+            .read_exact(&mut magic)
+            .map_err(|_| refused("header", "too short to be a backup"))?;
+        if magic != MAGIC {
+            return Err(refused("header", "not an idledger backup (version 1)"));
+        }
+        let mut hash = Sha256::new();
+        hash.update(MAGIC);
+        Ok(SectionReader {
+            input,
+            hash,
+            offset: MAGIC.len() as u64,
+        })
+    }
+
+    /// The next section; `part` names a chunk for messages.
+    fn next(&mut self, chunk_part: impl FnOnce() -> String) -> Result<Section, BackupError> {
+        let mut head = [0u8; 9];
+        let mut got = 0;
+        while got < head.len() {
+            match self.input.read(&mut head[got..])? {
+                0 if got == 0 => return Ok(Section::End),
+                0 => {
+                    return Ok(Section::Torn {
+                        part: "section".into(),
+                        detail: format!("truncated: {got} of 9 header bytes"),
+                    })
+                }
+                n => got += n,
+            }
+        }
+        let len = u64::from_le_bytes(head[1..].try_into().unwrap_or_default());
+        let part = match head[0] {
+            b'C' => chunk_part(),
+            b'K' => "key store".into(),
+            b'L' => "log key".into(),
+            b'M' => "manifest".into(),
+            other => return Err(refused("section", format!("unknown tag {other:#04x}"))),
+        };
+        if len > MAX_SECTION {
+            return Err(refused(part, format!("length {len} is not believable")));
+        }
+        let mut bytes = Vec::new();
+        (&mut self.input).take(len).read_to_end(&mut bytes)?;
+        if bytes.len() as u64 != len {
+            return Ok(Section::Torn {
+                part,
+                detail: format!("truncated: {} of {len} bytes", bytes.len()),
+            });
+        }
+        if head[0] != b'M' {
+            self.hash.update(head);
+            self.hash.update(&bytes);
+        }
+        self.offset += 9 + len;
+        Ok(Section::Whole {
+            tag: head[0],
+            bytes,
+        })
+    }
+
+    /// Whether anything follows.
+    fn at_end(&mut self) -> Result<bool, BackupError> {
+        let mut rest = [0u8; 1];
+        Ok(self.input.read(&mut rest)? == 0)
+    }
+}
+
+/// Calls `record` with each record of a chunk section, numbered from `next` on; answers
+/// the position after the last.
+fn chunk_records(
+    bytes: &[u8],
+    mut next: u64,
+    part: &str,
+    mut record: impl FnMut(u64, &[u8]) -> Result<(), BackupError>,
+) -> Result<u64, BackupError> {
+    let mut at = 0usize;
+    while at < bytes.len() {
+        let len = bytes
+            .get(at..at + 4)
+            .map(|b| u32::from_le_bytes(b.try_into().unwrap_or_default()) as usize)
+            .ok_or_else(|| refused(part, "a record's length is cut"))?;
+        let rec = bytes
+            .get(at + 4..at + 4 + len)
+            .ok_or_else(|| refused(part, format!("position {next} is cut")))?;
+        record(next, rec)?;
+        at += 4 + len;
+        next += 1;
+    }
+    Ok(next)
+}
+
+/// What [`read`] found in a file.
+pub struct Contents {
+    /// The manifest.
+    pub manifest: Manifest,
+    /// The sealed files.
+    pub sealed: SealedFiles,
+}
+
+/// Reads a whole backup file from its start, checking every part; `record` hears each
+/// record (in order) once its chunk's bytes are read. The manifest is checked against what
+/// was read once it is reached, so a caller must not keep what `record` heard unless this
+/// answers `Ok`.
+pub fn read(
+    input: impl Read,
+    record: impl FnMut(u64, &[u8]) -> Result<(), BackupError>,
+) -> Result<Contents, BackupError> {
+    read_with(input, &mut Verifier::new(), record)
+}
+
+/// [`read`] for a file that continues the records `verifier` has checked (a whole backup
+/// when it has checked none): the file must start right after them, and `verifier` goes
+/// on through the file's records. After an error `verifier` holds records the file did
+/// not prove; start again with a new one.
+pub fn read_with(
+    input: impl Read,
+    verifier: &mut Verifier,
+    mut record: impl FnMut(u64, &[u8]) -> Result<(), BackupError>,
+) -> Result<Contents, BackupError> {
+    let mut sections = SectionReader::open(input)?;
+    let from = verifier.last_position() + 1;
+    let mut chunks: Vec<ChunkEntry> = Vec::new();
+    let mut sealed = SealedFiles::default();
+    let mut next = from;
+    let manifest = loop {
+        let part = || format!("chunk {} (from position {next})", chunks.len() + 1);
+        let (tag, bytes) = match sections.next(part)? {
+            Section::Whole { tag, bytes } => (tag, bytes),
+            Section::End => {
+                return Err(refused(
+                    "manifest",
+                    format!("missing: the file ends after position {}", next - 1),
+                ))
+            }
+            Section::Torn { part, detail } => return Err(refused(part, detail)),
+        };
+        match tag {
+            b'M' => {
+                let manifest: Manifest = serde_json::from_slice(&bytes)
+                    .map_err(|e| refused("manifest", format!("unreadable: {e}")))?;
+                if !sections.at_end()? {
+                    return Err(refused("manifest", "bytes follow it"));
+                }
+                break manifest;
+            }
+            b'C' => {
+                let first = next;
+                let part = part();
+                next = chunk_records(&bytes, next, &part, |position, rec| {
+                    verifier.accept(&CheckedRecord::check(position, rec));
+                    record(position, rec)
+                })?;
+                chunks.push(ChunkEntry {
+                    first,
+                    last: next - 1,
+                    sha256: sha256_hex(&bytes),
+                });
+            }
+            b'K' => sealed.keystore = Some(bytes),
+            _ => sealed.log_key = Some(bytes),
+        }
+    };
+    if manifest.format != "idledger-backup" || manifest.version != 1 {
+        return Err(refused(
+            "manifest",
+            format!("format {} {}", manifest.format, manifest.version),
+        ));
+    }
+    if manifest.from != from {
+        return Err(refused(
+            "manifest",
+            format!(
+                "the file starts at position {}, the records before end at {}",
+                manifest.from,
+                from - 1
+            ),
+        ));
+    }
+    for (i, want) in manifest.chunks.iter().enumerate() {
+        let what = format!("chunk {} (positions {}–{})", i + 1, want.first, want.last);
+        match chunks.get(i) {
+            None => return Err(refused(what, "missing")),
+            Some(got) if got != want => {
+                return Err(refused(
+                    what,
+                    if got.first != want.first || got.last != want.last {
+                        format!("holds positions {}–{} instead", got.first, got.last)
+                    } else {
+                        "its bytes differ from the manifest's SHA-256".into()
+                    },
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    if chunks.len() > manifest.chunks.len() {
+        return Err(refused(
+            format!("chunk {}", manifest.chunks.len() + 1),
+            "not in the manifest",
+        ));
+    }
+    let keystore_sha256 = sealed.keystore.as_deref().map(sha256_hex);
+    let keystore_fits = if manifest.keystore_unchanged {
+        sealed.keystore.is_none() && manifest.keystore_sha256.is_some()
+    } else {
+        keystore_sha256 == manifest.keystore_sha256
+    };
+    if !keystore_fits {
+        return Err(refused("key store", "differs from the manifest's SHA-256"));
+    }
+    if sealed.log_key.as_deref().map(sha256_hex) != manifest.log_key_sha256 {
+        return Err(refused("log key", "differs from the manifest's SHA-256"));
+    }
+    if hex::encode(sections.hash.clone().finalize()) != manifest.contents_sha256 {
+        return Err(refused("contents", "differ from the manifest's SHA-256"));
+    }
+    if let Some(p) = verifier.first_problem() {
+        return Err(BackupError::Chain {
+            position: p.position,
+            reason: p.reason.clone(),
+        });
+    }
+    let (position, head_hash) = (verifier.last_position(), verifier.last_hash().to_hex());
+    if next - from != manifest.record_count
+        || position != manifest.position
+        || head_hash != manifest.head_hash
+    {
+        return Err(refused(
+            "manifest",
+            format!(
+                "names {} records to position {} (head {}); the file holds {} to position {position} (head {head_hash})",
+                manifest.record_count,
+                manifest.position,
+                manifest.head_hash,
+                next - from,
+            ),
+        ));
+    }
+    Ok(Contents { manifest, sealed })
+}

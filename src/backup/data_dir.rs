@@ -112,7 +112,9 @@ pub fn restore(
     if occupied(data_dir)? {
         return Err(BackupError::NotEmpty(data_dir.display().to_string()));
     }
+    let t0 = std::time::Instant::now();
     let checked = from.read(|_, _| Ok(()))?;
+    eprintln!("TIMING pass1 {:?}", t0.elapsed());
     let created = !data_dir.exists();
     {
         use std::os::unix::fs::DirBuilderExt;
@@ -161,7 +163,9 @@ fn restore_into(
         return Err(refused("backup", "changed while it was being restored"));
     }
     importer.put(&batch)?;
+    let t0 = std::time::Instant::now();
     importer.finish()?;
+    eprintln!("TIMING importer finish {:?}", t0.elapsed());
     progress(contents.manifest.position);
     let write = |path: std::path::PathBuf, bytes: &Option<Vec<u8>>| -> Result<(), BackupError> {
         if let Some(b) = bytes {

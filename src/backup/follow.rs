@@ -201,6 +201,9 @@ pub struct FollowCopy {
     keystore_sha256: Option<String>,
     log_key_sha256: Option<String>,
     segment_records: u64,
+    /// When the first record of the last increment taken was appended (µs since the
+    /// epoch): how far behind the copy ran.
+    oldest_taken_us: Option<i64>,
     /// A write or check failed half-way: what is in memory is not what is on disk.
     broken: bool,
 }
@@ -273,6 +276,7 @@ impl FollowCopy {
             keystore_sha256: sealed.keystore.as_deref().map(sha256_hex),
             log_key_sha256: sealed.log_key.as_deref().map(sha256_hex),
             segment_records: segment_records.max(1),
+            oldest_taken_us: None,
             broken: false,
         })
     }
@@ -346,6 +350,12 @@ impl FollowCopy {
         self.verifier.last_hash()
     }
 
+    /// When the oldest record of the last increment taken was appended (µs since the
+    /// epoch; none if it brought no records): the copy's lag is the time since.
+    pub fn oldest_taken_us(&self) -> Option<i64> {
+        self.oldest_taken_us
+    }
+
     /// SHA-256 of the newest key store the copy holds: the server leaves the key store
     /// out of an increment when it is still this one.
     pub fn keystore_sha256(&self) -> Option<&str> {
@@ -367,7 +377,14 @@ impl FollowCopy {
         self.broken = true;
         let after = (self.verifier.last_position(), self.verifier.last_hash());
         let mut chunks = vec![(0usize, Vec::new())];
+        let mut oldest = None;
         let contents = read_with(increment, &mut self.verifier, |_, rec| {
+            if oldest.is_none() {
+                oldest = idledger_domain::envelope::RawRecord::parse(rec)
+                    .and_then(|r| r.decode_header())
+                    .ok()
+                    .map(|h| h.recorded_at_us);
+            }
             let full = chunks
                 .last()
                 .is_some_and(|(n, c)| *n == CHUNK || c.len() >= CHUNK_BYTES);
@@ -386,6 +403,7 @@ impl FollowCopy {
         if added > 0 {
             self.append(&chunks, after)?;
         }
+        self.oldest_taken_us = oldest;
         self.broken = false;
         if self
             .open

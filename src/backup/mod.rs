@@ -148,7 +148,13 @@ fn sha256_hex(bytes: &[u8]) -> String {
 /// adds the sealed files and the manifest.
 pub struct BackupWriter<W: Write> {
     s: Sections<BufWriter<W>>,
-    verifier: Verifier,
+    /// A whole backup checks every record as it goes; an increment only follows the
+    /// links (its reader checks every record, and a server sending increments every
+    /// quarter second should not hash its log twice).
+    verifier: Option<Verifier>,
+    /// The last record's position and hash.
+    head: (u64, Hash),
+    broken_link: Option<u64>,
     chunks: Vec<ChunkEntry>,
     buf: Vec<u8>,
     from: u64,
@@ -159,25 +165,31 @@ pub struct BackupWriter<W: Write> {
 impl<W: Write> BackupWriter<W> {
     /// Starts a whole backup (from position 1) on `out`.
     pub fn new(out: W) -> Result<Self, BackupError> {
-        Self::starting(out, Verifier::new())
+        Self::starting(out, Some(Verifier::new()), (0, Hash::default()))
     }
 
     /// Starts an increment on `out`: the records after `position`, whose hash is `hash`.
     pub fn after(out: W, position: u64, hash: Hash) -> Result<Self, BackupError> {
-        Self::starting(out, Verifier::after(position, hash))
+        Self::starting(out, None, (position, hash))
     }
 
-    fn starting(out: W, verifier: Verifier) -> Result<Self, BackupError> {
+    fn starting(
+        out: W,
+        verifier: Option<Verifier>,
+        head: (u64, Hash),
+    ) -> Result<Self, BackupError> {
         let mut s = Sections {
             out: BufWriter::with_capacity(1 << 16, out),
             hash: Sha256::new(),
         };
         s.hash.update(MAGIC);
         s.out.write_all(MAGIC)?;
-        let from = verifier.last_position() + 1;
+        let from = head.0 + 1;
         Ok(BackupWriter {
             s,
             verifier,
+            head,
+            broken_link: None,
             chunks: Vec::new(),
             buf: Vec::new(),
             from,
@@ -209,7 +221,16 @@ impl<W: Write> BackupWriter<W> {
                 reason: "missing from the store".into(),
             });
         }
-        self.verifier.accept(&CheckedRecord::check(position, bytes));
+        match &mut self.verifier {
+            Some(v) => v.accept(&CheckedRecord::check(position, bytes)),
+            None => match idledger_domain::envelope::RawRecord::parse(bytes) {
+                Ok(raw) if raw.prev_hash == self.head.1 => self.head.1 = raw.hash,
+                _ => {
+                    self.broken_link.get_or_insert(position);
+                }
+            },
+        }
+        self.head.0 = position;
         self.buf
             .extend_from_slice(&(bytes.len() as u32).to_le_bytes());
         self.buf.extend_from_slice(bytes);
@@ -234,12 +255,22 @@ impl<W: Write> BackupWriter<W> {
         signed_tree_head: Option<String>,
     ) -> Result<Manifest, BackupError> {
         self.flush_chunk()?;
-        if let Some(p) = self.verifier.first_problem() {
+        if let Some(p) = self.verifier.as_ref().and_then(Verifier::first_problem) {
             return Err(BackupError::Chain {
                 position: p.position,
                 reason: p.reason.clone(),
             });
         }
+        if let Some(position) = self.broken_link {
+            return Err(BackupError::Chain {
+                position,
+                reason: "broken chain: prev_hash does not match the previous record".into(),
+            });
+        }
+        let head_hash = match &self.verifier {
+            Some(v) => v.last_hash(),
+            None => self.head.1,
+        };
         let keystore_sha256 = sealed.keystore.as_deref().map(sha256_hex);
         let keystore_unchanged =
             known_keystore.is_some() && keystore_sha256.as_deref() == known_keystore;
@@ -253,8 +284,8 @@ impl<W: Write> BackupWriter<W> {
             format: "idledger-backup".into(),
             version: 1,
             from: self.from,
-            position: self.verifier.last_position(),
-            head_hash: self.verifier.last_hash().to_hex(),
+            position: self.head.0,
+            head_hash: head_hash.to_hex(),
             record_count: self.next - self.from,
             chunks: std::mem::take(&mut self.chunks),
             keystore_sha256,

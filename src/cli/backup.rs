@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Options of `idledger backup`.
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub struct BackupArgs {
     /// A stopped server's data directory, or `--server` (online, token of an admin or
     /// auditor in IDLEDGER_TOKEN).
@@ -169,6 +169,29 @@ fn now_secs() -> u64 {
 /// `backup --follow`: keeps the copy in `args.out` up with the server's log, until killed
 /// (or, with `--once`, until it has reached the head).
 async fn follow(args: &BackupArgs, base: &str, token: &str) -> Result<ExitCode, Error> {
+    let pb = progress::bar(None, "follow");
+    let summary = keep_following(args, base, token, None, |copy| {
+        pb.set_position(copy.position())
+    })
+    .await?;
+    pb.finish_and_clear();
+    println!(
+        "{}",
+        serde_json::to_string(&summary).map_err(|e| Error::Other(e.to_string()))?
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The follower's loop: asks for increments from the copy's position on and takes them;
+/// `taken` hears the copy after each. Ends once caught up with the head, with `--once` or
+/// once `stop` is set.
+pub(crate) async fn keep_following(
+    args: &BackupArgs,
+    base: &str,
+    token: &str,
+    stop: Option<&std::sync::atomic::AtomicBool>,
+    mut taken: impl FnMut(&crate::backup::follow::FollowCopy),
+) -> Result<FollowSummary, Error> {
     use crate::backup::follow::FollowCopy;
     let base = base.trim_end_matches('/');
     let http = reqwest::Client::builder()
@@ -177,7 +200,6 @@ async fn follow(args: &BackupArgs, base: &str, token: &str) -> Result<ExitCode, 
         .map_err(|e| Error::Other(e.to_string()))?;
     let interval = std::time::Duration::from_millis(args.interval_ms);
     let retain_secs = (args.retain_days.max(0.0) * 86_400.0) as u64;
-    let pb = progress::bar(None, "follow");
     let dir = args.out.clone();
     let mut copy = {
         let dir = dir.clone();
@@ -191,7 +213,6 @@ async fn follow(args: &BackupArgs, base: &str, token: &str) -> Result<ExitCode, 
     let mut failures = 0u32;
     loop {
         let from = copy.position() + 1;
-        pb.set_position(copy.position());
         let body = match increment(&http, base, token, from, copy.keystore_sha256()).await {
             Ok(b) => b,
             Err(Round::Stop(e)) => return Err(e),
@@ -201,54 +222,47 @@ async fn follow(args: &BackupArgs, base: &str, token: &str) -> Result<ExitCode, 
                     return Err(Error::Other(why));
                 }
                 tracing::warn!(%why, "backup --follow: trying again");
-                tokio::time::sleep(
-                    interval.max(std::time::Duration::from_millis(100)) * failures.min(20),
-                )
-                .await;
+                let pause = interval.max(std::time::Duration::from_millis(100));
+                tokio::time::sleep(pause * failures.min(20)).await;
                 continue;
             }
         };
         failures = 0;
-        let (back, taken) = tokio::task::spawn_blocking(move || {
-            let taken = copy.take(body.as_slice(), now_secs()).and_then(|n| {
+        let (back, outcome) = tokio::task::spawn_blocking(move || {
+            let outcome = copy.take(body.as_slice(), now_secs()).and_then(|n| {
                 copy.prune(retain_secs, now_secs())?;
                 Ok(n)
             });
-            (copy, taken)
+            (copy, outcome)
         })
         .await
         .map_err(|e| Error::Other(e.to_string()))?;
         copy = back;
         // A refused increment is a server whose history does not continue the copy, or a
         // disk that failed: neither mends by asking again.
-        let n = taken.map_err(refused)?;
+        let n = outcome.map_err(refused)?;
+        taken(&copy);
         added += n;
         if n < INCREMENT {
-            if args.once {
+            if args.once || stop.is_some_and(|s| s.load(std::sync::atomic::Ordering::Acquire)) {
                 break;
             }
             tokio::time::sleep(interval).await;
         }
     }
-    pb.finish_and_clear();
-    println!(
-        "{}",
-        serde_json::to_string(&FollowSummary {
-            copy: dir.display().to_string(),
-            position: copy.position(),
-            head_hash: copy.head_hash().to_hex(),
-            added,
-        })
-        .map_err(|e| Error::Other(e.to_string()))?
-    );
-    Ok(ExitCode::SUCCESS)
+    Ok(FollowSummary {
+        copy: dir.display().to_string(),
+        position: copy.position(),
+        head_hash: copy.head_hash().to_hex(),
+        added,
+    })
 }
 
 /// What `backup --follow --once` prints.
 #[derive(serde::Serialize)]
-struct FollowSummary {
+pub(crate) struct FollowSummary {
     copy: String,
-    position: u64,
+    pub(crate) position: u64,
     head_hash: String,
     added: u64,
 }
@@ -350,6 +364,7 @@ pub async fn restore(args: &RestoreArgs) -> Result<ExitCode, Error> {
     let pb = progress::bar(None, "restore");
     let (from, dir) = (args.from.clone(), args.data_dir.clone());
     let bar = pb.clone();
+    let t0 = std::time::Instant::now();
     let manifest = tokio::task::spawn_blocking(move || {
         let mut source = BackupSource::open(&from)?;
         restore_file(&mut source, &dir, |p| bar.set_position(p))
@@ -358,8 +373,10 @@ pub async fn restore(args: &RestoreArgs) -> Result<ExitCode, Error> {
     .map_err(|e| Error::Other(e.to_string()))?
     .map_err(refused)?;
     pb.finish_and_clear();
+    eprintln!("TIMING restore_file {:?}", t0.elapsed());
     let head = {
         let log = crate::store::SledEventLog::open(&args.data_dir)?;
+        eprintln!("TIMING open {:?}", t0.elapsed());
         let head = crate::store::EventLog::head(&*log);
         crate::store::EventLog::flush(&*log).await?;
         head
@@ -380,8 +397,10 @@ pub async fn restore(args: &RestoreArgs) -> Result<ExitCode, Error> {
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+    eprintln!("TIMING closed {:?}", t0.elapsed());
     let source = crate::audit::Source::DataDir(args.data_dir.clone());
     let projections = crate::audit::chain::replay(&source, idledger_replay::Until::End, |_| {})?;
+    eprintln!("TIMING replayed {:?}", t0.elapsed());
     let deleted_since_backup = match &args.compare_with {
         None => None,
         Some(later) => {

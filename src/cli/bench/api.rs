@@ -78,10 +78,14 @@ pub async fn bare_server(args: BareArgs) -> Result<ExitCode, Error> {
 }
 
 /// Adds a domain and users when the data dir has none; returns a token and some user ids.
-async fn prepare(data_dir: &std::path::Path) -> Result<(String, Vec<UserId>), Error> {
+/// A domain of `count` imported users in a new data dir; answers an auditor token and the
+/// users.
+pub(crate) async fn prepare(
+    data_dir: &std::path::Path,
+    count: u32,
+) -> Result<(String, Vec<UserId>), Error> {
     let log = SledEventLog::open(data_dir)?;
     let domain = DomainId(Uuid::now_v7());
-    let mut users = Vec::new();
     let d = |e: Event| ProposedEvent::new(Uuid::now_v7(), Actor::Operator, e);
     log.append(AppendRequest::new(
         StreamId::domain(domain),
@@ -94,34 +98,39 @@ async fn prepare(data_dir: &std::path::Path) -> Result<(String, Vec<UserId>), Er
         .into())],
     ))
     .await?;
-    for i in 0..USERS {
-        let user = UserId(Uuid::now_v7());
-        let attributes = UserAttributes {
-            user_principal_name: format!("user{i}@bench.onmicrosoft.com"),
-            display_name: format!("Bench User {i}"),
-            account_enabled: true,
-            ..UserAttributes::default()
-        };
-        let events = vec![
-            d(UserDiscovered {
-                user_id: user,
-                domain_id: domain,
-                external_id: Uuid::new_v4().to_string(),
-                attributes,
-            }
-            .into()),
-            d(UserImported {
-                sso: SsoSettings::default(),
-            }
-            .into()),
-        ];
-        log.append(AppendRequest::new(
-            StreamId::user(user),
-            ExpectedVersion::NoStream,
-            events,
-        ))
-        .await?;
-        users.push(user);
+    let users: Vec<UserId> = (0..count).map(|_| UserId(Uuid::now_v7())).collect();
+    // Many appends in flight at once: they share the writer's group commits.
+    for (batch, chunk) in users.chunks(256).enumerate() {
+        let appends = chunk.iter().enumerate().map(|(j, user)| {
+            let i = batch * 256 + j;
+            let attributes = UserAttributes {
+                user_principal_name: format!("user{i}@bench.onmicrosoft.com"),
+                display_name: format!("Bench User {i}"),
+                account_enabled: true,
+                ..UserAttributes::default()
+            };
+            let events = vec![
+                d(UserDiscovered {
+                    user_id: *user,
+                    domain_id: domain,
+                    external_id: Uuid::new_v4().to_string(),
+                    attributes,
+                }
+                .into()),
+                d(UserImported {
+                    sso: SsoSettings::default(),
+                }
+                .into()),
+            ];
+            log.append(AppendRequest::new(
+                StreamId::user(*user),
+                ExpectedVersion::NoStream,
+                events,
+            ))
+        });
+        for appended in futures_util::future::join_all(appends).await {
+            appended?;
+        }
     }
     Ok((super::auditor_token(&log).await?, users))
 }
@@ -192,6 +201,17 @@ pub(crate) async fn open_loop(
     seconds: u64,
     connections: usize,
 ) -> (Vec<f64>, u64) {
+    let request = |n| http.get(format!("{url}{}", path(n))).bearer_auth(token);
+    open_loop_with(request, rate, seconds, connections).await
+}
+
+/// [`open_loop`] of any request: `request(n)` is the n-th.
+pub(crate) async fn open_loop_with(
+    request: impl Fn(u64) -> reqwest::RequestBuilder,
+    rate: u64,
+    seconds: u64,
+    connections: usize,
+) -> (Vec<f64>, u64) {
     let total = rate * seconds;
     let gate = Arc::new(tokio::sync::Semaphore::new(connections * 4));
     let mut tick = tokio::time::interval(Duration::from_millis(1));
@@ -206,7 +226,7 @@ pub(crate) async fn open_loop(
         let due = ((woke - start).as_secs_f64() * rate as f64).ceil() as u64;
         while sent < due.min(total) {
             let permit = gate.clone().acquire_owned().await;
-            let req = http.get(format!("{url}{}", path(sent))).bearer_auth(token);
+            let req = request(sent);
             tasks.push(tokio::spawn(async move {
                 let _permit = permit;
                 let ok = match req.send().await {
@@ -416,7 +436,7 @@ async fn measure_serve(
 
 /// Runs `bench api`.
 pub async fn api(args: ApiArgs) -> Result<ExitCode, Error> {
-    let (token, users) = prepare(&args.data_dir).await?;
+    let (token, users) = prepare(&args.data_dir, USERS).await?;
     // Let the writer task release sled's lock before `serve` opens the store.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let exe = std::env::current_exe()?;

@@ -6,6 +6,7 @@ pub mod api;
 pub mod append;
 pub mod console;
 pub mod export;
+pub mod follow;
 pub mod oidc;
 pub mod proofs;
 pub mod replay;
@@ -53,6 +54,9 @@ pub enum BenchCommand {
     /// The OpenID Connect provider: code flows (the exchange at /token measured), then
     /// discovery and JWKS, against /healthz.
     Oidc(oidc::OidcArgs),
+    /// A `backup --follow` copy kept up with a serve process taking appends at a fixed
+    /// rate: the copy's lag, and the appends against the same load with no follower.
+    Follow(follow::FollowArgs),
     /// The bare axum handler `bench api` compares against.
     #[command(hide = true)]
     BareServer(api::BareArgs),
@@ -73,6 +77,7 @@ pub fn run(command: BenchCommand) -> Result<ExitCode, Error> {
             BenchCommand::Proofs(a) => proofs::proofs(a).await,
             BenchCommand::Signin(a) => signin::signin(a).await,
             BenchCommand::Oidc(a) => oidc::oidc(a).await,
+            BenchCommand::Follow(a) => follow::follow(a).await,
             BenchCommand::BareServer(a) => api::bare_server(a).await,
         }
     })

@@ -4,6 +4,8 @@
 use super::follow::CopySnapshot;
 use super::{read, refused, BackupError, BackupWriter, Contents, Manifest, CHUNK};
 use crate::store::sled_log::{import_records, open_raw, RawStore};
+use idledger_projections::Projections;
+use idledger_replay::verify::CheckedRecord;
 use std::path::Path;
 
 /// Backs up a stopped server's data dir into the new file `out`.
@@ -77,7 +79,7 @@ impl BackupSource {
     /// heard unless this answers `Ok`).
     pub fn read(
         &mut self,
-        record: impl FnMut(u64, &[u8]) -> Result<(), BackupError>,
+        record: impl FnMut(&CheckedRecord, &[u8]) -> Result<(), BackupError>,
     ) -> Result<Contents, BackupError> {
         match self {
             BackupSource::File(file) => {
@@ -99,22 +101,27 @@ fn occupied(dir: &Path) -> Result<bool, BackupError> {
     }
 }
 
-/// Restores the backup `from` into the new or empty data dir `data_dir`: all of it is
-/// checked first (nothing is written for a backup that is wrong anywhere), then the
-/// records are written as they were stored and the sealed files put back, in a staging
-/// directory inside `data_dir` that is moved into place only when everything is there.
-/// Answers the manifest (for a `--follow` copy, one made for the records read).
+/// What [`restore`] put in place.
+pub struct Restored {
+    /// The backup's manifest (for a `--follow` copy, one made for the records read).
+    pub manifest: Manifest,
+    /// The restored records folded, as a server opening the data dir will fold them.
+    pub projections: Projections,
+}
+
+/// Restores the backup `from` into the new or empty data dir `data_dir`, in one pass over
+/// it: this thread reads every record, checks it and folds it into the projections, while
+/// another writes it into the store in a staging directory inside `data_dir`, with the
+/// Merkle tree's leaves. Only when all of the backup has checked are the staged files moved
+/// into place; a backup that is wrong anywhere leaves nothing behind.
 pub fn restore(
     from: &mut BackupSource,
     data_dir: &Path,
-    mut progress: impl FnMut(u64),
-) -> Result<Manifest, BackupError> {
+    progress: impl FnMut(u64),
+) -> Result<Restored, BackupError> {
     if occupied(data_dir)? {
         return Err(BackupError::NotEmpty(data_dir.display().to_string()));
     }
-    let t0 = std::time::Instant::now();
-    let checked = from.read(|_, _| Ok(()))?;
-    eprintln!("TIMING pass1 {:?}", t0.elapsed());
     let created = !data_dir.exists();
     {
         use std::os::unix::fs::DirBuilderExt;
@@ -124,13 +131,13 @@ pub fn restore(
             .create(data_dir)?;
     }
     let staging = data_dir.join(".restoring");
-    let outcome = restore_into(from, &staging, &checked, &mut progress).and_then(|()| {
+    let outcome = restore_into(from, &staging, progress).and_then(|restored| {
         for entry in std::fs::read_dir(&staging)? {
             let entry = entry?;
             std::fs::rename(entry.path(), data_dir.join(entry.file_name()))?;
         }
         std::fs::remove_dir(&staging)?;
-        Ok(checked.manifest)
+        Ok(restored)
     });
     if outcome.is_err() {
         let _ = std::fs::remove_dir_all(&staging);
@@ -141,32 +148,91 @@ pub fn restore(
     outcome
 }
 
-/// The second pass of [`restore`]: everything into `staging`.
+/// Threads writing into the store.
+const WRITERS: usize = 2;
+
+/// Records handed from the reading thread to a writing one: `(position, bytes)`, and
+/// their leaf hashes.
+type Batch = (Vec<(u64, Vec<u8>)>, Vec<u8>);
+
+/// [`restore`]'s work, into `staging`.
 fn restore_into(
     from: &mut BackupSource,
     staging: &Path,
-    checked: &Contents,
-    progress: &mut impl FnMut(u64),
-) -> Result<(), BackupError> {
-    let mut batch: Vec<(u64, Vec<u8>)> = Vec::with_capacity(CHUNK);
+    mut progress: impl FnMut(u64),
+) -> Result<Restored, BackupError> {
     let importer = import_records(staging)?;
-    let contents = from.read(|position, bytes| {
-        batch.push((position, bytes.to_vec()));
-        if batch.len() == CHUNK {
-            importer.put(&batch)?;
-            batch.clear();
-            progress(position);
+    // Two writers, taking batches in turn: sled's inserts are the slow part, and they run
+    // side by side in distinct ranges of positions.
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|_| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(2);
+            let importer = importer.clone();
+            let thread = std::thread::spawn(move || -> Result<Vec<Vec<u8>>, BackupError> {
+                let mut leaves = Vec::new();
+                for (records, hashes) in rx {
+                    importer.put(&records)?;
+                    leaves.push(hashes);
+                }
+                Ok(leaves)
+            });
+            (tx, thread)
+        })
+        .collect();
+    let mut turn = 0usize;
+    let mut projections = Projections::new();
+    let mut batch: Batch = (Vec::with_capacity(CHUNK), Vec::with_capacity(CHUNK * 32));
+    let gone = || refused("store", "the writer stopped");
+    let read = from.read(|checked, bytes| {
+        let (Ok(env), Some(leaf)) = (&checked.envelope, checked.leaf) else {
+            // The reader refuses this record once its checks are done.
+            return Ok(());
+        };
+        projections.apply(env);
+        batch.0.push((checked.position, bytes.to_vec()));
+        batch.1.extend_from_slice(&leaf.0);
+        if batch.0.len() == CHUNK {
+            let full = std::mem::replace(
+                &mut batch,
+                (Vec::with_capacity(CHUNK), Vec::with_capacity(CHUNK * 32)),
+            );
+            writers[turn % WRITERS].0.send(full).map_err(|_| gone())?;
+            turn += 1;
+            progress(checked.position);
         }
         Ok(())
-    })?;
-    if contents.manifest != checked.manifest {
-        return Err(refused("backup", "changed while it was being restored"));
+    });
+    let sent = match &read {
+        Ok(_) => writers[turn % WRITERS].0.send(batch).map_err(|_| gone()),
+        Err(_) => Ok(()),
+    };
+    let mut written = Vec::new();
+    for (tx, thread) in writers {
+        drop(tx);
+        written.push(
+            thread
+                .join()
+                .map_err(|_| refused("store", "a writer failed"))?,
+        );
     }
-    importer.put(&batch)?;
-    let t0 = std::time::Instant::now();
+    // The reader's refusal names what is wrong with the backup: it comes first.
+    let contents = read?;
+    sent?;
+    // The batches' leaves back in log order: batch k went to writer k % WRITERS.
+    let mut by_writer = Vec::new();
+    for w in written {
+        by_writer.push(w?.into_iter());
+    }
+    let mut leaves = Vec::with_capacity(contents.manifest.record_count as usize * 32);
+    for k in 0.. {
+        match by_writer[k % WRITERS].next() {
+            Some(hashes) => leaves.extend_from_slice(&hashes),
+            None => break,
+        }
+    }
     importer.finish()?;
-    eprintln!("TIMING importer finish {:?}", t0.elapsed());
     progress(contents.manifest.position);
+    crate::store::tree::install_leaves(staging, &leaves)?;
     let write = |path: std::path::PathBuf, bytes: &Option<Vec<u8>>| -> Result<(), BackupError> {
         if let Some(b) = bytes {
             if let Some(parent) = path.parent() {
@@ -177,15 +243,16 @@ fn restore_into(
         }
         Ok(())
     };
-    // The sealed files of the pass that checked everything (a follower may have put a
-    // newer key store into its copy since).
     write(
         crate::secrets::keystore::path_in(staging),
-        &checked.sealed.keystore,
+        &contents.sealed.keystore,
     )?;
     write(
         crate::notary::key::key_path(staging),
-        &checked.sealed.log_key,
+        &contents.sealed.log_key,
     )?;
-    Ok(())
+    Ok(Restored {
+        manifest: contents.manifest,
+        projections,
+    })
 }

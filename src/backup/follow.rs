@@ -589,7 +589,7 @@ impl CopySnapshot {
     /// the open segment's whole chunks).
     pub fn read(
         &mut self,
-        mut record: impl FnMut(u64, &[u8]) -> Result<(), BackupError>,
+        mut record: impl FnMut(&CheckedRecord, &[u8]) -> Result<(), BackupError>,
     ) -> Result<Contents, BackupError> {
         let mut verifier = Verifier::new();
         let mut chunks: Vec<ChunkEntry> = Vec::new();
@@ -632,8 +632,9 @@ impl CopySnapshot {
                     return Ok(false);
                 }
                 next = chunk_records(bytes, first, "open segment", |p, r| {
-                    verifier.accept(&CheckedRecord::check(p, r));
-                    record(p, r)
+                    let checked = CheckedRecord::check(p, r);
+                    verifier.accept(&checked);
+                    record(&checked, r)
                 })?;
                 contents.update(bytes);
                 chunks.push(ChunkEntry {
@@ -875,8 +876,8 @@ mod tests {
             let mut read = Vec::new();
             let contents = CopySnapshot::open(dir)
                 .expect("opens")
-                .read(|p, r| {
-                    read.push((p, r.to_vec()));
+                .read(|c, r| {
+                    read.push((c.position, r.to_vec()));
                     Ok(())
                 })
                 .expect("the copy reads whole");
@@ -889,10 +890,10 @@ mod tests {
             }
             let sealed = sealed_segments(dir).expect("lists");
             // A segment is sealed once an increment fills it: each holds at least SEGMENT
-            // records, at most one increment more.
+            // records (more when chunks a resumed follower kept came first).
             prop_assert!(sealed.len() >= 3);
             for (first, last, _) in sealed {
-                prop_assert!(last + 1 - first >= SEGMENT && last + 1 - first < SEGMENT + 120);
+                prop_assert!(last + 1 - first >= SEGMENT);
             }
         }
     }

@@ -15,7 +15,7 @@
 mod data_dir;
 pub mod follow;
 
-pub use data_dir::{backup_data_dir, restore, BackupSource};
+pub use data_dir::{backup_data_dir, restore, BackupSource, Restored};
 
 use crate::store::StoreError;
 use idledger_domain::Hash;
@@ -451,12 +451,13 @@ pub struct Contents {
 }
 
 /// Reads a whole backup file from its start, checking every part; `record` hears each
-/// record (in order) once its chunk's bytes are read. The manifest is checked against what
+/// record (in order, as checked: position, envelope, leaf hash) once its chunk's bytes are
+/// read. The manifest is checked against what
 /// was read once it is reached, so a caller must not keep what `record` heard unless this
 /// answers `Ok`.
 pub fn read(
     input: impl Read,
-    record: impl FnMut(u64, &[u8]) -> Result<(), BackupError>,
+    record: impl FnMut(&CheckedRecord, &[u8]) -> Result<(), BackupError>,
 ) -> Result<Contents, BackupError> {
     read_with(input, &mut Verifier::new(), record)
 }
@@ -468,7 +469,7 @@ pub fn read(
 pub fn read_with(
     input: impl Read,
     verifier: &mut Verifier,
-    mut record: impl FnMut(u64, &[u8]) -> Result<(), BackupError>,
+    mut record: impl FnMut(&CheckedRecord, &[u8]) -> Result<(), BackupError>,
 ) -> Result<Contents, BackupError> {
     let mut sections = SectionReader::open(input)?;
     let from = verifier.last_position() + 1;
@@ -500,8 +501,9 @@ pub fn read_with(
                 let first = next;
                 let part = part();
                 next = chunk_records(&bytes, next, &part, |position, rec| {
-                    verifier.accept(&CheckedRecord::check(position, rec));
-                    record(position, rec)
+                    let checked = CheckedRecord::check(position, rec);
+                    verifier.accept(&checked);
+                    record(&checked, rec)
                 })?;
                 chunks.push(ChunkEntry {
                     first,

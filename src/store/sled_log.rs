@@ -416,20 +416,25 @@ pub fn import_records(data_dir: &Path) -> Result<Importer, StoreError> {
     Ok(Importer { db, log })
 }
 
-/// A store being filled by [`import_records`].
+/// A store being filled by [`import_records`]; clones fill the same store (from as many
+/// threads).
+#[derive(Clone)]
 pub struct Importer {
     db: sled::Db,
     log: sled::Tree,
 }
 
 impl Importer {
-    /// Writes `records` (position, stored bytes) in one batch.
+    /// Writes `records` (position, stored bytes). Record by record, not as one sled batch:
+    /// a batch takes the tree's write lock, so two threads could not fill it at once. A
+    /// restore that stops half-way throws the whole store away.
     pub fn put(&self, records: &[(u64, Vec<u8>)]) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
         for (position, bytes) in records {
-            batch.insert(&be(*position), bytes.as_slice());
+            self.log
+                .insert(be(*position), bytes.as_slice())
+                .map_err(io)?;
         }
-        self.log.apply_batch(batch).map_err(io)
+        Ok(())
     }
 
     /// Makes everything written durable.
@@ -483,6 +488,16 @@ impl RawStore {
     /// Every record of the log tree, in key order.
     pub fn records(&self) -> impl Iterator<Item = Result<(u64, sled::IVec), StoreError>> + '_ {
         raw_iter(&self.log, 1, u64::MAX)
+    }
+
+    /// The last record: its position and the hash it carries (none when empty).
+    pub fn head(&self) -> Result<Option<(u64, Hash)>, StoreError> {
+        let Some((k, v)) = self.log.last().map_err(io)? else {
+            return Ok(None);
+        };
+        let position = read_be(&k).ok_or_else(|| corrupt(0, "log key is not 8 bytes"))?;
+        let raw = RawRecord::parse(&v).map_err(|e| corrupt(position, e.to_string()))?;
+        Ok(Some((position, raw.hash)))
     }
 
     /// The last position key (0 when empty).

@@ -4,6 +4,7 @@
 use super::follow::CopySnapshot;
 use super::{read, refused, BackupError, BackupWriter, Contents, Manifest, CHUNK};
 use crate::store::sled_log::{import_records, open_raw, RawStore};
+use crate::store::StoreError;
 use idledger_projections::Projections;
 use idledger_replay::verify::CheckedRecord;
 use std::path::Path;
@@ -31,6 +32,9 @@ pub fn backup_data_dir(
     written
 }
 
+/// Records read from sled per hand-over to the writing thread.
+const READ_BATCH: usize = 4096;
+
 /// [`backup_data_dir`]'s work, into `file`.
 fn write_store(
     store: &RawStore,
@@ -40,11 +44,36 @@ fn write_store(
     progress: &mut impl FnMut(u64),
 ) -> Result<Manifest, BackupError> {
     let mut w = BackupWriter::new(file)?;
-    for r in store.records() {
-        let (position, bytes) = r?;
-        w.push(position, &bytes)?;
-        progress(position);
-    }
+    // sled is read on a thread of its own while this one checks and writes.
+    std::thread::scope(|scope| -> Result<(), BackupError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<_>, StoreError>>(8);
+        scope.spawn(move || {
+            let mut batch = Vec::with_capacity(READ_BATCH);
+            for r in store.records() {
+                match r {
+                    Ok(record) => batch.push(record),
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                }
+                if batch.len() == READ_BATCH {
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(READ_BATCH));
+                    if tx.send(Ok(full)).is_err() {
+                        return;
+                    }
+                }
+            }
+            let _ = tx.send(Ok(batch));
+        });
+        for batch in rx {
+            for (position, bytes) in batch? {
+                w.push(position, &bytes)?;
+            }
+            progress(w.position());
+        }
+        Ok(())
+    })?;
     if w.position() != through {
         return Err(BackupError::Chain {
             position: w.position() + 1,

@@ -141,6 +141,35 @@ async fn a_restored_data_dir_answers_as_the_original_did() {
     let (verified, code) = crate::support::verify(&restored);
     assert_eq!(code, 0, "{verified}");
     assert_eq!(verified["head_hash"], made["head_hash"]);
+    // The same export files from the original and the restored dir.
+    for (kind, format) in [
+        ("password-changes", "csv"),
+        ("events", "jsonl"),
+        ("users", "csv"),
+    ] {
+        let files: Vec<Vec<u8>> = [&data, &restored]
+            .iter()
+            .enumerate()
+            .map(|(n, d)| {
+                let out = dir.path().join(format!("{kind}-{n}.{format}"));
+                let (ok, _, err) = run(&[
+                    "export",
+                    "--data-dir",
+                    path(d),
+                    "--kind",
+                    kind,
+                    "--format",
+                    format,
+                    "--out",
+                    path(&out),
+                ]);
+                assert!(ok, "{kind}: {err}");
+                std::fs::read(&out).unwrap()
+            })
+            .collect();
+        assert!(files[0].len() > 100, "{kind}: {} bytes", files[0].len());
+        assert!(files[0] == files[1], "{kind}: the exports differ");
+    }
 
     // Served with the same master key (and the admin's token, which lives in the log),
     // the restored dir answers as the original does.
@@ -392,6 +421,59 @@ async fn a_following_copy_killed_again_and_again_resumes_without_gaps_and_restor
     assert_eq!(done["head_hash"], caught_up["head_hash"], "{done}");
     let (verified, code) = crate::support::verify(&restored);
     assert_eq!(code, 0, "{verified}");
+
+    // Hostile or wrong asks for an increment: a clear 400 each.
+    for query in [
+        "from=0",
+        &format!("from={}", position + 10_000_000),
+        "limit=0",
+        "keystore_sha256=zz",
+        "from=1&extra=1",
+        "from=x",
+    ] {
+        let r = serve
+            .http
+            .get(format!("{}/v1/backup?{query}", serve.url))
+            .bearer_auth(&serve.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), reqwest::StatusCode::BAD_REQUEST, "{query}");
+    }
+
+    // Another server's history does not continue the copy: the follower stops, and the
+    // copy keeps what it had.
+    let other_data = dir.path().join("other");
+    std::fs::create_dir_all(&other_data).unwrap();
+    let mut other = Serve::start(&other_data, None).await;
+    for n in 0..50 {
+        other
+            .call(
+                Method::POST,
+                "/v1/tokens",
+                Some(json!({"role": "auditor", "name": format!("other {n}")})),
+            )
+            .await;
+    }
+    let (ok, _, err) = run_with_token(
+        &other.token,
+        &[
+            "backup",
+            "--server",
+            &other.url,
+            "--out",
+            path(&copy),
+            "--follow",
+            "--once",
+        ],
+    )
+    .await;
+    assert!(!ok, "a copy followed another server's log");
+    assert!(err.contains("400") || err.contains("chain"), "{err}");
+    let (ok, again, err) = run_with_token(&serve.token, &[&follow[..], &["--once"]].concat()).await;
+    assert!(ok, "{err}");
+    assert_eq!(again["head_hash"], caught_up["head_hash"], "{again}");
+    other.stop();
     serve.stop();
 }
 

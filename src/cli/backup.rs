@@ -117,9 +117,10 @@ async fn download(url: &str, token: &str, out: &std::path::Path) -> Result<Manif
     }
 }
 
-/// Records asked for in one increment: a follower's memory stays bounded however far
-/// behind it starts.
+/// Records asked for in one increment, and their bytes at most: a follower's memory stays
+/// bounded however far behind it starts and however large the records.
 const INCREMENT: u64 = 50_000;
+const INCREMENT_BYTES: u64 = 64 << 20;
 
 /// Why one round of `--follow` did not add to the copy.
 enum Round {
@@ -129,15 +130,17 @@ enum Round {
     Stop(Error),
 }
 
-/// Fetches one increment: the records after `from - 1`.
+/// Fetches one increment: the records after `from - 1`; answers it and the server's
+/// head when it was asked.
 async fn increment(
     http: &reqwest::Client,
     base: &str,
     token: &str,
     from: u64,
     keystore: Option<&str>,
-) -> Result<Vec<u8>, Round> {
-    let mut url = format!("{base}/v1/backup?from={from}&limit={INCREMENT}");
+) -> Result<(Vec<u8>, u64), Round> {
+    let mut url =
+        format!("{base}/v1/backup?from={from}&limit={INCREMENT}&max_bytes={INCREMENT_BYTES}");
     if let Some(k) = keystore {
         url.push_str("&keystore_sha256=");
         url.push_str(k);
@@ -159,7 +162,14 @@ async fn increment(
             "{base}/v1/backup?from={from}: {status}: {text}"
         ))));
     }
-    r.bytes().await.map(|b| b.to_vec()).map_err(again)
+    let head = r
+        .headers()
+        .get("x-idledger-log-head")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .ok_or_else(|| Round::Stop(Error::Other(format!("{base}: no log head in the answer"))))?;
+    let body = r.bytes().await.map(|b| b.to_vec()).map_err(again)?;
+    Ok((body, head))
 }
 
 fn now_secs() -> u64 {
@@ -213,8 +223,8 @@ pub(crate) async fn keep_following(
     let mut failures = 0u32;
     loop {
         let from = copy.position() + 1;
-        let body = match increment(&http, base, token, from, copy.keystore_sha256()).await {
-            Ok(b) => b,
+        let (body, head) = match increment(&http, base, token, from, copy.keystore_sha256()).await {
+            Ok(answer) => answer,
             Err(Round::Stop(e)) => return Err(e),
             Err(Round::Again(why)) => {
                 failures += 1;
@@ -243,7 +253,7 @@ pub(crate) async fn keep_following(
         let n = outcome.map_err(refused)?;
         taken(&copy);
         added += n;
-        if n < INCREMENT {
+        if copy.position() >= head {
             if args.once || stop.is_some_and(|s| s.load(std::sync::atomic::Ordering::Acquire)) {
                 break;
             }

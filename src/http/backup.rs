@@ -24,6 +24,9 @@ pub struct BackupQuery {
     from: Option<u64>,
     /// Carry at most this many records (all up to the head).
     limit: Option<u64>,
+    /// Stop adding records once this many bytes of them are in (at least one record is):
+    /// a follower's memory stays bounded whatever the records' sizes.
+    max_bytes: Option<u64>,
     /// SHA-256 (hex) of the key store the reader holds: when it is still the server's,
     /// the key store is left out (the manifest says so).
     keystore_sha256: Option<String>,
@@ -46,7 +49,8 @@ fn hash_at(
     found.ok_or_else(|| ApiError::Internal(format!("position {position} cannot be read")))
 }
 
-/// The backup, streamed; `x-idledger-log-position` names the position it runs to.
+/// The backup, streamed; `x-idledger-log-position` names the position it runs to (at
+/// most: `max_bytes` may end it sooner), `x-idledger-log-head` the log's head.
 pub async fn download(
     State(s): State<AppState>,
     who: Principal,
@@ -64,9 +68,12 @@ pub async fn download(
             head + 1
         )));
     }
-    if q.limit == Some(0) {
-        return Err(ApiError::BadRequest("limit: at least 1".into()));
+    if q.limit == Some(0) || q.max_bytes == Some(0) {
+        return Err(ApiError::BadRequest(
+            "limit and max_bytes: at least 1".into(),
+        ));
     }
+    let max_bytes = q.max_bytes.unwrap_or(u64::MAX);
     if let Some(k) = &q.keystore_sha256 {
         if k.len() != 64 || !k.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(ApiError::BadRequest(
@@ -101,11 +108,13 @@ pub async fn download(
                 Some((position, hash)) => crate::backup::BackupWriter::after(body, position, hash)?,
             };
             let mut failed = None;
+            let mut carried = 0u64;
             if from <= through {
                 log.records(from)(&mut |position, bytes| {
-                    if position > through {
+                    if position > through || carried >= max_bytes {
                         return ControlFlow::Break(());
                     }
+                    carried += bytes.len() as u64;
                     match w.push(position, bytes) {
                         Ok(()) => ControlFlow::Continue(()),
                         Err(e) => {
@@ -135,9 +144,14 @@ pub async fn download(
         header::CONTENT_TYPE,
         axum::http::HeaderValue::from_static("application/octet-stream"),
     );
+    // With `max_bytes` the file may end before `through`: its manifest says where.
     headers.insert(
         header::HeaderName::from_static("x-idledger-log-position"),
         axum::http::HeaderValue::from(through),
+    );
+    headers.insert(
+        header::HeaderName::from_static("x-idledger-log-head"),
+        axum::http::HeaderValue::from(head),
     );
     // A revoked token aborts the body: a cut backup fails its check, never passes as whole.
     let revoked = Err(std::io::Error::other("the token was revoked"));

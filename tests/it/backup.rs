@@ -427,6 +427,7 @@ async fn a_following_copy_killed_again_and_again_resumes_without_gaps_and_restor
         "from=0",
         &format!("from={}", position + 10_000_000),
         "limit=0",
+        "max_bytes=0",
         "keystore_sha256=zz",
         "from=1&extra=1",
         "from=x",
@@ -440,6 +441,28 @@ async fn a_following_copy_killed_again_and_again_resumes_without_gaps_and_restor
             .unwrap();
         assert_eq!(r.status(), reqwest::StatusCode::BAD_REQUEST, "{query}");
     }
+
+    // An increment bounded by bytes holds at least one record, and says where the log is.
+    let r = serve
+        .http
+        .get(format!("{}/v1/backup?from=2&max_bytes=1", serve.url))
+        .bearer_auth(&serve.token)
+        .send()
+        .await
+        .unwrap();
+    let head: u64 = r.headers()["x-idledger-log-head"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(head >= position);
+    let bytes = r.bytes().await.unwrap();
+    let mut verifier = idledger_replay::Verifier::after(1, {
+        let first = serve.call(Method::GET, "/v1/events?limit=1", None).await;
+        idledger_domain::Hash::from_hex(first["items"][0]["hash"].as_str().unwrap()).unwrap()
+    });
+    let one = idledger::backup::read_with(&bytes[..], &mut verifier, |_, _| Ok(())).unwrap();
+    assert_eq!((one.manifest.from, one.manifest.position), (2, 2));
 
     // Another server's history does not continue the copy: the follower stops, and the
     // copy keeps what it had.

@@ -19,10 +19,15 @@ pub fn backup_data_dir(
     let store = open_raw(data_dir)?;
     let through = store.last_position()?;
     total(through);
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(out)?;
+    // Readable by the owner only: it holds the sealed key store and the records.
+    let file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(out)?
+    };
     let written = write_store(&store, through, data_dir, &file, &mut progress)
         .and_then(|m| file.sync_all().map(|()| m).map_err(BackupError::from));
     if written.is_err() {
@@ -166,10 +171,18 @@ pub fn restore(
             std::fs::rename(entry.path(), data_dir.join(entry.file_name()))?;
         }
         std::fs::remove_dir(&staging)?;
+        std::fs::File::open(data_dir)?.sync_all()?;
         Ok(restored)
     });
     if outcome.is_err() {
+        // What was staged, and whatever of it had been moved already.
         let _ = std::fs::remove_dir_all(&staging);
+        if let Ok(entries) = std::fs::read_dir(data_dir) {
+            for entry in entries.flatten() {
+                let _ = std::fs::remove_dir_all(entry.path())
+                    .or_else(|_| std::fs::remove_file(entry.path()));
+            }
+        }
         if created {
             let _ = std::fs::remove_dir(data_dir);
         }
@@ -244,8 +257,23 @@ fn restore_into(
                 .map_err(|_| refused("store", "a writer failed"))?,
         );
     }
-    // The reader's refusal names what is wrong with the backup: it comes first.
-    let contents = read?;
+    // The reader's refusal names what is wrong with the backup: it comes first, unless
+    // it only says that a writer stopped, whose own error then says why.
+    let contents = match read {
+        Ok(c) => c,
+        Err(e)
+            if sent.is_ok()
+                && !matches!(&e, BackupError::Refused { part, .. } if part == "store") =>
+        {
+            return Err(e)
+        }
+        Err(e) => {
+            for w in written {
+                w?;
+            }
+            return Err(e);
+        }
+    };
     sent?;
     // The batches' leaves back in log order: batch k went to writer k % WRITERS.
     let mut by_writer = Vec::new();

@@ -34,6 +34,7 @@ use idledger_replay::verify::{CheckedRecord, Verifier};
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// Records in a sealed segment, unless the follower says otherwise.
@@ -69,7 +70,6 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 /// Writes `bytes` to `path` as a whole or not at all (temporary file, fsync, rename,
 /// directory fsync), readable by the owner only.
 fn write_whole(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -170,15 +170,24 @@ fn open_chunks(
     use std::io::Read;
     (&*file).seek(SeekFrom::Start(0))?;
     let mut reader = file.take(len);
-    let Ok(mut sections) = SectionReader::open(&mut reader) else {
-        return Ok(0);
+    // A device that fails to read is an error, never a reason to cut what is there.
+    let mut sections = match SectionReader::open(&mut reader) {
+        Ok(s) => s,
+        Err(BackupError::Io(e)) => return Err(BackupError::Io(e)),
+        Err(_) => return Ok(0),
     };
     let mut end = sections.offset;
-    while let Ok(Section::Whole { tag: b'C', bytes }) = sections.next(String::new) {
-        if !chunk(&bytes)? {
-            break;
+    loop {
+        match sections.next(String::new) {
+            Ok(Section::Whole { tag: b'C', bytes }) => {
+                if !chunk(&bytes)? {
+                    break;
+                }
+                end = sections.offset;
+            }
+            Err(BackupError::Io(e)) => return Err(BackupError::Io(e)),
+            _ => break,
         }
-        end = sections.offset;
     }
     Ok(end)
 }
@@ -267,6 +276,12 @@ impl FollowCopy {
             }
             None => None,
         };
+        if let Some(p) = verifier.first_problem() {
+            return Err(BackupError::Chain {
+                position: p.position,
+                reason: format!("{} (the copy is damaged)", p.reason),
+            });
+        }
         let sealed = newest_sealed(dir)?;
         Ok(FollowCopy {
             dir: dir.to_owned(),
@@ -418,10 +433,21 @@ impl FollowCopy {
     }
 
     fn store_keys(&mut self, contents: &Contents, now_secs: u64) -> Result<(), BackupError> {
+        if contents.manifest.keystore_unchanged
+            && contents.manifest.keystore_sha256 != self.keystore_sha256
+        {
+            return Err(refused(
+                "key store",
+                "left out as unchanged, but it is not the one this copy holds",
+            ));
+        }
         if let Some(k) = &contents.sealed.keystore {
             let sha = sha256_hex(k);
             if self.keystore_sha256.as_deref() != Some(sha.as_str()) {
-                let name = format!("{KEYSTORE_PREFIX}{now_secs:020}.sealed");
+                // Named in order even when the clock steps back: the newest is the last.
+                let newest = keystore_snapshots(&self.dir)?.pop().map_or(0, |(s, _)| s);
+                let secs = now_secs.max(newest + 1);
+                let name = format!("{KEYSTORE_PREFIX}{secs:020}.sealed");
                 write_whole(&keys_dir(&self.dir).join(name), k)?;
                 self.keystore_sha256 = Some(sha);
             }
@@ -450,6 +476,7 @@ impl FollowCopy {
                 .read(true)
                 .write(true)
                 .create_new(true)
+                .mode(0o600)
                 .open(&path)?;
             file.write_all(MAGIC)?;
             file.sync_data()?;
@@ -485,7 +512,12 @@ impl FollowCopy {
         let name = format!("{:020}-{last:020}{SUFFIX}", open.first);
         let path = segments_dir(&self.dir).join(&name);
         let tmp = path.with_extension("tmp");
-        let out = File::create(&tmp)?;
+        let out = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
         let mut w = BackupWriter::after(&out, open.after.0, open.after.1)?;
         let len = open.file.metadata()?.len();
         let mut next = open.first;
@@ -577,6 +609,10 @@ impl CopySnapshot {
             },
             None => None,
         };
+        // A segment sealed meanwhile: list again.
+        if sealed_segments(dir)?.len() != segments.len() {
+            return Ok(None);
+        }
         Ok(Some(CopySnapshot {
             sealed_segments: segments,
             open_segment,
@@ -900,7 +936,7 @@ mod tests {
 
     #[test]
     fn old_key_store_snapshots_age_out_and_the_newest_stays() {
-        let log = chain(30, 0);
+        let log = chain(50, 0);
         let tmp = tempfile::tempdir().expect("a temp dir");
         let mut copy = FollowCopy::open(tmp.path(), SEGMENT).expect("opens");
         for (i, now) in [100u64, 200, 300].into_iter().enumerate() {
@@ -919,6 +955,29 @@ mod tests {
         assert_eq!(left, [200, 300]);
         assert_eq!(copy.prune(0, 10_000).expect("prunes"), 1);
         assert_eq!(keystore_snapshots(tmp.path()).expect("lists").len(), 1);
+        // The clock steps back: the new key store is still the newest snapshot.
+        let inc = increment(&log, copy.position() + 1, 10, b"after the step");
+        copy.take(inc.as_slice(), 50).expect("taken");
+        let snapshots = keystore_snapshots(tmp.path()).expect("lists");
+        let newest = snapshots.last().expect("one");
+        assert_eq!(newest.0, 301);
+        assert_eq!(std::fs::read(&newest.1).expect("reads"), b"after the step");
+        // An increment that leaves the key store out as unchanged, naming another one,
+        // is refused.
+        let mut out = Vec::new();
+        let at = copy.position();
+        let mut w =
+            BackupWriter::after(&mut out, at, hash_of(&log[at as usize - 1])).expect("starts");
+        w.push(at + 1, &log[at as usize]).ok();
+        let other = SealedFiles {
+            keystore: Some(b"another".to_vec()),
+            log_key: None,
+        };
+        w.finish(&other, Some(&sha256_hex(b"another")), None)
+            .expect("finishes");
+        assert!(copy.take(out.as_slice(), 60).is_err());
+        drop(copy);
+        let _held = FollowCopy::open(tmp.path(), SEGMENT).expect("reopens");
         // A second follower of the same copy is refused.
         assert!(matches!(
             FollowCopy::open(tmp.path(), SEGMENT),

@@ -350,9 +350,10 @@ impl<R: Read> SectionReader<R> {
     fn open(input: R) -> Result<Self, BackupError> {
         let mut input = BufReader::with_capacity(1 << 20, input);
         let mut magic = vec![0u8; MAGIC.len()];
-        input
-            .read_exact(&mut magic)
-            .map_err(|_| refused("header", "too short to be a backup"))?;
+        input.read_exact(&mut magic).map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => refused("header", "too short to be a backup"),
+            _ => BackupError::Io(e),
+        })?;
         if magic != MAGIC {
             return Err(refused("header", "not an idledger backup (version 1)"));
         }
@@ -432,6 +433,12 @@ fn chunk_records(
             .get(at..at + 4)
             .map(|b| u32::from_le_bytes(b.try_into().unwrap_or_default()) as usize)
             .ok_or_else(|| refused(part, "a record's length is cut"))?;
+        if len > crate::store::sled_log::MAX_RECORD_BYTES {
+            return Err(refused(
+                part,
+                format!("position {next} is larger than a record can be"),
+            ));
+        }
         let rec = bytes
             .get(at + 4..at + 4 + len)
             .ok_or_else(|| refused(part, format!("position {next} is cut")))?;
@@ -459,7 +466,15 @@ pub fn read(
     input: impl Read,
     record: impl FnMut(&CheckedRecord, &[u8]) -> Result<(), BackupError>,
 ) -> Result<Contents, BackupError> {
-    read_with(input, &mut Verifier::new(), record)
+    let contents = read_with(input, &mut Verifier::new(), record)?;
+    if contents.manifest.keystore_unchanged {
+        // Made for a follower that had the key store: restored alone, it would lack it.
+        return Err(refused(
+            "key store",
+            "left out (the file was made for a `--follow` copy)",
+        ));
+    }
+    Ok(contents)
 }
 
 /// [`read`] for a file that continues the records `verifier` has checked (a whole backup

@@ -80,10 +80,14 @@ async fn download(url: &str, token: &str, out: &std::path::Path) -> Result<Manif
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let pb = progress::bytes_bar("backup");
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(out)?;
+    let file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(out)?
+    };
     let mut w = std::io::BufWriter::new(&file);
     let fetched = async {
         while let Some(piece) = r.chunk().await.map_err(|e| Error::Other(e.to_string()))? {
@@ -121,6 +125,9 @@ async fn download(url: &str, token: &str, out: &std::path::Path) -> Result<Manif
 /// bounded however far behind it starts and however large the records.
 const INCREMENT: u64 = 50_000;
 const INCREMENT_BYTES: u64 = 64 << 20;
+/// The most an increment's body may hold: its records (one may pass `INCREMENT_BYTES` by
+/// a record), a key store and a log key (each a section of at most 256 MiB).
+const INCREMENT_MAX_BODY: u64 = INCREMENT_BYTES + (2 << 20) + (512 << 20);
 
 /// Why one round of `--follow` did not add to the copy.
 enum Round {
@@ -168,7 +175,17 @@ async fn increment(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
         .ok_or_else(|| Round::Stop(Error::Other(format!("{base}: no log head in the answer"))))?;
-    let body = r.bytes().await.map(|b| b.to_vec()).map_err(again)?;
+    // Read with a cap: a server sending more than was asked for is not believed.
+    let mut r = r;
+    let mut body = Vec::new();
+    while let Some(piece) = r.chunk().await.map_err(again)? {
+        body.extend_from_slice(&piece);
+        if body.len() as u64 > INCREMENT_MAX_BODY {
+            return Err(Round::Stop(Error::Other(format!(
+                "{base}: an increment larger than {INCREMENT_MAX_BODY} bytes"
+            ))));
+        }
+    }
     Ok((body, head))
 }
 
@@ -257,6 +274,9 @@ pub(crate) async fn keep_following(
             if args.once || stop.is_some_and(|s| s.load(std::sync::atomic::Ordering::Acquire)) {
                 break;
             }
+            tokio::time::sleep(interval).await;
+        } else if n == 0 {
+            // Behind, yet sent nothing: not a server to ask again at once.
             tokio::time::sleep(interval).await;
         }
     }

@@ -27,8 +27,8 @@ pub struct BackupArgs {
     /// With `--follow`: catch up with the log's head, then exit.
     #[arg(long, requires = "follow")]
     pub once: bool,
-    /// With `--follow`: key store snapshots older than this many days are removed (the
-    /// newest stays), so deleted users' keys age out of the copy.
+    /// With `--follow`: key store snapshots replaced more than this many days ago are
+    /// removed (the newest stays), so deleted users' keys age out of the copy.
     #[arg(long, default_value_t = 30.0)]
     pub retain_days: f64,
     /// With `--follow`: how long to wait, once caught up, before asking again (ms).

@@ -54,9 +54,10 @@ enum Command {
     Token(TokenCommand),
     /// Back up a stopped server's data dir, or a running server (--server, online), into
     /// one file: the records as stored, the sealed key store and log key (never the master
-    /// key), and a manifest.
+    /// key), and a manifest; or, with --follow, keep a copy that grows with the log.
     Backup(backup::BackupArgs),
-    /// Restore a backup file into a new data dir, after checking every part of it.
+    /// Restore a backup file or a --follow copy into a new data dir, checking every part of
+    /// it; nothing is left behind when any check fails.
     Restore(backup::RestoreArgs),
     /// Print the log's public key (C2SP verifier key) from a data dir.
     LogKey(proofs::LogKeyArgs),

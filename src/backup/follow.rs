@@ -10,6 +10,8 @@
 //!                                      the next is asked for
 //! DIR/keys/keystore-<unix secs>.sealed the sealed key store, a snapshot whenever it changed
 //! DIR/keys/log.key.sealed              the sealed log-signing key
+//! DIR/signed-tree-head                 the latest signed tree head (a C2SP checkpoint)
+//!                                      over records the copy holds
 //! ```
 //!
 //! **Crash safety** comes from order and from cutting, never from trusting what is on
@@ -44,6 +46,8 @@ const OPEN_PREFIX: &str = "open-";
 const SUFFIX: &str = ".backup";
 const KEYSTORE_PREFIX: &str = "keystore-";
 const LOG_KEY: &str = "log.key.sealed";
+/// The latest signed tree head an increment carried for records the copy holds.
+const SIGNED_TREE_HEAD: &str = "signed-tree-head";
 
 fn segments_dir(dir: &Path) -> PathBuf {
     dir.join("segments")
@@ -418,6 +422,7 @@ impl FollowCopy {
         if added > 0 {
             self.append(&chunks, after)?;
         }
+        self.store_signed_head(contents.manifest.signed_tree_head.as_deref())?;
         self.oldest_taken_us = oldest;
         self.broken = false;
         if self
@@ -430,6 +435,21 @@ impl FollowCopy {
             self.broken = false;
         }
         Ok(added)
+    }
+
+    /// Keeps `note` when it is signed over records the copy holds (its size, the
+    /// checkpoint's second line, is at most the copy's position).
+    fn store_signed_head(&self, note: Option<&str>) -> Result<(), BackupError> {
+        let Some(note) = note else { return Ok(()) };
+        let size = note.lines().nth(1).and_then(|l| l.parse::<u64>().ok());
+        if size.is_none_or(|s| s > self.verifier.last_position()) {
+            return Ok(());
+        }
+        let path = self.dir.join(SIGNED_TREE_HEAD);
+        if super::read_if_there(path.clone())?.as_deref() != Some(note.as_bytes()) {
+            write_whole(&path, note.as_bytes())?;
+        }
+        Ok(())
     }
 
     fn store_keys(&mut self, contents: &Contents, now_secs: u64) -> Result<(), BackupError> {
@@ -568,6 +588,7 @@ pub struct CopySnapshot {
     /// The open segment, its first position and its length when opened.
     open_segment: Option<(File, u64, u64)>,
     keys: SealedFiles,
+    signed_tree_head: Option<String>,
 }
 
 impl CopySnapshot {
@@ -613,7 +634,10 @@ impl CopySnapshot {
         if sealed_segments(dir)?.len() != segments.len() {
             return Ok(None);
         }
+        let signed_tree_head = super::read_if_there(dir.join(SIGNED_TREE_HEAD))?
+            .and_then(|b| String::from_utf8(b).ok());
         Ok(Some(CopySnapshot {
+            signed_tree_head,
             sealed_segments: segments,
             open_segment,
             keys: newest_sealed(dir)?,
@@ -699,7 +723,7 @@ impl CopySnapshot {
             keystore_unchanged: false,
             log_key_sha256: self.keys.log_key.as_deref().map(sha256_hex),
             contents_sha256: hex::encode(contents.finalize()),
-            signed_tree_head,
+            signed_tree_head: self.signed_tree_head.clone().or(signed_tree_head),
         };
         Ok(Contents {
             manifest,

@@ -395,6 +395,24 @@ async fn a_following_copy_killed_again_and_again_resumes_without_gaps_and_restor
     let position = caught_up["position"].as_u64().unwrap();
     assert!(position > 1000, "{caught_up}");
     assert_eq!(live_hash(&serve, position).await, caught_up["head_hash"]);
+    // The copy keeps the latest head the server signed over records it holds.
+    let note = std::fs::read_to_string(copy.join("signed-tree-head")).unwrap();
+    let size: u64 = note.lines().nth(1).unwrap().parse().unwrap();
+    assert!(size > 0 && size <= position, "{note}");
+    let public_key = serve
+        .http
+        .get(format!("{}/v1/log/public-key", serve.url))
+        .bearer_auth(&serve.token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    idledger_replay::tree::LogPublicKey::parse(&public_key)
+        .unwrap()
+        .open(&note)
+        .expect("the copy's head is signed by the log's key");
     let sealed = std::fs::read_dir(copy.join("segments"))
         .unwrap()
         .filter(|e| {

@@ -19,15 +19,7 @@ pub fn backup_data_dir(
     let store = open_raw(data_dir)?;
     let through = store.last_position()?;
     total(through);
-    // Readable by the owner only: it holds the sealed key store and the records.
-    let file = {
-        use std::os::unix::fs::OpenOptionsExt;
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(out)?
-    };
+    let file = crate::backup::create_file(out)?;
     let written = write_store(&store, through, data_dir, &file, &mut progress)
         .and_then(|m| file.sync_all().map(|()| m).map_err(BackupError::from));
     if written.is_err() {

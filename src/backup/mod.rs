@@ -301,6 +301,17 @@ impl<W: Write> BackupWriter<W> {
     }
 }
 
+/// Creates the new backup file `path`, readable by its owner only: it holds the sealed key
+/// store and every record.
+pub fn create_file(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+}
+
 /// A file, or nothing, at `path`.
 fn read_if_there(path: std::path::PathBuf) -> std::io::Result<Option<Vec<u8>>> {
     match std::fs::read(&path) {

@@ -80,14 +80,7 @@ async fn download(url: &str, token: &str, out: &std::path::Path) -> Result<Manif
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let pb = progress::bytes_bar("backup");
-    let file = {
-        use std::os::unix::fs::OpenOptionsExt;
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(out)?
-    };
+    let file = crate::backup::create_file(out)?;
     let mut w = std::io::BufWriter::new(&file);
     let fetched = async {
         while let Some(piece) = r.chunk().await.map_err(|e| Error::Other(e.to_string()))? {

@@ -57,46 +57,21 @@ async fn a_restored_data_dir_answers_as_the_original_did() {
     }
     // Online, while another client keeps appending: the backup runs to the head when it
     // was asked for, and restores to exactly that record.
-    let writing = {
-        let (url, token) = (serve.url.clone(), serve.token.clone());
-        tokio::spawn(async move {
-            let http = reqwest::Client::new();
-            for n in 0.. {
-                let r = http
-                    .post(format!("{url}/v1/tokens"))
-                    .bearer_auth(&token)
-                    .json(&json!({"role": "auditor", "name": format!("load {n}")}))
-                    .send()
-                    .await;
-                if r.is_err() {
-                    break;
-                }
-            }
-        })
-    };
+    let writing = keep_writing(&serve, 1);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let online = dir.path().join("online.backup");
-    let out = {
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_idledger"));
-        cmd.args(["backup", "--server", &serve.url, "--out", path(&online)])
-            .env("IDLEDGER_TOKEN", &serve.token);
-        cmd.output().await.unwrap()
-    };
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let taken: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (ok, taken, err) = run_with_token(
+        &serve.token,
+        &["backup", "--server", &serve.url, "--out", path(&online)],
+    )
+    .await;
+    assert!(ok, "{err}");
     let position = taken["position"].as_u64().unwrap();
-    let live = serve
-        .call(
-            Method::GET,
-            &format!("/v1/events?from_position={position}&limit=1"),
-            None,
-        )
-        .await;
-    assert_eq!(live["items"][0]["hash"], taken["head_hash"], "{taken}");
+    assert_eq!(
+        live_hash(&serve, position).await,
+        taken["head_hash"],
+        "{taken}"
+    );
     let back = dir.path().join("online-restored");
     let (ok, done, err) = run(&[
         "restore",
@@ -107,7 +82,9 @@ async fn a_restored_data_dir_answers_as_the_original_did() {
     ]);
     assert!(ok, "{err}");
     assert_eq!(done["head_hash"], taken["head_hash"]);
-    writing.abort();
+    for w in writing {
+        w.abort();
+    }
     serve.stop();
     crate::support::wait_released(&data).await;
 

@@ -279,7 +279,21 @@ fn restore_into(
             None => break,
         }
     }
-    importer.finish()?;
+    // Read back: the store ends with the head the backup named. (Every record was checked
+    // on its way in; `serve` rebuilds the indexes and checks the tree when it opens.)
+    let (position, hash) = importer.finish()?.unwrap_or_default();
+    let manifest = &contents.manifest;
+    if position != manifest.position || hash.to_hex() != manifest.head_hash {
+        return Err(refused(
+            "store",
+            format!(
+                "the restored log ends at {position} ({}), the backup at {} ({})",
+                hash.to_hex(),
+                manifest.position,
+                manifest.head_hash
+            ),
+        ));
+    }
     progress(contents.manifest.position);
     crate::store::tree::install_leaves(staging, &leaves)?;
     let write = |path: std::path::PathBuf, bytes: &Option<Vec<u8>>| -> Result<(), BackupError> {

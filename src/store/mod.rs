@@ -4,6 +4,7 @@
 //! only module that knows sled. A later backend (NATS JetStream with
 //! expected-last-subject-sequence, PostgreSQL) implements the same trait.
 
+pub mod page;
 pub mod parallel_decode;
 pub mod sled_log;
 mod subscription;

@@ -1,6 +1,7 @@
 //! The event log on sled 0.34: one writer task, group commit, hash chain.
 //!
-//! On disk there is one sled tree of record: `log`, position (u64 BE) → record, plus
+//! On disk there is one sled tree of record: `log`, position (u64 BE) → a page of the
+//! records from that position on ([`super::page`]; format 1 stores: → one record), plus
 //! `meta` (`format`). The derived state — each stream's positions (hence its version) and
 //! the event-id map used for idempotency — lives in memory and is rebuilt from the log on
 //! open with a header-only scan that also checks it (versions contiguous per stream,
@@ -8,10 +9,11 @@
 //! extra sled tree written per group commit cost about 9 µs per entry, which took appends
 //! from 0.74× to 0.23× of raw sled.
 //!
-//! The writer takes every request waiting, checks versions and ids, writes the records in
-//! one `apply_batch` (atomic), calls `flush_async` once for all of them, and only then
+//! The writer takes every request waiting, checks versions and ids, writes the records'
+//! pages in one `apply_batch` (atomic), calls `flush_async` once for all of them, and only then
 //! updates the readable indexes, answers callers and publishes the envelopes.
 
+use super::page::{Layout, Page, PageWriter};
 use super::tree::LogTree;
 use super::{
     AppendError, AppendRequest, Appended, Durability, EventLog, ExpectedVersion, LogFuture,
@@ -29,8 +31,9 @@ use std::time::Instant;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use uuid::Uuid;
 
-/// The storage format written in `meta`.
-const STORE_FORMAT: u64 = 1;
+/// The storage format of a new store, written in `meta`: pages ([`super::page`]). Stores
+/// of format 1 keep their layout.
+const STORE_FORMAT: u64 = 2;
 /// Most events one request may carry.
 pub const MAX_EVENTS_PER_APPEND: usize = 10_000;
 /// Largest encoded record.
@@ -64,6 +67,7 @@ struct Shared {
     /// With [`Durability::Device`]: what makes a flushed group durable on the device.
     device: Option<Arc<DeviceSync>>,
     log: sled::Tree,
+    layout: Layout,
     committed: AtomicU64,
     head_hash: Mutex<Hash>,
     /// Positions of each stream's events; the version of position `v[i]` is `i + 1`.
@@ -112,7 +116,7 @@ fn corrupt(position: u64, reason: impl Into<String>) -> StoreError {
 
 /// Scans every record's header; checks positions, versions and ids as it goes. The last
 /// record is checked in full (hash and payload) since the chain continues from it.
-fn rebuild(log: &sled::Tree) -> Result<Rebuilt, StoreError> {
+fn rebuild(log: &sled::Tree, layout: Layout) -> Result<Rebuilt, StoreError> {
     let mut r = Rebuilt {
         head: LogHead::default(),
         last_time_us: 0,
@@ -120,10 +124,8 @@ fn rebuild(log: &sled::Tree) -> Result<Rebuilt, StoreError> {
         ids: FxHashMap::default(),
     };
     let mut last_bytes = None;
-    for kv in log.iter() {
-        let (k, v) = kv.map_err(io)?;
-        let key =
-            read_be(&k).ok_or_else(|| corrupt(r.head.position + 1, "log key is not 8 bytes"))?;
+    for kv in raw_iter(log, layout, 1, u64::MAX) {
+        let (key, v) = kv?;
         let want = r.head.position + 1;
         if key != want {
             return Err(corrupt(
@@ -280,22 +282,10 @@ impl SledEventLog {
             )),
         };
         let log = db.open_tree("log").map_err(io)?;
-        let meta = db.open_tree("meta").map_err(io)?;
-        match meta.get("format").map_err(io)? {
-            None => {
-                meta.insert("format", &be(STORE_FORMAT)).map_err(io)?;
-            }
-            Some(v) if read_be(&v) == Some(STORE_FORMAT) => {}
-            Some(v) => {
-                return Err(StoreError::Io(format!(
-                    "store format {:?} is not supported by this build",
-                    read_be(&v)
-                )))
-            }
-        }
-        let rebuilt = rebuild(&log)?;
+        let layout = layout(&db, &log, true)?;
+        let rebuilt = rebuild(&log, layout)?;
         let tree = if tree {
-            let record = |p: u64| match log.get(be(p)).map_err(io)? {
+            let record = |p: u64| match record_at(&log, layout, p)? {
                 Some(v) => Ok(v.to_vec()),
                 None => Err(corrupt(p, "missing while the tree was made")),
             };
@@ -317,6 +307,7 @@ impl SledEventLog {
             db,
             device,
             log,
+            layout,
             committed: AtomicU64::new(rebuilt.head.position),
             head_hash: Mutex::new(rebuilt.head.hash),
             streams: RwLock::new(rebuilt.streams),
@@ -327,6 +318,7 @@ impl SledEventLog {
         });
         let (tx, rx) = mpsc::unbounded_channel();
         let writer = Writer {
+            layout,
             shared: shared.clone(),
             next_position: rebuilt.head.position + 1,
             last_hash: rebuilt.head.hash,
@@ -367,11 +359,12 @@ impl SledEventLog {
 /// Reads the records of `log` from `from` through `through`, on whatever thread runs it.
 fn tree_reader(
     log: sled::Tree,
+    layout: Layout,
     from: u64,
     through: u64,
 ) -> super::parallel_decode::Reader<StoreError> {
     Box::new(move |f| {
-        for r in raw_iter(&log, from, through) {
+        for r in raw_iter(&log, layout, from, through) {
             let (pos, bytes) = r?;
             if f(pos, &bytes).is_break() {
                 break;
@@ -387,16 +380,141 @@ pub fn decode_raw(r: Result<(u64, sled::IVec), StoreError>) -> Result<Envelope, 
     idledger_domain::decode_record(&bytes).map_err(|e| corrupt(pos, e.to_string()))
 }
 
-fn raw_iter(
-    log: &sled::Tree,
-    from: u64,
-    through: u64,
-) -> impl Iterator<Item = Result<(u64, sled::IVec), StoreError>> + '_ {
-    log.range(be(from.max(1))..=be(through)).map(|kv| {
-        let (k, v) = kv.map_err(io)?;
-        let pos = read_be(&k).ok_or_else(|| corrupt(0, "log key is not 8 bytes"))?;
-        Ok((pos, v))
+/// The store's layout from `meta.format`; a store without one is written as format
+/// [`STORE_FORMAT`] when empty and `create` allows, and is format 1 otherwise (written
+/// before formats were recorded).
+fn layout(db: &sled::Db, log: &sled::Tree, create: bool) -> Result<Layout, StoreError> {
+    let meta = db.open_tree("meta").map_err(io)?;
+    let format = match meta.get("format").map_err(io)? {
+        Some(v) => read_be(&v).unwrap_or(0),
+        None => {
+            let format = if log.first().map_err(io)?.is_none() {
+                STORE_FORMAT
+            } else {
+                1
+            };
+            if create {
+                meta.insert("format", &be(format)).map_err(io)?;
+            }
+            format
+        }
+    };
+    Layout::of_format(format).ok_or_else(|| {
+        StoreError::Io(format!(
+            "store format {format} is not supported by this build"
+        ))
     })
+}
+
+/// The entry holding `position`, if any.
+fn page_at(log: &sled::Tree, layout: Layout, position: u64) -> Result<Option<Page>, StoreError> {
+    let entry = match layout {
+        Layout::Single => log.get(be(position)).map_err(io)?.map(|v| (position, v)),
+        Layout::Paged => match log.range(..=be(position)).next_back() {
+            Some(kv) => {
+                let (k, v) = kv.map_err(io)?;
+                Some((read_key(&k, position)?, v))
+            }
+            None => None,
+        },
+    };
+    entry
+        .map(|(first, value)| Page::parse(layout, first, value))
+        .transpose()
+}
+
+/// The stored record at `position`, if any.
+fn record_at(
+    log: &sled::Tree,
+    layout: Layout,
+    position: u64,
+) -> Result<Option<sled::IVec>, StoreError> {
+    Ok(page_at(log, layout, position)?.and_then(|page| page.get(position)))
+}
+
+/// The last entry's last record: its position and bytes.
+fn last_record(log: &sled::Tree, layout: Layout) -> Result<Option<(u64, sled::IVec)>, StoreError> {
+    let Some((k, v)) = log.last().map_err(io)? else {
+        return Ok(None);
+    };
+    let page = Page::parse(layout, read_key(&k, 0)?, v)?;
+    Ok(page.get(page.last()).map(|bytes| (page.last(), bytes)))
+}
+
+fn read_key(key: &[u8], near: u64) -> Result<u64, StoreError> {
+    read_be(key).ok_or_else(|| corrupt(near, "log key is not 8 bytes"))
+}
+
+/// The records from `from` through `through` in position order. A damaged entry ends the
+/// iteration with its error.
+fn raw_iter(log: &sled::Tree, layout: Layout, from: u64, through: u64) -> RawIter {
+    let from = from.max(1);
+    // The first entry is the one holding `from`, which starts before it in a page.
+    let start = match layout {
+        Layout::Single => Ok(from),
+        Layout::Paged => page_at(log, layout, from).map(|p| p.map_or(from, |p| p.first())),
+    };
+    let (entries, failed) = match start {
+        Ok(start) => (Some(log.range(be(start)..=be(through))), None),
+        Err(e) => (None, Some(e)),
+    };
+    RawIter {
+        entries,
+        layout,
+        page: None,
+        at: from,
+        through,
+        failed,
+    }
+}
+
+struct RawIter {
+    entries: Option<sled::Iter>,
+    layout: Layout,
+    page: Option<Page>,
+    /// The next position to yield, at least.
+    at: u64,
+    through: u64,
+    /// An error to yield before ending.
+    failed: Option<StoreError>,
+}
+
+impl Iterator for RawIter {
+    type Item = Result<(u64, sled::IVec), StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(e) = self.failed.take() {
+                self.entries = None;
+                self.page = None;
+                return Some(Err(e));
+            }
+            if let Some(page) = &self.page {
+                let position = self.at.max(page.first());
+                if position > self.through {
+                    self.entries = None;
+                    self.page = None;
+                    return None;
+                }
+                if let Some(bytes) = page.get(position) {
+                    self.at = position + 1;
+                    return Some(Ok((position, bytes)));
+                }
+                self.page = None;
+            }
+            let (k, v) = match self.entries.as_mut()?.next()? {
+                Ok(kv) => kv,
+                Err(e) => {
+                    self.failed = Some(io(e));
+                    continue;
+                }
+            };
+            match read_key(&k, self.at).and_then(|first| Page::parse(self.layout, first, v)) {
+                Ok(page) => self.page = Some(page),
+                Err(e) => self.failed = Some(e),
+            }
+        }
+    }
 }
 
 /// Writes stored records as they are into a new data dir's store (a restore). The store is
@@ -425,22 +543,29 @@ pub struct Importer {
 }
 
 impl Importer {
-    /// Writes `records` (position, stored bytes). Record by record, not as one sled batch:
-    /// a batch takes the tree's write lock, so two threads could not fill it at once. A
-    /// restore that stops half-way throws the whole store away.
+    /// Writes `records` (position, stored bytes, consecutive) as pages. Page by page, not
+    /// as one sled batch: a batch takes the tree's write lock, so two threads could not
+    /// fill it at once. A restore that stops half-way throws the whole store away.
     pub fn put(&self, records: &[(u64, Vec<u8>)]) -> Result<(), StoreError> {
+        let mut pages = PageWriter::new(Layout::Paged);
         for (position, bytes) in records {
-            self.log
-                .insert(be(*position), bytes.as_slice())
-                .map_err(io)?;
+            pages.push(*position, bytes);
+        }
+        for (first, page) in pages.finish() {
+            self.log.insert(be(first), page).map_err(io)?;
         }
         Ok(())
     }
 
-    /// Makes everything written durable.
-    pub fn finish(self) -> Result<(), StoreError> {
+    /// Makes everything written durable, and answers the last record's position and the
+    /// hash it carries, read back from the store (none when empty).
+    pub fn finish(self) -> Result<Option<(u64, Hash)>, StoreError> {
         self.db.flush().map_err(io)?;
-        Ok(())
+        let Some((position, bytes)) = last_record(&self.log, Layout::Paged)? else {
+            return Ok(None);
+        };
+        let raw = RawRecord::parse(&bytes).map_err(|e| corrupt(position, e.to_string()))?;
+        Ok(Some((position, raw.hash)))
     }
 }
 
@@ -455,13 +580,15 @@ pub fn open_raw(data_dir: &Path) -> Result<RawStore, StoreError> {
     // second pass over the same store (bench replay's rounds) runs from memory.
     let db = sled::Config::new().path(&dir).open().map_err(io)?;
     let log = db.open_tree("log").map_err(io)?;
-    Ok(RawStore { _db: db, log })
+    let layout = layout(&db, &log, false)?;
+    Ok(RawStore { db, log, layout })
 }
 
 /// A store opened by [`open_raw`].
 pub struct RawStore {
-    _db: sled::Db,
+    db: sled::Db,
     log: sled::Tree,
+    layout: Layout,
 }
 
 impl RawStore {
@@ -482,30 +609,36 @@ impl RawStore {
 
     /// A reader of every record, for [`super::parallel_decode::parallel_map`].
     pub fn reader(&self) -> Result<super::parallel_decode::Reader<StoreError>, StoreError> {
-        Ok(tree_reader(self.log.clone(), 1, self.last_position()?))
+        Ok(tree_reader(
+            self.log.clone(),
+            self.layout,
+            1,
+            self.last_position()?,
+        ))
     }
 
     /// Every record of the log tree, in key order.
     pub fn records(&self) -> impl Iterator<Item = Result<(u64, sled::IVec), StoreError>> + '_ {
-        raw_iter(&self.log, 1, u64::MAX)
+        raw_iter(&self.log, self.layout, 1, u64::MAX)
     }
 
     /// The last record: its position and the hash it carries (none when empty).
     pub fn head(&self) -> Result<Option<(u64, Hash)>, StoreError> {
-        let Some((k, v)) = self.log.last().map_err(io)? else {
+        let Some((position, v)) = last_record(&self.log, self.layout)? else {
             return Ok(None);
         };
-        let position = read_be(&k).ok_or_else(|| corrupt(0, "log key is not 8 bytes"))?;
         let raw = RawRecord::parse(&v).map_err(|e| corrupt(position, e.to_string()))?;
         Ok(Some((position, raw.hash)))
     }
 
-    /// The last position key (0 when empty).
+    /// How many sled entries hold the records (fewer than the records when paged).
+    pub fn entries(&self) -> Result<usize, StoreError> {
+        Ok(self.log.len())
+    }
+
+    /// The last position stored (0 when empty).
     pub fn last_position(&self) -> Result<u64, StoreError> {
-        Ok(match self.log.last().map_err(io)? {
-            Some((k, _)) => read_be(&k).unwrap_or(0),
-            None => 0,
-        })
+        Ok(last_record(&self.log, self.layout)?.map_or(0, |(p, _)| p))
     }
 
     /// The leaf hashes of positions `1..=through` in order, handed to `sink` a range at a
@@ -528,7 +661,7 @@ impl RawStore {
             let (tx, rx) =
                 std::sync::mpsc::sync_channel::<(u64, Result<Vec<Hash>, StoreError>)>(threads * 4);
             for _ in 0..threads {
-                let (tx, next, log) = (tx.clone(), &next, &self.log);
+                let (tx, next, log, layout) = (tx.clone(), &next, &self.log, self.layout);
                 scope.spawn(move || loop {
                     let r = next.fetch_add(1, Ordering::Relaxed);
                     if r >= ranges {
@@ -538,7 +671,7 @@ impl RawStore {
                     let mut hashes = Vec::with_capacity((to - from + 1) as usize);
                     let mut expected = from;
                     let mut failed = None;
-                    for item in raw_iter(log, from, to) {
+                    for item in raw_iter(log, layout, from, to) {
                         match item {
                             Ok((pos, bytes)) if pos == expected => {
                                 hashes.push(leaf_hash(&bytes));
@@ -590,20 +723,34 @@ impl RawStore {
 
     /// The stored record at `pos`.
     pub fn record(&self, pos: u64) -> Result<Vec<u8>, StoreError> {
-        match self.log.get(pos.to_be_bytes()).map_err(io)? {
+        match record_at(&self.log, self.layout, pos)? {
             Some(v) => Ok(v.to_vec()),
             None => Err(corrupt(pos, "missing")),
         }
     }
 
-    /// The log tree itself (tests damage records through it on purpose).
-    pub fn log_tree(&self) -> &sled::Tree {
-        &self.log
-    }
-
-    /// Flushes (after a test changed something).
-    pub fn flush(&self) -> Result<(), StoreError> {
-        self._db.flush().map(|_| ()).map_err(io)
+    /// Replaces the record at `pos` with `record`, or removes it (`None`), leaving every
+    /// other record where it was; then flushes. Only tests use it, to damage a store on
+    /// purpose: nothing else ever changes a stored record.
+    pub fn damage(&self, pos: u64, record: Option<&[u8]>) -> Result<(), StoreError> {
+        let page = page_at(&self.log, self.layout, pos)?
+            .filter(|p| p.get(pos).is_some())
+            .ok_or_else(|| corrupt(pos, "missing"))?;
+        let mut pages = PageWriter::new(self.layout);
+        for p in page.first()..=page.last() {
+            match (p == pos, record) {
+                (true, None) => {}
+                (true, Some(r)) => pages.push(p, r),
+                (false, _) => pages.push(p, &page.get(p).unwrap_or_default()),
+            }
+        }
+        let mut batch = sled::Batch::default();
+        batch.remove(&be(page.first()));
+        for (first, value) in pages.finish() {
+            batch.insert(&be(first), value);
+        }
+        self.log.apply_batch(batch).map_err(io)?;
+        self.db.flush().map(|_| ()).map_err(io)
     }
 }
 
@@ -626,7 +773,12 @@ impl EventLog for SledEventLog {
     }
 
     fn records(&self, from: u64) -> super::parallel_decode::Reader<StoreError> {
-        tree_reader(self.shared.log.clone(), from, self.head().position)
+        tree_reader(
+            self.shared.log.clone(),
+            self.shared.layout,
+            from,
+            self.head().position,
+        )
     }
 
     fn durability(&self) -> Durability {
@@ -675,10 +827,15 @@ impl EventLog for SledEventLog {
     }
 
     fn read_all(&self, from: u64, limit: usize) -> Result<Vec<Envelope>, StoreError> {
-        raw_iter(&self.shared.log, from, self.head().position)
-            .take(limit)
-            .map(decode_raw)
-            .collect()
+        raw_iter(
+            &self.shared.log,
+            self.shared.layout,
+            from,
+            self.head().position,
+        )
+        .take(limit)
+        .map(decode_raw)
+        .collect()
     }
 
     fn read_stream(
@@ -702,11 +859,7 @@ impl EventLog for SledEventLog {
         positions
             .into_iter()
             .map(|pos| {
-                let bytes = self
-                    .shared
-                    .log
-                    .get(be(pos))
-                    .map_err(io)?
+                let bytes = record_at(&self.shared.log, self.shared.layout, pos)?
                     .ok_or_else(|| corrupt(pos, "indexed record is missing"))?;
                 decode_raw(Ok((pos, bytes)))
             })
@@ -730,6 +883,7 @@ impl EventLog for SledEventLog {
 /// The single writer. Owns position assignment, the chain head, and the authoritative
 /// stream versions and event ids.
 struct Writer {
+    layout: Layout,
     shared: Arc<Shared>,
     next_position: u64,
     last_hash: Hash,
@@ -748,9 +902,8 @@ fn stream_tag(stream: &StreamId) -> u64 {
 }
 
 /// One group commit being built.
-#[derive(Default)]
 struct Batch {
-    records: sled::Batch,
+    records: PageWriter,
     envelopes: Vec<Envelope>,
     /// The records' leaf hashes, for the tree.
     leaves: Vec<Hash>,
@@ -808,7 +961,12 @@ impl Writer {
             started: std::time::Instant::now(),
             now_us,
             recorded_at: DateTime::<Utc>::from_timestamp_micros(now_us).unwrap_or_default(),
-            batch: Batch::default(),
+            batch: Batch {
+                records: PageWriter::new(self.layout),
+                envelopes: Vec::new(),
+                leaves: Vec::new(),
+                ids: FxHashMap::default(),
+            },
             replies: Vec::new(),
             events: 0,
         }
@@ -858,7 +1016,11 @@ impl Writer {
                 started,
             });
         }
-        if let Err(e) = self.shared.log.apply_batch(batch.records) {
+        let mut pages = sled::Batch::default();
+        for (first, page) in batch.records.finish() {
+            pages.insert(&be(first), page);
+        }
+        if let Err(e) = self.shared.log.apply_batch(pages) {
             fail(&self.shared, replies, io(e));
             return None;
         }
@@ -914,7 +1076,7 @@ impl Writer {
             if self.shared.tree.is_some() {
                 batch.leaves.push(leaf_hash(&bytes));
             }
-            batch.records.insert(&be(position), bytes);
+            batch.records.push(position, &bytes);
             batch.ids.insert(p.event_id, (position, tag));
             batch.envelopes.push(Envelope {
                 position,

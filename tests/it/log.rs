@@ -196,6 +196,82 @@ async fn positions_versions_and_hashes_survive_reopen() {
     assert_eq!(all[1].prev_hash, all[0].hash);
 }
 
+/// Format 2 stores records in pages, format 1 one per sled entry; both must answer every
+/// read the same way, before and after reopening, whatever the group sizes were.
+#[tokio::test]
+async fn paged_and_one_record_stores_read_alike() {
+    for format in [1u64, 2] {
+        let dir = tempfile::tempdir().unwrap();
+        if format == 1 {
+            let db = sled::open(dir.path().join("store")).unwrap();
+            db.open_tree("meta")
+                .unwrap()
+                .insert("format", &format.to_be_bytes())
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let log = SledEventLog::open(dir.path()).unwrap();
+        // One large group (many pages), then small ones (a page each), side by side.
+        let big: Vec<_> = (0..700).map(some_user_event).collect();
+        append(&*log, user(1), ExpectedVersion::Any, big).await;
+        let small = (0..40u64).map(|n| {
+            let log = log.clone();
+            async move {
+                append(
+                    &*log,
+                    user(2 + u128::from(n % 3)),
+                    ExpectedVersion::Any,
+                    vec![some_user_event(n)],
+                )
+                .await
+            }
+        });
+        futures_util::future::join_all(small).await;
+        let head = log.head();
+        assert_eq!(head.position, 740);
+        let all = log.read_all(1, 10_000).unwrap();
+        let check = |log: &SledEventLog| {
+            for from in [1u64, 2, 17, 255, 256, 257, 699, 700, 701, 739, 740] {
+                let got = log.read_all(from, 3).unwrap();
+                let want: Vec<_> = all
+                    .iter()
+                    .skip(from as usize - 1)
+                    .take(3)
+                    .cloned()
+                    .collect();
+                assert_eq!(got, want, "format {format}, from {from}");
+            }
+            assert!(log.read_all(741, 3).unwrap().is_empty());
+            let stream = log.read_stream(&StreamId::user(user(1)), 650, 100).unwrap();
+            assert_eq!(stream.len(), 51);
+            assert_eq!(stream[0].position, 650);
+        };
+        check(&log);
+        drop(log);
+        let log = reopen(dir.path()).await;
+        assert_eq!(log.head(), head);
+        check(&log);
+        drop(log);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let raw = idledger::store::sled_log::open_raw(dir.path()).unwrap();
+        assert_eq!(raw.head().unwrap(), Some((740, head.hash)));
+        for p in [1u64, 300, 700, 740] {
+            let bytes = raw.record(p).unwrap();
+            assert_eq!(
+                idledger_domain::envelope::decode_record(&bytes).unwrap(),
+                all[p as usize - 1]
+            );
+        }
+        assert_eq!(raw.records().count(), 740);
+        let entries = raw.entries().unwrap();
+        if format == 1 {
+            assert_eq!(entries, 740);
+        } else {
+            assert!(entries < 100, "{entries} sled entries for 740 records");
+        }
+    }
+}
+
 #[tokio::test]
 async fn catch_up_subscription_has_no_gap_and_no_duplicate() {
     let dir = tempfile::tempdir().unwrap();

@@ -387,7 +387,7 @@ impl FollowCopy {
     /// After an error the copy must be opened again.
     pub fn take(
         &mut self,
-        increment: impl std::io::Read,
+        increment: impl std::io::Read + Send,
         now_secs: u64,
     ) -> Result<u64, BackupError> {
         if self.broken {

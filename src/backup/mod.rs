@@ -460,6 +460,130 @@ fn chunk_records(
     Ok(next)
 }
 
+/// A chunk section as read, its records framed: where each starts and ends in `bytes`.
+struct FramedChunk {
+    first: u64,
+    bytes: Vec<u8>,
+    ranges: Vec<(usize, usize)>,
+}
+
+/// A chunk hashed and its records checked ([`CheckedRecord::check`]), in order.
+struct CheckedChunk {
+    bytes: Vec<u8>,
+    ranges: Vec<(usize, usize)>,
+    records: Vec<CheckedRecord>,
+    sha256: String,
+}
+
+type Done = std::sync::mpsc::SyncSender<CheckedChunk>;
+
+impl FramedChunk {
+    fn check(self) -> CheckedChunk {
+        let records = self
+            .ranges
+            .iter()
+            .zip(self.first..)
+            .map(|(&(start, end), position)| {
+                CheckedRecord::check(position, &self.bytes[start..end])
+            })
+            .collect();
+        CheckedChunk {
+            sha256: sha256_hex(&self.bytes),
+            bytes: self.bytes,
+            ranges: self.ranges,
+            records,
+        }
+    }
+}
+
+/// A chunk handed on in file order, with where its checked form will come from.
+struct Framed {
+    first: u64,
+    part: String,
+    done: std::sync::mpsc::Receiver<CheckedChunk>,
+}
+
+/// What the reading thread found besides the chunks.
+struct FileParts {
+    manifest: Manifest,
+    sealed: SealedFiles,
+    contents_sha256: String,
+    /// The position after the last record.
+    next: u64,
+}
+
+/// Reads sections up to the manifest, handing each chunk (framed) to the next of `workers`
+/// and, in order, to `out`.
+fn read_sections(
+    input: impl Read,
+    from: u64,
+    out: std::sync::mpsc::SyncSender<Framed>,
+    workers: Vec<std::sync::mpsc::SyncSender<(FramedChunk, Done)>>,
+) -> Result<FileParts, BackupError> {
+    let mut sections = SectionReader::open(input)?;
+    let mut sealed = SealedFiles::default();
+    let mut next = from;
+    let mut count = 0usize;
+    let stopped = || refused("file", "reading stopped");
+    loop {
+        let part = || format!("chunk {} (from position {next})", count + 1);
+        let (tag, bytes) = match sections.next(part)? {
+            Section::Whole { tag, bytes } => (tag, bytes),
+            Section::End => {
+                return Err(refused(
+                    "manifest",
+                    format!("missing: the file ends after position {}", next - 1),
+                ))
+            }
+            Section::Torn { part, detail } => return Err(refused(part, detail)),
+        };
+        match tag {
+            b'M' => {
+                let manifest: Manifest = serde_json::from_slice(&bytes)
+                    .map_err(|e| refused("manifest", format!("unreadable: {e}")))?;
+                if !sections.at_end()? {
+                    return Err(refused("manifest", "bytes follow it"));
+                }
+                return Ok(FileParts {
+                    manifest,
+                    sealed,
+                    contents_sha256: hex::encode(sections.hash.finalize()),
+                    next,
+                });
+            }
+            b'C' => {
+                let part = part();
+                let (mut ranges, mut end) = (vec![], 0);
+                let after = chunk_records(&bytes, next, &part, |_, rec| {
+                    // Records follow one another, each after its 4-byte length.
+                    ranges.push((end + 4, end + 4 + rec.len()));
+                    end += 4 + rec.len();
+                    Ok(())
+                })?;
+                let (done_tx, done_rx) = std::sync::mpsc::sync_channel(1);
+                let framed = FramedChunk {
+                    first: next,
+                    bytes,
+                    ranges,
+                };
+                workers[count % workers.len()]
+                    .send((framed, done_tx))
+                    .map_err(|_| stopped())?;
+                out.send(Framed {
+                    first: next,
+                    part,
+                    done: done_rx,
+                })
+                .map_err(|_| stopped())?;
+                next = after;
+                count += 1;
+            }
+            b'K' => sealed.keystore = Some(bytes),
+            _ => sealed.log_key = Some(bytes),
+        }
+    }
+}
+
 /// What [`read`] found in a file.
 pub struct Contents {
     /// The manifest.
@@ -474,7 +598,7 @@ pub struct Contents {
 /// was read once it is reached, so a caller must not keep what `record` heard unless this
 /// answers `Ok`.
 pub fn read(
-    input: impl Read,
+    input: impl Read + Send,
     record: impl FnMut(&CheckedRecord, &[u8]) -> Result<(), BackupError>,
 ) -> Result<Contents, BackupError> {
     let contents = read_with(input, &mut Verifier::new(), record)?;
@@ -493,54 +617,66 @@ pub fn read(
 /// on through the file's records. After an error `verifier` holds records the file did
 /// not prove; start again with a new one.
 pub fn read_with(
-    input: impl Read,
+    input: impl Read + Send,
     verifier: &mut Verifier,
     mut record: impl FnMut(&CheckedRecord, &[u8]) -> Result<(), BackupError>,
 ) -> Result<Contents, BackupError> {
-    let mut sections = SectionReader::open(input)?;
     let from = verifier.last_position() + 1;
-    let mut chunks: Vec<ChunkEntry> = Vec::new();
-    let mut sealed = SealedFiles::default();
-    let mut next = from;
-    let manifest = loop {
-        let part = || format!("chunk {} (from position {next})", chunks.len() + 1);
-        let (tag, bytes) = match sections.next(part)? {
-            Section::Whole { tag, bytes } => (tag, bytes),
-            Section::End => {
-                return Err(refused(
-                    "manifest",
-                    format!("missing: the file ends after position {}", next - 1),
-                ))
-            }
-            Section::Torn { part, detail } => return Err(refused(part, detail)),
-        };
-        match tag {
-            b'M' => {
-                let manifest: Manifest = serde_json::from_slice(&bytes)
-                    .map_err(|e| refused("manifest", format!("unreadable: {e}")))?;
-                if !sections.at_end()? {
-                    return Err(refused("manifest", "bytes follow it"));
-                }
-                break manifest;
-            }
-            b'C' => {
-                let first = next;
-                let part = part();
-                next = chunk_records(&bytes, next, &part, |position, rec| {
-                    let checked = CheckedRecord::check(position, rec);
-                    verifier.accept(&checked);
-                    record(&checked, rec)
-                })?;
-                chunks.push(ChunkEntry {
-                    first,
-                    last: next - 1,
-                    sha256: sha256_hex(&bytes),
+    let checkers = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 4));
+    // Three stages: one thread reads and frames sections, `checkers` threads hash and
+    // decode whole chunks (everything that needs nothing but the chunk), and this thread
+    // takes the chunks back in file order for the checks that need what came before, and
+    // for `record`.
+    let (chunks, read) = std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Framed>(2 * checkers);
+        let workers: Vec<_> = (0..checkers)
+            .map(|_| {
+                let (tx, rx) = std::sync::mpsc::sync_channel::<(FramedChunk, Done)>(1);
+                scope.spawn(move || {
+                    for (chunk, done) in rx {
+                        let _ = done.send(chunk.check());
+                    }
                 });
+                tx
+            })
+            .collect();
+        let reader = scope.spawn(move || read_sections(input, from, tx, workers));
+        let mut chunks: Vec<ChunkEntry> = Vec::new();
+        let mut failed = None;
+        for framed in rx {
+            let Ok(checked) = framed.done.recv() else {
+                failed = Some(refused(framed.part, "the thread checking it stopped"));
+                break;
+            };
+            let records = checked.records.iter().zip(&checked.ranges);
+            if let Err(e) = records.into_iter().try_for_each(|(c, &(start, end))| {
+                verifier.accept(c);
+                record(c, &checked.bytes[start..end])
+            }) {
+                failed = Some(e);
+                break;
             }
-            b'K' => sealed.keystore = Some(bytes),
-            _ => sealed.log_key = Some(bytes),
+            chunks.push(ChunkEntry {
+                first: framed.first,
+                last: framed.first + checked.records.len() as u64 - 1,
+                sha256: checked.sha256,
+            });
         }
-    };
+        // Dropping the channel (with `rx`, above) stops a reader still going.
+        let read = reader
+            .join()
+            .unwrap_or_else(|_| Err(refused("file", "the thread reading it stopped")));
+        match failed {
+            Some(e) => Err(e),
+            None => Ok((chunks, read)),
+        }
+    })?;
+    let FileParts {
+        manifest,
+        sealed,
+        contents_sha256,
+        next,
+    } = read?;
     if manifest.format != "idledger-backup" || manifest.version != 1 {
         return Err(refused(
             "manifest",
@@ -592,7 +728,7 @@ pub fn read_with(
     if sealed.log_key.as_deref().map(sha256_hex) != manifest.log_key_sha256 {
         return Err(refused("log key", "differs from the manifest's SHA-256"));
     }
-    if hex::encode(sections.hash.clone().finalize()) != manifest.contents_sha256 {
+    if contents_sha256 != manifest.contents_sha256 {
         return Err(refused("contents", "differ from the manifest's SHA-256"));
     }
     if let Some(p) = verifier.first_problem() {

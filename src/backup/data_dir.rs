@@ -3,6 +3,7 @@
 
 use super::follow::CopySnapshot;
 use super::{read, refused, BackupError, BackupWriter, Contents, Manifest, CHUNK};
+use crate::store::page::{Layout, PageWriter};
 use crate::store::sled_log::{import_records, open_raw, RawStore};
 use crate::store::StoreError;
 use idledger_projections::Projections;
@@ -185,9 +186,23 @@ pub fn restore(
 /// Threads writing into the store.
 const WRITERS: usize = 2;
 
-/// Records handed from the reading thread to a writing one: `(position, bytes)`, and
-/// their leaf hashes.
-type Batch = (Vec<(u64, Vec<u8>)>, Vec<u8>);
+/// Records handed from the reading thread to a writing one: their pages, and their leaf
+/// hashes.
+struct Batch {
+    pages: PageWriter,
+    records: usize,
+    leaves: Vec<u8>,
+}
+
+impl Batch {
+    fn new() -> Self {
+        Batch {
+            pages: PageWriter::new(Layout::Paged),
+            records: 0,
+            leaves: Vec::with_capacity(CHUNK * 32),
+        }
+    }
+}
 
 /// [`restore`]'s work, into `staging`.
 fn restore_into(
@@ -196,17 +211,18 @@ fn restore_into(
     mut progress: impl FnMut(u64),
 ) -> Result<Restored, BackupError> {
     let importer = import_records(staging)?;
-    // Two writers, taking batches in turn: sled's inserts are the slow part, and they run
-    // side by side in distinct ranges of positions.
+    // Two writers, taking batches in turn, so that sled's inserts run side by side in
+    // distinct ranges of positions. Pages are made here: one copy of each record, not a
+    // copy and then a page.
     let writers: Vec<_> = (0..WRITERS)
         .map(|_| {
             let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(2);
             let importer = importer.clone();
             let thread = std::thread::spawn(move || -> Result<Vec<Vec<u8>>, BackupError> {
                 let mut leaves = Vec::new();
-                for (records, hashes) in rx {
-                    importer.put(&records)?;
-                    leaves.push(hashes);
+                for batch in rx {
+                    importer.put(batch.pages.finish())?;
+                    leaves.push(batch.leaves);
                 }
                 Ok(leaves)
             });
@@ -215,7 +231,7 @@ fn restore_into(
         .collect();
     let mut turn = 0usize;
     let mut projections = Projections::new();
-    let mut batch: Batch = (Vec::with_capacity(CHUNK), Vec::with_capacity(CHUNK * 32));
+    let mut batch = Batch::new();
     let gone = || refused("store", "the writer stopped");
     let read = from.read(|checked, bytes| {
         let (Ok(env), Some(leaf)) = (&checked.envelope, checked.leaf) else {
@@ -223,13 +239,11 @@ fn restore_into(
             return Ok(());
         };
         projections.apply(env);
-        batch.0.push((checked.position, bytes.to_vec()));
-        batch.1.extend_from_slice(&leaf.0);
-        if batch.0.len() == CHUNK {
-            let full = std::mem::replace(
-                &mut batch,
-                (Vec::with_capacity(CHUNK), Vec::with_capacity(CHUNK * 32)),
-            );
+        batch.pages.push(checked.position, bytes);
+        batch.records += 1;
+        batch.leaves.extend_from_slice(&leaf.0);
+        if batch.records == CHUNK {
+            let full = std::mem::replace(&mut batch, Batch::new());
             writers[turn % WRITERS].0.send(full).map_err(|_| gone())?;
             turn += 1;
             progress(checked.position);

@@ -543,15 +543,11 @@ pub struct Importer {
 }
 
 impl Importer {
-    /// Writes `records` (position, stored bytes, consecutive) as pages. Page by page, not
-    /// as one sled batch: a batch takes the tree's write lock, so two threads could not
-    /// fill it at once. A restore that stops half-way throws the whole store away.
-    pub fn put(&self, records: &[(u64, Vec<u8>)]) -> Result<(), StoreError> {
-        let mut pages = PageWriter::new(Layout::Paged);
-        for (position, bytes) in records {
-            pages.push(*position, bytes);
-        }
-        for (first, page) in pages.finish() {
+    /// Writes pages made by a [`PageWriter`] of [`Layout::Paged`]. Page by page, not as one
+    /// sled batch: a batch takes the tree's write lock, so two threads could not fill it at
+    /// once. A restore that stops half-way throws the whole store away.
+    pub fn put(&self, pages: Vec<(u64, Vec<u8>)>) -> Result<(), StoreError> {
+        for (first, page) in pages {
             self.log.insert(be(first), page).map_err(io)?;
         }
         Ok(())

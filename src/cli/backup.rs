@@ -204,7 +204,7 @@ async fn follow(args: &BackupArgs, base: &str, token: &str) -> Result<ExitCode, 
 
 /// The follower's loop: asks for increments from the copy's position on and takes them;
 /// `taken` hears the copy after each. Ends once caught up with the head, with `--once` or
-/// once `stop` is set.
+/// once `stop` is set (caught up with a head read after it was set).
 pub(crate) async fn keep_following(
     args: &BackupArgs,
     base: &str,
@@ -232,6 +232,9 @@ pub(crate) async fn keep_following(
     let mut added = 0u64;
     let mut failures = 0u32;
     loop {
+        // Read before asking: the last increment must be asked for after the stop, or
+        // records appended between the two would be left out.
+        let stopping = stop.is_some_and(|s| s.load(std::sync::atomic::Ordering::Acquire));
         let from = copy.position() + 1;
         let (body, head) = match increment(&http, base, token, from, copy.keystore_sha256()).await {
             Ok(answer) => answer,
@@ -264,7 +267,7 @@ pub(crate) async fn keep_following(
         taken(&copy);
         added += n;
         if copy.position() >= head {
-            if args.once || stop.is_some_and(|s| s.load(std::sync::atomic::Ordering::Acquire)) {
+            if args.once || stopping {
                 break;
             }
             tokio::time::sleep(interval).await;

@@ -363,6 +363,14 @@ async fn a_following_copy_killed_again_and_again_resumes_without_gaps_and_restor
     running.start_kill().unwrap();
     running.wait().await.unwrap();
 
+    // Enough records for several sealed segments, however slow this machine is today.
+    for _ in 0..600 {
+        let health = serve.call(Method::GET, "/healthz", None).await;
+        if health["head_position"].as_u64().unwrap_or(0) > 1200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     for w in writers {
         w.abort();
     }

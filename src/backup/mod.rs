@@ -629,17 +629,17 @@ pub fn read_with(
     // for `record`.
     let (chunks, read) = std::thread::scope(|scope| {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Framed>(2 * checkers);
-        let workers: Vec<_> = (0..checkers)
+        let (workers, checking): (Vec<_>, Vec<_>) = (0..checkers)
             .map(|_| {
                 let (tx, rx) = std::sync::mpsc::sync_channel::<(FramedChunk, Done)>(1);
-                scope.spawn(move || {
+                let thread = scope.spawn(move || {
                     for (chunk, done) in rx {
                         let _ = done.send(chunk.check());
                     }
                 });
-                tx
+                (tx, thread)
             })
-            .collect();
+            .unzip();
         let reader = scope.spawn(move || read_sections(input, from, tx, workers));
         let mut chunks: Vec<ChunkEntry> = Vec::new();
         let mut failed = None;
@@ -666,6 +666,11 @@ pub fn read_with(
         let read = reader
             .join()
             .unwrap_or_else(|_| Err(refused("file", "the thread reading it stopped")));
+        // Joined here, a checker that panicked is the refusal above, not a panic of the
+        // whole scope.
+        for thread in checking {
+            let _ = thread.join();
+        }
         match failed {
             Some(e) => Err(e),
             None => Ok((chunks, read)),

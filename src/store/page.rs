@@ -192,11 +192,6 @@ impl PageWriter {
         self.seal();
         self.done
     }
-
-    /// Whether nothing was added.
-    pub fn is_empty(&self) -> bool {
-        self.done.is_empty() && self.ends.is_empty()
-    }
 }
 
 #[cfg(test)]

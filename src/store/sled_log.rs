@@ -318,7 +318,6 @@ impl SledEventLog {
         });
         let (tx, rx) = mpsc::unbounded_channel();
         let writer = Writer {
-            layout,
             shared: shared.clone(),
             next_position: rebuilt.head.position + 1,
             last_hash: rebuilt.head.hash,
@@ -446,6 +445,15 @@ fn last_record(log: &sled::Tree, layout: Layout) -> Result<Option<(u64, sled::IV
     Ok(page.get(page.last()).map(|bytes| (page.last(), bytes)))
 }
 
+/// The last record's position and the hash it carries (none when empty).
+fn head_of(log: &sled::Tree, layout: Layout) -> Result<Option<(u64, Hash)>, StoreError> {
+    let Some((position, bytes)) = last_record(log, layout)? else {
+        return Ok(None);
+    };
+    let raw = RawRecord::parse(&bytes).map_err(|e| corrupt(position, e.to_string()))?;
+    Ok(Some((position, raw.hash)))
+}
+
 fn read_key(key: &[u8], near: u64) -> Result<u64, StoreError> {
     read_be(key).ok_or_else(|| corrupt(near, "log key is not 8 bytes"))
 }
@@ -562,11 +570,7 @@ impl Importer {
     /// hash it carries, read back from the store (none when empty).
     pub fn finish(self) -> Result<Option<(u64, Hash)>, StoreError> {
         self.db.flush().map_err(io)?;
-        let Some((position, bytes)) = last_record(&self.log, Layout::Paged)? else {
-            return Ok(None);
-        };
-        let raw = RawRecord::parse(&bytes).map_err(|e| corrupt(position, e.to_string()))?;
-        Ok(Some((position, raw.hash)))
+        head_of(&self.log, Layout::Paged)
     }
 }
 
@@ -625,11 +629,7 @@ impl RawStore {
 
     /// The last record: its position and the hash it carries (none when empty).
     pub fn head(&self) -> Result<Option<(u64, Hash)>, StoreError> {
-        let Some((position, v)) = last_record(&self.log, self.layout)? else {
-            return Ok(None);
-        };
-        let raw = RawRecord::parse(&v).map_err(|e| corrupt(position, e.to_string()))?;
-        Ok(Some((position, raw.hash)))
+        head_of(&self.log, self.layout)
     }
 
     /// How many sled entries hold the records (fewer than the records when paged).
@@ -884,7 +884,6 @@ impl EventLog for SledEventLog {
 /// The single writer. Owns position assignment, the chain head, and the authoritative
 /// stream versions and event ids.
 struct Writer {
-    layout: Layout,
     shared: Arc<Shared>,
     next_position: u64,
     last_hash: Hash,
@@ -963,7 +962,7 @@ impl Writer {
             now_us,
             recorded_at: DateTime::<Utc>::from_timestamp_micros(now_us).unwrap_or_default(),
             batch: Batch {
-                records: PageWriter::new(self.layout),
+                records: PageWriter::new(self.shared.layout),
                 envelopes: Vec::new(),
                 leaves: Vec::new(),
                 ids: FxHashMap::default(),

@@ -384,16 +384,7 @@ async fn a_following_copy_killed_again_and_again_resumes_without_gaps_and_restor
     let note = std::fs::read_to_string(copy.join("signed-tree-head")).unwrap();
     let size: u64 = note.lines().nth(1).unwrap().parse().unwrap();
     assert!(size > 0 && size <= position, "{note}");
-    let public_key = serve
-        .http
-        .get(format!("{}/v1/log/public-key", serve.url))
-        .bearer_auth(&serve.token)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let public_key = serve.get("/v1/log/public-key").await.text().await.unwrap();
     idledger_replay::tree::LogPublicKey::parse(&public_key)
         .unwrap()
         .open(&note)
@@ -435,24 +426,12 @@ async fn a_following_copy_killed_again_and_again_resumes_without_gaps_and_restor
         "from=1&extra=1",
         "from=x",
     ] {
-        let r = serve
-            .http
-            .get(format!("{}/v1/backup?{query}", serve.url))
-            .bearer_auth(&serve.token)
-            .send()
-            .await
-            .unwrap();
+        let r = serve.get(&format!("/v1/backup?{query}")).await;
         assert_eq!(r.status(), reqwest::StatusCode::BAD_REQUEST, "{query}");
     }
 
     // An increment bounded by bytes holds at least one record, and says where the log is.
-    let r = serve
-        .http
-        .get(format!("{}/v1/backup?from=2&max_bytes=1", serve.url))
-        .bearer_auth(&serve.token)
-        .send()
-        .await
-        .unwrap();
+    let r = serve.get("/v1/backup?from=2&max_bytes=1").await;
     let head: u64 = r.headers()["x-idledger-log-head"]
         .to_str()
         .unwrap()
@@ -576,13 +555,7 @@ async fn a_restore_names_users_deleted_after_the_backup_was_taken() {
         .await;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let r = serve
-            .http
-            .get(format!("{}/v1/users/{user}", serve.url))
-            .bearer_auth(&serve.token)
-            .send()
-            .await
-            .unwrap();
+        let r = serve.get(&format!("/v1/users/{user}")).await;
         let status = r.status();
         let body: Value = r.json().await.unwrap_or(Value::Null);
         if status == reqwest::StatusCode::NOT_FOUND || body["status"] == "deleted" {

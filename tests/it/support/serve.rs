@@ -68,6 +68,16 @@ impl Serve {
         self.child.wait().unwrap();
     }
 
+    /// A GET with the admin token, answered as it comes (any status).
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn call(
         &self,
         method: reqwest::Method,

@@ -139,6 +139,8 @@ pub struct Recorded {
     key_writes: Family<KeyWriteLabels, Counter>,
     sign_ins: Family<SignInLabels, Counter>,
     tokens: Family<TokenLabels, Counter>,
+    connections: Gauge,
+    connections_max: Gauge,
 }
 
 static RECORDED: LazyLock<Recorded> = LazyLock::new(|| Recorded {
@@ -158,6 +160,8 @@ static RECORDED: LazyLock<Recorded> = LazyLock::new(|| Recorded {
     key_writes: Family::default(),
     sign_ins: Family::default(),
     tokens: Family::default(),
+    connections: Gauge::default(),
+    connections_max: Gauge::default(),
 });
 
 /// Graph operations, as the client names them.
@@ -252,6 +256,16 @@ impl Recorded {
 
     /// Every recorded family in `registry`, under its documented name.
     fn register(&self, r: &mut Registry) {
+        r.register(
+            "idledger_http_connections_open",
+            "HTTP connections open now",
+            self.connections.clone(),
+        );
+        r.register(
+            "idledger_http_connections_max",
+            "HTTP connections allowed at once (max_connections); at the cap new ones wait",
+            self.connections_max.clone(),
+        );
         r.register(
             "idledger_http_request_duration_seconds",
             "HTTP requests by method, route template and status class",
@@ -366,6 +380,21 @@ fn method_label(m: &axum::http::Method) -> &'static str {
 /// the first `}`.
 fn route_label(template: &str) -> String {
     template.replace('{', ":").replace('}', "")
+}
+
+/// A listener allows `max` connections at once.
+pub fn connections_allowed(max: usize) {
+    RECORDED.connections_max.set(max as i64);
+}
+
+/// A connection took a slot.
+pub fn connection_opened() {
+    RECORDED.connections.inc();
+}
+
+/// A connection gave its slot back.
+pub fn connection_closed() {
+    RECORDED.connections.dec();
 }
 
 /// One HTTP request answered.

@@ -83,8 +83,7 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode, Error> {
         .wait_for(position, Duration::from_secs(10))
         .await
         .map_err(|e| Error::Other(e.to_string()))?;
-    let listener = tokio::net::TcpListener::bind(&config.listen)
-        .await
+    let listener = std::net::TcpListener::bind(&config.listen)
         .map_err(|e| Error::Other(format!("cannot listen on {}: {e}", config.listen)))?;
     let addr = listener.local_addr()?;
     let url = format!("http://{addr}");
@@ -99,6 +98,8 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode, Error> {
     let server = tokio::spawn(crate::http::serve(
         listener,
         crate::console::app(state),
+        config.limits(),
+        None,
         async {
             let _ = stopped.await;
         },

@@ -8,6 +8,7 @@ mod backup;
 mod domains;
 mod error;
 mod events;
+pub mod listen;
 mod meta;
 pub mod openapi;
 mod origin;
@@ -24,6 +25,7 @@ mod workstation;
 pub use auth::{new_token_text, token_hash, Principal};
 pub use error::ApiError;
 pub use events::StreamSlots;
+pub use listen::{serve, Limits};
 pub use origin::PublicUrl;
 pub use session::Sessions;
 
@@ -559,55 +561,4 @@ pub struct Page<T> {
 /// A collection page as an answer.
 pub fn page<T: serde::Serialize>(items: Vec<T>, next: Option<String>) -> axum::Json<Page<T>> {
     axum::Json(Page { items, next })
-}
-
-/// Serves `app` (the API's [`router`], with the console's pages) on `listener` until
-/// `shutdown`; in-flight requests finish first.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    app: Router,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    // Nagle's algorithm would hold a response's last segment for the client's delayed ACK.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-}
-
-/// How long a stopping HTTPS server waits for open connections (event streams, say).
-const TLS_GRACE: Duration = Duration::from_secs(30);
-
-/// Serves `app` over HTTPS on `listener` until `shutdown`; in-flight requests finish
-/// first. `tls` may be reloaded meanwhile. Every answer carries `Strict-Transport-Security`.
-pub async fn serve_tls(
-    listener: std::net::TcpListener,
-    app: Router,
-    tls: axum_server::tls_rustls::RustlsConfig,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let handle = axum_server::Handle::new();
-    let stopping = handle.clone();
-    tokio::spawn(async move {
-        shutdown.await;
-        stopping.graceful_shutdown(Some(TLS_GRACE));
-    });
-    listener.set_nonblocking(true)?;
-    let app = app.layer(axum::middleware::map_response(strict_transport));
-    axum_server::tls_rustls::from_tcp_rustls(listener, tls)?
-        .handle(handle)
-        .serve(app.into_make_service())
-        .await
-}
-
-/// A year; no `includeSubDomains`, since the parent domain's other hosts are not ours.
-async fn strict_transport(mut response: axum::response::Response) -> axum::response::Response {
-    response.headers_mut().insert(
-        axum::http::header::STRICT_TRANSPORT_SECURITY,
-        axum::http::HeaderValue::from_static("max-age=31536000"),
-    );
-    response
 }

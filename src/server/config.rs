@@ -84,6 +84,12 @@ pub struct Config {
     pub agent_lease_secs: u64,
     /// Most event streams (SSE) open at once; the next is answered 503 with Retry-After.
     pub max_event_streams: usize,
+    /// Seconds a connection has to send each request's head (and the first request); an
+    /// idle keep-alive connection is closed after as long.
+    pub header_read_timeout_secs: u64,
+    /// Most connections open at once per listener (lowered to fit the process's file
+    /// descriptor limit); at the cap the next waits to be accepted.
+    pub max_connections: usize,
     /// The master key's file (see `--master-key-file`).
     pub master_key_file: Option<PathBuf>,
     /// Allow the master key inside the data dir (see `--allow-master-key-in-data-dir`).
@@ -168,6 +174,15 @@ impl Config {
         Ok(c)
     }
 
+    /// What each listener allows its clients, as configured (before the file descriptor
+    /// limit is taken into account: see `server::connection_limits`).
+    pub fn limits(&self) -> crate::http::Limits {
+        crate::http::Limits {
+            header_read_timeout: Duration::from_secs(self.header_read_timeout_secs),
+            max_connections: self.max_connections,
+        }
+    }
+
     /// Where the server's certificate and key are, when HTTPS is on.
     pub fn tls_files(&self) -> Option<super::tls::TlsFiles> {
         match (&self.tls_cert, &self.tls_key) {
@@ -237,6 +252,12 @@ impl Config {
             crate::http::PublicUrl::parse(u)
                 .map_err(|e| Error::Other(format!("public_url: {e}")))?;
         }
+        if !(1..=3600).contains(&self.header_read_timeout_secs) {
+            return Err(Error::Other("header_read_timeout_secs: 1 to 3600".into()));
+        }
+        if !(1..=1_000_000).contains(&self.max_connections) {
+            return Err(Error::Other("max_connections: 1 to 1000000".into()));
+        }
         if !(1..=86_400).contains(&self.tls_reload_secs) {
             return Err(Error::Other("tls_reload_secs: 1 to 86400".into()));
         }
@@ -272,6 +293,8 @@ impl Default for Config {
             durability: crate::store::Durability::Device,
             agent_lease_secs: 60,
             max_event_streams: 256,
+            header_read_timeout_secs: 20,
+            max_connections: 4096,
             master_key_file: None,
             allow_master_key_in_data_dir: false,
             sth_interval_ms: 1000,
@@ -333,6 +356,12 @@ impl Config {
         }
         if let Some(v) = env_setting("IDLEDGER_MAX_EVENT_STREAMS", "a number")? {
             c.max_event_streams = v;
+        }
+        if let Some(v) = env_setting("IDLEDGER_HEADER_READ_TIMEOUT_SECS", secs)? {
+            c.header_read_timeout_secs = v;
+        }
+        if let Some(v) = env_setting("IDLEDGER_MAX_CONNECTIONS", "a number")? {
+            c.max_connections = v;
         }
         if let Some(v) = env_setting("IDLEDGER_STH_INTERVAL_MS", "a number of milliseconds")? {
             c.sth_interval_ms = v;

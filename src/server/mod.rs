@@ -219,7 +219,8 @@ pub async fn run(
     let addr = listener.local_addr()?;
     // While the log opens and the projections catch up (minutes, on a large log), the port
     // already answers: `/readyz` and everything else 503, so an orchestrator waits.
-    let starting = Starting::serve(&listener, tls.as_ref().map(|(_, _, c)| c.clone()))?;
+    let limits = connection_limits(config);
+    let starting = Starting::serve(&listener, limits, tls.as_ref().map(|(_, _, c)| c.clone()))?;
     let started = start_with(data_dir, config, config.sync()?, config.rotation()).await;
     starting.stop().await;
     let (mut state, _) = started?;
@@ -245,11 +246,7 @@ pub async fn run(
     let log = state.engine.log.clone();
     let notary = state.notary.clone();
     match tls {
-        None => {
-            listener.set_nonblocking(true)?;
-            let listener = tokio::net::TcpListener::from_std(listener)?;
-            http::serve(listener, crate::console::app(state), shutdown).await?;
-        }
+        None => http::serve(listener, crate::console::app(state), limits, None, shutdown).await?,
         Some((files, seen, serving)) => {
             files.keep_loaded(
                 serving.clone(),
@@ -259,17 +256,21 @@ pub async fn run(
             let redirect = match &config.redirect_listen {
                 None => None,
                 Some(at) => {
-                    let plain = tokio::net::TcpListener::bind(at)
-                        .await
+                    let plain = std::net::TcpListener::bind(at)
                         .map_err(|e| Error::Other(format!("cannot listen on {at}: {e}")))?;
                     tracing::info!(addr = %plain.local_addr()?, "redirecting plain HTTP to HTTPS");
                     let router = redirect_router(addr.port());
-                    Some(tokio::spawn(
-                        async move { axum::serve(plain, router).await },
-                    ))
+                    Some(tokio::spawn(http::serve(
+                        plain,
+                        router,
+                        limits,
+                        None,
+                        std::future::pending(),
+                    )))
                 }
             };
-            http::serve_tls(listener, crate::console::app(state), serving, shutdown).await?;
+            let app = crate::console::app(state);
+            http::serve(listener, app, limits, Some(serving), shutdown).await?;
             if let Some(r) = redirect {
                 r.abort();
             }
@@ -283,6 +284,43 @@ pub async fn run(
         .map_err(|e| Error::Other(e.to_string()))?;
     tracing::info!("stopped; the log is flushed and its tree signed");
     Ok(())
+}
+
+/// File descriptors kept free of connections: the log, exports, backups, Graph calls.
+const RESERVED_DESCRIPTORS: u64 = 256;
+
+/// The configured limits, with `max_connections` lowered to what the process's file
+/// descriptor limit holds. The soft limit is raised to the hard one first (as Go's
+/// runtime does): distributions start services with a soft 1024 for old `select` users.
+fn connection_limits(config: &Config) -> http::Limits {
+    let mut limits = config.limits();
+    #[cfg(unix)]
+    {
+        use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+        let mut fds = getrlimit(Resource::Nofile);
+        if fds.current < fds.maximum {
+            let raised = Rlimit {
+                current: fds.maximum,
+                maximum: fds.maximum,
+            };
+            if setrlimit(Resource::Nofile, raised).is_ok() {
+                fds = raised;
+            }
+        }
+        if let Some(soft) = fds.current {
+            let fit = soft.saturating_sub(RESERVED_DESCRIPTORS).max(16);
+            if (limits.max_connections as u64) > fit {
+                tracing::warn!(
+                    max_connections = limits.max_connections,
+                    file_descriptors = soft,
+                    lowered_to = fit,
+                    "max_connections does not fit the file descriptor limit"
+                );
+                limits.max_connections = fit as usize;
+            }
+        }
+    }
+    limits
 }
 
 /// The router of the starting phase: `/healthz` says the process lives (a liveness probe
@@ -326,6 +364,7 @@ impl Starting {
     /// Serves [`starting_router`] on a clone of `listener` (over TLS with `tls`).
     fn serve(
         listener: &std::net::TcpListener,
+        limits: http::Limits,
         tls: Option<axum_server::tls_rustls::RustlsConfig>,
     ) -> Result<Starting, Error> {
         let early = listener.try_clone()?;
@@ -333,23 +372,16 @@ impl Starting {
         let shutdown = async move {
             let _ = stopped.await;
         };
-        let task = match tls {
-            None => {
-                early.set_nonblocking(true)?;
-                let early = tokio::net::TcpListener::from_std(early)?;
-                tokio::spawn(http::serve(early, starting_router(), shutdown))
-            }
-            Some(tls) => tokio::spawn(http::serve_tls(early, starting_router(), tls, shutdown)),
-        };
+        let task = tokio::spawn(http::serve(early, starting_router(), limits, tls, shutdown));
         Ok(Starting { stop, task })
     }
 
     /// Stops taking connections and finishes the open ones; what arrives meanwhile waits
     /// in the port's queue for the real server.
     ///
-    /// A client that never finishes its request would hold a graceful shutdown for ever
-    /// (no header-read timeout here), so after a short grace the task is aborted: it only
-    /// ever answered 503, nothing is lost by cutting its connections.
+    /// A slow client would hold a graceful shutdown up to the header-read timeout, so
+    /// after a short grace the task is aborted: it only ever answered 503, nothing is lost
+    /// by cutting its connections.
     async fn stop(self) {
         let _ = self.stop.send(());
         let mut task = self.task;

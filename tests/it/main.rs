@@ -10,6 +10,7 @@ mod cli;
 mod console;
 mod crash;
 mod graph;
+mod listen;
 mod log;
 mod metrics;
 mod oidc;

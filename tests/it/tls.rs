@@ -307,6 +307,15 @@ impl Drop for TlsServe {
 
 impl TlsServe {
     async fn start(dir: &Path, ca: &TestCa, reload_secs: &str) -> TlsServe {
+        Self::start_with(dir, ca, reload_secs, &[]).await
+    }
+
+    async fn start_with(
+        dir: &Path,
+        ca: &TestCa,
+        reload_secs: &str,
+        env: &[(&str, &str)],
+    ) -> TlsServe {
         let (port, redirect_port) = (crate::support::free_port(), crate::support::free_port());
         let child = idledger()
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
@@ -318,6 +327,7 @@ impl TlsServe {
             .arg("--tls-key")
             .arg(dir.join("key.pem"))
             .env("IDLEDGER_TLS_RELOAD_SECS", reload_secs)
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -550,6 +560,56 @@ async fn serve_speaks_tls_12_and_13_with_alpn_hsts_and_a_redirect() {
         r.headers()["location"],
         format!("https://localhost:{}/v1/users?limit=5", serve.port).as_str()
     );
+}
+
+/// Whether the peer closes `stream` within `wait` (whatever it sends first).
+async fn closed_within<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, wait: Duration) -> bool {
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// Over TLS too a connection that completes its handshake and then sends nothing, or
+/// half a request, is cut at the header-read timeout, with either protocol; so is a
+/// silent client of the redirect listener.
+#[tokio::test]
+async fn silent_tls_connections_are_cut_at_the_header_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("serve's CA").unwrap();
+    install(dir.path(), &ca.issue(&["localhost"]).unwrap());
+    let serve = TlsServe::start_with(
+        dir.path(),
+        &ca,
+        "3600",
+        &[("IDLEDGER_HEADER_READ_TIMEOUT_SECS", "1")],
+    )
+    .await;
+    let mut h1 = tls_connect(serve.port, &ca, &[b"http/1.1"]).await;
+    let mut h2 = tls_connect(serve.port, &ca, &[b"h2"]).await;
+    let mut half = tls_connect(serve.port, &ca, &[b"http/1.1"]).await;
+    half.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n")
+        .await
+        .unwrap();
+    let mut plain = tokio::net::TcpStream::connect(("127.0.0.1", serve.redirect_port))
+        .await
+        .unwrap();
+    let wait = Duration::from_secs(4);
+    assert!(closed_within(&mut h1, wait).await, "silent HTTP/1.1");
+    assert!(closed_within(&mut h2, wait).await, "silent h2");
+    assert!(closed_within(&mut half, wait).await, "half a request");
+    assert!(
+        closed_within(&mut plain, wait).await,
+        "silent redirect client"
+    );
+    // A client that asks in time is served as before.
+    let mut prompt = tls_connect(serve.port, &ca, &[b"http/1.1"]).await;
+    assert_eq!(get_on(&mut prompt, "/healthz").await, "HTTP/1.1 200 OK");
 }
 
 /// A new certificate in the files is served to new connections without a restart, once

@@ -66,7 +66,7 @@ pub async fn spawn_app_tuned(
         .unwrap()
         .trim()
         .to_owned();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let url = format!("http://{addr}");
     // Browsers reach it at `localhost` (a WebAuthn relying-party id is a name, not an IP).
@@ -76,6 +76,8 @@ pub async fn spawn_app_tuned(
     tokio::spawn(idledger::http::serve(
         listener,
         idledger::console::app(state.clone()),
+        idledger::http::Limits::default(),
+        None,
         std::future::pending(),
     ));
     App {

@@ -6,7 +6,9 @@ use super::{read, refused, BackupError, BackupWriter, Contents, Manifest, CHUNK}
 use crate::store::page::{Layout, PageWriter};
 use crate::store::sled_log::{import_records, open_raw, RawStore};
 use crate::store::StoreError;
+use idledger_domain::Hash;
 use idledger_projections::Projections;
+use idledger_replay::tree::{Frontier, LogPublicKey, TreeHead};
 use idledger_replay::verify::CheckedRecord;
 use std::path::Path;
 
@@ -134,6 +136,9 @@ pub struct Restored {
     pub manifest: Manifest,
     /// The restored records folded, as a server opening the data dir will fold them.
     pub projections: Projections,
+    /// The backup's signed tree head, checked with the log's public key and against the
+    /// restored records' root (when a key was given).
+    pub signed_head: Option<TreeHead>,
 }
 
 /// Restores the backup `from` into the new or empty data dir `data_dir`, in one pass over
@@ -141,9 +146,15 @@ pub struct Restored {
 /// another writes it into the store in a staging directory inside `data_dir`, with the
 /// Merkle tree's leaves. Only when all of the backup has checked are the staged files moved
 /// into place; a backup that is wrong anywhere leaves nothing behind.
+///
+/// A backup's hashes show it is whole, not that it is the log's: whoever can write the
+/// file can rehash all of it. With `log_key` (the log's public key, obtained apart from
+/// the backup) its signed tree head must verify and name the root of the records
+/// restored, so a changed record, or a history that is not the log's, is refused.
 pub fn restore(
     from: &mut BackupSource,
     data_dir: &Path,
+    log_key: Option<&LogPublicKey>,
     progress: impl FnMut(u64),
 ) -> Result<Restored, BackupError> {
     if occupied(data_dir)? {
@@ -158,7 +169,7 @@ pub fn restore(
             .create(data_dir)?;
     }
     let staging = data_dir.join(".restoring");
-    let outcome = restore_into(from, &staging, progress).and_then(|restored| {
+    let outcome = restore_into(from, &staging, log_key, progress).and_then(|restored| {
         for entry in std::fs::read_dir(&staging)? {
             let entry = entry?;
             std::fs::rename(entry.path(), data_dir.join(entry.file_name()))?;
@@ -208,6 +219,7 @@ impl Batch {
 fn restore_into(
     from: &mut BackupSource,
     staging: &Path,
+    log_key: Option<&LogPublicKey>,
     mut progress: impl FnMut(u64),
 ) -> Result<Restored, BackupError> {
     let importer = import_records(staging)?;
@@ -308,6 +320,9 @@ fn restore_into(
             ),
         ));
     }
+    let signed_head = log_key
+        .map(|key| check_signed_head(manifest, &leaves, key))
+        .transpose()?;
     progress(contents.manifest.position);
     crate::store::tree::install_leaves(staging, &leaves)?;
     let write = |path: std::path::PathBuf, bytes: &Option<Vec<u8>>| -> Result<(), BackupError> {
@@ -331,5 +346,125 @@ fn restore_into(
     Ok(Restored {
         manifest: contents.manifest,
         projections,
+        signed_head,
     })
+}
+
+/// The manifest's signed tree head, when it verifies with `key` and its root is the root
+/// of the first `tree_size` of `leaves` (the restored records' leaf hashes, from
+/// position 1, 32 bytes each).
+fn check_signed_head(
+    manifest: &Manifest,
+    leaves: &[u8],
+    key: &LogPublicKey,
+) -> Result<TreeHead, BackupError> {
+    const PART: &str = "signed tree head";
+    let note = manifest.signed_tree_head.as_deref().ok_or_else(|| {
+        refused(
+            PART,
+            "the backup holds none (taken before the log signed a head), so it cannot be checked against the key",
+        )
+    })?;
+    let head = key
+        .open(note)
+        .map_err(|e| refused(PART, e.to_string()))?
+        .head;
+    let held = (leaves.len() / 32) as u64;
+    if head.tree_size > held {
+        return Err(refused(
+            PART,
+            format!(
+                "it covers {} records, the backup holds {held}",
+                head.tree_size
+            ),
+        ));
+    }
+    let mut tree = Frontier::new();
+    for leaf in leaves.chunks_exact(32).take(head.tree_size as usize) {
+        let mut h = [0u8; 32];
+        h.copy_from_slice(leaf);
+        tree.push(Hash(h));
+    }
+    let root = tree.root();
+    if root != head.root_hash {
+        return Err(refused(
+            PART,
+            format!(
+                "the backup's first {} records have the root {}, the log signed {}: they are not the log's records",
+                head.tree_size,
+                root.to_hex(),
+                head.root_hash.to_hex()
+            ),
+        ));
+    }
+    Ok(head)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use idledger_replay::tree::{leaf_hash, LogSigningKey};
+
+    fn manifest(sth: Option<String>) -> Manifest {
+        Manifest {
+            format: "idledger-backup".into(),
+            version: 1,
+            from: 1,
+            position: 5,
+            head_hash: String::new(),
+            record_count: 5,
+            chunks: Vec::new(),
+            keystore_sha256: None,
+            keystore_unchanged: false,
+            log_key_sha256: None,
+            contents_sha256: String::new(),
+            signed_tree_head: sth,
+        }
+    }
+
+    fn leaves(records: &[&[u8]]) -> Vec<u8> {
+        records.iter().flat_map(|r| leaf_hash(r).0).collect()
+    }
+
+    fn signed(key: &LogSigningKey, records: &[&[u8]]) -> String {
+        let mut tree = Frontier::new();
+        for r in records {
+            tree.push(leaf_hash(r));
+        }
+        key.sign(TreeHead {
+            tree_size: records.len() as u64,
+            root_hash: tree.root(),
+            timestamp_ms: 1,
+        })
+        .unwrap()
+        .to_note()
+    }
+
+    #[test]
+    fn a_signed_head_must_verify_and_name_the_records_root() {
+        let key = LogSigningKey::from_seed("idledger.test/log", &[7; 32]).unwrap();
+        let other = LogSigningKey::from_seed("idledger.test/log", &[8; 32]).unwrap();
+        let records: [&[u8]; 5] = [b"a", b"b", b"c", b"d", b"e"];
+        let held = leaves(&records);
+        // A head over the first three of five records: the last two are chained only.
+        let good = manifest(Some(signed(&key, &records[..3])));
+        let head = check_signed_head(&good, &held, key.public()).unwrap();
+        assert_eq!(head.tree_size, 3);
+
+        let refusal = |m: &Manifest, leaves: &[u8]| {
+            check_signed_head(m, leaves, key.public())
+                .unwrap_err()
+                .to_string()
+        };
+        // Another key's head; no head at all.
+        let theirs = manifest(Some(signed(&other, &records[..3])));
+        assert!(refusal(&theirs, &held).contains("does not verify"));
+        assert!(refusal(&manifest(None), &held).contains("holds none"));
+        // One record changed (and the whole file rehashed by whoever changed it).
+        let changed = leaves(&[b"a", b"B", b"c", b"d", b"e"]);
+        assert!(refusal(&good, &changed).contains("not the log's records"));
+        // A head over more records than the backup holds.
+        let long = manifest(Some(signed(&key, &[b"a", b"b", b"c", b"d", b"e", b"f"])));
+        assert!(refusal(&long, &held).contains("covers 6 records"));
+    }
 }

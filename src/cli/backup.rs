@@ -53,6 +53,11 @@ pub struct RestoreArgs {
     /// back in the restored data dir.
     #[arg(long)]
     pub compare_with: Option<String>,
+    /// The log's public key (its text, or a file holding it; `idledger log-key`, or
+    /// `/v1/log/public-key`, taken apart from the backup): the backup's signed tree head
+    /// must verify with it and name the root of the records restored.
+    #[arg(long)]
+    pub public_key: Option<String>,
 }
 
 fn refused(e: crate::backup::BackupError) -> Error {
@@ -383,24 +388,50 @@ struct Restored {
     /// Restored users that `--compare-with` shows deleted (absent without it).
     #[serde(skip_serializing_if = "Option::is_none")]
     deleted_since_backup: Option<Vec<UserId>>,
+    /// The signed tree head checked with `--public-key` (absent without it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    signed_tree_head: Option<SignedHeadChecked>,
+}
+
+/// A backup's signed tree head that verified and names the restored records' root.
+#[derive(serde::Serialize)]
+struct SignedHeadChecked {
+    tree_size: u64,
+    /// Base64, as in the checkpoint and `/v1/log/sth`.
+    root_hash: String,
+    /// Records after the head: checked by the chain only.
+    unsigned_records: u64,
 }
 
 /// Restores (the records checked and folded into the projections on the way, the store's
 /// head read back), and prints the head as one JSON line; with `--compare-with`, warns
 /// of users deleted since.
 pub async fn restore(args: &RestoreArgs) -> Result<ExitCode, Error> {
+    let log_key = args
+        .public_key
+        .as_deref()
+        .map(super::proofs::public_key)
+        .transpose()?;
     let pb = progress::bar(None, "restore");
     let (from, dir) = (args.from.clone(), args.data_dir.clone());
     let bar = pb.clone();
     let restored = tokio::task::spawn_blocking(move || {
         let mut source = BackupSource::open(&from)?;
-        restore_file(&mut source, &dir, |p| bar.set_position(p))
+        restore_file(&mut source, &dir, log_key.as_ref(), |p| bar.set_position(p))
     })
     .await
     .map_err(|e| Error::Other(e.to_string()))?
     .map_err(refused)?;
     pb.finish_and_clear();
     let (manifest, projections) = (restored.manifest, restored.projections);
+    let signed_tree_head = restored.signed_head.map(|h| SignedHeadChecked {
+        tree_size: h.tree_size,
+        root_hash: {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD.encode(h.root_hash.0)
+        },
+        unsigned_records: manifest.position.saturating_sub(h.tree_size),
+    });
     let deleted_since_backup = match &args.compare_with {
         None => None,
         Some(later) => {
@@ -433,6 +464,7 @@ pub async fn restore(args: &RestoreArgs) -> Result<ExitCode, Error> {
             users: projections.users.len(),
             domains: projections.domains.all().len(),
             deleted_since_backup,
+            signed_tree_head,
         })
         .map_err(|e| Error::Other(e.to_string()))?
     );

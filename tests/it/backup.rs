@@ -82,6 +82,51 @@ async fn a_restored_data_dir_answers_as_the_original_did() {
     ]);
     assert!(ok, "{err}");
     assert_eq!(done["head_hash"], taken["head_hash"]);
+    assert!(done.get("signed_tree_head").is_none(), "{done}");
+    // With the log's public key (taken from the server, not from the backup) the backup's
+    // signed head must verify and name the root of the records restored.
+    let key = serve.get("/v1/log/public-key").await.text().await.unwrap();
+    let checked = dir.path().join("online-checked");
+    let (ok, done, err) = run(&[
+        "restore",
+        "--from",
+        path(&online),
+        "--data-dir",
+        path(&checked),
+        "--public-key",
+        key.trim(),
+    ]);
+    assert!(ok, "{err}");
+    let head = &done["signed_tree_head"];
+    let size = head["tree_size"].as_u64().unwrap();
+    assert!(size > 0 && size <= position, "{done}");
+    // The server signed a head for the backup when it began: only what the other client
+    // appended meanwhile comes after it.
+    assert!(position - size < 50, "{done}");
+    assert_eq!(head["unsigned_records"].as_u64().unwrap(), position - size);
+    let sth = serve
+        .call(
+            Method::GET,
+            &format!("/v1/log/sth/{size}?format=json"),
+            None,
+        )
+        .await;
+    assert_eq!(sth["root_hash"], head["root_hash"], "{sth} {done}");
+    // Another key of the same name: refused, and nothing is left behind.
+    let name = idledger_replay::tree::LogPublicKey::parse(&key).unwrap();
+    let impostor = idledger_replay::tree::LogSigningKey::from_seed(name.name(), &[9; 32]).unwrap();
+    let refused_dir = dir.path().join("refused");
+    let (ok, _, err) = run(&[
+        "restore",
+        "--from",
+        path(&online),
+        "--data-dir",
+        path(&refused_dir),
+        "--public-key",
+        &impostor.public().to_string(),
+    ]);
+    assert!(!ok && err.contains("signed tree head"), "{err}");
+    assert!(!refused_dir.exists(), "a refused restore left files behind");
     for w in writing {
         w.abort();
     }
@@ -112,6 +157,22 @@ async fn a_restored_data_dir_answers_as_the_original_did() {
     assert_eq!(done["head_hash"], made["head_hash"], "{done} {made}");
     assert_eq!(done["position"], made["position"]);
     assert!(done["users"].as_u64().unwrap() > 0, "{done}");
+    // A stopped server signed a head over its whole log: a backup of its data dir is
+    // covered to the last record (the key given as a file this time).
+    let key_file = dir.path().join("log.pub");
+    std::fs::write(&key_file, &key).unwrap();
+    let (ok, signed, err) = run(&[
+        "restore",
+        "--from",
+        path(&file),
+        "--data-dir",
+        path(&dir.path().join("restored-checked")),
+        "--public-key",
+        path(&key_file),
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(signed["signed_tree_head"]["tree_size"], made["position"]);
+    assert_eq!(signed["signed_tree_head"]["unsigned_records"], 0);
     // Into a data dir that holds something: refused.
     let (ok, _, err) = run(&["restore", "--from", path(&file), "--data-dir", path(&data)]);
     assert!(!ok && err.contains("not empty"), "{err}");

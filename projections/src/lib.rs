@@ -362,6 +362,45 @@ mod tests {
     }
 
     #[test]
+    fn principal_names_find_live_users_whatever_the_case_through_renames() {
+        let found = |p: &Projections, name: &str| {
+            p.users
+                .by_principal_name(name)
+                .map(|u| u.id)
+                .collect::<Vec<_>>()
+        };
+        let mut events = a_user_with_a_key();
+        let renamed = events.len();
+        events.push(
+            UserAttributesChanged {
+                attributes: name("ada.lovelace"),
+            }
+            .into(),
+        );
+        events.push(UserDeleted { reason: None }.into());
+        let log = on(&StreamId::user(user()), 0, events);
+        for owned in [false, true] {
+            let mut p = Projections::new();
+            let fold = |p: &mut Projections, e: &Envelope| {
+                if owned {
+                    p.apply_owned(e.clone())
+                } else {
+                    p.apply(e)
+                }
+            };
+            for e in &log[..renamed] {
+                fold(&mut p, e);
+            }
+            assert_eq!(found(&p, "ADA@Contoso.com"), vec![user()], "owned: {owned}");
+            fold(&mut p, &log[renamed]);
+            assert_eq!(found(&p, "ada@contoso.com"), vec![], "owned: {owned}");
+            assert_eq!(found(&p, "Ada.Lovelace@contoso.com"), vec![user()]);
+            fold(&mut p, &log[renamed + 1]);
+            assert_eq!(found(&p, "ada.lovelace@contoso.com"), vec![], "deleted");
+        }
+    }
+
+    #[test]
     fn a_rotation_and_its_key_write_move_together() {
         let rotation = RotationId(uuid::Uuid::from_u128(7));
         let write = KeyWriteId(uuid::Uuid::from_u128(8));

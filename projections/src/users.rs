@@ -114,7 +114,8 @@ impl UserView {
     }
 }
 
-/// All users, by id, with an index by (domain, Entra object id) of the live ones.
+/// All users, by id, with indexes of the live ones by (domain, Entra object id) and by
+/// principal name.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Users {
     #[serde(serialize_with = "crate::users::sorted_values")]
@@ -123,6 +124,30 @@ pub struct Users {
     order: BTreeSet<UserId>,
     #[serde(skip)]
     by_external: FxHashMap<(DomainId, String), UserId>,
+    /// ASCII-lowercased principal name → the live users with it (one, unless two domains
+    /// hold the same name). The sign-in page looks names up here: a scan of every user
+    /// per attempt would let anyone without an account hold the projections' read lock.
+    #[serde(skip)]
+    by_principal: FxHashMap<String, Vec<UserId>>,
+}
+
+/// Adds `id` under `name` in the principal name index.
+fn index_principal(index: &mut FxHashMap<String, Vec<UserId>>, name: &str, id: UserId) {
+    let ids = index.entry(name.to_ascii_lowercase()).or_default();
+    if !ids.contains(&id) {
+        ids.push(id);
+    }
+}
+
+/// Takes `id` from under `name` in the principal name index.
+fn unindex_principal(index: &mut FxHashMap<String, Vec<UserId>>, name: &str, id: UserId) {
+    let key = name.to_ascii_lowercase();
+    if let Some(ids) = index.get_mut(&key) {
+        ids.retain(|x| *x != id);
+        if ids.is_empty() {
+            index.remove(&key);
+        }
+    }
 }
 
 /// A user on [`Users::first_matching`]'s heap, ordered by its id alone (which comes first
@@ -168,6 +193,15 @@ impl Users {
     pub fn by_external(&self, domain: DomainId, external_id: &str) -> Option<&UserView> {
         let id = self.by_external.get(&(domain, external_id.to_owned()))?;
         self.by_id.get(id)
+    }
+
+    /// The live (not deleted) users whose principal name is `name`, ignoring ASCII case.
+    pub fn by_principal_name(&self, name: &str) -> impl Iterator<Item = &UserView> + '_ {
+        self.by_principal
+            .get(&name.to_ascii_lowercase())
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.by_id.get(id))
     }
 
     /// Number of users, deleted included.
@@ -241,6 +275,14 @@ impl Users {
                     u.updated_at = env.recorded_at;
                     u.version = env.version;
                     u.last_position = env.position;
+                    if u.status != UserStatus::Deleted {
+                        let (old, new) = (
+                            &u.attributes.user_principal_name,
+                            &e.attributes.user_principal_name,
+                        );
+                        unindex_principal(&mut self.by_principal, old, id);
+                        index_principal(&mut self.by_principal, new, id);
+                    }
                     u.attributes = e.attributes;
                 }
             }
@@ -278,6 +320,11 @@ impl Users {
             };
             self.by_external
                 .insert((e.domain_id, e.external_id.clone()), id);
+            index_principal(
+                &mut self.by_principal,
+                &e.attributes.user_principal_name,
+                id,
+            );
             self.order.insert(id);
             self.by_id.insert(id, view);
             return;
@@ -289,7 +336,21 @@ impl Users {
         u.version = env.version;
         u.last_position = env.position;
         match &env.event {
-            Event::UserAttributesChanged(e) => u.attributes = e.attributes.clone(),
+            Event::UserAttributesChanged(e) => {
+                if u.status != UserStatus::Deleted {
+                    unindex_principal(
+                        &mut self.by_principal,
+                        &u.attributes.user_principal_name,
+                        id,
+                    );
+                    index_principal(
+                        &mut self.by_principal,
+                        &e.attributes.user_principal_name,
+                        id,
+                    );
+                }
+                u.attributes = e.attributes.clone();
+            }
             Event::UserImported(e) => {
                 u.status = UserStatus::Active;
                 u.imported_sso = Some(e.sso);
@@ -316,6 +377,11 @@ impl Users {
                 if self.by_external.get(&key) == Some(&id) {
                     self.by_external.remove(&key);
                 }
+                unindex_principal(
+                    &mut self.by_principal,
+                    &u.attributes.user_principal_name,
+                    id,
+                );
             }
             Event::RotationGroupJoined(_) => u.in_rotation_group = true,
             Event::RotationGroupLeft(_) => u.in_rotation_group = false,

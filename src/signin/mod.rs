@@ -875,11 +875,8 @@ async fn signin_entra(
         let p = ctx.app.engine.projector.read();
         let found = p
             .users
-            .iter_after(None)
-            .find(|u| {
-                u.status == idledger_projections::UserStatus::Active
-                    && u.attributes.user_principal_name.eq_ignore_ascii_case(name)
-            })
+            .by_principal_name(name)
+            .find(|u| u.status == idledger_projections::UserStatus::Active)
             .map(|u| u.id);
         found
     };

@@ -139,6 +139,15 @@ fn index_principal(index: &mut FxHashMap<String, Vec<UserId>>, name: &str, id: U
     }
 }
 
+/// Moves `id` from `old` to `new` in the principal name index (most attribute changes
+/// leave the name alone: nothing to do).
+fn reindex_principal(index: &mut FxHashMap<String, Vec<UserId>>, old: &str, new: &str, id: UserId) {
+    if old != new {
+        unindex_principal(index, old, id);
+        index_principal(index, new, id);
+    }
+}
+
 /// Takes `id` from under `name` in the principal name index.
 fn unindex_principal(index: &mut FxHashMap<String, Vec<UserId>>, name: &str, id: UserId) {
     let key = name.to_ascii_lowercase();
@@ -276,12 +285,12 @@ impl Users {
                     u.version = env.version;
                     u.last_position = env.position;
                     if u.status != UserStatus::Deleted {
-                        let (old, new) = (
+                        reindex_principal(
+                            &mut self.by_principal,
                             &u.attributes.user_principal_name,
                             &e.attributes.user_principal_name,
+                            id,
                         );
-                        unindex_principal(&mut self.by_principal, old, id);
-                        index_principal(&mut self.by_principal, new, id);
                     }
                     u.attributes = e.attributes;
                 }
@@ -338,13 +347,9 @@ impl Users {
         match &env.event {
             Event::UserAttributesChanged(e) => {
                 if u.status != UserStatus::Deleted {
-                    unindex_principal(
+                    reindex_principal(
                         &mut self.by_principal,
                         &u.attributes.user_principal_name,
-                        id,
-                    );
-                    index_principal(
-                        &mut self.by_principal,
                         &e.attributes.user_principal_name,
                         id,
                     );

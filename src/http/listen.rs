@@ -58,32 +58,30 @@ pub async fn serve(
         shutdown.await;
         stopping.graceful_shutdown(Some(GRACE));
     });
-    let slots = Slots::new(limits.max_connections);
     crate::metrics::connections_allowed(limits.max_connections);
-    let server = axum_server::from_tcp(listener)?
+    let app = match tls {
+        Some(_) => app.layer(axum::middleware::map_response(strict_transport)),
+        None => app,
+    };
+    let connections = MakeConnection::new(app, limits.max_connections);
+    let mut server = axum_server::from_tcp(listener)?
         .handle(handle)
         // Hyper's protocol detection and an HTTP/2 client's first request have no timeout
         // of their own.
         .first_request_timeout(limits.header_read_timeout);
+    server
+        .http_builder()
+        .http1()
+        .header_read_timeout(limits.header_read_timeout);
     match tls {
         None => {
-            let mut server = server.acceptor(NoDelayAcceptor::new());
-            server
-                .http_builder()
-                .http1()
-                .header_read_timeout(limits.header_read_timeout);
-            server.serve(slots.serving(app)).await
+            let server = server.acceptor(NoDelayAcceptor::new());
+            server.serve(connections).await
         }
         Some(tls) => {
-            let app = app.layer(axum::middleware::map_response(strict_transport));
             // The handshake has rustls's own timeout (10 s) in `RustlsAcceptor`.
             let acceptor = RustlsAcceptor::new(tls).acceptor(NoDelayAcceptor::new());
-            let mut server = server.acceptor(acceptor);
-            server
-                .http_builder()
-                .http1()
-                .header_read_timeout(limits.header_read_timeout);
-            server.serve(slots.serving(app)).await
+            server.acceptor(acceptor).serve(connections).await
         }
     }
 }
@@ -97,26 +95,6 @@ async fn strict_transport(mut response: axum::response::Response) -> axum::respo
     response
 }
 
-/// The connection slots of one listener.
-struct Slots(Arc<Semaphore>);
-
-impl Slots {
-    fn new(max: usize) -> Slots {
-        Slots(Arc::new(Semaphore::new(
-            max.clamp(1, Semaphore::MAX_PERMITS),
-        )))
-    }
-
-    fn serving(self, app: Router) -> MakeConnection {
-        MakeConnection {
-            app,
-            slots: self.0,
-            waiting: None,
-            held: None,
-        }
-    }
-}
-
 type Waiting = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
 
 /// Makes each accepted connection's service; not ready while every slot is taken, which
@@ -126,6 +104,17 @@ struct MakeConnection {
     slots: Arc<Semaphore>,
     waiting: Option<Waiting>,
     held: Option<Slot>,
+}
+
+impl MakeConnection {
+    fn new(app: Router, max: usize) -> MakeConnection {
+        MakeConnection {
+            app,
+            slots: Arc::new(Semaphore::new(max.clamp(1, Semaphore::MAX_PERMITS))),
+            waiting: None,
+            held: None,
+        }
+    }
 }
 
 impl tower_service::Service<SocketAddr> for MakeConnection {

@@ -289,10 +289,12 @@ pub async fn run(
 /// File descriptors kept free of connections: the log, exports, backups, Graph calls.
 const RESERVED_DESCRIPTORS: u64 = 256;
 
-/// The configured limits, with `max_connections` lowered to what the process's file
-/// descriptor limit holds. The soft limit is raised to the hard one first (as Go's
-/// runtime does): distributions start services with a soft 1024 for old `select` users.
+/// The configured limits, with `max_connections` lowered so that every listener at its
+/// cap at once (the main one, and the redirect one if configured) fits the process's file
+/// descriptor limit. The soft limit is raised to the hard one first (as Go's runtime does):
+/// distributions start services with a soft 1024 for old `select` users.
 fn connection_limits(config: &Config) -> http::Limits {
+    let listeners = 1 + u64::from(config.redirect_listen.is_some());
     let mut limits = config.limits();
     #[cfg(unix)]
     {
@@ -308,7 +310,7 @@ fn connection_limits(config: &Config) -> http::Limits {
             }
         }
         if let Some(soft) = fds.current {
-            let fit = soft.saturating_sub(RESERVED_DESCRIPTORS).max(16);
+            let fit = (soft.saturating_sub(RESERVED_DESCRIPTORS) / listeners).max(16);
             if (limits.max_connections as u64) > fit {
                 tracing::warn!(
                     max_connections = limits.max_connections,

@@ -23,6 +23,13 @@ fn path(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// `idledger restore --from FROM --data-dir INTO`, then `more` flags.
+fn restore(from: &Path, into: &Path, more: &[&str]) -> (bool, Value, String) {
+    let mut args = vec!["restore", "--from", path(from), "--data-dir", path(into)];
+    args.extend_from_slice(more);
+    run(&args)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restored_data_dir_answers_as_the_original_did() {
     let dir = tempfile::tempdir().unwrap();
@@ -73,13 +80,7 @@ async fn a_restored_data_dir_answers_as_the_original_did() {
         "{taken}"
     );
     let back = dir.path().join("online-restored");
-    let (ok, done, err) = run(&[
-        "restore",
-        "--from",
-        path(&online),
-        "--data-dir",
-        path(&back),
-    ]);
+    let (ok, done, err) = restore(&online, &back, &[]);
     assert!(ok, "{err}");
     assert_eq!(done["head_hash"], taken["head_hash"]);
     assert!(done.get("signed_tree_head").is_none(), "{done}");
@@ -87,15 +88,7 @@ async fn a_restored_data_dir_answers_as_the_original_did() {
     // signed head must verify and name the root of the records restored.
     let key = serve.get("/v1/log/public-key").await.text().await.unwrap();
     let checked = dir.path().join("online-checked");
-    let (ok, done, err) = run(&[
-        "restore",
-        "--from",
-        path(&online),
-        "--data-dir",
-        path(&checked),
-        "--public-key",
-        key.trim(),
-    ]);
+    let (ok, done, err) = restore(&online, &checked, &["--public-key", key.trim()]);
     assert!(ok, "{err}");
     let head = &done["signed_tree_head"];
     let size = head["tree_size"].as_u64().unwrap();
@@ -116,15 +109,11 @@ async fn a_restored_data_dir_answers_as_the_original_did() {
     let name = idledger_replay::tree::LogPublicKey::parse(&key).unwrap();
     let impostor = idledger_replay::tree::LogSigningKey::from_seed(name.name(), &[9; 32]).unwrap();
     let refused_dir = dir.path().join("refused");
-    let (ok, _, err) = run(&[
-        "restore",
-        "--from",
-        path(&online),
-        "--data-dir",
-        path(&refused_dir),
-        "--public-key",
-        &impostor.public().to_string(),
-    ]);
+    let (ok, _, err) = restore(
+        &online,
+        &refused_dir,
+        &["--public-key", &impostor.public().to_string()],
+    );
     assert!(!ok && err.contains("signed tree head"), "{err}");
     assert!(!refused_dir.exists(), "a refused restore left files behind");
     for w in writing {
@@ -146,13 +135,7 @@ async fn a_restored_data_dir_answers_as_the_original_did() {
     let (ok, _, _) = run(&["backup", "--data-dir", path(&data), "--out", path(&file)]);
     assert!(!ok);
 
-    let (ok, done, err) = run(&[
-        "restore",
-        "--from",
-        path(&file),
-        "--data-dir",
-        path(&restored),
-    ]);
+    let (ok, done, err) = restore(&file, &restored, &[]);
     assert!(ok, "{err}");
     assert_eq!(done["head_hash"], made["head_hash"], "{done} {made}");
     assert_eq!(done["position"], made["position"]);
@@ -161,20 +144,16 @@ async fn a_restored_data_dir_answers_as_the_original_did() {
     // covered to the last record (the key given as a file this time).
     let key_file = dir.path().join("log.pub");
     std::fs::write(&key_file, &key).unwrap();
-    let (ok, signed, err) = run(&[
-        "restore",
-        "--from",
-        path(&file),
-        "--data-dir",
-        path(&dir.path().join("restored-checked")),
-        "--public-key",
-        path(&key_file),
-    ]);
+    let (ok, signed, err) = restore(
+        &file,
+        &dir.path().join("restored-checked"),
+        &["--public-key", path(&key_file)],
+    );
     assert!(ok, "{err}");
     assert_eq!(signed["signed_tree_head"]["tree_size"], made["position"]);
     assert_eq!(signed["signed_tree_head"]["unsigned_records"], 0);
     // Into a data dir that holds something: refused.
-    let (ok, _, err) = run(&["restore", "--from", path(&file), "--data-dir", path(&data)]);
+    let (ok, _, err) = restore(&file, &data, &[]);
     assert!(!ok && err.contains("not empty"), "{err}");
     let (verified, code) = crate::support::verify(&restored);
     assert_eq!(code, 0, "{verified}");
@@ -308,20 +287,14 @@ async fn a_wrong_backup_is_refused_naming_the_part_and_nothing_is_written() {
         let f = dir.path().join(format!("{name}.backup"));
         std::fs::write(&f, &file).unwrap();
         let target = dir.path().join(format!("restore-{name}"));
-        let (ok, _, err) = run(&["restore", "--from", path(&f), "--data-dir", path(&target)]);
+        let (ok, _, err) = restore(&f, &target, &[]);
         assert!(!ok, "{name}: restored");
         assert!(err.contains(says), "{name}: {err}");
         assert!(!target.exists(), "{name}: something was written");
     }
     // The good file restores.
     let target = dir.path().join("restore-good");
-    let (ok, done, err) = run(&[
-        "restore",
-        "--from",
-        path(&good),
-        "--data-dir",
-        path(&target),
-    ]);
+    let (ok, done, err) = restore(&good, &target, &[]);
     assert!(ok, "{err}");
     assert_eq!(done["head_hash"], made["head_hash"]);
 }
@@ -465,13 +438,7 @@ async fn a_following_copy_killed_again_and_again_resumes_without_gaps_and_restor
     // Restored from the copy: the same history; then the original dir and the restored
     // one verify to the same head.
     let restored = dir.path().join("restored");
-    let (ok, done, err) = run(&[
-        "restore",
-        "--from",
-        path(&copy),
-        "--data-dir",
-        path(&restored),
-    ]);
+    let (ok, done, err) = restore(&copy, &restored, &[]);
     assert!(ok, "{err}");
     assert_eq!(done["head_hash"], caught_up["head_hash"], "{done}");
     let (verified, code) = crate::support::verify(&restored);
@@ -668,13 +635,7 @@ async fn a_restore_names_users_deleted_after_the_backup_was_taken() {
     }
     // Without a later source, nothing is said.
     let target = dir.path().join("restored-plain");
-    let (ok, done, err) = run(&[
-        "restore",
-        "--from",
-        path(&before),
-        "--data-dir",
-        path(&target),
-    ]);
+    let (ok, done, err) = restore(&before, &target, &[]);
     assert!(ok, "{err}");
     assert!(done.get("deleted_since_backup").is_none(), "{done}");
     serve.stop();

@@ -248,10 +248,50 @@ pub struct AppTokensIssued {
     pub grant: String,
     /// The sign-in session (`sid`).
     pub sid: String,
-    /// The refresh token's family and the SHA-256 of the new refresh token.
-    pub refresh: Option<(uuid::Uuid, Hash)>,
+    /// The refresh token handed out with them, if `offline_access` was granted.
+    pub refresh: Option<RefreshIssued>,
     /// When.
     pub at: DateTime<Utc>,
+}
+
+/// A refresh token: its family, its hash, and what the family grants. Each rotation
+/// repeats the grant, so the family can be rebuilt from the log alone and every record
+/// says what its tokens carried.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct RefreshIssued {
+    /// The family: every token rotated from one code exchange.
+    pub family: uuid::Uuid,
+    /// SHA-256 of the refresh token (the token itself is never recorded).
+    pub token_hash: Hash,
+    /// What its tokens carry. `None` only in records of schema 1, written when families
+    /// lived in memory: such a family cannot be refreshed from the log.
+    pub grant: Option<TokenGrant>,
+}
+
+/// What the tokens issued to an app carry: fixed at the code exchange, repeated by every
+/// refresh of its family.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct TokenGrant {
+    /// The scopes granted.
+    pub scope: Vec<String>,
+    /// The authorization request's `nonce`, repeated in refreshed ID tokens.
+    pub nonce: Option<String>,
+    /// When the user signed in (the ID token's `auth_time`).
+    pub auth_time: DateTime<Utc>,
+    /// RFC 8176 method references of that sign-in.
+    pub amr: Vec<String>,
+    /// The method signed in with (the ID token's `acr`).
+    pub method: SsoMethod,
+}
+
+/// Schema 1 of [`AppTokensIssued`]: the refresh family and token hash only.
+#[derive(Deserialize)]
+struct AppTokensIssuedV1 {
+    app_id: AppId,
+    grant: String,
+    sid: String,
+    refresh: Option<(uuid::Uuid, Hash)>,
+    at: DateTime<Utc>,
 }
 
 /// A token request for the user was refused.
@@ -617,6 +657,20 @@ fn upcast(kind: &str, schema: u16, bytes: &[u8]) -> Result<Event, CodecError> {
                 link: None,
             }))
         }
+        ("AppTokensIssued", 1) => {
+            let v1: AppTokensIssuedV1 = decode_exact(bytes)?;
+            Ok(Event::AppTokensIssued(AppTokensIssued {
+                app_id: v1.app_id,
+                grant: v1.grant,
+                sid: v1.sid,
+                refresh: v1.refresh.map(|(family, token_hash)| RefreshIssued {
+                    family,
+                    token_hash,
+                    grant: None,
+                }),
+                at: v1.at,
+            }))
+        }
         ("SyncRunCompleted", 1) => {
             let v1: SyncRunCompletedV1 = decode_exact(bytes)?;
             Ok(Event::SyncRunCompleted(SyncRunCompleted {
@@ -860,7 +914,7 @@ event_catalogue! {
     /// See [`SigningKeyRetired`].
     SigningKeyRetired = "SigningKeyRetired", schema 1, Provider;
     /// See [`AppTokensIssued`].
-    AppTokensIssued = "AppTokensIssued", schema 1, User;
+    AppTokensIssued = "AppTokensIssued", schema 2, User;
     /// See [`AppTokenRefused`].
     AppTokenRefused = "AppTokenRefused", schema 1, User;
 }

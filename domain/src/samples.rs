@@ -413,7 +413,17 @@ pub fn sample_event(index: usize, s: &SampleSeed) -> Option<Event> {
             app_id: AppId(s.uuid(19)),
             grant: "authorization_code".into(),
             sid: s.uuid(21).to_string(),
-            refresh: s.flag.then(|| (s.uuid(22), Hash([s.number as u8; 32]))),
+            refresh: s.flag.then(|| RefreshIssued {
+                family: s.uuid(22),
+                token_hash: Hash([s.number as u8; 32]),
+                grant: Some(TokenGrant {
+                    scope: vec!["openid".into(), "offline_access".into()],
+                    nonce: Some(format!("n{}", s.number)),
+                    auth_time: at(s.number),
+                    amr: vec!["hwk".into()],
+                    method: SsoMethod::Passwordless,
+                }),
+            }),
             at: at(s.number),
         }
         .into(),

@@ -246,6 +246,12 @@ fn records_of_older_schemas_are_upcast() {
                 assert_eq!(e.link, None, "schema 1 carried no enrolment link");
                 assert!(e.to.ends_with("@contoso.com"));
             }
+            ("AppTokensIssued", Event::AppTokensIssued(e)) => {
+                let refresh = e.refresh.as_ref().expect("the sample has a refresh token");
+                assert_eq!(refresh.family, seed.uuid(22));
+                assert_eq!(refresh.grant, None, "schema 1 did not record the grant");
+                assert_eq!(e.app_id, AppId(seed.uuid(19)));
+            }
             other => panic!("no expectation for {other:?}"),
         }
         seen += 1;

@@ -4,11 +4,13 @@
 //! `/token` (authorization code and refresh token grants), `/userinfo`, and RP-initiated
 //! logout at `/end_session`.
 //!
-//! Codes live in memory for 60 s and are single-use; refresh tokens are rotated on use and
-//! a reused one revokes its whole family. Every token issued and every refusal that names
-//! a user is an event on that user's stream, decided by `domain::decide::signin` (only
-//! active users with SSO on, of one of the app's domains). The protocol's own rooms — SAML
-//! or WS-Federation later — would sit beside this file on the same sessions.
+//! Codes live in memory for 60 s and are single-use (a restart asks for a new sign-in, the
+//! safe direction). Refresh tokens are rotated on use and a reused one revokes its whole
+//! family; families are folded from the user's stream (`domain::decide::refresh`), so they
+//! outlive restarts and restores. Every token issued and every refusal that names a user is
+//! an event on that user's stream, decided by `domain::decide::signin` (only active users
+//! with SSO on, of one of the app's domains). The protocol's own rooms — SAML or
+//! WS-Federation later — would sit beside this file on the same sessions.
 
 use super::{https, refuse, sessions, signed_in, Ctx, Refusal};
 use crate::http::session::same_secret;
@@ -20,18 +22,18 @@ use axum::{Json, Router};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
 use chrono::{DateTime, Utc};
+use idledger_domain::decide::refresh::RefreshRequest;
 use idledger_domain::decide::signin::SignInCommand;
-use idledger_domain::events::{AppTokenRefused, AppTokensIssued};
-use idledger_domain::{AppId, ClientType, SsoMethod, UserId};
+use idledger_domain::events::{AppTokenRefused, AppTokensIssued, RefreshIssued, TokenGrant};
+use idledger_domain::{AppId, ClientType, Event, SsoMethod, UserId};
+use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-/// Refresh tokens live this long without use.
-const REFRESH_TTL: Duration = Duration::from_secs(30 * 86_400);
-/// Codes and refresh families kept at most (a full map drops its oldest).
+/// Codes kept at most.
 const MOST: usize = 100_000;
 
 /// The provider's routes, added to the sign-in router (they share its sessions).
@@ -75,16 +77,6 @@ struct Granted {
     method: SsoMethod,
 }
 
-struct Family {
-    app: AppId,
-    user: UserId,
-    scope: Vec<String>,
-    nonce: Option<String>,
-    session: Granted,
-    current: [u8; 32],
-    last_used: Instant,
-}
-
 /// A code exchanged already, and what it gave.
 #[derive(Clone, Copy)]
 struct Spent {
@@ -94,21 +86,39 @@ struct Spent {
     family: Option<uuid::Uuid>,
 }
 
-/// Codes and refresh-token families, in memory (a restart asks users to sign in again,
-/// the safe direction).
+/// Codes in flight and the signer's cache (refresh families live in the log).
 #[derive(Default)]
 pub struct ProviderState {
     codes: Mutex<HashMap<[u8; 32], CodeGrant>>,
     /// Codes already exchanged (for a minute): a second use names its user and app.
     spent: Mutex<HashMap<[u8; 32], Spent>>,
-    families: Mutex<HashMap<uuid::Uuid, Family>>,
-    /// Every refresh token ever handed out → its family (the current one, or a used one).
-    refresh: Mutex<HashMap<[u8; 32], uuid::Uuid>>,
     signer: crate::provider::Signer,
 }
 
 fn hash(secret: &str) -> [u8; 32] {
     Sha256::digest(secret.as_bytes()).into()
+}
+
+/// A refresh token: its user and family, then 256 random bits. Naming the user lets the
+/// token endpoint go straight to the stream that decides it, with no index of every token
+/// ever issued; the app learns nothing it did not know (the ID token's `sub` is the user).
+fn new_refresh_token(user: UserId, family: uuid::Uuid) -> String {
+    let mut bytes = [0u8; 64];
+    bytes[..16].copy_from_slice(user.0.as_bytes());
+    bytes[16..32].copy_from_slice(family.as_bytes());
+    rand::rngs::OsRng.fill_bytes(&mut bytes[32..]);
+    B64.encode(bytes)
+}
+
+/// The user and family a refresh token names, if it has the shape of one.
+fn refresh_token_names(token: &str) -> Option<(UserId, uuid::Uuid)> {
+    if token.len() != 86 {
+        return None;
+    }
+    let bytes = B64.decode(token).ok()?;
+    let user = uuid::Uuid::from_slice(bytes.get(..16)?).ok()?;
+    let family = uuid::Uuid::from_slice(bytes.get(16..32)?).ok()?;
+    Some((UserId(user), family))
 }
 
 fn issuer(ctx: &Ctx) -> Result<String, Refusal> {
@@ -644,10 +654,8 @@ async fn exchange_code(
             ..
         }) = spent
         {
-            // A code used twice: the tokens it gave are revoked (RFC 6749 §4.1.2).
-            if let Some(f) = family {
-                revoke_family(ctx, f);
-            }
+            // A code used twice: the tokens it gave are revoked (RFC 6749 §4.1.2); the
+            // refusal's record ends the family.
             record_refusal(
                 ctx,
                 user,
@@ -688,17 +696,22 @@ async fn exchange_code(
         .await;
         return invalid_grant(reason);
     }
-    let answer = issue(
-        ctx,
-        app,
-        grant.user,
-        &grant.request.scope,
-        grant.request.nonce.clone(),
-        &grant.session,
-        "authorization_code",
-        None,
-    )
-    .await;
+    let carried = TokenGrant {
+        scope: grant.request.scope.clone(),
+        nonce: grant.request.nonce.clone(),
+        auth_time: grant.session.auth_time,
+        amr: grant.session.amr.clone(),
+        method: grant.session.method,
+    };
+    let refresh = carried
+        .scope
+        .iter()
+        .any(|s| s == "offline_access")
+        .then(|| {
+            let family = uuid::Uuid::new_v4();
+            (family, new_refresh_token(grant.user, family))
+        });
+    let answer = issue(ctx, app, grant.user, &grant.session.sid, &carried, refresh).await;
     let family = match &answer {
         Ok((_, family)) => *family,
         Err(_) => None,
@@ -721,19 +734,6 @@ async fn exchange_code(
         Ok((r, _)) => r,
         Err(r) => r.into_response(),
     }
-}
-
-fn revoke_family(ctx: &Ctx, family: uuid::Uuid) {
-    ctx.provider
-        .families
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&family);
-    ctx.provider
-        .refresh
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .retain(|_, f| *f != family);
 }
 
 /// ID token and access token claims (OIDC Core §2, §5.1).
@@ -772,36 +772,54 @@ fn acr_of(m: SsoMethod) -> &'static str {
     }
 }
 
-/// Records the tokens on the user's stream (the rules decide whether they may be had),
-/// then signs and answers them.
-#[allow(clippy::too_many_arguments)]
+fn unavailable(message: impl Into<String>) -> TokenFail {
+    boxed(token_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "temporarily_unavailable",
+        message,
+    ))
+}
+
+/// The signing keys the app's tokens need, made and recorded on the first request (access
+/// tokens are ES256; ID tokens use the app's algorithm). Done before a refresh token is
+/// spent, so that a missing key cannot cost the app its family.
+async fn signing_keys_ready(
+    ctx: &Ctx,
+    app: &idledger_projections::AppView,
+) -> Result<(), TokenFail> {
+    crate::provider::ensure_signing_keys(
+        &ctx.app.engine,
+        &idledger_domain::Actor::System,
+        &["ES256", app.id_token_alg.as_str()],
+        ctx.app.oidc.overlap(),
+    )
+    .await
+    .map_err(|e| {
+        tracing::warn!(error = %e, "no signing key could be made");
+        unavailable("no signing key")
+    })
+}
+
+/// Records the tokens of a code exchange on the user's stream (the rules decide whether
+/// they may be had, and a refresh token begins its family there), then answers them.
 async fn issue(
     ctx: &Ctx,
     app: &idledger_projections::AppView,
     user: UserId,
-    scope: &[String],
-    nonce: Option<String>,
-    session: &Granted,
-    grant: &str,
-    family: Option<uuid::Uuid>,
+    sid: &str,
+    carried: &TokenGrant,
+    refresh: Option<(uuid::Uuid, String)>,
 ) -> Result<(Response, Option<uuid::Uuid>), TokenFail> {
-    let iss = issuer(ctx)
-        .map_err(|r| boxed(token_error(r.status, "temporarily_unavailable", r.message)))?;
-    let refresh = if scope.iter().any(|s| s == "offline_access") {
-        Some((
-            family.unwrap_or_else(uuid::Uuid::new_v4),
-            sessions::random_text(),
-        ))
-    } else {
-        None
-    };
+    signing_keys_ready(ctx, app).await?;
     let issued = AppTokensIssued {
         app_id: app.id,
-        grant: grant.to_owned(),
-        sid: session.sid.clone(),
-        refresh: refresh
-            .as_ref()
-            .map(|(f, t)| (*f, idledger_domain::Hash(hash(t)))),
+        grant: "authorization_code".into(),
+        sid: sid.to_owned(),
+        refresh: refresh.as_ref().map(|(family, token)| RefreshIssued {
+            family: *family,
+            token_hash: idledger_domain::Hash(hash(token)),
+            grant: Some(carried.clone()),
+        }),
         at: Utc::now(),
     };
     let decided = super::decide(
@@ -814,43 +832,34 @@ async fn issue(
     )
     .await;
     if let Err(r) = decided {
-        if let Some(f) = family {
-            revoke_family(ctx, f);
-        }
         if r.status == StatusCode::CONFLICT {
             record_refusal(
                 ctx,
                 user,
                 app.id,
                 &format!("invalid_grant: {}", r.message),
-                family,
+                None,
             )
             .await;
             return Err(boxed(invalid_grant(&r.message)));
         }
-        return Err(boxed(token_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "temporarily_unavailable",
-            r.message,
-        )));
+        return Err(unavailable(r.message));
     }
-    // The first token an app asks for: its keys, made and recorded now (access tokens are
-    // ES256; ID tokens use the app's algorithm).
-    crate::provider::ensure_signing_keys(
-        &ctx.app.engine,
-        &idledger_domain::Actor::System,
-        &["ES256", app.id_token_alg.as_str()],
-        ctx.app.oidc.overlap(),
-    )
-    .await
-    .map_err(|e| {
-        tracing::warn!(error = %e, "no signing key could be made");
-        boxed(token_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "temporarily_unavailable",
-            "no signing key",
-        ))
-    })?;
+    let family = refresh.as_ref().map(|(f, _)| *f);
+    let answer = answer_tokens(ctx, app, user, sid, carried, refresh.map(|(_, t)| t))?;
+    Ok((answer, family))
+}
+
+/// Signs the ID and access tokens of a recorded issue and answers them (RFC 6749 §5.1).
+fn answer_tokens(
+    ctx: &Ctx,
+    app: &idledger_projections::AppView,
+    user: UserId,
+    sid: &str,
+    carried: &TokenGrant,
+    refresh_token: Option<String>,
+) -> Result<Response, TokenFail> {
+    let iss = issuer(ctx).map_err(|r| unavailable(r.message))?;
     let (name, upn, mail) = {
         let p = ctx.app.engine.projector.read();
         p.users
@@ -866,6 +875,7 @@ async fn issue(
     };
     let now = Utc::now().timestamp();
     let ttl = ctx.app.oidc.token_ttl.as_secs() as i64;
+    let scope = &carried.scope;
     let profile = scope.iter().any(|s| s == "profile");
     let email = scope.iter().any(|s| s == "email");
     let claims = |nonce: Option<String>, access: bool| Claims {
@@ -875,11 +885,11 @@ async fn issue(
         azp: app.client_id.clone(),
         exp: now + ttl,
         iat: now,
-        auth_time: session.auth_time.timestamp(),
+        auth_time: carried.auth_time.timestamp(),
         nonce,
-        acr: acr_of(session.method),
-        amr: session.amr.clone(),
-        sid: session.sid.clone(),
+        acr: acr_of(carried.method),
+        amr: carried.amr.clone(),
+        sid: sid.to_owned(),
         name: profile.then(|| name.clone()),
         preferred_username: profile.then(|| upn.clone()),
         email: if email { mail.clone() } else { None },
@@ -892,79 +902,31 @@ async fn issue(
             .sign(&ctx.app.engine, alg, c)
             .map_err(|e| {
                 tracing::warn!(error = %e, "a token could not be signed");
-                boxed(token_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "temporarily_unavailable",
-                    "signing failed",
-                ))
+                unavailable("signing failed")
             })
     };
-    let id_token = sign(&app.id_token_alg, &claims(nonce.clone(), false))?;
+    let id_token = sign(&app.id_token_alg, &claims(carried.nonce.clone(), false))?;
     let access_token = sign("ES256", &claims(None, true))?;
-    let family_id = refresh.as_ref().map(|(f, _)| *f);
-    if let Some((f, text)) = &refresh {
-        let h = hash(text);
-        let mut families = ctx
-            .provider
-            .families
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let before = families.len();
-        families.retain(|_, fam| fam.last_used.elapsed() < REFRESH_TTL);
-        if families.len() >= MOST && !families.contains_key(f) {
-            if let Some(oldest) = families
-                .iter()
-                .min_by_key(|(_, x)| x.last_used)
-                .map(|(k, _)| *k)
-            {
-                families.remove(&oldest);
-            }
-        }
-        let mut index = ctx
-            .provider
-            .refresh
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if families.len() < before {
-            // The tokens of families that ended (expired or evicted) go with them: the
-            // index holds live families' tokens only.
-            index.retain(|_, fam| families.contains_key(fam));
-        }
-        families.insert(
-            *f,
-            Family {
-                app: app.id,
-                user,
-                scope: scope.to_vec(),
-                nonce,
-                session: session.clone(),
-                current: h,
-                last_used: Instant::now(),
-            },
-        );
-        index.insert(h, *f);
-    }
     let body = TokenAnswer {
         access_token,
         token_type: "Bearer",
         expires_in: ttl,
         id_token,
-        refresh_token: refresh.map(|(_, t)| t),
+        refresh_token,
         scope: scope.join(" "),
     };
     Ok((
-        (
-            [
-                (header::CACHE_CONTROL, "no-store"),
-                (header::PRAGMA, "no-cache"),
-            ],
-            Json(body),
-        )
-            .into_response(),
-        family_id,
-    ))
+        [
+            (header::CACHE_CONTROL, "no-store"),
+            (header::PRAGMA, "no-cache"),
+        ],
+        Json(body),
+    )
+        .into_response())
 }
 
+/// The refresh token grant (RFC 6749 §6): the user's stream decides whether the token is
+/// its family's current one; the answer carries the next.
 async fn refresh(ctx: &Ctx, app: &idledger_projections::AppView, form: &TokenForm) -> Response {
     let Some(token) = form.refresh_token.as_deref() else {
         return token_error(
@@ -973,69 +935,45 @@ async fn refresh(ctx: &Ctx, app: &idledger_projections::AppView, form: &TokenFor
             "refresh_token is missing",
         );
     };
-    let h = hash(token);
-    let family_id = ctx
-        .provider
-        .refresh
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&h)
-        .copied();
-    let Some(family_id) = family_id else {
-        return invalid_grant("the refresh token is unknown or revoked");
+    const UNKNOWN: &str = "the refresh token is unknown, revoked or another client's";
+    let Some((user, family)) = refresh_token_names(token) else {
+        return invalid_grant(UNKNOWN);
     };
-    let taken = {
-        let mut families = ctx
-            .provider
-            .families
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        match families.get_mut(&family_id) {
-            None => Err(None),
-            Some(f) if f.current != h => Err(Some((f.user, f.app))),
-            Some(f) if f.app != app.id => Err(None),
-            Some(f) if f.last_used.elapsed() >= REFRESH_TTL => Err(None),
-            Some(f) => {
-                // Rotated now: this token is spent whatever follows.
-                f.current = [0; 32];
-                f.last_used = Instant::now();
-                Ok((f.user, f.scope.clone(), f.nonce.clone(), f.session.clone()))
-            }
-        }
+    if let Err(r) = signing_keys_ready(ctx, app).await {
+        return r.into_response();
+    }
+    let next = new_refresh_token(user, family);
+    let request = RefreshRequest {
+        app_id: app.id,
+        family,
+        presented: idledger_domain::Hash(hash(token)),
+        next: idledger_domain::Hash(hash(&next)),
+        app_domains: app.domain_ids.clone(),
+        at: Utc::now(),
     };
-    let (user, scope, nonce, session) = match taken {
-        Ok(t) => t,
-        Err(Some((user, owner))) => {
-            // A used refresh token again: someone holds a copy. The family goes.
-            revoke_family(ctx, family_id);
-            record_refusal(
-                ctx,
-                user,
-                owner,
-                "invalid_grant: a used refresh token was presented; its family is revoked",
-                Some(family_id),
-            )
-            .await;
-            return invalid_grant("the refresh token was used already; its family is revoked");
-        }
-        Err(None) => {
-            return invalid_grant("the refresh token is unknown, revoked or another client's")
-        }
+    let events = match super::decide(ctx, user, SignInCommand::RefreshAppTokens(request)).await {
+        Ok(events) => events,
+        Err(r) if r.status == StatusCode::NOT_FOUND => return invalid_grant(UNKNOWN),
+        Err(r) => return unavailable(r.message).into_response(),
     };
-    match issue(
-        ctx,
-        app,
-        user,
-        &scope,
-        nonce,
-        &session,
-        "refresh_token",
-        Some(family_id),
-    )
-    .await
-    {
-        Ok((r, _)) => r,
-        Err(r) => r.into_response(),
+    match events.first() {
+        Some(Event::AppTokensIssued(AppTokensIssued {
+            sid,
+            refresh:
+                Some(RefreshIssued {
+                    grant: Some(carried),
+                    ..
+                }),
+            ..
+        })) => answer_tokens(ctx, app, user, sid, carried, Some(next))
+            .unwrap_or_else(IntoResponse::into_response),
+        Some(Event::AppTokenRefused(refused)) => invalid_grant(
+            refused
+                .reason
+                .strip_prefix("invalid_grant: ")
+                .unwrap_or(&refused.reason),
+        ),
+        _ => invalid_grant(UNKNOWN),
     }
 }
 

@@ -24,7 +24,7 @@ fn path(p: &Path) -> &str {
 }
 
 /// `idledger restore --from FROM --data-dir INTO`, then `more` flags.
-fn restore(from: &Path, into: &Path, more: &[&str]) -> (bool, Value, String) {
+pub(crate) fn restore(from: &Path, into: &Path, more: &[&str]) -> (bool, Value, String) {
     let mut args = vec!["restore", "--from", path(from), "--data-dir", path(into)];
     args.extend_from_slice(more);
     run(&args)
@@ -300,7 +300,7 @@ async fn a_wrong_backup_is_refused_naming_the_part_and_nothing_is_written() {
 }
 
 /// Runs `idledger` with the server's token, without blocking the test's runtime.
-async fn run_with_token(token: &str, args: &[&str]) -> (bool, Value, String) {
+pub(crate) async fn run_with_token(token: &str, args: &[&str]) -> (bool, Value, String) {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_idledger"))
         .args(args)
         .env("IDLEDGER_TOKEN", token)

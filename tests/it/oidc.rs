@@ -760,3 +760,144 @@ async fn codes_expire_keys_rotate_on_schedule_and_a_retired_key_stops_verifying_
         "a token of a key past its overlap verified"
     );
 }
+
+/// The claims of a JWT, read without checking its signature (the library-based tests do
+/// that); enough to see what a token carries.
+fn claims_of(jwt: &str) -> Value {
+    use base64::Engine;
+    let payload = jwt.split('.').nth(1).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+/// Refresh families live in the log: a server restored from a backup of the one that
+/// issued them (a restart, or a standby taking over) refreshes their tokens with the same
+/// grant, and still knows a spent token when it comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_families_outlive_the_server_that_issued_them() {
+    let (w, adele, _) = signin_world().await;
+    let mut key = SoftKey::new();
+    let mut browser =
+        enrol_with_key(&w, &adele, "adele.vance@contoso.onmicrosoft.com", &mut key).await;
+    let app = register_app(&w, "confidential").await;
+    let client_id = app["client_id"].as_str().unwrap().to_owned();
+    let secret = app["client_secret"].as_str().unwrap().to_owned();
+    let http = rp_http();
+    let metadata =
+        CoreProviderMetadata::discover_async(IssuerUrl::new(w.app.public.clone()).unwrap(), &http)
+            .await
+            .unwrap();
+    let client = CoreClient::from_provider_metadata(
+        metadata,
+        ClientId::new(client_id.clone()),
+        Some(ClientSecret::new(secret.clone())),
+    )
+    .set_redirect_uri(RedirectUrl::new(REDIRECT.into()).unwrap());
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let (url, _, nonce) = client
+        .authorize_url(
+            CoreAuthenticationFlow::AuthorizationCode,
+            CsrfToken::new_random,
+            Nonce::new_random,
+        )
+        .add_scope(Scope::new("profile".into()))
+        .add_scope(Scope::new("offline_access".into()))
+        .set_pkce_challenge(challenge)
+        .url();
+    let (_, _, q) = authorize(&mut browser, url.as_str()).await;
+    let tokens = client
+        .exchange_code(AuthorizationCode::new(get(&q, "code").unwrap().into()))
+        .unwrap()
+        .set_pkce_verifier(verifier)
+        .request_async(&http)
+        .await
+        .unwrap();
+    let first_id_token = claims_of(&tokens.id_token().unwrap().to_string());
+    let first = tokens.refresh_token().unwrap().clone();
+    let second = client
+        .exchange_refresh_token(&first)
+        .unwrap()
+        .request_async(&http)
+        .await
+        .unwrap()
+        .refresh_token()
+        .unwrap()
+        .clone();
+
+    // A backup taken now, restored and served with the same master key.
+    let dir = tempfile::tempdir().unwrap();
+    let (file, restored) = (dir.path().join("b.backup"), dir.path().join("restored"));
+    let (ok, _, err) = crate::backup::run_with_token(
+        &w.app.admin,
+        &[
+            "backup",
+            "--server",
+            &w.app.url,
+            "--out",
+            file.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let (ok, _, err) = crate::backup::restore(&file, &restored, &[]);
+    assert!(ok, "{err}");
+    std::fs::copy(
+        w.app.dir.path().join("master.key"),
+        restored.join("master.key"),
+    )
+    .unwrap();
+    std::fs::write(restored.join("admin.token"), &w.app.admin).unwrap();
+    let serve = crate::support::Serve::start(&restored, None).await;
+    let refresh = |token: String| {
+        let (http, url) = (serve.http.clone(), format!("{}/token", serve.url));
+        let (id, secret) = (client_id.clone(), secret.clone());
+        async move {
+            let r = http
+                .post(url)
+                .basic_auth(id, Some(secret))
+                .form(&[
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", token.as_str()),
+                ])
+                .send()
+                .await
+                .unwrap();
+            (r.status(), r.json::<Value>().await.unwrap())
+        }
+    };
+
+    // The family's current token refreshes there, and the tokens carry the same grant.
+    let (s, third) = refresh(second.secret().clone()).await;
+    assert_eq!(s, StatusCode::OK, "{third}");
+    let claims = claims_of(third["id_token"].as_str().unwrap());
+    assert_eq!(claims["sub"], adele.as_str());
+    assert_eq!(claims["nonce"], nonce.secret().as_str());
+    assert_eq!(claims["auth_time"], first_id_token["auth_time"]);
+    assert_eq!(claims["amr"], first_id_token["amr"]);
+    assert_eq!(
+        claims["preferred_username"],
+        first_id_token["preferred_username"]
+    );
+    let scope = third["scope"].as_str().unwrap();
+    assert!(
+        scope.contains("profile") && scope.contains("offline_access"),
+        "{scope}"
+    );
+    let third = third["refresh_token"].as_str().unwrap().to_owned();
+    assert_ne!(third, *second.secret());
+
+    // A token spent before the backup is known there as spent: the family ends.
+    let (s, reused) = refresh(first.secret().clone()).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{reused}");
+    assert_eq!(reused["error"], "invalid_grant");
+    let (s, gone) = refresh(third).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{gone}");
+    assert_eq!(gone["error"], "invalid_grant");
+    // Made-up tokens, of a real user's shape or not, are unknown and change nothing.
+    for junk in ["", "x", &"A".repeat(86), &"A".repeat(5000)] {
+        let (s, answer) = refresh(junk.to_owned()).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{answer}");
+    }
+}

@@ -10,6 +10,7 @@ use crate::Event;
 
 pub mod domain;
 pub mod provider;
+pub mod refresh;
 pub mod signin;
 #[cfg(test)]
 mod spec;

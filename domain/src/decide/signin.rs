@@ -331,6 +331,8 @@ pub enum SignInCommand {
         /// Domains whose users may use the app.
         app_domains: Vec<DomainId>,
     },
+    /// Spend a refresh token and record the next one (see [`super::refresh`]).
+    RefreshAppTokens(super::refresh::RefreshRequest),
     /// Record a refused token request.
     RefuseAppToken(AppTokenRefused),
     /// Decide a sign-in attempt.
@@ -547,6 +549,10 @@ pub fn decide(s: &UserState, c: SignInCommand) -> Result<Vec<Event>, Rejection> 
                 ));
             }
             Ok(vec![issued.into()])
+        }
+        SignInCommand::RefreshAppTokens(r) => {
+            let allowed = allowed(s).map(|_| ()).map_err(|f| f.message().to_owned());
+            super::refresh::decide(s, r, allowed)
         }
         SignInCommand::RefuseAppToken(refused) => Ok(vec![refused.into()]),
         SignInCommand::SignIn { proof, app, at } => {

@@ -50,6 +50,8 @@ pub struct UserState {
     pub domain: Option<DomainId>,
     /// Enrolment, sign-in methods and lockouts.
     pub signin: super::signin::SignInState,
+    /// Refresh-token families of the apps the user signed in to.
+    pub refresh: super::refresh::Families,
 }
 
 impl UserState {
@@ -93,7 +95,15 @@ pub fn evolve(mut s: UserState, e: &Event) -> UserState {
         Event::UserDeactivated(_) => s.status = Status::Deactivated,
         Event::UserDeleted(_) => s.status = Status::Deleted,
         Event::UserSsoOverrideSet(e) => s.sso_override = e.sso,
+        Event::AppTokensIssued(_) | Event::AppTokenRefused(_) => s.refresh.evolve(e),
         e => super::signin::evolve(&mut s.signin, e),
+    }
+    // Deactivation, deletion or SSO off ends every refresh family at once; coming back
+    // revives none of them.
+    if !s.refresh.by_id.is_empty()
+        && super::signin::sign_in_allowed(s.status, s.imported_sso, s.sso_override).is_err()
+    {
+        s.refresh.close_all();
     }
     s
 }

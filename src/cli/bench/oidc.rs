@@ -3,7 +3,9 @@
 //! registered through the API (which also makes the provider's first signing key). Then C
 //! clients run the code flow over and over — `/authorize` with the session, and the
 //! measured part, the code exchange at `/token` (client authentication, PKCE, the rules,
-//! `AppTokensIssued` appended durably, ID and access tokens signed ES256). Last, the
+//! `AppTokensIssued` appended durably, ID and access tokens signed ES256). Then each client
+//! takes one refresh token per user and refreshes it in a chain (the family decided on the
+//! user's stream, the next token's hash appended durably, tokens signed). Last, the
 //! discovery document and the JWKS at full speed, against `/healthz` in the same run.
 
 use super::api::{free_port, percentile, quiet_serve, wait_ready, Killed};
@@ -31,6 +33,9 @@ pub struct OidcArgs {
     /// Code exchanges in all.
     #[arg(long, default_value_t = 10_000)]
     pub exchanges: u32,
+    /// Refresh-token grants in all.
+    #[arg(long, default_value_t = 10_000)]
+    pub refreshes: u32,
     /// Clients at once.
     #[arg(long, default_value_t = 16)]
     pub concurrency: u32,
@@ -64,60 +69,156 @@ async fn session(
     .await
 }
 
+/// A code from `/authorize` with the session `cookie`, and its PKCE verifier.
+async fn authorize(
+    http: &reqwest::Client,
+    url: &str,
+    cookie: &str,
+    client_id: &str,
+    scope: &str,
+) -> Result<(String, String), Error> {
+    let verifier = crate::http::new_token_text();
+    let challenge = B64.encode(Sha256::digest(verifier.as_bytes()));
+    let r = http
+        .get(format!(
+            "{url}/authorize?client_id={client_id}&redirect_uri={}&response_type=code&scope={}&state=s&nonce=n&code_challenge={challenge}&code_challenge_method=S256",
+            urlencoding::encode(REDIRECT),
+            urlencoding::encode(scope),
+        ))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .map_err(other)?;
+    let location = r
+        .headers()
+        .get("location")
+        .and_then(|l| l.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let code = location
+        .split(['?', '&'])
+        .find_map(|kv| kv.strip_prefix("code="))
+        .ok_or_else(|| other(format!("authorize answered {}: {location}", r.status())))?
+        .to_owned();
+    Ok((code, verifier))
+}
+
+/// A `POST /token` with Basic client authentication; answers the token response.
+async fn token(
+    http: &reqwest::Client,
+    url: &str,
+    (client_id, secret): (&str, &str),
+    form: &[(&str, &str)],
+) -> Result<serde_json::Value, Error> {
+    let r = http
+        .post(format!("{url}/token"))
+        .basic_auth(client_id, Some(secret))
+        .form(form)
+        .send()
+        .await
+        .map_err(other)?;
+    let status = r.status();
+    let body: serde_json::Value = r.json().await.map_err(other)?;
+    if !status.is_success() || body["id_token"].as_str().is_none() {
+        return Err(other(format!("token answered {status}: {body}")));
+    }
+    Ok(body)
+}
+
 /// One client: codes from `/authorize`, each exchanged at `/token`; answers the exchanges'
 /// milliseconds.
 async fn client(
     http: reqwest::Client,
     url: String,
     cookies: Vec<String>,
-    client_id: String,
-    secret: String,
+    app: (String, String),
     count: u32,
 ) -> Result<Vec<f64>, Error> {
     let mut times = Vec::with_capacity(count as usize);
     for n in 0..count {
         let cookie = &cookies[n as usize % cookies.len()];
-        let verifier = crate::http::new_token_text();
-        let challenge = B64.encode(Sha256::digest(verifier.as_bytes()));
-        let r = http
-            .get(format!(
-                "{url}/authorize?client_id={client_id}&redirect_uri={}&response_type=code&scope=openid%20profile&state=s&nonce=n&code_challenge={challenge}&code_challenge_method=S256",
-                urlencoding::encode(REDIRECT)
-            ))
-            .header("cookie", cookie)
-            .send()
-            .await
-            .map_err(other)?;
-        let location = r
-            .headers()
-            .get("location")
-            .and_then(|l| l.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
-        let code = location
-            .split(['?', '&'])
-            .find_map(|kv| kv.strip_prefix("code="))
-            .ok_or_else(|| other(format!("authorize answered {}: {location}", r.status())))?
-            .to_owned();
+        let (code, verifier) = authorize(&http, &url, cookie, &app.0, "openid profile").await?;
         let started = Instant::now();
-        let r = http
-            .post(format!("{url}/token"))
-            .basic_auth(&client_id, Some(&secret))
-            .form(&[
+        token(
+            &http,
+            &url,
+            (&app.0, &app.1),
+            &[
                 ("grant_type", "authorization_code"),
                 ("code", code.as_str()),
                 ("redirect_uri", REDIRECT),
                 ("code_verifier", verifier.as_str()),
-            ])
-            .send()
-            .await
-            .map_err(other)?;
-        let status = r.status();
-        let body: serde_json::Value = r.json().await.map_err(other)?;
-        if !status.is_success() || body["id_token"].as_str().is_none() {
-            return Err(other(format!("token answered {status}: {body}")));
-        }
+            ],
+        )
+        .await?;
         times.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok(times)
+}
+
+/// A refresh family per session cookie, begun by a code exchange with `offline_access`;
+/// answers each family's refresh token.
+async fn begin_families(
+    http: reqwest::Client,
+    url: String,
+    cookies: Vec<String>,
+    app: (String, String),
+) -> Result<Vec<String>, Error> {
+    let mut held = Vec::with_capacity(cookies.len());
+    for cookie in &cookies {
+        let (code, verifier) =
+            authorize(&http, &url, cookie, &app.0, "openid profile offline_access").await?;
+        let body = token(
+            &http,
+            &url,
+            (&app.0, &app.1),
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", code.as_str()),
+                ("redirect_uri", REDIRECT),
+                ("code_verifier", verifier.as_str()),
+            ],
+        )
+        .await?;
+        held.push(
+            body["refresh_token"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+    }
+    Ok(held)
+}
+
+/// One client of refresh tokens: `count` refreshes of its families in turn, each presenting
+/// the family's newest token; answers the refreshes' milliseconds.
+async fn refresher(
+    http: reqwest::Client,
+    url: String,
+    mut held: Vec<String>,
+    app: (String, String),
+    count: u32,
+) -> Result<Vec<f64>, Error> {
+    let mut times = Vec::with_capacity(count as usize);
+    for n in 0..count as usize {
+        let families = held.len();
+        let current = &mut held[n % families];
+        let started = Instant::now();
+        let body = token(
+            &http,
+            &url,
+            (&app.0, &app.1),
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", current.as_str()),
+            ],
+        )
+        .await?;
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+        *current = body["refresh_token"]
+            .as_str()
+            .ok_or_else(|| other(format!("no refresh token in {body}")))?
+            .to_owned();
     }
     Ok(times)
 }
@@ -208,14 +309,13 @@ pub async fn oidc(args: OidcArgs) -> Result<ExitCode, Error> {
     let per_client = args.exchanges / args.concurrency;
     let started = Instant::now();
     let runs: Vec<_> = shares
-        .into_iter()
+        .iter()
         .map(|cookies| {
             tokio::spawn(client(
                 http.clone(),
                 url.clone(),
-                cookies,
-                client_id.clone(),
-                secret.clone(),
+                cookies.clone(),
+                (client_id.clone(), secret.clone()),
                 per_client,
             ))
         })
@@ -225,6 +325,40 @@ pub async fn oidc(args: OidcArgs) -> Result<ExitCode, Error> {
         times.extend(r.await.map_err(other)??);
     }
     let flows_per_sec = times.len() as f64 / started.elapsed().as_secs_f64();
+    let begun: Vec<_> = shares
+        .into_iter()
+        .map(|cookies| {
+            tokio::spawn(begin_families(
+                http.clone(),
+                url.clone(),
+                cookies,
+                (client_id.clone(), secret.clone()),
+            ))
+        })
+        .collect();
+    let mut families = Vec::new();
+    for b in begun {
+        families.push(b.await.map_err(other)??);
+    }
+    let per_client = args.refreshes / args.concurrency;
+    let started = Instant::now();
+    let runs: Vec<_> = families
+        .into_iter()
+        .map(|held| {
+            tokio::spawn(refresher(
+                http.clone(),
+                url.clone(),
+                held,
+                (client_id.clone(), secret.clone()),
+                per_client,
+            ))
+        })
+        .collect();
+    let mut refresh_times = Vec::new();
+    for r in runs {
+        refresh_times.extend(r.await.map_err(other)??);
+    }
+    let refreshes_per_sec = refresh_times.len() as f64 / started.elapsed().as_secs_f64();
     let c = args.concurrency;
     let discovery = rate(
         &http,
@@ -238,6 +372,7 @@ pub async fn oidc(args: OidcArgs) -> Result<ExitCode, Error> {
     let healthz = rate(&http, &url, "/healthz", c, args.seconds).await?;
     drop(serve);
     times.sort_by(|a, b| a.total_cmp(b));
+    refresh_times.sort_by(|a, b| a.total_cmp(b));
     let r3 = |x: f64| (x * 1000.0).round() / 1000.0;
     println!(
         "{}",
@@ -249,6 +384,11 @@ pub async fn oidc(args: OidcArgs) -> Result<ExitCode, Error> {
             "exchange_p50_ms": r3(percentile(&times, 0.5)),
             "exchange_p99_ms": r3(percentile(&times, 0.99)),
             "exchange_max_ms": r3(times.last().copied().unwrap_or_default()),
+            "refreshes": refresh_times.len(),
+            "refreshes_per_sec": refreshes_per_sec.round(),
+            "refresh_p50_ms": r3(percentile(&refresh_times, 0.5)),
+            "refresh_p99_ms": r3(percentile(&refresh_times, 0.99)),
+            "refresh_max_ms": r3(refresh_times.last().copied().unwrap_or_default()),
             "discovery_per_sec": discovery.round(),
             "jwks_per_sec": jwks.round(),
             "baseline_healthz_per_sec": healthz.round(),

@@ -1,0 +1,181 @@
+//! Refresh-token families (RFC 6749 §10.4, RFC 9700 §4.14): a code exchange with
+//! `offline_access` begins a family; each refresh spends the family's current token and
+//! hands out the next; a spent token presented again means a copy is abroad, and the whole
+//! family ends. Families are folded from the user's stream, so they outlive a restart and a
+//! standby holds the same ones.
+
+use super::*;
+use chrono::{DateTime, Duration, Utc};
+use std::collections::{BTreeMap, VecDeque};
+
+/// A family unused this long has expired (30 days).
+pub const REFRESH_IDLE: Duration = Duration::days(30);
+/// Families one user holds at most; beginning one more ends the least recently used.
+pub const MAX_FAMILIES: usize = 50;
+/// Spent tokens remembered per family. Presenting one of them ends the family; older ones
+/// are merely unknown, which keeps the state of a family refreshed for years small.
+pub const SPENT_KEPT: usize = 32;
+
+/// One family, as decisions need it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Family {
+    /// The app it was issued to.
+    pub app: AppId,
+    /// The sign-in session it came from.
+    pub sid: String,
+    /// What its tokens carry (`None`: begun before families were recorded in full).
+    pub grant: Option<TokenGrant>,
+    /// The hash of the one token that refreshes it now.
+    pub current: Hash,
+    /// Hashes of its spent tokens, newest last.
+    pub spent: VecDeque<Hash>,
+    /// When it was begun or last refreshed.
+    pub last_used: DateTime<Utc>,
+    /// The user was deactivated, deleted or lost SSO since: it refreshes nothing, ever
+    /// (kept only so that the next attempt names the user and is recorded, then it ends).
+    pub closed: bool,
+}
+
+/// A user's refresh-token families by id.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Families {
+    /// Live families (ended ones are removed).
+    pub by_id: BTreeMap<uuid::Uuid, Family>,
+}
+
+impl Families {
+    /// Folds one event of the user's stream.
+    pub fn evolve(&mut self, e: &Event) {
+        match e {
+            Event::AppTokensIssued(e) => {
+                let Some(r) = &e.refresh else { return };
+                // Time is the log's: a family idle past its life at this record is gone,
+                // and a fold of the same records always drops the same families.
+                self.by_id.retain(|_, f| e.at - f.last_used < REFRESH_IDLE);
+                if let Some(f) = self.by_id.get_mut(&r.family) {
+                    f.spent.push_back(f.current);
+                    if f.spent.len() > SPENT_KEPT {
+                        f.spent.pop_front();
+                    }
+                    f.current = r.token_hash;
+                    f.last_used = e.at;
+                    if r.grant.is_some() {
+                        f.grant = r.grant.clone();
+                    }
+                    return;
+                }
+                if self.by_id.len() >= MAX_FAMILIES {
+                    let oldest = self
+                        .by_id
+                        .iter()
+                        .min_by_key(|(id, f)| (f.last_used, **id))
+                        .map(|(id, _)| *id);
+                    if let Some(id) = oldest {
+                        self.by_id.remove(&id);
+                    }
+                }
+                self.by_id.insert(
+                    r.family,
+                    Family {
+                        app: e.app_id,
+                        sid: e.sid.clone(),
+                        grant: r.grant.clone(),
+                        current: r.token_hash,
+                        spent: VecDeque::new(),
+                        last_used: e.at,
+                        closed: false,
+                    },
+                );
+            }
+            Event::AppTokenRefused(e) => {
+                if let Some(f) = e.revoked_family {
+                    self.by_id.remove(&f);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Every family stops refreshing for good (the user may no longer sign in).
+    pub fn close_all(&mut self) {
+        for f in self.by_id.values_mut() {
+            f.closed = true;
+        }
+    }
+}
+
+/// A refresh request, with everything the IO layer checked (the client's authentication)
+/// or made (the next token).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefreshRequest {
+    /// The authenticated client's app.
+    pub app_id: AppId,
+    /// The family the presented token names.
+    pub family: uuid::Uuid,
+    /// SHA-256 of the presented token.
+    pub presented: Hash,
+    /// SHA-256 of the token to hand out next.
+    pub next: Hash,
+    /// Domains whose users may use the app.
+    pub app_domains: Vec<DomainId>,
+    /// Now.
+    pub at: DateTime<Utc>,
+}
+
+/// Decides a refresh: the next token with the family's grant, a recorded refusal that ends
+/// the family, or `NotFound` when the token is nobody's the user's stream knows (nothing
+/// recorded: anyone can make up a token).
+pub fn decide(
+    s: &user::UserState,
+    r: RefreshRequest,
+    allowed: Result<(), String>,
+) -> Result<Vec<Event>, Rejection> {
+    let unknown = Rejection::NotFound("refresh token");
+    let family = s.refresh.by_id.get(&r.family).ok_or(unknown.clone())?;
+    if family.app != r.app_id {
+        return Err(unknown);
+    }
+    let end = |reason: &str| -> Result<Vec<Event>, Rejection> {
+        Ok(vec![AppTokenRefused {
+            app_id: r.app_id,
+            reason: format!("invalid_grant: {reason}"),
+            revoked_family: Some(r.family),
+            at: r.at,
+        }
+        .into()])
+    };
+    if family.spent.contains(&r.presented) {
+        return end("a used refresh token was presented; its family is revoked");
+    }
+    if family.current != r.presented {
+        return Err(unknown);
+    }
+    if family.closed {
+        return end("the user may no longer sign in; the family ended with that");
+    }
+    if let Err(why) = allowed {
+        return end(&why);
+    }
+    if !s.domain.is_some_and(|d| r.app_domains.contains(&d)) {
+        return end("this app is not open to users of your domain");
+    }
+    if r.at - family.last_used >= REFRESH_IDLE {
+        return end("the refresh token expired");
+    }
+    let Some(grant) = family.grant.clone() else {
+        // Begun before the grant was recorded: what its tokens carried is not known.
+        return end("the refresh token predates this server's records; sign in again");
+    };
+    Ok(vec![AppTokensIssued {
+        app_id: r.app_id,
+        grant: "refresh_token".into(),
+        sid: family.sid.clone(),
+        refresh: Some(RefreshIssued {
+            family: r.family,
+            token_hash: r.next,
+            grant: Some(grant),
+        }),
+        at: r.at,
+    }
+    .into()])
+}

@@ -1,0 +1,516 @@
+//! A model test of refresh-token families (`domain::decide::refresh`): apps exchange codes
+//! and refresh, answers are lost (the app keeps presenting its old token), decisions are
+//! lost before they are appended (a crash), tokens are replayed by whoever copied them, the
+//! user is deactivated, reactivated or loses SSO, and time passes. Every decision folds the
+//! log from scratch, as a restarted server does, and must equal the state folded step by
+//! step.
+//!
+//! After every step: a refresh is accepted only for the family's newest token, by its own
+//! app, while the user may sign in, within the idle limit, for a family no spent token and
+//! no loss of sign-in ever touched; and such a refresh is never refused. The same model runs
+//! two broken rule sets, which must be caught, so the model is known to have teeth.
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use idledger_domain::decide::refresh::{RefreshRequest, MAX_FAMILIES, REFRESH_IDLE, SPENT_KEPT};
+use idledger_domain::decide::signin::{self, SignInCommand};
+use idledger_domain::decide::user::{evolve, UserState};
+use idledger_domain::decide::Rejection;
+use idledger_domain::events::*;
+use idledger_domain::*;
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestError, TestRunner};
+
+type Decide = fn(&UserState, SignInCommand) -> Result<Vec<Event>, Rejection>;
+
+/// Which token a refresh presents.
+#[derive(Clone, Copy, Debug)]
+enum Which {
+    /// The one the app holds (old, when an answer was lost).
+    Held,
+    /// One spent this many rotations before the newest (a copy someone kept).
+    Spent(usize),
+    /// The newest issued (a late answer that did arrive after all).
+    Newest,
+    /// The app's own token, presented by the other app.
+    OtherApp,
+    /// Nothing ever issued.
+    MadeUp,
+}
+
+#[derive(Clone, Debug)]
+enum Step {
+    /// A code exchange with `offline_access`; its answer may be lost.
+    Exchange {
+        app: u8,
+        lost: bool,
+    },
+    /// A refresh of family `pick`; the answer may be lost, or the decision never appended.
+    Refresh {
+        pick: usize,
+        which: Which,
+        lost: bool,
+        crash: bool,
+    },
+    Deactivate,
+    Reactivate,
+    SsoOff,
+    SsoOn,
+    /// Time passes (minutes).
+    Wait(i64),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    let which = prop_oneof![
+        4 => Just(Which::Held),
+        2 => (0usize..40).prop_map(Which::Spent),
+        2 => Just(Which::Newest),
+        1 => Just(Which::OtherApp),
+        1 => Just(Which::MadeUp),
+    ];
+    prop_oneof![
+        3 => (0u8..2, proptest::bool::weighted(0.2)).prop_map(|(app, lost)| Step::Exchange { app, lost }),
+        10 => (0usize..8, which, proptest::bool::weighted(0.2), proptest::bool::weighted(0.1))
+            .prop_map(|(pick, which, lost, crash)| Step::Refresh { pick, which, lost, crash }),
+        1 => Just(Step::Deactivate),
+        1 => Just(Step::Reactivate),
+        1 => Just(Step::SsoOff),
+        1 => Just(Step::SsoOn),
+        2 => prop_oneof![1i64..120, 1_000i64..20_000, 40_000i64..50_000].prop_map(Step::Wait),
+    ]
+}
+
+const DOMAIN: DomainId = DomainId(uuid::Uuid::from_u128(0xd0));
+
+fn app(n: u8) -> AppId {
+    AppId(uuid::Uuid::from_u128(0xa0 + n as u128))
+}
+
+fn hash(n: u64) -> Hash {
+    let mut h = [0u8; 32];
+    h[..8].copy_from_slice(&n.to_le_bytes());
+    Hash(h)
+}
+
+fn grant(at: DateTime<Utc>) -> TokenGrant {
+    TokenGrant {
+        scope: vec!["openid".into(), "offline_access".into()],
+        nonce: Some("n".into()),
+        auth_time: at,
+        amr: vec!["hwk".into()],
+        method: SsoMethod::Passwordless,
+    }
+}
+
+/// What the model knows of a family, independently of the engine's state.
+struct Family {
+    id: uuid::Uuid,
+    app: AppId,
+    /// Every token issued in it, oldest first.
+    issued: Vec<Hash>,
+    /// The token the app holds.
+    held: Hash,
+    last_used: DateTime<Utc>,
+    /// The user lost sign-in (deactivated, SSO off) while it existed.
+    lost_sign_in: bool,
+    /// A spent token of it was presented.
+    replayed: bool,
+}
+
+struct Model {
+    decide: Decide,
+    log: Vec<Event>,
+    /// The state folded step by step, as a running server holds it.
+    running: UserState,
+    now: DateTime<Utc>,
+    families: Vec<Family>,
+    next_token: u64,
+}
+
+impl Model {
+    fn new(decide: Decide) -> Model {
+        let mut m = Model {
+            decide,
+            log: Vec::new(),
+            running: UserState::default(),
+            now: Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
+            families: Vec::new(),
+            next_token: 1,
+        };
+        m.append(vec![
+            UserDiscovered {
+                user_id: UserId(uuid::Uuid::from_u128(1)),
+                domain_id: DOMAIN,
+                external_id: "e".into(),
+                attributes: UserAttributes {
+                    user_principal_name: "u@contoso.com".into(),
+                    display_name: "U".into(),
+                    mail: None,
+                    given_name: None,
+                    surname: None,
+                    account_enabled: true,
+                },
+            }
+            .into(),
+            UserImported {
+                sso: SsoSettings {
+                    enabled: true,
+                    method: SsoMethod::Passwordless,
+                },
+            }
+            .into(),
+        ]);
+        m
+    }
+
+    fn append(&mut self, events: Vec<Event>) {
+        for e in events {
+            self.running = evolve(std::mem::take(&mut self.running), &e);
+            self.log.push(e);
+        }
+    }
+
+    /// The state a restarted server folds from the log.
+    fn folded(&self) -> UserState {
+        self.log.iter().fold(UserState::default(), evolve)
+    }
+
+    fn allowed(&self) -> bool {
+        let s = &self.running;
+        signin::sign_in_allowed(s.status, s.imported_sso, s.sso_override).is_ok()
+    }
+
+    fn token(&mut self) -> Hash {
+        self.next_token += 1;
+        hash(self.next_token)
+    }
+
+    fn lose_sign_in(&mut self, e: Event) {
+        self.append(vec![e]);
+        if !self.allowed() {
+            for f in &mut self.families {
+                f.lost_sign_in = true;
+            }
+        }
+    }
+
+    fn run(&mut self, step: &Step) -> Result<(), String> {
+        match *step {
+            Step::Exchange { app: a, lost } => {
+                if self.families.len() >= MAX_FAMILIES - 1 {
+                    return Ok(());
+                }
+                let (family, token) =
+                    (uuid::Uuid::from_u128(self.next_token as u128), self.token());
+                let issued = AppTokensIssued {
+                    app_id: app(a),
+                    grant: "authorization_code".into(),
+                    sid: "sid".into(),
+                    refresh: Some(RefreshIssued {
+                        family,
+                        token_hash: token,
+                        grant: Some(grant(self.now)),
+                    }),
+                    at: self.now,
+                };
+                let command = SignInCommand::IssueAppTokens {
+                    issued,
+                    app_domains: vec![DOMAIN],
+                };
+                if let Ok(events) = (self.decide)(&self.folded(), command) {
+                    self.append(events);
+                    // Lost answer: the app never holds a token of the family.
+                    self.families.push(Family {
+                        id: family,
+                        app: app(a),
+                        issued: vec![token],
+                        held: if lost { hash(0) } else { token },
+                        last_used: self.now,
+                        lost_sign_in: false,
+                        replayed: false,
+                    });
+                }
+            }
+            Step::Refresh {
+                pick,
+                which,
+                lost,
+                crash,
+            } => {
+                if self.families.is_empty() {
+                    return Ok(());
+                }
+                let i = pick % self.families.len();
+                let next = self.token();
+                let f = &self.families[i];
+                let (presented, by) = match which {
+                    Which::Held => (f.held, f.app),
+                    Which::Newest => (*f.issued.last().unwrap(), f.app),
+                    Which::Spent(back) => {
+                        let spent = &f.issued[..f.issued.len() - 1];
+                        match spent.len().checked_sub(back + 1) {
+                            Some(k) => (spent[k], f.app),
+                            None => return Ok(()),
+                        }
+                    }
+                    Which::OtherApp => (f.held, if f.app == app(0) { app(1) } else { app(0) }),
+                    Which::MadeUp => (hash(u64::MAX), f.app),
+                };
+                let newest = presented == *f.issued.last().unwrap();
+                let spent = !newest && f.issued.contains(&presented);
+                let request = RefreshRequest {
+                    app_id: by,
+                    family: f.id,
+                    presented,
+                    next,
+                    app_domains: vec![DOMAIN],
+                    at: self.now,
+                };
+                let decided =
+                    (self.decide)(&self.folded(), SignInCommand::RefreshAppTokens(request));
+                let accepted = matches!(decided.as_deref(), Ok([Event::AppTokensIssued(_)]));
+                let idle = self.now - f.last_used >= REFRESH_IDLE;
+                let revoked = self.log.iter().any(
+                    |e| matches!(e, Event::AppTokenRefused(r) if r.revoked_family == Some(f.id)),
+                );
+                if accepted {
+                    if !newest {
+                        return Err(format!("a token not the newest was accepted ({which:?})"));
+                    }
+                    if by != f.app {
+                        return Err("another app's token was accepted".into());
+                    }
+                    if !self.allowed() || f.lost_sign_in {
+                        return Err("accepted for a user who lost sign-in since".into());
+                    }
+                    if idle {
+                        return Err("accepted after the idle limit".into());
+                    }
+                    if f.replayed || revoked {
+                        return Err("accepted for a family that was replayed or revoked".into());
+                    }
+                }
+                let live = by == f.app
+                    && newest
+                    && self.allowed()
+                    && !f.lost_sign_in
+                    && !idle
+                    && !f.replayed
+                    && !revoked;
+                if live && !accepted {
+                    return Err(format!(
+                        "a live family's newest token was refused: {decided:?}"
+                    ));
+                }
+                // A recently spent token, presented by its app to a family still held, ends it.
+                let recent = spent
+                    && f.issued.len() - 1 - f.issued.iter().position(|h| *h == presented).unwrap()
+                        <= SPENT_KEPT;
+                if recent && by == f.app && !revoked && !f.replayed && !idle {
+                    let ends = matches!(
+                        decided.as_deref(),
+                        Ok([Event::AppTokenRefused(r)]) if r.revoked_family == Some(f.id)
+                    );
+                    if !ends {
+                        return Err(format!(
+                            "a replayed token did not end its family: {decided:?}"
+                        ));
+                    }
+                }
+                if let Ok(events) = decided {
+                    if crash {
+                        // Decided, never appended: nothing happened.
+                        return Ok(());
+                    }
+                    self.append(events);
+                    let now = self.now;
+                    let f = &mut self.families[i];
+                    if spent && by == f.app {
+                        f.replayed = true;
+                    }
+                    if accepted {
+                        f.issued.push(next);
+                        f.last_used = now;
+                        if !lost {
+                            f.held = next;
+                        }
+                    }
+                }
+            }
+            Step::Deactivate => {
+                let s = &self.running;
+                if s.status == signin_status_active() {
+                    self.lose_sign_in(UserDeactivated { reason: None }.into());
+                }
+            }
+            Step::Reactivate => {
+                if self.running.status != signin_status_active() {
+                    self.append(vec![UserReactivated {}.into()]);
+                }
+            }
+            Step::SsoOff => self.lose_sign_in(
+                UserSsoOverrideSet {
+                    sso: Some(SsoSettings {
+                        enabled: false,
+                        method: SsoMethod::Passwordless,
+                    }),
+                }
+                .into(),
+            ),
+            Step::SsoOn => self.append(vec![UserSsoOverrideSet { sso: None }.into()]),
+            Step::Wait(minutes) => self.now += Duration::minutes(minutes),
+        }
+        if self.folded() != self.running {
+            return Err("the state folded from the log differs from the running state".into());
+        }
+        if self.running.refresh.by_id.len() > MAX_FAMILIES {
+            return Err("more families than the bound".into());
+        }
+        if self
+            .running
+            .refresh
+            .by_id
+            .values()
+            .any(|f| f.spent.len() > SPENT_KEPT)
+        {
+            return Err("more spent tokens than the bound".into());
+        }
+        Ok(())
+    }
+}
+
+fn signin_status_active() -> idledger_domain::decide::user::Status {
+    idledger_domain::decide::user::Status::Active
+}
+
+fn run_model(decide: Decide, cases: u32) -> Result<(), TestError<Vec<Step>>> {
+    let mut runner = TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    runner.run(&proptest::collection::vec(step(), 1..120), |steps| {
+        let mut m = Model::new(decide);
+        for s in &steps {
+            m.run(s)
+                .map_err(|e| TestCaseError::fail(format!("{e} at {s:?}")))?;
+        }
+        Ok(())
+    })
+}
+
+#[test]
+fn refresh_families_hold_under_lost_answers_crashes_replays_and_status_changes() {
+    if let Err(e) = run_model(signin::decide, 2000) {
+        panic!("{e}");
+    }
+}
+
+/// Rules that accept a spent token as if it were the newest (no replay detection).
+fn no_replay_detection(s: &UserState, c: SignInCommand) -> Result<Vec<Event>, Rejection> {
+    if let SignInCommand::RefreshAppTokens(mut r) = c.clone() {
+        if let Some(f) = s.refresh.by_id.get(&r.family) {
+            if f.spent.contains(&r.presented) {
+                r.presented = f.current;
+                return signin::decide(s, SignInCommand::RefreshAppTokens(r));
+            }
+        }
+    }
+    signin::decide(s, c)
+}
+
+/// Rules under which a family closed by deactivation or SSO off comes back with the user.
+fn revives_closed_families(s: &UserState, c: SignInCommand) -> Result<Vec<Event>, Rejection> {
+    let mut s = s.clone();
+    for f in s.refresh.by_id.values_mut() {
+        f.closed = false;
+    }
+    signin::decide(&s, c)
+}
+
+/// Rules that keep everyone safe by refreshing nothing.
+fn refuses_every_refresh(s: &UserState, c: SignInCommand) -> Result<Vec<Event>, Rejection> {
+    match c {
+        SignInCommand::RefreshAppTokens(_) => Err(Rejection::NotFound("refresh token")),
+        c => signin::decide(s, c),
+    }
+}
+
+#[test]
+fn the_model_catches_broken_rules() {
+    for (name, broken) in [
+        ("no replay detection", no_replay_detection as Decide),
+        ("closed families revive", revives_closed_families as Decide),
+        ("nothing refreshes", refuses_every_refresh as Decide),
+    ] {
+        assert!(
+            run_model(broken, 2048).is_err(),
+            "the model did not catch: {name}"
+        );
+    }
+}
+
+#[test]
+fn families_and_spent_tokens_stay_bounded() {
+    let mut m = Model::new(signin::decide);
+    let at = m.now;
+    let mut events = Vec::new();
+    for n in 0..(MAX_FAMILIES as u64 + 5) {
+        events.push(
+            AppTokensIssued {
+                app_id: app(0),
+                grant: "authorization_code".into(),
+                sid: "sid".into(),
+                refresh: Some(RefreshIssued {
+                    family: uuid::Uuid::from_u128(n as u128 + 100),
+                    token_hash: hash(n + 100),
+                    grant: Some(grant(at)),
+                }),
+                at: at + Duration::seconds(n as i64),
+            }
+            .into(),
+        );
+    }
+    m.append(events);
+    let families = &m.running.refresh.by_id;
+    assert_eq!(families.len(), MAX_FAMILIES);
+    // The least recently used went first.
+    assert!(!families.contains_key(&uuid::Uuid::from_u128(100)));
+    assert!(families.contains_key(&uuid::Uuid::from_u128(MAX_FAMILIES as u128 + 104)));
+
+    // A family refreshed many times remembers its newest spent tokens only; an older
+    // one is unknown rather than a replay.
+    let family = uuid::Uuid::from_u128(MAX_FAMILIES as u128 + 104);
+    let mut current = hash(MAX_FAMILIES as u64 + 104);
+    let mut spent = Vec::new();
+    for n in 0..(SPENT_KEPT as u64 + 10) {
+        let next = hash(10_000 + n);
+        let decided = signin::decide(
+            &m.folded(),
+            SignInCommand::RefreshAppTokens(RefreshRequest {
+                app_id: app(0),
+                family,
+                presented: current,
+                next,
+                app_domains: vec![DOMAIN],
+                at: at + Duration::minutes(10 + n as i64),
+            }),
+        )
+        .unwrap();
+        m.append(decided);
+        spent.push(current);
+        current = next;
+    }
+    assert_eq!(m.running.refresh.by_id[&family].spent.len(), SPENT_KEPT);
+    let old = signin::decide(
+        &m.folded(),
+        SignInCommand::RefreshAppTokens(RefreshRequest {
+            app_id: app(0),
+            family,
+            presented: spent[0],
+            next: hash(99),
+            app_domains: vec![DOMAIN],
+            at: at + Duration::hours(3),
+        }),
+    );
+    assert_eq!(old, Err(Rejection::NotFound("refresh token")));
+}

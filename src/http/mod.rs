@@ -486,7 +486,7 @@ impl AppState {
     }
 
     /// The command path ([`crate::store::decide_and_append`]) with the API's errors.
-    pub async fn command<S: Default>(
+    pub async fn command<S: Default + Clone + Send + Sync + 'static>(
         &self,
         stream: &StreamId,
         actor: &Actor,

@@ -90,6 +90,9 @@ pub struct Config {
     /// Most connections open at once per listener (lowered to fit the process's file
     /// descriptor limit); at the cap the next waits to be accepted.
     pub max_connections: usize,
+    /// Streams whose folded state the command path keeps between commands (0: fold every
+    /// stream whole for each command, as before snapshots; for comparisons).
+    pub snapshot_streams: usize,
     /// The master key's file (see `--master-key-file`).
     pub master_key_file: Option<PathBuf>,
     /// Allow the master key inside the data dir (see `--allow-master-key-in-data-dir`).
@@ -258,6 +261,9 @@ impl Config {
         if !(1..=1_000_000).contains(&self.max_connections) {
             return Err(Error::Other("max_connections: 1 to 1000000".into()));
         }
+        if self.snapshot_streams > 10_000_000 {
+            return Err(Error::Other("snapshot_streams: 0 to 10000000".into()));
+        }
         if !(1..=86_400).contains(&self.tls_reload_secs) {
             return Err(Error::Other("tls_reload_secs: 1 to 86400".into()));
         }
@@ -295,6 +301,7 @@ impl Default for Config {
             max_event_streams: 256,
             header_read_timeout_secs: 20,
             max_connections: 4096,
+            snapshot_streams: crate::store::snapshots::DEFAULT_CAPACITY,
             master_key_file: None,
             allow_master_key_in_data_dir: false,
             sth_interval_ms: 1000,
@@ -362,6 +369,9 @@ impl Config {
         }
         if let Some(v) = env_setting("IDLEDGER_MAX_CONNECTIONS", "a number")? {
             c.max_connections = v;
+        }
+        if let Some(v) = env_setting("IDLEDGER_SNAPSHOT_STREAMS", "a number")? {
+            c.snapshot_streams = v;
         }
         if let Some(v) = env_setting("IDLEDGER_STH_INTERVAL_MS", "a number of milliseconds")? {
             c.sth_interval_ms = v;

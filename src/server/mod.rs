@@ -49,6 +49,7 @@ pub async fn start_with(
     )
     .map_err(secrets)?;
     let log = SledEventLog::open_with(data_dir, config.durability)?;
+    log.snapshots().set_capacity(config.snapshot_streams);
     private_dir(data_dir)?;
     if let Some(path) = created {
         tracing::warn!(path = %path.display(), "created a new master key: back it up apart from the data dir, without it no sealed secret can be read");

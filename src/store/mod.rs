@@ -7,6 +7,7 @@
 pub mod page;
 pub mod parallel_decode;
 pub mod sled_log;
+pub mod snapshots;
 mod subscription;
 pub mod tree;
 
@@ -18,6 +19,7 @@ use tokio::sync::broadcast;
 
 pub use parallel_decode::Reader;
 pub use sled_log::SledEventLog;
+pub use snapshots::Snapshots;
 pub use subscription::Subscription;
 
 /// How far an acknowledged append has gone.
@@ -220,6 +222,9 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// The Merkle tree over the records, when the log keeps one.
     fn tree(&self) -> Option<Arc<tree::LogTree>>;
+
+    /// Its streams' states as the command path last folded them.
+    fn snapshots(&self) -> &Snapshots;
 }
 
 /// History from `from`, then live events, with no gap and no duplicate.
@@ -268,7 +273,11 @@ pub enum CommandError {
 /// folded (with `correlation_id` on every event). A concurrent change is retried once on
 /// fresh state. Returns the position of the last event appended (the log's head when
 /// nothing changed).
-pub async fn decide_and_append<S: Default>(
+///
+/// The fold starts from the log's snapshot of the stream, if it keeps one, and takes in
+/// only the events after it; the state after an acknowledged append is kept for the next
+/// command.
+pub async fn decide_and_append<S: Default + Clone + Send + Sync + 'static>(
     log: &dyn EventLog,
     stream: &StreamId,
     actor: &Actor,
@@ -276,15 +285,24 @@ pub async fn decide_and_append<S: Default>(
     evolve: fn(S, &Event) -> S,
     decide: impl Fn(&S) -> Result<Vec<Event>, Rejection>,
 ) -> Result<u64, CommandError> {
+    let snapshots = log.snapshots();
     for attempt in 0..2 {
-        let past = log.read_stream(stream, 1, usize::MAX)?;
-        let version = past.last().map_or(0, |e| e.version);
-        let state = past.iter().fold(S::default(), |s, e| evolve(s, &e.event));
+        let (mut version, mut state) = snapshots
+            .get(stream, evolve)
+            .unwrap_or_else(|| (0, S::default()));
+        let newer = log.read_stream(stream, version + 1, usize::MAX)?;
+        for e in &newer {
+            state = evolve(state, &e.event);
+            version = e.version;
+        }
         let events = decide(&state)?;
         if events.is_empty() {
+            if !newer.is_empty() {
+                snapshots.put(stream, evolve, version, state);
+            }
             return Ok(log.head().position);
         }
-        let proposed = propose(events, actor, correlation_id);
+        let proposed = propose(events.clone(), actor, correlation_id);
         let expected = if version == 0 {
             ExpectedVersion::NoStream
         } else {
@@ -294,8 +312,16 @@ pub async fn decide_and_append<S: Default>(
             .append(AppendRequest::new(stream.clone(), expected, proposed))
             .await
         {
-            Ok(done) => return Ok(done.last_position),
-            Err(AppendError::WrongExpectedVersion { .. }) if attempt == 0 => continue,
+            Ok(done) => {
+                let appended = version + events.len() as u64;
+                let state = events.iter().fold(state, evolve);
+                snapshots.put(stream, evolve, appended, state);
+                return Ok(done.last_position);
+            }
+            Err(AppendError::WrongExpectedVersion { .. }) if attempt == 0 => {
+                snapshots.put(stream, evolve, version, state);
+                continue;
+            }
             Err(e) => return Err(e.into()),
         }
     }

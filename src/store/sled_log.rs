@@ -97,6 +97,7 @@ pub type LegacyKey = (Vec<u8>, Vec<u8>);
 pub struct SledEventLog {
     shared: Arc<Shared>,
     tx: mpsc::UnboundedSender<Job>,
+    snapshots: super::Snapshots,
 }
 
 /// Derived state rebuilt from the log on open.
@@ -326,7 +327,11 @@ impl SledEventLog {
             ids: rebuilt.ids,
         };
         tokio::spawn(writer.run(rx));
-        Ok(Arc::new(SledEventLog { shared, tx }))
+        Ok(Arc::new(SledEventLog {
+            shared,
+            tx,
+            snapshots: super::Snapshots::default(),
+        }))
     }
 
     /// Wrapped data keys an earlier build kept in sled's `keys` tree, to move to the key
@@ -799,6 +804,10 @@ impl EventLog for SledEventLog {
 
     fn tree(&self) -> Option<Arc<LogTree>> {
         self.shared.tree.clone()
+    }
+
+    fn snapshots(&self) -> &super::Snapshots {
+        &self.snapshots
     }
 
     fn flush(&self) -> LogFuture<'_, Result<(), StoreError>> {

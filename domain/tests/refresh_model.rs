@@ -7,11 +7,14 @@
 //!
 //! After every step: a refresh is accepted only for the family's newest token, by its own
 //! app, while the user may sign in, within the idle limit, for a family no spent token and
-//! no loss of sign-in ever touched; and such a refresh is never refused. The same model runs
-//! two broken rule sets, which must be caught, so the model is known to have teeth.
+//! no loss of sign-in ever touched; such a refresh is never refused; and any spent token,
+//! however old, ends its family. The same model runs three broken rule sets, which must be
+//! caught, so the model is known to have teeth.
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use idledger_domain::decide::refresh::{RefreshRequest, MAX_FAMILIES, REFRESH_IDLE, SPENT_KEPT};
+use idledger_domain::decide::refresh::{
+    RefreshRequest, MAX_FAMILIES, MAX_FAMILIES_PER_APP, REFRESH_IDLE,
+};
 use idledger_domain::decide::signin::{self, SignInCommand};
 use idledger_domain::decide::user::{evolve, UserState};
 use idledger_domain::decide::Rejection;
@@ -33,8 +36,11 @@ enum Which {
     Newest,
     /// The app's own token, presented by the other app.
     OtherApp,
-    /// Nothing ever issued.
+    /// Nothing ever issued, naming the current generation.
     MadeUp,
+    /// Nothing ever issued, naming an earlier generation (a forger who read the family's
+    /// id; ending the family is the safe answer).
+    MadeUpEarlier,
 }
 
 #[derive(Clone, Debug)]
@@ -66,6 +72,7 @@ fn step() -> impl Strategy<Value = Step> {
         2 => Just(Which::Newest),
         1 => Just(Which::OtherApp),
         1 => Just(Which::MadeUp),
+        1 => Just(Which::MadeUpEarlier),
     ];
     prop_oneof![
         3 => (0u8..2, proptest::bool::weighted(0.2)).prop_map(|(app, lost)| Step::Exchange { app, lost }),
@@ -196,7 +203,9 @@ impl Model {
     fn run(&mut self, step: &Step) -> Result<(), String> {
         match *step {
             Step::Exchange { app: a, lost } => {
-                if self.families.len() >= MAX_FAMILIES - 1 {
+                // Below the caps, so that no family ends by eviction (a test of its own).
+                let of_app = self.families.iter().filter(|f| f.app == app(a)).count();
+                if of_app >= MAX_FAMILIES_PER_APP - 1 || self.families.len() >= MAX_FAMILIES - 1 {
                     return Ok(());
                 }
                 let (family, token) =
@@ -242,24 +251,40 @@ impl Model {
                 let i = pick % self.families.len();
                 let next = self.token();
                 let f = &self.families[i];
-                let (presented, by) = match which {
-                    Which::Held => (f.held, f.app),
-                    Which::Newest => (*f.issued.last().unwrap(), f.app),
-                    Which::Spent(back) => {
-                        let spent = &f.issued[..f.issued.len() - 1];
-                        match spent.len().checked_sub(back + 1) {
-                            Some(k) => (spent[k], f.app),
-                            None => return Ok(()),
-                        }
+                // The generation a token names is its place in the family.
+                let generation_of = |h: &Hash| f.issued.iter().position(|x| x == h);
+                let newest_generation = f.issued.len() as u64 - 1;
+                let (presented, generation, by) = match which {
+                    Which::Held => match generation_of(&f.held) {
+                        Some(g) => (f.held, g as u64, f.app),
+                        // The exchange's answer was lost: the app holds nothing.
+                        None => return Ok(()),
+                    },
+                    Which::Newest => (*f.issued.last().unwrap(), newest_generation, f.app),
+                    Which::Spent(back) => match f.issued.len().checked_sub(back + 2) {
+                        Some(k) => (f.issued[k], k as u64, f.app),
+                        None => return Ok(()),
+                    },
+                    Which::OtherApp => match generation_of(&f.held) {
+                        Some(g) => (
+                            f.held,
+                            g as u64,
+                            if f.app == app(0) { app(1) } else { app(0) },
+                        ),
+                        None => return Ok(()),
+                    },
+                    Which::MadeUp => (hash(u64::MAX), newest_generation, f.app),
+                    Which::MadeUpEarlier if newest_generation > 0 => {
+                        (hash(u64::MAX), newest_generation - 1, f.app)
                     }
-                    Which::OtherApp => (f.held, if f.app == app(0) { app(1) } else { app(0) }),
-                    Which::MadeUp => (hash(u64::MAX), f.app),
+                    Which::MadeUpEarlier => return Ok(()),
                 };
                 let newest = presented == *f.issued.last().unwrap();
-                let spent = !newest && f.issued.contains(&presented);
+                let earlier = generation < newest_generation;
                 let request = RefreshRequest {
                     app_id: by,
                     family: f.id,
+                    generation,
                     presented,
                     next,
                     app_domains: vec![DOMAIN],
@@ -301,11 +326,9 @@ impl Model {
                         "a live family's newest token was refused: {decided:?}"
                     ));
                 }
-                // A recently spent token, presented by its app to a family still held, ends it.
-                let recent = spent
-                    && f.issued.len() - 1 - f.issued.iter().position(|h| *h == presented).unwrap()
-                        <= SPENT_KEPT;
-                if recent && by == f.app && !revoked && !f.replayed && !idle {
+                // An earlier generation's token, presented by its app to a family still
+                // held, ends it, however many rotations ago it was spent.
+                if earlier && by == f.app && !revoked && !f.replayed && !idle {
                     let ends = matches!(
                         decided.as_deref(),
                         Ok([Event::AppTokenRefused(r)]) if r.revoked_family == Some(f.id)
@@ -324,7 +347,7 @@ impl Model {
                     self.append(events);
                     let now = self.now;
                     let f = &mut self.families[i];
-                    if spent && by == f.app {
+                    if earlier && by == f.app {
                         f.replayed = true;
                     }
                     if accepted {
@@ -365,15 +388,6 @@ impl Model {
         if self.running.refresh.by_id.len() > MAX_FAMILIES {
             return Err("more families than the bound".into());
         }
-        if self
-            .running
-            .refresh
-            .by_id
-            .values()
-            .any(|f| f.spent.len() > SPENT_KEPT)
-        {
-            return Err("more spent tokens than the bound".into());
-        }
         Ok(())
     }
 }
@@ -409,8 +423,9 @@ fn refresh_families_hold_under_lost_answers_crashes_replays_and_status_changes()
 fn no_replay_detection(s: &UserState, c: SignInCommand) -> Result<Vec<Event>, Rejection> {
     if let SignInCommand::RefreshAppTokens(mut r) = c.clone() {
         if let Some(f) = s.refresh.by_id.get(&r.family) {
-            if f.spent.contains(&r.presented) {
+            if r.generation < f.generation {
                 r.presented = f.current;
+                r.generation = f.generation;
                 return signin::decide(s, SignInCommand::RefreshAppTokens(r));
             }
         }
@@ -449,68 +464,93 @@ fn the_model_catches_broken_rules() {
     }
 }
 
+fn begun(n: u64, a: u8, at: DateTime<Utc>) -> Event {
+    AppTokensIssued {
+        app_id: app(a),
+        grant: "authorization_code".into(),
+        sid: "sid".into(),
+        refresh: Some(RefreshIssued {
+            family: uuid::Uuid::from_u128(n as u128),
+            token_hash: hash(n),
+            grant: Some(grant(at)),
+        }),
+        at,
+    }
+    .into()
+}
+
 #[test]
-fn families_and_spent_tokens_stay_bounded() {
+fn families_stay_bounded_per_app_and_in_all() {
     let mut m = Model::new(signin::decide);
     let at = m.now;
-    let mut events = Vec::new();
-    for n in 0..(MAX_FAMILIES as u64 + 5) {
-        events.push(
-            AppTokensIssued {
-                app_id: app(0),
-                grant: "authorization_code".into(),
-                sid: "sid".into(),
-                refresh: Some(RefreshIssued {
-                    family: uuid::Uuid::from_u128(n as u128 + 100),
-                    token_hash: hash(n + 100),
-                    grant: Some(grant(at)),
-                }),
-                at: at + Duration::seconds(n as i64),
-            }
-            .into(),
-        );
+    // App 1 holds two families; app 0 then begins more than its share.
+    m.append(vec![begun(1, 1, at), begun(2, 1, at)]);
+    for n in 0..(MAX_FAMILIES_PER_APP as u64 + 5) {
+        m.append(vec![begun(
+            100 + n,
+            0,
+            at + Duration::seconds(1 + n as i64),
+        )]);
     }
-    m.append(events);
+    let families = &m.running.refresh.by_id;
+    let of = |a: u8| families.values().filter(|f| f.app == app(a)).count();
+    assert_eq!(of(0), MAX_FAMILIES_PER_APP);
+    // App 0's least recently used went, and app 1 lost nothing to it.
+    assert!(!families.contains_key(&uuid::Uuid::from_u128(100)));
+    assert_eq!(of(1), 2);
+    // Over all apps, the least recently used of any app goes.
+    for n in 0..MAX_FAMILIES as u64 {
+        let a = 2 + (n % 10) as u8;
+        m.append(vec![begun(
+            1_000 + n,
+            a,
+            at + Duration::minutes(1 + n as i64),
+        )]);
+    }
     let families = &m.running.refresh.by_id;
     assert_eq!(families.len(), MAX_FAMILIES);
-    // The least recently used went first.
-    assert!(!families.contains_key(&uuid::Uuid::from_u128(100)));
-    assert!(families.contains_key(&uuid::Uuid::from_u128(MAX_FAMILIES as u128 + 104)));
+    assert!(!families.contains_key(&uuid::Uuid::from_u128(1)));
+}
 
-    // A family refreshed many times remembers its newest spent tokens only; an older
-    // one is unknown rather than a replay.
-    let family = uuid::Uuid::from_u128(MAX_FAMILIES as u128 + 104);
-    let mut current = hash(MAX_FAMILIES as u64 + 104);
-    let mut spent = Vec::new();
-    for n in 0..(SPENT_KEPT as u64 + 10) {
-        let next = hash(10_000 + n);
-        let decided = signin::decide(
+#[test]
+fn a_token_spent_any_number_of_rotations_ago_ends_its_family() {
+    let mut m = Model::new(signin::decide);
+    let at = m.now;
+    let family = uuid::Uuid::from_u128(7);
+    m.append(vec![begun(7, 0, at)]);
+    let refresh = |m: &Model, generation: u64, presented: Hash, next: Hash, minutes: i64| {
+        signin::decide(
             &m.folded(),
             SignInCommand::RefreshAppTokens(RefreshRequest {
                 app_id: app(0),
                 family,
-                presented: current,
+                generation,
+                presented,
                 next,
                 app_domains: vec![DOMAIN],
-                at: at + Duration::minutes(10 + n as i64),
+                at: at + Duration::minutes(minutes),
             }),
         )
-        .unwrap();
+    };
+    let mut current = hash(7);
+    for n in 0..500u64 {
+        let next = hash(10_000 + n);
+        let decided = refresh(&m, n, current, next, 1 + n as i64).unwrap();
+        assert!(matches!(decided.as_slice(), [Event::AppTokensIssued(_)]));
         m.append(decided);
-        spent.push(current);
         current = next;
     }
-    assert_eq!(m.running.refresh.by_id[&family].spent.len(), SPENT_KEPT);
-    let old = signin::decide(
-        &m.folded(),
-        SignInCommand::RefreshAppTokens(RefreshRequest {
-            app_id: app(0),
-            family,
-            presented: spent[0],
-            next: hash(99),
-            app_domains: vec![DOMAIN],
-            at: at + Duration::hours(3),
-        }),
+    // The state of a family refreshed 500 times is what it was after one.
+    assert_eq!(m.running.refresh.by_id[&family].generation, 500);
+    // The first token, 500 rotations later: the family ends, on the record.
+    let replayed = refresh(&m, 0, hash(7), hash(99), 600).unwrap();
+    assert!(
+        matches!(replayed.as_slice(), [Event::AppTokenRefused(r)] if r.revoked_family == Some(family)),
+        "{replayed:?}"
     );
-    assert_eq!(old, Err(Rejection::NotFound("refresh token")));
+    m.append(replayed);
+    assert_eq!(
+        refresh(&m, 500, current, hash(98), 601),
+        Err(Rejection::NotFound("refresh token"))
+    );
 }

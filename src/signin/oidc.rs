@@ -35,6 +35,10 @@ use std::time::Instant;
 
 /// Codes kept at most.
 const MOST: usize = 100_000;
+/// The scopes the provider knows, in the order a grant lists them.
+const SCOPES: [&str; 4] = ["openid", "profile", "email", "offline_access"];
+/// The longest `nonce` taken (it is recorded with every refresh of the tokens it goes in).
+const MAX_NONCE: usize = 255;
 
 /// The provider's routes, added to the sign-in router (they share its sessions).
 pub fn routes(router: Router<Ctx>) -> Router<Ctx> {
@@ -99,26 +103,44 @@ fn hash(secret: &str) -> [u8; 32] {
     Sha256::digest(secret.as_bytes()).into()
 }
 
-/// A refresh token: its user and family, then 256 random bits. Naming the user lets the
-/// token endpoint go straight to the stream that decides it, with no index of every token
-/// ever issued; the app learns nothing it did not know (the ID token's `sub` is the user).
-fn new_refresh_token(user: UserId, family: uuid::Uuid) -> String {
-    let mut bytes = [0u8; 64];
-    bytes[..16].copy_from_slice(user.0.as_bytes());
-    bytes[16..32].copy_from_slice(family.as_bytes());
-    rand::rngs::OsRng.fill_bytes(&mut bytes[32..]);
+/// What a refresh token names before its secret part.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct RefreshName {
+    user: UserId,
+    family: uuid::Uuid,
+    generation: u64,
+}
+
+/// Bytes of a refresh token: user, family, generation, then 256 random bits.
+const REFRESH_BYTES: usize = 16 + 16 + 8 + 32;
+
+/// A refresh token. Naming the user lets the token endpoint go straight to the stream that
+/// decides it, with no index of every token ever issued (the app learns nothing it did not
+/// know: the ID token's `sub` is the user); naming the generation lets that stream tell a
+/// copy of any earlier token, however old, from a token it never issued.
+fn new_refresh_token(name: RefreshName) -> String {
+    let mut bytes = [0u8; REFRESH_BYTES];
+    bytes[..16].copy_from_slice(name.user.0.as_bytes());
+    bytes[16..32].copy_from_slice(name.family.as_bytes());
+    bytes[32..40].copy_from_slice(&name.generation.to_be_bytes());
+    rand::rngs::OsRng.fill_bytes(&mut bytes[40..]);
     B64.encode(bytes)
 }
 
-/// The user and family a refresh token names, if it has the shape of one.
-fn refresh_token_names(token: &str) -> Option<(UserId, uuid::Uuid)> {
-    if token.len() != 86 {
+/// What a refresh token names, if it has the shape of one.
+fn refresh_token_names(token: &str) -> Option<RefreshName> {
+    if token.len() != REFRESH_BYTES * 4 / 3 {
         return None;
     }
     let bytes = B64.decode(token).ok()?;
     let user = uuid::Uuid::from_slice(bytes.get(..16)?).ok()?;
     let family = uuid::Uuid::from_slice(bytes.get(16..32)?).ok()?;
-    Some((UserId(user), family))
+    let generation = u64::from_be_bytes(bytes.get(32..40)?.try_into().ok()?);
+    Some(RefreshName {
+        user: UserId(user),
+        family,
+        generation,
+    })
 }
 
 fn issuer(ctx: &Ctx) -> Result<String, Refusal> {
@@ -166,7 +188,7 @@ async fn discovery(State(ctx): State<Ctx>) -> Result<Json<Discovery>, Refusal> {
         jwks_uri: format!("{iss}/jwks.json"),
         end_session_endpoint: format!("{iss}/end_session"),
         issuer: iss,
-        scopes_supported: ["openid", "profile", "email", "offline_access"],
+        scopes_supported: SCOPES,
         response_types_supported: ["code"],
         response_modes_supported: ["query"],
         grant_types_supported: ["authorization_code", "refresh_token"],
@@ -290,16 +312,19 @@ async fn authorize(
     if q.response_mode.as_deref().is_some_and(|m| m != "query") {
         return fail("invalid_request", "only response_mode=query");
     }
-    let scope: Vec<String> = q
-        .scope
-        .as_deref()
-        .unwrap_or("")
-        .split(' ')
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
+    // Scopes it does not know are ignored (OIDC Core §3.1.2.1): the grant, recorded with
+    // the tokens, holds the known ones once each.
+    let asked: Vec<&str> = q.scope.as_deref().unwrap_or("").split(' ').collect();
+    let scope: Vec<String> = SCOPES
+        .iter()
+        .filter(|s| asked.contains(s))
+        .map(|s| (*s).to_owned())
         .collect();
     if !scope.iter().any(|s| s == "openid") {
         return fail("invalid_scope", "the openid scope is required");
+    }
+    if q.nonce.as_ref().is_some_and(|n| n.len() > MAX_NONCE) {
+        return fail("invalid_request", "the nonce is longer than 255 characters");
     }
     match (
         q.code_challenge.as_deref(),
@@ -709,7 +734,12 @@ async fn exchange_code(
         .any(|s| s == "offline_access")
         .then(|| {
             let family = uuid::Uuid::new_v4();
-            (family, new_refresh_token(grant.user, family))
+            let first = RefreshName {
+                user: grant.user,
+                family,
+                generation: 0,
+            };
+            (family, new_refresh_token(first))
         });
     let answer = issue(ctx, app, grant.user, &grant.session.sid, &carried, refresh).await;
     let family = match &answer {
@@ -810,6 +840,7 @@ async fn issue(
     carried: &TokenGrant,
     refresh: Option<(uuid::Uuid, String)>,
 ) -> Result<(Response, Option<uuid::Uuid>), TokenFail> {
+    issuer(ctx).map_err(|r| unavailable(r.message))?;
     signing_keys_ready(ctx, app).await?;
     let issued = AppTokensIssued {
         app_id: app.id,
@@ -936,25 +967,42 @@ async fn refresh(ctx: &Ctx, app: &idledger_projections::AppView, form: &TokenFor
         );
     };
     const UNKNOWN: &str = "the refresh token is unknown, revoked or another client's";
-    let Some((user, family)) = refresh_token_names(token) else {
+    let Some(name) = refresh_token_names(token) else {
         return invalid_grant(UNKNOWN);
     };
+    let Some(generation) = name.generation.checked_add(1) else {
+        return invalid_grant(UNKNOWN);
+    };
+    // Whatever can fail before the token is spent, fails first: once the next token is
+    // recorded, the presented one is spent, and a retry with it would end the family.
+    if let Err(r) = issuer(ctx) {
+        return unavailable(r.message).into_response();
+    }
     if let Err(r) = signing_keys_ready(ctx, app).await {
         return r.into_response();
     }
-    let next = new_refresh_token(user, family);
+    let next = new_refresh_token(RefreshName { generation, ..name });
     let request = RefreshRequest {
         app_id: app.id,
-        family,
+        family: name.family,
+        generation: name.generation,
         presented: idledger_domain::Hash(hash(token)),
         next: idledger_domain::Hash(hash(&next)),
         app_domains: app.domain_ids.clone(),
         at: Utc::now(),
     };
-    let events = match super::decide(ctx, user, SignInCommand::RefreshAppTokens(request)).await {
-        Ok(events) => events,
-        Err(r) if r.status == StatusCode::NOT_FOUND => return invalid_grant(UNKNOWN),
-        Err(r) => return unavailable(r.message).into_response(),
+    // Refreshes on one user's stream can race (an attacker replaying a copy as fast as
+    // they can, say): a few tries, each on fresh state, so the decision — the family's
+    // end, most of all — is recorded.
+    let mut tries = 0;
+    let events = loop {
+        let command = SignInCommand::RefreshAppTokens(request.clone());
+        match super::decide(ctx, name.user, command).await {
+            Ok(events) => break events,
+            Err(r) if r.status == StatusCode::NOT_FOUND => return invalid_grant(UNKNOWN),
+            Err(r) if r.status == StatusCode::CONFLICT && tries < 3 => tries += 1,
+            Err(r) => return unavailable(r.message).into_response(),
+        }
     };
     match events.first() {
         Some(Event::AppTokensIssued(AppTokensIssued {
@@ -965,8 +1013,11 @@ async fn refresh(ctx: &Ctx, app: &idledger_projections::AppView, form: &TokenFor
                     ..
                 }),
             ..
-        })) => answer_tokens(ctx, app, user, sid, carried, Some(next))
-            .unwrap_or_else(IntoResponse::into_response),
+        })) => match answer_tokens(ctx, app, name.user, sid, carried, Some(next)) {
+            Ok(answer) => answer,
+            // The presented token is spent already: a retry would look like a replay.
+            Err(_) => invalid_grant("the tokens could not be signed; sign in again"),
+        },
         Some(Event::AppTokenRefused(refused)) => invalid_grant(
             refused
                 .reason

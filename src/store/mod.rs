@@ -295,13 +295,18 @@ pub async fn decide_and_append<S: Default + Clone + Send + Sync + 'static>(
             state = evolve(state, &e.event);
             version = e.version;
         }
-        let events = decide(&state)?;
-        if events.is_empty() {
-            if !newer.is_empty() {
-                snapshots.put(stream, evolve, version, state);
+        let events = match decide(&state) {
+            Ok(events) if !events.is_empty() => events,
+            decided => {
+                // Nothing to append, or refused: the fold is kept all the same, so that a
+                // run of refusals (made-up tokens naming a real user, say) folds nothing.
+                if !newer.is_empty() {
+                    snapshots.put(stream, evolve, version, state);
+                }
+                decided?;
+                return Ok(log.head().position);
             }
-            return Ok(log.head().position);
-        }
+        };
         let proposed = propose(events.clone(), actor, correlation_id);
         let expected = if version == 0 {
             ExpectedVersion::NoStream
@@ -313,9 +318,12 @@ pub async fn decide_and_append<S: Default + Clone + Send + Sync + 'static>(
             .await
         {
             Ok(done) => {
-                let appended = version + events.len() as u64;
-                let state = events.iter().fold(state, evolve);
-                snapshots.put(stream, evolve, appended, state);
+                // The events took the versions right after the fold's (the append
+                // expected exactly that version); anything else is not kept.
+                if !done.duplicate && done.stream_version == version + events.len() as u64 {
+                    let state = events.iter().fold(state, evolve);
+                    snapshots.put(stream, evolve, done.stream_version, state);
+                }
                 return Ok(done.last_position);
             }
             Err(AppendError::WrongExpectedVersion { .. }) if attempt == 0 => {

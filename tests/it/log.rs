@@ -536,3 +536,62 @@ fn an_append_is_acknowledged_only_after_fdatasync_of_the_log() {
     assert_eq!(acked, 400);
     assert!(!trace.lines().any(|l| l.contains(log_file)), "{trace}");
 }
+
+/// Events seen by a fold that only counts them.
+fn count(n: u64, _: &idledger_domain::Event) -> u64 {
+    n + 1
+}
+
+/// The command path starts from its snapshot of a stream, and still folds everything
+/// other writers appended after it; a refusal keeps the fold it made; with snapshots off
+/// every decision sees the same.
+#[tokio::test]
+async fn decisions_see_other_writers_appends_after_their_snapshot() {
+    use idledger::store::decide_and_append;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    for capacity in [16, 0] {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SledEventLog::open(dir.path()).unwrap();
+        log.snapshots().set_capacity(capacity);
+        let u = user(1);
+        let stream = StreamId::user(u);
+        append(
+            &*log,
+            u,
+            ExpectedVersion::NoStream,
+            vec![discovered(u), some_user_event(1)],
+        )
+        .await;
+        let seen = AtomicU64::new(0);
+        let decide = |n: &u64| {
+            seen.store(*n, Ordering::SeqCst);
+            Ok(vec![some_user_event(*n)])
+        };
+        decide_and_append(&*log, &stream, &Actor::System, None, count, decide)
+            .await
+            .unwrap();
+        assert_eq!(seen.load(Ordering::SeqCst), 2);
+        // Another writer, beside the command path.
+        append(
+            &*log,
+            u,
+            ExpectedVersion::Any,
+            vec![some_user_event(4), some_user_event(5)],
+        )
+        .await;
+        decide_and_append(&*log, &stream, &Actor::System, None, count, decide)
+            .await
+            .unwrap();
+        assert_eq!(seen.load(Ordering::SeqCst), 5, "capacity {capacity}");
+        append(&*log, u, ExpectedVersion::Any, vec![some_user_event(7)]).await;
+        let refused = decide_and_append(&*log, &stream, &Actor::System, None, count, |n| {
+            seen.store(*n, Ordering::SeqCst);
+            Err(idledger_domain::decide::Rejection::Conflict("no".into()))
+        })
+        .await;
+        assert!(refused.is_err());
+        assert_eq!(seen.load(Ordering::SeqCst), 7);
+        let kept = log.snapshots().get(&stream, count);
+        assert_eq!(kept, (capacity > 0).then_some((7, 7)));
+    }
+}

@@ -804,6 +804,8 @@ async fn refresh_families_outlive_the_server_that_issued_them() {
         )
         .add_scope(Scope::new("profile".into()))
         .add_scope(Scope::new("offline_access".into()))
+        .add_scope(Scope::new("profile".into()))
+        .add_scope(Scope::new("payroll.admin".into()))
         .set_pkce_challenge(challenge)
         .url();
     let (_, _, q) = authorize(&mut browser, url.as_str()).await;
@@ -815,6 +817,30 @@ async fn refresh_families_outlive_the_server_that_issued_them() {
         .await
         .unwrap();
     let first_id_token = claims_of(&tokens.id_token().unwrap().to_string());
+    // Only known scopes are granted, once each.
+    assert_eq!(
+        tokens
+            .scopes()
+            .map(|s| s.iter().map(|s| s.to_string()).collect::<Vec<_>>()),
+        Some(vec![
+            "openid".into(),
+            "profile".into(),
+            "offline_access".into()
+        ])
+    );
+    // A nonce longer than 255 characters is refused at /authorize (it would be recorded
+    // with every refresh).
+    let (long, _) = PkceCodeChallenge::new_random_sha256();
+    let (url, _, _) = client
+        .authorize_url(
+            CoreAuthenticationFlow::AuthorizationCode,
+            CsrfToken::new_random,
+            || Nonce::new("n".repeat(256)),
+        )
+        .set_pkce_challenge(long)
+        .url();
+    let (_, _, q) = authorize(&mut browser, url.as_str()).await;
+    assert_eq!(get(&q, "error"), Some("invalid_request"), "{q:?}");
     let first = tokens.refresh_token().unwrap().clone();
     let second = client
         .exchange_refresh_token(&first)
@@ -896,7 +922,7 @@ async fn refresh_families_outlive_the_server_that_issued_them() {
     assert_eq!(s, StatusCode::BAD_REQUEST, "{gone}");
     assert_eq!(gone["error"], "invalid_grant");
     // Made-up tokens, of a real user's shape or not, are unknown and change nothing.
-    for junk in ["", "x", &"A".repeat(86), &"A".repeat(5000)] {
+    for junk in ["", "x", &"A".repeat(96), &"A".repeat(5000)] {
         let (s, answer) = refresh(junk.to_owned()).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{answer}");
     }

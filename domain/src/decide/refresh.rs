@@ -1,20 +1,21 @@
 //! Refresh-token families (RFC 6749 §10.4, RFC 9700 §4.14): a code exchange with
 //! `offline_access` begins a family; each refresh spends the family's current token and
-//! hands out the next; a spent token presented again means a copy is abroad, and the whole
-//! family ends. Families are folded from the user's stream, so they outlive a restart and a
-//! standby holds the same ones.
+//! hands out the next. Every token names its generation (0 for the first), so a token of
+//! an earlier generation presented again — however many rotations ago — means a copy is
+//! abroad, and the whole family ends. Families are folded from the user's stream, so they
+//! outlive a restart and a standby holds the same ones.
 
 use super::*;
 use chrono::{DateTime, Duration, Utc};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
 /// A family unused this long has expired (30 days).
 pub const REFRESH_IDLE: Duration = Duration::days(30);
-/// Families one user holds at most; beginning one more ends the least recently used.
+/// Families one user holds with one app at most; beginning one more ends that app's least
+/// recently used (one app signing in on every page load cannot push out another's).
+pub const MAX_FAMILIES_PER_APP: usize = 20;
+/// Families one user holds at most, over all apps; beyond, the least recently used ends.
 pub const MAX_FAMILIES: usize = 50;
-/// Spent tokens remembered per family. Presenting one of them ends the family; older ones
-/// are merely unknown, which keeps the state of a family refreshed for years small.
-pub const SPENT_KEPT: usize = 32;
 
 /// One family, as decisions need it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,8 +28,8 @@ pub struct Family {
     pub grant: Option<TokenGrant>,
     /// The hash of the one token that refreshes it now.
     pub current: Hash,
-    /// Hashes of its spent tokens, newest last.
-    pub spent: VecDeque<Hash>,
+    /// The current token's generation: how many tokens of the family were spent before it.
+    pub generation: u64,
     /// When it was begun or last refreshed.
     pub last_used: DateTime<Utc>,
     /// The user was deactivated, deleted or lost SSO since: it refreshes nothing, ever
@@ -53,10 +54,7 @@ impl Families {
                 // and a fold of the same records always drops the same families.
                 self.by_id.retain(|_, f| e.at - f.last_used < REFRESH_IDLE);
                 if let Some(f) = self.by_id.get_mut(&r.family) {
-                    f.spent.push_back(f.current);
-                    if f.spent.len() > SPENT_KEPT {
-                        f.spent.pop_front();
-                    }
+                    f.generation += 1;
                     f.current = r.token_hash;
                     f.last_used = e.at;
                     if r.grant.is_some() {
@@ -64,15 +62,12 @@ impl Families {
                     }
                     return;
                 }
+                let of_app = self.by_id.values().filter(|f| f.app == e.app_id).count();
+                if of_app >= MAX_FAMILIES_PER_APP {
+                    self.end_least_recently_used(Some(e.app_id));
+                }
                 if self.by_id.len() >= MAX_FAMILIES {
-                    let oldest = self
-                        .by_id
-                        .iter()
-                        .min_by_key(|(id, f)| (f.last_used, **id))
-                        .map(|(id, _)| *id);
-                    if let Some(id) = oldest {
-                        self.by_id.remove(&id);
-                    }
+                    self.end_least_recently_used(None);
                 }
                 self.by_id.insert(
                     r.family,
@@ -81,7 +76,7 @@ impl Families {
                         sid: e.sid.clone(),
                         grant: r.grant.clone(),
                         current: r.token_hash,
-                        spent: VecDeque::new(),
+                        generation: 0,
                         last_used: e.at,
                         closed: false,
                     },
@@ -93,6 +88,18 @@ impl Families {
                 }
             }
             _ => {}
+        }
+    }
+
+    fn end_least_recently_used(&mut self, of_app: Option<AppId>) {
+        let oldest = self
+            .by_id
+            .iter()
+            .filter(|(_, f)| of_app.is_none_or(|a| f.app == a))
+            .min_by_key(|(id, f)| (f.last_used, **id))
+            .map(|(id, _)| *id);
+        if let Some(id) = oldest {
+            self.by_id.remove(&id);
         }
     }
 
@@ -112,6 +119,8 @@ pub struct RefreshRequest {
     pub app_id: AppId,
     /// The family the presented token names.
     pub family: uuid::Uuid,
+    /// The generation the presented token names.
+    pub generation: u64,
     /// SHA-256 of the presented token.
     pub presented: Hash,
     /// SHA-256 of the token to hand out next.
@@ -144,10 +153,10 @@ pub fn decide(
         }
         .into()])
     };
-    if family.spent.contains(&r.presented) {
+    if r.generation < family.generation {
         return end("a used refresh token was presented; its family is revoked");
     }
-    if family.current != r.presented {
+    if family.current != r.presented || r.generation != family.generation {
         return Err(unknown);
     }
     if family.closed {

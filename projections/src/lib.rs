@@ -401,6 +401,55 @@ mod tests {
     }
 
     #[test]
+    fn a_key_finds_the_live_user_it_is_assigned_to() {
+        let holders = |p: &Projections, key: &str| {
+            p.users
+                .key_holders(&KeyId(key.into()))
+                .map(|u| u.id)
+                .collect::<Vec<_>>()
+        };
+        let mut events = a_user_with_a_key();
+        events.push(
+            KeyAssigned {
+                key_id: KeyId("K2".into()),
+            }
+            .into(),
+        );
+        events.push(
+            KeyUnassigned {
+                key_id: KeyId("K2".into()),
+            }
+            .into(),
+        );
+        events.push(
+            KeyAssigned {
+                key_id: KeyId("K3".into()),
+            }
+            .into(),
+        );
+        events.push(UserDeleted { reason: None }.into());
+        let log = on(&StreamId::user(user()), 0, events);
+        let mut p = Projections::new();
+        let after = |n: usize, p: &mut Projections| p.apply(&log[n]);
+        for n in 0..3 {
+            after(n, &mut p);
+        }
+        assert_eq!(holders(&p, "K1"), vec![user()]);
+        assert_eq!(holders(&p, "k1"), vec![], "key ids are exact");
+        after(3, &mut p);
+        assert_eq!(
+            (holders(&p, "K1"), holders(&p, "K2")),
+            (vec![], vec![user()])
+        );
+        after(4, &mut p);
+        assert_eq!(holders(&p, "K2"), vec![]);
+        after(5, &mut p);
+        assert_eq!(holders(&p, "K3"), vec![user()]);
+        after(6, &mut p);
+        assert_eq!(holders(&p, "K3"), vec![], "a deleted user holds nothing");
+    }
+
+    #[test]
     fn a_rotation_and_its_key_write_move_together() {
         let rotation = RotationId(uuid::Uuid::from_u128(7));
         let write = KeyWriteId(uuid::Uuid::from_u128(8));

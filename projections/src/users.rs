@@ -129,13 +129,34 @@ pub struct Users {
     /// per attempt would let anyone without an account hold the projections' read lock.
     #[serde(skip)]
     by_principal: FxHashMap<String, Vec<UserId>>,
+    /// Hardware key → the live users it is assigned to (one, as the API keeps it). A key's
+    /// assignment is checked here: a scan of every user per assignment would not scale.
+    #[serde(skip)]
+    by_key: FxHashMap<KeyId, Vec<UserId>>,
 }
 
 /// Adds `id` under `name` in the principal name index.
 fn index_principal(index: &mut FxHashMap<String, Vec<UserId>>, name: &str, id: UserId) {
-    let ids = index.entry(name.to_ascii_lowercase()).or_default();
+    index_under(index, name.to_ascii_lowercase(), id);
+}
+
+fn index_under<K: Eq + std::hash::Hash>(index: &mut FxHashMap<K, Vec<UserId>>, key: K, id: UserId) {
+    let ids = index.entry(key).or_default();
     if !ids.contains(&id) {
         ids.push(id);
+    }
+}
+
+fn unindex_under<K: Eq + std::hash::Hash>(
+    index: &mut FxHashMap<K, Vec<UserId>>,
+    key: &K,
+    id: UserId,
+) {
+    if let Some(ids) = index.get_mut(key) {
+        ids.retain(|x| *x != id);
+        if ids.is_empty() {
+            index.remove(key);
+        }
     }
 }
 
@@ -150,13 +171,7 @@ fn reindex_principal(index: &mut FxHashMap<String, Vec<UserId>>, old: &str, new:
 
 /// Takes `id` from under `name` in the principal name index.
 fn unindex_principal(index: &mut FxHashMap<String, Vec<UserId>>, name: &str, id: UserId) {
-    let key = name.to_ascii_lowercase();
-    if let Some(ids) = index.get_mut(&key) {
-        ids.retain(|x| *x != id);
-        if ids.is_empty() {
-            index.remove(&key);
-        }
-    }
+    unindex_under(index, &name.to_ascii_lowercase(), id);
 }
 
 /// A user on [`Users::first_matching`]'s heap, ordered by its id alone (which comes first
@@ -202,6 +217,15 @@ impl Users {
     pub fn by_external(&self, domain: DomainId, external_id: &str) -> Option<&UserView> {
         let id = self.by_external.get(&(domain, external_id.to_owned()))?;
         self.by_id.get(id)
+    }
+
+    /// The live (not deleted) users the hardware key `key` is assigned to.
+    pub fn key_holders(&self, key: &KeyId) -> impl Iterator<Item = &UserView> + '_ {
+        self.by_key
+            .get(key)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.by_id.get(id))
     }
 
     /// The live (not deleted) users whose principal name is `name`, ignoring ASCII case.
@@ -387,12 +411,26 @@ impl Users {
                     &u.attributes.user_principal_name,
                     id,
                 );
+                if let Some(k) = &u.key_id {
+                    unindex_under(&mut self.by_key, k, id);
+                }
             }
             Event::RotationGroupJoined(_) => u.in_rotation_group = true,
             Event::RotationGroupLeft(_) => u.in_rotation_group = false,
             Event::UserSsoOverrideSet(e) => u.sso_override = e.sso,
-            Event::KeyAssigned(e) => u.key_id = Some(e.key_id.clone()),
-            Event::KeyUnassigned(_) => u.key_id = None,
+            Event::KeyAssigned(e) => {
+                if let Some(old) = u.key_id.replace(e.key_id.clone()) {
+                    unindex_under(&mut self.by_key, &old, id);
+                }
+                if u.status != UserStatus::Deleted {
+                    index_under(&mut self.by_key, e.key_id.clone(), id);
+                }
+            }
+            Event::KeyUnassigned(_) => {
+                if let Some(old) = u.key_id.take() {
+                    unindex_under(&mut self.by_key, &old, id);
+                }
+            }
             Event::InviteSent(_) => u.invited_at = Some(env.recorded_at),
             Event::RotationStarted(_)
             | Event::RotationRetried(_)

@@ -423,6 +423,13 @@ pub async fn restore(args: &RestoreArgs) -> Result<ExitCode, Error> {
     .map_err(|e| Error::Other(e.to_string()))?
     .map_err(refused)?;
     pb.finish_and_clear();
+    if args.public_key.is_none() {
+        // Its hashes prove the backup whole, not that it is the log's: whoever could write
+        // the file could have rewritten it.
+        eprintln!(
+            "warning: restored without --public-key: nothing proved this backup is the log's own (pass the key from `idledger log-key` to check its signed tree head)"
+        );
+    }
     let (manifest, projections) = (restored.manifest, restored.projections);
     let signed_tree_head = restored.signed_head.map(|h| SignedHeadChecked {
         tree_size: h.tree_size,

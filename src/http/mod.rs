@@ -80,6 +80,9 @@ pub struct AppState {
     pub signin_idle: Duration,
     /// The OpenID Connect provider's code and token lifetimes and key schedule.
     pub oidc: crate::provider::Timing,
+    /// Held while a hardware key is assigned: "one key serves one live user" spans users'
+    /// streams, so the check and the append are made one at a time.
+    pub key_assignments: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Who may call a route.

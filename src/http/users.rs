@@ -365,26 +365,26 @@ pub async fn put_key(
 ) -> Result<Json<User>, ApiError> {
     // An empty id stays the domain rule's 422; hostile text is refused here.
     super::error::free_text("key_id", &b.key_id, 0, 128)?;
+    let key = KeyId(b.key_id);
+    // Until the assignment is on the record and in the projections (`run` waits for both),
+    // no other assignment is checked: two admins cannot give one key to two users.
+    let _one_at_a_time = s.key_assignments.lock().await;
     let holder = {
         let p = s.engine.projector.read();
         let holder = p
             .users
-            .iter_after(None)
-            .find(|u| {
-                u.id.0 != id
-                    && u.status != UserStatus::Deleted
-                    && u.key_id.as_ref().is_some_and(|k| k.0 == b.key_id)
-            })
+            .key_holders(&key)
+            .find(|u| u.id.0 != id && u.status != UserStatus::Deleted)
             .map(|u| u.id);
         holder
     };
     if let Some(other) = holder {
         return Err(ApiError::Conflict(format!(
             "key {} is assigned to user {}; unassign it there first",
-            b.key_id, other.0
+            key.0, other.0
         )));
     }
-    run(&s, &who, id, UserCommand::AssignKey(KeyId(b.key_id))).await
+    run(&s, &who, id, UserCommand::AssignKey(key)).await
 }
 
 /// Takes the user's hardware key away.

@@ -141,6 +141,7 @@ pub async fn start_with(
         invite_ttl: chrono::Duration::hours(i64::from(config.invite_ttl_hours)),
         signin_idle: Duration::from_secs(config.signin_idle_minutes * 60),
         oidc: config.oidc(),
+        key_assignments: Arc::default(),
     };
     crate::provider::keep_rotating(state.engine.clone(), state.oidc);
     Ok((state, bootstrap))

@@ -82,6 +82,11 @@ async fn a_restored_data_dir_answers_as_the_original_did() {
     let back = dir.path().join("online-restored");
     let (ok, done, err) = restore(&online, &back, &[]);
     assert!(ok, "{err}");
+    // Unproved: said so.
+    assert!(
+        err.contains("warning: restored without --public-key"),
+        "{err}"
+    );
     assert_eq!(done["head_hash"], taken["head_hash"]);
     assert!(done.get("signed_tree_head").is_none(), "{done}");
     // With the log's public key (taken from the server, not from the backup) the backup's
@@ -90,6 +95,7 @@ async fn a_restored_data_dir_answers_as_the_original_did() {
     let checked = dir.path().join("online-checked");
     let (ok, done, err) = restore(&online, &checked, &["--public-key", key.trim()]);
     assert!(ok, "{err}");
+    assert!(!err.contains("without --public-key"), "{err}");
     let head = &done["signed_tree_head"];
     let size = head["tree_size"].as_u64().unwrap();
     assert!(size > 0 && size <= position, "{done}");

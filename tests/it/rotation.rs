@@ -501,3 +501,48 @@ async fn a_reassigned_key_receives_nothing_of_its_previous_holder() {
         w.sim_password(4).await
     );
 }
+
+/// One key serves one live user, even when admins assign it to several at the same moment;
+/// once it is taken back, another user may have it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_assigned_to_many_users_at_once_goes_to_exactly_one() {
+    let w = world(json!({})).await;
+    w.sync().await;
+    w.import_all().await;
+    let mut users = Vec::new();
+    for n in 11..19 {
+        users.push(w.id(n).await);
+    }
+    let paths: Vec<String> = users.iter().map(|u| format!("/v1/users/{u}/key")).collect();
+    let tries = paths
+        .iter()
+        .map(|p| w.admin(Method::PUT, p, Some(json!({"key_id": "SHARED-1"}))));
+    let answers = futures_util::future::join_all(tries).await;
+    let won: Vec<usize> = answers
+        .iter()
+        .enumerate()
+        .filter(|(_, (s, _))| *s == StatusCode::OK)
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(won.len(), 1, "{answers:?}");
+    assert!(
+        answers
+            .iter()
+            .all(|(s, _)| *s == StatusCode::OK || *s == StatusCode::CONFLICT),
+        "{answers:?}"
+    );
+    let winner = &users[won[0]];
+    let other = users.iter().find(|u| *u != winner).unwrap();
+    let (s, _) = w
+        .admin(Method::DELETE, &format!("/v1/users/{winner}/key"), None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, body) = w
+        .admin(
+            Method::PUT,
+            &format!("/v1/users/{other}/key"),
+            Some(json!({"key_id": "SHARED-1"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+}

@@ -160,12 +160,13 @@ fn unindex_under<K: Eq + std::hash::Hash>(
     }
 }
 
-/// Moves `id` from `old` to `new` in the principal name index (most attribute changes
-/// leave the name alone: nothing to do).
-fn reindex_principal(index: &mut FxHashMap<String, Vec<UserId>>, old: &str, new: &str, id: UserId) {
-    if old != new {
-        unindex_principal(index, old, id);
-        index_principal(index, new, id);
+/// Moves `u` to the principal name `new` in the index (most attribute changes leave the
+/// name alone, and a deleted user is in no index: nothing to do).
+fn reindex_principal(index: &mut FxHashMap<String, Vec<UserId>>, u: &UserView, new: &str) {
+    let old = &u.attributes.user_principal_name;
+    if old != new && u.status != UserStatus::Deleted {
+        unindex_principal(index, old, u.id);
+        index_principal(index, new, u.id);
     }
 }
 
@@ -308,14 +309,7 @@ impl Users {
                     u.updated_at = env.recorded_at;
                     u.version = env.version;
                     u.last_position = env.position;
-                    if u.status != UserStatus::Deleted {
-                        reindex_principal(
-                            &mut self.by_principal,
-                            &u.attributes.user_principal_name,
-                            &e.attributes.user_principal_name,
-                            id,
-                        );
-                    }
+                    reindex_principal(&mut self.by_principal, u, &e.attributes.user_principal_name);
                     u.attributes = e.attributes;
                 }
             }
@@ -370,14 +364,7 @@ impl Users {
         u.last_position = env.position;
         match &env.event {
             Event::UserAttributesChanged(e) => {
-                if u.status != UserStatus::Deleted {
-                    reindex_principal(
-                        &mut self.by_principal,
-                        &u.attributes.user_principal_name,
-                        &e.attributes.user_principal_name,
-                        id,
-                    );
-                }
+                reindex_principal(&mut self.by_principal, u, &e.attributes.user_principal_name);
                 u.attributes = e.attributes.clone();
             }
             Event::UserImported(e) => {

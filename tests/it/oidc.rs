@@ -11,8 +11,9 @@ use openidconnect::core::{
     CoreUserInfoClaims,
 };
 use openidconnect::{
-    AuthorizationCode, ClientId, ClientSecret, CsrfToken, IssuerUrl, Nonce, OAuth2TokenResponse,
-    PkceCodeChallenge, RedirectUrl, RefreshToken, Scope, TokenResponse,
+    AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointMaybeSet, EndpointNotSet,
+    EndpointSet, IssuerUrl, Nonce, OAuth2TokenResponse, PkceCodeChallenge, RedirectUrl,
+    RefreshToken, Scope, TokenResponse,
 };
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -66,6 +67,36 @@ async fn authorize(
     (s, location, query)
 }
 
+/// A client as discovery makes it: authorization and token endpoints set, userinfo maybe.
+type RelyingParty = CoreClient<
+    EndpointSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointMaybeSet,
+    EndpointMaybeSet,
+>;
+
+/// The library's client for an app, from the provider's discovery document (which must
+/// satisfy the library), answering at `redirect`.
+async fn relying_party(
+    w: &World,
+    http: &openidconnect::reqwest::Client,
+    (client_id, secret): (&str, &str),
+    redirect: &str,
+) -> RelyingParty {
+    let metadata =
+        CoreProviderMetadata::discover_async(IssuerUrl::new(w.app.public.clone()).unwrap(), http)
+            .await
+            .unwrap();
+    CoreClient::from_provider_metadata(
+        metadata,
+        ClientId::new(client_id.to_owned()),
+        Some(ClientSecret::new(secret.to_owned())),
+    )
+    .set_redirect_uri(RedirectUrl::new(redirect.into()).unwrap())
+}
+
 fn get<'a>(q: &'a [(String, String)], k: &str) -> Option<&'a str> {
     q.iter().find(|(a, _)| a == k).map(|(_, v)| v.as_str())
 }
@@ -92,16 +123,7 @@ async fn a_relying_party_signs_a_passkey_user_in_and_every_rule_holds() {
 
     // Discovery through the library: the document must satisfy it.
     let http = rp_http();
-    let metadata =
-        CoreProviderMetadata::discover_async(IssuerUrl::new(w.app.public.clone()).unwrap(), &http)
-            .await
-            .unwrap();
-    let client = CoreClient::from_provider_metadata(
-        metadata,
-        ClientId::new(client_id.clone()),
-        Some(ClientSecret::new(secret.clone())),
-    )
-    .set_redirect_uri(RedirectUrl::new(REDIRECT.into()).unwrap());
+    let client = relying_party(&w, &http, (&client_id, &secret), REDIRECT).await;
     let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
     let (url, csrf, nonce) = client
         .authorize_url(
@@ -319,16 +341,7 @@ async fn a_relying_party_signs_a_passkey_user_in_and_every_rule_holds() {
         .await
         .unwrap();
     assert_eq!(jwks["keys"].as_array().unwrap().len(), 2, "{jwks}");
-    let metadata =
-        CoreProviderMetadata::discover_async(IssuerUrl::new(w.app.public.clone()).unwrap(), &http)
-            .await
-            .unwrap();
-    let rotated = CoreClient::from_provider_metadata(
-        metadata,
-        ClientId::new(client_id.clone()),
-        Some(ClientSecret::new(secret.clone())),
-    )
-    .set_redirect_uri(RedirectUrl::new(REDIRECT.into()).unwrap());
+    let rotated = relying_party(&w, &http, (&client_id, &secret), REDIRECT).await;
     let verify_rotated = rotated
         .id_token_verifier()
         .set_allowed_algs(vec![CoreJwsSigningAlgorithm::EcdsaP256Sha256]);
@@ -496,16 +509,7 @@ async fn an_app_registered_in_the_console_signs_a_passkey_user_in_through_chromi
     // The relying party sends her browser to idledger; she signs in with the passkey and
     // lands back at the app with a code.
     let http = rp_http();
-    let metadata =
-        CoreProviderMetadata::discover_async(IssuerUrl::new(w.app.public.clone()).unwrap(), &http)
-            .await
-            .unwrap();
-    let client = CoreClient::from_provider_metadata(
-        metadata,
-        ClientId::new(client_id.trim().to_owned()),
-        Some(ClientSecret::new(secret.trim().to_owned())),
-    )
-    .set_redirect_uri(RedirectUrl::new(callback.clone()).unwrap());
+    let client = relying_party(&w, &http, (client_id.trim(), secret.trim()), &callback).await;
     let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
     let (url, csrf, nonce) = client
         .authorize_url(
@@ -607,20 +611,7 @@ async fn codes_expire_keys_rotate_on_schedule_and_a_retired_key_stops_verifying_
         keys["items"][0]["kid"].as_str().unwrap().to_owned()
     };
     let http = rp_http();
-    let discover = || async {
-        let metadata = CoreProviderMetadata::discover_async(
-            IssuerUrl::new(w.app.public.clone()).unwrap(),
-            &http,
-        )
-        .await
-        .unwrap();
-        CoreClient::from_provider_metadata(
-            metadata,
-            ClientId::new(client_id.clone()),
-            Some(ClientSecret::new(secret.clone())),
-        )
-        .set_redirect_uri(RedirectUrl::new(REDIRECT.into()).unwrap())
-    };
+    let discover = || relying_party(&w, &http, (&client_id, &secret), REDIRECT);
     let client = discover().await;
     let code_for = async |browser: &mut Visitor| {
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
@@ -785,16 +776,7 @@ async fn refresh_families_outlive_the_server_that_issued_them() {
     let client_id = app["client_id"].as_str().unwrap().to_owned();
     let secret = app["client_secret"].as_str().unwrap().to_owned();
     let http = rp_http();
-    let metadata =
-        CoreProviderMetadata::discover_async(IssuerUrl::new(w.app.public.clone()).unwrap(), &http)
-            .await
-            .unwrap();
-    let client = CoreClient::from_provider_metadata(
-        metadata,
-        ClientId::new(client_id.clone()),
-        Some(ClientSecret::new(secret.clone())),
-    )
-    .set_redirect_uri(RedirectUrl::new(REDIRECT.into()).unwrap());
+    let client = relying_party(&w, &http, (&client_id, &secret), REDIRECT).await;
     let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
     let (url, _, nonce) = client
         .authorize_url(

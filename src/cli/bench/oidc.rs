@@ -125,6 +125,27 @@ async fn token(
     Ok(body)
 }
 
+/// The code exchange of `authorize`'s code and verifier at `/token`.
+async fn exchange(
+    http: &reqwest::Client,
+    url: &str,
+    app: &(String, String),
+    (code, verifier): (String, String),
+) -> Result<serde_json::Value, Error> {
+    token(
+        http,
+        url,
+        (&app.0, &app.1),
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("redirect_uri", REDIRECT),
+            ("code_verifier", verifier.as_str()),
+        ],
+    )
+    .await
+}
+
 /// One client: codes from `/authorize`, each exchanged at `/token`; answers the exchanges'
 /// milliseconds.
 async fn client(
@@ -137,20 +158,9 @@ async fn client(
     let mut times = Vec::with_capacity(count as usize);
     for n in 0..count {
         let cookie = &cookies[n as usize % cookies.len()];
-        let (code, verifier) = authorize(&http, &url, cookie, &app.0, "openid profile").await?;
+        let code = authorize(&http, &url, cookie, &app.0, "openid profile").await?;
         let started = Instant::now();
-        token(
-            &http,
-            &url,
-            (&app.0, &app.1),
-            &[
-                ("grant_type", "authorization_code"),
-                ("code", code.as_str()),
-                ("redirect_uri", REDIRECT),
-                ("code_verifier", verifier.as_str()),
-            ],
-        )
-        .await?;
+        exchange(&http, &url, &app, code).await?;
         times.push(started.elapsed().as_secs_f64() * 1000.0);
     }
     Ok(times)
@@ -166,26 +176,12 @@ async fn begin_families(
 ) -> Result<Vec<String>, Error> {
     let mut held = Vec::with_capacity(cookies.len());
     for cookie in &cookies {
-        let (code, verifier) =
-            authorize(&http, &url, cookie, &app.0, "openid profile offline_access").await?;
-        let body = token(
-            &http,
-            &url,
-            (&app.0, &app.1),
-            &[
-                ("grant_type", "authorization_code"),
-                ("code", code.as_str()),
-                ("redirect_uri", REDIRECT),
-                ("code_verifier", verifier.as_str()),
-            ],
-        )
-        .await?;
-        held.push(
-            body["refresh_token"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
-        );
+        let code = authorize(&http, &url, cookie, &app.0, "openid profile offline_access").await?;
+        let body = exchange(&http, &url, &app, code).await?;
+        let first = body["refresh_token"]
+            .as_str()
+            .ok_or_else(|| other(format!("no refresh token in {body}")))?;
+        held.push(first.to_owned());
     }
     Ok(held)
 }

@@ -826,7 +826,7 @@ fn entra_locked(ctx: &Ctx, user: UserId) -> bool {
     })
 }
 
-/// Sends the browser to the user's tenant, remembering state, nonce and PKCE verifier.
+/// Sends an enrolling user's browser to their tenant.
 fn start_entra(ctx: &Ctx, flow: &str, user: UserId) -> Result<Redirection, Refusal> {
     let who = person(ctx, user).ok_or_else(|| refuse(StatusCode::NOT_FOUND, "No such user."))?;
     who.allowed
@@ -838,12 +838,25 @@ fn start_entra(ctx: &Ctx, flow: &str, user: UserId) -> Result<Redirection, Refus
         ));
     }
     let client = graph_client(ctx, who.domain_id)?;
+    to_tenant(ctx, flow, &client, who.domain_id, Some(user), &who.upn)
+}
+
+/// Sends the browser to a tenant, remembering state, nonce and PKCE verifier.
+fn to_tenant(
+    ctx: &Ctx,
+    flow: &str,
+    client: &crate::graph::GraphClient,
+    domain: DomainId,
+    user: Option<UserId>,
+    login_hint: &str,
+) -> Result<Redirection, Refusal> {
     let (verifier, challenge) = entra::pkce();
     let pending = EntraPending {
         state: sessions::random_text(),
         nonce: sessions::random_text(),
         verifier,
         user,
+        domain,
     };
     let redirect_uri = callback_url(ctx)?;
     let url = client.authorize_url(&crate::graph::AuthorizeRequest {
@@ -851,7 +864,7 @@ fn start_entra(ctx: &Ctx, flow: &str, user: UserId) -> Result<Redirection, Refus
         state: &pending.state,
         nonce: &pending.nonce,
         code_challenge: &challenge,
-        login_hint: Some(&who.upn),
+        login_hint: Some(login_hint),
     });
     ctx.store.with_flow(flow, |f| f.entra = Some(pending));
     Ok(Redirection { redirect: url })
@@ -864,6 +877,21 @@ struct Username {
     username: String,
 }
 
+/// The answer for an unknown name, one that may not sign in this way, and one in a domain
+/// without an Entra connection alike.
+fn cannot_use_entra() -> Refusal {
+    refuse(
+        StatusCode::BAD_REQUEST,
+        "That account cannot sign in with Entra ID here. Check the name, or use a passkey.",
+    )
+}
+
+/// Starts the Entra step of a sign-in for a typed name.
+///
+/// The answer must not tell who has an account: every name of a connected domain goes to
+/// that tenant, and one that cannot sign in this way is refused only after Entra answers,
+/// where the refusal looks like any other. A lock is reported there too, to the user who
+/// proved who they are.
 async fn signin_entra(
     State(ctx): State<Ctx>,
     headers: HeaderMap,
@@ -871,7 +899,10 @@ async fn signin_entra(
 ) -> Result<Json<Redirection>, Refusal> {
     let flow = checked_flow(&ctx, &headers, None)?;
     let name = body.username.trim();
-    let user = {
+    if name.is_empty() || name.len() > 256 {
+        return Err(cannot_use_entra());
+    }
+    let eligible = {
         let p = ctx.app.engine.projector.read();
         let found = p
             .users
@@ -879,22 +910,39 @@ async fn signin_entra(
             .find(|u| u.status == idledger_projections::UserStatus::Active)
             .map(|u| u.id);
         found
-    };
-    // The same answer for an unknown name and one that may not sign in this way: the page
-    // does not tell who has an account.
-    let unknown = || {
-        refuse(
-            StatusCode::BAD_REQUEST,
-            "That account cannot sign in with Entra ID here. Check the name, or use a passkey.",
-        )
-    };
-    let user = user.ok_or_else(unknown)?;
-    let who = person(&ctx, user).ok_or_else(unknown)?;
-    match who.allowed {
-        Ok(sso) if sso.method == SsoMethod::PasswordAndSecondFactor => {}
-        _ => return Err(unknown()),
     }
-    start_entra(&ctx, &flow, user).map(Json)
+    .and_then(|user| Some((user, person(&ctx, user)?)))
+    .filter(|(_, who)| {
+        matches!(who.allowed, Ok(sso) if sso.method == SsoMethod::PasswordAndSecondFactor)
+    });
+    if let Some((user, who)) = eligible {
+        if let Ok(client) = graph_client(&ctx, who.domain_id) {
+            // The typed name as the hint, not the stored one: its spelling would tell.
+            return to_tenant(&ctx, &flow, &client, who.domain_id, Some(user), name).map(Json);
+        }
+    }
+    let domain = tenant_of_name(&ctx, name).ok_or_else(cannot_use_entra)?;
+    let client = graph_client(&ctx, domain).map_err(|_| cannot_use_entra())?;
+    to_tenant(&ctx, &flow, &client, domain, None, name).map(Json)
+}
+
+/// The connected domain a typed name belongs to: the one named by its suffix, or the only
+/// one there is.
+fn tenant_of_name(ctx: &Ctx, name: &str) -> Option<DomainId> {
+    let p = ctx.app.engine.projector.read();
+    let suffix = name.rsplit_once('@').map(|(_, s)| s);
+    if let Some(d) = suffix.and_then(|s| p.domains.by_name(s)) {
+        return Some(d.id);
+    }
+    let mut connected = p
+        .domains
+        .all()
+        .into_iter()
+        .filter(|d| !d.removed && d.credentials.is_some());
+    match (connected.next(), connected.next()) {
+        (Some(only), None) => Some(only.id),
+        _ => None,
+    }
 }
 
 /// Entra's answer (RFC 6749 §4.1.2).
@@ -947,27 +995,41 @@ async fn entra_callback(
             "The answer from Entra ID does not belong to a sign-in of this browser. Start again from the sign-in page.",
         );
     };
-    let user = pending.user;
     let verdict = match (&answer.error, &answer.code) {
         // Entra's words are short codes and a sentence; what else arrives is cut, so a
-        // forged answer cannot put much into the user's stream.
-        (Some(e), _) => Err(SignInFailure::EntraRefused(format!(
-            "{}: {}",
-            e.chars()
-                .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .take(64)
-                .collect::<String>(),
-            answer
-                .error_description
-                .as_deref()
-                .unwrap_or("")
-                .chars()
-                .filter(|c| !c.is_control())
-                .take(200)
-                .collect::<String>()
+        // forged answer cannot put much into a log line.
+        (Some(e), _) => Err(EntraStepFailure::Unproven(SignInFailure::EntraRefused(
+            format!(
+                "{}: {}",
+                e.chars()
+                    .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .take(64)
+                    .collect::<String>(),
+                answer
+                    .error_description
+                    .as_deref()
+                    .unwrap_or("")
+                    .chars()
+                    .filter(|c| !c.is_control())
+                    .take(200)
+                    .collect::<String>()
+            ),
         ))),
-        (None, Some(code)) => check_entra(&ctx, user, &pending, code).await,
-        (None, None) => Err(SignInFailure::EntraRefused("no code in the answer".into())),
+        (None, Some(code)) => check_entra(&ctx, &pending, code).await,
+        (None, None) => Err(EntraStepFailure::Unproven(SignInFailure::EntraRefused(
+            "no code in the answer".into(),
+        ))),
+    };
+    let failed = |message: &str| {
+        pages::problem(StatusCode::UNAUTHORIZED, "Entra ID sign-in failed", message)
+    };
+    let Some(user) = pending.user else {
+        // A name no one may sign in with this way: refused only now, in words that fit
+        // any name.
+        return match verdict {
+            Ok(()) => failed(&cannot_use_entra().message),
+            Err(EntraStepFailure::Unproven(f) | EntraStepFailure::Proven(f)) => failed(f.message()),
+        };
     };
     match verdict {
         Ok(()) if entra_locked(&ctx, user) => pages::problem(
@@ -988,7 +1050,15 @@ async fn entra_callback(
                 None => Redirect::to("/signin/second-factor").into_response(),
             }
         }
-        Err(failure) => {
+        Err(EntraStepFailure::Unproven(failure)) => {
+            let why = match &failure {
+                SignInFailure::EntraRefused(what) => what.as_str(),
+                other => other.code(),
+            };
+            tracing::info!(%user, why, "Entra step ended without a token");
+            failed(failure.message())
+        }
+        Err(EntraStepFailure::Proven(failure)) => {
             let message = failure.message();
             let recorded = decide(
                 &ctx,
@@ -1006,31 +1076,50 @@ async fn entra_callback(
                 }
                 _ => message,
             };
-            pages::problem(StatusCode::UNAUTHORIZED, "Entra ID sign-in failed", message)
+            failed(message)
         }
     }
 }
 
-/// Redeems the code and validates the ID token; the token's `oid` must be the user's.
+/// Why the Entra step signed no one in.
+enum EntraStepFailure {
+    /// Nothing from Entra in hand: an error answer, a code it would not redeem, no
+    /// connection. Anyone who starts a sign-in can cause these with a made-up callback, so
+    /// they are shown but neither recorded on the user's stream nor counted towards a lock.
+    Unproven(SignInFailure),
+    /// Entra issued an ID token and it does not sign this user in: recorded and counted.
+    Proven(SignInFailure),
+}
+
+/// Redeems the code and validates the ID token; the token's `oid` must be the user's (when
+/// the typed name was someone's).
 async fn check_entra(
     ctx: &Ctx,
-    user: UserId,
     pending: &EntraPending,
     code: &str,
-) -> Result<(), SignInFailure> {
-    let refused = |what: String| SignInFailure::EntraRefused(what);
-    let (domain, external_id) = {
-        let p = ctx.app.engine.projector.read();
-        let u = p.users.get(user).ok_or(SignInFailure::NotActive)?;
-        (u.domain_id, u.external_id.clone())
+) -> Result<(), EntraStepFailure> {
+    let unproven = |what: String| EntraStepFailure::Unproven(SignInFailure::EntraRefused(what));
+    let domain = pending.domain;
+    let external_id = match pending.user {
+        Some(user) => {
+            let p = ctx.app.engine.projector.read();
+            let u = p
+                .users
+                .get(user)
+                .ok_or(EntraStepFailure::Unproven(SignInFailure::NotActive))?;
+            Some(u.external_id.clone())
+        }
+        None => None,
     };
-    let client = graph_client(ctx, domain).map_err(|r| refused(r.message))?;
-    let redirect_uri = callback_url(ctx).map_err(|r| refused(r.message))?;
+    let client = graph_client(ctx, domain).map_err(|r| unproven(r.message))?;
+    let redirect_uri = callback_url(ctx).map_err(|r| unproven(r.message))?;
     let id_token = client
         .redeem_code(code, &redirect_uri, &pending.verifier)
         .await
-        .map_err(|e| refused(e.to_string()))?;
-    let keys = tenant_keys(ctx, domain, &client, false).await?;
+        .map_err(|e| unproven(e.to_string()))?;
+    let keys = tenant_keys(ctx, domain, &client, false)
+        .await
+        .map_err(EntraStepFailure::Unproven)?;
     let now = chrono::Utc::now().timestamp();
     let check = |keys: &crate::graph::OpenIdKeys| {
         entra::validate(
@@ -1044,16 +1133,20 @@ async fn check_entra(
     };
     let claims = match check(&keys) {
         // Keys roll over: one fresh look before giving up on an unknown key.
-        Err(entra::IdTokenError::UnknownKey) => {
-            check(&tenant_keys(ctx, domain, &client, true).await?)
-        }
+        Err(entra::IdTokenError::UnknownKey) => check(
+            &tenant_keys(ctx, domain, &client, true)
+                .await
+                .map_err(EntraStepFailure::Unproven)?,
+        ),
         other => other,
     }
-    .map_err(|e| refused(e.to_string()))?;
-    if !claims.oid.eq_ignore_ascii_case(&external_id) {
-        return Err(SignInFailure::EntraUserMismatch);
+    .map_err(|e| EntraStepFailure::Proven(SignInFailure::EntraRefused(e.to_string())))?;
+    match external_id {
+        Some(id) if !claims.oid.eq_ignore_ascii_case(&id) => {
+            Err(EntraStepFailure::Proven(SignInFailure::EntraUserMismatch))
+        }
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 async fn tenant_keys(

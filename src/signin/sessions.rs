@@ -12,7 +12,7 @@
 //! carries the token needs state (a challenge, an Entra request), or an enrolment link
 //! was opened. Pages fetched by anyone, any number of times, cost no memory.
 
-use idledger_domain::{LinkId, SsoMethod, UserId};
+use idledger_domain::{DomainId, LinkId, SsoMethod, UserId};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -53,8 +53,12 @@ pub struct EntraPending {
     pub nonce: String,
     /// The PKCE verifier.
     pub verifier: String,
-    /// The user expected back (enrolment), or the one whose name was typed (sign-in).
-    pub user: UserId,
+    /// The user expected back (enrolment), or the one whose name was typed (sign-in); `None`
+    /// when the typed name belongs to no one who may sign in this way: the browser goes to
+    /// the tenant all the same, so the sign-in page answers alike for every name.
+    pub user: Option<UserId>,
+    /// The domain whose tenant was asked.
+    pub domain: DomainId,
 }
 
 /// Names the user only: state, nonce and verifier are secrets of the request.

@@ -348,16 +348,7 @@ async fn entra_credentials_and_an_authenticator_code_enrol_and_sign_in_with_ever
     assert_eq!(s, StatusCode::OK);
 
     // A passwordless user cannot take the password way.
-    let mut other = Visitor::new();
-    let (_, page, _) = other.get(&format!("{}/signin", w.app.public)).await;
-    let (s, b) = other
-        .post_json(
-            &format!("{}/signin/entra", w.app.public),
-            &csrf_of(&page),
-            json!({"username": "adele.vance@contoso.onmicrosoft.com"}),
-        )
-        .await;
-    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    refused_after_entra(&w, ADELE, ADELE_PASSWORD).await;
 
     // SSO turned off for Alex ends the session at once.
     let (s, b) = w
@@ -438,16 +429,131 @@ async fn entra_credentials_and_an_authenticator_code_enrol_and_sign_in_with_ever
         .admin(Method::POST, &format!("/v1/users/{alex}/deactivate"), None)
         .await;
     assert_eq!(s, StatusCode::OK);
-    let mut v = Visitor::new();
+    refused_after_entra(&w, ALEX, ALEX_PASSWORD).await;
+}
+
+const ADELE: &str = "adele.vance@contoso.onmicrosoft.com";
+const ADELE_PASSWORD: &str = "Start-Key-2026-01!";
+
+/// Starts the Entra step for a typed name in a fresh browser: the tenant's authorize URL.
+async fn start_entra_for(w: &World, v: &mut Visitor, name: &str) -> reqwest::Url {
     let (_, page, _) = v.get(&format!("{}/signin", w.app.public)).await;
     let (s, b) = v
         .post_json(
             &format!("{}/signin/entra", w.app.public),
             &csrf_of(&page),
-            json!({"username": ALEX}),
+            json!({"username": name}),
         )
         .await;
-    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    assert_eq!(s, StatusCode::OK, "{b}");
+    reqwest::Url::parse(b["redirect"].as_str().unwrap()).unwrap()
+}
+
+/// `upn` may not sign in with Entra ID: the sign-in page sends them to the tenant like
+/// anyone, and the refusal comes once Entra has answered.
+async fn refused_after_entra(w: &World, upn: &str, password: &str) {
+    let mut v = Visitor::new();
+    let authorize = start_entra_for(w, &mut v, upn).await;
+    let callback = entra_form(&mut v, authorize.as_str(), upn, password).await;
+    let (s, page, _) = v.get(&callback).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{page}");
+    assert!(page.contains("cannot sign in with Entra ID here"), "{page}");
+}
+
+fn kinds_of(events: &Value) -> Vec<String> {
+    events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_entra_step_tells_no_one_who_has_an_account_and_forged_answers_lock_no_one() {
+    let (w, adele, alex) = signin_world().await;
+    let (_, secret) = enrol_alex(&w, &alex).await;
+    let events_of = |id: &str| {
+        let path = format!("/v1/users/{id}/events?limit=1000");
+        let w = &w;
+        async move {
+            let (s, b) = w.admin(Method::GET, &path, None).await;
+            assert_eq!(s, StatusCode::OK, "{b}");
+            kinds_of(&b)
+        }
+    };
+    let adele_before = events_of(&adele).await.len();
+
+    // Someone who may sign in this way, someone who may not, a name no one has, and a name
+    // in a domain not connected: the same answer, to the same tenant, asking the same.
+    let mut shapes = Vec::new();
+    for name in [
+        ALEX,
+        ADELE,
+        "nobody@contoso.onmicrosoft.com",
+        "someone@elsewhere.example",
+    ] {
+        let mut v = Visitor::new();
+        let url = start_entra_for(&w, &mut v, name).await;
+        let mut keys: Vec<String> = url.query_pairs().map(|(k, _)| k.into_owned()).collect();
+        keys.sort();
+        let hint = url
+            .query_pairs()
+            .find(|(k, _)| k == "login_hint")
+            .map(|(_, v)| v.into_owned());
+        assert_eq!(hint.as_deref(), Some(name));
+        shapes.push((url.origin(), url.path().to_owned(), keys));
+    }
+    assert!(shapes.windows(2).all(|p| p[0] == p[1]), "{shapes:?}");
+
+    // Adele proves who she is and is refused in the words anyone gets; nothing is written
+    // on her stream.
+    refused_after_entra(&w, ADELE, ADELE_PASSWORD).await;
+    assert_eq!(events_of(&adele).await.len(), adele_before);
+
+    // Made-up error answers for Alex (anyone can start his sign-in and forge the callback)
+    // are shown, not counted: six of them lock nothing and record nothing.
+    for _ in 0..6 {
+        let mut v = Visitor::new();
+        let url = start_entra_for(&w, &mut v, ALEX).await;
+        let state = url
+            .query_pairs()
+            .find(|(k, _)| k == "state")
+            .unwrap()
+            .1
+            .into_owned();
+        let mut callback =
+            reqwest::Url::parse(&format!("{}/signin/entra/callback", w.app.public)).unwrap();
+        callback
+            .query_pairs_mut()
+            .append_pair("error", "access_denied")
+            .append_pair("error_description", "made up")
+            .append_pair("state", &state);
+        let (s, page, _) = v.get(callback.as_str()).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{page}");
+        assert!(page.contains("did not confirm"), "{page}");
+    }
+    assert!(!events_of(&alex).await.contains(&"SignInFailed".to_owned()));
+    let mut v = Visitor::new();
+    let page = entra_sign_in(&w, &mut v, ALEX, ALEX_PASSWORD).await;
+    let code = totp_code(&secret, chrono::Utc::now().timestamp() + 30);
+    let (s, to) = type_code(&w, &mut v, &page, &code).await;
+    assert_eq!((s, to.as_str()), (StatusCode::SEE_OTHER, "/me"));
+
+    // Entra's own word counts: Alex's name typed, Allan signed in at the tenant.
+    let mut v = Visitor::new();
+    let authorize = start_entra_for(&w, &mut v, ALEX).await;
+    let callback = entra_form(
+        &mut v,
+        authorize.as_str(),
+        "allan.deyoung@contoso.onmicrosoft.com",
+        "Start-Key-2026-03!",
+    )
+    .await;
+    let (s, page, _) = v.get(&callback).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{page}");
+    assert!(page.contains("as someone else"), "{page}");
+    assert!(events_of(&alex).await.contains(&"SignInFailed".to_owned()));
 }
 
 #[tokio::test]

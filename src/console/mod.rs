@@ -61,7 +61,7 @@ impl Viewer {
 fn viewer(state: &AppState, headers: &HeaderMap) -> Option<Viewer> {
     let session = state
         .sessions
-        .find(cookie(headers, cookie_name(state.https))?)?;
+        .find(cookie(headers, cookie_name(state.secure_cookies()))?)?;
     let p = state.engine.projector.read();
     let token = p
         .tokens
@@ -111,12 +111,12 @@ async fn asset(Path(file): Path<String>, headers: HeaderMap) -> Response {
 fn session_cookie(state: &AppState, value: &str, max_age: Option<u64>) -> HeaderValue {
     let mut c = format!(
         "{}={value}; Path=/; HttpOnly; SameSite=Strict",
-        cookie_name(state.https)
+        cookie_name(state.secure_cookies())
     );
     if let Some(age) = max_age {
         c.push_str(&format!("; Max-Age={age}"));
     }
-    if state.https {
+    if state.secure_cookies() {
         c.push_str("; Secure");
     }
     HeaderValue::from_str(&c).unwrap_or(HeaderValue::from_static("idl_session=; Max-Age=0"))
@@ -142,7 +142,7 @@ async fn sign_in_page(State(state): State<AppState>, headers: HeaderMap) -> Resp
 fn sign_in_form(state: &AppState, status: StatusCode, error: Option<&str>) -> Response {
     let pre = crate::http::new_token_text();
     // `__Host-` cookies must have Path=/; over plain HTTP the path keeps it off other routes.
-    let cookie = if state.https {
+    let cookie = if state.secure_cookies() {
         format!(
             "{}={pre}; Path=/; HttpOnly; SameSite=Strict; Secure",
             pre_name(true)
@@ -190,7 +190,8 @@ async fn sign_in(
             Some("The form was incomplete."),
         );
     };
-    let pre_ok = cookie(&headers, pre_name(state.https)).is_some_and(|c| same_secret(c, &form.pre));
+    let pre_ok = cookie(&headers, pre_name(state.secure_cookies()))
+        .is_some_and(|c| same_secret(c, &form.pre));
     if !pre_ok {
         return sign_in_form(
             &state,
@@ -239,7 +240,7 @@ async fn sign_out(
     headers: HeaderMap,
     form: Result<Form<SignOut>, axum::extract::rejection::FormRejection>,
 ) -> Response {
-    let value = cookie(&headers, cookie_name(state.https));
+    let value = cookie(&headers, cookie_name(state.secure_cookies()));
     let session = value.and_then(|v| state.sessions.find(v).map(|s| (v, s)));
     let Some((value, session)) = session else {
         // No session here: nothing to end (and no cookie cleared on another site's say-so).

@@ -94,7 +94,7 @@ impl Principal {
             None => {
                 let cookie = super::session::cookie(
                     &parts.headers,
-                    super::session::cookie_name(state.https),
+                    super::session::cookie_name(state.secure_cookies()),
                 )
                 .ok_or(ApiError::Unauthorized)?;
                 let session = state.sessions.find(cookie).ok_or(ApiError::Unauthorized)?;

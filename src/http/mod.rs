@@ -68,7 +68,7 @@ pub struct AppState {
     pub event_streams: Arc<events::StreamSlots>,
     /// Signed tree heads and the Merkle tree's proofs.
     pub notary: crate::notary::Notary,
-    /// Served over HTTPS: cookies are `Secure`.
+    /// This server ends TLS itself (see [`AppState::secure_cookies`] for what browsers see).
     pub https: bool,
     /// Console sign-ins.
     pub sessions: Arc<session::Sessions>,
@@ -456,6 +456,12 @@ pub struct Consistency {
 }
 
 impl AppState {
+    /// Cookies are `Secure` (and `__Host-` named) when browsers reach us over HTTPS: this
+    /// server speaks it, or its public origin is HTTPS (TLS ended at a proxy in front).
+    pub fn secure_cookies(&self) -> bool {
+        self.https || self.public_url.as_ref().is_some_and(|p| p.https)
+    }
+
     /// Waits for `min_position`, if given.
     pub async fn reach(&self, min_position: Option<u64>) -> Result<(), ApiError> {
         match min_position {

@@ -488,3 +488,52 @@ async fn a_session_stands_for_its_token_and_commands_need_its_csrf_token() {
     .await;
     assert!(ended.is_ok(), "the stream outlived its session");
 }
+
+/// Behind a proxy that ends TLS the server speaks plain HTTP, but browsers see HTTPS: the
+/// console's cookies are `Secure` and `__Host-` named all the same, so a plain-HTTP link
+/// cannot carry an admin's session in the clear.
+#[tokio::test]
+async fn console_cookies_are_secure_when_the_public_origin_is_https() {
+    let app = crate::support::spawn_app_tuned(idledger::sync::SyncConfig::default(), |c| {
+        c.public_url = Some("https://idledger.example".into());
+    })
+    .await;
+    let base = app.url.clone();
+    assert!(base.starts_with("http://"), "{base}");
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let (pre, pre_cookie) = sign_in_form(&http, &base).await;
+    assert!(pre_cookie.starts_with("__Host-idl_signin="), "{pre_cookie}");
+    let r = http
+        .post(format!("{base}/console/sign-in"))
+        .header("cookie", &pre_cookie)
+        .form(&[("token", app.admin.as_str()), ("pre", pre.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let set = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        set.starts_with("__Host-idl_session=") && set.contains("; Secure"),
+        "{set}"
+    );
+    let session = set.split(';').next().unwrap().to_owned();
+    let page = http
+        .get(format!("{base}/console/domains"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    // The name without the prefix is not the session cookie.
+    let plain = session.trim_start_matches("__Host-");
+    let page = http
+        .get(format!("{base}/console/domains"))
+        .header("cookie", plain)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::SEE_OTHER);
+}

@@ -69,9 +69,12 @@ pub async fn spawn_app_tuned(
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let url = format!("http://{addr}");
-    // Browsers reach it at `localhost` (a WebAuthn relying-party id is a name, not an IP).
+    // Browsers reach it at `localhost` (a WebAuthn relying-party id is a name, not an IP),
+    // unless the test names the public origin itself.
     let mut state = state;
-    state.public_url = idledger::http::PublicUrl::loopback_default(addr, false);
+    if state.public_url.is_none() {
+        state.public_url = idledger::http::PublicUrl::loopback_default(addr, false);
+    }
     let public = format!("http://localhost:{}", addr.port());
     tokio::spawn(idledger::http::serve(
         listener,

@@ -156,10 +156,8 @@ impl From<crate::http::ApiError> for Refusal {
 
 // ---- cookies --------------------------------------------------------------------------------
 
-/// Cookies are `Secure` (and `__Host-` named) when this server speaks HTTPS or its public
-/// origin is HTTPS (TLS ended at a proxy in front).
 fn https(ctx: &Ctx) -> bool {
-    ctx.app.https || ctx.app.public_url.as_ref().is_some_and(|p| p.https)
+    ctx.app.secure_cookies()
 }
 
 /// The flow cookie: SameSite=Lax so it comes back with Entra's top-level redirect.
@@ -1177,8 +1175,10 @@ async fn tenant_keys(
 // ---- signing in -----------------------------------------------------------------------------
 
 async fn signin_page(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
-    if signed_in(&ctx, &headers).is_some() {
-        return Redirect::to("/me").into_response();
+    if let Some((_, session)) = signed_in(&ctx, &headers) {
+        if !oidc::waits_for_fresh_sign_in(&ctx, &headers, &session) {
+            return Redirect::to("/me").into_response();
+        }
     }
     let (flow, csrf, new) = flow_of(&ctx, &headers);
     with_flow_cookie(&ctx, pages::signin(&csrf), &flow, new)

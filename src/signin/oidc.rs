@@ -16,7 +16,7 @@ use super::{https, refuse, sessions, signed_in, Ctx, Refusal};
 use crate::http::session::same_secret;
 use axum::extract::{Form, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -49,7 +49,7 @@ pub fn routes(router: Router<Ctx>) -> Router<Ctx> {
         .route("/authorize/resume", get(resume))
         .route("/token", axum::routing::post(token))
         .route("/userinfo", get(userinfo).post(userinfo))
-        .route("/end_session", get(end_session))
+        .route("/end_session", get(end_session).post(confirm_end_session))
 }
 
 /// An app's authorization request, kept in the browser's flow while the user signs in.
@@ -345,7 +345,12 @@ async fn authorize(
     let fresh_after = if prompt.contains(&"login") {
         Some(now)
     } else {
-        q.max_age.map(|a| now - chrono::Duration::seconds(a.max(0)))
+        // An age beyond the calendar asks for nothing: any sign-in is recent enough.
+        q.max_age.map(|a| {
+            chrono::Duration::try_seconds(a.max(0))
+                .and_then(|age| now.checked_sub_signed(age))
+                .unwrap_or(DateTime::<Utc>::MIN_UTC)
+        })
     };
     let request = AuthRequest {
         app: app.id,
@@ -367,6 +372,26 @@ async fn authorize(
             super::with_flow_cookie(&ctx, Redirect::to("/signin").into_response(), &flow, new)
         }
     }
+}
+
+/// An authorization request waits in this browser's flow for a sign-in newer than
+/// `session`'s (`prompt=login`, `max_age`): the sign-in page asks again instead of sending
+/// the user on, or the request would wait for ever.
+pub(super) fn waits_for_fresh_sign_in(
+    ctx: &Ctx,
+    headers: &HeaderMap,
+    session: &sessions::UserSession,
+) -> bool {
+    crate::http::session::cookie(headers, super::flow_cookie_name(https(ctx)))
+        .and_then(|flow| {
+            ctx.store.with_stored_flow(flow, |f| {
+                f.authorize
+                    .as_ref()
+                    .and_then(|r| r.fresh_after)
+                    .is_some_and(|t| session.auth_time < t)
+            })
+        })
+        .unwrap_or(false)
 }
 
 /// Answers an authorization request with a code when the browser's session satisfies it;
@@ -1113,6 +1138,10 @@ struct EndSession {
     client_id: Option<String>,
 }
 
+/// Ends sessions at an app's request. The ID token it holds (`id_token_hint`) ends the
+/// session that token came from; the browser's own session ends at once only when it is
+/// that session. Otherwise the user is asked first (RP-Initiated Logout 1.0 §2 requires
+/// it): any site can send a browser here, and must not be able to sign its user out.
 async fn end_session(
     State(ctx): State<Ctx>,
     headers: HeaderMap,
@@ -1123,45 +1152,111 @@ async fn end_session(
         .as_ref()
         .and_then(|q| q.id_token_hint.as_deref())
         .and_then(|t| crate::provider::verify(&ctx.app.engine, t, Utc::now()));
-    if let Some(sid) = hint.as_ref().and_then(|c| c["sid"].as_str()) {
+    let hinted_sid = hint.as_ref().and_then(|c| c["sid"].as_str());
+    let own = signed_in(&ctx, &headers);
+    if let Some(sid) = hinted_sid {
         ctx.store.close_sid(sid);
     }
-    // The browser's own session ends too.
-    if let Some((cookie, _)) = signed_in(&ctx, &headers) {
-        ctx.store.close(&cookie);
-    }
-    let client = hint
+    let client_id = hint
         .as_ref()
         .and_then(|c| c["aud"].as_str().map(str::to_owned))
         .or_else(|| q.as_ref().and_then(|q| q.client_id.clone()));
-    let app = client.and_then(|c| {
-        ctx.app
-            .engine
-            .projector
-            .read()
-            .provider
-            .by_client_id(&c)
-            .cloned()
-    });
-    let target = q.as_ref().and_then(|q| q.post_logout_redirect_uri.clone());
-    let clear = super::set_cookie(&ctx, super::user_cookie_name(https(&ctx)), "", Some(0));
-    let mut response = match (app, target) {
-        (Some(app), Some(uri)) if app.post_logout_redirect_uris.contains(&uri) => {
-            let mut url = uri;
-            if let Some(s) = q.as_ref().and_then(|q| q.state.as_deref()) {
+    let target = LogoutTarget {
+        client_id,
+        post_logout_redirect_uri: q.as_ref().and_then(|q| q.post_logout_redirect_uri.clone()),
+        state: q.as_ref().and_then(|q| q.state.clone()),
+    };
+    match own {
+        Some((_, session)) if hinted_sid != Some(session.sid.as_str()) => {
+            let app = target.app(&ctx).map(|a| a.name);
+            super::pages::confirm_sign_out(&session.csrf, app.as_deref(), &target.fields())
+        }
+        _ => signed_out(&ctx, &target),
+    }
+}
+
+/// Where to send the browser once signed out, as the app asked.
+struct LogoutTarget {
+    client_id: Option<String>,
+    post_logout_redirect_uri: Option<String>,
+    state: Option<String>,
+}
+
+impl LogoutTarget {
+    fn app(&self, ctx: &Ctx) -> Option<idledger_projections::AppView> {
+        let client_id = self.client_id.as_deref()?;
+        let p = ctx.app.engine.projector.read();
+        p.provider.by_client_id(client_id).cloned()
+    }
+
+    /// The hidden fields of the confirmation form, which carry the request on.
+    fn fields(&self) -> Vec<(&'static str, &str)> {
+        [
+            ("client_id", &self.client_id),
+            ("post_logout_redirect_uri", &self.post_logout_redirect_uri),
+            ("state", &self.state),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| Some((k, v.as_deref()?)))
+        .collect()
+    }
+}
+
+/// The confirmation form: the user chose to sign out.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfirmedLogout {
+    csrf: String,
+    client_id: Option<String>,
+    post_logout_redirect_uri: Option<String>,
+    state: Option<String>,
+}
+
+async fn confirm_end_session(
+    State(ctx): State<Ctx>,
+    headers: HeaderMap,
+    form: Result<Form<ConfirmedLogout>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let Ok(Form(form)) = form else {
+        return super::pages::problem(
+            StatusCode::BAD_REQUEST,
+            "Sign-out not understood",
+            "Start again from the app you were using.",
+        );
+    };
+    if let Some((cookie, session)) = signed_in(&ctx, &headers) {
+        if !same_secret(&form.csrf, &session.csrf) {
+            return (StatusCode::FORBIDDEN, "CSRF token missing or wrong\n").into_response();
+        }
+        ctx.store.close(&cookie);
+    }
+    let target = LogoutTarget {
+        client_id: form.client_id,
+        post_logout_redirect_uri: form.post_logout_redirect_uri,
+        state: form.state,
+    };
+    signed_out(&ctx, &target)
+}
+
+/// The browser is signed out: back to the app when it named a registered address, else a
+/// page that says so. The session cookie is cleared either way.
+fn signed_out(ctx: &Ctx, target: &LogoutTarget) -> Response {
+    let registered = target
+        .app(ctx)
+        .zip(target.post_logout_redirect_uri.as_ref())
+        .filter(|(app, uri)| app.post_logout_redirect_uris.contains(uri));
+    let mut response = match registered {
+        Some((_, uri)) => {
+            let mut url = uri.clone();
+            if let Some(s) = target.state.as_deref() {
                 url.push_str(if url.contains('?') { "&" } else { "?" });
                 url.push_str(&format!("state={}", urlencoding::encode(s)));
             }
             Redirect::to(&url).into_response()
         }
-        _ => Html(
-            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Signed out · idledger</title>\
-             <link rel=\"stylesheet\" href=\"/signin/assets/signin.css\"></head><body><main>\
-             <h1>Signed out</h1><p role=\"status\">You are signed out of idledger.</p>\
-             <p><a href=\"/signin\">Sign in again</a></p></main></body></html>",
-        )
-        .into_response(),
+        None => super::pages::signed_out(),
     };
+    let clear = super::set_cookie(ctx, super::user_cookie_name(https(ctx)), "", Some(0));
     response.headers_mut().append(header::SET_COOKIE, clear);
     response
 }

@@ -77,6 +77,49 @@ pub fn problem(status: StatusCode, title: &str, message: &str) -> Response {
     )
 }
 
+/// Asks a signed-in user whether to sign out, for a sign-out request that did not come
+/// with proof it was the user's own (an ID token of this very session).
+pub fn confirm_sign_out(csrf: &str, app: Option<&str>, carried: &[(&str, &str)]) -> Response {
+    let asker = match app {
+        Some(name) => format!("{} asks to sign you out.", esc(name)),
+        None => "A site asks to sign you out.".to_owned(),
+    };
+    let hidden: String = carried
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                r#"<input type="hidden" name="{}" value="{}">"#,
+                esc(k),
+                esc(v)
+            )
+        })
+        .collect();
+    page(
+        StatusCode::OK,
+        "Sign out?",
+        csrf,
+        &format!(
+            r#"<h1>Sign out of idledger?</h1>
+<p>{asker} Signing out ends your session here, for every app you opened with it.</p>
+<form method="post" action="/end_session"><input type="hidden" name="csrf" value="{csrf}">{hidden}<button type="submit">Sign out</button></form>
+<p><a href="/me">Stay signed in</a></p>"#,
+            csrf = esc(csrf),
+        ),
+    )
+}
+
+/// The end of a sign-out no app asked to come back from.
+pub fn signed_out() -> Response {
+    page(
+        StatusCode::OK,
+        "Signed out",
+        "",
+        r#"<h1>Signed out</h1>
+<p role="status">You are signed out of idledger.</p>
+<p><a href="/signin">Sign in again</a></p>"#,
+    )
+}
+
 fn to_me(signed_in: bool) -> &'static str {
     if signed_in {
         "<p><a href=\"/me\">Go to your page</a></p>"

@@ -3,7 +3,7 @@
 //! a passkey (a software authenticator over HTTP), ID token validation against the JWKS,
 //! userinfo, refresh with rotation, RP-initiated logout, and what must be refused.
 
-use crate::signin::{enrol_with_key, passkey_sign_in_with, signin_world, Visitor};
+use crate::signin::{csrf_of, enrol_with_key, passkey_sign_in_with, signin_world, Visitor};
 use crate::support::authenticator::SoftKey;
 use crate::support::World;
 use openidconnect::core::{
@@ -908,4 +908,111 @@ async fn refresh_families_outlive_the_server_that_issued_them() {
         let (s, answer) = refresh(junk.to_owned()).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{answer}");
     }
+}
+
+/// `prompt=login` and `max_age` with a live session, and sign-out requests that do not
+/// prove they are the user's: the user is asked each time, never stranded or overruled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_session_signs_in_again_when_asked_and_is_asked_before_a_sign_out() {
+    let (w, adele, _) = signin_world().await;
+    let mut key = SoftKey::new();
+    let mut browser =
+        enrol_with_key(&w, &adele, "adele.vance@contoso.onmicrosoft.com", &mut key).await;
+    let app = register_app(&w, "confidential").await;
+    let client_id = app["client_id"].as_str().unwrap().to_owned();
+    let secret = app["client_secret"].as_str().unwrap().to_owned();
+    let http = rp_http();
+    let client = relying_party(&w, &http, (&client_id, &secret), REDIRECT).await;
+    let verify = client
+        .id_token_verifier()
+        .set_allowed_algs(vec![CoreJwsSigningAlgorithm::EcdsaP256Sha256]);
+    let request = |extra: &str| {
+        let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+        let (url, _, nonce) = client
+            .authorize_url(
+                CoreAuthenticationFlow::AuthorizationCode,
+                CsrfToken::new_random,
+                Nonce::new_random,
+            )
+            .set_pkce_challenge(challenge)
+            .url();
+        (format!("{url}&{extra}"), verifier, nonce)
+    };
+
+    // prompt=login: to the sign-in page, which asks (not "/me"), then back with a code
+    // whose auth_time is the new sign-in.
+    let (url, verifier, nonce) = request("prompt=login");
+    let asked_at = chrono::Utc::now().timestamp();
+    let (s, location, _) = authorize(&mut browser, &url).await;
+    assert_eq!(
+        (s, location.as_deref()),
+        (StatusCode::SEE_OTHER, Some("/signin"))
+    );
+    let (s, page, to) = browser.get(&format!("{}/signin", w.app.public)).await;
+    assert_eq!(s, StatusCode::OK, "sent on to {to:?}");
+    assert!(page.contains("Sign in with a passkey"), "{page}");
+    let handle = key.user_handle.clone();
+    let (s, b) = passkey_sign_in_with(&w, &mut browser, &mut key, Some(&handle)).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["next"], "/authorize/resume");
+    let (_, _, q) = authorize(&mut browser, &format!("{}/authorize/resume", w.app.public)).await;
+    let tokens = client
+        .exchange_code(AuthorizationCode::new(get(&q, "code").unwrap().into()))
+        .unwrap()
+        .set_pkce_verifier(verifier)
+        .request_async(&http)
+        .await
+        .unwrap();
+    let claims = tokens.id_token().unwrap().claims(&verify, &nonce).unwrap();
+    assert!(claims.auth_time().unwrap().timestamp() >= asked_at);
+    // Without such a request waiting, a signed-in browser goes on to its page.
+    let (s, _, to) = browser.get(&format!("{}/signin", w.app.public)).await;
+    assert_eq!((s, to.as_deref()), (StatusCode::SEE_OTHER, Some("/me")));
+
+    // An age beyond the calendar asks for nothing more than a session.
+    for age in ["9000000000000", "9000000000000000000", "-5"] {
+        let (url, _, _) = request(&format!("max_age={age}"));
+        let (s, _, q) = authorize(&mut browser, &url).await;
+        assert_eq!(s, StatusCode::SEE_OTHER);
+        let answered = get(&q, "code").is_some() || age == "-5";
+        assert!(answered, "max_age={age}: {q:?}");
+    }
+
+    // A sign-out with no ID token (any site can send the browser here) asks first.
+    let logout = format!(
+        "{}/end_session?client_id={client_id}&post_logout_redirect_uri={}&state=bye",
+        w.app.public,
+        urlencoding::encode(LOGGED_OUT)
+    );
+    let (s, page, _) = browser.get(&logout).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        page.contains("Sign out of idledger?") && page.contains("Payroll asks"),
+        "{page}"
+    );
+    let (s, _, _) = browser.get(&format!("{}/me", w.app.public)).await;
+    assert_eq!(s, StatusCode::OK, "still signed in");
+    let end = format!("{}/end_session", w.app.public);
+    let carried = [
+        ("client_id", client_id.as_str()),
+        ("post_logout_redirect_uri", LOGGED_OUT),
+        ("state", "bye"),
+    ];
+    let mut forged = carried.to_vec();
+    forged.push(("csrf", "not-the-token"));
+    let (s, _, _) = browser.post_form(&end, &forged).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _, _) = browser.get(&format!("{}/me", w.app.public)).await;
+    assert_eq!(s, StatusCode::OK, "a forged confirmation ends nothing");
+    let csrf = csrf_of(&page);
+    let mut confirmed = carried.to_vec();
+    confirmed.push(("csrf", csrf.as_str()));
+    let (s, _, location) = browser.post_form(&end, &confirmed).await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    assert_eq!(
+        location.as_deref(),
+        Some(format!("{LOGGED_OUT}?state=bye").as_str())
+    );
+    let (s, _, to) = browser.get(&format!("{}/me", w.app.public)).await;
+    assert_eq!((s, to.as_deref()), (StatusCode::SEE_OTHER, Some("/signin")));
 }

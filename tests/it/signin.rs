@@ -78,7 +78,7 @@ impl Visitor {
         )
     }
 
-    async fn post_form(
+    pub(crate) async fn post_form(
         &mut self,
         url: &str,
         form: &[(&str, &str)],
@@ -89,7 +89,7 @@ impl Visitor {
 }
 
 /// The `content` of `<meta name="csrf-token">`, or a hidden `csrf` field's value.
-fn csrf_of(html: &str) -> String {
+pub(crate) fn csrf_of(html: &str) -> String {
     for marker in ["name=\"csrf-token\" content=\"", "name=\"csrf\" value=\""] {
         if let Some(i) = html.find(marker) {
             let rest = &html[i + marker.len()..];

@@ -1,13 +1,14 @@
 //! A model test of refresh-token families (`domain::decide::refresh`): apps exchange codes
 //! and refresh, answers are lost (the app keeps presenting its old token), decisions are
 //! lost before they are appended (a crash), tokens are replayed by whoever copied them, the
-//! user is deactivated, reactivated or loses SSO, and time passes. Every decision folds the
+//! user is deactivated, reactivated or loses SSO, removes a passkey or an authenticator app,
+//! has their sign-in method changed, and time passes. Every decision folds the
 //! log from scratch, as a restarted server does, and must equal the state folded step by
 //! step.
 //!
 //! After every step: a refresh is accepted only for the family's newest token, by its own
-//! app, while the user may sign in, within the idle limit, for a family no spent token and
-//! no loss of sign-in ever touched; such a refresh is never refused; and any spent token,
+//! app, while the user may sign in, within the idle limit, for a family no spent token, no
+//! loss of sign-in, no removed method and no change of method ever touched; such a refresh is never refused; and any spent token,
 //! however old, ends its family. The same model runs three broken rule sets, which must be
 //! caught, so the model is known to have teeth.
 
@@ -61,6 +62,11 @@ enum Step {
     Reactivate,
     SsoOff,
     SsoOn,
+    /// The user removes a passkey (or the authenticator app): a lost device must not keep
+    /// refreshing, and which family began with it is not recorded.
+    RemoveMethod { totp: bool },
+    /// An admin sets the user's method.
+    SetMethod(SsoMethod),
     /// Time passes (minutes).
     Wait(i64),
 }
@@ -82,6 +88,12 @@ fn step() -> impl Strategy<Value = Step> {
         1 => Just(Step::Reactivate),
         1 => Just(Step::SsoOff),
         1 => Just(Step::SsoOn),
+        1 => proptest::bool::ANY.prop_map(|totp| Step::RemoveMethod { totp }),
+        1 => prop_oneof![
+            Just(SsoMethod::Passwordless),
+            Just(SsoMethod::PasswordAndSecondFactor)
+        ]
+        .prop_map(Step::SetMethod),
         2 => prop_oneof![1i64..120, 1_000i64..20_000, 40_000i64..50_000].prop_map(Step::Wait),
     ]
 }
@@ -98,13 +110,13 @@ fn hash(n: u64) -> Hash {
     Hash(h)
 }
 
-fn grant(at: DateTime<Utc>) -> TokenGrant {
+fn grant(at: DateTime<Utc>, method: SsoMethod) -> TokenGrant {
     TokenGrant {
         scope: vec!["openid".into(), "offline_access".into()],
         nonce: Some("n".into()),
         auth_time: at,
         amr: vec!["hwk".into()],
-        method: SsoMethod::Passwordless,
+        method,
     }
 }
 
@@ -117,7 +129,10 @@ struct Family {
     /// The token the app holds.
     held: Hash,
     last_used: DateTime<Utc>,
-    /// The user lost sign-in (deactivated, SSO off) while it existed.
+    /// The method of the sign-in it began with.
+    method: SsoMethod,
+    /// The user lost sign-in (deactivated, SSO off), removed a method or had their method
+    /// changed from this family's while it existed.
     lost_sign_in: bool,
     /// A spent token of it was presented.
     replayed: bool,
@@ -182,8 +197,26 @@ impl Model {
     }
 
     fn allowed(&self) -> bool {
+        self.method().is_some()
+    }
+
+    /// The method the user signs in with now, if they may.
+    fn method(&self) -> Option<SsoMethod> {
         let s = &self.running;
-        signin::sign_in_allowed(s.status, s.imported_sso, s.sso_override).is_ok()
+        signin::sign_in_allowed(s.status, s.imported_sso, s.sso_override)
+            .ok()
+            .map(|sso| sso.method)
+    }
+
+    /// Families begun with another method than the one in force are lost.
+    fn lose_other_methods(&mut self) {
+        if let Some(m) = self.method() {
+            for f in &mut self.families {
+                if f.method != m {
+                    f.lost_sign_in = true;
+                }
+            }
+        }
     }
 
     fn token(&mut self) -> Hash {
@@ -210,6 +243,7 @@ impl Model {
                 }
                 let (family, token) =
                     (uuid::Uuid::from_u128(self.next_token as u128), self.token());
+                let method = self.method().unwrap_or(SsoMethod::Passwordless);
                 let issued = AppTokensIssued {
                     app_id: app(a),
                     grant: "authorization_code".into(),
@@ -217,7 +251,7 @@ impl Model {
                     refresh: Some(RefreshIssued {
                         family,
                         token_hash: token,
-                        grant: Some(grant(self.now)),
+                        grant: Some(grant(self.now, method)),
                     }),
                     at: self.now,
                 };
@@ -232,6 +266,7 @@ impl Model {
                         id: family,
                         app: app(a),
                         issued: vec![token],
+                        method,
                         held: if lost { hash(0) } else { token },
                         last_used: self.now,
                         lost_sign_in: false,
@@ -379,7 +414,35 @@ impl Model {
                 }
                 .into(),
             ),
-            Step::SsoOn => self.append(vec![UserSsoOverrideSet { sso: None }.into()]),
+            Step::SsoOn => {
+                self.append(vec![UserSsoOverrideSet { sso: None }.into()]);
+                self.lose_other_methods();
+            }
+            Step::RemoveMethod { totp } => {
+                self.append(vec![if totp {
+                    TotpRemoved {}.into()
+                } else {
+                    PasskeyRemoved {
+                        credential_id: "c".into(),
+                    }
+                    .into()
+                }]);
+                for f in &mut self.families {
+                    f.lost_sign_in = true;
+                }
+            }
+            Step::SetMethod(method) => {
+                self.lose_sign_in(
+                    UserSsoOverrideSet {
+                        sso: Some(SsoSettings {
+                            enabled: true,
+                            method,
+                        }),
+                    }
+                    .into(),
+                );
+                self.lose_other_methods();
+            }
             Step::Wait(minutes) => self.now += Duration::minutes(minutes),
         }
         if self.folded() != self.running {
@@ -472,7 +535,7 @@ fn begun(n: u64, a: u8, at: DateTime<Utc>) -> Event {
         refresh: Some(RefreshIssued {
             family: uuid::Uuid::from_u128(n as u128),
             token_hash: hash(n),
-            grant: Some(grant(at)),
+            grant: Some(grant(at, SsoMethod::Passwordless)),
         }),
         at,
     }

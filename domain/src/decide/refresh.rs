@@ -103,10 +103,21 @@ impl Families {
         }
     }
 
-    /// Every family stops refreshing for good (the user may no longer sign in).
+    /// Every family stops refreshing for good (the user may no longer sign in, or gave up
+    /// a way of signing in that any of them may have begun with).
     pub fn close_all(&mut self) {
         for f in self.by_id.values_mut() {
             f.closed = true;
+        }
+    }
+
+    /// Families begun by a sign-in with another method than `method` stop for good: their
+    /// tokens would carry an `acr` and `amr` the user's rules no longer allow.
+    pub fn close_other_methods(&mut self, method: SsoMethod) {
+        for f in self.by_id.values_mut() {
+            if f.grant.as_ref().is_some_and(|g| g.method != method) {
+                f.closed = true;
+            }
         }
     }
 }

@@ -98,12 +98,18 @@ pub fn evolve(mut s: UserState, e: &Event) -> UserState {
         Event::AppTokensIssued(_) | Event::AppTokenRefused(_) => s.refresh.evolve(e),
         e => super::signin::evolve(&mut s.signin, e),
     }
-    // Deactivation, deletion or SSO off ends every refresh family at once; coming back
-    // revives none of them.
-    if !s.refresh.by_id.is_empty()
-        && super::signin::sign_in_allowed(s.status, s.imported_sso, s.sso_override).is_err()
-    {
-        s.refresh.close_all();
+    // Deactivation, deletion or SSO off ends every refresh family at once, and so does a
+    // removed passkey or authenticator app (a family does not record which one its sign-in
+    // used; a lost device must not keep refreshing); a changed method ends the families of
+    // the old one. Coming back revives none of them.
+    if !s.refresh.by_id.is_empty() {
+        match super::signin::sign_in_allowed(s.status, s.imported_sso, s.sso_override) {
+            Err(_) => s.refresh.close_all(),
+            Ok(_) if matches!(e, Event::PasskeyRemoved(_) | Event::TotpRemoved(_)) => {
+                s.refresh.close_all()
+            }
+            Ok(sso) => s.refresh.close_other_methods(sso.method),
+        }
     }
     s
 }

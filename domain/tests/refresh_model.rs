@@ -64,7 +64,9 @@ enum Step {
     SsoOn,
     /// The user removes a passkey (or the authenticator app): a lost device must not keep
     /// refreshing, and which family began with it is not recorded.
-    RemoveMethod { totp: bool },
+    RemoveMethod {
+        totp: bool,
+    },
     /// An admin sets the user's method.
     SetMethod(SsoMethod),
     /// Time passes (minutes).

@@ -69,6 +69,23 @@ pub fn locked(s: &SignInState, factor: Factor, now: DateTime<Utc>) -> bool {
     s.locked_until.get(&factor).is_some_and(|u| now < *u)
 }
 
+/// Whether a failure is a guess the lock exists to stop. A refusal for who the user is (not
+/// what they presented) is none, and neither is a passkey that did not verify: signatures
+/// cannot be guessed, and anyone who knows a credential id could otherwise lock its owner
+/// out with made-up assertions. A passkey whose counter went back did sign, and counts.
+pub fn counts_towards_lock(reason: &SignInFailure) -> bool {
+    !matches!(
+        reason,
+        SignInFailure::Locked
+            | SignInFailure::NotActive
+            | SignInFailure::SsoOff
+            | SignInFailure::MethodNotAllowed
+            | SignInFailure::NotEnrolled
+            | SignInFailure::BadCredential(_)
+            | SignInFailure::UnknownCredential
+    )
+}
+
 /// Folds the sign-in events of a user's stream.
 pub fn evolve(s: &mut SignInState, e: &Event) {
     match e {
@@ -123,7 +140,7 @@ pub fn evolve(s: &mut SignInState, e: &Event) {
         Event::SignInFailed(e) if e.reason == SignInFailure::Locked => {
             s.locked_refusal_at.insert(e.factor, e.at);
         }
-        Event::SignInFailed(e) => {
+        Event::SignInFailed(e) if counts_towards_lock(&e.reason) => {
             let list = s.failures.entry(e.factor).or_default();
             list.push(e.at);
             if list.len() > FAILURES_TO_LOCK {
@@ -583,14 +600,7 @@ fn sign_in(s: &UserState, proof: Proof, app: Option<String>, at: DateTime<Utc>) 
             at,
         }
         .into()];
-        // A refusal for who the user is (not what they presented) is no guess to count.
-        let counts = !matches!(
-            reason,
-            SignInFailure::Locked
-                | SignInFailure::NotActive
-                | SignInFailure::SsoOff
-                | SignInFailure::MethodNotAllowed
-        );
+        let counts = counts_towards_lock(&reason);
         let recent = s.signin.failures.get(&factor).map_or(0, |l| {
             l.iter().filter(|t| at - **t < FAILURE_WINDOW).count()
         });
@@ -1033,8 +1043,12 @@ mod tests {
     fn five_failures_in_five_minutes_lock_for_fifteen() {
         let mut s = signed_up(SsoMethod::Passwordless);
         let mut at = t0();
+        // The passkey signs at 100; a copy of it that signs at 1 fails each time, and counts.
+        let signed = attempt(&s, by_passkey(100), at);
+        s = apply(s, &signed);
         for i in 0..FAILURES_TO_LOCK {
-            let events = attempt(&s, bad_passkey(), at);
+            let events = attempt(&s, by_passkey(1), at);
+            assert_eq!(failure(&events), Some(SignInFailure::CounterWentBack));
             assert_eq!(
                 events.iter().any(|e| e.kind() == "SignInLocked"),
                 i + 1 == FAILURES_TO_LOCK
@@ -1044,17 +1058,17 @@ mod tests {
         }
         // Locked: even the right passkey is refused, with the reason.
         assert_eq!(
-            failure(&attempt(&s, by_passkey(9), at)),
+            failure(&attempt(&s, by_passkey(109), at)),
             Some(SignInFailure::Locked)
         );
         // Attempts while locked are recorded once a minute, refused without a record between.
-        let events = attempt(&s, by_passkey(9), at);
+        let events = attempt(&s, by_passkey(109), at);
         let s = apply(s, &events);
         assert!(matches!(
             decide(
                 &s,
                 SignInCommand::SignIn {
-                    proof: by_passkey(10),
+                    proof: by_passkey(110),
                     app: None,
                     at: at + Duration::seconds(10),
                 }
@@ -1062,12 +1076,35 @@ mod tests {
             Err(Rejection::Throttled(_))
         ));
         assert_eq!(
-            failure(&attempt(&s, by_passkey(10), at + Duration::seconds(61))),
+            failure(&attempt(&s, by_passkey(110), at + Duration::seconds(61))),
             Some(SignInFailure::Locked)
         );
         // Fifteen minutes after the lock, it works again.
         let later = at - Duration::seconds(30) + LOCK_FOR;
-        assert!(failure(&attempt(&s, by_passkey(9), later)).is_none());
+        assert!(failure(&attempt(&s, by_passkey(109), later)).is_none());
+    }
+
+    /// Whoever knows a credential id can present made-up assertions for it: each is
+    /// recorded, none counts, and the owner's passkey still works.
+    #[test]
+    fn passkeys_that_do_not_verify_are_recorded_but_lock_no_one() {
+        let mut s = signed_up(SsoMethod::Passwordless);
+        let at = t0();
+        for i in 0..3 * FAILURES_TO_LOCK {
+            let proof = if i % 2 == 0 {
+                bad_passkey()
+            } else {
+                Proof::Passkey {
+                    credential_id: "c1".into(),
+                    verified: Err(SignInFailure::UnknownCredential),
+                }
+            };
+            let events = attempt(&s, proof, at);
+            assert_eq!(events.len(), 1, "{events:?}");
+            assert_eq!(events[0].kind(), "SignInFailed");
+            s = apply(s, &events);
+        }
+        assert!(failure(&attempt(&s, by_passkey(2), at)).is_none());
     }
 
     /// One step of the enrolment-link model.

@@ -878,15 +878,20 @@ async fn issue(
         }),
         at: Utc::now(),
     };
-    let decided = super::decide(
-        ctx,
-        user,
-        SignInCommand::IssueAppTokens {
-            issued,
+    // Other writers on the user's stream (a second app's exchange, a sync) make a 409 as
+    // a refusal by the rules does: a few tries on fresh state, so a code is not spent on a
+    // race, and what still conflicts is the rules' answer.
+    let mut tries = 0;
+    let decided = loop {
+        let command = SignInCommand::IssueAppTokens {
+            issued: issued.clone(),
             app_domains: app.domain_ids.clone(),
-        },
-    )
-    .await;
+        };
+        match super::decide(ctx, user, command).await {
+            Err(r) if r.status == StatusCode::CONFLICT && tries < 3 => tries += 1,
+            other => break other,
+        }
+    };
     if let Err(r) = decided {
         if r.status == StatusCode::CONFLICT {
             record_refusal(

@@ -10,6 +10,7 @@ pub mod sled_log;
 pub mod snapshots;
 mod subscription;
 pub mod tree;
+pub mod turns;
 
 use idledger_domain::decide::Rejection;
 use idledger_domain::{Actor, Envelope, Event, Hash, ProposedEvent, StreamId};
@@ -21,6 +22,7 @@ pub use parallel_decode::Reader;
 pub use sled_log::SledEventLog;
 pub use snapshots::Snapshots;
 pub use subscription::Subscription;
+pub use turns::StreamTurns;
 
 /// How far an acknowledged append has gone.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
@@ -225,6 +227,9 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// Its streams' states as the command path last folded them.
     fn snapshots(&self) -> &Snapshots;
+
+    /// The command path's turns, one stream at a time.
+    fn turns(&self) -> &StreamTurns;
 }
 
 /// History from `from`, then live events, with no gap and no duplicate.
@@ -270,8 +275,8 @@ pub enum CommandError {
 }
 
 /// The command path: fold `stream` with `evolve`, `decide`, append at exactly the version
-/// folded (with `correlation_id` on every event). A concurrent change is retried once on
-/// fresh state. Returns the position of the last event appended (the log's head when
+/// folded (with `correlation_id` on every event). Commands on one stream take turns in this
+/// process ([`turns`]); a change by another writer is retried once on fresh state. Returns the position of the last event appended (the log's head when
 /// nothing changed).
 ///
 /// The fold starts from the log's snapshot of the stream, if it keeps one, and takes in
@@ -285,6 +290,7 @@ pub async fn decide_and_append<S: Default + Clone + Send + Sync + 'static>(
     evolve: fn(S, &Event) -> S,
     decide: impl Fn(&S) -> Result<Vec<Event>, Rejection>,
 ) -> Result<u64, CommandError> {
+    let _turn = log.turns().take(stream).await;
     let snapshots = log.snapshots();
     for attempt in 0..2 {
         let (mut version, mut state) = snapshots

@@ -98,6 +98,7 @@ pub struct SledEventLog {
     shared: Arc<Shared>,
     tx: mpsc::UnboundedSender<Job>,
     snapshots: super::Snapshots,
+    turns: super::StreamTurns,
 }
 
 /// Derived state rebuilt from the log on open.
@@ -331,6 +332,7 @@ impl SledEventLog {
             shared,
             tx,
             snapshots: super::Snapshots::default(),
+            turns: super::StreamTurns::default(),
         }))
     }
 
@@ -808,6 +810,10 @@ impl EventLog for SledEventLog {
 
     fn snapshots(&self) -> &super::Snapshots {
         &self.snapshots
+    }
+
+    fn turns(&self) -> &super::StreamTurns {
+        &self.turns
     }
 
     fn flush(&self) -> LogFuture<'_, Result<(), StoreError>> {

@@ -1016,3 +1016,48 @@ async fn a_live_session_signs_in_again_when_asked_and_is_asked_before_a_sign_out
     let (s, _, to) = browser.get(&format!("{}/me", w.app.public)).await;
     assert_eq!((s, to.as_deref()), (StatusCode::SEE_OTHER, Some("/signin")));
 }
+
+/// Many codes of one user exchanged at once: their appends race on the user's stream, and
+/// every one still gets its tokens (a race must not spend a code).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codes_of_one_user_exchanged_at_once_all_get_their_tokens() {
+    let (w, adele, _) = signin_world().await;
+    let mut key = SoftKey::new();
+    let mut browser =
+        enrol_with_key(&w, &adele, "adele.vance@contoso.onmicrosoft.com", &mut key).await;
+    let app = register_app(&w, "confidential").await;
+    let client_id = app["client_id"].as_str().unwrap().to_owned();
+    let secret = app["client_secret"].as_str().unwrap().to_owned();
+    let mut codes = Vec::new();
+    for n in 0..16 {
+        let (s, _, q) = authorize(
+            &mut browser,
+            &format!(
+                "{}/authorize?client_id={client_id}&redirect_uri={REDIRECT}&response_type=code&scope=openid%20offline_access&state=s{n}",
+                w.app.public
+            ),
+        )
+        .await;
+        assert_eq!(s, StatusCode::SEE_OTHER);
+        codes.push(get(&q, "code").unwrap().to_owned());
+    }
+    let raw = reqwest::Client::new();
+    let token_url = format!("{}/token", w.app.public);
+    let exchanges = codes.iter().map(|code| {
+        raw.post(&token_url)
+            .basic_auth(&client_id, Some(&secret))
+            .form(&[
+                ("grant_type", "authorization_code"),
+                ("code", code.as_str()),
+                ("redirect_uri", REDIRECT),
+            ])
+            .send()
+    });
+    for answer in futures_util::future::join_all(exchanges).await {
+        let answer = answer.unwrap();
+        let status = answer.status();
+        let body: Value = answer.json().await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(body["refresh_token"].is_string(), "{body}");
+    }
+}

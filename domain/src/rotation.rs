@@ -70,11 +70,15 @@ impl RotationFacts {
         let Some(last) = self.last_success else {
             return Some((later(now), RotationReason::Initial));
         };
-        let scheduled = last + Duration::days(i64::from(days));
+        // Settings are bounded when saved; a time past the calendar (from a log written
+        // before the bounds) is never, not a panic in the scheduler.
+        let scheduled = last
+            .checked_add_signed(Duration::days(i64::from(days)))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
         let after_reveal = self
             .last_revealed
             .filter(|r| *r >= last)
-            .map(|r| r + Duration::hours(i64::from(self.after_reveal_hours)));
+            .and_then(|r| r.checked_add_signed(Duration::hours(i64::from(self.after_reveal_hours))));
         Some(match after_reveal {
             Some(t) if t < scheduled => (later(t), RotationReason::AfterReveal),
             _ => (later(scheduled), RotationReason::Scheduled),
@@ -619,6 +623,14 @@ mod tests {
             ..facts()
         };
         assert_eq!(f.next_due(t(2)), Some((t(9), RotationReason::Scheduled)));
+        // A delay past the calendar (saved before settings were bounded) is never.
+        let f = RotationFacts {
+            last_success: Some(t(1)),
+            last_revealed: Some(t(2)),
+            after_reveal_hours: u32::MAX,
+            ..facts()
+        };
+        assert_eq!(f.next_due(t(2)), Some((t(8), RotationReason::Scheduled)));
     }
 
     #[test]

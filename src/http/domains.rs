@@ -64,7 +64,7 @@ pub struct SettingsPatch {
     deletion_threshold: Option<u32>,
     /// Generated passwords' length (16 to 256).
     password_length: Option<u16>,
-    /// Hours after a reveal before the next rotation.
+    /// Hours after a reveal before the next rotation (0 to 8760).
     rotate_after_reveal_hours: Option<u32>,
     /// Rotations at once (1 to 64).
     max_concurrent_rotations: Option<u32>,

@@ -298,6 +298,13 @@ mod tests {
         given::<DomainStream>(&[])
             .when(register("contoso.com", too_long))
             .then_invalid("auto_password_change_days");
+        let reveal_delay_past_a_year = DomainSettings {
+            rotate_after_reveal_hours: 8761,
+            ..DomainSettings::default()
+        };
+        given::<DomainStream>(&[])
+            .when(register("contoso.com", reveal_delay_past_a_year))
+            .then_invalid("rotate_after_reveal_hours");
         given::<DomainStream>(&[registered()])
             .when(register("contoso.com", DomainSettings::default()))
             .then_reject(Rejection::AlreadyExists("domain"));

@@ -68,6 +68,12 @@ pub fn validate_settings(s: &DomainSettings) -> Result<(), Rejection> {
     if !(1..=64).contains(&s.max_concurrent_rotations) {
         return Err(invalid("max_concurrent_rotations", "must be 1 to 64"));
     }
+    if s.rotate_after_reveal_hours > 8760 {
+        return Err(invalid(
+            "rotate_after_reveal_hours",
+            "must be 0 to 8760 (a year)",
+        ));
+    }
     if s.deletion_threshold == 0 {
         return Err(invalid("deletion_threshold", "must be at least 1"));
     }

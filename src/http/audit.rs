@@ -153,23 +153,23 @@ pub async fn export_manifest(
     let (query, format) = query(&kind, &q)?;
     let log = s.engine.log.clone();
     let head = log.head().position;
-    let m = tokio::task::spawn_blocking(move || {
-        let mut rows = HashedWriter::new(std::io::sink());
-        let summary = run_export(
-            records_of_log(&*log),
-            &query,
-            format,
-            Some(head),
-            &mut rows,
-            None,
-            |_| {},
-        )?;
-        let (sha, _) = rows.finish();
-        Ok::<_, Error>(Manifest::new(&query, format, &summary, &sha, Utc::now()))
-    })
-    .await
-    .map_err(|e| ApiError::Internal(e.to_string()))?
-    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let m = s
+        .whole_log_read(move || {
+            let mut rows = HashedWriter::new(std::io::sink());
+            let summary = run_export(
+                records_of_log(&*log),
+                &query,
+                format,
+                Some(head),
+                &mut rows,
+                None,
+                |_| {},
+            )?;
+            let (sha, _) = rows.finish();
+            Ok::<_, Error>(Manifest::new(&query, format, &summary, &sha, Utc::now()))
+        })
+        .await?
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
     let mut m = m;
     if m.log_position > 0 {
         // A head of exactly the tree the export read: its root is the records' to there.
@@ -359,6 +359,15 @@ pub async fn verify_upload(State(s): State<AppState>, body: Body) -> Result<Resp
     }
     let manifest: Manifest = serde_json::from_slice(&head)
         .map_err(|e| ApiError::BadRequest(format!("the manifest line: {e}")))?;
+    // Checked before anything is read or sized by it: the verifier makes room for the
+    // manifest's record count.
+    let log_head = s.engine.log.head().position;
+    if manifest.log_position > log_head {
+        return Err(ApiError::Unprocessable(format!(
+            "the manifest names log position {}, past this log's head ({log_head}): it is not of this log",
+            manifest.log_position
+        )));
+    }
     let file = scratch.0.join(match manifest.format {
         ExportFormat::Csv => "export.csv",
         _ => "export.jsonl",
@@ -390,13 +399,14 @@ pub async fn verify_upload(State(s): State<AppState>, body: Body) -> Result<Resp
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     drop(out);
     let log = s.engine.log.clone();
-    let report = tokio::task::spawn_blocking(move || {
-        let report = crate::audit::verify_export_file(&file, records_of_log(&*log), None, |_| {});
-        drop(scratch);
-        report
-    })
-    .await
-    .map_err(|e| ApiError::Internal(e.to_string()))?
-    .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
+    let report = s
+        .whole_log_read(move || {
+            let report =
+                crate::audit::verify_export_file(&file, records_of_log(&*log), None, |_| {});
+            drop(scratch);
+            report
+        })
+        .await?
+        .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
     Ok(Json(report).into_response())
 }

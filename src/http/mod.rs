@@ -83,6 +83,10 @@ pub struct AppState {
     /// Held while a hardware key is assigned: "one key serves one live user" spans users'
     /// streams, so the check and the append are made one at a time.
     pub key_assignments: Arc<tokio::sync::Mutex<()>>,
+    /// Requests that read the whole log (a past point in time, an export's manifest, a
+    /// verified upload) run on blocking threads a request's timeout cannot stop: at most
+    /// [`WHOLE_LOG_READS`] at once, the rest answered 503.
+    pub whole_log_reads: Arc<tokio::sync::Semaphore>,
 }
 
 /// Who may call a route.
@@ -486,12 +490,35 @@ impl AppState {
         until: idledger_replay::Until,
     ) -> Result<idledger_projections::Projections, ApiError> {
         let log = self.engine.log.clone();
-        tokio::task::spawn_blocking(move || {
+        self.whole_log_read(move || {
             idledger_replay::fold(crate::store::envelopes(&*log, 1), until, |_| {})
         })
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .await?
         .map_err(ApiError::from)
+    }
+
+    /// Runs `work`, a read of the whole log, on a blocking thread, if fewer than
+    /// [`WHOLE_LOG_READS`] run; it holds its place until done, even if the request is gone.
+    pub async fn whole_log_read<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let place = self
+            .whole_log_reads
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| {
+                ApiError::Unavailable(format!(
+                    "{WHOLE_LOG_READS} reads of the whole log are running; retry shortly"
+                ))
+            })?;
+        tokio::task::spawn_blocking(move || {
+            let done = work();
+            drop(place);
+            done
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))
     }
 
     /// The command path ([`crate::store::decide_and_append`]) with the API's errors.
@@ -525,6 +552,9 @@ pub fn esc(text: &str) -> String {
     }
     out
 }
+
+/// Whole-log reads at once (see [`AppState::whole_log_reads`]).
+pub const WHOLE_LOG_READS: usize = 2;
 
 /// Most items one page of any collection holds.
 pub const MAX_PAGE: usize = 1000;

@@ -1375,3 +1375,66 @@ async fn the_master_key_lives_apart_and_the_data_dir_is_private() {
     }
     assert!(files >= 3, "keystore, store files, admin.token");
 }
+
+/// Reads of the whole log run on threads a request's timeout cannot stop: two at a time,
+/// the rest answered 503 (and served again once a place is free); an uploaded manifest
+/// that names a position past the head is refused before it sizes anything.
+#[tokio::test]
+async fn whole_log_reads_are_bounded_and_a_manifest_past_the_head_is_refused() {
+    let app = spawn_app().await;
+    let d = app.domain("bounded.onmicrosoft.com").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let u = app.user(&d).await;
+    let path = format!("/v1/users/{u}?at_position={}", app.head());
+    let taken = app
+        .state
+        .whole_log_reads
+        .clone()
+        .try_acquire_many_owned(idledger::http::WHOLE_LOG_READS as u32)
+        .unwrap();
+    for busy in [
+        path.as_str(),
+        "/v1/users?at_position=1",
+        "/v1/audit/exports/users/manifest",
+    ] {
+        let (s, b) = app.call(Some(&app.admin), Method::GET, busy, None).await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{busy}: {b}");
+        assert_eq!(b["error"]["code"], "busy", "{b}");
+    }
+    drop(taken);
+    let (s, b) = app.call(Some(&app.admin), Method::GET, &path, None).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(app.state.whole_log_reads.available_permits(), 2);
+
+    let (s, mut manifest) = app
+        .call(
+            Some(&app.admin),
+            Method::GET,
+            "/v1/audit/exports/users/manifest",
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{manifest}");
+    manifest["log_position"] = json!(u64::MAX);
+    let mut upload = serde_json::to_vec(&manifest).unwrap();
+    upload.push(b'\n');
+    let answer = app
+        .http
+        .post(format!("{}/v1/audit/verify-export", app.url))
+        .bearer_auth(&app.admin)
+        .header("content-type", "application/octet-stream")
+        .body(upload)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let report: Value = answer.json().await.unwrap();
+    assert!(
+        report["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("past this log's head")),
+        "{report}"
+    );
+}

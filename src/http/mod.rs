@@ -81,7 +81,8 @@ pub struct AppState {
     /// The OpenID Connect provider's code and token lifetimes and key schedule.
     pub oidc: crate::provider::Timing,
     /// Held while a hardware key is assigned: "one key serves one live user" spans users'
-    /// streams, so the check and the append are made one at a time.
+    /// streams, so the check and the append are made one at a time (by a task that outlives
+    /// the request, so a cancelled request cannot end its turn early).
     pub key_assignments: Arc<tokio::sync::Mutex<()>>,
     /// Requests that read the whole log (a past point in time, an export's manifest, a
     /// verified upload) run on blocking threads a request's timeout cannot stop: at most

@@ -352,6 +352,11 @@ pub async fn key_writes(
     };
     let mut items = Vec::with_capacity(writes.len());
     for (id, user, key, rotation, upn, name, sealed) in writes {
+        // Each delivery is a password leaving: a token revoked while the page is made gets
+        // none (what this page recorded is leased, and offered again when the lease ends).
+        if !who.still_live(&s) {
+            return Err(ApiError::Unauthorized);
+        }
         let password = s.engine.keyring.unseal(&StreamId::user(user), &sealed)?;
         let deliver = UserCommand::DeliverWrite {
             write: id,

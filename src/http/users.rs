@@ -366,25 +366,34 @@ pub async fn put_key(
     // An empty id stays the domain rule's 422; hostile text is refused here.
     super::error::free_text("key_id", &b.key_id, 0, 128)?;
     let key = KeyId(b.key_id);
-    // Until the assignment is on the record and in the projections (`run` waits for both),
-    // no other assignment is checked: two admins cannot give one key to two users.
-    let _one_at_a_time = s.key_assignments.lock().await;
-    let holder = {
-        let p = s.engine.projector.read();
-        let holder = p
-            .users
-            .key_holders(&key)
-            .find(|u| u.id.0 != id && u.status != UserStatus::Deleted)
-            .map(|u| u.id);
-        holder
-    };
-    if let Some(other) = holder {
-        return Err(ApiError::Conflict(format!(
-            "key {} is assigned to user {}; unassign it there first",
-            key.0, other.0
-        )));
-    }
-    run(&s, &who, id, UserCommand::AssignKey(key)).await
+    // Assignments are checked and appended one at a time, so two admins cannot give one key
+    // to two users. The turn is held by a task of its own: a request that times out or
+    // goes away must not let the next assignment in while its append may still land.
+    let one_at_a_time = s.key_assignments.clone().lock_owned().await;
+    tokio::spawn(async move {
+        let _held = one_at_a_time;
+        // The check reads the projections: they must hold every append so far (the last
+        // assignment's included), or there is no answer yet.
+        s.reach(Some(s.engine.log.head().position)).await?;
+        let holder = {
+            let p = s.engine.projector.read();
+            let holder = p
+                .users
+                .key_holders(&key)
+                .find(|u| u.id.0 != id && u.status != UserStatus::Deleted)
+                .map(|u| u.id);
+            holder
+        };
+        if let Some(other) = holder {
+            return Err(ApiError::Conflict(format!(
+                "key {} is assigned to user {}; unassign it there first",
+                key.0, other.0
+            )));
+        }
+        run(&s, &who, id, UserCommand::AssignKey(key)).await
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))?
 }
 
 /// Takes the user's hardware key away.

@@ -51,10 +51,31 @@ pub async fn list(
         )));
     }
     let from = q.from_position.unwrap_or(1).max(1);
+    let log = s.engine.log.clone();
+    let read = move || read_page(&*log, from, limit);
+    // A page the size of any collection's is read here; a bigger one (up to 100,000
+    // envelopes, hundreds of MB made at once) takes a place among the whole-log reads, on
+    // a blocking thread.
+    let (items, last) = if limit <= super::MAX_PAGE {
+        read()?
+    } else {
+        s.whole_log_read(read).await??
+    };
+    let head = crate::store::EventLog::head(&*s.engine.log).position;
+    let next = last.filter(|l| *l < head).map(|l| (l + 1).to_string());
+    Ok(page(items, next))
+}
+
+/// Up to `limit` envelopes from `from`, and the position of the last.
+fn read_page(
+    log: &dyn crate::store::EventLog,
+    from: u64,
+    limit: usize,
+) -> Result<(Vec<LoggedEvent>, Option<u64>), ApiError> {
     let mut items = Vec::new();
     let mut last = None;
     let mut damaged = None;
-    s.engine.log.records(from)(&mut |pos, bytes| {
+    log.records(from)(&mut |pos, bytes| {
         match idledger_domain::decode_record(bytes) {
             Ok(env) => {
                 items.push(LoggedEvent {
@@ -71,12 +92,10 @@ pub async fn list(
             std::ops::ControlFlow::Continue(())
         }
     })?;
-    if let Some(d) = damaged {
-        return Err(ApiError::Internal(d));
+    match damaged {
+        Some(d) => Err(ApiError::Internal(d)),
+        None => Ok((items, last)),
     }
-    let head = crate::store::EventLog::head(&*s.engine.log).position;
-    let next = last.filter(|l| *l < head).map(|l| (l + 1).to_string());
-    Ok(page(items, next))
 }
 
 /// `GET /v1/events/stream` parameters.

@@ -1376,8 +1376,9 @@ async fn the_master_key_lives_apart_and_the_data_dir_is_private() {
     assert!(files >= 3, "keystore, store files, admin.token");
 }
 
-/// Reads of the whole log run on threads a request's timeout cannot stop: two at a time,
-/// the rest answered 503 (and served again once a place is free); an uploaded manifest
+/// Reads of the whole log (and event pages beyond 1,000) run on threads a request's timeout
+/// cannot stop: two at a time, the rest answered 503 (and served again once a place is
+/// free); an uploaded manifest
 /// that names a position past the head is refused before it sizes anything.
 #[tokio::test]
 async fn whole_log_reads_are_bounded_and_a_manifest_past_the_head_is_refused() {
@@ -1398,12 +1399,22 @@ async fn whole_log_reads_are_bounded_and_a_manifest_past_the_head_is_refused() {
         path.as_str(),
         "/v1/users?at_position=1",
         "/v1/audit/exports/users/manifest",
+        "/v1/events?limit=5000",
     ] {
         let (s, b) = app.call(Some(&app.admin), Method::GET, busy, None).await;
         assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{busy}: {b}");
         assert_eq!(b["error"]["code"], "busy", "{b}");
     }
+    // A page the size of any collection's needs no place.
+    let (s, b) = app
+        .call(Some(&app.admin), Method::GET, "/v1/events?limit=1000", None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
     drop(taken);
+    let (s, b) = app
+        .call(Some(&app.admin), Method::GET, "/v1/events?limit=5000", None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
     let (s, b) = app.call(Some(&app.admin), Method::GET, &path, None).await;
     assert_eq!(s, StatusCode::OK, "{b}");
     assert_eq!(app.state.whole_log_reads.available_permits(), 2);

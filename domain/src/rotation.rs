@@ -75,10 +75,9 @@ impl RotationFacts {
         let scheduled = last
             .checked_add_signed(Duration::days(i64::from(days)))
             .unwrap_or(DateTime::<Utc>::MAX_UTC);
-        let after_reveal = self
-            .last_revealed
-            .filter(|r| *r >= last)
-            .and_then(|r| r.checked_add_signed(Duration::hours(i64::from(self.after_reveal_hours))));
+        let after_reveal = self.last_revealed.filter(|r| *r >= last).and_then(|r| {
+            r.checked_add_signed(Duration::hours(i64::from(self.after_reveal_hours)))
+        });
         Some(match after_reveal {
             Some(t) if t < scheduled => (later(t), RotationReason::AfterReveal),
             _ => (later(scheduled), RotationReason::Scheduled),

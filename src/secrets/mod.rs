@@ -20,6 +20,15 @@ use std::sync::{Arc, Mutex};
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
 
+/// A secret's text is wiped when it is dropped, so a password or client secret handled
+/// here does not linger in freed memory (copies made outside, such as an answer's body,
+/// are not ours to wipe).
+impl Drop for Secret {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
 impl Secret {
     /// Wraps a secret.
     pub fn new(s: impl Into<String>) -> Self {
@@ -96,6 +105,12 @@ pub trait KeyStorage: Send + Sync {
 /// The 32-byte master key.
 #[derive(Clone)]
 pub struct MasterKey([u8; 32]);
+
+impl Drop for MasterKey {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
 
 impl fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -209,7 +224,9 @@ const CHECK_TEXT: &[u8] = b"idledger master key check v1";
 pub struct Keyring {
     master: MasterKey,
     storage: Arc<dyn KeyStorage>,
-    cache: Mutex<HashMap<DataKeyId, [u8; 32]>>,
+    /// Unsealed data keys, each in a box of its own that is wiped where it lies when the
+    /// key is dropped (a shred, or the keyring's end).
+    cache: Mutex<HashMap<DataKeyId, Box<zeroize::Zeroizing<[u8; 32]>>>>,
 }
 
 impl fmt::Debug for Keyring {
@@ -261,7 +278,7 @@ impl Keyring {
             .unwrap_or_else(|e| e.into_inner())
             .get(&id)
         {
-            return Ok(*k);
+            return Ok(***k);
         }
         let wrapped = self
             .storage
@@ -271,17 +288,19 @@ impl Keyring {
             return Err(SecretsError::MissingKey(id));
         }
         let nonce: [u8; 24] = wrapped[..24].try_into().map_err(|_| SecretsError::Unseal)?;
-        let key = open_with(
+        let mut opened = open_with(
             &self.master.cipher(),
             &nonce,
             &wrapped[24..],
             id.0.as_bytes(),
         )?;
-        let key: [u8; 32] = key.try_into().map_err(|_| SecretsError::Unseal)?;
+        let key: Result<[u8; 32], _> = opened.as_slice().try_into();
+        zeroize::Zeroize::zeroize(&mut opened);
+        let key = key.map_err(|_| SecretsError::Unseal)?;
         self.cache
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id, key);
+            .insert(id, Box::new(zeroize::Zeroizing::new(key)));
         Ok(key)
     }
 
@@ -349,6 +368,7 @@ impl Keyring {
             if let Ok(u) = uuid::Uuid::from_slice(&v) {
                 let id = DataKeyId(u);
                 gone.push(data_key_key(id));
+                // Dropped from the cache, the key is wiped in its box, not only forgotten.
                 self.cache
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())

@@ -429,16 +429,30 @@ async fn a_following_copy_killed_again_and_again_resumes_without_gaps_and_restor
         .unwrap()
         .open(&note)
         .expect("the copy's head is signed by the log's key");
-    let sealed = std::fs::read_dir(copy.join("segments"))
+    // Sealed segments follow each other with no gap, and each was sealed once it held the
+    // 300 records asked for (a catch-up increment may bring many more at once).
+    let mut sealed: Vec<(u64, u64)> = std::fs::read_dir(copy.join("segments"))
         .unwrap()
-        .filter(|e| {
-            let name = e.as_ref().unwrap().file_name();
-            !name.to_string_lossy().starts_with("open-")
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| !name.starts_with("open-"))
+        .map(|name| {
+            let (first, last) = name
+                .trim_end_matches(".backup")
+                .split_once('-')
+                .unwrap_or_else(|| panic!("a segment named {name}"));
+            (first.parse().unwrap(), last.parse().unwrap())
         })
-        .count();
+        .collect();
+    sealed.sort();
+    assert!(sealed.len() >= 2, "{sealed:?}");
+    assert_eq!(sealed[0].0, 1, "{sealed:?}");
     assert!(
-        sealed as u64 >= position / 300 - 1,
-        "{sealed} sealed segments"
+        sealed.windows(2).all(|p| p[1].0 == p[0].1 + 1),
+        "{sealed:?}"
+    );
+    assert!(
+        sealed.iter().all(|(first, last)| last - first + 1 >= 300),
+        "{sealed:?}"
     );
 
     // Restored from the copy: the same history; then the original dir and the restored

@@ -878,20 +878,17 @@ async fn issue(
         }),
         at: Utc::now(),
     };
-    // Other writers on the user's stream (a second app's exchange, a sync) make a 409 as
-    // a refusal by the rules does: a few tries on fresh state, so a code is not spent on a
-    // race, and what still conflicts is the rules' answer.
-    let mut tries = 0;
-    let decided = loop {
-        let command = SignInCommand::IssueAppTokens {
-            issued: issued.clone(),
+    // Commands on the user's stream take turns (`store::turns`): a second app's exchange
+    // at the same moment waits rather than making this one a 409.
+    let decided = super::decide(
+        ctx,
+        user,
+        SignInCommand::IssueAppTokens {
+            issued,
             app_domains: app.domain_ids.clone(),
-        };
-        match super::decide(ctx, user, command).await {
-            Err(r) if r.status == StatusCode::CONFLICT && tries < 3 => tries += 1,
-            other => break other,
-        }
-    };
+        },
+    )
+    .await;
     if let Err(r) = decided {
         if r.status == StatusCode::CONFLICT {
             record_refusal(

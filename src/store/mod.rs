@@ -276,8 +276,8 @@ pub enum CommandError {
 
 /// The command path: fold `stream` with `evolve`, `decide`, append at exactly the version
 /// folded (with `correlation_id` on every event). Commands on one stream take turns in this
-/// process ([`turns`]); a change by another writer is retried once on fresh state. Returns the position of the last event appended (the log's head when
-/// nothing changed).
+/// process ([`turns`]); a change by another writer is retried once on fresh state. Returns
+/// the position of the last event appended (the log's head when nothing changed).
 ///
 /// The fold starts from the log's snapshot of the stream, if it keeps one, and takes in
 /// only the events after it; the state after an acknowledged append is kept for the next

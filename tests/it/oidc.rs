@@ -97,6 +97,28 @@ async fn relying_party(
     .set_redirect_uri(RedirectUrl::new(redirect.into()).unwrap())
 }
 
+/// Adele enrolled with a passkey and signed in in `browser`, and a confidential app.
+struct SignedInWithApp {
+    key: SoftKey,
+    browser: Visitor,
+    app: Value,
+    client_id: String,
+    secret: String,
+}
+
+async fn signed_in_with_app(w: &World, adele: &str) -> SignedInWithApp {
+    let mut key = SoftKey::new();
+    let browser = enrol_with_key(w, adele, "adele.vance@contoso.onmicrosoft.com", &mut key).await;
+    let app = register_app(w, "confidential").await;
+    SignedInWithApp {
+        key,
+        browser,
+        client_id: app["client_id"].as_str().unwrap().to_owned(),
+        secret: app["client_secret"].as_str().unwrap().to_owned(),
+        app,
+    }
+}
+
 fn get<'a>(q: &'a [(String, String)], k: &str) -> Option<&'a str> {
     q.iter().find(|(a, _)| a == k).map(|(_, v)| v.as_str())
 }
@@ -104,12 +126,13 @@ fn get<'a>(q: &'a [(String, String)], k: &str) -> Option<&'a str> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relying_party_signs_a_passkey_user_in_and_every_rule_holds() {
     let (w, adele, _) = signin_world().await;
-    let mut key = SoftKey::new();
-    let mut browser =
-        enrol_with_key(&w, &adele, "adele.vance@contoso.onmicrosoft.com", &mut key).await;
-    let app = register_app(&w, "confidential").await;
-    let client_id = app["client_id"].as_str().unwrap().to_owned();
-    let secret = app["client_secret"].as_str().unwrap().to_owned();
+    let SignedInWithApp {
+        mut key,
+        mut browser,
+        app,
+        client_id,
+        secret,
+    } = signed_in_with_app(&w, &adele).await;
     assert!(!secret.contains('=') && secret.len() >= 43, "{secret}");
     // The secret is in that answer only.
     let (_, again) = w
@@ -598,12 +621,12 @@ async fn codes_expire_keys_rotate_on_schedule_and_a_retired_key_stops_verifying_
         c.signing_key_rotation_days = 5.0 / 86_400.0;
     })
     .await;
-    let mut key = SoftKey::new();
-    let mut browser =
-        enrol_with_key(&w, &adele, "adele.vance@contoso.onmicrosoft.com", &mut key).await;
-    let app = register_app(&w, "confidential").await;
-    let client_id = app["client_id"].as_str().unwrap().to_owned();
-    let secret = app["client_secret"].as_str().unwrap().to_owned();
+    let SignedInWithApp {
+        mut browser,
+        client_id,
+        secret,
+        ..
+    } = signed_in_with_app(&w, &adele).await;
     let first_kid = {
         let (_, keys) = w
             .admin(Method::GET, "/v1/provider/signing-keys", None)
@@ -769,12 +792,12 @@ fn claims_of(jwt: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refresh_families_outlive_the_server_that_issued_them() {
     let (w, adele, _) = signin_world().await;
-    let mut key = SoftKey::new();
-    let mut browser =
-        enrol_with_key(&w, &adele, "adele.vance@contoso.onmicrosoft.com", &mut key).await;
-    let app = register_app(&w, "confidential").await;
-    let client_id = app["client_id"].as_str().unwrap().to_owned();
-    let secret = app["client_secret"].as_str().unwrap().to_owned();
+    let SignedInWithApp {
+        mut browser,
+        client_id,
+        secret,
+        ..
+    } = signed_in_with_app(&w, &adele).await;
     let http = rp_http();
     let client = relying_party(&w, &http, (&client_id, &secret), REDIRECT).await;
     let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
@@ -915,12 +938,13 @@ async fn refresh_families_outlive_the_server_that_issued_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_session_signs_in_again_when_asked_and_is_asked_before_a_sign_out() {
     let (w, adele, _) = signin_world().await;
-    let mut key = SoftKey::new();
-    let mut browser =
-        enrol_with_key(&w, &adele, "adele.vance@contoso.onmicrosoft.com", &mut key).await;
-    let app = register_app(&w, "confidential").await;
-    let client_id = app["client_id"].as_str().unwrap().to_owned();
-    let secret = app["client_secret"].as_str().unwrap().to_owned();
+    let SignedInWithApp {
+        mut key,
+        mut browser,
+        client_id,
+        secret,
+        ..
+    } = signed_in_with_app(&w, &adele).await;
     let http = rp_http();
     let client = relying_party(&w, &http, (&client_id, &secret), REDIRECT).await;
     let verify = client
@@ -1022,12 +1046,12 @@ async fn a_live_session_signs_in_again_when_asked_and_is_asked_before_a_sign_out
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn codes_of_one_user_exchanged_at_once_all_get_their_tokens() {
     let (w, adele, _) = signin_world().await;
-    let mut key = SoftKey::new();
-    let mut browser =
-        enrol_with_key(&w, &adele, "adele.vance@contoso.onmicrosoft.com", &mut key).await;
-    let app = register_app(&w, "confidential").await;
-    let client_id = app["client_id"].as_str().unwrap().to_owned();
-    let secret = app["client_secret"].as_str().unwrap().to_owned();
+    let SignedInWithApp {
+        mut browser,
+        client_id,
+        secret,
+        ..
+    } = signed_in_with_app(&w, &adele).await;
     let mut codes = Vec::new();
     for n in 0..16 {
         let (s, _, q) = authorize(

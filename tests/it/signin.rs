@@ -460,29 +460,11 @@ async fn refused_after_entra(w: &World, upn: &str, password: &str) {
     assert!(page.contains("cannot sign in with Entra ID here"), "{page}");
 }
 
-fn kinds_of(events: &Value) -> Vec<String> {
-    events["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["kind"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_entra_step_tells_no_one_who_has_an_account_and_forged_answers_lock_no_one() {
     let (w, adele, alex) = signin_world().await;
     let (_, secret) = enrol_alex(&w, &alex).await;
-    let events_of = |id: &str| {
-        let path = format!("/v1/users/{id}/events?limit=1000");
-        let w = &w;
-        async move {
-            let (s, b) = w.admin(Method::GET, &path, None).await;
-            assert_eq!(s, StatusCode::OK, "{b}");
-            kinds_of(&b)
-        }
-    };
-    let adele_before = events_of(&adele).await.len();
+    let adele_before = w.kinds(&adele).await.len();
 
     // Someone who may sign in this way, someone who may not, a name no one has, and a name
     // in a domain not connected: the same answer, to the same tenant, asking the same.
@@ -509,7 +491,7 @@ async fn the_entra_step_tells_no_one_who_has_an_account_and_forged_answers_lock_
     // Adele proves who she is and is refused in the words anyone gets; nothing is written
     // on her stream.
     refused_after_entra(&w, ADELE, ADELE_PASSWORD).await;
-    assert_eq!(events_of(&adele).await.len(), adele_before);
+    assert_eq!(w.kinds(&adele).await.len(), adele_before);
 
     // Made-up error answers for Alex (anyone can start his sign-in and forge the callback)
     // are shown, not counted: six of them lock nothing and record nothing.
@@ -533,7 +515,7 @@ async fn the_entra_step_tells_no_one_who_has_an_account_and_forged_answers_lock_
         assert_eq!(s, StatusCode::UNAUTHORIZED, "{page}");
         assert!(page.contains("did not confirm"), "{page}");
     }
-    assert!(!events_of(&alex).await.contains(&"SignInFailed".to_owned()));
+    assert!(!w.kinds(&alex).await.contains(&"SignInFailed".to_owned()));
     let mut v = Visitor::new();
     let page = entra_sign_in(&w, &mut v, ALEX, ALEX_PASSWORD).await;
     let code = totp_code(&secret, chrono::Utc::now().timestamp() + 30);
@@ -553,7 +535,7 @@ async fn the_entra_step_tells_no_one_who_has_an_account_and_forged_answers_lock_
     let (s, page, _) = v.get(&callback).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED, "{page}");
     assert!(page.contains("as someone else"), "{page}");
-    assert!(events_of(&alex).await.contains(&"SignInFailed".to_owned()));
+    assert!(w.kinds(&alex).await.contains(&"SignInFailed".to_owned()));
 }
 
 #[tokio::test]

@@ -25,6 +25,8 @@ pub struct KeyWriteView {
     pub queued_position: u64,
     /// Last handed to the agent.
     pub delivered_at: Option<DateTime<Utc>>,
+    /// How often it was handed to an agent.
+    pub deliveries: u32,
     /// Acknowledged (written or failed).
     pub acknowledged_at: Option<DateTime<Utc>>,
     /// The agent's failure detail.
@@ -109,6 +111,7 @@ impl KeyWrites {
                         queued_at: at,
                         queued_position: env.position,
                         delivered_at: None,
+                        deliveries: 0,
                         acknowledged_at: None,
                         detail: None,
                     },
@@ -126,7 +129,10 @@ impl KeyWrites {
         let w = self.by_id.get_mut(&id)?;
         w.state = state;
         match &env.event {
-            Event::KeyWriteDelivered(_) => w.delivered_at = Some(at),
+            Event::KeyWriteDelivered(_) => {
+                w.delivered_at = Some(at);
+                w.deliveries = w.deliveries.saturating_add(1);
+            }
             Event::KeyWriteConfirmed(_) | Event::KeyWriteSuperseded(_) => {
                 w.acknowledged_at = Some(at)
             }

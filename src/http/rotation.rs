@@ -338,7 +338,7 @@ pub async fn key_writes(
                 let u = p.users.get(w.user_id)?;
                 let r = p.rotations.get(w.rotation_id)?;
                 Some((
-                    w.id,
+                    (w.id, w.deliveries),
                     w.user_id,
                     w.key_id.clone(),
                     w.rotation_id,
@@ -348,10 +348,10 @@ pub async fn key_writes(
                 ))
             });
         // The rest come on the next call: what is delivered now is leased meanwhile.
-        page_of(deliverable, q.limit, |w| w.0)?
+        page_of(deliverable, q.limit, |w| w.0 .0)?
     };
     let mut items = Vec::with_capacity(writes.len());
-    for (id, user, key, rotation, upn, name, sealed) in writes {
+    for ((id, seen_deliveries), user, key, rotation, upn, name, sealed) in writes {
         // Each delivery is a password leaving: a token revoked while the page is made gets
         // none (what this page recorded is leased, and offered again when the lease ends).
         if !who.still_live(&s) {
@@ -361,9 +361,10 @@ pub async fn key_writes(
         let deliver = UserCommand::DeliverWrite {
             write: id,
             keys: who.key_ids.clone(),
+            seen_deliveries,
         };
         // Recorded before the password leaves; a write no longer owed (the key moved on
-        // meanwhile) is left out.
+        // meanwhile) or handed to a racing request of the agent's is left out.
         match decide_for(&s, user, &who, Some(rotation.0), deliver).await {
             Ok(_) => {}
             Err(crate::store::CommandError::Rejected(_)) => continue,

@@ -448,6 +448,34 @@ async fn a_newer_rotation_supersedes_a_write_not_yet_delivered() {
     assert_eq!(deliveries, 4, "each delivery is an event");
 }
 
+/// An agent polling from two threads at once must not be handed one password twice:
+/// each delivery starts a lease, and a racing request sees it.
+#[tokio::test]
+async fn racing_polls_of_one_agent_hand_each_write_out_once() {
+    let w = rotating_world(json!({})).await;
+    let id = w.assign_key(5, "K-0005").await;
+    w.rotate(&id).await;
+    w.rotations_settled(&id, 1).await;
+    let agent = w.app.token("agent", &["K-0005"]).await;
+    let polls = (0..8).map(|_| {
+        w.app
+            .call(Some(&agent), Method::GET, "/v1/agent/key-writes", None)
+    });
+    let mut handed = 0;
+    for (s, writes) in futures_util::future::join_all(polls).await {
+        assert_eq!(s, StatusCode::OK, "{writes}");
+        handed += writes["items"].as_array().unwrap().len();
+    }
+    assert_eq!(handed, 1, "one write, handed out once");
+    let deliveries = w
+        .kinds(&id)
+        .await
+        .iter()
+        .filter(|k| *k == "KeyWriteDelivered")
+        .count();
+    assert_eq!(deliveries, 1);
+}
+
 /// A password reaches only the key of the user it belongs to: B's key, taken away and
 /// given to C, must not bring B's password to C's agent.
 #[tokio::test]

@@ -42,8 +42,8 @@ pub struct UserState {
     pub in_sync_group: bool,
     /// The assigned hardware key.
     pub key_id: Option<KeyId>,
-    /// Every key write of the user: its key and where it stands.
-    pub writes: std::collections::BTreeMap<KeyWriteId, (KeyId, KeyWriteState)>,
+    /// Every key write of the user.
+    pub writes: std::collections::BTreeMap<KeyWriteId, OwedWrite>,
     /// SSO settings applied at import.
     pub imported_sso: Option<SsoSettings>,
     /// The user's domain.
@@ -54,12 +54,24 @@ pub struct UserState {
     pub refresh: super::refresh::Families,
 }
 
+/// A key write as decisions see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwedWrite {
+    /// The key it is for.
+    pub key: KeyId,
+    /// Where it stands.
+    pub state: KeyWriteState,
+    /// How often it was handed to an agent: a delivery names the count its caller saw, so
+    /// two agents' requests racing for one write cannot both be handed its password.
+    pub deliveries: u32,
+}
+
 impl UserState {
     /// Writes still owed to the key (queued, or delivered and unacknowledged).
     pub fn undelivered(&self) -> Vec<KeyWriteId> {
         self.writes
             .iter()
-            .filter(|(_, (_, st))| matches!(st, KeyWriteState::Queued | KeyWriteState::Delivered))
+            .filter(|(_, w)| matches!(w.state, KeyWriteState::Queued | KeyWriteState::Delivered))
             .map(|(id, _)| *id)
             .collect()
     }
@@ -69,10 +81,21 @@ impl UserState {
 pub fn evolve(mut s: UserState, e: &Event) -> UserState {
     match e {
         Event::KeyWriteQueued(e) => {
-            s.writes
-                .insert(e.key_write_id, (e.key_id.clone(), KeyWriteState::Queued));
+            s.writes.insert(
+                e.key_write_id,
+                OwedWrite {
+                    key: e.key_id.clone(),
+                    state: KeyWriteState::Queued,
+                    deliveries: 0,
+                },
+            );
         }
-        Event::KeyWriteDelivered(e) => set_write(&mut s, e.key_write_id, KeyWriteState::Delivered),
+        Event::KeyWriteDelivered(e) => {
+            if let Some(w) = s.writes.get_mut(&e.key_write_id) {
+                w.state = KeyWriteState::Delivered;
+                w.deliveries = w.deliveries.saturating_add(1);
+            }
+        }
         Event::KeyWriteConfirmed(e) => set_write(&mut s, e.key_write_id, KeyWriteState::Confirmed),
         Event::KeyWriteFailed(e) => set_write(&mut s, e.key_write_id, KeyWriteState::Failed),
         Event::KeyWriteSuperseded(e) => {
@@ -135,6 +158,10 @@ pub enum UserCommand {
         write: KeyWriteId,
         /// The agent's keys.
         keys: Vec<KeyId>,
+        /// How often the caller saw it delivered already; another count means someone
+        /// else was handed it meanwhile (its lease runs from then), so it is not handed
+        /// out again now.
+        seen_deliveries: u32,
     },
     /// Record an agent's answer about write `write`.
     AcknowledgeWrite {
@@ -165,7 +192,7 @@ pub enum UserCommand {
 
 fn set_write(s: &mut UserState, id: KeyWriteId, state: KeyWriteState) {
     if let Some(w) = s.writes.get_mut(&id) {
-        w.1 = state;
+        w.state = state;
     }
 }
 
@@ -204,25 +231,37 @@ fn agents_write<'s>(
     s: &'s UserState,
     write: KeyWriteId,
     keys: &[KeyId],
-) -> Result<&'s (KeyId, KeyWriteState), Rejection> {
+) -> Result<&'s OwedWrite, Rejection> {
     // Another key's write is not found: an agent learns nothing of other keys.
     s.writes
         .get(&write)
-        .filter(|(k, _)| keys.contains(k))
+        .filter(|w| keys.contains(&w.key))
         .ok_or(Rejection::NotFound("key write"))
 }
 
 /// Decides a command.
 pub fn decide(s: &UserState, c: UserCommand) -> Result<Vec<Event>, Rejection> {
     match (s.status, c) {
-        (_, UserCommand::DeliverWrite { write, keys }) => {
-            let (key, state) = agents_write(s, write, &keys)?;
-            if !matches!(state, KeyWriteState::Queued | KeyWriteState::Delivered)
-                || s.key_id.as_ref() != Some(key)
+        (
+            _,
+            UserCommand::DeliverWrite {
+                write,
+                keys,
+                seen_deliveries,
+            },
+        ) => {
+            let w = agents_write(s, write, &keys)?;
+            if !matches!(w.state, KeyWriteState::Queued | KeyWriteState::Delivered)
+                || s.key_id.as_ref() != Some(&w.key)
                 || s.status == Status::Deleted
             {
                 // Not owed any more, or the key is no longer the user's.
                 return Err(Rejection::NotFound("key write"));
+            }
+            if w.deliveries != seen_deliveries {
+                return Err(Rejection::Conflict(
+                    "the key write was just handed out".into(),
+                ));
             }
             Ok(vec![KeyWriteDelivered {
                 key_write_id: write,
@@ -237,11 +276,11 @@ pub fn decide(s: &UserState, c: UserCommand) -> Result<Vec<Event>, Rejection> {
                 outcome,
             },
         ) => {
-            let (_, state) = agents_write(s, write, &keys)?;
-            if !matches!(state, KeyWriteState::Queued | KeyWriteState::Delivered) {
+            let w = agents_write(s, write, &keys)?;
+            if !matches!(w.state, KeyWriteState::Queued | KeyWriteState::Delivered) {
                 return Err(Rejection::Conflict(format!(
                     "the key write is {} already",
-                    state.as_str()
+                    w.state.as_str()
                 )));
             }
             Ok(vec![match outcome {
@@ -490,6 +529,7 @@ mod tests {
         let deliver = |keys: &[&str]| UserCommand::DeliverWrite {
             write: w(1),
             keys: keys.iter().map(|k| key(k)).collect(),
+            seen_deliveries: 0,
         };
         let owed =
             given::<UserStream>(&[discovered(), imported(), assigned("K1"), queued(1, "K1")]);
@@ -498,16 +538,23 @@ mod tests {
         // Another key's agent learns nothing, not even that the write exists.
         owed.when(deliver(&["K2"]))
             .then_reject(Rejection::NotFound("key write"));
-        // Delivered and not acknowledged: handed out again after its lease.
-        given::<UserStream>(&[
+        // Delivered and not acknowledged: handed out again after its lease, to a caller
+        // who saw that delivery; one who did not (it raced the first) gets nothing.
+        let delivered = given::<UserStream>(&[
             discovered(),
             imported(),
             assigned("K1"),
             queued(1, "K1"),
             KeyWriteDelivered { key_write_id: w(1) }.into(),
-        ])
-        .when(deliver(&["K1"]))
-        .then_ok();
+        ]);
+        delivered
+            .when(UserCommand::DeliverWrite {
+                write: w(1),
+                keys: vec![key("K1")],
+                seen_deliveries: 1,
+            })
+            .then_ok();
+        delivered.when(deliver(&["K1"])).then_conflict();
         for after in [
             KeyUnassigned { key_id: key("K1") }.into(),
             KeyWriteConfirmed { key_write_id: w(1) }.into(),

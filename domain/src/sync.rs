@@ -7,8 +7,10 @@
 //! hold back removals while every fact still lands.
 //!
 //! A user is *in scope* while they exist in Entra ID, are a member of the sync group and
-//! are enabled. Leaving scope for any of the three reasons is "leaving"; a disabled member
-//! is therefore never discovered as a candidate.
+//! are enabled. Leaving scope for any of the three reasons is "leaving". A member who is
+//! disabled when first seen is recorded as out of scope (never offered as a candidate):
+//! when Entra enables them, a delta round names only the user, and only a user the engine
+//! knows can be brought in by it.
 
 use crate::decide::user::Status;
 use crate::events::*;
@@ -160,9 +162,10 @@ pub fn plan_user(
         let Some(attributes) = seen.attributes.clone() else {
             return plan;
         };
-        if !seen.in_scope(Some(&attributes)) {
+        if !seen.exists || !seen.member {
             return plan;
         }
+        let enabled = attributes.account_enabled;
         let d = discovery();
         plan.events.push(
             UserDiscovered {
@@ -175,6 +178,15 @@ pub fn plan_user(
         );
         if seen.in_rotation_group {
             plan.events.push(RotationGroupJoined {}.into());
+        }
+        if !enabled {
+            plan.events.push(
+                MemberLeftSyncGroup {
+                    reason: LeaveReason::DisabledInEntra,
+                }
+                .into(),
+            );
+            return plan;
         }
         if policy.auto_import {
             plan.events.push(
@@ -219,8 +231,17 @@ pub fn plan_user(
             });
         }
         (false, true) => {
-            // A deactivated user stays deactivated: only an admin brings them back.
+            // A deactivated user stays deactivated: only an admin brings them back. A
+            // candidate comes back as one, imported at once where the domain says so.
             plan.events.push(MemberRejoinedSyncGroup {}.into());
+            if k.status == Status::Candidate && policy.auto_import {
+                plan.events.push(
+                    UserImported {
+                        sso: policy.sso_defaults,
+                    }
+                    .into(),
+                );
+            }
             outcome = Some(SyncOutcome::Rejoined);
         }
         (false, false) => {
@@ -331,7 +352,7 @@ mod tests {
     }
 
     #[test]
-    fn an_enabled_member_is_discovered_as_a_candidate_and_a_disabled_one_is_not() {
+    fn an_enabled_member_is_discovered_as_a_candidate_and_a_disabled_one_out_of_scope() {
         let p = plan_user(
             &policy(RemovalBehavior::Keep),
             None,
@@ -346,7 +367,56 @@ mod tests {
             &seen(true, true, Some(attrs(false))),
             discovery,
         );
-        assert!(p.is_empty());
+        assert_eq!(kinds(&p), ["UserDiscovered", "MemberLeftSyncGroup"]);
+        assert_eq!(
+            p.events[1],
+            Event::MemberLeftSyncGroup(MemberLeftSyncGroup {
+                reason: LeaveReason::DisabledInEntra
+            })
+        );
+        assert_eq!(p.outcome, None, "not a new candidate");
+        // Not a member, or gone: not ours to record.
+        for (exists, member) in [(true, false), (false, true)] {
+            let p = plan_user(
+                &policy(RemovalBehavior::Keep),
+                None,
+                &seen(exists, member, Some(attrs(true))),
+                discovery,
+            );
+            assert!(p.is_empty());
+        }
+        // Enabled later, the recorded member comes in; imported where the domain says.
+        let disabled = Known {
+            status: Status::Candidate,
+            attributes: attrs(false),
+            in_scope: false,
+            left_reason: Some(LeaveReason::DisabledInEntra),
+            in_rotation_group: false,
+        };
+        let enabled = seen(true, disabled.is_member(), Some(attrs(true)));
+        let p = plan_user(
+            &policy(RemovalBehavior::Keep),
+            Some(&disabled),
+            &enabled,
+            discovery,
+        );
+        assert_eq!(
+            kinds(&p),
+            ["UserAttributesChanged", "MemberRejoinedSyncGroup"]
+        );
+        let auto = SyncPolicy {
+            auto_import: true,
+            ..policy(RemovalBehavior::Keep)
+        };
+        let p = plan_user(&auto, Some(&disabled), &enabled, discovery);
+        assert_eq!(
+            kinds(&p),
+            [
+                "UserAttributesChanged",
+                "MemberRejoinedSyncGroup",
+                "UserImported"
+            ]
+        );
     }
 
     #[test]

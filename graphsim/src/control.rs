@@ -208,6 +208,15 @@ pub async fn remove_member(
     }
 }
 
+/// `DELETE /_sim/groups/{group}`: soft-deletes a group.
+pub async fn delete_group(State(sim): State<Sim>, Path(group): Path<String>) -> StatusCode {
+    if sim.lock().delete_group(&group) {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::NOT_FOUND
+    }
+}
+
 /// Queues a fault.
 pub async fn add_fault(State(sim): State<Sim>, Json(f): Json<Fault>) -> StatusCode {
     sim.lock().faults.push(f);

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 type Params = Query<HashMap<String, String>>;
 
@@ -719,15 +719,25 @@ pub async fn groups_delta(
             .values()
             .filter(|g| wanted(&g.id))
             .collect();
-        let total = groups.iter().map(|g| g.members.len().max(1)).sum();
+        let listed: usize = groups.iter().map(|g| g.members.len().max(1)).sum();
+        // Soft-deleted groups come back as removed, even in a first round.
+        let removed: Vec<&String> = inner
+            .dir
+            .deleted_groups
+            .keys()
+            .filter(|g| wanted(g))
+            .collect();
         return delta_page(
             &sim,
             &headers,
             uri.path(),
             cursor,
-            total,
+            listed + removed.len(),
             "groups",
             |start, end| {
+                let tail = removed_groups(&removed, listed, start, end);
+                let end = end.min(listed);
+                let start = start.min(end);
                 let entries: Vec<(String, Option<(String, bool)>)> = groups
                     .iter()
                     .flat_map(|g| {
@@ -740,22 +750,27 @@ pub async fn groups_delta(
                     .take(end - start)
                     .map(|(g, m)| (g.to_owned(), m.map(|m| (m.to_owned(), false))))
                     .collect();
-                group_objects(&entries)
+                let mut page = group_objects(&entries);
+                page.extend(tail);
+                page
             },
         );
     }
     // One entry per member change; a group spanning pages comes back with another slice.
     let mut entries: Vec<(String, Option<(String, bool)>)> = Vec::new();
+    let mut removed: Vec<String> = Vec::new();
     if !latest {
         let mut net: BTreeMap<(String, String), bool> = BTreeMap::new();
         for (seq, change) in &inner.changes {
             if *seq <= cursor.from || *seq > cursor.upto {
                 continue;
             }
-            if let Change::Member { group, user, added } = change {
-                if wanted(group) {
+            match change {
+                Change::Member { group, user, added } if wanted(group) => {
                     net.insert((group.clone(), user.clone()), *added);
                 }
+                Change::GroupDeleted(group) if wanted(group) => removed.push(group.clone()),
+                _ => {}
             }
         }
         entries.extend(
@@ -764,19 +779,36 @@ pub async fn groups_delta(
         );
     }
     drop(inner);
+    let listed = entries.len();
+    let removed: Vec<&String> = removed.iter().collect();
     delta_page(
         &sim,
         &headers,
         uri.path(),
         cursor,
-        entries.len(),
+        listed + removed.len(),
         "groups",
-        |start, end| group_objects(&entries[start..end]),
+        |start, end| {
+            let mut page = group_objects(&entries[start.min(listed)..end.min(listed)]);
+            page.extend(removed_groups(&removed, listed, start, end));
+            page
+        },
     )
 }
 
 /// Folds consecutive member entries of one group into Graph's group object with
 /// `members@delta` (a group with no members has none).
+/// The deleted groups among entries `start..end` of a round whose first `listed` entries
+/// are members.
+fn removed_groups(removed: &[&String], listed: usize, start: usize, end: usize) -> Vec<Value> {
+    let from = start.saturating_sub(listed).min(removed.len());
+    let to = end.saturating_sub(listed).min(removed.len());
+    removed[from..to]
+        .iter()
+        .map(|g| json!({"@odata.type": "#microsoft.graph.group", "id": g, "@removed": {"reason": "changed"}}))
+        .collect()
+}
+
 fn group_objects(entries: &[(String, Option<(String, bool)>)]) -> Vec<Value> {
     let mut groups: Vec<Value> = Vec::new();
     for (g, member) in entries {
@@ -838,20 +870,51 @@ pub async fn users_delta(
     }
     let mut entries: Vec<Value> = Vec::new();
     if !latest {
-        let mut touched: BTreeMap<String, ()> = BTreeMap::new();
+        // Per user, the selected properties that changed in the window (`None`: all of
+        // them, for a user created in it): Graph names an updated user with only those.
+        let mut touched: BTreeMap<String, Option<BTreeSet<&str>>> = BTreeMap::new();
         for (seq, change) in &inner.changes {
-            if *seq > cursor.from && *seq <= cursor.upto {
-                if let Change::User(u) | Change::UserDeleted(u) = change {
-                    if wanted(u) {
-                        touched.insert(u.clone(), ());
+            if *seq <= cursor.from || *seq > cursor.upto {
+                continue;
+            }
+            match change {
+                Change::User { id, changed } if wanted(id) => {
+                    let props = touched
+                        .entry(id.clone())
+                        .or_insert_with(|| Some(BTreeSet::new()));
+                    match (props.as_mut(), changed) {
+                        (Some(p), Some(c)) => p.extend(c.iter().copied()),
+                        _ => *props = None,
                     }
                 }
+                Change::UserDeleted(id) if wanted(id) => {
+                    touched.insert(id.clone(), None);
+                }
+                _ => {}
             }
         }
         entries = touched
-            .into_keys()
-            .map(|id| match inner.dir.users.get(&id) {
-                Some(u) => user_json(u, &select, false),
+            .into_iter()
+            .map(|(id, props)| match inner.dir.users.get(&id) {
+                Some(u) => match props {
+                    None => user_json(u, &select, false),
+                    Some(p) => {
+                        let changed: Vec<String> = p
+                            .into_iter()
+                            .filter(|f| {
+                                select.iter().any(|s| s == f)
+                                    || select.is_empty() && DEFAULT_USER_FIELDS.contains(f)
+                            })
+                            .map(str::to_owned)
+                            .collect();
+                        // An empty selection would mean the default properties.
+                        if changed.is_empty() {
+                            json!({"id": id})
+                        } else {
+                            user_json(u, &changed, false)
+                        }
+                    }
+                },
                 None => json!({"id": id, "@removed": {"reason": "changed"}}),
             })
             .collect();

@@ -71,6 +71,10 @@ pub fn router(sim: Sim) -> Router {
             axum::routing::put(control::token_lifetime),
         )
         .route(
+            "/_sim/groups/{group}",
+            axum::routing::delete(control::delete_group),
+        )
+        .route(
             "/_sim/groups/{group}/members/{user}",
             post(control::add_member).delete(control::remove_member),
         )
@@ -191,10 +195,32 @@ async fn apply_fault(f: Fault, req: Request, next: Next) -> Response {
         });
         return Response::new(axum::body::Body::from_stream(failing));
     }
+    if f.next_link_to_self {
+        let own = format!("{}{}", graph::base_url(req.headers()), req.uri());
+        return next_link_to(next.run(req).await, own).await;
+    }
     match f.status.and_then(|s| StatusCode::from_u16(s).ok()) {
         None => next.run(req).await,
         Some(status) => fault_response(status, f.retry_after),
     }
+}
+
+/// `answer` with its `@odata.nextLink` set to `link`.
+async fn next_link_to(answer: Response, link: String) -> Response {
+    let (parts, body) = answer.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return Response::from_parts(parts, axum::body::Body::from(bytes));
+    };
+    v["@odata.nextLink"] = serde_json::Value::String(link);
+    if let Some(o) = v.as_object_mut() {
+        o.remove("@odata.deltaLink");
+    }
+    let mut parts = parts;
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(v.to_string()))
 }
 
 fn fault_response(status: StatusCode, retry_after: Option<f64>) -> Response {

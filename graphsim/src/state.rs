@@ -51,10 +51,17 @@ pub enum Change {
         /// Joined or left.
         added: bool,
     },
-    /// A user's attributes changed.
-    User(String),
+    /// A user was created (`changed` is `None`) or some of its properties changed.
+    User {
+        /// User id.
+        id: String,
+        /// The Graph names of the properties that changed (possibly none: a password).
+        changed: Option<Vec<&'static str>>,
+    },
     /// A user was deleted.
     UserDeleted(String),
+    /// A group was (soft-)deleted.
+    GroupDeleted(String),
 }
 
 /// A fault to inject into Graph routes (`POST /_sim/faults`).
@@ -87,6 +94,10 @@ pub struct Fault {
     /// Serve the request (Graph acts), then cut the connection: the answer is lost.
     #[serde(default)]
     pub drop_after_apply: bool,
+    /// Serve the request, then point the answer's `@odata.nextLink` back at the request
+    /// itself: a paging loop.
+    #[serde(default)]
+    pub next_link_to_self: bool,
     /// How many requests it applies to.
     pub count: u32,
 }
@@ -184,11 +195,23 @@ impl Inner {
         self.changes.push((self.seq, change));
     }
 
-    /// Adds or replaces a user, recording the change.
+    /// Adds or replaces a user, recording what changed: an incremental `users/delta`
+    /// round names an updated user with only its changed properties, as Graph does.
     pub fn put_user(&mut self, user: UserEntry) {
         let id = user.id.clone();
+        let changed = self.dir.users.get(&id).map(|before| before.changed(&user));
         self.dir.users.insert(id.clone(), user);
-        self.record(Change::User(id));
+        self.record(Change::User { id, changed });
+    }
+
+    /// Soft-deletes a group: delta rounds list it as removed from then on.
+    pub fn delete_group(&mut self, id: &str) -> bool {
+        let Some(group) = self.dir.groups.remove(id) else {
+            return false;
+        };
+        self.dir.deleted_groups.insert(id.to_owned(), group);
+        self.record(Change::GroupDeleted(id.to_owned()));
+        true
     }
 
     /// Deletes a user and their memberships, recording both.

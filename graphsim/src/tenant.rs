@@ -90,6 +90,31 @@ pub struct UserEntry {
     pub admin_roles: Vec<String>,
 }
 
+impl UserEntry {
+    /// The Graph names of the properties that differ in `after`.
+    pub fn changed(&self, after: &UserEntry) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        let mut check = |name, differs| {
+            if differs {
+                out.push(name);
+            }
+        };
+        check(
+            "userPrincipalName",
+            self.user_principal_name != after.user_principal_name,
+        );
+        check("displayName", self.display_name != after.display_name);
+        check("mail", self.mail != after.mail);
+        check("givenName", self.given_name != after.given_name);
+        check("surname", self.surname != after.surname);
+        check(
+            "accountEnabled",
+            self.account_enabled != after.account_enabled,
+        );
+        out
+    }
+}
+
 fn yes() -> bool {
     true
 }
@@ -119,6 +144,8 @@ pub struct Directory {
     pub users: BTreeMap<String, UserEntry>,
     /// Groups by id.
     pub groups: BTreeMap<String, Group>,
+    /// Soft-deleted groups by id (Entra keeps them restorable for 30 days).
+    pub deleted_groups: BTreeMap<String, Group>,
     /// Password changes per user id.
     pub password_changes: BTreeMap<String, u32>,
 }
@@ -157,6 +184,7 @@ impl Directory {
                     (g.id, group)
                 })
                 .collect(),
+            deleted_groups: BTreeMap::new(),
             password_changes: BTreeMap::new(),
         }
     }

@@ -187,10 +187,46 @@ fn api_error(status: StatusCode, body: &[u8], request_id: Option<String>) -> Gra
     }
     GraphError::Api {
         status: status.as_u16(),
-        code,
-        message: err["message"].as_str().unwrap_or("").to_owned(),
-        request_id,
+        code: clipped(&code, 200),
+        message: clipped(err["message"].as_str().unwrap_or(""), 1000),
+        request_id: request_id.map(|r| clipped(&r, 100)),
     }
+}
+
+/// A peer's text as we keep it (in errors, and so in events): at most `max` characters,
+/// control characters dropped. Graph's own texts are far shorter; anything longer must
+/// not make a failure unrecordable.
+pub(crate) fn clipped(text: &str, max: usize) -> String {
+    text.chars().filter(|c| !c.is_control()).take(max).collect()
+}
+
+/// The most of one answer's body read: a page of 999 users is about a megabyte.
+const MAX_BODY_BYTES: usize = 32 << 20;
+/// The most of an error answer's body read: only its code and message matter.
+const MAX_ERROR_BODY_BYTES: usize = 64 << 10;
+/// The most pages one round reads: 100 million users at 999 a page.
+const MAX_PAGES: usize = 100_000;
+/// The longest delta link kept (Graph's are a few hundred bytes).
+const MAX_LINK_BYTES: usize = 16 << 10;
+
+/// Reads a body of at most `max` bytes; a longer one is an error, not a memory bill.
+async fn body_of(mut resp: reqwest::Response, max: usize) -> Result<Vec<u8>, GraphError> {
+    let too_large = || GraphError::Decode(format!("the answer is larger than {max} bytes"));
+    if resp.content_length().is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    let mut out = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| GraphError::Decode(e.without_url().to_string()))?
+    {
+        if out.len() + chunk.len() > max {
+            return Err(too_large());
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
 }
 
 /// Sends a request for `operation`, recording its time and status (`metrics`).
@@ -376,9 +412,8 @@ impl GraphClient {
         body: Option<&Value>,
         mut uncertain: Option<&mut bool>,
     ) -> Result<Option<Value>, GraphError> {
-        match (origin(url), origin(&self.settings.graph_url)) {
-            (Some(to), Some(graph)) if to == graph => {}
-            _ => return Err(GraphError::ForeignLink(host_of(url))),
+        if !self.is_graph_link(url) {
+            return Err(GraphError::ForeignLink(host_of(url)));
         }
         let mut refreshed = false;
         let mut attempt = 0;
@@ -426,10 +461,7 @@ impl GraphClient {
                 .map(str::to_owned);
             tracing::debug!(%method, status = status.as_u16(), ?request_id, %client_request_id, "Graph");
             if status.is_success() {
-                let bytes = resp
-                    .bytes()
-                    .await
-                    .map_err(|e| GraphError::Decode(e.without_url().to_string()))?;
+                let bytes = body_of(resp, MAX_BODY_BYTES).await?;
                 if bytes.is_empty() {
                     return Ok(None);
                 }
@@ -438,7 +470,9 @@ impl GraphClient {
                     .map_err(|e| GraphError::Decode(e.to_string()));
             }
             let wait = retry_after(&resp);
-            let bytes = resp.bytes().await.unwrap_or_default();
+            let bytes = body_of(resp, MAX_ERROR_BODY_BYTES)
+                .await
+                .unwrap_or_default();
             let err = api_error(status, &bytes, request_id.clone());
             if let Some(u) = uncertain.as_deref_mut() {
                 if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
@@ -486,23 +520,60 @@ impl GraphClient {
             .ok_or_else(|| GraphError::Decode("empty answer".into()))
     }
 
-    /// Follows `@odata.nextLink` from `url`, calling `page` on each page's body.
+    /// Follows `@odata.nextLink` from `url`, calling `page` on each page's body. A link
+    /// back to a page already read, or more than [`MAX_PAGES`] pages, ends the round with
+    /// an error: it would otherwise never end, holding the domain's sync.
     async fn pages(
         &self,
         operation: &'static str,
         url: String,
         mut page: impl FnMut(&Value) -> Result<(), GraphError>,
     ) -> Result<Value, GraphError> {
+        let mut read = std::collections::HashSet::new();
         let mut next = url;
         loop {
             let body = self.get(operation, &next).await?;
             page(&body)?;
+            read.insert(next);
             match body["@odata.nextLink"].as_str() {
+                Some(link) if read.contains(link) => {
+                    return Err(GraphError::Decode(
+                        "the next page link leads back to a page already read".into(),
+                    ))
+                }
+                Some(_) if read.len() >= MAX_PAGES => {
+                    return Err(GraphError::Decode(format!(
+                        "more than {MAX_PAGES} pages in one round"
+                    )))
+                }
                 // Follow the whole link as given; never rebuild it.
                 Some(link) => next = link.to_owned(),
                 None => return Ok(body),
             }
         }
+    }
+
+    /// The `@odata.deltaLink` of a round's last page, if it is one this client may follow
+    /// later: on the Graph host and of a sane length. It is stored, and a bad one stored
+    /// would fail every later run.
+    fn delta_link_of(&self, last: &Value) -> Result<String, GraphError> {
+        let link = last["@odata.deltaLink"].as_str().ok_or_else(|| {
+            GraphError::Decode("the last delta page has no @odata.deltaLink".into())
+        })?;
+        if !self.is_graph_link(link) {
+            return Err(GraphError::ForeignLink(host_of(link)));
+        }
+        if link.len() > MAX_LINK_BYTES {
+            return Err(GraphError::Decode(format!(
+                "a delta link of more than {MAX_LINK_BYTES} bytes"
+            )));
+        }
+        Ok(link.to_owned())
+    }
+
+    /// `link` leads to the configured Graph host (and so may carry its token).
+    pub fn is_graph_link(&self, link: &str) -> bool {
+        matches!((origin(link), origin(&self.settings.graph_url)), (Some(a), Some(b)) if a == b)
     }
 
     /// Groups with this display name (0, 1 or several: names are not unique).
@@ -575,6 +646,11 @@ impl GraphClient {
                     let id = g["id"]
                         .as_str()
                         .ok_or_else(|| GraphError::Decode("group without id".into()))?;
+                    if g.get("@removed").is_some() {
+                        // The group itself is gone: not "no members".
+                        out.removed_groups.insert(id.to_owned());
+                        continue;
+                    }
                     let list = out.changes.entry(id.to_owned()).or_default();
                     for m in g["members@delta"].as_array().into_iter().flatten() {
                         if m["@odata.type"]
@@ -594,7 +670,7 @@ impl GraphClient {
                 Ok(())
             })
             .await?;
-        out.delta_link = delta_link_of(&last)?;
+        out.delta_link = self.delta_link_of(&last)?;
         Ok(out)
     }
 
@@ -617,7 +693,7 @@ impl GraphClient {
                 if let Some(ids) = ids {
                     let filter = ids
                         .iter()
-                        .map(|id| format!("id eq '{id}'"))
+                        .map(|id| format!("id eq '{}'", id.replace('\'', "''")))
                         .collect::<Vec<_>>()
                         .join(" or ");
                     url.push_str(&format!("&$filter={}", urlencoding::encode(&filter)));
@@ -643,7 +719,7 @@ impl GraphClient {
                 Ok(())
             })
             .await?;
-        out.delta_link = delta_link_of(&last)?;
+        out.delta_link = self.delta_link_of(&last)?;
         Ok(out)
     }
 
@@ -655,7 +731,7 @@ impl GraphClient {
             self.graph("/users/delta"),
             urlencoding::encode(select)
         );
-        delta_link_of(&self.get("users_delta", &url).await?)
+        self.delta_link_of(&self.get("users_delta", &url).await?)
     }
 
     /// One user.
@@ -851,11 +927,4 @@ fn parse_values<T: serde::de::DeserializeOwned>(body: &Value) -> Result<Vec<T>, 
         .iter()
         .map(|v| serde_json::from_value(v.clone()).map_err(|e| GraphError::Decode(e.to_string())))
         .collect()
-}
-
-fn delta_link_of(last: &Value) -> Result<String, GraphError> {
-    last["@odata.deltaLink"]
-        .as_str()
-        .map(str::to_owned)
-        .ok_or_else(|| GraphError::Decode("the last delta page has no @odata.deltaLink".into()))
 }

@@ -7,6 +7,7 @@ mod client;
 mod error;
 mod types;
 
+pub(crate) use client::clipped;
 pub use client::{
     AuthorizeRequest, GraphClient, GraphSettings, GraphTrust, OpenIdKeys, PasswordNotSet,
     RetryPolicy, Secret,

@@ -19,18 +19,28 @@ pub struct GraphUser {
     /// `displayName`.
     #[serde(default)]
     pub display_name: Option<String>,
-    /// `mail`.
-    #[serde(default)]
-    pub mail: Option<String>,
-    /// `givenName`.
-    #[serde(default)]
-    pub given_name: Option<String>,
-    /// `surname`.
-    #[serde(default)]
-    pub surname: Option<String>,
+    /// `mail`: `None` when the answer leaves it out (an updated user in a delta round
+    /// carries only what changed), `Some(None)` when Graph says it is empty.
+    #[serde(default, deserialize_with = "present")]
+    pub mail: Option<Option<String>>,
+    /// `givenName`, absent or empty as for `mail`.
+    #[serde(default, deserialize_with = "present")]
+    pub given_name: Option<Option<String>>,
+    /// `surname`, absent or empty as for `mail`.
+    #[serde(default, deserialize_with = "present")]
+    pub surname: Option<Option<String>>,
     /// `accountEnabled`.
     #[serde(default)]
     pub account_enabled: Option<bool>,
+}
+
+/// A property the answer carries, null or not (serde maps a missing one to the default).
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 /// A group found by name.
@@ -70,6 +80,8 @@ pub struct MemberChange {
 pub struct GroupsDelta {
     /// Changes per group id, in the order Graph listed them (a change may repeat).
     pub changes: BTreeMap<String, Vec<MemberChange>>,
+    /// Groups of the round that were deleted (Graph lists them with `@removed`).
+    pub removed_groups: std::collections::BTreeSet<String>,
     /// The link the next round starts from.
     pub delta_link: String,
 }

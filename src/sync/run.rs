@@ -9,7 +9,7 @@
 
 use super::SyncError;
 use crate::engine::Engine;
-use crate::graph::{GraphClient, GraphError, GraphUser, UserChange, USER_SELECT};
+use crate::graph::{clipped, GraphClient, GraphError, GraphUser, UserChange, USER_SELECT};
 use crate::store::{AppendError, ExpectedVersion};
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use idledger_domain::events::*;
@@ -85,27 +85,39 @@ fn known_of(u: &UserView) -> KnownUser {
     }
 }
 
-/// Graph's user as recorded attributes; required fields absent from a delta entry keep
-/// what was recorded.
+/// Graph's user as recorded attributes. A property the entry leaves out keeps what was
+/// recorded: Graph names an updated user in a delta round with only what changed. Texts
+/// are kept within Entra's own limits, without control characters, so a hostile or broken
+/// answer cannot make a user's record unwritable.
 fn attributes_of(u: GraphUser, before: Option<&UserAttributes>) -> UserAttributes {
+    let text = |v: String| clipped(&v, MAX_ATTRIBUTE_CHARS);
+    let optional = |v: Option<Option<String>>, kept: Option<&Option<String>>| match v {
+        Some(v) => v.map(text),
+        None => kept.cloned().flatten(),
+    };
     UserAttributes {
         user_principal_name: u
             .user_principal_name
+            .map(text)
             .or_else(|| before.map(|b| b.user_principal_name.clone()))
             .unwrap_or_default(),
         display_name: u
             .display_name
+            .map(text)
             .or_else(|| before.map(|b| b.display_name.clone()))
             .unwrap_or_default(),
-        mail: u.mail,
-        given_name: u.given_name,
-        surname: u.surname,
+        mail: optional(u.mail, before.map(|b| &b.mail)),
+        given_name: optional(u.given_name, before.map(|b| &b.given_name)),
+        surname: optional(u.surname, before.map(|b| &b.surname)),
         account_enabled: u
             .account_enabled
             .or(before.map(|b| b.account_enabled))
             .unwrap_or(true),
     }
 }
+
+/// Entra ID's longest attribute is 256 characters (`displayName`); a little room above.
+const MAX_ATTRIBUTE_CHARS: usize = 512;
 
 /// One user's plan, waiting to be appended.
 struct Pending {
@@ -252,6 +264,7 @@ impl<'a> SyncRun<'a> {
             .client
             .groups_delta(&[g.sync.clone(), g.rotation.clone()], None)
             .await?;
+        self.groups_still_exist(g, &round)?;
         // A configured object id that names no group must not read as an empty group
         // (every user would leave): the round lists every group it covers.
         for (which, id) in [("sync", &g.sync), ("rotation", &g.rotation)] {
@@ -339,6 +352,26 @@ impl<'a> SyncRun<'a> {
         Ok((observed, (round.delta_link, users_link)))
     }
 
+    /// A deleted sync or rotation group stops the run before anything is recorded: read
+    /// as "no members", every user would leave it (and with *delete*, lose their keys),
+    /// though the group can be restored for 30 days.
+    fn groups_still_exist(
+        &self,
+        g: &Groups,
+        round: &crate::graph::GroupsDelta,
+    ) -> Result<(), SyncError> {
+        for (which, id) in [("sync", &g.sync), ("rotation", &g.rotation)] {
+            if round.removed_groups.contains(id) {
+                return Err(SyncError::Tenant(format!(
+                    "the {which} group {id} of domain {} was deleted in Entra ID; restore it \
+                     or choose another group",
+                    self.domain.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// An incremental round: only what changed since the stored links.
     async fn observe_changes(
         &self,
@@ -349,6 +382,7 @@ impl<'a> SyncRun<'a> {
             .client
             .groups_delta(&[g.sync.clone(), g.rotation.clone()], Some(&links.0))
             .await?;
+        self.groups_still_exist(g, &groups)?;
         let users = self
             .client
             .users_delta(USER_SELECT, None, Some(&links.1))
@@ -413,12 +447,11 @@ impl<'a> SyncRun<'a> {
                 }
             }
         }
-        // New members: their attributes and whether they are already in the rotation group.
+        // New members: all their attributes (a delta entry may carry only some), and
+        // whether they are already in the rotation group.
         let need: Vec<String> = observed
             .iter()
-            .filter(|(ext, o)| {
-                o.member && o.exists && o.attributes.is_none() && !self.known.contains_key(*ext)
-            })
+            .filter(|(ext, o)| o.member && o.exists && !self.known.contains_key(*ext))
             .map(|(ext, _)| ext.clone())
             .collect();
         let mut read_back = self.read_users(need.clone()).await?;
@@ -451,10 +484,17 @@ impl<'a> SyncRun<'a> {
     /// Runs to the end. The run's `SyncRunStarted` is already appended.
     pub async fn execute(self) -> Result<RunReport, SyncError> {
         let groups = self.groups().await?;
-        let links = if groups.changed {
-            None
-        } else {
-            self.domain.delta_links.clone()
+        // A stored link this client would not follow (saved before links were checked)
+        // starts over with a full round instead of failing every run.
+        let links = match &self.domain.delta_links {
+            Some((g, u)) if !groups.changed => {
+                let usable = self.client.is_graph_link(g) && self.client.is_graph_link(u);
+                if !usable {
+                    tracing::warn!(domain = %self.domain.name, "stored delta links lead off the Graph host: full round");
+                }
+                usable.then(|| (g.clone(), u.clone()))
+            }
+            _ => None,
         };
         let (observed, links, full) = match &links {
             Some(l) => match self.observe_changes(&groups, l).await {

@@ -25,12 +25,22 @@ async fn the_first_run_finds_the_group_as_candidates_and_an_unchanged_second_run
     let run = w.sync().await;
     assert_eq!(run["status"], "succeeded", "{run}");
     assert_eq!(run["counters"]["added"], 29, "{run}");
-    assert_eq!(run["users"].as_array().unwrap().len(), 29);
-    assert!(run["users"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|u| u["outcome"] == "added"));
+    // The disabled member is on record, out of scope: no candidate, but known, so that
+    // Entra enabling them later (a change to the user, not to the group) brings them in.
+    let users = run["users"].as_array().unwrap();
+    assert_eq!(users.len(), 30);
+    for u in users {
+        let disabled = u["external_id"] == ext(29).as_str();
+        let outcome = if disabled {
+            json!(null)
+        } else {
+            json!("added")
+        };
+        assert_eq!(u["outcome"], outcome, "{u}");
+    }
+    let disabled = w.user(29).await.unwrap();
+    assert_eq!(disabled["in_sync_group"], false, "{disabled}");
+    assert_eq!(disabled["account_enabled"], false, "{disabled}");
 
     let (s, c) = w
         .admin(
@@ -42,10 +52,9 @@ async fn the_first_run_finds_the_group_as_candidates_and_an_unchanged_second_run
     assert_eq!(s, StatusCode::OK);
     let candidates = c["items"].as_array().unwrap();
     assert_eq!(externals(candidates), contoso_candidates());
-    assert_eq!(
-        externals(&w.users("&status=candidate").await),
-        contoso_candidates()
-    );
+    let mut on_record = contoso_candidates();
+    on_record.insert(ext(29));
+    assert_eq!(externals(&w.users("&status=candidate").await), on_record);
     // Rotation-group membership is tracked: users 1 to 10 are in it, user 36 is no member.
     for u in candidates {
         let n: u32 = u["external_id"].as_str().unwrap()[24..].parse().unwrap();
@@ -76,6 +85,24 @@ async fn the_first_run_finds_the_group_as_candidates_and_an_unchanged_second_run
     assert_eq!(again["counters"]["changed"], 0, "{again}");
     assert!(again["users"].as_array().unwrap().is_empty());
     assert_eq!(w.user_events_after(head).await, Vec::<String>::new());
+
+    // Enabled in Entra: only the user changes, not the group, and they come in.
+    w.sim(
+        Method::PATCH,
+        &format!("/_sim/users/{}", ext(29)),
+        Some(json!({"accountEnabled": true})),
+    )
+    .await;
+    let run = w.sync().await;
+    assert_eq!(run["full"], false, "{run}");
+    assert_eq!(run["counters"]["changed"], 1, "{run}");
+    let enabled = w.user(29).await.unwrap();
+    assert_eq!(
+        (&enabled["in_sync_group"], &enabled["status"]),
+        (&json!(true), &json!("candidate")),
+        "{enabled}"
+    );
+    assert_eq!(enabled["display_name"], disabled["display_name"]);
 }
 
 #[tokio::test]
@@ -168,6 +195,7 @@ async fn each_removal_behaviour_and_what_rejoining_does() {
 async fn deletion_disabling_and_attribute_changes_in_entra_arrive_as_events() {
     let w = world(json!({"removal_behavior": "deactivate", "auto_import": true})).await;
     w.sync().await;
+    let (before8, before9) = (w.user(8).await.unwrap(), w.user(9).await.unwrap());
     w.sim(Method::DELETE, &format!("/_sim/users/{}", ext(7)), None)
         .await;
     w.sim(
@@ -193,6 +221,14 @@ async fn deletion_disabling_and_attribute_changes_in_entra_arrive_as_events() {
     assert_eq!(renamed["display_name"], "Renamed Person");
     assert_eq!(renamed["mail"], "renamed@contoso.com");
     assert_eq!(renamed["status"], "active");
+    // Graph names an updated user with only what changed: the rest stays as recorded.
+    for (now, before) in [(&disabled, &before8), (&renamed, &before9)] {
+        for field in ["user_principal_name", "given_name", "surname"] {
+            assert!(!before[field].is_null(), "{before}");
+            assert_eq!(now[field], before[field], "{field}: {now}");
+        }
+    }
+    assert_eq!(disabled["mail"], before8["mail"]);
 
     // The reasons are on record.
     let id = w.user(7).await.unwrap()["id"].as_str().unwrap().to_owned();
@@ -219,6 +255,27 @@ async fn deletion_disabling_and_attribute_changes_in_entra_arrive_as_events() {
     let back = w.user(8).await.unwrap();
     assert_eq!(back["in_sync_group"], true);
     assert_eq!(back["status"], "deactivated");
+
+    // A user renamed and added to the group in one window: their delta entry carries
+    // only the new name, and the engine reads the rest before recording them.
+    w.sim(
+        Method::PATCH,
+        &format!("/_sim/users/{}", ext(36)),
+        Some(json!({"displayName": "Joined Renamed"})),
+    )
+    .await;
+    w.join(36).await;
+    w.sync().await;
+    let joined = w.user(36).await.expect("the new member is recorded");
+    assert_eq!(joined["display_name"], "Joined Renamed");
+    assert!(
+        joined["user_principal_name"]
+            .as_str()
+            .unwrap()
+            .ends_with("@contoso.onmicrosoft.com"),
+        "{joined}"
+    );
+    assert!(!joined["mail"].is_null(), "{joined}");
 }
 
 #[tokio::test]
@@ -575,6 +632,87 @@ async fn a_configured_group_id_that_names_no_group_fails_the_run_instead_of_empt
     assert_eq!(w.users("&status=active").await.len(), 29);
 }
 
+/// A deleted group is not an empty one: read as "no members", every user would leave it
+/// (and with *delete*, lose their keys) though Entra can restore it for 30 days.
+#[tokio::test]
+async fn a_deleted_group_fails_the_run_and_removes_no_one() {
+    let w = world(json!({"auto_import": true, "removal_behavior": "delete"})).await;
+    let (s, _) = w
+        .admin(
+            Method::PATCH,
+            &format!("/v1/domains/{}", w.domain),
+            Some(json!({"sync_group_id": SYNC})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    w.sync().await;
+    let head = w.head().await;
+    w.sim(Method::DELETE, &format!("/_sim/groups/{SYNC}"), None)
+        .await;
+    // An incremental round, then a full one (after the delta token expired).
+    for expire in [false, true] {
+        if expire {
+            w.sim(Method::POST, "/_sim/delta/expire", None).await;
+        }
+        let run = w.sync_domain(&w.domain).await;
+        assert_eq!(run["status"], "failed", "{run}");
+        let error = run["error"].as_str().unwrap();
+        assert!(error.contains(SYNC) && error.contains("deleted"), "{error}");
+    }
+    assert_eq!(w.users("&status=active").await.len(), 29);
+    assert_eq!(w.user_events_after(head).await, Vec::<String>::new());
+}
+
+/// Links from Graph are checked before they are kept: a delta link to another host would
+/// otherwise be stored by a run that succeeds and fail every run after it.
+#[tokio::test]
+async fn a_delta_link_off_the_graph_host_is_never_kept() {
+    let w = world(json!({})).await;
+    w.sync().await;
+    let (evil, hits) = attacker().await;
+    w.sim(Method::PUT, "/_sim/link-host", Some(json!({"host": evil})))
+        .await;
+    let run = w.sync_domain(&w.domain).await;
+    assert_eq!(run["status"], "failed", "{run}");
+    assert!(
+        run["error"]
+            .as_str()
+            .unwrap()
+            .contains("not the configured Graph host"),
+        "{run}"
+    );
+    w.sim(Method::PUT, "/_sim/link-host", Some(json!({"host": null})))
+        .await;
+    let run = w.sync().await;
+    assert_eq!(
+        run["full"], false,
+        "the links kept are the good ones: {run}"
+    );
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+/// A next-page link that leads back to a page already read ends the round at once: it
+/// would otherwise page forever, holding the domain's sync.
+#[tokio::test]
+async fn a_paging_loop_fails_the_run_and_the_next_run_succeeds() {
+    let w = world(json!({})).await;
+    w.sim(
+        Method::POST,
+        "/_sim/faults",
+        Some(json!({"path_prefix": "/v1.0/groups/delta", "next_link_to_self": true, "count": 1_000_000})),
+    )
+    .await;
+    let run = w.sync_domain(&w.domain).await;
+    assert_eq!(run["status"], "failed", "{run}");
+    assert!(
+        run["error"].as_str().unwrap().contains("already read"),
+        "{run}"
+    );
+    w.sim(Method::DELETE, "/_sim/faults", None).await;
+    let run = w.sync().await;
+    assert_eq!(run["counters"]["added"], 29, "{run}");
+}
+
 #[tokio::test]
 async fn keys_are_assigned_to_imported_users_one_user_per_key() {
     let w = world(json!({})).await;
@@ -878,7 +1016,8 @@ async fn candidates_runs_outcomes_domains_and_timelines_page() {
         10,
     )
     .await;
-    assert_eq!((outcomes.len(), pages), (29, 3));
+    // 29 candidates and the disabled member, recorded out of scope.
+    assert_eq!((outcomes.len(), pages), (30, 3));
     let (_, detail) = w
         .admin(
             Method::GET,
@@ -886,7 +1025,7 @@ async fn candidates_runs_outcomes_domains_and_timelines_page() {
             None,
         )
         .await;
-    assert_eq!(detail["users"].as_array().unwrap().len(), 29);
+    assert_eq!(detail["users"].as_array().unwrap().len(), 30);
     assert!(detail["users_next"].is_null());
     w.sync().await;
     let (runs, pages) = all_pages(&w, &format!("/v1/domains/{d}/sync-runs?"), 1).await;

@@ -205,10 +205,10 @@ pub async fn list(
 ) -> Result<Json<Page<App>>, ApiError> {
     let p = s.engine.projector.read();
     let apps = p.provider.apps();
-    let start = q
-        .after
-        .and_then(|a| apps.iter().position(|x| x.id.0 == a).map(|i| i + 1))
-        .unwrap_or(0);
+    let start = match q.after {
+        None => 0,
+        Some(a) => after_position(apps.iter().position(|x| x.id.0 == a), "app")?,
+    };
     let (items, next) = page_of(apps.into_iter().skip(start).map(App::from), q.limit, |a| {
         a.id
     })?;
@@ -307,12 +307,22 @@ pub struct SigningKey {
     verify_until: Option<DateTime<Utc>>,
 }
 
-/// `?limit=` of the keys list.
+/// `?limit=&after=` of the keys list.
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct KeysQuery {
     /// At most this many (1 to 1000, default 100), newest first.
     limit: Option<usize>,
+    /// The `next` of the previous page (a key id).
+    after: Option<String>,
+}
+
+/// Where the page after cursor `found` (an item's index) starts. A cursor that names
+/// nothing is refused: starting over would send a client round in circles.
+fn after_position(found: Option<usize>, what: &str) -> Result<usize, ApiError> {
+    found
+        .map(|i| i + 1)
+        .ok_or_else(|| ApiError::BadRequest(format!("after: no such {what}")))
 }
 
 /// The provider's signing keys, newest first.
@@ -321,17 +331,30 @@ pub async fn keys(
     ApiQuery(q): ApiQuery<KeysQuery>,
 ) -> Result<Json<Page<SigningKey>>, ApiError> {
     let p = s.engine.projector.read();
-    let items = p.provider.keys.iter().rev().map(|k| SigningKey {
-        kid: k.kid.clone(),
-        alg: k.alg.clone(),
-        status: if k.verify_until.is_none() {
-            "current"
-        } else {
-            "retired"
-        },
-        added_at: k.added_at,
-        verify_until: k.verify_until,
-    });
+    let start = match &q.after {
+        None => 0,
+        Some(kid) => after_position(
+            p.provider.keys.iter().rev().position(|k| &k.kid == kid),
+            "key",
+        )?,
+    };
+    let items = p
+        .provider
+        .keys
+        .iter()
+        .rev()
+        .skip(start)
+        .map(|k| SigningKey {
+            kid: k.kid.clone(),
+            alg: k.alg.clone(),
+            status: if k.verify_until.is_none() {
+                "current"
+            } else {
+                "retired"
+            },
+            added_at: k.added_at,
+            verify_until: k.verify_until,
+        });
     let (items, next) = page_of(items, q.limit, |k| k.kid.clone())?;
     Ok(page(items, next))
 }

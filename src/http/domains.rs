@@ -12,7 +12,9 @@ use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use idledger_domain::decide::domain::{decide, evolve, DomainCommand, DomainState};
-use idledger_domain::{DomainId, DomainSettings, RemovalBehavior, SsoSettings, StreamId};
+use idledger_domain::{
+    DataKeyId, DomainId, DomainSettings, RemovalBehavior, SealedSecret, SsoSettings, StreamId,
+};
 use idledger_projections::SyncRunStatus;
 use idledger_projections::{DomainView, Domains};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -383,42 +385,67 @@ pub async fn create(
             ))
         }
     };
-    if s.engine
-        .projector
-        .read()
-        .domains
-        .by_name(&body.domain)
-        .is_some()
-    {
-        return Err(ApiError::Conflict(format!(
-            "domain {} exists already",
-            body.domain
-        )));
-    }
-    let certificate = super::workstation::issue_command(&s, &stream, &body.domain)?;
     let register = DomainCommand::Register {
         domain_id: id,
-        name: body.domain,
+        name: body.domain.clone(),
         settings: body.settings.apply(DomainSettings::default()),
     };
-    let set = credentials
-        .map(|c| seal_credentials(&s, &stream, c))
-        .transpose()?;
-    // All in one atomic append: a domain never exists half-configured, and has its
-    // workstation logon certificate from the start.
-    let position = s
-        .command(&stream, &who.actor(), evolve, |st| {
-            let mut events = decide(st, register.clone())?;
-            let mut then = events.iter().fold(st.clone(), evolve);
-            for next in set.iter().chain([&certificate]) {
-                let more = decide(&then, next.clone())?;
-                then = more.iter().fold(then, evolve);
-                events.extend(more);
+    // Refused input changes nothing, and sealing writes the new stream's data key: the
+    // decisions are taken first with a stand-in for what sealing makes.
+    let registered = decide(&DomainState::default(), register.clone())?
+        .iter()
+        .fold(DomainState::default(), evolve);
+    if let Some(c) = &credentials {
+        let stand_in = SealedSecret {
+            key_id: DataKeyId(uuid::Uuid::nil()),
+            nonce: [0; 24],
+            ciphertext: Vec::new(),
+        };
+        decide(
+            &registered,
+            DomainCommand::SetCredentials {
+                tenant_id: c.tenant_id.clone(),
+                client_id: c.client_id.clone(),
+                client_secret: stand_in,
+            },
+        )?;
+    }
+    // One name, one domain: the check spans domains' streams, so registrations take turns.
+    s.clone()
+        .in_turn(&s.domain_names, move |s| async move {
+            if s.engine
+                .projector
+                .read()
+                .domains
+                .by_name(&body.domain)
+                .is_some()
+            {
+                return Err(ApiError::Conflict(format!(
+                    "domain {} exists already",
+                    body.domain
+                )));
             }
-            Ok(events)
+            let certificate = super::workstation::issue_command(&s, &stream, &body.domain)?;
+            let set = credentials
+                .map(|c| seal_credentials(&s, &stream, c))
+                .transpose()?;
+            // All in one atomic append: a domain never exists half-configured, and has its
+            // workstation logon certificate from the start.
+            let position = s
+                .command(&stream, &who.actor(), evolve, |st| {
+                    let mut events = decide(st, register.clone())?;
+                    let mut then = events.iter().fold(st.clone(), evolve);
+                    for next in set.iter().chain([&certificate]) {
+                        let more = decide(&then, next.clone())?;
+                        then = more.iter().fold(then, evolve);
+                        events.extend(more);
+                    }
+                    Ok(events)
+                })
+                .await?;
+            respond(&s, id, position, StatusCode::CREATED).await
         })
-        .await?;
-    respond(&s, id, position, StatusCode::CREATED).await
+        .await
 }
 
 /// `GET /v1/domains` query.

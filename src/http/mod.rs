@@ -80,10 +80,11 @@ pub struct AppState {
     pub signin_idle: Duration,
     /// The OpenID Connect provider's code and token lifetimes and key schedule.
     pub oidc: crate::provider::Timing,
-    /// Held while a hardware key is assigned: "one key serves one live user" spans users'
-    /// streams, so the check and the append are made one at a time (by a task that outlives
-    /// the request, so a cancelled request cannot end its turn early).
-    pub key_assignments: Arc<tokio::sync::Mutex<()>>,
+    /// Turn of hardware key assignments: "one key serves one live user" spans users'
+    /// streams (see [`AppState::in_turn`]).
+    pub key_assignments: Turn,
+    /// Turn of domain registrations: one name, one domain, across domains' streams.
+    pub domain_names: Turn,
     /// Requests that read the whole log (a past point in time, an export's manifest, a
     /// verified upload) run on blocking threads a request's timeout cannot stop: at most
     /// [`WHOLE_LOG_READS`] at once, the rest answered 503.
@@ -460,7 +461,32 @@ pub struct Consistency {
     pub min_position: Option<u64>,
 }
 
+/// One at a time, for a check that spans streams and the append it allows.
+pub type Turn = Arc<tokio::sync::Mutex<()>>;
+
 impl AppState {
+    /// Runs `f` alone among the callers of `turn`, once the projections hold every append
+    /// made so far (the last caller's included), so that what `f` checks there cannot
+    /// change before its own append. A task of its own holds the turn: a request that
+    /// times out or goes away must not let the next caller in while its append may still
+    /// land.
+    pub async fn in_turn<T, F, Fut>(&self, turn: &Turn, f: F) -> Result<T, ApiError>
+    where
+        F: FnOnce(AppState) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<T, ApiError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let held = turn.clone().lock_owned().await;
+        let s = self.clone();
+        tokio::spawn(async move {
+            let _held = held;
+            s.reach(Some(s.engine.log.head().position)).await?;
+            f(s).await
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+    }
+
     /// Cookies are `Secure` (and `__Host-` named) when browsers reach us over HTTPS: this
     /// server speaks it, or its public origin is HTTPS (TLS ended at a proxy in front).
     pub fn secure_cookies(&self) -> bool {

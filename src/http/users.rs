@@ -273,12 +273,15 @@ pub async fn events(
     IdPath(id): IdPath,
     ApiQuery(q): ApiQuery<EventsQuery>,
 ) -> Result<Json<Page<serde_json::Value>>, ApiError> {
+    let limit = q.limit.unwrap_or(1000);
+    if !(1..=10_000).contains(&limit) {
+        return Err(ApiError::BadRequest("limit: 1 to 10000".into()));
+    }
     s.reach(q.min_position).await?;
     let stream = StreamId::user(UserId(id));
     if s.engine.log.stream_version(&stream) == 0 {
         return Err(ApiError::NotFound("user".into()));
     }
-    let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
     let from = q.from_version.unwrap_or(1).max(1);
     let envs = s.engine.log.read_stream(&stream, from, limit + 1)?;
     let next = (envs.len() > limit).then(|| envs[limit].version.to_string());
@@ -367,33 +370,27 @@ pub async fn put_key(
     super::error::free_text("key_id", &b.key_id, 0, 128)?;
     let key = KeyId(b.key_id);
     // Assignments are checked and appended one at a time, so two admins cannot give one key
-    // to two users. The turn is held by a task of its own: a request that times out or
-    // goes away must not let the next assignment in while its append may still land.
-    let one_at_a_time = s.key_assignments.clone().lock_owned().await;
-    tokio::spawn(async move {
-        let _held = one_at_a_time;
-        // The check reads the projections: they must hold every append so far (the last
-        // assignment's included), or there is no answer yet.
-        s.reach(Some(s.engine.log.head().position)).await?;
-        let holder = {
-            let p = s.engine.projector.read();
-            let holder = p
-                .users
-                .key_holders(&key)
-                .find(|u| u.id.0 != id && u.status != UserStatus::Deleted)
-                .map(|u| u.id);
-            holder
-        };
-        if let Some(other) = holder {
-            return Err(ApiError::Conflict(format!(
-                "key {} is assigned to user {}; unassign it there first",
-                key.0, other.0
-            )));
-        }
-        run(&s, &who, id, UserCommand::AssignKey(key)).await
-    })
-    .await
-    .map_err(|e| ApiError::Internal(e.to_string()))?
+    // to two users.
+    s.clone()
+        .in_turn(&s.key_assignments, move |s| async move {
+            let holder = {
+                let p = s.engine.projector.read();
+                let holder = p
+                    .users
+                    .key_holders(&key)
+                    .find(|u| u.id.0 != id && u.status != UserStatus::Deleted)
+                    .map(|u| u.id);
+                holder
+            };
+            if let Some(other) = holder {
+                return Err(ApiError::Conflict(format!(
+                    "key {} is assigned to user {}; unassign it there first",
+                    key.0, other.0
+                )));
+            }
+            run(&s, &who, id, UserCommand::AssignKey(key)).await
+        })
+        .await
 }
 
 /// Takes the user's hardware key away.

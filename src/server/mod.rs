@@ -142,6 +142,7 @@ pub async fn start_with(
         signin_idle: Duration::from_secs(config.signin_idle_minutes * 60),
         oidc: config.oidc(),
         key_assignments: Arc::default(),
+        domain_names: Arc::default(),
         whole_log_reads: Arc::new(tokio::sync::Semaphore::new(http::WHOLE_LOG_READS)),
     };
     crate::provider::keep_rotating(state.engine.clone(), state.oidc);

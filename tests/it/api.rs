@@ -230,6 +230,8 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
         .unwrap()
         .to_owned();
     let head = app.head();
+    let keystore = || std::fs::read(app.dir.path().join("keystore")).unwrap();
+    let keys = keystore();
     let raw = |method: Method, path: &str, ctype: &str, body: Vec<u8>| {
         // A fresh connection each time: the server closes one whose oversized body it
         // did not read, and a pooled client would reuse it.
@@ -290,6 +292,14 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
             br#"{"domain":"c.com","auto_password_change_days":0}"#.to_vec(),
             422,
             "auto_password_change_days",
+        ),
+        (
+            Method::POST,
+            "/v1/domains".into(),
+            json_ct,
+            br#"{"domain":"e.com","tenant_id":"x","client_id":"11111111-2222-4333-8444-555555555555","client_secret":"s"}"#.to_vec(),
+            422,
+            "tenant_id",
         ),
         (
             Method::POST,
@@ -481,6 +491,100 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
         );
     }
     assert_eq!(app.head(), head, "refused input appended nothing");
+    assert!(keystore() == keys, "refused input made no data key");
+}
+
+/// Every cursor a page hands out leads to the next page; one that names nothing is
+/// refused rather than starting over (a client would go round in circles).
+#[tokio::test]
+async fn signing_keys_apps_and_user_events_page_by_their_cursors() {
+    let app = spawn_app().await;
+    let get = |path: String| {
+        let app = &app;
+        async move { app.call(Some(&app.admin), Method::GET, &path, None).await }
+    };
+    for _ in 0..3 {
+        let (s, body) = app
+            .call(
+                Some(&app.admin),
+                Method::POST,
+                "/v1/provider/signing-keys",
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{body}");
+    }
+    let kids = |page: &Value| -> Vec<String> {
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["kid"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (_, all) = get("/v1/provider/signing-keys?limit=1000".into()).await;
+    let all = kids(&all);
+    assert!(all.len() >= 3, "{all:?}");
+    let mut paged = Vec::new();
+    let mut path = "/v1/provider/signing-keys?limit=2".to_owned();
+    loop {
+        let (s, page) = get(path.clone()).await;
+        assert_eq!(s, StatusCode::OK, "{path}: {page}");
+        paged.extend(kids(&page));
+        match page["next"].as_str() {
+            Some(next) => path = format!("/v1/provider/signing-keys?limit=2&after={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(paged, all);
+    for path in [
+        "/v1/provider/signing-keys?after=no-such-key".to_owned(),
+        format!("/v1/apps?after={}", uuid::Uuid::now_v7()),
+        format!("/v1/users/{}/events?limit=0", uuid::Uuid::now_v7()),
+        format!("/v1/users/{}/events?limit=10001", uuid::Uuid::now_v7()),
+    ] {
+        let (s, body) = get(path.clone()).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{path}: {body}");
+    }
+}
+
+/// One name, one domain, however many admins register it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_domain_registered_by_many_at_once_exists_once() {
+    let app = spawn_app().await;
+    let tries = (0..8).map(|_| {
+        app.call(
+            Some(&app.admin),
+            Method::POST,
+            "/v1/domains",
+            Some(json!({"domain": "race.onmicrosoft.com"})),
+        )
+    });
+    let mut created = 0;
+    for (s, body) in futures_util::future::join_all(tries).await {
+        match s {
+            StatusCode::CREATED => created += 1,
+            StatusCode::CONFLICT => assert!(
+                body["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("exists already"),
+                "{body}"
+            ),
+            s => panic!("{s}: {body}"),
+        }
+    }
+    assert_eq!(created, 1);
+    let (_, domains) = app
+        .call(Some(&app.admin), Method::GET, "/v1/domains", None)
+        .await;
+    let named = domains["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["domain"] == "race.onmicrosoft.com")
+        .count();
+    assert_eq!(named, 1, "{domains}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -336,6 +336,9 @@ impl Drop for Scratch {
 pub async fn verify_upload(State(s): State<AppState>, body: Body) -> Result<Response, ApiError> {
     use futures_util::StreamExt;
     use tokio::io::AsyncWriteExt;
+    // The place comes first: an upload of up to 2 GiB goes to disk as it arrives, and
+    // none is taken in that could not be checked now.
+    let place = s.whole_log_place()?;
     let scratch = Scratch(
         std::env::temp_dir().join(format!("idledger-verify-{}", uuid::Uuid::new_v4().simple())),
     );
@@ -399,14 +402,12 @@ pub async fn verify_upload(State(s): State<AppState>, body: Body) -> Result<Resp
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     drop(out);
     let log = s.engine.log.clone();
-    let report = s
-        .whole_log_read(move || {
-            let report =
-                crate::audit::verify_export_file(&file, records_of_log(&*log), None, |_| {});
-            drop(scratch);
-            report
-        })
-        .await?
-        .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
+    let report = AppState::whole_log_read_in(place, move || {
+        let report = crate::audit::verify_export_file(&file, records_of_log(&*log), None, |_| {});
+        drop(scratch);
+        report
+    })
+    .await?
+    .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
     Ok(Json(report).into_response())
 }

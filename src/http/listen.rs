@@ -6,11 +6,14 @@
 //! connection has [`Limits::header_read_timeout`] to send each request's head (this also
 //! closes keep-alive connections idle that long), and at most [`Limits::max_connections`]
 //! are open at once: at the cap the accept loop waits for a slot, so a flood queues in
-//! the kernel's backlog instead of in our memory.
+//! the kernel's backlog instead of in our memory. A peer that stops taking what it is
+//! sent (a stalled event stream, export or backup) is cut off after
+//! [`Limits::write_stall_timeout`]: a response it holds would otherwise hold its task,
+//! its stream slot or blocking thread, and outlive the revocation of its token.
 
 use axum::extract::Request;
 use axum::Router;
-use axum_server::accept::NoDelayAcceptor;
+use axum_server::accept::Accept;
 use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -18,6 +21,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
 
 /// How long a stopping server waits for open connections (event streams, say).
@@ -28,6 +33,8 @@ const GRACE: Duration = Duration::from_secs(30);
 pub struct Limits {
     /// Time for a connection's first request, and for each later request's head.
     pub header_read_timeout: Duration,
+    /// Time a peer may take no byte of what it is sent before it is cut off.
+    pub write_stall_timeout: Duration,
     /// Connections open at once.
     pub max_connections: usize,
 }
@@ -36,6 +43,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             header_read_timeout: Duration::from_secs(20),
+            write_stall_timeout: Duration::from_secs(60),
             max_connections: 4096,
         }
     }
@@ -73,16 +81,112 @@ pub async fn serve(
         .http_builder()
         .http1()
         .header_read_timeout(limits.header_read_timeout);
+    let sockets = WriteStallAcceptor(limits.write_stall_timeout);
     match tls {
-        None => {
-            let server = server.acceptor(NoDelayAcceptor::new());
-            server.serve(connections).await
-        }
+        None => server.acceptor(sockets).serve(connections).await,
         Some(tls) => {
             // The handshake has rustls's own timeout (10 s) in `RustlsAcceptor`.
-            let acceptor = RustlsAcceptor::new(tls).acceptor(NoDelayAcceptor::new());
+            let acceptor = RustlsAcceptor::new(tls).acceptor(sockets);
             server.acceptor(acceptor).serve(connections).await
         }
+    }
+}
+
+/// Accepts TCP connections with `TCP_NODELAY`, each under a write stall timeout.
+#[derive(Clone, Copy)]
+struct WriteStallAcceptor(Duration);
+
+impl<S> Accept<TcpStream, S> for WriteStallAcceptor {
+    type Stream = WriteStall<TcpStream>;
+    type Service = S;
+    type Future = std::future::Ready<std::io::Result<(Self::Stream, S)>>;
+
+    fn accept(&self, stream: TcpStream, service: S) -> Self::Future {
+        let stalled = WriteStall {
+            inner: stream,
+            limit: self.0,
+            since: None,
+        };
+        std::future::ready(stalled.inner.set_nodelay(true).map(|_| (stalled, service)))
+    }
+}
+
+/// A connection whose writes fail once the peer has taken nothing for `limit`.
+struct WriteStall<S> {
+    inner: S,
+    limit: Duration,
+    /// Running while a write waits for the peer; gone once one goes through.
+    since: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> WriteStall<S> {
+    fn waited<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        match r {
+            Poll::Ready(r) => {
+                self.since = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                let limit = self.limit;
+                let since = self
+                    .since
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                match since.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the peer took nothing of what it was sent",
+                    ))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for WriteStall<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for WriteStall<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.waited(cx, r)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.waited(cx, r)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let r = Pin::new(&mut self.inner).poll_flush(cx);
+        self.waited(cx, r)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

@@ -464,6 +464,11 @@ pub struct Consistency {
 /// One at a time, for a check that spans streams and the append it allows.
 pub type Turn = Arc<tokio::sync::Mutex<()>>;
 
+/// One of the [`WHOLE_LOG_READS`] places, held until the read is done.
+pub struct WholeLogPlace {
+    _held: tokio::sync::OwnedSemaphorePermit,
+}
+
 impl AppState {
     /// Runs `f` alone among the callers of `turn`, once the projections hold every append
     /// made so far (the last caller's included), so that what `f` checks there cannot
@@ -530,15 +535,29 @@ impl AppState {
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, ApiError> {
-        let place = self
-            .whole_log_reads
+        let place = self.whole_log_place()?;
+        Self::whole_log_read_in(place, work).await
+    }
+
+    /// A place among the [`WHOLE_LOG_READS`], taken before a read's input arrives (an
+    /// upload to check), so that input is never taken in when the read could not run.
+    pub fn whole_log_place(&self) -> Result<WholeLogPlace, ApiError> {
+        self.whole_log_reads
             .clone()
             .try_acquire_owned()
+            .map(|held| WholeLogPlace { _held: held })
             .map_err(|_| {
                 ApiError::Unavailable(format!(
                     "{WHOLE_LOG_READS} reads of the whole log are running; retry shortly"
                 ))
-            })?;
+            })
+    }
+
+    /// [`AppState::whole_log_read`] in a place already taken.
+    pub async fn whole_log_read_in<T: Send + 'static>(
+        place: WholeLogPlace,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
         tokio::task::spawn_blocking(move || {
             let done = work();
             drop(place);

@@ -87,6 +87,9 @@ pub struct Config {
     /// Seconds a connection has to send each request's head (and the first request); an
     /// idle keep-alive connection is closed after as long.
     pub header_read_timeout_secs: u64,
+    /// Seconds a client may take none of what it is sent (a stalled event stream, export
+    /// or backup) before its connection is closed.
+    pub write_stall_timeout_secs: u64,
     /// Most connections open at once per listener (lowered to fit the process's file
     /// descriptor limit); at the cap the next waits to be accepted.
     pub max_connections: usize,
@@ -182,6 +185,7 @@ impl Config {
     pub fn limits(&self) -> crate::http::Limits {
         crate::http::Limits {
             header_read_timeout: Duration::from_secs(self.header_read_timeout_secs),
+            write_stall_timeout: Duration::from_secs(self.write_stall_timeout_secs),
             max_connections: self.max_connections,
         }
     }
@@ -258,6 +262,9 @@ impl Config {
         if !(1..=3600).contains(&self.header_read_timeout_secs) {
             return Err(Error::Other("header_read_timeout_secs: 1 to 3600".into()));
         }
+        if !(1..=3600).contains(&self.write_stall_timeout_secs) {
+            return Err(Error::Other("write_stall_timeout_secs: 1 to 3600".into()));
+        }
         if !(1..=1_000_000).contains(&self.max_connections) {
             return Err(Error::Other("max_connections: 1 to 1000000".into()));
         }
@@ -300,6 +307,7 @@ impl Default for Config {
             agent_lease_secs: 60,
             max_event_streams: 256,
             header_read_timeout_secs: 20,
+            write_stall_timeout_secs: 60,
             max_connections: 4096,
             snapshot_streams: crate::store::snapshots::DEFAULT_CAPACITY,
             master_key_file: None,
@@ -366,6 +374,9 @@ impl Config {
         }
         if let Some(v) = env_setting("IDLEDGER_HEADER_READ_TIMEOUT_SECS", secs)? {
             c.header_read_timeout_secs = v;
+        }
+        if let Some(v) = env_setting("IDLEDGER_WRITE_STALL_TIMEOUT_SECS", secs)? {
+            c.write_stall_timeout_secs = v;
         }
         if let Some(v) = env_setting("IDLEDGER_MAX_CONNECTIONS", "a number")? {
             c.max_connections = v;

@@ -1343,6 +1343,71 @@ async fn revoking_a_token_ends_its_open_streams() {
     assert_eq!(ended, "aborted");
 }
 
+/// A client that stops reading a long response (here an event stream replaying a big
+/// log) is cut off once it has taken nothing for `write_stall_timeout_secs`: its stream
+/// slot comes back, and nothing it holds outlives its token for longer than that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_off_and_its_stream_slot_freed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = crate::support::spawn_app_tuned(Default::default(), |c| {
+        c.max_event_streams = 1;
+        c.write_stall_timeout_secs = 1;
+    })
+    .await;
+    for u in 0..100u128 {
+        let user = crate::support::user(2000 + u);
+        let mut events = vec![crate::support::discovered(user)];
+        events.extend((0..499).map(|n| crate::support::some_user_event(n * 3)));
+        crate::support::append(
+            &*app.state.engine.log,
+            user,
+            idledger::store::ExpectedVersion::NoStream,
+            events,
+        )
+        .await;
+    }
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stalled = socket
+        .connect(app.url.trim_start_matches("http://").parse().unwrap())
+        .await
+        .unwrap();
+    let request = format!(
+        "GET /v1/events/stream?from_position=1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+        app.admin
+    );
+    stalled.write_all(request.as_bytes()).await.unwrap();
+    let mut head = [0u8; 1024];
+    let n = stalled.read(&mut head).await.unwrap();
+    let head = String::from_utf8_lossy(&head[..n]);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // It reads no more. Its stream holds the only slot ...
+    let stream = || {
+        app.http
+            .get(format!("{}/v1/events/stream", app.url))
+            .bearer_auth(&app.admin)
+            .send()
+    };
+    assert_eq!(
+        stream().await.unwrap().status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    // ... until the stall timeout cuts the connection.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = stream().await.unwrap();
+        if r.status() == StatusCode::OK {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stalled stream keeps its slot"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(stalled);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn event_streams_are_bounded_and_hostile_resume_points_refused() {
     let app = spawn_app().await;
@@ -1508,6 +1573,27 @@ async fn whole_log_reads_are_bounded_and_a_manifest_past_the_head_is_refused() {
         let (s, b) = app.call(Some(&app.admin), Method::GET, busy, None).await;
         assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{busy}: {b}");
         assert_eq!(b["error"]["code"], "busy", "{b}");
+    }
+    // An upload to check is refused before its body is taken in (a gigabyte, announced,
+    // of which only the head is ever sent).
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut upload = tokio::net::TcpStream::connect(app.url.trim_start_matches("http://"))
+            .await
+            .unwrap();
+        let request = format!(
+            "POST /v1/audit/verify-export HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+             Content-Type: application/octet-stream\r\nContent-Length: 1000000000\r\n\r\n{{}}\n",
+            app.admin
+        );
+        upload.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(5), upload.read(&mut answer))
+            .await
+            .expect("answered before the body")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer[..n]);
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     }
     // A page the size of any collection's needs no place.
     let (s, b) = app

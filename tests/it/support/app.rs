@@ -42,26 +42,19 @@ pub async fn spawn_app_tuned(
         retry_delay: Duration::from_millis(50),
         uncertainty: Duration::from_secs(2),
     };
-    let (state, bootstrap) = idledger::server::start_with(
-        dir.path(),
+    let mut config = idledger::server::Config {
         // Agents' leases end soon, so tests of redelivery take a second.
-        &{
-            let mut config = idledger::server::Config {
-                agent_lease_secs: 1,
-                max_event_streams: 8,
-                allow_master_key_in_data_dir: true,
-                // Heads are signed soon after appends, so proofs are at hand.
-                sth_interval_ms: 20,
-                ..idledger::server::Config::default()
-            };
-            tune(&mut config);
-            config
-        },
-        sync,
-        rotation,
-    )
-    .await
-    .unwrap();
+        agent_lease_secs: 1,
+        max_event_streams: 8,
+        allow_master_key_in_data_dir: true,
+        // Heads are signed soon after appends, so proofs are at hand.
+        sth_interval_ms: 20,
+        ..idledger::server::Config::default()
+    };
+    tune(&mut config);
+    let (state, bootstrap) = idledger::server::start_with(dir.path(), &config, sync, rotation)
+        .await
+        .unwrap();
     let admin = std::fs::read_to_string(bootstrap.expect("a bootstrap token on a new data dir"))
         .unwrap()
         .trim()
@@ -79,7 +72,7 @@ pub async fn spawn_app_tuned(
     tokio::spawn(idledger::http::serve(
         listener,
         idledger::console::app(state.clone()),
-        idledger::http::Limits::default(),
+        config.limits(),
         None,
         std::future::pending(),
     ));

@@ -43,7 +43,7 @@ pub enum InviteError {
 }
 
 /// What an invite says.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Invite {
     /// Recipient address.
     pub to: String,
@@ -57,6 +57,19 @@ pub struct Invite {
     pub link: String,
     /// When the link stops working.
     pub expires_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// The link is a single-use credential: its secret is written to the mail only.
+impl std::fmt::Debug for Invite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Invite")
+            .field("to", &self.to)
+            .field("user_principal_name", &self.user_principal_name)
+            .field("domain", &self.domain)
+            .field("link", &"***")
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Carries invites.

@@ -8,7 +8,7 @@ use idledger_domain::{Actor, Hash, KeyId, Role, TokenId};
 use sha2::{Digest, Sha256};
 
 /// The caller, from a live token.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Principal {
     /// The token's id (its text is never stored, only its hash).
     pub token_id: TokenId,
@@ -19,6 +19,18 @@ pub struct Principal {
     /// The console session the call came through, if any (its cookie's value): a
     /// long-lived answer ends when the session does, not only when the token does.
     pub session: Option<String>,
+}
+
+/// The session cookie is a bearer secret: a `?who` in a log line must not carry it.
+impl std::fmt::Debug for Principal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Principal")
+            .field("token_id", &self.token_id)
+            .field("role", &self.role)
+            .field("key_ids", &self.key_ids)
+            .field("session", &self.session.as_ref().map(|_| "***"))
+            .finish()
+    }
 }
 
 impl Principal {

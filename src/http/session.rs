@@ -50,12 +50,22 @@ pub struct Sessions {
 }
 
 /// A session as a request sees it.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct SessionInfo {
     /// The token the session stands for.
     pub token_id: TokenId,
     /// What unsafe requests must echo in `X-CSRF-Token`.
     pub csrf: String,
+}
+
+/// The CSRF token guards the session: not for log lines.
+impl std::fmt::Debug for SessionInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionInfo")
+            .field("token_id", &self.token_id)
+            .field("csrf", &"***")
+            .finish()
+    }
 }
 
 fn random_text() -> String {

@@ -193,12 +193,18 @@ pub struct DryRunReport {
 /// Starts a run: 202 with its id; a dry run answers 200 with the changes it would make.
 pub async fn start(
     State(s): State<AppState>,
+    who: Principal,
     IdPath(id): IdPath,
     ApiQuery(q): ApiQuery<SyncQuery>,
 ) -> Result<Response, ApiError> {
     let accepted = s
         .sync
-        .start_run(DomainId(id), SyncTrigger::Manual, q.dry_run)
+        .start_run(
+            DomainId(id),
+            SyncTrigger::Manual,
+            q.dry_run,
+            Some(&who.actor()),
+        )
         .await?;
     if !q.dry_run {
         // Read-your-writes: the run is visible to the caller's next GET.

@@ -267,7 +267,10 @@ impl SyncService {
                 _ = tokio::time::sleep(wait) => {}
                 _ = cancelled.wait_for(|c| *c) => return,
             }
-            match self.start_run(domain, SyncTrigger::Scheduled, false).await {
+            match self
+                .start_run(domain, SyncTrigger::Scheduled, false, None)
+                .await
+            {
                 Ok(a) => {
                     let _ = a.done.await;
                 }
@@ -323,12 +326,15 @@ impl SyncService {
         }
     }
 
-    /// Starts a run now: appends `SyncRunStarted` and runs it on its own task.
+    /// Starts a run now: appends `SyncRunStarted` and runs it on its own task. `by` is
+    /// who asked: the admin of a manual run (the log says who started it), or `None` for
+    /// the scheduler.
     pub async fn start_run(
         &self,
         domain: DomainId,
         trigger: SyncTrigger,
         dry_run: bool,
+        by: Option<&Actor>,
     ) -> Result<Accepted, SyncError> {
         self.inner.engine.settle().await?;
         self.supervise();
@@ -353,7 +359,7 @@ impl SyncService {
             &*self.inner.engine.log,
             StreamId::domain(domain),
             ExpectedVersion::Any,
-            &Actor::Sync(domain),
+            by.unwrap_or(&Actor::Sync(domain)),
             Some(run_id.0),
             vec![SyncRunStarted {
                 run_id,

@@ -504,6 +504,25 @@ async fn a_dry_run_reports_the_changes_and_appends_only_its_run_record() {
         )
         .await;
     assert_eq!(runs["items"][0]["dry_run"], true);
+    // The log says who asked for it: the admin, not the scheduler.
+    let (_, events) = w
+        .admin(
+            Method::GET,
+            &format!("/v1/events?from_position={}", head + 1),
+            None,
+        )
+        .await;
+    let started = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "SyncRunStarted")
+        .expect("the dry run's record")
+        .clone();
+    assert!(
+        started["actor"].as_str().unwrap().starts_with("admin:"),
+        "{started}"
+    );
     // The real run still sees the change: the dry run moved no delta link.
     let run = w.sync().await;
     assert_eq!(run["counters"]["left"], 1, "{run}");

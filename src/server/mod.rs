@@ -280,6 +280,8 @@ pub async fn run(
             }
         }
     }
+    // The services still running (sync, rotation) append no more from here.
+    log.close().await;
     log.flush().await?;
     // The last appends get a head too: an auditor's next visit finds them signed.
     tokio::task::spawn_blocking(move || notary.sign_now())

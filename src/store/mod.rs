@@ -222,6 +222,11 @@ pub trait EventLog: Send + Sync + 'static {
     /// Flushes everything (appends are durable when answered; this is for shutdown).
     fn flush(&self) -> LogFuture<'_, Result<(), StoreError>>;
 
+    /// Takes no more appends, and returns once every append taken before is written or
+    /// refused: a head signed after this covers the whole log, with no service's last
+    /// append (a sync run's, a rotation's) landing behind it.
+    fn close(&self) -> LogFuture<'_, ()>;
+
     /// The Merkle tree over the records, when the log keeps one.
     fn tree(&self) -> Option<Arc<tree::LogTree>>;
 

@@ -816,6 +816,19 @@ impl EventLog for SledEventLog {
         &self.turns
     }
 
+    fn close(&self) -> LogFuture<'_, ()> {
+        Box::pin(async move {
+            self.shared.closed.store(true, Ordering::Release);
+            // A request behind every one taken: the writer answers it (refused, as empty
+            // or as late) only after the group in hand is committed.
+            let marker = AppendRequest::new(StreamId::tokens(), ExpectedVersion::Any, Vec::new());
+            let (reply, rx) = oneshot::channel();
+            if self.tx.send(Job { req: marker, reply }).is_ok() {
+                let _ = rx.await;
+            }
+        })
+    }
+
     fn flush(&self) -> LogFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
             self.shared.db.flush_async().await.map_err(io)?;

@@ -595,3 +595,51 @@ async fn decisions_see_other_writers_appends_after_their_snapshot() {
         assert_eq!(kept, (capacity > 0).then_some((7, 7)));
     }
 }
+
+/// Shutdown closes the log before its last head is signed: appends still running when it
+/// closes either land before `close` returns or are refused, never after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_log_takes_nothing_more_once_close_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = std::sync::Arc::new(SledEventLog::open(dir.path()).unwrap());
+    let writers: Vec<_> = (0..8u128)
+        .map(|w| {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let u = user(500 + w);
+                let mut taken = 0u64;
+                loop {
+                    let req = AppendRequest::new(
+                        StreamId::user(u),
+                        ExpectedVersion::Any,
+                        vec![proposed(some_user_event(taken))],
+                    );
+                    match log.append(req).await {
+                        Ok(_) => taken += 1,
+                        Err(e) => return (taken, e),
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    log.close().await;
+    let head = log.head().position;
+    assert!(!log.accepting());
+    let mut acknowledged = 0;
+    for w in writers {
+        let (taken, refused) = w.await.unwrap();
+        assert!(refused.to_string().contains("closed"), "{refused}");
+        acknowledged += taken;
+    }
+    assert!(acknowledged > 0);
+    assert_eq!(
+        log.head().position,
+        head,
+        "an append landed after close returned"
+    );
+    assert_eq!(
+        head, acknowledged,
+        "every acknowledged append is in, nothing else"
+    );
+}

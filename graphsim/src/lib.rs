@@ -195,6 +195,16 @@ async fn apply_fault(f: Fault, req: Request, next: Next) -> Response {
         });
         return Response::new(axum::body::Body::from_stream(failing));
     }
+    if let Some(pad) = f.pad_bytes {
+        let (parts, body) = next.run(req).await.into_parts();
+        let Ok(mut bytes) = axum::body::to_bytes(body, usize::MAX).await.map(Vec::from) else {
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        };
+        bytes.resize(bytes.len() + pad, b' ');
+        let mut parts = parts;
+        parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+        return Response::from_parts(parts, axum::body::Body::from(bytes));
+    }
     if f.next_link_to_self {
         let own = format!("{}{}", graph::base_url(req.headers()), req.uri());
         return next_link_to(next.run(req).await, own).await;

@@ -98,6 +98,10 @@ pub struct Fault {
     /// itself: a paging loop.
     #[serde(default)]
     pub next_link_to_self: bool,
+    /// Serve the request, then pad the answer with this many spaces (still valid JSON):
+    /// an answer larger than any client should take in.
+    #[serde(default)]
+    pub pad_bytes: Option<usize>,
     /// How many requests it applies to.
     pub count: u32,
 }

@@ -732,6 +732,26 @@ async fn a_paging_loop_fails_the_run_and_the_next_run_succeeds() {
     assert_eq!(run["counters"]["added"], 29, "{run}");
 }
 
+/// An answer larger than any page of Graph's is refused as it arrives, not buffered.
+#[tokio::test]
+async fn an_oversized_answer_fails_the_run() {
+    let w = world(json!({})).await;
+    w.sim(
+        Method::POST,
+        "/_sim/faults",
+        Some(json!({"path_prefix": "/v1.0/groups/delta", "pad_bytes": 40 << 20, "count": 1})),
+    )
+    .await;
+    let run = w.sync_domain(&w.domain).await;
+    assert_eq!(run["status"], "failed", "{run}");
+    assert!(
+        run["error"].as_str().unwrap().contains("larger than"),
+        "{run}"
+    );
+    let run = w.sync().await;
+    assert_eq!(run["counters"]["added"], 29, "{run}");
+}
+
 #[tokio::test]
 async fn keys_are_assigned_to_imported_users_one_user_per_key() {
     let w = world(json!({})).await;

@@ -24,6 +24,7 @@ pub mod error;
 pub mod graph;
 pub mod http;
 pub mod invite;
+pub mod json_fields;
 pub mod metrics;
 pub mod notary;
 pub mod password;

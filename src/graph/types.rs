@@ -1,5 +1,6 @@
 //! The Graph objects idledger reads.
 
+use crate::json_fields::present;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
@@ -32,15 +33,6 @@ pub struct GraphUser {
     /// `accountEnabled`.
     #[serde(default)]
     pub account_enabled: Option<bool>,
-}
-
-/// A property the answer carries, null or not (serde maps a missing one to the default).
-fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    Option::<T>::deserialize(d).map(Some)
 }
 
 /// A group found by name.

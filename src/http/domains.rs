@@ -17,19 +17,13 @@ use idledger_domain::{
 };
 use idledger_projections::SyncRunStatus;
 use idledger_projections::{DomainView, Domains};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::openapi::{RefOr, Schema};
 use utoipa::{IntoParams, ToSchema};
 
+use crate::json_fields::present;
 use crate::secrets::Secret;
-
-/// Distinguishes an absent field from an explicit `null` (which clears an optional setting).
-fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
-    d: D,
-) -> Result<Option<Option<T>>, D::Error> {
-    Option::<T>::deserialize(d).map(Some)
-}
 
 /// Settings fields shared by create and update; an absent field is left as it is, and
 /// `null` clears the optional ones.

@@ -338,7 +338,8 @@ pub async fn key_writes(
                 let u = p.users.get(w.user_id)?;
                 let r = p.rotations.get(w.rotation_id)?;
                 Some((
-                    (w.id, w.deliveries),
+                    w.id,
+                    w.deliveries,
                     w.user_id,
                     w.key_id.clone(),
                     w.rotation_id,
@@ -348,10 +349,10 @@ pub async fn key_writes(
                 ))
             });
         // The rest come on the next call: what is delivered now is leased meanwhile.
-        page_of(deliverable, q.limit, |w| w.0 .0)?
+        page_of(deliverable, q.limit, |w| w.0)?
     };
     let mut items = Vec::with_capacity(writes.len());
-    for ((id, seen_deliveries), user, key, rotation, upn, name, sealed) in writes {
+    for (id, seen_deliveries, user, key, rotation, upn, name, sealed) in writes {
         // Each delivery is a password leaving: a token revoked while the page is made gets
         // none (what this page recorded is leased, and offered again when the lease ends).
         if !who.still_live(&s) {

@@ -1291,18 +1291,7 @@ async fn revoking_a_token_ends_its_open_streams() {
     // A streamed export with a token revoked while it runs is cut off with an error.
     let exporter = app.token("auditor", &[]).await;
     // Enough events that the export is far from done when the token goes.
-    for u in 0..100u128 {
-        let user = crate::support::user(1000 + u);
-        let mut events = vec![crate::support::discovered(user)];
-        events.extend((0..499).map(|n| crate::support::some_user_event(n * 3)));
-        crate::support::append(
-            &*app.state.engine.log,
-            user,
-            idledger::store::ExpectedVersion::NoStream,
-            events,
-        )
-        .await;
-    }
+    crate::support::fill_log(&*app.state.engine.log, 1000).await;
     let (_, tokens) = app
         .call(Some(&app.admin), Method::GET, "/v1/tokens", None)
         .await;
@@ -1354,18 +1343,7 @@ async fn a_client_that_stops_reading_is_cut_off_and_its_stream_slot_freed() {
         c.write_stall_timeout_secs = 1;
     })
     .await;
-    for u in 0..100u128 {
-        let user = crate::support::user(2000 + u);
-        let mut events = vec![crate::support::discovered(user)];
-        events.extend((0..499).map(|n| crate::support::some_user_event(n * 3)));
-        crate::support::append(
-            &*app.state.engine.log,
-            user,
-            idledger::store::ExpectedVersion::NoStream,
-            events,
-        )
-        .await;
-    }
+    crate::support::fill_log(&*app.state.engine.log, 2000).await;
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let mut stalled = socket

@@ -96,6 +96,12 @@ impl World {
             .map(|e| e["kind"].as_str().unwrap().to_owned())
             .collect()
     }
+
+    /// How often the user's key writes were handed to an agent.
+    async fn deliveries(&self, id: &str) -> usize {
+        let kinds = self.kinds(id).await;
+        kinds.iter().filter(|k| *k == "KeyWriteDelivered").count()
+    }
 }
 
 pub(crate) async fn rotating_world(extra: Value) -> World {
@@ -439,13 +445,7 @@ async fn a_newer_rotation_supersedes_a_write_not_yet_delivered() {
         .call(Some(&agent), Method::GET, "/v1/agent/key-writes", None)
         .await;
     assert_eq!(writes["items"].as_array().unwrap().len(), 2, "{writes}");
-    let deliveries = w
-        .kinds(&id)
-        .await
-        .iter()
-        .filter(|k| *k == "KeyWriteDelivered")
-        .count();
-    assert_eq!(deliveries, 4, "each delivery is an event");
+    assert_eq!(w.deliveries(&id).await, 4, "each delivery is an event");
 }
 
 /// An agent polling from two threads at once must not be handed one password twice:
@@ -467,13 +467,7 @@ async fn racing_polls_of_one_agent_hand_each_write_out_once() {
         handed += writes["items"].as_array().unwrap().len();
     }
     assert_eq!(handed, 1, "one write, handed out once");
-    let deliveries = w
-        .kinds(&id)
-        .await
-        .iter()
-        .filter(|k| *k == "KeyWriteDelivered")
-        .count();
-    assert_eq!(deliveries, 1);
+    assert_eq!(w.deliveries(&id).await, 1);
 }
 
 /// A password reaches only the key of the user it belongs to: B's key, taken away and

@@ -94,6 +94,16 @@ pub async fn append(
     log.append(req).await.expect("append")
 }
 
+/// Appends 50,000 user events to `log`, 500 to each of the users numbered from `first`:
+/// enough that a long response over them is far from done when a test acts.
+pub async fn fill_log(log: &dyn EventLog, first: u128) {
+    for u in first..first + 100 {
+        let mut events = vec![discovered(user(u))];
+        events.extend((0..499).map(|n| some_user_event(n * 3)));
+        append(log, user(u), ExpectedVersion::NoStream, events).await;
+    }
+}
+
 /// A data dir whose log holds `thousands` × 1,000 user events (a stream per thousand),
 /// stored as `serve` stores them; its lock released when this returns.
 pub async fn filled_data_dir(dir: &Path, thousands: u128) {

@@ -166,6 +166,17 @@ impl World {
         }
     }
 
+    /// A run of the world's domain that must fail with an error naming each of `naming`.
+    pub async fn sync_fails(&self, naming: &[&str]) -> Value {
+        let run = self.sync_domain(&self.domain).await;
+        assert_eq!(run["status"], "failed", "{run}");
+        let error = run["error"].as_str().unwrap_or_default();
+        for n in naming {
+            assert!(error.contains(n), "{error:?} should name {n:?}");
+        }
+        run
+    }
+
     pub async fn sync(&self) -> Value {
         let run = self.sync_domain(&self.domain).await;
         assert_ne!(run["status"], "failed", "{run}");

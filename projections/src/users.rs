@@ -248,6 +248,14 @@ impl Users {
         self.by_id.is_empty()
     }
 
+    /// Users the log says are deleted (their keys must be shredded).
+    pub fn deleted(&self) -> impl Iterator<Item = UserId> + '_ {
+        self.by_id
+            .values()
+            .filter(|u| u.status == UserStatus::Deleted)
+            .map(|u| u.id)
+    }
+
     /// Users in id order, starting after `after`.
     pub fn iter_after(&self, after: Option<UserId>) -> impl Iterator<Item = &UserView> + '_ {
         use std::ops::Bound::{Excluded, Unbounded};

@@ -168,14 +168,20 @@ pub fn restore(
             .mode(0o700)
             .create(data_dir)?;
     }
-    let staging = data_dir.join(".restoring");
+    let staging = crate::store::sled_log::restore_staging_dir(data_dir);
     let outcome = restore_into(from, &staging, log_key, progress).and_then(|restored| {
         for entry in std::fs::read_dir(&staging)? {
             let entry = entry?;
             std::fs::rename(entry.path(), data_dir.join(entry.file_name()))?;
         }
+        // Every file is in place on the device before the staging directory, which marks
+        // the data dir incomplete (the log refuses to open it), goes.
+        std::fs::File::open(data_dir)?.sync_all()?;
         std::fs::remove_dir(&staging)?;
         std::fs::File::open(data_dir)?.sync_all()?;
+        if let Some(parent) = data_dir.parent().filter(|_| created) {
+            std::fs::File::open(parent)?.sync_all()?;
+        }
         Ok(restored)
     });
     if outcome.is_err() {
@@ -339,6 +345,18 @@ fn restore_into(
         crate::secrets::keystore::path_in(staging),
         &contents.sealed.keystore,
     )?;
+    if contents.sealed.keystore.is_some() {
+        // A keystore read before a deletion's shred landed (or a crash between the two)
+        // still holds the deleted user's key: the restored data dir does not.
+        let keys = crate::secrets::keystore::KeyFile::open(staging)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let deleted = projections
+            .users
+            .deleted()
+            .map(idledger_domain::StreamId::user);
+        crate::secrets::shred_all(&keys, deleted)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+    }
     write(
         crate::notary::key::key_path(staging),
         &contents.sealed.log_key,

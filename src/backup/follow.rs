@@ -164,8 +164,10 @@ fn newest_sealed(dir: &Path) -> Result<SealedFiles, BackupError> {
 
 /// Reads an open segment's chunk sections through `len` bytes, while `chunk` takes them
 /// (answers `true`); answers where the last chunk taken ends. Whatever does not read as a
-/// whole chunk ends the segment: a section torn by a crash, or bytes a lost machine left
-/// behind the last write it put on the device.
+/// whole chunk ends the segment when it is the segment's tail: a section torn by a crash,
+/// or bytes a lost machine left behind the last write it put on the device. Damage with a
+/// whole section after it is refused: each chunk was on the device before the next was
+/// written, so no crash makes it, and cutting there would drop good records.
 fn open_chunks(
     file: &File,
     len: u64,
@@ -183,17 +185,48 @@ fn open_chunks(
     let mut end = sections.offset;
     loop {
         match sections.next(String::new) {
-            Ok(Section::Whole { tag: b'C', bytes }) => {
-                if !chunk(&bytes)? {
-                    break;
-                }
+            Ok(Section::End) => return Ok(end),
+            Ok(Section::Whole { tag: b'C', bytes }) if chunk(&bytes)? => {
                 end = sections.offset;
             }
             Err(BackupError::Io(e)) => return Err(BackupError::Io(e)),
             _ => break,
         }
     }
+    if !tail_of(file, end, len)? {
+        return Err(refused(
+            "open segment",
+            format!("damaged at byte {end}, with whole data after it: not a write a crash cut off"),
+        ));
+    }
     Ok(end)
+}
+
+/// Whether the bytes of `file` from `at` to `len` can be what a crash leaves: a section
+/// that runs to the end (cut, or whole but with blocks never written) or zeros after it.
+fn tail_of(file: &File, at: u64, len: u64) -> Result<bool, BackupError> {
+    use std::io::Read;
+    let zeros = |from: u64| -> Result<bool, BackupError> {
+        (&*file).seek(SeekFrom::Start(from))?;
+        let mut rest = file.take(len.saturating_sub(from));
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            match rest.read(&mut buf)? {
+                0 => return Ok(true),
+                n if buf[..n].iter().any(|&b| b != 0) => return Ok(false),
+                _ => {}
+            }
+        }
+    };
+    (&*file).seek(SeekFrom::Start(at))?;
+    let mut head = [0u8; 9];
+    if len.saturating_sub(at) < head.len() as u64 {
+        return Ok(true);
+    }
+    (&*file).read_exact(&mut head)?;
+    let declared = u64::from_le_bytes(head[1..].try_into().unwrap_or_default());
+    let after = at.saturating_add(9).saturating_add(declared);
+    Ok(after >= len || zeros(after)?)
 }
 
 /// The segment being filled.

@@ -362,23 +362,69 @@ impl Keyring {
     /// Crypto-shreds `stream`'s subject: every secret sealed for it becomes unreadable,
     /// and its data key is in no file of the data dir any more.
     pub fn shred(&self, stream: &StreamId) -> Result<(), SecretsError> {
-        let subject = subject_key(stream);
-        if let Some(v) = self.storage.get(&subject)? {
-            let mut gone = vec![subject.clone()];
-            if let Ok(u) = uuid::Uuid::from_slice(&v) {
-                let id = DataKeyId(u);
-                gone.push(data_key_key(id));
-                // Dropped from the cache, the key is wiped in its box, not only forgotten.
-                self.cache
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&id);
-            }
-            let keys: Vec<&[u8]> = gone.iter().map(Vec::as_slice).collect();
-            self.storage.remove_all(&keys)?;
+        if let Some(id) = shred_in(&*self.storage, stream)? {
+            // Dropped from the cache, the key is wiped in its box, not only forgotten.
+            self.cache
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
         }
         Ok(())
     }
+}
+
+/// Removes `stream`'s subject and its data key from `storage` (no master key needed);
+/// answers the data key's id when there was one.
+fn shred_in(
+    storage: &dyn KeyStorage,
+    stream: &StreamId,
+) -> Result<Option<DataKeyId>, SecretsError> {
+    let Some((gone, id)) = subject_entries(storage, stream)? else {
+        return Ok(None);
+    };
+    let keys: Vec<&[u8]> = gone.iter().map(Vec::as_slice).collect();
+    storage.remove_all(&keys)?;
+    Ok(id)
+}
+
+/// The entries that hold `stream`'s key (its subject and data key), if it has one.
+type SubjectEntries = (Vec<Vec<u8>>, Option<DataKeyId>);
+
+fn subject_entries(
+    storage: &dyn KeyStorage,
+    stream: &StreamId,
+) -> Result<Option<SubjectEntries>, SecretsError> {
+    let subject = subject_key(stream);
+    let Some(v) = storage.get(&subject)? else {
+        return Ok(None);
+    };
+    let id = uuid::Uuid::from_slice(&v).ok().map(DataKeyId);
+    let mut entries = vec![subject];
+    entries.extend(id.map(data_key_key));
+    Ok(Some((entries, id)))
+}
+
+/// Shreds every one of `streams` whose key `storage` still holds, in one rewrite; for
+/// the users the log says are deleted, after a crash between a deletion's append and its
+/// shred, or with a keystore restored from before the shred. Answers how many were
+/// shredded.
+pub fn shred_all(
+    storage: &dyn KeyStorage,
+    streams: impl IntoIterator<Item = StreamId>,
+) -> Result<usize, SecretsError> {
+    let mut gone = Vec::new();
+    let mut shredded = 0;
+    for stream in streams {
+        if let Some((entries, _)) = subject_entries(storage, &stream)? {
+            gone.extend(entries);
+            shredded += 1;
+        }
+    }
+    if shredded > 0 {
+        let keys: Vec<&[u8]> = gone.iter().map(Vec::as_slice).collect();
+        storage.remove_all(&keys)?;
+    }
+    Ok(shredded)
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use crate::secrets::keystore::KeyFile;
 use crate::secrets::{write_private, KeyStorage, Keyring, MasterKey};
 use crate::store::{EventLog, SledEventLog};
 use crate::sync::{SyncConfig, SyncService};
-use idledger_domain::{Actor, Role};
+use idledger_domain::{Actor, Role, StreamId};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -69,12 +69,25 @@ pub async fn start_with(
             "moved the wrapped data keys from sled to the key store file"
         );
     }
-    let keyring = Keyring::open(master, keys).map_err(secrets)?;
+    let keyring = Keyring::open(master, keys.clone()).map_err(secrets)?;
     let projector = Projector::start(log.clone());
     projector
         .wait_for(log.head().position, Duration::from_secs(600))
         .await
         .map_err(|e| Error::Other(e.to_string()))?;
+    let deleted: Vec<StreamId> = projector
+        .read()
+        .users
+        .deleted()
+        .map(StreamId::user)
+        .collect();
+    let shredded = crate::secrets::shred_all(&*keys, deleted).map_err(secrets)?;
+    if shredded > 0 {
+        tracing::warn!(
+            users = shredded,
+            "shredded the keys of deleted users that the key store still held"
+        );
+    }
     let mut bootstrap = None;
     if projector.read().tokens.none_live() {
         let (_, text, position) = issue_token(

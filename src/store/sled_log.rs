@@ -62,6 +62,12 @@ pub fn store_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("store")
 }
 
+/// Where a restore stages a data dir's files inside it. It is removed only once every
+/// file is in place, so while it exists the data dir is incomplete.
+pub fn restore_staging_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join(".restoring")
+}
+
 struct Shared {
     db: sled::Db,
     /// With [`Durability::Device`]: what makes a flushed group durable on the device.
@@ -270,6 +276,14 @@ impl SledEventLog {
         durability: Durability,
         tree: bool,
     ) -> Result<Arc<Self>, StoreError> {
+        if restore_staging_dir(data_dir).exists() {
+            // Its log may be whole while its keys or tree are not: served, every sealed
+            // secret would read as shredded and the log would sign with a new key.
+            return Err(StoreError::Io(format!(
+                "{} holds an interrupted restore: remove the directory and restore again",
+                data_dir.display()
+            )));
+        }
         std::fs::create_dir_all(data_dir).map_err(|e| StoreError::Io(e.to_string()))?;
         let db = sled::Config::new()
             .path(store_dir(data_dir))

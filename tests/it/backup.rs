@@ -39,29 +39,7 @@ async fn a_restored_data_dir_answers_as_the_original_did() {
     let mut serve = Serve::start(&data, None).await;
     let user = crate::crash::user_with_key(&serve, &sim, &crate::support::ext(3)).await;
     // A rotation, so a sealed password is in the log.
-    serve
-        .call(Method::POST, &format!("/v1/users/{user}/rotate"), None)
-        .await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let h = serve
-            .call(
-                Method::GET,
-                &format!("/v1/users/{user}/password-history"),
-                None,
-            )
-            .await;
-        if h["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|r| r["outcome"] == "succeeded")
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{h}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    rotated(&serve, &user).await;
     // Online, while another client keeps appending: the backup runs to the head when it
     // was asked for, and restores to exactly that record.
     let writing = keep_writing(&serve, 1);
@@ -231,6 +209,33 @@ async fn a_restored_data_dir_answers_as_the_original_did() {
     assert_eq!(answers[0].2, answers[1].2, "reveal differs");
 }
 
+/// Rotates `user`'s password and waits until the rotation succeeded.
+async fn rotated(serve: &Serve, user: &str) {
+    serve
+        .call(Method::POST, &format!("/v1/users/{user}/rotate"), None)
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let h = serve
+            .call(
+                Method::GET,
+                &format!("/v1/users/{user}/password-history"),
+                None,
+            )
+            .await;
+        if h["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["outcome"] == "succeeded")
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{h}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
 /// The sections of a backup file: (tag, offset of the section, its length).
 fn sections(bytes: &[u8]) -> Vec<(u8, usize, usize)> {
     let mut at = idledger::backup::MAGIC.len();
@@ -303,6 +308,14 @@ async fn a_wrong_backup_is_refused_naming_the_part_and_nothing_is_written() {
     let (ok, done, err) = restore(&good, &target, &[]);
     assert!(ok, "{err}");
     assert_eq!(done["head_hash"], made["head_hash"]);
+    assert!(!target.join(".restoring").exists());
+
+    // A restore cut off while it moved its files into place leaves its staging directory:
+    // such a data dir is never opened, whatever of it is in place.
+    std::fs::create_dir(target.join(".restoring")).unwrap();
+    let refused = idledger::store::SledEventLog::open(&target).map(|_| ());
+    let err = refused.expect_err("an interrupted restore was opened");
+    assert!(err.to_string().contains("interrupted restore"), "{err}");
 }
 
 /// Runs `idledger` with the server's token, without blocking the test's runtime.
@@ -539,6 +552,8 @@ async fn a_restore_names_users_deleted_after_the_backup_was_taken() {
     let mut serve = Serve::start(&data, None).await;
     let external = crate::support::ext(3);
     let user = crate::crash::user_with_key(&serve, &sim, &external).await;
+    // A password sealed under the user's data key, so the user has one to shred.
+    rotated(&serve, &user).await;
     let domain = serve
         .call(Method::GET, &format!("/v1/users/{user}"), None)
         .await["domain_id"]
@@ -659,4 +674,119 @@ async fn a_restore_names_users_deleted_after_the_backup_was_taken() {
     assert!(ok, "{err}");
     assert!(done.get("deleted_since_backup").is_none(), "{done}");
     serve.stop();
+
+    // A key store that still holds the deleted user's key (read before the shred landed,
+    // or a crash between the deletion and the shred): neither a backup restored from it
+    // nor the server opening it keeps the key.
+    assert!(holds_key_of(&target, &user), "active in the early backup");
+    assert!(!holds_key_of(&data, &user), "shredded when deleted");
+    std::fs::copy(target.join("keystore"), data.join("keystore")).unwrap();
+    assert!(holds_key_of(&data, &user));
+    let late = dir.path().join("late.backup");
+    let (ok, _, err) = run(&["backup", "--data-dir", path(&data), "--out", path(&late)]);
+    assert!(ok, "{err}");
+    let again = dir.path().join("restored-late");
+    let (ok, _, err) = restore(&late, &again, &[]);
+    assert!(ok, "{err}");
+    assert!(
+        !holds_key_of(&again, &user),
+        "restored with a deleted user's key"
+    );
+    let mut serve = Serve::start(&data, None).await;
+    assert!(
+        !holds_key_of(&data, &user),
+        "served with a deleted user's key"
+    );
+    serve.stop();
+}
+
+/// Whether the key store of `data_dir` holds a data key for `user`'s stream: its
+/// `subject:` entry (lines are `base64(key) base64(value)`; a removal rewrites the file
+/// without the entry).
+fn holds_key_of(data_dir: &Path, user: &str) -> bool {
+    use base64::Engine;
+    let text = std::fs::read_to_string(data_dir.join("keystore")).unwrap();
+    let subject = format!("subject:user-{user}");
+    text.lines().skip(1).any(|line| {
+        let key = line.split(' ').next().unwrap_or_default();
+        base64::engine::general_purpose::STANDARD
+            .decode(key)
+            .is_ok_and(|k| k == subject.as_bytes())
+    })
+}
+
+/// Only a copy's tail can be torn (each chunk is on the device before the next is
+/// written): a damaged chunk with whole ones after it is refused, by a restore and by a
+/// follower resuming, instead of being cut away with the good chunks behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damage_inside_a_copy_is_refused_and_only_a_torn_tail_is_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, copy) = (dir.path().join("data"), dir.path().join("copy"));
+    std::fs::create_dir_all(&data).unwrap();
+    let mut serve = Serve::start(&data, None).await;
+    let url = serve.url.clone();
+    let once = [
+        "backup",
+        "--server",
+        &url,
+        "--out",
+        path(&copy),
+        "--follow",
+        "--once",
+    ];
+    let mut positions = Vec::new();
+    for round in 0..2 {
+        for n in 0..5 {
+            serve
+                .call(
+                    Method::POST,
+                    "/v1/tokens",
+                    Some(json!({"role": "auditor", "name": format!("a{round}-{n}")})),
+                )
+                .await;
+        }
+        let (ok, done, err) = run_with_token(&serve.token, &once).await;
+        assert!(ok, "{err}");
+        positions.push(done["position"].as_u64().unwrap());
+    }
+    serve.stop();
+    let open = std::fs::read_dir(copy.join("segments"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("open-")
+        })
+        .expect("an open segment");
+    let good = std::fs::read(&open).unwrap();
+    let parts = sections(&good);
+    assert_eq!(parts.len(), 2, "one chunk per increment: {parts:?}");
+
+    // A flipped byte in the first chunk: refused, naming the open segment.
+    let mut flipped = good.clone();
+    let (_, at, len) = parts[0];
+    flipped[at + len / 2] ^= 0x20;
+    std::fs::write(&open, &flipped).unwrap();
+    let (ok, done, err) = restore(&copy, &dir.path().join("r-flipped"), &[]);
+    assert!(!ok, "restored a damaged copy: {done}");
+    assert!(err.contains("open segment"), "{err}");
+    let (ok, _, err) = run_with_token("unused", &once).await;
+    assert!(
+        !ok && err.contains("open segment"),
+        "a follower resumed: {err}"
+    );
+    assert_eq!(
+        std::fs::read(&open).unwrap(),
+        flipped,
+        "the follower cut it"
+    );
+
+    // Cut inside the second chunk, as a crash mid-write leaves it: the first chunk stands.
+    let (_, at, len) = parts[1];
+    std::fs::write(&open, &good[..at + len / 2]).unwrap();
+    let (ok, done, err) = restore(&copy, &dir.path().join("r-torn"), &[]);
+    assert!(ok, "{err}");
+    assert_eq!(done["position"].as_u64(), Some(positions[0]), "{done}");
 }

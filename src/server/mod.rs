@@ -262,6 +262,9 @@ pub async fn run(
     );
     let log = state.engine.log.clone();
     let notary = state.notary.clone();
+    let public_https = (state.public_url.as_ref())
+        .filter(|p| p.https)
+        .map(|p| p.origin.clone());
     match tls {
         None => http::serve(listener, crate::console::app(state), limits, None, shutdown).await?,
         Some((files, seen, serving)) => {
@@ -276,7 +279,7 @@ pub async fn run(
                     let plain = std::net::TcpListener::bind(at)
                         .map_err(|e| Error::Other(format!("cannot listen on {at}: {e}")))?;
                     tracing::info!(addr = %plain.local_addr()?, "redirecting plain HTTP to HTTPS");
-                    let router = redirect_router(addr.port());
+                    let router = redirect_router(public_https.clone(), addr.port());
                     Some(tokio::spawn(http::serve(
                         plain,
                         router,

@@ -161,15 +161,29 @@ fn hangups() -> tokio::sync::mpsc::Receiver<()> {
     rx
 }
 
-/// The plain listener's only answer: 308 to the same host, path and query over HTTPS on
-/// `https_port`. Nothing else is served in the clear.
-pub fn redirect_router(https_port: u16) -> axum::Router {
-    axum::Router::new().fallback(move |headers: HeaderMap, uri: Uri| async move {
-        to_https(&headers, &uri, https_port)
+/// The plain listener's only answer: 308 to the same path and query over HTTPS, at
+/// `public_origin` (the configured `https://` public URL) when there is one, otherwise at
+/// the request's host on `https_port`. Nothing else is served in the clear.
+///
+/// The public origin wins over the Host header so that a forged Host sends no one (and no
+/// cache in between) anywhere but to this server.
+pub fn redirect_router(public_origin: Option<String>, https_port: u16) -> axum::Router {
+    axum::Router::new().fallback(move |headers: HeaderMap, uri: Uri| {
+        let public_origin = public_origin.clone();
+        async move { to_https(public_origin.as_deref(), &headers, &uri, https_port) }
     })
 }
 
-fn to_https(headers: &HeaderMap, uri: &Uri, https_port: u16) -> Response {
+fn to_https(
+    public_origin: Option<&str>,
+    headers: &HeaderMap,
+    uri: &Uri,
+    https_port: u16,
+) -> Response {
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    if let Some(origin) = public_origin {
+        return moved(format!("{origin}{path}"));
+    }
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
@@ -178,11 +192,14 @@ fn to_https(headers: &HeaderMap, uri: &Uri, https_port: u16) -> Response {
         return (StatusCode::BAD_REQUEST, "a Host header is needed\n").into_response();
     };
     let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let target = if https_port == 443 {
+    moved(if https_port == 443 {
         format!("https://{}{path}", host.host())
     } else {
         format!("https://{}:{https_port}{path}", host.host())
-    };
+    })
+}
+
+fn moved(target: String) -> Response {
     (
         StatusCode::PERMANENT_REDIRECT,
         [(header::LOCATION, target)],

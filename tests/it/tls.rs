@@ -543,23 +543,26 @@ async fn serve_speaks_tls_12_and_13_with_alpn_hsts_and_a_redirect() {
     assert_eq!(h1.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
     assert_eq!(get_on(&mut h1, "/healthz").await, "HTTP/1.1 200 OK");
 
-    // The plain listener only redirects, keeping path and query.
-    let r = reqwest::Client::builder()
+    // The plain listener only redirects, keeping path and query, to the public origin
+    // whatever Host the request names: a forged one sends no one elsewhere.
+    let plain = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
-        .unwrap()
-        .get(format!(
-            "http://localhost:{}/v1/users?limit=5",
-            serve.redirect_port
-        ))
-        .send()
-        .await
         .unwrap();
-    assert_eq!(r.status(), StatusCode::PERMANENT_REDIRECT);
-    assert_eq!(
-        r.headers()["location"],
-        format!("https://localhost:{}/v1/users?limit=5", serve.port).as_str()
-    );
+    let url = format!("http://localhost:{}/v1/users?limit=5", serve.redirect_port);
+    for host in [None, Some("evil.example")] {
+        let mut request = plain.get(&url);
+        if let Some(host) = host {
+            request = request.header("host", host);
+        }
+        let r = request.send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::PERMANENT_REDIRECT);
+        assert_eq!(
+            r.headers()["location"],
+            format!("https://localhost:{}/v1/users?limit=5", serve.port).as_str(),
+            "Host {host:?}"
+        );
+    }
 }
 
 /// Whether the peer closes `stream` within `wait` (whatever it sends first).

@@ -286,6 +286,9 @@ pub fn operations() -> Vec<Operation> {
         op(M::GET, "/v1/domains/{id}/sync-runs/{run}/outcomes", Read, "A sync run's per-user outcomes, paged", get(sync::run_outcomes))
             .query::<sync::OutcomesQuery>()
             .page::<sync::RunOutcome>(),
+        op(M::GET, "/v1/domains/{id}/sync-runs/{run}/changes", Read, "A recent dry run's changes, paged", get(sync::dry_run_changes))
+            .query::<sync::ChangesQuery>()
+            .page::<sync::PlannedChange>(),
         op(M::POST, "/v1/domains/{id}/sync-runs/{run}/approve", Admin, "Apply the removals a quarantined run held back", post(sync::approve))
             .json::<sync::SyncRunDetail>(200),
         op(M::GET, "/v1/domains/{id}/candidates", Read, "Members of the sync group not yet imported", get(sync::candidates))

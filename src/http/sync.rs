@@ -149,6 +149,9 @@ pub struct SyncQuery {
     /// Answer the changes a run would make and write none of them.
     #[serde(default)]
     dry_run: bool,
+    /// A dry run's changes on the answer's first page, 1 to 1000 (100); the rest are read
+    /// from `GET /v1/domains/{id}/sync-runs/{run}/changes`.
+    limit: Option<usize>,
 }
 
 /// A run accepted: it goes on in the background.
@@ -174,6 +177,40 @@ pub struct PlannedChange {
     held: bool,
 }
 
+impl From<&crate::sync::PlannedChange> for PlannedChange {
+    fn from(c: &crate::sync::PlannedChange) -> Self {
+        PlannedChange {
+            user_id: c.user_id.0,
+            external_id: c.external_id.clone(),
+            user_principal_name: c.user_principal_name.clone(),
+            outcome: c.outcome,
+            events: c.events.iter().map(|&e| e.to_owned()).collect(),
+            held: c.held,
+        }
+    }
+}
+
+/// A page of a dry run's changes, in user id order, after the user `after`.
+fn changes_page(
+    changes: &[crate::sync::PlannedChange],
+    after: Option<uuid::Uuid>,
+    limit: Option<usize>,
+) -> Result<(Vec<PlannedChange>, Option<String>), ApiError> {
+    let from = match after {
+        None => 0,
+        Some(a) => match changes.binary_search_by_key(&a, |c| c.user_id.0) {
+            Ok(i) => i + 1,
+            Err(_) => {
+                return Err(ApiError::BadRequest(format!(
+                    "after: {a} is no change of this dry run"
+                )))
+            }
+        },
+    };
+    let (items, next) = page_of(changes[from..].iter(), limit, |c| c.user_id)?;
+    Ok((items.into_iter().map(PlannedChange::from).collect(), next))
+}
+
 /// What a run would do.
 #[derive(Serialize, ToSchema)]
 pub struct DryRunReport {
@@ -185,7 +222,13 @@ pub struct DryRunReport {
     counters: SyncCounters,
     /// The deletion guard would trip.
     quarantined: bool,
+    /// The first page of the changes, in user id order.
     changes: Vec<PlannedChange>,
+    /// How many changes there are in all.
+    changes_total: usize,
+    /// Pass as `after` to `GET /v1/domains/{id}/sync-runs/{run}/changes` for the next
+    /// page; null on the last.
+    next: Option<String>,
     /// The position of the dry run's record.
     position: u64,
 }
@@ -219,18 +262,7 @@ pub async fn start(
         .done
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))??;
-    let changes = report
-        .changes
-        .into_iter()
-        .map(|c| PlannedChange {
-            user_id: c.user_id.0,
-            external_id: c.external_id,
-            user_principal_name: c.user_principal_name,
-            outcome: c.outcome,
-            events: c.events.into_iter().map(str::to_owned).collect(),
-            held: c.held,
-        })
-        .collect();
+    let (changes, next) = changes_page(&report.changes, None, q.limit)?;
     Ok(Json(DryRunReport {
         run_id: report.run_id.0,
         dry_run: true,
@@ -238,6 +270,8 @@ pub async fn start(
         counters: report.counters,
         quarantined: report.quarantined,
         changes,
+        changes_total: report.changes.len(),
+        next,
         position: report.position,
     })
     .into_response())
@@ -324,6 +358,31 @@ pub async fn run_outcomes(
         .filter(|r| r.domain_id == domain)
         .ok_or_else(|| ApiError::NotFound("sync run".into()))?;
     let (items, next) = outcomes(r, q.after.map(UserId), q.limit)?;
+    Ok(page(items, next))
+}
+
+/// `GET /v1/domains/{id}/sync-runs/{run}/changes` query.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ChangesQuery {
+    /// Page size, 1 to 1000 (100).
+    limit: Option<usize>,
+    /// The cursor `next` of the previous page (or of the dry run's answer).
+    after: Option<uuid::Uuid>,
+}
+
+/// A dry run's changes, paged: kept for the newest dry runs until the server restarts.
+pub async fn dry_run_changes(
+    State(s): State<AppState>,
+    Path(raw): Path<(String, String)>,
+    ApiQuery(q): ApiQuery<ChangesQuery>,
+) -> Result<Json<Page<PlannedChange>>, ApiError> {
+    let (domain, run) = run_path(raw)?;
+    let changes = s
+        .sync
+        .dry_run_changes(domain, run)
+        .ok_or_else(|| ApiError::NotFound("dry run".into()))?;
+    let (items, next) = changes_page(&changes, q.after, q.limit)?;
     Ok(page(items, next))
 }
 

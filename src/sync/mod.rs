@@ -21,7 +21,7 @@ use chrono::{DateTime, Utc};
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use idledger_domain::decide::user::{evolve as user_evolve, UserCommand};
 use idledger_domain::decide::Rejection;
-use idledger_domain::events::{SyncQuarantineApproved, SyncRunFailed, SyncRunStarted};
+use idledger_domain::events::{SyncRunFailed, SyncRunStarted};
 use idledger_domain::sync::removal_for;
 use idledger_domain::{Actor, DomainId, Event, StreamId, SyncRunId, SyncTrigger, UserId};
 use idledger_projections::{SyncRunStatus, UserStatus};
@@ -117,10 +117,18 @@ struct Worker {
     lock: Arc<tokio::sync::Mutex<()>>,
 }
 
+/// Dry runs whose changes are kept for paging. A dry run is no fact, so its changes live
+/// here and not in the log: the newest few, gone at restart.
+const KEPT_DRY_RUNS: usize = 8;
+
+/// A dry run's changes, in user id order.
+type DryRunChanges = (DomainId, SyncRunId, Arc<[PlannedChange]>);
+
 struct Inner {
     engine: Engine,
     config: SyncConfig,
     workers: Mutex<HashMap<DomainId, Worker>>,
+    dry_runs: Mutex<std::collections::VecDeque<DryRunChanges>>,
 }
 
 /// The sync workers of every domain.
@@ -152,6 +160,7 @@ impl SyncService {
                 engine,
                 config,
                 workers: Mutex::new(HashMap::new()),
+                dry_runs: Mutex::default(),
             }),
         };
         let weak = Arc::downgrade(&svc.inner);
@@ -371,9 +380,10 @@ impl SyncService {
         )
         .await?;
         let engine = self.inner.engine.clone();
+        let service = self.clone();
         let done = tokio::spawn(async move {
             let started = std::time::Instant::now();
-            let result = tokio::select! {
+            let mut result = tokio::select! {
                 r = async {
                     let _serial = lock.lock().await;
                     SyncRun::new(&engine, &client, domain, run_id, dry_run).await?.execute().await
@@ -393,6 +403,10 @@ impl SyncService {
                 Err(_) => (full, "failed"),
             };
             crate::metrics::sync_run(&name, ran_full, outcome, started.elapsed());
+            if let (true, Ok(report)) = (dry_run, &mut result) {
+                report.changes.sort_unstable_by_key(|c| c.user_id);
+                service.keep_dry_run(domain, run_id, report.changes.clone().into());
+            }
             if let Err(e) = &result {
                 tracing::warn!(%domain, run = %run_id.0, error = %e, "sync run failed");
                 let failed = SyncRunFailed {
@@ -420,6 +434,35 @@ impl SyncService {
             position,
             done,
         })
+    }
+
+    fn keep_dry_run(&self, domain: DomainId, run_id: SyncRunId, changes: Arc<[PlannedChange]>) {
+        let mut kept = self
+            .inner
+            .dry_runs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if kept.len() == KEPT_DRY_RUNS {
+            kept.pop_front();
+        }
+        kept.push_back((domain, run_id, changes));
+    }
+
+    /// The changes of one of the newest dry runs of `domain`, in user id order; `None` for
+    /// a run that is no dry run, not of `domain`, or no longer kept.
+    pub fn dry_run_changes(
+        &self,
+        domain: DomainId,
+        run_id: SyncRunId,
+    ) -> Option<Arc<[PlannedChange]>> {
+        let kept = self
+            .inner
+            .dry_runs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        kept.iter()
+            .find(|(d, r, _)| *d == domain && *r == run_id)
+            .map(|(_, _, changes)| changes.clone())
     }
 
     /// Closes every run an earlier process left running (it died mid-run) as failed, so no
@@ -479,22 +522,23 @@ impl SyncService {
                 .run(run_id)
                 .filter(|r| r.domain_id == domain)
                 .ok_or(Rejection::NotFound("sync run"))?;
-            if run.status != SyncRunStatus::Quarantined {
-                return Err(Rejection::Conflict("the run is not quarantined".into()).into());
-            }
-            if run.approved {
-                return Err(Rejection::Conflict("the run was approved already".into()).into());
-            }
             let d = p.domains.get(domain).ok_or(Rejection::NotFound("domain"))?;
             (d.settings.removal_behavior, run.held_removals.clone())
         };
-        let mut last = crate::store::append_correlated(
+        // Whether the run is quarantined and not yet approved is the domain stream's to
+        // decide: two admins approving at once append one approval, and one of them is told.
+        let mut last = crate::store::decide_and_append(
             &*engine.log,
-            StreamId::domain(domain),
-            ExpectedVersion::Any,
+            &StreamId::domain(domain),
             actor,
             Some(run_id.0),
-            vec![SyncQuarantineApproved { run_id }.into()],
+            idledger_domain::decide::domain::evolve,
+            |st| {
+                idledger_domain::decide::domain::decide(
+                    st,
+                    idledger_domain::decide::domain::DomainCommand::ApproveQuarantine(run_id),
+                )
+            },
         )
         .await?;
         let positions: Vec<u64> = stream::iter(held)

@@ -58,7 +58,7 @@ pub struct RunReport {
     pub counters: SyncCounters,
     /// The deletion guard tripped.
     pub quarantined: bool,
-    /// Per-user changes.
+    /// Per-user changes (of a dry run, in user id order).
     pub changes: Vec<PlannedChange>,
     /// Position of the run's last event.
     pub position: u64,

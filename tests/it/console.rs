@@ -71,6 +71,13 @@ async fn an_admin_runs_the_whole_workflow_in_the_browser_and_an_auditor_only_rea
     let facts = b.wait_text("#domain-facts", "saved (never shown)").await;
     assert!(!facts.contains(SECRET));
 
+    // What a run would do, a page of changes at a time.
+    b.click("#sync-dry").await;
+    b.wait_text("#dry-report", "would make 30 changes").await;
+    b.click("#dry-more").await;
+    b.wait_text("#dry-report li:nth-child(30)", "@").await;
+    assert!(!b.present("#dry-more:not([hidden])").await);
+
     // Run a sync and watch it finish without reloading.
     b.click("#sync-now").await;
     b.wait_text("#live-status", "succeeded").await;

@@ -514,6 +514,21 @@ async fn every_operation_answers_as_its_schema_says() {
         .await;
     assert_eq!(s, ok, "{dry}");
     assert!(!dry["changes"].as_array().unwrap().is_empty(), "{dry}");
+    let (s, changes) = w
+        .checked(
+            &mut c,
+            a,
+            Method::GET,
+            "/v1/domains/{id}/sync-runs/{run}/changes",
+            &format!(
+                "/v1/domains/{d}/sync-runs/{}/changes?limit=1",
+                dry["run_id"].as_str().unwrap()
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(s, ok, "{changes}");
+    assert_eq!(changes["items"].as_array().unwrap().len(), 1, "{changes}");
     let (s, started) = w
         .checked(
             &mut c,

@@ -424,8 +424,9 @@ async fn removing_credentials_stops_the_worker_and_putting_them_back_resumes() {
     assert_eq!(w.sync().await["status"], "succeeded");
 }
 
-#[tokio::test]
-async fn the_deletion_guard_quarantines_a_mass_removal_until_approved() {
+/// A world whose second run was quarantined: six of its users left the sync group at once
+/// (the guard's threshold is three). Answers the run.
+async fn quarantined_world() -> (World, Value) {
     let w = world(json!({"auto_import": true, "deletion_threshold": 3})).await;
     w.sync().await;
     for n in 1..=6 {
@@ -433,6 +434,12 @@ async fn the_deletion_guard_quarantines_a_mass_removal_until_approved() {
     }
     let run = w.sync().await;
     assert_eq!(run["status"], "quarantined", "{run}");
+    (w, run)
+}
+
+#[tokio::test]
+async fn the_deletion_guard_quarantines_a_mass_removal_until_approved() {
+    let (w, run) = quarantined_world().await;
     assert_eq!(run["held_removals"].as_array().unwrap().len(), 6);
     for n in 1..=6 {
         let u = w.user(n).await.unwrap();
@@ -473,6 +480,37 @@ async fn the_deletion_guard_quarantines_a_mass_removal_until_approved() {
         )
         .await;
     assert_eq!(s, StatusCode::CONFLICT, "approved once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admins_approving_one_quarantine_at_once_apply_it_once() {
+    let (w, run) = quarantined_world().await;
+    let head = w.head().await;
+    let path = format!(
+        "/v1/domains/{}/sync-runs/{}/approve",
+        w.domain,
+        run["run_id"].as_str().unwrap()
+    );
+    let tries = (0..6).map(|_| w.admin(Method::POST, &path, None));
+    let mut approved = 0;
+    for (s, body) in futures_util::future::join_all(tries).await {
+        match s {
+            StatusCode::OK => approved += 1,
+            StatusCode::CONFLICT => assert!(
+                body["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("approved already"),
+                "{body}"
+            ),
+            s => panic!("{s}: {body}"),
+        }
+    }
+    assert_eq!(approved, 1);
+    let kinds = w.events_after(head).await;
+    let count = |kind: &str| kinds.iter().filter(|(_, k)| k == kind).count();
+    assert_eq!(count("SyncQuarantineApproved"), 1, "{kinds:?}");
+    assert_eq!(count("UserDeactivated"), 6, "{kinds:?}");
 }
 
 #[tokio::test]
@@ -526,6 +564,76 @@ async fn a_dry_run_reports_the_changes_and_appends_only_its_run_record() {
     // The real run still sees the change: the dry run moved no delta link.
     let run = w.sync().await;
     assert_eq!(run["counters"]["left"], 1, "{run}");
+}
+
+#[tokio::test]
+async fn a_dry_run_pages_its_changes() {
+    let w = world(json!({"auto_import": true})).await;
+    w.sync().await;
+    for n in [3, 4, 5] {
+        w.leave(n).await;
+    }
+    let (s, dry) = w
+        .admin(
+            Method::POST,
+            &format!("/v1/domains/{}/sync?dry_run=true&limit=2", w.domain),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{dry}");
+    assert_eq!(dry["changes_total"], 3, "{dry}");
+    let first = dry["changes"].as_array().unwrap().clone();
+    assert_eq!(first.len(), 2, "{dry}");
+    assert_eq!(dry["next"], first[1]["user_id"]);
+    let changes = format!(
+        "/v1/domains/{}/sync-runs/{}/changes",
+        w.domain,
+        dry["run_id"].as_str().unwrap()
+    );
+    let (s, rest) = w
+        .admin(
+            Method::GET,
+            &format!("{changes}?after={}&limit=2", dry["next"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{rest}");
+    assert_eq!(rest["next"], Value::Null, "{rest}");
+    let mut all: Vec<String> = first
+        .iter()
+        .chain(rest["items"].as_array().unwrap())
+        .map(|c| c["external_id"].as_str().unwrap().to_owned())
+        .collect();
+    all.sort();
+    assert_eq!(all, vec![ext(3), ext(4), ext(5)]);
+    // The whole list in one page, in user id order, as the first page began it.
+    let (_, whole) = w.admin(Method::GET, &changes, None).await;
+    assert_eq!(whole["items"][0], first[0], "{whole}");
+    assert_eq!(whole["items"].as_array().unwrap().len(), 3, "{whole}");
+
+    let unknown = uuid::Uuid::now_v7();
+    let (s, body) = w
+        .admin(Method::GET, &format!("{changes}?after={unknown}"), None)
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+    let (s, _) = w
+        .admin(Method::GET, &format!("{changes}?limit=0"), None)
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    // A real run keeps no list of planned changes: its outcomes are on record instead.
+    let run = w.sync().await;
+    let (s, body) = w
+        .admin(
+            Method::GET,
+            &format!(
+                "/v1/domains/{}/sync-runs/{}/changes",
+                w.domain,
+                run["run_id"].as_str().unwrap()
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{body}");
 }
 
 #[tokio::test]

@@ -19,6 +19,8 @@ pub struct DomainState {
     pub sso: SsoSettings,
     /// The workstation logon certificate in force (its fingerprint).
     pub workstation_certificate: Option<String>,
+    /// Quarantined sync runs, each with whether its removals were approved.
+    pub quarantined_runs: std::collections::BTreeMap<SyncRunId, bool>,
 }
 
 /// Folds one event of the domain's stream.
@@ -45,6 +47,12 @@ pub fn evolve(mut s: DomainState, e: &Event) -> DomainState {
             if s.workstation_certificate.as_ref() == Some(&e.certificate_id) =>
         {
             s.workstation_certificate = None;
+        }
+        Event::SyncQuarantined(e) => {
+            s.quarantined_runs.insert(e.run_id, false);
+        }
+        Event::SyncQuarantineApproved(e) => {
+            s.quarantined_runs.insert(e.run_id, true);
         }
         Event::DomainRemoved(_) => {
             s.removed = true;
@@ -95,6 +103,8 @@ pub enum DomainCommand {
     Remove,
     /// Give the domain a new workstation logon certificate, retiring the one in force.
     IssueWorkstationCertificate(WorkstationCertificateIssued),
+    /// Apply the removals a quarantined sync run held back: approved once, by one admin.
+    ApproveQuarantine(SyncRunId),
 }
 
 fn valid_name(name: &str) -> bool {
@@ -235,6 +245,11 @@ pub fn decide(s: &DomainState, c: DomainCommand) -> Result<Vec<Event>, Rejection
             events.push(issued.into());
             events
         }
+        DomainCommand::ApproveQuarantine(run_id) => match s.quarantined_runs.get(&run_id) {
+            Some(false) => vec![SyncQuarantineApproved { run_id }.into()],
+            Some(true) => return Err(Rejection::Conflict("the run was approved already".into())),
+            None => return Err(Rejection::Conflict("the run is not quarantined".into())),
+        },
     })
 }
 
@@ -365,6 +380,30 @@ mod tests {
         backwards.not_after = backwards.not_before;
         both.when(DomainCommand::IssueWorkstationCertificate(backwards))
             .then_invalid("certificate");
+    }
+
+    #[test]
+    fn a_quarantined_run_is_approved_once() {
+        let run = SyncRunId(uuid::Uuid::from_u128(7));
+        let quarantined: Event = SyncQuarantined {
+            run_id: run,
+            held_removals: vec![UserId(uuid::Uuid::from_u128(8))],
+            domain_users: 10,
+        }
+        .into();
+        given::<DomainStream>(&[registered(), quarantined.clone()])
+            .when(DomainCommand::ApproveQuarantine(run))
+            .then([SyncQuarantineApproved { run_id: run }.into()]);
+        given::<DomainStream>(&[
+            registered(),
+            quarantined,
+            SyncQuarantineApproved { run_id: run }.into(),
+        ])
+        .when(DomainCommand::ApproveQuarantine(run))
+        .then_reject(Rejection::Conflict("the run was approved already".into()));
+        given::<DomainStream>(&[registered()])
+            .when(DomainCommand::ApproveQuarantine(run))
+            .then_reject(Rejection::Conflict("the run is not quarantined".into()));
     }
 
     #[test]

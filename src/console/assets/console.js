@@ -292,11 +292,22 @@ async function domainPage() {
     flash("Credentials removed: sync has stopped.");
   }, "Remove the credentials? Sync of this domain will stop until new credentials are saved.");
   wire($("#sync-dry"), async () => {
-    const r = await api("POST", `/v1/domains/${pageId}/sync?dry_run=true`);
-    const rows = r.changes.map((c) => el("li", {}, `${c.user_principal_name}: ${c.outcome ?? ""} ${c.events.join(", ")}${c.held ? " (held)" : ""}`));
+    const r = await api("POST", `/v1/domains/${pageId}/sync?dry_run=true&limit=20`);
+    const row = (c) => el("li", {}, `${c.user_principal_name}: ${c.outcome ?? ""} ${c.events.join(", ")}${c.held ? " (held)" : ""}`);
+    const list = el("ul", {}, r.changes.map(row));
+    // The rest of a long list, a page at a time, from the changes the server keeps.
+    let next = r.next;
+    const more = el("button", { type: "button", id: "dry-more" }, "More changes");
+    more.hidden = !next;
+    wire(more, async () => {
+      const page = await api("GET", `/v1/domains/${pageId}/sync-runs/${r.run_id}/changes?limit=20&after=${next}`);
+      list.append(...page.items.map(row));
+      next = page.next;
+      more.hidden = !next;
+    });
     $("#dry-report").replaceChildren(el("div", { class: "report" },
-      el("p", {}, `A run now would make ${r.changes.length} changes${r.quarantined ? " and would be quarantined" : ""}:`),
-      rows.length ? el("ul", {}, rows) : el("p", { class: "empty" }, "Nothing to change.")));
+      el("p", {}, `A run now would make ${r.changes_total} changes${r.quarantined ? " and would be quarantined" : ""}:`),
+      r.changes_total ? [list, el("div", { class: "pager" }, more)] : el("p", { class: "empty" }, "Nothing to change.")));
   });
   wire($("#sync-now"), async () => {
     const started = await api("POST", `/v1/domains/${pageId}/sync`);

@@ -234,8 +234,8 @@ impl World {
         self.app.head()
     }
 
-    /// Kinds of the user events appended after `from`.
-    pub async fn user_events_after(&self, from: u64) -> Vec<String> {
+    /// Streams and kinds of the events appended after `from`.
+    pub async fn events_after(&self, from: u64) -> Vec<(String, String)> {
         let (s, body) = self
             .admin(
                 Method::GET,
@@ -248,8 +248,20 @@ impl World {
             .as_array()
             .unwrap()
             .iter()
-            .filter(|e| e["stream"].as_str().unwrap().starts_with("user-"))
-            .map(|e| e["kind"].as_str().unwrap().to_owned())
+            .map(|e| {
+                let text = |field: &str| e[field].as_str().unwrap().to_owned();
+                (text("stream"), text("kind"))
+            })
+            .collect()
+    }
+
+    /// Kinds of the user events appended after `from`.
+    pub async fn user_events_after(&self, from: u64) -> Vec<String> {
+        let events = self.events_after(from).await;
+        events
+            .into_iter()
+            .filter(|(stream, _)| stream.starts_with("user-"))
+            .map(|(_, kind)| kind)
             .collect()
     }
 

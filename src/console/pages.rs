@@ -324,7 +324,7 @@ const USER_ADMIN: &str = r#"
   <input id="reason" name="reason" required minlength="3" placeholder="who asked, and why">
   <div class="actions wide"><button type="submit" class="danger">Reveal password</button></div>
 </form>
-<div id="revealed" aria-live="polite"></div>
+<div id="revealed"></div>
 </section>"#;
 
 pub(super) async fn user(

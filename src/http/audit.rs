@@ -121,15 +121,20 @@ pub async fn export(
     let pieces = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|piece| (piece, rx))
     });
-    let content_type = match format {
-        ExportFormat::Csv => "text/csv; charset=utf-8",
-        ExportFormat::Jsonl => "application/x-ndjson",
+    let (content_type, ext) = match format {
+        ExportFormat::Csv => ("text/csv; charset=utf-8", "csv"),
+        ExportFormat::Jsonl => ("application/x-ndjson", "jsonl"),
     };
     let mut headers = axum::http::HeaderMap::new();
     headers.insert(
         header::CONTENT_TYPE,
         axum::http::HeaderValue::from_static(content_type),
     );
+    // A file to keep, never a page to render: its cells are Entra's values.
+    let disposition = format!("attachment; filename=\"idledger-{kind}.{ext}\"");
+    if let Ok(v) = axum::http::HeaderValue::from_str(&disposition) {
+        headers.insert(header::CONTENT_DISPOSITION, v);
+    }
     if q.to.is_none() {
         // Without `to` the export reads the log up to its head now: the manifest's
         // `log_position`. (With `to`, only the manifest knows.)

@@ -400,7 +400,22 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::NotFound("route".into()) })
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn_with_state(state.clone(), timeout))
+        .layer(middleware::map_response(api_headers))
         .with_state(state)
+}
+
+/// Every API answer is `nosniff`, and `no-store` unless its route says otherwise: answers
+/// carry people's details and some carry secrets (a revealed password, a new client
+/// secret or token), which no browser cache or proxy in between may keep.
+async fn api_headers(mut response: Response) -> Response {
+    let h = response.headers_mut();
+    h.insert(
+        axum::http::header::X_CONTENT_TYPE_OPTIONS,
+        axum::http::HeaderValue::from_static("nosniff"),
+    );
+    h.entry(axum::http::header::CACHE_CONTROL)
+        .or_insert(axum::http::HeaderValue::from_static("no-store"));
+    response
 }
 
 async fn check_access(

@@ -1,7 +1,8 @@
 //! Console sessions: an admin or auditor pastes a token once and gets a cookie. A session
 //! is only a pointer to its token: every request looks the token up again, so revoking
 //! the token ends the session at its next request. Sessions live in memory (a restart
-//! signs everyone out, which is the safe direction) and end after `idle` without use.
+//! signs everyone out, which is the safe direction) and end after `idle` without use, and
+//! after [`MAX_AGE`] however busy.
 
 use idledger_domain::TokenId;
 use rand::RngCore;
@@ -32,12 +33,17 @@ const PER_TOKEN: usize = 16;
 /// Sessions in all: past this, the least recently used is closed.
 const MOST: usize = 10_000;
 
+/// The longest a session lives, used or not (as users' sign-in sessions): a stolen cookie
+/// kept busy does not last for ever.
+pub const MAX_AGE: Duration = Duration::from_secs(12 * 3600);
+
 /// How long a one-time sign-in link (the demo prints one) stays usable.
 const TICKET_TTL: Duration = Duration::from_secs(600);
 
 struct Session {
     token_id: TokenId,
     csrf: String,
+    opened: Instant,
     last_seen: Instant,
 }
 
@@ -45,6 +51,7 @@ struct Session {
 /// (what an attacker reading memory dumps would find is not a usable cookie).
 pub struct Sessions {
     idle: Duration,
+    max_age: Duration,
     open: Mutex<HashMap<[u8; 32], Session>>,
     tickets: Mutex<HashMap<[u8; 32], (TokenId, Instant)>>,
 }
@@ -80,10 +87,16 @@ fn key(secret: &str) -> [u8; 32] {
 }
 
 impl Sessions {
-    /// No sessions yet; each ends after `idle` without a request.
+    /// No sessions yet; each ends after `idle` without a request, and after [`MAX_AGE`].
     pub fn new(idle: Duration) -> Sessions {
+        Sessions::with_max_age(idle, MAX_AGE)
+    }
+
+    /// No sessions yet; each ends after `idle` without a request, and after `max_age`.
+    pub fn with_max_age(idle: Duration, max_age: Duration) -> Sessions {
         Sessions {
             idle,
+            max_age,
             open: Mutex::new(HashMap::new()),
             tickets: Mutex::new(HashMap::new()),
         }
@@ -93,8 +106,7 @@ impl Sessions {
     pub fn open(&self, token_id: TokenId) -> String {
         let cookie = random_text();
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        let idle = self.idle;
-        open.retain(|_, s| s.last_seen.elapsed() < idle);
+        open.retain(|_, s| self.live(s));
         // Bounded, so a token holder signing in in a loop cannot grow the map.
         let oldest = |open: &HashMap<[u8; 32], Session>, of: Option<TokenId>| {
             open.iter()
@@ -119,6 +131,7 @@ impl Sessions {
             Session {
                 token_id,
                 csrf: random_text(),
+                opened: Instant::now(),
                 last_seen: Instant::now(),
             },
         );
@@ -130,7 +143,7 @@ impl Sessions {
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let k = key(cookie);
         let session = open.get_mut(&k)?;
-        if session.last_seen.elapsed() >= self.idle {
+        if !self.live(session) {
             open.remove(&k);
             return None;
         }
@@ -145,8 +158,11 @@ impl Sessions {
     /// stream's checks must not keep an idle session alive).
     pub fn is_open(&self, cookie: &str) -> bool {
         let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        open.get(&key(cookie))
-            .is_some_and(|s| s.last_seen.elapsed() < self.idle)
+        open.get(&key(cookie)).is_some_and(|s| self.live(s))
+    }
+
+    fn live(&self, s: &Session) -> bool {
+        s.last_seen.elapsed() < self.idle && s.opened.elapsed() < self.max_age
     }
 
     /// Ends the session of `cookie`.
@@ -215,5 +231,20 @@ mod tests {
         }
         assert!(s.find(&first).is_none());
         assert_eq!(s.open.lock().unwrap().len(), PER_TOKEN);
+    }
+
+    #[test]
+    fn a_busy_session_still_ends_at_its_max_age() {
+        let id = TokenId(uuid::Uuid::from_u128(7));
+        let s = Sessions::with_max_age(Duration::from_secs(60), Duration::from_millis(80));
+        let c = s.open(id);
+        let opened = Instant::now();
+        while opened.elapsed() < Duration::from_millis(60) {
+            assert!(s.find(&c).is_some(), "in use and young");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(!s.is_open(&c));
+        assert!(s.find(&c).is_none());
     }
 }

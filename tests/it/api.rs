@@ -1617,3 +1617,35 @@ async fn whole_log_reads_are_bounded_and_a_manifest_past_the_head_is_refused() {
         "{report}"
     );
 }
+
+/// API answers carry people's details and sometimes secrets: no cache keeps them, no
+/// browser sniffs them, and an export downloads as a file.
+#[tokio::test]
+async fn api_answers_are_never_stored_and_exports_download() {
+    let app = spawn_app().await;
+    app.domain("cache.onmicrosoft.com").await;
+    for path in ["/v1/domains", "/v1/tokens", "/v1/nothing-here"] {
+        let r = app
+            .http
+            .get(format!("{}{path}", app.url))
+            .bearer_auth(&app.admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.headers()["cache-control"], "no-store", "{path}");
+        assert_eq!(r.headers()["x-content-type-options"], "nosniff", "{path}");
+    }
+    let r = app
+        .http
+        .get(format!("{}/v1/audit/exports/users", app.url))
+        .bearer_auth(&app.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        r.headers()["content-disposition"],
+        "attachment; filename=\"idledger-users.csv\""
+    );
+    assert_eq!(r.headers()["cache-control"], "no-store");
+}

@@ -476,13 +476,20 @@ async function userPage() {
     const r = await api("POST", `/v1/users/${pageId}/password/reveal`, { reason });
     $("#reveal").reset();
     const box = $("#revealed");
-    const password = r.password ?? r.unconfirmed_candidate?.password;
-    if (!password) { box.replaceChildren(el("p", { class: "empty" }, "No password is held for this user yet.")); return; }
+    // Both when a rotation is unconfirmed: Entra holds one of them, and which is unknown.
+    const shown = [
+      r.password && ["revealed-password", "Current password (shown once):", r.password],
+      r.unconfirmed_candidate && ["revealed-candidate", "Unconfirmed candidate (Graph may hold it):", r.unconfirmed_candidate.password],
+    ].filter(Boolean);
+    if (!shown.length) { box.replaceChildren(el("p", { class: "empty" }, "No password is held for this user yet.")); return; }
     const hide = () => box.replaceChildren(el("p", { class: "empty" }, "Hidden. The reveal is in the audit trail."));
+    // The password is in no live region (a screen reader would say it aloud): the flash
+    // tells that it is shown.
     box.replaceChildren(el("div", { class: "secret" },
-      el("p", {}, r.password ? "Current password (shown once):" : "Unconfirmed candidate (Graph may hold it):"),
-      el("code", { id: "revealed-password" }, password),
+      shown.flatMap(([id, label, password]) => [el("p", {}, label), el("code", { id }, password)]),
       el("button", { type: "button", onclick: hide }, "Hide")));
+    flash("Password shown below; it hides itself after a minute.");
+    window.addEventListener("pagehide", hide, { once: true });
     setTimeout(hide, 60000);
     await history();
   });

@@ -24,7 +24,11 @@ pub fn backup_data_dir(
     total(through);
     let file = crate::backup::create_file(out)?;
     let written = write_store(&store, through, data_dir, &file, &mut progress)
-        .and_then(|m| file.sync_all().map(|()| m).map_err(BackupError::from));
+        .and_then(|m| {
+            crate::backup::finish_file(&file, out)
+                .map(|()| m)
+                .map_err(BackupError::from)
+        });
     if written.is_err() {
         // A cut file would only be refused later; better none at all.
         let _ = std::fs::remove_file(out);
@@ -170,6 +174,14 @@ pub fn restore(
     }
     let staging = crate::store::sled_log::restore_staging_dir(data_dir);
     let outcome = restore_into(from, &staging, log_key, progress).and_then(|restored| {
+        // The names of the files inside the staged directories (sled's, the tree's) are on
+        // the device before the directories move.
+        for entry in std::fs::read_dir(&staging)? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                std::fs::File::open(entry.path())?.sync_all()?;
+            }
+        }
         for entry in std::fs::read_dir(&staging)? {
             let entry = entry?;
             std::fs::rename(entry.path(), data_dir.join(entry.file_name()))?;

@@ -266,6 +266,14 @@ impl FollowCopy {
             b.create(segments_dir(dir))?;
             b.create(keys_dir(dir))?;
         }
+        // The directories themselves on the device, up to the copy's parent: a --once that
+        // said the copy is made leaves one a lost machine keeps.
+        for d in [segments_dir(dir), keys_dir(dir), dir.to_path_buf()] {
+            sync_dir(&d)?;
+        }
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent)?;
+        }
         let lock = std::fs::OpenOptions::new()
             .read(true)
             .write(true)

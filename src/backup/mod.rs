@@ -34,6 +34,10 @@ const CHUNK: usize = 10_000;
 const CHUNK_BYTES: usize = 64 << 20;
 /// No section is larger: a hostile length is refused before anything is read into memory.
 const MAX_SECTION: u64 = 256 << 20;
+/// No chunk section is larger: a chunk ends with the record that takes it past
+/// [`CHUNK_BYTES`], and each record comes with its 4-byte length. Restores hold several
+/// chunks at once, so a chunk may not claim the room of a key store.
+const MAX_CHUNK_SECTION: u64 = (CHUNK_BYTES + crate::store::sled_log::MAX_RECORD_BYTES + 4) as u64;
 
 /// Why a backup could not be made or a file cannot be restored.
 #[derive(Debug, thiserror::Error)]
@@ -312,6 +316,17 @@ pub fn create_file(path: &Path) -> std::io::Result<std::fs::File> {
         .open(path)
 }
 
+/// Puts a file made by [`create_file`] on the device: its contents, and its name in its
+/// directory (without that, a backup reported written can vanish with a lost machine).
+pub fn finish_file(file: &std::fs::File, path: &Path) -> std::io::Result<()> {
+    file.sync_all()?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(dir)?.sync_all()
+}
+
 /// A file, or nothing, at `path`.
 fn read_if_there(path: std::path::PathBuf) -> std::io::Result<Option<Vec<u8>>> {
     match std::fs::read(&path) {
@@ -401,7 +416,12 @@ impl<R: Read> SectionReader<R> {
             b'M' => "manifest".into(),
             other => return Err(refused("section", format!("unknown tag {other:#04x}"))),
         };
-        if len > MAX_SECTION {
+        let most = if head[0] == b'C' {
+            MAX_CHUNK_SECTION
+        } else {
+            MAX_SECTION
+        };
+        if len > most {
             return Err(refused(part, format!("length {len} is not believable")));
         }
         let mut bytes = Vec::new();

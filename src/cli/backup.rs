@@ -93,7 +93,8 @@ async fn download(url: &str, token: &str, out: &std::path::Path) -> Result<Manif
             pb.inc(piece.len() as u64);
         }
         w.flush()?;
-        file.sync_all()?;
+        drop(w);
+        crate::backup::finish_file(&file, out)?;
         Ok::<_, Error>(())
     }
     .await;

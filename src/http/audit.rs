@@ -94,10 +94,12 @@ pub async fn export(
     ApiQuery(q): ApiQuery<ExportParams>,
 ) -> Result<impl IntoResponse, ApiError> {
     let (query, format) = query(&kind, &q)?;
+    let place = s.log_stream_place()?;
     let log = s.engine.log.clone();
     let head = log.head().position;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tokio::task::spawn_blocking(move || {
+        let _place = place;
         let mut body = BodySink {
             buf: Vec::with_capacity(BODY_PIECE),
             tx: tx.clone(),

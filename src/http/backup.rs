@@ -111,8 +111,10 @@ pub async fn download(
     };
     let data_dir = s.data_dir.clone();
     let known = q.keystore_sha256.map(|k| k.to_ascii_lowercase());
+    let place = s.log_stream_place()?;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tokio::task::spawn_blocking(move || {
+        let _place = place;
         let body = BodySink {
             buf: Vec::with_capacity(BODY_PIECE),
             tx: tx.clone(),

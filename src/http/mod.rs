@@ -89,6 +89,9 @@ pub struct AppState {
     /// verified upload) run on blocking threads a request's timeout cannot stop: at most
     /// [`WHOLE_LOG_READS`] at once, the rest answered 503.
     pub whole_log_reads: Arc<tokio::sync::Semaphore>,
+    /// Streamed exports and backups each hold a blocking thread for as long as their client
+    /// takes to read them: at most [`LOG_STREAMS`] at once, the rest answered 503.
+    pub log_streams: Arc<tokio::sync::Semaphore>,
 }
 
 /// Who may call a route.
@@ -482,8 +485,8 @@ pub struct Consistency {
 /// One at a time, for a check that spans streams and the append it allows.
 pub type Turn = Arc<tokio::sync::Mutex<()>>;
 
-/// One of the [`WHOLE_LOG_READS`] places, held until the read is done.
-pub struct WholeLogPlace {
+/// A place among the [`WHOLE_LOG_READS`] or the [`LOG_STREAMS`], held until the read is done.
+pub struct ReadPlace {
     _held: tokio::sync::OwnedSemaphorePermit,
 }
 
@@ -559,11 +562,11 @@ impl AppState {
 
     /// A place among the [`WHOLE_LOG_READS`], taken before a read's input arrives (an
     /// upload to check), so that input is never taken in when the read could not run.
-    pub fn whole_log_place(&self) -> Result<WholeLogPlace, ApiError> {
+    pub fn whole_log_place(&self) -> Result<ReadPlace, ApiError> {
         self.whole_log_reads
             .clone()
             .try_acquire_owned()
-            .map(|held| WholeLogPlace { _held: held })
+            .map(|held| ReadPlace { _held: held })
             .map_err(|_| {
                 ApiError::Unavailable(format!(
                     "{WHOLE_LOG_READS} reads of the whole log are running; retry shortly"
@@ -571,9 +574,23 @@ impl AppState {
             })
     }
 
+    /// A place among the [`LOG_STREAMS`], for a streamed export or backup to hold until its
+    /// body is written.
+    pub fn log_stream_place(&self) -> Result<ReadPlace, ApiError> {
+        self.log_streams
+            .clone()
+            .try_acquire_owned()
+            .map(|held| ReadPlace { _held: held })
+            .map_err(|_| {
+                ApiError::Unavailable(format!(
+                    "{LOG_STREAMS} exports and backups are streaming; retry shortly"
+                ))
+            })
+    }
+
     /// [`AppState::whole_log_read`] in a place already taken.
     pub async fn whole_log_read_in<T: Send + 'static>(
-        place: WholeLogPlace,
+        place: ReadPlace,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, ApiError> {
         tokio::task::spawn_blocking(move || {
@@ -619,6 +636,9 @@ pub fn esc(text: &str) -> String {
 
 /// Whole-log reads at once (see [`AppState::whole_log_reads`]).
 pub const WHOLE_LOG_READS: usize = 2;
+
+/// Streamed exports and backups at once (see [`AppState::log_streams`]).
+pub const LOG_STREAMS: usize = 8;
 
 /// Most items one page of any collection holds.
 pub const MAX_PAGE: usize = 1000;

@@ -157,6 +157,7 @@ pub async fn start_with(
         key_assignments: Arc::default(),
         domain_names: Arc::default(),
         whole_log_reads: Arc::new(tokio::sync::Semaphore::new(http::WHOLE_LOG_READS)),
+        log_streams: Arc::new(tokio::sync::Semaphore::new(http::LOG_STREAMS)),
     };
     crate::provider::keep_rotating(state.engine.clone(), state.oidc);
     Ok((state, bootstrap))

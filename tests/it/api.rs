@@ -1649,3 +1649,46 @@ async fn api_answers_are_never_stored_and_exports_download() {
     );
     assert_eq!(r.headers()["cache-control"], "no-store");
 }
+
+/// Streamed exports and backups hold a blocking thread each while their clients read:
+/// bounded, the rest answered 503 with Retry-After, and a place is free again when its
+/// stream ends.
+#[tokio::test]
+async fn streamed_exports_and_backups_are_bounded() {
+    let app = spawn_app().await;
+    app.domain("streams.onmicrosoft.com").await;
+    let taken = app
+        .state
+        .log_streams
+        .clone()
+        .try_acquire_many_owned(idledger::http::LOG_STREAMS as u32)
+        .unwrap();
+    for path in ["/v1/audit/exports/users", "/v1/backup"] {
+        let r = app
+            .http
+            .get(format!("{}{path}", app.url))
+            .bearer_auth(&app.admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE, "{path}");
+        assert_eq!(r.headers()["retry-after"], "5");
+    }
+    drop(taken);
+    for path in ["/v1/audit/exports/users", "/v1/backup"] {
+        let r = app
+            .http
+            .get(format!("{}{path}", app.url))
+            .bearer_auth(&app.admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+        r.bytes().await.unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while app.state.log_streams.available_permits() != idledger::http::LOG_STREAMS {
+        assert!(std::time::Instant::now() < deadline, "a place was kept");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

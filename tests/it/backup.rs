@@ -289,7 +289,16 @@ async fn a_wrong_backup_is_refused_naming_the_part_and_nothing_is_written() {
         );
         [&bytes[..at + 9], manifest.replace(head, &other).as_bytes()].concat()
     };
+    // A chunk claiming more room than any chunk the writer makes (65 MiB), though less than
+    // a key store may take: refused before anything is read into memory.
+    let huge = {
+        let mut b = bytes.clone();
+        let (_, at, _) = parts[0];
+        b[at + 1..at + 9].copy_from_slice(&(100u64 << 20).to_le_bytes());
+        b
+    };
     for (name, file, says) in [
+        ("huge", huge, "not believable"),
         ("flipped", flipped, "chunk 2"),
         ("cut", cut, "truncated"),
         ("missing", missing, "chunk 2 (positions 10001–20000)"),

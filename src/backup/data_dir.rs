@@ -23,12 +23,11 @@ pub fn backup_data_dir(
     let through = store.last_position()?;
     total(through);
     let file = crate::backup::create_file(out)?;
-    let written = write_store(&store, through, data_dir, &file, &mut progress)
-        .and_then(|m| {
-            crate::backup::finish_file(&file, out)
-                .map(|()| m)
-                .map_err(BackupError::from)
-        });
+    let written = write_store(&store, through, data_dir, &file, &mut progress).and_then(|m| {
+        crate::backup::finish_file(&file, out)
+            .map(|()| m)
+            .map_err(BackupError::from)
+    });
     if written.is_err() {
         // A cut file would only be refused later; better none at all.
         let _ = std::fs::remove_file(out);

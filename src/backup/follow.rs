@@ -8,7 +8,8 @@
 //! DIR/segments/open-<first>.backup     the segment being filled: header, then one chunk
 //!                                      section per increment, each on the device before
 //!                                      the next is asked for
-//! DIR/keys/keystore-<unix secs>.sealed the sealed key store, a snapshot whenever it changed
+//! DIR/keys/keystore-<unix secs>.sealed the sealed key store, a snapshot when it changed
+//!                                      (within an hour of the newest, written over it)
 //! DIR/keys/log.key.sealed              the sealed log-signing key
 //! DIR/signed-tree-head                 the latest signed tree head (a C2SP checkpoint)
 //!                                      over records the copy holds
@@ -45,6 +46,10 @@ const LOCK: &str = "FOLLOW";
 const OPEN_PREFIX: &str = "open-";
 const SUFFIX: &str = ".backup";
 const KEYSTORE_PREFIX: &str = "keystore-";
+/// A key store that changes within this many seconds of the newest snapshot is written
+/// over it: a bulk import changes the key store with every increment (four a second), and
+/// a snapshot each time would fill the disk for the whole retention.
+const SNAPSHOT_EVERY_SECS: u64 = 3600;
 const LOG_KEY: &str = "log.key.sealed";
 /// The latest signed tree head an increment carried for records the copy holds.
 const SIGNED_TREE_HEAD: &str = "signed-tree-head";
@@ -505,11 +510,23 @@ impl FollowCopy {
         if let Some(k) = &contents.sealed.keystore {
             let sha = sha256_hex(k);
             if self.keystore_sha256.as_deref() != Some(sha.as_str()) {
-                // Named in order even when the clock steps back: the newest is the last.
-                let newest = keystore_snapshots(&self.dir)?.pop().map_or(0, |(s, _)| s);
-                let secs = now_secs.max(newest + 1);
-                let name = format!("{KEYSTORE_PREFIX}{secs:020}.sealed");
-                write_whole(&keys_dir(&self.dir).join(name), k)?;
+                let path = match keystore_snapshots(&self.dir)?.pop() {
+                    // Written over as a whole (temporary file, rename): a reader holding
+                    // the old one keeps it, and a shredded key leaves sooner, not later.
+                    Some((secs, path))
+                        if (secs..secs.saturating_add(SNAPSHOT_EVERY_SECS)).contains(&now_secs) =>
+                    {
+                        path
+                    }
+                    newest => {
+                        // Named in order even when the clock steps back: the newest is
+                        // the last.
+                        let after = newest.map_or(0, |(s, _)| s + 1);
+                        let name = format!("{KEYSTORE_PREFIX}{:020}.sealed", now_secs.max(after));
+                        keys_dir(&self.dir).join(name)
+                    }
+                };
+                write_whole(&path, k)?;
                 self.keystore_sha256 = Some(sha);
             }
         }
@@ -1004,29 +1021,43 @@ mod tests {
         let log = chain(50, 0);
         let tmp = tempfile::tempdir().expect("a temp dir");
         let mut copy = FollowCopy::open(tmp.path(), SEGMENT).expect("opens");
-        for (i, now) in [100u64, 200, 300].into_iter().enumerate() {
-            let inc = increment(&log, copy.position() + 1, 10, format!("k{i}").as_bytes());
+        for (i, now) in [10_000u64, 20_000, 30_000].into_iter().enumerate() {
+            let inc = increment(&log, copy.position() + 1, 5, format!("k{i}").as_bytes());
             copy.take(inc.as_slice(), now).expect("taken");
         }
         assert_eq!(keystore_snapshots(tmp.path()).expect("lists").len(), 3);
-        // Retained for 150 s, at 360: the snapshot replaced at 200 goes, the one replaced
-        // at 300 stays.
-        assert_eq!(copy.prune(150, 360).expect("prunes"), 1);
+        // Retained for 15,000 s, at 36,000: the snapshot replaced at 20,000 goes, the one
+        // replaced at 30,000 stays.
+        assert_eq!(copy.prune(15_000, 36_000).expect("prunes"), 1);
         let left: Vec<u64> = keystore_snapshots(tmp.path())
             .expect("lists")
             .into_iter()
             .map(|(s, _)| s)
             .collect();
-        assert_eq!(left, [200, 300]);
-        assert_eq!(copy.prune(0, 10_000).expect("prunes"), 1);
+        assert_eq!(left, [20_000, 30_000]);
+        assert_eq!(copy.prune(0, 1_000_000).expect("prunes"), 1);
         assert_eq!(keystore_snapshots(tmp.path()).expect("lists").len(), 1);
         // The clock steps back: the new key store is still the newest snapshot.
-        let inc = increment(&log, copy.position() + 1, 10, b"after the step");
+        let inc = increment(&log, copy.position() + 1, 5, b"after the step");
         copy.take(inc.as_slice(), 50).expect("taken");
         let snapshots = keystore_snapshots(tmp.path()).expect("lists");
         let newest = snapshots.last().expect("one");
-        assert_eq!(newest.0, 301);
+        assert_eq!(newest.0, 30_001);
         assert_eq!(std::fs::read(&newest.1).expect("reads"), b"after the step");
+        // Changes within the hour after the newest snapshot write over it: ten changes,
+        // one file, holding the last.
+        for i in 0..10u64 {
+            let inc = increment(&log, copy.position() + 1, 1, format!("busy {i}").as_bytes());
+            copy.take(inc.as_slice(), 30_001 + i * 60).expect("taken");
+        }
+        let snapshots = keystore_snapshots(tmp.path()).expect("lists");
+        assert_eq!(snapshots.len(), 2, "{snapshots:?}");
+        assert_eq!(snapshots[1].0, 30_001);
+        assert_eq!(std::fs::read(&snapshots[1].1).expect("reads"), b"busy 9");
+        // An hour on, a new one.
+        let inc = increment(&log, copy.position() + 1, 1, b"an hour on");
+        copy.take(inc.as_slice(), 30_001 + 3_600).expect("taken");
+        assert_eq!(keystore_snapshots(tmp.path()).expect("lists").len(), 3);
         // An increment that leaves the key store out as unchanged, naming another one,
         // is refused.
         let mut out = Vec::new();

@@ -238,9 +238,7 @@ pub fn free_text(field: &str, value: &str, min: usize, max: usize) -> Result<(),
             "{field}: {min} to {max} characters"
         )));
     }
-    let hostile =
-        |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
-    if value.chars().any(hostile) {
+    if !idledger_domain::decide::plain_text(value) {
         return Err(ApiError::BadRequest(format!(
             "{field}: no control or bidirectional-override characters"
         )));

@@ -173,7 +173,7 @@ pub async fn history(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RevealBody {
-    /// Why the password is needed (recorded; 1 to 500 characters).
+    /// Why the password is needed (recorded; 1 to 1000 characters, no control characters).
     reason: String,
 }
 

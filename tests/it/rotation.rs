@@ -129,6 +129,28 @@ async fn a_scheduled_rotation_sets_in_graph_exactly_the_password_the_agent_recei
 
     let agent = w.app.token("agent", &["K-0002"]).await;
     let other = w.app.token("agent", &["K-9999"]).await;
+    // Acknowledged before any agent fetched it: refused, nothing recorded (no key can
+    // hold a password no agent was given).
+    let head = w.head().await;
+    let queued = h[0]["key_write_id"].as_str().unwrap();
+    let (s, body) = w
+        .app
+        .call(
+            Some(&agent),
+            Method::POST,
+            &format!("/v1/agent/key-writes/{queued}/ack"),
+            Some(json!({"result": "written"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("fetch it first"),
+        "{body}"
+    );
+    assert_eq!(w.head().await, head);
     let (s, none) = w
         .app
         .call(Some(&other), Method::GET, "/v1/agent/key-writes", None)

@@ -8,6 +8,14 @@ use crate::ids::*;
 use crate::types::*;
 use crate::Event;
 
+/// Whether `text`, written by a person and shown to others (a timeline, an export), holds
+/// no control character and no bidirectional override that would make it read otherwise.
+pub fn plain_text(text: &str) -> bool {
+    !text
+        .chars()
+        .any(|c| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'))
+}
+
 pub mod domain;
 pub mod provider;
 pub mod refresh;

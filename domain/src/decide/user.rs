@@ -214,6 +214,12 @@ pub fn reveal_reason(reason: &str) -> Result<String, Rejection> {
     if reason.is_empty() || reason.chars().count() > 1000 {
         return Err(invalid("reason", "say why, in 1 to 1000 characters"));
     }
+    if !plain_text(reason) {
+        return Err(invalid(
+            "reason",
+            "no control or bidirectional-override characters",
+        ));
+    }
     Ok(reason.to_owned())
 }
 
@@ -283,6 +289,18 @@ pub fn decide(s: &UserState, c: UserCommand) -> Result<Vec<Event>, Rejection> {
                     w.state.as_str()
                 )));
             }
+            if w.state == KeyWriteState::Queued {
+                // No agent has had the password: "written" would record a password on a
+                // key that never got it.
+                return Err(Rejection::Conflict(
+                    "the key write was not handed out yet: fetch it first".into(),
+                ));
+            }
+            if s.key_id.as_ref() != Some(&w.key) || s.status == Status::Deleted {
+                return Err(Rejection::Conflict(
+                    "the key write is not owed any more: the key is no longer the user's".into(),
+                ));
+            }
             Ok(vec![match outcome {
                 WriteOutcome::Written => KeyWriteConfirmed {
                     key_write_id: write,
@@ -291,6 +309,12 @@ pub fn decide(s: &UserState, c: UserCommand) -> Result<Vec<Event>, Rejection> {
                 WriteOutcome::Failed(detail) => {
                     if detail.chars().count() > 2000 {
                         return Err(invalid("detail", "at most 2000 characters"));
+                    }
+                    if !plain_text(&detail) {
+                        return Err(invalid(
+                            "detail",
+                            "no control or bidirectional-override characters",
+                        ));
                     }
                     KeyWriteFailed {
                         key_write_id: write,
@@ -599,11 +623,29 @@ mod tests {
         given::<UserStream>(&delivered)
             .when(ack(WriteOutcome::Failed("x".repeat(2001))))
             .then_invalid("detail");
+        given::<UserStream>(&delivered)
+            .when(ack(WriteOutcome::Failed("reader\u{1b}[2J".into())))
+            .then_invalid("detail");
         let mut confirmed = delivered.to_vec();
         confirmed.push(KeyWriteConfirmed { key_write_id: w(1) }.into());
         given::<UserStream>(&confirmed)
             .when(ack(WriteOutcome::Written))
             .then_conflict();
+        // Never handed out: no agent had the password, so nothing can have been written.
+        given::<UserStream>(&delivered[..4])
+            .when(ack(WriteOutcome::Written))
+            .then_conflict();
+        // The key is no longer the user's, or the user is gone.
+        for after in [
+            KeyUnassigned { key_id: key("K1") }.into(),
+            UserDeleted { reason: None }.into(),
+        ] {
+            let mut gone = delivered.to_vec();
+            gone.push(after);
+            given::<UserStream>(&gone)
+                .when(ack(WriteOutcome::Written))
+                .then_conflict();
+        }
     }
 
     #[test]
@@ -621,6 +663,10 @@ mod tests {
             }
             .into()]);
         active.when(reveal("   ")).then_invalid("reason");
+        active
+            .when(reveal("ok\u{202e}gnp.exe"))
+            .then_invalid("reason");
+        active.when(reveal("one\u{7}bell")).then_invalid("reason");
         given::<UserStream>(&[
             discovered(),
             imported(),

@@ -155,15 +155,55 @@ fn keystore_snapshots(dir: &Path) -> Result<Vec<(u64, PathBuf)>, BackupError> {
     Ok(found)
 }
 
+/// The first line of a key file in a copy: the SHA-256 of what follows, so that a key file
+/// damaged on the copy's disk is refused rather than restored (a key store's reader would
+/// take a cut one for a torn last line and drop it without a word).
+const KEY_FILE_SUM: &[u8] = b"sha256 ";
+
+/// A sealed key file as a copy keeps it: its SHA-256 line, then its bytes.
+fn with_sum(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(KEY_FILE_SUM.len() + 65 + bytes.len());
+    out.extend_from_slice(KEY_FILE_SUM);
+    out.extend_from_slice(sha256_hex(bytes).as_bytes());
+    out.push(b'\n');
+    out.extend_from_slice(bytes);
+    out
+}
+
+/// The bytes of a key file of the copy at `path`, checked against its SHA-256 line (files
+/// an earlier build wrote have none).
+fn read_key_file(path: &Path) -> Result<Option<Vec<u8>>, BackupError> {
+    let Some(bytes) = super::read_if_there(path.to_path_buf())? else {
+        return Ok(None);
+    };
+    let Some(rest) = bytes.strip_prefix(KEY_FILE_SUM) else {
+        return Ok(Some(bytes));
+    };
+    let damaged = || {
+        refused(
+            path.display().to_string(),
+            "damaged: its SHA-256 does not match",
+        )
+    };
+    let (sum, body) = (
+        rest.get(..64).ok_or_else(damaged)?,
+        rest.get(65..).ok_or_else(damaged)?,
+    );
+    if rest[64] != b'\n' || sum != sha256_hex(body).as_bytes() {
+        return Err(damaged());
+    }
+    Ok(Some(body.to_vec()))
+}
+
 /// The copy's newest sealed files.
 fn newest_sealed(dir: &Path) -> Result<SealedFiles, BackupError> {
     let keystore = match keystore_snapshots(dir)?.pop() {
-        Some((_, path)) => Some(std::fs::read(path)?),
+        Some((_, path)) => read_key_file(&path)?,
         None => None,
     };
     Ok(SealedFiles {
         keystore,
-        log_key: super::read_if_there(keys_dir(dir).join(LOG_KEY))?,
+        log_key: read_key_file(&keys_dir(dir).join(LOG_KEY))?,
     })
 }
 
@@ -526,14 +566,14 @@ impl FollowCopy {
                         keys_dir(&self.dir).join(name)
                     }
                 };
-                write_whole(&path, k)?;
+                write_whole(&path, &with_sum(k))?;
                 self.keystore_sha256 = Some(sha);
             }
         }
         if let Some(k) = &contents.sealed.log_key {
             let sha = sha256_hex(k);
             if self.log_key_sha256.as_deref() != Some(sha.as_str()) {
-                write_whole(&keys_dir(&self.dir).join(LOG_KEY), k)?;
+                write_whole(&keys_dir(&self.dir).join(LOG_KEY), &with_sum(k))?;
                 self.log_key_sha256 = Some(sha);
             }
         }
@@ -1043,7 +1083,10 @@ mod tests {
         let snapshots = keystore_snapshots(tmp.path()).expect("lists");
         let newest = snapshots.last().expect("one");
         assert_eq!(newest.0, 30_001);
-        assert_eq!(std::fs::read(&newest.1).expect("reads"), b"after the step");
+        assert_eq!(
+            read_key_file(&newest.1).expect("reads"),
+            Some(b"after the step".to_vec())
+        );
         // Changes within the hour after the newest snapshot write over it: ten changes,
         // one file, holding the last.
         for i in 0..10u64 {
@@ -1053,7 +1096,10 @@ mod tests {
         let snapshots = keystore_snapshots(tmp.path()).expect("lists");
         assert_eq!(snapshots.len(), 2, "{snapshots:?}");
         assert_eq!(snapshots[1].0, 30_001);
-        assert_eq!(std::fs::read(&snapshots[1].1).expect("reads"), b"busy 9");
+        assert_eq!(
+            read_key_file(&snapshots[1].1).expect("reads"),
+            Some(b"busy 9".to_vec())
+        );
         // An hour on, a new one.
         let inc = increment(&log, copy.position() + 1, 1, b"an hour on");
         copy.take(inc.as_slice(), 30_001 + 3_600).expect("taken");
@@ -1079,5 +1125,32 @@ mod tests {
             FollowCopy::open(tmp.path(), SEGMENT),
             Err(BackupError::Busy(_))
         ));
+    }
+
+    #[test]
+    fn a_damaged_key_file_of_a_copy_is_refused() {
+        let log = chain(10, 0);
+        let tmp = tempfile::tempdir().expect("a temp dir");
+        let mut copy = FollowCopy::open(tmp.path(), SEGMENT).expect("opens");
+        let inc = increment(&log, 1, 5, b"idledger keystore 1\nkey value\n");
+        copy.take(inc.as_slice(), 100).expect("taken");
+        drop(copy);
+        let (_, path) = keystore_snapshots(tmp.path())
+            .expect("lists")
+            .pop()
+            .expect("one");
+        let good = std::fs::read(&path).expect("reads");
+        assert!(CopySnapshot::open(tmp.path()).is_ok());
+        let mut flipped = good.clone();
+        let n = flipped.len();
+        flipped[n - 2] ^= 1;
+        // Cut where a key store's reader would see a torn last line and drop it.
+        let cut = good[..good.len() - 3].to_vec();
+        for damaged in [flipped, cut] {
+            std::fs::write(&path, &damaged).expect("writes");
+            let err = CopySnapshot::open(tmp.path()).err().expect("refused");
+            assert!(err.to_string().contains("damaged"), "{err}");
+            assert!(FollowCopy::open(tmp.path(), SEGMENT).is_err());
+        }
     }
 }

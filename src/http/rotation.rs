@@ -332,8 +332,21 @@ pub async fn key_writes(
     let lease = chrono::Duration::from_std(s.agent_lease).unwrap_or(chrono::Duration::MAX);
     let (writes, more) = {
         let p = s.engine.projector.read();
+        // A cursor names one of the agent's own writes; any other is unknown to it.
+        let after = match q.after {
+            None => 0,
+            Some(a) => p
+                .key_writes
+                .get(KeyWriteId(a))
+                .filter(|w| who.key_ids.contains(&w.key_id))
+                .map(|w| w.queued_position)
+                .ok_or_else(|| {
+                    ApiError::BadRequest(format!("after: {a} is no key write of this agent"))
+                })?,
+        };
         let deliverable = p
             .deliverable_writes(&who.key_ids, Utc::now(), lease)
+            .filter(|w| w.queued_position > after)
             .filter_map(|w| {
                 let u = p.users.get(w.user_id)?;
                 let r = p.rotations.get(w.rotation_id)?;
@@ -389,6 +402,8 @@ pub async fn key_writes(
 pub struct AgentQuery {
     /// Page size, 1 to 1000 (100); the rest come on the next call.
     limit: Option<usize>,
+    /// The cursor `next` of the previous page: writes queued after that one.
+    after: Option<uuid::Uuid>,
 }
 
 /// A password to copy onto a key.

@@ -160,6 +160,13 @@ pub async fn list(
         .domains
         .get(DomainId(id))
         .ok_or_else(|| ApiError::NotFound("domain".into()))?;
+    if let Some(a) = &q.after {
+        if !d.workstation_certificates.iter().any(|c| c.id == *a) {
+            return Err(ApiError::BadRequest(format!(
+                "after: {a:?} is no certificate of this domain"
+            )));
+        }
+    }
     let items = d
         .workstation_certificates
         .iter()

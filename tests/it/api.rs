@@ -537,8 +537,13 @@ async fn signing_keys_apps_and_user_events_page_by_their_cursors() {
         }
     }
     assert_eq!(paged, all);
+    let domain = app.domain("certs.onmicrosoft.com").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     for path in [
         "/v1/provider/signing-keys?after=no-such-key".to_owned(),
+        format!("/v1/domains/{domain}/workstation-certificates?after=no-such-certificate"),
         format!("/v1/apps?after={}", uuid::Uuid::now_v7()),
         format!("/v1/users/{}/events?limit=0", uuid::Uuid::now_v7()),
         format!("/v1/users/{}/events?limit=10001", uuid::Uuid::now_v7()),

@@ -462,11 +462,41 @@ async fn a_newer_rotation_supersedes_a_write_not_yet_delivered() {
         .await;
     assert!(again["items"].as_array().unwrap().is_empty(), "{again}");
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let (_, writes) = w
+    // Both again, a page at a time: `next` is the cursor of the page after, oldest first.
+    let (s, first) = w
         .app
-        .call(Some(&agent), Method::GET, "/v1/agent/key-writes", None)
+        .call(
+            Some(&agent),
+            Method::GET,
+            "/v1/agent/key-writes?limit=1",
+            None,
+        )
         .await;
-    assert_eq!(writes["items"].as_array().unwrap().len(), 2, "{writes}");
+    assert_eq!(s, StatusCode::OK, "{first}");
+    assert_eq!(first["items"][0]["rotation_id"], h[1]["rotation_id"]);
+    let next = first["next"].as_str().expect("a next page").to_owned();
+    let (s, second) = w
+        .app
+        .call(
+            Some(&agent),
+            Method::GET,
+            &format!("/v1/agent/key-writes?limit=1&after={next}"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{second}");
+    assert_eq!(second["items"][0]["rotation_id"], h[2]["rotation_id"]);
+    assert_eq!(second["next"], Value::Null, "{second}");
+    let (s, _) = w
+        .app
+        .call(
+            Some(&agent),
+            Method::GET,
+            &format!("/v1/agent/key-writes?after={}", uuid::Uuid::now_v7()),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
     assert_eq!(w.deliveries(&id).await, 4, "each delivery is an event");
 }
 

@@ -69,7 +69,10 @@ impl Projections {
     ) -> impl Iterator<Item = &'a KeyWriteView> + 'a {
         self.key_writes.pending_for(keys).filter(move |w| {
             let leased = w.state == idledger_domain::KeyWriteState::Delivered
-                && w.delivered_at.is_some_and(|t| t + lease > now);
+                // A lease past the calendar's end (a huge setting) never runs out.
+                && w.delivered_at.is_some_and(|t| {
+                    t.checked_add_signed(lease).is_none_or(|end| end > now)
+                });
             let held = self.users.get(w.user_id).is_some_and(|u| {
                 u.status != UserStatus::Deleted && u.key_id.as_ref() == Some(&w.key_id)
             });
@@ -503,6 +506,12 @@ mod tests {
         // Delivered at 70 s: leased until 130 s.
         assert_eq!(ids(&p, at(100)), vec![]);
         assert_eq!(ids(&p, at(131)), vec![write]);
+        // A lease longer than the calendar is leased for ever, not a panic.
+        assert_eq!(
+            p.deliverable_writes(&keys, at(131), chrono::Duration::MAX)
+                .count(),
+            0
+        );
         assert_eq!(
             p.deliverable_writes(&[KeyId("K2".into())], at(131), lease)
                 .count(),

@@ -178,7 +178,7 @@ pub fn restore(
         for entry in std::fs::read_dir(&staging)? {
             let entry = entry?;
             if entry.file_type()?.is_dir() {
-                std::fs::File::open(entry.path())?.sync_all()?;
+                super::sync_dir(&entry.path())?;
             }
         }
         for entry in std::fs::read_dir(&staging)? {
@@ -187,11 +187,11 @@ pub fn restore(
         }
         // Every file is in place on the device before the staging directory, which marks
         // the data dir incomplete (the log refuses to open it), goes.
-        std::fs::File::open(data_dir)?.sync_all()?;
+        super::sync_dir(data_dir)?;
         std::fs::remove_dir(&staging)?;
-        std::fs::File::open(data_dir)?.sync_all()?;
-        if let Some(parent) = data_dir.parent().filter(|_| created) {
-            std::fs::File::open(parent)?.sync_all()?;
+        super::sync_dir(data_dir)?;
+        if created {
+            super::sync_dir(super::parent_of(data_dir))?;
         }
         Ok(restored)
     });

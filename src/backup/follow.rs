@@ -29,8 +29,8 @@
 //! unreadable once it passes.
 
 use super::{
-    chunk_records, read_with, refused, sha256_hex, BackupError, BackupWriter, ChunkEntry, Contents,
-    Manifest, SealedFiles, Section, SectionReader, CHUNK, CHUNK_BYTES, MAGIC,
+    chunk_records, parent_of, read_with, refused, sha256_hex, sync_dir, BackupError, BackupWriter,
+    ChunkEntry, Contents, Manifest, SealedFiles, Section, SectionReader, CHUNK, CHUNK_BYTES, MAGIC,
 };
 use idledger_domain::Hash;
 use idledger_replay::verify::{CheckedRecord, Verifier};
@@ -72,10 +72,6 @@ fn in_file(path: &Path, e: BackupError) -> BackupError {
     }
 }
 
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
 /// Writes `bytes` to `path` as a whole or not at all (temporary file, fsync, rename,
 /// directory fsync), readable by the owner only.
 fn write_whole(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -89,7 +85,7 @@ fn write_whole(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     f.write_all(bytes)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
+    sync_dir(parent_of(path))
 }
 
 /// The sealed segments, by first position: `(first, last, path)`.
@@ -313,11 +309,8 @@ impl FollowCopy {
         }
         // The directories themselves on the device, up to the copy's parent: a --once that
         // said the copy is made leaves one a lost machine keeps.
-        for d in [segments_dir(dir), keys_dir(dir), dir.to_path_buf()] {
-            sync_dir(&d)?;
-        }
-        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-            sync_dir(parent)?;
+        for d in [&segments_dir(dir), &keys_dir(dir), dir, parent_of(dir)] {
+            sync_dir(d)?;
         }
         let lock = std::fs::OpenOptions::new()
             .read(true)

@@ -320,11 +320,21 @@ pub fn create_file(path: &Path) -> std::io::Result<std::fs::File> {
 /// directory (without that, a backup reported written can vanish with a lost machine).
 pub fn finish_file(file: &std::fs::File, path: &Path) -> std::io::Result<()> {
     file.sync_all()?;
-    let dir = match path.parent() {
+    sync_dir(parent_of(path))
+}
+
+/// Puts a directory's entries (the names of what was made, renamed or removed in it) on
+/// the device.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// The directory `path` is named in (`.` for a bare name).
+fn parent_of(path: &Path) -> &Path {
+    match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
-    };
-    std::fs::File::open(dir)?.sync_all()
+    }
 }
 
 /// A file, or nothing, at `path`.

@@ -490,6 +490,20 @@ pub struct ReadPlace {
     _held: tokio::sync::OwnedSemaphorePermit,
 }
 
+impl ReadPlace {
+    /// A free one of `places`, or 503 saying that `busy`.
+    fn take(
+        places: &Arc<tokio::sync::Semaphore>,
+        busy: std::fmt::Arguments<'_>,
+    ) -> Result<ReadPlace, ApiError> {
+        places
+            .clone()
+            .try_acquire_owned()
+            .map(|held| ReadPlace { _held: held })
+            .map_err(|_| ApiError::Unavailable(format!("{busy}; retry shortly")))
+    }
+}
+
 impl AppState {
     /// Runs `f` alone among the callers of `turn`, once the projections hold every append
     /// made so far (the last caller's included), so that what `f` checks there cannot
@@ -563,29 +577,19 @@ impl AppState {
     /// A place among the [`WHOLE_LOG_READS`], taken before a read's input arrives (an
     /// upload to check), so that input is never taken in when the read could not run.
     pub fn whole_log_place(&self) -> Result<ReadPlace, ApiError> {
-        self.whole_log_reads
-            .clone()
-            .try_acquire_owned()
-            .map(|held| ReadPlace { _held: held })
-            .map_err(|_| {
-                ApiError::Unavailable(format!(
-                    "{WHOLE_LOG_READS} reads of the whole log are running; retry shortly"
-                ))
-            })
+        ReadPlace::take(
+            &self.whole_log_reads,
+            format_args!("{WHOLE_LOG_READS} reads of the whole log are running"),
+        )
     }
 
     /// A place among the [`LOG_STREAMS`], for a streamed export or backup to hold until its
     /// body is written.
     pub fn log_stream_place(&self) -> Result<ReadPlace, ApiError> {
-        self.log_streams
-            .clone()
-            .try_acquire_owned()
-            .map(|held| ReadPlace { _held: held })
-            .map_err(|_| {
-                ApiError::Unavailable(format!(
-                    "{LOG_STREAMS} exports and backups are streaming; retry shortly"
-                ))
-            })
+        ReadPlace::take(
+            &self.log_streams,
+            format_args!("{LOG_STREAMS} exports and backups are streaming"),
+        )
     }
 
     /// [`AppState::whole_log_read`] in a place already taken.

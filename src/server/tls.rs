@@ -191,7 +191,6 @@ fn to_https(
     let Some(host) = host else {
         return (StatusCode::BAD_REQUEST, "a Host header is needed\n").into_response();
     };
-    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     moved(if https_port == 443 {
         format!("https://{}{path}", host.host())
     } else {

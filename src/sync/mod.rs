@@ -383,7 +383,7 @@ impl SyncService {
         let service = self.clone();
         let done = tokio::spawn(async move {
             let started = std::time::Instant::now();
-            let mut result = tokio::select! {
+            let result = tokio::select! {
                 r = async {
                     let _serial = lock.lock().await;
                     SyncRun::new(&engine, &client, domain, run_id, dry_run).await?.execute().await
@@ -403,9 +403,8 @@ impl SyncService {
                 Err(_) => (full, "failed"),
             };
             crate::metrics::sync_run(&name, ran_full, outcome, started.elapsed());
-            if let (true, Ok(report)) = (dry_run, &mut result) {
-                report.changes.sort_unstable_by_key(|c| c.user_id);
-                service.keep_dry_run(domain, run_id, report.changes.clone().into());
+            if let (true, Ok(report)) = (dry_run, &result) {
+                service.keep_dry_run(domain, run_id, report.changes.clone());
             }
             if let Err(e) = &result {
                 tracing::warn!(%domain, run = %run_id.0, error = %e, "sync run failed");

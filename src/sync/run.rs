@@ -22,6 +22,7 @@ use idledger_domain::{
 use idledger_projections::{DomainView, UserStatus, UserView};
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 /// Appends in flight at once: enough to fill the log's group commits.
 const APPEND_CONCURRENCY: usize = 256;
@@ -48,7 +49,7 @@ pub struct PlannedChange {
 }
 
 /// What a run did (or, dry, would do).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 pub struct RunReport {
     /// The run this event belongs to (also the correlation id of its events).
     pub run_id: SyncRunId,
@@ -58,8 +59,8 @@ pub struct RunReport {
     pub counters: SyncCounters,
     /// The deletion guard tripped.
     pub quarantined: bool,
-    /// Per-user changes (of a dry run, in user id order).
-    pub changes: Vec<PlannedChange>,
+    /// Per-user changes, in user id order (shared with the dry runs the service keeps).
+    pub changes: Arc<[PlannedChange]>,
     /// Position of the run's last event.
     pub position: u64,
 }
@@ -662,12 +663,13 @@ impl<'a> SyncRun<'a> {
             domain_events,
         )
         .await?;
+        changes.sort_unstable_by_key(|c| c.user_id);
         Ok(RunReport {
             run_id: self.run_id,
             full,
             counters,
             quarantined,
-            changes,
+            changes: changes.into(),
             position,
         })
     }

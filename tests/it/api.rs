@@ -1630,23 +1630,11 @@ async fn api_answers_are_never_stored_and_exports_download() {
     let app = spawn_app().await;
     app.domain("cache.onmicrosoft.com").await;
     for path in ["/v1/domains", "/v1/tokens", "/v1/nothing-here"] {
-        let r = app
-            .http
-            .get(format!("{}{path}", app.url))
-            .bearer_auth(&app.admin)
-            .send()
-            .await
-            .unwrap();
+        let r = app.admin_get(path).await;
         assert_eq!(r.headers()["cache-control"], "no-store", "{path}");
         assert_eq!(r.headers()["x-content-type-options"], "nosniff", "{path}");
     }
-    let r = app
-        .http
-        .get(format!("{}/v1/audit/exports/users", app.url))
-        .bearer_auth(&app.admin)
-        .send()
-        .await
-        .unwrap();
+    let r = app.admin_get("/v1/audit/exports/users").await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(
         r.headers()["content-disposition"],
@@ -1669,25 +1657,13 @@ async fn streamed_exports_and_backups_are_bounded() {
         .try_acquire_many_owned(idledger::http::LOG_STREAMS as u32)
         .unwrap();
     for path in ["/v1/audit/exports/users", "/v1/backup"] {
-        let r = app
-            .http
-            .get(format!("{}{path}", app.url))
-            .bearer_auth(&app.admin)
-            .send()
-            .await
-            .unwrap();
+        let r = app.admin_get(path).await;
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE, "{path}");
         assert_eq!(r.headers()["retry-after"], "5");
     }
     drop(taken);
     for path in ["/v1/audit/exports/users", "/v1/backup"] {
-        let r = app
-            .http
-            .get(format!("{}{path}", app.url))
-            .bearer_auth(&app.admin)
-            .send()
-            .await
-            .unwrap();
+        let r = app.admin_get(path).await;
         assert_eq!(r.status(), StatusCode::OK, "{path}");
         r.bytes().await.unwrap();
     }

@@ -82,6 +82,10 @@ async fn an_admin_runs_the_whole_workflow_in_the_browser_and_an_auditor_only_rea
     b.click("#sync-now").await;
     b.wait_text("#live-status", "succeeded").await;
     b.wait_text("#live-status", "added 29").await;
+    assert!(
+        !b.present("#dry-report .report").await,
+        "the dry run's report outlived the run"
+    );
     b.wait_text("#runs", "succeeded").await;
     b.screenshot("console-domain").await;
     // The domain's workstation logon certificate, in force since registration.

@@ -311,6 +311,8 @@ async function domainPage() {
   });
   wire($("#sync-now"), async () => {
     const started = await api("POST", `/v1/domains/${pageId}/sync`);
+    // What a dry run said no longer holds once a run has started.
+    $("#dry-report").replaceChildren();
     const live = $("#live-run");
     const show = (r) => live.replaceChildren(el("p", { id: "live-status" },
       "Run ", badge(r.status), ` added ${r.counters.added}, changed ${r.counters.changed}, left ${r.counters.left}, imported ${r.counters.imported}`));

@@ -133,6 +133,16 @@ impl App {
         )
     }
 
+    /// The admin's GET of `path`, as it came (headers and all).
+    pub async fn admin_get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(&self.admin)
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn token(&self, role: &str, keys: &[&str]) -> String {
         let (s, body) = self
             .call(

@@ -1085,7 +1085,8 @@ enum EntraStepFailure {
     /// connection. Anyone who starts a sign-in can cause these with a made-up callback, so
     /// they are shown but neither recorded on the user's stream nor counted towards a lock.
     Unproven(SignInFailure),
-    /// Entra issued an ID token and it does not sign this user in: recorded and counted.
+    /// Entra issued an ID token and it does not sign this user in: recorded (and counted
+    /// towards the lock where the failure is a guess, see `counts_towards_lock`).
     Proven(SignInFailure),
 }
 

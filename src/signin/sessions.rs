@@ -21,8 +21,9 @@ use std::time::{Duration, Instant};
 
 /// How long a flow (an enrolment or sign-in in progress) lives.
 pub const FLOW_TTL: Duration = Duration::from_secs(600);
-/// A WebAuthn ceremony's challenge is good this long (the browser's own timeout is 60 s).
-pub const CHALLENGE_TTL: Duration = Duration::from_secs(120);
+/// A WebAuthn ceremony's challenge is good this long: SIGNIN.md's 60 s, the timeout the
+/// browser is told too (which it may treat as a hint only).
+pub const CHALLENGE_TTL: Duration = Duration::from_secs(60);
 /// After the Entra step, the second factor must follow within this.
 pub const ENTRA_STEP_TTL: Duration = Duration::from_secs(300);
 /// Sessions in all, and flows in all: past this the least recently used go (a tenth of
@@ -308,5 +309,35 @@ impl Store {
         let keep = key(cookie);
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         sessions.retain(|k, s| s.user != user || *k == keep);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn issued_ago(secs: u64) -> Flow {
+        Flow {
+            challenge: Some((
+                Ceremony::SignIn,
+                [7; 32],
+                Instant::now() - Duration::from_secs(secs),
+            )),
+            ..Flow::default()
+        }
+    }
+
+    #[test]
+    fn a_challenge_answers_one_ceremony_once_within_sixty_seconds() {
+        let mut fresh = issued_ago(50);
+        assert_eq!(
+            fresh.take_challenge(Ceremony::Register),
+            None,
+            "another ceremony"
+        );
+        let mut fresh = issued_ago(50);
+        assert_eq!(fresh.take_challenge(Ceremony::SignIn), Some([7; 32]));
+        assert_eq!(fresh.take_challenge(Ceremony::SignIn), None, "used once");
+        assert_eq!(issued_ago(61).take_challenge(Ceremony::SignIn), None);
     }
 }

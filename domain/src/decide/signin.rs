@@ -56,13 +56,14 @@ pub struct SignInState {
     pub failures: BTreeMap<Factor, Vec<DateTime<Utc>>>,
     /// Locked factors and until when.
     pub locked_until: BTreeMap<Factor, DateTime<Utc>>,
-    /// When an attempt on a locked factor was last recorded (one a minute is enough for
-    /// the audit trail; more would let anyone grow a user's stream at will).
-    pub locked_refusal_at: BTreeMap<Factor, DateTime<Utc>>,
+    /// When a failure that counts toward no lock (an attempt on a locked factor, a passkey
+    /// that did not verify, a refusal for who the user is) was last recorded: one a minute
+    /// is enough for the audit trail; more would let anyone grow a user's stream at will.
+    pub uncounted_recorded_at: BTreeMap<Factor, DateTime<Utc>>,
 }
 
-/// While a factor is locked, attempts are recorded at most this often.
-pub const LOCKED_RECORD_EVERY: Duration = Duration::minutes(1);
+/// Failures that count toward no lock are recorded at most this often, per factor.
+pub const UNCOUNTED_RECORD_EVERY: Duration = Duration::minutes(1);
 
 /// Whether `factor` is locked at `now`.
 pub fn locked(s: &SignInState, factor: Factor, now: DateTime<Utc>) -> bool {
@@ -72,7 +73,9 @@ pub fn locked(s: &SignInState, factor: Factor, now: DateTime<Utc>) -> bool {
 /// Whether a failure is a guess the lock exists to stop. A refusal for who the user is (not
 /// what they presented) is none, and neither is a passkey that did not verify: signatures
 /// cannot be guessed, and anyone who knows a credential id could otherwise lock its owner
-/// out with made-up assertions. A passkey whose counter went back did sign, and counts.
+/// out with made-up assertions. Nor is an Entra sign-in of someone else: any account of
+/// the tenant can type a colleague's name and sign in at Entra as itself. A passkey whose
+/// counter went back did sign, and counts.
 pub fn counts_towards_lock(reason: &SignInFailure) -> bool {
     !matches!(
         reason,
@@ -83,6 +86,7 @@ pub fn counts_towards_lock(reason: &SignInFailure) -> bool {
             | SignInFailure::NotEnrolled
             | SignInFailure::BadCredential(_)
             | SignInFailure::UnknownCredential
+            | SignInFailure::EntraUserMismatch
     )
 }
 
@@ -137,8 +141,8 @@ pub fn evolve(s: &mut SignInState, e: &Event) {
                 s.totp_last_step = s.totp_last_step.max(e.totp_step);
             }
         }
-        Event::SignInFailed(e) if e.reason == SignInFailure::Locked => {
-            s.locked_refusal_at.insert(e.factor, e.at);
+        Event::SignInFailed(e) if !counts_towards_lock(&e.reason) => {
+            s.uncounted_recorded_at.insert(e.factor, e.at);
         }
         Event::SignInFailed(e) if counts_towards_lock(&e.reason) => {
             let list = s.failures.entry(e.factor).or_default();
@@ -574,16 +578,20 @@ pub fn decide(s: &UserState, c: SignInCommand) -> Result<Vec<Event>, Rejection> 
         SignInCommand::RefuseAppToken(refused) => Ok(vec![refused.into()]),
         SignInCommand::SignIn { proof, app, at } => {
             let factor = proof.factor();
+            let events = sign_in(s, proof, app, at);
             let recently = s
                 .signin
-                .locked_refusal_at
+                .uncounted_recorded_at
                 .get(&factor)
-                .is_some_and(|t| at - *t < LOCKED_RECORD_EVERY);
-            if locked(&s.signin, factor, at) && recently {
-                // Refused as locked, recorded a moment ago: nothing new to record.
-                return Err(Rejection::Throttled(SignInFailure::Locked.message().into()));
+                .is_some_and(|t| at - *t < UNCOUNTED_RECORD_EVERY);
+            match events.first() {
+                // Refused for a reason that locks nothing, and one was recorded a moment
+                // ago: nothing new to record, the same answer.
+                Some(Event::SignInFailed(f)) if recently && !counts_towards_lock(&f.reason) => {
+                    Err(Rejection::Throttled(f.reason.message().into()))
+                }
+                _ => Ok(events),
             }
-            Ok(sign_in(s, proof, app, at))
         }
     }
 }
@@ -1090,6 +1098,7 @@ mod tests {
     fn passkeys_that_do_not_verify_are_recorded_but_lock_no_one() {
         let mut s = signed_up(SsoMethod::Passwordless);
         let at = t0();
+        let mut recorded = 0;
         for i in 0..3 * FAILURES_TO_LOCK {
             let proof = if i % 2 == 0 {
                 bad_passkey()
@@ -1099,12 +1108,62 @@ mod tests {
                     verified: Err(SignInFailure::UnknownCredential),
                 }
             };
+            // A minute apart, each is recorded.
+            let at = at + UNCOUNTED_RECORD_EVERY * i as i32;
             let events = attempt(&s, proof, at);
             assert_eq!(events.len(), 1, "{events:?}");
             assert_eq!(events[0].kind(), "SignInFailed");
             s = apply(s, &events);
+            recorded += 1;
         }
-        assert!(failure(&attempt(&s, by_passkey(2), at)).is_none());
+        assert_eq!(recorded, 3 * FAILURES_TO_LOCK);
+        let later = at + UNCOUNTED_RECORD_EVERY * (3 * FAILURES_TO_LOCK) as i32;
+        assert!(failure(&attempt(&s, by_passkey(2), later)).is_none());
+    }
+
+    /// Anyone who knows a credential id can present made-up assertions as fast as they
+    /// like: one a minute reaches the user's stream, the rest are refused alike unrecorded,
+    /// and the owner's passkey still works in between.
+    #[test]
+    fn failures_that_lock_nothing_are_recorded_once_a_minute() {
+        let mut s = signed_up(SsoMethod::Passwordless);
+        let at = t0();
+        let first = attempt(&s, bad_passkey(), at);
+        s = apply(s, &first);
+        for i in 1..1000 {
+            let refused = decide(
+                &s,
+                SignInCommand::SignIn {
+                    proof: bad_passkey(),
+                    app: None,
+                    at: at + Duration::milliseconds(i * 50),
+                },
+            );
+            assert!(
+                matches!(&refused, Err(Rejection::Throttled(m)) if m == SignInFailure::UnknownCredential.message()),
+                "{refused:?}"
+            );
+        }
+        assert!(failure(&attempt(&s, by_passkey(2), at + Duration::seconds(5))).is_none());
+        assert_eq!(
+            failure(&attempt(&s, bad_passkey(), at + UNCOUNTED_RECORD_EVERY)),
+            Some(SignInFailure::BadCredential("signature".into()))
+        );
+    }
+
+    /// Any account of the tenant can type a colleague's name and sign in at Entra as
+    /// itself: recorded on the colleague's stream, it must not lock them out.
+    #[test]
+    fn a_colleagues_entra_sign_in_locks_no_one() {
+        let mut s = signed_up(SsoMethod::PasswordAndSecondFactor);
+        for i in 0..3 * FAILURES_TO_LOCK {
+            let at = t0() + UNCOUNTED_RECORD_EVERY * i as i32;
+            let events = attempt(&s, Proof::EntraFailed(SignInFailure::EntraUserMismatch), at);
+            let kinds: Vec<_> = events.iter().map(Event::kind).collect();
+            assert_eq!(kinds, ["SignInFailed"]);
+            s = apply(s, &events);
+        }
+        assert!(!locked(&s.signin, Factor::Entra, t0() + Duration::hours(1)));
     }
 
     /// One step of the enrolment-link model.

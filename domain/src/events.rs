@@ -597,8 +597,9 @@ pub struct KeyWriteFailed {
     pub detail: String,
 }
 
-/// A key write will never be delivered: a newer rotation replaced it, or the key was
-/// taken from its user (a password reaches only the key of the user it belongs to).
+/// A key write will never be delivered: a newer rotation replaced it, the key was
+/// taken from its user (a password reaches only the key of the user it belongs to), or
+/// the user was deleted.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct KeyWriteSuperseded {
     /// The key write this step belongs to.
@@ -628,6 +629,8 @@ pub enum SupersedeReason {
         /// The user's new key.
         to: KeyId,
     },
+    /// The user was deleted: their data key is shredded, so the password is gone.
+    UserDeleted {},
 }
 
 /// Schema 1 of [`KeyWriteSuperseded`]: only newer rotations superseded writes.

@@ -12,9 +12,9 @@
 //! when Entra enables them, a delta round names only the user, and only a user the engine
 //! knows can be brought in by it.
 
-use crate::decide::user::Status;
+use crate::decide::user::{removal_for, Status};
 use crate::events::*;
-use crate::ids::{DomainId, UserId};
+use crate::ids::{DomainId, KeyWriteId, UserId};
 use crate::types::{LeaveReason, RemovalBehavior, SsoSettings, UserAttributes};
 use crate::Event;
 use serde::Serialize;
@@ -32,6 +32,8 @@ pub struct Known {
     pub left_reason: Option<LeaveReason>,
     /// Member of the rotation group as last recorded.
     pub in_rotation_group: bool,
+    /// Key writes still owed to the user's key (queued, or delivered unacknowledged).
+    pub owed_writes: Vec<KeyWriteId>,
 }
 
 impl Known {
@@ -99,8 +101,9 @@ pub enum SyncOutcome {
 pub struct UserPlan {
     /// Facts: discovery, attributes, membership, auto import.
     pub events: Vec<Event>,
-    /// The removal behaviour's action, if any (the deletion guard may hold it back).
-    pub removal: Option<Event>,
+    /// The removal behaviour's action and what follows from it (the deletion guard may
+    /// hold them back, all together).
+    pub removal: Vec<Event>,
     /// How the user was affected.
     pub outcome: Option<SyncOutcome>,
 }
@@ -108,13 +111,13 @@ pub struct UserPlan {
 impl UserPlan {
     /// Nothing to append.
     pub fn is_empty(&self) -> bool {
-        self.events.is_empty() && self.removal.is_none()
+        self.events.is_empty() && self.removal.is_empty()
     }
 
     /// The removal deactivates or deletes (what the deletion guard counts).
     pub fn is_destructive(&self) -> bool {
         matches!(
-            self.removal,
+            self.removal.first(),
             Some(Event::UserDeactivated(_) | Event::UserDeleted(_))
         )
     }
@@ -224,7 +227,7 @@ pub fn plan_user(
         (true, false) => {
             let reason = seen.leave_reason();
             plan.events.push(MemberLeftSyncGroup { reason }.into());
-            plan.removal = removal_for(policy.removal_behavior, k.status, reason);
+            plan.removal = removal_for(policy.removal_behavior, k.status, reason, &k.owed_writes);
             outcome = Some(match reason {
                 LeaveReason::LeftGroup => SyncOutcome::Left,
                 _ => SyncOutcome::Deleted,
@@ -256,31 +259,6 @@ pub fn plan_user(
     }
     plan.outcome = outcome;
     plan
-}
-
-/// The removal behaviour's action for a user of `status` who left for `reason`.
-/// Candidates are never removed: they were never imported.
-pub fn removal_for(
-    behavior: RemovalBehavior,
-    status: Status,
-    reason: LeaveReason,
-) -> Option<Event> {
-    match (behavior, status) {
-        (RemovalBehavior::Keep, Status::Active) => Some(UserKept { reason }.into()),
-        (RemovalBehavior::Deactivate, Status::Active) => Some(
-            UserDeactivated {
-                reason: Some(reason),
-            }
-            .into(),
-        ),
-        (RemovalBehavior::Delete, Status::Active | Status::Deactivated) => Some(
-            UserDeleted {
-                reason: Some(reason),
-            }
-            .into(),
-        ),
-        _ => None,
-    }
 }
 
 /// The deletion guard: a run that would deactivate or delete more than `threshold` users,
@@ -323,6 +301,7 @@ mod tests {
             in_scope: true,
             left_reason: None,
             in_rotation_group: false,
+            owed_writes: vec![],
         }
     }
 
@@ -392,6 +371,7 @@ mod tests {
             in_scope: false,
             left_reason: Some(LeaveReason::DisabledInEntra),
             in_rotation_group: false,
+            owed_writes: vec![],
         };
         let enabled = seen(true, disabled.is_member(), Some(attrs(true)));
         let p = plan_user(
@@ -461,6 +441,53 @@ mod tests {
     }
 
     #[test]
+    fn deleting_a_user_ends_the_writes_their_key_was_owed_and_nothing_else_does() {
+        let owed = [
+            KeyWriteId(uuid::Uuid::from_u128(3)),
+            KeyWriteId(uuid::Uuid::from_u128(4)),
+        ];
+        let k = Known {
+            owed_writes: owed.to_vec(),
+            ..active()
+        };
+        let p = plan_user(
+            &policy(RemovalBehavior::Delete),
+            Some(&k),
+            &seen(false, false, None),
+            discovery,
+        );
+        assert_eq!(
+            kinds(&p),
+            [
+                "MemberLeftSyncGroup",
+                "UserDeleted",
+                "KeyWriteSuperseded",
+                "KeyWriteSuperseded"
+            ]
+        );
+        assert!(p.is_destructive());
+        for (e, id) in p.removal[1..].iter().zip(owed) {
+            assert_eq!(
+                *e,
+                Event::KeyWriteSuperseded(KeyWriteSuperseded {
+                    key_write_id: id,
+                    reason: SupersedeReason::UserDeleted {},
+                })
+            );
+        }
+        // A deactivated user keeps PC unlock: their key is still owed its password.
+        for behavior in [RemovalBehavior::Keep, RemovalBehavior::Deactivate] {
+            let p = plan_user(
+                &policy(behavior),
+                Some(&k),
+                &seen(false, false, None),
+                discovery,
+            );
+            assert_eq!(p.removal.len(), 1, "{behavior:?}");
+        }
+    }
+
+    #[test]
     fn deletion_and_disabling_in_entra_are_leaving_with_their_reason() {
         let p = plan_user(
             &policy(RemovalBehavior::Deactivate),
@@ -491,9 +518,9 @@ mod tests {
         );
         assert_eq!(
             p.removal,
-            Some(Event::UserDeactivated(UserDeactivated {
+            [Event::UserDeactivated(UserDeactivated {
                 reason: Some(LeaveReason::DisabledInEntra)
-            }))
+            })]
         );
     }
 
@@ -546,6 +573,7 @@ mod tests {
             in_scope: false,
             left_reason: Some(LeaveReason::DisabledInEntra),
             in_rotation_group: false,
+            owed_writes: vec![],
         };
         assert!(k.is_member());
         let p = plan_user(
@@ -555,7 +583,7 @@ mod tests {
             discovery,
         );
         assert_eq!(kinds(&p), ["MemberLeftSyncGroup"]);
-        assert!(p.removal.is_none());
+        assert!(p.removal.is_empty());
     }
 
     #[test]

@@ -22,11 +22,11 @@ use futures_util::stream::{self, StreamExt, TryStreamExt};
 use idledger_domain::decide::user::{evolve as user_evolve, UserCommand};
 use idledger_domain::decide::Rejection;
 use idledger_domain::events::{SyncRunFailed, SyncRunStarted};
-use idledger_domain::sync::removal_for;
 use idledger_domain::{Actor, DomainId, Event, StreamId, SyncRunId, SyncTrigger, UserId};
 use idledger_projections::{SyncRunStatus, UserStatus};
 use rand::Rng;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -407,10 +407,12 @@ impl SyncService {
                 service.keep_dry_run(domain, run_id, report.changes.clone());
             }
             if let Err(e) = &result {
-                tracing::warn!(%domain, run = %run_id.0, error = %e, "sync run failed");
+                // Graph's words are a peer's: bounded, so the failure can always be recorded.
+                let error = crate::graph::clipped(&e.to_string(), crate::graph::MAX_RECORDED_ERROR);
+                tracing::warn!(%domain, run = %run_id.0, error, "sync run failed");
                 let failed = SyncRunFailed {
                     run_id,
-                    error: e.to_string(),
+                    error,
                     graph_code: e.graph_code(),
                 };
                 if let Err(e2) = crate::store::append_correlated(
@@ -543,32 +545,35 @@ impl SyncService {
         let positions: Vec<u64> = stream::iter(held)
             .map(|user| async move {
                 let stream = StreamId::user(user);
-                let removal = {
+                let reason = {
                     let p = engine.projector.read();
-                    p.users.get(user).and_then(|u| {
-                        let out = u.status != UserStatus::Deleted && !u.in_sync_group;
-                        let reason = u.left_reason?;
-                        out.then(|| {
-                            removal_for(behavior, u.status.decided(), reason)
-                                .map(|e| (e, u.version))
-                        })
-                        .flatten()
-                    })
+                    p.users.get(user).and_then(|u| u.left_reason)
                 };
-                let Some((event, version)) = removal else {
+                let Some(reason) = reason else {
                     return Ok::<u64, SyncError>(0);
                 };
-                let deletes = matches!(event, Event::UserDeleted(_));
-                let p = crate::store::append_correlated(
+                // Decided on the user's stream through the command path: whether they are
+                // still out, and which writes their key is owed, as of the append (an
+                // agent's answer or an admin's change meanwhile is folded in, not lost).
+                let deletes = AtomicBool::new(false);
+                let p = crate::store::decide_and_append(
                     &*engine.log,
-                    stream.clone(),
-                    ExpectedVersion::Exact(version),
+                    &stream,
                     actor,
                     Some(run_id.0),
-                    vec![event],
+                    user_evolve,
+                    |st| {
+                        let events = idledger_domain::decide::user::decide(
+                            st,
+                            UserCommand::ApplyHeldRemoval { behavior, reason },
+                        )?;
+                        let deleted = events.iter().any(|e| matches!(e, Event::UserDeleted(_)));
+                        deletes.store(deleted, Ordering::Relaxed);
+                        Ok(events)
+                    },
                 )
                 .await?;
-                if deletes {
+                if deletes.load(Ordering::Relaxed) {
                     engine.keyring.shred(&stream)?;
                 }
                 Ok(p)

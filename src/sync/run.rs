@@ -19,7 +19,7 @@ use idledger_domain::sync::{
 use idledger_domain::{
     Actor, DomainId, Event, LeaveReason, StreamId, SyncCounters, SyncRunId, UserAttributes, UserId,
 };
-use idledger_projections::{DomainView, UserStatus, UserView};
+use idledger_projections::{DomainView, Projections, UserStatus, UserView};
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -72,7 +72,7 @@ struct KnownUser {
     known: Known,
 }
 
-fn known_of(u: &UserView) -> KnownUser {
+fn known_of(p: &Projections, u: &UserView) -> KnownUser {
     KnownUser {
         id: u.id,
         version: u.version,
@@ -82,6 +82,10 @@ fn known_of(u: &UserView) -> KnownUser {
             in_scope: u.in_sync_group,
             left_reason: u.left_reason,
             in_rotation_group: u.in_rotation_group,
+            owed_writes: (p.key_writes.of_user(u.id))
+                .filter(|w| w.is_pending())
+                .map(|w| w.id)
+                .collect(),
         },
     }
 }
@@ -166,7 +170,7 @@ impl<'a> SyncRun<'a> {
             .users
             .of_domain(domain.id)
             .filter(|u| u.status != UserStatus::Deleted)
-            .map(|u| (u.external_id.clone(), known_of(u)))
+            .map(|u| (u.external_id.clone(), known_of(&p, u)))
             .collect();
         Ok(SyncRun {
             engine,
@@ -719,7 +723,9 @@ impl<'a> SyncRun<'a> {
                     self.engine.settle().await?;
                     let fresh = {
                         let p = self.engine.projector.read();
-                        p.users.by_external(self.domain.id, &ext).map(known_of)
+                        p.users
+                            .by_external(self.domain.id, &ext)
+                            .map(|u| known_of(&p, u))
                     };
                     let Some(fresh) = fresh else { return Ok(()) };
                     // Replan the same observation against the fresh state: only the

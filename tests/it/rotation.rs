@@ -576,6 +576,56 @@ async fn a_reassigned_key_receives_nothing_of_its_previous_holder() {
     );
 }
 
+/// A deleted user's data key is shredded, so the writes their key was still owed can
+/// never be delivered: the deletion says so in the same append, and the history shows
+/// them superseded rather than queued forever.
+#[tokio::test]
+async fn deleting_a_user_supersedes_the_writes_their_key_was_owed() {
+    let w = rotating_world(json!({"removal_behavior": "delete"})).await;
+    let id = w.assign_key(6, "K-0006").await;
+    w.rotate(&id).await;
+    w.rotations_settled(&id, 1).await;
+    let agent = w.app.token("agent", &["K-0006"]).await;
+    // The write is handed out and not acknowledged (the agent may yet write it).
+    let (s, writes) = w
+        .app
+        .call(Some(&agent), Method::GET, "/v1/agent/key-writes", None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(writes["items"].as_array().unwrap().len(), 1, "{writes}");
+    w.leave(6).await;
+    w.sync().await;
+    let (s, user) = w.admin(Method::GET, &format!("/v1/users/{id}"), None).await;
+    assert_eq!(user["status"], "deleted", "{s} {user}");
+    let h = w.history(&id).await;
+    assert_eq!(h[0]["key_write_state"], "superseded", "{h:?}");
+    let (_, events) = w
+        .admin(Method::GET, &format!("/v1/users/{id}/events"), None)
+        .await;
+    let items = events["items"].as_array().unwrap();
+    let deleted = items
+        .iter()
+        .position(|e| e["kind"] == "UserDeleted")
+        .expect("deleted");
+    let superseded = &items[deleted + 1..];
+    assert_eq!(superseded.len(), 1, "{superseded:?}");
+    assert_eq!(superseded[0]["kind"], "KeyWriteSuperseded");
+    assert_eq!(
+        superseded[0]["payload"]["reason"],
+        json!({"user_deleted": {}})
+    );
+    assert_eq!(
+        superseded[0]["position"].as_u64(),
+        items[deleted]["position"].as_u64().map(|p| p + 1),
+        "one append"
+    );
+    let (_, writes) = w
+        .app
+        .call(Some(&agent), Method::GET, "/v1/agent/key-writes", None)
+        .await;
+    assert!(writes["items"].as_array().unwrap().is_empty(), "{writes}");
+}
+
 /// One key serves one live user, even when admins assign it to several at the same moment;
 /// once it is taken back, another user may have it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

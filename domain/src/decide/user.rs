@@ -179,6 +179,14 @@ pub enum UserCommand {
         /// Why, in the admin's words.
         reason: String,
     },
+    /// Apply the removal a quarantined sync run held back, now approved: only while the
+    /// user is still out of the sync group (they may have come back meanwhile).
+    ApplyHeldRemoval {
+        /// The domain's removal behaviour.
+        behavior: RemovalBehavior,
+        /// Why the user left, as last recorded.
+        reason: LeaveReason,
+    },
     /// Record an invite sent to `to` by `via`.
     RecordInvite {
         /// The address.
@@ -206,6 +214,41 @@ fn supersede(s: &UserState, reason: SupersedeReason) -> impl Iterator<Item = Eve
         }
         .into()
     })
+}
+
+/// The removal behaviour's action for a user of `status` who left the sync group for
+/// `reason`, and what follows from it. Candidates are never removed: they were never
+/// imported. A deletion ends every write still `owed` to the user's key: their data key
+/// is shredded with them, so no agent can be handed that password any more, and the log
+/// says so rather than leave the writes looking queued forever.
+pub fn removal_for(
+    behavior: RemovalBehavior,
+    status: Status,
+    reason: LeaveReason,
+    owed: &[KeyWriteId],
+) -> Vec<Event> {
+    match (behavior, status) {
+        (RemovalBehavior::Keep, Status::Active) => vec![UserKept { reason }.into()],
+        (RemovalBehavior::Deactivate, Status::Active) => vec![UserDeactivated {
+            reason: Some(reason),
+        }
+        .into()],
+        (RemovalBehavior::Delete, Status::Active | Status::Deactivated) => {
+            let deleted = UserDeleted {
+                reason: Some(reason),
+            };
+            std::iter::once(deleted.into())
+                .chain(owed.iter().map(|&key_write_id| {
+                    KeyWriteSuperseded {
+                        key_write_id,
+                        reason: SupersedeReason::UserDeleted {},
+                    }
+                    .into()
+                }))
+                .collect()
+        }
+        _ => vec![],
+    }
 }
 
 /// The reason of a break-glass reveal, trimmed: 1 to 1000 characters.
@@ -324,6 +367,11 @@ pub fn decide(s: &UserState, c: UserCommand) -> Result<Vec<Event>, Rejection> {
                 }
             }])
         }
+        (status, UserCommand::ApplyHeldRemoval { behavior, reason }) => Ok(if s.in_sync_group {
+            vec![]
+        } else {
+            removal_for(behavior, status, reason, &s.undelivered())
+        }),
         (Status::Unknown | Status::Deleted, UserCommand::RecordReveal { .. }) => {
             Err(Rejection::NotFound("user"))
         }
@@ -546,6 +594,53 @@ mod tests {
             superseded(3, &moved),
             assigned("K2"),
         ]);
+    }
+
+    #[test]
+    fn an_approved_removal_applies_only_to_a_user_still_out_and_ends_their_owed_writes() {
+        let left = MemberLeftSyncGroup {
+            reason: LeaveReason::DeletedInEntra,
+        };
+        let out = [
+            discovered(),
+            imported(),
+            assigned("K1"),
+            queued(1, "K1"),
+            KeyWriteDelivered { key_write_id: w(1) }.into(),
+            left.clone().into(),
+        ];
+        let apply = |behavior| UserCommand::ApplyHeldRemoval {
+            behavior,
+            reason: LeaveReason::DeletedInEntra,
+        };
+        let user = given::<UserStream>(&out);
+        user.when(apply(RemovalBehavior::Delete)).then([
+            UserDeleted {
+                reason: Some(LeaveReason::DeletedInEntra),
+            }
+            .into(),
+            KeyWriteSuperseded {
+                key_write_id: w(1),
+                reason: SupersedeReason::UserDeleted {},
+            }
+            .into(),
+        ]);
+        user.when(apply(RemovalBehavior::Deactivate))
+            .then([UserDeactivated {
+                reason: Some(LeaveReason::DeletedInEntra),
+            }
+            .into()]);
+        // Back in the group meanwhile, or removed already: nothing.
+        let mut back = out.to_vec();
+        back.push(MemberRejoinedSyncGroup {}.into());
+        given::<UserStream>(&back)
+            .when(apply(RemovalBehavior::Delete))
+            .then_nothing();
+        let mut gone = out.to_vec();
+        gone.push(UserDeleted { reason: None }.into());
+        given::<UserStream>(&gone)
+            .when(apply(RemovalBehavior::Delete))
+            .then_nothing();
     }
 
     #[test]

@@ -671,12 +671,19 @@ impl RotationService {
             crash_point("after_graph");
             let result = match answer {
                 Ok(()) => AttemptResult::Set,
+                // Graph's words are a peer's: bounded, so the attempt can always be recorded.
                 Err(e) if e.error.is_definite() && !e.maybe_applied => AttemptResult::Refused {
                     code: e.error.code(),
-                    error: e.error.to_string(),
+                    error: crate::graph::clipped(
+                        &e.error.to_string(),
+                        crate::graph::MAX_RECORDED_ERROR,
+                    ),
                 },
                 Err(e) => AttemptResult::Unknown {
-                    error: e.error.to_string(),
+                    error: crate::graph::clipped(
+                        &e.error.to_string(),
+                        crate::graph::MAX_RECORDED_ERROR,
+                    ),
                 },
             };
             let step = after_attempt(&o.open, result, self.inner.config.max_attempts);

@@ -33,7 +33,8 @@ pub struct RetryPolicy {
     pub max_attempts: u32,
     /// First backoff; doubles each attempt, with full jitter.
     pub base_delay: Duration,
-    /// Longest backoff (and longest `Retry-After` honoured).
+    /// Longest backoff, and the longest `Retry-After` waited for (a longer one ends the
+    /// request with its error: the caller retries on its own schedule).
     pub max_delay: Duration,
     /// Timeout of one request.
     pub request_timeout: Duration,
@@ -193,6 +194,21 @@ fn api_error(status: StatusCode, body: &[u8], request_id: Option<String>) -> Gra
     }
 }
 
+/// The identity platform's refusal of a token request, its texts clipped.
+fn token_refused(status: reqwest::StatusCode, v: &Value) -> GraphError {
+    GraphError::Token {
+        status: status.as_u16(),
+        error: clipped(v["error"].as_str().unwrap_or("unknown"), 100),
+        aadsts: v["error_codes"][0]
+            .as_u64()
+            .and_then(|c| u32::try_from(c).ok())
+            .unwrap_or(0),
+    }
+}
+
+/// The most of a failure's text an event records (a sync run's, a rotation attempt's).
+pub(crate) const MAX_RECORDED_ERROR: usize = 2000;
+
 /// A peer's text as we keep it (in errors, and so in events): at most `max` characters,
 /// control characters dropped. Graph's own texts are far shorter; anything longer must
 /// not make a failure unrecordable.
@@ -206,7 +222,7 @@ const MAX_BODY_BYTES: usize = 32 << 20;
 const MAX_ERROR_BODY_BYTES: usize = 64 << 10;
 /// The most pages one round reads: 100 million users at 999 a page.
 const MAX_PAGES: usize = 100_000;
-/// The longest delta link kept (Graph's are a few hundred bytes).
+/// The longest next or delta link followed (Graph's are a few hundred bytes).
 const MAX_LINK_BYTES: usize = 16 << 10;
 
 /// Reads a body of at most `max` bytes; a longer one is an error, not a memory bill.
@@ -245,8 +261,13 @@ async fn timed(
 fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
     let s = resp.headers().get("retry-after")?.to_str().ok()?;
     let secs: f64 = s.trim().parse().ok()?;
-    // `from_secs_f64` panics past Duration's range: a peer's number never reaches it.
-    Duration::try_from_secs_f64(secs).ok()
+    // `from_secs_f64` panics past Duration's range: a peer's number never reaches it, and
+    // a wait past it is simply longer than any this client makes.
+    match Duration::try_from_secs_f64(secs) {
+        Ok(d) => Some(d),
+        Err(_) if secs > 0.0 => Some(Duration::MAX),
+        Err(_) => None,
+    }
 }
 
 impl GraphClient {
@@ -327,17 +348,10 @@ impl GraphClient {
             tokio::time::sleep(self.backoff(attempt)).await;
         };
         let status = resp.status();
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| GraphError::Decode(e.without_url().to_string()))?;
+        let body = body_of(resp, MAX_ERROR_BODY_BYTES).await?;
         let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         if !status.is_success() {
-            return Err(GraphError::Token {
-                status: status.as_u16(),
-                error: v["error"].as_str().unwrap_or("unknown").to_owned(),
-                aadsts: v["error_codes"][0].as_u64().unwrap_or(0) as u32,
-            });
+            return Err(token_refused(status, &v));
         }
         let token = v["access_token"]
             .as_str()
@@ -480,6 +494,12 @@ impl GraphClient {
                     tracing::warn!(status = status.as_u16(), ?request_id, %client_request_id, "Graph failed; the write may have been applied");
                     return Err(err);
                 }
+                // Graph's "not now": retried with the same body, which is safe whatever it
+                // did. But nothing says a 503 was not applied, so a refusal of a later try
+                // does not make the write certainly undone.
+                if status == StatusCode::SERVICE_UNAVAILABLE {
+                    *u = true;
+                }
             }
             if status == StatusCode::UNAUTHORIZED && !refreshed {
                 // Expired or revoked token: one fresh token, then the 401 stands.
@@ -501,7 +521,19 @@ impl GraphClient {
                 return Err(err);
             }
             let delay = match wait {
-                Some(d) => d.min(self.retry.max_delay),
+                // Graph said when: asking sooner only counts against the budget. Longer
+                // than this client waits, the caller's next turn is the retry.
+                Some(d) if d > self.retry.max_delay => {
+                    tracing::warn!(
+                        status = status.as_u16(),
+                        ?request_id,
+                        retry_after_s = d.as_secs(),
+                        "Graph asks to wait longer than the client waits; giving up for now"
+                    );
+                    return Err(err);
+                }
+                // `Retry-After: 0` is no licence to retry at once.
+                Some(d) => d.max(self.retry.base_delay),
                 None => self.backoff(attempt),
             };
             tracing::info!(
@@ -521,22 +553,30 @@ impl GraphClient {
     }
 
     /// Follows `@odata.nextLink` from `url`, calling `page` on each page's body. A link
-    /// back to a page already read, or more than [`MAX_PAGES`] pages, ends the round with
-    /// an error: it would otherwise never end, holding the domain's sync.
+    /// back to a page already read, one longer than [`MAX_LINK_BYTES`], or more than
+    /// [`MAX_PAGES`] pages, ends the round with an error: it would otherwise never end,
+    /// holding the domain's sync (and the links read are kept as hashes, not as the
+    /// peer's text).
     async fn pages(
         &self,
         operation: &'static str,
         url: String,
         mut page: impl FnMut(&Value) -> Result<(), GraphError>,
     ) -> Result<Value, GraphError> {
-        let mut read = std::collections::HashSet::new();
+        use sha2::{Digest, Sha256};
+        let mut read: std::collections::HashSet<[u8; 32]> = std::collections::HashSet::new();
         let mut next = url;
         loop {
             let body = self.get(operation, &next).await?;
             page(&body)?;
-            read.insert(next);
+            read.insert(Sha256::digest(next.as_bytes()).into());
             match body["@odata.nextLink"].as_str() {
-                Some(link) if read.contains(link) => {
+                Some(link) if link.len() > MAX_LINK_BYTES => {
+                    return Err(GraphError::Decode(format!(
+                        "a next page link of more than {MAX_LINK_BYTES} bytes"
+                    )))
+                }
+                Some(link) if read.contains(&<[u8; 32]>::from(Sha256::digest(link.as_bytes()))) => {
                     return Err(GraphError::Decode(
                         "the next page link leads back to a page already read".into(),
                     ))
@@ -610,7 +650,7 @@ impl GraphClient {
         );
         let mut out = Vec::new();
         self.pages("members", url, |body| {
-            out.extend(parse_values::<GraphUser>(body)?);
+            out.extend(users_of(body)?);
             Ok(())
         })
         .await?;
@@ -659,7 +699,7 @@ impl GraphClient {
                         {
                             continue;
                         }
-                        if let Some(user_id) = m["id"].as_str() {
+                        if let Some(user_id) = object_id(&m["id"]) {
                             list.push(MemberChange {
                                 user_id: user_id.to_owned(),
                                 removed: m.get("@removed").is_some(),
@@ -704,18 +744,21 @@ impl GraphClient {
         let mut out = UsersDelta::default();
         let last = self
             .pages("users_delta", url, |body| {
+                let mut skipped = 0;
                 for u in values(body)? {
-                    if let Some(removed) = u.get("@removed") {
-                        out.changes.push(UserChange::Removed {
-                            id: u["id"].as_str().unwrap_or_default().to_owned(),
-                            reason: removed["reason"].as_str().unwrap_or("deleted").to_owned(),
-                        });
-                    } else {
-                        let user = serde_json::from_value(u.clone())
-                            .map_err(|e| GraphError::Decode(e.to_string()))?;
-                        out.changes.push(UserChange::Upsert(user));
+                    let change = match u.get("@removed") {
+                        Some(removed) => object_id(&u["id"]).map(|id| UserChange::Removed {
+                            id: id.to_owned(),
+                            reason: clipped(removed["reason"].as_str().unwrap_or("deleted"), 40),
+                        }),
+                        None => GraphUser::from_entry(u).map(UserChange::Upsert),
+                    };
+                    match change {
+                        Some(c) => out.changes.push(c),
+                        None => skipped += 1,
                     }
                 }
+                skipped_entries("users_delta", skipped);
                 Ok(())
             })
             .await?;
@@ -741,14 +784,17 @@ impl GraphClient {
             self.graph(&format!("/users/{}", urlencoding::encode(id))),
             urlencoding::encode(select)
         );
-        serde_json::from_value(self.get("user", &url).await?)
-            .map_err(|e| GraphError::Decode(e.to_string()))
+        GraphUser::from_entry(&self.get("user", &url).await?)
+            .filter(|u| u.id.eq_ignore_ascii_case(id))
+            .ok_or_else(|| GraphError::Decode("a user without a valid id".into()))
     }
 
     /// Sets a user's password (no forced change at next sign-in). Tries that Graph
-    /// certainly did not act on (a refused connection, 429, 503, an expired token) are
-    /// retried here; after a try that may have been applied nothing is, and the error says
-    /// so: a retry must be the caller's, recorded as such.
+    /// certainly did not act on (a refused connection, 429, an expired token) are retried
+    /// here, and so is a 503 (Graph's "not now"; the same body again is safe, but the write
+    /// counts as possibly applied from then on); after any other try that may have been
+    /// applied nothing is, and the error says so: a retry must be the caller's, recorded
+    /// as such.
     pub async fn set_password(
         &self,
         user_id: &str,
@@ -837,14 +883,11 @@ impl GraphClient {
             .await
             .map_err(|e| unanswered(url, e))?;
         let status = resp.status();
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| GraphError::Decode(e.without_url().to_string()))?;
+        let body = body_of(resp, MAX_BODY_BYTES).await?;
         if !status.is_success() {
             return Err(api_error(status, &body, None));
         }
-        serde_json::from_slice(&body).map_err(|e| GraphError::Decode(e.to_string()))
+        serde_json::from_slice(&body).map_err(decode_error)
     }
 
     /// Redeems an authorization code for the ID token (the client secret goes to this
@@ -869,17 +912,10 @@ impl GraphClient {
             .await
             .map_err(|e| unanswered(&url, e))?;
         let status = resp.status();
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| GraphError::Decode(e.without_url().to_string()))?;
+        let body = body_of(resp, MAX_ERROR_BODY_BYTES).await?;
         let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         if !status.is_success() {
-            return Err(GraphError::Token {
-                status: status.as_u16(),
-                error: v["error"].as_str().unwrap_or("unknown").to_owned(),
-                aadsts: v["error_codes"][0].as_u64().unwrap_or(0) as u32,
-            });
+            return Err(token_refused(status, &v));
         }
         v["id_token"]
             .as_str()
@@ -925,6 +961,31 @@ fn values(body: &Value) -> Result<&Vec<Value>, GraphError> {
 fn parse_values<T: serde::de::DeserializeOwned>(body: &Value) -> Result<Vec<T>, GraphError> {
     values(body)?
         .iter()
-        .map(|v| serde_json::from_value(v.clone()).map_err(|e| GraphError::Decode(e.to_string())))
+        .map(|v| serde_json::from_value(v.clone()).map_err(decode_error))
         .collect()
+}
+
+/// The users of a collection page; entries without a valid object id are skipped.
+fn users_of(body: &Value) -> Result<Vec<GraphUser>, GraphError> {
+    let entries = values(body)?;
+    let users: Vec<GraphUser> = entries.iter().filter_map(GraphUser::from_entry).collect();
+    skipped_entries("members", entries.len() - users.len());
+    Ok(users)
+}
+
+/// Says that a page held entries that were not taken (their values are not logged: they
+/// are a peer's, and may be anything).
+fn skipped_entries(operation: &'static str, skipped: usize) {
+    if skipped > 0 {
+        tracing::warn!(
+            operation,
+            skipped,
+            "Graph entries without a valid object id were skipped"
+        );
+    }
+}
+
+/// A parse failure of a peer's JSON: serde quotes the offending value, which may be huge.
+fn decode_error(e: serde_json::Error) -> GraphError {
+    GraphError::Decode(clipped(&e.to_string(), 300))
 }

@@ -2,6 +2,7 @@
 
 use crate::json_fields::present;
 use serde::Deserialize;
+use serde_json::Value;
 use std::collections::BTreeMap;
 
 /// The user properties idledger selects.
@@ -33,6 +34,45 @@ pub struct GraphUser {
     /// `accountEnabled`.
     #[serde(default)]
     pub account_enabled: Option<bool>,
+}
+
+/// The longest object id taken from Graph: Entra's are GUIDs (36 characters).
+const MAX_OBJECT_ID: usize = 64;
+
+/// An object id as Graph gives one: a GUID in Entra ID. Anything else (empty, absurdly
+/// long, with characters a URL path or a log line would misread) is not taken, and the
+/// entry that carries it is skipped: one broken object must not stop a domain's sync, nor
+/// make a user's record too large to write.
+pub fn object_id(v: &Value) -> Option<&str> {
+    v.as_str().filter(|id| {
+        !id.is_empty()
+            && id.len() <= MAX_OBJECT_ID
+            && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    })
+}
+
+impl GraphUser {
+    /// A user entry of a collection, read leniently: a property of the wrong type counts
+    /// as left out (an entry of a delta round names only what changed anyway), so one odd
+    /// value costs that value, not the round. `None` when the id is not an object id.
+    pub fn from_entry(v: &Value) -> Option<GraphUser> {
+        let id = object_id(&v["id"])?;
+        let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+        let optional = |k: &str| match v.get(k) {
+            Some(Value::Null) => Some(None),
+            Some(Value::String(s)) => Some(Some(s.clone())),
+            _ => None,
+        };
+        Some(GraphUser {
+            id: id.to_owned(),
+            user_principal_name: text("userPrincipalName"),
+            display_name: text("displayName"),
+            mail: optional("mail"),
+            given_name: optional("givenName"),
+            surname: optional("surname"),
+            account_enabled: v.get("accountEnabled").and_then(Value::as_bool),
+        })
+    }
 }
 
 /// A group found by name.
@@ -99,4 +139,35 @@ pub struct UsersDelta {
     pub changes: Vec<UserChange>,
     /// The link the next round starts from.
     pub delta_link: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn an_entry_with_odd_values_loses_those_values_and_one_without_an_object_id_is_none() {
+        let id = "c0a80000-0000-4000-8000-000000000001";
+        let u = GraphUser::from_entry(&json!({
+            "id": id, "displayName": 5, "accountEnabled": "A".repeat(1000),
+            "mail": null, "givenName": "Adele", "surname": ["x"],
+        }))
+        .unwrap();
+        assert_eq!(u.id, id);
+        assert_eq!(u.display_name, None);
+        assert_eq!(u.account_enabled, None);
+        assert_eq!(u.mail, Some(None), "null: Graph says it is empty");
+        assert_eq!(u.given_name, Some(Some("Adele".into())));
+        assert_eq!(u.surname, None);
+        for bad in [
+            json!(""),
+            json!(".."),
+            json!("a".repeat(65)),
+            json!("x\u{7}"),
+            json!(7),
+        ] {
+            assert_eq!(GraphUser::from_entry(&json!({"id": bad})), None, "{bad}");
+        }
+    }
 }

@@ -461,6 +461,41 @@ async fn a_password_write_is_not_retried_once_it_may_have_been_applied() {
     }
     c.set_password(&user(4), &pw).await.unwrap();
     assert_eq!(patches(4).await, 3);
+    // A 503, then a refusal: the first try may still have been applied, so the refusal
+    // does not make the write certainly undone.
+    let mut busy = patch.clone();
+    busy["status"] = 503.into();
+    busy["retry_after"] = 0.01.into();
+    fault(&url, busy).await;
+    let mut refused = patch.clone();
+    refused["status"] = 403.into();
+    fault(&url, refused).await;
+    let e = c.set_password(&user(5), &pw).await.unwrap_err();
+    assert_eq!((e.error.status(), e.maybe_applied), (Some(403), true));
+    assert_eq!(patches(5).await, 2);
+}
+
+/// Graph said when to come back: a client that cannot wait that long gives up at once
+/// (its caller retries on its own schedule), and `Retry-After: 0` is no licence to
+/// retry at once.
+#[tokio::test]
+async fn retry_after_is_never_cut_short() {
+    let (url, _sim) = sim(100).await;
+    let c = client(&url, "contoso-demo-secret");
+    c.domains().await.unwrap();
+    let throttle = |after: f64| json!({"status": 429, "retry_after": after, "path_prefix": "/v1.0/groups", "count": 1});
+    fault(&url, throttle(45.0)).await;
+    let started = Instant::now();
+    let e = c.find_groups("Hideez Users Sync").await.unwrap_err();
+    assert_eq!(e.status(), Some(429), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(requests_to(&url, "/v1.0/groups").await.len(), 1);
+    fault(&url, throttle(0.0)).await;
+    let started = Instant::now();
+    assert_eq!(c.find_groups("Hideez Users Sync").await.unwrap().len(), 1);
+    // The client's base delay is 20 ms.
+    assert!(started.elapsed() >= Duration::from_millis(20));
+    assert_eq!(requests_to(&url, "/v1.0/groups").await.len(), 3);
 }
 
 #[tokio::test]

@@ -749,6 +749,54 @@ async fn a_configured_group_id_that_names_no_group_fails_the_run_instead_of_empt
     assert_eq!(w.users("&status=active").await.len(), 29);
 }
 
+/// An object id no Entra ID would give (a megabyte of one would not even fit in a record)
+/// costs its own entry, not the domain's sync: the run succeeds with everyone else, in a
+/// full round and in the delta rounds after it.
+#[tokio::test]
+async fn a_member_with_an_absurd_id_is_skipped_and_the_rest_sync() {
+    let w = world(json!({"auto_import": true})).await;
+    let add = |id: String, upn: &str| json!({"id": id, "userPrincipalName": upn, "displayName": "Odd One", "password": "First-Key-2026!"});
+    w.sim(
+        Method::POST,
+        "/_sim/users",
+        Some(add("a".repeat(5000), "odd.one@contoso.onmicrosoft.com")),
+    )
+    .await;
+    w.sim(
+        Method::POST,
+        &format!("/_sim/groups/{SYNC}/members/{}", "a".repeat(5000)),
+        None,
+    )
+    .await;
+    let run = w.sync().await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let users = w.users("").await;
+    assert_eq!(users.len(), 30, "everyone but the odd one");
+    assert!(!users
+        .iter()
+        .any(|u| u["user_principal_name"] == "odd.one@contoso.onmicrosoft.com"));
+    // In a delta round too, next to a real change.
+    let active = w.users("&status=active").await.len();
+    w.sim(
+        Method::POST,
+        "/_sim/users",
+        Some(add("b".repeat(100), "odd.two@contoso.onmicrosoft.com")),
+    )
+    .await;
+    w.sim(
+        Method::POST,
+        &format!("/_sim/groups/{SYNC}/members/{}", "b".repeat(100)),
+        None,
+    )
+    .await;
+    w.leave(4).await;
+    let run = w.sync().await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["full"], false, "{run}");
+    assert_eq!(w.users("&status=active").await.len(), active - 1);
+    assert_eq!(w.users("").await.len(), 30);
+}
+
 /// A deleted group is not an empty one: read as "no members", every user would leave it
 /// (and with *delete*, lose their keys) though Entra can restore it for 30 days.
 #[tokio::test]
@@ -1057,7 +1105,9 @@ async fn a_deleted_users_data_key_is_in_no_file_and_their_password_opens_no_more
 }
 
 /// A peer's numbers never panic the engine: a token answer claiming a lifetime of
-/// u64::MAX seconds, or a Retry-After past any duration, leaves the run to finish.
+/// u64::MAX seconds, or a Retry-After past any duration, harms nothing: the run that was
+/// told to wait ends with Graph's 429 (not waited out, not retried early), and the next
+/// one succeeds.
 #[tokio::test]
 async fn absurd_numbers_from_graph_do_not_stop_a_run() {
     let w = world(json!({"auto_import": true})).await;
@@ -1075,6 +1125,7 @@ async fn absurd_numbers_from_graph_do_not_stop_a_run() {
         ),
     )
     .await;
+    w.sync_fails(&["429"]).await;
     let run = w.sync().await;
     assert_eq!(run["status"], "succeeded", "{run}");
 }

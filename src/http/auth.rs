@@ -33,6 +33,13 @@ impl std::fmt::Debug for Principal {
     }
 }
 
+/// The credentials of an `Authorization` value in `scheme` (`Bearer`, `Basic`): schemes
+/// are case-insensitive (RFC 9110 §11.1).
+pub fn credentials<'a>(authorization: &'a str, scheme: &str) -> Option<&'a str> {
+    let (named, rest) = authorization.split_once(' ')?;
+    named.eq_ignore_ascii_case(scheme).then_some(rest)
+}
+
 impl Principal {
     /// Refuses the call unless the caller holds one of `roles`.
     pub fn require(&self, roles: &[Role]) -> Result<(), ApiError> {
@@ -95,7 +102,7 @@ impl Principal {
             .headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+            .and_then(|v| credentials(v, "Bearer"));
         let p = state.engine.projector.read();
         let mut through_session = None;
         let t = match bearer {

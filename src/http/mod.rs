@@ -22,7 +22,7 @@ mod users;
 pub mod web;
 mod workstation;
 
-pub use auth::{new_token_text, token_hash, Principal};
+pub use auth::{credentials, new_token_text, token_hash, Principal};
 pub use error::ApiError;
 pub use events::StreamSlots;
 pub use listen::{serve, Limits};

@@ -9,10 +9,9 @@ use sha2::{Digest, Sha256};
 /// handler chose otherwise) no caching — pages name users.
 pub fn security_headers(mut response: Response, csp: &'static str) -> Response {
     let h = response.headers_mut();
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(csp),
-    );
+    // A page that needs a wider policy (a form whose answer leaves the site) sets its own.
+    h.entry(header::CONTENT_SECURITY_POLICY)
+        .or_insert(HeaderValue::from_static(csp));
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),

@@ -15,7 +15,7 @@
 use super::{https, refuse, sessions, signed_in, Ctx, Refusal};
 use crate::http::session::same_secret;
 use axum::extract::{Form, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -30,7 +30,7 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// Codes kept at most.
@@ -39,6 +39,11 @@ const MOST: usize = 100_000;
 const SCOPES: [&str; 4] = ["openid", "profile", "email", "offline_access"];
 /// The longest `nonce` taken (it is recorded with every refresh of the tokens it goes in).
 const MAX_NONCE: usize = 255;
+/// The longest `state` taken: it waits in memory while the user signs in, for anyone who
+/// sends a browser here (an app's own state is an id or a short signed blob).
+const MAX_STATE: usize = 2048;
+/// Codes one user holds at once: one user's script cannot fill the map for everyone.
+const CODES_PER_USER: usize = 32;
 
 /// The provider's routes, added to the sign-in router (they share its sessions).
 pub fn routes(router: Router<Ctx>) -> Router<Ctx> {
@@ -81,13 +86,16 @@ struct Granted {
     method: SsoMethod,
 }
 
-/// A code exchanged already, and what it gave.
-#[derive(Clone, Copy)]
+/// A code exchanged already, and what it gave (or is giving).
+#[derive(Clone)]
 struct Spent {
     at: Instant,
     user: UserId,
     app: AppId,
     family: Option<uuid::Uuid>,
+    /// Held while the first exchange issues its tokens: a second use waits for it, so its
+    /// refusal lands after the family it ends, never before it begins.
+    issuing: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Codes in flight and the signer's cache (refresh families live in the log).
@@ -177,6 +185,9 @@ struct Discovery {
     code_challenge_methods_supported: [&'static str; 1],
     claims_supported: [&'static str; 14],
     prompt_values_supported: [&'static str; 2],
+    /// Left out, these would mean `request_uri` is supported (Discovery 1.0 §3).
+    request_parameter_supported: bool,
+    request_uri_parameter_supported: bool,
 }
 
 async fn discovery(State(ctx): State<Ctx>) -> Result<Json<Discovery>, Refusal> {
@@ -217,6 +228,8 @@ async fn discovery(State(ctx): State<Ctx>) -> Result<Json<Discovery>, Refusal> {
             "azp",
         ],
         prompt_values_supported: ["none", "login"],
+        request_parameter_supported: false,
+        request_uri_parameter_supported: false,
     }))
 }
 
@@ -252,6 +265,23 @@ struct AuthorizeQuery {
     prompt: Option<String>,
     max_age: Option<i64>,
     response_mode: Option<String>,
+    request: Option<String>,
+    request_uri: Option<String>,
+}
+
+/// The two parameters that say where an error may be sent, from a query that did not
+/// read as a whole (a repeated parameter, a `max_age` that is no number): each must appear
+/// once.
+fn client_and_redirect(uri: &Uri) -> Option<(String, String, Option<String>)> {
+    let Query(pairs) = Query::<Vec<(String, String)>>::try_from_uri(uri).ok()?;
+    let once = |key: &str| {
+        let mut values = pairs.iter().filter(|(k, _)| k == key).map(|(_, v)| v);
+        match (values.next(), values.next()) {
+            (Some(v), None) => Some(v.clone()),
+            _ => None,
+        }
+    };
+    Some((once("client_id")?, once("redirect_uri")?, once("state")))
 }
 
 /// The 400 page of a request that names no app or a redirect URI not registered for it:
@@ -278,15 +308,13 @@ fn to_app(redirect_uri: &str, state: Option<&str>, error: &str, description: &st
     Redirect::to(&url).into_response()
 }
 
-async fn authorize(
-    State(ctx): State<Ctx>,
-    headers: HeaderMap,
-    query: Result<Query<AuthorizeQuery>, axum::extract::rejection::QueryRejection>,
-) -> Response {
-    let Ok(Query(q)) = query else {
-        return bad_client("The request's parameters could not be read.");
-    };
-    let Some(app) = q.client_id.as_deref().and_then(|c| {
+/// The app `client_id` and its registered `redirect_uri`; else what the 400 page says.
+fn registered(
+    ctx: &Ctx,
+    client_id: Option<&str>,
+    redirect_uri: Option<&str>,
+) -> Result<(idledger_projections::AppView, String), &'static str> {
+    let Some(app) = client_id.and_then(|c| {
         ctx.app
             .engine
             .projector
@@ -295,17 +323,62 @@ async fn authorize(
             .by_client_id(c)
             .cloned()
     }) else {
-        return bad_client("No app is registered with this client_id.");
+        return Err("No app is registered with this client_id.");
     };
-    let Some(redirect_uri) = q
-        .redirect_uri
-        .clone()
-        .filter(|r| app.redirect_uris.iter().any(|u| u == r))
-    else {
-        return bad_client("The redirect_uri is not registered for this app.");
+    match redirect_uri.filter(|r| app.redirect_uris.iter().any(|u| u == r)) {
+        Some(r) => {
+            let r = r.to_owned();
+            Ok((app, r))
+        }
+        None => Err("The redirect_uri is not registered for this app."),
+    }
+}
+
+async fn authorize(
+    State(ctx): State<Ctx>,
+    headers: HeaderMap,
+    uri: Uri,
+    query: Result<Query<AuthorizeQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = query else {
+        // Unreadable as a whole: an error goes back to the app when it names itself and a
+        // registered address once each (OIDC Core §3.1.2.6), else the page.
+        let Some((client_id, redirect_uri, state)) = client_and_redirect(&uri) else {
+            return bad_client("The request's parameters could not be read.");
+        };
+        return match registered(&ctx, Some(&client_id), Some(&redirect_uri)) {
+            Ok((_, redirect_uri)) => to_app(
+                &redirect_uri,
+                state.as_deref().filter(|s| s.len() <= MAX_STATE),
+                "invalid_request",
+                "a parameter is repeated or malformed",
+            ),
+            Err(why) => bad_client(why),
+        };
     };
+    let (app, redirect_uri) =
+        match registered(&ctx, q.client_id.as_deref(), q.redirect_uri.as_deref()) {
+            Ok(found) => found,
+            Err(why) => return bad_client(why),
+        };
+    if q.state.as_ref().is_some_and(|s| s.len() > MAX_STATE) {
+        return to_app(
+            &redirect_uri,
+            None,
+            "invalid_request",
+            "the state is longer than 2048 characters",
+        );
+    }
     let state = q.state.as_deref();
     let fail = |error: &str, description: &str| to_app(&redirect_uri, state, error, description);
+    // Request objects are not supported, and discovery says so; ignoring one would act on
+    // parameters the app did not mean (OIDC Core §6).
+    if q.request.is_some() {
+        return fail("request_not_supported", "request objects are not supported");
+    }
+    if q.request_uri.is_some() {
+        return fail("request_uri_not_supported", "request_uri is not supported");
+    }
     if q.response_type.as_deref() != Some("code") {
         return fail("unsupported_response_type", "only response_type=code");
     }
@@ -430,6 +503,18 @@ fn continue_with(ctx: &Ctx, headers: &HeaderMap, request: &AuthRequest) -> Optio
     {
         let mut codes = ctx.provider.codes.lock().unwrap_or_else(|e| e.into_inner());
         codes.retain(|_, c| c.created.elapsed() < ctx.app.oidc.code_ttl);
+        // One user's codes past their share: the oldest goes (a user with many tabs loses
+        // an old one; a script cannot fill the map for everyone).
+        let mine: Vec<(&[u8; 32], &Instant)> = codes
+            .iter()
+            .filter(|(_, c)| c.user == session.user)
+            .map(|(k, c)| (k, &c.created))
+            .collect();
+        if mine.len() >= CODES_PER_USER {
+            if let Some(oldest) = mine.iter().min_by_key(|(_, at)| **at).map(|(k, _)| **k) {
+                codes.remove(&oldest);
+            }
+        }
         if codes.len() >= MOST {
             return Some(to_app(
                 &request.redirect_uri,
@@ -575,7 +660,7 @@ fn client(
     let basic = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|v| crate::http::credentials(v, "Basic"))
         .and_then(|b| {
             base64::engine::general_purpose::STANDARD
                 .decode(b.trim())
@@ -589,6 +674,11 @@ fn client(
                 urlencoding::decode(secret).ok()?.into_owned(),
             ))
         });
+    // One way of authenticating per request (RFC 6749 §2.3): a secret in the form as well
+    // as in the header is refused, not silently ignored.
+    if basic.is_some() && form.client_secret.is_some() {
+        return Err(invalid());
+    }
     let (id, secret) = match (basic, &form.client_id) {
         (Some((id, secret)), None) => (id, Some(secret)),
         (Some((id, secret)), Some(form_id)) if *form_id == id => (id, Some(secret)),
@@ -682,36 +772,55 @@ async fn exchange_code(
         );
     };
     let key = hash(code);
-    // Taken at once: a code is exchanged once, whatever follows.
-    let grant = ctx
-        .provider
-        .codes
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&key);
-    let Some(grant) = grant else {
-        let spent = ctx
+    // Taken at once, and marked spent in the same step: a code is exchanged once, and a
+    // second use, however close behind, is seen as one.
+    let issuing = Arc::new(tokio::sync::Mutex::new(()));
+    let _issuing = issuing.clone().try_lock_owned().ok();
+    let (grant, reused) = {
+        let grant = ctx
             .provider
-            .spent
+            .codes
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-            .copied();
-        if let Some(Spent {
-            user,
-            app: app_id,
-            family,
-            ..
-        }) = spent
-        {
+            .remove(&key);
+        let mut spent = ctx.provider.spent.lock().unwrap_or_else(|e| e.into_inner());
+        match grant {
+            Some(grant) => {
+                spent.retain(|_, x| x.at.elapsed() < ctx.app.oidc.code_ttl);
+                let family = grant
+                    .request
+                    .scope
+                    .iter()
+                    .any(|s| s == "offline_access")
+                    .then(uuid::Uuid::new_v4);
+                if spent.len() < MOST {
+                    spent.insert(
+                        key,
+                        Spent {
+                            at: Instant::now(),
+                            user: grant.user,
+                            app: grant.request.app,
+                            family,
+                            issuing,
+                        },
+                    );
+                }
+                (Some((grant, family)), None)
+            }
+            None => (None, spent.get(&key).cloned()),
+        }
+    };
+    let Some((grant, family)) = grant else {
+        if let Some(spent) = reused {
             // A code used twice: the tokens it gave are revoked (RFC 6749 §4.1.2); the
-            // refusal's record ends the family.
+            // refusal's record ends the family, once the first use has begun it.
+            drop(spent.issuing.lock().await);
             record_refusal(
                 ctx,
-                user,
-                app_id,
+                spent.user,
+                spent.app,
                 "invalid_grant: authorization code reused",
-                family,
+                spent.family,
             )
             .await;
         }
@@ -753,39 +862,15 @@ async fn exchange_code(
         amr: grant.session.amr.clone(),
         method: grant.session.method,
     };
-    let refresh = carried
-        .scope
-        .iter()
-        .any(|s| s == "offline_access")
-        .then(|| {
-            let family = uuid::Uuid::new_v4();
-            let first = RefreshName {
-                user: grant.user,
-                family,
-                generation: 0,
-            };
-            (family, new_refresh_token(first))
-        });
-    let answer = issue(ctx, app, grant.user, &grant.session.sid, &carried, refresh).await;
-    let family = match &answer {
-        Ok((_, family)) => *family,
-        Err(_) => None,
-    };
-    let mut spent = ctx.provider.spent.lock().unwrap_or_else(|e| e.into_inner());
-    spent.retain(|_, x| x.at.elapsed() < ctx.app.oidc.code_ttl);
-    if spent.len() < MOST {
-        spent.insert(
-            key,
-            Spent {
-                at: Instant::now(),
-                user: grant.user,
-                app: app.id,
-                family,
-            },
-        );
-    }
-    drop(spent);
-    match answer {
+    let refresh = family.map(|family| {
+        let first = RefreshName {
+            user: grant.user,
+            family,
+            generation: 0,
+        };
+        (family, new_refresh_token(first))
+    });
+    match issue(ctx, app, grant.user, &grant.session.sid, &carried, refresh).await {
         Ok((r, _)) => r,
         Err(r) => r.into_response(),
     }
@@ -1088,7 +1173,7 @@ async fn userinfo(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
     let Some(token) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| crate::http::credentials(v, "Bearer"))
     else {
         return unauthorized("a Bearer access token is required");
     };
@@ -1155,14 +1240,24 @@ async fn end_session(
         .and_then(|q| q.id_token_hint.as_deref())
         .and_then(|t| crate::provider::verify(&ctx.app.engine, t, Utc::now()));
     let hinted_sid = hint.as_ref().and_then(|c| c["sid"].as_str());
+    let hinted_app = hint
+        .as_ref()
+        .and_then(|c| c["aud"].as_str().map(str::to_owned));
+    let named_app = q.as_ref().and_then(|q| q.client_id.clone());
+    // Both given, they must agree (RP-Initiated Logout 1.0 §2): else one app's token
+    // would send the browser on to another app's address.
+    if hinted_app.is_some() && named_app.is_some() && hinted_app != named_app {
+        return super::pages::problem(
+            StatusCode::BAD_REQUEST,
+            "Sign-out not understood",
+            "The app named is not the one this sign-in was for. Start again from the app you were using.",
+        );
+    }
     let own = signed_in(&ctx, &headers);
     if let Some(sid) = hinted_sid {
         ctx.store.close_sid(sid);
     }
-    let client_id = hint
-        .as_ref()
-        .and_then(|c| c["aud"].as_str().map(str::to_owned))
-        .or_else(|| q.as_ref().and_then(|q| q.client_id.clone()));
+    let client_id = hinted_app.or(named_app);
     let target = LogoutTarget {
         client_id,
         post_logout_redirect_uri: q.as_ref().and_then(|q| q.post_logout_redirect_uri.clone()),
@@ -1171,10 +1266,24 @@ async fn end_session(
     match own {
         Some((_, session)) if hinted_sid != Some(session.sid.as_str()) => {
             let app = target.app(&ctx).map(|a| a.name);
-            super::pages::confirm_sign_out(&session.csrf, app.as_deref(), &target.fields())
+            let back_to = target.registered(&ctx).and_then(|uri| origin_of(&uri));
+            super::pages::confirm_sign_out(
+                &session.csrf,
+                app.as_deref(),
+                &target.fields(),
+                back_to.as_deref(),
+            )
         }
         _ => signed_out(&ctx, &target),
     }
+}
+
+/// `scheme://host[:port]` of a registered address, as a CSP source.
+fn origin_of(uri: &str) -> Option<String> {
+    let url = reqwest::Url::parse(uri).ok()?;
+    url.has_host()
+        .then(|| url.origin().ascii_serialization())
+        .filter(|o| o != "null")
 }
 
 /// Where to send the browser once signed out, as the app asked.
@@ -1189,6 +1298,14 @@ impl LogoutTarget {
         let client_id = self.client_id.as_deref()?;
         let p = ctx.app.engine.projector.read();
         p.provider.by_client_id(client_id).cloned()
+    }
+
+    /// The post-logout address asked for, when it is registered for the app.
+    fn registered(&self, ctx: &Ctx) -> Option<String> {
+        let uri = self.post_logout_redirect_uri.as_ref()?;
+        self.app(ctx)
+            .filter(|app| app.post_logout_redirect_uris.contains(uri))
+            .map(|_| uri.clone())
     }
 
     /// The hidden fields of the confirmation form, which carry the request on.
@@ -1243,13 +1360,9 @@ async fn confirm_end_session(
 /// The browser is signed out: back to the app when it named a registered address, else a
 /// page that says so. The session cookie is cleared either way.
 fn signed_out(ctx: &Ctx, target: &LogoutTarget) -> Response {
-    let registered = target
-        .app(ctx)
-        .zip(target.post_logout_redirect_uri.as_ref())
-        .filter(|(app, uri)| app.post_logout_redirect_uris.contains(uri));
-    let mut response = match registered {
-        Some((_, uri)) => {
-            let mut url = uri.clone();
+    let mut response = match target.registered(ctx) {
+        Some(uri) => {
+            let mut url = uri;
             if let Some(s) = target.state.as_deref() {
                 url.push_str(if url.contains('?') { "&" } else { "?" });
                 url.push_str(&format!("state={}", urlencoding::encode(s)));

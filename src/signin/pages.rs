@@ -3,7 +3,7 @@
 //! setup, and finds its buttons by `data-` attributes, never by injected HTML.
 
 use crate::http::esc;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use idledger_domain::decide::signin::LinkGone;
 use idledger_domain::{Attachment, SignInFailure, SsoMethod};
@@ -12,12 +12,11 @@ use idledger_projections::SignInView;
 /// Security headers of every sign-in answer. Like the console's, plus `data:` images for
 /// the QR code of an authenticator app.
 pub async fn headers(response: Response) -> Response {
-    crate::http::web::security_headers(
-        response,
-        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
-         connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-    )
+    crate::http::web::security_headers(response, CSP)
 }
+
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+     connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 const CSS: &str = include_str!("assets/signin.css");
 const JS: &str = include_str!("assets/signin.js");
@@ -79,7 +78,12 @@ pub fn problem(status: StatusCode, title: &str, message: &str) -> Response {
 
 /// Asks a signed-in user whether to sign out, for a sign-out request that did not come
 /// with proof it was the user's own (an ID token of this very session).
-pub fn confirm_sign_out(csrf: &str, app: Option<&str>, carried: &[(&str, &str)]) -> Response {
+pub fn confirm_sign_out(
+    csrf: &str,
+    app: Option<&str>,
+    carried: &[(&str, &str)],
+    back_to: Option<&str>,
+) -> Response {
     let asker = match app {
         Some(name) => format!("{} asks to sign you out.", esc(name)),
         None => "A site asks to sign you out.".to_owned(),
@@ -94,7 +98,7 @@ pub fn confirm_sign_out(csrf: &str, app: Option<&str>, carried: &[(&str, &str)])
             )
         })
         .collect();
-    page(
+    let mut response = page(
         StatusCode::OK,
         "Sign out?",
         csrf,
@@ -105,7 +109,18 @@ pub fn confirm_sign_out(csrf: &str, app: Option<&str>, carried: &[(&str, &str)])
 <p><a href="/me">Stay signed in</a></p>"#,
             csrf = esc(csrf),
         ),
-    )
+    );
+    // The answer to the form sends the browser back to the app: its origin (a registered
+    // post-logout address's, checked by the caller) is a place this form may lead.
+    // (A form's redirect counts as its target: browsers check every hop.)
+    let widened =
+        back_to.map(|o| CSP.replace("form-action 'self'", &format!("form-action 'self' {o}")));
+    if let Some(policy) = widened.and_then(|p| HeaderValue::from_str(&p).ok()) {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_SECURITY_POLICY, policy);
+    }
+    response
 }
 
 /// The end of a sign-out no app asked to come back from.

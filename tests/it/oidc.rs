@@ -374,8 +374,22 @@ async fn a_relying_party_signs_a_passkey_user_in_and_every_rule_holds() {
         .claims(&verify_rotated, &nonce)
         .unwrap();
 
-    // RP-initiated logout back to the registered URI, with the state; the session ends.
+    // A hint from this app naming another app: refused, and nothing ends.
     let hint = tokens.id_token().unwrap().to_string();
+    let (s, location, _) = authorize(
+        &mut stranger,
+        &format!(
+            "{}/end_session?id_token_hint={hint}&client_id=another-app&post_logout_redirect_uri={}",
+            w.app.public,
+            urlencoding::encode(LOGGED_OUT)
+        ),
+    )
+    .await;
+    assert_eq!((s, location), (StatusCode::BAD_REQUEST, None));
+    let (s, _, _) = stranger.get(&format!("{}/me", w.app.public)).await;
+    assert_eq!(s, StatusCode::OK, "still signed in");
+
+    // RP-initiated logout back to the registered URI, with the state; the session ends.
     let (s, location, q) = authorize(
         &mut stranger,
         &format!(
@@ -473,10 +487,15 @@ async fn a_relying_party_signs_a_passkey_user_in_and_every_rule_holds() {
 async fn callback_server() -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let app = axum::Router::new().route(
-        "/callback",
-        axum::routing::get(|| async { axum::response::Html("<h1>Payroll: signed in</h1>") }),
-    );
+    let app = axum::Router::new()
+        .route(
+            "/callback",
+            axum::routing::get(|| async { axum::response::Html("<h1>Payroll: signed in</h1>") }),
+        )
+        .route(
+            "/bye",
+            axum::routing::get(|| async { axum::response::Html("<h1>Payroll: signed out</h1>") }),
+        );
     tokio::spawn(async move { axum::serve(listener, app).await });
     format!("http://localhost:{port}/callback")
 }
@@ -493,6 +512,8 @@ async fn an_app_registered_in_the_console_signs_a_passkey_user_in_through_chromi
     b.wait_text("#apps", "No apps yet").await;
     b.fill("#a-name", "Payroll").await;
     b.fill("#a-redirects", &callback).await;
+    let bye = callback.replace("/callback", "/bye");
+    b.fill("#a-logout", &bye).await;
     b.css("#a-alg option[value=RS256]")
         .await
         .click()
@@ -590,6 +611,21 @@ async fn an_app_registered_in_the_console_signs_a_passkey_user_in_through_chromi
         .unwrap();
     assert_eq!(info.subject().as_str(), adele);
     assert_eq!(b.authenticator_credentials(&authenticator).await.len(), 1);
+
+    // The app asks to sign her out without an ID token: she confirms, and the browser
+    // really goes back to the app (the form's redirect leaves the site; the page's policy
+    // must let it).
+    b.goto(&format!(
+        "{}/end_session?client_id={}&post_logout_redirect_uri={}&state=bye",
+        w.app.public,
+        client_id.trim(),
+        urlencoding::encode(&bye)
+    ))
+    .await;
+    b.wait_text("h1", "Sign out of idledger?").await;
+    b.click("form[action='/end_session'] button").await;
+    b.wait_text("h1", "Payroll: signed out").await;
+    assert_eq!(b.url().await, format!("{bye}?state=bye"));
 
     // The console shows the app's secret once only: a reload shows the list, no secret.
     b.goto(&format!("{}/console/apps", w.app.public)).await;
@@ -1083,5 +1119,170 @@ async fn codes_of_one_user_exchanged_at_once_all_get_their_tokens() {
         let body: Value = answer.json().await.unwrap();
         assert_eq!(status, StatusCode::OK, "{body}");
         assert!(body["refresh_token"].is_string(), "{body}");
+    }
+}
+
+/// Requests no app would send, answered where the spec says: to the app when it named
+/// itself and a registered address (once each), else the 400 page; and nothing of them
+/// is kept in memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_oversized_requests_are_answered_without_being_kept() {
+    let (w, adele, _) = signin_world().await;
+    let SignedInWithApp {
+        mut browser,
+        client_id,
+        secret,
+        ..
+    } = signed_in_with_app(&w, &adele).await;
+    let base = format!(
+        "{}/authorize?client_id={client_id}&redirect_uri={REDIRECT}&response_type=code&scope=openid",
+        w.app.public
+    );
+    let discovery: Value =
+        reqwest::get(format!("{}/.well-known/openid-configuration", w.app.public))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(discovery["request_uri_parameter_supported"], false);
+    assert_eq!(discovery["request_parameter_supported"], false);
+    let cases = [
+        // A state that would wait in memory for a sign-in (a fresh browser: not signed in).
+        (
+            format!("&state={}", "s".repeat(2049)),
+            "invalid_request",
+            None,
+        ),
+        (
+            "&max_age=abc&state=x1".to_owned(),
+            "invalid_request",
+            Some("x1"),
+        ),
+        (
+            "&scope=openid&state=x2".to_owned(),
+            "invalid_request",
+            Some("x2"),
+        ),
+        (
+            "&request_uri=https://rp/r&state=x3".to_owned(),
+            "request_uri_not_supported",
+            Some("x3"),
+        ),
+        (
+            "&request=eyJ.e30.&state=x4".to_owned(),
+            "request_not_supported",
+            Some("x4"),
+        ),
+    ];
+    for (extra, error, state) in &cases {
+        let mut fresh = Visitor::new();
+        let (s, location, q) = authorize(&mut fresh, &format!("{base}{extra}")).await;
+        assert_eq!(s, StatusCode::SEE_OTHER, "{extra:.40}");
+        assert!(location.unwrap().starts_with(REDIRECT));
+        assert_eq!(get(&q, "error"), Some(*error), "{extra:.40}");
+        assert_eq!(get(&q, "state"), *state);
+        assert!(!fresh.holds_cookies(), "no flow was kept: {extra:.40}");
+    }
+    // Who to answer is unclear: the page, never a redirect.
+    let (s, location, _) = authorize(
+        &mut Visitor::new(),
+        &format!("{base}&client_id={client_id}&max_age=abc"),
+    )
+    .await;
+    assert_eq!((s, location), (StatusCode::BAD_REQUEST, None));
+
+    // The token endpoint takes one way of authenticating, and schemes in any case.
+    let (_, _, q) = authorize(&mut browser, &format!("{base}&state=t")).await;
+    let code = get(&q, "code").unwrap().to_owned();
+    let raw = reqwest::Client::new();
+    let token_url = format!("{}/token", w.app.public);
+    let basic = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(format!("{client_id}:{secret}"))
+    };
+    let form = |secret: Option<&str>| {
+        let mut f = vec![
+            ("grant_type", "authorization_code".to_owned()),
+            ("code", code.clone()),
+            ("redirect_uri", REDIRECT.to_owned()),
+        ];
+        if let Some(s) = secret {
+            f.push(("client_secret", s.to_owned()));
+        }
+        f
+    };
+    let r = raw
+        .post(&token_url)
+        .header("authorization", format!("Basic {basic}"))
+        .form(&form(Some(&secret)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "two ways at once");
+    let r = raw
+        .post(&token_url)
+        .header("authorization", format!("basic {basic}"))
+        .form(&form(None))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+}
+
+/// A code presented twice at the same moment: one exchange wins, and the refusal of the
+/// other ends the family the winner began (RFC 6749 §4.1.2), whichever lands first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_code_used_twice_at_once_revokes_what_it_gave() {
+    let (w, adele, _) = signin_world().await;
+    let SignedInWithApp {
+        mut browser,
+        client_id,
+        secret,
+        ..
+    } = signed_in_with_app(&w, &adele).await;
+    let raw = reqwest::Client::new();
+    let token_url = format!("{}/token", w.app.public);
+    for n in 0..4 {
+        let (_, _, q) = authorize(
+            &mut browser,
+            &format!(
+                "{}/authorize?client_id={client_id}&redirect_uri={REDIRECT}&response_type=code&scope=openid%20offline_access&state=r{n}",
+                w.app.public
+            ),
+        )
+        .await;
+        let code = get(&q, "code").unwrap().to_owned();
+        let exchange = || {
+            raw.post(&token_url)
+                .basic_auth(&client_id, Some(&secret))
+                .form(&[
+                    ("grant_type", "authorization_code"),
+                    ("code", code.as_str()),
+                    ("redirect_uri", REDIRECT),
+                ])
+                .send()
+        };
+        let (a, b) = tokio::join!(exchange(), exchange());
+        let mut refresh = Vec::new();
+        for answer in [a, b] {
+            let answer = answer.unwrap();
+            if answer.status() == StatusCode::OK {
+                let body: Value = answer.json().await.unwrap();
+                refresh.push(body["refresh_token"].as_str().unwrap().to_owned());
+            }
+        }
+        assert_eq!(refresh.len(), 1, "one exchange wins");
+        let r = raw
+            .post(&token_url)
+            .basic_auth(&client_id, Some(&secret))
+            .form(&[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", refresh[0].as_str()),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "the family ended");
     }
 }

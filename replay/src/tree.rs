@@ -96,6 +96,17 @@ pub enum ProofError {
     Unreadable(String),
 }
 
+/// No proof of a tree of up to 2^64 leaves needs more hashes: a longer one (from a
+/// hostile server) is refused before any work, as the checks copy it at every level.
+const MAX_PROOF_HASHES: usize = 130;
+
+fn bounded(proof: &[Hash]) -> Result<(), ProofError> {
+    if proof.len() > MAX_PROOF_HASHES {
+        return Err(ProofError::Invalid);
+    }
+    Ok(())
+}
+
 fn tlog_error(e: tlog_tiles::Error) -> ProofError {
     match e {
         tlog_tiles::Error::InvalidProof => ProofError::Invalid,
@@ -117,6 +128,7 @@ pub fn check_inclusion(
             "leaf {leaf_index} is not in a tree of {tree_size}"
         )));
     }
+    bounded(proof)?;
     let proof: Vec<_> = proof.iter().map(theirs).collect();
     tlog_tiles::check_record(&proof, tree_size, theirs(root), leaf_index, theirs(leaf))
         .map_err(tlog_error)
@@ -136,6 +148,7 @@ pub fn check_consistency(
             "no consistency proof from {old_size} to {new_size}"
         )));
     }
+    bounded(proof)?;
     let proof: Vec<_> = proof.iter().map(theirs).collect();
     tlog_tiles::check_tree(
         &proof,
@@ -259,7 +272,10 @@ fn body(origin: &str, head: &TreeHead) -> String {
 }
 
 /// Reads a checkpoint body: origin, size (decimal, no leading zero), base64 root, and our
-/// `Timestamp:` line (other extension lines are allowed and ignored).
+/// `Timestamp:` line, exactly as this log writes them. Anything else (another extension
+/// line, `Timestamp: 05`) is refused, even signed: an auditor keeps what it verified as
+/// `to_note` writes it, and a note that does not read back the same could not be checked
+/// again.
 fn parse_body(text: &str) -> Result<(String, TreeHead), HeadError> {
     let bad = |what: &str| HeadError::Malformed(format!("checkpoint: {what}"));
     let mut lines = text.lines();
@@ -285,14 +301,17 @@ fn parse_body(text: &str) -> Result<(String, TreeHead), HeadError> {
         .ok_or_else(|| bad("no Timestamp line"))?
         .parse()
         .map_err(|_| bad("timestamp"))?;
-    Ok((
-        origin.to_owned(),
-        TreeHead {
-            tree_size,
-            root_hash,
-            timestamp_ms,
-        },
-    ))
+    let head = TreeHead {
+        tree_size,
+        root_hash,
+        timestamp_ms,
+    };
+    if body(origin, &head) != text {
+        return Err(bad(
+            "not in this log's form (origin, size, root, Timestamp)",
+        ));
+    }
+    Ok((origin.to_owned(), head))
 }
 
 /// A tree head with its signature.
@@ -440,6 +459,20 @@ mod tests {
     }
 
     #[test]
+    fn a_proof_longer_than_any_tree_needs_is_refused_before_any_work() {
+        let long = vec![leaf_hash(b"x"); 1 << 20];
+        let root = leaf_hash(b"r");
+        assert!(matches!(
+            check_inclusion(&long, 1 << 40, &root, 5, &root),
+            Err(ProofError::Invalid)
+        ));
+        assert!(matches!(
+            check_consistency(&long, 3, &root, 1 << 40, &root),
+            Err(ProofError::Invalid)
+        ));
+    }
+
+    #[test]
     fn the_go_note_example_verifies_and_a_changed_byte_does_not() {
         // The example of Go's sumdb/note documentation (a published known answer).
         let vkey = "PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW";
@@ -478,5 +511,39 @@ mod tests {
         ));
         let altered = note.replacen("\n12\n", "\n13\n", 1);
         assert!(key.public().open(&altered).is_err());
+    }
+
+    /// What an auditor accepts it keeps as `to_note` writes it: a signed body in another
+    /// form (which would not read back the same) is refused.
+    #[test]
+    fn only_a_head_in_this_logs_form_is_accepted() {
+        use signed_note::Signer as _;
+        let key = LogSigningKey::from_seed("idledger.test/log", &[7; 32]).unwrap();
+        let root = B64.encode(leaf_hash(b"x").0);
+        for text in [
+            format!("idledger.test/log\n5\n{root}\nTimestamp: 05\n"),
+            format!("idledger.test/log\n5\n{root}\nTimestamp: +5\n"),
+            format!("idledger.test/log\n5\n{root}\nTimestamp: 5\nExtra: 1\n"),
+            format!("idledger.test/log\n5\n{root}\nOther: x\nTimestamp: 5\n"),
+        ] {
+            let signature = key.signer.sign(text.as_bytes()).unwrap();
+            let mut sig = key.public().key_id.to_be_bytes().to_vec();
+            sig.extend_from_slice(&signature);
+            let note = format!("{text}\n\u{2014} idledger.test/log {}\n", B64.encode(sig));
+            assert!(
+                matches!(key.public().open(&note), Err(HeadError::Malformed(_))),
+                "{text:?}"
+            );
+        }
+        let canonical = format!("idledger.test/log\n5\n{root}\nTimestamp: 5\n");
+        let signature = key.signer.sign(canonical.as_bytes()).unwrap();
+        let mut sig = key.public().key_id.to_be_bytes().to_vec();
+        sig.extend_from_slice(&signature);
+        let note = format!(
+            "{canonical}\n\u{2014} idledger.test/log {}\n",
+            B64.encode(sig)
+        );
+        let head = key.public().open(&note).unwrap();
+        assert_eq!(head.to_note(), note, "reads back the same");
     }
 }

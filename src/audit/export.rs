@@ -187,19 +187,47 @@ pub struct ExportCheck {
     pub problems: Vec<Problem>,
 }
 
+/// The key an export's signed head is checked with.
+#[derive(Clone, Copy)]
+pub enum HeadKey<'a> {
+    /// None: the head is not checked, and the report says so.
+    None,
+    /// The key of the data dir read (a manifest without a head passes: it may predate
+    /// the first head covering it).
+    OfDataDir(&'a LogPublicKey),
+    /// The auditor's own key (`--public-key`): the manifest must carry a head it signed.
+    /// Without this, whoever rewrote the log could drop the head and pass.
+    Auditors(&'a LogPublicKey),
+}
+
+impl<'a> HeadKey<'a> {
+    fn key(self) -> Option<&'a LogPublicKey> {
+        match self {
+            HeadKey::None => None,
+            HeadKey::OfDataDir(k) | HeadKey::Auditors(k) => Some(k),
+        }
+    }
+}
+
 /// Checks that the tree of the records up to `m.log_position` (whose root is `root`) is in
 /// the signed head `m` carries.
 fn check_signed_head(
     m: &Manifest,
     root: &idledger_domain::Hash,
-    key: Option<&LogPublicKey>,
+    key: HeadKey<'_>,
 ) -> Result<(), String> {
     let Some(signed) = &m.signed_head else {
-        return Ok(());
+        return match key {
+            HeadKey::Auditors(_) => Err(
+                "the manifest carries no signed tree head to check with the given public key"
+                    .into(),
+            ),
+            _ => Ok(()),
+        };
     };
-    // Without the auditor's key there is nothing to hold the head to (the server's own
-    // key proves nothing); the report says so instead of failing.
-    let Some(key) = key else {
+    // Without a key there is nothing to hold the head to (the server's own key, sent
+    // along, would prove nothing); the report says so instead of failing.
+    let Some(key) = key.key() else {
         return Ok(());
     };
     let head = key
@@ -240,7 +268,7 @@ fn check_signed_head(
 pub fn verify_export_file(
     file: &Path,
     records: Records,
-    key: Option<&LogPublicKey>,
+    key: HeadKey<'_>,
     on_position: impl FnMut(u64),
 ) -> Result<ExportCheck, Error> {
     let m: Manifest = serde_json::from_slice(&std::fs::read(Manifest::path_of(file))?)
@@ -262,7 +290,7 @@ pub fn verify_export_file(
     let chain = chain.finish();
     let mut problems = Vec::new();
     let signed_head = match check_signed_head(&m, &chain.tree_root, key) {
-        Ok(()) if m.signed_head.is_some() && key.is_none() => "unchecked",
+        Ok(()) if m.signed_head.is_some() && key.key().is_none() => "unchecked",
         Ok(()) if m.signed_head.is_some() => "verified",
         Ok(()) => "absent",
         Err(detail) => {

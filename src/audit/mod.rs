@@ -11,7 +11,9 @@ pub mod manifest;
 pub mod proofs;
 pub mod source;
 
-pub use export::{export_file, parse_format, parse_kind, query_of, run_export, verify_export_file};
+pub use export::{
+    export_file, parse_format, parse_kind, query_of, run_export, verify_export_file, HeadKey,
+};
 pub use files::{HashedWriter, RowSink};
 pub use manifest::{Manifest, ManifestHead};
 pub use source::{records_of, records_of_log, Records, Source};

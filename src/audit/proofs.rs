@@ -140,7 +140,13 @@ impl Server {
                     }
                 }
             }
-            match page.next.and_then(|n| n.parse().ok()) {
+            match page.next.and_then(|n| n.parse::<u64>().ok()) {
+                // A cursor that does not move on would page for ever.
+                Some(n) if n <= after => {
+                    return Ok(Err(format!(
+                        "the server's list of heads does not move on past {after}"
+                    )))
+                }
                 Some(n) => after = n,
                 None => return Ok(Ok(heads)),
             }

@@ -17,6 +17,7 @@ pub mod follow;
 
 pub use data_dir::{backup_data_dir, restore, BackupSource, Restored};
 
+use crate::durable::{parent_of, sync_dir};
 use crate::store::StoreError;
 use idledger_domain::Hash;
 use idledger_replay::verify::{CheckedRecord, Verifier};
@@ -321,20 +322,6 @@ pub fn create_file(path: &Path) -> std::io::Result<std::fs::File> {
 pub fn finish_file(file: &std::fs::File, path: &Path) -> std::io::Result<()> {
     file.sync_all()?;
     sync_dir(parent_of(path))
-}
-
-/// Puts a directory's entries (the names of what was made, renamed or removed in it) on
-/// the device.
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
-}
-
-/// The directory `path` is named in (`.` for a bare name).
-fn parent_of(path: &Path) -> &Path {
-    match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    }
 }
 
 /// A file, or nothing, at `path`.

@@ -4,6 +4,7 @@
 use super::progress;
 use super::DataDir;
 use crate::audit::source::{last_position, records_of, Source};
+use crate::audit::HeadKey;
 use crate::error::Error;
 use chrono::{DateTime, Utc};
 use clap::Args;
@@ -88,14 +89,22 @@ pub fn export(args: &ExportArgs) -> Result<ExitCode, Error> {
 /// `idledger verify-export`: prints the report; exits 1 unless it is ok.
 pub fn verify_export(args: &VerifyExportArgs) -> Result<ExitCode, Error> {
     let source = args.dir.source()?;
-    let key = match (&args.public_key, &args.dir.data_dir) {
-        (Some(k), _) => Some(super::proofs::public_key(k)?),
+    let auditors = args
+        .public_key
+        .as_ref()
+        .map(|k| super::proofs::public_key(k))
+        .transpose()?;
+    let data_dirs = match (&auditors, &args.dir.data_dir) {
         (None, Some(dir)) => crate::notary::key::public_key(dir).ok(),
-        (None, None) => None,
+        _ => None,
+    };
+    let key = match (&auditors, &data_dirs) {
+        (Some(k), _) => HeadKey::Auditors(k),
+        (None, Some(k)) => HeadKey::OfDataDir(k),
+        (None, None) => HeadKey::None,
     };
     let (pb, tick) = bar(last_position(&source), "verify-export");
-    let report =
-        crate::audit::verify_export_file(&args.file, records_of(&source)?, key.as_ref(), tick)?;
+    let report = crate::audit::verify_export_file(&args.file, records_of(&source)?, key, tick)?;
     pb.finish_and_clear();
     println!(
         "{}",

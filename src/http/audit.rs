@@ -410,7 +410,12 @@ pub async fn verify_upload(State(s): State<AppState>, body: Body) -> Result<Resp
     drop(out);
     let log = s.engine.log.clone();
     let report = AppState::whole_log_read_in(place, move || {
-        let report = crate::audit::verify_export_file(&file, records_of_log(&*log), None, |_| {});
+        let report = crate::audit::verify_export_file(
+            &file,
+            records_of_log(&*log),
+            crate::audit::HeadKey::None,
+            |_| {},
+        );
         drop(scratch);
         report
     })

@@ -37,6 +37,8 @@ impl Heads {
             .mode(0o600)
             .open(&path)
             .map_err(io)?;
+        // The file's name on the device too: heads served must outlive a power loss.
+        crate::durable::sync_dir(crate::durable::parent_of(&path)).map_err(io)?;
         let len = file.metadata().map_err(io)?.len();
         // A torn last record (a crash mid-write) was never served: drop it.
         if len % RECORD != 0 {

@@ -2,7 +2,8 @@
 //! keeps them. A head is signed when the tree has grown, at most every `interval` (a
 //! background tick, and on demand when one is asked for), and kept durably before it is
 //! served. **Only sizes the log holds durably are signed**: the tree grows only after a
-//! group's `fdatasync`.
+//! group's `fdatasync` (or, with `durability = "process"`, the log is synced before a head
+//! is signed), and a log found shorter than a head it signed is not served.
 
 mod heads;
 pub mod key;
@@ -62,11 +63,13 @@ impl Notary {
         let heads = Heads::open(data_dir, key.public().name(), key.public().key_id())?;
         if let Some(last) = heads.latest() {
             if last.head.tree_size > tree.size() {
-                tracing::error!(
-                    signed = last.head.tree_size,
-                    log = tree.size(),
-                    "a head was signed for more records than the log holds (was it written with durability = \"process\" and lost?)"
-                );
+                // Grown again, the log would be signed with another history under the same
+                // key: an equivocation no auditor could tell from a forgery. Stop here.
+                return Err(NotaryError::Head(format!(
+                    "a head was signed for {} records and the log holds {}: it lost records it had signed; restore it from a backup (or a standby) that holds them",
+                    last.head.tree_size,
+                    tree.size()
+                )));
             }
         }
         let notary = Notary {
@@ -249,4 +252,44 @@ pub fn kept_heads(data_dir: &Path) -> Result<Vec<TreeHead>, NotaryError> {
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secrets::keystore::KeyFile;
+    use crate::secrets::MasterKey;
+    use idledger_replay::tree::leaf_hash;
+
+    fn keyring(dir: &Path) -> Keyring {
+        let (master, _) = MasterKey::load(dir, None, true).unwrap();
+        Keyring::open(master, Arc::new(KeyFile::open(dir).unwrap())).unwrap()
+    }
+
+    fn leaves(from: u64, to: u64, tag: &str) -> Vec<idledger_domain::Hash> {
+        (from..=to)
+            .map(|p| leaf_hash(format!("{tag} {p}").as_bytes()))
+            .collect()
+    }
+
+    /// A log that comes back shorter than a head it signed would, grown again, be signed
+    /// with another history under the same key: the notary refuses to start instead.
+    #[tokio::test]
+    async fn a_log_shorter_than_a_signed_head_is_not_signed_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = |p: u64| Ok(format!("record {p}").into_bytes());
+        let tree = Arc::new(LogTree::open(dir.path(), 0, record).unwrap());
+        tree.append(&leaves(1, 100, "record"));
+        let keys = keyring(dir.path());
+        let notary = Notary::start(dir.path(), tree, &keys, Duration::from_secs(60)).unwrap();
+        assert_eq!(notary.sign_now().unwrap().unwrap().head.tree_size, 100);
+        drop(notary);
+        let shorter = Arc::new(LogTree::open(dir.path(), 50, record).unwrap());
+        let refused = Notary::start(dir.path(), shorter, &keys, Duration::from_secs(60));
+        assert!(
+            matches!(&refused, Err(NotaryError::Head(m)) if m.contains("lost records")),
+            "{:?}",
+            refused.err()
+        );
+    }
 }

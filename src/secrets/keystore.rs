@@ -91,9 +91,7 @@ fn line(k: &[u8], v: &[u8]) -> String {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), SecretsError> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(storage)
+    crate::durable::sync_dir(dir).map_err(storage)
 }
 
 /// Writes `entries` as the whole new file at `path`: temporary file, `fdatasync`, rename,

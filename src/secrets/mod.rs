@@ -172,22 +172,11 @@ impl MasterKey {
     }
 }
 
-/// Writes a file readable by its owner only (0600), failing if it exists.
+/// Writes a file readable by its owner only (0600), failing if it exists; a crash leaves
+/// it whole or absent (see [`crate::durable::create_private`]).
 pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), SecretsError> {
-    use std::io::Write;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts
-        .open(path)
-        .map_err(|e| SecretsError::Storage(format!("{}: {e}", path.display())))?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .map_err(|e| SecretsError::Storage(e.to_string()))
+    crate::durable::create_private(path, bytes)
+        .map_err(|e| SecretsError::Storage(format!("{}: {e}", path.display())))
 }
 
 fn seal_with(cipher: &XChaCha20Poly1305, plaintext: &[u8], aad: &[u8]) -> ([u8; 24], Vec<u8>) {

@@ -305,11 +305,16 @@ impl SledEventLog {
                 Some(v) => Ok(v.to_vec()),
                 None => Err(corrupt(p, "missing while the tree was made")),
             };
-            Some(Arc::new(LogTree::open(
-                data_dir,
-                rebuilt.head.position,
-                record,
-            )?))
+            let tree = LogTree::open(data_dir, rebuilt.head.position, record)?;
+            Some(Arc::new(match durability {
+                Durability::Device => tree,
+                Durability::Process => {
+                    let db = db.clone();
+                    tree.syncing_log_first(Box::new(move || {
+                        db.flush().map(drop).map_err(std::io::Error::other)
+                    }))
+                }
+            }))
         } else {
             None
         };

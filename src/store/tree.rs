@@ -46,7 +46,13 @@ pub struct LogTree {
     /// The leaves file could not be written: the tree stops growing (and is made again
     /// from the log at the next open); the log itself goes on.
     failed: std::sync::atomic::AtomicBool,
+    /// Makes the log's own records durable, for a log that does not sync each group
+    /// (`durability = "process"`): a head must never name records a power loss can take.
+    log_sync: Option<LogSync>,
 }
+
+/// What makes the log's written records durable.
+pub type LogSync = Box<dyn Fn() -> std::io::Result<()> + Send + Sync>;
 
 struct WriterSide {
     file: File,
@@ -143,6 +149,8 @@ impl LogTree {
             .truncate(false)
             .open(dir.join("synced"))
             .map_err(|e| io("the tree's sync mark", e))?;
+        // The files' names on the device, before anything is counted as synced in them.
+        crate::durable::sync_dir(&dir).map_err(|e| io("the tree's directory", e))?;
         let mut mark = [0u8; 8];
         let durable = match synced.read_exact_at(&mut mark, 0) {
             Ok(()) => u64::from_be_bytes(mark),
@@ -165,6 +173,14 @@ impl LogTree {
         }
         file.set_len(have * 32)
             .map_err(|e| io("the tree's leaves", e))?;
+        if have < durable {
+            // Cut below the mark: leaves written past here before the next sync must not
+            // be trusted on the old mark's word after a power loss.
+            synced
+                .write_all_at(&have.to_be_bytes(), 0)
+                .and_then(|()| synced.sync_data())
+                .map_err(|e| io("the tree's sync mark", e))?;
+        }
         file.seek(SeekFrom::End(0))
             .map_err(|e| io("the tree's leaves", e))?;
         // What the file lacks (a crash between the log's sync and the file's write, or a
@@ -206,7 +222,16 @@ impl LogTree {
             upper: RwLock::new(upper),
             size: AtomicU64::new(head),
             failed: Default::default(),
+            log_sync: None,
         })
+    }
+
+    /// The tree of a log that acknowledges groups before they are on the device: `sync`
+    /// makes the log durable first, so a signed head never names records a power loss
+    /// could take (and a log grown again differently would contradict it).
+    pub fn syncing_log_first(mut self, log_sync: LogSync) -> LogTree {
+        self.log_sync = Some(log_sync);
+        self
     }
 
     /// Makes every leaf written so far durable, and records how many: a head may then be
@@ -216,6 +241,9 @@ impl LogTree {
         // Every leaf counted in `size` was written before it was counted; syncing through
         // the reader's handle keeps the writer (and so the log's acknowledgements) free.
         let size = self.size();
+        if let Some(log_sync) = &self.log_sync {
+            log_sync().map_err(|e| io("the log", e))?;
+        }
         self.leaves
             .sync_data()
             .map_err(|e| io("the tree's leaves", e))?;
@@ -480,5 +508,56 @@ mod tests {
         assert_eq!(tree.root(200).unwrap(), root);
         let proof = tree.inclusion(170, 200).unwrap();
         check_inclusion(&proof, 200, &root, 170, &leaves[170]).unwrap();
+    }
+
+    #[test]
+    fn a_cut_below_the_sync_mark_lowers_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = LogTree::open(dir.path(), 0, |p| Ok(record(p))).unwrap();
+        let leaves: Vec<Hash> = (1..=150).map(|p| leaf_hash(&record(p))).collect();
+        tree.append(&leaves);
+        assert_eq!(tree.sync().unwrap(), 150);
+        drop(tree);
+        // The log holds only 100 records now; it grows again differently, unsynced.
+        let other = |p: u64| {
+            if p <= 100 {
+                record(p)
+            } else {
+                format!("other {p}").into_bytes()
+            }
+        };
+        let tree = LogTree::open(dir.path(), 100, |p| Ok(other(p))).unwrap();
+        let regrown: Vec<Hash> = (101..=200).map(|p| leaf_hash(&other(p))).collect();
+        tree.append(&regrown);
+        drop(tree);
+        // A power loss tore a leaf below the old mark but above the cut.
+        let path = tree_dir(dir.path()).join("leaves");
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(&[0u8; 32], 120 * 32).unwrap();
+        let tree = LogTree::open(dir.path(), 200, |p| Ok(other(p))).unwrap();
+        let mut f = Frontier::new();
+        for p in 1..=200 {
+            f.push(leaf_hash(&other(p)));
+        }
+        assert_eq!(tree.root(200).unwrap(), f.root());
+    }
+
+    #[test]
+    fn a_sync_makes_the_log_durable_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let calls = std::sync::Arc::new(AtomicU64::new(0));
+        let seen = calls.clone();
+        let tree = LogTree::open(dir.path(), 0, |p| Ok(record(p)))
+            .unwrap()
+            .syncing_log_first(Box::new(move || {
+                seen.fetch_add(1, Ordering::SeqCst);
+                Err(std::io::Error::other("the device is gone"))
+            }));
+        tree.append(&[leaf_hash(&record(1))]);
+        assert!(
+            tree.sync().is_err(),
+            "no mark without the log on the device"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 }

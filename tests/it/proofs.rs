@@ -1037,6 +1037,27 @@ async fn an_export_proves_where_it_sits_in_the_signed_history() {
     );
     assert_eq!(code, 1, "{refused}");
     assert_eq!(refused["signed_head"], "failed");
+    // A manifest whose head was dropped (whoever rewrote the log would drop it) fails
+    // against the auditor's key; without a key it is only reported absent.
+    let mut m: Value = serde_json::from_str(&original).unwrap();
+    m.as_object_mut().unwrap().remove("signed_head");
+    std::fs::write(&manifest, serde_json::to_string_pretty(&m).unwrap()).unwrap();
+    let (refused, code) = auditor_cli(
+        &serve.token,
+        &[
+            "verify-export",
+            o,
+            "--server",
+            &serve.url,
+            "--public-key",
+            &key,
+        ],
+    );
+    assert_eq!(code, 1, "{refused}");
+    assert_eq!(refused["signed_head"], "failed");
+    let (absent, code) = auditor_cli(&serve.token, &["verify-export", o, "--server", &serve.url]);
+    assert_eq!(code, 0, "{absent}");
+    assert_eq!(absent["signed_head"], "absent");
     std::fs::write(&manifest, &original).unwrap();
 
     // From the stopped server's data dir: the first kept head past the position, with

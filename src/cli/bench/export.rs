@@ -134,8 +134,12 @@ pub async fn run(args: ExportBenchArgs) -> Result<ExitCode, Error> {
     let store = super::reopen(&dir).await?;
     let (verify_s, verified) = blocking(Box::new(move || {
         let t = Instant::now();
-        let report =
-            crate::audit::verify_export_file(&out, records_of_store(&store)?, None, |_| {})?;
+        let report = crate::audit::verify_export_file(
+            &out,
+            records_of_store(&store)?,
+            crate::audit::HeadKey::None,
+            |_| {},
+        )?;
         Ok((t.elapsed().as_secs_f64(), report.ok))
     }))
     .await?;

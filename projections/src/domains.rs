@@ -392,7 +392,10 @@ impl Domains {
                 d.quarantined_run = Some(e.run_id);
                 if let Some(r) = self.runs.get_mut(&e.run_id) {
                     r.status = SyncRunStatus::Quarantined;
-                    r.held_removals = e.held_removals.clone();
+                    // In id order, so the API can page them.
+                    let mut held = e.held_removals.clone();
+                    held.sort_unstable();
+                    r.held_removals = held;
                 }
             }
             Event::SyncQuarantineApproved(e) => {

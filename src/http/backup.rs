@@ -56,12 +56,33 @@ pub async fn download(
     who: Principal,
     ApiQuery(q): ApiQuery<BackupQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
-    // The signed head first: every head is signed over committed records, so the log's
+    // A bad request changes nothing (a whole backup signs and keeps a head): checked first.
+    let from = q.from.unwrap_or(1);
+    let head = s.engine.log.head().position;
+    if from == 0 || from > head + 1 {
+        return Err(ApiError::BadRequest(format!(
+            "from: 1 to {} (the log's head is {head})",
+            head + 1
+        )));
+    }
+    if q.limit == Some(0) || q.max_bytes == Some(0) {
+        return Err(ApiError::BadRequest(
+            "limit and max_bytes: at least 1".into(),
+        ));
+    }
+    if let Some(k) = &q.keystore_sha256 {
+        if k.len() != 64 || !k.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(ApiError::BadRequest(
+                "keystore_sha256: 64 hex digits".into(),
+            ));
+        }
+    }
+    // The signed head next: every head is signed over committed records, so the log's
     // head read after it is at or past its size. A whole backup has one signed now, over
     // (nearly) all it carries, so that `restore --public-key` covers it; an increment takes
     // the latest, or a follower asking every quarter second would keep a head each time.
     let notary = s.notary.clone();
-    let whole = q.from.unwrap_or(1) == 1;
+    let whole = from == 1;
     let sth = tokio::task::spawn_blocking(move || {
         if whole {
             notary.sign_now()
@@ -75,27 +96,9 @@ pub async fn download(
     .flatten()
     .map(|h| h.to_note());
     let log = s.engine.log.clone();
+    // At or past the head checked above: the log only grows.
     let head = log.head().position;
-    let from = q.from.unwrap_or(1);
-    if from == 0 || from > head + 1 {
-        return Err(ApiError::BadRequest(format!(
-            "from: 1 to {} (the log's head is {head})",
-            head + 1
-        )));
-    }
-    if q.limit == Some(0) || q.max_bytes == Some(0) {
-        return Err(ApiError::BadRequest(
-            "limit and max_bytes: at least 1".into(),
-        ));
-    }
     let max_bytes = q.max_bytes.unwrap_or(u64::MAX);
-    if let Some(k) = &q.keystore_sha256 {
-        if k.len() != 64 || !k.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(ApiError::BadRequest(
-                "keystore_sha256: 64 hex digits".into(),
-            ));
-        }
-    }
     let through = q
         .limit
         .map_or(head, |l| head.min(from.saturating_add(l - 1)));

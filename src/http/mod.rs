@@ -289,6 +289,9 @@ pub fn operations() -> Vec<Operation> {
         op(M::GET, "/v1/domains/{id}/sync-runs/{run}/outcomes", Read, "A sync run's per-user outcomes, paged", get(sync::run_outcomes))
             .query::<sync::OutcomesQuery>()
             .page::<sync::RunOutcome>(),
+        op(M::GET, "/v1/domains/{id}/sync-runs/{run}/held-removals", Read, "The removals a quarantined run held back, paged", get(sync::held_removals))
+            .query::<sync::OutcomesQuery>()
+            .page::<sync::HeldRemoval>(),
         op(M::GET, "/v1/domains/{id}/sync-runs/{run}/changes", Read, "A recent dry run's changes, paged", get(sync::dry_run_changes))
             .query::<sync::ChangesQuery>()
             .page::<sync::PlannedChange>(),

@@ -54,10 +54,16 @@ pub struct SyncRun {
     error: Option<String>,
     /// Graph's error code, when Graph's refusal failed it.
     graph_code: Option<String>,
-    /// Removals the deletion guard held back, waiting for approval.
+    /// Users whose removal the deletion guard held back, waiting for approval: the first
+    /// 100 in id order; all of them page from `.../held-removals`.
     held_removals: Vec<uuid::Uuid>,
+    /// How many removals were held back.
+    held_removals_total: usize,
     approved: bool,
 }
+
+/// Held removals a run lists in itself; a mass removal may hold back a whole tenant.
+const HELD_SHOWN: usize = 100;
 
 impl From<&SyncRunView> for SyncRun {
     fn from(r: &SyncRunView) -> Self {
@@ -73,7 +79,13 @@ impl From<&SyncRunView> for SyncRun {
             counters: r.counters,
             error: r.error.clone(),
             graph_code: r.graph_code.clone(),
-            held_removals: r.held_removals.iter().map(|u| u.0).collect(),
+            held_removals: r
+                .held_removals
+                .iter()
+                .take(HELD_SHOWN)
+                .map(|u| u.0)
+                .collect(),
+            held_removals_total: r.held_removals.len(),
             approved: r.approved,
         }
     }
@@ -240,6 +252,8 @@ pub async fn start(
     IdPath(id): IdPath,
     ApiQuery(q): ApiQuery<SyncQuery>,
 ) -> Result<Response, ApiError> {
+    // A bad request changes nothing: checked before a run is recorded.
+    let limit = q.limit.map(|l| super::page_limit(Some(l))).transpose()?;
     let accepted = s
         .sync
         .start_run(
@@ -262,7 +276,7 @@ pub async fn start(
         .done
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))??;
-    let (changes, next) = changes_page(&report.changes, None, q.limit)?;
+    let (changes, next) = changes_page(&report.changes, None, limit)?;
     Ok(Json(DryRunReport {
         run_id: report.run_id.0,
         dry_run: true,
@@ -359,6 +373,39 @@ pub async fn run_outcomes(
         .ok_or_else(|| ApiError::NotFound("sync run".into()))?;
     let (items, next) = outcomes(r, q.after.map(UserId), q.limit)?;
     Ok(page(items, next))
+}
+
+/// One removal a quarantined run held back.
+#[derive(Serialize, ToSchema)]
+pub struct HeldRemoval {
+    user_id: uuid::Uuid,
+}
+
+/// A quarantined run's held removals, in user id order, paged.
+pub async fn held_removals(
+    State(s): State<AppState>,
+    Path(raw): Path<(String, String)>,
+    ApiQuery(q): ApiQuery<OutcomesQuery>,
+) -> Result<Json<Page<HeldRemoval>>, ApiError> {
+    let (domain, run) = run_path(raw)?;
+    let p = read_domain(&s, domain, q.min_position).await?;
+    let r = p
+        .domains
+        .run(run)
+        .filter(|r| r.domain_id == domain)
+        .ok_or_else(|| ApiError::NotFound("sync run".into()))?;
+    let from = match q.after.map(UserId) {
+        None => 0,
+        Some(a) => r.held_removals.partition_point(|u| *u <= a),
+    };
+    let (items, next) = page_of(r.held_removals[from..].iter(), q.limit, |u| **u)?;
+    Ok(page(
+        items
+            .into_iter()
+            .map(|u| HeldRemoval { user_id: u.0 })
+            .collect(),
+        next,
+    ))
 }
 
 /// `GET /v1/domains/{id}/sync-runs/{run}/changes` query.

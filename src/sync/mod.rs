@@ -609,15 +609,23 @@ impl SyncService {
                     .filter(|u| u.status == UserStatus::Candidate && u.in_sync_group)
                     .map(|u| u.id)
                     .collect(),
-                Some(ids) => {
+                Some(mut ids) => {
+                    // Each user once: a repeated id is one import, counted once.
+                    ids.sort_unstable();
+                    ids.dedup();
                     for id in &ids {
                         match p.users.get(*id) {
                             Some(u)
                                 if u.domain_id == domain
                                     && u.status == UserStatus::Candidate
                                     && u.in_sync_group => {}
+                            // Imported already: nothing to do, and not an error.
                             Some(u)
-                                if u.domain_id == domain && u.status != UserStatus::Candidate => {}
+                                if u.domain_id == domain
+                                    && matches!(
+                                        u.status,
+                                        UserStatus::Active | UserStatus::Deactivated
+                                    ) => {}
                             _ => {
                                 return Err(Rejection::Invalid {
                                     field: "user_ids",
@@ -634,17 +642,24 @@ impl SyncService {
         };
         let results: Vec<Option<u64>> = stream::iter(targets)
             .map(|user| async move {
+                let imports = AtomicBool::new(false);
                 match crate::store::decide_and_append(
                     &*engine.log,
                     &StreamId::user(user),
                     actor,
                     None,
                     user_evolve,
-                    |st| idledger_domain::decide::user::decide(st, UserCommand::Import(sso)),
+                    |st| {
+                        let events =
+                            idledger_domain::decide::user::decide(st, UserCommand::Import(sso))?;
+                        imports.store(!events.is_empty(), Ordering::Relaxed);
+                        Ok(events)
+                    },
                 )
                 .await
                 {
-                    Ok(p) => Ok(Some(p)),
+                    // Only what was imported now counts (one imported already decides nothing).
+                    Ok(p) => Ok(imports.load(Ordering::Relaxed).then_some(p)),
                     // Left the group since the check: not imported, not an error.
                     Err(CommandError::Rejected(Rejection::Conflict(_))) => Ok(None),
                     Err(e) => Err(SyncError::from(e)),

@@ -486,7 +486,41 @@ async fn a_following_copy_killed_again_and_again_resumes_without_gaps_and_restor
     let (verified, code) = crate::support::verify(&restored);
     assert_eq!(code, 0, "{verified}");
 
-    // Hostile or wrong asks for an increment: a clear 400 each.
+    // Hostile or wrong asks for an increment: a clear 400 each, and nothing changes (a
+    // whole backup signs and keeps a head; a refused one must not, though the log grew).
+    serve
+        .call(
+            Method::POST,
+            "/v1/tokens",
+            Some(json!({"role": "auditor", "name": "grows the log"})),
+        )
+        .await;
+    let heads = || async {
+        serve
+            .call(Method::GET, "/v1/log/sths?limit=1000", None)
+            .await["items"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    // The notary's own tick signs the grown log within its interval: wait for that head,
+    // then nothing grows the log any more.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let kept = loop {
+        let kept = heads().await;
+        let covered = kept
+            .last()
+            .and_then(|h| h["tree_size"].as_u64())
+            .unwrap_or(0);
+        let head = serve.call(Method::GET, "/healthz", None).await["head_position"]
+            .as_u64()
+            .unwrap();
+        if covered >= head {
+            break kept.len();
+        }
+        assert!(Instant::now() < deadline, "no head covers {head}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     for query in [
         "from=0",
         &format!("from={}", position + 10_000_000),
@@ -499,6 +533,11 @@ async fn a_following_copy_killed_again_and_again_resumes_without_gaps_and_restor
         let r = serve.get(&format!("/v1/backup?{query}")).await;
         assert_eq!(r.status(), reqwest::StatusCode::BAD_REQUEST, "{query}");
     }
+    assert_eq!(
+        heads().await.len(),
+        kept,
+        "no head signed for a refused backup"
+    );
 
     // An increment bounded by bytes holds at least one record, and says where the log is.
     let r = serve.get("/v1/backup?from=2&max_bytes=1").await;
@@ -547,7 +586,10 @@ async fn a_following_copy_killed_again_and_again_resumes_without_gaps_and_restor
     assert!(err.contains("400") || err.contains("chain"), "{err}");
     let (ok, again, err) = run_with_token(&serve.token, &[&follow[..], &["--once"]].concat()).await;
     assert!(ok, "{err}");
-    assert_eq!(again["head_hash"], caught_up["head_hash"], "{again}");
+    // Unharmed by the refused follow: it goes on with this server's log.
+    let now = again["position"].as_u64().unwrap();
+    assert!(now >= position, "{again}");
+    assert_eq!(again["head_hash"], live_hash(&serve, now).await, "{again}");
     other.stop();
     serve.stop();
 }

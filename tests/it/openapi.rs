@@ -573,6 +573,15 @@ async fn every_operation_answers_as_its_schema_says() {
         None,
     )
     .await;
+    w.checked(
+        &mut c,
+        r,
+        Method::GET,
+        "/v1/domains/{id}/sync-runs/{run}/held-removals",
+        &format!("/v1/domains/{d}/sync-runs/{run}/held-removals?limit=5"),
+        None,
+    )
+    .await;
     let (_, candidates) = w
         .checked(
             &mut c,

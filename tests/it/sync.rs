@@ -62,18 +62,20 @@ async fn the_first_run_finds_the_group_as_candidates_and_an_unchanged_second_run
         assert!(!u["display_name"].as_str().unwrap().is_empty());
     }
 
-    // Import two, then the rest.
+    // Import two (one named twice), then the rest; what is imported already counts none.
     let two: Vec<&Value> = candidates.iter().take(2).map(|u| &u["id"]).collect();
-    let (s, body) = w
-        .admin(
-            Method::POST,
-            &format!("/v1/domains/{}/import", w.domain),
-            Some(json!({"user_ids": two})),
-        )
-        .await;
+    let path = format!("/v1/domains/{}/import", w.domain);
+    let import = |ids: Value| w.admin(Method::POST, &path, Some(json!({ "user_ids": ids })));
+    let (s, body) = import(json!([two[0], two[1], two[0]])).await;
     assert_eq!(s, StatusCode::OK, "{body}");
-    assert_eq!(body["imported"], 2);
+    assert_eq!(body["imported"], 2, "{body}");
     assert_eq!(w.users("&status=active").await.len(), 2);
+    let (s, body) = import(json!(two)).await;
+    assert_eq!(
+        (s, &body["imported"]),
+        (StatusCode::OK, &json!(0)),
+        "{body}"
+    );
     w.import_all().await;
     let active = w.users("&status=active").await;
     assert_eq!(externals(&active), contoso_candidates());
@@ -441,6 +443,18 @@ async fn quarantined_world() -> (World, Value) {
 async fn the_deletion_guard_quarantines_a_mass_removal_until_approved() {
     let (w, run) = quarantined_world().await;
     assert_eq!(run["held_removals"].as_array().unwrap().len(), 6);
+    assert_eq!(run["held_removals_total"], 6);
+    // They page, in id order, like every collection.
+    let held = format!(
+        "/v1/domains/{}/sync-runs/{}/held-removals",
+        w.domain,
+        run["run_id"].as_str().unwrap()
+    );
+    let (pages, n) = all_pages(&w, &format!("{held}?"), 4).await;
+    assert_eq!(n, 2);
+    let ids: Vec<&Value> = pages.iter().map(|h| &h["user_id"]).collect();
+    let listed: Vec<&Value> = run["held_removals"].as_array().unwrap().iter().collect();
+    assert_eq!(ids, listed, "the run lists the same, in the same order");
     for n in 1..=6 {
         let u = w.user(n).await.unwrap();
         assert_eq!(u["status"], "active", "held back: {u}");
@@ -573,6 +587,19 @@ async fn a_dry_run_pages_its_changes() {
     for n in [3, 4, 5] {
         w.leave(n).await;
     }
+    // A bad limit is refused before any run is recorded.
+    let head = w.head().await;
+    for query in ["dry_run=true&limit=0", "limit=1001"] {
+        let (s, body) = w
+            .admin(
+                Method::POST,
+                &format!("/v1/domains/{}/sync?{query}", w.domain),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{query}: {body}");
+    }
+    assert_eq!(w.head().await, head, "nothing recorded");
     let (s, dry) = w
         .admin(
             Method::POST,

@@ -320,6 +320,11 @@ mod tests {
         given::<DomainStream>(&[])
             .when(register("contoso.com", reveal_delay_past_a_year))
             .then_invalid("rotate_after_reveal_hours");
+        let mut terminal_escape = DomainSettings::default();
+        terminal_escape.sync_group.display_name = "x\u{1b}[2J".into();
+        given::<DomainStream>(&[])
+            .when(register("contoso.com", terminal_escape))
+            .then_invalid("sync_group");
         given::<DomainStream>(&[registered()])
             .when(register("contoso.com", DomainSettings::default()))
             .then_reject(Rejection::AlreadyExists("domain"));

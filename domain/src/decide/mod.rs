@@ -92,6 +92,13 @@ pub fn validate_settings(s: &DomainSettings) -> Result<(), Rejection> {
         if g.display_name.trim().is_empty() || g.display_name.len() > 256 {
             return Err(invalid(field, "a display name of 1 to 256 characters"));
         }
+        // It reaches Graph's filters, errors and log lines.
+        if !plain_text(&g.display_name) {
+            return Err(invalid(
+                field,
+                "no control or bidirectional-override characters",
+            ));
+        }
     }
     for (field, url) in [
         ("graph_url", &s.graph_url),

@@ -100,7 +100,8 @@ pub fn redirect_uri_ok(uri: &str) -> bool {
         && !host.is_empty()
         && !authority.contains('@')
         && !uri.contains('#')
-        && !uri.chars().any(|c| c.is_whitespace() || c.is_control())
+        && !uri.chars().any(|c| c.is_whitespace())
+        && super::plain_text(uri)
         && uri.len() <= 2000
 }
 
@@ -112,6 +113,14 @@ fn check_app(
 ) -> Result<(), Rejection> {
     if name.trim().is_empty() || name.chars().count() > 200 {
         return Err(invalid("name", "1 to 200 characters"));
+    }
+    // Shown to users on the sign-in pages: no character that could make it read as
+    // another app's name.
+    if !super::plain_text(name) {
+        return Err(invalid(
+            "name",
+            "no control or bidirectional-override characters",
+        ));
     }
     if redirect_uris.is_empty() || redirect_uris.len() > 20 {
         return Err(invalid("redirect_uris", "1 to 20 URIs"));
@@ -247,6 +256,7 @@ mod tests {
             "https://user@evil.com/cb",
             "https://app.contoso.com/c b",
             "http://localhost.evil.com/cb",
+            "https://app.contoso.com/\u{202e}bc",
         ] {
             assert!(!redirect_uri_ok(bad), "{bad}");
         }
@@ -288,6 +298,12 @@ mod tests {
                 field: "domain_ids",
                 ..
             })
+        ));
+        let mut spoofing = app(5, ClientType::Public);
+        spoofing.name = "Pay\u{202e}llor".into();
+        assert!(matches!(
+            decide(&s, ProviderCommand::Register(spoofing)),
+            Err(Rejection::Invalid { field: "name", .. })
         ));
         let mut public_with_secret = app(3, ClientType::Public);
         public_with_secret.secret_hash = Some(Hash([2; 32]));

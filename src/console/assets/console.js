@@ -242,7 +242,7 @@ async function domainPage() {
     q.replaceChildren();
     if (held) {
       q.append(el("div", { class: "report missing" },
-        el("p", {}, `A run was quarantined: it would remove ${held.held_removals.length} users and applied none of those removals.`),
+        el("p", {}, `A run was quarantined: it would remove ${held.held_removals_total} users and applied none of those removals.`),
         admin ? el("button", { type: "button", id: "approve", class: "danger" }, "Approve removals") : null));
       wire($("#approve"), async () => {
         await api("POST", `/v1/domains/${pageId}/sync-runs/${held.run_id}/approve`);

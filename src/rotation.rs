@@ -33,7 +33,7 @@ use idledger_domain::rotation::{
     ManualRotation, Next, NextStep, PasswordState, Protocol, RotationFacts,
 };
 use idledger_domain::{
-    Actor, DomainId, Event, KeyWriteId, KeyWriteState, RotationId, RotationReason, StreamId, UserId,
+    Actor, DomainId, Event, KeyWriteId, RotationId, RotationReason, StreamId, UserId,
 };
 use idledger_projections::{Projections, RotationOutcome, UserStatus, UserView};
 use std::collections::{HashMap, HashSet};
@@ -71,6 +71,18 @@ pub enum RotationError {
     /// The service is shutting down.
     #[error("the rotation service is stopping")]
     Stopping,
+}
+
+impl From<crate::store::CommandError> for RotationError {
+    fn from(e: crate::store::CommandError) -> Self {
+        use crate::store::CommandError as C;
+        match e {
+            C::Rejected(r) => RotationError::Rejected(r),
+            C::Append(a) => RotationError::Append(a),
+            C::Store(s) => RotationError::Append(AppendError::Store(s)),
+            C::Contended => conflict("the user changed meanwhile; retry"),
+        }
+    }
 }
 
 fn not_found(what: &'static str) -> RotationError {
@@ -493,20 +505,26 @@ impl RotationService {
             sealed_password: sealed,
         };
         // The password is durable (flushed) before Graph ever sees it.
-        let done = self
-            .append(
-                &stream,
-                ExpectedVersion::Exact(version),
-                &actor,
-                rotation_id,
-                vec![started.into()],
-            )
-            .await
-            .map_err(|e| match e {
-                RotationError::Append(a) => conflict_on_race(a),
-                e => e,
-            })?;
+        let appending = self.append(
+            &stream,
+            ExpectedVersion::Exact(version),
+            &actor,
+            rotation_id,
+            vec![started.into()],
+        );
+        // Known to this process before it is in the log: a tick that sees the new rotation
+        // at once must not take it for one an earlier process left open (interrupted).
         Self::lock(&self.inner.recovered).insert(rotation_id);
+        let done = match appending.await {
+            Ok(done) => done,
+            Err(e) => {
+                Self::lock(&self.inner.recovered).remove(&rotation_id);
+                return Err(match e {
+                    RotationError::Append(a) => conflict_on_race(a),
+                    e => e,
+                });
+            }
+        };
         crash_point("after_started");
         Ok((rotation_id, done, password))
     }
@@ -587,7 +605,6 @@ impl RotationService {
             user: u.id,
             domain: u.domain_id,
             external: u.external_id.clone(),
-            key: u.key_id.clone(),
             sealed: r.sealed_password.clone(),
             state: u.password.clone(),
             open,
@@ -634,6 +651,10 @@ impl RotationService {
                 Some(pw) => pw,
                 None => match engine.keyring.unseal(&stream, &o.sealed) {
                     Ok(pw) => pw,
+                    // The key store could not be read: the password is still there, and an
+                    // attempt may have reached Graph. The rotation stays open for the next
+                    // turn; only a key that is gone ends it.
+                    Err(e @ SecretsError::Storage(_)) => return Err(e.into()),
                     Err(e) => {
                         // The user's key was shredded: nothing to set, nothing to keep.
                         let failed = RotationFailed {
@@ -664,7 +685,11 @@ impl RotationService {
                 _ = wait_cancelled(cancelled) => {
                     // The request may have left: record that its outcome is unknown.
                     let events = on_resume(&o.state);
-                    self.append(&stream, ExpectedVersion::Any, &actor, id, events).await?;
+                    if let Err(e) = self.append(&stream, ExpectedVersion::Any, &actor, id, events).await {
+                        // Not on record either: the next drive records it as interrupted.
+                        Self::lock(&self.inner.recovered).remove(&id);
+                        return Err(e);
+                    }
                     return Err(RotationError::NoCredentials("the domain's credentials were removed".into()));
                 }
             };
@@ -687,18 +712,35 @@ impl RotationService {
                 },
             };
             let step = after_attempt(&o.open, result, self.inner.config.max_attempts);
-            let queued: Vec<KeyWriteId> = {
-                let p = engine.projector.read();
-                p.key_writes
-                    .of_user(o.user)
-                    .filter(|w| w.state == KeyWriteState::Queued)
-                    .map(|w| w.id)
-                    .collect()
-            };
-            let new_write = o.key.map(|k| (KeyWriteId(uuid::Uuid::now_v7()), k));
-            let events = events_after(&step, &o.open, &queued, new_write);
-            self.append(&stream, ExpectedVersion::Any, &actor, id, events)
-                .await?;
+            // Decided on the user's stream as it is at the append: the writes still owed and
+            // the key held *now* (an admin may have moved the key while Graph was asked).
+            let write_id = KeyWriteId(uuid::Uuid::now_v7());
+            let recorded = crate::store::decide_and_append(
+                &*engine.log,
+                &stream,
+                &actor,
+                Some(id.0),
+                idledger_domain::decide::user::evolve,
+                |st| {
+                    let key = st
+                        .key_id
+                        .clone()
+                        .filter(|_| st.status != idledger_domain::decide::user::Status::Deleted);
+                    Ok(events_after(
+                        &step,
+                        &o.open,
+                        &st.undelivered(),
+                        key.map(|k| (write_id, k)),
+                    ))
+                },
+            )
+            .await;
+            if recorded.is_err() {
+                // The attempt's outcome is not on record: the next drive must treat it as
+                // possibly in flight (interrupted), never as a fresh start.
+                Self::lock(&self.inner.recovered).remove(&id);
+            }
+            recorded.map_err(RotationError::from)?;
             match step {
                 NextStep::Retry { attempt, .. } => {
                     let base = self.inner.config.retry_delay;
@@ -718,7 +760,6 @@ struct OpenView {
     user: UserId,
     domain: DomainId,
     external: String,
-    key: Option<idledger_domain::KeyId>,
     sealed: idledger_domain::SealedSecret,
     state: PasswordState,
     open: idledger_domain::rotation::OpenRotation,

@@ -428,12 +428,15 @@ pub fn request_manual(
 }
 
 /// The events that record `step`, just decided for the open rotation `open`: a success
-/// supersedes the user's writes still queued (`queued`) and queues `new_write` (the user's
-/// key and a fresh write id) unless it was a reassert, which changed no password.
+/// supersedes every write the user's key is still owed (`owed`: queued, or delivered and
+/// not acknowledged: an older password is no longer the user's, and handed out again
+/// after its lease it would overwrite the newer one on the key) and queues `new_write`
+/// (the user's key and a fresh write id) unless it was a reassert, which changed no
+/// password.
 pub fn events_after(
     step: &NextStep,
     open: &OpenRotation,
-    queued: &[KeyWriteId],
+    owed: &[KeyWriteId],
     new_write: Option<(KeyWriteId, KeyId)>,
 ) -> Vec<Event> {
     let rotation_id = open.rotation_id;
@@ -443,7 +446,7 @@ pub fn events_after(
         }
         NextStep::Succeed => {
             let mut events: Vec<Event> = vec![RotationSucceeded { rotation_id }.into()];
-            events.extend(queued.iter().map(|w| {
+            events.extend(owed.iter().map(|w| {
                 Event::from(KeyWriteSuperseded {
                     key_write_id: *w,
                     reason: SupersedeReason::NewerRotation { rotation_id },

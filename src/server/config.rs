@@ -274,8 +274,12 @@ impl Config {
         if !(1..=86_400).contains(&self.tls_reload_secs) {
             return Err(Error::Other("tls_reload_secs: 1 to 86400".into()));
         }
-        if !self.rotation_retry_secs.is_finite() || self.rotation_retry_secs < 0.0 {
-            return Err(Error::Other("rotation_retry_secs: 0 or more".into()));
+        // Doubled up to six times between attempts: a day at most keeps that arithmetic
+        // (and the wait) sane.
+        if !self.rotation_retry_secs.is_finite()
+            || !(0.0..=86_400.0).contains(&self.rotation_retry_secs)
+        {
+            return Err(Error::Other("rotation_retry_secs: 0 to 86400".into()));
         }
         Ok(())
     }
@@ -331,6 +335,32 @@ impl Default for Config {
     }
 }
 
+/// A configuration file that does not read: where, and what, but never the text there
+/// (toml would quote the line, and serde the value: an SMTP password, say).
+fn file_error(path: &Path, text: &str, e: &toml::de::Error) -> Error {
+    // serde quotes the value it did not take between backticks or double quotes.
+    let mut message = String::new();
+    let mut quote = None;
+    for c in e.message().chars() {
+        match (quote, c) {
+            (None, '`' | '"') => {
+                quote = Some(c);
+                message.push('…');
+            }
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, c) => message.push(c),
+        }
+    }
+    let place = e.span().map_or(String::new(), |span| {
+        let before = &text[..span.start.min(text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.len() - before.rfind('\n').map_or(0, |n| n + 1) + 1;
+        format!(" (line {line}, column {column})")
+    });
+    Error::Other(format!("{}{place}: {}", path.display(), message.trim()))
+}
+
 impl Config {
     /// The configuration of `serve`: defaults, then the TOML file `file`, then the
     /// `IDLEDGER_…` variables, then `flags`.
@@ -340,8 +370,7 @@ impl Config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|e| Error::Other(format!("{}: {e}", path.display())))?;
-                toml::from_str(&text)
-                    .map_err(|e| Error::Other(format!("{}: {e}", path.display())))?
+                toml::from_str(&text).map_err(|e| file_error(path, &text, &e))?
             }
         };
         if let Some(v) = env_setting("IDLEDGER_LISTEN", "an address")? {
@@ -459,5 +488,32 @@ impl Config {
         }
         c.check()?;
         Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file that does not read names the place, never the value written there.
+    #[test]
+    fn a_bad_file_is_named_without_its_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("idledger.toml");
+        for (text, secret) in [
+            ("[smtp]\npassword = 12345678\n", "12345678"),
+            ("[smtp]\npassword = \"pa\\ss-Hunter2\"\n", "Hunter2"),
+            ("rotation_retry_secs = \"Hunter2\"\n", "Hunter2"),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let e = Config::load(Some(&path), Flags::default())
+                .unwrap_err()
+                .to_string();
+            assert!(!e.contains(secret), "{e}");
+            assert!(e.contains("line "), "{e}");
+        }
+        std::fs::write(&path, "rotation_retry_secs = 1e20\n").unwrap();
+        let e = Config::load(Some(&path), Flags::default()).unwrap_err();
+        assert!(e.to_string().contains("rotation_retry_secs"), "{e}");
     }
 }

@@ -341,6 +341,8 @@ pub async fn decide_and_append<S: Default + Clone + Send + Sync + 'static>(
                 snapshots.put(stream, evolve, version, state);
                 continue;
             }
+            // Changed again meanwhile: the caller is told so, as a conflict to retry.
+            Err(AppendError::WrongExpectedVersion { .. }) => return Err(CommandError::Contended),
             Err(e) => return Err(e.into()),
         }
     }

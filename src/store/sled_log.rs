@@ -570,7 +570,7 @@ pub fn import_records(data_dir: &Path) -> Result<Importer, StoreError> {
     }
     let meta = db.open_tree("meta").map_err(io)?;
     meta.insert("format", &be(STORE_FORMAT)).map_err(io)?;
-    Ok(Importer { db, log })
+    Ok(Importer { db, log, dir })
 }
 
 /// A store being filled by [`import_records`]; clones fill the same store (from as many
@@ -579,6 +579,7 @@ pub fn import_records(data_dir: &Path) -> Result<Importer, StoreError> {
 pub struct Importer {
     db: sled::Db,
     log: sled::Tree,
+    dir: PathBuf,
 }
 
 impl Importer {
@@ -596,6 +597,10 @@ impl Importer {
     /// hash it carries, read back from the store (none when empty).
     pub fn finish(self) -> Result<Option<(u64, Hash)>, StoreError> {
         self.db.flush().map_err(io)?;
+        // sled's flush leaves the pages to the kernel (`sync_file_range`): the restore is
+        // reported done only once the files, the blobs and their names are on the device.
+        DeviceSync::open(&self.dir)
+            .map_err(|e| StoreError::Io(format!("syncing the restored store: {e}")))?;
         head_of(&self.log, Layout::Paged)
     }
 }
@@ -850,14 +855,23 @@ impl EventLog for SledEventLog {
 
     fn flush(&self) -> LogFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
-            self.shared.db.flush_async().await.map_err(io)?;
-            if let Some(device) = self.shared.device.clone() {
-                tokio::task::spawn_blocking(move || device.sync())
-                    .await
-                    .map_err(|e| StoreError::Io(e.to_string()))?
-                    .map_err(|e| StoreError::Io(format!("fdatasync of the log: {e}")))?;
+            let flushed: Result<(), StoreError> = async {
+                self.shared.db.flush_async().await.map_err(io)?;
+                if let Some(device) = self.shared.device.clone() {
+                    tokio::task::spawn_blocking(move || device.sync())
+                        .await
+                        .map_err(|e| StoreError::Io(e.to_string()))?
+                        .map_err(|e| StoreError::Io(format!("fdatasync of the log: {e}")))?;
+                }
+                Ok(())
             }
-            Ok(())
+            .await;
+            // A failed sync here is the writer's too (the kernel reports a lost write-back
+            // once per file, and may have dropped the pages): the log stops as it would.
+            if let Err(e) = &flushed {
+                fail(&self.shared, Vec::new(), e.clone());
+            }
+            flushed
         })
     }
 

@@ -23,6 +23,50 @@ fn path(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// A restore under strace: the store's last write is synced (sled's flush alone leaves it
+/// to the kernel) before the staged store is moved into place.
+fn restored_store_is_synced_before_it_is_in_place(backup: &Path, into: &Path) {
+    let trace = into.with_extension("trace");
+    let out = std::process::Command::new("strace")
+        .args([
+            "-f",
+            "-qq",
+            "-y",
+            "-e",
+            "trace=fsync,fdatasync,rename,renameat,renameat2,write,pwrite64,pwritev,pwritev2",
+        ])
+        .arg("-o")
+        .arg(&trace)
+        .arg(env!("CARGO_BIN_EXE_idledger"))
+        .args(["restore", "--from", path(backup), "--data-dir", path(into)])
+        .output()
+        .expect("strace is needed for this test (.ci/run installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let trace = std::fs::read_to_string(&trace).unwrap();
+    let lines: Vec<&str> = trace.lines().collect();
+    let db = ".restoring/store/db>";
+    let synced = lines
+        .iter()
+        .rposition(|l| l.contains("sync(") && l.contains(db));
+    let written = lines
+        .iter()
+        .rposition(|l| l.contains("write") && l.contains(db));
+    let moved = lines
+        .iter()
+        .position(|l| l.contains("rename") && l.contains(".restoring/store"));
+    match (written, synced, moved) {
+        (Some(w), Some(s), Some(m)) => assert!(
+            w < s && s < m,
+            "the store's last write (line {w}) is not synced (line {s}) before the move (line {m})"
+        ),
+        _ => panic!("no write, sync or move of the store seen:\n{trace}"),
+    }
+}
+
 /// `idledger restore --from FROM --data-dir INTO`, then `more` flags.
 pub(crate) fn restore(from: &Path, into: &Path, more: &[&str]) -> (bool, Value, String) {
     let mut args = vec!["restore", "--from", path(from), "--data-dir", path(into)];
@@ -60,6 +104,7 @@ async fn a_restored_data_dir_answers_as_the_original_did() {
     let back = dir.path().join("online-restored");
     let (ok, done, err) = restore(&online, &back, &[]);
     assert!(ok, "{err}");
+    restored_store_is_synced_before_it_is_in_place(&online, &dir.path().join("traced"));
     // Unproved: said so.
     assert!(
         err.contains("warning: restored without --public-key"),

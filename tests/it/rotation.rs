@@ -422,7 +422,7 @@ async fn manual_rotation_needs_an_active_user_with_a_key() {
 }
 
 #[tokio::test]
-async fn a_newer_rotation_supersedes_a_write_not_yet_delivered() {
+async fn a_newer_rotation_supersedes_every_write_still_owed_and_an_older_password_never_returns() {
     let w = rotating_world(json!({})).await;
     let id = w.assign_key(9, "K-0009").await;
     w.rotate(&id).await;
@@ -443,12 +443,12 @@ async fn a_newer_rotation_supersedes_a_write_not_yet_delivered() {
         items[0]["password"].as_str().unwrap(),
         w.sim_password(9).await
     );
-    // Delivered but not acknowledged: a third rotation leaves it be (the agent may be
-    // writing it) and queues its own. The delivered one is handed out again only once
-    // its lease (1 s in these tests) has run out, not on every poll.
+    // Delivered but not acknowledged, then a third rotation: that password is no longer
+    // the user's, so its write ends with it (handed out again after its lease, it would
+    // overwrite the newer password on the key) and the third rotation's is queued.
     w.rotate(&id).await;
     let h = w.rotations_settled(&id, 3).await;
-    assert_eq!(h[1]["key_write_state"], "delivered", "{h:?}");
+    assert_eq!(h[1]["key_write_state"], "superseded", "{h:?}");
     let (_, writes) = w
         .app
         .call(Some(&agent), Method::GET, "/v1/agent/key-writes", None)
@@ -456,48 +456,76 @@ async fn a_newer_rotation_supersedes_a_write_not_yet_delivered() {
     let items = writes["items"].as_array().unwrap();
     assert_eq!(items.len(), 1, "{writes}");
     assert_eq!(items[0]["rotation_id"], h[2]["rotation_id"]);
+    // Handed out once per lease (1 s in these tests), not on every poll.
     let (_, again) = w
         .app
         .call(Some(&agent), Method::GET, "/v1/agent/key-writes", None)
         .await;
     assert!(again["items"].as_array().unwrap().is_empty(), "{again}");
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    // Both again, a page at a time: `next` is the cursor of the page after, oldest first.
-    let (s, first) = w
+    let third = items[0]["id"].as_str().unwrap().to_owned();
+    let (s, body) = w
         .app
         .call(
             Some(&agent),
+            Method::POST,
+            &format!("/v1/agent/key-writes/{third}/ack"),
+            Some(json!({"result": "written"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (_, after) = w
+        .app
+        .call(Some(&agent), Method::GET, "/v1/agent/key-writes", None)
+        .await;
+    assert!(
+        after["items"].as_array().unwrap().is_empty(),
+        "an older password came back after the newer was written: {after}"
+    );
+
+    // An agent of two keys pages their writes, oldest first: `next` is the cursor of the
+    // page after.
+    let other = w.assign_key(8, "K-0008").await;
+    w.rotate(&other).await;
+    let ho = w.rotations_settled(&other, 1).await;
+    w.rotate(&id).await;
+    let h = w.rotations_settled(&id, 4).await;
+    let both = w.app.token("agent", &["K-0009", "K-0008"]).await;
+    let (s, first) = w
+        .app
+        .call(
+            Some(&both),
             Method::GET,
             "/v1/agent/key-writes?limit=1",
             None,
         )
         .await;
     assert_eq!(s, StatusCode::OK, "{first}");
-    assert_eq!(first["items"][0]["rotation_id"], h[1]["rotation_id"]);
+    assert_eq!(first["items"][0]["rotation_id"], ho[0]["rotation_id"]);
     let next = first["next"].as_str().expect("a next page").to_owned();
     let (s, second) = w
         .app
         .call(
-            Some(&agent),
+            Some(&both),
             Method::GET,
             &format!("/v1/agent/key-writes?limit=1&after={next}"),
             None,
         )
         .await;
     assert_eq!(s, StatusCode::OK, "{second}");
-    assert_eq!(second["items"][0]["rotation_id"], h[2]["rotation_id"]);
+    assert_eq!(second["items"][0]["rotation_id"], h[3]["rotation_id"]);
     assert_eq!(second["next"], Value::Null, "{second}");
     let (s, _) = w
         .app
         .call(
-            Some(&agent),
+            Some(&both),
             Method::GET,
             &format!("/v1/agent/key-writes?after={}", uuid::Uuid::now_v7()),
             None,
         )
         .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
-    assert_eq!(w.deliveries(&id).await, 4, "each delivery is an event");
+    assert_eq!(w.deliveries(&id).await, 3, "each delivery is an event");
 }
 
 /// An agent polling from two threads at once must not be handed one password twice:

@@ -441,17 +441,17 @@ impl RotationService {
             // The projection may have moved since the decision: decide again on it.
             let now = Utc::now();
             let protocol = self.inner.config.protocol();
-            let reason = match (
-                reason,
-                next(
-                    &u.password,
-                    Some(reason.unwrap_or(RotationReason::Manual)),
-                    now,
-                    &protocol,
-                ),
-            ) {
+            let decided = match reason {
+                // The scheduler chose at its tick, and the user may have waited behind the
+                // domain's limit since: whether they are due is decided again, on the
+                // projection as it is now (they may have left a group, lost their key, or
+                // just been rotated by hand).
+                Some(_) => self.next_for(&p, u, now),
+                None => next(&u.password, Some(RotationReason::Manual), now, &protocol),
+            };
+            let reason = match (reason, decided) {
                 (Some(RotationReason::Reassert), Next::Reassert) => RotationReason::Reassert,
-                (Some(r), Next::Start(_)) if r != RotationReason::Reassert => r,
+                (Some(r), Next::Start(now_due)) if r != RotationReason::Reassert => now_due,
                 (None, Next::Start(_)) => RotationReason::Manual,
                 (_, Next::Drive(_)) => {
                     return Err(conflict("a rotation of this user is in flight"))

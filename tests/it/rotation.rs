@@ -698,3 +698,69 @@ async fn a_key_assigned_to_many_users_at_once_goes_to_exactly_one() {
         .await;
     assert_eq!(s, StatusCode::OK, "{body}");
 }
+
+/// The scheduler decides at its tick, and a user may wait behind the domain's
+/// `max_concurrent_rotations`: when their turn comes, whether they are due is decided
+/// again, so one who left the rotation group meanwhile is not rotated.
+#[tokio::test]
+async fn a_user_no_longer_due_when_their_turn_comes_is_not_rotated() {
+    let w = rotating_world(json!({"max_concurrent_rotations": 1})).await;
+    let ids = [
+        w.assign_key(2, "K-0002").await,
+        w.assign_key(3, "K-0003").await,
+    ];
+    // The first password write is held: the first user takes the domain's one slot.
+    w.sim(
+        Method::POST,
+        "/_sim/faults",
+        Some(
+            json!({"method": "PATCH", "path_prefix": "/v1.0/users", "delay_ms": 2000, "count": 1}),
+        ),
+    )
+    .await;
+    // Both become due at once.
+    let (s, body) = w
+        .admin(
+            Method::PATCH,
+            &format!("/v1/domains/{}", w.domain),
+            Some(json!({"auto_password_change_days": 30})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let first = loop {
+        let mut started = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            if !w.history(id).await.is_empty() {
+                started.push(i);
+            }
+        }
+        match started[..] {
+            [i] => break i,
+            [] => {}
+            _ => panic!("both started: the limit is one"),
+        }
+        assert!(Instant::now() < deadline, "no rotation started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let waiting = 1 - first;
+    // While it waits, the other leaves the rotation group.
+    w.sim(
+        Method::DELETE,
+        &format!(
+            "/_sim/groups/a1b2c3d4-0000-4000-8000-000000000002/members/{}",
+            ext([2, 3][waiting])
+        ),
+        None,
+    )
+    .await;
+    w.sync().await;
+    assert_eq!(
+        w.user([2, 3][waiting]).await.unwrap()["in_rotation_group"],
+        false
+    );
+    w.rotations_settled(&ids[first], 1).await;
+    // Several ticks after the slot is free: nothing for the one who left.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(w.history(&ids[waiting]).await.is_empty());
+}

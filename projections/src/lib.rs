@@ -403,6 +403,64 @@ mod tests {
         }
     }
 
+    /// A reveal that showed the open rotation's unconfirmed candidate revealed the password
+    /// that rotation makes current: should it succeed later, the password was revealed as
+    /// of then, and the after-reveal rotation follows from there.
+    #[test]
+    fn a_revealed_candidate_that_succeeds_counts_as_revealed_when_it_does() {
+        let (a, b) = (
+            RotationId(uuid::Uuid::from_u128(5)),
+            RotationId(uuid::Uuid::from_u128(6)),
+        );
+        let mut events = a_user_with_a_key();
+        let started = |rotation_id| -> Event {
+            RotationStarted {
+                rotation_id,
+                reason: RotationReason::Manual,
+                sealed_password: sealed(),
+            }
+            .into()
+        };
+        events.push(started(a));
+        events.push(RotationSucceeded { rotation_id: a }.into());
+        events.push(started(b));
+        events.push(
+            RotationRetried {
+                rotation_id: b,
+                attempt: 1,
+                error: "no answer".into(),
+            }
+            .into(),
+        );
+        for rotation_id in [a, b] {
+            events.push(
+                PasswordRevealed {
+                    rotation_id,
+                    reason: "locked out".into(),
+                }
+                .into(),
+            );
+        }
+        events.push(RotationSucceeded { rotation_id: b }.into());
+        let log = on(&StreamId::user(user()), 0, events);
+        let p = folded(&log);
+        let u = p.users.get(user()).unwrap();
+        let succeeded = log.last().unwrap().recorded_at;
+        assert_eq!(u.last_rotation_at, Some(succeeded));
+        assert_eq!(
+            u.last_revealed_at,
+            Some(succeeded),
+            "the current password was revealed"
+        );
+        // Only the current password shown: its reveal stays when it was.
+        let mut only_current = log[..log.len() - 3].to_vec();
+        only_current.push(log[log.len() - 3].clone());
+        only_current.push(log.last().unwrap().clone());
+        let p = folded(&only_current);
+        let u = p.users.get(user()).unwrap();
+        assert!(u.last_revealed_at < u.last_rotation_at);
+    }
+
     #[test]
     fn a_key_finds_the_live_user_it_is_assigned_to() {
         let holders = |p: &Projections, key: &str| {

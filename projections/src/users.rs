@@ -87,6 +87,10 @@ pub struct UserView {
     /// read off it.
     #[serde(skip)]
     pub password: PasswordState,
+    /// The open rotation's unconfirmed candidate was revealed: should it succeed, the
+    /// password that becomes current was revealed (at the success, for the schedule).
+    #[serde(skip)]
+    candidate_revealed: bool,
     /// When the last invite went out.
     pub invited_at: Option<DateTime<Utc>>,
     /// First seen.
@@ -346,6 +350,7 @@ impl Users {
                 needs_attention: false,
                 last_revealed_at: None,
                 password: PasswordState::default(),
+                candidate_revealed: false,
                 invited_at: None,
                 discovered_at: env.recorded_at,
                 imported_at: None,
@@ -439,9 +444,24 @@ impl Users {
                 u.pending_rotation = p.in_flight();
                 u.needs_attention = p.open.as_ref().is_some_and(|o| o.gave_up);
                 u.last_rotation_at = p.last_success;
+                if let Event::RotationSucceeded(e) = &env.event {
+                    if u.candidate_revealed && p.current == Some(e.rotation_id) {
+                        u.last_revealed_at = Some(env.recorded_at);
+                    }
+                }
+                u.candidate_revealed &= p.open.is_some();
                 u.password = p;
             }
-            Event::PasswordRevealed(_) => u.last_revealed_at = Some(env.recorded_at),
+            Event::PasswordRevealed(e) => {
+                u.last_revealed_at = Some(env.recorded_at);
+                if u.password
+                    .open
+                    .as_ref()
+                    .is_some_and(|o| o.rotation_id == e.rotation_id)
+                {
+                    u.candidate_revealed = true;
+                }
+            }
             _ => {}
         }
     }

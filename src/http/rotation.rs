@@ -235,6 +235,10 @@ pub async fn reveal(
         ));
     };
     let revealed = *revealed;
+    let candidate_id = candidate
+        .as_ref()
+        .map(|(id, _)| *id)
+        .filter(|id| *id != revealed);
     let open = |c: Option<(RotationId, idledger_domain::SealedSecret)>| {
         c.map(|(id, sealed)| s.engine.keyring.unseal(&stream, &sealed).map(|p| (id, p)))
             .transpose()
@@ -244,6 +248,7 @@ pub async fn reveal(
     // Recorded (durably) before the password leaves in the answer.
     let command = UserCommand::RecordReveal {
         rotation: revealed,
+        candidate: candidate_id,
         reason: b.reason,
     };
     let position = decide_for(&s, user, &who, Some(revealed.0), command).await?;

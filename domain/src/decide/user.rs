@@ -176,6 +176,9 @@ pub enum UserCommand {
     RecordReveal {
         /// The rotation whose password is shown.
         rotation: RotationId,
+        /// The open rotation whose unconfirmed candidate is shown beside it, if any: it may
+        /// become the current password, and must count as revealed when it does.
+        candidate: Option<RotationId>,
         /// Why, in the admin's words.
         reason: String,
     },
@@ -375,11 +378,26 @@ pub fn decide(s: &UserState, c: UserCommand) -> Result<Vec<Event>, Rejection> {
         (Status::Unknown | Status::Deleted, UserCommand::RecordReveal { .. }) => {
             Err(Rejection::NotFound("user"))
         }
-        (_, UserCommand::RecordReveal { rotation, reason }) => Ok(vec![PasswordRevealed {
-            rotation_id: rotation,
-            reason: reveal_reason(&reason)?,
+        (
+            _,
+            UserCommand::RecordReveal {
+                rotation,
+                candidate,
+                reason,
+            },
+        ) => {
+            let reason = reveal_reason(&reason)?;
+            Ok(std::iter::once(rotation)
+                .chain(candidate.filter(|c| *c != rotation))
+                .map(|rotation_id| {
+                    PasswordRevealed {
+                        rotation_id,
+                        reason: reason.clone(),
+                    }
+                    .into()
+                })
+                .collect())
         }
-        .into()]),
         (Status::Active, UserCommand::RecordInvite { to, via, link }) => {
             Ok(vec![InviteSent { to, via, link }.into()])
         }
@@ -747,6 +765,7 @@ mod tests {
     fn a_reveal_is_recorded_with_its_reason_and_invites_go_to_active_users() {
         let reveal = |reason: &str| UserCommand::RecordReveal {
             rotation: RotationId(uuid::Uuid::from_u128(7)),
+            candidate: None,
             reason: reason.into(),
         };
         let active = given::<UserStream>(&[discovered(), imported()]);
@@ -757,6 +776,25 @@ mod tests {
                 reason: "locked out".into(),
             }
             .into()]);
+        // The unconfirmed candidate shown beside the current password is on record too.
+        active
+            .when(UserCommand::RecordReveal {
+                rotation: RotationId(uuid::Uuid::from_u128(7)),
+                candidate: Some(RotationId(uuid::Uuid::from_u128(8))),
+                reason: "locked out".into(),
+            })
+            .then([
+                PasswordRevealed {
+                    rotation_id: RotationId(uuid::Uuid::from_u128(7)),
+                    reason: "locked out".into(),
+                }
+                .into(),
+                PasswordRevealed {
+                    rotation_id: RotationId(uuid::Uuid::from_u128(8)),
+                    reason: "locked out".into(),
+                }
+                .into(),
+            ]);
         active.when(reveal("   ")).then_invalid("reason");
         active
             .when(reveal("ok\u{202e}gnp.exe"))

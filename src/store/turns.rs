@@ -20,11 +20,12 @@ pub struct StreamTurns {
     held: Mutex<FxHashMap<StreamId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
-/// A stream's turn, held until dropped (a cancelled command gives it up too).
+/// A stream's turn, held until dropped (a cancelled command gives it up too, and so does
+/// one cancelled while it waits).
 pub struct Turn<'a> {
     turns: &'a StreamTurns,
     stream: StreamId,
-    lock: Arc<tokio::sync::Mutex<()>>,
+    lock: Option<Arc<tokio::sync::Mutex<()>>>,
     guard: Option<OwnedMutexGuard<()>>,
 }
 
@@ -38,13 +39,15 @@ impl StreamTurns {
             .entry(stream.clone())
             .or_default()
             .clone();
-        let guard = lock.clone().lock_owned().await;
-        Turn {
+        // Made before the wait, so that a waiter dropped mid-wait cleans up as a turn does.
+        let mut turn = Turn {
             turns: self,
             stream: stream.clone(),
-            lock,
-            guard: Some(guard),
-        }
+            lock: Some(lock.clone()),
+            guard: None,
+        };
+        turn.guard = Some(lock.lock_owned().await);
+        turn
     }
 
     /// Streams with a command under way or waiting.
@@ -57,9 +60,13 @@ impl Drop for Turn<'_> {
     fn drop(&mut self) {
         drop(self.guard.take());
         let mut held = self.turns.held.lock().unwrap_or_else(|e| e.into_inner());
-        // The map's reference and this one: no one else waits, and no one can start to
-        // without the map's lock, held here.
-        if Arc::strong_count(&self.lock) == 2 {
+        drop(self.lock.take());
+        // Only the map's reference left: no one holds or waits, and no one can start to
+        // without the map's lock, held here. (One who lets go meanwhile looks again.)
+        if held
+            .get(&self.stream)
+            .is_some_and(|l| Arc::strong_count(l) == 1)
+        {
             held.remove(&self.stream);
         }
     }
@@ -100,5 +107,20 @@ mod tests {
         let taken =
             tokio::time::timeout(std::time::Duration::from_secs(1), turns.take(&other)).await;
         assert!(taken.is_ok());
+    }
+
+    /// A command cancelled while it waits (a client that hung up) leaves nothing behind,
+    /// even when the turn it waited for was given up before it was.
+    #[tokio::test]
+    async fn a_waiter_cancelled_mid_wait_leaves_nothing_behind() {
+        use futures_util::FutureExt;
+        let turns = StreamTurns::default();
+        let stream = StreamId::user(idledger_domain::UserId(uuid::Uuid::from_u128(7)));
+        let held = turns.take(&stream).await;
+        let mut waiting = Box::pin(turns.take(&stream));
+        assert!(waiting.as_mut().now_or_never().is_none(), "it waits");
+        drop(held);
+        drop(waiting);
+        assert_eq!(turns.busy(), 0);
     }
 }

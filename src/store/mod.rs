@@ -279,6 +279,9 @@ pub enum CommandError {
     Contended,
 }
 
+/// Events of a stream read at once by the command path's fold.
+const FOLD_PAGE: usize = 4096;
+
 /// The command path: fold `stream` with `evolve`, `decide`, append at exactly the version
 /// folded (with `correlation_id` on every event). Commands on one stream take turns in this
 /// process ([`turns`]); a change by another writer is retried once on fresh state. Returns
@@ -301,17 +304,24 @@ pub async fn decide_and_append<S: Default + Clone + Send + Sync + 'static>(
         let (mut version, mut state) = snapshots
             .get(stream, evolve)
             .unwrap_or_else(|| (0, S::default()));
-        let newer = log.read_stream(stream, version + 1, usize::MAX)?;
-        for e in &newer {
-            state = evolve(state, &e.event);
-            version = e.version;
+        let folded_from = version;
+        // In pages: a long stream (every token ever issued) folds in bounded memory.
+        loop {
+            let newer = log.read_stream(stream, version + 1, FOLD_PAGE)?;
+            for e in &newer {
+                state = evolve(state, &e.event);
+                version = e.version;
+            }
+            if newer.len() < FOLD_PAGE {
+                break;
+            }
         }
         let events = match decide(&state) {
             Ok(events) if !events.is_empty() => events,
             decided => {
                 // Nothing to append, or refused: the fold is kept all the same, so that a
                 // run of refusals (made-up tokens naming a real user, say) folds nothing.
-                if !newer.is_empty() {
+                if version != folded_from {
                     snapshots.put(stream, evolve, version, state);
                 }
                 decided?;

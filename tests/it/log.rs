@@ -593,6 +593,18 @@ async fn decisions_see_other_writers_appends_after_their_snapshot() {
         assert_eq!(seen.load(Ordering::SeqCst), 7);
         let kept = log.snapshots().get(&stream, count);
         assert_eq!(kept, (capacity > 0).then_some((7, 7)));
+        // A stream longer than one page of the fold is folded whole.
+        for chunk in 0..9 {
+            let events = (0..1000)
+                .map(|i| some_user_event(chunk * 1000 + i))
+                .collect();
+            append(&*log, u, ExpectedVersion::Any, events).await;
+        }
+        log.snapshots().set_capacity(0);
+        decide_and_append(&*log, &stream, &Actor::System, None, count, decide)
+            .await
+            .unwrap();
+        assert_eq!(seen.load(Ordering::SeqCst), 9007, "capacity {capacity}");
     }
 }
 

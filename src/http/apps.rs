@@ -166,14 +166,11 @@ pub async fn create(
         id_token_alg: alg.clone(),
         secret_hash: secret.as_deref().map(token_hash),
     };
-    let command = ProviderCommand::Register(registered);
-    let position = s
-        .command(&StreamId::provider(), &who.actor(), evolve, |st| {
-            decide(st, command.clone())
-        })
-        .await?;
     // The app's keys are published before it asks for a token (its library may fetch the
-    // JWKS once, at start).
+    // JWKS once, at start), and made before the app is registered: should making them fail,
+    // no app exists whose one-time secret the admin never saw.
+    // A bad request makes nothing, keys included: checked first.
+    idledger_domain::decide::provider::check_registration(&registered)?;
     crate::provider::ensure_signing_keys(
         &s.engine,
         &who.actor(),
@@ -182,6 +179,12 @@ pub async fn create(
     )
     .await
     .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let command = ProviderCommand::Register(registered);
+    let position = s
+        .command(&StreamId::provider(), &who.actor(), evolve, |st| {
+            decide(st, command.clone())
+        })
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(answer(&s, app_id, position, secret).await?),

@@ -387,7 +387,21 @@ async fn every_operation_answers_as_its_schema_says() {
         )
         .await;
     assert_eq!(s, ok);
-    // Apps of the OpenID Connect provider, and its signing keys.
+    // Apps of the OpenID Connect provider, and its signing keys. A bad registration makes
+    // nothing, not even the signing keys a good one would have brought.
+    let head = w.head().await;
+    let (s, refused) = w
+        .admin(
+            Method::POST,
+            "/v1/apps",
+            Some(
+                json!({"name": "Pay\u{202e}roll", "redirect_uris": ["https://payroll.contoso.com/cb"],
+                        "type": "confidential", "domain_ids": [d]}),
+            ),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    assert_eq!(w.head().await, head, "nothing recorded");
     let (s, app) = w
         .checked(
             &mut c,

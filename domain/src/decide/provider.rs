@@ -156,6 +156,27 @@ fn live(s: &ProviderState, app: AppId) -> Result<&AppFacts, Rejection> {
         .ok_or(Rejection::NotFound("app"))
 }
 
+/// Whether `app` may be registered, as far as it alone tells (names, addresses, algorithm,
+/// secret): the caller can check before it makes anything for the app.
+pub fn check_registration(app: &AppRegistered) -> Result<(), Rejection> {
+    check_app(
+        &app.name,
+        &app.redirect_uris,
+        &app.post_logout_redirect_uris,
+        &app.domain_ids,
+    )?;
+    if !matches!(app.id_token_alg.as_str(), "ES256" | "RS256") {
+        return Err(invalid("id_token_signed_response_alg", "ES256 or RS256"));
+    }
+    if (app.client_type == ClientType::Confidential) != app.secret_hash.is_some() {
+        return Err(invalid(
+            "type",
+            "a confidential app has a secret, a public one none",
+        ));
+    }
+    Ok(())
+}
+
 /// Decides a command.
 pub fn decide(s: &ProviderState, c: ProviderCommand) -> Result<Vec<Event>, Rejection> {
     match c {
@@ -165,21 +186,7 @@ pub fn decide(s: &ProviderState, c: ProviderCommand) -> Result<Vec<Event>, Rejec
             {
                 return Err(Rejection::AlreadyExists("app"));
             }
-            check_app(
-                &app.name,
-                &app.redirect_uris,
-                &app.post_logout_redirect_uris,
-                &app.domain_ids,
-            )?;
-            if !matches!(app.id_token_alg.as_str(), "ES256" | "RS256") {
-                return Err(invalid("id_token_signed_response_alg", "ES256 or RS256"));
-            }
-            if (app.client_type == ClientType::Confidential) != app.secret_hash.is_some() {
-                return Err(invalid(
-                    "type",
-                    "a confidential app has a secret, a public one none",
-                ));
-            }
+            check_registration(&app)?;
             Ok(vec![app.into()])
         }
         ProviderCommand::Change(change) => {

@@ -604,7 +604,7 @@ fn registered(
         .name
         .clone()
         .filter(|n| !n.trim().is_empty())
-        .unwrap_or_else(|| match new.attachment {
+        .unwrap_or_else(|| match new.hardware_attachment() {
             Some(webauthn::Attachment::CrossPlatform) => "Security key".into(),
             _ => "Passkey".into(),
         });
@@ -614,7 +614,7 @@ fn registered(
             name,
             sealed_public_key: sealed,
             algorithm: new.algorithm,
-            attachment: new.attachment.map(|a| match a {
+            attachment: new.hardware_attachment().map(|a| match a {
                 webauthn::Attachment::Platform => idledger_domain::Attachment::Platform,
                 webauthn::Attachment::CrossPlatform => idledger_domain::Attachment::CrossPlatform,
             }),

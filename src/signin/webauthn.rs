@@ -457,6 +457,19 @@ pub struct NewCredential {
     pub attachment: Option<Attachment>,
 }
 
+impl NewCredential {
+    /// Where it lives, as far as the authenticator itself tells: the browser's
+    /// `authenticatorAttachment` is not signed, and calls a phone's synced passkey used by
+    /// QR code "cross-platform". A backup-eligible (syncable) credential is bound to no
+    /// hardware, so only one that is not counts as a security key (and signs in as `hwk`).
+    pub fn hardware_attachment(&self) -> Option<Attachment> {
+        match self.attachment {
+            Some(Attachment::CrossPlatform) if self.backup_eligible => Some(Attachment::Platform),
+            other => other,
+        }
+    }
+}
+
 /// A verified sign-in. The caller stores `sign_count` as the new `stored_count`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifiedAssertion {

@@ -856,6 +856,29 @@ async fn a_domain_has_a_workstation_certificate_to_download_and_replace() {
 }
 
 /// Enrols `upn` (passwordless, invited) with `key` over HTTP; answers the signed-in visitor.
+/// A synced passkey (backup eligible, like a phone's used by QR code, which the browser
+/// calls cross-platform all the same) is bound to no hardware: it is no "Security key",
+/// and its sign-ins never claim `hwk`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_synced_passkey_never_claims_hardware() {
+    let (w, adele, _) = signin_world().await;
+    let mut key = SoftKey::new();
+    key.synced = true;
+    let upn = "adele.vance@contoso.onmicrosoft.com";
+    enrol_with_key(&w, &adele, upn, &mut key).await;
+    let handle = key.user_handle.clone();
+    let mut v = Visitor::new();
+    let (s, b) = passkey_sign_in_with(&w, &mut v, &mut key, Some(&handle)).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, page, _) = v.get(&format!("{}/me", w.app.public)).await;
+    assert_eq!(s, StatusCode::OK, "{page}");
+    assert!(page.contains("swk, mfa"), "{page}");
+    assert!(
+        !page.contains("hwk") && !page.contains("Security key"),
+        "{page}"
+    );
+}
+
 pub(crate) async fn enrol_with_key(w: &World, user: &str, upn: &str, key: &mut SoftKey) -> Visitor {
     invite(w, user).await;
     let link = outbox_link(w, upn);

@@ -15,6 +15,8 @@ pub struct SoftKey {
     pub counter: u32,
     /// The user handle it was registered with.
     pub user_handle: Vec<u8>,
+    /// A synced (backup-eligible, backed-up) passkey, like a phone's.
+    pub synced: bool,
 }
 
 fn cose(public: &[u8]) -> Vec<u8> {
@@ -44,6 +46,7 @@ impl SoftKey {
             rng,
             counter: 0,
             user_handle: Vec::new(),
+            synced: false,
         }
     }
 
@@ -56,7 +59,8 @@ impl SoftKey {
 
     fn auth_data(&self, rp_id: &str, flags: u8) -> Vec<u8> {
         let mut a = Sha256::digest(rp_id.as_bytes()).to_vec();
-        a.push(flags);
+        // BE and BS: eligible for backup, and backed up.
+        a.push(if self.synced { flags | 0x18 } else { flags });
         a.extend_from_slice(&self.counter.to_be_bytes());
         a
     }

@@ -330,6 +330,14 @@ fn run_path(raw: (String, String)) -> Result<(DomainId, SyncRunId), ApiError> {
     ))
 }
 
+/// Run `run` of `domain` (another domain's run is not found).
+fn run_of(p: &Projections, domain: DomainId, run: SyncRunId) -> Result<&SyncRunView, ApiError> {
+    p.domains
+        .run(run)
+        .filter(|r| r.domain_id == domain)
+        .ok_or_else(|| ApiError::NotFound("sync run".into()))
+}
+
 /// One run with its per-user outcomes.
 pub async fn get_one(
     State(s): State<AppState>,
@@ -338,11 +346,7 @@ pub async fn get_one(
 ) -> Result<Json<SyncRunDetail>, ApiError> {
     let (domain, run) = run_path(raw)?;
     let p = read_domain(&s, domain, q.min_position).await?;
-    let r = p
-        .domains
-        .run(run)
-        .filter(|r| r.domain_id == domain)
-        .ok_or_else(|| ApiError::NotFound("sync run".into()))?;
+    let r = run_of(&p, domain, run)?;
     Ok(Json(SyncRunDetail::of(r)?))
 }
 
@@ -366,11 +370,7 @@ pub async fn run_outcomes(
 ) -> Result<Json<Page<RunOutcome>>, ApiError> {
     let (domain, run) = run_path(raw)?;
     let p = read_domain(&s, domain, q.min_position).await?;
-    let r = p
-        .domains
-        .run(run)
-        .filter(|r| r.domain_id == domain)
-        .ok_or_else(|| ApiError::NotFound("sync run".into()))?;
+    let r = run_of(&p, domain, run)?;
     let (items, next) = outcomes(r, q.after.map(UserId), q.limit)?;
     Ok(page(items, next))
 }
@@ -389,11 +389,7 @@ pub async fn held_removals(
 ) -> Result<Json<Page<HeldRemoval>>, ApiError> {
     let (domain, run) = run_path(raw)?;
     let p = read_domain(&s, domain, q.min_position).await?;
-    let r = p
-        .domains
-        .run(run)
-        .filter(|r| r.domain_id == domain)
-        .ok_or_else(|| ApiError::NotFound("sync run".into()))?;
+    let r = run_of(&p, domain, run)?;
     let from = match q.after.map(UserId) {
         None => 0,
         Some(a) => r.held_removals.partition_point(|u| *u <= a),

@@ -119,6 +119,22 @@ async fn signed_in_with_app(w: &World, adele: &str) -> SignedInWithApp {
     }
 }
 
+/// A confidential app's code exchange (Basic authentication, no PKCE) at `token_url`.
+fn exchange(
+    raw: &reqwest::Client,
+    token_url: &str,
+    (client_id, secret): (&str, &str),
+    code: &str,
+) -> reqwest::RequestBuilder {
+    raw.post(token_url)
+        .basic_auth(client_id, Some(secret))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", REDIRECT),
+        ])
+}
+
 fn get<'a>(q: &'a [(String, String)], k: &str) -> Option<&'a str> {
     q.iter().find(|(a, _)| a == k).map(|(_, v)| v.as_str())
 }
@@ -1103,16 +1119,9 @@ async fn codes_of_one_user_exchanged_at_once_all_get_their_tokens() {
     }
     let raw = reqwest::Client::new();
     let token_url = format!("{}/token", w.app.public);
-    let exchanges = codes.iter().map(|code| {
-        raw.post(&token_url)
-            .basic_auth(&client_id, Some(&secret))
-            .form(&[
-                ("grant_type", "authorization_code"),
-                ("code", code.as_str()),
-                ("redirect_uri", REDIRECT),
-            ])
-            .send()
-    });
+    let exchanges = codes
+        .iter()
+        .map(|code| exchange(&raw, &token_url, (&client_id, &secret), code).send());
     for answer in futures_util::future::join_all(exchanges).await {
         let answer = answer.unwrap();
         let status = answer.status();
@@ -1253,17 +1262,8 @@ async fn a_code_used_twice_at_once_revokes_what_it_gave() {
         )
         .await;
         let code = get(&q, "code").unwrap().to_owned();
-        let exchange = || {
-            raw.post(&token_url)
-                .basic_auth(&client_id, Some(&secret))
-                .form(&[
-                    ("grant_type", "authorization_code"),
-                    ("code", code.as_str()),
-                    ("redirect_uri", REDIRECT),
-                ])
-                .send()
-        };
-        let (a, b) = tokio::join!(exchange(), exchange());
+        let once = || exchange(&raw, &token_url, (&client_id, &secret), &code).send();
+        let (a, b) = tokio::join!(once(), once());
         let mut refresh = Vec::new();
         for answer in [a, b] {
             let answer = answer.unwrap();

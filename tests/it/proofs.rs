@@ -997,22 +997,26 @@ async fn an_export_proves_where_it_sits_in_the_signed_history() {
     assert!(
         written["signed_tree_size"].as_u64().unwrap() >= written["log_position"].as_u64().unwrap()
     );
-    let (checked, code) = auditor_cli(
-        &serve.token,
-        &[
-            "verify-export",
-            o,
-            "--server",
-            &serve.url,
-            "--public-key",
-            &key,
-        ],
-    );
+    // The export checked against the log, with the auditor's key and without.
+    let with_key = || {
+        auditor_cli(
+            &serve.token,
+            &[
+                "verify-export",
+                o,
+                "--server",
+                &serve.url,
+                "--public-key",
+                &key,
+            ],
+        )
+    };
+    let without_key = || auditor_cli(&serve.token, &["verify-export", o, "--server", &serve.url]);
+    let (checked, code) = with_key();
     assert_eq!(code, 0, "{checked}");
     assert_eq!(checked["signed_head"], "verified");
     // Without the auditor's key the head is not checked, and the report says so.
-    let (unchecked, code) =
-        auditor_cli(&serve.token, &["verify-export", o, "--server", &serve.url]);
+    let (unchecked, code) = without_key();
     assert_eq!(code, 0, "{unchecked}");
     assert_eq!(unchecked["signed_head"], "unchecked");
     // A head whose root is not the records' is refused.
@@ -1024,17 +1028,7 @@ async fn an_export_proves_where_it_sits_in_the_signed_history() {
     let other = B64.encode([9u8; 32]);
     m["signed_head"]["checkpoint"] = json!(note.replace(&root, &other));
     std::fs::write(&manifest, serde_json::to_string_pretty(&m).unwrap()).unwrap();
-    let (refused, code) = auditor_cli(
-        &serve.token,
-        &[
-            "verify-export",
-            o,
-            "--server",
-            &serve.url,
-            "--public-key",
-            &key,
-        ],
-    );
+    let (refused, code) = with_key();
     assert_eq!(code, 1, "{refused}");
     assert_eq!(refused["signed_head"], "failed");
     // A manifest whose head was dropped (whoever rewrote the log would drop it) fails
@@ -1042,20 +1036,10 @@ async fn an_export_proves_where_it_sits_in_the_signed_history() {
     let mut m: Value = serde_json::from_str(&original).unwrap();
     m.as_object_mut().unwrap().remove("signed_head");
     std::fs::write(&manifest, serde_json::to_string_pretty(&m).unwrap()).unwrap();
-    let (refused, code) = auditor_cli(
-        &serve.token,
-        &[
-            "verify-export",
-            o,
-            "--server",
-            &serve.url,
-            "--public-key",
-            &key,
-        ],
-    );
+    let (refused, code) = with_key();
     assert_eq!(code, 1, "{refused}");
     assert_eq!(refused["signed_head"], "failed");
-    let (absent, code) = auditor_cli(&serve.token, &["verify-export", o, "--server", &serve.url]);
+    let (absent, code) = without_key();
     assert_eq!(code, 0, "{absent}");
     assert_eq!(absent["signed_head"], "absent");
     std::fs::write(&manifest, &original).unwrap();

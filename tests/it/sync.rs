@@ -439,6 +439,27 @@ async fn quarantined_world() -> (World, Value) {
     (w, run)
 }
 
+/// The admin sees the quarantine on the domain's page, with how many removals wait (all
+/// of them, not the first page the run lists).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_shows_a_quarantine_and_how_many_removals_wait() {
+    let (w, _) = quarantined_world().await;
+    let b = Browser::start().await;
+    b.sign_in(&w.app.public, &w.app.admin).await;
+    b.goto(&format!("{}/console/domains/{}", w.app.public, w.domain))
+        .await;
+    b.wait_text("#quarantine", "it would remove 6 users").await;
+    assert!(b.present("#approve").await);
+    b.client
+        .execute(
+            "document.querySelector('#quarantine').scrollIntoView({block: 'center'})",
+            vec![],
+        )
+        .await
+        .unwrap();
+    b.screenshot("console-quarantine").await;
+}
+
 #[tokio::test]
 async fn the_deletion_guard_quarantines_a_mass_removal_until_approved() {
     let (w, run) = quarantined_world().await;
@@ -782,19 +803,20 @@ async fn a_configured_group_id_that_names_no_group_fails_the_run_instead_of_empt
 #[tokio::test]
 async fn a_member_with_an_absurd_id_is_skipped_and_the_rest_sync() {
     let w = world(json!({"auto_import": true})).await;
-    let add = |id: String, upn: &str| json!({"id": id, "userPrincipalName": upn, "displayName": "Odd One", "password": "First-Key-2026!"});
-    w.sim(
-        Method::POST,
-        "/_sim/users",
-        Some(add("a".repeat(5000), "odd.one@contoso.onmicrosoft.com")),
-    )
-    .await;
-    w.sim(
-        Method::POST,
-        &format!("/_sim/groups/{SYNC}/members/{}", "a".repeat(5000)),
-        None,
-    )
-    .await;
+    // A user in Entra and in the sync group, with the id given.
+    let w = &w;
+    let add_member = |id: String, upn: &'static str| async move {
+        let user = json!({"id": id, "userPrincipalName": upn, "displayName": "Odd One",
+                          "password": "First-Key-2026!"});
+        w.sim(Method::POST, "/_sim/users", Some(user)).await;
+        w.sim(
+            Method::POST,
+            &format!("/_sim/groups/{SYNC}/members/{id}"),
+            None,
+        )
+        .await;
+    };
+    add_member("a".repeat(5000), "odd.one@contoso.onmicrosoft.com").await;
     let run = w.sync().await;
     assert_eq!(run["status"], "succeeded", "{run}");
     let users = w.users("").await;
@@ -804,18 +826,7 @@ async fn a_member_with_an_absurd_id_is_skipped_and_the_rest_sync() {
         .any(|u| u["user_principal_name"] == "odd.one@contoso.onmicrosoft.com"));
     // In a delta round too, next to a real change.
     let active = w.users("&status=active").await.len();
-    w.sim(
-        Method::POST,
-        "/_sim/users",
-        Some(add("b".repeat(100), "odd.two@contoso.onmicrosoft.com")),
-    )
-    .await;
-    w.sim(
-        Method::POST,
-        &format!("/_sim/groups/{SYNC}/members/{}", "b".repeat(100)),
-        None,
-    )
-    .await;
+    add_member("b".repeat(100), "odd.two@contoso.onmicrosoft.com").await;
     w.leave(4).await;
     let run = w.sync().await;
     assert_eq!(run["status"], "succeeded", "{run}");

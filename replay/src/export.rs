@@ -713,18 +713,45 @@ fn reason_name(r: idledger_domain::RotationReason) -> &'static str {
 }
 
 /// Counts the rows in part of an export file (no header).
-fn count_rows(format: ExportFormat, bytes: &[u8]) -> usize {
-    match format {
-        ExportFormat::Csv => csv::ReaderBuilder::new()
-            .has_headers(false)
-            .flexible(true)
-            .from_reader(bytes)
-            .records()
-            .count(),
-        ExportFormat::Jsonl => bytes
-            .split(|b| *b == b'\n')
-            .filter(|l| !l.is_empty())
-            .count(),
+/// Counts the rows of the rest of an export as it streams past: a file may be any size,
+/// and only the count is wanted. A CSV row ends at a line break outside quotes; blank
+/// lines are no rows (as the `csv` crate reads them).
+struct RowCounter {
+    format: ExportFormat,
+    quoted: bool,
+    line_has_text: bool,
+    rows: usize,
+}
+
+impl RowCounter {
+    fn new(format: ExportFormat) -> Self {
+        RowCounter {
+            format,
+            quoted: false,
+            line_has_text: false,
+            rows: 0,
+        }
+    }
+
+    fn feed(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            match b {
+                b'"' if self.format == ExportFormat::Csv => {
+                    self.quoted = !self.quoted;
+                    self.line_has_text = true;
+                }
+                b'\n' if !self.quoted => {
+                    self.rows += usize::from(self.line_has_text);
+                    self.line_has_text = false;
+                }
+                b'\r' if !self.quoted => {}
+                _ => self.line_has_text = true,
+            }
+        }
+    }
+
+    fn finish(self) -> usize {
+        self.rows + usize::from(self.line_has_text)
     }
 }
 
@@ -830,18 +857,28 @@ impl<R: BufRead> RowComparer<R> {
     /// differs, the rows missing or the rows extra. Reads the file to its end either way,
     /// and hands it back.
     pub fn finish(mut self) -> std::io::Result<(Vec<RowMismatch>, R)> {
-        let mut rest = Vec::new();
-        self.file.read_to_end(&mut rest)?;
+        let mut rest = RowCounter::new(self.format);
+        let mut any_rest = false;
+        loop {
+            let chunk = self.file.fill_buf()?;
+            if chunk.is_empty() {
+                break;
+            }
+            any_rest = true;
+            rest.feed(chunk);
+            let n = chunk.len();
+            self.file.consume(n);
+        }
         let rows = match self.mismatch {
             Some(RowMismatch::Missing { row, .. }) => Some(RowMismatch::Missing {
                 row,
                 count: self.rows + 1 - row,
             }),
             Some(m) => Some(m),
-            None if rest.is_empty() => None,
+            None if !any_rest => None,
             None => Some(RowMismatch::Extra {
                 row: self.rows + 1,
-                count: count_rows(self.format, &rest).max(1),
+                count: rest.finish().max(1),
             }),
         };
         let found = self

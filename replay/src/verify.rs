@@ -232,9 +232,11 @@ impl Verifier {
             self.tree.push(leaf);
             self.check_heads(key);
         }
-        let expected = self.last_position + 1;
-        if key != expected {
-            let reason = if key > expected {
+        // Positions and versions are read from the store: u64::MAX is possible, and the
+        // next after it is a problem to report, not an overflow.
+        let expected = self.last_position.checked_add(1);
+        if Some(key) != expected {
+            let reason = if let Some(expected) = expected.filter(|e| key > *e) {
                 format!("gap: expected position {expected}, found {key}")
             } else {
                 format!("out of order: position {key} after {}", self.last_position)
@@ -286,7 +288,7 @@ impl Verifier {
                 }
             }
         };
-        if env.version != previous + 1 {
+        if previous.checked_add(1) != Some(env.version) {
             let msg = format!(
                 "stream {} version {} follows version {previous}",
                 env.stream, env.version
@@ -341,7 +343,7 @@ impl Verifier {
                 head.tree_size,
                 self.tree.size()
             );
-            self.problem(self.last_position + 1, reason);
+            self.problem(self.last_position.saturating_add(1), reason);
         }
         VerifyReport {
             ok: self.problem_count == 0,
@@ -454,6 +456,24 @@ mod tests {
         }
         assert_eq!(v.first_problem().map(|p| p.position), Some(4));
         assert_eq!(v.problem_count(), 1);
+    }
+
+    #[test]
+    fn the_largest_version_and_position_are_problems_not_overflows() {
+        let (first, hash) = record(1, 1, u64::MAX, 1, &Hash::default());
+        let (second, hash) = record(2, 1, 0, 2, &hash);
+        let (third, _) = record(u64::MAX, 2, 1, 3, &hash);
+        let (fourth, _) = record(1, 3, 1, 4, &hash);
+        let report = verify(&[(1, first), (2, second), (u64::MAX, third), (1, fourth)]);
+        let found = reasons(&report);
+        assert!(
+            found.iter().any(|(p, r)| *p == 2 && r.contains("follows version")),
+            "{found:?}"
+        );
+        assert!(
+            found.iter().any(|(p, r)| *p == 1 && r.contains("out of order")),
+            "{found:?}"
+        );
     }
 
     #[test]

@@ -28,18 +28,24 @@ pub fn parse_format(format: &str) -> Result<ExportFormat, String> {
     ExportFormat::parse(format).ok_or_else(|| format!("format {format:?}: use csv or jsonl"))
 }
 
-/// The query of an export; a range that ends before it begins is refused.
+/// The query of an export; a range that ends before it begins, or after `now`, is
+/// refused: an export covers a range only once it has closed (`verify-export` holds it to
+/// that).
 pub fn query_of(
     kind: ExportKind,
     from: Option<DateTime<Utc>>,
     to: Option<DateTime<Utc>>,
     domain: Option<uuid::Uuid>,
     user: Option<uuid::Uuid>,
+    now: DateTime<Utc>,
 ) -> Result<ExportQuery, String> {
     if let (Some(f), Some(t)) = (from, to) {
         if f > t {
             return Err("from is after to".into());
         }
+    }
+    if to.is_some_and(|t| t > now) {
+        return Err("to is in the future: leave it out to export up to now".into());
     }
     Ok(ExportQuery {
         kind,
@@ -48,6 +54,13 @@ pub fn query_of(
         domain: domain.map(DomainId),
         user: user.map(UserId),
     })
+}
+
+/// What an export run read: its summary, and the time of the first record past
+/// `until_position`, when it stopped there and the log held one.
+pub struct ExportRun {
+    pub summary: ExportSummary,
+    pub next_recorded_at: Option<DateTime<Utc>>,
 }
 
 /// Runs an export over `records`, handing the header and each row to `sink`; stops after
@@ -61,7 +74,7 @@ pub fn run_export(
     sink: &mut dyn RowSink,
     mut chain: Option<&mut Verifier>,
     mut on_position: impl FnMut(u64),
-) -> Result<ExportSummary, Error> {
+) -> Result<ExportRun, Error> {
     let hash = chain.is_some();
     let checked = parallel_map(
         records,
@@ -78,9 +91,11 @@ pub fn run_export(
     let mut exporter = Exporter::new(query.clone(), format);
     sink.header(&exporter.header())?;
     let mut row = Vec::with_capacity(1024);
+    let mut next_recorded_at = None;
     for record in checked {
         let record = record?;
         if until_position.is_some_and(|u| record.position > u) {
+            next_recorded_at = record.envelope.as_ref().ok().map(|e| e.recorded_at);
             break;
         }
         on_position(record.position);
@@ -107,7 +122,10 @@ pub fn run_export(
         }
     });
     failed?;
-    Ok(summary)
+    Ok(ExportRun {
+        summary,
+        next_recorded_at,
+    })
 }
 
 /// Where an export went.
@@ -134,7 +152,7 @@ pub fn export_file(
     on_position: impl FnMut(u64),
 ) -> Result<Written, Error> {
     let mut sink = FileSink::create(out)?;
-    let summary = run_export(records, query, format, None, &mut sink, None, on_position)?;
+    let summary = run_export(records, query, format, None, &mut sink, None, on_position)?.summary;
     let sha = sink.finish()?;
     let mut manifest = Manifest::new(query, format, &summary, &sha, Utc::now());
     manifest.signed_head = cover(summary.log_position)?;
@@ -163,7 +181,8 @@ pub enum Problem {
     Row(RowMismatch),
     /// Anything else, named.
     Other {
-        /// `chain`, `chain_hash`, `row_count` or `file_sha256`.
+        /// `chain`, `chain_hash`, `row_count`, `row_positions`, `incomplete_range`,
+        /// `signed_head` or `file_sha256`.
         problem: &'static str,
         /// What is wrong.
         detail: serde_json::Value,
@@ -216,6 +235,14 @@ fn check_signed_head(
     root: &idledger_domain::Hash,
     key: HeadKey<'_>,
 ) -> Result<(), String> {
+    if m.log_position == 0 {
+        // An export that read no record is a prefix of every tree: nothing to prove but
+        // the signature of a head it carries.
+        if let (Some(signed), Some(key)) = (&m.signed_head, key.key()) {
+            key.open(&signed.checkpoint).map_err(|e| e.to_string())?;
+        }
+        return Ok(());
+    }
     let Some(signed) = &m.signed_head else {
         return match key {
             HeadKey::Auditors(_) => Err(
@@ -276,7 +303,10 @@ pub fn verify_export_file(
     let query = m.query();
     let mut rows = RowComparer::new(FileSource::open(file)?, m.format);
     let mut chain = Verifier::expecting(m.log_position);
-    let summary = run_export(
+    let ExportRun {
+        summary,
+        next_recorded_at,
+    } = run_export(
         records,
         &query,
         m.format,
@@ -313,6 +343,32 @@ pub fn verify_export_file(
             detail: format!(
                 "the log's record at position {} does not have the manifest's chain hash",
                 m.log_position
+            )
+            .into(),
+        });
+    }
+    // The exporter reads on until a record past `to`: a later record still inside the
+    // range means rows were cut off the end (the manifest moved back to match), or the
+    // export was made before its range had closed. Either way the file does not cover it.
+    if let (Some(to), Some(next)) = (m.range.to, next_recorded_at) {
+        if next <= to {
+            problems.push(Problem::Other {
+                problem: "incomplete_range",
+                detail: format!(
+                    "the log holds records up to {} after position {}: the range is not covered",
+                    to.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                    m.log_position
+                )
+                .into(),
+            });
+        }
+    }
+    if m.first_position != summary.first_position || m.last_position != summary.last_position {
+        problems.push(Problem::Other {
+            problem: "row_positions",
+            detail: format!(
+                "the manifest says rows from position {:?} to {:?}, the log gives {:?} to {:?}",
+                m.first_position, m.last_position, summary.first_position, summary.last_position
             )
             .into(),
         });

@@ -56,6 +56,7 @@ pub fn each_record(
         .build()?;
     let http = reqwest::Client::new();
     let mut next = Some(from.max(1));
+    let mut handed = 0;
     while let Some(pos) = next {
         let url = format!("{server}/v1/events?from_position={pos}&limit={REMOTE_PAGE}");
         let page: serde_json::Value = rt.block_on(async {
@@ -85,11 +86,25 @@ pub fn each_record(
                 .ok_or_else(|| {
                     Error::Other(format!("position {position}: the feed carries no record"))
                 })?;
+            // A server that goes back or stands still would keep an auditor's tool
+            // reading forever.
+            if position < pos || position <= handed {
+                return Err(Error::Other(format!(
+                    "{server} sent position {position} after {handed}: the feed goes back"
+                )));
+            }
+            handed = position;
             if f(position, &bytes).is_break() {
                 return Ok(());
             }
         }
         next = page["next"].as_str().and_then(|n| n.parse().ok());
+        if let Some(n) = next.filter(|n| *n <= pos || *n <= handed) {
+            return Err(Error::Other(format!(
+                "{server} sent a next page at position {n} after {}: the feed does not advance",
+                handed.max(pos)
+            )));
+        }
     }
     Ok(())
 }
@@ -140,4 +155,66 @@ pub fn records_of_store(store: &crate::store::sled_log::RawStore) -> Result<Reco
 pub fn records_of_log(log: &dyn crate::store::EventLog) -> Records {
     let read = log.records(1);
     Box::new(move |f| read(f).map_err(Error::from))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server whose feed answers every page with `body`.
+    fn feed_answering(body: String) -> (String, tokio::runtime::Runtime) {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let app = axum::Router::new().route(
+            "/v1/events",
+            axum::routing::get(move || {
+                let body = body.clone();
+                async move { ([("content-type", "application/json")], body) }
+            }),
+        );
+        rt.spawn(async move { axum::serve(listener, app).await });
+        (url, rt)
+    }
+
+    /// What reading the feed ends with, or `None` when it has not ended after 10 s.
+    fn read_feed(url: String) -> Option<Result<usize, String>> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let source = Source::Server {
+                url,
+                token: "t".into(),
+            };
+            let mut seen = 0;
+            let r = each_record(&source, 1, |_, _| {
+                seen += 1;
+                ControlFlow::Continue(())
+            });
+            let _ = tx.send(r.map(|()| seen).map_err(|e| e.to_string()));
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(10)).ok()
+    }
+
+    #[test]
+    fn a_feed_that_does_not_advance_is_an_error_not_an_endless_read() {
+        let item = |p: u64| format!(r#"{{"position":{p},"record":"AA=="}}"#);
+        for body in [
+            r#"{"items":[],"next":"1"}"#.to_owned(),
+            format!(r#"{{"items":[{}],"next":"1"}}"#, item(1)),
+            format!(r#"{{"items":[{},{}],"next":"9"}}"#, item(2), item(2)),
+        ] {
+            let (url, _rt) = feed_answering(body.clone());
+            let ended = read_feed(url).unwrap_or_else(|| panic!("still reading {body}"));
+            let err = ended.expect_err(&body);
+            assert!(err.contains("the feed"), "{body}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_feed_that_ends_is_read_to_its_end() {
+        let (url, _rt) = feed_answering(r#"{"items":[{"position":1,"record":"AA=="}]}"#.into());
+        assert_eq!(read_feed(url), Some(Ok(1)));
+    }
 }

@@ -66,8 +66,15 @@ fn bar(last: Option<u64>, what: &'static str) -> (indicatif::ProgressBar, impl F
 
 /// `idledger export`: prints where the file and manifest went.
 pub fn export(args: &ExportArgs) -> Result<ExitCode, Error> {
-    let query = crate::audit::query_of(args.kind, args.from, args.to, args.domain, args.user)
-        .map_err(Error::Other)?;
+    let query = crate::audit::query_of(
+        args.kind,
+        args.from,
+        args.to,
+        args.domain,
+        args.user,
+        chrono::Utc::now(),
+    )
+    .map_err(Error::Other)?;
     let format = args.format;
     let source = args.dir.source()?;
     let (pb, tick) = bar(last_position(&source), "export");

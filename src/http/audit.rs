@@ -40,7 +40,8 @@ pub struct ExportParams {
 /// The query and format of a request.
 fn query(kind: &str, q: &ExportParams) -> Result<(ExportQuery, ExportFormat), ApiError> {
     let kind = parse_kind(kind).map_err(ApiError::BadRequest)?;
-    let query = query_of(kind, q.from, q.to, q.domain, q.user).map_err(ApiError::BadRequest)?;
+    let query = query_of(kind, q.from, q.to, q.domain, q.user, chrono::Utc::now())
+        .map_err(ApiError::BadRequest)?;
     Ok((query, q.format.unwrap_or(ExportFormat::Csv)))
 }
 
@@ -171,7 +172,8 @@ pub async fn export_manifest(
                 &mut rows,
                 None,
                 |_| {},
-            )?;
+            )?
+            .summary;
             let (sha, _) = rows.finish();
             Ok::<_, Error>(Manifest::new(&query, format, &summary, &sha, Utc::now()))
         })

@@ -353,6 +353,99 @@ async fn editing_removing_or_adding_a_row_makes_verify_export_fail_at_that_row()
     }
 }
 
+/// Rows cut off the end with the manifest moved back to match (its position, chain hash,
+/// count and file hash all honest for the shorter file) no longer pass: the log holds
+/// records inside the manifest's range past its position. Nor does a manifest whose row
+/// positions were edited; and a range that has not ended yet is refused up front.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_cut_short_or_with_edited_positions_fails_verification() {
+    let (w, _) = audited_world().await;
+    let all = events(&w).await;
+    let time = |i: usize| all[i]["recorded_at"].as_str().unwrap().to_owned();
+    // An early end with later records after it, and the log's last record.
+    let early = (1..all.len() - 1)
+        .find(|&i| time(i + 1) > time(i) && i > all.len() / 2)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let args = |to: &str| -> Vec<String> {
+        ["--kind", "events", "--format", "jsonl", "--to", to]
+            .map(str::to_owned)
+            .to_vec()
+    };
+    let late = time(all.len() - 1);
+    let whole = export(
+        &w,
+        dir.path(),
+        "whole.jsonl",
+        &args(&late).iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let whole = whole.to_str().unwrap().to_owned();
+    let (code, v) = cli(&w, &["verify-export", &whole]);
+    assert_eq!((code, &v["ok"]), (0, &json!(true)), "{v}");
+    // The forgery: an honest export of the shorter range, its manifest claiming the
+    // longer one.
+    let cut = export(
+        &w,
+        dir.path(),
+        "cut.jsonl",
+        &args(&time(early))
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    let manifest = format!("{}.manifest.json", cut.to_str().unwrap());
+    let honest: Value = serde_json::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
+    assert_eq!(honest["log_position"], all[early]["position"]);
+    let (code, v) = cli(&w, &["verify-export", cut.to_str().unwrap()]);
+    assert_eq!(code, 0, "the shorter range itself verifies: {v}");
+    let forge = |edit: &dyn Fn(&mut Value)| {
+        let mut m = honest.clone();
+        edit(&mut m);
+        std::fs::write(&manifest, m.to_string()).unwrap();
+        let (code, v) = cli(&w, &["verify-export", cut.to_str().unwrap()]);
+        assert_eq!(code, 1, "{v}");
+        v["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["problem"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let late_value = json!(late);
+    assert_eq!(
+        forge(&|m| m["range"]["to"] = late_value.clone()),
+        ["incomplete_range"]
+    );
+    assert_eq!(
+        forge(&|m| m["last_position"] = json!(999_999)),
+        ["row_positions"]
+    );
+    // A range that ends in the future would be cut short by the time it is checked.
+    let out = dir.path().join("future.jsonl");
+    let (code, v) = cli(
+        &w,
+        &[
+            "export",
+            "--out",
+            out.to_str().unwrap(),
+            "--kind",
+            "events",
+            "--to",
+            "2999-01-01T00:00:00Z",
+        ],
+    );
+    assert_ne!(code, 0, "{v}");
+    assert!(!out.exists());
+    let (s, body) = w
+        .admin(
+            Method::GET,
+            "/v1/audit/exports/events?to=2999-01-01T00:00:00Z",
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_users_timeline_tells_the_whole_story_in_order() {
     let (w, ids) = audited_world().await;

@@ -1043,6 +1043,43 @@ async fn an_export_proves_where_it_sits_in_the_signed_history() {
     assert_eq!(code, 0, "{absent}");
     assert_eq!(absent["signed_head"], "absent");
     std::fs::write(&manifest, &original).unwrap();
+    // A range before the first record: no rows, nothing read, nothing to prove; it
+    // verifies against the auditor's key as well.
+    let empty = dir.path().join("empty.jsonl");
+    let e = empty.to_str().unwrap();
+    let (written, code) = auditor_cli(
+        &serve.token,
+        &[
+            "export",
+            "--server",
+            &serve.url,
+            "--kind",
+            "events",
+            "--format",
+            "jsonl",
+            "--to",
+            "2000-01-01T00:00:00Z",
+            "--out",
+            e,
+        ],
+    );
+    assert_eq!(
+        (code, &written["log_position"]),
+        (0, &json!(0)),
+        "{written}"
+    );
+    let (checked, code) = auditor_cli(
+        &serve.token,
+        &[
+            "verify-export",
+            e,
+            "--server",
+            &serve.url,
+            "--public-key",
+            &key,
+        ],
+    );
+    assert_eq!(code, 0, "{checked}");
 
     // From the stopped server's data dir: the first kept head past the position, with
     // the consistency proof to it.

@@ -66,6 +66,12 @@ impl Projector {
         Projector { state, position }
     }
 
+    /// Whether projection has stopped for good (a record it could not fold, or the log
+    /// closed): the state it holds will not move on again.
+    pub fn stopped(&self) -> bool {
+        self.position.has_changed().is_err()
+    }
+
     /// The position the projections have reached.
     pub fn position(&self) -> u64 {
         *self.position.borrow()
@@ -87,5 +93,115 @@ impl Projector {
     /// A consistent read of the projections. Hold it briefly: the projector waits for it.
     pub fn read(&self) -> RwLockReadGuard<'_, Projections> {
         self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sled_log::SledEventLog;
+    use crate::store::{
+        AppendError, AppendRequest, Appended, Durability, ExpectedVersion, LogFuture, LogHead,
+        Reader, Snapshots, StreamTurns, WriterStats,
+    };
+    use idledger_domain::{Envelope, StreamId};
+    use tokio::sync::broadcast;
+
+    /// A log whose history reads fail from `damaged` on, as a damaged record does.
+    struct Damaged {
+        log: Arc<SledEventLog>,
+        damaged: u64,
+    }
+
+    impl EventLog for Damaged {
+        fn append(&self, req: AppendRequest) -> LogFuture<'_, Result<Appended, AppendError>> {
+            self.log.append(req)
+        }
+        fn head(&self) -> LogHead {
+            self.log.head()
+        }
+        fn read_all(&self, from: u64, limit: usize) -> Result<Vec<Envelope>, StoreError> {
+            if from + limit as u64 > self.damaged {
+                return Err(StoreError::Corrupt {
+                    position: self.damaged,
+                    reason: "damaged for the test".into(),
+                });
+            }
+            self.log.read_all(from, limit)
+        }
+        fn read_stream(
+            &self,
+            stream: &StreamId,
+            from_version: u64,
+            limit: usize,
+        ) -> Result<Vec<Envelope>, StoreError> {
+            self.log.read_stream(stream, from_version, limit)
+        }
+        fn stream_version(&self, stream: &StreamId) -> u64 {
+            self.log.stream_version(stream)
+        }
+        fn live(&self) -> broadcast::Receiver<Arc<[Envelope]>> {
+            self.log.live()
+        }
+        fn records(&self, from: u64) -> Reader<StoreError> {
+            self.log.records(from)
+        }
+        fn durability(&self) -> Durability {
+            self.log.durability()
+        }
+        fn stats(&self) -> &WriterStats {
+            self.log.stats()
+        }
+        fn accepting(&self) -> bool {
+            self.log.accepting()
+        }
+        fn flush(&self) -> LogFuture<'_, Result<(), StoreError>> {
+            self.log.flush()
+        }
+        fn close(&self) -> LogFuture<'_, ()> {
+            self.log.close()
+        }
+        fn tree(&self) -> Option<Arc<crate::store::tree::LogTree>> {
+            self.log.tree()
+        }
+        fn snapshots(&self) -> &Snapshots {
+            self.log.snapshots()
+        }
+        fn turns(&self) -> &StreamTurns {
+            self.log.turns()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_record_projection_cannot_fold_stops_it_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SledEventLog::open(dir.path()).unwrap();
+        let revoked = |n: u128| {
+            idledger_domain::ProposedEvent::new(
+                uuid::Uuid::from_u128(n),
+                idledger_domain::Actor::System,
+                idledger_domain::events::TokenRevoked {
+                    token_id: idledger_domain::TokenId(uuid::Uuid::from_u128(n)),
+                },
+            )
+        };
+        log.append(AppendRequest::new(
+            StreamId::tokens(),
+            ExpectedVersion::Any,
+            vec![revoked(1), revoked(2)],
+        ))
+        .await
+        .unwrap();
+        let sound = Projector::start(log.clone());
+        sound.wait_for(2, Duration::from_secs(5)).await.unwrap();
+        assert!(!sound.stopped());
+        let damaged = Projector::start(Arc::new(Damaged {
+            log: log.clone(),
+            damaged: 1,
+        }));
+        let waited = damaged.wait_for(2, Duration::from_secs(5)).await;
+        assert!(waited.is_err(), "a stopped projector answers at once");
+        assert!(damaged.stopped());
+        assert!(!sound.stopped());
     }
 }

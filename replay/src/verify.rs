@@ -467,11 +467,15 @@ mod tests {
         let report = verify(&[(1, first), (2, second), (u64::MAX, third), (1, fourth)]);
         let found = reasons(&report);
         assert!(
-            found.iter().any(|(p, r)| *p == 2 && r.contains("follows version")),
+            found
+                .iter()
+                .any(|(p, r)| *p == 2 && r.contains("follows version")),
             "{found:?}"
         );
         assert!(
-            found.iter().any(|(p, r)| *p == 1 && r.contains("out of order")),
+            found
+                .iter()
+                .any(|(p, r)| *p == 1 && r.contains("out of order")),
             "{found:?}"
         );
     }

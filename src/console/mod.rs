@@ -41,7 +41,11 @@ pub fn app(state: AppState) -> Router {
         .with_state(state.clone());
     crate::http::router(state.clone())
         .merge(console)
-        .merge(crate::signin::routes(state))
+        .merge(crate::signin::routes(state.clone()))
+        .layer(axum::middleware::from_fn_with_state(
+            state,
+            crate::http::refuse_without_projections,
+        ))
         .layer(axum::middleware::from_fn(crate::http::record_request))
 }
 

@@ -40,13 +40,20 @@ pub struct Readiness {
     problems: Vec<String>,
 }
 
-/// What keeps this server from taking traffic: the log closed after a failed write, or a
-/// data dir that takes no writes (full, read-only, gone). (Before the projections have
+/// What keeps this server from taking traffic: the log closed after a failed write,
+/// projections stopped at a record they cannot fold, or a data dir that takes no writes
+/// (full, read-only, gone). (Before the projections have
 /// caught up at start, `serve` answers `/readyz` from its starting router: 503.)
 fn readiness_problems(s: &AppState) -> Vec<String> {
     let mut problems = Vec::new();
     if !s.engine.log.accepting() {
         problems.push("the event log refuses appends after a failed write".into());
+    }
+    if s.engine.projector.stopped() {
+        problems.push(format!(
+            "the projections stopped at position {}",
+            s.engine.projector.position()
+        ));
     }
     // Each probe its own file: overlapping probes (a scrape during a health check) must
     // not remove each other's.
@@ -113,10 +120,13 @@ pub async fn metrics(
         snapshot.ready = readiness_problems(&s).is_empty();
         let now = chrono::Utc::now();
         let p = s.engine.projector.read();
+        // A removed domain's name may be registered again: its users and writes are no
+        // longer counted, under that name or any other.
         let name = |d| {
             p.domains
                 .get(d)
-                .map_or_else(|| "unknown".to_owned(), |d| d.name.clone())
+                .filter(|d| !d.removed)
+                .map(|d| d.name.clone())
         };
         snapshot.domains = p
             .domains
@@ -136,7 +146,7 @@ pub async fn metrics(
             .users
             .counts()
             .into_iter()
-            .map(|((d, status), n)| (name(d), status, n))
+            .filter_map(|((d, status), n)| Some((name(d)?, status, n)))
             .collect();
         // Every live domain has its series, at zero when nothing waits.
         let mut undelivered: std::collections::BTreeMap<String, (u64, f64)> = snapshot
@@ -145,10 +155,9 @@ pub async fn metrics(
             .map(|d| (d.clone(), (0, 0.0)))
             .collect();
         for w in p.key_writes.pending() {
-            let domain = p
-                .users
-                .get(w.user_id)
-                .map_or_else(|| "unknown".to_owned(), |u| name(u.domain_id));
+            let Some(domain) = p.users.get(w.user_id).and_then(|u| name(u.domain_id)) else {
+                continue;
+            };
             let age = (now - w.queued_at).num_milliseconds().max(0) as f64 / 1e3;
             let e = undelivered.entry(domain).or_default();
             e.0 += 1;

@@ -449,6 +449,27 @@ async fn check_access(
     next.run(Request::from_parts(parts, body)).await
 }
 
+/// Once the projections have stopped (a record they cannot fold), every request but
+/// liveness, readiness and metrics answers 503: tokens, sessions and every check are read
+/// from the projections, and a token revoked after the stop would keep working. A layer
+/// over the whole app: API, console and sign-in pages.
+pub async fn refuse_without_projections(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    use axum::response::IntoResponse;
+    let open = matches!(req.uri().path(), "/healthz" | "/readyz" | "/metrics");
+    if !open && state.engine.projector.stopped() {
+        return ApiError::Unavailable(format!(
+            "the projections stopped at position {}; see the server's log",
+            state.engine.projector.position()
+        ))
+        .into_response();
+    }
+    next.run(req).await
+}
+
 /// Bounds every request's time.
 async fn timeout(State(state): State<AppState>, req: Request, next: Next) -> Response {
     use axum::response::IntoResponse;

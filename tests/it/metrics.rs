@@ -222,6 +222,19 @@ async fn metrics_parse_name_every_documented_family_and_move_with_their_work() {
         .unwrap()
         .starts_with("application/openmetrics-text"));
     assert!(r.text().await.unwrap().ends_with("# EOF\n"));
+
+    // A removed domain's users and waiting writes are counted no more (its name may be
+    // registered again, by another domain).
+    let (s, body) = w
+        .admin(Method::DELETE, &format!("/v1/domains/{}", w.domain), None)
+        .await;
+    assert!(s.is_success(), "{s} {body}");
+    let removed = Scrape::of(&w).await;
+    assert_eq!(removed.value("idledger_users", &[("domain", domain)]), 0.0);
+    assert_eq!(
+        removed.value("idledger_key_writes_undelivered", &[("domain", domain)]),
+        0.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

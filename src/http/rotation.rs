@@ -376,7 +376,6 @@ pub async fn key_writes(
         if !who.still_live(&s) {
             return Err(ApiError::Unauthorized);
         }
-        let password = s.engine.keyring.unseal(&StreamId::user(user), &sealed)?;
         let deliver = UserCommand::DeliverWrite {
             write: id,
             keys: who.key_ids.clone(),
@@ -387,8 +386,23 @@ pub async fn key_writes(
         match decide_for(&s, user, &who, Some(rotation.0), deliver).await {
             Ok(_) => {}
             Err(crate::store::CommandError::Rejected(_)) => continue,
+            // The writes recorded so far still go out: held back, they would wait out
+            // their lease for nothing.
+            Err(e) if !items.is_empty() => {
+                tracing::warn!(error = %e, "a key write's delivery was not recorded; the page ends before it");
+                break;
+            }
             Err(e) => return Err(e.into()),
         }
+        // Unsealed once the delivery is recorded: a user deleted meanwhile has no data key
+        // left (nor a write owed), and one such write must not cost the agent the others.
+        let password = match s.engine.keyring.unseal(&StreamId::user(user), &sealed) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, key_write = %id.0, "a key write's password could not be unsealed; left out");
+                continue;
+            }
+        };
         items.push(KeyWrite {
             id: id.0,
             key_id: key.0,
@@ -396,7 +410,13 @@ pub async fn key_writes(
             display_name: name,
             password: password.expose().to_owned(),
             rotation_id: rotation.0,
+            delivery: seen_deliveries.saturating_add(1),
         });
+    }
+    // A revocation confirmed while the last delivery was being recorded ends this answer
+    // too: no password leaves after its token was revoked.
+    if !who.still_live(&s) {
+        return Err(ApiError::Unauthorized);
     }
     Ok(page(items, more))
 }
@@ -422,6 +442,9 @@ pub struct KeyWrite {
     display_name: String,
     password: String,
     rotation_id: uuid::Uuid,
+    /// Which delivery of the write this is (1 for the first): acknowledge with it, so an
+    /// answer to an earlier delivery, handed out again since, is refused as stale.
+    delivery: u32,
 }
 
 /// `POST /v1/agent/key-writes/{id}/ack` body.
@@ -432,6 +455,10 @@ pub struct AckBody {
     /// What went wrong, for a failed write.
     #[serde(default)]
     detail: String,
+    /// The `delivery` of the write as it was handed out; an answer to an earlier delivery
+    /// than the latest is refused (409). Without it, any delivery's answer counts.
+    #[serde(default)]
+    delivery: Option<u32>,
 }
 
 /// An acknowledgement recorded.
@@ -479,6 +506,7 @@ pub async fn ack(
         write: id,
         keys: who.key_ids.clone(),
         outcome,
+        delivery: b.delivery,
     };
     let position = decide_for(&s, user, &who, Some(rotation.0), command).await?;
     Ok(Json(Acknowledged { id: id.0, position }))

@@ -550,6 +550,58 @@ async fn racing_polls_of_one_agent_hand_each_write_out_once() {
     assert_eq!(w.deliveries(&id).await, 1);
 }
 
+/// A write handed out again after its lease (to a second agent of the key) is answered by
+/// that delivery: the first agent's late "failed" is stale and refused, the second's
+/// "written" counts.
+#[tokio::test]
+async fn an_answer_to_an_earlier_delivery_of_a_write_is_stale() {
+    let w = rotating_world(json!({})).await;
+    let id = w.assign_key(6, "K-0006").await;
+    w.rotate(&id).await;
+    w.rotations_settled(&id, 1).await;
+    let (first, second) = (
+        w.app.token("agent", &["K-0006"]).await,
+        w.app.token("agent", &["K-0006"]).await,
+    );
+    let fetch = |agent: String| {
+        let w = &w;
+        async move {
+            let (s, writes) = w
+                .app
+                .call(Some(&agent), Method::GET, "/v1/agent/key-writes", None)
+                .await;
+            assert_eq!(s, StatusCode::OK, "{writes}");
+            writes["items"][0].clone()
+        }
+    };
+    let handed = fetch(first.clone()).await;
+    assert_eq!(handed["delivery"], 1, "{handed}");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let again = fetch(second.clone()).await;
+    assert_eq!(
+        (&again["id"], &again["delivery"]),
+        (&handed["id"], &json!(2))
+    );
+    let path = format!(
+        "/v1/agent/key-writes/{}/ack",
+        handed["id"].as_str().unwrap()
+    );
+    let late = json!({"result": "failed", "detail": "timed out", "delivery": 1});
+    let (s, body) = w
+        .app
+        .call(Some(&first), Method::POST, &path, Some(late))
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{body}");
+    let written = json!({"result": "written", "delivery": 2});
+    let (s, body) = w
+        .app
+        .call(Some(&second), Method::POST, &path, Some(written))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let h = w.history(&id).await;
+    assert_eq!(h[0]["key_write_state"], "confirmed", "{h:?}");
+}
+
 /// A password reaches only the key of the user it belongs to: B's key, taken away and
 /// given to C, must not bring B's password to C's agent.
 #[tokio::test]

@@ -171,6 +171,10 @@ pub enum UserCommand {
         keys: Vec<KeyId>,
         /// What it did.
         outcome: WriteOutcome,
+        /// Which delivery it answers (1 for the first), when the agent says: an answer to
+        /// an earlier delivery, handed out again since (the lease ran out), is stale; the
+        /// agent that has the latest delivery answers.
+        delivery: Option<u32>,
     },
     /// Record a break-glass reveal of rotation `rotation`'s password, with its reason.
     RecordReveal {
@@ -326,6 +330,7 @@ pub fn decide(s: &UserState, c: UserCommand) -> Result<Vec<Event>, Rejection> {
                 write,
                 keys,
                 outcome,
+                delivery,
             },
         ) => {
             let w = agents_write(s, write, &keys)?;
@@ -346,6 +351,12 @@ pub fn decide(s: &UserState, c: UserCommand) -> Result<Vec<Event>, Rejection> {
                 return Err(Rejection::Conflict(
                     "the key write is not owed any more: the key is no longer the user's".into(),
                 ));
+            }
+            if delivery.is_some_and(|d| d != w.deliveries) {
+                return Err(Rejection::Conflict(format!(
+                    "the key write was handed out again since (delivery {}): that delivery answers",
+                    w.deliveries
+                )));
             }
             Ok(vec![match outcome {
                 WriteOutcome::Written => KeyWriteConfirmed {
@@ -715,6 +726,7 @@ mod tests {
             write: w(1),
             keys: vec![key("K1")],
             outcome,
+            delivery: None,
         };
         let delivered = [
             discovered(),
@@ -739,6 +751,31 @@ mod tests {
         given::<UserStream>(&delivered)
             .when(ack(WriteOutcome::Failed("reader\u{1b}[2J".into())))
             .then_invalid("detail");
+        // An answer names its delivery: once the write was handed out again, the earlier
+        // delivery's answer is stale and the latest one's counts.
+        let mut again = delivered.to_vec();
+        again.push(KeyWriteDelivered { key_write_id: w(1) }.into());
+        let answer = |delivery| UserCommand::AcknowledgeWrite {
+            write: w(1),
+            keys: vec![key("K1")],
+            outcome: WriteOutcome::Failed("no key".into()),
+            delivery: Some(delivery),
+        };
+        given::<UserStream>(&again).when(answer(1)).then_conflict();
+        given::<UserStream>(&again)
+            .when(answer(2))
+            .then([KeyWriteFailed {
+                key_write_id: w(1),
+                detail: "no key".into(),
+            }
+            .into()]);
+        given::<UserStream>(&delivered)
+            .when(answer(1))
+            .then([KeyWriteFailed {
+                key_write_id: w(1),
+                detail: "no key".into(),
+            }
+            .into()]);
         let mut confirmed = delivered.to_vec();
         confirmed.push(KeyWriteConfirmed { key_write_id: w(1) }.into());
         given::<UserStream>(&confirmed)

@@ -575,11 +575,26 @@ impl AppState {
     }
 
     /// The projections as they were at a past time or position: a replay of the log's
-    /// prefix, on a blocking thread (it reads the whole prefix).
+    /// prefix, on a blocking thread (it reads the whole prefix). A point not yet reached is
+    /// refused: its answer would change as the log grows, and a past state does not.
     pub async fn replay_until(
         &self,
         until: idledger_replay::Until,
     ) -> Result<idledger_projections::Projections, ApiError> {
+        let head = self.engine.log.head().position;
+        match until {
+            idledger_replay::Until::Position(p) if p > head => {
+                return Err(ApiError::BadRequest(format!(
+                    "at_position {p} is past the log's head {head}"
+                )))
+            }
+            idledger_replay::Until::Time(t) if t > chrono::Utc::now() => {
+                return Err(ApiError::BadRequest(
+                    "at is in the future: leave it out for the state now".into(),
+                ))
+            }
+            _ => {}
+        }
         let log = self.engine.log.clone();
         self.whole_log_read(move || {
             idledger_replay::fold(crate::store::envelopes(&*log, 1), until, |_| {})

@@ -899,6 +899,20 @@ async fn at_answers_equal_what_was_read_live_then() {
         )
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND, "the user did not exist yet");
+    // A point not reached yet has no state to replay: its answer would change later.
+    for point in [
+        format!("at_position={}", app.head() + 1),
+        format!("at_position={}", u64::MAX),
+        "at=2999-01-01T00%3A00%3A00Z".to_owned(),
+    ] {
+        for path in [
+            format!("/v1/users/{u}?{point}"),
+            format!("/v1/users?{point}"),
+        ] {
+            let (s, body) = app.call(Some(&app.admin), Method::GET, &path, None).await;
+            assert_eq!(s, StatusCode::BAD_REQUEST, "{path}: {body}");
+        }
+    }
 }
 
 /// RFC 3339 in a query string: `+` and `:` must be escaped.

@@ -234,6 +234,10 @@ async fn an_admin_runs_the_whole_workflow_in_the_browser_and_an_auditor_only_rea
     std::fs::write(&manifest_file, &manifest).unwrap();
     b.verify_upload(&base, &file, &manifest_file).await;
     b.wait_text("#export-status", "Export ok").await;
+    // The chain, re-hashed in the browser from the stored records.
+    b.click("#verify-chain").await;
+    let chain = b.wait_text("#verify-status", "Chain ok").await;
+    assert!(chain.contains("re-hashed and linked"), "{chain}");
     let text = String::from_utf8(csv.to_vec()).unwrap();
     let tampered = text.replacen("manual", "manuaL", 1);
     assert_ne!(tampered, text);

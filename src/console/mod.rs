@@ -26,7 +26,10 @@ pub fn app(state: AppState) -> Router {
     let console = Router::new()
         .route("/", get(sign_in_page))
         .route("/console/sign-in", post(sign_in))
-        .route("/console/sign-in/{ticket}", get(sign_in_link))
+        .route(
+            "/console/sign-in/{ticket}",
+            get(sign_in_link_page).post(sign_in_link),
+        )
         .route("/console/sign-out", post(sign_out))
         .route("/console/domains", get(pages::domains))
         .route("/console/domains/{id}", get(pages::domain))
@@ -145,6 +148,15 @@ async fn sign_in_page(State(state): State<AppState>, headers: HeaderMap) -> Resp
 
 fn sign_in_form(state: &AppState, status: StatusCode, error: Option<&str>) -> Response {
     let pre = crate::http::new_token_text();
+    with_pre(
+        state,
+        (status, pages::sign_in(&pre, error)).into_response(),
+        &pre,
+    )
+}
+
+/// `response` with the cookie half of the form's double-submit value `pre`.
+fn with_pre(state: &AppState, mut response: Response, pre: &str) -> Response {
     // `__Host-` cookies must have Path=/; over plain HTTP the path keeps it off other routes.
     let cookie = if state.secure_cookies() {
         format!(
@@ -157,7 +169,6 @@ fn sign_in_form(state: &AppState, status: StatusCode, error: Option<&str>) -> Re
             pre_name(false)
         )
     };
-    let mut response = (status, pages::sign_in(&pre, error)).into_response();
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         response.headers_mut().append(header::SET_COOKIE, v);
     }
@@ -194,9 +205,7 @@ async fn sign_in(
             Some("The form was incomplete."),
         );
     };
-    let pre_ok = cookie(&headers, pre_name(state.secure_cookies()))
-        .is_some_and(|c| same_secret(c, &form.pre));
-    if !pre_ok {
+    if !pre_matches(&state, &headers, &form.pre) {
         return sign_in_form(
             &state,
             StatusCode::FORBIDDEN,
@@ -220,15 +229,57 @@ async fn sign_in(
     }
 }
 
-/// A one-time sign-in link (the demo prints one).
-async fn sign_in_link(State(state): State<AppState>, Path(ticket): Path<String>) -> Response {
+/// Whether the form of a page has come back to the browser that loaded it.
+fn pre_matches(state: &AppState, headers: &HeaderMap, pre: &str) -> bool {
+    cookie(headers, pre_name(state.secure_cookies())).is_some_and(|c| same_secret(c, pre))
+}
+
+fn ticket_expired(state: &AppState) -> Response {
+    sign_in_form(
+        state,
+        StatusCode::UNAUTHORIZED,
+        Some("That sign-in link was used already or expired; sign in with a token."),
+    )
+}
+
+/// A one-time sign-in link (the demo prints one): a page whose button signs in.
+async fn sign_in_link_page(State(state): State<AppState>, Path(ticket): Path<String>) -> Response {
+    if !state.sessions.ticket_valid(&ticket) {
+        return ticket_expired(&state);
+    }
+    let pre = crate::http::new_token_text();
+    with_pre(
+        &state,
+        pages::sign_in_link(&ticket, &pre).into_response(),
+        &pre,
+    )
+}
+
+/// The form of a sign-in link's page.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignInLink {
+    pre: String,
+}
+
+/// Signs in with a one-time link's ticket, from its own page only.
+async fn sign_in_link(
+    State(state): State<AppState>,
+    Path(ticket): Path<String>,
+    headers: HeaderMap,
+    form: Result<Form<SignInLink>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let from_its_page = form.is_ok_and(|Form(f)| pre_matches(&state, &headers, &f.pre));
+    if !from_its_page {
+        return sign_in_form(
+            &state,
+            StatusCode::FORBIDDEN,
+            Some("This sign-in link's form expired or came from elsewhere; open the link again."),
+        );
+    }
     match state.sessions.redeem(&ticket) {
         Some(id) => open_session(&state, id),
-        None => sign_in_form(
-            &state,
-            StatusCode::UNAUTHORIZED,
-            Some("That sign-in link was used already or expired; sign in with a token."),
-        ),
+        None => ticket_expired(&state),
     }
 }
 

@@ -107,6 +107,35 @@ session cookie, never the token.</p>
     ))
 }
 
+/// The page of a one-time sign-in link: opening it signs nothing in (a link is a GET any
+/// site can make a browser send); the button does, from this page only.
+pub(super) fn sign_in_link(ticket: &str, pre: &str) -> Html<String> {
+    Html(format!(
+        r#"<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Sign in · idledger</title>
+<link rel="stylesheet" href="/console/assets/console.css">
+</head>
+<body class="sign-in">
+<main>
+<h1>idledger</h1>
+<p>This one-time link signs this browser in to the console. Use it only if you asked for
+it (the demo prints one).</p>
+<form method="post" action="/console/sign-in/{ticket}">
+  <input type="hidden" name="pre" value="{pre}">
+  <button type="submit" id="open-console">Open the console</button>
+</form>
+</main>
+</body>
+</html>"#,
+        ticket = esc(ticket),
+        pre = esc(pre),
+    ))
+}
+
 /// The route's id, when it is a UUID (anything else is not a page).
 fn uuid_of(id: &str) -> Option<String> {
     uuid::Uuid::parse_str(id).ok().map(|u| u.to_string())

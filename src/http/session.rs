@@ -180,6 +180,14 @@ impl Sessions {
         ticket
     }
 
+    /// Whether `ticket` would still sign in (it stays unused).
+    pub fn ticket_valid(&self, ticket: &str) -> bool {
+        let tickets = self.tickets.lock().unwrap_or_else(|e| e.into_inner());
+        tickets
+            .get(&key(ticket))
+            .is_some_and(|(_, at)| at.elapsed() < TICKET_TTL)
+    }
+
     /// The token of `ticket`, which is used up by this call.
     pub fn redeem(&self, ticket: &str) -> Option<TokenId> {
         let mut tickets = self.tickets.lock().unwrap_or_else(|e| e.into_inner());

@@ -552,3 +552,92 @@ async fn console_cookies_are_secure_when_the_public_origin_is_https() {
         .unwrap();
     assert_eq!(page.status(), StatusCode::SEE_OTHER);
 }
+
+/// The demo's one-time sign-in link: opening it (a GET any site can make a browser send)
+/// signs nothing in; its page's button does, once, and only with the page's own cookie.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sign_in_link_signs_in_only_from_its_own_page() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let mut demo = std::process::Command::new(env!("CARGO_BIN_EXE_idledger"))
+        .args(["demo", "--data-dir"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = demo.stdout.take().unwrap();
+    let link = tokio::task::spawn_blocking(move || {
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|l| {
+                let (_, rest) = l.split_once("one-time sign-in: ")?;
+                Some(rest.trim_end_matches(')').to_owned())
+            })
+    })
+    .await
+    .unwrap()
+    .expect("the demo prints a sign-in link");
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let session_set = |r: &reqwest::Response| {
+        r.headers()
+            .get_all("set-cookie")
+            .iter()
+            .any(|c| c.to_str().unwrap().starts_with("idl_session="))
+    };
+    // Opened: a page with a button, no session.
+    let page = http.get(&link).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    assert!(!session_set(&page));
+    let pre_cookie = page.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let body = page.text().await.unwrap();
+    let pre = body
+        .split("name=\"pre\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap()
+        .to_owned();
+    // Posted from elsewhere (no cookie of the page): refused, and the link still works.
+    let forged = http
+        .post(&link)
+        .form(&[("pre", pre.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+    assert!(!session_set(&forged));
+    let signed_in = http
+        .post(&link)
+        .header("cookie", &pre_cookie)
+        .form(&[("pre", pre.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), StatusCode::SEE_OTHER);
+    assert!(session_set(&signed_in));
+    // Used once.
+    let again = http
+        .post(&link)
+        .header("cookie", &pre_cookie)
+        .form(&[("pre", pre.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        http.get(&link).send().await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let _ = demo.kill();
+    let _ = demo.wait();
+}

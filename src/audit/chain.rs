@@ -6,7 +6,6 @@ use super::source::{decode_at, each_record, records_of, Source};
 use crate::error::Error;
 use crate::store::parallel_decode::{decoder_threads, parallel_map};
 use crate::store::sled_log::open_raw;
-use crate::store::StoreError;
 use idledger_projections::Projections;
 use idledger_replay::tree::TreeHead;
 use idledger_replay::verify::CheckedRecord;
@@ -79,12 +78,15 @@ pub fn replay(
     match source {
         Source::DataDir(dir) => Ok(fold(open_raw(dir)?.envelopes_parallel()?, until, tick)?),
         Source::Server { .. } => {
-            let mut envelopes = Vec::new();
+            // Folded as the pages arrive: the log is never held whole in memory.
+            let mut tick = tick;
+            let mut p = Projections::new();
             let mut failed = None;
             each_record(source, 1, |pos, bytes| match decode_at(pos, bytes) {
                 Ok(e) if until.is_past(&e) => ControlFlow::Break(()),
                 Ok(e) => {
-                    envelopes.push(e);
+                    tick(&e);
+                    p.apply_owned(e);
                     ControlFlow::Continue(())
                 }
                 Err(e) => {
@@ -92,14 +94,10 @@ pub fn replay(
                     ControlFlow::Break(())
                 }
             })?;
-            if let Some(e) = failed {
-                return Err(e.into());
+            match failed {
+                Some(e) => Err(e.into()),
+                None => Ok(p),
             }
-            Ok(fold(
-                envelopes.into_iter().map(Ok::<_, StoreError>),
-                until,
-                tick,
-            )?)
         }
     }
 }

@@ -142,11 +142,17 @@ pub async fn history(
         .users
         .get(user)
         .ok_or_else(|| ApiError::NotFound("user".into()))?;
-    // Rotation ids are UUIDv7: oldest first is ascending id order.
-    let rotations = p
-        .rotations
-        .of_user(user)
-        .filter(|r| q.after.is_none_or(|a| r.rotation_id.0 > a));
+    // Oldest first is log order. The cursor is the previous page's last rotation, found
+    // in that order: ids (UUIDv7) follow the clock, which may have stepped back between
+    // two rotations, so they are no order to page by.
+    let mut rotations = p.rotations.of_user(user);
+    if let Some(a) = q.after {
+        if !rotations.any(|r| r.rotation_id.0 == a) {
+            return Err(ApiError::BadRequest(format!(
+                "after: {a} is no rotation of this user"
+            )));
+        }
+    }
     let (rotations, next) = page_of(rotations, q.limit, |r| r.rotation_id)?;
     let items = rotations
         .into_iter()

@@ -526,6 +526,34 @@ async fn a_newer_rotation_supersedes_every_write_still_owed_and_an_older_passwor
         .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert_eq!(w.deliveries(&id).await, 3, "each delivery is an event");
+
+    // The history pages one rotation at a time, in the order of the whole list.
+    let whole: Vec<Value> = w.history(&id).await;
+    assert_eq!(whole.len(), 4);
+    let mut paged = Vec::new();
+    let mut after = String::new();
+    loop {
+        let path = format!("/v1/users/{id}/password-history?limit=1{after}");
+        let (s, page) = w.admin(Method::GET, &path, None).await;
+        assert_eq!(s, StatusCode::OK, "{page}");
+        paged.extend(page["items"].as_array().unwrap().iter().cloned());
+        match page["next"].as_str() {
+            Some(n) => after = format!("&after={n}"),
+            None => break,
+        }
+    }
+    let ids = |v: &[Value]| {
+        v.iter()
+            .map(|r| r["rotation_id"].clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids(&paged), ids(&whole));
+    let stranger = format!(
+        "/v1/users/{id}/password-history?after={}",
+        uuid::Uuid::now_v7()
+    );
+    let (s, _) = w.admin(Method::GET, &stranger, None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
 }
 
 /// An agent polling from two threads at once must not be handed one password twice:

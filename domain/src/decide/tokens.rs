@@ -55,6 +55,13 @@ pub fn decide(s: &TokensState, c: TokenCommand) -> Result<Vec<Event>, Rejection>
                 }
                 _ => {}
             }
+            // Every poll of the agent's matches its keys against the writes owed.
+            if t.key_ids.len() > MAX_KEYS_PER_AGENT {
+                return Err(invalid(
+                    "key_ids",
+                    "at most 1000 keys per agent token: one workstation's keys",
+                ));
+            }
             if t.key_ids.iter().any(|k| k.0.is_empty() || k.0.len() > 128) {
                 return Err(invalid("key_ids", "each key id is 1 to 128 characters"));
             }
@@ -67,6 +74,9 @@ pub fn decide(s: &TokensState, c: TokenCommand) -> Result<Vec<Event>, Rejection>
         },
     }
 }
+
+/// The most keys one agent token serves.
+pub const MAX_KEYS_PER_AGENT: usize = 1000;
 
 #[cfg(test)]
 mod tests {
@@ -101,6 +111,10 @@ mod tests {
         none.when(issue(Role::Agent, &[])).then_invalid("key_ids");
         none.when(issue(Role::Admin, &["K1"]))
             .then_invalid("key_ids");
+        let many: Vec<String> = (0..=MAX_KEYS_PER_AGENT).map(|n| format!("K{n}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        none.when(issue(Role::Agent, &many)).then_invalid("key_ids");
+        none.when(issue(Role::Agent, &many[1..])).then_ok();
     }
 
     #[test]

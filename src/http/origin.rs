@@ -23,12 +23,27 @@ fn is_loopback_host(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// `text` with anything between `://` and a following `@` (before any `/`) replaced by
+/// `***`.
+fn without_userinfo(text: &str) -> String {
+    let Some((scheme, rest)) = text.split_once("://") else {
+        return text.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***{}", &rest[at..]),
+        None => text.to_owned(),
+    }
+}
+
 impl PublicUrl {
     /// Parses and checks a configured origin: `https://`, or `http://` only for a loopback
     /// host (browsers treat only those as secure contexts); no path, query or fragment; a
     /// named host (WebAuthn ids are domains, not IP addresses) unless loopback.
-    pub fn parse(text: &str) -> Result<PublicUrl, String> {
-        let url = reqwest::Url::parse(text.trim()).map_err(|e| format!("{text:?}: {e}"))?;
+    pub fn parse(raw: &str) -> Result<PublicUrl, String> {
+        // Messages quote the setting without the user information it may wrongly carry.
+        let text = &without_userinfo(raw);
+        let url = reqwest::Url::parse(raw.trim()).map_err(|e| format!("{text:?}: {e}"))?;
         let https = match url.scheme() {
             "https" => true,
             "http" => false,
@@ -104,6 +119,16 @@ mod tests {
             "not a url",
         ] {
             assert!(PublicUrl::parse(bad).is_err(), "{bad}");
+        }
+        // A password wrongly put in the setting is not repeated in any refusal.
+        for bad in [
+            "https://admin:Hunter2@idp.contoso.com",
+            "http://admin:Hunter2@idp.contoso.com/x",
+            "https://admin:Hunter2@",
+            "ftp://admin:Hunter2@10.0.0.1/",
+        ] {
+            let e = PublicUrl::parse(bad).unwrap_err();
+            assert!(!e.contains("Hunter2"), "{e}");
         }
     }
 }

@@ -225,10 +225,11 @@ impl KeyStorage for KeyFile {
             for k in keys {
                 removed |= s.entries.remove(*k).is_some();
             }
-            if !removed {
-                return Ok(());
+            if removed {
+                s.removed += 1;
             }
-            s.removed += 1;
+            // Nothing new removed still waits for an earlier removal whose rewrite failed:
+            // a retried shred must not answer Ok while the key is in the file.
             s.removed
         };
         self.rewrite_through(upto)
@@ -253,6 +254,22 @@ mod tests {
         let ks = KeyFile::open(dir.path()).unwrap();
         assert_eq!(ks.get(b"a").unwrap().as_deref(), Some(&b"one"[..]));
         assert_eq!(ks.get(b"c").unwrap(), None);
+    }
+
+    /// A removal whose rewrite failed is not forgotten: retried, it rewrites the file.
+    #[test]
+    fn a_removal_retried_after_a_failed_rewrite_leaves_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let ks = KeyFile::open(dir.path()).unwrap();
+        ks.put_all(&[(b"c", b"three-secret")]).unwrap();
+        // The rewrite's temporary file cannot be made where a directory stands.
+        let tmp = path_in(dir.path()).with_extension("tmp");
+        std::fs::create_dir(&tmp).unwrap();
+        assert!(ks.remove_all(&[b"c"]).is_err());
+        std::fs::remove_dir(&tmp).unwrap();
+        ks.remove_all(&[b"c"]).unwrap();
+        let text = std::fs::read_to_string(path_in(dir.path())).unwrap();
+        assert!(!text.contains(&B64.encode(b"three-secret")), "{text}");
     }
 
     #[test]

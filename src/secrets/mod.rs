@@ -121,9 +121,10 @@ impl fmt::Debug for MasterKey {
 impl MasterKey {
     /// Parses base64 text.
     pub fn from_base64(text: &str) -> Result<Self, SecretsError> {
+        // The decoder's own words name the offending character and where it is.
         let bytes = B64
             .decode(text.trim())
-            .map_err(|e| SecretsError::BadMasterKey(e.to_string()))?;
+            .map_err(|_| SecretsError::BadMasterKey("not base64".into()))?;
         let key: [u8; 32] = bytes
             .try_into()
             .map_err(|b: Vec<u8>| SecretsError::BadMasterKey(format!("{} bytes", b.len())))?;
@@ -157,6 +158,19 @@ impl MasterKey {
             )));
         }
         if path.exists() {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path)
+                .map_err(|e| SecretsError::Storage(e.to_string()))?
+                .permissions()
+                .mode();
+            // As ssh treats a private key: one others may read is no secret any more.
+            if mode & 0o077 != 0 {
+                return Err(SecretsError::Placement(format!(
+                    "the master key file {} is open to other users (mode {:o}): chmod 600 it",
+                    path.display(),
+                    mode & 0o777
+                )));
+            }
             let text =
                 std::fs::read_to_string(&path).map_err(|e| SecretsError::Storage(e.to_string()))?;
             return Ok((Self::from_base64(&text)?, None));
@@ -216,6 +230,10 @@ pub struct Keyring {
     /// Unsealed data keys, each in a box of its own that is wiped where it lies when the
     /// key is dropped (a shred, or the keyring's end).
     cache: Mutex<HashMap<DataKeyId, Box<zeroize::Zeroizing<[u8; 32]>>>>,
+    /// Held across a look-up in storage and what follows from it: creating a subject's
+    /// key (two racing seals would each make one, and the first, sealed under, would
+    /// outlive the shred) and caching a loaded one (a shred in between would be undone).
+    keys_changing: Mutex<()>,
 }
 
 impl fmt::Debug for Keyring {
@@ -257,6 +275,7 @@ impl Keyring {
             master,
             storage,
             cache: Mutex::new(HashMap::new()),
+            keys_changing: Mutex::new(()),
         })
     }
 
@@ -269,6 +288,7 @@ impl Keyring {
         {
             return Ok(***k);
         }
+        let _changing = self.keys_changing.lock().unwrap_or_else(|e| e.into_inner());
         let wrapped = self
             .storage
             .get(&data_key_key(id))?
@@ -295,10 +315,20 @@ impl Keyring {
 
     /// The data key of `stream`'s subject, created (and stored durably) on first use.
     fn key_for(&self, stream: &StreamId) -> Result<(DataKeyId, [u8; 32]), SecretsError> {
+        let existing = |v: Vec<u8>| {
+            uuid::Uuid::from_slice(&v)
+                .map(DataKeyId)
+                .map_err(|e| SecretsError::Storage(e.to_string()))
+        };
         if let Some(v) = self.storage.get(&subject_key(stream))? {
-            let id = DataKeyId(
-                uuid::Uuid::from_slice(&v).map_err(|e| SecretsError::Storage(e.to_string()))?,
-            );
+            let id = existing(v)?;
+            return Ok((id, self.load(id)?));
+        }
+        let changing = self.keys_changing.lock().unwrap_or_else(|e| e.into_inner());
+        // Another seal may have made the key while this one waited.
+        if let Some(v) = self.storage.get(&subject_key(stream))? {
+            let id = existing(v)?;
+            drop(changing);
             return Ok((id, self.load(id)?));
         }
         let id = DataKeyId(uuid::Uuid::new_v4());
@@ -351,6 +381,7 @@ impl Keyring {
     /// Crypto-shreds `stream`'s subject: every secret sealed for it becomes unreadable,
     /// and its data key is in no file of the data dir any more.
     pub fn shred(&self, stream: &StreamId) -> Result<(), SecretsError> {
+        let _changing = self.keys_changing.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(id) = shred_in(&*self.storage, stream)? {
             // Dropped from the cache, the key is wiped in its box, not only forgotten.
             self.cache
@@ -458,6 +489,39 @@ mod tests {
         ));
         assert!(Keyring::open(master(1), storage).is_ok());
         assert!(!format!("{:?} {:?}", master(1), Secret::new("s3cret")).contains("s3cret"));
+    }
+
+    /// Seals racing for a subject's first key share one, so the shred leaves none behind.
+    #[test]
+    fn racing_first_seals_of_a_subject_share_one_key_and_the_shred_ends_them_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Arc::new(crate::secrets::keystore::KeyFile::open(dir.path()).unwrap());
+        let ring = Arc::new(Keyring::open(master(1), storage).unwrap());
+        let user = StreamId::user(idledger_domain::UserId(uuid::Uuid::from_u128(9)));
+        let start = Arc::new(std::sync::Barrier::new(8));
+        let sealed: Vec<SealedSecret> = (0..8)
+            .map(|_| {
+                let (ring, user, start) = (ring.clone(), user.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    ring.seal(&user, &Secret::new("pw")).unwrap()
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .collect();
+        assert!(
+            sealed.iter().all(|s| s.key_id == sealed[0].key_id),
+            "one key for the subject"
+        );
+        ring.shred(&user).unwrap();
+        for s in &sealed {
+            assert!(matches!(
+                ring.unseal(&user, s),
+                Err(SecretsError::MissingKey(_))
+            ));
+        }
     }
 
     #[test]

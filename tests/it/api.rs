@@ -1524,6 +1524,17 @@ async fn the_master_key_lives_apart_and_the_data_dir_is_private() {
     child.wait().unwrap();
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&key_file), 0o600);
+    // A key file others may read is refused, and what it holds is not shown.
+    let key_text = std::fs::read_to_string(&key_file).unwrap();
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = serve(&["--master-key-file", key_file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("chmod 600"), "{err}");
+    assert!(!err.contains(key_text.trim()), "{err}");
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     assert!(!data.join("master.key").exists());
     let mut stack = vec![data.clone()];
     let mut files = 0;

@@ -55,8 +55,10 @@ impl Projector {
                     }
                     Err(StoreError::Closed) => return,
                     Err(e) => {
-                        // A damaged record stops projection: queries keep answering from
-                        // the state before it, and the error is loud.
+                        // A damaged record stops projection, loudly: the server then
+                        // refuses every request but health, readiness and metrics (see
+                        // `http::refuse_without_projections`), since no revocation after
+                        // it would be seen.
                         tracing::error!(error = %e, "projector stopped");
                         return;
                     }

@@ -813,9 +813,15 @@ impl<R: BufRead> RowComparer<R> {
         if expected.is_empty() {
             return Ok(());
         }
-        // A header holds no quoted line breaks: it ends at the first one.
+        // A header holds no quoted line breaks: it ends at the first one. Read no more
+        // than the expected header and one byte: a file without a line break is not read
+        // into memory whole.
         self.read.clear();
-        self.file.read_until(b'\n', &mut self.read)?;
+        std::io::Read::take(
+            std::io::Read::by_ref(&mut self.file),
+            expected.len() as u64 + 1,
+        )
+        .read_until(b'\n', &mut self.read)?;
         self.header_differs = self.read != expected;
         Ok(())
     }

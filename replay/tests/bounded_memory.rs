@@ -1,10 +1,13 @@
 //! Checking an export holds little in memory however long the file is: a file is whatever
 //! an auditor (or an attacker) hands over. (Alone in its binary: it reads the process's
-//! peak memory.)
+//! peak memory, one test at a time.)
 
 use idledger_replay::export::{RowComparer, RowMismatch};
 use idledger_replay::ExportFormat;
 use std::io::BufRead;
+
+/// Held by each test: the peak is the process's, so measurements must not overlap.
+static ALONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// A field of `/proc/self/status`, in KiB.
 fn status_kib(field: &str) -> usize {
@@ -46,6 +49,7 @@ impl BufRead for Rows {
 
 #[test]
 fn extra_rows_are_counted_as_they_stream_past_not_read_into_memory() {
+    let _alone = ALONE.lock().unwrap_or_else(|e| e.into_inner());
     for format in [ExportFormat::Jsonl, ExportFormat::Csv] {
         let file = Rows {
             left: 64 << 20,
@@ -65,4 +69,20 @@ fn extra_rows_are_counted_as_they_stream_past_not_read_into_memory() {
             }]
         );
     }
+}
+
+#[test]
+fn a_header_without_a_line_break_is_not_read_into_memory() {
+    let _alone = ALONE.lock().unwrap_or_else(|e| e.into_inner());
+    let file = Rows {
+        left: 64 << 20,
+        chunk: vec![b'x'; 8192],
+    };
+    let mut c = RowComparer::new(file, ExportFormat::Csv);
+    let before = reset_peak();
+    c.header(b"h1,h2\n").unwrap();
+    let (found, _) = c.finish().unwrap();
+    let grew = status_kib("VmHWM:").saturating_sub(before);
+    assert!(grew < 8 << 10, "{grew} KiB more held at once");
+    assert_eq!(found[0], RowMismatch::Header);
 }

@@ -28,9 +28,14 @@ pub fn parse_format(format: &str) -> Result<ExportFormat, String> {
     ExportFormat::parse(format).ok_or_else(|| format!("format {format:?}: use csv or jsonl"))
 }
 
-/// The query of an export; a range that ends before it begins, or after `now`, is
-/// refused: an export covers a range only once it has closed (`verify-export` holds it to
-/// that).
+/// A range must have ended this long before an export of it: a group of events is
+/// stamped when it opens and readable once committed, and an auditor's clock may run
+/// ahead of the server's.
+pub const RANGE_SETTLE: chrono::Duration = chrono::Duration::seconds(5);
+
+/// The query of an export; a range that ends before it begins, or later than
+/// [`RANGE_SETTLE`] before `now`, is refused: an export covers a range only once it has
+/// closed (`verify-export` holds it to that).
 pub fn query_of(
     kind: ExportKind,
     from: Option<DateTime<Utc>>,
@@ -44,8 +49,11 @@ pub fn query_of(
             return Err("from is after to".into());
         }
     }
-    if to.is_some_and(|t| t > now) {
-        return Err("to is in the future: leave it out to export up to now".into());
+    if to.is_some_and(|t| t > now - RANGE_SETTLE) {
+        return Err(
+            "to is in the future or less than 5 s ago: the range may still be filling; leave it out to export up to now"
+                .into(),
+        );
     }
     Ok(ExportQuery {
         kind,
@@ -350,13 +358,14 @@ pub fn verify_export_file(
     // The exporter reads on until a record past `to`: a later record still inside the
     // range means rows were cut off the end (the manifest moved back to match), or the
     // export was made before its range had closed. Either way the file does not cover it.
-    if let (Some(to), Some(next)) = (m.range.to, next_recorded_at) {
-        if next <= to {
+    // Without `to`, an export that read nothing of a log with records covers nothing it
+    // claims (the auditor's key cannot tell it from an empty log).
+    if let Some(next) = next_recorded_at {
+        if m.range.to.map_or(m.log_position == 0, |to| next <= to) {
             problems.push(Problem::Other {
                 problem: "incomplete_range",
                 detail: format!(
-                    "the log holds records up to {} after position {}: the range is not covered",
-                    to.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                    "the log holds records of the range after position {}: rows were cut off, or the export was made before its range had closed (export it again)",
                     m.log_position
                 )
                 .into(),

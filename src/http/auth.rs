@@ -56,6 +56,10 @@ impl Principal {
     /// The caller's token is still live, and so is the console session it came through
     /// (if any): long-lived responses ask again while they run.
     pub fn still_live(&self, s: &AppState) -> bool {
+        // Stopped projections no longer learn of revocations: nothing is live then.
+        if s.engine.projector.stopped() {
+            return false;
+        }
         let token = s
             .engine
             .projector

@@ -341,7 +341,7 @@ pub async fn key_writes(
     ApiQuery(q): ApiQuery<AgentQuery>,
 ) -> Result<Json<Page<KeyWrite>>, ApiError> {
     let lease = chrono::Duration::from_std(s.agent_lease).unwrap_or(chrono::Duration::MAX);
-    let (writes, more) = {
+    let (writes, mut more) = {
         let p = s.engine.projector.read();
         // A cursor names one of the agent's own writes; any other is unknown to it.
         let after = match q.after {
@@ -382,6 +382,15 @@ pub async fn key_writes(
         if !who.still_live(&s) {
             return Err(ApiError::Unauthorized);
         }
+        // Unsealed first: a user deleted meanwhile has no data key left (nor a write
+        // owed), and a write whose password cannot be had is not recorded as handed out.
+        let password = match s.engine.keyring.unseal(&StreamId::user(user), &sealed) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, key_write = %id.0, "a key write's password could not be unsealed; left out");
+                continue;
+            }
+        };
         let deliver = UserCommand::DeliverWrite {
             write: id,
             keys: who.key_ids.clone(),
@@ -392,23 +401,15 @@ pub async fn key_writes(
         match decide_for(&s, user, &who, Some(rotation.0), deliver).await {
             Ok(_) => {}
             Err(crate::store::CommandError::Rejected(_)) => continue,
-            // The writes recorded so far still go out: held back, they would wait out
-            // their lease for nothing.
+            // The writes recorded so far still go out (held back, they would wait out
+            // their lease for nothing), and the next page starts after the last of them.
             Err(e) if !items.is_empty() => {
                 tracing::warn!(error = %e, "a key write's delivery was not recorded; the page ends before it");
+                more = items.last().map(|w: &KeyWrite| w.id.to_string());
                 break;
             }
             Err(e) => return Err(e.into()),
         }
-        // Unsealed once the delivery is recorded: a user deleted meanwhile has no data key
-        // left (nor a write owed), and one such write must not cost the agent the others.
-        let password = match s.engine.keyring.unseal(&StreamId::user(user), &sealed) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(error = %e, key_write = %id.0, "a key write's password could not be unsealed; left out");
-                continue;
-            }
-        };
         items.push(KeyWrite {
             id: id.0,
             key_id: key.0,
@@ -448,8 +449,8 @@ pub struct KeyWrite {
     display_name: String,
     password: String,
     rotation_id: uuid::Uuid,
-    /// Which delivery of the write this is (1 for the first): acknowledge with it, so an
-    /// answer to an earlier delivery, handed out again since, is refused as stale.
+    /// Which delivery of the write this is (1 for the first): acknowledge with it, so a
+    /// failure reported for an earlier delivery, handed out again since, is refused.
     delivery: u32,
 }
 
@@ -461,8 +462,9 @@ pub struct AckBody {
     /// What went wrong, for a failed write.
     #[serde(default)]
     detail: String,
-    /// The `delivery` of the write as it was handed out; an answer to an earlier delivery
-    /// than the latest is refused (409). Without it, any delivery's answer counts.
+    /// The `delivery` of the write as it was handed out; a failure reported for an
+    /// earlier delivery than the latest is refused (409). Without it, any delivery's
+    /// answer counts.
     #[serde(default)]
     delivery: Option<u32>,
 }

@@ -373,6 +373,12 @@ async fn an_export_cut_short_or_with_edited_positions_fails_verification() {
             .to_vec()
     };
     let late = time(all.len() - 1);
+    // A range is exported once it has settled (5 s after its end).
+    let settled =
+        chrono::DateTime::parse_from_rfc3339(&late).unwrap() + chrono::Duration::milliseconds(5100);
+    if let Ok(wait) = (settled.with_timezone(&chrono::Utc) - chrono::Utc::now()).to_std() {
+        tokio::time::sleep(wait).await;
+    }
     let whole = export(
         &w,
         dir.path(),

@@ -1080,6 +1080,23 @@ async fn an_export_proves_where_it_sits_in_the_signed_history() {
         ],
     );
     assert_eq!(code, 0, "{checked}");
+    // The same empty file claiming the whole log (no `to`) is no export of it.
+    let empty_manifest = dir.path().join("empty.jsonl.manifest.json");
+    let mut m: Value =
+        serde_json::from_str(&std::fs::read_to_string(&empty_manifest).unwrap()).unwrap();
+    m["range"]["to"] = Value::Null;
+    std::fs::write(&empty_manifest, m.to_string()).unwrap();
+    let with_auditor_key = [
+        "verify-export",
+        e,
+        "--server",
+        &serve.url,
+        "--public-key",
+        &key,
+    ];
+    let (refused, code) = auditor_cli(&serve.token, &with_auditor_key);
+    assert_eq!(code, 1, "{refused}");
+    assert_eq!(refused["problems"][0]["problem"], "incomplete_range");
 
     // From the stopped server's data dir: the first kept head past the position, with
     // the consistency proof to it.

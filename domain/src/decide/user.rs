@@ -171,9 +171,9 @@ pub enum UserCommand {
         keys: Vec<KeyId>,
         /// What it did.
         outcome: WriteOutcome,
-        /// Which delivery it answers (1 for the first), when the agent says: an answer to
-        /// an earlier delivery, handed out again since (the lease ran out), is stale; the
-        /// agent that has the latest delivery answers.
+        /// Which delivery it answers (1 for the first), when the agent says: a failure
+        /// reported for an earlier delivery, handed out again since (the lease ran out),
+        /// is stale; the agent that has the latest delivery answers.
         delivery: Option<u32>,
     },
     /// Record a break-glass reveal of rotation `rotation`'s password, with its reason.
@@ -352,7 +352,10 @@ pub fn decide(s: &UserState, c: UserCommand) -> Result<Vec<Event>, Rejection> {
                     "the key write is not owed any more: the key is no longer the user's".into(),
                 ));
             }
-            if delivery.is_some_and(|d| d != w.deliveries) {
+            // Every delivery carries the same password: a late "written" is still true,
+            // but a late "failed" would mark failed a write the latest delivery may make.
+            let failed = matches!(outcome, WriteOutcome::Failed(_));
+            if failed && delivery.is_some_and(|d| d != w.deliveries) {
                 return Err(Rejection::Conflict(format!(
                     "the key write was handed out again since (delivery {}): that delivery answers",
                     w.deliveries
@@ -762,6 +765,14 @@ mod tests {
             delivery: Some(delivery),
         };
         given::<UserStream>(&again).when(answer(1)).then_conflict();
+        given::<UserStream>(&again)
+            .when(UserCommand::AcknowledgeWrite {
+                write: w(1),
+                keys: vec![key("K1")],
+                outcome: WriteOutcome::Written,
+                delivery: Some(1),
+            })
+            .then([KeyWriteConfirmed { key_write_id: w(1) }.into()]);
         given::<UserStream>(&again)
             .when(answer(2))
             .then([KeyWriteFailed {

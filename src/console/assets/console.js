@@ -522,7 +522,7 @@ async function auditPage() {
   };
   await head();
   wire($("#verify-chain"), async () => {
-    // Each stored record from the feed, checked here and not by the server: its prev_hash
+    // Each stored record from the feed, checked here in the browser: its prev_hash
     // must be the hash before it, and SHA-256 of that and its body the hash it carries
     // (WebCrypto exists only on secure origins; elsewhere the links alone are checked).
     const subtle = globalThis.crypto?.subtle;
@@ -547,6 +547,8 @@ async function auditPage() {
         prev = stored; count++;
       }
       if (problem || !page.next) break;
+      // A feed that does not move on would keep this loop reading for ever.
+      if (!(Number(page.next) > from)) { problem = `the feed does not advance past ${from}`; break; }
       from = Number(page.next);
     }
     const how = subtle ? "re-hashed and linked" : "linked (re-hashing needs a secure origin)";

@@ -602,14 +602,18 @@ impl FollowCopy {
         let Some(open) = self.open.as_mut() else {
             return Ok(());
         };
+        // One chunk on the device before the next is written: a power loss may leave a
+        // later block written and an earlier one not, and the copy reopens by cutting a
+        // torn tail, not a hole in the middle.
         let mut bytes = Vec::new();
         for (_, chunk) in chunks {
+            bytes.clear();
             bytes.push(b'C');
             bytes.extend_from_slice(&(chunk.len() as u64).to_le_bytes());
             bytes.extend_from_slice(chunk);
+            open.file.write_all(&bytes)?;
+            open.file.sync_data()?;
         }
-        open.file.write_all(&bytes)?;
-        open.file.sync_data()?;
         Ok(())
     }
 

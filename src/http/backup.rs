@@ -96,8 +96,20 @@ pub async fn download(
     .flatten()
     .map(|h| h.to_note());
     let log = s.engine.log.clone();
-    // At or past the head checked above: the log only grows.
-    let head = log.head().position;
+    // At or past the head checked above: the log only grows. The key store is read with
+    // it, while no key is made or shredded: a user deleted after this head keeps the key
+    // the records before it need (read later, it could be shredded already).
+    let (head, sealed) = {
+        let (s, log, data_dir) = (s.clone(), log.clone(), s.data_dir.clone());
+        tokio::task::spawn_blocking(move || {
+            s.engine.keyring.with_keys_unchanged(|| {
+                (log.head().position, crate::backup::sealed_files(&data_dir))
+            })
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+    };
+    let sealed = sealed.map_err(|e| ApiError::Internal(format!("the key store: {e}")))?;
     let max_bytes = q.max_bytes.unwrap_or(u64::MAX);
     let through = q
         .limit
@@ -112,12 +124,14 @@ pub async fn download(
             Some((from - 1, hash))
         }
     };
-    let data_dir = s.data_dir.clone();
     let known = q.keystore_sha256.map(|k| k.to_ascii_lowercase());
     let place = s.log_stream_place()?;
+    // A whole backup checks every record as it goes, with state that grows with the log
+    // (event ids, stream versions): it is also one of the few reads of the whole log.
+    let whole_place = whole.then(|| s.whole_log_place()).transpose()?;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tokio::task::spawn_blocking(move || {
-        let _place = place;
+        let _places = (place, whole_place);
         let body = BodySink {
             buf: Vec::with_capacity(BODY_PIECE),
             tx: tx.clone(),
@@ -147,7 +161,6 @@ pub async fn download(
             if let Some(e) = failed {
                 return Err(e);
             }
-            let sealed = crate::backup::sealed_files(&data_dir)?;
             w.finish(&sealed, known.as_deref(), sth)?;
             Ok(())
         })();

@@ -343,6 +343,14 @@ impl Keyring {
         Ok((id, key))
     }
 
+    /// Runs `f` while no data key is made or shredded: a backup reads the log's head and
+    /// the key store under it, so the keys it carries are exactly those of its records
+    /// (every shred follows its deletion's append, and is then at or before that head).
+    pub fn with_keys_unchanged<T>(&self, f: impl FnOnce() -> T) -> T {
+        let _unchanged = self.keys_changing.lock().unwrap_or_else(|e| e.into_inner());
+        f()
+    }
+
     /// Seals `plaintext` for an event of `stream`.
     pub fn seal(
         &self,
@@ -522,6 +530,27 @@ mod tests {
                 Err(SecretsError::MissingKey(_))
             ));
         }
+    }
+
+    /// What a backup reads under `with_keys_unchanged` no shred can change meanwhile.
+    #[test]
+    fn a_shred_waits_for_a_read_of_unchanged_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Arc::new(crate::secrets::keystore::KeyFile::open(dir.path()).unwrap());
+        let ring = Arc::new(Keyring::open(master(1), storage.clone()).unwrap());
+        let user = StreamId::user(idledger_domain::UserId(uuid::Uuid::from_u128(4)));
+        let sealed = ring.seal(&user, &Secret::new("pw")).unwrap();
+        let (read, shredder) = ring.with_keys_unchanged(|| {
+            let shredder = {
+                let (ring, user) = (ring.clone(), user.clone());
+                std::thread::spawn(move || ring.shred(&user).unwrap())
+            };
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            (storage.get(&subject_key(&user)).unwrap(), shredder)
+        });
+        assert!(read.is_some(), "the key was still there for the whole read");
+        shredder.join().unwrap();
+        assert!(ring.unseal(&user, &sealed).is_err());
     }
 
     #[test]

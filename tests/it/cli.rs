@@ -187,6 +187,25 @@ fn replay_until_a_position_is_a_prefix() {
     );
 }
 
+/// A data dir a restore left half done is not backed up: its key store may be missing.
+#[test]
+fn a_half_restored_data_dir_is_not_backed_up() {
+    let dir = filled(20);
+    std::fs::create_dir(dir.path().join(".restoring")).unwrap();
+    let out = dir.path().join("b.idlbackup");
+    let run = idledger()
+        .args(["backup", "--data-dir"])
+        .arg(dir.path())
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success(), "{err}");
+    assert!(err.contains("interrupted restore"), "{err}");
+    assert!(!out.exists());
+}
+
 #[test]
 fn every_command_has_help() {
     for cmd in [

@@ -228,14 +228,21 @@ const WRITERS: usize = 2;
 struct Batch {
     pages: PageWriter,
     records: usize,
+    /// The records' bytes: a batch also ends at [`BATCH_BYTES`], so a few in flight hold
+    /// little however large the records.
+    bytes: usize,
     leaves: Vec<u8>,
 }
+
+/// The most record bytes one batch of a restore holds.
+const BATCH_BYTES: usize = 64 << 20;
 
 impl Batch {
     fn new() -> Self {
         Batch {
             pages: PageWriter::new(Layout::Paged),
             records: 0,
+            bytes: 0,
             leaves: Vec::with_capacity(CHUNK * 32),
         }
     }
@@ -279,8 +286,9 @@ fn restore_into(
         projections.apply(env);
         batch.pages.push(checked.position, bytes);
         batch.records += 1;
+        batch.bytes += bytes.len();
         batch.leaves.extend_from_slice(&leaf.0);
-        if batch.records == CHUNK {
+        if batch.records == CHUNK || batch.bytes >= BATCH_BYTES {
             let full = std::mem::replace(&mut batch, Batch::new());
             writers[turn % WRITERS].0.send(full).map_err(|_| gone())?;
             turn += 1;

@@ -455,8 +455,22 @@ fn chunk_records(
     part: &str,
     mut record: impl FnMut(u64, &[u8]) -> Result<(), BackupError>,
 ) -> Result<u64, BackupError> {
+    // A chunk as a writer makes it: 1 to CHUNK records, each at least a record's fixed
+    // prefix. A file is anyone's: a chunk of millions of empty records would cost far
+    // more memory checked than read.
+    if bytes.is_empty() {
+        return Err(refused(part, "an empty chunk"));
+    }
     let mut at = 0usize;
+    let mut count = 0usize;
     while at < bytes.len() {
+        count += 1;
+        if count > CHUNK {
+            return Err(refused(
+                part,
+                format!("more than {CHUNK} records in one chunk"),
+            ));
+        }
         let len = bytes
             .get(at..at + 4)
             .map(|b| u32::from_le_bytes(b.try_into().unwrap_or_default()) as usize)
@@ -465,6 +479,12 @@ fn chunk_records(
             return Err(refused(
                 part,
                 format!("position {next} is larger than a record can be"),
+            ));
+        }
+        if len < idledger_domain::envelope::RECORD_PREFIX_LEN {
+            return Err(refused(
+                part,
+                format!("position {next} is smaller than a record can be"),
             ));
         }
         let rec = bytes
@@ -776,4 +796,41 @@ pub fn read_with(
         ));
     }
     Ok(Contents { manifest, sealed })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn framed(records: &[usize]) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for &len in records {
+            bytes.extend_from_slice(&(len as u32).to_le_bytes());
+            bytes.extend(std::iter::repeat_n(7u8, len));
+        }
+        bytes
+    }
+
+    fn framing(records: &[usize]) -> Result<u64, BackupError> {
+        chunk_records(&framed(records), 1, "chunk 1", |_, _| Ok(()))
+    }
+
+    /// What a crafted chunk may hold is bounded before any record of it is checked.
+    #[test]
+    fn a_chunk_holds_one_to_ten_thousand_records_of_a_records_size() {
+        let smallest = idledger_domain::envelope::RECORD_PREFIX_LEN;
+        assert_eq!(framing(&[smallest; CHUNK]).unwrap(), CHUNK as u64 + 1);
+        for bad in [
+            vec![],
+            vec![smallest; CHUNK + 1],
+            vec![0; 3],
+            vec![smallest, smallest - 1],
+        ] {
+            assert!(
+                matches!(framing(&bad), Err(BackupError::Refused { .. })),
+                "{} records",
+                bad.len()
+            );
+        }
+    }
 }

@@ -413,6 +413,19 @@ pub async fn restore(args: &RestoreArgs) -> Result<ExitCode, Error> {
         .as_deref()
         .map(super::proofs::public_key)
         .transpose()?;
+    // The later log is read first: a comparison that cannot be made must fail the
+    // command before anything is restored, not after.
+    let deleted_later = match &args.compare_with {
+        None => None,
+        Some(later) => {
+            let later = later.clone();
+            Some(
+                tokio::task::spawn_blocking(move || deleted_users(&later))
+                    .await
+                    .map_err(|e| Error::Other(e.to_string()))??,
+            )
+        }
+    };
     let pb = progress::bar(None, "restore");
     let (from, dir) = (args.from.clone(), args.data_dir.clone());
     let bar = pb.clone();
@@ -440,13 +453,9 @@ pub async fn restore(args: &RestoreArgs) -> Result<ExitCode, Error> {
         },
         unsigned_records: manifest.position.saturating_sub(h.tree_size),
     });
-    let deleted_since_backup = match &args.compare_with {
+    let deleted_since_backup = match deleted_later {
         None => None,
-        Some(later) => {
-            let later = later.clone();
-            let deleted = tokio::task::spawn_blocking(move || deleted_users(&later))
-                .await
-                .map_err(|e| Error::Other(e.to_string()))??;
+        Some(deleted) => {
             let mut named = Vec::new();
             for user in projections.users.iter_after(None) {
                 if user.status != UserStatus::Deleted && deleted.contains(&user.id) {

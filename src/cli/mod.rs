@@ -84,8 +84,9 @@ pub struct VerifyArgs {
     /// extend the one in it, and replaces it once everything holds.
     #[arg(long, requires = "server", requires = "public_key")]
     pub checkpoint: Option<PathBuf>,
-    /// The log's public key (its text, or a file holding it), for --checkpoint.
-    #[arg(long)]
+    /// The log's public key (its text, or a file holding it), for --checkpoint (alone it
+    /// would check nothing, so it is refused without one).
+    #[arg(long, requires = "checkpoint")]
     pub public_key: Option<String>,
 }
 

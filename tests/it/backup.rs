@@ -764,6 +764,26 @@ async fn a_restore_names_users_deleted_after_the_backup_was_taken() {
             "{later}: {err}"
         );
     }
+    // A comparison that cannot be made fails the command before anything is restored.
+    let target = dir.path().join("restored-unreachable");
+    let (ok, _, err) = run_with_token(
+        &auditor,
+        &[
+            "restore",
+            "--from",
+            path(&before),
+            "--data-dir",
+            path(&target),
+            "--compare-with",
+            "http://127.0.0.1:9",
+        ],
+    )
+    .await;
+    assert!(!ok, "{err}");
+    assert!(
+        !target.exists() || std::fs::read_dir(&target).unwrap().next().is_none(),
+        "restored although the comparison failed"
+    );
     // Without a later source, nothing is said.
     let target = dir.path().join("restored-plain");
     let (ok, done, err) = restore(&before, &target, &[]);

@@ -45,14 +45,25 @@ impl IntoResponse for GraphFail {
 
 /// Graph's error body: `{"error":{"code","message","innerError":{…}}}`.
 pub fn graph_error(status: StatusCode, code: &str, message: &str) -> Response {
-    let body = json!({"error": {
-        "code": code,
-        "message": message,
-        "innerError": {
-            "date": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            "request-id": uuid::Uuid::new_v4().to_string(),
-        }
-    }});
+    graph_error_with_inner_code(status, code, message, None)
+}
+
+/// [`graph_error`] whose `innerError` carries a `code` too (a throttled request's is the
+/// status in digits, `"429"`).
+pub fn graph_error_with_inner_code(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    inner_code: Option<&str>,
+) -> Response {
+    let mut inner = json!({
+        "date": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "request-id": uuid::Uuid::new_v4().to_string(),
+    });
+    if let Some(c) = inner_code {
+        inner["code"] = json!(c);
+    }
+    let body = json!({"error": {"code": code, "message": message, "innerError": inner}});
     (status, Json(body)).into_response()
 }
 

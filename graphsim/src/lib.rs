@@ -243,7 +243,9 @@ fn fault_response(status: StatusCode, retry_after: Option<f64>) -> Response {
         400 => "Request_BadRequest",
         _ => "generalException",
     };
-    let mut r = graph::graph_error(status, code, "Injected by graphsim.");
+    // A throttled answer's inner code is the status in digits, as Graph sends it.
+    let inner = (status.as_u16() == 429).then_some("429");
+    let mut r = graph::graph_error_with_inner_code(status, code, "Injected by graphsim.", inner);
     if let Some(s) = retry_after {
         if let Ok(v) = HeaderValue::from_str(&format!("{s}")) {
             r.headers_mut().insert("retry-after", v);

@@ -168,14 +168,31 @@ fn host_of(url: &str) -> String {
         .unwrap_or_default()
 }
 
-/// Parses Graph's error body; the innermost `innerError.code` wins when present.
+/// Whether an answer says a delta link no longer works and a full round must start over:
+/// 410, or one of the codes that say so, compared without case (the service has answered
+/// `SyncStateNotFound` as well as the documented `syncStateNotFound`).
+fn delta_expired(status: StatusCode, code: Option<&str>) -> bool {
+    status == StatusCode::GONE
+        || code.is_some_and(|c| {
+            ["syncStateNotFound", "resyncRequired", "syncStateInvalid"]
+                .iter()
+                .any(|known| c.eq_ignore_ascii_case(known))
+        })
+}
+
+/// Parses Graph's error body; the innermost `innerError.code` wins when present (Graph's
+/// advice: the most specific code), unless it only repeats the status in digits (a 429's
+/// inner code is `"429"`).
 fn api_error(status: StatusCode, body: &[u8], request_id: Option<String>) -> GraphError {
     let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     let err = &v["error"];
     let mut code = err["code"].as_str().unwrap_or("").to_owned();
     let mut inner = err.get("innerError").or(err.get("innererror"));
     while let Some(i) = inner {
-        if let Some(c) = i["code"].as_str() {
+        if let Some(c) = i["code"]
+            .as_str()
+            .filter(|c| !c.bytes().all(|b| b.is_ascii_digit()))
+        {
             code = c.to_owned();
         }
         inner = i.get("innerError").or(i.get("innererror"));
@@ -507,12 +524,7 @@ impl GraphClient {
                 self.invalidate_token().await;
                 continue;
             }
-            let expired_delta = status == StatusCode::GONE
-                || matches!(
-                    err.code().as_deref(),
-                    Some("syncStateNotFound" | "resyncRequired" | "syncStateInvalid")
-                );
-            if expired_delta {
+            if delta_expired(status, err.code().as_deref()) {
                 return Err(GraphError::DeltaExpired);
             }
             let transient = matches!(status.as_u16(), 429 | 503 | 504) || status.is_server_error();
@@ -988,4 +1000,37 @@ fn skipped_entries(operation: &'static str, skipped: usize) {
 /// A parse failure of a peer's JSON: serde quotes the offending value, which may be huge.
 fn decode_error(e: serde_json::Error) -> GraphError {
     GraphError::Decode(clipped(&e.to_string(), 300))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code_of(status: u16, body: &str) -> String {
+        match api_error(StatusCode::from_u16(status).unwrap(), body.as_bytes(), None) {
+            GraphError::Api { code, .. } => code,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_most_specific_code_is_kept_but_not_a_status_in_digits() {
+        let throttled = r#"{"error":{"code":"TooManyRequests","message":"m","innerError":{"code":"429","date":"2026-01-01T00:00:00"}}}"#;
+        assert_eq!(code_of(429, throttled), "TooManyRequests");
+        let nested = r#"{"error":{"code":"invalidRequest","innerError":{"code":"badArgument"}}}"#;
+        assert_eq!(code_of(400, nested), "badArgument");
+        assert_eq!(code_of(404, "not json"), "NotFound");
+    }
+
+    #[test]
+    fn an_expired_delta_link_is_known_by_status_or_code_in_any_case() {
+        assert!(delta_expired(StatusCode::GONE, None));
+        for code in ["syncStateNotFound", "SyncStateNotFound", "RESYNCREQUIRED"] {
+            assert!(delta_expired(StatusCode::BAD_REQUEST, Some(code)), "{code}");
+        }
+        assert!(!delta_expired(
+            StatusCode::BAD_REQUEST,
+            Some("Request_BadRequest")
+        ));
+    }
 }

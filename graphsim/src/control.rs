@@ -241,13 +241,15 @@ pub async fn requests(State(sim): State<Sim>) -> Response {
     Json(json!(inner.requests.iter().collect::<Vec<_>>())).into_response()
 }
 
-/// `PATCH /_sim/apps/{client_id}` body: a new `secret`, `permissions` and/or
-/// `redirectUris` (replacing the registered list).
+/// `PATCH /_sim/apps/{client_id}` body: a new `secret`, `permissions`, `directoryRoles`
+/// and/or `redirectUris` (replacing the registered list).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AppPatch {
     secret: Option<String>,
     permissions: Option<Vec<String>>,
+    #[serde(rename = "directoryRoles")]
+    directory_roles: Option<Vec<String>>,
     #[serde(rename = "redirectUris")]
     redirect_uris: Option<Vec<String>>,
 }
@@ -268,6 +270,9 @@ pub async fn patch_app(
     }
     if let Some(p) = p.permissions {
         app.permissions = p;
+    }
+    if let Some(r) = p.directory_roles {
+        app.directory_roles = r;
     }
     if let Some(r) = p.redirect_uris {
         app.redirect_uris = r;

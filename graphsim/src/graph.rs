@@ -181,6 +181,18 @@ const PRIVILEGED_ROLES: &[&str] = &[
     "Privileged Authentication Administrator",
 ];
 
+/// Directory roles with which an app resets a non-admin user's password. App-only, the
+/// permission alone is not enough: Microsoft's `passwordProfile` reference asks for "at
+/// least the User Administrator Microsoft Entra role" as well.
+const RESET_ROLES: &[&str] = &[
+    "User Administrator",
+    "Helpdesk Administrator",
+    "Password Administrator",
+    "Authentication Administrator",
+    "Privileged Authentication Administrator",
+    "Global Administrator",
+];
+
 /// One `field eq 'value'` term of a `$filter`.
 fn parse_filter(filter: &str) -> Result<Vec<(String, String)>, String> {
     let mut out = Vec::new();
@@ -490,13 +502,19 @@ pub async fn patch_user(
                 "Invalid value specified for property 'password' of resource 'User'.",
             );
         };
-        if !user.admin_roles.is_empty() {
-            let privileged = inner.dir.apps.get(&claims.appid).is_some_and(|a| {
+        {
+            // An admin's password needs a privileged role; anyone's needs a reset role.
+            let roles = if user.admin_roles.is_empty() {
+                RESET_ROLES
+            } else {
+                PRIVILEGED_ROLES
+            };
+            let allowed = inner.dir.apps.get(&claims.appid).is_some_and(|a| {
                 a.directory_roles
                     .iter()
-                    .any(|r| PRIVILEGED_ROLES.contains(&r.as_str()))
+                    .any(|r| roles.contains(&r.as_str()))
             });
-            if !privileged {
+            if !allowed {
                 return graph_error(
                     StatusCode::FORBIDDEN,
                     "Authorization_RequestDenied",

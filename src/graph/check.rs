@@ -99,6 +99,10 @@ pub async fn check(
         "reads": reads,
         "sync_group": sync_group,
         "rotation_group": rotation_group,
+        // What a token cannot show, so no check here can tell.
+        "notes": [
+            "password resets also need the app to hold the User Administrator directory role (Privileged Authentication Administrator for admins' passwords): Entra ID > Roles and administrators",
+        ],
         "ok": ok,
         "seconds": (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
     })

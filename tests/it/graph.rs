@@ -355,6 +355,21 @@ async fn password_updates_and_their_refusals() {
         (admin.status(), admin.code().as_deref()),
         (Some(403), Some("Authorization_RequestDenied"))
     );
+    // App-only, the permission alone resets nobody's password: the app's service
+    // principal needs a directory role (User Administrator at least) too.
+    let _ = reqwest::Client::new()
+        .patch(format!(
+            "{url}/_sim/apps/11111111-2222-4333-8444-555555555555"
+        ))
+        .json(&json!({"directoryRoles": []}))
+        .send()
+        .await
+        .unwrap();
+    let roleless = c.set_password(&user(2), &good).await.unwrap_err().error;
+    assert_eq!(
+        (roleless.status(), roleless.code().as_deref()),
+        (Some(403), Some("Authorization_RequestDenied"))
+    );
     let missing = c
         .set_password("00000000-0000-4000-8000-000000000000", &good)
         .await
@@ -579,6 +594,12 @@ async fn graph_check_reports_health_and_names_missing_permissions() {
     assert_eq!(report["sync_group"]["members"], 30);
     assert_eq!(report["rotation_group"]["members"], 11);
     assert!(report["seconds"].as_f64().is_some());
+    assert!(
+        report["notes"][0]
+            .as_str()
+            .is_some_and(|n| n.contains("User Administrator")),
+        "{report}"
+    );
     let u = url.clone();
     let (report, code) =
         tokio::task::spawn_blocking(move || check(&u, READONLY_APP, "contoso-readonly-secret"))

@@ -83,6 +83,11 @@ pub async fn download(
     // the latest, or a follower asking every quarter second would keep a head each time.
     let notary = s.notary.clone();
     let whole = from == 1;
+    // Places first: a request answered 503 for want of one has done no work.
+    let place = s.log_stream_place()?;
+    // A whole backup checks every record as it goes, with state that grows with the log
+    // (event ids, stream versions): it is also one of the few reads of the whole log.
+    let whole_place = whole.then(|| s.whole_log_place()).transpose()?;
     let sth = tokio::task::spawn_blocking(move || {
         if whole {
             notary.sign_now()
@@ -125,10 +130,6 @@ pub async fn download(
         }
     };
     let known = q.keystore_sha256.map(|k| k.to_ascii_lowercase());
-    let place = s.log_stream_place()?;
-    // A whole backup checks every record as it goes, with state that grows with the log
-    // (event ids, stream versions): it is also one of the few reads of the whole log.
-    let whole_place = whole.then(|| s.whole_log_place()).transpose()?;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tokio::task::spawn_blocking(move || {
         let _places = (place, whole_place);

@@ -23,14 +23,14 @@ fn is_loopback_host(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-/// `text` with anything between `://` and a following `@` (before any `/`) replaced by
-/// `***`.
+/// `text` with anything between `://` and its last `@` replaced by `***`.
 fn without_userinfo(text: &str) -> String {
     let Some((scheme, rest)) = text.split_once("://") else {
         return text.to_owned();
     };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
+    // The last `@` anywhere: a password holding `/`, `?` or `#` would end an authority
+    // read by the rules early, with the password before it.
+    match rest.rfind('@') {
         Some(at) => format!("{scheme}://***{}", &rest[at..]),
         None => text.to_owned(),
     }
@@ -125,6 +125,8 @@ mod tests {
             "https://admin:Hunter2@idp.contoso.com",
             "http://admin:Hunter2@idp.contoso.com/x",
             "https://admin:Hunter2@",
+            "https://admin:Hunter2#x@idp.contoso.com",
+            "https://admin:Hun/ter2@idp.contoso.com",
             "ftp://admin:Hunter2@10.0.0.1/",
         ] {
             let e = PublicUrl::parse(bad).unwrap_err();

@@ -380,7 +380,7 @@ pub async fn key_writes(
         // Each delivery is a password leaving: a token revoked while the page is made gets
         // none (what this page recorded is leased, and offered again when the lease ends).
         if !who.still_live(&s) {
-            return Err(ApiError::Unauthorized);
+            return Err(not_live(&s));
         }
         // Unsealed first: a user deleted meanwhile has no data key left (nor a write
         // owed), and a write whose password cannot be had is not recorded as handed out.
@@ -423,9 +423,18 @@ pub async fn key_writes(
     // A revocation confirmed while the last delivery was being recorded ends this answer
     // too: no password leaves after its token was revoked.
     if !who.still_live(&s) {
-        return Err(ApiError::Unauthorized);
+        return Err(not_live(&s));
     }
     Ok(page(items, more))
+}
+
+/// Why a token is no longer live: revoked, or the projections stopped and cannot tell.
+fn not_live(s: &AppState) -> ApiError {
+    if s.engine.projector.stopped() {
+        ApiError::Unavailable("the projections stopped; see the server's log".into())
+    } else {
+        ApiError::Unauthorized
+    }
 }
 
 /// `GET /v1/agent/key-writes` query.

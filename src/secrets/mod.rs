@@ -163,10 +163,11 @@ impl MasterKey {
                 .map_err(|e| SecretsError::Storage(e.to_string()))?
                 .permissions()
                 .mode();
-            // As ssh treats a private key: one others may read is no secret any more.
-            if mode & 0o077 != 0 {
+            // One other users may read is no secret any more (the owner's group may read
+            // it, as a service's group does under a secrets manager, but not write it).
+            if mode & 0o027 != 0 {
                 return Err(SecretsError::Placement(format!(
-                    "the master key file {} is open to other users (mode {:o}): chmod 600 it",
+                    "the master key file {} is open to other users (mode {:o}): chmod 600 (or 640) it",
                     path.display(),
                     mode & 0o777
                 )));
@@ -221,6 +222,9 @@ fn open_with(
 }
 
 const CHECK_KEY: &[u8] = b"master-check";
+
+/// Locks subjects' key makings and shreds are spread over.
+const SUBJECT_LOCKS: usize = 64;
 const CHECK_TEXT: &[u8] = b"idledger master key check v1";
 
 /// Seals and unseals secrets with per-subject data keys.
@@ -230,10 +234,14 @@ pub struct Keyring {
     /// Unsealed data keys, each in a box of its own that is wiped where it lies when the
     /// key is dropped (a shred, or the keyring's end).
     cache: Mutex<HashMap<DataKeyId, Box<zeroize::Zeroizing<[u8; 32]>>>>,
-    /// Held across a look-up in storage and what follows from it: creating a subject's
-    /// key (two racing seals would each make one, and the first, sealed under, would
-    /// outlive the shred) and caching a loaded one (a shred in between would be undone).
-    keys_changing: Mutex<()>,
+    /// Held (shared) by whatever makes or shreds a key, and alone by a reader that must
+    /// see the key store unchanged ([`Keyring::with_keys_unchanged`]): makings and shreds
+    /// of different subjects still run side by side.
+    keys_changing: std::sync::RwLock<()>,
+    /// One of these, by the subject's stream, held across a look-up in storage and the
+    /// key made or shredded after it: two racing first seals would each make a key, and
+    /// the first, sealed under, would outlive the shred.
+    subject_locks: [Mutex<()>; SUBJECT_LOCKS],
 }
 
 impl fmt::Debug for Keyring {
@@ -275,7 +283,8 @@ impl Keyring {
             master,
             storage,
             cache: Mutex::new(HashMap::new()),
-            keys_changing: Mutex::new(()),
+            keys_changing: std::sync::RwLock::new(()),
+            subject_locks: std::array::from_fn(|_| Mutex::new(())),
         })
     }
 
@@ -288,7 +297,6 @@ impl Keyring {
         {
             return Ok(***k);
         }
-        let _changing = self.keys_changing.lock().unwrap_or_else(|e| e.into_inner());
         let wrapped = self
             .storage
             .get(&data_key_key(id))?
@@ -310,7 +318,26 @@ impl Keyring {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, Box::new(zeroize::Zeroizing::new(key)));
+        // A shred between the read above and the insert would be undone by it: a shred
+        // removes the key from storage before the cache, so looking again settles it.
+        if self.storage.get(&data_key_key(id))?.is_none() {
+            self.cache
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+            return Err(SecretsError::MissingKey(id));
+        }
         Ok(key)
+    }
+
+    /// The lock of `stream`'s subject.
+    fn subject_lock(&self, stream: &StreamId) -> std::sync::MutexGuard<'_, ()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        stream.as_str().hash(&mut h);
+        self.subject_locks[(h.finish() as usize) % SUBJECT_LOCKS]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// The data key of `stream`'s subject, created (and stored durably) on first use.
@@ -324,11 +351,12 @@ impl Keyring {
             let id = existing(v)?;
             return Ok((id, self.load(id)?));
         }
-        let changing = self.keys_changing.lock().unwrap_or_else(|e| e.into_inner());
+        let changing = self.keys_changing.read().unwrap_or_else(|e| e.into_inner());
+        let subject = self.subject_lock(stream);
         // Another seal may have made the key while this one waited.
         if let Some(v) = self.storage.get(&subject_key(stream))? {
             let id = existing(v)?;
-            drop(changing);
+            drop((subject, changing));
             return Ok((id, self.load(id)?));
         }
         let id = DataKeyId(uuid::Uuid::new_v4());
@@ -346,8 +374,12 @@ impl Keyring {
     /// Runs `f` while no data key is made or shredded: a backup reads the log's head and
     /// the key store under it, so the keys it carries are exactly those of its records
     /// (every shred follows its deletion's append, and is then at or before that head).
+    /// `f` must not seal or shred: it would wait for itself.
     pub fn with_keys_unchanged<T>(&self, f: impl FnOnce() -> T) -> T {
-        let _unchanged = self.keys_changing.lock().unwrap_or_else(|e| e.into_inner());
+        let _unchanged = self
+            .keys_changing
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
         f()
     }
 
@@ -389,7 +421,8 @@ impl Keyring {
     /// Crypto-shreds `stream`'s subject: every secret sealed for it becomes unreadable,
     /// and its data key is in no file of the data dir any more.
     pub fn shred(&self, stream: &StreamId) -> Result<(), SecretsError> {
-        let _changing = self.keys_changing.lock().unwrap_or_else(|e| e.into_inner());
+        let _changing = self.keys_changing.read().unwrap_or_else(|e| e.into_inner());
+        let _subject = self.subject_lock(stream);
         if let Some(id) = shred_in(&*self.storage, stream)? {
             // Dropped from the cache, the key is wiped in its box, not only forgotten.
             self.cache
@@ -408,6 +441,9 @@ fn shred_in(
     stream: &StreamId,
 ) -> Result<Option<DataKeyId>, SecretsError> {
     let Some((gone, id)) = subject_entries(storage, stream)? else {
+        // Gone from the store's memory, maybe not from its file: an earlier shred whose
+        // rewrite failed is retried (a no-op when none is pending).
+        storage.remove_all(&[&subject_key(stream)])?;
         return Ok(None);
     };
     let keys: Vec<&[u8]> = gone.iter().map(Vec::as_slice).collect();
@@ -530,6 +566,27 @@ mod tests {
                 Err(SecretsError::MissingKey(_))
             ));
         }
+    }
+
+    /// A shred whose rewrite failed is done by the next shred of the subject, though the
+    /// key is gone from memory already.
+    #[test]
+    fn a_shred_retried_after_a_failed_rewrite_leaves_no_key_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Arc::new(crate::secrets::keystore::KeyFile::open(dir.path()).unwrap());
+        let ring = Keyring::open(master(1), storage).unwrap();
+        let user = StreamId::user(idledger_domain::UserId(uuid::Uuid::from_u128(5)));
+        let sealed = ring.seal(&user, &Secret::new("pw")).unwrap();
+        let file = crate::secrets::keystore::path_in(dir.path());
+        let wrapped = |text: &str| text.contains(&B64.encode(data_key_key(sealed.key_id)));
+        assert!(wrapped(&std::fs::read_to_string(&file).unwrap()));
+        // The rewrite's temporary file cannot be made where a directory stands.
+        let tmp = file.with_extension("tmp");
+        std::fs::create_dir(&tmp).unwrap();
+        assert!(ring.shred(&user).is_err());
+        std::fs::remove_dir(&tmp).unwrap();
+        ring.shred(&user).unwrap();
+        assert!(!wrapped(&std::fs::read_to_string(&file).unwrap()));
     }
 
     /// What a backup reads under `with_keys_unchanged` no shred can change meanwhile.

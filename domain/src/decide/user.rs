@@ -355,6 +355,12 @@ pub fn decide(s: &UserState, c: UserCommand) -> Result<Vec<Event>, Rejection> {
             // Every delivery carries the same password: a late "written" is still true,
             // but a late "failed" would mark failed a write the latest delivery may make.
             let failed = matches!(outcome, WriteOutcome::Failed(_));
+            if let Some(d) = delivery.filter(|d| *d > w.deliveries) {
+                return Err(Rejection::Conflict(format!(
+                    "the key write was handed out {} times, not {d}",
+                    w.deliveries
+                )));
+            }
             if failed && delivery.is_some_and(|d| d != w.deliveries) {
                 return Err(Rejection::Conflict(format!(
                     "the key write was handed out again since (delivery {}): that delivery answers",
@@ -765,6 +771,7 @@ mod tests {
             delivery: Some(delivery),
         };
         given::<UserStream>(&again).when(answer(1)).then_conflict();
+        given::<UserStream>(&again).when(answer(3)).then_conflict();
         given::<UserStream>(&again)
             .when(UserCommand::AcknowledgeWrite {
                 write: w(1),

@@ -77,14 +77,15 @@ impl SettingsPatch {
         if let Some(v) = self.sync_group {
             s.sync_group.display_name = v;
         }
+        // Graph writes object ids in lower case; an admin may paste them in any.
         if let Some(v) = self.sync_group_id {
-            s.sync_group.object_id = v;
+            s.sync_group.object_id = v.map(|id| id.trim().to_ascii_lowercase());
         }
         if let Some(v) = self.rotation_group {
             s.rotation_group.display_name = v;
         }
         if let Some(v) = self.rotation_group_id {
-            s.rotation_group.object_id = v;
+            s.rotation_group.object_id = v.map(|id| id.trim().to_ascii_lowercase());
         }
         macro_rules! set {
             ($($f:ident),*) => { $( if let Some(v) = self.$f { s.$f = v; } )* };

@@ -795,6 +795,22 @@ async fn a_configured_group_id_that_names_no_group_fails_the_run_instead_of_empt
     assert_eq!(s, StatusCode::OK);
     w.sync_fails(&["0000000000ff"]).await;
     assert_eq!(w.users("&status=active").await.len(), 29);
+    // Ids go into Graph's paths: anything but a GUID is refused; a GUID pasted in upper
+    // case is kept as Graph writes it.
+    let path = format!("/v1/domains/{}", w.domain);
+    let patch = |body: serde_json::Value| w.admin(Method::PATCH, &path, Some(body));
+    for bad in [
+        "../../users",
+        "not-a-guid",
+        "{a1b2c3d4-0000-4000-8000-0000000000ff}",
+    ] {
+        let (s, body) = patch(json!({"rotation_group_id": bad})).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {body}");
+    }
+    let (s, body) = patch(json!({"sync_group_id": SYNC.to_ascii_uppercase()})).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body["sync_group_id"], SYNC, "{body}");
+    assert_eq!(w.sync().await["status"], "succeeded");
 }
 
 /// An object id no Entra ID would give (a megabyte of one would not even fit in a record)

@@ -85,10 +85,21 @@ pub fn validate_settings(s: &DomainSettings) -> Result<(), Rejection> {
     if s.deletion_threshold == 0 {
         return Err(invalid("deletion_threshold", "must be at least 1"));
     }
-    for (field, g) in [
-        ("sync_group", &s.sync_group),
-        ("rotation_group", &s.rotation_group),
+    for (field, id_field, g) in [
+        ("sync_group", "sync_group_id", &s.sync_group),
+        ("rotation_group", "rotation_group_id", &s.rotation_group),
     ] {
+        // An object id goes into Graph's paths and is compared with the ids Graph sends:
+        // a GUID as Graph writes it (lower case, hyphenated), nothing else.
+        if let Some(id) = &g.object_id {
+            let canonical = uuid::Uuid::parse_str(id).map(|u| u.hyphenated().to_string());
+            if canonical.as_deref() != Ok(id.as_str()) {
+                return Err(invalid(
+                    id_field,
+                    "an object id: a GUID in lower case, hyphenated",
+                ));
+            }
+        }
         if g.display_name.trim().is_empty() || g.display_name.len() > 256 {
             return Err(invalid(field, "a display name of 1 to 256 characters"));
         }

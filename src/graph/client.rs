@@ -351,8 +351,20 @@ impl GraphClient {
             if attempt > 1 {
                 crate::metrics::graph_retry("token");
             }
+            let mut delay = self.backoff(attempt);
             match timed("token", self.http.post(&url).form(&form)).await {
-                Ok(r) if r.status().is_server_error() && attempt < self.retry.max_attempts => {}
+                // The identity platform throttles too (429) and says when to come back:
+                // never sooner, and not at all within this call when that is too long.
+                Ok(r)
+                    if (r.status().is_server_error()
+                        || r.status() == StatusCode::TOO_MANY_REQUESTS)
+                        && attempt < self.retry.max_attempts
+                        && retry_after(&r).is_none_or(|d| d <= self.retry.max_delay) =>
+                {
+                    if let Some(d) = retry_after(&r) {
+                        delay = d.max(self.retry.base_delay);
+                    }
+                }
                 Ok(r) => break r,
                 Err(e) => {
                     let err = unanswered(&url, e);
@@ -362,7 +374,7 @@ impl GraphClient {
                     }
                 }
             }
-            tokio::time::sleep(self.backoff(attempt)).await;
+            tokio::time::sleep(delay).await;
         };
         let status = resp.status();
         let body = body_of(resp, MAX_ERROR_BODY_BYTES).await?;

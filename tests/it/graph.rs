@@ -74,6 +74,23 @@ async fn requests_to(url: &str, path_part: &str) -> Vec<Value> {
         .collect()
 }
 
+/// The token endpoint throttles too: a 429 is waited out as it asks and retried.
+#[tokio::test]
+async fn a_throttled_token_request_is_retried_after_the_wait_it_names() {
+    let (url, _sim) = sim(100).await;
+    let c = client(&url, "contoso-demo-secret");
+    control(
+        &url,
+        reqwest::Method::POST,
+        "/_sim/faults",
+        Some(json!({"status": 429, "retry_after": 0.05,
+                    "path_prefix": format!("/{TENANT}/oauth2/v2.0/token"), "count": 1})),
+    )
+    .await;
+    c.domains().await.unwrap();
+    assert_eq!(requests_to(&url, "/oauth2/v2.0/token").await.len(), 2);
+}
+
 #[tokio::test]
 async fn tokens_are_cached_and_fetched_again_after_a_401() {
     let (url, _sim) = sim(100).await;

@@ -50,10 +50,10 @@ pub fn query_of(
         }
     }
     if to.is_some_and(|t| t > now - RANGE_SETTLE) {
-        return Err(
-            "to is in the future or less than 5 s ago: the range may still be filling; leave it out to export up to now"
-                .into(),
-        );
+        return Err(format!(
+            "to is in the future or less than {} s ago: the range may still be filling; leave it out to export up to now",
+            RANGE_SETTLE.num_seconds()
+        ));
     }
     Ok(ExportQuery {
         kind,

@@ -74,11 +74,8 @@ fn layout(
     .into_response()
 }
 
-/// The sign-in page; `pre` ties the form to this browser.
-pub(super) fn sign_in(pre: &str, error: Option<&str>) -> Html<String> {
-    let error = error
-        .map(|e| format!("<p class=\"error\" role=\"alert\">{}</p>", esc(e)))
-        .unwrap_or_default();
+/// A page of the signed-out console: `main` under the product's name.
+fn signed_out(main: &str) -> Html<String> {
     Html(format!(
         r#"<!doctype html>
 <html lang="en">
@@ -91,7 +88,20 @@ pub(super) fn sign_in(pre: &str, error: Option<&str>) -> Html<String> {
 <body class="sign-in">
 <main>
 <h1>idledger</h1>
-<p>Sign in with an admin or auditor API token. It is sent once; the console keeps a
+{main}
+</main>
+</body>
+</html>"#
+    ))
+}
+
+/// The sign-in page; `pre` ties the form to this browser.
+pub(super) fn sign_in(pre: &str, error: Option<&str>) -> Html<String> {
+    let error = error
+        .map(|e| format!("<p class=\"error\" role=\"alert\">{}</p>", esc(e)))
+        .unwrap_or_default();
+    signed_out(&format!(
+        r#"<p>Sign in with an admin or auditor API token. It is sent once; the console keeps a
 session cookie, never the token.</p>
 {error}
 <form method="post" action="/console/sign-in">
@@ -99,10 +109,7 @@ session cookie, never the token.</p>
   <label for="token">API token</label>
   <input id="token" name="token" type="password" autocomplete="off" required>
   <button type="submit">Sign in</button>
-</form>
-</main>
-</body>
-</html>"#,
+</form>"#,
         pre = esc(pre),
     ))
 }
@@ -110,27 +117,13 @@ session cookie, never the token.</p>
 /// The page of a one-time sign-in link: opening it signs nothing in (a link is a GET any
 /// site can make a browser send); the button does, from this page only.
 pub(super) fn sign_in_link(ticket: &str, pre: &str) -> Html<String> {
-    Html(format!(
-        r#"<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Sign in · idledger</title>
-<link rel="stylesheet" href="/console/assets/console.css">
-</head>
-<body class="sign-in">
-<main>
-<h1>idledger</h1>
-<p>This one-time link signs this browser in to the console. Use it only if you asked for
+    signed_out(&format!(
+        r#"<p>This one-time link signs this browser in to the console. Use it only if you asked for
 it (the demo prints one).</p>
 <form method="post" action="/console/sign-in/{ticket}">
   <input type="hidden" name="pre" value="{pre}">
   <button type="submit" id="open-console">Open the console</button>
-</form>
-</main>
-</body>
-</html>"#,
+</form>"#,
         ticket = esc(ticket),
         pre = esc(pre),
     ))

@@ -639,6 +639,25 @@ async fn a_following_copy_killed_again_and_again_resumes_without_gaps_and_restor
     serve.stop();
 }
 
+/// `restore --compare-with later` of `backup` into `target`, with `token`.
+async fn restore_compared(
+    token: &str,
+    backup: &Path,
+    target: &Path,
+    later: &str,
+) -> (bool, Value, String) {
+    let args = [
+        "restore",
+        "--from",
+        path(backup),
+        "--data-dir",
+        path(target),
+        "--compare-with",
+        later,
+    ];
+    run_with_token(token, &args).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restore_names_users_deleted_after_the_backup_was_taken() {
     let dir = tempfile::tempdir().unwrap();
@@ -740,19 +759,7 @@ async fn a_restore_names_users_deleted_after_the_backup_was_taken() {
         .enumerate()
     {
         let target = dir.path().join(format!("restored-{n}"));
-        let (ok, done, err) = run_with_token(
-            &auditor,
-            &[
-                "restore",
-                "--from",
-                path(&before),
-                "--data-dir",
-                path(&target),
-                "--compare-with",
-                later,
-            ],
-        )
-        .await;
+        let (ok, done, err) = restore_compared(&auditor, &before, &target, later).await;
         assert!(ok, "{err}");
         assert_eq!(
             done["deleted_since_backup"],
@@ -766,19 +773,7 @@ async fn a_restore_names_users_deleted_after_the_backup_was_taken() {
     }
     // A comparison that cannot be made fails the command before anything is restored.
     let target = dir.path().join("restored-unreachable");
-    let (ok, _, err) = run_with_token(
-        &auditor,
-        &[
-            "restore",
-            "--from",
-            path(&before),
-            "--data-dir",
-            path(&target),
-            "--compare-with",
-            "http://127.0.0.1:9",
-        ],
-    )
-    .await;
+    let (ok, _, err) = restore_compared(&auditor, &before, &target, "http://127.0.0.1:9").await;
     assert!(!ok, "{err}");
     assert!(
         !target.exists() || std::fs::read_dir(&target).unwrap().next().is_none(),

@@ -265,9 +265,22 @@ async fn an_admin_runs_the_whole_workflow_in_the_browser_and_an_auditor_only_rea
 
 /// The `pre` value of the sign-in form and its cookie.
 async fn sign_in_form(http: &reqwest::Client, base: &str) -> (String, String) {
-    let r = http.get(format!("{base}/")).send().await.unwrap();
-    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_owned();
-    let cookie = cookie.split(';').next().unwrap().to_owned();
+    form_at(http, &format!("{base}/")).await
+}
+
+/// The `pre` value of the sign-in form at `url` and its cookie, the only one the page
+/// sets (no session).
+async fn form_at(http: &reqwest::Client, url: &str) -> (String, String) {
+    let r = http.get(url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{url}");
+    let set: Vec<&str> = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|c| c.to_str().unwrap())
+        .collect();
+    assert_eq!(set.len(), 1, "{url} sets {set:?}");
+    let cookie = set[0].split(';').next().unwrap().to_owned();
     let html = r.text().await.unwrap();
     (attribute_after(&html, "name=\"pre\" value=\""), cookie)
 }
@@ -590,49 +603,23 @@ async fn a_sign_in_link_signs_in_only_from_its_own_page() {
             .any(|c| c.to_str().unwrap().starts_with("idl_session="))
     };
     // Opened: a page with a button, no session.
-    let page = http.get(&link).send().await.unwrap();
-    assert_eq!(page.status(), StatusCode::OK);
-    assert!(!session_set(&page));
-    let pre_cookie = page.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
-    let body = page.text().await.unwrap();
-    let pre = body
-        .split("name=\"pre\" value=\"")
-        .nth(1)
-        .and_then(|r| r.split('"').next())
-        .unwrap()
-        .to_owned();
+    let (pre, pre_cookie) = form_at(&http, &link).await;
+    let post = |cookie: Option<&str>| {
+        let mut req = http.post(&link).form(&[("pre", pre.as_str())]);
+        if let Some(c) = cookie {
+            req = req.header("cookie", c);
+        }
+        req.send()
+    };
     // Posted from elsewhere (no cookie of the page): refused, and the link still works.
-    let forged = http
-        .post(&link)
-        .form(&[("pre", pre.as_str())])
-        .send()
-        .await
-        .unwrap();
+    let forged = post(None).await.unwrap();
     assert_eq!(forged.status(), StatusCode::FORBIDDEN);
     assert!(!session_set(&forged));
-    let signed_in = http
-        .post(&link)
-        .header("cookie", &pre_cookie)
-        .form(&[("pre", pre.as_str())])
-        .send()
-        .await
-        .unwrap();
+    let signed_in = post(Some(&pre_cookie)).await.unwrap();
     assert_eq!(signed_in.status(), StatusCode::SEE_OTHER);
     assert!(session_set(&signed_in));
     // Used once.
-    let again = http
-        .post(&link)
-        .header("cookie", &pre_cookie)
-        .form(&[("pre", pre.as_str())])
-        .send()
-        .await
-        .unwrap();
+    let again = post(Some(&pre_cookie)).await.unwrap();
     assert_eq!(again.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(
         http.get(&link).send().await.unwrap().status(),

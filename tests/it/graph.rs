@@ -79,12 +79,10 @@ async fn requests_to(url: &str, path_part: &str) -> Vec<Value> {
 async fn a_throttled_token_request_is_retried_after_the_wait_it_names() {
     let (url, _sim) = sim(100).await;
     let c = client(&url, "contoso-demo-secret");
-    control(
+    fault(
         &url,
-        reqwest::Method::POST,
-        "/_sim/faults",
-        Some(json!({"status": 429, "retry_after": 0.05,
-                    "path_prefix": format!("/{TENANT}/oauth2/v2.0/token"), "count": 1})),
+        json!({"status": 429, "retry_after": 0.05,
+                    "path_prefix": format!("/{TENANT}/oauth2/v2.0/token"), "count": 1}),
     )
     .await;
     c.domains().await.unwrap();
@@ -103,11 +101,9 @@ async fn tokens_are_cached_and_fetched_again_after_a_401() {
         "one token for two calls"
     );
     // Graph says the token is no good: the client gets a new one once and retries.
-    control(
+    fault(
         &url,
-        reqwest::Method::POST,
-        "/_sim/faults",
-        Some(json!({"status": 401, "path_prefix": "/v1.0/domains", "count": 1})),
+        json!({"status": 401, "path_prefix": "/v1.0/domains", "count": 1}),
     )
     .await;
     c.domains().await.unwrap();
@@ -286,11 +282,9 @@ async fn a_429_storm_is_waited_out_as_asked() {
     let (url, _sim) = sim(100).await;
     let c = client(&url, "contoso-demo-secret");
     c.domains().await.unwrap();
-    control(
+    fault(
         &url,
-        reqwest::Method::POST,
-        "/_sim/faults",
-        Some(json!({"status": 429, "retry_after": 0.6, "path_prefix": "/v1.0/groups", "count": 3})),
+        json!({"status": 429, "retry_after": 0.6, "path_prefix": "/v1.0/groups", "count": 3}),
     )
     .await;
     let started = Instant::now();
@@ -308,19 +302,15 @@ async fn a_429_storm_is_waited_out_as_asked() {
 async fn a_503_storm_is_survived_and_a_longer_one_reported() {
     let (url, _sim) = sim(100).await;
     let c = client(&url, "contoso-demo-secret");
-    control(
+    fault(
         &url,
-        reqwest::Method::POST,
-        "/_sim/faults",
-        Some(json!({"status": 503, "path_prefix": "/v1.0/domains", "count": 4})),
+        json!({"status": 503, "path_prefix": "/v1.0/domains", "count": 4}),
     )
     .await;
     assert_eq!(c.domains().await.unwrap().len(), 1);
-    control(
+    fault(
         &url,
-        reqwest::Method::POST,
-        "/_sim/faults",
-        Some(json!({"status": 503, "path_prefix": "/v1.0/domains", "count": 50})),
+        json!({"status": 503, "path_prefix": "/v1.0/domains", "count": 50}),
     )
     .await;
     let err = c.domains().await.unwrap_err();
@@ -332,11 +322,9 @@ async fn a_503_storm_is_survived_and_a_longer_one_reported() {
     );
     // A cut connection is retried too.
     control(&url, reqwest::Method::DELETE, "/_sim/faults", None).await;
-    control(
+    fault(
         &url,
-        reqwest::Method::POST,
-        "/_sim/faults",
-        Some(json!({"drop_connection": true, "path_prefix": "/v1.0/domains", "count": 1})),
+        json!({"drop_connection": true, "path_prefix": "/v1.0/domains", "count": 1}),
     )
     .await;
     assert_eq!(c.domains().await.unwrap().len(), 1);
@@ -374,14 +362,13 @@ async fn password_updates_and_their_refusals() {
     );
     // App-only, the permission alone resets nobody's password: the app's service
     // principal needs a directory role (User Administrator at least) too.
-    let _ = reqwest::Client::new()
-        .patch(format!(
-            "{url}/_sim/apps/11111111-2222-4333-8444-555555555555"
-        ))
-        .json(&json!({"directoryRoles": []}))
-        .send()
-        .await
-        .unwrap();
+    control(
+        &url,
+        reqwest::Method::PATCH,
+        &format!("/_sim/apps/{APP}"),
+        Some(json!({"directoryRoles": []})),
+    )
+    .await;
     let roleless = c.set_password(&user(2), &good).await.unwrap_err().error;
     assert_eq!(
         (roleless.status(), roleless.code().as_deref()),
@@ -441,6 +428,7 @@ async fn password_updates_and_their_refusals() {
     ));
 }
 
+/// Has graphsim answer as `f` says (`POST /_sim/faults`).
 async fn fault(url: &str, f: Value) {
     let r = reqwest::Client::new()
         .post(format!("{url}/_sim/faults"))

@@ -998,12 +998,12 @@ async fn an_export_proves_where_it_sits_in_the_signed_history() {
         written["signed_tree_size"].as_u64().unwrap() >= written["log_position"].as_u64().unwrap()
     );
     // The export checked against the log, with the auditor's key and without.
-    let with_key = || {
+    let with_key_of = |file: &str| {
         auditor_cli(
             &serve.token,
             &[
                 "verify-export",
-                o,
+                file,
                 "--server",
                 &serve.url,
                 "--public-key",
@@ -1011,6 +1011,7 @@ async fn an_export_proves_where_it_sits_in_the_signed_history() {
             ],
         )
     };
+    let with_key = || with_key_of(o);
     let without_key = || auditor_cli(&serve.token, &["verify-export", o, "--server", &serve.url]);
     let (checked, code) = with_key();
     assert_eq!(code, 0, "{checked}");
@@ -1068,17 +1069,7 @@ async fn an_export_proves_where_it_sits_in_the_signed_history() {
         (0, &json!(0)),
         "{written}"
     );
-    let (checked, code) = auditor_cli(
-        &serve.token,
-        &[
-            "verify-export",
-            e,
-            "--server",
-            &serve.url,
-            "--public-key",
-            &key,
-        ],
-    );
+    let (checked, code) = with_key_of(e);
     assert_eq!(code, 0, "{checked}");
     // The same empty file claiming the whole log (no `to`) is no export of it.
     let empty_manifest = dir.path().join("empty.jsonl.manifest.json");
@@ -1086,15 +1077,7 @@ async fn an_export_proves_where_it_sits_in_the_signed_history() {
         serde_json::from_str(&std::fs::read_to_string(&empty_manifest).unwrap()).unwrap();
     m["range"]["to"] = Value::Null;
     std::fs::write(&empty_manifest, m.to_string()).unwrap();
-    let with_auditor_key = [
-        "verify-export",
-        e,
-        "--server",
-        &serve.url,
-        "--public-key",
-        &key,
-    ];
-    let (refused, code) = auditor_cli(&serve.token, &with_auditor_key);
+    let (refused, code) = with_key_of(e);
     assert_eq!(code, 1, "{refused}");
     assert_eq!(refused["problems"][0]["problem"], "incomplete_range");
 

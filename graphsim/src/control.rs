@@ -2,7 +2,7 @@
 //! directory, inject faults, expire delta tokens and read what was asked.
 
 use crate::graph::{graph_error, user_json};
-use crate::state::{Fault, Sim};
+use crate::state::{Change, Fault, Sim};
 use crate::tenant::UserEntry;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -206,6 +206,29 @@ pub async fn remove_member(
     } else {
         StatusCode::NOT_FOUND
     }
+}
+
+/// `POST /_sim/groups/{group}/members/{user}/repeat-add`: the next delta round names the
+/// user as added again without anything changing (GRAPH.md §3: a change can come back in a
+/// later round), even a user since deleted. 404 for a group never known.
+pub async fn repeat_add(
+    State(sim): State<Sim>,
+    Path((group, user)): Path<(String, String)>,
+) -> StatusCode {
+    let mut inner = sim.lock();
+    let known = inner.dir.groups.contains_key(&group)
+        || inner.changes.iter().any(|(_, c)| {
+            matches!(c, Change::Member { group: g, user: u, .. } if *g == group && *u == user)
+        });
+    if !known {
+        return StatusCode::NOT_FOUND;
+    }
+    inner.record(Change::Member {
+        group,
+        user,
+        added: true,
+    });
+    StatusCode::NO_CONTENT
 }
 
 /// `DELETE /_sim/groups/{group}`: soft-deletes a group.

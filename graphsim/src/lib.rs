@@ -79,6 +79,10 @@ pub fn router(sim: Sim) -> Router {
             post(control::add_member).delete(control::remove_member),
         )
         .route(
+            "/_sim/groups/{group}/members/{user}/repeat-add",
+            post(control::repeat_add),
+        )
+        .route(
             "/_sim/faults",
             post(control::add_fault).delete(control::clear_faults),
         )

@@ -169,15 +169,32 @@ fn host_of(url: &str) -> String {
 }
 
 /// Whether an answer says a delta link no longer works and a full round must start over:
-/// 410, or one of the codes that say so, compared without case (the service has answered
-/// `SyncStateNotFound` as well as the documented `syncStateNotFound`).
-fn delta_expired(status: StatusCode, code: Option<&str>) -> bool {
+/// 410, or one of the codes that say so at any level of the error (GRAPH.md: `error.code`
+/// or a nested `innerError.code`, which may name something else deeper down), compared
+/// without case (the service has answered `SyncStateNotFound` as well as the documented
+/// `syncStateNotFound`).
+fn delta_expired(status: StatusCode, body: &[u8]) -> bool {
     status == StatusCode::GONE
-        || code.is_some_and(|c| {
+        || error_codes(body).iter().any(|c| {
             ["syncStateNotFound", "resyncRequired", "syncStateInvalid"]
                 .iter()
                 .any(|known| c.eq_ignore_ascii_case(known))
         })
+}
+
+/// Every `code` of Graph's error body, outermost first, through nested `innerError`s.
+fn error_codes(body: &[u8]) -> Vec<String> {
+    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let mut codes = Vec::new();
+    let mut level = v.get("error");
+    // Bounded: a hostile body nests as deep as serde_json allows (128 levels).
+    while let Some(e) = level {
+        if let Some(c) = e.get("code").and_then(Value::as_str) {
+            codes.push(c.to_owned());
+        }
+        level = e.get("innerError").or(e.get("innererror"));
+    }
+    codes
 }
 
 /// Parses Graph's error body; the innermost `innerError.code` wins when present (Graph's
@@ -536,7 +553,7 @@ impl GraphClient {
                 self.invalidate_token().await;
                 continue;
             }
-            if delta_expired(status, err.code().as_deref()) {
+            if delta_expired(status, &bytes) {
                 return Err(GraphError::DeltaExpired);
             }
             let transient = matches!(status.as_u16(), 429 | 503 | 504) || status.is_server_error();
@@ -1036,13 +1053,27 @@ mod tests {
 
     #[test]
     fn an_expired_delta_link_is_known_by_status_or_code_in_any_case() {
-        assert!(delta_expired(StatusCode::GONE, None));
+        let body = |code: &str| format!(r#"{{"error":{{"code":"{code}","message":"m"}}}}"#);
+        assert!(delta_expired(StatusCode::GONE, b""));
         for code in ["syncStateNotFound", "SyncStateNotFound", "RESYNCREQUIRED"] {
-            assert!(delta_expired(StatusCode::BAD_REQUEST, Some(code)), "{code}");
+            assert!(
+                delta_expired(StatusCode::BAD_REQUEST, body(code).as_bytes()),
+                "{code}"
+            );
         }
         assert!(!delta_expired(
             StatusCode::BAD_REQUEST,
-            Some("Request_BadRequest")
+            body("Request_BadRequest").as_bytes()
         ));
+    }
+
+    #[test]
+    fn an_expired_delta_link_is_known_by_a_code_at_any_level() {
+        let outer = br#"{"error":{"code":"resyncRequired","innerError":{"code":"badRequest"}}}"#;
+        assert!(delta_expired(StatusCode::BAD_REQUEST, outer));
+        let middle = br#"{"error":{"code":"badRequest","innerError":{"code":"syncStateNotFound","innererror":{"code":"other"}}}}"#;
+        assert!(delta_expired(StatusCode::BAD_REQUEST, middle));
+        let none = br#"{"error":{"code":"badRequest","innerError":{"code":"other"}}}"#;
+        assert!(!delta_expired(StatusCode::BAD_REQUEST, none));
     }
 }

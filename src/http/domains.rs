@@ -575,7 +575,10 @@ pub async fn put_credentials(
     }
     // Sealed once, before deciding: a retried decision reuses the same sealed secret.
     let set = seal_credentials(&s, &StreamId::domain(id), body)?;
-    run(&s, &who, id, |_| set.clone()).await
+    let answer = run(&s, &who, id, |_| set.clone()).await?;
+    // A replaced secret is used from now on, not from the supervisor's next tick.
+    s.sync.supervise();
+    Ok(answer)
 }
 
 /// Removes credentials: sync and rotation for the domain stop.

@@ -777,12 +777,10 @@ async fn exchange_code(
     let issuing = Arc::new(tokio::sync::Mutex::new(()));
     let _issuing = issuing.clone().try_lock_owned().ok();
     let (grant, reused) = {
-        let grant = ctx
-            .provider
-            .codes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&key);
+        // Both held at once (codes first, the only order either is taken in): a second
+        // use that finds the code gone also finds it spent.
+        let mut codes = ctx.provider.codes.lock().unwrap_or_else(|e| e.into_inner());
+        let grant = codes.remove(&key);
         let mut spent = ctx.provider.spent.lock().unwrap_or_else(|e| e.into_inner());
         match grant {
             Some(grant) => {

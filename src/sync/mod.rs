@@ -181,6 +181,10 @@ impl SyncService {
 
     /// Brings the workers in line with the domains' credentials.
     pub fn supervise(&self) {
+        // Held while the credentials are read, not only while workers change: a tick that
+        // read them just before an admin removed them would otherwise start a worker with
+        // the removed secret after the admin's own supervise stopped it.
+        let mut workers = self.workers();
         let wanted: Vec<(DomainId, Fingerprint, GraphSettings)> = {
             let p = self.inner.engine.projector.read();
             p.domains
@@ -220,7 +224,6 @@ impl SyncService {
                 })
                 .collect()
         };
-        let mut workers = self.workers();
         workers.retain(|id, w| {
             let keep = wanted
                 .iter()

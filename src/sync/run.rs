@@ -396,7 +396,10 @@ impl<'a> SyncRun<'a> {
         let mut rotation_unknown: HashSet<String> = HashSet::new();
         let base = |ext: &str, rotation_unknown: &mut HashSet<String>| match self.known.get(ext) {
             Some(k) => Observed {
-                exists: true,
+                // Deleted in Entra stays deleted until Graph shows the user again (a
+                // restore names them in `users/delta`): a change repeated from an earlier
+                // round (GRAPH.md §3) does not bring them back.
+                exists: k.known.left_reason != Some(LeaveReason::DeletedInEntra),
                 member: k.known.is_member(),
                 attributes: None,
                 in_rotation_group: k.known.in_rotation_group,
@@ -436,10 +439,12 @@ impl<'a> SyncRun<'a> {
                     }
                     let id = u.id.clone();
                     let attrs = attributes_of(u, before);
-                    observed
+                    let o = observed
                         .entry(id.clone())
-                        .or_insert_with(|| base(&id, &mut rotation_unknown))
-                        .attributes = Some(attrs);
+                        .or_insert_with(|| base(&id, &mut rotation_unknown));
+                    // Graph shows the user: they exist, whatever an earlier round said.
+                    o.exists = true;
+                    o.attributes = Some(attrs);
                 }
                 UserChange::Removed { id, .. } => {
                     if self.known.contains_key(&id) || observed.contains_key(&id) {

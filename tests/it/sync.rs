@@ -194,6 +194,39 @@ async fn each_removal_behaviour_and_what_rejoining_does() {
 }
 
 #[tokio::test]
+async fn a_member_change_graph_repeats_does_not_bring_back_a_user_deleted_in_entra() {
+    let w = world(json!({"removal_behavior": "keep", "auto_import": true})).await;
+    w.sync().await;
+    w.sim(Method::DELETE, &format!("/_sim/users/{}", ext(7)), None)
+        .await;
+    w.sync().await;
+    let gone = w.user(7).await.unwrap();
+    assert_eq!(gone["in_sync_group"], false, "{gone}");
+    let before = events_of(&w, &gone).await;
+    // A later round names the add again (GRAPH.md §3): the user is still deleted.
+    w.sim(
+        Method::POST,
+        &format!("/_sim/groups/{SYNC}/members/{}/repeat-add", ext(7)),
+        None,
+    )
+    .await;
+    let run = w.sync().await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let still = w.user(7).await.unwrap();
+    assert_eq!(still["in_sync_group"], false, "{still}");
+    assert_eq!(still["status"], gone["status"], "{still}");
+    assert_eq!(events_of(&w, &still).await, before, "no event since");
+}
+
+async fn events_of(w: &World, user: &Value) -> Vec<Value> {
+    let id = user["id"].as_str().unwrap();
+    let (_, events) = w
+        .admin(Method::GET, &format!("/v1/users/{id}/events"), None)
+        .await;
+    events["items"].as_array().unwrap().clone()
+}
+
+#[tokio::test]
 async fn deletion_disabling_and_attribute_changes_in_entra_arrive_as_events() {
     let w = world(json!({"removal_behavior": "deactivate", "auto_import": true})).await;
     w.sync().await;

@@ -175,22 +175,23 @@ fn host_of(url: &str) -> String {
 /// `syncStateNotFound`).
 fn delta_expired(status: StatusCode, body: &[u8]) -> bool {
     status == StatusCode::GONE
-        || error_codes(body).iter().any(|c| {
-            ["syncStateNotFound", "resyncRequired", "syncStateInvalid"]
-                .iter()
-                .any(|known| c.eq_ignore_ascii_case(known))
-        })
+        || error_codes(&serde_json::from_slice(body).unwrap_or(Value::Null))
+            .iter()
+            .any(|c| {
+                ["syncStateNotFound", "resyncRequired", "syncStateInvalid"]
+                    .iter()
+                    .any(|known| c.eq_ignore_ascii_case(known))
+            })
 }
 
 /// Every `code` of Graph's error body, outermost first, through nested `innerError`s.
-fn error_codes(body: &[u8]) -> Vec<String> {
-    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+fn error_codes(v: &Value) -> Vec<&str> {
     let mut codes = Vec::new();
     let mut level = v.get("error");
     // Bounded: a hostile body nests as deep as serde_json allows (128 levels).
     while let Some(e) = level {
         if let Some(c) = e.get("code").and_then(Value::as_str) {
-            codes.push(c.to_owned());
+            codes.push(c);
         }
         level = e.get("innerError").or(e.get("innererror"));
     }
@@ -203,17 +204,13 @@ fn error_codes(body: &[u8]) -> Vec<String> {
 fn api_error(status: StatusCode, body: &[u8], request_id: Option<String>) -> GraphError {
     let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     let err = &v["error"];
-    let mut code = err["code"].as_str().unwrap_or("").to_owned();
-    let mut inner = err.get("innerError").or(err.get("innererror"));
-    while let Some(i) = inner {
-        if let Some(c) = i["code"]
-            .as_str()
-            .filter(|c| !c.bytes().all(|b| b.is_ascii_digit()))
-        {
-            code = c.to_owned();
-        }
-        inner = i.get("innerError").or(i.get("innererror"));
-    }
+    let codes = error_codes(&v);
+    let mut code = codes
+        .iter()
+        .rev()
+        .find(|c| !c.bytes().all(|b| b.is_ascii_digit()))
+        .or(codes.first())
+        .map_or_else(String::new, |c| (*c).to_owned());
     if code.is_empty() {
         code = status
             .canonical_reason()

@@ -1357,7 +1357,22 @@ async fn second_factor_page(State(ctx): State<Ctx>, headers: HeaderMap) -> Respo
             .map(|v| (!v.passkeys.is_empty(), v.totp_seed.is_some()))
             .unwrap_or((false, false))
     };
-    pages::second_factor(&csrf, &who.display_name, passkeys, totp, None)
+    let origin = waiting_app_origin(&ctx, &flow);
+    pages::second_factor(
+        &csrf,
+        &who.display_name,
+        passkeys,
+        totp,
+        None,
+        origin.as_deref(),
+    )
+}
+
+/// The origin of the app whose authorization request waits for this flow's sign-in.
+fn waiting_app_origin(ctx: &Ctx, flow: &str) -> Option<String> {
+    ctx.store
+        .with_stored_flow(flow, |f| f.authorize.as_ref().and_then(|a| a.app_origin()))
+        .flatten()
 }
 
 /// The authenticator-code form.
@@ -1451,7 +1466,15 @@ async fn signin_totp(
         .map(|p| p.display_name)
         .unwrap_or_default();
     let csrf = ctx.store.csrf_of(&flow);
-    let mut page = pages::second_factor(&csrf, &name, passkeys, totp, Some(message));
+    let origin = waiting_app_origin(&ctx, &flow);
+    let mut page = pages::second_factor(
+        &csrf,
+        &name,
+        passkeys,
+        totp,
+        Some(message),
+        origin.as_deref(),
+    );
     *page.status_mut() = StatusCode::UNAUTHORIZED;
     page
 }

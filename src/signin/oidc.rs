@@ -70,6 +70,13 @@ pub struct AuthRequest {
     fresh_after: Option<DateTime<Utc>>,
 }
 
+impl AuthRequest {
+    /// The origin the browser is sent back to once signed in.
+    pub fn app_origin(&self) -> Option<String> {
+        origin_of(&self.redirect_uri)
+    }
+}
+
 struct CodeGrant {
     request: AuthRequest,
     user: UserId,

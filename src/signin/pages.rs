@@ -112,15 +112,22 @@ pub fn confirm_sign_out(
     );
     // The answer to the form sends the browser back to the app: its origin (a registered
     // post-logout address's, checked by the caller) is a place this form may lead.
-    // (A form's redirect counts as its target: browsers check every hop.)
+    leads_to(&mut response, back_to);
+    response
+}
+
+/// Lets the page's forms lead to `origin` (a registered address's, checked by the caller)
+/// besides this site. Browsers check every hop of a form's redirects against
+/// `form-action`, so a form whose answer sends the browser on to an app needs the app's
+/// origin in it, or the browser stops on the way.
+fn leads_to(response: &mut Response, origin: Option<&str>) {
     let widened =
-        back_to.map(|o| CSP.replace("form-action 'self'", &format!("form-action 'self' {o}")));
+        origin.map(|o| CSP.replace("form-action 'self'", &format!("form-action 'self' {o}")));
     if let Some(policy) = widened.and_then(|p| HeaderValue::from_str(&p).ok()) {
         response
             .headers_mut()
             .insert(header::CONTENT_SECURITY_POLICY, policy);
     }
-    response
 }
 
 /// The end of a sign-out no app asked to come back from.
@@ -313,13 +320,15 @@ pub fn signin(csrf: &str) -> Response {
     )
 }
 
-/// The second step after Entra ID: a typed code or a passkey.
+/// The second step after Entra ID: a typed code or a passkey. `app_origin` is the origin
+/// of the app waiting for this sign-in, where the code form's answer leads.
 pub fn second_factor(
     csrf: &str,
     display_name: &str,
     passkeys: bool,
     totp: bool,
     error: Option<&str>,
+    app_origin: Option<&str>,
 ) -> Response {
     let mut main = format!(
         "<h1>{}</h1>\n<p>Entra ID confirmed your password. Now your second factor.</p>\n",
@@ -349,7 +358,9 @@ pub fn second_factor(
             "<p role=\"alert\">You have no second factor yet. Open your invite to enrol.</p>",
         );
     }
-    page(StatusCode::OK, "Second factor", csrf, &main)
+    let mut response = page(StatusCode::OK, "Second factor", csrf, &main);
+    leads_to(&mut response, app_origin);
+    response
 }
 
 /// What `/me` shows.

@@ -500,7 +500,7 @@ async fn a_relying_party_signs_a_passkey_user_in_and_every_rule_holds() {
 
 /// A relying party's callback on loopback: answers 200 to whatever it is sent, so the
 /// browser settles there and the test reads the code from its address.
-async fn callback_server() -> String {
+pub(crate) async fn callback_server() -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let app = axum::Router::new()

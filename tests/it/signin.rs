@@ -783,6 +783,52 @@ async fn a_user_enrols_a_passkey_from_an_invite_and_signs_in_with_it_in_chromium
     b.wait_text("h1", "Alex Wilber").await;
     b.wait_text("main", "fed, otp").await;
     b.screenshot("signin-totp").await;
+
+    // An app sends Alex's browser to idledger: Entra ID, then the code form, whose answer
+    // leads back to the app (another origin, which the page's policy must let it reach).
+    let callback = crate::oidc::callback_server().await;
+    let (s, app) = w
+        .admin(
+            Method::POST,
+            "/v1/apps",
+            Some(json!({
+                "name": "Payroll",
+                "redirect_uris": [callback],
+                "type": "confidential",
+                "domain_ids": [w.domain],
+            })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{app}");
+    b.click("form[action='/signout'] button").await;
+    b.wait_text("h1", "Sign in").await;
+    b.goto(&format!(
+        "{}/authorize?response_type=code&scope=openid&state=s1&client_id={}&redirect_uri={}",
+        w.app.public,
+        app["client_id"].as_str().unwrap(),
+        urlencoding::encode(&callback)
+    ))
+    .await;
+    b.wait_text("h1", "Sign in").await;
+    b.fill("#username", ALEX).await;
+    b.click("form[data-entra-start] button").await;
+    b.fill("#password", ALEX_PASSWORD).await;
+    b.click("button[type=submit]").await;
+    b.wait_text("main", "Now your second factor").await;
+    // The next step's code: the enrolment's own is spent.
+    b.fill(
+        "#code",
+        &totp_code(&secret, chrono::Utc::now().timestamp() + 30),
+    )
+    .await;
+    b.click("form[action='/signin/totp'] button").await;
+    b.wait_text("h1", "Payroll: signed in").await;
+    let landed = b.url().await;
+    assert!(landed.starts_with(&callback), "{landed}");
+    assert!(
+        landed.contains("code=") && landed.contains("state=s1"),
+        "{landed}"
+    );
 }
 
 #[tokio::test]

@@ -1239,7 +1239,11 @@ async fn end_session(
     headers: HeaderMap,
     query: Result<Query<EndSession>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let q = query.map(|Query(q)| q).ok();
+    asked_to_end_session(&ctx, &headers, query.map(|Query(q)| q).ok())
+}
+
+/// An app's sign-out request, by query or (RP-Initiated Logout 1.0 §2 allows both) form.
+fn asked_to_end_session(ctx: &Ctx, headers: &HeaderMap, q: Option<EndSession>) -> Response {
     let hint = q
         .as_ref()
         .and_then(|q| q.id_token_hint.as_deref())
@@ -1258,7 +1262,7 @@ async fn end_session(
             "The app named is not the one this sign-in was for. Start again from the app you were using.",
         );
     }
-    let own = signed_in(&ctx, &headers);
+    let own = signed_in(ctx, headers);
     if let Some(sid) = hinted_sid {
         ctx.store.close_sid(sid);
     }
@@ -1270,8 +1274,8 @@ async fn end_session(
     };
     match own {
         Some((_, session)) if hinted_sid != Some(session.sid.as_str()) => {
-            let app = target.app(&ctx).map(|a| a.name);
-            let back_to = target.registered(&ctx).and_then(|uri| origin_of(&uri));
+            let app = target.app(ctx).map(|a| a.name);
+            let back_to = target.registered(ctx).and_then(|uri| origin_of(&uri));
             super::pages::confirm_sign_out(
                 &session.csrf,
                 app.as_deref(),
@@ -1279,7 +1283,7 @@ async fn end_session(
                 back_to.as_deref(),
             )
         }
-        _ => signed_out(&ctx, &target),
+        _ => signed_out(ctx, &target),
     }
 }
 
@@ -1326,20 +1330,19 @@ impl LogoutTarget {
     }
 }
 
-/// The confirmation form: the user chose to sign out.
+/// A form posted to the end-session endpoint: the user's confirmation (with the
+/// session's `csrf`), or an app's sign-out request sent by POST (without).
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ConfirmedLogout {
-    csrf: String,
-    client_id: Option<String>,
-    post_logout_redirect_uri: Option<String>,
-    state: Option<String>,
+struct PostedLogout {
+    csrf: Option<String>,
+    #[serde(flatten)]
+    request: EndSession,
 }
 
 async fn confirm_end_session(
     State(ctx): State<Ctx>,
     headers: HeaderMap,
-    form: Result<Form<ConfirmedLogout>, axum::extract::rejection::FormRejection>,
+    form: Result<Form<PostedLogout>, axum::extract::rejection::FormRejection>,
 ) -> Response {
     let Ok(Form(form)) = form else {
         return super::pages::problem(
@@ -1348,16 +1351,19 @@ async fn confirm_end_session(
             "Start again from the app you were using.",
         );
     };
+    let Some(csrf) = form.csrf else {
+        return asked_to_end_session(&ctx, &headers, Some(form.request));
+    };
     if let Some((cookie, session)) = signed_in(&ctx, &headers) {
-        if !same_secret(&form.csrf, &session.csrf) {
+        if !same_secret(&csrf, &session.csrf) {
             return (StatusCode::FORBIDDEN, "CSRF token missing or wrong\n").into_response();
         }
         ctx.store.close(&cookie);
     }
     let target = LogoutTarget {
-        client_id: form.client_id,
-        post_logout_redirect_uri: form.post_logout_redirect_uri,
-        state: form.state,
+        client_id: form.request.client_id,
+        post_logout_redirect_uri: form.request.post_logout_redirect_uri,
+        state: form.request.state,
     };
     signed_out(&ctx, &target)
 }

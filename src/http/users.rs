@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use idledger_domain::decide::user::{decide, evolve, UserCommand};
-use idledger_domain::{DomainId, KeyId, SsoSettings, StreamId, UserId};
+use idledger_domain::{DomainId, KeyId, KeyWriteId, SsoSettings, StreamId, UserId};
 use idledger_projections::{Projections, UserStatus, UserView};
 use idledger_replay::Until;
 use serde::{Deserialize, Serialize};
@@ -388,7 +388,8 @@ pub async fn put_key(
                     key.0, other.0
                 )));
             }
-            run(&s, &who, id, UserCommand::AssignKey(key)).await
+            let write = KeyWriteId(uuid::Uuid::now_v7());
+            run(&s, &who, id, UserCommand::AssignKey { key, write }).await
         })
         .await
 }

@@ -684,6 +684,45 @@ async fn a_reassigned_key_receives_nothing_of_its_previous_holder() {
     );
 }
 
+/// A user who lost a key gets a new one: it is given the password the engine holds now,
+/// not left empty until the next rotation (days away); the old key gets nothing more.
+#[tokio::test]
+async fn a_replacement_key_is_given_the_current_password() {
+    let w = rotating_world(json!({})).await;
+    let id = w.assign_key(3, "K-OLD").await;
+    w.rotate(&id).await;
+    w.rotations_settled(&id, 1).await;
+    let (s, body) = w
+        .admin(
+            Method::PUT,
+            &format!("/v1/users/{id}/key"),
+            Some(json!({"key_id": "K-NEW"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let old = w.app.token("agent", &["K-OLD"]).await;
+    let (_, writes) = w
+        .app
+        .call(Some(&old), Method::GET, "/v1/agent/key-writes", None)
+        .await;
+    assert!(writes["items"].as_array().unwrap().is_empty(), "{writes}");
+    let new = w.app.token("agent", &["K-NEW"]).await;
+    let (s, writes) = w
+        .app
+        .call(Some(&new), Method::GET, "/v1/agent/key-writes", None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{writes}");
+    let items = writes["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{writes}");
+    assert_eq!(items[0]["key_id"], "K-NEW");
+    assert_eq!(
+        items[0]["password"].as_str().unwrap(),
+        w.sim_password(3).await
+    );
+    // Only one rotation: the key got the password Entra holds, no new one was set.
+    assert_eq!(w.history(&id).await.len(), 1);
+}
+
 /// A deleted user's data key is shredded, so the writes their key was still owed can
 /// never be delivered: the deletion says so in the same append, and the history shows
 /// them superseded rather than queued forever.

@@ -52,6 +52,8 @@ pub struct UserState {
     pub signin: super::signin::SignInState,
     /// Refresh-token families of the apps the user signed in to.
     pub refresh: super::refresh::Families,
+    /// The rotation whose password Graph confirmed last: the one a key must hold.
+    pub current_password: Option<RotationId>,
 }
 
 /// A key write as decisions see it.
@@ -118,6 +120,7 @@ pub fn evolve(mut s: UserState, e: &Event) -> UserState {
         Event::UserDeactivated(_) => s.status = Status::Deactivated,
         Event::UserDeleted(_) => s.status = Status::Deleted,
         Event::UserSsoOverrideSet(e) => s.sso_override = e.sso,
+        Event::RotationSucceeded(e) => s.current_password = Some(e.rotation_id),
         Event::AppTokensIssued(_) | Event::AppTokenRefused(_) => s.refresh.evolve(e),
         e => super::signin::evolve(&mut s.signin, e),
     }
@@ -148,8 +151,14 @@ pub enum UserCommand {
     Deactivate,
     /// Import a candidate with these SSO settings (the domain's defaults).
     Import(SsoSettings),
-    /// Assign a hardware key (replacing the one assigned, if any).
-    AssignKey(KeyId),
+    /// Assign a hardware key (replacing the one assigned, if any); `write` is the id of
+    /// the write that brings it the user's current password, if there is one.
+    AssignKey {
+        /// The key.
+        key: KeyId,
+        /// A fresh key write id.
+        write: KeyWriteId,
+    },
     /// Take the hardware key away.
     UnassignKey,
     /// Hand write `write` to an agent serving `keys` (its password leaves the engine).
@@ -430,31 +439,46 @@ pub fn decide(s: &UserState, c: UserCommand) -> Result<Vec<Event>, Rejection> {
         ))),
         (Status::Unknown, _) => Err(Rejection::NotFound("user")),
         (Status::Deleted, _) => Err(Rejection::Conflict("the user was deleted".into())),
-        (_, UserCommand::AssignKey(k)) if k.0.is_empty() || k.0.len() > 128 => {
+        (_, UserCommand::AssignKey { key: k, .. }) if k.0.is_empty() || k.0.len() > 128 => {
             Err(invalid("key_id", "a key id is 1 to 128 characters"))
         }
-        (Status::Candidate, UserCommand::AssignKey(_)) => Err(Rejection::Conflict(
+        (Status::Candidate, UserCommand::AssignKey { .. }) => Err(Rejection::Conflict(
             "a candidate must be imported first".into(),
         )),
-        (_, UserCommand::AssignKey(k)) => Ok(match &s.key_id {
-            Some(current) if *current == k => vec![],
-            Some(current) => {
-                let mut events: Vec<Event> = vec![KeyUnassigned {
-                    key_id: current.clone(),
+        (_, UserCommand::AssignKey { key: k, write }) => {
+            let mut events: Vec<Event> = match &s.key_id {
+                Some(held) if *held == k => return Ok(vec![]),
+                Some(held) => {
+                    let mut events: Vec<Event> = vec![KeyUnassigned {
+                        key_id: held.clone(),
+                    }
+                    .into()];
+                    events.extend(supersede(
+                        s,
+                        SupersedeReason::KeyReassigned {
+                            from: held.clone(),
+                            to: k.clone(),
+                        },
+                    ));
+                    events
                 }
-                .into()];
-                events.extend(supersede(
-                    s,
-                    SupersedeReason::KeyReassigned {
-                        from: current.clone(),
-                        to: k.clone(),
-                    },
-                ));
-                events.push(KeyAssigned { key_id: k }.into());
-                events
+                None => vec![],
+            };
+            events.push(KeyAssigned { key_id: k.clone() }.into());
+            // A new key holds no password yet: it is given the one the engine holds now,
+            // or its user could not sign in with it until the next rotation, days away.
+            if let Some(rotation_id) = s.current_password {
+                events.push(
+                    KeyWriteQueued {
+                        key_write_id: write,
+                        rotation_id,
+                        key_id: k,
+                    }
+                    .into(),
+                );
             }
-            None => vec![KeyAssigned { key_id: k }.into()],
-        }),
+            Ok(events)
+        }
         (_, UserCommand::UnassignKey) => Ok(match &s.key_id {
             None => vec![],
             Some(k) => {
@@ -524,6 +548,13 @@ mod tests {
         .into()
     }
 
+    fn assign(k: &str) -> UserCommand {
+        UserCommand::AssignKey {
+            key: key(k),
+            write: w(99),
+        }
+    }
+
     fn assigned(k: &str) -> Event {
         KeyAssigned { key_id: key(k) }.into()
     }
@@ -573,26 +604,76 @@ mod tests {
     #[test]
     fn a_key_is_assigned_replaced_and_unassigned() {
         given::<UserStream>(&[discovered()])
-            .when(UserCommand::AssignKey(key("K1")))
+            .when(assign("K1"))
             .then_conflict();
         let active = given::<UserStream>(&[discovered(), imported()]);
-        active
-            .when(UserCommand::AssignKey(key("")))
-            .then_invalid("key_id");
-        active
-            .when(UserCommand::AssignKey(key("K1")))
-            .then([assigned("K1")]);
+        active.when(assign("")).then_invalid("key_id");
+        active.when(assign("K1")).then([assigned("K1")]);
         active.when(UserCommand::UnassignKey).then_nothing();
         let holding = given::<UserStream>(&[discovered(), imported(), assigned("K1")]);
+        holding.when(assign("K1")).then_nothing();
         holding
-            .when(UserCommand::AssignKey(key("K1")))
-            .then_nothing();
-        holding
-            .when(UserCommand::AssignKey(key("K2")))
+            .when(assign("K2"))
             .then([KeyUnassigned { key_id: key("K1") }.into(), assigned("K2")]);
         holding
             .when(UserCommand::UnassignKey)
             .then([KeyUnassigned { key_id: key("K1") }.into()]);
+    }
+
+    #[test]
+    fn a_key_assigned_after_a_rotation_is_given_the_current_password() {
+        let rotated = |n| -> Event {
+            RotationSucceeded {
+                rotation_id: RotationId(uuid::Uuid::from_u128(n)),
+            }
+            .into()
+        };
+        let write_of = |n, k: &str| -> Event {
+            KeyWriteQueued {
+                key_write_id: w(99),
+                rotation_id: RotationId(uuid::Uuid::from_u128(n)),
+                key_id: key(k),
+            }
+            .into()
+        };
+        // The key was taken away after two rotations: a new one gets the second's password.
+        let past = [
+            discovered(),
+            imported(),
+            assigned("K1"),
+            rotated(1),
+            queued(1, "K1"),
+            rotated(2),
+            KeyUnassigned { key_id: key("K1") }.into(),
+        ];
+        given::<UserStream>(&past)
+            .when(assign("K2"))
+            .then([assigned("K2"), write_of(2, "K2")]);
+        // Replaced while a write is owed: the old key's is superseded, the new key's queued.
+        let holding = [
+            discovered(),
+            imported(),
+            assigned("K1"),
+            rotated(1),
+            queued(1, "K1"),
+        ];
+        given::<UserStream>(&holding).when(assign("K2")).then([
+            KeyUnassigned { key_id: key("K1") }.into(),
+            KeyWriteSuperseded {
+                key_write_id: w(1),
+                reason: SupersedeReason::KeyReassigned {
+                    from: key("K1"),
+                    to: key("K2"),
+                },
+            }
+            .into(),
+            assigned("K2"),
+            write_of(1, "K2"),
+        ]);
+        // The same key again changes nothing.
+        given::<UserStream>(&holding)
+            .when(assign("K1"))
+            .then_nothing();
     }
 
     #[test]
@@ -626,7 +707,7 @@ mod tests {
             from: key("K1"),
             to: key("K2"),
         };
-        user.when(UserCommand::AssignKey(key("K2"))).then([
+        user.when(assign("K2")).then([
             KeyUnassigned { key_id: key("K1") }.into(),
             superseded(2, &moved),
             superseded(3, &moved),

@@ -612,6 +612,27 @@ impl RotationService {
         }))
     }
 
+    /// Records, once per process, that `o` was found open: the last process (or an
+    /// attempt whose outcome could not be recorded) may have had a request in flight.
+    /// Answers whether it recorded that now.
+    async fn note_resumed(&self, id: RotationId, o: &OpenView) -> Result<bool, RotationError> {
+        if Self::lock(&self.inner.recovered).contains(&id) {
+            return Ok(false);
+        }
+        let events = on_resume(&o.state);
+        let actor = Actor::Scheduler(o.domain);
+        self.append(
+            &StreamId::user(o.user),
+            ExpectedVersion::Any,
+            &actor,
+            id,
+            events,
+        )
+        .await?;
+        Self::lock(&self.inner.recovered).insert(id);
+        Ok(true)
+    }
+
     async fn drive_inner(
         &self,
         id: RotationId,
@@ -624,6 +645,9 @@ impl RotationService {
                 let Some(o) = self.open_rotation(id)? else {
                     return Ok(());
                 };
+                // On record before waiting for the domain's turn: until it is, reveal and
+                // the rules take the attempt the last process may have sent for unsent.
+                self.note_resumed(id, &o).await?;
                 let permit = self
                     .limit(o.domain, o.max)
                     .acquire_owned()
@@ -639,12 +663,7 @@ impl RotationService {
             };
             let stream = StreamId::user(o.user);
             let actor = Actor::Scheduler(o.domain);
-            if !Self::lock(&self.inner.recovered).contains(&id) {
-                // Found open at start: the last process may have had an attempt in flight.
-                let events = on_resume(&o.state);
-                self.append(&stream, ExpectedVersion::Any, &actor, id, events)
-                    .await?;
-                Self::lock(&self.inner.recovered).insert(id);
+            if self.note_resumed(id, &o).await? {
                 continue;
             }
             let pw = match password.take() {

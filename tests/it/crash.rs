@@ -639,3 +639,117 @@ async fn a_run_interrupted_by_a_crash_is_closed_on_restart() {
     assert_eq!(r["status"], "failed", "{r}");
     assert_eq!(r["error"], "interrupted by a restart", "{r}");
 }
+
+/// Rotations found open at start are on record as interrupted at once, not when their
+/// domain's turn comes (one at a time here): until then reveal and the rules would take
+/// the attempt the dead process sent for one never sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotations_found_open_are_recorded_interrupted_before_their_turn() {
+    use reqwest::Method;
+    use serde_json::json;
+    let (sim, sim_state) = graphsim::spawn(
+        idledger::client::contoso::directory().unwrap(),
+        graphsim::SimConfig::default(),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let env = [("IDLEDGER_GRAPH_TIMEOUT_SECS", "30")];
+    let mut first = Serve::start_with(&data, None, &env).await;
+    let a = user_with_key(&first, &sim, "c0a80000-0000-4000-8000-000000000003").await;
+    let users = first.call(Method::GET, "/v1/users?limit=1000", None).await;
+    let b_view = users["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["external_id"] == "c0a80000-0000-4000-8000-000000000004")
+        .unwrap()
+        .clone();
+    let b = b_view["id"].as_str().unwrap().to_owned();
+    let domain = b_view["domain_id"].as_str().unwrap().to_owned();
+    first
+        .call(
+            Method::PUT,
+            &format!("/v1/users/{b}/key"),
+            Some(json!({"key_id": "K-0004"})),
+        )
+        .await;
+    first
+        .call(
+            Method::PATCH,
+            &format!("/v1/domains/{domain}"),
+            Some(json!({"max_concurrent_rotations": 1})),
+        )
+        .await;
+    // Graph holds both PATCHes; the process dies with both rotations open.
+    add_fault(
+        &sim,
+        json!({"method": "PATCH", "path_prefix": "/v1.0/users", "delay_ms": 20000, "count": 2}),
+    )
+    .await;
+    for user in [&a, &b] {
+        let r = first
+            .call(Method::POST, &format!("/v1/users/{user}/rotate"), None)
+            .await;
+        assert!(r["rotation_id"].is_string(), "{r}");
+    }
+    let patches = || {
+        sim_state
+            .lock()
+            .requests
+            .iter()
+            .filter(|r| r.method == "PATCH")
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while patches() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the PATCHes never reached graphsim"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+
+    // The next process's first attempt is held for long: the other waits for its turn,
+    // and is on record as interrupted well before that turn comes.
+    add_fault(
+        &sim,
+        json!({"method": "PATCH", "path_prefix": "/v1.0/users", "delay_ms": 8000, "count": 1}),
+    )
+    .await;
+    let mut second = Serve::start_with(&data, None, &env).await;
+    let started = Instant::now();
+    let interrupted = |events: &serde_json::Value| {
+        events["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "RotationInterrupted")
+    };
+    loop {
+        let mut both = true;
+        for user in [&a, &b] {
+            let events = second
+                .call(Method::GET, &format!("/v1/users/{user}/events"), None)
+                .await;
+            both &= interrupted(&events);
+        }
+        if both {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "a rotation found open waits for its turn to be on record"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Both end with the password Graph holds.
+    history_settled(&second, &a, 1).await;
+    history_settled(&second, &b, 1).await;
+    second.child.kill().unwrap();
+    second.child.wait().unwrap();
+}

@@ -656,6 +656,9 @@ impl RotationService {
                 (None, Some(permit))
             }
         };
+        // Graph's throttling answers in a row, and the wait it last asked for.
+        let mut throttled = 0u32;
+        let mut wait_asked = None;
         loop {
             engine.settle().await?;
             let Some(o) = self.open_rotation(id)? else {
@@ -715,6 +718,18 @@ impl RotationService {
             crash_point("after_graph");
             let result = match answer {
                 Ok(()) => AttemptResult::Set,
+                Err(e) if e.error.is_throttled() && !e.maybe_applied => {
+                    throttled += 1;
+                    wait_asked = e.error.retry_after();
+                    AttemptResult::Throttled {
+                        code: e.error.code(),
+                        error: crate::graph::clipped(
+                            &e.error.to_string(),
+                            crate::graph::MAX_RECORDED_ERROR,
+                        ),
+                        tries: throttled,
+                    }
+                }
                 // Graph's words are a peer's: bounded, so the attempt can always be recorded.
                 Err(e) if e.error.is_definite() && !e.maybe_applied => AttemptResult::Refused {
                     code: e.error.code(),
@@ -731,6 +746,19 @@ impl RotationService {
                 },
             };
             let step = after_attempt(&o.open, result, self.inner.config.max_attempts);
+            if let NextStep::Wait { error } = &step {
+                // Nothing of the attempt landed, so nothing to record: as Graph asked (or
+                // doubling, when it did not say), the same password again.
+                let base = self.inner.config.retry_delay;
+                let wait = wait_asked
+                    .unwrap_or(base * 2u32.saturating_pow(throttled.min(6)))
+                    .max(base)
+                    .min(MAX_THROTTLE_WAIT);
+                tracing::info!(rotation = %id.0, ?wait, %error, "throttled by Graph: the same password after the wait");
+                password = Some(pw);
+                tokio::time::sleep(wait).await;
+                continue;
+            }
             // Decided on the user's stream as it is at the append: the writes still owed and
             // the key held *now* (an admin may have moved the key while Graph was asked).
             let write_id = KeyWriteId(uuid::Uuid::now_v7());
@@ -773,6 +801,10 @@ impl RotationService {
         }
     }
 }
+
+/// The longest wait for Graph's throttling within one drive of a rotation: a longer
+/// `Retry-After` is cut to this (the next try is throttled again if it was too soon).
+const MAX_THROTTLE_WAIT: Duration = Duration::from_secs(15 * 60);
 
 /// What driving an open rotation needs to know.
 struct OpenView {

@@ -105,8 +105,19 @@ pub enum AttemptResult {
         /// What it said.
         error: String,
     },
-    /// No answer, a 5xx, or throttling past the client's retries; or a refusal after a
-    /// request of the same attempt got no answer: it may or may not be set.
+    /// Graph throttled the attempt (429) and no request of it may have landed: nothing
+    /// happened, and Graph asked for a wait. `tries`: such answers in a row for this
+    /// rotation, this one included.
+    Throttled {
+        /// Graph's error code.
+        code: Option<String>,
+        /// What it said.
+        error: String,
+        /// Throttled answers in a row.
+        tries: u32,
+    },
+    /// No answer, or a 5xx; or a refusal or throttling after a request of the same
+    /// attempt got no answer: it may or may not be set.
     Unknown {
         /// What happened.
         error: String,
@@ -130,6 +141,12 @@ pub enum NextStep {
         /// The attempt that failed (1-based).
         attempt: u32,
         /// What happened.
+        error: String,
+    },
+    /// Record nothing (nothing of the attempt landed) and send the same password again
+    /// after the wait Graph asked for.
+    Wait {
+        /// What Graph said.
         error: String,
     },
     /// Give up for now with the outcome unknown: the candidate is kept (reveal names it),
@@ -163,6 +180,14 @@ pub fn after_attempt(open: &OpenRotation, result: AttemptResult, max_attempts: u
             code.as_deref().unwrap_or("no code")
         )),
         AttemptResult::Unknown { error } => unknown(error),
+        // Throttling is Graph's "not now", not an unknown outcome: no uncertainty window
+        // opens, and only a throttle that does not end counts as a refusal.
+        AttemptResult::Throttled { error, tries, .. } if tries < max_attempts => {
+            NextStep::Wait { error }
+        }
+        AttemptResult::Throttled { code, error, .. } => {
+            after_attempt(open, AttemptResult::Refused { code, error }, max_attempts)
+        }
     }
 }
 
@@ -477,6 +502,7 @@ pub fn events_after(
             error: error.clone(),
         }
         .into()],
+        NextStep::Wait { .. } => vec![],
         NextStep::GiveUp { error } => vec![RotationFailed {
             rotation_id,
             retryable: true,
@@ -715,6 +741,30 @@ mod tests {
                 error: "503".into()
             }
         );
+    }
+
+    #[test]
+    fn throttling_waits_records_nothing_and_ends_only_as_a_refusal_would() {
+        let throttled = |tries| AttemptResult::Throttled {
+            code: Some("TooManyRequests".into()),
+            error: "429".into(),
+            tries,
+        };
+        let wait = NextStep::Wait {
+            error: "429".into(),
+        };
+        assert_eq!(after_attempt(&open(0, false), throttled(1), 3), wait);
+        assert_eq!(after_attempt(&open(1, true), throttled(2), 3), wait);
+        assert!(events_after(&wait, &open(0, false), &[], None).is_empty());
+        // Throttled without end: a refusal, definite only while nothing may have landed.
+        assert!(matches!(
+            after_attempt(&open(0, false), throttled(3), 3),
+            NextStep::Fail { code: Some(c), .. } if c == "TooManyRequests"
+        ));
+        assert!(matches!(
+            after_attempt(&open(1, true), throttled(3), 3),
+            NextStep::Retry { attempt: 2, .. }
+        ));
     }
 
     const P: Protocol = Protocol {

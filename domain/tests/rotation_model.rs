@@ -1,6 +1,6 @@
 //! A model test of the rotation protocol: the engine's decisions (`domain::rotation`) run
-//! against a Graph that may apply, refuse or drop a request, lose its answer, hold it and
-//! apply it late, with the engine crashing at any step. After every step Entra ID's
+//! against a Graph that may apply, refuse, throttle or drop a request, lose its answer,
+//! hold it and apply it late, with the engine crashing at any step. After every step Entra ID's
 //! password must be the engine's current password or its named unconfirmed candidate,
 //! except while a request for the very rotation in flight has landed and its answer is
 //! not in yet.
@@ -53,10 +53,14 @@ impl Rules {
         match result {
             AttemptResult::Set => NextStep::Succeed,
             AttemptResult::Refused { code, error } => NextStep::Fail { code, error },
-            AttemptResult::Unknown { error } if attempt < PROTOCOL.max_attempts => {
+            AttemptResult::Unknown { error } | AttemptResult::Throttled { error, .. }
+                if attempt < PROTOCOL.max_attempts =>
+            {
                 NextStep::Retry { attempt, error }
             }
-            AttemptResult::Unknown { error } => NextStep::GiveUp { error },
+            AttemptResult::Unknown { error } | AttemptResult::Throttled { error, .. } => {
+                NextStep::GiveUp { error }
+            }
         }
     }
 
@@ -97,6 +101,8 @@ enum Act {
     Apply,
     Refuse,
     Drop,
+    /// A 429: turned away without acting.
+    Throttle,
 }
 
 /// One step of the world.
@@ -123,7 +129,12 @@ enum Step {
 }
 
 fn step() -> impl Strategy<Value = Step> {
-    let act = prop_oneof![Just(Act::Apply), Just(Act::Refuse), Just(Act::Drop)];
+    let act = prop_oneof![
+        Just(Act::Apply),
+        Just(Act::Refuse),
+        Just(Act::Drop),
+        Just(Act::Throttle)
+    ];
     prop_oneof![
         2 => Just(Step::Ask),
         3 => any::<bool>().prop_map(|due| Step::Tick { due }),
@@ -148,6 +159,8 @@ struct Request {
 struct Driving {
     rotation: RotationId,
     awaiting: Option<u64>,
+    /// Throttled answers in a row.
+    throttled: u32,
 }
 
 /// The world: the engine's log and memory, Graph, and the clock.
@@ -218,6 +231,7 @@ impl World {
         self.driving = Some(Driving {
             rotation: id,
             awaiting: None,
+            throttled: 0,
         });
     }
 
@@ -263,6 +277,12 @@ impl World {
                 .into()],
                 true,
             ),
+            NextStep::Wait { .. } => {
+                if let Some(d) = self.driving.as_mut() {
+                    d.throttled += 1;
+                }
+                (vec![], false)
+            }
         };
         self.append(events);
         if done {
@@ -282,7 +302,13 @@ impl World {
                 .as_ref()
                 .is_some_and(|d| d.awaiting == Some(r.id) && d.rotation == r.rotation);
         if awaited && !answer_lost {
+            let tries = self.driving.as_ref().map_or(0, |d| d.throttled) + 1;
             self.answer(match act {
+                Act::Throttle => AttemptResult::Throttled {
+                    code: Some("TooManyRequests".into()),
+                    error: "429".into(),
+                    tries,
+                },
                 Act::Apply => AttemptResult::Set,
                 Act::Refuse => AttemptResult::Refused {
                     code: Some("Request_BadRequest".into()),
@@ -319,6 +345,7 @@ impl World {
                         self.driving = Some(Driving {
                             rotation: id,
                             awaiting: None,
+                            throttled: 0,
                         })
                     }
                     Next::Reassert => self.begin(RotationReason::Reassert),

@@ -222,6 +222,7 @@ fn api_error(status: StatusCode, body: &[u8], request_id: Option<String>) -> Gra
         code: clipped(&code, 200),
         message: clipped(err["message"].as_str().unwrap_or(""), 1000),
         request_id: request_id.map(|r| clipped(&r, 100)),
+        retry_after: None,
     }
 }
 
@@ -530,7 +531,10 @@ impl GraphClient {
             let bytes = body_of(resp, MAX_ERROR_BODY_BYTES)
                 .await
                 .unwrap_or_default();
-            let err = api_error(status, &bytes, request_id.clone());
+            let mut err = api_error(status, &bytes, request_id.clone());
+            if let GraphError::Api { retry_after, .. } = &mut err {
+                *retry_after = wait;
+            }
             if let Some(u) = uncertain.as_deref_mut() {
                 if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
                     *u = true;

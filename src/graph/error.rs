@@ -24,6 +24,8 @@ pub enum GraphError {
         message: String,
         /// Graph's `request-id`, for support.
         request_id: Option<String>,
+        /// How long Graph asked the caller to wait (`Retry-After`), when it said.
+        retry_after: Option<std::time::Duration>,
     },
     /// The stored delta link expired (410, `syncStateNotFound`, `resyncRequired`): start a full round.
     #[error("the delta token expired; a full round is needed")]
@@ -72,6 +74,19 @@ impl GraphError {
     pub fn status(&self) -> Option<u16> {
         match self {
             GraphError::Api { status, .. } | GraphError::Token { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// Graph throttled the request (429): it turned it away without acting on it.
+    pub fn is_throttled(&self) -> bool {
+        self.status() == Some(429)
+    }
+
+    /// How long Graph asked to wait before the next request, when it said.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            GraphError::Api { retry_after, .. } => *retry_after,
             _ => None,
         }
     }

@@ -257,6 +257,59 @@ async fn a_503_storm_is_retried_with_the_same_password() {
     );
 }
 
+/// Throttling past the client's own retries is Graph's "not now", not an unknown outcome:
+/// the same password goes again after the wait Graph asked for, nothing is recorded as
+/// uncertain, and a new rotation may follow at once (no uncertainty window).
+#[tokio::test]
+async fn throttling_past_the_clients_retries_waits_and_opens_no_uncertainty() {
+    let w = rotating_world(json!({})).await;
+    let id = w.assign_key(2, "K-0002").await;
+    // Six 429s: every try of the Graph client's first call.
+    w.sim(
+        Method::POST,
+        "/_sim/faults",
+        Some(
+            json!({"method": "PATCH", "path_prefix": "/v1.0/users", "status": 429,
+                    "retry_after": 0.1, "count": 6}),
+        ),
+    )
+    .await;
+    w.rotate(&id).await;
+    let h = w.rotations_settled(&id, 1).await;
+    assert_eq!(h[0]["outcome"], "succeeded", "{h:?}");
+    assert_eq!(h[0]["retries"], 0, "{h:?}");
+    let kinds = w.kinds(&id).await;
+    assert!(!kinds.iter().any(|k| k == "RotationRetried"), "{kinds:?}");
+    assert_eq!(
+        w.reveal(&id).await["password"].as_str().unwrap(),
+        w.sim_password(2).await
+    );
+    let (s, body) = w
+        .admin(Method::POST, &format!("/v1/users/{id}/rotate"), None)
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{body}");
+    assert!(body["rotation_id"].is_string(), "deferred: {body}");
+
+    // Throttled without end: a refusal (nothing landed), and the password stays.
+    w.rotations_settled(&id, 2).await;
+    let before = w.sim_password(2).await;
+    w.sim(
+        Method::POST,
+        "/_sim/faults",
+        Some(
+            json!({"method": "PATCH", "path_prefix": "/v1.0/users", "status": 429,
+                    "retry_after": 0.05, "count": 100}),
+        ),
+    )
+    .await;
+    w.rotate(&id).await;
+    let h = w.rotations_settled(&id, 3).await;
+    assert_eq!(h[2]["outcome"], "failed", "{h:?}");
+    assert_eq!(h[2]["graph_code"], "TooManyRequests", "{h:?}");
+    assert_eq!(w.sim_password(2).await, before);
+    assert_eq!(w.reveal(&id).await["password"].as_str().unwrap(), before);
+}
+
 #[tokio::test]
 async fn refusals_are_not_retried_and_keep_the_previous_password() {
     let w = rotating_world(json!({})).await;

@@ -29,8 +29,9 @@ use futures_util::stream::{self, StreamExt};
 use idledger_domain::decide::Rejection;
 use idledger_domain::events::*;
 use idledger_domain::rotation::{
-    after_attempt, check_rotatable, events_after, next, on_resume, request_manual, AttemptResult,
-    ManualRotation, Next, NextStep, PasswordState, Protocol, RotationFacts,
+    after_attempt, check_rotatable, events_after, in_federated_domain, next, on_resume,
+    request_manual, AttemptResult, ManualRotation, Next, NextStep, PasswordState, Protocol,
+    RotationFacts,
 };
 use idledger_domain::{
     Actor, DomainId, Event, KeyWriteId, RotationId, RotationReason, StreamId, UserId,
@@ -189,6 +190,9 @@ pub fn facts(p: &Projections, u: &UserView) -> RotationFacts {
         in_sync_group: u.in_sync_group,
         in_rotation_group: u.in_rotation_group,
         has_key: u.key_id.is_some(),
+        federated: d.is_some_and(|d| {
+            in_federated_domain(&u.attributes.user_principal_name, &d.federated_domains)
+        }),
         pending: u.password.in_flight().is_some(),
         needs_attention: u.password.open.as_ref().is_some_and(|o| o.gave_up),
         last_success: u.password.last_success,
@@ -257,7 +261,7 @@ impl RotationService {
             return Next::Idle;
         }
         let f = facts(p, u);
-        let may_rotate = f.active && f.has_key;
+        let may_rotate = f.active && f.has_key && !f.federated;
         let wanted = u.password.wanted(f.due_at(now)).filter(|_| may_rotate);
         next(&u.password, wanted, now, &self.inner.config.protocol())
     }
@@ -418,7 +422,8 @@ impl RotationService {
         user: UserId,
     ) -> Result<&'p UserView, RotationError> {
         let u = p.users.get(user).ok_or_else(|| not_found("user"))?;
-        check_rotatable(u.status.decided(), u.key_id.is_some(), &u.password)?;
+        let f = facts(p, u);
+        check_rotatable(u.status.decided(), f.has_key, f.federated, &u.password)?;
         p.domains
             .get(u.domain_id)
             .ok_or_else(|| not_found("domain"))?;

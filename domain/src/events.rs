@@ -150,6 +150,15 @@ pub struct SyncQuarantineApproved {
     pub run_id: SyncRunId,
 }
 
+/// The tenant's federated domains changed to these names (lower case, sorted): their
+/// users' passwords live with the federation's identity provider, and Graph cannot set
+/// them, so those users are not rotated.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct FederatedDomainsSeen {
+    /// The federated domains' names.
+    pub names: Vec<String>,
+}
+
 /// A run's delta rounds ended with these links; the next run starts from them.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct DeltaCheckpointed {
@@ -920,4 +929,6 @@ event_catalogue! {
     AppTokensIssued = "AppTokensIssued", schema 2, User;
     /// See [`AppTokenRefused`].
     AppTokenRefused = "AppTokenRefused", schema 1, User;
+    /// See [`FederatedDomainsSeen`].
+    FederatedDomainsSeen = "FederatedDomainsSeen", schema 1, Domain;
 }

@@ -29,6 +29,8 @@ pub struct RotationFacts {
     pub in_rotation_group: bool,
     /// A hardware key is assigned.
     pub has_key: bool,
+    /// The user's domain is federated: Graph cannot set the password.
+    pub federated: bool,
     /// A rotation is in flight.
     pub pending: bool,
     /// The last rotation's outcome is unknown: an admin looks first.
@@ -52,6 +54,7 @@ impl RotationFacts {
             && self.in_sync_group
             && self.in_rotation_group
             && self.has_key
+            && !self.federated
             && self.every_days.is_some()
     }
 
@@ -90,6 +93,16 @@ impl RotationFacts {
             .filter(|(t, _)| *t <= now)
             .map(|(_, reason)| reason)
     }
+}
+
+/// Whether `upn` belongs to one of the tenant's federated domains (`federated`: lower
+/// case, sorted), whose passwords Graph cannot set.
+pub fn in_federated_domain(upn: &str, federated: &[String]) -> bool {
+    upn.rsplit_once('@').is_some_and(|(_, domain)| {
+        federated
+            .binary_search(&domain.to_ascii_lowercase())
+            .is_ok()
+    })
 }
 
 /// What one attempt to set the password in Graph came to.
@@ -515,7 +528,12 @@ pub fn events_after(
 
 /// Whether a rotation with a new password may be started for a user at all: active, with
 /// a hardware key (the password would reach no one otherwise), no rotation in flight.
-pub fn check_rotatable(status: Status, has_key: bool, s: &PasswordState) -> Result<(), Rejection> {
+pub fn check_rotatable(
+    status: Status,
+    has_key: bool,
+    federated: bool,
+    s: &PasswordState,
+) -> Result<(), Rejection> {
     match status {
         Status::Active => {}
         Status::Unknown | Status::Deleted => return Err(Rejection::NotFound("user")),
@@ -533,6 +551,11 @@ pub fn check_rotatable(status: Status, has_key: bool, s: &PasswordState) -> Resu
     if !has_key {
         return Err(Rejection::Conflict(
             "the user has no key: the new password would reach no one".into(),
+        ));
+    }
+    if federated {
+        return Err(Rejection::Conflict(
+            "the user's domain is federated: its passwords are kept by the federation's identity provider, and Graph cannot set them".into(),
         ));
     }
     if s.in_flight().is_some() {
@@ -573,6 +596,7 @@ mod tests {
             in_sync_group: true,
             in_rotation_group: true,
             has_key: true,
+            federated: false,
             pending: false,
             needs_attention: false,
             last_success: None,

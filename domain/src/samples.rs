@@ -434,6 +434,10 @@ pub fn sample_event(index: usize, s: &SampleSeed) -> Option<Event> {
             at: at(s.number),
         }
         .into(),
+        &"FederatedDomainsSeen" => FederatedDomainsSeen {
+            names: vec![format!("{}.example", s.number), text],
+        }
+        .into(),
         other => panic!("sample_event does not cover kind {other}"),
     };
     Some(e)

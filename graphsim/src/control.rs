@@ -312,3 +312,42 @@ pub async fn stats(State(sim): State<Sim>) -> Response {
     }))
     .into_response()
 }
+
+/// `PUT /_sim/domains/{name}` body.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DomainPut {
+    authentication_type: String,
+}
+
+/// Adds a verified domain to the tenant, or changes how its users authenticate
+/// (`Managed`, or `Federated`: their passwords live with the federation's provider).
+pub async fn put_domain(
+    State(sim): State<Sim>,
+    Path(name): Path<String>,
+    Json(d): Json<DomainPut>,
+) -> Response {
+    if !matches!(d.authentication_type.as_str(), "Managed" | "Federated") {
+        return graph_error(
+            StatusCode::BAD_REQUEST,
+            "Request_BadRequest",
+            "authenticationType is Managed or Federated.",
+        );
+    }
+    let mut inner = sim.lock();
+    match inner
+        .dir
+        .domains
+        .iter_mut()
+        .find(|e| e.id.eq_ignore_ascii_case(&name))
+    {
+        Some(e) => e.authentication_type = d.authentication_type,
+        None => inner.dir.domains.push(crate::tenant::DomainEntry {
+            id: name,
+            authentication_type: d.authentication_type,
+            is_default: false,
+            is_initial: false,
+        }),
+    }
+    StatusCode::NO_CONTENT.into_response()
+}

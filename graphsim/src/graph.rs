@@ -522,6 +522,23 @@ pub async fn patch_user(
                 );
             }
         }
+        // A federated domain's users sign in at the federation's provider, which keeps
+        // their passwords: Entra ID has none to set.
+        let federated = user
+            .user_principal_name
+            .rsplit_once('@')
+            .is_some_and(|(_, domain)| {
+                inner.dir.domains.iter().any(|d| {
+                    d.id.eq_ignore_ascii_case(domain) && d.authentication_type == "Federated"
+                })
+            });
+        if federated {
+            return graph_error(
+                StatusCode::BAD_REQUEST,
+                "Request_BadRequest",
+                "The password of a user of a federated domain cannot be set in Azure Active Directory.",
+            );
+        }
         if password_problem(&password).is_some() {
             return graph_error(
                 StatusCode::BAD_REQUEST,

@@ -64,6 +64,10 @@ pub fn router(sim: Sim) -> Router {
             axum::routing::patch(control::patch_user).delete(control::delete_user),
         )
         .route("/_sim/users/{id}/password", get(control::password))
+        .route(
+            "/_sim/domains/{name}",
+            axum::routing::put(control::put_domain),
+        )
         .route("/_sim/password-log", get(control::password_log))
         .route("/_sim/link-host", axum::routing::put(control::link_host))
         .route(

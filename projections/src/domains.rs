@@ -97,6 +97,8 @@ pub struct DomainView {
     /// Workstation passwordless logon certificates, newest last; all but the one in force
     /// are retired.
     pub workstation_certificates: Vec<WorkstationCertificateView>,
+    /// The tenant's federated domains (lower case, sorted), as the last sync saw them.
+    pub federated_domains: Vec<String>,
 }
 
 /// A workstation passwordless logon certificate of a domain.
@@ -277,6 +279,7 @@ impl Domains {
                     updated_at: at,
                     version: env.version,
                     workstation_certificates: Vec::new(),
+                    federated_domains: Vec::new(),
                 },
             );
             return;
@@ -342,6 +345,7 @@ impl Domains {
                 d.sync_group_id = Some(e.sync_group_id.clone());
                 d.rotation_group_id = Some(e.rotation_group_id.clone());
             }
+            Event::FederatedDomainsSeen(e) => d.federated_domains = e.names.clone(),
             Event::DeltaCheckpointed(e) => {
                 d.delta_links = Some((e.groups_delta_link.clone(), e.users_delta_link.clone()))
             }

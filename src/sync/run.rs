@@ -26,6 +26,9 @@ use std::sync::Arc;
 
 /// Appends in flight at once: enough to fill the log's group commits.
 const APPEND_CONCURRENCY: usize = 256;
+/// Federated domains a run records at most: a tenant has up to 5,000 domains, and the
+/// event must stay well inside one record.
+const MAX_FEDERATED_DOMAINS: usize = 2_000;
 /// Ids per filtered `users/delta` request (Graph's limit).
 const IDS_PER_REQUEST: usize = 50;
 /// Filtered `users/delta` requests in flight at once.
@@ -491,6 +494,37 @@ impl<'a> SyncRun<'a> {
         Ok((observed, (groups.delta_link, users.delta_link)))
     }
 
+    /// The tenant's federated domains, lower case and sorted; `None` when Graph did not
+    /// say, and then rotation keeps what it knew (the run goes on: users are what it is
+    /// for). Names that are no domain name are dropped: they could match no user.
+    async fn federated_domains(&self) -> Option<Vec<String>> {
+        let domains = match self.client.domains().await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(domain = %self.domain.name, error = %e, "the tenant's domains could not be read; federated domains as last seen");
+                return None;
+            }
+        };
+        let mut names: Vec<String> = domains
+            .into_iter()
+            .filter(|d| {
+                d.authentication_type
+                    .as_deref()
+                    .is_some_and(|t| t.eq_ignore_ascii_case("Federated"))
+            })
+            .map(|d| d.id.to_ascii_lowercase())
+            .filter(|n| {
+                (1..=253).contains(&n.len())
+                    && n.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+            })
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names.truncate(MAX_FEDERATED_DOMAINS);
+        Some(names)
+    }
+
     /// Runs to the end. The run's `SyncRunStarted` is already appended.
     pub async fn execute(self) -> Result<RunReport, SyncError> {
         let groups = self.groups().await?;
@@ -625,8 +659,16 @@ impl<'a> SyncRun<'a> {
                 .await?;
             drop(applied);
         }
+        let federated = if self.dry_run {
+            None
+        } else {
+            self.federated_domains().await
+        };
         let mut domain_events: Vec<Event> = Vec::new();
         if !self.dry_run {
+            if let Some(names) = federated.filter(|n| *n != self.domain.federated_domains) {
+                domain_events.push(FederatedDomainsSeen { names }.into());
+            }
             if groups.changed {
                 domain_events.push(
                     SyncGroupsResolved {

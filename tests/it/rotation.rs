@@ -936,3 +936,94 @@ async fn a_user_no_longer_due_when_their_turn_comes_is_not_rotated() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert!(w.history(&ids[waiting]).await.is_empty());
 }
+
+/// Users of a federated domain keep their passwords with the federation's identity
+/// provider, and Graph cannot set them: they are never rotated, on schedule or by hand.
+/// Sync records the tenant's federated domains when they change, both ways.
+#[tokio::test]
+async fn users_of_a_federated_domain_are_not_rotated() {
+    let w = rotating_world(json!({"auto_password_change_days": 30})).await;
+    let megan = "c0a80000-0000-4000-8000-0000000fed01";
+    w.sim(
+        Method::PUT,
+        "/_sim/domains/fabrikam.com",
+        Some(json!({"authenticationType": "Federated"})),
+    )
+    .await;
+    w.sim(
+        Method::POST,
+        "/_sim/users",
+        Some(
+            json!({"id": megan, "userPrincipalName": "Megan.Bowen@Fabrikam.com",
+                    "displayName": "Megan Bowen"}),
+        ),
+    )
+    .await;
+    for group in [crate::support::SYNC, "a1b2c3d4-0000-4000-8000-000000000002"] {
+        w.sim(
+            Method::POST,
+            &format!("/_sim/groups/{group}/members/{megan}"),
+            None,
+        )
+        .await;
+    }
+    let head = w.head().await;
+    w.sync().await;
+    w.sync().await;
+    let seen = w
+        .events_after(head)
+        .await
+        .into_iter()
+        .filter(|(_, k)| k == "FederatedDomainsSeen")
+        .count();
+    assert_eq!(seen, 1, "recorded when it changes, not every run");
+    let id = w
+        .users("")
+        .await
+        .into_iter()
+        .find(|u| u["external_id"] == megan)
+        .expect("Megan synced")["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (s, body) = w
+        .admin(
+            Method::PUT,
+            &format!("/v1/users/{id}/key"),
+            Some(json!({"key_id": "K-FED"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    // A managed user with a key is rotated on schedule meanwhile; Megan is not.
+    let alex = w.assign_key(2, "K-0002").await;
+    w.rotations_settled(&alex, 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(w.history(&id).await.is_empty());
+    let (s, body) = w
+        .admin(Method::POST, &format!("/v1/users/{id}/rotate"), None)
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("federated"),
+        "{body}"
+    );
+    let (s, up) = w
+        .admin(Method::GET, "/v1/rotations/upcoming?within_days=31", None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(!up.to_string().contains(&id), "{up}");
+
+    // The domain becomes managed: the next sync says so, and Megan is rotated.
+    w.sim(
+        Method::PUT,
+        "/_sim/domains/fabrikam.com",
+        Some(json!({"authenticationType": "Managed"})),
+    )
+    .await;
+    w.sync().await;
+    let h = w.rotations_settled(&id, 1).await;
+    assert_eq!(h[0]["outcome"], "succeeded", "{h:?}");
+}

@@ -23,7 +23,7 @@ const KINDS = ["DomainRegistered", "DomainSettingsChanged", "DomainCredentialsSe
   "PasskeyRemoved", "TotpEnrolled", "TotpRemoved", "SignInSucceeded", "SignInFailed",
   "SignInLocked", "WorkstationCertificateIssued", "WorkstationCertificateRetired",
   "AppRegistered", "AppChanged", "AppSecretRotated", "AppRemoved", "SigningKeyAdded",
-  "SigningKeyRetired", "AppTokensIssued", "AppTokenRefused"];
+  "SigningKeyRetired", "AppTokensIssued", "AppTokenRefused", "FederatedDomainsSeen"];
 
 /// Calls the API; answers the parsed body, or throws an Error with the API's message.
 async function api(method, path, payload) {

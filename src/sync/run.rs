@@ -151,6 +151,9 @@ pub struct SyncRun<'a> {
     run_id: SyncRunId,
     dry_run: bool,
     known: HashMap<String, KnownUser>,
+    /// Entra ids of the domain's users the engine deleted and knows no newer user of:
+    /// one enabled again (or restored) in Entra comes back as a new user.
+    gone: HashSet<String>,
 }
 
 impl<'a> SyncRun<'a> {
@@ -174,6 +177,12 @@ impl<'a> SyncRun<'a> {
             .of_domain(domain.id)
             .filter(|u| u.status != UserStatus::Deleted)
             .map(|u| (u.external_id.clone(), known_of(&p, u)))
+            .collect::<HashMap<_, _>>();
+        let gone = p
+            .users
+            .of_domain(domain.id)
+            .filter(|u| u.status == UserStatus::Deleted && !known.contains_key(&u.external_id))
+            .map(|u| u.external_id.clone())
             .collect();
         Ok(SyncRun {
             engine,
@@ -182,6 +191,7 @@ impl<'a> SyncRun<'a> {
             run_id,
             dry_run,
             known,
+            gone,
         })
     }
 
@@ -397,6 +407,9 @@ impl<'a> SyncRun<'a> {
             .await?;
         let mut observed: HashMap<String, Observed> = HashMap::new();
         let mut rotation_unknown: HashSet<String> = HashSet::new();
+        // Users who came back without a member change (see `gone`): whether they are
+        // still in the sync group is asked below.
+        let mut membership_unknown: HashSet<String> = HashSet::new();
         let base = |ext: &str, rotation_unknown: &mut HashSet<String>| match self.known.get(ext) {
             Some(k) => Observed {
                 // Deleted in Entra stays deleted until Graph shows the user again (a
@@ -438,7 +451,13 @@ impl<'a> SyncRun<'a> {
                 UserChange::Upsert(u) => {
                     let before = self.known.get(&u.id).map(|k| &k.known.attributes);
                     if before.is_none() && !observed.contains_key(&u.id) {
-                        continue; // not a member: the tenant's other users are not ours
+                        // Deleted here while disabled (or deleted in Entra), and now
+                        // enabled (or restored) there: a member all along, maybe.
+                        if self.gone.contains(&u.id) && u.account_enabled == Some(true) {
+                            membership_unknown.insert(u.id.clone());
+                        } else {
+                            continue; // not a member: the tenant's other users are not ours
+                        }
                     }
                     let id = u.id.clone();
                     let attrs = attributes_of(u, before);
@@ -457,6 +476,21 @@ impl<'a> SyncRun<'a> {
                         o.exists = false;
                         o.member = false;
                     }
+                }
+            }
+        }
+        membership_unknown.retain(|ext| observed.get(ext).is_some_and(|o| o.exists));
+        if !membership_unknown.is_empty() {
+            let members: HashSet<String> = self
+                .client
+                .group_members(&g.sync, "id")
+                .await?
+                .into_iter()
+                .map(|u| u.id)
+                .collect();
+            for ext in membership_unknown {
+                if let Some(o) = observed.get_mut(&ext) {
+                    o.member = members.contains(&ext);
                 }
             }
         }

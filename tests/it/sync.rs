@@ -1311,3 +1311,49 @@ async fn candidates_runs_outcomes_domains_and_timelines_page() {
         .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
 }
+
+/// Under *delete*, a user disabled in Entra is deleted here; enabled again, they never left
+/// the sync group, so no member change will say so: the delta round that shows them
+/// enabled asks Graph whether they are a member, and they come back as a new user.
+#[tokio::test]
+async fn a_user_deleted_while_disabled_comes_back_when_enabled_again() {
+    let w = world(json!({"removal_behavior": "delete", "auto_import": true})).await;
+    w.sync().await;
+    let first = w.user(8).await.unwrap()["id"].as_str().unwrap().to_owned();
+    let path = format!("/_sim/users/{}", ext(8));
+    let set_enabled = |on: bool| w.sim(Method::PATCH, &path, Some(json!({"accountEnabled": on})));
+    set_enabled(false).await;
+    let run = w.sync().await;
+    assert_eq!(run["full"], false, "{run}");
+    assert!(w.user(8).await.is_none(), "deleted while disabled");
+    // Another user's change alone brings back no one.
+    w.sim(
+        Method::PATCH,
+        &format!("/_sim/users/{}", ext(9)),
+        Some(json!({"displayName": "Renamed Person"})),
+    )
+    .await;
+    w.sync().await;
+    assert!(w.user(8).await.is_none());
+    set_enabled(true).await;
+    let run = w.sync().await;
+    assert_eq!(run["full"], false, "{run}");
+    let back = w
+        .user(8)
+        .await
+        .expect("enabled again: back in a delta round");
+    assert_ne!(back["id"].as_str().unwrap(), first, "a new user");
+    assert_eq!(back["status"], "active", "{back}");
+    assert_eq!(back["account_enabled"], true);
+    assert_eq!(back["in_sync_group"], true);
+
+    // A deleted user enabled again outside the sync group stays out.
+    w.leave(8).await;
+    w.sync().await;
+    assert!(w.user(8).await.is_none());
+    set_enabled(false).await;
+    w.sync().await;
+    set_enabled(true).await;
+    w.sync().await;
+    assert!(w.user(8).await.is_none(), "not a member: not ours");
+}

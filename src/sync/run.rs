@@ -677,21 +677,21 @@ impl<'a> SyncRun<'a> {
         }
         let actor = Actor::Sync(domain_id);
         if !self.dry_run {
-            let applied: Vec<()> = stream::iter(plans)
+            // What was held is what the appends held: an admin's change meanwhile (an
+            // import) may make a removal of a plan that had none, and it is held too.
+            let applied: Vec<Option<UserId>> = stream::iter(plans)
                 .map(
                     |Pending {
                          ext,
                          known: k,
                          plan,
-                     }| {
-                        let hold = quarantined && plan.is_destructive();
-                        self.apply_user(ext, k, plan, hold)
-                    },
+                     }| self.apply_user(ext, k, plan, quarantined),
                 )
                 .buffer_unordered(APPEND_CONCURRENCY)
                 .try_collect()
                 .await?;
-            drop(applied);
+            held = applied.into_iter().flatten().collect();
+            held.sort_unstable();
         }
         let federated = if self.dry_run {
             None
@@ -759,28 +759,31 @@ impl<'a> SyncRun<'a> {
         })
     }
 
-    /// Appends one user's plan; on a concurrent change (an admin acted meanwhile) plans
-    /// again on the fresh state, with the same observation.
+    /// Appends one user's plan, holding back its removal in a `quarantined` run; on a
+    /// concurrent change (an admin acted meanwhile) plans again on the fresh state, with
+    /// the same observation. Answers the user when a removal was held back.
     async fn apply_user(
         &self,
         ext: String,
         mut known: Option<(UserId, u64)>,
         mut plan: UserPlan,
-        hold: bool,
-    ) -> Result<(), SyncError> {
+        quarantined: bool,
+    ) -> Result<Option<UserId>, SyncError> {
         let actor = Actor::Sync(self.domain.id);
         for _ in 0..3 {
             let (user_id, expected) = match (known, plan.events.first()) {
                 (Some((id, v)), _) => (id, ExpectedVersion::Exact(v)),
                 (None, Some(Event::UserDiscovered(d))) => (d.user_id, ExpectedVersion::NoStream),
-                _ => return Ok(()),
+                _ => return Ok(None),
             };
+            let hold = quarantined && plan.is_destructive();
+            let held = hold.then_some(user_id);
             let mut events = plan.events.clone();
             if !hold {
                 events.extend(plan.removal.clone());
             }
             if events.is_empty() {
-                return Ok(());
+                return Ok(held);
             }
             let deletes = events.iter().any(|e| matches!(e, Event::UserDeleted(_)));
             let stream = StreamId::user(user_id);
@@ -798,7 +801,7 @@ impl<'a> SyncRun<'a> {
                     if deletes {
                         self.engine.keyring.shred(&stream)?;
                     }
-                    return Ok(());
+                    return Ok(held);
                 }
                 Err(AppendError::WrongExpectedVersion { .. }) => {
                     self.engine.settle().await?;
@@ -808,7 +811,7 @@ impl<'a> SyncRun<'a> {
                             .by_external(self.domain.id, &ext)
                             .map(|u| known_of(&p, u))
                     };
-                    let Some(fresh) = fresh else { return Ok(()) };
+                    let Some(fresh) = fresh else { return Ok(None) };
                     // Replan the same observation against the fresh state: only the
                     // difference still to record.
                     let seen = observation_of(&plan, &fresh.known);

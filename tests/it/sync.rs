@@ -1357,3 +1357,95 @@ async fn a_user_deleted_while_disabled_comes_back_when_enabled_again() {
     w.sync().await;
     assert!(w.user(8).await.is_none(), "not a member: not ours");
 }
+
+/// An admin imports a candidate while a run that will be quarantined reads Graph: the
+/// run's append meets the import, plans again, and now has a removal to make. It is held
+/// back with the others, never applied past the guard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removal_made_by_an_import_during_a_quarantined_run_is_held_too() {
+    let w = world(json!({"removal_behavior": "delete", "deletion_threshold": 3})).await;
+    w.sync().await;
+    let w = &w;
+    let id = |n| async move { w.user(n).await.unwrap()["id"].as_str().unwrap().to_owned() };
+    let path = format!("/v1/domains/{}/import", w.domain);
+    let import = |ids: Vec<String>| w.admin(Method::POST, &path, Some(json!({ "user_ids": ids })));
+    let mut active = Vec::new();
+    for n in 1..=4 {
+        active.push(id(n).await);
+    }
+    let (s, body) = import(active).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let candidate = id(5).await;
+    for n in 1..=5 {
+        w.leave(n).await;
+    }
+    let deltas = || async {
+        let all: Value = w
+            .sim_http
+            .get(format!("{}/_sim/requests", w.sim))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        all.as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["path"].as_str().unwrap_or("").contains("groups/delta"))
+            .count()
+    };
+    let before = deltas().await;
+    w.sim(
+        Method::POST,
+        "/_sim/faults",
+        Some(json!({"method": "GET", "path_prefix": "/v1.0/groups/delta", "delay_ms": 1500, "count": 1})),
+    )
+    .await;
+    let (s, started) = w
+        .admin(
+            Method::POST,
+            &format!("/v1/domains/{}/sync", w.domain),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{started}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while deltas().await == before {
+        assert!(Instant::now() < deadline, "the run never read groups/delta");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The run has its picture of the engine; Graph holds its read.
+    let (s, body) = import(vec![candidate.clone()]).await;
+    assert_eq!(
+        (s, &body["imported"]),
+        (StatusCode::OK, &json!(1)),
+        "{body}"
+    );
+    let run = started["run_id"].as_str().unwrap();
+    let run = loop {
+        let (_, r) = w
+            .admin(
+                Method::GET,
+                &format!("/v1/domains/{}/sync-runs/{run}", w.domain),
+                None,
+            )
+            .await;
+        if r["status"] != "running" {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "{r}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(run["status"], "quarantined", "{run}");
+    let u = w.user(5).await.expect("not deleted past the guard");
+    assert_eq!(u["status"], "active", "{u}");
+    let held: Vec<&str> = run["held_removals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(held.contains(&candidate.as_str()), "{run}");
+    assert_eq!(run["held_removals_total"], 5, "{run}");
+}

@@ -1063,7 +1063,7 @@ async fn entra_callback(
                 user,
                 SignInCommand::SignIn {
                     proof: Proof::EntraFailed(failure),
-                    app: None,
+                    app: waiting_app_name(&ctx, &flow),
                     at: chrono::Utc::now(),
                 },
             )
@@ -1320,7 +1320,7 @@ async fn signin_passkey(
                 credential_id,
                 verified,
             },
-            app: None,
+            app: waiting_app_name(&ctx, &flow),
             at: chrono::Utc::now(),
         },
     )
@@ -1366,6 +1366,17 @@ async fn second_factor_page(State(ctx): State<Ctx>, headers: HeaderMap) -> Respo
         None,
         origin.as_deref(),
     )
+}
+
+/// The name of the app whose authorization request waits for this flow's sign-in, as the
+/// sign-in's event records it (`None`: the user's own page).
+fn waiting_app_name(ctx: &Ctx, flow: &str) -> Option<String> {
+    let app = ctx
+        .store
+        .with_stored_flow(flow, |f| f.authorize.as_ref().map(|a| a.app_id()))
+        .flatten()?;
+    let p = ctx.app.engine.projector.read();
+    p.provider.app(app).map(|a| a.name.clone())
 }
 
 /// The origin of the app whose authorization request waits for this flow's sign-in.
@@ -1436,7 +1447,7 @@ async fn signin_totp(
                 code: form.code,
                 seed,
             },
-            app: None,
+            app: waiting_app_name(&ctx, &flow),
             at: chrono::Utc::now(),
         },
     )
@@ -1517,7 +1528,7 @@ async fn second_passkey(
                 credential_id,
                 verified,
             },
-            app: None,
+            app: waiting_app_name(&ctx, &flow),
             at: chrono::Utc::now(),
         },
     )

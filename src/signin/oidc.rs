@@ -75,6 +75,11 @@ impl AuthRequest {
     pub fn app_origin(&self) -> Option<String> {
         origin_of(&self.redirect_uri)
     }
+
+    /// The app asking.
+    pub fn app_id(&self) -> AppId {
+        self.app
+    }
 }
 
 struct CodeGrant {

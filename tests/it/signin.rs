@@ -829,6 +829,20 @@ async fn a_user_enrols_a_passkey_from_an_invite_and_signs_in_with_it_in_chromium
         landed.contains("code=") && landed.contains("state=s1"),
         "{landed}"
     );
+    // The sign-in is on record as one for the app, and the user's page says so.
+    let (_, events) = w
+        .admin(Method::GET, &format!("/v1/users/{alex}/events"), None)
+        .await;
+    let last = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|e| e["kind"] == "SignInSucceeded")
+        .unwrap();
+    assert_eq!(last["payload"]["app"], "Payroll", "{last}");
+    b.goto(&format!("{}/me", w.app.public)).await;
+    b.wait_text("main", "Payroll").await;
 }
 
 #[tokio::test]

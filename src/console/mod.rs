@@ -310,6 +310,6 @@ async fn sign_out(
                 .append(header::SET_COOKIE, session_cookie(&state, "", Some(0)));
             response
         }
-        _ => (StatusCode::FORBIDDEN, "CSRF token missing or wrong\n").into_response(),
+        _ => (StatusCode::FORBIDDEN, pages::stale_form()).into_response(),
     }
 }

@@ -95,6 +95,15 @@ fn signed_out(main: &str) -> Html<String> {
     ))
 }
 
+/// A form that came without this session's CSRF token (another site's, or a page older
+/// than the session): nothing was done, and the admin is told what to do.
+pub(super) fn stale_form() -> Html<String> {
+    signed_out(
+        r#"<p class="error" role="alert">This form did not come from your current console page, so nothing was done.</p>
+<p><a href="/console">Back to the console</a>: reload the page and try again.</p>"#,
+    )
+}
+
 /// The sign-in page; `pre` ties the form to this browser.
 pub(super) fn sign_in(pre: &str, error: Option<&str>) -> Html<String> {
     let error = error

@@ -1662,7 +1662,7 @@ async fn me_form(
     let form = match form {
         Ok(Form(f)) if same_secret(&f.csrf, &session.csrf) => f,
         _ => {
-            return (StatusCode::FORBIDDEN, "CSRF token missing or wrong\n").into_response();
+            return pages::stale_form();
         }
     };
     match decide(ctx, session.user, command(&form)).await {
@@ -1759,6 +1759,6 @@ async fn sign_out(
             );
             r
         }
-        _ => (StatusCode::FORBIDDEN, "CSRF token missing or wrong\n").into_response(),
+        _ => pages::stale_form(),
     }
 }

@@ -1361,7 +1361,7 @@ async fn confirm_end_session(
     };
     if let Some((cookie, session)) = signed_in(&ctx, &headers) {
         if !same_secret(&csrf, &session.csrf) {
-            return (StatusCode::FORBIDDEN, "CSRF token missing or wrong\n").into_response();
+            return super::pages::stale_form();
         }
         ctx.store.close(&cookie);
     }

@@ -76,6 +76,16 @@ pub fn problem(status: StatusCode, title: &str, message: &str) -> Response {
     )
 }
 
+/// A form that came without the session's CSRF token (another site's, or a page older
+/// than the session): nothing was done.
+pub fn stale_form() -> Response {
+    problem(
+        StatusCode::FORBIDDEN,
+        "Nothing was done",
+        "This form did not come from your current idledger page. Reload the page and try again.",
+    )
+}
+
 /// Asks a signed-in user whether to sign out, for a sign-out request that did not come
 /// with proof it was the user's own (an ID token of this very session).
 pub fn confirm_sign_out(

@@ -411,6 +411,12 @@ async fn a_session_stands_for_its_token_and_commands_need_its_csrf_token() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     assert!(r.headers().get("set-cookie").is_none());
+    // A page that says so, for the admin who submitted an old page's form.
+    let page = r.text().await.unwrap();
+    assert!(
+        page.contains("role=\"alert\"") && page.contains("nothing was done"),
+        "{page}"
+    );
     let r = http
         .get(format!("{base}/v1/domains"))
         .header("cookie", &session)

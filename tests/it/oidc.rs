@@ -1081,8 +1081,12 @@ async fn a_live_session_signs_in_again_when_asked_and_is_asked_before_a_sign_out
     ];
     let mut forged = carried.to_vec();
     forged.push(("csrf", "not-the-token"));
-    let (s, _, _) = browser.post_form(&end, &forged).await;
+    let (s, refused, _) = browser.post_form(&end, &forged).await;
     assert_eq!(s, StatusCode::FORBIDDEN);
+    assert!(
+        refused.contains("role=\"alert\"") && refused.contains("Nothing was done"),
+        "{refused}"
+    );
     let (s, _, _) = browser.get(&format!("{}/me", w.app.public)).await;
     assert_eq!(s, StatusCode::OK, "a forged confirmation ends nothing");
     let csrf = csrf_of(&page);

@@ -396,10 +396,11 @@ impl Domains {
                 d.quarantined_run = Some(e.run_id);
                 if let Some(r) = self.runs.get_mut(&e.run_id) {
                     r.status = SyncRunStatus::Quarantined;
-                    // In id order, so the API can page them.
-                    let mut held = e.held_removals.clone();
-                    held.sort_unstable();
-                    r.held_removals = held;
+                    // A run's removals come in parts (one event each); in id order, so
+                    // the API can page them.
+                    r.held_removals.extend(e.held_removals.iter().copied());
+                    r.held_removals.sort_unstable();
+                    r.held_removals.dedup();
                 }
             }
             Event::SyncQuarantineApproved(e) => {

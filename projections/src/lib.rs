@@ -511,6 +511,46 @@ mod tests {
     }
 
     #[test]
+    fn a_quarantine_recorded_in_parts_holds_every_part() {
+        let domain = DomainId(uuid::Uuid::from_u128(2));
+        let run = idledger_domain::SyncRunId(uuid::Uuid::from_u128(3));
+        let id = |n| UserId(uuid::Uuid::from_u128(n));
+        let part = |held: Vec<UserId>| -> Event {
+            SyncQuarantined {
+                run_id: run,
+                held_removals: held,
+                domain_users: 10,
+            }
+            .into()
+        };
+        let log = on(
+            &StreamId::domain(domain),
+            0,
+            vec![
+                DomainRegistered {
+                    domain_id: domain,
+                    name: "contoso.com".into(),
+                    settings: Default::default(),
+                }
+                .into(),
+                SyncRunStarted {
+                    run_id: run,
+                    trigger: idledger_domain::SyncTrigger::Manual,
+                    dry_run: false,
+                    full: true,
+                }
+                .into(),
+                part(vec![id(9), id(4)]),
+                part(vec![id(7), id(1)]),
+            ],
+        );
+        let p = folded(&log);
+        let r = p.domains.run(run).unwrap();
+        assert_eq!(r.held_removals, vec![id(1), id(4), id(7), id(9)]);
+        assert_eq!(p.domains.get(domain).unwrap().quarantined_run, Some(run));
+    }
+
+    #[test]
     fn a_rotation_and_its_key_write_move_together() {
         let rotation = RotationId(uuid::Uuid::from_u128(7));
         let write = KeyWriteId(uuid::Uuid::from_u128(8));

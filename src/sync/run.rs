@@ -29,6 +29,8 @@ const APPEND_CONCURRENCY: usize = 256;
 /// Federated domains a run records at most: a tenant has up to 5,000 domains, and the
 /// event must stay well inside one record.
 const MAX_FEDERATED_DOMAINS: usize = 2_000;
+/// Held removals per `SyncQuarantined` event (16 bytes each: a quarter of a record).
+const MAX_HELD_PER_EVENT: usize = 16_384;
 /// Ids per filtered `users/delta` request (Graph's limit).
 const IDS_PER_REQUEST: usize = 50;
 /// Filtered `users/delta` requests in flight at once.
@@ -713,14 +715,23 @@ impl<'a> SyncRun<'a> {
                 );
             }
             if quarantined {
-                domain_events.push(
-                    SyncQuarantined {
-                        run_id: self.run_id,
-                        held_removals: held,
-                        domain_users: self.known.len() as u32,
-                    }
-                    .into(),
-                );
+                // In parts: a mass removal's ids (the guard's very case) would not fit in
+                // one record, and the run's removals would be lost with its append.
+                let parts: Vec<&[UserId]> = if held.is_empty() {
+                    vec![&[]]
+                } else {
+                    held.chunks(MAX_HELD_PER_EVENT).collect()
+                };
+                for part in parts {
+                    domain_events.push(
+                        SyncQuarantined {
+                            run_id: self.run_id,
+                            held_removals: part.to_vec(),
+                            domain_users: self.known.len() as u32,
+                        }
+                        .into(),
+                    );
+                }
             }
             domain_events.push(
                 DeltaCheckpointed {

@@ -284,9 +284,21 @@ pub fn evolve(mut s: PasswordState, event: &Event, at: DateTime<Utc>) -> Passwor
             } else {
                 // A refused reassert drops a waiting request too: Graph refuses this
                 // user's password, and a new one would be refused the same way.
+                let reassert = s
+                    .open
+                    .as_ref()
+                    .is_some_and(|o| o.reason == RotationReason::Reassert);
                 s.open = None;
                 s.requested = None;
                 s.last_refused_at = Some(at);
+                // A reassert starts only after the window, so nothing sent before it can
+                // still land; it was refused, so it did not land either. What it was for,
+                // overwriting a late landing, a new password does as well: the next one
+                // (after the refusal's wait) is not another reassert, which Graph would
+                // refuse the same way for ever if it refuses this very password.
+                if reassert {
+                    s.last_uncertain_at = None;
+                }
             }
         }
         Event::RotationSucceeded(e) => {
@@ -883,6 +895,37 @@ mod tests {
         s = evolve(s, &started(3), at(130));
         assert_eq!(s.requested, None);
         s = evolve(s, &succeeded(3), at(131));
+        assert_eq!(
+            next(&s, Some(RotationReason::Scheduled), at(131), &P),
+            Next::Start(RotationReason::Scheduled)
+        );
+    }
+
+    #[test]
+    fn a_refused_reassert_is_not_asked_again_before_a_new_password() {
+        let s = given(&[succeeded(1), started(2), interrupted(2), succeeded(2)]);
+        assert_eq!(
+            next(&s, Some(RotationReason::Scheduled), at(122), &P),
+            Next::Reassert
+        );
+        let reassert = crate::events::RotationStarted {
+            rotation_id: rid(3),
+            reason: RotationReason::Reassert,
+            sealed_password: crate::types::SealedSecret {
+                key_id: crate::ids::DataKeyId(uuid::Uuid::from_u128(9)),
+                nonce: [0; 24],
+                ciphertext: vec![1],
+            },
+        };
+        let refused = crate::events::RotationFailed {
+            rotation_id: rid(3),
+            retryable: false,
+            graph_code: Some("Request_BadRequest".into()),
+            error: "refused".into(),
+        };
+        let s = evolve(s, &reassert.into(), at(130));
+        let s = evolve(s, &refused.into(), at(131));
+        assert_eq!(s.current, Some(rid(2)));
         assert_eq!(
             next(&s, Some(RotationReason::Scheduled), at(131), &P),
             Next::Start(RotationReason::Scheduled)

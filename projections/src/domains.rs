@@ -99,6 +99,8 @@ pub struct DomainView {
     pub workstation_certificates: Vec<WorkstationCertificateView>,
     /// The tenant's federated domains (lower case, sorted), as the last sync saw them.
     pub federated_domains: Vec<String>,
+    /// When the last full round (not a dry run) completed.
+    pub last_full_at: Option<DateTime<Utc>>,
 }
 
 /// A workstation passwordless logon certificate of a domain.
@@ -120,6 +122,14 @@ pub struct WorkstationCertificateView {
 }
 
 impl DomainView {
+    /// The next run reads everything: there is no delta link to go on from, or the last
+    /// full round is `every` old at `now`. Incremental rounds miss what Graph never
+    /// reports as a change (a member whose user was not yet readable when the change
+    /// came); a full round now and then brings everything back in step.
+    pub fn full_round_due(&self, now: DateTime<Utc>, every: chrono::Duration) -> bool {
+        self.delta_links.is_none() || self.last_full_at.is_none_or(|t| now - t >= every)
+    }
+
     /// The workstation certificate in force.
     pub fn workstation_certificate(&self) -> Option<&WorkstationCertificateView> {
         self.workstation_certificates
@@ -280,6 +290,7 @@ impl Domains {
                     version: env.version,
                     workstation_certificates: Vec::new(),
                     federated_domains: Vec::new(),
+                    last_full_at: None,
                 },
             );
             return;
@@ -377,6 +388,9 @@ impl Domains {
                     r.counters = e.counters;
                     if let Some(full) = e.full {
                         r.full = full;
+                    }
+                    if r.full && !r.dry_run {
+                        d.last_full_at = Some(at);
                     }
                     r.finished_at = Some(at);
                     if r.status == SyncRunStatus::Running {

@@ -122,6 +122,8 @@ pub struct Config {
     pub public_url: Option<String>,
     /// Hours an invite's enrolment link works.
     pub invite_ttl_hours: u32,
+    /// Hours after a domain's last full sync round when the next run is a full one again.
+    pub sync_full_round_hours: u32,
     /// Minutes a user's sign-in session lasts without a request.
     pub signin_idle_minutes: u64,
     /// Seconds an OpenID Connect authorization code may be exchanged.
@@ -173,6 +175,7 @@ impl Config {
     pub fn sync(&self) -> Result<SyncConfig, Error> {
         let mut c = SyncConfig::default();
         c.retry.request_timeout = self.graph_timeout();
+        c.full_round_every = Duration::from_secs(u64::from(self.sync_full_round_hours) * 3600);
         if let Some(path) = &self.graph_ca_bundle {
             c.trust = GraphTrust::with_pem_file(path)
                 .map_err(|e| Error::Other(format!("graph_ca_bundle: {e}")))?;
@@ -236,6 +239,9 @@ impl Config {
         }
         if !(1..=1440).contains(&self.signin_idle_minutes) {
             return Err(Error::Other("signin_idle_minutes: 1 to 1440".into()));
+        }
+        if !(1..=8760).contains(&self.sync_full_round_hours) {
+            return Err(Error::Other("sync_full_round_hours: 1 to 8760".into()));
         }
         if !(1..=720).contains(&self.invite_ttl_hours) {
             return Err(Error::Other("invite_ttl_hours: 1 to 720".into()));
@@ -325,6 +331,7 @@ impl Default for Config {
             console_idle_minutes: 30,
             public_url: None,
             invite_ttl_hours: 72,
+            sync_full_round_hours: 24,
             signin_idle_minutes: 30,
             oidc_code_ttl_secs: 60,
             oidc_token_ttl_secs: 900,
@@ -442,6 +449,9 @@ impl Config {
         }
         if let Some(v) = env_setting("IDLEDGER_INVITE_TTL_HOURS", "a number of hours")? {
             c.invite_ttl_hours = v;
+        }
+        if let Some(v) = env_setting("IDLEDGER_SYNC_FULL_ROUND_HOURS", "a number of hours")? {
+            c.sync_full_round_hours = v;
         }
         if let Some(v) = env_setting("IDLEDGER_SIGNIN_IDLE_MINUTES", "a number of minutes")? {
             c.signin_idle_minutes = v;

@@ -95,6 +95,8 @@ pub struct SyncConfig {
     pub trust: GraphTrust,
     /// How often workers are compared with the domains' credentials.
     pub supervise_every: Duration,
+    /// How old the last full round may get before a run reads everything again.
+    pub full_round_every: Duration,
 }
 
 impl Default for SyncConfig {
@@ -103,6 +105,7 @@ impl Default for SyncConfig {
             retry: RetryPolicy::default(),
             trust: GraphTrust::default(),
             supervise_every: Duration::from_secs(1),
+            full_round_every: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -361,10 +364,12 @@ impl SyncService {
             }
         };
         let full = {
+            let every = chrono::Duration::from_std(self.inner.config.full_round_every)
+                .unwrap_or(chrono::Duration::MAX);
             let p = self.inner.engine.projector.read();
             p.domains
                 .get(domain)
-                .is_none_or(|d| d.delta_links.is_none())
+                .is_none_or(|d| d.full_round_due(Utc::now(), every))
         };
         let run_id = SyncRunId(uuid::Uuid::now_v7());
         let position = crate::store::append_correlated(
@@ -389,7 +394,7 @@ impl SyncService {
             let result = tokio::select! {
                 r = async {
                     let _serial = lock.lock().await;
-                    SyncRun::new(&engine, &client, domain, run_id, dry_run).await?.execute().await
+                    SyncRun::new(&engine, &client, domain, run_id, dry_run, full).await?.execute().await
                 } => r,
                 _ = wait_cancelled(cancelled) => Err(SyncError::Cancelled),
             };

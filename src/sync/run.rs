@@ -153,6 +153,8 @@ pub struct SyncRun<'a> {
     run_id: SyncRunId,
     dry_run: bool,
     known: HashMap<String, KnownUser>,
+    /// A full round was decided when the run started (no delta link, or one is due).
+    full: bool,
     /// Entra ids of the domain's users the engine deleted and knows no newer user of:
     /// one enabled again (or restored) in Entra comes back as a new user.
     gone: HashSet<String>,
@@ -166,6 +168,7 @@ impl<'a> SyncRun<'a> {
         domain: DomainId,
         run_id: SyncRunId,
         dry_run: bool,
+        full: bool,
     ) -> Result<SyncRun<'a>, SyncError> {
         engine.settle().await?;
         let p = engine.projector.read();
@@ -193,6 +196,7 @@ impl<'a> SyncRun<'a> {
             run_id,
             dry_run,
             known,
+            full,
             gone,
         })
     }
@@ -567,7 +571,7 @@ impl<'a> SyncRun<'a> {
         // A stored link this client would not follow (saved before links were checked)
         // starts over with a full round instead of failing every run.
         let links = match &self.domain.delta_links {
-            Some((g, u)) if !groups.changed => {
+            Some((g, u)) if !groups.changed && !self.full => {
                 let usable = self.client.is_graph_link(g) && self.client.is_graph_link(u);
                 if !usable {
                     tracing::warn!(domain = %self.domain.name, "stored delta links lead off the Graph host: full round");

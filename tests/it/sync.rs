@@ -1449,3 +1449,27 @@ async fn a_removal_made_by_an_import_during_a_quarantined_run_is_held_too() {
     assert!(held.contains(&candidate.as_str()), "{run}");
     assert_eq!(run["held_removals_total"], 5, "{run}");
 }
+
+/// Incremental rounds see only what Graph reports as a change; once the last full round
+/// is `sync_full_round_hours` old, the next run reads everything again.
+#[tokio::test]
+async fn a_full_round_comes_again_once_the_last_is_old_enough() {
+    let sync = idledger::sync::SyncConfig {
+        full_round_every: Duration::from_millis(1500),
+        ..idledger::sync::SyncConfig::default()
+    };
+    let w = world_in(
+        spawn_app_with(sync).await,
+        sim().await,
+        None,
+        json!({"auto_import": true}),
+    )
+    .await;
+    assert_eq!(w.sync().await["full"], true);
+    assert_eq!(w.sync().await["full"], false);
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let run = w.sync().await;
+    assert_eq!(run["full"], true, "{run}");
+    assert_eq!(run["counters"]["unchanged"], 30, "{run}");
+    assert_eq!(w.sync().await["full"], false);
+}

@@ -1235,6 +1235,22 @@ struct EndSession {
     client_id: Option<String>,
 }
 
+impl EndSession {
+    /// `/end_session?…` with this request's parameters.
+    fn as_query(&self) -> String {
+        let pairs: Vec<String> = [
+            ("id_token_hint", &self.id_token_hint),
+            ("post_logout_redirect_uri", &self.post_logout_redirect_uri),
+            ("state", &self.state),
+            ("client_id", &self.client_id),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| Some(format!("{k}={}", urlencoding::encode(v.as_deref()?))))
+        .collect();
+        format!("/end_session?{}", pairs.join("&"))
+    }
+}
+
 /// Ends sessions at an app's request. The ID token it holds (`id_token_hint`) ends the
 /// session that token came from; the browser's own session ends at once only when it is
 /// that session. Otherwise the user is asked first (RP-Initiated Logout 1.0 §2 requires
@@ -1356,27 +1372,46 @@ async fn confirm_end_session(
             "Start again from the app you were using.",
         );
     };
+    let own = signed_in(&ctx, &headers);
     let Some(csrf) = form.csrf else {
-        return asked_to_end_session(&ctx, &headers, Some(form.request));
-    };
-    if let Some((cookie, session)) = signed_in(&ctx, &headers) {
-        if !same_secret(&csrf, &session.csrf) {
-            return super::pages::stale_form();
+        if own.is_some() {
+            return asked_to_end_session(&ctx, &headers, Some(form.request));
         }
-        ctx.store.close(&cookie);
-    }
+        // Posted from another site: the browser kept its `Lax` session cookie back, so
+        // whether this is the signed-in user's own session cannot be told here. The
+        // same request as a GET, which carries the cookie, asks the user when it must.
+        return Redirect::to(&form.request.as_query()).into_response();
+    };
     let target = LogoutTarget {
         client_id: form.request.client_id,
         post_logout_redirect_uri: form.request.post_logout_redirect_uri,
         state: form.request.state,
     };
+    let Some((cookie, session)) = own else {
+        // No session came with the confirmation: nothing to end, and no cookie is cleared
+        // on the word of a form another site may have posted.
+        return signed_out_leaving_cookies(&ctx, &target);
+    };
+    if !same_secret(&csrf, &session.csrf) {
+        return super::pages::stale_form();
+    }
+    ctx.store.close(&cookie);
     signed_out(&ctx, &target)
 }
 
 /// The browser is signed out: back to the app when it named a registered address, else a
 /// page that says so. The session cookie is cleared either way.
 fn signed_out(ctx: &Ctx, target: &LogoutTarget) -> Response {
-    let mut response = match target.registered(ctx) {
+    let mut response = signed_out_leaving_cookies(ctx, target);
+    let clear = super::set_cookie(ctx, super::user_cookie_name(https(ctx)), "", Some(0));
+    response.headers_mut().append(header::SET_COOKIE, clear);
+    response
+}
+
+/// Where a sign-out ends: back to the app when it named a registered address, else a page
+/// that says the browser is signed out.
+fn signed_out_leaving_cookies(ctx: &Ctx, target: &LogoutTarget) -> Response {
+    match target.registered(ctx) {
         Some(uri) => {
             let mut url = uri;
             if let Some(s) = target.state.as_deref() {
@@ -1386,8 +1421,5 @@ fn signed_out(ctx: &Ctx, target: &LogoutTarget) -> Response {
             Redirect::to(&url).into_response()
         }
         None => super::pages::signed_out(),
-    };
-    let clear = super::set_cookie(ctx, super::user_cookie_name(https(ctx)), "", Some(0));
-    response.headers_mut().append(header::SET_COOKIE, clear);
-    response
+    }
 }

@@ -72,6 +72,10 @@ pub enum RotationError {
     /// The service is shutting down.
     #[error("the rotation service is stopping")]
     Stopping,
+    /// Graph kept throttling the attempt (nothing of it landed): the rotation stays open
+    /// for the scheduler's next look.
+    #[error("Graph keeps throttling: {0}")]
+    Throttled(String),
 }
 
 impl From<crate::store::CommandError> for RotationError {
@@ -261,8 +265,7 @@ impl RotationService {
             return Next::Idle;
         }
         let f = facts(p, u);
-        let may_rotate = f.active && f.has_key && !f.federated;
-        let wanted = u.password.wanted(f.due_at(now)).filter(|_| may_rotate);
+        let wanted = u.password.wanted(f.due_at(now)).filter(|_| f.may_rotate());
         next(&u.password, wanted, now, &self.inner.config.protocol())
     }
 
@@ -275,7 +278,7 @@ impl RotationService {
         now: chrono::DateTime<Utc>,
     ) -> Option<(chrono::DateTime<Utc>, RotationReason)> {
         let f = facts(p, u);
-        let (at, reason) = match u.password.requested.filter(|_| f.active && f.has_key) {
+        let (at, reason) = match u.password.requested.filter(|_| f.may_rotate()) {
             Some(reason) => (now, reason),
             None => f.next_due(now)?,
         };
@@ -727,12 +730,10 @@ impl RotationService {
                     throttled += 1;
                     wait_asked = e.error.retry_after();
                     AttemptResult::Throttled {
-                        code: e.error.code(),
                         error: crate::graph::clipped(
                             &e.error.to_string(),
                             crate::graph::MAX_RECORDED_ERROR,
                         ),
-                        tries: throttled,
                     }
                 }
                 // Graph's words are a peer's: bounded, so the attempt can always be recorded.
@@ -753,7 +754,12 @@ impl RotationService {
             let step = after_attempt(&o.open, result, self.inner.config.max_attempts);
             if let NextStep::Wait { error } = &step {
                 // Nothing of the attempt landed, so nothing to record: as Graph asked (or
-                // doubling, when it did not say), the same password again.
+                // doubling, when it did not say), the same password again; past the
+                // attempts of one drive, at the scheduler's next look (holding no slot
+                // of the domain meanwhile).
+                if throttled >= self.inner.config.max_attempts {
+                    return Err(RotationError::Throttled(error.clone()));
+                }
                 let base = self.inner.config.retry_delay;
                 let wait = wait_asked
                     .unwrap_or(base * 2u32.saturating_pow(throttled.min(6)))

@@ -58,6 +58,12 @@ impl RotationFacts {
             && self.every_days.is_some()
     }
 
+    /// A new password may be set for the user at all (an admin's request is served): the
+    /// schedule's other conditions aside.
+    pub fn may_rotate(&self) -> bool {
+        self.active && self.has_key && !self.federated
+    }
+
     /// When the next scheduled rotation is due, and why, seen at `now` (a user never
     /// rotated is due `now`); `None` when none is scheduled.
     pub fn next_due(&self, now: DateTime<Utc>) -> Option<(DateTime<Utc>, RotationReason)> {
@@ -119,15 +125,10 @@ pub enum AttemptResult {
         error: String,
     },
     /// Graph throttled the attempt (429) and no request of it may have landed: nothing
-    /// happened, and Graph asked for a wait. `tries`: such answers in a row for this
-    /// rotation, this one included.
+    /// happened, and Graph asked for a wait.
     Throttled {
-        /// Graph's error code.
-        code: Option<String>,
         /// What it said.
         error: String,
-        /// Throttled answers in a row.
-        tries: u32,
     },
     /// No answer, or a 5xx; or a refusal or throttling after a request of the same
     /// attempt got no answer: it may or may not be set.
@@ -193,14 +194,10 @@ pub fn after_attempt(open: &OpenRotation, result: AttemptResult, max_attempts: u
             code.as_deref().unwrap_or("no code")
         )),
         AttemptResult::Unknown { error } => unknown(error),
-        // Throttling is Graph's "not now", not an unknown outcome: no uncertainty window
-        // opens, and only a throttle that does not end counts as a refusal.
-        AttemptResult::Throttled { error, tries, .. } if tries < max_attempts => {
-            NextStep::Wait { error }
-        }
-        AttemptResult::Throttled { code, error, .. } => {
-            after_attempt(open, AttemptResult::Refused { code, error }, max_attempts)
-        }
+        // Throttling is Graph's "not now", neither an unknown outcome (no uncertainty
+        // window opens) nor a refusal (nothing about the user or the password is wrong,
+        // and an admin's waiting request stays): however long it lasts, the rotation waits.
+        AttemptResult::Throttled { error } => NextStep::Wait { error },
     }
 }
 
@@ -780,27 +777,16 @@ mod tests {
     }
 
     #[test]
-    fn throttling_waits_records_nothing_and_ends_only_as_a_refusal_would() {
-        let throttled = |tries| AttemptResult::Throttled {
-            code: Some("TooManyRequests".into()),
+    fn throttling_waits_and_records_nothing() {
+        let throttled = AttemptResult::Throttled {
             error: "429".into(),
-            tries,
         };
         let wait = NextStep::Wait {
             error: "429".into(),
         };
-        assert_eq!(after_attempt(&open(0, false), throttled(1), 3), wait);
-        assert_eq!(after_attempt(&open(1, true), throttled(2), 3), wait);
+        assert_eq!(after_attempt(&open(0, false), throttled.clone(), 3), wait);
+        assert_eq!(after_attempt(&open(2, true), throttled, 3), wait);
         assert!(events_after(&wait, &open(0, false), &[], None).is_empty());
-        // Throttled without end: a refusal, definite only while nothing may have landed.
-        assert!(matches!(
-            after_attempt(&open(0, false), throttled(3), 3),
-            NextStep::Fail { code: Some(c), .. } if c == "TooManyRequests"
-        ));
-        assert!(matches!(
-            after_attempt(&open(1, true), throttled(3), 3),
-            NextStep::Retry { attempt: 2, .. }
-        ));
     }
 
     const P: Protocol = Protocol {

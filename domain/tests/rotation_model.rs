@@ -159,8 +159,6 @@ struct Request {
 struct Driving {
     rotation: RotationId,
     awaiting: Option<u64>,
-    /// Throttled answers in a row.
-    throttled: u32,
 }
 
 /// The world: the engine's log and memory, Graph, and the clock.
@@ -231,7 +229,6 @@ impl World {
         self.driving = Some(Driving {
             rotation: id,
             awaiting: None,
-            throttled: 0,
         });
     }
 
@@ -277,12 +274,7 @@ impl World {
                 .into()],
                 true,
             ),
-            NextStep::Wait { .. } => {
-                if let Some(d) = self.driving.as_mut() {
-                    d.throttled += 1;
-                }
-                (vec![], false)
-            }
+            NextStep::Wait { .. } => (vec![], false),
         };
         self.append(events);
         if done {
@@ -302,12 +294,9 @@ impl World {
                 .as_ref()
                 .is_some_and(|d| d.awaiting == Some(r.id) && d.rotation == r.rotation);
         if awaited && !answer_lost {
-            let tries = self.driving.as_ref().map_or(0, |d| d.throttled) + 1;
             self.answer(match act {
                 Act::Throttle => AttemptResult::Throttled {
-                    code: Some("TooManyRequests".into()),
                     error: "429".into(),
-                    tries,
                 },
                 Act::Apply => AttemptResult::Set,
                 Act::Refuse => AttemptResult::Refused {
@@ -345,7 +334,6 @@ impl World {
                         self.driving = Some(Driving {
                             rotation: id,
                             awaiting: None,
-                            throttled: 0,
                         })
                     }
                     Next::Reassert => self.begin(RotationReason::Reassert),

@@ -25,7 +25,9 @@ impl From<RotationError> for ApiError {
             RotationError::NoCredentials(m) => ApiError::Conflict(m),
             RotationError::Append(a) => a.into(),
             RotationError::NotReached(n) => ApiError::Timeout(n.to_string()),
-            RotationError::Stopping => ApiError::Unavailable(e.to_string()),
+            RotationError::Stopping | RotationError::Throttled(_) => {
+                ApiError::Unavailable(e.to_string())
+            }
             RotationError::Secrets(_) => ApiError::Internal(e.to_string()),
         }
     }

@@ -698,6 +698,9 @@ impl<'a> SyncRun<'a> {
                 .await?;
             held = applied.into_iter().flatten().collect();
             held.sort_unstable();
+            for c in &mut changes {
+                c.held = held.binary_search(&c.user_id).is_ok();
+            }
         }
         let federated = if self.dry_run {
             None

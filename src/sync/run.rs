@@ -155,8 +155,9 @@ pub struct SyncRun<'a> {
     known: HashMap<String, KnownUser>,
     /// A full round was decided when the run started (no delta link, or one is due).
     full: bool,
-    /// Entra ids of the domain's users the engine deleted and knows no newer user of:
-    /// one enabled again (or restored) in Entra comes back as a new user.
+    /// Entra ids of the domain's users the engine deleted, disabled or deleted in Entra
+    /// (not for leaving the group), and knows no newer user of: one enabled again (or
+    /// restored) in Entra comes back as a new user.
     gone: HashSet<String>,
 }
 
@@ -183,10 +184,16 @@ impl<'a> SyncRun<'a> {
             .filter(|u| u.status != UserStatus::Deleted)
             .map(|u| (u.external_id.clone(), known_of(&p, u)))
             .collect::<HashMap<_, _>>();
+        // Only those who left without leaving the group: one who left it comes back
+        // through a member change, and needs no look at the group's members.
         let gone = p
             .users
             .of_domain(domain.id)
-            .filter(|u| u.status == UserStatus::Deleted && !known.contains_key(&u.external_id))
+            .filter(|u| {
+                u.status == UserStatus::Deleted
+                    && u.left_reason != Some(LeaveReason::LeftGroup)
+                    && !known.contains_key(&u.external_id)
+            })
             .map(|u| u.external_id.clone())
             .collect();
         Ok(SyncRun {

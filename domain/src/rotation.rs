@@ -104,6 +104,10 @@ impl RotationFacts {
 /// Whether `upn` belongs to one of the tenant's federated domains (`federated`: lower
 /// case, sorted), whose passwords Graph cannot set.
 pub fn in_federated_domain(upn: &str, federated: &[String]) -> bool {
+    // Most tenants have none: no lower-casing of every user's domain at every look.
+    if federated.is_empty() {
+        return false;
+    }
     upn.rsplit_once('@').is_some_and(|(_, domain)| {
         federated
             .binary_search(&domain.to_ascii_lowercase())
@@ -774,6 +778,22 @@ mod tests {
                 error: "503".into()
             }
         );
+    }
+
+    #[test]
+    fn a_federated_domain_is_matched_by_the_principal_names_domain_in_any_case() {
+        let federated = vec!["fabrikam.com".to_owned(), "tailspin.io".to_owned()];
+        assert!(in_federated_domain("Megan@Fabrikam.COM", &federated));
+        assert!(!in_federated_domain("megan@sub.fabrikam.com", &federated));
+        assert!(!in_federated_domain("megan@contoso.com", &federated));
+        assert!(!in_federated_domain("no-at-sign", &federated));
+        assert!(!in_federated_domain("megan@fabrikam.com", &[]));
+        let f = RotationFacts {
+            federated: true,
+            ..facts()
+        };
+        assert!(!f.eligible() && !f.may_rotate());
+        assert_eq!(f.due_at(t(1)), None);
     }
 
     #[test]

@@ -174,6 +174,9 @@ struct Inner {
     /// open: every other open rotation may have had an attempt in flight when the last
     /// process stopped.
     recovered: Mutex<HashSet<RotationId>>,
+    /// Rotations Graph kept throttling, and when the wait it asked for ends: no drive
+    /// sends before then.
+    throttled_until: Mutex<HashMap<RotationId, std::time::Instant>>,
     /// Domains whose due users are being worked through.
     busy: Mutex<HashSet<DomainId>>,
     /// Per domain: the configured limit and its semaphore.
@@ -219,6 +222,7 @@ impl RotationService {
                 config,
                 in_flight: Mutex::new(HashSet::new()),
                 recovered: Mutex::new(HashSet::new()),
+                throttled_until: Mutex::new(HashMap::new()),
                 busy: Mutex::new(HashSet::new()),
                 limits: Mutex::new(HashMap::new()),
             }),
@@ -310,6 +314,12 @@ impl RotationService {
                     Next::Idle | Next::WaitUntil(_) => {}
                 }
             }
+        }
+        {
+            let mut until = Self::lock(&self.inner.throttled_until);
+            let now = std::time::Instant::now();
+            until.retain(|_, t| *t > now);
+            drive.retain(|id| !until.contains_key(id));
         }
         for id in drive {
             let svc = self.clone();
@@ -757,14 +767,19 @@ impl RotationService {
                 // doubling, when it did not say), the same password again; past the
                 // attempts of one drive, at the scheduler's next look (holding no slot
                 // of the domain meanwhile).
-                if throttled >= self.inner.config.max_attempts {
-                    return Err(RotationError::Throttled(error.clone()));
-                }
                 let base = self.inner.config.retry_delay;
                 let wait = wait_asked
                     .unwrap_or(base * 2u32.saturating_pow(throttled.min(6)))
                     .max(base)
                     .min(MAX_THROTTLE_WAIT);
+                if throttled >= self.inner.config.max_attempts {
+                    // The next drive waits what Graph asked too: the scheduler's look
+                    // may come sooner.
+                    Self::lock(&self.inner.throttled_until)
+                        .insert(id, std::time::Instant::now() + wait);
+                    tracing::warn!(rotation = %id.0, ?wait, %error, "Graph keeps throttling: the rotation waits for a later look");
+                    return Err(RotationError::Throttled(error.clone()));
+                }
                 tracing::info!(rotation = %id.0, ?wait, %error, "throttled by Graph: the same password after the wait");
                 password = Some(pw);
                 tokio::time::sleep(wait).await;

@@ -1039,3 +1039,65 @@ async fn users_of_a_federated_domain_are_not_rotated() {
     let h = w.rotations_settled(&id, 1).await;
     assert_eq!(h[0]["outcome"], "succeeded", "{h:?}");
 }
+
+/// A rotation Graph keeps throttling gives way after a drive's attempts, and the next
+/// drive still waits what Graph asked: no PATCH comes sooner than its `Retry-After`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_throttled_for_long_never_asks_sooner_than_graph_said() {
+    // One try per Graph call, and a Retry-After longer than the client waits itself: the
+    // rotation's own waits are all there is.
+    let sync = idledger::sync::SyncConfig {
+        retry: idledger::graph::RetryPolicy {
+            max_attempts: 1,
+            base_delay: Duration::from_millis(10),
+            max_delay: Duration::from_millis(100),
+            request_timeout: Duration::from_secs(5),
+        },
+        ..idledger::sync::SyncConfig::default()
+    };
+    let w = crate::support::world_in(
+        crate::support::spawn_app_with(sync).await,
+        crate::support::sim().await,
+        None,
+        json!({"auto_import": true}),
+    )
+    .await;
+    w.sync().await;
+    let id = w.assign_key(2, "K-0002").await;
+    w.sim(
+        Method::POST,
+        "/_sim/faults",
+        Some(
+            json!({"method": "PATCH", "path_prefix": "/v1.0/users", "status": 429,
+                    "retry_after": 1.0, "count": 6}),
+        ),
+    )
+    .await;
+    w.rotate(&id).await;
+    let h = w.rotations_settled(&id, 1).await;
+    assert_eq!(h[0]["outcome"], "succeeded", "{h:?}");
+    let requests: Value = w
+        .sim_http
+        .get(format!("{}/_sim/requests", w.sim))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let times: Vec<chrono::DateTime<chrono::FixedOffset>> = requests
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["method"] == "PATCH")
+        .map(|r| chrono::DateTime::parse_from_rfc3339(r["time"].as_str().unwrap()).unwrap())
+        .collect();
+    assert_eq!(times.len(), 7, "six throttled, then set");
+    for pair in times.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(
+            gap >= chrono::Duration::milliseconds(900),
+            "a PATCH {gap} after a 429 asking for 1 s"
+        );
+    }
+}

@@ -73,9 +73,14 @@ impl World {
     }
 
     pub(crate) async fn sim_password(&self, n: u32) -> String {
+        self.sim_password_of(&ext(n)).await
+    }
+
+    /// The password graphsim holds for the user with Entra object id `external`.
+    pub(crate) async fn sim_password_of(&self, external: &str) -> String {
         let v: Value = self
             .sim_http
-            .get(format!("{}/_sim/users/{}/password", self.sim, ext(n)))
+            .get(format!("{}/_sim/users/{external}/password", self.sim))
             .send()
             .await
             .unwrap()
@@ -1038,6 +1043,21 @@ async fn users_of_a_federated_domain_are_not_rotated() {
     w.sync().await;
     let h = w.rotations_settled(&id, 1).await;
     assert_eq!(h[0]["outcome"], "succeeded", "{h:?}");
+
+    // Federated again before a sync has seen it: Graph itself refuses the password, and
+    // the engine keeps the one it holds.
+    w.sim(
+        Method::PUT,
+        "/_sim/domains/fabrikam.com",
+        Some(json!({"authenticationType": "Federated"})),
+    )
+    .await;
+    let before = w.sim_password_of(megan).await;
+    w.rotate(&id).await;
+    let h = w.rotations_settled(&id, 2).await;
+    assert_eq!(h[1]["outcome"], "failed", "{h:?}");
+    assert_eq!(h[1]["graph_code"], "Request_BadRequest", "{h:?}");
+    assert_eq!(w.sim_password_of(megan).await, before);
 }
 
 /// A rotation Graph keeps throttling gives way after a drive's attempts, and the next
@@ -1076,18 +1096,9 @@ async fn a_rotation_throttled_for_long_never_asks_sooner_than_graph_said() {
     w.rotate(&id).await;
     let h = w.rotations_settled(&id, 1).await;
     assert_eq!(h[0]["outcome"], "succeeded", "{h:?}");
-    let requests: Value = w
-        .sim_http
-        .get(format!("{}/_sim/requests", w.sim))
-        .send()
+    let times: Vec<chrono::DateTime<chrono::FixedOffset>> = w
+        .sim_requests()
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let times: Vec<chrono::DateTime<chrono::FixedOffset>> = requests
-        .as_array()
-        .unwrap()
         .iter()
         .filter(|r| r["method"] == "PATCH")
         .map(|r| chrono::DateTime::parse_from_rfc3339(r["time"].as_str().unwrap()).unwrap())

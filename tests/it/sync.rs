@@ -1380,17 +1380,8 @@ async fn a_removal_made_by_an_import_during_a_quarantined_run_is_held_too() {
         w.leave(n).await;
     }
     let deltas = || async {
-        let all: Value = w
-            .sim_http
-            .get(format!("{}/_sim/requests", w.sim))
-            .send()
+        w.sim_requests()
             .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        all.as_array()
-            .unwrap()
             .iter()
             .filter(|r| r["path"].as_str().unwrap_or("").contains("groups/delta"))
             .count()

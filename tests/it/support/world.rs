@@ -192,6 +192,18 @@ impl World {
         assert!(r.status().is_success(), "{path}: {}", r.status());
     }
 
+    /// Every request graphsim received, oldest first.
+    pub async fn sim_requests(&self) -> Vec<Value> {
+        self.sim_http
+            .get(format!("{}/_sim/requests", self.sim))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub async fn leave(&self, n: u32) {
         self.sim(
             Method::DELETE,

@@ -201,10 +201,10 @@ async fn follow(args: &BackupArgs, base: &str, token: &str) -> Result<ExitCode, 
     })
     .await?;
     pb.finish_and_clear();
-    println!(
+    outln!(
         "{}",
         serde_json::to_string(&summary).map_err(|e| Error::Other(e.to_string()))?
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -325,7 +325,7 @@ pub async fn backup(args: &BackupArgs) -> Result<ExitCode, Error> {
             m
         }
     };
-    println!(
+    outln!(
         "{}",
         serde_json::json!({
             "backup": args.out.display().to_string(),
@@ -336,7 +336,7 @@ pub async fn backup(args: &BackupArgs) -> Result<ExitCode, Error> {
             "contents_sha256": manifest.contents_sha256,
             "signed_tree_head": manifest.signed_tree_head.is_some(),
         })
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -471,7 +471,7 @@ pub async fn restore(args: &RestoreArgs) -> Result<ExitCode, Error> {
             Some(named)
         }
     };
-    println!(
+    outln!(
         "{}",
         serde_json::to_string(&Restored {
             restored: args.data_dir.display().to_string(),
@@ -484,6 +484,6 @@ pub async fn restore(args: &RestoreArgs) -> Result<ExitCode, Error> {
             signed_tree_head,
         })
         .map_err(|e| Error::Other(e.to_string()))?
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }

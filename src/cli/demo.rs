@@ -148,14 +148,14 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode, Error> {
         by_status
     };
     let ok = report.ok && run["status"] == "succeeded" && keys.confirmed == keys.succeeded;
-    println!("idledger demo");
-    println!("  data dir        {}", dir.display());
-    println!(
+    outln!("idledger demo")?;
+    outln!("  data dir        {}", dir.display())?;
+    outln!(
         "  graph (sim)     {sim_url} (HTTPS; its CA in {})",
         ca_file.display()
-    );
-    println!("  domain          {} ({id})", contoso::DOMAIN);
-    println!(
+    )?;
+    outln!("  domain          {} ({id})", contoso::DOMAIN)?;
+    outln!(
         "  sync run        {} {} (added {}, changed {}, left {}, deleted {})",
         run["run_id"].as_str().unwrap_or_default(),
         run["status"].as_str().unwrap_or_default(),
@@ -163,64 +163,65 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode, Error> {
         run["counters"]["changed"],
         run["counters"]["left"],
         run["counters"]["deleted"],
-    );
-    println!("  imported        {}", imported["imported"]);
-    println!("  keys assigned   {}", keys.assigned);
-    println!(
+    )?;
+    outln!("  imported        {}", imported["imported"])?;
+    outln!("  keys assigned   {}", keys.assigned)?;
+    outln!(
         "  rotations       {} succeeded, {} refused by Graph",
         keys.succeeded,
         keys.refused.len()
-    );
+    )?;
     for (upn, code) in &keys.refused {
-        println!("    refused       {upn}: {code} (a Global Administrator: the app may not reset it; the old password stays)");
+        outln!("    refused       {upn}: {code} (a Global Administrator: the app may not reset it; the old password stays)")?;
     }
-    println!(
+    outln!(
         "  key writes      {} confirmed by the agent",
         keys.confirmed
-    );
+    )?;
     for (status, n) in &by_status {
-        println!("  users {status:<11} {n}");
+        outln!("  users {status:<11} {n}")?;
     }
-    println!("  events appended {}", log.head().position - start);
-    println!(
+    outln!("  events appended {}", log.head().position - start)?;
+    outln!(
         "  chain head      {} @ {}",
-        report.head_hash, report.head_position
-    );
-    println!(
+        report.head_hash,
+        report.head_position
+    )?;
+    outln!(
         "  verify          {}",
         if report.ok { "ok" } else { "FAILED" }
-    );
-    println!();
-    println!("  console         {url}/  (one-time sign-in: {console_link})");
-    println!("  user sign-in    {public}/signin");
+    )?;
+    outln!()?;
+    outln!("  console         {url}/  (one-time sign-in: {console_link})")?;
+    outln!("  user sign-in    {public}/signin")?;
     for i in &invites {
-        println!("  enrol           {} ({}): {}", i.upn, i.method, i.link);
+        outln!("  enrol           {} ({}): {}", i.upn, i.method, i.link)?;
         if let Some(p) = &i.password {
-            println!("                  its Entra ID password in graphsim: {p}");
+            outln!("                  its Entra ID password in graphsim: {p}")?;
         }
     }
-    println!("  API             {url}");
-    println!("  admin token     {}", admin.token);
-    println!();
-    println!(
+    outln!("  API             {url}")?;
+    outln!("  admin token     {}", admin.token)?;
+    outln!()?;
+    outln!(
         "Try: curl -H 'Authorization: Bearer {}' {url}/v1/users?status=active",
         admin.token
-    );
-    println!(
+    )?;
+    outln!(
         "     IDLEDGER_TOKEN={} idledger verify --server {url}",
         admin.token
-    );
+    )?;
     // The auditor's side of provable history: the checkpoint kept between visits.
     if let Ok(key) = crate::notary::key::public_key(&dir) {
-        println!(
+        outln!(
             "     IDLEDGER_TOKEN={} idledger verify --server {url} --checkpoint auditor.checkpoint --public-key '{key}'",
             admin.token
-        );
+        )?;
     }
 
     if !args.once {
-        println!();
-        println!("Serving until Ctrl-C.");
+        outln!()?;
+        outln!("Serving until Ctrl-C.")?;
         let _ = tokio::signal::ctrl_c().await;
     }
     let _ = stop.send(());

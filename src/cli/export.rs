@@ -86,10 +86,10 @@ pub fn export(args: &ExportArgs) -> Result<ExitCode, Error> {
     let written =
         crate::audit::export_file(records_of(&source)?, &query, format, &args.out, cover, tick)?;
     pb.finish_and_clear();
-    println!(
+    outln!(
         "{}",
         serde_json::to_string(&written).map_err(|e| Error::Other(e.to_string()))?
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -113,10 +113,10 @@ pub fn verify_export(args: &VerifyExportArgs) -> Result<ExitCode, Error> {
     let (pb, tick) = bar(last_position(&source), "verify-export");
     let report = crate::audit::verify_export_file(&args.file, records_of(&source)?, key, tick)?;
     pb.finish_and_clear();
-    println!(
+    outln!(
         "{}",
         serde_json::to_string(&report).map_err(|e| Error::Other(e.to_string()))?
-    );
+    )?;
     Ok(if report.ok {
         ExitCode::SUCCESS
     } else {

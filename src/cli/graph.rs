@@ -1,5 +1,6 @@
 //! `idledger graph check`: the arguments and the printing of [`crate::graph::check`].
 
+use crate::error::Error;
 use crate::graph::{GraphSettings, GraphTrust, Secret};
 use clap::Args;
 use idledger_domain::{
@@ -38,7 +39,7 @@ pub struct CheckArgs {
 }
 
 /// Prints the report; exits 1 when anything is missing.
-pub async fn check(args: CheckArgs) -> ExitCode {
+pub async fn check(args: CheckArgs) -> Result<ExitCode, Error> {
     let secret = std::env::var(&args.client_secret_env).unwrap_or_default();
     let settings = GraphSettings {
         authority_url: args.authority_url,
@@ -51,18 +52,15 @@ pub async fn check(args: CheckArgs) -> ExitCode {
         None => GraphTrust::default(),
         Some(path) => match GraphTrust::with_pem_file(path) {
             Ok(t) => t,
-            Err(e) => {
-                eprintln!("error: graph_ca_bundle: {e}");
-                return ExitCode::from(2);
-            }
+            Err(e) => return Err(Error::Other(format!("graph_ca_bundle: {e}"))),
         },
     };
     let report =
         crate::graph::check::check(settings, &trust, &args.sync_group, &args.rotation_group).await;
-    println!("{report}");
-    if report["ok"] == true {
+    outln!("{report}")?;
+    Ok(if report["ok"] == true {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
-    }
+    })
 }

@@ -67,7 +67,7 @@ pub fn verify(dir: &DataDir) -> Result<ExitCode, Error> {
             line
         }
     };
-    println!("{line}");
+    outln!("{line}")?;
     Ok(if line["ok"] == true {
         ExitCode::SUCCESS
     } else {

@@ -1,6 +1,16 @@
 //! The command line: argument types, dispatch, and the printing of each command. Nothing
 //! else in the crate imports this room; the work itself is done by the rooms below it.
 
+/// `println!` for a command's output. A reader that went away (`| head -c0`, a closed
+/// terminal) makes the command fail with one line on stderr and exit 2 instead of a panic;
+/// the macro is defined before the modules so that every command module can use it.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*).map_err($crate::error::Error::from)
+    }};
+}
+
 pub mod backup;
 pub mod bench;
 pub mod demo;
@@ -189,7 +199,9 @@ pub fn run() -> ExitCode {
         Command::Replay(a) => inspect::replay(&a),
         Command::Export(a) => export::export(&a),
         Command::VerifyExport(a) => export::verify_export(&a),
-        Command::Graph(GraphCommand::Check(a)) => runtime().map(|rt| rt.block_on(graph::check(a))),
+        Command::Graph(GraphCommand::Check(a)) => {
+            runtime().and_then(|rt| rt.block_on(graph::check(a)))
+        }
         Command::Bench(b) => bench::run(b),
     };
     match result {

@@ -31,10 +31,10 @@ pub fn server(url: &str) -> Result<Server, Error> {
 }
 
 fn print<T: serde::Serialize>(report: &T, ok: bool) -> Result<ExitCode, Error> {
-    println!(
+    outln!(
         "{}",
         serde_json::to_string(report).map_err(|e| Error::Other(e.to_string()))?
-    );
+    )?;
     Ok(if ok {
         ExitCode::SUCCESS
     } else {
@@ -54,7 +54,7 @@ pub struct LogKeyArgs {
 pub fn log_key(args: &LogKeyArgs) -> Result<ExitCode, Error> {
     let key = crate::notary::key::public_key(&args.data_dir)
         .map_err(|e| Error::Other(format!("{e} (a log gets its key at its first `serve`)")))?;
-    println!("{key}");
+    outln!("{key}")?;
     Ok(ExitCode::SUCCESS)
 }
 

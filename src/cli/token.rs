@@ -34,9 +34,9 @@ pub async fn create(args: TokenCreateArgs) -> Result<ExitCode, Error> {
     let keys = args.key_ids.into_iter().map(KeyId).collect();
     let (id, text, position) =
         crate::server::issue_token(&*log, Actor::Operator, args.role, args.name, keys).await?;
-    println!(
+    outln!(
         "{}",
         serde_json::json!({"id": id, "token": text, "position": position})
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }

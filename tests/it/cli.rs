@@ -52,6 +52,26 @@ fn verify_accepts_an_intact_log() {
     assert_eq!(report["head_hash"].as_str().unwrap().len(), 64);
 }
 
+/// `idledger verify | head -c0`: the reader is gone before the report is written. The
+/// command says so on stderr and exits 2; it does not panic.
+#[test]
+fn a_reader_that_went_away_fails_the_command_without_a_panic() {
+    let dir = filled(20);
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = idledger()
+        .arg("verify")
+        .arg("--data-dir")
+        .arg(dir.path())
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
 #[test]
 fn verify_names_an_altered_record() {
     let dir = filled(120);

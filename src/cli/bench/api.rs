@@ -534,6 +534,6 @@ pub async fn api(args: ApiArgs) -> Result<ExitCode, Error> {
         report["metrics_ratio"] = r3(first.max_rps / off.max_rps).into();
         report["metrics_off"] = off.json();
     }
-    println!("{report}");
+    outln!("{report}")?;
     Ok(ExitCode::SUCCESS)
 }

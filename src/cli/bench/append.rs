@@ -144,7 +144,7 @@ pub async fn append(args: AppendArgs) -> Result<ExitCode, Error> {
             .await?;
     let events_per_s = args.events as f64 / seconds;
     let baseline_events_per_s = records.len() as f64 / baseline;
-    println!(
+    outln!(
         "{}",
         serde_json::json!({
             "bench": "append",
@@ -161,7 +161,7 @@ pub async fn append(args: AppendArgs) -> Result<ExitCode, Error> {
             "metrics": args.metrics,
             "signed_tree_size": signed,
         })
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -282,6 +282,6 @@ async fn both(args: &AppendArgs, what: &str) -> Result<ExitCode, Error> {
     report[format!("{what}_off_events_per_s")] = off.round().into();
     report[format!("{what}_on_events_per_s")] = on.round().into();
     report[format!("{what}_ratio")] = round3(on / off).into();
-    println!("{report}");
+    outln!("{report}")?;
     Ok(ExitCode::SUCCESS)
 }

@@ -258,7 +258,7 @@ pub async fn console(args: ConsoleArgs) -> Result<ExitCode, Error> {
             }),
         );
     }
-    println!(
+    outln!(
         "{}",
         serde_json::json!({
             "bench": "console",
@@ -268,6 +268,6 @@ pub async fn console(args: ConsoleArgs) -> Result<ExitCode, Error> {
             "worst_request_p99_ms": (worst_request_p99 * 1000.0).round() / 1000.0,
             "pages": report,
         })
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }

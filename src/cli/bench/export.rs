@@ -147,7 +147,7 @@ pub async fn run(args: ExportBenchArgs) -> Result<ExitCode, Error> {
         serde_json::from_slice(&std::fs::read(dir.join("bench-export.csv.manifest.json"))?)
             .map_err(|e| Error::Other(e.to_string()))?;
     let rows = manifest["rows"].as_u64().unwrap_or(0);
-    println!(
+    outln!(
         "{}",
         serde_json::json!({
             "bench": "export",
@@ -159,7 +159,7 @@ pub async fn run(args: ExportBenchArgs) -> Result<ExitCode, Error> {
             "verify_rows_per_s": rows as f64 / verify_s,
             "verified": verified,
         })
-    );
+    )?;
     if args.data_dir.is_none() {
         let _ = std::fs::remove_dir_all(&dir);
     }

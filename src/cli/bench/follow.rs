@@ -224,9 +224,9 @@ pub async fn follow(args: FollowArgs) -> Result<ExitCode, Error> {
         copy_position: summary.position,
         copy_at_head: behind == 0,
     };
-    println!(
+    outln!(
         "{}",
         serde_json::to_string(&report).map_err(|e| Error::Other(e.to_string()))?
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }

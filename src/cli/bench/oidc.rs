@@ -370,7 +370,7 @@ pub async fn oidc(args: OidcArgs) -> Result<ExitCode, Error> {
     times.sort_by(|a, b| a.total_cmp(b));
     refresh_times.sort_by(|a, b| a.total_cmp(b));
     let r3 = |x: f64| (x * 1000.0).round() / 1000.0;
-    println!(
+    outln!(
         "{}",
         serde_json::json!({
             "bench": "oidc",
@@ -389,6 +389,6 @@ pub async fn oidc(args: OidcArgs) -> Result<ExitCode, Error> {
             "jwks_per_sec": jwks.round(),
             "baseline_healthz_per_sec": healthz.round(),
         })
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }

@@ -170,7 +170,7 @@ pub async fn proofs(args: ProofsArgs) -> Result<ExitCode, Error> {
             }),
         );
     }
-    println!(
+    outln!(
         "{}",
         serde_json::json!({
             "bench": "proofs",
@@ -184,6 +184,6 @@ pub async fn proofs(args: ProofsArgs) -> Result<ExitCode, Error> {
             "seconds": args.seconds,
             "phases": phases,
         })
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }

@@ -71,7 +71,7 @@ pub async fn replay(args: ReplayArgs) -> Result<ExitCode, Error> {
     pb.finish_and_clear();
     let events_per_s = 1.0 / best_ours;
     let baseline_events_per_s = 1.0 / best_base;
-    println!(
+    outln!(
         "{}",
         serde_json::json!({
             "bench": "replay",
@@ -81,6 +81,6 @@ pub async fn replay(args: ReplayArgs) -> Result<ExitCode, Error> {
             "ratio": round3(events_per_s / baseline_events_per_s),
             "scan_only_events_per_s": (1.0 / best_scan).round(),
         })
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }

@@ -153,7 +153,7 @@ async fn drive(args: &RotateArgs, serve: &ServeProcess, sim_url: &str) -> Result
         .json()
         .await
         .map_err(|e| Error::Other(e.to_string()))?;
-    println!(
+    outln!(
         "{}",
         json!({
             "bench": "rotate",
@@ -167,7 +167,7 @@ async fn drive(args: &RotateArgs, serve: &ServeProcess, sim_url: &str) -> Result
             "graph_password_changes": stats["password_changes"],
             "graph_latency_ms": args.graph_latency_ms,
         })
-    );
+    )?;
     let held =
         stats["max_concurrent_patches"].as_u64().unwrap_or(u64::MAX) <= u64::from(args.concurrency);
     Ok(if held && failed == 0 {

@@ -395,7 +395,7 @@ pub async fn signin(args: SigninArgs) -> Result<ExitCode, Error> {
         .count();
     times.sort_by(|a, b| a.total_cmp(b));
     let r3 = |x: f64| (x * 1000.0).round() / 1000.0;
-    println!(
+    outln!(
         "{}",
         serde_json::json!({
             "bench": "signin",
@@ -409,6 +409,6 @@ pub async fn signin(args: SigninArgs) -> Result<ExitCode, Error> {
             "recorded": recorded,
             "baseline_verify_only_per_sec_one_core": baseline.round(),
         })
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }

@@ -154,7 +154,7 @@ async fn drive(
     }
     let paging_s = t.elapsed().as_secs_f64();
     let (rss, peak) = memory_mib(pid);
-    println!(
+    outln!(
         "{}",
         json!({
             "candidates_paged": candidates,
@@ -169,7 +169,7 @@ async fn drive(
             "serve_rss_mib": rss,
             "serve_peak_rss_mib": peak,
         })
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 

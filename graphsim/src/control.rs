@@ -173,6 +173,20 @@ pub async fn link_host(State(sim): State<Sim>, Json(l): Json<LinkHost>) -> Statu
     StatusCode::NO_CONTENT
 }
 
+/// `PUT /_sim/delta/order` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeltaOrder {
+    unordered: bool,
+}
+
+/// Makes later delta rounds name each change on its own, newest first (see
+/// [`crate::state::Inner::unordered_delta`]).
+pub async fn delta_order(State(sim): State<Sim>, Json(o): Json<DeltaOrder>) -> StatusCode {
+    sim.lock().unordered_delta = o.unordered;
+    StatusCode::NO_CONTENT
+}
+
 /// `PUT /_sim/token-lifetime` body: the `expires_in` token answers claim (`null`: the truth).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

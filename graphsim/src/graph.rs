@@ -805,7 +805,22 @@ pub async fn groups_delta(
     // One entry per member change; a group spanning pages comes back with another slice.
     let mut entries: Vec<(String, Option<(String, bool)>)> = Vec::new();
     let mut removed: Vec<String> = Vec::new();
-    if !latest {
+    if !latest && inner.unordered_delta {
+        let window = inner
+            .changes
+            .iter()
+            .rev()
+            .filter(|(seq, _)| *seq > cursor.from && *seq <= cursor.upto);
+        for (_, change) in window {
+            match change {
+                Change::Member { group, user, added } if wanted(group) => {
+                    entries.push((group.clone(), Some((user.clone(), !added))));
+                }
+                Change::GroupDeleted(group) if wanted(group) => removed.push(group.clone()),
+                _ => {}
+            }
+        }
+    } else if !latest {
         let mut net: BTreeMap<(String, String), bool> = BTreeMap::new();
         for (seq, change) in &inner.changes {
             if *seq <= cursor.from || *seq > cursor.upto {
@@ -915,7 +930,34 @@ pub async fn users_delta(
         );
     }
     let mut entries: Vec<Value> = Vec::new();
-    if !latest {
+    if !latest && inner.unordered_delta {
+        let window = inner
+            .changes
+            .iter()
+            .rev()
+            .filter(|(seq, _)| *seq > cursor.from && *seq <= cursor.upto);
+        for (_, change) in window {
+            let (id, props) = match change {
+                Change::User { id, changed } if wanted(id) => (id, changed.as_deref()),
+                Change::UserDeleted(id) if wanted(id) => (id, None),
+                _ => continue,
+            };
+            entries.push(match inner.dir.users.get(id) {
+                Some(u) => match props {
+                    None => user_json(u, &select, false),
+                    Some(p) => {
+                        let changed = selected_of(p.iter().copied(), &select);
+                        if changed.is_empty() {
+                            json!({"id": id})
+                        } else {
+                            user_json(u, &changed, false)
+                        }
+                    }
+                },
+                None => json!({"id": id, "@removed": {"reason": "changed"}}),
+            });
+        }
+    } else if !latest {
         // Per user, the selected properties that changed in the window (`None`: all of
         // them, for a user created in it): Graph names an updated user with only those.
         let mut touched: BTreeMap<String, Option<BTreeSet<&str>>> = BTreeMap::new();
@@ -945,14 +987,7 @@ pub async fn users_delta(
                 Some(u) => match props {
                     None => user_json(u, &select, false),
                     Some(p) => {
-                        let changed: Vec<String> = p
-                            .into_iter()
-                            .filter(|f| {
-                                select.iter().any(|s| s == f)
-                                    || select.is_empty() && DEFAULT_USER_FIELDS.contains(f)
-                            })
-                            .map(str::to_owned)
-                            .collect();
+                        let changed = selected_of(p.into_iter(), &select);
                         // An empty selection would mean the default properties.
                         if changed.is_empty() {
                             json!({"id": id})
@@ -975,6 +1010,15 @@ pub async fn users_delta(
         "users",
         |start, end| entries[start..end].to_vec(),
     )
+}
+
+/// Which of the changed properties `p` the round's `$select` tracks.
+fn selected_of<'a>(p: impl Iterator<Item = &'a str>, select: &[String]) -> Vec<String> {
+    p.filter(|f| {
+        select.iter().any(|s| s == f) || select.is_empty() && DEFAULT_USER_FIELDS.contains(f)
+    })
+    .map(str::to_owned)
+    .collect()
 }
 
 /// Whether `tenant` (in a path) names this directory: its id or one of its domains.

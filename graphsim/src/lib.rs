@@ -91,6 +91,10 @@ pub fn router(sim: Sim) -> Router {
             post(control::add_fault).delete(control::clear_faults),
         )
         .route("/_sim/delta/expire", post(control::expire_delta))
+        .route(
+            "/_sim/delta/order",
+            axum::routing::put(control::delta_order),
+        )
         .route("/_sim/requests", get(control::requests))
         .route("/_sim/stats", get(control::stats))
         .route(

@@ -173,6 +173,10 @@ pub struct Inner {
     pub link_host: Option<String>,
     /// When set, token answers claim this `expires_in` whatever the token's real lifetime.
     pub claimed_expires_in: Option<u64>,
+    /// When set, incremental delta rounds name every change in their window on its own,
+    /// newest first, instead of one entry per user with the net result: Graph promises no
+    /// order and may name a change twice (GRAPH.md §3).
+    pub unordered_delta: bool,
     /// Authorization codes issued by sign-ins, until redeemed and expired.
     pub auth_codes: crate::signin::AuthCodes,
 }

@@ -242,10 +242,14 @@ fn token_refused(status: reqwest::StatusCode, v: &Value) -> GraphError {
 pub(crate) const MAX_RECORDED_ERROR: usize = 2000;
 
 /// A peer's text as we keep it (in errors, and so in events): at most `max` characters,
-/// control characters dropped. Graph's own texts are far shorter; anything longer must
-/// not make a failure unrecordable.
+/// control characters and bidirectional overrides dropped (what an admin may not type
+/// either). Graph's own texts are far shorter; anything longer must not make a failure
+/// unrecordable.
 pub(crate) fn clipped(text: &str, max: usize) -> String {
-    text.chars().filter(|c| !c.is_control()).take(max).collect()
+    text.chars()
+        .filter(|c| idledger_domain::decide::plain_char(*c))
+        .take(max)
+        .collect()
 }
 
 /// The most of one answer's body read: a page of 999 users is about a megabyte.
@@ -1076,5 +1080,14 @@ mod tests {
         assert!(delta_expired(StatusCode::BAD_REQUEST, middle));
         let none = br#"{"error":{"code":"badRequest","innerError":{"code":"other"}}}"#;
         assert!(!delta_expired(StatusCode::BAD_REQUEST, none));
+    }
+
+    /// A display name from Graph with a right-to-left override would read as another
+    /// name in the console and the timeline: the override goes, the letters stay.
+    #[test]
+    fn a_peer_text_keeps_its_letters_and_loses_controls_and_overrides() {
+        let hostile = "Adm\u{202e}nimda\u{2066} Eve\u{0007}\n";
+        assert_eq!(clipped(hostile, 100), "Admnimda Eve");
+        assert_eq!(clipped("Zoë Ödegaard", 3), "Zoë");
     }
 }

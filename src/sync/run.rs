@@ -9,7 +9,9 @@
 
 use super::SyncError;
 use crate::engine::Engine;
-use crate::graph::{clipped, GraphClient, GraphError, GraphUser, UserChange, USER_SELECT};
+use crate::graph::{
+    clipped, GraphClient, GraphError, GraphUser, MemberChange, UserChange, USER_SELECT,
+};
 use crate::store::{AppendError, ExpectedVersion};
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use idledger_domain::events::*;
@@ -124,6 +126,18 @@ fn attributes_of(u: GraphUser, before: Option<&UserAttributes>) -> UserAttribute
             .or(before.map(|b| b.account_enabled))
             .unwrap_or(true),
     }
+}
+
+/// The users both added to and removed from a group in one round's changes.
+fn contradicted(changes: &[MemberChange]) -> Vec<String> {
+    let mut seen: HashMap<&str, bool> = HashMap::new();
+    let mut both = Vec::new();
+    for c in changes {
+        if seen.insert(&c.user_id, c.removed) == Some(!c.removed) {
+            both.push(c.user_id.clone());
+        }
+    }
+    both
 }
 
 /// Entra ID's longest attribute is 256 characters (`displayName`); a little room above.
@@ -443,13 +457,22 @@ impl<'a> SyncRun<'a> {
                 }
             }
         };
-        for c in groups.changes.get(&g.sync).into_iter().flatten() {
+        // Graph promises no order within a round and may name a change twice (GRAPH.md
+        // §3): a user both added to and removed from a group in one round is asked about,
+        // not decided by whichever entry came last.
+        let sync_changes = groups.changes.get(&g.sync).map_or(&[][..], Vec::as_slice);
+        for c in sync_changes {
             let o = observed
                 .entry(c.user_id.clone())
                 .or_insert_with(|| base(&c.user_id, &mut rotation_unknown));
             o.member = !c.removed;
         }
-        for c in groups.changes.get(&g.rotation).into_iter().flatten() {
+        membership_unknown.extend(contradicted(sync_changes));
+        let rotation_changes = groups
+            .changes
+            .get(&g.rotation)
+            .map_or(&[][..], Vec::as_slice);
+        for c in rotation_changes {
             rotation_unknown.remove(&c.user_id);
             if let Some(o) = observed.get_mut(&c.user_id) {
                 o.in_rotation_group = !c.removed;
@@ -459,11 +482,12 @@ impl<'a> SyncRun<'a> {
                 observed.insert(c.user_id.clone(), o);
             }
         }
+        rotation_unknown.extend(contradicted(rotation_changes));
         for c in users.changes {
             match c {
                 UserChange::Upsert(u) => {
-                    let before = self.known.get(&u.id).map(|k| &k.known.attributes);
-                    if before.is_none() && !observed.contains_key(&u.id) {
+                    let recorded = self.known.get(&u.id).map(|k| &k.known.attributes);
+                    if recorded.is_none() && !observed.contains_key(&u.id) {
                         // Deleted here while disabled (or deleted in Entra), and now
                         // enabled (or restored) there: a member all along, maybe.
                         if self.gone.contains(&u.id) && u.account_enabled == Some(true) {
@@ -473,13 +497,19 @@ impl<'a> SyncRun<'a> {
                         }
                     }
                     let id = u.id.clone();
-                    let attrs = attributes_of(u, before);
                     let o = observed
                         .entry(id.clone())
                         .or_insert_with(|| base(&id, &mut rotation_unknown));
+                    // A user named twice in a round: the later entry (maybe only some
+                    // properties) adds to the earlier one, not to what was recorded.
+                    o.attributes = Some(attributes_of(u, o.attributes.as_ref().or(recorded)));
+                    if !o.exists {
+                        // Taken for deleted (earlier, or by an entry of this round), now
+                        // shown again: restored, with whatever memberships Entra restored.
+                        membership_unknown.insert(id);
+                    }
                     // Graph shows the user: they exist, whatever an earlier round said.
                     o.exists = true;
-                    o.attributes = Some(attrs);
                 }
                 UserChange::Removed { id, .. } => {
                     if self.known.contains_key(&id) || observed.contains_key(&id) {

@@ -218,6 +218,78 @@ async fn a_member_change_graph_repeats_does_not_bring_back_a_user_deleted_in_ent
     assert_eq!(events_of(&w, &still).await, before, "no event since");
 }
 
+/// Graph promises no order within a delta round and may name one user twice (GRAPH.md §3).
+/// graphsim names each change on its own, newest first: a member who left and came back,
+/// a new member who came and left, a rotation-group member who left and came back, and a
+/// user disabled then renamed. None is decided by whichever entry came last.
+#[tokio::test]
+async fn changes_named_out_of_order_in_one_round_are_not_decided_by_the_last_entry() {
+    let w = world(json!({"removal_behavior": "deactivate", "auto_import": true})).await;
+    w.sync().await;
+    let before = w.users("").await.len();
+    w.sim(
+        Method::PUT,
+        "/_sim/delta/order",
+        Some(json!({"unordered": true})),
+    )
+    .await;
+    w.leave(5).await;
+    w.join(5).await;
+    let passer = "c0a80000-0000-4000-8000-0000000000f1";
+    w.sim(
+        Method::POST,
+        "/_sim/users",
+        Some(
+            json!({"id": passer, "userPrincipalName": "passer.by@contoso.onmicrosoft.com",
+                    "displayName": "Passer By", "password": "First-Key-2026!"}),
+        ),
+    )
+    .await;
+    w.sim(
+        Method::POST,
+        &format!("/_sim/groups/{SYNC}/members/{passer}"),
+        None,
+    )
+    .await;
+    w.sim(
+        Method::DELETE,
+        &format!("/_sim/groups/{SYNC}/members/{passer}"),
+        None,
+    )
+    .await;
+    let rotation = "a1b2c3d4-0000-4000-8000-000000000002";
+    let member3 = format!("/_sim/groups/{rotation}/members/{}", ext(3));
+    w.sim(Method::DELETE, &member3, None).await;
+    w.sim(Method::POST, &member3, None).await;
+    let user8 = format!("/_sim/users/{}", ext(8));
+    w.sim(
+        Method::PATCH,
+        &user8,
+        Some(json!({"accountEnabled": false})),
+    )
+    .await;
+    w.sim(
+        Method::PATCH,
+        &user8,
+        Some(json!({"displayName": "Eight Renamed"})),
+    )
+    .await;
+
+    let run = w.sync().await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let five = w.user(5).await.unwrap();
+    assert_eq!(five["in_sync_group"], true, "{five}");
+    assert_eq!(five["status"], "active", "{five}");
+    let three = w.user(3).await.unwrap();
+    assert_eq!(three["in_rotation_group"], true, "{three}");
+    let eight = w.user(8).await.unwrap();
+    assert_eq!(eight["display_name"], "Eight Renamed", "{eight}");
+    assert_eq!(eight["account_enabled"], false, "{eight}");
+    let users = w.users("").await;
+    assert_eq!(users.len(), before, "the passer-by is nobody's user");
+    assert!(!users.iter().any(|u| u["external_id"] == passer));
+}
+
 async fn events_of(w: &World, user: &Value) -> Vec<Value> {
     let id = user["id"].as_str().unwrap();
     let (_, events) = w

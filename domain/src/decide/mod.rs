@@ -11,9 +11,13 @@ use crate::Event;
 /// Whether `text`, written by a person and shown to others (a timeline, an export), holds
 /// no control character and no bidirectional override that would make it read otherwise.
 pub fn plain_text(text: &str) -> bool {
-    !text
-        .chars()
-        .any(|c| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'))
+    text.chars().all(plain_char)
+}
+
+/// Not a control character nor a bidirectional embedding, override or isolate (which
+/// can make a name read as another one on a page).
+pub fn plain_char(c: char) -> bool {
+    !(c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'))
 }
 
 pub mod domain;

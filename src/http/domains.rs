@@ -615,7 +615,8 @@ pub struct ConnectionCheck {
     /// The app registration's client id (a GUID).
     client_id: String,
     /// Its client secret: used for this check only, never kept.
-    client_secret: String,
+    #[schema(value_type = String, format = Password)]
+    client_secret: Secret,
     /// Graph's service root (default the public cloud's).
     graph_url: Option<String>,
     /// The identity platform's authority (default the public cloud's).
@@ -671,7 +672,7 @@ pub async fn check_connection(
         )?,
         tenant_id,
         client_id,
-        client_secret: Secret::new(body.client_secret),
+        client_secret: body.client_secret,
     };
     let group = |g: Option<String>, default: &str| g.unwrap_or_else(|| default.to_owned());
     let report = crate::graph::check::check(

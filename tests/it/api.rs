@@ -1698,3 +1698,101 @@ async fn streamed_exports_and_backups_are_bounded() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// A client secret typed as a number (or any non-string) is refused without being quoted
+/// back: serde's own message would put it into the 422, and so into proxies' and clients'
+/// logs. Nothing is saved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_of_the_wrong_type_is_refused_without_being_repeated() {
+    let app = spawn_app().await;
+    let d = app.domain("typed.onmicrosoft.com").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let head = app.head();
+    let tid = uuid::Uuid::new_v4().to_string();
+    let secret = 83920174591u64;
+    let cases = [
+        (
+            Method::POST,
+            "/v1/domains".to_owned(),
+            json!({"domain": "n.onmicrosoft.com", "tenant_id": tid, "client_id": tid, "client_secret": secret}),
+        ),
+        (
+            Method::PUT,
+            format!("/v1/domains/{d}/credentials"),
+            json!({"tenant_id": tid, "client_id": tid, "client_secret": secret}),
+        ),
+        (
+            Method::PATCH,
+            format!("/v1/domains/{d}"),
+            json!({"auto_import": true, "client_secret": secret}),
+        ),
+        (
+            Method::POST,
+            "/v1/domains/check".to_owned(),
+            json!({"tenant_id": tid, "client_id": tid, "client_secret": secret}),
+        ),
+        (
+            Method::PUT,
+            format!("/v1/domains/{d}/credentials"),
+            json!({"tenant_id": tid, "client_id": tid, "client_secret": [secret, true, 1.5]}),
+        ),
+    ];
+    for (method, path, body) in cases {
+        let (s, answer) = app
+            .call(Some(&app.admin), method.clone(), &path, Some(body))
+            .await;
+        assert_eq!(
+            s,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{method} {path}: {answer}"
+        );
+        let text = answer.to_string();
+        assert!(text.contains("client_secret"), "{method} {path}: {text}");
+        assert!(
+            !text.contains("8392017"),
+            "{method} {path} quoted the secret: {text}"
+        );
+    }
+    assert_eq!(app.head(), head, "nothing was recorded");
+}
+
+/// `PATCH /v1/users/{id}` with `{}` says nothing, so it changes nothing; `null` clears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_user_patch_keeps_the_override_and_null_clears_it() {
+    let app = spawn_app().await;
+    let d = app.domain("patch.onmicrosoft.com").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let u = app.user(&d).await;
+    let path = format!("/v1/users/{u}");
+    let set = json!({"sso_override": {"enabled": true, "method": "password_and_second_factor"}});
+    let (s, body) = app
+        .call(Some(&app.admin), Method::PATCH, &path, Some(set))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let head = app.head();
+    let (s, body) = app
+        .call(Some(&app.admin), Method::PATCH, &path, Some(json!({})))
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body.to_string().contains("sso_override"), "{body}");
+    assert_eq!(app.head(), head, "nothing was recorded");
+    let (_, user) = app.call(Some(&app.admin), Method::GET, &path, None).await;
+    assert_eq!(
+        user["sso_override"]["method"], "password_and_second_factor",
+        "{user}"
+    );
+    let (s, user) = app
+        .call(
+            Some(&app.admin),
+            Method::PATCH,
+            &path,
+            Some(json!({"sso_override": null})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{user}");
+    assert_eq!(user["sso_override"], Value::Null, "{user}");
+}

@@ -296,8 +296,9 @@ pub async fn events(
 #[serde(deny_unknown_fields)]
 pub struct UserPatch {
     /// The override; null falls back to the settings applied at import.
-    #[schema(value_type = Option<SsoSettingsSchema>)]
-    sso_override: Option<SsoSettings>,
+    #[schema(value_type = Option<SsoSettingsSchema>, required = true)]
+    #[serde(default, deserialize_with = "crate::json_fields::present")]
+    sso_override: Option<Option<SsoSettings>>,
 }
 
 async fn run(
@@ -330,7 +331,11 @@ pub async fn patch(
     IdPath(id): IdPath,
     ApiJson(b): ApiJson<UserPatch>,
 ) -> Result<Json<User>, ApiError> {
-    run(&s, &who, id, UserCommand::SetSsoOverride(b.sso_override)).await
+    // An empty patch says nothing: it must not read as "clear the override".
+    let sso = b.sso_override.ok_or_else(|| {
+        ApiError::Unprocessable("sso_override: required (null clears the override)".into())
+    })?;
+    run(&s, &who, id, UserCommand::SetSsoOverride(sso)).await
 }
 
 /// Reactivates a deactivated user.

@@ -277,6 +277,16 @@ impl Config {
         if self.snapshot_streams > 10_000_000 {
             return Err(Error::Other("snapshot_streams: 0 to 10000000".into()));
         }
+        if !(1..=3600).contains(&self.request_timeout_secs) {
+            return Err(Error::Other("request_timeout_secs: 1 to 3600".into()));
+        }
+        if !(1..=100_000).contains(&self.max_event_streams) {
+            return Err(Error::Other("max_event_streams: 1 to 100000".into()));
+        }
+        // 0 would hand a write out again on every poll: the lease is what bounds that.
+        if !(1..=86_400).contains(&self.agent_lease_secs) {
+            return Err(Error::Other("agent_lease_secs: 1 to 86400".into()));
+        }
         if !(1..=86_400).contains(&self.tls_reload_secs) {
             return Err(Error::Other("tls_reload_secs: 1 to 86400".into()));
         }
@@ -525,5 +535,24 @@ mod tests {
         std::fs::write(&path, "rotation_retry_secs = 1e20\n").unwrap();
         let e = Config::load(Some(&path), Flags::default()).unwrap_err();
         assert!(e.to_string().contains("rotation_retry_secs"), "{e}");
+    }
+
+    /// A zero that would answer every request 503, refuse every stream, or hand a key
+    /// write out on every poll is refused at start, by name.
+    #[test]
+    fn settings_that_would_stop_the_service_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("idledger.toml");
+        for name in [
+            "request_timeout_secs",
+            "max_event_streams",
+            "agent_lease_secs",
+        ] {
+            std::fs::write(&path, format!("{name} = 0\n")).unwrap();
+            let e = Config::load(Some(&path), Flags::default()).unwrap_err();
+            assert!(e.to_string().starts_with(name), "{e}");
+        }
+        std::fs::write(&path, "agent_lease_secs = 1\nmax_event_streams = 1\n").unwrap();
+        Config::load(Some(&path), Flags::default()).unwrap();
     }
 }

@@ -309,9 +309,15 @@ impl SledEventLog {
             Some(Arc::new(match durability {
                 Durability::Device => tree,
                 Durability::Process => {
+                    // Appends are acknowledged after sled's flush only, but a signed head
+                    // must survive power loss with the records it names: sled's flush
+                    // ends in `sync_file_range`, so the file is synced here, per head.
                     let db = db.clone();
+                    let device = DeviceSync::open(&store_dir(data_dir))
+                        .map_err(|e| StoreError::Io(format!("syncing the store: {e}")))?;
                     tree.syncing_log_first(Box::new(move || {
-                        db.flush().map(drop).map_err(std::io::Error::other)
+                        db.flush().map_err(std::io::Error::other)?;
+                        device.sync()
                     }))
                 }
             }))

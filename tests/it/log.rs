@@ -445,10 +445,12 @@ fn traced_bench_append(
     dir: &std::path::Path,
     durability: &str,
     inject: Option<&str>,
+    tree: &str,
 ) -> (std::process::Output, String, usize) {
-    let data = dir.join(format!("data-{durability}-{}", inject.is_some()));
-    let acks = dir.join(format!("acks-{durability}-{}", inject.is_some()));
-    let trace = dir.join(format!("trace-{durability}-{}", inject.is_some()));
+    let run = format!("{durability}-{}-{tree}", inject.is_some());
+    let data = dir.join(format!("data-{run}"));
+    let acks = dir.join(format!("acks-{run}"));
+    let trace = dir.join(format!("trace-{run}"));
     let mut cmd = std::process::Command::new("strace");
     cmd.args(["-f", "-qq", "-y", "-e", "trace=fdatasync"]);
     if let Some(i) = inject {
@@ -457,17 +459,8 @@ fn traced_bench_append(
     cmd.arg("-o")
         .arg(&trace)
         .arg(env!("CARGO_BIN_EXE_idledger"))
-        // The log's own syncs only: no tree, no notary and its key files.
-        .args([
-            "bench",
-            "append",
-            "--events",
-            "400",
-            "--writers",
-            "8",
-            "--tree",
-            "off",
-        ])
+        .args(["bench", "append", "--events", "400", "--writers", "8"])
+        .args(["--tree", tree])
         .args(["--durability", durability])
         .arg("--data-dir")
         .arg(&data)
@@ -489,8 +482,12 @@ fn an_append_is_acknowledged_only_after_fdatasync_of_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let log_file = "/store/db>";
     // Device durability, every fdatasync failing (opening syncs with fsync).
-    let (out, trace, acked) =
-        traced_bench_append(dir.path(), "device", Some("inject=fdatasync:error=EIO"));
+    let (out, trace, acked) = traced_bench_append(
+        dir.path(),
+        "device",
+        Some("inject=fdatasync:error=EIO"),
+        "off",
+    );
     assert!(
         !out.status.success(),
         "appends went on after a failed fdatasync"
@@ -508,7 +505,7 @@ fn an_append_is_acknowledged_only_after_fdatasync_of_the_log() {
         String::from_utf8_lossy(&out.stderr)
     );
     // Device durability: one fdatasync of the log per group commit, at least.
-    let (out, trace, acked) = traced_bench_append(dir.path(), "device", None);
+    let (out, trace, acked) = traced_bench_append(dir.path(), "device", None, "off");
     assert!(
         out.status.success(),
         "{}",
@@ -526,8 +523,12 @@ fn an_append_is_acknowledged_only_after_fdatasync_of_the_log() {
         "{syncs} fdatasyncs for {report}"
     );
     // Process durability: no fdatasync of the log, so the injected failure is never seen.
-    let (out, trace, acked) =
-        traced_bench_append(dir.path(), "process", Some("inject=fdatasync:error=EIO"));
+    let (out, trace, acked) = traced_bench_append(
+        dir.path(),
+        "process",
+        Some("inject=fdatasync:error=EIO"),
+        "off",
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -535,6 +536,28 @@ fn an_append_is_acknowledged_only_after_fdatasync_of_the_log() {
     );
     assert_eq!(acked, 400);
     assert!(!trace.lines().any(|l| l.contains(log_file)), "{trace}");
+    // Process durability with heads signed: a head names only records on the device, so
+    // signing syncs the log's file first (sled's own flush, `sync_file_range`, would not
+    // survive a power loss, and the data dir would then hold a head over missing records).
+    let (out, trace, acked) = traced_bench_append(dir.path(), "process", None, "on");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(acked, 400);
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("bench prints its JSON");
+    assert!(
+        report["signed_tree_size"].as_u64().is_some_and(|n| n > 0),
+        "{report}"
+    );
+    assert!(
+        trace
+            .lines()
+            .any(|l| l.contains("fdatasync(") && l.contains(log_file)),
+        "{trace}"
+    );
 }
 
 /// Events seen by a fold that only counts them.

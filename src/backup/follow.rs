@@ -709,6 +709,10 @@ impl CopySnapshot {
     }
 
     fn try_open(dir: &Path) -> Result<Option<Self>, BackupError> {
+        // The head first: a follower writes it after the records it covers, so read before
+        // the segments' lengths are taken it never names more than the snapshot holds.
+        let signed_tree_head = super::read_if_there(dir.join(SIGNED_TREE_HEAD))?
+            .and_then(|b| String::from_utf8(b).ok());
         let mut segments = Vec::new();
         for (_, _, path) in sealed_segments(dir)? {
             let file = File::open(&path)?;
@@ -729,8 +733,6 @@ impl CopySnapshot {
         if sealed_segments(dir)?.len() != segments.len() {
             return Ok(None);
         }
-        let signed_tree_head = super::read_if_there(dir.join(SIGNED_TREE_HEAD))?
-            .and_then(|b| String::from_utf8(b).ok());
         Ok(Some(CopySnapshot {
             signed_tree_head,
             sealed_segments: segments,

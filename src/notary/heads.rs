@@ -5,7 +5,7 @@
 
 use super::NotaryError;
 use idledger_domain::Hash;
-use idledger_replay::tree::{SignedTreeHead, TreeHead};
+use idledger_replay::tree::{LogPublicKey, SignedTreeHead, TreeHead};
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -27,8 +27,9 @@ fn io(e: std::io::Error) -> NotaryError {
 }
 
 impl Heads {
-    /// Opens (or creates) the file of a log named `origin` signing with `key_id`.
-    pub fn open(data_dir: &Path, origin: &str, key_id: u32) -> Result<Heads, NotaryError> {
+    /// Opens (or creates) the file of the log whose heads `public` checks.
+    pub fn open(data_dir: &Path, public: &LogPublicKey) -> Result<Heads, NotaryError> {
+        let (origin, key_id) = (public.name(), public.key_id());
         let path = crate::store::tree::tree_dir(data_dir).join("heads");
         let file = std::fs::OpenOptions::new()
             .read(true)
@@ -44,7 +45,32 @@ impl Heads {
         if len % RECORD != 0 {
             file.set_len(len - len % RECORD).map_err(io)?;
         }
-        Self::of(file, len / RECORD, origin, key_id)
+        let mut heads = Self::of(file, len / RECORD, origin, key_id)?;
+        // A whole last record can be unwritten too: a file system that kept the file's
+        // new size but not its data (zeros) through a power loss. Its push never returned,
+        // so it was never served; kept, it would be served as a head that does not verify.
+        while let Some(last) = heads.latest.take() {
+            let grew = match heads.count {
+                1 => true,
+                n => heads.read(n - 2)?.head.tree_size < last.head.tree_size,
+            };
+            if grew && public.open(&last.to_note()).is_ok() {
+                heads.latest = Some(last);
+                break;
+            }
+            tracing::warn!(
+                index = heads.count - 1,
+                "dropping a signed tree head that does not verify: a write lost to a crash"
+            );
+            heads.count -= 1;
+            heads.file.set_len(heads.count * RECORD).map_err(io)?;
+            heads.file.sync_data().map_err(io)?;
+            heads.latest = match heads.count {
+                0 => None,
+                n => Some(heads.read(n - 1)?),
+            };
+        }
+        Ok(heads)
     }
 
     /// Opens the file of a stopped server to read (nothing is changed).
@@ -161,5 +187,56 @@ impl Heads {
         (first..self.count.min(first + limit as u64))
             .map(|i| self.read(i))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use idledger_replay::tree::LogSigningKey;
+
+    fn head(key: &LogSigningKey, size: u64) -> SignedTreeHead {
+        key.sign(TreeHead {
+            tree_size: size,
+            timestamp_ms: 1_700_000_000_000 + size,
+            root_hash: Hash([size as u8; 32]),
+        })
+        .unwrap()
+    }
+
+    /// A power loss can leave the last record's length without its bytes (zeros), or a
+    /// record that repeats a smaller tree: both are dropped on open, the rest is kept, and
+    /// the next head follows the last good one.
+    #[test]
+    fn a_last_head_that_does_not_verify_is_dropped_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(crate::store::tree::tree_dir(dir.path())).unwrap();
+        let key = LogSigningKey::from_seed("test.log", &[7; 32]).unwrap();
+        let mut heads = Heads::open(dir.path(), key.public()).unwrap();
+        heads.push(head(&key, 3)).unwrap();
+        heads.push(head(&key, 9)).unwrap();
+        drop(heads);
+        let path = crate::store::tree::tree_dir(dir.path()).join("heads");
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        file.write_all(&[0u8; RECORD as usize]).unwrap();
+        drop(file);
+
+        let mut heads = Heads::open(dir.path(), key.public()).unwrap();
+        assert_eq!(heads.latest().unwrap().head.tree_size, 9);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 2 * RECORD);
+        heads.push(head(&key, 12)).unwrap();
+        let listed: Vec<u64> = heads
+            .after(0, 10)
+            .unwrap()
+            .iter()
+            .map(|h| h.head.tree_size)
+            .collect();
+        assert_eq!(listed, [3, 9, 12]);
+        for h in heads.after(0, 10).unwrap() {
+            key.public().open(&h.to_note()).unwrap();
+        }
     }
 }

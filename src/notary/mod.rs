@@ -60,7 +60,7 @@ impl Notary {
         interval: Duration,
     ) -> Result<Notary, NotaryError> {
         let key = key::load_or_create(data_dir, keyring)?;
-        let heads = Heads::open(data_dir, key.public().name(), key.public().key_id())?;
+        let heads = Heads::open(data_dir, key.public())?;
         if let Some(last) = heads.latest() {
             if last.head.tree_size > tree.size() {
                 // Grown again, the log would be signed with another history under the same

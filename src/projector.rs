@@ -163,6 +163,9 @@ mod tests {
         fn close(&self) -> LogFuture<'_, ()> {
             self.log.close()
         }
+        fn barrier(&self) -> LogFuture<'_, ()> {
+            self.log.barrier()
+        }
         fn tree(&self) -> Option<Arc<crate::store::tree::LogTree>> {
             self.log.tree()
         }

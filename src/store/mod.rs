@@ -227,6 +227,11 @@ pub trait EventLog: Send + Sync + 'static {
     /// append (a sync run's, a rotation's) landing behind it.
     fn close(&self) -> LogFuture<'_, ()>;
 
+    /// Returns once every append taken before is written or refused, and goes on taking
+    /// appends: a caller that dropped append futures (a cancelled sync run) learns when
+    /// none of them can land any more.
+    fn barrier(&self) -> LogFuture<'_, ()>;
+
     /// The Merkle tree over the records, when the log keeps one.
     fn tree(&self) -> Option<Arc<tree::LogTree>>;
 

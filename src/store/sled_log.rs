@@ -849,6 +849,12 @@ impl EventLog for SledEventLog {
     fn close(&self) -> LogFuture<'_, ()> {
         Box::pin(async move {
             self.shared.closed.store(true, Ordering::Release);
+            self.barrier().await;
+        })
+    }
+
+    fn barrier(&self) -> LogFuture<'_, ()> {
+        Box::pin(async move {
             // A request behind every one taken: the writer answers it (refused, as empty
             // or as late) only after the group in hand is committed.
             let marker = AppendRequest::new(StreamId::tokens(), ExpectedVersion::Any, Vec::new());

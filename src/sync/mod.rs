@@ -131,6 +131,9 @@ struct Inner {
     engine: Engine,
     config: SyncConfig,
     workers: Mutex<HashMap<DomainId, Worker>>,
+    /// Each domain's run lock, kept across its workers: a run cancelled with its worker
+    /// holds it until its last appends have landed (see `start_run`).
+    run_locks: Mutex<HashMap<DomainId, Arc<tokio::sync::Mutex<()>>>>,
     dry_runs: Mutex<std::collections::VecDeque<DryRunChanges>>,
 }
 
@@ -163,6 +166,7 @@ impl SyncService {
                 engine,
                 config,
                 workers: Mutex::new(HashMap::new()),
+                run_locks: Mutex::default(),
                 dry_runs: Mutex::default(),
             }),
         };
@@ -259,12 +263,21 @@ impl SyncService {
                     fingerprint: fp,
                     client,
                     cancel,
-                    lock: Arc::new(tokio::sync::Mutex::new(())),
+                    lock: self.run_lock(id),
                 },
             );
             tokio::spawn(self.clone().schedule(id, cancelled));
             tracing::info!(domain = %id, "sync worker started");
         }
+    }
+
+    fn run_lock(&self, domain: DomainId) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self
+            .inner
+            .run_locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        locks.entry(domain).or_default().clone()
     }
 
     /// The scheduled runs of one domain, until its worker is cancelled.
@@ -398,6 +411,15 @@ impl SyncService {
                 } => r,
                 _ = wait_cancelled(cancelled) => Err(SyncError::Cancelled),
             };
+            if let Err(SyncError::Cancelled) = result {
+                // The run's future is gone, but appends it handed to the writer still
+                // land. The next run of the domain (a new worker's, with new credentials)
+                // waits on this lock, so it reads its projections only after they did:
+                // otherwise it would take those users for new and discover them twice.
+                let _serial = lock.lock().await;
+                engine.log.barrier().await;
+                let _ = engine.settle().await;
+            }
             let name = engine
                 .projector
                 .read()

@@ -5,8 +5,8 @@
 //! `supervise_every` (and at once after a credentials change through the API): a domain
 //! that gained credentials gets a worker, one that lost them (or got new ones, or a new
 //! Graph address) has its worker cancelled, which fails a run in flight with a clear
-//! error. Runs of one domain are serialized by the domain's run lock (kept across its workers); domains never wait for
-//! each other.
+//! error. Runs of one domain are serialized by the domain's run lock (kept across its
+//! workers); domains never wait for each other.
 
 mod run;
 

@@ -203,6 +203,27 @@ fn newest_sealed(dir: &Path) -> Result<SealedFiles, BackupError> {
     })
 }
 
+/// The tree size of a kept checkpoint note (its second line).
+fn note_size(note: &str) -> Option<u64> {
+    note.lines().nth(1).and_then(|l| l.parse().ok())
+}
+
+/// Refuses a copy that reads shorter than its kept signed tree head: the head was kept
+/// only after the records it covers were on the device, so what is missing below it is
+/// damage (a header or a chunk length overwritten), not a write a crash cut off.
+fn holds_its_head(note: Option<&str>, held: u64) -> Result<(), BackupError> {
+    match note.and_then(note_size) {
+        Some(size) if size > held => Err(refused(
+            "open segment",
+            format!(
+                "reads as {held} records, but the copy's signed tree head covers {size}: \
+                 damaged, not cut by a crash"
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Reads an open segment's chunk sections through `len` bytes, while `chunk` takes them
 /// (answers `true`); answers where the last chunk taken ends. Whatever does not read as a
 /// whole chunk ends the segment when it is the segment's tail: a section torn by a crash,
@@ -346,7 +367,9 @@ impl FollowCopy {
                 None
             }
             Some((first, path)) if first == verifier.last_position() + 1 => {
-                Some(Self::recover(path, first, &mut verifier)?)
+                let head = super::read_if_there(dir.join(SIGNED_TREE_HEAD))?
+                    .and_then(|b| String::from_utf8(b).ok());
+                Some(Self::recover(path, first, &mut verifier, head.as_deref())?)
             }
             Some((first, path)) => {
                 return Err(refused(
@@ -386,6 +409,7 @@ impl FollowCopy {
         path: PathBuf,
         first: u64,
         verifier: &mut Verifier,
+        signed_tree_head: Option<&str>,
     ) -> Result<OpenSegment, BackupError> {
         let file = std::fs::OpenOptions::new()
             .read(true)
@@ -412,6 +436,9 @@ impl FollowCopy {
             taken += 1;
             Ok(true)
         })?;
+        // Before anything is cut.
+        holds_its_head(signed_tree_head, verifier.last_position())
+            .map_err(|e| in_file(&path, e))?;
         if good < MAGIC.len() as u64 {
             // Cut while its header was written: nothing in it yet.
             file.set_len(0)?;
@@ -520,7 +547,7 @@ impl FollowCopy {
     /// checkpoint's second line, is at most the copy's position).
     fn store_signed_head(&self, note: Option<&str>) -> Result<(), BackupError> {
         let Some(note) = note else { return Ok(()) };
-        let size = note.lines().nth(1).and_then(|l| l.parse::<u64>().ok());
+        let size = note_size(note);
         if size.is_none_or(|s| s > self.verifier.last_position()) {
             return Ok(());
         }
@@ -802,6 +829,7 @@ impl CopySnapshot {
                 Ok(true)
             })?;
         }
+        holds_its_head(self.signed_tree_head.as_deref(), verifier.last_position())?;
         if let Some(p) = verifier.first_problem() {
             return Err(BackupError::Chain {
                 position: p.position,

@@ -845,7 +845,7 @@ async fn damage_inside_a_copy_is_refused_and_only_a_torn_tail_is_cut() {
         "--follow",
         "--once",
     ];
-    let mut positions = Vec::new();
+    let (mut positions, mut heads) = (Vec::new(), Vec::new());
     for round in 0..2 {
         for n in 0..5 {
             serve
@@ -859,6 +859,7 @@ async fn damage_inside_a_copy_is_refused_and_only_a_torn_tail_is_cut() {
         let (ok, done, err) = run_with_token(&serve.token, &once).await;
         assert!(ok, "{err}");
         positions.push(done["position"].as_u64().unwrap());
+        heads.push(std::fs::read(copy.join("signed-tree-head")).unwrap());
     }
     serve.stop();
     let open = std::fs::read_dir(copy.join("segments"))
@@ -894,9 +895,38 @@ async fn damage_inside_a_copy_is_refused_and_only_a_torn_tail_is_cut() {
         "the follower cut it"
     );
 
-    // Cut inside the second chunk, as a crash mid-write leaves it: the first chunk stands.
+    // A first chunk's length overwritten to run past the end, or the segment's header
+    // overwritten: each reads like a torn tail, but the copy's signed tree head (kept only
+    // after the records it covers were on the device; the server signs at start, so it
+    // covers at least one) says records are missing. Refused; nothing is cut.
+    let head_after_first = heads[0].clone();
+    let mut long = good.clone();
+    let (_, at, _) = parts[0];
+    long[at + 1..at + 9].copy_from_slice(&(good.len() as u64).to_le_bytes());
+    let mut headless = good.clone();
+    headless[..4].copy_from_slice(b"XXXX");
+    for (what, damaged) in [("length", long), ("header", headless)] {
+        std::fs::write(&open, &damaged).unwrap();
+        let (ok, done, err) = restore(&copy, &dir.path().join(format!("r-{what}")), &[]);
+        assert!(!ok, "{what}: restored a damaged copy: {done}");
+        assert!(err.contains("signed tree head covers"), "{what}: {err}");
+        let (ok, _, err) = run_with_token("unused", &once).await;
+        assert!(
+            !ok && err.contains("open segment"),
+            "{what}: a follower resumed: {err}"
+        );
+        assert_eq!(
+            std::fs::read(&open).unwrap(),
+            damaged,
+            "{what}: the follower cut it"
+        );
+    }
+
+    // Cut inside the second chunk, as a crash mid-write leaves it (before the head that
+    // covers it was kept): the first chunk stands.
     let (_, at, len) = parts[1];
     std::fs::write(&open, &good[..at + len / 2]).unwrap();
+    std::fs::write(copy.join("signed-tree-head"), &head_after_first).unwrap();
     let (ok, done, err) = restore(&copy, &dir.path().join("r-torn"), &[]);
     assert!(ok, "{err}");
     assert_eq!(done["position"].as_u64(), Some(positions[0]), "{done}");

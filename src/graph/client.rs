@@ -144,6 +144,7 @@ pub struct GraphClient {
     settings: GraphSettings,
     retry: RetryPolicy,
     page_size: u32,
+    max_round_items: usize,
     token: Mutex<Option<CachedToken>>,
 }
 
@@ -258,6 +259,10 @@ const MAX_BODY_BYTES: usize = 32 << 20;
 const MAX_ERROR_BODY_BYTES: usize = 64 << 10;
 /// The most pages one round reads: 100 million users at 999 a page.
 const MAX_PAGES: usize = 100_000;
+/// The most entries one round keeps in memory (about a gigabyte): ten times a large
+/// tenant. Each page is bounded in bytes, but a server naming new pages without end (or
+/// one change many times) must meet a limit before the process's memory does.
+const MAX_ROUND_ITEMS: usize = 10_000_000;
 /// The longest next or delta link followed (Graph's are a few hundred bytes).
 const MAX_LINK_BYTES: usize = 16 << 10;
 
@@ -332,6 +337,7 @@ impl GraphClient {
             settings,
             retry,
             page_size: 999,
+            max_round_items: MAX_ROUND_ITEMS,
             token: Mutex::new(None),
         })
     }
@@ -339,6 +345,12 @@ impl GraphClient {
     /// Page size asked of collections (`$top`, 1 to 999).
     pub fn with_page_size(mut self, n: u32) -> Self {
         self.page_size = n.clamp(1, 999);
+        self
+    }
+
+    /// The most entries one round (all its pages) may bring, `MAX_ROUND_ITEMS` unless set.
+    pub fn with_max_round_items(mut self, n: usize) -> Self {
+        self.max_round_items = n.max(1);
         self
     }
 
@@ -607,14 +619,21 @@ impl GraphClient {
         &self,
         operation: &'static str,
         url: String,
-        mut page: impl FnMut(&Value) -> Result<(), GraphError>,
+        mut page: impl FnMut(&Value) -> Result<usize, GraphError>,
     ) -> Result<Value, GraphError> {
         use sha2::{Digest, Sha256};
         let mut read: std::collections::HashSet<[u8; 32]> = std::collections::HashSet::new();
         let mut next = url;
+        let mut items = 0usize;
         loop {
             let body = self.get(operation, &next).await?;
-            page(&body)?;
+            items = items.saturating_add(page(&body)?);
+            if items > self.max_round_items {
+                return Err(GraphError::Decode(format!(
+                    "more than {} entries in one round",
+                    self.max_round_items
+                )));
+            }
             read.insert(Sha256::digest(next.as_bytes()).into());
             match body["@odata.nextLink"].as_str() {
                 Some(link) if link.len() > MAX_LINK_BYTES => {
@@ -672,8 +691,10 @@ impl GraphClient {
         );
         let mut out = Vec::new();
         self.pages("groups", url, |body| {
-            out.extend(parse_values::<GraphGroup>(body)?);
-            Ok(())
+            let groups = parse_values::<GraphGroup>(body)?;
+            let n = groups.len();
+            out.extend(groups);
+            Ok(n)
         })
         .await?;
         Ok(out)
@@ -696,8 +717,10 @@ impl GraphClient {
         );
         let mut out = Vec::new();
         self.pages("members", url, |body| {
-            out.extend(users_of(body)?);
-            Ok(())
+            let users = users_of(body)?;
+            let n = users.len();
+            out.extend(users);
+            Ok(n)
         })
         .await?;
         Ok(out)
@@ -728,7 +751,9 @@ impl GraphClient {
         let mut out = GroupsDelta::default();
         let last = self
             .pages("groups_delta", url, |body| {
+                let mut kept = 0;
                 for g in values(body)? {
+                    kept += 1;
                     let id = g["id"]
                         .as_str()
                         .ok_or_else(|| GraphError::Decode("group without id".into()))?;
@@ -750,10 +775,11 @@ impl GraphClient {
                                 user_id: user_id.to_owned(),
                                 removed: m.get("@removed").is_some(),
                             });
+                            kept += 1;
                         }
                     }
                 }
-                Ok(())
+                Ok(kept)
             })
             .await?;
         out.delta_link = self.delta_link_of(&last)?;
@@ -805,7 +831,7 @@ impl GraphClient {
                     }
                 }
                 skipped_entries("users_delta", skipped);
-                Ok(())
+                Ok(values(body)?.len() - skipped)
             })
             .await?;
         out.delta_link = self.delta_link_of(&last)?;

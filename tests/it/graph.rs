@@ -142,6 +142,31 @@ async fn token_refusals_keep_their_aadsts_code() {
     );
 }
 
+/// What a round keeps in memory is bounded across its pages, not only per page: past the
+/// limit the round fails with a clear error (in production ten million entries, here ten),
+/// and each kind of round counts what it keeps.
+#[tokio::test]
+async fn a_round_that_brings_more_entries_than_the_limit_fails_clearly() {
+    let (url, _sim) = sim(100).await;
+    let c = client(&url, "contoso-demo-secret")
+        .with_page_size(4)
+        .with_max_round_items(10);
+    let refused = |e: GraphError| {
+        let text = e.to_string();
+        assert!(text.contains("more than 10 entries in one round"), "{text}");
+    };
+    refused(c.group_members(SYNC, USER_SELECT).await.unwrap_err());
+    refused(c.groups_delta(&[SYNC.to_owned()], None).await.unwrap_err());
+    refused(c.users_delta(USER_SELECT, None, None).await.unwrap_err());
+    let roomy = client(&url, "contoso-demo-secret")
+        .with_page_size(4)
+        .with_max_round_items(31);
+    assert_eq!(
+        roomy.group_members(SYNC, USER_SELECT).await.unwrap().len(),
+        30
+    );
+}
+
 #[tokio::test]
 async fn members_are_read_across_many_pages() {
     let (url, _sim) = sim(100).await;

@@ -50,7 +50,7 @@ pub fn routes(router: Router<Ctx>) -> Router<Ctx> {
     router
         .route("/.well-known/openid-configuration", get(discovery))
         .route("/jwks.json", get(jwks))
-        .route("/authorize", get(authorize))
+        .route("/authorize", get(authorize).post(authorize_by_form))
         .route("/authorize/resume", get(resume))
         .route("/token", axum::routing::post(token))
         .route("/userinfo", get(userinfo).post(userinfo))
@@ -346,6 +346,29 @@ fn registered(
     }
 }
 
+/// The longest authorization request taken by form: it goes on as a URL.
+const MAX_AUTHORIZE_FORM: usize = 8 << 10;
+
+/// An authorization request sent as a form (OIDC Core §3.1.2.1 requires POST too). It is
+/// answered with the same request as a GET: the browser then carries its `Lax` session
+/// cookie, which a cross-site POST leaves behind, and one handler checks every request.
+async fn authorize_by_form(
+    form: Result<axum::Form<Vec<(String, String)>>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let Ok(axum::Form(pairs)) = form else {
+        return bad_client("The request's parameters could not be read.");
+    };
+    let query = pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", urlencoding::encode(k), urlencoding::encode(v)))
+        .collect::<Vec<_>>()
+        .join("&");
+    if query.len() > MAX_AUTHORIZE_FORM {
+        return bad_client("The request is too long.");
+    }
+    Redirect::to(&format!("/authorize?{query}")).into_response()
+}
+
 async fn authorize(
     State(ctx): State<Ctx>,
     headers: HeaderMap,
@@ -426,7 +449,22 @@ async fn authorize(
         (None, _) => {}
     }
     let now = Utc::now();
-    let prompt: Vec<&str> = q.prompt.as_deref().unwrap_or("").split(' ').collect();
+    let prompt: Vec<&str> = q
+        .prompt
+        .as_deref()
+        .unwrap_or("")
+        .split(' ')
+        .filter(|p| !p.is_empty())
+        .collect();
+    let none = prompt.contains(&"none");
+    if none && prompt.len() > 1 {
+        // OIDC Core §3.1.2.1: `none` asks for no interaction; with anything else it is a
+        // contradiction, not a choice to make for the app.
+        return fail(
+            "invalid_request",
+            "prompt=none cannot be combined with another value",
+        );
+    }
     let fresh_after = if prompt.contains(&"login") {
         Some(now)
     } else {
@@ -446,7 +484,6 @@ async fn authorize(
         scope,
         fresh_after,
     };
-    let none = prompt.contains(&"none");
     match continue_with(&ctx, &headers, &request) {
         Some(answer) => answer,
         None if none => fail("login_required", "the user is not signed in"),
@@ -1251,10 +1288,10 @@ impl EndSession {
     }
 }
 
-/// Ends sessions at an app's request. The ID token it holds (`id_token_hint`) ends the
-/// session that token came from; the browser's own session ends at once only when it is
-/// that session. Otherwise the user is asked first (RP-Initiated Logout 1.0 §2 requires
-/// it): any site can send a browser here, and must not be able to sign its user out.
+/// Ends sessions at an app's request. The browser's own session ends at once when the ID
+/// token the app holds (`id_token_hint`) came from it; otherwise the user is asked first
+/// (RP-Initiated Logout 1.0 §2 requires it): any site can send a browser here, and must
+/// not be able to sign its user out. A session of another browser never ends here.
 async fn end_session(
     State(ctx): State<Ctx>,
     headers: HeaderMap,
@@ -1284,8 +1321,13 @@ fn asked_to_end_session(ctx: &Ctx, headers: &HeaderMap, q: Option<EndSession>) -
         );
     }
     let own = signed_in(ctx, headers);
-    if let Some(sid) = hinted_sid {
-        ctx.store.close_sid(sid);
+    // Only the session this browser holds ends on a hint: anyone holding the ID token (an
+    // app's server, a script that read it) could otherwise sign its user out on every
+    // device, and the spec wants the user asked about any other session.
+    if let (Some(sid), Some((_, session))) = (hinted_sid, &own) {
+        if session.sid == sid {
+            ctx.store.close_sid(sid);
+        }
     }
     let client_id = hinted_app.or(named_app);
     let target = LogoutTarget {

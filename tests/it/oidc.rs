@@ -435,6 +435,16 @@ async fn a_relying_party_signs_a_passkey_user_in_and_every_rule_holds() {
     assert_eq!((s, sets_cookie), (StatusCode::OK, false));
     let (s, _, _) = stranger.get(&format!("{}/me", w.app.public)).await;
     assert_eq!(s, StatusCode::OK, "still signed in");
+    // Nor does the hint sent by anyone but the browser holding its session (an app's
+    // server, a script that read the token): that browser's user stays signed in.
+    let elsewhere = rp_http()
+        .get(format!("{}{again}", w.app.public))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(elsewhere.status(), StatusCode::SEE_OTHER);
+    let (s, _, _) = stranger.get(&format!("{}/me", w.app.public)).await;
+    assert_eq!(s, StatusCode::OK, "signed out by another's request");
     let (s, location, q) = authorize(&mut stranger, &format!("{}{again}", w.app.public)).await;
     assert_eq!(s, StatusCode::SEE_OTHER);
     assert!(location.unwrap().starts_with(LOGGED_OUT));
@@ -1035,6 +1045,38 @@ async fn a_live_session_signs_in_again_when_asked_and_is_asked_before_a_sign_out
             .url();
         (format!("{url}&{extra}"), verifier, nonce)
     };
+
+    // prompt=none with anything else is a contradiction: invalid_request, at the app.
+    let (url, _, _) = request("prompt=none%20login");
+    let (s, _, q) = authorize(&mut browser, &url).await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    assert_eq!(get(&q, "error"), Some("invalid_request"), "{q:?}");
+
+    // The request as a form (OIDC Core §3.1.2.1: POST too) is answered with the same
+    // request as a GET, which the signed-in browser follows to a code.
+    let (url, _, _) = request("");
+    let pairs: Vec<(String, String)> = url
+        .split_once('?')
+        .unwrap()
+        .1
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), urlencoding::decode(v).unwrap().into_owned()))
+        .collect();
+    let form: Vec<(&str, &str)> = pairs
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let (s, _, location) = browser
+        .post_form(&format!("{}/authorize", w.app.public), &form)
+        .await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    let again = location.unwrap();
+    assert!(again.starts_with("/authorize?"), "{again}");
+    let (s, location, q) = authorize(&mut browser, &format!("{}{again}", w.app.public)).await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    assert!(location.unwrap().starts_with(REDIRECT));
+    assert!(get(&q, "code").is_some(), "{q:?}");
 
     // prompt=login: to the sign-in page, which asks (not "/me"), then back with a code
     // whose auth_time is the new sign-in.

@@ -586,18 +586,23 @@ async fn a_sign_in_link_signs_in_only_from_its_own_page() {
         .spawn()
         .unwrap();
     let stdout = demo.stdout.take().unwrap();
-    let link = tokio::task::spawn_blocking(move || {
-        std::io::BufReader::new(stdout)
+    // Read to the end, not only to the link: a demo whose output is closed stops (as any
+    // command does when its reader goes away).
+    let (found, link) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
             .lines()
             .map_while(Result::ok)
-            .find_map(|l| {
-                let (_, rest) = l.split_once("one-time sign-in: ")?;
-                Some(rest.trim_end_matches(')').to_owned())
-            })
-    })
-    .await
-    .unwrap()
-    .expect("the demo prints a sign-in link");
+        {
+            if let Some((_, rest)) = line.split_once("one-time sign-in: ") {
+                let _ = found.send(rest.trim_end_matches(')').to_owned());
+            }
+        }
+    });
+    let link = tokio::task::spawn_blocking(move || link.recv())
+        .await
+        .unwrap()
+        .expect("the demo prints a sign-in link");
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()

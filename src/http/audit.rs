@@ -35,6 +35,22 @@ pub struct ExportParams {
     /// `csv` (the default) or `jsonl`.
     #[param(value_type = Option<ExportFormatSchema>)]
     format: Option<ExportFormat>,
+    /// Read the log only up to this position (at most the head): the export's
+    /// `x-idledger-log-position`, so that a manifest asked for later describes that very
+    /// file while the log grows. Default: the head when the request comes.
+    at_position: Option<u64>,
+}
+
+/// Where an export reads to: `at_position`, or the head now.
+fn read_to(s: &AppState, q: &ExportParams) -> Result<u64, ApiError> {
+    let head = s.engine.log.head().position;
+    match q.at_position {
+        Some(p) if p > head => Err(ApiError::BadRequest(format!(
+            "at_position: {p} is past the log's head ({head})"
+        ))),
+        Some(p) => Ok(p),
+        None => Ok(head),
+    }
 }
 
 /// The query and format of a request.
@@ -95,9 +111,9 @@ pub async fn export(
     ApiQuery(q): ApiQuery<ExportParams>,
 ) -> Result<impl IntoResponse, ApiError> {
     let (query, format) = query(&kind, &q)?;
+    let head = read_to(&s, &q)?;
     let place = s.log_stream_place()?;
     let log = s.engine.log.clone();
-    let head = log.head().position;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tokio::task::spawn_blocking(move || {
         let _place = place;
@@ -159,8 +175,8 @@ pub async fn export_manifest(
     ApiQuery(q): ApiQuery<ExportParams>,
 ) -> Result<Json<Manifest>, ApiError> {
     let (query, format) = query(&kind, &q)?;
+    let head = read_to(&s, &q)?;
     let log = s.engine.log.clone();
-    let head = log.head().position;
     let m = s
         .whole_log_read(move || {
             let mut rows = HashedWriter::new(std::io::sink());

@@ -515,3 +515,59 @@ async fn formula_looking_names_are_exported_as_text_and_still_verify() {
     let (code, v) = cli(&w, &["verify-export", path.to_str().unwrap()]);
     assert_eq!(code, 0, "{v}");
 }
+
+/// On a server that keeps appending, an export and a manifest asked for later describe
+/// one file when the manifest names the export's `x-idledger-log-position`; without it
+/// the manifest describes the longer log (which is why the console pins the position).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manifest_pinned_to_the_exports_position_describes_that_file_while_the_log_grows() {
+    use sha2::Digest;
+    let app = crate::support::spawn_app().await;
+    for _ in 0..3 {
+        app.token("auditor", &[]).await;
+    }
+    let resp = app.admin_get("/v1/audit/exports/events?format=csv").await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let position: u64 = resp.headers()["x-idledger-log-position"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let file = resp.bytes().await.unwrap();
+    let sha = hex::encode(sha2::Sha256::digest(&file));
+    // The log grows before the manifest is asked for.
+    app.token("auditor", &[]).await;
+    let manifest = |query: String| {
+        let app = &app;
+        async move {
+            let r = app
+                .admin_get(&format!("/v1/audit/exports/events/manifest?{query}"))
+                .await;
+            let status = r.status();
+            (status, r.json::<Value>().await.unwrap())
+        }
+    };
+    let (s, pinned) = manifest(format!("format=csv&at_position={position}")).await;
+    assert_eq!(s, StatusCode::OK, "{pinned}");
+    assert_eq!(pinned["file_sha256"], sha.as_str(), "{pinned}");
+    assert_eq!(pinned["log_position"], position);
+    let (_, unpinned) = manifest("format=csv".into()).await;
+    assert_ne!(
+        unpinned["file_sha256"],
+        sha.as_str(),
+        "the log did not grow"
+    );
+    // The export itself can be pinned too, and a position past the head is refused.
+    let again = app
+        .admin_get(&format!(
+            "/v1/audit/exports/events?format=csv&at_position={position}"
+        ))
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(again, file);
+    let (s, body) = manifest(format!("format=csv&at_position={}", position + 1_000)).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.to_string().contains("at_position"), "{body}");
+}

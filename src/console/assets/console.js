@@ -555,14 +555,27 @@ async function auditPage() {
     $("#verify-result").replaceChildren(el("p", { class: problem ? "error" : "ok", id: "verify-status" },
       problem ?? `Chain ok: ${count} records ${how}, head ${prev}.`));
   });
+  // The export and its manifest read the log to one position, taken when the export is
+  // asked for: the log grows meanwhile, and a manifest of a longer log is another file's.
+  let pinned = null;
+  const pin = async () => { pinned = (await api("GET", "/healthz")).head_position; };
   const exportUrl = (manifest) => {
     const f = $("#export-form");
     const params = new URLSearchParams({ format: f.elements.format.value });
     for (const k of ["from", "to"]) if (f.elements[k].value) params.set(k, new Date(f.elements[k].value).toISOString());
+    if (pinned !== null) params.set("at_position", String(pinned));
     return `/v1/audit/exports/${f.elements.kind.value}${manifest ? "/manifest" : ""}?${params}`;
   };
-  $("#export-form").addEventListener("submit", (e) => { e.preventDefault(); window.location.assign(exportUrl(false)); });
-  $("#download-manifest").addEventListener("click", () => window.location.assign(exportUrl(true)));
+  $("#export-form").addEventListener("change", () => { pinned = null; });
+  $("#export-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    await pin();
+    window.location.assign(exportUrl(false));
+  });
+  $("#download-manifest").addEventListener("click", async () => {
+    if (pinned === null) await pin();
+    window.location.assign(exportUrl(true));
+  });
   // Verify an export: the manifest as one JSON line, then the file, in one body.
   const verifyForm = $("#verify-export");
   verifyForm.addEventListener("dragover", (e) => { e.preventDefault(); verifyForm.classList.add("over"); });

@@ -593,6 +593,12 @@ impl AppState {
                     "at is in the future: leave it out for the state now".into(),
                 ))
             }
+            idledger_replay::Until::Time(_) => {
+                // A group is stamped when the writer opens it and readable once flushed:
+                // events recorded at or before `at` may still be on their way. Every one
+                // was taken before this marker, so after it the prefix is whole.
+                self.engine.log.barrier().await;
+            }
             _ => {}
         }
         let log = self.engine.log.clone();

@@ -523,6 +523,9 @@ impl Exporter {
     /// Keeps what later rows need: users' domains and names, rotations' reasons, writes'
     /// rotations.
     fn remember(&mut self, user: Option<UserId>, env: &Envelope) {
+        // Rotations' reasons and writes' rotations grow with the whole history: only the
+        // password-change rows read them.
+        let passwords = self.query.kind == ExportKind::PasswordChanges;
         let c = &mut self.context;
         match (&env.event, user) {
             (Event::UserDiscovered(e), Some(u)) => {
@@ -534,10 +537,10 @@ impl Exporter {
                     x.1.clone_from(&e.attributes.user_principal_name);
                 }
             }
-            (Event::RotationStarted(e), _) => {
+            (Event::RotationStarted(e), _) if passwords => {
                 c.reasons.insert(e.rotation_id, reason_name(e.reason));
             }
-            (Event::KeyWriteQueued(e), _) => {
+            (Event::KeyWriteQueued(e), _) if passwords => {
                 c.writes.insert(e.key_write_id, e.rotation_id);
             }
             _ => {}

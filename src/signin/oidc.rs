@@ -31,10 +31,12 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Codes kept at most.
 const MOST: usize = 100_000;
+/// How long a spent code is remembered, so that its replay revokes what it gave.
+const SPENT_REMEMBERED: Duration = Duration::from_secs(600);
 /// The scopes the provider knows, in the order a grant lists them.
 const SCOPES: [&str; 4] = ["openid", "profile", "email", "offline_access"];
 /// The longest `nonce` taken (it is recorded with every refresh of the tokens it goes in).
@@ -833,25 +835,33 @@ async fn exchange_code(
         let mut spent = ctx.provider.spent.lock().unwrap_or_else(|e| e.into_inner());
         match grant {
             Some(grant) => {
-                spent.retain(|_, x| x.at.elapsed() < ctx.app.oidc.code_ttl);
+                // Remembered well past the code's life: a replay minutes later (a code
+                // leaked from a log, a history) still ends what the code gave.
+                let remember = ctx.app.oidc.code_ttl.max(SPENT_REMEMBERED);
+                spent.retain(|_, x| x.at.elapsed() < remember);
+                if spent.len() >= MOST {
+                    // Full of live ones: the oldest is forgotten, never the newest.
+                    let oldest = spent.iter().min_by_key(|(_, x)| x.at).map(|(k, _)| *k);
+                    if let Some(k) = oldest {
+                        spent.remove(&k);
+                    }
+                }
                 let family = grant
                     .request
                     .scope
                     .iter()
                     .any(|s| s == "offline_access")
                     .then(uuid::Uuid::new_v4);
-                if spent.len() < MOST {
-                    spent.insert(
-                        key,
-                        Spent {
-                            at: Instant::now(),
-                            user: grant.user,
-                            app: grant.request.app,
-                            family,
-                            issuing,
-                        },
-                    );
-                }
+                spent.insert(
+                    key,
+                    Spent {
+                        at: Instant::now(),
+                        user: grant.user,
+                        app: grant.request.app,
+                        family,
+                        issuing,
+                    },
+                );
                 (Some((grant, family)), None)
             }
             None => (None, spent.get(&key).cloned()),

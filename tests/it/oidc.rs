@@ -1353,3 +1353,72 @@ async fn a_code_used_twice_at_once_revokes_what_it_gave() {
         assert_eq!(r.status(), StatusCode::BAD_REQUEST, "the family ended");
     }
 }
+
+/// A code replayed after its life, with other codes exchanged meanwhile, still ends the
+/// family its first use began: spent codes are remembered for minutes, not for the
+/// code's own 60 s (here 1 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_code_replayed_after_its_life_still_ends_what_it_gave() {
+    let (w, adele, _) = crate::signin::signin_world_tuned(|c| c.oidc_code_ttl_secs = 1).await;
+    let SignedInWithApp {
+        mut browser,
+        client_id,
+        secret,
+        ..
+    } = signed_in_with_app(&w, &adele).await;
+    let raw = reqwest::Client::new();
+    let token_url = format!("{}/token", w.app.public);
+    let mut code_of = async |state: &str| {
+        let (_, _, q) = authorize(
+            &mut browser,
+            &format!(
+                "{}/authorize?client_id={client_id}&redirect_uri={REDIRECT}&response_type=code&scope=openid%20offline_access&state={state}",
+                w.app.public
+            ),
+        )
+        .await;
+        get(&q, "code").unwrap().to_owned()
+    };
+    let first_code = code_of("first").await;
+    let first: Value = exchange(&raw, &token_url, (&client_id, &secret), &first_code)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let refresh = first["refresh_token"].as_str().unwrap().to_owned();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    // Another exchange after the first code's life (the moment spent codes are swept).
+    let second = code_of("second").await;
+    let r = exchange(&raw, &token_url, (&client_id, &secret), &second)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let replay = exchange(&raw, &token_url, (&client_id, &secret), &first_code)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status(), StatusCode::BAD_REQUEST);
+    let body: Value = replay.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_grant", "{body}");
+    let refreshed = raw
+        .post(&token_url)
+        .basic_auth(&client_id, Some(&secret))
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let status = refreshed.status();
+    let body: Value = refreshed.json().await.unwrap();
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "the family lives on: {body}"
+    );
+    assert_eq!(body["error"], "invalid_grant", "{body}");
+}

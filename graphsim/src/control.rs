@@ -229,6 +229,19 @@ pub async fn repeat_add(
     State(sim): State<Sim>,
     Path((group, user)): Path<(String, String)>,
 ) -> StatusCode {
+    repeat_member_change(&sim, group, user, true)
+}
+
+/// `POST /_sim/groups/{group}/members/{user}/repeat-remove`: the next delta round names
+/// the user as removed again, though they may have come back since.
+pub async fn repeat_remove(
+    State(sim): State<Sim>,
+    Path((group, user)): Path<(String, String)>,
+) -> StatusCode {
+    repeat_member_change(&sim, group, user, false)
+}
+
+fn repeat_member_change(sim: &Sim, group: String, user: String, added: bool) -> StatusCode {
     let mut inner = sim.lock();
     let known = inner.dir.groups.contains_key(&group)
         || inner.changes.iter().any(|(_, c)| {
@@ -237,11 +250,7 @@ pub async fn repeat_add(
     if !known {
         return StatusCode::NOT_FOUND;
     }
-    inner.record(Change::Member {
-        group,
-        user,
-        added: true,
-    });
+    inner.record(Change::Member { group, user, added });
     StatusCode::NO_CONTENT
 }
 

@@ -87,6 +87,10 @@ pub fn router(sim: Sim) -> Router {
             post(control::repeat_add),
         )
         .route(
+            "/_sim/groups/{group}/members/{user}/repeat-remove",
+            post(control::repeat_remove),
+        )
+        .route(
             "/_sim/faults",
             post(control::add_fault).delete(control::clear_faults),
         )

@@ -173,6 +173,9 @@ pub struct SyncRun<'a> {
     /// (not for leaving the group), and knows no newer user of: one enabled again (or
     /// restored) in Entra comes back as a new user.
     gone: HashSet<String>,
+    /// Entra ids of users the engine deleted for leaving the sync group, and knows no
+    /// newer user of.
+    left_group: HashSet<String>,
 }
 
 impl<'a> SyncRun<'a> {
@@ -200,16 +203,19 @@ impl<'a> SyncRun<'a> {
             .collect::<HashMap<_, _>>();
         // Only those who left without leaving the group: one who left it comes back
         // through a member change, and needs no look at the group's members.
-        let gone = p
+        let (left_group, gone) = p
             .users
             .of_domain(domain.id)
-            .filter(|u| {
-                u.status == UserStatus::Deleted
-                    && u.left_reason != Some(LeaveReason::LeftGroup)
-                    && !known.contains_key(&u.external_id)
+            .filter(|u| u.status == UserStatus::Deleted && !known.contains_key(&u.external_id))
+            .map(|u| {
+                (
+                    u.left_reason == Some(LeaveReason::LeftGroup),
+                    u.external_id.clone(),
+                )
             })
-            .map(|u| u.external_id.clone())
-            .collect();
+            .partition::<Vec<_>, _>(|(left, _)| *left);
+        let strip = |v: Vec<(bool, String)>| v.into_iter().map(|(_, ext)| ext).collect();
+        let (left_group, gone) = (strip(left_group), strip(gone));
         Ok(SyncRun {
             engine,
             client,
@@ -219,6 +225,7 @@ impl<'a> SyncRun<'a> {
             known,
             full,
             gone,
+            left_group,
         })
     }
 
@@ -468,6 +475,20 @@ impl<'a> SyncRun<'a> {
             o.member = !c.removed;
         }
         membership_unknown.extend(contradicted(sync_changes));
+        // A change that would undo what is recorded may be an old one Graph names again
+        // (GRAPH.md §3), older than what happened since: a member who came back would be
+        // taken out (with *delete*, their keys shredded), one who left let back in. The
+        // member list decides. A removal the list has not caught up with yet waits for the
+        // next full round; a repeated one would destroy what cannot be restored.
+        membership_unknown.extend(
+            sync_changes
+                .iter()
+                .filter(|c| match self.known.get(&c.user_id) {
+                    Some(k) => k.known.is_member() == c.removed,
+                    None => !c.removed && self.left_group.contains(&c.user_id),
+                })
+                .map(|c| c.user_id.clone()),
+        );
         let rotation_changes = groups
             .changes
             .get(&g.rotation)

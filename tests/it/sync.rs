@@ -218,6 +218,63 @@ async fn a_member_change_graph_repeats_does_not_bring_back_a_user_deleted_in_ent
     assert_eq!(events_of(&w, &still).await, before, "no event since");
 }
 
+/// A change Graph repeats in a later round (GRAPH.md §3) may be older than what happened
+/// since: a member who left and came back must not be taken out again (with *delete*,
+/// their keys would be shredded), and one who left must not be let back in.
+#[tokio::test]
+async fn member_changes_graph_repeats_after_the_opposite_change_are_not_trusted() {
+    for behavior in ["deactivate", "delete"] {
+        let w = world(json!({"removal_behavior": behavior, "auto_import": true})).await;
+        w.sync().await;
+        w.leave(5).await;
+        w.join(5).await;
+        w.sync().await;
+        let back = w.user(5).await.unwrap();
+        assert_eq!(back["status"], "active", "{behavior}: {back}");
+        assert_eq!(back["in_sync_group"], true, "{behavior}: {back}");
+        let before = events_of(&w, &back).await;
+        w.sim(
+            Method::POST,
+            &format!("/_sim/groups/{SYNC}/members/{}/repeat-remove", ext(5)),
+            None,
+        )
+        .await;
+        let run = w.sync().await;
+        assert_eq!(run["status"], "succeeded", "{behavior}: {run}");
+        let still = w.user(5).await.unwrap();
+        assert_eq!(still["id"], back["id"], "{behavior}: {still}");
+        assert_eq!(still["status"], "active", "{behavior}: {still}");
+        assert_eq!(still["in_sync_group"], true, "{behavior}: {still}");
+        assert_eq!(
+            events_of(&w, &still).await,
+            before,
+            "{behavior}: no event since"
+        );
+
+        // And the other way: a member who left stays out when the old add comes back.
+        w.leave(6).await;
+        w.sync().await;
+        let out = w.user(6).await;
+        w.sim(
+            Method::POST,
+            &format!("/_sim/groups/{SYNC}/members/{}/repeat-add", ext(6)),
+            None,
+        )
+        .await;
+        let run = w.sync().await;
+        assert_eq!(run["status"], "succeeded", "{behavior}: {run}");
+        match (out, w.user(6).await) {
+            (Some(out), Some(now)) => {
+                assert_eq!(now["in_sync_group"], false, "{behavior}: {now}");
+                assert_eq!(now["status"], out["status"], "{behavior}: {now}");
+                assert_eq!(events_of(&w, &now).await, events_of(&w, &out).await);
+            }
+            (None, now) => assert!(now.is_none(), "{behavior}: came back as {now:?}"),
+            (Some(out), None) => panic!("{behavior}: {out} vanished"),
+        }
+    }
+}
+
 /// Graph promises no order within a delta round and may name one user twice (GRAPH.md §3).
 /// graphsim names each change on its own, newest first: a member who left and came back,
 /// a new member who came and left, a rotation-group member who left and came back, and a

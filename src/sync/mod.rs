@@ -404,22 +404,32 @@ impl SyncService {
         let service = self.clone();
         let done = tokio::spawn(async move {
             let started = std::time::Instant::now();
-            let result = tokio::select! {
-                r = async {
-                    let _serial = lock.lock().await;
-                    SyncRun::new(&engine, &client, domain, run_id, dry_run, full).await?.execute().await
-                } => r,
-                _ = wait_cancelled(cancelled) => Err(SyncError::Cancelled),
-            };
-            if let Err(SyncError::Cancelled) = result {
-                // The run's future is gone, but appends it handed to the writer still
-                // land. The next run of the domain (a new worker's, with new credentials)
-                // waits on this lock, so it reads its projections only after they did:
-                // otherwise it would take those users for new and discover them twice.
-                let _serial = lock.lock().await;
-                engine.log.barrier().await;
-                let _ = engine.settle().await;
+            // The lock is taken once and held until the run's appends have landed: were it
+            // taken inside the run's future, a cancel would drop it with that future, and
+            // the next run of the domain (a new worker's, with new credentials, already
+            // waiting) would get it first and read projections those appends have not
+            // reached yet, taking their users for new and discovering them twice.
+            let result = async {
+                let serial = tokio::select! {
+                    g = lock.lock() => g,
+                    _ = wait_cancelled(cancelled.clone()) => return Err(SyncError::Cancelled),
+                };
+                let result = tokio::select! {
+                    r = async {
+                        SyncRun::new(&engine, &client, domain, run_id, dry_run, full).await?.execute().await
+                    } => r,
+                    _ = wait_cancelled(cancelled) => Err(SyncError::Cancelled),
+                };
+                if let Err(SyncError::Cancelled) = result {
+                    // The run's future is gone, but appends it handed to the writer still
+                    // land: wait for them, and for the projections to show them.
+                    engine.log.barrier().await;
+                    let _ = engine.settle().await;
+                }
+                drop(serial);
+                result
             }
+            .await;
             let name = engine
                 .projector
                 .read()

@@ -49,27 +49,42 @@ impl Heads {
         // A whole last record can be unwritten too: a file system that kept the file's
         // new size but not its data (zeros) through a power loss. Its push never returned,
         // so it was never served; kept, it would be served as a head that does not verify.
-        while let Some(last) = heads.latest.take() {
-            let grew = match heads.count {
-                1 => true,
-                n => heads.read(n - 2)?.head.tree_size < last.head.tree_size,
-            };
-            if grew && public.open(&last.to_note()).is_ok() {
-                heads.latest = Some(last);
-                break;
-            }
-            tracing::warn!(
-                index = heads.count - 1,
-                "dropping a signed tree head that does not verify: a write lost to a crash"
-            );
-            heads.count -= 1;
-            heads.file.set_len(heads.count * RECORD).map_err(io)?;
-            heads.file.sync_data().map_err(io)?;
-            heads.latest = match heads.count {
-                0 => None,
-                n => Some(heads.read(n - 1)?),
-            };
+        // Only the last can be: each push is on the device before the next begins. Any
+        // other that fails is not a lost write but a key that is not the heads' own (a
+        // replaced `tree/log-key`): the file is audit evidence, so the server stops, touching
+        // nothing, rather than drop it head by head.
+        let Some(last) = heads.latest.take() else {
+            return Ok(heads);
+        };
+        let before = match heads.count {
+            1 => None,
+            n => Some(heads.read(n - 2)?),
+        };
+        let grew = before
+            .as_ref()
+            .is_none_or(|b| b.head.tree_size < last.head.tree_size);
+        if grew && public.open(&last.to_note()).is_ok() {
+            heads.latest = Some(last);
+            return Ok(heads);
         }
+        if before
+            .as_ref()
+            .is_some_and(|b| public.open(&b.to_note()).is_err())
+        {
+            return Err(NotaryError::Head(format!(
+                "the signed tree heads in {} do not verify under the log key {origin}: \
+                 was tree/log-key replaced? Restore the key the heads were signed with",
+                path.display()
+            )));
+        }
+        tracing::warn!(
+            index = heads.count - 1,
+            "dropping a signed tree head that does not verify: a write lost to a crash"
+        );
+        heads.count -= 1;
+        heads.file.set_len(heads.count * RECORD).map_err(io)?;
+        heads.file.sync_data().map_err(io)?;
+        heads.latest = before;
         Ok(heads)
     }
 
@@ -238,5 +253,26 @@ mod tests {
         for h in heads.after(0, 10).unwrap() {
             key.public().open(&h.to_note()).unwrap();
         }
+    }
+
+    /// Heads that do not verify under the key at hand, beyond a lost last write, mean the
+    /// key is not theirs: open refuses, and the file keeps every head.
+    #[test]
+    fn heads_signed_by_another_key_are_refused_not_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(crate::store::tree::tree_dir(dir.path())).unwrap();
+        let key = LogSigningKey::from_seed("test.log", &[7; 32]).unwrap();
+        let mut heads = Heads::open(dir.path(), key.public()).unwrap();
+        for size in [3, 9, 12] {
+            heads.push(head(&key, size)).unwrap();
+        }
+        drop(heads);
+        let path = crate::store::tree::tree_dir(dir.path()).join("heads");
+        let other = LogSigningKey::from_seed("test.log", &[8; 32]).unwrap();
+        let err = Heads::open(dir.path(), other.public()).err().unwrap();
+        assert!(err.to_string().contains("log-key"), "{err}");
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 3 * RECORD);
+        let heads = Heads::open(dir.path(), key.public()).unwrap();
+        assert_eq!(heads.latest().unwrap().head.tree_size, 12);
     }
 }

@@ -426,6 +426,7 @@ pub(super) async fn audit(State(s): State<AppState>, headers: HeaderMap) -> Resp
   <input id="to" name="to" type="datetime-local" step="1">
   <div class="actions wide"><button type="submit">Download export</button>
   <button type="button" id="download-manifest">Download manifest</button></div>
+  <p id="export-pin" class="wide" hidden></p>
 </form>
 </section>
 <section class="card" aria-labelledby="ver-title">

@@ -173,7 +173,7 @@ pub async fn export_manifest(
     State(s): State<AppState>,
     Path(kind): Path<String>,
     ApiQuery(q): ApiQuery<ExportParams>,
-) -> Result<Json<Manifest>, ApiError> {
+) -> Result<(axum::http::HeaderMap, Json<Manifest>), ApiError> {
     let (query, format) = query(&kind, &q)?;
     let head = read_to(&s, &q)?;
     let log = s.engine.log.clone();
@@ -198,13 +198,27 @@ pub async fn export_manifest(
     let mut m = m;
     if m.log_position > 0 {
         // A head of exactly the tree the export read: its root is the records' to there.
-        let head = s.notary.sign(m.log_position)?;
+        // Signing may flush the log to the device first: not on a runtime thread.
+        let (notary, size) = (s.notary.clone(), m.log_position);
+        let head = tokio::task::spawn_blocking(move || notary.sign(size))
+            .await
+            .map_err(|e| ApiError::Internal(format!("signing the manifest's head: {e}")))??;
         m.signed_head = Some(crate::audit::ManifestHead {
             checkpoint: head.to_note(),
             consistency: Vec::new(),
         });
     }
-    Ok(Json(m))
+    // Kept beside the export it describes, not shown in place of the console.
+    let mut headers = axum::http::HeaderMap::new();
+    let ext = match format {
+        ExportFormat::Csv => "csv",
+        ExportFormat::Jsonl => "jsonl",
+    };
+    let disposition = format!("attachment; filename=\"idledger-{kind}.{ext}.manifest.json\"");
+    if let Ok(v) = axum::http::HeaderValue::from_str(&disposition) {
+        headers.insert(header::CONTENT_DISPOSITION, v);
+    }
+    Ok((headers, Json(m)))
 }
 
 /// One user's whole story, in order: every event of their stream with its position, time,

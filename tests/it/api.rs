@@ -1666,6 +1666,14 @@ async fn api_answers_are_never_stored_and_exports_download() {
         "attachment; filename=\"idledger-users.csv\""
     );
     assert_eq!(r.headers()["cache-control"], "no-store");
+    let r = app
+        .admin_get("/v1/audit/exports/users/manifest?format=jsonl")
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        r.headers()["content-disposition"],
+        "attachment; filename=\"idledger-users.jsonl.manifest.json\""
+    );
 }
 
 /// Streamed exports and backups hold a blocking thread each while their clients read:

@@ -555,10 +555,16 @@ async function auditPage() {
     $("#verify-result").replaceChildren(el("p", { class: problem ? "error" : "ok", id: "verify-status" },
       problem ?? `Chain ok: ${count} records ${how}, head ${prev}.`));
   });
-  // The export and its manifest read the log to one position, taken when the export is
-  // asked for: the log grows meanwhile, and a manifest of a longer log is another file's.
+  // The export and its manifest read the log to one position: the log grows meanwhile,
+  // and a manifest of a longer log is another file's. The first download pins it, the
+  // other reuses it, and changing a field lets go of it.
   let pinned = null;
-  const pin = async () => { pinned = (await api("GET", "/healthz")).head_position; };
+  const pinNote = $("#export-pin");
+  const pin = async () => {
+    pinned = (await api("GET", "/healthz")).head_position;
+    pinNote.textContent = `Up to log position ${pinned}, for this export and its manifest. Change a field to take the latest.`;
+    pinNote.hidden = false;
+  };
   const exportUrl = (manifest) => {
     const f = $("#export-form");
     const params = new URLSearchParams({ format: f.elements.format.value });
@@ -566,10 +572,10 @@ async function auditPage() {
     if (pinned !== null) params.set("at_position", String(pinned));
     return `/v1/audit/exports/${f.elements.kind.value}${manifest ? "/manifest" : ""}?${params}`;
   };
-  $("#export-form").addEventListener("change", () => { pinned = null; });
+  $("#export-form").addEventListener("change", () => { pinned = null; pinNote.hidden = true; });
   $("#export-form").addEventListener("submit", async (e) => {
     e.preventDefault();
-    await pin();
+    if (pinned === null) await pin();
     window.location.assign(exportUrl(false));
   });
   $("#download-manifest").addEventListener("click", async () => {

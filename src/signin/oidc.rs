@@ -112,12 +112,46 @@ struct Spent {
     issuing: Arc<tokio::sync::Mutex<()>>,
 }
 
+/// Codes exchanged already, in the order they were: forgetting the expired and the oldest
+/// takes from the front, so an exchange costs the same with 10 or 100,000 remembered.
+#[derive(Default)]
+struct SpentCodes {
+    by_code: HashMap<[u8; 32], Spent>,
+    order: std::collections::VecDeque<[u8; 32]>,
+}
+
+impl SpentCodes {
+    fn get(&self, code: &[u8; 32]) -> Option<&Spent> {
+        self.by_code.get(code)
+    }
+
+    /// Remembers `code` (fresh from the codes in flight, so not here yet) for `remember`,
+    /// keeping at most `most`.
+    fn insert(&mut self, code: [u8; 32], spent: Spent, remember: Duration, most: usize) {
+        while let Some(oldest) = self.order.front() {
+            let expired = self
+                .by_code
+                .get(oldest)
+                .is_none_or(|x| x.at.elapsed() >= remember);
+            if !expired && self.order.len() < most {
+                break;
+            }
+            // Full of live ones: the oldest is forgotten, never the newest.
+            if let Some(k) = self.order.pop_front() {
+                self.by_code.remove(&k);
+            }
+        }
+        self.order.push_back(code);
+        self.by_code.insert(code, spent);
+    }
+}
+
 /// Codes in flight and the signer's cache (refresh families live in the log).
 #[derive(Default)]
 pub struct ProviderState {
     codes: Mutex<HashMap<[u8; 32], CodeGrant>>,
-    /// Codes already exchanged (for a minute): a second use names its user and app.
-    spent: Mutex<HashMap<[u8; 32], Spent>>,
+    /// Codes already exchanged (for ten minutes): a second use names its user and app.
+    spent: Mutex<SpentCodes>,
     signer: crate::provider::Signer,
 }
 
@@ -838,14 +872,6 @@ async fn exchange_code(
                 // Remembered well past the code's life: a replay minutes later (a code
                 // leaked from a log, a history) still ends what the code gave.
                 let remember = ctx.app.oidc.code_ttl.max(SPENT_REMEMBERED);
-                spent.retain(|_, x| x.at.elapsed() < remember);
-                if spent.len() >= MOST {
-                    // Full of live ones: the oldest is forgotten, never the newest.
-                    let oldest = spent.iter().min_by_key(|(_, x)| x.at).map(|(k, _)| *k);
-                    if let Some(k) = oldest {
-                        spent.remove(&k);
-                    }
-                }
                 let family = grant
                     .request
                     .scope
@@ -861,6 +887,8 @@ async fn exchange_code(
                         family,
                         issuing,
                     },
+                    remember,
+                    MOST,
                 );
                 (Some((grant, family)), None)
             }
@@ -1473,5 +1501,42 @@ fn signed_out_leaving_cookies(ctx: &Ctx, target: &LogoutTarget) -> Response {
             Redirect::to(&url).into_response()
         }
         None => super::pages::signed_out(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spent(at: Instant) -> Spent {
+        Spent {
+            at,
+            user: UserId(uuid::Uuid::nil()),
+            app: AppId(uuid::Uuid::nil()),
+            family: None,
+            issuing: Arc::default(),
+        }
+    }
+
+    /// Full, the oldest is forgotten first; expired ones go whenever one is added.
+    #[test]
+    fn spent_codes_forget_the_expired_and_then_the_oldest() {
+        let remember = Duration::from_secs(600);
+        let mut codes = SpentCodes::default();
+        for i in 0..3u8 {
+            codes.insert([i; 32], spent(Instant::now()), remember, 3);
+        }
+        codes.insert([3; 32], spent(Instant::now()), remember, 3);
+        assert!(codes.get(&[0; 32]).is_none());
+        assert!((1..4u8).all(|i| codes.get(&[i; 32]).is_some()));
+
+        let mut codes = SpentCodes::default();
+        let long_ago = Instant::now() - Duration::from_secs(601);
+        codes.insert([0; 32], spent(long_ago), remember, 100);
+        codes.insert([1; 32], spent(long_ago), remember, 100);
+        codes.insert([2; 32], spent(Instant::now()), remember, 100);
+        assert!(codes.get(&[0; 32]).is_none() && codes.get(&[1; 32]).is_none());
+        assert!(codes.get(&[2; 32]).is_some());
+        assert_eq!((codes.by_code.len(), codes.order.len()), (1, 1));
     }
 }

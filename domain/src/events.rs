@@ -310,7 +310,9 @@ pub struct AppTokenRefused {
     pub app_id: AppId,
     /// RFC 6749's error code and a few words (never a token).
     pub reason: String,
-    /// The refresh token family it revoked, if any (a reused refresh token).
+    /// The grant whose tokens it revoked, if any: a reused refresh token's family, or a
+    /// reused code's grant (its family when it began one). Access tokens name their grant
+    /// (`grant_id`), so those are refused too.
     pub revoked_family: Option<uuid::Uuid>,
     /// When.
     pub at: DateTime<Utc>,

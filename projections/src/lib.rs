@@ -654,4 +654,33 @@ mod tests {
         assert_eq!(revoked.tokens.get(id).unwrap().revoked_at, Some(at(20)));
         assert!(revoked.tokens.none_live());
     }
+
+    /// A revoked grant is remembered while access tokens naming it can live, then dropped
+    /// by a later revocation's fold (log time), so the list stays short.
+    #[test]
+    fn revoked_grants_are_remembered_longer_than_any_access_token_lives() {
+        let refused = |grant: u128, second: i64| -> Event {
+            AppTokenRefused {
+                app_id: idledger_domain::AppId(uuid::Uuid::from_u128(5)),
+                reason: "invalid_grant: authorization code reused".into(),
+                revoked_family: Some(uuid::Uuid::from_u128(grant)),
+                at: at(second),
+            }
+            .into()
+        };
+        let mut events = a_user_with_a_key();
+        events.push(refused(100, 0));
+        events.push(refused(101, 86_400));
+        let p = folded(&on(&StreamId::user(user()), 0, events.clone()));
+        let u = p.users.get(user()).unwrap();
+        assert!(u.grant_revoked(uuid::Uuid::from_u128(100)));
+        assert!(u.grant_revoked(uuid::Uuid::from_u128(101)));
+        assert!(!u.grant_revoked(uuid::Uuid::from_u128(102)));
+        events.push(refused(102, 2 * 86_400 + 1_000));
+        let p = folded(&on(&StreamId::user(user()), 0, events));
+        let u = p.users.get(user()).unwrap();
+        assert!(!u.grant_revoked(uuid::Uuid::from_u128(100)));
+        assert!(u.grant_revoked(uuid::Uuid::from_u128(101)));
+        assert!(u.grant_revoked(uuid::Uuid::from_u128(102)));
+    }
 }

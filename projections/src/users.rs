@@ -9,6 +9,10 @@ use rustc_hash::FxHashMap;
 use serde::Serialize;
 use std::collections::BTreeSet;
 
+/// How long a revoked grant is remembered: longer than an access token can live
+/// (`oidc_token_ttl_secs` is at most a day) with its clock skew.
+pub const REVOKED_GRANTS_KEPT: chrono::Duration = chrono::Duration::days(2);
+
 /// Where a user stands.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -91,6 +95,11 @@ pub struct UserView {
     /// password that becomes current was revealed (at the success, for the schedule).
     #[serde(skip)]
     candidate_revealed: bool,
+    /// Grants of apps' tokens revoked lately (a code or refresh token used twice), and
+    /// when: an access token naming one (`grant_id`) is refused. Kept longer than any
+    /// access token lives.
+    #[serde(skip)]
+    pub revoked_grants: Vec<(uuid::Uuid, DateTime<Utc>)>,
     /// When the last invite went out.
     pub invited_at: Option<DateTime<Utc>>,
     /// First seen.
@@ -106,6 +115,11 @@ pub struct UserView {
 }
 
 impl UserView {
+    /// The tokens of `grant` were revoked (their access tokens are refused).
+    pub fn grant_revoked(&self, grant: uuid::Uuid) -> bool {
+        self.revoked_grants.iter().any(|(g, _)| *g == grant)
+    }
+
     /// The SSO settings in force: none unless active; the override wins over import.
     pub fn effective_sso(&self) -> SsoSettings {
         match self.status {
@@ -351,6 +365,7 @@ impl Users {
                 last_revealed_at: None,
                 password: PasswordState::default(),
                 candidate_revealed: false,
+                revoked_grants: Vec::new(),
                 invited_at: None,
                 discovered_at: env.recorded_at,
                 imported_at: None,
@@ -451,6 +466,14 @@ impl Users {
                 }
                 u.candidate_revealed &= p.open.is_some();
                 u.password = p;
+            }
+            Event::AppTokenRefused(e) => {
+                if let Some(grant) = e.revoked_family {
+                    // Time is the log's, so every fold of these records keeps the same.
+                    u.revoked_grants
+                        .retain(|(_, at)| e.at - *at < REVOKED_GRANTS_KEPT);
+                    u.revoked_grants.push((grant, e.at));
+                }
             }
             Event::PasswordRevealed(e) => {
                 u.last_revealed_at = Some(env.recorded_at);

@@ -106,7 +106,9 @@ struct Spent {
     at: Instant,
     user: UserId,
     app: AppId,
-    family: Option<uuid::Uuid>,
+    /// The grant the code began: its access tokens' `grant_id`, and the refresh family's
+    /// id when `offline_access` was granted.
+    grant: uuid::Uuid,
     /// Held while the first exchange issues its tokens: a second use waits for it, so its
     /// refusal lands after the family it ends, never before it begins.
     issuing: Arc<tokio::sync::Mutex<()>>,
@@ -872,40 +874,42 @@ async fn exchange_code(
                 // Remembered well past the code's life: a replay minutes later (a code
                 // leaked from a log, a history) still ends what the code gave.
                 let remember = ctx.app.oidc.code_ttl.max(SPENT_REMEMBERED);
+                let grant_id = uuid::Uuid::new_v4();
                 let family = grant
                     .request
                     .scope
                     .iter()
                     .any(|s| s == "offline_access")
-                    .then(uuid::Uuid::new_v4);
+                    .then_some(grant_id);
                 spent.insert(
                     key,
                     Spent {
                         at: Instant::now(),
                         user: grant.user,
                         app: grant.request.app,
-                        family,
+                        grant: grant_id,
                         issuing,
                     },
                     remember,
                     MOST,
                 );
-                (Some((grant, family)), None)
+                (Some((grant, grant_id, family)), None)
             }
             None => (None, spent.get(&key).cloned()),
         }
     };
-    let Some((grant, family)) = grant else {
+    let Some((grant, grant_id, family)) = grant else {
         if let Some(spent) = reused {
             // A code used twice: the tokens it gave are revoked (RFC 6749 §4.1.2); the
-            // refusal's record ends the family, once the first use has begun it.
+            // refusal's record ends the family, once the first use has begun it, and
+            // userinfo refuses the access tokens that name the grant.
             drop(spent.issuing.lock().await);
             record_refusal(
                 ctx,
                 spent.user,
                 spent.app,
                 "invalid_grant: authorization code reused",
-                spent.family,
+                Some(spent.grant),
             )
             .await;
         }
@@ -955,7 +959,8 @@ async fn exchange_code(
         };
         (family, new_refresh_token(first))
     });
-    match issue(ctx, app, grant.user, &grant.session.sid, &carried, refresh).await {
+    let (user, sid) = (grant.user, &grant.session.sid);
+    match issue(ctx, app, user, sid, &carried, grant_id, refresh).await {
         Ok((r, _)) => r,
         Err(r) => r.into_response(),
     }
@@ -988,6 +993,10 @@ struct Claims {
     /// Access tokens only: unique id.
     #[serde(skip_serializing_if = "Option::is_none")]
     jti: Option<String>,
+    /// Access tokens only: the code exchange (and refresh family) they came from, which a
+    /// reused code or refresh token revokes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    grant_id: Option<String>,
 }
 
 fn acr_of(m: SsoMethod) -> &'static str {
@@ -1033,6 +1042,7 @@ async fn issue(
     user: UserId,
     sid: &str,
     carried: &TokenGrant,
+    grant_id: uuid::Uuid,
     refresh: Option<(uuid::Uuid, String)>,
 ) -> Result<(Response, Option<uuid::Uuid>), TokenFail> {
     issuer(ctx).map_err(|r| unavailable(r.message))?;
@@ -1074,7 +1084,14 @@ async fn issue(
         return Err(unavailable(r.message));
     }
     let family = refresh.as_ref().map(|(f, _)| *f);
-    let answer = answer_tokens(ctx, app, user, sid, carried, refresh.map(|(_, t)| t))?;
+    let answer = answer_tokens(
+        ctx,
+        app,
+        (user, sid),
+        carried,
+        grant_id,
+        refresh.map(|(_, t)| t),
+    )?;
     Ok((answer, family))
 }
 
@@ -1082,9 +1099,9 @@ async fn issue(
 fn answer_tokens(
     ctx: &Ctx,
     app: &idledger_projections::AppView,
-    user: UserId,
-    sid: &str,
+    (user, sid): (UserId, &str),
     carried: &TokenGrant,
+    grant_id: uuid::Uuid,
     refresh_token: Option<String>,
 ) -> Result<Response, TokenFail> {
     let iss = issuer(ctx).map_err(|r| unavailable(r.message))?;
@@ -1123,6 +1140,7 @@ fn answer_tokens(
         email: if email { mail.clone() } else { None },
         scope: access.then(|| scope.join(" ")),
         jti: access.then(|| uuid::Uuid::new_v4().to_string()),
+        grant_id: access.then(|| grant_id.to_string()),
     };
     let sign = |alg: &str, c: &Claims| {
         ctx.provider
@@ -1210,7 +1228,7 @@ async fn refresh(ctx: &Ctx, app: &idledger_projections::AppView, form: &TokenFor
                     ..
                 }),
             ..
-        })) => match answer_tokens(ctx, app, name.user, sid, carried, Some(next)) {
+        })) => match answer_tokens(ctx, app, (name.user, sid), carried, name.family, Some(next)) {
             Ok(answer) => answer,
             // The presented token is spent already: a retry would look like a replay.
             Err(_) => invalid_grant("the tokens could not be signed; sign in again"),
@@ -1287,6 +1305,12 @@ async fn userinfo(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
     let Some(u) = p.users.get(user) else {
         return unauthorized("no such user");
     };
+    let grant = claims["grant_id"].as_str().and_then(|g| g.parse().ok());
+    if grant.is_some_and(|g| u.grant_revoked(g)) {
+        return unauthorized(
+            "the access token was revoked: its code or refresh token was used twice",
+        );
+    }
     let has = |s: &str| scope.split(' ').any(|x| x == s);
     Json(UserInfo {
         sub: user.to_string(),
@@ -1513,7 +1537,7 @@ mod tests {
             at,
             user: UserId(uuid::Uuid::nil()),
             app: AppId(uuid::Uuid::nil()),
-            family: None,
+            grant: uuid::Uuid::nil(),
             issuing: Arc::default(),
         }
     }

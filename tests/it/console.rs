@@ -258,7 +258,10 @@ async fn an_admin_runs_the_whole_workflow_in_the_browser_and_an_auditor_only_rea
     app.token("auditor", &[]).await;
     b.click("#export-form button[type=submit]").await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert_eq!(b.wait_text("#export-pin", "Up to log position").await, pinned);
+    assert_eq!(
+        b.wait_text("#export-pin", "Up to log position").await,
+        pinned
+    );
 
     // The API refuses the auditor's session a command even when forced.
     let refused = b

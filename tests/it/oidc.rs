@@ -1422,3 +1422,81 @@ async fn a_code_replayed_after_its_life_still_ends_what_it_gave() {
     );
     assert_eq!(body["error"], "invalid_grant", "{body}");
 }
+
+/// A reused code or refresh token revokes what was issued from it (RFC 6749 §4.1.2,
+/// §10.4): the access tokens too, at userinfo, with or without a refresh family; the
+/// tokens of another exchange live on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_code_or_refresh_token_revokes_the_access_tokens_it_gave() {
+    let (w, adele, _) = signin_world().await;
+    let SignedInWithApp {
+        mut browser,
+        client_id,
+        secret,
+        ..
+    } = signed_in_with_app(&w, &adele).await;
+    let raw = reqwest::Client::new();
+    let token_url = format!("{}/token", w.app.public);
+    let userinfo = format!("{}/userinfo", w.app.public);
+    let mut code_of = async |scope: &str, state: &str| {
+        let (_, _, q) = authorize(
+            &mut browser,
+            &format!(
+                "{}/authorize?client_id={client_id}&redirect_uri={REDIRECT}&response_type=code&scope={scope}&state={state}",
+                w.app.public
+            ),
+        )
+        .await;
+        get(&q, "code").unwrap().to_owned()
+    };
+    let tokens = async |code: &str| -> Value {
+        let r = exchange(&raw, &token_url, (&client_id, &secret), code)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        r.json().await.unwrap()
+    };
+    let info = async |access: &Value| {
+        raw.get(&userinfo)
+            .bearer_auth(access.as_str().unwrap())
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    // Without offline_access: no family, and still the code's access token ends.
+    let code = code_of("openid%20profile", "plain").await;
+    let plain = tokens(&code).await;
+    let other = tokens(&code_of("openid%20profile", "other").await).await;
+    assert_eq!(info(&plain["access_token"]).await, StatusCode::OK);
+    let replay = exchange(&raw, &token_url, (&client_id, &secret), &code)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(info(&plain["access_token"]).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(info(&other["access_token"]).await, StatusCode::OK);
+
+    // With a family: a refresh token used twice ends every access token of the family.
+    let first = tokens(&code_of("openid%20offline_access", "family").await).await;
+    let refresh = async |token: &Value| {
+        raw.post(&token_url)
+            .basic_auth(&client_id, Some(&secret))
+            .form(&[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", token.as_str().unwrap()),
+            ])
+            .send()
+            .await
+            .unwrap()
+    };
+    let second: Value = refresh(&first["refresh_token"]).await.json().await.unwrap();
+    assert_eq!(info(&second["access_token"]).await, StatusCode::OK);
+    let reused = refresh(&first["refresh_token"]).await;
+    assert_eq!(reused.status(), StatusCode::BAD_REQUEST);
+    for access in [&first["access_token"], &second["access_token"]] {
+        assert_eq!(info(access).await, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(info(&other["access_token"]).await, StatusCode::OK);
+}

@@ -942,7 +942,13 @@ pub async fn users_delta(
                 Change::UserDeleted(id) if wanted(id) => (id, None),
                 _ => continue,
             };
-            entries.push(match inner.dir.users.get(id) {
+            // A delete is named as the delete it was, even of a user since restored:
+            // the entry is that change on its own.
+            let user = match change {
+                Change::UserDeleted(_) => None,
+                _ => inner.dir.users.get(id),
+            };
+            entries.push(match user {
                 Some(u) => match props {
                     None => user_json(u, &select, false),
                     Some(p) => {

@@ -504,9 +504,13 @@ impl<'a> SyncRun<'a> {
             }
         }
         rotation_unknown.extend(contradicted(rotation_changes));
+        // Ids named both as shown and as removed in this round (see below).
+        let mut shown: HashSet<String> = HashSet::new();
+        let mut removed: HashSet<String> = HashSet::new();
         for c in users.changes {
             match c {
                 UserChange::Upsert(u) => {
+                    shown.insert(u.id.clone());
                     let recorded = self.known.get(&u.id).map(|k| &k.known.attributes);
                     if recorded.is_none() && !observed.contains_key(&u.id) {
                         // Deleted here while disabled (or deleted in Entra), and now
@@ -533,10 +537,40 @@ impl<'a> SyncRun<'a> {
                     o.exists = true;
                 }
                 UserChange::Removed { id, .. } => {
+                    removed.insert(id.clone());
                     if self.known.contains_key(&id) || observed.contains_key(&id) {
                         let o = observed
                             .entry(id.clone())
                             .or_insert_with(|| base(&id, &mut rotation_unknown));
+                        o.exists = false;
+                        o.member = false;
+                    }
+                }
+            }
+        }
+        // A user deleted and restored in one round (or restored and deleted) is named both
+        // ways, in no promised order (GRAPH.md §3): whichever came last would decide, and
+        // a wrong "deleted" costs a member (with *delete*) their keys. Read back by id:
+        // shown means there, with whatever memberships Entra restored.
+        let both: Vec<String> = shown
+            .intersection(&removed)
+            .filter(|id| observed.contains_key(*id))
+            .cloned()
+            .collect();
+        if !both.is_empty() {
+            let mut read_back = self.read_users(both.clone()).await?;
+            for id in both {
+                let Some(o) = observed.get_mut(&id) else {
+                    continue;
+                };
+                match read_back.remove(&id) {
+                    Some(u) => {
+                        let recorded = self.known.get(&id).map(|k| &k.known.attributes);
+                        o.attributes = Some(attributes_of(u, o.attributes.as_ref().or(recorded)));
+                        o.exists = true;
+                        membership_unknown.insert(id);
+                    }
+                    None => {
                         o.exists = false;
                         o.member = false;
                     }

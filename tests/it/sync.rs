@@ -275,6 +275,43 @@ async fn member_changes_graph_repeats_after_the_opposite_change_are_not_trusted(
     }
 }
 
+/// A user deleted in Entra and restored within one round, the restore named first: the
+/// delete's entry, last, must not decide (with *delete*, the member's keys would go).
+#[tokio::test]
+async fn a_user_deleted_and_restored_in_one_round_is_not_taken_for_deleted() {
+    let w = world(json!({"removal_behavior": "delete", "auto_import": true})).await;
+    w.sync().await;
+    let before = w.user(7).await.unwrap();
+    w.sim(
+        Method::PUT,
+        "/_sim/delta/order",
+        Some(json!({"unordered": true})),
+    )
+    .await;
+    w.sim(Method::DELETE, &format!("/_sim/users/{}", ext(7)), None)
+        .await;
+    w.sim(
+        Method::POST,
+        "/_sim/users",
+        Some(json!({
+            "id": ext(7),
+            "userPrincipalName": before["user_principal_name"],
+            "displayName": before["display_name"],
+            "mail": before["mail"],
+            "givenName": before["given_name"],
+            "surname": before["surname"],
+        })),
+    )
+    .await;
+    w.join(7).await;
+    let run = w.sync().await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let after = w.user(7).await.unwrap();
+    assert_eq!(after["id"], before["id"], "{after}");
+    assert_eq!(after["status"], "active", "{after}");
+    assert_eq!(after["in_sync_group"], true, "{after}");
+}
+
 /// Graph promises no order within a delta round and may name one user twice (GRAPH.md §3).
 /// graphsim names each change on its own, newest first: a member who left and came back,
 /// a new member who came and left, a rotation-group member who left and came back, and a

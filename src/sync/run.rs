@@ -725,7 +725,9 @@ impl<'a> SyncRun<'a> {
             self.domain.settings.deletion_threshold,
         );
         let mut held = Vec::new();
-        let mut changes = Vec::with_capacity(plans.len());
+        // Only a dry run answers with its changes; a real run's would be a second copy of
+        // every plan (100,000 of them in a first sync) held while the plans are appended.
+        let mut changes = Vec::with_capacity(if self.dry_run { plans.len() } else { 0 });
         for Pending {
             ext,
             known: k,
@@ -742,6 +744,9 @@ impl<'a> SyncRun<'a> {
                 held.push(user_id);
             } else if plan.is_destructive() {
                 counters.removed += 1;
+            }
+            if !self.dry_run {
+                continue;
             }
             let upn = plan
                 .events
@@ -790,9 +795,6 @@ impl<'a> SyncRun<'a> {
                 .await?;
             held = applied.into_iter().flatten().collect();
             held.sort_unstable();
-            for c in &mut changes {
-                c.held = held.binary_search(&c.user_id).is_ok();
-            }
         }
         let federated = if self.dry_run {
             None

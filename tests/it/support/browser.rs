@@ -17,17 +17,35 @@ impl Drop for Browser {
     /// chromedriver leads its own process group, so Chromium and its helpers go with it
     /// even when a test fails before closing the session.
     fn drop(&mut self) {
-        if let Some(group) = rustix::process::Pid::from_raw(self.driver.id() as i32) {
-            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
-        }
-        let _ = self.driver.wait();
+        end_driver(&mut self.driver);
     }
 }
 
+fn end_driver(driver: &mut std::process::Child) {
+    if let Some(group) = rustix::process::Pid::from_raw(driver.id() as i32) {
+        let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+    }
+    let _ = driver.wait();
+}
+
 impl Browser {
+    /// A few tries: the port `free_port` picked can be taken by another test's listener
+    /// before chromedriver binds it, and chromedriver then exits (or another server
+    /// answers); under a loaded machine's full test run that happened.
     pub async fn start() -> Browser {
+        let mut last = String::new();
+        for _ in 0..3 {
+            match Self::try_start().await {
+                Ok(b) => return b,
+                Err(e) => last = e,
+            }
+        }
+        panic!("no WebDriver session: {last}");
+    }
+
+    async fn try_start() -> Result<Browser, String> {
         let port = free_port();
-        let driver = std::process::Command::new(
+        let mut driver = std::process::Command::new(
             std::env::var("CHROMEDRIVER").unwrap_or_else(|_| "chromedriver".into()),
         )
         .arg(format!("--port={port}"))
@@ -50,24 +68,29 @@ impl Browser {
         );
         let url = format!("http://127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(30);
-        let client = loop {
+        loop {
             let connector = hyper_util::client::legacy::connect::HttpConnector::new();
             match ClientBuilder::new(connector)
                 .capabilities(caps.clone())
                 .connect(&url)
                 .await
             {
-                Ok(c) => break c,
+                Ok(client) => {
+                    return Ok(Browser {
+                        driver,
+                        client,
+                        _profile: profile,
+                    })
+                }
                 Err(e) => {
-                    assert!(Instant::now() < deadline, "no WebDriver session: {e}");
+                    let exited = driver.try_wait().ok().flatten();
+                    if exited.is_some() || Instant::now() >= deadline {
+                        end_driver(&mut driver);
+                        return Err(format!("port {port}, chromedriver {exited:?}: {e}"));
+                    }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
-        };
-        Browser {
-            driver,
-            client,
-            _profile: profile,
         }
     }
 

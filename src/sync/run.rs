@@ -478,17 +478,18 @@ impl<'a> SyncRun<'a> {
         // A change that would undo what is recorded may be an old one Graph names again
         // (GRAPH.md §3), older than what happened since: a member who came back would be
         // taken out (with *delete*, their keys shredded), one who left let back in. The
-        // member list decides. A removal the list has not caught up with yet waits for the
-        // next full round; a repeated one would destroy what cannot be restored.
-        membership_unknown.extend(
-            sync_changes
-                .iter()
-                .filter(|c| match self.known.get(&c.user_id) {
-                    Some(k) => k.known.is_member() == c.removed,
-                    None => !c.removed && self.left_group.contains(&c.user_id),
-                })
-                .map(|c| c.user_id.clone()),
-        );
+        // member list decides; where it disagrees with the change (a repeat, or a list
+        // that has not caught up yet), the groups' delta link is not moved on, so the next
+        // round names the change again and asks again.
+        let sync_flips: Vec<(String, bool)> = sync_changes
+            .iter()
+            .filter(|c| match self.known.get(&c.user_id) {
+                Some(k) => k.known.is_member() == c.removed,
+                None => !c.removed && self.left_group.contains(&c.user_id),
+            })
+            .map(|c| (c.user_id.clone(), !c.removed))
+            .collect();
+        membership_unknown.extend(sync_flips.iter().map(|(id, _)| id.clone()));
         let rotation_changes = groups
             .changes
             .get(&g.rotation)
@@ -504,6 +505,18 @@ impl<'a> SyncRun<'a> {
             }
         }
         rotation_unknown.extend(contradicted(rotation_changes));
+        // The same for the rotation group: a repeated add would rotate the password of
+        // someone taken out of rotation (a break-glass account), a repeated removal stop it.
+        let rotation_flips: Vec<(String, bool)> = rotation_changes
+            .iter()
+            .filter(|c| {
+                self.known
+                    .get(&c.user_id)
+                    .is_some_and(|k| k.known.in_rotation_group == c.removed)
+            })
+            .map(|c| (c.user_id.clone(), !c.removed))
+            .collect();
+        rotation_unknown.extend(rotation_flips.iter().map(|(id, _)| id.clone()));
         // Ids named both as shown and as removed in this round (see below).
         let mut shown: HashSet<String> = HashSet::new();
         let mut removed: HashSet<String> = HashSet::new();
@@ -623,7 +636,22 @@ impl<'a> SyncRun<'a> {
                 }
             }
         }
-        Ok((observed, (groups.delta_link, users.delta_link)))
+        let disputed = sync_flips.iter().any(|(id, member)| {
+            observed
+                .get(id)
+                .is_some_and(|o| o.exists && o.member != *member)
+        }) || rotation_flips.iter().any(|(id, member)| {
+            observed
+                .get(id)
+                .is_some_and(|o| o.exists && o.member && o.in_rotation_group != *member)
+        });
+        let groups_link = if disputed {
+            tracing::info!(domain = %self.domain.name, "a member change Graph named disagrees with the group's member list: asked again next round");
+            links.0.clone()
+        } else {
+            groups.delta_link
+        };
+        Ok((observed, (groups_link, users.delta_link)))
     }
 
     /// The tenant's federated domains, lower case and sorted; `None` when Graph did not

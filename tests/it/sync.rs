@@ -250,6 +250,20 @@ async fn member_changes_graph_repeats_after_the_opposite_change_are_not_trusted(
             before,
             "{behavior}: no event since"
         );
+        // The groups' delta link did not move on past the disputed change: the next round
+        // reads from the same link, and asks the member list again.
+        let group_rounds = async || -> Vec<String> {
+            w.sim_requests()
+                .await
+                .iter()
+                .filter(|r| r["path"].as_str().unwrap_or("").contains("groups/delta"))
+                .map(|r| r["query"].as_str().unwrap_or("").to_owned())
+                .collect()
+        };
+        let held = group_rounds().await.last().cloned().unwrap();
+        w.sync().await;
+        assert_eq!(group_rounds().await.last(), Some(&held), "{behavior}");
+        assert_eq!(w.user(5).await.unwrap()["status"], "active", "{behavior}");
 
         // And the other way: a member who left stays out when the old add comes back.
         w.leave(6).await;
@@ -273,6 +287,36 @@ async fn member_changes_graph_repeats_after_the_opposite_change_are_not_trusted(
             (Some(out), None) => panic!("{behavior}: {out} vanished"),
         }
     }
+}
+
+/// The rotation group too: a change Graph repeats after the opposite one neither takes a
+/// user out of rotation nor puts one taken out back in.
+#[tokio::test]
+async fn rotation_group_changes_graph_repeats_are_not_trusted() {
+    let w = world(json!({"removal_behavior": "keep", "auto_import": true})).await;
+    w.sync().await;
+    let rotation = "a1b2c3d4-0000-4000-8000-000000000002";
+    let member = |n: u32| format!("/_sim/groups/{rotation}/members/{}", ext(n));
+    let (inside, outside) = (w.user(5).await.unwrap(), w.user(12).await.unwrap());
+    assert_eq!(inside["in_rotation_group"], true, "{inside}");
+    assert_eq!(outside["in_rotation_group"], false, "{outside}");
+    // 5 leaves and comes back, 12 joins and leaves: then the old changes come again.
+    w.sim(Method::DELETE, &member(5), None).await;
+    w.sim(Method::POST, &member(5), None).await;
+    w.sim(Method::POST, &member(12), None).await;
+    w.sync().await;
+    w.sim(Method::DELETE, &member(12), None).await;
+    w.sync().await;
+    assert_eq!(w.user(5).await.unwrap()["in_rotation_group"], true);
+    assert_eq!(w.user(12).await.unwrap()["in_rotation_group"], false);
+    w.sim(Method::POST, &format!("{}/repeat-remove", member(5)), None)
+        .await;
+    w.sim(Method::POST, &format!("{}/repeat-add", member(12)), None)
+        .await;
+    let run = w.sync().await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(w.user(5).await.unwrap()["in_rotation_group"], true);
+    assert_eq!(w.user(12).await.unwrap()["in_rotation_group"], false);
 }
 
 /// A user deleted in Entra and restored within one round, the restore named first: the

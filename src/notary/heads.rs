@@ -51,8 +51,8 @@ impl Heads {
         // so it was never served; kept, it would be served as a head that does not verify.
         // Only the last can be: each push is on the device before the next begins. Any
         // other that fails is not a lost write but a key that is not the heads' own (a
-        // replaced `tree/log-key`): the file is audit evidence, so the server stops, touching
-        // nothing, rather than drop it head by head.
+        // replaced `tree/log-key`): the file is audit evidence, so the server stops without
+        // dropping a head, rather than drop them one by one.
         let Some(last) = heads.latest.take() else {
             return Ok(heads);
         };
@@ -67,10 +67,13 @@ impl Heads {
             heads.latest = Some(last);
             return Ok(heads);
         }
-        if before
+        // Unwritten reads as zeros; anything else that fails, with no good head before it to
+        // vouch for the key, is a head of another key.
+        let unwritten = last.head.tree_size == 0 && last.head.timestamp_ms == 0;
+        let key_vouched = before
             .as_ref()
-            .is_some_and(|b| public.open(&b.to_note()).is_err())
-        {
+            .is_some_and(|b| public.open(&b.to_note()).is_ok());
+        if !unwritten && !key_vouched {
             return Err(NotaryError::Head(format!(
                 "the signed tree heads in {} do not verify under the log key {origin}: \
                  was tree/log-key replaced? Restore the key the heads were signed with",
@@ -274,5 +277,15 @@ mod tests {
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 3 * RECORD);
         let heads = Heads::open(dir.path(), key.public()).unwrap();
         assert_eq!(heads.latest().unwrap().head.tree_size, 12);
+
+        // One head only: nothing before it vouches for a key, and it is no unwritten tail.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(crate::store::tree::tree_dir(dir.path())).unwrap();
+        let mut heads = Heads::open(dir.path(), key.public()).unwrap();
+        heads.push(head(&key, 3)).unwrap();
+        drop(heads);
+        assert!(Heads::open(dir.path(), other.public()).is_err());
+        let path = crate::store::tree::tree_dir(dir.path()).join("heads");
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), RECORD);
     }
 }

@@ -671,11 +671,13 @@ mod tests {
         let mut events = a_user_with_a_key();
         events.push(refused(100, 0));
         events.push(refused(101, 86_400));
+        events.push(refused(101, 86_401));
         let p = folded(&on(&StreamId::user(user()), 0, events.clone()));
         let u = p.users.get(user()).unwrap();
         assert!(u.grant_revoked(uuid::Uuid::from_u128(100)));
         assert!(u.grant_revoked(uuid::Uuid::from_u128(101)));
         assert!(!u.grant_revoked(uuid::Uuid::from_u128(102)));
+        assert_eq!(u.revoked_grants.len(), 2, "a replayed grant is kept once");
         events.push(refused(102, 2 * 86_400 + 1_000));
         let p = folded(&on(&StreamId::user(user()), 0, events));
         let u = p.users.get(user()).unwrap();

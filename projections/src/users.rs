@@ -472,7 +472,10 @@ impl Users {
                     // Time is the log's, so every fold of these records keeps the same.
                     u.revoked_grants
                         .retain(|(_, at)| e.at - *at < REVOKED_GRANTS_KEPT);
-                    u.revoked_grants.push((grant, e.at));
+                    // Each replay of a spent code is recorded; the grant is kept once.
+                    if !u.grant_revoked(grant) {
+                        u.revoked_grants.push((grant, e.at));
+                    }
                 }
             }
             Event::PasswordRevealed(e) => {

@@ -420,11 +420,17 @@ impl SyncService {
                     } => r,
                     _ = wait_cancelled(cancelled) => Err(SyncError::Cancelled),
                 };
-                if let Err(SyncError::Cancelled) = result {
-                    // The run's future is gone, but appends it handed to the writer still
+                if result.is_err() {
+                    // The run's future is gone (cancelled, or its other appends dropped
+                    // with the first error), but appends it handed to the writer still
                     // land: wait for them, and for the projections to show them.
                     engine.log.barrier().await;
                     let _ = engine.settle().await;
+                    // A deletion that landed so never reached its shred: done here, not
+                    // only at the next start.
+                    let engine = engine.clone();
+                    let _ = tokio::task::spawn_blocking(move || shred_deleted(&engine, domain))
+                        .await;
                 }
                 drop(serial);
                 result
@@ -719,6 +725,28 @@ impl SyncService {
 }
 
 /// Resolves when the worker is cancelled; never when it is dropped without a cancel.
+/// Shreds the keys the key store still holds of `domain`'s deleted users.
+fn shred_deleted(engine: &Engine, domain: DomainId) {
+    let deleted: Vec<StreamId> = engine
+        .projector
+        .read()
+        .users
+        .of_domain(domain)
+        .filter(|u| u.status == UserStatus::Deleted)
+        .map(|u| StreamId::user(u.id))
+        .collect();
+    for stream in deleted {
+        let shred = match engine.keyring.holds_key(&stream) {
+            Ok(true) => engine.keyring.shred(&stream),
+            Ok(false) => continue,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = shred {
+            tracing::warn!(%stream, error = %e, "a deleted user's keys could not be shredded; the next start retries");
+        }
+    }
+}
+
 pub async fn wait_cancelled(mut rx: watch::Receiver<bool>) {
     if rx.wait_for(|c| *c).await.is_err() {
         // The worker is gone without a cancel: never fire.

@@ -241,6 +241,24 @@ pub async fn repeat_remove(
     repeat_member_change(&sim, group, user, false)
 }
 
+/// `POST /_sim/users/{id}/repeat-delete`: the next delta round names the user's deletion
+/// again, though they may have been restored since (it is named as a delete only when
+/// rounds are unordered: ordered rounds show each user's state now). 404 for a user never
+/// known.
+pub async fn repeat_delete(State(sim): State<Sim>, Path(id): Path<String>) -> StatusCode {
+    let mut inner = sim.lock();
+    let known = inner.dir.users.contains_key(&id)
+        || inner
+            .changes
+            .iter()
+            .any(|(_, c)| matches!(c, Change::UserDeleted(u) if *u == id));
+    if !known {
+        return StatusCode::NOT_FOUND;
+    }
+    inner.record(Change::UserDeleted(id));
+    StatusCode::NO_CONTENT
+}
+
 fn repeat_member_change(sim: &Sim, group: String, user: String, added: bool) -> StatusCode {
     let mut inner = sim.lock();
     let known = inner.dir.groups.contains_key(&group)

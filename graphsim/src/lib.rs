@@ -65,6 +65,10 @@ pub fn router(sim: Sim) -> Router {
         )
         .route("/_sim/users/{id}/password", get(control::password))
         .route(
+            "/_sim/users/{id}/repeat-delete",
+            post(control::repeat_delete),
+        )
+        .route(
             "/_sim/domains/{name}",
             axum::routing::put(control::put_domain),
         )

@@ -517,13 +517,11 @@ impl<'a> SyncRun<'a> {
             .map(|c| (c.user_id.clone(), !c.removed))
             .collect();
         rotation_unknown.extend(rotation_flips.iter().map(|(id, _)| id.clone()));
-        // Ids named both as shown and as removed in this round (see below).
-        let mut shown: HashSet<String> = HashSet::new();
+        // Ids named as removed in this round (see below).
         let mut removed: HashSet<String> = HashSet::new();
         for c in users.changes {
             match c {
                 UserChange::Upsert(u) => {
-                    shown.insert(u.id.clone());
                     let recorded = self.known.get(&u.id).map(|k| &k.known.attributes);
                     if recorded.is_none() && !observed.contains_key(&u.id) {
                         // Deleted here while disabled (or deleted in Entra), and now
@@ -561,18 +559,19 @@ impl<'a> SyncRun<'a> {
                 }
             }
         }
-        // A user deleted and restored in one round (or restored and deleted) is named both
-        // ways, in no promised order (GRAPH.md §3): whichever came last would decide, and
-        // a wrong "deleted" costs a member (with *delete*) their keys. Read back by id:
-        // shown means there, with whatever memberships Entra restored.
-        let both: Vec<String> = shown
-            .intersection(&removed)
+        // A removal is read back by id before it is believed: a user deleted and restored
+        // in one round is named both ways in no promised order, and a deletion can be
+        // named again in a later round, after a restore (GRAPH.md §3); whichever came last
+        // would decide, and a wrong "deleted" costs a member (with *delete*) their keys.
+        // Shown means there, with whatever memberships Entra restored.
+        let removed: Vec<String> = removed
+            .iter()
             .filter(|id| observed.contains_key(*id))
             .cloned()
             .collect();
-        if !both.is_empty() {
-            let mut read_back = self.read_users(both.clone()).await?;
-            for id in both {
+        if !removed.is_empty() {
+            let mut read_back = self.read_users(removed.clone()).await?;
+            for id in removed {
                 let Some(o) = observed.get_mut(&id) else {
                     continue;
                 };

@@ -354,6 +354,20 @@ async fn a_user_deleted_and_restored_in_one_round_is_not_taken_for_deleted() {
     assert_eq!(after["id"], before["id"], "{after}");
     assert_eq!(after["status"], "active", "{after}");
     assert_eq!(after["in_sync_group"], true, "{after}");
+
+    // The deletion named again in a later round: still there, still a member.
+    w.sim(
+        Method::POST,
+        &format!("/_sim/users/{}/repeat-delete", ext(7)),
+        None,
+    )
+    .await;
+    let run = w.sync().await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let again = w.user(7).await.unwrap();
+    assert_eq!(again["id"], before["id"], "{again}");
+    assert_eq!(again["status"], "active", "{again}");
+    assert_eq!(again["in_sync_group"], true, "{again}");
 }
 
 /// Graph promises no order within a delta round and may name one user twice (GRAPH.md §3).

@@ -138,7 +138,7 @@ impl SpentCodes {
             if !expired && self.order.len() < most {
                 break;
             }
-            // Full of live ones: the oldest is forgotten, never the newest.
+            // Expired, or full of live ones: the oldest goes, never the newest.
             if let Some(k) = self.order.pop_front() {
                 self.by_code.remove(&k);
             }
@@ -1084,14 +1084,8 @@ async fn issue(
         return Err(unavailable(r.message));
     }
     let family = refresh.as_ref().map(|(f, _)| *f);
-    let answer = answer_tokens(
-        ctx,
-        app,
-        (user, sid),
-        carried,
-        grant_id,
-        refresh.map(|(_, t)| t),
-    )?;
+    let refresh_token = refresh.map(|(_, t)| t);
+    let answer = answer_tokens(ctx, app, user, sid, carried, grant_id, refresh_token)?;
     Ok((answer, family))
 }
 
@@ -1099,7 +1093,8 @@ async fn issue(
 fn answer_tokens(
     ctx: &Ctx,
     app: &idledger_projections::AppView,
-    (user, sid): (UserId, &str),
+    user: UserId,
+    sid: &str,
     carried: &TokenGrant,
     grant_id: uuid::Uuid,
     refresh_token: Option<String>,
@@ -1228,7 +1223,7 @@ async fn refresh(ctx: &Ctx, app: &idledger_projections::AppView, form: &TokenFor
                     ..
                 }),
             ..
-        })) => match answer_tokens(ctx, app, (name.user, sid), carried, name.family, Some(next)) {
+        })) => match answer_tokens(ctx, app, name.user, sid, carried, name.family, Some(next)) {
             Ok(answer) => answer,
             // The presented token is spent already: a retry would look like a replay.
             Err(_) => invalid_grant("the tokens could not be signed; sign in again"),

@@ -426,8 +426,8 @@ impl SyncService {
                     // land: wait for them, and for the projections to show them.
                     engine.log.barrier().await;
                     let _ = engine.settle().await;
-                    // A deletion that landed so never reached its shred: done here, not
-                    // only at the next start.
+                    // A deletion that landed this way never reached its shred: done
+                    // here, not only at the next start.
                     let engine = engine.clone();
                     let _ = tokio::task::spawn_blocking(move || shred_deleted(&engine, domain))
                         .await;
@@ -724,7 +724,6 @@ impl SyncService {
     }
 }
 
-/// Resolves when the worker is cancelled; never when it is dropped without a cancel.
 /// Shreds the keys the key store still holds of `domain`'s deleted users.
 fn shred_deleted(engine: &Engine, domain: DomainId) {
     let deleted: Vec<StreamId> = engine
@@ -747,6 +746,7 @@ fn shred_deleted(engine: &Engine, domain: DomainId) {
     }
 }
 
+/// Resolves when the worker is cancelled; never when it is dropped without a cancel.
 pub async fn wait_cancelled(mut rx: watch::Receiver<bool>) {
     if rx.wait_for(|c| *c).await.is_err() {
         // The worker is gone without a cancel: never fire.

@@ -203,19 +203,16 @@ impl<'a> SyncRun<'a> {
             .collect::<HashMap<_, _>>();
         // Only those who left without leaving the group: one who left it comes back
         // through a member change, and needs no look at the group's members.
-        let (left_group, gone) = p
-            .users
-            .of_domain(domain.id)
-            .filter(|u| u.status == UserStatus::Deleted && !known.contains_key(&u.external_id))
-            .map(|u| {
-                (
-                    u.left_reason == Some(LeaveReason::LeftGroup),
-                    u.external_id.clone(),
-                )
-            })
-            .partition::<Vec<_>, _>(|(left, _)| *left);
-        let strip = |v: Vec<(bool, String)>| v.into_iter().map(|(_, ext)| ext).collect();
-        let (left_group, gone) = (strip(left_group), strip(gone));
+        let (mut left_group, mut gone) = (HashSet::new(), HashSet::new());
+        for u in p.users.of_domain(domain.id) {
+            if u.status == UserStatus::Deleted && !known.contains_key(&u.external_id) {
+                let into = match u.left_reason {
+                    Some(LeaveReason::LeftGroup) => &mut left_group,
+                    _ => &mut gone,
+                };
+                into.insert(u.external_id.clone());
+            }
+        }
         Ok(SyncRun {
             engine,
             client,
@@ -565,9 +562,8 @@ impl<'a> SyncRun<'a> {
         // would decide, and a wrong "deleted" costs a member (with *delete*) their keys.
         // Shown means there, with whatever memberships Entra restored.
         let removed: Vec<String> = removed
-            .iter()
-            .filter(|id| observed.contains_key(*id))
-            .cloned()
+            .into_iter()
+            .filter(|id| observed.contains_key(id))
             .collect();
         if !removed.is_empty() {
             let mut read_back = self.read_users(removed.clone()).await?;

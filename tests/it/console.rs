@@ -255,6 +255,7 @@ async fn an_admin_runs_the_whole_workflow_in_the_browser_and_an_auditor_only_rea
     // however the log grows in between.
     b.click("#download-manifest").await;
     let pinned = b.wait_text("#export-pin", "Up to log position").await;
+    b.screenshot("console-audit").await;
     app.token("auditor", &[]).await;
     b.click("#export-form button[type=submit]").await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;

@@ -135,6 +135,37 @@ fn exchange(
         ])
 }
 
+/// A confidential app's refresh (Basic authentication) at `token_url`.
+fn refresh_with(
+    raw: &reqwest::Client,
+    token_url: &str,
+    (client_id, secret): (&str, &str),
+    token: &str,
+) -> reqwest::RequestBuilder {
+    raw.post(token_url)
+        .basic_auth(client_id, Some(secret))
+        .form(&[("grant_type", "refresh_token"), ("refresh_token", token)])
+}
+
+/// A code for `scope` (URL-encoded) and `state`, from a browser signed in at `public`.
+async fn code_for(
+    browser: &mut Visitor,
+    public: &str,
+    client_id: &str,
+    scope: &str,
+    state: &str,
+) -> String {
+    let (s, _, q) = authorize(
+        browser,
+        &format!(
+            "{public}/authorize?client_id={client_id}&redirect_uri={REDIRECT}&response_type=code&scope={scope}&state={state}"
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    get(&q, "code").unwrap().to_owned()
+}
+
 fn get<'a>(q: &'a [(String, String)], k: &str) -> Option<&'a str> {
     q.iter().find(|(a, _)| a == k).map(|(_, v)| v.as_str())
 }
@@ -1173,16 +1204,9 @@ async fn codes_of_one_user_exchanged_at_once_all_get_their_tokens() {
     } = signed_in_with_app(&w, &adele).await;
     let mut codes = Vec::new();
     for n in 0..16 {
-        let (s, _, q) = authorize(
-            &mut browser,
-            &format!(
-                "{}/authorize?client_id={client_id}&redirect_uri={REDIRECT}&response_type=code&scope=openid%20offline_access&state=s{n}",
-                w.app.public
-            ),
-        )
-        .await;
-        assert_eq!(s, StatusCode::SEE_OTHER);
-        codes.push(get(&q, "code").unwrap().to_owned());
+        let (scope, state) = ("openid%20offline_access", format!("s{n}"));
+        let code = code_for(&mut browser, &w.app.public, &client_id, scope, &state).await;
+        codes.push(code);
     }
     let raw = reqwest::Client::new();
     let token_url = format!("{}/token", w.app.public);
@@ -1320,15 +1344,8 @@ async fn a_code_used_twice_at_once_revokes_what_it_gave() {
     let raw = reqwest::Client::new();
     let token_url = format!("{}/token", w.app.public);
     for n in 0..4 {
-        let (_, _, q) = authorize(
-            &mut browser,
-            &format!(
-                "{}/authorize?client_id={client_id}&redirect_uri={REDIRECT}&response_type=code&scope=openid%20offline_access&state=r{n}",
-                w.app.public
-            ),
-        )
-        .await;
-        let code = get(&q, "code").unwrap().to_owned();
+        let (scope, state) = ("openid%20offline_access", format!("r{n}"));
+        let code = code_for(&mut browser, &w.app.public, &client_id, scope, &state).await;
         let once = || exchange(&raw, &token_url, (&client_id, &secret), &code).send();
         let (a, b) = tokio::join!(once(), once());
         let mut refresh = Vec::new();
@@ -1340,13 +1357,7 @@ async fn a_code_used_twice_at_once_revokes_what_it_gave() {
             }
         }
         assert_eq!(refresh.len(), 1, "one exchange wins");
-        let r = raw
-            .post(&token_url)
-            .basic_auth(&client_id, Some(&secret))
-            .form(&[
-                ("grant_type", "refresh_token"),
-                ("refresh_token", refresh[0].as_str()),
-            ])
+        let r = refresh_with(&raw, &token_url, (&client_id, &secret), &refresh[0])
             .send()
             .await
             .unwrap();
@@ -1368,17 +1379,9 @@ async fn a_code_replayed_after_its_life_still_ends_what_it_gave() {
     } = signed_in_with_app(&w, &adele).await;
     let raw = reqwest::Client::new();
     let token_url = format!("{}/token", w.app.public);
-    let mut code_of = async |state: &str| {
-        let (_, _, q) = authorize(
-            &mut browser,
-            &format!(
-                "{}/authorize?client_id={client_id}&redirect_uri={REDIRECT}&response_type=code&scope=openid%20offline_access&state={state}",
-                w.app.public
-            ),
-        )
-        .await;
-        get(&q, "code").unwrap().to_owned()
-    };
+    let scope = "openid%20offline_access";
+    let mut code_of =
+        async |state: &str| code_for(&mut browser, &w.app.public, &client_id, scope, state).await;
     let first_code = code_of("first").await;
     let first: Value = exchange(&raw, &token_url, (&client_id, &secret), &first_code)
         .send()
@@ -1403,13 +1406,7 @@ async fn a_code_replayed_after_its_life_still_ends_what_it_gave() {
     assert_eq!(replay.status(), StatusCode::BAD_REQUEST);
     let body: Value = replay.json().await.unwrap();
     assert_eq!(body["error"], "invalid_grant", "{body}");
-    let refreshed = raw
-        .post(&token_url)
-        .basic_auth(&client_id, Some(&secret))
-        .form(&[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", refresh.as_str()),
-        ])
+    let refreshed = refresh_with(&raw, &token_url, (&client_id, &secret), &refresh)
         .send()
         .await
         .unwrap();
@@ -1439,15 +1436,7 @@ async fn a_reused_code_or_refresh_token_revokes_the_access_tokens_it_gave() {
     let token_url = format!("{}/token", w.app.public);
     let userinfo = format!("{}/userinfo", w.app.public);
     let mut code_of = async |scope: &str, state: &str| {
-        let (_, _, q) = authorize(
-            &mut browser,
-            &format!(
-                "{}/authorize?client_id={client_id}&redirect_uri={REDIRECT}&response_type=code&scope={scope}&state={state}",
-                w.app.public
-            ),
-        )
-        .await;
-        get(&q, "code").unwrap().to_owned()
+        code_for(&mut browser, &w.app.public, &client_id, scope, state).await
     };
     let tokens = async |code: &str| -> Value {
         let r = exchange(&raw, &token_url, (&client_id, &secret), code)
@@ -1481,12 +1470,8 @@ async fn a_reused_code_or_refresh_token_revokes_the_access_tokens_it_gave() {
     // With a family: a refresh token used twice ends every access token of the family.
     let first = tokens(&code_of("openid%20offline_access", "family").await).await;
     let refresh = async |token: &Value| {
-        raw.post(&token_url)
-            .basic_auth(&client_id, Some(&secret))
-            .form(&[
-                ("grant_type", "refresh_token"),
-                ("refresh_token", token.as_str().unwrap()),
-            ])
+        let token = token.as_str().unwrap();
+        refresh_with(&raw, &token_url, (&client_id, &secret), token)
             .send()
             .await
             .unwrap()

@@ -616,7 +616,14 @@ impl<'a> SyncRun<'a> {
                 }
             }
         }
-        rotation_unknown.retain(|ext| observed.get(ext).is_some_and(|o| o.member && o.exists));
+        // A known user outside the sync group keeps what is recorded of them, and it is
+        // taken as it stands when they rejoin: a flip of theirs is asked of the list too.
+        let flipped = |ext: &String| rotation_flips.iter().any(|(id, _)| id == ext);
+        rotation_unknown.retain(|ext| {
+            observed
+                .get(ext)
+                .is_some_and(|o| o.exists && (o.member || flipped(ext)))
+        });
         if !rotation_unknown.is_empty() {
             let rotation: HashSet<String> = self
                 .client
@@ -638,7 +645,7 @@ impl<'a> SyncRun<'a> {
         }) || rotation_flips.iter().any(|(id, member)| {
             observed
                 .get(id)
-                .is_some_and(|o| o.exists && o.member && o.in_rotation_group != *member)
+                .is_some_and(|o| o.exists && o.in_rotation_group != *member)
         });
         let groups_link = if disputed {
             tracing::info!(domain = %self.domain.name, "a member change Graph named disagrees with the group's member list: asked again next round");

@@ -317,6 +317,21 @@ async fn rotation_group_changes_graph_repeats_are_not_trusted() {
     assert_eq!(run["status"], "succeeded", "{run}");
     assert_eq!(w.user(5).await.unwrap()["in_rotation_group"], true);
     assert_eq!(w.user(12).await.unwrap()["in_rotation_group"], false);
+
+    // Out of the sync group, the same: 8 is taken out of rotation, leaves (kept), the old
+    // add comes again, and 8 rejoins — still out of rotation.
+    w.sim(Method::DELETE, &member(8), None).await;
+    w.sync().await;
+    w.leave(8).await;
+    w.sync().await;
+    w.sim(Method::POST, &format!("{}/repeat-add", member(8)), None)
+        .await;
+    w.sync().await;
+    w.join(8).await;
+    w.sync().await;
+    let back = w.user(8).await.unwrap();
+    assert_eq!(back["in_sync_group"], true, "{back}");
+    assert_eq!(back["in_rotation_group"], false, "{back}");
 }
 
 /// A user deleted in Entra and restored within one round, the restore named first: the

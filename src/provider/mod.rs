@@ -47,6 +47,36 @@ impl Timing {
     }
 }
 
+/// What a JWT of this provider is, said in its header's `typ`: an access token is
+/// `at+jwt` (RFC 9068 §2.1) so that no relying party can take one for an ID token, and
+/// no ID token opens userinfo.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenType {
+    /// An ID token (OIDC Core §2), `typ` `JWT`.
+    Id,
+    /// An access token (RFC 9068), `typ` `at+jwt`.
+    Access,
+}
+
+impl TokenType {
+    fn header(self) -> &'static str {
+        match self {
+            TokenType::Id => "JWT",
+            TokenType::Access => "at+jwt",
+        }
+    }
+
+    /// RFC 9068 §4: `at+jwt`, or the media type it abbreviates.
+    fn is_named_by(self, typ: Option<&str>) -> bool {
+        match self {
+            TokenType::Id => typ.is_none_or(|t| t.eq_ignore_ascii_case("JWT")),
+            TokenType::Access => typ.is_some_and(|t| {
+                t.eq_ignore_ascii_case("at+jwt") || t.eq_ignore_ascii_case("application/at+jwt")
+            }),
+        }
+    }
+}
+
 /// Why a key could not be made, kept or used.
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderKeyError {
@@ -312,11 +342,13 @@ impl Signer {
         Ok((kid, pair))
     }
 
-    /// A compact JWS of `claims`, signed with the key in force for `alg`.
+    /// A compact JWS of `claims`, a token of type `typ`, signed with the key in force for
+    /// `alg`.
     pub fn sign<C: Serialize>(
         &self,
         engine: &Engine,
         alg: &str,
+        typ: TokenType,
         claims: &C,
     ) -> Result<String, ProviderKeyError> {
         #[derive(Serialize)]
@@ -328,7 +360,7 @@ impl Signer {
         let (kid, pair) = self.key(engine, alg)?;
         let header = Header {
             alg,
-            typ: "JWT",
+            typ: typ.header(),
             kid: &kid,
         };
         let input = format!(
@@ -360,17 +392,22 @@ impl Signer {
     }
 }
 
-/// Checks a JWT this provider signed (any key published at `now`, either algorithm);
-/// answers its claims. Expiry is the caller's check (an `id_token_hint` may be expired).
+/// Checks a JWT of type `typ` this provider signed (any key published at `now`, either
+/// algorithm); answers its claims. Expiry is the caller's check (an `id_token_hint` may be
+/// expired).
 pub fn verify(
     engine: &Engine,
     token: &str,
+    typ: TokenType,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Option<serde_json::Value> {
     use ring::signature as rs;
     let (input, sig) = token.rsplit_once('.')?;
     let (header, payload) = input.split_once('.')?;
     let header: serde_json::Value = serde_json::from_slice(&B64.decode(header).ok()?).ok()?;
+    if !typ.is_named_by(header["typ"].as_str()) {
+        return None;
+    }
     let kid = header["kid"].as_str()?;
     let jwk: Jwk = {
         let p = engine.projector.read();

@@ -53,7 +53,7 @@ pub fn routes(app: AppState) -> Router {
         provider: Arc::default(),
         app,
     };
-    oidc::routes(Router::new())
+    oidc::routes(Router::new(), &ctx)
         .route("/enrol/{token}", get(enrol_page))
         .route(
             "/enrol/{token}/passkey/options",

@@ -14,6 +14,7 @@
 
 use super::{https, refuse, sessions, signed_in, Ctx, Refusal};
 use crate::http::session::same_secret;
+use crate::provider::{verify, TokenType};
 use axum::extract::{Form, Query, State};
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -48,15 +49,102 @@ const MAX_STATE: usize = 2048;
 const CODES_PER_USER: usize = 32;
 
 /// The provider's routes, added to the sign-in router (they share its sessions).
-pub fn routes(router: Router<Ctx>) -> Router<Ctx> {
-    router
+pub fn routes(router: Router<Ctx>, ctx: &Ctx) -> Router<Ctx> {
+    // What an app's script in the browser calls (a single-page app, a public client) is
+    // open to it across origins; the pages a browser is sent to are not.
+    let called_by_scripts = Router::new()
         .route("/.well-known/openid-configuration", get(discovery))
         .route("/jwks.json", get(jwks))
-        .route("/authorize", get(authorize).post(authorize_by_form))
-        .route("/authorize/resume", get(resume))
         .route("/token", axum::routing::post(token))
         .route("/userinfo", get(userinfo).post(userinfo))
+        .layer(axum::middleware::from_fn_with_state(ctx.clone(), cors));
+    router
+        .merge(called_by_scripts)
+        .route("/authorize", get(authorize).post(authorize_by_form))
+        .route("/authorize/resume", get(resume))
         .route("/end_session", get(end_session).post(confirm_end_session))
+}
+
+/// Cross-origin access (Fetch standard, CORS) to the endpoints apps' scripts call:
+/// discovery and keys for anyone (they are public), the token endpoint and userinfo for
+/// the origins of registered redirect URIs only — the sites the provider already sends
+/// codes to. No credentials mode: these endpoints take no cookies, and a browser's session
+/// here must never ride along.
+async fn cors(
+    State(ctx): State<Ctx>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use axum::http::{HeaderValue, Method};
+    let Some(origin) = request
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+    else {
+        return next.run(request).await;
+    };
+    let public = matches!(
+        request.uri().path(),
+        "/.well-known/openid-configuration" | "/jwks.json"
+    );
+    let allowed = public || {
+        let p = ctx.app.engine.projector.read();
+        p.provider.apps().iter().filter(|a| !a.removed).any(|a| {
+            a.redirect_uris
+                .iter()
+                .any(|u| origin_of(u).as_deref() == Some(origin.as_str()))
+        })
+    };
+    let allow_origin = match (public, HeaderValue::from_str(&origin)) {
+        (true, _) => HeaderValue::from_static("*"),
+        (false, Ok(origin)) if allowed => origin,
+        _ => {
+            if request.method() == Method::OPTIONS {
+                return (
+                    StatusCode::FORBIDDEN,
+                    "this origin is not the origin of a registered redirect URI\n",
+                )
+                    .into_response();
+            }
+            // The request itself is answered as to anyone; the browser keeps the answer
+            // from the page.
+            return next.run(request).await;
+        }
+    };
+    let preflight = request.method() == Method::OPTIONS
+        && request
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    let mut response = if preflight {
+        let mut r = StatusCode::NO_CONTENT.into_response();
+        let h = r.headers_mut();
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, POST"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("authorization, content-type"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("600"),
+        );
+        r
+    } else {
+        let mut r = next.run(request).await;
+        // A refused bearer token says why in this header; the app's script may read it.
+        r.headers_mut().insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("www-authenticate"),
+        );
+        r
+    };
+    let h = response.headers_mut();
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allow_origin);
+    h.append(header::VARY, HeaderValue::from_static("origin"));
+    response
 }
 
 /// An app's authorization request, kept in the browser's flow while the user signs in.
@@ -990,13 +1078,28 @@ struct Claims {
     /// Access tokens only: what they grant.
     #[serde(skip_serializing_if = "Option::is_none")]
     scope: Option<String>,
+    /// Access tokens only: the app they were issued to (RFC 9068 §2.2).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_id: Option<String>,
     /// Access tokens only: unique id.
     #[serde(skip_serializing_if = "Option::is_none")]
     jti: Option<String>,
     /// Access tokens only: the code exchange (and refresh family) they came from, which a
-    /// reused code or refresh token revokes.
+    /// reused code or refresh token revokes — as [`grant_ref`], never the id itself.
     #[serde(skip_serializing_if = "Option::is_none")]
     grant_id: Option<String>,
+}
+
+/// What an access token says of its grant: a one-way reference. The family id itself is
+/// what a refresh token names besides the public `sub`; were it in access tokens, anyone
+/// who saw one (a resource server, a log) could make up a refresh token of an earlier
+/// generation, and presenting that ends the family as a replay.
+fn grant_ref(grant: uuid::Uuid) -> String {
+    let digest = Sha256::new()
+        .chain_update(b"idledger oidc grant reference\0")
+        .chain_update(grant.as_bytes())
+        .finalize();
+    B64.encode(&digest[..16])
 }
 
 fn acr_of(m: SsoMethod) -> &'static str {
@@ -1134,20 +1237,25 @@ fn answer_tokens(
         preferred_username: profile.then(|| upn.clone()),
         email: if email { mail.clone() } else { None },
         scope: access.then(|| scope.join(" ")),
+        client_id: access.then(|| app.client_id.clone()),
         jti: access.then(|| uuid::Uuid::new_v4().to_string()),
-        grant_id: access.then(|| grant_id.to_string()),
+        grant_id: access.then(|| grant_ref(grant_id)),
     };
-    let sign = |alg: &str, c: &Claims| {
+    let sign = |alg: &str, typ, c: &Claims| {
         ctx.provider
             .signer
-            .sign(&ctx.app.engine, alg, c)
+            .sign(&ctx.app.engine, alg, typ, c)
             .map_err(|e| {
                 tracing::warn!(error = %e, "a token could not be signed");
                 unavailable("signing failed")
             })
     };
-    let id_token = sign(&app.id_token_alg, &claims(carried.nonce.clone(), false))?;
-    let access_token = sign("ES256", &claims(None, true))?;
+    let id_token = sign(
+        &app.id_token_alg,
+        TokenType::Id,
+        &claims(carried.nonce.clone(), false),
+    )?;
+    let access_token = sign("ES256", TokenType::Access, &claims(None, true))?;
     let body = TokenAnswer {
         access_token,
         token_type: "Bearer",
@@ -1276,7 +1384,7 @@ async fn userinfo(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
         return unauthorized("a Bearer access token is required");
     };
     let now = Utc::now();
-    let Some(claims) = crate::provider::verify(&ctx.app.engine, token.trim(), now) else {
+    let Some(claims) = verify(&ctx.app.engine, token.trim(), TokenType::Access, now) else {
         return unauthorized("the access token does not verify");
     };
     let fresh = claims["exp"].as_i64().is_some_and(|e| now.timestamp() < e);
@@ -1300,8 +1408,12 @@ async fn userinfo(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
     let Some(u) = p.users.get(user) else {
         return unauthorized("no such user");
     };
-    let grant = claims["grant_id"].as_str().and_then(|g| g.parse().ok());
-    if grant.is_some_and(|g| u.grant_revoked(g)) {
+    let revoked = claims["grant_id"].as_str().is_some_and(|r| {
+        u.revoked_grants
+            .iter()
+            .any(|(grant, _)| grant_ref(*grant) == r)
+    });
+    if revoked {
         return unauthorized(
             "the access token was revoked: its code or refresh token was used twice",
         );
@@ -1362,7 +1474,7 @@ fn asked_to_end_session(ctx: &Ctx, headers: &HeaderMap, q: Option<EndSession>) -
     let hint = q
         .as_ref()
         .and_then(|q| q.id_token_hint.as_deref())
-        .and_then(|t| crate::provider::verify(&ctx.app.engine, t, Utc::now()));
+        .and_then(|t| verify(&ctx.app.engine, t, TokenType::Id, Utc::now()));
     let hinted_sid = hint.as_ref().and_then(|c| c["sid"].as_str());
     let hinted_app = hint
         .as_ref()

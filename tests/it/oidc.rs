@@ -245,6 +245,20 @@ async fn a_relying_party_signs_a_passkey_user_in_and_every_rule_holds() {
         .await
         .unwrap();
     assert_eq!(info.subject().as_str(), adele);
+    // RFC 9068: the access token says what it is, so that neither kind passes for the
+    // other; an ID token does not open userinfo.
+    let access = tokens.access_token().secret();
+    assert_eq!(header_of(access)["typ"], "at+jwt");
+    assert_eq!(header_of(&id_token.to_string())["typ"], "JWT");
+    assert_eq!(claims_of(access)["client_id"], json!(client_id));
+    let raw = reqwest::Client::new();
+    let refused = raw
+        .get(format!("{}/userinfo", w.app.public))
+        .bearer_auth(id_token.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
 
     // Refresh rotates; the old refresh token again revokes the family.
     let first = tokens.refresh_token().unwrap().clone();
@@ -690,6 +704,89 @@ async fn an_app_registered_in_the_console_signs_a_passkey_user_in_through_chromi
     assert_eq!(info.subject().as_str(), adele);
     assert_eq!(b.authenticator_credentials(&authenticator).await.len(), 1);
 
+    // A single-page app (a public client) does the exchange from its own page, across
+    // origins: the token endpoint and userinfo let its origin read their answers.
+    let (s, spa) = w
+        .admin(
+            Method::POST,
+            "/v1/apps",
+            Some(json!({
+                "name": "Payroll SPA",
+                "redirect_uris": [&callback],
+                "type": "public",
+                "domain_ids": [w.domain],
+            })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{spa}");
+    let spa_id = spa["client_id"].as_str().unwrap();
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    b.goto(&format!(
+        "{}/authorize?client_id={spa_id}&redirect_uri={}&response_type=code&scope=openid%20profile&code_challenge={}&code_challenge_method=S256",
+        w.app.public,
+        urlencoding::encode(&callback),
+        challenge.as_str()
+    ))
+    .await;
+    b.wait_text("h1", "Payroll: signed in").await;
+    let landed = b.url().await;
+    let code = landed
+        .split("code=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap();
+    let exchange_in_page = r#"
+        const [token, userinfo, form, done] = arguments;
+        (async () => {
+            const t = await fetch(token, { method: "POST", body: new URLSearchParams(form) });
+            const tokens = await t.json();
+            const u = await fetch(userinfo, {
+                headers: { Authorization: "Bearer " + tokens.access_token },
+            });
+            done({ token: t.status, userinfo: u.status, sub: (await u.json()).sub });
+        })().catch((e) => done({ error: String(e) }));
+    "#;
+    let args = |code: &str| {
+        vec![
+            json!(format!("{}/token", w.app.public)),
+            json!(format!("{}/userinfo", w.app.public)),
+            json!({
+                "grant_type": "authorization_code",
+                "code": urlencoding::decode(code).unwrap(),
+                "redirect_uri": &callback,
+                "client_id": spa_id,
+                "code_verifier": verifier.secret(),
+            }),
+        ]
+    };
+    let answered = b
+        .client
+        .execute_async(exchange_in_page, args(code))
+        .await
+        .unwrap();
+    assert_eq!(
+        answered,
+        json!({"token": 200, "userinfo": 200, "sub": adele}),
+        "the app's page could not read the answers"
+    );
+    // The same script from an origin no app registered reads nothing (same server, other
+    // host name: another origin to the browser).
+    b.goto(&callback.replace("localhost", "127.0.0.1")).await;
+    b.wait_text("h1", "Payroll: signed in").await;
+    let foreign = b
+        .client
+        .execute_async(exchange_in_page, args("any"))
+        .await
+        .unwrap();
+    assert!(
+        foreign["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("fetch")),
+        "{foreign}"
+    );
+
     // The app asks to sign her out without an ID token: she confirms, and the browser
     // really goes back to the app (the form's redirect leaves the site; the page's policy
     // must let it).
@@ -889,13 +986,22 @@ async fn codes_expire_keys_rotate_on_schedule_and_a_retired_key_stops_verifying_
     );
 }
 
+/// The header of a JWT.
+fn header_of(jwt: &str) -> Value {
+    jwt_part(jwt, 0)
+}
+
 /// The claims of a JWT, read without checking its signature (the library-based tests do
 /// that); enough to see what a token carries.
 fn claims_of(jwt: &str) -> Value {
+    jwt_part(jwt, 1)
+}
+
+fn jwt_part(jwt: &str, n: usize) -> Value {
     use base64::Engine;
-    let payload = jwt.split('.').nth(1).unwrap();
+    let part = jwt.split('.').nth(n).unwrap();
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
+        .decode(part)
         .unwrap();
     serde_json::from_slice(&bytes).unwrap()
 }
@@ -1478,6 +1584,21 @@ async fn a_reused_code_or_refresh_token_revokes_the_access_tokens_it_gave() {
     };
     let second: Value = refresh(&first["refresh_token"]).await.json().await.unwrap();
     assert_eq!(info(&second["access_token"]).await, StatusCode::OK);
+    // No access token names the family: anyone who saw one could otherwise make up a
+    // refresh token of an earlier generation and end the family as a replay.
+    let family = {
+        use base64::Engine;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(first["refresh_token"].as_str().unwrap())
+            .unwrap();
+        uuid::Uuid::from_slice(&bytes[16..32]).unwrap()
+    };
+    for t in [&first, &second] {
+        let claims = claims_of(t["access_token"].as_str().unwrap()).to_string();
+        for form in [family.to_string(), family.simple().to_string()] {
+            assert!(!claims.contains(&form), "{claims} names the family {form}");
+        }
+    }
     let reused = refresh(&first["refresh_token"]).await;
     assert_eq!(reused.status(), StatusCode::BAD_REQUEST);
     for access in [&first["access_token"], &second["access_token"]] {

@@ -168,6 +168,42 @@ pub struct DeltaCheckpointed {
     pub groups_delta_link: String,
     /// `@odata.deltaLink` of the `users/delta` round (attributes, disabling, deletion).
     pub users_delta_link: String,
+    /// Changes Graph named that a member list or a read by id contradicted: the next
+    /// rounds ask about them again though the links moved past them. Empty in records of
+    /// schema 1.
+    pub recheck: Vec<Recheck>,
+}
+
+/// Schema 1 of [`DeltaCheckpointed`].
+#[derive(Deserialize)]
+struct DeltaCheckpointedV1 {
+    run_id: SyncRunId,
+    groups_delta_link: String,
+    users_delta_link: String,
+}
+
+/// A change Graph named about a user that what else Graph answered contradicted: a list
+/// or a read that has not caught up with it yet (replication), or an old change named
+/// again (GRAPH.md §3). Neither can be told from the other at once.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Recheck {
+    /// The user's object id in Entra ID.
+    pub external_id: String,
+    /// What the change said.
+    pub claim: GraphClaim,
+    /// When a round first found the contradiction.
+    pub since: DateTime<Utc>,
+}
+
+/// What a change Graph named said of a user.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum GraphClaim {
+    /// In the sync group (`true`) or removed from it.
+    SyncMember(bool),
+    /// In the rotation group (`true`) or removed from it.
+    RotationMember(bool),
+    /// Deleted in Entra ID.
+    Deleted,
 }
 
 // ---- provider stream -------------------------------------------------------------------
@@ -685,6 +721,15 @@ fn upcast(kind: &str, schema: u16, bytes: &[u8]) -> Result<Event, CodecError> {
                 at: v1.at,
             }))
         }
+        ("DeltaCheckpointed", 1) => {
+            let v1: DeltaCheckpointedV1 = decode_exact(bytes)?;
+            Ok(Event::DeltaCheckpointed(DeltaCheckpointed {
+                run_id: v1.run_id,
+                groups_delta_link: v1.groups_delta_link,
+                users_delta_link: v1.users_delta_link,
+                recheck: Vec::new(),
+            }))
+        }
         ("SyncRunCompleted", 1) => {
             let v1: SyncRunCompletedV1 = decode_exact(bytes)?;
             Ok(Event::SyncRunCompleted(SyncRunCompleted {
@@ -832,7 +877,7 @@ event_catalogue! {
     /// See [`SyncQuarantineApproved`].
     SyncQuarantineApproved = "SyncQuarantineApproved", schema 1, Domain;
     /// See [`DeltaCheckpointed`].
-    DeltaCheckpointed = "DeltaCheckpointed", schema 1, Domain;
+    DeltaCheckpointed = "DeltaCheckpointed", schema 2, Domain;
     /// See [`UserDiscovered`].
     UserDiscovered = "UserDiscovered", schema 1, User;
     /// See [`UserAttributesChanged`].

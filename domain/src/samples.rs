@@ -167,6 +167,18 @@ pub fn sample_event(index: usize, s: &SampleSeed) -> Option<Event> {
                 "https://graph.example/v1.0/users/delta?$deltatoken={}",
                 s.number
             ),
+            recheck: vec![
+                Recheck {
+                    external_id: s.uuid(14).to_string(),
+                    claim: GraphClaim::SyncMember(false),
+                    since: at(s.number),
+                },
+                Recheck {
+                    external_id: s.uuid(15).to_string(),
+                    claim: GraphClaim::Deleted,
+                    since: at(s.number),
+                },
+            ],
         }
         .into(),
         &"UserDiscovered" => UserDiscovered {

@@ -259,6 +259,18 @@ pub async fn repeat_delete(State(sim): State<Sim>, Path(id): Path<String>) -> St
     StatusCode::NO_CONTENT
 }
 
+/// `POST /_sim/users/{id}/stale-read`: the next read of the user by id (a `users/delta`
+/// round filtered by id) after the user is deleted still shows the user as they are now,
+/// as a replica that has not caught up would. 404 for a user not in the directory.
+pub async fn stale_read(State(sim): State<Sim>, Path(id): Path<String>) -> StatusCode {
+    let mut inner = sim.lock();
+    let Some(user) = inner.dir.users.get(&id).cloned() else {
+        return StatusCode::NOT_FOUND;
+    };
+    inner.stale_reads.insert(id, user);
+    StatusCode::NO_CONTENT
+}
+
 fn repeat_member_change(sim: &Sim, group: String, user: String, added: bool) -> StatusCode {
     let mut inner = sim.lock();
     let known = inner.dir.groups.contains_key(&group)

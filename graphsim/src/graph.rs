@@ -911,9 +911,25 @@ pub async fn users_delta(
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty())
         .collect();
-    let inner = sim.lock();
+    let mut inner = sim.lock();
     if cursor.full {
-        let users: Vec<_> = inner.dir.users.values().filter(|u| wanted(&u.id)).collect();
+        // A read by id of a deleted user a replica still holds: served once, as it was.
+        let state = &mut *inner;
+        let stale: Vec<UserEntry> = match &ids {
+            Some(ids) => ids
+                .iter()
+                .filter(|id| !state.dir.users.contains_key(*id))
+                .filter_map(|id| state.stale_reads.remove(id))
+                .collect(),
+            None => Vec::new(),
+        };
+        let users: Vec<_> = inner
+            .dir
+            .users
+            .values()
+            .filter(|u| wanted(&u.id))
+            .chain(&stale)
+            .collect();
         return delta_page(
             &sim,
             &headers,

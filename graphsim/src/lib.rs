@@ -68,6 +68,7 @@ pub fn router(sim: Sim) -> Router {
             "/_sim/users/{id}/repeat-delete",
             post(control::repeat_delete),
         )
+        .route("/_sim/users/{id}/stale-read", post(control::stale_read))
         .route(
             "/_sim/domains/{name}",
             axum::routing::put(control::put_domain),

@@ -179,6 +179,9 @@ pub struct Inner {
     pub unordered_delta: bool,
     /// Authorization codes issued by sign-ins, until redeemed and expired.
     pub auth_codes: crate::signin::AuthCodes,
+    /// Users as they were, served to the next read by id after their deletion: a replica
+    /// behind the change Graph already named (GRAPH.md §3, eventual consistency).
+    pub stale_reads: BTreeMap<String, UserEntry>,
 }
 
 /// One password set through Graph's `PATCH /users/{id}` (`GET /_sim/password-log`): what a

@@ -1,6 +1,7 @@
 //! Domains: settings, credentials (sealed), SSO defaults, group ids, delta link, sync runs.
 
 use chrono::{DateTime, Utc};
+use idledger_domain::events::Recheck;
 use idledger_domain::sync::SyncOutcome;
 use idledger_domain::{
     DomainId, DomainSettings, Envelope, Event, SealedSecret, SsoSettings, SyncCounters, SyncRunId,
@@ -84,6 +85,9 @@ pub struct DomainView {
     /// The `groups/delta` and `users/delta` links the next run starts from.
     #[serde(skip)]
     pub delta_links: Option<(String, String)>,
+    /// Changes the next incremental round asks about again (see [`Recheck`]).
+    #[serde(skip)]
+    pub recheck: Vec<Recheck>,
     /// The latest run.
     pub last_run: Option<SyncRunId>,
     /// A quarantined run waiting for approval.
@@ -283,6 +287,7 @@ impl Domains {
                     sync_group_id: None,
                     rotation_group_id: None,
                     delta_links: None,
+                    recheck: Vec::new(),
                     last_run: None,
                     quarantined_run: None,
                     created_at: at,
@@ -309,6 +314,7 @@ impl Domains {
                     // Other groups, or another Graph: the old delta links track the
                     // wrong objects.
                     d.delta_links = None;
+                    d.recheck.clear();
                     d.sync_group_id = None;
                     d.rotation_group_id = None;
                 }
@@ -358,7 +364,8 @@ impl Domains {
             }
             Event::FederatedDomainsSeen(e) => d.federated_domains = e.names.clone(),
             Event::DeltaCheckpointed(e) => {
-                d.delta_links = Some((e.groups_delta_link.clone(), e.users_delta_link.clone()))
+                d.delta_links = Some((e.groups_delta_link.clone(), e.users_delta_link.clone()));
+                d.recheck = e.recheck.clone();
             }
             Event::SyncRunStarted(e) => {
                 d.last_run = Some(e.run_id);

@@ -37,6 +37,12 @@ const MAX_HELD_PER_EVENT: usize = 16_384;
 const IDS_PER_REQUEST: usize = 50;
 /// Filtered `users/delta` requests in flight at once.
 const READ_CONCURRENCY: usize = 8;
+/// How long a contradicted change is asked about again: replication behind a change
+/// settles in seconds to minutes; an old change named again never agrees, and costs a
+/// member list read per round until then.
+const RECHECK_FOR: chrono::Duration = chrono::Duration::hours(1);
+/// Contradicted changes carried at most (the newest kept): beyond, the full round settles.
+const MAX_RECHECK: usize = 1_000;
 
 /// One user's change, as a run reports it.
 #[derive(Clone, Debug, Serialize)]
@@ -150,6 +156,13 @@ struct Pending {
     /// The user's id and stream version, when known.
     known: Option<(UserId, u64)>,
     plan: UserPlan,
+}
+
+/// Where the next incremental round starts: the delta links, and the changes it asks
+/// about again.
+struct Checkpoint {
+    links: (String, String),
+    recheck: Vec<Recheck>,
 }
 
 /// The resolved groups and where the rounds start.
@@ -421,12 +434,15 @@ impl<'a> SyncRun<'a> {
         Ok(())
     }
 
-    /// An incremental round: only what changed since the stored links.
+    /// An incremental round: only what changed since the stored links, and what earlier
+    /// rounds could not settle (`recheck`).
     async fn observe_changes(
         &self,
         g: &Groups,
         links: &(String, String),
-    ) -> Result<(HashMap<String, Observed>, (String, String)), SyncError> {
+        recheck: &[Recheck],
+    ) -> Result<(HashMap<String, Observed>, Checkpoint), SyncError> {
+        let now = chrono::Utc::now();
         let groups = self
             .client
             .groups_delta(&[g.sync.clone(), g.rotation.clone()], Some(&links.0))
@@ -478,7 +494,7 @@ impl<'a> SyncRun<'a> {
         // member list decides; where it disagrees with the change (a repeat, or a list
         // that has not caught up yet), the groups' delta link is not moved on, so the next
         // round names the change again and asks again.
-        let sync_flips: Vec<(String, bool)> = sync_changes
+        let mut sync_flips: Vec<(String, bool)> = sync_changes
             .iter()
             .filter(|c| match self.known.get(&c.user_id) {
                 Some(k) => k.known.is_member() == c.removed,
@@ -486,6 +502,30 @@ impl<'a> SyncRun<'a> {
             })
             .map(|c| (c.user_id.clone(), !c.removed))
             .collect();
+        // What earlier rounds could not settle is asked again, as if Graph named it now.
+        let carried: Vec<&Recheck> = recheck
+            .iter()
+            .filter(|r| now - r.since < RECHECK_FOR)
+            .filter(|r| {
+                self.known.contains_key(&r.external_id) || self.left_group.contains(&r.external_id)
+            })
+            .collect();
+        let mut rotation_flips: Vec<(String, bool)> = Vec::new();
+        // Ids named as removed in this round, or whose removal is carried (see below).
+        let mut removed: HashSet<String> = HashSet::new();
+        for r in &carried {
+            let id = &r.external_id;
+            observed
+                .entry(id.clone())
+                .or_insert_with(|| base(id, &mut rotation_unknown));
+            match r.claim {
+                GraphClaim::SyncMember(m) => sync_flips.push((id.clone(), m)),
+                GraphClaim::RotationMember(m) => rotation_flips.push((id.clone(), m)),
+                GraphClaim::Deleted => {
+                    removed.insert(id.clone());
+                }
+            }
+        }
         membership_unknown.extend(sync_flips.iter().map(|(id, _)| id.clone()));
         let rotation_changes = groups
             .changes
@@ -504,18 +544,20 @@ impl<'a> SyncRun<'a> {
         rotation_unknown.extend(contradicted(rotation_changes));
         // The same for the rotation group: a repeated add would rotate the password of
         // someone taken out of rotation (a break-glass account), a repeated removal stop it.
-        let rotation_flips: Vec<(String, bool)> = rotation_changes
-            .iter()
-            .filter(|c| {
-                self.known
-                    .get(&c.user_id)
-                    .is_some_and(|k| k.known.in_rotation_group == c.removed)
-            })
-            .map(|c| (c.user_id.clone(), !c.removed))
-            .collect();
+        rotation_flips.extend(
+            rotation_changes
+                .iter()
+                .filter(|c| {
+                    self.known
+                        .get(&c.user_id)
+                        .is_some_and(|k| k.known.in_rotation_group == c.removed)
+                })
+                .map(|c| (c.user_id.clone(), !c.removed)),
+        );
         rotation_unknown.extend(rotation_flips.iter().map(|(id, _)| id.clone()));
-        // Ids named as removed in this round (see below).
-        let mut removed: HashSet<String> = HashSet::new();
+        // Users this round showed: a removal of theirs it also named is a delete and a
+        // restore, not a read that has not caught up.
+        let mut shown: HashSet<String> = HashSet::new();
         for c in users.changes {
             match c {
                 UserChange::Upsert(u) => {
@@ -539,10 +581,11 @@ impl<'a> SyncRun<'a> {
                     if !o.exists {
                         // Taken for deleted (earlier, or by an entry of this round), now
                         // shown again: restored, with whatever memberships Entra restored.
-                        membership_unknown.insert(id);
+                        membership_unknown.insert(id.clone());
                     }
                     // Graph shows the user: they exist, whatever an earlier round said.
                     o.exists = true;
+                    shown.insert(id);
                 }
                 UserChange::Removed { id, .. } => {
                     removed.insert(id.clone());
@@ -565,6 +608,8 @@ impl<'a> SyncRun<'a> {
             .into_iter()
             .filter(|id| observed.contains_key(id))
             .collect();
+        // Removals a read by id contradicted, with no entry of this round showing the user.
+        let mut unconfirmed_removals: Vec<String> = Vec::new();
         if !removed.is_empty() {
             let mut read_back = self.read_users(removed.clone()).await?;
             for id in removed {
@@ -576,6 +621,9 @@ impl<'a> SyncRun<'a> {
                         let recorded = self.known.get(&id).map(|k| &k.known.attributes);
                         o.attributes = Some(attributes_of(u, o.attributes.as_ref().or(recorded)));
                         o.exists = true;
+                        if !shown.contains(&id) {
+                            unconfirmed_removals.push(id.clone());
+                        }
                         membership_unknown.insert(id);
                     }
                     None => {
@@ -638,22 +686,63 @@ impl<'a> SyncRun<'a> {
                 }
             }
         }
-        let disputed = sync_flips.iter().any(|(id, member)| {
-            observed
-                .get(id)
-                .is_some_and(|o| o.exists && o.member != *member)
-        }) || rotation_flips.iter().any(|(id, member)| {
-            observed
-                .get(id)
-                .is_some_and(|o| o.exists && o.in_rotation_group != *member)
-        });
-        let groups_link = if disputed {
-            tracing::info!(domain = %self.domain.name, "a member change Graph named disagrees with the group's member list: asked again next round");
-            links.0.clone()
-        } else {
-            groups.delta_link
-        };
-        Ok((observed, (groups_link, users.delta_link)))
+        // What the lists and reads contradicted is recorded as they say, and asked again in
+        // the next rounds: the links move on (an old change named again would otherwise
+        // hold them, and every round would read a growing window, until the full round).
+        let contradicted = sync_flips
+            .iter()
+            .filter(|(id, member)| {
+                observed
+                    .get(id)
+                    .is_some_and(|o| o.exists && o.member != *member)
+            })
+            .map(|(id, member)| (id, GraphClaim::SyncMember(*member)))
+            .chain(
+                rotation_flips
+                    .iter()
+                    .filter(|(id, member)| {
+                        observed
+                            .get(id)
+                            .is_some_and(|o| o.exists && o.in_rotation_group != *member)
+                    })
+                    .map(|(id, member)| (id, GraphClaim::RotationMember(*member))),
+            )
+            .chain(
+                unconfirmed_removals
+                    .iter()
+                    .map(|id| (id, GraphClaim::Deleted)),
+            );
+        let mut next: Vec<Recheck> = Vec::new();
+        for (id, claim) in contradicted {
+            if next
+                .iter()
+                .any(|r| r.external_id == *id && r.claim == claim)
+            {
+                continue;
+            }
+            // A claim asked about again keeps its first date, so it ends in time.
+            let since = carried
+                .iter()
+                .find(|r| r.external_id == *id && r.claim == claim)
+                .map_or(now, |r| r.since);
+            next.push(Recheck {
+                external_id: id.clone(),
+                claim,
+                since,
+            });
+        }
+        if !next.is_empty() {
+            tracing::info!(domain = %self.domain.name, contradicted = next.len(), "changes Graph named disagree with its member lists or reads: asked again in the next rounds");
+        }
+        next.sort_by_key(|r| std::cmp::Reverse(r.since));
+        next.truncate(MAX_RECHECK);
+        Ok((
+            observed,
+            Checkpoint {
+                links: (groups.delta_link, users.delta_link),
+                recheck: next,
+            },
+        ))
     }
 
     /// The tenant's federated domains, lower case and sorted; `None` when Graph did not
@@ -702,20 +791,25 @@ impl<'a> SyncRun<'a> {
             }
             _ => None,
         };
-        let (observed, links, full) = match &links {
-            Some(l) => match self.observe_changes(&groups, l).await {
-                Ok((o, l)) => (o, l, false),
+        // A full round reads every list and every member: it settles all there is.
+        let full_round = async || -> Result<_, SyncError> {
+            let (o, links) = self.observe_full(&groups).await?;
+            let settled = Checkpoint {
+                links,
+                recheck: Vec::new(),
+            };
+            Ok((o, settled, true))
+        };
+        let (observed, checkpoint, full) = match &links {
+            Some(l) => match self.observe_changes(&groups, l, &self.domain.recheck).await {
+                Ok((o, c)) => (o, c, false),
                 Err(SyncError::Graph(GraphError::DeltaExpired)) => {
                     tracing::info!(domain = %self.domain.name, "delta token expired: full round and reconcile");
-                    let (o, l) = self.observe_full(&groups).await?;
-                    (o, l, true)
+                    full_round().await?
                 }
                 Err(e) => return Err(e),
             },
-            None => {
-                let (o, l) = self.observe_full(&groups).await?;
-                (o, l, true)
-            }
+            None => full_round().await?,
         };
         let policy = self.policy();
         let domain_id = self.domain.id;
@@ -867,8 +961,9 @@ impl<'a> SyncRun<'a> {
             domain_events.push(
                 DeltaCheckpointed {
                     run_id: self.run_id,
-                    groups_delta_link: links.0,
-                    users_delta_link: links.1,
+                    groups_delta_link: checkpoint.links.0,
+                    users_delta_link: checkpoint.links.1,
+                    recheck: checkpoint.recheck,
                 }
                 .into(),
             );

@@ -250,19 +250,34 @@ async fn member_changes_graph_repeats_after_the_opposite_change_are_not_trusted(
             before,
             "{behavior}: no event since"
         );
-        // The groups' delta link did not move on past the disputed change: the next round
-        // reads from the same link, and asks the member list again.
-        let group_rounds = async || -> Vec<String> {
-            w.sim_requests()
-                .await
+        // The disputed change is asked about again in the next round (the list may be the
+        // one behind), though the groups' delta link moved on past it.
+        let rounds = async || -> (Vec<String>, usize) {
+            let requests = w.sim_requests().await;
+            let path = |r: &Value| r["path"].as_str().unwrap_or("").to_owned();
+            let links = requests
                 .iter()
-                .filter(|r| r["path"].as_str().unwrap_or("").contains("groups/delta"))
+                .filter(|r| path(r).contains("groups/delta"))
                 .map(|r| r["query"].as_str().unwrap_or("").to_owned())
-                .collect()
+                .collect();
+            let lists = requests
+                .iter()
+                .filter(|r| path(r).contains(&format!("groups/{SYNC}/members")))
+                .count();
+            (links, lists)
         };
-        let held = group_rounds().await.last().cloned().unwrap();
+        let (links, lists) = rounds().await;
         w.sync().await;
-        assert_eq!(group_rounds().await.last(), Some(&held), "{behavior}");
+        let (next_links, next_lists) = rounds().await;
+        assert!(
+            next_lists > lists,
+            "{behavior}: the member list was not asked again"
+        );
+        assert_ne!(
+            links.last(),
+            next_links.last(),
+            "{behavior}: the link is held"
+        );
         assert_eq!(w.user(5).await.unwrap()["status"], "active", "{behavior}");
 
         // And the other way: a member who left stays out when the old add comes back.
@@ -383,6 +398,53 @@ async fn a_user_deleted_and_restored_in_one_round_is_not_taken_for_deleted() {
     assert_eq!(again["id"], before["id"], "{again}");
     assert_eq!(again["status"], "active", "{again}");
     assert_eq!(again["in_sync_group"], true, "{again}");
+}
+
+/// A deletion Graph names while a read by id is still served by a replica that has not
+/// caught up: the user is not taken for deleted in that round, and is asked about again in
+/// the next, which finds the deletion (the delta link had moved past it: nothing names it
+/// again).
+#[tokio::test]
+async fn a_deletion_a_read_by_id_has_not_caught_up_with_is_asked_about_again() {
+    let w = world(json!({"removal_behavior": "keep", "auto_import": true})).await;
+    w.sync().await;
+    w.sim(
+        Method::POST,
+        &format!("/_sim/users/{}/stale-read", ext(9)),
+        None,
+    )
+    .await;
+    w.sim(Method::DELETE, &format!("/_sim/users/{}", ext(9)), None)
+        .await;
+    let deleted_in_entra = async || {
+        let user = w.user(9).await.unwrap();
+        events_of(&w, &user)
+            .await
+            .iter()
+            .any(|e| e.to_string().contains("deleted_in_entra"))
+    };
+    let run = w.sync().await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert!(!deleted_in_entra().await, "the stale read showed the user");
+    let run = w.sync().await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert!(
+        deleted_in_entra().await,
+        "asked again, the deletion is found"
+    );
+    // Settled: the next round asks nothing about it.
+    let reads = async || {
+        w.sim_requests()
+            .await
+            .iter()
+            .filter(|r| r["path"].as_str().unwrap_or("").ends_with("users/delta"))
+            .filter(|r| r["query"].as_str().unwrap_or("").contains(&ext(9)))
+            .count()
+    };
+    let before = reads().await;
+    assert!(before >= 2, "read by id twice");
+    w.sync().await;
+    assert_eq!(reads().await, before, "asked again after it settled");
 }
 
 /// Graph promises no order within a delta round and may name one user twice (GRAPH.md §3).

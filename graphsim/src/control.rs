@@ -271,6 +271,23 @@ pub async fn stale_read(State(sim): State<Sim>, Path(id): Path<String>) -> Statu
     StatusCode::NO_CONTENT
 }
 
+/// `POST /_sim/users/{id}/unseen-read`: the next read of the user by id misses them, as a
+/// replica that has not caught up with their creation or restore would.
+pub async fn unseen_read(State(sim): State<Sim>, Path(id): Path<String>) -> StatusCode {
+    sim.lock().unseen_reads.insert(id);
+    StatusCode::NO_CONTENT
+}
+
+/// `POST /_sim/groups/{group}/members/{user}/unseen-read`: the next read of the group's
+/// member list misses the user, as a replica behind their addition would.
+pub async fn unseen_member(
+    State(sim): State<Sim>,
+    Path((group, user)): Path<(String, String)>,
+) -> StatusCode {
+    sim.lock().unseen_members.insert((group, user));
+    StatusCode::NO_CONTENT
+}
+
 fn repeat_member_change(sim: &Sim, group: String, user: String, added: bool) -> StatusCode {
     let mut inner = sim.lock();
     let known = inner.dir.groups.contains_key(&group)

@@ -354,8 +354,9 @@ pub async fn group_members(
         Err(r) => return r.into_response(),
     };
     let select = select_of(&params);
-    let inner = sim.lock();
-    let Some(group) = inner.dir.groups.get(&id) else {
+    let mut inner = sim.lock();
+    let state = &mut *inner;
+    let Some(group) = state.dir.groups.get(&id) else {
         return not_found(&id);
     };
     let value: Vec<Value> = group
@@ -363,7 +364,8 @@ pub async fn group_members(
         .iter()
         .skip(offset)
         .take(top)
-        .filter_map(|m| inner.dir.users.get(m))
+        .filter(|m| !state.unseen_members.remove(&(id.clone(), (*m).clone())))
+        .filter_map(|m| state.dir.users.get(m))
         .map(|u| user_json(u, &select, true))
         .collect();
     let base = base_url(&headers);
@@ -914,20 +916,27 @@ pub async fn users_delta(
     let mut inner = sim.lock();
     if cursor.full {
         // A read by id of a deleted user a replica still holds: served once, as it was.
+        // Reads by id a replica serves: a deleted user it still holds, once, as they were;
+        // a user it has not seen yet, missed once.
         let state = &mut *inner;
-        let stale: Vec<UserEntry> = match &ids {
-            Some(ids) => ids
-                .iter()
-                .filter(|id| !state.dir.users.contains_key(*id))
-                .filter_map(|id| state.stale_reads.remove(id))
-                .collect(),
-            None => Vec::new(),
+        let (stale, unseen): (Vec<UserEntry>, Vec<String>) = match &ids {
+            Some(ids) => (
+                ids.iter()
+                    .filter(|id| !state.dir.users.contains_key(*id))
+                    .filter_map(|id| state.stale_reads.remove(id))
+                    .collect(),
+                ids.iter()
+                    .filter(|id| state.unseen_reads.remove(*id))
+                    .cloned()
+                    .collect(),
+            ),
+            None => (Vec::new(), Vec::new()),
         };
         let users: Vec<_> = inner
             .dir
             .users
             .values()
-            .filter(|u| wanted(&u.id))
+            .filter(|u| wanted(&u.id) && !unseen.contains(&u.id))
             .chain(&stale)
             .collect();
         return delta_page(

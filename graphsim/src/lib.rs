@@ -69,6 +69,7 @@ pub fn router(sim: Sim) -> Router {
             post(control::repeat_delete),
         )
         .route("/_sim/users/{id}/stale-read", post(control::stale_read))
+        .route("/_sim/users/{id}/unseen-read", post(control::unseen_read))
         .route(
             "/_sim/domains/{name}",
             axum::routing::put(control::put_domain),
@@ -94,6 +95,10 @@ pub fn router(sim: Sim) -> Router {
         .route(
             "/_sim/groups/{group}/members/{user}/repeat-remove",
             post(control::repeat_remove),
+        )
+        .route(
+            "/_sim/groups/{group}/members/{user}/unseen-read",
+            post(control::unseen_member),
         )
         .route(
             "/_sim/faults",

@@ -5,7 +5,7 @@ use crate::tenant::{Directory, UserEntry};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -182,6 +182,12 @@ pub struct Inner {
     /// Users as they were, served to the next read by id after their deletion: a replica
     /// behind the change Graph already named (GRAPH.md §3, eventual consistency).
     pub stale_reads: BTreeMap<String, UserEntry>,
+    /// Users the next read by id misses: a replica that has not seen them yet (created or
+    /// restored a moment ago).
+    pub unseen_reads: BTreeSet<String>,
+    /// (group, user): the next read of the group's member list misses the user, as a
+    /// replica behind the user's addition would.
+    pub unseen_members: BTreeSet<(String, String)>,
 }
 
 /// One password set through Graph's `PATCH /users/{id}` (`GET /_sim/password-log`): what a

@@ -357,12 +357,25 @@ impl<'a> SyncRun<'a> {
             .into_iter()
             .map(|u| (u.id.clone(), u))
             .collect();
-        // Members the member list missed (it changed between the reads), and recorded
-        // members who left: read them, absent means deleted.
-        let gone: Vec<String> = self
+        // Members the member list missed (it changed between the reads), recorded members
+        // who left, and users out of scope whose deletion a read contradicted (no entry
+        // of this round's `latest` link will name it again): read them, absent means
+        // deleted.
+        let now = chrono::Utc::now();
+        let deletion_unsettled: HashSet<&str> = self
+            .domain
+            .recheck
+            .iter()
+            .filter(|r| r.claim == GraphClaim::Deleted && now - r.since < RECHECK_FOR)
+            .map(|r| r.external_id.as_str())
+            .collect();
+        let gone: HashSet<String> = self
             .known
             .iter()
-            .filter(|(ext, k)| k.known.in_scope && !members.contains(*ext))
+            .filter(|(ext, k)| {
+                (k.known.in_scope || deletion_unsettled.contains(ext.as_str()))
+                    && !members.contains(*ext)
+            })
             .map(|(ext, _)| ext.clone())
             .collect();
         let missing: Vec<String> = members
@@ -502,12 +515,45 @@ impl<'a> SyncRun<'a> {
             })
             .map(|c| (c.user_id.clone(), !c.removed))
             .collect();
-        // What earlier rounds could not settle is asked again, as if Graph named it now.
+        // What earlier rounds could not settle is asked again, as if Graph named it now —
+        // unless this round names something newer about the same user: rounds are in
+        // order, so a change of this round replaces a carried one of the same kind (asked
+        // of a list still behind it, the older claim would undo it), and a user this round
+        // shows, and does not name as removed, was restored after a carried deletion.
+        let named = |changes: &[crate::graph::MemberChange]| -> HashSet<String> {
+            changes.iter().map(|c| c.user_id.clone()).collect()
+        };
+        let named_sync = named(sync_changes);
+        let named_rotation = named(
+            groups
+                .changes
+                .get(&g.rotation)
+                .map_or(&[][..], Vec::as_slice),
+        );
+        let mut restored: HashSet<&str> = HashSet::new();
+        let mut named_removed: HashSet<&str> = HashSet::new();
+        for c in &users.changes {
+            match c {
+                UserChange::Upsert(u) => restored.insert(u.id.as_str()),
+                UserChange::Removed { id, .. } => named_removed.insert(id.as_str()),
+            };
+        }
         let carried: Vec<&Recheck> = recheck
             .iter()
             .filter(|r| now - r.since < RECHECK_FOR)
             .filter(|r| {
-                self.known.contains_key(&r.external_id) || self.left_group.contains(&r.external_id)
+                // Users the engine never recorded only as a new member a read missed.
+                self.known.contains_key(&r.external_id)
+                    || self.left_group.contains(&r.external_id)
+                    || r.claim == GraphClaim::SyncMember(true)
+            })
+            .filter(|r| {
+                let id = r.external_id.as_str();
+                match r.claim {
+                    GraphClaim::SyncMember(_) => !named_sync.contains(id),
+                    GraphClaim::RotationMember(_) => !named_rotation.contains(id),
+                    GraphClaim::Deleted => !restored.contains(id) || named_removed.contains(id),
+                }
             })
             .collect();
         let mut rotation_flips: Vec<(String, bool)> = Vec::new();
@@ -656,11 +702,17 @@ impl<'a> SyncRun<'a> {
             .map(|(ext, _)| ext.clone())
             .collect();
         let mut read_back = self.read_users(need.clone()).await?;
+        // New members a read by id missed (a replica that has not seen them yet): not
+        // imported now, asked about again.
+        let mut unread_members: Vec<String> = Vec::new();
         for ext in need {
             if let Some(o) = observed.get_mut(&ext) {
                 match read_back.remove(&ext) {
                     Some(u) => o.attributes = Some(attributes_of(u, None)),
-                    None => o.exists = false,
+                    None => {
+                        o.exists = false;
+                        unread_members.push(ext);
+                    }
                 }
             }
         }
@@ -711,6 +763,11 @@ impl<'a> SyncRun<'a> {
                 unconfirmed_removals
                     .iter()
                     .map(|id| (id, GraphClaim::Deleted)),
+            )
+            .chain(
+                unread_members
+                    .iter()
+                    .map(|id| (id, GraphClaim::SyncMember(true))),
             );
         let mut next: Vec<Recheck> = Vec::new();
         for (id, claim) in contradicted {

@@ -364,19 +364,7 @@ async fn a_user_deleted_and_restored_in_one_round_is_not_taken_for_deleted() {
     .await;
     w.sim(Method::DELETE, &format!("/_sim/users/{}", ext(7)), None)
         .await;
-    w.sim(
-        Method::POST,
-        "/_sim/users",
-        Some(json!({
-            "id": ext(7),
-            "userPrincipalName": before["user_principal_name"],
-            "displayName": before["display_name"],
-            "mail": before["mail"],
-            "givenName": before["given_name"],
-            "surname": before["surname"],
-        })),
-    )
-    .await;
+    restore(&w, 7, &before).await;
     w.join(7).await;
     let run = w.sync().await;
     assert_eq!(run["status"], "succeeded", "{run}");
@@ -408,28 +396,25 @@ async fn a_user_deleted_and_restored_in_one_round_is_not_taken_for_deleted() {
 async fn a_deletion_a_read_by_id_has_not_caught_up_with_is_asked_about_again() {
     let w = world(json!({"removal_behavior": "keep", "auto_import": true})).await;
     w.sync().await;
-    w.sim(
-        Method::POST,
-        &format!("/_sim/users/{}/stale-read", ext(9)),
-        None,
-    )
-    .await;
-    w.sim(Method::DELETE, &format!("/_sim/users/{}", ext(9)), None)
-        .await;
-    let deleted_in_entra = async || {
-        let user = w.user(9).await.unwrap();
-        events_of(&w, &user)
-            .await
-            .iter()
-            .any(|e| e.to_string().contains("deleted_in_entra"))
+    let delete_behind_a_stale_read = async |n: u32| {
+        let user = format!("/_sim/users/{}", ext(n));
+        w.sim(Method::POST, &format!("{user}/stale-read"), None)
+            .await;
+        w.sim(Method::DELETE, &user, None).await;
+        let run = w.sync().await;
+        assert_eq!(run["status"], "succeeded", "{run}");
+        let user = w.user(n).await.unwrap();
+        assert!(
+            !taken_for_deleted(&w, &user).await,
+            "the stale read showed the user"
+        );
+        user
     };
-    let run = w.sync().await;
-    assert_eq!(run["status"], "succeeded", "{run}");
-    assert!(!deleted_in_entra().await, "the stale read showed the user");
+    let user = delete_behind_a_stale_read(9).await;
     let run = w.sync().await;
     assert_eq!(run["status"], "succeeded", "{run}");
     assert!(
-        deleted_in_entra().await,
+        taken_for_deleted(&w, &user).await,
         "asked again, the deletion is found"
     );
     // Settled: the next round asks nothing about it.
@@ -445,6 +430,104 @@ async fn a_deletion_a_read_by_id_has_not_caught_up_with_is_asked_about_again() {
     assert!(before >= 2, "read by id twice");
     w.sync().await;
     assert_eq!(reads().await, before, "asked again after it settled");
+
+    // A full round in between (here: the delta token expired) reads such a user too: its
+    // fresh links will never name the deletion again.
+    let user = delete_behind_a_stale_read(11).await;
+    w.sim(Method::POST, "/_sim/delta/expire", None).await;
+    let run = w.sync().await;
+    assert_eq!(run["full"], true, "{run}");
+    assert!(
+        taken_for_deleted(&w, &user).await,
+        "the full round found the deletion"
+    );
+}
+
+/// A carried deletion is replaced by a later round that shows the user again (restored),
+/// even when that round's read by id has not seen the restore yet.
+#[tokio::test]
+async fn a_user_restored_after_a_carried_deletion_is_not_deleted_by_a_read_behind_the_restore() {
+    let w = world(json!({"removal_behavior": "keep", "auto_import": true})).await;
+    w.sync().await;
+    let before = w.user(9).await.unwrap();
+    let user = format!("/_sim/users/{}", ext(9));
+    w.sim(Method::POST, &format!("{user}/stale-read"), None)
+        .await;
+    w.sim(Method::DELETE, &user, None).await;
+    w.sync().await;
+    restore(&w, 9, &before).await;
+    w.join(9).await;
+    w.sim(Method::POST, &format!("{user}/unseen-read"), None)
+        .await;
+    let run = w.sync().await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let now = w.user(9).await.unwrap();
+    assert_eq!(now["id"], before["id"], "{now}");
+    assert_eq!(now["in_sync_group"], true, "{now}");
+    assert_eq!(now["status"], "active", "{now}");
+    assert!(!taken_for_deleted(&w, &now).await, "taken for deleted");
+}
+
+/// A carried member change is replaced by a newer change the next round names about the
+/// same user: asked of a list still behind, the older one would undo the newer.
+#[tokio::test]
+async fn a_carried_member_change_gives_way_to_a_newer_one() {
+    let w = world(json!({"removal_behavior": "delete", "auto_import": true})).await;
+    w.sync().await;
+    let before = w.user(5).await.unwrap();
+    let member = format!("/_sim/groups/{SYNC}/members/{}", ext(5));
+    // An old removal named again: the list disagrees, and the removal is carried.
+    w.sim(Method::POST, &format!("{member}/repeat-remove"), None)
+        .await;
+    w.sync().await;
+    assert_eq!(w.user(5).await.unwrap()["status"], "active");
+    // The next round names an add (newer than the carried removal), and the member list
+    // it would ask has not caught up with it.
+    w.sim(Method::POST, &format!("{member}/repeat-add"), None)
+        .await;
+    w.sim(Method::POST, &format!("{member}/unseen-read"), None)
+        .await;
+    let run = w.sync().await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let now = w.user(5).await.unwrap();
+    assert_eq!(now["id"], before["id"], "{now}");
+    assert_eq!(now["status"], "active", "{now}");
+    assert_eq!(now["in_sync_group"], true, "{now}");
+}
+
+/// A new member whose read by id a replica misses is not lost until the full round: the
+/// next round asks again and imports them.
+#[tokio::test]
+async fn a_new_member_a_read_by_id_missed_is_imported_a_round_later() {
+    let w = world(json!({"removal_behavior": "keep", "auto_import": true})).await;
+    w.sync().await;
+    assert!(w.user(99).await.is_none());
+    w.sim(
+        Method::POST,
+        "/_sim/users",
+        Some(json!({
+            "id": ext(99),
+            "userPrincipalName": "nestor.wilke@contoso.onmicrosoft.com",
+            "displayName": "Nestor Wilke",
+            "mail": "nestor.wilke@contoso.onmicrosoft.com",
+            "givenName": "Nestor",
+            "surname": "Wilke",
+        })),
+    )
+    .await;
+    w.join(99).await;
+    w.sim(
+        Method::POST,
+        &format!("/_sim/users/{}/unseen-read", ext(99)),
+        None,
+    )
+    .await;
+    w.sync().await;
+    assert!(w.user(99).await.is_none(), "imported without being read");
+    w.sync().await;
+    let new = w.user(99).await.expect("imported a round later");
+    assert_eq!(new["display_name"], "Nestor Wilke", "{new}");
+    assert_eq!(new["in_sync_group"], true, "{new}");
 }
 
 /// Graph promises no order within a delta round and may name one user twice (GRAPH.md §3).
@@ -517,6 +600,31 @@ async fn changes_named_out_of_order_in_one_round_are_not_decided_by_the_last_ent
     let users = w.users("").await;
     assert_eq!(users.len(), before, "the passer-by is nobody's user");
     assert!(!users.iter().any(|u| u["external_id"] == passer));
+}
+
+/// Brings user `n` back in graphsim as `before` showed them (a restore keeps the id).
+async fn restore(w: &World, n: u32, before: &Value) {
+    w.sim(
+        Method::POST,
+        "/_sim/users",
+        Some(json!({
+            "id": ext(n),
+            "userPrincipalName": before["user_principal_name"],
+            "displayName": before["display_name"],
+            "mail": before["mail"],
+            "givenName": before["given_name"],
+            "surname": before["surname"],
+        })),
+    )
+    .await;
+}
+
+/// Whether the record of `user` says Entra ID deleted them.
+async fn taken_for_deleted(w: &World, user: &Value) -> bool {
+    events_of(w, user)
+        .await
+        .iter()
+        .any(|e| e.to_string().contains("deleted_in_entra"))
 }
 
 async fn events_of(w: &World, user: &Value) -> Vec<Value> {

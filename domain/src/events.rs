@@ -196,7 +196,7 @@ pub struct Recheck {
 }
 
 /// What a change Graph named said of a user.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
 pub enum GraphClaim {
     /// In the sync group (`true`) or removed from it.
     SyncMember(bool),

@@ -11,6 +11,7 @@ pub mod decide;
 pub mod envelope;
 pub mod events;
 pub mod ids;
+pub mod recheck;
 pub mod rotation;
 pub mod samples;
 pub mod sync;

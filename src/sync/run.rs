@@ -15,6 +15,7 @@ use crate::graph::{
 use crate::store::{AppendError, ExpectedVersion};
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use idledger_domain::events::*;
+use idledger_domain::recheck;
 use idledger_domain::sync::{
     guard_trips, plan_user, Discovery, Known, Observed, SyncOutcome, SyncPolicy, UserPlan,
 };
@@ -37,12 +38,6 @@ const MAX_HELD_PER_EVENT: usize = 16_384;
 const IDS_PER_REQUEST: usize = 50;
 /// Filtered `users/delta` requests in flight at once.
 const READ_CONCURRENCY: usize = 8;
-/// How long a contradicted change is asked about again: replication behind a change
-/// settles in seconds to minutes; an old change named again never agrees, and costs a
-/// member list read per round until then.
-const RECHECK_FOR: chrono::Duration = chrono::Duration::hours(1);
-/// Contradicted changes carried at most (the newest kept): beyond, the full round settles.
-const MAX_RECHECK: usize = 1_000;
 
 /// One user's change, as a run reports it.
 #[derive(Clone, Debug, Serialize)]
@@ -361,14 +356,8 @@ impl<'a> SyncRun<'a> {
         // who left, and users out of scope whose deletion a read contradicted (no entry
         // of this round's `latest` link will name it again): read them, absent means
         // deleted.
-        let now = chrono::Utc::now();
-        let deletion_unsettled: HashSet<&str> = self
-            .domain
-            .recheck
-            .iter()
-            .filter(|r| r.claim == GraphClaim::Deleted && now - r.since < RECHECK_FOR)
-            .map(|r| r.external_id.as_str())
-            .collect();
+        let deletion_unsettled =
+            recheck::unsettled_deletions(&self.domain.recheck, chrono::Utc::now());
         let gone: HashSet<String> = self
             .known
             .iter()
@@ -448,12 +437,12 @@ impl<'a> SyncRun<'a> {
     }
 
     /// An incremental round: only what changed since the stored links, and what earlier
-    /// rounds could not settle (`recheck`).
+    /// rounds could not settle (`unsettled`).
     async fn observe_changes(
         &self,
         g: &Groups,
         links: &(String, String),
-        recheck: &[Recheck],
+        unsettled: &[Recheck],
     ) -> Result<(HashMap<String, Observed>, Checkpoint), SyncError> {
         let now = chrono::Utc::now();
         let groups = self
@@ -515,47 +504,25 @@ impl<'a> SyncRun<'a> {
             })
             .map(|c| (c.user_id.clone(), !c.removed))
             .collect();
-        // What earlier rounds could not settle is asked again, as if Graph named it now —
-        // unless this round names something newer about the same user: rounds are in
-        // order, so a change of this round replaces a carried one of the same kind (asked
-        // of a list still behind it, the older claim would undo it), and a user this round
-        // shows, and does not name as removed, was restored after a carried deletion.
-        let named = |changes: &[crate::graph::MemberChange]| -> HashSet<String> {
-            changes.iter().map(|c| c.user_id.clone()).collect()
-        };
-        let named_sync = named(sync_changes);
-        let named_rotation = named(
-            groups
-                .changes
-                .get(&g.rotation)
-                .map_or(&[][..], Vec::as_slice),
-        );
-        let mut restored: HashSet<&str> = HashSet::new();
-        let mut named_removed: HashSet<&str> = HashSet::new();
+        // What earlier rounds could not settle is asked again, as if Graph named it now,
+        // unless this round names something newer about the user.
+        let mut named = recheck::Named::default();
+        named
+            .sync
+            .extend(sync_changes.iter().map(|c| c.user_id.as_str()));
+        let rotation_named = groups.changes.get(&g.rotation).into_iter().flatten();
+        named
+            .rotation
+            .extend(rotation_named.map(|c| c.user_id.as_str()));
         for c in &users.changes {
             match c {
-                UserChange::Upsert(u) => restored.insert(u.id.as_str()),
-                UserChange::Removed { id, .. } => named_removed.insert(id.as_str()),
+                UserChange::Upsert(u) => named.shown.insert(u.id.as_str()),
+                UserChange::Removed { id, .. } => named.removed.insert(id.as_str()),
             };
         }
-        let carried: Vec<&Recheck> = recheck
-            .iter()
-            .filter(|r| now - r.since < RECHECK_FOR)
-            .filter(|r| {
-                // Users the engine never recorded only as a new member a read missed.
-                self.known.contains_key(&r.external_id)
-                    || self.left_group.contains(&r.external_id)
-                    || r.claim == GraphClaim::SyncMember(true)
-            })
-            .filter(|r| {
-                let id = r.external_id.as_str();
-                match r.claim {
-                    GraphClaim::SyncMember(_) => !named_sync.contains(id),
-                    GraphClaim::RotationMember(_) => !named_rotation.contains(id),
-                    GraphClaim::Deleted => !restored.contains(id) || named_removed.contains(id),
-                }
-            })
-            .collect();
+        let carried = recheck::to_ask(unsettled, now, &named, |id| {
+            self.known.contains_key(id) || self.left_group.contains(id)
+        });
         let mut rotation_flips: Vec<(String, bool)> = Vec::new();
         // Ids named as removed in this round, or whose removal is carried (see below).
         let mut removed: HashSet<String> = HashSet::new();
@@ -748,7 +715,7 @@ impl<'a> SyncRun<'a> {
                     .get(id)
                     .is_some_and(|o| o.exists && o.member != *member)
             })
-            .map(|(id, member)| (id, GraphClaim::SyncMember(*member)))
+            .map(|(id, member)| (id.as_str(), GraphClaim::SyncMember(*member)))
             .chain(
                 rotation_flips
                     .iter()
@@ -757,42 +724,22 @@ impl<'a> SyncRun<'a> {
                             .get(id)
                             .is_some_and(|o| o.exists && o.in_rotation_group != *member)
                     })
-                    .map(|(id, member)| (id, GraphClaim::RotationMember(*member))),
+                    .map(|(id, member)| (id.as_str(), GraphClaim::RotationMember(*member))),
             )
             .chain(
                 unconfirmed_removals
                     .iter()
-                    .map(|id| (id, GraphClaim::Deleted)),
+                    .map(|id| (id.as_str(), GraphClaim::Deleted)),
             )
             .chain(
                 unread_members
                     .iter()
-                    .map(|id| (id, GraphClaim::SyncMember(true))),
+                    .map(|id| (id.as_str(), GraphClaim::SyncMember(true))),
             );
-        let mut next: Vec<Recheck> = Vec::new();
-        for (id, claim) in contradicted {
-            if next
-                .iter()
-                .any(|r| r.external_id == *id && r.claim == claim)
-            {
-                continue;
-            }
-            // A claim asked about again keeps its first date, so it ends in time.
-            let since = carried
-                .iter()
-                .find(|r| r.external_id == *id && r.claim == claim)
-                .map_or(now, |r| r.since);
-            next.push(Recheck {
-                external_id: id.clone(),
-                claim,
-                since,
-            });
-        }
+        let next = recheck::to_carry(contradicted, &carried, now);
         if !next.is_empty() {
             tracing::info!(domain = %self.domain.name, contradicted = next.len(), "changes Graph named disagree with its member lists or reads: asked again in the next rounds");
         }
-        next.sort_by_key(|r| std::cmp::Reverse(r.since));
-        next.truncate(MAX_RECHECK);
         Ok((
             observed,
             Checkpoint {

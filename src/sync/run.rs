@@ -494,8 +494,8 @@ impl<'a> SyncRun<'a> {
         // (GRAPH.md §3), older than what happened since: a member who came back would be
         // taken out (with *delete*, their keys shredded), one who left let back in. The
         // member list decides; where it disagrees with the change (a repeat, or a list
-        // that has not caught up yet), the groups' delta link is not moved on, so the next
-        // round names the change again and asks again.
+        // that has not caught up yet), the change is carried to the next rounds, which ask
+        // again (`recheck`).
         let mut sync_flips: Vec<(String, bool)> = sync_changes
             .iter()
             .filter(|c| match self.known.get(&c.user_id) {
@@ -510,10 +510,13 @@ impl<'a> SyncRun<'a> {
         named
             .sync
             .extend(sync_changes.iter().map(|c| c.user_id.as_str()));
-        let rotation_named = groups.changes.get(&g.rotation).into_iter().flatten();
+        let rotation_changes = groups
+            .changes
+            .get(&g.rotation)
+            .map_or(&[][..], Vec::as_slice);
         named
             .rotation
-            .extend(rotation_named.map(|c| c.user_id.as_str()));
+            .extend(rotation_changes.iter().map(|c| c.user_id.as_str()));
         for c in &users.changes {
             match c {
                 UserChange::Upsert(u) => named.shown.insert(u.id.as_str()),
@@ -540,10 +543,6 @@ impl<'a> SyncRun<'a> {
             }
         }
         membership_unknown.extend(sync_flips.iter().map(|(id, _)| id.clone()));
-        let rotation_changes = groups
-            .changes
-            .get(&g.rotation)
-            .map_or(&[][..], Vec::as_slice);
         for c in rotation_changes {
             rotation_unknown.remove(&c.user_id);
             if let Some(o) = observed.get_mut(&c.user_id) {

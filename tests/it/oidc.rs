@@ -46,6 +46,24 @@ async fn register_app(w: &World, kind: &str) -> Value {
     app
 }
 
+/// A single-page app (a public client) answered at `redirect`.
+async fn register_spa(w: &World, redirect: &str) -> Value {
+    let (s, app) = w
+        .admin(
+            Method::POST,
+            "/v1/apps",
+            Some(json!({
+                "name": "Payroll SPA",
+                "redirect_uris": [redirect],
+                "type": "public",
+                "domain_ids": [w.domain],
+            })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{app}");
+    app
+}
+
 /// Follows an authorization URL in `v` (a browser with or without a session) to the
 /// redirect it ends at; answers that URL's query as pairs.
 async fn authorize(
@@ -706,19 +724,7 @@ async fn an_app_registered_in_the_console_signs_a_passkey_user_in_through_chromi
 
     // A single-page app (a public client) does the exchange from its own page, across
     // origins: the token endpoint and userinfo let its origin read their answers.
-    let (s, spa) = w
-        .admin(
-            Method::POST,
-            "/v1/apps",
-            Some(json!({
-                "name": "Payroll SPA",
-                "redirect_uris": [&callback],
-                "type": "public",
-                "domain_ids": [w.domain],
-            })),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{spa}");
+    let spa = register_spa(&w, &callback).await;
     let spa_id = spa["client_id"].as_str().unwrap();
     let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
     b.goto(&format!(
@@ -1605,4 +1611,72 @@ async fn a_reused_code_or_refresh_token_revokes_the_access_tokens_it_gave() {
         assert_eq!(info(access).await, StatusCode::UNAUTHORIZED);
     }
     assert_eq!(info(&other["access_token"]).await, StatusCode::OK);
+}
+
+/// Cross-origin reads (CORS): the token endpoint and userinfo answer the origins of live
+/// apps' redirect URIs only, never with credentials; discovery and keys answer anyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_registered_origins_may_read_the_token_endpoint_across_origins() {
+    let (w, _, _) = signin_world().await;
+    let spa = register_spa(&w, "https://spa.contoso.com/callback").await;
+    let raw = reqwest::Client::new();
+    let preflight = async |path: &str, origin: &str| {
+        raw.request(Method::OPTIONS, format!("{}{path}", w.app.public))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "authorization")
+            .send()
+            .await
+            .unwrap()
+    };
+    let allowed = |r: &reqwest::Response| {
+        r.headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    for path in ["/token", "/userinfo"] {
+        let ok = preflight(path, "https://spa.contoso.com").await;
+        assert_eq!(ok.status(), StatusCode::NO_CONTENT, "{path}");
+        assert_eq!(allowed(&ok).as_deref(), Some("https://spa.contoso.com"));
+        assert!(ok.headers()["vary"].to_str().unwrap().contains("origin"));
+        assert!(ok
+            .headers()
+            .get("access-control-allow-credentials")
+            .is_none());
+        let other = preflight(path, "https://evil.example").await;
+        assert_eq!(other.status(), StatusCode::FORBIDDEN, "{path}");
+        assert_eq!(allowed(&other), None);
+    }
+    // An answer itself carries the header for the registered origin only.
+    let token = async |origin: &str| {
+        raw.post(format!("{}/token", w.app.public))
+            .header("origin", origin)
+            .form(&[("grant_type", "authorization_code"), ("code", "x")])
+            .send()
+            .await
+            .unwrap()
+    };
+    assert_eq!(
+        allowed(&token("https://spa.contoso.com").await).as_deref(),
+        Some("https://spa.contoso.com")
+    );
+    assert_eq!(allowed(&token("https://evil.example").await), None);
+    let discovery = raw
+        .get(format!("{}/.well-known/openid-configuration", w.app.public))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(allowed(&discovery).as_deref(), Some("*"));
+    // A removed app's origin is closed with it.
+    let (s, _) = w
+        .admin(
+            Method::DELETE,
+            &format!("/v1/apps/{}", spa["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert!(s.is_success(), "{s}");
+    let closed = preflight("/token", "https://spa.contoso.com").await;
+    assert_eq!(closed.status(), StatusCode::FORBIDDEN);
 }

@@ -137,7 +137,7 @@ impl UserView {
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Users {
     #[serde(serialize_with = "crate::users::sorted_values")]
-    by_id: FxHashMap<UserId, UserView>,
+    by_id: FxHashMap<UserId, Box<UserView>>,
     #[serde(skip)]
     order: BTreeSet<UserId>,
     #[serde(skip)]
@@ -159,7 +159,7 @@ fn index_principal(index: &mut FxHashMap<String, Vec<UserId>>, name: &str, id: U
 }
 
 fn index_under<K: Eq + std::hash::Hash>(index: &mut FxHashMap<K, Vec<UserId>>, key: K, id: UserId) {
-    let ids = index.entry(key).or_default();
+    let ids = index.entry(key).or_insert_with(|| Vec::with_capacity(1));
     if !ids.contains(&id) {
         ids.push(id);
     }
@@ -229,13 +229,13 @@ where
 impl Users {
     /// A user by id.
     pub fn get(&self, id: UserId) -> Option<&UserView> {
-        self.by_id.get(&id)
+        self.by_id.get(&id).map(|u| &**u)
     }
 
     /// The live (not deleted) user with this Entra object id in this domain.
     pub fn by_external(&self, domain: DomainId, external_id: &str) -> Option<&UserView> {
         let id = self.by_external.get(&(domain, external_id.to_owned()))?;
-        self.by_id.get(id)
+        self.by_id.get(id).map(|u| &**u)
     }
 
     /// The live (not deleted) users the hardware key `key` is assigned to.
@@ -244,7 +244,7 @@ impl Users {
             .get(key)
             .into_iter()
             .flatten()
-            .filter_map(|id| self.by_id.get(id))
+            .filter_map(|id| self.by_id.get(id).map(|u| &**u))
     }
 
     /// The live (not deleted) users whose principal name is `name`, ignoring ASCII case.
@@ -253,7 +253,7 @@ impl Users {
             .get(&name.to_ascii_lowercase())
             .into_iter()
             .flatten()
-            .filter_map(|id| self.by_id.get(id))
+            .filter_map(|id| self.by_id.get(id).map(|u| &**u))
     }
 
     /// Number of users, deleted included.
@@ -280,7 +280,7 @@ impl Users {
         let lower = after.map_or(Unbounded, Excluded);
         self.order
             .range((lower, Unbounded))
-            .filter_map(move |id| self.by_id.get(id))
+            .filter_map(move |id| self.by_id.get(id).map(|u| &**u))
     }
 
     /// The first `n` users in id order after `after` for which `keep` holds. For searches:
@@ -381,7 +381,7 @@ impl Users {
                 id,
             );
             self.order.insert(id);
-            self.by_id.insert(id, view);
+            self.by_id.insert(id, Box::new(view));
             return;
         }
         let Some(u) = self.by_id.get_mut(&id) else {

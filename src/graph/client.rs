@@ -706,6 +706,40 @@ impl GraphClient {
         group_id: &str,
         select: &str,
     ) -> Result<Vec<GraphUser>, GraphError> {
+        let mut out = Vec::new();
+        self.member_pages(group_id, select, |users| out.extend(users))
+            .await?;
+        Ok(out)
+    }
+
+    /// Which of `wanted` are direct user members of a group: the same pages as
+    /// [`GraphClient::group_members`] with `$select=id`, each page kept only for the ids
+    /// asked about (memory in the ids asked about, not in the group's size).
+    pub async fn members_among(
+        &self,
+        group_id: &str,
+        wanted: &std::collections::HashSet<String>,
+    ) -> Result<std::collections::HashSet<String>, GraphError> {
+        let mut out = std::collections::HashSet::new();
+        self.member_pages(group_id, "id", |users| {
+            out.extend(
+                users
+                    .into_iter()
+                    .map(|u| u.id)
+                    .filter(|id| wanted.contains(id)),
+            )
+        })
+        .await?;
+        Ok(out)
+    }
+
+    /// Every page of a group's direct user members, each handed to `take` as it arrives.
+    async fn member_pages(
+        &self,
+        group_id: &str,
+        select: &str,
+        mut take: impl FnMut(Vec<GraphUser>),
+    ) -> Result<(), GraphError> {
         let url = format!(
             "{}?$select={}&$top={}",
             self.graph(&format!(
@@ -715,15 +749,14 @@ impl GraphClient {
             urlencoding::encode(select),
             self.page_size
         );
-        let mut out = Vec::new();
         self.pages("members", url, |body| {
             let users = users_of(body)?;
             let n = users.len();
-            out.extend(users);
+            take(users);
             Ok(n)
         })
-        .await?;
-        Ok(out)
+        .await
+        .map(|_| ())
     }
 
     /// One `groups/delta` round for `group_ids` (at most 50), from `delta_link` or from

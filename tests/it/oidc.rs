@@ -1637,17 +1637,14 @@ async fn only_registered_origins_may_read_the_token_endpoint_across_origins() {
     for path in ["/token", "/userinfo"] {
         let ok = preflight(path, "https://spa.contoso.com").await;
         assert_eq!(ok.status(), StatusCode::NO_CONTENT, "{path}");
-        assert_eq!(allowed(&ok).as_deref(), Some("https://spa.contoso.com"));
-        assert!(ok.headers()["vary"].to_str().unwrap().contains("origin"));
-        assert!(ok
-            .headers()
-            .get("access-control-allow-credentials")
-            .is_none());
+        let origin = allowed(&ok);
+        assert_eq!(origin.as_deref(), Some("https://spa.contoso.com"), "{path}");
         let other = preflight(path, "https://evil.example").await;
         assert_eq!(other.status(), StatusCode::FORBIDDEN, "{path}");
-        assert_eq!(allowed(&other), None);
+        assert_eq!(allowed(&other), None, "{path}");
     }
-    // An answer itself carries the header for the registered origin only.
+    // An answer itself carries the header for the registered origin only, never with
+    // credentials, and says that it varies by origin.
     let token = async |origin: &str| {
         raw.post(format!("{}/token", w.app.public))
             .header("origin", origin)
@@ -1656,18 +1653,21 @@ async fn only_registered_origins_may_read_the_token_endpoint_across_origins() {
             .await
             .unwrap()
     };
-    assert_eq!(
-        allowed(&token("https://spa.contoso.com").await).as_deref(),
-        Some("https://spa.contoso.com")
-    );
+    let ok = token("https://spa.contoso.com").await;
+    assert_eq!(allowed(&ok).as_deref(), Some("https://spa.contoso.com"));
+    assert!(ok.headers()["vary"].to_str().unwrap().contains("origin"));
+    let credentials = ok.headers().get("access-control-allow-credentials");
+    assert!(credentials.is_none());
     assert_eq!(allowed(&token("https://evil.example").await), None);
-    let discovery = raw
-        .get(format!("{}/.well-known/openid-configuration", w.app.public))
-        .header("origin", "https://evil.example")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(allowed(&discovery).as_deref(), Some("*"));
+    for public in ["/.well-known/openid-configuration", "/jwks.json"] {
+        let answer = raw
+            .get(format!("{}{public}", w.app.public))
+            .header("origin", "https://evil.example")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(allowed(&answer).as_deref(), Some("*"), "{public}");
+    }
     // A removed app's origin is closed with it.
     let (s, _) = w
         .admin(

@@ -227,15 +227,21 @@ where
 }
 
 impl Users {
+    /// Users are boxed in the map: its table, doubled as it grows, holds a pointer a slot
+    /// instead of a whole view.
+    fn view(&self, id: &UserId) -> Option<&UserView> {
+        self.by_id.get(id).map(|u| &**u)
+    }
+
     /// A user by id.
     pub fn get(&self, id: UserId) -> Option<&UserView> {
-        self.by_id.get(&id).map(|u| &**u)
+        self.view(&id)
     }
 
     /// The live (not deleted) user with this Entra object id in this domain.
     pub fn by_external(&self, domain: DomainId, external_id: &str) -> Option<&UserView> {
         let id = self.by_external.get(&(domain, external_id.to_owned()))?;
-        self.by_id.get(id).map(|u| &**u)
+        self.view(id)
     }
 
     /// The live (not deleted) users the hardware key `key` is assigned to.
@@ -244,7 +250,7 @@ impl Users {
             .get(key)
             .into_iter()
             .flatten()
-            .filter_map(|id| self.by_id.get(id).map(|u| &**u))
+            .filter_map(|id| self.view(id))
     }
 
     /// The live (not deleted) users whose principal name is `name`, ignoring ASCII case.
@@ -253,7 +259,7 @@ impl Users {
             .get(&name.to_ascii_lowercase())
             .into_iter()
             .flatten()
-            .filter_map(|id| self.by_id.get(id).map(|u| &**u))
+            .filter_map(|id| self.view(id))
     }
 
     /// Number of users, deleted included.
@@ -280,7 +286,7 @@ impl Users {
         let lower = after.map_or(Unbounded, Excluded);
         self.order
             .range((lower, Unbounded))
-            .filter_map(move |id| self.by_id.get(id).map(|u| &**u))
+            .filter_map(move |id| self.view(id))
     }
 
     /// The first `n` users in id order after `after` for which `keep` holds. For searches:

@@ -203,19 +203,22 @@ impl<'a> SyncRun<'a> {
             .get(domain)
             .cloned()
             .ok_or(idledger_domain::decide::Rejection::NotFound("domain"))?;
-        let live = |u: &&UserView| u.status != UserStatus::Deleted;
-        let mut known = HashMap::with_capacity(p.users.of_domain(domain.id).filter(live).count());
+        // One walk over the domain's users (the projections are locked meanwhile); the
+        // map is sized once, not doubled its way up to 100,000.
+        let (deleted, live): (Vec<&UserView>, Vec<&UserView>) = p
+            .users
+            .of_domain(domain.id)
+            .partition(|u| u.status == UserStatus::Deleted);
+        let mut known = HashMap::with_capacity(live.len());
         known.extend(
-            p.users
-                .of_domain(domain.id)
-                .filter(live)
+            live.into_iter()
                 .map(|u| (u.external_id.clone(), known_of(&p, u))),
         );
         // Only those who left without leaving the group: one who left it comes back
         // through a member change, and needs no look at the group's members.
         let (mut left_group, mut gone) = (HashSet::new(), HashSet::new());
-        for u in p.users.of_domain(domain.id) {
-            if u.status == UserStatus::Deleted && !known.contains_key(&u.external_id) {
+        for u in deleted {
+            if !known.contains_key(&u.external_id) {
                 let into = match u.left_reason {
                     Some(LeaveReason::LeftGroup) => &mut left_group,
                     _ => &mut gone,

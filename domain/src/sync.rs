@@ -262,9 +262,17 @@ pub fn plan_user(
 }
 
 /// The deletion guard: a run that would deactivate or delete more than `threshold` users,
-/// and more than 10% of the domain's `domain_users`, is quarantined.
-pub fn guard_trips(removals: usize, domain_users: usize, threshold: u32) -> bool {
-    removals > threshold as usize && removals * 10 > domain_users
+/// and more than 10% of the domain's `domain_users`, is quarantined; so is the first run
+/// after the sync group moved (`scope_moved`: another group, or the same name found in
+/// another tenant) that would remove anyone at all: those users did not leave, an admin's
+/// setting changed which people are in scope, and that is theirs to confirm.
+pub fn guard_trips(
+    removals: usize,
+    domain_users: usize,
+    threshold: u32,
+    scope_moved: bool,
+) -> bool {
+    (scope_moved && removals > 0) || (removals > threshold as usize && removals * 10 > domain_users)
 }
 
 #[cfg(test)]
@@ -588,9 +596,15 @@ mod tests {
 
     #[test]
     fn the_guard_needs_both_the_threshold_and_ten_percent() {
-        assert!(!guard_trips(20, 100, 20));
-        assert!(guard_trips(21, 100, 20));
-        assert!(!guard_trips(21, 1000, 20));
-        assert!(guard_trips(101, 1000, 20));
+        assert!(!guard_trips(20, 100, 20, false));
+        assert!(guard_trips(21, 100, 20, false));
+        assert!(!guard_trips(21, 1000, 20, false));
+        assert!(guard_trips(101, 1000, 20, false));
+    }
+
+    #[test]
+    fn after_the_sync_group_moved_any_removal_waits_for_an_admin() {
+        assert!(guard_trips(1, 1000, 20, true));
+        assert!(!guard_trips(0, 1000, 20, true));
     }
 }

@@ -82,6 +82,14 @@ pub struct DomainView {
     pub sync_group_id: Option<String>,
     /// Resolved object id of the rotation group.
     pub rotation_group_id: Option<String>,
+    /// The sync group the recorded users were last synced as members of: unlike
+    /// `sync_group_id`, kept when the settings name another group, so the next run knows
+    /// that its removals come from the move.
+    #[serde(skip)]
+    pub users_sync_group_id: Option<String>,
+    /// The tenant the domain's users were synced from (kept when credentials go).
+    #[serde(skip)]
+    pub users_tenant: Option<String>,
     /// The `groups/delta` and `users/delta` links the next run starts from.
     #[serde(skip)]
     pub delta_links: Option<(String, String)>,
@@ -221,6 +229,20 @@ impl Domains {
             .find(|d| !d.removed && d.name.eq_ignore_ascii_case(name))
     }
 
+    /// A live domain other than `except` connected to `tenant`, or holding its users.
+    pub fn by_tenant(&self, tenant: &str, except: Option<DomainId>) -> Option<&DomainView> {
+        self.by_id.values().find(|d| {
+            !d.removed
+                && Some(d.id) != except
+                && d.credentials
+                    .as_ref()
+                    .map(|c| c.tenant_id.as_str())
+                    .into_iter()
+                    .chain(d.users_tenant.as_deref())
+                    .any(|t| t.eq_ignore_ascii_case(tenant))
+        })
+    }
+
     /// A sync run by id.
     pub fn run(&self, id: SyncRunId) -> Option<&SyncRunView> {
         self.runs.get(&id)
@@ -286,6 +308,8 @@ impl Domains {
                     removed: false,
                     sync_group_id: None,
                     rotation_group_id: None,
+                    users_sync_group_id: None,
+                    users_tenant: None,
                     delta_links: None,
                     recheck: Vec::new(),
                     last_run: None,
@@ -361,6 +385,10 @@ impl Domains {
             Event::SyncGroupsResolved(e) => {
                 d.sync_group_id = Some(e.sync_group_id.clone());
                 d.rotation_group_id = Some(e.rotation_group_id.clone());
+                d.users_sync_group_id = Some(e.sync_group_id.clone());
+                if d.users_tenant.is_none() {
+                    d.users_tenant = d.credentials.as_ref().map(|c| c.tenant_id.clone());
+                }
             }
             Event::FederatedDomainsSeen(e) => d.federated_domains = e.names.clone(),
             Event::DeltaCheckpointed(e) => {

@@ -11,12 +11,15 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
+use futures_util::stream::{self, StreamExt, TryStreamExt};
 use idledger_domain::decide::domain::{decide, evolve, DomainCommand, DomainState};
+use idledger_domain::decide::user::{self, UserCommand};
 use idledger_domain::{
     DataKeyId, DomainId, DomainSettings, RemovalBehavior, SealedSecret, SsoSettings, StreamId,
+    UserId,
 };
-use idledger_projections::SyncRunStatus;
 use idledger_projections::{DomainView, Domains};
+use idledger_projections::{SyncRunStatus, UserStatus};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::openapi::{RefOr, Schema};
@@ -420,6 +423,9 @@ pub async fn create(
                     body.domain
                 )));
             }
+            if let Some(c) = &credentials {
+                tenant_free(&s, &c.tenant_id, None)?;
+            }
             let certificate = super::workstation::issue_command(&s, &stream, &body.domain)?;
             let set = credentials
                 .map(|c| seal_credentials(&s, &stream, c))
@@ -551,13 +557,45 @@ struct SecretOnly {
     client_secret: Secret,
 }
 
-/// Removes a domain (its history stays).
+/// Removes a domain (its history stays). Its users leave with it: they stop signing in
+/// and give their keys back, since nothing looks after them any more.
 pub async fn remove(
     State(s): State<AppState>,
     who: Principal,
     IdPath(id): IdPath,
 ) -> Result<(StatusCode, Json<Domain>), ApiError> {
-    let answer = run(&s, &who, DomainId(id), |_| DomainCommand::Remove).await?;
+    let domain = DomainId(id);
+    // Sync and rotation stop first, so no run brings anyone back meanwhile.
+    run(&s, &who, domain, |_| DomainCommand::RemoveCredentials)
+        .await
+        .map(drop)?;
+    s.sync.supervise();
+    // The users leave before the domain goes: a removal cut short (a crash, a failed
+    // append) is simply asked again, and finds whom it did not reach.
+    let users: Vec<UserId> = s
+        .engine
+        .projector
+        .read()
+        .users
+        .of_domain(domain)
+        .filter(|u| matches!(u.status, UserStatus::Active | UserStatus::Deactivated))
+        .map(|u| u.id)
+        .collect();
+    let actor = who.actor();
+    stream::iter(users)
+        .map(|user| {
+            let (s, actor) = (&s, &actor);
+            async move {
+                s.command(&StreamId::user(user), actor, user::evolve, |st| {
+                    user::decide(st, UserCommand::LeaveRemovedDomain)
+                })
+                .await
+            }
+        })
+        .buffer_unordered(64)
+        .try_collect::<Vec<u64>>()
+        .await?;
+    let answer = run(&s, &who, domain, |_| DomainCommand::Remove).await?;
     s.sync.supervise();
     Ok(answer)
 }
@@ -574,11 +612,33 @@ pub async fn put_credentials(
         return Err(ApiError::NotFound("domain".into()));
     }
     // Sealed once, before deciding: a retried decision reuses the same sealed secret.
+    let tenant = body.tenant_id.clone();
     let set = seal_credentials(&s, &StreamId::domain(id), body)?;
-    let answer = run(&s, &who, id, |_| set.clone()).await?;
+    // One tenant, one domain: the check spans domains' streams, so saves take turns with
+    // registrations.
+    let answer = s
+        .clone()
+        .in_turn(&s.domain_names, move |s| async move {
+            tenant_free(&s, &tenant, Some(id))?;
+            run(&s, &who, id, |_| set.clone()).await
+        })
+        .await?;
     // A replaced secret is used from now on, not from the supervisor's next tick.
     s.sync.supervise();
     Ok(answer)
+}
+
+/// Refuses a tenant another live domain is connected to or holds the users of: two
+/// domains of one tenant would each keep a record of the same people, and rotate the same
+/// accounts' passwords behind each other's backs.
+fn tenant_free(s: &AppState, tenant: &str, except: Option<DomainId>) -> Result<(), ApiError> {
+    match s.engine.projector.read().domains.by_tenant(tenant, except) {
+        Some(d) => Err(ApiError::Conflict(format!(
+            "tenant {tenant} is connected as domain {} already",
+            d.name
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Removes credentials: sync and rotation for the domain stop.

@@ -308,6 +308,19 @@ async fn run(
     c: UserCommand,
 ) -> Result<Json<User>, ApiError> {
     let user = UserId(id);
+    if c.needs_live_domain() {
+        let p = s.engine.projector.read();
+        let removed = p
+            .users
+            .get(user)
+            .and_then(|u| p.domains.get(u.domain_id))
+            .is_some_and(|d| d.removed);
+        if removed {
+            return Err(ApiError::Conflict(
+                "the user's domain was removed: nothing looks after its users any more".into(),
+            ));
+        }
+    }
     let position = s
         .command(&StreamId::user(user), &who.actor(), evolve, |st| {
             decide(st, c.clone())

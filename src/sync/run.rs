@@ -165,6 +165,8 @@ struct Groups {
     sync: String,
     rotation: String,
     changed: bool,
+    /// The sync group is not the one the recorded users came from.
+    sync_moved: bool,
 }
 
 /// A run in progress.
@@ -282,12 +284,18 @@ impl<'a> SyncRun<'a> {
                 &s.rotation_group.display_name,
             )
             .await?;
+        let sync_moved = self
+            .domain
+            .users_sync_group_id
+            .as_deref()
+            .is_some_and(|before| before != sync);
         let changed = self.domain.sync_group_id.as_deref() != Some(sync.as_str())
             || self.domain.rotation_group_id.as_deref() != Some(rotation.as_str());
         Ok(Groups {
             sync,
             rotation,
             changed,
+            sync_moved,
         })
     }
 
@@ -853,6 +861,7 @@ impl<'a> SyncRun<'a> {
             removals,
             self.known.len(),
             self.domain.settings.deletion_threshold,
+            groups.sync_moved,
         );
         let mut held = Vec::new();
         // Only a dry run answers with its changes; a real run's would be a second copy of

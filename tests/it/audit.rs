@@ -27,13 +27,7 @@ async fn audited_world() -> (World, Vec<String>) {
     let mut ids = Vec::new();
     for (n, key) in [(1, "K-1"), (2, "K-2"), (3, "K-3")] {
         let id = w.user(n).await.unwrap()["id"].as_str().unwrap().to_owned();
-        let (s, _) = w
-            .admin(
-                Method::PUT,
-                &format!("/v1/users/{id}/key"),
-                Some(json!({"key_id": key})),
-            )
-            .await;
+        let (s, _) = w.put_key(&id, key).await;
         assert_eq!(s, StatusCode::OK);
         let (s, _) = w
             .admin(Method::POST, &format!("/v1/users/{id}/rotate"), None)

@@ -16,13 +16,7 @@ impl World {
 
     pub(crate) async fn assign_key(&self, n: u32, key: &str) -> String {
         let id = self.id(n).await;
-        let (s, body) = self
-            .admin(
-                Method::PUT,
-                &format!("/v1/users/{id}/key"),
-                Some(json!({"key_id": key})),
-            )
-            .await;
+        let (s, body) = self.put_key(&id, key).await;
         assert_eq!(s, StatusCode::OK, "{body}");
         id
     }
@@ -762,13 +756,7 @@ async fn a_replacement_key_is_given_the_current_password() {
     let id = w.assign_key(3, "K-OLD").await;
     w.rotate(&id).await;
     w.rotations_settled(&id, 1).await;
-    let (s, body) = w
-        .admin(
-            Method::PUT,
-            &format!("/v1/users/{id}/key"),
-            Some(json!({"key_id": "K-NEW"})),
-        )
-        .await;
+    let (s, body) = w.put_key(&id, "K-NEW").await;
     assert_eq!(s, StatusCode::OK, "{body}");
     let old = w.app.token("agent", &["K-OLD"]).await;
     let (_, writes) = w
@@ -878,13 +866,7 @@ async fn a_key_assigned_to_many_users_at_once_goes_to_exactly_one() {
         .admin(Method::DELETE, &format!("/v1/users/{winner}/key"), None)
         .await;
     assert_eq!(s, StatusCode::OK);
-    let (s, body) = w
-        .admin(
-            Method::PUT,
-            &format!("/v1/users/{other}/key"),
-            Some(json!({"key_id": "SHARED-1"})),
-        )
-        .await;
+    let (s, body) = w.put_key(other, "SHARED-1").await;
     assert_eq!(s, StatusCode::OK, "{body}");
 }
 
@@ -1003,13 +985,7 @@ async fn users_of_a_federated_domain_are_not_rotated() {
         .as_str()
         .unwrap()
         .to_owned();
-    let (s, body) = w
-        .admin(
-            Method::PUT,
-            &format!("/v1/users/{id}/key"),
-            Some(json!({"key_id": "K-FED"})),
-        )
-        .await;
+    let (s, body) = w.put_key(&id, "K-FED").await;
     assert_eq!(s, StatusCode::OK, "{body}");
     // A managed user with a key is rotated on schedule meanwhile; Megan is not.
     let alex = w.assign_key(2, "K-0002").await;

@@ -21,6 +21,8 @@ pub struct DomainState {
     pub workstation_certificate: Option<String>,
     /// Quarantined sync runs, each with whether its removals were approved.
     pub quarantined_runs: std::collections::BTreeMap<SyncRunId, bool>,
+    /// The tenant the domain's users were synced from (its first resolved groups').
+    pub users_tenant: Option<String>,
 }
 
 /// Folds one event of the domain's stream.
@@ -57,6 +59,9 @@ pub fn evolve(mut s: DomainState, e: &Event) -> DomainState {
         Event::DomainRemoved(_) => {
             s.removed = true;
             s.has_credentials = false;
+        }
+        Event::SyncGroupsResolved(_) if s.users_tenant.is_none() => {
+            s.users_tenant = s.app.as_ref().map(|(tenant, _)| tenant.clone());
         }
         _ => {}
     }
@@ -209,6 +214,16 @@ pub fn decide(s: &DomainState, c: DomainCommand) -> Result<Vec<Event>, Rejection
             if !guid_like(&client_id) {
                 return Err(invalid("client_id", "a GUID"));
             }
+            // The users recorded are that tenant's people: read in another tenant, every
+            // one of them would look deleted from Entra.
+            if let Some(users_tenant) = &s.users_tenant {
+                if !users_tenant.eq_ignore_ascii_case(&tenant_id) {
+                    return Err(invalid(
+                        "tenant_id",
+                        "the tenant this domain's users were synced from; add a new domain for another tenant",
+                    ));
+                }
+            }
             vec![DomainCredentialsSet {
                 tenant_id,
                 client_id,
@@ -351,6 +366,37 @@ mod tests {
         given::<DomainStream>(&[registered(), set[0].clone()])
             .when(DomainCommand::RemoveCredentials)
             .then([DomainCredentialsRemoved {}.into()]);
+    }
+
+    #[test]
+    fn once_users_were_synced_the_tenant_stays_and_the_rest_may_change() {
+        let tenant = uuid::Uuid::from_u128(5).to_string();
+        let set = given::<DomainStream>(&[registered()])
+            .when(credentials(&tenant))
+            .then_ok();
+        let resolved: Event = SyncGroupsResolved {
+            sync_group_id: "g1".into(),
+            rotation_group_id: "g2".into(),
+        }
+        .into();
+        let synced = [registered(), set[0].clone(), resolved];
+        let other = uuid::Uuid::from_u128(6).to_string();
+        given::<DomainStream>(&synced)
+            .when(credentials(&other))
+            .then_invalid("tenant_id");
+        // Nor after the credentials were removed, and the same tenant in capitals is one.
+        let mut removed = synced.to_vec();
+        removed.push(DomainCredentialsRemoved {}.into());
+        given::<DomainStream>(&removed)
+            .when(credentials(&other))
+            .then_invalid("tenant_id");
+        given::<DomainStream>(&removed)
+            .when(credentials(&tenant.to_uppercase()))
+            .then_ok();
+        // Before any sync, a mistyped tenant is simply replaced.
+        given::<DomainStream>(&[registered(), set[0].clone()])
+            .when(credentials(&other))
+            .then_ok();
     }
 
     #[test]

@@ -161,6 +161,10 @@ pub enum UserCommand {
     },
     /// Take the hardware key away.
     UnassignKey,
+    /// The user's domain is being removed: they stop signing in and give their key back,
+    /// since no sync or rotation looks after them again and the key may serve someone
+    /// else (the same person, synced anew by another domain).
+    LeaveRemovedDomain,
     /// Hand write `write` to an agent serving `keys` (its password leaves the engine).
     DeliverWrite {
         /// The key write asked about.
@@ -230,6 +234,20 @@ fn supersede(s: &UserState, reason: SupersedeReason) -> impl Iterator<Item = Eve
         }
         .into()
     })
+}
+
+impl UserCommand {
+    /// Taken only for a user of a live domain: a removed domain's users are looked after
+    /// by no sync or rotation, and do not come back to sign in or hold a key.
+    pub fn needs_live_domain(&self) -> bool {
+        matches!(
+            self,
+            UserCommand::Activate
+                | UserCommand::Import(_)
+                | UserCommand::AssignKey { .. }
+                | UserCommand::RecordInvite { .. }
+        )
+    }
 }
 
 /// The removal behaviour's action for a user of `status` who left the sync group for
@@ -437,6 +455,21 @@ pub fn decide(s: &UserState, c: UserCommand) -> Result<Vec<Event>, Rejection> {
             "only active users are invited; this one is {}",
             status.as_str()
         ))),
+        (Status::Unknown, UserCommand::LeaveRemovedDomain) => Err(Rejection::NotFound("user")),
+        (status, UserCommand::LeaveRemovedDomain) => {
+            let mut events: Vec<Event> = Vec::new();
+            if status == Status::Active {
+                events.push(UserDeactivated { reason: None }.into());
+            }
+            if let (Status::Active | Status::Deactivated, Some(k)) = (status, &s.key_id) {
+                events.push(KeyUnassigned { key_id: k.clone() }.into());
+                events.extend(supersede(
+                    s,
+                    SupersedeReason::KeyUnassigned { key_id: k.clone() },
+                ));
+            }
+            Ok(events)
+        }
         (Status::Unknown, _) => Err(Rejection::NotFound("user")),
         (Status::Deleted, _) => Err(Rejection::Conflict("the user was deleted".into())),
         (_, UserCommand::AssignKey { key: k, .. }) if k.0.is_empty() || k.0.len() > 128 => {
@@ -578,6 +611,30 @@ mod tests {
         .then([UserReactivated {}.into()]);
         given::<UserStream>(&[])
             .when(UserCommand::Activate)
+            .then_reject(Rejection::NotFound("user"));
+    }
+
+    #[test]
+    fn leaving_a_removed_domain_ends_sign_in_and_gives_the_key_back() {
+        given::<UserStream>(&[discovered(), imported(), assigned("K1")])
+            .when(UserCommand::LeaveRemovedDomain)
+            .then([
+                UserDeactivated { reason: None }.into(),
+                KeyUnassigned { key_id: key("K1") }.into(),
+            ]);
+        let deactivated = [
+            discovered(),
+            imported(),
+            UserDeactivated { reason: None }.into(),
+        ];
+        given::<UserStream>(&deactivated)
+            .when(UserCommand::LeaveRemovedDomain)
+            .then_nothing();
+        given::<UserStream>(&[discovered()])
+            .when(UserCommand::LeaveRemovedDomain)
+            .then_nothing();
+        given::<UserStream>(&[])
+            .when(UserCommand::LeaveRemovedDomain)
             .then_reject(Rejection::NotFound("user"));
     }
 

@@ -45,6 +45,14 @@ pub async fn sim() -> String {
     graphsim::spawn(contoso(), sim_config()).await.unwrap().0
 }
 
+/// A graphsim holding the contoso directory as another tenant (`tenant_id`): a second
+/// tenant for the same server, as one tenant serves one domain.
+pub async fn sim_of_tenant(tenant_id: &str) -> String {
+    let mut directory = contoso();
+    directory.tenant_id = tenant_id.to_owned();
+    graphsim::spawn(directory, sim_config()).await.unwrap().0
+}
+
 /// graphsim over HTTPS at `https://localhost:<port>`, with a certificate from a CA made
 /// here; answers its URL and the CA's certificate (PEM).
 pub async fn tls_sim() -> (String, String) {
@@ -139,6 +147,16 @@ impl World {
         self.app
             .call(Some(&self.app.admin), method, path, body)
             .await
+    }
+
+    /// `PUT /v1/users/{user}/key`: gives `key` to the user.
+    pub async fn put_key(&self, user: &str, key: &str) -> (StatusCode, Value) {
+        self.admin(
+            Method::PUT,
+            &format!("/v1/users/{user}/key"),
+            Some(json!({ "key_id": key })),
+        )
+        .await
     }
 
     /// Starts a run and waits for its end.

@@ -2,7 +2,7 @@
 //! their manifests, and one user's timeline.
 
 use super::auth::Principal;
-use super::error::{ApiError, ApiQuery, IdPath};
+use super::error::{ApiError, ApiPath, ApiQuery, IdPath};
 use super::schema::ExportFormatSchema;
 use super::{page, AppState, Page};
 use crate::audit::{
@@ -10,7 +10,7 @@ use crate::audit::{
 };
 use crate::error::Error;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -107,7 +107,7 @@ impl RowSink for BodySink {
 pub async fn export(
     State(s): State<AppState>,
     who: Principal,
-    Path(kind): Path<String>,
+    ApiPath(kind): ApiPath<String>,
     ApiQuery(q): ApiQuery<ExportParams>,
 ) -> Result<impl IntoResponse, ApiError> {
     let (query, format) = query(&kind, &q)?;
@@ -171,7 +171,7 @@ pub async fn export(
 /// The manifest of the same query (the rows are made again and hashed, not kept).
 pub async fn export_manifest(
     State(s): State<AppState>,
-    Path(kind): Path<String>,
+    ApiPath(kind): ApiPath<String>,
     ApiQuery(q): ApiQuery<ExportParams>,
 ) -> Result<(axum::http::HeaderMap, Json<Manifest>), ApiError> {
     let (query, format) = query(&kind, &q)?;

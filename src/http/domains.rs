@@ -12,7 +12,9 @@ use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use futures_util::stream::{self, StreamExt, TryStreamExt};
-use idledger_domain::decide::domain::{decide, evolve, DomainCommand, DomainState};
+use idledger_domain::decide::domain::{
+    client_secret_ok, decide, evolve, DomainCommand, DomainState,
+};
 use idledger_domain::decide::user::{self, UserCommand};
 use idledger_domain::{
     DataKeyId, DomainId, DomainSettings, RemovalBehavior, SealedSecret, SsoSettings, StreamId,
@@ -357,8 +359,18 @@ fn seal_credentials(
     Ok(DomainCommand::SetCredentials {
         tenant_id: c.tenant_id,
         client_id: c.client_id,
-        client_secret: s.engine.keyring.seal(stream, &c.client_secret)?,
+        client_secret: seal_client_secret(s, stream, &c.client_secret)?,
     })
+}
+
+/// Seals a client secret for the domain's stream, once its shape is checked.
+fn seal_client_secret(
+    s: &AppState,
+    stream: &StreamId,
+    secret: &Secret,
+) -> Result<SealedSecret, ApiError> {
+    client_secret_ok(secret.expose())?;
+    Ok(s.engine.keyring.seal(stream, secret)?)
 }
 
 /// Adds a domain, with its credentials when all three are given.
@@ -531,7 +543,7 @@ pub async fn patch(
     }
     // Sealed once, before deciding: a retried decision reuses the same sealed secret.
     let sealed = secret
-        .map(|sec| s.engine.keyring.seal(&StreamId::domain(id), &sec))
+        .map(|sec| seal_client_secret(&s, &StreamId::domain(id), &sec))
         .transpose()?;
     let answer = run(&s, &who, id, |st| {
         let settings = patch.clone().apply(st.settings.clone());
@@ -632,7 +644,10 @@ pub async fn put_credentials(
 /// domains of one tenant would each keep a record of the same people, and rotate the same
 /// accounts' passwords behind each other's backs.
 fn tenant_free(s: &AppState, tenant: &str, except: Option<DomainId>) -> Result<(), ApiError> {
-    match s.engine.projector.read().domains.by_tenant(tenant, except) {
+    let tenant = uuid::Uuid::parse_str(tenant)
+        .map(|t| t.hyphenated().to_string())
+        .unwrap_or_else(|_| tenant.to_owned());
+    match s.engine.projector.read().domains.by_tenant(&tenant, except) {
         Some(d) => Err(ApiError::Conflict(format!(
             "tenant {tenant} is connected as domain {} already",
             d.name
@@ -719,6 +734,7 @@ pub async fn check_connection(
         guid("tenant_id", &body.tenant_id)?,
         guid("client_id", &body.client_id)?,
     );
+    client_secret_ok(body.client_secret.expose())?;
     let settings = crate::graph::GraphSettings {
         graph_url: url(
             "graph_url",

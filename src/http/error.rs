@@ -3,6 +3,7 @@
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -164,16 +165,24 @@ impl From<crate::secrets::SecretsError> for ApiError {
     }
 }
 
-/// A JSON body whose rejections are [`ApiError`]s: 400 malformed, 413 too large, 415 not
-/// JSON, 422 wrong types, unknown fields or bad enum values (serde's message names the field).
+/// A JSON object body whose rejections are [`ApiError`]s: 400 malformed or with two
+/// `Content-Type`s, 413 too large, 415 not JSON, 422 not an object, wrong types, unknown
+/// fields or bad enum values (naming the field).
 pub struct ApiJson<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(v)) => Ok(ApiJson(v)),
+        // Two types would let a proxy and this server read one body two ways.
+        if req.headers().get_all(CONTENT_TYPE).iter().count() > 1 {
+            return Err(ApiError::BadRequest("send one Content-Type".into()));
+        }
+        match Json::<serde_json::Value>::from_request(req, state).await {
+            // Serde reads a struct from an array too, by position: the fields would then
+            // go unnamed and unchecked against unknown ones.
+            Ok(Json(v)) if v.is_object() => from_json(v).map(ApiJson),
+            Ok(Json(_)) => Err(ApiError::Unprocessable("the body is a JSON object".into())),
             Err(JsonRejection::JsonDataError(e)) => Err(ApiError::Unprocessable(e.body_text())),
             Err(JsonRejection::JsonSyntaxError(e)) => Err(ApiError::BadRequest(e.body_text())),
             Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::UnsupportedMediaType(
@@ -208,6 +217,21 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
             .await
             .map(|q| ApiQuery(q.0))
             .map_err(|e: QueryRejection| ApiError::BadRequest(e.body_text()))
+    }
+}
+
+/// Path parameters whose rejections (text that is not UTF-8 once decoded) are 400s in the
+/// JSON envelope.
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| ApiPath(p.0))
+            .map_err(|e: PathRejection| ApiError::BadRequest(e.body_text()))
     }
 }
 

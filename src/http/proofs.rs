@@ -2,10 +2,10 @@
 //! heads (C2SP checkpoints as text, or JSON), and RFC 9162 inclusion and consistency
 //! proofs. The leaf of position P is the record `/v1/events` serves for P in `record`.
 
-use super::error::{ApiError, ApiQuery};
+use super::error::{ApiError, ApiPath, ApiQuery};
 use super::{page_of, AppState, Page};
 use crate::notary::NotaryError;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -111,7 +111,7 @@ pub async fn latest(
 /// The signed tree head kept for exactly `tree_size`.
 pub async fn at_size(
     State(s): State<AppState>,
-    Path(raw): Path<String>,
+    ApiPath(raw): ApiPath<String>,
     ApiQuery(q): ApiQuery<HeadQuery>,
 ) -> Result<Response, ApiError> {
     let size = raw

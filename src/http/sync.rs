@@ -2,13 +2,13 @@
 //! import, and invites.
 
 use super::auth::Principal;
-use super::error::{ApiError, ApiJson, ApiQuery, IdPath};
+use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, IdPath};
 use super::schema::{
     RunActionSchema, SyncCountersSchema, SyncOutcomeSchema, SyncRunStatusSchema, SyncTriggerSchema,
 };
 use super::users::User;
 use super::{page, page_of, AppState, Consistency, Page};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -341,7 +341,7 @@ fn run_of(p: &Projections, domain: DomainId, run: SyncRunId) -> Result<&SyncRunV
 /// One run with its per-user outcomes.
 pub async fn get_one(
     State(s): State<AppState>,
-    Path(raw): Path<(String, String)>,
+    ApiPath(raw): ApiPath<(String, String)>,
     ApiQuery(q): ApiQuery<Consistency>,
 ) -> Result<Json<SyncRunDetail>, ApiError> {
     let (domain, run) = run_path(raw)?;
@@ -365,7 +365,7 @@ pub struct OutcomesQuery {
 /// A run's per-user outcomes, paged.
 pub async fn run_outcomes(
     State(s): State<AppState>,
-    Path(raw): Path<(String, String)>,
+    ApiPath(raw): ApiPath<(String, String)>,
     ApiQuery(q): ApiQuery<OutcomesQuery>,
 ) -> Result<Json<Page<RunOutcome>>, ApiError> {
     let (domain, run) = run_path(raw)?;
@@ -384,7 +384,7 @@ pub struct HeldRemoval {
 /// A quarantined run's held removals, in user id order, paged.
 pub async fn held_removals(
     State(s): State<AppState>,
-    Path(raw): Path<(String, String)>,
+    ApiPath(raw): ApiPath<(String, String)>,
     ApiQuery(q): ApiQuery<OutcomesQuery>,
 ) -> Result<Json<Page<HeldRemoval>>, ApiError> {
     let (domain, run) = run_path(raw)?;
@@ -417,7 +417,7 @@ pub struct ChangesQuery {
 /// A dry run's changes, paged: kept for the newest dry runs until the server restarts.
 pub async fn dry_run_changes(
     State(s): State<AppState>,
-    Path(raw): Path<(String, String)>,
+    ApiPath(raw): ApiPath<(String, String)>,
     ApiQuery(q): ApiQuery<ChangesQuery>,
 ) -> Result<Json<Page<PlannedChange>>, ApiError> {
     let (domain, run) = run_path(raw)?;
@@ -433,7 +433,7 @@ pub async fn dry_run_changes(
 pub async fn approve(
     State(s): State<AppState>,
     who: Principal,
-    Path(raw): Path<(String, String)>,
+    ApiPath(raw): ApiPath<(String, String)>,
 ) -> Result<Json<SyncRunDetail>, ApiError> {
     let (domain, run) = run_path(raw)?;
     let position = s.sync.approve(domain, run, &who.actor()).await?;

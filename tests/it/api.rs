@@ -462,6 +462,55 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
             "key_id",
         ),
         (
+            Method::POST,
+            "/v1/tokens".into(),
+            json_ct,
+            br#"{"role":"agent","key_ids":["K1 "]}"#.to_vec(),
+            422,
+            "key_ids",
+        ),
+        (
+            Method::POST,
+            "/v1/tokens".into(),
+            json_ct,
+            "{\"role\":\"agent\",\"key_ids\":[\"K\u{200b}1\"]}".into(),
+            400,
+            "key_ids",
+        ),
+        // A struct read from an array by position would skip the unknown-field check.
+        (
+            Method::POST,
+            "/v1/tokens".into(),
+            json_ct,
+            br#"["auditor","array-form",[]]"#.to_vec(),
+            422,
+            "object",
+        ),
+        (
+            Method::POST,
+            "/v1/domains".into(),
+            json_ct,
+            br#"{"domain":"-a-.example"}"#.to_vec(),
+            422,
+            "domain",
+        ),
+        (
+            Method::PUT,
+            format!("/v1/domains/{d}/credentials"),
+            json_ct,
+            br#"{"tenant_id":"6f1a2b3c-4d5e-4f60-8a7b-9c0d1e2f3a4b","client_id":"11111111-2222-4333-8444-555555555555","client_secret":""}"#.to_vec(),
+            422,
+            "client_secret",
+        ),
+        (
+            Method::GET,
+            format!("/v1/domains/{d}/sync-runs/%ff"),
+            json_ct,
+            vec![],
+            400,
+            "",
+        ),
+        (
             Method::DELETE,
             "/v1/tokens/123".into(),
             json_ct,
@@ -490,6 +539,17 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
             "{method} {path}: {message:?} should name {mention:?}"
         );
     }
+    // Two types: a proxy and the server could read one body two ways.
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/tokens", app.url))
+        .bearer_auth(&app.admin)
+        .header("content-type", json_ct)
+        .header("content-type", "text/plain")
+        .body(r#"{"role":"auditor"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     assert_eq!(app.head(), head, "refused input appended nothing");
     assert!(keystore() == keys, "refused input made no data key");
 }

@@ -119,12 +119,41 @@ fn valid_name(name: &str) -> bool {
         && name.split('.').all(|l| {
             !l.is_empty()
                 && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
                 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
+        // A top-level label of digits alone makes an address, not a name.
+        && name
+            .rsplit('.')
+            .next()
+            .is_some_and(|tld| !tld.bytes().all(|b| b.is_ascii_digit()))
 }
 
-fn guid_like(s: &str) -> bool {
-    uuid::Uuid::parse_str(s).is_ok()
+/// A GUID in its one canonical spelling (lower case, hyphenated), whatever form Entra's
+/// portal or an admin gave it in (braces, `urn:uuid:`, capitals): it is put into token
+/// URLs and compared with the issuer of Entra's ID tokens.
+fn canonical_guid(s: &str) -> Option<String> {
+    uuid::Uuid::parse_str(s)
+        .ok()
+        .map(|u| u.hyphenated().to_string())
+}
+
+/// The shape of an app registration's client secret, checked before it is sealed: a
+/// secret that is empty, padded or holds control characters can never authenticate, and a
+/// worker would fail with it for ever.
+pub fn client_secret_ok(secret: &str) -> Result<(), Rejection> {
+    if secret.is_empty()
+        || secret.len() > 1024
+        || secret.trim() != secret
+        || secret.chars().any(char::is_control)
+    {
+        return Err(invalid(
+            "client_secret",
+            "the app registration's secret as Entra shows it: 1 to 1024 characters, no spaces around it, no control characters",
+        ));
+    }
+    Ok(())
 }
 
 /// Decides a command. An empty list means nothing to change (idempotent repeat).
@@ -208,12 +237,12 @@ pub fn decide(s: &DomainState, c: DomainCommand) -> Result<Vec<Event>, Rejection
             client_id,
             client_secret,
         } => {
-            if !guid_like(&tenant_id) {
+            let Some(tenant_id) = canonical_guid(&tenant_id) else {
                 return Err(invalid("tenant_id", "a GUID"));
-            }
-            if !guid_like(&client_id) {
+            };
+            let Some(client_id) = canonical_guid(&client_id) else {
                 return Err(invalid("client_id", "a GUID"));
-            }
+            };
             // The users recorded are that tenant's people: read in another tenant, every
             // one of them would look deleted from Entra.
             if let Some(users_tenant) = &s.users_tenant {
@@ -363,9 +392,59 @@ mod tests {
         given::<DomainStream>(&[registered()])
             .when(credentials("contoso"))
             .then_invalid("tenant_id");
+        // Any spelling a GUID parses from is saved in the canonical one.
+        let braced = format!("{{{}}}", tenant.to_uppercase());
+        let saved = given::<DomainStream>(&[registered()])
+            .when(credentials(&format!("urn:uuid:{tenant}")))
+            .then_ok();
+        assert!(matches!(&saved[0], Event::DomainCredentialsSet(c) if c.tenant_id == tenant));
+        let saved = given::<DomainStream>(&[registered()])
+            .when(credentials(&braced))
+            .then_ok();
+        assert!(matches!(&saved[0], Event::DomainCredentialsSet(c) if c.tenant_id == tenant));
         given::<DomainStream>(&[registered(), set[0].clone()])
             .when(DomainCommand::RemoveCredentials)
             .then([DomainCredentialsRemoved {}.into()]);
+    }
+
+    #[test]
+    fn a_client_secret_is_checked_before_it_is_sealed() {
+        assert!(client_secret_ok("Abc8Q~xyz.-_").is_ok());
+        for bad in [
+            "",
+            " padded",
+            "padded ",
+            "nul\u{0}",
+            "x".repeat(1025).as_str(),
+        ] {
+            assert_eq!(
+                client_secret_ok(bad).map_err(|r| matches!(
+                    r,
+                    Rejection::Invalid {
+                        field: "client_secret",
+                        ..
+                    }
+                )),
+                Err(true),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn domain_names_are_dns_names() {
+        assert!(valid_name("contoso.onmicrosoft.com"));
+        assert!(valid_name("xn--bcher-kva.example"));
+        for bad in [
+            "-a-.example",
+            "a-.example",
+            "123.456",
+            "contoso",
+            "a..b",
+            "a_b.com",
+        ] {
+            assert!(!valid_name(bad), "{bad}");
+        }
     }
 
     #[test]

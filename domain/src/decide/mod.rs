@@ -14,10 +14,32 @@ pub fn plain_text(text: &str) -> bool {
     text.chars().all(plain_char)
 }
 
-/// Not a control character nor a bidirectional embedding, override or isolate (which
-/// can make a name read as another one on a page).
+/// Not a control character, a bidirectional embedding, override, isolate or mark, nor an
+/// invisible character (zero-width space, word joiner, soft hyphen, byte-order mark): any
+/// of them can make a name read as another one on a page. The zero-width joiners that
+/// scripts and emoji need (U+200C, U+200D) stay.
 pub fn plain_char(c: char) -> bool {
-    !(c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'))
+    !(c.is_control()
+        || matches!(
+            c,
+            '\u{202a}'..='\u{202e}'
+                | '\u{2066}'..='\u{2069}'
+                | '\u{200b}'
+                | '\u{200e}'
+                | '\u{200f}'
+                | '\u{061c}'
+                | '\u{2060}'..='\u{2064}'
+                | '\u{feff}'
+                | '\u{00ad}'
+                | '\u{180e}'
+        ))
+}
+
+/// A hardware key's serial: 1 to 128 printable ASCII characters, no spaces. One key serves
+/// one user, compared as written: a serial padded or holding an invisible character would
+/// be a second key that looks like the first.
+pub fn key_id_ok(key: &str) -> bool {
+    (1..=128).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic())
 }
 
 pub mod domain;

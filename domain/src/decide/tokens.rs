@@ -62,8 +62,11 @@ pub fn decide(s: &TokensState, c: TokenCommand) -> Result<Vec<Event>, Rejection>
                     "at most 1000 keys per agent token: one workstation's keys",
                 ));
             }
-            if t.key_ids.iter().any(|k| k.0.is_empty() || k.0.len() > 128) {
-                return Err(invalid("key_ids", "each key id is 1 to 128 characters"));
+            if !t.key_ids.iter().all(|k| super::key_id_ok(&k.0)) {
+                return Err(invalid(
+                    "key_ids",
+                    "each a key's serial: 1 to 128 printable ASCII characters, no spaces",
+                ));
             }
             Ok(vec![t.into()])
         }

@@ -360,6 +360,9 @@ pub fn decide(s: &UserState, c: UserCommand) -> Result<Vec<Event>, Rejection> {
                 delivery,
             },
         ) => {
+            if delivery == Some(0) {
+                return Err(invalid("delivery", "deliveries count from 1"));
+            }
             let w = agents_write(s, write, &keys)?;
             if !matches!(w.state, KeyWriteState::Queued | KeyWriteState::Delivered) {
                 return Err(Rejection::Conflict(format!(
@@ -472,9 +475,10 @@ pub fn decide(s: &UserState, c: UserCommand) -> Result<Vec<Event>, Rejection> {
         }
         (Status::Unknown, _) => Err(Rejection::NotFound("user")),
         (Status::Deleted, _) => Err(Rejection::Conflict("the user was deleted".into())),
-        (_, UserCommand::AssignKey { key: k, .. }) if k.0.is_empty() || k.0.len() > 128 => {
-            Err(invalid("key_id", "a key id is 1 to 128 characters"))
-        }
+        (_, UserCommand::AssignKey { key: k, .. }) if !super::key_id_ok(&k.0) => Err(invalid(
+            "key_id",
+            "a key's serial: 1 to 128 printable ASCII characters, no spaces",
+        )),
         (Status::Candidate, UserCommand::AssignKey { .. }) => Err(Rejection::Conflict(
             "a candidate must be imported first".into(),
         )),
@@ -664,7 +668,9 @@ mod tests {
             .when(assign("K1"))
             .then_conflict();
         let active = given::<UserStream>(&[discovered(), imported()]);
-        active.when(assign("")).then_invalid("key_id");
+        for look_alike in ["", " ", "K1 ", "K1\u{200b}", "Ｋ1", &"K".repeat(129)] {
+            active.when(assign(look_alike)).then_invalid("key_id");
+        }
         active.when(assign("K1")).then([assigned("K1")]);
         active.when(UserCommand::UnassignKey).then_nothing();
         let holding = given::<UserStream>(&[discovered(), imported(), assigned("K1")]);
@@ -910,6 +916,9 @@ mod tests {
         };
         given::<UserStream>(&again).when(answer(1)).then_conflict();
         given::<UserStream>(&again).when(answer(3)).then_conflict();
+        given::<UserStream>(&again)
+            .when(answer(0))
+            .then_invalid("delivery");
         given::<UserStream>(&again)
             .when(UserCommand::AcknowledgeWrite {
                 write: w(1),

@@ -319,7 +319,8 @@ pub struct RefreshIssued {
 pub struct TokenGrant {
     /// The scopes granted.
     pub scope: Vec<String>,
-    /// The authorization request's `nonce`, repeated in refreshed ID tokens.
+    /// The authorization request's `nonce`, for the first ID token (refreshed ones carry
+    /// none: OIDC Core §12.2).
     pub nonce: Option<String>,
     /// When the user signed in (the ID token's `auth_time`).
     pub auth_time: DateTime<Utc>,

@@ -389,21 +389,47 @@ async fn jwks(State(ctx): State<Ctx>) -> Json<JwkSet> {
 
 // ---- authorization ----------------------------------------------------------------------------
 
+/// A parameter sent without a value is one not sent (RFC 6749 §3.1, §3.2): form builders
+/// and client libraries send `x=` for what they leave empty.
+fn omitted_if_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.filter(|v| !v.is_empty()))
+}
+
+/// `max_age`, a number of seconds, or nothing when sent empty.
+fn max_age_param<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    omitted_if_empty(d)?
+        .map(|v| v.parse().map_err(serde::de::Error::custom))
+        .transpose()
+}
+
 /// `/authorize`'s query (OIDC Core §3.1.2.1).
 #[derive(Deserialize)]
 struct AuthorizeQuery {
+    #[serde(default, deserialize_with = "omitted_if_empty")]
     client_id: Option<String>,
+    #[serde(default, deserialize_with = "omitted_if_empty")]
     redirect_uri: Option<String>,
+    #[serde(default, deserialize_with = "omitted_if_empty")]
     response_type: Option<String>,
+    #[serde(default, deserialize_with = "omitted_if_empty")]
     scope: Option<String>,
+    #[serde(default, deserialize_with = "omitted_if_empty")]
     state: Option<String>,
+    #[serde(default, deserialize_with = "omitted_if_empty")]
     nonce: Option<String>,
+    #[serde(default, deserialize_with = "omitted_if_empty")]
     code_challenge: Option<String>,
+    #[serde(default, deserialize_with = "omitted_if_empty")]
     code_challenge_method: Option<String>,
+    #[serde(default, deserialize_with = "omitted_if_empty")]
     prompt: Option<String>,
+    #[serde(default, deserialize_with = "max_age_param")]
     max_age: Option<i64>,
+    #[serde(default, deserialize_with = "omitted_if_empty")]
     response_mode: Option<String>,
+    #[serde(default, deserialize_with = "omitted_if_empty")]
     request: Option<String>,
+    #[serde(default, deserialize_with = "omitted_if_empty")]
     request_uri: Option<String>,
 }
 
@@ -430,6 +456,19 @@ fn bad_client(message: &str) -> Response {
         "This sign-in request is not valid",
         message,
     )
+}
+
+fn base64url_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
+}
+
+/// RFC 7636 §4.1: 43 to 128 unreserved characters. A shorter one could be guessed from its
+/// challenge offline: refused rather than taken as a weaker proof.
+fn verifier_ok(verifier: &str) -> bool {
+    (43..=128).contains(&verifier.len())
+        && verifier
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
 }
 
 /// An error sent back to the app (RFC 6749 §4.1.2.1).
@@ -564,7 +603,7 @@ async fn authorize(
         q.code_challenge.as_deref(),
         q.code_challenge_method.as_deref(),
     ) {
-        (Some(c), Some("S256")) if c.len() == 43 => {}
+        (Some(c), Some("S256")) if c.len() == 43 && c.bytes().all(base64url_byte) => {}
         (Some(_), _) => return fail("invalid_request", "code_challenge_method must be S256"),
         (None, _) if app.client_type == ClientType::Public => {
             return fail(
@@ -591,7 +630,10 @@ async fn authorize(
             "prompt=none cannot be combined with another value",
         );
     }
-    let fresh_after = if prompt.contains(&"login") {
+    // A browser holds one session: choosing an account is signing in again, where the
+    // passkey chooser (or the Entra step) is the choice. Consent needs no page: an app is
+    // registered by an admin for their users, which is the consent.
+    let fresh_after = if prompt.contains(&"login") || prompt.contains(&"select_account") {
         Some(now)
     } else {
         // An age beyond the calendar asks for nothing: any sign-in is recent enough.
@@ -751,12 +793,19 @@ async fn resume(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
 /// The token endpoint's form (RFC 6749 §4.1.3, §6).
 #[derive(Deserialize)]
 struct TokenForm {
+    #[serde(default, deserialize_with = "omitted_if_empty")]
     grant_type: Option<String>,
+    #[serde(default, deserialize_with = "omitted_if_empty")]
     code: Option<String>,
+    #[serde(default, deserialize_with = "omitted_if_empty")]
     redirect_uri: Option<String>,
+    #[serde(default, deserialize_with = "omitted_if_empty")]
     code_verifier: Option<String>,
+    #[serde(default, deserialize_with = "omitted_if_empty")]
     refresh_token: Option<String>,
+    #[serde(default, deserialize_with = "omitted_if_empty")]
     client_id: Option<String>,
+    #[serde(default, deserialize_with = "omitted_if_empty")]
     client_secret: Option<String>,
 }
 
@@ -903,7 +952,12 @@ async fn token(
     match form.grant_type.as_deref() {
         Some("authorization_code") => exchange_code(&ctx, &app, &form).await,
         Some("refresh_token") => refresh(&ctx, &app, &form).await,
-        _ => token_error(
+        None => token_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "grant_type is missing",
+        ),
+        Some(_) => token_error(
             StatusCode::BAD_REQUEST,
             "unsupported_grant_type",
             "authorization_code or refresh_token",
@@ -939,11 +993,11 @@ async fn exchange_code(
     app: &idledger_projections::AppView,
     form: &TokenForm,
 ) -> Response {
-    let Some(code) = form.code.as_deref() else {
+    let (Some(code), Some(_)) = (form.code.as_deref(), form.redirect_uri.as_deref()) else {
         return token_error(
             StatusCode::BAD_REQUEST,
             "invalid_request",
-            "code is missing",
+            "code and redirect_uri are required",
         );
     };
     let key = hash(code);
@@ -1012,6 +1066,9 @@ async fn exchange_code(
         Some("redirect_uri differs from the authorization request's")
     } else {
         match (&grant.request.code_challenge, form.code_verifier.as_deref()) {
+            (Some(_), Some(verifier)) if !verifier_ok(verifier) => {
+                Some("the code_verifier is not 43 to 128 unreserved characters")
+            }
             (Some(challenge), Some(verifier)) => {
                 let computed = B64.encode(Sha256::digest(verifier.as_bytes()));
                 (!same_secret(&computed, challenge)).then_some("the code_verifier does not match")
@@ -1331,7 +1388,20 @@ async fn refresh(ctx: &Ctx, app: &idledger_projections::AppView, form: &TokenFor
                     ..
                 }),
             ..
-        })) => match answer_tokens(ctx, app, name.user, sid, carried, name.family, Some(next)) {
+        })) => match answer_tokens(
+            ctx,
+            app,
+            name.user,
+            sid,
+            // A refreshed ID token carries no nonce (OIDC Core §12.2): the app checks
+            // a nonce against a sign-in it started, and a refresh is none.
+            &TokenGrant {
+                nonce: None,
+                ..carried.clone()
+            },
+            name.family,
+            Some(next),
+        ) {
             Ok(answer) => answer,
             // The presented token is spent already: a retry would look like a replay.
             Err(_) => invalid_grant("the tokens could not be signed; sign in again"),
@@ -1381,7 +1451,12 @@ async fn userinfo(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| crate::http::credentials(v, "Bearer"))
     else {
-        return unauthorized("a Bearer access token is required");
+        // No credentials at all: only the scheme, no error (RFC 6750 §3.1).
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+        )
+            .into_response();
     };
     let now = Utc::now();
     let Some(claims) = verify(&ctx.app.engine, token.trim(), TokenType::Access, now) else {
@@ -1400,9 +1475,23 @@ async fn userinfo(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
     else {
         return unauthorized("the access token names no user");
     };
-    let allowed = super::person(&ctx, user).is_some_and(|p| p.allowed.is_ok());
-    if !allowed {
+    let person = super::person(&ctx, user);
+    if person.as_ref().is_none_or(|p| p.allowed.is_err()) {
         return unauthorized("the user may no longer sign in");
+    }
+    // The app must still be registered for the user's domain: removing it, or taking the
+    // domain from it, ends what its tokens may read, as it ends its refreshes.
+    let app_serves = claims["client_id"].as_str().is_some_and(|c| {
+        let p = ctx.app.engine.projector.read();
+        p.provider.by_client_id(c).is_some_and(|a| {
+            !a.removed
+                && person
+                    .as_ref()
+                    .is_some_and(|u| a.domain_ids.contains(&u.domain_id))
+        })
+    });
+    if !app_serves {
+        return unauthorized("the app is no longer registered for this user");
     }
     let p = ctx.app.engine.projector.read();
     let Some(u) = p.users.get(user) else {
@@ -1435,9 +1524,13 @@ async fn userinfo(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
 /// RP-initiated logout's query (OpenID Connect RP-Initiated Logout 1.0 §2).
 #[derive(Deserialize)]
 struct EndSession {
+    #[serde(default, deserialize_with = "omitted_if_empty")]
     id_token_hint: Option<String>,
+    #[serde(default, deserialize_with = "omitted_if_empty")]
     post_logout_redirect_uri: Option<String>,
+    #[serde(default, deserialize_with = "omitted_if_empty")]
     state: Option<String>,
+    #[serde(default, deserialize_with = "omitted_if_empty")]
     client_id: Option<String>,
 }
 

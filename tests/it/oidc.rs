@@ -1048,6 +1048,7 @@ async fn refresh_families_outlive_the_server_that_issued_them() {
         .await
         .unwrap();
     let first_id_token = claims_of(&tokens.id_token().unwrap().to_string());
+    assert_eq!(first_id_token["nonce"], nonce.secret().as_str());
     // Only known scopes are granted, once each.
     assert_eq!(
         tokens
@@ -1130,7 +1131,8 @@ async fn refresh_families_outlive_the_server_that_issued_them() {
     assert_eq!(s, StatusCode::OK, "{third}");
     let claims = claims_of(third["id_token"].as_str().unwrap());
     assert_eq!(claims["sub"], adele.as_str());
-    assert_eq!(claims["nonce"], nonce.secret().as_str());
+    // The sign-in's nonce was the first ID token's; a refresh is no sign-in (Core §12.2).
+    assert!(claims.get("nonce").is_none(), "{claims}");
     assert_eq!(claims["auth_time"], first_id_token["auth_time"]);
     assert_eq!(claims["amr"], first_id_token["amr"]);
     assert_eq!(
@@ -1679,4 +1681,154 @@ async fn only_registered_origins_may_read_the_token_endpoint_across_origins() {
     assert!(s.is_success(), "{s}");
     let closed = preflight("/token", "https://spa.contoso.com").await;
     assert_eq!(closed.status(), StatusCode::FORBIDDEN);
+}
+
+/// Details clients trip over, as the specs put them: a parameter sent empty is one not
+/// sent (RFC 6749 §3.1), a short PKCE verifier is refused (RFC 7636 §4.1), `prompt=
+/// select_account` signs in again, a refreshed ID token carries no nonce (OIDC Core
+/// §12.2), userinfo without credentials names no error (RFC 6750 §3.1), and an app's
+/// tokens read nothing once the app is removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_parameters_short_verifiers_refreshes_and_userinfo_follow_the_specs() {
+    use base64::Engine;
+    use sha2::Digest;
+    let (w, adele, _) = signin_world().await;
+    let SignedInWithApp {
+        mut browser,
+        client_id,
+        secret,
+        app,
+        ..
+    } = signed_in_with_app(&w, &adele).await;
+    let public = w.app.public.clone();
+    let token_url = format!("{public}/token");
+    let raw = reqwest::Client::new();
+    let base = format!(
+        "{public}/authorize?client_id={client_id}&redirect_uri={REDIRECT}&response_type=code"
+    );
+
+    // Empty max_age, code_challenge(_method) and prompt ask for nothing.
+    let (s, _, q) = authorize(
+        &mut browser,
+        &format!("{base}&scope=openid%20offline_access&state=e1&nonce=n1&max_age=&code_challenge=&code_challenge_method=&prompt="),
+    )
+    .await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    let code = get(&q, "code")
+        .unwrap_or_else(|| panic!("{q:?}"))
+        .to_owned();
+    // No grant_type: the request is incomplete, and the code is not spent by it.
+    let r = raw
+        .post(&token_url)
+        .basic_auth(&client_id, Some(&secret))
+        .form(&[("code", code.as_str()), ("redirect_uri", REDIRECT)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "invalid_request");
+    // An empty client_secret beside Basic authentication is no second method.
+    let r = raw
+        .post(&token_url)
+        .basic_auth(&client_id, Some(&secret))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("redirect_uri", REDIRECT),
+            ("client_secret", ""),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let tokens: Value = r.json().await.unwrap();
+    assert_eq!(
+        claims_of(tokens["id_token"].as_str().unwrap())["nonce"],
+        "n1"
+    );
+    let r = refresh_with(
+        &raw,
+        &token_url,
+        (&client_id, &secret),
+        tokens["refresh_token"].as_str().unwrap(),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let refreshed: Value = r.json().await.unwrap();
+    let claims = claims_of(refreshed["id_token"].as_str().unwrap());
+    assert!(claims.get("nonce").is_none(), "{claims}");
+
+    // Userinfo: no credentials is a challenge without an error; the app's token reads
+    // until the app is removed.
+    let userinfo = format!("{public}/userinfo");
+    let r = raw.get(&userinfo).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer");
+    let access = refreshed["access_token"].as_str().unwrap();
+    let r = raw.get(&userinfo).bearer_auth(access).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let (s, body) = w
+        .admin(
+            Method::DELETE,
+            &format!("/v1/apps/{}", app["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert!(s.is_success(), "{body}");
+    let r = raw.get(&userinfo).bearer_auth(access).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+
+    // A public app whose verifier is too short to stand up to a guess offline.
+    let spa = register_spa(&w, REDIRECT).await;
+    let spa_id = spa["client_id"].as_str().unwrap();
+    let short = "too-short";
+    let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(sha2::Sha256::digest(short.as_bytes()));
+    let (s, _, q) = authorize(
+        &mut browser,
+        &format!("{public}/authorize?client_id={spa_id}&redirect_uri={REDIRECT}&response_type=code&scope=openid&code_challenge={challenge}&code_challenge_method=S256"),
+    )
+    .await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    let code = get(&q, "code").unwrap_or_else(|| panic!("{q:?}"));
+    let r = raw
+        .post(&token_url)
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", REDIRECT),
+            ("client_id", spa_id),
+            ("client_secret", ""),
+            ("code_verifier", short),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let refused: Value = r.json().await.unwrap();
+    assert_eq!(refused["error"], "invalid_grant", "{refused}");
+    assert!(
+        refused["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("code_verifier"),
+        "{refused}"
+    );
+
+    // Choosing an account is signing in again.
+    let (challenge, _) = PkceCodeChallenge::new_random_sha256();
+    let (s, location, _) = authorize(
+        &mut browser,
+        &format!(
+            "{public}/authorize?client_id={spa_id}&redirect_uri={REDIRECT}&response_type=code&scope=openid&code_challenge={}&code_challenge_method=S256&prompt=select_account",
+            challenge.as_str()
+        ),
+    )
+    .await;
+    assert_eq!(
+        (s, location.as_deref()),
+        (StatusCode::SEE_OTHER, Some("/signin"))
+    );
 }

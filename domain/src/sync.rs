@@ -603,6 +603,19 @@ mod tests {
     }
 
     #[test]
+    fn the_milder_behaviour_wins_either_way_round() {
+        use RemovalBehavior::*;
+        for (a, b, milder) in [
+            (Delete, Deactivate, Deactivate),
+            (Keep, Delete, Keep),
+            (Delete, Delete, Delete),
+        ] {
+            assert_eq!(a.milder(b), milder);
+            assert_eq!(b.milder(a), milder);
+        }
+    }
+
+    #[test]
     fn after_the_sync_group_moved_any_removal_waits_for_an_admin() {
         assert!(guard_trips(1, 1000, 20, true));
         assert!(!guard_trips(0, 1000, 20, true));

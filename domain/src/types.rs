@@ -207,6 +207,23 @@ pub enum RemovalBehavior {
     Delete,
 }
 
+impl RemovalBehavior {
+    /// The milder of two behaviours (keep, then deactivate, then delete): what a removal
+    /// held under one and approved under another may do.
+    pub fn milder(self, other: RemovalBehavior) -> RemovalBehavior {
+        let rank = |b: RemovalBehavior| match b {
+            RemovalBehavior::Keep => 0,
+            RemovalBehavior::Deactivate => 1,
+            RemovalBehavior::Delete => 2,
+        };
+        if rank(other) < rank(self) {
+            other
+        } else {
+            self
+        }
+    }
+}
+
 /// How a user signs in with SSO.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]

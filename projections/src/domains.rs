@@ -4,8 +4,8 @@ use chrono::{DateTime, Utc};
 use idledger_domain::events::Recheck;
 use idledger_domain::sync::SyncOutcome;
 use idledger_domain::{
-    DomainId, DomainSettings, Envelope, Event, SealedSecret, SsoSettings, SyncCounters, SyncRunId,
-    SyncTrigger, UserId,
+    DomainId, DomainSettings, Envelope, Event, RemovalBehavior, SealedSecret, SsoSettings,
+    SyncCounters, SyncRunId, SyncTrigger, UserId,
 };
 use rustc_hash::FxHashMap;
 use serde::Serialize;
@@ -56,6 +56,9 @@ pub struct CredentialsView {
     pub secret_set: bool,
     /// When they were saved.
     pub updated_at: DateTime<Utc>,
+    /// The domain stream's version that saved them.
+    #[serde(skip)]
+    pub version: u64,
     /// The sealed client secret.
     #[serde(skip)]
     pub client_secret: SealedSecret,
@@ -98,8 +101,11 @@ pub struct DomainView {
     pub recheck: Vec<Recheck>,
     /// The latest run.
     pub last_run: Option<SyncRunId>,
-    /// A quarantined run waiting for approval.
+    /// A quarantined run waiting for approval: the oldest of `quarantined_runs`.
     pub quarantined_run: Option<SyncRunId>,
+    /// Every quarantined run waiting for approval, oldest first: a later run holds only
+    /// its own removals, so an earlier one's stay to be approved.
+    pub quarantined_runs: Vec<SyncRunId>,
     /// Registered.
     pub created_at: DateTime<Utc>,
     /// Last event.
@@ -192,6 +198,9 @@ pub struct SyncRunView {
     pub graph_code: Option<String>,
     /// Removals held back by the deletion guard.
     pub held_removals: Vec<UserId>,
+    /// The removal behaviour in force when they were held: approval does no more than it
+    /// (nor than the one in force then), whatever the setting became meanwhile.
+    pub held_under: Option<RemovalBehavior>,
     /// Approved after quarantine.
     pub approved: bool,
     /// Users the run affected (unchanged ones are not listed), in id order.
@@ -314,6 +323,7 @@ impl Domains {
                     recheck: Vec::new(),
                     last_run: None,
                     quarantined_run: None,
+                    quarantined_runs: Vec::new(),
                     created_at: at,
                     updated_at: at,
                     version: env.version,
@@ -351,6 +361,7 @@ impl Domains {
                     client_id: e.client_id.clone(),
                     secret_set: true,
                     updated_at: at,
+                    version: env.version,
                     client_secret: e.client_secret.clone(),
                 })
             }
@@ -412,6 +423,7 @@ impl Domains {
                         error: None,
                         graph_code: None,
                         held_removals: Vec::new(),
+                        held_under: None,
                         approved: false,
                         users: BTreeMap::new(),
                     },
@@ -442,9 +454,13 @@ impl Domains {
                 }
             }
             Event::SyncQuarantined(e) => {
-                d.quarantined_run = Some(e.run_id);
+                if !d.quarantined_runs.contains(&e.run_id) {
+                    d.quarantined_runs.push(e.run_id);
+                }
+                d.quarantined_run = d.quarantined_runs.first().copied();
                 if let Some(r) = self.runs.get_mut(&e.run_id) {
                     r.status = SyncRunStatus::Quarantined;
+                    r.held_under.get_or_insert(d.settings.removal_behavior);
                     // A run's removals come in parts (one event each); in id order, so
                     // the API can page them.
                     r.held_removals.extend(e.held_removals.iter().copied());
@@ -453,9 +469,8 @@ impl Domains {
                 }
             }
             Event::SyncQuarantineApproved(e) => {
-                if d.quarantined_run == Some(e.run_id) {
-                    d.quarantined_run = None;
-                }
+                d.quarantined_runs.retain(|r| *r != e.run_id);
+                d.quarantined_run = d.quarantined_runs.first().copied();
                 if let Some(r) = self.runs.get_mut(&e.run_id) {
                     r.approved = true;
                 }

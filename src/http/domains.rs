@@ -231,8 +231,10 @@ pub struct Domain {
     sso_defaults: SsoSettings,
     /// The saved credentials, never the secret.
     credentials: Option<DomainCredentials>,
-    /// A quarantined run waiting for approval.
+    /// A quarantined run waiting for approval (the oldest of `quarantined_runs`).
     quarantined_run: Option<uuid::Uuid>,
+    /// Every quarantined run waiting for approval, oldest first.
+    quarantined_runs: Vec<uuid::Uuid>,
     /// A sync worker runs (credentials saved, domain not removed).
     sync_active: bool,
     /// The latest run.
@@ -314,6 +316,7 @@ impl Domain {
                 updated_at: c.updated_at,
             }),
             quarantined_run: d.quarantined_run.map(|r| r.0),
+            quarantined_runs: d.quarantined_runs.iter().map(|r| r.0).collect(),
             sync_active: d.credentials.is_some() && !d.removed,
             last_sync: last_run.map(|r| LastSync {
                 run_id: r.run_id.0,

@@ -17,7 +17,7 @@ use crate::graph::{GraphClient, GraphError, GraphSettings, GraphTrust, RetryPoli
 use crate::projector::NotReached;
 use crate::secrets::SecretsError;
 use crate::store::{AppendError, CommandError, ExpectedVersion, StoreError};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use idledger_domain::decide::user::{evolve as user_evolve, UserCommand};
 use idledger_domain::decide::Rejection;
@@ -111,7 +111,7 @@ impl Default for SyncConfig {
 }
 
 /// What a worker was built from: a change means a new client.
-type Fingerprint = (DateTime<Utc>, String, String);
+type Fingerprint = (u64, String, String);
 
 struct Worker {
     fingerprint: Fingerprint,
@@ -212,8 +212,10 @@ impl SyncService {
                             return None;
                         }
                     };
+                    // The stream's version, not the time: two saves can share a timestamp
+                    // (one group commit, or a clock behind the log's).
                     let fp = (
-                        c.updated_at,
+                        c.version,
                         d.settings.graph_url.clone(),
                         d.settings.authority_url.clone(),
                     );
@@ -570,7 +572,13 @@ impl SyncService {
                 .filter(|r| r.domain_id == domain)
                 .ok_or(Rejection::NotFound("sync run"))?;
             let d = p.domains.get(domain).ok_or(Rejection::NotFound("domain"))?;
-            (d.settings.removal_behavior, run.held_removals.clone())
+            // Neither a setting made stricter after the quarantine (deactivate became
+            // delete) nor the one it was held under, if it became milder since.
+            let now = d.settings.removal_behavior;
+            (
+                run.held_under.map_or(now, |held| held.milder(now)),
+                run.held_removals.clone(),
+            )
         };
         // Whether the run is quarantined and not yet approved is the domain stream's to
         // decide: two admins approving at once append one approval, and one of them is told.

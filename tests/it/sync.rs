@@ -2005,3 +2005,63 @@ async fn removing_a_domain_deactivates_its_users_and_frees_their_keys() {
         .await;
     assert_eq!(s, StatusCode::OK, "the key is free again: {body}");
 }
+
+/// Approval does no more than the removal behaviour the run was held under: made stricter
+/// meanwhile (deactivate became delete), the held users are deactivated, not deleted.
+/// And a second quarantine keeps the first one's removals waiting, in the domain's list.
+#[tokio::test]
+async fn approval_keeps_to_the_behaviour_held_under_and_every_quarantine_waits() {
+    let (w, first) = quarantined_world().await;
+    for n in 7..=12 {
+        w.leave(n).await;
+    }
+    let second = w.sync().await;
+    assert_eq!(second["status"], "quarantined", "{second}");
+    let domain = format!("/v1/domains/{}", w.domain);
+    let (_, d) = w.admin(Method::GET, &domain, None).await;
+    assert_eq!(d["quarantined_run"], first["run_id"], "{d}");
+    assert_eq!(
+        d["quarantined_runs"],
+        json!([first["run_id"], second["run_id"]]),
+        "{d}"
+    );
+    let (s, d) = w
+        .admin(
+            Method::PATCH,
+            &domain,
+            Some(json!({"removal_behavior": "delete"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{d}");
+    let approve = |run: &Value| {
+        format!(
+            "{domain}/sync-runs/{}/approve",
+            run["run_id"].as_str().unwrap()
+        )
+    };
+    let (s, body) = w.admin(Method::POST, &approve(&second), None).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    for n in 7..=12 {
+        assert_eq!(
+            w.user(n).await.unwrap()["status"],
+            "deactivated",
+            "user {n}"
+        );
+    }
+    let (_, d) = w.admin(Method::GET, &domain, None).await;
+    assert_eq!(
+        d["quarantined_run"], first["run_id"],
+        "the first still waits: {d}"
+    );
+    let (s, body) = w.admin(Method::POST, &approve(&first), None).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    for n in 1..=6 {
+        assert_eq!(
+            w.user(n).await.unwrap()["status"],
+            "deactivated",
+            "user {n}"
+        );
+    }
+    let (_, d) = w.admin(Method::GET, &domain, None).await;
+    assert_eq!(d["quarantined_run"], Value::Null, "{d}");
+}

@@ -544,6 +544,15 @@ pub async fn patch(
     if s.engine.projector.read().domains.get(id).is_none() {
         return Err(ApiError::NotFound("domain".into()));
     }
+    // The app the secret was sent for: the one saved as the request arrives.
+    let for_app = s
+        .engine
+        .projector
+        .read()
+        .domains
+        .get(id)
+        .and_then(|d| d.credentials.as_ref())
+        .map(|c| (c.tenant_id.clone(), c.client_id.clone()));
     // Sealed once, before deciding: a retried decision reuses the same sealed secret.
     let sealed = secret
         .map(|sec| seal_client_secret(&s, &StreamId::domain(id), &sec))
@@ -555,6 +564,7 @@ pub async fn patch(
             Some(client_secret) => DomainCommand::ChangeSettingsWithSecret {
                 settings,
                 client_secret: client_secret.clone(),
+                for_app: for_app.clone(),
             },
         }
     })

@@ -315,15 +315,33 @@ impl SyncService {
     /// The Graph client of `domain`'s worker and a receiver that turns true when the
     /// worker is cancelled (its credentials removed or replaced); `None` without a worker.
     pub fn client(&self, domain: DomainId) -> Option<(Arc<GraphClient>, watch::Receiver<bool>)> {
-        self.supervise_if_missing(domain);
+        self.supervise_if_stale(domain);
         let workers = self.workers();
         workers
             .get(&domain)
             .map(|w| (w.client.clone(), w.cancel.subscribe()))
     }
 
-    fn supervise_if_missing(&self, domain: DomainId) {
-        if !self.workers().contains_key(&domain) {
+    /// Brings `domain`'s worker in step with what the projections hold before it is
+    /// handed out: started for credentials saved a moment ago, stopped or replaced for
+    /// credentials removed or replaced a moment ago (before the admin's own supervise ran),
+    /// so no caller gets a client with a secret that is no longer saved. A domain in step
+    /// is not looked at again: callers include anonymous sign-in pages, whose requests
+    /// must not each open every secret.
+    fn supervise_if_stale(&self, domain: DomainId) {
+        let wanted: Option<Fingerprint> = {
+            let p = self.inner.engine.projector.read();
+            p.domains.get(domain).filter(|d| !d.removed).and_then(|d| {
+                let c = d.credentials.as_ref()?;
+                Some((
+                    c.version,
+                    d.settings.graph_url.clone(),
+                    d.settings.authority_url.clone(),
+                ))
+            })
+        };
+        let running = self.workers().get(&domain).map(|w| w.fingerprint.clone());
+        if wanted != running {
             self.supervise();
         }
     }

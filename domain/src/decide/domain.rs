@@ -90,6 +90,9 @@ pub enum DomainCommand {
         settings: DomainSettings,
         /// The client secret, sealed.
         client_secret: SealedSecret,
+        /// The tenant and client ids saved when the admin sent the secret: the secret is
+        /// theirs, and is not saved for others that came meanwhile.
+        for_app: Option<(String, String)>,
     },
     /// Save credentials (the secret already sealed).
     SetCredentials {
@@ -210,6 +213,7 @@ pub fn decide(s: &DomainState, c: DomainCommand) -> Result<Vec<Event>, Rejection
         DomainCommand::ChangeSettingsWithSecret {
             settings,
             client_secret,
+            for_app,
         } => {
             validate_settings(&settings)?;
             let Some((tenant_id, client_id)) = s.app.clone() else {
@@ -218,6 +222,11 @@ pub fn decide(s: &DomainState, c: DomainCommand) -> Result<Vec<Event>, Rejection
                     "the domain has no credentials to go with it; save tenant_id, client_id and client_secret first",
                 ));
             };
+            if for_app.as_ref() != Some(&(tenant_id.clone(), client_id.clone())) {
+                return Err(Rejection::Conflict(
+                    "the domain's credentials changed meanwhile; send the secret of the app now saved".into(),
+                ));
+            }
             let mut events: Vec<Event> = Vec::new();
             if settings != s.settings {
                 events.push(DomainSettingsChanged { settings }.into());
@@ -405,6 +414,28 @@ mod tests {
         given::<DomainStream>(&[registered(), set[0].clone()])
             .when(DomainCommand::RemoveCredentials)
             .then([DomainCredentialsRemoved {}.into()]);
+    }
+
+    #[test]
+    fn a_secret_sent_with_a_settings_change_is_saved_only_for_the_app_it_was_sent_for() {
+        let tenant = uuid::Uuid::from_u128(5).to_string();
+        let client = uuid::Uuid::from_u128(6).to_string();
+        let set = given::<DomainStream>(&[registered()])
+            .when(credentials(&tenant))
+            .then_ok();
+        let with = |for_app: (String, String)| DomainCommand::ChangeSettingsWithSecret {
+            settings: DomainSettings::default(),
+            client_secret: sealed(),
+            for_app: Some(for_app),
+        };
+        let saved = given::<DomainStream>(&[registered(), set[0].clone()]);
+        saved
+            .when(with((tenant.clone(), client.clone())))
+            .then([set[0].clone()]);
+        // Another admin saved another app's credentials between the send and the decision.
+        saved
+            .when(with((tenant, uuid::Uuid::from_u128(7).to_string())))
+            .then_conflict();
     }
 
     #[test]

@@ -198,8 +198,9 @@ pub struct SyncRunView {
     pub graph_code: Option<String>,
     /// Removals held back by the deletion guard.
     pub held_removals: Vec<UserId>,
-    /// The removal behaviour in force when they were held: approval does no more than it
-    /// (nor than the one in force then), whatever the setting became meanwhile.
+    /// The mildest removal behaviour in force from the run's start to its quarantine:
+    /// approval does no more than it (nor than the one in force then), whatever the
+    /// setting became meanwhile.
     pub held_under: Option<RemovalBehavior>,
     /// Approved after quarantine.
     pub approved: bool,
@@ -248,7 +249,7 @@ impl Domains {
                     .map(|c| c.tenant_id.as_str())
                     .into_iter()
                     .chain(d.users_tenant.as_deref())
-                    .any(|t| t.eq_ignore_ascii_case(tenant))
+                    .any(|t| idledger_domain::decide::domain::same_tenant(t, tenant))
         })
     }
 
@@ -397,8 +398,8 @@ impl Domains {
                 d.sync_group_id = Some(e.sync_group_id.clone());
                 d.rotation_group_id = Some(e.rotation_group_id.clone());
                 d.users_sync_group_id = Some(e.sync_group_id.clone());
-                if d.users_tenant.is_none() {
-                    d.users_tenant = d.credentials.as_ref().map(|c| c.tenant_id.clone());
+                if let Some(c) = &d.credentials {
+                    d.users_tenant = Some(c.tenant_id.clone());
                 }
             }
             Event::FederatedDomainsSeen(e) => d.federated_domains = e.names.clone(),
@@ -423,7 +424,7 @@ impl Domains {
                         error: None,
                         graph_code: None,
                         held_removals: Vec::new(),
-                        held_under: None,
+                        held_under: Some(d.settings.removal_behavior),
                         approved: false,
                         users: BTreeMap::new(),
                     },
@@ -460,7 +461,10 @@ impl Domains {
                 d.quarantined_run = d.quarantined_runs.first().copied();
                 if let Some(r) = self.runs.get_mut(&e.run_id) {
                     r.status = SyncRunStatus::Quarantined;
-                    r.held_under.get_or_insert(d.settings.removal_behavior);
+                    // The milder of what the run planned under (the setting at its start)
+                    // and the one in force as it is held.
+                    let now = d.settings.removal_behavior;
+                    r.held_under = Some(r.held_under.map_or(now, |at_start| at_start.milder(now)));
                     // A run's removals come in parts (one event each); in id order, so
                     // the API can page them.
                     r.held_removals.extend(e.held_removals.iter().copied());

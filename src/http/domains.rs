@@ -409,6 +409,7 @@ pub async fn create(
         .iter()
         .fold(DomainState::default(), evolve);
     if let Some(c) = &credentials {
+        client_secret_ok(c.client_secret.expose())?;
         let stand_in = SealedSecret {
             key_id: DataKeyId(uuid::Uuid::nil()),
             nonce: [0; 24],
@@ -590,26 +591,48 @@ pub async fn remove(
     IdPath(id): IdPath,
 ) -> Result<(StatusCode, Json<Domain>), ApiError> {
     let domain = DomainId(id);
-    // Sync and rotation stop first, so no run brings anyone back meanwhile.
-    run(&s, &who, domain, |_| DomainCommand::RemoveCredentials)
-        .await
-        .map(drop)?;
+    // The removal is recorded first: from then on sync and rotation stop, and nothing
+    // brings the domain's users back (import, activation, keys and invites are refused).
+    // Asked again, it is no error: the users' part is done again, finishing whatever a
+    // failure cut short.
+    let mut position = s
+        .command(&StreamId::domain(domain), &who.actor(), evolve, |st| {
+            if st.removed {
+                Ok(vec![])
+            } else {
+                decide(st, DomainCommand::Remove)
+            }
+        })
+        .await?;
+    s.reach(Some(position)).await?;
     s.sync.supervise();
-    // The users leave before the domain goes: a removal cut short (a crash, a failed
-    // append) is simply asked again, and finds whom it did not reach.
+    // Twice: a command that passed its check just before the removal landed (an import,
+    // a run's last appends) may land after the first pass listed the users.
+    for _ in 0..2 {
+        position = position.max(users_leave(&s, &who, domain).await?);
+    }
+    respond(&s, domain, position, StatusCode::OK).await
+}
+
+/// `UserCommand::LeaveRemovedDomain` for each of the removed `domain`'s users it would
+/// change (active, or holding a key); answers the position of the last.
+async fn users_leave(s: &AppState, who: &Principal, domain: DomainId) -> Result<u64, ApiError> {
     let users: Vec<UserId> = s
         .engine
         .projector
         .read()
         .users
         .of_domain(domain)
-        .filter(|u| matches!(u.status, UserStatus::Active | UserStatus::Deactivated))
+        .filter(|u| {
+            u.status == UserStatus::Active
+                || (u.status == UserStatus::Deactivated && u.key_id.is_some())
+        })
         .map(|u| u.id)
         .collect();
     let actor = who.actor();
-    stream::iter(users)
+    let positions: Vec<u64> = stream::iter(users)
         .map(|user| {
-            let (s, actor) = (&s, &actor);
+            let actor = &actor;
             async move {
                 s.command(&StreamId::user(user), actor, user::evolve, |st| {
                     user::decide(st, UserCommand::LeaveRemovedDomain)
@@ -618,11 +641,11 @@ pub async fn remove(
             }
         })
         .buffer_unordered(64)
-        .try_collect::<Vec<u64>>()
+        .try_collect()
         .await?;
-    let answer = run(&s, &who, domain, |_| DomainCommand::Remove).await?;
-    s.sync.supervise();
-    Ok(answer)
+    let last = positions.into_iter().max().unwrap_or(0);
+    s.reach(Some(last)).await?;
+    Ok(last)
 }
 
 /// Saves credentials (the secret is sealed at once).
@@ -636,8 +659,10 @@ pub async fn put_credentials(
     if s.engine.projector.read().domains.get(id).is_none() {
         return Err(ApiError::NotFound("domain".into()));
     }
-    // Sealed once, before deciding: a retried decision reuses the same sealed secret.
+    // Sealed once, before deciding: a retried decision reuses the same sealed secret. A
+    // tenant taken is refused before sealing makes anything (and checked again in turn).
     let tenant = body.tenant_id.clone();
+    tenant_free(&s, &tenant, Some(id))?;
     let set = seal_credentials(&s, &StreamId::domain(id), body)?;
     // One tenant, one domain: the check spans domains' streams, so saves take turns with
     // registrations.

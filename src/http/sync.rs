@@ -589,11 +589,15 @@ pub async fn invite(
                 u.status.as_str()
             )));
         }
-        let domain = p
-            .domains
-            .get(u.domain_id)
-            .map(|d| d.name.clone())
-            .unwrap_or_default();
+        let Some(d) = p.domains.get(u.domain_id) else {
+            return Err(ApiError::NotFound("domain".into()));
+        };
+        if d.removed {
+            return Err(ApiError::Conflict(
+                "the user's domain was removed: nothing looks after its users any more".into(),
+            ));
+        }
+        let domain = d.name.clone();
         let a = &u.attributes;
         crate::invite::Invite {
             to: a

@@ -116,6 +116,26 @@ impl IntoResponse for Refusal {
     }
 }
 
+/// A page script's JSON body; one that does not read is refused in the pages' own error
+/// shape (`{"error"}`, which their scripts show), not in axum's plain text.
+struct PageJson<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S> for PageJson<T> {
+    type Rejection = Refusal;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Refusal> {
+        Json::<T>::from_request(req, state)
+            .await
+            .map(|Json(v)| PageJson(v))
+            .map_err(|e| {
+                refuse(
+                    e.status(),
+                    "The page sent something this server could not read. Reload the page and try again.",
+                )
+            })
+    }
+}
+
 fn refuse(status: StatusCode, message: impl Into<String>) -> Refusal {
     Refusal {
         status,
@@ -245,16 +265,19 @@ struct Person {
 fn person(ctx: &Ctx, user: UserId) -> Option<Person> {
     let p = ctx.app.engine.projector.read();
     let u = p.users.get(user)?;
+    let domain = p.domains.get(u.domain_id);
     Some(Person {
         domain_id: u.domain_id,
         display_name: u.attributes.display_name.clone(),
         upn: u.attributes.user_principal_name.clone(),
-        domain: p
-            .domains
-            .get(u.domain_id)
-            .map(|d| d.name.clone())
-            .unwrap_or_default(),
-        allowed: rules::sign_in_allowed(u.status.decided(), u.imported_sso, u.sso_override),
+        domain: domain.map(|d| d.name.clone()).unwrap_or_default(),
+        // A removed domain's users leave it deactivated; until that lands (or should it
+        // be cut short), they are no less out.
+        allowed: if domain.is_none_or(|d| d.removed) {
+            Err(SignInFailure::NotActive)
+        } else {
+            rules::sign_in_allowed(u.status.decided(), u.imported_sso, u.sso_override)
+        },
     })
 }
 
@@ -628,7 +651,7 @@ async fn enrol_passkey(
     State(ctx): State<Ctx>,
     Path(token): Path<String>,
     headers: HeaderMap,
-    Json(body): Json<NewPasskey>,
+    PageJson(body): PageJson<NewPasskey>,
 ) -> Result<Response, Refusal> {
     let (flow, user, link, entra) = enrolment(&ctx, &headers, &token, None)?;
     let (passkey, user_verified) = registered(&ctx, &flow, user, &body)?;
@@ -749,7 +772,7 @@ async fn enrol_totp(
     State(ctx): State<Ctx>,
     Path(token): Path<String>,
     headers: HeaderMap,
-    Json(body): Json<TypedCode>,
+    PageJson(body): PageJson<TypedCode>,
 ) -> Result<Response, Refusal> {
     let (flow, user, link, entra) = enrolment(&ctx, &headers, &token, None)?;
     let (sealed_seed, step) = confirmed_seed(&ctx, &flow, user, &body.code)?;
@@ -893,7 +916,7 @@ fn cannot_use_entra() -> Refusal {
 async fn signin_entra(
     State(ctx): State<Ctx>,
     headers: HeaderMap,
-    Json(body): Json<Username>,
+    PageJson(body): PageJson<Username>,
 ) -> Result<Json<Redirection>, Refusal> {
     let flow = checked_flow(&ctx, &headers, None)?;
     let name = body.username.trim();
@@ -1291,7 +1314,7 @@ fn verify_passkey(
 async fn signin_passkey(
     State(ctx): State<Ctx>,
     headers: HeaderMap,
-    Json(body): Json<Assertion>,
+    PageJson(body): PageJson<Assertion>,
 ) -> Result<Response, Refusal> {
     let flow = checked_flow(&ctx, &headers, None)?;
     let raw_id = body
@@ -1514,7 +1537,7 @@ async fn second_passkey_options(
 async fn second_passkey(
     State(ctx): State<Ctx>,
     headers: HeaderMap,
-    Json(body): Json<Assertion>,
+    PageJson(body): PageJson<Assertion>,
 ) -> Result<Response, Refusal> {
     let flow = checked_flow(&ctx, &headers, None)?;
     let user = entra_user(&ctx, &flow).ok_or_else(expired_flow)?;
@@ -1592,7 +1615,7 @@ async fn me_passkey_options(
 async fn me_add_passkey(
     State(ctx): State<Ctx>,
     headers: HeaderMap,
-    Json(body): Json<NewPasskey>,
+    PageJson(body): PageJson<NewPasskey>,
 ) -> Result<Json<Next>, Refusal> {
     let (flow, user) = me_user(&ctx, &headers)?;
     let (passkey, user_verified) = registered(&ctx, &flow, user, &body)?;
@@ -1621,7 +1644,7 @@ async fn me_totp_options(
 async fn me_totp(
     State(ctx): State<Ctx>,
     headers: HeaderMap,
-    Json(body): Json<TypedCode>,
+    PageJson(body): PageJson<TypedCode>,
 ) -> Result<Json<Next>, Refusal> {
     let (flow, user) = me_user(&ctx, &headers)?;
     let (sealed_seed, step) = confirmed_seed(&ctx, &flow, user, &body.code)?;

@@ -477,6 +477,24 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
             400,
             "key_ids",
         ),
+        // Parsers disagree on which of two equal keys counts.
+        (
+            Method::POST,
+            "/v1/tokens".into(),
+            json_ct,
+            br#"{"role":"agent","key_ids":["K1"],"role":"admin"}"#.to_vec(),
+            422,
+            "twice",
+        ),
+        // Refused before the new domain's stream gets a data key (checked below).
+        (
+            Method::POST,
+            "/v1/domains".into(),
+            json_ct,
+            br#"{"domain":"padded.example","tenant_id":"6f1a2b3c-4d5e-4f60-8a7b-9c0d1e2f3a4b","client_id":"11111111-2222-4333-8444-555555555555","client_secret":" padded"}"#.to_vec(),
+            422,
+            "client_secret",
+        ),
         // A struct read from an array by position would skip the unknown-field check.
         (
             Method::POST,

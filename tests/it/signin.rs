@@ -241,6 +241,12 @@ async fn enrol_alex(w: &World, alex: &str) -> (Visitor, String) {
     assert!(page.contains("<h1>Alex Wilber</h1>"), "{page}");
     assert!(page.contains("Sign in with Entra ID"));
     let csrf = csrf_of(&page);
+    // A body the page would never send is refused in the pages' error shape.
+    let (s, b) = v
+        .post_json(&format!("{link}/totp"), &csrf, json!({"kode": 1}))
+        .await;
+    assert!(s.is_client_error(), "{b}");
+    assert!(b["error"].is_string(), "{b}");
     // The second factor waits for the Entra step.
     let (s, b) = v
         .post_json(&format!("{link}/totp"), &csrf, json!({"code": "123456"}))

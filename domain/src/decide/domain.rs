@@ -60,7 +60,9 @@ pub fn evolve(mut s: DomainState, e: &Event) -> DomainState {
             s.removed = true;
             s.has_credentials = false;
         }
-        Event::SyncGroupsResolved(_) if s.users_tenant.is_none() => {
+        // The tenant a run just read the groups of: the latest, so a domain that moved
+        // tenants before the rule keeps the one its users now come from.
+        Event::SyncGroupsResolved(_) if s.app.is_some() => {
             s.users_tenant = s.app.as_ref().map(|(tenant, _)| tenant.clone());
         }
         _ => {}
@@ -140,6 +142,14 @@ fn canonical_guid(s: &str) -> Option<String> {
     uuid::Uuid::parse_str(s)
         .ok()
         .map(|u| u.hyphenated().to_string())
+}
+
+/// Whether two tenant ids name one tenant, however each was spelled when saved.
+pub fn same_tenant(a: &str, b: &str) -> bool {
+    match (canonical_guid(a), canonical_guid(b)) {
+        (Some(a), Some(b)) => a == b,
+        _ => a.eq_ignore_ascii_case(b),
+    }
 }
 
 /// The shape of an app registration's client secret, checked before it is sealed: a
@@ -255,7 +265,7 @@ pub fn decide(s: &DomainState, c: DomainCommand) -> Result<Vec<Event>, Rejection
             // The users recorded are that tenant's people: read in another tenant, every
             // one of them would look deleted from Entra.
             if let Some(users_tenant) = &s.users_tenant {
-                if !users_tenant.eq_ignore_ascii_case(&tenant_id) {
+                if !same_tenant(users_tenant, &tenant_id) {
                     return Err(invalid(
                         "tenant_id",
                         "the tenant this domain's users were synced from; add a new domain for another tenant",

@@ -14,10 +14,11 @@ pub fn plain_text(text: &str) -> bool {
     text.chars().all(plain_char)
 }
 
-/// Not a control character, a bidirectional embedding, override, isolate or mark, nor an
+/// Not a control character, a bidirectional embedding, override or isolate, nor an
 /// invisible character (zero-width space, word joiner, soft hyphen, byte-order mark): any
-/// of them can make a name read as another one on a page. The zero-width joiners that
-/// scripts and emoji need (U+200C, U+200D) stay.
+/// of them can make a name read as another one on a page. What scripts need stays: the
+/// zero-width joiners (U+200C, U+200D) and the direction marks of right-to-left names
+/// (U+200E, U+200F, U+061C).
 pub fn plain_char(c: char) -> bool {
     !(c.is_control()
         || matches!(
@@ -25,9 +26,6 @@ pub fn plain_char(c: char) -> bool {
             '\u{202a}'..='\u{202e}'
                 | '\u{2066}'..='\u{2069}'
                 | '\u{200b}'
-                | '\u{200e}'
-                | '\u{200f}'
-                | '\u{061c}'
                 | '\u{2060}'..='\u{2064}'
                 | '\u{feff}'
                 | '\u{00ad}'

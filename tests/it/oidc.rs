@@ -1769,6 +1769,31 @@ async fn empty_parameters_short_verifiers_refreshes_and_userinfo_follow_the_spec
     let access = refreshed["access_token"].as_str().unwrap();
     let r = raw.get(&userinfo).bearer_auth(access).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
+    // Moved to serve another domain only, then back.
+    let (s, other) = w
+        .admin(
+            Method::POST,
+            "/v1/domains",
+            Some(json!({"domain": "fabrikam.com"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{other}");
+    let app_path = format!("/v1/apps/{}", app["id"].as_str().unwrap());
+    for (domains, status) in [
+        (json!([other["id"]]), StatusCode::UNAUTHORIZED),
+        (json!([w.domain]), StatusCode::OK),
+    ] {
+        let (s, body) = w
+            .admin(
+                Method::PATCH,
+                &app_path,
+                Some(json!({ "domain_ids": domains })),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        let r = raw.get(&userinfo).bearer_auth(access).send().await.unwrap();
+        assert_eq!(r.status(), status, "serving {domains}");
+    }
     let (s, body) = w
         .admin(
             Method::DELETE,

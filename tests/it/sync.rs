@@ -1935,6 +1935,23 @@ async fn a_tenant_belongs_to_one_domain_and_a_synced_domain_keeps_its_tenant() {
         )
         .await;
     assert_eq!(s, StatusCode::CONFLICT, "{body}");
+    // Without its credentials the first domain still holds the tenant's people.
+    let (s, body) = w
+        .admin(
+            Method::DELETE,
+            &format!("/v1/domains/{}/credentials", w.domain),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let (s, body) = w
+        .admin(
+            Method::PUT,
+            &format!("/v1/domains/{}/credentials", d["id"].as_str().unwrap()),
+            Some(json!({"tenant_id": format!("{{{TENANT}}}"), "client_id": APP, "client_secret": SECRET})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{body}");
 }
 
 /// A removed domain's users leave with it: they stop signing in, give their keys back and

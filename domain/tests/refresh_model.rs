@@ -325,6 +325,7 @@ impl Model {
                     presented,
                     next,
                     app_domains: vec![DOMAIN],
+                    scope: None,
                     at: self.now,
                 };
                 let decided =
@@ -593,6 +594,7 @@ fn a_token_spent_any_number_of_rotations_ago_ends_its_family() {
                 presented,
                 next,
                 app_domains: vec![DOMAIN],
+                scope: None,
                 at: at + Duration::minutes(minutes),
             }),
         )

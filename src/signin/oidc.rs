@@ -807,6 +807,8 @@ struct TokenForm {
     client_id: Option<String>,
     #[serde(default, deserialize_with = "omitted_if_empty")]
     client_secret: Option<String>,
+    #[serde(default, deserialize_with = "omitted_if_empty")]
+    scope: Option<String>,
 }
 
 /// RFC 6749 §5.1.
@@ -1364,6 +1366,13 @@ async fn refresh(ctx: &Ctx, app: &idledger_projections::AppView, form: &TokenFor
         presented: idledger_domain::Hash(hash(token)),
         next: idledger_domain::Hash(hash(&next)),
         app_domains: app.domain_ids.clone(),
+        scope: form.scope.as_ref().map(|asked| {
+            asked
+                .split(' ')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect()
+        }),
         at: Utc::now(),
     };
     // Refreshes on one user's stream can race (an attacker replaying a copy as fast as
@@ -1375,6 +1384,9 @@ async fn refresh(ctx: &Ctx, app: &idledger_projections::AppView, form: &TokenFor
         match super::decide(ctx, name.user, command).await {
             Ok(events) => break events,
             Err(r) if r.status == StatusCode::NOT_FOUND => return invalid_grant(UNKNOWN),
+            Err(r) if r.status == StatusCode::BAD_REQUEST => {
+                return token_error(StatusCode::BAD_REQUEST, "invalid_scope", &r.message)
+            }
             Err(r) if r.status == StatusCode::CONFLICT && tries < 3 => tries += 1,
             Err(r) => return unavailable(r.message).into_response(),
         }

@@ -1746,6 +1746,21 @@ async fn empty_parameters_short_verifiers_refreshes_and_userinfo_follow_the_spec
         claims_of(tokens["id_token"].as_str().unwrap())["nonce"],
         "n1"
     );
+    // A refresh may not widen the grant (RFC 6749 §6); refused, the token is not spent.
+    let r = raw
+        .post(&token_url)
+        .basic_auth(&client_id, Some(&secret))
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", tokens["refresh_token"].as_str().unwrap()),
+            ("scope", "openid email"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let refused: Value = r.json().await.unwrap();
+    assert_eq!(refused["error"], "invalid_scope", "{refused}");
     let r = refresh_with(
         &raw,
         &token_url,

@@ -138,6 +138,9 @@ pub struct RefreshRequest {
     pub next: Hash,
     /// Domains whose users may use the app.
     pub app_domains: Vec<DomainId>,
+    /// The scopes the client asked for, when it named any: none beyond the grant's
+    /// (RFC 6749 §6). Asking for fewer is answered with the grant's.
+    pub scope: Option<Vec<String>>,
     /// Now.
     pub at: DateTime<Utc>,
 }
@@ -186,6 +189,19 @@ pub fn decide(
         // Begun before the grant was recorded: what its tokens carried is not known.
         return end("the refresh token predates this server's records; sign in again");
     };
+    // Refused without a record and without spending the token: the client may ask again
+    // within its grant.
+    if let Some(beyond) = r
+        .scope
+        .iter()
+        .flatten()
+        .find(|asked| !grant.scope.contains(asked))
+    {
+        return Err(invalid(
+            "scope",
+            format!("{beyond} was not granted to this refresh token"),
+        ));
+    }
     Ok(vec![AppTokensIssued {
         app_id: r.app_id,
         grant: "refresh_token".into(),

@@ -194,8 +194,11 @@ impl<'de> Deserialize<'de> for Actor {
     }
 }
 
-/// What happens to a user who leaves the sync group or is deleted or disabled in Entra ID.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize, Default)]
+/// What happens to a user who leaves the sync group or is deleted or disabled in Entra ID,
+/// ordered from the mildest (the variants' order).
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize, Default,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum RemovalBehavior {
     /// The user stays active.
@@ -211,16 +214,7 @@ impl RemovalBehavior {
     /// The milder of two behaviours (keep, then deactivate, then delete): what a removal
     /// held under one and approved under another may do.
     pub fn milder(self, other: RemovalBehavior) -> RemovalBehavior {
-        let rank = |b: RemovalBehavior| match b {
-            RemovalBehavior::Keep => 0,
-            RemovalBehavior::Deactivate => 1,
-            RemovalBehavior::Delete => 2,
-        };
-        if rank(other) < rank(self) {
-            other
-        } else {
-            self
-        }
+        self.min(other)
     }
 }
 

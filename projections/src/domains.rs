@@ -101,8 +101,6 @@ pub struct DomainView {
     pub recheck: Vec<Recheck>,
     /// The latest run.
     pub last_run: Option<SyncRunId>,
-    /// A quarantined run waiting for approval: the oldest of `quarantined_runs`.
-    pub quarantined_run: Option<SyncRunId>,
     /// Every quarantined run waiting for approval, oldest first: a later run holds only
     /// its own removals, so an earlier one's stay to be approved.
     pub quarantined_runs: Vec<SyncRunId>,
@@ -146,6 +144,11 @@ impl DomainView {
     /// came); a full round now and then brings everything back in step.
     pub fn full_round_due(&self, now: DateTime<Utc>, every: chrono::Duration) -> bool {
         self.delta_links.is_none() || self.last_full_at.is_none_or(|t| now - t >= every)
+    }
+
+    /// The quarantined run waiting longest for approval.
+    pub fn quarantined_run(&self) -> Option<SyncRunId> {
+        self.quarantined_runs.first().copied()
     }
 
     /// The workstation certificate in force.
@@ -323,7 +326,6 @@ impl Domains {
                     delta_links: None,
                     recheck: Vec::new(),
                     last_run: None,
-                    quarantined_run: None,
                     quarantined_runs: Vec::new(),
                     created_at: at,
                     updated_at: at,
@@ -458,7 +460,6 @@ impl Domains {
                 if !d.quarantined_runs.contains(&e.run_id) {
                     d.quarantined_runs.push(e.run_id);
                 }
-                d.quarantined_run = d.quarantined_runs.first().copied();
                 if let Some(r) = self.runs.get_mut(&e.run_id) {
                     r.status = SyncRunStatus::Quarantined;
                     // The milder of what the run planned under (the setting at its start)
@@ -474,7 +475,6 @@ impl Domains {
             }
             Event::SyncQuarantineApproved(e) => {
                 d.quarantined_runs.retain(|r| *r != e.run_id);
-                d.quarantined_run = d.quarantined_runs.first().copied();
                 if let Some(r) = self.runs.get_mut(&e.run_id) {
                     r.approved = true;
                 }

@@ -547,7 +547,7 @@ mod tests {
         let p = folded(&log);
         let r = p.domains.run(run).unwrap();
         assert_eq!(r.held_removals, vec![id(1), id(4), id(7), id(9)]);
-        assert_eq!(p.domains.get(domain).unwrap().quarantined_run, Some(run));
+        assert_eq!(p.domains.get(domain).unwrap().quarantined_run(), Some(run));
     }
 
     #[test]

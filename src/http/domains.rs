@@ -315,7 +315,7 @@ impl Domain {
                 secret_set: c.secret_set,
                 updated_at: c.updated_at,
             }),
-            quarantined_run: d.quarantined_run.map(|r| r.0),
+            quarantined_run: d.quarantined_run().map(|r| r.0),
             quarantined_runs: d.quarantined_runs.iter().map(|r| r.0).collect(),
             sync_active: d.credentials.is_some() && !d.removed,
             last_sync: last_run.map(|r| LastSync {
@@ -542,18 +542,14 @@ pub async fn patch(
         .transpose()?;
     let patch: SettingsPatch = from_json(Value::Object(body))?;
     let id = DomainId(id);
-    if s.engine.projector.read().domains.get(id).is_none() {
-        return Err(ApiError::NotFound("domain".into()));
-    }
     // The app the secret was sent for: the one saved as the request arrives.
-    let for_app = s
-        .engine
-        .projector
-        .read()
-        .domains
-        .get(id)
-        .and_then(|d| d.credentials.as_ref())
-        .map(|c| (c.tenant_id.clone(), c.client_id.clone()));
+    let for_app = match s.engine.projector.read().domains.get(id) {
+        None => return Err(ApiError::NotFound("domain".into())),
+        Some(d) => d
+            .credentials
+            .as_ref()
+            .map(|c| (c.tenant_id.clone(), c.client_id.clone())),
+    };
     // Sealed once, before deciding: a retried decision reuses the same sealed secret.
     let sealed = secret
         .map(|sec| seal_client_secret(&s, &StreamId::domain(id), &sec))
@@ -682,10 +678,7 @@ pub async fn put_credentials(
 /// domains of one tenant would each keep a record of the same people, and rotate the same
 /// accounts' passwords behind each other's backs.
 fn tenant_free(s: &AppState, tenant: &str, except: Option<DomainId>) -> Result<(), ApiError> {
-    let tenant = uuid::Uuid::parse_str(tenant)
-        .map(|t| t.hyphenated().to_string())
-        .unwrap_or_else(|_| tenant.to_owned());
-    match s.engine.projector.read().domains.by_tenant(&tenant, except) {
+    match s.engine.projector.read().domains.by_tenant(tenant, except) {
         Some(d) => Err(ApiError::Conflict(format!(
             "tenant {tenant} is connected as domain {} already",
             d.name

@@ -21,7 +21,7 @@ pub struct DomainState {
     pub workstation_certificate: Option<String>,
     /// Quarantined sync runs, each with whether its removals were approved.
     pub quarantined_runs: std::collections::BTreeMap<SyncRunId, bool>,
-    /// The tenant the domain's users were synced from (its first resolved groups').
+    /// The tenant the domain's users were last synced from (the latest resolved groups').
     pub users_tenant: Option<String>,
 }
 

@@ -326,6 +326,8 @@ struct Discovery {
     /// Left out, these would mean `request_uri` is supported (Discovery 1.0 §3).
     request_parameter_supported: bool,
     request_uri_parameter_supported: bool,
+    /// RFC 9207: answers at the redirect URI carry `iss`.
+    authorization_response_iss_parameter_supported: bool,
 }
 
 async fn discovery(State(ctx): State<Ctx>) -> Result<Json<Discovery>, Refusal> {
@@ -368,6 +370,7 @@ async fn discovery(State(ctx): State<Ctx>) -> Result<Json<Discovery>, Refusal> {
         prompt_values_supported: ["none", "login"],
         request_parameter_supported: false,
         request_uri_parameter_supported: false,
+        authorization_response_iss_parameter_supported: true,
     }))
 }
 
@@ -472,15 +475,43 @@ fn verifier_ok(verifier: &str) -> bool {
 }
 
 /// An error sent back to the app (RFC 6749 §4.1.2.1).
-fn to_app(redirect_uri: &str, state: Option<&str>, error: &str, description: &str) -> Response {
-    let mut url = format!(
-        "{redirect_uri}{}error={}&error_description={}",
-        if redirect_uri.contains('?') { '&' } else { '?' },
-        error,
-        urlencoding::encode(description)
-    );
-    if let Some(s) = state {
-        url.push_str(&format!("&state={}", urlencoding::encode(s)));
+fn to_app(
+    ctx: &Ctx,
+    redirect_uri: &str,
+    state: Option<&str>,
+    error: &str,
+    description: &str,
+) -> Response {
+    answer_app(
+        ctx,
+        redirect_uri,
+        &[("error", error), ("error_description", description)],
+        state,
+    )
+}
+
+/// Every answer at the redirect URI names its issuer (RFC 9207): an app that talks to
+/// several providers can then tell whose answer it holds, which defeats mix-up attacks.
+fn answer_app(
+    ctx: &Ctx,
+    redirect_uri: &str,
+    params: &[(&str, &str)],
+    state: Option<&str>,
+) -> Response {
+    let mut url = String::from(redirect_uri);
+    let mut sep = if redirect_uri.contains('?') { '&' } else { '?' };
+    let iss = issuer(ctx).ok();
+    let all = params
+        .iter()
+        .copied()
+        .chain(state.map(|s| ("state", s)))
+        .chain(iss.as_deref().map(|i| ("iss", i)));
+    for (name, value) in all {
+        url.push(sep);
+        url.push_str(name);
+        url.push('=');
+        url.push_str(&urlencoding::encode(value));
+        sep = '&';
     }
     Redirect::to(&url).into_response()
 }
@@ -548,6 +579,7 @@ async fn authorize(
         };
         return match registered(&ctx, Some(&client_id), Some(&redirect_uri)) {
             Ok((_, redirect_uri)) => to_app(
+                &ctx,
                 &redirect_uri,
                 state.as_deref().filter(|s| s.len() <= MAX_STATE),
                 "invalid_request",
@@ -563,6 +595,7 @@ async fn authorize(
         };
     if q.state.as_ref().is_some_and(|s| s.len() > MAX_STATE) {
         return to_app(
+            &ctx,
             &redirect_uri,
             None,
             "invalid_request",
@@ -570,7 +603,8 @@ async fn authorize(
         );
     }
     let state = q.state.as_deref();
-    let fail = |error: &str, description: &str| to_app(&redirect_uri, state, error, description);
+    let fail =
+        |error: &str, description: &str| to_app(&ctx, &redirect_uri, state, error, description);
     // Request objects are not supported, and discovery says so; ignoring one would act on
     // parameters the app did not mean (OIDC Core §6).
     if q.request.is_some() {
@@ -710,6 +744,7 @@ fn continue_with(ctx: &Ctx, headers: &HeaderMap, request: &AuthRequest) -> Optio
         .map(|u| u.domain_id);
     if app.removed || !domain.is_some_and(|d| app.domain_ids.contains(&d)) {
         return Some(to_app(
+            ctx,
             &request.redirect_uri,
             state,
             "access_denied",
@@ -734,6 +769,7 @@ fn continue_with(ctx: &Ctx, headers: &HeaderMap, request: &AuthRequest) -> Optio
         }
         if codes.len() >= MOST {
             return Some(to_app(
+                ctx,
                 &request.redirect_uri,
                 state,
                 "temporarily_unavailable",
@@ -755,15 +791,12 @@ fn continue_with(ctx: &Ctx, headers: &HeaderMap, request: &AuthRequest) -> Optio
             },
         );
     }
-    let uri = &request.redirect_uri;
-    let mut url = format!(
-        "{uri}{}code={code}",
-        if uri.contains('?') { '&' } else { '?' }
-    );
-    if let Some(s) = state {
-        url.push_str(&format!("&state={}", urlencoding::encode(s)));
-    }
-    Some(Redirect::to(&url).into_response())
+    Some(answer_app(
+        ctx,
+        &request.redirect_uri,
+        &[("code", &code)],
+        state,
+    ))
 }
 
 /// After signing in: the request that was waiting in this browser's flow.
@@ -780,6 +813,7 @@ async fn resume(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
     match continue_with(&ctx, &headers, &request) {
         Some(answer) => answer,
         None => to_app(
+            &ctx,
             &request.redirect_uri,
             request.state.as_deref(),
             "login_required",

@@ -181,6 +181,7 @@ async fn code_for(
     )
     .await;
     assert_eq!(s, StatusCode::SEE_OTHER);
+    assert_eq!(get(&q, "iss"), Some(public), "RFC 9207: the answer names its issuer");
     get(&q, "code").unwrap().to_owned()
 }
 
@@ -1361,6 +1362,7 @@ async fn malformed_and_oversized_requests_are_answered_without_being_kept() {
             .unwrap();
     assert_eq!(discovery["request_uri_parameter_supported"], false);
     assert_eq!(discovery["request_parameter_supported"], false);
+    assert_eq!(discovery["authorization_response_iss_parameter_supported"], true);
     let cases = [
         // A state that would wait in memory for a sign-in (a fresh browser: not signed in).
         (
@@ -1396,6 +1398,7 @@ async fn malformed_and_oversized_requests_are_answered_without_being_kept() {
         assert!(location.unwrap().starts_with(REDIRECT));
         assert_eq!(get(&q, "error"), Some(*error), "{extra:.40}");
         assert_eq!(get(&q, "state"), *state);
+        assert_eq!(get(&q, "iss"), Some(w.app.public.as_str()), "{extra:.40}");
         assert!(!fresh.holds_cookies(), "no flow was kept: {extra:.40}");
     }
     // Who to answer is unclear: the page, never a redirect.

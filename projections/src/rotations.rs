@@ -77,7 +77,7 @@ impl Rotations {
     }
 
     /// One user's rotations, oldest first.
-    pub fn of_user(&self, user: UserId) -> impl Iterator<Item = &RotationView> + '_ {
+    pub fn of_user(&self, user: UserId) -> impl DoubleEndedIterator<Item = &RotationView> + '_ {
         self.by_user
             .get(&user)
             .into_iter()

@@ -100,7 +100,7 @@ fn signed_out(main: &str) -> Html<String> {
 pub(super) fn stale_form() -> Html<String> {
     signed_out(
         r#"<p class="error" role="alert">This form did not come from your current console page, so nothing was done.</p>
-<p><a href="/console">Back to the console</a>: reload the page and try again.</p>"#,
+<p><a href="/">Back to the console</a>: reload the page and try again.</p>"#,
     )
 }
 

@@ -199,6 +199,8 @@ pub struct AppsQuery {
     limit: Option<usize>,
     /// The `next` of the previous page.
     after: Option<uuid::Uuid>,
+    /// `false`: only apps in service; `true`: only removed ones (both when left out).
+    removed: Option<bool>,
 }
 
 /// Every app, removed ones too, oldest first.
@@ -212,9 +214,12 @@ pub async fn list(
         None => 0,
         Some(a) => after_position(apps.iter().position(|x| x.id.0 == a), "app")?,
     };
-    let (items, next) = page_of(apps.into_iter().skip(start).map(App::from), q.limit, |a| {
-        a.id
-    })?;
+    let apps = apps
+        .into_iter()
+        .skip(start)
+        .filter(|a| q.removed.is_none_or(|r| a.removed == r))
+        .map(App::from);
+    let (items, next) = page_of(apps, q.limit, |a| a.id)?;
     Ok(page(items, next))
 }
 

@@ -221,7 +221,7 @@ pub async fn export_manifest(
     Ok((headers, Json(m)))
 }
 
-/// One user's whole story, in order: every event of their stream with its position, time,
+/// One user's whole story, in order (or newest first): every event of their stream with its position, time,
 /// actor and payload (sealed secrets as `"sealed"`).
 pub async fn timeline(
     State(s): State<AppState>,
@@ -233,14 +233,34 @@ pub async fn timeline(
     if s.engine.log.stream_version(&stream) == 0 {
         return Err(ApiError::NotFound("user".into()));
     }
-    // The cursor is the stream version of the last event sent.
-    let from = q.after.unwrap_or(0).saturating_add(1);
-    let wanted = q.limit.unwrap_or(100).min(super::MAX_PAGE);
-    let events = s
-        .engine
-        .log
-        .read_stream(&stream, from, wanted.saturating_add(1))?;
-    let (events, next) = super::page_of(events.into_iter(), q.limit, |e| e.version)?;
+    // The cursor is the stream version of the last event sent, in either order.
+    let wanted = super::page_limit(q.limit)?;
+    let (events, next) = match q.order.unwrap_or_default() {
+        super::Order::Oldest => {
+            let from = q.after.unwrap_or(0).saturating_add(1);
+            let events = s
+                .engine
+                .log
+                .read_stream(&stream, from, wanted.saturating_add(1))?;
+            super::page_of(events.into_iter(), q.limit, |e| e.version)?
+        }
+        super::Order::Newest => {
+            let end = match q.after {
+                Some(a) => a.saturating_sub(1),
+                None => s.engine.log.stream_version(&stream),
+            };
+            let start = end.saturating_sub(wanted as u64).saturating_add(1);
+            let mut events = if end == 0 {
+                Vec::new()
+            } else {
+                s.engine
+                    .log
+                    .read_stream(&stream, start, (end - start + 1) as usize)?
+            };
+            events.reverse();
+            (events, (start > 1).then(|| start.to_string()))
+        }
+    };
     let items = events
         .iter()
         .map(|e| TimelineEntry {
@@ -265,6 +285,8 @@ pub struct TimelineQuery {
     limit: Option<usize>,
     /// The cursor `next` of the previous page (a version of the user's stream).
     after: Option<u64>,
+    /// `oldest` first (the default) or `newest` first.
+    order: Option<super::Order>,
     /// Wait (bounded) until the projections include this position.
     min_position: Option<u64>,
 }

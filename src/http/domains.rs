@@ -473,6 +473,8 @@ pub struct DomainsQuery {
     limit: Option<usize>,
     /// The `next` of the page before.
     after: Option<uuid::Uuid>,
+    /// `false`: only domains in service; `true`: only removed ones (both when left out).
+    removed: Option<bool>,
     /// Wait (briefly) until the projections include this position.
     min_position: Option<u64>,
 }
@@ -488,7 +490,8 @@ pub async fn list(
     all.sort_by_key(|d| d.id);
     let domains = all
         .into_iter()
-        .filter(|d| q.after.is_none_or(|a| d.id.0 > a));
+        .filter(|d| q.after.is_none_or(|a| d.id.0 > a))
+        .filter(|d| q.removed.is_none_or(|r| d.removed == r));
     let (items, next) = super::page_of(domains, q.limit, |d| d.id)?;
     Ok(page(
         items

@@ -329,6 +329,9 @@ pub fn operations() -> Vec<Operation> {
         op(M::GET, "/v1/users/{id}/password-history", Read, "Every rotation of the user's password (never a password)", get(rotation::history))
             .query::<rotation::HistoryQuery>()
             .page::<rotation::PasswordChange>(),
+        op(M::GET, "/v1/users/{id}/password-history/{rotation}", Read, "One rotation of the user's password (never a password)", get(rotation::one_change))
+            .query::<Consistency>()
+            .json::<rotation::PasswordChange>(200),
         op(M::POST, "/v1/users/{id}/password/reveal", Admin, "Break-glass: the current password, recorded with the reason", post(rotation::reveal))
             .body::<rotation::RevealBody>()
             .json::<rotation::Revealed>(200),
@@ -710,6 +713,15 @@ pub fn page_of<T, C: std::fmt::Display>(
         taken.push(item);
     }
     Ok((taken, None))
+}
+
+/// Which end of a story a page starts from.
+#[derive(Clone, Copy, Default, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Order {
+    #[default]
+    Oldest,
+    Newest,
 }
 
 /// A page's size: `limit`, or 100; 1 to [`MAX_PAGE`].

@@ -4,9 +4,9 @@
 //! records it is durable.
 
 use super::auth::Principal;
-use super::error::{ApiError, ApiJson, ApiQuery, IdPath};
+use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, IdPath};
 use super::schema::{KeyWriteStateSchema, RotationOutcomeSchema, RotationReasonSchema};
-use super::{page, page_of, AppState, Page};
+use super::{page, page_of, AppState, Consistency, Page};
 use crate::rotation::{ManualStart, RotationError};
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -14,7 +14,7 @@ use axum::Json;
 use chrono::{DateTime, Utc};
 use idledger_domain::decide::user::{decide, evolve, UserCommand, WriteOutcome};
 use idledger_domain::{KeyWriteId, KeyWriteState, RotationId, RotationReason, StreamId, UserId};
-use idledger_projections::{RotationOutcome, UserStatus};
+use idledger_projections::{Projections, RotationOutcome, RotationView, UserStatus, UserView};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -99,6 +99,8 @@ pub struct HistoryQuery {
     limit: Option<usize>,
     /// The cursor `next` of the previous page.
     after: Option<uuid::Uuid>,
+    /// `oldest` first (the default) or `newest` first.
+    order: Option<super::Order>,
     /// Wait (bounded) until the projections include this position.
     min_position: Option<u64>,
 }
@@ -140,14 +142,14 @@ pub async fn history(
     s.reach(q.min_position).await?;
     let p = s.engine.projector.read();
     let user = UserId(id);
-    let u = p
-        .users
-        .get(user)
-        .ok_or_else(|| ApiError::NotFound("user".into()))?;
+    let u = known_user(&p, user)?;
     // Oldest first is log order. The cursor is the previous page's last rotation, found
     // in that order: ids (UUIDv7) follow the clock, which may have stepped back between
     // two rotations, so they are no order to page by.
-    let mut rotations = p.rotations.of_user(user);
+    let mut rotations: Box<dyn Iterator<Item = &RotationView>> = match q.order.unwrap_or_default() {
+        super::Order::Oldest => Box::new(p.rotations.of_user(user)),
+        super::Order::Newest => Box::new(p.rotations.of_user(user).rev()),
+    };
     if let Some(a) = q.after {
         if !rotations.any(|r| r.rotation_id.0 == a) {
             return Err(ApiError::BadRequest(format!(
@@ -158,7 +160,37 @@ pub async fn history(
     let (rotations, next) = page_of(rotations, q.limit, |r| r.rotation_id)?;
     let items = rotations
         .into_iter()
-        .map(|r| PasswordChange {
+        .map(|r| PasswordChange::of(u, r))
+        .collect();
+    Ok(page(items, next))
+}
+
+/// One rotation of the user (what a console polls after "Rotate now").
+pub async fn one_change(
+    State(s): State<AppState>,
+    ApiPath((id, rotation)): ApiPath<(uuid::Uuid, uuid::Uuid)>,
+    ApiQuery(q): ApiQuery<Consistency>,
+) -> Result<Json<PasswordChange>, ApiError> {
+    s.reach(q.min_position).await?;
+    let p = s.engine.projector.read();
+    let user = UserId(id);
+    let u = known_user(&p, user)?;
+    p.rotations
+        .get(RotationId(rotation))
+        .filter(|r| r.user_id == user)
+        .map(|r| Json(PasswordChange::of(u, r)))
+        .ok_or_else(|| ApiError::NotFound("rotation".into()))
+}
+
+fn known_user(p: &Projections, user: UserId) -> Result<&UserView, ApiError> {
+    p.users
+        .get(user)
+        .ok_or_else(|| ApiError::NotFound("user".into()))
+}
+
+impl PasswordChange {
+    fn of(u: &UserView, r: &RotationView) -> Self {
+        PasswordChange {
             rotation_id: r.rotation_id.0,
             reason: r.reason,
             actor: r.actor.clone(),
@@ -172,9 +204,8 @@ pub async fn history(
             key_write_id: r.key_write_id.map(|w| w.0),
             key_write_state: r.key_write_state,
             reveals: r.reveals,
-        })
-        .collect();
-    Ok(page(items, next))
+        }
+    }
 }
 
 /// `POST /v1/users/{id}/password/reveal` body.

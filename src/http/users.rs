@@ -68,9 +68,22 @@ pub struct User {
     updated_at: DateTime<Utc>,
     /// Version of the user's stream.
     version: u64,
+    /// When the next rotation is expected to start (schedule or request); `null` when
+    /// none is, and in answers about a past point.
+    next_rotation_at: Option<DateTime<Utc>>,
     /// After a change: the position of its last event.
     #[serde(skip_serializing_if = "Option::is_none")]
     position: Option<u64>,
+}
+
+impl User {
+    /// `u` as it stands now, with its next rotation.
+    fn live(s: &AppState, p: &Projections, u: &UserView) -> Self {
+        User {
+            next_rotation_at: s.rotation.next_due(p, u, Utc::now()).map(|(at, _)| at),
+            ..User::from(u)
+        }
+    }
 }
 
 impl From<&UserView> for User {
@@ -100,6 +113,7 @@ impl From<&UserView> for User {
             imported_at: u.imported_at,
             updated_at: u.updated_at,
             version: u.version,
+            next_rotation_at: None,
             position: None,
         }
     }
@@ -216,7 +230,14 @@ pub async fn list(
             |u| u.id,
         )?
     };
-    Ok(page(items.into_iter().map(User::from).collect(), next))
+    let items = items
+        .into_iter()
+        .map(|u| match past {
+            Some(_) => User::from(u),
+            None => User::live(&s, p, u),
+        })
+        .collect();
+    Ok(page(items, next))
 }
 
 /// The user's principal name or display name holds `needle` (lower case).
@@ -247,10 +268,17 @@ pub async fn get_one(
     ApiQuery(q): ApiQuery<OneQuery>,
 ) -> Result<Json<User>, ApiError> {
     s.reach(q.min_position).await?;
-    let found = |p: &Projections| p.users.get(UserId(id)).map(|u| Json(User::from(u)));
     let answer = match point_in_time(q.at, q.at_position)? {
-        Some(until) => found(&s.replay_until(until).await?),
-        None => found(&s.engine.projector.read()),
+        Some(until) => s
+            .replay_until(until)
+            .await?
+            .users
+            .get(UserId(id))
+            .map(|u| Json(User::from(u))),
+        None => {
+            let p = s.engine.projector.read();
+            p.users.get(UserId(id)).map(|u| Json(User::live(&s, &p, u)))
+        }
     };
     answer.ok_or_else(|| ApiError::NotFound("user".into()))
 }
@@ -331,7 +359,7 @@ async fn run(
     let mut body = p
         .users
         .get(user)
-        .map(User::from)
+        .map(|u| User::live(s, &p, u))
         .ok_or_else(|| ApiError::NotFound("user".into()))?;
     body.position = Some(position);
     Ok(Json(body))

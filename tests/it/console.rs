@@ -123,7 +123,7 @@ async fn an_admin_runs_the_whole_workflow_in_the_browser_and_an_auditor_only_rea
     b.wait_text("#flash", "Key assigned").await;
     b.wait_text("#user-facts", "K-0002").await;
     b.click("#rotate").await;
-    b.wait_text("#flash", "Rotation finished").await;
+    b.wait_text("#flash", "Rotation finished: succeeded").await;
     b.wait_text("#history", "succeeded").await;
     b.fill("#reason", "helpdesk ticket 4711: user locked out")
         .await;
@@ -137,7 +137,9 @@ async fn an_admin_runs_the_whole_workflow_in_the_browser_and_an_auditor_only_rea
             .await
             .unwrap();
     assert_eq!(shown, in_graph["password"].as_str().unwrap());
-    b.wait_text("#timeline", "PasswordRevealed").await;
+    // Newest first: what just happened is on top.
+    b.wait_text("#timeline tbody tr:first-child", "PasswordRevealed")
+        .await;
     b.click("#revealed button").await;
     b.wait_text("#revealed", "Hidden").await;
     // Taken once the password is hidden again: no screenshot carries one.
@@ -430,6 +432,16 @@ async fn a_session_stands_for_its_token_and_commands_need_its_csrf_token() {
         page.contains("role=\"alert\"") && page.contains("nothing was done"),
         "{page}"
     );
+    // Its way back leads to a page, not to a 404.
+    let back = attribute_after(&page, "<a href=\"");
+    let r = http
+        .get(format!("{base}{back}"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    // (The console's front door sends a signed-in admin on to the domains.)
+    assert_eq!(r.status(), StatusCode::SEE_OTHER, "{back}");
     let r = http
         .get(format!("{base}/v1/domains"))
         .header("cookie", &session)

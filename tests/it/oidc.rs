@@ -181,7 +181,11 @@ async fn code_for(
     )
     .await;
     assert_eq!(s, StatusCode::SEE_OTHER);
-    assert_eq!(get(&q, "iss"), Some(public), "RFC 9207: the answer names its issuer");
+    assert_eq!(
+        get(&q, "iss"),
+        Some(public),
+        "RFC 9207: the answer names its issuer"
+    );
     get(&q, "code").unwrap().to_owned()
 }
 
@@ -1362,7 +1366,10 @@ async fn malformed_and_oversized_requests_are_answered_without_being_kept() {
             .unwrap();
     assert_eq!(discovery["request_uri_parameter_supported"], false);
     assert_eq!(discovery["request_parameter_supported"], false);
-    assert_eq!(discovery["authorization_response_iss_parameter_supported"], true);
+    assert_eq!(
+        discovery["authorization_response_iss_parameter_supported"],
+        true
+    );
     let cases = [
         // A state that would wait in memory for a sign-in (a fresh browser: not signed in).
         (
@@ -1822,6 +1829,18 @@ async fn empty_parameters_short_verifiers_refreshes_and_userinfo_follow_the_spec
     assert!(s.is_success(), "{body}");
     let r = raw.get(&userinfo).bearer_auth(access).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // Listed as removed, and left out of the apps in service.
+    for (removed, listed) in [("false", false), ("true", true)] {
+        let (_, list) = w
+            .admin(Method::GET, &format!("/v1/apps?removed={removed}"), None)
+            .await;
+        let found = list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["id"] == app["id"]);
+        assert_eq!(found, listed, "removed={removed}: {list}");
+    }
 
     // A public app whose verifier is too short to stand up to a guess offline.
     let spa = register_spa(&w, REDIRECT).await;

@@ -742,12 +742,22 @@ async fn every_operation_answers_as_its_schema_says() {
                 None,
             )
             .await;
-        if h["items"]
+        if let Some(done) = h["items"]
             .as_array()
             .unwrap()
             .iter()
-            .any(|x| x["outcome"] == "succeeded")
+            .find(|x| x["outcome"] == "succeeded")
         {
+            let rotation = done["rotation_id"].as_str().unwrap();
+            w.checked(
+                &mut c,
+                r,
+                Method::GET,
+                "/v1/users/{id}/password-history/{rotation}",
+                &format!("/v1/users/{u}/password-history/{rotation}"),
+                None,
+            )
+            .await;
             break;
         }
         assert!(Instant::now() < deadline, "{h}");

@@ -227,6 +227,17 @@ async fn a_scheduled_rotation_sets_in_graph_exactly_the_password_the_agent_recei
         .collect();
     assert_eq!(mine.len(), 1, "{up}");
     assert_eq!(mine[0]["reason"], "scheduled");
+    // The user says the same, alone and in the list.
+    let (_, user) = w.admin(Method::GET, &format!("/v1/users/{id}"), None).await;
+    assert_eq!(user["next_rotation_at"], mine[0]["due_at"], "{user}");
+    let (_, list) = w.admin(Method::GET, "/v1/users?limit=1000", None).await;
+    let listed = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["id"] == id.as_str())
+        .unwrap();
+    assert_eq!(listed["next_rotation_at"], mine[0]["due_at"]);
     let (_, up) = w
         .admin(Method::GET, "/v1/rotations/upcoming?within_days=29", None)
         .await;
@@ -594,24 +605,45 @@ async fn a_newer_rotation_supersedes_every_write_still_owed_and_an_older_passwor
     // The history pages one rotation at a time, in the order of the whole list.
     let whole: Vec<Value> = w.history(&id).await;
     assert_eq!(whole.len(), 4);
-    let mut paged = Vec::new();
-    let mut after = String::new();
-    loop {
-        let path = format!("/v1/users/{id}/password-history?limit=1{after}");
-        let (s, page) = w.admin(Method::GET, &path, None).await;
-        assert_eq!(s, StatusCode::OK, "{page}");
-        paged.extend(page["items"].as_array().unwrap().iter().cloned());
-        match page["next"].as_str() {
-            Some(n) => after = format!("&after={n}"),
-            None => break,
-        }
-    }
+    let history = format!("/v1/users/{id}/password-history?");
+    let (paged, _) = crate::sync::all_pages(&w, &history, 1).await;
     let ids = |v: &[Value]| {
         v.iter()
             .map(|r| r["rotation_id"].clone())
             .collect::<Vec<_>>()
     };
     assert_eq!(ids(&paged), ids(&whole));
+    // Newest first pages the same list backwards.
+    let newest = format!("/v1/users/{id}/password-history?order=newest");
+    let (mut backwards, _) = crate::sync::all_pages(&w, &newest, 3).await;
+    backwards.reverse();
+    assert_eq!(ids(&backwards), ids(&whole));
+    // One rotation by its id, as in the list; not under another user.
+    let one = whole[2]["rotation_id"].as_str().unwrap();
+    let (s, found) = w
+        .admin(
+            Method::GET,
+            &format!("/v1/users/{id}/password-history/{one}"),
+            None,
+        )
+        .await;
+    assert_eq!((s, &found), (StatusCode::OK, &whole[2]));
+    let other = w.user(6).await.unwrap()["id"].as_str().unwrap().to_owned();
+    for path in [
+        format!("/v1/users/{other}/password-history/{one}"),
+        format!("/v1/users/{id}/password-history/{}", uuid::Uuid::now_v7()),
+    ] {
+        let (s, _) = w.admin(Method::GET, &path, None).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{path}");
+    }
+    let (s, _) = w
+        .admin(
+            Method::GET,
+            &format!("/v1/users/{id}/password-history/not-a-uuid"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
     let stranger = format!(
         "/v1/users/{id}/password-history?after={}",
         uuid::Uuid::now_v7()

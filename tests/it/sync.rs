@@ -1618,7 +1618,7 @@ async fn absurd_numbers_from_graph_do_not_stop_a_run() {
 }
 
 /// Follows `next` from `path` (which has `?` already) to the end; every item once.
-async fn all_pages(w: &World, path: &str, limit: usize) -> (Vec<Value>, usize) {
+pub(crate) async fn all_pages(w: &World, path: &str, limit: usize) -> (Vec<Value>, usize) {
     let mut items = Vec::new();
     let mut pages = 0;
     let mut after: Option<String> = None;
@@ -1692,6 +1692,20 @@ async fn candidates_runs_outcomes_domains_and_timelines_page() {
     }
     let (domains, pages) = all_pages(&w, "/v1/domains?", 2).await;
     assert_eq!((domains.len(), pages), (5, 3));
+    // Removed ones are flagged, and can be left out.
+    let gone = domains[1]["id"].as_str().unwrap();
+    let (s, _) = w
+        .admin(Method::DELETE, &format!("/v1/domains/{gone}"), None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (live, _) = all_pages(&w, "/v1/domains?removed=false", 2).await;
+    assert_eq!(live.len(), 4);
+    assert!(live
+        .iter()
+        .all(|d| d["id"] != gone && d["removed"] == false));
+    let (removed, _) = all_pages(&w, "/v1/domains?removed=true", 2).await;
+    assert_eq!(removed.len(), 1);
+    assert_eq!(removed[0]["id"], gone);
     let user = candidates[0]["id"].as_str().unwrap();
     let (story, _) = all_pages(&w, &format!("/v1/users/{user}/timeline?"), 1).await;
     let (_, whole) = w
@@ -1702,6 +1716,22 @@ async fn candidates_runs_outcomes_domains_and_timelines_page() {
         )
         .await;
     assert_eq!(&story, whole["items"].as_array().unwrap());
+    // Newest first: the same story backwards, a page at a time, whatever the page size.
+    for limit in [1, 2, 1000] {
+        let (backwards, _) = all_pages(
+            &w,
+            &format!("/v1/users/{user}/timeline?order=newest"),
+            limit,
+        )
+        .await;
+        let mut forwards = backwards.clone();
+        forwards.reverse();
+        assert_eq!(
+            &forwards,
+            whole["items"].as_array().unwrap(),
+            "limit {limit}"
+        );
+    }
     let (s, body) = w
         .admin(
             Method::GET,

@@ -108,6 +108,43 @@ function facts(dl, pairs) {
   dl.replaceChildren(...pairs.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
 }
 
+/// `table` shown a page at a time: `url(after)` is a page's address (`after` null for the
+/// first), `row` makes a row. Answers the function that loads the first page again.
+function pagedTable(table, url, row, empty) {
+  const first = el("button", { type: "button", hidden: true, "data-first": table.id }, "First page");
+  const more = el("button", { type: "button", hidden: true, "data-next": table.id }, "Next page");
+  table.after(el("div", { class: "pager" }, first, more));
+  let next = null;
+  const load = async (after) => {
+    const page = await api("GET", url(after));
+    fill(table, page.items.map(row), typeof empty === "function" ? empty() : empty);
+    next = page.next;
+    more.hidden = !next;
+    first.hidden = !after;
+  };
+  more.addEventListener("click", () => load(next).catch((e) => flash(e.message, "error")));
+  first.addEventListener("click", () => load(null).catch((e) => flash(e.message, "error")));
+  return () => load(null);
+}
+
+/// Every item of a collection, following `next` (for choices such as the domains of a
+/// select, which must not be cut off).
+async function allItems(base) {
+  const items = [];
+  let after = null;
+  do {
+    const page = await api("GET", withAfter(base, after));
+    items.push(...page.items);
+    after = page.next;
+  } while (after);
+  return items;
+}
+
+/// `base` with `after` added when there is one.
+function withAfter(base, after) {
+  return after ? `${base}&after=${encodeURIComponent(after)}` : base;
+}
+
 function formObject(form) {
   const o = {};
   for (const [k, v] of new FormData(form).entries()) if (v !== "") o[k] = v;
@@ -158,8 +195,7 @@ function domainBody(form) {
 }
 
 async function domainsPage() {
-  const list = await api("GET", "/v1/domains?limit=1000");
-  fill($("#domains"), list.items.filter((d) => !d.removed).map((d) => {
+  await pagedTable($("#domains"), (after) => withAfter("/v1/domains?limit=100&removed=false", after), (d) => {
     const last = d.last_sync;
     const next = d.sync_active && last?.finished_at
       ? when(new Date(new Date(last.finished_at).getTime() + d.sync_interval_minutes * 60000))
@@ -171,7 +207,7 @@ async function domainsPage() {
       el("td", {}, last ? [badge(last.status), " ", when(last.finished_at ?? last.started_at)] : "never"),
       el("td", {}, next),
       el("td", {}, last?.error ? `${last.graph_code ?? ""} ${last.error}`.trim() : ""));
-  }), "No domains yet." + (admin ? " Add one below." : ""));
+  }, "No domains yet." + (admin ? " Add one below." : ""))();
   const form = $("#add-domain");
   if (!form) return;
   wire($("#test-connection"), async () => {
@@ -234,15 +270,21 @@ async function domainPage() {
     ["Last sync", d.last_sync ? `${d.last_sync.status} ${when(d.last_sync.finished_at ?? d.last_sync.started_at)}` : "never"],
   ]);
   showFacts();
+  const firstRuns = pagedTable($("#runs"),
+    (after) => withAfter(`/v1/domains/${pageId}/sync-runs?limit=20`, after), runRow, "No runs yet.");
   const refreshRuns = async () => {
-    const runs = await api("GET", `/v1/domains/${pageId}/sync-runs?limit=20`);
-    fill($("#runs"), runs.items.map(runRow), "No runs yet.");
+    await firstRuns();
+    // From the domain, not the runs table: a run waiting for approval stays here however
+    // many runs came after it.
+    d = await api("GET", `/v1/domains/${pageId}`);
     const q = $("#quarantine");
-    const held = runs.items.find((r) => r.status === "quarantined" && !r.approved);
+    const held = d.quarantined_run
+      ? await api("GET", `/v1/domains/${pageId}/sync-runs/${d.quarantined_run}`) : null;
     q.replaceChildren();
     if (held) {
       q.append(el("div", { class: "report missing" },
-        el("p", {}, `A run was quarantined: it would remove ${held.held_removals_total} users and applied none of those removals.`),
+        el("p", {}, `A run was quarantined: it would remove ${held.held_removals_total} users and applied none of those removals.` +
+          (d.quarantined_runs.length > 1 ? ` ${d.quarantined_runs.length - 1} more quarantined runs wait after it.` : "")),
         admin ? el("button", { type: "button", id: "approve", class: "danger" }, "Approve removals") : null));
       wire($("#approve"), async () => {
         await api("POST", `/v1/domains/${pageId}/sync-runs/${held.run_id}/approve`);
@@ -252,13 +294,12 @@ async function domainPage() {
     }
   };
   await refreshRuns();
-  const refreshCertificates = async () => {
-    const certs = await api("GET", `/v1/domains/${pageId}/workstation-certificates?limit=20`);
-    fill($("#certificates"), certs.items.map((c) => el("tr", {},
+  const refreshCertificates = pagedTable($("#certificates"),
+    (after) => withAfter(`/v1/domains/${pageId}/workstation-certificates?limit=20`, after),
+    (c) => el("tr", {},
       el("td", { class: "mono" }, c.id), el("td", {}, badge(c.status)),
       el("td", {}, when(c.not_before)), el("td", {}, when(c.not_after)),
-      el("td", {}, c.retired_at ? when(c.retired_at) : ""))), "No certificate yet.");
-  };
+      el("td", {}, c.retired_at ? when(c.retired_at) : "")), "No certificate yet.");
   await refreshCertificates();
   if (!admin) return;
   wire($("#replace-certificate"), async () => {
@@ -376,14 +417,9 @@ async function importPage() {
 // ---- Users -----------------------------------------------------------------------------
 
 async function usersPage() {
-  const domains = await api("GET", "/v1/domains?limit=1000");
-  const names = new Map(domains.items.map((d) => [d.id, d.domain]));
-  for (const d of domains.items) $("#udomain").append(el("option", { value: d.id }, d.domain));
-  const due = new Map();
-  try {
-    const up = await api("GET", "/v1/rotations/upcoming?within_days=3650&limit=1000");
-    for (const r of up.items) due.set(r.user_id, r.due_at);
-  } catch { /* rotations are a badge, not the page */ }
+  const domains = await allItems("/v1/domains?limit=1000");
+  const names = new Map(domains.map((d) => [d.id, d.domain]));
+  for (const d of domains) $("#udomain").append(el("option", { value: d.id }, d.domain));
   let after = null;
   const load = async (reset) => {
     if (reset) after = null;
@@ -398,7 +434,7 @@ async function usersPage() {
       el("td", {}, badge(u.status)),
       el("td", {}, u.key_id ? badge(u.key_id, "key") : "—"),
       el("td", {}, ssoText(u.sso)),
-      el("td", {}, due.has(u.id) ? when(due.get(u.id)) : "—"))), "No users match.");
+      el("td", {}, when(u.next_rotation_at)))), "No users match.");
     after = page.next;
     $("#users-more").hidden = !page.next;
   };
@@ -425,15 +461,17 @@ async function userPage() {
     ]);
     return u;
   };
-  const history = async () => {
-    const h = await api("GET", `/v1/users/${pageId}/password-history`);
-    fill($("#history"), h.items.map((r) => el("tr", {},
+  // Newest first, a page at a time: what just happened is on top, and nothing is cut off.
+  const firstRotations = pagedTable($("#history"),
+    (after) => withAfter(`/v1/users/${pageId}/password-history?order=newest&limit=20`, after),
+    (r) => el("tr", {},
       el("td", {}, when(r.started_at)), el("td", {}, badge(r.outcome), r.graph_code ? ` ${r.graph_code}` : ""),
-      el("td", {}, when(r.finished_at)), el("td", {}, r.retries), el("td", {}, r.reason))), "No rotations yet.");
-    const t = await api("GET", `/v1/users/${pageId}/timeline?limit=200`);
-    fill($("#timeline"), t.items.map((e) => el("tr", {},
-      el("td", {}, when(e.recorded_at)), el("td", {}, e.kind), el("td", {}, e.actor))), "Nothing yet.");
-  };
+      el("td", {}, when(r.finished_at)), el("td", {}, r.retries), el("td", {}, r.reason)), "No rotations yet.");
+  const firstEvents = pagedTable($("#timeline"),
+    (after) => withAfter(`/v1/users/${pageId}/timeline?order=newest&limit=50`, after),
+    (e) => el("tr", {}, el("td", {}, when(e.recorded_at)), el("td", {}, e.kind), el("td", {}, e.actor)),
+    "Nothing yet.");
+  const history = async () => { await firstRotations(); await firstEvents(); };
   await show();
   await history();
   $("#as-of").addEventListener("submit", (e) => {
@@ -464,14 +502,20 @@ async function userPage() {
     await after("SSO override saved.");
   });
   wire($("#rotate"), async () => {
-    await api("POST", `/v1/users/${pageId}/rotate`);
-    flash("Rotation started.");
-    for (let i = 0; i < 40; i++) {
-      const h = await api("GET", `/v1/users/${pageId}/password-history`);
-      if (h.items.length && h.items.every((r) => r.outcome !== "pending")) break;
-      await new Promise((r) => setTimeout(r, 250));
+    const started = await api("POST", `/v1/users/${pageId}/rotate`);
+    if (!started.rotation_id) {
+      await after(`Rotation requested: it starts ${when(started.deferred_until)}, once the last one's outcome is settled.`);
+      return;
     }
-    await after("Rotation finished.");
+    flash("Rotation started.");
+    // This rotation, not the history's first page: older rotations say nothing of it.
+    let outcome = "pending";
+    for (let i = 0; i < 40 && outcome === "pending"; i++) {
+      outcome = (await api("GET", `/v1/users/${pageId}/password-history/${started.rotation_id}`)).outcome;
+      if (outcome === "pending") await new Promise((r) => setTimeout(r, 250));
+    }
+    await after(outcome === "pending" ? "Rotation still running: its outcome will show in the history."
+      : `Rotation finished: ${outcome}.`);
   });
   wire($("#reveal"), async () => {
     const reason = $("#reason").value.trim();
@@ -500,13 +544,11 @@ async function userPage() {
 // ---- Rotations and audit ---------------------------------------------------------------
 
 async function rotationsPage() {
-  const load = async () => {
-    const days = $("#within").value || "30";
-    const up = await api("GET", `/v1/rotations/upcoming?within_days=${encodeURIComponent(days)}&limit=500`);
-    fill($("#upcoming"), up.items.map((r) => el("tr", {},
-      el("td", {}, el("a", { href: `/console/users/${r.user_id}` }, r.user_principal_name)),
-      el("td", {}, when(r.due_at)), el("td", {}, r.reason))), "No rotation is due in that time.");
-  };
+  const load = pagedTable($("#upcoming"), (after) => withAfter(
+    `/v1/rotations/upcoming?within_days=${encodeURIComponent($("#within").value || "30")}&limit=100`, after),
+  (r) => el("tr", {},
+    el("td", {}, el("a", { href: `/console/users/${r.user_id}` }, r.user_principal_name)),
+    el("td", {}, when(r.due_at)), el("td", {}, r.reason)), "No rotation is due in that time.");
   $("#upcoming-form").addEventListener("submit", (e) => { e.preventDefault(); load().catch((x) => flash(x.message, "error")); });
   await load();
 }
@@ -642,11 +684,9 @@ function showSecret(a, what) {
 const lines = (text) => (text ?? "").split("\n").map((l) => l.trim()).filter((l) => l);
 
 async function appsPage() {
-  const domains = (await api("GET", "/v1/domains?limit=1000")).items.filter((d) => !d.removed);
+  const domains = await allItems("/v1/domains?limit=1000&removed=false");
   const names = new Map(domains.map((d) => [d.id, d.domain]));
-  const refresh = async () => {
-    const list = await api("GET", "/v1/apps?limit=1000");
-    fill($("#apps"), list.items.filter((a) => !a.removed).map((a) => {
+  const refreshApps = pagedTable($("#apps"), (after) => withAfter("/v1/apps?limit=100&removed=false", after), (a) => {
       const actions = [];
       if (admin && a.type === "confidential") {
         actions.push(el("button", { type: "button", "data-secret": a.id, onclick: async (ev) => {
@@ -668,14 +708,15 @@ async function appsPage() {
         el("td", {}, a.redirect_uris.join("\n")),
         el("td", {}, a.domain_ids.map((d) => names.get(d) ?? d).join(", ")),
         el("td", {}, badge("active")), el("td", {}, actions));
-    }), "No apps yet." + (admin ? " Register one below." : ""));
-    const keys = await api("GET", "/v1/provider/signing-keys?limit=100");
-    fill($("#signing-keys"), keys.items.map((k) => el("tr", {},
+  }, "No apps yet." + (admin ? " Register one below." : ""));
+  const refreshKeys = pagedTable($("#signing-keys"),
+    (after) => withAfter("/v1/provider/signing-keys?limit=20", after),
+    (k) => el("tr", {},
       el("td", { class: "mono" }, k.kid), el("td", {}, k.alg),
       el("td", {}, badge(k.status === "current" ? "current" : "retired", k.status === "current" ? "active" : "deactivated")),
-      el("td", {}, when(k.added_at)), el("td", {}, k.verify_until ? when(k.verify_until) : "in force"))),
+      el("td", {}, when(k.added_at)), el("td", {}, k.verify_until ? when(k.verify_until) : "in force")),
     "No signing key yet: the first app makes one.");
-  };
+  const refresh = async () => { await refreshApps(); await refreshKeys(); };
   await refresh();
   const form = $("#add-app");
   if (!form) return;

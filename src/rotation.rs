@@ -607,6 +607,14 @@ impl RotationService {
         Self::lock(&self.inner.in_flight).remove(&id);
     }
 
+    /// Deleted, so their keys were shredded on purpose.
+    fn user_deleted(&self, user: UserId) -> bool {
+        let p = self.inner.engine.projector.read();
+        p.users
+            .get(user)
+            .is_some_and(|u| u.status == UserStatus::Deleted)
+    }
+
     /// The user and state of an open rotation, from the projections.
     fn open_rotation(&self, id: RotationId) -> Result<Option<OpenView>, RotationError> {
         let p = self.inner.engine.projector.read();
@@ -695,6 +703,12 @@ impl RotationService {
                     // attempt may have reached Graph. The rotation stays open for the next
                     // turn; only a key that is gone ends it.
                     Err(e @ SecretsError::Storage(_)) => return Err(e.into()),
+                    Err(e) if !self.user_deleted(o.user) => {
+                        // A key lost or damaged for a user who still has it: ending the
+                        // rotation would forget a password Graph may hold. It stays open
+                        // (and shows as needing attention) until an operator sees to it.
+                        return Err(e.into());
+                    }
                     Err(e) => {
                         // The user's key was shredded: nothing to set, nothing to keep.
                         let failed = RotationFailed {

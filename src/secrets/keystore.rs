@@ -34,7 +34,14 @@ fn storage(e: impl std::fmt::Display) -> SecretsError {
 
 /// What the lock guards: the entries, the append handle, and how far changes are durable.
 struct State {
+    /// Entries on the device: the only ones `get` answers.
     entries: Entries,
+    /// Entries appended but not yet known durable. A rewrite carries them too (their
+    /// appends would otherwise vanish with the old file), but nobody reads them.
+    pending: Entries,
+    /// An append or its sync failed: the file may end in a partial line or hold bytes
+    /// the device never took. The next change rewrites it whole first.
+    damaged: bool,
     file: std::fs::File,
     /// Appends made, counted, and how many of them are known durable.
     appended: u64,
@@ -95,8 +102,11 @@ fn sync_dir(dir: &Path) -> Result<(), SecretsError> {
 }
 
 /// Writes `entries` as the whole new file at `path`: temporary file, `fdatasync`, rename,
-/// directory `fsync`.
-fn rewrite(path: &Path, entries: &Entries) -> Result<(), SecretsError> {
+/// directory `fsync`. A later entry for the same key wins, as on reading.
+fn rewrite<'e>(
+    path: &Path,
+    entries: impl Iterator<Item = (&'e Vec<u8>, &'e Vec<u8>)>,
+) -> Result<(), SecretsError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = path.with_extension("tmp");
     let _ = std::fs::remove_file(&tmp);
@@ -124,13 +134,13 @@ impl KeyFile {
             Ok(text) => {
                 let (entries, torn) = parse(&text)?;
                 if torn {
-                    rewrite(&path, &entries)?;
+                    rewrite(&path, entries.iter())?;
                 }
                 entries
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let entries = BTreeMap::new();
-                rewrite(&path, &entries)?;
+                rewrite(&path, entries.iter())?;
                 entries
             }
             Err(e) => return Err(storage(format!("{}: {e}", path.display()))),
@@ -138,6 +148,8 @@ impl KeyFile {
         Ok(KeyFile {
             state: Mutex::new(State {
                 entries,
+                pending: BTreeMap::new(),
+                damaged: false,
                 file: append_handle(&path)?,
                 appended: 0,
                 synced: 0,
@@ -164,9 +176,33 @@ impl KeyFile {
             }
             (s.file.try_clone().map_err(storage)?, s.appended)
         };
-        file.sync_data().map_err(storage)?;
+        if let Err(e) = file.sync_data() {
+            // What the device holds of the file is unknown now (Linux may even forget
+            // the failure): rewrite it whole before trusting it again.
+            self.state().damaged = true;
+            return Err(storage(e));
+        }
         let mut s = self.state();
         s.synced = s.synced.max(target);
+        Ok(())
+    }
+
+    /// Replaces a damaged file with one written whole from what is known.
+    fn mend(&self, s: &mut State) -> Result<(), SecretsError> {
+        if s.damaged {
+            self.rewrite_locked(s)?;
+        }
+        Ok(())
+    }
+
+    /// The whole file anew from the entries and the pending ones; every change before it
+    /// is then durable. Called with the state lock held, so appends wait meanwhile.
+    fn rewrite_locked(&self, s: &mut State) -> Result<(), SecretsError> {
+        rewrite(&self.path, s.entries.iter().chain(s.pending.iter()))?;
+        s.file = append_handle(&self.path)?;
+        s.rewritten = s.removed;
+        s.synced = s.appended;
+        s.damaged = false;
         Ok(())
     }
 
@@ -178,12 +214,7 @@ impl KeyFile {
         if s.rewritten >= upto {
             return Ok(());
         }
-        // Appends wait while the file is replaced (the state lock is held throughout).
-        rewrite(&self.path, &s.entries)?;
-        s.file = append_handle(&self.path)?;
-        s.rewritten = s.removed;
-        s.synced = s.appended;
-        Ok(())
+        self.rewrite_locked(&mut s)
     }
 }
 
@@ -192,17 +223,25 @@ impl KeyStorage for KeyFile {
         Ok(self.state().entries.get(key).cloned())
     }
 
+    /// An entry is readable only once it is on the device: a key handed out before would
+    /// let a record be sealed under it and then lost with the file's tail.
     fn put_all(&self, entries: &[(&[u8], &[u8])]) -> Result<(), SecretsError> {
         let (appended, replaced) = {
             let mut s = self.state();
+            self.mend(&mut s)?;
             let mut text = String::new();
             let mut replaced = false;
             for (k, v) in entries {
                 replaced |= s.entries.get(*k).is_some_and(|old| old != v);
-                s.entries.insert(k.to_vec(), v.to_vec());
                 text.push_str(&line(k, v));
             }
-            s.file.write_all(text.as_bytes()).map_err(storage)?;
+            if let Err(e) = s.file.write_all(text.as_bytes()) {
+                s.damaged = true;
+                return Err(storage(e));
+            }
+            for (k, v) in entries {
+                s.pending.insert(k.to_vec(), v.to_vec());
+            }
             s.appended += 1;
             if replaced {
                 // The old value must not stay readable in the file.
@@ -212,10 +251,24 @@ impl KeyStorage for KeyFile {
                 (s.appended, None)
             }
         };
-        match replaced {
+        let done = match replaced {
             Some(removal) => self.rewrite_through(removal),
             None => self.sync_through(appended),
+        };
+        let mut s = self.state();
+        for (k, v) in entries {
+            // Unless a removal took it meanwhile (it is then gone from the file too).
+            if s.pending.get(*k).is_some_and(|p| p == v) {
+                s.pending.remove(*k);
+                if done.is_ok() {
+                    s.entries.insert(k.to_vec(), v.to_vec());
+                }
+            }
         }
+        if done.is_err() {
+            s.damaged = true;
+        }
+        done
     }
 
     fn remove_all(&self, keys: &[&[u8]]) -> Result<(), SecretsError> {
@@ -224,6 +277,7 @@ impl KeyStorage for KeyFile {
             let mut removed = false;
             for k in keys {
                 removed |= s.entries.remove(*k).is_some();
+                removed |= s.pending.remove(*k).is_some();
             }
             if removed {
                 s.removed += 1;
@@ -270,6 +324,34 @@ mod tests {
         ks.remove_all(&[b"c"]).unwrap();
         let text = std::fs::read_to_string(path_in(dir.path())).unwrap();
         assert!(!text.contains(&B64.encode(b"three-secret")), "{text}");
+    }
+
+    /// A key whose append failed is never handed out, and the file it may have torn is
+    /// rewritten whole before the next append.
+    #[test]
+    fn a_failed_append_hands_out_nothing_and_the_next_one_mends_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let ks = KeyFile::open(dir.path()).unwrap();
+        ks.put_all(&[(b"a", b"one")]).unwrap();
+        // A handle that cannot write stands for a full or failing device.
+        ks.state().file = std::fs::File::open(path_in(dir.path())).unwrap();
+        assert!(ks.put_all(&[(b"k", b"lost")]).is_err());
+        assert_eq!(ks.get(b"k").unwrap(), None, "a key not on the device");
+        // A torn half line, as a short write would leave.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(path_in(dir.path()))
+            .unwrap()
+            .write_all(b"aGFsZg")
+            .unwrap();
+        ks.put_all(&[(b"b", b"two")]).unwrap();
+        assert_eq!(ks.get(b"b").unwrap().as_deref(), Some(&b"two"[..]));
+        drop(ks);
+        let text = std::fs::read_to_string(path_in(dir.path())).unwrap();
+        let (entries, torn) = parse(&text).unwrap();
+        assert!(!torn, "{text}");
+        let keys: Vec<&[u8]> = entries.keys().map(Vec::as_slice).collect();
+        assert_eq!(keys, [&b"a"[..], b"b"]);
     }
 
     #[test]

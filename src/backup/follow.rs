@@ -242,7 +242,16 @@ fn open_chunks(
     let mut sections = match SectionReader::open(&mut reader) {
         Ok(s) => s,
         Err(BackupError::Io(e)) => return Err(BackupError::Io(e)),
-        Err(_) => return Ok(0),
+        // Cut while its header was written, or its blocks never reached the device:
+        // nothing in it yet. Any other header is damage no crash makes, and reading the
+        // segment as empty would drop every record in it.
+        Err(_) if header_cut(file, len)? || zeros_from(file, 0, len)? => return Ok(0),
+        Err(_) => {
+            return Err(refused(
+                "open segment",
+                "its header is damaged: not a write a crash cut off",
+            ))
+        }
     };
     let mut end = sections.offset;
     loop {
@@ -264,22 +273,37 @@ fn open_chunks(
     Ok(end)
 }
 
+/// Whether `file` (of `len` bytes) is a beginning of the header and nothing more.
+fn header_cut(file: &File, len: u64) -> Result<bool, BackupError> {
+    use std::io::Read;
+    if len > MAGIC.len() as u64 {
+        return Ok(false);
+    }
+    let mut head = Vec::new();
+    (&*file).seek(SeekFrom::Start(0))?;
+    file.take(len).read_to_end(&mut head)?;
+    Ok(MAGIC.starts_with(&head))
+}
+
+/// Whether the bytes of `file` from `from` to `len` are all zero.
+fn zeros_from(file: &File, from: u64, len: u64) -> Result<bool, BackupError> {
+    use std::io::Read;
+    (&*file).seek(SeekFrom::Start(from))?;
+    let mut rest = file.take(len.saturating_sub(from));
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        match rest.read(&mut buf)? {
+            0 => return Ok(true),
+            n if buf[..n].iter().any(|&b| b != 0) => return Ok(false),
+            _ => {}
+        }
+    }
+}
+
 /// Whether the bytes of `file` from `at` to `len` can be what a crash leaves: a section
 /// that runs to the end (cut, or whole but with blocks never written) or zeros after it.
 fn tail_of(file: &File, at: u64, len: u64) -> Result<bool, BackupError> {
     use std::io::Read;
-    let zeros = |from: u64| -> Result<bool, BackupError> {
-        (&*file).seek(SeekFrom::Start(from))?;
-        let mut rest = file.take(len.saturating_sub(from));
-        let mut buf = vec![0u8; 64 << 10];
-        loop {
-            match rest.read(&mut buf)? {
-                0 => return Ok(true),
-                n if buf[..n].iter().any(|&b| b != 0) => return Ok(false),
-                _ => {}
-            }
-        }
-    };
     (&*file).seek(SeekFrom::Start(at))?;
     let mut head = [0u8; 9];
     if len.saturating_sub(at) < head.len() as u64 {
@@ -288,7 +312,7 @@ fn tail_of(file: &File, at: u64, len: u64) -> Result<bool, BackupError> {
     (&*file).read_exact(&mut head)?;
     let declared = u64::from_le_bytes(head[1..].try_into().unwrap_or_default());
     let after = at.saturating_add(9).saturating_add(declared);
-    Ok(after >= len || zeros(after)?)
+    Ok(after >= len || zeros_from(file, after, len)?)
 }
 
 /// The segment being filled.

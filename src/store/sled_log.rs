@@ -276,14 +276,7 @@ impl SledEventLog {
         durability: Durability,
         tree: bool,
     ) -> Result<Arc<Self>, StoreError> {
-        if restore_staging_dir(data_dir).exists() {
-            // Its log may be whole while its keys or tree are not: served, every sealed
-            // secret would read as shredded and the log would sign with a new key.
-            return Err(StoreError::Io(format!(
-                "{} holds an interrupted restore: remove the directory and restore again",
-                data_dir.display()
-            )));
-        }
+        refuse_interrupted_restore(data_dir)?;
         std::fs::create_dir_all(data_dir).map_err(|e| StoreError::Io(e.to_string()))?;
         let db = sled::Config::new()
             .path(store_dir(data_dir))
@@ -611,9 +604,23 @@ impl Importer {
     }
 }
 
-/// Opens a data dir's log for reading what is there: no checks, no writer. `verify` uses
-/// it, since it must report a damaged store rather than refuse to open it.
+/// A data dir whose restore was cut off: its log may be whole while its keys or tree are
+/// not. Served, every sealed secret would read as shredded and the log would sign with a
+/// new key; verified or exported, a half-moved dir would be reported as fine.
+fn refuse_interrupted_restore(data_dir: &Path) -> Result<(), StoreError> {
+    if restore_staging_dir(data_dir).exists() {
+        return Err(StoreError::Io(format!(
+            "{} holds an interrupted restore: remove the directory and restore again",
+            data_dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Opens a data dir's log for reading what is there: no checks of its records, no writer.
+/// `verify` uses it, since it must report a damaged store rather than refuse to open it.
 pub fn open_raw(data_dir: &Path) -> Result<RawStore, StoreError> {
+    refuse_interrupted_restore(data_dir)?;
     let dir = store_dir(data_dir);
     if !dir.exists() {
         return Err(StoreError::Io(format!("no store at {}", dir.display())));

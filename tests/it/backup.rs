@@ -370,6 +370,10 @@ async fn a_wrong_backup_is_refused_naming_the_part_and_nothing_is_written() {
     let refused = idledger::store::SledEventLog::open(&target).map(|_| ());
     let err = refused.expect_err("an interrupted restore was opened");
     assert!(err.to_string().contains("interrupted restore"), "{err}");
+    // Nor read by the auditors' tools, which would report a half-moved dir as fine.
+    let (ok, report, _) = run(&["verify", "--data-dir", path(&target)]);
+    let reason = report["reason"].as_str().unwrap_or_default();
+    assert!(!ok && reason.contains("interrupted restore"), "{report}");
 }
 
 /// Runs `idledger` with the server's token, without blocking the test's runtime.
@@ -905,11 +909,25 @@ async fn damage_inside_a_copy_is_refused_and_only_a_torn_tail_is_cut() {
     long[at + 1..at + 9].copy_from_slice(&(good.len() as u64).to_le_bytes());
     let mut headless = good.clone();
     headless[..4].copy_from_slice(b"XXXX");
-    for (what, damaged) in [("length", long), ("header", headless)] {
+    // A header no crash makes is refused for what it is, with or without a head to say
+    // records are missing.
+    std::fs::remove_file(copy.join("signed-tree-head")).unwrap();
+    std::fs::write(&open, &headless).unwrap();
+    let (ok, done, err) = restore(&copy, &dir.path().join("r-headless"), &[]);
+    assert!(
+        !ok,
+        "restored a copy whose open segment lost its header: {done}"
+    );
+    assert!(err.contains("header is damaged"), "{err}");
+    std::fs::write(copy.join("signed-tree-head"), &heads[1]).unwrap();
+    for (what, damaged, says) in [
+        ("length", long, "signed tree head covers"),
+        ("header", headless, "header is damaged"),
+    ] {
         std::fs::write(&open, &damaged).unwrap();
         let (ok, done, err) = restore(&copy, &dir.path().join(format!("r-{what}")), &[]);
         assert!(!ok, "{what}: restored a damaged copy: {done}");
-        assert!(err.contains("signed tree head covers"), "{what}: {err}");
+        assert!(err.contains(says), "{what}: {err}");
         let (ok, _, err) = run_with_token("unused", &once).await;
         assert!(
             !ok && err.contains("open segment"),

@@ -796,6 +796,22 @@ pub struct TokenRevoked {
     pub token_id: TokenId,
 }
 
+impl Event {
+    /// The secret sealed in this event, if it carries one: reading it needs the data key
+    /// of its stream's subject.
+    pub fn sealed(&self) -> Option<&SealedSecret> {
+        match self {
+            Event::DomainCredentialsSet(e) => Some(&e.client_secret),
+            Event::WorkstationCertificateIssued(e) => Some(&e.sealed_private_key),
+            Event::SigningKeyAdded(e) => Some(&e.sealed_private_key),
+            Event::PasskeyRegistered(e) => Some(&e.sealed_public_key),
+            Event::TotpEnrolled(e) => Some(&e.sealed_seed),
+            Event::RotationStarted(e) => Some(&e.sealed_password),
+            _ => None,
+        }
+    }
+}
+
 macro_rules! event_catalogue {
     ($( $(#[$doc:meta])* $variant:ident = $kind:literal, schema $schema:literal, $cat:ident; )*) => {
         /// Every event idledger records.

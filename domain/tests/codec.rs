@@ -115,6 +115,16 @@ fn golden_bytes_still_decode_and_chain() {
     }
 }
 
+/// `Event::sealed` names the secret of every kind that carries one (a restore without a
+/// key store relies on it to tell that secrets would be lost), and no other kind.
+#[test]
+fn every_kind_that_carries_a_sealed_secret_says_so() {
+    for (kind, _, _, env) in golden_records() {
+        let shows_sealed = env.event.payload_json().to_string().contains("\"sealed\"");
+        assert_eq!(env.event.sealed().is_some(), shows_sealed, "{kind}");
+    }
+}
+
 #[test]
 fn json_view_never_shows_sealed_bytes() {
     for (kind, _, _, env) in golden_records() {

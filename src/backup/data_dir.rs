@@ -159,6 +159,7 @@ pub fn restore(
     from: &mut BackupSource,
     data_dir: &Path,
     log_key: Option<&LogPublicKey>,
+    keys: KeysNeeded,
     progress: impl FnMut(u64),
 ) -> Result<Restored, BackupError> {
     if occupied(data_dir)? {
@@ -173,7 +174,7 @@ pub fn restore(
             .create(data_dir)?;
     }
     let staging = crate::store::sled_log::restore_staging_dir(data_dir);
-    let outcome = restore_into(from, &staging, log_key, progress).and_then(|restored| {
+    let outcome = restore_into(from, &staging, log_key, keys, progress).and_then(|restored| {
         // The names of the files inside the staged directories (sled's, the tree's) are on
         // the device before the directories move.
         for entry in std::fs::read_dir(&staging)? {
@@ -245,6 +246,7 @@ fn restore_into(
     from: &mut BackupSource,
     staging: &Path,
     log_key: Option<&LogPublicKey>,
+    keys: KeysNeeded,
     mut progress: impl FnMut(u64),
 ) -> Result<Restored, BackupError> {
     let importer = import_records(staging)?;
@@ -267,6 +269,7 @@ fn restore_into(
         })
         .collect();
     let mut turn = 0usize;
+    let mut sealed = 0usize;
     let mut projections = Projections::new();
     let mut batch = Batch::new();
     let gone = || refused("store", "the writer stopped");
@@ -276,6 +279,7 @@ fn restore_into(
             return Ok(());
         };
         projections.apply(env);
+        sealed += usize::from(env.event.sealed().is_some());
         batch.pages.push(checked.position, bytes);
         batch.records += 1;
         batch.bytes += bytes.len();
@@ -349,6 +353,18 @@ fn restore_into(
     let signed_head = log_key
         .map(|key| check_signed_head(manifest, &leaves, key))
         .transpose()?;
+    if sealed > 0 && contents.sealed.keystore.is_none() && keys == KeysNeeded::Required {
+        // A sealed segment of a `--follow` copy, say: restored, every secret in it would
+        // read as shredded and the log would sign under a new key, with no word of it.
+        return Err(refused(
+            "key store",
+            format!(
+                "the backup holds {sealed} sealed secrets and no key store to open them \
+                 (a copy's sealed segment carries none: restore the copy's directory); \
+                 --without-keys restores it anyway, every secret unreadable"
+            ),
+        ));
+    }
     progress(contents.manifest.position);
     crate::store::tree::install_leaves(staging, &leaves)?;
     let write = |path: std::path::PathBuf, bytes: &Option<Vec<u8>>| -> Result<(), BackupError> {
@@ -386,6 +402,15 @@ fn restore_into(
         projections,
         signed_head,
     })
+}
+
+/// Whether a restore needs the backup's key store when the records hold sealed secrets.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum KeysNeeded {
+    /// Refuse a backup whose secrets could not be opened.
+    Required,
+    /// Restore the records alone (to read or verify them), secrets unreadable.
+    NotNeeded,
 }
 
 /// The manifest's signed tree head, when it verifies with `key` and its root is the root

@@ -15,7 +15,7 @@
 mod data_dir;
 pub mod follow;
 
-pub use data_dir::{backup_data_dir, restore, BackupSource, Restored};
+pub use data_dir::{backup_data_dir, restore, BackupSource, KeysNeeded, Restored};
 
 use crate::durable::{parent_of, sync_dir};
 use crate::store::StoreError;

@@ -2,7 +2,7 @@
 //! back into a new data dir, every part checked before anything is written.
 
 use super::progress;
-use crate::backup::{backup_data_dir, restore as restore_file, BackupSource, Manifest};
+use crate::backup::{backup_data_dir, restore as restore_file, BackupSource, KeysNeeded, Manifest};
 use crate::error::Error;
 use clap::Args;
 use idledger_domain::UserId;
@@ -58,6 +58,11 @@ pub struct RestoreArgs {
     /// must verify with it and name the root of the records restored.
     #[arg(long)]
     pub public_key: Option<String>,
+    /// Restore a backup that holds sealed secrets but no key store (a copy's sealed
+    /// segment, say) anyway: the records alone, every secret in them unreadable, and a
+    /// new log key when served.
+    #[arg(long)]
+    pub without_keys: bool,
 }
 
 fn refused(e: crate::backup::BackupError) -> Error {
@@ -428,10 +433,17 @@ pub async fn restore(args: &RestoreArgs) -> Result<ExitCode, Error> {
     };
     let pb = progress::bar(None, "restore");
     let (from, dir) = (args.from.clone(), args.data_dir.clone());
+    let keys = if args.without_keys {
+        KeysNeeded::NotNeeded
+    } else {
+        KeysNeeded::Required
+    };
     let bar = pb.clone();
     let restored = tokio::task::spawn_blocking(move || {
         let mut source = BackupSource::open(&from)?;
-        restore_file(&mut source, &dir, log_key.as_ref(), |p| bar.set_position(p))
+        restore_file(&mut source, &dir, log_key.as_ref(), keys, |p| {
+            bar.set_position(p)
+        })
     })
     .await
     .map_err(|e| Error::Other(e.to_string()))?

@@ -949,3 +949,70 @@ async fn damage_inside_a_copy_is_refused_and_only_a_torn_tail_is_cut() {
     assert!(ok, "{err}");
     assert_eq!(done["position"].as_u64(), Some(positions[0]), "{done}");
 }
+
+/// A copy's sealed segment is a backup file of its own, but carries no key store: restored
+/// alone, every secret in it would read as shredded. Refused, unless asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_with_secrets_and_no_keys_is_restored_only_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, copy) = (dir.path().join("data"), dir.path().join("copy"));
+    std::fs::create_dir_all(&data).unwrap();
+    let mut serve = Serve::start(&data, None).await;
+    // A domain's workstation certificate: a sealed private key.
+    serve
+        .call(
+            Method::POST,
+            "/v1/domains",
+            Some(json!({"domain": "sealed.onmicrosoft.com"})),
+        )
+        .await;
+    let sealed_through = serve.call(Method::GET, "/healthz", None).await["head_position"]
+        .as_u64()
+        .unwrap();
+    for n in 0..=sealed_through {
+        serve
+            .call(
+                Method::POST,
+                "/v1/tokens",
+                Some(json!({"role": "auditor", "name": format!("filler-{n}")})),
+            )
+            .await;
+    }
+    let (ok, _, err) = run_with_token(
+        &serve.token,
+        &[
+            "backup",
+            "--server",
+            &serve.url,
+            "--out",
+            path(&copy),
+            "--follow",
+            "--once",
+            "--segment-records",
+            &sealed_through.to_string(),
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    serve.stop();
+    let segment = std::fs::read_dir(copy.join("segments"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            !name.starts_with("open-") && name.ends_with(".backup")
+        })
+        .min()
+        .expect("a sealed segment");
+    let target = dir.path().join("r-keyless");
+    let (ok, done, err) = restore(&segment, &target, &[]);
+    assert!(!ok, "restored secrets without their keys: {done}");
+    assert!(err.contains("no key store"), "{err}");
+    assert!(!target.exists(), "something was written");
+    let (ok, done, err) = restore(&segment, &target, &["--without-keys"]);
+    assert!(ok, "{err}");
+    assert_eq!(done["domains"], 1, "{done}");
+    // The whole copy carries its keys.
+    let (ok, _, err) = restore(&copy, &dir.path().join("r-copy"), &[]);
+    assert!(ok, "{err}");
+}

@@ -609,15 +609,7 @@ async fn a_following_copy_killed_again_and_again_resumes_without_gaps_and_restor
     let other_data = dir.path().join("other");
     std::fs::create_dir_all(&other_data).unwrap();
     let mut other = Serve::start(&other_data, None).await;
-    for n in 0..50 {
-        other
-            .call(
-                Method::POST,
-                "/v1/tokens",
-                Some(json!({"role": "auditor", "name": format!("other {n}")})),
-            )
-            .await;
-    }
+    other.grow(50, "other").await;
     let (ok, _, err) = run_with_token(
         &other.token,
         &[
@@ -851,15 +843,7 @@ async fn damage_inside_a_copy_is_refused_and_only_a_torn_tail_is_cut() {
     ];
     let (mut positions, mut heads) = (Vec::new(), Vec::new());
     for round in 0..2 {
-        for n in 0..5 {
-            serve
-                .call(
-                    Method::POST,
-                    "/v1/tokens",
-                    Some(json!({"role": "auditor", "name": format!("a{round}-{n}")})),
-                )
-                .await;
-        }
+        serve.grow(5, &format!("a{round}")).await;
         let (ok, done, err) = run_with_token(&serve.token, &once).await;
         assert!(ok, "{err}");
         positions.push(done["position"].as_u64().unwrap());
@@ -969,15 +953,7 @@ async fn a_backup_with_secrets_and_no_keys_is_restored_only_when_asked() {
     let sealed_through = serve.call(Method::GET, "/healthz", None).await["head_position"]
         .as_u64()
         .unwrap();
-    for n in 0..=sealed_through {
-        serve
-            .call(
-                Method::POST,
-                "/v1/tokens",
-                Some(json!({"role": "auditor", "name": format!("filler-{n}")})),
-            )
-            .await;
-    }
+    serve.grow(sealed_through + 1, "filler").await;
     let (ok, _, err) = run_with_token(
         &serve.token,
         &[

@@ -78,6 +78,18 @@ impl Serve {
             .unwrap()
     }
 
+    /// Appends `n` events (auditor tokens named `{name} {i}`): a log that grows.
+    pub async fn grow(&self, n: u64, name: &str) {
+        for i in 0..n {
+            self.call(
+                reqwest::Method::POST,
+                "/v1/tokens",
+                Some(serde_json::json!({"role": "auditor", "name": format!("{name} {i}")})),
+            )
+            .await;
+        }
+    }
+
     pub async fn call(
         &self,
         method: reqwest::Method,

@@ -556,6 +556,35 @@ async fn the_entra_step_tells_no_one_who_has_an_account_and_forged_answers_lock_
         ["SignInFailed".to_owned()],
         "recorded once, no SignInLocked: {kinds:?}"
     );
+
+    // Nor when the colleague spoils the nonce of the authorize URL their own browser
+    // follows (so the ID token fails before its `oid` is compared): Alex still signs in.
+    for _ in 0..6 {
+        let mut v = Visitor::new();
+        let mut authorize = start_entra_for(&w, &mut v, ALEX).await;
+        let pairs: Vec<(String, String)> = authorize
+            .query_pairs()
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        authorize.query_pairs_mut().clear().extend_pairs(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.as_str(), if k == "nonce" { "spoilt" } else { v.as_str() })),
+        );
+        let callback = entra_form(
+            &mut v,
+            authorize.as_str(),
+            "allan.deyoung@contoso.onmicrosoft.com",
+            "Start-Key-2026-03!",
+        )
+        .await;
+        let (s, page, _) = v.get(&callback).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{page}");
+    }
+    let kinds = w.kinds(&alex).await;
+    assert!(!kinds.contains(&"SignInLocked".to_owned()), "{kinds:?}");
+    let page = entra_sign_in(&w, &mut Visitor::new(), ALEX, ALEX_PASSWORD).await;
+    assert!(page.contains("Now your second factor"), "{page}");
 }
 
 #[tokio::test]

@@ -74,8 +74,11 @@ pub fn locked(s: &SignInState, factor: Factor, now: DateTime<Utc>) -> bool {
 /// what they presented) is none, and neither is a passkey that did not verify: signatures
 /// cannot be guessed, and anyone who knows a credential id could otherwise lock its owner
 /// out with made-up assertions. Nor is an Entra sign-in of someone else: any account of
-/// the tenant can type a colleague's name and sign in at Entra as itself. A passkey whose
-/// counter went back did sign, and counts.
+/// the tenant can type a colleague's name and sign in at Entra as itself. Nor an ID token
+/// that does not validate: the password was checked (and guesses throttled) at Entra, and
+/// whoever starts a sign-in holds its authorize URL and can spoil its nonce, so counting
+/// it would let any colleague lock a user out. A passkey whose counter went back did
+/// sign, and counts.
 pub fn counts_towards_lock(reason: &SignInFailure) -> bool {
     !matches!(
         reason,
@@ -87,6 +90,7 @@ pub fn counts_towards_lock(reason: &SignInFailure) -> bool {
             | SignInFailure::BadCredential(_)
             | SignInFailure::UnknownCredential
             | SignInFailure::EntraUserMismatch
+            | SignInFailure::EntraRefused(_)
     )
 }
 

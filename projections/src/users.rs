@@ -112,6 +112,10 @@ pub struct UserView {
     pub version: u64,
     /// Position of the user's last event.
     pub last_position: u64,
+    /// Position of the last event that took sign-in away or changed its terms
+    /// (deactivation, deletion, an SSO override): a session opened before it has ended,
+    /// even once the user may sign in again.
+    pub sign_in_withdrawn_position: u64,
 }
 
 impl UserView {
@@ -378,6 +382,7 @@ impl Users {
                 updated_at: env.recorded_at,
                 version: env.version,
                 last_position: env.position,
+                sign_in_withdrawn_position: 0,
             };
             self.by_external
                 .insert((e.domain_id, e.external_id.clone()), id);
@@ -415,10 +420,14 @@ impl Users {
                 u.in_sync_group = true;
                 u.left_reason = None;
             }
-            Event::UserDeactivated(_) => u.status = UserStatus::Deactivated,
+            Event::UserDeactivated(_) => {
+                u.status = UserStatus::Deactivated;
+                u.sign_in_withdrawn_position = env.position;
+            }
             Event::UserReactivated(_) => u.status = UserStatus::Active,
             Event::UserDeleted(_) => {
                 u.status = UserStatus::Deleted;
+                u.sign_in_withdrawn_position = env.position;
                 u.pc_unlock = false;
                 u.password =
                     rotation::evolve(std::mem::take(&mut u.password), &env.event, env.recorded_at);
@@ -438,7 +447,10 @@ impl Users {
             }
             Event::RotationGroupJoined(_) => u.in_rotation_group = true,
             Event::RotationGroupLeft(_) => u.in_rotation_group = false,
-            Event::UserSsoOverrideSet(e) => u.sso_override = e.sso,
+            Event::UserSsoOverrideSet(e) => {
+                u.sso_override = e.sso;
+                u.sign_in_withdrawn_position = env.position;
+            }
             Event::KeyAssigned(e) => {
                 if let Some(old) = u.key_id.replace(e.key_id.clone()) {
                     unindex_under(&mut self.by_key, &old, id);

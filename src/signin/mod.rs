@@ -260,6 +260,8 @@ struct Person {
     domain: String,
     /// The SSO settings in force, or why the user may not sign in.
     allowed: Result<idledger_domain::SsoSettings, SignInFailure>,
+    /// Sessions opened before this log position have ended (see `UserView`).
+    sign_in_withdrawn_position: u64,
 }
 
 fn person(ctx: &Ctx, user: UserId) -> Option<Person> {
@@ -278,17 +280,23 @@ fn person(ctx: &Ctx, user: UserId) -> Option<Person> {
         } else {
             rules::sign_in_allowed(u.status.decided(), u.imported_sso, u.sso_override)
         },
+        sign_in_withdrawn_position: u.sign_in_withdrawn_position,
     })
 }
 
 /// The signed-in user of a request, while they may still sign in; a session of a user who
-/// may not (deactivated, deleted, SSO turned off) ends here.
+/// may not (deactivated, deleted, SSO turned off), or whose sign-in was taken away or its
+/// terms changed since it opened (even if given back since), ends here.
 fn signed_in(ctx: &Ctx, headers: &HeaderMap) -> Option<(String, UserSession)> {
     let c = cookie(headers, user_cookie_name(https(ctx)))?;
     let s = ctx.store.find(c)?;
-    match person(ctx, s.user).map(|p| p.allowed) {
+    match person(ctx, s.user) {
         // A session stands for a sign-in by the method in force: a changed method ends it.
-        Some(Ok(sso)) if sso.method == s.method => Some((c.to_owned(), s)),
+        Some(Person {
+            allowed: Ok(sso),
+            sign_in_withdrawn_position: withdrawn,
+            ..
+        }) if sso.method == s.method && withdrawn <= s.opened_position => Some((c.to_owned(), s)),
         _ => {
             ctx.store.close_all_of(s.user);
             None
@@ -347,7 +355,11 @@ fn open_session(ctx: &Ctx, user: UserId, events: &[Event]) -> Option<HeaderValue
         Event::SignInSucceeded(s) => Some(s),
         _ => None,
     })?;
-    let cookie = ctx.store.open(user, ok.method, ok.amr.clone(), ok.at);
+    // Every event that could end it comes after the sign-in, which is in the log by now.
+    let opened_at = ctx.app.engine.log.head().position;
+    let cookie = ctx
+        .store
+        .open(user, ok.method, ok.amr.clone(), ok.at, opened_at);
     Some(set_cookie(ctx, user_cookie_name(https(ctx)), &cookie, None))
 }
 

@@ -123,6 +123,8 @@ pub struct UserSession {
     pub auth_time: chrono::DateTime<chrono::Utc>,
     /// The session's id as ID tokens carry it (`sid`).
     pub sid: String,
+    /// The log's head when it opened: an event after it may end it.
+    pub opened_position: u64,
     opened: Instant,
     last_seen: Instant,
 }
@@ -228,6 +230,7 @@ impl Store {
         method: SsoMethod,
         amr: Vec<String>,
         auth_time: chrono::DateTime<chrono::Utc>,
+        opened_position: u64,
     ) -> String {
         let cookie = random_text();
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
@@ -257,6 +260,7 @@ impl Store {
                 amr,
                 auth_time,
                 sid: uuid::Uuid::new_v4().to_string(),
+                opened_position,
                 opened: Instant::now(),
                 last_seen: Instant::now(),
             },

@@ -1243,3 +1243,59 @@ async fn passkeys_belong_to_one_user_and_keep_their_rules() {
         assert!(csv.contains(want), "{want} missing:\n{csv}");
     }
 }
+
+/// An admin's request: method, path, body.
+type AdminCall = (Method, String, Option<Value>);
+
+/// Taking sign-in away ends a user's sessions for good: given back before the session is
+/// used again (deactivated then activated, SSO off then on), it does not come back to life.
+#[tokio::test]
+async fn a_session_ended_by_a_withdrawal_stays_ended_when_sign_in_comes_back() {
+    let (w, adele, _) = signin_world().await;
+    let me = format!("{}/me", w.app.public);
+    let withdrawals: [(&str, [AdminCall; 2]); 2] = [
+        (
+            "deactivated, activated",
+            [
+                (Method::POST, format!("/v1/users/{adele}/deactivate"), None),
+                (Method::POST, format!("/v1/users/{adele}/activate"), None),
+            ],
+        ),
+        (
+            "SSO off, on",
+            [
+                (
+                    Method::PATCH,
+                    format!("/v1/users/{adele}"),
+                    Some(json!({"sso_override": {"enabled": false, "method": "passwordless"}})),
+                ),
+                (
+                    Method::PATCH,
+                    format!("/v1/users/{adele}"),
+                    Some(json!({"sso_override": {"enabled": true, "method": "passwordless"}})),
+                ),
+            ],
+        ),
+    ];
+    let mut key = SoftKey::new();
+    let mut v = enrol_with_key(&w, &adele, ADELE, &mut key).await;
+    for (what, steps) in withdrawals {
+        let (s, _, _) = v.get(&me).await;
+        assert_eq!(s, StatusCode::OK, "{what}: signed in before");
+        for (method, path, body) in steps {
+            let (s, b) = w.admin(method, &path, body).await;
+            assert_eq!(s, StatusCode::OK, "{what}: {path}: {b}");
+        }
+        let (s, _, to) = v.get(&me).await;
+        assert_eq!(
+            (s, to.as_deref()),
+            (StatusCode::SEE_OTHER, Some("/signin")),
+            "{what}: the session outlived it"
+        );
+        // Signing in again works.
+        v = Visitor::new();
+        let handle = key.user_handle.clone();
+        let (s, b) = passkey_sign_in_with(&w, &mut v, &mut key, Some(&handle)).await;
+        assert_eq!(s, StatusCode::OK, "{what}: {b}");
+    }
+}

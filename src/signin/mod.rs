@@ -250,6 +250,30 @@ fn checked_flow(ctx: &Ctx, headers: &HeaderMap, csrf: Option<&str>) -> Result<St
     }
 }
 
+/// A path segment as text; one that is not (a `%FF` in a link) is answered with a page
+/// that says so, not with axum's plain text.
+struct Segment(String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Segment {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Response> {
+        Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|Path(s)| Segment(s))
+            .map_err(|_| {
+                pages::problem(
+                    StatusCode::BAD_REQUEST,
+                    "This link is malformed",
+                    "Check that the whole link was copied, or ask for a new one.",
+                )
+            })
+    }
+}
+
 // ---- who and what -----------------------------------------------------------------------
 
 /// A user as pages show them.
@@ -262,6 +286,13 @@ struct Person {
     allowed: Result<idledger_domain::SsoSettings, SignInFailure>,
     /// Sessions opened before this log position have ended (see `UserView`).
     sign_in_withdrawn_position: u64,
+}
+
+fn domain_removed(ctx: &Ctx, user: UserId) -> bool {
+    let p = ctx.app.engine.projector.read();
+    p.users
+        .get(user)
+        .is_some_and(|u| p.domains.get(u.domain_id).is_none_or(|d| d.removed))
 }
 
 fn person(ctx: &Ctx, user: UserId) -> Option<Person> {
@@ -324,6 +355,14 @@ fn user_handle(user: UserId) -> Vec<u8> {
 }
 
 async fn decide(ctx: &Ctx, user: UserId, command: SignInCommand) -> Result<Vec<Event>, Refusal> {
+    // A removed domain's users are out from its removal on, before each one's own stream
+    // says so (that lands user by user, after it): nothing is enrolled or signed in.
+    if domain_removed(ctx, user) {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            SignInFailure::NotActive.message(),
+        ));
+    }
     let stream = StreamId::user(user);
     let decided = Arc::new(Mutex::new(Vec::new()));
     let seen = decided.clone();
@@ -460,7 +499,7 @@ async fn find_link(ctx: &Ctx, token: &str) -> LinkLookup {
 
 async fn enrol_page(
     State(ctx): State<Ctx>,
-    Path(token): Path<String>,
+    Segment(token): Segment,
     headers: HeaderMap,
 ) -> Response {
     let me = signed_in(&ctx, &headers).is_some();
@@ -530,7 +569,7 @@ fn enrolment(
 /// Options for `navigator.credentials.create()`.
 async fn enrol_passkey_options(
     State(ctx): State<Ctx>,
-    Path(token): Path<String>,
+    Segment(token): Segment,
     headers: HeaderMap,
 ) -> Result<Json<webauthn::CreationOptions>, Refusal> {
     let (flow, user, link, _) = enrolment(&ctx, &headers, &token, None)?;
@@ -661,7 +700,7 @@ fn registered(
 
 async fn enrol_passkey(
     State(ctx): State<Ctx>,
-    Path(token): Path<String>,
+    Segment(token): Segment,
     headers: HeaderMap,
     PageJson(body): PageJson<NewPasskey>,
 ) -> Result<Response, Refusal> {
@@ -717,7 +756,7 @@ fn totp_setup(ctx: &Ctx, flow: &str, user: UserId) -> Result<Json<TotpSetup>, Re
 
 async fn enrol_totp_options(
     State(ctx): State<Ctx>,
-    Path(token): Path<String>,
+    Segment(token): Segment,
     headers: HeaderMap,
 ) -> Result<Json<TotpSetup>, Refusal> {
     let (flow, user, link, _) = enrolment(&ctx, &headers, &token, None)?;
@@ -782,7 +821,7 @@ fn confirmed_seed(
 
 async fn enrol_totp(
     State(ctx): State<Ctx>,
-    Path(token): Path<String>,
+    Segment(token): Segment,
     headers: HeaderMap,
     PageJson(body): PageJson<TypedCode>,
 ) -> Result<Response, Refusal> {
@@ -810,7 +849,7 @@ struct Redirection {
 
 async fn enrol_entra(
     State(ctx): State<Ctx>,
-    Path(token): Path<String>,
+    Segment(token): Segment,
     headers: HeaderMap,
 ) -> Result<Json<Redirection>, Refusal> {
     let (flow, user, link, _) = enrolment(&ctx, &headers, &token, None)?;
@@ -994,8 +1033,16 @@ struct Callback {
 async fn entra_callback(
     State(ctx): State<Ctx>,
     headers: HeaderMap,
-    Query(answer): Query<Callback>,
+    answer: Result<Query<Callback>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
+    // A repeated or malformed parameter is no answer Entra sends: a page, not plain text.
+    let Ok(Query(answer)) = answer else {
+        return pages::problem(
+            StatusCode::BAD_REQUEST,
+            "This sign-in could not be read",
+            "Its answer from Entra ID was malformed. Start again from the sign-in page.",
+        );
+    };
     let Some(flow) = cookie(&headers, flow_cookie_name(https(&ctx))).map(str::to_owned) else {
         return pages::problem(
             StatusCode::BAD_REQUEST,
@@ -1721,7 +1768,7 @@ async fn me_form(
 
 async fn me_rename_passkey(
     State(ctx): State<Ctx>,
-    Path(id): Path<String>,
+    Segment(id): Segment,
     headers: HeaderMap,
     form: Result<Form<MeForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
@@ -1740,7 +1787,7 @@ async fn me_rename_passkey(
 
 async fn me_remove_passkey(
     State(ctx): State<Ctx>,
-    Path(id): Path<String>,
+    Segment(id): Segment,
     headers: HeaderMap,
     form: Result<Form<MeForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {

@@ -597,6 +597,12 @@ async fn enrolment_links_that_do_not_work_say_why_and_change_nothing() {
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     assert!(page.contains("does not exist"));
+    // Not text, or an answer no Entra sends: a page that says so, not plain text.
+    for path in ["/enrol/%FF", "/signin/entra/callback?state=a&state=b"] {
+        let (s, page, _) = v.get(&format!("{}{path}", w.app.public)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{path}");
+        assert!(page.contains("role=\"alert\""), "{path}: {page}");
+    }
     // Replaced by a newer invite: 410, and the newer one works.
     invite(&w, &adele).await;
     let first = outbox_link(&w, "adele.vance@contoso.onmicrosoft.com");
@@ -1298,4 +1304,34 @@ async fn a_session_ended_by_a_withdrawal_stays_ended_when_sign_in_comes_back() {
         let (s, b) = passkey_sign_in_with(&w, &mut v, &mut key, Some(&handle)).await;
         assert_eq!(s, StatusCode::OK, "{what}: {b}");
     }
+}
+
+/// A removed domain's users are out from the removal on, before their own streams say so
+/// (that lands user by user after it): a passkey signs no one in, and nothing is recorded.
+#[tokio::test]
+async fn nobody_signs_in_once_their_domain_is_removed() {
+    use idledger_domain::events::DomainRemoved;
+    use idledger_domain::{Actor, DomainId, Event, StreamId};
+    let (w, adele, _) = signin_world().await;
+    let mut key = SoftKey::new();
+    enrol_with_key(&w, &adele, ADELE, &mut key).await;
+    // The removal alone, as it stands before the users leave.
+    let domain = DomainId(w.domain.parse().unwrap());
+    let position = w
+        .app
+        .state
+        .command(
+            &StreamId::domain(domain),
+            &Actor::System,
+            |s: (), _: &Event| s,
+            |_| Ok(vec![DomainRemoved {}.into()]),
+        )
+        .await
+        .unwrap();
+    w.app.state.reach(Some(position)).await.unwrap();
+    let before = w.kinds(&adele).await;
+    let handle = key.user_handle.clone();
+    let (s, b) = passkey_sign_in(&w, &mut key, Some(&handle)).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
+    assert_eq!(w.kinds(&adele).await, before, "nothing recorded");
 }

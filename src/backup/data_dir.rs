@@ -397,6 +397,23 @@ fn restore_into(
         crate::notary::key::key_path(staging),
         &contents.sealed.log_key,
     )?;
+    if let (Some(note), Some(_)) = (
+        &contents.manifest.signed_tree_head,
+        &contents.sealed.log_key,
+    ) {
+        // The head the backup carries is the restored log's first: `/v1/log/sth/{size}`
+        // answers as the original did, and the log is never served shorter than it. It
+        // must verify with the backup's own key and name the root of these records (with
+        // `--public-key`, that key was checked above too).
+        let public = crate::notary::key::public_key(staging)
+            .map_err(|e| refused("log key", e.to_string()))?;
+        check_signed_head(&contents.manifest, &leaves, &public)?;
+        let head = public
+            .open(note)
+            .map_err(|e| refused("signed tree head", e.to_string()))?;
+        crate::notary::keep_first_head(staging, &public, head)
+            .map_err(|e| refused("signed tree head", e.to_string()))?;
+    }
     Ok(Restored {
         manifest: contents.manifest,
         projections,

@@ -33,6 +33,16 @@ pub enum NotaryError {
     Tree(#[from] ProofError),
 }
 
+/// Keeps `head` (signed by `public`'s key) as the first head of a data dir that has none
+/// yet: a restore hands the restored log the head its backup carried.
+pub fn keep_first_head(
+    data_dir: &Path,
+    public: &LogPublicKey,
+    head: SignedTreeHead,
+) -> Result<(), NotaryError> {
+    Heads::open(data_dir, public)?.push(head)
+}
+
 /// Signs and keeps tree heads; cheap to clone.
 #[derive(Clone)]
 pub struct Notary {

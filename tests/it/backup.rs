@@ -240,10 +240,19 @@ async fn a_restored_data_dir_answers_as_the_original_did() {
                 Some(json!({"reason": "backup test"})),
             )
             .await;
+        // The head the backup carried is the restored log's own, timestamp and all.
+        let head = s
+            .call(
+                Method::GET,
+                &format!("/v1/log/sth/{}?format=json", made["position"]),
+                None,
+            )
+            .await;
         answers.push((
             users,
             events["items"].as_array().unwrap()[..5].to_vec(),
             revealed["password"].clone(),
+            head,
         ));
         s.stop();
         crate::support::wait_released(d).await;
@@ -252,6 +261,7 @@ async fn a_restored_data_dir_answers_as_the_original_did() {
     assert_eq!(answers[0].1, answers[1].1, "the first events differ");
     assert!(answers[0].2.is_string());
     assert_eq!(answers[0].2, answers[1].2, "reveal differs");
+    assert_eq!(answers[0].3, answers[1].3, "the signed head differs");
 }
 
 /// Rotates `user`'s password and waits until the rotation succeeded.

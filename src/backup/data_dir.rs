@@ -403,11 +403,13 @@ fn restore_into(
     ) {
         // The head the backup carries is the restored log's first: `/v1/log/sth/{size}`
         // answers as the original did, and the log is never served shorter than it. It
-        // must verify with the backup's own key and name the root of these records (with
-        // `--public-key`, that key was checked above too).
+        // must verify with the backup's own key and name the root of these records: done
+        // above already when `--public-key` is that key.
         let public = crate::notary::key::public_key(staging)
             .map_err(|e| refused("log key", e.to_string()))?;
-        check_signed_head(&contents.manifest, &leaves, &public)?;
+        if log_key != Some(&public) {
+            check_signed_head(&contents.manifest, &leaves, &public)?;
+        }
         let head = public
             .open(note)
             .map_err(|e| refused("signed tree head", e.to_string()))?;

@@ -221,8 +221,8 @@ pub async fn export_manifest(
     Ok((headers, Json(m)))
 }
 
-/// One user's whole story, in order (or newest first): every event of their stream with its position, time,
-/// actor and payload (sealed secrets as `"sealed"`).
+/// One user's whole story, in order (or newest first): every event of their stream with
+/// its position, time, actor and payload (sealed secrets as `"sealed"`).
 pub async fn timeline(
     State(s): State<AppState>,
     IdPath(id): IdPath,

@@ -288,11 +288,18 @@ struct Person {
     sign_in_withdrawn_position: u64,
 }
 
+/// The user's domain is removed: its users are out from the removal on, before each one's
+/// own stream says so (that lands user by user, after it).
+fn in_removed_domain(
+    p: &idledger_projections::Projections,
+    u: &idledger_projections::UserView,
+) -> bool {
+    p.domains.get(u.domain_id).is_none_or(|d| d.removed)
+}
+
 fn domain_removed(ctx: &Ctx, user: UserId) -> bool {
     let p = ctx.app.engine.projector.read();
-    p.users
-        .get(user)
-        .is_some_and(|u| p.domains.get(u.domain_id).is_none_or(|d| d.removed))
+    p.users.get(user).is_some_and(|u| in_removed_domain(&p, u))
 }
 
 fn person(ctx: &Ctx, user: UserId) -> Option<Person> {
@@ -304,9 +311,7 @@ fn person(ctx: &Ctx, user: UserId) -> Option<Person> {
         display_name: u.attributes.display_name.clone(),
         upn: u.attributes.user_principal_name.clone(),
         domain: domain.map(|d| d.name.clone()).unwrap_or_default(),
-        // A removed domain's users leave it deactivated; until that lands (or should it
-        // be cut short), they are no less out.
-        allowed: if domain.is_none_or(|d| d.removed) {
+        allowed: if in_removed_domain(&p, u) {
             Err(SignInFailure::NotActive)
         } else {
             rules::sign_in_allowed(u.status.decided(), u.imported_sso, u.sso_override)
@@ -355,8 +360,7 @@ fn user_handle(user: UserId) -> Vec<u8> {
 }
 
 async fn decide(ctx: &Ctx, user: UserId, command: SignInCommand) -> Result<Vec<Event>, Refusal> {
-    // A removed domain's users are out from its removal on, before each one's own stream
-    // says so (that lands user by user, after it): nothing is enrolled or signed in.
+    // Nothing is enrolled or signed in for a removed domain's users.
     if domain_removed(ctx, user) {
         return Err(refuse(
             StatusCode::FORBIDDEN,

@@ -440,18 +440,27 @@ impl SyncService {
                     } => r,
                     _ = wait_cancelled(cancelled) => Err(SyncError::Cancelled),
                 };
+                let shredder = engine.clone();
                 if result.is_err() {
                     // The run's future is gone (cancelled, or its other appends dropped
                     // with the first error), but appends it handed to the writer still
                     // land: wait for them, and for the projections to show them.
                     engine.log.barrier().await;
                     let _ = engine.settle().await;
+                    // A deletion that landed this way never reached its shred: done
+                    // here, not only at the next start.
+                    let _ = tokio::task::spawn_blocking(move || shred_deleted(&shredder, domain))
+                        .await;
+                } else {
+                    // A shred whose rewrite of the key store failed in an earlier run is
+                    // carried out now (nothing to do when none is owed).
+                    let _ = tokio::task::spawn_blocking(move || {
+                        if let Err(e) = shredder.keyring.finish_shreds() {
+                            tracing::warn!(error = %e, "an owed shred could not be carried out; the next run retries");
+                        }
+                    })
+                    .await;
                 }
-                // A deletion whose shred never ran (the run failed first) or failed (the
-                // key store could not be rewritten) is shredded here, after every run,
-                // not only at the next start.
-                let shredder = engine.clone();
-                let _ = tokio::task::spawn_blocking(move || shred_deleted(&shredder, domain)).await;
                 drop(serial);
                 result
             }

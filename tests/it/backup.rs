@@ -437,13 +437,21 @@ async fn live_hash(serve: &Serve, position: u64) -> Value {
     live["items"][0]["hash"].clone()
 }
 
+/// A temporary directory with a served data dir (`data`) and the path of a copy beside it
+/// (`copy`, not yet made).
+async fn served_with_copy() -> (tempfile::TempDir, std::path::PathBuf, Serve) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let serve = Serve::start(&data, None).await;
+    let copy = dir.path().join("copy");
+    (dir, copy, serve)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_following_copy_killed_again_and_again_resumes_without_gaps_and_restores() {
     use rand::Rng;
-    let dir = tempfile::tempdir().unwrap();
-    let (data, copy) = (dir.path().join("data"), dir.path().join("copy"));
-    std::fs::create_dir_all(&data).unwrap();
-    let mut serve = Serve::start(&data, None).await;
+    let (dir, copy, mut serve) = served_with_copy().await;
     let writers = keep_writing(&serve, 3);
     let follow = [
         "backup",
@@ -837,10 +845,7 @@ pub(crate) fn holds_key_of(data_dir: &Path, user: &str) -> bool {
 /// follower resuming, instead of being cut away with the good chunks behind it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn damage_inside_a_copy_is_refused_and_only_a_torn_tail_is_cut() {
-    let dir = tempfile::tempdir().unwrap();
-    let (data, copy) = (dir.path().join("data"), dir.path().join("copy"));
-    std::fs::create_dir_all(&data).unwrap();
-    let mut serve = Serve::start(&data, None).await;
+    let (dir, copy, mut serve) = served_with_copy().await;
     let url = serve.url.clone();
     let once = [
         "backup",
@@ -948,10 +953,7 @@ async fn damage_inside_a_copy_is_refused_and_only_a_torn_tail_is_cut() {
 /// alone, every secret in it would read as shredded. Refused, unless asked for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_with_secrets_and_no_keys_is_restored_only_when_asked() {
-    let dir = tempfile::tempdir().unwrap();
-    let (data, copy) = (dir.path().join("data"), dir.path().join("copy"));
-    std::fs::create_dir_all(&data).unwrap();
-    let mut serve = Serve::start(&data, None).await;
+    let (dir, copy, mut serve) = served_with_copy().await;
     // A domain's workstation certificate: a sealed private key.
     serve
         .call(

@@ -125,6 +125,11 @@ async fn an_admin_runs_the_whole_workflow_in_the_browser_and_an_auditor_only_rea
     b.click("#rotate").await;
     b.wait_text("#flash", "Rotation finished: succeeded").await;
     b.wait_text("#history", "succeeded").await;
+    // A history of one page shows no pager: `hidden` holds whatever the buttons' style.
+    for pager in ["[data-next=history]", "[data-first=history]"] {
+        let shown = b.css(pager).await.is_displayed().await.unwrap();
+        assert!(!shown, "{pager} shown on a single page");
+    }
     b.fill("#reason", "helpdesk ticket 4711: user locked out")
         .await;
     b.click("#reveal button[type=submit]").await;

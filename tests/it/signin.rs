@@ -460,6 +460,34 @@ async fn start_entra_for(w: &World, v: &mut Visitor, name: &str) -> reqwest::Url
     reqwest::Url::parse(b["redirect"].as_str().unwrap()).unwrap()
 }
 
+/// Allan types Alex's name and signs in at Entra as himself, the nonce of the authorize
+/// URL his browser follows replaced by `nonce` when given; answers the callback's status
+/// and page.
+async fn allan_signs_in_for_alex(w: &World, nonce: Option<&str>) -> (StatusCode, String) {
+    let mut v = Visitor::new();
+    let mut authorize = start_entra_for(w, &mut v, ALEX).await;
+    if let Some(nonce) = nonce {
+        let pairs: Vec<(String, String)> = authorize
+            .query_pairs()
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        authorize.query_pairs_mut().clear().extend_pairs(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.as_str(), if k == "nonce" { nonce } else { v.as_str() })),
+        );
+    }
+    let callback = entra_form(
+        &mut v,
+        authorize.as_str(),
+        "allan.deyoung@contoso.onmicrosoft.com",
+        "Start-Key-2026-03!",
+    )
+    .await;
+    let (s, page, _) = v.get(&callback).await;
+    (s, page)
+}
+
 /// `upn` may not sign in with Entra ID: the sign-in page sends them to the tenant like
 /// anyone, and the refusal comes once Entra has answered.
 async fn refused_after_entra(w: &World, upn: &str, password: &str) {
@@ -537,16 +565,7 @@ async fn the_entra_step_tells_no_one_who_has_an_account_and_forged_answers_lock_
     // any colleague can do that, so it locks no one, and a burst is recorded once.
     let before = w.kinds(&alex).await.len();
     for _ in 0..6 {
-        let mut v = Visitor::new();
-        let authorize = start_entra_for(&w, &mut v, ALEX).await;
-        let callback = entra_form(
-            &mut v,
-            authorize.as_str(),
-            "allan.deyoung@contoso.onmicrosoft.com",
-            "Start-Key-2026-03!",
-        )
-        .await;
-        let (s, page, _) = v.get(&callback).await;
+        let (s, page) = allan_signs_in_for_alex(&w, None).await;
         assert_eq!(s, StatusCode::UNAUTHORIZED, "{page}");
         assert!(page.contains("as someone else"), "{page}");
     }
@@ -560,25 +579,7 @@ async fn the_entra_step_tells_no_one_who_has_an_account_and_forged_answers_lock_
     // Nor when the colleague spoils the nonce of the authorize URL their own browser
     // follows (so the ID token fails before its `oid` is compared): Alex still signs in.
     for _ in 0..6 {
-        let mut v = Visitor::new();
-        let mut authorize = start_entra_for(&w, &mut v, ALEX).await;
-        let pairs: Vec<(String, String)> = authorize
-            .query_pairs()
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect();
-        authorize.query_pairs_mut().clear().extend_pairs(
-            pairs
-                .iter()
-                .map(|(k, v)| (k.as_str(), if k == "nonce" { "spoilt" } else { v.as_str() })),
-        );
-        let callback = entra_form(
-            &mut v,
-            authorize.as_str(),
-            "allan.deyoung@contoso.onmicrosoft.com",
-            "Start-Key-2026-03!",
-        )
-        .await;
-        let (s, page, _) = v.get(&callback).await;
+        let (s, page) = allan_signs_in_for_alex(&w, Some("spoilt")).await;
         assert_eq!(s, StatusCode::UNAUTHORIZED, "{page}");
     }
     let kinds = w.kinds(&alex).await;

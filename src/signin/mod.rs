@@ -478,6 +478,12 @@ fn look_up_link(ctx: &Ctx, token: &str) -> LinkLookup {
     let Some((user, link)) = p.signins.link(&token_hash(token)) else {
         return LinkLookup::Unknown;
     };
+    if p.users
+        .get(user)
+        .is_none_or(|u| u.status == idledger_projections::UserStatus::Deleted)
+    {
+        return LinkLookup::Gone(rules::LinkGone::AccountGone);
+    }
     let latest = p.signins.get(user).and_then(|v| v.decided.link.clone());
     match rules::link_status(latest.as_ref(), link, chrono::Utc::now()) {
         Ok(()) => LinkLookup::Open(user, link),

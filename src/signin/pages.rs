@@ -188,6 +188,10 @@ pub fn link_gone(why: LinkGone, signed_in: bool) -> Response {
             "Enrolment link replaced",
             "A newer invite replaced this enrolment link. Open the newest invite you received.",
         ),
+        LinkGone::AccountGone => (
+            "Enrolment link no longer works",
+            "This enrolment link no longer has an account to enrol: the account was removed. Ask your administrator if you think this is wrong.",
+        ),
     };
     page(
         StatusCode::GONE,

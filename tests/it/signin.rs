@@ -621,6 +621,7 @@ async fn enrolment_links_that_do_not_work_say_why_and_change_nothing() {
         page.contains("Register a passkey") && !page.contains("Entra"),
         "{page}"
     );
+    let second_csrf = csrf_of(&page);
     // A ceremony on the replaced link is refused too.
     let (s, b) = v
         .post_json(
@@ -724,6 +725,35 @@ async fn enrolment_links_that_do_not_work_say_why_and_change_nothing() {
     assert_eq!(s, StatusCode::FORBIDDEN);
     assert!(page.contains("not available"), "{page}");
     assert!(!page.contains("data-webauthn"));
+
+    // Deleted by the removal behaviour: the link says the account is gone, not that a
+    // newer invite (which the user will never get) replaced it.
+    let (s, b) = w
+        .admin(
+            Method::PATCH,
+            &format!("/v1/domains/{}", w.domain),
+            Some(json!({"removal_behavior": "delete"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    w.leave(1).await;
+    w.sync().await;
+    let (_, user) = w
+        .admin(Method::GET, &format!("/v1/users/{adele}"), None)
+        .await;
+    assert_eq!(user["status"], "deleted", "{user}");
+    let (s, page, _) = v.get(&second).await;
+    assert_eq!(s, StatusCode::GONE);
+    assert!(page.contains("no longer has an account"), "{page}");
+    assert!(!page.contains("newer invite"), "{page}");
+    let (s, b) = v
+        .post_json(
+            &format!("{second}/passkey/options"),
+            &second_csrf,
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::GONE, "{b}");
 }
 
 /// Reads a cookie's attributes off a sign-in answer.

@@ -175,6 +175,10 @@ pub enum LinkGone {
     /// A newer invite replaced it.
     #[error("a newer invite replaced this enrolment link")]
     Replaced,
+    /// Its user was deleted: no invite will follow. Told apart from [`LinkGone::Replaced`]
+    /// by whoever can see the user's status, since deletion forgets the user's links.
+    #[error("this enrolment link belongs to an account that no longer exists")]
+    AccountGone,
 }
 
 /// Whether `link_id` (known to belong to a user whose latest link is `latest`) still

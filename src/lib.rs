@@ -19,6 +19,7 @@ pub mod backup;
 pub mod cli;
 pub mod client;
 pub mod console;
+pub mod crash;
 pub mod durable;
 pub mod engine;
 pub mod error;

@@ -42,15 +42,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Semaphore;
 
-/// Fault injection for the crash tests: with `IDLEDGER_TEST_CRASH_AT` set to a point's
-/// name the process aborts there, as a power cut would stop it.
-fn crash_point(name: &str) {
-    if std::env::var("IDLEDGER_TEST_CRASH_AT").is_ok_and(|v| v == name) {
-        eprintln!("IDLEDGER_TEST_CRASH_AT={name}: aborting");
-        std::process::abort();
-    }
-}
-
 /// Why a rotation request failed, or why a rotation was left open for the next tick.
 #[derive(Debug, thiserror::Error)]
 pub enum RotationError {
@@ -543,7 +534,7 @@ impl RotationService {
                 });
             }
         };
-        crash_point("after_started");
+        crate::crash::point("after_started");
         Ok((rotation_id, done, password))
     }
 
@@ -747,7 +738,7 @@ impl RotationService {
                     return Err(RotationError::NoCredentials("the domain's credentials were removed".into()));
                 }
             };
-            crash_point("after_graph");
+            crate::crash::point("after_graph");
             let result = match answer {
                 Ok(()) => AttemptResult::Set,
                 Err(e) if e.error.is_throttled() && !e.maybe_applied => {

@@ -266,13 +266,21 @@ pub fn plan_user(
 /// after the sync group moved (`scope_moved`: another group, or the same name found in
 /// another tenant) that would remove anyone at all: those users did not leave, an admin's
 /// setting changed which people are in scope, and that is theirs to confirm.
+///
+/// `waiting` counts the other removals earlier runs hold that no admin approved yet: a
+/// mass removal does not slip under the guard in parts (a held run cut short, whose rest
+/// the next run finds; a group emptied over several runs). A run with no removal of its
+/// own is never held.
 pub fn guard_trips(
     removals: usize,
+    waiting: usize,
     domain_users: usize,
     threshold: u32,
     scope_moved: bool,
 ) -> bool {
-    (scope_moved && removals > 0) || (removals > threshold as usize && removals * 10 > domain_users)
+    let total = removals.saturating_add(waiting);
+    removals > 0
+        && (scope_moved || (total > threshold as usize && total.saturating_mul(10) > domain_users))
 }
 
 #[cfg(test)]
@@ -596,10 +604,20 @@ mod tests {
 
     #[test]
     fn the_guard_needs_both_the_threshold_and_ten_percent() {
-        assert!(!guard_trips(20, 100, 20, false));
-        assert!(guard_trips(21, 100, 20, false));
-        assert!(!guard_trips(21, 1000, 20, false));
-        assert!(guard_trips(101, 1000, 20, false));
+        assert!(!guard_trips(20, 0, 100, 20, false));
+        assert!(guard_trips(21, 0, 100, 20, false));
+        assert!(!guard_trips(21, 0, 1000, 20, false));
+        assert!(guard_trips(101, 0, 1000, 20, false));
+    }
+
+    #[test]
+    fn removals_waiting_for_approval_count_but_hold_no_run_alone() {
+        // The rest of a held mass removal, small on its own, is held with it.
+        assert!(!guard_trips(5, 0, 1000, 20, false));
+        assert!(guard_trips(5, 500, 1000, 20, false));
+        // A run that removes no one is not held for what waits.
+        assert!(!guard_trips(0, 500, 1000, 20, false));
+        assert!(!guard_trips(0, 500, 1000, 20, true));
     }
 
     #[test]
@@ -617,7 +635,7 @@ mod tests {
 
     #[test]
     fn after_the_sync_group_moved_any_removal_waits_for_an_admin() {
-        assert!(guard_trips(1, 1000, 20, true));
-        assert!(!guard_trips(0, 1000, 20, true));
+        assert!(guard_trips(1, 0, 1000, 20, true));
+        assert!(!guard_trips(0, 0, 1000, 20, true));
     }
 }

@@ -261,6 +261,11 @@ impl Domains {
         self.runs.get(&id)
     }
 
+    /// Every run of every domain, in no order.
+    pub fn runs(&self) -> impl Iterator<Item = &SyncRunView> + '_ {
+        self.runs.values()
+    }
+
     /// A domain's runs, newest first.
     pub fn runs_of(&self, domain: DomainId) -> impl Iterator<Item = &SyncRunView> + '_ {
         self.runs_of

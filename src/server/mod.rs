@@ -129,6 +129,7 @@ pub async fn start_with(
     sync.close_interrupted_runs()
         .await
         .map_err(|e| Error::Other(e.to_string()))?;
+    sync.finish_approvals();
     sync.supervise();
     let rotation = RotationService::start(engine.clone(), sync.clone(), rotation);
     let state = AppState {

@@ -22,7 +22,9 @@ use futures_util::stream::{self, StreamExt, TryStreamExt};
 use idledger_domain::decide::user::{evolve as user_evolve, UserCommand};
 use idledger_domain::decide::Rejection;
 use idledger_domain::events::{SyncRunFailed, SyncRunStarted};
-use idledger_domain::{Actor, DomainId, Event, StreamId, SyncRunId, SyncTrigger, UserId};
+use idledger_domain::{
+    Actor, DomainId, Event, RemovalBehavior, StreamId, SyncRunId, SyncTrigger, UserId,
+};
 use idledger_projections::{SyncRunStatus, UserStatus};
 use rand::Rng;
 use std::collections::HashMap;
@@ -61,6 +63,10 @@ pub enum SyncError {
     /// A user kept changing while the run tried to record it.
     #[error("user {0} kept changing during the run")]
     Contended(String),
+    /// The task carrying out approved removals ended without an answer (the server is
+    /// stopping); approving again finishes them, as does the next start.
+    #[error("the approved removals were interrupted: {0}")]
+    Interrupted(String),
 }
 
 impl From<CommandError> for SyncError {
@@ -135,6 +141,8 @@ struct Inner {
     /// holds it until its last appends have landed (see `start_run`).
     run_locks: Mutex<HashMap<DomainId, Arc<tokio::sync::Mutex<()>>>>,
     dry_runs: Mutex<std::collections::VecDeque<DryRunChanges>>,
+    /// Held by whoever approves a quarantine or finishes an approval.
+    approving: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// The sync workers of every domain.
@@ -168,6 +176,7 @@ impl SyncService {
                 workers: Mutex::new(HashMap::new()),
                 run_locks: Mutex::default(),
                 dry_runs: Mutex::default(),
+                approving: Arc::default(),
             }),
         };
         let weak = Arc::downgrade(&svc.inner);
@@ -581,8 +590,10 @@ impl SyncService {
         Ok(stuck.len())
     }
 
-    /// Applies the removals a quarantined run held back, to the users still out of the
-    /// sync group. Returns the position of the last event.
+    /// Approves a quarantined run: records the approval, then applies the removals it held
+    /// back to the users still out of the sync group. Approving an approved run again
+    /// finishes what an approval cut short left (a crash, a failed append); with nothing
+    /// left it is refused as approved already. Returns the position of the last event.
     pub async fn approve(
         &self,
         domain: DomainId,
@@ -590,52 +601,119 @@ impl SyncService {
         actor: &Actor,
     ) -> Result<u64, SyncError> {
         let engine = &self.inner.engine;
+        // One approval at a time: two admins at once append one approval, and the later
+        // one finds nothing left to apply.
+        let turn = self.inner.approving.clone().lock_owned().await;
         engine.settle().await?;
-        let (behavior, held) = {
+        let (behavior, held, approved) = {
             let p = engine.projector.read();
             let run = p
                 .domains
                 .run(run_id)
                 .filter(|r| r.domain_id == domain)
                 .ok_or(Rejection::NotFound("sync run"))?;
-            let d = p.domains.get(domain).ok_or(Rejection::NotFound("domain"))?;
-            // Neither a setting made stricter after the quarantine (deactivate became
-            // delete) nor the one it was held under, if it became milder since.
-            let now = d.settings.removal_behavior;
-            (
-                run.held_under.map_or(now, |held| held.milder(now)),
-                run.held_removals.clone(),
-            )
+            let (behavior, held) = approval_of(&p, run).ok_or(Rejection::NotFound("domain"))?;
+            (behavior, held, run.approved)
         };
-        // Whether the run is quarantined and not yet approved is the domain stream's to
-        // decide: two admins approving at once append one approval, and one of them is told.
-        let mut last = crate::store::decide_and_append(
-            &*engine.log,
-            &StreamId::domain(domain),
-            actor,
-            Some(run_id.0),
-            idledger_domain::decide::domain::evolve,
-            |st| {
-                idledger_domain::decide::domain::decide(
-                    st,
-                    idledger_domain::decide::domain::DomainCommand::ApproveQuarantine(run_id),
-                )
-            },
-        )
-        .await?;
-        let positions: Vec<u64> = stream::iter(held)
+        let mut last = 0;
+        if !approved {
+            // Whether the run is quarantined and not yet approved is the domain stream's
+            // to decide.
+            last = crate::store::decide_and_append(
+                &*engine.log,
+                &StreamId::domain(domain),
+                actor,
+                Some(run_id.0),
+                idledger_domain::decide::domain::evolve,
+                |st| {
+                    idledger_domain::decide::domain::decide(
+                        st,
+                        idledger_domain::decide::domain::DomainCommand::ApproveQuarantine(run_id),
+                    )
+                },
+            )
+            .await?;
+            crate::crash::point("approve_before_removals");
+        }
+        // Carried out apart from the request: a client that stops waiting (or a request
+        // timeout) must not cut the removals short.
+        let svc = self.clone();
+        let actor = actor.clone();
+        let applied = tokio::spawn(async move {
+            let _turn = turn;
+            svc.apply_held(run_id, behavior, held, &actor).await
+        })
+        .await
+        .map_err(|e| SyncError::Interrupted(e.to_string()))??;
+        match applied {
+            None if approved => {
+                Err(Rejection::Conflict("the run was approved already".into()).into())
+            }
+            applied => Ok(applied.map_or(last, |p| p.max(last))),
+        }
+    }
+
+    /// Finishes every approval an earlier process left cut short (at start).
+    pub fn finish_approvals(&self) {
+        let unfinished: Vec<(SyncRunId, RemovalBehavior, Vec<UserId>)> = {
+            let p = self.inner.engine.projector.read();
+            p.domains
+                .runs()
+                .filter(|r| r.approved && !r.held_removals.is_empty())
+                .filter_map(|r| {
+                    let (behavior, held) = approval_of(&p, r)?;
+                    let owed: Vec<UserId> = held
+                        .into_iter()
+                        .filter(|u| removal_owed(&p, *u, behavior).is_some())
+                        .collect();
+                    (!owed.is_empty()).then_some((r.run_id, behavior, owed))
+                })
+                .collect()
+        };
+        if unfinished.is_empty() {
+            return;
+        }
+        let svc = self.clone();
+        tokio::spawn(async move {
+            let _turn = svc.inner.approving.clone().lock_owned().await;
+            for (run_id, behavior, owed) in unfinished {
+                match svc.apply_held(run_id, behavior, owed, &Actor::System).await {
+                    Ok(_) => {
+                        tracing::info!(run = %run_id.0, "finished an approval an earlier process left cut short")
+                    }
+                    Err(e) => {
+                        tracing::error!(run = %run_id.0, error = %e, "finishing an approved quarantine failed")
+                    }
+                }
+            }
+        });
+    }
+
+    /// Applies the removal `behavior` to each of `held` still owed it. Answers the position
+    /// of the last event, if any was appended.
+    async fn apply_held(
+        &self,
+        run_id: SyncRunId,
+        behavior: RemovalBehavior,
+        held: Vec<UserId>,
+        actor: &Actor,
+    ) -> Result<Option<u64>, SyncError> {
+        let engine = &self.inner.engine;
+        let positions = stream::iter(held)
             .map(|user| async move {
                 let stream = StreamId::user(user);
                 let reason = {
                     let p = engine.projector.read();
-                    p.users.get(user).and_then(|u| u.left_reason)
+                    removal_owed(&p, user, behavior)
                 };
                 let Some(reason) = reason else {
-                    return Ok::<u64, SyncError>(0);
+                    return Ok::<Option<u64>, SyncError>(None);
                 };
                 // Decided on the user's stream through the command path: whether they are
                 // still out, and which writes their key is owed, as of the append (an
                 // agent's answer or an admin's change meanwhile is folded in, not lost).
+                // As the last decision (the one appended) found: anything to do, a deletion.
+                let acted = AtomicBool::new(false);
                 let deletes = AtomicBool::new(false);
                 let p = crate::store::decide_and_append(
                     &*engine.log,
@@ -649,6 +727,7 @@ impl SyncService {
                             UserCommand::ApplyHeldRemoval { behavior, reason },
                         )?;
                         let deleted = events.iter().any(|e| matches!(e, Event::UserDeleted(_)));
+                        acted.store(!events.is_empty(), Ordering::Relaxed);
                         deletes.store(deleted, Ordering::Relaxed);
                         Ok(events)
                     },
@@ -657,13 +736,12 @@ impl SyncService {
                 if deletes.load(Ordering::Relaxed) {
                     engine.keyring.shred(&stream)?;
                 }
-                Ok(p)
+                Ok(acted.load(Ordering::Relaxed).then_some(p))
             })
             .buffer_unordered(64)
-            .try_collect()
+            .try_collect::<Vec<Option<u64>>>()
             .await?;
-        last = positions.into_iter().fold(last, u64::max);
-        Ok(last)
+        Ok(positions.into_iter().flatten().max())
     }
 
     /// Imports candidates of `domain` (all of them with `None`) with the domain's SSO
@@ -784,5 +862,40 @@ pub async fn wait_cancelled(mut rx: watch::Receiver<bool>) {
     if rx.wait_for(|c| *c).await.is_err() {
         // The worker is gone without a cancel: never fire.
         std::future::pending::<()>().await;
+    }
+}
+
+/// The removal behaviour an approval of `run` applies, and the users it held: neither a
+/// setting made stricter after the quarantine (deactivate became delete) nor the one it
+/// was held under, if it became milder since. `None`: the run's domain is gone.
+fn approval_of(
+    p: &idledger_projections::Projections,
+    run: &idledger_projections::SyncRunView,
+) -> Option<(RemovalBehavior, Vec<UserId>)> {
+    let now = p.domains.get(run.domain_id)?.settings.removal_behavior;
+    Some((
+        run.held_under.map_or(now, |held| held.milder(now)),
+        run.held_removals.clone(),
+    ))
+}
+
+/// Why `user` left, when a held removal under `behavior` still has something to do to
+/// them: out of the sync group, and not yet removed as `behavior` says.
+fn removal_owed(
+    p: &idledger_projections::Projections,
+    user: UserId,
+    behavior: RemovalBehavior,
+) -> Option<idledger_domain::LeaveReason> {
+    let u = p.users.get(user)?;
+    let owed = match behavior {
+        RemovalBehavior::Keep | RemovalBehavior::Deactivate => u.status == UserStatus::Active,
+        RemovalBehavior::Delete => {
+            matches!(u.status, UserStatus::Active | UserStatus::Deactivated)
+        }
+    };
+    if owed && !u.in_sync_group {
+        u.left_reason
+    } else {
+        None
     }
 }

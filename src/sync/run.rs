@@ -859,6 +859,7 @@ impl<'a> SyncRun<'a> {
         let removals = plans.iter().filter(|p| p.plan.is_destructive()).count();
         let quarantined = guard_trips(
             removals,
+            self.waiting_removals(&plans),
             self.known.len(),
             self.domain.settings.deletion_threshold,
             groups.sync_moved,
@@ -917,10 +918,18 @@ impl<'a> SyncRun<'a> {
                 held: hold,
             });
         }
+        held.sort_unstable();
         let actor = Actor::Sync(domain_id);
+        if quarantined && !self.dry_run {
+            // On record before any user is: a leaver's `MemberLeftSyncGroup` takes them out
+            // of every later run's plan, so if this run dies after it, this list is all
+            // that still says their removal waits for an admin.
+            self.record_held(&held).await?;
+        }
         if !self.dry_run {
             // What was held is what the appends held: an admin's change meanwhile (an
             // import) may make a removal of a plan that had none, and it is held too.
+            let planned_held = std::mem::take(&mut held);
             let applied: Vec<Option<UserId>> = stream::iter(plans)
                 .map(
                     |Pending {
@@ -934,6 +943,11 @@ impl<'a> SyncRun<'a> {
                 .await?;
             held = applied.into_iter().flatten().collect();
             held.sort_unstable();
+            if quarantined {
+                crate::crash::point("sync_held_before_end");
+                // Only what the list on record lacks goes into the run's last append.
+                held.retain(|u| planned_held.binary_search(u).is_err());
+            }
         }
         let federated = if self.dry_run {
             None
@@ -954,24 +968,8 @@ impl<'a> SyncRun<'a> {
                     .into(),
                 );
             }
-            if quarantined {
-                // In parts: a mass removal's ids (the guard's very case) would not fit in
-                // one record, and the run's removals would be lost with its append.
-                let parts: Vec<&[UserId]> = if held.is_empty() {
-                    vec![&[]]
-                } else {
-                    held.chunks(MAX_HELD_PER_EVENT).collect()
-                };
-                for part in parts {
-                    domain_events.push(
-                        SyncQuarantined {
-                            run_id: self.run_id,
-                            held_removals: part.to_vec(),
-                            domain_users: self.known.len() as u32,
-                        }
-                        .into(),
-                    );
-                }
+            if quarantined && !held.is_empty() {
+                domain_events.extend(self.quarantined_parts(&held));
             }
             domain_events.push(
                 DeltaCheckpointed {
@@ -1009,6 +1007,67 @@ impl<'a> SyncRun<'a> {
             changes: changes.into(),
             position,
         })
+    }
+
+    /// How many removals earlier runs of the domain hold, unapproved, other than those the
+    /// `plans` of this run make again (a held run cut short before all its leavers were on
+    /// record plans the rest again).
+    fn waiting_removals(&self, plans: &[Pending]) -> usize {
+        let p = self.engine.projector.read();
+        let Some(d) = p.domains.get(self.domain.id) else {
+            return 0;
+        };
+        let mut waiting: std::collections::HashSet<UserId> = d
+            .quarantined_runs
+            .iter()
+            .filter_map(|r| p.domains.run(*r))
+            .flat_map(|r| r.held_removals.iter().copied())
+            .collect();
+        if waiting.is_empty() {
+            return 0;
+        }
+        for plan in plans.iter().filter(|p| p.plan.is_destructive()) {
+            if let Some((id, _)) = plan.known {
+                waiting.remove(&id);
+            }
+        }
+        waiting.len()
+    }
+
+    /// The run's quarantine holding `held`: in parts, since a mass removal's ids (the
+    /// guard's very case) would not fit in one record; one empty part marks a run held
+    /// with nothing in it yet.
+    fn quarantined_parts(&self, held: &[UserId]) -> Vec<Event> {
+        let parts: Vec<&[UserId]> = if held.is_empty() {
+            vec![&[]]
+        } else {
+            held.chunks(MAX_HELD_PER_EVENT).collect()
+        };
+        parts
+            .into_iter()
+            .map(|part| {
+                SyncQuarantined {
+                    run_id: self.run_id,
+                    held_removals: part.to_vec(),
+                    domain_users: self.known.len() as u32,
+                }
+                .into()
+            })
+            .collect()
+    }
+
+    /// Puts the run's quarantine, holding `held`, on the domain's record.
+    async fn record_held(&self, held: &[UserId]) -> Result<(), SyncError> {
+        crate::store::append_correlated(
+            &*self.engine.log,
+            StreamId::domain(self.domain.id),
+            ExpectedVersion::Any,
+            &Actor::Sync(self.domain.id),
+            Some(self.run_id.0),
+            self.quarantined_parts(held),
+        )
+        .await?;
+        Ok(())
     }
 
     /// Appends one user's plan, holding back its removal in a `quarantined` run; on a

@@ -165,20 +165,7 @@ enum RotationCrash {
 pub(crate) async fn user_with_key(serve: &Serve, sim: &str, external: &str) -> String {
     use reqwest::Method;
     use serde_json::json;
-    let d = serve
-        .call(
-            Method::POST,
-            "/v1/domains",
-            Some(json!({
-                "domain": "contoso.onmicrosoft.com",
-                "tenant_id": "6f1a2b3c-4d5e-4f60-8a7b-9c0d1e2f3a4b",
-                "client_id": "11111111-2222-4333-8444-555555555555",
-                "client_secret": "contoso-demo-secret",
-                "graph_url": sim, "authority_url": sim, "auto_import": true,
-            })),
-        )
-        .await;
-    let domain = d["id"].as_str().unwrap().to_owned();
+    let domain = contoso_domain(serve, sim, json!({"auto_import": true})).await;
     let run = serve
         .call(Method::POST, &format!("/v1/domains/{domain}/sync"), None)
         .await;
@@ -603,20 +590,7 @@ async fn a_run_interrupted_by_a_crash_is_closed_on_restart() {
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
     let mut first = Serve::start(&data, None).await;
-    let d = first
-        .call(
-            Method::POST,
-            "/v1/domains",
-            Some(json!({
-                "domain": "contoso.onmicrosoft.com",
-                "tenant_id": "6f1a2b3c-4d5e-4f60-8a7b-9c0d1e2f3a4b",
-                "client_id": "11111111-2222-4333-8444-555555555555",
-                "client_secret": "contoso-demo-secret",
-                "graph_url": sim, "authority_url": sim,
-            })),
-        )
-        .await;
-    let domain = d["id"].as_str().unwrap().to_owned();
+    let domain = contoso_domain(&first, &sim, json!({})).await;
     add_fault(
         &sim,
         json!({"path_prefix": "/v1.0/groups", "delay_ms": 20000, "count": 100}),
@@ -752,4 +726,187 @@ async fn rotations_found_open_are_recorded_interrupted_before_their_turn() {
     history_settled(&second, &b, 1).await;
     second.child.kill().unwrap();
     second.child.wait().unwrap();
+}
+
+/// Runs a sync of `domain` on `serve` and answers the run as it ended (`None`: the process
+/// died first).
+async fn run_sync(serve: &Serve, domain: &str) -> Option<serde_json::Value> {
+    use reqwest::Method;
+    let run = serve
+        .call(Method::POST, &format!("/v1/domains/{domain}/sync"), None)
+        .await;
+    let run = run["run_id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let Ok(r) = serve
+            .http
+            .get(format!("{}/v1/domains/{domain}/sync-runs/{run}", serve.url))
+            .bearer_auth(&serve.token)
+            .send()
+            .await
+        else {
+            return None;
+        };
+        let r: serde_json::Value = r.json().await.unwrap();
+        if r["status"] != "running" {
+            return Some(r);
+        }
+        assert!(Instant::now() < deadline, "{r}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The statuses of the contoso users 1..=6 on `serve`.
+async fn leavers(serve: &Serve, domain: &str) -> Vec<(String, bool)> {
+    let users = serve
+        .call(
+            reqwest::Method::GET,
+            &format!("/v1/users?domain={domain}&limit=1000"),
+            None,
+        )
+        .await;
+    let mut out: Vec<(String, String, bool)> = users["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|u| (1..=6).any(|n| u["external_id"] == format!("c0a80000-0000-4000-8000-{n:012}")))
+        .map(|u| {
+            (
+                u["external_id"].as_str().unwrap().to_owned(),
+                u["status"].as_str().unwrap().to_owned(),
+                u["in_sync_group"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    out.sort();
+    out.into_iter().map(|(_, s, g)| (s, g)).collect()
+}
+
+/// A mass removal held by the deletion guard stays held when the run dies after its
+/// users' leaving is on record but before its end: the held list is on record first, so
+/// an admin can still approve it, and the next run (which sees those users out already)
+/// neither forgets them nor removes the rest unapproved. An approval cut short by a crash
+/// is finished by the next process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_removals_survive_a_crash_of_the_run_and_of_the_approval() {
+    use reqwest::Method;
+    use serde_json::json;
+    let (sim, _sim) = graphsim::spawn(
+        idledger::client::contoso::directory().unwrap(),
+        graphsim::SimConfig::default(),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let mut first = Serve::start(&data, Some("sync_held_before_end")).await;
+    let domain = contoso_domain(
+        &first,
+        &sim,
+        json!({"auto_import": true, "deletion_threshold": 3}),
+    )
+    .await;
+    let run = run_sync(&first, &domain).await.unwrap();
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let http = reqwest::Client::new();
+    for n in 1..=6 {
+        let r = http
+            .delete(format!(
+                "{sim}/_sim/groups/a1b2c3d4-0000-4000-8000-000000000001/members/c0a80000-0000-4000-8000-{n:012}"
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+    }
+    // The run is held, and dies before it ends.
+    assert!(run_sync(&first, &domain).await.is_none());
+    first.child.wait().unwrap();
+
+    let mut second = Serve::start(&data, Some("approve_before_removals")).await;
+    let out = leavers(&second, &domain).await;
+    assert_eq!(
+        out,
+        vec![("active".to_owned(), false); 6],
+        "held, not removed"
+    );
+    let d = second
+        .call(Method::GET, &format!("/v1/domains/{domain}"), None)
+        .await;
+    let held_run = d["quarantined_run"]
+        .as_str()
+        .expect("still held")
+        .to_owned();
+    let r = second
+        .call(
+            Method::GET,
+            &format!("/v1/domains/{domain}/sync-runs/{held_run}"),
+            None,
+        )
+        .await;
+    assert_eq!(r["held_removals_total"], 6, "{r}");
+    // The next run sees them out already; it removes no one while they wait.
+    let again = run_sync(&second, &domain).await.unwrap();
+    assert_ne!(again["status"], "failed", "{again}");
+    assert_eq!(
+        leavers(&second, &domain).await,
+        vec![("active".to_owned(), false); 6]
+    );
+    // The approval dies once on record, before its removals; the next process does them.
+    let _ = second
+        .http
+        .post(format!(
+            "{}/v1/domains/{domain}/sync-runs/{held_run}/approve",
+            second.url
+        ))
+        .bearer_auth(&second.token)
+        .send()
+        .await;
+    second.child.wait().unwrap();
+    let third = Serve::start(&data, None).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = leavers(&third, &domain).await;
+        if out == vec![("deactivated".to_owned(), false); 6] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{out:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Nothing is left to approve.
+    let again = third
+        .http
+        .post(format!(
+            "{}/v1/domains/{domain}/sync-runs/{held_run}/approve",
+            third.url
+        ))
+        .bearer_auth(&third.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), reqwest::StatusCode::CONFLICT);
+}
+
+/// Registers the contoso domain on `serve`, reaching graphsim at `sim`, with `settings`
+/// merged into the body; answers its id.
+pub(crate) async fn contoso_domain(
+    serve: &Serve,
+    sim: &str,
+    settings: serde_json::Value,
+) -> String {
+    let mut body = serde_json::json!({
+        "domain": "contoso.onmicrosoft.com",
+        "tenant_id": "6f1a2b3c-4d5e-4f60-8a7b-9c0d1e2f3a4b",
+        "client_id": "11111111-2222-4333-8444-555555555555",
+        "client_secret": "contoso-demo-secret",
+        "graph_url": sim, "authority_url": sim,
+    });
+    if let (Some(b), Some(extra)) = (body.as_object_mut(), settings.as_object()) {
+        b.extend(extra.clone());
+    }
+    let d = serve
+        .call(reqwest::Method::POST, "/v1/domains", Some(body))
+        .await;
+    d["id"].as_str().unwrap().to_owned()
 }

@@ -956,6 +956,37 @@ async fn the_deletion_guard_quarantines_a_mass_removal_until_approved() {
     assert_eq!(s, StatusCode::CONFLICT, "approved once");
 }
 
+/// While a mass removal waits for approval, a later run's removals wait with it: the
+/// rest of a group being emptied does not slip under the guard a few at a time.
+#[tokio::test]
+async fn removals_after_a_held_mass_removal_wait_with_it() {
+    let (w, run) = quarantined_world().await;
+    w.leave(7).await;
+    let later = w.sync().await;
+    assert_eq!(later["status"], "quarantined", "{later}");
+    assert_eq!(later["held_removals_total"], 1, "{later}");
+    assert_eq!(w.user(7).await.unwrap()["status"], "active");
+    // Approving both removes all seven; a run with nothing to remove is not held.
+    for r in [&run, &later] {
+        let (s, b) = w
+            .admin(
+                Method::POST,
+                &format!(
+                    "/v1/domains/{}/sync-runs/{}/approve",
+                    w.domain,
+                    r["run_id"].as_str().unwrap()
+                ),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+    }
+    for n in 1..=7 {
+        assert_eq!(w.user(n).await.unwrap()["status"], "deactivated");
+    }
+    assert_eq!(w.sync().await["status"], "succeeded");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admins_approving_one_quarantine_at_once_apply_it_once() {
     let (w, run) = quarantined_world().await;

@@ -54,6 +54,9 @@ pub struct UserState {
     pub refresh: super::refresh::Families,
     /// The rotation whose password Graph confirmed last: the one a key must hold.
     pub current_password: Option<RotationId>,
+    /// Kept by the removal behaviour since they last left the sync group: their removal
+    /// is settled, and approving it again does nothing.
+    pub kept_out: bool,
 }
 
 /// A key write as decisions see it.
@@ -111,7 +114,11 @@ pub fn evolve(mut s: UserState, e: &Event) -> UserState {
         Event::MemberLeftSyncGroup(_) => s.in_sync_group = false,
         Event::KeyAssigned(e) => s.key_id = Some(e.key_id.clone()),
         Event::KeyUnassigned(_) => s.key_id = None,
-        Event::MemberRejoinedSyncGroup(_) => s.in_sync_group = true,
+        Event::MemberRejoinedSyncGroup(_) => {
+            s.in_sync_group = true;
+            s.kept_out = false;
+        }
+        Event::UserKept(_) => s.kept_out = true,
         Event::UserImported(e) => {
             s.status = Status::Active;
             s.imported_sso = Some(e.sso);
@@ -417,11 +424,13 @@ pub fn decide(s: &UserState, c: UserCommand) -> Result<Vec<Event>, Rejection> {
                 }
             }])
         }
-        (status, UserCommand::ApplyHeldRemoval { behavior, reason }) => Ok(if s.in_sync_group {
-            vec![]
-        } else {
-            removal_for(behavior, status, reason, &s.undelivered())
-        }),
+        (status, UserCommand::ApplyHeldRemoval { behavior, reason }) => {
+            Ok(if s.in_sync_group || s.kept_out {
+                vec![]
+            } else {
+                removal_for(behavior, status, reason, &s.undelivered())
+            })
+        }
         (Status::Unknown | Status::Deleted, UserCommand::RecordReveal { .. }) => {
             Err(Rejection::NotFound("user"))
         }
@@ -821,6 +830,21 @@ mod tests {
         gone.push(UserDeleted { reason: None }.into());
         given::<UserStream>(&gone)
             .when(apply(RemovalBehavior::Delete))
+            .then_nothing();
+        // Kept once: approving again (an approval finished after a crash) keeps no twice.
+        user.when(apply(RemovalBehavior::Keep)).then([UserKept {
+            reason: LeaveReason::DeletedInEntra,
+        }
+        .into()]);
+        let mut kept = out.to_vec();
+        kept.push(
+            UserKept {
+                reason: LeaveReason::DeletedInEntra,
+            }
+            .into(),
+        );
+        given::<UserStream>(&kept)
+            .when(apply(RemovalBehavior::Keep))
             .then_nothing();
     }
 

@@ -81,6 +81,15 @@ impl Notary {
                     tree.size()
                 )));
             }
+            // As long or longer, but another history (a log copied in from elsewhere, an
+            // older copy grown back): signing on would contradict a head given out.
+            let root = tree.root(last.head.tree_size)?;
+            if root != last.head.root_hash {
+                return Err(NotaryError::Head(format!(
+                    "the log holds another history than the one its head of {} records was signed for: restore the data dir's own log (from a backup or a standby) rather than sign over it",
+                    last.head.tree_size
+                )));
+            }
         }
         let notary = Notary {
             inner: Arc::new(Inner {
@@ -227,12 +236,8 @@ pub fn covering_head(
 pub fn latest_kept_note(data_dir: &Path) -> Option<String> {
     let public = key::public_key(data_dir).ok()?;
     let heads = Heads::read_only(data_dir, public.name(), public.key_id()).ok()?;
-    let latest = heads
-        .after(0, usize::MAX)
-        .ok()?
-        .into_iter()
-        .max_by_key(|h| h.head.tree_size)?;
-    let note = latest.to_note();
+    // Heads are kept in increasing size: the last is the latest.
+    let note = heads.latest()?.to_note();
     public.open(&note).ok().map(|_| note)
 }
 
@@ -301,5 +306,34 @@ mod tests {
             "{:?}",
             refused.err()
         );
+    }
+
+    /// A log replaced by another history as long as the signed one, or longer (a copy
+    /// from elsewhere, an older copy grown back): signing on would contradict a head
+    /// already given out under the same key, so the notary refuses to start.
+    #[tokio::test]
+    async fn a_log_with_another_history_than_its_heads_is_not_signed() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = |p: u64| Ok(format!("record {p}").into_bytes());
+        let tree = Arc::new(LogTree::open(dir.path(), 0, record).unwrap());
+        tree.append(&leaves(1, 100, "record"));
+        let keys = keyring(dir.path());
+        let notary = Notary::start(dir.path(), tree, &keys, Duration::from_secs(60)).unwrap();
+        assert_eq!(notary.sign_now().unwrap().unwrap().head.tree_size, 100);
+        drop(notary);
+        for size in [100, 120] {
+            let other = |p: u64| Ok(format!("other {p}").into_bytes());
+            let tree = Arc::new(LogTree::open(dir.path(), size, other).unwrap());
+            let refused = Notary::start(dir.path(), tree, &keys, Duration::from_secs(60));
+            assert!(
+                matches!(&refused, Err(NotaryError::Head(m)) if m.contains("another history")),
+                "{size}: {:?}",
+                refused.err()
+            );
+        }
+        // The history the heads were signed for, grown, is signed on.
+        let tree = Arc::new(LogTree::open(dir.path(), 120, record).unwrap());
+        let notary = Notary::start(dir.path(), tree, &keys, Duration::from_secs(60)).unwrap();
+        assert_eq!(notary.sign_now().unwrap().unwrap().head.tree_size, 120);
     }
 }

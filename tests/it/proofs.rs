@@ -783,6 +783,18 @@ async fn a_rewritten_history_is_caught_on_the_next_visit() {
     let (local, code) = verify(&data);
     assert_eq!(code, 1, "{local}");
     assert_eq!(local["first_inconsistent_tree_size"], first_bad, "{local}");
+    // The server will not sign the rewritten history under the key of the first.
+    let refused = idledger()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("another history"), "{said}");
+    // An operator who also throws its signed heads away gets it to start: the auditor's
+    // checkpoint is what catches them then.
+    std::fs::remove_file(data.join("tree").join("heads")).unwrap();
     let mut serve = Serve::start_with(&data, None, &fast).await;
     add_domains(&serve, &["g.example.com"]).await;
     let head = head_of(&serve).await;
@@ -791,8 +803,10 @@ async fn a_rewritten_history_is_caught_on_the_next_visit() {
     let (caught, code) = visit(&serve, cp, &key);
     assert_eq!(code, 1, "{caught}");
     assert_eq!(caught["ok"], false);
+    // Its heads gone, the server knows none older: the auditor's own head is the first
+    // the records contradict.
     assert_eq!(
-        caught["first_inconsistent_tree_size"], first_bad,
+        caught["first_inconsistent_tree_size"], second["tree_size"],
         "{caught} (kept {kept:?})"
     );
     assert!(caught["reason"].is_string());

@@ -30,15 +30,17 @@ pub enum ExportKind {
 }
 
 impl ExportKind {
+    /// Every kind, in the order documents and forms list them.
+    pub const ALL: [ExportKind; 4] = [
+        ExportKind::PasswordChanges,
+        ExportKind::Events,
+        ExportKind::Users,
+        ExportKind::SignIns,
+    ];
+
     /// Parses `password-changes`, `events`, `users` or `sign-ins`.
     pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "password-changes" => Some(ExportKind::PasswordChanges),
-            "events" => Some(ExportKind::Events),
-            "users" => Some(ExportKind::Users),
-            "sign-ins" => Some(ExportKind::SignIns),
-            _ => None,
-        }
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
     }
 
     /// The kind's name.

@@ -105,8 +105,29 @@ async fn page_headers(response: Response) -> Response {
 const CSS: &str = include_str!("assets/console.css");
 const JS: &str = include_str!("assets/console.js");
 
+/// A path segment as text, or empty when it is not text (a `%FF`): each console handler
+/// answers a segment it does not know with its own page, where axum would answer plain
+/// text.
+pub(super) struct Segment(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Segment {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Segment(
+            Path::<String>::from_request_parts(parts, state)
+                .await
+                .map(|Path(s)| s)
+                .unwrap_or_default(),
+        ))
+    }
+}
+
 /// The embedded assets.
-async fn asset(Path(file): Path<String>, headers: HeaderMap) -> Response {
+async fn asset(Segment(file): Segment, headers: HeaderMap) -> Response {
     match file.as_str() {
         "console.css" => crate::http::web::asset(CSS, "text/css; charset=utf-8", &headers),
         "console.js" => crate::http::web::asset(JS, "text/javascript; charset=utf-8", &headers),
@@ -243,7 +264,7 @@ fn ticket_expired(state: &AppState) -> Response {
 }
 
 /// A one-time sign-in link (the demo prints one): a page whose button signs in.
-async fn sign_in_link_page(State(state): State<AppState>, Path(ticket): Path<String>) -> Response {
+async fn sign_in_link_page(State(state): State<AppState>, Segment(ticket): Segment) -> Response {
     if !state.sessions.ticket_valid(&ticket) {
         return ticket_expired(&state);
     }
@@ -265,7 +286,7 @@ struct SignInLink {
 /// Signs in with a one-time link's ticket, from its own page only.
 async fn sign_in_link(
     State(state): State<AppState>,
-    Path(ticket): Path<String>,
+    Segment(ticket): Segment,
     headers: HeaderMap,
     form: Result<Form<SignInLink>, axum::extract::rejection::FormRejection>,
 ) -> Response {

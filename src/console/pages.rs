@@ -1,10 +1,10 @@
 //! The pages' frames. Every value that comes from a request or the log goes through
 //! [`esc`]; the tables are filled by `console.js` with `textContent`, never as HTML.
 
-use super::{signed_in, Viewer};
+use super::{signed_in, Segment, Viewer};
 pub(crate) use crate::http::esc;
 use crate::http::AppState;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{Html, IntoResponse, Response};
 
@@ -247,7 +247,7 @@ const DOMAIN_ADMIN: &str = r#"
 pub(super) async fn domain(
     State(s): State<AppState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    Segment(id): Segment,
 ) -> Response {
     signed_in(&s, &headers, |v| {
         let Some(id) = uuid_of(&id) else {
@@ -282,7 +282,7 @@ pub(super) async fn domain(
 pub(super) async fn import(
     State(s): State<AppState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    Segment(id): Segment,
 ) -> Response {
     signed_in(&s, &headers, |v| {
         let Some(id) = uuid_of(&id) else {
@@ -361,7 +361,7 @@ const USER_ADMIN: &str = r#"
 pub(super) async fn user(
     State(s): State<AppState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    Segment(id): Segment,
 ) -> Response {
     signed_in(&s, &headers, |v| {
         let Some(id) = uuid_of(&id) else {
@@ -417,7 +417,7 @@ pub(super) async fn audit(State(s): State<AppState>, headers: HeaderMap) -> Resp
 <h2 id="exp-title">Exports</h2>
 <form id="export-form" class="grid">
   <label for="kind">Kind</label>
-  <select id="kind" name="kind"><option value="password-changes">Password changes</option><option value="events">Events</option><option value="users">Users</option></select>
+  <select id="kind" name="kind"><option value="password-changes">Password changes</option><option value="events">Events</option><option value="users">Users</option><option value="sign-ins">Sign-ins</option></select>
   <label for="format">Format</label>
   <select id="format" name="format"><option value="csv">CSV</option><option value="jsonl">JSON Lines</option></select>
   <label for="from">From</label>

@@ -230,7 +230,8 @@ pub async fn timeline(
 ) -> Result<Json<Page<TimelineEntry>>, ApiError> {
     s.reach(q.min_position).await?;
     let stream = StreamId::user(UserId(id));
-    if s.engine.log.stream_version(&stream) == 0 {
+    let version = s.engine.log.stream_version(&stream);
+    if version == 0 {
         return Err(ApiError::NotFound("user".into()));
     }
     // The cursor is the stream version of the last event sent, in either order.
@@ -246,8 +247,14 @@ pub async fn timeline(
         }
         super::Order::Newest => {
             let end = match q.after {
+                // Past the story's end the cursor names nothing a page gave out.
+                Some(a) if a > version.saturating_add(1) => {
+                    return Err(ApiError::BadRequest(
+                        "after: no such event in this user's timeline".into(),
+                    ))
+                }
                 Some(a) => a.saturating_sub(1),
-                None => s.engine.log.stream_version(&stream),
+                None => version,
             };
             let start = end.saturating_sub(wanted as u64).saturating_add(1);
             let mut events = if end == 0 {

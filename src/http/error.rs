@@ -50,6 +50,9 @@ pub enum ApiError {
     /// A service we depend on (Graph, the mail relay) failed.
     #[error("{0}")]
     BadGateway(String),
+    /// The route does not take the request's method.
+    #[error("this route does not take this method: its Allow header lists those it does")]
+    MethodNotAllowed,
     /// Something on our side failed; the details are in the log.
     #[error("internal error")]
     Internal(String),
@@ -72,6 +75,7 @@ impl ApiError {
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             ApiError::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
             ApiError::BadGateway(_) => (StatusCode::BAD_GATEWAY, "upstream"),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

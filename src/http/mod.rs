@@ -407,6 +407,8 @@ pub fn router(state: AppState) -> Router {
     }
     router
         .fallback(|| async { ApiError::NotFound("route".into()) })
+        // After every route: it is set on the routes there are.
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn_with_state(state.clone(), timeout))
         .layer(middleware::map_response(api_headers))

@@ -42,15 +42,17 @@ fn to_value<T: serde::Serialize>(v: &T) -> Value {
 }
 
 /// The path parameters of an axum path (`{id}` …): object ids are UUIDs, `kind` an
-/// export kind.
+/// export kind, `tree_size` a number of records.
 fn path_parameters(path: &str) -> Vec<Value> {
     path.split('/')
         .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
         .map(|name| {
             let schema = match name {
                 "kind" => {
-                    json!({"type": "string", "enum": ["password-changes", "events", "users"]})
+                    let kinds = idledger_replay::export::ExportKind::ALL.map(|k| k.as_str());
+                    json!({"type": "string", "enum": kinds})
                 }
+                "tree_size" => json!({"type": "integer", "format": "int64", "minimum": 1}),
                 _ => json!({"type": "string", "format": "uuid"}),
             };
             json!({"name": name, "in": "path", "required": true, "schema": schema})

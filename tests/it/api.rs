@@ -545,6 +545,22 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
             "",
         ),
     ];
+    let mut cases = cases;
+    // A method the route does not take: 405 in the same envelope, naming what it takes.
+    for (method, path) in [
+        (Method::PUT, "/v1/tokens"),
+        (Method::DELETE, "/v1/users"),
+        (Method::POST, &format!("/v1/domains/{d}/sync-runs") as &str),
+    ] {
+        cases.push((
+            method,
+            path.to_owned(),
+            json_ct,
+            b"{}".to_vec(),
+            405,
+            "Allow",
+        ));
+    }
     for (method, path, ctype, body, want, mention) in cases {
         let (s, b) = raw(method.clone(), &path, ctype, body).await;
         assert_eq!(s.as_u16(), want, "{method} {path}: {b}");
@@ -568,6 +584,15 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let r = reqwest::Client::new()
+        .put(format!("{}/v1/tokens", app.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let mut allowed: Vec<&str> = r.headers()["allow"].to_str().unwrap().split(',').collect();
+    allowed.sort_unstable();
+    assert_eq!(allowed, ["GET", "HEAD", "POST"]);
     assert_eq!(app.head(), head, "refused input appended nothing");
     assert!(keystore() == keys, "refused input made no data key");
 }
@@ -1116,6 +1141,13 @@ async fn the_openapi_document_lists_every_route_with_its_roles() {
     assert_eq!(s, StatusCode::OK);
     assert_eq!(doc["openapi"], "3.1.0");
     let paths = doc["paths"].as_object().unwrap();
+    // Path parameters say what the route takes: every export kind, a number of records.
+    let schema_of = |path: &str| paths[path]["get"]["parameters"][0]["schema"].clone();
+    assert_eq!(
+        schema_of("/v1/audit/exports/{kind}")["enum"],
+        json!(["password-changes", "events", "users", "sign-ins"])
+    );
+    assert_eq!(schema_of("/v1/log/sth/{tree_size}")["type"], "integer");
     let mut operations = 0;
     for (path, methods) in paths {
         let concrete = path.replace("{id}", &uuid::Uuid::new_v4().to_string());

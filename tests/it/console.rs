@@ -378,6 +378,23 @@ async fn a_session_stands_for_its_token_and_commands_need_its_csrf_token() {
         &page.text().await.unwrap(),
         "name=\"csrf-token\" content=\"",
     );
+    // A segment that is not text gets the console's own page, not axum's plain text.
+    for path in [
+        "/console/users/%FF",
+        "/console/domains/%FF",
+        "/console/domains/%FF/import",
+        "/console/sign-in/%FF",
+    ] {
+        let r = http
+            .get(format!("{base}{path}"))
+            .header("cookie", &session)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_client_error(), "{path}: {}", r.status());
+        let ctype = r.headers()["content-type"].to_str().unwrap().to_owned();
+        assert!(ctype.starts_with("text/html"), "{path}: {ctype}");
+    }
     let create = |csrf: Option<String>| {
         let mut req = http
             .post(format!("{base}/v1/domains"))

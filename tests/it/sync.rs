@@ -1763,6 +1763,18 @@ async fn candidates_runs_outcomes_domains_and_timelines_page() {
             "limit {limit}"
         );
     }
+    // A cursor past the user's story names nothing: refused, not a walk of empty pages.
+    let events = whole["items"].as_array().unwrap().len();
+    for after in [events + 2, 1_000_000] {
+        let (s, body) = w
+            .admin(
+                Method::GET,
+                &format!("/v1/users/{user}/timeline?order=newest&after={after}"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{after}: {body}");
+    }
     let (s, body) = w
         .admin(
             Method::GET,

@@ -135,6 +135,26 @@ impl CheckedRecord {
     }
 }
 
+/// A signed head as a reader hands it to [`Verifier::expect_heads_in_order`], or why it
+/// could not be read.
+pub type HeadRead = Result<TreeHead, String>;
+
+/// The heads still to be reached: the next one, and a reader of those after it.
+#[derive(Default)]
+struct HeadQueue {
+    next: Option<TreeHead>,
+    rest: Option<Box<dyn Iterator<Item = HeadRead> + Send>>,
+}
+
+impl std::fmt::Debug for HeadQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeadQueue")
+            .field("next", &self.next)
+            .field("more", &self.rest.is_some())
+            .finish()
+    }
+}
+
 /// Streaming verifier: feed records in key order with [`Verifier::push`], then
 /// [`Verifier::finish`].
 #[derive(Debug, Default)]
@@ -147,8 +167,8 @@ pub struct Verifier {
     stream_versions: FxHashMap<String, u64>,
     event_ids: FxHashSet<uuid::Uuid>,
     tree: Frontier,
-    /// Signed heads to hold the records to, by increasing size (the next is last).
-    heads: Vec<TreeHead>,
+    /// Signed heads to hold the records to, by increasing size.
+    heads: HeadQueue,
     first_inconsistent: Option<u64>,
     /// Started after a position whose records it never saw: a stream's first version
     /// seen is taken as it is, and the tree is not the log's.
@@ -207,8 +227,48 @@ impl Verifier {
     /// root must be the head's; a head larger than the log read means records withheld
     /// or lost.
     pub fn expect_heads(&mut self, mut heads: Vec<TreeHead>) {
-        heads.sort_by_key(|h| std::cmp::Reverse(h.tree_size));
-        self.heads = heads;
+        heads.sort_by_key(|h| h.tree_size);
+        self.expect_heads_in_order(Box::new(heads.into_iter().map(Ok)));
+    }
+
+    /// [`Verifier::expect_heads`], the heads read as the tree reaches them, in increasing
+    /// size: a data dir keeps a head per second of growth, years of which do not fit in
+    /// memory. A head that cannot be read is a problem, and ends the heads.
+    pub fn expect_heads_in_order(&mut self, heads: Box<dyn Iterator<Item = HeadRead> + Send>) {
+        self.heads = HeadQueue {
+            next: None,
+            rest: Some(heads),
+        };
+        self.next_head();
+    }
+
+    /// Takes the next head off the queue (the one after it read).
+    fn next_head(&mut self) {
+        let last = self.heads.next.take().map(|h| h.tree_size);
+        let Some(rest) = self.heads.rest.as_mut() else {
+            return;
+        };
+        match rest.next() {
+            // Two of one size are both held to the records (an auditor's and the server's
+            // may differ); a smaller one after a larger would never be reached.
+            Some(Ok(head)) if last.is_some_and(|l| head.tree_size < l) => {
+                self.heads.rest = None;
+                self.problem(
+                    0,
+                    format!(
+                        "the heads are not in increasing size: {} after {}",
+                        head.tree_size,
+                        last.unwrap_or(0)
+                    ),
+                );
+            }
+            Some(Ok(head)) => self.heads.next = Some(head),
+            Some(Err(why)) => {
+                self.heads.rest = None;
+                self.problem(0, why);
+            }
+            None => self.heads.rest = None,
+        }
     }
 
     fn problem(&mut self, position: u64, reason: String) {
@@ -302,11 +362,11 @@ impl Verifier {
 
     fn check_heads(&mut self, key: u64) {
         let size = self.tree.size();
-        while let Some(head) = self.heads.last().copied() {
+        while let Some(head) = self.heads.next {
             if head.tree_size > size {
                 return;
             }
-            self.heads.pop();
+            self.next_head();
             if head.tree_size < size {
                 continue;
             }
@@ -335,8 +395,8 @@ impl Verifier {
 
     /// The report.
     pub fn finish(mut self) -> VerifyReport {
-        // Heads are sorted largest first: the last left is the smallest never reached.
-        if let Some(head) = self.heads.last().copied() {
+        // The next head is the smallest never reached.
+        if let Some(head) = self.heads.next {
             self.first_inconsistent.get_or_insert(head.tree_size);
             let reason = format!(
                 "missing: a tree head was signed for {} records; the log gives {}",
@@ -617,5 +677,28 @@ mod tests {
         assert_eq!(forked.first_inconsistent_tree_size, Some(7));
         assert_eq!(forked.problem_count, 2);
         assert_eq!(forked.summary_json()["first_inconsistent_tree_size"], 7);
+
+        // Read as the tree reaches them: sound heads pass, one that cannot be read or
+        // comes out of order is a problem and ends the heads.
+        let streamed = |heads: Vec<HeadRead>| {
+            let mut v = Verifier::new();
+            v.expect_heads_in_order(Box::new(heads.into_iter()));
+            for (key, bytes) in numbered(records.clone()) {
+                v.push(key, &bytes);
+            }
+            v.finish()
+        };
+        let sound = streamed(vec![Ok(head(4, roots[3])), Ok(head(10, roots[9]))]);
+        assert!(sound.ok, "{sound:?}");
+        let unreadable = streamed(vec![
+            Ok(head(4, roots[3])),
+            Err("the head of size 6: bad signature".into()),
+            Ok(head(9, Hash([2; 32]))),
+        ]);
+        assert_eq!(unreadable.problem_count, 1, "{unreadable:?}");
+        assert!(unreadable.problems[0].reason.contains("bad signature"));
+        let backwards = streamed(vec![Ok(head(9, roots[8])), Ok(head(4, roots[3]))]);
+        assert_eq!(backwards.problem_count, 1, "{backwards:?}");
+        assert!(backwards.problems[0].reason.contains("increasing"));
     }
 }

@@ -25,9 +25,9 @@ pub fn verify(source: &Source, on_position: impl FnMut(u64)) -> serde_json::Valu
                 return serde_json::json!({"ok": false, "first_bad_position": 0, "reason": e.to_string()})
             }
         },
-        Source::Server { .. } => Vec::new(),
+        Source::Server { .. } => Box::new(std::iter::empty()),
     };
-    verify_against(source, heads, on_position).summary_json()
+    verify_with(source, |v| v.expect_heads_in_order(heads), on_position).summary_json()
 }
 
 /// [`verify`], with the Merkle tree over the records also held to `heads` (signed tree
@@ -35,12 +35,21 @@ pub fn verify(source: &Source, on_position: impl FnMut(u64)) -> serde_json::Valu
 pub fn verify_against(
     source: &Source,
     heads: Vec<TreeHead>,
+    on_position: impl FnMut(u64),
+) -> VerifyReport {
+    verify_with(source, |v| v.expect_heads(heads), on_position)
+}
+
+/// The chain of `source` verified by a verifier `expect` gave its heads.
+fn verify_with(
+    source: &Source,
+    expect: impl FnOnce(&mut Verifier),
     mut on_position: impl FnMut(u64),
 ) -> VerifyReport {
     let source = source.clone();
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let mut v = Verifier::new();
-        v.expect_heads(heads);
+        expect(&mut v);
         let read = records_of(&source).map(|records| {
             parallel_map(records, CheckedRecord::check, decoder_threads(), |what| {
                 Error::Other(what.to_owned())

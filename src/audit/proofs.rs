@@ -141,8 +141,9 @@ impl Server {
                 }
             }
             match page.next.and_then(|n| n.parse::<u64>().ok()) {
-                // A cursor that does not move on would page for ever.
-                Some(n) if n <= after => {
+                // A cursor that does not move on, or moves on past nothing, would page for
+                // ever (an empty page is the last).
+                Some(n) if n <= after || page.items.is_empty() => {
                     return Ok(Err(format!(
                         "the server's list of heads does not move on past {after}"
                     )))

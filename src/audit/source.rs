@@ -99,6 +99,14 @@ pub fn each_record(
             }
         }
         next = page["next"].as_str().and_then(|n| n.parse().ok());
+        let empty = page["items"].as_array().is_none_or(Vec::is_empty);
+        if let (true, Some(n)) = (empty, next) {
+            // Positions are dense: an empty page has no next one. A server stepping on
+            // one position at a time would keep the tool asking 2^64 times.
+            return Err(Error::Other(format!(
+                "{server} sent an empty page with a next one at position {n}: the feed does not advance"
+            )));
+        }
         if let Some(n) = next.filter(|n| *n <= pos || *n <= handed) {
             return Err(Error::Other(format!(
                 "{server} sent a next page at position {n} after {}: the feed does not advance",
@@ -202,6 +210,7 @@ mod tests {
         let item = |p: u64| format!(r#"{{"position":{p},"record":"AA=="}}"#);
         for body in [
             r#"{"items":[],"next":"1"}"#.to_owned(),
+            r#"{"items":[],"next":"5"}"#.to_owned(),
             format!(r#"{{"items":[{}],"next":"1"}}"#, item(1)),
             format!(r#"{{"items":[{},{}],"next":"9"}}"#, item(2), item(2)),
         ] {
@@ -209,6 +218,9 @@ mod tests {
             let ended = read_feed(url).unwrap_or_else(|| panic!("still reading {body}"));
             let err = ended.expect_err(&body);
             assert!(err.contains("the feed"), "{body}: {err}");
+            if body.contains(r#""next":"5""#) {
+                assert!(err.contains("empty page"), "{body}: {err}");
+            }
         }
     }
 

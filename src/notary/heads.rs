@@ -213,6 +213,12 @@ impl Heads {
         Ok(None)
     }
 
+    /// Every head, in increasing size, each read as it is reached (the file can hold
+    /// years of them).
+    pub fn into_all(self) -> impl Iterator<Item = Result<SignedTreeHead, NotaryError>> + Send {
+        (0..self.count).map(move |i| self.read(i))
+    }
+
     /// Up to `limit` heads with trees larger than `after`, in increasing size.
     pub fn after(&self, after: u64, limit: usize) -> Result<Vec<SignedTreeHead>, NotaryError> {
         let first = self.first_after(after)?;

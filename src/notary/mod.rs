@@ -241,11 +241,14 @@ pub fn latest_kept_note(data_dir: &Path) -> Option<String> {
     public.open(&note).ok().map(|_| note)
 }
 
-/// Every head a stopped server's data dir kept, each signature checked with the data
-/// dir's public key (none when the log was never served, so has no key yet).
-pub fn kept_heads(data_dir: &Path) -> Result<Vec<TreeHead>, NotaryError> {
+/// Every head a stopped server's data dir kept, in increasing size, each read and its
+/// signature checked with the data dir's public key as it is reached (none when the log
+/// was never served, so has no key yet). A head that fails is handed on as why.
+pub fn kept_heads(
+    data_dir: &Path,
+) -> Result<Box<dyn Iterator<Item = idledger_replay::verify::HeadRead> + Send>, NotaryError> {
     let Ok(public) = key::public_key(data_dir) else {
-        return Ok(Vec::new());
+        return Ok(Box::new(std::iter::empty()));
     };
     let heads = match Heads::read_only(data_dir, public.name(), public.key_id()) {
         Ok(h) => h,
@@ -254,19 +257,17 @@ pub fn kept_heads(data_dir: &Path) -> Result<Vec<TreeHead>, NotaryError> {
                 .join("heads")
                 .exists() =>
         {
-            return Ok(Vec::new())
+            return Ok(Box::new(std::iter::empty()))
         }
         Err(e) => return Err(e),
     };
-    heads
-        .after(0, usize::MAX)?
-        .into_iter()
-        .map(|h| {
-            public.open(&h.to_note()).map(|h| h.head).map_err(|e| {
-                NotaryError::Head(format!("the head of size {}: {e}", h.head.tree_size))
-            })
-        })
-        .collect()
+    Ok(Box::new(heads.into_all().map(move |h| {
+        let h = h.map_err(|e| format!("the kept heads could not be read: {e}"))?;
+        public
+            .open(&h.to_note())
+            .map(|h| h.head)
+            .map_err(|e| format!("the head of size {}: {e}", h.head.tree_size))
+    })))
 }
 
 #[cfg(test)]

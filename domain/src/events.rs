@@ -150,6 +150,14 @@ pub struct SyncQuarantineApproved {
     pub run_id: SyncRunId,
 }
 
+/// Every removal an approved quarantine held was carried out (or found owed no more):
+/// the approval is finished, and approving again changes nothing.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct SyncQuarantineApplied {
+    /// The run this event belongs to (also the correlation id of its events).
+    pub run_id: SyncRunId,
+}
+
 /// The tenant's federated domains changed to these names (lower case, sorted): their
 /// users' passwords live with the federation's identity provider, and Graph cannot set
 /// them, so those users are not rotated.
@@ -995,4 +1003,6 @@ event_catalogue! {
     AppTokenRefused = "AppTokenRefused", schema 1, User;
     /// See [`FederatedDomainsSeen`].
     FederatedDomainsSeen = "FederatedDomainsSeen", schema 1, Domain;
+    /// See [`SyncQuarantineApplied`].
+    SyncQuarantineApplied = "SyncQuarantineApplied", schema 1, Domain;
 }

@@ -157,6 +157,7 @@ pub fn sample_event(index: usize, s: &SampleSeed) -> Option<Event> {
         }
         .into(),
         &"SyncQuarantineApproved" => SyncQuarantineApproved { run_id }.into(),
+        &"SyncQuarantineApplied" => SyncQuarantineApplied { run_id }.into(),
         &"DeltaCheckpointed" => DeltaCheckpointed {
             run_id,
             groups_delta_link: format!(

@@ -207,6 +207,8 @@ pub struct SyncRunView {
     pub held_under: Option<RemovalBehavior>,
     /// Approved after quarantine.
     pub approved: bool,
+    /// Every removal the approval applies was carried out.
+    pub removals_applied: bool,
     /// Users the run affected (unchanged ones are not listed), in id order.
     pub users: BTreeMap<UserId, RunUserOutcome>,
 }
@@ -433,6 +435,7 @@ impl Domains {
                         held_removals: Vec::new(),
                         held_under: Some(d.settings.removal_behavior),
                         approved: false,
+                        removals_applied: false,
                         users: BTreeMap::new(),
                     },
                 );
@@ -462,7 +465,8 @@ impl Domains {
                 }
             }
             Event::SyncQuarantined(e) => {
-                if !d.quarantined_runs.contains(&e.run_id) {
+                let approved = self.runs.get(&e.run_id).is_some_and(|r| r.approved);
+                if !approved && !d.quarantined_runs.contains(&e.run_id) {
                     d.quarantined_runs.push(e.run_id);
                 }
                 if let Some(r) = self.runs.get_mut(&e.run_id) {
@@ -482,6 +486,11 @@ impl Domains {
                 d.quarantined_runs.retain(|r| *r != e.run_id);
                 if let Some(r) = self.runs.get_mut(&e.run_id) {
                     r.approved = true;
+                }
+            }
+            Event::SyncQuarantineApplied(e) => {
+                if let Some(r) = self.runs.get_mut(&e.run_id) {
+                    r.removals_applied = true;
                 }
             }
             _ => {}

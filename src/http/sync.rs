@@ -60,6 +60,9 @@ pub struct SyncRun {
     /// How many removals were held back.
     held_removals_total: usize,
     approved: bool,
+    /// Every removal the approval applies was carried out (false while one is owed:
+    /// approving again finishes it).
+    removals_applied: bool,
 }
 
 /// Held removals a run lists in itself; a mass removal may hold back a whole tenant.
@@ -87,6 +90,7 @@ impl From<&SyncRunView> for SyncRun {
                 .collect(),
             held_removals_total: r.held_removals.len(),
             approved: r.approved,
+            removals_applied: r.removals_applied,
         }
     }
 }

@@ -25,7 +25,7 @@ use idledger_domain::events::{SyncRunFailed, SyncRunStarted};
 use idledger_domain::{
     Actor, DomainId, Event, RemovalBehavior, StreamId, SyncRunId, SyncTrigger, UserId,
 };
-use idledger_projections::{SyncRunStatus, UserStatus};
+use idledger_projections::UserStatus;
 use rand::Rng;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -141,8 +141,9 @@ struct Inner {
     /// holds it until its last appends have landed (see `start_run`).
     run_locks: Mutex<HashMap<DomainId, Arc<tokio::sync::Mutex<()>>>>,
     dry_runs: Mutex<std::collections::VecDeque<DryRunChanges>>,
-    /// Held by whoever approves a quarantine or finishes an approval.
-    approving: Arc<tokio::sync::Mutex<()>>,
+    /// Held by whoever approves a quarantine or finishes an approval (after the domain's
+    /// run lock).
+    approving: tokio::sync::Mutex<()>,
 }
 
 /// The sync workers of every domain.
@@ -176,7 +177,7 @@ impl SyncService {
                 workers: Mutex::new(HashMap::new()),
                 run_locks: Mutex::default(),
                 dry_runs: Mutex::default(),
-                approving: Arc::default(),
+                approving: tokio::sync::Mutex::default(),
             }),
         };
         let weak = Arc::downgrade(&svc.inner);
@@ -561,7 +562,8 @@ impl SyncService {
                 .all()
                 .into_iter()
                 .flat_map(|d| p.domains.runs_of(d.id))
-                .filter(|r| r.status == SyncRunStatus::Running)
+                // Not ended: running, or held with its list on record before it died.
+                .filter(|r| r.finished_at.is_none())
                 .map(|r| (r.domain_id, r.run_id))
                 .collect()
         };
@@ -590,84 +592,122 @@ impl SyncService {
         Ok(stuck.len())
     }
 
-    /// Approves a quarantined run: records the approval, then applies the removals it held
-    /// back to the users still out of the sync group. Approving an approved run again
-    /// finishes what an approval cut short left (a crash, a failed append); with nothing
-    /// left it is refused as approved already. Returns the position of the last event.
+    /// Approves a quarantined run: records the approval, applies the removals it held
+    /// back to the users still out of the sync group, and records the approval finished.
+    /// Approving an approved run whose removals were not all carried out (a crash, a
+    /// failed append) finishes them; a finished one is refused as approved already.
+    /// Returns the position of the last event.
     pub async fn approve(
         &self,
         domain: DomainId,
         run_id: SyncRunId,
         actor: &Actor,
     ) -> Result<u64, SyncError> {
+        // All of it apart from the request: a client that stops waiting (or a request
+        // timeout) must not leave an approval on record with its removals not begun.
+        let svc = self.clone();
+        let actor = actor.clone();
+        tokio::spawn(async move { svc.approve_now(domain, run_id, &actor).await })
+            .await
+            .map_err(|e| SyncError::Interrupted(e.to_string()))?
+    }
+
+    async fn approve_now(
+        &self,
+        domain: DomainId,
+        run_id: SyncRunId,
+        actor: &Actor,
+    ) -> Result<u64, SyncError> {
         let engine = &self.inner.engine;
-        // One approval at a time: two admins at once append one approval, and the later
-        // one finds nothing left to apply.
-        let turn = self.inner.approving.clone().lock_owned().await;
+        // Not while a run of the domain is going: a held run records its list before its
+        // leavers, and an approval in between would find them still in the group.
+        let run_lock = self.run_lock(domain);
+        let _run = run_lock.lock().await;
+        let _turn = self.inner.approving.lock().await;
         engine.settle().await?;
-        let (behavior, held, approved) = {
+        let (approved, applied) = {
             let p = engine.projector.read();
             let run = p
                 .domains
                 .run(run_id)
                 .filter(|r| r.domain_id == domain)
                 .ok_or(Rejection::NotFound("sync run"))?;
-            let (behavior, held) = approval_of(&p, run).ok_or(Rejection::NotFound("domain"))?;
-            (behavior, held, run.approved)
+            (run.approved, run.removals_applied)
         };
+        if applied {
+            return Err(Rejection::Conflict("the run was approved already".into()).into());
+        }
         let mut last = 0;
         if !approved {
             // Whether the run is quarantined and not yet approved is the domain stream's
             // to decide.
-            last = crate::store::decide_and_append(
-                &*engine.log,
-                &StreamId::domain(domain),
-                actor,
-                Some(run_id.0),
-                idledger_domain::decide::domain::evolve,
-                |st| {
-                    idledger_domain::decide::domain::decide(
-                        st,
-                        idledger_domain::decide::domain::DomainCommand::ApproveQuarantine(run_id),
-                    )
-                },
-            )
-            .await?;
-            crate::crash::point("approve_before_removals");
+            last = self
+                .decide_domain(
+                    domain,
+                    run_id,
+                    actor,
+                    idledger_domain::decide::domain::DomainCommand::ApproveQuarantine(run_id),
+                )
+                .await?;
         }
-        // Carried out apart from the request: a client that stops waiting (or a request
-        // timeout) must not cut the removals short.
-        let svc = self.clone();
-        let actor = actor.clone();
-        let applied = tokio::spawn(async move {
-            let _turn = turn;
-            svc.apply_held(run_id, behavior, held, &actor).await
-        })
-        .await
-        .map_err(|e| SyncError::Interrupted(e.to_string()))??;
-        match applied {
-            None if approved => {
-                Err(Rejection::Conflict("the run was approved already".into()).into())
-            }
-            applied => Ok(applied.map_or(last, |p| p.max(last))),
-        }
+        crate::crash::point("approve_before_removals");
+        Ok(self.finish_approval(domain, run_id, actor).await?.max(last))
     }
 
-    /// Finishes every approval an earlier process left cut short (at start).
+    /// Carries out the removals of an approved run still owed, then records it finished.
+    async fn finish_approval(
+        &self,
+        domain: DomainId,
+        run_id: SyncRunId,
+        actor: &Actor,
+    ) -> Result<u64, SyncError> {
+        let (behavior, held) = {
+            let p = self.inner.engine.projector.read();
+            let run = p
+                .domains
+                .run(run_id)
+                .ok_or(Rejection::NotFound("sync run"))?;
+            approval_of(&p, run).ok_or(Rejection::NotFound("domain"))?
+        };
+        let applied = self.apply_held(run_id, behavior, held, actor).await?;
+        let done = self
+            .decide_domain(
+                domain,
+                run_id,
+                actor,
+                idledger_domain::decide::domain::DomainCommand::FinishApproval(run_id),
+            )
+            .await?;
+        Ok(applied.map_or(done, |p| p.max(done)))
+    }
+
+    async fn decide_domain(
+        &self,
+        domain: DomainId,
+        run_id: SyncRunId,
+        actor: &Actor,
+        command: idledger_domain::decide::domain::DomainCommand,
+    ) -> Result<u64, SyncError> {
+        Ok(crate::store::decide_and_append(
+            &*self.inner.engine.log,
+            &StreamId::domain(domain),
+            actor,
+            Some(run_id.0),
+            idledger_domain::decide::domain::evolve,
+            |st| idledger_domain::decide::domain::decide(st, command.clone()),
+        )
+        .await?)
+    }
+
+    /// Finishes, in the background, every approval an earlier process left cut short (at
+    /// start): the approved runs not on record as finished.
     pub fn finish_approvals(&self) {
-        let unfinished: Vec<(SyncRunId, RemovalBehavior, Vec<UserId>)> = {
+        let unfinished: Vec<(DomainId, SyncRunId)> = {
             let p = self.inner.engine.projector.read();
             p.domains
                 .runs()
-                .filter(|r| r.approved && !r.held_removals.is_empty())
-                .filter_map(|r| {
-                    let (behavior, held) = approval_of(&p, r)?;
-                    let owed: Vec<UserId> = held
-                        .into_iter()
-                        .filter(|u| removal_owed(&p, *u, behavior).is_some())
-                        .collect();
-                    (!owed.is_empty()).then_some((r.run_id, behavior, owed))
-                })
+                .filter(|r| r.approved && !r.removals_applied)
+                .map(|r| (r.domain_id, r.run_id))
                 .collect()
         };
         if unfinished.is_empty() {
@@ -675,9 +715,11 @@ impl SyncService {
         }
         let svc = self.clone();
         tokio::spawn(async move {
-            let _turn = svc.inner.approving.clone().lock_owned().await;
-            for (run_id, behavior, owed) in unfinished {
-                match svc.apply_held(run_id, behavior, owed, &Actor::System).await {
+            for (domain, run_id) in unfinished {
+                let run_lock = svc.run_lock(domain);
+                let _run = run_lock.lock().await;
+                let _turn = svc.inner.approving.lock().await;
+                match svc.finish_approval(domain, run_id, &Actor::System).await {
                     Ok(_) => {
                         tracing::info!(run = %run_id.0, "finished an approval an earlier process left cut short")
                     }
@@ -868,7 +910,7 @@ pub async fn wait_cancelled(mut rx: watch::Receiver<bool>) {
 /// The removal behaviour an approval of `run` applies, and the users it held: neither a
 /// setting made stricter after the quarantine (deactivate became delete) nor the one it
 /// was held under, if it became milder since. `None`: the run's domain is gone.
-fn approval_of(
+pub(super) fn approval_of(
     p: &idledger_projections::Projections,
     run: &idledger_projections::SyncRunView,
 ) -> Option<(RemovalBehavior, Vec<UserId>)> {
@@ -881,7 +923,7 @@ fn approval_of(
 
 /// Why `user` left, when a held removal under `behavior` still has something to do to
 /// them: out of the sync group, and not yet removed as `behavior` says.
-fn removal_owed(
+pub(super) fn removal_owed(
     p: &idledger_projections::Projections,
     user: UserId,
     behavior: RemovalBehavior,

@@ -1009,11 +1009,13 @@ impl<'a> SyncRun<'a> {
         })
     }
 
-    /// How many removals earlier runs of the domain hold, unapproved, other than those the
-    /// `plans` of this run make again (a held run cut short before all its leavers were on
-    /// record plans the rest again).
+    /// How many removals earlier runs of the domain hold, unapproved and still owed (the
+    /// user still out, not yet removed), other than those the `plans` of this run make
+    /// again (a held run cut short before all its leavers were on record plans the rest
+    /// again). One whose users came back holds nothing.
     fn waiting_removals(&self, plans: &[Pending]) -> usize {
-        let p = self.engine.projector.read();
+        let guard = self.engine.projector.read();
+        let p = &*guard;
         let Some(d) = p.domains.get(self.domain.id) else {
             return 0;
         };
@@ -1021,7 +1023,13 @@ impl<'a> SyncRun<'a> {
             .quarantined_runs
             .iter()
             .filter_map(|r| p.domains.run(*r))
-            .flat_map(|r| r.held_removals.iter().copied())
+            .filter_map(|r| Some((super::approval_of(p, r)?.0, r)))
+            .flat_map(|(behavior, r)| {
+                r.held_removals
+                    .iter()
+                    .copied()
+                    .filter(move |u| super::removal_owed(p, *u, behavior).is_some())
+            })
             .collect();
         if waiting.is_empty() {
             return 0;

@@ -874,6 +874,15 @@ async fn held_removals_survive_a_crash_of_the_run_and_of_the_approval() {
         assert!(Instant::now() < deadline, "{out:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let r = third
+        .call(
+            Method::GET,
+            &format!("/v1/domains/{domain}/sync-runs/{held_run}"),
+            None,
+        )
+        .await;
+    assert_eq!(r["status"], "failed", "closed at restart: {r}");
+    assert_eq!(r["removals_applied"], true, "{r}");
     // Nothing is left to approve.
     let again = third
         .http

@@ -946,6 +946,21 @@ async fn the_deletion_guard_quarantines_a_mass_removal_until_approved() {
         .admin(Method::GET, &format!("/v1/domains/{}", w.domain), None)
         .await;
     assert_eq!(d["quarantined_run"], Value::Null);
+    let (_, r) = w
+        .admin(
+            Method::GET,
+            &format!("/v1/domains/{}/sync-runs/{run_id}", w.domain),
+            None,
+        )
+        .await;
+    assert_eq!(r["removals_applied"], true, "{r}");
+    // An admin brings one back though they are still out of the group: approving again
+    // undoes no later decision.
+    let one = w.user(1).await.unwrap()["id"].as_str().unwrap().to_owned();
+    let (s, b) = w
+        .admin(Method::POST, &format!("/v1/users/{one}/activate"), None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
     let (s, _) = w
         .admin(
             Method::POST,
@@ -954,6 +969,7 @@ async fn the_deletion_guard_quarantines_a_mass_removal_until_approved() {
         )
         .await;
     assert_eq!(s, StatusCode::CONFLICT, "approved once");
+    assert_eq!(w.user(1).await.unwrap()["status"], "active");
 }
 
 /// While a mass removal waits for approval, a later run's removals wait with it: the

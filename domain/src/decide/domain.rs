@@ -21,6 +21,8 @@ pub struct DomainState {
     pub workstation_certificate: Option<String>,
     /// Quarantined sync runs, each with whether its removals were approved.
     pub quarantined_runs: std::collections::BTreeMap<SyncRunId, bool>,
+    /// Approved runs whose removals were all carried out.
+    pub applied_runs: std::collections::BTreeSet<SyncRunId>,
     /// The tenant the domain's users were last synced from (the latest resolved groups').
     pub users_tenant: Option<String>,
 }
@@ -51,7 +53,11 @@ pub fn evolve(mut s: DomainState, e: &Event) -> DomainState {
             s.workstation_certificate = None;
         }
         Event::SyncQuarantined(e) => {
-            s.quarantined_runs.insert(e.run_id, false);
+            // A run's list comes in parts; a later part never undoes an approval.
+            s.quarantined_runs.entry(e.run_id).or_insert(false);
+        }
+        Event::SyncQuarantineApplied(e) => {
+            s.applied_runs.insert(e.run_id);
         }
         Event::SyncQuarantineApproved(e) => {
             s.quarantined_runs.insert(e.run_id, true);
@@ -115,6 +121,8 @@ pub enum DomainCommand {
     IssueWorkstationCertificate(WorkstationCertificateIssued),
     /// Apply the removals a quarantined sync run held back: approved once, by one admin.
     ApproveQuarantine(SyncRunId),
+    /// Record that every removal of an approved run was carried out.
+    FinishApproval(SyncRunId),
 }
 
 fn valid_name(name: &str) -> bool {
@@ -313,6 +321,17 @@ pub fn decide(s: &DomainState, c: DomainCommand) -> Result<Vec<Event>, Rejection
             Some(true) => return Err(Rejection::Conflict("the run was approved already".into())),
             None => return Err(Rejection::Conflict("the run is not quarantined".into())),
         },
+        DomainCommand::FinishApproval(run_id) => {
+            let approved = s.quarantined_runs.get(&run_id) == Some(&true);
+            if !approved {
+                return Err(Rejection::Conflict("the run is not approved".into()));
+            }
+            if s.applied_runs.contains(&run_id) {
+                vec![]
+            } else {
+                vec![SyncQuarantineApplied { run_id }.into()]
+            }
+        }
     })
 }
 
@@ -575,6 +594,40 @@ mod tests {
         given::<DomainStream>(&[registered()])
             .when(DomainCommand::ApproveQuarantine(run))
             .then_reject(Rejection::Conflict("the run is not quarantined".into()));
+    }
+
+    #[test]
+    fn an_approval_is_finished_once_and_a_later_part_of_the_list_does_not_undo_it() {
+        let run = SyncRunId(uuid::Uuid::from_u128(7));
+        let part = |n: u128| -> Event {
+            SyncQuarantined {
+                run_id: run,
+                held_removals: vec![UserId(uuid::Uuid::from_u128(n))],
+                domain_users: 10,
+            }
+            .into()
+        };
+        let approved = [
+            registered(),
+            part(8),
+            SyncQuarantineApproved { run_id: run }.into(),
+        ];
+        given::<DomainStream>(&[registered(), part(8)])
+            .when(DomainCommand::FinishApproval(run))
+            .then_reject(Rejection::Conflict("the run is not approved".into()));
+        given::<DomainStream>(&approved)
+            .when(DomainCommand::FinishApproval(run))
+            .then([SyncQuarantineApplied { run_id: run }.into()]);
+        let mut finished = approved.to_vec();
+        finished.push(SyncQuarantineApplied { run_id: run }.into());
+        given::<DomainStream>(&finished)
+            .when(DomainCommand::FinishApproval(run))
+            .then_nothing();
+        let mut more = approved.to_vec();
+        more.push(part(9));
+        given::<DomainStream>(&more)
+            .when(DomainCommand::ApproveQuarantine(run))
+            .then_reject(Rejection::Conflict("the run was approved already".into()));
     }
 
     #[test]

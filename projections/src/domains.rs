@@ -101,8 +101,9 @@ pub struct DomainView {
     pub recheck: Vec<Recheck>,
     /// The latest run.
     pub last_run: Option<SyncRunId>,
-    /// Every quarantined run waiting for approval, oldest first: a later run holds only
-    /// its own removals, so an earlier one's stay to be approved.
+    /// Every quarantined run waiting for approval, or approved with removals not all
+    /// carried out yet, oldest first: a later run holds only its own removals, so an
+    /// earlier one's stay to be approved.
     pub quarantined_runs: Vec<SyncRunId>,
     /// Registered.
     pub created_at: DateTime<Utc>,
@@ -205,6 +206,8 @@ pub struct SyncRunView {
     /// approval does no more than it (nor than the one in force then), whatever the
     /// setting became meanwhile.
     pub held_under: Option<RemovalBehavior>,
+    /// The deletion guard held its removals back.
+    pub held: bool,
     /// Approved after quarantine.
     pub approved: bool,
     /// Every removal the approval applies was carried out.
@@ -434,6 +437,7 @@ impl Domains {
                         graph_code: None,
                         held_removals: Vec::new(),
                         held_under: Some(d.settings.removal_behavior),
+                        held: false,
                         approved: false,
                         removals_applied: false,
                         users: BTreeMap::new(),
@@ -452,7 +456,11 @@ impl Domains {
                     }
                     r.finished_at = Some(at);
                     if r.status == SyncRunStatus::Running {
-                        r.status = SyncRunStatus::Succeeded;
+                        r.status = if r.held {
+                            SyncRunStatus::Quarantined
+                        } else {
+                            SyncRunStatus::Succeeded
+                        };
                     }
                 }
             }
@@ -465,12 +473,14 @@ impl Domains {
                 }
             }
             Event::SyncQuarantined(e) => {
-                let approved = self.runs.get(&e.run_id).is_some_and(|r| r.approved);
-                if !approved && !d.quarantined_runs.contains(&e.run_id) {
+                let finished = self.runs.get(&e.run_id).is_some_and(|r| r.removals_applied);
+                if !finished && !d.quarantined_runs.contains(&e.run_id) {
                     d.quarantined_runs.push(e.run_id);
                 }
                 if let Some(r) = self.runs.get_mut(&e.run_id) {
-                    r.status = SyncRunStatus::Quarantined;
+                    // Its list is on record before its leavers: `quarantined` only once it
+                    // ends (a run that dies held is `failed`, its removals still listed).
+                    r.held = true;
                     // The milder of what the run planned under (the setting at its start)
                     // and the one in force as it is held.
                     let now = d.settings.removal_behavior;
@@ -482,13 +492,15 @@ impl Domains {
                     r.held_removals.dedup();
                 }
             }
+            // Listed until its removals are all carried out: one an error or a crash cut
+            // short shows, to be approved again.
             Event::SyncQuarantineApproved(e) => {
-                d.quarantined_runs.retain(|r| *r != e.run_id);
                 if let Some(r) = self.runs.get_mut(&e.run_id) {
                     r.approved = true;
                 }
             }
             Event::SyncQuarantineApplied(e) => {
+                d.quarantined_runs.retain(|r| *r != e.run_id);
                 if let Some(r) = self.runs.get_mut(&e.run_id) {
                     r.removals_applied = true;
                 }

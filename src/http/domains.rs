@@ -233,7 +233,9 @@ pub struct Domain {
     credentials: Option<DomainCredentials>,
     /// A quarantined run waiting for approval (the oldest of `quarantined_runs`).
     quarantined_run: Option<uuid::Uuid>,
-    /// Every quarantined run waiting for approval, oldest first.
+    /// Every quarantined run waiting for approval, or approved with removals not all
+    /// carried out yet (`removals_applied` false: approving again finishes them), oldest
+    /// first.
     quarantined_runs: Vec<uuid::Uuid>,
     /// A sync worker runs (credentials saved, domain not removed).
     sync_active: bool,

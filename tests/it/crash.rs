@@ -864,6 +864,19 @@ async fn held_removals_survive_a_crash_of_the_run_and_of_the_approval() {
         .send()
         .await;
     second.child.wait().unwrap();
+    // On record: approved, not finished, so still listed for an admin to see.
+    let replayed = idledger()
+        .args(["replay", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(replayed.status.success());
+    let state: serde_json::Value = serde_json::from_slice(&replayed.stdout).unwrap();
+    let text = state.to_string();
+    assert!(
+        text.contains(&format!(r#""quarantined_runs":["{held_run}"]"#)),
+        "the run is still listed"
+    );
     let third = Serve::start(&data, None).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {

@@ -282,15 +282,20 @@ async function domainPage() {
       ? await api("GET", `/v1/domains/${pageId}/sync-runs/${d.quarantined_run}`) : null;
     q.replaceChildren();
     if (held) {
+      const more = d.quarantined_runs.length > 1 ? ` ${d.quarantined_runs.length - 1} more quarantined runs wait after it.` : "";
+      // Approved but cut short (an error, a restart): approving again finishes it.
+      const text = held.approved
+        ? `A run's removals were approved but not all carried out (of ${held.held_removals_total} held).`
+        : `A run was quarantined: it would remove ${held.held_removals_total} users and applied none of those removals.`;
       q.append(el("div", { class: "report missing" },
-        el("p", {}, `A run was quarantined: it would remove ${held.held_removals_total} users and applied none of those removals.` +
-          (d.quarantined_runs.length > 1 ? ` ${d.quarantined_runs.length - 1} more quarantined runs wait after it.` : "")),
-        admin ? el("button", { type: "button", id: "approve", class: "danger" }, "Approve removals") : null));
+        el("p", {}, text + more),
+        admin ? el("button", { type: "button", id: "approve", class: "danger" },
+          held.approved ? "Finish removals" : "Approve removals") : null));
       wire($("#approve"), async () => {
         await api("POST", `/v1/domains/${pageId}/sync-runs/${held.run_id}/approve`);
-        flash("Removals approved.");
+        flash(held.approved ? "Removals finished." : "Removals approved.");
         await refreshRuns();
-      }, "Apply the removals this run held back?");
+      }, held.approved ? "Carry out the approved removals still owed?" : "Apply the removals this run held back?");
     }
   };
   await refreshRuns();

@@ -405,6 +405,8 @@ impl Domains {
             Event::DomainRemoved(_) => {
                 d.removed = true;
                 d.credentials = None;
+                // Its users were let go with it: no removal of theirs waits any more.
+                d.quarantined_runs.clear();
             }
             Event::SyncGroupsResolved(e) => {
                 d.sync_group_id = Some(e.sync_group_id.clone());

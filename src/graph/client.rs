@@ -805,7 +805,7 @@ impl GraphClient {
                         }
                         if let Some(user_id) = object_id(&m["id"]) {
                             list.push(MemberChange {
-                                user_id: user_id.to_owned(),
+                                user_id,
                                 removed: m.get("@removed").is_some(),
                             });
                             kept += 1;
@@ -853,7 +853,7 @@ impl GraphClient {
                 for u in values(body)? {
                     let change = match u.get("@removed") {
                         Some(removed) => object_id(&u["id"]).map(|id| UserChange::Removed {
-                            id: id.to_owned(),
+                            id,
                             reason: clipped(removed["reason"].as_str().unwrap_or("deleted"), 40),
                         }),
                         None => GraphUser::from_entry(u).map(UserChange::Upsert),

@@ -42,13 +42,17 @@ const MAX_OBJECT_ID: usize = 64;
 /// An object id as Graph gives one: a GUID in Entra ID. Anything else (empty, absurdly
 /// long, with characters a URL path or a log line would misread) is not taken, and the
 /// entry that carries it is skipped: one broken object must not stop a domain's sync, nor
-/// make a user's record too large to write.
-pub fn object_id(v: &Value) -> Option<&str> {
-    v.as_str().filter(|id| {
-        !id.is_empty()
-            && id.len() <= MAX_OBJECT_ID
-            && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-    })
+/// make a user's record too large to write. In lower case: a GUID is one id however it
+/// is spelled, and a member named in capitals must not read as another user (or the one
+/// known as missing, and removed).
+pub fn object_id(v: &Value) -> Option<String> {
+    v.as_str()
+        .filter(|id| {
+            !id.is_empty()
+                && id.len() <= MAX_OBJECT_ID
+                && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+        .map(str::to_ascii_lowercase)
 }
 
 impl GraphUser {
@@ -64,7 +68,7 @@ impl GraphUser {
             _ => None,
         };
         Some(GraphUser {
-            id: id.to_owned(),
+            id,
             user_principal_name: text("userPrincipalName"),
             display_name: text("displayName"),
             mail: optional("mail"),
@@ -145,6 +149,16 @@ pub struct UsersDelta {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn an_object_id_is_taken_in_lower_case() {
+        assert_eq!(
+            object_id(&json!("C0A80000-0000-4000-8000-00000000000A")).as_deref(),
+            Some("c0a80000-0000-4000-8000-00000000000a")
+        );
+        let user = GraphUser::from_entry(&json!({"id": "ABC-1"})).unwrap();
+        assert_eq!(user.id, "abc-1");
+    }
 
     #[test]
     fn an_entry_with_odd_values_loses_those_values_and_one_without_an_object_id_is_none() {

@@ -141,9 +141,6 @@ struct Inner {
     /// holds it until its last appends have landed (see `start_run`).
     run_locks: Mutex<HashMap<DomainId, Arc<tokio::sync::Mutex<()>>>>,
     dry_runs: Mutex<std::collections::VecDeque<DryRunChanges>>,
-    /// Held by whoever approves a quarantine or finishes an approval (after the domain's
-    /// run lock).
-    approving: tokio::sync::Mutex<()>,
 }
 
 /// The sync workers of every domain.
@@ -177,7 +174,6 @@ impl SyncService {
                 workers: Mutex::new(HashMap::new()),
                 run_locks: Mutex::default(),
                 dry_runs: Mutex::default(),
-                approving: tokio::sync::Mutex::default(),
             }),
         };
         let weak = Arc::downgrade(&svc.inner);
@@ -621,9 +617,9 @@ impl SyncService {
         let engine = &self.inner.engine;
         // Not while a run of the domain is going: a held run records its list before its
         // leavers, and an approval in between would find them still in the group.
+        // The lock also keeps two approvals of one domain apart.
         let run_lock = self.run_lock(domain);
         let _run = run_lock.lock().await;
-        let _turn = self.inner.approving.lock().await;
         engine.settle().await?;
         let (approved, applied) = {
             let p = engine.projector.read();
@@ -632,6 +628,10 @@ impl SyncService {
                 .run(run_id)
                 .filter(|r| r.domain_id == domain)
                 .ok_or(Rejection::NotFound("sync run"))?;
+            // Its users were let go with it; nothing of its runs is carried out.
+            if p.domains.get(domain).is_none_or(|d| d.removed) {
+                return Err(Rejection::DomainRemoved.into());
+            }
             (run.approved, run.removals_applied)
         };
         if applied {
@@ -707,6 +707,8 @@ impl SyncService {
             p.domains
                 .runs()
                 .filter(|r| r.approved && !r.removals_applied)
+                // A removed domain's users were all let go with it; its runs take no more.
+                .filter(|r| p.domains.get(r.domain_id).is_some_and(|d| !d.removed))
                 .map(|r| (r.domain_id, r.run_id))
                 .collect()
         };
@@ -718,7 +720,6 @@ impl SyncService {
             for (domain, run_id) in unfinished {
                 let run_lock = svc.run_lock(domain);
                 let _run = run_lock.lock().await;
-                let _turn = svc.inner.approving.lock().await;
                 match svc.finish_approval(domain, run_id, &Actor::System).await {
                     Ok(_) => {
                         tracing::info!(run = %run_id.0, "finished an approval an earlier process left cut short")

@@ -1003,6 +1003,35 @@ async fn removals_after_a_held_mass_removal_wait_with_it() {
     assert_eq!(w.sync().await["status"], "succeeded");
 }
 
+/// A removed domain's users are let go with it: its held removals wait no more, and
+/// approving one is refused, changing nothing.
+#[tokio::test]
+async fn a_removed_domain_has_no_quarantine_to_approve() {
+    let (w, run) = quarantined_world().await;
+    let (s, b) = w
+        .admin(Method::DELETE, &format!("/v1/domains/{}", w.domain), None)
+        .await;
+    assert!(s.is_success(), "{s}: {b}");
+    let (_, d) = w
+        .admin(Method::GET, &format!("/v1/domains/{}", w.domain), None)
+        .await;
+    assert_eq!(d["quarantined_run"], Value::Null, "{d}");
+    let head = w.head().await;
+    let (s, b) = w
+        .admin(
+            Method::POST,
+            &format!(
+                "/v1/domains/{}/sync-runs/{}/approve",
+                w.domain,
+                run["run_id"].as_str().unwrap()
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{b}");
+    assert_eq!(w.head().await, head);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admins_approving_one_quarantine_at_once_apply_it_once() {
     let (w, run) = quarantined_world().await;

@@ -19,7 +19,8 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use state::{LoggedRequest, Sim};
+use state::LoggedRequest;
+pub use state::Sim;
 use std::net::SocketAddr;
 
 pub use state::{Fault, SimConfig};

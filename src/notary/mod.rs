@@ -288,10 +288,8 @@ mod tests {
             .collect()
     }
 
-    /// A log that comes back shorter than a head it signed would, grown again, be signed
-    /// with another history under the same key: the notary refuses to start instead.
-    #[tokio::test]
-    async fn a_log_shorter_than_a_signed_head_is_not_signed_again() {
+    /// A data dir whose log of 100 records (`record {p}`) has a signed head, and its keys.
+    fn signed_at_100() -> (tempfile::TempDir, Keyring) {
         let dir = tempfile::tempdir().unwrap();
         let record = |p: u64| Ok(format!("record {p}").into_bytes());
         let tree = Arc::new(LogTree::open(dir.path(), 0, record).unwrap());
@@ -299,7 +297,15 @@ mod tests {
         let keys = keyring(dir.path());
         let notary = Notary::start(dir.path(), tree, &keys, Duration::from_secs(60)).unwrap();
         assert_eq!(notary.sign_now().unwrap().unwrap().head.tree_size, 100);
-        drop(notary);
+        (dir, keys)
+    }
+
+    /// A log that comes back shorter than a head it signed would, grown again, be signed
+    /// with another history under the same key: the notary refuses to start instead.
+    #[tokio::test]
+    async fn a_log_shorter_than_a_signed_head_is_not_signed_again() {
+        let (dir, keys) = signed_at_100();
+        let record = |p: u64| Ok(format!("record {p}").into_bytes());
         let shorter = Arc::new(LogTree::open(dir.path(), 50, record).unwrap());
         let refused = Notary::start(dir.path(), shorter, &keys, Duration::from_secs(60));
         assert!(
@@ -314,14 +320,8 @@ mod tests {
     /// already given out under the same key, so the notary refuses to start.
     #[tokio::test]
     async fn a_log_with_another_history_than_its_heads_is_not_signed() {
-        let dir = tempfile::tempdir().unwrap();
+        let (dir, keys) = signed_at_100();
         let record = |p: u64| Ok(format!("record {p}").into_bytes());
-        let tree = Arc::new(LogTree::open(dir.path(), 0, record).unwrap());
-        tree.append(&leaves(1, 100, "record"));
-        let keys = keyring(dir.path());
-        let notary = Notary::start(dir.path(), tree, &keys, Duration::from_secs(60)).unwrap();
-        assert_eq!(notary.sign_now().unwrap().unwrap().head.tree_size, 100);
-        drop(notary);
         for size in [100, 120] {
             let other = |p: u64| Ok(format!("other {p}").into_bytes());
             let tree = Arc::new(LogTree::open(dir.path(), size, other).unwrap());

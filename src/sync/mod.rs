@@ -667,7 +667,8 @@ impl SyncService {
                 .domains
                 .run(run_id)
                 .ok_or(Rejection::NotFound("sync run"))?;
-            approval_of(&p, run).ok_or(Rejection::NotFound("domain"))?
+            let behavior = approval_behavior(&p, run).ok_or(Rejection::NotFound("domain"))?;
+            (behavior, run.held_removals.clone())
         };
         let applied = self.apply_held(run_id, behavior, held, actor).await?;
         let done = self
@@ -908,18 +909,15 @@ pub async fn wait_cancelled(mut rx: watch::Receiver<bool>) {
     }
 }
 
-/// The removal behaviour an approval of `run` applies, and the users it held: neither a
-/// setting made stricter after the quarantine (deactivate became delete) nor the one it
-/// was held under, if it became milder since. `None`: the run's domain is gone.
-pub(super) fn approval_of(
+/// The removal behaviour an approval of `run` applies: neither a setting made stricter
+/// after the quarantine (deactivate became delete) nor the one it was held under, if it
+/// became milder since. `None`: the run's domain is gone.
+pub(super) fn approval_behavior(
     p: &idledger_projections::Projections,
     run: &idledger_projections::SyncRunView,
-) -> Option<(RemovalBehavior, Vec<UserId>)> {
+) -> Option<RemovalBehavior> {
     let now = p.domains.get(run.domain_id)?.settings.removal_behavior;
-    Some((
-        run.held_under.map_or(now, |held| held.milder(now)),
-        run.held_removals.clone(),
-    ))
+    Some(run.held_under.map_or(now, |held| held.milder(now)))
 }
 
 /// Why `user` left, when a held removal under `behavior` still has something to do to

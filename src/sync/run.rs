@@ -1023,7 +1023,7 @@ impl<'a> SyncRun<'a> {
             .quarantined_runs
             .iter()
             .filter_map(|r| p.domains.run(*r))
-            .filter_map(|r| Some((super::approval_of(p, r)?.0, r)))
+            .filter_map(|r| Some((super::approval_behavior(p, r)?, r)))
             .flat_map(|(behavior, r)| {
                 r.held_removals
                     .iter()

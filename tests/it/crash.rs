@@ -413,16 +413,8 @@ async fn history_settled(serve: &Serve, user: &str, n: usize) -> Vec<serde_json:
 /// proves nothing about the lost answer: the rotation must not end as a definite failure.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refusal_after_a_lost_answer_keeps_the_candidate_until_graph_confirms_it() {
-    let (sim, _sim) = graphsim::spawn(
-        idledger::client::contoso::directory().unwrap(),
-        graphsim::SimConfig::default(),
-    )
-    .await
-    .unwrap();
+    let (sim, _sim, _dir, data) = contoso_and_data_dir().await;
     let external = "c0a80000-0000-4000-8000-000000000003";
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
     let mut first = Serve::start(&data, Some("after_graph")).await;
     let user = user_with_key(&first, &sim, external).await;
     let _ = first
@@ -484,16 +476,8 @@ async fn a_refusal_after_a_lost_answer_keeps_the_candidate_until_graph_confirms_
 /// request cannot land after the new password.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_new_password_while_a_held_request_may_still_land() {
-    let (sim, sim_state) = graphsim::spawn(
-        idledger::client::contoso::directory().unwrap(),
-        graphsim::SimConfig::default(),
-    )
-    .await
-    .unwrap();
+    let (sim, sim_state, _dir, data) = contoso_and_data_dir().await;
     let external = "c0a80000-0000-4000-8000-000000000003";
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
     let env = [
         ("IDLEDGER_GRAPH_TIMEOUT_SECS", "3"),
         ("IDLEDGER_ROTATION_UNCERTAINTY_SECS", "4"),
@@ -580,15 +564,7 @@ async fn no_new_password_while_a_held_request_may_still_land() {
 async fn a_run_interrupted_by_a_crash_is_closed_on_restart() {
     use reqwest::Method;
     use serde_json::json;
-    let (sim, _sim) = graphsim::spawn(
-        idledger::client::contoso::directory().unwrap(),
-        graphsim::SimConfig::default(),
-    )
-    .await
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
+    let (sim, _sim, _dir, data) = contoso_and_data_dir().await;
     let mut first = Serve::start(&data, None).await;
     let domain = contoso_domain(&first, &sim, json!({})).await;
     add_fault(
@@ -621,15 +597,7 @@ async fn a_run_interrupted_by_a_crash_is_closed_on_restart() {
 async fn rotations_found_open_are_recorded_interrupted_before_their_turn() {
     use reqwest::Method;
     use serde_json::json;
-    let (sim, sim_state) = graphsim::spawn(
-        idledger::client::contoso::directory().unwrap(),
-        graphsim::SimConfig::default(),
-    )
-    .await
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
+    let (sim, sim_state, _dir, data) = contoso_and_data_dir().await;
     let env = [("IDLEDGER_GRAPH_TIMEOUT_SECS", "30")];
     let mut first = Serve::start_with(&data, None, &env).await;
     let a = user_with_key(&first, &sim, "c0a80000-0000-4000-8000-000000000003").await;
@@ -791,15 +759,7 @@ async fn leavers(serve: &Serve, domain: &str) -> Vec<(String, bool)> {
 async fn held_removals_survive_a_crash_of_the_run_and_of_the_approval() {
     use reqwest::Method;
     use serde_json::json;
-    let (sim, _sim) = graphsim::spawn(
-        idledger::client::contoso::directory().unwrap(),
-        graphsim::SimConfig::default(),
-    )
-    .await
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
+    let (sim, _sim, _dir, data) = contoso_and_data_dir().await;
     let mut first = Serve::start(&data, Some("sync_held_before_end")).await;
     let domain = contoso_domain(
         &first,
@@ -931,4 +891,18 @@ pub(crate) async fn contoso_domain(
         .call(reqwest::Method::POST, "/v1/domains", Some(body))
         .await;
     d["id"].as_str().unwrap().to_owned()
+}
+
+/// graphsim holding the contoso tenant, and an empty data dir for `serve` (in `dir`).
+async fn contoso_and_data_dir() -> (String, graphsim::Sim, tempfile::TempDir, std::path::PathBuf) {
+    let (sim, state) = graphsim::spawn(
+        idledger::client::contoso::directory().unwrap(),
+        graphsim::SimConfig::default(),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    (sim, state, dir, data)
 }

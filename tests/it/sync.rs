@@ -878,6 +878,16 @@ async fn quarantined_world() -> (World, Value) {
     (w, run)
 }
 
+/// `POST …/sync-runs/{run}/approve` for the quarantined `run` of the world's domain.
+async fn approve(w: &World, run: &Value) -> (StatusCode, Value) {
+    let path = format!(
+        "/v1/domains/{}/sync-runs/{}/approve",
+        w.domain,
+        run["run_id"].as_str().unwrap()
+    );
+    w.admin(Method::POST, &path, None).await
+}
+
 /// The admin sees the quarantine on the domain's page, with how many removals wait (all
 /// of them, not the first page the run lists).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -929,13 +939,7 @@ async fn the_deletion_guard_quarantines_a_mass_removal_until_approved() {
     w.join(6).await;
     w.sync().await;
     let run_id = run["run_id"].as_str().unwrap();
-    let (s, approved) = w
-        .admin(
-            Method::POST,
-            &format!("/v1/domains/{}/sync-runs/{run_id}/approve", w.domain),
-            None,
-        )
-        .await;
+    let (s, approved) = approve(&w, &run).await;
     assert_eq!(s, StatusCode::OK, "{approved}");
     assert_eq!(approved["approved"], true);
     for n in 1..=5 {
@@ -961,13 +965,7 @@ async fn the_deletion_guard_quarantines_a_mass_removal_until_approved() {
         .admin(Method::POST, &format!("/v1/users/{one}/activate"), None)
         .await;
     assert_eq!(s, StatusCode::OK, "{b}");
-    let (s, _) = w
-        .admin(
-            Method::POST,
-            &format!("/v1/domains/{}/sync-runs/{run_id}/approve", w.domain),
-            None,
-        )
-        .await;
+    let (s, _) = approve(&w, &run).await;
     assert_eq!(s, StatusCode::CONFLICT, "approved once");
     assert_eq!(w.user(1).await.unwrap()["status"], "active");
 }
@@ -984,17 +982,7 @@ async fn removals_after_a_held_mass_removal_wait_with_it() {
     assert_eq!(w.user(7).await.unwrap()["status"], "active");
     // Approving both removes all seven; a run with nothing to remove is not held.
     for r in [&run, &later] {
-        let (s, b) = w
-            .admin(
-                Method::POST,
-                &format!(
-                    "/v1/domains/{}/sync-runs/{}/approve",
-                    w.domain,
-                    r["run_id"].as_str().unwrap()
-                ),
-                None,
-            )
-            .await;
+        let (s, b) = approve(&w, r).await;
         assert_eq!(s, StatusCode::OK, "{b}");
     }
     for n in 1..=7 {
@@ -1017,17 +1005,7 @@ async fn a_removed_domain_has_no_quarantine_to_approve() {
         .await;
     assert_eq!(d["quarantined_run"], Value::Null, "{d}");
     let head = w.head().await;
-    let (s, b) = w
-        .admin(
-            Method::POST,
-            &format!(
-                "/v1/domains/{}/sync-runs/{}/approve",
-                w.domain,
-                run["run_id"].as_str().unwrap()
-            ),
-            None,
-        )
-        .await;
+    let (s, b) = approve(&w, &run).await;
     assert_eq!(s, StatusCode::CONFLICT, "{b}");
     assert_eq!(w.head().await, head);
 }

@@ -465,10 +465,13 @@ fn outcome_of(r: &Recorded, e: &Event) {
                 })
                 .inc();
         }
+        // Given up with the outcome unknown: counted by `rotation_driven`, which knows
+        // whether it was already unknown (each later round that gives up appends this too).
+        Event::RotationFailed(f) if f.retryable => {}
         Event::RotationFailed(f) => {
             r.rotations
                 .get_or_create(&RotationLabels {
-                    outcome: if f.retryable { "failed" } else { "refused" },
+                    outcome: "refused",
                     code_class: code_class(f.graph_code.as_deref()),
                 })
                 .inc();
@@ -599,8 +602,9 @@ pub fn sync_run(domain: &str, full: bool, outcome: &'static str, took: Duration)
         .inc();
 }
 
-/// A rotation's drive ended with `outcome` (`succeeded`, `refused`, `unknown`), `took`
-/// after it started; `was_unknown`: its outcome had been unknown before this drive.
+/// A rotation reached `outcome` (`succeeded`, `refused`, `unknown`), `took` after it
+/// started; `was_unknown`: it had been unknown before (a resolution). Called once per
+/// outcome reached, never again for a round that leaves an unknown outcome unknown.
 pub fn rotation_driven(outcome: &'static str, took: Duration, was_unknown: bool) {
     if !on() {
         return;
@@ -609,6 +613,14 @@ pub fn rotation_driven(outcome: &'static str, took: Duration, was_unknown: bool)
     r.rotation_duration
         .get_or_create(&OutcomeLabels { outcome })
         .observe(took.as_secs_f64());
+    if outcome == "unknown" {
+        r.rotations
+            .get_or_create(&RotationLabels {
+                outcome,
+                code_class: "none",
+            })
+            .inc();
+    }
     if was_unknown && outcome != "unknown" {
         r.unknown_resolved
             .get_or_create(&OutcomeLabels { outcome })

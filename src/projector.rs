@@ -46,7 +46,9 @@ impl Projector {
                                 p.apply(env);
                             }
                         }
-                        if let Some(env) = batch.last().filter(|e| e.position > start_head) {
+                        // The batch's oldest event waited longest: sampling the newest
+                        // would hide the lag exactly when the projector falls behind.
+                        if let Some(env) = batch.iter().find(|e| e.position > start_head) {
                             crate::metrics::applied(env.recorded_at);
                         }
                         if let Some(last) = last {

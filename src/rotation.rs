@@ -588,7 +588,10 @@ impl RotationService {
                 RotationOutcome::Unknown => Some("unknown"),
                 RotationOutcome::Pending => None,
             };
-            if let Some(label) = label {
+            // A rotation is counted when it reaches an outcome, not each time a drive
+            // ends: another round that gives up again leaves it unknown, as it was.
+            let reached = before != Some(after);
+            if let (Some(label), true) = (label, reached) {
                 let end = finished_at.unwrap_or_else(chrono::Utc::now);
                 let took = (end - started_at).to_std().unwrap_or_default();
                 let was_unknown = before == Some(RotationOutcome::Unknown);

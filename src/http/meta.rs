@@ -55,21 +55,63 @@ fn readiness_problems(s: &AppState) -> Vec<String> {
             s.engine.projector.position()
         ));
     }
-    // Each probe its own file: overlapping probes (a scrape during a health check) must
-    // not remove each other's.
-    static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let probe = s
-        .data_dir
-        .join(format!(".readyz-{}-{n}", std::process::id()));
-    let written = std::fs::write(&probe, b"ok").and_then(|()| match std::fs::remove_file(&probe) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        other => other,
-    });
-    if let Err(e) = written {
+    if let Err(e) = s.data_dir_probe.check() {
         problems.push(format!("the data dir takes no writes: {e}"));
     }
     problems
+}
+
+/// Whether the data dir takes writes, found by writing a file into it: at most once per
+/// [`DataDirProbe::FRESH`], however often `/readyz` and `/metrics` (both open to anyone
+/// who reaches the port) are asked. The log's commits sync the same file system, so
+/// probes must not be a load an outsider controls.
+pub struct DataDirProbe {
+    dir: std::path::PathBuf,
+    /// When the last probe ran and what it found; held while a probe runs, so probes
+    /// asked at once wait for one and share its answer.
+    last: std::sync::Mutex<Option<(std::time::Instant, Result<(), String>)>>,
+    writes: std::sync::atomic::AtomicU64,
+}
+
+impl DataDirProbe {
+    /// How long a probe's answer stands.
+    pub const FRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
+    pub fn new(dir: &std::path::Path) -> DataDirProbe {
+        DataDirProbe {
+            dir: dir.to_owned(),
+            last: std::sync::Mutex::new(None),
+            writes: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// The last answer while it is fresh, else a new probe's (blocking: file IO).
+    pub fn check(&self) -> Result<(), String> {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, answer)) = &*last {
+            if at.elapsed() < Self::FRESH {
+                return answer.clone();
+            }
+        }
+        self.writes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // One serve per data dir (its lock), and probes of this one never overlap: one
+        // name per process does.
+        let probe = self.dir.join(format!(".readyz-{}", std::process::id()));
+        let answer = std::fs::write(&probe, b"ok")
+            .and_then(|()| match std::fs::remove_file(&probe) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                other => other,
+            })
+            .map_err(|e| e.to_string());
+        *last = Some((std::time::Instant::now(), answer.clone()));
+        answer
+    }
+
+    /// Files written so far.
+    pub fn writes(&self) -> u64 {
+        self.writes.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// Readiness: 200 when the server can take traffic, 503 with the reasons when not.

@@ -26,6 +26,7 @@ pub use auth::{credentials, new_token_text, token_hash, Principal};
 pub use error::ApiError;
 pub use events::StreamSlots;
 pub use listen::{serve, Limits};
+pub use meta::DataDirProbe;
 pub use origin::PublicUrl;
 pub use session::Sessions;
 
@@ -51,8 +52,10 @@ const MIN_POSITION_WAIT: Duration = Duration::from_secs(5);
 pub struct AppState {
     /// The log, the projections and the keyring.
     pub engine: Engine,
-    /// The data dir (`/readyz` checks that it takes writes).
+    /// The data dir.
     pub data_dir: Arc<std::path::Path>,
+    /// Whether the data dir takes writes (`/readyz`).
+    pub data_dir_probe: Arc<DataDirProbe>,
     /// Every route's timeout.
     pub request_timeout: Duration,
     /// The sync workers.

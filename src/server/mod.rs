@@ -135,6 +135,7 @@ pub async fn start_with(
     let state = AppState {
         engine,
         data_dir: Arc::from(data_dir),
+        data_dir_probe: Arc::new(http::DataDirProbe::new(data_dir)),
         request_timeout,
         sync,
         mailer: Arc::new(mailer),

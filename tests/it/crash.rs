@@ -379,7 +379,7 @@ async fn passwords(
     )
 }
 
-async fn add_fault(sim: &str, fault: serde_json::Value) {
+pub(crate) async fn add_fault(sim: &str, fault: serde_json::Value) {
     let r = reqwest::Client::new()
         .post(format!("{sim}/_sim/faults"))
         .json(&fault)
@@ -894,7 +894,8 @@ pub(crate) async fn contoso_domain(
 }
 
 /// graphsim holding the contoso tenant, and an empty data dir for `serve` (in `dir`).
-async fn contoso_and_data_dir() -> (String, graphsim::Sim, tempfile::TempDir, std::path::PathBuf) {
+pub(crate) async fn contoso_and_data_dir(
+) -> (String, graphsim::Sim, tempfile::TempDir, std::path::PathBuf) {
     let (sim, state) = graphsim::spawn(
         idledger::client::contoso::directory().unwrap(),
         graphsim::SimConfig::default(),

@@ -50,9 +50,11 @@ struct Scrape {
 
 impl Scrape {
     async fn of(w: &World) -> Scrape {
-        let r = reqwest::get(format!("{}/metrics", w.app.url))
-            .await
-            .unwrap();
+        Scrape::at(&w.app.url).await
+    }
+
+    async fn at(url: &str) -> Scrape {
+        let r = reqwest::get(format!("{url}/metrics")).await.unwrap();
         assert_eq!(r.status(), StatusCode::OK);
         assert!(r.headers()["content-type"]
             .to_str()
@@ -332,4 +334,116 @@ fn the_dashboard_and_the_alerts_name_documented_metrics_only() {
         }
     }
     assert!(used > 20, "{used}");
+}
+
+/// A rotation whose outcome stays unknown through two rounds that give up is counted once
+/// as unknown, and once more under the outcome that resolves it: the figures count
+/// rotations, not rounds. (A `serve` of its own: its figures are this test's alone.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_unknown_for_rounds_then_resolved_counts_once_per_outcome() {
+    use crate::crash::{add_fault, contoso_and_data_dir, user_with_key};
+    let (sim, sim_state, _dir, data) = contoso_and_data_dir().await;
+    let env = [
+        ("IDLEDGER_GRAPH_TIMEOUT_SECS", "1"),
+        ("IDLEDGER_ROTATION_UNCERTAINTY_SECS", "1"),
+    ];
+    let mut serve = crate::support::Serve::start_with(&data, None, &env).await;
+    let user = user_with_key(&serve, &sim, "c0a80000-0000-4000-8000-000000000003").await;
+    add_fault(
+        &sim,
+        json!({"method": "PATCH", "path_prefix": "/v1.0/users", "status": 503,
+               "retry_after": 0.01, "count": 100_000}),
+    )
+    .await;
+    serve
+        .call(Method::POST, &format!("/v1/users/{user}/rotate"), None)
+        .await;
+    // Two rounds give up (a second after the first: the uncertainty window).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let events = serve
+            .call(
+                Method::GET,
+                &format!("/v1/users/{user}/events?limit=1000"),
+                None,
+            )
+            .await;
+        let items = events["items"].as_array().unwrap();
+        if items
+            .iter()
+            .filter(|e| e["kind"] == "RotationFailed")
+            .count()
+            >= 2
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "fewer than two rounds gave up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sim_state.lock().faults.clear();
+    // The third round comes after the doubled window (16 s) and sets the password.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let h = serve
+            .call(
+                Method::GET,
+                &format!("/v1/users/{user}/password-history"),
+                None,
+            )
+            .await;
+        if h["items"][0]["outcome"] == "succeeded" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{h}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let scrape = loop {
+        let scrape = Scrape::at(&serve.url).await;
+        if scrape.value("idledger_rotation_unknown_resolved_total", &[]) >= 1.0 {
+            break scrape;
+        }
+        assert!(Instant::now() < deadline, "the resolution was not counted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let count = |name: &str, outcome: &str| scrape.value(name, &[("outcome", outcome)]);
+    assert_eq!(count("idledger_rotations_total", "unknown"), 1.0);
+    assert_eq!(count("idledger_rotations_total", "succeeded"), 1.0);
+    assert_eq!(count("idledger_rotations_total", "refused"), 0.0);
+    assert_eq!(count("idledger_rotations_total", "failed"), 0.0);
+    assert_eq!(count("idledger_rotation_duration_seconds", "unknown"), 1.0);
+    assert_eq!(
+        count("idledger_rotation_duration_seconds", "succeeded"),
+        1.0
+    );
+    assert_eq!(
+        count("idledger_rotation_unknown_resolved_total", "succeeded"),
+        1.0
+    );
+    serve.child.kill().unwrap();
+    serve.child.wait().unwrap();
+}
+
+/// `/readyz` and `/metrics` are open to anyone who reaches the port, and each checks that
+/// the data dir takes writes: a flood of them writes a file about once a second, not once
+/// per request (the log's commits sync the same file system).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_probes_writes_into_the_data_dir_about_once_a_second() {
+    let app = crate::support::spawn_app().await;
+    let http = reqwest::Client::new();
+    let before = app.state.data_dir_probe.writes();
+    let started = Instant::now();
+    let probes = (0..300).map(|i| {
+        let path = if i % 2 == 0 { "readyz" } else { "metrics" };
+        http.get(format!("{}/{path}", app.url)).send()
+    });
+    for r in futures_util::future::join_all(probes).await {
+        assert_eq!(r.unwrap().status(), StatusCode::OK);
+    }
+    let seconds = started.elapsed().as_secs() + 1;
+    let writes = app.state.data_dir_probe.writes() - before;
+    assert!(
+        (1..=seconds + 1).contains(&writes),
+        "{writes} probe files written in {seconds} s"
+    );
 }

@@ -326,18 +326,26 @@ fn person(ctx: &Ctx, user: UserId) -> Option<Person> {
 fn signed_in(ctx: &Ctx, headers: &HeaderMap) -> Option<(String, UserSession)> {
     let c = cookie(headers, user_cookie_name(https(ctx)))?;
     let s = ctx.store.find(c)?;
-    match person(ctx, s.user) {
-        // A session stands for a sign-in by the method in force: a changed method ends it.
+    if sign_in_stands(ctx, s.user, s.method, s.opened_position) {
+        Some((c.to_owned(), s))
+    } else {
+        ctx.store.close_all_of(s.user);
+        None
+    }
+}
+
+/// Whether a sign-in by `method`, opened at log position `opened_position`, still stands:
+/// the user may sign in, by that method (a changed method ends it), and nothing took
+/// their sign-in away since it opened (even if it was given back since).
+fn sign_in_stands(ctx: &Ctx, user: UserId, method: SsoMethod, opened_position: u64) -> bool {
+    matches!(
+        person(ctx, user),
         Some(Person {
             allowed: Ok(sso),
             sign_in_withdrawn_position: withdrawn,
             ..
-        }) if sso.method == s.method && withdrawn <= s.opened_position => Some((c.to_owned(), s)),
-        _ => {
-            ctx.store.close_all_of(s.user);
-            None
-        }
-    }
+        }) if sso.method == method && withdrawn <= opened_position
+    )
 }
 
 fn rp(ctx: &Ctx) -> Result<webauthn::RelyingParty, Refusal> {
@@ -360,6 +368,17 @@ fn user_handle(user: UserId) -> Vec<u8> {
 }
 
 async fn decide(ctx: &Ctx, user: UserId, command: SignInCommand) -> Result<Vec<Event>, Refusal> {
+    decide_at(ctx, user, command)
+        .await
+        .map(|(events, _)| events)
+}
+
+/// [`decide`], and the log position of the appended events.
+async fn decide_at(
+    ctx: &Ctx,
+    user: UserId,
+    command: SignInCommand,
+) -> Result<(Vec<Event>, u64), Refusal> {
     // Nothing is enrolled or signed in for a removed domain's users.
     if domain_removed(ctx, user) {
         return Err(refuse(
@@ -382,7 +401,7 @@ async fn decide(ctx: &Ctx, user: UserId, command: SignInCommand) -> Result<Vec<E
     // Pages read the projections right after: let them catch up with this append (not
     // with everyone else's appends since).
     ctx.app.reach(Some(position)).await.ok();
-    Ok(events)
+    Ok((events, position))
 }
 
 /// Where a finished ceremony sends the browser.

@@ -12,7 +12,7 @@
 //! with SSO on, of one of the app's domains). The protocol's own rooms — SAML or
 //! WS-Federation later — would sit beside this file on the same sessions.
 
-use super::{https, refuse, sessions, signed_in, Ctx, Refusal};
+use super::{https, refuse, sessions, sign_in_stands, signed_in, Ctx, Refusal};
 use crate::http::session::same_secret;
 use crate::provider::{verify, TokenType};
 use axum::extract::{Form, Query, State};
@@ -186,6 +186,8 @@ struct Granted {
     auth_time: DateTime<Utc>,
     amr: Vec<String>,
     method: SsoMethod,
+    /// The session's: a code outlives no session (see `exchange_code`).
+    opened_position: u64,
 }
 
 /// A code exchanged already, and what it gave (or is giving).
@@ -786,6 +788,7 @@ fn continue_with(ctx: &Ctx, headers: &HeaderMap, request: &AuthRequest) -> Optio
                     auth_time: session.auth_time,
                     amr: session.amr.clone(),
                     method: session.method,
+                    opened_position: session.opened_position,
                 },
                 created: Instant::now(),
             },
@@ -1114,6 +1117,16 @@ async fn exchange_code(
             (None, None) => None,
         }
     };
+    // A code stands for a sign-in that is still on: one signed out, ended by a removed
+    // method, or taken away (even if given back since) while the code waited must not
+    // begin a new refresh family, which nothing that ended it would reach (RFC 6749
+    // §10.5: a code is bound to its authorization).
+    let session = &grant.session;
+    let reason = reason.or_else(|| {
+        let stands = ctx.store.sid_open(&session.sid)
+            && sign_in_stands(ctx, grant.user, session.method, session.opened_position);
+        (!stands).then_some("the sign-in the code was issued in has ended")
+    });
     if let Some(reason) = reason {
         record_refusal(
             ctx,
@@ -1181,6 +1194,11 @@ struct Claims {
     /// reused code or refresh token revokes — as [`grant_ref`], never the id itself.
     #[serde(skip_serializing_if = "Option::is_none")]
     grant_id: Option<String>,
+    /// Access tokens only: the log position of the record of their issue. Taking the
+    /// user's sign-in away after it (deactivation, an SSO override) ends them for good,
+    /// even once it is given back.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    log_position: Option<u64>,
 }
 
 /// What an access token says of its grant: a one-way reference. The family id itself is
@@ -1256,7 +1274,7 @@ async fn issue(
     };
     // Commands on the user's stream take turns (`store::turns`): a second app's exchange
     // at the same moment waits rather than making this one a 409.
-    let decided = super::decide(
+    let decided = super::decide_at(
         ctx,
         user,
         SignInCommand::IssueAppTokens {
@@ -1265,8 +1283,9 @@ async fn issue(
         },
     )
     .await;
-    if let Err(r) = decided {
-        if r.status == StatusCode::CONFLICT {
+    let position = match decided {
+        Ok((_, position)) => position,
+        Err(r) if r.status == StatusCode::CONFLICT => {
             record_refusal(
                 ctx,
                 user,
@@ -1277,12 +1296,20 @@ async fn issue(
             .await;
             return Err(boxed(invalid_grant(&r.message)));
         }
-        return Err(unavailable(r.message));
-    }
+        Err(r) => return Err(unavailable(r.message)),
+    };
     let family = refresh.as_ref().map(|(f, _)| *f);
     let refresh_token = refresh.map(|(_, t)| t);
-    let answer = answer_tokens(ctx, app, user, sid, carried, grant_id, refresh_token)?;
+    let issued = Issued { grant_id, position };
+    let answer = answer_tokens(ctx, app, user, sid, carried, issued, refresh_token)?;
     Ok((answer, family))
+}
+
+/// Where an issue of tokens is recorded: the grant they belong to, and the log position.
+#[derive(Clone, Copy)]
+struct Issued {
+    grant_id: uuid::Uuid,
+    position: u64,
 }
 
 /// Signs the ID and access tokens of a recorded issue and answers them (RFC 6749 §5.1).
@@ -1292,7 +1319,7 @@ fn answer_tokens(
     user: UserId,
     sid: &str,
     carried: &TokenGrant,
-    grant_id: uuid::Uuid,
+    issued: Issued,
     refresh_token: Option<String>,
 ) -> Result<Response, TokenFail> {
     let iss = issuer(ctx).map_err(|r| unavailable(r.message))?;
@@ -1332,7 +1359,8 @@ fn answer_tokens(
         scope: access.then(|| scope.join(" ")),
         client_id: access.then(|| app.client_id.clone()),
         jti: access.then(|| uuid::Uuid::new_v4().to_string()),
-        grant_id: access.then(|| grant_ref(grant_id)),
+        grant_id: access.then(|| grant_ref(issued.grant_id)),
+        log_position: access.then_some(issued.position),
     };
     let sign = |alg: &str, typ, c: &Claims| {
         ctx.provider
@@ -1413,10 +1441,10 @@ async fn refresh(ctx: &Ctx, app: &idledger_projections::AppView, form: &TokenFor
     // they can, say): a few tries, each on fresh state, so the decision — the family's
     // end, most of all — is recorded.
     let mut tries = 0;
-    let events = loop {
+    let (events, position) = loop {
         let command = SignInCommand::RefreshAppTokens(request.clone());
-        match super::decide(ctx, name.user, command).await {
-            Ok(events) => break events,
+        match super::decide_at(ctx, name.user, command).await {
+            Ok(decided) => break decided,
             Err(r) if r.status == StatusCode::NOT_FOUND => return invalid_grant(UNKNOWN),
             Err(r) if r.status == StatusCode::BAD_REQUEST => {
                 return token_error(StatusCode::BAD_REQUEST, "invalid_scope", &r.message)
@@ -1445,7 +1473,10 @@ async fn refresh(ctx: &Ctx, app: &idledger_projections::AppView, form: &TokenFor
                 nonce: None,
                 ..carried.clone()
             },
-            name.family,
+            Issued {
+                grant_id: name.family,
+                position,
+            },
             Some(next),
         ) {
             Ok(answer) => answer,
@@ -1552,6 +1583,13 @@ async fn userinfo(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
         return unauthorized(
             "the access token was revoked: its code or refresh token was used twice",
         );
+    }
+    // Issued before the user's sign-in was last taken away (deactivated, an SSO override):
+    // giving it back revives no token of before. (A token without its position is older
+    // than this rule: refused once anything was ever taken away.)
+    let issued_at = claims["log_position"].as_u64().unwrap_or(0);
+    if issued_at < u.sign_in_withdrawn_position {
+        return unauthorized("the user's sign-in was taken away after this token was issued");
     }
     let has = |s: &str| scope.split(' ').any(|x| x == s);
     Json(UserInfo {

@@ -1894,3 +1894,107 @@ async fn empty_parameters_short_verifiers_refreshes_and_userinfo_follow_the_spec
         (StatusCode::SEE_OTHER, Some("/signin"))
     );
 }
+
+/// A code stands for a sign-in that is still on. Signed out, or deactivated and given back
+/// her account, while the code waited: its exchange is refused, and no refresh family
+/// begins that nothing which ended the sign-in would reach.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_code_whose_sign_in_ended_while_it_waited_begins_nothing() {
+    let (w, adele, _) = signin_world().await;
+    let SignedInWithApp {
+        mut key,
+        mut browser,
+        client_id,
+        secret,
+        ..
+    } = signed_in_with_app(&w, &adele).await;
+    let raw = reqwest::Client::new();
+    let token_url = format!("{}/token", w.app.public);
+    let scope = "openid%20offline_access";
+    let refused = |code: String| {
+        let request = exchange(&raw, &token_url, (&client_id, &secret), &code);
+        async move {
+            let r = request.send().await.unwrap();
+            let status = r.status();
+            let body: Value = r.json().await.unwrap();
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+            assert_eq!(body["error"], "invalid_grant", "{body}");
+            assert!(body["refresh_token"].is_null(), "{body}");
+        }
+    };
+
+    // Deactivated and reactivated while the code waited.
+    let code = code_for(&mut browser, &w.app.public, &client_id, scope, "s1").await;
+    for step in ["deactivate", "activate"] {
+        let (s, body) = w
+            .admin(Method::POST, &format!("/v1/users/{adele}/{step}"), None)
+            .await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+    }
+    refused(code).await;
+
+    // Signed in again; signed out while the code waited.
+    let handle = key.user_handle.clone();
+    let (s, body) = passkey_sign_in_with(&w, &mut browser, &mut key, Some(&handle)).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let code = code_for(&mut browser, &w.app.public, &client_id, scope, "s2").await;
+    let (_, me, _) = browser.get(&format!("{}/me", w.app.public)).await;
+    // The sign-out form's own token (the page's is its sign-in flow's).
+    let form = &me[me.find("action=\"/signout\"").unwrap()..];
+    let csrf = csrf_of(form);
+    let (s, _, to) = browser
+        .post_form(&format!("{}/signout", w.app.public), &[("csrf", &csrf)])
+        .await;
+    assert_eq!((s, to.as_deref()), (StatusCode::SEE_OTHER, Some("/signin")));
+    refused(code).await;
+
+    // A code of a sign-in that is on still works.
+    /// Signs in with `key` in `browser`, and exchanges a code of that sign-in: its access token.
+    async fn tokens(
+        w: &World,
+        browser: &mut Visitor,
+        key: &mut SoftKey,
+        (client_id, secret): (&str, &str),
+        state: &str,
+    ) -> String {
+        let handle = key.user_handle.clone();
+        let (s, body) = passkey_sign_in_with(w, browser, key, Some(&handle)).await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        let scope = "openid%20offline_access";
+        let code = code_for(browser, &w.app.public, client_id, scope, state).await;
+        let token_url = format!("{}/token", w.app.public);
+        let r = exchange(
+            &reqwest::Client::new(),
+            &token_url,
+            (client_id, secret),
+            &code,
+        )
+        .send()
+        .await
+        .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let body: Value = r.json().await.unwrap();
+        body["access_token"].as_str().unwrap().to_owned()
+    }
+    let client = (client_id.as_str(), secret.as_str());
+    let access = tokens(&w, &mut browser, &mut key, client, "s3").await;
+    let userinfo = |access: String| {
+        let request = raw
+            .get(format!("{}/userinfo", w.app.public))
+            .bearer_auth(access);
+        async move { request.send().await.unwrap().status() }
+    };
+    assert_eq!(userinfo(access.clone()).await, StatusCode::OK);
+
+    // Her access token does not come back to life with her account.
+    for step in ["deactivate", "activate"] {
+        let (s, body) = w
+            .admin(Method::POST, &format!("/v1/users/{adele}/{step}"), None)
+            .await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+    }
+    assert_eq!(userinfo(access).await, StatusCode::UNAUTHORIZED);
+    // Tokens of a sign-in after it work.
+    let access = tokens(&w, &mut browser, &mut key, client, "s4").await;
+    assert_eq!(userinfo(access).await, StatusCode::OK);
+}

@@ -40,7 +40,7 @@ enum Which {
     /// Nothing ever issued, naming the current generation.
     MadeUp,
     /// Nothing ever issued, naming an earlier generation (a forger who read the family's
-    /// id; ending the family is the safe answer).
+    /// id in the log): without this server's tag it must end nothing.
     MadeUpEarlier,
 }
 
@@ -318,10 +318,13 @@ impl Model {
                 };
                 let newest = presented == *f.issued.last().unwrap();
                 let earlier = generation < newest_generation;
+                // Only what this server issued carries its tag.
+                let issued_here = !matches!(which, Which::MadeUp | Which::MadeUpEarlier);
                 let request = RefreshRequest {
                     app_id: by,
                     family: f.id,
                     generation,
+                    issued_here,
                     presented,
                     next,
                     app_domains: vec![DOMAIN],
@@ -364,9 +367,13 @@ impl Model {
                         "a live family's newest token was refused: {decided:?}"
                     ));
                 }
+                // A made-up token is answered as unknown, with nothing recorded.
+                if !issued_here && decided.is_ok() {
+                    return Err(format!("a made-up token was acted on: {decided:?}"));
+                }
                 // An earlier generation's token, presented by its app to a family still
                 // held, ends it, however many rotations ago it was spent.
-                if earlier && by == f.app && !revoked && !f.replayed && !idle {
+                if earlier && issued_here && by == f.app && !revoked && !f.replayed && !idle {
                     let ends = matches!(
                         decided.as_deref(),
                         Ok([Event::AppTokenRefused(r)]) if r.revoked_family == Some(f.id)
@@ -385,7 +392,7 @@ impl Model {
                     self.append(events);
                     let now = self.now;
                     let f = &mut self.families[i];
-                    if earlier && by == f.app {
+                    if earlier && issued_here && by == f.app {
                         f.replayed = true;
                     }
                     if accepted {
@@ -584,13 +591,14 @@ fn a_token_spent_any_number_of_rotations_ago_ends_its_family() {
     let at = m.now;
     let family = uuid::Uuid::from_u128(7);
     m.append(vec![begun(7, 0, at)]);
-    let refresh = |m: &Model, generation: u64, presented: Hash, next: Hash, minutes: i64| {
+    let refresh_as = |m: &Model, issued_here, generation, presented, next, minutes: i64| {
         signin::decide(
             &m.folded(),
             SignInCommand::RefreshAppTokens(RefreshRequest {
                 app_id: app(0),
                 family,
                 generation,
+                issued_here,
                 presented,
                 next,
                 app_domains: vec![DOMAIN],
@@ -598,6 +606,9 @@ fn a_token_spent_any_number_of_rotations_ago_ends_its_family() {
                 at: at + Duration::minutes(minutes),
             }),
         )
+    };
+    let refresh = |m: &Model, generation: u64, presented: Hash, next: Hash, minutes: i64| {
+        refresh_as(m, true, generation, presented, next, minutes)
     };
     let mut current = hash(7);
     for n in 0..500u64 {
@@ -609,6 +620,12 @@ fn a_token_spent_any_number_of_rotations_ago_ends_its_family() {
     }
     // The state of a family refreshed 500 times is what it was after one.
     assert_eq!(m.running.refresh.by_id[&family].generation, 500);
+    // A token of an earlier generation without this server's tag (made up from the ids
+    // the log shows): unknown, nothing recorded, the family lives on.
+    assert_eq!(
+        refresh_as(&m, false, 3, hash(12_345), hash(97), 599),
+        Err(Rejection::NotFound("refresh token"))
+    );
     // The first token, 500 rotations later: the family ends, on the record.
     let replayed = refresh(&m, 0, hash(7), hash(99), 600).unwrap();
     assert!(

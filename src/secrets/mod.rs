@@ -296,6 +296,23 @@ impl fmt::Debug for Keyring {
     }
 }
 
+/// HMAC-SHA-256 of `message` under a key derived from `data_key` for tags alone (the data
+/// key itself only ever encrypts).
+fn tag_with(data_key: &[u8; 32], message: &[u8]) -> [u8; 32] {
+    use ring::hmac;
+    let derived = hmac::sign(
+        &hmac::Key::new(hmac::HMAC_SHA256, data_key),
+        b"idledger tags v1",
+    );
+    let tag = hmac::sign(
+        &hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref()),
+        message,
+    );
+    let mut out = [0u8; 32];
+    out.copy_from_slice(tag.as_ref());
+    out
+}
+
 fn subject_key(stream: &StreamId) -> Vec<u8> {
     format!("subject:{stream}").into_bytes()
 }
@@ -415,6 +432,34 @@ impl Keyring {
             (&subject_key(stream), id.0.as_bytes()),
         ])?;
         Ok((id, key))
+    }
+
+    /// A tag of `message` under `stream`'s key (made now if it has none): how this server
+    /// recognises, without storing them, tokens it issued for that subject. Shredding the
+    /// key ends every tag of it.
+    pub fn tag(&self, stream: &StreamId, message: &[u8]) -> Result<[u8; 32], SecretsError> {
+        let (_, key) = self.key_for(stream)?;
+        Ok(tag_with(&key, message))
+    }
+
+    /// Whether `tag` begins `stream`'s tag of `message` (at least 16 bytes of it); false
+    /// when the subject has no key.
+    pub fn tag_verifies(&self, stream: &StreamId, message: &[u8], tag: &[u8]) -> bool {
+        let key = match self.storage.get(&subject_key(stream)) {
+            Ok(Some(v)) => uuid::Uuid::from_slice(&v)
+                .ok()
+                .and_then(|id| self.load(DataKeyId(id)).ok()),
+            _ => None,
+        };
+        let Some(key) = key else { return false };
+        let expected = tag_with(&key, message);
+        tag.len() >= 16
+            && tag.len() <= expected.len()
+            && expected
+                .iter()
+                .zip(tag)
+                .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+                == 0
     }
 
     /// Runs `f` while no data key is made or shredded: a backup reads the log's head and
@@ -619,6 +664,36 @@ mod tests {
                 Err(SecretsError::MissingKey(_))
             ));
         }
+    }
+
+    /// A tag verifies under its subject's key only, in any prefix of 16 bytes or more,
+    /// and never once the key is shredded.
+    #[test]
+    fn tags_verify_for_their_subject_until_its_key_is_shredded() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Arc::new(crate::secrets::keystore::KeyFile::open(dir.path()).unwrap());
+        let ring = Keyring::open(master(1), storage).unwrap();
+        let adele = StreamId::user(idledger_domain::UserId(uuid::Uuid::from_u128(1)));
+        let alex = StreamId::user(idledger_domain::UserId(uuid::Uuid::from_u128(2)));
+        assert!(!ring.tag_verifies(&adele, b"m", &[0; 16]), "no key yet");
+        let tag = ring.tag(&adele, b"m").unwrap();
+        assert!(ring.tag_verifies(&adele, b"m", &tag));
+        assert!(ring.tag_verifies(&adele, b"m", &tag[..16]));
+        assert!(!ring.tag_verifies(&adele, b"m", &tag[..15]), "too short");
+        assert!(
+            !ring.tag_verifies(&adele, b"n", &tag[..16]),
+            "another message"
+        );
+        ring.tag(&alex, b"m").unwrap();
+        assert!(
+            !ring.tag_verifies(&alex, b"m", &tag[..16]),
+            "another subject"
+        );
+        let mut flipped = tag;
+        flipped[3] ^= 1;
+        assert!(!ring.tag_verifies(&adele, b"m", &flipped[..16]));
+        ring.shred(&adele).unwrap();
+        assert!(!ring.tag_verifies(&adele, b"m", &tag[..16]), "shredded");
     }
 
     /// A shred whose rewrite failed is done by the next shred of the subject, though the

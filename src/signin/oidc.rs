@@ -26,7 +26,7 @@ use chrono::{DateTime, Utc};
 use idledger_domain::decide::refresh::RefreshRequest;
 use idledger_domain::decide::signin::SignInCommand;
 use idledger_domain::events::{AppTokenRefused, AppTokensIssued, RefreshIssued, TokenGrant};
-use idledger_domain::{AppId, ClientType, Event, SsoMethod, UserId};
+use idledger_domain::{AppId, ClientType, Event, SsoMethod, StreamId, UserId};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -259,24 +259,43 @@ struct RefreshName {
     generation: u64,
 }
 
-/// Bytes of a refresh token: user, family, generation, then 256 random bits.
-const REFRESH_BYTES: usize = 16 + 16 + 8 + 32;
+/// Bytes of a refresh token: user, family, generation, 128 random bits, then 128 bits of
+/// the user's tag of all that.
+const REFRESH_BYTES: usize = 16 + 16 + 8 + 16 + 16;
+/// Where a refresh token's tag begins.
+const REFRESH_TAGGED: usize = REFRESH_BYTES - 16;
 
 /// A refresh token. Naming the user lets the token endpoint go straight to the stream that
 /// decides it, with no index of every token ever issued (the app learns nothing it did not
 /// know: the ID token's `sub` is the user); naming the generation lets that stream tell a
-/// copy of any earlier token, however old, from a token it never issued.
-fn new_refresh_token(name: RefreshName) -> String {
+/// copy of any earlier token, however old, from a token it never issued. The tag is what
+/// tells them apart: a family's id and generations are in the log, which auditors read,
+/// and an earlier generation's token made up from them must end nothing.
+fn new_refresh_token(ctx: &Ctx, name: RefreshName) -> Result<String, Refusal> {
     let mut bytes = [0u8; REFRESH_BYTES];
     bytes[..16].copy_from_slice(name.user.0.as_bytes());
     bytes[16..32].copy_from_slice(name.family.as_bytes());
     bytes[32..40].copy_from_slice(&name.generation.to_be_bytes());
-    rand::rngs::OsRng.fill_bytes(&mut bytes[40..]);
-    B64.encode(bytes)
+    rand::rngs::OsRng.fill_bytes(&mut bytes[40..REFRESH_TAGGED]);
+    let tag = ctx
+        .app
+        .engine
+        .keyring
+        .tag(&StreamId::user(name.user), &bytes[..REFRESH_TAGGED])
+        .map_err(|e| {
+            tracing::warn!(error = %e, "a refresh token could not be tagged");
+            refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the key store is unavailable",
+            )
+        })?;
+    bytes[REFRESH_TAGGED..].copy_from_slice(&tag[..16]);
+    Ok(B64.encode(bytes))
 }
 
-/// What a refresh token names, if it has the shape of one.
-fn refresh_token_names(token: &str) -> Option<RefreshName> {
+/// What a refresh token names, if it has the shape of one, and whether its tag verifies
+/// (this server issued it).
+fn refresh_token_names(ctx: &Ctx, token: &str) -> Option<(RefreshName, bool)> {
     if token.len() != REFRESH_BYTES * 4 / 3 {
         return None;
     }
@@ -284,11 +303,17 @@ fn refresh_token_names(token: &str) -> Option<RefreshName> {
     let user = uuid::Uuid::from_slice(bytes.get(..16)?).ok()?;
     let family = uuid::Uuid::from_slice(bytes.get(16..32)?).ok()?;
     let generation = u64::from_be_bytes(bytes.get(32..40)?.try_into().ok()?);
-    Some(RefreshName {
+    let issued_here = ctx.app.engine.keyring.tag_verifies(
+        &StreamId::user(UserId(user)),
+        bytes.get(..REFRESH_TAGGED)?,
+        bytes.get(REFRESH_TAGGED..)?,
+    );
+    let name = RefreshName {
         user: UserId(user),
         family,
         generation,
-    })
+    };
+    Some((name, issued_here))
 }
 
 fn issuer(ctx: &Ctx) -> Result<String, Refusal> {
@@ -1145,14 +1170,20 @@ async fn exchange_code(
         amr: grant.session.amr.clone(),
         method: grant.session.method,
     };
-    let refresh = family.map(|family| {
-        let first = RefreshName {
-            user: grant.user,
-            family,
-            generation: 0,
-        };
-        (family, new_refresh_token(first))
-    });
+    let refresh = match family {
+        Some(family) => {
+            let first = RefreshName {
+                user: grant.user,
+                family,
+                generation: 0,
+            };
+            match new_refresh_token(ctx, first) {
+                Ok(token) => Some((family, token)),
+                Err(r) => return unavailable(r.message).into_response(),
+            }
+        }
+        None => None,
+    };
     let (user, sid) = (grant.user, &grant.session.sid);
     match issue(ctx, app, user, sid, &carried, grant_id, refresh).await {
         Ok((r, _)) => r,
@@ -1406,7 +1437,7 @@ async fn refresh(ctx: &Ctx, app: &idledger_projections::AppView, form: &TokenFor
         );
     };
     const UNKNOWN: &str = "the refresh token is unknown, revoked or another client's";
-    let Some(name) = refresh_token_names(token) else {
+    let Some((name, issued_here)) = refresh_token_names(ctx, token) else {
         return invalid_grant(UNKNOWN);
     };
     let Some(generation) = name.generation.checked_add(1) else {
@@ -1420,11 +1451,15 @@ async fn refresh(ctx: &Ctx, app: &idledger_projections::AppView, form: &TokenFor
     if let Err(r) = signing_keys_ready(ctx, app).await {
         return r.into_response();
     }
-    let next = new_refresh_token(RefreshName { generation, ..name });
+    let next = match new_refresh_token(ctx, RefreshName { generation, ..name }) {
+        Ok(next) => next,
+        Err(r) => return unavailable(r.message).into_response(),
+    };
     let request = RefreshRequest {
         app_id: app.id,
         family: name.family,
         generation: name.generation,
+        issued_here,
         presented: idledger_domain::Hash(hash(token)),
         next: idledger_domain::Hash(hash(&next)),
         app_domains: app.domain_ids.clone(),

@@ -1998,3 +1998,66 @@ async fn a_code_whose_sign_in_ended_while_it_waited_begins_nothing() {
     let access = tokens(&w, &mut browser, &mut key, client, "s4").await;
     assert_eq!(userinfo(access).await, StatusCode::OK);
 }
+
+/// A family's id and generations are in the log, which auditors read: a token of an
+/// earlier generation made up from them (not a copy of one issued) ends nothing, while a
+/// copy of one really issued still ends its family.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_earlier_generation_made_up_from_the_log_ends_no_family() {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let (w, adele, _) = signin_world().await;
+    let SignedInWithApp {
+        mut browser,
+        client_id,
+        secret,
+        ..
+    } = signed_in_with_app(&w, &adele).await;
+    let raw = reqwest::Client::new();
+    let token_url = format!("{}/token", w.app.public);
+    let client = (client_id.as_str(), secret.as_str());
+    let code = code_for(
+        &mut browser,
+        &w.app.public,
+        &client_id,
+        "openid%20offline_access",
+        "s",
+    )
+    .await;
+    let first: Value = exchange(&raw, &token_url, client, &code)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let first = first["refresh_token"].as_str().unwrap().to_owned();
+    let refreshed = |token: String| {
+        let request = refresh_with(&raw, &token_url, client, &token);
+        async move {
+            let r = request.send().await.unwrap();
+            (r.status(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let (s, body) = refreshed(first.clone()).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let second = body["refresh_token"].as_str().unwrap().to_owned();
+
+    // Generation 0 of the same user and family, with any other bytes after.
+    let mut forged = b64.decode(&first).unwrap();
+    for b in &mut forged[40..] {
+        *b ^= 0x5a;
+    }
+    let (s, body) = refreshed(b64.encode(&forged)).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"], "invalid_grant");
+    // The family lives on.
+    let (s, body) = refreshed(second).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let third = body["refresh_token"].as_str().unwrap().to_owned();
+    // A copy of a token really issued (the first) ends it.
+    let (s, _) = refreshed(first).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, body) = refreshed(third).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+}

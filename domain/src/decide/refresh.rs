@@ -132,6 +132,10 @@ pub struct RefreshRequest {
     pub family: uuid::Uuid,
     /// The generation the presented token names.
     pub generation: u64,
+    /// The presented token's tag verifies: this server issued it. A family's id and
+    /// generations are in the log (auditors read it), so a token of an earlier generation
+    /// without it is made up, not a copy, and ends nothing.
+    pub issued_here: bool,
     /// SHA-256 of the presented token.
     pub presented: Hash,
     /// SHA-256 of the token to hand out next.
@@ -168,6 +172,9 @@ pub fn decide(
         .into()])
     };
     if r.generation < family.generation {
+        if !r.issued_here {
+            return Err(unknown);
+        }
         return end("a used refresh token was presented; its family is revoked");
     }
     if family.current != r.presented || r.generation != family.generation {

@@ -557,6 +557,7 @@ pub async fn ack(
         keys: who.key_ids.clone(),
         outcome,
         delivery: b.delivery,
+        rewrite: KeyWriteId(uuid::Uuid::new_v4()),
     };
     let position = decide_for(&s, user, &who, Some(rotation.0), command).await?;
     Ok(Json(Acknowledged { id: id.0, position }))

@@ -726,6 +726,69 @@ async fn an_answer_to_an_earlier_delivery_of_a_write_is_stale() {
     assert_eq!(h[0]["key_write_state"], "confirmed", "{h:?}");
 }
 
+/// Two agents serve one key. The first is handed a write; a newer rotation supersedes it;
+/// the second writes the newer password; then the first writes the older one after all,
+/// and says so. The key is owed the current password again, so it ends up holding what
+/// Entra ID holds, not what it held a rotation ago.
+#[tokio::test]
+async fn a_late_write_of_a_superseded_password_is_followed_by_the_current_one() {
+    let w = rotating_world(json!({})).await;
+    let id = w.assign_key(6, "K-0006").await;
+    w.rotate(&id).await;
+    w.rotations_settled(&id, 1).await;
+    let (first, second) = (
+        w.app.token("agent", &["K-0006"]).await,
+        w.app.token("agent", &["K-0006"]).await,
+    );
+    let fetch = |agent: String| {
+        let w = &w;
+        async move {
+            let (s, writes) = w
+                .app
+                .call(Some(&agent), Method::GET, "/v1/agent/key-writes", None)
+                .await;
+            assert_eq!(s, StatusCode::OK, "{writes}");
+            writes["items"].as_array().unwrap().clone()
+        }
+    };
+    let ack = |agent: String, write: Value| {
+        let w = &w;
+        async move {
+            let path = format!("/v1/agent/key-writes/{}/ack", write["id"].as_str().unwrap());
+            let written = json!({"result": "written", "delivery": write["delivery"]});
+            w.app
+                .call(Some(&agent), Method::POST, &path, Some(written))
+                .await
+        }
+    };
+    let older = fetch(first.clone()).await[0].clone();
+    w.rotate(&id).await;
+    w.rotations_settled(&id, 2).await;
+    let newer = fetch(second.clone()).await;
+    assert_eq!(
+        newer.len(),
+        1,
+        "only the newest password is owed: {newer:?}"
+    );
+    let newer = newer[0].clone();
+    assert_ne!(newer["password"], older["password"]);
+    let (s, body) = ack(second.clone(), newer.clone()).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert!(fetch(second.clone()).await.is_empty(), "nothing owed");
+
+    // The older password lands on the key last.
+    let (s, body) = ack(first.clone(), older).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let again = fetch(second).await;
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_ne!(again[0]["id"], newer["id"], "a new write");
+    assert_eq!(again[0]["rotation_id"], newer["rotation_id"]);
+    assert_eq!(
+        again[0]["password"].as_str().unwrap(),
+        w.sim_password(6).await
+    );
+}
+
 /// A password reaches only the key of the user it belongs to: B's key, taken away and
 /// given to C, must not bring B's password to C's agent.
 #[tokio::test]

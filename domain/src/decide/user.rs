@@ -195,6 +195,9 @@ pub enum UserCommand {
         /// reported for an earlier delivery, handed out again since (the lease ran out),
         /// is stale; the agent that has the latest delivery answers.
         delivery: Option<u32>,
+        /// A fresh key write id, for a write of the current password again (a late
+        /// "written" of a write superseded since may have put an older one on the key).
+        rewrite: KeyWriteId,
     },
     /// Record a break-glass reveal of rotation `rotation`'s password, with its reason.
     RecordReveal {
@@ -233,6 +236,31 @@ fn set_write(s: &mut UserState, id: KeyWriteId, state: KeyWriteState) {
 
 /// Every write the user's key was still owed ends with the key: a password reaches
 /// only the key of the user it belongs to, and only while they hold it.
+/// An agent wrote a password onto `key` after its write was superseded (an older password,
+/// or the same one after the key changed hands): unless the key is no longer the user's,
+/// or a write not handed out yet will write it anyway, the key is owed the current
+/// password again. Without it the key could hold an older password than Entra ID until
+/// the next rotation, and its user could not sign in at their PC.
+fn rewrite_after_late_write(s: &UserState, key: &KeyId, rewrite: KeyWriteId) -> Vec<Event> {
+    let still_queued = s
+        .writes
+        .values()
+        .any(|w| w.key == *key && w.state == KeyWriteState::Queued);
+    match s.current_password {
+        Some(rotation_id)
+            if s.key_id.as_ref() == Some(key) && s.status != Status::Deleted && !still_queued =>
+        {
+            vec![KeyWriteQueued {
+                key_write_id: rewrite,
+                rotation_id,
+                key_id: key.clone(),
+            }
+            .into()]
+        }
+        _ => vec![],
+    }
+}
+
 fn supersede(s: &UserState, reason: SupersedeReason) -> impl Iterator<Item = Event> {
     s.undelivered().into_iter().map(move |w| {
         KeyWriteSuperseded {
@@ -365,9 +393,16 @@ pub fn decide(s: &UserState, c: UserCommand) -> Result<Vec<Event>, Rejection> {
                 keys,
                 outcome,
                 delivery,
+                rewrite,
             },
         ) => {
             let w = agents_write(s, write, &keys)?;
+            if w.state == KeyWriteState::Superseded
+                && w.deliveries > 0
+                && matches!(outcome, WriteOutcome::Written)
+            {
+                return Ok(rewrite_after_late_write(s, &w.key, rewrite));
+            }
             if !matches!(w.state, KeyWriteState::Queued | KeyWriteState::Delivered) {
                 return Err(Rejection::Conflict(format!(
                     "the key write is {} already",
@@ -897,12 +932,92 @@ mod tests {
     }
 
     #[test]
+    fn a_late_written_of_a_superseded_write_owes_the_key_the_current_password_again() {
+        let rotated = |n| -> Event {
+            RotationSucceeded {
+                rotation_id: RotationId(uuid::Uuid::from_u128(n)),
+            }
+            .into()
+        };
+        let ack = |n, outcome| UserCommand::AcknowledgeWrite {
+            write: w(n),
+            keys: vec![key("K1")],
+            outcome,
+            delivery: None,
+            rewrite: w(98),
+        };
+        // W1 handed out; R2 supersedes it; W2 handed out and written; then W1's agent
+        // writes the older password and says so.
+        let mut past = vec![
+            discovered(),
+            imported(),
+            assigned("K1"),
+            rotated(1),
+            queued(1, "K1"),
+            KeyWriteDelivered { key_write_id: w(1) }.into(),
+            rotated(2),
+            KeyWriteSuperseded {
+                key_write_id: w(1),
+                reason: SupersedeReason::NewerRotation {
+                    rotation_id: RotationId(uuid::Uuid::from_u128(2)),
+                },
+            }
+            .into(),
+            queued(2, "K1"),
+        ];
+        // W2 not handed out yet: it writes the current password after, nothing more owed.
+        given::<UserStream>(&past)
+            .when(ack(1, WriteOutcome::Written))
+            .then_nothing();
+        past.push(KeyWriteDelivered { key_write_id: w(2) }.into());
+        past.push(KeyWriteConfirmed { key_write_id: w(2) }.into());
+        given::<UserStream>(&past)
+            .when(ack(1, WriteOutcome::Written))
+            .then([KeyWriteQueued {
+                key_write_id: w(98),
+                rotation_id: RotationId(uuid::Uuid::from_u128(2)),
+                key_id: key("K1"),
+            }
+            .into()]);
+        // A failure of a superseded write changes nothing on the key: still refused.
+        given::<UserStream>(&past)
+            .when(ack(1, WriteOutcome::Failed("no key".into())))
+            .then_conflict();
+        // The key went to another user meanwhile: nothing is owed to it for this one.
+        let mut gone = past.clone();
+        gone.push(KeyUnassigned { key_id: key("K1") }.into());
+        given::<UserStream>(&gone)
+            .when(ack(1, WriteOutcome::Written))
+            .then_nothing();
+        // Never handed out: "written" is not believed.
+        let never = [
+            discovered(),
+            imported(),
+            assigned("K1"),
+            rotated(1),
+            queued(1, "K1"),
+            rotated(2),
+            KeyWriteSuperseded {
+                key_write_id: w(1),
+                reason: SupersedeReason::NewerRotation {
+                    rotation_id: RotationId(uuid::Uuid::from_u128(2)),
+                },
+            }
+            .into(),
+        ];
+        given::<UserStream>(&never)
+            .when(ack(1, WriteOutcome::Written))
+            .then_conflict();
+    }
+
+    #[test]
     fn a_write_is_acknowledged_once() {
         let ack = |outcome| UserCommand::AcknowledgeWrite {
             write: w(1),
             keys: vec![key("K1")],
             outcome,
             delivery: None,
+            rewrite: w(98),
         };
         let delivered = [
             discovered(),
@@ -936,6 +1051,7 @@ mod tests {
             keys: vec![key("K1")],
             outcome: WriteOutcome::Failed("no key".into()),
             delivery: Some(delivery),
+            rewrite: w(98),
         };
         given::<UserStream>(&again).when(answer(1)).then_conflict();
         given::<UserStream>(&again).when(answer(3)).then_conflict();
@@ -945,6 +1061,7 @@ mod tests {
                 keys: vec![key("K1")],
                 outcome: WriteOutcome::Written,
                 delivery: Some(1),
+                rewrite: w(98),
             })
             .then([KeyWriteConfirmed { key_write_id: w(1) }.into()]);
         given::<UserStream>(&again)

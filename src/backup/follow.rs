@@ -204,7 +204,7 @@ fn newest_sealed(dir: &Path) -> Result<SealedFiles, BackupError> {
 }
 
 /// The tree size of a kept checkpoint note (its second line).
-fn note_size(note: &str) -> Option<u64> {
+pub(super) fn note_size(note: &str) -> Option<u64> {
     note.lines().nth(1).and_then(|l| l.parse().ok())
 }
 

@@ -639,6 +639,15 @@ pub fn read(
     record: impl FnMut(&CheckedRecord, &[u8]) -> Result<(), BackupError>,
 ) -> Result<Contents, BackupError> {
     let contents = read_with(input, &mut Verifier::new(), record)?;
+    let m = &contents.manifest;
+    if let Some(size) = m.signed_tree_head.as_deref().and_then(follow::note_size) {
+        if size > m.position {
+            return Err(refused(
+                "signed tree head",
+                format!("it covers {size} records, the backup holds {}", m.position),
+            ));
+        }
+    }
     if contents.manifest.keystore_unchanged {
         // Made for a follower that had the key store: restored alone, it would lack it.
         return Err(refused(

@@ -78,9 +78,10 @@ pub async fn download(
         }
     }
     // The signed head next: every head is signed over committed records, so the log's
-    // head read after it is at or past its size. A whole backup has one signed now, over
-    // (nearly) all it carries, so that `restore --public-key` covers it; an increment takes
-    // the latest, or a follower asking every quarter second would keep a head each time.
+    // head read after it is usually at or past its size. A whole backup has one signed
+    // now, over (nearly) all it carries, so that `restore --public-key` covers it; an
+    // increment takes the latest, or a follower asking every quarter second would keep a
+    // head each time.
     let notary = s.notary.clone();
     let whole = from == 1;
     // Places first: a request answered 503 for want of one has done no work.
@@ -88,18 +89,20 @@ pub async fn download(
     // A whole backup checks every record as it goes, with state that grows with the log
     // (event ids, stream versions): it is also one of the few reads of the whole log.
     let whole_place = whole.then(|| s.whole_log_place()).transpose()?;
-    let sth = tokio::task::spawn_blocking(move || {
-        if whole {
-            notary.sign_now()
-        } else {
-            notary.latest()
-        }
-    })
-    .await
-    .ok()
-    .and_then(Result::ok)
-    .flatten()
-    .map(|h| h.to_note());
+    let sth = {
+        let notary = notary.clone();
+        tokio::task::spawn_blocking(move || {
+            if whole {
+                notary.sign_now()
+            } else {
+                notary.latest()
+            }
+        })
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .flatten()
+    };
     let log = s.engine.log.clone();
     // At or past the head checked above: the log only grows. The key store is read with
     // it, while no key is made or shredded: a user deleted after this head keeps the key
@@ -144,6 +147,7 @@ pub async fn download(
             };
             let mut failed = None;
             let mut carried = 0u64;
+            let mut held = from - 1;
             if from <= through {
                 log.records(from)(&mut |position, bytes| {
                     if position > through || carried >= max_bytes {
@@ -151,7 +155,10 @@ pub async fn download(
                     }
                     carried += bytes.len() as u64;
                     match w.push(position, bytes) {
-                        Ok(()) => ControlFlow::Continue(()),
+                        Ok(()) => {
+                            held = position;
+                            ControlFlow::Continue(())
+                        }
                         Err(e) => {
                             failed = Some(e);
                             ControlFlow::Break(())
@@ -162,7 +169,15 @@ pub async fn download(
             if let Some(e) = failed {
                 return Err(e);
             }
-            w.finish(&sealed, known.as_deref(), sth)?;
+            // A whole backup that ends before its head (a `limit`, `max_bytes`, or a head
+            // signed over leaves the log had not yet published) carries one signed over
+            // exactly what it holds, not kept: no restore may find it covering more. (A
+            // follower keeps an increment's head only once it holds what it covers.)
+            let sth = match sth {
+                Some(h) if whole && h.head.tree_size > held => notary.sign(held).ok(),
+                other => other,
+            };
+            w.finish(&sealed, known.as_deref(), sth.map(|h| h.to_note()))?;
             Ok(())
         })();
         if let Err(e) = done {

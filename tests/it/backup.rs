@@ -622,6 +622,18 @@ async fn a_following_copy_killed_again_and_again_resumes_without_gaps_and_restor
     let one = idledger::backup::read_with(&bytes[..], &mut verifier, |_, _| Ok(())).unwrap();
     assert_eq!((one.manifest.from, one.manifest.position), (2, 2));
 
+    // A whole backup bounded by `limit` carries a signed head over exactly what it holds,
+    // and restores.
+    let bounded = serve.get("/v1/backup?limit=3").await.bytes().await.unwrap();
+    let contents = idledger::backup::read(&bounded[..], |_, _| Ok(())).unwrap();
+    assert_eq!(contents.manifest.position, 3);
+    let note = contents.manifest.signed_tree_head.unwrap();
+    assert_eq!(note.lines().nth(1), Some("3"), "{note}");
+    let file = dir.path().join("bounded.backup");
+    std::fs::write(&file, &bounded).unwrap();
+    let (ok, out, err) = restore(&file, &dir.path().join("bounded"), &[]);
+    assert!(ok, "{out} {err}");
+
     // Another server's history does not continue the copy: the follower stops, and the
     // copy keeps what it had.
     let other_data = dir.path().join("other");

@@ -191,6 +191,15 @@ fn read_key_file(path: &Path) -> Result<Option<Vec<u8>>, BackupError> {
     Ok(Some(body.to_vec()))
 }
 
+/// Which key store a copy stores from an increment.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Keys {
+    /// The one sent, with every entry of the one held that it lacks.
+    WithHeld,
+    /// The one sent, exactly.
+    Exactly,
+}
+
 /// The copy's newest sealed files.
 fn newest_sealed(dir: &Path) -> Result<SealedFiles, BackupError> {
     let keystore = match keystore_snapshots(dir)?.pop() {
@@ -511,13 +520,22 @@ impl FollowCopy {
         self.keystore_sha256.as_deref()
     }
 
-    /// Takes one increment (a backup file from [`FollowCopy::position`]` + 1`): checks
-    /// every part of it, stores keys that changed and then the records, on the device,
-    /// before answering the records added. `now_secs` names a new key store snapshot.
-    /// After an error the copy must be opened again.
+    /// Takes one increment (a backup file from [`FollowCopy::position`]` + 1`), sent when
+    /// the server's log was at `log_head`: checks every part of it, stores keys that
+    /// changed and then the records, on the device, before answering the records added.
+    /// `now_secs` names a new key store snapshot. After an error the copy must be opened
+    /// again.
+    ///
+    /// The key store is the server's at `log_head`, which may be past the increment's
+    /// records: a user deleted in between has no key in it, though the records the copy
+    /// holds still need it. So the copy holds the union of the key stores it was sent
+    /// until its records reach the head they came with, and only then exactly the
+    /// server's (every shred of those keys is then in its records). The union is on the
+    /// device before the records, so that no crash leaves records without their keys.
     pub fn take(
         &mut self,
         increment: impl std::io::Read + Send,
+        log_head: u64,
         now_secs: u64,
     ) -> Result<u64, BackupError> {
         if self.broken {
@@ -547,10 +565,13 @@ impl FollowCopy {
             }
             Ok(())
         })?;
-        self.store_keys(&contents, now_secs)?;
+        self.store_keys(&contents, now_secs, Keys::WithHeld)?;
         let added = contents.manifest.record_count;
         if added > 0 {
             self.append(&chunks, after)?;
+        }
+        if contents.manifest.position >= log_head {
+            self.store_keys(&contents, now_secs, Keys::Exactly)?;
         }
         self.store_signed_head(contents.manifest.signed_tree_head.as_deref())?;
         self.oldest_taken_us = oldest;
@@ -582,8 +603,14 @@ impl FollowCopy {
         Ok(())
     }
 
-    fn store_keys(&mut self, contents: &Contents, now_secs: u64) -> Result<(), BackupError> {
-        if contents.manifest.keystore_unchanged
+    fn store_keys(
+        &mut self,
+        contents: &Contents,
+        now_secs: u64,
+        keys: Keys,
+    ) -> Result<(), BackupError> {
+        if keys == Keys::WithHeld
+            && contents.manifest.keystore_unchanged
             && contents.manifest.keystore_sha256 != self.keystore_sha256
         {
             return Err(refused(
@@ -591,8 +618,23 @@ impl FollowCopy {
                 "left out as unchanged, but it is not the one this copy holds",
             ));
         }
-        if let Some(k) = &contents.sealed.keystore {
-            let sha = sha256_hex(k);
+        if let Some(sent) = &contents.sealed.keystore {
+            let held = match (keys, keystore_snapshots(&self.dir)?.pop()) {
+                (Keys::WithHeld, Some((_, path))) => read_key_file(&path)?,
+                _ => None,
+            };
+            let union = match held {
+                // A key store this build cannot read (a newer format) is kept as sent.
+                Some(held) => crate::secrets::keystore::union(sent, &held).unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "backup --follow: the key stores were not merged");
+                    None
+                }),
+                None => None,
+            };
+            let k = union.unwrap_or_else(|| sent.clone());
+            // The SHA-256 of what the copy holds: while it holds a union, the server's
+            // differs, so the server sends its key store again until the copy is exact.
+            let sha = sha256_hex(&k);
             if self.keystore_sha256.as_deref() != Some(sha.as_str()) {
                 let path = match keystore_snapshots(&self.dir)?.pop() {
                     // Written over as a whole (temporary file, rename): a reader holding
@@ -610,11 +652,11 @@ impl FollowCopy {
                         keys_dir(&self.dir).join(name)
                     }
                 };
-                write_whole(&path, &with_sum(k))?;
+                write_whole(&path, &with_sum(&k))?;
                 self.keystore_sha256 = Some(sha);
             }
         }
-        if let Some(k) = &contents.sealed.log_key {
+        if let (Some(k), Keys::WithHeld) = (&contents.sealed.log_key, keys) {
             let sha = sha256_hex(k);
             if self.log_key_sha256.as_deref() != Some(sha.as_str()) {
                 write_whole(&keys_dir(&self.dir).join(LOG_KEY), &with_sum(k))?;
@@ -950,6 +992,53 @@ mod tests {
         out
     }
 
+    /// A key store file of `entries` (key, value).
+    fn keystore_of(entries: &[(&str, &str)]) -> Vec<u8> {
+        use base64::{engine::general_purpose::STANDARD, Engine};
+        let mut text = String::from("idledger keystore 1\n");
+        for (k, v) in entries {
+            text.push_str(&format!("{} {}\n", STANDARD.encode(k), STANDARD.encode(v)));
+        }
+        text.into_bytes()
+    }
+
+    /// The server's key store is read at its log's head, which may be past the records of
+    /// an increment: a key shredded in between is still needed by the records the copy
+    /// holds. The copy keeps it until its records reach the head they came with, and only
+    /// then holds exactly the server's key store.
+    #[test]
+    fn a_copy_behind_the_head_keeps_the_keys_its_records_need() {
+        let tmp = tempfile::tempdir().expect("a temp dir");
+        let log = chain(20, 0);
+        let mut copy = FollowCopy::open(tmp.path(), SEGMENT).expect("opens");
+        let newest = |dir: &Path| {
+            let (_, path) = keystore_snapshots(dir).expect("lists").pop().expect("one");
+            read_key_file(&path).expect("reads").expect("there")
+        };
+        let first = keystore_of(&[("subject:u", "ku"), ("check", "c")]);
+        let inc = increment(&log, 1, 5, &first);
+        copy.take(inc.as_slice(), 20, 100).expect("taken");
+        assert_eq!(newest(tmp.path()), first);
+        // `u` deleted after record 8, its key shredded; `v` arrives. Records 6-8 still need
+        // `u`'s key: the copy holds both.
+        let later = keystore_of(&[("check", "c"), ("subject:v", "kv")]);
+        let inc = increment(&log, 6, 3, &later);
+        copy.take(inc.as_slice(), 20, 101).expect("taken");
+        let held = String::from_utf8(newest(tmp.path())).expect("text");
+        for k in ["subject:u", "subject:v", "check"] {
+            use base64::{engine::general_purpose::STANDARD, Engine};
+            assert!(held.contains(&STANDARD.encode(k)), "{k} in {held}");
+        }
+        // A restore of the copy now has the keys its records need.
+        let snapshot = CopySnapshot::open(tmp.path()).expect("opens");
+        assert_eq!(snapshot.keys.keystore.as_deref(), Some(held.as_bytes()));
+        // Caught up with the head: exactly the server's, the shredded key gone.
+        let inc = increment(&log, 9, 12, &later);
+        copy.take(inc.as_slice(), 20, 102).expect("taken");
+        assert_eq!(newest(tmp.path()), later);
+        assert_eq!(copy.keystore_sha256(), Some(sha256_hex(&later).as_str()));
+    }
+
     /// What can happen to a follower.
     #[derive(Clone, Debug)]
     enum Step {
@@ -1021,7 +1110,7 @@ mod tests {
                         now += 1;
                         let keystore = format!("keys at {now}");
                         let inc = increment(&log, at + 1, n, keystore.as_bytes());
-                        copy.take(inc.as_slice(), now).expect("a good increment is taken");
+                        copy.take(inc.as_slice(), 0, now).expect("a good increment is taken");
                         prop_assert!(copy.position() == (at + n).min(RECORDS));
                     }
                     Step::KilledMidAppend(prefix) => {
@@ -1053,7 +1142,7 @@ mod tests {
                         let mut inc = increment(&log, at + 1, 20, b"k");
                         let i = MAGIC.len() + which % (inc.len() - MAGIC.len());
                         inc[i] ^= 0x01;
-                        prop_assert!(copy.take(inc.as_slice(), now).is_err());
+                        prop_assert!(copy.take(inc.as_slice(), 0, now).is_err());
                         drop(copy);
                         copy = FollowCopy::open(dir, SEGMENT).expect("reopens");
                         prop_assert_eq!(copy.position(), at);
@@ -1061,7 +1150,7 @@ mod tests {
                     Step::Forked => {
                         if at >= 1 {
                             let inc = increment(&other, at + 1, 10, b"k");
-                            prop_assert!(copy.take(inc.as_slice(), now).is_err());
+                            prop_assert!(copy.take(inc.as_slice(), 0, now).is_err());
                             drop(copy);
                             copy = FollowCopy::open(dir, SEGMENT).expect("reopens");
                             prop_assert_eq!(copy.position(), at);
@@ -1076,7 +1165,7 @@ mod tests {
             }
             loop {
                 let inc = increment(&log, copy.position() + 1, 97, b"last keys");
-                copy.take(inc.as_slice(), now + 1).expect("taken");
+                copy.take(inc.as_slice(), 0, now + 1).expect("taken");
                 if copy.position() == RECORDS {
                     break;
                 }
@@ -1114,7 +1203,7 @@ mod tests {
         let mut copy = FollowCopy::open(tmp.path(), SEGMENT).expect("opens");
         for (i, now) in [10_000u64, 20_000, 30_000].into_iter().enumerate() {
             let inc = increment(&log, copy.position() + 1, 5, format!("k{i}").as_bytes());
-            copy.take(inc.as_slice(), now).expect("taken");
+            copy.take(inc.as_slice(), 0, now).expect("taken");
         }
         assert_eq!(keystore_snapshots(tmp.path()).expect("lists").len(), 3);
         // Retained for 15,000 s, at 36,000: the snapshot replaced at 20,000 goes, the one
@@ -1130,7 +1219,7 @@ mod tests {
         assert_eq!(keystore_snapshots(tmp.path()).expect("lists").len(), 1);
         // The clock steps back: the new key store is still the newest snapshot.
         let inc = increment(&log, copy.position() + 1, 5, b"after the step");
-        copy.take(inc.as_slice(), 50).expect("taken");
+        copy.take(inc.as_slice(), 0, 50).expect("taken");
         let snapshots = keystore_snapshots(tmp.path()).expect("lists");
         let newest = snapshots.last().expect("one");
         assert_eq!(newest.0, 30_001);
@@ -1142,7 +1231,8 @@ mod tests {
         // one file, holding the last.
         for i in 0..10u64 {
             let inc = increment(&log, copy.position() + 1, 1, format!("busy {i}").as_bytes());
-            copy.take(inc.as_slice(), 30_001 + i * 60).expect("taken");
+            copy.take(inc.as_slice(), 0, 30_001 + i * 60)
+                .expect("taken");
         }
         let snapshots = keystore_snapshots(tmp.path()).expect("lists");
         assert_eq!(snapshots.len(), 2, "{snapshots:?}");
@@ -1153,7 +1243,7 @@ mod tests {
         );
         // An hour on, a new one.
         let inc = increment(&log, copy.position() + 1, 1, b"an hour on");
-        copy.take(inc.as_slice(), 30_001 + 3_600).expect("taken");
+        copy.take(inc.as_slice(), 0, 30_001 + 3_600).expect("taken");
         assert_eq!(keystore_snapshots(tmp.path()).expect("lists").len(), 3);
         // An increment that leaves the key store out as unchanged, naming another one,
         // is refused.
@@ -1168,7 +1258,7 @@ mod tests {
         };
         w.finish(&other, Some(&sha256_hex(b"another")), None)
             .expect("finishes");
-        assert!(copy.take(out.as_slice(), 60).is_err());
+        assert!(copy.take(out.as_slice(), 0, 60).is_err());
         drop(copy);
         let _held = FollowCopy::open(tmp.path(), SEGMENT).expect("reopens");
         // A second follower of the same copy is refused.
@@ -1184,7 +1274,7 @@ mod tests {
         let tmp = tempfile::tempdir().expect("a temp dir");
         let mut copy = FollowCopy::open(tmp.path(), SEGMENT).expect("opens");
         let inc = increment(&log, 1, 5, b"idledger keystore 1\nkey value\n");
-        copy.take(inc.as_slice(), 100).expect("taken");
+        copy.take(inc.as_slice(), 0, 100).expect("taken");
         drop(copy);
         let (_, path) = keystore_snapshots(tmp.path())
             .expect("lists")

@@ -263,7 +263,7 @@ pub(crate) async fn keep_following(
         };
         failures = 0;
         let (back, outcome) = tokio::task::spawn_blocking(move || {
-            let outcome = copy.take(body.as_slice(), now_secs()).and_then(|n| {
+            let outcome = copy.take(body.as_slice(), head, now_secs()).and_then(|n| {
                 copy.prune(retain_secs, now_secs())?;
                 Ok(n)
             });

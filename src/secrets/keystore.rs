@@ -93,6 +93,28 @@ fn parse(text: &str) -> Result<(Entries, bool), SecretsError> {
     Ok((entries, torn))
 }
 
+/// A key store file holding every entry of `newer`, and the entries of `older` that
+/// `newer` lacks (keys shredded since): what a backup copy holds while its records are
+/// behind the key store it was sent, so that the records it has keep their keys. `None`
+/// when `newer` lacks none.
+pub fn union(newer: &[u8], older: &[u8]) -> Result<Option<Vec<u8>>, SecretsError> {
+    let text = |b: &[u8]| {
+        std::str::from_utf8(b)
+            .map_err(storage)
+            .and_then(|t| parse(t).map(|(entries, _)| entries))
+    };
+    let (mut entries, newer) = (text(older)?, text(newer)?);
+    if entries.keys().all(|k| newer.contains_key(k)) {
+        return Ok(None);
+    }
+    entries.extend(newer);
+    let mut out = String::from(HEADER);
+    for (k, v) in &entries {
+        out.push_str(&line(k, v));
+    }
+    Ok(Some(out.into_bytes()))
+}
+
 fn line(k: &[u8], v: &[u8]) -> String {
     format!("{} {}\n", B64.encode(k), B64.encode(v))
 }

@@ -381,6 +381,16 @@ impl PasswordState {
             .map(|o| o.rotation_id)
     }
 
+    /// The password Entra ID may hold besides the current one, as a break-glass reveal
+    /// must name it: an open rotation's from the moment it is durable (its first attempt
+    /// may be on its way to Graph), unless it only sends the current one again.
+    pub fn possible_candidate(&self) -> Option<RotationId> {
+        self.open
+            .as_ref()
+            .filter(|o| o.reason != RotationReason::Reassert)
+            .map(|o| o.rotation_id)
+    }
+
     /// The new password wanted: a recorded request first, else what the schedule says.
     pub fn wanted(&self, due: Option<RotationReason>) -> Option<RotationReason> {
         self.requested.or(due)

@@ -223,8 +223,9 @@ pub struct RevealedPassword {
     password: String,
 }
 
-/// The answer of a reveal: the current password and, while an attempt's outcome is
-/// unknown, the candidate that may have become current.
+/// The answer of a reveal: the current password and, while a rotation is open (its
+/// password may be landing in Entra ID now, or its outcome is unknown), the candidate that
+/// may have become current.
 #[derive(Serialize, ToSchema)]
 pub struct Revealed {
     user_id: uuid::Uuid,
@@ -238,7 +239,7 @@ pub struct Revealed {
 }
 
 /// Break-glass: records the reveal with its reason, then answers the current password
-/// (and, when the last rotation's outcome is unknown, that rotation's candidate too).
+/// (and, while a rotation is open, that rotation's candidate too).
 pub async fn reveal(
     State(s): State<AppState>,
     who: Principal,
@@ -247,6 +248,9 @@ pub async fn reveal(
 ) -> Result<Json<Revealed>, ApiError> {
     // Bad input is refused before anything is looked at.
     idledger_domain::decide::user::reveal_reason(&b.reason)?;
+    // What the log says now, not what the projections had folded: a rotation that just
+    // started or succeeded changes which passwords Entra ID may hold.
+    s.reach(Some(s.engine.log.head().position)).await?;
     let user = UserId(id);
     let stream = StreamId::user(user);
     let (current, candidate) = {
@@ -260,10 +264,11 @@ pub async fn reveal(
             .current_rotation
             .and_then(|r| p.rotations.get(r))
             .map(|r| (r.rotation_id, r.sealed_password.clone()));
-        // The open rotation's password once an attempt of it may have reached Graph.
+        // The open rotation's password: durable before Graph is asked to set it, so an
+        // attempt may be landing at this moment.
         let candidate = u
             .password
-            .unconfirmed_candidate()
+            .possible_candidate()
             .and_then(|r| p.rotations.get(r))
             .map(|r| (r.rotation_id, r.sealed_password.clone()));
         (current, candidate)

@@ -726,6 +726,55 @@ async fn an_answer_to_an_earlier_delivery_of_a_write_is_stale() {
     assert_eq!(h[0]["key_write_state"], "confirmed", "{h:?}");
 }
 
+/// A reveal while Graph holds the first attempt of a rotation names that rotation's
+/// password too: the request may land as the admin reads the answer, and then only the
+/// candidate opens the account.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reveal_while_the_first_attempt_is_in_flight_names_its_candidate() {
+    let w = rotating_world(json!({})).await;
+    let id = w.assign_key(4, "K-0004").await;
+    w.rotate(&id).await;
+    w.rotations_settled(&id, 1).await;
+    let before = w.sim_password(4).await;
+    w.sim(
+        Method::POST,
+        "/_sim/faults",
+        Some(
+            json!({"method": "PATCH", "path_prefix": "/v1.0/users", "delay_ms": 1500, "count": 1}),
+        ),
+    )
+    .await;
+    w.rotate(&id).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while w
+        .sim_requests()
+        .await
+        .iter()
+        .filter(|r| r["method"] == "PATCH")
+        .count()
+        < 2
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no second PATCH reached graphsim"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let revealed = w.reveal(&id).await;
+    assert_eq!(
+        revealed["password"].as_str(),
+        Some(before.as_str()),
+        "{revealed}"
+    );
+    let candidate = revealed["unconfirmed_candidate"]["password"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no candidate named: {revealed}"))
+        .to_owned();
+    let h = w.rotations_settled(&id, 2).await;
+    assert_eq!(h[1]["outcome"], "succeeded", "{h:?}");
+    assert_eq!(w.sim_password(4).await, candidate);
+}
+
 /// Two agents serve one key. The first is handed a write; a newer rotation supersedes it;
 /// the second writes the newer password; then the first writes the older one after all,
 /// and says so. The key is owed the current password again, so it ends up holding what

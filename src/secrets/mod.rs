@@ -442,17 +442,27 @@ impl Keyring {
         Ok(tag_with(&key, message))
     }
 
-    /// Whether `tag` begins `stream`'s tag of `message` (at least 16 bytes of it); false
-    /// when the subject has no key.
-    pub fn tag_verifies(&self, stream: &StreamId, message: &[u8], tag: &[u8]) -> bool {
-        let key = match self.storage.get(&subject_key(stream)) {
+    /// [`Keyring::tag`] when `stream` has a key already; `None` when it has none (no key is
+    /// made: what anyone may ask for must not grow the key store).
+    pub fn tag_existing(&self, stream: &StreamId, message: &[u8]) -> Option<[u8; 32]> {
+        self.existing_key(stream).map(|key| tag_with(&key, message))
+    }
+
+    fn existing_key(&self, stream: &StreamId) -> Option<[u8; 32]> {
+        match self.storage.get(&subject_key(stream)) {
             Ok(Some(v)) => uuid::Uuid::from_slice(&v)
                 .ok()
                 .and_then(|id| self.load(DataKeyId(id)).ok()),
             _ => None,
+        }
+    }
+
+    /// Whether `tag` begins `stream`'s tag of `message` (at least 16 bytes of it); false
+    /// when the subject has no key.
+    pub fn tag_verifies(&self, stream: &StreamId, message: &[u8], tag: &[u8]) -> bool {
+        let Some(expected) = self.tag_existing(stream, message) else {
+            return false;
         };
-        let Some(key) = key else { return false };
-        let expected = tag_with(&key, message);
         tag.len() >= 16
             && tag.len() <= expected.len()
             && expected
@@ -676,7 +686,10 @@ mod tests {
         let adele = StreamId::user(idledger_domain::UserId(uuid::Uuid::from_u128(1)));
         let alex = StreamId::user(idledger_domain::UserId(uuid::Uuid::from_u128(2)));
         assert!(!ring.tag_verifies(&adele, b"m", &[0; 16]), "no key yet");
+        assert_eq!(ring.tag_existing(&adele, b"m"), None, "none made");
+        assert!(!ring.tag_verifies(&adele, b"m", &[0; 16]), "still none");
         let tag = ring.tag(&adele, b"m").unwrap();
+        assert_eq!(ring.tag_existing(&adele, b"m"), Some(tag));
         assert!(ring.tag_verifies(&adele, b"m", &tag));
         assert!(ring.tag_verifies(&adele, b"m", &tag[..16]));
         assert!(!ring.tag_verifies(&adele, b"m", &tag[..15]), "too short");

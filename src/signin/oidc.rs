@@ -271,26 +271,41 @@ const REFRESH_TAGGED: usize = REFRESH_BYTES - 16;
 /// copy of any earlier token, however old, from a token it never issued. The tag is what
 /// tells them apart: a family's id and generations are in the log, which auditors read,
 /// and an earlier generation's token made up from them must end nothing.
-fn new_refresh_token(ctx: &Ctx, name: RefreshName) -> Result<String, Refusal> {
+/// `Ok(None)` when `key` is [`TagKey::Existing`] and the user has no key.
+fn new_refresh_token(ctx: &Ctx, name: RefreshName, key: TagKey) -> Result<Option<String>, Refusal> {
     let mut bytes = [0u8; REFRESH_BYTES];
     bytes[..16].copy_from_slice(name.user.0.as_bytes());
     bytes[16..32].copy_from_slice(name.family.as_bytes());
     bytes[32..40].copy_from_slice(&name.generation.to_be_bytes());
     rand::rngs::OsRng.fill_bytes(&mut bytes[40..REFRESH_TAGGED]);
-    let tag = ctx
-        .app
-        .engine
-        .keyring
-        .tag(&StreamId::user(name.user), &bytes[..REFRESH_TAGGED])
-        .map_err(|e| {
-            tracing::warn!(error = %e, "a refresh token could not be tagged");
-            refuse(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the key store is unavailable",
-            )
-        })?;
-    bytes[REFRESH_TAGGED..].copy_from_slice(&tag[..16]);
-    Ok(B64.encode(bytes))
+    let (keyring, stream) = (&ctx.app.engine.keyring, StreamId::user(name.user));
+    let tag = match key {
+        TagKey::MakeIfMissing => keyring
+            .tag(&stream, &bytes[..REFRESH_TAGGED])
+            .map(Some)
+            .map_err(|e| {
+                tracing::warn!(error = %e, "a refresh token could not be tagged");
+                refuse(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the key store is unavailable",
+                )
+            })?,
+        TagKey::Existing => keyring.tag_existing(&stream, &bytes[..REFRESH_TAGGED]),
+    };
+    Ok(tag.map(|tag| {
+        bytes[REFRESH_TAGGED..].copy_from_slice(&tag[..16]);
+        B64.encode(bytes)
+    }))
+}
+
+/// Whether tagging a refresh token may make the user's data key.
+#[derive(Clone, Copy)]
+enum TagKey {
+    /// A code exchange, for a user the stream has just let sign in.
+    MakeIfMissing,
+    /// A refresh, which anyone holding a client id may ask for naming any user: a user
+    /// without a key has no refresh token, and none is made for the asking.
+    Existing,
 }
 
 /// What a refresh token names, if it has the shape of one, and whether its tag verifies
@@ -1177,9 +1192,11 @@ async fn exchange_code(
                 family,
                 generation: 0,
             };
-            match new_refresh_token(ctx, first) {
-                Ok(token) => Some((family, token)),
-                Err(r) => return unavailable(r.message).into_response(),
+            match new_refresh_token(ctx, first, TagKey::MakeIfMissing) {
+                Ok(Some(token)) => Some((family, token)),
+                Ok(None) | Err(_) => {
+                    return unavailable("the key store is unavailable").into_response()
+                }
             }
         }
         None => None,
@@ -1451,8 +1468,9 @@ async fn refresh(ctx: &Ctx, app: &idledger_projections::AppView, form: &TokenFor
     if let Err(r) = signing_keys_ready(ctx, app).await {
         return r.into_response();
     }
-    let next = match new_refresh_token(ctx, RefreshName { generation, ..name }) {
-        Ok(next) => next,
+    let next = match new_refresh_token(ctx, RefreshName { generation, ..name }, TagKey::Existing) {
+        Ok(Some(next)) => next,
+        Ok(None) => return invalid_grant(UNKNOWN),
         Err(r) => return unavailable(r.message).into_response(),
     };
     let request = RefreshRequest {

@@ -2060,4 +2060,15 @@ async fn an_earlier_generation_made_up_from_the_log_ends_no_family() {
     assert_eq!(s, StatusCode::BAD_REQUEST);
     let (s, body) = refreshed(third).await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+
+    // Tokens naming users made up by the asker: unknown, and no key is made for them.
+    let keystore = w.app.dir.path().join("keystore");
+    let size = std::fs::metadata(&keystore).unwrap().len();
+    for n in 0..10u128 {
+        let mut made_up = forged.clone();
+        made_up[..16].copy_from_slice(uuid::Uuid::from_u128(0xbad0 + n).as_bytes());
+        let (s, body) = refreshed(b64.encode(&made_up)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+    }
+    assert_eq!(std::fs::metadata(&keystore).unwrap().len(), size);
 }

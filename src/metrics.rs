@@ -207,6 +207,7 @@ impl Recorded {
             "acknowledged",
             "failed",
             "superseded",
+            "written_late",
         ] {
             let _ = self.key_writes.get_or_create(&KeyWriteLabels { event });
         }
@@ -481,6 +482,7 @@ fn outcome_of(r: &Recorded, e: &Event) {
         Event::KeyWriteConfirmed(_) => key_write("acknowledged"),
         Event::KeyWriteFailed(_) => key_write("failed"),
         Event::KeyWriteSuperseded(_) => key_write("superseded"),
+        Event::KeyWriteWrittenLate(_) => key_write("written_late"),
         Event::SignInSucceeded(s) => {
             r.sign_ins
                 .get_or_create(&SignInLabels {

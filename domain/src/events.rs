@@ -644,6 +644,15 @@ pub struct KeyWriteConfirmed {
     pub key_write_id: KeyWriteId,
 }
 
+/// An agent wrote a superseded write's password onto the key after all, and said so: the
+/// key may hold an older password than the engine's current one (the engine owes it the
+/// current one again, in the same record).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct KeyWriteWrittenLate {
+    /// The key write this step belongs to.
+    pub key_write_id: KeyWriteId,
+}
+
 /// The agent could not write the key.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct KeyWriteFailed {
@@ -1005,4 +1014,6 @@ event_catalogue! {
     FederatedDomainsSeen = "FederatedDomainsSeen", schema 1, Domain;
     /// See [`SyncQuarantineApplied`].
     SyncQuarantineApplied = "SyncQuarantineApplied", schema 1, Domain;
+    /// See [`KeyWriteWrittenLate`].
+    KeyWriteWrittenLate = "KeyWriteWrittenLate", schema 1, User;
 }

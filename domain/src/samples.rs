@@ -262,6 +262,7 @@ pub fn sample_event(index: usize, s: &SampleSeed) -> Option<Event> {
         .into(),
         &"KeyWriteDelivered" => KeyWriteDelivered { key_write_id }.into(),
         &"KeyWriteConfirmed" => KeyWriteConfirmed { key_write_id }.into(),
+        &"KeyWriteWrittenLate" => KeyWriteWrittenLate { key_write_id }.into(),
         &"KeyWriteFailed" => KeyWriteFailed {
             key_write_id,
             detail: text,

@@ -701,6 +701,7 @@ fn step<'e>(
         Event::KeyWriteConfirmed(e) => ("key write confirmed", write(&e.key_write_id), None),
         Event::KeyWriteFailed(e) => ("key write failed", write(&e.key_write_id), None),
         Event::KeyWriteSuperseded(e) => ("key write superseded", write(&e.key_write_id), None),
+        Event::KeyWriteWrittenLate(e) => ("key write written late", write(&e.key_write_id), None),
         Event::PasswordRevealed(e) => ("revealed", Some(e.rotation_id), None),
         _ => return None,
     })

@@ -367,7 +367,8 @@ impl Area {
             | E::KeyWriteDelivered(_)
             | E::KeyWriteConfirmed(_)
             | E::KeyWriteFailed(_)
-            | E::KeyWriteSuperseded(_) => Area::KeyWrite,
+            | E::KeyWriteSuperseded(_)
+            | E::KeyWriteWrittenLate(_) => Area::KeyWrite,
             E::PasswordRevealed(_) => Area::Reveal,
             _ => Area::Other,
         }

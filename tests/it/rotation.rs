@@ -826,16 +826,25 @@ async fn a_late_write_of_a_superseded_password_is_followed_by_the_current_one() 
     assert!(fetch(second.clone()).await.is_empty(), "nothing owed");
 
     // The older password lands on the key last.
-    let (s, body) = ack(first.clone(), older).await;
+    let (s, body) = ack(first.clone(), older.clone()).await;
     assert_eq!(s, StatusCode::OK, "{body}");
-    let again = fetch(second).await;
+    let again = fetch(second.clone()).await;
     assert_eq!(again.len(), 1, "{again:?}");
     assert_ne!(again[0]["id"], newer["id"], "a new write");
     assert_eq!(again[0]["rotation_id"], newer["rotation_id"]);
-    assert_eq!(
-        again[0]["password"].as_str().unwrap(),
-        w.sim_password(6).await
-    );
+    let current = w.sim_password(6).await;
+    assert_eq!(again[0]["password"].as_str().unwrap(), current);
+    let (s, body) = ack(second.clone(), again[0].clone()).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    // The same answer again (a retry after a lost answer) owes nothing more.
+    let (s, body) = ack(first, older).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert!(fetch(second).await.is_empty(), "nothing owed");
+    assert!(w
+        .kinds(&id)
+        .await
+        .iter()
+        .any(|k| k == "KeyWriteWrittenLate"));
 }
 
 /// A password reaches only the key of the user it belongs to: B's key, taken away and

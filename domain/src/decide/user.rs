@@ -69,6 +69,8 @@ pub struct OwedWrite {
     /// How often it was handed to an agent: a delivery names the count its caller saw, so
     /// two agents' requests racing for one write cannot both be handed its password.
     pub deliveries: u32,
+    /// Superseded, then written after all (`KeyWriteWrittenLate`): answered once.
+    pub written_late: bool,
 }
 
 impl UserState {
@@ -92,6 +94,7 @@ pub fn evolve(mut s: UserState, e: &Event) -> UserState {
                     key: e.key_id.clone(),
                     state: KeyWriteState::Queued,
                     deliveries: 0,
+                    written_late: false,
                 },
             );
         }
@@ -105,6 +108,11 @@ pub fn evolve(mut s: UserState, e: &Event) -> UserState {
         Event::KeyWriteFailed(e) => set_write(&mut s, e.key_write_id, KeyWriteState::Failed),
         Event::KeyWriteSuperseded(e) => {
             set_write(&mut s, e.key_write_id, KeyWriteState::Superseded)
+        }
+        Event::KeyWriteWrittenLate(e) => {
+            if let Some(w) = s.writes.get_mut(&e.key_write_id) {
+                w.written_late = true;
+            }
         }
         Event::UserDiscovered(e) => {
             s.domain = Some(e.domain_id);
@@ -234,8 +242,6 @@ fn set_write(s: &mut UserState, id: KeyWriteId, state: KeyWriteState) {
     }
 }
 
-/// Every write the user's key was still owed ends with the key: a password reaches
-/// only the key of the user it belongs to, and only while they hold it.
 /// An agent wrote a password onto `key` after its write was superseded (an older password,
 /// or the same one after the key changed hands): unless the key is no longer the user's,
 /// or a write not handed out yet will write it anyway, the key is owed the current
@@ -261,6 +267,8 @@ fn rewrite_after_late_write(s: &UserState, key: &KeyId, rewrite: KeyWriteId) -> 
     }
 }
 
+/// Every write the user's key was still owed ends with the key: a password reaches
+/// only the key of the user it belongs to, and only while they hold it.
 fn supersede(s: &UserState, reason: SupersedeReason) -> impl Iterator<Item = Event> {
     s.undelivered().into_iter().map(move |w| {
         KeyWriteSuperseded {
@@ -401,7 +409,17 @@ pub fn decide(s: &UserState, c: UserCommand) -> Result<Vec<Event>, Rejection> {
                 && w.deliveries > 0
                 && matches!(outcome, WriteOutcome::Written)
             {
-                return Ok(rewrite_after_late_write(s, &w.key, rewrite));
+                // Answered once: a repeat (an agent retrying after a lost answer) owes
+                // nothing more.
+                if w.written_late {
+                    return Ok(vec![]);
+                }
+                let late = KeyWriteWrittenLate {
+                    key_write_id: write,
+                };
+                return Ok(std::iter::once(late.into())
+                    .chain(rewrite_after_late_write(s, &w.key, rewrite))
+                    .collect());
             }
             if !matches!(w.state, KeyWriteState::Queued | KeyWriteState::Delivered) {
                 return Err(Rejection::Conflict(format!(
@@ -966,19 +984,39 @@ mod tests {
             queued(2, "K1"),
         ];
         // W2 not handed out yet: it writes the current password after, nothing more owed.
+        let late = || -> Event { KeyWriteWrittenLate { key_write_id: w(1) }.into() };
         given::<UserStream>(&past)
             .when(ack(1, WriteOutcome::Written))
-            .then_nothing();
+            .then([late()]);
         past.push(KeyWriteDelivered { key_write_id: w(2) }.into());
         past.push(KeyWriteConfirmed { key_write_id: w(2) }.into());
+        let rewrite = KeyWriteQueued {
+            key_write_id: w(98),
+            rotation_id: RotationId(uuid::Uuid::from_u128(2)),
+            key_id: key("K1"),
+        };
         given::<UserStream>(&past)
             .when(ack(1, WriteOutcome::Written))
-            .then([KeyWriteQueued {
+            .then([late(), rewrite.clone().into()]);
+        // Answered once: a repeat of the same answer owes nothing more.
+        let mut answered = past.clone();
+        answered.push(late());
+        answered.push(rewrite.into());
+        answered.push(
+            KeyWriteDelivered {
                 key_write_id: w(98),
-                rotation_id: RotationId(uuid::Uuid::from_u128(2)),
-                key_id: key("K1"),
             }
-            .into()]);
+            .into(),
+        );
+        answered.push(
+            KeyWriteConfirmed {
+                key_write_id: w(98),
+            }
+            .into(),
+        );
+        given::<UserStream>(&answered)
+            .when(ack(1, WriteOutcome::Written))
+            .then_nothing();
         // A failure of a superseded write changes nothing on the key: still refused.
         given::<UserStream>(&past)
             .when(ack(1, WriteOutcome::Failed("no key".into())))
@@ -988,7 +1026,7 @@ mod tests {
         gone.push(KeyUnassigned { key_id: key("K1") }.into());
         given::<UserStream>(&gone)
             .when(ack(1, WriteOutcome::Written))
-            .then_nothing();
+            .then([late()]);
         // Never handed out: "written" is not believed.
         let never = [
             discovered(),

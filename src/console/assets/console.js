@@ -23,7 +23,8 @@ const KINDS = ["DomainRegistered", "DomainSettingsChanged", "DomainCredentialsSe
   "PasskeyRemoved", "TotpEnrolled", "TotpRemoved", "SignInSucceeded", "SignInFailed",
   "SignInLocked", "WorkstationCertificateIssued", "WorkstationCertificateRetired",
   "AppRegistered", "AppChanged", "AppSecretRotated", "AppRemoved", "SigningKeyAdded",
-  "SigningKeyRetired", "AppTokensIssued", "AppTokenRefused", "FederatedDomainsSeen"];
+  "SigningKeyRetired", "AppTokensIssued", "AppTokenRefused", "FederatedDomainsSeen",
+  "SyncQuarantineApplied", "KeyWriteWrittenLate"];
 
 /// Calls the API; answers the parsed body, or throws an Error with the API's message.
 async function api(method, path, payload) {

@@ -806,6 +806,11 @@ impl CopySnapshot {
         // the segments' lengths are taken it never names more than the snapshot holds.
         let signed_tree_head = super::read_if_there(dir.join(SIGNED_TREE_HEAD))?
             .and_then(|b| String::from_utf8(b).ok());
+        // The key store before the segments and again after: a follower taking an
+        // increment meanwhile may add records whose keys only the later one has, or reach
+        // its head and drop keys of users deleted after the records listed here. Their
+        // union has every key the records read here need.
+        let keys_before = newest_sealed(dir)?;
         let mut segments = Vec::new();
         for (_, _, path) in sealed_segments(dir)? {
             let file = File::open(&path)?;
@@ -826,11 +831,17 @@ impl CopySnapshot {
         if sealed_segments(dir)?.len() != segments.len() {
             return Ok(None);
         }
+        let mut keys = newest_sealed(dir)?;
+        if let (Some(after), Some(before)) = (&keys.keystore, &keys_before.keystore) {
+            if let Ok(Some(union)) = crate::secrets::keystore::union(after, before) {
+                keys.keystore = Some(union);
+            }
+        }
         Ok(Some(CopySnapshot {
             signed_tree_head,
             sealed_segments: segments,
             open_segment,
-            keys: newest_sealed(dir)?,
+            keys,
         }))
     }
 

@@ -1503,6 +1503,9 @@ async fn refresh(ctx: &Ctx, app: &idledger_projections::AppView, form: &TokenFor
                 return token_error(StatusCode::BAD_REQUEST, "invalid_scope", &r.message)
             }
             Err(r) if r.status == StatusCode::CONFLICT && tries < 3 => tries += 1,
+            // The user's domain is removed (their own stream not yet told): a revoked
+            // grant (RFC 6749 §5.2), not a server that may answer later.
+            Err(r) if r.status == StatusCode::FORBIDDEN => return invalid_grant(&r.message),
             Err(r) => return unavailable(r.message).into_response(),
         }
     };

@@ -2072,3 +2072,60 @@ async fn an_earlier_generation_made_up_from_the_log_ends_no_family() {
     }
     assert_eq!(std::fs::metadata(&keystore).unwrap().len(), size);
 }
+
+/// A domain's removal lands before each of its users' streams is told (user by user,
+/// after it): a refresh in between is a revoked grant (`invalid_grant`), not a server that
+/// may answer later (`temporarily_unavailable`), and a code waiting then begins nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_domains_users_get_invalid_grant_before_their_own_streams_know() {
+    let (w, adele, _) = signin_world().await;
+    let SignedInWithApp {
+        mut browser,
+        client_id,
+        secret,
+        ..
+    } = signed_in_with_app(&w, &adele).await;
+    let raw = reqwest::Client::new();
+    let token_url = format!("{}/token", w.app.public);
+    let client = (client_id.as_str(), secret.as_str());
+    let scope = "openid%20offline_access";
+    let code = code_for(&mut browser, &w.app.public, &client_id, scope, "s1").await;
+    let tokens: Value = exchange(&raw, &token_url, client, &code)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let refresh = tokens["refresh_token"].as_str().unwrap().to_owned();
+    let waiting = code_for(&mut browser, &w.app.public, &client_id, scope, "s2").await;
+    // The removal's first record only, as a removal cut short leaves it.
+    let domain = idledger_domain::DomainId(w.domain.parse().unwrap());
+    let state = &w.app.state;
+    let at = idledger::store::append_correlated(
+        &*state.engine.log,
+        idledger_domain::StreamId::domain(domain),
+        idledger::store::ExpectedVersion::Any,
+        &idledger_domain::Actor::System,
+        None,
+        vec![idledger_domain::events::DomainRemoved {}.into()],
+    )
+    .await
+    .unwrap();
+    state
+        .engine
+        .projector
+        .wait_for(at, std::time::Duration::from_secs(5))
+        .await
+        .unwrap();
+    for request in [
+        refresh_with(&raw, &token_url, client, &refresh),
+        exchange(&raw, &token_url, client, &waiting),
+    ] {
+        let r = request.send().await.unwrap();
+        let status = r.status();
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(body["error"], "invalid_grant", "{body}");
+    }
+}

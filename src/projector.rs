@@ -48,7 +48,8 @@ impl Projector {
                         }
                         // The batch's oldest event waited longest: sampling the newest
                         // would hide the lag exactly when the projector falls behind.
-                        if let Some(env) = batch.iter().find(|e| e.position > start_head) {
+                        let live = batch.partition_point(|e| e.position <= start_head);
+                        if let Some(env) = batch.get(live) {
                             crate::metrics::applied(env.recorded_at);
                         }
                         if let Some(last) = last {

@@ -619,8 +619,9 @@ impl FollowCopy {
             ));
         }
         if let Some(sent) = &contents.sealed.keystore {
-            let held = match (keys, keystore_snapshots(&self.dir)?.pop()) {
-                (Keys::WithHeld, Some((_, path))) => read_key_file(&path)?,
+            let newest = keystore_snapshots(&self.dir)?.pop();
+            let held = match (keys, &newest) {
+                (Keys::WithHeld, Some((_, path))) => read_key_file(path)?,
                 _ => None,
             };
             let union = match held {
@@ -636,7 +637,7 @@ impl FollowCopy {
             // differs, so the server sends its key store again until the copy is exact.
             let sha = sha256_hex(&k);
             if self.keystore_sha256.as_deref() != Some(sha.as_str()) {
-                let path = match keystore_snapshots(&self.dir)?.pop() {
+                let path = match newest {
                     // Written over as a whole (temporary file, rename): a reader holding
                     // the old one keeps it, and a shredded key leaves sooner, not later.
                     Some((secs, path))

@@ -271,6 +271,7 @@ const REFRESH_TAGGED: usize = REFRESH_BYTES - 16;
 /// copy of any earlier token, however old, from a token it never issued. The tag is what
 /// tells them apart: a family's id and generations are in the log, which auditors read,
 /// and an earlier generation's token made up from them must end nothing.
+///
 /// `Ok(None)` when `key` is [`TagKey::Existing`] and the user has no key.
 fn new_refresh_token(ctx: &Ctx, name: RefreshName, key: TagKey) -> Result<Option<String>, Refusal> {
     let mut bytes = [0u8; REFRESH_BYTES];
@@ -1643,8 +1644,8 @@ async fn userinfo(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
     // Issued before the user's sign-in was last taken away (deactivated, an SSO override):
     // giving it back revives no token of before. (A token without its position is older
     // than this rule: refused once anything was ever taken away.)
-    let issued_at = claims["log_position"].as_u64().unwrap_or(0);
-    if issued_at < u.sign_in_withdrawn_position {
+    let issued_position = claims["log_position"].as_u64().unwrap_or(0);
+    if issued_position < u.sign_in_withdrawn_position {
         return unauthorized("the user's sign-in was taken away after this token was issued");
     }
     let has = |s: &str| scope.split(' ').any(|x| x == s);

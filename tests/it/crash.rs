@@ -389,7 +389,7 @@ pub(crate) async fn add_fault(sim: &str, fault: serde_json::Value) {
     assert!(r.status().is_success());
 }
 
-async fn history_settled(serve: &Serve, user: &str, n: usize) -> Vec<serde_json::Value> {
+pub(crate) async fn history_settled(serve: &Serve, user: &str, n: usize) -> Vec<serde_json::Value> {
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
         let h = serve

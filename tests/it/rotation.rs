@@ -21,6 +21,25 @@ impl World {
         id
     }
 
+    /// The writes `agent` is handed now.
+    async fn agent_writes(&self, agent: &str) -> Vec<Value> {
+        let (s, writes) = self
+            .app
+            .call(Some(agent), Method::GET, "/v1/agent/key-writes", None)
+            .await;
+        assert_eq!(s, StatusCode::OK, "{writes}");
+        writes["items"].as_array().unwrap().clone()
+    }
+
+    /// `agent`'s answer `written` to its delivery of `write`.
+    async fn ack_written(&self, agent: &str, write: &Value) -> (StatusCode, Value) {
+        let path = format!("/v1/agent/key-writes/{}/ack", write["id"].as_str().unwrap());
+        let written = json!({"result": "written", "delivery": write["delivery"]});
+        self.app
+            .call(Some(agent), Method::POST, &path, Some(written))
+            .await
+    }
+
     pub(crate) async fn history(&self, id: &str) -> Vec<Value> {
         let (s, body) = self
             .admin(
@@ -687,21 +706,10 @@ async fn an_answer_to_an_earlier_delivery_of_a_write_is_stale() {
         w.app.token("agent", &["K-0006"]).await,
         w.app.token("agent", &["K-0006"]).await,
     );
-    let fetch = |agent: String| {
-        let w = &w;
-        async move {
-            let (s, writes) = w
-                .app
-                .call(Some(&agent), Method::GET, "/v1/agent/key-writes", None)
-                .await;
-            assert_eq!(s, StatusCode::OK, "{writes}");
-            writes["items"][0].clone()
-        }
-    };
-    let handed = fetch(first.clone()).await;
+    let handed = w.agent_writes(&first).await[0].clone();
     assert_eq!(handed["delivery"], 1, "{handed}");
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let again = fetch(second.clone()).await;
+    let again = w.agent_writes(&second).await[0].clone();
     assert_eq!(
         (&again["id"], &again["delivery"]),
         (&handed["id"], &json!(2))
@@ -716,11 +724,7 @@ async fn an_answer_to_an_earlier_delivery_of_a_write_is_stale() {
         .call(Some(&first), Method::POST, &path, Some(late))
         .await;
     assert_eq!(s, StatusCode::CONFLICT, "{body}");
-    let written = json!({"result": "written", "delivery": 2});
-    let (s, body) = w
-        .app
-        .call(Some(&second), Method::POST, &path, Some(written))
-        .await;
+    let (s, body) = w.ack_written(&second, &again).await;
     assert_eq!(s, StatusCode::OK, "{body}");
     let h = w.history(&id).await;
     assert_eq!(h[0]["key_write_state"], "confirmed", "{h:?}");
@@ -789,31 +793,10 @@ async fn a_late_write_of_a_superseded_password_is_followed_by_the_current_one() 
         w.app.token("agent", &["K-0006"]).await,
         w.app.token("agent", &["K-0006"]).await,
     );
-    let fetch = |agent: String| {
-        let w = &w;
-        async move {
-            let (s, writes) = w
-                .app
-                .call(Some(&agent), Method::GET, "/v1/agent/key-writes", None)
-                .await;
-            assert_eq!(s, StatusCode::OK, "{writes}");
-            writes["items"].as_array().unwrap().clone()
-        }
-    };
-    let ack = |agent: String, write: Value| {
-        let w = &w;
-        async move {
-            let path = format!("/v1/agent/key-writes/{}/ack", write["id"].as_str().unwrap());
-            let written = json!({"result": "written", "delivery": write["delivery"]});
-            w.app
-                .call(Some(&agent), Method::POST, &path, Some(written))
-                .await
-        }
-    };
-    let older = fetch(first.clone()).await[0].clone();
+    let older = w.agent_writes(&first).await[0].clone();
     w.rotate(&id).await;
     w.rotations_settled(&id, 2).await;
-    let newer = fetch(second.clone()).await;
+    let newer = w.agent_writes(&second).await;
     assert_eq!(
         newer.len(),
         1,
@@ -821,25 +804,25 @@ async fn a_late_write_of_a_superseded_password_is_followed_by_the_current_one() 
     );
     let newer = newer[0].clone();
     assert_ne!(newer["password"], older["password"]);
-    let (s, body) = ack(second.clone(), newer.clone()).await;
+    let (s, body) = w.ack_written(&second, &newer).await;
     assert_eq!(s, StatusCode::OK, "{body}");
-    assert!(fetch(second.clone()).await.is_empty(), "nothing owed");
+    assert!(w.agent_writes(&second).await.is_empty(), "nothing owed");
 
     // The older password lands on the key last.
-    let (s, body) = ack(first.clone(), older.clone()).await;
+    let (s, body) = w.ack_written(&first, &older).await;
     assert_eq!(s, StatusCode::OK, "{body}");
-    let again = fetch(second.clone()).await;
+    let again = w.agent_writes(&second).await;
     assert_eq!(again.len(), 1, "{again:?}");
     assert_ne!(again[0]["id"], newer["id"], "a new write");
     assert_eq!(again[0]["rotation_id"], newer["rotation_id"]);
     let current = w.sim_password(6).await;
     assert_eq!(again[0]["password"].as_str().unwrap(), current);
-    let (s, body) = ack(second.clone(), again[0].clone()).await;
+    let (s, body) = w.ack_written(&second, &again[0]).await;
     assert_eq!(s, StatusCode::OK, "{body}");
     // The same answer again (a retry after a lost answer) owes nothing more.
-    let (s, body) = ack(first, older).await;
+    let (s, body) = w.ack_written(&first, &older).await;
     assert_eq!(s, StatusCode::OK, "{body}");
-    assert!(fetch(second).await.is_empty(), "nothing owed");
+    assert!(w.agent_writes(&second).await.is_empty(), "nothing owed");
     assert!(w
         .kinds(&id)
         .await

@@ -657,6 +657,13 @@ mod tests {
         KeyAssigned { key_id: key(k) }.into()
     }
 
+    fn rotated(n: u128) -> Event {
+        RotationSucceeded {
+            rotation_id: RotationId(uuid::Uuid::from_u128(n)),
+        }
+        .into()
+    }
+
     #[test]
     fn only_deactivated_users_are_activated() {
         given::<UserStream>(&[discovered()])
@@ -746,12 +753,6 @@ mod tests {
 
     #[test]
     fn a_key_assigned_after_a_rotation_is_given_the_current_password() {
-        let rotated = |n| -> Event {
-            RotationSucceeded {
-                rotation_id: RotationId(uuid::Uuid::from_u128(n)),
-            }
-            .into()
-        };
         let write_of = |n, k: &str| -> Event {
             KeyWriteQueued {
                 key_write_id: w(99),
@@ -951,12 +952,6 @@ mod tests {
 
     #[test]
     fn a_late_written_of_a_superseded_write_owes_the_key_the_current_password_again() {
-        let rotated = |n| -> Event {
-            RotationSucceeded {
-                rotation_id: RotationId(uuid::Uuid::from_u128(n)),
-            }
-            .into()
-        };
         let ack = |n, outcome| UserCommand::AcknowledgeWrite {
             write: w(n),
             keys: vec![key("K1")],
@@ -964,25 +959,33 @@ mod tests {
             delivery: None,
             rewrite: w(98),
         };
-        // W1 handed out; R2 supersedes it; W2 handed out and written; then W1's agent
-        // writes the older password and says so.
-        let mut past = vec![
-            discovered(),
-            imported(),
-            assigned("K1"),
-            rotated(1),
-            queued(1, "K1"),
-            KeyWriteDelivered { key_write_id: w(1) }.into(),
-            rotated(2),
-            KeyWriteSuperseded {
-                key_write_id: w(1),
-                reason: SupersedeReason::NewerRotation {
-                    rotation_id: RotationId(uuid::Uuid::from_u128(2)),
-                },
-            }
-            .into(),
-            queued(2, "K1"),
-        ];
+        // W1 queued (and handed out, when `delivered`); R2 supersedes it and queues W2.
+        let superseded = |delivered: bool| -> Vec<Event> {
+            let handed = KeyWriteDelivered { key_write_id: w(1) }.into();
+            [
+                discovered(),
+                imported(),
+                assigned("K1"),
+                rotated(1),
+                queued(1, "K1"),
+            ]
+            .into_iter()
+            .chain(delivered.then_some(handed))
+            .chain([
+                rotated(2),
+                KeyWriteSuperseded {
+                    key_write_id: w(1),
+                    reason: SupersedeReason::NewerRotation {
+                        rotation_id: RotationId(uuid::Uuid::from_u128(2)),
+                    },
+                }
+                .into(),
+                queued(2, "K1"),
+            ])
+            .collect()
+        };
+        // Then W1's agent writes the older password after all, and says so.
+        let mut past = superseded(true);
         // W2 not handed out yet: it writes the current password after, nothing more owed.
         let late = || -> Event { KeyWriteWrittenLate { key_write_id: w(1) }.into() };
         given::<UserStream>(&past)
@@ -1028,21 +1031,7 @@ mod tests {
             .when(ack(1, WriteOutcome::Written))
             .then([late()]);
         // Never handed out: "written" is not believed.
-        let never = [
-            discovered(),
-            imported(),
-            assigned("K1"),
-            rotated(1),
-            queued(1, "K1"),
-            rotated(2),
-            KeyWriteSuperseded {
-                key_write_id: w(1),
-                reason: SupersedeReason::NewerRotation {
-                    rotation_id: RotationId(uuid::Uuid::from_u128(2)),
-                },
-            }
-            .into(),
-        ];
+        let never = superseded(false);
         given::<UserStream>(&never)
             .when(ack(1, WriteOutcome::Written))
             .then_conflict();

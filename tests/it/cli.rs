@@ -207,6 +207,46 @@ fn replay_until_a_position_is_a_prefix() {
     );
 }
 
+/// Long work draws a bar on a terminal and nothing when stderr is piped. `script` (in
+/// Debian's essential bsdutils) gives the command a pseudo-terminal.
+#[test]
+fn verify_and_replay_draw_a_bar_on_a_terminal_and_stay_quiet_when_piped() {
+    let dir = filled(300);
+    let data = dir.path().to_str().unwrap();
+    let bin = env!("CARGO_BIN_EXE_idledger");
+    for command in ["verify", "replay"] {
+        let on_terminal = std::process::Command::new("script")
+            .args([
+                "-qec",
+                &format!("'{bin}' {command} --data-dir '{data}'"),
+                "/dev/null",
+            ])
+            .env("IDLEDGER_ALLOW_MASTER_KEY_IN_DATA_DIR", "true")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let seen = String::from_utf8_lossy(&on_terminal.stdout);
+        assert!(on_terminal.status.success(), "{command}: {seen}");
+        assert!(
+            seen.contains(&format!("{command} [00:00:")) && seen.contains("/300"),
+            "{command} drew no bar on a terminal: {seen:?}"
+        );
+
+        let out = idledger()
+            .arg(command)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        assert!(
+            !out.stderr.contains(&0x1b) && !String::from_utf8_lossy(&out.stderr).contains("[00:"),
+            "{command} drew on a pipe: {:?}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 /// A data dir a restore left half done is not backed up: its key store may be missing.
 #[test]
 fn a_half_restored_data_dir_is_not_backed_up() {

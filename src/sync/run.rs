@@ -505,15 +505,17 @@ impl<'a> SyncRun<'a> {
         membership_unknown.extend(contradicted(sync_changes));
         // A change that would undo what is recorded may be an old one Graph names again
         // (GRAPH.md §3), older than what happened since: a member who came back would be
-        // taken out (with *delete*, their keys shredded), one who left let back in. The
-        // member list decides; where it disagrees with the change (a repeat, or a list
-        // that has not caught up yet), the change is carried to the next rounds, which ask
-        // again (`recheck`).
+        // taken out (with *delete*, their keys shredded), one who left let back in. So may
+        // the add of a user never recorded: one who came and went between two rounds
+        // would become a user (imported, with *auto import*) for good, were the repeat
+        // believed. The member list decides; where it disagrees with the change (a repeat,
+        // or a list that has not caught up yet), the change is carried to the next rounds,
+        // which ask again (`recheck`).
         let mut sync_flips: Vec<(String, bool)> = sync_changes
             .iter()
             .filter(|c| match self.known.get(&c.user_id) {
                 Some(k) => k.known.is_member() == c.removed,
-                None => !c.removed && self.left_group.contains(&c.user_id),
+                None => !c.removed,
             })
             .map(|c| (c.user_id.clone(), !c.removed))
             .collect();
@@ -677,7 +679,24 @@ impl<'a> SyncRun<'a> {
             .filter(|(ext, o)| o.member && o.exists && !self.known.contains_key(*ext))
             .map(|(ext, _)| ext.clone())
             .collect();
-        let mut read_back = self.read_users(need.clone()).await?;
+        // Known users back in the group: a full round since they left read only members,
+        // so what changed of them meanwhile (disabled, renamed) is in no link; what is
+        // recorded may be stale. Read afresh (a read a replica misses keeps the record).
+        let rejoined: Vec<String> = observed
+            .iter()
+            .filter(|(ext, o)| {
+                o.member && o.exists && self.known.get(*ext).is_some_and(|k| !k.known.is_member())
+            })
+            .map(|(ext, _)| ext.clone())
+            .collect();
+        let mut read_back = self
+            .read_users(need.iter().chain(&rejoined).cloned().collect())
+            .await?;
+        for ext in rejoined {
+            if let (Some(o), Some(u)) = (observed.get_mut(&ext), read_back.remove(&ext)) {
+                o.attributes = Some(attributes_of(u, None));
+            }
+        }
         // New members a read by id missed (a replica that has not seen them yet): not
         // imported now, asked about again.
         let mut unread_members: Vec<String> = Vec::new();

@@ -602,6 +602,65 @@ async fn changes_named_out_of_order_in_one_round_are_not_decided_by_the_last_ent
     assert!(!users.iter().any(|u| u["external_id"] == passer));
 }
 
+/// A stranger's old add named again makes nobody a user: a user the engine has never
+/// recorded who came and left between two rounds, and whose add Graph names again later,
+/// is checked against the member list like a known user's add would be.
+#[tokio::test]
+async fn an_old_add_of_a_stranger_named_again_imports_nobody() {
+    let w = world(json!({"removal_behavior": "keep", "auto_import": true})).await;
+    w.sync().await;
+    let before = w.users("").await.len();
+    let passer = "c0a80000-0000-4000-8000-0000000000f2";
+    w.sim(
+        Method::POST,
+        "/_sim/users",
+        Some(
+            json!({"id": passer, "userPrincipalName": "passer.two@contoso.onmicrosoft.com",
+                    "displayName": "Passer Two", "password": "First-Key-2026!"}),
+        ),
+    )
+    .await;
+    let member = format!("/_sim/groups/{SYNC}/members/{passer}");
+    w.sim(Method::POST, &member, None).await;
+    w.sim(Method::DELETE, &member, None).await;
+    w.sync().await;
+    w.sim(Method::POST, &format!("{member}/repeat-add"), None)
+        .await;
+    let run = w.sync().await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let users = w.users("").await;
+    assert!(
+        !users.iter().any(|u| u["external_id"] == passer),
+        "a non-member became a user"
+    );
+    assert_eq!(users.len(), before);
+}
+
+/// A full round reads only the group's members: what changed meanwhile of a known user
+/// outside it is not seen. Rejoining, they are read afresh, not taken as last recorded.
+#[tokio::test]
+async fn a_user_who_rejoins_after_a_full_round_is_read_afresh() {
+    let w = world(json!({"removal_behavior": "deactivate"})).await;
+    w.sync().await;
+    w.leave(5).await;
+    w.sync().await;
+    w.sim(
+        Method::PATCH,
+        &format!("/_sim/users/{}", ext(5)),
+        Some(json!({"accountEnabled": false, "displayName": "Five Disabled"})),
+    )
+    .await;
+    w.sim(Method::POST, "/_sim/delta/expire", None).await;
+    let full = w.sync().await;
+    assert_eq!(full["full"], true, "{full}");
+    w.join(5).await;
+    let run = w.sync().await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let five = w.user(5).await.unwrap();
+    assert_eq!(five["account_enabled"], false, "{five}");
+    assert_eq!(five["display_name"], "Five Disabled", "{five}");
+}
+
 /// Brings user `n` back in graphsim as `before` showed them (a restore keeps the id).
 async fn restore(w: &World, n: u32, before: &Value) {
     w.sim(

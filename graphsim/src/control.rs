@@ -301,6 +301,24 @@ fn repeat_member_change(sim: &Sim, group: String, user: String, added: bool) -> 
     StatusCode::NO_CONTENT
 }
 
+/// `POST /_sim/groups` body: a new, empty group. Display names are not unique in Entra
+/// (any user may be allowed to create security groups), so a namesake is accepted.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NewGroup {
+    id: String,
+    display_name: String,
+}
+
+/// `POST /_sim/groups`: creates a group; 409 if the id is taken.
+pub async fn create_group(State(sim): State<Sim>, Json(g): Json<NewGroup>) -> StatusCode {
+    if sim.lock().create_group(g.id, g.display_name) {
+        StatusCode::CREATED
+    } else {
+        StatusCode::CONFLICT
+    }
+}
+
 /// `DELETE /_sim/groups/{group}`: soft-deletes a group.
 pub async fn delete_group(State(sim): State<Sim>, Path(group): Path<String>) -> StatusCode {
     if sim.lock().delete_group(&group) {

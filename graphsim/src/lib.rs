@@ -81,6 +81,7 @@ pub fn router(sim: Sim) -> Router {
             "/_sim/token-lifetime",
             axum::routing::put(control::token_lifetime),
         )
+        .route("/_sim/groups", post(control::create_group))
         .route(
             "/_sim/groups/{group}",
             axum::routing::delete(control::delete_group),

@@ -221,6 +221,20 @@ impl Inner {
         self.record(Change::User { id, changed });
     }
 
+    /// Creates an empty group, unless the id is taken (by a live or soft-deleted group).
+    pub fn create_group(&mut self, id: String, display_name: String) -> bool {
+        if self.dir.groups.contains_key(&id) || self.dir.deleted_groups.contains_key(&id) {
+            return false;
+        }
+        let group = crate::tenant::Group {
+            id: id.clone(),
+            display_name,
+            members: Default::default(),
+        };
+        self.dir.groups.insert(id, group);
+        true
+    }
+
     /// Soft-deletes a group: delta rounds list it as removed from then on.
     pub fn delete_group(&mut self, id: &str) -> bool {
         let Some(group) = self.dir.groups.remove(id) else {

@@ -249,16 +249,34 @@ impl<'a> SyncRun<'a> {
         }
     }
 
+    /// The group to sync: the configured object id, else the group of that name. Names are
+    /// not unique, and any tenant user may be allowed to create groups: once a group was
+    /// found (`recorded`, until the settings name another), a namesake neither makes every
+    /// run fail as ambiguous (nobody who left would ever be removed) nor, should the group
+    /// be renamed or deleted, takes its place (its members imported) without an admin's
+    /// word.
     async fn resolve(
         &self,
         which: &str,
         configured: &Option<String>,
+        recorded: &Option<String>,
         name: &str,
     ) -> Result<String, SyncError> {
         if let Some(id) = configured {
             return Ok(id.clone());
         }
         let found = self.client.find_groups(name).await?;
+        if let Some(recorded) = recorded {
+            if found.iter().any(|g| &g.id == recorded) {
+                return Ok(recorded.clone());
+            }
+            if !found.is_empty() {
+                return Err(SyncError::Tenant(format!(
+                    "the {which} group '{name}' in domain {} is no longer the group synced so far ({recorded}): it was renamed or deleted, and another group has the name now; configure the object id of the group to sync",
+                    self.domain.name
+                )));
+            }
+        }
         match found.len() {
             1 => Ok(found[0].id.clone()),
             0 => Err(SyncError::Tenant(format!(
@@ -275,12 +293,18 @@ impl<'a> SyncRun<'a> {
     async fn groups(&self) -> Result<Groups, SyncError> {
         let s = &self.domain.settings;
         let sync = self
-            .resolve("sync", &s.sync_group.object_id, &s.sync_group.display_name)
+            .resolve(
+                "sync",
+                &s.sync_group.object_id,
+                &self.domain.sync_group_id,
+                &s.sync_group.display_name,
+            )
             .await?;
         let rotation = self
             .resolve(
                 "rotation",
                 &s.rotation_group.object_id,
+                &self.domain.rotation_group_id,
                 &s.rotation_group.display_name,
             )
             .await?;

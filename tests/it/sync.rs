@@ -1431,6 +1431,61 @@ async fn a_deleted_group_fails_the_run_and_removes_no_one() {
     assert_eq!(w.user_events_after(head).await, Vec::<String>::new());
 }
 
+/// Display names are not unique, and any tenant user may be able to create a group: a
+/// namesake of the sync group neither stops the runs (every run "ambiguous", nobody who
+/// left ever deactivated) nor, once the real group is gone, takes over (its members
+/// imported) — the group found so far stays the one synced.
+#[tokio::test]
+async fn a_namesake_of_the_sync_group_neither_stops_sync_nor_takes_it_over() {
+    let w = world(json!({"auto_import": true, "removal_behavior": "deactivate"})).await;
+    w.sync().await;
+    let namesake = "d0d0d0d0-0000-4000-8000-00000000beef";
+    w.sim(
+        Method::POST,
+        "/_sim/groups",
+        Some(json!({"id": namesake, "displayName": "Hideez Users Sync"})),
+    )
+    .await;
+    let stranger = "c0a80000-0000-4000-8000-0000000000f3";
+    w.sim(
+        Method::POST,
+        "/_sim/users",
+        Some(
+            json!({"id": stranger, "userPrincipalName": "mallory@contoso.onmicrosoft.com",
+                    "displayName": "Mallory", "password": "First-Key-2026!"}),
+        ),
+    )
+    .await;
+    w.sim(
+        Method::POST,
+        &format!("/_sim/groups/{namesake}/members/{stranger}"),
+        None,
+    )
+    .await;
+    w.leave(5).await;
+    let run = w.sync().await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(w.user(5).await.unwrap()["status"], "deactivated");
+    w.sim(Method::POST, "/_sim/delta/expire", None).await;
+    assert_eq!(w.sync().await["full"], true);
+
+    let head = w.head().await;
+    w.sim(Method::DELETE, &format!("/_sim/groups/{SYNC}"), None)
+        .await;
+    for expire in [false, true] {
+        if expire {
+            w.sim(Method::POST, "/_sim/delta/expire", None).await;
+        }
+        w.sync_fails(&["Hideez Users Sync", "no longer"]).await;
+    }
+    assert!(!w
+        .users("")
+        .await
+        .iter()
+        .any(|u| u["external_id"] == stranger));
+    assert_eq!(w.user_events_after(head).await, Vec::<String>::new());
+}
+
 /// Links from Graph are checked before they are kept: a delta link to another host would
 /// otherwise be stored by a run that succeeds and fail every run after it.
 #[tokio::test]

@@ -40,6 +40,10 @@ pub struct VerifyReport {
     pub tree_root: Hash,
     /// The smallest tree size whose signed root the records do not give, if any.
     pub first_inconsistent_tree_size: Option<u64>,
+    /// Reading stopped at an error of the source (a file, a server that did not answer):
+    /// what lies beyond was not checked, so a head never reached is not taken for one the
+    /// records fail.
+    pub read_failed: bool,
 }
 
 impl VerifyReport {
@@ -170,6 +174,7 @@ pub struct Verifier {
     /// Signed heads to hold the records to, by increasing size.
     heads: HeadQueue,
     first_inconsistent: Option<u64>,
+    read_failed: bool,
     /// Started after a position whose records it never saw: a stream's first version
     /// seen is taken as it is, and the tree is not the log's.
     resumed: bool,
@@ -385,6 +390,7 @@ impl Verifier {
 
     /// Reports a record that could not be read at all (an IO error from the source).
     pub fn unreadable(&mut self, position: u64, reason: String) {
+        self.read_failed = true;
         self.problem(position, format!("unreadable: {reason}"));
     }
 
@@ -396,14 +402,24 @@ impl Verifier {
     /// The report.
     pub fn finish(mut self) -> VerifyReport {
         // The next head is the smallest never reached.
-        if let Some(head) = self.heads.next {
-            self.first_inconsistent.get_or_insert(head.tree_size);
-            let reason = format!(
-                "missing: a tree head was signed for {} records; the log gives {}",
-                head.tree_size,
-                self.tree.size()
-            );
-            self.problem(self.last_position.saturating_add(1), reason);
+        match self.heads.next {
+            Some(head) if self.read_failed => {
+                let reason = format!(
+                    "not checked: reading stopped before the {} records of a signed tree head",
+                    head.tree_size
+                );
+                self.problem(self.last_position.saturating_add(1), reason);
+            }
+            Some(head) => {
+                self.first_inconsistent.get_or_insert(head.tree_size);
+                let reason = format!(
+                    "missing: a tree head was signed for {} records; the log gives {}",
+                    head.tree_size,
+                    self.tree.size()
+                );
+                self.problem(self.last_position.saturating_add(1), reason);
+            }
+            None => {}
         }
         VerifyReport {
             ok: self.problem_count == 0,
@@ -414,6 +430,7 @@ impl Verifier {
             problems: self.problems,
             tree_root: self.tree.root(),
             first_inconsistent_tree_size: self.first_inconsistent,
+            read_failed: self.read_failed,
         }
     }
 }
@@ -668,6 +685,18 @@ mod tests {
         let short = run(vec![head(10, roots[9]), head(12, Hash([1; 32]))]);
         assert_eq!(short.first_inconsistent_tree_size, Some(12));
         assert!(short.problems[0].reason.starts_with("missing"), "{short:?}");
+        // The same head, with the reading cut short by the source: not checked, not
+        // taken for records that fail it.
+        let mut v = Verifier::new();
+        v.expect_heads(vec![head(4, roots[3]), head(10, roots[9])]);
+        for (key, bytes) in numbered(records.clone()).into_iter().take(6) {
+            v.push(key, &bytes);
+        }
+        v.unreadable(7, "the server answered 503".into());
+        let cut = v.finish();
+        assert!(!cut.ok && cut.read_failed, "{cut:?}");
+        assert_eq!(cut.first_inconsistent_tree_size, None, "{cut:?}");
+        assert!(cut.problems[1].reason.starts_with("not checked"), "{cut:?}");
         // A head whose root these records do not give: named by its size.
         let forked = run(vec![
             head(4, roots[3]),

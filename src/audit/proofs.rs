@@ -68,11 +68,8 @@ impl Server {
     fn get(&self, path: &str) -> Result<Finding<String>, Error> {
         self.rt.block_on(async {
             let other = |e: reqwest::Error| Error::Other(e.without_url().to_string());
-            let resp = self
-                .http
-                .get(format!("{}{path}", self.url))
-                .bearer_auth(&self.token)
-                .send()
+            let url = format!("{}{path}", self.url);
+            let resp = super::source::get_when_free(&self.http, &url, &self.token)
                 .await
                 .map_err(other)?;
             let status = resp.status();
@@ -294,6 +291,16 @@ pub fn check_checkpoint(
     heads.push(latest.head);
     heads.extend(previous.iter().map(|h| h.head));
     let log = chain::verify_against(&server.source(), heads, on_position);
+    // A feed that stopped answering (busy, cut off) checked nothing beyond where it
+    // stopped: an error, not a history found wanting, unless it was found wanting before.
+    if let Some(first) = log
+        .first_bad()
+        .filter(|_| log.read_failed && reason.is_none())
+    {
+        if first.reason.starts_with("unreadable") {
+            return Err(Error::Other(first.reason.clone()));
+        }
+    }
     if let Some(size) = log.first_inconsistent_tree_size {
         first_inconsistent = Some(first_inconsistent.map_or(size, |s: u64| s.min(size)));
         reason.get_or_insert_with(|| {

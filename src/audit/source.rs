@@ -27,6 +27,44 @@ pub enum Source {
     },
 }
 
+/// How long a busy server is waited for, in all, by default (`IDLEDGER_BUSY_WAIT_SECS`).
+const BUSY_WAIT_SECS: u64 = 60;
+
+/// `GET url`, asked again while the server says it is busy (503: its places for
+/// whole-log reads taken by a backup's stream or an export; or 429), after the
+/// `Retry-After` it names (1 to 10 s), for up to `IDLEDGER_BUSY_WAIT_SECS` in all: an
+/// auditor's check that meets a running backup waits for a place rather than fail.
+pub async fn get_when_free(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+) -> Result<reqwest::Response, reqwest::Error> {
+    let budget = std::env::var("IDLEDGER_BUSY_WAIT_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(BUSY_WAIT_SECS);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(budget);
+    loop {
+        let resp = http.get(url).bearer_auth(token).send().await?;
+        let busy = matches!(
+            resp.status(),
+            reqwest::StatusCode::SERVICE_UNAVAILABLE | reqwest::StatusCode::TOO_MANY_REQUESTS
+        );
+        let after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(1)
+            .clamp(1, 10);
+        let wake = tokio::time::Instant::now() + std::time::Duration::from_secs(after);
+        if !busy || wake > deadline {
+            return Ok(resp);
+        }
+        tokio::time::sleep_until(wake).await;
+    }
+}
+
 /// Reads stored records `(position, bytes)` in log order, on its own thread while others
 /// decode: a data dir, a server's feed, or an open log.
 pub type Records = Reader<Error>;
@@ -61,12 +99,7 @@ pub fn each_record(
         let url = format!("{server}/v1/events?from_position={pos}&limit={REMOTE_PAGE}");
         let page: serde_json::Value = rt.block_on(async {
             let other = |e: reqwest::Error| Error::Other(e.without_url().to_string());
-            let resp = http
-                .get(&url)
-                .bearer_auth(token)
-                .send()
-                .await
-                .map_err(other)?;
+            let resp = get_when_free(&http, &url, token).await.map_err(other)?;
             let status = resp.status();
             let body: serde_json::Value = resp.json().await.map_err(other)?;
             if !status.is_success() {

@@ -636,6 +636,69 @@ fn visit(serve: &Serve, checkpoint: &str, key: &str) -> (Value, i32) {
     )
 }
 
+/// A busy server (its places for whole-log reads taken, by a backup's stream, say) is
+/// waited for; one that stays busy is "nothing could be checked" (exit 2), never a
+/// history that fails its heads (exit 1 naming a tree size), and the checkpoint stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_server_is_waited_for_and_never_taken_for_a_failed_history() {
+    let app = spawn_app().await;
+    for n in 0..5 {
+        app.domain(&format!("busy{n}.example.com")).await;
+    }
+    let auditor = app.token("auditor", &[]).await;
+    let (_, vkey) = get_text(
+        &app.http,
+        &format!("{}/v1/log/public-key", app.url),
+        &auditor,
+    )
+    .await;
+    head_covering(&app.http, &app.url, &auditor, app.head()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = dir.path().join("auditor.checkpoint");
+    let visit = |wait: &'static str| {
+        let (url, token, key) = (app.url.clone(), auditor.clone(), vkey.clone());
+        let cp = checkpoint.clone();
+        tokio::task::spawn_blocking(move || {
+            idledger()
+                .env("IDLEDGER_TOKEN", token)
+                .env("IDLEDGER_BUSY_WAIT_SECS", wait)
+                .args(["verify", "--server", &url, "--checkpoint"])
+                .arg(&cp)
+                .args(["--public-key", &key])
+                .output()
+                .unwrap()
+        })
+    };
+    let first = visit("60").await.unwrap();
+    assert_eq!(first.status.code(), Some(0), "{first:?}");
+
+    let take = || {
+        app.state
+            .whole_log_reads
+            .clone()
+            .try_acquire_many_owned(idledger::http::WHOLE_LOG_READS as u32)
+            .unwrap()
+    };
+    let taken = take();
+    let waited = visit("60");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    drop(taken);
+    let waited = waited.await.unwrap();
+    assert_eq!(waited.status.code(), Some(0), "{waited:?}");
+    let kept = std::fs::read_to_string(&checkpoint).unwrap();
+
+    let _taken = take();
+    let gave_up = visit("2").await.unwrap();
+    let (out, err) = (
+        String::from_utf8_lossy(&gave_up.stdout),
+        String::from_utf8_lossy(&gave_up.stderr),
+    );
+    assert_eq!(gave_up.status.code(), Some(2), "{out} {err}");
+    assert!(!out.contains("first_inconsistent_tree_size"), "{out}");
+    assert!(err.contains("503"), "{err}");
+    assert_eq!(std::fs::read_to_string(&checkpoint).unwrap(), kept);
+}
+
 /// Records one added domain appends: it is registered with its workstation certificate.
 const PER_DOMAIN: u64 = 2;
 

@@ -1665,9 +1665,11 @@ fn me(ctx: &Ctx, headers: &HeaderMap, notice: Option<(bool, &str)>) -> Response 
         p.signins.get(session.user).cloned().unwrap_or_default()
     };
     let method = who.allowed.map(|s| s.method).unwrap_or(session.method);
-    // The flow cookie carries the CSRF token of the page's scripted requests.
-    let (flow, flow_csrf, new) = flow_of(ctx, headers);
-    let page = pages::me(&pages::MeView {
+    // The flow cookie carries the CSRF token of the page's scripted requests. The page
+    // may stay open as long as the session lives, so every visit sets the cookie for that
+    // long (not the ten minutes of a sign-in's flow): it gives no authority of its own.
+    let (flow, flow_csrf, _) = flow_of(ctx, headers);
+    let mut page = pages::me(&pages::MeView {
         session_csrf: &session.csrf,
         flow_csrf: &flow_csrf,
         display_name: &who.display_name,
@@ -1677,7 +1679,10 @@ fn me(ctx: &Ctx, headers: &HeaderMap, notice: Option<(bool, &str)>) -> Response 
         view: &view,
         notice,
     });
-    with_flow_cookie(ctx, page, &flow, new)
+    let name = flow_cookie_name(https(ctx));
+    let renewed = set_cookie(ctx, name, &flow, Some(sessions::SESSION_MAX.as_secs()));
+    page.headers_mut().append(header::SET_COOKIE, renewed);
+    page
 }
 
 /// The signed-in user of a scripted request from `/me` (flow CSRF checked).

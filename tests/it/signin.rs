@@ -756,6 +756,35 @@ async fn enrolment_links_that_do_not_work_say_why_and_change_nothing() {
     assert_eq!(s, StatusCode::GONE, "{b}");
 }
 
+/// The CSRF token of `/me`'s buttons is bound to the flow cookie, set for ten minutes at
+/// the first sign-in page: every visit to `/me` sets it for as long as a session lives, so
+/// the buttons work while the session does, not only for ten minutes after signing in.
+#[tokio::test]
+async fn the_me_page_renews_the_cookie_its_buttons_need() {
+    let (w, _, alex) = signin_world().await;
+    let (v, _) = enrol_alex(&w, &alex).await;
+    let resp = reqwest::Client::new()
+        .get(format!("{}/me", w.app.public))
+        .header(COOKIE, v.cookie_header())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let flow = v.cookies.get("idl_flow").expect("a flow cookie");
+    let renewed = resp
+        .headers()
+        .get_all(SET_COOKIE)
+        .iter()
+        .filter_map(|c| c.to_str().ok())
+        .find(|c| c.starts_with("idl_flow="))
+        .map(str::to_owned);
+    let renewed = renewed.expect("/me renews the flow cookie");
+    assert!(
+        renewed.starts_with(&format!("idl_flow={flow};")) && renewed.contains("Max-Age=43200"),
+        "{renewed}"
+    );
+}
+
 /// Reads a cookie's attributes off a sign-in answer.
 #[tokio::test]
 async fn sign_in_cookies_are_http_only_and_lax() {

@@ -46,69 +46,83 @@ impl Heads {
             file.set_len(len - len % RECORD).map_err(io)?;
         }
         let mut heads = Self::of(file, len / RECORD, origin, key_id)?;
-        // A whole last record can be unwritten too: a file system that kept the file's
-        // new size but not its data (zeros) through a power loss. Its push never returned,
-        // so it was never served; kept, it would be served as a head that does not verify.
-        // Only the last can be: each push is on the device before the next begins. Any
-        // other that fails is not a lost write but a key that is not the heads' own (a
-        // replaced `tree/log-key`): the file is audit evidence, so the server stops without
-        // dropping a head, rather than drop them one by one.
-        let Some(last) = heads.latest.take() else {
-            return Ok(heads);
-        };
-        let before = match heads.count {
-            1 => None,
-            n => Some(heads.read(n - 2)?),
-        };
-        let grew = before
-            .as_ref()
-            .is_none_or(|b| b.head.tree_size < last.head.tree_size);
-        if grew && public.open(&last.to_note()).is_ok() {
-            heads.latest = Some(last);
-            return Ok(heads);
-        }
-        // Unwritten reads as zeros; anything else that fails, with no good head before it to
-        // vouch for the key, is a head of another key.
-        let unwritten = last.head.tree_size == 0 && last.head.timestamp_ms == 0;
-        let key_vouched = before
-            .as_ref()
-            .is_some_and(|b| public.open(&b.to_note()).is_ok());
-        if !unwritten && !key_vouched {
-            return Err(NotaryError::Head(format!(
-                "the signed tree heads in {} do not verify under the log key {origin}: \
-                 was tree/log-key replaced? Restore the key the heads were signed with",
-                path.display()
-            )));
+        // A lost last write, kept, would be served as a head that does not verify. Heads
+        // of another key are audit evidence: the server stops without dropping a head,
+        // rather than drop them one by one.
+        match heads.last_head(public)? {
+            LastHead::Sound => return Ok(heads),
+            LastHead::LostWrite => {}
+            LastHead::OtherKey => {
+                return Err(NotaryError::Head(format!(
+                    "the signed tree heads in {} do not verify under the log key {origin}: \
+                     was tree/log-key replaced? Restore the key the heads were signed with",
+                    path.display()
+                )))
+            }
         }
         tracing::warn!(
             index = heads.count - 1,
             "dropping a signed tree head that does not verify: a write lost to a crash"
         );
-        heads.count -= 1;
+        heads.pass_over_last()?;
         heads.file.set_len(heads.count * RECORD).map_err(io)?;
         heads.file.sync_data().map_err(io)?;
-        heads.latest = before;
         Ok(heads)
     }
 
+    /// What the last head is. A whole last record can be unwritten: a file system that
+    /// kept the file's new size but not its data (zeros, or part of them) through a power
+    /// loss. Its push never returned, so it was never served. Only the last can be: each
+    /// push is on the device before the next begins. Any other that fails is not a lost
+    /// write but a key that is not the heads' own (a replaced `tree/log-key`).
+    fn last_head(&self, public: &LogPublicKey) -> Result<LastHead, NotaryError> {
+        let Some(last) = &self.latest else {
+            return Ok(LastHead::Sound);
+        };
+        let before = match self.count {
+            0 | 1 => None,
+            n => Some(self.read(n - 2)?),
+        };
+        let grew = before
+            .as_ref()
+            .is_none_or(|b| b.head.tree_size < last.head.tree_size);
+        if grew && public.open(&last.to_note()).is_ok() {
+            return Ok(LastHead::Sound);
+        }
+        // Unwritten reads as zeros; anything else that fails, with no good head before it
+        // to vouch for the key, is a head of another key.
+        let unwritten = last.head.tree_size == 0 && last.head.timestamp_ms == 0;
+        let key_vouched = before
+            .as_ref()
+            .is_some_and(|b| public.open(&b.to_note()).is_ok());
+        Ok(if unwritten || key_vouched {
+            LastHead::LostWrite
+        } else {
+            LastHead::OtherKey
+        })
+    }
+
+    /// Forgets the last head (a lost write), in memory.
+    fn pass_over_last(&mut self) -> Result<(), NotaryError> {
+        self.count -= 1;
+        self.latest = match self.count {
+            0 => None,
+            n => Some(self.read(n - 1)?),
+        };
+        Ok(())
+    }
+
     /// Opens the file of a stopped server to read (nothing is changed).
-    pub fn read_only(data_dir: &Path, origin: &str, key_id: u32) -> Result<Heads, NotaryError> {
+    /// Heads of another key are left for the reader's checks to refuse.
+    pub fn read_only(data_dir: &Path, public: &LogPublicKey) -> Result<Heads, NotaryError> {
         let path = crate::store::tree::tree_dir(data_dir).join("heads");
         let file = File::open(&path).map_err(io)?;
         let count = file.metadata().map_err(io)?.len() / RECORD;
-        let mut heads = Self::of(file, count, origin, key_id)?;
+        let mut heads = Self::of(file, count, public.name(), public.key_id())?;
         // A last head a power loss left unwritten (see `open`, which drops it at the next
-        // start) was never served: passed over here, the file untouched.
-        if heads
-            .latest
-            .as_ref()
-            .is_some_and(|l| l.head.tree_size == 0 && l.head.timestamp_ms == 0)
-        {
-            heads.count -= 1;
-            heads.latest = match heads.count {
-                0 => None,
-                n => Some(heads.read(n - 1)?),
-            };
+        // start, by the same rule) was never served: passed over here, the file untouched.
+        if let LastHead::LostWrite = heads.last_head(public)? {
+            heads.pass_over_last()?;
         }
         Ok(heads)
     }
@@ -159,24 +173,36 @@ impl Heads {
         })
     }
 
-    /// Keeps `head` (durably) after the others; its tree must be larger than the last's.
+    /// Keeps `head` (durably) after the others; its tree must be larger than the last's,
+    /// its time no earlier.
     pub fn push(&mut self, head: SignedTreeHead) -> Result<(), NotaryError> {
-        if self
-            .latest
-            .as_ref()
-            .is_some_and(|l| l.head.tree_size >= head.head.tree_size)
-        {
-            return Err(NotaryError::Head(
-                "heads are kept in increasing size".into(),
-            ));
+        if let Some(l) = &self.latest {
+            if l.head.tree_size >= head.head.tree_size {
+                return Err(NotaryError::Head(
+                    "heads are kept in increasing size".into(),
+                ));
+            }
+            if l.head.timestamp_ms > head.head.timestamp_ms {
+                return Err(NotaryError::Head(
+                    "heads are kept in time order: this one is older than the last".into(),
+                ));
+            }
         }
         let mut buf = Vec::with_capacity(RECORD as usize);
         buf.extend_from_slice(&head.head.tree_size.to_be_bytes());
         buf.extend_from_slice(&head.head.timestamp_ms.to_be_bytes());
         buf.extend_from_slice(&head.head.root_hash.0);
         buf.extend_from_slice(&head.signature);
-        self.file.write_all(&buf).map_err(io)?;
-        self.file.sync_data().map_err(io)?;
+        let written = self
+            .file
+            .write_all(&buf)
+            .and_then(|()| self.file.sync_data());
+        if let Err(e) = written {
+            // Not kept: a part written (a full disk) would put every later head out of
+            // step with its index, and one written but not synced may be lost yet.
+            let _ = self.file.set_len(self.count * RECORD);
+            return Err(io(e));
+        }
         self.count += 1;
         self.latest = Some(head);
         Ok(())
@@ -228,6 +254,13 @@ impl Heads {
     }
 }
 
+/// See [`Heads::last_head`].
+enum LastHead {
+    Sound,
+    LostWrite,
+    OtherKey,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,7 +298,7 @@ mod tests {
         // Read by a tool while the server is stopped: the unwritten head is passed over,
         // not reported as a head that does not verify, and the file is not changed.
         let public = key.public();
-        let read = Heads::read_only(dir.path(), public.name(), public.key_id()).unwrap();
+        let read = Heads::read_only(dir.path(), public).unwrap();
         let listed: Vec<u64> = read
             .after(0, usize::MAX)
             .unwrap()
@@ -291,6 +324,53 @@ mod tests {
         for h in heads.after(0, 10).unwrap() {
             key.public().open(&h.to_note()).unwrap();
         }
+    }
+
+    /// A power loss can zero part of the last record only (it may straddle a block): the
+    /// server on start and a tool reading the stopped server's heads pass it over alike.
+    #[test]
+    fn a_partly_lost_last_head_is_passed_over_by_readers_as_by_the_server() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(crate::store::tree::tree_dir(dir.path())).unwrap();
+        let key = LogSigningKey::from_seed("test.log", &[7; 32]).unwrap();
+        let mut heads = Heads::open(dir.path(), key.public()).unwrap();
+        for size in [3, 9, 12] {
+            heads.push(head(&key, size)).unwrap();
+        }
+        drop(heads);
+        let path = crate::store::tree::tree_dir(dir.path()).join("heads");
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = 2 * RECORD as usize;
+        bytes[last + 48..last + RECORD as usize].fill(0);
+        std::fs::write(&path, &bytes).unwrap();
+
+        let read = Heads::read_only(dir.path(), key.public()).unwrap();
+        assert_eq!(read.latest().unwrap().head.tree_size, 9);
+        assert_eq!(read.after(0, 10).unwrap().len(), 2);
+        drop(read);
+        let heads = Heads::open(dir.path(), key.public()).unwrap();
+        assert_eq!(heads.latest().unwrap().head.tree_size, 9);
+    }
+
+    /// Heads are kept in time order as in size: a clock stepped back is no excuse.
+    #[test]
+    fn a_head_older_than_the_last_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(crate::store::tree::tree_dir(dir.path())).unwrap();
+        let key = LogSigningKey::from_seed("test.log", &[7; 32]).unwrap();
+        let mut heads = Heads::open(dir.path(), key.public()).unwrap();
+        heads.push(head(&key, 3)).unwrap();
+        let earlier = key
+            .sign(TreeHead {
+                tree_size: 9,
+                timestamp_ms: 1_000,
+                root_hash: Hash([9; 32]),
+            })
+            .unwrap();
+        assert!(heads.push(earlier).is_err());
+        assert_eq!(heads.latest().unwrap().head.tree_size, 3);
+        heads.push(head(&key, 9)).unwrap();
+        assert_eq!(heads.after(0, 10).unwrap().len(), 2);
     }
 
     /// Heads that do not verify under the key at hand, beyond a lost last write, mean the

@@ -143,7 +143,10 @@ impl Notary {
             }
         };
         if due {
-            let head = self.sign(size)?;
+            // Never earlier than the last head, though the clock stepped back: heads are
+            // in time order as in size.
+            let after = heads.latest().map_or(0, |l| l.head.timestamp_ms);
+            let head = self.sign_at(size, now_ms().max(after))?;
             heads.push(head)?;
         }
         Ok(heads.latest().cloned())
@@ -181,6 +184,10 @@ impl Notary {
     /// A head of the tree of exactly `size` leaves signed now, not kept (an export's
     /// manifest carries the head at its own position).
     pub fn sign(&self, size: u64) -> Result<SignedTreeHead, NotaryError> {
+        self.sign_at(size, now_ms())
+    }
+
+    fn sign_at(&self, size: u64, timestamp_ms: u64) -> Result<SignedTreeHead, NotaryError> {
         // The leaves under a signed root must survive a power loss: a tree made again
         // differently would contradict the head.
         self.inner
@@ -190,7 +197,7 @@ impl Notary {
         let head = TreeHead {
             tree_size: size,
             root_hash: self.inner.tree.root(size)?,
-            timestamp_ms: now_ms(),
+            timestamp_ms,
         };
         self.inner
             .key
@@ -211,7 +218,7 @@ pub fn covering_head(
     let Ok(public) = key::public_key(data_dir) else {
         return Ok(None);
     };
-    let heads = match Heads::read_only(data_dir, public.name(), public.key_id()) {
+    let heads = match Heads::read_only(data_dir, &public) {
         Ok(h) => h,
         Err(_) => return Ok(None),
     };
@@ -235,7 +242,7 @@ pub fn covering_head(
 /// manifest), when its signature checks with the data dir's public key.
 pub fn latest_kept_note(data_dir: &Path) -> Option<String> {
     let public = key::public_key(data_dir).ok()?;
-    let heads = Heads::read_only(data_dir, public.name(), public.key_id()).ok()?;
+    let heads = Heads::read_only(data_dir, &public).ok()?;
     // Heads are kept in increasing size: the last is the latest.
     let note = heads.latest()?.to_note();
     public.open(&note).ok().map(|_| note)
@@ -250,7 +257,7 @@ pub fn kept_heads(
     let Ok(public) = key::public_key(data_dir) else {
         return Ok(Box::new(std::iter::empty()));
     };
-    let heads = match Heads::read_only(data_dir, public.name(), public.key_id()) {
+    let heads = match Heads::read_only(data_dir, &public) {
         Ok(h) => h,
         Err(_)
             if !crate::store::tree::tree_dir(data_dir)

@@ -233,8 +233,13 @@ async fn apply_fault(f: Fault, req: Request, next: Next) -> Response {
         parts.headers.remove(axum::http::header::CONTENT_LENGTH);
         return Response::from_parts(parts, axum::body::Body::from(bytes));
     }
-    if f.next_link_to_self {
-        let own = format!("{}{}", graph::base_url(req.headers()), req.uri());
+    if f.next_link_to_self || f.next_link_to_self_renamed {
+        let mut own = format!("{}{}", graph::base_url(req.headers()), req.uri());
+        if f.next_link_to_self_renamed {
+            static RENAMED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = RENAMED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            own = format!("{own}#again-{n}");
+        }
         return next_link_to(next.run(req).await, own).await;
     }
     match f.status.and_then(|s| StatusCode::from_u16(s).ok()) {

@@ -98,6 +98,11 @@ pub struct Fault {
     /// itself: a paging loop.
     #[serde(default)]
     pub next_link_to_self: bool,
+    /// The same, each link made new (a fragment that changes, which no request carries):
+    /// the same page again and again under links never seen, as Graph has been seen to
+    /// serve a groups delta round.
+    #[serde(default)]
+    pub next_link_to_self_renamed: bool,
     /// Serve the request, then pad the answer with this many spaces (still valid JSON):
     /// an answer larger than any client should take in.
     #[serde(default)]

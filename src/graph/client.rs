@@ -611,10 +611,11 @@ impl GraphClient {
     }
 
     /// Follows `@odata.nextLink` from `url`, calling `page` on each page's body. A link
-    /// back to a page already read, one longer than [`MAX_LINK_BYTES`], or more than
-    /// [`MAX_PAGES`] pages, ends the round with an error: it would otherwise never end,
-    /// holding the domain's sync (and the links read are kept as hashes, not as the
-    /// peer's text).
+    /// back to a page already read, a page whose entries come a third time under new links
+    /// (Graph has served one groups delta page so, each time with a new link), one link
+    /// longer than [`MAX_LINK_BYTES`], or more than [`MAX_PAGES`] pages, ends the round
+    /// with an error: it would otherwise never end, holding the domain's sync (and the
+    /// links and pages read are kept as hashes, not as the peer's text).
     async fn pages(
         &self,
         operation: &'static str,
@@ -623,10 +624,29 @@ impl GraphClient {
     ) -> Result<Value, GraphError> {
         use sha2::{Digest, Sha256};
         let mut read: std::collections::HashSet<[u8; 32]> = std::collections::HashSet::new();
+        let mut pages_read: std::collections::HashMap<[u8; 32], u8> =
+            std::collections::HashMap::new();
         let mut next = url;
         let mut items = 0usize;
         loop {
             let body = self.get(operation, &next).await?;
+            // A page is known by its length and its first and last entries (cheap on pages
+            // of 999 users). Graph may name an entry twice in a round, so a page may come
+            // twice; a third time it is a loop.
+            let entries = body["value"].as_array().map_or(&[][..], Vec::as_slice);
+            if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
+                let ends = serde_json::to_vec(&(entries.len(), first, last))
+                    .map_err(|e| GraphError::Decode(e.to_string()))?;
+                let seen = pages_read
+                    .entry(Sha256::digest(&ends).into())
+                    .or_insert(0u8);
+                *seen += 1;
+                if *seen > 2 {
+                    return Err(GraphError::Decode(
+                        "a page of entries came again and again under new links".into(),
+                    ));
+                }
+            }
             items = items.saturating_add(page(&body)?);
             if items > self.max_round_items {
                 return Err(GraphError::Decode(format!(

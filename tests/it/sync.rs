@@ -1521,6 +1521,19 @@ async fn a_paging_loop_fails_the_run_and_the_next_run_succeeds() {
     w.sim(Method::DELETE, "/_sim/faults", None).await;
     let run = w.sync().await;
     assert_eq!(run["counters"]["added"], 29, "{run}");
+
+    // The same page again under a new link each time (Graph has served a groups delta
+    // round so): ended at the third sight of the page, not after 100,000 pages.
+    w.sim(Method::POST, "/_sim/delta/expire", None).await;
+    w.sim(
+        Method::POST,
+        "/_sim/faults",
+        Some(json!({"path_prefix": "/v1.0/groups/delta", "next_link_to_self_renamed": true, "count": 1_000_000})),
+    )
+    .await;
+    let started = std::time::Instant::now();
+    w.sync_fails(&["again and again"]).await;
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
 }
 
 /// An answer larger than any page of Graph's is refused as it arrives, not buffered.

@@ -7,8 +7,7 @@ use crate::error::Error;
 use crate::store::parallel_decode::{decoder_threads, parallel_map};
 use crate::store::sled_log::open_raw;
 use idledger_projections::Projections;
-use idledger_replay::tree::TreeHead;
-use idledger_replay::verify::CheckedRecord;
+use idledger_replay::verify::{CheckedRecord, HeadRead};
 use idledger_replay::{fold, Until, Verifier, VerifyReport};
 use std::ops::ControlFlow;
 
@@ -31,13 +30,14 @@ pub fn verify(source: &Source, on_position: impl FnMut(u64)) -> serde_json::Valu
 }
 
 /// [`verify`], with the Merkle tree over the records also held to `heads` (signed tree
-/// heads): a head whose root the records do not give is a problem naming its size.
+/// heads, in increasing size, read as the records reach them): a head whose root the
+/// records do not give is a problem naming its size.
 pub fn verify_against(
     source: &Source,
-    heads: Vec<TreeHead>,
+    heads: Box<dyn Iterator<Item = HeadRead> + Send>,
     on_position: impl FnMut(u64),
 ) -> VerifyReport {
-    verify_with(source, |v| v.expect_heads(heads), on_position)
+    verify_with(source, |v| v.expect_heads_in_order(heads), on_position)
 }
 
 /// The chain of `source` verified by a verifier `expect` gave its heads.

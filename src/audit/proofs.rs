@@ -15,7 +15,7 @@ use crate::error::Error;
 use base64::Engine;
 use idledger_domain::Hash;
 use idledger_replay::tree::{
-    check_consistency, check_inclusion, leaf_hash, LogPublicKey, SignedTreeHead,
+    check_consistency, check_inclusion, leaf_hash, LogPublicKey, SignedTreeHead, TreeHead,
 };
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -116,39 +116,90 @@ impl Server {
             }))
     }
 
-    /// Every head the server kept.
-    fn heads(&self, key: &LogPublicKey) -> Result<Finding<Vec<SignedTreeHead>>, Error> {
-        let mut heads = Vec::new();
-        let mut after = 0u64;
-        loop {
-            let page: HeadsPage =
-                match self.json(&format!("/v1/log/sths?after={after}&limit=1000"))? {
-                    Ok(page) => page,
-                    Err(why) => return Ok(Err(why)),
-                };
-            for item in &page.items {
-                match key.open(&item.checkpoint) {
-                    Ok(head) => heads.push(head),
+    /// One page of the heads the server kept, of trees larger than `after`, each checked
+    /// with the key; and the cursor of the next page.
+    fn heads_page(&self, key: &LogPublicKey, after: u64) -> Result<Finding<HeadsRead>, Error> {
+        let page: HeadsPage = match self.json(&format!("/v1/log/sths?after={after}&limit=1000"))? {
+            Ok(page) => page,
+            Err(why) => return Ok(Err(why)),
+        };
+        let mut heads = Vec::with_capacity(page.items.len());
+        for item in &page.items {
+            match key.open(&item.checkpoint) {
+                Ok(head) => heads.push(head.head),
+                Err(e) => {
+                    return Ok(Err(format!(
+                        "the server's head of size {}: {e}",
+                        item.tree_size
+                    )))
+                }
+            }
+        }
+        match page.next.and_then(|n| n.parse::<u64>().ok()) {
+            // A cursor that does not move on, or moves on past nothing, would page for
+            // ever (an empty page is the last).
+            Some(n) if n <= after || page.items.is_empty() => Ok(Err(format!(
+                "the server's list of heads does not move on past {after}"
+            ))),
+            next => Ok(Ok((heads, next))),
+        }
+    }
+}
+
+/// A page of heads, and the cursor of the next page.
+type HeadsRead = (Vec<TreeHead>, Option<u64>);
+
+/// The heads the server kept, read a page at a time as the records reach them (a head a
+/// second of growth, for years, does not fit in memory), merged in size order with
+/// `others` (the server's latest, the auditor's checkpoint). A head that does not verify,
+/// or a list that does not move on, is a finding the verifier reports; not reaching the
+/// server ends the heads and is kept in `unreached`: nothing beyond could be checked.
+struct KeptHeads {
+    server: Server,
+    key: LogPublicKey,
+    page: std::collections::VecDeque<TreeHead>,
+    /// The cursor of the next page; `None` once the last was read.
+    next: Option<u64>,
+    others: std::collections::VecDeque<TreeHead>,
+    /// The latest head's size when the visit began: the feed reads at least that far.
+    up_to: u64,
+    unreached: std::sync::Arc<std::sync::Mutex<Option<Error>>>,
+}
+
+impl Iterator for KeptHeads {
+    type Item = idledger_replay::verify::HeadRead;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.page.is_empty() {
+            if let Some(after) = self.next.take() {
+                match self.server.heads_page(&self.key, after) {
+                    Ok(Ok((heads, next))) => {
+                        // Heads signed since the visit began may be of records the feed
+                        // read no more: they wait for the next visit.
+                        let beyond = heads.iter().any(|h| h.tree_size > self.up_to);
+                        let up_to = self.up_to;
+                        self.page
+                            .extend(heads.into_iter().filter(|h| h.tree_size <= up_to));
+                        self.next = next.filter(|_| !beyond);
+                    }
+                    Ok(Err(finding)) => return Some(Err(finding)),
                     Err(e) => {
-                        return Ok(Err(format!(
-                            "the server's head of size {}: {e}",
-                            item.tree_size
-                        )))
+                        *self.unreached.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+                        return None;
                     }
                 }
             }
-            match page.next.and_then(|n| n.parse::<u64>().ok()) {
-                // A cursor that does not move on, or moves on past nothing, would page for
-                // ever (an empty page is the last).
-                Some(n) if n <= after || page.items.is_empty() => {
-                    return Ok(Err(format!(
-                        "the server's list of heads does not move on past {after}"
-                    )))
-                }
-                Some(n) => after = n,
-                None => return Ok(Ok(heads)),
-            }
         }
+        let kept_first = match (self.page.front(), self.others.front()) {
+            (Some(k), Some(o)) => k.tree_size <= o.tree_size,
+            (k, _) => k.is_some(),
+        };
+        let head = if kept_first {
+            self.page.pop_front()
+        } else {
+            self.others.pop_front()
+        };
+        head.map(Ok)
     }
 }
 
@@ -281,16 +332,23 @@ pub fn check_checkpoint(
     }
     // The records must give the root of every head: the auditor's, the latest, and each
     // the server kept.
-    let mut heads = match server.heads(key)? {
-        Ok(kept) => kept.into_iter().map(|h| h.head).collect(),
-        Err(why) => {
-            reason.get_or_insert(why);
-            Vec::new()
-        }
+    let mut others: Vec<TreeHead> = previous.iter().map(|h| h.head).collect();
+    others.push(latest.head);
+    others.sort_by_key(|h| h.tree_size);
+    let unreached = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let heads = KeptHeads {
+        server: Server::new(&server.url, &server.token)?,
+        key: key.clone(),
+        page: Default::default(),
+        next: Some(0),
+        others: others.into(),
+        up_to: latest.head.tree_size,
+        unreached: unreached.clone(),
     };
-    heads.push(latest.head);
-    heads.extend(previous.iter().map(|h| h.head));
-    let log = chain::verify_against(&server.source(), heads, on_position);
+    let log = chain::verify_against(&server.source(), Box::new(heads), on_position);
+    if let Some(e) = unreached.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        return Err(e);
+    }
     // A feed that stopped answering (busy, cut off) checked nothing beyond where it
     // stopped: an error, not a history found wanting, unless it was found wanting before.
     if let Some(first) = log

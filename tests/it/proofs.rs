@@ -699,6 +699,61 @@ async fn a_busy_server_is_waited_for_and_never_taken_for_a_failed_history() {
     assert_eq!(std::fs::read_to_string(&checkpoint).unwrap(), kept);
 }
 
+/// More heads than one page of `/v1/log/sths`: the visit reads them a page at a time as
+/// the records reach them, merged with the latest and the auditor's own; heads signed
+/// while it reads do not fail it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_visit_reads_the_kept_heads_page_by_page() {
+    let app = spawn_app().await;
+    let auditor = app.token("auditor", &[]).await;
+    let (_, vkey) = get_text(
+        &app.http,
+        &format!("{}/v1/log/public-key", app.url),
+        &auditor,
+    )
+    .await;
+    let grow = |n: usize, from: usize| {
+        let app = &app;
+        async move {
+            for i in from..from + n {
+                app.domain(&format!("page{i}.example.com")).await;
+                let notary = app.state.notary.clone();
+                tokio::task::spawn_blocking(move || notary.sign_now().unwrap())
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    grow(600, 0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = dir.path().join("auditor.checkpoint");
+    let visit = || {
+        let (url, token, key) = (app.url.clone(), auditor.clone(), vkey.clone());
+        let cp = checkpoint.clone();
+        tokio::task::spawn_blocking(move || {
+            idledger()
+                .env("IDLEDGER_TOKEN", token)
+                .args(["verify", "--server", &url, "--checkpoint"])
+                .arg(&cp)
+                .args(["--public-key", &key])
+                .output()
+                .unwrap()
+        })
+    };
+    let first = visit().await.unwrap();
+    assert_eq!(first.status.code(), Some(0), "{first:?}");
+    grow(500, 600).await;
+    let kept = app.state.notary.after(0, 5000).unwrap().len();
+    assert!(kept >= 1000, "{kept} heads kept: one page");
+    // Heads signed as the visit reads.
+    let second = visit();
+    grow(20, 1100).await;
+    let second = second.await.unwrap();
+    let report: Value = serde_json::from_slice(&second.stdout).unwrap();
+    assert_eq!(second.status.code(), Some(0), "{report}");
+    assert_eq!(report["ok"], true, "{report}");
+}
+
 /// Records one added domain appends: it is registered with its workstation certificate.
 const PER_DOMAIN: u64 = 2;
 

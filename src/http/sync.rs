@@ -276,8 +276,10 @@ pub async fn start(
         };
         return Ok((StatusCode::ACCEPTED, Json(started)).into_response());
     }
-    let report = accepted
+    let done = accepted
         .done
+        .ok_or_else(|| ApiError::Internal("a dry run joined another run".into()))?;
+    let report = done
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))??;
     let (changes, next) = changes_page(&report.changes, None, limit)?;

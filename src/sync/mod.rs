@@ -141,6 +141,12 @@ struct Inner {
     /// holds it until its last appends have landed (see `start_run`).
     run_locks: Mutex<HashMap<DomainId, Arc<tokio::sync::Mutex<()>>>>,
     dry_runs: Mutex<std::collections::VecDeque<DryRunChanges>>,
+    /// Each domain's run recorded and waiting for its turn (not a dry run), with the
+    /// position of its record: a request to run meanwhile is that run.
+    waiting: Arc<Mutex<HashMap<DomainId, (SyncRunId, u64)>>>,
+    /// Held while a run that may be waited for is recorded: a request at the same moment
+    /// finds it once recorded, not half.
+    starting: tokio::sync::Mutex<()>,
 }
 
 /// The sync workers of every domain.
@@ -155,8 +161,8 @@ pub struct Accepted {
     pub run_id: SyncRunId,
     /// Position of `SyncRunStarted`.
     pub position: u64,
-    /// The run's end.
-    pub done: tokio::task::JoinHandle<Result<RunReport, SyncError>>,
+    /// The run's end; `None` for a request that joined a run already waiting.
+    pub done: Option<tokio::task::JoinHandle<Result<RunReport, SyncError>>>,
 }
 
 impl SyncService {
@@ -174,6 +180,8 @@ impl SyncService {
                 workers: Mutex::new(HashMap::new()),
                 run_locks: Mutex::default(),
                 dry_runs: Mutex::default(),
+                waiting: Arc::default(),
+                starting: tokio::sync::Mutex::new(()),
             }),
         };
         let weak = Arc::downgrade(&svc.inner);
@@ -307,9 +315,13 @@ impl SyncService {
                 .start_run(domain, SyncTrigger::Scheduled, false, None)
                 .await
             {
-                Ok(a) => {
-                    let _ = a.done.await;
+                Ok(Accepted {
+                    done: Some(done), ..
+                }) => {
+                    let _ = done.await;
                 }
+                // A manual run is waiting: it is this turn's run.
+                Ok(Accepted { done: None, .. }) => {}
                 Err(e) => tracing::warn!(%domain, error = %e, "scheduled sync not started"),
             }
             if *cancelled.borrow() {
@@ -411,6 +423,32 @@ impl SyncService {
                 .is_none_or(|d| d.full_round_due(Utc::now(), every))
         };
         let run_id = SyncRunId(uuid::Uuid::now_v7());
+        // One run waits for its turn at most: clicks on "Sync now" while a run holds the
+        // domain, or the scheduler's turn meanwhile, are that run, not one full round
+        // each, queued before an approval that waits for the same turn. A dry run changes
+        // nothing and is always its own.
+        let waiting = self.inner.waiting.clone();
+        let unwait = move |waiting: &Mutex<HashMap<DomainId, (SyncRunId, u64)>>| {
+            let mut w = waiting.lock().unwrap_or_else(|e| e.into_inner());
+            if w.get(&domain).is_some_and(|(id, _)| *id == run_id) {
+                w.remove(&domain);
+            }
+        };
+        let starting = match dry_run {
+            true => None,
+            false => Some(self.inner.starting.lock().await),
+        };
+        let queued = starting.as_ref().and_then(|_| {
+            let w = waiting.lock().unwrap_or_else(|e| e.into_inner());
+            w.get(&domain).copied()
+        });
+        if let Some((run_id, position)) = queued {
+            return Ok(Accepted {
+                run_id,
+                position,
+                done: None,
+            });
+        }
         let position = crate::store::append_correlated(
             &*self.inner.engine.log,
             StreamId::domain(domain),
@@ -426,6 +464,11 @@ impl SyncService {
             .into()],
         )
         .await?;
+        if starting.is_some() {
+            let mut w = waiting.lock().unwrap_or_else(|e| e.into_inner());
+            w.insert(domain, (run_id, position));
+        }
+        drop(starting);
         let engine = self.inner.engine.clone();
         let service = self.clone();
         let done = tokio::spawn(async move {
@@ -438,8 +481,13 @@ impl SyncService {
             let result = async {
                 let serial = tokio::select! {
                     g = lock.lock() => g,
-                    _ = wait_cancelled(cancelled.clone()) => return Err(SyncError::Cancelled),
+                    _ = wait_cancelled(cancelled.clone()) => {
+                        unwait(&waiting);
+                        return Err(SyncError::Cancelled);
+                    }
                 };
+                // Its turn: a request from now on is for a run after this one.
+                unwait(&waiting);
                 let result = tokio::select! {
                     r = async {
                         SyncRun::new(&engine, &client, domain, run_id, dry_run, full).await?.execute().await
@@ -514,7 +562,7 @@ impl SyncService {
         Ok(Accepted {
             run_id,
             position,
-            done,
+            done: Some(done),
         })
     }
 

@@ -1486,6 +1486,64 @@ async fn a_namesake_of_the_sync_group_neither_stops_sync_nor_takes_it_over() {
     assert_eq!(w.user_events_after(head).await, Vec::<String>::new());
 }
 
+/// "Sync now" clicked again and again while a run holds the domain queues one more run,
+/// not one per click: requests made while a run waits for its turn are that run.
+#[tokio::test]
+async fn sync_requests_made_while_a_run_waits_join_it() {
+    let w = world(json!({})).await;
+    w.sync().await;
+    w.sim(
+        Method::POST,
+        "/_sim/faults",
+        Some(json!({"path_prefix": "/v1.0/groups/delta", "delay_ms": 1500, "count": 1})),
+    )
+    .await;
+    let start = || async {
+        let (s, b) = w
+            .admin(
+                Method::POST,
+                &format!("/v1/domains/{}/sync", w.domain),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{b}");
+        b["run_id"].as_str().unwrap().to_owned()
+    };
+    let running = start().await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let queued = futures_util::future::join_all((0..5).map(|_| start())).await;
+    assert!(queued.iter().all(|r| r == &queued[0]), "{queued:?}");
+    assert_ne!(queued[0], running);
+    let (s, runs) = w
+        .admin(
+            Method::GET,
+            &format!("/v1/domains/{}/sync-runs", w.domain),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(runs["items"].as_array().unwrap().len(), 3, "{runs}");
+    // Once it runs, the next request queues a run of its own.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (_, r) = w
+            .admin(
+                Method::GET,
+                &format!("/v1/domains/{}/sync-runs/{}", w.domain, queued[0]),
+                None,
+            )
+            .await;
+        if r["status"] != "running" {
+            assert_eq!(r["status"], "succeeded", "{r}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{r}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let after = start().await;
+    assert!(after != queued[0] && after != running);
+}
+
 /// Links from Graph are checked before they are kept: a delta link to another host would
 /// otherwise be stored by a run that succeeds and fail every run after it.
 #[tokio::test]

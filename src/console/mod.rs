@@ -46,8 +46,12 @@ pub fn app(state: AppState) -> Router {
         .merge(console)
         .merge(crate::signin::routes(state.clone()))
         .layer(axum::middleware::from_fn_with_state(
-            state,
+            state.clone(),
             crate::http::refuse_without_projections,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state,
+            crate::http::timeout,
         ))
         .layer(axum::middleware::from_fn(crate::http::record_request))
 }

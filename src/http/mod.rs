@@ -393,7 +393,8 @@ pub fn operations() -> Vec<Operation> {
     ]
 }
 
-/// The router with every route, the body limit and timeouts.
+/// The router with every API route and the body limit (the request timeout is the whole
+/// app's: [`timeout`]).
 pub fn router(state: AppState) -> Router {
     let mut router = Router::new();
     for o in operations() {
@@ -413,7 +414,6 @@ pub fn router(state: AppState) -> Router {
         // After every route: it is set on the routes there are.
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(middleware::from_fn_with_state(state.clone(), timeout))
         .layer(middleware::map_response(api_headers))
         .with_state(state)
 }
@@ -479,7 +479,10 @@ pub async fn refuse_without_projections(
 }
 
 /// Bounds every request's time.
-async fn timeout(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// Every request of the app (API, console, sign-in) ends within `request_timeout`, body
+/// read included: the connection layer bounds only the head, and a body that never comes
+/// would hold its connection for ever, with no credential needed.
+pub async fn timeout(State(state): State<AppState>, req: Request, next: Next) -> Response {
     use axum::response::IntoResponse;
     match tokio::time::timeout(state.request_timeout, next.run(req)).await {
         Ok(r) => r,

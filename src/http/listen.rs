@@ -81,6 +81,14 @@ pub async fn serve(
         .http_builder()
         .http1()
         .header_read_timeout(limits.header_read_timeout);
+    // HTTP/2 has no wait for a next request's head to time: an idle connection is pinged
+    // instead, and one that does not answer in as long is closed (else a client served
+    // once could keep its slot in silence for ever).
+    server
+        .http_builder()
+        .http2()
+        .keep_alive_interval(limits.header_read_timeout)
+        .keep_alive_timeout(limits.header_read_timeout);
     let sockets = WriteStallAcceptor(limits.write_stall_timeout);
     match tls {
         None => server.acceptor(sockets).serve(connections).await,

@@ -578,6 +578,68 @@ async fn closed_within<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, wait: Du
     }
 }
 
+/// One HTTP/2 frame off `stream`: its type, flags and payload.
+async fn h2_frame<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> (u8, u8, Vec<u8>) {
+    let mut head = [0u8; 9];
+    stream.read_exact(&mut head).await.unwrap();
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let mut payload = vec![0u8; len];
+    stream.read_exact(&mut payload).await.unwrap();
+    (head[3], head[4], payload)
+}
+
+/// An HTTP/2 client served once and then silent (it answers no ping) is cut: the header
+/// timeout guards HTTP/1.1's wait for the next request, pings guard HTTP/2's.
+#[tokio::test]
+async fn an_http2_client_gone_silent_after_a_request_is_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("serve's CA").unwrap();
+    install(dir.path(), &ca.issue(&["localhost"]).unwrap());
+    let serve = TlsServe::start_with(
+        dir.path(),
+        &ca,
+        "3600",
+        &[("IDLEDGER_HEADER_READ_TIMEOUT_SECS", "1")],
+    )
+    .await;
+    let mut h2 = tls_connect(serve.port, &ca, &[b"h2"]).await;
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    // The server's settings, acknowledged.
+    loop {
+        let (kind, flags, _) = h2_frame(&mut h2).await;
+        if kind == 4 && flags & 1 == 0 {
+            break;
+        }
+    }
+    h2.write_all(b"\x00\x00\x00\x04\x01\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    // GET /healthz on stream 1 (HPACK: GET, https, :path and :authority literals).
+    let mut block = vec![0x82, 0x87, 0x44, 8];
+    block.extend_from_slice(b"/healthz");
+    block.extend_from_slice(&[0x41, 9]);
+    block.extend_from_slice(b"localhost");
+    let mut frame = vec![0, 0, block.len() as u8, 1, 0x05, 0, 0, 0, 1];
+    frame.extend_from_slice(&block);
+    h2.write_all(&frame).await.unwrap();
+    let served = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let (kind, flags, _) = h2_frame(&mut h2).await;
+            if (kind == 0 || kind == 1) && flags & 1 == 1 {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(served.is_ok(), "the request was not answered");
+    assert!(
+        closed_within(&mut h2, Duration::from_secs(5)).await,
+        "a silent HTTP/2 client kept its connection"
+    );
+}
+
 /// Over TLS too a connection that completes its handshake and then sends nothing, or
 /// half a request, is cut at the header-read timeout, with either protocol; so is a
 /// silent client of the redirect listener.

@@ -222,6 +222,7 @@ pub async fn run(
     // Whatever this process creates is its user's alone.
     #[cfg(unix)]
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    let hangups = tls::hangups();
     // The certificate is read before anything starts, so a bad one stops `serve` at once.
     let tls = match config.tls_files() {
         None => None,
@@ -269,12 +270,21 @@ pub async fn run(
         .filter(|p| p.https)
         .map(|p| p.origin.clone());
     match tls {
-        None => http::serve(listener, crate::console::app(state), limits, None, shutdown).await?,
+        None => {
+            let mut hangups = hangups;
+            tokio::spawn(async move {
+                while hangups.recv().await.is_some() {
+                    tracing::info!("SIGHUP: no TLS certificate to reload");
+                }
+            });
+            http::serve(listener, crate::console::app(state), limits, None, shutdown).await?
+        }
         Some((files, seen, serving)) => {
             files.keep_loaded(
                 serving.clone(),
                 Duration::from_secs(config.tls_reload_secs),
                 seen,
+                hangups,
             );
             let redirect = match &config.redirect_listen {
                 None => None,

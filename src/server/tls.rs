@@ -106,11 +106,16 @@ impl TlsFiles {
     }
 
     /// Keeps `serving` up to date with the files, last seen as `seen`: looks every
-    /// `every`, and at once on SIGHUP. Runs until the process ends.
-    pub fn keep_loaded(self, serving: RustlsConfig, every: Duration, seen: FilesSeen) {
+    /// `every`, and at once on a `hangup` (see [`hangups`]). Runs until the process ends.
+    pub fn keep_loaded(
+        self,
+        serving: RustlsConfig,
+        every: Duration,
+        seen: FilesSeen,
+        mut hangup: tokio::sync::mpsc::Receiver<()>,
+    ) {
         let mut seen = seen;
         tokio::spawn(async move {
-            let mut hangup = hangups();
             loop {
                 let forced = tokio::select! {
                     _ = tokio::time::sleep(every) => false,
@@ -141,21 +146,30 @@ impl TlsFiles {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FilesSeen(Option<[(SystemTime, u64, u64); 2]>);
 
-/// SIGHUPs as a channel (none off Unix).
-fn hangups() -> tokio::sync::mpsc::Receiver<()> {
+/// SIGHUPs as a channel (none off Unix), caught from the moment this returns: SIGHUP
+/// means "reload" to operators (a renewal's hook, `systemctl reload`), and its default
+/// action would end the server, with TLS or without, even while it starts.
+pub fn hangups() -> tokio::sync::mpsc::Receiver<()> {
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     #[cfg(unix)]
-    tokio::spawn(async move {
+    {
         use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut s) = signal(SignalKind::hangup()) else {
-            return;
-        };
-        while s.recv().await.is_some() {
-            if tx.send(()).await.is_err() {
-                return;
+        match signal(SignalKind::hangup()) {
+            Ok(mut s) => {
+                tokio::spawn(async move {
+                    while s.recv().await.is_some() {
+                        // A reload already asked for covers this one too.
+                        if let Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) =
+                            tx.try_send(())
+                        {
+                            return;
+                        }
+                    }
+                });
             }
+            Err(e) => tracing::warn!(error = %e, "SIGHUP cannot be caught"),
         }
-    });
+    }
     #[cfg(not(unix))]
     drop(tx);
     rx

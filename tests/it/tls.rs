@@ -316,6 +316,23 @@ impl TlsServe {
         reload_secs: &str,
         env: &[(&str, &str)],
     ) -> TlsServe {
+        let serve = Self::spawn(dir, reload_secs, env);
+        let http = client_trusting(&ca.cert_pem());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !http
+            .get(serve.url("/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            assert!(Instant::now() < deadline, "serve did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        serve
+    }
+
+    /// `serve` with TLS, not waited for.
+    fn spawn(dir: &Path, reload_secs: &str, env: &[(&str, &str)]) -> TlsServe {
         let (port, redirect_port) = (crate::support::free_port(), crate::support::free_port());
         let child = idledger()
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
@@ -332,23 +349,11 @@ impl TlsServe {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        let serve = TlsServe {
+        TlsServe {
             child,
             port,
             redirect_port,
-        };
-        let http = client_trusting(&ca.cert_pem());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !http
-            .get(serve.url("/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            assert!(Instant::now() < deadline, "serve did not start");
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        serve
     }
 
     fn url(&self, path: &str) -> String {
@@ -712,6 +717,42 @@ async fn a_certificate_swap_is_picked_up_without_dropping_connections() {
 }
 
 /// With a long look interval, SIGHUP loads the files at once.
+/// SIGHUP means "reload" (a certificate renewal's hook, `systemctl reload`): it never
+/// ends the server, with TLS or without, nor before TLS's reloader has started.
+#[tokio::test]
+async fn sighup_never_ends_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut serve = Serve::start(&dir.path().join("data"), None).await;
+    let pid = rustix::process::Pid::from_raw(serve.child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::HUP).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        serve.child.try_wait().unwrap().is_none(),
+        "SIGHUP ended plain serve"
+    );
+    assert_eq!(serve.get("/healthz").await.status(), StatusCode::OK);
+
+    // With TLS, a SIGHUP the moment the port answers (the server may still be starting).
+    let tls_dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("serve's CA").unwrap();
+    install(tls_dir.path(), &ca.issue(&["localhost"]).unwrap());
+    let mut tls = TlsServe::spawn(tls_dir.path(), "3600", &[]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", tls.port)).is_err() {
+        assert!(Instant::now() < deadline, "serve did not listen");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let pid = rustix::process::Pid::from_raw(tls.child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::HUP).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ended = tls.child.try_wait().unwrap();
+    assert!(
+        ended.is_none(),
+        "SIGHUP ended starting TLS serve: {ended:?}"
+    );
+    assert!(tls.trusted_by(&ca).await);
+}
+
 #[tokio::test]
 async fn sighup_reloads_the_certificate() {
     let dir = tempfile::tempdir().unwrap();

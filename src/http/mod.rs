@@ -398,11 +398,18 @@ pub fn operations() -> Vec<Operation> {
 pub fn router(state: AppState) -> Router {
     let mut router = Router::new();
     for o in operations() {
+        let declared = Declared {
+            query: o.query.is_some(),
+            body: o.body.is_some() || o.raw_body.is_some(),
+        };
+        let handler = o
+            .handler
+            .route_layer(middleware::from_fn_with_state(declared, refuse_undeclared));
         // Access is checked before any extractor reads the request, so a caller without
         // the right learns nothing from validation errors. Operations on one path merge.
         let handler = match o.access {
-            Access::Open => o.handler,
-            access => o.handler.route_layer(middleware::from_fn_with_state(
+            Access::Open => handler,
+            access => handler.route_layer(middleware::from_fn_with_state(
                 (state.clone(), access),
                 check_access,
             )),
@@ -416,6 +423,31 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::map_response(api_headers))
         .with_state(state)
+}
+
+/// What an operation takes besides its path.
+#[derive(Clone, Copy)]
+struct Declared {
+    query: bool,
+    body: bool,
+}
+
+/// A query or a body an operation does not take is refused, not ignored: a `dry_run`
+/// sent where the route has none would otherwise do the real thing.
+async fn refuse_undeclared(State(d): State<Declared>, req: Request, next: Next) -> Response {
+    use axum::response::IntoResponse;
+    if !d.query && req.uri().query().is_some_and(|q| !q.is_empty()) {
+        return ApiError::BadRequest("this route takes no query parameters".into()).into_response();
+    }
+    let h = req.headers();
+    let sized = h
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim() != "0");
+    if !d.body && (sized || h.contains_key(axum::http::header::TRANSFER_ENCODING)) {
+        return ApiError::BadRequest("this route takes no request body".into()).into_response();
+    }
+    next.run(req).await
 }
 
 /// Every API answer is `nosniff`, and `no-store` unless its route says otherwise: answers

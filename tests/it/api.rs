@@ -397,6 +397,32 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
             400,
             "colour",
         ),
+        // A route that takes no query or no body refuses one: `dry_run` where the route
+        // has no such thing would otherwise be ignored and the real thing done.
+        (
+            Method::POST,
+            format!("/v1/domains/{d}/sync"),
+            json_ct,
+            br#"{"dry_run":true}"#.to_vec(),
+            400,
+            "no request body",
+        ),
+        (
+            Method::DELETE,
+            format!("/v1/domains/{d}?dry_run=true"),
+            json_ct,
+            vec![],
+            400,
+            "no query",
+        ),
+        (
+            Method::GET,
+            format!("/v1/apps/{}?min_position=1", uuid::Uuid::new_v4()),
+            json_ct,
+            vec![],
+            400,
+            "no query",
+        ),
         (
             Method::GET,
             "/v1/events?limit=100001".into(),

@@ -266,6 +266,15 @@ mod tests {
     use super::*;
     use idledger_replay::tree::LogSigningKey;
 
+    /// A data dir with no heads yet, the key of its log, and its heads open.
+    fn fresh() -> (tempfile::TempDir, LogSigningKey, Heads) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(crate::store::tree::tree_dir(dir.path())).unwrap();
+        let key = LogSigningKey::from_seed("test.log", &[7; 32]).unwrap();
+        let heads = Heads::open(dir.path(), key.public()).unwrap();
+        (dir, key, heads)
+    }
+
     fn head(key: &LogSigningKey, size: u64) -> SignedTreeHead {
         key.sign(TreeHead {
             tree_size: size,
@@ -280,10 +289,7 @@ mod tests {
     /// the next head follows the last good one.
     #[test]
     fn a_last_head_that_does_not_verify_is_dropped_on_open() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(crate::store::tree::tree_dir(dir.path())).unwrap();
-        let key = LogSigningKey::from_seed("test.log", &[7; 32]).unwrap();
-        let mut heads = Heads::open(dir.path(), key.public()).unwrap();
+        let (dir, key, mut heads) = fresh();
         heads.push(head(&key, 3)).unwrap();
         heads.push(head(&key, 9)).unwrap();
         drop(heads);
@@ -330,10 +336,7 @@ mod tests {
     /// server on start and a tool reading the stopped server's heads pass it over alike.
     #[test]
     fn a_partly_lost_last_head_is_passed_over_by_readers_as_by_the_server() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(crate::store::tree::tree_dir(dir.path())).unwrap();
-        let key = LogSigningKey::from_seed("test.log", &[7; 32]).unwrap();
-        let mut heads = Heads::open(dir.path(), key.public()).unwrap();
+        let (dir, key, mut heads) = fresh();
         for size in [3, 9, 12] {
             heads.push(head(&key, size)).unwrap();
         }
@@ -355,10 +358,7 @@ mod tests {
     /// Heads are kept in time order as in size: a clock stepped back is no excuse.
     #[test]
     fn a_head_older_than_the_last_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(crate::store::tree::tree_dir(dir.path())).unwrap();
-        let key = LogSigningKey::from_seed("test.log", &[7; 32]).unwrap();
-        let mut heads = Heads::open(dir.path(), key.public()).unwrap();
+        let (_dir, key, mut heads) = fresh();
         heads.push(head(&key, 3)).unwrap();
         let earlier = key
             .sign(TreeHead {
@@ -377,10 +377,7 @@ mod tests {
     /// key is not theirs: open refuses, and the file keeps every head.
     #[test]
     fn heads_signed_by_another_key_are_refused_not_dropped() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(crate::store::tree::tree_dir(dir.path())).unwrap();
-        let key = LogSigningKey::from_seed("test.log", &[7; 32]).unwrap();
-        let mut heads = Heads::open(dir.path(), key.public()).unwrap();
+        let (dir, key, mut heads) = fresh();
         for size in [3, 9, 12] {
             heads.push(head(&key, size)).unwrap();
         }

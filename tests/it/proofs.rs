@@ -636,6 +636,24 @@ fn visit(serve: &Serve, checkpoint: &str, key: &str) -> (Value, i32) {
     )
 }
 
+/// An auditor's visit to `url` (`verify --server --checkpoint`) on a blocking thread, so
+/// that an in-process server answers meanwhile; its output.
+fn visit_in_background(
+    url: &str,
+    token: &str,
+    key: &str,
+    checkpoint: &Path,
+    env: &[(&str, &str)],
+) -> tokio::task::JoinHandle<std::process::Output> {
+    let mut cmd = idledger();
+    cmd.env("IDLEDGER_TOKEN", token)
+        .envs(env.iter().copied())
+        .args(["verify", "--server", url, "--checkpoint"])
+        .arg(checkpoint)
+        .args(["--public-key", key]);
+    tokio::task::spawn_blocking(move || cmd.output().unwrap())
+}
+
 /// A busy server (its places for whole-log reads taken, by a backup's stream, say) is
 /// waited for; one that stays busy is "nothing could be checked" (exit 2), never a
 /// history that fails its heads (exit 1 naming a tree size), and the checkpoint stays.
@@ -655,19 +673,9 @@ async fn a_busy_server_is_waited_for_and_never_taken_for_a_failed_history() {
     head_covering(&app.http, &app.url, &auditor, app.head()).await;
     let dir = tempfile::tempdir().unwrap();
     let checkpoint = dir.path().join("auditor.checkpoint");
-    let visit = |wait: &'static str| {
-        let (url, token, key) = (app.url.clone(), auditor.clone(), vkey.clone());
-        let cp = checkpoint.clone();
-        tokio::task::spawn_blocking(move || {
-            idledger()
-                .env("IDLEDGER_TOKEN", token)
-                .env("IDLEDGER_BUSY_WAIT_SECS", wait)
-                .args(["verify", "--server", &url, "--checkpoint"])
-                .arg(&cp)
-                .args(["--public-key", &key])
-                .output()
-                .unwrap()
-        })
+    let visit = |wait: &str| {
+        let wait = [("IDLEDGER_BUSY_WAIT_SECS", wait)];
+        visit_in_background(&app.url, &auditor, &vkey, &checkpoint, &wait)
     };
     let first = visit("60").await.unwrap();
     assert_eq!(first.status.code(), Some(0), "{first:?}");
@@ -727,19 +735,7 @@ async fn a_visit_reads_the_kept_heads_page_by_page() {
     grow(600, 0).await;
     let dir = tempfile::tempdir().unwrap();
     let checkpoint = dir.path().join("auditor.checkpoint");
-    let visit = || {
-        let (url, token, key) = (app.url.clone(), auditor.clone(), vkey.clone());
-        let cp = checkpoint.clone();
-        tokio::task::spawn_blocking(move || {
-            idledger()
-                .env("IDLEDGER_TOKEN", token)
-                .args(["verify", "--server", &url, "--checkpoint"])
-                .arg(&cp)
-                .args(["--public-key", &key])
-                .output()
-                .unwrap()
-        })
-    };
+    let visit = || visit_in_background(&app.url, &auditor, &vkey, &checkpoint, &[]);
     let first = visit().await.unwrap();
     assert_eq!(first.status.code(), Some(0), "{first:?}");
     grow(500, 600).await;

@@ -548,15 +548,7 @@ async fn changes_named_out_of_order_in_one_round_are_not_decided_by_the_last_ent
     w.leave(5).await;
     w.join(5).await;
     let passer = "c0a80000-0000-4000-8000-0000000000f1";
-    w.sim(
-        Method::POST,
-        "/_sim/users",
-        Some(
-            json!({"id": passer, "userPrincipalName": "passer.by@contoso.onmicrosoft.com",
-                    "displayName": "Passer By", "password": "First-Key-2026!"}),
-        ),
-    )
-    .await;
+    stranger(&w, passer, "passer.by@contoso.onmicrosoft.com", "Passer By").await;
     w.sim(
         Method::POST,
         &format!("/_sim/groups/{SYNC}/members/{passer}"),
@@ -611,13 +603,11 @@ async fn an_old_add_of_a_stranger_named_again_imports_nobody() {
     w.sync().await;
     let before = w.users("").await.len();
     let passer = "c0a80000-0000-4000-8000-0000000000f2";
-    w.sim(
-        Method::POST,
-        "/_sim/users",
-        Some(
-            json!({"id": passer, "userPrincipalName": "passer.two@contoso.onmicrosoft.com",
-                    "displayName": "Passer Two", "password": "First-Key-2026!"}),
-        ),
+    stranger(
+        &w,
+        passer,
+        "passer.two@contoso.onmicrosoft.com",
+        "Passer Two",
     )
     .await;
     let member = format!("/_sim/groups/{SYNC}/members/{passer}");
@@ -659,6 +649,13 @@ async fn a_user_who_rejoins_after_a_full_round_is_read_afresh() {
     let five = w.user(5).await.unwrap();
     assert_eq!(five["account_enabled"], false, "{five}");
     assert_eq!(five["display_name"], "Five Disabled", "{five}");
+}
+
+/// A user made in graphsim's tenant, in no group.
+async fn stranger(w: &World, id: &str, upn: &str, name: &str) {
+    let user = json!({"id": id, "userPrincipalName": upn, "displayName": name,
+                      "password": "First-Key-2026!"});
+    w.sim(Method::POST, "/_sim/users", Some(user)).await;
 }
 
 /// Brings user `n` back in graphsim as `before` showed them (a restore keeps the id).
@@ -1446,19 +1443,11 @@ async fn a_namesake_of_the_sync_group_neither_stops_sync_nor_takes_it_over() {
         Some(json!({"id": namesake, "displayName": "Hideez Users Sync"})),
     )
     .await;
-    let stranger = "c0a80000-0000-4000-8000-0000000000f3";
+    let mallory = "c0a80000-0000-4000-8000-0000000000f3";
+    stranger(&w, mallory, "mallory@contoso.onmicrosoft.com", "Mallory").await;
     w.sim(
         Method::POST,
-        "/_sim/users",
-        Some(
-            json!({"id": stranger, "userPrincipalName": "mallory@contoso.onmicrosoft.com",
-                    "displayName": "Mallory", "password": "First-Key-2026!"}),
-        ),
-    )
-    .await;
-    w.sim(
-        Method::POST,
-        &format!("/_sim/groups/{namesake}/members/{stranger}"),
+        &format!("/_sim/groups/{namesake}/members/{mallory}"),
         None,
     )
     .await;
@@ -1482,7 +1471,7 @@ async fn a_namesake_of_the_sync_group_neither_stops_sync_nor_takes_it_over() {
         .users("")
         .await
         .iter()
-        .any(|u| u["external_id"] == stranger));
+        .any(|u| u["external_id"] == mallory));
     assert_eq!(w.user_events_after(head).await, Vec::<String>::new());
 }
 

@@ -161,16 +161,23 @@ pub async fn stream(
     use futures_util::StreamExt;
     let resume = headers
         .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
         .map(|v| {
-            v.trim()
-                .parse::<u64>()
+            v.to_str()
                 .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
                 .and_then(|last| last.checked_add(1))
                 .ok_or_else(|| ApiError::BadRequest("Last-Event-ID: not a position".into()))
         })
         .transpose()?;
     let from = resume.or(q.from_position).unwrap_or(1).max(1);
+    // A point past the head is refused, as every other position is: a stream from there
+    // would say nothing, holding its slot, until the log got there.
+    let head = crate::store::EventLog::head(&*s.engine.log).position;
+    if from > head.saturating_add(1) {
+        return Err(ApiError::BadRequest(format!(
+            "from_position: {from} is past the log's head ({head})"
+        )));
+    }
     let slot = s.event_streams.take().ok_or_else(|| {
         ApiError::Unavailable("too many event streams are open; retry shortly".into())
     })?;

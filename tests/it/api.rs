@@ -1552,6 +1552,23 @@ async fn event_streams_are_bounded_and_hostile_resume_points_refused() {
         )
         .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+    // Past the head by query (a stream saying nothing, holding a slot), and a header
+    // that is no text (read as none, the whole log from 1): refused too.
+    let past = format!("/v1/events/stream?from_position={}", app.head() + 5);
+    let (s, body) = app.call_with(&app.admin, &past, &[]).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+    let r = app
+        .http
+        .get(format!("{}/v1/events/stream", app.url))
+        .bearer_auth(&app.admin)
+        .header(
+            "Last-Event-ID",
+            reqwest::header::HeaderValue::from_bytes(b"41\x80").unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     let mut open = Vec::new();
     for _ in 0..8 {
         let r = app

@@ -239,6 +239,15 @@ pub async fn patch(
     IdPath(id): IdPath,
     ApiJson(body): ApiJson<AppPatch>,
 ) -> Result<Json<App>, ApiError> {
+    if body.name.is_none()
+        && body.redirect_uris.is_none()
+        && body.post_logout_redirect_uris.is_none()
+        && body.domain_ids.is_none()
+    {
+        return Err(ApiError::Unprocessable(
+            "an empty patch says nothing: name, redirect_uris, post_logout_redirect_uris or domain_ids".into(),
+        ));
+    }
     let app_id = AppId(id);
     let current = {
         let p = s.engine.projector.read();

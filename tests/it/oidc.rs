@@ -1804,6 +1804,11 @@ async fn empty_parameters_short_verifiers_refreshes_and_userinfo_follow_the_spec
         .await;
     assert_eq!(s, StatusCode::CREATED, "{other}");
     let app_path = format!("/v1/apps/{}", app["id"].as_str().unwrap());
+    // A patch that says nothing records nothing.
+    let head = w.head().await;
+    let (s, body) = w.admin(Method::PATCH, &app_path, Some(json!({}))).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(w.head().await, head);
     for (domains, status) in [
         (json!([other["id"]]), StatusCode::UNAUTHORIZED),
         (json!([w.domain]), StatusCode::OK),

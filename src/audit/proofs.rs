@@ -351,13 +351,11 @@ pub fn check_checkpoint(
     }
     // A feed that stopped answering (busy, cut off) checked nothing beyond where it
     // stopped: an error, not a history found wanting, unless it was found wanting before.
-    if let Some(first) = log
+    let stopped = log
         .first_bad()
-        .filter(|_| log.read_failed && reason.is_none())
-    {
-        if first.reason.starts_with("unreadable") {
-            return Err(Error::Other(first.reason.clone()));
-        }
+        .filter(|p| log.read_failed && reason.is_none() && p.reason.starts_with("unreadable"));
+    if let Some(first) = stopped {
+        return Err(Error::Other(first.reason.clone()));
     }
     if let Some(size) = log.first_inconsistent_tree_size {
         first_inconsistent = Some(first_inconsistent.map_or(size, |s: u64| s.min(size)));

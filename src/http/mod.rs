@@ -510,7 +510,6 @@ pub async fn refuse_without_projections(
     next.run(req).await
 }
 
-/// Bounds every request's time.
 /// Every request of the app (API, console, sign-in) ends within `request_timeout`, body
 /// read included: the connection layer bounds only the head, and a body that never comes
 /// would hold its connection for ever, with no credential needed.

@@ -143,7 +143,7 @@ struct Inner {
     dry_runs: Mutex<std::collections::VecDeque<DryRunChanges>>,
     /// Each domain's run recorded and waiting for its turn (not a dry run), with the
     /// position of its record: a request to run meanwhile is that run.
-    waiting: Arc<Mutex<HashMap<DomainId, (SyncRunId, u64)>>>,
+    waiting: Mutex<HashMap<DomainId, (SyncRunId, u64)>>,
     /// Held while a run that may be waited for is recorded: a request at the same moment
     /// finds it once recorded, not half.
     starting: tokio::sync::Mutex<()>,
@@ -180,7 +180,7 @@ impl SyncService {
                 workers: Mutex::new(HashMap::new()),
                 run_locks: Mutex::default(),
                 dry_runs: Mutex::default(),
-                waiting: Arc::default(),
+                waiting: Mutex::default(),
                 starting: tokio::sync::Mutex::new(()),
             }),
         };
@@ -427,9 +427,12 @@ impl SyncService {
         // domain, or the scheduler's turn meanwhile, are that run, not one full round
         // each, queued before an approval that waits for the same turn. A dry run changes
         // nothing and is always its own.
-        let waiting = self.inner.waiting.clone();
-        let unwait = move |waiting: &Mutex<HashMap<DomainId, (SyncRunId, u64)>>| {
-            let mut w = waiting.lock().unwrap_or_else(|e| e.into_inner());
+        let unwait = move |service: &SyncService| {
+            let mut w = service
+                .inner
+                .waiting
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             if w.get(&domain).is_some_and(|(id, _)| *id == run_id) {
                 w.remove(&domain);
             }
@@ -439,7 +442,7 @@ impl SyncService {
             false => Some(self.inner.starting.lock().await),
         };
         let queued = starting.as_ref().and_then(|_| {
-            let w = waiting.lock().unwrap_or_else(|e| e.into_inner());
+            let w = self.inner.waiting.lock().unwrap_or_else(|e| e.into_inner());
             w.get(&domain).copied()
         });
         if let Some((run_id, position)) = queued {
@@ -465,7 +468,7 @@ impl SyncService {
         )
         .await?;
         if starting.is_some() {
-            let mut w = waiting.lock().unwrap_or_else(|e| e.into_inner());
+            let mut w = self.inner.waiting.lock().unwrap_or_else(|e| e.into_inner());
             w.insert(domain, (run_id, position));
         }
         drop(starting);
@@ -482,12 +485,12 @@ impl SyncService {
                 let serial = tokio::select! {
                     g = lock.lock() => g,
                     _ = wait_cancelled(cancelled.clone()) => {
-                        unwait(&waiting);
+                        unwait(&service);
                         return Err(SyncError::Cancelled);
                     }
                 };
                 // Its turn: a request from now on is for a run after this one.
-                unwait(&waiting);
+                unwait(&service);
                 let result = tokio::select! {
                     r = async {
                         SyncRun::new(&engine, &client, domain, run_id, dry_run, full).await?.execute().await

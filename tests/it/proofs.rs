@@ -636,6 +636,15 @@ fn visit(serve: &Serve, checkpoint: &str, key: &str) -> (Value, i32) {
     )
 }
 
+/// A new auditor token of `app`, and the log's public key as the server publishes it.
+async fn auditor_and_log_key(app: &App) -> (String, String) {
+    let auditor = app.token("auditor", &[]).await;
+    let url = format!("{}/v1/log/public-key", app.url);
+    let (s, key) = get_text(&app.http, &url, &auditor).await;
+    assert_eq!(s, StatusCode::OK, "{key}");
+    (auditor, key)
+}
+
 /// An auditor's visit to `url` (`verify --server --checkpoint`) on a blocking thread, so
 /// that an in-process server answers meanwhile; its output.
 fn visit_in_background(
@@ -663,13 +672,7 @@ async fn a_busy_server_is_waited_for_and_never_taken_for_a_failed_history() {
     for n in 0..5 {
         app.domain(&format!("busy{n}.example.com")).await;
     }
-    let auditor = app.token("auditor", &[]).await;
-    let (_, vkey) = get_text(
-        &app.http,
-        &format!("{}/v1/log/public-key", app.url),
-        &auditor,
-    )
-    .await;
+    let (auditor, vkey) = auditor_and_log_key(&app).await;
     head_covering(&app.http, &app.url, &auditor, app.head()).await;
     let dir = tempfile::tempdir().unwrap();
     let checkpoint = dir.path().join("auditor.checkpoint");
@@ -707,19 +710,13 @@ async fn a_busy_server_is_waited_for_and_never_taken_for_a_failed_history() {
     assert_eq!(std::fs::read_to_string(&checkpoint).unwrap(), kept);
 }
 
-/// More heads than one page of `/v1/log/sths`: the visit reads them a page at a time as
-/// the records reach them, merged with the latest and the auditor's own; heads signed
-/// while it reads do not fail it.
+/// More heads than one page of `/v1/log/sths`: the visit pages through them, merged in
+/// size order with the latest and the auditor's own, and holds; heads signed while it
+/// reads do not fail it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_visit_reads_the_kept_heads_page_by_page() {
+async fn a_visit_over_more_than_a_page_of_heads_holds() {
     let app = spawn_app().await;
-    let auditor = app.token("auditor", &[]).await;
-    let (_, vkey) = get_text(
-        &app.http,
-        &format!("{}/v1/log/public-key", app.url),
-        &auditor,
-    )
-    .await;
+    let (auditor, vkey) = auditor_and_log_key(&app).await;
     let grow = |n: usize, from: usize| {
         let app = &app;
         async move {

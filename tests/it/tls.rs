@@ -583,6 +583,21 @@ async fn closed_within<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, wait: Du
     }
 }
 
+/// `serve` over TLS whose header-read timeout (and HTTP/2 ping) is one second.
+async fn serve_cutting_at_one_second() -> (tempfile::TempDir, TestCa, TlsServe) {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("serve's CA").unwrap();
+    install(dir.path(), &ca.issue(&["localhost"]).unwrap());
+    let serve = TlsServe::start_with(
+        dir.path(),
+        &ca,
+        "3600",
+        &[("IDLEDGER_HEADER_READ_TIMEOUT_SECS", "1")],
+    )
+    .await;
+    (dir, ca, serve)
+}
+
 /// One HTTP/2 frame off `stream`: its type, flags and payload.
 async fn h2_frame<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> (u8, u8, Vec<u8>) {
     let mut head = [0u8; 9];
@@ -597,16 +612,7 @@ async fn h2_frame<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> (u8, u8, V
 /// timeout guards HTTP/1.1's wait for the next request, pings guard HTTP/2's.
 #[tokio::test]
 async fn an_http2_client_gone_silent_after_a_request_is_cut() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new("serve's CA").unwrap();
-    install(dir.path(), &ca.issue(&["localhost"]).unwrap());
-    let serve = TlsServe::start_with(
-        dir.path(),
-        &ca,
-        "3600",
-        &[("IDLEDGER_HEADER_READ_TIMEOUT_SECS", "1")],
-    )
-    .await;
+    let (_dir, ca, serve) = serve_cutting_at_one_second().await;
     let mut h2 = tls_connect(serve.port, &ca, &[b"h2"]).await;
     h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
         .await
@@ -650,16 +656,7 @@ async fn an_http2_client_gone_silent_after_a_request_is_cut() {
 /// silent client of the redirect listener.
 #[tokio::test]
 async fn silent_tls_connections_are_cut_at_the_header_timeout() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new("serve's CA").unwrap();
-    install(dir.path(), &ca.issue(&["localhost"]).unwrap());
-    let serve = TlsServe::start_with(
-        dir.path(),
-        &ca,
-        "3600",
-        &[("IDLEDGER_HEADER_READ_TIMEOUT_SECS", "1")],
-    )
-    .await;
+    let (_dir, ca, serve) = serve_cutting_at_one_second().await;
     let mut h1 = tls_connect(serve.port, &ca, &[b"http/1.1"]).await;
     let mut h2 = tls_connect(serve.port, &ca, &[b"h2"]).await;
     let mut half = tls_connect(serve.port, &ca, &[b"http/1.1"]).await;

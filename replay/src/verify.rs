@@ -21,6 +21,9 @@ pub struct Problem {
     pub reason: String,
 }
 
+/// How the problem of a record that could not be read begins.
+const UNREADABLE: &str = "unreadable: ";
+
 /// The outcome of a verification.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct VerifyReport {
@@ -50,6 +53,13 @@ impl VerifyReport {
     /// The first bad position, if any.
     pub fn first_bad(&self) -> Option<&Problem> {
         self.problems.first()
+    }
+
+    /// The first problem, when it is that reading stopped (a feed that stopped
+    /// answering): nothing beyond it was checked, and nothing before it failed.
+    pub fn stopped_reading(&self) -> Option<&Problem> {
+        self.first_bad()
+            .filter(|p| self.read_failed && p.reason.starts_with(UNREADABLE))
     }
 
     /// The one-line JSON summary printed by `idledger verify`.
@@ -391,7 +401,7 @@ impl Verifier {
     /// Reports a record that could not be read at all (an IO error from the source).
     pub fn unreadable(&mut self, position: u64, reason: String) {
         self.read_failed = true;
-        self.problem(position, format!("unreadable: {reason}"));
+        self.problem(position, format!("{UNREADABLE}{reason}"));
     }
 
     /// Records read so far.

@@ -6,27 +6,46 @@ use super::source::{decode_at, each_record, records_of, Source};
 use crate::error::Error;
 use crate::store::parallel_decode::{decoder_threads, parallel_map};
 use crate::store::sled_log::open_raw;
+use crate::store::StoreError;
 use idledger_projections::Projections;
 use idledger_replay::verify::{CheckedRecord, HeadRead};
 use idledger_replay::{fold, Until, Verifier, VerifyReport};
 use std::ops::ControlFlow;
 
-/// Verifies the whole chain of `source`; answers the verifier's summary. Reading that
-/// stops early (an unreadable record, a lost connection) is a finding, not an error; sled's
-/// own panics on unreadable files are caught and reported the same way.
-pub fn verify(source: &Source, on_position: impl FnMut(u64)) -> serde_json::Value {
+/// Verifies the whole chain of `source`. A log that cannot be opened at all (a running
+/// server holds it, a wrong path) or a server feed that stops answering checked nothing
+/// beyond where it stopped: an error, not a finding. A data dir's record that cannot be
+/// read is a finding (the store is damaged), and so are sled's own panics on unreadable
+/// files, caught and reported the same way.
+pub fn verify(source: &Source, on_position: impl FnMut(u64)) -> Result<VerifyReport, Error> {
+    let records = match records_of(source) {
+        Err(Error::Store(StoreError::Damaged(why))) => {
+            let mut v = Verifier::new();
+            v.unreadable(1, format!("damaged store: {why}"));
+            return Ok(v.finish());
+        }
+        opened => opened?,
+    };
     // A data dir's own signed heads are held to its records too (a server's are checked
     // with the auditor's key, by `verify --checkpoint`).
     let heads = match source {
         Source::DataDir(dir) => match crate::notary::kept_heads(dir) {
             Ok(heads) => heads,
             Err(e) => {
-                return serde_json::json!({"ok": false, "first_bad_position": 0, "reason": e.to_string()})
+                let mut v = Verifier::new();
+                v.unreadable(0, e.to_string());
+                return Ok(v.finish());
             }
         },
         Source::Server { .. } => Box::new(std::iter::empty()),
     };
-    verify_with(source, |v| v.expect_heads_in_order(heads), on_position).summary_json()
+    let report = verify_with(Ok(records), |v| v.expect_heads_in_order(heads), on_position);
+    if let Source::Server { .. } = source {
+        if let Some(first) = report.stopped_reading() {
+            return Err(Error::Other(first.reason.clone()));
+        }
+    }
+    Ok(report)
 }
 
 /// [`verify`], with the Merkle tree over the records also held to `heads` (signed tree
@@ -37,20 +56,23 @@ pub fn verify_against(
     heads: Box<dyn Iterator<Item = HeadRead> + Send>,
     on_position: impl FnMut(u64),
 ) -> VerifyReport {
-    verify_with(source, |v| v.expect_heads_in_order(heads), on_position)
+    verify_with(
+        records_of(source),
+        |v| v.expect_heads_in_order(heads),
+        on_position,
+    )
 }
 
-/// The chain of `source` verified by a verifier `expect` gave its heads.
+/// The chain of `records` verified by a verifier `expect` gave its heads.
 fn verify_with(
-    source: &Source,
+    records: Result<super::source::Records, Error>,
     expect: impl FnOnce(&mut Verifier),
     mut on_position: impl FnMut(u64),
 ) -> VerifyReport {
-    let source = source.clone();
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let mut v = Verifier::new();
         expect(&mut v);
-        let read = records_of(&source).map(|records| {
+        let read = records.map(|records| {
             parallel_map(records, CheckedRecord::check, decoder_threads(), |what| {
                 Error::Other(what.to_owned())
             })

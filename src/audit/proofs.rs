@@ -351,9 +351,7 @@ pub fn check_checkpoint(
     }
     // A feed that stopped answering (busy, cut off) checked nothing beyond where it
     // stopped: an error, not a history found wanting, unless it was found wanting before.
-    let stopped = log
-        .first_bad()
-        .filter(|p| log.read_failed && reason.is_none() && p.reason.starts_with("unreadable"));
+    let stopped = log.stopped_reading().filter(|_| reason.is_none());
     if let Some(first) = stopped {
         return Err(Error::Other(first.reason.clone()));
     }

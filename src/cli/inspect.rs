@@ -52,23 +52,19 @@ pub fn log(args: &LogArgs) -> Result<ExitCode, Error> {
 
 /// Verifies the chain; prints one JSON line; exit 1 on any problem.
 pub fn verify(dir: &DataDir) -> Result<ExitCode, Error> {
-    let line = match dir.source() {
-        Err(e) => {
-            serde_json::json!({"ok": false, "first_bad_position": 0, "reason": e.to_string()})
+    // A log that cannot be opened (a running server holds it, a wrong path) checked
+    // nothing: exit 2, never a chain found broken.
+    let source = dir.source()?;
+    let pb = progress::bar(last_position(&source), "verify");
+    let report = chain::verify(&source, |n| {
+        if n % 4096 == 0 {
+            pb.set_position(n);
         }
-        Ok(source) => {
-            let pb = progress::bar(last_position(&source), "verify");
-            let line = chain::verify(&source, |n| {
-                if n % 4096 == 0 {
-                    pb.set_position(n);
-                }
-            });
-            pb.finish_and_clear();
-            line
-        }
-    };
-    outln!("{line}")?;
-    Ok(if line["ok"] == true {
+    });
+    pb.finish_and_clear();
+    let report = report?;
+    outln!("{}", report.summary_json())?;
+    Ok(if report.ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

@@ -180,6 +180,7 @@ pub fn run() -> ExitCode {
         return serve(args);
     }
     init_tracing("warn", false);
+    let answers_in_json = cli.command.answers_in_json();
     let result = match cli.command {
         Command::Serve(_) => unreachable!("handled above"),
         Command::Token(TokenCommand::Create(a)) => {
@@ -208,8 +209,45 @@ pub fn run() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
+            if answers_in_json {
+                print_unchecked(&e);
+            }
             ExitCode::from(2)
         }
+    }
+}
+
+impl Command {
+    /// The auditor's checks, whose one JSON line on stdout is what scripts read.
+    fn answers_in_json(&self) -> bool {
+        matches!(
+            self,
+            Command::Verify(_)
+                | Command::VerifyExport(_)
+                | Command::Prove(_)
+                | Command::Checkpoint(_)
+        )
+    }
+}
+
+/// The line of a check that could not be made: `ok` is false, so a script reading only
+/// `ok` never takes it for a history that holds, and `checked` false tells it apart from
+/// one that fails.
+#[derive(serde::Serialize)]
+struct Unchecked {
+    ok: bool,
+    checked: bool,
+    error: String,
+}
+
+fn print_unchecked(e: &Error) {
+    let line = Unchecked {
+        ok: false,
+        checked: false,
+        error: format!("{e:#}"),
+    };
+    if let Ok(text) = serde_json::to_string(&line) {
+        let _ = outln!("{text}");
     }
 }
 

@@ -160,6 +160,9 @@ pub enum StoreError {
         /// What.
         reason: String,
     },
+    /// The storage engine found its files damaged or not its own (it could read them).
+    #[error("damaged store: {0}")]
+    Damaged(String),
     /// The writer has stopped (shutdown or an earlier storage failure).
     #[error("the event log is closed")]
     Closed,

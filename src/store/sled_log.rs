@@ -46,7 +46,14 @@ const GATHER_YIELDS: u32 = 4;
 const LIVE_CAPACITY: usize = 1024;
 
 fn io(e: sled::Error) -> StoreError {
-    StoreError::Io(e.to_string())
+    match e {
+        // Files that could be read but are not a store sled can use: damage, not a
+        // failure to reach them (a lock held, a missing permission).
+        sled::Error::Corruption { .. } | sled::Error::Unsupported(_) => {
+            StoreError::Damaged(e.to_string())
+        }
+        e => StoreError::Io(e.to_string()),
+    }
 }
 
 fn be(n: u64) -> [u8; 8] {

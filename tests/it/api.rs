@@ -1143,20 +1143,39 @@ async fn log_verify_and_replay_work_over_the_wire() {
     .unwrap();
     assert_eq!(remote, serde_json::to_value(&folded).unwrap());
 
-    // Without a token the server refuses, and the tool says so.
-    let out = tokio::task::spawn_blocking({
-        let url = app.url.clone();
-        move || {
-            crate::support::idledger()
-                .args(["verify", "--server", &url])
-                .env_remove("IDLEDGER_TOKEN")
-                .output()
-                .unwrap()
-        }
-    })
-    .await
-    .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    // Without a token, or with one the server refuses, nothing is checked: exit 2 and a
+    // line saying so, never a history found broken.
+    for token in [None, Some("idl_not-a-token")] {
+        let out = tokio::task::spawn_blocking({
+            let url = app.url.clone();
+            move || {
+                let mut cmd = crate::support::idledger();
+                cmd.args(["verify", "--server", &url]);
+                match token {
+                    Some(t) => cmd.env("IDLEDGER_TOKEN", t),
+                    None => cmd.env_remove("IDLEDGER_TOKEN"),
+                };
+                cmd.output().unwrap()
+            }
+        })
+        .await
+        .unwrap();
+        let line: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(out.status.code(), Some(2), "{line}");
+        assert_eq!(
+            (&line["ok"], &line["checked"]),
+            (&json!(false), &json!(false))
+        );
+        let said = line["error"].as_str().unwrap();
+        assert!(
+            said.contains(if token.is_some() {
+                "401"
+            } else {
+                "IDLEDGER_TOKEN"
+            }),
+            "{said}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,6 +4,7 @@ use crate::support::*;
 use idledger::store::sled_log::open_raw;
 use idledger::store::ExpectedVersion;
 use idledger::store::SledEventLog;
+use serde_json::json;
 use std::path::Path;
 
 /// Fills a data dir with `n` events on a few users, then lets go of it.
@@ -111,13 +112,34 @@ fn verify_names_a_gap_and_garbage() {
     );
 }
 
-#[test]
-fn verify_reports_a_missing_or_unreadable_store_without_panicking() {
+/// A store that cannot be opened (none there, or a running server holds it) checked
+/// nothing: exit 2 with one JSON line saying so, never a chain found broken. A store whose
+/// files are garbage is damage: exit 1.
+#[tokio::test]
+async fn verify_tells_a_store_it_cannot_open_from_a_damaged_one() {
     let dir = tempfile::tempdir().unwrap();
     let (report, code) = verify(dir.path());
-    assert_eq!(code, 1);
-    assert_eq!(report["ok"], false);
+    assert_eq!(code, 2, "{report}");
+    assert_eq!(
+        (&report["ok"], &report["checked"]),
+        (&json!(false), &json!(false))
+    );
+    assert!(
+        report["error"].as_str().unwrap().contains("no store"),
+        "{report}"
+    );
+
     let dir = filled(10);
+    let held = SledEventLog::open(dir.path()).unwrap();
+    let (report, code) = verify(dir.path());
+    assert_eq!(code, 2, "{report}");
+    assert_eq!(report["checked"], false, "{report}");
+    assert!(
+        report["error"].as_str().unwrap().contains("lock"),
+        "{report}"
+    );
+    drop(held);
+
     for entry in std::fs::read_dir(dir.path().join("store")).unwrap() {
         let p = entry.unwrap().path();
         if p.is_file() {

@@ -705,6 +705,9 @@ async fn a_busy_server_is_waited_for_and_never_taken_for_a_failed_history() {
         String::from_utf8_lossy(&gave_up.stderr),
     );
     assert_eq!(gave_up.status.code(), Some(2), "{out} {err}");
+    let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(line["checked"], false, "{out}");
+    assert!(line["error"].as_str().unwrap().contains("503"), "{out}");
     assert!(!out.contains("first_inconsistent_tree_size"), "{out}");
     assert!(err.contains("503"), "{err}");
     assert_eq!(std::fs::read_to_string(&checkpoint).unwrap(), kept);

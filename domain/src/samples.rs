@@ -141,7 +141,7 @@ pub fn sample_event(index: usize, s: &SampleSeed) -> Option<Event> {
                 removed: 6,
                 unchanged: 7,
             },
-            full: s.flag.then_some(s.number % 2 == 0),
+            full: s.flag.then_some(s.number.is_multiple_of(2)),
         }
         .into(),
         &"SyncRunFailed" => SyncRunFailed {

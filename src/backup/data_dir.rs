@@ -21,19 +21,19 @@ pub fn backup_data_dir(
 ) -> Result<Manifest, BackupError> {
     // Refuses a data dir whose restore was cut off: its key store may not be in place.
     let store = open_raw(data_dir)?;
+    if store.holds_legacy_keys()? {
+        // Only the key store file is backed up: this dir's keys would be left out, and
+        // every secret restored unreadable.
+        return Err(BackupError::Io(std::io::Error::other(
+            "this data dir's data keys are still in its store, where an earlier build kept              them: run `serve` on it once (it moves them to the key store file), then back              it up",
+        )));
+    }
     let through = store.last_position()?;
     total(through);
-    let file = crate::backup::create_file(out)?;
-    let written = write_store(&store, through, data_dir, &file, &mut progress).and_then(|m| {
-        crate::backup::finish_file(&file, out)
-            .map(|()| m)
-            .map_err(BackupError::from)
-    });
-    if written.is_err() {
-        // A cut file would only be refused later; better none at all.
-        let _ = std::fs::remove_file(out);
-    }
-    written
+    let file = crate::backup::NewBackupFile::create(out)?;
+    let manifest = write_store(&store, through, data_dir, file.file(), &mut progress)?;
+    file.finish()?;
+    Ok(manifest)
 }
 
 /// Records read from sled per hand-over to the writing thread.
@@ -159,6 +159,7 @@ pub fn restore(
     from: &mut BackupSource,
     data_dir: &Path,
     log_key: Option<&LogPublicKey>,
+    tail: UnsignedTail,
     keys: KeysNeeded,
     progress: impl FnMut(u64),
 ) -> Result<Restored, BackupError> {
@@ -174,29 +175,30 @@ pub fn restore(
             .create(data_dir)?;
     }
     let staging = crate::store::sled_log::restore_staging_dir(data_dir);
-    let outcome = restore_into(from, &staging, log_key, keys, progress).and_then(|restored| {
-        // The names of the files inside the staged directories (sled's, the tree's) are on
-        // the device before the directories move.
-        for entry in std::fs::read_dir(&staging)? {
-            let entry = entry?;
-            if entry.file_type()?.is_dir() {
-                super::sync_dir(&entry.path())?;
+    let outcome =
+        restore_into(from, &staging, log_key, tail, keys, progress).and_then(|restored| {
+            // The names of the files inside the staged directories (sled's, the tree's) are on
+            // the device before the directories move.
+            for entry in std::fs::read_dir(&staging)? {
+                let entry = entry?;
+                if entry.file_type()?.is_dir() {
+                    super::sync_dir(&entry.path())?;
+                }
             }
-        }
-        for entry in std::fs::read_dir(&staging)? {
-            let entry = entry?;
-            std::fs::rename(entry.path(), data_dir.join(entry.file_name()))?;
-        }
-        // Every file is in place on the device before the staging directory, which marks
-        // the data dir incomplete (the log refuses to open it), goes.
-        super::sync_dir(data_dir)?;
-        std::fs::remove_dir(&staging)?;
-        super::sync_dir(data_dir)?;
-        if created {
-            super::sync_dir(super::parent_of(data_dir))?;
-        }
-        Ok(restored)
-    });
+            for entry in std::fs::read_dir(&staging)? {
+                let entry = entry?;
+                std::fs::rename(entry.path(), data_dir.join(entry.file_name()))?;
+            }
+            // Every file is in place on the device before the staging directory, which marks
+            // the data dir incomplete (the log refuses to open it), goes.
+            super::sync_dir(data_dir)?;
+            std::fs::remove_dir(&staging)?;
+            super::sync_dir(data_dir)?;
+            if created {
+                super::sync_dir(super::parent_of(data_dir))?;
+            }
+            Ok(restored)
+        });
     if outcome.is_err() {
         // What was staged, and whatever of it had been moved already.
         let _ = std::fs::remove_dir_all(&staging);
@@ -246,6 +248,7 @@ fn restore_into(
     from: &mut BackupSource,
     staging: &Path,
     log_key: Option<&LogPublicKey>,
+    tail: UnsignedTail,
     keys: KeysNeeded,
     mut progress: impl FnMut(u64),
 ) -> Result<Restored, BackupError> {
@@ -353,6 +356,21 @@ fn restore_into(
     let signed_head = log_key
         .map(|key| check_signed_head(manifest, &leaves, key))
         .transpose()?;
+    if let Some(head) = signed_head.filter(|h| h.tree_size < manifest.position) {
+        if tail == UnsignedTail::Refused {
+            return Err(refused(
+                "signed tree head",
+                format!(
+                    "it covers {} records, the backup holds {}: the last {} are not proven by the \
+                     key (anyone who could write the file could have appended them); \
+                     --accept-unsigned-tail restores them unproven",
+                    head.tree_size,
+                    manifest.position,
+                    manifest.position - head.tree_size
+                ),
+            ));
+        }
+    }
     if sealed > 0 && contents.sealed.keystore.is_none() && keys == KeysNeeded::Required {
         // A sealed segment of a `--follow` copy, say: restored, every secret in it would
         // read as shredded and the log would sign under a new key, with no word of it.
@@ -430,6 +448,18 @@ pub enum KeysNeeded {
     Required,
     /// Restore the records alone (to read or verify them), secrets unreadable.
     NotNeeded,
+}
+
+/// Whether records after the backup's signed tree head may be restored when the head is
+/// checked with the log's key: nothing proves them, and whoever could write the file
+/// could have appended them (their hashes are unkeyed).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum UnsignedTail {
+    /// Refuse a backup holding records its head does not cover.
+    Refused,
+    /// Restore them, unproven (a `--follow` copy or an offline backup taken after the
+    /// log's last head; the restore's output counts them).
+    Accepted,
 }
 
 /// The manifest's signed tree head, when it verifies with `key` and its root is the root

@@ -15,7 +15,7 @@
 mod data_dir;
 pub mod follow;
 
-pub use data_dir::{backup_data_dir, restore, BackupSource, KeysNeeded, Restored};
+pub use data_dir::{backup_data_dir, restore, BackupSource, KeysNeeded, Restored, UnsignedTail};
 
 use crate::durable::{parent_of, sync_dir};
 use crate::store::StoreError;
@@ -306,22 +306,96 @@ impl<W: Write> BackupWriter<W> {
     }
 }
 
-/// Creates the new backup file `path`, readable by its owner only: it holds the sealed key
-/// store and every record.
-pub fn create_file(path: &Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
+/// A new backup file, readable by its owner only (it holds the sealed key store and every
+/// record). It is written under `<name>.partial` and takes its name only once it is whole
+/// and on the device: a backup cut off (killed, a lost connection, a full disk) never lies
+/// where a script waits for a finished one. The partial file is locked while written, so
+/// one a killed backup left behind is taken over, and one another backup is writing is
+/// refused.
+pub struct NewBackupFile {
+    file: std::fs::File,
+    partial: std::path::PathBuf,
+    path: std::path::PathBuf,
+    finished: bool,
 }
 
-/// Puts a file made by [`create_file`] on the device: its contents, and its name in its
-/// directory (without that, a backup reported written can vanish with a lost machine).
-pub fn finish_file(file: &std::fs::File, path: &Path) -> std::io::Result<()> {
-    file.sync_all()?;
-    sync_dir(parent_of(path))
+impl NewBackupFile {
+    /// Starts the backup file `path`, which must not exist.
+    pub fn create(path: &Path) -> std::io::Result<Self> {
+        use std::io::{Error, ErrorKind};
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let taken = |p: &Path| {
+            Error::new(
+                ErrorKind::AlreadyExists,
+                format!("{} exists: a backup is never written over", p.display()),
+            )
+        };
+        if path.symlink_metadata().is_ok() {
+            return Err(taken(path));
+        }
+        let mut name = path.as_os_str().to_owned();
+        name.push(".partial");
+        let partial = std::path::PathBuf::from(name);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .read(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&partial)?;
+        if file.try_lock().is_err() {
+            return Err(Error::new(
+                ErrorKind::WouldBlock,
+                format!("{} is being written by another backup", partial.display()),
+            ));
+        }
+        // Left by a killed backup: its bytes and its permissions are not this one's.
+        file.set_len(0)?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        Ok(NewBackupFile {
+            file,
+            partial,
+            path: path.to_owned(),
+            finished: false,
+        })
+    }
+
+    /// The file being written.
+    pub fn file(&self) -> &std::fs::File {
+        &self.file
+    }
+
+    /// Where it is being written, to read it back before it is finished.
+    pub fn partial_path(&self) -> &Path {
+        &self.partial
+    }
+
+    /// Puts the file on the device and gives it its name, which goes on the device too
+    /// (without that, a backup reported written can vanish with a lost machine).
+    pub fn finish(mut self) -> std::io::Result<()> {
+        self.file.sync_all()?;
+        if self.path.symlink_metadata().is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} appeared meanwhile: a backup is never written over",
+                    self.path.display()
+                ),
+            ));
+        }
+        std::fs::rename(&self.partial, &self.path)?;
+        self.finished = true;
+        sync_dir(parent_of(&self.path))
+    }
+}
+
+impl Drop for NewBackupFile {
+    fn drop(&mut self) {
+        if !self.finished {
+            // A cut file would only be refused later; better none at all.
+            let _ = std::fs::remove_file(&self.partial);
+        }
+    }
 }
 
 /// A file, or nothing, at `path`.

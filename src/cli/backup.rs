@@ -2,7 +2,9 @@
 //! back into a new data dir, every part checked before anything is written.
 
 use super::progress;
-use crate::backup::{backup_data_dir, restore as restore_file, BackupSource, KeysNeeded, Manifest};
+use crate::backup::{
+    backup_data_dir, restore as restore_file, BackupSource, KeysNeeded, Manifest, UnsignedTail,
+};
 use crate::error::Error;
 use clap::Args;
 use idledger_domain::UserId;
@@ -63,6 +65,10 @@ pub struct RestoreArgs {
     /// new log key when served.
     #[arg(long)]
     pub without_keys: bool,
+    /// With --public-key, restore also the records after the backup's signed tree head
+    /// (a `--follow` copy's last records, say): the key proves nothing of them.
+    #[arg(long, requires = "public_key")]
+    pub accept_unsigned_tail: bool,
 }
 
 fn refused(e: crate::backup::BackupError) -> Error {
@@ -90,39 +96,32 @@ async fn download(url: &str, token: &str, out: &std::path::Path) -> Result<Manif
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let pb = progress::bytes_bar("backup");
-    let file = crate::backup::create_file(out)?;
-    let mut w = std::io::BufWriter::new(&file);
+    let file = crate::backup::NewBackupFile::create(out)?;
+    let mut w = std::io::BufWriter::new(file.file());
     let fetched = async {
         while let Some(piece) = r.chunk().await.map_err(|e| Error::Other(e.to_string()))? {
             w.write_all(&piece)?;
             pb.inc(piece.len() as u64);
         }
         w.flush()?;
-        drop(w);
-        crate::backup::finish_file(&file, out)?;
         Ok::<_, Error>(())
     }
     .await;
+    drop(w);
     pb.finish_and_clear();
-    let checked = fetched.and_then(|()| {
-        crate::backup::read(std::fs::File::open(out)?, |_, _| Ok(()))
-            .map(|c| c.manifest)
-            .map_err(refused)
-    });
-    match checked {
-        Ok(m) if through.is_none_or(|t| t == m.position) => Ok(m),
-        Ok(m) => {
-            let _ = std::fs::remove_file(out);
-            Err(Error::Other(format!(
-                "the server promised position {through:?}, the file ends at {}",
-                m.position
-            )))
-        }
-        Err(e) => {
-            let _ = std::fs::remove_file(out);
-            Err(e)
-        }
+    fetched?;
+    // Checked whole before it takes its name: a file that does not check is never there.
+    let manifest = crate::backup::read(std::fs::File::open(file.partial_path())?, |_, _| Ok(()))
+        .map(|c| c.manifest)
+        .map_err(refused)?;
+    if through.is_some_and(|t| t != manifest.position) {
+        return Err(Error::Other(format!(
+            "the server promised position {through:?}, the file ends at {}",
+            manifest.position
+        )));
     }
+    file.finish()?;
+    Ok(manifest)
 }
 
 /// Records asked for in one increment, and their bytes at most: a follower's memory stays
@@ -225,8 +224,11 @@ pub(crate) async fn keep_following(
 ) -> Result<FollowSummary, Error> {
     use crate::backup::follow::FollowCopy;
     let base = base.trim_end_matches('/');
+    // A deadline on silence, not on the whole answer: an increment of 64 MiB over a slow
+    // link that keeps moving must not be cut off and asked for again forever.
     let http = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(120))
+        .connect_timeout(std::time::Duration::from_secs(30))
+        .read_timeout(std::time::Duration::from_secs(120))
         .build()
         .map_err(|e| Error::Other(e.to_string()))?;
     let interval = std::time::Duration::from_millis(args.interval_ms);
@@ -438,10 +440,15 @@ pub async fn restore(args: &RestoreArgs) -> Result<ExitCode, Error> {
     } else {
         KeysNeeded::Required
     };
+    let tail = if args.accept_unsigned_tail {
+        UnsignedTail::Accepted
+    } else {
+        UnsignedTail::Refused
+    };
     let bar = pb.clone();
     let restored = tokio::task::spawn_blocking(move || {
         let mut source = BackupSource::open(&from)?;
-        restore_file(&mut source, &dir, log_key.as_ref(), keys, |p| {
+        restore_file(&mut source, &dir, log_key.as_ref(), tail, keys, |p| {
             bar.set_position(p)
         })
     })

@@ -58,7 +58,7 @@ fn bar(last: Option<u64>, what: &'static str) -> (indicatif::ProgressBar, impl F
     let pb = progress::bar(last, what);
     let moved = pb.clone();
     (pb, move |pos: u64| {
-        if pos % 4096 == 0 {
+        if pos.is_multiple_of(4096) {
             moved.set_position(pos);
         }
     })

@@ -169,12 +169,19 @@ pub async fn download(
             if let Some(e) = failed {
                 return Err(e);
             }
-            // A whole backup that ends before its head (a `limit`, `max_bytes`, or a head
-            // signed over leaves the log had not yet published) carries one signed over
-            // exactly what it holds, not kept: no restore may find it covering more. (A
-            // follower keeps an increment's head only once it holds what it covers.)
+            // A whole backup carries a head signed over exactly what it holds, not kept:
+            // no restore may find it covering more (it ended early: a `limit`,
+            // `max_bytes`, a head over leaves the log had not yet published), and none
+            // need take records after it unproven (records appended since the last head).
+            // When the tree cannot give that root, the last head is kept if it covers no
+            // more. (A follower keeps an increment's head only once it holds what it
+            // covers.)
             let sth = match sth {
-                Some(h) if whole && h.head.tree_size > held => notary.sign(held).ok(),
+                Some(h) if whole && h.head.tree_size != held => notary.sign(held).ok().or((h
+                    .head
+                    .tree_size
+                    < held)
+                    .then_some(h)),
                 other => other,
             };
             w.finish(&sealed, known.as_deref(), sth.map(|h| h.to_note()))?;

@@ -648,6 +648,15 @@ pub struct RawStore {
 }
 
 impl RawStore {
+    /// Whether an earlier build's wrapped data keys are still in sled's `keys` tree (the
+    /// first `serve` of this build moves them to the key store file).
+    pub fn holds_legacy_keys(&self) -> Result<bool, StoreError> {
+        if !self.db.tree_names().iter().any(|n| n.as_ref() == b"keys") {
+            return Ok(false);
+        }
+        Ok(!self.db.open_tree("keys").map_err(io)?.is_empty())
+    }
+
     /// Every record decoded, in key order, decoding on every core.
     pub fn envelopes_parallel(
         &self,

@@ -288,6 +288,34 @@ fn a_half_restored_data_dir_is_not_backed_up() {
     assert!(!out.exists());
 }
 
+/// A data dir whose data keys an earlier build kept in sled (moved out at the first
+/// `serve` of this one) is not backed up: only the key store file is, and every secret
+/// would come back unreadable.
+#[test]
+fn a_data_dir_with_its_keys_still_in_sled_is_not_backed_up() {
+    let dir = filled(20);
+    {
+        let db = sled::open(dir.path().join("store")).unwrap();
+        db.open_tree("keys")
+            .unwrap()
+            .insert(b"user-1", b"wrapped")
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let out = dir.path().join("b.idlbackup");
+    let run = idledger()
+        .args(["backup", "--data-dir"])
+        .arg(dir.path())
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success(), "{err}");
+    assert!(err.contains("run `serve` on it once"), "{err}");
+    assert!(!out.exists());
+}
+
 #[test]
 fn every_command_has_help() {
     for cmd in [

@@ -79,7 +79,7 @@ async fn load(
         let n = n + offset;
         let user = users[(n % users.len() as u64) as usize];
         // Each request changes the override (set, then cleared): every one appends.
-        let set = (n / users.len() as u64) % 2 == 0;
+        let set = (n / users.len() as u64).is_multiple_of(2);
         let body = OverrideBody {
             sso_override: set.then_some(SsoSettings {
                 enabled: true,

@@ -68,6 +68,10 @@ pub struct Rotations {
     by_id: FxHashMap<RotationId, RotationView>,
     #[serde(skip)]
     by_user: FxHashMap<UserId, Vec<RotationId>>,
+    /// Every rotation under the position of its start: log order, which the clock (and
+    /// so a UUIDv7) need not follow.
+    #[serde(skip)]
+    by_start: std::collections::BTreeMap<u64, RotationId>,
 }
 
 impl Rotations {
@@ -83,6 +87,15 @@ impl Rotations {
             .into_iter()
             .flatten()
             .filter_map(|id| self.by_id.get(id))
+    }
+
+    /// All rotations, the last started first; with `before`, only those started before
+    /// that position.
+    pub fn newest_first(&self, before: Option<u64>) -> impl Iterator<Item = &RotationView> + '_ {
+        self.by_start
+            .range(..before.unwrap_or(u64::MAX))
+            .rev()
+            .filter_map(|(_, id)| self.by_id.get(id))
     }
 
     /// Rotations with no outcome yet (to resume after a restart), oldest first.
@@ -132,6 +145,7 @@ impl Rotations {
                     },
                 );
                 self.by_user.entry(user).or_default().push(e.rotation_id);
+                self.by_start.insert(env.position, e.rotation_id);
                 return;
             }
             Event::RotationRetried(e) => e.rotation_id,

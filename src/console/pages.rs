@@ -237,9 +237,13 @@ const DOMAIN_ADMIN: &str = r#"
 <h2 id="cred-title">Credentials</h2>
 <p>The client secret is never shown again after saving.</p>
 <form id="replace-secret" class="grid">
-  <label for="new-secret">Replace secret</label>
+  <label for="cred-tenant" data-new-credentials hidden>Tenant ID</label>
+  <input id="cred-tenant" name="tenant_id" autocomplete="off" data-new-credentials hidden disabled>
+  <label for="cred-client" data-new-credentials hidden>Application ID</label>
+  <input id="cred-client" name="client_id" autocomplete="off" data-new-credentials hidden disabled>
+  <label for="new-secret" id="new-secret-label">Replace secret</label>
   <input id="new-secret" name="client_secret" type="password" autocomplete="off" required>
-  <div class="actions wide"><button type="submit">Save new secret</button></div>
+  <div class="actions wide"><button type="submit" id="save-credentials">Save new secret</button></div>
 </form>
 <div class="actions"><button type="button" id="remove-credentials" class="danger">Remove credentials</button></div>
 </section>"#;
@@ -399,7 +403,16 @@ pub(super) async fn rotations(State(s): State<AppState>, headers: HeaderMap) -> 
   <input id="within" name="within_days" type="number" min="1" max="3650" value="30">
   <button type="submit">Show</button>
 </form>
-<table id="upcoming"><thead><tr><th>User</th><th>Due</th><th>Last rotation</th></tr></thead><tbody></tbody></table>
+<table id="upcoming"><thead><tr><th>User</th><th>Due</th><th>Why</th></tr></thead><tbody></tbody></table>
+</section>
+<section class="card" aria-labelledby="recent-title">
+<h2 id="recent-title">Recent outcomes</h2>
+<form id="recent-form" class="search">
+  <label for="recent-outcome">Outcome</label>
+  <select id="recent-outcome" name="outcome"><option value="">All</option><option value="failed">Refused by Graph</option><option value="unknown">Unknown, tried again</option><option value="pending">In flight</option><option value="succeeded">Succeeded</option></select>
+  <button type="submit">Show</button>
+</form>
+<table id="recent"><thead><tr><th>User</th><th>Started</th><th>Outcome</th><th>Graph's answer</th><th>Finished</th></tr></thead><tbody></tbody></table>
 </section>"#;
         layout(v, "Rotations", "rotations", "rotations", "", main)
     })

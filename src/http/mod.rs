@@ -341,6 +341,9 @@ pub fn operations() -> Vec<Operation> {
         op(M::GET, "/v1/rotations/upcoming", Read, "Who rotates when (within_days)", get(rotation::upcoming))
             .query::<rotation::UpcomingQuery>()
             .page::<rotation::DueRotation>(),
+        op(M::GET, "/v1/rotations/recent", Read, "Every rotation, the last started first: outcomes, Graph's refusals (never a password)", get(rotation::recent))
+            .query::<rotation::RecentQuery>()
+            .page::<rotation::RecentRotation>(),
         op(M::GET, "/v1/agent/key-writes", Agent, "Pending key writes for this agent's keys, oldest first, with the passwords", get(rotation::key_writes))
             .query::<rotation::AgentQuery>()
             .page::<rotation::KeyWrite>(),

@@ -371,6 +371,92 @@ pub async fn upcoming(
     Ok(page(items.into_iter().map(|(_, v)| v).collect(), next))
 }
 
+/// `GET /v1/rotations/recent` query.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct RecentQuery {
+    /// Page size, 1 to 1000 (100).
+    limit: Option<usize>,
+    /// The cursor `next` of the previous page.
+    after: Option<uuid::Uuid>,
+    /// Only rotations that ended so (`failed`: refused by Graph).
+    #[param(value_type = Option<RotationOutcomeSchema>)]
+    outcome: Option<OutcomeFilter>,
+    /// Only this domain's.
+    domain_id: Option<uuid::Uuid>,
+    /// Wait (bounded) until the projections include this position.
+    min_position: Option<u64>,
+}
+
+#[derive(Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum OutcomeFilter {
+    Pending,
+    Succeeded,
+    Failed,
+    Unknown,
+}
+
+impl OutcomeFilter {
+    fn admits(self, outcome: RotationOutcome) -> bool {
+        matches!(
+            (self, outcome),
+            (OutcomeFilter::Pending, RotationOutcome::Pending)
+                | (OutcomeFilter::Succeeded, RotationOutcome::Succeeded)
+                | (OutcomeFilter::Failed, RotationOutcome::Failed)
+                | (OutcomeFilter::Unknown, RotationOutcome::Unknown)
+        )
+    }
+}
+
+/// A rotation of anyone's password, with whose it is. Never the password.
+#[derive(Serialize, ToSchema)]
+pub struct RecentRotation {
+    user_id: uuid::Uuid,
+    user_principal_name: String,
+    domain_id: Option<uuid::Uuid>,
+    rotation: PasswordChange,
+}
+
+/// Every rotation, the last started first, paged: outcomes, and Graph's refusals with
+/// their code and reason. Never a password.
+pub async fn recent(
+    State(s): State<AppState>,
+    ApiQuery(q): ApiQuery<RecentQuery>,
+) -> Result<Json<Page<RecentRotation>>, ApiError> {
+    s.reach(q.min_position).await?;
+    let p = s.engine.projector.read();
+    let before = match q.after {
+        None => None,
+        Some(a) => Some(
+            p.rotations
+                .get(RotationId(a))
+                .map(|r| r.started_position)
+                .ok_or_else(|| ApiError::BadRequest(format!("after: {a} is no rotation")))?,
+        ),
+    };
+    let rotations = p
+        .rotations
+        .newest_first(before)
+        .filter(|r| q.outcome.is_none_or(|o| o.admits(r.outcome)))
+        .filter(|r| {
+            q.domain_id
+                .is_none_or(|d| r.domain_id.map(|x| x.0) == Some(d))
+        })
+        .filter_map(|r| Some((p.users.get(r.user_id)?, r)));
+    let (rotations, next) = page_of(rotations, q.limit, |(_, r)| r.rotation_id)?;
+    let items = rotations
+        .into_iter()
+        .map(|(u, r)| RecentRotation {
+            user_id: u.id.0,
+            user_principal_name: u.attributes.user_principal_name.clone(),
+            domain_id: r.domain_id.map(|d| d.0),
+            rotation: PasswordChange::of(u, r),
+        })
+        .collect();
+    Ok(page(items, next))
+}
+
 /// The agent's pending key writes, oldest first, with the passwords. Each delivery is
 /// recorded before the answer leaves.
 pub async fn key_writes(

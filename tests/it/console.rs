@@ -65,6 +65,14 @@ async fn an_admin_runs_the_whole_workflow_in_the_browser_and_an_auditor_only_rea
         report.contains("Sync group “Hideez Users Sync”: found, 30 members"),
         "{report}"
     );
+    // The reads tried for real, and the directory role no token can show.
+    assert!(report.contains("Read users (delta): ok"), "{report}");
+    assert!(
+        report.contains(
+            "Also needed: password resets also need the app to hold the User Administrator"
+        ),
+        "{report}"
+    );
     b.screenshot("console-domains").await;
     b.click("#add-domain button[type=submit]").await;
     b.wait_text("h1", "contoso.onmicrosoft.com").await;
@@ -149,6 +157,48 @@ async fn an_admin_runs_the_whole_workflow_in_the_browser_and_an_auditor_only_rea
     b.wait_text("#revealed", "Hidden").await;
     // Taken once the password is hidden again: no screenshot carries one.
     b.screenshot("console-user").await;
+    // The SSO override form starts from the override in force: saving it again after a
+    // reload keeps it.
+    b.css("#ov").await.select_by_value("off").await.unwrap();
+    b.click("#sso-override button[type=submit]").await;
+    b.wait_text("#flash", "SSO override saved").await;
+    let user_page = b.url().await;
+    b.goto(&user_page).await;
+    b.wait_text("#user-facts", "SSO override").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while b.css("#ov").await.prop("value").await.unwrap().as_deref() != Some("off") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the override form forgot the override"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    b.click("#sso-override button[type=submit]").await;
+    b.wait_text("#flash", "SSO override saved").await;
+    let user_id = user_page.rsplit('/').next().unwrap();
+    let (_, user) = app
+        .call(
+            Some(&app.admin),
+            Method::GET,
+            &format!("/v1/users/{user_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(user["sso_override"]["enabled"], json!(false), "{user}");
+
+    // The rotations page: who is due, and the recent outcomes with Graph's answers.
+    b.goto(&format!("{base}/console/rotations")).await;
+    b.wait_text("#recent", "alex.wilber@contoso.onmicrosoft.com")
+        .await;
+    b.wait_text("#recent", "succeeded").await;
+    b.css("#recent-outcome")
+        .await
+        .select_by_value("failed")
+        .await
+        .unwrap();
+    b.click("#recent-form button[type=submit]").await;
+    b.wait_text("#recent", "No rotation with that outcome")
+        .await;
 
     // Remove the credentials, confirmed: sync stops.
     let (_, domains) = app
@@ -175,6 +225,18 @@ async fn an_admin_runs_the_whole_workflow_in_the_browser_and_an_auditor_only_rea
         (StatusCode::OK, &json!(false)),
         "{d}"
     );
+    // New credentials, saved from the same page: sync runs again.
+    assert!(!b.present("#remove-credentials:not([hidden])").await);
+    b.fill("#cred-tenant", TENANT).await;
+    b.fill("#cred-client", APP).await;
+    b.fill("#new-secret", SECRET).await;
+    b.click("#save-credentials").await;
+    b.wait_text("#flash", "sync is active again").await;
+    let facts = b.wait_text("#domain-facts", "saved (never shown)").await;
+    assert!(facts.contains(TENANT) && !facts.contains(SECRET), "{facts}");
+    b.wait_text("#save-credentials", "Save new secret").await;
+    b.click("#sync-now").await;
+    b.wait_text("#live-status", "succeeded").await;
 
     // An auditor sees the same pages and no command anywhere.
     let auditor = app.token("auditor", &[]).await;

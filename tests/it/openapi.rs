@@ -794,6 +794,15 @@ async fn every_operation_answers_as_its_schema_says() {
         None,
     )
     .await;
+    w.checked(
+        &mut c,
+        r,
+        Method::GET,
+        "/v1/rotations/recent",
+        "/v1/rotations/recent?outcome=succeeded&limit=5",
+        None,
+    )
+    .await;
     // The manual rotation above supersedes the first write when it queues its own: ask
     // until a write is there (a fetch delivers it, so the answer that has it is kept).
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -396,6 +396,68 @@ async fn refusals_are_not_retried_and_keep_the_previous_password() {
     assert_eq!(now["rotation_id"], first["rotation_id"]);
     assert_eq!(now["password"], first["password"]);
     assert_eq!(now["password"].as_str().unwrap(), w.sim_password(4).await);
+
+    // Everyone's rotations, the last started first; Graph's refusals alone with their code.
+    let (s, recent) = w.admin(Method::GET, "/v1/rotations/recent", None).await;
+    assert_eq!(s, StatusCode::OK, "{recent}");
+    let seen: Vec<(&str, &str)> = recent["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["user_id"].as_str().unwrap(),
+                r["rotation"]["outcome"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (id.as_str(), "failed"),
+            (id.as_str(), "succeeded"),
+            (admin_user.as_str(), "failed")
+        ],
+        "{recent}"
+    );
+    assert!(!recent
+        .to_string()
+        .contains(first["password"].as_str().unwrap()));
+    let (_, refused) = w
+        .admin(
+            Method::GET,
+            "/v1/rotations/recent?outcome=failed&limit=1",
+            None,
+        )
+        .await;
+    assert_eq!(
+        refused["items"][0]["rotation"]["graph_code"],
+        "Request_BadRequest"
+    );
+    let next = refused["next"].as_str().unwrap();
+    let (_, rest) = w
+        .admin(
+            Method::GET,
+            &format!("/v1/rotations/recent?outcome=failed&limit=1&after={next}"),
+            None,
+        )
+        .await;
+    assert_eq!(rest["items"][0]["user_id"], admin_user.as_str(), "{rest}");
+    assert_eq!(
+        rest["items"][0]["rotation"]["graph_code"],
+        "Authorization_RequestDenied"
+    );
+    assert!(rest["next"].is_null(), "{rest}");
+    for bad in [
+        "outcome=lost".to_owned(),
+        format!("after={}", uuid::Uuid::now_v7()),
+        "domain_id=nope".to_owned(),
+    ] {
+        let (s, body) = w
+            .admin(Method::GET, &format!("/v1/rotations/recent?{bad}"), None)
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {body}");
+    }
 }
 
 #[tokio::test]

@@ -184,9 +184,16 @@ function checkReport(report) {
       `${key === "sync_group" ? "Sync group" : "Rotation group"} “${g.name}”: ` +
       (found ? `found, ${g.members} members` : g.error)));
   }
+  const reads = { groups: "Read groups", users: "Read users (delta)", domains: "Read domains" };
+  for (const [r, state] of Object.entries(report.reads ?? {})) {
+    items.push(el("li", { class: state === "ok" ? "ok" : "missing" },
+      `${reads[r] ?? r}: ${state === "ok" ? "ok" : (state?.error ?? "failed")}`));
+  }
+  // What no token shows (a directory role): said, never ticked.
+  const notes = (report.notes ?? []).map((n) => el("li", { class: "note" }, `Also needed: ${n}`));
   return el("div", { class: report.ok ? "report ok" : "report missing" },
     el("p", {}, report.ok ? "Connection ok: everything needed is there." : "Something is missing:"),
-    el("ul", {}, items));
+    el("ul", {}, items, notes));
 }
 
 function domainBody(form) {
@@ -323,19 +330,38 @@ async function domainPage() {
     showFacts();
     flash("SSO defaults saved.");
   });
+  // With credentials saved the form replaces the secret alone; once they are removed it
+  // takes all three again, so sync can be started from here.
+  const credentialForm = () => {
+    const f = $("#replace-secret");
+    const none = !d.credentials;
+    for (const e of f.querySelectorAll("[data-new-credentials]")) {
+      e.hidden = !none;
+      if (e.tagName === "INPUT") { e.required = none; e.disabled = !none; }
+    }
+    $("#new-secret-label").textContent = none ? "Client Secret" : "Replace secret";
+    $("#save-credentials").textContent = none ? "Save credentials" : "Save new secret";
+    $("#remove-credentials").hidden = none;
+  };
+  credentialForm();
   wire($("#replace-secret"), async () => {
     const f = $("#replace-secret");
+    const saved = d.credentials;
     d = await api("PUT", `/v1/domains/${pageId}/credentials`, {
-      tenant_id: d.credentials?.tenant_id ?? "", client_id: d.credentials?.client_id ?? "",
+      tenant_id: saved ? saved.tenant_id : f.elements.tenant_id.value.trim(),
+      client_id: saved ? saved.client_id : f.elements.client_id.value.trim(),
       client_secret: f.elements.client_secret.value,
     });
     f.reset();
     showFacts();
-    flash("The new secret is saved; it will not be shown again.");
+    credentialForm();
+    flash(saved ? "The new secret is saved; it will not be shown again."
+      : "Credentials saved: sync is active again. The secret will not be shown again.");
   });
   wire($("#remove-credentials"), async () => {
     d = await api("DELETE", `/v1/domains/${pageId}/credentials`);
     showFacts();
+    credentialForm();
     flash("Credentials removed: sync has stopped.");
   }, "Remove the credentials? Sync of this domain will stop until new credentials are saved.");
   wire($("#sync-dry"), async () => {
@@ -465,13 +491,21 @@ async function userPage() {
       ["Last rotation", when(u.last_rotation_at)], ["Invited", when(u.invited_at)],
       ["Imported", when(u.imported_at)],
     ]);
+    // The override form starts from the override in force, so saving it unchanged
+    // changes nothing (a past state shown does not move it).
+    const ov = $("#ov");
+    if (ov && !at) {
+      const o = u.sso_override;
+      ov.value = !o ? "" : o.enabled ? `on-${o.method}` : "off";
+    }
     return u;
   };
   // Newest first, a page at a time: what just happened is on top, and nothing is cut off.
   const firstRotations = pagedTable($("#history"),
     (after) => withAfter(`/v1/users/${pageId}/password-history?order=newest&limit=20`, after),
     (r) => el("tr", {},
-      el("td", {}, when(r.started_at)), el("td", {}, badge(r.outcome), r.graph_code ? ` ${r.graph_code}` : ""),
+      el("td", {}, when(r.started_at)),
+      el("td", {}, badge(r.outcome), r.outcome === "succeeded" ? "" : ` ${[r.graph_code, r.error].filter(Boolean).join(": ")}`),
       el("td", {}, when(r.finished_at)), el("td", {}, r.retries), el("td", {}, r.reason)), "No rotations yet.");
   const firstEvents = pagedTable($("#timeline"),
     (after) => withAfter(`/v1/users/${pageId}/timeline?order=newest&limit=50`, after),
@@ -557,6 +591,17 @@ async function rotationsPage() {
     el("td", {}, when(r.due_at)), el("td", {}, r.reason)), "No rotation is due in that time.");
   $("#upcoming-form").addEventListener("submit", (e) => { e.preventDefault(); load().catch((x) => flash(x.message, "error")); });
   await load();
+  const recent = pagedTable($("#recent"), (after) => {
+    const outcome = $("#recent-outcome").value;
+    return withAfter(`/v1/rotations/recent?limit=50${outcome ? `&outcome=${outcome}` : ""}`, after);
+  }, (r) => el("tr", {},
+    el("td", {}, el("a", { href: `/console/users/${r.user_id}` }, r.user_principal_name)),
+    el("td", {}, when(r.rotation.started_at)),
+    el("td", {}, badge(r.rotation.outcome)),
+    el("td", {}, [r.rotation.graph_code, r.rotation.error].filter(Boolean).join(": ")),
+    el("td", {}, when(r.rotation.finished_at))), "No rotation with that outcome.");
+  $("#recent-form").addEventListener("submit", (e) => { e.preventDefault(); recent().catch((x) => flash(x.message, "error")); });
+  await recent();
 }
 
 async function auditPage() {

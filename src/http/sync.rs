@@ -381,10 +381,12 @@ pub async fn run_outcomes(
     Ok(page(items, next))
 }
 
-/// One removal a quarantined run held back.
+/// One removal a quarantined run held back: whom an approval would remove.
 #[derive(Serialize, ToSchema)]
 pub struct HeldRemoval {
     user_id: uuid::Uuid,
+    user_principal_name: Option<String>,
+    display_name: Option<String>,
 }
 
 /// A quarantined run's held removals, in user id order, paged.
@@ -404,7 +406,14 @@ pub async fn held_removals(
     Ok(page(
         items
             .into_iter()
-            .map(|u| HeldRemoval { user_id: u.0 })
+            .map(|u| {
+                let known = p.users.get(*u);
+                HeldRemoval {
+                    user_id: u.0,
+                    user_principal_name: known.map(|v| v.attributes.user_principal_name.clone()),
+                    display_name: known.map(|v| v.attributes.display_name.clone()),
+                }
+            })
             .collect(),
         next,
     ))

@@ -945,9 +945,9 @@ async fn approve(w: &World, run: &Value) -> (StatusCode, Value) {
 }
 
 /// The admin sees the quarantine on the domain's page, with how many removals wait (all
-/// of them, not the first page the run lists).
+/// of them, not the first page the run lists) and whom they would remove, and approves it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_console_shows_a_quarantine_and_how_many_removals_wait() {
+async fn the_console_shows_a_quarantine_with_whom_it_would_remove_and_approves_it() {
     let (w, _) = quarantined_world().await;
     let b = Browser::start().await;
     b.sign_in(&w.app.public, &w.app.admin).await;
@@ -955,6 +955,14 @@ async fn the_console_shows_a_quarantine_and_how_many_removals_wait() {
         .await;
     b.wait_text("#quarantine", "it would remove 6 users").await;
     assert!(b.present("#approve").await);
+    // Whom an approval removes, by name, before the button is pressed.
+    for n in 1..=6 {
+        let u = w.user(n).await.unwrap();
+        b.wait_text("#held-removals", u["display_name"].as_str().unwrap())
+            .await;
+        b.wait_text("#held-removals", u["user_principal_name"].as_str().unwrap())
+            .await;
+    }
     b.client
         .execute(
             "document.querySelector('#quarantine').scrollIntoView({block: 'center'})",
@@ -963,6 +971,11 @@ async fn the_console_shows_a_quarantine_and_how_many_removals_wait() {
         .await
         .unwrap();
     b.screenshot("console-quarantine").await;
+    b.click("#approve").await;
+    b.client.accept_alert().await.unwrap();
+    b.wait_text("#flash", "Removals approved").await;
+    let u = w.user(1).await.unwrap();
+    assert_ne!(u["status"], "active", "approved, still active: {u}");
 }
 
 #[tokio::test]

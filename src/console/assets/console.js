@@ -295,10 +295,19 @@ async function domainPage() {
       const text = held.approved
         ? `A run's removals were approved but not all carried out (of ${held.held_removals_total} held).`
         : `A run was quarantined: it would remove ${held.held_removals_total} users and applied none of those removals.`;
+      // Whom an approval removes, a page at a time: nobody is removed unseen.
+      const heldTable = el("table", { id: "held-removals" },
+        el("thead", {}, el("tr", {}, el("th", {}, "Would remove"), el("th", {}, "Principal name"))),
+        el("tbody"));
       q.append(el("div", { class: "report missing" },
-        el("p", {}, text + more),
+        el("p", {}, text + more), heldTable,
         admin ? el("button", { type: "button", id: "approve", class: "danger" },
           held.approved ? "Finish removals" : "Approve removals") : null));
+      await pagedTable(heldTable,
+        (after) => withAfter(`/v1/domains/${pageId}/sync-runs/${held.run_id}/held-removals?limit=50`, after),
+        (h) => el("tr", {},
+          el("td", {}, el("a", { href: `/console/users/${h.user_id}` }, h.display_name ?? h.user_id)),
+          el("td", {}, h.user_principal_name ?? "—")), "None left.")();
       wire($("#approve"), async () => {
         await api("POST", `/v1/domains/${pageId}/sync-runs/${held.run_id}/approve`);
         flash(held.approved ? "Removals finished." : "Removals approved.");

@@ -202,6 +202,9 @@ struct Spent {
     /// Held while the first exchange issues its tokens: a second use waits for it, so its
     /// refusal lands after the family it ends, never before it begins.
     issuing: Arc<tokio::sync::Mutex<()>>,
+    /// A replay was recorded (and so ended what the code gave): later ones are refused
+    /// unrecorded, so replaying a leaked code cannot grow the user's stream at will.
+    replay_recorded: bool,
 }
 
 /// Codes exchanged already, in the order they were: forgetting the expired and the oldest
@@ -213,8 +216,15 @@ struct SpentCodes {
 }
 
 impl SpentCodes {
-    fn get(&self, code: &[u8; 32]) -> Option<&Spent> {
-        self.by_code.get(code)
+    /// The spent code's grant, the first time it is replayed; `None` after (or when the
+    /// code was never spent).
+    fn first_replay(&mut self, code: &[u8; 32]) -> Option<Spent> {
+        let spent = self.by_code.get_mut(code)?;
+        if spent.replay_recorded {
+            return None;
+        }
+        spent.replay_recorded = true;
+        Some(spent.clone())
     }
 
     /// Remembers `code` (fresh from the codes in flight, so not here yet) for `remember`,
@@ -761,12 +771,33 @@ pub(super) fn waits_for_fresh_sign_in(
         .unwrap_or(false)
 }
 
+/// Whether a request's app is still there and still registers its redirect URI: an admin
+/// may take either away while the request waits for a sign-in, and then nothing may go to
+/// that address, not even an error.
+fn still_registered(ctx: &Ctx, request: &AuthRequest) -> bool {
+    ctx.app
+        .engine
+        .projector
+        .read()
+        .provider
+        .app(request.app)
+        .is_some_and(|a| !a.removed && a.redirect_uris.contains(&request.redirect_uri))
+}
+
+/// The page of a request whose app or redirect URI was taken away while it waited.
+fn no_longer_registered() -> Response {
+    bad_client("This app, or the redirect_uri of this request, is no longer registered.")
+}
+
 /// Answers an authorization request with a code when the browser's session satisfies it;
 /// `None` when the user must sign in (again).
 fn continue_with(ctx: &Ctx, headers: &HeaderMap, request: &AuthRequest) -> Option<Response> {
     let (_, session) = signed_in(ctx, headers)?;
     if request.fresh_after.is_some_and(|t| session.auth_time < t) {
         return None;
+    }
+    if !still_registered(ctx, request) {
+        return Some(no_longer_registered());
     }
     let app = ctx
         .app
@@ -785,7 +816,7 @@ fn continue_with(ctx: &Ctx, headers: &HeaderMap, request: &AuthRequest) -> Optio
         .users
         .get(session.user)
         .map(|u| u.domain_id);
-    if app.removed || !domain.is_some_and(|d| app.domain_ids.contains(&d)) {
+    if !domain.is_some_and(|d| app.domain_ids.contains(&d)) {
         return Some(to_app(
             ctx,
             &request.redirect_uri,
@@ -854,6 +885,9 @@ async fn resume(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
     let Some(request) = request else {
         return Redirect::to("/me").into_response();
     };
+    if !still_registered(&ctx, &request) {
+        return no_longer_registered();
+    }
     match continue_with(&ctx, &headers, &request) {
         Some(answer) => answer,
         None => to_app(
@@ -1111,13 +1145,14 @@ async fn exchange_code(
                         app: grant.request.app,
                         grant: grant_id,
                         issuing,
+                        replay_recorded: false,
                     },
                     remember,
                     MOST,
                 );
                 (Some((grant, grant_id, family)), None)
             }
-            None => (None, spent.get(&key).cloned()),
+            None => (None, spent.first_replay(&key)),
         }
     };
     let Some((grant, grant_id, family)) = grant else {
@@ -1144,6 +1179,9 @@ async fn exchange_code(
         Some("the code was issued to another client")
     } else if form.redirect_uri.as_deref() != Some(grant.request.redirect_uri.as_str()) {
         Some("redirect_uri differs from the authorization request's")
+    } else if !app.redirect_uris.contains(&grant.request.redirect_uri) {
+        // Taken off the registration after the code was issued (a hijacked address).
+        Some("the redirect_uri is no longer registered for this client")
     } else {
         match (&grant.request.code_challenge, form.code_verifier.as_deref()) {
             (Some(_), Some(verifier)) if !verifier_ok(verifier) => {
@@ -1322,16 +1360,20 @@ async fn issue(
         at: Utc::now(),
     };
     // Commands on the user's stream take turns (`store::turns`): a second app's exchange
-    // at the same moment waits rather than making this one a 409.
-    let decided = super::decide_at(
-        ctx,
-        user,
-        SignInCommand::IssueAppTokens {
-            issued,
+    // at the same moment waits rather than making this one a 409. Writers that do not take
+    // turns (sync, rotation) can still make it one: a few tries, each on fresh state,
+    // since the code is spent already and the app cannot ask again.
+    let mut tries = 0;
+    let decided = loop {
+        let command = SignInCommand::IssueAppTokens {
+            issued: issued.clone(),
             app_domains: app.domain_ids.clone(),
-        },
-    )
-    .await;
+        };
+        match super::decide_at(ctx, user, command).await {
+            Err(r) if r.status == StatusCode::CONFLICT && tries < 3 => tries += 1,
+            decided => break decided,
+        }
+    };
     let position = match decided {
         Ok((_, position)) => position,
         Err(r) if r.status == StatusCode::CONFLICT => {

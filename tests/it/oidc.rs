@@ -1542,6 +1542,33 @@ async fn a_code_replayed_after_its_life_still_ends_what_it_gave() {
         "the family lives on: {body}"
     );
     assert_eq!(body["error"], "invalid_grant", "{body}");
+
+    // Replayed again and again: refused each time, recorded once (the first replay ended
+    // what the code gave), so nobody can grow Adele's stream at will.
+    let refusals = || async {
+        let (_, events) = w
+            .admin(
+                Method::GET,
+                &format!("/v1/users/{adele}/events?limit=1000"),
+                None,
+            )
+            .await;
+        events["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "AppTokenRefused")
+            .count()
+    };
+    let before = refusals().await;
+    for _ in 0..5 {
+        let replay = exchange(&raw, &token_url, (&client_id, &secret), &first_code)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(replay.status(), StatusCode::BAD_REQUEST);
+    }
+    assert_eq!(refusals().await, before);
 }
 
 /// A reused code or refresh token revokes what was issued from it (RFC 6749 §4.1.2,
@@ -2133,4 +2160,64 @@ async fn a_removed_domains_users_get_invalid_grant_before_their_own_streams_know
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
         assert_eq!(body["error"], "invalid_grant", "{body}");
     }
+}
+
+/// A redirect URI taken off an app's registration (its address lost to someone else, say)
+/// gets nothing more: a code issued to it before is refused at the token endpoint, and a
+/// request that waited for a sign-in meanwhile ends on the provider's own page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_uri_taken_off_the_registration_gets_nothing_more() {
+    let (w, adele, _) = signin_world().await;
+    let SignedInWithApp {
+        mut key,
+        mut browser,
+        app,
+        client_id,
+        secret,
+    } = signed_in_with_app(&w, &adele).await;
+    let scope = "openid";
+    let code = code_for(&mut browser, &w.app.public, &client_id, scope, "s1").await;
+    // A request that must wait for a new sign-in.
+    let waiting = format!(
+        "{}/authorize?client_id={client_id}&redirect_uri={REDIRECT}&response_type=code&scope={scope}&state=s2&prompt=login",
+        w.app.public
+    );
+    let (s, location, _) = authorize(&mut browser, &waiting).await;
+    assert_eq!(
+        (s, location.as_deref()),
+        (StatusCode::SEE_OTHER, Some("/signin"))
+    );
+
+    let (s, body) = w
+        .admin(
+            Method::PATCH,
+            &format!("/v1/apps/{}", app["id"].as_str().unwrap()),
+            Some(json!({"redirect_uris": ["http://localhost:9/elsewhere"]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+
+    let r = exchange(
+        &reqwest::Client::new(),
+        &format!("{}/token", w.app.public),
+        (&client_id, &secret),
+        &code,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_grant", "{body}");
+    assert!(body["access_token"].is_null(), "{body}");
+
+    let handle = key.user_handle.clone();
+    let (s, b) = passkey_sign_in_with(&w, &mut browser, &mut key, Some(&handle)).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, page, location) = browser
+        .get(&format!("{}/authorize/resume", w.app.public))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "sent to {location:?}");
+    assert!(location.is_none(), "{location:?}");
+    assert!(page.contains("no longer registered"), "{page}");
 }

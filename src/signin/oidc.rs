@@ -1922,6 +1922,7 @@ mod tests {
             app: AppId(uuid::Uuid::nil()),
             grant: uuid::Uuid::nil(),
             issuing: Arc::default(),
+            replay_recorded: false,
         }
     }
 
@@ -1934,16 +1935,27 @@ mod tests {
             codes.insert([i; 32], spent(Instant::now()), remember, 3);
         }
         codes.insert([3; 32], spent(Instant::now()), remember, 3);
-        assert!(codes.get(&[0; 32]).is_none());
-        assert!((1..4u8).all(|i| codes.get(&[i; 32]).is_some()));
+        assert!(!codes.by_code.contains_key(&[0; 32]));
+        assert!((1..4u8).all(|i| codes.by_code.contains_key(&[i; 32])));
 
         let mut codes = SpentCodes::default();
         let long_ago = Instant::now() - Duration::from_secs(601);
         codes.insert([0; 32], spent(long_ago), remember, 100);
         codes.insert([1; 32], spent(long_ago), remember, 100);
         codes.insert([2; 32], spent(Instant::now()), remember, 100);
-        assert!(codes.get(&[0; 32]).is_none() && codes.get(&[1; 32]).is_none());
-        assert!(codes.get(&[2; 32]).is_some());
+        assert!(!codes.by_code.contains_key(&[0; 32]) && !codes.by_code.contains_key(&[1; 32]));
+        assert!(codes.by_code.contains_key(&[2; 32]));
         assert_eq!((codes.by_code.len(), codes.order.len()), (1, 1));
+    }
+
+    /// A spent code's replay is answered with its grant once: the first replay ends what
+    /// it gave, and later ones have nothing more to end.
+    #[test]
+    fn a_spent_code_is_replayed_once() {
+        let mut codes = SpentCodes::default();
+        codes.insert([7; 32], spent(Instant::now()), Duration::from_secs(600), 10);
+        assert!(codes.first_replay(&[7; 32]).is_some());
+        assert!(codes.first_replay(&[7; 32]).is_none());
+        assert!(codes.first_replay(&[8; 32]).is_none());
     }
 }

@@ -97,12 +97,14 @@ pub(crate) fn signed_in(
 }
 
 /// Security headers of every console answer: nothing runs but our own script, nothing
-/// frames the console, and pages (which name users) are not cached.
+/// frames the console, and pages (which name users) are not cached. The console frames
+/// only its own origin: the hidden frame an export downloads in.
 async fn page_headers(response: Response) -> Response {
     crate::http::web::security_headers(
         response,
         "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
-         connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+         connect-src 'self'; form-action 'self'; frame-src 'self'; frame-ancestors 'none'; \
+         base-uri 'none'",
     )
 }
 

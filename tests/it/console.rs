@@ -235,8 +235,35 @@ async fn an_admin_runs_the_whole_workflow_in_the_browser_and_an_auditor_only_rea
     let facts = b.wait_text("#domain-facts", "saved (never shown)").await;
     assert!(facts.contains(TENANT) && !facts.contains(SECRET), "{facts}");
     b.wait_text("#save-credentials", "Save new secret").await;
-    b.click("#sync-now").await;
-    b.wait_text("#live-status", "succeeded").await;
+    // A run started elsewhere (here, the API) shows on the open page as it ends.
+    let rows = "return document.querySelectorAll('#runs tbody tr').length";
+    let count = async || {
+        b.client
+            .execute(rows, vec![])
+            .await
+            .unwrap()
+            .as_u64()
+            .unwrap()
+    };
+    let before = count().await;
+    let (s, started) = app
+        .call(
+            Some(&app.admin),
+            Method::POST,
+            &format!("/v1/domains/{id}/sync"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{started}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while count().await <= before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the page missed a run"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    b.wait_text("#runs tbody tr:first-child", "succeeded").await;
 
     // An auditor sees the same pages and no command anywhere.
     let auditor = app.token("auditor", &[]).await;
@@ -333,6 +360,18 @@ async fn an_admin_runs_the_whole_workflow_in_the_browser_and_an_auditor_only_rea
         pinned
     );
 
+    // A refused download (an end in the future) is said on the page, which stays.
+    b.client
+        .execute(
+            "const to = document.querySelector('#to'); to.value = '2099-01-01T00:00:00'; to.dispatchEvent(new Event('change', {bubbles: true}));",
+            vec![],
+        )
+        .await
+        .unwrap();
+    b.click("#export-form button[type=submit]").await;
+    b.wait_text("#flash", "The download was refused").await;
+    assert!(b.present("#export-form").await);
+
     // The API refuses the auditor's session a command even when forced.
     let refused = b
         .client
@@ -343,6 +382,22 @@ async fn an_admin_runs_the_whole_workflow_in_the_browser_and_an_auditor_only_rea
         .await
         .unwrap();
     assert_eq!(refused, json!(403));
+
+    // The auditor's tokens revoked while the audit page follows the log: its stream ends,
+    // the browser gives it up, and the page goes to sign-in instead of standing still.
+    let (_, tokens) = app
+        .call(Some(&app.admin), Method::GET, "/v1/tokens?limit=1000", None)
+        .await;
+    for t in tokens["items"].as_array().unwrap() {
+        if t["role"] == "auditor" && t["revoked_at"].is_null() {
+            let path = format!("/v1/tokens/{}", t["id"].as_str().unwrap());
+            let (s, _) = app
+                .call(Some(&app.admin), Method::DELETE, &path, None)
+                .await;
+            assert!(s.is_success());
+        }
+    }
+    b.css("#token").await;
 }
 
 /// The `pre` value of the sign-in form and its cookie.

@@ -158,12 +158,38 @@ function ssoText(s) {
   return s.method === "passwordless" ? "passwordless" : "password + second factor";
 }
 
-/// Follows the log from its head: `on(envelope)` for each new event.
+/// Follows the log from its head: `on(envelope)` for each new event. The browser
+/// reconnects a dropped stream itself; one it gives up on (the session ended or was
+/// revoked, the server refused) sends a signed-out page to sign-in and says so otherwise,
+/// rather than leaving the page silently still.
 async function follow(on) {
   const h = await api("GET", "/healthz");
   const source = new EventSource(`/v1/events/stream?from_position=${h.head_position + 1}`);
   for (const k of KINDS) source.addEventListener(k, (m) => on(JSON.parse(m.data)));
+  source.addEventListener("error", () => {
+    if (source.readyState !== EventSource.CLOSED) return;
+    api("GET", "/v1/domains?limit=1")
+      .then(() => flash("Live updates stopped: reload the page to see changes.", "error"))
+      .catch((e) => flash(e.message, "error"));
+  });
   return source;
+}
+
+/// `action` run once for any number of calls while it runs, and once more after if any
+/// came meanwhile: a burst of events asks the server once or twice, not once each, and
+/// answers never arrive out of order.
+function coalesced(action) {
+  let running = null, again = false;
+  const run = async () => {
+    if (running) { again = true; return running; }
+    running = (async () => {
+      try {
+        do { again = false; await action(); } while (again);
+      } finally { running = null; }
+    })();
+    return running;
+  };
+  return run;
 }
 
 // ---- Domains ---------------------------------------------------------------------------
@@ -316,6 +342,15 @@ async function domainPage() {
     }
   };
   await refreshRuns();
+  // Runs started anywhere (the schedule, another admin, the API) show as they go.
+  const refreshLive = coalesced(async () => {
+    d = await api("GET", `/v1/domains/${pageId}`);
+    showFacts();
+    await refreshRuns();
+  });
+  follow((e) => {
+    if (e.stream === `domain-${pageId}`) refreshLive().catch((x) => flash(x.message, "error"));
+  }).catch((x) => flash(x.message, "error"));
   const refreshCertificates = pagedTable($("#certificates"),
     (after) => withAfter(`/v1/domains/${pageId}/workstation-certificates?limit=20`, after),
     (c) => el("tr", {},
@@ -401,16 +436,20 @@ async function domainPage() {
     let run = await api("GET", `/v1/domains/${pageId}/sync-runs/${started.run_id}`);
     show(run);
     if (run.status !== "running") return refreshRuns();
-    // Live: each event of the run brings its state; the stream closes at the end.
-    await new Promise((resolve) => {
-      let source;
-      const update = async () => {
+    // Live: the run's events bring its state (asked for once per burst, not once per
+    // user), and a slow poll besides, so the end is seen even when the projections were
+    // a step behind the stream's last event or the stream stopped.
+    await new Promise((resolve, reject) => {
+      let source, timer;
+      const update = coalesced(async () => {
         run = await api("GET", `/v1/domains/${pageId}/sync-runs/${started.run_id}`);
         show(run);
-        if (run.status !== "running") { source?.close(); resolve(); }
-      };
-      follow((e) => { if (e.correlation_id === started.run_id || e.stream.startsWith("domain-")) update(); })
-        .then((s) => { source = s; update(); });
+        if (run.status !== "running") { source?.close(); clearInterval(timer); resolve(); }
+      });
+      const tick = () => update().catch((e) => { source?.close(); clearInterval(timer); reject(e); });
+      timer = setInterval(tick, 2000);
+      follow((e) => { if (e.correlation_id === started.run_id || e.stream === `domain-${pageId}`) tick(); })
+        .then((s) => { source = s; tick(); }, (e) => { clearInterval(timer); reject(e); });
     });
     d = await api("GET", `/v1/domains/${pageId}`);
     showFacts();
@@ -675,14 +714,33 @@ async function auditPage() {
     return `/v1/audit/exports/${f.elements.kind.value}${manifest ? "/manifest" : ""}?${params}`;
   };
   $("#export-form").addEventListener("change", () => { pinned = null; pinNote.hidden = true; });
+  // Downloaded in a hidden frame: a file (an attachment) is saved and the frame stays
+  // blank; a refusal (bad dates, a busy server, a session that ended) loads there instead
+  // of replacing the console, and is said on the page.
+  const download = (url) => {
+    const frame = el("iframe", { hidden: true, title: "download" });
+    frame.addEventListener("load", () => {
+      const text = frame.contentDocument?.body?.innerText ?? "";
+      if (!text) return;
+      frame.remove();
+      let said = text;
+      try { said = JSON.parse(text)?.error?.message ?? text; } catch { /* not JSON */ }
+      flash(`The download was refused: ${said}`, "error");
+      // A session that ended goes to sign-in.
+      api("GET", "/v1/domains?limit=1").catch(() => {});
+    });
+    frame.src = url;
+    document.body.append(frame);
+    setTimeout(() => frame.remove(), 600000);
+  };
   $("#export-form").addEventListener("submit", async (e) => {
     e.preventDefault();
     if (pinned === null) await pin();
-    window.location.assign(exportUrl(false));
+    download(exportUrl(false));
   });
   $("#download-manifest").addEventListener("click", async () => {
     if (pinned === null) await pin();
-    window.location.assign(exportUrl(true));
+    download(exportUrl(true));
   });
   // Verify an export: the manifest as one JSON line, then the file, in one body.
   const verifyForm = $("#verify-export");

@@ -401,6 +401,24 @@ pub fn verify(
     typ: TokenType,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Option<serde_json::Value> {
+    verify_by(engine, token, typ, |k| {
+        k.verify_until.is_none_or(|until| now < until)
+    })
+}
+
+/// Checks an ID token this provider signed under any key it ever had, retired or not:
+/// for an `id_token_hint`, which names whom the app signed in (RP-Initiated Logout 1.0
+/// §2: hints the provider issued are accepted however old), never for access.
+pub fn verify_hint(engine: &Engine, token: &str) -> Option<serde_json::Value> {
+    verify_by(engine, token, TokenType::Id, |_| true)
+}
+
+fn verify_by(
+    engine: &Engine,
+    token: &str,
+    typ: TokenType,
+    accepted: impl Fn(&idledger_projections::SigningKeyView) -> bool,
+) -> Option<serde_json::Value> {
     use ring::signature as rs;
     let (input, sig) = token.rsplit_once('.')?;
     let (header, payload) = input.split_once('.')?;
@@ -411,7 +429,11 @@ pub fn verify(
     let kid = header["kid"].as_str()?;
     let jwk: Jwk = {
         let p = engine.projector.read();
-        let k = p.provider.published_keys(now).find(|k| k.kid == kid)?;
+        let k = p
+            .provider
+            .keys
+            .iter()
+            .find(|k| k.kid == kid && accepted(k))?;
         serde_json::from_str(&k.public_jwk).ok()?
     };
     // The key decides the algorithm; a header that names another is not ours.

@@ -487,6 +487,8 @@ struct AuthorizeQuery {
     request: Option<String>,
     #[serde(default, deserialize_with = "omitted_if_empty")]
     request_uri: Option<String>,
+    #[serde(default, deserialize_with = "omitted_if_empty")]
+    id_token_hint: Option<String>,
 }
 
 /// The two parameters that say where an error may be sent, from a query that did not
@@ -716,6 +718,24 @@ async fn authorize(
             "invalid_request",
             "prompt=none cannot be combined with another value",
         );
+    }
+    // A silent request naming whom the app signed in (OIDC Core §3.1.2.1) is answered
+    // for that user only: another one signed in here meanwhile is `login_required`, not a
+    // code for someone else.
+    if let (true, Some(hint)) = (none, q.id_token_hint.as_deref()) {
+        let Some(claims) = crate::provider::verify_hint(&ctx.app.engine, hint) else {
+            return fail(
+                "invalid_request",
+                "id_token_hint is not an ID token of this provider",
+            );
+        };
+        let here = signed_in(&ctx, &headers).map(|(_, s)| s.user.to_string());
+        if here.is_none() || claims["sub"].as_str() != here.as_deref() {
+            return fail(
+                "login_required",
+                "the user id_token_hint names is not the one signed in",
+            );
+        }
     }
     // A browser holds one session: choosing an account is signing in again, where the
     // passkey chooser (or the Entra step) is the choice. Consent needs no page: an app is
@@ -1750,7 +1770,7 @@ fn asked_to_end_session(ctx: &Ctx, headers: &HeaderMap, q: Option<EndSession>) -
     let hint = q
         .as_ref()
         .and_then(|q| q.id_token_hint.as_deref())
-        .and_then(|t| verify(&ctx.app.engine, t, TokenType::Id, Utc::now()));
+        .and_then(|t| crate::provider::verify_hint(&ctx.app.engine, t));
     let hinted_sid = hint.as_ref().and_then(|c| c["sid"].as_str());
     let hinted_app = hint
         .as_ref()

@@ -995,6 +995,18 @@ async fn codes_expire_keys_rotate_on_schedule_and_a_retired_key_stops_verifying_
         refused.is_err(),
         "a token of a key past its overlap verified"
     );
+    // As a sign-out's hint, though, an ID token of a retired key still names its app and
+    // session (RP-Initiated Logout 1.0 §2): the browser is sent back where the app asked.
+    let (s, _, to) = browser
+        .get(&format!(
+            "{}/end_session?id_token_hint={}&post_logout_redirect_uri={}&state=bye",
+            w.app.public,
+            id_token,
+            urlencoding::encode(LOGGED_OUT)
+        ))
+        .await;
+    assert_eq!(s, StatusCode::SEE_OTHER, "sent to {to:?}");
+    assert!(to.unwrap().starts_with(LOGGED_OUT));
 }
 
 /// The header of a JWT.
@@ -2220,4 +2232,63 @@ async fn a_redirect_uri_taken_off_the_registration_gets_nothing_more() {
     assert_eq!(s, StatusCode::BAD_REQUEST, "sent to {location:?}");
     assert!(location.is_none(), "{location:?}");
     assert!(page.contains("no longer registered"), "{page}");
+}
+
+/// `prompt=none` with an `id_token_hint` (OIDC Core §3.1.2.1) answers for the user the
+/// hint names only: another user signed in in that browser gets `login_required`, and a
+/// hint that is no ID token of this provider `invalid_request`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_request_is_answered_only_for_the_user_its_hint_names() {
+    let (w, adele, _) = signin_world().await;
+    let SignedInWithApp {
+        mut browser,
+        client_id,
+        secret,
+        ..
+    } = signed_in_with_app(&w, &adele).await;
+    let code = code_for(&mut browser, &w.app.public, &client_id, "openid", "s").await;
+    let tokens: Value = exchange(
+        &reqwest::Client::new(),
+        &format!("{}/token", w.app.public),
+        (&client_id, &secret),
+        &code,
+    )
+    .send()
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let hint = tokens["id_token"].as_str().unwrap().to_owned();
+    let silent = |hint: &str| {
+        format!(
+            "{}/authorize?client_id={client_id}&redirect_uri={REDIRECT}&response_type=code&scope=openid&state=q&prompt=none&id_token_hint={hint}",
+            w.app.public
+        )
+    };
+    let (_, _, q) = authorize(&mut browser, &silent(&hint)).await;
+    assert!(get(&q, "code").is_some(), "{q:?}");
+    let (_, _, q) = authorize(&mut browser, &silent("not.a.token")).await;
+    assert_eq!(get(&q, "error"), Some("invalid_request"), "{q:?}");
+
+    let other = w.user(3).await.unwrap();
+    let (s, body) = w
+        .admin(
+            Method::PATCH,
+            &format!("/v1/users/{}", other["id"].as_str().unwrap()),
+            Some(json!({"sso_override": {"enabled": true, "method": "passwordless"}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let mut key = SoftKey::new();
+    let mut elsewhere = enrol_with_key(
+        &w,
+        other["id"].as_str().unwrap(),
+        other["user_principal_name"].as_str().unwrap(),
+        &mut key,
+    )
+    .await;
+    let (_, _, q) = authorize(&mut elsewhere, &silent(&hint)).await;
+    assert_eq!(get(&q, "error"), Some("login_required"), "{q:?}");
+    assert!(get(&q, "code").is_none(), "{q:?}");
 }

@@ -882,8 +882,9 @@ impl CopySnapshot {
                 ));
             }
             // As a follower resuming would: the first chunk that is not whole, or does
-            // not check, ends the segment (nothing after it was ever acknowledged).
-            open_chunks(file, *len, |bytes| {
+            // not check, ends the segment (nothing after it was ever acknowledged). Said,
+            // though: a byte flipped in the last chunk reads the same as a torn write.
+            let whole = open_chunks(file, *len, |bytes| {
                 let first = next;
                 let mut scratch = Verifier::after(first - 1, verifier.last_hash());
                 let read = chunk_records(bytes, first, "open segment", |p, r| {
@@ -906,6 +907,12 @@ impl CopySnapshot {
                 });
                 Ok(true)
             })?;
+            if whole < *len {
+                tracing::warn!(
+                    dropped_bytes = *len - whole,
+                    "the copy's open segment ends in a chunk that is not whole or does not check (a write a crash cut off, or damage): restored without it"
+                );
+            }
         }
         holds_its_head(self.signed_tree_head.as_deref(), verifier.last_position())?;
         if let Some(p) = verifier.first_problem() {

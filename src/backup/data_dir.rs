@@ -166,7 +166,13 @@ pub fn restore(
     if occupied(data_dir)? {
         return Err(BackupError::NotEmpty(data_dir.display().to_string()));
     }
-    let created = !data_dir.exists();
+    // Every directory the restore makes, the data dir first: each one's name must be on
+    // the device too, or a restore reported done can vanish with a lost machine.
+    let made: Vec<std::path::PathBuf> = data_dir
+        .ancestors()
+        .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+        .map(Path::to_path_buf)
+        .collect();
     {
         use std::os::unix::fs::DirBuilderExt;
         std::fs::DirBuilder::new()
@@ -194,8 +200,8 @@ pub fn restore(
             super::sync_dir(data_dir)?;
             std::fs::remove_dir(&staging)?;
             super::sync_dir(data_dir)?;
-            if created {
-                super::sync_dir(super::parent_of(data_dir))?;
+            for dir in &made {
+                super::sync_dir(super::parent_of(dir))?;
             }
             Ok(restored)
         });
@@ -208,8 +214,8 @@ pub fn restore(
                     .or_else(|_| std::fs::remove_file(entry.path()));
             }
         }
-        if created {
-            let _ = std::fs::remove_dir(data_dir);
+        for dir in &made {
+            let _ = std::fs::remove_dir(dir);
         }
     }
     outcome

@@ -24,9 +24,11 @@ fn path(p: &Path) -> &str {
 }
 
 /// A restore under strace: the store's last write is synced (sled's flush alone leaves it
-/// to the kernel) before the staged store is moved into place.
-fn restored_store_is_synced_before_it_is_in_place(backup: &Path, into: &Path) {
-    let trace = into.with_extension("trace");
+/// to the kernel) before the staged store is moved into place, and each directory the
+/// restore created is named on the device (its parent synced).
+fn restored_store_is_synced_before_it_is_in_place(backup: &Path, top: &Path) {
+    let trace = top.with_extension("trace");
+    let into = &top.join("nested").join("data");
     let out = std::process::Command::new("strace")
         .args([
             "-f",
@@ -65,9 +67,18 @@ fn restored_store_is_synced_before_it_is_in_place(backup: &Path, into: &Path) {
         ),
         _ => panic!("no write, sync or move of the store seen:\n{trace}"),
     }
+    for parent in [top.parent().unwrap(), top, &top.join("nested")] {
+        let named = format!("<{}>)", parent.display());
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("fsync(") && l.contains(&named)),
+            "{} not synced after the restore made a directory in it:\n{trace}",
+            parent.display()
+        );
+    }
 }
 
-/// `idledger restore --from FROM --data-dir INTO`, then `more` flags.
 /// `backup` with one more record after its last: the last event again, under a new id,
 /// chained to it, the file's sealed parts and signed head kept.
 fn forged_after_its_head(backup: &Path, out: &Path) -> std::path::PathBuf {
@@ -104,6 +115,7 @@ fn forged_after_its_head(backup: &Path, out: &Path) -> std::path::PathBuf {
     out.to_path_buf()
 }
 
+/// `idledger restore --from FROM --data-dir INTO`, then `more` flags.
 pub(crate) fn restore(from: &Path, into: &Path, more: &[&str]) -> (bool, Value, String) {
     let mut args = vec!["restore", "--from", path(from), "--data-dir", path(into)];
     args.extend_from_slice(more);

@@ -338,7 +338,6 @@ impl NewBackupFile {
         let partial = std::path::PathBuf::from(name);
         let file = std::fs::OpenOptions::new()
             .write(true)
-            .read(true)
             .create(true)
             .truncate(false)
             .mode(0o600)

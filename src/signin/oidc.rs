@@ -905,11 +905,9 @@ async fn resume(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
     let Some(request) = request else {
         return Redirect::to("/me").into_response();
     };
-    if !still_registered(&ctx, &request) {
-        return no_longer_registered();
-    }
     match continue_with(&ctx, &headers, &request) {
         Some(answer) => answer,
+        None if !still_registered(&ctx, &request) => no_longer_registered(),
         None => to_app(
             &ctx,
             &request.redirect_uri,

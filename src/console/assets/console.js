@@ -342,15 +342,19 @@ async function domainPage() {
     }
   };
   await refreshRuns();
-  // Runs started anywhere (the schedule, another admin, the API) show as they go.
+  // One event stream for the page, heard by each listener in `hearing`: runs started
+  // anywhere (the schedule, another admin, the API) show as they go, and a run started
+  // here follows its own events on the same stream.
+  const hearing = new Set();
   const refreshLive = coalesced(async () => {
     d = await api("GET", `/v1/domains/${pageId}`);
     showFacts();
     await refreshRuns();
   });
-  follow((e) => {
+  hearing.add((e) => {
     if (e.stream === `domain-${pageId}`) refreshLive().catch((x) => flash(x.message, "error"));
-  }).catch((x) => flash(x.message, "error"));
+  });
+  follow((e) => { for (const hear of hearing) hear(e); }).catch((x) => flash(x.message, "error"));
   const refreshCertificates = pagedTable($("#certificates"),
     (after) => withAfter(`/v1/domains/${pageId}/workstation-certificates?limit=20`, after),
     (c) => el("tr", {},
@@ -440,16 +444,21 @@ async function domainPage() {
     // user), and a slow poll besides, so the end is seen even when the projections were
     // a step behind the stream's last event or the stream stopped.
     await new Promise((resolve, reject) => {
-      let source, timer;
+      const done = (error) => {
+        hearing.delete(hear);
+        clearInterval(timer);
+        if (error) reject(error); else resolve();
+      };
       const update = coalesced(async () => {
         run = await api("GET", `/v1/domains/${pageId}/sync-runs/${started.run_id}`);
         show(run);
-        if (run.status !== "running") { source?.close(); clearInterval(timer); resolve(); }
+        if (run.status !== "running") done();
       });
-      const tick = () => update().catch((e) => { source?.close(); clearInterval(timer); reject(e); });
-      timer = setInterval(tick, 2000);
-      follow((e) => { if (e.correlation_id === started.run_id || e.stream === `domain-${pageId}`) tick(); })
-        .then((s) => { source = s; tick(); }, (e) => { clearInterval(timer); reject(e); });
+      const tick = () => update().catch(done);
+      const hear = (e) => { if (e.correlation_id === started.run_id || e.stream === `domain-${pageId}`) tick(); };
+      const timer = setInterval(tick, 2000);
+      hearing.add(hear);
+      tick();
     });
     d = await api("GET", `/v1/domains/${pageId}`);
     showFacts();

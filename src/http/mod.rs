@@ -438,19 +438,38 @@ struct Declared {
 /// A query or a body an operation does not take is refused, not ignored: a `dry_run`
 /// sent where the route has none would otherwise do the real thing.
 async fn refuse_undeclared(State(d): State<Declared>, req: Request, next: Next) -> Response {
+    use axum::body::HttpBody as _;
     use axum::response::IntoResponse;
     if !d.query && req.uri().query().is_some_and(|q| !q.is_empty()) {
         return ApiError::BadRequest("this route takes no query parameters".into()).into_response();
+    }
+    let no_body =
+        || ApiError::BadRequest("this route takes no request body".into()).into_response();
+    if d.body {
+        return next.run(req).await;
     }
     let h = req.headers();
     let sized = h
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim() != "0");
-    if !d.body && (sized || h.contains_key(axum::http::header::TRANSFER_ENCODING)) {
-        return ApiError::BadRequest("this route takes no request body".into()).into_response();
+    if sized || h.contains_key(axum::http::header::TRANSFER_ENCODING) {
+        return no_body();
     }
-    next.run(req).await
+    // HTTP/2 has no Transfer-Encoding and need not send a length: a body streamed there
+    // shows only in the body itself. Read to its end, taking nothing (a client that
+    // closes its stream with an empty frame sent no body).
+    if req.body().is_end_stream() {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    match axum::body::to_bytes(body, 0).await {
+        Ok(empty) if empty.is_empty() => {
+            next.run(Request::from_parts(parts, axum::body::Body::empty()))
+                .await
+        }
+        _ => no_body(),
+    }
 }
 
 /// Every API answer is `nosniff`, and `no-store` unless its route says otherwise: answers

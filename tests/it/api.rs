@@ -623,6 +623,57 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
     assert!(keystore() == keys, "refused input made no data key");
 }
 
+/// Over HTTP/2 a body needs neither a length nor Transfer-Encoding: a streamed one sent
+/// to a route that takes none is refused all the same, and the real thing is not done.
+#[tokio::test]
+async fn a_body_streamed_over_http2_where_none_is_taken_is_refused() {
+    use http_body_util::BodyExt as _;
+    let app = spawn_app().await;
+    let d = app.domain("h2.onmicrosoft.com").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let head = app.head();
+    let tcp = tokio::net::TcpStream::connect(app.url.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let (mut h2, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let mut send = |body: http_body_util::StreamBody<_>| {
+        let req = hyper::Request::post(format!("{}/v1/domains/{d}/sync", app.url))
+            .header("authorization", format!("Bearer {}", app.admin))
+            .body(body)
+            .unwrap();
+        let answer = h2.send_request(req);
+        async move {
+            let r = answer.await.unwrap();
+            let status = r.status();
+            let body = r.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        }
+    };
+    let frames = |chunks: Vec<&'static [u8]>| {
+        http_body_util::StreamBody::new(futures_util::stream::iter(chunks.into_iter().map(|c| {
+            Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(bytes::Bytes::from_static(
+                c,
+            )))
+        })))
+    };
+    let (status, body) = send(frames(vec![b"{\"dry_run\"", b":true}"])).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("no request body"), "{body}");
+    assert_eq!(app.head(), head, "the refused request did nothing");
+    // The stream closed by an empty frame carried no body: the route itself answers.
+    let (status, body) = send(frames(vec![b""])).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("no credentials"), "{body}");
+}
+
 /// Every cursor a page hands out leads to the next page; one that names nothing is
 /// refused rather than starting over (a client would go round in circles).
 #[tokio::test]

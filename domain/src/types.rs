@@ -417,6 +417,9 @@ pub enum RotationReason {
     /// outcome was unknown: whatever landed late is overwritten. No new password, no key
     /// write.
     Reassert,
+    /// The password was written onto a key the user no longer held (an agent's late
+    /// answer): whoever holds that key may have it, so it must not stay in use.
+    Exposed,
 }
 
 /// What started a sync run.

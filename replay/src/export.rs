@@ -715,6 +715,7 @@ fn reason_name(r: idledger_domain::RotationReason) -> &'static str {
         R::Manual => "manual",
         R::AfterReveal => "after_reveal",
         R::Reassert => "reassert",
+        R::Exposed => "exposed",
     }
 }
 

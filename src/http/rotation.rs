@@ -13,7 +13,9 @@ use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use idledger_domain::decide::user::{decide, evolve, UserCommand, WriteOutcome};
-use idledger_domain::{KeyWriteId, KeyWriteState, RotationId, RotationReason, StreamId, UserId};
+use idledger_domain::{
+    Event, KeyWriteId, KeyWriteState, RotationId, RotationReason, StreamId, UserId,
+};
 use idledger_projections::{Projections, RotationOutcome, RotationView, UserStatus, UserView};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -636,9 +638,9 @@ pub async fn ack(
         .key_writes
         .get(id)
         .filter(|w| who.key_ids.contains(&w.key_id))
-        .map(|w| (w.user_id, w.rotation_id));
+        .map(|w| (w.user_id, w.rotation_id, w.key_id.clone()));
     // Another key's write is not found: an agent learns nothing of other keys.
-    let (user, rotation) = user.ok_or_else(|| ApiError::NotFound("key write".into()))?;
+    let (user, rotation, key) = user.ok_or_else(|| ApiError::NotFound("key write".into()))?;
     let outcome = match b.result {
         AckResult::Written => WriteOutcome::Written,
         AckResult::Failed => WriteOutcome::Failed(b.detail),
@@ -650,6 +652,43 @@ pub async fn ack(
         delivery: b.delivery,
         rewrite: KeyWriteId(uuid::Uuid::new_v4()),
     };
-    let position = decide_for(&s, user, &who, Some(rotation.0), command).await?;
+    let landed_late = std::sync::atomic::AtomicBool::new(false);
+    let mut position = crate::store::decide_and_append(
+        &*s.engine.log,
+        &StreamId::user(user),
+        &who.actor(),
+        Some(rotation.0),
+        evolve,
+        |st| {
+            let decided = decide(st, command.clone());
+            let late = decided.as_ref().is_ok_and(|events| {
+                events
+                    .iter()
+                    .any(|e| matches!(e, Event::KeyWriteWrittenLate(_)))
+            });
+            landed_late.store(late, std::sync::atomic::Ordering::Relaxed);
+            decided
+        },
+    )
+    .await?;
+    if landed_late.into_inner() {
+        // The key may have changed hands since the write was superseded: its holder now
+        // has another user's password on it, and is owed their own again.
+        let holder = s
+            .engine
+            .projector
+            .read()
+            .users
+            .key_holders(&key)
+            .find(|u| u.id != user)
+            .map(|u| u.id);
+        if let Some(holder) = holder {
+            let rewrite = UserCommand::RewriteKey {
+                key,
+                write: KeyWriteId(uuid::Uuid::now_v7()),
+            };
+            position = decide_for(&s, holder, &who, None, rewrite).await?;
+        }
+    }
     Ok(Json(Acknowledged { id: id.0, position }))
 }

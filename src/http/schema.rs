@@ -97,6 +97,8 @@ pub enum RotationReasonSchema {
     AfterReveal,
     /// The current password sent again after an uncertainty window.
     Reassert,
+    /// An agent wrote the password onto a key its user no longer held.
+    Exposed,
 }
 
 /// How a rotation ended, if it has.

@@ -946,6 +946,63 @@ async fn a_reassigned_key_receives_nothing_of_its_previous_holder() {
     );
 }
 
+/// A's write, handed out before A's key went to B, lands on the key after B's own: B's
+/// key holds A's password. B is owed theirs again, and A's may be in B's hands, so A is
+/// rotated as soon as A has a key again.
+#[tokio::test]
+async fn a_late_write_onto_a_key_that_changed_hands_is_repaired_for_both_users() {
+    let w = rotating_world(json!({})).await;
+    let a = w.assign_key(3, "K-0003").await;
+    w.rotate(&a).await;
+    w.rotations_settled(&a, 1).await;
+    let agent = w.app.token("agent", &["K-0003"]).await;
+    let of_a = w.agent_writes(&agent).await[0].clone();
+    let (s, body) = w
+        .admin(Method::DELETE, &format!("/v1/users/{a}/key"), None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let b = w.assign_key(4, "K-0003").await;
+    w.rotate(&b).await;
+    w.rotations_settled(&b, 1).await;
+    let of_b = w.agent_writes(&agent).await;
+    assert_eq!(of_b.len(), 1, "{of_b:?}");
+    let (s, body) = w.ack_written(&agent, &of_b[0]).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+
+    let (s, body) = w.ack_written(&agent, &of_a).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let again = w.agent_writes(&agent).await;
+    assert_eq!(
+        again.len(),
+        1,
+        "B's key is owed B's password again: {again:?}"
+    );
+    assert_eq!(
+        again[0]["user_principal_name"],
+        w.user(4).await.unwrap()["user_principal_name"]
+    );
+    assert_eq!(
+        again[0]["password"].as_str().unwrap(),
+        w.sim_password(4).await
+    );
+    // A retry of the same late answer owes nothing more.
+    let (s, body) = w.ack_written(&agent, &of_a).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let queued = w.kinds(&b).await;
+    assert_eq!(
+        queued.iter().filter(|k| *k == "KeyWriteQueued").count(),
+        2,
+        "B's rotation and the one rewrite: {queued:?}"
+    );
+
+    assert!(w.kinds(&a).await.iter().any(|k| k == "RotationRequested"));
+    let exposed = w.sim_password(3).await;
+    w.assign_key(3, "K-0030").await;
+    let h = w.rotations_settled(&a, 2).await;
+    assert_eq!(h[1]["reason"], "exposed", "{h:?}");
+    assert_ne!(w.sim_password(3).await, exposed);
+}
+
 /// A user who lost a key gets a new one: it is given the password the engine holds now,
 /// not left empty until the next rotation (days away); the old key gets nothing more.
 #[tokio::test]

@@ -64,6 +64,8 @@ pub struct UserState {
 pub struct OwedWrite {
     /// The key it is for.
     pub key: KeyId,
+    /// The rotation whose password it carries.
+    pub rotation: RotationId,
     /// Where it stands.
     pub state: KeyWriteState,
     /// How often it was handed to an agent: a delivery names the count its caller saw, so
@@ -92,6 +94,7 @@ pub fn evolve(mut s: UserState, e: &Event) -> UserState {
                 e.key_write_id,
                 OwedWrite {
                     key: e.key_id.clone(),
+                    rotation: e.rotation_id,
                     state: KeyWriteState::Queued,
                     deliveries: 0,
                     written_late: false,
@@ -207,6 +210,14 @@ pub enum UserCommand {
         /// "written" of a write superseded since may have put an older one on the key).
         rewrite: KeyWriteId,
     },
+    /// Another user's superseded write landed on `key` late: if the key is this user's,
+    /// it is owed their current password again (`write`, a fresh id).
+    RewriteKey {
+        /// The key written.
+        key: KeyId,
+        /// A fresh key write id.
+        write: KeyWriteId,
+    },
     /// Record a break-glass reveal of rotation `rotation`'s password, with its reason.
     RecordReveal {
         /// The rotation whose password is shown.
@@ -242,11 +253,12 @@ fn set_write(s: &mut UserState, id: KeyWriteId, state: KeyWriteState) {
     }
 }
 
-/// An agent wrote a password onto `key` after its write was superseded (an older password,
-/// or the same one after the key changed hands): unless the key is no longer the user's,
-/// or a write not handed out yet will write it anyway, the key is owed the current
-/// password again. Without it the key could hold an older password than Entra ID until
-/// the next rotation, and its user could not sign in at their PC.
+/// An agent wrote some password onto `key` after its write was superseded (an older
+/// password of this user, or another user's after the key changed hands): unless the key
+/// is no longer this user's, or a write not handed out yet will write it anyway, the key
+/// is owed the user's current password again. Without it the key could hold another
+/// password than Entra ID until the next rotation, and its user could not sign in at
+/// their PC.
 fn rewrite_after_late_write(s: &UserState, key: &KeyId, rewrite: KeyWriteId) -> Vec<Event> {
     let still_queued = s
         .writes
@@ -417,7 +429,19 @@ pub fn decide(s: &UserState, c: UserCommand) -> Result<Vec<Event>, Rejection> {
                 let late = KeyWriteWrittenLate {
                     key_write_id: write,
                 };
+                // The user's current password on a key they no longer hold: its holder
+                // may have it now.
+                let exposed = s.key_id.as_ref() != Some(&w.key)
+                    && s.status != Status::Deleted
+                    && s.current_password == Some(w.rotation);
+                let rotate = exposed.then(|| {
+                    RotationRequested {
+                        reason: RotationReason::Exposed,
+                    }
+                    .into()
+                });
                 return Ok(std::iter::once(late.into())
+                    .chain(rotate)
                     .chain(rewrite_after_late_write(s, &w.key, rewrite))
                     .collect());
             }
@@ -484,6 +508,7 @@ pub fn decide(s: &UserState, c: UserCommand) -> Result<Vec<Event>, Rejection> {
                 removal_for(behavior, status, reason, &s.undelivered())
             })
         }
+        (_, UserCommand::RewriteKey { key, write }) => Ok(rewrite_after_late_write(s, &key, write)),
         (Status::Unknown | Status::Deleted, UserCommand::RecordReveal { .. }) => {
             Err(Rejection::NotFound("user"))
         }
@@ -1030,6 +1055,58 @@ mod tests {
         given::<UserStream>(&gone)
             .when(ack(1, WriteOutcome::Written))
             .then([late()]);
+        // The user's current password, written late onto a key taken from them: whoever
+        // holds it now may have that password, so it must be replaced.
+        let current = [
+            discovered(),
+            imported(),
+            assigned("K1"),
+            rotated(1),
+            queued(1, "K1"),
+            KeyWriteDelivered { key_write_id: w(1) }.into(),
+            KeyUnassigned { key_id: key("K1") }.into(),
+            KeyWriteSuperseded {
+                key_write_id: w(1),
+                reason: SupersedeReason::KeyUnassigned { key_id: key("K1") },
+            }
+            .into(),
+        ];
+        let exposed = RotationRequested {
+            reason: RotationReason::Exposed,
+        };
+        given::<UserStream>(&current)
+            .when(ack(1, WriteOutcome::Written))
+            .then([late(), exposed.into()]);
+        // Deleted meanwhile: the password was shredded with its user, and Entra ID no
+        // longer signs them in.
+        let mut deleted = current.to_vec();
+        deleted.push(UserDeleted { reason: None }.into());
+        given::<UserStream>(&deleted)
+            .when(ack(1, WriteOutcome::Written))
+            .then([late()]);
+        // The key's new holder is owed their own password again, once: not while a write
+        // of it waits to be handed out.
+        let holder = [discovered(), imported(), rotated(7), assigned("K1")];
+        let rewrite_key = UserCommand::RewriteKey {
+            key: key("K1"),
+            write: w(97),
+        };
+        given::<UserStream>(&holder)
+            .when(rewrite_key.clone())
+            .then([KeyWriteQueued {
+                key_write_id: w(97),
+                rotation_id: RotationId(uuid::Uuid::from_u128(7)),
+                key_id: key("K1"),
+            }
+            .into()]);
+        let mut waiting = holder.to_vec();
+        waiting.push(queued(7, "K1"));
+        given::<UserStream>(&waiting)
+            .when(rewrite_key.clone())
+            .then_nothing();
+        given::<UserStream>(&[discovered(), imported(), rotated(7), assigned("K2")])
+            .when(rewrite_key)
+            .then_nothing();
         // Never handed out: "written" is not believed.
         let never = superseded(false);
         given::<UserStream>(&never)

@@ -743,7 +743,10 @@ impl RotationService {
             };
             crate::crash::point("after_graph");
             let result = match answer {
-                Ok(()) => AttemptResult::Set,
+                Ok(set) if set.after_unavailable => AttemptResult::SetAfterUnknown {
+                    error: "Graph answered 503 first; that request may still be applied".into(),
+                },
+                Ok(_) => AttemptResult::Set,
                 Err(e) if e.error.is_throttled() && !e.maybe_applied => {
                     throttled += 1;
                     wait_asked = e.error.retry_after();

@@ -120,6 +120,13 @@ pub fn in_federated_domain(upn: &str, federated: &[String]) -> bool {
 pub enum AttemptResult {
     /// Graph set it.
     Set,
+    /// Graph set it, after a request of the same attempt went unanswered or was answered
+    /// with a 5xx: that request may still land (with the same password, but after a newer
+    /// rotation it would bring this one back), so an uncertainty window opens.
+    SetAfterUnknown {
+        /// What the earlier request came to.
+        error: String,
+    },
     /// Graph refused this attempt (a 4xx other than throttling) and nothing of the attempt
     /// may have landed: the refusal is definite for this attempt, and for no other.
     Refused {
@@ -147,6 +154,14 @@ pub enum AttemptResult {
 pub enum NextStep {
     /// Record success and queue the key write.
     Succeed,
+    /// Record the unknown outcome of an earlier request of attempt `attempt` (its window
+    /// opens), then success as [`NextStep::Succeed`] does.
+    SucceedAfterUnknown {
+        /// The attempt's number.
+        attempt: u32,
+        /// What the earlier request came to.
+        error: String,
+    },
     /// Record a definite failure: the previous password stays current.
     Fail {
         /// Graph's error code.
@@ -192,6 +207,7 @@ pub fn after_attempt(open: &OpenRotation, result: AttemptResult, max_attempts: u
     };
     match result {
         AttemptResult::Set => NextStep::Succeed,
+        AttemptResult::SetAfterUnknown { error } => NextStep::SucceedAfterUnknown { attempt, error },
         AttemptResult::Refused { code, error } if !open.reached => NextStep::Fail { code, error },
         AttemptResult::Refused { code, error } => unknown(format!(
             "refused ({}): {error}; an earlier attempt may have set the password, so the same one is tried again",
@@ -502,6 +518,16 @@ pub fn events_after(
 ) -> Vec<Event> {
     let rotation_id = open.rotation_id;
     match step {
+        NextStep::SucceedAfterUnknown { attempt, error } => {
+            let retried = RotationRetried {
+                rotation_id,
+                attempt: *attempt,
+                error: error.clone(),
+            };
+            std::iter::once(retried.into())
+                .chain(events_after(&NextStep::Succeed, open, owed, new_write))
+                .collect()
+        }
         NextStep::Succeed if open.reason == RotationReason::Reassert => {
             vec![RotationSucceeded { rotation_id }.into()]
         }

@@ -123,6 +123,14 @@ fn reason(e: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
+/// A password PATCH that Graph confirmed.
+#[derive(Debug)]
+pub struct PasswordSet {
+    /// An earlier try of the same call was answered 503: Graph may still act on it, with
+    /// the same password, after a newer one is set.
+    pub after_unavailable: bool,
+}
+
 /// A password PATCH that Graph did not confirm.
 #[derive(Debug)]
 pub struct PasswordNotSet {
@@ -919,12 +927,12 @@ impl GraphClient {
     /// here, and so is a 503 (Graph's "not now"; the same body again is safe, but the write
     /// counts as possibly applied from then on); after any other try that may have been
     /// applied nothing is, and the error says so: a retry must be the caller's, recorded
-    /// as such.
+    /// as such. Set, it answers whether a 503'd try came first (it may still land).
     pub async fn set_password(
         &self,
         user_id: &str,
         password: &Secret,
-    ) -> Result<(), PasswordNotSet> {
+    ) -> Result<PasswordSet, PasswordNotSet> {
         let url = self.graph(&format!("/users/{}", urlencoding::encode(user_id)));
         let body = serde_json::json!({"passwordProfile": {
             "forceChangePasswordNextSignIn": false,
@@ -939,7 +947,9 @@ impl GraphClient {
             Some(&mut maybe_applied),
         )
         .await
-        .map(|_| ())
+        .map(|_| PasswordSet {
+            after_unavailable: maybe_applied,
+        })
         .map_err(|error| PasswordNotSet {
             error,
             maybe_applied,

@@ -286,6 +286,31 @@ async fn a_503_storm_is_retried_with_the_same_password() {
     );
 }
 
+/// One 503, then the client's own retry sets the password: the 503'd PATCH may still be
+/// applied, so a rotation asked for at once waits out the uncertainty window rather than
+/// set a newer password that PATCH could overwrite.
+#[tokio::test]
+async fn a_503_before_a_success_holds_back_the_next_rotation() {
+    let w = rotating_world(json!({})).await;
+    let id = w.assign_key(5, "K-0005").await;
+    w.sim(
+        Method::POST,
+        "/_sim/faults",
+        Some(json!({"method": "PATCH", "path_prefix": "/v1.0/users", "status": 503, "retry_after": 0.01, "count": 1})),
+    )
+    .await;
+    w.rotate(&id).await;
+    let h = w.rotations_settled(&id, 1).await;
+    assert_eq!(h[0]["outcome"], "succeeded", "{h:?}");
+    assert_eq!(h[0]["retries"], 1, "{h:?}");
+    let (s, body) = w
+        .admin(Method::POST, &format!("/v1/users/{id}/rotate"), None)
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{body}");
+    assert!(body["rotation_id"].is_null(), "not started now: {body}");
+    assert!(body["deferred_until"].is_string(), "{body}");
+}
+
 /// Throttling past the client's own retries is Graph's "not now", not an unknown outcome:
 /// the same password goes again after the wait Graph asked for, nothing is recorded as
 /// uncertain, and a new rotation may follow at once (no uncertainty window).

@@ -327,11 +327,16 @@ fn signed_in(ctx: &Ctx, headers: &HeaderMap) -> Option<(String, UserSession)> {
     let c = cookie(headers, user_cookie_name(https(ctx)))?;
     let s = ctx.store.find(c)?;
     if sign_in_stands(ctx, s.user, s.method, s.opened_position) {
-        Some((c.to_owned(), s))
+        return Some((c.to_owned(), s));
+    }
+    if person(ctx, s.user).is_some_and(|p| p.allowed.is_ok()) {
+        // Only this one: a session opened since, by the method in force, still stands
+        // (an old cookie replayed must not sign the user out of it).
+        ctx.store.close(c);
     } else {
         ctx.store.close_all_of(s.user);
-        None
     }
+    None
 }
 
 /// Whether a sign-in by `method`, opened at log position `opened_position`, still stands:
@@ -373,12 +378,11 @@ async fn decide(ctx: &Ctx, user: UserId, command: SignInCommand) -> Result<Vec<E
         .map(|(events, _)| events)
 }
 
+/// Events decided and appended, and the log position of the last of them.
+type Decided = (Vec<Event>, u64);
+
 /// [`decide`], and the log position of the appended events.
-async fn decide_at(
-    ctx: &Ctx,
-    user: UserId,
-    command: SignInCommand,
-) -> Result<(Vec<Event>, u64), Refusal> {
+async fn decide_at(ctx: &Ctx, user: UserId, command: SignInCommand) -> Result<Decided, Refusal> {
     // Nothing is enrolled or signed in for a removed domain's users.
     if domain_removed(ctx, user) {
         return Err(refuse(
@@ -412,13 +416,14 @@ struct Next {
 
 /// Opens a session for the sign-in recorded in `events` (its last `SignInSucceeded`);
 /// answers the session cookie's header.
-fn open_session(ctx: &Ctx, user: UserId, events: &[Event]) -> Option<HeaderValue> {
+fn open_session(ctx: &Ctx, user: UserId, (events, position): &Decided) -> Option<HeaderValue> {
     let ok = events.iter().rev().find_map(|e| match e {
         Event::SignInSucceeded(s) => Some(s),
         _ => None,
     })?;
-    // Every event that could end it comes after the sign-in, which is in the log by now.
-    let opened_at = ctx.app.engine.log.head().position;
+    // Every event that could end it comes after the sign-in's own record; not the head,
+    // which may hold a withdrawal appended since, which must end it.
+    let opened_at = *position;
     let cookie = ctx
         .store
         .open(user, ok.method, ok.amr.clone(), ok.at, opened_at);
@@ -461,14 +466,14 @@ fn failure_of(events: &[Event]) -> Option<SignInFailure> {
 
 /// The answer to a sign-in decided in `events`: a session and the way to `/me`, or the
 /// failure's message.
-fn signed_in_or_refused(ctx: &Ctx, flow: &str, user: UserId, events: &[Event]) -> Response {
-    if let Some(cookie) = open_session(ctx, user, events) {
+fn signed_in_or_refused(ctx: &Ctx, flow: &str, user: UserId, decided: &Decided) -> Response {
+    if let Some(cookie) = open_session(ctx, user, decided) {
         let next = after_sign_in(ctx, flow);
         let mut r = Json(Next { next }).into_response();
         r.headers_mut().append(header::SET_COOKIE, cookie);
         return r;
     }
-    let reason = failure_of(events);
+    let reason = failure_of(&decided.0);
     let status = match reason {
         Some(SignInFailure::Locked) => StatusCode::TOO_MANY_REQUESTS,
         Some(
@@ -735,7 +740,7 @@ async fn enrol_passkey(
 ) -> Result<Response, Refusal> {
     let (flow, user, link, entra) = enrolment(&ctx, &headers, &token, None)?;
     let (passkey, user_verified) = registered(&ctx, &flow, user, &body)?;
-    let events = decide(
+    let decided = decide_at(
         &ctx,
         user,
         SignInCommand::RegisterPasskey {
@@ -746,7 +751,7 @@ async fn enrol_passkey(
         },
     )
     .await?;
-    Ok(signed_in_or_refused(&ctx, &flow, user, &events))
+    Ok(signed_in_or_refused(&ctx, &flow, user, &decided))
 }
 
 /// A new authenticator seed, shown once.
@@ -856,7 +861,7 @@ async fn enrol_totp(
 ) -> Result<Response, Refusal> {
     let (flow, user, link, entra) = enrolment(&ctx, &headers, &token, None)?;
     let (sealed_seed, step) = confirmed_seed(&ctx, &flow, user, &body.code)?;
-    let events = decide(
+    let decided = decide_at(
         &ctx,
         user,
         SignInCommand::EnrolTotp {
@@ -867,7 +872,12 @@ async fn enrol_totp(
         },
     )
     .await?;
-    Ok(signed_in_or_refused(&ctx, &flow, user, &events))
+    // A replaced authenticator app (a lost phone) signs out every browser that may have
+    // used it; the enrolment's own sign-in opens after.
+    if decided.0.iter().any(|e| matches!(e, Event::TotpRemoved(_))) {
+        ctx.store.close_all_of(user);
+    }
+    Ok(signed_in_or_refused(&ctx, &flow, user, &decided))
 }
 
 /// Where the page's script sends the browser.
@@ -1423,7 +1433,7 @@ async fn signin_passkey(
     };
     let (credential_id, verified) =
         verify_passkey(&ctx, &flow, Ceremony::SignIn, user, &body.credential)?;
-    let events = decide(
+    let decided = decide_at(
         &ctx,
         user,
         SignInCommand::SignIn {
@@ -1436,7 +1446,7 @@ async fn signin_passkey(
         },
     )
     .await?;
-    Ok(signed_in_or_refused(&ctx, &flow, user, &events))
+    Ok(signed_in_or_refused(&ctx, &flow, user, &decided))
 }
 
 /// The user whose Entra step this browser just passed.
@@ -1550,7 +1560,7 @@ async fn signin_totp(
             }
         },
     };
-    let events = decide(
+    let decided = decide_at(
         &ctx,
         user,
         SignInCommand::SignIn {
@@ -1563,17 +1573,17 @@ async fn signin_totp(
         },
     )
     .await;
-    let events = match events {
-        Ok(e) => e,
+    let decided = match decided {
+        Ok(d) => d,
         Err(r) => return pages::problem(r.status, "Sign-in failed", &r.message),
     };
-    if let Some(cookie) = open_session(&ctx, user, &events) {
+    if let Some(cookie) = open_session(&ctx, user, &decided) {
         let next = after_sign_in(&ctx, &flow);
         let mut r = Redirect::to(&next).into_response();
         r.headers_mut().append(header::SET_COOKIE, cookie);
         return r;
     }
-    let reason = failure_of(&events);
+    let reason = failure_of(&decided.0);
     let message = reason
         .as_ref()
         .map_or("The sign-in did not succeed.", |r| r.message());
@@ -1631,7 +1641,7 @@ async fn second_passkey(
     let user = entra_user(&ctx, &flow).ok_or_else(expired_flow)?;
     let (credential_id, verified) =
         verify_passkey(&ctx, &flow, Ceremony::SecondFactor, user, &body.credential)?;
-    let events = decide(
+    let decided = decide_at(
         &ctx,
         user,
         SignInCommand::SignIn {
@@ -1644,7 +1654,7 @@ async fn second_passkey(
         },
     )
     .await?;
-    Ok(signed_in_or_refused(&ctx, &flow, user, &events))
+    Ok(signed_in_or_refused(&ctx, &flow, user, &decided))
 }
 
 // ---- the user's own page --------------------------------------------------------------------

@@ -760,6 +760,43 @@ async fn enrolment_links_that_do_not_work_say_why_and_change_nothing() {
 /// the first sign-in page: every visit to `/me` sets it for as long as a session lives, so
 /// the buttons work while the session does, not only for ten minutes after signing in.
 #[tokio::test]
+async fn a_new_authenticator_app_from_an_invite_replaces_the_old_one_and_its_sessions() {
+    let (w, _, alex) = signin_world().await;
+    let (mut old, old_secret) = enrol_alex(&w, &alex).await;
+    let me = format!("{}/me", w.app.public);
+    // From a session (which a thief may hold), no second app beside the first.
+    let (_, page, _) = old.get(&me).await;
+    let csrf = csrf_of(&page);
+    let (s, setup) = old
+        .post_json(&format!("{me}/totp/options"), &csrf, json!({}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{setup}");
+    let code = totp_code(
+        setup["secret"].as_str().unwrap(),
+        chrono::Utc::now().timestamp() + 30,
+    );
+    let (s, b) = old
+        .post_json(&format!("{me}/totp"), &csrf, json!({"code": code}))
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{b}");
+    assert!(
+        b["error"].as_str().unwrap().contains("remove it first"),
+        "{b}"
+    );
+    assert_eq!(old.get(&me).await.0, StatusCode::OK);
+
+    // A lost phone: a new invite sets up a new app, and the old one's browser is out.
+    let (mut new, new_secret) = enrol_alex(&w, &alex).await;
+    assert_ne!(new_secret, old_secret);
+    let (s, _, to) = old.get(&me).await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    assert_eq!(to.as_deref(), Some("/signin"));
+    assert_eq!(new.get(&me).await.0, StatusCode::OK);
+    let kinds = w.kinds(&alex).await;
+    assert!(kinds.iter().any(|k| k == "TotpRemoved"), "{kinds:?}");
+}
+
+#[tokio::test]
 async fn the_me_page_renews_the_cookie_its_buttons_need() {
     let (w, _, alex) = signin_world().await;
     let (v, _) = enrol_alex(&w, &alex).await;
@@ -1352,17 +1389,24 @@ async fn a_session_ended_by_a_withdrawal_stays_ended_when_sign_in_comes_back() {
             let (s, b) = w.admin(method, &path, body).await;
             assert_eq!(s, StatusCode::OK, "{what}: {path}: {b}");
         }
-        let (s, _, to) = v.get(&me).await;
+        // Signing in again works, before the old session is seen again.
+        let mut stale = std::mem::replace(&mut v, Visitor::new());
+        let handle = key.user_handle.clone();
+        let (s, b) = passkey_sign_in_with(&w, &mut v, &mut key, Some(&handle)).await;
+        assert_eq!(s, StatusCode::OK, "{what}: {b}");
+        let (s, _, to) = stale.get(&me).await;
         assert_eq!(
             (s, to.as_deref()),
             (StatusCode::SEE_OTHER, Some("/signin")),
             "{what}: the session outlived it"
         );
-        // Signing in again works.
-        v = Visitor::new();
-        let handle = key.user_handle.clone();
-        let (s, b) = passkey_sign_in_with(&w, &mut v, &mut key, Some(&handle)).await;
-        assert_eq!(s, StatusCode::OK, "{what}: {b}");
+        // The old cookie ends only itself: the session opened since still stands.
+        let (s, _, _) = v.get(&me).await;
+        assert_eq!(
+            s,
+            StatusCode::OK,
+            "{what}: the new session was ended by the old one"
+        );
     }
 }
 

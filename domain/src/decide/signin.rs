@@ -497,12 +497,31 @@ pub fn decide(s: &UserState, c: SignInCommand) -> Result<Vec<Event>, Rejection> 
                         .into(),
                 ));
             }
-            if s.signin.totp_last_step.is_some_and(|u| step <= u) {
+            // Codes used are the old app's when it is being replaced: the new one's first
+            // code may fall in the same time step.
+            let replacing = s.signin.totp && enrolment.is_some();
+            if !replacing && s.signin.totp_last_step.is_some_and(|u| step <= u) {
                 return Err(Rejection::Conflict(
                     "that code was used already; wait for the next one".into(),
                 ));
             }
-            let mut events: Vec<Event> = vec![TotpEnrolled { sealed_seed, step }.into()];
+            // A second app is never added beside the first: from a session (which a thief
+            // may hold) the first is removed on its own, as a choice; through an invite (a
+            // lost phone) the new one replaces it, and the old one's sessions and refresh
+            // tokens end as on any removal.
+            let replaced = match (s.signin.totp, enrolment) {
+                (false, _) => None,
+                (true, Some(_)) => Some(TotpRemoved {}.into()),
+                (true, None) => {
+                    return Err(Rejection::Conflict(
+                        "an authenticator app is set up already: remove it first".into(),
+                    ))
+                }
+            };
+            let mut events: Vec<Event> = replaced
+                .into_iter()
+                .chain([TotpEnrolled { sealed_seed, step }.into()])
+                .collect();
             match enrolment {
                 Some((link_id, true)) => {
                     open_link(s, link_id, at)?;
@@ -840,6 +859,31 @@ mod tests {
             unreachable!()
         };
         assert_eq!(ok.amr, ["fed", "otp"]);
+        // A second app replaces the first only through an invite (a lost phone), and
+        // ends what the first opened; from a session it is refused.
+        let enrolled = apply(
+            s.clone(),
+            &[TotpEnrolled {
+                sealed_seed: sealed(),
+                step: 3,
+            }
+            .into()],
+        );
+        let events = decide(&enrolled, totp(true)).unwrap_or_default();
+        assert!(matches!(
+            events[..2],
+            [Event::TotpRemoved(_), Event::TotpEnrolled(_)]
+        ));
+        let from_session = SignInCommand::EnrolTotp {
+            enrolment: None,
+            sealed_seed: sealed(),
+            step: 7,
+            at: t0(),
+        };
+        assert!(matches!(
+            decide(&enrolled, from_session),
+            Err(Rejection::Conflict(_))
+        ));
         // Passwordless users have no authenticator codes.
         let s = apply(
             user(SsoMethod::Passwordless),

@@ -223,6 +223,23 @@ async fn apply_fault(f: Fault, req: Request, next: Next) -> Response {
         });
         return Response::new(axum::body::Body::from_stream(failing));
     }
+    if f.cut_after_headers {
+        let (mut parts, body) = next.run(req).await.into_parts();
+        let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        };
+        parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+        let half = bytes.slice(..bytes.len() / 2);
+        let chunks = futures_util::StreamExt::chain(
+            futures_util::stream::iter([Ok(half)]),
+            futures_util::stream::once(async {
+                // Long enough for the head and the first half to be on the wire.
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                Err(std::io::Error::other("cut by a fault"))
+            }),
+        );
+        return Response::from_parts(parts, axum::body::Body::from_stream(chunks));
+    }
     if let Some(pad) = f.pad_bytes {
         let (parts, body) = next.run(req).await.into_parts();
         let Ok(mut bytes) = axum::body::to_bytes(body, usize::MAX).await.map(Vec::from) else {

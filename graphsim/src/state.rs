@@ -94,6 +94,10 @@ pub struct Fault {
     /// Serve the request (Graph acts), then cut the connection: the answer is lost.
     #[serde(default)]
     pub drop_after_apply: bool,
+    /// Serve the request, send the answer's status, headers and the first half of its
+    /// body, then cut the connection: a page lost part-way.
+    #[serde(default)]
+    pub cut_after_headers: bool,
     /// Serve the request, then point the answer's `@odata.nextLink` back at the request
     /// itself: a paging loop.
     #[serde(default)]

@@ -275,17 +275,20 @@ const MAX_ROUND_ITEMS: usize = 10_000_000;
 const MAX_LINK_BYTES: usize = 16 << 10;
 
 /// Reads a body of at most `max` bytes; a longer one is an error, not a memory bill.
+/// An answer's body, at most `max` bytes. One cut off part-way (a connection reset, the
+/// request's time up) is a `Transport` failure, like an answer never received: the
+/// network's fault, not Graph's words.
 async fn body_of(mut resp: reqwest::Response, max: usize) -> Result<Vec<u8>, GraphError> {
     let too_large = || GraphError::Decode(format!("the answer is larger than {max} bytes"));
     if resp.content_length().is_some_and(|n| n > max as u64) {
         return Err(too_large());
     }
+    let host = host_of(resp.url().as_str());
     let mut out = Vec::new();
-    while let Some(chunk) = resp
-        .chunk()
-        .await
-        .map_err(|e| GraphError::Decode(e.without_url().to_string()))?
-    {
+    while let Some(chunk) = resp.chunk().await.map_err(|e| GraphError::Transport {
+        host: host.clone(),
+        reason: format!("the answer was cut off: {}", reason(&e.without_url())),
+    })? {
         if out.len() + chunk.len() > max {
             return Err(too_large());
         }
@@ -543,7 +546,18 @@ impl GraphClient {
                 .map(str::to_owned);
             tracing::debug!(%method, status = status.as_u16(), ?request_id, %client_request_id, "Graph");
             if status.is_success() {
-                let bytes = body_of(resp, MAX_BODY_BYTES).await?;
+                let bytes = match body_of(resp, MAX_BODY_BYTES).await {
+                    Ok(bytes) => bytes,
+                    // Graph acted (its status says so); only the answer's body was lost,
+                    // which a write does not need.
+                    Err(GraphError::Transport { .. }) if uncertain.is_some() => return Ok(None),
+                    Err(err @ GraphError::Transport { .. }) if !last => {
+                        tracing::warn!(attempt, %client_request_id, error = %err, "Graph's answer was cut off; asking again");
+                        tokio::time::sleep(self.backoff(attempt)).await;
+                        continue;
+                    }
+                    Err(err) => return Err(err),
+                };
                 if bytes.is_empty() {
                     return Ok(None);
                 }

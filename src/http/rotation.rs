@@ -253,6 +253,11 @@ pub async fn reveal(
     // What the log says now, not what the projections had folded: a rotation that just
     // started or succeeded changes which passwords Entra ID may hold.
     s.reach(Some(s.engine.log.head().position)).await?;
+    // The access check read projections that may not have folded a revocation yet; they
+    // have now. As for agents: no password leaves after its token was revoked.
+    if !who.still_live(&s) {
+        return Err(not_live(&s));
+    }
     let user = UserId(id);
     let stream = StreamId::user(user);
     let (current, candidate) = {
@@ -298,6 +303,9 @@ pub async fn reveal(
         reason: b.reason,
     };
     let position = decide_for(&s, user, &who, Some(revealed.0), command).await?;
+    if !who.still_live(&s) {
+        return Err(not_live(&s));
+    }
     Ok(Json(Revealed {
         user_id: user.0,
         rotation_id: password.as_ref().map(|(id, _)| id.0),

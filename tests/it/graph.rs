@@ -353,6 +353,26 @@ async fn a_503_storm_is_survived_and_a_longer_one_reported() {
     )
     .await;
     assert_eq!(c.domains().await.unwrap().len(), 1);
+    // So is an answer cut off after its status and half its body: the network's fault,
+    // not a bad answer of Graph's.
+    let before = requests_to(&url, "/v1.0/domains").await.len();
+    fault(
+        &url,
+        json!({"cut_after_headers": true, "path_prefix": "/v1.0/domains", "count": 1}),
+    )
+    .await;
+    assert_eq!(c.domains().await.unwrap().len(), 1);
+    assert_eq!(requests_to(&url, "/v1.0/domains").await.len(), before + 2);
+    fault(
+        &url,
+        json!({"cut_after_headers": true, "path_prefix": "/v1.0/domains", "count": 50}),
+    )
+    .await;
+    let err = c.domains().await.unwrap_err();
+    assert!(
+        matches!(err, idledger::graph::GraphError::Transport { .. }),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]

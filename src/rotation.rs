@@ -728,8 +728,9 @@ impl RotationService {
                     "the domain has no credentials; the rotation waits for them".into(),
                 ));
             };
+            // The cancel first: credentials removed before the request starts send nothing.
             let answer = tokio::select! {
-                a = client.set_password(&o.external, &pw) => a,
+                biased;
                 _ = wait_cancelled(cancelled) => {
                     // The request may have left: record that its outcome is unknown.
                     let events = on_resume(&o.state);
@@ -740,6 +741,7 @@ impl RotationService {
                     }
                     return Err(RotationError::NoCredentials("the domain's credentials were removed".into()));
                 }
+                a = client.set_password(&o.external, &pw) => a,
             };
             crate::crash::point("after_graph");
             let result = match answer {

@@ -154,6 +154,8 @@ pub struct GraphClient {
     page_size: u32,
     max_round_items: usize,
     token: Mutex<Option<CachedToken>>,
+    /// Set when the credentials are removed or replaced (before the admin is answered).
+    retired: std::sync::atomic::AtomicBool,
 }
 
 fn trim(url: &str) -> &str {
@@ -350,7 +352,23 @@ impl GraphClient {
             page_size: 999,
             max_round_items: MAX_ROUND_ITEMS,
             token: Mutex::new(None),
+            retired: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// From now on nothing is sent with these credentials: a request already on its way
+    /// goes, none starts. Called before the removal or replacement is answered, so that a
+    /// removed secret is never used after the admin's command returns.
+    pub fn retire(&self) {
+        self.retired
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn still_serving(&self) -> Result<(), GraphError> {
+        if self.retired.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(GraphError::Retired);
+        }
+        Ok(())
     }
 
     /// Page size asked of collections (`$top`, 1 to 999).
@@ -371,7 +389,10 @@ impl GraphClient {
 
     /// A valid access token, from the cache or the token endpoint.
     pub async fn access_token(&self) -> Result<Secret, GraphError> {
+        self.still_serving()?;
         let mut cached = self.token.lock().await;
+        // Waited for the lock: retired meanwhile, maybe.
+        self.still_serving()?;
         if let Some(t) = cached.as_ref().filter(|t| Instant::now() < t.refresh_at) {
             return Ok(t.token.clone());
         }
@@ -392,6 +413,7 @@ impl GraphClient {
             attempt += 1;
             if attempt > 1 {
                 crate::metrics::graph_retry("token");
+                self.still_serving()?;
             }
             let mut delay = self.backoff(attempt);
             match timed("token", self.http.post(&url).form(&form)).await {
@@ -1047,6 +1069,7 @@ impl GraphClient {
         redirect_uri: &str,
         code_verifier: &str,
     ) -> Result<Secret, GraphError> {
+        self.still_serving()?;
         let url = self.authority("/oauth2/v2.0/token");
         let form = [
             ("client_id", self.settings.client_id.as_str()),

@@ -56,6 +56,10 @@ pub enum GraphError {
         "Graph sent a link to {0}, which is not the configured Graph host; it was not followed"
     )]
     ForeignLink(String),
+    /// The credentials this client holds were removed or replaced: it sends nothing more
+    /// with them (not even a token it still has).
+    #[error("the domain's credentials were removed or replaced; nothing more is sent with them")]
+    Retired,
 }
 
 impl GraphError {

@@ -252,6 +252,7 @@ impl SyncService {
                 .iter()
                 .any(|(d, fp, _)| d == id && *fp == w.fingerprint);
             if !keep {
+                w.client.retire();
                 w.cancel.send_replace(true);
                 tracing::info!(domain = %id, "sync worker stopped");
             }
@@ -491,11 +492,13 @@ impl SyncService {
                 };
                 // Its turn: a request from now on is for a run after this one.
                 unwait(&service);
+                // The cancel first: a run whose credentials were removed starts no request.
                 let result = tokio::select! {
+                    biased;
+                    _ = wait_cancelled(cancelled) => Err(SyncError::Cancelled),
                     r = async {
                         SyncRun::new(&engine, &client, domain, run_id, dry_run, full).await?.execute().await
                     } => r,
-                    _ = wait_cancelled(cancelled) => Err(SyncError::Cancelled),
                 };
                 let shredder = engine.clone();
                 if result.is_err() {

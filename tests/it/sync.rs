@@ -850,6 +850,36 @@ async fn a_domain_with_a_wrong_secret_fails_with_graphs_code_and_the_other_syncs
 }
 
 #[tokio::test]
+async fn a_removed_secret_is_never_used_after_the_removal_returns() {
+    let w = world(json!({})).await;
+    w.sync().await;
+    let domain = idledger_domain::DomainId(w.domain.parse().unwrap());
+    // Whoever holds the domain's client (a run, a rotation, a sign-in) holds it as it was.
+    let (client, _) = w.app.state.sync.client(domain).expect("a client");
+    client.domains().await.unwrap();
+    let (s, _) = w
+        .admin(
+            Method::DELETE,
+            &format!("/v1/domains/{}/credentials", w.domain),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let seen = w.sim_requests().await.len();
+    let err = client.domains().await.unwrap_err();
+    assert!(
+        matches!(err, idledger::graph::GraphError::Retired),
+        "{err:?}"
+    );
+    let err = client.access_token().await.unwrap_err();
+    assert!(
+        matches!(err, idledger::graph::GraphError::Retired),
+        "{err:?}"
+    );
+    assert_eq!(w.sim_requests().await.len(), seen, "nothing was sent");
+}
+
+#[tokio::test]
 async fn removing_credentials_stops_the_worker_and_putting_them_back_resumes() {
     let w = world(json!({})).await;
     w.sync().await;

@@ -382,6 +382,24 @@ const UPLOAD_LIMIT: u64 = 2 << 30;
 /// The largest manifest line.
 const MANIFEST_LIMIT: usize = 256 << 10;
 
+/// Free space an upload must leave on the file system it is written to: the data dir may
+/// be on the same one, and a full disk would stop every append.
+const UPLOAD_HEADROOM: u64 = 1 << 30;
+
+/// How often (in bytes written) an upload of no declared length looks at the free space.
+const UPLOAD_ROOM_LOOK: u64 = 64 << 20;
+
+/// Whether `dir`'s file system has room for `more` bytes and the headroom; an unknown
+/// answer (no statvfs) is taken as room.
+fn room_for(dir: &std::path::Path, more: u64) -> Result<(), ApiError> {
+    match super::meta::available_bytes(dir) {
+        Some(free) if free < more.saturating_add(UPLOAD_HEADROOM) => Err(ApiError::Unavailable(
+            "not enough free disk space to take this upload in just now".into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// `verify-export`'s report (see the CLI): `ok`, `rows`, `log_position`, `signed_head`
 /// (`unchecked` here: the server's own key would prove nothing) and `problems`, the first
 /// differing row among them.
@@ -402,15 +420,26 @@ impl Drop for Scratch {
 /// Verifies an uploaded export (the console's drag and drop) as `idledger verify-export`
 /// does, against the live log: the manifest's query is run again to its position, the
 /// chain checked, and the file compared row by row and by its SHA-256.
-pub async fn verify_upload(State(s): State<AppState>, body: Body) -> Result<Response, ApiError> {
+pub async fn verify_upload(
+    State(s): State<AppState>,
+    headers: axum::http::HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     use futures_util::StreamExt;
     use tokio::io::AsyncWriteExt;
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > UPLOAD_LIMIT + MANIFEST_LIMIT as u64) {
+        return Err(ApiError::PayloadTooLarge(UPLOAD_LIMIT as usize));
+    }
     // The place comes first: an upload of up to 2 GiB goes to disk as it arrives, and
     // none is taken in that could not be checked now.
     let place = s.whole_log_place()?;
-    let scratch = Scratch(
-        std::env::temp_dir().join(format!("idledger-verify-{}", uuid::Uuid::new_v4().simple())),
-    );
+    let temp = std::env::temp_dir();
+    // Room for all it declares first, and then as it arrives.
+    room_for(&temp, declared.unwrap_or(0))?;
+    let scratch = Scratch(temp.join(format!("idledger-verify-{}", uuid::Uuid::new_v4().simple())));
     std::fs::create_dir(&scratch.0).map_err(|e| ApiError::Internal(e.to_string()))?;
     let mut stream = body.into_data_stream();
     let mut head = Vec::new();
@@ -458,9 +487,13 @@ pub async fn verify_upload(State(s): State<AppState>, body: Body) -> Result<Resp
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("the body: {e}")))?;
+        let before = written;
         written += chunk.len() as u64;
         if written > UPLOAD_LIMIT {
             return Err(ApiError::PayloadTooLarge(UPLOAD_LIMIT as usize));
+        }
+        if before / UPLOAD_ROOM_LOOK != written / UPLOAD_ROOM_LOOK {
+            room_for(&scratch.0, 0)?;
         }
         out.write_all(&chunk)
             .await

@@ -138,7 +138,7 @@ pub async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
 }
 
 /// Free bytes of the file system holding `dir`.
-fn available_bytes(dir: &std::path::Path) -> Option<u64> {
+pub(crate) fn available_bytes(dir: &std::path::Path) -> Option<u64> {
     let st = rustix::fs::statvfs(dir).ok()?;
     Some(st.f_bavail.saturating_mul(st.f_frsize))
 }

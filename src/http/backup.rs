@@ -78,10 +78,9 @@ pub async fn download(
         }
     }
     // The signed head next: every head is signed over committed records, so the log's
-    // head read after it is usually at or past its size. A whole backup has one signed
-    // now, over (nearly) all it carries, so that `restore --public-key` covers it; an
-    // increment takes the latest, or a follower asking every quarter second would keep a
-    // head each time.
+    // head read after it is usually at or past its size. Only the latest is kept (a head
+    // is kept at most every `sth_interval_ms`, whoever asks how often); a whole backup
+    // gets one signed over what it carries at its end, not kept.
     let notary = s.notary.clone();
     let whole = from == 1;
     // Places first: a request answered 503 for want of one has done no work.
@@ -91,17 +90,11 @@ pub async fn download(
     let whole_place = whole.then(|| s.whole_log_place()).transpose()?;
     let sth = {
         let notary = notary.clone();
-        tokio::task::spawn_blocking(move || {
-            if whole {
-                notary.sign_now()
-            } else {
-                notary.latest()
-            }
-        })
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .flatten()
+        tokio::task::spawn_blocking(move || notary.latest())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .flatten()
     };
     let log = s.engine.log.clone();
     // At or past the head checked above: the log only grows. The key store is read with
@@ -173,15 +166,16 @@ pub async fn download(
             // no restore may find it covering more (it ended early: a `limit`,
             // `max_bytes`, a head over leaves the log had not yet published), and none
             // need take records after it unproven (records appended since the last head).
-            // When the tree cannot give that root, the last head is kept if it covers no
-            // more. (A follower keeps an increment's head only once it holds what it
-            // covers.)
+            // When the tree cannot give that root yet (it trails the log by a commit),
+            // one over as much of it as the tree has, and else the last kept head if it
+            // covers no more. (A follower keeps an increment's head only once it holds
+            // what it covers.)
             let sth = match sth {
-                Some(h) if whole && h.head.tree_size != held => notary.sign(held).ok().or((h
-                    .head
-                    .tree_size
-                    < held)
-                    .then_some(h)),
+                Some(h) if whole && h.head.tree_size != held => notary
+                    .sign(held)
+                    .or_else(|_| notary.sign(notary.tree().size().min(held)))
+                    .ok()
+                    .or((h.head.tree_size < held).then_some(h)),
                 other => other,
             };
             w.finish(&sealed, known.as_deref(), sth.map(|h| h.to_note()))?;

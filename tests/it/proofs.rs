@@ -1241,3 +1241,39 @@ async fn an_export_proves_where_it_sits_in_the_signed_history() {
     assert_eq!(code, 0, "{checked}");
     assert_eq!(checked["signed_head"], "verified");
 }
+
+/// Whole backups, however often an auditor asks for one, keep no more signed heads than
+/// the interval allows: each carries a head of its own, signed and not kept.
+#[tokio::test]
+async fn backups_asked_for_often_keep_no_extra_signed_heads() {
+    let app = crate::support::spawn_app_tuned(Default::default(), |c| {
+        c.sth_interval_ms = 3_600_000;
+    })
+    .await;
+    let auditor = app.token("auditor", &[]).await;
+    let kept = || async {
+        let (s, b) = app
+            .call(Some(&app.admin), reqwest::Method::GET, "/v1/log/sths", None)
+            .await;
+        assert_eq!(s, reqwest::StatusCode::OK, "{b}");
+        b["items"].as_array().unwrap().len()
+    };
+    let before = kept().await;
+    for n in 0..5 {
+        app.domain(&format!("often{n}.onmicrosoft.com")).await;
+        let r = app
+            .http
+            .get(format!("{}/v1/backup?limit=1", app.url))
+            .bearer_auth(&auditor)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), reqwest::StatusCode::OK);
+        let body = r.bytes().await.unwrap();
+        assert!(
+            String::from_utf8_lossy(&body).contains("\u{2014} "),
+            "a signed head in the backup"
+        );
+    }
+    assert!(kept().await <= before + 1, "backups kept heads");
+}

@@ -851,9 +851,9 @@ impl GraphClient {
                 let mut kept = 0;
                 for g in values(body)? {
                     kept += 1;
-                    let id = g["id"]
-                        .as_str()
-                        .ok_or_else(|| GraphError::Decode("group without id".into()))?;
+                    let id = object_id(&g["id"])
+                        .ok_or_else(|| GraphError::Decode("a group without a valid id".into()))?;
+                    let id = id.as_str();
                     if g.get("@removed").is_some() {
                         // The group itself is gone: not "no members".
                         out.removed_groups.insert(id.to_owned());

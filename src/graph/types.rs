@@ -79,11 +79,18 @@ impl GraphUser {
     }
 }
 
+fn group_object_id<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let v = Value::deserialize(d)?;
+    object_id(&v).ok_or_else(|| serde::de::Error::custom("a group id that is not an object id"))
+}
+
 /// A group found by name.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct GraphGroup {
-    /// Object id.
+    /// Object id, lower case: it goes into filters, the log and comparisons with ids
+    /// saved before, so an odd one is refused with the answer rather than carried along.
+    #[serde(deserialize_with = "group_object_id")]
     pub id: String,
     #[serde(default)]
     pub display_name: Option<String>,
@@ -182,6 +189,9 @@ mod tests {
             json!(7),
         ] {
             assert_eq!(GraphUser::from_entry(&json!({"id": bad})), None, "{bad}");
+            assert!(serde_json::from_value::<GraphGroup>(json!({"id": bad})).is_err());
         }
+        let group: GraphGroup = serde_json::from_value(json!({"id": "ABC-2"})).unwrap();
+        assert_eq!(group.id, "abc-2");
     }
 }

@@ -74,6 +74,20 @@ impl Principal {
                 .is_none_or(|c| s.sessions.is_open(c))
     }
 
+    /// [`Principal::still_live`] as an answer: 401 once revoked, 503 when the projections
+    /// stopped and cannot tell.
+    pub fn live(&self, s: &AppState) -> Result<(), ApiError> {
+        if self.still_live(s) {
+            Ok(())
+        } else if s.engine.projector.stopped() {
+            Err(ApiError::Unavailable(
+                "the projections stopped; see the server's log".into(),
+            ))
+        } else {
+            Err(ApiError::Unauthorized)
+        }
+    }
+
     /// The actor recorded on events this caller causes.
     pub fn actor(&self) -> Actor {
         Actor::Token(self.token_id, self.role)

@@ -41,6 +41,7 @@ pub struct LoggedEvent {
 /// A page of envelopes from `from_position`.
 pub async fn list(
     State(s): State<AppState>,
+    who: Principal,
     ApiQuery(q): ApiQuery<EventsQuery>,
 ) -> Result<Json<Page<LoggedEvent>>, ApiError> {
     s.reach(q.min_position).await?;
@@ -61,6 +62,8 @@ pub async fn list(
     } else {
         s.whole_log_read(read).await??
     };
+    // A big page takes a while: a token revoked meanwhile gets none of it.
+    who.live(&s)?;
     let head = crate::store::EventLog::head(&*s.engine.log).position;
     let next = last.filter(|l| *l < head).map(|l| (l + 1).to_string());
     Ok(page(items, next))

@@ -255,9 +255,7 @@ pub async fn reveal(
     s.reach(Some(s.engine.log.head().position)).await?;
     // The access check read projections that may not have folded a revocation yet; they
     // have now. As for agents: no password leaves after its token was revoked.
-    if !who.still_live(&s) {
-        return Err(not_live(&s));
-    }
+    who.live(&s)?;
     let user = UserId(id);
     let stream = StreamId::user(user);
     let (current, candidate) = {
@@ -303,9 +301,7 @@ pub async fn reveal(
         reason: b.reason,
     };
     let position = decide_for(&s, user, &who, Some(revealed.0), command).await?;
-    if !who.still_live(&s) {
-        return Err(not_live(&s));
-    }
+    who.live(&s)?;
     Ok(Json(Revealed {
         user_id: user.0,
         rotation_id: password.as_ref().map(|(id, _)| id.0),
@@ -513,9 +509,7 @@ pub async fn key_writes(
     for (id, seen_deliveries, user, key, rotation, upn, name, sealed) in writes {
         // Each delivery is a password leaving: a token revoked while the page is made gets
         // none (what this page recorded is leased, and offered again when the lease ends).
-        if !who.still_live(&s) {
-            return Err(not_live(&s));
-        }
+        who.live(&s)?;
         // Unsealed first: a user deleted meanwhile has no data key left (nor a write
         // owed), and a write whose password cannot be had is not recorded as handed out.
         let password = match s.engine.keyring.unseal(&StreamId::user(user), &sealed) {
@@ -556,19 +550,8 @@ pub async fn key_writes(
     }
     // A revocation confirmed while the last delivery was being recorded ends this answer
     // too: no password leaves after its token was revoked.
-    if !who.still_live(&s) {
-        return Err(not_live(&s));
-    }
+    who.live(&s)?;
     Ok(page(items, more))
-}
-
-/// Why a token is no longer live: revoked, or the projections stopped and cannot tell.
-fn not_live(s: &AppState) -> ApiError {
-    if s.engine.projector.stopped() {
-        ApiError::Unavailable("the projections stopped; see the server's log".into())
-    } else {
-        ApiError::Unauthorized
-    }
 }
 
 /// `GET /v1/agent/key-writes` query.

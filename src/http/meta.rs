@@ -64,34 +64,65 @@ fn readiness_problems(s: &AppState) -> Vec<String> {
 /// Whether the data dir takes writes, found by writing a file into it: at most once per
 /// [`DataDirProbe::FRESH`], however often `/readyz` and `/metrics` (both open to anyone
 /// who reaches the port) are asked. The log's commits sync the same file system, so
-/// probes must not be a load an outsider controls.
+/// probes must not be a load an outsider controls, nor wait on one another.
 pub struct DataDirProbe {
     dir: std::path::PathBuf,
-    /// When the last probe ran and what it found; held while a probe runs, so probes
-    /// asked at once wait for one and share its answer.
-    last: std::sync::Mutex<Option<(std::time::Instant, Result<(), String>)>>,
+    /// Held only to look and to record, never while a probe writes: a data dir that
+    /// hangs (a dying disk, a stalled NFS mount) must not park a thread of every caller.
+    state: std::sync::Mutex<ProbeState>,
     writes: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Default)]
+struct ProbeState {
+    /// When the last probe ended and what it found.
+    last: Option<(std::time::Instant, Result<(), String>)>,
+    /// When the probe under way started.
+    running_since: Option<std::time::Instant>,
 }
 
 impl DataDirProbe {
     /// How long a probe's answer stands.
     pub const FRESH: std::time::Duration = std::time::Duration::from_secs(1);
 
+    /// Probes once at once: from then on there is always an answer to give.
     pub fn new(dir: &std::path::Path) -> DataDirProbe {
-        DataDirProbe {
+        let probe = DataDirProbe {
             dir: dir.to_owned(),
-            last: std::sync::Mutex::new(None),
+            state: std::sync::Mutex::new(ProbeState::default()),
             writes: std::sync::atomic::AtomicU64::new(0),
-        }
+        };
+        let _ = probe.check();
+        probe
     }
 
-    /// The last answer while it is fresh, else a new probe's (blocking: file IO).
+    fn state(&self) -> std::sync::MutexGuard<'_, ProbeState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The last answer while it is fresh, else a new probe's (blocking: file IO). Asked
+    /// while another probe writes, the last answer, until that probe has taken longer
+    /// than an answer stands: then the data dir is not taking writes.
     pub fn check(&self) -> Result<(), String> {
-        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((at, answer)) = &*last {
-            if at.elapsed() < Self::FRESH {
-                return answer.clone();
+        {
+            let mut st = self.state();
+            if let Some((at, answer)) = &st.last {
+                if at.elapsed() < Self::FRESH {
+                    return answer.clone();
+                }
             }
+            if let Some(since) = st.running_since {
+                let waited = since.elapsed();
+                return match &st.last {
+                    Some((_, answer)) if waited < Self::FRESH => answer.clone(),
+                    _ if waited < Self::FRESH => Err("the data dir is being checked".into()),
+                    _ => Err(format!(
+                        "a write to the data dir has not finished in {}s",
+                        waited.as_secs()
+                    )),
+                };
+            }
+            st.running_since = Some(std::time::Instant::now());
         }
         self.writes
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -104,7 +135,9 @@ impl DataDirProbe {
                 other => other,
             })
             .map_err(|e| e.to_string());
-        *last = Some((std::time::Instant::now(), answer.clone()));
+        let mut st = self.state();
+        st.last = Some((std::time::Instant::now(), answer.clone()));
+        st.running_since = None;
         answer
     }
 

@@ -429,7 +429,8 @@ async fn a_flood_of_probes_writes_into_the_data_dir_about_once_a_second() {
     let seconds = started.elapsed().as_secs() + 1;
     let writes = app.state.data_dir_probe.writes() - before;
     assert!(
-        (1..=seconds + 1).contains(&writes),
+        // The answer of the probe made at the start may still stand.
+        writes <= seconds + 1,
         "{writes} probe files written in {seconds} s"
     );
 }

@@ -382,18 +382,27 @@ const UPLOAD_LIMIT: u64 = 2 << 30;
 /// The largest manifest line.
 const MANIFEST_LIMIT: usize = 256 << 10;
 
-/// Free space an upload must leave on the file system it is written to: the data dir may
-/// be on the same one, and a full disk would stop every append.
+/// Free space an upload must leave on the file system it is written to when the data dir
+/// is on the same one: a full disk would stop every append.
 const UPLOAD_HEADROOM: u64 = 1 << 30;
 
 /// How often (in bytes written) an upload of no declared length looks at the free space.
 const UPLOAD_ROOM_LOOK: u64 = 64 << 20;
 
-/// Whether `dir`'s file system has room for `more` bytes and the headroom; an unknown
-/// answer (no statvfs) is taken as room.
-fn room_for(dir: &std::path::Path, more: u64) -> Result<(), ApiError> {
+/// Whether `dir`'s file system has room for `more` bytes, and the headroom when it is
+/// the data dir's too (`data_dir`); an unknown answer (no statvfs) is taken as room.
+fn room_for(dir: &std::path::Path, data_dir: &std::path::Path, more: u64) -> Result<(), ApiError> {
+    #[cfg(unix)]
+    let shared = {
+        use std::os::unix::fs::MetadataExt;
+        let dev = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.dev()).ok();
+        dev(dir).is_none_or(|d| Some(d) == dev(data_dir))
+    };
+    #[cfg(not(unix))]
+    let shared = true;
+    let headroom = if shared { UPLOAD_HEADROOM } else { 0 };
     match super::meta::available_bytes(dir) {
-        Some(free) if free < more.saturating_add(UPLOAD_HEADROOM) => Err(ApiError::Unavailable(
+        Some(free) if free < more.saturating_add(headroom) => Err(ApiError::Unavailable(
             "not enough free disk space to take this upload in just now".into(),
         )),
         _ => Ok(()),
@@ -438,7 +447,7 @@ pub async fn verify_upload(
     let place = s.whole_log_place()?;
     let temp = std::env::temp_dir();
     // Room for all it declares first, and then as it arrives.
-    room_for(&temp, declared.unwrap_or(0))?;
+    room_for(&temp, &s.data_dir, declared.unwrap_or(0))?;
     let scratch = Scratch(temp.join(format!("idledger-verify-{}", uuid::Uuid::new_v4().simple())));
     std::fs::create_dir(&scratch.0).map_err(|e| ApiError::Internal(e.to_string()))?;
     let mut stream = body.into_data_stream();
@@ -493,7 +502,7 @@ pub async fn verify_upload(
             return Err(ApiError::PayloadTooLarge(UPLOAD_LIMIT as usize));
         }
         if before / UPLOAD_ROOM_LOOK != written / UPLOAD_ROOM_LOOK {
-            room_for(&scratch.0, 0)?;
+            room_for(&scratch.0, &s.data_dir, 0)?;
         }
         out.write_all(&chunk)
             .await

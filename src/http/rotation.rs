@@ -13,9 +13,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use idledger_domain::decide::user::{decide, evolve, UserCommand, WriteOutcome};
-use idledger_domain::{
-    Event, KeyWriteId, KeyWriteState, RotationId, RotationReason, StreamId, UserId,
-};
+use idledger_domain::{KeyWriteId, KeyWriteState, RotationId, RotationReason, StreamId, UserId};
 use idledger_projections::{Projections, RotationOutcome, RotationView, UserStatus, UserView};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -622,6 +620,8 @@ pub async fn ack(
     ApiJson(b): ApiJson<AckBody>,
 ) -> Result<Json<Acknowledged>, ApiError> {
     let id = KeyWriteId(id);
+    // Whether the write was superseded is read from the projections: caught up first.
+    s.reach(Some(s.engine.log.head().position)).await?;
     let user = s
         .engine
         .projector
@@ -629,9 +629,14 @@ pub async fn ack(
         .key_writes
         .get(id)
         .filter(|w| who.key_ids.contains(&w.key_id))
-        .map(|w| (w.user_id, w.rotation_id, w.key_id.clone()));
+        .map(|w| {
+            let superseded = w.state == KeyWriteState::Superseded;
+            (w.user_id, w.rotation_id, w.key_id.clone(), superseded)
+        });
     // Another key's write is not found: an agent learns nothing of other keys.
-    let (user, rotation, key) = user.ok_or_else(|| ApiError::NotFound("key write".into()))?;
+    let (user, rotation, key, superseded) =
+        user.ok_or_else(|| ApiError::NotFound("key write".into()))?;
+    let landed_late = superseded && b.result == AckResult::Written;
     let outcome = match b.result {
         AckResult::Written => WriteOutcome::Written,
         AckResult::Failed => WriteOutcome::Failed(b.detail),
@@ -643,28 +648,12 @@ pub async fn ack(
         delivery: b.delivery,
         rewrite: KeyWriteId(uuid::Uuid::new_v4()),
     };
-    let landed_late = std::sync::atomic::AtomicBool::new(false);
-    let mut position = crate::store::decide_and_append(
-        &*s.engine.log,
-        &StreamId::user(user),
-        &who.actor(),
-        Some(rotation.0),
-        evolve,
-        |st| {
-            let decided = decide(st, command.clone());
-            let late = decided.as_ref().is_ok_and(|events| {
-                events
-                    .iter()
-                    .any(|e| matches!(e, Event::KeyWriteWrittenLate(_)))
-            });
-            landed_late.store(late, std::sync::atomic::Ordering::Relaxed);
-            decided
-        },
-    )
-    .await?;
-    if landed_late.into_inner() {
+    let mut position = decide_for(&s, user, &who, Some(rotation.0), command).await?;
+    if landed_late {
         // The key may have changed hands since the write was superseded: its holder now
-        // has another user's password on it, and is owed their own again.
+        // has another user's password on it, and is owed their own again. Asked again
+        // on the agent's retry too (this second append may not have happened), which
+        // queues nothing while a write of theirs waits.
         let holder = s
             .engine
             .projector

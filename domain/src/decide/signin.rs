@@ -514,7 +514,7 @@ pub fn decide(s: &UserState, c: SignInCommand) -> Result<Vec<Event>, Rejection> 
                 (true, Some(_)) => Some(TotpRemoved {}.into()),
                 (true, None) => {
                     return Err(Rejection::Conflict(
-                        "an authenticator app is set up already: remove it first".into(),
+                        "an authenticator app is set up already: remove it first (with a passkey added, if it is your only second factor), or ask your administrator for a new invite".into(),
                     ))
                 }
             };

@@ -508,6 +508,9 @@ pub fn decide(s: &UserState, c: UserCommand) -> Result<Vec<Event>, Rejection> {
                 removal_for(behavior, status, reason, &s.undelivered())
             })
         }
+        // Asked again on an agent's retry: a write of theirs still owed (queued, or handed
+        // out and not answered) is enough.
+        (_, UserCommand::RewriteKey { .. }) if !s.undelivered().is_empty() => Ok(vec![]),
         (_, UserCommand::RewriteKey { key, write }) => Ok(rewrite_after_late_write(s, &key, write)),
         (Status::Unknown | Status::Deleted, UserCommand::RecordReveal { .. }) => {
             Err(Rejection::NotFound("user"))

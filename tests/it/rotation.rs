@@ -1028,6 +1028,39 @@ async fn a_late_write_onto_a_key_that_changed_hands_is_repaired_for_both_users()
     assert_ne!(w.sim_password(3).await, exposed);
 }
 
+/// The agent's retry of a late answer asks for the new holder's rewrite again: the first
+/// answer found one of theirs still owed (handed out, not answered), which is confirmed
+/// before the retry comes.
+#[tokio::test]
+async fn a_retried_late_answer_asks_for_the_holders_rewrite_again() {
+    let w = rotating_world(json!({})).await;
+    let a = w.assign_key(3, "K-0003").await;
+    w.rotate(&a).await;
+    w.rotations_settled(&a, 1).await;
+    let agent = w.app.token("agent", &["K-0003"]).await;
+    let of_a = w.agent_writes(&agent).await[0].clone();
+    let (s, body) = w
+        .admin(Method::DELETE, &format!("/v1/users/{a}/key"), None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let b = w.assign_key(4, "K-0003").await;
+    w.rotate(&b).await;
+    w.rotations_settled(&b, 1).await;
+    let of_b = w.agent_writes(&agent).await;
+    assert_eq!(of_b.len(), 1, "{of_b:?}");
+    // A's write lands while B's is still being written: nothing more is owed yet.
+    let (s, body) = w.ack_written(&agent, &of_a).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let queued = |kinds: Vec<String>| kinds.iter().filter(|k| *k == "KeyWriteQueued").count();
+    assert_eq!(queued(w.kinds(&b).await), 1);
+    let (s, body) = w.ack_written(&agent, &of_b[0]).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    // The retry: B's key is owed B's password again.
+    let (s, body) = w.ack_written(&agent, &of_a).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(queued(w.kinds(&b).await), 2);
+}
+
 /// A user who lost a key gets a new one: it is given the password the engine holds now,
 /// not left empty until the next rotation (days away); the old key gets nothing more.
 #[tokio::test]

@@ -276,8 +276,8 @@ const MAX_ROUND_ITEMS: usize = 10_000_000;
 /// The longest next or delta link followed (Graph's are a few hundred bytes).
 const MAX_LINK_BYTES: usize = 16 << 10;
 
-/// Reads a body of at most `max` bytes; a longer one is an error, not a memory bill.
-/// An answer's body, at most `max` bytes. One cut off part-way (a connection reset, the
+/// An answer's body, at most `max` bytes (a longer one is an error, not a memory bill).
+/// One cut off part-way (a connection reset, the
 /// request's time up) is a `Transport` failure, like an answer never received: the
 /// network's fault, not Graph's words.
 async fn body_of(mut resp: reqwest::Response, max: usize) -> Result<Vec<u8>, GraphError> {

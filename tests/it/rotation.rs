@@ -971,11 +971,17 @@ async fn a_reassigned_key_receives_nothing_of_its_previous_holder() {
     );
 }
 
-/// A's write, handed out before A's key went to B, lands on the key after B's own: B's
-/// key holds A's password. B is owed theirs again, and A's may be in B's hands, so A is
-/// rotated as soon as A has a key again.
-#[tokio::test]
-async fn a_late_write_onto_a_key_that_changed_hands_is_repaired_for_both_users() {
+/// Key K-0003 after A's write was handed out and before it was answered: taken from A
+/// (user 3), given to B (user 4), B rotated and B's write handed out too.
+struct KeyMoved {
+    a: String,
+    b: String,
+    agent: String,
+    of_a: Value,
+    of_b: Value,
+}
+
+async fn key_moved_after_a_delivery() -> (World, KeyMoved) {
     let w = rotating_world(json!({})).await;
     let a = w.assign_key(3, "K-0003").await;
     w.rotate(&a).await;
@@ -991,7 +997,35 @@ async fn a_late_write_onto_a_key_that_changed_hands_is_repaired_for_both_users()
     w.rotations_settled(&b, 1).await;
     let of_b = w.agent_writes(&agent).await;
     assert_eq!(of_b.len(), 1, "{of_b:?}");
-    let (s, body) = w.ack_written(&agent, &of_b[0]).await;
+    let of_b = of_b[0].clone();
+    (
+        w,
+        KeyMoved {
+            a,
+            b,
+            agent,
+            of_a,
+            of_b,
+        },
+    )
+}
+
+/// A's write, handed out before A's key went to B, lands on the key after B's own: B's
+/// key holds A's password. B is owed theirs again, and A's may be in B's hands, so A is
+/// rotated as soon as A has a key again.
+#[tokio::test]
+async fn a_late_write_onto_a_key_that_changed_hands_is_repaired_for_both_users() {
+    let (
+        w,
+        KeyMoved {
+            a,
+            b,
+            agent,
+            of_a,
+            of_b,
+        },
+    ) = key_moved_after_a_delivery().await;
+    let (s, body) = w.ack_written(&agent, &of_b).await;
     assert_eq!(s, StatusCode::OK, "{body}");
 
     let (s, body) = w.ack_written(&agent, &of_a).await;
@@ -1033,27 +1067,22 @@ async fn a_late_write_onto_a_key_that_changed_hands_is_repaired_for_both_users()
 /// before the retry comes.
 #[tokio::test]
 async fn a_retried_late_answer_asks_for_the_holders_rewrite_again() {
-    let w = rotating_world(json!({})).await;
-    let a = w.assign_key(3, "K-0003").await;
-    w.rotate(&a).await;
-    w.rotations_settled(&a, 1).await;
-    let agent = w.app.token("agent", &["K-0003"]).await;
-    let of_a = w.agent_writes(&agent).await[0].clone();
-    let (s, body) = w
-        .admin(Method::DELETE, &format!("/v1/users/{a}/key"), None)
-        .await;
-    assert_eq!(s, StatusCode::OK, "{body}");
-    let b = w.assign_key(4, "K-0003").await;
-    w.rotate(&b).await;
-    w.rotations_settled(&b, 1).await;
-    let of_b = w.agent_writes(&agent).await;
-    assert_eq!(of_b.len(), 1, "{of_b:?}");
+    let (
+        w,
+        KeyMoved {
+            b,
+            agent,
+            of_a,
+            of_b,
+            ..
+        },
+    ) = key_moved_after_a_delivery().await;
     // A's write lands while B's is still being written: nothing more is owed yet.
     let (s, body) = w.ack_written(&agent, &of_a).await;
     assert_eq!(s, StatusCode::OK, "{body}");
     let queued = |kinds: Vec<String>| kinds.iter().filter(|k| *k == "KeyWriteQueued").count();
     assert_eq!(queued(w.kinds(&b).await), 1);
-    let (s, body) = w.ack_written(&agent, &of_b[0]).await;
+    let (s, body) = w.ack_written(&agent, &of_b).await;
     assert_eq!(s, StatusCode::OK, "{body}");
     // The retry: B's key is owed B's password again.
     let (s, body) = w.ack_written(&agent, &of_a).await;

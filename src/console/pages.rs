@@ -347,7 +347,8 @@ const USER_ADMIN: &str = r#"
   <label for="key-id">Hardware key</label>
   <input id="key-id" name="key_id" required placeholder="key id">
   <div class="actions wide"><button type="submit">Assign key</button>
-  <button type="button" id="unassign-key">Take key away</button></div>
+  <button type="button" id="unassign-key">Take key away</button>
+  <button type="button" id="rewrite-key">Write the key again</button></div>
 </form>
 <form id="sso-override" class="grid">
   <label for="ov">SSO override</label>

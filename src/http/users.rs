@@ -2,13 +2,13 @@
 
 use super::auth::Principal;
 use super::error::{ApiError, ApiJson, ApiQuery, IdPath};
-use super::schema::{SsoSettingsSchema, UserStatusSchema};
+use super::schema::{KeyWriteStateSchema, SsoSettingsSchema, UserStatusSchema};
 use super::{page, AppState, Page};
 use axum::extract::State;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use idledger_domain::decide::user::{decide, evolve, UserCommand};
-use idledger_domain::{DomainId, KeyId, KeyWriteId, SsoSettings, StreamId, UserId};
+use idledger_domain::{DomainId, KeyId, KeyWriteId, KeyWriteState, SsoSettings, StreamId, UserId};
 use idledger_projections::{Projections, UserStatus, UserView};
 use idledger_replay::Until;
 use serde::{Deserialize, Serialize};
@@ -71,9 +71,26 @@ pub struct User {
     /// When the next rotation is expected to start (schedule or request); `null` when
     /// none is, and in answers about a past point.
     next_rotation_at: Option<DateTime<Utc>>,
+    /// The last key write for the key the user holds: a `failed` one means the key
+    /// holds another password than Entra ID (`POST /v1/users/{id}/key/rewrite`).
+    key_write: Option<KeyWriteStatus>,
     /// After a change: the position of its last event.
     #[serde(skip_serializing_if = "Option::is_none")]
     position: Option<u64>,
+}
+
+/// Where the latest write to a user's key stands.
+#[derive(Serialize, ToSchema)]
+pub struct KeyWriteStatus {
+    /// The key write.
+    id: uuid::Uuid,
+    #[schema(value_type = KeyWriteStateSchema)]
+    state: KeyWriteState,
+    queued_at: DateTime<Utc>,
+    /// When the agent answered.
+    acknowledged_at: Option<DateTime<Utc>>,
+    /// The agent's explanation of a failure.
+    detail: Option<String>,
 }
 
 impl User {
@@ -81,6 +98,27 @@ impl User {
     fn live(s: &AppState, p: &Projections, u: &UserView) -> Self {
         User {
             next_rotation_at: s.rotation.next_due(p, u, Utc::now()).map(|(at, _)| at),
+            ..User::as_in(p, u)
+        }
+    }
+
+    /// `u` in the state `p` holds (now or in the past), without a schedule.
+    fn as_in(p: &Projections, u: &UserView) -> Self {
+        let key_write = u.key_id.as_ref().and_then(|key| {
+            p.key_writes
+                .of_user(u.id)
+                .filter(|w| w.key_id == *key)
+                .last()
+                .map(|w| KeyWriteStatus {
+                    id: w.id.0,
+                    state: w.state,
+                    queued_at: w.queued_at,
+                    acknowledged_at: w.acknowledged_at,
+                    detail: w.detail.clone(),
+                })
+        });
+        User {
+            key_write,
             ..User::from(u)
         }
     }
@@ -114,6 +152,7 @@ impl From<&UserView> for User {
             updated_at: u.updated_at,
             version: u.version,
             next_rotation_at: None,
+            key_write: None,
             position: None,
         }
     }
@@ -233,7 +272,7 @@ pub async fn list(
     let items = items
         .into_iter()
         .map(|u| match past {
-            Some(_) => User::from(u),
+            Some(_) => User::as_in(p, u),
             None => User::live(&s, p, u),
         })
         .collect();
@@ -269,12 +308,10 @@ pub async fn get_one(
 ) -> Result<Json<User>, ApiError> {
     s.reach(q.min_position).await?;
     let answer = match point_in_time(q.at, q.at_position)? {
-        Some(until) => s
-            .replay_until(until)
-            .await?
-            .users
-            .get(UserId(id))
-            .map(|u| Json(User::from(u))),
+        Some(until) => {
+            let p = s.replay_until(until).await?;
+            p.users.get(UserId(id)).map(|u| Json(User::as_in(&p, u)))
+        }
         None => {
             let p = s.engine.projector.read();
             p.users.get(UserId(id)).map(|u| Json(User::live(&s, &p, u)))
@@ -438,6 +475,17 @@ pub async fn put_key(
             run(&s, &who, id, UserCommand::AssignKey { key, write }).await
         })
         .await
+}
+
+/// Queues the user's current password for their key again: after the agent could not
+/// write it, or the key was reset.
+pub async fn write_key_again(
+    State(s): State<AppState>,
+    who: Principal,
+    IdPath(id): IdPath,
+) -> Result<Json<User>, ApiError> {
+    let write = KeyWriteId(uuid::Uuid::now_v7());
+    run(&s, &who, id, UserCommand::WriteKeyAgain { write }).await
 }
 
 /// Takes the user's hardware key away.

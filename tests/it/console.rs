@@ -133,6 +133,29 @@ async fn an_admin_runs_the_whole_workflow_in_the_browser_and_an_auditor_only_rea
     b.click("#rotate").await;
     b.wait_text("#flash", "Rotation finished: succeeded").await;
     b.wait_text("#history", "succeeded").await;
+    // The agent could not write the key: the user's page says so, and the admin has the
+    // current password queued for it again.
+    b.wait_text("#user-facts", "queued").await;
+    let agent = app.token("agent", &["K-0002"]).await;
+    let (_, writes) = app
+        .call(Some(&agent), Method::GET, "/v1/agent/key-writes", None)
+        .await;
+    let write = writes["items"][0]["id"].as_str().unwrap();
+    let failed = json!({"result": "failed", "detail": "no key in the reader"});
+    let ack = format!("/v1/agent/key-writes/{write}/ack");
+    let (s, body) = app
+        .call(Some(&agent), Method::POST, &ack, Some(failed))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    b.goto(&b.url().await).await;
+    b.wait_text("#user-facts", "no key in the reader").await;
+    b.click("#rewrite-key").await;
+    b.wait_text("#flash", "queued for the key").await;
+    b.wait_text("#user-facts", "queued").await;
+    let (_, writes) = app
+        .call(Some(&agent), Method::GET, "/v1/agent/key-writes", None)
+        .await;
+    assert_ne!(writes["items"][0]["id"].as_str(), Some(write), "{writes}");
     // A history of one page shows no pager: `hidden` holds whatever the buttons' style.
     for pager in ["[data-next=history]", "[data-first=history]"] {
         let shown = b.css(pager).await.is_displayed().await.unwrap();
@@ -298,6 +321,7 @@ async fn an_admin_runs_the_whole_workflow_in_the_browser_and_an_auditor_only_rea
         "#rotate",
         "#reveal",
         "#assign-key",
+        "#rewrite-key",
         "#activate",
         "#deactivate",
         "#invite",

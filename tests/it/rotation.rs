@@ -1464,3 +1464,65 @@ async fn a_rotation_throttled_for_long_never_asks_sooner_than_graph_said() {
         );
     }
 }
+
+/// A key its agent could not write holds another password than Entra ID: the user shows
+/// it, and on the admin's request the agent is handed the current password again. Asked
+/// while a write is still owed, the request is refused (two writes would race on the key).
+#[tokio::test]
+async fn a_key_write_that_failed_is_written_again_on_request() {
+    let w = rotating_world(json!({})).await;
+    let id = w.assign_key(6, "K-0006").await;
+    w.rotate(&id).await;
+    w.rotations_settled(&id, 1).await;
+    let agent = w.app.token("agent", &["K-0006"]).await;
+    let rewrite = format!("/v1/users/{id}/key/rewrite");
+    let (s, body) = w.admin(Method::POST, &rewrite, None).await;
+    assert_eq!(s, StatusCode::CONFLICT, "queued still: {body}");
+    let handed = w.agent_writes(&agent).await[0].clone();
+    let (s, body) = w.admin(Method::POST, &rewrite, None).await;
+    assert_eq!(s, StatusCode::CONFLICT, "handed out, unanswered: {body}");
+    let path = format!(
+        "/v1/agent/key-writes/{}/ack",
+        handed["id"].as_str().unwrap()
+    );
+    let failed = json!({"result": "failed", "detail": "no key in the reader"});
+    let (s, body) = w
+        .app
+        .call(Some(&agent), Method::POST, &path, Some(failed))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let user = w.user(6).await.unwrap();
+    assert_eq!(user["key_write"]["state"], "failed", "{user}");
+    assert_eq!(user["key_write"]["detail"], "no key in the reader");
+    assert!(
+        w.agent_writes(&agent).await.is_empty(),
+        "a failed write is final"
+    );
+
+    let (s, user) = w.admin(Method::POST, &rewrite, None).await;
+    assert_eq!(s, StatusCode::OK, "{user}");
+    assert_eq!(user["key_write"]["state"], "queued", "{user}");
+    assert_ne!(user["key_write"]["id"], handed["id"]);
+    let again = w.agent_writes(&agent).await;
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_eq!(again[0]["id"], user["key_write"]["id"]);
+    assert_eq!(
+        again[0]["password"].as_str().unwrap(),
+        w.sim_password(6).await
+    );
+    let (s, body) = w.ack_written(&agent, &again[0]).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(w.user(6).await.unwrap()["key_write"]["state"], "confirmed");
+    // Another user's agent sees nothing of it, and a user without a key has none to write.
+    let other = w.app.token("agent", &["K-0007"]).await;
+    assert!(w.agent_writes(&other).await.is_empty());
+    let keyless = w.id(7).await;
+    let (s, body) = w
+        .admin(
+            Method::POST,
+            &format!("/v1/users/{keyless}/key/rewrite"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{body}");
+}

@@ -218,6 +218,14 @@ pub enum UserCommand {
         /// A fresh key write id.
         write: KeyWriteId,
     },
+    /// An admin asks for the user's current password on their key again (`write`, a
+    /// fresh id): the agent could not write it, or the key was reset or replaced by one
+    /// with the same serial. Without it the key holds another password than Entra ID
+    /// until the next rotation, days away.
+    WriteKeyAgain {
+        /// A fresh key write id.
+        write: KeyWriteId,
+    },
     /// Record a break-glass reveal of rotation `rotation`'s password, with its reason.
     RecordReveal {
         /// The rotation whose password is shown.
@@ -300,6 +308,7 @@ impl UserCommand {
             UserCommand::Activate
                 | UserCommand::Import(_)
                 | UserCommand::AssignKey { .. }
+                | UserCommand::WriteKeyAgain { .. }
                 | UserCommand::RecordInvite { .. }
         )
     }
@@ -512,6 +521,31 @@ pub fn decide(s: &UserState, c: UserCommand) -> Result<Vec<Event>, Rejection> {
         // out and not answered) is enough.
         (_, UserCommand::RewriteKey { .. }) if !s.undelivered().is_empty() => Ok(vec![]),
         (_, UserCommand::RewriteKey { key, write }) => Ok(rewrite_after_late_write(s, &key, write)),
+        (Status::Unknown | Status::Deleted, UserCommand::WriteKeyAgain { .. }) => {
+            Err(Rejection::NotFound("user"))
+        }
+        (Status::Candidate, UserCommand::WriteKeyAgain { .. }) => Err(Rejection::Conflict(
+            "a candidate must be imported first".into(),
+        )),
+        (_, UserCommand::WriteKeyAgain { write }) => {
+            let Some(key) = &s.key_id else {
+                return Err(Rejection::Conflict("the user holds no key".into()));
+            };
+            if s.current_password.is_none() {
+                return Err(Rejection::Conflict(
+                    "no password of the user is held yet: rotate it, which writes the key".into(),
+                ));
+            }
+            if !s.undelivered().is_empty() {
+                // Two writes of one password would only race each other on the key.
+                return Err(Rejection::Conflict(
+                    "a key write is still owed (queued, or handed out and not answered): \
+                     it writes the current password"
+                        .into(),
+                ));
+            }
+            Ok(rewrite_after_late_write(s, key, write))
+        }
         (Status::Unknown | Status::Deleted, UserCommand::RecordReveal { .. }) => {
             Err(Rejection::NotFound("user"))
         }
@@ -1115,6 +1149,55 @@ mod tests {
         given::<UserStream>(&never)
             .when(ack(1, WriteOutcome::Written))
             .then_conflict();
+    }
+
+    #[test]
+    fn a_key_is_written_again_only_when_it_holds_no_owed_write() {
+        let again = || UserCommand::WriteKeyAgain { write: w(7) };
+        let failed = [
+            discovered(),
+            imported(),
+            assigned("K1"),
+            rotated(1),
+            queued(1, "K1"),
+            KeyWriteDelivered { key_write_id: w(1) }.into(),
+            KeyWriteFailed {
+                key_write_id: w(1),
+                detail: "no key".into(),
+            }
+            .into(),
+        ];
+        // The current password again, under a fresh id, to the key the user holds.
+        given::<UserStream>(&failed)
+            .when(again())
+            .then([KeyWriteQueued {
+                key_write_id: w(7),
+                rotation_id: RotationId(uuid::Uuid::from_u128(1)),
+                key_id: key("K1"),
+            }
+            .into()]);
+        // A write still owed (queued or handed out) writes it anyway.
+        given::<UserStream>(&failed[..5])
+            .when(again())
+            .then_conflict();
+        given::<UserStream>(&failed[..6])
+            .when(again())
+            .then_conflict();
+        // No key, no password yet, no user.
+        let mut keyless = failed.to_vec();
+        keyless.push(KeyUnassigned { key_id: key("K1") }.into());
+        given::<UserStream>(&keyless).when(again()).then_conflict();
+        given::<UserStream>(&failed[..3])
+            .when(again())
+            .then_conflict();
+        given::<UserStream>(&[discovered()])
+            .when(again())
+            .then_conflict();
+        let mut deleted = failed.to_vec();
+        deleted.push(UserDeleted { reason: None }.into());
+        given::<UserStream>(&deleted)
+            .when(again())
+            .then_reject(Rejection::NotFound("user"));
     }
 
     #[test]

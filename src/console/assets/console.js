@@ -152,6 +152,14 @@ function formObject(form) {
   return o;
 }
 
+// A failed write leaves the key holding another password than Entra ID: say so, with
+// the agent's own words.
+function keyWriteText(w) {
+  if (!w) return "none";
+  return el("span", {}, badge(w.state), w.state === "failed"
+    ? ` ${w.detail ?? ""}: the key does not hold the current password` : "");
+}
+
 function ssoText(s) {
   if (!s) return "domain default";
   if (!s.enabled) return "off";
@@ -543,7 +551,8 @@ async function userPage() {
       ["Given name", u.given_name ?? "—"], ["Surname", u.surname ?? "—"],
       ["Status", badge(u.status)], ["Enabled in Entra ID", u.account_enabled ? "yes" : "no"],
       ["In sync group", u.in_sync_group ? "yes" : "no"], ["In rotation group", u.in_rotation_group ? "yes" : "no"],
-      ["Hardware key", u.key_id ?? "none"], ["SSO", ssoText(u.sso)],
+      ["Hardware key", u.key_id ?? "none"], ["Key write", keyWriteText(u.key_write)],
+      ["SSO", ssoText(u.sso)],
       ["SSO override", u.sso_override ? ssoText(u.sso_override) : "none"],
       ["Last rotation", when(u.last_rotation_at)], ["Invited", when(u.invited_at)],
       ["Imported", when(u.imported_at)],
@@ -591,6 +600,10 @@ async function userPage() {
   });
   wire($("#unassign-key"), async () => { await api("DELETE", `/v1/users/${pageId}/key`); await after("Key taken away."); },
     "Take the key away? Undelivered key writes for it are superseded.");
+  wire($("#rewrite-key"), async () => {
+    await api("POST", `/v1/users/${pageId}/key/rewrite`);
+    await after("The current password is queued for the key.");
+  });
   wire($("#sso-override"), async () => {
     const v = $("#ov").value;
     const sso_override = v === "" ? null : v === "off" ? { enabled: false, method: "passwordless" }

@@ -44,6 +44,24 @@ pub fn create_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     sync_dir(parent_of(path))
 }
 
+/// Puts `bytes` at `path` as a whole or not at all, replacing what was there (temporary
+/// file, fsync, rename, directory fsync), readable by the owner only. Without the syncs a
+/// power loss after the rename can leave the name on an empty file (XFS, ext4 without
+/// `auto_da_alloc`).
+pub fn replace_whole(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    sync_dir(parent_of(path))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -210,6 +210,11 @@ pub struct ExportCheck {
     /// `absent` (the manifest carries none), `unchecked` (no public key was given to
     /// check it with: `--public-key`) or `failed` (see `problems`).
     pub signed_head: &'static str,
+    /// Whose key `signed_head` was checked with: `auditor` (one the auditor brought, so
+    /// the export sits in the history they hold), `log` (the one the log itself keeps:
+    /// the data dir's or the server's, which whoever rewrote the log could have replaced
+    /// too) or `none`.
+    pub head_key: &'static str,
     /// Every problem found.
     pub problems: Vec<Problem>,
 }
@@ -219,9 +224,9 @@ pub struct ExportCheck {
 pub enum HeadKey<'a> {
     /// None: the head is not checked, and the report says so.
     None,
-    /// The key of the data dir read (a manifest without a head passes: it may predate
-    /// the first head covering it).
-    OfDataDir(&'a LogPublicKey),
+    /// The key the log read keeps, the data dir's or the server's (a manifest without a
+    /// head passes: it may predate the first head covering it).
+    OfLog(&'a LogPublicKey),
     /// The auditor's own key (`--public-key`): the manifest must carry a head it signed.
     /// Without this, whoever rewrote the log could drop the head and pass.
     Auditors(&'a LogPublicKey),
@@ -231,7 +236,15 @@ impl<'a> HeadKey<'a> {
     fn key(self) -> Option<&'a LogPublicKey> {
         match self {
             HeadKey::None => None,
-            HeadKey::OfDataDir(k) | HeadKey::Auditors(k) => Some(k),
+            HeadKey::OfLog(k) | HeadKey::Auditors(k) => Some(k),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            HeadKey::None => "none",
+            HeadKey::OfLog(_) => "log",
+            HeadKey::Auditors(_) => "auditor",
         }
     }
 }
@@ -406,6 +419,7 @@ pub fn verify_export_file(
         rows: summary.rows,
         log_position: m.log_position,
         signed_head,
+        head_key: key.name(),
         problems,
     })
 }

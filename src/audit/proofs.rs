@@ -368,10 +368,8 @@ pub fn check_checkpoint(
     }
     let ok = reason.is_none();
     if ok {
-        // Written whole, then renamed: a crash leaves the old checkpoint or the new one.
-        let tmp = file.with_extension("tmp");
-        std::fs::write(&tmp, latest.to_note())?;
-        std::fs::rename(&tmp, file)?;
+        // A crash or a power loss leaves the old checkpoint or the new one.
+        crate::durable::replace_whole(file, latest.to_note().as_bytes())?;
     }
     Ok(CheckpointReport {
         ok,

@@ -32,6 +32,7 @@ use super::{
     chunk_records, parent_of, read_with, refused, sha256_hex, sync_dir, BackupError, BackupWriter,
     ChunkEntry, Contents, Manifest, SealedFiles, Section, SectionReader, CHUNK, CHUNK_BYTES, MAGIC,
 };
+use crate::durable::replace_whole;
 use idledger_domain::Hash;
 use idledger_replay::verify::{CheckedRecord, Verifier};
 use sha2::{Digest, Sha256};
@@ -70,22 +71,6 @@ fn in_file(path: &Path, e: BackupError) -> BackupError {
         },
         other => other,
     }
-}
-
-/// Writes `bytes` to `path` as a whole or not at all (temporary file, fsync, rename,
-/// directory fsync), readable by the owner only.
-fn write_whole(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    sync_dir(parent_of(path))
 }
 
 /// The sealed segments, by first position: `(first, last, path)`.
@@ -598,7 +583,7 @@ impl FollowCopy {
         }
         let path = self.dir.join(SIGNED_TREE_HEAD);
         if super::read_if_there(path.clone())?.as_deref() != Some(note.as_bytes()) {
-            write_whole(&path, note.as_bytes())?;
+            replace_whole(&path, note.as_bytes())?;
         }
         Ok(())
     }
@@ -653,14 +638,14 @@ impl FollowCopy {
                         keys_dir(&self.dir).join(name)
                     }
                 };
-                write_whole(&path, &with_sum(&k))?;
+                replace_whole(&path, &with_sum(&k))?;
                 self.keystore_sha256 = Some(sha);
             }
         }
         if let (Some(k), Keys::WithHeld) = (&contents.sealed.log_key, keys) {
             let sha = sha256_hex(k);
             if self.log_key_sha256.as_deref() != Some(sha.as_str()) {
-                write_whole(&keys_dir(&self.dir).join(LOG_KEY), &with_sum(k))?;
+                replace_whole(&keys_dir(&self.dir).join(LOG_KEY), &with_sum(k))?;
                 self.log_key_sha256 = Some(sha);
             }
         }

@@ -107,7 +107,7 @@ pub fn verify_export(args: &VerifyExportArgs) -> Result<ExitCode, Error> {
     };
     let key = match (&auditors, &data_dirs) {
         (Some(k), _) => HeadKey::Auditors(k),
-        (None, Some(k)) => HeadKey::OfDataDir(k),
+        (None, Some(k)) => HeadKey::OfLog(k),
         (None, None) => HeadKey::None,
     };
     let (pb, tick) = bar(last_position(&source), "verify-export");

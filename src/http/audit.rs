@@ -410,7 +410,7 @@ fn room_for(dir: &std::path::Path, data_dir: &std::path::Path, more: u64) -> Res
 }
 
 /// `verify-export`'s report (see the CLI): `ok`, `rows`, `log_position`, `signed_head`
-/// (`unchecked` here: the server's own key would prove nothing) and `problems`, the first
+/// (checked with the server's own key: `head_key` is `log`) and `problems`, the first
 /// differing row among them.
 #[derive(ToSchema)]
 #[schema(value_type = Object)]
@@ -513,11 +513,15 @@ pub async fn verify_upload(
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     drop(out);
     let log = s.engine.log.clone();
+    // The server's own key proves only that this log signed the head, not that it is the
+    // history an auditor holds (`head_key: "log"` says so); it still catches a head that
+    // is not this log's, or a proof that does not hold.
+    let key = s.notary.public_key().clone();
     let report = AppState::whole_log_read_in(place, move || {
         let report = crate::audit::verify_export_file(
             &file,
             records_of_log(&*log),
-            crate::audit::HeadKey::None,
+            crate::audit::HeadKey::OfLog(&key),
             |_| {},
         );
         drop(scratch);

@@ -1143,14 +1143,51 @@ async fn an_export_proves_where_it_sits_in_the_signed_history() {
     let without_key = || auditor_cli(&serve.token, &["verify-export", o, "--server", &serve.url]);
     let (checked, code) = with_key();
     assert_eq!(code, 0, "{checked}");
-    assert_eq!(checked["signed_head"], "verified");
+    assert_eq!(
+        (&checked["signed_head"], &checked["head_key"]),
+        (&json!("verified"), &json!("auditor"))
+    );
+    // Uploaded, the server holds the head to its own key: it proves the head is this
+    // log's, and says whose key that was.
+    let upload = |manifest: &Value| {
+        let mut body = serde_json::to_vec(manifest).unwrap();
+        body.push(b'\n');
+        body.extend_from_slice(&std::fs::read(&out).unwrap());
+        let req = reqwest::Client::new()
+            .post(format!("{}/v1/audit/verify-export", serve.url))
+            .bearer_auth(&serve.token)
+            .body(body);
+        async move {
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status(), reqwest::StatusCode::OK);
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    let manifest = dir.path().join("events.jsonl.manifest.json");
+    let original = std::fs::read_to_string(&manifest).unwrap();
+    let as_written: Value = serde_json::from_str(&original).unwrap();
+    let report = upload(&as_written).await;
+    assert_eq!(
+        (&report["ok"], &report["signed_head"], &report["head_key"]),
+        (&json!(true), &json!("verified"), &json!("log")),
+        "{report}"
+    );
+    let mut garbled = as_written.clone();
+    garbled["signed_head"]["checkpoint"] = json!("garbage\n");
+    let report = upload(&garbled).await;
+    assert_eq!(
+        (&report["ok"], &report["signed_head"]),
+        (&json!(false), &json!("failed")),
+        "{report}"
+    );
     // Without the auditor's key the head is not checked, and the report says so.
     let (unchecked, code) = without_key();
     assert_eq!(code, 0, "{unchecked}");
-    assert_eq!(unchecked["signed_head"], "unchecked");
+    assert_eq!(
+        (&unchecked["signed_head"], &unchecked["head_key"]),
+        (&json!("unchecked"), &json!("none"))
+    );
     // A head whose root is not the records' is refused.
-    let manifest = dir.path().join("events.jsonl.manifest.json");
-    let original = std::fs::read_to_string(&manifest).unwrap();
     let mut m: Value = serde_json::from_str(&original).unwrap();
     let note = m["signed_head"]["checkpoint"].as_str().unwrap().to_owned();
     let root = note.lines().nth(2).unwrap().to_owned();
@@ -1239,7 +1276,12 @@ async fn an_export_proves_where_it_sits_in_the_signed_history() {
         ],
     );
     assert_eq!(code, 0, "{checked}");
-    assert_eq!(checked["signed_head"], "verified");
+    // Checked with the key the data dir keeps: whoever rewrote the log could have
+    // replaced that too, and the report says whose key it was.
+    assert_eq!(
+        (&checked["signed_head"], &checked["head_key"]),
+        (&json!("verified"), &json!("log"))
+    );
 }
 
 /// Whole backups, however often an auditor asks for one, keep no more signed heads than

@@ -227,6 +227,14 @@ impl SpentCodes {
         Some(spent.clone())
     }
 
+    /// The replay [`Self::first_replay`] handed out could not be recorded: the next one
+    /// is a first again.
+    fn replay_unrecorded(&mut self, code: &[u8; 32]) {
+        if let Some(spent) = self.by_code.get_mut(code) {
+            spent.replay_recorded = false;
+        }
+    }
+
     /// Remembers `code` (fresh from the codes in flight, so not here yet) for `remember`,
     /// keeping at most `most`.
     fn insert(&mut self, code: [u8; 32], spent: Spent, remember: Duration, most: usize) {
@@ -1101,22 +1109,33 @@ fn invalid_grant(description: &str) -> Response {
     token_error(StatusCode::BAD_REQUEST, "invalid_grant", description)
 }
 
-/// Records a refusal on the user's stream (best effort: the refusal stands either way).
+/// Records a refusal on the user's stream, with a few tries as an issue has (the refusal
+/// stands either way); whether it was recorded, since a revocation it carries holds only
+/// once it is.
 async fn record_refusal(
     ctx: &Ctx,
     user: UserId,
     app: AppId,
     reason: &str,
     family: Option<uuid::Uuid>,
-) {
+) -> bool {
     let refused = AppTokenRefused {
         app_id: app,
         reason: reason.to_owned(),
         revoked_family: family,
         at: Utc::now(),
     };
-    if let Err(e) = super::decide(ctx, user, SignInCommand::RefuseAppToken(refused)).await {
-        tracing::warn!(%user, error = %e.message, "a token refusal could not be recorded");
+    let mut tries = 0;
+    loop {
+        let command = SignInCommand::RefuseAppToken(refused.clone());
+        match super::decide(ctx, user, command).await {
+            Ok(_) => return true,
+            Err(r) if r.status == StatusCode::CONFLICT && tries < 3 => tries += 1,
+            Err(e) => {
+                tracing::warn!(%user, error = %e.message, "a token refusal could not be recorded");
+                return false;
+            }
+        }
     }
 }
 
@@ -1179,7 +1198,7 @@ async fn exchange_code(
             // refusal's record ends the family, once the first use has begun it, and
             // userinfo refuses the access tokens that name the grant.
             drop(spent.issuing.lock().await);
-            record_refusal(
+            let recorded = record_refusal(
                 ctx,
                 spent.user,
                 spent.app,
@@ -1187,6 +1206,11 @@ async fn exchange_code(
                 Some(spent.grant),
             )
             .await;
+            if !recorded {
+                // Nothing is revoked until it is recorded: the next replay tries again.
+                let mut spent = ctx.provider.spent.lock().unwrap_or_else(|e| e.into_inner());
+                spent.replay_unrecorded(&key);
+            }
         }
         return invalid_grant("the code is unknown, expired or used already");
     };
@@ -1942,6 +1966,20 @@ mod tests {
             issuing: Arc::default(),
             replay_recorded: false,
         }
+    }
+
+    /// A replay is recorded once; one that could not be recorded leaves the next replay
+    /// to record it (and so end what the code gave).
+    #[test]
+    fn a_replay_not_recorded_is_recorded_by_the_next() {
+        let mut codes = SpentCodes::default();
+        codes.insert([7; 32], spent(Instant::now()), Duration::from_secs(600), 10);
+        assert!(codes.first_replay(&[7; 32]).is_some());
+        assert!(codes.first_replay(&[7; 32]).is_none());
+        codes.replay_unrecorded(&[7; 32]);
+        assert!(codes.first_replay(&[7; 32]).is_some());
+        assert!(codes.first_replay(&[7; 32]).is_none());
+        assert!(codes.first_replay(&[8; 32]).is_none(), "never spent");
     }
 
     /// Full, the oldest is forgotten first; expired ones go whenever one is added.

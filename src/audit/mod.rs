@@ -16,4 +16,4 @@ pub use export::{
 };
 pub use files::{HashedWriter, RowSink};
 pub use manifest::{Manifest, ManifestHead};
-pub use source::{records_of, records_of_log, Records, Source};
+pub use source::{records_of, records_of_log, Records, Source, FEED_PAGE_RECORD_BYTES};

@@ -22,6 +22,10 @@ use std::path::Path;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
+/// The largest answer about heads and proofs read: a proof is at most 130 hashes, a page
+/// of heads 1000 checkpoints of a few hundred bytes.
+const MAX_ANSWER_BYTES: usize = 4 << 20;
+
 /// A base64 hash from a proof or a head.
 pub fn hash_of(text: &str) -> Result<Hash, String> {
     let bytes = B64
@@ -73,7 +77,13 @@ impl Server {
                 .await
                 .map_err(other)?;
             let status = resp.status();
-            let body = resp.text().await.map_err(other)?;
+            // Too large is the server's answer, and a finding: heads and proofs are small.
+            let Some(body) = super::source::body_at_most(resp, MAX_ANSWER_BYTES).await? else {
+                return Ok(Err(format!(
+                    "{path}: the server answered more than {MAX_ANSWER_BYTES} bytes"
+                )));
+            };
+            let body = String::from_utf8_lossy(&body).into_owned();
             if status.is_client_error() {
                 return Ok(Err(format!("{path}: the server answered {status}: {body}")));
             }

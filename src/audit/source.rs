@@ -27,6 +27,38 @@ pub enum Source {
     },
 }
 
+/// Where a page of the event feed (`GET /v1/events`) ends, whatever its `limit`: past this
+/// many bytes of stored records (the one that crosses it, at most 1 MiB, included).
+pub const FEED_PAGE_RECORD_BYTES: usize = 32 << 20;
+
+/// The largest page of the event feed read: each record is there base64'd beside its
+/// envelope, so under three times its bytes in JSON.
+const MAX_FEED_PAGE_BYTES: usize = 4 * FEED_PAGE_RECORD_BYTES;
+
+/// An answer's body, or `None` when it is larger than `max` bytes: the server an auditor
+/// checks is not trusted, and one that answers without end must meet a limit before the
+/// auditor's memory does.
+pub async fn body_at_most(
+    mut resp: reqwest::Response,
+    max: usize,
+) -> Result<Option<Vec<u8>>, Error> {
+    if resp.content_length().is_some_and(|n| n > max as u64) {
+        return Ok(None);
+    }
+    let mut out = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| Error::Other(e.without_url().to_string()))?
+    {
+        if out.len() + chunk.len() > max {
+            return Ok(None);
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(Some(out))
+}
+
 /// How long a busy server is waited for, in all, by default (`IDLEDGER_BUSY_WAIT_SECS`).
 const BUSY_WAIT_SECS: u64 = 60;
 
@@ -101,7 +133,15 @@ pub fn each_record(
             let other = |e: reqwest::Error| Error::Other(e.without_url().to_string());
             let resp = get_when_free(&http, &url, token).await.map_err(other)?;
             let status = resp.status();
-            let body: serde_json::Value = resp.json().await.map_err(other)?;
+            let body = body_at_most(resp, MAX_FEED_PAGE_BYTES)
+                .await?
+                .ok_or_else(|| {
+                    Error::Other(format!(
+                        "{server}'s event feed answered more than {MAX_FEED_PAGE_BYTES} bytes"
+                    ))
+                })?;
+            let body: serde_json::Value = serde_json::from_slice(&body)
+                .map_err(|e| Error::Other(format!("{server}'s event feed: {e}")))?;
             if !status.is_success() {
                 return Err(Error::Other(format!(
                     "{server} answered {status}: {}",

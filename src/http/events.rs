@@ -78,7 +78,10 @@ fn read_page(
     let mut items = Vec::new();
     let mut last = None;
     let mut damaged = None;
+    // Records up to 1 MiB each: a page of many ends at a size its reader can hold.
+    let mut record_bytes = 0;
     log.records(from)(&mut |pos, bytes| {
+        record_bytes += bytes.len();
         match idledger_domain::decode_record(bytes) {
             Ok(env) => {
                 items.push(LoggedEvent {
@@ -89,7 +92,10 @@ fn read_page(
             }
             Err(e) => damaged = Some(format!("position {pos}: {e}")),
         }
-        if damaged.is_some() || items.len() == limit {
+        if damaged.is_some()
+            || items.len() == limit
+            || record_bytes >= crate::audit::FEED_PAGE_RECORD_BYTES
+        {
             std::ops::ControlFlow::Break(())
         } else {
             std::ops::ControlFlow::Continue(())

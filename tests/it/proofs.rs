@@ -1319,3 +1319,70 @@ async fn backups_asked_for_often_keep_no_extra_signed_heads() {
     }
     assert!(kept().await <= before + 1, "backups kept heads");
 }
+
+/// A server that answers every request with a body that never ends: the auditor's tools
+/// stop reading at a limit and report, rather than hold it all (the server they check is
+/// the one they do not trust).
+#[test]
+fn an_answer_without_end_is_refused_not_read_to_the_end() {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                            transfer-encoding: chunked\r\n\r\n";
+                let chunk = format!("10000\r\n{}\r\n", "A".repeat(0x10000));
+                let _ = conn.write_all(head.as_bytes());
+                while conn.write_all(chunk.as_bytes()).is_ok() {}
+            });
+        }
+    });
+    let key = idledger_replay::tree::LogSigningKey::from_seed("idledger/x", &[7; 32])
+        .unwrap()
+        .public()
+        .to_string();
+    for args in [
+        vec![
+            "prove",
+            "--server",
+            &url,
+            "--position",
+            "1",
+            "--public-key",
+            &key,
+        ],
+        vec!["verify", "--server", &url],
+    ] {
+        let mut child = idledger()
+            .env("IDLEDGER_TOKEN", "t")
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                child.kill().unwrap();
+                panic!("{args:?} still reading after 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = child.wait_with_output().unwrap();
+        let line = String::from_utf8_lossy(&out.stdout);
+        let report: Value = serde_json::from_str(line.trim()).expect("one JSON line");
+        assert_eq!(report["ok"], false, "{report}");
+        assert!(
+            report.to_string().contains("more than"),
+            "{args:?}: {report}"
+        );
+        assert_ne!(out.status.code(), Some(0));
+    }
+}

@@ -292,6 +292,19 @@ pub struct SigningKeyRetired {
     pub verify_until: DateTime<Utc>,
 }
 
+/// The key added in the same append takes over signing for its algorithm only `at`, from
+/// `from` (the key in force, which signs until then): published first, so a relying party
+/// that cached the JWKS before has it before any token it signs.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct SigningKeyHandover {
+    /// The key that signs until `at`, if one did.
+    pub from: Option<String>,
+    /// The key that signs from `at`.
+    pub to: String,
+    /// When signing passes to `to`.
+    pub at: DateTime<Utc>,
+}
+
 /// Tokens were issued to an app for the user.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct AppTokensIssued {
@@ -1016,4 +1029,6 @@ event_catalogue! {
     SyncQuarantineApplied = "SyncQuarantineApplied", schema 1, Domain;
     /// See [`KeyWriteWrittenLate`].
     KeyWriteWrittenLate = "KeyWriteWrittenLate", schema 1, User;
+    /// See [`SigningKeyHandover`].
+    SigningKeyHandover = "SigningKeyHandover", schema 1, Provider;
 }

@@ -423,6 +423,12 @@ pub fn sample_event(index: usize, s: &SampleSeed) -> Option<Event> {
             verify_until: at(s.number),
         }
         .into(),
+        &"SigningKeyHandover" => SigningKeyHandover {
+            from: s.flag.then(|| format!("k{}", s.number)),
+            to: text,
+            at: at(s.number),
+        }
+        .into(),
         &"AppTokensIssued" => AppTokensIssued {
             app_id: AppId(s.uuid(19)),
             grant: "authorization_code".into(),

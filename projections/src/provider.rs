@@ -47,10 +47,27 @@ pub struct SigningKeyView {
     /// The private key, sealed.
     #[serde(skip)]
     pub sealed_private_key: SealedSecret,
-    /// Added.
+    /// Added (and published from then).
     pub added_at: DateTime<Utc>,
-    /// Retired: it signs no more and is published until then.
+    /// It signs from then: when it was added, or a handover later.
+    pub signs_from: DateTime<Utc>,
+    /// It signs no more from then (retired at once, or handing over later).
+    pub signs_until: Option<DateTime<Utc>>,
+    /// Retired: published until then.
     pub verify_until: Option<DateTime<Utc>>,
+}
+
+impl SigningKeyView {
+    /// `next` (published, not signing yet), `current` (may sign) or `retired`.
+    pub fn status(&self, now: DateTime<Utc>) -> &'static str {
+        if self.signs_until.is_some_and(|u| u <= now) {
+            "retired"
+        } else if now < self.signs_from {
+            "next"
+        } else {
+            "current"
+        }
+    }
 }
 
 /// Apps and keys.
@@ -84,20 +101,30 @@ impl Provider {
         all
     }
 
-    /// The key that signs with `alg` now.
-    pub fn signing_key(&self, alg: &str) -> Option<&SigningKeyView> {
+    /// The key that signs with `alg` at `now`: of those whose signing time holds `now`,
+    /// the one that began last (a key put in force at once ends its predecessor's time
+    /// then; a handover, at its moment).
+    pub fn signing_key(&self, alg: &str, now: DateTime<Utc>) -> Option<&SigningKeyView> {
         self.keys
             .iter()
-            .rev()
-            .find(|k| k.verify_until.is_none() && k.alg == alg)
+            .filter(|k| {
+                k.alg == alg && k.signs_from <= now && k.signs_until.is_none_or(|u| now < u)
+            })
+            .max_by_key(|k| k.signs_from)
     }
 
-    /// The algorithms whose key in force was added `max_age` or longer before `now`: the
-    /// schedule replaces them.
-    pub fn keys_due(&self, now: DateTime<Utc>, max_age: chrono::Duration) -> Vec<String> {
+    /// The algorithms whose newest key (a staged one too) will have signed for `max_age`
+    /// within `ahead` of `now`: the schedule stages their successors, `ahead` before they
+    /// take over.
+    pub fn keys_due(
+        &self,
+        now: DateTime<Utc>,
+        max_age: chrono::Duration,
+        ahead: chrono::Duration,
+    ) -> Vec<String> {
         self.keys
             .iter()
-            .filter(|k| k.verify_until.is_none() && now - k.added_at >= max_age)
+            .filter(|k| k.signs_until.is_none() && now + ahead - k.signs_from >= max_age)
             .map(|k| k.alg.clone())
             .collect()
     }
@@ -160,11 +187,24 @@ impl Provider {
                 public_jwk: e.public_jwk.clone(),
                 sealed_private_key: e.sealed_private_key.clone(),
                 added_at: at,
+                signs_from: at,
+                signs_until: None,
                 verify_until: None,
             }),
             Event::SigningKeyRetired(e) => {
                 if let Some(k) = self.keys.iter_mut().find(|k| k.kid == e.kid) {
                     k.verify_until = Some(e.verify_until);
+                    k.signs_until = Some(at);
+                }
+            }
+            // After the key's addition and its predecessor's retirement, in one append.
+            Event::SigningKeyHandover(e) => {
+                for k in &mut self.keys {
+                    if k.kid == e.to {
+                        k.signs_from = e.at;
+                    } else if e.from.as_ref() == Some(&k.kid) {
+                        k.signs_until = Some(e.at);
+                    }
                 }
             }
             _ => {}
@@ -175,7 +215,7 @@ impl Provider {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use idledger_domain::events::{SigningKeyAdded, SigningKeyRetired};
+    use idledger_domain::events::{SigningKeyAdded, SigningKeyHandover, SigningKeyRetired};
     use idledger_domain::{DataKeyId, StreamId};
 
     fn env(position: u64, event: Event) -> Envelope {
@@ -218,21 +258,75 @@ mod tests {
             .into(),
         ));
         p.apply(&env(3, key("k2").into()));
-        assert_eq!(p.signing_key("ES256").map(|k| k.kid.as_str()), Some("k2"));
-        assert!(p.signing_key("RS256").is_none());
-        let kids = |now| {
+        let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default();
+        let signing = |p: &Provider, at| p.signing_key("ES256", at).map(|k| k.kid.clone());
+        assert_eq!(signing(&p, now).as_deref(), Some("k2"));
+        assert!(p.signing_key("RS256", now).is_none());
+        let kids = |p: &Provider, now| {
             p.published_keys(now)
                 .map(|k| k.kid.clone())
                 .collect::<Vec<_>>()
         };
-        assert_eq!(kids(until - chrono::Duration::seconds(1)), ["k1", "k2"]);
-        assert_eq!(kids(until), ["k2"]);
+        assert_eq!(kids(&p, until - chrono::Duration::seconds(1)), ["k1", "k2"]);
+        assert_eq!(kids(&p, until), ["k2"]);
         // k2 was added at the envelopes' time: due once it is a day old, not before.
         let added = DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default();
         let day = chrono::Duration::days(1);
+        let none = chrono::Duration::zero();
         assert!(p
-            .keys_due(added + day - chrono::Duration::seconds(1), day)
+            .keys_due(added + day - chrono::Duration::seconds(1), day, none)
             .is_empty());
-        assert_eq!(p.keys_due(added + day, day), ["ES256"]);
+        assert_eq!(p.keys_due(added + day, day, none), ["ES256"]);
+        // Staged an hour ahead: due an hour early, and the new key then signs only from
+        // the handover, while both are published.
+        let hour = chrono::Duration::hours(1);
+        assert_eq!(p.keys_due(added + day - hour, day, hour), ["ES256"]);
+        let handover = added + day;
+        let verify_until = handover + hour;
+        p.apply(&env(
+            4,
+            SigningKeyRetired {
+                kid: "k2".into(),
+                verify_until,
+            }
+            .into(),
+        ));
+        p.apply(&env(5, key("k3").into()));
+        p.apply(&env(
+            6,
+            SigningKeyHandover {
+                from: Some("k2".into()),
+                to: "k3".into(),
+                at: handover,
+            }
+            .into(),
+        ));
+        let before = handover - chrono::Duration::seconds(1);
+        assert_eq!(signing(&p, before).as_deref(), Some("k2"));
+        assert_eq!(signing(&p, handover).as_deref(), Some("k3"));
+        assert_eq!(kids(&p, before), ["k2", "k3"]);
+        assert_eq!(kids(&p, verify_until), ["k3"]);
+        let status = |p: &Provider, kid: &str, at| {
+            p.keys.iter().find(|k| k.kid == kid).map(|k| k.status(at))
+        };
+        let both = |at| (status(&p, "k2", at), status(&p, "k3", at));
+        assert_eq!(both(before), (Some("current"), Some("next")));
+        assert_eq!(both(handover), (Some("retired"), Some("current")));
+        // Its successor is not due again before it has signed its own time.
+        assert!(p.keys_due(handover, day, hour).is_empty());
+        // Put in force at once before the handover (a compromise): the staged key never
+        // signs, though its moment comes.
+        p.apply(&env(
+            7,
+            SigningKeyRetired {
+                kid: "k3".into(),
+                verify_until,
+            }
+            .into(),
+        ));
+        p.apply(&env(8, key("k4").into()));
+        assert_eq!(signing(&p, now).as_deref(), Some("k4"));
+        assert_eq!(signing(&p, handover).as_deref(), Some("k4"));
+        assert_eq!(status(&p, "k3", now), Some("retired"));
     }
 }

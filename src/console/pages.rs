@@ -517,7 +517,7 @@ pub(super) async fn apps(State(s): State<AppState>, headers: HeaderMap) -> Respo
 <h2 id="keys-title">Signing keys</h2>
 <p>A retired key stays published until every token it signed has expired.</p>
 {rotate}
-<table id="signing-keys"><thead><tr><th>Key ID</th><th>Algorithm</th><th>Status</th><th>Added</th><th>Published until</th></tr></thead><tbody></tbody></table>
+<table id="signing-keys"><thead><tr><th>Key ID</th><th>Algorithm</th><th>Status</th><th>Added</th><th>Signs from</th><th>Published until</th></tr></thead><tbody></tbody></table>
 </section>"#
         );
         layout(v, "Apps", "apps", "apps", "", &main)

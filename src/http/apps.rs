@@ -317,11 +317,26 @@ pub async fn rotate_secret(
 pub struct SigningKey {
     kid: String,
     alg: String,
-    /// `current` or `retired`.
+    /// `next` (published, signs from `signs_from`), `current` or `retired`.
     status: &'static str,
     added_at: DateTime<Utc>,
+    /// When it began, or begins, to sign.
+    signs_from: DateTime<Utc>,
     /// A retired key is published (tokens it signed verify) until then.
     verify_until: Option<DateTime<Utc>>,
+}
+
+impl SigningKey {
+    fn of(k: &idledger_projections::SigningKeyView, now: DateTime<Utc>) -> Self {
+        SigningKey {
+            kid: k.kid.clone(),
+            alg: k.alg.clone(),
+            status: k.status(now),
+            added_at: k.added_at,
+            signs_from: k.signs_from,
+            verify_until: k.verify_until,
+        }
+    }
 }
 
 /// `?limit=&after=` of the keys list.
@@ -348,6 +363,7 @@ pub async fn keys(
     ApiQuery(q): ApiQuery<KeysQuery>,
 ) -> Result<Json<Page<SigningKey>>, ApiError> {
     let p = s.engine.projector.read();
+    let now = Utc::now();
     let start = match &q.after {
         None => 0,
         Some(kid) => after_position(
@@ -361,17 +377,7 @@ pub async fn keys(
         .iter()
         .rev()
         .skip(start)
-        .map(|k| SigningKey {
-            kid: k.kid.clone(),
-            alg: k.alg.clone(),
-            status: if k.verify_until.is_none() {
-                "current"
-            } else {
-                "retired"
-            },
-            added_at: k.added_at,
-            verify_until: k.verify_until,
-        });
+        .map(|k| SigningKey::of(k, now));
     let (items, next) = page_of(items, q.limit, |k| k.kid.clone())?;
     Ok(page(items, next))
 }
@@ -397,7 +403,9 @@ pub async fn rotate_key(
             "alg {alg:?}: ES256 or RS256"
         )));
     }
-    let kid = crate::provider::add_signing_key(&s.engine, &who.actor(), &alg, s.oidc.overlap())
+    // At once: an admin who asks may be replacing a key they fear is compromised.
+    let overlap = s.oidc.overlap();
+    let kid = crate::provider::add_signing_key(&s.engine, &who.actor(), &alg, overlap, None)
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     let p = s.engine.projector.read();
@@ -407,14 +415,5 @@ pub async fn rotate_key(
         .iter()
         .find(|k| k.kid == kid)
         .ok_or_else(|| ApiError::Internal("the new key is not in the projection".into()))?;
-    Ok((
-        StatusCode::CREATED,
-        Json(SigningKey {
-            kid: k.kid.clone(),
-            alg: k.alg.clone(),
-            status: "current",
-            added_at: k.added_at,
-            verify_until: None,
-        }),
-    ))
+    Ok((StatusCode::CREATED, Json(SigningKey::of(k, Utc::now()))))
 }

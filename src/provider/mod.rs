@@ -45,6 +45,16 @@ impl Timing {
         chrono::Duration::from_std(self.token_ttl + self.clock_skew)
             .unwrap_or(chrono::Duration::MAX)
     }
+
+    /// How long a key the schedule makes is published before it signs: relying parties
+    /// that fetch the JWKS once a day (a common cache) have it before its first token,
+    /// rather than meet an unknown `kid`. A quarter of the rotation period when that is
+    /// shorter, so a key still signs most of its time.
+    pub fn publish_ahead(&self) -> chrono::Duration {
+        let day = Duration::from_secs(86_400);
+        let ahead = self.key_rotation.map_or(day, |r| (r / 4).min(day));
+        chrono::Duration::from_std(ahead).unwrap_or(chrono::Duration::zero())
+    }
 }
 
 /// What a JWT of this provider is, said in its header's `typ`: an access token is
@@ -181,14 +191,16 @@ fn generate(alg: &str) -> Result<(Vec<u8>, Jwk), ProviderKeyError> {
     }
 }
 
-/// Makes a new key for `alg` and puts it in force through the command path; the key in
-/// force for `alg` is retired and published for `overlap`, until every token it signed has
-/// expired.
+/// Makes a new key for `alg` and puts it in force through the command path, at once or
+/// (`ahead`) published that long before it takes over signing; the key in force for `alg`
+/// signs until then and stays published for `overlap` after, until every token it signed
+/// has expired.
 pub async fn add_signing_key(
     engine: &Engine,
     actor: &Actor,
     alg: &str,
     overlap: chrono::Duration,
+    ahead: Option<chrono::Duration>,
 ) -> Result<String, ProviderKeyError> {
     let alg = alg.to_owned();
     // RSA key generation takes a while: off the async threads.
@@ -200,6 +212,8 @@ pub async fn add_signing_key(
     let sealed = engine
         .keyring
         .seal(&stream, &Secret::new(B64.encode(&pkcs8)))?;
+    let now = chrono::Utc::now();
+    let signs_from = ahead.map(|a| now + a);
     let command = ProviderCommand::AddSigningKey {
         key: SigningKeyAdded {
             kid: kid.clone(),
@@ -207,7 +221,8 @@ pub async fn add_signing_key(
             public_jwk: serde_json::to_string(&jwk).unwrap_or_default(),
             sealed_private_key: sealed,
         },
-        verify_until: chrono::Utc::now() + overlap,
+        verify_until: signs_from.unwrap_or(now) + overlap,
+        signs_from,
     };
     let position =
         crate::store::decide_and_append(&*engine.log, &stream, actor, None, evolve, |s| {
@@ -231,13 +246,16 @@ pub async fn ensure_signing_keys(
     overlap: chrono::Duration,
 ) -> Result<(), ProviderKeyError> {
     for alg in algs {
-        let missing = engine.projector.read().provider.signing_key(alg).is_none();
-        if missing {
-            match add_signing_key(engine, actor, alg, overlap).await {
+        let missing = || {
+            let p = engine.projector.read();
+            p.provider.signing_key(alg, chrono::Utc::now()).is_none()
+        };
+        if missing() {
+            match add_signing_key(engine, actor, alg, overlap, None).await {
                 Ok(_) => {}
                 // Another request made it meanwhile: what we wanted.
                 Err(ProviderKeyError::Command(crate::store::CommandError::Rejected(_)))
-                    if engine.projector.read().provider.signing_key(alg).is_some() => {}
+                    if !missing() => {}
                 Err(e) => return Err(e),
             }
         }
@@ -257,15 +275,18 @@ pub async fn rotate_due_keys(
     else {
         return Ok(Vec::new());
     };
+    let ahead = timing.publish_ahead();
     let due = engine
         .projector
         .read()
         .provider
-        .keys_due(chrono::Utc::now(), max_age);
+        .keys_due(chrono::Utc::now(), max_age, ahead);
     let mut added = Vec::new();
     for alg in due {
-        added.push(add_signing_key(engine, &Actor::System, &alg, timing.overlap()).await?);
-        tracing::info!(alg = %alg, "signing key rotated on schedule");
+        let overlap = timing.overlap();
+        let kid = add_signing_key(engine, &Actor::System, &alg, overlap, Some(ahead)).await?;
+        tracing::info!(alg = %alg, "signing key rotated on schedule: published now, signs from {}", chrono::Utc::now() + ahead);
+        added.push(kid);
     }
     Ok(added)
 }
@@ -310,7 +331,7 @@ impl Signer {
             let p = engine.projector.read();
             let k = p
                 .provider
-                .signing_key(alg)
+                .signing_key(alg, chrono::Utc::now())
                 .ok_or_else(|| ProviderKeyError::NoKey(alg.into()))?;
             (k.kid.clone(), k.sealed_private_key.clone())
         };

@@ -72,13 +72,15 @@ pub enum ProviderCommand {
     },
     /// Remove an app.
     Remove(AppId),
-    /// Put a new signing key in force for its algorithm; the one in force for that
-    /// algorithm verifies until `verify_until`.
+    /// Put a new signing key in force for its algorithm, at once or from `signs_from`; the
+    /// one in force for that algorithm signs until then and verifies until `verify_until`.
     AddSigningKey {
         /// The key.
         key: SigningKeyAdded,
         /// Tokens the retired key signed stay verifiable until then.
         verify_until: chrono::DateTime<chrono::Utc>,
+        /// When the new key takes over signing (`None`: at once, as after a compromise).
+        signs_from: Option<chrono::DateTime<chrono::Utc>>,
     },
 }
 
@@ -216,15 +218,27 @@ pub fn decide(s: &ProviderState, c: ProviderCommand) -> Result<Vec<Event>, Rejec
             live(s, app_id)?;
             Ok(vec![AppRemoved { app_id }.into()])
         }
-        ProviderCommand::AddSigningKey { key, verify_until } => {
+        ProviderCommand::AddSigningKey {
+            key,
+            verify_until,
+            signs_from,
+        } => {
             if s.keys.contains(&key.kid) {
                 return Err(Rejection::AlreadyExists("signing key"));
             }
             if !matches!(key.alg.as_str(), "ES256" | "RS256") {
                 return Err(invalid("alg", "ES256 or RS256"));
             }
+            if signs_from.is_some_and(|t| t > verify_until) {
+                // The retired key would leave the JWKS while it still signs.
+                return Err(invalid(
+                    "verify_until",
+                    "not before the new key takes over signing",
+                ));
+            }
+            let current = s.signing_keys.get(&key.alg);
             let mut events: Vec<Event> = Vec::new();
-            if let Some(current) = s.signing_keys.get(&key.alg) {
+            if let Some(current) = current {
                 events.push(
                     SigningKeyRetired {
                         kid: current.clone(),
@@ -233,7 +247,18 @@ pub fn decide(s: &ProviderState, c: ProviderCommand) -> Result<Vec<Event>, Rejec
                     .into(),
                 );
             }
+            let to = key.kid.clone();
             events.push(key.into());
+            if let Some(at) = signs_from {
+                events.push(
+                    SigningKeyHandover {
+                        from: current.cloned(),
+                        to,
+                        at,
+                    }
+                    .into(),
+                );
+            }
             Ok(events)
         }
     }
@@ -351,6 +376,7 @@ mod tests {
         let add_alg = |kid: &str, alg: &str| ProviderCommand::AddSigningKey {
             key: key(kid, alg),
             verify_until: until,
+            signs_from: None,
         };
         let add = |kid: &str| add_alg(kid, "ES256");
         let s = ProviderState::default();
@@ -376,6 +402,30 @@ mod tests {
         assert!(matches!(
             decide(&s, add_alg("h1", "HS256")),
             Err(Rejection::Invalid { field: "alg", .. })
+        ));
+        // Published ahead: the key in force hands over at `signs_from`, and stays
+        // published past it.
+        let at = until - chrono::Duration::hours(1);
+        let ahead = |kid: &str, signs_from| ProviderCommand::AddSigningKey {
+            key: key(kid, "ES256"),
+            verify_until: until,
+            signs_from: Some(signs_from),
+        };
+        let staged = decide(&s, ahead("k3", at)).unwrap_or_default();
+        assert_eq!(
+            staged.last(),
+            Some(&Event::from(SigningKeyHandover {
+                from: Some("k2".into()),
+                to: "k3".into(),
+                at,
+            }))
+        );
+        assert!(matches!(
+            decide(&s, ahead("k3", until + chrono::Duration::seconds(1))),
+            Err(Rejection::Invalid {
+                field: "verify_until",
+                ..
+            })
         ));
     }
 }

@@ -24,7 +24,7 @@ const KINDS = ["DomainRegistered", "DomainSettingsChanged", "DomainCredentialsSe
   "SignInLocked", "WorkstationCertificateIssued", "WorkstationCertificateRetired",
   "AppRegistered", "AppChanged", "AppSecretRotated", "AppRemoved", "SigningKeyAdded",
   "SigningKeyRetired", "AppTokensIssued", "AppTokenRefused", "FederatedDomainsSeen",
-  "SyncQuarantineApplied", "KeyWriteWrittenLate"];
+  "SyncQuarantineApplied", "KeyWriteWrittenLate", "SigningKeyHandover"];
 
 /// Calls the API; answers the parsed body, or throws an Error with the API's message.
 async function api(method, path, payload) {
@@ -853,8 +853,9 @@ async function appsPage() {
     (after) => withAfter("/v1/provider/signing-keys?limit=20", after),
     (k) => el("tr", {},
       el("td", { class: "mono" }, k.kid), el("td", {}, k.alg),
-      el("td", {}, badge(k.status === "current" ? "current" : "retired", k.status === "current" ? "active" : "deactivated")),
-      el("td", {}, when(k.added_at)), el("td", {}, k.verify_until ? when(k.verify_until) : "in force")),
+      el("td", {}, badge(k.status, { current: "active", next: "pending" }[k.status] ?? "deactivated")),
+      el("td", {}, when(k.added_at)), el("td", {}, when(k.signs_from)),
+      el("td", {}, k.verify_until ? when(k.verify_until) : "in force")),
     "No signing key yet: the first app makes one.");
   const refresh = async () => { await refreshApps(); await refreshKeys(); };
   await refresh();

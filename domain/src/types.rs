@@ -594,7 +594,7 @@ impl SignInFailure {
                 "You signed in to Entra ID as someone else. Sign in with your own account."
             }
             SignInFailure::Locked => {
-                "Too many failed attempts: this method is locked for 15 minutes. Try again later."
+                "Too many failed attempts: this method is locked for at least 15 minutes, longer after each lock. Try again later."
             }
             SignInFailure::NotActive | SignInFailure::SsoOff => {
                 "Your account cannot sign in here. Ask your administrator."

@@ -12,8 +12,20 @@ use std::collections::BTreeMap;
 pub const FAILURES_TO_LOCK: usize = 5;
 /// The window failures are counted in (5 minutes).
 pub const FAILURE_WINDOW: Duration = Duration::minutes(5);
-/// How long a locked factor stays locked (15 minutes).
+/// How long a factor's first lock lasts (15 minutes); each further lock before the user
+/// signs in again lasts twice the one before, up to [`MAX_LOCK_FOR`].
 pub const LOCK_FOR: Duration = Duration::minutes(15);
+/// The longest lock (a day): guessing goes on at five tries a day, and the user whose
+/// factor someone keeps locking is not shut out for longer than that after it stops.
+pub const MAX_LOCK_FOR: Duration = Duration::hours(24);
+
+/// How long a lock lasts after `earlier` locks of the factor since the user last signed
+/// in: a guesser who waits each lock out gets ever fewer tries (about 40 in the first
+/// day, then 5 a day, where a fixed lock would give 480 a day).
+pub fn lock_for(earlier: u32) -> Duration {
+    // 2^7 × 15 minutes is past a day already.
+    (LOCK_FOR * 2i32.pow(earlier.min(7))).min(MAX_LOCK_FOR)
+}
 /// Passkeys one user may hold.
 pub const MAX_PASSKEYS: usize = 10;
 
@@ -56,6 +68,8 @@ pub struct SignInState {
     pub failures: BTreeMap<Factor, Vec<DateTime<Utc>>>,
     /// Locked factors and until when.
     pub locked_until: BTreeMap<Factor, DateTime<Utc>>,
+    /// Locks of each factor since the user last signed in (see [`lock_for`]).
+    pub locks: BTreeMap<Factor, u32>,
     /// When a failure that counts toward no lock (an attempt on a locked factor, a passkey
     /// that did not verify, a refusal for who the user is) was last recorded: one a minute
     /// is enough for the audit trail; more would let anyone grow a user's stream at will.
@@ -136,6 +150,9 @@ pub fn evolve(s: &mut SignInState, e: &Event) {
         }
         Event::TotpRemoved(_) => s.totp = false,
         Event::SignInSucceeded(e) => {
+            // The user proved who they are: whoever guessed before starts again at the
+            // shortest lock.
+            s.locks.clear();
             if let Some((id, count)) = &e.passkey {
                 if let Some(p) = s.passkeys.get_mut(id) {
                     p.sign_count = *count;
@@ -158,6 +175,7 @@ pub fn evolve(s: &mut SignInState, e: &Event) {
         Event::SignInLocked(e) => {
             s.locked_until.insert(e.factor, e.until);
             s.failures.remove(&e.factor);
+            *s.locks.entry(e.factor).or_default() += 1;
         }
         _ => {}
     }
@@ -643,7 +661,7 @@ fn sign_in(s: &UserState, proof: Proof, app: Option<String>, at: DateTime<Utc>) 
             events.push(
                 SignInLocked {
                     factor,
-                    until: at + LOCK_FOR,
+                    until: at + lock_for(s.signin.locks.get(&factor).copied().unwrap_or(0)),
                 }
                 .into(),
             );
@@ -1142,6 +1160,37 @@ mod tests {
         // Fifteen minutes after the lock, it works again.
         let later = at - Duration::seconds(30) + LOCK_FOR;
         assert!(failure(&attempt(&s, by_passkey(109), later)).is_none());
+    }
+
+    /// Each lock of a factor before the user signs in again lasts twice the one before,
+    /// up to a day; a sign-in starts again at fifteen minutes.
+    #[test]
+    fn locks_grow_until_the_user_signs_in() {
+        let mut s = signed_up(SsoMethod::Passwordless);
+        let mut at = t0();
+        let signed = attempt(&s, by_passkey(100), at);
+        s = apply(s, &signed);
+        let lock_out = |s: &mut UserState, at: &mut DateTime<Utc>| -> Duration {
+            for _ in 0..FAILURES_TO_LOCK {
+                let events = attempt(s, by_passkey(1), *at);
+                *s = apply(s.clone(), &events);
+                if let Some(Event::SignInLocked(l)) = events.last() {
+                    let lasts = l.until - *at;
+                    *at = l.until;
+                    return lasts;
+                }
+                *at += Duration::seconds(1);
+            }
+            unreachable!("five counted failures lock")
+        };
+        let minutes: Vec<i64> = (0..9)
+            .map(|_| lock_out(&mut s, &mut at).num_minutes())
+            .collect();
+        assert_eq!(minutes, [15, 30, 60, 120, 240, 480, 960, 1440, 1440]);
+        // Signed in once the lock is over: the next lock is the shortest again.
+        let signed = attempt(&s, by_passkey(200), at);
+        s = apply(s, &signed);
+        assert_eq!(lock_out(&mut s, &mut at), LOCK_FOR);
     }
 
     /// Whoever knows a credential id can present made-up assertions for it: each is

@@ -211,9 +211,11 @@ fn parse_filter(filter: &str) -> Result<Vec<(String, String)>, String> {
     Ok(out)
 }
 
-/// `$select` as a list (empty when absent).
-fn select_of(params: &HashMap<String, String>) -> Vec<String> {
-    params
+/// A user's `$select` as a list (empty when absent). Graph refuses a property the user
+/// type does not have (a client's typo would otherwise pass here and fail at Microsoft);
+/// the simulator knows the properties it models.
+fn select_of(params: &HashMap<String, String>) -> Result<Vec<String>, GraphFail> {
+    let select: Vec<String> = params
         .get("$select")
         .map(|s| {
             s.split(',')
@@ -221,8 +223,31 @@ fn select_of(params: &HashMap<String, String>) -> Vec<String> {
                 .filter(|f| !f.is_empty())
                 .collect()
         })
-        .unwrap_or_default()
+        .unwrap_or_default();
+    match select
+        .iter()
+        .find(|f| !USER_FIELDS.contains(&f.as_str()) && f.as_str() != "id")
+    {
+        Some(unknown) => Err(GraphFail::new(
+            StatusCode::BAD_REQUEST,
+            "Request_BadRequest",
+            format!(
+                "Could not find a property named '{unknown}' on type 'Microsoft.DirectoryServices.User'."
+            ),
+        )),
+        None => Ok(select),
+    }
 }
+
+/// The user properties the simulator models.
+const USER_FIELDS: &[&str] = &[
+    "userPrincipalName",
+    "displayName",
+    "mail",
+    "givenName",
+    "surname",
+    "accountEnabled",
+];
 
 const DEFAULT_USER_FIELDS: &[&str] = &[
     "userPrincipalName",
@@ -353,7 +378,10 @@ pub async fn group_members(
         Ok(p) => p,
         Err(r) => return r.into_response(),
     };
-    let select = select_of(&params);
+    let select = match select_of(&params) {
+        Ok(s) => s,
+        Err(r) => return r.into_response(),
+    };
     let mut inner = sim.lock();
     let state = &mut *inner;
     let Some(group) = state.dir.groups.get(&id) else {
@@ -390,7 +418,10 @@ pub async fn list_users(
         Ok(p) => p,
         Err(r) => return r.into_response(),
     };
-    let select = select_of(&params);
+    let select = match select_of(&params) {
+        Ok(s) => s,
+        Err(r) => return r.into_response(),
+    };
     let inner = sim.lock();
     let value: Vec<Value> = inner
         .dir
@@ -419,10 +450,14 @@ pub async fn get_user(
     if let Err(r) = authorize(&sim, &headers, READ_USERS) {
         return r.into_response();
     }
+    let select = match select_of(&params) {
+        Ok(s) => s,
+        Err(r) => return r.into_response(),
+    };
     let inner = sim.lock();
     match inner.dir.users.get(&id) {
         Some(u) => {
-            let mut v = user_json(u, &select_of(&params), false);
+            let mut v = user_json(u, &select, false);
             v["@odata.context"] = json!(format!(
                 "{}/v1.0/$metadata#users/$entity",
                 base_url(&headers)
@@ -902,6 +937,10 @@ pub async fn users_delta(
     Query(params): Params,
     uri: axum::http::Uri,
 ) -> Response {
+    // A round's first request names the selection; its links carry it in the cursor.
+    if let Err(e) = select_of(&params) {
+        return e.into_response();
+    }
     let (cursor, ids, latest) = match delta_round(&sim, &headers, &params, uri.path(), READ_USERS) {
         Ok(r) => r,
         Err(e) => return e.into_response(),

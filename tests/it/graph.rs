@@ -899,4 +899,26 @@ async fn delta_with_parentheses_and_unknown_paths_answer_as_graph_does() {
         .unwrap()
         .contains("nothingHere"));
     assert!(err["error"]["innerError"]["request-id"].is_string());
+    // A property the user type does not have is refused wherever users are selected,
+    // as Graph does; the client's own selection passes.
+    for path in [
+        "/v1.0/users?$select=id,jobTitel".to_owned(),
+        format!("/v1.0/users/{}?$select=displayName,mailbox", user(1)),
+        format!("/v1.0/groups/{SYNC}/members?$select=id,nick"),
+        "/v1.0/users/delta?$select=id,manager".to_owned(),
+    ] {
+        let (s, err) = get(path.clone()).await;
+        assert_eq!(
+            (s, &err["error"]["code"]),
+            (400, &json!("Request_BadRequest")),
+            "{path}: {err}"
+        );
+        assert!(err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Could not find a property"));
+    }
+    let select = idledger::graph::USER_SELECT;
+    let (s, users) = get(format!("/v1.0/users/delta?$select={select}")).await;
+    assert_eq!(s, 200, "{users}");
 }

@@ -40,9 +40,13 @@ pub struct Timing {
 }
 
 impl Timing {
-    /// How long a retired key stays published.
+    /// How long a retired key stays published: its last token's life and the clock skew
+    /// allowed, and a margin (a minute, or a token's life if shorter), since the key
+    /// signs until the projections have its retirement, a moment after the deadline is
+    /// set.
     pub fn overlap(&self) -> chrono::Duration {
-        chrono::Duration::from_std(self.token_ttl + self.clock_skew)
+        let margin = self.token_ttl.min(Duration::from_secs(60));
+        chrono::Duration::from_std(self.token_ttl + self.clock_skew + margin)
             .unwrap_or(chrono::Duration::MAX)
     }
 

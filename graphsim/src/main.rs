@@ -43,8 +43,10 @@ struct Args {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    // Colour only for a person reading a terminal: piped logs stay plain text.
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
     let mut dir = match load_tenant(&args.tenant) {
         Ok(d) => d,

@@ -211,7 +211,12 @@ struct SignIn {
 }
 
 /// A session for the token in `token_id`, and the answer that sets its cookie.
-fn open_session(state: &AppState, token_id: TokenId) -> Response {
+/// Opens a session; the one the browser held until now ends, so a copy of its cookie
+/// does not outlive the sign-in that replaced it.
+fn open_session(state: &AppState, headers: &HeaderMap, token_id: TokenId) -> Response {
+    if let Some(old) = cookie(headers, cookie_name(state.secure_cookies())) {
+        state.sessions.close(old);
+    }
     let value = state.sessions.open(token_id);
     let mut response = Redirect::to("/console/domains").into_response();
     response
@@ -247,7 +252,7 @@ async fn sign_in(
             .map(|t| t.id)
     };
     match token {
-        Some(id) => open_session(&state, id),
+        Some(id) => open_session(&state, &headers, id),
         None => sign_in_form(
             &state,
             StatusCode::UNAUTHORIZED,
@@ -305,7 +310,7 @@ async fn sign_in_link(
         );
     }
     match state.sessions.redeem(&ticket) {
-        Some(id) => open_session(&state, id),
+        Some(id) => open_session(&state, &headers, id),
         None => ticket_expired(&state),
     }
 }

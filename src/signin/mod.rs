@@ -415,12 +415,21 @@ struct Next {
 }
 
 /// Opens a session for the sign-in recorded in `events` (its last `SignInSucceeded`);
-/// answers the session cookie's header.
-fn open_session(ctx: &Ctx, user: UserId, (events, position): &Decided) -> Option<HeaderValue> {
+/// answers the session cookie's header. The session the browser held until now ends: a
+/// copy of its cookie must not outlive the sign-in that replaced it.
+fn open_session(
+    ctx: &Ctx,
+    headers: &HeaderMap,
+    user: UserId,
+    (events, position): &Decided,
+) -> Option<HeaderValue> {
     let ok = events.iter().rev().find_map(|e| match e {
         Event::SignInSucceeded(s) => Some(s),
         _ => None,
     })?;
+    if let Some(old) = cookie(headers, user_cookie_name(https(ctx))) {
+        ctx.store.close(old);
+    }
     // Every event that could end it comes after the sign-in's own record; not the head,
     // which may hold a withdrawal appended since, which must end it.
     let opened_at = *position;
@@ -466,8 +475,14 @@ fn failure_of(events: &[Event]) -> Option<SignInFailure> {
 
 /// The answer to a sign-in decided in `events`: a session and the way to `/me`, or the
 /// failure's message.
-fn signed_in_or_refused(ctx: &Ctx, flow: &str, user: UserId, decided: &Decided) -> Response {
-    if let Some(cookie) = open_session(ctx, user, decided) {
+fn signed_in_or_refused(
+    ctx: &Ctx,
+    headers: &HeaderMap,
+    flow: &str,
+    user: UserId,
+    decided: &Decided,
+) -> Response {
+    if let Some(cookie) = open_session(ctx, headers, user, decided) {
         let next = after_sign_in(ctx, flow);
         let mut r = Json(Next { next }).into_response();
         r.headers_mut().append(header::SET_COOKIE, cookie);
@@ -751,7 +766,7 @@ async fn enrol_passkey(
         },
     )
     .await?;
-    Ok(signed_in_or_refused(&ctx, &flow, user, &decided))
+    Ok(signed_in_or_refused(&ctx, &headers, &flow, user, &decided))
 }
 
 /// A new authenticator seed, shown once.
@@ -877,7 +892,7 @@ async fn enrol_totp(
     if decided.0.iter().any(|e| matches!(e, Event::TotpRemoved(_))) {
         ctx.store.close_all_of(user);
     }
-    Ok(signed_in_or_refused(&ctx, &flow, user, &decided))
+    Ok(signed_in_or_refused(&ctx, &headers, &flow, user, &decided))
 }
 
 /// Where the page's script sends the browser.
@@ -1446,7 +1461,7 @@ async fn signin_passkey(
         },
     )
     .await?;
-    Ok(signed_in_or_refused(&ctx, &flow, user, &decided))
+    Ok(signed_in_or_refused(&ctx, &headers, &flow, user, &decided))
 }
 
 /// The user whose Entra step this browser just passed.
@@ -1577,7 +1592,7 @@ async fn signin_totp(
         Ok(d) => d,
         Err(r) => return pages::problem(r.status, "Sign-in failed", &r.message),
     };
-    if let Some(cookie) = open_session(&ctx, user, &decided) {
+    if let Some(cookie) = open_session(&ctx, &headers, user, &decided) {
         let next = after_sign_in(&ctx, &flow);
         let mut r = Redirect::to(&next).into_response();
         r.headers_mut().append(header::SET_COOKIE, cookie);
@@ -1654,7 +1669,7 @@ async fn second_passkey(
         },
     )
     .await?;
-    Ok(signed_in_or_refused(&ctx, &flow, user, &decided))
+    Ok(signed_in_or_refused(&ctx, &headers, &flow, user, &decided))
 }
 
 // ---- the user's own page --------------------------------------------------------------------

@@ -471,6 +471,7 @@ async fn a_session_stands_for_its_token_and_commands_need_its_csrf_token() {
         csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
         "{csp}"
     );
+    assert_eq!(page.headers()["x-frame-options"], "DENY");
 
     // A form posted without the browser's own sign-in cookie (from another site) is refused.
     let (pre, _) = sign_in_form(&http, &base).await;
@@ -627,6 +628,34 @@ async fn a_session_stands_for_its_token_and_commands_need_its_csrf_token() {
         .await
         .unwrap();
     assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+
+    // Signing in again from the same browser ends the session it held: a copy of the old
+    // cookie opens nothing.
+    let auditor = app.token("auditor", &[]).await;
+    let (pre, pre_cookie) = sign_in_form(&http, &base).await;
+    let r = http
+        .post(format!("{base}/console/sign-in"))
+        .header("cookie", format!("{pre_cookie}; {session}"))
+        .form(&[("token", auditor.as_str()), ("pre", pre.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let fresh = r.headers()["set-cookie"].to_str().unwrap();
+    let fresh = fresh.split(';').next().unwrap().to_owned();
+    let with = |cookie: String| {
+        http.get(format!("{base}/v1/domains"))
+            .header("cookie", cookie)
+            .send()
+    };
+    assert_eq!(with(fresh).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        with(session.clone()).await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let r = sign_in(admin.clone()).await;
+    let session = r.headers()["set-cookie"].to_str().unwrap();
+    let session = session.split(';').next().unwrap().to_owned();
 
     // Revoking the token ends the session: the API and the pages send it back to sign-in.
     let (_, tokens) = app

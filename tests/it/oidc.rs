@@ -642,6 +642,12 @@ async fn an_app_registered_in_the_console_signs_a_passkey_user_in_through_chromi
     b.wait_text("#apps", "Payroll").await;
     let keys = b.wait_text("#signing-keys", "RS256").await;
     assert!(keys.contains("ES256"), "{keys}");
+    // Copied, the secret is hidden again (and kept out of the screenshot).
+    b.click("#hide-secret").await;
+    assert!(
+        !b.present("#new-client-secret").await,
+        "the secret stays shown"
+    );
     b.client
         .execute("window.scrollTo(0, 0)", vec![])
         .await

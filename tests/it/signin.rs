@@ -1414,6 +1414,49 @@ async fn a_session_ended_by_a_withdrawal_stays_ended_when_sign_in_comes_back() {
     }
 }
 
+/// Signing in again from a browser ends the session it held: a copy of the old cookie
+/// (from a shared machine, a stolen backup) opens nothing once it is replaced.
+#[tokio::test]
+async fn a_sign_in_ends_the_session_the_browser_held() {
+    let (w, adele, _) = signin_world().await;
+    let me = format!("{}/me", w.app.public);
+    let mut key = SoftKey::new();
+    let signed_in = enrol_with_key(&w, &adele, ADELE, &mut key).await;
+    let old = signed_in.cookies["idl_user"].clone();
+    let mut copy = Visitor::new();
+    copy.cookies.insert("idl_user".into(), old.clone());
+    let (s, _, _) = copy.get(&me).await;
+    assert_eq!(s, StatusCode::OK, "the copy stands while the session does");
+    // The browser signs in again (as when an app asks for a fresh sign-in), sending the
+    // session it holds along.
+    let mut v = Visitor::new();
+    let (_, page, _) = v.get(&format!("{}/signin", w.app.public)).await;
+    let csrf = csrf_of(&page);
+    let (s, options) = v
+        .post_json(
+            &format!("{}/signin/passkey/options", w.app.public),
+            &csrf,
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{options}");
+    v.cookies.insert("idl_user".into(), old);
+    let handle = key.user_handle.clone();
+    let credential = key.assert(&options, &w.app.public, Some(&handle));
+    let (s, b) = v
+        .post_json(
+            &format!("{}/signin/passkey", w.app.public),
+            &csrf,
+            json!({"credential": credential}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, _, to) = copy.get(&me).await;
+    assert_eq!((s, to.as_deref()), (StatusCode::SEE_OTHER, Some("/signin")));
+    let (s, _, _) = v.get(&me).await;
+    assert_eq!(s, StatusCode::OK);
+}
+
 /// A removed domain's users are out from the removal on, before their own streams say so
 /// (that lands user by user after it): a passkey signs no one in, and nothing is recorded.
 #[tokio::test]

@@ -429,7 +429,7 @@ async function domainPage() {
     const more = el("button", { type: "button", id: "dry-more" }, "More changes");
     more.hidden = !next;
     wire(more, async () => {
-      const page = await api("GET", `/v1/domains/${pageId}/sync-runs/${r.run_id}/changes?limit=20&after=${next}`);
+      const page = await api("GET", withAfter(`/v1/domains/${pageId}/sync-runs/${r.run_id}/changes?limit=20`, next));
       list.append(...page.items.map(row));
       next = page.next;
       more.hidden = !next;
@@ -627,6 +627,7 @@ async function userPage() {
     await after(outcome === "pending" ? "Rotation still running: its outcome will show in the history."
       : `Rotation finished: ${outcome}.`);
   });
+  let hideRevealed;
   wire($("#reveal"), async () => {
     const reason = $("#reason").value.trim();
     const r = await api("POST", `/v1/users/${pageId}/password/reveal`, { reason });
@@ -638,6 +639,7 @@ async function userPage() {
       r.unconfirmed_candidate && ["revealed-candidate", "Unconfirmed candidate (Graph may hold it):", r.unconfirmed_candidate.password],
     ].filter(Boolean);
     if (!shown.length) { box.replaceChildren(el("p", { class: "empty" }, "No password is held for this user yet.")); return; }
+    clearTimeout(hideRevealed);
     const hide = () => box.replaceChildren(el("p", { class: "empty" }, "Hidden. The reveal is in the audit trail."));
     // The password is in no live region (a screen reader would say it aloud): the flash
     // tells that it is shown.
@@ -646,7 +648,8 @@ async function userPage() {
       el("button", { type: "button", onclick: hide }, "Hide")));
     flash("Password shown below; it hides itself after a minute.");
     window.addEventListener("pagehide", hide, { once: true });
-    setTimeout(hide, 60000);
+    // An earlier reveal's timer must not hide this one early.
+    hideRevealed = setTimeout(hide, 60000);
     await history();
   });
 }
@@ -814,11 +817,20 @@ function showSecret(a, what) {
   if (a.client_secret) {
     rows.push(el("dt", {}, "Client secret"), el("dd", { class: "mono", id: "new-client-secret" }, a.client_secret));
   }
-  $("#app-secret").replaceChildren(el("div", { class: "report ok" },
+  const box = $("#app-secret");
+  // Like a revealed password: gone from the page once copied, when the page is left, or
+  // after ten minutes, whichever is first.
+  const hide = () => box.replaceChildren();
+  box.replaceChildren(el("div", { class: "report ok" },
     el("p", {}, a.client_secret
       ? `${what} “${a.name}”. Copy the client secret now: it is never shown again.`
       : `${what} “${a.name}” (public: it has no secret).`),
-    el("dl", { class: "facts" }, rows)));
+    el("dl", { class: "facts" }, rows),
+    el("button", { type: "button", id: "hide-secret", onclick: hide }, "Hide")));
+  if (a.client_secret) {
+    window.addEventListener("pagehide", hide, { once: true });
+    setTimeout(hide, 600000);
+  }
 }
 
 const lines = (text) => (text ?? "").split("\n").map((l) => l.trim()).filter((l) => l);

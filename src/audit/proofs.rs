@@ -312,10 +312,21 @@ pub fn check_checkpoint(
     on_position: impl FnMut(u64),
 ) -> Result<CheckpointReport, Error> {
     let previous = match std::fs::read_to_string(file) {
-        Ok(text) => Some(
-            key.open(&text)
-                .map_err(|e| Error::Other(format!("{}: {e}", file.display())))?,
-        ),
+        Ok(text) => match key.open(&text) {
+            Ok(head) => Some(head),
+            // The head accepted before does not hold under the key: someone changed the
+            // file, or it is another log's. A finding, not a check that could not run.
+            Err(e) => {
+                return Ok(CheckpointReport {
+                    ok: false,
+                    previous_tree_size: None,
+                    tree_size: None,
+                    first_inconsistent_tree_size: None,
+                    reason: Some(format!("{}: {e}", file.display())),
+                    log: serde_json::Value::Null,
+                })
+            }
+        },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(Error::Other(format!("{}: {e}", file.display()))),
     };
@@ -440,10 +451,17 @@ pub fn prove(
         Some(file) => {
             let text = std::fs::read_to_string(file)
                 .map_err(|e| Error::Other(format!("{}: {e}", file.display())))?;
-            Some(
-                key.open(&text)
-                    .map_err(|e| Error::Other(format!("{}: {e}", file.display())))?,
-            )
+            match key.open(&text) {
+                Ok(head) => Some(head),
+                // See `check_checkpoint`: a finding.
+                Err(e) => {
+                    return Ok(ProveReport {
+                        position,
+                        reason: Some(format!("{}: {e}", file.display())),
+                        ..ProveReport::default()
+                    })
+                }
+            }
         }
     };
     let mut report = ProveReport {
@@ -531,10 +549,10 @@ fn prove_into(
 pub struct CompareReport {
     /// The two checkpoints describe one history.
     pub ok: bool,
-    /// The first one's tree size.
-    pub a_tree_size: u64,
+    /// The first one's tree size (null when it does not hold under the key).
+    pub a_tree_size: Option<u64>,
     /// The second one's.
-    pub b_tree_size: u64,
+    pub b_tree_size: Option<u64>,
     /// Why not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -548,11 +566,25 @@ pub fn compare(
     key: &LogPublicKey,
     server: Option<&Server>,
 ) -> Result<CompareReport, Error> {
-    let open = |which: &str, text: &str| {
-        key.open(text)
-            .map_err(|e| Error::Other(format!("checkpoint {which}: {e}")))
+    let (a, b) = match (key.open(a), key.open(b)) {
+        (Ok(a), Ok(b)) => (a, b),
+        // A checkpoint the key did not sign describes no history of this log: the finding.
+        (a, b) => {
+            let reason = [("A", &a), ("B", &b)]
+                .iter()
+                .filter_map(|(which, r)| {
+                    r.as_ref().err().map(|e| format!("checkpoint {which}: {e}"))
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Ok(CompareReport {
+                ok: false,
+                a_tree_size: a.ok().map(|h| h.head.tree_size),
+                b_tree_size: b.ok().map(|h| h.head.tree_size),
+                reason: Some(reason),
+            });
+        }
     };
-    let (a, b) = (open("A", a)?, open("B", b)?);
     let (small, large) = if a.head.tree_size <= b.head.tree_size {
         (&a, &b)
     } else {
@@ -561,8 +593,8 @@ pub fn compare(
     let reason = extends(server, small, large)?;
     Ok(CompareReport {
         ok: reason.is_none(),
-        a_tree_size: a.head.tree_size,
-        b_tree_size: b.head.tree_size,
+        a_tree_size: Some(a.head.tree_size),
+        b_tree_size: Some(b.head.tree_size),
         reason,
     })
 }

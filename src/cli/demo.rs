@@ -28,9 +28,19 @@ pub struct DemoArgs {
     /// Exit after the summary instead of serving until Ctrl-C.
     #[arg(long)]
     pub once: bool,
-    /// Address of the engine's API (default: a free loopback port).
-    #[arg(long, default_value = "127.0.0.1:0")]
+    /// Address of the engine's API, on loopback (default: a free port): the demo's users
+    /// sign in at `localhost`, its passkeys' relying party.
+    #[arg(long, default_value = "127.0.0.1:0", value_parser = loopback_address)]
     pub listen: String,
+}
+
+/// `--listen`: a loopback address (its enrolment and sign-in links name `localhost`).
+fn loopback_address(text: &str) -> Result<String, String> {
+    match text.parse::<std::net::SocketAddr>() {
+        Ok(a) if a.ip().is_loopback() => Ok(text.to_owned()),
+        Ok(_) => Err("the demo listens on loopback only (127.0.0.1:PORT or [::1]:PORT); `serve` takes any address with its public_url".into()),
+        Err(e) => Err(format!("an address such as 127.0.0.1:8080: {e}")),
+    }
 }
 
 /// Runs the demo.

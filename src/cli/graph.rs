@@ -40,7 +40,13 @@ pub struct CheckArgs {
 
 /// Prints the report; exits 1 when anything is missing.
 pub async fn check(args: CheckArgs) -> Result<ExitCode, Error> {
-    let secret = std::env::var(&args.client_secret_env).unwrap_or_default();
+    // Unset, it is no secret Entra ID refused: nothing could be checked (exit 2).
+    let secret = std::env::var(&args.client_secret_env).map_err(|_| {
+        Error::Other(format!(
+            "the client secret's variable {} is not set",
+            args.client_secret_env
+        ))
+    })?;
     let settings = GraphSettings {
         authority_url: args.authority_url,
         graph_url: args.graph_url,

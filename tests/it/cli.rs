@@ -339,6 +339,14 @@ fn every_command_has_help() {
 #[test]
 fn demo_syncs_contoso_from_graphsim_and_a_second_run_adds_nothing() {
     let dir = tempfile::tempdir().unwrap();
+    // Its sign-in links name `localhost`: another address is refused before anything runs.
+    let out = idledger()
+        .args(["demo", "--once", "--listen", "0.0.0.0:0", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
     let demo = || {
         let out = idledger()
             .args(["demo", "--once", "--data-dir"])

@@ -672,6 +672,16 @@ async fn graph_check_reports_health_and_names_missing_permissions() {
         .unwrap();
     assert_eq!(code, 1);
     assert_eq!(report["token"]["error"], "AADSTS7000215");
+    // No secret at all is no secret Entra ID refused: nothing was checked.
+    let out = idledger()
+        .args(["graph", "check", "--tenant-id", TENANT, "--client-id", APP])
+        .args(["--authority-url", &url, "--graph-url", &url])
+        .env_remove("IDLEDGER_CLIENT_SECRET")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("IDLEDGER_CLIENT_SECRET"), "{said}");
 }
 
 /// graphsim answers with the shapes GRAPH.md documents.

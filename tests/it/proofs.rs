@@ -1003,6 +1003,25 @@ async fn a_forked_server_is_caught_by_comparing_checkpoints() {
             .contains("two different roots"),
         "{r}"
     );
+    // A checkpoint changed after it was signed is a finding (exit 1), not a check that
+    // could not run: in a comparison, and as the head an auditor accepted before.
+    let text = std::fs::read_to_string(&ca).unwrap();
+    let size_line = text.lines().nth(1).unwrap().to_owned();
+    let forged = file("forged.checkpoint");
+    std::fs::write(&forged, text.replacen(&size_line, "1", 1)).unwrap();
+    let (r, code) = compare(&forged, &cb, None);
+    assert_eq!(code, 1, "{r}");
+    assert!(
+        r["reason"].as_str().unwrap().contains("checkpoint A"),
+        "{r}"
+    );
+    assert_eq!((&r["a_tree_size"], &r["ok"]), (&Value::Null, &json!(false)));
+    let (r, code) = visit(&a, &forged, &key);
+    assert_eq!(code, 1, "{r}");
+    assert!(
+        r["reason"].as_str().unwrap().contains("forged.checkpoint"),
+        "{r}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,7 +17,8 @@ use uuid::Uuid;
 /// Options of `idledger bench api`.
 #[derive(Args, Debug)]
 pub struct ApiArgs {
-    /// Data directory (users are added when it has none).
+    /// Data directory: a domain of 1,000 users and a token are added to it on each run, so
+    /// give a fresh one to compare runs.
     #[arg(long)]
     pub data_dir: PathBuf,
     /// Requests per second of the fixed-rate phase.
@@ -77,9 +78,8 @@ pub async fn bare_server(args: BareArgs) -> Result<ExitCode, Error> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Adds a domain and users when the data dir has none; returns a token and some user ids.
-/// A domain of `count` imported users in a new data dir; answers an auditor token and the
-/// users.
+/// Adds a domain of `count` imported users and an auditor token to `data_dir`; answers
+/// the token and the users.
 pub(crate) async fn prepare(
     data_dir: &std::path::Path,
     count: u32,

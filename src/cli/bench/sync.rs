@@ -40,6 +40,13 @@ pub(crate) fn memory_mib(pid: u32) -> (f64, f64) {
 
 /// Runs the benchmark and prints one JSON line.
 pub async fn sync(args: SyncArgs) -> Result<ExitCode, Error> {
+    // The changes are made to generated members: there must be as many.
+    if args.changes > args.users {
+        return Err(Error::Other(format!(
+            "--changes {} is more than --users {}",
+            args.changes, args.users
+        )));
+    }
     let temp = tempfile_dir(&args.data_dir)?;
     let dir = temp.clone();
     std::fs::create_dir_all(&dir)?;

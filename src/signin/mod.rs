@@ -1690,13 +1690,13 @@ fn me(ctx: &Ctx, headers: &HeaderMap, notice: Option<(bool, &str)>) -> Response 
         p.signins.get(session.user).cloned().unwrap_or_default()
     };
     let method = who.allowed.map(|s| s.method).unwrap_or(session.method);
-    // The flow cookie carries the CSRF token of the page's scripted requests. The page
-    // may stay open as long as the session lives, so every visit sets the cookie for that
-    // long (not the ten minutes of a sign-in's flow): it gives no authority of its own.
-    let (flow, flow_csrf, _) = flow_of(ctx, headers);
+    // The flow cookie holds the state of the page's ceremonies (a passkey's challenge, a
+    // new authenticator's seed). The page may stay open as long as the session lives, so
+    // every visit sets the cookie for that long (not the ten minutes of a sign-in's
+    // flow): it gives no authority of its own; the session's CSRF token does.
+    let (flow, _, _) = flow_of(ctx, headers);
     let mut page = pages::me(&pages::MeView {
         session_csrf: &session.csrf,
-        flow_csrf: &flow_csrf,
         display_name: &who.display_name,
         upn: &who.upn,
         domain: &who.domain,
@@ -1710,7 +1710,9 @@ fn me(ctx: &Ctx, headers: &HeaderMap, notice: Option<(bool, &str)>) -> Response 
     page
 }
 
-/// The signed-in user of a scripted request from `/me` (flow CSRF checked).
+/// The signed-in user of a scripted request from `/me`, and its flow. The CSRF token is
+/// the session's: one bound only to the flow would outlive a sign-out and serve the next
+/// user of the browser.
 fn me_user(ctx: &Ctx, headers: &HeaderMap) -> Result<(String, UserId), Refusal> {
     let (_, session) = signed_in(ctx, headers).ok_or_else(|| {
         refuse(
@@ -1718,8 +1720,12 @@ fn me_user(ctx: &Ctx, headers: &HeaderMap) -> Result<(String, UserId), Refusal> 
             "Your session ended. Sign in again.",
         )
     })?;
-    let flow = checked_flow(ctx, headers, None)?;
-    Ok((flow, session.user))
+    let sent = headers.get("x-csrf-token").and_then(|v| v.to_str().ok());
+    if !sent.is_some_and(|t| same_secret(&session.csrf, t)) {
+        return Err(expired_flow());
+    }
+    let flow = cookie(headers, flow_cookie_name(https(ctx))).ok_or_else(expired_flow)?;
+    Ok((flow.to_owned(), session.user))
 }
 
 async fn me_passkey_options(

@@ -379,8 +379,8 @@ pub fn second_factor(
 
 /// What `/me` shows.
 pub struct MeView<'a> {
+    /// The session's CSRF token: of the page's forms and of its scripted requests.
     pub session_csrf: &'a str,
-    pub flow_csrf: &'a str,
     pub display_name: &'a str,
     pub upn: &'a str,
     pub domain: &'a str,
@@ -485,5 +485,5 @@ pub fn me(v: &MeView<'_>) -> Response {
         method = method_name(v.method),
         field = passkey_name_field(),
     );
-    page(StatusCode::OK, v.display_name, v.flow_csrf, &main)
+    page(StatusCode::OK, v.display_name, v.session_csrf, &main)
 }

@@ -1180,6 +1180,28 @@ async fn passkeys_belong_to_one_user_and_keep_their_rules() {
     // Bianca cannot take Adele's credential id for a key of her own.
     let (_, me, _) = bianca_v.get(&format!("{}/me", w.app.public)).await;
     let flow_csrf = csrf_of(&me);
+    // The page's token is its session's: once Bianca signs out and in again in the same
+    // browser (the same flow cookie), the old page's token opens nothing.
+    let (s, _, _) = bianca_v
+        .post_form(
+            &format!("{}/signout", w.app.public),
+            &[("csrf", flow_csrf.as_str())],
+        )
+        .await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    let handle = bianca_key.user_handle.clone();
+    let (s, b) = passkey_sign_in_with(&w, &mut bianca_v, &mut bianca_key, Some(&handle)).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, _) = bianca_v
+        .post_json(
+            &format!("{}/me/passkeys/options", w.app.public),
+            &flow_csrf,
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (_, me, _) = bianca_v.get(&format!("{}/me", w.app.public)).await;
+    let flow_csrf = csrf_of(&me);
     let (s, options) = bianca_v
         .post_json(
             &format!("{}/me/passkeys/options", w.app.public),

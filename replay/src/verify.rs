@@ -383,6 +383,18 @@ impl Verifier {
             }
             self.next_head();
             if head.tree_size < size {
+                // Only a head of no records is passed over (each other size is met as its
+                // last record is read): its root is the empty tree's, whatever the log.
+                if head.root_hash != crate::tree::EMPTY_ROOT {
+                    self.first_inconsistent.get_or_insert(head.tree_size);
+                    self.problem(
+                        key,
+                        format!(
+                            "inconsistent: the tree head signed for size {} has another root than the empty tree's",
+                            head.tree_size
+                        ),
+                    );
+                }
                 continue;
             }
             let root = self.tree.root();
@@ -716,6 +728,15 @@ mod tests {
         assert_eq!(forked.first_inconsistent_tree_size, Some(7));
         assert_eq!(forked.problem_count, 2);
         assert_eq!(forked.summary_json()["first_inconsistent_tree_size"], 7);
+        // A head of no records holds the empty tree's root, or none of this log's.
+        let empty = run(vec![head(0, crate::tree::EMPTY_ROOT), head(4, roots[3])]);
+        assert!(empty.ok, "{empty:?}");
+        let not_empty = run(vec![head(0, Hash([3; 32])), head(4, roots[3])]);
+        assert_eq!(
+            not_empty.first_inconsistent_tree_size,
+            Some(0),
+            "{not_empty:?}"
+        );
 
         // Read as the tree reaches them: sound heads pass, one that cannot be read or
         // comes out of order is a problem and ends the heads.

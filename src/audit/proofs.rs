@@ -262,7 +262,11 @@ fn extends(
         }));
     }
     if o.tree_size == 0 {
-        return Ok(None);
+        // Every tree extends the empty one, whose root is fixed: a head of size 0 with
+        // another root was never one of this log's.
+        return Ok((o.root_hash != idledger_replay::tree::EMPTY_ROOT).then(|| {
+            "a head of size 0 was signed with a root that is not the empty tree's".into()
+        }));
     }
     let server = server.ok_or_else(|| {
         Error::Other("different tree sizes: give --server to fetch the consistency proof".into())
@@ -659,5 +663,34 @@ impl Server {
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use idledger_replay::tree::{TreeHead, EMPTY_ROOT};
+
+    fn signed(tree_size: u64, root_hash: Hash) -> SignedTreeHead {
+        SignedTreeHead {
+            origin: "idledger/test".into(),
+            head: TreeHead {
+                tree_size,
+                root_hash,
+                timestamp_ms: 0,
+            },
+            key_id: 0,
+            signature: [0; 64],
+        }
+    }
+
+    /// Every tree extends the empty one; a head of size 0 with another root is no head of
+    /// any log, and no server need be asked to say so.
+    #[test]
+    fn only_the_empty_root_is_extended_by_every_tree() {
+        let later = signed(5, Hash([1; 32]));
+        assert_eq!(extends(None, &signed(0, EMPTY_ROOT), &later).unwrap(), None);
+        let forged = extends(None, &signed(0, Hash([2; 32])), &later).unwrap();
+        assert!(forged.is_some_and(|r| r.contains("size 0")));
     }
 }

@@ -191,10 +191,14 @@ impl Provider {
                 signs_until: None,
                 verify_until: None,
             }),
+            // A key retired twice (at a handover, then at once) keeps the earlier ends.
             Event::SigningKeyRetired(e) => {
                 if let Some(k) = self.keys.iter_mut().find(|k| k.kid == e.kid) {
-                    k.verify_until = Some(e.verify_until);
-                    k.signs_until = Some(at);
+                    k.verify_until = Some(
+                        k.verify_until
+                            .map_or(e.verify_until, |u| u.min(e.verify_until)),
+                    );
+                    k.signs_until = Some(k.signs_until.map_or(at, |u| u.min(at)));
                 }
             }
             // After the key's addition and its predecessor's retirement, in one append.

@@ -36,6 +36,12 @@ pub struct DemoArgs {
 
 /// `--listen`: a loopback address (its enrolment and sign-in links name `localhost`).
 fn loopback_address(text: &str) -> Result<String, String> {
+    if let Some(port) = text.strip_prefix("localhost:") {
+        return port
+            .parse::<u16>()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .map_err(|e| format!("localhost:PORT: {e}"));
+    }
     match text.parse::<std::net::SocketAddr>() {
         Ok(a) if a.ip().is_loopback() => Ok(text.to_owned()),
         Ok(_) => Err("the demo listens on loopback only (127.0.0.1:PORT or [::1]:PORT); `serve` takes any address with its public_url".into()),

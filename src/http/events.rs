@@ -23,7 +23,8 @@ pub const MAX_EVENTS_PAGE: usize = 100_000;
 pub struct EventsQuery {
     /// The first position to list (1).
     from_position: Option<u64>,
-    /// Page size, 1 to 100,000 (1000).
+    /// Page size, 1 to 100,000 (1000); a page also ends after 32 MiB of stored records,
+    /// so follow `next` rather than count items.
     limit: Option<usize>,
     /// Wait (bounded) until the projections include this position.
     min_position: Option<u64>,

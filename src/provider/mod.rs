@@ -227,6 +227,7 @@ pub async fn add_signing_key(
         },
         verify_until: signs_from.unwrap_or(now) + overlap,
         signs_from,
+        at: now,
     };
     let position =
         crate::store::decide_and_append(&*engine.log, &stream, actor, None, evolve, |s| {

@@ -24,6 +24,8 @@ pub struct ProviderState {
     pub signing_keys: BTreeMap<String, String>,
     /// Every key ever added.
     pub keys: std::collections::BTreeSet<String>,
+    /// Per algorithm, the key that signs until a staged key takes over, and when.
+    pub handing_over: BTreeMap<String, (String, chrono::DateTime<chrono::Utc>)>,
 }
 
 /// Folds one event of the provider's stream.
@@ -50,6 +52,22 @@ pub fn evolve(mut s: ProviderState, e: &Event) -> ProviderState {
         }
         Event::SigningKeyRetired(e) => {
             s.signing_keys.retain(|_, kid| *kid != e.kid);
+        }
+        Event::SigningKeyHandover(e) => {
+            let alg = s
+                .signing_keys
+                .iter()
+                .find(|(_, kid)| **kid == e.to)
+                .map(|(alg, _)| alg.clone());
+            match (alg, &e.from) {
+                (Some(alg), Some(from)) => {
+                    s.handing_over.insert(alg, (from.clone(), e.at));
+                }
+                (Some(alg), None) => {
+                    s.handing_over.remove(&alg);
+                }
+                _ => {}
+            }
         }
         _ => {}
     }
@@ -81,6 +99,8 @@ pub enum ProviderCommand {
         verify_until: chrono::DateTime<chrono::Utc>,
         /// When the new key takes over signing (`None`: at once, as after a compromise).
         signs_from: Option<chrono::DateTime<chrono::Utc>>,
+        /// When this is decided.
+        at: chrono::DateTime<chrono::Utc>,
     },
 }
 
@@ -222,6 +242,7 @@ pub fn decide(s: &ProviderState, c: ProviderCommand) -> Result<Vec<Event>, Rejec
             key,
             verify_until,
             signs_from,
+            at: now,
         } => {
             if s.keys.contains(&key.kid) {
                 return Err(Rejection::AlreadyExists("signing key"));
@@ -246,6 +267,20 @@ pub fn decide(s: &ProviderState, c: ProviderCommand) -> Result<Vec<Event>, Rejec
                     }
                     .into(),
                 );
+            }
+            // At once, while a staged key waits for its moment: the key still signing until
+            // then stops too, or a key replaced for fear of its compromise would verify
+            // tokens until the handover's overlap ends.
+            if let Some((from, until)) = s.handing_over.get(&key.alg) {
+                if signs_from.is_none() && now < *until && current != Some(from) {
+                    events.push(
+                        SigningKeyRetired {
+                            kid: from.clone(),
+                            verify_until,
+                        }
+                        .into(),
+                    );
+                }
             }
             let to = key.kid.clone();
             events.push(key.into());
@@ -377,6 +412,7 @@ mod tests {
             key: key(kid, alg),
             verify_until: until,
             signs_from: None,
+            at: until - chrono::Duration::days(1),
         };
         let add = |kid: &str| add_alg(kid, "ES256");
         let s = ProviderState::default();
@@ -410,6 +446,7 @@ mod tests {
             key: key(kid, "ES256"),
             verify_until: until,
             signs_from: Some(signs_from),
+            at: until - chrono::Duration::days(1),
         };
         let staged = decide(&s, ahead("k3", at)).unwrap_or_default();
         assert_eq!(
@@ -427,5 +464,34 @@ mod tests {
                 ..
             })
         ));
+        // Replaced at once before the handover (a compromise): the key still signing is
+        // retired too, not left published until the handover's overlap ends. After the
+        // handover it has stopped already, and nothing more is said of it.
+        let s = staged.iter().fold(s, evolve);
+        let kinds_and_kids = |events: Vec<Event>| {
+            events
+                .iter()
+                .map(|e| match e {
+                    Event::SigningKeyRetired(r) => format!("retired {}", r.kid),
+                    Event::SigningKeyAdded(a) => format!("added {}", a.kid),
+                    other => other.kind().to_owned(),
+                })
+                .collect::<Vec<_>>()
+        };
+        let now = |at| ProviderCommand::AddSigningKey {
+            key: key("k4", "ES256"),
+            verify_until: until,
+            signs_from: None,
+            at,
+        };
+        let before = at - chrono::Duration::minutes(1);
+        assert_eq!(
+            kinds_and_kids(decide(&s, now(before)).unwrap_or_default()),
+            ["retired k3", "retired k2", "added k4"]
+        );
+        assert_eq!(
+            kinds_and_kids(decide(&s, now(at)).unwrap_or_default()),
+            ["retired k3", "added k4"]
+        );
     }
 }

@@ -812,14 +812,18 @@ async function auditPage() {
 // ---- Apps ----------------------------------------------------------------------------
 
 /// The client id and, once, the secret of an app just registered or given a new secret.
+// The timer of the secret shown: a newer secret is not hidden by an older one's.
+let hideSecret;
+
 function showSecret(a, what) {
   const rows = [el("dt", {}, "Client ID"), el("dd", { class: "mono", id: "new-client-id" }, a.client_id)];
   if (a.client_secret) {
     rows.push(el("dt", {}, "Client secret"), el("dd", { class: "mono", id: "new-client-secret" }, a.client_secret));
   }
   const box = $("#app-secret");
-  // Like a revealed password: gone from the page once copied, when the page is left, or
-  // after ten minutes, whichever is first.
+  // Like a revealed password: gone from the page when its Hide is pressed, when the page
+  // is left, or after ten minutes, whichever is first.
+  clearTimeout(hideSecret);
   const hide = () => box.replaceChildren();
   box.replaceChildren(el("div", { class: "report ok" },
     el("p", {}, a.client_secret
@@ -829,7 +833,7 @@ function showSecret(a, what) {
     el("button", { type: "button", id: "hide-secret", onclick: hide }, "Hide")));
   if (a.client_secret) {
     window.addEventListener("pagehide", hide, { once: true });
-    setTimeout(hide, 600000);
+    hideSecret = setTimeout(hide, 600000);
   }
 }
 

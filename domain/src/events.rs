@@ -589,6 +589,14 @@ pub struct SignInLocked {
     pub until: DateTime<Utc>,
 }
 
+/// An admin lifted the user's sign-in locks: the locked factors work again at once, and
+/// the next lock is the shortest again.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct SignInUnlocked {
+    /// The factors that were locked, or had been locked since the user last signed in.
+    pub factors: Vec<Factor>,
+}
+
 /// A rotation began. The new password is sealed here and durable before Graph is asked.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct RotationStarted {
@@ -1031,4 +1039,6 @@ event_catalogue! {
     KeyWriteWrittenLate = "KeyWriteWrittenLate", schema 1, User;
     /// See [`SigningKeyHandover`].
     SigningKeyHandover = "SigningKeyHandover", schema 1, Provider;
+    /// See [`SignInUnlocked`].
+    SignInUnlocked = "SignInUnlocked", schema 1, User;
 }

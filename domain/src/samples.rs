@@ -361,6 +361,10 @@ pub fn sample_event(index: usize, s: &SampleSeed) -> Option<Event> {
             at: at(s.number),
         }
         .into(),
+        &"SignInUnlocked" => SignInUnlocked {
+            factors: vec![Factor::Totp, Factor::Passkey],
+        }
+        .into(),
         &"SignInLocked" => SignInLocked {
             factor: Factor::Totp,
             until: at(s.number),

@@ -679,6 +679,16 @@ fn sign_in_row(env: &Envelope) -> Option<SignInRow<'_>> {
             reason: format!("until {}", time(e.until)),
             ..blank("locked")
         },
+        Event::SignInUnlocked(e) => SignInRow {
+            result: "unlocked",
+            reason: e
+                .factors
+                .iter()
+                .map(|f| f.as_str())
+                .collect::<Vec<_>>()
+                .join(" "),
+            ..blank("unlocked")
+        },
         _ => return None,
     })
 }

@@ -342,6 +342,7 @@ const USER_ADMIN: &str = r#"
   <button type="button" id="deactivate">Deactivate</button>
   <button type="button" id="rotate" class="primary">Rotate now</button>
   <button type="button" id="invite">Send invite</button>
+  <button type="button" id="unlock-sign-in">Lift sign-in locks</button>
 </div>
 <form id="assign-key" class="grid">
   <label for="key-id">Hardware key</label>

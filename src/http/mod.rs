@@ -327,6 +327,8 @@ pub fn operations() -> Vec<Operation> {
             .json::<users::User>(200),
         op(M::DELETE, "/v1/users/{id}/key", Admin, "Take the user's hardware key away", delete(users::delete_key))
             .json::<users::User>(200),
+        op(M::POST, "/v1/users/{id}/sign-in/unlock", Admin, "Lift the user's sign-in locks (the next lock is the shortest again)", post(users::unlock_sign_in))
+            .json::<users::User>(200),
         op(M::POST, "/v1/users/{id}/key/rewrite", Admin, "Queue the user's current password for their key again (after a failed key write; 409 while a write is still owed)", post(users::write_key_again))
             .json::<users::User>(200),
         op(M::POST, "/v1/users/{id}/rotate", Admin, "Rotate the user's password now (202 with rotation_id)", post(rotation::rotate))

@@ -488,6 +488,15 @@ pub async fn write_key_again(
     run(&s, &who, id, UserCommand::WriteKeyAgain { write }).await
 }
 
+/// Lifts the user's sign-in locks.
+pub async fn unlock_sign_in(
+    State(s): State<AppState>,
+    who: Principal,
+    IdPath(id): IdPath,
+) -> Result<Json<User>, ApiError> {
+    run(&s, &who, id, UserCommand::UnlockSignIn { at: Utc::now() }).await
+}
+
 /// Takes the user's hardware key away.
 pub async fn delete_key(
     State(s): State<AppState>,

@@ -149,6 +149,9 @@ async fn an_admin_runs_the_whole_workflow_in_the_browser_and_an_auditor_only_rea
     assert_eq!(s, StatusCode::OK, "{body}");
     b.goto(&b.url().await).await;
     b.wait_text("#user-facts", "no key in the reader").await;
+    // Nothing is locked: lifting locks says so and records nothing.
+    b.click("#unlock-sign-in").await;
+    b.wait_text("#flash", "Sign-in locks lifted").await;
     b.click("#rewrite-key").await;
     b.wait_text("#flash", "queued for the key").await;
     b.wait_text("#user-facts", "queued").await;
@@ -322,6 +325,7 @@ async fn an_admin_runs_the_whole_workflow_in_the_browser_and_an_auditor_only_rea
         "#reveal",
         "#assign-key",
         "#rewrite-key",
+        "#unlock-sign-in",
         "#activate",
         "#deactivate",
         "#invite",

@@ -835,6 +835,17 @@ async fn every_operation_answers_as_its_schema_says() {
         )
         .await;
     assert_eq!(s, ok);
+    let (s, _) = w
+        .checked(
+            &mut c,
+            a,
+            Method::POST,
+            "/v1/users/{id}/sign-in/unlock",
+            &format!("/v1/users/{u}/sign-in/unlock"),
+            None,
+        )
+        .await;
+    assert_eq!(s, ok);
     // 409 when the manual rotation's write came after the one acknowledged.
     let (s, _) = w
         .checked(

@@ -408,6 +408,17 @@ async fn entra_credentials_and_an_authenticator_code_enrol_and_sign_in_with_ever
         );
         assert!(text.contains("locked"), "{text}");
     }
+    // An admin lifts the lock: the code is judged again at once (it signs in, or is the
+    // step signed in with above), no longer refused as locked.
+    let unlock = format!("/v1/users/{alex}/sign-in/unlock");
+    let (s, u) = w.admin(Method::POST, &unlock, None).await;
+    assert_eq!(s, StatusCode::OK, "{u}");
+    let (s, text) = type_code(&w, &mut v, &page, &good).await;
+    assert!(!text.contains("locked"), "{s}: {text}");
+    assert!(
+        s == StatusCode::SEE_OTHER || text.contains("used already"),
+        "{s}: {text}"
+    );
 
     // Every attempt is on the user's stream.
     let (s, events) = w
@@ -432,6 +443,7 @@ async fn entra_credentials_and_an_authenticator_code_enrol_and_sign_in_with_ever
         "SignInSucceeded",
         "SignInFailed",
         "SignInLocked",
+        "SignInUnlocked",
     ] {
         assert!(kinds.contains(&kind), "{kind} missing from {kinds:?}");
     }

@@ -177,6 +177,11 @@ pub fn evolve(s: &mut SignInState, e: &Event) {
             s.failures.remove(&e.factor);
             *s.locks.entry(e.factor).or_default() += 1;
         }
+        Event::SignInUnlocked(_) => {
+            s.locked_until.clear();
+            s.failures.clear();
+            s.locks.clear();
+        }
         _ => {}
     }
 }
@@ -1191,6 +1196,34 @@ mod tests {
         let signed = attempt(&s, by_passkey(200), at);
         s = apply(s, &signed);
         assert_eq!(lock_out(&mut s, &mut at), LOCK_FOR);
+        assert_eq!(lock_out(&mut s, &mut at), LOCK_FOR * 2);
+
+        // An admin lifts the locks while one lasts: the right passkey works at once, and
+        // the next lock is the shortest again.
+        let unlock = |s: &UserState, at| {
+            super::super::user::decide(s, super::super::user::UserCommand::UnlockSignIn { at })
+                .unwrap()
+        };
+        let locked_at = at - Duration::minutes(1);
+        assert_eq!(
+            failure(&attempt(&s, by_passkey(300), locked_at)),
+            Some(SignInFailure::Locked)
+        );
+        let lifted = unlock(&s, locked_at);
+        assert_eq!(
+            lifted,
+            [Event::from(SignInUnlocked {
+                factors: vec![Factor::Passkey]
+            })]
+        );
+        let s2 = apply(s.clone(), &lifted);
+        assert!(failure(&attempt(&s2, by_passkey(300), locked_at)).is_none());
+        let mut s2 = s2;
+        let mut t = locked_at;
+        assert_eq!(lock_out(&mut s2, &mut t), LOCK_FOR);
+        // Nothing locked and nothing to forget: nothing recorded.
+        let fresh = signed_up(SsoMethod::Passwordless);
+        assert!(unlock(&fresh, at).is_empty());
     }
 
     /// Whoever knows a credential id can present made-up assertions for it: each is

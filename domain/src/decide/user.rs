@@ -226,6 +226,11 @@ pub enum UserCommand {
         /// A fresh key write id.
         write: KeyWriteId,
     },
+    /// Lift the user's sign-in locks (the admin knows who is at the door); `at` is now.
+    UnlockSignIn {
+        /// When this is decided.
+        at: chrono::DateTime<chrono::Utc>,
+    },
     /// Record a break-glass reveal of rotation `rotation`'s password, with its reason.
     RecordReveal {
         /// The rotation whose password is shown.
@@ -521,6 +526,32 @@ pub fn decide(s: &UserState, c: UserCommand) -> Result<Vec<Event>, Rejection> {
         // out and not answered) is enough.
         (_, UserCommand::RewriteKey { .. }) if !s.undelivered().is_empty() => Ok(vec![]),
         (_, UserCommand::RewriteKey { key, write }) => Ok(rewrite_after_late_write(s, &key, write)),
+        (Status::Unknown | Status::Deleted, UserCommand::UnlockSignIn { .. }) => {
+            Err(Rejection::NotFound("user"))
+        }
+        (_, UserCommand::UnlockSignIn { at }) => {
+            let signin = &s.signin;
+            let factors: Vec<Factor> = signin
+                .locks
+                .keys()
+                .chain(
+                    signin
+                        .locked_until
+                        .iter()
+                        .filter(|(_, u)| at < **u)
+                        .map(|(f, _)| f),
+                )
+                .copied()
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            // Nothing locked, nothing to record.
+            Ok(if factors.is_empty() {
+                vec![]
+            } else {
+                vec![SignInUnlocked { factors }.into()]
+            })
+        }
         (Status::Unknown | Status::Deleted, UserCommand::WriteKeyAgain { .. }) => {
             Err(Rejection::NotFound("user"))
         }

@@ -24,7 +24,7 @@ const KINDS = ["DomainRegistered", "DomainSettingsChanged", "DomainCredentialsSe
   "SignInLocked", "WorkstationCertificateIssued", "WorkstationCertificateRetired",
   "AppRegistered", "AppChanged", "AppSecretRotated", "AppRemoved", "SigningKeyAdded",
   "SigningKeyRetired", "AppTokensIssued", "AppTokenRefused", "FederatedDomainsSeen",
-  "SyncQuarantineApplied", "KeyWriteWrittenLate", "SigningKeyHandover"];
+  "SyncQuarantineApplied", "KeyWriteWrittenLate", "SigningKeyHandover", "SignInUnlocked"];
 
 /// Calls the API; answers the parsed body, or throws an Error with the API's message.
 async function api(method, path, payload) {
@@ -593,6 +593,10 @@ async function userPage() {
   wire($("#deactivate"), async () => { await api("POST", `/v1/users/${pageId}/deactivate`); await after("Deactivated."); },
     "Deactivate this user?");
   wire($("#invite"), async () => { await api("POST", `/v1/users/${pageId}/invite`); await after("Invite sent."); });
+  wire($("#unlock-sign-in"), async () => {
+    await api("POST", `/v1/users/${pageId}/sign-in/unlock`);
+    await after("Sign-in locks lifted.");
+  });
   wire($("#assign-key"), async () => {
     await api("PUT", `/v1/users/${pageId}/key`, { key_id: $("#key-id").value.trim() });
     $("#assign-key").reset();

@@ -211,32 +211,34 @@ fn parse_filter(filter: &str) -> Result<Vec<(String, String)>, String> {
     Ok(out)
 }
 
-/// A user's `$select` as a list (empty when absent). Graph refuses a property the user
-/// type does not have (a client's typo would otherwise pass here and fail at Microsoft);
-/// the simulator knows the properties it models.
+/// A user's `$select` as a list of the properties' own names (empty when absent): Graph
+/// takes names in any case and answers with its own, and refuses a property the user type
+/// does not have (a client's typo would otherwise pass here and fail at Microsoft). The
+/// simulator knows the properties it models.
 fn select_of(params: &HashMap<String, String>) -> Result<Vec<String>, GraphFail> {
-    let select: Vec<String> = params
-        .get("$select")
-        .map(|s| {
-            s.split(',')
-                .map(|f| f.trim().to_owned())
-                .filter(|f| !f.is_empty())
-                .collect()
+    let Some(select) = params.get("$select") else {
+        return Ok(Vec::new());
+    };
+    select
+        .split(',')
+        .map(str::trim)
+        .filter(|f| !f.is_empty())
+        .map(|f| {
+            std::iter::once("id")
+                .chain(USER_FIELDS.iter().copied())
+                .find(|known| known.eq_ignore_ascii_case(f))
+                .map(str::to_owned)
+                .ok_or_else(|| {
+                    GraphFail::new(
+                        StatusCode::BAD_REQUEST,
+                        "Request_BadRequest",
+                        format!(
+                            "Could not find a property named '{f}' on type 'Microsoft.DirectoryServices.User'."
+                        ),
+                    )
+                })
         })
-        .unwrap_or_default();
-    match select
-        .iter()
-        .find(|f| !USER_FIELDS.contains(&f.as_str()) && f.as_str() != "id")
-    {
-        Some(unknown) => Err(GraphFail::new(
-            StatusCode::BAD_REQUEST,
-            "Request_BadRequest",
-            format!(
-                "Could not find a property named '{unknown}' on type 'Microsoft.DirectoryServices.User'."
-            ),
-        )),
-        None => Ok(select),
-    }
+        .collect()
 }
 
 /// The user properties the simulator models.
@@ -937,9 +939,15 @@ pub async fn users_delta(
     Query(params): Params,
     uri: axum::http::Uri,
 ) -> Response {
-    // A round's first request names the selection; its links carry it in the cursor.
-    if let Err(e) = select_of(&params) {
-        return e.into_response();
+    // A round's first request names the selection (in Graph's own names from here); its
+    // links carry it in the cursor.
+    let mut params = params;
+    match select_of(&params) {
+        Err(e) => return e.into_response(),
+        Ok(select) if !select.is_empty() => {
+            params.insert("$select".into(), select.join(","));
+        }
+        Ok(_) => {}
     }
     let (cursor, ids, latest) = match delta_round(&sim, &headers, &params, uri.path(), READ_USERS) {
         Ok(r) => r,

@@ -931,4 +931,8 @@ async fn delta_with_parentheses_and_unknown_paths_answer_as_graph_does() {
     let select = idledger::graph::USER_SELECT;
     let (s, users) = get(format!("/v1.0/users/delta?$select={select}")).await;
     assert_eq!(s, 200, "{users}");
+    // Names in any case, answered in Graph's own.
+    let (s, one) = get(format!("/v1.0/users/{}?$select=DISPLAYNAME", user(1))).await;
+    assert_eq!(s, 200, "{one}");
+    assert!(one["displayName"].is_string(), "{one}");
 }

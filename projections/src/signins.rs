@@ -257,5 +257,54 @@ fn is_signin_event(e: &Event) -> bool {
             | Event::SignInSucceeded(_)
             | Event::SignInFailed(_)
             | Event::SignInLocked(_)
+            | Event::SignInUnlocked(_)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use idledger_domain::events::{SignInLocked, SignInUnlocked};
+    use idledger_domain::{Factor, StreamId};
+
+    fn env(position: u64, user: UserId, event: Event) -> Envelope {
+        Envelope {
+            position,
+            stream: StreamId::user(user),
+            version: position,
+            recorded_at: DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default(),
+            event_id: uuid::Uuid::from_u128(u128::from(position)),
+            actor: idledger_domain::Actor::System,
+            correlation_id: None,
+            causation_id: None,
+            event,
+            prev_hash: Hash::ZERO,
+            hash: Hash::ZERO,
+        }
+    }
+
+    /// Pages judge locks from this fold (the Entra step is refused here): an admin's
+    /// unlock must reach it, not only the stream's decisions.
+    #[test]
+    fn an_unlock_lifts_the_locks_the_pages_see() {
+        let user = UserId(uuid::Uuid::from_u128(7));
+        let at = DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default();
+        let mut s = SignIns::default();
+        let locked = SignInLocked {
+            factor: Factor::Entra,
+            until: at + chrono::Duration::minutes(15),
+        };
+        s.apply(user, &env(1, user, locked.into()));
+        let is_locked = |s: &SignIns| {
+            s.get(user).is_some_and(|v| {
+                idledger_domain::decide::signin::locked(&v.decided, Factor::Entra, at)
+            })
+        };
+        assert!(is_locked(&s));
+        let unlocked = SignInUnlocked {
+            factors: vec![Factor::Entra],
+        };
+        s.apply(user, &env(2, user, unlocked.into()));
+        assert!(!is_locked(&s));
+    }
 }

@@ -74,9 +74,20 @@ pub struct User {
     /// The last key write for the key the user holds: a `failed` one means the key
     /// holds another password than Entra ID (`POST /v1/users/{id}/key/rewrite`).
     key_write: Option<KeyWriteStatus>,
+    /// Sign-in factors locked now after failed guesses, and until when (`POST
+    /// /v1/users/{id}/sign-in/unlock` lifts them); empty in answers about a past point.
+    sign_in_locks: Vec<SignInLock>,
     /// After a change: the position of its last event.
     #[serde(skip_serializing_if = "Option::is_none")]
     position: Option<u64>,
+}
+
+/// A sign-in factor locked after failed guesses.
+#[derive(Serialize, ToSchema)]
+pub struct SignInLock {
+    /// `passkey`, `entra` or `totp`.
+    factor: &'static str,
+    until: DateTime<Utc>,
 }
 
 /// Where the latest write to a user's key stands.
@@ -96,8 +107,25 @@ pub struct KeyWriteStatus {
 impl User {
     /// `u` as it stands now, with its next rotation.
     fn live(s: &AppState, p: &Projections, u: &UserView) -> Self {
+        let now = Utc::now();
+        let sign_in_locks = p
+            .signins
+            .get(u.id)
+            .map(|v| {
+                v.decided
+                    .locked_until
+                    .iter()
+                    .filter(|(_, until)| now < **until)
+                    .map(|(factor, until)| SignInLock {
+                        factor: factor.as_str(),
+                        until: *until,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         User {
-            next_rotation_at: s.rotation.next_due(p, u, Utc::now()).map(|(at, _)| at),
+            next_rotation_at: s.rotation.next_due(p, u, now).map(|(at, _)| at),
+            sign_in_locks,
             ..User::as_in(p, u)
         }
     }
@@ -153,6 +181,7 @@ impl From<&UserView> for User {
             version: u.version,
             next_rotation_at: None,
             key_write: None,
+            sign_in_locks: Vec::new(),
             position: None,
         }
     }

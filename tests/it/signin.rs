@@ -410,9 +410,14 @@ async fn entra_credentials_and_an_authenticator_code_enrol_and_sign_in_with_ever
     }
     // An admin lifts the lock: the code is judged again at once (it signs in, or is the
     // step signed in with above), no longer refused as locked.
+    let (_, u) = w
+        .admin(Method::GET, &format!("/v1/users/{alex}"), None)
+        .await;
+    assert_eq!(u["sign_in_locks"][0]["factor"], "totp", "{u}");
     let unlock = format!("/v1/users/{alex}/sign-in/unlock");
     let (s, u) = w.admin(Method::POST, &unlock, None).await;
     assert_eq!(s, StatusCode::OK, "{u}");
+    assert_eq!(u["sign_in_locks"], json!([]), "{u}");
     let (s, text) = type_code(&w, &mut v, &page, &good).await;
     assert!(!text.contains("locked"), "{s}: {text}");
     assert!(

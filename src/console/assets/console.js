@@ -552,6 +552,8 @@ async function userPage() {
       ["Status", badge(u.status)], ["Enabled in Entra ID", u.account_enabled ? "yes" : "no"],
       ["In sync group", u.in_sync_group ? "yes" : "no"], ["In rotation group", u.in_rotation_group ? "yes" : "no"],
       ["Hardware key", u.key_id ?? "none"], ["Key write", keyWriteText(u.key_write)],
+      ["Sign-in locks", u.sign_in_locks?.length
+        ? u.sign_in_locks.map((l) => `${l.factor} until ${when(l.until)}`).join(", ") : "none"],
       ["SSO", ssoText(u.sso)],
       ["SSO override", u.sso_override ? ssoText(u.sso_override) : "none"],
       ["Last rotation", when(u.last_rotation_at)], ["Invited", when(u.invited_at)],

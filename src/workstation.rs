@@ -53,8 +53,10 @@ pub fn generate(
     rand::rngs::OsRng.fill_bytes(&mut serial);
     serial[0] &= 0x7f;
     params.serial_number = Some(SerialNumber::from_slice(&serial));
-    // Whole seconds, so what the log records is exactly what the certificate says.
-    let not_before = chrono::DateTime::from_timestamp(now.timestamp(), 0).unwrap_or(now);
+    // Whole seconds, so what the log records is exactly what the certificate says; five
+    // minutes back, so a workstation whose clock runs a little slow takes it at once.
+    let not_before = chrono::DateTime::from_timestamp(now.timestamp(), 0).unwrap_or(now)
+        - chrono::Duration::minutes(5);
     let not_after = not_before + chrono::Duration::days(VALID_DAYS);
     params.not_before = std::time::SystemTime::from(not_before).into();
     params.not_after = std::time::SystemTime::from(not_after).into();
@@ -96,6 +98,8 @@ mod tests {
             c.not_after - c.not_before,
             chrono::Duration::days(VALID_DAYS)
         );
+        let back = now - c.not_before;
+        assert!(back >= chrono::Duration::minutes(5) && back < chrono::Duration::minutes(6));
         // rustls' parser takes it; the PEM round-trips to the same DER.
         use rustls::pki_types::pem::PemObject;
         let parsed = rustls::pki_types::CertificateDer::from_pem_slice(pem(&c.der).as_bytes())

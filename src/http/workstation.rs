@@ -156,9 +156,11 @@ pub async fn list(
     ApiQuery(q): ApiQuery<CertificatesQuery>,
 ) -> Result<Json<Page<WorkstationCertificate>>, ApiError> {
     let p = s.engine.projector.read();
+    // As the download: a removed domain has no certificate in force to list.
     let d = p
         .domains
         .get(DomainId(id))
+        .filter(|d| !d.removed)
         .ok_or_else(|| ApiError::NotFound("domain".into()))?;
     if let Some(a) = &q.after {
         if !d.workstation_certificates.iter().any(|c| c.id == *a) {

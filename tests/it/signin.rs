@@ -1072,6 +1072,21 @@ async fn a_domain_has_a_workstation_certificate_to_download_and_replace() {
     for e in issued {
         assert_eq!(e["payload"]["sealed_private_key"], "sealed", "{e}");
     }
+    // A removed domain has none to download or list.
+    let (s, b) = w
+        .admin(Method::DELETE, &format!("/v1/domains/{}", w.domain), None)
+        .await;
+    assert!(s.is_success(), "{s}: {b}");
+    for path in ["workstation-certificate", "workstation-certificates"] {
+        let (s, _) = w
+            .admin(
+                Method::GET,
+                &format!("/v1/domains/{}/{path}", w.domain),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{path}");
+    }
 }
 
 /// Enrols `upn` (passwordless, invited) with `key` over HTTP; answers the signed-in visitor.

@@ -16,6 +16,7 @@
 
 pub mod audit;
 pub mod backup;
+pub mod body;
 pub mod cli;
 pub mod client;
 pub mod console;

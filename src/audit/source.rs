@@ -35,28 +35,11 @@ pub const FEED_PAGE_RECORD_BYTES: usize = 32 << 20;
 /// envelope, so under three times its bytes in JSON.
 const MAX_FEED_PAGE_BYTES: usize = 4 * FEED_PAGE_RECORD_BYTES;
 
-/// An answer's body, or `None` when it is larger than `max` bytes: the server an auditor
-/// checks is not trusted, and one that answers without end must meet a limit before the
-/// auditor's memory does.
-pub async fn body_at_most(
-    mut resp: reqwest::Response,
-    max: usize,
-) -> Result<Option<Vec<u8>>, Error> {
-    if resp.content_length().is_some_and(|n| n > max as u64) {
-        return Ok(None);
-    }
-    let mut out = Vec::new();
-    while let Some(chunk) = resp
-        .chunk()
+/// [`crate::body::at_most`], with our error: a server cut off part-way is not reached.
+pub async fn body_at_most(resp: reqwest::Response, max: usize) -> Result<Option<Vec<u8>>, Error> {
+    crate::body::at_most(resp, max)
         .await
-        .map_err(|e| Error::Other(e.without_url().to_string()))?
-    {
-        if out.len() + chunk.len() > max {
-            return Ok(None);
-        }
-        out.extend_from_slice(&chunk);
-    }
-    Ok(Some(out))
+        .map_err(|e| Error::Other(e.without_url().to_string()))
 }
 
 /// How long a busy server is waited for, in all, by default (`IDLEDGER_BUSY_WAIT_SECS`).

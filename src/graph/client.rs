@@ -280,23 +280,18 @@ const MAX_LINK_BYTES: usize = 16 << 10;
 /// One cut off part-way (a connection reset, the
 /// request's time up) is a `Transport` failure, like an answer never received: the
 /// network's fault, not Graph's words.
-async fn body_of(mut resp: reqwest::Response, max: usize) -> Result<Vec<u8>, GraphError> {
-    let too_large = || GraphError::Decode(format!("the answer is larger than {max} bytes"));
-    if resp.content_length().is_some_and(|n| n > max as u64) {
-        return Err(too_large());
-    }
+async fn body_of(resp: reqwest::Response, max: usize) -> Result<Vec<u8>, GraphError> {
     let host = host_of(resp.url().as_str());
-    let mut out = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| GraphError::Transport {
-        host: host.clone(),
-        reason: format!("the answer was cut off: {}", reason(&e.without_url())),
-    })? {
-        if out.len() + chunk.len() > max {
-            return Err(too_large());
-        }
-        out.extend_from_slice(&chunk);
+    match crate::body::at_most(resp, max).await {
+        Ok(Some(body)) => Ok(body),
+        Ok(None) => Err(GraphError::Decode(format!(
+            "the answer is larger than {max} bytes"
+        ))),
+        Err(e) => Err(GraphError::Transport {
+            host,
+            reason: format!("the answer was cut off: {}", reason(&e.without_url())),
+        }),
     }
-    Ok(out)
 }
 
 /// Sends a request for `operation`, recording its time and status (`metrics`).

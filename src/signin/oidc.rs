@@ -1125,16 +1125,30 @@ async fn record_refusal(
         revoked_family: family,
         at: Utc::now(),
     };
+    let command = || SignInCommand::RefuseAppToken(refused.clone());
+    match decide_with_tries(ctx, user, command).await {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::warn!(%user, error = %e.message, "a token refusal could not be recorded");
+            false
+        }
+    }
+}
+
+/// [`super::decide_at`], asked again on a conflict up to three times, each on fresh state.
+/// Commands on the user's stream take turns (`store::turns`), but writers that do not
+/// (sync, rotation) can still make one a 409, and what the token endpoint decides (a
+/// spent code's tokens, a family's end) cannot be asked for again by the app.
+async fn decide_with_tries(
+    ctx: &Ctx,
+    user: UserId,
+    command: impl Fn() -> SignInCommand,
+) -> Result<super::Decided, Refusal> {
     let mut tries = 0;
     loop {
-        let command = SignInCommand::RefuseAppToken(refused.clone());
-        match super::decide(ctx, user, command).await {
-            Ok(_) => return true,
+        match super::decide_at(ctx, user, command()).await {
             Err(r) if r.status == StatusCode::CONFLICT && tries < 3 => tries += 1,
-            Err(e) => {
-                tracing::warn!(%user, error = %e.message, "a token refusal could not be recorded");
-                return false;
-            }
+            decided => return decided,
         }
     }
 }
@@ -1401,21 +1415,12 @@ async fn issue(
         }),
         at: Utc::now(),
     };
-    // Commands on the user's stream take turns (`store::turns`): a second app's exchange
-    // at the same moment waits rather than making this one a 409. Writers that do not take
-    // turns (sync, rotation) can still make it one: a few tries, each on fresh state,
-    // since the code is spent already and the app cannot ask again.
-    let mut tries = 0;
-    let decided = loop {
-        let command = SignInCommand::IssueAppTokens {
-            issued: issued.clone(),
-            app_domains: app.domain_ids.clone(),
-        };
-        match super::decide_at(ctx, user, command).await {
-            Err(r) if r.status == StatusCode::CONFLICT && tries < 3 => tries += 1,
-            decided => break decided,
-        }
+    // The code is spent already: the app cannot ask again.
+    let command = || SignInCommand::IssueAppTokens {
+        issued: issued.clone(),
+        app_domains: app.domain_ids.clone(),
     };
+    let decided = decide_with_tries(ctx, user, command).await;
     let position = match decided {
         Ok((_, position)) => position,
         Err(r) if r.status == StatusCode::CONFLICT => {
@@ -1576,23 +1581,18 @@ async fn refresh(ctx: &Ctx, app: &idledger_projections::AppView, form: &TokenFor
         at: Utc::now(),
     };
     // Refreshes on one user's stream can race (an attacker replaying a copy as fast as
-    // they can, say): a few tries, each on fresh state, so the decision — the family's
-    // end, most of all — is recorded.
-    let mut tries = 0;
-    let (events, position) = loop {
-        let command = SignInCommand::RefreshAppTokens(request.clone());
-        match super::decide_at(ctx, name.user, command).await {
-            Ok(decided) => break decided,
-            Err(r) if r.status == StatusCode::NOT_FOUND => return invalid_grant(UNKNOWN),
-            Err(r) if r.status == StatusCode::BAD_REQUEST => {
-                return token_error(StatusCode::BAD_REQUEST, "invalid_scope", &r.message)
-            }
-            Err(r) if r.status == StatusCode::CONFLICT && tries < 3 => tries += 1,
-            // The user's domain is removed (their own stream not yet told): a revoked
-            // grant (RFC 6749 §5.2), not a server that may answer later.
-            Err(r) if r.status == StatusCode::FORBIDDEN => return invalid_grant(&r.message),
-            Err(r) => return unavailable(r.message).into_response(),
+    // they can, say): the decision — the family's end, most of all — must be recorded.
+    let command = || SignInCommand::RefreshAppTokens(request.clone());
+    let (events, position) = match decide_with_tries(ctx, name.user, command).await {
+        Ok(decided) => decided,
+        Err(r) if r.status == StatusCode::NOT_FOUND => return invalid_grant(UNKNOWN),
+        Err(r) if r.status == StatusCode::BAD_REQUEST => {
+            return token_error(StatusCode::BAD_REQUEST, "invalid_scope", &r.message)
         }
+        // The user's domain is removed (their own stream not yet told): a revoked grant
+        // (RFC 6749 §5.2), not a server that may answer later.
+        Err(r) if r.status == StatusCode::FORBIDDEN => return invalid_grant(&r.message),
+        Err(r) => return unavailable(r.message).into_response(),
     };
     match events.first() {
         Some(Event::AppTokensIssued(AppTokensIssued {

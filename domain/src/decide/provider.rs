@@ -52,6 +52,9 @@ pub fn evolve(mut s: ProviderState, e: &Event) -> ProviderState {
         }
         Event::SigningKeyRetired(e) => {
             s.signing_keys.retain(|_, kid| *kid != e.kid);
+            // Retired at once (its staged successor's handover comes after, in the
+            // append that stages one): nothing is handed over from it any more.
+            s.handing_over.retain(|_, (from, _)| *from != e.kid);
         }
         Event::SigningKeyHandover(e) => {
             let alg = s
@@ -485,9 +488,22 @@ mod tests {
             at,
         };
         let before = at - chrono::Duration::minutes(1);
+        let emergency = decide(&s, now(before)).unwrap_or_default();
         assert_eq!(
-            kinds_and_kids(decide(&s, now(before)).unwrap_or_default()),
+            kinds_and_kids(emergency.clone()),
             ["retired k3", "retired k2", "added k4"]
+        );
+        // Once retired, the key handing over is not retired again by a later rotation.
+        let after = emergency.iter().fold(s.clone(), evolve);
+        let again = ProviderCommand::AddSigningKey {
+            key: key("k5", "ES256"),
+            verify_until: until,
+            signs_from: None,
+            at: before,
+        };
+        assert_eq!(
+            kinds_and_kids(decide(&after, again).unwrap_or_default()),
+            ["retired k4", "added k5"]
         );
         assert_eq!(
             kinds_and_kids(decide(&s, now(at)).unwrap_or_default()),

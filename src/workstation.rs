@@ -16,8 +16,8 @@ pub struct NewCertificate {
     pub fingerprint: String,
     /// The certificate, DER.
     pub der: Vec<u8>,
-    /// The private key, PKCS#8 DER (to be sealed at once).
-    pub private_key_der: Vec<u8>,
+    /// The private key, PKCS#8 DER (to be sealed at once; wiped when dropped).
+    pub private_key_der: zeroize::Zeroizing<Vec<u8>>,
     /// Valid from.
     pub not_before: chrono::DateTime<chrono::Utc>,
     /// Valid until.
@@ -66,7 +66,7 @@ pub fn generate(
     Ok(NewCertificate {
         fingerprint: hex::encode(Sha256::digest(&der)),
         der,
-        private_key_der: key.serialize_der(),
+        private_key_der: zeroize::Zeroizing::new(key.serialize_der()),
         not_before,
         not_after,
     })

@@ -27,7 +27,7 @@ pub fn issue_command(
         .map_err(|e| ApiError::Internal(format!("the certificate could not be made: {e}")))?;
     use base64::Engine;
     let key = crate::secrets::Secret::new(
-        base64::engine::general_purpose::STANDARD.encode(&new.private_key_der),
+        base64::engine::general_purpose::STANDARD.encode(&*new.private_key_der),
     );
     Ok(DomainCommand::IssueWorkstationCertificate(
         WorkstationCertificateIssued {

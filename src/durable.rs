@@ -44,6 +44,10 @@ pub fn create_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     sync_dir(parent_of(path))
 }
 
+/// For `OpenOptions::custom_flags`: a file opened by name is never opened through a
+/// symbolic link someone planted at that name.
+pub const NO_FOLLOW: i32 = rustix::fs::OFlags::NOFOLLOW.bits() as i32;
+
 /// Puts `bytes` at `path` as a whole or not at all, replacing what was there (temporary
 /// file, fsync, rename, directory fsync), readable by the owner only. Without the syncs a
 /// power loss after the rename can leave the name on an empty file (XFS, ext4 without
@@ -55,6 +59,7 @@ pub fn replace_whole(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .create(true)
         .truncate(true)
         .mode(0o600)
+        .custom_flags(NO_FOLLOW)
         .open(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;

@@ -336,12 +336,16 @@ impl NewBackupFile {
         let mut name = path.as_os_str().to_owned();
         name.push(".partial");
         let partial = std::path::PathBuf::from(name);
+        // Never through a link: one planted at the name would have the backup truncate,
+        // chmod and fill whatever file it points to.
         let file = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(false)
             .mode(0o600)
-            .open(&partial)?;
+            .custom_flags(crate::durable::NO_FOLLOW)
+            .open(&partial)
+            .map_err(|e| not_followed(e, &partial))?;
         if file.try_lock().is_err() {
             return Err(Error::new(
                 ErrorKind::WouldBlock,
@@ -382,9 +386,23 @@ impl NewBackupFile {
                 ),
             ));
         }
-        std::fs::rename(&self.partial, &self.path)?;
+        // A link, unlike a rename, fails if the name was taken since the check above.
+        std::fs::hard_link(&self.partial, &self.path)?;
         self.finished = true;
+        std::fs::remove_file(&self.partial)?;
         sync_dir(parent_of(&self.path))
+    }
+}
+
+/// ELOOP said for what it means here.
+fn not_followed(e: std::io::Error, path: &Path) -> std::io::Error {
+    if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
+        std::io::Error::other(format!(
+            "{} is a symbolic link: a backup is written only to a file of its own",
+            path.display()
+        ))
+    } else {
+        e
     }
 }
 
@@ -895,6 +913,27 @@ mod tests {
 
     fn framing(records: &[usize]) -> Result<u64, BackupError> {
         chunk_records(&framed(records), 1, "chunk 1", |_, _| Ok(()))
+    }
+
+    /// A link planted where the backup is written, or appearing under its name meanwhile,
+    /// is never written through or over.
+    #[test]
+    fn a_backup_file_is_never_written_through_or_over_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let out = dir.path().join("x.backup");
+        std::os::unix::fs::symlink(&victim, dir.path().join("x.backup.partial")).unwrap();
+        let e = NewBackupFile::create(&out).err().expect("written through a link");
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+
+        std::fs::remove_file(dir.path().join("x.backup.partial")).unwrap();
+        let file = NewBackupFile::create(&out).unwrap();
+        std::os::unix::fs::symlink(&victim, &out).unwrap();
+        assert!(file.finish().is_err(), "written over a link");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert!(!dir.path().join("x.backup.partial").exists());
     }
 
     /// What a crafted chunk may hold is bounded before any record of it is checked.

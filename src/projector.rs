@@ -125,6 +125,9 @@ mod tests {
         fn head(&self) -> LogHead {
             self.log.head()
         }
+        fn settle(&self) -> LogFuture<'_, Result<(), StoreError>> {
+            self.log.settle()
+        }
         fn read_all(&self, from: u64, limit: usize) -> Result<Vec<Envelope>, StoreError> {
             if from + limit as u64 > self.damaged {
                 return Err(StoreError::Corrupt {

@@ -513,8 +513,8 @@ impl RotationService {
             reason,
             sealed_password: sealed,
         };
-        // The password is durable (flushed) before Graph ever sees it.
-        let appending = self.append(
+        // The password is on the device before Graph ever sees it.
+        let appending = self.append_settled(
             &stream,
             ExpectedVersion::Exact(version),
             &actor,
@@ -536,6 +536,26 @@ impl RotationService {
         };
         crate::crash::point("after_started");
         Ok((rotation_id, done, password))
+    }
+
+    /// [`Self::append`], then on the device whatever the log's durability: with
+    /// `durability = "process"` an acknowledged append may still be lost with the machine,
+    /// and a password Graph set but the log lost locks its user out.
+    async fn append_settled(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        actor: &Actor,
+        rotation: RotationId,
+        events: Vec<Event>,
+    ) -> Result<u64, RotationError> {
+        let at = self
+            .append(stream, expected, actor, rotation, events)
+            .await?;
+        crate::store::EventLog::settle(&*self.inner.engine.log)
+            .await
+            .map_err(|e| RotationError::Append(AppendError::Store(e)))?;
+        Ok(at)
     }
 
     async fn append(

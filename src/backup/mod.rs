@@ -924,7 +924,9 @@ mod tests {
         std::fs::write(&victim, b"precious").unwrap();
         let out = dir.path().join("x.backup");
         std::os::unix::fs::symlink(&victim, dir.path().join("x.backup.partial")).unwrap();
-        let e = NewBackupFile::create(&out).err().expect("written through a link");
+        let e = NewBackupFile::create(&out)
+            .err()
+            .expect("written through a link");
         assert!(e.to_string().contains("symbolic link"), "{e}");
         assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
 

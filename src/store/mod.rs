@@ -222,6 +222,11 @@ pub trait EventLog: Send + Sync + 'static {
     /// Whether the log still takes appends (a failed write or device sync closes it).
     fn accepting(&self) -> bool;
 
+    /// Puts every append acknowledged so far on the device, whatever the durability: for
+    /// the few that must outlive a power loss even with `durability = "process"` (a new
+    /// password, before Graph is asked to set it). Free with `durability = "device"`.
+    fn settle(&self) -> LogFuture<'_, Result<(), StoreError>>;
+
     /// Flushes everything (appends are durable when answered; this is for shutdown).
     fn flush(&self) -> LogFuture<'_, Result<(), StoreError>>;
 

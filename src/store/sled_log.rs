@@ -79,6 +79,8 @@ struct Shared {
     db: sled::Db,
     /// With [`Durability::Device`]: what makes a flushed group durable on the device.
     device: Option<Arc<DeviceSync>>,
+    /// What puts the log on the device when asked, in either durability.
+    settle: Arc<DeviceSync>,
     log: sled::Tree,
     layout: Layout,
     committed: AtomicU64,
@@ -290,12 +292,13 @@ impl SledEventLog {
             .cache_capacity(128 << 20)
             .open()
             .map_err(io)?;
+        let settle = Arc::new(
+            DeviceSync::open(&store_dir(data_dir))
+                .map_err(|e| StoreError::Io(format!("syncing the store: {e}")))?,
+        );
         let device = match durability {
             Durability::Process => None,
-            Durability::Device => Some(Arc::new(
-                DeviceSync::open(&store_dir(data_dir))
-                    .map_err(|e| StoreError::Io(format!("syncing the store: {e}")))?,
-            )),
+            Durability::Device => Some(settle.clone()),
         };
         let log = db.open_tree("log").map_err(io)?;
         let layout = layout(&db, &log, true)?;
@@ -313,8 +316,7 @@ impl SledEventLog {
                     // must survive power loss with the records it names: sled's flush
                     // ends in `sync_file_range`, so the file is synced here, per head.
                     let db = db.clone();
-                    let device = DeviceSync::open(&store_dir(data_dir))
-                        .map_err(|e| StoreError::Io(format!("syncing the store: {e}")))?;
+                    let device = settle.clone();
                     tree.syncing_log_first(Box::new(move || {
                         db.flush().map_err(std::io::Error::other)?;
                         device.sync()
@@ -333,6 +335,7 @@ impl SledEventLog {
         let shared = Arc::new(Shared {
             db,
             device,
+            settle,
             log,
             layout,
             committed: AtomicU64::new(rebuilt.head.position),
@@ -907,6 +910,30 @@ impl EventLog for SledEventLog {
                 fail(&self.shared, Vec::new(), e.clone());
             }
             flushed
+        })
+    }
+
+    fn settle(&self) -> LogFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            if self.shared.device.is_some() {
+                // Every acknowledged append is on the device already.
+                return Ok(());
+            }
+            let settle = self.shared.settle.clone();
+            let synced = match self.shared.db.flush_async().await {
+                Err(e) => Err(io(e)),
+                Ok(_) => tokio::task::spawn_blocking(move || settle.sync())
+                    .await
+                    .map_err(|e| StoreError::Io(e.to_string()))
+                    .and_then(|r| {
+                        r.map_err(|e| StoreError::Io(format!("fdatasync of the log: {e}")))
+                    }),
+            };
+            // As in `flush`: a lost write-back is the writer's failure too.
+            if let Err(e) = &synced {
+                fail(&self.shared, Vec::new(), e.clone());
+            }
+            synced
         })
     }
 

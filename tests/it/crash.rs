@@ -337,6 +337,77 @@ async fn crash_during_rotation(crash: RotationCrash) {
     assert_eq!(code, 0, "{report}");
 }
 
+/// With `durability = "process"` an acknowledged append may be lost with the machine, but
+/// a new password never: under strace, the store's write of `RotationStarted` is synced to
+/// the device before the PATCH that sets the password leaves for Graph.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_password_is_on_the_device_before_graph_sees_it_in_either_durability() {
+    use reqwest::Method;
+    let tenant = graphsim::load_tenant(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/tenants/contoso.json"),
+    )
+    .unwrap();
+    let (sim, _sim) = graphsim::spawn(tenant, graphsim::SimConfig::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let trace = dir.path().join("serve.trace");
+    let strace = [
+        "strace",
+        "-f",
+        "-qq",
+        "-yy",
+        "-s",
+        "48",
+        "-e",
+        "trace=fdatasync,fsync,pwrite64,pwritev,write,writev,sendto,sendmsg",
+        "-o",
+        trace.to_str().unwrap(),
+    ];
+    let mut serve =
+        Serve::start_under(&strace, &data, None, &[("IDLEDGER_DURABILITY", "process")]).await;
+    let user = user_with_key(&serve, &sim, "c0a80000-0000-4000-8000-000000000003").await;
+    serve
+        .call(Method::POST, &format!("/v1/users/{user}/rotate"), None)
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let h = serve
+            .call(
+                Method::GET,
+                &format!("/v1/users/{user}/password-history"),
+                None,
+            )
+            .await;
+        if h["items"][0]["outcome"] == "succeeded" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{h}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    serve.stop_group();
+    let trace = std::fs::read_to_string(&trace).unwrap();
+    let lines: Vec<&str> = trace.lines().collect();
+    let patch = lines
+        .iter()
+        .position(|l| l.contains("PATCH /v1.0/users/"))
+        .unwrap_or_else(|| panic!("no PATCH seen:\n{trace}"));
+    let db = "/store/db>";
+    let written = lines[..patch]
+        .iter()
+        .rposition(|l| l.contains("write") && l.contains(db))
+        .expect("no write of the store before the PATCH");
+    let synced = lines[..patch]
+        .iter()
+        .rposition(|l| l.contains("sync(") && l.contains(db));
+    assert!(
+        synced.is_some_and(|s| s > written),
+        "the store's last write (line {written}) is not synced (line {synced:?}) before the PATCH (line {patch})"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_after_rotation_started_resumes_with_the_same_password() {
     crash_during_rotation(RotationCrash::AfterStarted).await;

@@ -21,9 +21,31 @@ impl Serve {
         crash_at: Option<&str>,
         env: &[(&str, &str)],
     ) -> Serve {
+        Self::start_under(&[], data, crash_at, env).await
+    }
+
+    /// `serve` run by `wrapper` (a program and its arguments, such as strace), in a process
+    /// group of its own so that [`Serve::stop_group`] ends both.
+    pub async fn start_under(
+        wrapper: &[&str],
+        data: &std::path::Path,
+        crash_at: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Serve {
         let port = free_port();
         let url = format!("http://127.0.0.1:{port}");
-        let mut cmd = idledger();
+        let mut cmd = match wrapper.split_first() {
+            None => idledger(),
+            Some((program, args)) => {
+                use std::os::unix::process::CommandExt;
+                let mut cmd = std::process::Command::new(program);
+                cmd.args(args)
+                    .arg(idledger().get_program())
+                    .envs(idledger().get_envs().filter_map(|(k, v)| Some((k, v?))))
+                    .process_group(0);
+                cmd
+            }
+        };
         cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .arg("--data-dir")
             .arg(data)
@@ -65,6 +87,13 @@ impl Serve {
     pub fn stop(&mut self) {
         let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM to the process group [`Serve::start_under`] made, and waits for its head.
+    pub fn stop_group(&mut self) {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::TERM);
         self.child.wait().unwrap();
     }
 

@@ -269,10 +269,13 @@ const MAX_BODY_BYTES: usize = 32 << 20;
 const MAX_ERROR_BODY_BYTES: usize = 64 << 10;
 /// The most pages one round reads: 100 million users at 999 a page.
 const MAX_PAGES: usize = 100_000;
-/// The most entries one round keeps in memory (about a gigabyte): ten times a large
-/// tenant. Each page is bounded in bytes, but a server naming new pages without end (or
+/// The most entries one round keeps in memory: ten times a large tenant (about a gigabyte
+/// at Entra's usual sizes; each entry's texts are clipped as read, so never more than a few
+/// KB each). Each page is bounded in bytes, but a server naming new pages without end (or
 /// one change many times) must meet a limit before the process's memory does.
 const MAX_ROUND_ITEMS: usize = 10_000_000;
+/// The most empty pages one round follows in a row.
+const MAX_EMPTY_PAGES_IN_A_ROW: usize = 1_000;
 /// The longest next or delta link followed (Graph's are a few hundred bytes).
 const MAX_LINK_BYTES: usize = 16 << 10;
 
@@ -651,7 +654,8 @@ impl GraphClient {
 
     /// Follows `@odata.nextLink` from `url`, calling `page` on each page's body. A link
     /// back to a page already read, a page whose entries come a third time under new links
-    /// (Graph has served one groups delta page so, each time with a new link), one link
+    /// (Graph has served one groups delta page so, each time with a new link), more than
+    /// [`MAX_EMPTY_PAGES_IN_A_ROW`] empty pages in a row, one link
     /// longer than [`MAX_LINK_BYTES`], or more than [`MAX_PAGES`] pages, ends the round
     /// with an error: it would otherwise never end, holding the domain's sync (and the
     /// links and pages read are kept as hashes, not as the peer's text).
@@ -667,12 +671,25 @@ impl GraphClient {
             std::collections::HashMap::new();
         let mut next = url;
         let mut items = 0usize;
+        let mut empty_in_a_row = 0usize;
         loop {
             let body = self.get(operation, &next).await?;
             // A page is known by its length and its first and last entries (cheap on pages
             // of 999 users). Graph may name an entry twice in a round, so a page may come
             // twice; a third time it is a loop.
             let entries = body["value"].as_array().map_or(&[][..], Vec::as_slice);
+            // Empty pages carry nothing to know a page by, and Graph does send a few (a
+            // delta round still working): many in a row under new links are a loop.
+            empty_in_a_row = if entries.is_empty() {
+                empty_in_a_row + 1
+            } else {
+                0
+            };
+            if empty_in_a_row > MAX_EMPTY_PAGES_IN_A_ROW {
+                return Err(GraphError::Decode(format!(
+                    "more than {MAX_EMPTY_PAGES_IN_A_ROW} empty pages in a row"
+                )));
+            }
             if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
                 let ends = serde_json::to_vec(&(entries.len(), first, last))
                     .map_err(|e| GraphError::Decode(e.to_string()))?;

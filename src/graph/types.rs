@@ -36,6 +36,10 @@ pub struct GraphUser {
     pub account_enabled: Option<bool>,
 }
 
+/// Entra ID's longest attribute is 256 characters (`displayName`); a little room above.
+/// Longer texts are cut, and control characters dropped, as they are read.
+pub const MAX_ATTRIBUTE_CHARS: usize = 512;
+
 /// The longest object id taken from Graph: Entra's are GUIDs (36 characters).
 const MAX_OBJECT_ID: usize = 64;
 
@@ -61,10 +65,13 @@ impl GraphUser {
     /// value costs that value, not the round. `None` when the id is not an object id.
     pub fn from_entry(v: &Value) -> Option<GraphUser> {
         let id = object_id(&v["id"])?;
-        let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+        // Clipped as read: a round keeps millions of entries, and what a page of 32 MB
+        // of one user's name would cost must not be multiplied by them.
+        let clip = |s: &str| super::client::clipped(s, MAX_ATTRIBUTE_CHARS);
+        let text = |k: &str| v.get(k).and_then(Value::as_str).map(clip);
         let optional = |k: &str| match v.get(k) {
             Some(Value::Null) => Some(None),
-            Some(Value::String(s)) => Some(Some(s.clone())),
+            Some(Value::String(s)) => Some(Some(clip(s))),
             _ => None,
         };
         Some(GraphUser {
@@ -165,6 +172,23 @@ mod tests {
         );
         let user = GraphUser::from_entry(&json!({"id": "ABC-1"})).unwrap();
         assert_eq!(user.id, "abc-1");
+    }
+
+    /// A round keeps every entry until it ends: none holds more than Entra's texts can be.
+    #[test]
+    fn an_entrys_texts_are_clipped_as_they_are_read() {
+        let u = GraphUser::from_entry(&json!({
+            "id": "c0a80000-0000-4000-8000-000000000001",
+            "displayName": "é".repeat(1 << 20),
+            "userPrincipalName": format!("a\u{0}{}", "b".repeat(1 << 20)),
+            "mail": "m".repeat(1 << 20),
+        }))
+        .unwrap();
+        assert_eq!(u.display_name.unwrap().chars().count(), MAX_ATTRIBUTE_CHARS);
+        let upn = u.user_principal_name.unwrap();
+        assert_eq!(upn.len(), MAX_ATTRIBUTE_CHARS);
+        assert!(upn.starts_with("ab"), "control characters dropped");
+        assert_eq!(u.mail.unwrap().unwrap().len(), MAX_ATTRIBUTE_CHARS);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `/healthz`, `/readyz` and `/metrics` (no token).
 
+use super::error::ApiError;
 use super::AppState;
 use axum::extract::State;
 use axum::http::header;
@@ -77,6 +78,8 @@ pub struct DataDirProbe {
 struct ProbeState {
     /// When the last probe ended and what it found.
     last: Option<(std::time::Instant, Result<(), String>)>,
+    /// The file system's free bytes, as the last probe that could tell found them.
+    available_bytes: Option<u64>,
     /// When the probe under way started.
     running_since: Option<std::time::Instant>,
 }
@@ -135,10 +138,20 @@ impl DataDirProbe {
                 other => other,
             })
             .map_err(|e| e.to_string());
+        let available = available_bytes(&self.dir);
         let mut st = self.state();
         st.last = Some((std::time::Instant::now(), answer.clone()));
+        if available.is_some() {
+            st.available_bytes = available;
+        }
         st.running_since = None;
         answer
+    }
+
+    /// The free bytes the last probe found (a probe asks the file system too, so a hung
+    /// one parks no caller here either).
+    pub fn available_bytes(&self) -> Option<u64> {
+        self.state().available_bytes
     }
 
     /// Files written so far.
@@ -180,7 +193,7 @@ pub(crate) fn available_bytes(dir: &std::path::Path) -> Option<u64> {
 pub async fn metrics(
     State(s): State<AppState>,
     headers: axum::http::HeaderMap,
-) -> impl IntoResponse {
+) -> Result<impl IntoResponse, ApiError> {
     let format = crate::metrics::Format::of_accept(
         headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()),
     );
@@ -189,10 +202,10 @@ pub async fn metrics(
             head: s.engine.log.head().position,
             projected: s.engine.projector.position(),
             durability: s.engine.log.durability().as_str(),
-            available_bytes: available_bytes(&s.data_dir),
             ..Default::default()
         };
         snapshot.ready = readiness_problems(&s).is_empty();
+        snapshot.available_bytes = s.data_dir_probe.available_bytes();
         let now = chrono::Utc::now();
         let p = s.engine.projector.read();
         // A removed domain's name may be registered again: its users and writes are no
@@ -246,8 +259,9 @@ pub async fn metrics(
         crate::metrics::scrape(&snapshot, format)
     })
     .await
-    .unwrap_or_default();
-    ([(header::CONTENT_TYPE, format.content_type())], text)
+    // An empty 200 would pass for a scrape that found every series gone.
+    .map_err(|e| ApiError::Internal(format!("the metrics could not be gathered: {e}")))?;
+    Ok(([(header::CONTENT_TYPE, format.content_type())], text))
 }
 
 /// The OpenAPI document, built from the same table as the router.

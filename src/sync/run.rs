@@ -10,7 +10,8 @@
 use super::SyncError;
 use crate::engine::Engine;
 use crate::graph::{
-    clipped, GraphClient, GraphError, GraphUser, MemberChange, UserChange, USER_SELECT,
+    clipped, GraphClient, GraphError, GraphUser, MemberChange, UserChange, MAX_ATTRIBUTE_CHARS,
+    USER_SELECT,
 };
 use crate::store::{AppendError, ExpectedVersion};
 use futures_util::stream::{self, StreamExt, TryStreamExt};
@@ -140,9 +141,6 @@ fn contradicted(changes: &[MemberChange]) -> Vec<String> {
     }
     both
 }
-
-/// Entra ID's longest attribute is 256 characters (`displayName`); a little room above.
-const MAX_ATTRIBUTE_CHARS: usize = 512;
 
 /// One user's plan, waiting to be appended.
 struct Pending {

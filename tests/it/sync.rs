@@ -1624,6 +1624,20 @@ async fn a_paging_loop_fails_the_run_and_the_next_run_succeeds() {
     let started = std::time::Instant::now();
     w.sync_fails(&["again and again"]).await;
     assert!(started.elapsed() < std::time::Duration::from_secs(20));
+
+    // Empty pages under new links (an incremental round with nothing to say): nothing to
+    // know a page by, ended after a thousand in a row.
+    w.sim(Method::DELETE, "/_sim/faults", None).await;
+    w.sync().await;
+    w.sim(
+        Method::POST,
+        "/_sim/faults",
+        Some(json!({"path_prefix": "/v1.0/users/delta", "next_link_to_self_renamed": true, "count": 1_000_000})),
+    )
+    .await;
+    let started = std::time::Instant::now();
+    w.sync_fails(&["empty pages in a row"]).await;
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
 }
 
 /// An answer larger than any page of Graph's is refused as it arrives, not buffered.

@@ -233,9 +233,15 @@ impl RotationService {
     fn limit(&self, domain: DomainId, max: u32) -> Arc<Semaphore> {
         let mut limits = self.inner.limits.lock().unwrap_or_else(|e| e.into_inner());
         let max = max.max(1);
-        match limits.get(&domain) {
-            Some((m, s)) if *m == max => s.clone(),
-            _ => {
+        match limits.get_mut(&domain) {
+            Some((m, s)) => {
+                // The same semaphore, resized: a new one would not count the rotations
+                // holding permits of the old, and both limits would run at once.
+                resize(s, *m, max);
+                *m = max;
+                s.clone()
+            }
+            None => {
                 let s = Arc::new(Semaphore::new(max as usize));
                 limits.insert(domain, (max, s.clone()));
                 s
@@ -720,7 +726,8 @@ impl RotationService {
                     Err(e) if !self.user_deleted(o.user) => {
                         // A key lost or damaged for a user who still has it: ending the
                         // rotation would forget a password Graph may hold. It stays open
-                        // (and shows as needing attention) until an operator sees to it.
+                        // (in flight on the user, a warning at every turn) until an operator
+                        // restores the key store.
                         return Err(e.into());
                     }
                     Err(e) => {
@@ -887,3 +894,56 @@ fn conflict_on_race(e: AppendError) -> RotationError {
 /// A permit of a domain's limit, held (for its drop) while the rotation runs; none for
 /// manual rotations, which do not wait behind the scheduler's queue.
 type Permit = Option<tokio::sync::OwnedSemaphorePermit>;
+
+/// Takes `s` from `from` permits in all to `to`. Fewer: the free ones go at once, and the
+/// rest as the rotations holding them end (taken in turn, ahead of any rotation waiting:
+/// none starts until the count is under the new limit).
+fn resize(s: &Arc<Semaphore>, from: u32, to: u32) {
+    if to > from {
+        s.add_permits((to - from) as usize);
+    } else if to < from {
+        let owed = (from - to) as usize - s.forget_permits((from - to) as usize);
+        if owed > 0 {
+            let s = s.clone();
+            tokio::spawn(async move {
+                if let Ok(p) = s.acquire_many_owned(owed as u32).await {
+                    p.forget();
+                }
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+
+    /// However the limit moves while rotations hold permits, no more run than it says.
+    #[tokio::test]
+    async fn a_changed_limit_counts_the_rotations_already_running() {
+        let s = Arc::new(Semaphore::new(3));
+        let held: Vec<_> = (0..3)
+            .map(|_| s.clone().try_acquire_owned().unwrap())
+            .collect();
+        resize(&s, 3, 1);
+        tokio::task::yield_now().await;
+        drop(held);
+        // The two owed are taken back as the running ones end.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        let one = s.clone().try_acquire_owned().unwrap();
+        assert!(
+            s.clone().try_acquire_owned().is_err(),
+            "more than the new limit"
+        );
+        resize(&s, 1, 4);
+        let more: Vec<_> = (0..3)
+            .map(|_| s.clone().try_acquire_owned().unwrap())
+            .collect();
+        assert!(s.clone().try_acquire_owned().is_err(), "more than four");
+        drop((one, more));
+        resize(&s, 4, 2);
+        assert_eq!(s.available_permits(), 2);
+    }
+}

@@ -181,6 +181,17 @@ pub fn restore(
             .create(data_dir)?;
     }
     let staging = crate::store::sled_log::restore_staging_dir(data_dir);
+    // Claimed, not merely found empty: of two restores into one empty dir, the second
+    // stops here instead of failing later and clearing out the first one's files.
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        match std::fs::DirBuilder::new().mode(0o700).create(&staging) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(BackupError::NotEmpty(data_dir.display().to_string()))
+            }
+            other => other?,
+        }
+    }
     let outcome =
         restore_into(from, &staging, log_key, tail, keys, progress).and_then(|restored| {
             // The names of the files inside the staged directories (sled's, the tree's) are on

@@ -212,6 +212,8 @@ pub enum GraphClaim {
     RotationMember(bool),
     /// Deleted in Entra ID.
     Deleted,
+    /// Disabled in Entra ID (`accountEnabled` turned false).
+    Disabled,
 }
 
 // ---- provider stream -------------------------------------------------------------------

@@ -54,6 +54,9 @@ pub fn to_ask<'r>(
                 GraphClaim::SyncMember(_) => !named.sync.contains(id),
                 GraphClaim::RotationMember(_) => !named.rotation.contains(id),
                 GraphClaim::Deleted => !named.shown.contains(id) || named.removed.contains(id),
+                // Any entry of the user names their `accountEnabled` as it is now, or
+                // leaves it as recorded: either is newer than the claim.
+                GraphClaim::Disabled => !named.shown.contains(id),
             }
         })
         .collect()
@@ -141,17 +144,20 @@ mod tests {
             claim("restored", GraphClaim::Deleted, 0),
             claim("again", GraphClaim::Deleted, 0),
             claim("other-kind", GraphClaim::SyncMember(true), 0),
+            claim("disabled-shown", GraphClaim::Disabled, 0),
+            claim("disabled-unnamed", GraphClaim::Disabled, 0),
         ];
         let named = Named {
-            sync: HashSet::from(["s"]),
+            sync: HashSet::from(["s", "disabled-unnamed"]),
             rotation: HashSet::from(["r", "other-kind"]),
-            shown: HashSet::from(["restored", "again"]),
+            shown: HashSet::from(["restored", "again", "disabled-shown"]),
             removed: HashSet::from(["again"]),
         };
         let asked = to_ask(&carried, at(5), &named, |_| true);
         // Shown and named removed in one round: the read by id decides, as for any
-        // removal; a rotation change says nothing of the sync group.
-        assert_eq!(ids(&asked), ["again", "other-kind"]);
+        // removal; a rotation change says nothing of the sync group, nor a membership
+        // change of whether the user is enabled.
+        assert_eq!(ids(&asked), ["again", "other-kind", "disabled-unnamed"]);
     }
 
     #[test]

@@ -179,6 +179,11 @@ pub fn sample_event(index: usize, s: &SampleSeed) -> Option<Event> {
                     claim: GraphClaim::Deleted,
                     since: at(s.number),
                 },
+                Recheck {
+                    external_id: s.uuid(16).to_string(),
+                    claim: GraphClaim::Disabled,
+                    since: at(s.number),
+                },
             ],
         }
         .into(),

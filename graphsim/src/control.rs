@@ -259,9 +259,22 @@ pub async fn repeat_delete(State(sim): State<Sim>, Path(id): Path<String>) -> St
     StatusCode::NO_CONTENT
 }
 
+/// `POST /_sim/users/{id}/repeat-disable`: the next delta round names the user as
+/// disabled (`accountEnabled: false`) again, after whatever it says of them now, though
+/// they may have been enabled since. 404 for a user not in the directory.
+pub async fn repeat_disable(State(sim): State<Sim>, Path(id): Path<String>) -> StatusCode {
+    let mut inner = sim.lock();
+    if !inner.dir.users.contains_key(&id) {
+        return StatusCode::NOT_FOUND;
+    }
+    inner.record(Change::UserEnabledRepeated { id, enabled: false });
+    StatusCode::NO_CONTENT
+}
+
 /// `POST /_sim/users/{id}/stale-read`: the next read of the user by id (a `users/delta`
-/// round filtered by id) after the user is deleted still shows the user as they are now,
-/// as a replica that has not caught up would. 404 for a user not in the directory.
+/// round filtered by id) still shows the user as they are now, whatever happens to them
+/// before it (deleted, disabled), as a replica that has not caught up would. 404 for a
+/// user not in the directory.
 pub async fn stale_read(State(sim): State<Sim>, Path(id): Path<String>) -> StatusCode {
     let mut inner = sim.lock();
     let Some(user) = inner.dir.users.get(&id).cloned() else {

@@ -962,14 +962,12 @@ pub async fn users_delta(
         .collect();
     let mut inner = sim.lock();
     if cursor.full {
-        // A read by id of a deleted user a replica still holds: served once, as it was.
-        // Reads by id a replica serves: a deleted user it still holds, once, as they were;
-        // a user it has not seen yet, missed once.
+        // Reads by id a replica serves: a user it holds as they were (deleted or changed
+        // since), once; a user it has not seen yet, missed once.
         let state = &mut *inner;
         let (stale, unseen): (Vec<UserEntry>, Vec<String>) = match &ids {
             Some(ids) => (
                 ids.iter()
-                    .filter(|id| !state.dir.users.contains_key(*id))
                     .filter_map(|id| state.stale_reads.remove(id))
                     .collect(),
                 ids.iter()
@@ -983,7 +981,9 @@ pub async fn users_delta(
             .dir
             .users
             .values()
-            .filter(|u| wanted(&u.id) && !unseen.contains(&u.id))
+            .filter(|u| {
+                wanted(&u.id) && !unseen.contains(&u.id) && !stale.iter().any(|s| s.id == u.id)
+            })
             .chain(&stale)
             .collect();
         return delta_page(
@@ -1077,6 +1077,16 @@ pub async fn users_delta(
                 None => json!({"id": id, "@removed": {"reason": "changed"}}),
             })
             .collect();
+    }
+    if !latest {
+        // Named again as they once were, after whatever the round says of them now.
+        for (seq, change) in &inner.changes {
+            if let Change::UserEnabledRepeated { id, enabled } = change {
+                if *seq > cursor.from && *seq <= cursor.upto && wanted(id) {
+                    entries.push(json!({"id": id, "accountEnabled": enabled}));
+                }
+            }
+        }
     }
     drop(inner);
     delta_page(

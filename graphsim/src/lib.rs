@@ -70,6 +70,10 @@ pub fn router(sim: Sim) -> Router {
             post(control::repeat_delete),
         )
         .route("/_sim/users/{id}/stale-read", post(control::stale_read))
+        .route(
+            "/_sim/users/{id}/repeat-disable",
+            post(control::repeat_disable),
+        )
         .route("/_sim/users/{id}/unseen-read", post(control::unseen_read))
         .route(
             "/_sim/domains/{name}",

@@ -60,6 +60,14 @@ pub enum Change {
     },
     /// A user was deleted.
     UserDeleted(String),
+    /// A user's `accountEnabled` named as it once was, though it may have changed since:
+    /// a change named again in a later round (GRAPH.md §3).
+    UserEnabledRepeated {
+        /// User id.
+        id: String,
+        /// The value named.
+        enabled: bool,
+    },
     /// A group was (soft-)deleted.
     GroupDeleted(String),
 }

@@ -566,6 +566,8 @@ impl<'a> SyncRun<'a> {
         let mut rotation_flips: Vec<(String, bool)> = Vec::new();
         // Ids named as removed in this round, or whose removal is carried (see below).
         let mut removed: HashSet<String> = HashSet::new();
+        // Ids whose turn to disabled is carried (see below).
+        let mut carried_disables: HashSet<String> = HashSet::new();
         for r in &carried {
             let id = &r.external_id;
             observed
@@ -576,6 +578,9 @@ impl<'a> SyncRun<'a> {
                 GraphClaim::RotationMember(m) => rotation_flips.push((id.clone(), m)),
                 GraphClaim::Deleted => {
                     removed.insert(id.clone());
+                }
+                GraphClaim::Disabled => {
+                    carried_disables.insert(id.clone());
                 }
             }
         }
@@ -646,6 +651,50 @@ impl<'a> SyncRun<'a> {
                         o.member = false;
                     }
                 }
+            }
+        }
+        // A turn to disabled is read back by id before it is believed, as a removal is: a
+        // change named again after the opposite one (GRAPH.md §3) reads the same, and a
+        // wrong "disabled" costs a member their access (with *delete*, their keys). A read
+        // that shows them enabled, or misses them, keeps them so, and the claim is asked
+        // again in the next rounds: a real one lands a round late.
+        let was_enabled = |id: &str| {
+            self.known
+                .get(id)
+                .is_some_and(|k| k.known.attributes.account_enabled)
+        };
+        let disabling: Vec<String> = observed
+            .iter()
+            .filter(|(id, o)| {
+                o.exists
+                    && !removed.contains(*id)
+                    && was_enabled(id)
+                    && (carried_disables.contains(*id)
+                        || o.attributes.as_ref().is_some_and(|a| !a.account_enabled))
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut unconfirmed_disables: Vec<String> = Vec::new();
+        if !disabling.is_empty() {
+            let mut read_back = self.read_users(disabling.clone()).await?;
+            for id in disabling {
+                let (Some(o), Some(k)) = (observed.get_mut(&id), self.known.get(&id)) else {
+                    continue;
+                };
+                let before = o.attributes.clone().unwrap_or(k.known.attributes.clone());
+                let read = read_back.remove(&id);
+                let confirmed = read
+                    .as_ref()
+                    .is_some_and(|u| u.account_enabled == Some(false));
+                let mut now = match read {
+                    Some(u) => attributes_of(u, Some(&before)),
+                    None => before,
+                };
+                if !confirmed {
+                    now.account_enabled = true;
+                    unconfirmed_disables.push(id);
+                }
+                o.attributes = Some(now);
             }
         }
         // A removal is read back by id before it is believed: a user deleted and restored
@@ -782,6 +831,11 @@ impl<'a> SyncRun<'a> {
                 unread_members
                     .iter()
                     .map(|id| (id.as_str(), GraphClaim::SyncMember(true))),
+            )
+            .chain(
+                unconfirmed_disables
+                    .iter()
+                    .map(|id| (id.as_str(), GraphClaim::Disabled)),
             );
         let next = recheck::to_carry(contradicted, &carried, now);
         if !next.is_empty() {

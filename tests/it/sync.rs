@@ -388,6 +388,48 @@ async fn a_user_deleted_and_restored_in_one_round_is_not_taken_for_deleted() {
     assert_eq!(again["in_sync_group"], true, "{again}");
 }
 
+/// A turn to disabled is read back before it is believed: named again after the user was
+/// enabled, it neither deletes nor deactivates them; named while a read by id is still
+/// served by a replica that has not caught up, it lands a round later, when asked again.
+#[tokio::test]
+async fn a_disable_graph_names_is_believed_only_once_a_read_by_id_agrees() {
+    let w = world(json!({"removal_behavior": "delete", "auto_import": true})).await;
+    w.sync().await;
+    let before = w.user(5).await.unwrap();
+    w.sim(
+        Method::POST,
+        &format!("/_sim/users/{}/repeat-disable", ext(5)),
+        None,
+    )
+    .await;
+    let run = w.sync().await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let after = w.user(5).await.unwrap();
+    assert_eq!(after["id"], before["id"], "{after}");
+    assert_eq!(after["status"], "active", "{after}");
+    assert_eq!(after["account_enabled"], true, "{after}");
+    // Asked again (the read still says enabled), then let go.
+    let run = w.sync().await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(w.user(5).await.unwrap()["status"], "active");
+
+    // A real disable behind a stale read: kept a round, found when asked again.
+    let user = format!("/_sim/users/{}", ext(6));
+    w.sim(Method::POST, &format!("{user}/stale-read"), None)
+        .await;
+    w.sim(Method::PATCH, &user, Some(json!({"accountEnabled": false})))
+        .await;
+    let run = w.sync().await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(w.user(6).await.unwrap()["account_enabled"], true);
+    let run = w.sync().await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert!(
+        w.user(6).await.is_none_or(|u| u["status"] == "deleted"),
+        "the disable asked about again is found"
+    );
+}
+
 /// A deletion Graph names while a read by id is still served by a replica that has not
 /// caught up: the user is not taken for deleted in that round, and is asked about again in
 /// the next, which finds the deletion (the delta link had moved past it: nothing names it

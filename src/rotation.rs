@@ -171,7 +171,7 @@ struct Inner {
     /// Domains whose due users are being worked through.
     busy: Mutex<HashSet<DomainId>>,
     /// Per domain: the configured limit and its semaphore.
-    limits: Mutex<HashMap<DomainId, (u32, Arc<Semaphore>)>>,
+    limits: Mutex<HashMap<DomainId, (u32, Limit)>>,
 }
 
 /// The rotation scheduler and protocol.
@@ -230,21 +230,21 @@ impl RotationService {
         svc
     }
 
-    fn limit(&self, domain: DomainId, max: u32) -> Arc<Semaphore> {
+    fn limit(&self, domain: DomainId, max: u32) -> Limit {
         let mut limits = self.inner.limits.lock().unwrap_or_else(|e| e.into_inner());
         let max = max.max(1);
         match limits.get_mut(&domain) {
-            Some((m, s)) => {
-                // The same semaphore, resized: a new one would not count the rotations
+            Some((m, l)) => {
+                // The same limit, resized: a new one would not count the rotations
                 // holding permits of the old, and both limits would run at once.
-                resize(s, *m, max);
+                l.resize(*m, max);
                 *m = max;
-                s.clone()
+                l.clone()
             }
             None => {
-                let s = Arc::new(Semaphore::new(max as usize));
-                limits.insert(domain, (max, s.clone()));
-                s
+                let l = Limit::new(max);
+                limits.insert(domain, (max, l.clone()));
+                l
             }
         }
     }
@@ -362,7 +362,7 @@ impl RotationService {
         let (domain, max) = self.domain_of(user)?;
         let permit = self
             .limit(domain, max)
-            .acquire_owned()
+            .acquire()
             .await
             .map_err(|_| RotationError::Stopping)?;
         let (id, _, password) = self.begin(user, Some(reason), actor).await?;
@@ -696,7 +696,7 @@ impl RotationService {
                 self.note_resumed(id, &o).await?;
                 let permit = self
                     .limit(o.domain, o.max)
-                    .acquire_owned()
+                    .acquire()
                     .await
                     .map_err(|_| RotationError::Stopping)?;
                 (None, Some(permit))
@@ -893,23 +893,69 @@ fn conflict_on_race(e: AppendError) -> RotationError {
 
 /// A permit of a domain's limit, held (for its drop) while the rotation runs; none for
 /// manual rotations, which do not wait behind the scheduler's queue.
-type Permit = Option<tokio::sync::OwnedSemaphorePermit>;
+type Permit = Option<LimitPermit>;
 
-/// Takes `s` from `from` permits in all to `to`. Fewer: the free ones go at once, and the
-/// rest as the rotations holding them end (taken in turn, ahead of any rotation waiting:
-/// none starts until the count is under the new limit).
-fn resize(s: &Arc<Semaphore>, from: u32, to: u32) {
-    if to > from {
-        s.add_permits((to - from) as usize);
-    } else if to < from {
-        let owed = (from - to) as usize - s.forget_permits((from - to) as usize);
-        if owed > 0 {
-            let s = s.clone();
-            tokio::spawn(async move {
-                if let Ok(p) = s.acquire_many_owned(owed as u32).await {
-                    p.forget();
-                }
-            });
+/// A domain's limit on rotations at once, which may change while rotations run.
+#[derive(Clone)]
+struct Limit {
+    semaphore: Arc<Semaphore>,
+    /// Permits taken back from the limit but still held: each is forgotten, not returned,
+    /// when its rotation ends.
+    owed: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// A place within a domain's [`Limit`], held while a rotation runs.
+struct LimitPermit {
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    owed: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Drop for LimitPermit {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering;
+        let owed = self
+            .owed
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        if let (Ok(_), Some(p)) = (owed, self.permit.take()) {
+            p.forget();
+        }
+    }
+}
+
+impl Limit {
+    fn new(max: u32) -> Limit {
+        Limit {
+            semaphore: Arc::new(Semaphore::new(max as usize)),
+            owed: Arc::default(),
+        }
+    }
+
+    async fn acquire(&self) -> Result<LimitPermit, tokio::sync::AcquireError> {
+        Ok(LimitPermit {
+            permit: Some(self.semaphore.clone().acquire_owned().await?),
+            owed: self.owed.clone(),
+        })
+    }
+
+    /// From `from` places in all to `to`. Fewer: the free ones go at once, the rest as the
+    /// rotations holding them end, so none starts (waiting ones included) until fewer than
+    /// the new limit run. More: places still owed are forgiven first.
+    fn resize(&self, from: u32, to: u32) {
+        use std::sync::atomic::Ordering;
+        if to > from {
+            let mut more = (to - from) as usize;
+            let _ = self
+                .owed
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    let forgiven = n.min((to - from) as usize);
+                    more = (to - from) as usize - forgiven;
+                    Some(n - forgiven)
+                });
+            self.semaphore.add_permits(more);
+        } else if to < from {
+            let fewer = (from - to) as usize;
+            let owed = fewer - self.semaphore.forget_permits(fewer);
+            self.owed.fetch_add(owed, Ordering::AcqRel);
         }
     }
 }
@@ -918,32 +964,44 @@ fn resize(s: &Arc<Semaphore>, from: u32, to: u32) {
 mod limit_tests {
     use super::*;
 
-    /// However the limit moves while rotations hold permits, no more run than it says.
+    /// However the limit moves while rotations hold places (and others wait), no more run
+    /// than it says.
     #[tokio::test]
     async fn a_changed_limit_counts_the_rotations_already_running() {
-        let s = Arc::new(Semaphore::new(3));
-        let held: Vec<_> = (0..3)
-            .map(|_| s.clone().try_acquire_owned().unwrap())
-            .collect();
-        resize(&s, 3, 1);
-        tokio::task::yield_now().await;
-        drop(held);
-        // The two owed are taken back as the running ones end.
-        for _ in 0..10 {
-            tokio::task::yield_now().await;
+        let l = Limit::new(3);
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            held.push(l.acquire().await.unwrap());
         }
-        let one = s.clone().try_acquire_owned().unwrap();
+        let waiting = tokio::spawn({
+            let l = l.clone();
+            async move { l.acquire().await.unwrap() }
+        });
+        tokio::task::yield_now().await;
+        l.resize(3, 1);
+        held.pop();
+        held.pop();
+        tokio::task::yield_now().await;
         assert!(
-            s.clone().try_acquire_owned().is_err(),
+            !waiting.is_finished(),
+            "started while two ran under a limit of one"
+        );
+        held.pop();
+        let one = waiting.await.unwrap();
+        assert!(
+            l.semaphore.available_permits() == 0,
             "more than the new limit"
         );
-        resize(&s, 1, 4);
-        let more: Vec<_> = (0..3)
-            .map(|_| s.clone().try_acquire_owned().unwrap())
-            .collect();
-        assert!(s.clone().try_acquire_owned().is_err(), "more than four");
+        l.resize(1, 4);
+        let mut more = Vec::new();
+        for _ in 0..3 {
+            more.push(l.acquire().await.unwrap());
+        }
+        assert_eq!(l.semaphore.available_permits(), 0, "more than four");
+        // Lowered while all four run, raised again before any ends: nothing is owed.
+        l.resize(4, 2);
+        l.resize(2, 3);
         drop((one, more));
-        resize(&s, 4, 2);
-        assert_eq!(s.available_permits(), 2);
+        assert_eq!(l.semaphore.available_permits(), 3);
     }
 }

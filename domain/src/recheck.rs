@@ -31,6 +31,9 @@ pub struct Named<'a> {
     pub shown: HashSet<&'a str>,
     /// Named as removed by `users/delta`.
     pub removed: HashSet<&'a str>,
+    /// Shown by `users/delta` with their `accountEnabled` (an updated user is named with
+    /// only what changed: one shown for a new name says nothing of a disable).
+    pub enabled: HashSet<&'a str>,
 }
 
 /// The carried claims an incremental round asks about again: not older than
@@ -54,9 +57,7 @@ pub fn to_ask<'r>(
                 GraphClaim::SyncMember(_) => !named.sync.contains(id),
                 GraphClaim::RotationMember(_) => !named.rotation.contains(id),
                 GraphClaim::Deleted => !named.shown.contains(id) || named.removed.contains(id),
-                // Any entry of the user names their `accountEnabled` as it is now, or
-                // leaves it as recorded: either is newer than the claim.
-                GraphClaim::Disabled => !named.shown.contains(id),
+                GraphClaim::Disabled => !named.enabled.contains(id),
             }
         })
         .collect()
@@ -144,20 +145,30 @@ mod tests {
             claim("restored", GraphClaim::Deleted, 0),
             claim("again", GraphClaim::Deleted, 0),
             claim("other-kind", GraphClaim::SyncMember(true), 0),
-            claim("disabled-shown", GraphClaim::Disabled, 0),
+            claim("disabled-named", GraphClaim::Disabled, 0),
+            claim("disabled-renamed", GraphClaim::Disabled, 0),
             claim("disabled-unnamed", GraphClaim::Disabled, 0),
         ];
         let named = Named {
             sync: HashSet::from(["s", "disabled-unnamed"]),
             rotation: HashSet::from(["r", "other-kind"]),
-            shown: HashSet::from(["restored", "again", "disabled-shown"]),
+            shown: HashSet::from(["restored", "again", "disabled-named", "disabled-renamed"]),
             removed: HashSet::from(["again"]),
+            enabled: HashSet::from(["disabled-named"]),
         };
         let asked = to_ask(&carried, at(5), &named, |_| true);
         // Shown and named removed in one round: the read by id decides, as for any
         // removal; a rotation change says nothing of the sync group, nor a membership
-        // change of whether the user is enabled.
-        assert_eq!(ids(&asked), ["again", "other-kind", "disabled-unnamed"]);
+        // change or a new name of whether the user is enabled.
+        assert_eq!(
+            ids(&asked),
+            [
+                "again",
+                "other-kind",
+                "disabled-renamed",
+                "disabled-unnamed"
+            ]
+        );
     }
 
     #[test]

@@ -337,22 +337,40 @@ impl NewBackupFile {
         name.push(".partial");
         let partial = std::path::PathBuf::from(name);
         // Never through a link: one planted at the name would have the backup truncate,
-        // chmod and fill whatever file it points to.
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(crate::durable::NO_FOLLOW)
-            .open(&partial)
-            .map_err(|e| not_followed(e, &partial))?;
-        if file.try_lock().is_err() {
-            return Err(Error::new(
+        // chmod and fill whatever file it points to (and never waiting on a FIFO).
+        let open = |new: bool| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(!new)
+                .create_new(new)
+                .truncate(false)
+                .mode(0o600)
+                .custom_flags(
+                    crate::durable::NO_FOLLOW | rustix::fs::OFlags::NONBLOCK.bits() as i32,
+                )
+                .open(&partial)
+                .map_err(|e| not_followed(e, &partial))
+        };
+        let busy = || {
+            Error::new(
                 ErrorKind::WouldBlock,
                 format!("{} is being written by another backup", partial.display()),
-            ));
+            )
+        };
+        let mut file = open(false)?;
+        file.try_lock().map_err(|_| busy())?;
+        // Left by a killed backup. Only a file of no other name is written over: a second
+        // name (a backup finished under it, then moved) must not lose its bytes to this.
+        let meta = file.metadata()?;
+        if !meta.file_type().is_file() || std::os::unix::fs::MetadataExt::nlink(&meta) != 1 {
+            std::fs::remove_file(&partial)?;
+            file = open(true).map_err(|e| match e.kind() {
+                ErrorKind::AlreadyExists => busy(),
+                _ => e,
+            })?;
+            file.try_lock().map_err(|_| busy())?;
         }
-        // Left by a killed backup: its bytes and its permissions are not this one's.
+        // Its bytes and its permissions are not this one's.
         file.set_len(0)?;
         file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
         Ok(NewBackupFile {
@@ -377,19 +395,40 @@ impl NewBackupFile {
     /// (without that, a backup reported written can vanish with a lost machine).
     pub fn finish(mut self) -> std::io::Result<()> {
         self.file.sync_all()?;
-        if self.path.symlink_metadata().is_ok() {
-            return Err(std::io::Error::new(
+        let appeared = || {
+            std::io::Error::new(
                 std::io::ErrorKind::AlreadyExists,
                 format!(
                     "{} appeared meanwhile: a backup is never written over",
                     self.path.display()
                 ),
-            ));
+            )
+        };
+        if self.path.symlink_metadata().is_ok() {
+            return Err(appeared());
         }
-        // A link, unlike a rename, fails if the name was taken since the check above.
-        std::fs::hard_link(&self.partial, &self.path)?;
+        // A rename that refuses to replace, where the file system can (most local ones);
+        // else a link, which fails if the name is taken (NFS); else, on file systems with
+        // neither (vfat), a rename after the check above.
+        use rustix::fs::{renameat_with, RenameFlags, CWD};
+        use rustix::io::Errno;
+        match renameat_with(CWD, &self.partial, CWD, &self.path, RenameFlags::NOREPLACE) {
+            Ok(()) => {}
+            Err(Errno::EXIST) => return Err(appeared()),
+            Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => {
+                match std::fs::hard_link(&self.partial, &self.path) {
+                    Ok(()) => {
+                        let _ = std::fs::remove_file(&self.partial);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        return Err(appeared())
+                    }
+                    Err(_) => std::fs::rename(&self.partial, &self.path)?,
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
         self.finished = true;
-        std::fs::remove_file(&self.partial)?;
         sync_dir(parent_of(&self.path))
     }
 }
@@ -930,7 +969,12 @@ mod tests {
         assert!(e.to_string().contains("symbolic link"), "{e}");
         assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
 
+        // A second name of a finished backup, left by a backup killed after the link.
         std::fs::remove_file(dir.path().join("x.backup.partial")).unwrap();
+        std::fs::hard_link(&victim, dir.path().join("x.backup.partial")).unwrap();
+        let file = NewBackupFile::create(&out).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        drop(file);
         let file = NewBackupFile::create(&out).unwrap();
         std::os::unix::fs::symlink(&victim, &out).unwrap();
         assert!(file.finish().is_err(), "written over a link");

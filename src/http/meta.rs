@@ -78,7 +78,7 @@ pub struct DataDirProbe {
 struct ProbeState {
     /// When the last probe ended and what it found.
     last: Option<(std::time::Instant, Result<(), String>)>,
-    /// The file system's free bytes, as the last probe that could tell found them.
+    /// The file system's free bytes, as the last probe found them.
     available_bytes: Option<u64>,
     /// When the probe under way started.
     running_since: Option<std::time::Instant>,
@@ -141,9 +141,8 @@ impl DataDirProbe {
         let available = available_bytes(&self.dir);
         let mut st = self.state();
         st.last = Some((std::time::Instant::now(), answer.clone()));
-        if available.is_some() {
-            st.available_bytes = available;
-        }
+        // Unknown when the file system no longer says: a stale figure would hide that.
+        st.available_bytes = available;
         st.running_since = None;
         answer
     }

@@ -556,7 +556,12 @@ impl<'a> SyncRun<'a> {
             .extend(rotation_changes.iter().map(|c| c.user_id.as_str()));
         for c in &users.changes {
             match c {
-                UserChange::Upsert(u) => named.shown.insert(u.id.as_str()),
+                UserChange::Upsert(u) => {
+                    if u.account_enabled.is_some() {
+                        named.enabled.insert(u.id.as_str());
+                    }
+                    named.shown.insert(u.id.as_str())
+                }
                 UserChange::Removed { id, .. } => named.removed.insert(id.as_str()),
             };
         }

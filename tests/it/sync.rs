@@ -422,6 +422,14 @@ async fn a_disable_graph_names_is_believed_only_once_a_read_by_id_agrees() {
     let run = w.sync().await;
     assert_eq!(run["status"], "succeeded", "{run}");
     assert_eq!(w.user(6).await.unwrap()["account_enabled"], true);
+    // Renamed meanwhile: the next round names the user with the new name only, which
+    // says nothing of the disable still being asked about.
+    w.sim(
+        Method::PATCH,
+        &user,
+        Some(json!({"displayName": "Six Leaving"})),
+    )
+    .await;
     let run = w.sync().await;
     assert_eq!(run["status"], "succeeded", "{run}");
     assert!(
@@ -1668,7 +1676,7 @@ async fn a_paging_loop_fails_the_run_and_the_next_run_succeeds() {
     assert!(started.elapsed() < std::time::Duration::from_secs(20));
 
     // Empty pages under new links (an incremental round with nothing to say): nothing to
-    // know a page by, ended after a thousand in a row.
+    // know a page by, ended after ten thousand in a row.
     w.sim(Method::DELETE, "/_sim/faults", None).await;
     w.sync().await;
     w.sim(

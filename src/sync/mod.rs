@@ -299,6 +299,8 @@ impl SyncService {
 
     /// The scheduled runs of one domain, until its worker is cancelled.
     async fn schedule(self, domain: DomainId, mut cancelled: watch::Receiver<bool>) {
+        // How long Graph asked to be left alone when the last run ended on its refusal.
+        let mut asked: Option<Duration> = None;
         loop {
             let minutes = {
                 let p = self.inner.engine.projector.read();
@@ -307,7 +309,7 @@ impl SyncService {
                     .map_or(15, |d| d.settings.sync_interval_minutes.max(1))
             };
             let jitter = rand::thread_rng().gen_range(0.9..1.1);
-            let wait = Duration::from_secs_f64(f64::from(minutes) * 60.0 * jitter);
+            let wait = next_wait(minutes, jitter, asked.take());
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = cancelled.wait_for(|c| *c) => return,
@@ -319,7 +321,9 @@ impl SyncService {
                 Ok(Accepted {
                     done: Some(done), ..
                 }) => {
-                    let _ = done.await;
+                    if let Ok(Err(SyncError::Graph(e))) = done.await {
+                        asked = e.retry_after();
+                    }
                 }
                 // A manual run is waiting: it is this turn's run.
                 Ok(Accepted { done: None, .. }) => {}
@@ -992,5 +996,39 @@ pub(super) fn removal_owed(
         u.left_reason
     } else {
         None
+    }
+}
+
+/// The most a scheduled run waits on Graph's word: past it, the interval resumes.
+const MOST_ASKED_WAIT: Duration = Duration::from_secs(24 * 3600);
+
+/// Until the next scheduled run: the domain's interval (jittered, so domains drift apart),
+/// or longer when Graph's last answer asked for a longer wait (`Retry-After` beyond what
+/// the client waits itself): asking sooner only counts against the tenant's budget.
+fn next_wait(interval_minutes: u32, jitter: f64, asked: Option<Duration>) -> Duration {
+    let interval = Duration::from_secs_f64(f64::from(interval_minutes) * 60.0 * jitter);
+    interval.max(asked.unwrap_or_default().min(MOST_ASKED_WAIT))
+}
+
+#[cfg(test)]
+mod schedule_tests {
+    use super::*;
+
+    #[test]
+    fn a_scheduled_run_waits_as_long_as_graph_asked_within_a_day() {
+        let minutes = |d: Duration| d.as_secs() / 60;
+        assert_eq!(minutes(next_wait(15, 1.0, None)), 15);
+        assert_eq!(
+            minutes(next_wait(15, 1.0, Some(Duration::from_secs(60)))),
+            15
+        );
+        assert_eq!(
+            minutes(next_wait(15, 1.0, Some(Duration::from_secs(3600)))),
+            60
+        );
+        assert_eq!(
+            minutes(next_wait(15, 1.0, Some(Duration::from_secs(u64::MAX / 4)))),
+            24 * 60
+        );
     }
 }

@@ -123,10 +123,12 @@ fn attributes_of(u: GraphUser, before: Option<&UserAttributes>) -> UserAttribute
         mail: optional(u.mail, before.map(|b| &b.mail)),
         given_name: optional(u.given_name, before.map(|b| &b.given_name)),
         surname: optional(u.surname, before.map(|b| &b.surname)),
+        // Never let in on a missing word: a user first seen without it (every read asks
+        // for it) is taken as disabled, out of scope until Graph says otherwise.
         account_enabled: u
             .account_enabled
             .or(before.map(|b| b.account_enabled))
-            .unwrap_or(true),
+            .unwrap_or(false),
     }
 }
 
@@ -1282,4 +1284,37 @@ fn observation_of(plan: &UserPlan, known: &Known) -> Observed {
         }
     }
     seen
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(v: serde_json::Value) -> GraphUser {
+        GraphUser::from_entry(&v).unwrap()
+    }
+
+    #[test]
+    fn a_property_left_out_keeps_what_is_recorded_and_a_new_user_needs_graphs_word() {
+        let id = "c0a80000-0000-4000-8000-000000000001";
+        let new = attributes_of(
+            entry(serde_json::json!({"id": id, "displayName": "New", "accountEnabled": "yes"})),
+            None,
+        );
+        assert!(
+            !new.account_enabled,
+            "enabled on a value that is no boolean"
+        );
+        let enabled = attributes_of(
+            entry(serde_json::json!({"id": id, "displayName": "New", "accountEnabled": true})),
+            None,
+        );
+        assert!(enabled.account_enabled);
+        let renamed = attributes_of(
+            entry(serde_json::json!({"id": id, "displayName": "Renamed"})),
+            Some(&enabled),
+        );
+        assert!(renamed.account_enabled, "kept as recorded");
+        assert_eq!(renamed.display_name, "Renamed");
+    }
 }

@@ -551,6 +551,10 @@ impl FollowCopy {
             Ok(())
         })?;
         self.store_keys(&contents, now_secs, Keys::WithHeld)?;
+        self.check_signed_head(
+            contents.manifest.signed_tree_head.as_deref(),
+            contents.sealed.log_key.as_deref(),
+        )?;
         let added = contents.manifest.record_count;
         if added > 0 {
             self.append(&chunks, after)?;
@@ -571,6 +575,37 @@ impl FollowCopy {
             self.broken = false;
         }
         Ok(added)
+    }
+
+    /// Refuses a signed tree head that does not verify with the log's key the copy holds,
+    /// before anything of the increment is kept: an auditor's copy must not keep a head
+    /// it would only find wrong when restored.
+    fn check_signed_head(
+        &self,
+        note: Option<&str>,
+        sent: Option<&[u8]>,
+    ) -> Result<(), BackupError> {
+        let Some(note) = note else { return Ok(()) };
+        let kept;
+        let key = match sent {
+            Some(k) => k,
+            None => {
+                kept = read_key_file(&keys_dir(&self.dir).join(LOG_KEY))?;
+                match kept.as_deref() {
+                    Some(k) => k,
+                    None => return Ok(()),
+                }
+            }
+        };
+        let public = crate::notary::key::public_key_in(key)
+            .map_err(|e| refused("log key", e.to_string()))?;
+        public.open(note).map_err(|e| {
+            refused(
+                "signed tree head",
+                format!("it does not verify with the log's key: {e}"),
+            )
+        })?;
+        Ok(())
     }
 
     /// Keeps `note` when it is signed over records the copy holds (its size, the
@@ -1004,6 +1039,74 @@ mod tests {
             text.push_str(&format!("{} {}\n", STANDARD.encode(k), STANDARD.encode(v)));
         }
         text.into_bytes()
+    }
+
+    /// A head that does not verify with the log's key is refused when it comes, before any
+    /// of its increment is kept; one that does is kept.
+    #[test]
+    fn a_signed_head_that_does_not_verify_with_the_logs_key_is_refused_on_arrival() {
+        use idledger_replay::tree::{leaf_hash, Frontier, TreeHead};
+        let tmp = tempfile::tempdir().expect("a temp dir");
+        let server = tmp.path().join("server");
+        std::fs::create_dir_all(&server).expect("made");
+        let (master, _) = crate::secrets::MasterKey::load(&server, None, true).expect("a key");
+        let keyring = crate::secrets::Keyring::open(
+            master,
+            std::sync::Arc::new(crate::secrets::keystore::KeyFile::open(&server).expect("opens")),
+        )
+        .expect("opens");
+        let key = crate::notary::key::load_or_create(&server, &keyring).expect("a log key");
+        let key_file = std::fs::read(crate::notary::key::key_path(&server)).expect("reads");
+        let log = chain(10, 0);
+        let head = |by: &idledger_replay::tree::LogSigningKey| {
+            let mut tree = Frontier::new();
+            for r in &log[..5] {
+                tree.push(leaf_hash(r));
+            }
+            by.sign(TreeHead {
+                tree_size: 5,
+                root_hash: tree.root(),
+                timestamp_ms: 1,
+            })
+            .expect("signs")
+            .to_note()
+        };
+        let other = idledger_replay::tree::LogSigningKey::from_seed(key.public().name(), &[7; 32])
+            .expect("a key");
+        let increment = |from: u64, note: String| {
+            let mut out = Vec::new();
+            let mut w = match from {
+                1 => BackupWriter::new(&mut out),
+                _ => BackupWriter::after(&mut out, from - 1, hash_of(&log[from as usize - 2])),
+            }
+            .expect("starts");
+            for p in from..from + 5 {
+                w.push(p, &log[p as usize - 1]).expect("pushes");
+            }
+            let sealed = SealedFiles {
+                keystore: Some(keystore_of(&[("check", "c")])),
+                log_key: Some(key_file.clone()),
+            };
+            w.finish(&sealed, None, Some(note)).expect("finishes");
+            out
+        };
+        let copy_dir = tmp.path().join("copy");
+        let mut copy = FollowCopy::open(&copy_dir, SEGMENT).expect("opens");
+        copy.take(increment(1, head(&key)).as_slice(), 10, 100)
+            .expect("taken");
+        let kept = std::fs::read_to_string(copy_dir.join(SIGNED_TREE_HEAD)).expect("kept");
+        assert_eq!(kept, head(&key));
+        let err = copy
+            .take(increment(6, head(&other)).as_slice(), 10, 101)
+            .expect_err("a head of another key taken");
+        assert!(err.to_string().contains("does not verify"), "{err}");
+        drop(copy);
+        let copy = FollowCopy::open(&copy_dir, SEGMENT).expect("opens");
+        assert_eq!(copy.verifier.last_position(), 5, "nothing of it kept");
+        assert_eq!(
+            std::fs::read_to_string(copy_dir.join(SIGNED_TREE_HEAD)).expect("kept"),
+            kept
+        );
     }
 
     /// The server's key store is read at its log's head, which may be past the records of

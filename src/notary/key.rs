@@ -30,6 +30,13 @@ pub fn public_key(data_dir: &Path) -> Result<LogPublicKey, NotaryError> {
     Ok(public)
 }
 
+/// The public key in the bytes of a log key file (a backup's copy of one).
+pub fn public_key_in(file: &[u8]) -> Result<LogPublicKey, NotaryError> {
+    let text = std::str::from_utf8(file)
+        .map_err(|_| NotaryError::Io("the log key file is malformed".into()))?;
+    Ok(parse(text)?.0)
+}
+
 fn parse(text: &str) -> Result<(LogPublicKey, SealedSecret), NotaryError> {
     let mut lines = text.lines();
     let bad = || NotaryError::Io("the log key file is malformed".into());

@@ -562,13 +562,26 @@ pub fn graph_call(operation: &'static str, status: Option<u16>, took: Duration) 
     r.graph
         .get_or_create(&GraphLabels {
             operation,
-            status: status.map_or_else(|| "none".to_owned(), |s| s.to_string()),
+            status: status.map_or_else(|| "none".to_owned(), graph_status_label),
         })
         .observe(took.as_secs_f64());
     if status == Some(429) {
         r.graph_throttled
             .get_or_create(&OperationLabels { operation })
             .inc();
+    }
+}
+
+/// A status Graph answers with as itself; any other (a proxy's, a broken peer's) by its
+/// class, so the series stay few whatever comes back.
+fn graph_status_label(status: u16) -> String {
+    const KNOWN: [u16; 16] = [
+        200, 201, 202, 204, 400, 401, 403, 404, 409, 410, 412, 429, 500, 502, 503, 504,
+    ];
+    match status {
+        s if KNOWN.contains(&s) => s.to_string(),
+        100..=599 => format!("{}xx", status / 100),
+        _ => "other".to_owned(),
     }
 }
 
@@ -802,6 +815,17 @@ pub fn scrape(snapshot: &Snapshot, format: Format) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn graph_statuses_are_labelled_from_a_bounded_set() {
+        assert_eq!(graph_status_label(429), "429");
+        assert_eq!(graph_status_label(418), "4xx");
+        assert_eq!(graph_status_label(599), "5xx");
+        assert_eq!(graph_status_label(999), "other");
+        let labels: std::collections::HashSet<String> =
+            (0..=u16::MAX).map(graph_status_label).collect();
+        assert!(labels.len() <= 24, "{labels:?}");
+    }
 
     #[test]
     fn route_templates_become_brace_free_labels() {

@@ -528,12 +528,16 @@ impl RotationService {
             vec![started.into()],
         );
         // Known to this process before it is in the log: a tick that sees the new rotation
-        // at once must not take it for one an earlier process left open (interrupted).
+        // at once must not take it for one an earlier process left open (interrupted), nor
+        // drive it itself (behind the domain's limit, which a manual rotation is not).
+        // The drive the caller starts next is its driver.
         Self::lock(&self.inner.recovered).insert(rotation_id);
+        Self::lock(&self.inner.in_flight).insert(rotation_id);
         let done = match appending.await {
             Ok(done) => done,
             Err(e) => {
                 Self::lock(&self.inner.recovered).remove(&rotation_id);
+                Self::lock(&self.inner.in_flight).remove(&rotation_id);
                 return Err(match e {
                     RotationError::Append(a) => conflict_on_race(a),
                     e => e,
@@ -585,10 +589,10 @@ impl RotationService {
     }
 
     /// Drives a rotation to its outcome (or leaves it open when its domain's worker goes
-    /// away). `started` carries the password and permit of a rotation just begun; a
-    /// resumed one takes both itself.
+    /// away). `started` carries the password and permit of a rotation just begun (whose
+    /// `begin` made this its one driver); a resumed one takes both itself.
     async fn drive(&self, id: RotationId, started: Option<(Secret, Permit)>) {
-        if !Self::lock(&self.inner.in_flight).insert(id) {
+        if started.is_none() && !Self::lock(&self.inner.in_flight).insert(id) {
             return;
         }
         let outcome = |this: &Self| {

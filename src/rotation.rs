@@ -532,12 +532,17 @@ impl RotationService {
         // drive it itself (behind the domain's limit, which a manual rotation is not).
         // The drive the caller starts next is its driver.
         Self::lock(&self.inner.recovered).insert(rotation_id);
+        // Given up if this future is (an HTTP request whose client went away while the
+        // append was under way, which may still land): a tick then drives it.
+        let claim = DriverClaim {
+            in_flight: &self.inner.in_flight,
+            id: rotation_id,
+        };
         Self::lock(&self.inner.in_flight).insert(rotation_id);
         let done = match appending.await {
             Ok(done) => done,
             Err(e) => {
                 Self::lock(&self.inner.recovered).remove(&rotation_id);
-                Self::lock(&self.inner.in_flight).remove(&rotation_id);
                 return Err(match e {
                     RotationError::Append(a) => conflict_on_race(a),
                     e => e,
@@ -545,6 +550,8 @@ impl RotationService {
             }
         };
         crate::crash::point("after_started");
+        // The caller's drive, started with no await in between, takes it over.
+        std::mem::forget(claim);
         Ok((rotation_id, done, password))
     }
 
@@ -898,6 +905,18 @@ fn conflict_on_race(e: AppendError) -> RotationError {
 /// A permit of a domain's limit, held (for its drop) while the rotation runs; none for
 /// manual rotations, which do not wait behind the scheduler's queue.
 type Permit = Option<LimitPermit>;
+
+/// A rotation `begin` claimed the driving of, released unless handed to a drive.
+struct DriverClaim<'a> {
+    in_flight: &'a Mutex<HashSet<RotationId>>,
+    id: RotationId,
+}
+
+impl Drop for DriverClaim<'_> {
+    fn drop(&mut self) {
+        RotationService::lock(self.in_flight).remove(&self.id);
+    }
+}
 
 /// A domain's limit on rotations at once, which may change while rotations run.
 #[derive(Clone)]

@@ -550,11 +550,11 @@ impl FollowCopy {
             }
             Ok(())
         })?;
-        self.store_keys(&contents, now_secs, Keys::WithHeld)?;
         self.check_signed_head(
             contents.manifest.signed_tree_head.as_deref(),
             contents.sealed.log_key.as_deref(),
         )?;
+        self.store_keys(&contents, now_secs, Keys::WithHeld)?;
         let added = contents.manifest.record_count;
         if added > 0 {
             self.append(&chunks, after)?;
@@ -577,25 +577,19 @@ impl FollowCopy {
         Ok(added)
     }
 
-    /// Refuses a signed tree head that does not verify with the log's key the copy holds,
-    /// before anything of the increment is kept: an auditor's copy must not keep a head
-    /// it would only find wrong when restored.
+    /// Refuses a signed tree head that does not verify with the log's key the copy holds
+    /// (the one sent, for a copy that holds none yet), before anything of the increment is
+    /// kept, keys included: an auditor's copy must not keep a head it would only find wrong
+    /// when restored, nor take a new key to fit one.
     fn check_signed_head(
         &self,
         note: Option<&str>,
         sent: Option<&[u8]>,
     ) -> Result<(), BackupError> {
         let Some(note) = note else { return Ok(()) };
-        let kept;
-        let key = match sent {
-            Some(k) => k,
-            None => {
-                kept = read_key_file(&keys_dir(&self.dir).join(LOG_KEY))?;
-                match kept.as_deref() {
-                    Some(k) => k,
-                    None => return Ok(()),
-                }
-            }
+        let kept = read_key_file(&keys_dir(&self.dir).join(LOG_KEY))?;
+        let Some(key) = kept.as_deref().or(sent) else {
+            return Ok(());
         };
         let public = crate::notary::key::public_key_in(key)
             .map_err(|e| refused("log key", e.to_string()))?;
@@ -1073,7 +1067,7 @@ mod tests {
         };
         let other = idledger_replay::tree::LogSigningKey::from_seed(key.public().name(), &[7; 32])
             .expect("a key");
-        let increment = |from: u64, note: String| {
+        let increment = |from: u64, note: String, log_key: Option<Vec<u8>>| {
             let mut out = Vec::new();
             let mut w = match from {
                 1 => BackupWriter::new(&mut out),
@@ -1085,21 +1079,47 @@ mod tests {
             }
             let sealed = SealedFiles {
                 keystore: Some(keystore_of(&[("check", "c")])),
-                log_key: Some(key_file.clone()),
+                log_key: Some(log_key.unwrap_or_else(|| key_file.clone())),
             };
             w.finish(&sealed, None, Some(note)).expect("finishes");
             out
         };
         let copy_dir = tmp.path().join("copy");
         let mut copy = FollowCopy::open(&copy_dir, SEGMENT).expect("opens");
-        copy.take(increment(1, head(&key)).as_slice(), 10, 100)
+        copy.take(increment(1, head(&key), None).as_slice(), 10, 100)
             .expect("taken");
         let kept = std::fs::read_to_string(copy_dir.join(SIGNED_TREE_HEAD)).expect("kept");
         assert_eq!(kept, head(&key));
+        let keys_before = std::fs::read(keys_dir(&copy_dir).join(LOG_KEY)).expect("kept");
         let err = copy
-            .take(increment(6, head(&other)).as_slice(), 10, 101)
+            .take(increment(6, head(&other), None).as_slice(), 10, 101)
             .expect_err("a head of another key taken");
         assert!(err.to_string().contains("does not verify"), "{err}");
+        drop(copy);
+        // Nor with another key sent along to fit it.
+        let mut copy = FollowCopy::open(&copy_dir, SEGMENT).expect("opens");
+        let other_file = format!(
+            "idledger log key v1\n{}\n{}\n",
+            other.public(),
+            String::from_utf8(key_file.clone())
+                .expect("text")
+                .lines()
+                .nth(2)
+                .expect("sealed")
+        );
+        let err = copy
+            .take(
+                increment(6, head(&other), Some(other_file.into_bytes())).as_slice(),
+                10,
+                101,
+            )
+            .expect_err("a head of another key, sent with it, taken");
+        assert!(err.to_string().contains("does not verify"), "{err}");
+        assert_eq!(
+            std::fs::read(keys_dir(&copy_dir).join(LOG_KEY)).expect("kept"),
+            keys_before,
+            "the log key was replaced"
+        );
         drop(copy);
         let copy = FollowCopy::open(&copy_dir, SEGMENT).expect("opens");
         assert_eq!(copy.verifier.last_position(), 5, "nothing of it kept");

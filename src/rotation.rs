@@ -966,15 +966,14 @@ impl Limit {
     fn resize(&self, from: u32, to: u32) {
         use std::sync::atomic::Ordering;
         if to > from {
-            let mut more = (to - from) as usize;
-            let _ = self
+            let more = (to - from) as usize;
+            let owed = self
                 .owed
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                    let forgiven = n.min((to - from) as usize);
-                    more = (to - from) as usize - forgiven;
-                    Some(n - forgiven)
-                });
-            self.semaphore.add_permits(more);
+                    Some(n - n.min(more))
+                })
+                .unwrap_or_default();
+            self.semaphore.add_permits(more - owed.min(more));
         } else if to < from {
             let fewer = (from - to) as usize;
             let owed = fewer - self.semaphore.forget_permits(fewer);

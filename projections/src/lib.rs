@@ -149,6 +149,28 @@ impl Projections {
     }
 }
 
+/// A test's envelope: `event` at `position` of `stream`, with nothing else to it.
+#[cfg(test)]
+pub(crate) fn test_envelope(
+    position: u64,
+    stream: idledger_domain::StreamId,
+    event: idledger_domain::Event,
+) -> idledger_domain::Envelope {
+    idledger_domain::Envelope {
+        position,
+        stream,
+        version: position,
+        recorded_at: DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default(),
+        event_id: uuid::Uuid::from_u128(u128::from(position)),
+        actor: idledger_domain::Actor::System,
+        correlation_id: None,
+        causation_id: None,
+        event,
+        prev_hash: idledger_domain::Hash::ZERO,
+        hash: idledger_domain::Hash::ZERO,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

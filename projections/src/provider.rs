@@ -223,19 +223,7 @@ mod tests {
     use idledger_domain::{DataKeyId, StreamId};
 
     fn env(position: u64, event: Event) -> Envelope {
-        Envelope {
-            position,
-            stream: StreamId::provider(),
-            version: position,
-            recorded_at: DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default(),
-            event_id: uuid::Uuid::from_u128(u128::from(position)),
-            actor: idledger_domain::Actor::System,
-            correlation_id: None,
-            causation_id: None,
-            event,
-            prev_hash: Hash::ZERO,
-            hash: Hash::ZERO,
-        }
+        crate::test_envelope(position, StreamId::provider(), event)
     }
 
     #[test]

@@ -268,19 +268,7 @@ mod tests {
     use idledger_domain::{Factor, StreamId};
 
     fn env(position: u64, user: UserId, event: Event) -> Envelope {
-        Envelope {
-            position,
-            stream: StreamId::user(user),
-            version: position,
-            recorded_at: DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default(),
-            event_id: uuid::Uuid::from_u128(u128::from(position)),
-            actor: idledger_domain::Actor::System,
-            correlation_id: None,
-            causation_id: None,
-            event,
-            prev_hash: Hash::ZERO,
-            hash: Hash::ZERO,
-        }
+        crate::test_envelope(position, StreamId::user(user), event)
     }
 
     /// Pages judge locks from this fold (the Entra step is refused here): an admin's

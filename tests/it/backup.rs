@@ -340,7 +340,7 @@ async fn a_restored_data_dir_answers_as_the_original_did() {
 }
 
 /// Rotates `user`'s password and waits until the rotation succeeded.
-async fn rotated(serve: &Serve, user: &str) {
+pub(crate) async fn rotated(serve: &Serve, user: &str) {
     serve
         .call(Method::POST, &format!("/v1/users/{user}/rotate"), None)
         .await;

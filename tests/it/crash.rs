@@ -214,11 +214,7 @@ pub(crate) async fn user_with_key(serve: &Serve, sim: &str, external: &str) -> S
 async fn crash_during_rotation(crash: RotationCrash) {
     use reqwest::Method;
     use serde_json::json;
-    let tenant = graphsim::load_tenant(
-        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/tenants/contoso.json"),
-    )
-    .unwrap();
-    let (sim, _sim) = graphsim::spawn(tenant, graphsim::SimConfig::default())
+    let (sim, _sim) = graphsim::spawn(contoso(), graphsim::SimConfig::default())
         .await
         .unwrap();
     let external = "c0a80000-0000-4000-8000-000000000003";
@@ -342,12 +338,7 @@ async fn crash_during_rotation(crash: RotationCrash) {
 /// the device before the PATCH that sets the password leaves for Graph.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_password_is_on_the_device_before_graph_sees_it_in_either_durability() {
-    use reqwest::Method;
-    let tenant = graphsim::load_tenant(
-        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/tenants/contoso.json"),
-    )
-    .unwrap();
-    let (sim, _sim) = graphsim::spawn(tenant, graphsim::SimConfig::default())
+    let (sim, _sim) = graphsim::spawn(contoso(), graphsim::SimConfig::default())
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -369,24 +360,7 @@ async fn a_new_password_is_on_the_device_before_graph_sees_it_in_either_durabili
     let mut serve =
         Serve::start_under(&strace, &data, None, &[("IDLEDGER_DURABILITY", "process")]).await;
     let user = user_with_key(&serve, &sim, "c0a80000-0000-4000-8000-000000000003").await;
-    serve
-        .call(Method::POST, &format!("/v1/users/{user}/rotate"), None)
-        .await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let h = serve
-            .call(
-                Method::GET,
-                &format!("/v1/users/{user}/password-history"),
-                None,
-            )
-            .await;
-        if h["items"][0]["outcome"] == "succeeded" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{h}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    crate::backup::rotated(&serve, &user).await;
     serve.stop_group();
     let trace = std::fs::read_to_string(&trace).unwrap();
     let lines: Vec<&str> = trace.lines().collect();

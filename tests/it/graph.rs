@@ -1,8 +1,8 @@
 //! The Graph client against a real graphsim on loopback.
 
-use crate::support::{ext as user, idledger, APP, SYNC, TENANT};
+use crate::support::{contoso, ext as user, idledger, APP, SYNC, TENANT};
 use graphsim::state::Sim;
-use graphsim::{load_tenant, SimConfig};
+use graphsim::SimConfig;
 use idledger::graph::{
     GraphClient, GraphError, GraphSettings, GraphTrust, RetryPolicy, Secret, UserChange,
     USER_SELECT,
@@ -12,13 +12,6 @@ use std::time::{Duration, Instant};
 
 const READONLY_APP: &str = "22222222-3333-4444-8555-666666666666";
 const ROTATION: &str = "a1b2c3d4-0000-4000-8000-000000000002";
-
-fn contoso() -> graphsim::Directory {
-    load_tenant(
-        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/tenants/contoso.json"),
-    )
-    .unwrap()
-}
 
 async fn sim(page_size: usize) -> (String, Sim) {
     graphsim::spawn(

@@ -1482,7 +1482,8 @@ async fn a_sign_in_ends_the_session_the_browser_held() {
     let (s, _, _) = copy.get(&me).await;
     assert_eq!(s, StatusCode::OK, "the copy stands while the session does");
     // The browser signs in again (as when an app asks for a fresh sign-in), sending the
-    // session it holds along.
+    // session it holds along (from the ceremony on: `/signin` itself sends a browser with
+    // a live session to its page, which is why `passkey_sign_in_with` does not serve here).
     let mut v = Visitor::new();
     let (_, page, _) = v.get(&format!("{}/signin", w.app.public)).await;
     let csrf = csrf_of(&page);

@@ -11,8 +11,8 @@ pub use app::{spawn_app, spawn_app_tuned, spawn_app_with, App};
 pub use browser::Browser;
 pub use serve::Serve;
 pub use world::{
-    client_trusting, domain_body, ext, sim, sim_of_tenant, tls_sim, tls_sim_with, tls_world, world,
-    world_in, World, APP, SECRET, SYNC, TENANT,
+    client_trusting, contoso, domain_body, ext, sim, sim_of_tenant, tls_sim, tls_sim_with,
+    tls_world, world, world_in, World, APP, SECRET, SYNC, TENANT,
 };
 
 use idledger::store::{AppendRequest, EventLog, ExpectedVersion};

@@ -26,7 +26,8 @@ pub struct World {
     pub domain: String,
 }
 
-fn contoso() -> graphsim::Directory {
+/// The contoso fixture tenant.
+pub fn contoso() -> graphsim::Directory {
     load_tenant(
         &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/tenants/contoso.json"),
     )

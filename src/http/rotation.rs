@@ -465,9 +465,15 @@ pub async fn recent(
 /// recorded before the answer leaves.
 pub async fn key_writes(
     State(s): State<AppState>,
+    method: axum::http::Method,
     who: Principal,
     ApiQuery(q): ApiQuery<AgentQuery>,
 ) -> Result<Json<Page<KeyWrite>>, ApiError> {
+    // Axum answers HEAD with the GET handler and drops the body: the deliveries would be
+    // recorded and the writes leased while no agent ever got the passwords.
+    if method == axum::http::Method::HEAD {
+        return Err(ApiError::MethodNotAllowed);
+    }
     let lease = chrono::Duration::from_std(s.agent_lease).unwrap_or(chrono::Duration::MAX);
     let (writes, mut more) = {
         let p = s.engine.projector.read();

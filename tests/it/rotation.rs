@@ -780,6 +780,31 @@ async fn racing_polls_of_one_agent_hand_each_write_out_once() {
     assert_eq!(w.deliveries(&id).await, 1);
 }
 
+/// A HEAD of the key writes would record deliveries whose answer (and passwords) the
+/// server then drops: the writes would sit leased, as if handed out, though no agent
+/// has them.
+#[tokio::test]
+async fn a_head_of_the_key_writes_hands_nothing_out() {
+    let w = rotating_world(json!({})).await;
+    let id = w.assign_key(5, "K-0005").await;
+    w.rotate(&id).await;
+    w.rotations_settled(&id, 1).await;
+    let agent = w.app.token("agent", &["K-0005"]).await;
+    let head = w.head().await;
+    let (s, _) = w
+        .app
+        .call(Some(&agent), Method::HEAD, "/v1/agent/key-writes", None)
+        .await;
+    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(w.head().await, head, "nothing recorded");
+    assert_eq!(w.deliveries(&id).await, 0);
+    assert_eq!(
+        w.agent_writes(&agent).await.len(),
+        1,
+        "still owed, not leased"
+    );
+}
+
 /// A write handed out again after its lease (to a second agent of the key) is answered by
 /// that delivery: the first agent's late "failed" is stale and refused, the second's
 /// "written" counts.

@@ -1193,7 +1193,13 @@ async fn entra_callback(
             failed(failure.message())
         }
         Err(EntraStepFailure::Proven(failure)) => {
-            let message = failure.message();
+            // Recorded as the mismatch it is, but told in the words a name no one has
+            // gets: "someone else" would tell any colleague that the typed name is a user
+            // who may sign in this way.
+            let message = match failure {
+                SignInFailure::EntraUserMismatch => cannot_use_entra().message,
+                _ => failure.message().to_owned(),
+            };
             let recorded = decide(
                 &ctx,
                 user,
@@ -1206,11 +1212,11 @@ async fn entra_callback(
             .await;
             let message = match recorded.as_deref() {
                 Ok(events) if events.iter().any(|e| e.kind() == "SignInLocked") => {
-                    SignInFailure::Locked.message()
+                    SignInFailure::Locked.message().to_owned()
                 }
                 _ => message,
             };
-            failed(message)
+            failed(&message)
         }
     }
 }

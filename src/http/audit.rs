@@ -420,6 +420,17 @@ pub struct ExportCheckSchema(serde_json::Value);
 /// A directory of this process's own, removed when dropped.
 struct Scratch(std::path::PathBuf);
 
+impl Scratch {
+    /// A new directory under `parent` that only this user can enter: an upload holds
+    /// people's names and sign-ins, and the system's temporary directory is everyone's.
+    fn create(parent: &std::path::Path) -> std::io::Result<Scratch> {
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = parent.join(format!("idledger-verify-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        Ok(Scratch(dir))
+    }
+}
+
 impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
@@ -448,8 +459,7 @@ pub async fn verify_upload(
     let temp = std::env::temp_dir();
     // Room for all it declares first, and then as it arrives.
     room_for(&temp, &s.data_dir, declared.unwrap_or(0))?;
-    let scratch = Scratch(temp.join(format!("idledger-verify-{}", uuid::Uuid::new_v4().simple())));
-    std::fs::create_dir(&scratch.0).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let scratch = Scratch::create(&temp).map_err(|e| ApiError::Internal(e.to_string()))?;
     let mut stream = body.into_data_stream();
     let mut head = Vec::new();
     let mut rest = Vec::new();
@@ -530,4 +540,21 @@ pub async fn verify_upload(
     .await?
     .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
     Ok(Json(report).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Scratch;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn an_uploads_scratch_directory_is_private_and_goes_when_dropped() {
+        let parent = tempfile::tempdir().unwrap();
+        let scratch = Scratch::create(parent.path()).unwrap();
+        let mode = std::fs::metadata(&scratch.0).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "mode {mode:o}");
+        let dir = scratch.0.clone();
+        drop(scratch);
+        assert!(!dir.exists());
+    }
 }

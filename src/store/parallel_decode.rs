@@ -93,11 +93,27 @@ pub struct ParallelMap<T, E> {
     failure: Option<E>,
     done: bool,
     lost: fn(&'static str) -> E,
+    /// The stream reader's thread, joined on drop.
+    scanner: Option<std::thread::JoinHandle<()>>,
+}
+
+impl<T, E> Drop for ParallelMap<T, E> {
+    /// Waits for the stream reader to let go of what it reads from: a consumer that stops
+    /// early may open the same store at once (sled allows one opening of a store at a
+    /// time, even in one process). With the results gone the workers stop at their next
+    /// hand-off, and then the reader at its next.
+    fn drop(&mut self) {
+        self.outputs.clear();
+        self.returns.clear();
+        if let Some(scanner) = self.scanner.take() {
+            let _ = scanner.join();
+        }
+    }
 }
 
 /// Runs `read` on its own thread and `work` over every record on `workers` threads.
 /// `lost` makes the error for a thread that stopped without saying why. Dropping the
-/// result stops the threads at their next hand-off.
+/// result stops the threads at their next hand-off, and returns once `read` has.
 pub fn parallel_map<T, E>(
     read: Reader<E>,
     work: impl Fn(u64, &[u8]) -> T + Send + Sync + 'static,
@@ -139,6 +155,7 @@ where
         .spawn(move || deal(read, inputs, spare_rx, lost));
     let done = outputs.is_empty() || spawned.is_err();
     ParallelMap {
+        scanner: spawned.ok(),
         outputs,
         returns,
         next: 0,
@@ -333,5 +350,31 @@ mod tests {
         let mut it = parallel_map(numbers(u64::MAX - 1, None), decode, 2, lost);
         assert_eq!(it.next(), Some(Ok((1, 1))));
         drop(it);
+    }
+
+    /// What a reader holds (a store's lock, say) is let go by the time the map is
+    /// dropped: whoever stopped early may open the same store again at once.
+    #[test]
+    fn a_dropped_map_has_let_go_of_its_reader() {
+        struct Held(Arc<std::sync::atomic::AtomicBool>);
+        impl Drop for Held {
+            fn drop(&mut self) {
+                // Letting go takes a while (sled flushes when a store is dropped).
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                self.0.store(false, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        for _ in 0..5 {
+            let open = Arc::new(std::sync::atomic::AtomicBool::new(true));
+            let held = Held(open.clone());
+            let read: Reader<String> = Box::new(move |f| {
+                let _held = &held;
+                read_numbers(1, 100_000, None, f)
+            });
+            let mut it = parallel_map(read, decode, 2, lost);
+            assert_eq!(it.next(), Some(Ok((1, 1))));
+            drop(it);
+            assert!(!open.load(std::sync::atomic::Ordering::SeqCst));
+        }
     }
 }

@@ -35,19 +35,33 @@ pub struct ExportParams {
     /// `csv` (the default) or `jsonl`.
     #[param(value_type = Option<ExportFormatSchema>)]
     format: Option<ExportFormat>,
-    /// Read the log only up to this position (at most the head): the export's
+    /// Read the log only up to this position (1 to the head): the export's
     /// `x-idledger-log-position`, so that a manifest asked for later describes that very
-    /// file while the log grows. Default: the head when the request comes.
+    /// file while the log grows. Default: the head when the request comes. With `to`,
+    /// the range's end says where the export stops, and this is only checked.
     at_position: Option<u64>,
 }
 
 /// Where an export reads to: `at_position`, or the head now.
-fn read_to(s: &AppState, q: &ExportParams) -> Result<u64, ApiError> {
+///
+/// A closed range (`to`) is read to the head whatever `at_position` says: stopping
+/// before the range's last record would make a file that `verify-export` rightly finds
+/// incomplete, and past its end the export stops by itself.
+async fn read_to(s: &AppState, q: &ExportParams) -> Result<u64, ApiError> {
+    if q.to.is_some() {
+        // A group is stamped when it opens and readable once flushed: records stamped
+        // within the range may still be on their way however long ago it closed.
+        s.engine.log.barrier().await;
+    }
     let head = s.engine.log.head().position;
     match q.at_position {
         Some(p) if p > head => Err(ApiError::BadRequest(format!(
             "at_position: {p} is past the log's head ({head})"
         ))),
+        Some(0) if head > 0 => Err(ApiError::BadRequest(
+            "at_position: 0 reads none of the log; give 1 to the head, or leave it out".into(),
+        )),
+        Some(_) if q.to.is_some() => Ok(head),
         Some(p) => Ok(p),
         None => Ok(head),
     }
@@ -111,7 +125,7 @@ pub async fn export(
     ApiQuery(q): ApiQuery<ExportParams>,
 ) -> Result<impl IntoResponse, ApiError> {
     let (query, format) = query(&kind, &q)?;
-    let head = read_to(&s, &q)?;
+    let head = read_to(&s, &q).await?;
     let place = s.log_stream_place()?;
     let log = s.engine.log.clone();
     let (tx, rx) = tokio::sync::mpsc::channel(4);
@@ -175,7 +189,7 @@ pub async fn export_manifest(
     ApiQuery(q): ApiQuery<ExportParams>,
 ) -> Result<(axum::http::HeaderMap, Json<Manifest>), ApiError> {
     let (query, format) = query(&kind, &q)?;
-    let head = read_to(&s, &q)?;
+    let head = read_to(&s, &q).await?;
     let log = s.engine.log.clone();
     let m = s
         .whole_log_read(move || {

@@ -564,4 +564,50 @@ async fn a_manifest_pinned_to_the_exports_position_describes_that_file_while_the
     let (s, body) = manifest(format!("format=csv&at_position={}", position + 1_000)).await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
     assert!(body.to_string().contains("at_position"), "{body}");
+    // Position 0 reads nothing of a log that holds records: no export of it.
+    let (s, body) = manifest("format=csv&at_position=0".into()).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+}
+
+/// With `to`, the range's end says where the export stops: a position before it cannot
+/// cut the range short (its manifest would fail `verify-export` as incomplete).
+#[tokio::test]
+async fn a_position_cannot_cut_a_closed_range_short() {
+    let app = crate::support::spawn_app().await;
+    for _ in 0..3 {
+        app.token("auditor", &[]).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(5_200)).await;
+    let to = (chrono::Utc::now() - chrono::Duration::seconds(5)).to_rfc3339();
+    let to = urlencoding::encode(&to);
+    let query = format!("format=csv&to={to}&at_position=1");
+    let file = app
+        .admin_get(&format!("/v1/audit/exports/events?{query}"))
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    let manifest: Value = app
+        .admin_get(&format!("/v1/audit/exports/events/manifest?{query}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(manifest["log_position"].as_u64().unwrap() > 1, "{manifest}");
+    let mut upload = serde_json::to_vec(&manifest).unwrap();
+    upload.push(b'\n');
+    upload.extend_from_slice(&file);
+    let report: Value = app
+        .http
+        .post(format!("{}/v1/audit/verify-export", app.url))
+        .bearer_auth(&app.admin)
+        .header("content-type", "application/octet-stream")
+        .body(upload)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(report["ok"], true, "{report}");
 }

@@ -185,6 +185,7 @@ pub async fn export(
 /// The manifest of the same query (the rows are made again and hashed, not kept).
 pub async fn export_manifest(
     State(s): State<AppState>,
+    who: Principal,
     ApiPath(kind): ApiPath<String>,
     ApiQuery(q): ApiQuery<ExportParams>,
 ) -> Result<(axum::http::HeaderMap, Json<Manifest>), ApiError> {
@@ -192,7 +193,7 @@ pub async fn export_manifest(
     let head = read_to(&s, &q).await?;
     let log = s.engine.log.clone();
     let m = s
-        .whole_log_read(move || {
+        .whole_log_read(&who, move || {
             let mut rows = HashedWriter::new(std::io::sink());
             let summary = run_export(
                 records_of_log(&*log),
@@ -456,6 +457,7 @@ impl Drop for Scratch {
 /// chain checked, and the file compared row by row and by its SHA-256.
 pub async fn verify_upload(
     State(s): State<AppState>,
+    who: Principal,
     headers: axum::http::HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -541,18 +543,19 @@ pub async fn verify_upload(
     // history an auditor holds (`head_key: "log"` says so); it still catches a head that
     // is not this log's, or a proof that does not hold.
     let key = s.notary.public_key().clone();
-    let report = AppState::whole_log_read_in(place, move || {
-        let report = crate::audit::verify_export_file(
-            &file,
-            records_of_log(&*log),
-            crate::audit::HeadKey::OfLog(&key),
-            |_| {},
-        );
-        drop(scratch);
-        report
-    })
-    .await?
-    .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
+    let report = s
+        .whole_log_read_in(&who, place, move || {
+            let report = crate::audit::verify_export_file(
+                &file,
+                records_of_log(&*log),
+                crate::audit::HeadKey::OfLog(&key),
+                |_| {},
+            );
+            drop(scratch);
+            report
+        })
+        .await?
+        .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
     Ok(Json(report).into_response())
 }
 

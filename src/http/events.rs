@@ -61,7 +61,7 @@ pub async fn list(
     let (items, last) = if limit <= super::MAX_PAGE {
         read()?
     } else {
-        s.whole_log_read(read).await??
+        s.whole_log_read(&who, read).await??
     };
     // A big page takes a while: a token revoked meanwhile gets none of it.
     who.live(&s)?;

@@ -647,6 +647,7 @@ impl AppState {
     /// refused: its answer would change as the log grows, and a past state does not.
     pub async fn replay_until(
         &self,
+        who: &Principal,
         until: idledger_replay::Until,
     ) -> Result<idledger_projections::Projections, ApiError> {
         let head = self.engine.log.head().position;
@@ -670,7 +671,7 @@ impl AppState {
             _ => {}
         }
         let log = self.engine.log.clone();
-        self.whole_log_read(move || {
+        self.whole_log_read(who, move || {
             idledger_replay::fold(crate::store::envelopes(&*log, 1), until, |_| {})
         })
         .await?
@@ -679,12 +680,15 @@ impl AppState {
 
     /// Runs `work`, a read of the whole log, on a blocking thread, if fewer than
     /// [`WHOLE_LOG_READS`] run; it holds its place until done, even if the request is gone.
+    /// Its result goes only to a caller still live after it: such a read takes a while,
+    /// and a token revoked (or a console session ended) meanwhile gets none of it.
     pub async fn whole_log_read<T: Send + 'static>(
         &self,
+        who: &Principal,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, ApiError> {
         let place = self.whole_log_place()?;
-        Self::whole_log_read_in(place, work).await
+        self.whole_log_read_in(who, place, work).await
     }
 
     /// A place among the [`WHOLE_LOG_READS`], taken before a read's input arrives (an
@@ -707,16 +711,20 @@ impl AppState {
 
     /// [`AppState::whole_log_read`] in a place already taken.
     pub async fn whole_log_read_in<T: Send + 'static>(
+        &self,
+        who: &Principal,
         place: ReadPlace,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, ApiError> {
-        tokio::task::spawn_blocking(move || {
+        let done = tokio::task::spawn_blocking(move || {
             let done = work();
             drop(place);
             done
         })
         .await
-        .map_err(|e| ApiError::Internal(e.to_string()))
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+        who.live(self)?;
+        Ok(done)
     }
 
     /// The command path ([`crate::store::decide_and_append`]) with the API's errors.

@@ -282,6 +282,8 @@ pub async fn start(
     let report = done
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))??;
+    // The report waited on Graph: it goes only to a caller still live.
+    who.live(&s)?;
     let (changes, next) = changes_page(&report.changes, None, limit)?;
     Ok(Json(DryRunReport {
         run_id: report.run_id.0,

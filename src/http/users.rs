@@ -256,13 +256,14 @@ fn point_in_time(
 /// Lists users, in id order, with cursor paging.
 pub async fn list(
     State(s): State<AppState>,
+    who: Principal,
     ApiQuery(q): ApiQuery<UserQuery>,
 ) -> Result<Json<Page<User>>, ApiError> {
     s.reach(q.min_position).await?;
     let status = q.status.map(StatusFilter::status);
     let needle = q.q.as_deref().map(str::to_lowercase);
     let past = match point_in_time(q.at, q.at_position)? {
-        Some(until) => Some(s.replay_until(until).await?),
+        Some(until) => Some(s.replay_until(&who, until).await?),
         None => None,
     };
     let live;
@@ -332,13 +333,14 @@ pub struct OneQuery {
 /// One user.
 pub async fn get_one(
     State(s): State<AppState>,
+    who: Principal,
     IdPath(id): IdPath,
     ApiQuery(q): ApiQuery<OneQuery>,
 ) -> Result<Json<User>, ApiError> {
     s.reach(q.min_position).await?;
     let answer = match point_in_time(q.at, q.at_position)? {
         Some(until) => {
-            let p = s.replay_until(until).await?;
+            let p = s.replay_until(&who, until).await?;
             p.users.get(UserId(id)).map(|u| Json(User::as_in(&p, u)))
         }
         None => {

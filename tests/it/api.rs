@@ -1557,6 +1557,82 @@ async fn revoking_a_token_ends_its_open_streams() {
     assert_eq!(ended, "aborted");
 }
 
+/// An export sent to be checked takes a while to arrive and to check: a token revoked
+/// meanwhile gets no report (it may carry a row of the log).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_of_an_upload_answers_no_token_revoked_while_it_arrived() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = crate::support::spawn_app().await;
+    let auditor = app.token("auditor", &[]).await;
+    let file = app
+        .admin_get("/v1/audit/exports/events?format=jsonl&at_position=2")
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    let (_, manifest) = app
+        .call(
+            Some(&auditor),
+            Method::GET,
+            "/v1/audit/exports/events/manifest?format=jsonl&at_position=2",
+            None,
+        )
+        .await;
+    let mut body = serde_json::to_vec(&manifest).unwrap();
+    body.push(b'\n');
+    body.extend_from_slice(&file);
+    let (_, tokens) = app
+        .call(Some(&app.admin), Method::GET, "/v1/tokens", None)
+        .await;
+    let auditor_id = tokens["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rfind(|t| t["role"] == "auditor")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let upload = |token: String, body: Vec<u8>, revoke: bool| {
+        let app = &app;
+        let auditor_id = auditor_id.clone();
+        async move {
+            let mut conn = tokio::net::TcpStream::connect(app.url.trim_start_matches("http://"))
+                .await
+                .unwrap();
+            let head = format!(
+                "POST /v1/audit/verify-export HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+                 Content-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            conn.write_all(head.as_bytes()).await.unwrap();
+            let half = body.len() / 2;
+            conn.write_all(&body[..half]).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if revoke {
+                let (s, _) = app
+                    .call(
+                        Some(&app.admin),
+                        Method::DELETE,
+                        &format!("/v1/tokens/{auditor_id}"),
+                        None,
+                    )
+                    .await;
+                assert!(s.is_success(), "{s}");
+            }
+            conn.write_all(&body[half..]).await.unwrap();
+            let mut answer = Vec::new();
+            conn.read_to_end(&mut answer).await.unwrap();
+            String::from_utf8_lossy(&answer).into_owned()
+        }
+    };
+    let checked = upload(auditor.clone(), body.clone(), false).await;
+    assert!(checked.starts_with("HTTP/1.1 200"), "{checked}");
+    assert!(checked.contains("\"ok\":true"), "{checked}");
+    let refused = upload(auditor, body, true).await;
+    assert!(refused.starts_with("HTTP/1.1 401"), "{refused}");
+}
+
 /// A client that stops reading a long response (here an event stream replaying a big
 /// log) is cut off once it has taken nothing for `write_stall_timeout_secs`: its stream
 /// slot comes back, and nothing it holds outlives its token for longer than that.

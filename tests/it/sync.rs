@@ -1190,6 +1190,40 @@ async fn admins_approving_one_quarantine_at_once_apply_it_once() {
     assert_eq!(count("UserDeactivated"), 6, "{kinds:?}");
 }
 
+/// A dry run's report waits on Graph: an admin whose token is revoked meanwhile gets no
+/// report of the directory.
+#[tokio::test]
+async fn a_dry_run_reports_to_no_token_revoked_while_it_ran() {
+    let w = world(json!({})).await;
+    let admin = w.app.token("admin", &[]).await;
+    let (_, tokens) = w.admin(Method::GET, "/v1/tokens", None).await;
+    let id = tokens["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rfind(|t| t["role"] == "admin" && t["name"] == "admin")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    w.sim(
+        Method::POST,
+        "/_sim/faults",
+        Some(json!({"path_prefix": "/v1.0/groups", "delay_ms": 1000, "count": 1})),
+    )
+    .await;
+    let path = format!("/v1/domains/{}/sync?dry_run=true", w.domain);
+    let dry = w.app.call(Some(&admin), Method::POST, &path, None);
+    let revoke = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        w.admin(Method::DELETE, &format!("/v1/tokens/{id}"), None)
+            .await
+    };
+    let ((s, body), (revoked, _)) = tokio::join!(dry, revoke);
+    assert!(revoked.is_success(), "{revoked}");
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{body}");
+}
+
 #[tokio::test]
 async fn a_dry_run_reports_the_changes_and_appends_only_its_run_record() {
     let w = world(json!({"auto_import": true})).await;

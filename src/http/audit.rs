@@ -253,6 +253,11 @@ pub async fn timeline(
     let wanted = super::page_limit(q.limit)?;
     let (events, next) = match q.order.unwrap_or_default() {
         super::Order::Oldest => {
+            if q.after.is_some_and(|a| a > version) {
+                return Err(ApiError::BadRequest(
+                    "after: no such event in this user's timeline".into(),
+                ));
+            }
             let from = q.after.unwrap_or(0).saturating_add(1);
             let events = s
                 .engine

@@ -375,8 +375,17 @@ pub async fn events(
     }
     s.reach(q.min_position).await?;
     let stream = StreamId::user(UserId(id));
-    if s.engine.log.stream_version(&stream) == 0 {
+    let version = s.engine.log.stream_version(&stream);
+    if version == 0 {
         return Err(ApiError::NotFound("user".into()));
+    }
+    // Past the next version to come the cursor names nothing a page gave out.
+    if q.from_version
+        .is_some_and(|v| v > version.saturating_add(1))
+    {
+        return Err(ApiError::BadRequest(format!(
+            "from_version: the user's events end at version {version}"
+        )));
     }
     let from = q.from_version.unwrap_or(1).max(1);
     let envs = s.engine.log.read_stream(&stream, from, limit + 1)?;

@@ -673,6 +673,10 @@ impl SyncService {
         actor: &Actor,
     ) -> Result<u64, SyncError> {
         let engine = &self.inner.engine;
+        // Made-up ids leave nothing behind (each domain's lock is kept for good).
+        if engine.projector.read().domains.get(domain).is_none() {
+            return Err(Rejection::NotFound("sync run").into());
+        }
         // Not while a run of the domain is going: a held run records its list before its
         // leavers, and an approval in between would find them still in the group.
         // The lock also keeps two approvals of one domain apart.

@@ -2103,15 +2103,28 @@ async fn candidates_runs_outcomes_domains_and_timelines_page() {
     }
     // A cursor past the user's story names nothing: refused, not a walk of empty pages.
     let events = whole["items"].as_array().unwrap().len();
-    for after in [events + 2, 1_000_000] {
-        let (s, body) = w
-            .admin(
-                Method::GET,
-                &format!("/v1/users/{user}/timeline?order=newest&after={after}"),
-                None,
-            )
-            .await;
-        assert_eq!(s, StatusCode::BAD_REQUEST, "{after}: {body}");
+    for path in [
+        format!(
+            "/v1/users/{user}/timeline?order=newest&after={}",
+            events + 2
+        ),
+        format!("/v1/users/{user}/timeline?order=newest&after=1000000"),
+        format!("/v1/users/{user}/timeline?after={}", events + 1),
+        format!("/v1/users/{user}/timeline?after=1000000"),
+        format!("/v1/users/{user}/events?from_version={}", events + 2),
+        format!("/v1/users/{user}/events?from_version=1000000"),
+    ] {
+        let (s, body) = w.admin(Method::GET, &path, None).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{path}: {body}");
+    }
+    // At the end of the story a cursor is the place to wait for more.
+    for path in [
+        format!("/v1/users/{user}/timeline?after={events}"),
+        format!("/v1/users/{user}/events?from_version={}", events + 1),
+    ] {
+        let (s, body) = w.admin(Method::GET, &path, None).await;
+        assert_eq!(s, StatusCode::OK, "{path}: {body}");
+        assert_eq!(body["items"], json!([]), "{path}");
     }
     let (s, body) = w
         .admin(

@@ -91,8 +91,8 @@ pub fn locked(s: &SignInState, factor: Factor, now: DateTime<Utc>) -> bool {
 /// the tenant can type a colleague's name and sign in at Entra as itself. Nor an ID token
 /// that does not validate: the password was checked (and guesses throttled) at Entra, and
 /// whoever starts a sign-in holds its authorize URL and can spoil its nonce, so counting
-/// it would let any colleague lock a user out. A passkey whose counter went back did
-/// sign, and counts.
+/// it would let any colleague lock a user out. Nor a code used already: it matched, so it
+/// was typed twice, not guessed. A passkey whose counter went back did sign, and counts.
 pub fn counts_towards_lock(reason: &SignInFailure) -> bool {
     !matches!(
         reason,
@@ -101,6 +101,7 @@ pub fn counts_towards_lock(reason: &SignInFailure) -> bool {
             | SignInFailure::SsoOff
             | SignInFailure::MethodNotAllowed
             | SignInFailure::NotEnrolled
+            | SignInFailure::ReusedCode
             | SignInFailure::BadCredential(_)
             | SignInFailure::UnknownCredential
             | SignInFailure::EntraUserMismatch
@@ -1071,6 +1072,44 @@ mod tests {
         assert_eq!(
             failure(&attempt(&s, proof(), now + Duration::seconds(5))),
             Some(SignInFailure::ReusedCode)
+        );
+    }
+
+    /// A code typed twice (a double submit, an autofill retry) is no guess: it matched.
+    #[test]
+    fn a_code_used_again_counts_towards_no_lock() {
+        let s = signed_up(SsoMethod::PasswordAndSecondFactor);
+        let seed = vec![3u8; 20];
+        let now = t0();
+        let code_at = |t: chrono::DateTime<chrono::Utc>| {
+            format!(
+                "{:06}",
+                crate::totp::code(&seed, crate::totp::step_at(t.timestamp()))
+            )
+        };
+        let proof = |code: String| Proof::EntraThenTotp {
+            code,
+            seed: seed.clone(),
+        };
+        let ok = attempt(&s, proof(code_at(now)), now);
+        let mut s = apply(s, &ok);
+        for n in 1..=8 {
+            let again = attempt(&s, proof(code_at(now)), now + Duration::seconds(n));
+            // Recorded once a minute (see `decide`), then only answered.
+            if n == 1 {
+                assert_eq!(failure(&again), Some(SignInFailure::ReusedCode));
+            }
+            assert!(
+                !again.iter().any(|e| matches!(e, Event::SignInLocked(_))),
+                "{again:?}"
+            );
+            s = apply(s, &again);
+        }
+        let later = now + Duration::seconds(31);
+        let next = attempt(&s, proof(code_at(later)), later);
+        assert!(
+            matches!(next.first(), Some(Event::SignInSucceeded(_))),
+            "{next:?}"
         );
     }
 

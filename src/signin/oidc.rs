@@ -676,8 +676,10 @@ async fn authorize(
     if q.request_uri.is_some() {
         return fail("request_uri_not_supported", "request_uri is not supported");
     }
-    if q.response_type.as_deref() != Some("code") {
-        return fail("unsupported_response_type", "only response_type=code");
+    match q.response_type.as_deref() {
+        Some("code") => {}
+        None => return fail("invalid_request", "response_type is required"),
+        Some(_) => return fail("unsupported_response_type", "only response_type=code"),
     }
     if q.response_mode.as_deref().is_some_and(|m| m != "query") {
         return fail("invalid_request", "only response_mode=query");

@@ -1465,6 +1465,21 @@ async fn malformed_and_oversized_requests_are_answered_without_being_kept() {
         assert_eq!(get(&q, "iss"), Some(w.app.public.as_str()), "{extra:.40}");
         assert!(!fresh.holds_cookies(), "no flow was kept: {extra:.40}");
     }
+    // A response type left out is a missing parameter; one given that is not `code` is
+    // unsupported (RFC 6749 §4.1.2.1).
+    for (response_type, error) in [
+        ("", "invalid_request"),
+        ("&response_type=token", "unsupported_response_type"),
+    ] {
+        let url = format!(
+            "{}/authorize?client_id={client_id}&redirect_uri={REDIRECT}&scope=openid&state=rt{response_type}",
+            w.app.public
+        );
+        let (s, _, q) = authorize(&mut Visitor::new(), &url).await;
+        assert_eq!(s, StatusCode::SEE_OTHER, "{response_type}");
+        assert_eq!(get(&q, "error"), Some(error), "{response_type}");
+        assert_eq!(get(&q, "state"), Some("rt"));
+    }
     // Who to answer is unclear: the page, never a redirect.
     let (s, location, _) = authorize(
         &mut Visitor::new(),

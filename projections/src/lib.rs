@@ -677,6 +677,37 @@ mod tests {
         assert!(revoked.tokens.none_live());
     }
 
+    /// A removed passkey or authenticator app ends the apps' tokens issued before it (their
+    /// refresh families end with it): the lost device keeps no access either.
+    #[test]
+    fn a_removed_sign_in_device_withdraws_the_apps_tokens_issued_before_it() {
+        let mut events = a_user_with_a_key();
+        let before = folded(&on(&StreamId::user(user()), 0, events.clone()));
+        assert_eq!(
+            before
+                .users
+                .get(user())
+                .unwrap()
+                .app_tokens_withdrawn_position,
+            0
+        );
+        for removed in [
+            Event::from(PasskeyRemoved {
+                credential_id: "AAAA".into(),
+            }),
+            TotpRemoved {}.into(),
+        ] {
+            events.push(removed);
+            let log = on(&StreamId::user(user()), 0, events.clone());
+            let u = folded(&log).users.get(user()).unwrap().clone();
+            assert_eq!(u.app_tokens_withdrawn_position, log.len() as u64);
+            assert_eq!(
+                u.sign_in_withdrawn_position, 0,
+                "sessions are not its business"
+            );
+        }
+    }
+
     /// A revoked grant is remembered while access tokens naming it can live, then dropped
     /// by a later revocation's fold (log time), so the list stays short.
     #[test]

@@ -116,6 +116,11 @@ pub struct UserView {
     /// (deactivation, deletion, an SSO override): a session opened before it has ended,
     /// even once the user may sign in again.
     pub sign_in_withdrawn_position: u64,
+    /// Position of the last passkey or authenticator app removed: it ended every refresh
+    /// family of the user's apps (which device a family's sign-in used is not kept), and
+    /// the access tokens issued before it go with them.
+    #[serde(skip)]
+    pub app_tokens_withdrawn_position: u64,
 }
 
 impl UserView {
@@ -383,6 +388,7 @@ impl Users {
                 version: env.version,
                 last_position: env.position,
                 sign_in_withdrawn_position: 0,
+                app_tokens_withdrawn_position: 0,
             };
             self.by_external
                 .insert((e.domain_id, e.external_id.clone()), id);
@@ -444,6 +450,9 @@ impl Users {
                 if let Some(k) = &u.key_id {
                     unindex_under(&mut self.by_key, k, id);
                 }
+            }
+            Event::PasskeyRemoved(_) | Event::TotpRemoved(_) => {
+                u.app_tokens_withdrawn_position = env.position;
             }
             Event::RotationGroupJoined(_) => u.in_rotation_group = true,
             Event::RotationGroupLeft(_) => u.in_rotation_group = false,

@@ -1734,6 +1734,11 @@ async fn userinfo(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
     if issued_position < u.sign_in_withdrawn_position {
         return unauthorized("the user's sign-in was taken away after this token was issued");
     }
+    if issued_position < u.app_tokens_withdrawn_position {
+        return unauthorized(
+            "a passkey or authenticator app was removed after this token was issued",
+        );
+    }
     let has = |s: &str| scope.split(' ').any(|x| x == s);
     Json(UserInfo {
         sub: user.to_string(),

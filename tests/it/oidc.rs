@@ -1643,6 +1643,109 @@ async fn a_code_replayed_after_its_life_still_ends_what_it_gave() {
     assert_eq!(refusals().await, before);
 }
 
+/// A passkey removed (a lost laptop) ends what apps were given before: refreshes, and the
+/// access tokens too, at userinfo; tokens issued after it live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_passkey_ends_the_apps_tokens_issued_before() {
+    let (w, adele, _) = signin_world().await;
+    let SignedInWithApp {
+        mut browser,
+        client_id,
+        secret,
+        key,
+        ..
+    } = signed_in_with_app(&w, &adele).await;
+    let raw = reqwest::Client::new();
+    let token_url = format!("{}/token", w.app.public);
+    let userinfo = format!("{}/userinfo", w.app.public);
+    let info = async |access: &Value| {
+        raw.get(&userinfo)
+            .bearer_auth(access.as_str().unwrap())
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    let code = code_for(
+        &mut browser,
+        &w.app.public,
+        &client_id,
+        "openid%20offline_access",
+        "before",
+    )
+    .await;
+    let r = exchange(&raw, &token_url, (&client_id, &secret), &code)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let before: Value = r.json().await.unwrap();
+    assert_eq!(info(&before["access_token"]).await, StatusCode::OK);
+
+    // A second passkey on her page, then the first one removed.
+    let me = format!("{}/me", w.app.public);
+    let (_, page, _) = browser.get(&me).await;
+    let (s, options) = browser
+        .post_json(
+            &format!("{me}/passkeys/options"),
+            &csrf_of(&page),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{options}");
+    let mut second = SoftKey::new();
+    let credential = second.register(&options, &w.app.public);
+    let (s, b) = browser
+        .post_json(
+            &format!("{me}/passkeys"),
+            &csrf_of(&page),
+            json!({"credential": credential}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (_, page, _) = browser.get(&me).await;
+    let session_csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap()
+        .to_owned();
+    use base64::Engine;
+    let lost = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&key.credential);
+    let (s, page, _) = browser
+        .post_form(
+            &format!("{me}/passkeys/{lost}/remove"),
+            &[("csrf", &session_csrf)],
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{page}");
+
+    assert_eq!(
+        info(&before["access_token"]).await,
+        StatusCode::UNAUTHORIZED
+    );
+    let refreshed = refresh_with(
+        &raw,
+        &token_url,
+        (&client_id, &secret),
+        before["refresh_token"].as_str().unwrap(),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(refreshed.status(), StatusCode::BAD_REQUEST);
+    // Her session here stands (she removed it herself), and what it gives now works.
+    let code = code_for(&mut browser, &w.app.public, &client_id, "openid", "after").await;
+    let after: Value = exchange(&raw, &token_url, (&client_id, &secret), &code)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info(&after["access_token"]).await, StatusCode::OK);
+}
+
 /// A reused code or refresh token revokes what was issued from it (RFC 6749 §4.1.2,
 /// §10.4): the access tokens too, at userinfo, with or without a refresh family; the
 /// tokens of another exchange live on.

@@ -74,7 +74,12 @@ impl Visitor {
         self.send(req).await
     }
 
-    async fn post_json(&mut self, url: &str, csrf: &str, body: Value) -> (StatusCode, Value) {
+    pub(crate) async fn post_json(
+        &mut self,
+        url: &str,
+        csrf: &str,
+        body: Value,
+    ) -> (StatusCode, Value) {
         let req = self.http.post(url).header("x-csrf-token", csrf).json(&body);
         let (s, text, _) = self.send(req).await;
         (

@@ -341,6 +341,18 @@ impl GraphClient {
         for cert in trust.extra_roots.iter() {
             http = http.add_root_certificate(cert.clone());
         }
+        // Plain http is allowed to loopback only, because nothing sent there leaves the
+        // machine; a proxy would carry the secret and tokens off it in clear (reqwest
+        // also proxies http by HTTP_PROXY and ALL_PROXY, loopback included).
+        let plain = [&settings.graph_url, &settings.authority_url]
+            .iter()
+            .any(|u| {
+                u.get(..7)
+                    .is_some_and(|s| s.eq_ignore_ascii_case("http://"))
+            });
+        if plain {
+            http = http.no_proxy();
+        }
         let http = http
             .build()
             .map_err(|e| GraphError::Decode(e.to_string()))?;

@@ -2511,3 +2511,31 @@ async fn approval_keeps_to_the_behaviour_held_under_and_every_quarantine_waits()
     let (_, d) = w.admin(Method::GET, &domain, None).await;
     assert_eq!(d["quarantined_run"], Value::Null, "{d}");
 }
+
+/// Plain http is allowed only to loopback, where nothing leaves the machine: a proxy set
+/// in the environment (for the way out to the real Graph) must not receive the client
+/// secret or tokens sent there in clear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_from_the_environment_gets_nothing_meant_for_loopback() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_url = format!("http://{}", proxy.local_addr().unwrap());
+    let reached = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = reached.clone();
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = proxy.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            drop(conn);
+        }
+    });
+    let (sim, _sim, _dir, data) = crate::crash::contoso_and_data_dir().await;
+    let env = [
+        ("HTTP_PROXY", proxy_url.as_str()),
+        ("http_proxy", proxy_url.as_str()),
+        ("ALL_PROXY", proxy_url.as_str()),
+        ("all_proxy", proxy_url.as_str()),
+    ];
+    let serve = Serve::start_with(&data, None, &env).await;
+    crate::crash::user_with_key(&serve, &sim, &ext(2)).await;
+    assert_eq!(reached.load(Ordering::SeqCst), 0);
+}

@@ -62,6 +62,10 @@ pub struct CredentialsView {
     /// The sealed client secret.
     #[serde(skip)]
     pub client_secret: SealedSecret,
+    /// The Graph and authority URLs in force when they were saved: the only ones the
+    /// secret may go to.
+    #[serde(skip)]
+    pub saved_for: (String, String),
 }
 
 /// One domain.
@@ -139,6 +143,16 @@ pub struct WorkstationCertificateView {
 }
 
 impl DomainView {
+    /// The credentials, when they were saved for the URLs in force. A move of the URLs
+    /// comes with the secret (the domain's `decide` refuses one without), but the two
+    /// events may be folded under separate locks: in between, the old secret is not to
+    /// be paired with the new URLs.
+    pub fn credentials_in_force(&self) -> Option<&CredentialsView> {
+        self.credentials.as_ref().filter(|c| {
+            c.saved_for.0 == self.settings.graph_url && c.saved_for.1 == self.settings.authority_url
+        })
+    }
+
     /// The next run reads everything: there is no delta link to go on from, or the last
     /// full round is `every` old at `now`. Incremental rounds miss what Graph never
     /// reports as a change (a member whose user was not yet readable when the change
@@ -376,6 +390,10 @@ impl Domains {
                     updated_at: at,
                     version: env.version,
                     client_secret: e.client_secret.clone(),
+                    saved_for: (
+                        d.settings.graph_url.clone(),
+                        d.settings.authority_url.clone(),
+                    ),
                 })
             }
             Event::DomainCredentialsRemoved(_) => {

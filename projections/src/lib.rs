@@ -677,6 +677,54 @@ mod tests {
         assert!(revoked.tokens.none_live());
     }
 
+    /// A move of the domain's URLs comes with its secret in one append; folded in two
+    /// steps, the old secret is never in force for the new URLs.
+    #[test]
+    fn credentials_are_in_force_only_for_the_urls_they_were_saved_for() {
+        let domain = DomainId(uuid::Uuid::from_u128(9));
+        let sealed = |b: u8| idledger_domain::SealedSecret {
+            key_id: idledger_domain::DataKeyId(uuid::Uuid::from_u128(3)),
+            nonce: [b; 24],
+            ciphertext: vec![b; 8],
+        };
+        let creds = |b: u8| -> Event {
+            DomainCredentialsSet {
+                tenant_id: "t".into(),
+                client_id: "c".into(),
+                client_secret: sealed(b),
+            }
+            .into()
+        };
+        let mut moved = idledger_domain::DomainSettings::default();
+        moved.graph_url = "https://graph.example.net".into();
+        let log = on(
+            &StreamId::domain(domain),
+            0,
+            vec![
+                DomainRegistered {
+                    domain_id: domain,
+                    name: "contoso.com".into(),
+                    settings: Default::default(),
+                }
+                .into(),
+                creds(1),
+                DomainSettingsChanged { settings: moved }.into(),
+                creds(2),
+            ],
+        );
+        let at = |n: usize| folded(&log[..n]);
+        let saved = at(2);
+        let c = saved.domains.get(domain).unwrap().credentials_in_force();
+        assert_eq!(c.map(|c| c.client_secret.nonce[0]), Some(1));
+        let between = at(3);
+        let d = between.domains.get(domain).unwrap();
+        assert!(d.credentials.is_some());
+        assert!(d.credentials_in_force().is_none());
+        let after = at(4);
+        let c = after.domains.get(domain).unwrap().credentials_in_force();
+        assert_eq!(c.map(|c| c.client_secret.nonce[0]), Some(2));
+    }
+
     /// A removed passkey or authenticator app ends the apps' tokens issued before it (their
     /// refresh families end with it): the lost device keeps no access either.
     #[test]

@@ -213,7 +213,7 @@ impl SyncService {
                 .into_iter()
                 .filter(|d| !d.removed)
                 .filter_map(|d| {
-                    let c = d.credentials.as_ref()?;
+                    let c = d.credentials_in_force()?;
                     let secret = match self
                         .inner
                         .engine
@@ -355,7 +355,7 @@ impl SyncService {
         let wanted: Option<Fingerprint> = {
             let p = self.inner.engine.projector.read();
             p.domains.get(domain).filter(|d| !d.removed).and_then(|d| {
-                let c = d.credentials.as_ref()?;
+                let c = d.credentials_in_force()?;
                 Some((
                     c.version,
                     d.settings.graph_url.clone(),

@@ -407,11 +407,7 @@ impl GraphClient {
         if let Some(t) = cached.as_ref().filter(|t| Instant::now() < t.refresh_at) {
             return Ok(t.token.clone());
         }
-        let url = format!(
-            "{}/{}/oauth2/v2.0/token",
-            trim(&self.settings.authority_url),
-            self.settings.tenant_id
-        );
+        let url = self.authority("/oauth2/v2.0/token");
         let scope = format!("{}/.default", trim(&self.settings.graph_url));
         let form = [
             ("client_id", self.settings.client_id.as_str()),

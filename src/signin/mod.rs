@@ -864,8 +864,14 @@ fn confirmed_seed(
                 "idledger could not store it just now. Try again.",
             )
         })?;
-    ctx.store.with_flow(flow, |f| f.totp_seed = None);
     Ok((sealed, step))
+}
+
+/// The seed set up is the user's app's now: shown once, confirmed once. (Kept until the
+/// enrolment is recorded: a refusal, an expired Entra step say, leaves the app the user
+/// just added good for another try.)
+fn seed_taken(ctx: &Ctx, flow: &str) {
+    ctx.store.with_stored_flow(flow, |f| f.totp_seed = None);
 }
 
 async fn enrol_totp(
@@ -887,6 +893,7 @@ async fn enrol_totp(
         },
     )
     .await?;
+    seed_taken(&ctx, &flow);
     // A replaced authenticator app (a lost phone) signs out every browser that may have
     // used it; the enrolment's own sign-in opens after.
     if decided.0.iter().any(|e| matches!(e, Event::TotpRemoved(_))) {
@@ -1789,6 +1796,7 @@ async fn me_totp(
         },
     )
     .await?;
+    seed_taken(&ctx, &flow);
     Ok(Json(Next { next: "/me".into() }))
 }
 

@@ -257,6 +257,26 @@ async fn enrol_alex(w: &World, alex: &str) -> (Visitor, String) {
         .post_json(&format!("{link}/totp"), &csrf, json!({"code": "123456"}))
         .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    // An app set up first and confirmed before the Entra step is refused, and keeps its
+    // seed: once Entra has answered, the same app's code confirms it.
+    let (s, setup) = v
+        .post_json(&format!("{link}/totp/options"), &csrf, json!({}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{setup}");
+    let secret = setup["secret"].as_str().unwrap().to_owned();
+    assert!(setup["qr_svg"].as_str().unwrap().starts_with("<?xml"));
+    let (s, b) = v
+        .post_json(
+            &format!("{link}/totp"),
+            &csrf,
+            json!({"code": totp_code(&secret, chrono::Utc::now().timestamp())}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{b}");
+    assert!(
+        b["error"].as_str().unwrap().contains("Entra ID first"),
+        "{b}"
+    );
     let (s, b) = v
         .post_json(&format!("{link}/entra"), &csrf, json!({}))
         .await;
@@ -269,12 +289,6 @@ async fn enrol_alex(w: &World, alex: &str) -> (Visitor, String) {
     assert_eq!(back.unwrap(), link.trim_start_matches(&w.app.public));
     let (_, page, _) = v.get(&link).await;
     assert!(page.contains("Step 1 done"), "{page}");
-    let (s, setup) = v
-        .post_json(&format!("{link}/totp/options"), &csrf, json!({}))
-        .await;
-    assert_eq!(s, StatusCode::OK, "{setup}");
-    let secret = setup["secret"].as_str().unwrap().to_owned();
-    assert!(setup["qr_svg"].as_str().unwrap().starts_with("<?xml"));
     let now = chrono::Utc::now().timestamp();
     let (s, b) = v
         .post_json(

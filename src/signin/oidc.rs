@@ -158,6 +158,8 @@ pub struct AuthRequest {
     scope: Vec<String>,
     /// `prompt=login` or `max_age`: a sign-in at or after this time is needed.
     fresh_after: Option<DateTime<Utc>>,
+    /// The user an `id_token_hint` names: the request is answered for them only.
+    hinted: Option<UserId>,
 }
 
 impl AuthRequest {
@@ -729,24 +731,23 @@ async fn authorize(
             "prompt=none cannot be combined with another value",
         );
     }
-    // A silent request naming whom the app signed in (OIDC Core §3.1.2.1) is answered
-    // for that user only: another one signed in here meanwhile is `login_required`, not a
-    // code for someone else.
-    if let (true, Some(hint)) = (none, q.id_token_hint.as_deref()) {
-        let Some(claims) = crate::provider::verify_hint(&ctx.app.engine, hint) else {
-            return fail(
-                "invalid_request",
-                "id_token_hint is not an ID token of this provider",
-            );
-        };
-        let here = signed_in(&ctx, &headers).map(|(_, s)| s.user.to_string());
-        if here.is_none() || claims["sub"].as_str() != here.as_deref() {
-            return fail(
-                "login_required",
-                "the user id_token_hint names is not the one signed in",
-            );
+    // A request naming whom the app signed in (OIDC Core §3.1.2.1) is answered for that
+    // user only (see `continue_with`): another one signed in here meanwhile, or by this
+    // request, is `login_required`, not a code for someone else.
+    let hinted = match q.id_token_hint.as_deref() {
+        None => None,
+        Some(hint) => {
+            let sub = crate::provider::verify_hint(&ctx.app.engine, hint)
+                .and_then(|claims| claims["sub"].as_str()?.parse::<uuid::Uuid>().ok());
+            let Some(sub) = sub else {
+                return fail(
+                    "invalid_request",
+                    "id_token_hint is not an ID token of this provider",
+                );
+            };
+            Some(UserId(sub))
         }
-    }
+    };
     // A browser holds one session: choosing an account is signing in again, where the
     // passkey chooser (or the Entra step) is the choice. Consent needs no page: an app is
     // registered by an admin for their users, which is the consent.
@@ -768,6 +769,7 @@ async fn authorize(
         code_challenge: q.code_challenge.clone(),
         scope,
         fresh_after,
+        hinted,
     };
     match continue_with(&ctx, &headers, &request) {
         Some(answer) => answer,
@@ -828,6 +830,15 @@ fn continue_with(ctx: &Ctx, headers: &HeaderMap, request: &AuthRequest) -> Optio
     }
     if !still_registered(ctx, request) {
         return Some(no_longer_registered());
+    }
+    if request.hinted.is_some_and(|h| h != session.user) {
+        return Some(to_app(
+            ctx,
+            &request.redirect_uri,
+            request.state.as_deref(),
+            "login_required",
+            "the user id_token_hint names is not the one signed in",
+        ));
     }
     let app = ctx
         .app

@@ -2397,9 +2397,9 @@ async fn a_redirect_uri_taken_off_the_registration_gets_nothing_more() {
     assert!(page.contains("no longer registered"), "{page}");
 }
 
-/// `prompt=none` with an `id_token_hint` (OIDC Core §3.1.2.1) answers for the user the
-/// hint names only: another user signed in in that browser gets `login_required`, and a
-/// hint that is no ID token of this provider `invalid_request`.
+/// A request with an `id_token_hint` (OIDC Core §3.1.2.1), silent (`prompt=none`) or not,
+/// answers for the user the hint names only: another user signed in in that browser gets
+/// `login_required`, and a hint that is no ID token of this provider `invalid_request`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_request_is_answered_only_for_the_user_its_hint_names() {
     let (w, adele, _) = signin_world().await;
@@ -2454,4 +2454,17 @@ async fn a_silent_request_is_answered_only_for_the_user_its_hint_names() {
     let (_, _, q) = authorize(&mut elsewhere, &silent(&hint)).await;
     assert_eq!(get(&q, "error"), Some("login_required"), "{q:?}");
     assert!(get(&q, "code").is_none(), "{q:?}");
+    // Not silent, the hint holds all the same: no code for someone else, and a hint that
+    // is no ID token of ours is refused.
+    let (_, _, q) = authorize(&mut elsewhere, &silent(&hint).replace("&prompt=none", "")).await;
+    assert_eq!(get(&q, "error"), Some("login_required"), "{q:?}");
+    assert!(get(&q, "code").is_none(), "{q:?}");
+    let (_, _, q) = authorize(
+        &mut browser,
+        &silent("not.a.token").replace("&prompt=none", ""),
+    )
+    .await;
+    assert_eq!(get(&q, "error"), Some("invalid_request"), "{q:?}");
+    let (_, _, q) = authorize(&mut browser, &silent(&hint).replace("&prompt=none", "")).await;
+    assert!(get(&q, "code").is_some(), "{q:?}");
 }

@@ -445,7 +445,7 @@ fn after_sign_in(ctx: &Ctx, flow: &str) -> String {
     let waiting = ctx
         .store
         .with_stored_flow(flow, |f| {
-            f.challenge = None;
+            f.clear_challenges();
             f.entra = None;
             f.entra_user = None;
             f.totp_seed = None;
@@ -654,9 +654,8 @@ fn creation_options(
             .unwrap_or_default()
     };
     let challenge = webauthn::new_challenge();
-    ctx.store.with_flow(flow, |f| {
-        f.challenge = Some((Ceremony::Register, challenge, Instant::now()))
-    });
+    ctx.store
+        .with_flow(flow, |f| f.issue_challenge(Ceremony::Register, challenge));
     Ok(Json(webauthn::creation_options(
         &rp,
         &challenge,
@@ -686,7 +685,12 @@ fn registered(
     let rp = rp(ctx)?;
     let challenge = ctx
         .store
-        .with_stored_flow(flow, |f| f.take_challenge(Ceremony::Register))
+        .with_stored_flow(flow, |f| {
+            f.take_challenge(
+                Ceremony::Register,
+                body.credential.answered_challenge().as_deref(),
+            )
+        })
         .flatten()
         .ok_or_else(|| {
             refuse(
@@ -1350,9 +1354,8 @@ fn request_options(
 ) -> Result<Json<webauthn::RequestOptions>, Refusal> {
     let rp = rp(ctx)?;
     let challenge = webauthn::new_challenge();
-    ctx.store.with_flow(flow, |f| {
-        f.challenge = Some((ceremony, challenge, Instant::now()))
-    });
+    ctx.store
+        .with_flow(flow, |f| f.issue_challenge(ceremony, challenge));
     Ok(Json(webauthn::request_options(&rp, &challenge, allow)))
 }
 
@@ -1377,7 +1380,9 @@ fn verify_passkey(
     let id = B64.encode(&raw_id);
     let challenge = ctx
         .store
-        .with_stored_flow(flow, |f| f.take_challenge(ceremony))
+        .with_stored_flow(flow, |f| {
+            f.take_challenge(ceremony, credential.answered_challenge().as_deref())
+        })
         .flatten()
         .ok_or_else(|| {
             refuse(
@@ -1453,7 +1458,7 @@ async fn signin_passkey(
     };
     // A passkey nobody holds (removed, or its user deleted) names no stream to record on.
     let Some(user) = holder else {
-        ctx.store.with_flow(&flow, |f| f.challenge = None);
+        ctx.store.with_flow(&flow, |f| f.clear_challenges());
         return Err(refuse(
             StatusCode::UNAUTHORIZED,
             "This passkey is not registered here (it may have been removed). Use another, or ask your administrator for an invite.",

@@ -77,8 +77,9 @@ pub struct Flow {
     /// The enrolment this browser opened: the link's secret (to find the way back after
     /// Entra), the user and the link.
     pub enrolment: Option<(String, UserId, LinkId)>,
-    /// A pending WebAuthn challenge.
-    pub challenge: Option<(Ceremony, [u8; 32], Instant)>,
+    /// Pending WebAuthn challenges, the newest last: one per press of a button, so that
+    /// two tabs of one browser do not cancel each other's ceremonies.
+    challenges: Vec<(Ceremony, [u8; 32], Instant)>,
     /// A pending Entra request.
     pub entra: Option<EntraPending>,
     /// The user whose Entra credentials were checked, and when.
@@ -97,16 +98,43 @@ impl Flow {
             .is_some_and(|(u, at)| u == user && at.elapsed() < ENTRA_STEP_TTL)
     }
 
-    /// Takes the pending challenge of `ceremony`, if still fresh: a challenge is used once.
-    pub fn take_challenge(&mut self, ceremony: Ceremony) -> Option<[u8; 32]> {
-        match self.challenge.take() {
-            Some((c, challenge, at)) if c == ceremony && at.elapsed() < CHALLENGE_TTL => {
-                Some(challenge)
-            }
-            _ => None,
+    /// Keeps a new challenge for `ceremony` (the oldest beyond [`PENDING_CHALLENGES`] go).
+    pub fn issue_challenge(&mut self, ceremony: Ceremony, challenge: [u8; 32]) {
+        self.challenges
+            .retain(|(_, _, at)| at.elapsed() < CHALLENGE_TTL);
+        if self.challenges.len() >= PENDING_CHALLENGES {
+            self.challenges.remove(0);
         }
+        self.challenges.push((ceremony, challenge, Instant::now()));
+    }
+
+    /// Takes a pending challenge of `ceremony`, if still fresh: the one the response
+    /// claims to answer (`answered`, unauthenticated: verification checks it), else the
+    /// newest, which the response then fails against. Either is used once.
+    pub fn take_challenge(
+        &mut self,
+        ceremony: Ceremony,
+        answered: Option<&[u8]>,
+    ) -> Option<[u8; 32]> {
+        self.challenges
+            .retain(|(_, _, at)| at.elapsed() < CHALLENGE_TTL);
+        let of_ceremony = |i: &usize| self.challenges[*i].0 == ceremony;
+        let mut indices = (0..self.challenges.len()).filter(of_ceremony);
+        let named = indices
+            .clone()
+            .find(|i| answered.is_some_and(|a| a == self.challenges[*i].1.as_slice()));
+        let i = named.or_else(|| indices.next_back())?;
+        Some(self.challenges.remove(i).1)
+    }
+
+    /// Drops every pending challenge.
+    pub fn clear_challenges(&mut self) {
+        self.challenges.clear();
     }
 }
+
+/// Challenges a flow keeps pending at once (tabs of one browser).
+const PENDING_CHALLENGES: usize = 4;
 
 /// A signed-in user.
 #[derive(Clone, Debug)]
@@ -322,11 +350,11 @@ mod tests {
 
     fn issued_ago(secs: u64) -> Flow {
         Flow {
-            challenge: Some((
+            challenges: vec![(
                 Ceremony::SignIn,
                 [7; 32],
                 Instant::now() - Duration::from_secs(secs),
-            )),
+            )],
             ..Flow::default()
         }
     }
@@ -335,13 +363,39 @@ mod tests {
     fn a_challenge_answers_one_ceremony_once_within_sixty_seconds() {
         let mut fresh = issued_ago(50);
         assert_eq!(
-            fresh.take_challenge(Ceremony::Register),
+            fresh.take_challenge(Ceremony::Register, Some(&[7; 32])),
             None,
             "another ceremony"
         );
         let mut fresh = issued_ago(50);
-        assert_eq!(fresh.take_challenge(Ceremony::SignIn), Some([7; 32]));
-        assert_eq!(fresh.take_challenge(Ceremony::SignIn), None, "used once");
-        assert_eq!(issued_ago(61).take_challenge(Ceremony::SignIn), None);
+        assert_eq!(fresh.take_challenge(Ceremony::SignIn, None), Some([7; 32]));
+        assert_eq!(
+            fresh.take_challenge(Ceremony::SignIn, Some(&[7; 32])),
+            None,
+            "used once"
+        );
+        assert_eq!(
+            issued_ago(61).take_challenge(Ceremony::SignIn, Some(&[7; 32])),
+            None
+        );
+    }
+
+    #[test]
+    fn each_pending_challenge_is_taken_by_the_response_that_names_it() {
+        let mut flow = Flow::default();
+        for n in 1..=5u8 {
+            flow.issue_challenge(Ceremony::Register, [n; 32]);
+        }
+        flow.issue_challenge(Ceremony::SignIn, [9; 32]);
+        // Four are kept: 3, 4 and 5 of the ceremony, and the sign-in's.
+        let take = |f: &mut Flow, n: u8| f.take_challenge(Ceremony::Register, Some(&[n; 32]));
+        assert_eq!(take(&mut flow, 4), Some([4; 32]), "the one named");
+        // One named that is gone (or made up) takes the newest, which it then fails.
+        assert_eq!(take(&mut flow, 1), Some([5; 32]));
+        flow.issue_challenge(Ceremony::Register, [6; 32]);
+        assert_eq!(take(&mut flow, 3), Some([3; 32]));
+        assert_eq!(take(&mut flow, 3), Some([6; 32]), "used once");
+        assert_eq!(take(&mut flow, 6), None);
+        assert_eq!(flow.take_challenge(Ceremony::SignIn, None), Some([9; 32]));
     }
 }

@@ -386,7 +386,31 @@ pub struct AssertionResponse {
     authenticator_attachment: Option<serde_json::Value>,
 }
 
+/// The challenge a `clientDataJSON` says it answers, if it can be read. Unauthenticated:
+/// it only picks which pending challenge verification holds the response to.
+fn claimed_challenge(client_data_json: &str) -> Option<Vec<u8>> {
+    #[derive(Deserialize)]
+    struct Claimed {
+        challenge: String,
+    }
+    let json = B64URL.decode(client_data_json).ok()?;
+    let claimed: Claimed = serde_json::from_slice(&json).ok()?;
+    B64URL.decode(claimed.challenge).ok()
+}
+
+impl RegistrationResponse {
+    /// The challenge this response says it answers (see [`claimed_challenge`]).
+    pub fn answered_challenge(&self) -> Option<Vec<u8>> {
+        claimed_challenge(&self.response.client_data_json)
+    }
+}
+
 impl AssertionResponse {
+    /// The challenge this response says it answers (see [`claimed_challenge`]).
+    pub fn answered_challenge(&self) -> Option<Vec<u8>> {
+        claimed_challenge(&self.response.client_data_json)
+    }
+
     /// The credential ID the browser used: what the caller looks the credential up by.
     /// Unauthenticated until [`verify_assertion`] succeeds.
     pub fn credential_id(&self) -> Result<Vec<u8>, WebauthnError> {

@@ -1173,6 +1173,38 @@ pub(crate) async fn enrol_with_key(w: &World, user: &str, upn: &str, key: &mut S
     v
 }
 
+/// Two tabs of one browser share its flow: each press of "Register a passkey" issues a
+/// challenge of its own, and the first tab's answer still counts after the second asked
+/// (its authenticator has made the credential by then).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passkey_made_in_one_tab_registers_after_another_tab_asked() {
+    let (w, adele, _) = signin_world().await;
+    invite(&w, &adele).await;
+    let link = outbox_link(&w, "adele.vance@contoso.onmicrosoft.com");
+    let mut v = Visitor::new();
+    let (_, page, _) = v.get(&link).await;
+    let csrf = csrf_of(&page);
+    let mut options = Vec::new();
+    for _ in 0..2 {
+        let (s, o) = v
+            .post_json(&format!("{link}/passkey/options"), &csrf, json!({}))
+            .await;
+        assert_eq!(s, StatusCode::OK, "{o}");
+        options.push(o);
+    }
+    assert_ne!(options[0]["challenge"], options[1]["challenge"]);
+    let mut key = SoftKey::new();
+    let credential = key.register(&options[0], &w.app.public);
+    let body = json!({"credential": credential, "name": "first tab"});
+    let (s, b) = v
+        .post_json(&format!("{link}/passkey"), &csrf, body.clone())
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    // Each challenge answers once.
+    let (s, b) = v.post_json(&format!("{link}/passkey"), &csrf, body).await;
+    assert!(s.is_client_error(), "{b}");
+}
+
 /// A discoverable sign-in with `key`, sending `handle`; answers the status and body.
 async fn passkey_sign_in(
     w: &World,

@@ -695,8 +695,10 @@ mod tests {
             }
             .into()
         };
-        let mut moved = idledger_domain::DomainSettings::default();
-        moved.graph_url = "https://graph.example.net".into();
+        let moved = idledger_domain::DomainSettings {
+            graph_url: "https://graph.example.net".into(),
+            ..Default::default()
+        };
         let log = on(
             &StreamId::domain(domain),
             0,

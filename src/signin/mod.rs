@@ -1458,7 +1458,11 @@ async fn signin_passkey(
     };
     // A passkey nobody holds (removed, or its user deleted) names no stream to record on.
     let Some(user) = holder else {
-        ctx.store.with_flow(&flow, |f| f.clear_challenges());
+        // Its challenge is spent; another tab's stays.
+        let answered = body.credential.answered_challenge();
+        ctx.store.with_stored_flow(&flow, |f| {
+            f.take_challenge(Ceremony::SignIn, answered.as_deref())
+        });
         return Err(refuse(
             StatusCode::UNAUTHORIZED,
             "This passkey is not registered here (it may have been removed). Use another, or ask your administrator for an invite.",

@@ -109,8 +109,10 @@ impl Flow {
     }
 
     /// Takes a pending challenge of `ceremony`, if still fresh: the one the response
-    /// claims to answer (`answered`, unauthenticated: verification checks it), else the
-    /// newest, which the response then fails against. Either is used once.
+    /// claims to answer (`answered`, unauthenticated: verification checks it), used once.
+    /// A response that names none pending (expired, taken, made up) takes nothing: another
+    /// tab's ceremony goes on. One whose challenge cannot be read at all takes the newest,
+    /// which it then fails against.
     pub fn take_challenge(
         &mut self,
         ceremony: Ceremony,
@@ -118,12 +120,12 @@ impl Flow {
     ) -> Option<[u8; 32]> {
         self.challenges
             .retain(|(_, _, at)| at.elapsed() < CHALLENGE_TTL);
-        let of_ceremony = |i: &usize| self.challenges[*i].0 == ceremony;
-        let mut indices = (0..self.challenges.len()).filter(of_ceremony);
-        let named = indices
-            .clone()
-            .find(|i| answered.is_some_and(|a| a == self.challenges[*i].1.as_slice()));
-        let i = named.or_else(|| indices.next_back())?;
+        let mut of_ceremony =
+            (0..self.challenges.len()).filter(|i| self.challenges[*i].0 == ceremony);
+        let i = match answered {
+            Some(a) => of_ceremony.find(|i| self.challenges[*i].1.as_slice() == a)?,
+            None => of_ceremony.next_back()?,
+        };
         Some(self.challenges.remove(i).1)
     }
 
@@ -390,12 +392,15 @@ mod tests {
         // Four are kept: 3, 4 and 5 of the ceremony, and the sign-in's.
         let take = |f: &mut Flow, n: u8| f.take_challenge(Ceremony::Register, Some(&[n; 32]));
         assert_eq!(take(&mut flow, 4), Some([4; 32]), "the one named");
-        // One named that is gone (or made up) takes the newest, which it then fails.
-        assert_eq!(take(&mut flow, 1), Some([5; 32]));
+        // One named that is gone (or made up) takes nothing.
+        assert_eq!(take(&mut flow, 1), None);
+        assert_eq!(take(&mut flow, 4), None, "used once");
         flow.issue_challenge(Ceremony::Register, [6; 32]);
         assert_eq!(take(&mut flow, 3), Some([3; 32]));
-        assert_eq!(take(&mut flow, 3), Some([6; 32]), "used once");
-        assert_eq!(take(&mut flow, 6), None);
+        assert_eq!(take(&mut flow, 5), Some([5; 32]));
+        // An unreadable one takes the newest, and fails against it.
+        assert_eq!(flow.take_challenge(Ceremony::Register, None), Some([6; 32]));
+        assert_eq!(flow.take_challenge(Ceremony::Register, None), None);
         assert_eq!(flow.take_challenge(Ceremony::SignIn, None), Some([9; 32]));
     }
 }

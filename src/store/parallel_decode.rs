@@ -97,16 +97,27 @@ pub struct ParallelMap<T, E> {
     scanner: Option<std::thread::JoinHandle<()>>,
 }
 
+/// How long a dropped map waits for its reader to stop.
+const READER_LET_GO: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl<T, E> Drop for ParallelMap<T, E> {
     /// Waits for the stream reader to let go of what it reads from: a consumer that stops
     /// early may open the same store at once (sled allows one opening of a store at a
     /// time, even in one process). With the results gone the workers stop at their next
-    /// hand-off, and then the reader at its next.
+    /// hand-off, and then the reader at its next: a store's reader within a batch, but
+    /// a server's only once its page has come, so the wait is bounded and the reader
+    /// then left to finish on its own.
     fn drop(&mut self) {
         self.outputs.clear();
         self.returns.clear();
         if let Some(scanner) = self.scanner.take() {
-            let _ = scanner.join();
+            let started = std::time::Instant::now();
+            while !scanner.is_finished() && started.elapsed() < READER_LET_GO {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            if scanner.is_finished() {
+                let _ = scanner.join();
+            }
         }
     }
 }
@@ -353,7 +364,8 @@ mod tests {
     }
 
     /// What a reader holds (a store's lock, say) is let go by the time the map is
-    /// dropped: whoever stopped early may open the same store again at once.
+    /// dropped: whoever stopped early may open the same store again at once. A reader
+    /// that does not stop (a server's page on its way) is waited for a while only.
     #[test]
     fn a_dropped_map_has_let_go_of_its_reader() {
         struct Held(Arc<std::sync::atomic::AtomicBool>);
@@ -376,5 +388,16 @@ mod tests {
             drop(it);
             assert!(!open.load(std::sync::atomic::Ordering::SeqCst));
         }
+        let stuck: Reader<String> = Box::new(|f| {
+            // A whole batch goes out; then the reader waits on something else.
+            read_numbers(1, BATCH, None, f)?;
+            std::thread::sleep(std::time::Duration::from_secs(30));
+            Ok(())
+        });
+        let mut it = parallel_map(stuck, decode, 2, lost);
+        assert_eq!(it.next(), Some(Ok((1, 1))));
+        let started = std::time::Instant::now();
+        drop(it);
+        assert!(started.elapsed() < READER_LET_GO + std::time::Duration::from_secs(2));
     }
 }

@@ -57,14 +57,12 @@ pub async fn list(
     let read = move || read_page(&*log, from, limit);
     // A page the size of any collection's is read here; a bigger one (up to 100,000
     // envelopes, hundreds of MB made at once) takes a place among the whole-log reads, on
-    // a blocking thread.
+    // a blocking thread, and goes to no token revoked meanwhile.
     let (items, last) = if limit <= super::MAX_PAGE {
         read()?
     } else {
         s.whole_log_read(&who, read).await??
     };
-    // A big page takes a while: a token revoked meanwhile gets none of it.
-    who.live(&s)?;
     let head = crate::store::EventLog::head(&*s.engine.log).position;
     let next = last.filter(|l| *l < head).map(|l| (l + 1).to_string());
     Ok(page(items, next))

@@ -1514,21 +1514,9 @@ async fn revoking_a_token_ends_its_open_streams() {
     );
 
     // A streamed export with a token revoked while it runs is cut off with an error.
-    let exporter = app.token("auditor", &[]).await;
+    let (exporter, exporter_id) = app.token_and_id("auditor", &[]).await;
     // Enough events that the export is far from done when the token goes.
     crate::support::fill_log(&*app.state.engine.log, 1000).await;
-    let (_, tokens) = app
-        .call(Some(&app.admin), Method::GET, "/v1/tokens", None)
-        .await;
-    let exporter_id = tokens["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .rfind(|t| t["role"] == "auditor" && t["revoked_at"].is_null())
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
     let mut export = app
         .http
         .get(format!("{}/v1/audit/exports/events?format=jsonl", app.url))
@@ -1539,13 +1527,7 @@ async fn revoking_a_token_ends_its_open_streams() {
     assert_eq!(export.status(), StatusCode::OK);
     let first = export.chunk().await.unwrap();
     assert!(first.is_some());
-    app.call(
-        Some(&app.admin),
-        Method::DELETE,
-        &format!("/v1/tokens/{exporter_id}"),
-        None,
-    )
-    .await;
+    app.revoke(&exporter_id).await;
     let ended = loop {
         match tokio::time::timeout(Duration::from_secs(3), export.chunk()).await {
             Ok(Ok(Some(_))) => continue,
@@ -1563,7 +1545,7 @@ async fn revoking_a_token_ends_its_open_streams() {
 async fn a_check_of_an_upload_answers_no_token_revoked_while_it_arrived() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = crate::support::spawn_app().await;
-    let auditor = app.token("auditor", &[]).await;
+    let (auditor, auditor_id) = app.token_and_id("auditor", &[]).await;
     let file = app
         .admin_get("/v1/audit/exports/events?format=jsonl&at_position=2")
         .await
@@ -1581,18 +1563,6 @@ async fn a_check_of_an_upload_answers_no_token_revoked_while_it_arrived() {
     let mut body = serde_json::to_vec(&manifest).unwrap();
     body.push(b'\n');
     body.extend_from_slice(&file);
-    let (_, tokens) = app
-        .call(Some(&app.admin), Method::GET, "/v1/tokens", None)
-        .await;
-    let auditor_id = tokens["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .rfind(|t| t["role"] == "auditor")
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
     let upload = |token: String, body: Vec<u8>, revoke: bool| {
         let app = &app;
         let auditor_id = auditor_id.clone();
@@ -1610,14 +1580,7 @@ async fn a_check_of_an_upload_answers_no_token_revoked_while_it_arrived() {
             conn.write_all(&body[..half]).await.unwrap();
             tokio::time::sleep(Duration::from_millis(200)).await;
             if revoke {
-                let (s, _) = app
-                    .call(
-                        Some(&app.admin),
-                        Method::DELETE,
-                        &format!("/v1/tokens/{auditor_id}"),
-                        None,
-                    )
-                    .await;
+                let s = app.revoke(&auditor_id).await;
                 assert!(s.is_success(), "{s}");
             }
             conn.write_all(&body[half..]).await.unwrap();
@@ -1930,17 +1893,7 @@ async fn whole_log_reads_are_bounded_and_a_manifest_past_the_head_is_refused() {
         .await;
     assert_eq!(s, StatusCode::OK, "{manifest}");
     manifest["log_position"] = json!(u64::MAX);
-    let mut upload = serde_json::to_vec(&manifest).unwrap();
-    upload.push(b'\n');
-    let answer = app
-        .http
-        .post(format!("{}/v1/audit/verify-export", app.url))
-        .bearer_auth(&app.admin)
-        .header("content-type", "application/octet-stream")
-        .body(upload)
-        .send()
-        .await
-        .unwrap();
+    let answer = app.verify_upload(&app.admin, &manifest, b"").await;
     assert_eq!(answer.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let report: Value = answer.json().await.unwrap();
     assert!(

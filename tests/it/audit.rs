@@ -594,18 +594,9 @@ async fn a_position_cannot_cut_a_closed_range_short() {
         .await
         .unwrap();
     assert!(manifest["log_position"].as_u64().unwrap() > 1, "{manifest}");
-    let mut upload = serde_json::to_vec(&manifest).unwrap();
-    upload.push(b'\n');
-    upload.extend_from_slice(&file);
     let report: Value = app
-        .http
-        .post(format!("{}/v1/audit/verify-export", app.url))
-        .bearer_auth(&app.admin)
-        .header("content-type", "application/octet-stream")
-        .body(upload)
-        .send()
+        .verify_upload(&app.admin, &manifest, &file)
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();

@@ -3,7 +3,9 @@
 //! a passkey (a software authenticator over HTTP), ID token validation against the JWKS,
 //! userinfo, refresh with rotation, RP-initiated logout, and what must be refused.
 
-use crate::signin::{csrf_of, enrol_with_key, passkey_sign_in_with, signin_world, Visitor};
+use crate::signin::{
+    csrf_of, enrol_with_key, passkey_sign_in_with, session_csrf_of, signin_world, Visitor,
+};
 use crate::support::authenticator::SoftKey;
 use crate::support::World;
 use openidconnect::core::{
@@ -1704,12 +1706,7 @@ async fn removing_a_passkey_ends_the_apps_tokens_issued_before() {
         .await;
     assert_eq!(s, StatusCode::OK, "{b}");
     let (_, page, _) = browser.get(&me).await;
-    let session_csrf = page
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|r| r.split('"').next())
-        .unwrap()
-        .to_owned();
+    let session_csrf = session_csrf_of(&page);
     use base64::Engine;
     let lost = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&key.credential);
     let (s, page, _) = browser

@@ -905,21 +905,10 @@ async fn every_operation_answers_as_its_schema_says() {
             .bearer_auth(r);
         async move { req.send().await.unwrap().bytes().await.unwrap() }
     };
-    let manifest = get("/v1/audit/exports/users/manifest").await;
-    let mut upload =
-        serde_json::to_vec(&serde_json::from_slice::<Value>(&manifest).unwrap()).unwrap();
-    upload.push(b'\n');
-    upload.extend_from_slice(&get("/v1/audit/exports/users").await);
-    let answer = w
-        .app
-        .http
-        .post(format!("{}/v1/audit/verify-export", w.app.url))
-        .bearer_auth(r)
-        .header("content-type", "application/octet-stream")
-        .body(upload)
-        .send()
-        .await
-        .unwrap();
+    let manifest: Value =
+        serde_json::from_slice(&get("/v1/audit/exports/users/manifest").await).unwrap();
+    let file = get("/v1/audit/exports/users").await;
+    let answer = w.app.verify_upload(r, &manifest, &file).await;
     let status = answer.status();
     let report: Value = answer.json().await.unwrap();
     assert_eq!(

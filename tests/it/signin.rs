@@ -100,13 +100,23 @@ impl Visitor {
 
 /// The `content` of `<meta name="csrf-token">`, or a hidden `csrf` field's value.
 pub(crate) fn csrf_of(html: &str) -> String {
-    for marker in ["name=\"csrf-token\" content=\"", "name=\"csrf\" value=\""] {
-        if let Some(i) = html.find(marker) {
-            let rest = &html[i + marker.len()..];
-            return rest[..rest.find('"').unwrap()].to_owned();
-        }
-    }
-    panic!("no CSRF token in {html}")
+    value_after(html, "name=\"csrf-token\" content=\"")
+        .or_else(|| value_after(html, FORM_CSRF))
+        .unwrap_or_else(|| panic!("no CSRF token in {html}"))
+}
+
+const FORM_CSRF: &str = "name=\"csrf\" value=\"";
+
+/// A form's hidden `csrf` field on `/me`: the session's token (the page's meta tag holds
+/// its flow's).
+pub(crate) fn session_csrf_of(html: &str) -> String {
+    value_after(html, FORM_CSRF).unwrap_or_else(|| panic!("no form CSRF token in {html}"))
+}
+
+/// The quoted text after `marker`.
+fn value_after(html: &str, marker: &str) -> Option<String> {
+    let rest = &html[html.find(marker)? + marker.len()..];
+    Some(rest[..rest.find('"')?].to_owned())
 }
 
 /// The newest enrolment link in the outbox for `upn`.
@@ -1348,12 +1358,7 @@ async fn passkeys_belong_to_one_user_and_keep_their_rules() {
 
     // Her page: rename; the last passkey of a passwordless user stays.
     let (_, me, _) = adele_v.get(&format!("{}/me", w.app.public)).await;
-    let session_csrf = me
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|r| r.split('"').next())
-        .unwrap()
-        .to_owned();
+    let session_csrf = session_csrf_of(&me);
     let id = B64.encode(&adele_key.credential);
     let (s, page, _) = adele_v
         .post_form(

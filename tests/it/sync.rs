@@ -1195,17 +1195,7 @@ async fn admins_approving_one_quarantine_at_once_apply_it_once() {
 #[tokio::test]
 async fn a_dry_run_reports_to_no_token_revoked_while_it_ran() {
     let w = world(json!({})).await;
-    let admin = w.app.token("admin", &[]).await;
-    let (_, tokens) = w.admin(Method::GET, "/v1/tokens", None).await;
-    let id = tokens["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .rfind(|t| t["role"] == "admin" && t["name"] == "admin")
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (admin, id) = w.app.token_and_id("admin", &[]).await;
     w.sim(
         Method::POST,
         "/_sim/faults",
@@ -1216,10 +1206,9 @@ async fn a_dry_run_reports_to_no_token_revoked_while_it_ran() {
     let dry = w.app.call(Some(&admin), Method::POST, &path, None);
     let revoke = async {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        w.admin(Method::DELETE, &format!("/v1/tokens/{id}"), None)
-            .await
+        w.app.revoke(&id).await
     };
-    let ((s, body), (revoked, _)) = tokio::join!(dry, revoke);
+    let ((s, body), revoked) = tokio::join!(dry, revoke);
     assert!(revoked.is_success(), "{revoked}");
     assert_eq!(s, StatusCode::UNAUTHORIZED, "{body}");
 }

@@ -144,6 +144,11 @@ impl App {
     }
 
     pub async fn token(&self, role: &str, keys: &[&str]) -> String {
+        self.token_and_id(role, keys).await.0
+    }
+
+    /// A new token of `role` (named after it), and its id for revoking it.
+    pub async fn token_and_id(&self, role: &str, keys: &[&str]) -> (String, String) {
         let (s, body) = self
             .call(
                 Some(&self.admin),
@@ -153,7 +158,36 @@ impl App {
             )
             .await;
         assert_eq!(s, StatusCode::CREATED, "{body}");
-        body["token"].as_str().unwrap().to_owned()
+        let text = |k: &str| body[k].as_str().unwrap().to_owned();
+        (text("token"), text("id"))
+    }
+
+    /// The admin revokes the token `id`; answers the status.
+    pub async fn revoke(&self, id: &str) -> StatusCode {
+        let path = format!("/v1/tokens/{id}");
+        self.call(Some(&self.admin), Method::DELETE, &path, None)
+            .await
+            .0
+    }
+
+    /// `POST /v1/audit/verify-export` of `manifest`'s line followed by `file`, by `token`.
+    pub async fn verify_upload(
+        &self,
+        token: &str,
+        manifest: &Value,
+        file: &[u8],
+    ) -> reqwest::Response {
+        let mut upload = serde_json::to_vec(manifest).unwrap();
+        upload.push(b'\n');
+        upload.extend_from_slice(file);
+        self.http
+            .post(format!("{}/v1/audit/verify-export", self.url))
+            .bearer_auth(token)
+            .header("content-type", "application/octet-stream")
+            .body(upload)
+            .send()
+            .await
+            .unwrap()
     }
 
     pub async fn domain(&self, name: &str) -> Value {

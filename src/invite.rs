@@ -110,9 +110,18 @@ impl Mailer {
         let builder = match c.security.as_str() {
             "starttls" => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&c.host),
             "tls" => AsyncSmtpTransport::<Tokio1Executor>::relay(&c.host),
-            "none" => Ok(AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(
-                &c.host,
-            )),
+            // In the clear: the enrolment links and the relay's password would cross the
+            // network readable, so only a relay on this machine is taken.
+            "none" if on_loopback(&c.host) => Ok(
+                AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&c.host),
+            ),
+            "none" => {
+                return Err(InviteError::Address(format!(
+                    "smtp.security \"none\" sends invites in the clear: only for a relay on \
+                     loopback, not {:?} (use starttls or tls)",
+                    c.host
+                )))
+            }
             other => {
                 return Err(InviteError::Address(format!(
                     "smtp.security {other:?}: use starttls, tls or none"
@@ -179,6 +188,15 @@ impl Mailer {
     }
 }
 
+/// `localhost` or a loopback address (`127.0.0.1`, `::1`, `[::1]`).
+fn on_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// The invite's text: who it is for, the enrolment link, and how long it works.
 pub fn body(invite: &Invite) -> String {
     format!(
@@ -208,4 +226,37 @@ fn message(from: Mailbox, invite: &Invite) -> Result<Message, InviteError> {
         .header(ContentType::TEXT_PLAIN)
         .body(body(invite))
         .map_err(|e| InviteError::Address(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn smtp(host: &str, security: &str) -> SmtpConfig {
+        SmtpConfig {
+            host: host.into(),
+            port: None,
+            security: security.into(),
+            username: None,
+            password: None,
+            from: "idledger <noreply@contoso.com>".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_relay_in_the_clear_is_only_taken_on_loopback() {
+        let dir = std::path::Path::new("/nonexistent");
+        for host in ["localhost", "127.0.0.1", "::1", "[::1]"] {
+            let m = Mailer::new(Some(&smtp(host, "none")), dir);
+            assert!(m.is_ok_and(|m| m.via() == "smtp"), "{host}");
+        }
+        for host in ["smtp.example.com", "10.0.0.5", "localhost.example.com"] {
+            let err = Mailer::new(Some(&smtp(host, "none")), dir)
+                .err()
+                .unwrap_or_else(|| panic!("{host} taken in the clear"))
+                .to_string();
+            assert!(err.contains("smtp.security") && err.contains(host), "{err}");
+        }
+        assert!(Mailer::new(Some(&smtp("smtp.example.com", "starttls")), dir).is_ok());
+    }
 }

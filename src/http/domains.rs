@@ -607,8 +607,10 @@ pub async fn remove(
         .await?;
     s.reach(Some(position)).await?;
     s.sync.supervise();
-    // Twice: a command that passed its check just before the removal landed (an import,
-    // a run's last appends) may land after the first pass listed the users.
+    // A run (cancelled just now), an import or an approval still going finishes first.
+    s.sync.quiesce(domain).await;
+    // Twice: a command that passed its check just before the removal landed (an
+    // activation, a key, an invite) may land after the first pass listed the users.
     for _ in 0..2 {
         position = position.max(users_leave(&s, &who, domain).await?);
     }

@@ -850,6 +850,14 @@ impl SyncService {
         Ok(positions.into_iter().flatten().max())
     }
 
+    /// Waits until what holds the domain's lock (a run, an import, an approval) has let
+    /// go of it, its appends landed. Taken after the domain's removal, whatever comes
+    /// later sees the domain removed.
+    pub async fn quiesce(&self, domain: DomainId) {
+        let run_lock = self.run_lock(domain);
+        let _run = run_lock.lock().await;
+    }
+
     /// Imports candidates of `domain` (all of them with `None`) with the domain's SSO
     /// defaults. Every id is checked before anything is appended. Returns how many were
     /// imported and the position of the last event.
@@ -860,6 +868,14 @@ impl SyncService {
         actor: &Actor,
     ) -> Result<(usize, u64), SyncError> {
         let engine = &self.inner.engine;
+        // Made-up ids leave nothing behind (each domain's lock is kept for good).
+        if engine.projector.read().domains.get(domain).is_none() {
+            return Err(Rejection::NotFound("domain").into());
+        }
+        // Under the domain's lock, which a removal waits for before its users leave: an
+        // import that outlasted the removal would bring them back after they left.
+        let run_lock = self.run_lock(domain);
+        let _run = run_lock.lock().await;
         engine.settle().await?;
         let (sso, targets) = {
             let p = engine.projector.read();

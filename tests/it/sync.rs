@@ -2528,3 +2528,38 @@ async fn a_proxy_from_the_environment_gets_nothing_meant_for_loopback() {
     crate::crash::user_with_key(&serve, &sim, &ext(2)).await;
     assert_eq!(reached.load(Ordering::SeqCst), 0);
 }
+
+/// An import still going when its domain is removed finishes before the users leave: none
+/// of its users is left active in the removed domain.
+#[tokio::test]
+async fn an_import_racing_the_domains_removal_leaves_nobody_active() {
+    let mut directory = contoso();
+    directory.generate_users(
+        10_000,
+        idledger::client::contoso::SYNC_GROUP,
+        idledger::client::contoso::ROTATION_GROUP,
+    );
+    let (sim, _) = graphsim::spawn(directory, graphsim::SimConfig::default())
+        .await
+        .unwrap();
+    let w = world_in(spawn_app().await, sim, None, json!({})).await;
+    assert_eq!(w.sync().await["status"], "succeeded");
+    let import_path = format!("/v1/domains/{}/import", w.domain);
+    let import = w.admin(Method::POST, &import_path, Some(json!({"all": true})));
+    let remove = async {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        w.admin(Method::DELETE, &format!("/v1/domains/{}", w.domain), None)
+            .await
+    };
+    let ((imported, body), (removed, gone)) = tokio::join!(import, remove);
+    assert_eq!(removed, StatusCode::OK, "{gone}");
+    // Either finished first, or found the domain removed: never half of both.
+    assert!(
+        imported == StatusCode::OK || imported == StatusCode::CONFLICT,
+        "{imported} {body}"
+    );
+    assert!(
+        w.users("&status=active").await.is_empty(),
+        "users of a removed domain left active (import answered {imported})"
+    );
+}

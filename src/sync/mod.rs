@@ -140,6 +140,9 @@ struct Inner {
     /// Each domain's run lock, kept across its workers: a run cancelled with its worker
     /// holds it until its last appends have landed (see `start_run`).
     run_locks: Mutex<HashMap<DomainId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Each domain's imports hold it shared (they go on beside a run), a removal of the
+    /// domain alone, for a moment, before its users leave.
+    import_locks: Mutex<HashMap<DomainId, Arc<tokio::sync::RwLock<()>>>>,
     dry_runs: Mutex<std::collections::VecDeque<DryRunChanges>>,
     /// Each domain's run recorded and waiting for its turn (not a dry run), with the
     /// position of its record: a request to run meanwhile is that run.
@@ -179,6 +182,7 @@ impl SyncService {
                 config,
                 workers: Mutex::new(HashMap::new()),
                 run_locks: Mutex::default(),
+                import_locks: Mutex::default(),
                 dry_runs: Mutex::default(),
                 waiting: Mutex::default(),
                 starting: tokio::sync::Mutex::new(()),
@@ -292,6 +296,15 @@ impl SyncService {
         let mut locks = self
             .inner
             .run_locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        locks.entry(domain).or_default().clone()
+    }
+
+    fn import_lock(&self, domain: DomainId) -> Arc<tokio::sync::RwLock<()>> {
+        let mut locks = self
+            .inner
+            .import_locks
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         locks.entry(domain).or_default().clone()
@@ -850,12 +863,14 @@ impl SyncService {
         Ok(positions.into_iter().flatten().max())
     }
 
-    /// Waits until what holds the domain's lock (a run, an import, an approval) has let
-    /// go of it, its appends landed. Taken after the domain's removal, whatever comes
-    /// later sees the domain removed.
+    /// Waits until a run, an approval or an import of the domain still going has ended,
+    /// its appends landed. Called after the domain's removal, whatever comes later sees
+    /// the domain removed.
     pub async fn quiesce(&self, domain: DomainId) {
         let run_lock = self.run_lock(domain);
-        let _run = run_lock.lock().await;
+        drop(run_lock.lock().await);
+        let import_lock = self.import_lock(domain);
+        drop(import_lock.write().await);
     }
 
     /// Imports candidates of `domain` (all of them with `None`) with the domain's SSO
@@ -872,10 +887,11 @@ impl SyncService {
         if engine.projector.read().domains.get(domain).is_none() {
             return Err(Rejection::NotFound("domain").into());
         }
-        // Under the domain's lock, which a removal waits for before its users leave: an
-        // import that outlasted the removal would bring them back after they left.
-        let run_lock = self.run_lock(domain);
-        let _run = run_lock.lock().await;
+        // Under the domain's import lock, which a removal waits for before its users
+        // leave: an import that outlasted the removal would bring them back after they
+        // left. (Not the run lock: an import need not wait for a run reading Graph.)
+        let import_lock = self.import_lock(domain);
+        let _import = import_lock.read().await;
         engine.settle().await?;
         let (sso, targets) = {
             let p = engine.projector.read();

@@ -241,12 +241,30 @@ impl<'a> SyncRun<'a> {
         })
     }
 
-    fn policy(&self) -> SyncPolicy {
-        SyncPolicy {
-            removal_behavior: self.domain.settings.removal_behavior,
-            auto_import: self.domain.settings.auto_import,
-            sso_defaults: self.domain.sso_defaults,
-        }
+    /// What to plan with, read when planning, not when the run started: a run spends
+    /// most of its time reading Graph (throttled, a whole tenant), and an admin's change
+    /// meanwhile was answered as saved. Removals take the milder behaviour of the two,
+    /// and the guard the stricter threshold, as an approval does: a run never removes
+    /// harder than the setting the admin last saw in force when it began, nor than the
+    /// one saved since.
+    fn policy(&self) -> (SyncPolicy, u32) {
+        let p = self.engine.projector.read();
+        let start = &self.domain;
+        let now = p.domains.get(start.id).unwrap_or(start);
+        (
+            SyncPolicy {
+                removal_behavior: start
+                    .settings
+                    .removal_behavior
+                    .milder(now.settings.removal_behavior),
+                auto_import: now.settings.auto_import,
+                sso_defaults: now.sso_defaults,
+            },
+            start
+                .settings
+                .deletion_threshold
+                .min(now.settings.deletion_threshold),
+        )
     }
 
     /// The group to sync: the configured object id, else the group of that name. Names are
@@ -923,7 +941,9 @@ impl<'a> SyncRun<'a> {
             },
             None => full_round().await?,
         };
-        let policy = self.policy();
+        // Settings saved while the run read Graph are in the projections it plans from.
+        self.engine.settle().await?;
+        let (policy, deletion_threshold) = self.policy();
         let domain_id = self.domain.id;
         let mut plans: Vec<Pending> = Vec::new();
         let mut counters = SyncCounters::default();
@@ -963,7 +983,7 @@ impl<'a> SyncRun<'a> {
             removals,
             self.waiting_removals(&plans),
             self.known.len(),
-            self.domain.settings.deletion_threshold,
+            deletion_threshold,
             groups.sync_moved,
         );
         let mut held = Vec::new();
@@ -1236,7 +1256,7 @@ impl<'a> SyncRun<'a> {
                     // Replan the same observation against the fresh state: only the
                     // difference still to record.
                     let seen = observation_of(&plan, &fresh.known);
-                    plan = plan_user(&self.policy(), Some(&fresh.known), &seen, || {
+                    plan = plan_user(&self.policy().0, Some(&fresh.known), &seen, || {
                         unreachable_discovery()
                     });
                     known = Some((fresh.id, fresh.version));

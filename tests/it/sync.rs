@@ -2563,3 +2563,36 @@ async fn an_import_racing_the_domains_removal_leaves_nobody_active() {
         "users of a removed domain left active (import answered {imported})"
     );
 }
+
+/// A run reads Graph for a while; removals made milder meanwhile are obeyed when it
+/// plans: a member who left while *delete* was set, kept because *keep* was saved before
+/// the run got to them, is not deleted.
+#[tokio::test]
+async fn a_run_obeys_a_milder_removal_setting_saved_while_it_reads_graph() {
+    let w = world(json!({"auto_import": true, "removal_behavior": "delete"})).await;
+    w.sync().await;
+    let id = w.user(5).await.unwrap()["id"].as_str().unwrap().to_owned();
+    w.leave(5).await;
+    w.sim(
+        Method::POST,
+        "/_sim/faults",
+        Some(json!({"path_prefix": "/v1.0/groups", "delay_ms": 1500, "count": 1})),
+    )
+    .await;
+    let path = format!("/v1/domains/{}", w.domain);
+    let milder = async {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        w.admin(
+            Method::PATCH,
+            &path,
+            Some(json!({"removal_behavior": "keep"})),
+        )
+        .await
+    };
+    let (run, (s, body)) = tokio::join!(w.sync(), milder);
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let (_, kept) = w.admin(Method::GET, &format!("/v1/users/{id}"), None).await;
+    assert_eq!(kept["status"], "active", "{kept}");
+    assert_eq!(kept["in_sync_group"], false, "{kept}");
+}

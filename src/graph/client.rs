@@ -172,6 +172,21 @@ fn origin(url: &str) -> Option<(String, String, Option<u16>)> {
     ))
 }
 
+/// `link` is on `base`'s scheme, host and port, and under its path: a Graph reached
+/// through a gateway at `https://gw.corp/graph` gets its token on `/graph/…` only, not on
+/// the gateway's other paths. (The parser has resolved `..` and `%2e%2e` already.)
+fn under_base(link: &str, base: &str) -> bool {
+    let (Ok(l), Ok(b)) = (reqwest::Url::parse(link), reqwest::Url::parse(base)) else {
+        return false;
+    };
+    let prefix = b.path().trim_end_matches('/');
+    origin(link).is_some()
+        && origin(link) == origin(base)
+        && l.path()
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
 fn host_of(url: &str) -> String {
     reqwest::Url::parse(url)
         .ok()
@@ -762,9 +777,9 @@ impl GraphClient {
         Ok(link.to_owned())
     }
 
-    /// `link` leads to the configured Graph host (and so may carry its token).
+    /// `link` leads to the configured Graph base (and so may carry its token).
     pub fn is_graph_link(&self, link: &str) -> bool {
-        matches!((origin(link), origin(&self.settings.graph_url)), (Some(a), Some(b)) if a == b)
+        under_base(link, &self.settings.graph_url)
     }
 
     /// Groups with this display name (0, 1 or several: names are not unique).
@@ -1228,6 +1243,37 @@ mod tests {
         assert!(delta_expired(StatusCode::BAD_REQUEST, middle));
         let none = br#"{"error":{"code":"badRequest","innerError":{"code":"other"}}}"#;
         assert!(!delta_expired(StatusCode::BAD_REQUEST, none));
+    }
+
+    #[test]
+    fn a_link_carries_the_token_only_under_the_graph_base() {
+        let gw = "https://gw.corp/graph/";
+        assert!(under_base(
+            "https://gw.corp/graph/v1.0/groups?$skiptoken=x",
+            gw
+        ));
+        assert!(under_base("https://GW.corp:443/graph", gw));
+        for foreign in [
+            "https://gw.corp/other/v1.0/groups",
+            "https://gw.corp/graphx/v1.0/groups",
+            "https://gw.corp/graph/../other",
+            "https://gw.corp/graph/%2e%2e/other",
+            "http://gw.corp/graph/v1.0/groups",
+            "https://gw.corp:8443/graph/v1.0/groups",
+            "https://evil.example/graph/v1.0/groups",
+            "not a url",
+        ] {
+            assert!(!under_base(foreign, gw), "{foreign}");
+        }
+        let graph = "https://graph.microsoft.com";
+        assert!(under_base(
+            "https://graph.microsoft.com/v1.0/users/delta?$deltatoken=a",
+            graph
+        ));
+        assert!(!under_base(
+            "https://graph.microsoft.com.evil.example/v1.0",
+            graph
+        ));
     }
 
     /// A display name from Graph with a right-to-left override would read as another

@@ -228,6 +228,12 @@ impl Verifier {
         self.last_hash
     }
 
+    /// The Merkle tree of the records taken (a verifier started with
+    /// [`Verifier::after`] holds only those after its start).
+    pub fn tree(&self) -> &Frontier {
+        &self.tree
+    }
+
     /// Problems found so far.
     pub fn problem_count(&self) -> u64 {
         self.problem_count

@@ -34,6 +34,7 @@ use super::{
 };
 use crate::durable::replace_whole;
 use idledger_domain::Hash;
+use idledger_replay::tree::Frontier;
 use idledger_replay::verify::{CheckedRecord, Verifier};
 use sha2::{Digest, Sha256};
 use std::fs::File;
@@ -153,6 +154,16 @@ fn with_sum(bytes: &[u8]) -> Vec<u8> {
 
 /// The bytes of a key file of the copy at `path`, checked against its SHA-256 line (files
 /// an earlier build wrote have none).
+/// The copy's kept signed tree head, if it has one. One that is not text is damage, not
+/// absence: it guards against a copy that reads shorter than it held.
+fn read_head_file(dir: &Path) -> Result<Option<String>, BackupError> {
+    super::read_if_there(dir.join(SIGNED_TREE_HEAD))?
+        .map(|b| {
+            String::from_utf8(b).map_err(|_| refused(SIGNED_TREE_HEAD, "damaged: it is not text"))
+        })
+        .transpose()
+}
+
 fn read_key_file(path: &Path) -> Result<Option<Vec<u8>>, BackupError> {
     let Some(bytes) = super::read_if_there(path.to_path_buf())? else {
         return Ok(None);
@@ -326,6 +337,8 @@ pub struct FollowCopy {
     open: Option<OpenSegment>,
     keystore_sha256: Option<String>,
     log_key_sha256: Option<String>,
+    /// The tree before the last increment taken, and that increment's leaves.
+    recent: Option<(Frontier, Vec<Option<Hash>>)>,
     segment_records: u64,
     /// When the first record of the last increment taken was appended (µs since the
     /// epoch): how far behind the copy ran.
@@ -385,8 +398,7 @@ impl FollowCopy {
                 None
             }
             Some((first, path)) if first == verifier.last_position() + 1 => {
-                let head = super::read_if_there(dir.join(SIGNED_TREE_HEAD))?
-                    .and_then(|b| String::from_utf8(b).ok());
+                let head = read_head_file(dir)?;
                 Some(Self::recover(path, first, &mut verifier, head.as_deref())?)
             }
             Some((first, path)) => {
@@ -414,6 +426,7 @@ impl FollowCopy {
             open,
             keystore_sha256: sealed.keystore.as_deref().map(sha256_hex),
             log_key_sha256: sealed.log_key.as_deref().map(sha256_hex),
+            recent: None,
             segment_records: segment_records.max(1),
             oldest_taken_us: None,
             broken: false,
@@ -528,9 +541,18 @@ impl FollowCopy {
         }
         self.broken = true;
         let after = (self.verifier.last_position(), self.verifier.last_hash());
+        let tree_before = self.verifier.tree().clone();
+        // The tree from before the last increment on: a head signed a moment before that
+        // increment was read, sent with this one, is still checked.
+        let (base, window) = self
+            .recent
+            .take()
+            .unwrap_or_else(|| (tree_before.clone(), Vec::new()));
+        let mut leaves = Vec::new();
         let mut chunks = vec![(0usize, Vec::new())];
         let mut oldest = None;
-        let contents = read_with(increment, &mut self.verifier, |_, rec| {
+        let contents = read_with(increment, &mut self.verifier, |checked, rec| {
+            leaves.push(checked.leaf);
             if oldest.is_none() {
                 oldest = idledger_domain::envelope::RawRecord::parse(rec)
                     .and_then(|r| r.decode_header())
@@ -550,10 +572,37 @@ impl FollowCopy {
             }
             Ok(())
         })?;
-        self.check_signed_head(
+        self.check_log_key(contents.sealed.log_key.as_deref())?;
+        let head = self.check_signed_head(
             contents.manifest.signed_tree_head.as_deref(),
             contents.sealed.log_key.as_deref(),
         )?;
+        // Held to the records it covers, as the verifier holds a restore to it: a head
+        // over another history is the split view an auditor's copy is there to catch.
+        let head_checked = match head {
+            Some(h)
+                if h.tree_size >= base.size() && h.tree_size <= self.verifier.last_position() =>
+            {
+                let mut tree = base;
+                let through = usize::try_from(h.tree_size - tree.size()).unwrap_or(usize::MAX);
+                for leaf in window.iter().chain(&leaves).take(through) {
+                    let Some(leaf) = leaf else { break };
+                    tree.push(*leaf);
+                }
+                if tree.size() != h.tree_size || tree.root() != h.root_hash {
+                    return Err(refused(
+                        "signed tree head",
+                        format!(
+                            "its root for size {} is not the root of the records this copy \
+                             holds: the server shows another history",
+                            h.tree_size
+                        ),
+                    ));
+                }
+                true
+            }
+            _ => false,
+        };
         self.store_keys(&contents, now_secs, Keys::WithHeld)?;
         let added = contents.manifest.record_count;
         if added > 0 {
@@ -562,8 +611,11 @@ impl FollowCopy {
         if contents.manifest.position >= log_head {
             self.store_keys(&contents, now_secs, Keys::Exactly)?;
         }
-        self.store_signed_head(contents.manifest.signed_tree_head.as_deref())?;
+        if head_checked {
+            self.store_signed_head(contents.manifest.signed_tree_head.as_deref())?;
+        }
         self.oldest_taken_us = oldest;
+        self.recent = Some((tree_before, leaves));
         self.broken = false;
         if self
             .open
@@ -581,24 +633,45 @@ impl FollowCopy {
     /// (the one sent, for a copy that holds none yet), before anything of the increment is
     /// kept, keys included: an auditor's copy must not keep a head it would only find wrong
     /// when restored, nor take a new key to fit one.
+    /// Answers the head it checked (none without a note or a key to check it with).
     fn check_signed_head(
         &self,
         note: Option<&str>,
         sent: Option<&[u8]>,
-    ) -> Result<(), BackupError> {
-        let Some(note) = note else { return Ok(()) };
+    ) -> Result<Option<idledger_replay::tree::TreeHead>, BackupError> {
+        let Some(note) = note else { return Ok(None) };
         let kept = read_key_file(&keys_dir(&self.dir).join(LOG_KEY))?;
         let Some(key) = kept.as_deref().or(sent) else {
-            return Ok(());
+            return Ok(None);
         };
         let public = crate::notary::key::public_key_in(key)
             .map_err(|e| refused("log key", e.to_string()))?;
-        public.open(note).map_err(|e| {
+        let signed = public.open(note).map_err(|e| {
             refused(
                 "signed tree head",
                 format!("it does not verify with the log's key: {e}"),
             )
         })?;
+        Ok(Some(signed.head))
+    }
+
+    /// Refuses a log key whose public key is not the one the copy holds: a log's key is
+    /// never replaced, so another is another log (or a server whose key was swapped to
+    /// sign another history). The same key sealed anew is taken.
+    fn check_log_key(&self, sent: Option<&[u8]>) -> Result<(), BackupError> {
+        let (Some(sent), Some(kept)) = (sent, read_key_file(&keys_dir(&self.dir).join(LOG_KEY))?)
+        else {
+            return Ok(());
+        };
+        let public = |bytes: &[u8]| {
+            crate::notary::key::public_key_in(bytes).map_err(|e| refused("log key", e.to_string()))
+        };
+        if public(sent)? != public(&kept)? {
+            return Err(refused(
+                "log key",
+                "the server signs with another key than the one this copy holds: another log",
+            ));
+        }
         Ok(())
     }
 
@@ -819,8 +892,7 @@ impl CopySnapshot {
     fn try_open(dir: &Path) -> Result<Option<Self>, BackupError> {
         // The head first: a follower writes it after the records it covers, so read before
         // the segments' lengths are taken it never names more than the snapshot holds.
-        let signed_tree_head = super::read_if_there(dir.join(SIGNED_TREE_HEAD))?
-            .and_then(|b| String::from_utf8(b).ok());
+        let signed_tree_head = read_head_file(dir)?;
         // The key store before the segments and again after: a follower taking an
         // increment meanwhile may add records whose keys only the later one has, or reach
         // its head and drop keys of users deleted after the records listed here. Their
@@ -1114,7 +1186,7 @@ mod tests {
                 101,
             )
             .expect_err("a head of another key, sent with it, taken");
-        assert!(err.to_string().contains("does not verify"), "{err}");
+        assert!(err.to_string().contains("another key"), "{err}");
         assert_eq!(
             std::fs::read(keys_dir(&copy_dir).join(LOG_KEY)).expect("kept"),
             keys_before,
@@ -1127,6 +1199,132 @@ mod tests {
             std::fs::read_to_string(copy_dir.join(SIGNED_TREE_HEAD)).expect("kept"),
             kept
         );
+    }
+
+    /// A head that verifies but whose root is not the root of the records the copy holds
+    /// at its size is another history shown to this copy: refused, nothing kept. So is a
+    /// log key other than the one held. A head a moment older than the increment it
+    /// comes with is still checked (and kept), and a damaged kept head is refused on open.
+    #[test]
+    fn a_head_over_another_history_or_another_log_key_is_refused() {
+        use idledger_replay::tree::{leaf_hash, Frontier, LogSigningKey, TreeHead};
+        let tmp = tempfile::tempdir().expect("a temp dir");
+        let server = tmp.path().join("server");
+        std::fs::create_dir_all(&server).expect("made");
+        let (master, _) = crate::secrets::MasterKey::load(&server, None, true).expect("a key");
+        let keyring = crate::secrets::Keyring::open(
+            master,
+            std::sync::Arc::new(crate::secrets::keystore::KeyFile::open(&server).expect("opens")),
+        )
+        .expect("opens");
+        let key = crate::notary::key::load_or_create(&server, &keyring).expect("a log key");
+        let key_file = std::fs::read(crate::notary::key::key_path(&server)).expect("reads");
+        let log = chain(15, 0);
+        let forked = chain(15, 1);
+        let head = |of: &[Vec<u8>], size: usize| {
+            let mut tree = Frontier::new();
+            for r in &of[..size] {
+                tree.push(leaf_hash(r));
+            }
+            key.sign(TreeHead {
+                tree_size: size as u64,
+                root_hash: tree.root(),
+                timestamp_ms: 1,
+            })
+            .expect("signs")
+            .to_note()
+        };
+        let increment = |from: u64, note: Option<String>, log_key: Vec<u8>| {
+            let mut out = Vec::new();
+            let mut w = match from {
+                1 => BackupWriter::new(&mut out),
+                _ => BackupWriter::after(&mut out, from - 1, hash_of(&log[from as usize - 2])),
+            }
+            .expect("starts");
+            for p in from..from + 5 {
+                w.push(p, &log[p as usize - 1]).expect("pushes");
+            }
+            let sealed = SealedFiles {
+                keystore: Some(keystore_of(&[("check", "c")])),
+                log_key: Some(log_key),
+            };
+            w.finish(&sealed, None, note).expect("finishes");
+            out
+        };
+        let copy_dir = tmp.path().join("copy");
+        let mut copy = FollowCopy::open(&copy_dir, SEGMENT).expect("opens");
+        copy.take(
+            increment(1, Some(head(&log, 5)), key_file.clone()).as_slice(),
+            15,
+            100,
+        )
+        .expect("taken");
+        let kept = || std::fs::read_to_string(copy_dir.join(SIGNED_TREE_HEAD)).expect("kept");
+        assert_eq!(kept(), head(&log, 5));
+
+        let err = copy
+            .take(
+                increment(6, Some(head(&forked, 8)), key_file.clone()).as_slice(),
+                15,
+                101,
+            )
+            .expect_err("a head over another history taken");
+        assert!(err.to_string().contains("another history"), "{err}");
+        drop(copy);
+        let mut copy = FollowCopy::open(&copy_dir, SEGMENT).expect("opens");
+        assert_eq!(copy.position(), 5, "nothing of it kept");
+        assert_eq!(kept(), head(&log, 5));
+
+        let other = LogSigningKey::from_seed(key.public().name(), &[7; 32]).expect("a key");
+        let other_file = format!(
+            "idledger log key v1\n{}\n{}\n",
+            other.public(),
+            String::from_utf8(key_file.clone())
+                .expect("text")
+                .lines()
+                .nth(2)
+                .expect("sealed")
+        );
+        let err = copy
+            .take(
+                increment(6, None, other_file.into_bytes()).as_slice(),
+                15,
+                101,
+            )
+            .expect_err("another log key taken");
+        assert!(err.to_string().contains("another key"), "{err}");
+        drop(copy);
+        let mut copy = FollowCopy::open(&copy_dir, SEGMENT).expect("opens");
+        assert_eq!(copy.position(), 5, "nothing of it kept");
+
+        copy.take(
+            increment(6, Some(head(&log, 8)), key_file.clone()).as_slice(),
+            15,
+            102,
+        )
+        .expect("taken");
+        assert_eq!(kept(), head(&log, 8));
+        // Signed at 9, before the copy read 6-10, sent with 11-15: checked, kept.
+        copy.take(
+            increment(11, Some(head(&log, 9)), key_file.clone()).as_slice(),
+            15,
+            103,
+        )
+        .expect("taken");
+        assert_eq!(kept(), head(&log, 9));
+        drop(copy);
+
+        let mut damaged = kept().into_bytes();
+        damaged[0] |= 0x80;
+        std::fs::write(copy_dir.join(SIGNED_TREE_HEAD), damaged).expect("written");
+        let err = FollowCopy::open(&copy_dir, SEGMENT)
+            .err()
+            .expect("a damaged head taken for none");
+        assert!(err.to_string().contains("signed-tree-head"), "{err}");
+        let err = CopySnapshot::open(&copy_dir)
+            .err()
+            .expect("a damaged head taken for none");
+        assert!(err.to_string().contains("signed-tree-head"), "{err}");
     }
 
     /// The server's key store is read at its log's head, which may be past the records of

@@ -55,18 +55,13 @@ pub async fn start_with(
         tracing::warn!(path = %path.display(), "created a new master key: back it up apart from the data dir, without it no sealed secret can be read");
     }
     let keys = Arc::new(KeyFile::open(data_dir).map_err(secrets)?);
-    let legacy = log.legacy_keys()?;
-    if !legacy.is_empty() && keys.get(b"master-check").map_err(secrets)?.is_none() {
-        // An earlier build kept wrapped keys in sled: move them to the key store file.
-        let entries: Vec<(&[u8], &[u8])> = legacy
-            .iter()
-            .map(|(k, v)| (k.as_slice(), v.as_slice()))
-            .collect();
-        keys.put_all(&entries).map_err(secrets)?;
-        log.drop_legacy_keys()?;
-        tracing::info!(
-            count = legacy.len(),
-            "moved the wrapped data keys from sled to the key store file"
+    let moved = move_legacy_keys(&log, &*keys)?;
+    if moved > 0 {
+        tracing::warn!(
+            count = moved,
+            "moved the wrapped data keys an earlier build kept in sled to the key store file; \
+             copies may stay in the free space of sled's file until it is reused: to erase \
+             them now, back the data dir up offline and restore it into a new one"
         );
     }
     let keyring = Keyring::open(master, keys.clone()).map_err(secrets)?;
@@ -431,5 +426,50 @@ impl Starting {
                 tracing::info!("the starting listener's open connections were cut");
             }
         }
+    }
+}
+
+/// Moves the wrapped data keys an earlier build kept in sled's `keys` tree to the key store
+/// file, then drops the tree; answers how many there were. After a crash between the two,
+/// the key store (holding `master-check`, so written by the move or since) is the truth,
+/// shreds since included: the tree is only dropped, never copied again.
+fn move_legacy_keys(log: &SledEventLog, keys: &dyn KeyStorage) -> Result<usize, Error> {
+    let secrets = |e: crate::secrets::SecretsError| Error::Other(e.to_string());
+    let legacy = log.legacy_keys()?;
+    if legacy.is_empty() {
+        return Ok(0);
+    }
+    if keys.get(b"master-check").map_err(secrets)?.is_none() {
+        let entries: Vec<(&[u8], &[u8])> = legacy
+            .iter()
+            .map(|(k, v)| (k.as_slice(), v.as_slice()))
+            .collect();
+        keys.put_all(&entries).map_err(secrets)?;
+    }
+    log.drop_legacy_keys()?;
+    Ok(legacy.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn legacy_keys_move_once_and_a_crash_after_the_move_only_drops_them() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let log = SledEventLog::open(dir.path()).expect("opens");
+        let keys = KeyFile::open(dir.path()).expect("opens");
+        log.plant_legacy_keys(&[(b"master-check", b"c"), (b"dk:1", b"one")]);
+        assert_eq!(move_legacy_keys(&log, &keys).expect("moved"), 2);
+        assert_eq!(keys.get(b"dk:1").expect("reads"), Some(b"one".to_vec()));
+        assert!(log.legacy_keys().expect("reads").is_empty());
+        // The tree still there after the move (a crash before the drop), and user 1
+        // shredded since: dropped, and nothing comes back.
+        keys.remove_all(&[b"dk:1"]).expect("shredded");
+        log.plant_legacy_keys(&[(b"master-check", b"c"), (b"dk:1", b"one")]);
+        assert_eq!(move_legacy_keys(&log, &keys).expect("dropped"), 2);
+        assert_eq!(keys.get(b"dk:1").expect("reads"), None);
+        assert!(log.legacy_keys().expect("reads").is_empty());
+        assert_eq!(move_legacy_keys(&log, &keys).expect("nothing"), 0);
     }
 }

@@ -382,6 +382,15 @@ impl SledEventLog {
             .collect()
     }
 
+    /// Writes entries into a `keys` tree, as an earlier build did.
+    #[cfg(test)]
+    pub(crate) fn plant_legacy_keys(&self, entries: &[(&[u8], &[u8])]) {
+        let tree = self.shared.db.open_tree("keys").expect("opens");
+        for (k, v) in entries {
+            tree.insert(k, *v).expect("inserts");
+        }
+    }
+
     /// Drops the `keys` tree once its entries were moved.
     pub fn drop_legacy_keys(&self) -> Result<(), StoreError> {
         self.shared.db.drop_tree("keys").map_err(io)?;

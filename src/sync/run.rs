@@ -169,6 +169,16 @@ struct Groups {
     sync_moved: bool,
 }
 
+impl Groups {
+    fn resolved(&self) -> Event {
+        SyncGroupsResolved {
+            sync_group_id: self.sync.clone(),
+            rotation_group_id: self.rotation.clone(),
+        }
+        .into()
+    }
+}
+
 /// A run in progress.
 pub struct SyncRun<'a> {
     engine: &'a Engine,
@@ -1042,6 +1052,22 @@ impl<'a> SyncRun<'a> {
         }
         held.sort_unstable();
         let actor = Actor::Sync(domain_id);
+        // The groups (and so the tenant the users come from) on record before any user
+        // is: a run cut short after its users landed still keeps their tenant to this
+        // domain. Not when the sync group moved: that stays unrecorded until the run
+        // ends, so that a run dying before its held list keeps the next one held too.
+        let resolved_early = !self.dry_run && groups.changed && !groups.sync_moved;
+        if resolved_early {
+            crate::store::append_correlated(
+                &*self.engine.log,
+                StreamId::domain(domain_id),
+                ExpectedVersion::Any,
+                &actor,
+                Some(self.run_id.0),
+                vec![groups.resolved()],
+            )
+            .await?;
+        }
         if quarantined && !self.dry_run {
             // On record before any user is: a leaver's `MemberLeftSyncGroup` takes them out
             // of every later run's plan, so if this run dies after it, this list is all
@@ -1081,14 +1107,8 @@ impl<'a> SyncRun<'a> {
             if let Some(names) = federated.filter(|n| *n != self.domain.federated_domains) {
                 domain_events.push(FederatedDomainsSeen { names }.into());
             }
-            if groups.changed {
-                domain_events.push(
-                    SyncGroupsResolved {
-                        sync_group_id: groups.sync.clone(),
-                        rotation_group_id: groups.rotation.clone(),
-                    }
-                    .into(),
-                );
+            if groups.changed && !resolved_early {
+                domain_events.push(groups.resolved());
             }
             if quarantined && !held.is_empty() {
                 domain_events.extend(self.quarantined_parts(&held));

@@ -2596,3 +2596,57 @@ async fn a_run_obeys_a_milder_removal_setting_saved_while_it_reads_graph() {
     assert_eq!(kept["status"], "active", "{kept}");
     assert_eq!(kept["in_sync_group"], false, "{kept}");
 }
+
+/// The tenant a domain's users came from is on record before they are: a first run cut
+/// short after its users landed (its credentials removed while it read the tenant's
+/// domains) still keeps that tenant to this domain.
+#[tokio::test]
+async fn a_first_run_cut_short_after_its_users_keeps_their_tenant_to_the_domain() {
+    let sim = sim().await;
+    let faults = reqwest::Client::new()
+        .post(format!("{sim}/_sim/faults"))
+        .json(&json!({"path_prefix": "/v1.0/domains", "delay_ms": 3000, "count": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert!(faults.status().is_success());
+    let w = world_in(spawn_app().await, sim, None, json!({"auto_import": true})).await;
+    let (s, body) = w
+        .admin(
+            Method::POST,
+            &format!("/v1/domains/{}/sync", w.domain),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while w.users("").await.is_empty() {
+        assert!(Instant::now() < deadline, "no user landed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (s, body) = w
+        .admin(
+            Method::DELETE,
+            &format!("/v1/domains/{}/credentials", w.domain),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let (s, body) = w
+        .admin(
+            Method::POST,
+            "/v1/domains",
+            Some(domain_body(
+                "fabrikam.onmicrosoft.com",
+                &w.sim,
+                SECRET,
+                &json!({}),
+            )),
+        )
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::CONFLICT,
+        "a second domain took the users' tenant: {body}"
+    );
+}

@@ -169,7 +169,7 @@ const ADD_DOMAIN: &str = r#"
   <label for="d-tenant">Tenant ID</label>
   <input id="d-tenant" name="tenant_id" required>
   <label for="d-days">Auto Password Change (days)</label>
-  <input id="d-days" name="auto_password_change_days" type="number" min="1" max="3650" placeholder="off">
+  <input id="d-days" name="auto_password_change_days" type="number" min="1" max="365" placeholder="off">
   <fieldset class="wide">
     <legend>Behavior when removing a user from a sync group</legend>
     <label><input type="radio" name="removal_behavior" value="keep" checked> Keep

@@ -263,7 +263,32 @@ async fn sign_in(
 
 /// Whether the form of a page has come back to the browser that loaded it.
 fn pre_matches(state: &AppState, headers: &HeaderMap, pre: &str) -> bool {
-    cookie(headers, pre_name(state.secure_cookies())).is_some_and(|c| same_secret(c, pre))
+    own_origin(state, headers)
+        && cookie(headers, pre_name(state.secure_cookies())).is_some_and(|c| same_secret(c, pre))
+}
+
+/// Over plain HTTP the form must come from this very origin. Cookies and SameSite ignore
+/// ports: a page on another port of localhost could plant the double-submit cookie and
+/// post its own token, signing the browser in as someone else (login CSRF). Browsers say
+/// where a request comes from in `Sec-Fetch-Site` (`same-site` for another port), and in
+/// `Origin` — but that is `null` under the pages' `no-referrer` policy, so it is read
+/// only when it names an origin. Under TLS the `__Host-` cookie cannot be planted from
+/// plain HTTP, and a proxy may rewrite `Host`: not checked there.
+fn own_origin(state: &AppState, headers: &HeaderMap) -> bool {
+    if state.secure_cookies() {
+        return true;
+    }
+    if let Some(site) = headers.get("sec-fetch-site") {
+        return site == "same-origin";
+    }
+    let origin = match headers.get(header::ORIGIN).map(|o| o.to_str()) {
+        None => return true,
+        Some(Ok("null")) => return true,
+        Some(Ok(o)) => o,
+        Some(Err(_)) => return false,
+    };
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    host.is_some_and(|host| origin.strip_prefix("http://") == Some(host))
 }
 
 fn ticket_expired(state: &AppState) -> Response {

@@ -7,6 +7,10 @@ use axum::http::request::Parts;
 use idledger_domain::{Actor, Hash, KeyId, Role, TokenId};
 use sha2::{Digest, Sha256};
 
+/// Sent by console pages with requests they make on their own, long after the admin's
+/// last key or click: such a request does not count as use of the session.
+pub const BACKGROUND: &str = "x-idledger-background";
+
 /// The caller, from a live token.
 #[derive(Clone)]
 pub struct Principal {
@@ -134,7 +138,7 @@ impl Principal {
                     super::session::cookie_name(state.secure_cookies()),
                 )
                 .ok_or(ApiError::Unauthorized)?;
-                let session = state.sessions.find(cookie).ok_or(ApiError::Unauthorized)?;
+                let session = state.sessions.peek(cookie).ok_or(ApiError::Unauthorized)?;
                 if !parts.method.is_safe() {
                     let sent = parts
                         .headers
@@ -154,6 +158,12 @@ impl Principal {
                     .ok_or(ApiError::Unauthorized)?;
                 if !matches!(t.role, Role::Admin | Role::Auditor) {
                     return Err(ApiError::Unauthorized);
+                }
+                // Use of the session once it passed its checks, unless the page made the
+                // request on its own (a live refresh, a poll): an open tab is not an
+                // admin at work, and must not hold an idle session open.
+                if !parts.headers.contains_key(BACKGROUND) {
+                    state.sessions.touch(cookie);
                 }
                 through_session = Some(cookie.to_owned());
                 t

@@ -138,20 +138,41 @@ impl Sessions {
         cookie
     }
 
-    /// The live session of `cookie`, marked as used now.
+    /// The live session of `cookie`, marked as used now (a page the admin opened).
     pub fn find(&self, cookie: &str) -> Option<SessionInfo> {
+        let found = self.peek(cookie)?;
+        self.touch(cookie);
+        Some(found)
+    }
+
+    /// The live session of `cookie`, not marked as used: a request is use only once it
+    /// passed its checks, and only when the admin made it ([`Sessions::touch`]).
+    pub fn peek(&self, cookie: &str) -> Option<SessionInfo> {
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let k = key(cookie);
-        let session = open.get_mut(&k)?;
+        let session = open.get(&k)?;
         if !self.live(session) {
             open.remove(&k);
             return None;
         }
-        session.last_seen = Instant::now();
         Some(SessionInfo {
             token_id: session.token_id,
             csrf: session.csrf.clone(),
         })
+    }
+
+    /// Marks the session of `cookie` as used now.
+    pub fn touch(&self, cookie: &str) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = open.get_mut(&key(cookie)) {
+            s.last_seen = Instant::now();
+        }
+    }
+
+    /// How long the session of `cookie` has gone unused (tests watch the idle clock).
+    pub fn unused_for(&self, cookie: &str) -> Option<Duration> {
+        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.get(&key(cookie)).map(|s| s.last_seen.elapsed())
     }
 
     /// The session of `cookie` is open (looked at without counting as use: an event

@@ -459,6 +459,77 @@ fn attribute_after(html: &str, marker: &str) -> String {
         .to_owned()
 }
 
+/// A session's idle clock is reset by the admin's requests only: not by those a page
+/// makes on its own (marked as such), nor by requests refused. And over plain HTTP a
+/// sign-in form posted from another origin (another port of localhost, which may plant
+/// cookies for this one) opens no session.
+#[tokio::test]
+async fn only_the_admins_own_requests_keep_a_session_open_and_sign_in_comes_from_its_page() {
+    let app = spawn_app().await;
+    let base = app.url.clone();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let post = |header: &'static str, value: &'static str| {
+        let (http, base, admin) = (http.clone(), base.clone(), app.admin.clone());
+        async move {
+            let (pre, pre_cookie) = sign_in_form(&http, &base).await;
+            let own = base.replace("http://", "");
+            http.post(format!("{base}/console/sign-in"))
+                .header("cookie", pre_cookie)
+                .header(header, value.replace("OWN", &own))
+                .form(&[("token", admin.as_str()), ("pre", pre.as_str())])
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    for (header, value) in [
+        ("origin", "http://localhost:9999"),
+        ("sec-fetch-site", "same-site"),
+        ("sec-fetch-site", "cross-site"),
+    ] {
+        let refused = post(header, value).await.status();
+        assert_eq!(refused, StatusCode::FORBIDDEN, "{header}: {value}");
+    }
+    let r = post("origin", "http://OWN").await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let set = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+    let session = set.split(';').next().unwrap().to_owned();
+    let value = session.split_once('=').unwrap().1.to_owned();
+    let unused = || app.state.sessions.unused_for(&value).expect("open");
+
+    let idle = Duration::from_millis(300);
+    tokio::time::sleep(idle).await;
+    let r = http
+        .get(format!("{base}/v1/domains"))
+        .header("cookie", &session)
+        .header("x-idledger-background", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(unused() >= idle, "a page's own request counted as use");
+    let r = http
+        .post(format!("{base}/v1/tokens"))
+        .header("cookie", &session)
+        .json(&json!({"name": "x", "role": "auditor"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN, "no CSRF token");
+    assert!(unused() >= idle, "a refused request counted as use");
+    let r = http
+        .get(format!("{base}/v1/domains"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(unused() < idle, "the admin's request did not count");
+}
+
 /// A session is a cookie (HttpOnly, SameSite=Strict) standing for its token: commands
 /// through it need the session's CSRF token, a revoked token ends it, agents get none.
 #[tokio::test]

@@ -26,10 +26,20 @@ const KINDS = ["DomainRegistered", "DomainSettingsChanged", "DomainCredentialsSe
   "SigningKeyRetired", "AppTokensIssued", "AppTokenRefused", "FederatedDomainsSeen",
   "SyncQuarantineApplied", "KeyWriteWrittenLate", "SigningKeyHandover", "SignInUnlocked"];
 
+/// When the admin last pressed a key or a button. A request the page makes on its own
+/// well after that (a live refresh, a poll) says so, and does not keep an idle session
+/// open: a tab left open is not an admin at work.
+let lastInput = Date.now();
+for (const kind of ["keydown", "pointerdown", "submit"]) {
+  document.addEventListener(kind, () => { lastInput = Date.now(); }, true);
+}
+const ACTIVE_AFTER_INPUT_MS = 10000;
+
 /// Calls the API; answers the parsed body, or throws an Error with the API's message.
 async function api(method, path, payload) {
   const init = { method, credentials: "same-origin", headers: {} };
   if (method !== "GET") init.headers["x-csrf-token"] = csrf;
+  if (Date.now() - lastInput > ACTIVE_AFTER_INPUT_MS) init.headers["x-idledger-background"] = "1";
   if (payload !== undefined) {
     init.headers["content-type"] = "application/json";
     init.body = JSON.stringify(payload);

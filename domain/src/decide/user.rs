@@ -52,8 +52,12 @@ pub struct UserState {
     pub signin: super::signin::SignInState,
     /// Refresh-token families of the apps the user signed in to.
     pub refresh: super::refresh::Families,
-    /// The rotation whose password Graph confirmed last: the one a key must hold.
+    /// The rotation whose password Graph confirmed last: the one a key must hold. A
+    /// reassert sends that same password again, so its success leaves this as it was: a
+    /// write of the password, written late onto a key taken away, is still found exposed.
     pub current_password: Option<RotationId>,
+    /// The reassert started last, if the last rotation started was one.
+    pub reasserting: Option<RotationId>,
     /// Kept by the removal behaviour since they last left the sync group: their removal
     /// is settled, and approving it again does nothing.
     pub kept_out: bool,
@@ -138,7 +142,14 @@ pub fn evolve(mut s: UserState, e: &Event) -> UserState {
         Event::UserDeactivated(_) => s.status = Status::Deactivated,
         Event::UserDeleted(_) => s.status = Status::Deleted,
         Event::UserSsoOverrideSet(e) => s.sso_override = e.sso,
-        Event::RotationSucceeded(e) => s.current_password = Some(e.rotation_id),
+        Event::RotationStarted(e) => {
+            s.reasserting = (e.reason == RotationReason::Reassert).then_some(e.rotation_id);
+        }
+        Event::RotationSucceeded(e) => {
+            if s.reasserting != Some(e.rotation_id) || s.current_password.is_none() {
+                s.current_password = Some(e.rotation_id);
+            }
+        }
         Event::AppTokensIssued(_) | Event::AppTokenRefused(_) => s.refresh.evolve(e),
         e => super::signin::evolve(&mut s.signin, e),
     }
@@ -1143,6 +1154,26 @@ mod tests {
             reason: RotationReason::Exposed,
         };
         given::<UserStream>(&current)
+            .when(ack(1, WriteOutcome::Written))
+            .then([late(), exposed.clone().into()]);
+        // The same password sent again since (a reassert after an unknown answer) is still
+        // the password the late write put on the key.
+        let mut reasserted = current[..6].to_vec();
+        reasserted.extend([
+            RotationStarted {
+                rotation_id: RotationId(uuid::Uuid::from_u128(3)),
+                reason: RotationReason::Reassert,
+                sealed_password: crate::types::SealedSecret {
+                    key_id: crate::ids::DataKeyId(uuid::Uuid::from_u128(5)),
+                    nonce: [0; 24],
+                    ciphertext: vec![1],
+                },
+            }
+            .into(),
+            rotated(3),
+        ]);
+        reasserted.extend(current[6..].iter().cloned());
+        given::<UserStream>(&reasserted)
             .when(ack(1, WriteOutcome::Written))
             .then([late(), exposed.into()]);
         // Deleted meanwhile: the password was shredded with its user, and Entra ID no

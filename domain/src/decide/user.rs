@@ -470,6 +470,16 @@ pub fn decide(s: &UserState, c: UserCommand) -> Result<Vec<Event>, Rejection> {
                     .chain(rewrite_after_late_write(s, &w.key, rewrite))
                     .collect());
             }
+            // The same answer again (an agent retrying after a lost reply) is the answer
+            // it gave: no error for a success, nothing appended.
+            let repeated = matches!(
+                (w.state, &outcome),
+                (KeyWriteState::Confirmed, WriteOutcome::Written)
+                    | (KeyWriteState::Failed, WriteOutcome::Failed(_))
+            );
+            if repeated {
+                return Ok(vec![]);
+            }
             if !matches!(w.state, KeyWriteState::Queued | KeyWriteState::Delivered) {
                 return Err(Rejection::Conflict(format!(
                     "the key write is {} already",
@@ -1288,6 +1298,30 @@ mod tests {
                 detail: "no key".into(),
             }
             .into()]);
+        // Answered again (the reply was lost): the same answer is no error and changes
+        // nothing; the other answer is refused.
+        let mut confirmed = delivered.to_vec();
+        confirmed.push(KeyWriteConfirmed { key_write_id: w(1) }.into());
+        given::<UserStream>(&confirmed)
+            .when(ack(WriteOutcome::Written))
+            .then_nothing();
+        given::<UserStream>(&confirmed)
+            .when(ack(WriteOutcome::Failed("no key".into())))
+            .then_conflict();
+        let mut failed = delivered.to_vec();
+        failed.push(
+            KeyWriteFailed {
+                key_write_id: w(1),
+                detail: "no key".into(),
+            }
+            .into(),
+        );
+        given::<UserStream>(&failed)
+            .when(ack(WriteOutcome::Failed("no key".into())))
+            .then_nothing();
+        given::<UserStream>(&failed)
+            .when(ack(WriteOutcome::Written))
+            .then_conflict();
         given::<UserStream>(&delivered)
             .when(ack(WriteOutcome::Failed("x".repeat(2001))))
             .then_invalid("detail");
@@ -1330,11 +1364,6 @@ mod tests {
                 detail: "no key".into(),
             }
             .into()]);
-        let mut confirmed = delivered.to_vec();
-        confirmed.push(KeyWriteConfirmed { key_write_id: w(1) }.into());
-        given::<UserStream>(&confirmed)
-            .when(ack(WriteOutcome::Written))
-            .then_conflict();
         // Never handed out: no agent had the password, so nothing can have been written.
         given::<UserStream>(&delivered[..4])
             .when(ack(WriteOutcome::Written))

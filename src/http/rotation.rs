@@ -289,6 +289,29 @@ pub async fn reveal(
     let open = |c: Option<(RotationId, idledger_domain::SealedSecret)>| {
         c.map(|(id, sealed)| s.engine.keyring.unseal(&stream, &sealed).map(|p| (id, p)))
             .transpose()
+            .map_err(|e| match e {
+                // Shredded: the user was deleted since the look above (the deletion is
+                // appended before its shred), or the data dir was restored from a
+                // backup older than a shred.
+                crate::secrets::SecretsError::MissingKey(_) => {
+                    let deleted = s
+                        .engine
+                        .projector
+                        .read()
+                        .users
+                        .get(user)
+                        .is_none_or(|u| u.status == UserStatus::Deleted);
+                    match deleted {
+                        true => ApiError::NotFound("user".into()),
+                        false => ApiError::Conflict(
+                            "the user's data key was destroyed: this password can no longer \
+                             be read; rotate the user to set one the engine holds"
+                                .into(),
+                        ),
+                    }
+                }
+                e => ApiError::from(e),
+            })
     };
     let password = open(current)?;
     let candidate = open(candidate)?;

@@ -1551,3 +1551,33 @@ async fn a_key_write_that_failed_is_written_again_on_request() {
         .await;
     assert_eq!(s, StatusCode::CONFLICT, "{body}");
 }
+
+/// A user whose data key is gone (shredded as they were deleted, the reveal racing it; or
+/// a restore from before a shred) has a password no one can open: a clear answer, not a
+/// 500, and nothing recorded as revealed.
+#[tokio::test]
+async fn a_reveal_of_a_password_whose_key_is_gone_is_a_clear_refusal() {
+    let w = rotating_world(json!({})).await;
+    let id = w.assign_key(2, "K-0002").await;
+    w.rotate(&id).await;
+    assert_eq!(w.rotations_settled(&id, 1).await[0]["outcome"], "succeeded");
+    let stream = idledger_domain::StreamId::user(idledger_domain::UserId(id.parse().unwrap()));
+    w.app.state.engine.keyring.shred(&stream).unwrap();
+    let head = w.head().await;
+    let (s, body) = w
+        .admin(
+            Method::POST,
+            &format!("/v1/users/{id}/password/reveal"),
+            Some(json!({"reason": "test"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("rotate"),
+        "{body}"
+    );
+    assert_eq!(w.head().await, head, "recorded as revealed");
+}

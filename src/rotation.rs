@@ -805,6 +805,18 @@ impl RotationService {
                         crate::graph::MAX_RECORDED_ERROR,
                     ),
                 },
+                // Not an unknown outcome: an uncertainty window would let no later
+                // refusal end the rotation, for a password Graph was never asked to set.
+                Err(e) if e.never_sent() => {
+                    throttled += 1;
+                    wait_asked = None;
+                    AttemptResult::NotSent {
+                        error: crate::graph::clipped(
+                            &e.error.to_string(),
+                            crate::graph::MAX_RECORDED_ERROR,
+                        ),
+                    }
+                }
                 Err(e) => AttemptResult::Unknown {
                     error: crate::graph::clipped(
                         &e.error.to_string(),

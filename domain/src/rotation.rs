@@ -141,6 +141,12 @@ pub enum AttemptResult {
         /// What it said.
         error: String,
     },
+    /// The request never left (no token, the connection refused, the credentials
+    /// retired): nothing happened, as with throttling, and the rotation waits.
+    NotSent {
+        /// What stopped it.
+        error: String,
+    },
     /// No answer, or a 5xx; or a refusal or throttling after a request of the same
     /// attempt got no answer: it may or may not be set.
     Unknown {
@@ -217,7 +223,9 @@ pub fn after_attempt(open: &OpenRotation, result: AttemptResult, max_attempts: u
         // Throttling is Graph's "not now", neither an unknown outcome (no uncertainty
         // window opens) nor a refusal (nothing about the user or the password is wrong,
         // and an admin's waiting request stays): however long it lasts, the rotation waits.
-        AttemptResult::Throttled { error } => NextStep::Wait { error },
+        AttemptResult::Throttled { error } | AttemptResult::NotSent { error } => {
+            NextStep::Wait { error }
+        }
     }
 }
 

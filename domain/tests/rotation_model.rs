@@ -65,14 +65,16 @@ impl Rules {
                 NextStep::SucceedAfterUnknown { attempt, error }
             }
             AttemptResult::Refused { code, error } => NextStep::Fail { code, error },
-            AttemptResult::Unknown { error } | AttemptResult::Throttled { error, .. }
+            AttemptResult::Unknown { error }
+            | AttemptResult::Throttled { error, .. }
+            | AttemptResult::NotSent { error }
                 if attempt < PROTOCOL.max_attempts =>
             {
                 NextStep::Retry { attempt, error }
             }
-            AttemptResult::Unknown { error } | AttemptResult::Throttled { error, .. } => {
-                NextStep::GiveUp { error }
-            }
+            AttemptResult::Unknown { error }
+            | AttemptResult::Throttled { error, .. }
+            | AttemptResult::NotSent { error } => NextStep::GiveUp { error },
         }
     }
 
@@ -127,8 +129,9 @@ enum Step {
     Ask,
     /// The scheduler looks; `due`: the schedule wants a new password.
     Tick { due: bool },
-    /// The engine sends its attempt; the token endpoint may refuse it first.
-    Send { token_refused: bool },
+    /// The engine sends its attempt; the token endpoint may refuse it first (1) or not
+    /// answer (2), and then nothing is sent.
+    Send { token: u8 },
     /// Graph acts on one of the requests it holds; the answer may be lost.
     Graph {
         pick: usize,
@@ -154,7 +157,7 @@ fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         2 => Just(Step::Ask),
         3 => any::<bool>().prop_map(|due| Step::Tick { due }),
-        3 => any::<bool>().prop_map(|t| Step::Send { token_refused: t }),
+        3 => (0..3u8).prop_map(|token| Step::Send { token }),
         4 => (0..4usize, act, any::<bool>())
             .prop_map(|(pick, act, answer_lost)| Step::Graph { pick, act, answer_lost }),
         1 => Just(Step::Timeout),
@@ -263,7 +266,9 @@ impl World {
             AttemptResult::Set if d.after_503 => AttemptResult::SetAfterUnknown {
                 error: "503 first".into(),
             },
-            AttemptResult::Refused { error, .. } | AttemptResult::Throttled { error }
+            AttemptResult::Refused { error, .. }
+            | AttemptResult::Throttled { error }
+            | AttemptResult::NotSent { error }
                 if d.after_503 =>
             {
                 AttemptResult::Unknown { error }
@@ -418,15 +423,21 @@ impl World {
                     Next::Idle | Next::WaitUntil(_) => {}
                 }
             }
-            Step::Send { token_refused } => {
+            Step::Send { token } => {
                 let Some(d) = self.driving.as_ref().filter(|d| d.awaiting.is_none()) else {
                     return;
                 };
-                if token_refused {
+                if token == 1 {
                     // The token endpoint refused: nothing was sent.
                     return self.answer(AttemptResult::Refused {
                         code: Some("AADSTS7000215".into()),
                         error: "token refused".into(),
+                    });
+                }
+                if token == 2 {
+                    // The token endpoint did not answer: nothing was sent.
+                    return self.answer(AttemptResult::NotSent {
+                        error: "no token".into(),
                     });
                 }
                 let id = self.next_id;
@@ -575,16 +586,12 @@ fn a_503_before_a_success_holds_back_the_next_rotation() {
     };
     let steps = [
         Step::Ask,
-        Step::Send {
-            token_refused: false,
-        },
+        Step::Send { token: 0 },
         graph(0, Act::Unavailable),
         graph(1, Act::Apply),
         Step::Ask,
         Step::Tick { due: false },
-        Step::Send {
-            token_refused: false,
-        },
+        Step::Send { token: 0 },
         graph(1, Act::Apply),
         graph(0, Act::Apply),
     ];

@@ -141,6 +141,23 @@ pub struct PasswordNotSet {
     pub maybe_applied: bool,
 }
 
+impl PasswordNotSet {
+    /// The PATCH never left: the token could not be had, the connection was refused (a
+    /// request cut off after it left is `maybe_applied`), the credentials were retired.
+    /// Nothing can have been applied, and no refusal was heard either.
+    pub fn never_sent(&self) -> bool {
+        !self.maybe_applied
+            && matches!(
+                self.error,
+                GraphError::Token { .. }
+                    | GraphError::Transport { .. }
+                    | GraphError::Tls { .. }
+                    | GraphError::ForeignLink(_)
+                    | GraphError::Retired
+            )
+    }
+}
+
 struct CachedToken {
     token: Secret,
     refresh_at: Instant,

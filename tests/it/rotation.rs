@@ -1581,3 +1581,27 @@ async fn a_reveal_of_a_password_whose_key_is_gone_is_a_clear_refusal() {
     );
     assert_eq!(w.head().await, head, "recorded as revealed");
 }
+
+/// A password request that never left (the token endpoint failing) is no unknown
+/// outcome: Graph's definite refusal after it still ends the rotation as failed, rather
+/// than leaving the user needing attention for a password Graph was never asked to set.
+#[tokio::test]
+async fn a_request_that_never_left_opens_no_uncertainty() {
+    let w = rotating_world(json!({})).await;
+    let id = w.assign_key(3, "K-0003").await;
+    let patch = format!("/v1.0/users/{}", ext(3));
+    let token = format!("/{}/oauth2/v2.0/token", crate::support::TENANT);
+    for fault in [
+        // The cached token is refused, and the new one cannot be had for a while.
+        json!({"method": "PATCH", "path_prefix": patch, "status": 401, "count": 1}),
+        json!({"method": "POST", "path_prefix": token, "status": 500, "count": 8}),
+        json!({"method": "PATCH", "path_prefix": patch, "status": 403, "count": 1}),
+    ] {
+        w.sim(Method::POST, "/_sim/faults", Some(fault)).await;
+    }
+    w.rotate(&id).await;
+    let h = w.rotations_settled(&id, 1).await;
+    assert_eq!(h[0]["outcome"], "failed", "{h:?}");
+    let kinds = w.kinds(&id).await;
+    assert!(!kinds.iter().any(|k| k == "RotationRetried"), "{kinds:?}");
+}

@@ -143,6 +143,10 @@ pub struct Restored {
     /// The backup's signed tree head, checked with the log's public key and against the
     /// restored records' root (when a key was given).
     pub signed_head: Option<TreeHead>,
+    /// Live users of the restored records whose password no key of the key store opens:
+    /// their key was shredded (they were deleted) after the records the backup holds but
+    /// before its key store was read (a whole backup bounded by `limit`).
+    pub keys_destroyed: Vec<idledger_domain::UserId>,
 }
 
 /// Restores the backup `from` into the new or empty data dir `data_dir`, in one pass over
@@ -416,6 +420,7 @@ fn restore_into(
         crate::secrets::keystore::path_in(staging),
         &contents.sealed.keystore,
     )?;
+    let mut keys_destroyed = Vec::new();
     if contents.sealed.keystore.is_some() {
         // A keystore read before a deletion's shred landed (or a crash between the two)
         // still holds the deleted user's key: the restored data dir does not.
@@ -427,6 +432,17 @@ fn restore_into(
             .map(idledger_domain::StreamId::user);
         crate::secrets::shred_all(&keys, deleted)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
+        for u in projections.users.iter_after(None) {
+            let sealed = u.current_rotation.is_some() || u.password.open.is_some();
+            let stream = idledger_domain::StreamId::user(u.id);
+            if u.status != idledger_projections::users::UserStatus::Deleted
+                && sealed
+                && !crate::secrets::holds_key(&keys, &stream)
+                    .map_err(|e| std::io::Error::other(e.to_string()))?
+            {
+                keys_destroyed.push(u.id);
+            }
+        }
     }
     write(
         crate::notary::key::key_path(staging),
@@ -455,6 +471,7 @@ fn restore_into(
         manifest: contents.manifest,
         projections,
         signed_head,
+        keys_destroyed,
     })
 }
 

@@ -399,6 +399,10 @@ struct Restored {
     /// The signed tree head checked with `--public-key` (absent without it).
     #[serde(skip_serializing_if = "Option::is_none")]
     signed_tree_head: Option<SignedHeadChecked>,
+    /// Restored users whose password cannot be read: their data key was destroyed after
+    /// the backup's records (absent when there are none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    keys_destroyed: Vec<UserId>,
 }
 
 /// A backup's signed tree head that verified and names the restored records' root.
@@ -464,6 +468,16 @@ pub async fn restore(args: &RestoreArgs) -> Result<ExitCode, Error> {
         );
     }
     let (manifest, projections) = (restored.manifest, restored.projections);
+    for id in &restored.keys_destroyed {
+        let upn = projections
+            .users
+            .get(*id)
+            .map_or("", |u| u.attributes.user_principal_name.as_str());
+        eprintln!(
+            "warning: {upn:?} ({id}) has a password no key opens: its data key was destroyed after this backup's records (the user was deleted later); rotate the user if they are to stay",
+            id = id.0
+        );
+    }
     let signed_tree_head = restored.signed_head.map(|h| SignedHeadChecked {
         tree_size: h.tree_size,
         root_hash: {
@@ -501,6 +515,7 @@ pub async fn restore(args: &RestoreArgs) -> Result<ExitCode, Error> {
             domains: projections.domains.all().len(),
             deleted_since_backup,
             signed_tree_head,
+            keys_destroyed: restored.keys_destroyed,
         })
         .map_err(|e| Error::Other(e.to_string()))?
     )?;

@@ -576,6 +576,11 @@ fn subject_entries(
     Ok(Some((entries, id)))
 }
 
+/// Whether `storage` holds a data key for `stream` (none was made yet, or it was shredded).
+pub fn holds_key(storage: &dyn KeyStorage, stream: &StreamId) -> Result<bool, SecretsError> {
+    Ok(subject_entries(storage, stream)?.is_some())
+}
+
 /// Shreds every one of `streams` whose key `storage` still holds, in one rewrite; for
 /// the users the log says are deleted, after a crash between a deletion's append and its
 /// shred, or with a keystore restored from before the shred. Answers how many were

@@ -886,6 +886,23 @@ async fn a_restore_names_users_deleted_after_the_backup_was_taken() {
     let (ok, done, err) = restore(&before, &target, &[]);
     assert!(ok, "{err}");
     assert!(done.get("deleted_since_backup").is_none(), "{done}");
+    assert!(done.get("keys_destroyed").is_none(), "{done}");
+    // A whole backup bounded to the same records, taken now: its key store no longer
+    // holds the user's key. Restored, the user is back with a password no key opens, and
+    // the restore says so.
+    let position = done["position"].as_u64().unwrap();
+    let bounded = serve
+        .get(&format!("/v1/backup?limit={position}"))
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    let file = dir.path().join("bounded.backup");
+    std::fs::write(&file, &bounded).unwrap();
+    let (ok, done, err) = restore(&file, &dir.path().join("restored-bounded"), &[]);
+    assert!(ok, "{err}");
+    assert_eq!(done["keys_destroyed"], json!([user]), "{done}");
+    assert!(err.contains("no key opens") && err.contains(&user), "{err}");
     serve.stop();
 
     // A key store that still holds the deleted user's key (read before the shred landed,

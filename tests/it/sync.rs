@@ -2650,3 +2650,32 @@ async fn a_first_run_cut_short_after_its_users_keeps_their_tenant_to_the_domain(
         "a second domain took the users' tenant: {body}"
     );
 }
+
+/// Approvals and imports naming made-up domains are 404s that leave nothing behind (each
+/// real domain's locks are kept for good, so a made-up one must not get any).
+#[tokio::test]
+async fn made_up_domains_get_404_and_no_lock() {
+    let w = world(json!({})).await;
+    w.sync().await;
+    let locks = w.app.state.sync.domain_locks();
+    for _ in 0..20 {
+        let (domain, run) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+        let (s, body) = w
+            .admin(
+                Method::POST,
+                &format!("/v1/domains/{domain}/sync-runs/{run}/approve"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{body}");
+        let (s, body) = w
+            .admin(
+                Method::POST,
+                &format!("/v1/domains/{domain}/import"),
+                Some(json!({"all": true})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{body}");
+    }
+    assert_eq!(w.app.state.sync.domain_locks(), locks);
+}

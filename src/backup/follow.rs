@@ -1079,6 +1079,21 @@ mod tests {
 
     /// What the server would send from `from` on: at most `n` records, and a key store.
     fn increment(log: &[Vec<u8>], from: u64, n: u64, keystore: &[u8]) -> Vec<u8> {
+        let sealed = SealedFiles {
+            keystore: Some(keystore.to_vec()),
+            log_key: None,
+        };
+        increment_with(log, from, n, &sealed, None)
+    }
+
+    /// Records `from` on (`n` of them at most) of `log`, with `sealed` and `note`.
+    fn increment_with(
+        log: &[Vec<u8>],
+        from: u64,
+        n: u64,
+        sealed: &SealedFiles,
+        note: Option<String>,
+    ) -> Vec<u8> {
         let mut out = Vec::new();
         let mut w = match from {
             1 => BackupWriter::new(&mut out),
@@ -1089,12 +1104,53 @@ mod tests {
         for p in from..=through {
             w.push(p, &log[p as usize - 1]).expect("pushes");
         }
-        let sealed = SealedFiles {
-            keystore: Some(keystore.to_vec()),
-            log_key: None,
-        };
-        w.finish(&sealed, None, None).expect("finishes");
+        w.finish(sealed, None, note).expect("finishes");
         out
+    }
+
+    /// A server's log-signing key, made in `server`, and its key file.
+    fn log_key_in(server: &Path) -> (idledger_replay::tree::LogSigningKey, Vec<u8>) {
+        std::fs::create_dir_all(server).expect("made");
+        let (master, _) = crate::secrets::MasterKey::load(server, None, true).expect("a key");
+        let keyring = crate::secrets::Keyring::open(
+            master,
+            std::sync::Arc::new(crate::secrets::keystore::KeyFile::open(server).expect("opens")),
+        )
+        .expect("opens");
+        let key = crate::notary::key::load_or_create(server, &keyring).expect("a log key");
+        let file = std::fs::read(crate::notary::key::key_path(server)).expect("reads");
+        (key, file)
+    }
+
+    /// A checkpoint `by` signs over the first `size` records of `of`.
+    fn signed_head(
+        by: &idledger_replay::tree::LogSigningKey,
+        of: &[Vec<u8>],
+        size: usize,
+    ) -> String {
+        use idledger_replay::tree::{leaf_hash, Frontier, TreeHead};
+        let mut tree = Frontier::new();
+        for r in &of[..size] {
+            tree.push(leaf_hash(r));
+        }
+        by.sign(TreeHead {
+            tree_size: size as u64,
+            root_hash: tree.root(),
+            timestamp_ms: 1,
+        })
+        .expect("signs")
+        .to_note()
+    }
+
+    /// A key file naming `other`'s public key, with the sealed part of `key_file`.
+    fn key_file_naming(other: &idledger_replay::tree::LogSigningKey, key_file: &[u8]) -> Vec<u8> {
+        let sealed = std::str::from_utf8(key_file)
+            .expect("text")
+            .lines()
+            .nth(2)
+            .expect("sealed")
+            .to_owned();
+        format!("idledger log key v1\n{}\n{sealed}\n", other.public()).into_bytes()
     }
 
     /// A key store file of `entries` (key, value).
@@ -1111,50 +1167,18 @@ mod tests {
     /// of its increment is kept; one that does is kept.
     #[test]
     fn a_signed_head_that_does_not_verify_with_the_logs_key_is_refused_on_arrival() {
-        use idledger_replay::tree::{leaf_hash, Frontier, TreeHead};
         let tmp = tempfile::tempdir().expect("a temp dir");
-        let server = tmp.path().join("server");
-        std::fs::create_dir_all(&server).expect("made");
-        let (master, _) = crate::secrets::MasterKey::load(&server, None, true).expect("a key");
-        let keyring = crate::secrets::Keyring::open(
-            master,
-            std::sync::Arc::new(crate::secrets::keystore::KeyFile::open(&server).expect("opens")),
-        )
-        .expect("opens");
-        let key = crate::notary::key::load_or_create(&server, &keyring).expect("a log key");
-        let key_file = std::fs::read(crate::notary::key::key_path(&server)).expect("reads");
+        let (key, key_file) = log_key_in(&tmp.path().join("server"));
         let log = chain(10, 0);
-        let head = |by: &idledger_replay::tree::LogSigningKey| {
-            let mut tree = Frontier::new();
-            for r in &log[..5] {
-                tree.push(leaf_hash(r));
-            }
-            by.sign(TreeHead {
-                tree_size: 5,
-                root_hash: tree.root(),
-                timestamp_ms: 1,
-            })
-            .expect("signs")
-            .to_note()
-        };
+        let head = |by| signed_head(by, &log, 5);
         let other = idledger_replay::tree::LogSigningKey::from_seed(key.public().name(), &[7; 32])
             .expect("a key");
         let increment = |from: u64, note: String, log_key: Option<Vec<u8>>| {
-            let mut out = Vec::new();
-            let mut w = match from {
-                1 => BackupWriter::new(&mut out),
-                _ => BackupWriter::after(&mut out, from - 1, hash_of(&log[from as usize - 2])),
-            }
-            .expect("starts");
-            for p in from..from + 5 {
-                w.push(p, &log[p as usize - 1]).expect("pushes");
-            }
             let sealed = SealedFiles {
                 keystore: Some(keystore_of(&[("check", "c")])),
                 log_key: Some(log_key.unwrap_or_else(|| key_file.clone())),
             };
-            w.finish(&sealed, None, Some(note)).expect("finishes");
-            out
+            increment_with(&log, from, 5, &sealed, Some(note))
         };
         let copy_dir = tmp.path().join("copy");
         let mut copy = FollowCopy::open(&copy_dir, SEGMENT).expect("opens");
@@ -1170,18 +1194,10 @@ mod tests {
         drop(copy);
         // Nor with another key sent along to fit it.
         let mut copy = FollowCopy::open(&copy_dir, SEGMENT).expect("opens");
-        let other_file = format!(
-            "idledger log key v1\n{}\n{}\n",
-            other.public(),
-            String::from_utf8(key_file.clone())
-                .expect("text")
-                .lines()
-                .nth(2)
-                .expect("sealed")
-        );
+        let other_file = key_file_naming(&other, &key_file);
         let err = copy
             .take(
-                increment(6, head(&other), Some(other_file.into_bytes())).as_slice(),
+                increment(6, head(&other), Some(other_file)).as_slice(),
                 10,
                 101,
             )
@@ -1207,49 +1223,17 @@ mod tests {
     /// comes with is still checked (and kept), and a damaged kept head is refused on open.
     #[test]
     fn a_head_over_another_history_or_another_log_key_is_refused() {
-        use idledger_replay::tree::{leaf_hash, Frontier, LogSigningKey, TreeHead};
         let tmp = tempfile::tempdir().expect("a temp dir");
-        let server = tmp.path().join("server");
-        std::fs::create_dir_all(&server).expect("made");
-        let (master, _) = crate::secrets::MasterKey::load(&server, None, true).expect("a key");
-        let keyring = crate::secrets::Keyring::open(
-            master,
-            std::sync::Arc::new(crate::secrets::keystore::KeyFile::open(&server).expect("opens")),
-        )
-        .expect("opens");
-        let key = crate::notary::key::load_or_create(&server, &keyring).expect("a log key");
-        let key_file = std::fs::read(crate::notary::key::key_path(&server)).expect("reads");
+        let (key, key_file) = log_key_in(&tmp.path().join("server"));
         let log = chain(15, 0);
         let forked = chain(15, 1);
-        let head = |of: &[Vec<u8>], size: usize| {
-            let mut tree = Frontier::new();
-            for r in &of[..size] {
-                tree.push(leaf_hash(r));
-            }
-            key.sign(TreeHead {
-                tree_size: size as u64,
-                root_hash: tree.root(),
-                timestamp_ms: 1,
-            })
-            .expect("signs")
-            .to_note()
-        };
+        let head = |of: &[Vec<u8>], size| signed_head(&key, of, size);
         let increment = |from: u64, note: Option<String>, log_key: Vec<u8>| {
-            let mut out = Vec::new();
-            let mut w = match from {
-                1 => BackupWriter::new(&mut out),
-                _ => BackupWriter::after(&mut out, from - 1, hash_of(&log[from as usize - 2])),
-            }
-            .expect("starts");
-            for p in from..from + 5 {
-                w.push(p, &log[p as usize - 1]).expect("pushes");
-            }
             let sealed = SealedFiles {
                 keystore: Some(keystore_of(&[("check", "c")])),
                 log_key: Some(log_key),
             };
-            w.finish(&sealed, None, note).expect("finishes");
-            out
+            increment_with(&log, from, 5, &sealed, note)
         };
         let copy_dir = tmp.path().join("copy");
         let mut copy = FollowCopy::open(&copy_dir, SEGMENT).expect("opens");
@@ -1275,19 +1259,11 @@ mod tests {
         assert_eq!(copy.position(), 5, "nothing of it kept");
         assert_eq!(kept(), head(&log, 5));
 
-        let other = LogSigningKey::from_seed(key.public().name(), &[7; 32]).expect("a key");
-        let other_file = format!(
-            "idledger log key v1\n{}\n{}\n",
-            other.public(),
-            String::from_utf8(key_file.clone())
-                .expect("text")
-                .lines()
-                .nth(2)
-                .expect("sealed")
-        );
+        let other = idledger_replay::tree::LogSigningKey::from_seed(key.public().name(), &[7; 32])
+            .expect("a key");
         let err = copy
             .take(
-                increment(6, None, other_file.into_bytes()).as_slice(),
+                increment(6, None, key_file_naming(&other, &key_file)).as_slice(),
                 15,
                 101,
             )

@@ -238,6 +238,27 @@ pub struct Revealed {
     position: u64,
 }
 
+/// Why a user's sealed password no key opens: shredded as they were deleted since the
+/// projections were read (the deletion is appended before its shred), or a data dir
+/// restored from a backup whose key store was read after a shred.
+fn key_destroyed(s: &AppState, user: UserId) -> ApiError {
+    let deleted = s
+        .engine
+        .projector
+        .read()
+        .users
+        .get(user)
+        .is_none_or(|u| u.status == UserStatus::Deleted);
+    match deleted {
+        true => ApiError::NotFound("user".into()),
+        false => ApiError::Conflict(
+            "the user's data key was destroyed: this password can no longer be read; \
+             rotate the user to set one the engine holds"
+                .into(),
+        ),
+    }
+}
+
 /// Break-glass: records the reveal with its reason, then answers the current password
 /// (and, while a rotation is open, that rotation's candidate too).
 pub async fn reveal(
@@ -290,26 +311,7 @@ pub async fn reveal(
         c.map(|(id, sealed)| s.engine.keyring.unseal(&stream, &sealed).map(|p| (id, p)))
             .transpose()
             .map_err(|e| match e {
-                // Shredded: the user was deleted since the look above (the deletion is
-                // appended before its shred), or the data dir was restored from a
-                // backup older than a shred.
-                crate::secrets::SecretsError::MissingKey(_) => {
-                    let deleted = s
-                        .engine
-                        .projector
-                        .read()
-                        .users
-                        .get(user)
-                        .is_none_or(|u| u.status == UserStatus::Deleted);
-                    match deleted {
-                        true => ApiError::NotFound("user".into()),
-                        false => ApiError::Conflict(
-                            "the user's data key was destroyed: this password can no longer \
-                             be read; rotate the user to set one the engine holds"
-                                .into(),
-                        ),
-                    }
-                }
+                crate::secrets::SecretsError::MissingKey(_) => key_destroyed(&s, user),
                 e => ApiError::from(e),
             })
     };

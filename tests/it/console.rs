@@ -428,6 +428,15 @@ async fn an_admin_runs_the_whole_workflow_in_the_browser_and_an_auditor_only_rea
     b.css("#token").await;
 }
 
+/// A client that shows redirects instead of following them, as a test of where a
+/// page sends the browser needs.
+fn without_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
 /// The `pre` value of the sign-in form and its cookie.
 async fn sign_in_form(http: &reqwest::Client, base: &str) -> (String, String) {
     form_at(http, &format!("{base}/")).await
@@ -467,10 +476,7 @@ fn attribute_after(html: &str, marker: &str) -> String {
 async fn only_the_admins_own_requests_keep_a_session_open_and_sign_in_comes_from_its_page() {
     let app = spawn_app().await;
     let base = app.url.clone();
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
+    let http = without_redirects();
     let post = |header: &'static str, value: &'static str| {
         let (http, base, admin) = (http.clone(), base.clone(), app.admin.clone());
         async move {
@@ -536,10 +542,7 @@ async fn only_the_admins_own_requests_keep_a_session_open_and_sign_in_comes_from
 async fn a_session_stands_for_its_token_and_commands_need_its_csrf_token() {
     let app = spawn_app().await;
     let base = app.url.clone();
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
+    let http = without_redirects();
     let page = http.get(format!("{base}/")).send().await.unwrap();
     let csp = page.headers()["content-security-policy"].to_str().unwrap();
     assert!(
@@ -826,10 +829,7 @@ async fn console_cookies_are_secure_when_the_public_origin_is_https() {
     .await;
     let base = app.url.clone();
     assert!(base.starts_with("http://"), "{base}");
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
+    let http = without_redirects();
     let (pre, pre_cookie) = sign_in_form(&http, &base).await;
     assert!(pre_cookie.starts_with("__Host-idl_signin="), "{pre_cookie}");
     let r = http
@@ -895,10 +895,7 @@ async fn a_sign_in_link_signs_in_only_from_its_own_page() {
         .await
         .unwrap()
         .expect("the demo prints a sign-in link");
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
+    let http = without_redirects();
     let session_set = |r: &reqwest::Response| {
         r.headers()
             .get_all("set-cookie")

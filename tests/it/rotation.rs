@@ -74,15 +74,16 @@ impl World {
     }
 
     pub(crate) async fn reveal(&self, id: &str) -> Value {
-        let (s, body) = self
-            .admin(
-                Method::POST,
-                &format!("/v1/users/{id}/password/reveal"),
-                Some(json!({"reason": "test"})),
-            )
-            .await;
+        let (s, body) = self.reveal_answer(id).await;
         assert_eq!(s, StatusCode::OK, "{body}");
         body
+    }
+
+    /// The answer to an admin's reveal of the user's password.
+    pub(crate) async fn reveal_answer(&self, id: &str) -> (StatusCode, Value) {
+        let path = format!("/v1/users/{id}/password/reveal");
+        self.admin(Method::POST, &path, Some(json!({"reason": "test"})))
+            .await
     }
 
     pub(crate) async fn sim_password(&self, n: u32) -> String {
@@ -388,13 +389,7 @@ async fn refusals_are_not_retried_and_keep_the_previous_password() {
     assert_eq!(h[0]["graph_code"], "Authorization_RequestDenied");
     assert_eq!(h[0]["retries"], 0);
     assert_eq!(w.sim_password(1).await, before);
-    let (s, _) = w
-        .admin(
-            Method::POST,
-            &format!("/v1/users/{admin_user}/password/reveal"),
-            Some(json!({"reason": "x"})),
-        )
-        .await;
+    let (s, _) = w.reveal_answer(&admin_user).await;
     assert_eq!(
         s,
         StatusCode::CONFLICT,
@@ -540,13 +535,7 @@ async fn leaving_the_rotation_group_or_losing_credentials_stops_rotations() {
     assert_eq!(w.history(&leaves).await.len(), 1);
 
     // Without credentials nothing rotates; with them back, the due rotation follows.
-    let (s, _) = w
-        .admin(
-            Method::DELETE,
-            &format!("/v1/domains/{}/credentials", w.domain),
-            None,
-        )
-        .await;
+    let (s, _) = w.remove_credentials().await;
     assert_eq!(s, StatusCode::OK);
     w.reveal(&stays).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -1564,13 +1553,7 @@ async fn a_reveal_of_a_password_whose_key_is_gone_is_a_clear_refusal() {
     let stream = idledger_domain::StreamId::user(idledger_domain::UserId(id.parse().unwrap()));
     w.app.state.engine.keyring.shred(&stream).unwrap();
     let head = w.head().await;
-    let (s, body) = w
-        .admin(
-            Method::POST,
-            &format!("/v1/users/{id}/password/reveal"),
-            Some(json!({"reason": "test"})),
-        )
-        .await;
+    let (s, body) = w.reveal_answer(&id).await;
     assert_eq!(s, StatusCode::CONFLICT, "{body}");
     assert!(
         body["error"]["message"]

@@ -907,13 +907,7 @@ async fn a_removed_secret_is_never_used_after_the_removal_returns() {
     // Whoever holds the domain's client (a run, a rotation, a sign-in) holds it as it was.
     let (client, _) = w.app.state.sync.client(domain).expect("a client");
     client.domains().await.unwrap();
-    let (s, _) = w
-        .admin(
-            Method::DELETE,
-            &format!("/v1/domains/{}/credentials", w.domain),
-            None,
-        )
-        .await;
+    let (s, _) = w.remove_credentials().await;
     assert_eq!(s, StatusCode::OK);
     let seen = w.sim_requests().await.len();
     let err = client.domains().await.unwrap_err();
@@ -951,13 +945,7 @@ async fn removing_credentials_stops_the_worker_and_putting_them_back_resumes() {
     let run = started["run_id"].as_str().unwrap().to_owned();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let removed_at = Instant::now();
-    let (s, _) = w
-        .admin(
-            Method::DELETE,
-            &format!("/v1/domains/{}/credentials", w.domain),
-            None,
-        )
-        .await;
+    let (s, _) = w.remove_credentials().await;
     assert_eq!(s, StatusCode::OK);
     loop {
         let (_, r) = w
@@ -2349,13 +2337,7 @@ async fn a_tenant_belongs_to_one_domain_and_a_synced_domain_keeps_its_tenant() {
         .await;
     assert_eq!(s, StatusCode::CONFLICT, "{body}");
     // Without its credentials the first domain still holds the tenant's people.
-    let (s, body) = w
-        .admin(
-            Method::DELETE,
-            &format!("/v1/domains/{}/credentials", w.domain),
-            None,
-        )
-        .await;
+    let (s, body) = w.remove_credentials().await;
     assert_eq!(s, StatusCode::OK, "{body}");
     let (s, body) = w
         .admin(
@@ -2624,13 +2606,7 @@ async fn a_first_run_cut_short_after_its_users_keeps_their_tenant_to_the_domain(
         assert!(Instant::now() < deadline, "no user landed");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let (s, body) = w
-        .admin(
-            Method::DELETE,
-            &format!("/v1/domains/{}/credentials", w.domain),
-            None,
-        )
-        .await;
+    let (s, body) = w.remove_credentials().await;
     assert_eq!(s, StatusCode::OK, "{body}");
     let (s, body) = w
         .admin(

@@ -150,6 +150,12 @@ impl World {
             .await
     }
 
+    /// `DELETE /v1/domains/{domain}/credentials`: sync of the world's domain stops.
+    pub async fn remove_credentials(&self) -> (StatusCode, Value) {
+        let path = format!("/v1/domains/{}/credentials", self.domain);
+        self.admin(Method::DELETE, &path, None).await
+    }
+
     /// `PUT /v1/users/{user}/key`: gives `key` to the user.
     pub async fn put_key(&self, user: &str, key: &str) -> (StatusCode, Value) {
         self.admin(

@@ -35,12 +35,13 @@ fn on() -> bool {
     ENABLED.load(Ordering::Relaxed)
 }
 
-/// Seconds from 0.5 ms to about 65 s: requests, commits, Graph calls, rotations.
+/// Seconds from 0.5 ms to about 65 s: requests, commits, Graph calls.
 fn latency() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 18))
 }
 
-/// Seconds from 50 ms to about 55 min: sync runs.
+/// Seconds from 50 ms to about 55 min: sync runs, and rotations (an unknown outcome comes
+/// after several Graph timeouts, and its resolution rounds later).
 fn long() -> Histogram {
     Histogram::new(exponential_buckets(0.05, 2.0, 17))
 }
@@ -154,7 +155,7 @@ static RECORDED: LazyLock<Recorded> = LazyLock::new(|| Recorded {
     graph_retries: Family::default(),
     sync_duration: Family::new_with_constructor(long),
     sync_runs: Family::default(),
-    rotation_duration: Family::new_with_constructor(latency),
+    rotation_duration: Family::new_with_constructor(long),
     rotations: Family::default(),
     unknown_resolved: Family::default(),
     key_writes: Family::default(),
@@ -871,5 +872,29 @@ mod tests {
         assert!(text.contains("# TYPE idledger_sync_runs_total counter"));
         let open = scrape(&snapshot, Format::OpenMetrics);
         assert!(open.ends_with("# EOF\n"), "{open}");
+    }
+
+    #[test]
+    fn a_rotation_unknown_for_minutes_lands_in_a_finite_bucket() {
+        let snapshot = Snapshot {
+            head: 0,
+            projected: 0,
+            durability: "device",
+            ready: true,
+            available_bytes: None,
+            users: vec![],
+            undelivered: vec![],
+            domains: vec![],
+            apps: vec![],
+        };
+        // Ten minutes: several Graph timeouts and a round of the scheduler.
+        rotation_driven("unknown", Duration::from_secs(600), false);
+        let text = scrape(&snapshot, Format::Prometheus);
+        let finite = text
+            .lines()
+            .filter(|l| l.starts_with("idledger_rotation_duration_seconds_bucket{"))
+            .filter(|l| l.contains("outcome=\"unknown\"") && !l.contains("+Inf"))
+            .any(|l| l.rsplit(' ').next().is_some_and(|v| v != "0"));
+        assert!(finite, "{text}");
     }
 }

@@ -509,7 +509,7 @@ impl SyncService {
         let engine = self.inner.engine.clone();
         let service = self.clone();
         let done = tokio::spawn(async move {
-            let started = std::time::Instant::now();
+            let mut started = std::time::Instant::now();
             // The lock is taken once and held until the run's appends have landed: were it
             // taken inside the run's future, a cancel would drop it with that future, and
             // the next run of the domain (a new worker's, with new credentials, already
@@ -523,8 +523,10 @@ impl SyncService {
                         return Err(SyncError::Cancelled);
                     }
                 };
-                // Its turn: a request from now on is for a run after this one.
+                // Its turn: a request from now on is for a run after this one. The run's
+                // duration counts from here, not from the wait behind another run.
                 unwait(&service);
+                started = std::time::Instant::now();
                 // The cancel first: a run whose credentials were removed starts no request.
                 let result = tokio::select! {
                     biased;
@@ -570,7 +572,11 @@ impl SyncService {
                 Err(SyncError::Cancelled) => (full, "cancelled"),
                 Err(_) => (full, "failed"),
             };
-            crate::metrics::sync_run(&name, ran_full, outcome, started.elapsed());
+            // A dry run changes nothing: the series (and the alerts on them) count only
+            // runs that did something, or failed to.
+            if !dry_run {
+                crate::metrics::sync_run(&name, ran_full, outcome, started.elapsed());
+            }
             if let (true, Ok(report)) = (dry_run, &result) {
                 service.keep_dry_run(domain, run_id, report.changes.clone());
             }

@@ -434,3 +434,67 @@ async fn a_flood_of_probes_writes_into_the_data_dir_about_once_a_second() {
         "{writes} probe files written in {seconds} s"
     );
 }
+
+/// A dry run previews a sync and changes nothing: the sync-run series (which the alerts
+/// read: a quarantine to approve, no success for an hour) count real runs only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_is_not_counted_as_a_sync_run() {
+    use crate::crash::{contoso_and_data_dir, contoso_domain};
+    let (sim, _sim_state, _dir, data) = contoso_and_data_dir().await;
+    let serve = crate::support::Serve::start_with(&data, None, &[]).await;
+    let domain = contoso_domain(&serve, &sim, json!({})).await;
+    let dry = serve
+        .call(
+            Method::POST,
+            &format!("/v1/domains/{domain}/sync?dry_run=true"),
+            None,
+        )
+        .await;
+    assert_eq!(dry["dry_run"], true, "{dry}");
+    // And a real run, which is counted just after its last event: wait until every
+    // finished real run shows, then compare.
+    serve
+        .call(Method::POST, &format!("/v1/domains/{domain}/sync"), None)
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let real_runs = || async {
+        let runs = serve
+            .call(
+                Method::GET,
+                &format!("/v1/domains/{domain}/sync-runs?limit=1000"),
+                None,
+            )
+            .await;
+        let items = runs["items"].as_array().unwrap();
+        assert!(items.iter().any(|r| r["dry_run"] == true), "{runs}");
+        let real: Vec<_> = items.iter().filter(|r| r["dry_run"] == false).collect();
+        let settled = real.iter().all(|r| r["status"] != "running");
+        (real.len() as f64, settled, runs)
+    };
+    loop {
+        // Judged only between two reads that agree and show no real run going on.
+        let (real, settled, runs) = real_runs().await;
+        let scrape = Scrape::at(&serve.url).await;
+        let (again, still_settled, _) = real_runs().await;
+        if !(settled && still_settled && again == real) {
+            assert!(Instant::now() < deadline, "{runs}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        let counted = scrape.value(
+            "idledger_sync_runs_total",
+            &[("domain", "contoso.onmicrosoft.com")],
+        );
+        let timed = scrape.value(
+            "idledger_sync_run_duration_seconds",
+            &[("domain", "contoso.onmicrosoft.com")],
+        );
+        if counted >= real && real >= 1.0 {
+            assert_eq!(counted, real, "a dry run was counted: {runs}");
+            assert_eq!(timed, real, "a dry run was timed: {runs}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{runs}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

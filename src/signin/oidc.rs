@@ -1834,11 +1834,24 @@ fn asked_to_end_session(ctx: &Ctx, headers: &HeaderMap, q: Option<EndSession>) -
             ctx.store.close_sid(sid);
         }
     }
-    let client_id = hinted_app.or(named_app);
-    let target = LogoutTarget {
-        client_id,
-        post_logout_redirect_uri: q.as_ref().and_then(|q| q.post_logout_redirect_uri.clone()),
-        state: q.as_ref().and_then(|q| q.state.clone()),
+    // A hint this provider did not issue fails the request's validation, and then the
+    // browser is sent nowhere (RP-Initiated Logout 1.0 §4): whoever made it up named the
+    // app, and its address, that the user would land on.
+    let forged_hint = q.as_ref().is_some_and(|q| q.id_token_hint.is_some()) && hint.is_none();
+    let target = if forged_hint {
+        LogoutTarget {
+            client_id: None,
+            post_logout_redirect_uri: None,
+            state: None,
+        }
+    } else {
+        LogoutTarget {
+            client_id: hinted_app.or(named_app),
+            post_logout_redirect_uri: q
+                .as_ref()
+                .and_then(|q| q.post_logout_redirect_uri.clone()),
+            state: q.as_ref().and_then(|q| q.state.clone()),
+        }
     };
     match own {
         Some((_, session)) if hinted_sid != Some(session.sid.as_str()) => {

@@ -1326,6 +1326,23 @@ async fn a_live_session_signs_in_again_when_asked_and_is_asked_before_a_sign_out
         assert!(answered, "max_age={age}: {q:?}");
     }
 
+    // A sign-out with a hint this provider did not issue sends the browser nowhere
+    // (RP-Initiated Logout 1.0 §4), signed in or not.
+    let made_up = format!(
+        "{}/end_session?id_token_hint=eyJhbGciOiJFUzI1NiIsImtpZCI6IngifQ.e30.c2ln&client_id={client_id}&post_logout_redirect_uri={}&state=bye",
+        w.app.public,
+        urlencoding::encode(LOGGED_OUT)
+    );
+    let stranger_asks = rp_http().get(&made_up).send().await.unwrap();
+    assert_eq!(stranger_asks.status(), StatusCode::OK);
+    assert!(stranger_asks.headers().get("location").is_none());
+    let (s, page, _) = browser.get(&made_up).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(page.contains("Sign out of idledger?"), "{page}");
+    assert!(!page.contains("post_logout_redirect_uri"), "{page}");
+    let (s, _, _) = browser.get(&format!("{}/me", w.app.public)).await;
+    assert_eq!(s, StatusCode::OK, "still signed in");
+
     // A sign-out with no ID token (any site can send the browser here) asks first.
     let logout = format!(
         "{}/end_session?client_id={client_id}&post_logout_redirect_uri={}&state=bye",

@@ -106,7 +106,9 @@ impl From<&AppView> for App {
 /// A client secret: 32 random bytes, base64url without padding (every client library's
 /// Basic authentication takes it as it is).
 fn new_secret() -> String {
-    new_token_text().trim_start_matches("idl_").to_owned()
+    let token = new_token_text();
+    // Only the prefix: the random text after it may itself begin with those letters.
+    token.strip_prefix("idl_").unwrap_or(&token).to_owned()
 }
 
 fn known_domains(s: &AppState, ids: &[uuid::Uuid]) -> Result<Vec<DomainId>, ApiError> {

@@ -1847,9 +1847,7 @@ fn asked_to_end_session(ctx: &Ctx, headers: &HeaderMap, q: Option<EndSession>) -
     } else {
         LogoutTarget {
             client_id: hinted_app.or(named_app),
-            post_logout_redirect_uri: q
-                .as_ref()
-                .and_then(|q| q.post_logout_redirect_uri.clone()),
+            post_logout_redirect_uri: q.as_ref().and_then(|q| q.post_logout_redirect_uri.clone()),
             state: q.as_ref().and_then(|q| q.state.clone()),
         }
     };

@@ -1987,6 +1987,36 @@ async fn empty_parameters_short_verifiers_refreshes_and_userinfo_follow_the_spec
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     let refused: Value = r.json().await.unwrap();
     assert_eq!(refused["error"], "invalid_scope", "{refused}");
+    assert!(
+        refused["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("email"),
+        "{refused}"
+    );
+    // A scope no scope-token could be (RFC 6749 §3.3) is not echoed: an error description
+    // holds printable ASCII but `"` and `\` only (§5.2).
+    let r = raw
+        .post(&token_url)
+        .basic_auth(&client_id, Some(&secret))
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", tokens["refresh_token"].as_str().unwrap()),
+            ("scope", "openid \"e\u{e9}\u{202e}"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let refused: Value = r.json().await.unwrap();
+    assert_eq!(refused["error"], "invalid_scope", "{refused}");
+    let description = refused["error_description"].as_str().unwrap();
+    assert!(
+        description
+            .bytes()
+            .all(|b| matches!(b, 0x20 | 0x21 | 0x23..=0x5B | 0x5D..=0x7E)),
+        "{refused}"
+    );
     let r = refresh_with(
         &raw,
         &token_url,

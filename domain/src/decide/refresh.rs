@@ -204,9 +204,21 @@ pub fn decide(
         .flatten()
         .find(|asked| !grant.scope.contains(asked))
     {
+        // Named only when it could be a scope (RFC 6749 §3.3): the text reaches the
+        // client's `error_description`, which holds no `"`, `\` or non-ASCII (§5.2).
+        let scope_token = |s: &str| {
+            s.len() <= 100
+                && s.bytes()
+                    .all(|b| matches!(b, 0x21 | 0x23..=0x5B | 0x5D..=0x7E))
+        };
+        let named = if scope_token(beyond) {
+            beyond.as_str()
+        } else {
+            "a scope"
+        };
         return Err(invalid(
             "scope",
-            format!("{beyond} was not granted to this refresh token"),
+            format!("{named} was not granted to this refresh token"),
         ));
     }
     Ok(vec![AppTokensIssued {

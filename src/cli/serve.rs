@@ -25,8 +25,17 @@ pub struct ServeArgs {
     pub master_key_file: Option<PathBuf>,
     /// Keep the master key at `<data-dir>/master.key`, next to what it protects (demos
     /// and tests; not for production).
-    #[arg(long, env = "IDLEDGER_ALLOW_MASTER_KEY_IN_DATA_DIR")]
-    pub allow_master_key_in_data_dir: bool,
+    /// `--allow-master-key-in-data-dir=false` (or the environment's `false`) turns off
+    /// what the file turned on.
+    #[arg(
+        long,
+        env = "IDLEDGER_ALLOW_MASTER_KEY_IN_DATA_DIR",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub allow_master_key_in_data_dir: Option<bool>,
     /// The server certificate chain (PEM); with --tls-key, serve speaks HTTPS only
     /// (reloaded when the file changes or on SIGHUP).
     #[arg(long, requires = "tls_key")]
@@ -65,5 +74,33 @@ impl ServeArgs {
                 public_url: self.public_url.clone(),
             },
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    #[test]
+    fn the_master_key_flag_is_set_either_way_or_left_to_the_file() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["idledger", "--data-dir", "d"];
+            all.extend_from_slice(args);
+            Cli::try_parse_from(all).unwrap().serve.allow_master_key_in_data_dir
+        };
+        let flag = "--allow-master-key-in-data-dir";
+        assert_eq!(parse(&[flag, "--listen", "127.0.0.1:1"]), Some(true));
+        assert_eq!(parse(&[&format!("{flag}=false")]), Some(false));
+        assert_eq!(parse(&[&format!("{flag}=no")]), Some(false));
+        if std::env::var_os("IDLEDGER_ALLOW_MASTER_KEY_IN_DATA_DIR").is_none() {
+            assert_eq!(parse(&[]), None);
+        }
     }
 }

@@ -40,8 +40,8 @@ pub struct Flags {
     pub log_format: Option<LogFormat>,
     /// `--master-key-file`.
     pub master_key_file: Option<PathBuf>,
-    /// `--allow-master-key-in-data-dir`.
-    pub allow_master_key_in_data_dir: bool,
+    /// `--allow-master-key-in-data-dir` (or its environment variable): set either way.
+    pub allow_master_key_in_data_dir: Option<bool>,
     /// `--tls-cert`.
     pub tls_cert: Option<PathBuf>,
     /// `--tls-key`.
@@ -490,7 +490,9 @@ impl Config {
         if let Some(v) = flags.master_key_file {
             c.master_key_file = Some(v);
         }
-        c.allow_master_key_in_data_dir |= flags.allow_master_key_in_data_dir;
+        if let Some(v) = flags.allow_master_key_in_data_dir {
+            c.allow_master_key_in_data_dir = v;
+        }
         if let Some(v) = flags.tls_cert {
             c.tls_cert = Some(v);
         }
@@ -516,6 +518,21 @@ mod tests {
     use super::*;
 
     /// A file that does not read names the place, never the value written there.
+    #[test]
+    fn a_flag_or_the_environment_turns_off_what_the_file_turned_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("idledger.toml");
+        std::fs::write(&path, "allow_master_key_in_data_dir = true\n").unwrap();
+        let with = |v| Flags {
+            allow_master_key_in_data_dir: v,
+            ..Flags::default()
+        };
+        let load = |v| Config::load(Some(&path), with(v)).unwrap();
+        assert!(load(None).allow_master_key_in_data_dir);
+        assert!(!load(Some(false)).allow_master_key_in_data_dir);
+        assert!(load(Some(true)).allow_master_key_in_data_dir);
+    }
+
     #[test]
     fn a_bad_file_is_named_without_its_secrets() {
         let dir = tempfile::tempdir().unwrap();

@@ -43,6 +43,14 @@ pub fn decide(s: &TokensState, c: TokenCommand) -> Result<Vec<Event>, Rejection>
             if t.name.chars().count() > 200 {
                 return Err(invalid("name", "at most 200 characters"));
             }
+            // The name is shown in lists, pages and logs: whatever issues the token (the
+            // API, or `idledger token create` on the server's machine).
+            if !super::plain_text(&t.name) {
+                return Err(invalid(
+                    "name",
+                    "no control or bidirectional-override characters",
+                ));
+            }
             match (t.role, t.key_ids.is_empty()) {
                 (Role::Agent, true) => {
                     return Err(invalid(
@@ -105,6 +113,18 @@ mod tests {
             unreachable!()
         };
         t.into()
+    }
+
+    #[test]
+    fn a_name_with_control_or_override_characters_is_refused() {
+        let none = given::<TokensStream>(&[]);
+        for name in ["\u{1b}[31mroot", "ops\u{202e}nimda", "a\nb"] {
+            let TokenCommand::Issue(mut t) = issue(Role::Admin, &[]) else {
+                unreachable!()
+            };
+            t.name = name.into();
+            none.when(TokenCommand::Issue(t)).then_invalid("name");
+        }
     }
 
     #[test]

@@ -229,6 +229,14 @@ impl SpentCodes {
         Some(spent.clone())
     }
 
+    /// The code's exchange was refused and recorded, having given nothing: a later use
+    /// ends no family and is refused unrecorded, as a recorded replay's are.
+    fn refused(&mut self, code: &[u8; 32]) {
+        if let Some(spent) = self.by_code.get_mut(code) {
+            spent.replay_recorded = true;
+        }
+    }
+
     /// The replay [`Self::first_replay`] handed out could not be recorded: the next one
     /// is a first again.
     fn replay_unrecorded(&mut self, code: &[u8; 32]) {
@@ -1276,6 +1284,11 @@ async fn exchange_code(
         (!stands).then_some("the sign-in the code was issued in has ended")
     });
     if let Some(reason) = reason {
+        ctx.provider
+            .spent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .refused(&key);
         record_refusal(
             ctx,
             grant.user,

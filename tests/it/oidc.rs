@@ -2512,3 +2512,57 @@ async fn a_silent_request_is_answered_only_for_the_user_its_hint_names() {
     let (_, _, q) = authorize(&mut browser, &silent(&hint).replace("&prompt=none", "")).await;
     assert!(get(&q, "code").is_some(), "{q:?}");
 }
+
+/// A code whose first exchange was refused (another redirect_uri, a wrong verifier) gave
+/// nothing: it is spent (RFC 9700 §4.5.3), but a later use is not recorded as a reuse
+/// that ends a family, since none began.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_code_refused_once_is_spent_and_its_next_use_is_no_replay() {
+    let (w, adele, _) = signin_world().await;
+    let SignedInWithApp {
+        mut browser,
+        client_id,
+        secret,
+        ..
+    } = signed_in_with_app(&w, &adele).await;
+    let raw = reqwest::Client::new();
+    let token_url = format!("{}/token", w.app.public);
+    let scope = "openid%20offline_access";
+    let code = code_for(&mut browser, &w.app.public, &client_id, scope, "s").await;
+    let wrong = raw
+        .post(&token_url)
+        .basic_auth(&client_id, Some(&secret))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("redirect_uri", "https://elsewhere.example/cb"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), StatusCode::BAD_REQUEST);
+    let right = exchange(&raw, &token_url, (&client_id, &secret), &code)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(right.status(), StatusCode::BAD_REQUEST);
+    let body: Value = right.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_grant", "{body}");
+    let (_, events) = w
+        .admin(
+            Method::GET,
+            &format!("/v1/users/{adele}/events?limit=1000"),
+            None,
+        )
+        .await;
+    let refusals: Vec<String> = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "AppTokenRefused")
+        .map(|e| e.to_string())
+        .collect();
+    assert_eq!(refusals.len(), 1, "{refusals:#?}");
+    assert!(refusals[0].contains("redirect_uri"), "{refusals:#?}");
+    assert!(!refusals[0].contains("reused"), "{refusals:#?}");
+}

@@ -93,7 +93,10 @@ mod tests {
         let parse = |args: &[&str]| {
             let mut all = vec!["idledger", "--data-dir", "d"];
             all.extend_from_slice(args);
-            Cli::try_parse_from(all).unwrap().serve.allow_master_key_in_data_dir
+            Cli::try_parse_from(all)
+                .unwrap()
+                .serve
+                .allow_master_key_in_data_dir
         };
         let flag = "--allow-master-key-in-data-dir";
         assert_eq!(parse(&[flag, "--listen", "127.0.0.1:1"]), Some(true));

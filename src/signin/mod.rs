@@ -210,29 +210,27 @@ fn set_cookie(ctx: &Ctx, name: &str, value: &str, max_age: Option<u64>) -> Heade
     HeaderValue::from_str(&c).unwrap_or(HeaderValue::from_static("idl_flow=; Max-Age=0"))
 }
 
-/// The flow of this browser (a new one when it has none): its cookie, its CSRF token and
-/// whether the cookie must be set.
-fn flow_of(ctx: &Ctx, headers: &HeaderMap) -> (String, String, bool) {
-    match cookie(headers, flow_cookie_name(https(ctx))) {
-        Some(c) => (c.to_owned(), ctx.store.csrf_of(c), false),
-        None => {
-            let c = ctx.store.new_flow();
-            let csrf = ctx.store.csrf_of(&c);
-            (c, csrf, true)
-        }
-    }
+/// The flow of this browser (a new one when it has none): its cookie and its CSRF token.
+fn flow_of(ctx: &Ctx, headers: &HeaderMap) -> (String, String) {
+    let flow = match cookie(headers, flow_cookie_name(https(ctx))) {
+        Some(c) => c.to_owned(),
+        None => ctx.store.new_flow(),
+    };
+    let csrf = ctx.store.csrf_of(&flow);
+    (flow, csrf)
 }
 
-fn with_flow_cookie(ctx: &Ctx, mut response: Response, flow: &str, new: bool) -> Response {
-    if new {
-        let v = set_cookie(
-            ctx,
-            flow_cookie_name(https(ctx)),
-            flow,
-            Some(sessions::FLOW_TTL.as_secs()),
-        );
-        response.headers_mut().append(header::SET_COOKIE, v);
-    }
+/// Sets the flow cookie, new or not: the flow lives `FLOW_TTL` after it was last used on
+/// the server, and the browser must keep the cookie as long (an app's request waiting in
+/// a flow begun minutes ago would be lost with a cookie that expired at its first age).
+fn with_flow_cookie(ctx: &Ctx, mut response: Response, flow: &str) -> Response {
+    let v = set_cookie(
+        ctx,
+        flow_cookie_name(https(ctx)),
+        flow,
+        Some(sessions::FLOW_TTL.as_secs()),
+    );
+    response.headers_mut().append(header::SET_COOKIE, v);
     response
 }
 
@@ -564,7 +562,7 @@ async fn enrol_page(
         Ok(sso) => sso,
         Err(why) => return pages::cannot_enrol(&who.display_name, why),
     };
-    let (flow, csrf, new) = flow_of(&ctx, &headers);
+    let (flow, csrf) = flow_of(&ctx, &headers);
     // Holding a working link is what stores a flow here.
     let entra_done = ctx.store.with_flow(&flow, |f| {
         f.enrolment = Some((token.clone(), user, link));
@@ -579,7 +577,7 @@ async fn enrol_page(
         method: sso.method,
         entra_done,
     });
-    with_flow_cookie(&ctx, page, &flow, new)
+    with_flow_cookie(&ctx, page, &flow)
 }
 
 /// The enrolment a request may act on: the link of its path, opened in this browser
@@ -1334,8 +1332,8 @@ async fn signin_page(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
             return Redirect::to("/me").into_response();
         }
     }
-    let (flow, csrf, new) = flow_of(&ctx, &headers);
-    with_flow_cookie(&ctx, pages::signin(&csrf), &flow, new)
+    let (flow, csrf) = flow_of(&ctx, &headers);
+    with_flow_cookie(&ctx, pages::signin(&csrf), &flow)
 }
 
 async fn signin_passkey_options(
@@ -1716,7 +1714,7 @@ fn me(ctx: &Ctx, headers: &HeaderMap, notice: Option<(bool, &str)>) -> Response 
     // new authenticator's seed). The page may stay open as long as the session lives, so
     // every visit sets the cookie for that long (not the ten minutes of a sign-in's
     // flow): it gives no authority of its own; the session's CSRF token does.
-    let (flow, _, _) = flow_of(ctx, headers);
+    let (flow, _) = flow_of(ctx, headers);
     let mut page = pages::me(&pages::MeView {
         session_csrf: &session.csrf,
         display_name: &who.display_name,

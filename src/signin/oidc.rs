@@ -784,9 +784,9 @@ async fn authorize(
         None if none => fail("login_required", "the user is not signed in"),
         None => {
             // Sign in first, then come back: the request waits in this browser's flow.
-            let (flow, _, new) = super::flow_of(&ctx, &headers);
+            let (flow, _) = super::flow_of(&ctx, &headers);
             ctx.store.with_flow(&flow, |f| f.authorize = Some(request));
-            super::with_flow_cookie(&ctx, Redirect::to("/signin").into_response(), &flow, new)
+            super::with_flow_cookie(&ctx, Redirect::to("/signin").into_response(), &flow)
         }
     }
 }

@@ -2566,3 +2566,47 @@ async fn a_code_refused_once_is_spent_and_its_next_use_is_no_replay() {
     assert!(refusals[0].contains("redirect_uri"), "{refusals:#?}");
     assert!(!refusals[0].contains("reused"), "{refusals:#?}");
 }
+
+/// The flow cookie lives as long as its flow: each page of a flow (the sign-in page, an
+/// app's request waiting for a sign-in) sets it again, so a request stored in a flow
+/// begun minutes before is not lost with a cookie that expired at its first age.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apps_request_waiting_in_a_flow_renews_its_cookie() {
+    let (w, _adele, _) = signin_world().await;
+    let app = register_app(&w, "confidential").await;
+    let client_id = app["client_id"].as_str().unwrap();
+    let http = rp_http();
+    let flow_cookie = |r: &reqwest::Response| {
+        r.headers()
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .find(|c| c.starts_with("idl_flow="))
+    };
+    let first = http
+        .get(format!("{}/signin", w.app.public))
+        .send()
+        .await
+        .unwrap();
+    let set = flow_cookie(&first).expect("a new flow sets its cookie");
+    assert!(set.contains("Max-Age=600"), "{set}");
+    let pair = set.split(';').next().unwrap().to_owned();
+    let authorize = format!(
+        "{}/authorize?response_type=code&client_id={client_id}&redirect_uri={}&scope=openid&state=s",
+        w.app.public,
+        urlencoding::encode(REDIRECT)
+    );
+    for url in [authorize, format!("{}/signin", w.app.public)] {
+        let again = http.get(&url).header("cookie", &pair).send().await.unwrap();
+        assert!(
+            again.status().is_success() || again.status().is_redirection(),
+            "{url}: {}",
+            again.status()
+        );
+        let renewed = flow_cookie(&again).unwrap_or_else(|| panic!("{url}: not renewed"));
+        assert!(
+            renewed.starts_with(&pair) && renewed.contains("Max-Age=600"),
+            "{renewed}"
+        );
+    }
+}

@@ -6,7 +6,9 @@
 //!
 //! The proof algorithms are `tlog_tiles`' (a port of Go's `sumdb/tlog`, compatible with
 //! RFC 6962/9162); notes are `signed_note`'s. What is ours: the checkpoint's body (with a
-//! `Timestamp:` extension line, as Sigstore's Rekor writes one) and the key's file form.
+//! `Timestamp:` extension line in **milliseconds** since the Unix epoch: the line is
+//! named as Rekor's, whose value is nanoseconds, so a tool that reads Rekor's line must
+//! not read ours as one) and the key's file form.
 
 use base64::Engine;
 use idledger_domain::Hash;

@@ -617,7 +617,8 @@ pub fn cover_in_data_dir(dir: &Path, log_position: u64) -> Result<Option<Manifes
     Ok(found.map(|(head, proof)| manifest_head(&head, &proof)))
 }
 
-fn manifest_head(head: &SignedTreeHead, proof: &[Hash]) -> ManifestHead {
+/// A manifest's head: `head`, and the consistency proof from the export's tree to it.
+pub fn manifest_head(head: &SignedTreeHead, proof: &[Hash]) -> ManifestHead {
     ManifestHead {
         checkpoint: head.to_note(),
         consistency: proof.iter().map(|h| B64.encode(h.0)).collect(),

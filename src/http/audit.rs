@@ -212,16 +212,20 @@ pub async fn export_manifest(
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     let mut m = m;
     if m.log_position > 0 {
-        // A head of exactly the tree the export read: its root is the records' to there.
-        // Signing may flush the log to the device first: not on a runtime thread.
+        // The first head the server keeps over the tree the export read, with the proof
+        // that tree is its prefix: one of the heads auditors already hold, not one made
+        // for this manifest alone. Signing one may flush the log to the device first: not
+        // on a runtime thread.
         let (notary, size) = (s.notary.clone(), m.log_position);
-        let head = tokio::task::spawn_blocking(move || notary.sign(size))
+        let covering = tokio::task::spawn_blocking(move || notary.covering(size))
             .await
             .map_err(|e| ApiError::Internal(format!("signing the manifest's head: {e}")))??;
-        m.signed_head = Some(crate::audit::ManifestHead {
-            checkpoint: head.to_note(),
-            consistency: Vec::new(),
-        });
+        let (head, proof) = covering.ok_or_else(|| {
+            ApiError::Unavailable(
+                "no signed tree head covers the export: the log's tree has stopped growing".into(),
+            )
+        })?;
+        m.signed_head = Some(crate::audit::proofs::manifest_head(&head, &proof));
     }
     // Kept beside the export it describes, not shown in place of the console.
     let mut headers = axum::http::HeaderMap::new();

@@ -117,9 +117,12 @@ pub async fn at_size(
     let size = raw
         .parse::<u64>()
         .map_err(|_| ApiError::BadRequest(format!("tree_size: {raw:?} is not a number")))?;
-    let head = s
-        .notary
-        .at(size)?
+    // Off the async threads: the heads' lock is held while a new head is signed, which
+    // syncs the log to the device first.
+    let notary = s.notary.clone();
+    let head = tokio::task::spawn_blocking(move || notary.at(size))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??
         .ok_or_else(|| ApiError::NotFound(format!("signed tree head of size {size}")))?;
     Ok(answer(&head, q.format))
 }
@@ -141,10 +144,11 @@ pub async fn heads(
 ) -> Result<Json<Page<SignedHead>>, ApiError> {
     let limit = q.limit.unwrap_or(100);
     // One more than asked, so the page knows whether another follows.
-    let kept = s.notary.after(
-        q.after.unwrap_or(0),
-        limit.saturating_add(1).min(super::MAX_PAGE + 1),
-    )?;
+    let (notary, after) = (s.notary.clone(), q.after.unwrap_or(0));
+    let most = limit.saturating_add(1).min(super::MAX_PAGE + 1);
+    let kept = tokio::task::spawn_blocking(move || notary.after(after, most))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
     let (items, next) = page_of(kept.into_iter(), q.limit, |h| h.head.tree_size)?;
     Ok(super::page(
         items.iter().map(SignedHead::from).collect(),

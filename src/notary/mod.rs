@@ -181,10 +181,47 @@ impl Notary {
             .after(after, limit)
     }
 
-    /// A head of the tree of exactly `size` leaves signed now, not kept (an export's
-    /// manifest carries the head at its own position).
+    /// A head of the tree of exactly `size` leaves signed now, not kept (a whole backup
+    /// carries a head over exactly what it holds). Never dated before the latest kept.
     pub fn sign(&self, size: u64) -> Result<SignedTreeHead, NotaryError> {
-        self.sign_at(size, now_ms())
+        let after = self.latest_kept()?.map_or(0, |h| h.head.timestamp_ms);
+        self.sign_at(size, now_ms().max(after))
+    }
+
+    /// For an export's manifest: the first kept head that covers `size` records (signing
+    /// and keeping one now when none does yet), and the consistency proof from the tree
+    /// of `size` to it (empty when it is of that size). An auditor finds the head among
+    /// the server's heads, in time order with them. None when `size` is 0 or the tree
+    /// cannot reach it (it stopped growing).
+    pub fn covering(
+        &self,
+        size: u64,
+    ) -> Result<Option<(SignedTreeHead, Vec<idledger_domain::Hash>)>, NotaryError> {
+        if size == 0 {
+            return Ok(None);
+        }
+        let kept = {
+            let heads = self.inner.heads.lock().unwrap_or_else(|e| e.into_inner());
+            heads.covering(size)?
+        };
+        let head = match kept {
+            Some(h) => h,
+            None => match self.sign_now()? {
+                Some(h) if h.head.tree_size >= size => h,
+                _ => return Ok(None),
+            },
+        };
+        let proof = if head.head.tree_size == size {
+            Vec::new()
+        } else {
+            self.inner.tree.consistency(size, head.head.tree_size)?
+        };
+        Ok(Some((head, proof)))
+    }
+
+    fn latest_kept(&self) -> Result<Option<SignedTreeHead>, NotaryError> {
+        let heads = self.inner.heads.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(heads.latest().cloned())
     }
 
     fn sign_at(&self, size: u64, timestamp_ms: u64) -> Result<SignedTreeHead, NotaryError> {

@@ -385,7 +385,9 @@ async fn proofs_over_http_hold_for_an_independent_verifier() {
         }
     }
 
-    // An export's manifest carries a head of exactly its position.
+    // An export's manifest carries a head the server keeps (an auditor finds it among
+    // the heads, in time order with them) that covers its position, and the consistency
+    // proof from the tree the export read to it.
     let (s, m) = app
         .call(
             Some(&auditor),
@@ -396,13 +398,33 @@ async fn proofs_over_http_hold_for_an_independent_verifier() {
         .await;
     assert_eq!(s, StatusCode::OK, "{m}");
     let at = m["log_position"].as_u64().unwrap() as usize;
-    let (_, signed, root) =
-        open_checkpoint(m["signed_head"]["checkpoint"].as_str().unwrap(), &vkey);
-    assert_eq!(signed as usize, at);
-    assert_eq!(
-        root,
-        rfc9162::mth(&leaves_of(&app.http, &app.url, &auditor).await[..at])
-    );
+    let checkpoint = m["signed_head"]["checkpoint"].as_str().unwrap();
+    let (_, signed, root) = open_checkpoint(checkpoint, &vkey);
+    assert!(signed as usize >= at, "{m}");
+    let (s, kept) = app
+        .call(
+            Some(&auditor),
+            Method::GET,
+            &format!("/v1/log/sth/{signed}"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "the manifest's head is not kept: {m}");
+    assert_eq!(kept.as_str(), Some(checkpoint));
+    let leaves = leaves_of(&app.http, &app.url, &auditor).await;
+    assert_eq!(root, rfc9162::mth(&leaves[..signed as usize]));
+    let proof = hashes(&json!({"hashes": m["signed_head"]["consistency"]}));
+    if signed as usize == at {
+        assert!(proof.is_empty(), "{m}");
+    } else {
+        assert!(rfc9162::verify_consistency(
+            at as u64,
+            signed,
+            &rfc9162::mth(&leaves[..at]),
+            &root,
+            &proof
+        ));
+    }
 
     // Bad asks are refused plainly.
     for bad in [

@@ -81,6 +81,8 @@ pub struct AppState {
     pub invite_ttl: chrono::Duration,
     /// How long a user's sign-in session lasts without a request.
     pub signin_idle: Duration,
+    /// How long after signing in a user may change their sign-in methods.
+    pub signin_reauth: Duration,
     /// The OpenID Connect provider's code and token lifetimes and key schedule.
     pub oidc: crate::provider::Timing,
     /// Turn of hardware key assignments: "one key serves one live user" spans users'

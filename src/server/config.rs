@@ -126,6 +126,10 @@ pub struct Config {
     pub sync_full_round_hours: u32,
     /// Minutes a user's sign-in session lasts without a request.
     pub signin_idle_minutes: u64,
+    /// Seconds after signing in during which a user may add or remove sign-in methods on
+    /// `/me`; later they sign in again first (whoever holds an open session is not
+    /// thereby the user).
+    pub signin_reauth_secs: u64,
     /// Seconds an OpenID Connect authorization code may be exchanged.
     pub oidc_code_ttl_secs: u64,
     /// Seconds an ID or access token lives.
@@ -240,6 +244,9 @@ impl Config {
         if !(1..=1440).contains(&self.signin_idle_minutes) {
             return Err(Error::Other("signin_idle_minutes: 1 to 1440".into()));
         }
+        if !(1..=86_400).contains(&self.signin_reauth_secs) {
+            return Err(Error::Other("signin_reauth_secs: 1 to 86400".into()));
+        }
         if !(1..=8760).contains(&self.sync_full_round_hours) {
             return Err(Error::Other("sync_full_round_hours: 1 to 8760".into()));
         }
@@ -343,6 +350,7 @@ impl Default for Config {
             invite_ttl_hours: 72,
             sync_full_round_hours: 24,
             signin_idle_minutes: 30,
+            signin_reauth_secs: 600,
             oidc_code_ttl_secs: 60,
             oidc_token_ttl_secs: 900,
             oidc_clock_skew_secs: 300,
@@ -465,6 +473,9 @@ impl Config {
         }
         if let Some(v) = env_setting("IDLEDGER_SIGNIN_IDLE_MINUTES", "a number of minutes")? {
             c.signin_idle_minutes = v;
+        }
+        if let Some(v) = env_setting("IDLEDGER_SIGNIN_REAUTH_SECS", secs)? {
+            c.signin_reauth_secs = v;
         }
         if let Some(v) = env_setting("IDLEDGER_OIDC_CODE_TTL_SECS", secs)? {
             c.oidc_code_ttl_secs = v;

@@ -150,6 +150,7 @@ pub async fn start_with(
             .map_err(|e| Error::Other(format!("public_url: {e}")))?,
         invite_ttl: chrono::Duration::hours(i64::from(config.invite_ttl_hours)),
         signin_idle: Duration::from_secs(config.signin_idle_minutes * 60),
+        signin_reauth: Duration::from_secs(config.signin_reauth_secs),
         oidc: config.oidc(),
         key_assignments: Arc::default(),
         domain_names: Arc::default(),

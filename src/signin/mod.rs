@@ -84,6 +84,7 @@ pub fn routes(app: AppState) -> Router {
         .route("/me/totp/options", post(me_totp_options))
         .route("/me/totp", post(me_totp))
         .route("/me/totp/remove", post(me_remove_totp))
+        .route("/me/sign-in-again", post(me_sign_in_again))
         .route("/signout", post(sign_out))
         .layer(axum::middleware::map_response(pages::headers))
         .with_state(ctx)
@@ -1328,7 +1329,11 @@ async fn tenant_keys(
 
 async fn signin_page(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
     if let Some((_, session)) = signed_in(&ctx, &headers) {
-        if !oidc::waits_for_fresh_sign_in(&ctx, &headers, &session) {
+        let asked_on_me = cookie(&headers, flow_cookie_name(https(&ctx)))
+            .and_then(|flow| ctx.store.with_stored_flow(flow, |f| f.fresh_sign_in_after))
+            .flatten()
+            .is_some_and(|t| session.auth_time < t);
+        if !asked_on_me && !oidc::waits_for_fresh_sign_in(&ctx, &headers, &session) {
             return Redirect::to("/me").into_response();
         }
     }
@@ -1717,6 +1722,7 @@ fn me(ctx: &Ctx, headers: &HeaderMap, notice: Option<(bool, &str)>) -> Response 
     let (flow, _) = flow_of(ctx, headers);
     let mut page = pages::me(&pages::MeView {
         session_csrf: &session.csrf,
+        may_change_methods: recent_enough(ctx, &session),
         display_name: &who.display_name,
         upn: &who.upn,
         domain: &who.domain,
@@ -1728,6 +1734,49 @@ fn me(ctx: &Ctx, headers: &HeaderMap, notice: Option<(bool, &str)>) -> Response 
     let renewed = set_cookie(ctx, name, &flow, Some(sessions::SESSION_MAX.as_secs()));
     page.headers_mut().append(header::SET_COOKIE, renewed);
     page
+}
+
+/// Whether the session's sign-in is recent enough to add or remove a sign-in method:
+/// whoever holds an open session (a browser left unlocked, a stolen cookie) must not make
+/// a method of their own, nor take the user's away, without proving again who they are.
+fn recent_enough(ctx: &Ctx, session: &UserSession) -> bool {
+    let age = chrono::Utc::now().signed_duration_since(session.auth_time);
+    age.to_std()
+        .map_or(true, |age| age <= ctx.app.signin_reauth)
+}
+
+const SIGN_IN_AGAIN: &str =
+    "To add or remove a way to sign in, sign in again first (Sign in again, on your page).";
+
+/// [`me_user`] for a request that adds a sign-in method: refused (403) when the sign-in
+/// is not [`recent_enough`].
+fn me_user_recent(ctx: &Ctx, headers: &HeaderMap) -> Result<(String, UserId), Refusal> {
+    let me = me_user(ctx, headers)?;
+    match signed_in(ctx, headers) {
+        Some((_, session)) if recent_enough(ctx, &session) => Ok(me),
+        _ => Err(refuse(StatusCode::FORBIDDEN, SIGN_IN_AGAIN)),
+    }
+}
+
+/// "Sign in again" on `/me`: the sign-in page asks even though a session is open, and
+/// the new session may change the user's methods.
+async fn me_sign_in_again(
+    State(ctx): State<Ctx>,
+    headers: HeaderMap,
+    form: Result<Form<MeForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let Some((_, session)) = signed_in(&ctx, &headers) else {
+        return Redirect::to("/signin").into_response();
+    };
+    match form {
+        Ok(Form(f)) if same_secret(&f.csrf, &session.csrf) => {}
+        _ => return pages::stale_form(),
+    }
+    let (flow, _) = flow_of(&ctx, &headers);
+    let now = chrono::Utc::now();
+    ctx.store
+        .with_flow(&flow, |f| f.fresh_sign_in_after = Some(now));
+    with_flow_cookie(&ctx, Redirect::to("/signin").into_response(), &flow)
 }
 
 /// The signed-in user of a scripted request from `/me`, and its flow. The CSRF token is
@@ -1752,7 +1801,7 @@ async fn me_passkey_options(
     State(ctx): State<Ctx>,
     headers: HeaderMap,
 ) -> Result<Json<webauthn::CreationOptions>, Refusal> {
-    let (flow, user) = me_user(&ctx, &headers)?;
+    let (flow, user) = me_user_recent(&ctx, &headers)?;
     creation_options(&ctx, &flow, user)
 }
 
@@ -1761,7 +1810,7 @@ async fn me_add_passkey(
     headers: HeaderMap,
     PageJson(body): PageJson<NewPasskey>,
 ) -> Result<Json<Next>, Refusal> {
-    let (flow, user) = me_user(&ctx, &headers)?;
+    let (flow, user) = me_user_recent(&ctx, &headers)?;
     let (passkey, user_verified) = registered(&ctx, &flow, user, &body)?;
     decide(
         &ctx,
@@ -1781,7 +1830,7 @@ async fn me_totp_options(
     State(ctx): State<Ctx>,
     headers: HeaderMap,
 ) -> Result<Json<TotpSetup>, Refusal> {
-    let (flow, user) = me_user(&ctx, &headers)?;
+    let (flow, user) = me_user_recent(&ctx, &headers)?;
     totp_setup(&ctx, &flow, user)
 }
 
@@ -1790,7 +1839,7 @@ async fn me_totp(
     headers: HeaderMap,
     PageJson(body): PageJson<TypedCode>,
 ) -> Result<Json<Next>, Refusal> {
-    let (flow, user) = me_user(&ctx, &headers)?;
+    let (flow, user) = me_user_recent(&ctx, &headers)?;
     let (sealed_seed, step) = confirmed_seed(&ctx, &flow, user, &body.code)?;
     decide(
         &ctx,
@@ -1833,7 +1882,17 @@ async fn me_form(
             return pages::stale_form();
         }
     };
-    match decide(ctx, session.user, command(&form)).await {
+    let command = command(&form);
+    let removes = matches!(
+        command,
+        SignInCommand::RemovePasskey { .. } | SignInCommand::RemoveTotp
+    );
+    if removes && !recent_enough(ctx, &session) {
+        let mut page = me(ctx, headers, Some((false, SIGN_IN_AGAIN)));
+        *page.status_mut() = StatusCode::FORBIDDEN;
+        return page;
+    }
+    match decide(ctx, session.user, command).await {
         Ok(events) => {
             // A removed method signs out every other browser that may have used it.
             if events

@@ -381,6 +381,9 @@ pub fn second_factor(
 pub struct MeView<'a> {
     /// The session's CSRF token: of the page's forms and of its scripted requests.
     pub session_csrf: &'a str,
+    /// The sign-in is recent enough to add or remove methods; else the page offers to
+    /// sign in again instead.
+    pub may_change_methods: bool,
     pub display_name: &'a str,
     pub upn: &'a str,
     pub domain: &'a str,
@@ -418,7 +421,12 @@ pub fn me(v: &MeView<'_>) -> Response {
             format!(
                 r#"<tr><td>{name}</td><td>{kind}</td><td>{added}</td><td>{used}</td>
 <td><form method="post" action="/me/passkeys/{id}/rename" class="inline"><input type="hidden" name="csrf" value="{csrf}"><label>New name <input name="name" maxlength="64" required></label><button type="submit">Rename</button></form>
-<form method="post" action="/me/passkeys/{id}/remove" class="inline"><input type="hidden" name="csrf" value="{csrf}"><button type="submit">Remove {name}</button></form></td></tr>"#,
+{remove}</td></tr>"#,
+                remove = if v.may_change_methods {
+                    format!(r#"<form method="post" action="/me/passkeys/{id}/remove" class="inline"><input type="hidden" name="csrf" value="{csrf}"><button type="submit">Remove {}</button></form>"#, esc(&p.name))
+                } else {
+                    String::new()
+                },
                 name = esc(&p.name),
                 added = p.registered_at.format("%Y-%m-%d %H:%M"),
                 used = p
@@ -428,14 +436,33 @@ pub fn me(v: &MeView<'_>) -> Response {
             )
         })
         .collect();
+    let change = v.may_change_methods;
     let totp = match (v.method, &v.view.totp_enrolled_at) {
-        (_, Some(at)) => format!(
+        (_, Some(at)) if change => format!(
             r#"<p>Authenticator app set up {}.</p>
 <form method="post" action="/me/totp/remove"><input type="hidden" name="csrf" value="{csrf}"><button type="submit">Remove the authenticator app</button></form>"#,
             at.format("%Y-%m-%d %H:%M")
         ),
-        (SsoMethod::PasswordAndSecondFactor, None) => totp_setup("/me", ""),
-        (SsoMethod::Passwordless, None) => String::new(),
+        (_, Some(at)) => format!(
+            "<p>Authenticator app set up {}.</p>",
+            at.format("%Y-%m-%d %H:%M")
+        ),
+        (SsoMethod::PasswordAndSecondFactor, None) if change => totp_setup("/me", ""),
+        (_, None) => String::new(),
+    };
+    // Adding and removing methods wants a recent sign-in: after a while the page offers
+    // to sign in again instead of the controls.
+    let add_or_again = if change {
+        format!(
+            r#"{field}
+<button type="button" data-webauthn="register" data-options="/me/passkeys/options" data-finish="/me/passkeys">Add a passkey</button>"#,
+            field = passkey_name_field()
+        )
+    } else {
+        format!(
+            r#"<p id="sign-in-again-why">To add or remove a way to sign in, sign in again first.</p>
+<form method="post" action="/me/sign-in-again" aria-describedby="sign-in-again-why"><input type="hidden" name="csrf" value="{csrf}"><button type="submit">Sign in again</button></form>"#
+        )
     };
     let recent: String = v
         .view
@@ -470,8 +497,7 @@ pub fn me(v: &MeView<'_>) -> Response {
 <h2 id="methods-h">Your passkeys</h2>
 <table><thead><tr><th>Name</th><th>Kind</th><th>Added</th><th>Last used</th><th></th></tr></thead>
 <tbody>{passkeys}</tbody></table>
-{field}
-<button type="button" data-webauthn="register" data-options="/me/passkeys/options" data-finish="/me/passkeys">Add a passkey</button>
+{add_or_again}
 {totp}
 </section>
 <section aria-labelledby="recent-h">
@@ -483,7 +509,6 @@ pub fn me(v: &MeView<'_>) -> Response {
         upn = esc(v.upn),
         domain = esc(v.domain),
         method = method_name(v.method),
-        field = passkey_name_field(),
     );
     page(StatusCode::OK, v.display_name, v.session_csrf, &main)
 }

@@ -1611,3 +1611,99 @@ async fn nobody_signs_in_once_their_domain_is_removed() {
     assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
     assert_eq!(w.kinds(&adele).await, before, "nothing recorded");
 }
+
+/// Adding or removing a way to sign in wants a recent sign-in: a session left open (or a
+/// stolen cookie) cannot add its holder's passkey nor take the user's away. The page then
+/// offers "Sign in again", which asks even though a session is open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changing_sign_in_methods_wants_a_recent_sign_in() {
+    let (w, adele, _) = signin_world_tuned(|c| c.signin_reauth_secs = 1).await;
+    let mut key = SoftKey::new();
+    let mut v = enrol_with_key(&w, &adele, "adele.vance@contoso.onmicrosoft.com", &mut key).await;
+    let me_url = format!("{}/me", w.app.public);
+    let (_, page, _) = v.get(&me_url).await;
+    assert!(page.contains("Add a passkey"), "{page}");
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+
+    // Later: no controls, but the offer to sign in again; scripted and form requests are
+    // refused and change nothing.
+    let (_, page, _) = v.get(&me_url).await;
+    assert!(
+        page.contains("Sign in again") && !page.contains("Add a passkey"),
+        "{page}"
+    );
+    assert!(!page.contains("/remove\""), "{page}");
+    let csrf = csrf_of(&page);
+    let session_csrf = session_csrf_of(&page);
+    let (s, b) = v
+        .post_json(
+            &format!("{}/me/passkeys/options", w.app.public),
+            &csrf,
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
+    assert!(
+        b["error"].as_str().unwrap().contains("sign in again"),
+        "{b}"
+    );
+    let id = B64.encode(&key.credential);
+    let (s, page, _) = v
+        .post_form(
+            &format!("{}/me/passkeys/{id}/remove", w.app.public),
+            &[("csrf", &session_csrf)],
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{page}");
+    assert!(page.contains("sign in again"), "{page}");
+    let (_, events) = w
+        .admin(
+            Method::GET,
+            &format!("/v1/users/{adele}/events?limit=1000"),
+            None,
+        )
+        .await;
+    assert!(!events.to_string().contains("PasskeyRemoved"));
+    // Renaming stays open: it neither adds nor takes away a way in.
+    let (s, page, _) = v
+        .post_form(
+            &format!("{}/me/passkeys/{id}/rename", w.app.public),
+            &[("csrf", &session_csrf), ("name", "Desk key")],
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{page}");
+
+    // Sign in again: the sign-in page asks although a session is open, and afterwards the
+    // controls are back.
+    let (s, _, to) = v
+        .post_form(
+            &format!("{}/me/sign-in-again", w.app.public),
+            &[("csrf", &session_csrf)],
+        )
+        .await;
+    assert_eq!((s, to.as_deref()), (StatusCode::SEE_OTHER, Some("/signin")));
+    let (s, page, to) = v.get(&format!("{}/signin", w.app.public)).await;
+    assert_eq!(s, StatusCode::OK, "sent on to {to:?}");
+    assert!(page.contains("Sign in with a passkey"), "{page}");
+    let handle = key.user_handle.clone();
+    let (s, b) = passkey_sign_in_with(&w, &mut v, &mut key, Some(&handle)).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (_, page, _) = v.get(&me_url).await;
+    assert!(page.contains("Add a passkey"), "{page}");
+    let (s, b) = v
+        .post_json(
+            &format!("{}/me/passkeys/options", w.app.public),
+            &csrf_of(&page),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    // A forged "sign in again" does nothing.
+    let (s, _, _) = v
+        .post_form(
+            &format!("{}/me/sign-in-again", w.app.public),
+            &[("csrf", "forged")],
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+}

@@ -23,7 +23,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
-use idledger_domain::decide::signin::{self as rules, PasskeyProof, Proof, SignInCommand};
+use idledger_domain::decide::signin::{
+    self as rules, EnrolmentStep, PasskeyProof, Proof, SignInCommand,
+};
 use idledger_domain::decide::user::evolve;
 use idledger_domain::events::PasskeyRegistered;
 use idledger_domain::{Actor, DomainId, Event, SignInFailure, SsoMethod, StreamId, UserId};
@@ -620,17 +622,33 @@ async fn enrol_passkey_options(
     Segment(token): Segment,
     headers: HeaderMap,
 ) -> Result<Json<webauthn::CreationOptions>, Refusal> {
-    let (flow, user, link, _) = enrolment(&ctx, &headers, &token, None)?;
+    let (flow, user, link, entra) = enrolment(&ctx, &headers, &token, None)?;
+    // What can fail without recording anything fails first.
+    rp(&ctx)?;
+    start_enrolment(&ctx, user, link, EnrolmentStep::Passkey, entra).await?;
+    creation_options(&ctx, &flow, user)
+}
+
+/// Records that the enrolment began (once), when the user's method allows `step` now.
+async fn start_enrolment(
+    ctx: &Ctx,
+    user: UserId,
+    link: idledger_domain::LinkId,
+    step: EnrolmentStep,
+    entra_done: bool,
+) -> Result<(), Refusal> {
     decide(
-        &ctx,
+        ctx,
         user,
         SignInCommand::StartEnrolment {
             link_id: link,
+            step,
+            entra_done,
             at: chrono::Utc::now(),
         },
     )
-    .await?;
-    creation_options(&ctx, &flow, user)
+    .await
+    .map(drop)
 }
 
 fn creation_options(
@@ -811,16 +829,8 @@ async fn enrol_totp_options(
     Segment(token): Segment,
     headers: HeaderMap,
 ) -> Result<Json<TotpSetup>, Refusal> {
-    let (flow, user, link, _) = enrolment(&ctx, &headers, &token, None)?;
-    decide(
-        &ctx,
-        user,
-        SignInCommand::StartEnrolment {
-            link_id: link,
-            at: chrono::Utc::now(),
-        },
-    )
-    .await?;
+    let (flow, user, link, entra) = enrolment(&ctx, &headers, &token, None)?;
+    start_enrolment(&ctx, user, link, EnrolmentStep::Totp, entra).await?;
     totp_setup(&ctx, &flow, user)
 }
 
@@ -916,17 +926,12 @@ async fn enrol_entra(
     Segment(token): Segment,
     headers: HeaderMap,
 ) -> Result<Json<Redirection>, Refusal> {
-    let (flow, user, link, _) = enrolment(&ctx, &headers, &token, None)?;
-    decide(
-        &ctx,
-        user,
-        SignInCommand::StartEnrolment {
-            link_id: link,
-            at: chrono::Utc::now(),
-        },
-    )
-    .await?;
-    start_entra(&ctx, &flow, user).map(Json)
+    let (flow, user, link, entra) = enrolment(&ctx, &headers, &token, None)?;
+    // The Entra request is made first (no connection, a lock: refused unrecorded); it
+    // waits in the flow, and is handed out only once the enrolment's start is recorded.
+    let redirect = start_entra(&ctx, &flow, user)?;
+    start_enrolment(&ctx, user, link, EnrolmentStep::Entra, entra).await?;
+    Ok(Json(redirect))
 }
 
 // ---- Entra ID -----------------------------------------------------------------------------

@@ -1707,3 +1707,56 @@ async fn changing_sign_in_methods_wants_a_recent_sign_in() {
         .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
 }
+
+/// An enrolment page begins only what the user's method allows, in its order: a
+/// passwordless user gets no authenticator secret and no Entra step, a user of a password
+/// and a second factor no passkey options before the Entra step (the security key would
+/// keep a credential the enrolment then refuses). Refused, nothing is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enrolment_begins_only_what_the_users_method_allows() {
+    let (w, adele, alex) = signin_world().await;
+    let kinds = |user: String| {
+        let w = &w;
+        async move {
+            let (_, events) = w
+                .admin(
+                    Method::GET,
+                    &format!("/v1/users/{user}/events?limit=1000"),
+                    None,
+                )
+                .await;
+            events["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["kind"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    for (user, upn, refused) in [
+        (
+            &adele,
+            "adele.vance@contoso.onmicrosoft.com",
+            &["totp/options", "entra"][..],
+        ),
+        (&alex, ALEX, &["passkey/options"][..]),
+    ] {
+        invite(&w, user).await;
+        let link = outbox_link(&w, upn);
+        let mut v = Visitor::new();
+        let (_, page, _) = v.get(&link).await;
+        let csrf = csrf_of(&page);
+        for step in refused {
+            let (s, b) = v
+                .post_json(&format!("{link}/{step}"), &csrf, json!({}))
+                .await;
+            assert_eq!(s, StatusCode::CONFLICT, "{upn} {step}: {b}");
+            assert!(b["error"].is_string(), "{b}");
+        }
+        let recorded = kinds(user.clone()).await;
+        assert!(
+            !recorded.iter().any(|k| k == "EnrolmentStarted"),
+            "{upn}: {recorded:?}"
+        );
+    }
+}

@@ -336,6 +336,10 @@ pub enum SignInCommand {
     StartEnrolment {
         /// The link.
         link_id: LinkId,
+        /// The ceremony the page asks to begin.
+        step: EnrolmentStep,
+        /// The Entra step was done in this browser.
+        entra_done: bool,
         /// Now.
         at: DateTime<Utc>,
     },
@@ -399,6 +403,41 @@ pub enum SignInCommand {
     },
 }
 
+/// What an enrolment page asks to begin: the options of one method's ceremony.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum EnrolmentStep {
+    /// A passkey or security key.
+    Passkey,
+    /// An authenticator app.
+    Totp,
+    /// Signing in with Entra ID (the password step).
+    Entra,
+}
+
+/// Whether a user of `method` may begin `step` now: refused up front what the enrolment
+/// would refuse at its end, so nothing is recorded for it and no credential is left on an
+/// authenticator (a security key's few slots) for a registration that cannot complete.
+/// An authenticator app may be set up before the Entra step: its seed is kept in the
+/// browser's flow and confirmed after, and leaves nothing behind if never confirmed.
+fn step_allowed(method: SsoMethod, step: EnrolmentStep, entra_done: bool) -> Result<(), Rejection> {
+    use EnrolmentStep::*;
+    match (method, step) {
+        (SsoMethod::Passwordless, Passkey) | (SsoMethod::PasswordAndSecondFactor, Entra | Totp) => {
+            Ok(())
+        }
+        (SsoMethod::PasswordAndSecondFactor, Passkey) if entra_done => Ok(()),
+        (SsoMethod::PasswordAndSecondFactor, Passkey) => Err(Rejection::Conflict(
+            "sign in with Entra ID first: your account uses a password and a second factor".into(),
+        )),
+        (SsoMethod::Passwordless, Totp) => Err(Rejection::Conflict(
+            "authenticator codes go with Entra ID sign-in; your account is passwordless".into(),
+        )),
+        (SsoMethod::Passwordless, Entra) => Err(Rejection::Conflict(
+            "your account signs in without a password: use a passkey or security key".into(),
+        )),
+    }
+}
+
 /// A passkey's name: 1 to 64 characters, trimmed.
 pub fn passkey_name(name: &str) -> Result<String, Rejection> {
     let name = name.trim();
@@ -458,8 +497,15 @@ pub fn decide(s: &UserState, c: SignInCommand) -> Result<Vec<Event>, Rejection> 
         return Err(Rejection::NotFound("user"));
     }
     match c {
-        SignInCommand::StartEnrolment { link_id, at } => {
+        SignInCommand::StartEnrolment {
+            link_id,
+            step,
+            entra_done,
+            at,
+        } => {
             open_link(s, link_id, at)?;
+            let sso = allowed(s).map_err(|f| Rejection::Conflict(f.message().into()))?;
+            step_allowed(sso.method, step, entra_done)?;
             Ok(if s.signin.link.as_ref().is_some_and(|l| l.started) {
                 vec![]
             } else {
@@ -933,6 +979,8 @@ mod tests {
         );
         let start = SignInCommand::StartEnrolment {
             link_id: lid(1),
+            step: EnrolmentStep::Passkey,
+            entra_done: false,
             at: t0(),
         };
         assert!(matches!(
@@ -947,6 +995,30 @@ mod tests {
             ],
         );
         assert!(matches!(decide(&s, start), Err(Rejection::Conflict(_))));
+    }
+
+    #[test]
+    fn an_enrolment_begins_only_the_steps_its_method_allows_in_order() {
+        use EnrolmentStep::*;
+        let start = |step, entra_done| SignInCommand::StartEnrolment {
+            link_id: lid(1),
+            step,
+            entra_done,
+            at: t0(),
+        };
+        let with = |method| apply(user(method), &[link(1, t0() + Duration::hours(72))]);
+        let passwordless = with(SsoMethod::Passwordless);
+        assert!(decide(&passwordless, start(Passkey, false)).is_ok());
+        assert!(decide(&passwordless, start(Totp, true)).is_err());
+        assert!(decide(&passwordless, start(Entra, false)).is_err());
+        let password = with(SsoMethod::PasswordAndSecondFactor);
+        assert!(decide(&password, start(Entra, false)).is_ok());
+        assert!(decide(&password, start(Totp, false)).is_ok());
+        assert!(matches!(
+            decide(&password, start(Passkey, false)),
+            Err(Rejection::Conflict(m)) if m.contains("Entra ID first")
+        ));
+        assert!(decide(&password, start(Passkey, true)).is_ok());
     }
 
     fn signed_up(method: SsoMethod) -> UserState {

@@ -208,6 +208,12 @@ pub async fn shutdown_signal() {
     tracing::info!("shutting down: finishing requests in flight");
 }
 
+fn no_public_url(addr: std::net::SocketAddr) -> Error {
+    Error::Other(format!(
+        "public_url: set it (flag --public-url, IDLEDGER_PUBLIC_URL or the file) to the https origin users reach {addr} at: invites and passkeys need it"
+    ))
+}
+
 /// Serves `data_dir` as `config` says until `shutdown` resolves; then finishes the
 /// requests in flight and flushes the log.
 pub async fn run(
@@ -234,6 +240,13 @@ pub async fn run(
     let listener = std::net::TcpListener::bind(&config.listen)
         .map_err(|e| Error::Other(format!("cannot listen on {}: {e}", config.listen)))?;
     let addr = listener.local_addr()?;
+    // Where users reach this server is known now: without it `serve` stops before it
+    // opens (or makes) anything, not after folding a large log.
+    let public_known = config.public_url.is_some()
+        || http::PublicUrl::loopback_default(addr, tls.is_some()).is_some();
+    if !public_known {
+        return Err(no_public_url(addr));
+    }
     // While the log opens and the projections catch up (minutes, on a large log), the port
     // already answers: `/readyz` and everything else 503, so an orchestrator waits.
     let limits = connection_limits(config);
@@ -245,9 +258,7 @@ pub async fn run(
         state.public_url = http::PublicUrl::loopback_default(addr, tls.is_some());
     }
     let Some(public) = &state.public_url else {
-        return Err(Error::Other(format!(
-            "public_url: set it (flag --public-url, IDLEDGER_PUBLIC_URL or the file) to the https origin users reach {addr} at: invites and passkeys need it"
-        )));
+        return Err(no_public_url(addr));
     };
     tracing::info!(public_url = %public.origin, "users sign in here");
     let rotation = config.rotation();

@@ -472,3 +472,25 @@ fn bench_export_exports_and_verifies_every_password_change() {
     assert_eq!(v["rows"], 700, "{v}");
     assert_eq!(v["verified"], true, "{v}");
 }
+
+/// `serve` on an address users would reach, with no `public_url`, stops before it opens
+/// anything: not after folding a large log, and without leaving a half-made data dir.
+#[test]
+fn serve_without_a_public_url_off_loopback_stops_before_opening_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = idledger()
+        .args(["serve", "--listen", "0.0.0.0:0", "--data-dir"])
+        .arg(&data)
+        .env_remove("IDLEDGER_PUBLIC_URL")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("public_url"), "{said}");
+    let made: Vec<_> = std::fs::read_dir(&data)
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(made.is_empty(), "the data dir was opened: {made:?}");
+}

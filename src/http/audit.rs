@@ -222,7 +222,7 @@ pub async fn export_manifest(
             .map_err(|e| ApiError::Internal(format!("signing the manifest's head: {e}")))??;
         let (head, proof) = covering.ok_or_else(|| {
             ApiError::Unavailable(
-                "no signed tree head covers the export: the log's tree has stopped growing".into(),
+                "no signed tree head covers the export yet: the log's tree trails its head; try again shortly".into(),
             )
         })?;
         m.signed_head = Some(crate::audit::proofs::manifest_head(&head, &proof));

@@ -191,8 +191,8 @@ impl Notary {
     /// For an export's manifest: the first kept head that covers `size` records (signing
     /// and keeping one now when none does yet), and the consistency proof from the tree
     /// of `size` to it (empty when it is of that size). An auditor finds the head among
-    /// the server's heads, in time order with them. None when `size` is 0 or the tree
-    /// cannot reach it (it stopped growing).
+    /// the server's heads, in time order with them. None when `size` is 0 or the tree has
+    /// not reached it within two seconds (it stopped growing, or trails far behind).
     pub fn covering(
         &self,
         size: u64,
@@ -204,6 +204,15 @@ impl Notary {
             let heads = self.inner.heads.lock().unwrap_or_else(|e| e.into_inner());
             heads.covering(size)?
         };
+        // The tree takes a record in just after the log acknowledges it: an export read
+        // to the log's head may be a commit ahead of it for a moment.
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while kept.is_none()
+            && self.inner.tree.size() < size
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let head = match kept {
             Some(h) => h,
             None => match self.sign_now()? {

@@ -226,13 +226,21 @@ fn flow_of(ctx: &Ctx, headers: &HeaderMap) -> (String, String) {
 /// Sets the flow cookie, new or not: the flow lives `FLOW_TTL` after it was last used on
 /// the server, and the browser must keep the cookie as long (an app's request waiting in
 /// a flow begun minutes ago would be lost with a cookie that expired at its first age).
-fn with_flow_cookie(ctx: &Ctx, mut response: Response, flow: &str) -> Response {
-    let v = set_cookie(
-        ctx,
-        flow_cookie_name(https(ctx)),
-        flow,
-        Some(sessions::FLOW_TTL.as_secs()),
-    );
+/// With a session open, as long as `/me` sets it: its page's ceremonies use the flow.
+fn with_flow_cookie(
+    ctx: &Ctx,
+    headers: &HeaderMap,
+    mut response: Response,
+    flow: &str,
+) -> Response {
+    let session_open =
+        cookie(headers, user_cookie_name(https(ctx))).is_some_and(|c| ctx.store.find(c).is_some());
+    let age = if session_open {
+        sessions::SESSION_MAX
+    } else {
+        sessions::FLOW_TTL
+    };
+    let v = set_cookie(ctx, flow_cookie_name(https(ctx)), flow, Some(age.as_secs()));
     response.headers_mut().append(header::SET_COOKIE, v);
     response
 }
@@ -580,7 +588,7 @@ async fn enrol_page(
         method: sso.method,
         entra_done,
     });
-    with_flow_cookie(&ctx, page, &flow)
+    with_flow_cookie(&ctx, &headers, page, &flow)
 }
 
 /// The enrolment a request may act on: the link of its path, opened in this browser
@@ -1194,10 +1202,12 @@ async fn entra_callback(
                     .filter(|(_, u, _)| *u == user)
                     .map(|(t, _, _)| t.clone())
             });
-            match enrolling {
+            let next = match enrolling {
                 Some(token) => Redirect::to(&format!("/enrol/{token}")).into_response(),
                 None => Redirect::to("/signin/second-factor").into_response(),
-            }
+            };
+            // The Entra step may have taken minutes: the cookie lives on with the flow.
+            with_flow_cookie(&ctx, &headers, next, &flow)
         }
         Err(EntraStepFailure::Unproven(failure)) => {
             let why = match &failure {
@@ -1343,7 +1353,7 @@ async fn signin_page(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
         }
     }
     let (flow, csrf) = flow_of(&ctx, &headers);
-    with_flow_cookie(&ctx, pages::signin(&csrf), &flow)
+    with_flow_cookie(&ctx, &headers, pages::signin(&csrf), &flow)
 }
 
 async fn signin_passkey_options(
@@ -1524,14 +1534,15 @@ async fn second_factor_page(State(ctx): State<Ctx>, headers: HeaderMap) -> Respo
             .unwrap_or((false, false))
     };
     let origin = waiting_app_origin(&ctx, &flow);
-    pages::second_factor(
+    let page = pages::second_factor(
         &csrf,
         &who.display_name,
         passkeys,
         totp,
         None,
         origin.as_deref(),
-    )
+    );
+    with_flow_cookie(&ctx, &headers, page, &flow)
 }
 
 /// The name of the app whose authorization request waits for this flow's sign-in, as the
@@ -1746,8 +1757,8 @@ fn me(ctx: &Ctx, headers: &HeaderMap, notice: Option<(bool, &str)>) -> Response 
 /// a method of their own, nor take the user's away, without proving again who they are.
 fn recent_enough(ctx: &Ctx, session: &UserSession) -> bool {
     let age = chrono::Utc::now().signed_duration_since(session.auth_time);
-    age.to_std()
-        .map_or(true, |age| age <= ctx.app.signin_reauth)
+    // A sign-in dated ahead of the clock (it stepped back) is not taken for a recent one.
+    age.to_std().is_ok_and(|age| age <= ctx.app.signin_reauth)
 }
 
 const SIGN_IN_AGAIN: &str =
@@ -1781,7 +1792,12 @@ async fn me_sign_in_again(
     let now = chrono::Utc::now();
     ctx.store
         .with_flow(&flow, |f| f.fresh_sign_in_after = Some(now));
-    with_flow_cookie(&ctx, Redirect::to("/signin").into_response(), &flow)
+    with_flow_cookie(
+        &ctx,
+        &headers,
+        Redirect::to("/signin").into_response(),
+        &flow,
+    )
 }
 
 /// The signed-in user of a scripted request from `/me`, and its flow. The CSRF token is

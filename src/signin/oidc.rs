@@ -786,7 +786,12 @@ async fn authorize(
             // Sign in first, then come back: the request waits in this browser's flow.
             let (flow, _) = super::flow_of(&ctx, &headers);
             ctx.store.with_flow(&flow, |f| f.authorize = Some(request));
-            super::with_flow_cookie(&ctx, Redirect::to("/signin").into_response(), &flow)
+            super::with_flow_cookie(
+                &ctx,
+                &headers,
+                Redirect::to("/signin").into_response(),
+                &flow,
+            )
         }
     }
 }
@@ -1284,12 +1289,7 @@ async fn exchange_code(
         (!stands).then_some("the sign-in the code was issued in has ended")
     });
     if let Some(reason) = reason {
-        ctx.provider
-            .spent
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .refused(&key);
-        record_refusal(
+        let recorded = record_refusal(
             ctx,
             grant.user,
             app.id,
@@ -1297,6 +1297,13 @@ async fn exchange_code(
             None,
         )
         .await;
+        if recorded {
+            ctx.provider
+                .spent
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .refused(&key);
+        }
         return invalid_grant(reason);
     }
     let carried = TokenGrant {

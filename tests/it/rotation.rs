@@ -105,15 +105,23 @@ impl World {
     }
 
     pub(crate) async fn kinds(&self, id: &str) -> Vec<String> {
-        let (_, events) = self
-            .admin(Method::GET, &format!("/v1/users/{id}/events"), None)
-            .await;
-        events["items"]
-            .as_array()
-            .unwrap()
+        self.events(id)
+            .await
             .iter()
             .map(|e| e["kind"].as_str().unwrap().to_owned())
             .collect()
+    }
+
+    /// The user's events as the API shows them (the first thousand).
+    pub(crate) async fn events(&self, id: &str) -> Vec<Value> {
+        let (_, events) = self
+            .admin(
+                Method::GET,
+                &format!("/v1/users/{id}/events?limit=1000"),
+                None,
+            )
+            .await;
+        events["items"].as_array().unwrap().clone()
     }
 
     /// How often the user's key writes were handed to an agent.

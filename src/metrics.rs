@@ -295,7 +295,7 @@ impl Recorded {
         );
         r.register(
             "idledger_graph_request_duration_seconds",
-            "Microsoft Graph and Entra token calls, by operation and HTTP status",
+            "Microsoft Graph and Entra token calls until the answer's headers (not its body), by operation and HTTP status",
             self.graph.clone(),
         );
         r.register(

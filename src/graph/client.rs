@@ -330,7 +330,8 @@ async fn body_of(resp: reqwest::Response, max: usize) -> Result<Vec<u8>, GraphEr
     }
 }
 
-/// Sends a request for `operation`, recording its time and status (`metrics`).
+/// Sends a request for `operation`, recording its time to the answer's headers and its
+/// status (`metrics`); the body is read, bounded, by the caller.
 async fn timed(
     operation: &'static str,
     request: reqwest::RequestBuilder,

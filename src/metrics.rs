@@ -260,12 +260,12 @@ impl Recorded {
     fn register(&self, r: &mut Registry) {
         r.register(
             "idledger_http_connections_open",
-            "HTTP connections open now",
+            "HTTP connections open now, on every listener",
             self.connections.clone(),
         );
         r.register(
             "idledger_http_connections_max",
-            "HTTP connections allowed at once (max_connections); at the cap new ones wait",
+            "HTTP connections allowed at once per listener (max_connections); at the cap new ones wait",
             self.connections_max.clone(),
         );
         r.register(

@@ -1342,13 +1342,24 @@ async fn tenant_keys(
 
 // ---- signing in -----------------------------------------------------------------------------
 
+/// This browser's flow asks for a sign-in newer than `session`'s: an app's request
+/// (`prompt=login`, `max_age`) or the user's "Sign in again" on `/me`. The sign-in page
+/// asks then instead of sending the user on, or the request would wait for ever.
+fn asks_for_fresh_sign_in(ctx: &Ctx, headers: &HeaderMap, session: &UserSession) -> bool {
+    cookie(headers, flow_cookie_name(https(ctx)))
+        .and_then(|flow| {
+            ctx.store.with_stored_flow(flow, |f| {
+                let app = f.authorize.as_ref().and_then(|r| r.fresh_after);
+                app.max(f.fresh_sign_in_after)
+                    .is_some_and(|t| session.auth_time < t)
+            })
+        })
+        .unwrap_or(false)
+}
+
 async fn signin_page(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
     if let Some((_, session)) = signed_in(&ctx, &headers) {
-        let asked_on_me = cookie(&headers, flow_cookie_name(https(&ctx)))
-            .and_then(|flow| ctx.store.with_stored_flow(flow, |f| f.fresh_sign_in_after))
-            .flatten()
-            .is_some_and(|t| session.auth_time < t);
-        if !asked_on_me && !oidc::waits_for_fresh_sign_in(&ctx, &headers, &session) {
+        if !asks_for_fresh_sign_in(&ctx, &headers, &session) {
             return Redirect::to("/me").into_response();
         }
     }
@@ -1732,11 +1743,10 @@ fn me(ctx: &Ctx, headers: &HeaderMap, notice: Option<(bool, &str)>) -> Response 
     };
     let method = who.allowed.map(|s| s.method).unwrap_or(session.method);
     // The flow cookie holds the state of the page's ceremonies (a passkey's challenge, a
-    // new authenticator's seed). The page may stay open as long as the session lives, so
-    // every visit sets the cookie for that long (not the ten minutes of a sign-in's
-    // flow): it gives no authority of its own; the session's CSRF token does.
+    // new authenticator's seed), set for as long as the session lives: it gives no
+    // authority of its own; the session's CSRF token does.
     let (flow, _) = flow_of(ctx, headers);
-    let mut page = pages::me(&pages::MeView {
+    let page = pages::me(&pages::MeView {
         session_csrf: &session.csrf,
         may_change_methods: recent_enough(ctx, &session),
         display_name: &who.display_name,
@@ -1746,10 +1756,7 @@ fn me(ctx: &Ctx, headers: &HeaderMap, notice: Option<(bool, &str)>) -> Response 
         view: &view,
         notice,
     });
-    let name = flow_cookie_name(https(ctx));
-    let renewed = set_cookie(ctx, name, &flow, Some(sessions::SESSION_MAX.as_secs()));
-    page.headers_mut().append(header::SET_COOKIE, renewed);
-    page
+    with_flow_cookie(ctx, headers, page, &flow)
 }
 
 /// Whether the session's sign-in is recent enough to add or remove a sign-in method:
@@ -1763,16 +1770,6 @@ fn recent_enough(ctx: &Ctx, session: &UserSession) -> bool {
 
 const SIGN_IN_AGAIN: &str =
     "To add or remove a way to sign in, sign in again first (Sign in again, on your page).";
-
-/// [`me_user`] for a request that adds a sign-in method: refused (403) when the sign-in
-/// is not [`recent_enough`].
-fn me_user_recent(ctx: &Ctx, headers: &HeaderMap) -> Result<(String, UserId), Refusal> {
-    let me = me_user(ctx, headers)?;
-    match signed_in(ctx, headers) {
-        Some((_, session)) if recent_enough(ctx, &session) => Ok(me),
-        _ => Err(refuse(StatusCode::FORBIDDEN, SIGN_IN_AGAIN)),
-    }
-}
 
 /// "Sign in again" on `/me`: the sign-in page asks even though a session is open, and
 /// the new session may change the user's methods.
@@ -1800,7 +1797,8 @@ async fn me_sign_in_again(
     )
 }
 
-/// The signed-in user of a scripted request from `/me`, and its flow. The CSRF token is
+/// The signed-in user of a scripted request from `/me` that adds a sign-in method, and
+/// its flow; refused (403) when the sign-in is not [`recent_enough`]. The CSRF token is
 /// the session's: one bound only to the flow would outlive a sign-out and serve the next
 /// user of the browser.
 fn me_user(ctx: &Ctx, headers: &HeaderMap) -> Result<(String, UserId), Refusal> {
@@ -1814,6 +1812,9 @@ fn me_user(ctx: &Ctx, headers: &HeaderMap) -> Result<(String, UserId), Refusal> 
     if !sent.is_some_and(|t| same_secret(&session.csrf, t)) {
         return Err(expired_flow());
     }
+    if !recent_enough(ctx, &session) {
+        return Err(refuse(StatusCode::FORBIDDEN, SIGN_IN_AGAIN));
+    }
     let flow = cookie(headers, flow_cookie_name(https(ctx))).ok_or_else(expired_flow)?;
     Ok((flow.to_owned(), session.user))
 }
@@ -1822,7 +1823,7 @@ async fn me_passkey_options(
     State(ctx): State<Ctx>,
     headers: HeaderMap,
 ) -> Result<Json<webauthn::CreationOptions>, Refusal> {
-    let (flow, user) = me_user_recent(&ctx, &headers)?;
+    let (flow, user) = me_user(&ctx, &headers)?;
     creation_options(&ctx, &flow, user)
 }
 
@@ -1831,7 +1832,7 @@ async fn me_add_passkey(
     headers: HeaderMap,
     PageJson(body): PageJson<NewPasskey>,
 ) -> Result<Json<Next>, Refusal> {
-    let (flow, user) = me_user_recent(&ctx, &headers)?;
+    let (flow, user) = me_user(&ctx, &headers)?;
     let (passkey, user_verified) = registered(&ctx, &flow, user, &body)?;
     decide(
         &ctx,
@@ -1851,7 +1852,7 @@ async fn me_totp_options(
     State(ctx): State<Ctx>,
     headers: HeaderMap,
 ) -> Result<Json<TotpSetup>, Refusal> {
-    let (flow, user) = me_user_recent(&ctx, &headers)?;
+    let (flow, user) = me_user(&ctx, &headers)?;
     totp_setup(&ctx, &flow, user)
 }
 
@@ -1860,7 +1861,7 @@ async fn me_totp(
     headers: HeaderMap,
     PageJson(body): PageJson<TypedCode>,
 ) -> Result<Json<Next>, Refusal> {
-    let (flow, user) = me_user_recent(&ctx, &headers)?;
+    let (flow, user) = me_user(&ctx, &headers)?;
     let (sealed_seed, step) = confirmed_seed(&ctx, &flow, user, &body.code)?;
     decide(
         &ctx,

@@ -157,7 +157,7 @@ pub struct AuthRequest {
     code_challenge: Option<String>,
     scope: Vec<String>,
     /// `prompt=login` or `max_age`: a sign-in at or after this time is needed.
-    fresh_after: Option<DateTime<Utc>>,
+    pub(super) fresh_after: Option<DateTime<Utc>>,
     /// The user an `id_token_hint` names: the request is answered for them only.
     hinted: Option<UserId>,
 }
@@ -794,26 +794,6 @@ async fn authorize(
             )
         }
     }
-}
-
-/// An authorization request waits in this browser's flow for a sign-in newer than
-/// `session`'s (`prompt=login`, `max_age`): the sign-in page asks again instead of sending
-/// the user on, or the request would wait for ever.
-pub(super) fn waits_for_fresh_sign_in(
-    ctx: &Ctx,
-    headers: &HeaderMap,
-    session: &sessions::UserSession,
-) -> bool {
-    crate::http::session::cookie(headers, super::flow_cookie_name(https(ctx)))
-        .and_then(|flow| {
-            ctx.store.with_stored_flow(flow, |f| {
-                f.authorize
-                    .as_ref()
-                    .and_then(|r| r.fresh_after)
-                    .is_some_and(|t| session.auth_time < t)
-            })
-        })
-        .unwrap_or(false)
 }
 
 /// Whether a request's app is still there and still registers its redirect URI: an admin

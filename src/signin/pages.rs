@@ -438,14 +438,16 @@ pub fn me(v: &MeView<'_>) -> Response {
         .collect();
     let change = v.may_change_methods;
     let totp = match (v.method, &v.view.totp_enrolled_at) {
-        (_, Some(at)) if change => format!(
-            r#"<p>Authenticator app set up {}.</p>
-<form method="post" action="/me/totp/remove"><input type="hidden" name="csrf" value="{csrf}"><button type="submit">Remove the authenticator app</button></form>"#,
-            at.format("%Y-%m-%d %H:%M")
-        ),
         (_, Some(at)) => format!(
-            "<p>Authenticator app set up {}.</p>",
-            at.format("%Y-%m-%d %H:%M")
+            "<p>Authenticator app set up {}.</p>\n{}",
+            at.format("%Y-%m-%d %H:%M"),
+            if change {
+                format!(
+                    r#"<form method="post" action="/me/totp/remove"><input type="hidden" name="csrf" value="{csrf}"><button type="submit">Remove the authenticator app</button></form>"#
+                )
+            } else {
+                String::new()
+            }
         ),
         (SsoMethod::PasswordAndSecondFactor, None) if change => totp_setup("/me", ""),
         (_, None) => String::new(),

@@ -301,6 +301,22 @@ pub async fn unseen_member(
     StatusCode::NO_CONTENT
 }
 
+/// `POST /_sim/groups/{group}/members/{user}/unseen-delta`: full rounds of `groups/delta`
+/// leave the member out (the member list still names them) until `DELETE` of the same path.
+pub async fn unseen_in_delta(
+    State(sim): State<Sim>,
+    method: axum::http::Method,
+    Path((group, user)): Path<(String, String)>,
+) -> StatusCode {
+    let mut inner = sim.lock();
+    if method == axum::http::Method::DELETE {
+        inner.unseen_in_delta.remove(&(group, user));
+    } else {
+        inner.unseen_in_delta.insert((group, user));
+    }
+    StatusCode::NO_CONTENT
+}
+
 fn repeat_member_change(sim: &Sim, group: String, user: String, added: bool) -> StatusCode {
     let mut inner = sim.lock();
     let known = inner.dir.groups.contains_key(&group)

@@ -833,6 +833,13 @@ pub async fn groups_delta(
                     })
                     .skip(start)
                     .take(end - start)
+                    .filter(|(g, m)| {
+                        m.is_none_or(|m| {
+                            !inner
+                                .unseen_in_delta
+                                .contains(&((*g).to_owned(), m.to_owned()))
+                        })
+                    })
                     .map(|(g, m)| (g.to_owned(), m.map(|m| (m.to_owned(), false))))
                     .collect();
                 let mut page = group_objects(&entries);

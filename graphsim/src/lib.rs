@@ -107,6 +107,10 @@ pub fn router(sim: Sim) -> Router {
             post(control::unseen_member),
         )
         .route(
+            "/_sim/groups/{group}/members/{user}/unseen-delta",
+            post(control::unseen_in_delta).delete(control::unseen_in_delta),
+        )
+        .route(
             "/_sim/faults",
             post(control::add_fault).delete(control::clear_faults),
         )

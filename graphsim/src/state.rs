@@ -205,6 +205,9 @@ pub struct Inner {
     /// (group, user): the next read of the group's member list misses the user, as a
     /// replica behind the user's addition would.
     pub unseen_members: BTreeSet<(String, String)>,
+    /// (group, user): full rounds of `groups/delta` leave the member out until the knob is
+    /// taken away, as a delta replica behind the user's addition would.
+    pub unseen_in_delta: BTreeSet<(String, String)>,
 }
 
 /// One password set through Graph's `PATCH /users/{id}` (`GET /_sim/password-log`): what a

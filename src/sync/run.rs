@@ -408,7 +408,7 @@ impl<'a> SyncRun<'a> {
             }
             set
         };
-        let members = members_of(&g.sync);
+        let mut members = members_of(&g.sync);
         let rotation = members_of(&g.rotation);
         let mut attrs: HashMap<String, GraphUser> = self
             .client
@@ -417,6 +417,10 @@ impl<'a> SyncRun<'a> {
             .into_iter()
             .map(|u| (u.id.clone(), u))
             .collect();
+        // The member list was read after the round: a user it names is a member, whatever
+        // a delta replica behind their addition left out. Taken for gone instead, one read
+        // would decide a removal (with *delete*, their keys).
+        members.extend(attrs.keys().cloned());
         // Members the member list missed (it changed between the reads), recorded members
         // who left, and users out of scope whose deletion a read contradicted (no entry
         // of this round's `latest` link will name it again): read them, absent means
@@ -442,8 +446,12 @@ impl<'a> SyncRun<'a> {
         let mut observed = HashMap::new();
         for m in &members {
             let user = attrs.remove(m).or_else(|| read_back.remove(m));
-            let exists = user.is_some();
-            let before = self.known.get(m).map(|k| &k.known.attributes);
+            let known = self.known.get(m);
+            let before = known.map(|k| &k.known.attributes);
+            // A recorded member the round names but neither read found is kept as
+            // recorded: a deleted user is no group's member, so the reads are the ones
+            // behind (a deletion since shows up in the next round's users link).
+            let exists = user.is_some() || known.is_some_and(|k| k.known.in_scope);
             observed.insert(
                 m.clone(),
                 Observed {

@@ -545,6 +545,61 @@ async fn a_carried_member_change_gives_way_to_a_newer_one() {
     assert_eq!(now["in_sync_group"], true, "{now}");
 }
 
+/// A full round whose `groups/delta` replica is behind a member's addition, while the
+/// member list (read after it) names them: the member stays. With *delete*, one read
+/// taken for a removal would delete them and destroy their keys.
+#[tokio::test]
+async fn a_full_round_keeps_a_member_its_delta_left_out_but_the_member_list_names() {
+    let w = world(json!({"removal_behavior": "delete", "auto_import": true})).await;
+    w.sync().await;
+    let before = w.user(5).await.unwrap();
+    let member = format!("/_sim/groups/{SYNC}/members/{}", ext(5));
+    w.sim(Method::POST, &format!("{member}/unseen-delta"), None)
+        .await;
+    w.sim(Method::POST, "/_sim/delta/expire", None).await;
+    let run = w.sync().await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let now = w.user(5).await.unwrap();
+    assert_eq!(now["id"], before["id"], "{now}");
+    assert_eq!(now["status"], "active", "{now}");
+    assert_eq!(now["in_sync_group"], true, "{now}");
+    // Once the replica caught up, a real removal is still a removal.
+    w.sim(Method::DELETE, &format!("{member}/unseen-delta"), None)
+        .await;
+    w.leave(5).await;
+    w.sim(Method::POST, "/_sim/delta/expire", None).await;
+    w.sync().await;
+    assert!(
+        w.user(5).await.is_none_or(|u| u["status"] == "deleted"),
+        "a removal after the replica caught up"
+    );
+}
+
+/// A recorded member a full round names, whom the member list and the read by id both
+/// miss (replicas behind), is kept as recorded: a deleted user is no group's member.
+#[tokio::test]
+async fn a_full_round_keeps_a_named_member_both_reads_missed() {
+    let w = world(json!({"removal_behavior": "delete", "auto_import": true})).await;
+    w.sync().await;
+    let before = w.user(5).await.unwrap();
+    let member = format!("/_sim/groups/{SYNC}/members/{}", ext(5));
+    w.sim(Method::POST, &format!("{member}/unseen-read"), None)
+        .await;
+    w.sim(
+        Method::POST,
+        &format!("/_sim/users/{}/unseen-read", ext(5)),
+        None,
+    )
+    .await;
+    w.sim(Method::POST, "/_sim/delta/expire", None).await;
+    let run = w.sync().await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let now = w.user(5).await.unwrap();
+    assert_eq!(now["id"], before["id"], "{now}");
+    assert_eq!(now["status"], "active", "{now}");
+    assert!(!taken_for_deleted(&w, &now).await, "taken for deleted");
+}
+
 /// A new member whose read by id a replica misses is not lost until the full round: the
 /// next round asks again and imports them.
 #[tokio::test]

@@ -324,6 +324,9 @@ pub async fn reveal(
         reason: b.reason,
     };
     let position = decide_for(&s, user, &who, Some(revealed.0), command).await?;
+    // On the device, whatever the log's durability: a reveal a power loss forgot would
+    // take its audit record and the rotation after it along.
+    crate::store::EventLog::settle(&*s.engine.log).await?;
     who.live(&s)?;
     Ok(Json(Revealed {
         user_id: user.0,
@@ -576,6 +579,11 @@ pub async fn key_writes(
             rotation_id: rotation.0,
             delivery: seen_deliveries.saturating_add(1),
         });
+    }
+    // The deliveries on the device before a password leaves, whatever the log's
+    // durability (one sync for the page).
+    if !items.is_empty() {
+        crate::store::EventLog::settle(&*s.engine.log).await?;
     }
     // A revocation confirmed while the last delivery was being recorded ends this answer
     // too: no password leaves after its token was revoked.

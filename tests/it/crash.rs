@@ -335,7 +335,8 @@ async fn crash_during_rotation(crash: RotationCrash) {
 
 /// With `durability = "process"` an acknowledged append may be lost with the machine, but
 /// a new password never: under strace, the store's write of `RotationStarted` is synced to
-/// the device before the PATCH that sets the password leaves for Graph.
+/// the device before the PATCH that sets the password leaves for Graph, and a reveal's
+/// record before the answer carrying the password.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_password_is_on_the_device_before_graph_sees_it_in_either_durability() {
     let (sim, _sim) = graphsim::spawn(contoso(), graphsim::SimConfig::default())
@@ -361,25 +362,41 @@ async fn a_new_password_is_on_the_device_before_graph_sees_it_in_either_durabili
         Serve::start_under(&strace, &data, None, &[("IDLEDGER_DURABILITY", "process")]).await;
     let user = user_with_key(&serve, &sim, "c0a80000-0000-4000-8000-000000000003").await;
     crate::backup::rotated(&serve, &user).await;
+    // A reveal, last: its record is on the device before the password leaves in the answer.
+    serve
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/users/{user}/password/reveal"),
+            Some(serde_json::json!({"reason": "strace"})),
+        )
+        .await;
     serve.stop_group();
     let trace = std::fs::read_to_string(&trace).unwrap();
     let lines: Vec<&str> = trace.lines().collect();
+    let synced_before = |what: &str, at: usize| {
+        let db = "/store/db>";
+        let written = lines[..at]
+            .iter()
+            .rposition(|l| l.contains("write") && l.contains(db))
+            .unwrap_or_else(|| panic!("no write of the store before the {what}"));
+        let synced = lines[..at]
+            .iter()
+            .rposition(|l| l.contains("sync(") && l.contains(db));
+        assert!(
+            synced.is_some_and(|s| s > written),
+            "the store's last write (line {written}) is not synced (line {synced:?}) before the {what} (line {at})"
+        );
+    };
     let patch = lines
         .iter()
         .position(|l| l.contains("PATCH /v1.0/users/"))
         .unwrap_or_else(|| panic!("no PATCH seen:\n{trace}"));
-    let db = "/store/db>";
-    let written = lines[..patch]
+    synced_before("PATCH", patch);
+    let revealed = lines
         .iter()
-        .rposition(|l| l.contains("write") && l.contains(db))
-        .expect("no write of the store before the PATCH");
-    let synced = lines[..patch]
-        .iter()
-        .rposition(|l| l.contains("sync(") && l.contains(db));
-    assert!(
-        synced.is_some_and(|s| s > written),
-        "the store's last write (line {written}) is not synced (line {synced:?}) before the PATCH (line {patch})"
-    );
+        .rposition(|l| l.contains("write") && l.contains("TCP") && l.contains("user_id"))
+        .unwrap_or_else(|| panic!("no reveal answer seen:\n{trace}"));
+    synced_before("reveal's answer", revealed);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -299,6 +299,11 @@ pub(crate) fn clipped(text: &str, max: usize) -> String {
 const MAX_BODY_BYTES: usize = 32 << 20;
 /// The most of an error answer's body read: only its code and message matter.
 const MAX_ERROR_BODY_BYTES: usize = 64 << 10;
+/// The most JSON values (objects, arrays and their elements) one answer may hold. Parsed,
+/// a value takes 32 bytes or more, whatever its text took: `[0,0,…]` in a body of
+/// [`MAX_BODY_BYTES`] would cost half a gigabyte per read, eight reads at a time. A page
+/// of 999 users is some 30,000.
+const MAX_BODY_VALUES: usize = 1_000_000;
 /// The most pages one round reads: 100 million users at 999 a page.
 const MAX_PAGES: usize = 100_000;
 /// The most entries one round keeps in memory: ten times a large tenant (about a gigabyte
@@ -311,6 +316,35 @@ const MAX_ROUND_ITEMS: usize = 10_000_000;
 const MAX_EMPTY_PAGES_IN_A_ROW: usize = 10_000;
 /// The longest next or delta link followed (Graph's are a few hundred bytes).
 const MAX_LINK_BYTES: usize = 16 << 10;
+
+/// `bytes` parsed, refused unread when it holds more than [`MAX_BODY_VALUES`] values:
+/// counted on the text first (commas and openings outside strings), so a hostile answer
+/// costs its bytes, not sixteen times them.
+fn parse_bounded<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, GraphError> {
+    let (mut values, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in bytes {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+        } else {
+            match b {
+                b'"' => in_string = true,
+                b',' | b'[' | b'{' => values += 1,
+                _ => {}
+            }
+        }
+    }
+    if values > MAX_BODY_VALUES {
+        return Err(GraphError::Decode(format!(
+            "the answer holds more than {MAX_BODY_VALUES} values"
+        )));
+    }
+    serde_json::from_slice(bytes).map_err(decode_error)
+}
 
 /// An answer's body, at most `max` bytes (a longer one is an error, not a memory bill).
 /// One cut off part-way (a connection reset, the
@@ -623,9 +657,7 @@ impl GraphClient {
                 if bytes.is_empty() {
                     return Ok(None);
                 }
-                return serde_json::from_slice(&bytes)
-                    .map(Some)
-                    .map_err(|e| GraphError::Decode(e.to_string()));
+                return parse_bounded(&bytes).map(Some);
             }
             let wait = retry_after(&resp);
             let bytes = body_of(resp, MAX_ERROR_BODY_BYTES)
@@ -1113,7 +1145,7 @@ impl GraphClient {
         if !status.is_success() {
             return Err(api_error(status, &body, None));
         }
-        serde_json::from_slice(&body).map_err(decode_error)
+        parse_bounded(&body)
     }
 
     /// Redeems an authorization code for the ID token (the client secret goes to this
@@ -1220,6 +1252,23 @@ fn decode_error(e: serde_json::Error) -> GraphError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_answer_of_too_many_values_is_refused_before_it_is_parsed() {
+        let many = format!("{{\"value\":[{}0]}}", "0,".repeat(MAX_BODY_VALUES));
+        match parse_bounded::<Value>(many.as_bytes()) {
+            Err(GraphError::Decode(m)) => assert!(m.contains("more than"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        // Commas, brackets and escaped quotes inside strings are text, not values.
+        let texts = format!(
+            "{{\"value\":[\"{}\\\"{}\"]}}",
+            ",[{".repeat(MAX_BODY_VALUES),
+            ",".repeat(10)
+        );
+        let v: Value = parse_bounded(texts.as_bytes()).unwrap();
+        assert_eq!(v["value"].as_array().unwrap().len(), 1);
+    }
 
     fn code_of(status: u16, body: &str) -> String {
         match api_error(StatusCode::from_u16(status).unwrap(), body.as_bytes(), None) {

@@ -143,6 +143,9 @@ pub struct Restored {
     /// The backup's signed tree head, checked with the log's public key and against the
     /// restored records' root (when a key was given).
     pub signed_head: Option<TreeHead>,
+    /// Records after the head the key checked (`--public-key`'s, else the backup's own):
+    /// restored only with [`UnsignedTail::Accepted`].
+    pub unsigned_records: u64,
     /// Live users of the restored records whose password no key of the key store opens:
     /// their key was shredded (they were deleted) after the records the backup holds but
     /// before its key store was read (a whole backup bounded by `limit`).
@@ -377,20 +380,37 @@ fn restore_into(
     let signed_head = log_key
         .map(|key| check_signed_head(manifest, &leaves, key))
         .transpose()?;
-    if let Some(head) = signed_head.filter(|h| h.tree_size < manifest.position) {
-        if tail == UnsignedTail::Refused {
-            return Err(refused(
-                "signed tree head",
-                format!(
-                    "it covers {} records, the backup holds {}: the last {} are not proven by the \
-                     key (anyone who could write the file could have appended them); \
-                     --accept-unsigned-tail restores them unproven",
-                    head.tree_size,
-                    manifest.position,
-                    manifest.position - head.tree_size
-                ),
-            ));
+    // Without `--public-key`, the backup's own log key: a forger cannot make one that
+    // `serve` opens (its seed is sealed under the master key), and `serve` signs whatever
+    // the restored log holds, so records after the head would become signed history.
+    let own_key = contents
+        .sealed
+        .log_key
+        .as_deref()
+        .map(crate::notary::key::public_key_in)
+        .transpose()
+        .map_err(|e| refused("log key", e.to_string()))?;
+    let proven = match (&signed_head, own_key.as_ref()) {
+        (Some(head), _) => Some(head.tree_size),
+        (None, Some(own)) if manifest.signed_tree_head.is_some() => {
+            Some(check_signed_head(manifest, &leaves, own)?.tree_size)
         }
+        // A log key and no head over anything: its records are a tail too.
+        (None, Some(_)) => Some(0),
+        (None, None) => None,
+    };
+    let unsigned_records = proven.map_or(0, |size| manifest.position.saturating_sub(size));
+    if unsigned_records > 0 && tail == UnsignedTail::Refused {
+        return Err(refused(
+            "signed tree head",
+            format!(
+                "it covers {} records, the backup holds {}: the last {unsigned_records} are not \
+                 proven by the key (anyone who could write the file could have appended them); \
+                 --accept-unsigned-tail restores them unproven",
+                manifest.position - unsigned_records,
+                manifest.position,
+            ),
+        ));
     }
     if sealed > 0 && contents.sealed.keystore.is_none() && keys == KeysNeeded::Required {
         // A sealed segment of a `--follow` copy, say: restored, every secret in it would
@@ -455,10 +475,10 @@ fn restore_into(
         // The head the backup carries is the restored log's first: `/v1/log/sth/{size}`
         // answers as the original did, and the log is never served shorter than it. It
         // must verify with the backup's own key and name the root of these records: done
-        // above already when `--public-key` is that key.
+        // above already, with `--public-key` when it is that key, else with this one.
         let public = crate::notary::key::public_key(staging)
             .map_err(|e| refused("log key", e.to_string()))?;
-        if log_key != Some(&public) {
+        if log_key.is_some_and(|given| given != &public) {
             check_signed_head(&contents.manifest, &leaves, &public)?;
         }
         let head = public
@@ -471,6 +491,7 @@ fn restore_into(
         manifest: contents.manifest,
         projections,
         signed_head,
+        unsigned_records,
         keys_destroyed,
     })
 }
@@ -484,9 +505,9 @@ pub enum KeysNeeded {
     NotNeeded,
 }
 
-/// Whether records after the backup's signed tree head may be restored when the head is
-/// checked with the log's key: nothing proves them, and whoever could write the file
-/// could have appended them (their hashes are unkeyed).
+/// Whether records after the backup's signed tree head may be restored (the head checked
+/// with `--public-key`, else with the backup's own log key): nothing proves them, and
+/// whoever could write the file could have appended them (their hashes are unkeyed).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum UnsignedTail {
     /// Refuse a backup holding records its head does not cover.

@@ -65,9 +65,10 @@ pub struct RestoreArgs {
     /// new log key when served.
     #[arg(long)]
     pub without_keys: bool,
-    /// With --public-key, restore also the records after the backup's signed tree head
-    /// (a `--follow` copy's last records, say): the key proves nothing of them.
-    #[arg(long, requires = "public_key")]
+    /// Restore also the records after the backup's signed tree head (a `--follow` copy's
+    /// last records, or an offline backup of a server that stopped before signing them):
+    /// the log's key proves nothing of them.
+    #[arg(long)]
     pub accept_unsigned_tail: bool,
 }
 
@@ -75,11 +76,22 @@ fn refused(e: crate::backup::BackupError) -> Error {
     Error::Other(e.to_string())
 }
 
+/// The client backups download with: a server that stops answering (a stalled peer, a
+/// proxy holding the connection) ends the download with an error, not a cron job that
+/// hangs for ever on its half-written file.
+fn http_client() -> Result<reqwest::Client, Error> {
+    reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(30))
+        .read_timeout(std::time::Duration::from_secs(120))
+        .build()
+        .map_err(|e| Error::Other(e.to_string()))
+}
+
 /// Downloads `GET /v1/backup` into the new file `out`, then checks all of it (a file that
 /// does not check is removed).
 async fn download(url: &str, token: &str, out: &std::path::Path) -> Result<Manifest, Error> {
     use std::io::Write;
-    let mut r = reqwest::Client::new()
+    let mut r = http_client()?
         .get(format!("{}/v1/backup", url.trim_end_matches('/')))
         .bearer_auth(token)
         .send()
@@ -226,11 +238,7 @@ pub(crate) async fn keep_following(
     let base = base.trim_end_matches('/');
     // A deadline on silence, not on the whole answer: an increment of 64 MiB over a slow
     // link that keeps moving must not be cut off and asked for again forever.
-    let http = reqwest::Client::builder()
-        .connect_timeout(std::time::Duration::from_secs(30))
-        .read_timeout(std::time::Duration::from_secs(120))
-        .build()
-        .map_err(|e| Error::Other(e.to_string()))?;
+    let http = http_client()?;
     let interval = std::time::Duration::from_millis(args.interval_ms);
     let retain_secs = (args.retain_days.max(0.0) * 86_400.0) as u64;
     let dir = args.out.clone();
@@ -465,6 +473,12 @@ pub async fn restore(args: &RestoreArgs) -> Result<ExitCode, Error> {
         // the file could have rewritten it.
         eprintln!(
             "warning: restored without --public-key: nothing proved this backup is the log's own (pass the key from `idledger log-key` to check its signed tree head)"
+        );
+    }
+    if restored.unsigned_records > 0 {
+        eprintln!(
+            "warning: the last {} records restored are after the backup's signed tree head: nothing but their chain vouches for them",
+            restored.unsigned_records
         );
     }
     let (manifest, projections) = (restored.manifest, restored.projections);

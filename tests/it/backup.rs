@@ -194,6 +194,18 @@ async fn a_restored_data_dir_answers_as_the_original_did() {
     let (ok, _, err) = restore(&forged, &refused_dir, &["--public-key", key.trim()]);
     assert!(!ok && err.contains("not proven by the key"), "{err}");
     assert!(!refused_dir.exists(), "a refused restore left files behind");
+    // Without `--public-key` too: the backup's own key (one `serve` will open, or refuse
+    // to start) proves nothing of it either, and `serve` would sign it as history.
+    let (ok, _, err) = restore(&forged, &refused_dir, &[]);
+    assert!(!ok && err.contains("not proven by the key"), "{err}");
+    assert!(!refused_dir.exists(), "a refused restore left files behind");
+    let (ok, _, err) = restore(
+        &forged,
+        &dir.path().join("forged-accepted-unkeyed"),
+        &["--accept-unsigned-tail"],
+    );
+    assert!(ok, "{err}");
+    assert!(err.contains("the last 1 records restored"), "{err}");
     let (ok, done, err) = restore(
         &forged,
         &dir.path().join("forged-accepted"),
@@ -623,7 +635,13 @@ async fn a_following_copy_killed_again_and_again_resumes_without_gaps_and_restor
     // Restored from the copy: the same history; then the original dir and the restored
     // one verify to the same head.
     let restored = dir.path().join("restored");
-    let (ok, done, err) = restore(&copy, &restored, &[]);
+    if size < position {
+        // Records after the copy's head: its chain vouches for them, no key does.
+        let (ok, _, err) = restore(&copy, &restored, &[]);
+        assert!(!ok && err.contains("not proven by the key"), "{err}");
+        assert!(!restored.exists(), "a refused restore left files behind");
+    }
+    let (ok, done, err) = restore(&copy, &restored, &["--accept-unsigned-tail"]);
     assert!(ok, "{err}");
     assert_eq!(done["head_hash"], caught_up["head_hash"], "{done}");
     let (verified, code) = crate::support::verify(&restored);

@@ -214,6 +214,8 @@ pub enum GraphClaim {
     Deleted,
     /// Disabled in Entra ID (`accountEnabled` turned false).
     Disabled,
+    /// Enabled again in Entra ID (`accountEnabled` turned true).
+    Enabled,
 }
 
 // ---- provider stream -------------------------------------------------------------------

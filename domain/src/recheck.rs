@@ -57,7 +57,7 @@ pub fn to_ask<'r>(
                 GraphClaim::SyncMember(_) => !named.sync.contains(id),
                 GraphClaim::RotationMember(_) => !named.rotation.contains(id),
                 GraphClaim::Deleted => !named.shown.contains(id) || named.removed.contains(id),
-                GraphClaim::Disabled => !named.enabled.contains(id),
+                GraphClaim::Disabled | GraphClaim::Enabled => !named.enabled.contains(id),
             }
         })
         .collect()
@@ -148,13 +148,22 @@ mod tests {
             claim("disabled-named", GraphClaim::Disabled, 0),
             claim("disabled-renamed", GraphClaim::Disabled, 0),
             claim("disabled-unnamed", GraphClaim::Disabled, 0),
+            claim("enabled-named", GraphClaim::Enabled, 0),
+            claim("enabled-renamed", GraphClaim::Enabled, 0),
         ];
         let named = Named {
             sync: HashSet::from(["s", "disabled-unnamed"]),
             rotation: HashSet::from(["r", "other-kind"]),
-            shown: HashSet::from(["restored", "again", "disabled-named", "disabled-renamed"]),
+            shown: HashSet::from([
+                "restored",
+                "again",
+                "disabled-named",
+                "disabled-renamed",
+                "enabled-named",
+                "enabled-renamed",
+            ]),
             removed: HashSet::from(["again"]),
-            enabled: HashSet::from(["disabled-named"]),
+            enabled: HashSet::from(["disabled-named", "enabled-named"]),
         };
         let asked = to_ask(&carried, at(5), &named, |_| true);
         // Shown and named removed in one round: the read by id decides, as for any
@@ -166,7 +175,8 @@ mod tests {
                 "again",
                 "other-kind",
                 "disabled-renamed",
-                "disabled-unnamed"
+                "disabled-unnamed",
+                "enabled-renamed"
             ]
         );
     }

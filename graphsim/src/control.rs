@@ -271,6 +271,17 @@ pub async fn repeat_disable(State(sim): State<Sim>, Path(id): Path<String>) -> S
     StatusCode::NO_CONTENT
 }
 
+/// `POST /_sim/users/{id}/repeat-enable`: the next `users/delta` round names the user
+/// enabled again, an old change (after they were disabled since) as Graph may name one.
+pub async fn repeat_enable(State(sim): State<Sim>, Path(id): Path<String>) -> StatusCode {
+    let mut inner = sim.lock();
+    if !inner.dir.users.contains_key(&id) {
+        return StatusCode::NOT_FOUND;
+    }
+    inner.record(Change::UserEnabledRepeated { id, enabled: true });
+    StatusCode::NO_CONTENT
+}
+
 /// `POST /_sim/users/{id}/stale-read`: the next read of the user by id (a `users/delta`
 /// round filtered by id) still shows the user as they are now, whatever happens to them
 /// before it (deleted, disabled), as a replica that has not caught up would. 404 for a

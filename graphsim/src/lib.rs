@@ -74,6 +74,10 @@ pub fn router(sim: Sim) -> Router {
             "/_sim/users/{id}/repeat-disable",
             post(control::repeat_disable),
         )
+        .route(
+            "/_sim/users/{id}/repeat-enable",
+            post(control::repeat_enable),
+        )
         .route("/_sim/users/{id}/unseen-read", post(control::unseen_read))
         .route(
             "/_sim/domains/{name}",

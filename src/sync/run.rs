@@ -609,8 +609,9 @@ impl<'a> SyncRun<'a> {
         let mut rotation_flips: Vec<(String, bool)> = Vec::new();
         // Ids named as removed in this round, or whose removal is carried (see below).
         let mut removed: HashSet<String> = HashSet::new();
-        // Ids whose turn to disabled is carried (see below).
+        // Ids whose turn to disabled, or back to enabled, is carried (see below).
         let mut carried_disables: HashSet<String> = HashSet::new();
+        let mut carried_enables: HashSet<String> = HashSet::new();
         for r in &carried {
             let id = &r.external_id;
             observed
@@ -624,6 +625,9 @@ impl<'a> SyncRun<'a> {
                 }
                 GraphClaim::Disabled => {
                     carried_disables.insert(id.clone());
+                }
+                GraphClaim::Enabled => {
+                    carried_enables.insert(id.clone());
                 }
             }
         }
@@ -698,44 +702,57 @@ impl<'a> SyncRun<'a> {
         }
         // A turn to disabled is read back by id before it is believed, as a removal is: a
         // change named again after the opposite one (GRAPH.md §3) reads the same, and a
-        // wrong "disabled" costs a member their access (with *delete*, their keys). A read
-        // that shows them enabled, or misses them, keeps them so, and the claim is asked
-        // again in the next rounds: a real one lands a round late.
-        let was_enabled = |id: &str| {
-            self.known
-                .get(id)
-                .is_some_and(|k| k.known.attributes.account_enabled)
-        };
-        let disabling: Vec<String> = observed
+        // wrong "disabled" costs a member their access (with *delete*, their keys). A turn
+        // back to enabled too: an old "enabled" named again would bring a user disabled
+        // in Entra back into scope (a candidate, imported active). A read that disagrees,
+        // or misses them, keeps them as recorded, and the claim is asked again in the
+        // next rounds: a real one lands a round late.
+        let turning: Vec<String> = observed
             .iter()
             .filter(|(id, o)| {
+                let Some(k) = self.known.get(*id) else {
+                    return false;
+                };
+                let to = !k.known.attributes.account_enabled;
+                let carried = if to {
+                    &carried_enables
+                } else {
+                    &carried_disables
+                };
                 o.exists
                     && !removed.contains(*id)
-                    && was_enabled(id)
-                    && (carried_disables.contains(*id)
-                        || o.attributes.as_ref().is_some_and(|a| !a.account_enabled))
+                    && (carried.contains(*id)
+                        || o.attributes
+                            .as_ref()
+                            .is_some_and(|a| a.account_enabled == to))
             })
             .map(|(id, _)| id.clone())
             .collect();
-        let mut unconfirmed_disables: Vec<String> = Vec::new();
-        if !disabling.is_empty() {
-            let mut read_back = self.read_users(disabling.clone()).await?;
-            for id in disabling {
+        let mut unconfirmed_turns: Vec<(String, GraphClaim)> = Vec::new();
+        if !turning.is_empty() {
+            let mut read_back = self.read_users(turning.clone()).await?;
+            for id in turning {
                 let (Some(o), Some(k)) = (observed.get_mut(&id), self.known.get(&id)) else {
                     continue;
                 };
+                let was = k.known.attributes.account_enabled;
                 let before = o.attributes.clone().unwrap_or(k.known.attributes.clone());
                 let read = read_back.remove(&id);
                 let confirmed = read
                     .as_ref()
-                    .is_some_and(|u| u.account_enabled == Some(false));
+                    .is_some_and(|u| u.account_enabled == Some(!was));
                 let mut now = match read {
                     Some(u) => attributes_of(u, Some(&before)),
                     None => before,
                 };
                 if !confirmed {
-                    now.account_enabled = true;
-                    unconfirmed_disables.push(id);
+                    now.account_enabled = was;
+                    let claim = if was {
+                        GraphClaim::Disabled
+                    } else {
+                        GraphClaim::Enabled
+                    };
+                    unconfirmed_turns.push((id, claim));
                 }
                 o.attributes = Some(now);
             }
@@ -876,9 +893,9 @@ impl<'a> SyncRun<'a> {
                     .map(|id| (id.as_str(), GraphClaim::SyncMember(true))),
             )
             .chain(
-                unconfirmed_disables
+                unconfirmed_turns
                     .iter()
-                    .map(|id| (id.as_str(), GraphClaim::Disabled)),
+                    .map(|(id, claim)| (id.as_str(), *claim)),
             );
         let next = recheck::to_carry(contradicted, &carried, now);
         if !next.is_empty() {

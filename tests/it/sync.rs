@@ -438,6 +438,42 @@ async fn a_disable_graph_names_is_believed_only_once_a_read_by_id_agrees() {
     );
 }
 
+/// A turn back to enabled is read back too: an old "enabled" Graph names again after the
+/// user was disabled does not bring them back into scope; a real one behind a replica that
+/// has not caught up lands a round later, when asked again.
+#[tokio::test]
+async fn an_enable_graph_names_is_believed_only_once_a_read_by_id_agrees() {
+    let w = world(json!({"removal_behavior": "keep", "auto_import": true})).await;
+    w.sync().await;
+    let user = format!("/_sim/users/{}", ext(5));
+    w.sim(Method::PATCH, &user, Some(json!({"accountEnabled": false})))
+        .await;
+    w.sync().await;
+    assert_eq!(w.user(5).await.unwrap()["account_enabled"], false);
+    w.sim(Method::POST, &format!("{user}/repeat-enable"), None)
+        .await;
+    let run = w.sync().await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let after = w.user(5).await.unwrap();
+    assert_eq!(after["account_enabled"], false, "{after}");
+    // Asked again (the read still says disabled), then let go.
+    w.sync().await;
+    assert_eq!(w.user(5).await.unwrap()["account_enabled"], false);
+
+    // A real enable behind a stale read: kept disabled a round, found when asked again.
+    w.sim(Method::POST, &format!("{user}/stale-read"), None)
+        .await;
+    w.sim(Method::PATCH, &user, Some(json!({"accountEnabled": true})))
+        .await;
+    w.sync().await;
+    assert_eq!(w.user(5).await.unwrap()["account_enabled"], false);
+    let run = w.sync().await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let now = w.user(5).await.unwrap();
+    assert_eq!(now["account_enabled"], true, "{now}");
+    assert_eq!(now["status"], "active", "{now}");
+}
+
 /// A deletion Graph names while a read by id is still served by a replica that has not
 /// caught up: the user is not taken for deleted in that round, and is asked about again in
 /// the next, which finds the deletion (the delta link had moved past it: nothing names it

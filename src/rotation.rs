@@ -602,6 +602,12 @@ impl RotationService {
         if started.is_none() && !Self::lock(&self.inner.in_flight).insert(id) {
             return;
         }
+        // Let go however the drive ends (a panic, the task dropped at shutdown): a claim
+        // left behind would keep every later look from driving the rotation.
+        let _claim = DriverClaim {
+            in_flight: &self.inner.in_flight,
+            id,
+        };
         let outcome = |this: &Self| {
             let p = this.inner.engine.projector.read();
             p.rotations
@@ -635,7 +641,6 @@ impl RotationService {
                 crate::metrics::rotation_driven(label, took, was_unknown);
             }
         }
-        Self::lock(&self.inner.in_flight).remove(&id);
     }
 
     /// Deleted, so their keys were shredded on purpose.

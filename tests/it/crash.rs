@@ -399,6 +399,32 @@ async fn a_new_password_is_on_the_device_before_graph_sees_it_in_either_durabili
     synced_before("reveal's answer", revealed);
 }
 
+/// A drive that panics (a bug in one task; the process goes on) lets go of its rotation:
+/// the scheduler's next look drives it to its outcome, rather than every look taking it for
+/// driven by a task that is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_whose_drive_panicked_is_driven_again() {
+    let (sim, _sim, _dir, data) = contoso_and_data_dir().await;
+    let external = "c0a80000-0000-4000-8000-000000000003";
+    let serve = Serve::start_with(&data, None, &[("IDLEDGER_TEST_PANIC_AT", "after_graph")]).await;
+    let user = user_with_key(&serve, &sim, external).await;
+    serve
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/users/{user}/rotate"),
+            None,
+        )
+        .await;
+    let history = history_settled(&serve, &user, 1).await;
+    assert_eq!(history.len(), 1, "{history:?}");
+    let (in_graph, current, _) = passwords(&serve, &sim, &user, external).await;
+    assert_eq!(
+        current,
+        in_graph.as_str(),
+        "the engine holds what Graph holds"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_after_rotation_started_resumes_with_the_same_password() {
     crash_during_rotation(RotationCrash::AfterStarted).await;

@@ -270,8 +270,13 @@ fn api_error(status: StatusCode, body: &[u8], request_id: Option<String>) -> Gra
 }
 
 /// The identity platform's refusal of a token request, its texts clipped.
-fn token_refused(status: reqwest::StatusCode, v: &Value) -> GraphError {
+fn token_refused(
+    status: reqwest::StatusCode,
+    v: &Value,
+    retry_after: Option<Duration>,
+) -> GraphError {
     GraphError::Token {
+        retry_after,
         status: status.as_u16(),
         error: clipped(v["error"].as_str().unwrap_or("unknown"), 100),
         aadsts: v["error_codes"][0]
@@ -515,10 +520,13 @@ impl GraphClient {
             tokio::time::sleep(delay).await;
         };
         let status = resp.status();
+        // Kept for the caller's next try (a scheduled run, a rotation's wait) when this
+        // call's own tries gave up on a long one.
+        let wait = retry_after(&resp);
         let body = body_of(resp, MAX_ERROR_BODY_BYTES).await?;
         let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         if !status.is_success() {
-            return Err(token_refused(status, &v));
+            return Err(token_refused(status, &v, wait));
         }
         let token = v["access_token"]
             .as_str()
@@ -1171,10 +1179,11 @@ impl GraphClient {
             .await
             .map_err(|e| unanswered(&url, e))?;
         let status = resp.status();
+        let wait = retry_after(&resp);
         let body = body_of(resp, MAX_ERROR_BODY_BYTES).await?;
         let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         if !status.is_success() {
-            return Err(token_refused(status, &v));
+            return Err(token_refused(status, &v, wait));
         }
         v["id_token"]
             .as_str()

@@ -12,6 +12,8 @@ pub enum GraphError {
         error: String,
         /// The AADSTS number (7000215: wrong secret, 700016: unknown app, 90002: unknown tenant).
         aadsts: u32,
+        /// The identity platform's `Retry-After`, when it throttled (429) or was busy.
+        retry_after: Option<std::time::Duration>,
     },
     /// Graph answered with an error.
     #[error("Graph answered {status} {code}: {message}")]
@@ -90,7 +92,9 @@ impl GraphError {
     /// How long Graph asked to wait before the next request, when it said.
     pub fn retry_after(&self) -> Option<std::time::Duration> {
         match self {
-            GraphError::Api { retry_after, .. } => *retry_after,
+            GraphError::Api { retry_after, .. } | GraphError::Token { retry_after, .. } => {
+                *retry_after
+            }
             _ => None,
         }
     }

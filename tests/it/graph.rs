@@ -82,6 +82,30 @@ async fn a_throttled_token_request_is_retried_after_the_wait_it_names() {
     assert_eq!(requests_to(&url, "/oauth2/v2.0/token").await.len(), 2);
 }
 
+/// A wait too long to sit out within the call ends it, and the error keeps the wait for
+/// the caller's next try (the sync scheduler's next run, a rotation's next attempt).
+#[tokio::test]
+async fn a_token_request_throttled_for_long_keeps_the_wait_it_names() {
+    let (url, _sim) = sim(100).await;
+    let c = client(&url, "contoso-demo-secret");
+    fault(
+        &url,
+        json!({"status": 429, "retry_after": 3600,
+                    "path_prefix": format!("/{TENANT}/oauth2/v2.0/token"), "count": 1}),
+    )
+    .await;
+    let err = c.domains().await.unwrap_err();
+    assert!(
+        matches!(err, GraphError::Token { status: 429, .. }),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.retry_after(),
+        Some(Duration::from_secs(3600)),
+        "{err:?}"
+    );
+}
+
 #[tokio::test]
 async fn tokens_are_cached_and_fetched_again_after_a_401() {
     let (url, _sim) = sim(100).await;

@@ -160,6 +160,14 @@ struct Checkpoint {
     recheck: Vec<Recheck>,
 }
 
+/// What a full round saw, and what its reads disagreed on (asked again, as a carried
+/// claim, by the next rounds).
+struct FullRound {
+    observed: HashMap<String, Observed>,
+    links: (String, String),
+    disputed: Vec<(String, GraphClaim)>,
+}
+
 /// The resolved groups and where the rounds start.
 struct Groups {
     sync: String,
@@ -375,11 +383,9 @@ impl<'a> SyncRun<'a> {
     }
 
     /// A full round: every member of both groups, every member's attributes, and a check
-    /// of each recorded member who is no longer in the group (left, or deleted?).
-    async fn observe_full(
-        &self,
-        g: &Groups,
-    ) -> Result<(HashMap<String, Observed>, (String, String)), SyncError> {
+    /// of each recorded member who is no longer in the group (left, or deleted?). Also
+    /// what its reads disagreed on, for the next rounds to ask again.
+    async fn observe_full(&self, g: &Groups) -> Result<FullRound, SyncError> {
         // The users link first: changes after it show up in the next run, never lost.
         let users_link = self.client.users_delta_latest(USER_SELECT).await?;
         let round = self
@@ -417,10 +423,20 @@ impl<'a> SyncRun<'a> {
             .into_iter()
             .map(|u| (u.id.clone(), u))
             .collect();
-        // The member list was read after the round: a user it names is a member, whatever
-        // a delta replica behind their addition left out. Taken for gone instead, one read
-        // would decide a removal (with *delete*, their keys).
-        members.extend(attrs.keys().cloned());
+        // Where the member list and the round disagree, either may be the replica behind:
+        // what is recorded stands, and the next rounds ask the list again (a recorded
+        // member the round left out, taken for gone, would lose their access on one read,
+        // and with *delete* their keys).
+        let mut disputed: Vec<(String, GraphClaim)> = Vec::new();
+        let mut listed_only: HashSet<String> = HashSet::new();
+        for id in attrs.keys().filter(|id| !members.contains(*id)) {
+            let member = self.known.get(id).is_some_and(|k| k.known.is_member());
+            if member {
+                listed_only.insert(id.clone());
+            }
+            disputed.push((id.clone(), GraphClaim::SyncMember(!member)));
+        }
+        members.extend(listed_only.iter().cloned());
         // Members the member list missed (it changed between the reads), recorded members
         // who left, and users out of scope whose deletion a read contradicted (no entry
         // of this round's `latest` link will name it again): read them, absent means
@@ -449,16 +465,25 @@ impl<'a> SyncRun<'a> {
             let known = self.known.get(m);
             let before = known.map(|k| &k.known.attributes);
             // A recorded member the round names but neither read found is kept as
-            // recorded: a deleted user is no group's member, so the reads are the ones
-            // behind (a deletion since shows up in the next round's users link).
-            let exists = user.is_some() || known.is_some_and(|k| k.known.in_scope);
+            // recorded, and the deletion asked about again: the round or the reads may
+            // be the ones behind.
+            let kept = user.is_none() && known.is_some_and(|k| k.known.is_member());
+            if kept {
+                disputed.push((m.clone(), GraphClaim::Deleted));
+            }
+            let exists = user.is_some() || kept;
+            // A member the round left out: its word on the rotation group is no better.
+            let in_rotation_group = match known.filter(|_| listed_only.contains(m)) {
+                Some(k) => k.known.in_rotation_group,
+                None => rotation.contains(m),
+            };
             observed.insert(
                 m.clone(),
                 Observed {
                     exists,
                     member: exists,
                     attributes: user.map(|u| attributes_of(u, before)),
-                    in_rotation_group: rotation.contains(m),
+                    in_rotation_group,
                 },
             );
         }
@@ -486,7 +511,11 @@ impl<'a> SyncRun<'a> {
             };
             observed.insert(ext.clone(), seen);
         }
-        Ok((observed, (round.delta_link, users_link)))
+        Ok(FullRound {
+            observed,
+            links: (round.delta_link, users_link),
+            disputed,
+        })
     }
 
     /// A deleted sync or rotation group stops the run before anything is recorded: read
@@ -958,12 +987,13 @@ impl<'a> SyncRun<'a> {
         };
         // A full round reads every list and every member: it settles all there is.
         let full_round = async || -> Result<_, SyncError> {
-            let (o, links) = self.observe_full(&groups).await?;
+            let round = self.observe_full(&groups).await?;
+            let disputed = round.disputed.iter().map(|(id, c)| (id.as_str(), *c));
             let settled = Checkpoint {
-                links,
-                recheck: Vec::new(),
+                links: round.links,
+                recheck: recheck::to_carry(disputed, &[], chrono::Utc::now()),
             };
-            Ok((o, settled, true))
+            Ok((round.observed, settled, true))
         };
         let (observed, checkpoint, full) = match &links {
             Some(l) => match self.observe_changes(&groups, l, &self.domain.recheck).await {

@@ -599,6 +599,25 @@ async fn a_full_round_keeps_a_member_its_delta_left_out_but_the_member_list_name
     assert_eq!(now["id"], before["id"], "{now}");
     assert_eq!(now["status"], "active", "{now}");
     assert_eq!(now["in_sync_group"], true, "{now}");
+    // The disagreement is carried: the next round asks the member list again (a real
+    // removal the list had not caught up with lands then).
+    let lists = |requests: &[Value]| {
+        requests
+            .iter()
+            .filter(|r| {
+                r["path"]
+                    .as_str()
+                    .is_some_and(|p| p.ends_with("/members/microsoft.graph.user"))
+            })
+            .count()
+    };
+    let before_round = lists(&w.sim_requests().await);
+    w.sync().await;
+    assert!(
+        lists(&w.sim_requests().await) > before_round,
+        "the next round did not ask the member list again"
+    );
+    assert_eq!(w.user(5).await.unwrap()["status"], "active");
     // Once the replica caught up, a real removal is still a removal.
     w.sim(Method::DELETE, &format!("{member}/unseen-delta"), None)
         .await;
@@ -634,6 +653,25 @@ async fn a_full_round_keeps_a_named_member_both_reads_missed() {
     assert_eq!(now["id"], before["id"], "{now}");
     assert_eq!(now["status"], "active", "{now}");
     assert!(!taken_for_deleted(&w, &now).await, "taken for deleted");
+    // The deletion is asked about again: the next round reads the user by id.
+    let reads_of_5 = |requests: &[Value]| {
+        requests
+            .iter()
+            .filter(|r| {
+                r["path"]
+                    .as_str()
+                    .is_some_and(|p| p.contains("/users/delta"))
+                    && r["query"].as_str().is_some_and(|q| q.contains(&ext(5)))
+            })
+            .count()
+    };
+    let before_round = reads_of_5(&w.sim_requests().await);
+    w.sync().await;
+    assert!(
+        reads_of_5(&w.sim_requests().await) > before_round,
+        "the next round did not read the user again"
+    );
+    assert_eq!(w.user(5).await.unwrap()["status"], "active");
 }
 
 /// A new member whose read by id a replica misses is not lost until the full round: the

@@ -328,6 +328,10 @@ impl RotationService {
             }
             let svc = self.clone();
             tokio::spawn(async move {
+                let _busy = BusyDomain {
+                    busy: &svc.inner.busy,
+                    domain,
+                };
                 let max = {
                     let p = svc.inner.engine.projector.read();
                     p.domains
@@ -347,7 +351,6 @@ impl RotationService {
                         }
                     })
                     .await;
-                Self::lock(&svc.inner.busy).remove(&domain);
             });
         }
     }
@@ -535,7 +538,7 @@ impl RotationService {
         // Given up if this future is (an HTTP request whose client went away while the
         // append was under way, which may still land): a tick then drives it.
         let claim = DriverClaim {
-            in_flight: &self.inner.in_flight,
+            inner: &self.inner,
             id: rotation_id,
         };
         Self::lock(&self.inner.in_flight).insert(rotation_id);
@@ -605,7 +608,7 @@ impl RotationService {
         // Let go however the drive ends (a panic, the task dropped at shutdown): a claim
         // left behind would keep every later look from driving the rotation.
         let _claim = DriverClaim {
-            in_flight: &self.inner.in_flight,
+            inner: &self.inner,
             id,
         };
         let outcome = |this: &Self| {
@@ -923,15 +926,34 @@ fn conflict_on_race(e: AppendError) -> RotationError {
 /// manual rotations, which do not wait behind the scheduler's queue.
 type Permit = Option<LimitPermit>;
 
-/// A rotation `begin` claimed the driving of, released unless handed to a drive.
+/// A rotation being driven: claimed by `begin` for the drive it hands it to (released
+/// if it hands it to none), or by a drive itself; given back however the drive ends.
 struct DriverClaim<'a> {
-    in_flight: &'a Mutex<HashSet<RotationId>>,
+    inner: &'a Inner,
     id: RotationId,
 }
 
 impl Drop for DriverClaim<'_> {
     fn drop(&mut self) {
-        RotationService::lock(self.in_flight).remove(&self.id);
+        RotationService::lock(&self.inner.in_flight).remove(&self.id);
+        if std::thread::panicking() {
+            // A drive that panicked may have sent the password: the next drive is a
+            // resumption, recorded as one (its attempt's outcome unknown), not the
+            // continuation of this process's own.
+            RotationService::lock(&self.inner.recovered).remove(&self.id);
+        }
+    }
+}
+
+/// A domain whose due users are being worked through, given back however that ends.
+struct BusyDomain<'a> {
+    busy: &'a Mutex<HashSet<DomainId>>,
+    domain: DomainId,
+}
+
+impl Drop for BusyDomain<'_> {
+    fn drop(&mut self) {
+        RotationService::lock(self.busy).remove(&self.domain);
     }
 }
 

@@ -423,6 +423,22 @@ async fn a_rotation_whose_drive_panicked_is_driven_again() {
         in_graph.as_str(),
         "the engine holds what Graph holds"
     );
+    // Graph may have set the password before the panic: the next drive is a resumption,
+    // recorded as one (a refusal after it could no longer end the rotation as failed).
+    let events = serve
+        .call(
+            reqwest::Method::GET,
+            &format!("/v1/users/{user}/events"),
+            None,
+        )
+        .await;
+    let kinds: Vec<&str> = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
+    assert!(kinds.contains(&"RotationInterrupted"), "{kinds:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

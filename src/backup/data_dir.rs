@@ -397,6 +397,13 @@ fn restore_into(
         }
         // A log key and no head over anything: its records are a tail too.
         (None, Some(_)) => Some(0),
+        // A served log's backup (a key store, or a head) without its log key: taken out,
+        // the head would go unchecked, and `serve` would make a new key and sign all of it.
+        (None, None)
+            if contents.sealed.keystore.is_some() || manifest.signed_tree_head.is_some() =>
+        {
+            Some(0)
+        }
         (None, None) => None,
     };
     let unsigned_records = proven.map_or(0, |size| manifest.position.saturating_sub(size));

@@ -162,21 +162,21 @@ pub async fn download(
             if let Some(e) = failed {
                 return Err(e);
             }
-            // A whole backup carries a head signed over exactly what it holds, not kept:
-            // no restore may find it covering more (it ended early: a `limit`,
-            // `max_bytes`, a head over leaves the log had not yet published), and none
-            // need take records after it unproven (records appended since the last head).
-            // When the tree cannot give that root yet (it trails the log by a commit),
-            // one over as much of it as the tree has, and else the last kept head if it
-            // covers no more. (A follower keeps an increment's head only once it holds
-            // what it covers.)
+            // A backup, whole or an increment, carries a head signed over exactly what it
+            // holds, not kept: no restore may find it covering more (it ended early: a
+            // `limit`, `max_bytes`, a head over leaves the log had not yet published), and
+            // none need take records after it unproven (records appended since the last
+            // head; a restore refuses those unless told). When the tree cannot give that
+            // root yet (it trails the log by a commit), one over as much of it as the
+            // tree has, and else the last kept head if it covers no more. (A follower
+            // keeps an increment's head only once it holds what it covers.)
             let sth = match sth {
-                Some(h) if whole && h.head.tree_size != held => notary
+                Some(h) if h.head.tree_size == held => Some(h),
+                kept => notary
                     .sign(held)
                     .or_else(|_| notary.sign(notary.tree().size().min(held)))
                     .ok()
-                    .or((h.head.tree_size < held).then_some(h)),
-                other => other,
+                    .or(kept.filter(|h| h.head.tree_size < held)),
             };
             w.finish(&sealed, known.as_deref(), sth.map(|h| h.to_note()))?;
             Ok(())

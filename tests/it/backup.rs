@@ -115,6 +115,27 @@ fn forged_after_its_head(backup: &Path, out: &Path) -> std::path::PathBuf {
     out.to_path_buf()
 }
 
+/// `backup` rewritten without its log key (the file's hashes are unkeyed: anyone who can
+/// write it can take a part out).
+fn without_log_key(backup: &Path, out: &Path) -> std::path::PathBuf {
+    use idledger::backup::{read, BackupWriter};
+    let mut records = Vec::new();
+    let contents = read(std::fs::File::open(backup).unwrap(), |checked, bytes| {
+        records.push((checked.position, bytes.to_vec()));
+        Ok(())
+    })
+    .unwrap();
+    let mut w = BackupWriter::new(std::fs::File::create(out).unwrap()).unwrap();
+    for (position, bytes) in &records {
+        w.push(*position, bytes).unwrap();
+    }
+    let mut sealed = contents.sealed.clone();
+    sealed.log_key = None;
+    w.finish(&sealed, None, contents.manifest.signed_tree_head)
+        .unwrap();
+    out.to_path_buf()
+}
+
 /// `idledger restore --from FROM --data-dir INTO`, then `more` flags.
 pub(crate) fn restore(from: &Path, into: &Path, more: &[&str]) -> (bool, Value, String) {
     let mut args = vec!["restore", "--from", path(from), "--data-dir", path(into)];
@@ -206,6 +227,11 @@ async fn a_restored_data_dir_answers_as_the_original_did() {
     );
     assert!(ok, "{err}");
     assert!(err.contains("the last 1 records restored"), "{err}");
+    // Nor with the log key taken out of it: `serve` would make a new one and sign it all.
+    let keyless = without_log_key(&forged, &dir.path().join("keyless.backup"));
+    let (ok, _, err) = restore(&keyless, &refused_dir, &[]);
+    assert!(!ok && err.contains("not proven by the key"), "{err}");
+    assert!(!refused_dir.exists(), "a refused restore left files behind");
     let (ok, done, err) = restore(
         &forged,
         &dir.path().join("forged-accepted"),
@@ -634,15 +660,16 @@ async fn a_following_copy_killed_again_and_again_resumes_without_gaps_and_restor
 
     // Restored from the copy: the same history; then the original dir and the restored
     // one verify to the same head.
+    // Each increment carries a head over exactly what it brings: nothing in the copy is
+    // left to its chain alone, and it restores without being told to take a tail.
+    assert_eq!(size, position, "{note}");
     let restored = dir.path().join("restored");
-    if size < position {
-        // Records after the copy's head: its chain vouches for them, no key does.
-        let (ok, _, err) = restore(&copy, &restored, &[]);
-        assert!(!ok && err.contains("not proven by the key"), "{err}");
-        assert!(!restored.exists(), "a refused restore left files behind");
-    }
-    let (ok, done, err) = restore(&copy, &restored, &["--accept-unsigned-tail"]);
+    let (ok, done, err) = restore(&copy, &restored, &[]);
     assert!(ok, "{err}");
+    assert!(
+        !err.contains("after the backup's signed tree head"),
+        "{err}"
+    );
     assert_eq!(done["head_hash"], caught_up["head_hash"], "{done}");
     let (verified, code) = crate::support::verify(&restored);
     assert_eq!(code, 0, "{verified}");

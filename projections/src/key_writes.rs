@@ -40,13 +40,16 @@ impl KeyWriteView {
     }
 }
 
-/// All key writes, with the pending ones indexed by queue position.
+/// All key writes, with the pending ones indexed by queue position, and by key: an
+/// agent's poll reads its own keys' writes, not every key's backlog.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct KeyWrites {
     #[serde(serialize_with = "crate::users::sorted_values")]
     by_id: FxHashMap<KeyWriteId, KeyWriteView>,
     #[serde(skip)]
     pending: BTreeMap<u64, KeyWriteId>,
+    #[serde(skip)]
+    pending_by_key: FxHashMap<KeyId, BTreeMap<u64, KeyWriteId>>,
     #[serde(skip)]
     by_user: FxHashMap<UserId, Vec<KeyWriteId>>,
 }
@@ -62,10 +65,15 @@ impl KeyWrites {
         &'a self,
         keys: &'a [KeyId],
     ) -> impl Iterator<Item = &'a KeyWriteView> + 'a {
-        self.pending
-            .values()
-            .filter_map(|id| self.by_id.get(id))
-            .filter(move |w| keys.contains(&w.key_id))
+        let mut queued: Vec<(u64, KeyWriteId)> = keys
+            .iter()
+            .filter_map(|k| self.pending_by_key.get(k))
+            .flat_map(|writes| writes.iter().map(|(p, id)| (*p, *id)))
+            .collect();
+        // An agent serves a key or a few; one named twice is served once.
+        queued.sort_unstable_by_key(|(p, _)| *p);
+        queued.dedup_by_key(|(p, _)| *p);
+        queued.into_iter().filter_map(|(_, id)| self.by_id.get(&id))
     }
 
     /// Every write still owed to an agent, oldest first.
@@ -117,6 +125,10 @@ impl KeyWrites {
                     },
                 );
                 self.pending.insert(env.position, e.key_write_id);
+                self.pending_by_key
+                    .entry(e.key_id.clone())
+                    .or_default()
+                    .insert(env.position, e.key_write_id);
                 self.by_user.entry(user).or_default().push(e.key_write_id);
                 return Some((e.rotation_id, KeyWriteState::Queued));
             }
@@ -142,18 +154,139 @@ impl KeyWrites {
             }
             _ => {}
         }
-        if !w.is_pending() {
-            self.pending.remove(&w.queued_position);
+        let (done, rotation) = (!w.is_pending(), w.rotation_id);
+        if done {
+            let (position, key) = (w.queued_position, w.key_id.clone());
+            self.unqueue(position, &key);
         }
-        Some((w.rotation_id, state))
+        Some((rotation, state))
+    }
+
+    /// The write queued at `position` for `key` is no longer pending.
+    fn unqueue(&mut self, position: u64, key: &KeyId) {
+        self.pending.remove(&position);
+        if let Some(writes) = self.pending_by_key.get_mut(key) {
+            writes.remove(&position);
+            if writes.is_empty() {
+                self.pending_by_key.remove(key);
+            }
+        }
     }
 
     /// A deleted user's writes are no longer owed to anyone.
     pub(crate) fn drop_pending_of(&mut self, user: UserId) {
-        for id in self.by_user.get(&user).into_iter().flatten() {
-            if let Some(w) = self.by_id.get(id) {
-                self.pending.remove(&w.queued_position);
-            }
+        let owed: Vec<(u64, KeyId)> = self
+            .by_user
+            .get(&user)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.by_id.get(id))
+            .map(|w| (w.queued_position, w.key_id.clone()))
+            .collect();
+        for (position, key) in owed {
+            self.unqueue(position, &key);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use idledger_domain::events::{
+        KeyWriteConfirmed, KeyWriteQueued, KeyWriteSuperseded, SupersedeReason,
+    };
+    use idledger_domain::StreamId;
+
+    fn key(n: u8) -> KeyId {
+        KeyId(format!("K{n}"))
+    }
+
+    /// What the index must answer: every pending write of the keys, by a scan of all.
+    fn scanned(w: &KeyWrites, keys: &[KeyId]) -> Vec<KeyWriteId> {
+        w.pending()
+            .filter(|v| keys.contains(&v.key_id))
+            .map(|v| v.id)
+            .collect()
+    }
+
+    #[test]
+    fn a_keys_pending_writes_are_its_own_oldest_first_as_a_scan_of_all_finds() {
+        let mut w = KeyWrites::default();
+        let users = [
+            UserId(uuid::Uuid::from_u128(1)),
+            UserId(uuid::Uuid::from_u128(2)),
+        ];
+        let id = |n: u64| KeyWriteId(uuid::Uuid::from_u128(u128::from(100 + n)));
+        let mut position = 0;
+        let mut apply = |w: &mut KeyWrites, user: UserId, event: Event| {
+            position += 1;
+            w.apply(
+                user,
+                &crate::test_envelope(position, StreamId::user(user), event),
+            );
+        };
+        // Writes 1..=6 alternate between the two users' keys (K1, K2).
+        for n in 1..=6u64 {
+            let u = (n % 2) as usize;
+            apply(
+                &mut w,
+                users[u],
+                KeyWriteQueued {
+                    key_write_id: id(n),
+                    rotation_id: RotationId(uuid::Uuid::from_u128(u128::from(n))),
+                    key_id: key(u as u8 + 1),
+                }
+                .into(),
+            );
+        }
+        let check = |w: &KeyWrites| {
+            for keys in [
+                vec![key(1)],
+                vec![key(2)],
+                vec![key(2), key(1), key(1)],
+                vec![key(3)],
+            ] {
+                let indexed: Vec<_> = w.pending_for(&keys).map(|v| v.id).collect();
+                assert_eq!(indexed, scanned(w, &keys), "{keys:?}");
+            }
+        };
+        check(&w);
+        assert_eq!(
+            w.pending_for(&[key(2), key(1)])
+                .map(|v| v.id)
+                .collect::<Vec<_>>(),
+            (1..=6).map(id).collect::<Vec<_>>()
+        );
+        apply(
+            &mut w,
+            users[1],
+            KeyWriteConfirmed {
+                key_write_id: id(1),
+            }
+            .into(),
+        );
+        let newer = SupersedeReason::NewerRotation {
+            rotation_id: RotationId(uuid::Uuid::from_u128(4)),
+        };
+        apply(
+            &mut w,
+            users[0],
+            KeyWriteSuperseded {
+                key_write_id: id(2),
+                reason: newer,
+            }
+            .into(),
+        );
+        check(&w);
+        assert_eq!(
+            w.pending_for(&[key(1)]).map(|v| v.id).collect::<Vec<_>>(),
+            vec![id(4), id(6)]
+        );
+        w.drop_pending_of(users[1]);
+        check(&w);
+        assert_eq!(w.pending_for(&[key(2), key(1)]).count(), 2);
+        w.drop_pending_of(users[0]);
+        check(&w);
+        assert!(w.pending_by_key.is_empty() && w.pending.is_empty());
     }
 }

@@ -2,6 +2,7 @@
 //! same run (raw sled, a bare axum handler) where one exists. Every bench prints one JSON
 //! line; BENCHMARKS.md records them with their commands.
 
+pub mod agent;
 pub mod api;
 pub mod append;
 pub mod console;
@@ -57,6 +58,9 @@ pub enum BenchCommand {
     /// A `backup --follow` copy kept up with a serve process taking appends at a fixed
     /// rate: the copy's lag, and the appends against the same load with no follower.
     Follow(follow::FollowArgs),
+    /// An agent's poll for its key writes with every other key's backlog pending, against
+    /// a scan of all pending writes.
+    AgentPoll(agent::AgentPollArgs),
     /// The bare axum handler `bench api` compares against.
     #[command(hide = true)]
     BareServer(api::BareArgs),
@@ -78,6 +82,7 @@ pub fn run(command: BenchCommand) -> Result<ExitCode, Error> {
             BenchCommand::Signin(a) => signin::signin(a).await,
             BenchCommand::Oidc(a) => oidc::oidc(a).await,
             BenchCommand::Follow(a) => follow::follow(a).await,
+            BenchCommand::AgentPoll(a) => agent::agent_poll(a).await,
             BenchCommand::BareServer(a) => api::bare_server(a).await,
         }
     })

@@ -160,9 +160,15 @@ impl Principal {
                     return Err(ApiError::Unauthorized);
                 }
                 // Use of the session once it passed its checks, unless the page made the
-                // request on its own (a live refresh, a poll): an open tab is not an
-                // admin at work, and must not hold an idle session open.
-                if !parts.headers.contains_key(BACKGROUND) {
+                // request on its own (a live refresh, a poll, an event stream, which
+                // cannot mark its requests and reconnects by itself): an open tab is not
+                // an admin at work, and must not hold an idle session open.
+                let event_stream = parts
+                    .headers
+                    .get(axum::http::header::ACCEPT)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.contains("text/event-stream"));
+                if !parts.headers.contains_key(BACKGROUND) && !event_stream {
                     state.sessions.touch(cookie);
                 }
                 through_session = Some(cookie.to_owned());

@@ -517,6 +517,22 @@ async fn only_the_admins_own_requests_keep_a_session_open_and_sign_in_comes_from
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert!(unused() >= idle, "a page's own request counted as use");
+    // Nor an event stream (re)connecting: an EventSource cannot mark its requests, and
+    // reconnects on its own, every few seconds behind a proxy that cuts long answers.
+    let r = http
+        .get(format!("{base}/v1/events/stream"))
+        .header("cookie", &session)
+        .header("accept", "text/event-stream")
+        .header("last-event-id", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    drop(r);
+    assert!(
+        unused() >= idle,
+        "an event stream's reconnect counted as use"
+    );
     let r = http
         .post(format!("{base}/v1/tokens"))
         .header("cookie", &session)

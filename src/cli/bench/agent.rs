@@ -8,10 +8,10 @@ use crate::cli::progress;
 use crate::error::Error;
 use chrono::Utc;
 use clap::Args;
-use idledger_domain::events::{KeyAssigned, KeyWriteQueued, UserDiscovered};
+use idledger_domain::events::{KeyAssigned, KeyWriteQueued};
 use idledger_domain::{
     Actor, DomainId, Envelope, Event, Hash, KeyId, KeyWriteId, KeyWriteState, RotationId, StreamId,
-    UserAttributes, UserId,
+    UserId,
 };
 use idledger_projections::users::UserStatus;
 use idledger_projections::Projections;
@@ -45,18 +45,7 @@ fn backlog(users: u64, writes: u64) -> (Projections, Vec<KeyId>) {
         let user = UserId(Uuid::now_v7());
         let key = KeyId(format!("HZ-{}", user.0.simple()));
         let mut events: Vec<Event> = vec![
-            UserDiscovered {
-                user_id: user,
-                domain_id: domain,
-                external_id: Uuid::new_v4().to_string(),
-                attributes: UserAttributes {
-                    user_principal_name: format!("{}@contoso.onmicrosoft.com", user.0.simple()),
-                    display_name: "Bench User".into(),
-                    account_enabled: true,
-                    ..UserAttributes::default()
-                },
-            }
-            .into(),
+            super::bench_user_discovered(user, domain),
             KeyAssigned {
                 key_id: key.clone(),
             }

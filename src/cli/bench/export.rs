@@ -29,18 +29,7 @@ pub struct ExportBenchArgs {
 /// (started, succeeded, key write queued, delivered, confirmed; a reveal; a superseded
 /// write every other rotation).
 fn story(user: UserId, domain: DomainId, events: u64) -> Vec<Event> {
-    let mut out: Vec<Event> = vec![UserDiscovered {
-        user_id: user,
-        domain_id: domain,
-        external_id: Uuid::new_v4().to_string(),
-        attributes: UserAttributes {
-            user_principal_name: format!("{}@contoso.onmicrosoft.com", user.0.simple()),
-            display_name: "Bench User".into(),
-            account_enabled: true,
-            ..UserAttributes::default()
-        },
-    }
-    .into()];
+    let mut out: Vec<Event> = vec![super::bench_user_discovered(user, domain)];
     while (out.len() as u64) < events + 1 {
         let rotation_id = RotationId(Uuid::now_v7());
         let key_write_id = KeyWriteId(Uuid::now_v7());

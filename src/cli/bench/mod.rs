@@ -157,6 +157,22 @@ pub(crate) async fn fill(log: &Arc<SledEventLog>, count: u64) -> Result<(), Erro
     .await
 }
 
+/// A generated user's discovery, as the benches fill their logs with.
+pub(crate) fn bench_user_discovered(user: UserId, domain: DomainId) -> Event {
+    UserDiscovered {
+        user_id: user,
+        domain_id: domain,
+        external_id: Uuid::new_v4().to_string(),
+        attributes: UserAttributes {
+            user_principal_name: format!("{}@contoso.onmicrosoft.com", user.0.simple()),
+            display_name: "Bench User".into(),
+            account_enabled: true,
+            ..UserAttributes::default()
+        },
+    }
+    .into()
+}
+
 /// Fills the log with `count` more events from eight tasks, each append a new user's
 /// stream holding `story(user, n)`: its first `n` events (at most `per_append`).
 pub(crate) async fn fill_with(

@@ -159,18 +159,6 @@ impl Principal {
                 if !matches!(t.role, Role::Admin | Role::Auditor) {
                     return Err(ApiError::Unauthorized);
                 }
-                // Use of the session once it passed its checks, unless the page made the
-                // request on its own (a live refresh, a poll, an event stream, which
-                // cannot mark its requests and reconnects by itself): an open tab is not
-                // an admin at work, and must not hold an idle session open.
-                let event_stream = parts
-                    .headers
-                    .get(axum::http::header::ACCEPT)
-                    .and_then(|v| v.to_str().ok())
-                    .is_some_and(|v| v.contains("text/event-stream"));
-                if !parts.headers.contains_key(BACKGROUND) && !event_stream {
-                    state.sessions.touch(cookie);
-                }
                 through_session = Some(cookie.to_owned());
                 t
             }
@@ -182,6 +170,25 @@ impl Principal {
             session: through_session,
         })
     }
+
+    /// Counts a request that passed every check (its role's too) as use of the session it
+    /// came through, which starts the session's idle clock again; unless the page made
+    /// the request on its own (a live refresh, a poll, an event stream, which cannot mark
+    /// its requests and reconnects by itself): an open tab is not an admin at work, and
+    /// must not hold an idle session open.
+    pub fn note_use(&self, parts: &Parts, state: &AppState) {
+        let Some(cookie) = &self.session else {
+            return;
+        };
+        let event_stream = parts
+            .headers
+            .get(axum::http::header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("text/event-stream"));
+        if !parts.headers.contains_key(BACKGROUND) && !event_stream {
+            state.sessions.touch(cookie);
+        }
+    }
 }
 
 /// Handlers read the caller the access layer resolved (and checked the role of) before
@@ -192,7 +199,11 @@ impl FromRequestParts<AppState> for Principal {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         match parts.extensions.get::<Principal>() {
             Some(p) => Ok(p.clone()),
-            None => Principal::of_request(parts, state),
+            None => {
+                let who = Principal::of_request(parts, state)?;
+                who.note_use(parts, state);
+                Ok(who)
+            }
         }
     }
 }

@@ -513,6 +513,7 @@ async fn check_access(
     if let Err(e) = who.require(allowed) {
         return e.into_response();
     }
+    who.note_use(&parts, &state);
     parts.extensions.insert(who);
     next.run(Request::from_parts(parts, body)).await
 }

@@ -542,6 +542,18 @@ async fn only_the_admins_own_requests_keep_a_session_open_and_sign_in_comes_from
         .unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN, "no CSRF token");
     assert!(unused() >= idle, "a refused request counted as use");
+    // Nor one its role refuses (an agent's route).
+    let r = http
+        .get(format!("{base}/v1/agent/key-writes"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(
+        unused() >= idle,
+        "a request its role refused counted as use"
+    );
     let r = http
         .get(format!("{base}/v1/domains"))
         .header("cookie", &session)

@@ -956,3 +956,58 @@ async fn a_sign_in_link_signs_in_only_from_its_own_page() {
     let _ = demo.kill();
     let _ = demo.wait();
 }
+
+/// A listing's next page goes on with the query its first page came from, even when the
+/// search field was edited since (a cursor of one query means nothing to another); and a
+/// name from the directory is shown as the text it is, never run as markup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_next_page_keeps_its_query_and_names_stay_text() {
+    let app = spawn_app().await;
+    let domain = app.domain("fabrikam.example").await;
+    let domain = domain["id"].as_str().unwrap();
+    for _ in 0..55 {
+        app.user(domain).await;
+    }
+    let hostile = r#"<img src=x onerror="window.__xss=1">Mallory"#;
+    app.user_named(domain, hostile).await;
+    let b = Browser::start().await;
+    b.sign_in(&app.url, &app.admin).await;
+    b.goto(&format!("{}/console/users", app.url)).await;
+    b.wait_text("#users", "Megan Bowen").await;
+    assert!(b.present("#users-more:not([hidden])").await);
+
+    // Edited, not applied: the next page is still the listing of every user.
+    b.fill("#uq", "nobody-at-all").await;
+    b.click("#users-more").await;
+    let rows = "return document.querySelectorAll('#users tbody tr').length";
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = b.css("#users").await.text().await.unwrap();
+        assert!(
+            !text.contains("No users match"),
+            "the next page took the new query"
+        );
+        let n = b.client.execute(rows, vec![]).await.unwrap();
+        if n.as_u64() == Some(6) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no second page: {n}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Applied: the search now holds.
+    b.click("#user-search button[type=submit]").await;
+    b.wait_text("#users", "No users match").await;
+
+    b.fill("#uq", "mallory").await;
+    b.click("#user-search button[type=submit]").await;
+    b.wait_text("#users", hostile).await;
+    b.click("#users a").await;
+    b.wait_text("h1", hostile).await;
+    let ran = b
+        .client
+        .execute("return window.__xss === undefined", vec![])
+        .await
+        .unwrap();
+    assert_eq!(ran, json!(true), "a display name ran as markup");
+    assert!(!b.present("#users img, h1 img, #user-facts img").await);
+}

@@ -119,23 +119,37 @@ function facts(dl, pairs) {
   dl.replaceChildren(...pairs.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
 }
 
-/// `table` shown a page at a time: `url(after)` is a page's address (`after` null for the
-/// first), `row` makes a row. Answers the function that loads the first page again.
-function pagedTable(table, url, row, empty) {
+/// `table` shown a page at a time: `query()` is the first page's address, read (with any
+/// filter in it) when the first page loads; `row` makes a row. Answers the function that
+/// loads the first page again.
+function pagedTable(table, query, row, empty) {
   const first = el("button", { type: "button", hidden: true, "data-first": table.id }, "First page");
   const more = el("button", { type: "button", hidden: true, "data-next": table.id }, "Next page");
   table.after(el("div", { class: "pager" }, first, more));
-  let next = null;
-  const load = async (after) => {
-    const page = await api("GET", url(after));
+  const pages = pager(query, (page, after) => {
     fill(table, page.items.map(row), typeof empty === "function" ? empty() : empty);
-    next = page.next;
-    more.hidden = !next;
+    more.hidden = !page.next;
     first.hidden = !after;
+  });
+  more.addEventListener("click", () => pages.next().catch((e) => flash(e.message, "error")));
+  first.addEventListener("click", () => pages.first().catch((e) => flash(e.message, "error")));
+  return pages.first;
+}
+
+/// The pages of one listing. A cursor belongs to the query it came from: `first()` reads
+/// `query()` afresh, `next()` goes on with the query of the first page, so a filter
+/// edited but not yet applied never meets another listing's cursor.
+function pager(query, show) {
+  let base = null, cursor = null;
+  const load = async (after) => {
+    const page = await api("GET", withAfter(base, after));
+    cursor = page.next;
+    show(page, after);
   };
-  more.addEventListener("click", () => load(next).catch((e) => flash(e.message, "error")));
-  first.addEventListener("click", () => load(null).catch((e) => flash(e.message, "error")));
-  return () => load(null);
+  return {
+    first: () => { base = query(); return load(null); },
+    next: () => load(cursor),
+  };
 }
 
 /// Every item of a collection, following `next` (for choices such as the domains of a
@@ -247,7 +261,7 @@ function domainBody(form) {
 }
 
 async function domainsPage() {
-  await pagedTable($("#domains"), (after) => withAfter("/v1/domains?limit=100&removed=false", after), (d) => {
+  await pagedTable($("#domains"), () => "/v1/domains?limit=100&removed=false", (d) => {
     const last = d.last_sync;
     const next = d.sync_active && last?.finished_at
       ? when(new Date(new Date(last.finished_at).getTime() + d.sync_interval_minutes * 60000))
@@ -323,7 +337,7 @@ async function domainPage() {
   ]);
   showFacts();
   const firstRuns = pagedTable($("#runs"),
-    (after) => withAfter(`/v1/domains/${pageId}/sync-runs?limit=20`, after), runRow, "No runs yet.");
+    () => `/v1/domains/${pageId}/sync-runs?limit=20`, runRow, "No runs yet.");
   const refreshRuns = async () => {
     await firstRuns();
     // From the domain, not the runs table: a run waiting for approval stays here however
@@ -348,7 +362,7 @@ async function domainPage() {
         admin ? el("button", { type: "button", id: "approve", class: "danger" },
           held.approved ? "Finish removals" : "Approve removals") : null));
       await pagedTable(heldTable,
-        (after) => withAfter(`/v1/domains/${pageId}/sync-runs/${held.run_id}/held-removals?limit=50`, after),
+        () => `/v1/domains/${pageId}/sync-runs/${held.run_id}/held-removals?limit=50`,
         (h) => el("tr", {},
           el("td", {}, el("a", { href: `/console/users/${h.user_id}` }, h.display_name ?? h.user_id)),
           el("td", {}, h.user_principal_name ?? "—")), "None left.")();
@@ -374,7 +388,7 @@ async function domainPage() {
   });
   follow((e) => { for (const hear of hearing) hear(e); }).catch((x) => flash(x.message, "error"));
   const refreshCertificates = pagedTable($("#certificates"),
-    (after) => withAfter(`/v1/domains/${pageId}/workstation-certificates?limit=20`, after),
+    () => `/v1/domains/${pageId}/workstation-certificates?limit=20`,
     (c) => el("tr", {},
       el("td", { class: "mono" }, c.id), el("td", {}, badge(c.status)),
       el("td", {}, when(c.not_before)), el("td", {}, when(c.not_after)),
@@ -488,21 +502,20 @@ async function importPage() {
   const d = await api("GET", `/v1/domains/${pageId}`);
   $("h1").textContent = `Import from Entra ID: ${d.domain}`;
   $("#sso-note").textContent = `Imported users get the domain's SSO defaults: ${ssoText(d.sso_defaults)}.`;
-  let after = null;
-  const load = async (reset) => {
-    if (reset) after = null;
-    const q = $("#cq").value.trim();
+  let q = "";
+  const pages = pager(() => {
+    q = $("#cq").value.trim();
     const params = new URLSearchParams({ limit: "50" });
     if (q) params.set("q", q);
-    if (after) params.set("after", after);
-    const page = await api("GET", `/v1/domains/${pageId}/candidates?${params}`);
+    return `/v1/domains/${pageId}/candidates?${params}`;
+  }, (page) => {
     fill($("#candidates"), page.items.map((u) => el("tr", {},
       el("td", {}, admin ? el("input", { type: "checkbox", value: u.id, "aria-label": `Select ${u.display_name}` }) : ""),
       el("td", {}, u.display_name), el("td", {}, u.user_principal_name), el("td", {}, u.mail ?? ""))),
       q ? "No candidate matches." : "No candidates: every member of the sync group is imported.");
-    after = page.next;
     $("#candidates-more").hidden = !page.next;
-  };
+  });
+  const load = (reset) => reset ? pages.first() : pages.next();
   $("#candidate-search").addEventListener("submit", (e) => { e.preventDefault(); load(true).catch((x) => flash(x.message, "error")); });
   $("#candidates-more").addEventListener("click", () => load(false).catch((x) => flash(x.message, "error")));
   await load(true);
@@ -527,14 +540,12 @@ async function usersPage() {
   const domains = await allItems("/v1/domains?limit=1000");
   const names = new Map(domains.map((d) => [d.id, d.domain]));
   for (const d of domains) $("#udomain").append(el("option", { value: d.id }, d.domain));
-  let after = null;
-  const load = async (reset) => {
-    if (reset) after = null;
+  const pages = pager(() => {
     const f = $("#user-search");
     const params = new URLSearchParams({ limit: "50" });
     for (const k of ["q", "domain", "status"]) if (f.elements[k].value) params.set(k, f.elements[k].value);
-    if (after) params.set("after", after);
-    const page = await api("GET", `/v1/users?${params}`);
+    return `/v1/users?${params}`;
+  }, (page) => {
     fill($("#users"), page.items.map((u) => el("tr", {},
       el("td", {}, el("a", { href: `/console/users/${u.id}` }, u.display_name)),
       el("td", {}, u.user_principal_name, el("small", {}, ` ${names.get(u.domain_id) ?? ""}`)),
@@ -542,9 +553,9 @@ async function usersPage() {
       el("td", {}, u.key_id ? badge(u.key_id, "key") : "—"),
       el("td", {}, ssoText(u.sso)),
       el("td", {}, when(u.next_rotation_at)))), "No users match.");
-    after = page.next;
     $("#users-more").hidden = !page.next;
-  };
+  });
+  const load = (reset) => reset ? pages.first() : pages.next();
   $("#user-search").addEventListener("submit", (e) => { e.preventDefault(); load(true).catch((x) => flash(x.message, "error")); });
   $("#users-more").addEventListener("click", () => load(false).catch((x) => flash(x.message, "error")));
   await load(true);
@@ -580,13 +591,13 @@ async function userPage() {
   };
   // Newest first, a page at a time: what just happened is on top, and nothing is cut off.
   const firstRotations = pagedTable($("#history"),
-    (after) => withAfter(`/v1/users/${pageId}/password-history?order=newest&limit=20`, after),
+    () => `/v1/users/${pageId}/password-history?order=newest&limit=20`,
     (r) => el("tr", {},
       el("td", {}, when(r.started_at)),
       el("td", {}, badge(r.outcome), r.outcome === "succeeded" ? "" : ` ${[r.graph_code, r.error].filter(Boolean).join(": ")}`),
       el("td", {}, when(r.finished_at)), el("td", {}, r.retries), el("td", {}, r.reason)), "No rotations yet.");
   const firstEvents = pagedTable($("#timeline"),
-    (after) => withAfter(`/v1/users/${pageId}/timeline?order=newest&limit=50`, after),
+    () => `/v1/users/${pageId}/timeline?order=newest&limit=50`,
     (e) => el("tr", {}, el("td", {}, when(e.recorded_at)), el("td", {}, e.kind), el("td", {}, e.actor)),
     "Nothing yet.");
   const history = async () => { await firstRotations(); await firstEvents(); };
@@ -673,16 +684,16 @@ async function userPage() {
 // ---- Rotations and audit ---------------------------------------------------------------
 
 async function rotationsPage() {
-  const load = pagedTable($("#upcoming"), (after) => withAfter(
-    `/v1/rotations/upcoming?within_days=${encodeURIComponent($("#within").value || "30")}&limit=100`, after),
+  const load = pagedTable($("#upcoming"),
+    () => `/v1/rotations/upcoming?within_days=${encodeURIComponent($("#within").value || "30")}&limit=100`,
   (r) => el("tr", {},
     el("td", {}, el("a", { href: `/console/users/${r.user_id}` }, r.user_principal_name)),
     el("td", {}, when(r.due_at)), el("td", {}, r.reason)), "No rotation is due in that time.");
   $("#upcoming-form").addEventListener("submit", (e) => { e.preventDefault(); load().catch((x) => flash(x.message, "error")); });
   await load();
-  const recent = pagedTable($("#recent"), (after) => {
+  const recent = pagedTable($("#recent"), () => {
     const outcome = $("#recent-outcome").value;
-    return withAfter(`/v1/rotations/recent?limit=50${outcome ? `&outcome=${outcome}` : ""}`, after);
+    return `/v1/rotations/recent?limit=50${outcome ? `&outcome=${outcome}` : ""}`;
   }, (r) => el("tr", {},
     el("td", {}, el("a", { href: `/console/users/${r.user_id}` }, r.user_principal_name)),
     el("td", {}, when(r.rotation.started_at)),
@@ -858,7 +869,7 @@ const lines = (text) => (text ?? "").split("\n").map((l) => l.trim()).filter((l)
 async function appsPage() {
   const domains = await allItems("/v1/domains?limit=1000&removed=false");
   const names = new Map(domains.map((d) => [d.id, d.domain]));
-  const refreshApps = pagedTable($("#apps"), (after) => withAfter("/v1/apps?limit=100&removed=false", after), (a) => {
+  const refreshApps = pagedTable($("#apps"), () => "/v1/apps?limit=100&removed=false", (a) => {
       const actions = [];
       if (admin && a.type === "confidential") {
         actions.push(el("button", { type: "button", "data-secret": a.id, onclick: async (ev) => {
@@ -882,7 +893,7 @@ async function appsPage() {
         el("td", {}, badge("active")), el("td", {}, actions));
   }, "No apps yet." + (admin ? " Register one below." : ""));
   const refreshKeys = pagedTable($("#signing-keys"),
-    (after) => withAfter("/v1/provider/signing-keys?limit=20", after),
+    () => "/v1/provider/signing-keys?limit=20",
     (k) => el("tr", {},
       el("td", { class: "mono" }, k.kid), el("td", {}, k.alg),
       el("td", {}, badge(k.status, { current: "active", next: "pending" }[k.status] ?? "deactivated")),

@@ -205,6 +205,11 @@ impl App {
 
     /// A user as sync creates them, appended directly (for tests that need no Graph).
     pub async fn user(&self, domain: &str) -> UserId {
+        self.user_named(domain, "Megan Bowen").await
+    }
+
+    /// [`App::user`] with the display name `name`.
+    pub async fn user_named(&self, domain: &str, name: &str) -> UserId {
         let user = UserId(uuid::Uuid::now_v7());
         let events = vec![
             ProposedEvent::new(
@@ -216,7 +221,7 @@ impl App {
                     external_id: uuid::Uuid::new_v4().to_string(),
                     attributes: UserAttributes {
                         user_principal_name: format!("{}@contoso.onmicrosoft.com", user.0.simple()),
-                        display_name: "Megan Bowen".into(),
+                        display_name: name.into(),
                         account_enabled: true,
                         ..UserAttributes::default()
                     },

@@ -1184,17 +1184,39 @@ async fn entra_callback(
         // A name no one may sign in with this way: refused only now, in words that fit
         // any name.
         return match verdict {
-            Ok(()) => failed(&cannot_use_entra().message),
+            Ok(oid) => {
+                // Entra proved who signed in: when that is a user of the domain, the
+                // refusal is in their history with its reason (not active, SSO off, not
+                // this method; or another name typed than the one Entra signed in).
+                let proven = {
+                    let p = ctx.app.engine.projector.read();
+                    let id = |oid: &str| p.users.by_external(pending.domain, oid).map(|u| u.id);
+                    id(&oid).or_else(|| id(&oid.to_ascii_lowercase()))
+                };
+                if let Some(proven) = proven {
+                    let _ = decide(
+                        &ctx,
+                        proven,
+                        SignInCommand::SignIn {
+                            proof: Proof::EntraFailed(SignInFailure::EntraUserMismatch),
+                            app: waiting_app_name(&ctx, &flow),
+                            at: chrono::Utc::now(),
+                        },
+                    )
+                    .await;
+                }
+                failed(&cannot_use_entra().message)
+            }
             Err(EntraStepFailure::Unproven(f) | EntraStepFailure::Proven(f)) => failed(f.message()),
         };
     };
     match verdict {
-        Ok(()) if entra_locked(&ctx, user) => pages::problem(
+        Ok(_) if entra_locked(&ctx, user) => pages::problem(
             StatusCode::TOO_MANY_REQUESTS,
             "Entra ID sign-in locked",
             SignInFailure::Locked.message(),
         ),
-        Ok(()) => {
+        Ok(_) => {
             let enrolling = ctx.store.with_flow(&flow, |f| {
                 f.entra_user = Some((user, Instant::now()));
                 f.enrolment
@@ -1258,12 +1280,12 @@ enum EntraStepFailure {
 }
 
 /// Redeems the code and validates the ID token; the token's `oid` must be the user's (when
-/// the typed name was someone's).
+/// the typed name was someone's). Answers the `oid` Entra signed in.
 async fn check_entra(
     ctx: &Ctx,
     pending: &EntraPending,
     code: &str,
-) -> Result<(), EntraStepFailure> {
+) -> Result<String, EntraStepFailure> {
     let unproven = |what: String| EntraStepFailure::Unproven(SignInFailure::EntraRefused(what));
     let domain = pending.domain;
     let external_id = match pending.user {
@@ -1311,7 +1333,7 @@ async fn check_entra(
         Some(id) if !claims.oid.eq_ignore_ascii_case(&id) => {
             Err(EntraStepFailure::Proven(SignInFailure::EntraUserMismatch))
         }
-        _ => Ok(()),
+        _ => Ok(claims.oid),
     }
 }
 

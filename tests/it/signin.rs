@@ -491,7 +491,15 @@ async fn entra_credentials_and_an_authenticator_code_enrol_and_sign_in_with_ever
         .admin(Method::POST, &format!("/v1/users/{alex}/deactivate"), None)
         .await;
     assert_eq!(s, StatusCode::OK);
+    let before = w.kinds(&alex).await.len();
     refused_after_entra(&w, ALEX, ALEX_PASSWORD).await;
+    let events = w.events(&alex).await;
+    assert_eq!(events.len(), before + 1, "{:?}", &events[before..]);
+    assert!(
+        events[before].to_string().contains("not_active"),
+        "{}",
+        events[before]
+    );
 }
 
 const ADELE: &str = "adele.vance@contoso.onmicrosoft.com";
@@ -587,10 +595,18 @@ async fn the_entra_step_tells_no_one_who_has_an_account_and_forged_answers_lock_
     }
     assert!(shapes.windows(2).all(|p| p[0] == p[1]), "{shapes:?}");
 
-    // Adele proves who she is and is refused in the words anyone gets; nothing is written
-    // on her stream.
+    // Adele proves who she is and is refused in the words anyone gets; her history has
+    // the attempt and why (she signs in passwordless), once however often she tries.
     refused_after_entra(&w, ADELE, ADELE_PASSWORD).await;
-    assert_eq!(w.kinds(&adele).await.len(), adele_before);
+    refused_after_entra(&w, ADELE, ADELE_PASSWORD).await;
+    let events = w.events(&adele).await;
+    let attempts: Vec<&Value> = events[adele_before..].iter().collect();
+    assert_eq!(attempts.len(), 1, "{attempts:?}");
+    assert_eq!(attempts[0]["kind"], "SignInFailed", "{attempts:?}");
+    assert!(
+        attempts[0].to_string().contains("method_not_allowed"),
+        "{attempts:?}"
+    );
 
     // Made-up error answers for Alex (anyone can start his sign-in and forge the callback)
     // are shown, not counted: six of them lock nothing and record nothing.

@@ -779,7 +779,7 @@ async fn authorize(
         fresh_after,
         hinted,
     };
-    match continue_with(&ctx, &headers, &request) {
+    match continue_with(&ctx, &headers, &request).await {
         Some(answer) => answer,
         None if none => fail("login_required", "the user is not signed in"),
         None => {
@@ -816,7 +816,7 @@ fn no_longer_registered() -> Response {
 
 /// Answers an authorization request with a code when the browser's session satisfies it;
 /// `None` when the user must sign in (again).
-fn continue_with(ctx: &Ctx, headers: &HeaderMap, request: &AuthRequest) -> Option<Response> {
+async fn continue_with(ctx: &Ctx, headers: &HeaderMap, request: &AuthRequest) -> Option<Response> {
     let (_, session) = signed_in(ctx, headers)?;
     if request.fresh_after.is_some_and(|t| session.auth_time < t) {
         return None;
@@ -851,6 +851,16 @@ fn continue_with(ctx: &Ctx, headers: &HeaderMap, request: &AuthRequest) -> Optio
         .get(session.user)
         .map(|u| u.domain_id);
     if !domain.is_some_and(|d| app.domain_ids.contains(&d)) {
+        // A refusal of a signed-in user is part of their history (who tried which app);
+        // the answer is the same whether or not it could be recorded.
+        record_refusal(
+            ctx,
+            session.user,
+            app.id,
+            "access_denied: this app is not open to the user's domain",
+            None,
+        )
+        .await;
         return Some(to_app(
             ctx,
             &request.redirect_uri,
@@ -919,7 +929,7 @@ async fn resume(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
     let Some(request) = request else {
         return Redirect::to("/me").into_response();
     };
-    match continue_with(&ctx, &headers, &request) {
+    match continue_with(&ctx, &headers, &request).await {
         Some(answer) => answer,
         None if !still_registered(&ctx, &request) => no_longer_registered(),
         None => to_app(
@@ -1255,6 +1265,12 @@ async fn exchange_code(
             }
             (Some(_), None) => Some("code_verifier is missing"),
             (None, Some(_)) => Some("no code_challenge was sent with the authorization request"),
+            // `/authorize` asks a public client for S256 already; a code without one is
+            // refused here too, so no path (a registration that changed type, a request
+            // that waited in a flow) gives a public client tokens without PKCE.
+            (None, None) if app.client_type == ClientType::Public => {
+                Some("a public client's code needs PKCE (code_challenge with S256)")
+            }
             (None, None) => None,
         }
     };

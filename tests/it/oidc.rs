@@ -2593,3 +2593,111 @@ async fn an_apps_request_waiting_in_a_flow_renews_its_cookie() {
         );
     }
 }
+
+/// An app answers only the users of the domains it is open to, and each refusal is on the
+/// user's record: at `/authorize` for a signed-in user of another domain, and at the token
+/// endpoint for a code whose app was closed to the user's domain after it was issued. A
+/// public client gets no code without PKCE, nor with a method other than S256.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_serves_only_its_domains_and_records_each_refusal() {
+    let (w, adele, _) = signin_world().await;
+    let SignedInWithApp {
+        mut browser,
+        client_id,
+        secret,
+        app,
+        ..
+    } = signed_in_with_app(&w, &adele).await;
+    let (s, other) = w
+        .admin(
+            Method::POST,
+            "/v1/domains",
+            Some(json!({"domain": "fabrikam.example"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{other}");
+    let refusals = async || {
+        let (_, events) = w
+            .admin(Method::GET, &format!("/v1/users/{adele}/events"), None)
+            .await;
+        events["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "AppTokenRefused")
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+    };
+
+    // A code, then the app is closed to Adele's domain: the code buys nothing.
+    let code = code_for(&mut browser, &w.app.public, &client_id, "openid", "s1").await;
+    let (s, body) = w
+        .admin(
+            Method::PATCH,
+            &format!("/v1/apps/{}", app["id"].as_str().unwrap()),
+            Some(json!({"domain_ids": [other["id"]]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let r = exchange(
+        &reqwest::Client::new(),
+        &format!("{}/token", w.app.public),
+        (&client_id, &secret),
+        &code,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_grant", "{body}");
+    assert!(body.get("id_token").is_none(), "{body}");
+    assert_eq!(refusals().await.len(), 1);
+
+    // Asked again while signed in: refused back to the app, with its state, and recorded.
+    let (s, _, q) = authorize(
+        &mut browser,
+        &format!(
+            "{}/authorize?client_id={client_id}&redirect_uri={REDIRECT}&response_type=code&scope=openid&state=s2",
+            w.app.public
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    assert_eq!(get(&q, "error"), Some("access_denied"), "{q:?}");
+    assert_eq!(get(&q, "state"), Some("s2"), "{q:?}");
+    assert!(get(&q, "code").is_none(), "{q:?}");
+    let recorded = refusals().await;
+    assert_eq!(recorded.len(), 2, "{recorded:?}");
+    assert!(recorded[1].contains("access_denied"), "{recorded:?}");
+
+    // A public client: S256 or nothing.
+    let spa = register_spa(&w, REDIRECT).await;
+    let spa_id = spa["client_id"].as_str().unwrap();
+    let challenge = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGjSstw-cM";
+    for pkce in [
+        String::new(),
+        format!("&code_challenge={challenge}&code_challenge_method=plain"),
+        format!("&code_challenge={challenge}"),
+    ] {
+        let (_, _, q) = authorize(
+            &mut browser,
+            &format!(
+                "{}/authorize?client_id={spa_id}&redirect_uri={REDIRECT}&response_type=code&scope=openid&state=p{pkce}",
+                w.app.public
+            ),
+        )
+        .await;
+        assert_eq!(get(&q, "error"), Some("invalid_request"), "{pkce}: {q:?}");
+        assert!(get(&q, "code").is_none(), "{pkce}: {q:?}");
+    }
+    let (_, _, q) = authorize(
+        &mut browser,
+        &format!(
+            "{}/authorize?client_id={spa_id}&redirect_uri={REDIRECT}&response_type=code&scope=openid&state=p&code_challenge={challenge}&code_challenge_method=S256",
+            w.app.public
+        ),
+    )
+    .await;
+    assert!(get(&q, "code").is_some(), "{q:?}");
+}

@@ -84,6 +84,16 @@ pub async fn unknown_segment(uri: axum::http::Uri) -> Response {
     )
 }
 
+/// A method the path does not take: an error body as Graph's others are (axum's own 405
+/// has none, and a client reading Graph's errors would have nothing to show).
+pub async fn method_not_allowed(method: axum::http::Method) -> Response {
+    graph_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "Request_BadRequest",
+        &format!("Specified HTTP method '{method}' is not allowed for the request uri."),
+    )
+}
+
 pub(crate) fn token_error(
     status: StatusCode,
     error: &str,

@@ -133,6 +133,7 @@ pub fn router(sim: Sim) -> Router {
     graph
         .merge(control)
         .fallback(graph::unknown_segment)
+        .method_not_allowed_fallback(graph::method_not_allowed)
         .with_state(sim)
 }
 

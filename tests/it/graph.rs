@@ -926,6 +926,17 @@ async fn delta_with_parentheses_and_unknown_paths_answer_as_graph_does() {
         .unwrap()
         .contains("nothingHere"));
     assert!(err["error"]["innerError"]["request-id"].is_string());
+    // A method the path does not take: 405 with an error body, never an empty one.
+    let r = http
+        .delete(format!("{url}/v1.0/users/delta"))
+        .bearer_auth(token.expose())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    let err: Value = r.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "Request_BadRequest", "{err}");
+    assert!(err["error"]["innerError"]["request-id"].is_string());
     // A property the user type does not have is refused wherever users are selected,
     // as Graph does; the client's own selection passes.
     for path in [

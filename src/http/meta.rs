@@ -13,8 +13,8 @@ use utoipa::ToSchema;
 pub struct Health {
     /// Always `ok` when it answers.
     status: &'static str,
-    /// `device` or `process`: how far an acknowledged append has gone.
-    durability: &'static str,
+    /// How far an acknowledged append has gone.
+    durability: crate::store::Durability,
     /// The last committed position.
     head_position: u64,
     /// The position the projections have reached.
@@ -25,7 +25,7 @@ pub struct Health {
 pub async fn healthz(State(s): State<AppState>) -> axum::Json<Health> {
     axum::Json(Health {
         status: "ok",
-        durability: s.engine.log.durability().as_str(),
+        durability: s.engine.log.durability(),
         head_position: s.engine.log.head().position,
         projector_position: s.engine.projector.position(),
     })

@@ -583,4 +583,42 @@ mod tests {
         std::fs::write(&path, "agent_lease_secs = 1\nmax_event_streams = 1\n").unwrap();
         Config::load(Some(&path), Flags::default()).unwrap();
     }
+
+    /// The defaults the issues promise operators: a changed one would pass every test
+    /// that sets its own value, so they are held here.
+    #[test]
+    fn the_promised_defaults_hold() {
+        let c = Config::default();
+        assert_eq!(c.durability, crate::store::Durability::Device);
+        assert_eq!(c.agent_lease_secs, 60);
+        assert_eq!(c.max_event_streams, 256);
+        assert_eq!(c.sth_interval_ms, 1000);
+        // The window after an unknown outcome: the Graph timeout plus a minute, at least
+        // two minutes, so a request that timed out and still lands is inside it.
+        let window = |t| RotationConfig::default_uncertainty(Duration::from_secs(t));
+        assert_eq!(window(30), Duration::from_secs(120));
+        assert_eq!(window(90), Duration::from_secs(150));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("idledger.toml");
+        std::fs::write(
+            &path,
+            "graph_timeout_secs = 100\ndurability = \"process\"\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&path), Flags::default()).unwrap();
+        assert_eq!(c.rotation().uncertainty, Duration::from_secs(160));
+        assert_eq!(c.durability, crate::store::Durability::Process);
+        std::fs::write(
+            &path,
+            "graph_timeout_secs = 100\nrotation_uncertainty_secs = 99\n",
+        )
+        .unwrap();
+        let e = Config::load(Some(&path), Flags::default()).unwrap_err();
+        assert!(
+            e.to_string().starts_with("rotation_uncertainty_secs"),
+            "{e}"
+        );
+        std::fs::write(&path, "durability = \"cache\"\n").unwrap();
+        assert!(Config::load(Some(&path), Flags::default()).is_err());
+    }
 }

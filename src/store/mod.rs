@@ -25,7 +25,17 @@ pub use subscription::Subscription;
 pub use turns::StreamTurns;
 
 /// How far an acknowledged append has gone.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Deserialize,
+    serde::Serialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Durability {
     /// On the device: the log's files are `fdatasync`ed (new files and their directory

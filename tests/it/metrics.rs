@@ -6,7 +6,7 @@
 use crate::rotation::rotating_world;
 use crate::support::{free_port, idledger, World};
 use reqwest::{Method, StatusCode};
-use serde_json::json;
+use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -435,6 +435,52 @@ async fn a_flood_of_probes_writes_into_the_data_dir_about_once_a_second() {
     );
 }
 
+/// A data dir that takes no writes (here the probe's own file name is a directory, which
+/// fails whoever the tests run as) makes `/readyz` answer 503 and say why, and
+/// `idledger_ready` 0; writable again, ready again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_dir_that_takes_no_writes_is_not_ready() {
+    let app = crate::support::spawn_app().await;
+    let http = reqwest::Client::new();
+    let readyz = async || {
+        let r = http
+            .get(format!("{}/readyz", app.url))
+            .send()
+            .await
+            .unwrap();
+        (r.status(), r.json::<Value>().await.unwrap())
+    };
+    let ready_metric = async || {
+        let text = http
+            .get(format!("{}/metrics", app.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find(|l| l.starts_with("idledger_ready "))
+            .map(str::to_owned)
+    };
+    assert_eq!(readyz().await.0, StatusCode::OK);
+    let blocker = app
+        .dir
+        .path()
+        .join(format!(".readyz-{}", std::process::id()));
+    std::fs::create_dir(&blocker).unwrap();
+    std::fs::write(blocker.join("inside"), b"x").unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (status, body) = readyz().await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.to_string().contains("takes no writes"), "{body}");
+    assert_eq!(ready_metric().await.as_deref(), Some("idledger_ready 0"));
+    std::fs::remove_dir_all(&blocker).unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(readyz().await.0, StatusCode::OK);
+    assert_eq!(ready_metric().await.as_deref(), Some("idledger_ready 1"));
+}
+
 /// A dry run previews a sync and changes nothing: the sync-run series (which the alerts
 /// read: a quarantine to approve, no success for an hour) count real runs only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -442,6 +488,14 @@ async fn a_dry_run_is_not_counted_as_a_sync_run() {
     use crate::crash::{contoso_and_data_dir, contoso_domain};
     let (sim, _sim_state, _dir, data) = contoso_and_data_dir().await;
     let serve = crate::support::Serve::start_with(&data, None, &[]).await;
+    // Started with no setting: acknowledged means on the device, and it says so.
+    let health: Value = serve.get("/healthz").await.json().await.unwrap();
+    assert_eq!(health["durability"], "device", "{health}");
+    let text = serve.get("/metrics").await.text().await.unwrap();
+    assert!(
+        text.contains("idledger_durability{level=\"device\"} 1"),
+        "{text}"
+    );
     let domain = contoso_domain(&serve, &sim, json!({})).await;
     let dry = serve
         .call(

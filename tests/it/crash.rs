@@ -336,7 +336,8 @@ async fn crash_during_rotation(crash: RotationCrash) {
 /// With `durability = "process"` an acknowledged append may be lost with the machine, but
 /// a new password never: under strace, the store's write of `RotationStarted` is synced to
 /// the device before the PATCH that sets the password leaves for Graph, and a reveal's
-/// record before the answer carrying the password.
+/// record before the answer carrying the password, and a key write's delivery before the
+/// agent's answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_password_is_on_the_device_before_graph_sees_it_in_either_durability() {
     let (sim, _sim) = graphsim::spawn(contoso(), graphsim::SimConfig::default())
@@ -370,6 +371,26 @@ async fn a_new_password_is_on_the_device_before_graph_sees_it_in_either_durabili
             Some(serde_json::json!({"reason": "strace"})),
         )
         .await;
+    // The agent's poll, last: the write's delivery is on the device before the password
+    // leaves for the key.
+    let agent = serve
+        .call(
+            reqwest::Method::POST,
+            "/v1/tokens",
+            Some(serde_json::json!({"role": "agent", "key_ids": ["K-0003"]})),
+        )
+        .await;
+    let writes: serde_json::Value = serve
+        .http
+        .get(format!("{}/v1/agent/key-writes", serve.url))
+        .bearer_auth(agent["token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(writes["items"][0]["password"].is_string(), "{writes}");
     serve.stop_group();
     let trace = std::fs::read_to_string(&trace).unwrap();
     let lines: Vec<&str> = trace.lines().collect();
@@ -397,6 +418,12 @@ async fn a_new_password_is_on_the_device_before_graph_sees_it_in_either_durabili
         .rposition(|l| l.contains("write") && l.contains("TCP") && l.contains("user_id"))
         .unwrap_or_else(|| panic!("no reveal answer seen:\n{trace}"));
     synced_before("reveal's answer", revealed);
+    let delivered = lines
+        .iter()
+        .rposition(|l| l.contains("write") && l.contains("TCP") && l.contains("{\\\"items\\\":[{"))
+        .unwrap_or_else(|| panic!("no key-write answer seen:\n{trace}"));
+    assert!(delivered > revealed);
+    synced_before("key write's delivery", delivered);
 }
 
 /// A drive that panics (a bug in one task; the process goes on) lets go of its rotation:

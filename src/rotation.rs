@@ -436,7 +436,7 @@ impl RotationService {
     ) -> Result<&'p UserView, RotationError> {
         let u = p.users.get(user).ok_or_else(|| not_found("user"))?;
         let f = facts(p, u);
-        check_rotatable(u.status.decided(), f.has_key, f.federated, &u.password)?;
+        check_rotatable(u.status.decided(), f.has_key, f.federated)?;
         p.domains
             .get(u.domain_id)
             .ok_or_else(|| not_found("domain"))?;

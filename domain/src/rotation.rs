@@ -486,16 +486,30 @@ pub enum ManualRotation {
     },
 }
 
-/// Decides an admin's request to rotate a user's password now.
+/// Decides an admin's request to rotate a user's password now. One asked for while a
+/// rotation is in flight inside an uncertainty window (an attempt's answer was lost, and
+/// the rotation is being tried again) is recorded and deferred like any other inside the
+/// window: it runs once that rotation has settled and the window has passed. One asked
+/// for while a rotation is simply under way is refused: that rotation is the new password.
 pub fn request_manual(
     s: &PasswordState,
     now: DateTime<Utc>,
     p: &Protocol,
 ) -> Result<ManualRotation, Rejection> {
     if s.in_flight().is_some() {
-        return Err(Rejection::Conflict(
-            "a rotation of this user is in flight".into(),
-        ));
+        let Some(end) = s.window_end(p).filter(|end| now < *end) else {
+            return Err(Rejection::Conflict(
+                "a rotation of this user is in flight".into(),
+            ));
+        };
+        let events = match s.requested {
+            Some(_) => vec![],
+            None => vec![RotationRequested {
+                reason: RotationReason::Manual,
+            }
+            .into()],
+        };
+        return Ok(ManualRotation::Deferred { events, until: end });
     }
     let until = match next(s, Some(RotationReason::Manual), now, p) {
         Next::Start(_) if s.requested.is_none() => return Ok(ManualRotation::Start),
@@ -583,14 +597,10 @@ pub fn events_after(
     }
 }
 
-/// Whether a rotation with a new password may be started for a user at all: active, with
-/// a hardware key (the password would reach no one otherwise), no rotation in flight.
-pub fn check_rotatable(
-    status: Status,
-    has_key: bool,
-    federated: bool,
-    s: &PasswordState,
-) -> Result<(), Rejection> {
+/// Whether a user's password may be rotated at all: active, with a hardware key (the
+/// password would reach no one otherwise), outside a federated domain. When is for
+/// [`next`] and [`request_manual`] to say.
+pub fn check_rotatable(status: Status, has_key: bool, federated: bool) -> Result<(), Rejection> {
     match status {
         Status::Active => {}
         Status::Unknown | Status::Deleted => return Err(Rejection::NotFound("user")),
@@ -613,11 +623,6 @@ pub fn check_rotatable(
     if federated {
         return Err(Rejection::Conflict(
             "the user's domain is federated: its passwords are kept by the federation's identity provider, and Graph cannot set them".into(),
-        ));
-    }
-    if s.in_flight().is_some() {
-        return Err(Rejection::Conflict(
-            "a rotation of this user is in flight".into(),
         ));
     }
     Ok(())
@@ -1005,6 +1010,30 @@ mod tests {
             Ok(ManualRotation::Start)
         );
         assert!(request_manual(&given(&[started(1)]), at(10), &P).is_err());
+    }
+
+    /// A rotation being tried again after a lost answer may take long: a request meanwhile
+    /// is recorded and deferred to the window's end, not refused; it runs after the open
+    /// rotation settles (and its reassert), never beside it.
+    #[test]
+    fn a_manual_request_while_a_retried_rotation_is_in_flight_is_deferred() {
+        let s = given(&[succeeded(1), started(2), interrupted(2)]);
+        match request_manual(&s, at(10), &P) {
+            Ok(ManualRotation::Deferred { events, until }) => {
+                assert_eq!(until, at(122));
+                assert_eq!(events.len(), 1);
+                let s = evolve(s.clone(), &events[0], at(10));
+                assert_eq!(s.requested, Some(RotationReason::Manual));
+                // The open rotation is driven first, whatever is wanted.
+                assert_eq!(next(&s, s.wanted(None), at(200), &P), Next::Drive(rid(2)));
+                let s = evolve(s, &succeeded(2), at(201));
+                assert_eq!(s.requested, Some(RotationReason::Manual));
+                assert_ne!(next(&s, s.wanted(None), at(202), &P), Next::Idle);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Past the window, still in flight: refused (that rotation is the new password).
+        assert!(request_manual(&s, at(200), &P).is_err());
     }
 
     #[test]

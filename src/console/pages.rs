@@ -225,6 +225,7 @@ const DOMAIN_ADMIN: &str = r#"
 </section>
 <section class="card" aria-labelledby="sso-title">
 <h2 id="sso-title">Default Single Sign-On Settings</h2>
+<p id="sso-defaults-note">Given to users as they are imported from now on; a user already imported keeps theirs (change it on the user's page).</p>
 <form id="sso-defaults" class="grid">
   <label for="sso-enabled">SSO</label>
   <select id="sso-enabled" name="enabled"><option value="true">On</option><option value="false">Off</option></select>

@@ -1010,4 +1010,28 @@ async fn a_next_page_keeps_its_query_and_names_stay_text() {
         .unwrap();
     assert_eq!(ran, json!(true), "a display name ran as markup");
     assert!(!b.present("#users img, h1 img, #user-facts img").await);
+
+    // The domain's SSO defaults, edited on its page: they say whom they reach.
+    b.goto(&format!("{}/console/domains/{domain}", app.url))
+        .await;
+    b.wait_text("h1", "fabrikam.example").await;
+    b.wait_text("#sso-defaults-note", "imported from now on")
+        .await;
+    b.css("#sso-enabled")
+        .await
+        .select_by_value("false")
+        .await
+        .unwrap();
+    b.click("#sso-defaults button[type=submit]").await;
+    b.wait_text("#flash", "users imported from now on get them")
+        .await;
+    let (_, d) = app
+        .call(
+            Some(&app.admin),
+            Method::GET,
+            &format!("/v1/domains/{domain}"),
+            None,
+        )
+        .await;
+    assert_eq!(d["sso_defaults"]["enabled"], false, "{d}");
 }

@@ -408,7 +408,7 @@ async function domainPage() {
     d = await api("PUT", `/v1/domains/${pageId}/sso-defaults`,
       { enabled: sso.elements.enabled.value === "true", method: sso.elements.method.value });
     showFacts();
-    flash("SSO defaults saved.");
+    flash("SSO defaults saved: users imported from now on get them.");
   });
   // With credentials saved the form replaces the secret alone; once they are removed it
   // takes all three again, so sync can be started from here.

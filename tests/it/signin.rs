@@ -19,6 +19,8 @@ use std::time::Duration;
 pub(crate) struct Visitor {
     http: reqwest::Client,
     cookies: std::collections::BTreeMap<String, String>,
+    /// Every `Set-Cookie` received, as sent (with its attributes).
+    set_cookies: Vec<String>,
 }
 
 impl Visitor {
@@ -29,6 +31,7 @@ impl Visitor {
                 .build()
                 .unwrap(),
             cookies: Default::default(),
+            set_cookies: Vec::new(),
         }
     }
 
@@ -53,6 +56,7 @@ impl Visitor {
             .unwrap();
         for c in resp.headers().get_all(SET_COOKIE) {
             let text = c.to_str().unwrap();
+            self.set_cookies.push(text.to_owned());
             let (pair, attrs) = text.split_once(';').unwrap_or((text, ""));
             let (k, v) = pair.split_once('=').unwrap();
             if attrs.contains("Max-Age=0") {
@@ -925,6 +929,77 @@ async fn sign_in_cookies_are_http_only_and_lax() {
         )
         .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
+}
+
+/// Behind an https origin (TLS at a proxy, say) the sign-in cookies are `__Host-` named
+/// and `Secure`, as well as HttpOnly and SameSite=Lax: the flow's from the first page, the
+/// user's session from the moment enrolment signs them in. A cookie under the plain name
+/// is no session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_cookies_are_secure_when_the_public_origin_is_https() {
+    let (w, adele, _) = signin_world_tuned(|c| {
+        c.public_url = Some("https://idledger.example".into());
+    })
+    .await;
+    assert_eq!(w.app.public, "https://idledger.example");
+    let upn = "adele.vance@contoso.onmicrosoft.com";
+    invite(&w, &adele).await;
+    // The link names the public origin; this test reaches the server directly.
+    let link = outbox_link(&w, upn).replace(&w.app.public, &w.app.url);
+    let mut v = Visitor::new();
+    let (s, page, _) = v.get(&link).await;
+    assert_eq!(s, StatusCode::OK, "{page}");
+    let csrf = csrf_of(&page);
+    let (_, options) = v
+        .post_json(&format!("{link}/passkey/options"), &csrf, json!({}))
+        .await;
+    let mut key = SoftKey::new();
+    let credential = key.register(&options, &w.app.public);
+    let (s, b) = v
+        .post_json(
+            &format!("{link}/passkey"),
+            &csrf,
+            json!({"credential": credential, "name": "key"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    for name in ["__Host-idl_flow=", "__Host-idl_user="] {
+        let set = v
+            .set_cookies
+            .iter()
+            .find(|c| c.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} among {:?}", v.set_cookies));
+        for attribute in ["; Secure", "; HttpOnly", "; SameSite=Lax", "; Path=/"] {
+            assert!(set.contains(attribute), "{attribute} missing: {set}");
+        }
+    }
+    assert!(
+        !v.set_cookies
+            .iter()
+            .any(|c| c.starts_with("idl_flow=") || c.starts_with("idl_user=")),
+        "{:?}",
+        v.set_cookies
+    );
+    let (s, _, _) = v.get(&format!("{}/me", w.app.url)).await;
+    assert_eq!(s, StatusCode::OK);
+    let session = &v.cookies["__Host-idl_user"];
+    let me_with = async |cookie: String| {
+        v.http
+            .get(format!("{}/me", w.app.url))
+            .header(COOKIE, cookie)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    assert_eq!(
+        me_with(format!("__Host-idl_user={session}")).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        me_with(format!("idl_user={session}")).await,
+        StatusCode::SEE_OTHER
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -68,7 +68,7 @@ pub async fn spawn_app_tuned(
     if state.public_url.is_none() {
         state.public_url = idledger::http::PublicUrl::loopback_default(addr, false);
     }
-    let public = format!("http://localhost:{}", addr.port());
+    let public = state.public_url.as_ref().unwrap().origin.clone();
     tokio::spawn(idledger::http::serve(
         listener,
         idledger::console::app(state.clone()),

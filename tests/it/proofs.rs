@@ -1427,3 +1427,125 @@ fn an_answer_without_end_is_refused_not_read_to_the_end() {
         assert_ne!(out.status.code(), Some(0));
     }
 }
+
+/// How the proxy of [`a_record_altered_on_the_way_is_not_proved`] lies about a record.
+#[derive(Clone, Copy)]
+enum Lie {
+    /// One byte of the record's payload changed (it still decodes).
+    AlteredByte,
+    /// The next record handed out as the one asked for.
+    OtherPosition,
+}
+
+/// A proxy in front of `upstream` that passes every GET through, except that the records
+/// of `/v1/events` are lied about as `lie` says.
+async fn lying_proxy(upstream: String, lie: Lie) -> String {
+    use base64::engine::general_purpose::STANDARD as B64;
+    let http = reqwest::Client::new();
+    let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+        let (http, upstream) = (http.clone(), upstream.clone());
+        async move {
+            let path = req.uri().path_and_query().unwrap().as_str().to_owned();
+            let events = path.starts_with("/v1/events");
+            let asked = match (events, lie) {
+                (true, Lie::OtherPosition) => path.replace("limit=1", "limit=2"),
+                _ => path.clone(),
+            };
+            let mut fwd = http.get(format!("{upstream}{asked}"));
+            if let Some(a) = req.headers().get("authorization") {
+                fwd = fwd.header("authorization", a);
+            }
+            let r = fwd.send().await.unwrap();
+            let status = axum::http::StatusCode::from_u16(r.status().as_u16()).unwrap();
+            let kind = r.headers()["content-type"].to_str().unwrap().to_owned();
+            let mut body = r.bytes().await.unwrap().to_vec();
+            if events && status.is_success() {
+                let mut page: Value = serde_json::from_slice(&body).unwrap();
+                let items = page["items"].as_array_mut().unwrap();
+                match lie {
+                    Lie::AlteredByte => {
+                        let mut record = B64.decode(items[0]["record"].as_str().unwrap()).unwrap();
+                        let at = record
+                            .windows(12)
+                            .position(|w| w == b".example.com")
+                            .expect("a domain name in the record");
+                        record[at - 1] ^= 0x01;
+                        items[0]["record"] = json!(B64.encode(record));
+                    }
+                    Lie::OtherPosition => {
+                        let asked = items[0]["position"].clone();
+                        let next = items.remove(1);
+                        items[0] = next;
+                        items[0]["position"] = asked;
+                    }
+                }
+                body = serde_json::to_vec(&page).unwrap();
+            }
+            (status, [("content-type", kind)], body)
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+/// `prove` checks the record it is handed, not only the server's word: a record altered
+/// on the way fails its inclusion proof, and another position's record is refused by the
+/// position it carries, with a reason and a failing exit either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_altered_on_the_way_is_not_proved() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let fast = [("IDLEDGER_STH_INTERVAL_MS", "10")];
+    let serve = Serve::start_with(&data, None, &fast).await;
+    add_domains(&serve, &["a.example.com", "b.example.com", "c.example.com"]).await;
+    let head = head_of(&serve).await;
+    head_covering(&serve.http, &serve.url, &serve.token, head).await;
+    let key = public_key_of(&data);
+    let position = (1..=head)
+        .find(|p| {
+            let (proved, code) = auditor_cli(
+                &serve.token,
+                &[
+                    "prove",
+                    "--server",
+                    &serve.url,
+                    "--position",
+                    &p.to_string(),
+                    "--public-key",
+                    &key,
+                ],
+            );
+            code == 0 && proved["kind"] == "DomainRegistered"
+        })
+        .expect("a domain's record proved through the honest server");
+    for (lie, reason) in [
+        (Lie::AlteredByte, "inclusion proof"),
+        (Lie::OtherPosition, "position"),
+    ] {
+        let proxy = lying_proxy(serve.url.clone(), lie).await;
+        let args: Vec<String> = [
+            "prove",
+            "--server",
+            &proxy,
+            "--position",
+            &position.to_string(),
+            "--public-key",
+            &key,
+        ]
+        .map(String::from)
+        .into();
+        let token = serve.token.clone();
+        // The proxy answers on this runtime while the command waits.
+        let (report, code) = tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            auditor_cli(&token, &args)
+        })
+        .await
+        .unwrap();
+        assert_ne!(code, 0, "{report}");
+        assert_eq!(report["ok"], false, "{report}");
+        assert!(report.to_string().contains(reason), "{reason}: {report}");
+    }
+}

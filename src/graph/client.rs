@@ -289,17 +289,6 @@ fn token_refused(
 /// The most of a failure's text an event records (a sync run's, a rotation attempt's).
 pub(crate) const MAX_RECORDED_ERROR: usize = 2000;
 
-/// A peer's text as we keep it (in errors, and so in events): at most `max` characters,
-/// control characters and bidirectional overrides dropped (what an admin may not type
-/// either). Graph's own texts are far shorter; anything longer must not make a failure
-/// unrecordable.
-pub(crate) fn clipped(text: &str, max: usize) -> String {
-    text.chars()
-        .filter(|c| idledger_domain::decide::plain_char(*c))
-        .take(max)
-        .collect()
-}
-
 /// The most of one answer's body read: a page of 999 users is about a megabyte.
 const MAX_BODY_BYTES: usize = 32 << 20;
 /// The most of an error answer's body read: only its code and message matter.
@@ -1350,14 +1339,5 @@ mod tests {
             "https://graph.microsoft.com.evil.example/v1.0",
             graph
         ));
-    }
-
-    /// A display name from Graph with a right-to-left override would read as another
-    /// name in the console and the timeline: the override goes, the letters stay.
-    #[test]
-    fn a_peer_text_keeps_its_letters_and_loses_controls_and_overrides() {
-        let hostile = "Adm\u{202e}nimda\u{2066} Eve\u{0007}\n";
-        assert_eq!(clipped(hostile, 100), "Admnimda Eve");
-        assert_eq!(clipped("Zoë Ödegaard", 3), "Zoë");
     }
 }

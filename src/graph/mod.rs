@@ -7,7 +7,7 @@ mod client;
 mod error;
 mod types;
 
-pub(crate) use client::{clipped, MAX_RECORDED_ERROR};
+pub(crate) use client::MAX_RECORDED_ERROR;
 pub use client::{
     AuthorizeRequest, GraphClient, GraphSettings, GraphTrust, OpenIdKeys, PasswordNotSet,
     RetryPolicy, Secret,

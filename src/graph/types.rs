@@ -5,6 +5,17 @@ use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
 
+/// A peer's text as we keep it (in errors, and so in events): at most `max` characters,
+/// control characters and bidirectional overrides dropped (what an admin may not type
+/// either). Graph's own texts are far shorter; anything longer must not make a failure
+/// unrecordable.
+pub(crate) fn clipped(text: &str, max: usize) -> String {
+    text.chars()
+        .filter(|c| idledger_domain::decide::plain_char(*c))
+        .take(max)
+        .collect()
+}
+
 /// The user properties idledger selects.
 pub const USER_SELECT: &str =
     "id,userPrincipalName,displayName,mail,givenName,surname,accountEnabled";
@@ -67,7 +78,7 @@ impl GraphUser {
         let id = object_id(&v["id"])?;
         // Clipped as read: a round keeps millions of entries, and what a page of 32 MB
         // of one user's name would cost must not be multiplied by them.
-        let clip = |s: &str| super::client::clipped(s, MAX_ATTRIBUTE_CHARS);
+        let clip = |s: &str| clipped(s, MAX_ATTRIBUTE_CHARS);
         let text = |k: &str| v.get(k).and_then(Value::as_str).map(clip);
         let optional = |k: &str| match v.get(k) {
             Some(Value::Null) => Some(None),
@@ -163,6 +174,15 @@ pub struct UsersDelta {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// A display name from Graph with a right-to-left override would read as another
+    /// name in the console and the timeline: the override goes, the letters stay.
+    #[test]
+    fn a_peer_text_keeps_its_letters_and_loses_controls_and_overrides() {
+        let hostile = "Adm\u{202e}nimda\u{2066} Eve\u{0007}\n";
+        assert_eq!(clipped(hostile, 100), "Admnimda Eve");
+        assert_eq!(clipped("Zoë Ödegaard", 3), "Zoë");
+    }
 
     #[test]
     fn an_object_id_is_taken_in_lower_case() {

@@ -7,6 +7,7 @@
 //! sign in, and every event, is decided by `domain::decide::signin` through the one
 //! command path. Sessions and in-progress flows live in memory ([`sessions`]).
 
+mod authorization;
 pub mod entra;
 pub mod oidc;
 mod pages;

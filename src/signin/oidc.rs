@@ -12,6 +12,7 @@
 //! with SSO on, of one of the app's domains). The protocol's own rooms — SAML or
 //! WS-Federation later — would sit beside this file on the same sessions.
 
+use super::authorization::{origin_of, AuthRequest};
 use super::{https, refuse, sessions, sign_in_stands, signed_in, Ctx, Refusal};
 use crate::http::session::same_secret;
 use crate::provider::{verify, TokenType};
@@ -145,33 +146,6 @@ async fn cors(
     h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allow_origin);
     h.append(header::VARY, HeaderValue::from_static("origin"));
     response
-}
-
-/// An app's authorization request, kept in the browser's flow while the user signs in.
-#[derive(Clone, Debug)]
-pub struct AuthRequest {
-    app: AppId,
-    redirect_uri: String,
-    state: Option<String>,
-    nonce: Option<String>,
-    code_challenge: Option<String>,
-    scope: Vec<String>,
-    /// `prompt=login` or `max_age`: a sign-in at or after this time is needed.
-    pub(super) fresh_after: Option<DateTime<Utc>>,
-    /// The user an `id_token_hint` names: the request is answered for them only.
-    hinted: Option<UserId>,
-}
-
-impl AuthRequest {
-    /// The origin the browser is sent back to once signed in.
-    pub fn app_origin(&self) -> Option<String> {
-        origin_of(&self.redirect_uri)
-    }
-
-    /// The app asking.
-    pub fn app_id(&self) -> AppId {
-        self.app
-    }
 }
 
 struct CodeGrant {
@@ -1880,14 +1854,6 @@ fn asked_to_end_session(ctx: &Ctx, headers: &HeaderMap, q: Option<EndSession>) -
         }
         _ => signed_out(ctx, &target),
     }
-}
-
-/// `scheme://host[:port]` of a registered address, as a CSP source.
-fn origin_of(uri: &str) -> Option<String> {
-    let url = reqwest::Url::parse(uri).ok()?;
-    url.has_host()
-        .then(|| url.origin().ascii_serialization())
-        .filter(|o| o != "null")
 }
 
 /// Where to send the browser once signed out, as the app asked.

@@ -87,7 +87,7 @@ pub struct Flow {
     /// An authenticator seed shown and not yet confirmed.
     pub totp_seed: Option<Vec<u8>>,
     /// An app's authorization request waiting for this browser to sign in.
-    pub authorize: Option<super::oidc::AuthRequest>,
+    pub authorize: Option<super::authorization::AuthRequest>,
     /// The user asked on `/me` to sign in again (to change their methods): a session
     /// that began before this does not skip the sign-in page.
     pub fresh_sign_in_after: Option<chrono::DateTime<chrono::Utc>>,

@@ -1,6 +1,7 @@
 //! The rooms of `src/` and their arrows, computed from the code: every `crate::<room>`
 //! path outside comments is an arrow from the file's room to that room. The arrows must
-//! form no cycle, and nothing may point at the command line.
+//! form no cycle, and nothing may point at the command line. Inside a room, the files
+//! beside one another form no cycle either.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -109,5 +110,113 @@ fn the_rooms_of_src_form_no_cycle_and_nothing_imports_the_cli() {
             "{leaf} → {:?}",
             graph[leaf]
         );
+    }
+}
+
+/// A file's module path under `src/` (`src/http/users.rs` → `http::users`,
+/// `src/http/mod.rs` → `http`).
+fn module_of(path: &Path, src: &Path) -> Vec<String> {
+    let rel = path.strip_prefix(src).unwrap().with_extension("");
+    let mut segments: Vec<String> = rel
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    if segments.last().is_some_and(|s| s == "mod") {
+        segments.pop();
+    }
+    segments
+}
+
+/// Arrows between files that sit beside one another (one parent module): each names the
+/// other through `crate::…` or `super::…`, grouped imports (`use super::{a, b}`) included.
+/// A parent and its children may name each other (a `mod.rs` declares them).
+fn sibling_arrows() -> BTreeMap<String, BTreeSet<String>> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    let mut stack = vec![src.clone()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                files.push(path);
+            }
+        }
+    }
+    let modules: BTreeSet<Vec<String>> = files.iter().map(|f| module_of(f, &src)).collect();
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for file in &files {
+        let me = module_of(file, &src);
+        // The crate's roots, and the rooms themselves (their arrows are the rooms' test).
+        if me.len() < 2 {
+            continue;
+        }
+        // `super` is the parent of the module the file makes (`graph::types` → `graph`).
+        let parent: Vec<String> = me[..me.len() - 1].to_vec();
+        let here = graph.entry(me.join("::")).or_default();
+        let text = std::fs::read_to_string(file).unwrap();
+        let code: String = text
+            .lines()
+            .map(|l| l.split("//").next().unwrap_or(""))
+            .collect::<Vec<_>>()
+            .join("\n");
+        for (root, base) in [("crate::", Vec::new()), ("super::", parent.clone())] {
+            for (i, _) in code.match_indices(root) {
+                if i > 0 && code[..i].ends_with(|c: char| c.is_alphanumeric() || c == '_') {
+                    continue;
+                }
+                let rest = &code[i + root.len()..];
+                // `a::b::c`, or each path of a group `{a::b, c}`.
+                let paths: Vec<&str> = match rest.strip_prefix('{') {
+                    Some(group) => group[..group.find('}').unwrap_or(group.len())]
+                        .split(',')
+                        .map(str::trim)
+                        .collect(),
+                    None => vec![rest],
+                };
+                for p in paths {
+                    let mut target = base.clone();
+                    target.extend(
+                        p.split("::")
+                            .map(|s| {
+                                s.chars()
+                                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                                    .collect::<String>()
+                            })
+                            .take_while(|s| !s.is_empty()),
+                    );
+                    // The longest prefix that is a file's module.
+                    while !target.is_empty() && !modules.contains(&target) {
+                        target.pop();
+                    }
+                    let beside = target.len() == me.len()
+                        && target[..target.len().saturating_sub(1)] == me[..me.len() - 1]
+                        && target != me;
+                    if beside {
+                        here.insert(target.join("::"));
+                    }
+                }
+            }
+        }
+    }
+    graph
+}
+
+#[test]
+fn the_files_of_a_room_form_no_cycle() {
+    let graph = sibling_arrows();
+    assert!(
+        graph.values().map(BTreeSet::len).sum::<usize>() > 20,
+        "the arrows between files were not found: {graph:?}"
+    );
+    let mut done = BTreeSet::new();
+    for node in graph.keys() {
+        if let Some(c) = cycle(&graph, node, &mut Vec::new(), &mut done) {
+            panic!(
+                "an import cycle between files of one room: {}",
+                c.join(" → ")
+            );
+        }
     }
 }

@@ -1,0 +1,40 @@
+//! An app's authorization request while it waits in a browser's flow for the user to sign
+//! in: made and answered by `oidc`, kept by `sessions`.
+
+use chrono::{DateTime, Utc};
+use idledger_domain::{AppId, UserId};
+
+/// An app's authorization request, kept in the browser's flow while the user signs in.
+#[derive(Clone, Debug)]
+pub struct AuthRequest {
+    pub(super) app: AppId,
+    pub(super) redirect_uri: String,
+    pub(super) state: Option<String>,
+    pub(super) nonce: Option<String>,
+    pub(super) code_challenge: Option<String>,
+    pub(super) scope: Vec<String>,
+    /// `prompt=login` or `max_age`: a sign-in at or after this time is needed.
+    pub(super) fresh_after: Option<DateTime<Utc>>,
+    /// The user an `id_token_hint` names: the request is answered for them only.
+    pub(super) hinted: Option<UserId>,
+}
+
+impl AuthRequest {
+    /// The origin the browser is sent back to once signed in.
+    pub fn app_origin(&self) -> Option<String> {
+        origin_of(&self.redirect_uri)
+    }
+
+    /// The app asking.
+    pub fn app_id(&self) -> AppId {
+        self.app
+    }
+}
+
+/// `scheme://host[:port]` of a registered address, as a CSP source.
+pub(super) fn origin_of(uri: &str) -> Option<String> {
+    let url = reqwest::Url::parse(uri).ok()?;
+    url.has_host()
+        .then(|| url.origin().ascii_serialization())
+        .filter(|o| o != "null")
+}

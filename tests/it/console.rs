@@ -1035,3 +1035,132 @@ async fn a_next_page_keeps_its_query_and_names_stay_text() {
         .await;
     assert_eq!(d["sso_defaults"]["enabled"], false, "{d}");
 }
+
+/// A user's page carries out its actions and shows their result: a key assigned and
+/// taken away (confirmed), the user as they were before ("As of") and now again,
+/// deactivated (confirmed) and activated; the users list filters by status and domain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_page_carries_out_its_actions_and_shows_the_past() {
+    let app = spawn_app().await;
+    let domain = app.domain("fabrikam.example").await;
+    let domain = domain["id"].as_str().unwrap().to_owned();
+    let other_domain = app.domain("tailspin.example").await;
+    let user = app.user_named(&domain, "Nestor Wilke").await;
+    app.user_named(&domain, "Lynne Robbins").await;
+    app.user_named(other_domain["id"].as_str().unwrap(), "Lidia Holloway")
+        .await;
+    let b = Browser::start().await;
+    b.sign_in(&app.url, &app.admin).await;
+    b.goto(&format!("{}/console/users/{}", app.url, user.0))
+        .await;
+    b.wait_text("h1", "Nestor Wilke").await;
+    b.wait_text("#user-facts", "active").await;
+
+    b.fill("#key-id", "K-0042").await;
+    b.click("#assign-key button[type=submit]").await;
+    b.wait_text("#flash", "Key assigned").await;
+    b.wait_text("#user-facts", "K-0042").await;
+    // A moment after the key came, as the page's own clock writes it.
+    let moment = b
+        .client
+        .execute(
+            "const d = new Date(Date.now() + 1000), p = (n) => String(n).padStart(2, '0');
+             return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}T${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}`;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    b.click("#unassign-key").await;
+    b.client.accept_alert().await.unwrap();
+    b.wait_text("#flash", "Key taken away").await;
+    let facts = b.css("#user-facts").await.text().await.unwrap();
+    assert!(!facts.contains("K-0042"), "{facts}");
+
+    // As of that moment the key was theirs; now it is not.
+    b.client
+        .execute(
+            "document.querySelector('#at').value = arguments[0]",
+            vec![moment],
+        )
+        .await
+        .unwrap();
+    b.click("#as-of button[type=submit]").await;
+    b.wait_text("h1", "(as of").await;
+    b.wait_text("#user-facts", "K-0042").await;
+    b.click("#now").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while b.css("h1").await.text().await.unwrap().contains("as of") {
+        assert!(std::time::Instant::now() < deadline, "still in the past");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let facts = b.css("#user-facts").await.text().await.unwrap();
+    assert!(!facts.contains("K-0042"), "{facts}");
+
+    b.click("#deactivate").await;
+    b.client.accept_alert().await.unwrap();
+    b.wait_text("#flash", "Deactivated").await;
+    b.wait_text("#user-facts", "deactivated").await;
+    let (_, u) = app
+        .call(
+            Some(&app.admin),
+            Method::GET,
+            &format!("/v1/users/{}", user.0),
+            None,
+        )
+        .await;
+    assert_eq!(u["status"], "deactivated", "{u}");
+
+    // The list, by status, then by domain.
+    b.goto(&format!("{}/console/users", app.url)).await;
+    b.wait_text("#users", "Lidia Holloway").await;
+    b.css("#ustatus")
+        .await
+        .select_by_label("deactivated")
+        .await
+        .unwrap();
+    b.click("#user-search button[type=submit]").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = b.css("#users").await.text().await.unwrap();
+        if !text.contains("Lidia") && !text.contains("Lynne") {
+            assert!(text.contains("Nestor Wilke"), "{text}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    b.css("#ustatus").await.select_by_value("").await.unwrap();
+    b.css("#udomain")
+        .await
+        .select_by_value(other_domain["id"].as_str().unwrap())
+        .await
+        .unwrap();
+    b.click("#user-search button[type=submit]").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = b.css("#users").await.text().await.unwrap();
+        if !text.contains("Nestor") && !text.contains("Lynne") {
+            assert!(text.contains("Lidia Holloway"), "{text}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Back on the page: activated again.
+    b.goto(&format!("{}/console/users/{}", app.url, user.0))
+        .await;
+    b.wait_text("#user-facts", "deactivated").await;
+    b.click("#activate").await;
+    b.wait_text("#flash", "Activated").await;
+    let (_, u) = app
+        .call(
+            Some(&app.admin),
+            Method::GET,
+            &format!("/v1/users/{}", user.0),
+            None,
+        )
+        .await;
+    assert_eq!(u["status"], "active", "{u}");
+}

@@ -561,7 +561,8 @@ async fn enrol_page(
     Segment(token): Segment,
     headers: HeaderMap,
 ) -> Response {
-    let me = signed_in(&ctx, &headers).is_some();
+    let me = signed_in(&ctx, &headers).map(|(_, session)| session.csrf);
+    let me = me.as_deref();
     let (user, link) = match find_link(&ctx, &token).await {
         LinkLookup::Unknown => return pages::link_unknown(me),
         LinkLookup::Gone(why) => return pages::link_gone(why, me),
@@ -588,6 +589,7 @@ async fn enrol_page(
         domain: &who.domain,
         method: sso.method,
         entra_done,
+        session_csrf: me,
     });
     with_flow_cookie(&ctx, &headers, page, &flow)
 }
@@ -1381,13 +1383,16 @@ fn asks_for_fresh_sign_in(ctx: &Ctx, headers: &HeaderMap, session: &UserSession)
 }
 
 async fn signin_page(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
+    let mut session_csrf = None;
     if let Some((_, session)) = signed_in(&ctx, &headers) {
         if !asks_for_fresh_sign_in(&ctx, &headers, &session) {
             return Redirect::to("/me").into_response();
         }
+        session_csrf = Some(session.csrf);
     }
     let (flow, csrf) = flow_of(&ctx, &headers);
-    with_flow_cookie(&ctx, &headers, pages::signin(&csrf), &flow)
+    let page = pages::signin(&csrf, session_csrf.as_deref());
+    with_flow_cookie(&ctx, &headers, page, &flow)
 }
 
 async fn signin_passkey_options(

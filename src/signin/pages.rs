@@ -152,6 +152,20 @@ pub fn signed_out() -> Response {
     )
 }
 
+/// The bar of every page a signed-in user is shown: the "Sign out" button SIGNIN.md
+/// promises, posting the session's CSRF token.
+fn sign_out_bar(session_csrf: Option<&str>) -> String {
+    match session_csrf {
+        Some(csrf) => format!(
+            r#"<header class="top"><span class="brand">idledger</span>
+<form method="post" action="/signout" class="sign-out"><input type="hidden" name="csrf" value="{}"><button type="submit">Sign out</button></form></header>"#,
+            esc(csrf)
+        ),
+        None => String::new(),
+    }
+}
+
+/// For a signed-in user: the way to their page.
 fn to_me(signed_in: bool) -> &'static str {
     if signed_in {
         "<p><a href=\"/me\">Go to your page</a></p>"
@@ -161,20 +175,22 @@ fn to_me(signed_in: bool) -> &'static str {
 }
 
 /// 404: a link that never existed.
-pub fn link_unknown(signed_in: bool) -> Response {
+/// `session_csrf`: the visitor's session's token, when they are signed in.
+pub fn link_unknown(session_csrf: Option<&str>) -> Response {
     page(
         StatusCode::NOT_FOUND,
         "Enrolment link not found",
         "",
         &format!(
-            "<h1>Enrolment link not found</h1>\n<p role=\"alert\">This enrolment link does not exist. Check that you opened the whole link from your invite, or ask your administrator for a new invite.</p>\n{}",
-            to_me(signed_in)
+            "{}<h1>Enrolment link not found</h1>\n<p role=\"alert\">This enrolment link does not exist. Check that you opened the whole link from your invite, or ask your administrator for a new invite.</p>\n{}",
+            sign_out_bar(session_csrf),
+            to_me(session_csrf.is_some())
         ),
     )
 }
 
 /// 410: used, expired or replaced; nothing can be registered here.
-pub fn link_gone(why: LinkGone, signed_in: bool) -> Response {
+pub fn link_gone(why: LinkGone, session_csrf: Option<&str>) -> Response {
     let (title, text) = match why {
         LinkGone::Used => (
             "Enrolment link already used",
@@ -198,8 +214,9 @@ pub fn link_gone(why: LinkGone, signed_in: bool) -> Response {
         title,
         "",
         &format!(
-            "<h1>{title}</h1>\n<p role=\"alert\">{text}</p>\n<p><a href=\"/signin\">Go to sign-in</a></p>\n{}",
-            to_me(signed_in)
+            "{}<h1>{title}</h1>\n<p role=\"alert\">{text}</p>\n<p><a href=\"/signin\">Go to sign-in</a></p>\n{}",
+            sign_out_bar(session_csrf),
+            to_me(session_csrf.is_some())
         ),
     )
 }
@@ -227,6 +244,8 @@ pub struct EnrolView<'a> {
     pub domain: &'a str,
     pub method: SsoMethod,
     pub entra_done: bool,
+    /// The visitor's session's CSRF token, when they are signed in.
+    pub session_csrf: Option<&'a str>,
 }
 
 fn passkey_name_field() -> &'static str {
@@ -308,17 +327,19 @@ pub fn enrol(v: &EnrolView<'_>) -> Response {
         StatusCode::OK,
         &format!("Enrol {}", v.display_name),
         v.csrf,
-        &format!("{who}\n{body}"),
+        &format!("{}{who}\n{body}", sign_out_bar(v.session_csrf)),
     )
 }
 
 /// `/signin`: a discoverable passkey, or Entra ID for password-and-second-factor users.
-pub fn signin(csrf: &str) -> Response {
+/// Shown to a signed-in user when a fresh sign-in is asked for (`session_csrf`).
+pub fn signin(csrf: &str, session_csrf: Option<&str>) -> Response {
     page(
         StatusCode::OK,
         "Sign in",
         csrf,
-        r#"<h1>Sign in</h1>
+        &(sign_out_bar(session_csrf)
+            + r#"<h1>Sign in</h1>
 <section aria-labelledby="pk-h">
 <h2 id="pk-h">Passwordless</h2>
 <button type="button" data-webauthn="signin" data-options="/signin/passkey/options" data-finish="/signin/passkey">Sign in with a passkey</button>
@@ -330,7 +351,7 @@ pub fn signin(csrf: &str) -> Response {
 <input id="username" name="username" autocomplete="username" placeholder="name@contoso.com" required>
 <button type="submit">Sign in with Entra ID</button>
 </form>
-</section>"#,
+</section>"#),
     )
 }
 
@@ -490,8 +511,7 @@ pub fn me(v: &MeView<'_>) -> Response {
         })
         .collect();
     let main = format!(
-        r#"<header class="top"><span class="brand">idledger</span>
-<form method="post" action="/signout" class="sign-out"><input type="hidden" name="csrf" value="{csrf}"><button type="submit">Sign out</button></form></header>
+        r#"{bar}
 <h1>{name}</h1>
 <p class="who">{upn} · {domain} · {method}</p>
 {notice}
@@ -507,6 +527,7 @@ pub fn me(v: &MeView<'_>) -> Response {
 <table><thead><tr><th>Time</th><th>Method</th><th>App</th><th>Result</th></tr></thead>
 <tbody>{recent}</tbody></table>
 </section>"#,
+        bar = sign_out_bar(Some(v.session_csrf)),
         name = esc(v.display_name),
         upn = esc(v.upn),
         domain = esc(v.domain),

@@ -1299,6 +1299,8 @@ async fn a_live_session_signs_in_again_when_asked_and_is_asked_before_a_sign_out
     let (s, page, to) = browser.get(&format!("{}/signin", w.app.public)).await;
     assert_eq!(s, StatusCode::OK, "sent on to {to:?}");
     assert!(page.contains("Sign in with a passkey"), "{page}");
+    // Still signed in while asked to sign in again: the page offers "Sign out" too.
+    assert!(page.contains(">Sign out</button>"), "{page}");
     let handle = key.user_handle.clone();
     let (s, b) = passkey_sign_in_with(&w, &mut browser, &mut key, Some(&handle)).await;
     assert_eq!(s, StatusCode::OK, "{b}");

@@ -370,6 +370,23 @@ async fn entra_credentials_and_an_authenticator_code_enrol_and_sign_in_with_ever
         "{page}"
     );
     assert!(!page.contains("data-webauthn"));
+    // A signed-in page: it carries "Sign out" (SIGNIN.md), and the button works.
+    assert!(page.contains(">Sign out</button>"), "{page}");
+    let csrf = session_csrf_of(&page);
+    let (s, _, location) = v
+        .post_form(&format!("{}/signout", w.app.public), &[("csrf", &csrf)])
+        .await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    assert_eq!(location.as_deref(), Some("/signin"));
+    let (s, _, _) = v.get(&format!("{}/me", w.app.public)).await;
+    assert_eq!(
+        s,
+        StatusCode::SEE_OTHER,
+        "still signed in after signing out"
+    );
+    let (_, page, _) = v.get(&link).await;
+    assert!(!page.contains(">Sign out</button>"), "{page}");
+    // Signed in again below, through Entra.
 
     // Signing in again: Entra, then codes. The enrolment's code is used; so is each one
     // accepted; a wrong one is refused.

@@ -258,7 +258,14 @@ async fn enrol_alex(w: &World, alex: &str) -> (Visitor, String) {
     let (s, page, _) = v.get(&link).await;
     assert_eq!(s, StatusCode::OK, "{page}");
     assert!(page.contains("<h1>Alex Wilber</h1>"), "{page}");
-    assert!(page.contains("Sign in with Entra ID"));
+    // The controls by the names SIGNIN.md gives them.
+    for name in [
+        ">Sign in with Entra ID</button>",
+        ">Register a passkey</button>",
+        ">Set up an authenticator code</button>",
+    ] {
+        assert!(page.contains(name), "{name} missing: {page}");
+    }
     let csrf = csrf_of(&page);
     // A body the page would never send is refused in the pages' error shape.
     let (s, b) = v
@@ -360,6 +367,11 @@ async fn entra_credentials_and_an_authenticator_code_enrol_and_sign_in_with_ever
         me.contains("<h1>Alex Wilber</h1>") && me.contains("Recent sign-ins"),
         "{me}"
     );
+    assert!(
+        me.contains("<th>Time</th><th>Method</th><th>App</th><th>Result</th>"),
+        "{me}"
+    );
+    assert!(me.contains(">Sign out</button>"), "{me}");
     assert!(me.contains("fed, otp"), "{me}");
     // The link is used up: 410, and nothing to register on the page.
     let link = outbox_link(&w, ALEX);

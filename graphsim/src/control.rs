@@ -62,12 +62,26 @@ pub async fn create_user(State(sim): State<Sim>, Json(u): Json<NewUser>) -> Resp
 pub struct UserPatch {
     user_principal_name: Option<String>,
     display_name: Option<String>,
+    /// `null` clears it; absent leaves it.
+    #[serde(default, deserialize_with = "present")]
     mail: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
     given_name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
     surname: Option<Option<String>>,
     account_enabled: Option<bool>,
     password: Option<String>,
     admin_roles: Option<Vec<String>>,
+}
+
+/// A field that is there, `null` included (serde reads a `null` `Option<Option<_>>` as
+/// absent otherwise).
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 /// Changes a user's attributes (a change delta rounds will report).

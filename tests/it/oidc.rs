@@ -4,7 +4,8 @@
 //! userinfo, refresh with rotation, RP-initiated logout, and what must be refused.
 
 use crate::signin::{
-    csrf_of, enrol_with_key, passkey_sign_in_with, session_csrf_of, signin_world, Visitor,
+    csrf_of, enrol_alex, enrol_with_key, passkey_sign_in_with, session_csrf_of, signin_world,
+    Visitor,
 };
 use crate::support::authenticator::SoftKey;
 use crate::support::World;
@@ -2702,4 +2703,66 @@ async fn an_app_serves_only_its_domains_and_records_each_refusal() {
     )
     .await;
     assert!(get(&q, "code").is_some(), "{q:?}");
+}
+
+/// A sign-in with Entra ID and an authenticator code is told to apps as it was
+/// (SIGNIN.md's claims): `amr` `["fed", "otp"]`, `acr` the method's name, the user's name,
+/// mail and session id; and a user with no mail has no `email` claim (never the UPN).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entra_and_code_sign_in_is_told_to_apps_as_it_was() {
+    let (w, _, alex) = signin_world().await;
+    let (mut v, _) = enrol_alex(&w, &alex).await;
+    let app = register_app(&w, "confidential").await;
+    let client = (
+        app["client_id"].as_str().unwrap(),
+        app["client_secret"].as_str().unwrap(),
+    );
+    let token_url = format!("{}/token", w.app.public);
+    let raw = reqwest::Client::new();
+    let id_token = async |v: &mut Visitor, state: &str| {
+        let code = code_for(
+            v,
+            &w.app.public,
+            client.0,
+            "openid%20profile%20email",
+            state,
+        )
+        .await;
+        let tokens: Value = exchange(&raw, &token_url, client, &code)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        claims_of(tokens["id_token"].as_str().unwrap())
+    };
+    let (_, user) = w
+        .admin(Method::GET, &format!("/v1/users/{alex}"), None)
+        .await;
+    let claims = id_token(&mut v, "s1").await;
+    assert_eq!(claims["sub"], alex.as_str(), "{claims}");
+    assert_eq!(claims["amr"], json!(["fed", "otp"]), "{claims}");
+    assert_eq!(claims["acr"], "password_and_second_factor", "{claims}");
+    assert_eq!(claims["name"], "Alex Wilber", "{claims}");
+    assert_eq!(claims["preferred_username"], user["user_principal_name"]);
+    assert!(user["mail"].is_string(), "{user}");
+    assert_eq!(claims["email"], user["mail"], "{claims}");
+    assert!(claims["sid"].as_str().is_some_and(|s| !s.is_empty()));
+
+    // Entra ID takes Alex's mail away; the next sync brings it here.
+    w.sim(
+        Method::PATCH,
+        &format!("/_sim/users/{}", crate::support::ext(2)),
+        Some(json!({"mail": null})),
+    )
+    .await;
+    w.sync().await;
+    let (_, user) = w
+        .admin(Method::GET, &format!("/v1/users/{alex}"), None)
+        .await;
+    assert!(user["mail"].is_null(), "{user}");
+    let claims = id_token(&mut v, "s2").await;
+    assert!(claims.get("email").is_none(), "{claims}");
+    assert_eq!(claims["preferred_username"], user["user_principal_name"]);
 }

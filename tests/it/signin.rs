@@ -250,7 +250,7 @@ const ALEX_PASSWORD: &str = "Start-Key-2026-02!";
 
 /// Alex enrols: Entra ID through graphsim's form, then an authenticator app. Answers the
 /// visitor (signed in) and the authenticator secret.
-async fn enrol_alex(w: &World, alex: &str) -> (Visitor, String) {
+pub(crate) async fn enrol_alex(w: &World, alex: &str) -> (Visitor, String) {
     invite(w, alex).await;
     let link = outbox_link(w, ALEX);
     assert!(link.starts_with(&w.app.public), "{link}");

@@ -2766,3 +2766,79 @@ async fn an_entra_and_code_sign_in_is_told_to_apps_as_it_was() {
     assert!(claims.get("email").is_none(), "{claims}");
     assert_eq!(claims["preferred_username"], user["user_principal_name"]);
 }
+
+/// SSO turned off for a signed-in user ends what they hold at once: their session here,
+/// their apps' refresh tokens and access tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sso_turned_off_ends_the_session_and_the_apps_tokens() {
+    let (w, adele, _) = signin_world().await;
+    let SignedInWithApp {
+        mut browser,
+        client_id,
+        secret,
+        ..
+    } = signed_in_with_app(&w, &adele).await;
+    let raw = reqwest::Client::new();
+    let token_url = format!("{}/token", w.app.public);
+    let client = (client_id.as_str(), secret.as_str());
+    let code = code_for(
+        &mut browser,
+        &w.app.public,
+        &client_id,
+        "openid%20offline_access",
+        "s",
+    )
+    .await;
+    let tokens: Value = exchange(&raw, &token_url, client, &code)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let refresh = tokens["refresh_token"].as_str().unwrap().to_owned();
+    let access = tokens["access_token"].as_str().unwrap().to_owned();
+    let userinfo = async || {
+        raw.get(format!("{}/userinfo", w.app.public))
+            .bearer_auth(&access)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    assert_eq!(userinfo().await, StatusCode::OK);
+
+    let (s, body) = w
+        .admin(
+            Method::PATCH,
+            &format!("/v1/users/{adele}"),
+            Some(json!({"sso_override": {"enabled": false, "method": "passwordless"}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let r = refresh_with(&raw, &token_url, client, &refresh)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_grant", "{body}");
+    assert_eq!(userinfo().await, StatusCode::UNAUTHORIZED);
+    let (s, _, to) = browser.get(&format!("{}/me", w.app.public)).await;
+    assert_eq!((s, to.as_deref()), (StatusCode::SEE_OTHER, Some("/signin")));
+    // Turned on again: nothing ended comes back.
+    let (s, _) = w
+        .admin(
+            Method::PATCH,
+            &format!("/v1/users/{adele}"),
+            Some(json!({"sso_override": {"enabled": true, "method": "passwordless"}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let r = refresh_with(&raw, &token_url, client, &refresh)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(userinfo().await, StatusCode::UNAUTHORIZED);
+}

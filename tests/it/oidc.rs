@@ -5,7 +5,7 @@
 
 use crate::signin::{
     csrf_of, enrol_alex, enrol_with_key, passkey_sign_in_with, session_csrf_of, signin_world,
-    Visitor,
+    signin_world_in, Visitor,
 };
 use crate::support::authenticator::SoftKey;
 use crate::support::World;
@@ -2841,4 +2841,55 @@ async fn sso_turned_off_ends_the_session_and_the_apps_tokens() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     assert_eq!(userinfo().await, StatusCode::UNAUTHORIZED);
+}
+
+/// A user Entra ID's sync group lost, in a domain whose removal behaviour is *delete*: the
+/// deletion ends their session and their apps' tokens, and their passkey signs no one in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_user_keeps_no_session_and_no_token() {
+    let (w, adele, _) =
+        signin_world_in(crate::support::world(json!({"removal_behavior": "delete"})).await).await;
+    let SignedInWithApp {
+        mut browser,
+        mut key,
+        client_id,
+        secret,
+        ..
+    } = signed_in_with_app(&w, &adele).await;
+    let raw = reqwest::Client::new();
+    let token_url = format!("{}/token", w.app.public);
+    let client = (client_id.as_str(), secret.as_str());
+    let code = code_for(
+        &mut browser,
+        &w.app.public,
+        &client_id,
+        "openid%20offline_access",
+        "s",
+    )
+    .await;
+    let tokens: Value = exchange(&raw, &token_url, client, &code)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let refresh = tokens["refresh_token"].as_str().unwrap().to_owned();
+
+    w.leave(1).await;
+    let run = w.sync().await;
+    assert_eq!(run["counters"]["left"], 1, "{run}");
+    assert!(w.user(1).await.is_none(), "Adele is not deleted: {run}");
+    let r = refresh_with(&raw, &token_url, client, &refresh)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_grant", "{body}");
+    let (s, _, to) = browser.get(&format!("{}/me", w.app.public)).await;
+    assert_eq!((s, to.as_deref()), (StatusCode::SEE_OTHER, Some("/signin")));
+    let handle = key.user_handle.clone();
+    let (s, b) = passkey_sign_in_with(&w, &mut Visitor::new(), &mut key, Some(&handle)).await;
+    assert!(s.is_client_error(), "{s}: {b}");
 }

@@ -166,7 +166,7 @@ pub(crate) async fn signin_world_tuned(
     .await
 }
 
-async fn signin_world_in(w: World) -> (World, String, String) {
+pub(crate) async fn signin_world_in(w: World) -> (World, String, String) {
     w.sync().await;
     w.import_all().await;
     w.sim(

@@ -43,7 +43,7 @@ const DOCUMENTED: &[(&str, &str)] = &[
 ];
 
 /// One scrape: the text, its samples parsed by `prometheus-parse`, and the declared types.
-struct Scrape {
+pub(crate) struct Scrape {
     samples: Vec<prometheus_parse::Sample>,
     types: HashMap<String, String>,
 }
@@ -53,7 +53,7 @@ impl Scrape {
         Scrape::at(&w.app.url).await
     }
 
-    async fn at(url: &str) -> Scrape {
+    pub(crate) async fn at(url: &str) -> Scrape {
         let r = reqwest::get(format!("{url}/metrics")).await.unwrap();
         assert_eq!(r.status(), StatusCode::OK);
         assert!(r.headers()["content-type"]
@@ -78,7 +78,7 @@ impl Scrape {
 
     /// The sum of a counter's or gauge's samples (or a histogram's counts) whose labels
     /// include every pair of `labels`.
-    fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+    pub(crate) fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         self.samples
             .iter()
             .filter(|s| {

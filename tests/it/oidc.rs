@@ -2893,3 +2893,59 @@ async fn a_deleted_user_keeps_no_session_and_no_token() {
     let (s, b) = passkey_sign_in_with(&w, &mut Visitor::new(), &mut key, Some(&handle)).await;
     assert!(s.is_client_error(), "{s}: {b}");
 }
+
+/// Sign-ins and the apps' tokens move their counters (which the dashboard and alerts read):
+/// a passkey sign-in, a code exchanged, a code reused and refused. The counters are the
+/// process's, shared with tests running beside this one: each must have moved at least by
+/// this test's share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_ins_and_app_tokens_are_counted() {
+    use crate::metrics::Scrape;
+    let (w, adele, _) = signin_world().await;
+    let sign_ins = [("method", "passwordless"), ("outcome", "succeeded")];
+    let before = Scrape::at(&w.app.url).await;
+    let SignedInWithApp {
+        mut browser,
+        client_id,
+        secret,
+        ..
+    } = signed_in_with_app(&w, &adele).await;
+    let raw = reqwest::Client::new();
+    let token_url = format!("{}/token", w.app.public);
+    let client = (client_id.as_str(), secret.as_str());
+    let code = code_for(&mut browser, &w.app.public, &client_id, "openid", "s").await;
+    for _ in 0..2 {
+        exchange(&raw, &token_url, client, &code)
+            .send()
+            .await
+            .unwrap();
+    }
+    let moved = |after: &Scrape, name: &str, labels: &[(&str, &str)]| {
+        after.value(name, labels) - before.value(name, labels)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let after = Scrape::at(&w.app.url).await;
+        let counted = [
+            moved(&after, "idledger_sign_ins_total", &sign_ins),
+            moved(
+                &after,
+                "idledger_oidc_tokens_total",
+                &[("outcome", "issued")],
+            ),
+            moved(
+                &after,
+                "idledger_oidc_tokens_total",
+                &[("outcome", "refused")],
+            ),
+        ];
+        if counted.iter().all(|c| *c >= 1.0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sign-ins, tokens issued, tokens refused moved by {counted:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

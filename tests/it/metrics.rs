@@ -148,6 +148,20 @@ async fn metrics_parse_name_every_documented_family_and_move_with_their_work() {
     let id = w.assign_key(2, "K-0002").await;
     let h = w.rotations_settled(&id, 1).await;
     assert_eq!(h[0]["outcome"], "succeeded", "{h:?}");
+    // The agent takes the write and says it is on the key; a second rotation's write is
+    // superseded by a third's, which stays undelivered.
+    let agent = w.app.token("agent", &["K-0002"]).await;
+    let writes = w.agent_writes(&agent).await;
+    let (s, body) = w.ack_written(&agent, &writes[0]).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    for n in 2..=3 {
+        let (s, body) = w
+            .admin(Method::POST, &format!("/v1/users/{id}/rotate"), None)
+            .await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{body}");
+        let h = w.rotations_settled(&id, n).await;
+        assert!(h.iter().all(|r| r["outcome"] == "succeeded"), "{h:?}");
+    }
     // A run's and a rotation's figures are recorded just after their last event, so the
     // scrape is repeated (briefly) until they show.
     let checks: &[(&str, &[(&str, &str)])] = &[
@@ -168,6 +182,9 @@ async fn metrics_parse_name_every_documented_family_and_move_with_their_work() {
         ),
         ("idledger_rotations_total", &[("outcome", "succeeded")]),
         ("idledger_key_writes_total", &[("event", "queued")]),
+        ("idledger_key_writes_total", &[("event", "delivered")]),
+        ("idledger_key_writes_total", &[("event", "acknowledged")]),
+        ("idledger_key_writes_total", &[("event", "superseded")]),
         (
             "idledger_graph_request_duration_seconds",
             &[("operation", "user_update"), ("status", "204")],

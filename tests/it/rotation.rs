@@ -22,7 +22,7 @@ impl World {
     }
 
     /// The writes `agent` is handed now.
-    async fn agent_writes(&self, agent: &str) -> Vec<Value> {
+    pub(crate) async fn agent_writes(&self, agent: &str) -> Vec<Value> {
         let (s, writes) = self
             .app
             .call(Some(agent), Method::GET, "/v1/agent/key-writes", None)
@@ -32,7 +32,7 @@ impl World {
     }
 
     /// `agent`'s answer `written` to its delivery of `write`.
-    async fn ack_written(&self, agent: &str, write: &Value) -> (StatusCode, Value) {
+    pub(crate) async fn ack_written(&self, agent: &str, write: &Value) -> (StatusCode, Value) {
         let path = format!("/v1/agent/key-writes/{}/ack", write["id"].as_str().unwrap());
         let written = json!({"result": "written", "delivery": write["delivery"]});
         self.app

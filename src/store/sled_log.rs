@@ -5,7 +5,7 @@
 //! `meta` (`format`). The derived state — each stream's positions (hence its version) and
 //! the event-id map used for idempotency — lives in memory and is rebuilt from the log on
 //! open with a header-only scan that also checks it (versions contiguous per stream,
-//! positions contiguous, ids unique). See ARCHITECTURE.md for why: on this hardware every
+//! positions contiguous, ids unique). See docs/DESIGN.md (Decisions) for why: on this hardware every
 //! extra sled tree written per group commit cost about 9 µs per entry, which took appends
 //! from 0.74× to 0.23× of raw sled.
 //!
@@ -1066,7 +1066,7 @@ impl Writer {
     /// records, flushes, and only then answers. One group at a time: with callers that
     /// each wait for their answer, writing the next group during this one's flush only
     /// split them into two half-size groups (measured: 44k vs 49k events/s with 64
-    /// writers; see ARCHITECTURE.md).
+    /// writers; see docs/DESIGN.md, Decisions).
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Job>) {
         while let Some(first) = rx.recv().await {
             let mut group = self.open_group();

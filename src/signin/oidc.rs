@@ -1118,6 +1118,9 @@ async fn record_refusal(
     let command = || SignInCommand::RefuseAppToken(refused.clone());
     match decide_with_tries(ctx, user, command).await {
         Ok(_) => true,
+        // One like it was recorded a moment ago (an authorization refusal, which any site
+        // can cause): the trail has it.
+        Err(e) if e.status == StatusCode::TOO_MANY_REQUESTS => false,
         Err(e) => {
             tracing::warn!(%user, error = %e.message, "a token refusal could not be recorded");
             false

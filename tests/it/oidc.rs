@@ -2673,6 +2673,20 @@ async fn an_app_serves_only_its_domains_and_records_each_refusal() {
     let recorded = refusals().await;
     assert_eq!(recorded.len(), 2, "{recorded:?}");
     assert!(recorded[1].contains("access_denied"), "{recorded:?}");
+    // Asked again and again (any site can send the browser here): refused each time,
+    // recorded once a minute.
+    for state in ["s3", "s4", "s5"] {
+        let (_, _, q) = authorize(
+            &mut browser,
+            &format!(
+                "{}/authorize?client_id={client_id}&redirect_uri={REDIRECT}&response_type=code&scope=openid&state={state}",
+                w.app.public
+            ),
+        )
+        .await;
+        assert_eq!(get(&q, "error"), Some("access_denied"), "{q:?}");
+    }
+    assert_eq!(refusals().await.len(), 2);
 
     // A public client: S256 or nothing.
     let spa = register_spa(&w, REDIRECT).await;

@@ -42,6 +42,15 @@ pub struct Family {
 pub struct Families {
     /// Live families (ended ones are removed).
     pub by_id: BTreeMap<uuid::Uuid, Family>,
+    /// When an app's authorization request (`access_denied`) was last refused and recorded.
+    pub authorization_refused_at: BTreeMap<AppId, DateTime<Utc>>,
+}
+
+/// Whether a recorded refusal is of an authorization request: RFC 6749 names the error
+/// `access_denied` at the authorization endpoint only. Any site can send a signed-in
+/// browser there, so these are recorded at most once a minute per app.
+pub fn is_authorization_refusal(reason: &str) -> bool {
+    reason.starts_with("access_denied")
 }
 
 impl Families {
@@ -85,6 +94,9 @@ impl Families {
             Event::AppTokenRefused(e) => {
                 if let Some(f) = e.revoked_family {
                     self.by_id.remove(&f);
+                }
+                if is_authorization_refusal(&e.reason) {
+                    self.authorization_refused_at.insert(e.app_id, e.at);
                 }
             }
             _ => {}

@@ -672,7 +672,19 @@ pub fn decide(s: &UserState, c: SignInCommand) -> Result<Vec<Event>, Rejection> 
             let allowed = allowed(s).map(|_| ()).map_err(|f| f.message().to_owned());
             super::refresh::decide(s, r, allowed)
         }
-        SignInCommand::RefuseAppToken(refused) => Ok(vec![refused.into()]),
+        SignInCommand::RefuseAppToken(refused) => {
+            let recently = super::refresh::is_authorization_refusal(&refused.reason)
+                && s.refresh
+                    .authorization_refused_at
+                    .get(&refused.app_id)
+                    .is_some_and(|t| refused.at - *t < UNCOUNTED_RECORD_EVERY);
+            if recently {
+                return Err(Rejection::Throttled(
+                    "this app's request was refused a moment ago".into(),
+                ));
+            }
+            Ok(vec![refused.into()])
+        }
         SignInCommand::SignIn { proof, app, at } => {
             let factor = proof.factor();
             let events = sign_in(s, proof, app, at);
@@ -1394,6 +1406,36 @@ mod tests {
             failure(&attempt(&s, bad_passkey(), at + UNCOUNTED_RECORD_EVERY)),
             Some(SignInFailure::BadCredential("signature".into()))
         );
+    }
+
+    /// Any site can send a signed-in browser to an app's `/authorize` it is not open to:
+    /// those refusals are recorded once a minute per app, not once per request; a token
+    /// endpoint's refusals always are.
+    #[test]
+    fn authorization_refusals_are_recorded_once_a_minute_per_app() {
+        let s = signed_up(SsoMethod::Passwordless);
+        let refuse = |s: &UserState, app: u128, reason: &str, at| {
+            decide(
+                s,
+                SignInCommand::RefuseAppToken(crate::events::AppTokenRefused {
+                    app_id: AppId(uuid::Uuid::from_u128(app)),
+                    reason: reason.into(),
+                    revoked_family: None,
+                    at,
+                }),
+            )
+        };
+        let denied = "access_denied: this app is not open to the user's domain";
+        let first = refuse(&s, 1, denied, t0()).unwrap();
+        let s = apply(s, &first);
+        let soon = t0() + Duration::seconds(30);
+        assert!(matches!(
+            refuse(&s, 1, denied, soon),
+            Err(Rejection::Throttled(_))
+        ));
+        assert!(refuse(&s, 2, denied, soon).is_ok(), "another app's");
+        assert!(refuse(&s, 1, "invalid_grant: the code expired", soon).is_ok());
+        assert!(refuse(&s, 1, denied, t0() + UNCOUNTED_RECORD_EVERY).is_ok());
     }
 
     /// Any account of the tenant can type a colleague's name and sign in at Entra as

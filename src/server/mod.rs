@@ -261,6 +261,15 @@ pub async fn run(
         return Err(no_public_url(addr));
     };
     tracing::info!(public_url = %public.origin, "users sign in here");
+    // Allowed (a container's port mapped to the host's localhost is a real setup), but
+    // anyone beyond loopback who reaches this listener speaks plain HTTP to it.
+    if !public.https && tls.is_none() && !addr.ip().is_loopback() {
+        tracing::warn!(
+            public_url = %public.origin,
+            %addr,
+            "plain http beyond loopback: sessions and tokens cross the network in the clear and cookies are not Secure; serve with --tls-cert and --tls-key, or behind an HTTPS proxy with an https public_url"
+        );
+    }
     let rotation = config.rotation();
     tracing::info!(
         %addr,

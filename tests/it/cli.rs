@@ -494,3 +494,37 @@ fn serve_without_a_public_url_off_loopback_stops_before_opening_the_log() {
         .unwrap_or_default();
     assert!(made.is_empty(), "the data dir was opened: {made:?}");
 }
+
+/// A plain-http public origin with a listener beyond loopback (a container's port mapped
+/// to the host's localhost) starts, and says at once what it exposes.
+#[test]
+fn serve_warns_of_plain_http_beyond_loopback() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = idledger()
+        .args(["serve", "--listen", "0.0.0.0:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env("IDLEDGER_PUBLIC_URL", "http://localhost:8080")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (found, warned) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("plain http beyond loopback") {
+                let _ = found.send(line);
+            }
+        }
+    });
+    let line = warned.recv_timeout(std::time::Duration::from_secs(60));
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = line.expect("no warning of plain http beyond loopback");
+    assert!(line.contains("WARN"), "{line}");
+}

@@ -1187,27 +1187,8 @@ async fn entra_callback(
         // A name no one may sign in with this way: refused only now, in words that fit
         // any name.
         return match verdict {
-            Ok(oid) => {
-                // Entra proved who signed in: when that is a user of the domain, the
-                // refusal is in their history with its reason (not active, SSO off, not
-                // this method; or another name typed than the one Entra signed in).
-                let proven = {
-                    let p = ctx.app.engine.projector.read();
-                    let id = |oid: &str| p.users.by_external(pending.domain, oid).map(|u| u.id);
-                    id(&oid).or_else(|| id(&oid.to_ascii_lowercase()))
-                };
-                if let Some(proven) = proven {
-                    let _ = decide(
-                        &ctx,
-                        proven,
-                        SignInCommand::SignIn {
-                            proof: Proof::EntraFailed(SignInFailure::EntraUserMismatch),
-                            app: waiting_app_name(&ctx, &flow),
-                            at: chrono::Utc::now(),
-                        },
-                    )
-                    .await;
-                }
+            Ok(oid) | Err(EntraStepFailure::SomeoneElse(oid)) => {
+                record_for_signer(&ctx, pending.domain, &oid, &flow).await;
                 failed(&cannot_use_entra().message)
             }
             Err(EntraStepFailure::Unproven(f) | EntraStepFailure::Proven(f)) => failed(f.message()),
@@ -1242,14 +1223,31 @@ async fn entra_callback(
             tracing::info!(%user, why, "Entra step ended without a token");
             failed(failure.message())
         }
+        Err(EntraStepFailure::SomeoneElse(oid)) => {
+            // Recorded as the mismatch it is on the stream of the name typed, and on the
+            // signer's as when the name was no one's; told in the words a name no one
+            // has gets: "someone else" would tell any colleague that the typed name is a
+            // user who may sign in this way.
+            let recorded = decide(
+                &ctx,
+                user,
+                SignInCommand::SignIn {
+                    proof: Proof::EntraFailed(SignInFailure::EntraUserMismatch),
+                    app: waiting_app_name(&ctx, &flow),
+                    at: chrono::Utc::now(),
+                },
+            )
+            .await;
+            if let Err(e) = recorded.as_ref().map(|_| ()) {
+                if e.status != StatusCode::TOO_MANY_REQUESTS {
+                    tracing::warn!(%user, error = %e.message, "an Entra mismatch could not be recorded");
+                }
+            }
+            record_for_signer(&ctx, pending.domain, &oid, &flow).await;
+            failed(&cannot_use_entra().message)
+        }
         Err(EntraStepFailure::Proven(failure)) => {
-            // Recorded as the mismatch it is, but told in the words a name no one has
-            // gets: "someone else" would tell any colleague that the typed name is a user
-            // who may sign in this way.
-            let message = match failure {
-                SignInFailure::EntraUserMismatch => cannot_use_entra().message,
-                _ => failure.message().to_owned(),
-            };
+            let message = failure.message().to_owned();
             let recorded = decide(
                 &ctx,
                 user,
@@ -1271,6 +1269,35 @@ async fn entra_callback(
     }
 }
 
+/// The Entra step proved `oid` signed in, and not as the user the flow was for (none, or
+/// another): the refusal goes into the signer's own history, the same whatever name was
+/// typed (a record that differed would tell a colleague whether a typed name is a user
+/// who may sign in this way). Nothing when the signer is no user of the domain.
+async fn record_for_signer(ctx: &Ctx, domain: DomainId, oid: &str, flow: &str) {
+    let signer = {
+        let p = ctx.app.engine.projector.read();
+        let id = |oid: &str| p.users.by_external(domain, oid).map(|u| u.id);
+        id(oid).or_else(|| id(&oid.to_ascii_lowercase()))
+    };
+    let Some(signer) = signer else { return };
+    let recorded = decide(
+        ctx,
+        signer,
+        SignInCommand::SignIn {
+            proof: Proof::EntraFailed(SignInFailure::EntraUserMismatch),
+            app: waiting_app_name(ctx, flow),
+            at: chrono::Utc::now(),
+        },
+    )
+    .await;
+    // Throttled: one like it was recorded a moment ago.
+    if let Err(e) = recorded {
+        if e.status != StatusCode::TOO_MANY_REQUESTS {
+            tracing::warn!(user = %signer, error = %e.message, "an Entra refusal could not be recorded");
+        }
+    }
+}
+
 /// Why the Entra step signed no one in.
 enum EntraStepFailure {
     /// Nothing from Entra in hand: an error answer, a code it would not redeem, no
@@ -1280,6 +1307,8 @@ enum EntraStepFailure {
     /// Entra issued an ID token and it does not sign this user in: recorded (and counted
     /// towards the lock where the failure is a guess, see `counts_towards_lock`).
     Proven(SignInFailure),
+    /// Entra signed in `oid`, not the user whose name was typed.
+    SomeoneElse(String),
 }
 
 /// Redeems the code and validates the ID token; the token's `oid` must be the user's (when
@@ -1334,7 +1363,7 @@ async fn check_entra(
     .map_err(|e| EntraStepFailure::Proven(SignInFailure::EntraRefused(e.to_string())))?;
     match external_id {
         Some(id) if !claims.oid.eq_ignore_ascii_case(&id) => {
-            Err(EntraStepFailure::Proven(SignInFailure::EntraUserMismatch))
+            Err(EntraStepFailure::SomeoneElse(claims.oid))
         }
         _ => Ok(claims.oid),
     }

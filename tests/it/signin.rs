@@ -674,14 +674,32 @@ async fn the_entra_step_tells_no_one_who_has_an_account_and_forged_answers_lock_
     // any colleague can do that, so it locks no one, and a burst is recorded once.
     // Nor does the refusal tell him that Alex has an account: a name no one has gets the
     // same page.
+    // Allan's own history has the attempt, the same whatever name he typed: a record that
+    // differed would tell him whether Alex may sign in this way.
+    let allan = w
+        .users("")
+        .await
+        .into_iter()
+        .find(|u| u["user_principal_name"] == "allan.deyoung@contoso.onmicrosoft.com")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let allan_before = w.kinds(&allan).await.len();
+    let before = w.kinds(&alex).await.len();
+    let (s, first) = allan_signs_in_for_alex(&w, None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{first}");
+    assert_eq!(w.kinds(&allan).await[allan_before..], ["SignInFailed"]);
     let (s, nobody) = allan_signs_in_typing(&w, "nobody@contoso.onmicrosoft.com", None).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED, "{nobody}");
-    let before = w.kinds(&alex).await.len();
-    for _ in 0..6 {
+    assert_eq!(first, nobody);
+    for _ in 0..5 {
         let (s, page) = allan_signs_in_for_alex(&w, None).await;
         assert_eq!(s, StatusCode::UNAUTHORIZED, "{page}");
         assert_eq!(page, nobody);
     }
+    // A burst is recorded once on his stream too.
+    assert_eq!(w.kinds(&allan).await.len(), allan_before + 1);
     let kinds = w.kinds(&alex).await;
     assert_eq!(
         kinds[before..],

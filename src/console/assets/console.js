@@ -137,18 +137,22 @@ function pagedTable(table, query, row, empty) {
 }
 
 /// The pages of one listing. A cursor belongs to the query it came from: `first()` reads
-/// `query()` afresh, `next()` goes on with the query of the first page, so a filter
-/// edited but not yet applied never meets another listing's cursor.
+/// `query()` afresh and forgets the old cursor, `next()` goes on with the query of the
+/// first page (and does nothing while that page is on its way), so a filter edited but
+/// not yet applied never meets another listing's cursor. Only the answer to the latest
+/// request is shown: a slow one cannot overwrite a newer listing.
 function pager(query, show) {
-  let base = null, cursor = null;
-  const load = async (after) => {
-    const page = await api("GET", withAfter(base, after));
+  let base = null, cursor = null, latest = 0;
+  const load = async (from, after) => {
+    const ticket = ++latest;
+    const page = await api("GET", withAfter(from, after));
+    if (ticket !== latest) return;
     cursor = page.next;
     show(page, after);
   };
   return {
-    first: () => { base = query(); return load(null); },
-    next: () => load(cursor),
+    first: () => { base = query(); cursor = null; return load(base, null); },
+    next: () => (cursor ? load(base, cursor) : Promise.resolve()),
   };
 }
 

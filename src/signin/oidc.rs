@@ -1232,24 +1232,11 @@ async fn exchange_code(
         // Taken off the registration after the code was issued (a hijacked address).
         Some("the redirect_uri is no longer registered for this client")
     } else {
-        match (&grant.request.code_challenge, form.code_verifier.as_deref()) {
-            (Some(_), Some(verifier)) if !verifier_ok(verifier) => {
-                Some("the code_verifier is not 43 to 128 unreserved characters")
-            }
-            (Some(challenge), Some(verifier)) => {
-                let computed = B64.encode(Sha256::digest(verifier.as_bytes()));
-                (!same_secret(&computed, challenge)).then_some("the code_verifier does not match")
-            }
-            (Some(_), None) => Some("code_verifier is missing"),
-            (None, Some(_)) => Some("no code_challenge was sent with the authorization request"),
-            // `/authorize` asks a public client for S256 already; a code without one is
-            // refused here too, so no path (a registration that changed type, a request
-            // that waited in a flow) gives a public client tokens without PKCE.
-            (None, None) if app.client_type == ClientType::Public => {
-                Some("a public client's code needs PKCE (code_challenge with S256)")
-            }
-            (None, None) => None,
-        }
+        pkce_problem(
+            app.client_type,
+            grant.request.code_challenge.as_deref(),
+            form.code_verifier.as_deref(),
+        )
     };
     // A code stands for a sign-in that is still on: one signed out, ended by a removed
     // method, or taken away (even if given back since) while the code waited must not
@@ -1967,9 +1954,54 @@ fn signed_out_leaving_cookies(ctx: &Ctx, target: &LogoutTarget) -> Response {
     }
 }
 
+/// Why a code's PKCE does not hold, if it does not: the verifier must hash to the
+/// challenge of the authorization request (RFC 7636), and a public client must have sent
+/// one. `/authorize` asks a public client for S256 already; a code without one is refused
+/// here too, so no path (a request that waited in a flow, a registration changed one day)
+/// gives a public client tokens without PKCE.
+fn pkce_problem(
+    client_type: ClientType,
+    challenge: Option<&str>,
+    verifier: Option<&str>,
+) -> Option<&'static str> {
+    match (challenge, verifier) {
+        (Some(_), Some(verifier)) if !verifier_ok(verifier) => {
+            Some("the code_verifier is not 43 to 128 unreserved characters")
+        }
+        (Some(challenge), Some(verifier)) => {
+            let computed = B64.encode(Sha256::digest(verifier.as_bytes()));
+            (!same_secret(&computed, challenge)).then_some("the code_verifier does not match")
+        }
+        (Some(_), None) => Some("code_verifier is missing"),
+        (None, Some(_)) => Some("no code_challenge was sent with the authorization request"),
+        (None, None) if client_type == ClientType::Public => {
+            Some("a public client's code needs PKCE (code_challenge with S256)")
+        }
+        (None, None) => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// RFC 7636's example: verifier `dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk`, challenge
+    /// `E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM`.
+    #[test]
+    fn a_code_holds_its_pkce_and_a_public_clients_needs_one() {
+        let verifier = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+        let challenge = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+        for kind in [ClientType::Public, ClientType::Confidential] {
+            assert_eq!(pkce_problem(kind, Some(challenge), Some(verifier)), None);
+            assert!(
+                pkce_problem(kind, Some(challenge), Some(&verifier.replace('d', "e"))).is_some()
+            );
+            assert!(pkce_problem(kind, Some(challenge), None).is_some());
+            assert!(pkce_problem(kind, None, Some(verifier)).is_some());
+        }
+        assert!(pkce_problem(ClientType::Public, None, None).is_some());
+        assert_eq!(pkce_problem(ClientType::Confidential, None, None), None);
+    }
 
     fn spent(at: Instant) -> Spent {
         Spent {

@@ -2691,7 +2691,7 @@ async fn an_app_serves_only_its_domains_and_records_each_refusal() {
     // A public client: S256 or nothing.
     let spa = register_spa(&w, REDIRECT).await;
     let spa_id = spa["client_id"].as_str().unwrap();
-    let challenge = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGjSstw-cM";
+    let challenge = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
     for pkce in [
         String::new(),
         format!("&code_challenge={challenge}&code_challenge_method=plain"),

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 /// Every family the README documents, with its type.
 const DOCUMENTED: &[(&str, &str)] = &[
+    ("idledger_http_connections_open", "gauge"),
+    ("idledger_http_connections_max", "gauge"),
     ("idledger_http_request_duration_seconds", "histogram"),
     ("idledger_append_commit_duration_seconds", "histogram"),
     ("idledger_append_group_events", "histogram"),

@@ -141,6 +141,9 @@ fn bad_query(message: &str) -> GraphFail {
     GraphFail::new(StatusCode::BAD_REQUEST, "Request_UnsupportedQuery", message)
 }
 
+/// The header in which the request log keeps the host a request was sent to.
+pub(crate) const SERVED_HOST: &str = "x-graphsim-served-host";
+
 /// Checks the bearer token and that it carries one of `any_of` (application permissions).
 fn authorize(sim: &Sim, headers: &HeaderMap, any_of: &[&str]) -> Result<Claims, GraphFail> {
     let unauthorized =
@@ -161,6 +164,20 @@ fn authorize(sim: &Sim, headers: &HeaderMap, any_of: &[&str]) -> Result<Claims, 
         return Err(unauthorized(
             "Access token validation failure. Invalid audience.",
         ));
+    }
+    // Graph takes only tokens issued for itself (`aud` its service root): here, the root
+    // the request came to. A token asked for another resource is refused, as Graph does.
+    let host = headers.get(SERVED_HOST).and_then(|h| h.to_str().ok());
+    let audience = claims
+        .aud
+        .split_once("://")
+        .map(|(_, rest)| rest.trim_end_matches('/'));
+    if let (Some(host), Some(audience)) = (host, audience) {
+        if !audience.eq_ignore_ascii_case(host) {
+            return Err(unauthorized(
+                "Access token validation failure. Invalid audience.",
+            ));
+        }
     }
     if !claims.roles.iter().any(|r| any_of.contains(&r.as_str())) {
         return Err(GraphFail::new(

@@ -155,6 +155,12 @@ async fn loopback_only(req: Request, next: Next) -> Response {
 
 /// Logs the request, applies a matching fault, and stamps `request-id` on the answer.
 async fn log_and_faults(State(sim): State<Sim>, mut req: Request, next: Next) -> Response {
+    // The host the request was sent to, kept before `link-host` rewrites it (a token's
+    // audience is checked against it); set here whatever the client sent.
+    match req.headers().get(axum::http::header::HOST).cloned() {
+        Some(served) => req.headers_mut().insert(graph::SERVED_HOST, served),
+        None => req.headers_mut().remove(graph::SERVED_HOST),
+    };
     if let Some(host) = sim.lock().link_host.clone() {
         if let Ok(v) = HeaderValue::from_str(&host) {
             req.headers_mut().insert(axum::http::header::HOST, v);

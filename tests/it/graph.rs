@@ -964,3 +964,45 @@ async fn delta_with_parentheses_and_unknown_paths_answer_as_graph_does() {
     assert_eq!(s, 200, "{one}");
     assert!(one["displayName"].is_string(), "{one}");
 }
+
+/// graphsim, as Graph, takes only tokens issued for itself: one asked for another resource
+/// (`scope` of another service root) is refused with Graph's 401, and one for its own root
+/// is taken.
+#[tokio::test]
+async fn a_token_for_another_resource_is_refused() {
+    let (url, _sim) = sim(100).await;
+    let http = reqwest::Client::new();
+    let token_for = async |scope: &str| {
+        let answer: Value = http
+            .post(format!("{url}/{TENANT}/oauth2/v2.0/token"))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", APP),
+                ("client_secret", "contoso-demo-secret"),
+                ("scope", scope),
+            ])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        answer["access_token"].as_str().unwrap().to_owned()
+    };
+    let users = async |token: &str| {
+        let r = http
+            .get(format!("{url}/v1.0/users?$select=id"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    };
+    let elsewhere = token_for("https://graph.microsoft.com/.default").await;
+    let (status, err) = users(&elsewhere).await;
+    assert_eq!(status, 401, "{err}");
+    assert_eq!(err["error"]["code"], "InvalidAuthenticationToken", "{err}");
+    let own = token_for(&format!("{url}/.default")).await;
+    let (status, body) = users(&own).await;
+    assert_eq!(status, 200, "{body}");
+}

@@ -1228,21 +1228,7 @@ async fn entra_callback(
             // signer's as when the name was no one's; told in the words a name no one
             // has gets: "someone else" would tell any colleague that the typed name is a
             // user who may sign in this way.
-            let recorded = decide(
-                &ctx,
-                user,
-                SignInCommand::SignIn {
-                    proof: Proof::EntraFailed(SignInFailure::EntraUserMismatch),
-                    app: waiting_app_name(&ctx, &flow),
-                    at: chrono::Utc::now(),
-                },
-            )
-            .await;
-            if let Err(e) = recorded.as_ref().map(|_| ()) {
-                if e.status != StatusCode::TOO_MANY_REQUESTS {
-                    tracing::warn!(%user, error = %e.message, "an Entra mismatch could not be recorded");
-                }
-            }
+            record_mismatch(&ctx, user, &flow).await;
             record_for_signer(&ctx, pending.domain, &oid, &flow).await;
             failed(&cannot_use_entra().message)
         }
@@ -1279,10 +1265,17 @@ async fn record_for_signer(ctx: &Ctx, domain: DomainId, oid: &str, flow: &str) {
         let id = |oid: &str| p.users.by_external(domain, oid).map(|u| u.id);
         id(oid).or_else(|| id(&oid.to_ascii_lowercase()))
     };
-    let Some(signer) = signer else { return };
+    if let Some(signer) = signer {
+        record_mismatch(ctx, signer, flow).await;
+    }
+}
+
+/// Records on `user`'s stream that the Entra step signed in someone other than the user
+/// the flow was for.
+async fn record_mismatch(ctx: &Ctx, user: UserId, flow: &str) {
     let recorded = decide(
         ctx,
-        signer,
+        user,
         SignInCommand::SignIn {
             proof: Proof::EntraFailed(SignInFailure::EntraUserMismatch),
             app: waiting_app_name(ctx, flow),
@@ -1293,7 +1286,7 @@ async fn record_for_signer(ctx: &Ctx, domain: DomainId, oid: &str, flow: &str) {
     // Throttled: one like it was recorded a moment ago.
     if let Err(e) = recorded {
         if e.status != StatusCode::TOO_MANY_REQUESTS {
-            tracing::warn!(user = %signer, error = %e.message, "an Entra refusal could not be recorded");
+            tracing::warn!(%user, error = %e.message, "an Entra refusal could not be recorded");
         }
     }
 }

@@ -2781,39 +2781,54 @@ async fn an_entra_and_code_sign_in_is_told_to_apps_as_it_was() {
     assert_eq!(claims["preferred_username"], user["user_principal_name"]);
 }
 
+/// Tokens with a refresh token (`offline_access`) for the browser signed in with `s`.
+async fn offline_tokens(w: &World, s: &mut SignedInWithApp) -> Value {
+    let scope = "openid%20offline_access";
+    let code = code_for(&mut s.browser, &w.app.public, &s.client_id, scope, "s").await;
+    let token_url = format!("{}/token", w.app.public);
+    exchange(
+        &reqwest::Client::new(),
+        &token_url,
+        (&s.client_id, &s.secret),
+        &code,
+    )
+    .send()
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap()
+}
+
+/// `s`'s app refreshing with `token`: the status and the `error` code.
+async fn refresh_answer(w: &World, s: &SignedInWithApp, token: &str) -> (StatusCode, Value) {
+    let token_url = format!("{}/token", w.app.public);
+    let r = refresh_with(
+        &reqwest::Client::new(),
+        &token_url,
+        (&s.client_id, &s.secret),
+        token,
+    )
+    .send()
+    .await
+    .unwrap();
+    let status = r.status();
+    let body: Value = r.json().await.unwrap();
+    (status, body["error"].clone())
+}
+
 /// SSO turned off for a signed-in user ends what they hold at once: their session here,
 /// their apps' refresh tokens and access tokens.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sso_turned_off_ends_the_session_and_the_apps_tokens() {
     let (w, adele, _) = signin_world().await;
-    let SignedInWithApp {
-        mut browser,
-        client_id,
-        secret,
-        ..
-    } = signed_in_with_app(&w, &adele).await;
-    let raw = reqwest::Client::new();
-    let token_url = format!("{}/token", w.app.public);
-    let client = (client_id.as_str(), secret.as_str());
-    let code = code_for(
-        &mut browser,
-        &w.app.public,
-        &client_id,
-        "openid%20offline_access",
-        "s",
-    )
-    .await;
-    let tokens: Value = exchange(&raw, &token_url, client, &code)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let mut app = signed_in_with_app(&w, &adele).await;
+    let tokens = offline_tokens(&w, &mut app).await;
     let refresh = tokens["refresh_token"].as_str().unwrap().to_owned();
     let access = tokens["access_token"].as_str().unwrap().to_owned();
     let userinfo = async || {
-        raw.get(format!("{}/userinfo", w.app.public))
+        reqwest::Client::new()
+            .get(format!("{}/userinfo", w.app.public))
             .bearer_auth(&access)
             .send()
             .await
@@ -2821,39 +2836,26 @@ async fn sso_turned_off_ends_the_session_and_the_apps_tokens() {
             .status()
     };
     assert_eq!(userinfo().await, StatusCode::OK);
+    let sso = async |enabled: bool| {
+        let (s, body) = w
+            .admin(
+                Method::PATCH,
+                &format!("/v1/users/{adele}"),
+                Some(json!({"sso_override": {"enabled": enabled, "method": "passwordless"}})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+    };
+    let refused = (StatusCode::BAD_REQUEST, json!("invalid_grant"));
 
-    let (s, body) = w
-        .admin(
-            Method::PATCH,
-            &format!("/v1/users/{adele}"),
-            Some(json!({"sso_override": {"enabled": false, "method": "passwordless"}})),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK, "{body}");
-    let r = refresh_with(&raw, &token_url, client, &refresh)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
-    let body: Value = r.json().await.unwrap();
-    assert_eq!(body["error"], "invalid_grant", "{body}");
+    sso(false).await;
+    assert_eq!(refresh_answer(&w, &app, &refresh).await, refused);
     assert_eq!(userinfo().await, StatusCode::UNAUTHORIZED);
-    let (s, _, to) = browser.get(&format!("{}/me", w.app.public)).await;
+    let (s, _, to) = app.browser.get(&format!("{}/me", w.app.public)).await;
     assert_eq!((s, to.as_deref()), (StatusCode::SEE_OTHER, Some("/signin")));
     // Turned on again: nothing ended comes back.
-    let (s, _) = w
-        .admin(
-            Method::PATCH,
-            &format!("/v1/users/{adele}"),
-            Some(json!({"sso_override": {"enabled": true, "method": "passwordless"}})),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK);
-    let r = refresh_with(&raw, &token_url, client, &refresh)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    sso(true).await;
+    assert_eq!(refresh_answer(&w, &app, &refresh).await, refused);
     assert_eq!(userinfo().await, StatusCode::UNAUTHORIZED);
 }
 
@@ -2863,48 +2865,22 @@ async fn sso_turned_off_ends_the_session_and_the_apps_tokens() {
 async fn a_deleted_user_keeps_no_session_and_no_token() {
     let (w, adele, _) =
         signin_world_in(crate::support::world(json!({"removal_behavior": "delete"})).await).await;
-    let SignedInWithApp {
-        mut browser,
-        mut key,
-        client_id,
-        secret,
-        ..
-    } = signed_in_with_app(&w, &adele).await;
-    let raw = reqwest::Client::new();
-    let token_url = format!("{}/token", w.app.public);
-    let client = (client_id.as_str(), secret.as_str());
-    let code = code_for(
-        &mut browser,
-        &w.app.public,
-        &client_id,
-        "openid%20offline_access",
-        "s",
-    )
-    .await;
-    let tokens: Value = exchange(&raw, &token_url, client, &code)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let mut app = signed_in_with_app(&w, &adele).await;
+    let tokens = offline_tokens(&w, &mut app).await;
     let refresh = tokens["refresh_token"].as_str().unwrap().to_owned();
 
     w.leave(1).await;
     let run = w.sync().await;
     assert_eq!(run["counters"]["left"], 1, "{run}");
     assert!(w.user(1).await.is_none(), "Adele is not deleted: {run}");
-    let r = refresh_with(&raw, &token_url, client, &refresh)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
-    let body: Value = r.json().await.unwrap();
-    assert_eq!(body["error"], "invalid_grant", "{body}");
-    let (s, _, to) = browser.get(&format!("{}/me", w.app.public)).await;
+    assert_eq!(
+        refresh_answer(&w, &app, &refresh).await,
+        (StatusCode::BAD_REQUEST, json!("invalid_grant"))
+    );
+    let (s, _, to) = app.browser.get(&format!("{}/me", w.app.public)).await;
     assert_eq!((s, to.as_deref()), (StatusCode::SEE_OTHER, Some("/signin")));
-    let handle = key.user_handle.clone();
-    let (s, b) = passkey_sign_in_with(&w, &mut Visitor::new(), &mut key, Some(&handle)).await;
+    let handle = app.key.user_handle.clone();
+    let (s, b) = passkey_sign_in_with(&w, &mut Visitor::new(), &mut app.key, Some(&handle)).await;
     assert!(s.is_client_error(), "{s}: {b}");
 }
 

@@ -10,6 +10,7 @@
 
 pub mod domains;
 pub mod key_writes;
+pub mod names;
 pub mod provider;
 pub mod rotations;
 pub mod signins;
@@ -306,7 +307,7 @@ mod tests {
     }
 
     #[test]
-    fn first_matching_pages_as_the_id_order_walk_does() {
+    fn searches_page_as_the_id_order_walk_does() {
         let mut p = Projections::new();
         // Ids given out of order, so storage order is not id order.
         for (position, n) in (0u64..).zip([7u128, 3, 11, 1, 9, 5, 2, 8, 4, 10, 6]) {
@@ -326,23 +327,25 @@ mod tests {
             }
         }
         let odd = |u: &crate::UserView| u.id.0.as_u128() % 2 == 1;
-        for after in [None, Some(3u128), Some(6), Some(11)] {
-            let after = after.map(|a| UserId(uuid::Uuid::from_u128(a)));
-            for n in [0, 1, 2, 10] {
-                let walked: Vec<UserId> = p
-                    .users
-                    .iter_after(after)
-                    .filter(|u| odd(u))
-                    .take(n)
-                    .map(|u| u.id)
-                    .collect();
-                let found: Vec<UserId> = p
-                    .users
-                    .first_matching(after, n, odd)
-                    .iter()
-                    .map(|u| u.id)
-                    .collect();
-                assert_eq!(found, walked, "after {after:?}, {n}");
+        for needle in ["u", "1", "", "x"] {
+            for after in [None, Some(3u128), Some(6), Some(11)] {
+                let after = after.map(|a| UserId(uuid::Uuid::from_u128(a)));
+                for n in [0, 1, 2, 10] {
+                    let walked: Vec<UserId> = p
+                        .users
+                        .iter_after(after)
+                        .filter(|u| odd(u) && u.attributes.display_name.contains(needle))
+                        .take(n)
+                        .map(|u| u.id)
+                        .collect();
+                    let found: Vec<UserId> = p
+                        .users
+                        .search(after, n, needle, odd)
+                        .iter()
+                        .map(|u| u.id)
+                        .collect();
+                    assert_eq!(found, walked, "{needle:?} after {after:?}, {n}");
+                }
             }
         }
     }

@@ -1,5 +1,6 @@
 //! The users projection: every user the engine knows, candidates included.
 
+use crate::names::NameIndex;
 use chrono::{DateTime, Utc};
 use idledger_domain::rotation::{self, PasswordState};
 use idledger_domain::{
@@ -160,6 +161,9 @@ pub struct Users {
     /// assignment is checked here: a scan of every user per assignment would not scale.
     #[serde(skip)]
     by_key: FxHashMap<KeyId, Vec<UserId>>,
+    /// Every user's names (deleted users' too), for searches.
+    #[serde(skip)]
+    names: NameIndex,
 }
 
 /// Adds `id` under `name` in the principal name index.
@@ -202,7 +206,7 @@ fn unindex_principal(index: &mut FxHashMap<String, Vec<UserId>>, name: &str, id:
     unindex_under(index, &name.to_ascii_lowercase(), id);
 }
 
-/// A user on [`Users::first_matching`]'s heap, ordered by its id alone (which comes first
+/// A user on [`Users::search`]'s heap, ordered by its id alone (which comes first
 /// in the tuple, so this order is never consulted between distinct ids).
 struct HeapUser<'a>(&'a UserView);
 
@@ -298,26 +302,31 @@ impl Users {
             .filter_map(move |id| self.view(id))
     }
 
-    /// The first `n` users in id order after `after` for which `keep` holds. For searches:
-    /// one pass over the users in storage order (no id-order walk with a lookup per user),
-    /// keeping only the `n` smallest ids on a heap.
-    pub fn first_matching(
+    /// The first `n` users in id order after `after` whose principal name or display name
+    /// holds `needle` (lower case) and for which `keep` holds. One pass over the name index
+    /// in its own order, keeping the `n` smallest ids on a heap: a user is looked up only
+    /// when its names match and its id would make the page.
+    pub fn search(
         &self,
         after: Option<UserId>,
         n: usize,
+        needle: &str,
         mut keep: impl FnMut(&UserView) -> bool,
     ) -> Vec<&UserView> {
+        if n == 0 {
+            return Vec::new();
+        }
         let mut best: std::collections::BinaryHeap<(UserId, HeapUser<'_>)> =
             std::collections::BinaryHeap::with_capacity(n + 1);
-        for u in self.by_id.values() {
-            if after.is_some_and(|a| u.id <= a) || n == 0 {
+        for id in self.names.matching(needle) {
+            if after.is_some_and(|a| id <= a)
+                || (best.len() == n && best.peek().is_some_and(|(top, _)| id >= *top))
+            {
                 continue;
             }
-            if best.len() == n && best.peek().is_some_and(|(top, _)| u.id >= *top) {
-                continue;
-            }
+            let Some(u) = self.view(&id) else { continue };
             if keep(u) {
-                best.push((u.id, HeapUser(u)));
+                best.push((id, HeapUser(u)));
                 if best.len() > n {
                     best.pop();
                 }
@@ -351,6 +360,8 @@ impl Users {
                     u.version = env.version;
                     u.last_position = env.position;
                     reindex_principal(&mut self.by_principal, u, &e.attributes.user_principal_name);
+                    let a = &e.attributes;
+                    self.names.set(id, &a.user_principal_name, &a.display_name);
                     u.attributes = e.attributes;
                 }
             }
@@ -397,6 +408,8 @@ impl Users {
                 &e.attributes.user_principal_name,
                 id,
             );
+            let a = &e.attributes;
+            self.names.set(id, &a.user_principal_name, &a.display_name);
             self.order.insert(id);
             self.by_id.insert(id, Box::new(view));
             return;
@@ -410,6 +423,8 @@ impl Users {
         match &env.event {
             Event::UserAttributesChanged(e) => {
                 reindex_principal(&mut self.by_principal, u, &e.attributes.user_principal_name);
+                let a = &e.attributes;
+                self.names.set(id, &a.user_principal_name, &a.display_name);
                 u.attributes = e.attributes.clone();
             }
             Event::UserImported(e) => {

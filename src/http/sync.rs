@@ -490,18 +490,13 @@ pub async fn candidates(
     let p = read_domain(&s, domain, q.min_position).await?;
     let needle = q.q.as_deref().map(str::to_lowercase);
     let keep = |u: &idledger_projections::UserView| {
-        u.domain_id == domain
-            && u.status == UserStatus::Candidate
-            && u.in_sync_group
-            && needle
-                .as_deref()
-                .is_none_or(|n| super::users::matches(u, n))
+        u.domain_id == domain && u.status == UserStatus::Candidate && u.in_sync_group
     };
     let after = q.after.map(UserId);
-    let (items, next) = if needle.is_some() {
+    let (items, next) = if let Some(needle) = &needle {
         let limit = super::page_limit(q.limit)?;
         page_of(
-            p.users.first_matching(after, limit + 1, keep).into_iter(),
+            p.users.search(after, limit + 1, needle, keep).into_iter(),
             Some(limit),
             |u| u.id,
         )?

@@ -280,15 +280,14 @@ pub async fn list(
             && (q.include_deleted
                 || status == Some(UserStatus::Deleted)
                 || u.status != UserStatus::Deleted)
-            && needle.as_deref().is_none_or(|n| matches(u, n))
     };
     let after = q.after.map(UserId);
-    let (items, next) = if needle.is_some() {
-        // A search may match few users anywhere: one pass in storage order beats the
-        // id-order walk to the end (see `Users::first_matching`).
+    let (items, next) = if let Some(needle) = &needle {
+        // A search may match few users anywhere: one pass over the name index beats the
+        // id-order walk to the end (see `Users::search`).
         let limit = super::page_limit(q.limit)?;
         super::page_of(
-            p.users.first_matching(after, limit + 1, keep).into_iter(),
+            p.users.search(after, limit + 1, needle, keep).into_iter(),
             Some(limit),
             |u| u.id,
         )?
@@ -307,15 +306,6 @@ pub async fn list(
         })
         .collect();
     Ok(page(items, next))
-}
-
-/// The user's principal name or display name holds `needle` (lower case).
-pub fn matches(u: &idledger_projections::UserView, needle: &str) -> bool {
-    u.attributes
-        .user_principal_name
-        .to_lowercase()
-        .contains(needle)
-        || u.attributes.display_name.to_lowercase().contains(needle)
 }
 
 /// `GET /v1/users/{id}` parameters.

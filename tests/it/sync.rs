@@ -900,6 +900,24 @@ async fn deletion_disabling_and_attribute_changes_in_entra_arrive_as_events() {
     assert_eq!(renamed["display_name"], "Renamed Person");
     assert_eq!(renamed["mail"], "renamed@contoso.com");
     assert_eq!(renamed["status"], "active");
+    // Searches find the user by the new name, not the old one.
+    let search = |q: &str| {
+        let url = format!("/v1/users?domain={}&q={q}", w.domain);
+        let w = &w;
+        async move {
+            let (s, body) = w.admin(Method::GET, &url, None).await;
+            assert_eq!(s, StatusCode::OK, "{body}");
+            body["items"].as_array().unwrap().clone()
+        }
+    };
+    let found = search("renamed%20pers").await;
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0]["id"], renamed["id"]);
+    let old_name = before9["display_name"].as_str().unwrap().to_lowercase();
+    assert!(!search(&urlencoding::encode(&old_name))
+        .await
+        .iter()
+        .any(|u| u["id"] == renamed["id"]));
     // Graph names an updated user with only what changed: the rest stays as recorded.
     for (now, before) in [(&disabled, &before8), (&renamed, &before9)] {
         for field in ["user_principal_name", "given_name", "surname"] {
@@ -2130,6 +2148,15 @@ async fn candidates_runs_outcomes_domains_and_timelines_page() {
     assert_eq!(ids.len(), 29, "no item twice");
     let (found, _) = all_pages(&w, &format!("/v1/domains/{d}/candidates?q=ADELE"), 10).await;
     assert_eq!(found.len(), 1, "{found:?}");
+    // A search every candidate matches pages as the listing does, in id order.
+    let (found, pages) = all_pages(&w, &format!("/v1/domains/{d}/candidates?q=contoso"), 10).await;
+    assert_eq!(pages, 3);
+    let listed: Vec<&str> = candidates
+        .iter()
+        .map(|u| u["id"].as_str().unwrap())
+        .collect();
+    let searched: Vec<&str> = found.iter().map(|u| u["id"].as_str().unwrap()).collect();
+    assert_eq!(searched, listed);
     let run_id = run["run_id"].as_str().unwrap();
     let (outcomes, pages) = all_pages(
         &w,

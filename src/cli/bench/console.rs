@@ -199,6 +199,11 @@ pub async fn console(args: ConsoleArgs) -> Result<ExitCode, Error> {
             "users search",
             vec![format!("/v1/users?limit=50&q=user{last}")],
         ),
+        // Every name holds it: the most users a search can look at.
+        (
+            "users search, all match",
+            vec!["/v1/users?limit=50&q=bench".into()],
+        ),
         (
             "import",
             vec![
@@ -210,6 +215,10 @@ pub async fn console(args: ConsoleArgs) -> Result<ExitCode, Error> {
         (
             "import search",
             vec![format!("/v1/domains/{d}/candidates?limit=50&q=user{last}")],
+        ),
+        (
+            "import search, all match",
+            vec![format!("/v1/domains/{d}/candidates?limit=50&q=bench")],
         ),
         (
             "user",

@@ -65,6 +65,29 @@ impl Frontier {
         self.size += 1;
     }
 
+    /// Adds a complete subtree of `leaves` leaves whose root is `root`, as pushing its
+    /// leaves one by one would: readers that hash aligned ranges of a log in parallel
+    /// hand over one root a range. `leaves` must be a power of two dividing the size so
+    /// far (the subtree sits where RFC 9162's tree has it); anything else is refused.
+    pub fn push_subtree(&mut self, root: Hash, leaves: u64) -> Result<(), MisplacedSubtree> {
+        if !leaves.is_power_of_two() || !self.size.is_multiple_of(leaves) {
+            return Err(MisplacedSubtree {
+                size: self.size,
+                leaves,
+            });
+        }
+        let mut hash = root;
+        let mut size = self.size / leaves;
+        while size & 1 == 1 {
+            let left = self.edge.pop().unwrap_or_default();
+            hash = node_hash(&left, &hash);
+            size >>= 1;
+        }
+        self.edge.push(hash);
+        self.size += leaves;
+        Ok(())
+    }
+
     /// Leaves so far.
     pub fn size(&self) -> u64 {
         self.size
@@ -81,6 +104,14 @@ impl Frontier {
         }
         right
     }
+}
+
+/// A subtree that is not a complete one at the right edge of the tree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("a subtree of {leaves} leaves cannot follow {size} leaves")]
+pub struct MisplacedSubtree {
+    size: u64,
+    leaves: u64,
 }
 
 /// A proof that does not hold, or a question a proof cannot answer.
@@ -458,6 +489,37 @@ mod tests {
             f.push(leaf_hash(leaf));
             assert_eq!(hex(&f.root()), root, "size {}", f.size());
         }
+    }
+
+    #[test]
+    fn subtrees_pushed_whole_give_the_tree_of_their_leaves() {
+        let leaf = |i: u64| leaf_hash(&i.to_be_bytes());
+        for (width, ranges, tail) in [(1u64, 5u64, 0u64), (4, 3, 3), (8, 6, 5), (16, 1, 0)] {
+            let mut whole = Frontier::new();
+            let mut by_leaf = Frontier::new();
+            for r in 0..ranges {
+                let mut sub = Frontier::new();
+                for i in r * width..(r + 1) * width {
+                    sub.push(leaf(i));
+                    by_leaf.push(leaf(i));
+                }
+                whole.push_subtree(sub.root(), width).unwrap();
+                assert_eq!(whole, by_leaf, "width {width}, range {r}");
+            }
+            for i in ranges * width..ranges * width + tail {
+                whole.push(leaf(i));
+                by_leaf.push(leaf(i));
+            }
+            assert_eq!(whole.root(), by_leaf.root());
+        }
+        let mut odd = Frontier::new();
+        odd.push(leaf(0));
+        assert!(odd.push_subtree(leaf(1), 2).is_err(), "not at a multiple");
+        assert!(
+            Frontier::new().push_subtree(leaf(1), 3).is_err(),
+            "not a power of two"
+        );
+        assert!(Frontier::new().push_subtree(leaf(1), 0).is_err());
     }
 
     #[test]

@@ -22,7 +22,7 @@ use super::{
 use chrono::{DateTime, Utc};
 use idledger_domain::envelope::{decode_record, encode_record, RawRecord, RecordFields};
 use idledger_domain::{Envelope, Hash, StreamId};
-use idledger_replay::tree::leaf_hash;
+use idledger_replay::tree::{leaf_hash, Frontier};
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -502,6 +502,29 @@ fn read_key(key: &[u8], near: u64) -> Result<u64, StoreError> {
     read_be(key).ok_or_else(|| corrupt(near, "log key is not 8 bytes"))
 }
 
+/// The leaf hashes of positions `from..=to`, every one of them there.
+fn range_of_tree(
+    log: &sled::Tree,
+    layout: Layout,
+    from: u64,
+    to: u64,
+) -> Result<Vec<Hash>, StoreError> {
+    let mut leaves = Vec::with_capacity((to - from + 1) as usize);
+    let mut expected = from;
+    for item in raw_iter(log, layout, from, to) {
+        let (pos, bytes) = item?;
+        if pos != expected {
+            return Err(corrupt(expected, format!("missing (next is {pos})")));
+        }
+        leaves.push(leaf_hash(&bytes));
+        expected += 1;
+    }
+    if expected != to + 1 {
+        return Err(corrupt(expected, "missing"));
+    }
+    Ok(leaves)
+}
+
 /// The records from `from` through `through` in position order. A damaged entry ends the
 /// iteration with its error.
 fn raw_iter(log: &sled::Tree, layout: Layout, from: u64, through: u64) -> RawIter {
@@ -714,25 +737,37 @@ impl RawStore {
         Ok(last_record(&self.log, self.layout)?.map_or(0, |(p, _)| p))
     }
 
-    /// The leaf hashes of positions `1..=through` in order, handed to `sink` a range at a
-    /// time, read and hashed on `threads` threads, each reading its own ranges of the
-    /// store (one reader thread cannot keep up with sled: reading is most of the work).
+    /// The Merkle tree of positions `1..=through`, recomputed from the records on
+    /// `threads` threads. Each reads its own ranges of the store (one reader cannot keep
+    /// up with sled: reading is most of the work) and hashes a whole range up to its root:
+    /// ranges are aligned powers of two, complete subtrees of the log's tree, so the thread
+    /// that joins them hashes one node a range instead of one a record.
     /// A missing position is an error: a tree over a log with a gap proves nothing.
-    pub fn leaves(
+    pub fn tree(&self, through: u64, threads: usize) -> Result<Frontier, StoreError> {
+        self.tree_by_ranges(through, threads, 1 << 14)
+    }
+
+    /// [`RawStore::tree`] in ranges of `range` records (a power of two).
+    fn tree_by_ranges(
         &self,
         through: u64,
         threads: usize,
-        mut sink: impl FnMut(&[Hash]),
-    ) -> Result<(), StoreError> {
-        const RANGE: u64 = 1 << 14;
-        let ranges = through.div_ceil(RANGE);
+        range: u64,
+    ) -> Result<Frontier, StoreError> {
+        /// What a reader hands over for a range: the root of a whole one, the leaves of
+        /// the last (shorter) one.
+        enum Part {
+            Whole(Hash),
+            Leaves(Vec<Hash>),
+        }
+        let ranges = through.div_ceil(range);
         let next = AtomicU64::new(0);
         let threads = threads.clamp(1, 16);
         std::thread::scope(|scope| {
             // Ranges are handed out in order, so the reordering below holds about one per
             // thread, unless one thread stalls while the others go on.
             let (tx, rx) =
-                std::sync::mpsc::sync_channel::<(u64, Result<Vec<Hash>, StoreError>)>(threads * 4);
+                std::sync::mpsc::sync_channel::<(u64, Result<Part, StoreError>)>(threads * 4);
             for _ in 0..threads {
                 let (tx, next, log, layout) = (tx.clone(), &next, &self.log, self.layout);
                 scope.spawn(move || loop {
@@ -740,52 +775,40 @@ impl RawStore {
                     if r >= ranges {
                         return;
                     }
-                    let (from, to) = (r * RANGE + 1, ((r + 1) * RANGE).min(through));
-                    let mut hashes = Vec::with_capacity((to - from + 1) as usize);
-                    let mut expected = from;
-                    let mut failed = None;
-                    for item in raw_iter(log, layout, from, to) {
-                        match item {
-                            Ok((pos, bytes)) if pos == expected => {
-                                hashes.push(leaf_hash(&bytes));
-                                expected += 1;
-                            }
-                            Ok((pos, _)) => {
-                                failed =
-                                    Some(corrupt(expected, format!("missing (next is {pos})")));
-                                break;
-                            }
-                            Err(e) => {
-                                failed = Some(e);
-                                break;
-                            }
+                    let (from, to) = (r * range + 1, ((r + 1) * range).min(through));
+                    let part = range_of_tree(log, layout, from, to).map(|leaves| {
+                        if leaves.len() as u64 == range {
+                            let mut sub = Frontier::new();
+                            leaves.into_iter().for_each(|leaf| sub.push(leaf));
+                            Part::Whole(sub.root())
+                        } else {
+                            Part::Leaves(leaves)
                         }
-                    }
-                    if failed.is_none() && expected != to + 1 {
-                        failed = Some(corrupt(expected, "missing"));
-                    }
-                    let answer = match failed {
-                        Some(e) => Err(e),
-                        None => Ok(hashes),
-                    };
-                    if tx.send((r, answer)).is_err() {
+                    });
+                    if tx.send((r, part)).is_err() {
                         return;
                     }
                 });
             }
             drop(tx);
-            // Ranges come back in any order; they are handed on in log order.
+            // Ranges come back in any order; they join the tree in log order.
+            let mut tree = Frontier::new();
             let mut waiting = std::collections::BTreeMap::new();
             let mut due = 0u64;
-            for (r, answer) in rx {
-                waiting.insert(r, answer);
-                while let Some(answer) = waiting.remove(&due) {
-                    sink(&answer?);
+            for (r, part) in rx {
+                waiting.insert(r, part);
+                while let Some(part) = waiting.remove(&due) {
+                    match part? {
+                        Part::Whole(root) => tree
+                            .push_subtree(root, range)
+                            .map_err(|e| StoreError::Io(e.to_string()))?,
+                        Part::Leaves(leaves) => leaves.into_iter().for_each(|l| tree.push(l)),
+                    }
                     due += 1;
                 }
             }
             if due == ranges {
-                Ok(())
+                Ok(tree)
             } else {
                 Err(StoreError::Io(
                     "a thread reading the tree's leaves stopped".into(),

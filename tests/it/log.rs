@@ -678,3 +678,44 @@ async fn a_closed_log_takes_nothing_more_once_close_returns() {
         "every acknowledged append is in, nothing else"
     );
 }
+
+/// The tree recomputed by parallel readers, each hashing whole ranges to their roots, is
+/// the tree of the records pushed one by one, at every size around the ranges' edges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tree_recomputed_in_parallel_ranges_is_the_tree_leaf_by_leaf() {
+    const RANGE: u64 = 1 << 14;
+    let dir = tempfile::tempdir().unwrap();
+    let log = SledEventLog::open(dir.path()).unwrap();
+    let total = 2 * RANGE + 700;
+    let mut n = 0u64;
+    while n < total {
+        let events = (n..(n + 5000).min(total))
+            .map(some_user_event)
+            .collect::<Vec<_>>();
+        n += events.len() as u64;
+        append(&*log, user(n.into()), ExpectedVersion::Any, events).await;
+    }
+    drop(log);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let raw = idledger::store::sled_log::open_raw(dir.path()).unwrap();
+    let mut one_by_one = vec![idledger_replay::tree::Frontier::new()];
+    for r in raw.records() {
+        let mut next = one_by_one.last().unwrap().clone();
+        next.push(idledger_replay::tree::leaf_hash(&r.unwrap().1));
+        one_by_one.push(next);
+    }
+    assert_eq!(one_by_one.len() as u64, total + 1);
+    for size in [0, 1, RANGE - 1, RANGE, RANGE + 1, 2 * RANGE, total] {
+        for threads in [1, 2, 3] {
+            let tree = raw.tree(size, threads).unwrap();
+            assert_eq!(
+                tree, one_by_one[size as usize],
+                "size {size}, {threads} threads"
+            );
+        }
+    }
+    assert!(
+        raw.tree(total + 1, 2).is_err(),
+        "a missing position is an error"
+    );
+}

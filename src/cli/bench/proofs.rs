@@ -13,7 +13,6 @@ use crate::store::sled_log::RawStore;
 use crate::store::{EventLog, SledEventLog};
 use clap::Args;
 use idledger_domain::Hash;
-use idledger_replay::tree::Frontier;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -41,12 +40,7 @@ pub struct ProofsArgs {
 /// The tree of every stored record made from scratch, the records read and hashed on
 /// every core: `(size, root)`.
 fn recompute(store: &RawStore) -> Result<(u64, Hash), Error> {
-    let mut tree = Frontier::new();
-    store.leaves(store.last_position()?, decoder_threads(), |leaves| {
-        for leaf in leaves {
-            tree.push(*leaf);
-        }
-    })?;
+    let tree = store.tree(store.last_position()?, decoder_threads())?;
     Ok((tree.size(), tree.root()))
 }
 

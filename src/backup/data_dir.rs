@@ -6,8 +6,8 @@ use super::{read, refused, BackupError, BackupWriter, Contents, Manifest, CHUNK}
 use crate::store::page::{Layout, PageWriter};
 use crate::store::sled_log::{import_records, open_raw, RawStore};
 use crate::store::StoreError;
-use idledger_domain::Hash;
-use idledger_projections::Projections;
+use idledger_domain::{DataKeyId, Hash, StreamId};
+use idledger_projections::{Projections, UserStatus};
 use idledger_replay::tree::{Frontier, LogPublicKey, TreeHead};
 use idledger_replay::verify::CheckedRecord;
 use std::path::Path;
@@ -146,7 +146,8 @@ pub struct Restored {
     /// Records after the head the key checked (`--public-key`'s, else the backup's own):
     /// restored only with [`UnsignedTail::Accepted`].
     pub unsigned_records: u64,
-    /// Live users of the restored records whose password no key of the key store opens:
+    /// Live users of the restored records whose secrets (a password, a passkey, an
+    /// authenticator app's seed) no key of the key store opens:
     /// their key was shredded (they were deleted) after the records the backup holds but
     /// before its key store was read (a whole backup bounded by `limit`).
     pub keys_destroyed: Vec<idledger_domain::UserId>,
@@ -297,6 +298,9 @@ fn restore_into(
         .collect();
     let mut turn = 0usize;
     let mut sealed = 0usize;
+    // Each data key a secret is sealed under: the first record sealed under it, and for
+    // which stream.
+    let mut sealed_under = rustc_hash::FxHashMap::default();
     let mut projections = Projections::new();
     let mut batch = Batch::new();
     let gone = || refused("store", "the writer stopped");
@@ -306,7 +310,12 @@ fn restore_into(
             return Ok(());
         };
         projections.apply(env);
-        sealed += usize::from(env.event.sealed().is_some());
+        if let Some(secret) = env.event.sealed() {
+            sealed += 1;
+            sealed_under
+                .entry(secret.key_id)
+                .or_insert_with(|| (checked.position, env.stream.clone()));
+        }
         batch.pages.push(checked.position, bytes);
         batch.records += 1;
         batch.bytes += bytes.len();
@@ -459,16 +468,32 @@ fn restore_into(
             .map(idledger_domain::StreamId::user);
         crate::secrets::shred_all(&keys, deleted)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
-        for u in projections.users.iter_after(None) {
-            let sealed = u.current_rotation.is_some() || u.password.open.is_some();
-            let stream = idledger_domain::StreamId::user(u.id);
-            if u.status != idledger_projections::users::UserStatus::Deleted
-                && sealed
-                && !crate::secrets::holds_key(&keys, &stream)
-                    .map_err(|e| std::io::Error::other(e.to_string()))?
-            {
-                keys_destroyed.push(u.id);
+        let missing = keys_missing(&sealed_under, |id| {
+            crate::secrets::holds_data_key(&keys, id)
+                .map_err(|e| std::io::Error::other(e.to_string()))
+        })?;
+        let mut unshredded = Vec::new();
+        for (position, stream) in missing {
+            match stream.user_id().and_then(|id| projections.users.get(id)) {
+                Some(u) if u.status == UserStatus::Deleted => {}
+                // Shredded for a deletion after the records (a backup bounded by `limit`).
+                Some(u) => keys_destroyed.push(u.id),
+                None => unshredded.push((position, stream)),
             }
+        }
+        keys_destroyed.sort();
+        keys_destroyed.dedup();
+        if let Some((position, stream)) = unshredded.first() {
+            // Nothing shreds these keys: the key store was not read with the records (a
+            // backup taken wrong), and the secrets would read as shredded.
+            return Err(refused(
+                "key store",
+                format!(
+                    "it lacks {} data keys that sealed secrets need and nothing shreds \
+                     (the first: {stream}'s, sealed under at position {position})",
+                    unshredded.len()
+                ),
+            ));
         }
     }
     write(
@@ -501,6 +526,22 @@ fn restore_into(
         unsigned_records,
         keys_destroyed,
     })
+}
+
+/// The secrets sealed under a data key `holds` says is not in the key store, as `(first
+/// position sealed under it, its stream)`, in log order.
+fn keys_missing<E>(
+    sealed_under: &rustc_hash::FxHashMap<DataKeyId, (u64, StreamId)>,
+    mut holds: impl FnMut(DataKeyId) -> Result<bool, E>,
+) -> Result<Vec<(u64, StreamId)>, E> {
+    let mut missing = Vec::new();
+    for (id, first) in sealed_under {
+        if !holds(*id)? {
+            missing.push(first.clone());
+        }
+    }
+    missing.sort();
+    Ok(missing)
 }
 
 /// Whether a restore needs the backup's key store when the records hold sealed secrets.

@@ -581,6 +581,11 @@ pub fn holds_key(storage: &dyn KeyStorage, stream: &StreamId) -> Result<bool, Se
     Ok(subject_entries(storage, stream)?.is_some())
 }
 
+/// Whether `storage` holds the data key `id`: what opening a secret sealed under it needs.
+pub fn holds_data_key(storage: &dyn KeyStorage, id: DataKeyId) -> Result<bool, SecretsError> {
+    Ok(storage.get(&data_key_key(id))?.is_some())
+}
+
 /// Shreds every one of `streams` whose key `storage` still holds, in one rewrite; for
 /// the users the log says are deleted, after a crash between a deletion's append and its
 /// shred, or with a keystore restored from before the shred. Answers how many were

@@ -1156,3 +1156,100 @@ async fn a_backup_with_secrets_and_no_keys_is_restored_only_when_asked() {
     let (ok, _, err) = restore(&copy, &dir.path().join("r-copy"), &[]);
     assert!(ok, "{err}");
 }
+
+/// Clients that keep registering domains until aborted: each domain's workstation
+/// certificate is a sealed private key under a data key of its own, made as it registers.
+fn keep_making_keys(serve: &Serve, clients: usize) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..clients)
+        .map(|c| {
+            let (url, token) = (serve.url.clone(), serve.token.clone());
+            tokio::spawn(async move {
+                let http = reqwest::Client::new();
+                for n in 0.. {
+                    let r = http
+                        .post(format!("{url}/v1/domains"))
+                        .bearer_auth(&token)
+                        .json(&json!({"domain": format!("load{c}-{n}.onmicrosoft.com")}))
+                        .send()
+                        .await;
+                    if r.is_err() {
+                        break;
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+/// Online backups taken while data keys are being made: the key store is read with the
+/// backup's head, so it holds the key of every secret its records seal, and the restore
+/// (which checks each one) takes every backup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn online_backups_taken_while_keys_are_made_hold_the_key_of_every_secret() {
+    let (dir, _, serve) = served_with_copy().await;
+    let making = keep_making_keys(&serve, 2);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut domains = Vec::new();
+    for round in 0..3 {
+        let file = dir.path().join(format!("online-{round}.backup"));
+        let (ok, _, err) = run_with_token(
+            &serve.token,
+            &["backup", "--server", &serve.url, "--out", path(&file)],
+        )
+        .await;
+        assert!(ok, "{err}");
+        let (ok, done, err) = restore(&file, &dir.path().join(format!("r-{round}")), &[]);
+        assert!(ok, "round {round}: {err}");
+        domains.push(done["domains"].as_u64().unwrap());
+    }
+    making.iter().for_each(|m| m.abort());
+    assert!(
+        domains[0] > 0 && domains.windows(2).all(|w| w[0] < w[1]),
+        "keys were made between the backups: {domains:?}"
+    );
+}
+
+/// A key store without the key of a secret nothing shreds (a domain's) is refused,
+/// naming the stream: restored, the secret would read as shredded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_whose_key_store_lacks_a_key_is_refused_naming_the_subject() {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let (dir, _, mut serve) = served_with_copy().await;
+    let domain = serve
+        .call(
+            Method::POST,
+            "/v1/domains",
+            Some(json!({"domain": "keys.onmicrosoft.com"})),
+        )
+        .await;
+    let id = domain["id"].as_str().unwrap().to_owned();
+    serve.stop();
+    let data = dir.path().join("data");
+    let file = dir.path().join("whole.backup");
+    let (ok, _, err) = run(&["backup", "--data-dir", path(&data), "--out", path(&file)]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = restore(&file, &dir.path().join("r-whole"), &[]);
+    assert!(ok, "{err}");
+    // Every data key taken out of the key store, the rest (subjects, the check) kept.
+    let keystore = idledger::secrets::keystore::path_in(&data);
+    let text = std::fs::read_to_string(&keystore).unwrap();
+    let kept: String = text
+        .split_inclusive('\n')
+        .filter(|line| {
+            let key = line.split(' ').next().unwrap();
+            !b64.decode(key).is_ok_and(|k| k.starts_with(b"dk:"))
+        })
+        .collect();
+    assert!(kept.len() < text.len());
+    std::fs::write(&keystore, kept).unwrap();
+    let keyless = dir.path().join("keyless.backup");
+    let (ok, _, err) = run(&["backup", "--data-dir", path(&data), "--out", path(&keyless)]);
+    assert!(ok, "{err}");
+    let target = dir.path().join("r-keyless");
+    let (ok, done, err) = restore(&keyless, &target, &[]);
+    assert!(!ok, "restored secrets without their keys: {done}");
+    assert!(err.contains("key store"), "{err}");
+    assert!(err.contains(&format!("domain-{id}")), "{err}");
+    assert!(!target.exists(), "something was written");
+}

@@ -348,8 +348,10 @@ pub struct UpcomingQuery {
     within_days: Option<u32>,
     /// Page size, 1 to 1000 (100).
     limit: Option<usize>,
-    /// How many of the soonest were sent already (the list is computed afresh).
-    after: Option<usize>,
+    /// The cursor `next` of the previous page. Later pages compute due times as of the
+    /// first page's time, so a due time that follows the clock (overdue, requested) does
+    /// not move between pages; a cursor older than a day is refused.
+    after: Option<String>,
     /// Wait (bounded) until the projections include this position.
     min_position: Option<u64>,
 }
@@ -375,8 +377,13 @@ pub async fn upcoming(
     if days > 3650 {
         return Err(ApiError::BadRequest("within_days: 0 to 3650".into()));
     }
+    let after = q
+        .after
+        .as_deref()
+        .map(|a| UpcomingCursor::parse(a, Utc::now()))
+        .transpose()?;
     s.reach(q.min_position).await?;
-    let now = Utc::now();
+    let now = after.as_ref().map_or_else(Utc::now, |c| c.as_of);
     let until = now + chrono::Duration::days(i64::from(days));
     let p = s.engine.projector.read();
     let mut items: Vec<DueRotation> = p
@@ -393,14 +400,70 @@ pub async fn upcoming(
             })
         })
         .collect();
-    items.sort_by(|x, y| x.due_at.cmp(&y.due_at).then(x.user_id.cmp(&y.user_id)));
-    let skip = q.after.unwrap_or(0);
+    items.sort_by_key(|x| (x.due_at, x.user_id));
     let (items, next) = page_of(
-        items.into_iter().enumerate().skip(skip),
+        items.into_iter().filter(|x| {
+            after
+                .as_ref()
+                .is_none_or(|c| (x.due_at, x.user_id) > c.place)
+        }),
         q.limit,
-        |(i, _)| i + 1,
+        |x| UpcomingCursor {
+            as_of: now,
+            place: (x.due_at, x.user_id),
+        },
     )?;
-    Ok(page(items.into_iter().map(|(_, v)| v).collect(), next))
+    Ok(page(items, next))
+}
+
+/// Where a page of the schedule ended: when the first page was computed, and the last
+/// item's place in the order (due time, then user). By place, not by count: a user whose
+/// rotation starts or ends between two pages moves the others' indexes, not their places.
+struct UpcomingCursor {
+    as_of: DateTime<Utc>,
+    place: (DateTime<Utc>, uuid::Uuid),
+}
+
+impl std::fmt::Display for UpcomingCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (due, user) = self.place;
+        write!(
+            f,
+            "{}.{}.{}",
+            self.as_of.timestamp_micros(),
+            due.timestamp_micros(),
+            user.simple()
+        )
+    }
+}
+
+impl UpcomingCursor {
+    /// Reads a cursor this route gave within the last day (`now`).
+    fn parse(text: &str, now: DateTime<Utc>) -> Result<Self, ApiError> {
+        let bad = || ApiError::BadRequest("after: not a cursor this route gave".into());
+        let time = |t: &str| {
+            t.parse::<i64>()
+                .ok()
+                .and_then(DateTime::from_timestamp_micros)
+                .ok_or_else(bad)
+        };
+        let mut parts = text.split('.');
+        let (Some(as_of), Some(due), Some(user), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad());
+        };
+        let cursor = UpcomingCursor {
+            as_of: time(as_of)?,
+            place: (time(due)?, user.parse().map_err(|_| bad())?),
+        };
+        if cursor.as_of > now || now - cursor.as_of > chrono::Duration::days(1) {
+            return Err(ApiError::BadRequest(
+                "after: the cursor is over a day old (or from the future): start again".into(),
+            ));
+        }
+        Ok(cursor)
+    }
 }
 
 /// `GET /v1/rotations/recent` query.

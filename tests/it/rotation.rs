@@ -272,6 +272,66 @@ async fn a_scheduled_rotation_sets_in_graph_exactly_the_password_the_agent_recei
     assert!(!up.to_string().contains(&id));
 }
 
+/// The schedule pages by place (due time, then user), not by count: a user listed on an
+/// earlier page who leaves the schedule does not make the next page skip anyone, every
+/// user due throughout is listed once, and a cursor this route did not give is a 400.
+#[tokio::test]
+async fn the_upcoming_schedule_pages_by_place_not_by_count() {
+    let w = rotating_world(json!({"auto_password_change_days": 30})).await;
+    let mut ids = Vec::new();
+    for n in [2, 3, 4, 5] {
+        let id = w.assign_key(n, &format!("K-{n:04}")).await;
+        w.rotations_settled(&id, 1).await;
+        ids.push(id);
+    }
+    let page = |after: Option<String>| {
+        let url = match after {
+            None => "/v1/rotations/upcoming?within_days=31&limit=1".to_owned(),
+            Some(a) => format!("/v1/rotations/upcoming?within_days=31&limit=1&after={a}"),
+        };
+        let w = &w;
+        async move {
+            let (s, body) = w.admin(Method::GET, &url, None).await;
+            assert_eq!(s, StatusCode::OK, "{body}");
+            let users: Vec<String> = body["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|u| u["user_id"].as_str().unwrap().to_owned())
+                .collect();
+            (users, body["next"].as_str().map(str::to_owned))
+        }
+    };
+    let (first, mut next) = page(None).await;
+    assert_eq!(first.len(), 1);
+    // The first user listed leaves the schedule (its key taken away) before page two.
+    let (s, body) = w
+        .admin(Method::DELETE, &format!("/v1/users/{}/key", first[0]), None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let mut listed = first.clone();
+    while let Some(after) = next.take() {
+        let (users, more) = page(Some(after)).await;
+        listed.extend(users);
+        next = more;
+    }
+    let mut expected = ids.clone();
+    expected.sort();
+    let mut got = listed.clone();
+    got.sort();
+    assert_eq!(got, expected, "each once, none skipped: {listed:?}");
+    for bad in ["5", "x.y.z", "1.2.3.4", &format!("0.0.{}", ids[0])] {
+        let (s, body) = w
+            .admin(
+                Method::GET,
+                &format!("/v1/rotations/upcoming?after={bad}"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {body}");
+    }
+}
+
 #[tokio::test]
 async fn a_503_storm_is_retried_with_the_same_password() {
     let w = rotating_world(json!({})).await;

@@ -46,6 +46,10 @@ pub struct Ctx {
     store: Arc<Store>,
     keys: Arc<Mutex<HashMap<DomainId, (Instant, crate::graph::OpenIdKeys)>>>,
     provider: Arc<oidc::ProviderState>,
+    /// Held from a passkey registration's check that no one holds its credential id to
+    /// its append: the check reads the projections, and two users' registrations append to
+    /// two streams, so nothing else stops both from passing it.
+    registering: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// The sign-in pages and their requests, served beside the API and the console.
@@ -54,6 +58,7 @@ pub fn routes(app: AppState) -> Router {
         store: Arc::new(Store::new(app.signin_idle)),
         keys: Arc::default(),
         provider: Arc::default(),
+        registering: Arc::default(),
         app,
     };
     oidc::routes(Router::new(), &ctx)
@@ -779,6 +784,20 @@ fn registered(
     ))
 }
 
+/// The turn to register a passkey, once the projections hold every registration appended
+/// before it (each is folded before its turn ends, unless the projector lags past its wait).
+async fn registering(ctx: &Ctx) -> Result<tokio::sync::OwnedMutexGuard<()>, Refusal> {
+    let turn = ctx.registering.clone().lock_owned().await;
+    let head = ctx.app.engine.log.head().position;
+    ctx.app.reach(Some(head)).await.map_err(|_| {
+        refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "idledger could not store the passkey just now. Try again.",
+        )
+    })?;
+    Ok(turn)
+}
+
 async fn enrol_passkey(
     State(ctx): State<Ctx>,
     Segment(token): Segment,
@@ -786,6 +805,7 @@ async fn enrol_passkey(
     PageJson(body): PageJson<NewPasskey>,
 ) -> Result<Response, Refusal> {
     let (flow, user, link, entra) = enrolment(&ctx, &headers, &token, None)?;
+    let _one_at_a_time = registering(&ctx).await?;
     let (passkey, user_verified) = registered(&ctx, &flow, user, &body)?;
     let decided = decide_at(
         &ctx,
@@ -1883,6 +1903,7 @@ async fn me_add_passkey(
     PageJson(body): PageJson<NewPasskey>,
 ) -> Result<Json<Next>, Refusal> {
     let (flow, user) = me_user(&ctx, &headers)?;
+    let _one_at_a_time = registering(&ctx).await?;
     let (passkey, user_verified) = registered(&ctx, &flow, user, &body)?;
     decide(
         &ctx,

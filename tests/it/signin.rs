@@ -1393,6 +1393,54 @@ pub(crate) async fn passkey_sign_in_with(
     .await
 }
 
+/// Two users registering one credential id at the same moment: one of them gets it, the
+/// other a 409. WebAuthn §7.1 step 22 holds across users however close the two requests
+/// come, not only against the registrations the projections had folded already.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_credential_id_registered_by_two_users_at_once_goes_to_one() {
+    let (w, adele, _) = signin_world().await;
+    let bianca = w.user(4).await.unwrap()["id"].as_str().unwrap().to_owned();
+    let (s, _) = w
+        .admin(
+            Method::PATCH,
+            &format!("/v1/users/{bianca}"),
+            Some(json!({"sso_override": {"enabled": true, "method": "passwordless"}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let adele_upn = "adele.vance@contoso.onmicrosoft.com";
+    let bianca_upn = "bianca.pispisa@contoso.onmicrosoft.com";
+    let mut adele_v = enrol_with_key(&w, &adele, adele_upn, &mut SoftKey::new()).await;
+    let mut bianca_v = enrol_with_key(&w, &bianca, bianca_upn, &mut SoftKey::new()).await;
+    let url = format!("{}/me/passkeys", w.app.public);
+    for round in 0..4 {
+        let mut forms = Vec::new();
+        for v in [&mut adele_v, &mut bianca_v] {
+            let (_, me, _) = v.get(&format!("{}/me", w.app.public)).await;
+            let csrf = csrf_of(&me);
+            let (s, options) = v
+                .post_json(&format!("{url}/options"), &csrf, json!({}))
+                .await;
+            assert_eq!(s, StatusCode::OK, "{options}");
+            forms.push((csrf, options));
+        }
+        let shared = uuid::Uuid::new_v4().as_bytes().to_vec();
+        let a = SoftKey::forging(&shared).register(&forms[0].1, &w.app.public);
+        let b = SoftKey::forging(&shared).register(&forms[1].1, &w.app.public);
+        let ((sa, ba), (sb, bb)) = tokio::join!(
+            adele_v.post_json(&url, &forms[0].0, json!({"credential": a})),
+            bianca_v.post_json(&url, &forms[1].0, json!({"credential": b})),
+        );
+        let mut got = [sa, sb];
+        got.sort();
+        assert_eq!(
+            got,
+            [StatusCode::OK, StatusCode::CONFLICT],
+            "round {round}: {ba} {bb}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passkeys_belong_to_one_user_and_keep_their_rules() {
     let (w, adele, alex) = signin_world().await;

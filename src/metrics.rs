@@ -112,6 +112,8 @@ struct KeyWriteLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SignInLabels {
     method: &'static str,
+    /// The app's id, or `none` (the user's own page, enrolment).
+    app: String,
     outcome: &'static str,
 }
 
@@ -222,9 +224,11 @@ impl Recorded {
             ("entra", "locked"),
             ("totp", "locked"),
         ] {
-            let _ = self
-                .sign_ins
-                .get_or_create(&SignInLabels { method, outcome });
+            let _ = self.sign_ins.get_or_create(&SignInLabels {
+                method,
+                app: NO_APP.into(),
+                outcome,
+            });
         }
         for domain in domains {
             for kind in ["full", "delta"] {
@@ -453,7 +457,42 @@ fn code_class(code: Option<&str>) -> &'static str {
     }
 }
 
-/// The counters an event stands for (rotations, key writes, sign-ins, tokens).
+/// The `app` label of a sign-in for no app.
+const NO_APP: &str = "none";
+
+/// Sign-ins decided and appended (for `app`, if one): counted where the app is known, not
+/// from the log (the events name the app for people, by its name).
+pub fn sign_ins(events: &[Event], app: Option<idledger_domain::AppId>) {
+    if !on() {
+        return;
+    }
+    for e in events {
+        let (method, outcome) = match e {
+            Event::SignInSucceeded(s) => (
+                match s.method {
+                    idledger_domain::SsoMethod::Passwordless => "passwordless",
+                    idledger_domain::SsoMethod::PasswordAndSecondFactor => {
+                        "password_and_second_factor"
+                    }
+                },
+                "succeeded",
+            ),
+            Event::SignInFailed(f) => (f.factor.as_str(), "failed"),
+            Event::SignInLocked(l) => (l.factor.as_str(), "locked"),
+            _ => continue,
+        };
+        RECORDED
+            .sign_ins
+            .get_or_create(&SignInLabels {
+                method,
+                app: app.map_or_else(|| NO_APP.to_owned(), |a| a.0.to_string()),
+                outcome,
+            })
+            .inc();
+    }
+}
+
+/// The counters an event stands for (rotations, key writes, tokens).
 fn outcome_of(r: &Recorded, e: &Event) {
     let key_write = |event| {
         r.key_writes.get_or_create(&KeyWriteLabels { event }).inc();
@@ -484,35 +523,6 @@ fn outcome_of(r: &Recorded, e: &Event) {
         Event::KeyWriteFailed(_) => key_write("failed"),
         Event::KeyWriteSuperseded(_) => key_write("superseded"),
         Event::KeyWriteWrittenLate(_) => key_write("written_late"),
-        Event::SignInSucceeded(s) => {
-            r.sign_ins
-                .get_or_create(&SignInLabels {
-                    method: match s.method {
-                        idledger_domain::SsoMethod::Passwordless => "passwordless",
-                        idledger_domain::SsoMethod::PasswordAndSecondFactor => {
-                            "password_and_second_factor"
-                        }
-                    },
-                    outcome: "succeeded",
-                })
-                .inc();
-        }
-        Event::SignInFailed(f) => {
-            r.sign_ins
-                .get_or_create(&SignInLabels {
-                    method: f.factor.as_str(),
-                    outcome: "failed",
-                })
-                .inc();
-        }
-        Event::SignInLocked(l) => {
-            r.sign_ins
-                .get_or_create(&SignInLabels {
-                    method: l.factor.as_str(),
-                    outcome: "locked",
-                })
-                .inc();
-        }
         Event::AppTokensIssued(t) => {
             r.tokens
                 .get_or_create(&TokenLabels {

@@ -29,7 +29,7 @@ use idledger_domain::decide::signin::{
 };
 use idledger_domain::decide::user::evolve;
 use idledger_domain::events::PasskeyRegistered;
-use idledger_domain::{Actor, DomainId, Event, SignInFailure, SsoMethod, StreamId, UserId};
+use idledger_domain::{Actor, AppId, DomainId, Event, SignInFailure, SsoMethod, StreamId, UserId};
 use serde::{Deserialize, Serialize};
 use sessions::{Ceremony, EntraPending, Store, UserSession};
 use std::collections::HashMap;
@@ -387,8 +387,13 @@ fn user_handle(user: UserId) -> Vec<u8> {
     user.0.as_bytes().to_vec()
 }
 
-async fn decide(ctx: &Ctx, user: UserId, command: SignInCommand) -> Result<Vec<Event>, Refusal> {
-    decide_at(ctx, user, command)
+async fn decide(
+    ctx: &Ctx,
+    user: UserId,
+    app: Option<AppId>,
+    command: SignInCommand,
+) -> Result<Vec<Event>, Refusal> {
+    decide_at(ctx, user, app, command)
         .await
         .map(|(events, _)| events)
 }
@@ -397,7 +402,13 @@ async fn decide(ctx: &Ctx, user: UserId, command: SignInCommand) -> Result<Vec<E
 type Decided = (Vec<Event>, u64);
 
 /// [`decide`], and the log position of the appended events.
-async fn decide_at(ctx: &Ctx, user: UserId, command: SignInCommand) -> Result<Decided, Refusal> {
+/// `app`: the app the sign-in was for, if it is one; sign-ins are counted by it.
+async fn decide_at(
+    ctx: &Ctx,
+    user: UserId,
+    app: Option<AppId>,
+    command: SignInCommand,
+) -> Result<Decided, Refusal> {
     // Nothing is enrolled or signed in for a removed domain's users.
     if domain_removed(ctx, user) {
         return Err(refuse(
@@ -417,6 +428,7 @@ async fn decide_at(ctx: &Ctx, user: UserId, command: SignInCommand) -> Result<De
         })
         .await?;
     let events = std::mem::take(&mut *decided.lock().unwrap_or_else(|e| e.into_inner()));
+    crate::metrics::sign_ins(&events, app);
     // Pages read the projections right after: let them catch up with this append (not
     // with everyone else's appends since).
     ctx.app.reach(Some(position)).await.ok();
@@ -656,6 +668,7 @@ async fn start_enrolment(
     decide(
         ctx,
         user,
+        None,
         SignInCommand::StartEnrolment {
             link_id: link,
             step,
@@ -810,6 +823,7 @@ async fn enrol_passkey(
     let decided = decide_at(
         &ctx,
         user,
+        None,
         SignInCommand::RegisterPasskey {
             enrolment: Some((link, entra)),
             passkey,
@@ -929,6 +943,7 @@ async fn enrol_totp(
     let decided = decide_at(
         &ctx,
         user,
+        None,
         SignInCommand::EnrolTotp {
             enrolment: Some((link, entra)),
             sealed_seed,
@@ -1254,12 +1269,14 @@ async fn entra_callback(
         }
         Err(EntraStepFailure::Proven(failure)) => {
             let message = failure.message().to_owned();
+            let waiting = waiting_app(&ctx, &flow);
             let recorded = decide(
                 &ctx,
                 user,
+                waiting.as_ref().map(|a| a.id),
                 SignInCommand::SignIn {
                     proof: Proof::EntraFailed(failure),
-                    app: waiting_app_name(&ctx, &flow),
+                    app: waiting.map(|a| a.name),
                     at: chrono::Utc::now(),
                 },
             )
@@ -1293,12 +1310,14 @@ async fn record_for_signer(ctx: &Ctx, domain: DomainId, oid: &str, flow: &str) {
 /// Records on `user`'s stream that the Entra step signed in someone other than the user
 /// the flow was for.
 async fn record_mismatch(ctx: &Ctx, user: UserId, flow: &str) {
+    let waiting = waiting_app(ctx, flow);
     let recorded = decide(
         ctx,
         user,
+        waiting.as_ref().map(|a| a.id),
         SignInCommand::SignIn {
             proof: Proof::EntraFailed(SignInFailure::EntraUserMismatch),
-            app: waiting_app_name(ctx, flow),
+            app: waiting.map(|a| a.name),
             at: chrono::Utc::now(),
         },
     )
@@ -1569,15 +1588,17 @@ async fn signin_passkey(
     };
     let (credential_id, verified) =
         verify_passkey(&ctx, &flow, Ceremony::SignIn, user, &body.credential)?;
+    let waiting = waiting_app(&ctx, &flow);
     let decided = decide_at(
         &ctx,
         user,
+        waiting.as_ref().map(|a| a.id),
         SignInCommand::SignIn {
             proof: Proof::Passkey {
                 credential_id,
                 verified,
             },
-            app: waiting_app_name(&ctx, &flow),
+            app: waiting.map(|a| a.name),
             at: chrono::Utc::now(),
         },
     )
@@ -1626,15 +1647,25 @@ async fn second_factor_page(State(ctx): State<Ctx>, headers: HeaderMap) -> Respo
     with_flow_cookie(&ctx, &headers, page, &flow)
 }
 
-/// The name of the app whose authorization request waits for this flow's sign-in, as the
-/// sign-in's event records it (`None`: the user's own page).
-fn waiting_app_name(ctx: &Ctx, flow: &str) -> Option<String> {
-    let app = ctx
+/// The app whose authorization request waits for this flow's sign-in (`None`: the user's
+/// own page).
+fn waiting_app(ctx: &Ctx, flow: &str) -> Option<WaitingApp> {
+    let id = ctx
         .store
         .with_stored_flow(flow, |f| f.authorize.as_ref().map(|a| a.app_id()))
         .flatten()?;
     let p = ctx.app.engine.projector.read();
-    p.provider.app(app).map(|a| a.name.clone())
+    p.provider.app(id).map(|a| WaitingApp {
+        id,
+        name: a.name.clone(),
+    })
+}
+
+/// An app a sign-in is for: its name goes into the sign-in's events (for people), its id
+/// into the metrics' labels (bounded, not free text).
+struct WaitingApp {
+    id: AppId,
+    name: String,
 }
 
 /// The origin of the app whose authorization request waits for this flow's sign-in.
@@ -1697,15 +1728,17 @@ async fn signin_totp(
             }
         },
     };
+    let waiting = waiting_app(&ctx, &flow);
     let decided = decide_at(
         &ctx,
         user,
+        waiting.as_ref().map(|a| a.id),
         SignInCommand::SignIn {
             proof: Proof::EntraThenTotp {
                 code: form.code,
                 seed,
             },
-            app: waiting_app_name(&ctx, &flow),
+            app: waiting.map(|a| a.name),
             at: chrono::Utc::now(),
         },
     )
@@ -1778,15 +1811,17 @@ async fn second_passkey(
     let user = entra_user(&ctx, &flow).ok_or_else(expired_flow)?;
     let (credential_id, verified) =
         verify_passkey(&ctx, &flow, Ceremony::SecondFactor, user, &body.credential)?;
+    let waiting = waiting_app(&ctx, &flow);
     let decided = decide_at(
         &ctx,
         user,
+        waiting.as_ref().map(|a| a.id),
         SignInCommand::SignIn {
             proof: Proof::EntraThenPasskey {
                 credential_id,
                 verified,
             },
-            app: waiting_app_name(&ctx, &flow),
+            app: waiting.map(|a| a.name),
             at: chrono::Utc::now(),
         },
     )
@@ -1908,6 +1943,7 @@ async fn me_add_passkey(
     decide(
         &ctx,
         user,
+        None,
         SignInCommand::RegisterPasskey {
             enrolment: None,
             passkey,
@@ -1937,6 +1973,7 @@ async fn me_totp(
     decide(
         &ctx,
         user,
+        None,
         SignInCommand::EnrolTotp {
             enrolment: None,
             sealed_seed,
@@ -1985,7 +2022,7 @@ async fn me_form(
         *page.status_mut() = StatusCode::FORBIDDEN;
         return page;
     }
-    match decide(ctx, session.user, command).await {
+    match decide(ctx, session.user, None, command).await {
         Ok(events) => {
             // A removed method signs out every other browser that may have used it.
             if events

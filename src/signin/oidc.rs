@@ -1139,7 +1139,7 @@ async fn decide_with_tries(
 ) -> Result<super::Decided, Refusal> {
     let mut tries = 0;
     loop {
-        match super::decide_at(ctx, user, command()).await {
+        match super::decide_at(ctx, user, None, command()).await {
             Err(r) if r.status == StatusCode::CONFLICT && tries < 3 => tries += 1,
             decided => return decided,
         }

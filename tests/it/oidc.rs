@@ -2892,14 +2892,38 @@ async fn a_deleted_user_keeps_no_session_and_no_token() {
 async fn sign_ins_and_app_tokens_are_counted() {
     use crate::metrics::Scrape;
     let (w, adele, _) = signin_world().await;
-    let sign_ins = [("method", "passwordless"), ("outcome", "succeeded")];
+    let sign_ins = [
+        ("method", "passwordless"),
+        ("app", "none"),
+        ("outcome", "succeeded"),
+    ];
     let before = Scrape::at(&w.app.url).await;
     let SignedInWithApp {
         mut browser,
+        mut key,
+        app,
         client_id,
         secret,
-        ..
     } = signed_in_with_app(&w, &adele).await;
+    // A browser without a session signs in for the app: counted under the app's id.
+    let app_id = app["id"].as_str().unwrap().to_owned();
+    let for_app = [("app", app_id.as_str()), ("outcome", "succeeded")];
+    let mut stranger = Visitor::new();
+    let (s, location, _) = authorize(
+        &mut stranger,
+        &format!(
+            "{}/authorize?client_id={client_id}&redirect_uri={REDIRECT}&response_type=code&scope=openid&state=s",
+            w.app.public
+        ),
+    )
+    .await;
+    assert_eq!(
+        (s, location.as_deref()),
+        (StatusCode::SEE_OTHER, Some("/signin"))
+    );
+    let handle = key.user_handle.clone();
+    let (s, b) = passkey_sign_in_with(&w, &mut stranger, &mut key, Some(&handle)).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
     let raw = reqwest::Client::new();
     let token_url = format!("{}/token", w.app.public);
     let client = (client_id.as_str(), secret.as_str());
@@ -2918,6 +2942,7 @@ async fn sign_ins_and_app_tokens_are_counted() {
         let after = Scrape::at(&w.app.url).await;
         let counted = [
             moved(&after, "idledger_sign_ins_total", &sign_ins),
+            moved(&after, "idledger_sign_ins_total", &for_app),
             moved(
                 &after,
                 "idledger_oidc_tokens_total",

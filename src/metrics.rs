@@ -344,7 +344,7 @@ impl Recorded {
         );
         r.register(
             "idledger_sign_ins",
-            "Users' sign-ins by method (or failed factor) and outcome",
+            "Users' sign-ins by method (or failed factor), app (its id, or none) and outcome",
             self.sign_ins.clone(),
         );
         r.register(

@@ -147,9 +147,10 @@ pub struct Restored {
     /// restored only with [`UnsignedTail::Accepted`].
     pub unsigned_records: u64,
     /// Live users of the restored records whose secrets (a password, a passkey, an
-    /// authenticator app's seed) no key of the key store opens:
+    /// authenticator app's seed) no key of the key store opens: most often
     /// their key was shredded (they were deleted) after the records the backup holds but
-    /// before its key store was read (a whole backup bounded by `limit`).
+    /// before its key store was read (a whole backup bounded by `limit`); else lost before
+    /// the backup (a data dir once restored `--without-keys`).
     pub keys_destroyed: Vec<idledger_domain::UserId>,
 }
 
@@ -460,16 +461,16 @@ fn restore_into(
     if contents.sealed.keystore.is_some() {
         // A keystore read before a deletion's shred landed (or a crash between the two)
         // still holds the deleted user's key: the restored data dir does not.
-        let keys = crate::secrets::keystore::KeyFile::open(staging)
+        let key_store = crate::secrets::keystore::KeyFile::open(staging)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         let deleted = projections
             .users
             .deleted()
             .map(idledger_domain::StreamId::user);
-        crate::secrets::shred_all(&keys, deleted)
+        crate::secrets::shred_all(&key_store, deleted)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         let missing = keys_missing(&sealed_under, |id| {
-            crate::secrets::holds_data_key(&keys, id)
+            crate::secrets::holds_data_key(&key_store, id)
                 .map_err(|e| std::io::Error::other(e.to_string()))
         })?;
         let mut unshredded = Vec::new();
@@ -483,17 +484,22 @@ fn restore_into(
         }
         keys_destroyed.sort();
         keys_destroyed.dedup();
-        if let Some((position, stream)) = unshredded.first() {
+        match unshredded.first() {
             // Nothing shreds these keys: the key store was not read with the records (a
-            // backup taken wrong), and the secrets would read as shredded.
-            return Err(refused(
-                "key store",
-                format!(
-                    "it lacks {} data keys that sealed secrets need and nothing shreds \
-                     (the first: {stream}'s, sealed under at position {position})",
-                    unshredded.len()
-                ),
-            ));
+            // backup taken wrong), or the keys were lost before it (a data dir restored
+            // once `--without-keys`); either way the secrets would read as shredded.
+            Some((position, stream)) if keys == KeysNeeded::Required => {
+                return Err(refused(
+                    "key store",
+                    format!(
+                        "it lacks {} data keys that sealed secrets need and nothing shreds \
+                         (the first: {stream}'s, sealed under at position {position}); \
+                         --without-keys restores it anyway, those secrets unreadable",
+                        unshredded.len()
+                    ),
+                ));
+            }
+            _ => {}
         }
     }
     write(

@@ -488,7 +488,7 @@ pub async fn restore(args: &RestoreArgs) -> Result<ExitCode, Error> {
             .get(*id)
             .map_or("", |u| u.attributes.user_principal_name.as_str());
         eprintln!(
-            "warning: {upn:?} ({id}) has secrets (a password, a passkey, an authenticator) no key opens: its data key was destroyed after this backup's records (the user was deleted later); rotate the user if they are to stay",
+            "warning: {upn:?} ({id}) has secrets (a password, a passkey, an authenticator) no key opens: its data key is not in the backup's key store (destroyed after the backup's records when the user was deleted later, or lost to an earlier restore without keys); rotate the user if they are to stay",
             id = id.0
         );
     }

@@ -383,7 +383,14 @@ pub async fn upcoming(
         .map(|a| UpcomingCursor::parse(a, Utc::now()))
         .transpose()?;
     s.reach(q.min_position).await?;
-    let now = after.as_ref().map_or_else(Utc::now, |c| c.as_of);
+    // To the microsecond, as the cursor keeps it: every page sees the same due times.
+    let now = after.as_ref().map_or_else(
+        || {
+            let now = Utc::now();
+            DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
+        },
+        |c| c.as_of,
+    );
     let until = now + chrono::Duration::days(i64::from(days));
     let p = s.engine.projector.read();
     let mut items: Vec<DueRotation> = p

@@ -48,8 +48,9 @@ pub struct Ctx {
     provider: Arc<oidc::ProviderState>,
     /// Held from a passkey registration's check that no one holds its credential id to
     /// its append: the check reads the projections, and two users' registrations append to
-    /// two streams, so nothing else stops both from passing it.
-    registering: Arc<tokio::sync::Mutex<()>>,
+    /// two streams, so nothing else stops both from passing it. It holds the position of
+    /// the last registration appended, which the next one's check must see.
+    registering: Arc<tokio::sync::Mutex<u64>>,
 }
 
 /// The sign-in pages and their requests, served beside the API and the console.
@@ -797,12 +798,12 @@ fn registered(
     ))
 }
 
-/// The turn to register a passkey, once the projections hold every registration appended
-/// before it (each is folded before its turn ends, unless the projector lags past its wait).
-async fn registering(ctx: &Ctx) -> Result<tokio::sync::OwnedMutexGuard<()>, Refusal> {
+/// The turn to register a passkey, once the projections hold the last registration
+/// appended before it (folded already, unless the projector lagged past its wait). The
+/// turn's holder puts its own append's position in it.
+async fn registering(ctx: &Ctx) -> Result<tokio::sync::OwnedMutexGuard<u64>, Refusal> {
     let turn = ctx.registering.clone().lock_owned().await;
-    let head = ctx.app.engine.log.head().position;
-    ctx.app.reach(Some(head)).await.map_err(|_| {
+    ctx.app.reach(Some(*turn)).await.map_err(|_| {
         refuse(
             StatusCode::SERVICE_UNAVAILABLE,
             "idledger could not store the passkey just now. Try again.",
@@ -818,7 +819,7 @@ async fn enrol_passkey(
     PageJson(body): PageJson<NewPasskey>,
 ) -> Result<Response, Refusal> {
     let (flow, user, link, entra) = enrolment(&ctx, &headers, &token, None)?;
-    let _one_at_a_time = registering(&ctx).await?;
+    let mut turn = registering(&ctx).await?;
     let (passkey, user_verified) = registered(&ctx, &flow, user, &body)?;
     let decided = decide_at(
         &ctx,
@@ -832,6 +833,8 @@ async fn enrol_passkey(
         },
     )
     .await?;
+    *turn = decided.1;
+    drop(turn);
     Ok(signed_in_or_refused(&ctx, &headers, &flow, user, &decided))
 }
 
@@ -1938,9 +1941,9 @@ async fn me_add_passkey(
     PageJson(body): PageJson<NewPasskey>,
 ) -> Result<Json<Next>, Refusal> {
     let (flow, user) = me_user(&ctx, &headers)?;
-    let _one_at_a_time = registering(&ctx).await?;
+    let mut turn = registering(&ctx).await?;
     let (passkey, user_verified) = registered(&ctx, &flow, user, &body)?;
-    decide(
+    let (_, position) = decide_at(
         &ctx,
         user,
         None,
@@ -1952,6 +1955,7 @@ async fn me_add_passkey(
         },
     )
     .await?;
+    *turn = position;
     Ok(Json(Next { next: "/me".into() }))
 }
 

@@ -972,21 +972,22 @@ async fn held_removals_survive_a_crash_of_the_run_and_of_the_approval() {
     );
     let third = Serve::start(&data, None).await;
     let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    // The removals are made, then recorded as applied on the run: wait for both.
+    let r = loop {
         let out = leavers(&third, &domain).await;
-        if out == vec![("deactivated".to_owned(), false); 6] {
-            break;
+        let r = third
+            .call(
+                Method::GET,
+                &format!("/v1/domains/{domain}/sync-runs/{held_run}"),
+                None,
+            )
+            .await;
+        if out == vec![("deactivated".to_owned(), false); 6] && r["removals_applied"] == true {
+            break r;
         }
-        assert!(Instant::now() < deadline, "{out:?}");
+        assert!(Instant::now() < deadline, "{out:?} {r}");
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let r = third
-        .call(
-            Method::GET,
-            &format!("/v1/domains/{domain}/sync-runs/{held_run}"),
-            None,
-        )
-        .await;
+    };
     assert_eq!(r["status"], "failed", "closed at restart: {r}");
     assert_eq!(r["removals_applied"], true, "{r}");
     // Nothing is left to approve.

@@ -278,6 +278,12 @@ impl RotationService {
         u: &UserView,
         now: chrono::DateTime<Utc>,
     ) -> Option<(chrono::DateTime<Utc>, RotationReason)> {
+        // Both ways to be due (a request: `may_rotate`; the schedule: `eligible`) need an
+        // active user holding a key: most users are passed by before their facts (a
+        // domain lookup, the federated-domain check) are gathered.
+        if u.status != UserStatus::Active || u.key_id.is_none() {
+            return None;
+        }
         let f = facts(p, u);
         let (at, reason) = match u.password.requested.filter(|_| f.may_rotate()) {
             Some(reason) => (now, reason),

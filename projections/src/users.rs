@@ -293,6 +293,12 @@ impl Users {
             .map(|u| u.id)
     }
 
+    /// Every user, deleted ones included, in no particular order (cheaper than id order
+    /// for a pass that sorts or counts anyway).
+    pub fn all(&self) -> impl Iterator<Item = &UserView> + '_ {
+        self.by_id.values().map(|u| &**u)
+    }
+
     /// Users in id order, starting after `after`.
     pub fn iter_after(&self, after: Option<UserId>) -> impl Iterator<Item = &UserView> + '_ {
         use std::ops::Bound::{Excluded, Unbounded};

@@ -395,7 +395,7 @@ pub async fn upcoming(
     let p = s.engine.projector.read();
     let mut items: Vec<DueRotation> = p
         .users
-        .iter_after(None)
+        .all()
         .filter_map(|u| {
             let (at, reason) = s.rotation.next_due(&p, u, now)?;
             (at <= until).then(|| DueRotation {

@@ -221,6 +221,40 @@ pub async fn console(args: ConsoleArgs) -> Result<ExitCode, Error> {
             vec![format!("/v1/domains/{d}/candidates?limit=50&q=bench")],
         ),
         (
+            "domain",
+            vec![
+                format!("/console/domains/{d}"),
+                format!("/v1/domains/{d}"),
+                format!("/v1/domains/{d}/sync-runs?limit=20"),
+                format!("/v1/domains/{d}/workstation-certificates?limit=20"),
+            ],
+        ),
+        (
+            "rotations",
+            vec![
+                "/console/rotations".into(),
+                "/v1/rotations/upcoming?within_days=30&limit=100".into(),
+                "/v1/rotations/recent?limit=50".into(),
+            ],
+        ),
+        (
+            "audit",
+            vec![
+                "/console/audit".into(),
+                "/healthz".into(),
+                "/v1/log/sth?format=json".into(),
+            ],
+        ),
+        (
+            "apps",
+            vec![
+                "/console/apps".into(),
+                "/v1/domains?limit=1000&removed=false".into(),
+                "/v1/apps?limit=100&removed=false".into(),
+                "/v1/provider/signing-keys?limit=20".into(),
+            ],
+        ),
+        (
             "user",
             vec![
                 format!("/console/users/{u}"),

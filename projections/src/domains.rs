@@ -103,7 +103,7 @@ pub struct DomainView {
     /// Changes the next incremental round asks about again (see [`Recheck`]).
     #[serde(skip)]
     pub recheck: Vec<Recheck>,
-    /// The latest run.
+    /// The latest run that was not a dry run.
     pub last_run: Option<SyncRunId>,
     /// Every quarantined run waiting for approval, or approved with removals not all
     /// carried out yet, oldest first: a later run holds only its own removals, so an
@@ -440,7 +440,11 @@ impl Domains {
                 d.recheck = e.recheck.clone();
             }
             Event::SyncRunStarted(e) => {
-                d.last_run = Some(e.run_id);
+                // A dry run changes nothing: the last sync shown stays the last real one
+                // (a dry run's success must not hide a real run's failure).
+                if !e.dry_run {
+                    d.last_run = Some(e.run_id);
+                }
                 self.runs.insert(
                     e.run_id,
                     SyncRunView {

@@ -175,7 +175,7 @@ const ADD_DOMAIN: &str = r#"
     <label><input type="radio" name="removal_behavior" value="keep" checked> Keep
       <small>The user stays in idledger as they are.</small></label>
     <label><input type="radio" name="removal_behavior" value="deactivate"> Deactivate
-      <small>The user stays but is deactivated: no sign-in, no rotation.</small></label>
+      <small>The user stays but is deactivated: SSO off, PC unlock with the key kept; only an admin reactivates.</small></label>
     <label><input type="radio" name="removal_behavior" value="delete"> Delete
       <small>The user is deleted, and their sealed secrets with them.</small></label>
   </fieldset>
@@ -328,6 +328,7 @@ pub(super) async fn users(State(s): State<AppState>, headers: HeaderMap) -> Resp
   <select id="ustatus" name="status"><option value="">Any status</option><option>candidate</option><option>active</option><option>deactivated</option><option>deleted</option></select>
   <button type="submit">Filter</button>
 </form>
+<p id="import-links" class="note"></p>
 <table id="users"><thead><tr><th>Name</th><th>Principal name</th><th>Status</th><th>Key</th><th>SSO</th><th>Rotation due</th></tr></thead><tbody></tbody></table>
 <div class="pager"><button type="button" id="users-more" hidden>Next page</button></div>
 </section>"#;
@@ -391,7 +392,7 @@ pub(super) async fn user(
 </section>
 <section class="card" aria-labelledby="tl-title">
 <h2 id="tl-title">Timeline</h2>
-<table id="timeline"><thead><tr><th>When</th><th>What</th><th>By</th></tr></thead><tbody></tbody></table>
+<table id="timeline"><thead><tr><th>When</th><th>What</th><th>By</th><th>Why</th></tr></thead><tbody></tbody></table>
 </section>"#
         );
         layout(v, "User", "users", "user", &id, &main)

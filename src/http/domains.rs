@@ -239,7 +239,7 @@ pub struct Domain {
     quarantined_runs: Vec<uuid::Uuid>,
     /// A sync worker runs (credentials saved, domain not removed).
     sync_active: bool,
-    /// The latest run.
+    /// The latest run that was not a dry run.
     last_sync: Option<LastSync>,
     /// Registered.
     created_at: DateTime<Utc>,
@@ -265,7 +265,7 @@ pub struct DomainCredentials {
     updated_at: DateTime<Utc>,
 }
 
-/// A domain's latest sync run, in brief.
+/// A domain's latest sync run (not a dry run), in brief.
 #[derive(Serialize, ToSchema)]
 pub struct LastSync {
     /// The run this event belongs to (also the correlation id of its events).

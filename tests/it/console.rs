@@ -179,6 +179,12 @@ async fn an_admin_runs_the_whole_workflow_in_the_browser_and_an_auditor_only_rea
     // Newest first: what just happened is on top.
     b.wait_text("#timeline tbody tr:first-child", "PasswordRevealed")
         .await;
+    // With the reason the admin gave: the audit trail says who and why.
+    b.wait_text(
+        "#timeline tbody tr:first-child td:nth-child(4)",
+        "helpdesk ticket 4711",
+    )
+    .await;
     b.click("#revealed button").await;
     b.wait_text("#revealed", "Hidden").await;
     // Taken once the password is hidden again: no screenshot carries one.
@@ -309,7 +315,11 @@ async fn an_admin_runs_the_whole_workflow_in_the_browser_and_an_auditor_only_rea
     ] {
         assert!(!b.present(command).await, "{command} shown to an auditor");
     }
-    b.goto(&format!("{base}/console/domains/{id}/import")).await;
+    // Users → Import: the candidates are a link away from the users page.
+    b.goto(&format!("{base}/console/users")).await;
+    b.wait_text("#import-links", "contoso.onmicrosoft.com")
+        .await;
+    b.click("#import-links a").await;
     b.wait_text("#candidates", "Brian Johnson").await;
     for command in ["#import-selected", "#import-all", "#candidates input"] {
         assert!(!b.present(command).await, "{command} shown to an auditor");

@@ -1377,6 +1377,12 @@ async fn a_dry_run_reports_the_changes_and_appends_only_its_run_record() {
         )
         .await;
     assert_eq!(runs["items"][0]["dry_run"], true);
+    // The domain's last sync stays the last real run.
+    let (_, d) = w
+        .admin(Method::GET, &format!("/v1/domains/{}", w.domain), None)
+        .await;
+    assert_ne!(d["last_sync"]["run_id"], runs["items"][0]["run_id"], "{d}");
+    assert_eq!(d["last_sync"]["run_id"], runs["items"][1]["run_id"], "{d}");
     // The log says who asked for it: the admin, not the scheduler.
     let (_, events) = w
         .admin(

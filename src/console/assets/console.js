@@ -544,6 +544,12 @@ async function usersPage() {
   const domains = await allItems("/v1/domains?limit=1000");
   const names = new Map(domains.map((d) => [d.id, d.domain]));
   for (const d of domains) $("#udomain").append(el("option", { value: d.id }, d.domain));
+  // Users → Import: each live domain's candidates.
+  const live = domains.filter((d) => !d.removed);
+  if (live.length) {
+    $("#import-links").append("Import from Entra ID: ", ...live.flatMap((d, i) =>
+      [i ? ", " : "", el("a", { href: `/console/domains/${d.id}/import` }, d.domain)]));
+  }
   const pages = pager(() => {
     const f = $("#user-search");
     const params = new URLSearchParams({ limit: "50" });
@@ -602,7 +608,9 @@ async function userPage() {
       el("td", {}, when(r.finished_at)), el("td", {}, r.retries), el("td", {}, r.reason)), "No rotations yet.");
   const firstEvents = pagedTable($("#timeline"),
     () => `/v1/users/${pageId}/timeline?order=newest&limit=50`,
-    (e) => el("tr", {}, el("td", {}, when(e.recorded_at)), el("td", {}, e.kind), el("td", {}, e.actor)),
+    // The reason an event carries (a reveal's stated reason, a removal's cause), as text.
+    (e) => el("tr", {}, el("td", {}, when(e.recorded_at)), el("td", {}, e.kind), el("td", {}, e.actor),
+      el("td", {}, typeof e.payload?.reason === "string" ? e.payload.reason : "")),
     "Nothing yet.");
   const history = async () => { await firstRotations(); await firstEvents(); };
   await show();

@@ -118,6 +118,12 @@ struct SignInLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AppLabels {
+    /// The app's id, or `none`.
+    app: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TokenLabels {
     app: String,
     grant: String,
@@ -142,6 +148,7 @@ pub struct Recorded {
     key_writes: Family<KeyWriteLabels, Counter>,
     sign_ins: Family<SignInLabels, Counter>,
     tokens: Family<TokenLabels, Counter>,
+    client_auth_failures: Family<AppLabels, Counter>,
     connections: Gauge,
     connections_max: Gauge,
 }
@@ -163,6 +170,7 @@ static RECORDED: LazyLock<Recorded> = LazyLock::new(|| Recorded {
     key_writes: Family::default(),
     sign_ins: Family::default(),
     tokens: Family::default(),
+    client_auth_failures: Family::default(),
     connections: Gauge::default(),
     connections_max: Gauge::default(),
 });
@@ -245,7 +253,13 @@ impl Recorded {
                 }
             }
         }
+        let _ = self
+            .client_auth_failures
+            .get_or_create(&AppLabels { app: NO_APP.into() });
         for app in apps {
+            let _ = self
+                .client_auth_failures
+                .get_or_create(&AppLabels { app: app.clone() });
             for (grant, outcome) in [
                 ("authorization_code", "issued"),
                 ("refresh_token", "issued"),
@@ -351,6 +365,11 @@ impl Recorded {
             "idledger_oidc_tokens",
             "Tokens issued to and refused for apps, by app id, grant and outcome",
             self.tokens.clone(),
+        );
+        r.register(
+            "idledger_oidc_client_auth_failures",
+            "Token requests whose client authentication failed, by the app they named (its id; none: no such app)",
+            self.client_auth_failures.clone(),
         );
     }
 }
@@ -459,6 +478,19 @@ fn code_class(code: Option<&str>) -> &'static str {
 
 /// The `app` label of a sign-in for no app.
 const NO_APP: &str = "none";
+
+/// A token request whose client authentication failed, naming `app` (if it named one).
+pub fn client_authentication_failed(app: Option<idledger_domain::AppId>) {
+    if !on() {
+        return;
+    }
+    RECORDED
+        .client_auth_failures
+        .get_or_create(&AppLabels {
+            app: app.map_or_else(|| NO_APP.to_owned(), |a| a.0.to_string()),
+        })
+        .inc();
+}
 
 /// Sign-ins decided and appended (for `app`, if one): counted where the app is known, not
 /// from the log (the events name the app for people, by its name).

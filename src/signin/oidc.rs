@@ -1004,13 +1004,16 @@ fn client(
     headers: &HeaderMap,
     form: &TokenForm,
 ) -> Result<idledger_projections::AppView, TokenFail> {
-    let invalid = || {
+    // Counted by the app it named (a guessed secret shows there), else as no app.
+    let refused = |app: Option<AppId>| {
+        crate::metrics::client_authentication_failed(app);
         TokenFail(Box::new(token_error(
             StatusCode::UNAUTHORIZED,
             "invalid_client",
             "client authentication failed",
         )))
     };
+    let invalid = || refused(None);
     let basic = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -1056,10 +1059,10 @@ fn client(
             if same_secret(&hex::encode(sent.0), &hex::encode(h.0)) {
                 Ok(app)
             } else {
-                Err(invalid())
+                Err(refused(Some(app.id)))
             }
         }
-        _ => Err(invalid()),
+        _ => Err(refused(Some(app.id))),
     }
 }
 

@@ -30,6 +30,7 @@ const DOCUMENTED: &[(&str, &str)] = &[
     ("idledger_key_writes_total", "counter"),
     ("idledger_sign_ins_total", "counter"),
     ("idledger_oidc_tokens_total", "counter"),
+    ("idledger_oidc_client_auth_failures_total", "counter"),
     ("idledger_log_head_position", "gauge"),
     ("idledger_projector_position", "gauge"),
     ("idledger_projector_lag_events", "gauge"),

@@ -2964,3 +2964,107 @@ async fn sign_ins_and_app_tokens_are_counted() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// A confidential app authenticates at `/token` with the form's fields
+/// (`client_secret_post`) as well as with Basic; an unknown client is 401
+/// `invalid_client`; a rotated secret replaces the old one at once and is an event with its
+/// admin; and a sign-out naming an address the app did not register ends on idledger's
+/// own page, never there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_secret_post_unknown_clients_rotated_secrets_and_unregistered_logouts() {
+    let (w, adele, _) = signin_world().await;
+    let SignedInWithApp {
+        mut browser,
+        app,
+        client_id,
+        secret,
+        ..
+    } = signed_in_with_app(&w, &adele).await;
+    let raw = reqwest::Client::new();
+    let token_url = format!("{}/token", w.app.public);
+    let posted = |code: String, secret: String| {
+        raw.post(&token_url).form(&[
+            ("grant_type", "authorization_code".to_owned()),
+            ("code", code),
+            ("redirect_uri", REDIRECT.to_owned()),
+            ("client_id", client_id.clone()),
+            ("client_secret", secret),
+        ])
+    };
+    let code = code_for(&mut browser, &w.app.public, &client_id, "openid", "s").await;
+    let r = posted(code, secret.clone()).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let tokens: Value = r.json().await.unwrap();
+    let id_token = tokens["id_token"].as_str().unwrap().to_owned();
+
+    let code = code_for(&mut browser, &w.app.public, &client_id, "openid", "s").await;
+    let r = exchange(&raw, &token_url, ("no-such-client", &secret), &code)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_client", "{body}");
+
+    let head = w.head().await;
+    let app_id = app["id"].as_str().unwrap();
+    let (s, rotated) = w
+        .admin(Method::POST, &format!("/v1/apps/{app_id}/secret"), None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{rotated}");
+    let new_secret = rotated["client_secret"].as_str().unwrap().to_owned();
+    assert_ne!(new_secret, secret);
+    let failures = |scrape: &crate::metrics::Scrape| {
+        scrape.value(
+            "idledger_oidc_client_auth_failures_total",
+            &[("app", app_id)],
+        )
+    };
+    let before = crate::metrics::Scrape::at(&w.app.url).await;
+    let code = code_for(&mut browser, &w.app.public, &client_id, "openid", "s").await;
+    let r = posted(code, secret.clone()).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "the old secret");
+    // A guessed secret shows under the app it named.
+    let after = crate::metrics::Scrape::at(&w.app.url).await;
+    assert_eq!(failures(&after) - failures(&before), 1.0);
+    let code = code_for(&mut browser, &w.app.public, &client_id, "openid", "s").await;
+    let r = exchange(&raw, &token_url, (&client_id, &new_secret), &code)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "the new secret");
+    let (_, events) = w
+        .admin(
+            Method::GET,
+            &format!("/v1/events?from_position={}", head + 1),
+            None,
+        )
+        .await;
+    let rotation = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "AppSecretRotated")
+        .expect("the rotation is on record")
+        .clone();
+    assert!(
+        rotation["actor"].as_str().unwrap().starts_with("admin:"),
+        "{rotation}"
+    );
+    assert!(!rotation.to_string().contains(&new_secret), "{rotation}");
+
+    // Signed out with a good hint, towards an address the app never registered.
+    let (s, location, _) = authorize(
+        &mut browser,
+        &format!(
+            "{}/end_session?id_token_hint={id_token}&post_logout_redirect_uri={}&state=x",
+            w.app.public,
+            urlencoding::encode("https://attacker.example/phish")
+        ),
+    )
+    .await;
+    assert_eq!(location, None, "sent nowhere");
+    assert_eq!(s, StatusCode::OK);
+    let (s, page, _) = browser.get(&format!("{}/me", w.app.public)).await;
+    assert_eq!(s, StatusCode::SEE_OTHER, "signed out: {page}");
+}

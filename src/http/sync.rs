@@ -25,6 +25,9 @@ use utoipa::{IntoParams, ToSchema};
 #[derive(Serialize, ToSchema)]
 pub struct RunOutcome {
     user_id: uuid::Uuid,
+    /// The user's names now (none for a user the engine no longer knows).
+    user_principal_name: Option<String>,
+    display_name: Option<String>,
     /// What Entra ID said (none: the run only acted, e.g. an approved removal).
     #[schema(value_type = Option<SyncOutcomeSchema>)]
     outcome: Option<SyncOutcome>,
@@ -110,8 +113,8 @@ pub struct SyncRunDetail {
 }
 
 impl SyncRunDetail {
-    fn of(r: &SyncRunView) -> Result<Self, ApiError> {
-        let (users, users_next) = outcomes(r, None, None)?;
+    fn of(p: &Projections, r: &SyncRunView) -> Result<Self, ApiError> {
+        let (users, users_next) = outcomes(p, r, None, None)?;
         Ok(SyncRunDetail {
             run: SyncRun::from(r),
             users,
@@ -123,6 +126,7 @@ impl SyncRunDetail {
 
 /// A run's per-user outcomes in user id order after `after`.
 fn outcomes(
+    p: &Projections,
     r: &SyncRunView,
     after: Option<UserId>,
     limit: Option<usize>,
@@ -133,10 +137,15 @@ fn outcomes(
     Ok((
         items
             .into_iter()
-            .map(|(id, o)| RunOutcome {
-                user_id: id.0,
-                outcome: o.outcome,
-                action: o.action,
+            .map(|(id, o)| {
+                let u = p.users.get(*id);
+                RunOutcome {
+                    user_id: id.0,
+                    user_principal_name: u.map(|u| u.attributes.user_principal_name.clone()),
+                    display_name: u.map(|u| u.attributes.display_name.clone()),
+                    outcome: o.outcome,
+                    action: o.action,
+                }
             })
             .collect(),
         next,
@@ -355,7 +364,7 @@ pub async fn get_one(
     let (domain, run) = run_path(raw)?;
     let p = read_domain(&s, domain, q.min_position).await?;
     let r = run_of(&p, domain, run)?;
-    Ok(Json(SyncRunDetail::of(r)?))
+    Ok(Json(SyncRunDetail::of(&p, r)?))
 }
 
 /// `GET /v1/domains/{id}/sync-runs/{run}/outcomes` query.
@@ -379,7 +388,7 @@ pub async fn run_outcomes(
     let (domain, run) = run_path(raw)?;
     let p = read_domain(&s, domain, q.min_position).await?;
     let r = run_of(&p, domain, run)?;
-    let (items, next) = outcomes(r, q.after.map(UserId), q.limit)?;
+    let (items, next) = outcomes(&p, r, q.after.map(UserId), q.limit)?;
     Ok(page(items, next))
 }
 
@@ -460,7 +469,7 @@ pub async fn approve(
         .domains
         .run(run)
         .ok_or_else(|| ApiError::NotFound("sync run".into()))?;
-    let mut detail = SyncRunDetail::of(r)?;
+    let mut detail = SyncRunDetail::of(&p, r)?;
     detail.position = Some(position);
     Ok(Json(detail))
 }

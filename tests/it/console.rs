@@ -103,6 +103,7 @@ async fn an_admin_runs_the_whole_workflow_in_the_browser_and_an_auditor_only_rea
     // The run's per-user outcomes, a page at a time.
     b.click("#runs button.link").await;
     b.wait_text("#outcomes", "added").await;
+    b.wait_text("#outcomes", "Alex Wilber").await;
 
     // Import two selected candidates.
     b.click("#import-link").await;

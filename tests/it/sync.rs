@@ -2172,6 +2172,14 @@ async fn candidates_runs_outcomes_domains_and_timelines_page() {
     .await;
     // 29 candidates and the disabled member, recorded out of scope.
     assert_eq!((outcomes.len(), pages), (30, 3));
+    // Each named as people read it, not by id alone.
+    assert!(
+        outcomes.iter().all(|o| o["user_principal_name"]
+            .as_str()
+            .is_some_and(|n| n.contains('@'))
+            && o["display_name"].is_string()),
+        "{outcomes:?}"
+    );
     let (_, detail) = w
         .admin(
             Method::GET,

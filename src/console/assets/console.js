@@ -304,7 +304,8 @@ async function showOutcomes(run, after) {
     el("thead", {}, el("tr", {}, el("th", {}, "User"), el("th", {}, "Change"), el("th", {}, "Action"))),
     el("tbody", {}));
   fill(table, page.items.map((o) => el("tr", {},
-    el("td", {}, el("a", { href: `/console/users/${o.user_id}` }, o.user_id)),
+    el("td", {}, el("a", { href: `/console/users/${o.user_id}` }, o.display_name ?? o.user_id),
+      o.user_principal_name ? el("small", {}, ` ${o.user_principal_name}`) : ""),
     el("td", {}, o.outcome ?? "—"), el("td", {}, o.action ?? "—"))), "This run changed no user.");
   const more = page.next
     ? el("button", { type: "button", onclick: () => showOutcomes(run, page.next).catch((e) => flash(e.message, "error")) }, "Next users")

@@ -239,6 +239,9 @@ pub struct Domain {
     quarantined_runs: Vec<uuid::Uuid>,
     /// A sync worker runs (credentials saved, domain not removed).
     sync_active: bool,
+    /// When the worker means to start its next scheduled run (null while one runs, or
+    /// when no worker runs).
+    next_sync_at: Option<DateTime<Utc>>,
     /// The latest run that was not a dry run.
     last_sync: Option<LastSync>,
     /// Registered.
@@ -285,7 +288,7 @@ pub struct LastSync {
 
 impl Domain {
     /// `d` as the API shows it.
-    pub fn of(domains: &Domains, d: &DomainView) -> Domain {
+    pub fn of(domains: &Domains, d: &DomainView, next_sync_at: Option<DateTime<Utc>>) -> Domain {
         let last_run = d.last_run.and_then(|r| domains.run(r));
         let s = &d.settings;
         Domain {
@@ -320,6 +323,7 @@ impl Domain {
             quarantined_run: d.quarantined_run().map(|r| r.0),
             quarantined_runs: d.quarantined_runs.iter().map(|r| r.0).collect(),
             sync_active: d.credentials.is_some() && !d.removed,
+            next_sync_at,
             last_sync: last_run.map(|r| LastSync {
                 run_id: r.run_id.0,
                 status: r.status,
@@ -340,7 +344,7 @@ fn found(s: &AppState, id: DomainId) -> Result<Domain, ApiError> {
     let p = s.engine.projector.read();
     p.domains
         .get(id)
-        .map(|d| Domain::of(&p.domains, d))
+        .map(|d| Domain::of(&p.domains, d, s.sync.next_scheduled(d.id)))
         .ok_or_else(|| ApiError::NotFound("domain".into()))
 }
 
@@ -498,7 +502,7 @@ pub async fn list(
     Ok(page(
         items
             .into_iter()
-            .map(|d| Domain::of(&p.domains, d))
+            .map(|d| Domain::of(&p.domains, d, s.sync.next_scheduled(d.id)))
             .collect(),
         next,
     ))

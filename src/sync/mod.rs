@@ -150,6 +150,9 @@ struct Inner {
     /// Held while a run that may be waited for is recorded: a request at the same moment
     /// finds it once recorded, not half.
     starting: tokio::sync::Mutex<()>,
+    /// When each domain's worker means to start its next scheduled run (the interval with
+    /// its jitter, or the wait Graph asked for), for the console to show rather than guess.
+    next_runs: Mutex<HashMap<DomainId, chrono::DateTime<chrono::Utc>>>,
 }
 
 /// The sync workers of every domain.
@@ -186,6 +189,7 @@ impl SyncService {
                 dry_runs: Mutex::default(),
                 waiting: Mutex::default(),
                 starting: tokio::sync::Mutex::new(()),
+                next_runs: Mutex::default(),
             }),
         };
         let weak = Arc::downgrade(&svc.inner);
@@ -326,6 +330,42 @@ impl SyncService {
         locks.entry(domain).or_default().clone()
     }
 
+    /// When `domain`'s next scheduled run is meant to start; none while a run is under way
+    /// or no worker runs.
+    pub fn next_scheduled(&self, domain: DomainId) -> Option<chrono::DateTime<chrono::Utc>> {
+        let next = self
+            .inner
+            .next_runs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        next.get(&domain).copied()
+    }
+
+    fn set_next_run(&self, domain: DomainId, at: Option<chrono::DateTime<chrono::Utc>>) {
+        let mut next = self
+            .inner
+            .next_runs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match at {
+            Some(at) => next.insert(domain, at),
+            None => next.remove(&domain),
+        };
+    }
+
+    /// Forgets the time `at` a worker set, unless a newer worker of the domain (its
+    /// credentials replaced) set its own since.
+    fn clear_next_run(&self, domain: DomainId, at: Option<chrono::DateTime<chrono::Utc>>) {
+        let mut next = self
+            .inner
+            .next_runs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if next.get(&domain).copied() == at {
+            next.remove(&domain);
+        }
+    }
+
     /// The scheduled runs of one domain, until its worker is cancelled.
     async fn schedule(self, domain: DomainId, mut cancelled: watch::Receiver<bool>) {
         // How long Graph asked to be left alone when the last run ended on its refusal.
@@ -339,10 +379,18 @@ impl SyncService {
             };
             let jitter = rand::thread_rng().gen_range(0.9..1.1);
             let wait = next_wait(minutes, jitter, asked.take());
+            let at = chrono::Duration::from_std(wait)
+                .ok()
+                .and_then(|w| chrono::Utc::now().checked_add_signed(w));
+            self.set_next_run(domain, at);
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
-                _ = cancelled.wait_for(|c| *c) => return,
+                _ = cancelled.wait_for(|c| *c) => {
+                    self.clear_next_run(domain, at);
+                    return;
+                }
             }
+            self.clear_next_run(domain, at);
             match self
                 .start_run(domain, SyncTrigger::Scheduled, false, None)
                 .await

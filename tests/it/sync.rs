@@ -2825,3 +2825,50 @@ async fn made_up_domains_get_404_and_no_lock() {
     }
     assert_eq!(w.app.state.sync.domain_locks(), locks);
 }
+
+/// The domain says when its worker means to run next (its interval with the jitter), so
+/// the console shows the schedule rather than a guess; a domain without credentials has
+/// no worker and no time.
+#[tokio::test]
+async fn a_domain_names_its_next_scheduled_sync() {
+    let w = world(json!({})).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let d = loop {
+        let (_, d) = w
+            .admin(Method::GET, &format!("/v1/domains/{}", w.domain), None)
+            .await;
+        if d["next_sync_at"].is_string() {
+            break d;
+        }
+        assert!(Instant::now() < deadline, "no next sync: {d}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let next: chrono::DateTime<chrono::Utc> = d["next_sync_at"].as_str().unwrap().parse().unwrap();
+    let minutes = d["sync_interval_minutes"].as_i64().unwrap();
+    let now = chrono::Utc::now();
+    assert!(next > now - chrono::Duration::seconds(1), "{d}");
+    assert!(
+        next <= now + chrono::Duration::seconds(minutes * 66 + 5),
+        "within the interval and its 10% jitter: {d}"
+    );
+    // Credentials removed: the worker stops, and with it the time.
+    let (s, _) = w
+        .admin(
+            Method::DELETE,
+            &format!("/v1/domains/{}/credentials", w.domain),
+            None,
+        )
+        .await;
+    assert!(s.is_success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, d) = w
+            .admin(Method::GET, &format!("/v1/domains/{}", w.domain), None)
+            .await;
+        if d["next_sync_at"].is_null() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still scheduled: {d}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -267,9 +267,8 @@ function domainBody(form) {
 async function domainsPage() {
   await pagedTable($("#domains"), () => "/v1/domains?limit=100&removed=false", (d) => {
     const last = d.last_sync;
-    const next = d.sync_active && last?.finished_at
-      ? when(new Date(new Date(last.finished_at).getTime() + d.sync_interval_minutes * 60000))
-      : (d.sync_active ? "soon" : "stopped");
+    // The worker's own schedule (its jitter, a wait Graph asked for), not a guess.
+    const next = d.next_sync_at ? when(d.next_sync_at) : (d.sync_active ? "running or soon" : "stopped");
     return el("tr", {},
       el("td", {}, el("a", { href: `/console/domains/${d.id}` }, d.domain)),
       el("td", {}, d.credentials?.tenant_id ?? "—"),
@@ -334,6 +333,7 @@ async function domainPage() {
     ["Application ID", d.credentials?.client_id ?? "—"],
     ["Client Secret", d.credentials?.secret_set ? "saved (never shown)" : "none"],
     ["Sync", d.sync_active ? "active" : "stopped (no credentials)"],
+    ["Next sync", d.next_sync_at ? when(d.next_sync_at) : (d.sync_active ? "running or soon" : "—")],
     ["Auto Password Change (days)", d.auto_password_change_days ?? "off"],
     ["Behavior when removing a user from a sync group", d.removal_behavior],
     ["Sync group", d.sync_group], ["Rotation group", d.rotation_group],

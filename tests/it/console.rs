@@ -125,6 +125,9 @@ async fn an_admin_runs_the_whole_workflow_in_the_browser_and_an_auditor_only_rea
     b.click("#user-search button[type=submit]").await;
     b.wait_text("#users", "alex.wilber@contoso.onmicrosoft.com")
         .await;
+    // Status and SSO as badges.
+    assert!(b.present("#users td:nth-child(3) .badge").await);
+    assert!(b.present("#users td:nth-child(5) .badge").await);
     b.click("#users a").await;
     b.wait_text("h1", "Alex Wilber").await;
     b.fill("#key-id", "K-0002").await;

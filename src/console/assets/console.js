@@ -562,8 +562,10 @@ async function usersPage() {
       el("td", {}, u.user_principal_name, el("small", {}, ` ${names.get(u.domain_id) ?? ""}`)),
       el("td", {}, badge(u.status)),
       el("td", {}, u.key_id ? badge(u.key_id, "key") : "—"),
-      el("td", {}, ssoText(u.sso)),
-      el("td", {}, when(u.next_rotation_at)))), "No users match.");
+      el("td", {}, badge(ssoText(u.sso), u.sso?.enabled ? "active" : "deactivated")),
+      el("td", {}, u.next_rotation_at
+        ? badge(when(u.next_rotation_at), new Date(u.next_rotation_at) <= new Date() ? "pending" : "due")
+        : "—"))), "No users match.");
     $("#users-more").hidden = !page.next;
   });
   const load = (reset) => reset ? pages.first() : pages.next();

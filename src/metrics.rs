@@ -476,8 +476,12 @@ fn code_class(code: Option<&str>) -> &'static str {
     }
 }
 
-/// The `app` label of a sign-in for no app.
+/// The `app` label of a sign-in or a token request for no app.
 const NO_APP: &str = "none";
+
+fn app_label(app: Option<idledger_domain::AppId>) -> String {
+    app.map_or_else(|| NO_APP.to_owned(), |a| a.0.to_string())
+}
 
 /// A token request whose client authentication failed, naming `app` (if it named one).
 pub fn client_authentication_failed(app: Option<idledger_domain::AppId>) {
@@ -487,7 +491,7 @@ pub fn client_authentication_failed(app: Option<idledger_domain::AppId>) {
     RECORDED
         .client_auth_failures
         .get_or_create(&AppLabels {
-            app: app.map_or_else(|| NO_APP.to_owned(), |a| a.0.to_string()),
+            app: app_label(app),
         })
         .inc();
 }
@@ -517,7 +521,7 @@ pub fn sign_ins(events: &[Event], app: Option<idledger_domain::AppId>) {
             .sign_ins
             .get_or_create(&SignInLabels {
                 method,
-                app: app.map_or_else(|| NO_APP.to_owned(), |a| a.0.to_string()),
+                app: app_label(app),
                 outcome,
             })
             .inc();

@@ -29,9 +29,9 @@ use futures_util::stream::{self, StreamExt};
 use idledger_domain::decide::Rejection;
 use idledger_domain::events::*;
 use idledger_domain::rotation::{
-    after_attempt, check_rotatable, events_after, in_federated_domain, next, on_resume,
-    request_manual, AttemptResult, ManualRotation, Next, NextStep, PasswordState, Protocol,
-    RotationFacts,
+    after_attempt, check_rotatable, events_after, in_federated_domain, may_ever_rotate, next,
+    on_resume, request_manual, AttemptResult, ManualRotation, Next, NextStep, PasswordState,
+    Protocol, RotationFacts,
 };
 use idledger_domain::{
     Actor, DomainId, Event, KeyWriteId, RotationId, RotationReason, StreamId, UserId,
@@ -278,10 +278,9 @@ impl RotationService {
         u: &UserView,
         now: chrono::DateTime<Utc>,
     ) -> Option<(chrono::DateTime<Utc>, RotationReason)> {
-        // Both ways to be due (a request: `may_rotate`; the schedule: `eligible`) need an
-        // active user holding a key: most users are passed by before their facts (a
-        // domain lookup, the federated-domain check) are gathered.
-        if u.status != UserStatus::Active || u.key_id.is_none() {
+        // Most users are passed by before their facts (a domain lookup, the
+        // federated-domain check) are gathered.
+        if !may_ever_rotate(u.status == UserStatus::Active, u.key_id.is_some()) {
             return None;
         }
         let f = facts(p, u);

@@ -47,21 +47,25 @@ pub struct RotationFacts {
     pub after_reveal_hours: u32,
 }
 
+/// What every rotation needs, scheduled or asked for: an active user holding a key. Known
+/// before the rest of the facts are gathered, so a pass over all users can skip most.
+pub fn may_ever_rotate(active: bool, has_key: bool) -> bool {
+    active && has_key
+}
+
 impl RotationFacts {
     /// Scheduled rotations apply to the user at all.
     pub fn eligible(&self) -> bool {
-        self.active
+        self.may_rotate()
             && self.in_sync_group
             && self.in_rotation_group
-            && self.has_key
-            && !self.federated
             && self.every_days.is_some()
     }
 
     /// A new password may be set for the user at all (an admin's request is served): the
     /// schedule's other conditions aside.
     pub fn may_rotate(&self) -> bool {
-        self.active && self.has_key && !self.federated
+        may_ever_rotate(self.active, self.has_key) && !self.federated
     }
 
     /// When the next scheduled rotation is due, and why, seen at `now` (a user never

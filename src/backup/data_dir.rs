@@ -6,7 +6,7 @@ use super::{read, refused, BackupError, BackupWriter, Contents, Manifest, CHUNK}
 use crate::store::page::{Layout, PageWriter};
 use crate::store::sled_log::{import_records, open_raw, RawStore};
 use crate::store::StoreError;
-use idledger_domain::{DataKeyId, Hash, StreamId};
+use idledger_domain::Hash;
 use idledger_projections::{Projections, UserStatus};
 use idledger_replay::tree::{Frontier, LogPublicKey, TreeHead};
 use idledger_replay::verify::CheckedRecord;
@@ -469,12 +469,17 @@ fn restore_into(
             .map(idledger_domain::StreamId::user);
         crate::secrets::shred_all(&key_store, deleted)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
-        let missing = keys_missing(&sealed_under, |id| {
-            crate::secrets::holds_data_key(&key_store, id)
-                .map_err(|e| std::io::Error::other(e.to_string()))
-        })?;
+        // Each secret's key, first sealed in log order: a deleted user's is gone by
+        // right; a live user's is named; anything else's is never shredded.
+        let mut firsts: Vec<_> = sealed_under.into_iter().collect();
+        firsts.sort_by_key(|(_, (position, _))| *position);
         let mut unshredded = Vec::new();
-        for (position, stream) in missing {
+        for (id, (position, stream)) in firsts {
+            if crate::secrets::holds_data_key(&key_store, id)
+                .map_err(|e| std::io::Error::other(e.to_string()))?
+            {
+                continue;
+            }
             match stream.user_id().and_then(|id| projections.users.get(id)) {
                 Some(u) if u.status == UserStatus::Deleted => {}
                 // Shredded for a deletion after the records (a backup bounded by `limit`).
@@ -484,22 +489,19 @@ fn restore_into(
         }
         keys_destroyed.sort();
         keys_destroyed.dedup();
-        match unshredded.first() {
-            // Nothing shreds these keys: the key store was not read with the records (a
-            // backup taken wrong), or the keys were lost before it (a data dir restored
-            // once `--without-keys`); either way the secrets would read as shredded.
-            Some((position, stream)) if keys == KeysNeeded::Required => {
-                return Err(refused(
-                    "key store",
-                    format!(
-                        "it lacks {} data keys that sealed secrets need and nothing shreds \
-                         (the first: {stream}'s, sealed under at position {position}); \
-                         --without-keys restores it anyway, those secrets unreadable",
-                        unshredded.len()
-                    ),
-                ));
-            }
-            _ => {}
+        // The key store was not read with the records (a backup taken wrong), or the keys
+        // were lost before it (a data dir restored once `--without-keys`); either way the
+        // secrets would read as shredded.
+        if let (Some((position, stream)), KeysNeeded::Required) = (unshredded.first(), keys) {
+            return Err(refused(
+                "key store",
+                format!(
+                    "it lacks {} data keys that sealed secrets need and nothing shreds \
+                     (the first: {stream}'s, sealed under at position {position}); \
+                     --without-keys restores it anyway, those secrets unreadable",
+                    unshredded.len()
+                ),
+            ));
         }
     }
     write(
@@ -532,22 +534,6 @@ fn restore_into(
         unsigned_records,
         keys_destroyed,
     })
-}
-
-/// The secrets sealed under a data key `holds` says is not in the key store, as `(first
-/// position sealed under it, its stream)`, in log order.
-fn keys_missing<E>(
-    sealed_under: &rustc_hash::FxHashMap<DataKeyId, (u64, StreamId)>,
-    mut holds: impl FnMut(DataKeyId) -> Result<bool, E>,
-) -> Result<Vec<(u64, StreamId)>, E> {
-    let mut missing = Vec::new();
-    for (id, first) in sealed_under {
-        if !holds(*id)? {
-            missing.push(first.clone());
-        }
-    }
-    missing.sort();
-    Ok(missing)
 }
 
 /// Whether a restore needs the backup's key store when the records hold sealed secrets.

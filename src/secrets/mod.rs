@@ -576,11 +576,6 @@ fn subject_entries(
     Ok(Some((entries, id)))
 }
 
-/// Whether `storage` holds a data key for `stream` (none was made yet, or it was shredded).
-pub fn holds_key(storage: &dyn KeyStorage, stream: &StreamId) -> Result<bool, SecretsError> {
-    Ok(subject_entries(storage, stream)?.is_some())
-}
-
 /// Whether `storage` holds the data key `id`: what opening a secret sealed under it needs.
 pub fn holds_data_key(storage: &dyn KeyStorage, id: DataKeyId) -> Result<bool, SecretsError> {
     Ok(storage.get(&data_key_key(id))?.is_some())

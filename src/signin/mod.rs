@@ -388,13 +388,9 @@ fn user_handle(user: UserId) -> Vec<u8> {
     user.0.as_bytes().to_vec()
 }
 
-async fn decide(
-    ctx: &Ctx,
-    user: UserId,
-    app: Option<AppId>,
-    command: SignInCommand,
-) -> Result<Vec<Event>, Refusal> {
-    decide_at(ctx, user, app, command)
+/// A decision for no app (sign-ins for an app go through [`sign_in`]).
+async fn decide(ctx: &Ctx, user: UserId, command: SignInCommand) -> Result<Vec<Event>, Refusal> {
+    decide_at(ctx, user, None, command)
         .await
         .map(|(events, _)| events)
 }
@@ -669,7 +665,6 @@ async fn start_enrolment(
     decide(
         ctx,
         user,
-        None,
         SignInCommand::StartEnrolment {
             link_id: link,
             step,
@@ -1272,20 +1267,9 @@ async fn entra_callback(
         }
         Err(EntraStepFailure::Proven(failure)) => {
             let message = failure.message().to_owned();
-            let waiting = waiting_app(&ctx, &flow);
-            let recorded = decide(
-                &ctx,
-                user,
-                waiting.as_ref().map(|a| a.id),
-                SignInCommand::SignIn {
-                    proof: Proof::EntraFailed(failure),
-                    app: waiting.map(|a| a.name),
-                    at: chrono::Utc::now(),
-                },
-            )
-            .await;
-            let message = match recorded.as_deref() {
-                Ok(events) if events.iter().any(|e| e.kind() == "SignInLocked") => {
+            let recorded = sign_in(&ctx, user, &flow, Proof::EntraFailed(failure)).await;
+            let message = match &recorded {
+                Ok((events, _)) if events.iter().any(|e| e.kind() == "SignInLocked") => {
                     SignInFailure::Locked.message().to_owned()
                 }
                 _ => message,
@@ -1313,16 +1297,11 @@ async fn record_for_signer(ctx: &Ctx, domain: DomainId, oid: &str, flow: &str) {
 /// Records on `user`'s stream that the Entra step signed in someone other than the user
 /// the flow was for.
 async fn record_mismatch(ctx: &Ctx, user: UserId, flow: &str) {
-    let waiting = waiting_app(ctx, flow);
-    let recorded = decide(
+    let recorded = sign_in(
         ctx,
         user,
-        waiting.as_ref().map(|a| a.id),
-        SignInCommand::SignIn {
-            proof: Proof::EntraFailed(SignInFailure::EntraUserMismatch),
-            app: waiting.map(|a| a.name),
-            at: chrono::Utc::now(),
-        },
+        flow,
+        Proof::EntraFailed(SignInFailure::EntraUserMismatch),
     )
     .await;
     // Throttled: one like it was recorded a moment ago.
@@ -1591,18 +1570,13 @@ async fn signin_passkey(
     };
     let (credential_id, verified) =
         verify_passkey(&ctx, &flow, Ceremony::SignIn, user, &body.credential)?;
-    let waiting = waiting_app(&ctx, &flow);
-    let decided = decide_at(
+    let decided = sign_in(
         &ctx,
         user,
-        waiting.as_ref().map(|a| a.id),
-        SignInCommand::SignIn {
-            proof: Proof::Passkey {
-                credential_id,
-                verified,
-            },
-            app: waiting.map(|a| a.name),
-            at: chrono::Utc::now(),
+        &flow,
+        Proof::Passkey {
+            credential_id,
+            verified,
         },
     )
     .await?;
@@ -1648,6 +1622,23 @@ async fn second_factor_page(State(ctx): State<Ctx>, headers: HeaderMap) -> Respo
         origin.as_deref(),
     );
     with_flow_cookie(&ctx, &headers, page, &flow)
+}
+
+/// Decides a sign-in of `user` by `proof` in `flow`, for the app whose authorization
+/// request waits in it, if one does.
+async fn sign_in(ctx: &Ctx, user: UserId, flow: &str, proof: Proof) -> Result<Decided, Refusal> {
+    let waiting = waiting_app(ctx, flow);
+    decide_at(
+        ctx,
+        user,
+        waiting.as_ref().map(|a| a.id),
+        SignInCommand::SignIn {
+            proof,
+            app: waiting.map(|a| a.name),
+            at: chrono::Utc::now(),
+        },
+    )
+    .await
 }
 
 /// The app whose authorization request waits for this flow's sign-in (`None`: the user's
@@ -1731,18 +1722,13 @@ async fn signin_totp(
             }
         },
     };
-    let waiting = waiting_app(&ctx, &flow);
-    let decided = decide_at(
+    let decided = sign_in(
         &ctx,
         user,
-        waiting.as_ref().map(|a| a.id),
-        SignInCommand::SignIn {
-            proof: Proof::EntraThenTotp {
-                code: form.code,
-                seed,
-            },
-            app: waiting.map(|a| a.name),
-            at: chrono::Utc::now(),
+        &flow,
+        Proof::EntraThenTotp {
+            code: form.code,
+            seed,
         },
     )
     .await;
@@ -1814,18 +1800,13 @@ async fn second_passkey(
     let user = entra_user(&ctx, &flow).ok_or_else(expired_flow)?;
     let (credential_id, verified) =
         verify_passkey(&ctx, &flow, Ceremony::SecondFactor, user, &body.credential)?;
-    let waiting = waiting_app(&ctx, &flow);
-    let decided = decide_at(
+    let decided = sign_in(
         &ctx,
         user,
-        waiting.as_ref().map(|a| a.id),
-        SignInCommand::SignIn {
-            proof: Proof::EntraThenPasskey {
-                credential_id,
-                verified,
-            },
-            app: waiting.map(|a| a.name),
-            at: chrono::Utc::now(),
+        &flow,
+        Proof::EntraThenPasskey {
+            credential_id,
+            verified,
         },
     )
     .await?;
@@ -1977,7 +1958,6 @@ async fn me_totp(
     decide(
         &ctx,
         user,
-        None,
         SignInCommand::EnrolTotp {
             enrolment: None,
             sealed_seed,
@@ -2026,7 +2006,7 @@ async fn me_form(
         *page.status_mut() = StatusCode::FORBIDDEN;
         return page;
     }
-    match decide(ctx, session.user, None, command).await {
+    match decide(ctx, session.user, command).await {
         Ok(events) => {
             // A removed method signs out every other browser that may have used it.
             if events

@@ -333,35 +333,23 @@ impl SyncService {
     /// When `domain`'s next scheduled run is meant to start; none while a run is under way
     /// or no worker runs.
     pub fn next_scheduled(&self, domain: DomainId) -> Option<chrono::DateTime<chrono::Utc>> {
-        let next = self
-            .inner
-            .next_runs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        next.get(&domain).copied()
+        self.next_runs().get(&domain).copied()
     }
 
-    fn set_next_run(&self, domain: DomainId, at: Option<chrono::DateTime<chrono::Utc>>) {
-        let mut next = self
-            .inner
+    fn next_runs(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<DomainId, chrono::DateTime<chrono::Utc>>> {
+        self.inner
             .next_runs
             .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        match at {
-            Some(at) => next.insert(domain, at),
-            None => next.remove(&domain),
-        };
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// Forgets the time `at` a worker set, unless a newer worker of the domain (its
     /// credentials replaced) set its own since.
-    fn clear_next_run(&self, domain: DomainId, at: Option<chrono::DateTime<chrono::Utc>>) {
-        let mut next = self
-            .inner
-            .next_runs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if next.get(&domain).copied() == at {
+    fn clear_next_run(&self, domain: DomainId, at: chrono::DateTime<chrono::Utc>) {
+        let mut next = self.next_runs();
+        if next.get(&domain) == Some(&at) {
             next.remove(&domain);
         }
     }
@@ -379,10 +367,9 @@ impl SyncService {
             };
             let jitter = rand::thread_rng().gen_range(0.9..1.1);
             let wait = next_wait(minutes, jitter, asked.take());
-            let at = chrono::Duration::from_std(wait)
-                .ok()
-                .and_then(|w| chrono::Utc::now().checked_add_signed(w));
-            self.set_next_run(domain, at);
+            // At most u32::MAX minutes and a tenth (the interval), well inside the calendar.
+            let at = chrono::Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
+            self.next_runs().insert(domain, at);
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = cancelled.wait_for(|c| *c) => {

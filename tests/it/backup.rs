@@ -516,8 +516,14 @@ pub(crate) async fn run_with_token(token: &str, args: &[&str]) -> (bool, Value, 
     )
 }
 
-/// Clients that keep appending (each new token is an event) until aborted.
-fn keep_writing(serve: &Serve, clients: usize) -> Vec<tokio::task::JoinHandle<()>> {
+/// `clients` clients that keep posting to `path` the body `body(client, n)` makes, until
+/// aborted.
+fn keep_posting(
+    serve: &Serve,
+    clients: usize,
+    path: &'static str,
+    body: fn(usize, u64) -> Value,
+) -> Vec<tokio::task::JoinHandle<()>> {
     (0..clients)
         .map(|c| {
             let (url, token) = (serve.url.clone(), serve.token.clone());
@@ -525,9 +531,9 @@ fn keep_writing(serve: &Serve, clients: usize) -> Vec<tokio::task::JoinHandle<()
                 let http = reqwest::Client::new();
                 for n in 0.. {
                     let r = http
-                        .post(format!("{url}/v1/tokens"))
+                        .post(format!("{url}{path}"))
                         .bearer_auth(&token)
-                        .json(&json!({"role": "auditor", "name": format!("load {c}/{n}")}))
+                        .json(&body(c, n))
                         .send()
                         .await;
                     if r.is_err() {
@@ -537,6 +543,16 @@ fn keep_writing(serve: &Serve, clients: usize) -> Vec<tokio::task::JoinHandle<()
             })
         })
         .collect()
+}
+
+/// Clients that keep appending (each new token is an event) until aborted.
+fn keep_writing(serve: &Serve, clients: usize) -> Vec<tokio::task::JoinHandle<()>> {
+    keep_posting(
+        serve,
+        clients,
+        "/v1/tokens",
+        |c, n| json!({"role": "auditor", "name": format!("load {c}/{n}")}),
+    )
 }
 
 /// The hash the server's log holds at `position`.
@@ -1160,25 +1176,12 @@ async fn a_backup_with_secrets_and_no_keys_is_restored_only_when_asked() {
 /// Clients that keep registering domains until aborted: each domain's workstation
 /// certificate is a sealed private key under a data key of its own, made as it registers.
 fn keep_making_keys(serve: &Serve, clients: usize) -> Vec<tokio::task::JoinHandle<()>> {
-    (0..clients)
-        .map(|c| {
-            let (url, token) = (serve.url.clone(), serve.token.clone());
-            tokio::spawn(async move {
-                let http = reqwest::Client::new();
-                for n in 0.. {
-                    let r = http
-                        .post(format!("{url}/v1/domains"))
-                        .bearer_auth(&token)
-                        .json(&json!({"domain": format!("load{c}-{n}.onmicrosoft.com")}))
-                        .send()
-                        .await;
-                    if r.is_err() {
-                        break;
-                    }
-                }
-            })
-        })
-        .collect()
+    keep_posting(
+        serve,
+        clients,
+        "/v1/domains",
+        |c, n| json!({"domain": format!("load{c}-{n}.onmicrosoft.com")}),
+    )
 }
 
 /// Online backups taken while data keys are being made: the key store is read with the

@@ -1063,6 +1063,18 @@ async fn a_users_page_carries_out_its_actions_and_shows_the_past() {
     app.user_named(&domain, "Lynne Robbins").await;
     app.user_named(other_domain["id"].as_str().unwrap(), "Lidia Holloway")
         .await;
+    // The user's status as the API tells it, beside what the page shows.
+    let status_of = async || {
+        let (_, u) = app
+            .call(
+                Some(&app.admin),
+                Method::GET,
+                &format!("/v1/users/{}", user.0),
+                None,
+            )
+            .await;
+        u["status"].as_str().unwrap().to_owned()
+    };
     let b = Browser::start().await;
     b.sign_in(&app.url, &app.admin).await;
     b.goto(&format!("{}/console/users/{}", app.url, user.0))
@@ -1115,15 +1127,7 @@ async fn a_users_page_carries_out_its_actions_and_shows_the_past() {
     b.client.accept_alert().await.unwrap();
     b.wait_text("#flash", "Deactivated").await;
     b.wait_text("#user-facts", "deactivated").await;
-    let (_, u) = app
-        .call(
-            Some(&app.admin),
-            Method::GET,
-            &format!("/v1/users/{}", user.0),
-            None,
-        )
-        .await;
-    assert_eq!(u["status"], "deactivated", "{u}");
+    assert_eq!(status_of().await, "deactivated");
 
     // The list, by status, then by domain.
     let listed_alone = async |name: &str| {
@@ -1165,13 +1169,5 @@ async fn a_users_page_carries_out_its_actions_and_shows_the_past() {
     b.wait_text("#user-facts", "deactivated").await;
     b.click("#activate").await;
     b.wait_text("#flash", "Activated").await;
-    let (_, u) = app
-        .call(
-            Some(&app.admin),
-            Method::GET,
-            &format!("/v1/users/{}", user.0),
-            None,
-        )
-        .await;
-    assert_eq!(u["status"], "active", "{u}");
+    assert_eq!(status_of().await, "active");
 }

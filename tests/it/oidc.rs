@@ -3033,20 +3033,7 @@ async fn client_secret_post_unknown_clients_rotated_secrets_and_unregistered_log
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK, "the new secret");
-    let (_, events) = w
-        .admin(
-            Method::GET,
-            &format!("/v1/events?from_position={}", head + 1),
-            None,
-        )
-        .await;
-    let rotation = events["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["kind"] == "AppSecretRotated")
-        .expect("the rotation is on record")
-        .clone();
+    let rotation = w.first_event_after(head, "AppSecretRotated").await;
     assert!(
         rotation["actor"].as_str().unwrap().starts_with("admin:"),
         "{rotation}"

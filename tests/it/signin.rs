@@ -1393,12 +1393,8 @@ pub(crate) async fn passkey_sign_in_with(
     .await
 }
 
-/// Two users registering one credential id at the same moment: one of them gets it, the
-/// other a 409. WebAuthn §7.1 step 22 holds across users however close the two requests
-/// come, not only against the registrations the projections had folded already.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_credential_id_registered_by_two_users_at_once_goes_to_one() {
-    let (w, adele, _) = signin_world().await;
+/// Bianca, with passwordless sign-in turned on for her alone: a second user beside Adele.
+async fn bianca_passwordless(w: &World) -> String {
     let bianca = w.user(4).await.unwrap()["id"].as_str().unwrap().to_owned();
     let (s, _) = w
         .admin(
@@ -1408,6 +1404,16 @@ async fn one_credential_id_registered_by_two_users_at_once_goes_to_one() {
         )
         .await;
     assert_eq!(s, StatusCode::OK);
+    bianca
+}
+
+/// Two users registering one credential id at the same moment: one of them gets it, the
+/// other a 409. WebAuthn §7.1 step 22 holds across users however close the two requests
+/// come, not only against the registrations the projections had folded already.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_credential_id_registered_by_two_users_at_once_goes_to_one() {
+    let (w, adele, _) = signin_world().await;
+    let bianca = bianca_passwordless(&w).await;
     let adele_upn = "adele.vance@contoso.onmicrosoft.com";
     let bianca_upn = "bianca.pispisa@contoso.onmicrosoft.com";
     let mut adele_v = enrol_with_key(&w, &adele, adele_upn, &mut SoftKey::new()).await;
@@ -1444,15 +1450,7 @@ async fn one_credential_id_registered_by_two_users_at_once_goes_to_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passkeys_belong_to_one_user_and_keep_their_rules() {
     let (w, adele, alex) = signin_world().await;
-    let bianca = w.user(4).await.unwrap()["id"].as_str().unwrap().to_owned();
-    let (s, _) = w
-        .admin(
-            Method::PATCH,
-            &format!("/v1/users/{bianca}"),
-            Some(json!({"sso_override": {"enabled": true, "method": "passwordless"}})),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK);
+    let bianca = bianca_passwordless(&w).await;
     let mut adele_key = SoftKey::new();
     let mut bianca_key = SoftKey::new();
     let mut adele_v = enrol_with_key(

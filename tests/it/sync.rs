@@ -1384,20 +1384,7 @@ async fn a_dry_run_reports_the_changes_and_appends_only_its_run_record() {
     assert_ne!(d["last_sync"]["run_id"], runs["items"][0]["run_id"], "{d}");
     assert_eq!(d["last_sync"]["run_id"], runs["items"][1]["run_id"], "{d}");
     // The log says who asked for it: the admin, not the scheduler.
-    let (_, events) = w
-        .admin(
-            Method::GET,
-            &format!("/v1/events?from_position={}", head + 1),
-            None,
-        )
-        .await;
-    let started = events["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["kind"] == "SyncRunStarted")
-        .expect("the dry run's record")
-        .clone();
+    let started = w.first_event_after(head, "SyncRunStarted").await;
     assert!(
         started["actor"].as_str().unwrap().starts_with("admin:"),
         "{started}"

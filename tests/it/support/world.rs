@@ -292,6 +292,25 @@ impl World {
             .collect()
     }
 
+    /// The first event of `kind` appended after `from`, whole.
+    pub async fn first_event_after(&self, from: u64, kind: &str) -> Value {
+        let (s, body) = self
+            .admin(
+                Method::GET,
+                &format!("/v1/events?from_position={}&limit=10000", from + 1),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {kind} after {from}: {body}"))
+            .clone()
+    }
+
     /// Kinds of the user events appended after `from`.
     pub async fn user_events_after(&self, from: u64) -> Vec<String> {
         let events = self.events_after(from).await;

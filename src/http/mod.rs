@@ -12,6 +12,7 @@ pub mod listen;
 mod meta;
 pub mod openapi;
 mod origin;
+mod past;
 mod proofs;
 mod rotation;
 pub mod schema;
@@ -97,6 +98,8 @@ pub struct AppState {
     /// Streamed exports and backups each hold a blocking thread for as long as their client
     /// takes to read them: at most [`LOG_STREAMS`] at once, the rest answered 503.
     pub log_streams: Arc<tokio::sync::Semaphore>,
+    /// The last past states asked for (`at`, `at_position`).
+    pub past: Arc<past::PastStates>,
 }
 
 /// Who may call a route.
@@ -646,13 +649,14 @@ impl AppState {
     }
 
     /// The projections as they were at a past time or position: a replay of the log's
-    /// prefix, on a blocking thread (it reads the whole prefix). A point not yet reached is
-    /// refused: its answer would change as the log grows, and a past state does not.
+    /// prefix on a blocking thread, from the nearest past state kept before it (see
+    /// [`past`]), or a kept state itself. A point not yet reached is refused: its answer
+    /// would change as the log grows, and a past state does not.
     pub async fn replay_until(
         &self,
         who: &Principal,
         until: idledger_replay::Until,
-    ) -> Result<idledger_projections::Projections, ApiError> {
+    ) -> Result<Arc<idledger_replay::Prefix>, ApiError> {
         let head = self.engine.log.head().position;
         match until {
             idledger_replay::Until::Position(p) if p > head => {
@@ -673,12 +677,24 @@ impl AppState {
             }
             _ => {}
         }
+        let start = match self.past.start(until) {
+            past::Start::Kept(state) => return Ok(state),
+            start => start,
+        };
         let log = self.engine.log.clone();
+        let past = self.past.clone();
+        // The copy of a kept state and the drop of the one pushed out each take as long as
+        // a few thousand records' fold: both stay on the blocking thread.
         self.whole_log_read(who, move || {
-            idledger_replay::fold(crate::store::envelopes(&*log, 1), until, |_| {})
+            let anchor = start.is_scratch();
+            let base = start.base();
+            let from = base.position() + 1;
+            let state =
+                Arc::new(base.extend(crate::store::envelopes(&*log, from), until, |_| {})?);
+            past.keep(state.clone(), anchor);
+            Ok(state)
         })
         .await?
-        .map_err(ApiError::from)
     }
 
     /// Runs `work`, a read of the whole log, on a blocking thread, if fewer than

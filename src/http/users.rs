@@ -268,7 +268,7 @@ pub async fn list(
     };
     let live;
     let p: &Projections = match &past {
-        Some(p) => p,
+        Some(p) => &p.projections,
         None => {
             live = s.engine.projector.read();
             &live
@@ -330,8 +330,9 @@ pub async fn get_one(
     s.reach(q.min_position).await?;
     let answer = match point_in_time(q.at, q.at_position)? {
         Some(until) => {
-            let p = s.replay_until(&who, until).await?;
-            p.users.get(UserId(id)).map(|u| Json(User::as_in(&p, u)))
+            let past = s.replay_until(&who, until).await?;
+            let p = &past.projections;
+            p.users.get(UserId(id)).map(|u| Json(User::as_in(p, u)))
         }
         None => {
             let p = s.engine.projector.read();

@@ -156,6 +156,7 @@ pub async fn start_with(
         domain_names: Arc::default(),
         whole_log_reads: Arc::new(tokio::sync::Semaphore::new(http::WHOLE_LOG_READS)),
         log_streams: Arc::new(tokio::sync::Semaphore::new(http::LOG_STREAMS)),
+        past: Arc::default(),
     };
     crate::provider::keep_rotating(state.engine.clone(), state.oidc);
     Ok((state, bootstrap))

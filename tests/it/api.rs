@@ -1061,6 +1061,23 @@ async fn at_answers_equal_what_was_read_live_then() {
         )
         .await;
     assert_eq!(list_then, list_before);
+    // Later points are folded on from the states just kept: the answers are the live ones.
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    for point in [
+        format!("at={}", urlencoding_free(&now)),
+        format!("at_position={}", app.head()),
+    ] {
+        let (s, later) = app
+            .call(
+                Some(&app.admin),
+                Method::GET,
+                &format!("/v1/users/{u}?{point}"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{point}");
+        assert_eq!(later, live_after, "{point}");
+    }
     let (s, _) = app
         .call(
             Some(&app.admin),

@@ -120,6 +120,22 @@ async fn fill(data_dir: &std::path::Path, n: u32) -> Result<(DomainId, UserId, S
     Ok((domain, first, token))
 }
 
+/// The log's head position, as `/healthz` tells it.
+async fn head_position(http: &reqwest::Client, url: &str) -> Result<u64, Error> {
+    let other = |e: reqwest::Error| Error::Other(e.to_string());
+    let health: serde_json::Value = http
+        .get(format!("{url}/healthz"))
+        .send()
+        .await
+        .map_err(other)?
+        .json()
+        .await
+        .map_err(other)?;
+    health["head_position"]
+        .as_u64()
+        .ok_or_else(|| Error::Other("/healthz has no head_position".into()))
+}
+
 /// A session cookie from the sign-in form, as a browser gets one.
 async fn sign_in(http: &reqwest::Client, url: &str, token: &str) -> Result<String, Error> {
     let other = |e: reqwest::Error| Error::Other(e.to_string());
@@ -168,6 +184,9 @@ pub async fn console(args: ConsoleArgs) -> Result<ExitCode, Error> {
     let cookie = sign_in(&http, &url, &token).await?;
     let (d, u) = (domain.0, user.0);
     let last = 2 * args.users - 1;
+    let head = head_position(&http, &url).await?;
+    // A past state halfway down the log: every user is there, half of them imported.
+    let half = head / 2;
     let pages: Vec<(&str, Vec<String>)> = vec![
         (
             "domains",
@@ -254,6 +273,17 @@ pub async fn console(args: ConsoleArgs) -> Result<ExitCode, Error> {
                 "/v1/provider/signing-keys?limit=20".into(),
             ],
         ),
+        // An auditor paging through a past state: the same point, page after page.
+        (
+            "users as of a past position",
+            vec![format!("/v1/users?limit=50&at_position={half}")],
+        ),
+        // An auditor stepping through history on a user's page: a new point each load,
+        // one event later than the last (`{step}` is `half` plus the round).
+        (
+            "user as of, one event later each load",
+            vec![format!("/v1/users/{u}?at_position={{step}}")],
+        ),
         (
             "user",
             vec![
@@ -269,9 +299,10 @@ pub async fn console(args: ConsoleArgs) -> Result<ExitCode, Error> {
     for (page, paths) in &pages {
         let mut per_page = Vec::with_capacity(args.rounds);
         let mut per_path: Vec<Vec<f64>> = vec![Vec::new(); paths.len()];
-        for _ in 0..args.rounds {
+        for round in 0..args.rounds {
             let mut total = 0.0;
             for (i, path) in paths.iter().enumerate() {
+                let path = path.replace("{step}", &(half + round as u64).to_string());
                 let started = Instant::now();
                 let r = http
                     .get(format!("{url}{path}"))

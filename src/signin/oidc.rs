@@ -1605,9 +1605,20 @@ async fn refresh(ctx: &Ctx, app: &idledger_projections::AppView, form: &TokenFor
             name.user,
             sid,
             // A refreshed ID token carries no nonce (OIDC Core §12.2): the app checks
-            // a nonce against a sign-in it started, and a refresh is none.
+            // a nonce against a sign-in it started, and a refresh is none. A narrower
+            // scope asked for narrows these tokens only (RFC 6749 §6): the next refresh
+            // token keeps the whole grant, as recorded.
             &TokenGrant {
                 nonce: None,
+                scope: match request.scope.as_deref() {
+                    Some(asked) if !asked.is_empty() => carried
+                        .scope
+                        .iter()
+                        .filter(|granted| asked.contains(granted))
+                        .cloned()
+                        .collect(),
+                    _ => carried.scope.clone(),
+                },
                 ..carried.clone()
             },
             Issued {

@@ -1093,6 +1093,29 @@ async fn a_user_enrols_a_passkey_from_an_invite_and_signs_in_with_it_in_chromium
     b.click("button[data-webauthn=signin]").await;
     b.wait_text("[role=alert]", "cannot sign in here").await;
 
+    // A link past its time (recorded as an invite sent long ago would be) says so.
+    let expired = "an-expired-link-secret";
+    crate::support::append(
+        &*w.app.state.engine.log,
+        UserId(alex.parse().unwrap()),
+        idledger::store::ExpectedVersion::Any,
+        vec![InviteSent {
+            to: ALEX.into(),
+            via: "outbox".into(),
+            link: Some(EnrolmentLink {
+                link_id: LinkId(uuid::Uuid::now_v7()),
+                token_hash: idledger::http::token_hash(expired),
+                expires_at: chrono::Utc::now() - chrono::Duration::minutes(1),
+            }),
+        }
+        .into()],
+    )
+    .await;
+    w.app.state.engine.settle().await.unwrap();
+    b.goto(&format!("{}/enrol/{expired}", w.app.public)).await;
+    b.wait_text("[role=alert]", "has expired").await;
+    assert!(!b.present("button[data-redirect]").await);
+
     // Alex enrols Entra ID plus an authenticator code in the browser.
     b.remove_authenticator(&key).await;
     invite(&w, &alex).await;
@@ -1114,11 +1137,8 @@ async fn a_user_enrols_a_passkey_from_an_invite_and_signs_in_with_it_in_chromium
         tokio::time::sleep(Duration::from_millis(100)).await;
         secret = b.css("#totp-secret").await.text().await.unwrap();
     }
-    b.fill(
-        "#totp-code",
-        &totp_code(&secret, chrono::Utc::now().timestamp()),
-    )
-    .await;
+    let enrolled_code = totp_code(&secret, chrono::Utc::now().timestamp());
+    b.fill("#totp-code", &enrolled_code).await;
     b.click("form[data-totp-confirm] button").await;
     b.wait_text("h1", "Alex Wilber").await;
     b.wait_text("main", "fed, otp").await;
@@ -1155,7 +1175,23 @@ async fn a_user_enrols_a_passkey_from_an_invite_and_signs_in_with_it_in_chromium
     b.fill("#password", ALEX_PASSWORD).await;
     b.click("button[type=submit]").await;
     b.wait_text("main", "Now your second factor").await;
-    // The next step's code: the enrolment's own is spent.
+    // The enrolment's code again: spent. A code of no step near now: not right. Each is
+    // said on the page, whose form takes the next try.
+    b.fill("#code", &enrolled_code).await;
+    b.click("form[action='/signin/totp'] button").await;
+    b.wait_text("[role=alert]", "used already").await;
+    let now = chrono::Utc::now().timestamp();
+    let near: Vec<String> = (-2..=2)
+        .map(|step| totp_code(&secret, now + 30 * step))
+        .collect();
+    let wrong = (0..1_000_000u32)
+        .map(|n| format!("{n:06}"))
+        .find(|c| !near.contains(c))
+        .unwrap();
+    b.fill("#code", &wrong).await;
+    b.click("form[action='/signin/totp'] button").await;
+    b.wait_text("[role=alert]", "not right").await;
+    // The next step's code.
     b.fill(
         "#code",
         &totp_code(&secret, chrono::Utc::now().timestamp() + 30),

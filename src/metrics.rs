@@ -207,6 +207,14 @@ impl Recorded {
                 code_class: "none",
             });
         }
+        // Refusals by each class Graph's codes fall in: an alert on `increase()` sees a
+        // series' first refusal only when the series was there at zero before it.
+        for code_class in CODE_CLASSES {
+            let _ = self.rotations.get_or_create(&RotationLabels {
+                outcome: "refused",
+                code_class,
+            });
+        }
         for outcome in ["succeeded", "refused"] {
             let _ = self
                 .unknown_resolved
@@ -244,7 +252,7 @@ impl Recorded {
                     domain: domain.clone(),
                     kind,
                 });
-                for outcome in ["succeeded", "failed"] {
+                for outcome in ["succeeded", "quarantined", "failed", "cancelled"] {
                     let _ = self.sync_runs.get_or_create(&SyncOutcomeLabels {
                         domain: domain.clone(),
                         kind,
@@ -462,6 +470,17 @@ pub fn group_committed<'a>(took: Duration, events: impl ExactSizeIterator<Item =
 
 /// The class of a Graph error code: its prefix when it is one of Graph's families
 /// (`Authorization_RequestDenied` → `authorization`), else `other`; `none` without a code.
+/// Every class [`code_class`] answers.
+const CODE_CLASSES: [&str; 7] = [
+    "none",
+    "authorization",
+    "authentication",
+    "request",
+    "directory",
+    "service",
+    "other",
+];
+
 fn code_class(code: Option<&str>) -> &'static str {
     let Some(code) = code else { return "none" };
     let prefix = code.split('_').next().unwrap_or("").to_ascii_lowercase();

@@ -436,9 +436,18 @@ impl GraphClient {
             .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// Whether the secret and tokens may still be sent: checked before either is. The URLs
+    /// are checked here, where they are used, not only where they are saved: settings an
+    /// earlier build saved were never checked (and a client made for them fails each run
+    /// saying why, rather than not being made).
     fn still_serving(&self) -> Result<(), GraphError> {
         if self.retired.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(GraphError::Retired);
+        }
+        for url in [&self.settings.graph_url, &self.settings.authority_url] {
+            if idledger_domain::decide::check_service_url(url).is_err() {
+                return Err(GraphError::InsecureUrl(url.to_string()));
+            }
         }
         Ok(())
     }

@@ -58,6 +58,10 @@ pub enum GraphError {
         "Graph sent a link to {0}, which is not the configured Graph host; it was not followed"
     )]
     ForeignLink(String),
+    /// A saved Graph or authority URL that is neither https:// nor http:// to loopback
+    /// (saved before that rule, say): no secret and no token is sent to it.
+    #[error("{0}: not an https:// URL (http:// only to a loopback host); nothing is sent to it")]
+    InsecureUrl(String),
     /// The credentials this client holds were removed or replaced: it sends nothing more
     /// with them (not even a token it still has).
     #[error("the domain's credentials were removed or replaced; nothing more is sent with them")]

@@ -79,6 +79,15 @@ impl Scrape {
         }
     }
 
+    /// True when a sample of `name` has exactly `labels`.
+    pub(crate) fn has(&self, name: &str, labels: &[(&str, &str)]) -> bool {
+        self.samples.iter().any(|s| {
+            s.metric == name
+                && s.labels.len() == labels.len()
+                && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))
+        })
+    }
+
     /// The sum of a counter's or gauge's samples (or a histogram's counts) whose labels
     /// include every pair of `labels`.
     pub(crate) fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
@@ -122,6 +131,28 @@ async fn metrics_parse_name_every_documented_family_and_move_with_their_work() {
         );
     }
     let domain = "contoso.onmicrosoft.com";
+    // Series an alert watches with `increase()` are there at zero before their first
+    // event, or that event would go unseen.
+    for class in [
+        "authorization",
+        "authentication",
+        "request",
+        "directory",
+        "service",
+        "other",
+    ] {
+        let labels = [("outcome", "refused"), ("code_class", class)];
+        assert!(before.has("idledger_rotations_total", &labels), "{class}");
+    }
+    for outcome in ["quarantined", "failed", "cancelled"] {
+        for kind in ["full", "delta"] {
+            let labels = [("domain", domain), ("kind", kind), ("outcome", outcome)];
+            assert!(
+                before.has("idledger_sync_runs_total", &labels),
+                "{labels:?}"
+            );
+        }
+    }
     assert!(
         before.value(
             "idledger_sync_run_duration_seconds",

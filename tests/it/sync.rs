@@ -1989,6 +1989,76 @@ async fn a_saved_secret_goes_nowhere_but_where_it_was_saved_for() {
     assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
 
+/// Settings an earlier build saved without checking them (plain http to a host off the
+/// machine): the secret is not sent there, and the run says why.
+#[tokio::test]
+async fn an_insecure_url_saved_before_the_rule_gets_nothing() {
+    let w = world(json!({})).await;
+    let domain = idledger_domain::DomainId(w.domain.parse().unwrap());
+    let settings = w
+        .app
+        .state
+        .engine
+        .projector
+        .read()
+        .domains
+        .get(domain)
+        .unwrap()
+        .settings
+        .clone();
+    for (field, url) in [
+        ("authority_url", "http://10.255.255.1:9"),
+        ("graph_url", "http://[fd00::1]/v1.0"),
+    ] {
+        let mut old = settings.clone();
+        match field {
+            "authority_url" => old.authority_url = url.into(),
+            _ => old.graph_url = url.into(),
+        }
+        let event: idledger_domain::Event =
+            idledger_domain::events::DomainSettingsChanged { settings: old }.into();
+        w.app
+            .state
+            .engine
+            .log
+            .append(idledger::store::AppendRequest::new(
+                idledger_domain::StreamId::domain(domain),
+                idledger::store::ExpectedVersion::Any,
+                vec![idledger_domain::ProposedEvent::new(
+                    uuid::Uuid::now_v7(),
+                    idledger_domain::Actor::Operator,
+                    event,
+                )],
+            ))
+            .await
+            .unwrap();
+        w.app.state.engine.settle().await.unwrap();
+        // The credentials saved after it, as that build allowed.
+        let (s, body) = w
+            .admin(
+                Method::PUT,
+                &format!("/v1/domains/{}/credentials", w.domain),
+                Some(json!({"tenant_id": TENANT, "client_id": APP, "client_secret": SECRET})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        let asked = w.sim_requests().await;
+        w.sync_fails(&[url, "not an https:// URL"]).await;
+        assert_eq!(w.sim_requests().await, asked, "nothing was sent anywhere");
+    }
+    // Saved again through the API (which checks), the domain syncs.
+    let (s, body) = w
+        .admin(
+            Method::PATCH,
+            &format!("/v1/domains/{}", w.domain),
+            Some(json!({"authority_url": w.sim, "graph_url": w.sim, "client_secret": SECRET})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let run = w.sync().await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+}
+
 /// Deleting a user destroys their secrets for real: the wrapped data key is in no file of
 /// the data dir afterwards (in any encoding the key store uses), and the master key can
 /// no longer open the user's sealed password.

@@ -1545,15 +1545,34 @@ async fn revoking_a_token_ends_its_open_streams() {
     let first = export.chunk().await.unwrap();
     assert!(first.is_some());
     app.revoke(&exporter_id).await;
-    let ended = loop {
-        match tokio::time::timeout(Duration::from_secs(3), export.chunk()).await {
+    assert_eq!(how_it_ends(export).await, "aborted");
+
+    // So is a backup download: a cut file fails its check, it never passes as whole.
+    let (backer, backer_id) = app.token_and_id("auditor", &[]).await;
+    let mut backup = app
+        .http
+        .get(format!("{}/v1/backup", app.url))
+        .bearer_auth(&backer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(backup.status(), StatusCode::OK);
+    assert!(backup.chunk().await.unwrap().is_some());
+    app.revoke(&backer_id).await;
+    assert_eq!(how_it_ends(backup).await, "aborted");
+}
+
+/// Reads the rest of a streamed body: `complete` or `aborted` (within seconds, or the
+/// test fails).
+async fn how_it_ends(mut body: reqwest::Response) -> &'static str {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(3), body.chunk()).await {
             Ok(Ok(Some(_))) => continue,
-            Ok(Ok(None)) => break "complete",
-            Ok(Err(_)) => break "aborted",
-            Err(_) => panic!("the export goes on after its token was revoked"),
+            Ok(Ok(None)) => return "complete",
+            Ok(Err(_)) => return "aborted",
+            Err(_) => panic!("the body goes on after its token was revoked"),
         }
-    };
-    assert_eq!(ended, "aborted");
+    }
 }
 
 /// An export sent to be checked takes a while to arrive and to check: a token revoked

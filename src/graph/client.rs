@@ -1101,7 +1101,9 @@ impl GraphClient {
 
     /// Where to send a user's browser to sign in to Entra ID with this app registration:
     /// the authorization code flow with PKCE (S256), `openid profile email`.
-    pub fn authorize_url(&self, request: &AuthorizeRequest<'_>) -> String {
+    pub fn authorize_url(&self, request: &AuthorizeRequest<'_>) -> Result<String, GraphError> {
+        // A user's browser, and then their password, go there.
+        self.still_serving()?;
         let mut url = format!(
             "{}?client_id={}&response_type=code&response_mode=query&scope={}&redirect_uri={}&state={}&nonce={}&code_challenge={}&code_challenge_method=S256",
             self.authority("/oauth2/v2.0/authorize"),
@@ -1116,7 +1118,7 @@ impl GraphClient {
             url.push_str("&login_hint=");
             url.push_str(&urlencoding::encode(hint));
         }
-        url
+        Ok(url)
     }
 
     /// The tenant's OpenID Connect issuer and signing keys (JWKS bytes). The keys are read
@@ -1143,6 +1145,8 @@ impl GraphClient {
     }
 
     async fn get_plain(&self, url: &str) -> Result<Value, GraphError> {
+        // The keys ID tokens are checked with: read only over a channel no one can change.
+        self.still_serving()?;
         let resp = timed("openid_keys", self.http.get(url))
             .await
             .map_err(|e| unanswered(url, e))?;
@@ -1348,5 +1352,39 @@ mod tests {
             "https://graph.microsoft.com.evil.example/v1.0",
             graph
         ));
+    }
+
+    /// Settings saved before URLs were checked: nothing is sent to a plain-http host off the
+    /// machine, and no browser is sent there either.
+    #[tokio::test]
+    async fn a_plain_http_url_off_the_machine_gets_nothing() {
+        for (authority_url, graph_url) in [
+            ("http://login.example", "https://graph.example"),
+            ("https://login.example", "http://10.0.0.1"),
+        ] {
+            let client = GraphClient::new(
+                GraphSettings {
+                    authority_url: authority_url.into(),
+                    graph_url: graph_url.into(),
+                    tenant_id: "t".into(),
+                    client_id: "c".into(),
+                    client_secret: crate::secrets::Secret::new("s"),
+                },
+                RetryPolicy::default(),
+                &GraphTrust::default(),
+            )
+            .unwrap();
+            let insecure = |e: GraphError| matches!(e, GraphError::InsecureUrl(_));
+            assert!(client.access_token().await.is_err_and(insecure));
+            assert!(client.openid_keys().await.is_err_and(insecure));
+            let request = AuthorizeRequest {
+                redirect_uri: "https://idledger.example/signin/entra",
+                state: "s",
+                nonce: "n",
+                code_challenge: "c",
+                login_hint: None,
+            };
+            assert!(client.authorize_url(&request).is_err_and(insecure));
+        }
     }
 }

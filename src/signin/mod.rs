@@ -1044,13 +1044,21 @@ fn to_tenant(
         domain,
     };
     let redirect_uri = callback_url(ctx)?;
-    let url = client.authorize_url(&crate::graph::AuthorizeRequest {
-        redirect_uri: &redirect_uri,
-        state: &pending.state,
-        nonce: &pending.nonce,
-        code_challenge: &challenge,
-        login_hint: Some(login_hint),
-    });
+    let url = client
+        .authorize_url(&crate::graph::AuthorizeRequest {
+            redirect_uri: &redirect_uri,
+            state: &pending.state,
+            nonce: &pending.nonce,
+            code_challenge: &challenge,
+            login_hint: Some(login_hint),
+        })
+        .map_err(|e| {
+            tracing::warn!(domain = %domain, error = %e, "no sign-in through this tenant");
+            refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Your organisation's Entra ID connection is not usable now. Ask your administrator.",
+        )
+        })?;
     ctx.store.with_flow(flow, |f| f.entra = Some(pending));
     Ok(Redirection { redirect: url })
 }

@@ -31,7 +31,8 @@ pub fn set_enabled(on: bool) {
     ENABLED.store(on, Ordering::Relaxed);
 }
 
-fn on() -> bool {
+/// Whether recording is on.
+pub fn on() -> bool {
     ENABLED.load(Ordering::Relaxed)
 }
 
@@ -468,8 +469,6 @@ pub fn group_committed<'a>(took: Duration, events: impl ExactSizeIterator<Item =
     }
 }
 
-/// The class of a Graph error code: its prefix when it is one of Graph's families
-/// (`Authorization_RequestDenied` → `authorization`), else `other`; `none` without a code.
 /// Every class [`code_class`] answers.
 const CODE_CLASSES: [&str; 7] = [
     "none",
@@ -481,6 +480,8 @@ const CODE_CLASSES: [&str; 7] = [
     "other",
 ];
 
+/// The class of a Graph error code: its prefix when it is one of Graph's families
+/// (`Authorization_RequestDenied` → `authorization`), else `other`; `none` without a code.
 fn code_class(code: Option<&str>) -> &'static str {
     let Some(code) = code else { return "none" };
     let prefix = code.split('_').next().unwrap_or("").to_ascii_lowercase();

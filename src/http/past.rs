@@ -14,11 +14,15 @@
 
 use idledger_replay::{Prefix, Until};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Past states kept at once: one to page or step through, and the anchor it came from.
 /// Each is as large as the live projections (130 MB at 100,000 users and as many
 /// candidates), so no more.
 pub const KEPT: usize = 2;
+
+/// How long a past state no one asks for is kept.
+pub const IDLE: Duration = Duration::from_secs(10 * 60);
 
 /// The last [`KEPT`] past states asked for, most recently used first.
 #[derive(Default)]
@@ -30,6 +34,8 @@ struct Kept {
     state: Arc<Prefix>,
     /// Folded from the start.
     anchor: bool,
+    /// Last asked for.
+    used: Instant,
 }
 
 /// Where to answer a past point from.
@@ -63,14 +69,30 @@ impl Start {
 }
 
 impl PastStates {
+    /// The kept state that is the state at `until`, if one is.
+    pub fn kept(&self, until: Until) -> Option<Arc<Prefix>> {
+        match self.start_if(until, false) {
+            Start::Kept(state) => Some(state),
+            _ => None,
+        }
+    }
+
     /// Where the state at `until` starts from.
     pub fn start(&self, until: Until) -> Start {
+        self.start_if(until, true)
+    }
+
+    fn start_if(&self, until: Until, or_fold: bool) -> Start {
         let mut kept = self.lock();
         if let Some(i) = kept.iter().position(|k| k.state.is(until)) {
-            let hit = kept.remove(i);
+            let mut hit = kept.remove(i);
+            hit.used = Instant::now();
             let state = hit.state.clone();
             kept.insert(0, hit);
             return Start::Kept(state);
+        }
+        if !or_fold {
+            return Start::Scratch;
         }
         let nearest = kept
             .iter()
@@ -96,9 +118,25 @@ impl PastStates {
                 .iter()
                 .any(|k| k.anchor && k.state.position() == state.position());
         kept.retain(|k| k.state.position() != state.position());
-        kept.insert(0, Kept { state, anchor });
+        kept.insert(
+            0,
+            Kept {
+                state,
+                anchor,
+                used: Instant::now(),
+            },
+        );
         let keep = kept.len().min(KEPT);
         let gone = kept.split_off(keep);
+        drop(kept);
+        drop(gone);
+    }
+
+    /// Lets go of the states not asked for in `idle`: each holds as much memory as the
+    /// live projections. Call it on a blocking thread (a drop may take a while).
+    pub fn forget_idle(&self, idle: Duration) {
+        let mut kept = self.lock();
+        let gone: Vec<Kept> = kept.extract_if(.., |k| k.used.elapsed() >= idle).collect();
         drop(kept);
         drop(gone);
     }
@@ -109,6 +147,20 @@ impl PastStates {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// Every minute, lets go of the states no one asked for in [`IDLE`] (see
+/// [`PastStates::forget_idle`]), until the server that holds `past` is gone.
+pub fn keep_forgetting(past: Arc<PastStates>) {
+    let past = Arc::downgrade(&past);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            let Some(past) = past.upgrade() else { return };
+            let _ = tokio::task::spawn_blocking(move || past.forget_idle(IDLE)).await;
+        }
+    });
 }
 
 #[cfg(test)]
@@ -146,6 +198,23 @@ mod tests {
         past.keep(at(15), false);
         assert_eq!(kind(&past.start(Until::Position(10))), ("kept", 10));
         assert_eq!(kind(&past.start(Until::Position(15))), ("kept", 15));
+    }
+
+    #[test]
+    fn a_hit_is_found_without_folding_and_idle_states_are_let_go() {
+        let past = PastStates::default();
+        assert!(past.kept(Until::Position(10)).is_none());
+        past.keep(at(10), true);
+        assert!(past.kept(Until::Position(12)).is_none(), "not a hit");
+        assert_eq!(kind(&past.start(Until::Position(12))), ("copy", 10));
+        assert!(past.kept(Until::Position(10)).is_some());
+        past.forget_idle(Duration::from_secs(60));
+        assert!(
+            past.kept(Until::Position(10)).is_some(),
+            "asked for just now"
+        );
+        past.forget_idle(Duration::ZERO);
+        assert!(past.kept(Until::Position(10)).is_none());
     }
 
     #[test]

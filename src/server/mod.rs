@@ -159,6 +159,7 @@ pub async fn start_with(
         past: Arc::default(),
     };
     crate::provider::keep_rotating(state.engine.clone(), state.oidc);
+    http::past::keep_forgetting(state.past.clone());
     Ok((state, bootstrap))
 }
 

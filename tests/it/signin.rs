@@ -1137,7 +1137,8 @@ async fn a_user_enrols_a_passkey_from_an_invite_and_signs_in_with_it_in_chromium
         tokio::time::sleep(Duration::from_millis(100)).await;
         secret = b.css("#totp-secret").await.text().await.unwrap();
     }
-    let enrolled_code = totp_code(&secret, chrono::Utc::now().timestamp());
+    let enrolled_at = chrono::Utc::now().timestamp();
+    let enrolled_code = totp_code(&secret, enrolled_at);
     b.fill("#totp-code", &enrolled_code).await;
     b.click("form[data-totp-confirm] button").await;
     b.wait_text("h1", "Alex Wilber").await;
@@ -1179,7 +1180,22 @@ async fn a_user_enrols_a_passkey_from_an_invite_and_signs_in_with_it_in_chromium
     // said on the page, whose form takes the next try.
     b.fill("#code", &enrolled_code).await;
     b.click("form[action='/signin/totp'] button").await;
-    b.wait_text("[role=alert]", "used already").await;
+    let mut said = String::new();
+    for _ in 0..200 {
+        if b.present("[role=alert]").await {
+            said = b.css("[role=alert]").await.text().await.unwrap_or_default();
+        }
+        if said.contains("used already") || said.contains("not right") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // (On a slow machine the enrolment's step may have left the window of one step.)
+    let left_the_window = chrono::Utc::now().timestamp() / 30 - enrolled_at / 30 > 1;
+    assert!(
+        said.contains("used already") || (left_the_window && said.contains("not right")),
+        "{said}"
+    );
     let now = chrono::Utc::now().timestamp();
     let near: Vec<String> = (-2..=2)
         .map(|step| totp_code(&secret, now + 30 * step))

@@ -155,7 +155,8 @@ pub struct RefreshRequest {
     /// Domains whose users may use the app.
     pub app_domains: Vec<DomainId>,
     /// The scopes the client asked for, when it named any: none beyond the grant's
-    /// (RFC 6749 §6). Asking for fewer is answered with the grant's.
+    /// (RFC 6749 §6). Fewer narrow the tokens issued now, not the grant the next refresh
+    /// token carries.
     pub scope: Option<Vec<String>>,
     /// Now.
     pub at: DateTime<Utc>,

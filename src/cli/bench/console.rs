@@ -302,7 +302,8 @@ pub async fn console(args: ConsoleArgs) -> Result<ExitCode, Error> {
         for round in 0..args.rounds {
             let mut total = 0.0;
             for (i, path) in paths.iter().enumerate() {
-                let path = path.replace("{step}", &(half + round as u64).to_string());
+                let step = (half + round as u64).min(head);
+                let path = path.replace("{step}", &step.to_string());
                 let started = Instant::now();
                 let r = http
                     .get(format!("{url}{path}"))

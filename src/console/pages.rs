@@ -326,6 +326,8 @@ pub(super) async fn users(State(s): State<AppState>, headers: HeaderMap) -> Resp
   <select id="udomain" name="domain"><option value="">All domains</option></select>
   <label for="ustatus">Status</label>
   <select id="ustatus" name="status"><option value="">Any status</option><option>candidate</option><option>active</option><option>deactivated</option><option>deleted</option></select>
+  <label for="uat">As of</label>
+  <input id="uat" name="at" type="datetime-local" step="1">
   <button type="submit">Filter</button>
 </form>
 <p id="import-links" class="note"></p>

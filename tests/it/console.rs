@@ -1107,7 +1107,7 @@ async fn a_users_page_carries_out_its_actions_and_shows_the_past() {
     b.client
         .execute(
             "document.querySelector('#at').value = arguments[0]",
-            vec![moment],
+            vec![moment.clone()],
         )
         .await
         .unwrap();
@@ -1162,6 +1162,30 @@ async fn a_users_page_carries_out_its_actions_and_shows_the_past() {
         .unwrap();
     b.click("#user-search button[type=submit]").await;
     listed_alone("Lidia Holloway").await;
+    // As of that moment (before the deactivation), no one was deactivated.
+    b.css("#udomain").await.select_by_value("").await.unwrap();
+    b.css("#ustatus")
+        .await
+        .select_by_label("deactivated")
+        .await
+        .unwrap();
+    b.client
+        .execute(
+            "document.querySelector('#uat').value = arguments[0]",
+            vec![moment],
+        )
+        .await
+        .unwrap();
+    b.click("#user-search button[type=submit]").await;
+    b.wait_text("h1", "(as of").await;
+    b.wait_text("#users", "No users match.").await;
+    b.client
+        .execute("document.querySelector('#uat').value = ''", vec![])
+        .await
+        .unwrap();
+    b.click("#user-search button[type=submit]").await;
+    listed_alone("Nestor Wilke").await;
+    assert!(!b.css("h1").await.text().await.unwrap().contains("as of"));
 
     // Back on the page: activated again.
     b.goto(&format!("{}/console/users/{}", app.url, user.0))

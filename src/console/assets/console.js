@@ -551,12 +551,17 @@ async function usersPage() {
     $("#import-links").append("Import from Entra ID: ", ...live.flatMap((d, i) =>
       [i ? ", " : "", el("a", { href: `/console/domains/${d.id}/import` }, d.domain)]));
   }
+  // A past point (the list as it was then) is folded once; its later pages come at once.
+  let at = null;
   const pages = pager(() => {
     const f = $("#user-search");
     const params = new URLSearchParams({ limit: "50" });
     for (const k of ["q", "domain", "status"]) if (f.elements[k].value) params.set(k, f.elements[k].value);
+    at = f.elements.at.value ? new Date(f.elements.at.value).toISOString() : null;
+    if (at) params.set("at", at);
     return `/v1/users?${params}`;
   }, (page) => {
+    $("h1").textContent = "Users" + (at ? ` (as of ${when(at)})` : "");
     fill($("#users"), page.items.map((u) => el("tr", {},
       el("td", {}, el("a", { href: `/console/users/${u.id}` }, u.display_name)),
       el("td", {}, u.user_principal_name, el("small", {}, ` ${names.get(u.domain_id) ?? ""}`)),

@@ -945,7 +945,10 @@ struct TokenAnswer {
     access_token: String,
     token_type: &'static str,
     expires_in: i64,
-    id_token: String,
+    /// Left out of a refresh narrowed to scopes without `openid` (OIDC Core §12.2 lets a
+    /// refresh answer carry none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id_token: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     refresh_token: Option<String>,
     scope: String,
@@ -1505,11 +1508,15 @@ fn answer_tokens(
                 unavailable("signing failed")
             })
     };
-    let id_token = sign(
-        &app.id_token_alg,
-        TokenType::Id,
-        &claims(carried.nonce.clone(), false),
-    )?;
+    let id_token = if scope.iter().any(|s| s == "openid") {
+        Some(sign(
+            &app.id_token_alg,
+            TokenType::Id,
+            &claims(carried.nonce.clone(), false),
+        )?)
+    } else {
+        None
+    };
     let access_token = sign("ES256", TokenType::Access, &claims(None, true))?;
     let body = TokenAnswer {
         access_token,
@@ -1692,6 +1699,25 @@ async fn userinfo(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
     let ours = claims["iss"].as_str() == ctx.app.public_url.as_ref().map(|p| p.origin.as_str());
     if !fresh || !ours || scope.is_empty() {
         return unauthorized("the access token is expired or not an access token");
+    }
+    // Userinfo is OpenID Connect's: a token narrowed to scopes without `openid` (by a
+    // refresh) reads nothing here (RFC 6750 §3.1).
+    if !scope.split(' ').any(|s| s == "openid") {
+        let mut r = (
+            StatusCode::FORBIDDEN,
+            Json(TokenError {
+                error: "insufficient_scope",
+                error_description: "the access token was not issued for openid".into(),
+            }),
+        )
+            .into_response();
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static(
+                "Bearer error=\"insufficient_scope\", scope=\"openid\"",
+            ),
+        );
+        return r;
     }
     let Some(user) = claims["sub"]
         .as_str()

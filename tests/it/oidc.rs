@@ -3174,6 +3174,42 @@ async fn codes_keep_to_their_app_one_sub_for_every_app_and_max_age_asks_again() 
     let whole: Value = r.json().await.unwrap();
     assert_eq!(whole["scope"], "openid profile offline_access", "{whole}");
     assert!(claims_of(whole["id_token"].as_str().unwrap())["name"].is_string());
+    // Narrowed to no `openid`: no ID token, and userinfo reads nothing with its token.
+    let r = raw
+        .post(&token_url)
+        .basic_auth(ours.0, Some(ours.1))
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", whole["refresh_token"].as_str().unwrap()),
+            ("scope", "offline_access"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let bare: Value = r.json().await.unwrap();
+    assert!(bare.get("id_token").is_none(), "{bare}");
+    assert!(bare["refresh_token"].is_string(), "{bare}");
+    let r = raw
+        .get(format!("{}/userinfo", w.app.public))
+        .bearer_auth(bare["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let challenge = r.headers()["www-authenticate"].to_str().unwrap().to_owned();
+    assert!(challenge.contains("insufficient_scope"), "{challenge}");
+    let r = raw
+        .get(format!("{}/userinfo", w.app.public))
+        .bearer_auth(whole["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::OK,
+        "the whole grant's token still reads"
+    );
 
     // The session is a second old or more: max_age=0 (and a negative age, read as 0)
     // asks for a new sign-in, a generous one does not.

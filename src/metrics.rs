@@ -95,7 +95,8 @@ struct SyncOutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct OutcomeLabels {
+struct DomainOutcomeLabels {
+    domain: String,
     outcome: &'static str,
 }
 
@@ -143,9 +144,9 @@ pub struct Recorded {
     graph_retries: Family<OperationLabels, Counter>,
     sync_duration: Hist<SyncLabels>,
     sync_runs: Family<SyncOutcomeLabels, Counter>,
-    rotation_duration: Hist<OutcomeLabels>,
+    rotation_duration: Hist<DomainOutcomeLabels>,
     rotations: Family<RotationLabels, Counter>,
-    unknown_resolved: Family<OutcomeLabels, Counter>,
+    unknown_resolved: Family<DomainOutcomeLabels, Counter>,
     key_writes: Family<KeyWriteLabels, Counter>,
     sign_ins: Family<SignInLabels, Counter>,
     tokens: Family<TokenLabels, Counter>,
@@ -200,9 +201,12 @@ impl Recorded {
             let _ = self.graph_retries.get_or_create(&labels);
         }
         for outcome in ["succeeded", "refused", "unknown"] {
-            let _ = self
-                .rotation_duration
-                .get_or_create(&OutcomeLabels { outcome });
+            for domain in domains {
+                let _ = self.rotation_duration.get_or_create(&DomainOutcomeLabels {
+                    domain: domain.clone(),
+                    outcome,
+                });
+            }
             let _ = self.rotations.get_or_create(&RotationLabels {
                 outcome,
                 code_class: "none",
@@ -216,10 +220,14 @@ impl Recorded {
                 code_class,
             });
         }
-        for outcome in ["succeeded", "refused"] {
-            let _ = self
-                .unknown_resolved
-                .get_or_create(&OutcomeLabels { outcome });
+        for (outcome, domain) in ["succeeded", "refused"]
+            .into_iter()
+            .flat_map(|o| domains.iter().map(move |d| (o, d)))
+        {
+            let _ = self.unknown_resolved.get_or_create(&DomainOutcomeLabels {
+                domain: domain.clone(),
+                outcome,
+            });
         }
         for event in [
             "queued",
@@ -347,7 +355,7 @@ impl Recorded {
         );
         r.register(
             "idledger_rotation_duration_seconds",
-            "Password rotations from start to outcome (succeeded, refused, unknown)",
+            "Password rotations from start to outcome (succeeded, refused, unknown), by domain",
             self.rotation_duration.clone(),
         );
         r.register(
@@ -357,7 +365,7 @@ impl Recorded {
         );
         r.register(
             "idledger_rotation_unknown_resolved",
-            "Rotations whose unknown outcome was later resolved, by how",
+            "Rotations whose unknown outcome was later resolved, by domain and how",
             self.unknown_resolved.clone(),
         );
         r.register(
@@ -687,13 +695,17 @@ pub fn sync_run(domain: &str, full: bool, outcome: &'static str, took: Duration)
 /// A rotation reached `outcome` (`succeeded`, `refused`, `unknown`), `took` after it
 /// started; `was_unknown`: it had been unknown before (a resolution). Called once per
 /// outcome reached, never again for a round that leaves an unknown outcome unknown.
-pub fn rotation_driven(outcome: &'static str, took: Duration, was_unknown: bool) {
+pub fn rotation_driven(domain: &str, outcome: &'static str, took: Duration, was_unknown: bool) {
     if !on() {
         return;
     }
     let r = &*RECORDED;
+    let labels = DomainOutcomeLabels {
+        domain: domain.to_owned(),
+        outcome,
+    };
     r.rotation_duration
-        .get_or_create(&OutcomeLabels { outcome })
+        .get_or_create(&labels)
         .observe(took.as_secs_f64());
     if outcome == "unknown" {
         r.rotations
@@ -704,9 +716,7 @@ pub fn rotation_driven(outcome: &'static str, took: Duration, was_unknown: bool)
             .inc();
     }
     if was_unknown && outcome != "unknown" {
-        r.unknown_resolved
-            .get_or_create(&OutcomeLabels { outcome })
-            .inc();
+        r.unknown_resolved.get_or_create(&labels).inc();
     }
 }
 
@@ -954,7 +964,12 @@ mod tests {
             apps: vec![],
         };
         // Ten minutes: several Graph timeouts and a round of the scheduler.
-        rotation_driven("unknown", Duration::from_secs(600), false);
+        rotation_driven(
+            "contoso.example",
+            "unknown",
+            Duration::from_secs(600),
+            false,
+        );
         let text = scrape(&snapshot, Format::Prometheus);
         let finite = text
             .lines()

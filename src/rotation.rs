@@ -618,9 +618,14 @@ impl RotationService {
         };
         let outcome = |this: &Self| {
             let p = this.inner.engine.projector.read();
-            p.rotations
-                .get(id)
-                .map(|r| (r.outcome, r.started_at, r.finished_at))
+            p.rotations.get(id).map(|r| {
+                let domain = r
+                    .domain_id
+                    .and_then(|d| p.domains.get(d))
+                    .map(|d| d.name.clone())
+                    .unwrap_or_default();
+                (r.outcome, r.started_at, r.finished_at, domain)
+            })
         };
         let before = outcome(self).map(|(o, ..)| o);
         if let Err(e) = self.drive_inner(id, started).await {
@@ -632,7 +637,7 @@ impl RotationService {
             .projector
             .wait_for(engine.log.head().position, Duration::from_secs(2))
             .await;
-        if let Some((after, started_at, finished_at)) = outcome(self) {
+        if let Some((after, started_at, finished_at, domain)) = outcome(self) {
             let label = match after {
                 RotationOutcome::Succeeded => Some("succeeded"),
                 RotationOutcome::Failed => Some("refused"),
@@ -646,7 +651,7 @@ impl RotationService {
                 let end = finished_at.unwrap_or_else(chrono::Utc::now);
                 let took = (end - started_at).to_std().unwrap_or_default();
                 let was_unknown = before == Some(RotationOutcome::Unknown);
-                crate::metrics::rotation_driven(label, took, was_unknown);
+                crate::metrics::rotation_driven(&domain, label, took, was_unknown);
             }
         }
     }

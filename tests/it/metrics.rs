@@ -212,7 +212,7 @@ async fn metrics_parse_name_every_documented_family_and_move_with_their_work() {
         ("idledger_graph_retries_total", &[]),
         (
             "idledger_rotation_duration_seconds",
-            &[("outcome", "succeeded")],
+            &[("domain", domain), ("outcome", "succeeded")],
         ),
         ("idledger_rotations_total", &[("outcome", "succeeded")]),
         ("idledger_key_writes_total", &[("event", "queued")]),

@@ -446,7 +446,11 @@ impl GraphClient {
         }
         for url in [&self.settings.graph_url, &self.settings.authority_url] {
             if idledger_domain::decide::check_service_url(url).is_err() {
-                return Err(GraphError::InsecureUrl(url.to_string()));
+                // Its origin only: an unchecked URL may carry user info (a password).
+                let origin = reqwest::Url::parse(url)
+                    .map(|u| u.origin().ascii_serialization())
+                    .unwrap_or_else(|_| "an unreadable URL".into());
+                return Err(GraphError::InsecureUrl(origin));
             }
         }
         Ok(())
@@ -1361,6 +1365,10 @@ mod tests {
         for (authority_url, graph_url) in [
             ("http://login.example", "https://graph.example"),
             ("https://login.example", "http://10.0.0.1"),
+            (
+                "https://user:hunter2@login.example",
+                "https://graph.example",
+            ),
         ] {
             let client = GraphClient::new(
                 GraphSettings {
@@ -1374,7 +1382,9 @@ mod tests {
                 &GraphTrust::default(),
             )
             .unwrap();
-            let insecure = |e: GraphError| matches!(e, GraphError::InsecureUrl(_));
+            let insecure = |e: GraphError| {
+                matches!(&e, GraphError::InsecureUrl(_)) && !e.to_string().contains("hunter2")
+            };
             assert!(client.access_token().await.is_err_and(insecure));
             assert!(client.openid_keys().await.is_err_and(insecure));
             let request = AuthorizeRequest {

@@ -1147,6 +1147,7 @@ async fn a_users_page_carries_out_its_actions_and_shows_the_past() {
     };
     b.goto(&format!("{}/console/users", app.url)).await;
     b.wait_text("#users", "Lidia Holloway").await;
+    b.screenshot("console-users").await;
     b.css("#ustatus")
         .await
         .select_by_label("deactivated")

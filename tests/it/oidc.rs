@@ -168,6 +168,23 @@ fn refresh_with(
         .form(&[("grant_type", "refresh_token"), ("refresh_token", token)])
 }
 
+/// [`refresh_with`] asking for `scope` (RFC 6749 §6).
+fn refresh_for_scope(
+    raw: &reqwest::Client,
+    token_url: &str,
+    (client_id, secret): (&str, &str),
+    token: &str,
+    scope: &str,
+) -> reqwest::RequestBuilder {
+    raw.post(token_url)
+        .basic_auth(client_id, Some(secret))
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", token),
+            ("scope", scope),
+        ])
+}
+
 /// A code for `scope` (URL-encoded) and `state`, from a browser signed in at `public`.
 async fn code_for(
     browser: &mut Visitor,
@@ -1976,14 +1993,8 @@ async fn empty_parameters_short_verifiers_refreshes_and_userinfo_follow_the_spec
     );
     // A refresh may not widen the grant (RFC 6749 §6); refused, the token is not spent.
     let refresh_asking = |scope: &'static str| {
-        raw.post(&token_url)
-            .basic_auth(&client_id, Some(&secret))
-            .form(&[
-                ("grant_type", "refresh_token"),
-                ("refresh_token", tokens["refresh_token"].as_str().unwrap()),
-                ("scope", scope),
-            ])
-            .send()
+        let token = tokens["refresh_token"].as_str().unwrap();
+        refresh_for_scope(&raw, &token_url, (&client_id, &secret), token, scope).send()
     };
     let r = refresh_asking("openid email").await.unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
@@ -3139,14 +3150,8 @@ async fn codes_keep_to_their_app_one_sub_for_every_app_and_max_age_asks_again() 
         .json()
         .await
         .unwrap();
-    let r = raw
-        .post(&token_url)
-        .basic_auth(ours.0, Some(ours.1))
-        .form(&[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", tokens["refresh_token"].as_str().unwrap()),
-            ("scope", "openid"),
-        ])
+    let token = tokens["refresh_token"].as_str().unwrap();
+    let r = refresh_for_scope(&raw, &token_url, ours, token, "openid")
         .send()
         .await
         .unwrap();
@@ -3175,14 +3180,8 @@ async fn codes_keep_to_their_app_one_sub_for_every_app_and_max_age_asks_again() 
     assert_eq!(whole["scope"], "openid profile offline_access", "{whole}");
     assert!(claims_of(whole["id_token"].as_str().unwrap())["name"].is_string());
     // Narrowed to no `openid`: no ID token, and userinfo reads nothing with its token.
-    let r = raw
-        .post(&token_url)
-        .basic_auth(ours.0, Some(ours.1))
-        .form(&[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", whole["refresh_token"].as_str().unwrap()),
-            ("scope", "offline_access"),
-        ])
+    let token = whole["refresh_token"].as_str().unwrap();
+    let r = refresh_for_scope(&raw, &token_url, ours, token, "offline_access")
         .send()
         .await
         .unwrap();

@@ -719,6 +719,36 @@ async fn the_entra_step_tells_no_one_who_has_an_account_and_forged_answers_lock_
     assert!(page.contains("Now your second factor"), "{page}");
 }
 
+/// Records an invite to Alex whose link is `secret`, expiring `expires_in` from now (past
+/// when negative), as an earlier build or a long-ago invite would have; answers its link id.
+async fn record_alex_invite(
+    w: &World,
+    alex: &str,
+    secret: &str,
+    expires_in: chrono::Duration,
+) -> LinkId {
+    let link = EnrolmentLink {
+        link_id: LinkId(uuid::Uuid::now_v7()),
+        token_hash: idledger::http::token_hash(secret),
+        expires_at: chrono::Utc::now() + expires_in,
+    };
+    let link_id = link.link_id;
+    crate::support::append(
+        &*w.app.state.engine.log,
+        UserId(alex.parse().unwrap()),
+        idledger::store::ExpectedVersion::Any,
+        vec![InviteSent {
+            to: ALEX.into(),
+            via: "outbox".into(),
+            link: Some(link),
+        }
+        .into()],
+    )
+    .await;
+    w.app.state.engine.settle().await.unwrap();
+    link_id
+}
+
 #[tokio::test]
 async fn enrolment_links_that_do_not_work_say_why_and_change_nothing() {
     let (w, adele, alex) = signin_world().await;
@@ -768,43 +798,9 @@ async fn enrolment_links_that_do_not_work_say_why_and_change_nothing() {
     // Expired and used links, recorded as an earlier build or a finished enrolment would.
     let alex_id = UserId(alex.parse().unwrap());
     let expired = "expired-link-secret";
-    let link = EnrolmentLink {
-        link_id: LinkId(uuid::Uuid::now_v7()),
-        token_hash: idledger::http::token_hash(expired),
-        expires_at: chrono::Utc::now() - chrono::Duration::minutes(1),
-    };
-    crate::support::append(
-        &*w.app.state.engine.log,
-        alex_id,
-        idledger::store::ExpectedVersion::Any,
-        vec![InviteSent {
-            to: ALEX.into(),
-            via: "outbox".into(),
-            link: Some(link),
-        }
-        .into()],
-    )
-    .await;
+    record_alex_invite(&w, &alex, expired, -chrono::Duration::minutes(1)).await;
     let used = "used-link-secret";
-    let link = EnrolmentLink {
-        link_id: LinkId(uuid::Uuid::now_v7()),
-        token_hash: idledger::http::token_hash(used),
-        expires_at: chrono::Utc::now() + chrono::Duration::hours(1),
-    };
-    let link_id = link.link_id;
-    crate::support::append(
-        &*w.app.state.engine.log,
-        alex_id,
-        idledger::store::ExpectedVersion::Any,
-        vec![InviteSent {
-            to: ALEX.into(),
-            via: "outbox".into(),
-            link: Some(link),
-        }
-        .into()],
-    )
-    .await;
-    w.app.state.engine.settle().await.unwrap();
+    let link_id = record_alex_invite(&w, &alex, used, chrono::Duration::hours(1)).await;
     let (s, page, _) = v.get(&format!("{}/enrol/{expired}", w.app.public)).await;
     assert_eq!(s, StatusCode::GONE);
     assert!(page.contains("newer invite replaced"), "{page}");
@@ -826,23 +822,7 @@ async fn enrolment_links_that_do_not_work_say_why_and_change_nothing() {
 
     // An expired link as the newest one.
     let latest = "latest-expired-secret";
-    crate::support::append(
-        &*w.app.state.engine.log,
-        alex_id,
-        idledger::store::ExpectedVersion::Any,
-        vec![InviteSent {
-            to: ALEX.into(),
-            via: "outbox".into(),
-            link: Some(EnrolmentLink {
-                link_id: LinkId(uuid::Uuid::now_v7()),
-                token_hash: idledger::http::token_hash(latest),
-                expires_at: chrono::Utc::now() - chrono::Duration::seconds(1),
-            }),
-        }
-        .into()],
-    )
-    .await;
-    w.app.state.engine.settle().await.unwrap();
+    record_alex_invite(&w, &alex, latest, -chrono::Duration::seconds(1)).await;
     let (s, page, _) = v.get(&format!("{}/enrol/{latest}", w.app.public)).await;
     assert_eq!(s, StatusCode::GONE);
     assert!(page.contains("has expired"), "{page}");
@@ -1095,23 +1075,7 @@ async fn a_user_enrols_a_passkey_from_an_invite_and_signs_in_with_it_in_chromium
 
     // A link past its time (recorded as an invite sent long ago would be) says so.
     let expired = "an-expired-link-secret";
-    crate::support::append(
-        &*w.app.state.engine.log,
-        UserId(alex.parse().unwrap()),
-        idledger::store::ExpectedVersion::Any,
-        vec![InviteSent {
-            to: ALEX.into(),
-            via: "outbox".into(),
-            link: Some(EnrolmentLink {
-                link_id: LinkId(uuid::Uuid::now_v7()),
-                token_hash: idledger::http::token_hash(expired),
-                expires_at: chrono::Utc::now() - chrono::Duration::minutes(1),
-            }),
-        }
-        .into()],
-    )
-    .await;
-    w.app.state.engine.settle().await.unwrap();
+    record_alex_invite(&w, &alex, expired, -chrono::Duration::minutes(1)).await;
     b.goto(&format!("{}/enrol/{expired}", w.app.public)).await;
     b.wait_text("[role=alert]", "has expired").await;
     assert!(!b.present("button[data-redirect]").await);

@@ -2043,7 +2043,8 @@ async fn an_insecure_url_saved_before_the_rule_gets_nothing() {
             .await;
         assert_eq!(s, StatusCode::OK, "{body}");
         let asked = w.sim_requests().await;
-        w.sync_fails(&[url, "not an https:// URL"]).await;
+        let origin = url.trim_end_matches("/v1.0");
+        w.sync_fails(&[origin, "not an https:// URL"]).await;
         assert_eq!(w.sim_requests().await, asked, "nothing was sent anywhere");
     }
     // Saved again through the API (which checks), the domain syncs.

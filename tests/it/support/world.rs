@@ -271,8 +271,8 @@ impl World {
         self.app.head()
     }
 
-    /// Streams and kinds of the events appended after `from`.
-    pub async fn events_after(&self, from: u64) -> Vec<(String, String)> {
+    /// The events appended after `from` (the first 10,000), whole.
+    pub async fn events_since(&self, from: u64) -> Vec<Value> {
         let (s, body) = self
             .admin(
                 Method::GET,
@@ -281,9 +281,13 @@ impl World {
             )
             .await;
         assert_eq!(s, StatusCode::OK, "{body}");
-        body["items"]
-            .as_array()
-            .unwrap()
+        body["items"].as_array().unwrap().clone()
+    }
+
+    /// Streams and kinds of the events appended after `from`.
+    pub async fn events_after(&self, from: u64) -> Vec<(String, String)> {
+        self.events_since(from)
+            .await
             .iter()
             .map(|e| {
                 let text = |field: &str| e[field].as_str().unwrap().to_owned();
@@ -294,20 +298,11 @@ impl World {
 
     /// The first event of `kind` appended after `from`, whole.
     pub async fn first_event_after(&self, from: u64, kind: &str) -> Value {
-        let (s, body) = self
-            .admin(
-                Method::GET,
-                &format!("/v1/events?from_position={}&limit=10000", from + 1),
-                None,
-            )
-            .await;
-        assert_eq!(s, StatusCode::OK, "{body}");
-        body["items"]
-            .as_array()
-            .unwrap()
+        let events = self.events_since(from).await;
+        events
             .iter()
             .find(|e| e["kind"] == kind)
-            .unwrap_or_else(|| panic!("no {kind} after {from}: {body}"))
+            .unwrap_or_else(|| panic!("no {kind} after {from}: {events:?}"))
             .clone()
     }
 

@@ -156,7 +156,30 @@ fn not_found(viewer: &Viewer) -> Response {
     r
 }
 
-const ADD_DOMAIN: &str = r#"
+/// The settings an admin chooses for a domain, in the seed's labels: the same fields when
+/// a domain is added and when its settings are changed. *Deactivate* is checked as the
+/// API's own default is: a user who leaves the sync group must not keep signing in
+/// because a form was accepted as it came.
+const DOMAIN_SETTINGS: &str = r#"
+  <label for="d-days">Auto Password Change (days)</label>
+  <input id="d-days" name="auto_password_change_days" type="number" min="1" max="365" placeholder="off">
+  <fieldset class="wide">
+    <legend>Behavior when removing a user from a sync group</legend>
+    <label><input type="radio" name="removal_behavior" value="keep"> Keep
+      <small>The user stays in idledger as they are.</small></label>
+    <label><input type="radio" name="removal_behavior" value="deactivate" checked> Deactivate
+      <small>The user stays but is deactivated: SSO off, PC unlock with the key kept; only an admin reactivates.</small></label>
+    <label><input type="radio" name="removal_behavior" value="delete"> Delete
+      <small>The user is deleted, and their sealed secrets with them.</small></label>
+  </fieldset>
+  <label for="d-sync">Sync group</label>
+  <input id="d-sync" name="sync_group" value="Hideez Users Sync" required>
+  <label for="d-rot">Rotation group</label>
+  <input id="d-rot" name="rotation_group" value="Hideez Key Auto Password Change" required>"#;
+
+fn add_domain() -> String {
+    format!(
+        r#"
 <section class="card" aria-labelledby="add-title">
 <h2 id="add-title">Add domain settings</h2>
 <form id="add-domain" class="grid">
@@ -167,22 +190,7 @@ const ADD_DOMAIN: &str = r#"
   <label for="d-secret">Client Secret</label>
   <input id="d-secret" name="client_secret" type="password" autocomplete="off" required>
   <label for="d-tenant">Tenant ID</label>
-  <input id="d-tenant" name="tenant_id" required>
-  <label for="d-days">Auto Password Change (days)</label>
-  <input id="d-days" name="auto_password_change_days" type="number" min="1" max="365" placeholder="off">
-  <fieldset class="wide">
-    <legend>Behavior when removing a user from a sync group</legend>
-    <label><input type="radio" name="removal_behavior" value="keep" checked> Keep
-      <small>The user stays in idledger as they are.</small></label>
-    <label><input type="radio" name="removal_behavior" value="deactivate"> Deactivate
-      <small>The user stays but is deactivated: SSO off, PC unlock with the key kept; only an admin reactivates.</small></label>
-    <label><input type="radio" name="removal_behavior" value="delete"> Delete
-      <small>The user is deleted, and their sealed secrets with them.</small></label>
-  </fieldset>
-  <label for="d-sync">Sync group</label>
-  <input id="d-sync" name="sync_group" value="Hideez Users Sync" required>
-  <label for="d-rot">Rotation group</label>
-  <input id="d-rot" name="rotation_group" value="Hideez Key Auto Password Change" required>
+  <input id="d-tenant" name="tenant_id" required>{DOMAIN_SETTINGS}
   <details class="wide"><summary>Endpoints (national clouds, or the simulator)</summary>
     <div class="grid">
       <label for="d-graph">Graph URL</label>
@@ -197,11 +205,17 @@ const ADD_DOMAIN: &str = r#"
   </div>
 </form>
 <div id="check-report" aria-live="polite"></div>
-</section>"#;
+</section>"#
+    )
+}
 
 pub(super) async fn domains(State(s): State<AppState>, headers: HeaderMap) -> Response {
     signed_in(&s, &headers, |v| {
-        let add = if v.admin() { ADD_DOMAIN } else { "" };
+        let add = if v.admin() {
+            add_domain()
+        } else {
+            String::new()
+        };
         let main = format!(
             r#"<section class="card" aria-labelledby="list-title">
 <h2 id="list-title">Settings → Parameters</h2>
@@ -212,7 +226,17 @@ pub(super) async fn domains(State(s): State<AppState>, headers: HeaderMap) -> Re
     })
 }
 
-const DOMAIN_ADMIN: &str = r#"
+fn domain_admin() -> String {
+    format!(
+        r#"
+<section class="card" aria-labelledby="settings-title">
+<h2 id="settings-title">Domain settings</h2>
+<form id="domain-settings" class="grid">{DOMAIN_SETTINGS}
+  <label for="d-interval">Sync every (minutes)</label>
+  <input id="d-interval" name="sync_interval_minutes" type="number" min="1" max="1440" required>
+  <div class="actions wide"><button type="submit">Save settings</button></div>
+</form>
+</section>
 <section class="card" aria-labelledby="sync-title">
 <h2 id="sync-title">Sync</h2>
 <div class="actions">
@@ -244,10 +268,14 @@ const DOMAIN_ADMIN: &str = r#"
   <input id="cred-client" name="client_id" autocomplete="off" data-new-credentials hidden disabled>
   <label for="new-secret" id="new-secret-label">Replace secret</label>
   <input id="new-secret" name="client_secret" type="password" autocomplete="off" required>
-  <div class="actions wide"><button type="submit" id="save-credentials">Save new secret</button></div>
+  <div class="actions wide"><button type="button" id="test-credentials">Test connection</button>
+    <button type="submit" id="save-credentials">Save new secret</button></div>
 </form>
+<div id="check-report" aria-live="polite"></div>
 <div class="actions"><button type="button" id="remove-credentials" class="danger">Remove credentials</button></div>
-</section>"#;
+</section>"#
+    )
+}
 
 pub(super) async fn domain(
     State(s): State<AppState>,
@@ -258,7 +286,11 @@ pub(super) async fn domain(
         let Some(id) = uuid_of(&id) else {
             return not_found(v);
         };
-        let admin = if v.admin() { DOMAIN_ADMIN } else { "" };
+        let admin = if v.admin() {
+            domain_admin()
+        } else {
+            String::new()
+        };
         let main = format!(
             r#"<section class="card"><dl id="domain-facts" class="facts"></dl></section>{admin}
 <section class="card" aria-labelledby="runs-title">

@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use idledger_domain::{StreamId, UserId};
-use idledger_replay::{ExportFormat, ExportQuery};
+use idledger_replay::{ExportFormat, ExportQuery, Until};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -244,14 +244,34 @@ pub async fn export_manifest(
 /// its position, time, actor and payload (sealed secrets as `"sealed"`).
 pub async fn timeline(
     State(s): State<AppState>,
+    who: Principal,
     IdPath(id): IdPath,
     ApiQuery(q): ApiQuery<TimelineQuery>,
 ) -> Result<Json<Page<TimelineEntry>>, ApiError> {
     s.reach(q.min_position).await?;
     let stream = StreamId::user(UserId(id));
-    let version = s.engine.log.stream_version(&stream);
+    let mut version = s.engine.log.stream_version(&stream);
     if version == 0 {
         return Err(ApiError::NotFound("user".into()));
+    }
+    let until = match super::point_in_time(q.at, q.at_position)? {
+        None => None,
+        // The position a replay to `at` reaches (a kept past state when the user's page
+        // asked for it just before).
+        Some(Until::Time(t)) => Some(s.replay_until(&who, Until::Time(t)).await?.position()),
+        Some(Until::Position(p)) => {
+            let head = s.engine.log.head().position;
+            if p > head {
+                return Err(ApiError::BadRequest(format!(
+                    "at_position {p} is past the log's head {head}"
+                )));
+            }
+            Some(p)
+        }
+        Some(Until::End) => None,
+    };
+    if let Some(until) = until {
+        version = versions_through(&*s.engine.log, &stream, version, until)?;
     }
     // The cursor is the stream version of the last event sent, in either order.
     let wanted = super::page_limit(q.limit)?;
@@ -263,10 +283,14 @@ pub async fn timeline(
                 ));
             }
             let from = q.after.unwrap_or(0).saturating_add(1);
-            let events = s
-                .engine
-                .log
-                .read_stream(&stream, from, wanted.saturating_add(1))?;
+            // Up to the story's end as of `at`: nothing later, not even to peek.
+            let left = version.saturating_sub(from - 1);
+            let count = (wanted.saturating_add(1) as u64).min(left) as usize;
+            let events = if count == 0 {
+                Vec::new()
+            } else {
+                s.engine.log.read_stream(&stream, from, count)?
+            };
             super::page_of(events.into_iter(), q.limit, |e| e.version)?
         }
         super::Order::Newest => {
@@ -308,6 +332,26 @@ pub async fn timeline(
     Ok(page(items, next))
 }
 
+/// How many of `stream`'s first `version` events lie at or before log position `until`:
+/// a binary search over the stream (its positions grow with its versions).
+fn versions_through(
+    log: &dyn crate::store::EventLog,
+    stream: &StreamId,
+    version: u64,
+    until: u64,
+) -> Result<u64, ApiError> {
+    let (mut low, mut high) = (0, version);
+    while low < high {
+        let mid = low + (high - low).div_ceil(2);
+        let at = log.read_stream(stream, mid, 1)?;
+        match at.first() {
+            Some(e) if e.position <= until => low = mid,
+            _ => high = mid - 1,
+        }
+    }
+    Ok(low)
+}
+
 /// `GET /v1/users/{id}/timeline` query.
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -320,6 +364,11 @@ pub struct TimelineQuery {
     order: Option<super::Order>,
     /// Wait (bounded) until the projections include this position.
     min_position: Option<u64>,
+    /// The story as it stood at this time: events recorded later left out (where a
+    /// replay to `at` stops, as `GET /v1/users/{id}?at=` answers).
+    at: Option<DateTime<Utc>>,
+    /// The story as it stood at this log position.
+    at_position: Option<u64>,
 }
 
 /// One event of a user's story.

@@ -711,6 +711,20 @@ impl AppState {
         .await?
     }
 
+    /// The projections to answer from: as they were at `at` or `at_position` when one is
+    /// given (see [`AppState::replay_until`]), else as they are now.
+    pub async fn projections_at(
+        &self,
+        who: &Principal,
+        at: Option<chrono::DateTime<chrono::Utc>>,
+        at_position: Option<u64>,
+    ) -> Result<ProjectionsAt<'_>, ApiError> {
+        Ok(match point_in_time(at, at_position)? {
+            Some(until) => ProjectionsAt::Past(self.replay_until(who, until).await?),
+            None => ProjectionsAt::Live(self.engine.projector.read()),
+        })
+    }
+
     /// Runs `work`, a read of the whole log, on a blocking thread, if fewer than
     /// [`WHOLE_LOG_READS`] run; it holds its place until done, even if the request is gone.
     /// Its result goes only to a caller still live after it: such a read takes a while,
@@ -851,4 +865,44 @@ pub struct Page<T> {
 /// A collection page as an answer.
 pub fn page<T: serde::Serialize>(items: Vec<T>, next: Option<String>) -> axum::Json<Page<T>> {
     axum::Json(Page { items, next })
+}
+
+/// `at` / `at_position`: which past state a request asks for, if any.
+pub(crate) fn point_in_time(
+    at: Option<chrono::DateTime<chrono::Utc>>,
+    at_position: Option<u64>,
+) -> Result<Option<idledger_replay::Until>, ApiError> {
+    use idledger_replay::Until;
+    match (at, at_position) {
+        (Some(_), Some(_)) => Err(ApiError::BadRequest(
+            "at, at_position: give one, not both".into(),
+        )),
+        (Some(t), None) => Ok(Some(Until::Time(t))),
+        (None, Some(p)) => Ok(Some(Until::Position(p))),
+        (None, None) => Ok(None),
+    }
+}
+
+/// Projections a request answers from: a past state, or the live ones (read-locked while
+/// held, so never across an `.await`).
+pub enum ProjectionsAt<'a> {
+    Past(Arc<idledger_replay::Prefix>),
+    Live(std::sync::RwLockReadGuard<'a, idledger_projections::Projections>),
+}
+
+impl ProjectionsAt<'_> {
+    /// True for a past state.
+    pub fn is_past(&self) -> bool {
+        matches!(self, ProjectionsAt::Past(_))
+    }
+}
+
+impl std::ops::Deref for ProjectionsAt<'_> {
+    type Target = idledger_projections::Projections;
+    fn deref(&self) -> &Self::Target {
+        match self {
+            ProjectionsAt::Past(prefix) => &prefix.projections,
+            ProjectionsAt::Live(live) => live,
+        }
+    }
 }

@@ -103,6 +103,11 @@ pub struct HistoryQuery {
     order: Option<super::Order>,
     /// Wait (bounded) until the projections include this position.
     min_position: Option<u64>,
+    /// The history as it stood at this time (a replay of the log): later rotations left
+    /// out, one then in flight as it was.
+    at: Option<DateTime<Utc>>,
+    /// The history as it stood at this log position.
+    at_position: Option<u64>,
 }
 
 /// One rotation of a user's password. Never the password.
@@ -136,11 +141,12 @@ pub struct PasswordChange {
 /// actor, key-write state. Never a password.
 pub async fn history(
     State(s): State<AppState>,
+    who: Principal,
     IdPath(id): IdPath,
     ApiQuery(q): ApiQuery<HistoryQuery>,
 ) -> Result<Json<Page<PasswordChange>>, ApiError> {
     s.reach(q.min_position).await?;
-    let p = s.engine.projector.read();
+    let p = s.projections_at(&who, q.at, q.at_position).await?;
     let user = UserId(id);
     let u = known_user(&p, user)?;
     // Oldest first is log order. The cursor is the previous page's last rotation, found

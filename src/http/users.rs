@@ -10,7 +10,6 @@ use chrono::{DateTime, Utc};
 use idledger_domain::decide::user::{decide, evolve, UserCommand};
 use idledger_domain::{DomainId, KeyId, KeyWriteId, KeyWriteState, SsoSettings, StreamId, UserId};
 use idledger_projections::{Projections, UserStatus, UserView};
-use idledger_replay::Until;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -238,21 +237,6 @@ pub struct UserQuery {
     at_position: Option<u64>,
 }
 
-/// `at` / `at_position`: which past state to answer from, if any.
-fn point_in_time(
-    at: Option<chrono::DateTime<chrono::Utc>>,
-    at_position: Option<u64>,
-) -> Result<Option<Until>, ApiError> {
-    match (at, at_position) {
-        (Some(_), Some(_)) => Err(ApiError::BadRequest(
-            "at, at_position: give one, not both".into(),
-        )),
-        (Some(t), None) => Ok(Some(Until::Time(t))),
-        (None, Some(p)) => Ok(Some(Until::Position(p))),
-        (None, None) => Ok(None),
-    }
-}
-
 /// Lists users, in id order, with cursor paging.
 pub async fn list(
     State(s): State<AppState>,
@@ -262,18 +246,8 @@ pub async fn list(
     s.reach(q.min_position).await?;
     let status = q.status.map(StatusFilter::status);
     let needle = q.q.as_deref().map(str::to_lowercase);
-    let past = match point_in_time(q.at, q.at_position)? {
-        Some(until) => Some(s.replay_until(&who, until).await?),
-        None => None,
-    };
-    let live;
-    let p: &Projections = match &past {
-        Some(p) => &p.projections,
-        None => {
-            live = s.engine.projector.read();
-            &live
-        }
-    };
+    let view = s.projections_at(&who, q.at, q.at_position).await?;
+    let p: &Projections = &view;
     let keep = |u: &idledger_projections::UserView| {
         q.domain.is_none_or(|d| u.domain_id == DomainId(d))
             && status.is_none_or(|st| u.status == st)
@@ -300,9 +274,12 @@ pub async fn list(
     };
     let items = items
         .into_iter()
-        .map(|u| match past {
-            Some(_) => User::as_in(p, u),
-            None => User::live(&s, p, u),
+        .map(|u| {
+            if view.is_past() {
+                User::as_in(p, u)
+            } else {
+                User::live(&s, p, u)
+            }
         })
         .collect();
     Ok(page(items, next))
@@ -328,17 +305,14 @@ pub async fn get_one(
     ApiQuery(q): ApiQuery<OneQuery>,
 ) -> Result<Json<User>, ApiError> {
     s.reach(q.min_position).await?;
-    let answer = match point_in_time(q.at, q.at_position)? {
-        Some(until) => {
-            let past = s.replay_until(&who, until).await?;
-            let p = &past.projections;
-            p.users.get(UserId(id)).map(|u| Json(User::as_in(p, u)))
-        }
-        None => {
-            let p = s.engine.projector.read();
-            p.users.get(UserId(id)).map(|u| Json(User::live(&s, &p, u)))
-        }
-    };
+    let p = s.projections_at(&who, q.at, q.at_position).await?;
+    let answer = p.users.get(UserId(id)).map(|u| {
+        Json(if p.is_past() {
+            User::as_in(&p, u)
+        } else {
+            User::live(&s, &p, u)
+        })
+    });
     answer.ok_or_else(|| ApiError::NotFound("user".into()))
 }
 

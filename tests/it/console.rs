@@ -78,6 +78,37 @@ async fn an_admin_runs_the_whole_workflow_in_the_browser_and_an_auditor_only_rea
     b.wait_text("h1", "contoso.onmicrosoft.com").await;
     let facts = b.wait_text("#domain-facts", "saved (never shown)").await;
     assert!(!facts.contains(SECRET));
+    // The form's removal behaviour as it came is the API's default: deactivate.
+    assert!(facts.contains("deactivate"), "{facts}");
+
+    // Its settings changed after saving, in the same labels.
+    b.fill("#domain-settings #d-days", "60").await;
+    b.click("#domain-settings input[name=removal_behavior][value=delete]")
+        .await;
+    b.fill("#domain-settings #d-interval", "45").await;
+    b.click("#domain-settings button[type=submit]").await;
+    b.wait_text("#flash", "Settings saved").await;
+    let facts = b.wait_text("#domain-facts", "60").await;
+    assert!(facts.contains("delete"), "{facts}");
+    let (_, domains) = app
+        .call(Some(&app.admin), Method::GET, "/v1/domains", None)
+        .await;
+    let saved = &domains["items"][0];
+    assert_eq!(
+        (
+            &saved["auto_password_change_days"],
+            &saved["removal_behavior"],
+            &saved["sync_interval_minutes"]
+        ),
+        (&json!(60), &json!("delete"), &json!(45)),
+        "{saved}"
+    );
+    // Back to what the rest of this walk expects.
+    b.fill("#domain-settings #d-days", "30").await;
+    b.click("#domain-settings input[name=removal_behavior][value=deactivate]")
+        .await;
+    b.click("#domain-settings button[type=submit]").await;
+    b.wait_text("#flash", "Settings saved").await;
 
     // What a run would do, a page of changes at a time.
     b.click("#sync-dry").await;
@@ -376,6 +407,31 @@ async fn an_admin_runs_the_whole_workflow_in_the_browser_and_an_auditor_only_rea
     b.click("#verify-chain").await;
     let chain = b.wait_text("#verify-status", "Chain ok").await;
     assert!(chain.contains("re-hashed and linked"), "{chain}");
+    let head = b.css("#chain-head").await.text().await.unwrap();
+    assert!(
+        head.len() == 64 && head.bytes().all(|c| c.is_ascii_hexdigit()),
+        "{head}"
+    );
+    // A feed that stops short of the head is no chain ok: the page is given one that
+    // drops its last record and says there is no more.
+    b.client
+        .execute(
+            "const real = window.fetch;
+             window.fetch = async (...args) => {
+               const r = await real(...args);
+               if (!String(args[0]).startsWith('/v1/events?from_position=1&')) return r;
+               const page = await r.json();
+               page.items = page.items.slice(0, -1);
+               page.next = null;
+               return new Response(JSON.stringify(page), { status: 200, headers: { 'content-type': 'application/json' } });
+             };",
+            vec![],
+        )
+        .await
+        .unwrap();
+    b.click("#verify-chain").await;
+    let cut = b.wait_text("#verify-status", "before the head").await;
+    assert!(!cut.contains("Chain ok"), "{cut}");
     let text = String::from_utf8(csv.to_vec()).unwrap();
     let tampered = text.replacen("manual", "manuaL", 1);
     assert_ne!(tampered, text);
@@ -1114,6 +1170,16 @@ async fn a_users_page_carries_out_its_actions_and_shows_the_past() {
     b.click("#as-of button[type=submit]").await;
     b.wait_text("h1", "(as of").await;
     b.wait_text("#user-facts", "K-0042").await;
+    // Its story as it stood then: the key came, and had not yet gone.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let story = b.css("#timeline").await.text().await.unwrap();
+        if story.contains("KeyAssigned") && !story.contains("KeyUnassigned") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{story}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     b.click("#now").await;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while b.css("h1").await.text().await.unwrap().contains("as of") {
@@ -1122,6 +1188,34 @@ async fn a_users_page_carries_out_its_actions_and_shows_the_past() {
     }
     let facts = b.css("#user-facts").await.text().await.unwrap();
     assert!(!facts.contains("K-0042"), "{facts}");
+    b.wait_text("#timeline", "KeyUnassigned").await;
+
+    // An invite, sent and sent again: each one in the story.
+    for _ in 0..2 {
+        b.click("#invite").await;
+        b.wait_text("#flash", "Invite sent").await;
+        b.client
+            .execute("document.querySelector('#flash').replaceChildren()", vec![])
+            .await
+            .unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while b
+        .css("#timeline")
+        .await
+        .text()
+        .await
+        .unwrap()
+        .matches("InviteSent")
+        .count()
+        < 2
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "two invites not shown"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     b.click("#deactivate").await;
     b.client.accept_alert().await.unwrap();

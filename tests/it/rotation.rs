@@ -813,6 +813,72 @@ async fn a_newer_rotation_supersedes_every_write_still_owed_and_an_older_passwor
     );
     let (s, _) = w.admin(Method::GET, &stranger, None).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
+
+    // As it stood when the second rotation started: two rotations, the second in flight,
+    // and the story up to that event, nothing after it, in either order.
+    let (_, story) = w
+        .admin(
+            Method::GET,
+            &format!("/v1/users/{id}/timeline?limit=1000"),
+            None,
+        )
+        .await;
+    let story = story["items"].as_array().unwrap();
+    let started = story
+        .iter()
+        .filter(|e| e["kind"] == "RotationStarted")
+        .nth(1)
+        .unwrap()["position"]
+        .as_u64()
+        .unwrap();
+    let (s, then) = w
+        .admin(
+            Method::GET,
+            &format!("/v1/users/{id}/password-history?at_position={started}"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{then}");
+    let then = then["items"].as_array().unwrap();
+    assert_eq!(ids(then), ids(&whole[..2]));
+    assert_eq!(then[1]["outcome"], "pending", "{then:?}");
+    let (s, told) = w
+        .admin(
+            Method::GET,
+            &format!("/v1/users/{id}/timeline?limit=1000&at_position={started}"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{told}");
+    let expected: Vec<&Value> = story
+        .iter()
+        .filter(|e| e["position"].as_u64().unwrap() <= started)
+        .collect();
+    assert_eq!(
+        told["items"].as_array().unwrap().iter().collect::<Vec<_>>(),
+        expected
+    );
+    let (mut backwards, _) = crate::sync::all_pages(
+        &w,
+        &format!("/v1/users/{id}/timeline?order=newest&at_position={started}"),
+        2,
+    )
+    .await;
+    backwards.reverse();
+    assert_eq!(backwards.iter().collect::<Vec<_>>(), expected);
+    let head = w.app.state.engine.log.head().position;
+    for path in [
+        format!("/v1/users/{id}/timeline?at_position={}", head + 1_000_000),
+        format!(
+            "/v1/users/{id}/password-history?at_position={}",
+            head + 1_000_000
+        ),
+        format!("/v1/users/{id}/timeline?at_position=1&at=2026-01-01T00:00:00Z"),
+        format!("/v1/users/{id}/password-history?at_position=1&at=2026-01-01T00:00:00Z"),
+    ] {
+        let (s, body) = w.admin(Method::GET, &path, None).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{path}: {body}");
+    }
 }
 
 /// An agent polling from two threads at once must not be handed one password twice:

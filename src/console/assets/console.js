@@ -194,13 +194,20 @@ function ssoText(s) {
   return s.method === "passwordless" ? "passwordless" : "password + second factor";
 }
 
-/// Follows the log from its head: `on(envelope)` for each new event. The browser
-/// reconnects a dropped stream itself; one it gives up on (the session ended or was
-/// revoked, the server refused) sends a signed-out page to sign-in and says so otherwise,
-/// rather than leaving the page silently still.
-async function follow(on) {
-  const h = await api("GET", "/healthz");
-  const source = new EventSource(`/v1/events/stream?from_position=${h.head_position + 1}`);
+/// Where a page's live updates start: the first event its reads may not include. Taken
+/// before the page's first read, from the projections (which the reads come from), not
+/// the log's head: an event committed or projected meanwhile then comes once more (every
+/// refresh it brings is idempotent) instead of never.
+async function liveFrom() {
+  return (await api("GET", "/healthz")).projector_position + 1;
+}
+
+/// Follows the log from position `from` (see `liveFrom`): `on(envelope)` for each event.
+/// The browser reconnects a dropped stream itself; one it gives up on (the session ended
+/// or was revoked, the server refused) sends a signed-out page to sign-in and says so
+/// otherwise, rather than leaving the page silently still.
+function follow(from, on) {
+  const source = new EventSource(`/v1/events/stream?from_position=${from}`);
   for (const k of KINDS) source.addEventListener(k, (m) => on(JSON.parse(m.data)));
   source.addEventListener("error", () => {
     if (source.readyState !== EventSource.CLOSED) return;
@@ -325,6 +332,7 @@ function runRow(r) {
 }
 
 async function domainPage() {
+  const from = await liveFrom();
   let d = await api("GET", `/v1/domains/${pageId}`);
   document.title = `${d.domain} · idledger`;
   $("h1").textContent = d.domain;
@@ -383,15 +391,19 @@ async function domainPage() {
   // anywhere (the schedule, another admin, the API) show as they go, and a run started
   // here follows its own events on the same stream.
   const hearing = new Set();
+  // The admin's forms, redrawn from the domain as it changes (credentials removed by
+  // another admin must not leave a form that sends the old ones).
+  let showForms = () => {};
   const refreshLive = coalesced(async () => {
     d = await api("GET", `/v1/domains/${pageId}`);
     showFacts();
+    showForms();
     await refreshRuns();
   });
   hearing.add((e) => {
     if (e.stream === `domain-${pageId}`) refreshLive().catch((x) => flash(x.message, "error"));
   });
-  follow((e) => { for (const hear of hearing) hear(e); }).catch((x) => flash(x.message, "error"));
+  follow(from, (e) => { for (const hear of hearing) hear(e); });
   const refreshCertificates = pagedTable($("#certificates"),
     () => `/v1/domains/${pageId}/workstation-certificates?limit=20`,
     (c) => el("tr", {},
@@ -428,7 +440,44 @@ async function domainPage() {
     $("#save-credentials").textContent = none ? "Save credentials" : "Save new secret";
     $("#remove-credentials").hidden = none;
   };
-  credentialForm();
+  const settings = $("#domain-settings");
+  const settingsForm = () => {
+    // Not while the admin is editing it: their input is not overwritten under them.
+    if (settings.contains(document.activeElement)) return;
+    const f = settings.elements;
+    f.auto_password_change_days.value = d.auto_password_change_days ?? "";
+    f.removal_behavior.value = d.removal_behavior;
+    f.sync_group.value = d.sync_group;
+    f.rotation_group.value = d.rotation_group;
+    f.sync_interval_minutes.value = d.sync_interval_minutes;
+  };
+  showForms = () => { credentialForm(); settingsForm(); };
+  showForms();
+  wire(settings, async () => {
+    const f = settings.elements;
+    const days = f.auto_password_change_days.value;
+    d = await api("PATCH", `/v1/domains/${pageId}`, {
+      auto_password_change_days: days === "" ? null : Number(days),
+      removal_behavior: f.removal_behavior.value,
+      sync_group: f.sync_group.value.trim(),
+      rotation_group: f.rotation_group.value.trim(),
+      sync_interval_minutes: Number(f.sync_interval_minutes.value),
+    });
+    showFacts();
+    flash("Settings saved.");
+  });
+  wire($("#test-credentials"), async () => {
+    const f = $("#replace-secret").elements;
+    const saved = d.credentials;
+    const report = await api("POST", "/v1/domains/check", {
+      tenant_id: saved ? saved.tenant_id : f.tenant_id.value.trim(),
+      client_id: saved ? saved.client_id : f.client_id.value.trim(),
+      client_secret: f.client_secret.value,
+      graph_url: d.graph_url, authority_url: d.authority_url,
+      sync_group: d.sync_group, rotation_group: d.rotation_group,
+    });
+    $("#check-report").replaceChildren(checkReport(report));
+  });
   wire($("#replace-secret"), async () => {
     const f = $("#replace-secret");
     const saved = d.credentials;
@@ -608,14 +657,16 @@ async function userPage() {
     return u;
   };
   // Newest first, a page at a time: what just happened is on top, and nothing is cut off.
+  // As of `at` too: a past view shows neither the rotations nor the events that came later.
+  const asOf = () => (at ? `&at=${encodeURIComponent(at)}` : "");
   const firstRotations = pagedTable($("#history"),
-    () => `/v1/users/${pageId}/password-history?order=newest&limit=20`,
+    () => `/v1/users/${pageId}/password-history?order=newest&limit=20${asOf()}`,
     (r) => el("tr", {},
       el("td", {}, when(r.started_at)),
       el("td", {}, badge(r.outcome), r.outcome === "succeeded" ? "" : ` ${[r.graph_code, r.error].filter(Boolean).join(": ")}`),
       el("td", {}, when(r.finished_at)), el("td", {}, r.retries), el("td", {}, r.reason)), "No rotations yet.");
   const firstEvents = pagedTable($("#timeline"),
-    () => `/v1/users/${pageId}/timeline?order=newest&limit=50`,
+    () => `/v1/users/${pageId}/timeline?order=newest&limit=50${asOf()}`,
     // The reason an event carries (a reveal's stated reason, a removal's cause), as text.
     (e) => el("tr", {}, el("td", {}, when(e.recorded_at)), el("td", {}, e.kind), el("td", {}, e.actor),
       el("td", {}, typeof e.payload?.reason === "string" ? e.payload.reason : "")),
@@ -627,9 +678,13 @@ async function userPage() {
     e.preventDefault();
     const v = $("#at").value;
     at = v ? new Date(v).toISOString() : null;
-    show().catch((x) => flash(x.message, "error"));
+    show().then(history).catch((x) => flash(x.message, "error"));
   });
-  $("#now").addEventListener("click", () => { at = null; $("#at").value = ""; show().catch((x) => flash(x.message, "error")); });
+  $("#now").addEventListener("click", () => {
+    at = null;
+    $("#at").value = "";
+    show().then(history).catch((x) => flash(x.message, "error"));
+  });
   if (!admin) return;
   const after = async (message) => { await show(); await history(); flash(message); };
   wire($("#activate"), async () => { await api("POST", `/v1/users/${pageId}/activate`); await after("Activated."); });
@@ -725,26 +780,42 @@ async function rotationsPage() {
 }
 
 async function auditPage() {
+  const live = await liveFrom();
+  const hex = (bytes) => Array.from(bytes, (x) => x.toString(16).padStart(2, "0")).join("");
+  const recordBytes = (item) => Uint8Array.from(atob(item.record), (c) => c.charCodeAt(0));
+  // The chain head shown: the position and the hash its record carries. "Verify chain"
+  // checks the chain up to at least this record and that it carries this hash.
+  let shownHead = null;
   const head = async () => {
     const h = await api("GET", "/healthz");
     const sth = await api("GET", "/v1/log/sth?format=json").catch(() => null);
+    const last = h.head_position
+      ? (await api("GET", `/v1/events?from_position=${h.head_position}&limit=1`)).items[0] : null;
+    shownHead = last ? { position: last.position, hash: hex(recordBytes(last).subarray(33, 65)) } : null;
     facts($("#log-facts"), [
       ["Head position", h.head_position], ["Durability", h.durability],
+      ["Chain head", el("span", { class: "mono", id: "chain-head" }, shownHead?.hash ?? "empty log")],
       ["Signed tree head", sth ? `size ${sth.tree_size}, root ${sth.root_hash}` : "none yet"],
     ]);
   };
   await head();
   wire($("#verify-chain"), async () => {
-    // Each stored record from the feed, checked here in the browser: its prev_hash
-    // must be the hash before it, and SHA-256 of that and its body the hash it carries
-    // (WebCrypto exists only on secure origins; elsewhere the links alone are checked).
+    // Each stored record from the feed, checked here in the browser: positions one after
+    // another from 1 to the head, its prev_hash the hash before it, and SHA-256 of that
+    // and its body the hash it carries (WebCrypto exists only on secure origins;
+    // elsewhere the links alone are checked). A feed cut short is no chain ok.
     const subtle = globalThis.crypto?.subtle;
-    const hex = (bytes) => Array.from(bytes, (x) => x.toString(16).padStart(2, "0")).join("");
+    const until = (await api("GET", "/healthz")).head_position;
+    const expected = shownHead;
     let from = 1, prev = "0".repeat(64), count = 0, problem = null;
-    for (;;) {
+    while (!problem && count < until) {
       const page = await api("GET", `/v1/events?from_position=${from}&limit=1000`);
       for (const item of page.items) {
-        const bytes = Uint8Array.from(atob(item.record), (c) => c.charCodeAt(0));
+        if (count === until) break;
+        if (item.position !== count + 1) {
+          problem = `position ${count + 1} is missing from the feed (it gave ${item.position})`; break;
+        }
+        const bytes = recordBytes(item);
         const stored = hex(bytes.subarray(33, 65));
         if (bytes.length < 65 || hex(bytes.subarray(1, 33)) !== prev) {
           problem = `position ${item.position}: prev_hash is not the hash of the record before`; break;
@@ -757,9 +828,13 @@ async function auditPage() {
             problem = `position ${item.position}: the record's content does not give its hash`; break;
           }
         }
+        if (expected && item.position === expected.position && stored !== expected.hash) {
+          problem = `position ${item.position}: the chain head shown carries another hash`; break;
+        }
         prev = stored; count++;
       }
-      if (problem || !page.next) break;
+      if (problem || count >= until) break;
+      if (!page.next) { problem = `the feed ends at position ${count}, before the head ${until}`; break; }
       // A feed that does not move on would keep this loop reading for ever.
       if (!(Number(page.next) > from)) { problem = `the feed does not advance past ${from}`; break; }
       from = Number(page.next);
@@ -767,6 +842,7 @@ async function auditPage() {
     const how = subtle ? "re-hashed and linked" : "linked (re-hashing needs a secure origin)";
     $("#verify-result").replaceChildren(el("p", { class: problem ? "error" : "ok", id: "verify-status" },
       problem ?? `Chain ok: ${count} records ${how}, head ${prev}.`));
+    if (!problem) await head();
   });
   // The export and its manifest read the log to one position: the log grows meanwhile,
   // and a manifest of a longer log is another file's. The first download pins it, the
@@ -849,7 +925,7 @@ async function auditPage() {
         : `Export differs (${report.problems.length} problems). First: ${describe(first)}`));
   });
   const feed = $("#feed tbody");
-  await follow((e) => {
+  follow(live, (e) => {
     feed.prepend(el("tr", {}, el("td", {}, e.position), el("td", {}, when(e.recorded_at)),
       el("td", {}, e.stream), el("td", {}, e.kind)));
     while (feed.children.length > 100) feed.lastChild.remove();

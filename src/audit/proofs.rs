@@ -479,6 +479,9 @@ pub fn prove(
     Ok(report)
 }
 
+/// How long `prove` waits for a signed head to cover a record just appended.
+const COVER_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Fills `report` as far as the server's answers hold.
 fn prove_into(
     report: &mut ProveReport,
@@ -511,9 +514,18 @@ fn prove_into(
     if env.position != position {
         return Ok(Err(format!("the record says position {}", env.position)));
     }
-    let latest = match server.latest_head(key)? {
-        Ok(head) => head,
-        Err(why) => return Ok(Err(why)),
+    // The server signs at most every `sth_interval_ms`: a record appended a moment ago is
+    // in a head soon. Waited for a little, then said to be unanswered, not a finding.
+    let deadline = std::time::Instant::now() + COVER_PATIENCE;
+    let latest = loop {
+        let latest = match server.latest_head(key)? {
+            Ok(head) => head,
+            Err(why) => return Ok(Err(why)),
+        };
+        if latest.head.tree_size >= position || std::time::Instant::now() >= deadline {
+            break latest;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
     };
     let head = latest.head;
     report.tree_size = Some(head.tree_size);
@@ -524,8 +536,8 @@ fn prove_into(
         }
     }
     if position > head.tree_size {
-        return Ok(Err(format!(
-            "position {position} is not yet in the latest signed head ({} records); retry shortly",
+        return Err(Error::Other(format!(
+            "position {position} is not yet in the latest signed head ({} records); retry once the server has signed a later one",
             head.tree_size
         )));
     }

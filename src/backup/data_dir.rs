@@ -401,31 +401,36 @@ fn restore_into(
         .transpose()
         .map_err(|e| refused("log key", e.to_string()))?;
     let proven = match (&signed_head, own_key.as_ref()) {
-        (Some(head), _) => Some(head.tree_size),
+        (Some(head), _) => head.tree_size,
         (None, Some(own)) if manifest.signed_tree_head.is_some() => {
-            Some(check_signed_head(manifest, &leaves, own)?.tree_size)
+            check_signed_head(manifest, &leaves, own)?.tree_size
         }
         // A log key and no head over anything: its records are a tail too.
-        (None, Some(_)) => Some(0),
-        // A served log's backup (a key store, or a head) without its log key: taken out,
-        // the head would go unchecked, and `serve` would make a new key and sign all of it.
-        (None, None)
-            if contents.sealed.keystore.is_some() || manifest.signed_tree_head.is_some() =>
-        {
-            Some(0)
-        }
-        (None, None) => None,
+        (None, Some(_)) => 0,
+        // No log key and no head: a log never served, or a served log's backup with its
+        // proof taken out (with the key store too, so nothing shows it was served). Either
+        // way nothing proves a record, and `serve` would make a new key and sign them all.
+        (None, None) => 0,
     };
-    let unsigned_records = proven.map_or(0, |size| manifest.position.saturating_sub(size));
+    let unsigned_records = manifest.position.saturating_sub(proven);
     if unsigned_records > 0 && tail == UnsignedTail::Refused {
+        let why = match proven {
+            0 => format!(
+                "its {} records are not proven by the key: no head signed by the log's key \
+                 comes with them",
+                manifest.position
+            ),
+            _ => format!(
+                "it covers {proven} records, the backup holds {}: the last {unsigned_records} \
+                 are not proven by the key",
+                manifest.position
+            ),
+        };
         return Err(refused(
             "signed tree head",
             format!(
-                "it covers {} records, the backup holds {}: the last {unsigned_records} are not \
-                 proven by the key (anyone who could write the file could have appended them); \
-                 --accept-unsigned-tail restores them unproven",
-                manifest.position - unsigned_records,
-                manifest.position,
+                "{why} (anyone who could write the file could have written them); \
+                 --accept-unsigned-tail restores them unproven"
             ),
         ));
     }

@@ -216,10 +216,10 @@ pub(super) fn note_size(note: &str) -> Option<u64> {
 /// Refuses a copy that reads shorter than its kept signed tree head: the head was kept
 /// only after the records it covers were on the device, so what is missing below it is
 /// damage (a header or a chunk length overwritten), not a write a crash cut off.
-fn holds_its_head(note: Option<&str>, held: u64) -> Result<(), BackupError> {
+fn holds_its_head(part: &str, note: Option<&str>, held: u64) -> Result<(), BackupError> {
     match note.and_then(note_size) {
         Some(size) if size > held => Err(refused(
-            "open segment",
+            part,
             format!(
                 "reads as {held} records, but the copy's signed tree head covers {size}: \
                  damaged, not cut by a crash"
@@ -391,14 +391,18 @@ impl FollowCopy {
                 ));
             }
         }
+        // The copy must hold every record its signed head covers, whatever is missing
+        // (a segment deleted, sealed or open): taking those positions again from the
+        // server would overwrite the evidence of what it signed before.
+        let head = read_head_file(dir)?;
         let open = match open_segment(dir)? {
             Some((first, path)) if first <= verifier.last_position() => {
+                holds_its_head("segments", head.as_deref(), verifier.last_position())?;
                 // Sealed already; the crash came before it was removed.
                 std::fs::remove_file(&path)?;
                 None
             }
             Some((first, path)) if first == verifier.last_position() + 1 => {
-                let head = read_head_file(dir)?;
                 Some(Self::recover(path, first, &mut verifier, head.as_deref())?)
             }
             Some((first, path)) => {
@@ -410,7 +414,10 @@ impl FollowCopy {
                     ),
                 ))
             }
-            None => None,
+            None => {
+                holds_its_head("segments", head.as_deref(), verifier.last_position())?;
+                None
+            }
         };
         if let Some(p) = verifier.first_problem() {
             return Err(BackupError::Chain {
@@ -468,7 +475,7 @@ impl FollowCopy {
             Ok(true)
         })?;
         // Before anything is cut.
-        holds_its_head(signed_tree_head, verifier.last_position())
+        holds_its_head("open segment", signed_tree_head, verifier.last_position())
             .map_err(|e| in_file(&path, e))?;
         if good < MAGIC.len() as u64 {
             // Cut while its header was written: nothing in it yet.
@@ -494,6 +501,14 @@ impl FollowCopy {
             first,
             after,
         })
+    }
+
+    /// How many records the copy's signed tree head covers (0 without one).
+    pub fn signed_size(&self) -> Result<u64, BackupError> {
+        Ok(read_head_file(&self.dir)?
+            .as_deref()
+            .and_then(note_size)
+            .unwrap_or(0))
     }
 
     /// The last position the copy holds.
@@ -1000,7 +1015,11 @@ impl CopySnapshot {
                 );
             }
         }
-        holds_its_head(self.signed_tree_head.as_deref(), verifier.last_position())?;
+        holds_its_head(
+            "open segment",
+            self.signed_tree_head.as_deref(),
+            verifier.last_position(),
+        )?;
         if let Some(p) = verifier.first_problem() {
             return Err(BackupError::Chain {
                 position: p.position,
@@ -1161,6 +1180,56 @@ mod tests {
             text.push_str(&format!("{} {}\n", STANDARD.encode(k), STANDARD.encode(v)));
         }
         text.into_bytes()
+    }
+
+    /// A copy missing records its signed head covers (a segment deleted, sealed or open)
+    /// is refused on open: taking them again from the server would overwrite the head it
+    /// kept, the evidence of what the server signed before.
+    #[test]
+    fn a_copy_missing_what_its_head_covers_is_refused() {
+        let tmp = tempfile::tempdir().expect("a temp dir");
+        let (key, key_file) = log_key_in(&tmp.path().join("server"));
+        let log = chain(200, 0);
+        let sealed = SealedFiles {
+            keystore: Some(keystore_of(&[("check", "c")])),
+            log_key: Some(key_file),
+        };
+        let take = |copy: &mut FollowCopy, from: u64, n: u64| {
+            let to = (from + n - 1) as usize;
+            let note = signed_head(&key, &log, to);
+            copy.take(
+                increment_with(&log, from, n, &sealed, Some(note)).as_slice(),
+                200,
+                100,
+            )
+            .expect("taken");
+        };
+        // Two sealed segments, then an open one, each increment with a head over it all.
+        let dir = tmp.path().join("copy");
+        let mut copy = FollowCopy::open(&dir, SEGMENT).expect("opens");
+        take(&mut copy, 1, SEGMENT);
+        take(&mut copy, SEGMENT + 1, SEGMENT);
+        take(&mut copy, 2 * SEGMENT + 1, 10);
+        drop(copy);
+        let (_, open) = open_segment(&dir).expect("lists").expect("an open segment");
+        let saved = std::fs::read(&open).expect("reads");
+        std::fs::remove_file(&open).expect("removed");
+        let err = FollowCopy::open(&dir, SEGMENT)
+            .err()
+            .expect("opened without its records");
+        assert!(err.to_string().contains("signed tree head covers"), "{err}");
+        std::fs::write(&open, &saved).expect("put back");
+        let copy = FollowCopy::open(&dir, SEGMENT).expect("whole again");
+        assert_eq!(copy.position(), 2 * SEGMENT + 10);
+        drop(copy);
+        // The newest sealed segment gone, with the open one.
+        std::fs::remove_file(&open).expect("removed");
+        let (_, _, last) = sealed_segments(&dir).expect("lists").pop().expect("sealed");
+        std::fs::remove_file(last).expect("removed");
+        let err = FollowCopy::open(&dir, SEGMENT)
+            .err()
+            .expect("opened without its records");
+        assert!(err.to_string().contains("signed tree head covers"), "{err}");
     }
 
     /// A head that does not verify with the log's key is refused when it comes, before any

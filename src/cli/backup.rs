@@ -224,6 +224,10 @@ async fn follow(args: &BackupArgs, base: &str, token: &str) -> Result<ExitCode, 
     Ok(ExitCode::SUCCESS)
 }
 
+/// How long a follower that has caught up waits for a signed head over all it holds
+/// before it ends anyway.
+const HEAD_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The follower's loop: asks for increments from the copy's position on and takes them;
 /// `taken` hears the copy after each. Ends once caught up with the head, with `--once` or
 /// once `stop` is set (caught up with a head read after it was set).
@@ -252,6 +256,7 @@ pub(crate) async fn keep_following(
     };
     let mut added = 0u64;
     let mut failures = 0u32;
+    let mut head_wait: Option<std::time::Instant> = None;
     loop {
         // Read before asking: the last increment must be asked for after the stop, or
         // records appended between the two would be left out.
@@ -289,7 +294,23 @@ pub(crate) async fn keep_following(
         added += n;
         if copy.position() >= head {
             if args.once || stopping {
-                break;
+                // Caught up, and the copy's head covers all it holds: a restore of it
+                // takes no record on the chain alone. The server signs at most every
+                // `sth_interval_ms`: asked again for a while until it has.
+                let signed = copy.signed_size().map_err(refused)?;
+                let waiting = head_wait.get_or_insert_with(std::time::Instant::now);
+                if signed >= copy.position() || waiting.elapsed() >= HEAD_PATIENCE {
+                    if signed < copy.position() {
+                        tracing::warn!(
+                            signed,
+                            position = copy.position(),
+                            "backup --follow: no signed tree head covers the copy's last records yet"
+                        );
+                    }
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                continue;
             }
             tokio::time::sleep(interval).await;
         } else if n == 0 {

@@ -77,10 +77,6 @@ pub async fn download(
             ));
         }
     }
-    // The signed head next: every head is signed over committed records, so the log's
-    // head read after it is usually at or past its size. Only the latest is kept (a head
-    // is kept at most every `sth_interval_ms`, whoever asks how often); a whole backup
-    // gets one signed over what it carries at its end, not kept.
     let notary = s.notary.clone();
     let whole = from == 1;
     // Places first: a request answered 503 for want of one has done no work.
@@ -88,14 +84,6 @@ pub async fn download(
     // A whole backup checks every record as it goes, with state that grows with the log
     // (event ids, stream versions): it is also one of the few reads of the whole log.
     let whole_place = whole.then(|| s.whole_log_place()).transpose()?;
-    let sth = {
-        let notary = notary.clone();
-        tokio::task::spawn_blocking(move || notary.latest())
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .flatten()
-    };
     let log = s.engine.log.clone();
     // At or past the head checked above: the log only grows. The key store is read with
     // it, while no key is made or shredded: a user deleted after this head keeps the key
@@ -162,22 +150,14 @@ pub async fn download(
             if let Some(e) = failed {
                 return Err(e);
             }
-            // A backup, whole or an increment, carries a head signed over exactly what it
-            // holds, not kept: no restore may find it covering more (it ended early: a
-            // `limit`, `max_bytes`, a head over leaves the log had not yet published), and
-            // none need take records after it unproven (records appended since the last
-            // head; a restore refuses those unless told). When the tree cannot give that
-            // root yet (it trails the log by a commit), one over as much of it as the
-            // tree has, and else the last kept head if it covers no more. (A follower
-            // keeps an increment's head only once it holds what it covers.)
-            let sth = match sth {
-                Some(h) if h.head.tree_size == held => Some(h),
-                kept => notary
-                    .sign(held)
-                    .or_else(|_| notary.sign(notary.tree().size().min(held)))
-                    .ok()
-                    .or(kept.filter(|h| h.head.tree_size < held)),
-            };
+            // A head over no more than it holds: no restore may find it covering more
+            // (it ended early: a `limit`, `max_bytes`), and a whole backup's covers all it
+            // holds, so no restore need take records after it unproven (see
+            // `Notary::for_backup`). (A follower keeps an increment's head only once it
+            // holds what it covers.)
+            let sth = notary
+                .for_backup(held, whole)
+                .map_err(|e| std::io::Error::other(format!("signing its tree head: {e}")))?;
             w.finish(&sealed, known.as_deref(), sth.map(|h| h.to_note()))?;
             Ok(())
         })();

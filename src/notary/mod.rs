@@ -108,7 +108,9 @@ impl Notary {
                 tick.tick().await;
                 let Some(inner) = weak.upgrade() else { return };
                 let notary = Notary { inner };
-                if let Err(e) = tokio::task::spawn_blocking(move || notary.sign_if_grown(true))
+                // Not `now`: a head signed on request a moment ago makes this tick wait for
+                // the next, so heads come at most every `interval`.
+                if let Err(e) = tokio::task::spawn_blocking(move || notary.sign_if_grown(false))
                     .await
                     .unwrap_or_else(|e| Err(NotaryError::Io(e.to_string())))
                 {
@@ -181,11 +183,49 @@ impl Notary {
             .after(after, limit)
     }
 
-    /// A head of the tree of exactly `size` leaves signed now, not kept (a whole backup
-    /// carries a head over exactly what it holds). Never dated before the latest kept.
-    pub fn sign(&self, size: u64) -> Result<SignedTreeHead, NotaryError> {
-        let after = self.latest_kept()?.map_or(0, |h| h.head.timestamp_ms);
-        self.sign_at(size, now_ms().max(after))
+    /// The head a backup holding the log's first `held` records carries (`whole`: from
+    /// the first record, else an increment a follower asks for).
+    ///
+    /// **Every head given out over more records than the latest kept one is kept**: a
+    /// log that loses records past it (a lost machine) is then refused at start rather
+    /// than signed again with another history, and auditors find it among the heads. So:
+    /// the head kept for exactly `held`; else, past the latest kept head, one signed and
+    /// kept now, for a whole backup always, for an increment only once the latest is
+    /// `interval` old (however often followers ask, heads and their syncs come at that
+    /// pace), else the latest, covering fewer records than the increment holds (the
+    /// follower proves the rest with a later one). Below the latest kept head (a backup
+    /// cut short), one over exactly `held` signed now and not kept: the latest covers it,
+    /// and the check at start guards every record under that.
+    pub fn for_backup(
+        &self,
+        held: u64,
+        whole: bool,
+    ) -> Result<Option<SignedTreeHead>, NotaryError> {
+        if held == 0 {
+            return Ok(None);
+        }
+        let mut heads = self.inner.heads.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(head) = heads.at(held)? {
+            return Ok(Some(head));
+        }
+        let latest = heads.latest().cloned();
+        let (latest_size, signed_at) = latest
+            .as_ref()
+            .map_or((0, 0), |l| (l.head.tree_size, l.head.timestamp_ms));
+        let now = now_ms().max(signed_at);
+        if held < latest_size {
+            return self.sign_at(held, now).map(Some);
+        }
+        // The tree takes a record in just after the log acknowledges it.
+        let size = held.min(self.inner.tree.size());
+        let old = latest.is_none()
+            || now.saturating_sub(signed_at) >= self.inner.interval.as_millis() as u64;
+        if size > latest_size && (whole || old) {
+            let head = self.sign_at(size, now)?;
+            heads.push(head.clone())?;
+            return Ok(Some(head));
+        }
+        Ok(latest)
     }
 
     /// For an export's manifest: the first kept head that covers `size` records (signing
@@ -226,11 +266,6 @@ impl Notary {
             self.inner.tree.consistency(size, head.head.tree_size)?
         };
         Ok(Some((head, proof)))
-    }
-
-    fn latest_kept(&self) -> Result<Option<SignedTreeHead>, NotaryError> {
-        let heads = self.inner.heads.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(heads.latest().cloned())
     }
 
     fn sign_at(&self, size: u64, timestamp_ms: u64) -> Result<SignedTreeHead, NotaryError> {
@@ -351,6 +386,50 @@ mod tests {
         let notary = Notary::start(dir.path(), tree, &keys, Duration::from_secs(60)).unwrap();
         assert_eq!(notary.sign_now().unwrap().unwrap().head.tree_size, 100);
         (dir, keys)
+    }
+
+    /// Heads given to backups: past the latest kept one, kept (so a log that later loses
+    /// those records is refused, not signed again), and for increments at most once an
+    /// interval, however often followers ask; a backup cut short below the latest gets
+    /// one over exactly what it holds.
+    #[tokio::test]
+    async fn heads_given_to_backups_are_kept_and_paced() {
+        let (dir, keys) = signed_at_100();
+        let record = |p: u64| Ok(format!("record {p}").into_bytes());
+        let tree = Arc::new(LogTree::open(dir.path(), 100, record).unwrap());
+        let notary =
+            Notary::start(dir.path(), tree.clone(), &keys, Duration::from_secs(60)).unwrap();
+        tree.append(&leaves(101, 110, "record"));
+        for _ in 0..3 {
+            let increment = notary.for_backup(110, false).unwrap().unwrap();
+            assert_eq!(
+                increment.head.tree_size, 100,
+                "a new head within the interval"
+            );
+        }
+        // No tick signed meanwhile either: the last head is younger than the interval.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(notary.after(100, 10).unwrap().is_empty());
+        let whole = notary.for_backup(110, true).unwrap().unwrap();
+        assert_eq!(whole.head.tree_size, 110);
+        let kept = notary.at(110).unwrap().expect("kept");
+        assert_eq!(kept.to_note(), whole.to_note());
+        assert_eq!(
+            notary.for_backup(110, false).unwrap().unwrap().to_note(),
+            whole.to_note()
+        );
+        let short = notary.for_backup(105, true).unwrap().unwrap();
+        assert_eq!(short.head.tree_size, 105);
+        assert!(notary.at(105).unwrap().is_none());
+        drop(notary);
+        // The log back at 105 records: the head a backup carried is not contradicted.
+        let shorter = Arc::new(LogTree::open(dir.path(), 105, record).unwrap());
+        let refused = Notary::start(dir.path(), shorter, &keys, Duration::from_secs(60));
+        assert!(
+            matches!(&refused, Err(NotaryError::Head(m)) if m.contains("lost records")),
+            "{:?}",
+            refused.err()
+        );
     }
 
     /// A log that comes back shorter than a head it signed would, grown again, be signed

@@ -117,7 +117,9 @@ fn forged_after_its_head(backup: &Path, out: &Path) -> std::path::PathBuf {
 
 /// `backup` rewritten without its log key (the file's hashes are unkeyed: anyone who can
 /// write it can take a part out).
-fn without_log_key(backup: &Path, out: &Path) -> std::path::PathBuf {
+/// `backup` written again without its log key, and with `everything`, without its key
+/// store and signed head too: all that shows the log was served.
+fn without_log_key(backup: &Path, out: &Path, everything: bool) -> std::path::PathBuf {
     use idledger::backup::{read, BackupWriter};
     let mut records = Vec::new();
     let contents = read(std::fs::File::open(backup).unwrap(), |checked, bytes| {
@@ -131,8 +133,12 @@ fn without_log_key(backup: &Path, out: &Path) -> std::path::PathBuf {
     }
     let mut sealed = contents.sealed.clone();
     sealed.log_key = None;
-    w.finish(&sealed, None, contents.manifest.signed_tree_head)
-        .unwrap();
+    let mut head = contents.manifest.signed_tree_head;
+    if everything {
+        sealed.keystore = None;
+        head = None;
+    }
+    w.finish(&sealed, None, head).unwrap();
     out.to_path_buf()
 }
 
@@ -228,8 +234,14 @@ async fn a_restored_data_dir_answers_as_the_original_did() {
     assert!(ok, "{err}");
     assert!(err.contains("the last 1 records restored"), "{err}");
     // Nor with the log key taken out of it: `serve` would make a new one and sign it all.
-    let keyless = without_log_key(&forged, &dir.path().join("keyless.backup"));
+    let keyless = without_log_key(&forged, &dir.path().join("keyless.backup"), false);
     let (ok, _, err) = restore(&keyless, &refused_dir, &[]);
+    assert!(!ok && err.contains("not proven by the key"), "{err}");
+    assert!(!refused_dir.exists(), "a refused restore left files behind");
+    // Nor with the key store and the head taken out as well, so nothing shows it was
+    // served (its secrets then open with no key: restored only without them).
+    let bare = without_log_key(&forged, &dir.path().join("bare.backup"), true);
+    let (ok, _, err) = restore(&bare, &refused_dir, &["--without-keys"]);
     assert!(!ok && err.contains("not proven by the key"), "{err}");
     assert!(!refused_dir.exists(), "a refused restore left files behind");
     let (ok, done, err) = restore(
@@ -480,9 +492,13 @@ async fn a_wrong_backup_is_refused_naming_the_part_and_nothing_is_written() {
         assert!(err.contains(says), "{name}: {err}");
         assert!(!target.exists(), "{name}: something was written");
     }
-    // The good file restores.
+    // The good file restores, once told to take records no signed head proves (this dir
+    // was never served, so it has no log key: nothing tells it from a forgery).
     let target = dir.path().join("restore-good");
-    let (ok, done, err) = restore(&good, &target, &[]);
+    let (ok, _, err) = restore(&good, &target, &[]);
+    assert!(!ok && err.contains("not proven by the key"), "{err}");
+    assert!(!target.exists(), "something was written");
+    let (ok, done, err) = restore(&good, &target, &["--accept-unsigned-tail"]);
     assert!(ok, "{err}");
     assert_eq!(done["head_hash"], made["head_hash"]);
     assert!(!target.join(".restoring").exists());
@@ -1161,11 +1177,19 @@ async fn a_backup_with_secrets_and_no_keys_is_restored_only_when_asked() {
         .min()
         .expect("a sealed segment");
     let target = dir.path().join("r-keyless");
-    let (ok, done, err) = restore(&segment, &target, &[]);
+    let (ok, done, err) = restore(&segment, &target, &["--accept-unsigned-tail"]);
     assert!(!ok, "restored secrets without their keys: {done}");
     assert!(err.contains("no key store"), "{err}");
     assert!(!target.exists(), "something was written");
-    let (ok, done, err) = restore(&segment, &target, &["--without-keys"]);
+    // A sealed segment alone carries neither the copy's head nor the log key: nothing of
+    // it is proven either.
+    let (ok, _, err) = restore(&segment, &target, &["--without-keys"]);
+    assert!(!ok && err.contains("not proven by the key"), "{err}");
+    let (ok, done, err) = restore(
+        &segment,
+        &target,
+        &["--without-keys", "--accept-unsigned-tail"],
+    );
     assert!(ok, "{err}");
     assert_eq!(done["domains"], 1, "{done}");
     // The whole copy carries its keys.

@@ -850,6 +850,44 @@ fn rewrite_history(data: &Path, position: u64) {
     }
 }
 
+/// A record no signed head covers yet (the server signs at most every
+/// `sth_interval_ms`) is no finding: `prove` waits a little, then says it could not
+/// check (exit 2), never that the history fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_not_yet_signed_is_unanswered_not_a_finding() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let slow = [("IDLEDGER_STH_INTERVAL_MS", "3600000")];
+    let serve = Serve::start_with(&data, None, &slow).await;
+    add_domains(&serve, &["a.example.com", "b.example.com"]).await;
+    let note = serve.get("/v1/log/sth").await.text().await.unwrap();
+    let signed: u64 = note.lines().nth(1).unwrap().parse().unwrap();
+    let head = head_of(&serve).await;
+    assert!(head > signed, "{head}: {note}");
+    let key = public_key_of(&data);
+    let (report, code) = auditor_cli(
+        &serve.token,
+        &[
+            "prove",
+            "--server",
+            &serve.url,
+            "--position",
+            &head.to_string(),
+            "--public-key",
+            &key,
+        ],
+    );
+    assert_eq!(code, 2, "{report}");
+    assert_eq!(report["checked"], false, "{report}");
+    assert!(
+        report["error"]
+            .as_str()
+            .unwrap()
+            .contains("not yet in the latest signed head"),
+        "{report}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rewritten_history_is_caught_on_the_next_visit() {
     let dir = tempfile::tempdir().unwrap();

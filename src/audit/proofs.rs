@@ -639,9 +639,10 @@ pub fn manifest_head(head: &SignedTreeHead, proof: &[Hash]) -> ManifestHead {
 
 impl Server {
     /// The manifest's head for an export that read this server's feed to `log_position`:
-    /// its latest head once that covers the position (the server signs at most every
-    /// `sth_interval_ms`, so this waits up to `patience`), with the consistency proof
-    /// to it. Checked by `verify-export`, not here: the exporter needs no key.
+    /// the server's first head covering the position (signed on request when none does
+    /// yet; asked again for up to `patience` while its tree trails the log), with the
+    /// consistency proof to it. Checked by `verify-export`, not here: the exporter needs
+    /// no key.
     pub fn cover(
         &self,
         log_position: u64,
@@ -653,7 +654,14 @@ impl Server {
         let deadline = std::time::Instant::now() + patience;
         loop {
             // The exporter checks nothing: a refusal here is an error to report.
-            let note = self.get("/v1/log/sth")?.map_err(Error::Other)?;
+            let note = match self.get(&format!("/v1/log/sth?covering={log_position}"))? {
+                Ok(note) => note,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    continue;
+                }
+                Err(why) => return Err(Error::Other(why)),
+            };
             let size: u64 = note
                 .lines()
                 .nth(1)

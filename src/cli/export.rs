@@ -86,6 +86,14 @@ pub fn export(args: &ExportArgs) -> Result<ExitCode, Error> {
     let written =
         crate::audit::export_file(records_of(&source)?, &query, format, &args.out, cover, tick)?;
     pb.finish_and_clear();
+    if written.signed_tree_size.is_none() && written.log_position > 0 {
+        // A stopped server's data dir whose last records no kept head covers (killed
+        // before it signed them), or one never served: the manifest proves nothing.
+        tracing::warn!(
+            log_position = written.log_position,
+            "no signed tree head covers the export's position: its manifest carries none, and verify-export --public-key will refuse it"
+        );
+    }
     outln!(
         "{}",
         serde_json::to_string(&written).map_err(|e| Error::Other(e.to_string()))?

@@ -86,6 +86,10 @@ pub enum HeadFormat {
 pub struct HeadQuery {
     /// `text` (the checkpoint, the default) or `json`.
     format: Option<HeadFormat>,
+    /// `/v1/log/sth` only: rather than the latest, the first kept head over at least this
+    /// many records, signed and kept now when none is yet (an exporter's manifest names
+    /// the head of its position without waiting for `sth_interval_ms`).
+    covering: Option<u64>,
 }
 
 fn answer(head: &SignedTreeHead, format: Option<HeadFormat>) -> Response {
@@ -101,10 +105,29 @@ pub async fn latest(
     ApiQuery(q): ApiQuery<HeadQuery>,
 ) -> Result<Response, ApiError> {
     let notary = s.notary.clone();
-    let head = tokio::task::spawn_blocking(move || notary.latest())
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??
-        .ok_or_else(|| ApiError::NotFound("signed tree head (the log is empty)".into()))?;
+    let head = match q.covering {
+        None => tokio::task::spawn_blocking(move || notary.latest())
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))??
+            .ok_or_else(|| ApiError::NotFound("signed tree head (the log is empty)".into()))?,
+        Some(size) => {
+            let head = s.engine.log.head().position;
+            if size == 0 || size > head {
+                return Err(ApiError::BadRequest(format!(
+                    "covering: 1 to the log's head {head}"
+                )));
+            }
+            tokio::task::spawn_blocking(move || notary.covering(size))
+                .await
+                .map_err(|e| ApiError::Internal(e.to_string()))??
+                .map(|(head, _)| head)
+                .ok_or_else(|| {
+                    ApiError::Unavailable(format!(
+                        "no signed tree head covers {size} records yet: the tree trails the log"
+                    ))
+                })?
+        }
+    };
     Ok(answer(&head, q.format))
 }
 
@@ -117,6 +140,11 @@ pub async fn at_size(
     let size = raw
         .parse::<u64>()
         .map_err(|_| ApiError::BadRequest(format!("tree_size: {raw:?} is not a number")))?;
+    if q.covering.is_some() {
+        return Err(ApiError::BadRequest(
+            "covering: only for the latest head, /v1/log/sth".into(),
+        ));
+    }
     // Off the async threads: the heads' lock is held while a new head is signed, which
     // syncs the log to the device first.
     let notary = s.notary.clone();

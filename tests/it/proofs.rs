@@ -886,6 +886,44 @@ async fn a_record_not_yet_signed_is_unanswered_not_a_finding() {
             .contains("not yet in the latest signed head"),
         "{report}"
     );
+    // An export to that position needs no wait: its manifest's head is signed on request.
+    let out = dir.path().join("events.jsonl");
+    let (written, code) = auditor_cli(
+        &serve.token,
+        &[
+            "export",
+            "--server",
+            &serve.url,
+            "--kind",
+            "events",
+            "--format",
+            "jsonl",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{written}");
+    assert_eq!(written["log_position"], head, "{written}");
+    assert!(
+        written["signed_tree_size"].as_u64().unwrap() >= head,
+        "{written}"
+    );
+    // And that head is kept: prove answers now.
+    let (proved, code) = auditor_cli(
+        &serve.token,
+        &[
+            "prove",
+            "--server",
+            &serve.url,
+            "--position",
+            &head.to_string(),
+            "--public-key",
+            &key,
+        ],
+    );
+    assert_eq!(code, 0, "{proved}");
+    let refused = serve.get("/v1/log/sth?covering=0").await;
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -176,9 +176,15 @@ impl Mailer {
                 );
                 let bytes = message.formatted();
                 let dir = dir.clone();
+                // Each message carries an enrolment link: the owner's alone (0700, 0600),
+                // whatever the umask of the process that sends it (the demo's, a test's).
                 tokio::task::spawn_blocking(move || {
-                    std::fs::create_dir_all(&dir)?;
-                    std::fs::write(dir.join(name), bytes)
+                    use std::os::unix::fs::DirBuilderExt;
+                    std::fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o700)
+                        .create(&dir)?;
+                    crate::durable::create_private(&dir.join(name), &bytes)
                 })
                 .await
                 .map_err(|e| InviteError::Delivery(e.to_string()))?
@@ -241,6 +247,36 @@ mod tests {
             password: None,
             from: "idledger <noreply@contoso.com>".into(),
         }
+    }
+
+    /// An outbox message carries a live enrolment link: the owner's alone, whatever the
+    /// process's umask (a test's or the demo's is usually 022).
+    #[tokio::test]
+    async fn outbox_messages_are_the_owners_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let data = tempfile::tempdir().unwrap();
+        let mailer = Mailer::new(None, data.path()).unwrap();
+        let invite = Invite {
+            to: "adele@contoso.com".into(),
+            display_name: "Adele Vance".into(),
+            user_principal_name: "adele@contoso.com".into(),
+            domain: "contoso.com".into(),
+            link: "http://localhost:8080/enrol/secret".into(),
+            expires_at: chrono::DateTime::from_timestamp(1_900_000_000, 0).unwrap(),
+        };
+        mailer.send(&invite).await.unwrap();
+        let outbox = data.path().join("outbox");
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&outbox), 0o700);
+        let files: Vec<_> = std::fs::read_dir(&outbox)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(files.len(), 1, "{files:?}");
+        assert_eq!(mode(&files[0]), 0o600);
+        assert!(std::fs::read_to_string(&files[0])
+            .unwrap()
+            .contains("/enrol/secret"));
     }
 
     #[tokio::test]

@@ -251,6 +251,12 @@ const ALEX_PASSWORD: &str = "Start-Key-2026-02!";
 /// Alex enrols: Entra ID through graphsim's form, then an authenticator app. Answers the
 /// visitor (signed in) and the authenticator secret.
 pub(crate) async fn enrol_alex(w: &World, alex: &str) -> (Visitor, String) {
+    let (v, secret, _) = enrol_alex_with_code(w, alex).await;
+    (v, secret)
+}
+
+/// [`enrol_alex`], and the TOTP code the enrolment used.
+async fn enrol_alex_with_code(w: &World, alex: &str) -> (Visitor, String, String) {
     invite(w, alex).await;
     let link = outbox_link(w, ALEX);
     assert!(link.starts_with(&w.app.public), "{link}");
@@ -310,17 +316,19 @@ pub(crate) async fn enrol_alex(w: &World, alex: &str) -> (Visitor, String) {
     assert_eq!(back.unwrap(), link.trim_start_matches(&w.app.public));
     let (_, page, _) = v.get(&link).await;
     assert!(page.contains("Step 1 done"), "{page}");
-    let now = chrono::Utc::now().timestamp();
+    // The code that enrols, kept: the same code typed again later is refused as used,
+    // whatever 30-second step the clock has reached by then.
+    let enrolled_with = totp_code(&secret, chrono::Utc::now().timestamp());
     let (s, b) = v
         .post_json(
             &format!("{link}/totp"),
             &csrf,
-            json!({"code": totp_code(&secret, now)}),
+            json!({"code": enrolled_with}),
         )
         .await;
     assert_eq!(s, StatusCode::OK, "{b}");
     assert_eq!(b["next"], "/me");
-    (v, secret)
+    (v, secret, enrolled_with)
 }
 
 /// Entra step of a sign-in for `upn`; lands on the second-factor page.
@@ -360,7 +368,7 @@ async fn type_code(w: &World, v: &mut Visitor, page: &str, code: &str) -> (Statu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entra_credentials_and_an_authenticator_code_enrol_and_sign_in_with_every_rule() {
     let (w, _, alex) = signin_world().await;
-    let (mut v, secret) = enrol_alex(&w, &alex).await;
+    let (mut v, secret, enrolled_with) = enrol_alex_with_code(&w, &alex).await;
     let (s, me, _) = v.get(&format!("{}/me", w.app.public)).await;
     assert_eq!(s, StatusCode::OK);
     assert!(
@@ -404,8 +412,7 @@ async fn entra_credentials_and_an_authenticator_code_enrol_and_sign_in_with_ever
     // accepted; a wrong one is refused.
     let mut v = Visitor::new();
     let page = entra_sign_in(&w, &mut v, ALEX, ALEX_PASSWORD).await;
-    let now = chrono::Utc::now().timestamp();
-    let (s, text) = type_code(&w, &mut v, &page, &totp_code(&secret, now)).await;
+    let (s, text) = type_code(&w, &mut v, &page, &enrolled_with).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     assert!(text.contains("used already"), "{text}");
     let (s, text) = type_code(&w, &mut v, &page, "000000").await;
@@ -414,7 +421,7 @@ async fn entra_credentials_and_an_authenticator_code_enrol_and_sign_in_with_ever
         text.contains("not right") || text.contains("used already"),
         "{text}"
     );
-    let next = totp_code(&secret, now + 30);
+    let next = totp_code(&secret, chrono::Utc::now().timestamp() + 30);
     let (s, to) = type_code(&w, &mut v, &page, &next).await;
     assert_eq!((s, to.as_str()), (StatusCode::SEE_OTHER, "/me"));
     let (s, _, _) = v.get(&format!("{}/me", w.app.public)).await;

@@ -152,7 +152,9 @@ impl From<crate::sync::SyncError> for ApiError {
             S::Graph(g) => ApiError::BadGateway(g.to_string()),
             S::Cancelled | S::Contended(_) => ApiError::Conflict(e.to_string()),
             S::NotReached(n) => ApiError::Timeout(n.to_string()),
-            S::Store(_) | S::Secrets(_) | S::Interrupted(_) => ApiError::Internal(e.to_string()),
+            S::Store(_) | S::Secrets(_) | S::Interrupted(_) | S::Panicked => {
+                ApiError::Internal(e.to_string())
+            }
         }
     }
 }

@@ -48,6 +48,9 @@ pub enum SyncError {
     /// The credentials were removed while the run was in flight.
     #[error("the domain's credentials were removed; the run stopped")]
     Cancelled,
+    /// The run stopped on a bug (a panic, logged); the next run starts afresh.
+    #[error("the run stopped on an internal error; the next run starts afresh")]
+    Panicked,
     /// Appending failed.
     #[error(transparent)]
     Append(#[from] AppendError),
@@ -563,12 +566,17 @@ impl SyncService {
                 unwait(&service);
                 started = std::time::Instant::now();
                 // The cancel first: a run whose credentials were removed starts no request.
+                // A panic (a bug) ends the run as failed, on record, with its lock let go:
+                // not a run that stays `running` until the next start.
+                let run = std::panic::AssertUnwindSafe(async {
+                    SyncRun::new(&engine, &client, domain, run_id, dry_run, full).await?.execute().await
+                });
                 let result = tokio::select! {
                     biased;
                     _ = wait_cancelled(cancelled) => Err(SyncError::Cancelled),
-                    r = async {
-                        SyncRun::new(&engine, &client, domain, run_id, dry_run, full).await?.execute().await
-                    } => r,
+                    r = futures_util::FutureExt::catch_unwind(run) => {
+                        r.unwrap_or(Err(SyncError::Panicked))
+                    }
                 };
                 let shredder = engine.clone();
                 if result.is_err() {

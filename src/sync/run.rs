@@ -1130,6 +1130,7 @@ impl<'a> SyncRun<'a> {
             self.record_held(&held).await?;
         }
         if !self.dry_run {
+            crate::crash::point("sync_before_users");
             // What was held is what the appends held: an admin's change meanwhile (an
             // import) may make a removal of a plan that had none, and it is held too.
             let planned_held = std::mem::take(&mut held);

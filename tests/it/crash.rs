@@ -459,6 +459,60 @@ async fn a_rotation_whose_drive_panicked_is_driven_again() {
     );
 }
 
+/// A sync run that panics (a bug in its task; the process goes on) ends as failed, on
+/// record, at once: not `running` until the next start, holding up every later run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_run_that_panicked_is_recorded_as_failed_and_the_next_runs() {
+    use reqwest::Method;
+    let (sim, _sim, _dir, data) = contoso_and_data_dir().await;
+    let serve = Serve::start_with(
+        &data,
+        None,
+        &[("IDLEDGER_TEST_PANIC_AT", "sync_before_users")],
+    )
+    .await;
+    let domain = contoso_domain(&serve, &sim, serde_json::json!({})).await;
+    let run_until_done = async |serve: &Serve| {
+        let run = serve
+            .call(Method::POST, &format!("/v1/domains/{domain}/sync"), None)
+            .await;
+        let run = run["run_id"].as_str().unwrap().to_owned();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let r = serve
+                .call(
+                    Method::GET,
+                    &format!("/v1/domains/{domain}/sync-runs/{run}"),
+                    None,
+                )
+                .await;
+            if r["status"] != "running" {
+                return r;
+            }
+            assert!(Instant::now() < deadline, "still running: {r}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    // The first run to reach the users panics: this one, or one the schedule started.
+    run_until_done(&serve).await;
+    let runs = serve
+        .call(
+            Method::GET,
+            &format!("/v1/domains/{domain}/sync-runs?limit=100"),
+            None,
+        )
+        .await;
+    let runs = runs["items"].as_array().unwrap();
+    assert!(runs.iter().all(|r| r["status"] != "running"), "{runs:?}");
+    assert!(
+        runs.iter().any(|r| r["status"] == "failed"
+            && r["error"].as_str().unwrap_or("").contains("internal error")),
+        "{runs:?}"
+    );
+    let next = run_until_done(&serve).await;
+    assert_eq!(next["status"], "succeeded", "{next}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_after_rotation_started_resumes_with_the_same_password() {
     crash_during_rotation(RotationCrash::AfterStarted).await;

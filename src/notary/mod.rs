@@ -319,6 +319,14 @@ pub fn covering_head(
     Ok(Some((head, proof)))
 }
 
+/// The size and root of the latest head a stopped server's data dir kept, its signature
+/// checked (none when the log was never served): what its tree must give when opened.
+pub fn latest_kept_root(data_dir: &Path) -> Option<(u64, idledger_domain::Hash)> {
+    let public = key::public_key(data_dir).ok()?;
+    let heads = Heads::read_only(data_dir, &public).ok()?;
+    heads.latest().map(|h| (h.head.tree_size, h.head.root_hash))
+}
+
 /// The latest head a stopped server's data dir kept, as its signed note (for a backup's
 /// manifest), when its signature checks with the data dir's public key.
 pub fn latest_kept_note(data_dir: &Path) -> Option<String> {

@@ -48,7 +48,10 @@ pub async fn start_with(
         config.allow_master_key_in_data_dir,
     )
     .map_err(secrets)?;
-    let log = SledEventLog::open_with(data_dir, config.durability)?;
+    // The tree's files are derived: ones that no longer give the root the log key signed
+    // are made again from the records, rather than taken for another history.
+    let kept = crate::notary::latest_kept_root(data_dir);
+    let log = SledEventLog::open_expecting_root(data_dir, config.durability, kept)?;
     log.snapshots().set_capacity(config.snapshot_streams);
     private_dir(data_dir)?;
     if let Some(path) = created {

@@ -285,6 +285,26 @@ impl SledEventLog {
         durability: Durability,
         tree: bool,
     ) -> Result<Arc<Self>, StoreError> {
+        Self::open_inner(data_dir, durability, tree, None)
+    }
+
+    /// [`SledEventLog::open_with`], its tree checked against `kept`, the size and root of
+    /// the last head signed over it: tree files that give another root (damaged: they are
+    /// derived, the log is the truth) are made again from the records.
+    pub fn open_expecting_root(
+        data_dir: &Path,
+        durability: Durability,
+        kept: Option<(u64, Hash)>,
+    ) -> Result<Arc<Self>, StoreError> {
+        Self::open_inner(data_dir, durability, true, kept)
+    }
+
+    fn open_inner(
+        data_dir: &Path,
+        durability: Durability,
+        tree: bool,
+        kept: Option<(u64, Hash)>,
+    ) -> Result<Arc<Self>, StoreError> {
         refuse_interrupted_restore(data_dir)?;
         std::fs::create_dir_all(data_dir).map_err(|e| StoreError::Io(e.to_string()))?;
         let db = sled::Config::new()
@@ -308,7 +328,18 @@ impl SledEventLog {
                 Some(v) => Ok(v.to_vec()),
                 None => Err(corrupt(p, "missing while the tree was made")),
             };
-            let tree = LogTree::open(data_dir, rebuilt.head.position, record)?;
+            let head = rebuilt.head.position;
+            let mut tree = LogTree::open(data_dir, head, record)?;
+            if let Some((size, root)) = kept.filter(|(size, _)| *size <= head) {
+                if tree.root(size).ok() != Some(root) {
+                    tracing::warn!(
+                        size,
+                        "the tree's files do not give the root of the last signed head; making them again from the log"
+                    );
+                    drop(tree);
+                    tree = LogTree::open_afresh(data_dir, head, record)?;
+                }
+            }
             Some(Arc::new(match durability {
                 Durability::Device => tree,
                 Durability::Process => {

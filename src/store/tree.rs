@@ -124,7 +124,26 @@ impl LogTree {
     pub fn open(
         data_dir: &Path,
         head: u64,
+        record: impl FnMut(u64) -> Result<Vec<u8>, StoreError>,
+    ) -> Result<LogTree, StoreError> {
+        Self::open_trusting(data_dir, head, record, true)
+    }
+
+    /// [`LogTree::open`], trusting none of the leaves on file: every one hashed again
+    /// from the records.
+    pub fn open_afresh(
+        data_dir: &Path,
+        head: u64,
+        record: impl FnMut(u64) -> Result<Vec<u8>, StoreError>,
+    ) -> Result<LogTree, StoreError> {
+        Self::open_trusting(data_dir, head, record, false)
+    }
+
+    fn open_trusting(
+        data_dir: &Path,
+        head: u64,
         mut record: impl FnMut(u64) -> Result<Vec<u8>, StoreError>,
+        trust_file: bool,
     ) -> Result<LogTree, StoreError> {
         let dir = tree_dir(data_dir);
         std::fs::create_dir_all(&dir).map_err(|e| io("the tree's directory", e))?;
@@ -156,7 +175,11 @@ impl LogTree {
             Ok(()) => u64::from_be_bytes(mark),
             Err(_) => 0,
         };
-        let mut have = (len / 32).min(head).min(durable);
+        let mut have = if trust_file {
+            (len / 32).min(head).min(durable)
+        } else {
+            0
+        };
         // The last leaf the file claims must be the hash of the log's record there; if not
         // (a file from another log, or damaged), the tree is made again from the log.
         if have > 0 {

@@ -850,6 +850,43 @@ fn rewrite_history(data: &Path, position: u64) {
     }
 }
 
+/// The tree's files are derived from the log: damaged, they are made again from the
+/// records at start, not taken for another history (which would stop `serve`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_tree_file_is_made_again_from_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let fast = [("IDLEDGER_STH_INTERVAL_MS", "10")];
+    let mut serve = Serve::start_with(&data, None, &fast).await;
+    add_domains(&serve, &["a.example.com", "b.example.com", "c.example.com"]).await;
+    let head = head_of(&serve).await;
+    head_covering(&serve.http, &serve.url, &serve.token, head).await;
+    let note = serve.get("/v1/log/sth").await.text().await.unwrap();
+    serve.stop();
+    // One leaf in the middle, not the last (which the open checks on its own).
+    let leaves = data.join("tree").join("leaves");
+    let mut bytes = std::fs::read(&leaves).unwrap();
+    assert!(bytes.len() >= 3 * 32, "{}", bytes.len());
+    bytes[32 + 7] ^= 0x40;
+    std::fs::write(&leaves, &bytes).unwrap();
+    let serve = Serve::start_with(&data, None, &fast).await;
+    assert_eq!(serve.get("/v1/log/sth").await.text().await.unwrap(), note);
+    let key = public_key_of(&data);
+    let (proved, code) = auditor_cli(
+        &serve.token,
+        &[
+            "prove",
+            "--server",
+            &serve.url,
+            "--position",
+            "2",
+            "--public-key",
+            &key,
+        ],
+    );
+    assert_eq!(code, 0, "{proved}");
+}
+
 /// A record no signed head covers yet (the server signs at most every
 /// `sth_interval_ms`) is no finding: `prove` waits a little, then says it could not
 /// check (exit 2), never that the history fails.

@@ -1459,6 +1459,62 @@ async fn malformed_and_oversized_requests_are_answered_without_being_kept() {
             .json()
             .await
             .unwrap();
+    // Every field by the name Discovery 1.0 §3 and RP-Initiated Logout §2.1 give it: a
+    // misspelled optional one reads as absent to a client library, not as an error.
+    let public = &w.app.public;
+    assert_eq!(discovery["issuer"], json!(public));
+    for (field, path) in [
+        ("authorization_endpoint", "/authorize"),
+        ("token_endpoint", "/token"),
+        ("userinfo_endpoint", "/userinfo"),
+        ("jwks_uri", "/jwks.json"),
+        ("end_session_endpoint", "/end_session"),
+    ] {
+        assert_eq!(discovery[field], json!(format!("{public}{path}")), "{field}");
+    }
+    for (field, values) in [
+        ("response_types_supported", json!(["code"])),
+        ("response_modes_supported", json!(["query"])),
+        (
+            "grant_types_supported",
+            json!(["authorization_code", "refresh_token"]),
+        ),
+        ("subject_types_supported", json!(["public"])),
+        ("code_challenge_methods_supported", json!(["S256"])),
+        (
+            "token_endpoint_auth_methods_supported",
+            json!(["client_secret_basic", "client_secret_post", "none"]),
+        ),
+        ("prompt_values_supported", json!(["none", "login"])),
+    ] {
+        assert_eq!(discovery[field], values, "{field}");
+    }
+    let holds = |field: &str, wanted: &[&str]| {
+        let listed = discovery[field].as_array().unwrap();
+        for w in wanted {
+            assert!(listed.contains(&json!(w)), "{field} lacks {w}: {listed:?}");
+        }
+    };
+    holds("id_token_signing_alg_values_supported", &["ES256", "RS256"]);
+    holds("scopes_supported", &["openid", "profile", "email", "offline_access"]);
+    holds(
+        "claims_supported",
+        &["sub", "name", "preferred_username", "email", "amr", "acr", "auth_time", "sid"],
+    );
+    // The endpoints found there answer.
+    let jwks = reqwest::get(discovery["jwks_uri"].as_str().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(jwks.status(), StatusCode::OK);
+    let logout = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(discovery["end_session_endpoint"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(logout.status(), StatusCode::NOT_FOUND);
     assert_eq!(discovery["request_uri_parameter_supported"], false);
     assert_eq!(discovery["request_parameter_supported"], false);
     assert_eq!(
@@ -3049,6 +3105,54 @@ async fn client_secret_post_unknown_clients_rotated_secrets_and_unregistered_log
         "{rotation}"
     );
     assert!(!rotation.to_string().contains(&new_secret), "{rotation}");
+
+    // Every registration, change, removal and signing-key change is an event by the
+    // admin who made it; a signing key's private half only sealed.
+    let head = w.head().await;
+    let (s, other) = w
+        .admin(
+            Method::POST,
+            "/v1/apps",
+            Some(json!({
+                "name": "Expenses",
+                "redirect_uris": [REDIRECT],
+                "type": "confidential",
+                "domain_ids": [w.domain],
+            })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{other}");
+    let other_secret = other["client_secret"].as_str().unwrap().to_owned();
+    let other_id = other["id"].as_str().unwrap();
+    let (s, body) = w
+        .admin(
+            Method::PATCH,
+            &format!("/v1/apps/{other_id}"),
+            Some(json!({"name": "Expenses (EU)"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let (s, body) = w
+        .admin(Method::DELETE, &format!("/v1/apps/{other_id}"), None)
+        .await;
+    assert!(s.is_success(), "{body}");
+    let (s, body) = w
+        .admin(Method::POST, "/v1/provider/signing-keys", None)
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+    for kind in ["AppRegistered", "AppChanged", "AppRemoved", "SigningKeyAdded"] {
+        let event = w.first_event_after(head, kind).await;
+        assert!(
+            event["actor"].as_str().unwrap().starts_with("admin:"),
+            "{event}"
+        );
+        assert!(!event.to_string().contains(&other_secret), "{event}");
+    }
+    let added = w.first_event_after(head, "SigningKeyAdded").await;
+    assert_eq!(
+        added["payload"]["sealed_private_key"], "sealed",
+        "{added}"
+    );
 
     // Signed out with a good hint, towards an address the app never registered.
     let (s, location, _) = authorize(

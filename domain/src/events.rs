@@ -130,6 +130,18 @@ pub struct SyncRunFailed {
     pub error: String,
     /// Graph's error code, when Graph gave one.
     pub graph_code: Option<String>,
+    /// Whether the run had gone on to a full round when it failed (an expired delta
+    /// token switches a delta run to one). `None`: not known (records of schema 1, a run
+    /// closed by a restart).
+    pub full: Option<bool>,
+}
+
+/// Schema 1 of [`SyncRunFailed`].
+#[derive(Deserialize)]
+struct SyncRunFailedV1 {
+    run_id: SyncRunId,
+    error: String,
+    graph_code: Option<String>,
 }
 
 /// A sync run would have removed too many users and applied none of those removals.
@@ -773,6 +785,15 @@ fn upcast(kind: &str, schema: u16, bytes: &[u8]) -> Result<Event, CodecError> {
                 recheck: Vec::new(),
             }))
         }
+        ("SyncRunFailed", 1) => {
+            let v1: SyncRunFailedV1 = decode_exact(bytes)?;
+            Ok(Event::SyncRunFailed(SyncRunFailed {
+                run_id: v1.run_id,
+                error: v1.error,
+                graph_code: v1.graph_code,
+                full: None,
+            }))
+        }
         ("SyncRunCompleted", 1) => {
             let v1: SyncRunCompletedV1 = decode_exact(bytes)?;
             Ok(Event::SyncRunCompleted(SyncRunCompleted {
@@ -930,7 +951,7 @@ event_catalogue! {
     /// See [`SyncRunCompleted`].
     SyncRunCompleted = "SyncRunCompleted", schema 2, Domain;
     /// See [`SyncRunFailed`].
-    SyncRunFailed = "SyncRunFailed", schema 1, Domain;
+    SyncRunFailed = "SyncRunFailed", schema 2, Domain;
     /// See [`SyncQuarantined`].
     SyncQuarantined = "SyncQuarantined", schema 1, Domain;
     /// See [`SyncQuarantineApproved`].

@@ -148,6 +148,7 @@ pub fn sample_event(index: usize, s: &SampleSeed) -> Option<Event> {
             run_id,
             error: text,
             graph_code: s.flag.then(|| "Authorization_RequestDenied".to_owned()),
+            full: s.flag.then_some(s.number.is_multiple_of(3)),
         }
         .into(),
         &"SyncQuarantined" => SyncQuarantined {

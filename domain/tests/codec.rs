@@ -252,6 +252,10 @@ fn records_of_older_schemas_are_upcast() {
                 assert_eq!(e.full, None, "schema 1 did not say");
                 assert_eq!(e.run_id, SyncRunId(seed.uuid(3)));
             }
+            ("SyncRunFailed", Event::SyncRunFailed(e)) => {
+                assert_eq!(e.full, None, "schema 1 did not say");
+                assert_eq!(e.run_id, SyncRunId(seed.uuid(3)));
+            }
             ("DeltaCheckpointed", Event::DeltaCheckpointed(e)) => {
                 assert!(e.recheck.is_empty(), "schema 1 rechecked nothing");
                 assert!(e.users_delta_link.contains("users/delta"));

@@ -494,6 +494,9 @@ impl Domains {
                     r.error = Some(e.error.clone());
                     r.graph_code = e.graph_code.clone();
                     r.finished_at = Some(at);
+                    if let Some(full) = e.full {
+                        r.full = full;
+                    }
                 }
             }
             Event::SyncQuarantined(e) => {

@@ -546,6 +546,10 @@ impl SyncService {
         drop(starting);
         let engine = self.inner.engine.clone();
         let service = self.clone();
+        // Whether the run has read a full round: planned so, or switched to one when its
+        // delta token expired. A failed run records it too.
+        let read_full = Arc::new(AtomicBool::new(full));
+        let round = read_full.clone();
         let done = tokio::spawn(async move {
             let mut started = std::time::Instant::now();
             // The lock is taken once and held until the run's appends have landed: were it
@@ -569,7 +573,10 @@ impl SyncService {
                 // A panic (a bug) ends the run as failed, on record, with its lock let go:
                 // not a run that stays `running` until the next start.
                 let run = std::panic::AssertUnwindSafe(async {
-                    SyncRun::new(&engine, &client, domain, run_id, dry_run, full).await?.execute().await
+                    SyncRun::new(&engine, &client, domain, run_id, dry_run, full, round.clone())
+                        .await?
+                        .execute()
+                        .await
                 });
                 let result = tokio::select! {
                     biased;
@@ -609,11 +616,12 @@ impl SyncService {
                 .domains
                 .get(domain)
                 .map_or_else(|| "unknown".to_owned(), |d| d.name.clone());
+            let read = read_full.load(Ordering::Acquire);
             let (ran_full, outcome) = match &result {
                 Ok(r) if r.quarantined => (r.full, "quarantined"),
                 Ok(r) => (r.full, "succeeded"),
-                Err(SyncError::Cancelled) => (full, "cancelled"),
-                Err(_) => (full, "failed"),
+                Err(SyncError::Cancelled) => (read, "cancelled"),
+                Err(_) => (read, "failed"),
             };
             // A dry run changes nothing: the series (and the alerts on them) count only
             // runs that did something, or failed to.
@@ -631,6 +639,7 @@ impl SyncService {
                     run_id,
                     error,
                     graph_code: e.graph_code(),
+                    full: Some(read_full.load(Ordering::Acquire)),
                 };
                 if let Err(e2) = crate::store::append_correlated(
                     &*engine.log,
@@ -704,6 +713,7 @@ impl SyncService {
                 run_id: *run_id,
                 error: "interrupted by a restart".into(),
                 graph_code: None,
+                full: None,
             };
             crate::store::append_correlated(
                 &*engine.log,

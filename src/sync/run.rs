@@ -197,6 +197,9 @@ pub struct SyncRun<'a> {
     known: HashMap<String, KnownUser>,
     /// A full round was decided when the run started (no delta link, or one is due).
     full: bool,
+    /// Set once the run reads a full round, planned or switched to: what a failure
+    /// records of it.
+    read_full: Arc<std::sync::atomic::AtomicBool>,
     /// Entra ids of the domain's users the engine deleted, disabled or deleted in Entra
     /// (not for leaving the group), and knows no newer user of: one enabled again (or
     /// restored) in Entra comes back as a new user.
@@ -215,6 +218,7 @@ impl<'a> SyncRun<'a> {
         run_id: SyncRunId,
         dry_run: bool,
         full: bool,
+        read_full: Arc<std::sync::atomic::AtomicBool>,
     ) -> Result<SyncRun<'a>, SyncError> {
         engine.settle().await?;
         let p = engine.projector.read();
@@ -254,6 +258,7 @@ impl<'a> SyncRun<'a> {
             dry_run,
             known,
             full,
+            read_full,
             gone,
             left_group,
         })
@@ -987,6 +992,8 @@ impl<'a> SyncRun<'a> {
         };
         // A full round reads every list and every member: it settles all there is.
         let full_round = async || -> Result<_, SyncError> {
+            self.read_full
+                .store(true, std::sync::atomic::Ordering::Release);
             let round = self.observe_full(&groups).await?;
             let disputed = round.disputed.iter().map(|(id, c)| (id.as_str(), *c));
             let settled = Checkpoint {

@@ -1470,7 +1470,11 @@ async fn malformed_and_oversized_requests_are_answered_without_being_kept() {
         ("jwks_uri", "/jwks.json"),
         ("end_session_endpoint", "/end_session"),
     ] {
-        assert_eq!(discovery[field], json!(format!("{public}{path}")), "{field}");
+        assert_eq!(
+            discovery[field],
+            json!(format!("{public}{path}")),
+            "{field}"
+        );
     }
     for (field, values) in [
         ("response_types_supported", json!(["code"])),
@@ -1496,10 +1500,22 @@ async fn malformed_and_oversized_requests_are_answered_without_being_kept() {
         }
     };
     holds("id_token_signing_alg_values_supported", &["ES256", "RS256"]);
-    holds("scopes_supported", &["openid", "profile", "email", "offline_access"]);
+    holds(
+        "scopes_supported",
+        &["openid", "profile", "email", "offline_access"],
+    );
     holds(
         "claims_supported",
-        &["sub", "name", "preferred_username", "email", "amr", "acr", "auth_time", "sid"],
+        &[
+            "sub",
+            "name",
+            "preferred_username",
+            "email",
+            "amr",
+            "acr",
+            "auth_time",
+            "sid",
+        ],
     );
     // The endpoints found there answer.
     let jwks = reqwest::get(discovery["jwks_uri"].as_str().unwrap())
@@ -3140,7 +3156,12 @@ async fn client_secret_post_unknown_clients_rotated_secrets_and_unregistered_log
         .admin(Method::POST, "/v1/provider/signing-keys", None)
         .await;
     assert_eq!(s, StatusCode::CREATED, "{body}");
-    for kind in ["AppRegistered", "AppChanged", "AppRemoved", "SigningKeyAdded"] {
+    for kind in [
+        "AppRegistered",
+        "AppChanged",
+        "AppRemoved",
+        "SigningKeyAdded",
+    ] {
         let event = w.first_event_after(head, kind).await;
         assert!(
             event["actor"].as_str().unwrap().starts_with("admin:"),
@@ -3149,10 +3170,7 @@ async fn client_secret_post_unknown_clients_rotated_secrets_and_unregistered_log
         assert!(!event.to_string().contains(&other_secret), "{event}");
     }
     let added = w.first_event_after(head, "SigningKeyAdded").await;
-    assert_eq!(
-        added["payload"]["sealed_private_key"], "sealed",
-        "{added}"
-    );
+    assert_eq!(added["payload"]["sealed_private_key"], "sealed", "{added}");
 
     // Signed out with a good hint, towards an address the app never registered.
     let (s, location, _) = authorize(

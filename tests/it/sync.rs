@@ -529,6 +529,32 @@ async fn a_deletion_a_read_by_id_has_not_caught_up_with_is_asked_about_again() {
     );
 }
 
+/// A delta run that found its token expired and failed in the full round it switched to
+/// is recorded as a full run: what it read, not what it planned.
+#[tokio::test]
+async fn a_run_that_failed_in_the_full_round_it_switched_to_says_full() {
+    let w = world(json!({})).await;
+    let first = w.sync().await;
+    assert_eq!(first["full"], true, "{first}");
+    let planned_delta = w.sync().await;
+    assert_eq!(planned_delta["full"], false, "{planned_delta}");
+    let (_, domain) = w
+        .admin(Method::GET, &format!("/v1/domains/{}", w.domain), None)
+        .await;
+    let group = domain["sync_group_id"].as_str().unwrap().to_owned();
+    w.sim(Method::POST, "/_sim/delta/expire", None).await;
+    // Only the full round reads the group's members list.
+    w.sim(
+        Method::POST,
+        "/_sim/faults",
+        Some(json!({"path_prefix": format!("/v1.0/groups/{group}/members"), "status": 403, "count": 1000})),
+    )
+    .await;
+    let run = w.sync_domain(&w.domain).await;
+    assert_eq!(run["status"], "failed", "{run}");
+    assert_eq!(run["full"], true, "{run}");
+}
+
 /// A carried deletion is replaced by a later round that shows the user again (restored),
 /// even when that round's read by id has not seen the restore yet.
 #[tokio::test]

@@ -180,10 +180,13 @@ impl Mailer {
                 // whatever the umask of the process that sends it (the demo's, a test's).
                 tokio::task::spawn_blocking(move || {
                     use std::os::unix::fs::DirBuilderExt;
+                    use std::os::unix::fs::PermissionsExt;
                     std::fs::DirBuilder::new()
                         .recursive(true)
                         .mode(0o700)
                         .create(&dir)?;
+                    // One an earlier build made under a wider umask is narrowed too.
+                    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
                     crate::durable::create_private(&dir.join(name), &bytes)
                 })
                 .await

@@ -652,15 +652,33 @@ impl Server {
             return Ok(None);
         }
         let deadline = std::time::Instant::now() + patience;
+        // A server that knows no `covering` (an earlier build) refuses it: its latest
+        // head is waited for instead.
+        let mut covering = true;
         loop {
-            // The exporter checks nothing: a refusal here is an error to report.
-            let note = match self.get(&format!("/v1/log/sth?covering={log_position}"))? {
-                Ok(note) => note,
-                Err(_) if std::time::Instant::now() < deadline => {
+            let path = if covering {
+                format!("/v1/log/sth?covering={log_position}")
+            } else {
+                "/v1/log/sth".to_owned()
+            };
+            let note = match self.get(&path) {
+                Ok(Ok(note)) => note,
+                Ok(Err(_)) if covering => {
+                    covering = false;
+                    continue;
+                }
+                // The exporter checks nothing: a refusal here is an error to report.
+                Ok(Err(why)) => return Err(Error::Other(why)),
+                // The server's own trouble (its tree a commit behind the log, say): asked
+                // again until the deadline, then the export goes without a head.
+                Err(e) => {
+                    if std::time::Instant::now() >= deadline {
+                        tracing::warn!(error = %e, "no signed tree head for the export's manifest");
+                        return Ok(None);
+                    }
                     std::thread::sleep(std::time::Duration::from_millis(100));
                     continue;
                 }
-                Err(why) => return Err(Error::Other(why)),
             };
             let size: u64 = note
                 .lines()

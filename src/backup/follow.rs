@@ -699,7 +699,19 @@ impl FollowCopy {
             return Ok(());
         }
         let path = self.dir.join(SIGNED_TREE_HEAD);
-        if super::read_if_there(path.clone())?.as_deref() != Some(note.as_bytes()) {
+        // Never a smaller head over a larger one: the copy keeps the widest signature it
+        // was shown (what a later open checks it still holds).
+        let kept = super::read_if_there(path.clone())?;
+        if kept
+            .as_deref()
+            .and_then(|k| std::str::from_utf8(k).ok())
+            .and_then(note_size)
+            .zip(size)
+            .is_some_and(|(kept, new)| new < kept)
+        {
+            return Ok(());
+        }
+        if kept.as_deref() != Some(note.as_bytes()) {
             replace_whole(&path, note.as_bytes())?;
         }
         Ok(())
@@ -1230,6 +1242,38 @@ mod tests {
             .err()
             .expect("opened without its records");
         assert!(err.to_string().contains("signed tree head covers"), "{err}");
+    }
+
+    /// A head over fewer records than the one the copy keeps does not replace it: the
+    /// copy keeps the widest signature it was shown.
+    #[test]
+    fn a_smaller_head_does_not_replace_a_larger_one() {
+        let tmp = tempfile::tempdir().expect("a temp dir");
+        let (key, key_file) = log_key_in(&tmp.path().join("server"));
+        let log = chain(40, 0);
+        let sealed = SealedFiles {
+            keystore: Some(keystore_of(&[("check", "c")])),
+            log_key: Some(key_file),
+        };
+        let dir = tmp.path().join("copy");
+        let mut copy = FollowCopy::open(&dir, SEGMENT).expect("opens");
+        let wide = signed_head(&key, &log, 20);
+        copy.take(
+            increment_with(&log, 1, 20, &sealed, Some(wide.clone())).as_slice(),
+            40,
+            100,
+        )
+        .expect("taken");
+        let narrow = signed_head(&key, &log, 10);
+        copy.take(
+            increment_with(&log, 21, 10, &sealed, Some(narrow)).as_slice(),
+            40,
+            101,
+        )
+        .expect("taken");
+        assert_eq!(copy.position(), 30);
+        let kept = std::fs::read_to_string(dir.join(SIGNED_TREE_HEAD)).expect("kept");
+        assert_eq!(kept, wide);
     }
 
     /// A head that does not verify with the log's key is refused when it comes, before any

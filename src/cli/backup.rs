@@ -160,9 +160,13 @@ async fn increment(
     token: &str,
     from: u64,
     keystore: Option<&str>,
+    exact_head: bool,
 ) -> Result<(Vec<u8>, u64), Round> {
     let mut url =
         format!("{base}/v1/backup?from={from}&limit={INCREMENT}&max_bytes={INCREMENT_BYTES}");
+    if exact_head {
+        url.push_str("&exact_head=true");
+    }
     if let Some(k) = keystore {
         url.push_str("&keystore_sha256=");
         url.push_str(k);
@@ -262,20 +266,24 @@ pub(crate) async fn keep_following(
         // records appended between the two would be left out.
         let stopping = stop.is_some_and(|s| s.load(std::sync::atomic::Ordering::Acquire));
         let from = copy.position() + 1;
-        let (body, head) = match increment(&http, base, token, from, copy.keystore_sha256()).await {
-            Ok(answer) => answer,
-            Err(Round::Stop(e)) => return Err(e),
-            Err(Round::Again(why)) => {
-                failures += 1;
-                if args.once && failures > 20 {
-                    return Err(Error::Other(why));
+        // Caught up and about to stop, with records no head covers: this increment asks
+        // for a head over exactly what the copy holds.
+        let exact_head = head_wait.is_some();
+        let (body, head) =
+            match increment(&http, base, token, from, copy.keystore_sha256(), exact_head).await {
+                Ok(answer) => answer,
+                Err(Round::Stop(e)) => return Err(e),
+                Err(Round::Again(why)) => {
+                    failures += 1;
+                    if args.once && failures > 20 {
+                        return Err(Error::Other(why));
+                    }
+                    tracing::warn!(%why, "backup --follow: trying again");
+                    let pause = interval.max(std::time::Duration::from_millis(100));
+                    tokio::time::sleep(pause * failures.min(20)).await;
+                    continue;
                 }
-                tracing::warn!(%why, "backup --follow: trying again");
-                let pause = interval.max(std::time::Duration::from_millis(100));
-                tokio::time::sleep(pause * failures.min(20)).await;
-                continue;
-            }
-        };
+            };
         failures = 0;
         let (back, outcome) = tokio::task::spawn_blocking(move || {
             let outcome = copy.take(body.as_slice(), head, now_secs()).and_then(|n| {
@@ -295,8 +303,8 @@ pub(crate) async fn keep_following(
         if copy.position() >= head {
             if args.once || stopping {
                 // Caught up, and the copy's head covers all it holds: a restore of it
-                // takes no record on the chain alone. The server signs at most every
-                // `sth_interval_ms`: asked again for a while until it has.
+                // takes no record on the chain alone. Asked again (with `exact_head`)
+                // for a while until it does.
                 let signed = copy.signed_size().map_err(refused)?;
                 let waiting = head_wait.get_or_insert_with(std::time::Instant::now);
                 if signed >= copy.position() || waiting.elapsed() >= HEAD_PATIENCE {

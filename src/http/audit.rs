@@ -255,7 +255,6 @@ pub async fn timeline(
         return Err(ApiError::NotFound("user".into()));
     }
     let until = match super::point_in_time(q.at, q.at_position)? {
-        None => None,
         // The position a replay to `at` reaches (a kept past state when the user's page
         // asked for it just before).
         Some(Until::Time(t)) => Some(s.replay_until(&who, Until::Time(t)).await?.position()),
@@ -268,10 +267,14 @@ pub async fn timeline(
             }
             Some(p)
         }
-        Some(Until::End) => None,
+        Some(Until::End) | None => None,
     };
     if let Some(until) = until {
         version = versions_through(&*s.engine.log, &stream, version, until)?;
+        // Not yet there, as `GET /v1/users/{id}?at=` says.
+        if version == 0 {
+            return Err(ApiError::NotFound("user (at that point)".into()));
+        }
     }
     // The cursor is the stream version of the last event sent, in either order.
     let wanted = super::page_limit(q.limit)?;

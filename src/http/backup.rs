@@ -30,6 +30,11 @@ pub struct BackupQuery {
     /// SHA-256 (hex) of the key store the reader holds: when it is still the server's,
     /// the key store is left out (the manifest says so).
     keystore_sha256: Option<String>,
+    /// An increment's head over exactly what it carries, signed and kept now if need be,
+    /// as a whole backup's is (a follower's last increment before it stops), rather than
+    /// the latest kept one while that is younger than `sth_interval_ms`.
+    #[serde(default)]
+    exact_head: bool,
 }
 
 /// The hash the record at `position` carries.
@@ -79,6 +84,7 @@ pub async fn download(
     }
     let notary = s.notary.clone();
     let whole = from == 1;
+    let exact_head = whole || q.exact_head;
     // Places first: a request answered 503 for want of one has done no work.
     let place = s.log_stream_place()?;
     // A whole backup checks every record as it goes, with state that grows with the log
@@ -155,9 +161,7 @@ pub async fn download(
             // holds, so no restore need take records after it unproven (see
             // `Notary::for_backup`). (A follower keeps an increment's head only once it
             // holds what it covers.)
-            let sth = notary
-                .for_backup(held, whole)
-                .map_err(|e| std::io::Error::other(format!("signing its tree head: {e}")))?;
+            let sth = notary.for_backup(held, exact_head);
             w.finish(&sealed, known.as_deref(), sth.map(|h| h.to_note()))?;
             Ok(())
         })();

@@ -139,8 +139,12 @@ impl Notary {
         let due = match heads.latest() {
             None => size > 0,
             Some(last) => {
-                let old = now_ms().saturating_sub(last.head.timestamp_ms)
-                    >= self.inner.interval.as_millis() as u64;
+                // A tenth of slack: the tick fires `interval` after the one that signed
+                // the last head, a hair sooner by the wall clock at times, and must not
+                // skip a turn for it.
+                let interval = self.inner.interval.as_millis() as u64;
+                let old =
+                    now_ms().saturating_sub(last.head.timestamp_ms) + interval / 10 >= interval;
                 size > last.head.tree_size && (now || old)
             }
         };
@@ -196,10 +200,30 @@ impl Notary {
     /// follower proves the rest with a later one). Below the latest kept head (a backup
     /// cut short), one over exactly `held` signed now and not kept: the latest covers it,
     /// and the check at start guards every record under that.
-    pub fn for_backup(
+    ///
+    /// A head that cannot be signed or kept (a disk that takes no writes) does not stop
+    /// the backup: it carries the latest kept head, its tail left unproven, and the
+    /// failure is logged.
+    pub fn for_backup(&self, held: u64, exact: bool) -> Option<SignedTreeHead> {
+        match self.head_for_backup(held, exact) {
+            Ok(head) => head,
+            Err(e) => {
+                tracing::error!(error = %e, "no new tree head for a backup: it carries the latest kept one");
+                self.inner
+                    .heads
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .latest()
+                    .filter(|h| h.head.tree_size <= held)
+                    .cloned()
+            }
+        }
+    }
+
+    fn head_for_backup(
         &self,
         held: u64,
-        whole: bool,
+        exact: bool,
     ) -> Result<Option<SignedTreeHead>, NotaryError> {
         if held == 0 {
             return Ok(None);
@@ -220,7 +244,7 @@ impl Notary {
         let size = held.min(self.inner.tree.size());
         let old = latest.is_none()
             || now.saturating_sub(signed_at) >= self.inner.interval.as_millis() as u64;
-        if size > latest_size && (whole || old) {
+        if size > latest_size && (exact || old) {
             let head = self.sign_at(size, now)?;
             heads.push(head.clone())?;
             return Ok(Some(head));
@@ -319,8 +343,9 @@ pub fn covering_head(
     Ok(Some((head, proof)))
 }
 
-/// The size and root of the latest head a stopped server's data dir kept, its signature
-/// checked (none when the log was never served): what its tree must give when opened.
+/// The size and root of the latest head a stopped server's data dir kept (none when the
+/// log was never served): what its tree must give when opened. (A head another key
+/// signed is caught by `Notary::start`, which refuses it.)
 pub fn latest_kept_root(data_dir: &Path) -> Option<(u64, idledger_domain::Hash)> {
     let public = key::public_key(data_dir).ok()?;
     let heads = Heads::read_only(data_dir, &public).ok()?;
@@ -409,7 +434,7 @@ mod tests {
             Notary::start(dir.path(), tree.clone(), &keys, Duration::from_secs(60)).unwrap();
         tree.append(&leaves(101, 110, "record"));
         for _ in 0..3 {
-            let increment = notary.for_backup(110, false).unwrap().unwrap();
+            let increment = notary.for_backup(110, false).unwrap();
             assert_eq!(
                 increment.head.tree_size, 100,
                 "a new head within the interval"
@@ -418,15 +443,15 @@ mod tests {
         // No tick signed meanwhile either: the last head is younger than the interval.
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(notary.after(100, 10).unwrap().is_empty());
-        let whole = notary.for_backup(110, true).unwrap().unwrap();
+        let whole = notary.for_backup(110, true).unwrap();
         assert_eq!(whole.head.tree_size, 110);
         let kept = notary.at(110).unwrap().expect("kept");
         assert_eq!(kept.to_note(), whole.to_note());
         assert_eq!(
-            notary.for_backup(110, false).unwrap().unwrap().to_note(),
+            notary.for_backup(110, false).unwrap().to_note(),
             whole.to_note()
         );
-        let short = notary.for_backup(105, true).unwrap().unwrap();
+        let short = notary.for_backup(105, true).unwrap();
         assert_eq!(short.head.tree_size, 105);
         assert!(notary.at(105).unwrap().is_none());
         drop(notary);

@@ -548,7 +548,7 @@ impl SyncService {
         let service = self.clone();
         // Whether the run has read a full round: planned so, or switched to one when its
         // delta token expired. A failed run records it too.
-        let read_full = Arc::new(AtomicBool::new(full));
+        let read_full = Arc::new(AtomicBool::new(false));
         let round = read_full.clone();
         let done = tokio::spawn(async move {
             let mut started = std::time::Instant::now();

@@ -594,6 +594,51 @@ async fn served_with_copy() -> (tempfile::TempDir, std::path::PathBuf, Serve) {
     (dir, copy, serve)
 }
 
+/// However long the server waits between heads, `--follow --once` ends with a head over
+/// everything its copy holds (it asks for one), so the copy restores as it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_made_once_ends_with_a_head_over_all_it_holds_whatever_the_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let slow = [("IDLEDGER_STH_INTERVAL_MS", "3600000")];
+    let serve = Serve::start_with(&data, None, &slow).await;
+    serve.grow(40, "early").await;
+    // A head now, so the next records come after one younger than the interval.
+    serve.get("/v1/log/sth").await;
+    serve.grow(80, "late").await;
+    let copy = dir.path().join("copy");
+    let started = std::time::Instant::now();
+    let (ok, summary, err) = run_with_token(
+        &serve.token,
+        &[
+            "backup",
+            "--server",
+            &serve.url,
+            "--out",
+            path(&copy),
+            "--follow",
+            "--once",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "waited for a head"
+    );
+    let note = std::fs::read_to_string(copy.join("signed-tree-head")).unwrap();
+    let size: u64 = note.lines().nth(1).unwrap().parse().unwrap();
+    assert_eq!(size, summary["position"].as_u64().unwrap(), "{note}");
+    // And the server keeps that head.
+    assert_eq!(
+        serve.get(&format!("/v1/log/sth/{size}")).await.status(),
+        reqwest::StatusCode::OK
+    );
+    let (ok, _, err) = restore(&copy, &dir.path().join("restored"), &[]);
+    assert!(ok, "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_following_copy_killed_again_and_again_resumes_without_gaps_and_restores() {
     use rand::Rng;

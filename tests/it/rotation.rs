@@ -879,6 +879,14 @@ async fn a_newer_rotation_supersedes_every_write_still_owed_and_an_older_passwor
         let (s, body) = w.admin(Method::GET, &path, None).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{path}: {body}");
     }
+    // Before the user was there, as the user's own page says.
+    for path in [
+        format!("/v1/users/{id}?at_position=1"),
+        format!("/v1/users/{id}/timeline?at_position=1"),
+    ] {
+        let (s, body) = w.admin(Method::GET, &path, None).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{path}: {body}");
+    }
 }
 
 /// An agent polling from two threads at once must not be handed one password twice:

@@ -441,29 +441,48 @@ async function domainPage() {
     $("#remove-credentials").hidden = none;
   };
   const settings = $("#domain-settings");
-  const settingsForm = () => {
-    // Not while the admin is editing it: their input is not overwritten under them.
-    if (settings.contains(document.activeElement)) return;
-    const f = settings.elements;
-    f.auto_password_change_days.value = d.auto_password_change_days ?? "";
-    f.removal_behavior.value = d.removal_behavior;
-    f.sync_group.value = d.sync_group;
-    f.rotation_group.value = d.rotation_group;
-    f.sync_interval_minutes.value = d.sync_interval_minutes;
-  };
-  showForms = () => { credentialForm(); settingsForm(); };
-  showForms();
-  wire(settings, async () => {
+  // The form's fields as the API names them, read from the form or from the domain.
+  const fromForm = () => {
     const f = settings.elements;
     const days = f.auto_password_change_days.value;
-    d = await api("PATCH", `/v1/domains/${pageId}`, {
+    return {
       auto_password_change_days: days === "" ? null : Number(days),
       removal_behavior: f.removal_behavior.value,
       sync_group: f.sync_group.value.trim(),
       rotation_group: f.rotation_group.value.trim(),
       sync_interval_minutes: Number(f.sync_interval_minutes.value),
-    });
+    };
+  };
+  const fromDomain = () => ({
+    auto_password_change_days: d.auto_password_change_days ?? null,
+    removal_behavior: d.removal_behavior,
+    sync_group: d.sync_group,
+    rotation_group: d.rotation_group,
+    sync_interval_minutes: d.sync_interval_minutes,
+  });
+  // What the form showed when drawn: a save sends only what the admin changed from it,
+  // so it never puts back what another admin changed meanwhile.
+  let drawn = fromDomain();
+  const settingsForm = (force) => {
+    // Not while the admin is editing it: their input is not overwritten under them.
+    if (!force && settings.contains(document.activeElement)) return;
+    drawn = fromDomain();
+    const f = settings.elements;
+    f.auto_password_change_days.value = drawn.auto_password_change_days ?? "";
+    f.removal_behavior.value = drawn.removal_behavior;
+    f.sync_group.value = drawn.sync_group;
+    f.rotation_group.value = drawn.rotation_group;
+    f.sync_interval_minutes.value = drawn.sync_interval_minutes;
+  };
+  showForms = () => { credentialForm(); settingsForm(false); };
+  showForms();
+  wire(settings, async () => {
+    const now = fromForm();
+    const changed = Object.fromEntries(Object.entries(now).filter(([k, v]) => v !== drawn[k]));
+    if (!Object.keys(changed).length) { flash("Nothing changed."); return; }
+    d = await api("PATCH", `/v1/domains/${pageId}`, changed);
     showFacts();
+    settingsForm(true);
     flash("Settings saved.");
   });
   wire($("#test-credentials"), async () => {

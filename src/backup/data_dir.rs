@@ -48,6 +48,22 @@ fn write_store(
     progress: &mut impl FnMut(u64),
 ) -> Result<Manifest, BackupError> {
     let mut w = BackupWriter::new(file)?;
+    // The head the manifest will carry, held to the records as they are written: a store
+    // that lost records it signed, or holds others, gives no backup that restore refuses
+    // only later.
+    let head = crate::notary::latest_kept(data_dir);
+    if let Some(h) = &head {
+        if h.head.tree_size > through {
+            return Err(BackupError::Chain {
+                position: through + 1,
+                reason: format!(
+                    "the data dir's last signed tree head covers {} records and its store ends at {through}: records it signed are gone",
+                    h.head.tree_size
+                ),
+            });
+        }
+        w.expect_head(h.head);
+    }
     // sled is read on a thread of its own while this one checks and writes.
     std::thread::scope(|scope| -> Result<(), BackupError> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<_>, StoreError>>(8);
@@ -85,8 +101,7 @@ fn write_store(
         });
     }
     let sealed = super::sealed_files(data_dir)?;
-    let sth = crate::notary::latest_kept_note(data_dir);
-    w.finish(&sealed, None, sth)
+    w.finish(&sealed, None, head.map(|h| h.to_note()))
 }
 
 /// A backup to read: one file, or the copy `backup --follow` keeps. Opened once: every

@@ -246,6 +246,14 @@ impl<W: Write> BackupWriter<W> {
         Ok(())
     }
 
+    /// Holds a whole backup's records to `head`: one that does not give its root is a
+    /// problem [`BackupWriter::finish`] refuses. (An increment checks no heads.)
+    pub fn expect_head(&mut self, head: idledger_replay::tree::TreeHead) {
+        if let Some(v) = &mut self.verifier {
+            v.expect_heads(vec![head]);
+        }
+    }
+
     /// The last position pushed (or the one the increment starts after).
     pub fn position(&self) -> u64 {
         self.next - 1

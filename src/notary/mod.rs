@@ -352,14 +352,14 @@ pub fn latest_kept_root(data_dir: &Path) -> Option<(u64, idledger_domain::Hash)>
     heads.latest().map(|h| (h.head.tree_size, h.head.root_hash))
 }
 
-/// The latest head a stopped server's data dir kept, as its signed note (for a backup's
-/// manifest), when its signature checks with the data dir's public key.
-pub fn latest_kept_note(data_dir: &Path) -> Option<String> {
+/// The latest head a stopped server's data dir kept (for a backup's manifest), when its
+/// signature checks with the data dir's public key.
+pub fn latest_kept(data_dir: &Path) -> Option<SignedTreeHead> {
     let public = key::public_key(data_dir).ok()?;
     let heads = Heads::read_only(data_dir, &public).ok()?;
     // Heads are kept in increasing size: the last is the latest.
     let note = heads.latest()?.to_note();
-    public.open(&note).ok().map(|_| note)
+    public.open(&note).ok()
 }
 
 /// Every head a stopped server's data dir kept, in increasing size, each read and its

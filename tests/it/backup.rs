@@ -594,6 +594,37 @@ async fn served_with_copy() -> (tempfile::TempDir, std::path::PathBuf, Serve) {
     (dir, copy, serve)
 }
 
+/// An offline backup holds the data dir's last signed head to the records it writes: a
+/// head that is not of them (heads and key copied in from another log) gives no backup,
+/// rather than one that restore refuses later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_backup_whose_head_is_not_of_its_records_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    for (data, name) in [(&a, "a"), (&b, "b")] {
+        std::fs::create_dir_all(data).unwrap();
+        let mut serve = Serve::start(data, None).await;
+        serve.grow(30, name).await;
+        serve.get("/v1/log/sth").await;
+        serve.stop();
+    }
+    // b's own head: its backup carries it.
+    let good = dir.path().join("b.backup");
+    let (ok, _, err) = run(&["backup", "--data-dir", path(&b), "--out", path(&good)]);
+    assert!(ok, "{err}");
+    for file in ["heads", "log-key"] {
+        std::fs::copy(a.join("tree").join(file), b.join("tree").join(file)).unwrap();
+    }
+    let out = dir.path().join("mixed.backup");
+    let (ok, _, err) = run(&["backup", "--data-dir", path(&b), "--out", path(&out)]);
+    assert!(!ok, "a backup carrying another log's head");
+    assert!(!out.exists(), "a refused backup left its file");
+    assert!(
+        err.contains("has another root than these records give"),
+        "{err}"
+    );
+}
+
 /// However long the server waits between heads, `--follow --once` ends with a head over
 /// everything its copy holds (it asks for one), so the copy restores as it is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -384,13 +384,33 @@ pub async fn backup(args: &BackupArgs) -> Result<ExitCode, Error> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The users a backup or a live server shows deleted.
-fn deleted_users(source: &str) -> Result<std::collections::BTreeSet<UserId>, Error> {
+/// The users a backup or a live server shows deleted, once it is known to continue the
+/// backup being restored: it holds the record `at` (the backup's position and head
+/// hash). Another deployment's log, or an earlier backup, would say nothing of this one's
+/// users; a record it cannot decode might be a deletion missed: both refused.
+fn deleted_users(
+    source: &str,
+    at: (u64, String),
+) -> Result<std::collections::BTreeSet<UserId>, Error> {
     use idledger_domain::Event;
     let mut deleted = std::collections::BTreeSet::new();
-    let mut note = |env: &idledger_domain::Envelope| {
-        if let (Event::UserDeleted(_), Some(user)) = (&env.event, env.stream.user_id()) {
-            deleted.insert(user);
+    let mut holds_backup_head = at.0 == 0;
+    let mut undecodable = None;
+    let mut note = |position: u64,
+                    hash: Option<idledger_domain::Hash>,
+                    env: Result<&idledger_domain::Envelope, String>| {
+        if position == at.0 && hash.is_some_and(|h| h.to_hex() == at.1) {
+            holds_backup_head = true;
+        }
+        match env {
+            Ok(env) => {
+                if let (Event::UserDeleted(_), Some(user)) = (&env.event, env.stream.user_id()) {
+                    deleted.insert(user);
+                }
+            }
+            Err(why) => {
+                undecodable.get_or_insert((position, why));
+            }
         }
     };
     if source.starts_with("http://") || source.starts_with("https://") {
@@ -401,22 +421,38 @@ fn deleted_users(source: &str) -> Result<std::collections::BTreeSet<UserId>, Err
             token,
         };
         crate::audit::source::each_record(&server, 1, |p, b| {
-            if let Ok(env) = crate::audit::source::decode_at(p, b) {
-                note(&env);
-            }
+            let hash = idledger_domain::envelope::RawRecord::parse(b)
+                .ok()
+                .map(|r| r.hash);
+            let env = crate::audit::source::decode_at(p, b).map_err(|e| e.to_string());
+            note(p, hash, env.as_ref().map_err(Clone::clone));
             std::ops::ControlFlow::Continue(())
         })?;
     } else {
         BackupSource::open(std::path::Path::new(source))
             .and_then(|mut b| {
                 b.read(|checked, _| {
-                    if let Ok(env) = &checked.envelope {
-                        note(env);
-                    }
+                    let hash = checked.links.as_ref().ok().map(|l| l.hash);
+                    note(
+                        checked.position,
+                        hash,
+                        checked.envelope.as_ref().map_err(Clone::clone),
+                    );
                     Ok(())
                 })
             })
             .map_err(|e| Error::Other(format!("{source}: {e}")))?;
+    }
+    if let Some((position, why)) = undecodable {
+        return Err(Error::Other(format!(
+            "--compare-with {source}: position {position} does not decode ({why}): a deletion there would go unnamed"
+        )));
+    }
+    if !holds_backup_head {
+        return Err(Error::Other(format!(
+            "--compare-with {source}: it does not hold the backup's record {} (hash {}): not a later state of the same log",
+            at.0, at.1
+        )));
     }
     Ok(deleted)
 }
@@ -466,11 +502,19 @@ pub async fn restore(args: &RestoreArgs) -> Result<ExitCode, Error> {
     let deleted_later = match &args.compare_with {
         None => None,
         Some(later) => {
-            let later = later.clone();
+            let (later, from) = (later.clone(), args.from.clone());
             Some(
-                tokio::task::spawn_blocking(move || deleted_users(&later))
-                    .await
-                    .map_err(|e| Error::Other(e.to_string()))??,
+                tokio::task::spawn_blocking(move || {
+                    // The backup's own head first (a read of it alone), to know that the
+                    // other log is this one's later state.
+                    let manifest = BackupSource::open(&from)
+                        .and_then(|mut b| b.read(|_, _| Ok(())))
+                        .map_err(refused)?
+                        .manifest;
+                    deleted_users(&later, (manifest.position, manifest.head_hash))
+                })
+                .await
+                .map_err(|e| Error::Other(e.to_string()))??,
             )
         }
     };

@@ -1034,6 +1034,20 @@ async fn a_restore_names_users_deleted_after_the_backup_was_taken() {
         !target.exists() || std::fs::read_dir(&target).unwrap().next().is_none(),
         "restored although the comparison failed"
     );
+    // Another deployment's log says nothing of these users: refused, nothing restored.
+    let other_data = dir.path().join("other");
+    std::fs::create_dir_all(&other_data).unwrap();
+    let mut other = Serve::start(&other_data, None).await;
+    other.grow(50, "elsewhere").await;
+    let target = dir.path().join("restored-other");
+    let (ok, _, err) = restore_compared(&other.token, &before, &target, &other.url).await;
+    assert!(!ok, "compared with another log");
+    assert!(err.contains("not a later state of the same log"), "{err}");
+    assert!(
+        !target.exists() || std::fs::read_dir(&target).unwrap().next().is_none(),
+        "restored although the comparison failed"
+    );
+    other.stop();
     // Without a later source, nothing is said.
     let target = dir.path().join("restored-plain");
     let (ok, done, err) = restore(&before, &target, &[]);

@@ -260,6 +260,7 @@ impl Model {
                 let command = SignInCommand::IssueAppTokens {
                     issued,
                     app_domains: vec![DOMAIN],
+                    method,
                 };
                 if let Ok(events) = (self.decide)(&self.folded(), command) {
                     self.append(events);

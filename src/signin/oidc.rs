@@ -1418,6 +1418,7 @@ async fn issue(
     let command = || SignInCommand::IssueAppTokens {
         issued: issued.clone(),
         app_domains: app.domain_ids.clone(),
+        method: carried.method,
     };
     let decided = decide_with_tries(ctx, user, command).await;
     let position = match decided {

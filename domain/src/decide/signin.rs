@@ -380,13 +380,16 @@ pub enum SignInCommand {
     },
     /// Remove the authenticator app (not when it is the last second factor).
     RemoveTotp,
-    /// Record tokens issued to an app, if the user may still use it: active, SSO on,
-    /// of one of the app's domains.
+    /// Record tokens issued to an app, if the user may still use it: active, SSO on with
+    /// the method the sign-in used, of one of the app's domains.
     IssueAppTokens {
         /// The tokens' record.
         issued: AppTokensIssued,
         /// Domains whose users may use the app.
         app_domains: Vec<DomainId>,
+        /// The method of the sign-in the tokens stand for: a method changed since (even
+        /// a moment ago, before the projections show it) ends that sign-in.
+        method: SsoMethod,
     },
     /// Spend a refresh token and record the next one (see [`super::refresh`]).
     RefreshAppTokens(super::refresh::RefreshRequest),
@@ -659,8 +662,14 @@ pub fn decide(s: &UserState, c: SignInCommand) -> Result<Vec<Event>, Rejection> 
         SignInCommand::IssueAppTokens {
             issued,
             app_domains,
+            method,
         } => {
-            allowed(s).map_err(|f| Rejection::Conflict(f.message().into()))?;
+            let sso = allowed(s).map_err(|f| Rejection::Conflict(f.message().into()))?;
+            if sso.method != method {
+                return Err(Rejection::Conflict(
+                    "your sign-in method has changed since you signed in: sign in again".into(),
+                ));
+            }
             if !s.domain.is_some_and(|d| app_domains.contains(&d)) {
                 return Err(Rejection::Conflict(
                     "this app is not open to users of your domain".into(),
@@ -1031,6 +1040,45 @@ mod tests {
             Err(Rejection::Conflict(m)) if m.contains("Entra ID first")
         ));
         assert!(decide(&password, start(Passkey, true)).is_ok());
+    }
+
+    /// Tokens stand for a sign-in by one method: once the user's method has changed (on
+    /// record, though the projections may not show it yet), none are issued for it.
+    #[test]
+    fn no_tokens_for_a_sign_in_by_a_method_changed_since() {
+        let s = signed_up(SsoMethod::Passwordless);
+        let issue = |s: &UserState, method| {
+            decide(
+                s,
+                SignInCommand::IssueAppTokens {
+                    issued: AppTokensIssued {
+                        app_id: AppId(uuid::Uuid::from_u128(9)),
+                        grant: "authorization_code".into(),
+                        sid: "sid".into(),
+                        refresh: None,
+                        at: t0(),
+                    },
+                    app_domains: vec![DomainId(uuid::Uuid::from_u128(1))],
+                    method,
+                },
+            )
+        };
+        assert!(issue(&s, SsoMethod::Passwordless).is_ok());
+        let changed = apply(
+            s,
+            &[UserSsoOverrideSet {
+                sso: Some(SsoSettings {
+                    enabled: true,
+                    method: SsoMethod::PasswordAndSecondFactor,
+                }),
+            }
+            .into()],
+        );
+        assert!(matches!(
+            issue(&changed, SsoMethod::Passwordless),
+            Err(Rejection::Conflict(m)) if m.contains("method has changed")
+        ));
+        assert!(issue(&changed, SsoMethod::PasswordAndSecondFactor).is_ok());
     }
 
     fn signed_up(method: SsoMethod) -> UserState {

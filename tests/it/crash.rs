@@ -160,12 +160,10 @@ enum RotationCrash {
     AfterGraphAnswered,
 }
 
-/// Adds the contoso domain against graphsim at `sim`, syncs it, assigns a key to the user
-/// with Entra object id `external`; answers the user's id.
-pub(crate) async fn user_with_key(serve: &Serve, sim: &str, external: &str) -> String {
+/// Starts a sync run of `domain` and waits (20 s at most) until it is no longer running;
+/// answers the run.
+async fn sync_until_done(serve: &Serve, domain: &str) -> serde_json::Value {
     use reqwest::Method;
-    use serde_json::json;
-    let domain = contoso_domain(serve, sim, json!({"auto_import": true})).await;
     let run = serve
         .call(Method::POST, &format!("/v1/domains/{domain}/sync"), None)
         .await;
@@ -179,12 +177,22 @@ pub(crate) async fn user_with_key(serve: &Serve, sim: &str, external: &str) -> S
                 None,
             )
             .await;
-        if r["status"] == "succeeded" {
-            break;
+        if r["status"] != "running" {
+            return r;
         }
-        assert!(Instant::now() < deadline, "{r}");
+        assert!(Instant::now() < deadline, "still running: {r}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Adds the contoso domain against graphsim at `sim`, syncs it, assigns a key to the user
+/// with Entra object id `external`; answers the user's id.
+pub(crate) async fn user_with_key(serve: &Serve, sim: &str, external: &str) -> String {
+    use reqwest::Method;
+    use serde_json::json;
+    let domain = contoso_domain(serve, sim, json!({"auto_import": true})).await;
+    let run = sync_until_done(serve, &domain).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
     let users = serve
         .call(
             Method::GET,
@@ -472,29 +480,8 @@ async fn a_sync_run_that_panicked_is_recorded_as_failed_and_the_next_runs() {
     )
     .await;
     let domain = contoso_domain(&serve, &sim, serde_json::json!({})).await;
-    let run_until_done = async |serve: &Serve| {
-        let run = serve
-            .call(Method::POST, &format!("/v1/domains/{domain}/sync"), None)
-            .await;
-        let run = run["run_id"].as_str().unwrap().to_owned();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let r = serve
-                .call(
-                    Method::GET,
-                    &format!("/v1/domains/{domain}/sync-runs/{run}"),
-                    None,
-                )
-                .await;
-            if r["status"] != "running" {
-                return r;
-            }
-            assert!(Instant::now() < deadline, "still running: {r}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
     // The first run to reach the users panics: this one, or one the schedule started.
-    run_until_done(&serve).await;
+    sync_until_done(&serve, &domain).await;
     let runs = serve
         .call(
             Method::GET,
@@ -509,7 +496,7 @@ async fn a_sync_run_that_panicked_is_recorded_as_failed_and_the_next_runs() {
             && r["error"].as_str().unwrap_or("").contains("internal error")),
         "{runs:?}"
     );
-    let next = run_until_done(&serve).await;
+    let next = sync_until_done(&serve, &domain).await;
     assert_eq!(next["status"], "succeeded", "{next}");
 }
 

@@ -626,6 +626,22 @@ fn the_reference_verifier_gives_the_known_roots() {
 }
 
 /// `idledger <args>` with the token set; its JSON line and exit code.
+/// `idledger prove` of `position` against `serve`, with `key`.
+fn prove(serve: &Serve, key: &str, position: &str) -> (Value, i32) {
+    auditor_cli(
+        &serve.token,
+        &[
+            "prove",
+            "--server",
+            &serve.url,
+            "--position",
+            position,
+            "--public-key",
+            key,
+        ],
+    )
+}
+
 fn auditor_cli(token: &str, args: &[&str]) -> (Value, i32) {
     let out = idledger()
         .env("IDLEDGER_TOKEN", token)
@@ -872,18 +888,7 @@ async fn a_damaged_tree_file_is_made_again_from_the_log() {
     let serve = Serve::start_with(&data, None, &fast).await;
     assert_eq!(serve.get("/v1/log/sth").await.text().await.unwrap(), note);
     let key = public_key_of(&data);
-    let (proved, code) = auditor_cli(
-        &serve.token,
-        &[
-            "prove",
-            "--server",
-            &serve.url,
-            "--position",
-            "2",
-            "--public-key",
-            &key,
-        ],
-    );
+    let (proved, code) = prove(&serve, &key, "2");
     assert_eq!(code, 0, "{proved}");
 }
 
@@ -902,18 +907,7 @@ async fn a_record_not_yet_signed_is_unanswered_not_a_finding() {
     let head = head_of(&serve).await;
     assert!(head > signed, "{head}: {note}");
     let key = public_key_of(&data);
-    let (report, code) = auditor_cli(
-        &serve.token,
-        &[
-            "prove",
-            "--server",
-            &serve.url,
-            "--position",
-            &head.to_string(),
-            "--public-key",
-            &key,
-        ],
-    );
+    let (report, code) = prove(&serve, &key, &head.to_string());
     assert_eq!(code, 2, "{report}");
     assert_eq!(report["checked"], false, "{report}");
     assert!(
@@ -946,18 +940,7 @@ async fn a_record_not_yet_signed_is_unanswered_not_a_finding() {
         "{written}"
     );
     // And that head is kept: prove answers now.
-    let (proved, code) = auditor_cli(
-        &serve.token,
-        &[
-            "prove",
-            "--server",
-            &serve.url,
-            "--position",
-            &head.to_string(),
-            "--public-key",
-            &key,
-        ],
-    );
+    let (proved, code) = prove(&serve, &key, &head.to_string());
     assert_eq!(code, 0, "{proved}");
     let refused = serve.get("/v1/log/sth?covering=0").await;
     assert_eq!(refused.status(), StatusCode::BAD_REQUEST);

@@ -275,9 +275,15 @@ async fn an_admin_runs_the_whole_workflow_in_the_browser_and_an_auditor_only_rea
     b.goto(&format!("{base}/console/domains/{id}")).await;
     b.wait_text("#domain-facts", "active").await;
     b.click("#remove-credentials").await;
+    let asked = b.client.get_alert_text().await.unwrap();
+    assert!(asked.contains("will stop"), "{asked}");
     b.client.accept_alert().await.unwrap();
     b.wait_text("#flash", "sync has stopped").await;
     b.wait_text("#domain-facts", "stopped (no credentials)")
+        .await;
+    // And it has: a run asked for now is refused, with the API's words.
+    b.click("#sync-now").await;
+    b.wait_text("#flash", "sync is stopped until new ones are saved")
         .await;
     let (s, d) = app
         .call(

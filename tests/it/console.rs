@@ -149,6 +149,43 @@ async fn an_admin_runs_the_whole_workflow_in_the_browser_and_an_auditor_only_rea
         !left.contains("Alex Wilber") && left.contains("Brian Johnson"),
         "{left}"
     );
+    // Searched on the server: one name alone, then none, then all again.
+    let only = async |want: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let rows = b.css("#candidates tbody").await.text().await.unwrap();
+            if rows.contains(want) && rows.lines().count() == 1 {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "{want}: {rows}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    b.fill("#cq", "brian").await;
+    b.click("#candidate-search button[type=submit]").await;
+    only("Brian Johnson").await;
+    b.fill("#cq", "nobody-by-this-name").await;
+    b.click("#candidate-search button[type=submit]").await;
+    only("No candidate matches.").await;
+    b.fill("#cq", "").await;
+    b.click("#candidate-search button[type=submit]").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while b
+        .css("#candidates tbody")
+        .await
+        .text()
+        .await
+        .unwrap()
+        .lines()
+        .count()
+        < 2
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the whole list not back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // The user: assign a key, rotate, reveal with a reason.
     b.goto(&format!("{base}/console/users")).await;

@@ -229,14 +229,6 @@ pub(super) async fn domains(State(s): State<AppState>, headers: HeaderMap) -> Re
 fn domain_admin() -> String {
     format!(
         r#"
-<section class="card" aria-labelledby="settings-title">
-<h2 id="settings-title">Domain settings</h2>
-<form id="domain-settings" class="grid">{DOMAIN_SETTINGS}
-  <label for="d-interval">Sync every (minutes)</label>
-  <input id="d-interval" name="sync_interval_minutes" type="number" min="1" max="1440" required>
-  <div class="actions wide"><button type="submit">Save settings</button></div>
-</form>
-</section>
 <section class="card" aria-labelledby="sync-title">
 <h2 id="sync-title">Sync</h2>
 <div class="actions">
@@ -256,6 +248,14 @@ fn domain_admin() -> String {
   <label for="sso-method">Login method</label>
   <select id="sso-method" name="method"><option value="passwordless">Passwordless (Hideez Key, passkey)</option><option value="password_and_second_factor">Entra ID password and a second factor</option></select>
   <div class="actions wide"><button type="submit">Save SSO defaults</button></div>
+</form>
+</section>
+<section class="card" aria-labelledby="settings-title">
+<h2 id="settings-title">Domain settings</h2>
+<form id="domain-settings" class="grid">{DOMAIN_SETTINGS}
+  <label for="d-interval">Sync every (minutes)</label>
+  <input id="d-interval" name="sync_interval_minutes" type="number" min="1" max="1440" required>
+  <div class="actions wide"><button type="submit">Save settings</button></div>
 </form>
 </section>
 <section class="card" aria-labelledby="cred-title">

@@ -187,8 +187,8 @@ impl Notary {
             .after(after, limit)
     }
 
-    /// The head a backup holding the log's first `held` records carries (`whole`: from
-    /// the first record, else an increment a follower asks for).
+    /// The head a backup holding the log's first `held` records carries (`exact`: a
+    /// whole backup, or an increment that asks for a head over exactly what it holds).
     ///
     /// **Every head given out over more records than the latest kept one is kept**: a
     /// log that loses records past it (a lost machine) is then refused at start rather
@@ -343,13 +343,10 @@ pub fn covering_head(
     Ok(Some((head, proof)))
 }
 
-/// The size and root of the latest head a stopped server's data dir kept (none when the
-/// log was never served): what its tree must give when opened. (A head another key
-/// signed is caught by `Notary::start`, which refuses it.)
+/// The size and root of the latest head a stopped server's data dir kept, its signature
+/// checked (none when the log was never served): what its tree must give when opened.
 pub fn latest_kept_root(data_dir: &Path) -> Option<(u64, idledger_domain::Hash)> {
-    let public = key::public_key(data_dir).ok()?;
-    let heads = Heads::read_only(data_dir, &public).ok()?;
-    heads.latest().map(|h| (h.head.tree_size, h.head.root_hash))
+    latest_kept(data_dir).map(|h| (h.head.tree_size, h.head.root_hash))
 }
 
 /// The latest head a stopped server's data dir kept (for a backup's manifest), when its

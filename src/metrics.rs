@@ -102,12 +102,14 @@ struct DomainOutcomeLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RotationLabels {
+    domain: String,
     outcome: &'static str,
     code_class: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KeyWriteLabels {
+    domain: String,
     event: &'static str,
 }
 
@@ -200,25 +202,27 @@ impl Recorded {
             let _ = self.graph_throttled.get_or_create(&labels);
             let _ = self.graph_retries.get_or_create(&labels);
         }
-        for outcome in ["succeeded", "refused", "unknown"] {
-            for domain in domains {
+        for domain in domains {
+            for outcome in ["succeeded", "refused", "unknown"] {
                 let _ = self.rotation_duration.get_or_create(&DomainOutcomeLabels {
                     domain: domain.clone(),
                     outcome,
                 });
+                let _ = self.rotations.get_or_create(&RotationLabels {
+                    domain: domain.clone(),
+                    outcome,
+                    code_class: "none",
+                });
             }
-            let _ = self.rotations.get_or_create(&RotationLabels {
-                outcome,
-                code_class: "none",
-            });
-        }
-        // Refusals by each class Graph's codes fall in: an alert on `increase()` sees a
-        // series' first refusal only when the series was there at zero before it.
-        for code_class in CODE_CLASSES {
-            let _ = self.rotations.get_or_create(&RotationLabels {
-                outcome: "refused",
-                code_class,
-            });
+            // Refusals by each class Graph's codes fall in: an alert on `increase()` sees
+            // a series' first refusal only when the series was there at zero before it.
+            for code_class in CODE_CLASSES {
+                let _ = self.rotations.get_or_create(&RotationLabels {
+                    domain: domain.clone(),
+                    outcome: "refused",
+                    code_class,
+                });
+            }
         }
         for (outcome, domain) in ["succeeded", "refused"]
             .into_iter()
@@ -237,7 +241,12 @@ impl Recorded {
             "superseded",
             "written_late",
         ] {
-            let _ = self.key_writes.get_or_create(&KeyWriteLabels { event });
+            for domain in domains {
+                let _ = self.key_writes.get_or_create(&KeyWriteLabels {
+                    domain: domain.clone(),
+                    event,
+                });
+            }
         }
         for (method, outcome) in [
             ("passwordless", "succeeded"),
@@ -470,7 +479,7 @@ pub fn group_committed<'a>(took: Duration, events: impl ExactSizeIterator<Item =
             Some((_, n)) => *n += 1,
             None => kinds.push((kind, 1)),
         }
-        outcome_of(r, e);
+        tokens_of(r, e);
     }
     for (kind, n) in kinds {
         r.appended.get_or_create(&KindLabels { kind }).inc_by(n);
@@ -556,37 +565,57 @@ pub fn sign_ins(events: &[Event], app: Option<idledger_domain::AppId>) {
     }
 }
 
-/// The counters an event stands for (rotations, key writes, tokens).
-fn outcome_of(r: &Recorded, e: &Event) {
-    let key_write = |event| {
-        r.key_writes.get_or_create(&KeyWriteLabels { event }).inc();
-    };
-    match e {
-        Event::RotationSucceeded(_) => {
-            r.rotations
-                .get_or_create(&RotationLabels {
-                    outcome: "succeeded",
-                    code_class: "none",
-                })
-                .inc();
-        }
+/// The projector applied `e`, appended by this process: the counters of rotations and key
+/// writes, which are per domain. Counted where the projections name the domain (`domain`,
+/// asked only for the events counted here; `None`: the domain is gone), not where the
+/// event is appended, which knows only the event.
+pub fn applied_event(e: &Event, domain: impl FnOnce() -> Option<String>) {
+    if !on() {
+        return;
+    }
+    let (outcome, code_class, key_write) = match e {
+        Event::RotationSucceeded(_) => ("succeeded", "none", None),
         // Given up with the outcome unknown: counted by `rotation_driven`, which knows
         // whether it was already unknown (each later round that gives up appends this too).
-        Event::RotationFailed(f) if f.retryable => {}
-        Event::RotationFailed(f) => {
+        Event::RotationFailed(f) if f.retryable => return,
+        Event::RotationFailed(f) => ("refused", code_class(f.graph_code.as_deref()), None),
+        Event::KeyWriteQueued(_) => ("", "", Some("queued")),
+        Event::KeyWriteDelivered(_) => ("", "", Some("delivered")),
+        Event::KeyWriteConfirmed(_) => ("", "", Some("acknowledged")),
+        Event::KeyWriteFailed(_) => ("", "", Some("failed")),
+        Event::KeyWriteSuperseded(_) => ("", "", Some("superseded")),
+        Event::KeyWriteWrittenLate(_) => ("", "", Some("written_late")),
+        _ => return,
+    };
+    let domain = domain_label(domain());
+    let r = &*RECORDED;
+    match key_write {
+        Some(event) => {
+            r.key_writes
+                .get_or_create(&KeyWriteLabels { domain, event })
+                .inc();
+        }
+        None => {
             r.rotations
                 .get_or_create(&RotationLabels {
-                    outcome: "refused",
-                    code_class: code_class(f.graph_code.as_deref()),
+                    domain,
+                    outcome,
+                    code_class,
                 })
                 .inc();
         }
-        Event::KeyWriteQueued(_) => key_write("queued"),
-        Event::KeyWriteDelivered(_) => key_write("delivered"),
-        Event::KeyWriteConfirmed(_) => key_write("acknowledged"),
-        Event::KeyWriteFailed(_) => key_write("failed"),
-        Event::KeyWriteSuperseded(_) => key_write("superseded"),
-        Event::KeyWriteWrittenLate(_) => key_write("written_late"),
+    }
+}
+
+/// The label of a domain by its name; one that is gone (removed while its work finished)
+/// is `unknown`, one bounded value for all of them.
+fn domain_label(name: Option<String>) -> String {
+    name.unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// The token counters an appended event stands for.
+fn tokens_of(r: &Recorded, e: &Event) {
+    match e {
         Event::AppTokensIssued(t) => {
             r.tokens
                 .get_or_create(&TokenLabels {
@@ -695,13 +724,18 @@ pub fn sync_run(domain: &str, full: bool, outcome: &'static str, took: Duration)
 /// A rotation reached `outcome` (`succeeded`, `refused`, `unknown`), `took` after it
 /// started; `was_unknown`: it had been unknown before (a resolution). Called once per
 /// outcome reached, never again for a round that leaves an unknown outcome unknown.
-pub fn rotation_driven(domain: &str, outcome: &'static str, took: Duration, was_unknown: bool) {
+pub fn rotation_driven(
+    domain: Option<String>,
+    outcome: &'static str,
+    took: Duration,
+    was_unknown: bool,
+) {
     if !on() {
         return;
     }
     let r = &*RECORDED;
     let labels = DomainOutcomeLabels {
-        domain: domain.to_owned(),
+        domain: domain_label(domain),
         outcome,
     };
     r.rotation_duration
@@ -710,6 +744,7 @@ pub fn rotation_driven(domain: &str, outcome: &'static str, took: Duration, was_
     if outcome == "unknown" {
         r.rotations
             .get_or_create(&RotationLabels {
+                domain: labels.domain.clone(),
                 outcome,
                 code_class: "none",
             })
@@ -965,7 +1000,7 @@ mod tests {
         };
         // Ten minutes: several Graph timeouts and a round of the scheduler.
         rotation_driven(
-            "contoso.example",
+            Some("contoso.example".into()),
             "unknown",
             Duration::from_secs(600),
             false,

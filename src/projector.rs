@@ -1,6 +1,7 @@
 //! The live projector: folds committed events into the shared projections, in log order.
 
 use crate::store::{subscribe, EventLog, StoreError};
+use idledger_domain::Event;
 use idledger_projections::Projections;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::Duration;
@@ -26,6 +27,23 @@ pub struct NotReached {
     pub reached: u64,
 }
 
+/// The name of the domain a rotation's or a key write's event belongs to.
+fn domain_of(p: &Projections, e: &Event) -> Option<String> {
+    let rotation = match e {
+        Event::RotationSucceeded(e) => e.rotation_id,
+        Event::RotationFailed(e) => e.rotation_id,
+        Event::KeyWriteQueued(e) => e.rotation_id,
+        Event::KeyWriteDelivered(e) => p.key_writes.get(e.key_write_id)?.rotation_id,
+        Event::KeyWriteConfirmed(e) => p.key_writes.get(e.key_write_id)?.rotation_id,
+        Event::KeyWriteFailed(e) => p.key_writes.get(e.key_write_id)?.rotation_id,
+        Event::KeyWriteSuperseded(e) => p.key_writes.get(e.key_write_id)?.rotation_id,
+        Event::KeyWriteWrittenLate(e) => p.key_writes.get(e.key_write_id)?.rotation_id,
+        _ => return None,
+    };
+    let domain = p.rotations.get(rotation)?.domain_id?;
+    Some(p.domains.get(domain)?.name.clone())
+}
+
 impl Projector {
     /// Folds the whole log, then keeps following it on a background task.
     pub fn start(log: Arc<dyn EventLog>) -> Self {
@@ -43,6 +61,13 @@ impl Projector {
                         {
                             let mut p = task_state.write().unwrap_or_else(|e| e.into_inner());
                             for env in &batch {
+                                // Named before the event is folded: a write it ends
+                                // may leave the projections with it.
+                                if env.position > start_head {
+                                    crate::metrics::applied_event(&env.event, || {
+                                        domain_of(&p, &env.event)
+                                    });
+                                }
                                 p.apply(env);
                             }
                         }

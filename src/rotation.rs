@@ -622,8 +622,7 @@ impl RotationService {
                 let domain = r
                     .domain_id
                     .and_then(|d| p.domains.get(d))
-                    .map(|d| d.name.clone())
-                    .unwrap_or_default();
+                    .map(|d| d.name.clone());
                 (r.outcome, r.started_at, r.finished_at, domain)
             })
         };
@@ -651,7 +650,7 @@ impl RotationService {
                 let end = finished_at.unwrap_or_else(chrono::Utc::now);
                 let took = (end - started_at).to_std().unwrap_or_default();
                 let was_unknown = before == Some(RotationOutcome::Unknown);
-                crate::metrics::rotation_driven(&domain, label, took, was_unknown);
+                crate::metrics::rotation_driven(domain, label, took, was_unknown);
             }
         }
     }

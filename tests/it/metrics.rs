@@ -10,40 +10,68 @@ use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-/// Every family the README documents, with its type.
-const DOCUMENTED: &[(&str, &str)] = &[
-    ("idledger_http_connections_open", "gauge"),
-    ("idledger_http_connections_max", "gauge"),
-    ("idledger_http_request_duration_seconds", "histogram"),
-    ("idledger_append_commit_duration_seconds", "histogram"),
-    ("idledger_append_group_events", "histogram"),
-    ("idledger_events_appended_total", "counter"),
-    ("idledger_projector_apply_lag_seconds", "histogram"),
-    ("idledger_graph_request_duration_seconds", "histogram"),
-    ("idledger_graph_throttled_total", "counter"),
-    ("idledger_graph_retries_total", "counter"),
-    ("idledger_sync_run_duration_seconds", "histogram"),
-    ("idledger_sync_runs_total", "counter"),
-    ("idledger_rotation_duration_seconds", "histogram"),
-    ("idledger_rotations_total", "counter"),
-    ("idledger_rotation_unknown_resolved_total", "counter"),
-    ("idledger_key_writes_total", "counter"),
-    ("idledger_sign_ins_total", "counter"),
-    ("idledger_oidc_tokens_total", "counter"),
-    ("idledger_oidc_client_auth_failures_total", "counter"),
-    ("idledger_log_head_position", "gauge"),
-    ("idledger_projector_position", "gauge"),
-    ("idledger_projector_lag_events", "gauge"),
-    ("idledger_ready", "gauge"),
-    ("idledger_durability", "gauge"),
-    ("idledger_data_dir_available_bytes", "gauge"),
-    ("idledger_users", "gauge"),
-    ("idledger_key_writes_undelivered", "gauge"),
-    (
-        "idledger_key_writes_oldest_undelivered_age_seconds",
-        "gauge",
-    ),
-];
+/// A family the README's operator section documents.
+struct Documented {
+    name: String,
+    kind: &'static str,
+    labels: Vec<String>,
+}
+
+/// Every family the README documents (`idledger_x{a,b}` under "Histograms:", "Counters:"
+/// or "Gauges read at scrape:"), read from the README itself so that the two cannot drift.
+fn documented() -> Vec<Documented> {
+    let readme = include_str!("../../README.md");
+    let from = readme
+        .find("Histograms: `idledger_")
+        .expect("the metrics' list");
+    let to = from
+        + readme[from..]
+            .find("A rotation counts once")
+            .expect("its end");
+    let mut kind = "histogram";
+    let mut found = Vec::new();
+    let mut rest = &readme[from..to];
+    loop {
+        let next_name = rest.find("`idledger_");
+        let next_kind = [
+            ("Counters:", "counter"),
+            ("Gauges read at scrape:", "gauge"),
+        ]
+        .into_iter()
+        .filter_map(|(mark, k)| rest.find(mark).map(|i| (i, k)))
+        .min();
+        match (next_name, next_kind) {
+            (_, Some((i, k))) if next_name.is_none_or(|n| i < n) => {
+                kind = k;
+                rest = &rest[i + 1..];
+            }
+            (Some(n), _) => {
+                let item = &rest[n + 1..];
+                let end = item.find('`').unwrap();
+                let (name, labels) = match item[..end].split_once('{') {
+                    Some((name, labels)) => (
+                        name,
+                        labels
+                            .trim_end_matches('}')
+                            .split(',')
+                            .map(str::to_owned)
+                            .collect(),
+                    ),
+                    None => (&item[..end], Vec::new()),
+                };
+                found.push(Documented {
+                    name: name.to_owned(),
+                    kind,
+                    labels,
+                });
+                rest = &item[end + 1..];
+            }
+            (None, _) => break,
+        }
+    }
+    assert!(found.len() >= 28, "{} families documented", found.len());
+    found
+}
 
 /// One scrape: the text, its samples parsed by `prometheus-parse`, and the declared types.
 pub(crate) struct Scrape {
@@ -123,11 +151,14 @@ async fn metrics_parse_name_every_documented_family_and_move_with_their_work() {
         .await;
     assert_eq!(s, StatusCode::CREATED, "{app}");
     let before = Scrape::of(&w).await;
-    for (name, kind) in DOCUMENTED {
+    let documented = documented();
+    for d in &documented {
         assert_eq!(
-            before.types.get(*name).map(String::as_str),
-            Some(*kind),
-            "{name} is not declared as a {kind}"
+            before.types.get(&d.name).map(String::as_str),
+            Some(d.kind),
+            "{} is not declared as a {}",
+            d.name,
+            d.kind
         );
     }
     let domain = "contoso.onmicrosoft.com";
@@ -141,7 +172,11 @@ async fn metrics_parse_name_every_documented_family_and_move_with_their_work() {
         "service",
         "other",
     ] {
-        let labels = [("outcome", "refused"), ("code_class", class)];
+        let labels = [
+            ("domain", domain),
+            ("outcome", "refused"),
+            ("code_class", class),
+        ];
         assert!(before.has("idledger_rotations_total", &labels), "{class}");
     }
     for outcome in ["quarantined", "failed", "cancelled"] {
@@ -214,11 +249,26 @@ async fn metrics_parse_name_every_documented_family_and_move_with_their_work() {
             "idledger_rotation_duration_seconds",
             &[("domain", domain), ("outcome", "succeeded")],
         ),
-        ("idledger_rotations_total", &[("outcome", "succeeded")]),
-        ("idledger_key_writes_total", &[("event", "queued")]),
-        ("idledger_key_writes_total", &[("event", "delivered")]),
-        ("idledger_key_writes_total", &[("event", "acknowledged")]),
-        ("idledger_key_writes_total", &[("event", "superseded")]),
+        (
+            "idledger_rotations_total",
+            &[("domain", domain), ("outcome", "succeeded")],
+        ),
+        (
+            "idledger_key_writes_total",
+            &[("domain", domain), ("event", "queued")],
+        ),
+        (
+            "idledger_key_writes_total",
+            &[("domain", domain), ("event", "delivered")],
+        ),
+        (
+            "idledger_key_writes_total",
+            &[("domain", domain), ("event", "acknowledged")],
+        ),
+        (
+            "idledger_key_writes_total",
+            &[("domain", domain), ("event", "superseded")],
+        ),
         (
             "idledger_graph_request_duration_seconds",
             &[("operation", "user_update"), ("status", "204")],
@@ -256,6 +306,16 @@ async fn metrics_parse_name_every_documented_family_and_move_with_their_work() {
         "the queued write is undelivered"
     );
     assert_eq!(after.value("idledger_ready", &[]), 1.0);
+    // Every family carries the labels the README names, no more and no fewer.
+    for d in &documented {
+        for sample in after.samples.iter().filter(|s| s.metric == d.name) {
+            let mut names: Vec<&str> = sample.labels.keys().map(String::as_str).collect();
+            names.sort_unstable();
+            let mut want: Vec<&str> = d.labels.iter().map(String::as_str).collect();
+            want.sort_unstable();
+            assert_eq!(names, want, "the labels of {}", d.name);
+        }
+    }
     // No label carries a user id.
     for s in &after.samples {
         for v in s.labels.values() {
@@ -358,33 +418,119 @@ async fn readyz_is_503_while_a_large_log_is_folded_and_200_after() {
     );
 }
 
-/// The dashboard and the alert rules in `docs/` use documented metrics only.
+/// The dashboard and the alert rules in `docs/` use documented metrics only, each under
+/// the name its type gives its series (`_bucket`, `_count`, `_sum` of histograms only),
+/// and group and match by labels those metrics carry: a panel that names a label a metric
+/// lacks shows nothing, and would pass unseen.
 #[test]
-fn the_dashboard_and_the_alerts_name_documented_metrics_only() {
+fn the_dashboard_and_the_alerts_name_documented_metrics_and_labels_only() {
     let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
     let dashboard = std::fs::read_to_string(docs.join("grafana-dashboard.json")).unwrap();
-    let parsed: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
+    let parsed: Value = serde_json::from_str(&dashboard).unwrap();
     assert!(parsed["panels"].as_array().unwrap().len() > 10);
+    let mut expressions = Vec::new();
+    collect_queries(&parsed, &mut expressions);
     let alerts = std::fs::read_to_string(docs.join("prometheus-alerts.yml")).unwrap();
-    let known: Vec<&str> = DOCUMENTED.iter().map(|(n, _)| *n).collect();
+    let rules: Vec<&str> = alerts.split("- alert:").skip(1).collect();
+    assert!(rules.len() >= 8);
+    for rule in rules {
+        let expr = rule.split_once("expr:").unwrap().1;
+        let end = ["for:", "annotations:"]
+            .iter()
+            .filter_map(|m| expr.find(m))
+            .min()
+            .unwrap();
+        expressions.push(expr[..end].to_owned());
+    }
+    let documented = documented();
+    let family = |name: &str| documented.iter().find(|d| d.name == name);
     let mut used = 0;
-    for text in [&dashboard, &alerts] {
-        let mut rest = text.as_str();
+    for expr in &expressions {
+        // Every metric in the expression, and the labels its series carry.
+        let mut carried = vec!["job".to_owned()];
+        let mut rest = expr.as_str();
         while let Some(i) = rest.find("idledger_") {
             let name: String = rest[i..]
                 .chars()
                 .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
                 .collect();
             rest = &rest[i + name.len()..];
-            let base = ["_bucket", "_count", "_sum"]
-                .iter()
-                .find_map(|s| name.strip_suffix(s))
-                .unwrap_or(&name);
-            assert!(known.contains(&base), "{name} is not a documented metric");
+            let (d, bucket) = match family(&name) {
+                Some(d) => (d, false),
+                None => {
+                    let (base, suffix) = ["_bucket", "_count", "_sum"]
+                        .iter()
+                        .find_map(|s| name.strip_suffix(s).map(|b| (b, *s)))
+                        .unwrap_or_else(|| panic!("{name} is not a documented metric"));
+                    let d =
+                        family(base).unwrap_or_else(|| panic!("{name} is not a documented metric"));
+                    assert_eq!(d.kind, "histogram", "{name}: only histograms have {suffix}");
+                    (d, suffix == "_bucket")
+                }
+            };
+            let mut labels = d.labels.clone();
+            labels.push("job".into());
+            if bucket {
+                labels.push("le".into());
+            }
+            if let Some(matchers) = rest.strip_prefix('{') {
+                let matchers = &matchers[..matchers.find('}').unwrap()];
+                for m in matchers.split(',').filter(|m| !m.trim().is_empty()) {
+                    let label = m.split(['=', '!']).next().unwrap().trim();
+                    assert!(
+                        labels.iter().any(|l| l == label),
+                        "{name} has no label {label}: {expr}"
+                    );
+                }
+            }
+            if let Some(label) = rest
+                .strip_prefix(", ")
+                .filter(|_| expr.contains("label_values("))
+                .map(|l| l.trim_end_matches(')').trim())
+            {
+                assert!(
+                    labels.iter().any(|l| l == label),
+                    "{name} has no label {label}"
+                );
+            }
+            carried.extend(labels);
             used += 1;
+        }
+        // What it groups by.
+        let mut rest = expr.as_str();
+        while let Some(i) = rest.find(" by (") {
+            let inner = &rest[i + 5..];
+            let close = inner.find(')').unwrap();
+            for label in inner[..close].split(',').map(str::trim) {
+                assert!(
+                    carried.iter().any(|l| l == label),
+                    "no metric of it has {label}: {expr}"
+                );
+            }
+            rest = &inner[close..];
         }
     }
     assert!(used > 20, "{used}");
+}
+
+/// The dashboard's queries: every panel's `expr` and every variable's `query`.
+fn collect_queries(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(o) => {
+            for (k, v) in o {
+                match v {
+                    Value::String(q)
+                        if (k == "expr" || k == "query") && q.contains("idledger_") =>
+                    {
+                        out.push(q.clone())
+                    }
+                    _ => collect_queries(v, out),
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|v| collect_queries(v, out)),
+        _ => {}
+    }
 }
 
 /// A rotation whose outcome stays unknown through two rounds that give up is counted once

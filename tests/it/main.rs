@@ -1,5 +1,5 @@
 //! End-to-end tests of the idledger binary and its event log. One test binary, modules
-//! by area (see STYLE.md).
+//! by area (see the Tests section of ARCHITECTURE.md).
 
 mod api;
 mod architecture;

@@ -451,6 +451,7 @@ pub async fn stats(State(sim): State<Sim>) -> Response {
     Json(json!({
         "max_concurrent_patches": sim.patches.max(),
         "password_changes": changes,
+        "tls_hellos": sim.hellos.seen(),
     }))
     .into_response()
 }

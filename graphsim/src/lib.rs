@@ -366,6 +366,7 @@ pub async fn serve_tls(
         stopping.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
     });
     listener.set_nonblocking(true)?;
+    let tls = tls::recording_hellos(&tls, sim.hellos.clone());
     axum_server::tls_rustls::from_tcp_rustls(
         listener,
         axum_server::tls_rustls::RustlsConfig::from_config(tls),

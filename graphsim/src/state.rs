@@ -362,6 +362,8 @@ pub struct Sim {
     pub token_key: Arc<[u8; 32]>,
     /// User `PATCH` requests being served now, and the most at once (`GET /_sim/stats`).
     pub patches: Arc<PatchGauge>,
+    /// What TLS clients said in their hellos (`GET /_sim/stats`).
+    pub hellos: Arc<crate::tls::Hellos>,
 }
 
 /// Counts concurrent user `PATCH` requests: how a client's concurrency limit is checked.
@@ -403,6 +405,7 @@ impl Sim {
             config: Arc::new(config),
             token_key: Arc::new(key),
             patches: Arc::new(PatchGauge::default()),
+            hellos: Arc::default(),
         }
     }
 

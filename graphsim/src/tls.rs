@@ -125,3 +125,74 @@ impl Issued {
         server_config(self.cert_pem.as_bytes(), self.key_pem.as_bytes())
     }
 }
+
+/// What one client hello asked for: the name it sent (SNI) and the protocols it offered
+/// (ALPN). Graph's front ends route by SNI: a client that sent none would reach nothing
+/// there, so tests check what ours sends.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Hello {
+    /// The server name, if one was sent.
+    pub server_name: Option<String>,
+    /// The ALPN protocols offered, in the client's order.
+    pub alpn: Vec<String>,
+}
+
+/// The latest client hellos, at most [`Hellos::KEPT`].
+#[derive(Debug, Default)]
+pub struct Hellos(std::sync::Mutex<std::collections::VecDeque<Hello>>);
+
+impl Hellos {
+    /// How many hellos are kept.
+    pub const KEPT: usize = 1000;
+
+    fn note(&self, hello: Hello) {
+        let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.len() == Self::KEPT {
+            seen.pop_front();
+        }
+        seen.push_back(hello);
+    }
+
+    /// The hellos kept, oldest first.
+    pub fn seen(&self) -> Vec<Hello> {
+        let seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        seen.iter().cloned().collect()
+    }
+}
+
+/// `config` with every client hello noted in `hellos` before its certificate is chosen.
+pub fn recording_hellos(
+    config: &Arc<rustls::ServerConfig>,
+    hellos: Arc<Hellos>,
+) -> Arc<rustls::ServerConfig> {
+    let mut config = (**config).clone();
+    config.cert_resolver = Arc::new(RecordingResolver {
+        inner: config.cert_resolver.clone(),
+        hellos,
+    });
+    Arc::new(config)
+}
+
+#[derive(Debug)]
+struct RecordingResolver {
+    inner: Arc<dyn rustls::server::ResolvesServerCert>,
+    hellos: Arc<Hellos>,
+}
+
+impl rustls::server::ResolvesServerCert for RecordingResolver {
+    fn resolve(
+        &self,
+        hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.hellos.note(Hello {
+            server_name: hello.server_name().map(str::to_owned),
+            alpn: hello
+                .alpn()
+                .into_iter()
+                .flatten()
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .collect(),
+        });
+        self.inner.resolve(hello)
+    }
+}

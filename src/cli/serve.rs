@@ -37,11 +37,12 @@ pub struct ServeArgs {
     )]
     pub allow_master_key_in_data_dir: Option<bool>,
     /// The server certificate chain (PEM); with --tls-key, serve speaks HTTPS only
-    /// (reloaded when the file changes or on SIGHUP).
-    #[arg(long, requires = "tls_key")]
+    /// (reloaded when the file changes or on SIGHUP). Either may come from the config
+    /// file or the environment instead: both or neither is checked once they are merged.
+    #[arg(long)]
     pub tls_cert: Option<PathBuf>,
     /// The certificate's private key (PEM).
-    #[arg(long, requires = "tls_cert")]
+    #[arg(long)]
     pub tls_key: Option<PathBuf>,
     /// Also listen here for plain HTTP that only redirects to HTTPS.
     #[arg(long)]

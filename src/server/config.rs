@@ -269,8 +269,16 @@ impl Config {
             ));
         }
         if let Some(u) = &self.public_url {
-            crate::http::PublicUrl::parse(u)
+            let public = crate::http::PublicUrl::parse(u)
                 .map_err(|e| Error::Other(format!("public_url: {e}")))?;
+            // Users reach a server that speaks TLS itself over https: an http origin
+            // would be one no browser is at (WebAuthn and cookies are bound to it).
+            if self.tls_cert.is_some() && !public.https {
+                return Err(Error::Other(
+                    "public_url: serve speaks HTTPS (tls_cert), so its public URL is https://"
+                        .into(),
+                ));
+            }
         }
         if !(1..=3600).contains(&self.header_read_timeout_secs) {
             return Err(Error::Other("header_read_timeout_secs: 1 to 3600".into()));
@@ -563,6 +571,36 @@ mod tests {
         std::fs::write(&path, "rotation_retry_secs = 1e20\n").unwrap();
         let e = Config::load(Some(&path), Flags::default()).unwrap_err();
         assert!(e.to_string().contains("rotation_retry_secs"), "{e}");
+    }
+
+    /// The certificate and its key may come from different places (file, flag,
+    /// environment); both or neither is what counts. A server that speaks TLS itself is
+    /// reached over https, so an http public URL for it is refused (it would be the origin
+    /// of no browser, and the plain listener's redirect would have nowhere fixed to go).
+    #[test]
+    fn tls_settings_are_checked_once_merged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("idledger.toml");
+        std::fs::write(&path, "tls_cert = \"/etc/idledger/cert.pem\"\n").unwrap();
+        let key = || Flags {
+            tls_key: Some("/etc/idledger/key.pem".into()),
+            ..Flags::default()
+        };
+        let c = Config::load(Some(&path), key()).unwrap();
+        assert!(c.tls_cert.is_some() && c.tls_key.is_some());
+        let e = Config::load(Some(&path), Flags::default()).unwrap_err();
+        assert!(e.to_string().starts_with("tls_cert and tls_key"), "{e}");
+        for (public, ok) in [
+            ("http://localhost:8443", false),
+            ("https://idp.contoso.com", true),
+        ] {
+            let flags = Flags {
+                public_url: Some(public.into()),
+                ..key()
+            };
+            let loaded = Config::load(Some(&path), flags);
+            assert_eq!(loaded.is_ok(), ok, "{public}: {:?}", loaded.err());
+        }
     }
 
     /// A zero that would answer every request 503, refuse every stream, or hand a key

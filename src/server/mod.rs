@@ -313,7 +313,10 @@ pub async fn run(
                     let plain = std::net::TcpListener::bind(at)
                         .map_err(|e| Error::Other(format!("cannot listen on {at}: {e}")))?;
                     tracing::info!(addr = %plain.local_addr()?, "redirecting plain HTTP to HTTPS");
-                    let router = redirect_router(public_https.clone(), addr.port());
+                    let origin = public_https.clone().ok_or_else(|| {
+                        Error::Other("redirect_listen: the public URL is not https://".into())
+                    })?;
+                    let router = redirect_router(origin);
                     Some(tokio::spawn(http::serve(
                         plain,
                         router,

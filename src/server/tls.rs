@@ -6,7 +6,7 @@
 //! theirs, so nothing is dropped. A reload that fails (a key that does not match, a file
 //! half written) keeps the certificate in use and is tried again when the files change.
 
-use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::http::{header, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum_server::tls_rustls::RustlsConfig;
 use rustls::pki_types::pem::PemObject;
@@ -175,40 +175,14 @@ pub fn hangups() -> tokio::sync::mpsc::Receiver<()> {
     rx
 }
 
-/// The plain listener's only answer: 308 to the same path and query over HTTPS, at
-/// `public_origin` (the configured `https://` public URL) when there is one, otherwise at
-/// the request's host on `https_port`. Nothing else is served in the clear.
-///
-/// The public origin wins over the Host header so that a forged Host sends no one (and no
-/// cache in between) anywhere but to this server.
-pub fn redirect_router(public_origin: Option<String>, https_port: u16) -> axum::Router {
-    axum::Router::new().fallback(move |headers: HeaderMap, uri: Uri| {
-        let public_origin = public_origin.clone();
-        async move { to_https(public_origin.as_deref(), &headers, &uri, https_port) }
-    })
-}
-
-fn to_https(
-    public_origin: Option<&str>,
-    headers: &HeaderMap,
-    uri: &Uri,
-    https_port: u16,
-) -> Response {
-    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    if let Some(origin) = public_origin {
-        return moved(format!("{origin}{path}"));
-    }
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.parse::<axum::http::uri::Authority>().ok());
-    let Some(host) = host else {
-        return (StatusCode::BAD_REQUEST, "a Host header is needed\n").into_response();
-    };
-    moved(if https_port == 443 {
-        format!("https://{}{path}", host.host())
-    } else {
-        format!("https://{}:{https_port}{path}", host.host())
+/// The plain listener's only answer: 308 to the same path and query at `public_origin`
+/// (the `https://` public URL, which `serve` with TLS always has). Nothing else is served
+/// in the clear, and the Host header is never read: a forged one sends no one (and no cache
+/// in between) anywhere but to this server.
+pub fn redirect_router(public_origin: String) -> axum::Router {
+    axum::Router::new().fallback(move |uri: Uri| {
+        let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        std::future::ready(moved(format!("{public_origin}{path}")))
     })
 }
 

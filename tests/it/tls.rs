@@ -34,6 +34,24 @@ async fn sync_rotation_and_graph_check_take_the_tls_path() {
         w.reveal(&id).await["password"].as_str().unwrap(),
         w.sim_password(3).await
     );
+    // Every handshake named the host (SNI: Graph's front ends route by it) and offered
+    // HTTP/1.1 by ALPN.
+    let stats: Value = w
+        .sim_http
+        .get(format!("{}/_sim/stats", w.sim))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let hellos = stats["tls_hellos"].as_array().unwrap();
+    assert!(hellos.len() >= 2, "{stats}");
+    for hello in hellos {
+        assert_eq!(hello["server_name"], "localhost", "{hello}");
+        let alpn = hello["alpn"].as_array().unwrap();
+        assert!(alpn.contains(&json!("http/1.1")), "{hello}");
+    }
 
     // `graph check` with the bundle passes; without it the token request fails, named.
     let dir = tempfile::tempdir().unwrap();

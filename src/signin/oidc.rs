@@ -694,7 +694,15 @@ async fn authorize(
                 "PKCE with S256 is required for public clients",
             )
         }
-        (None, _) => {}
+        // A method without a challenge is a request that meant PKCE and lost it on the
+        // way: granting a code without it would drop the protection it asked for.
+        (None, Some(_)) => {
+            return fail(
+                "invalid_request",
+                "code_challenge_method without a code_challenge",
+            )
+        }
+        (None, None) => {}
     }
     let now = Utc::now();
     let prompt: Vec<&str> = q
@@ -1029,10 +1037,13 @@ fn client(
         .and_then(|b| String::from_utf8(b).ok())
         .and_then(|t| {
             let (id, secret) = t.split_once(':')?;
-            Some((
-                urlencoding::decode(id).ok()?.into_owned(),
-                urlencoding::decode(secret).ok()?.into_owned(),
-            ))
+            // Both were form-urlencoded (RFC 6749 §2.3.1): `+` is a space.
+            let decode = |s: &str| {
+                urlencoding::decode(&s.replace('+', " "))
+                    .ok()
+                    .map(|d| d.into_owned())
+            };
+            Some((decode(id)?, decode(secret)?))
         });
     // One way of authenticating per request (RFC 6749 §2.3): a secret in the form as well
     // as in the header is refused, not silently ignored.

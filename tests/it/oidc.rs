@@ -2034,6 +2034,15 @@ async fn empty_parameters_short_verifiers_refreshes_and_userinfo_follow_the_spec
     let code = get(&q, "code")
         .unwrap_or_else(|| panic!("{q:?}"))
         .to_owned();
+    // A method without its challenge lost the challenge on the way: no code without the
+    // PKCE it asked for (a confidential client may do without PKCE, not ask and lack it).
+    let (_, _, lost) = authorize(
+        &mut browser,
+        &format!("{base}&scope=openid&state=e2&code_challenge_method=S256"),
+    )
+    .await;
+    assert_eq!(get(&lost, "error"), Some("invalid_request"), "{lost:?}");
+    assert!(get(&lost, "code").is_none(), "{lost:?}");
     // No grant_type: the request is incomplete, and the code is not spent by it.
     let r = raw
         .post(&token_url)

@@ -1068,6 +1068,9 @@ fn client(
         .ok_or_else(invalid)?;
     match (app.client_type, secret, app.secret_hash) {
         (ClientType::Public, None, _) => Ok(app),
+        // A public client naming itself in the header with no password (Go's x/oauth2
+        // does, set to send the header) authenticates no more than `none` does.
+        (ClientType::Public, Some(s), _) if s.is_empty() => Ok(app),
         (ClientType::Confidential, Some(secret), Some(h)) => {
             let sent = crate::http::token_hash(&secret);
             if same_secret(&hex::encode(sent.0), &hex::encode(h.0)) {

@@ -2213,6 +2213,29 @@ async fn empty_parameters_short_verifiers_refreshes_and_userinfo_follow_the_spec
             .contains("code_verifier"),
         "{refused}"
     );
+    // The same with the public client named in the header, with no password: that is
+    // `none` too, so the refusal is the verifier's, not the client's.
+    let (_, _, q) = authorize(
+        &mut browser,
+        &format!("{public}/authorize?client_id={spa_id}&redirect_uri={REDIRECT}&response_type=code&scope=openid&code_challenge={challenge}&code_challenge_method=S256"),
+    )
+    .await;
+    let code = get(&q, "code").unwrap_or_else(|| panic!("{q:?}"));
+    let r = raw
+        .post(&token_url)
+        .basic_auth(spa_id, Some(""))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", REDIRECT),
+            ("code_verifier", short),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let refused: Value = r.json().await.unwrap();
+    assert_eq!(refused["error"], "invalid_grant", "{refused}");
 
     // Choosing an account is signing in again.
     let (challenge, _) = PkceCodeChallenge::new_random_sha256();

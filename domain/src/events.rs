@@ -268,6 +268,19 @@ pub struct AppChanged {
     pub post_logout_redirect_uris: Vec<String>,
     /// Domains whose users may sign in.
     pub domain_ids: Vec<DomainId>,
+    /// The algorithm of its ID tokens from now on (`ES256` or `RS256`). `None`: as before
+    /// (records of schema 1, which could not change it).
+    pub id_token_alg: Option<String>,
+}
+
+/// Schema 1 of [`AppChanged`].
+#[derive(Deserialize)]
+struct AppChangedV1 {
+    app_id: AppId,
+    name: String,
+    redirect_uris: Vec<String>,
+    post_logout_redirect_uris: Vec<String>,
+    domain_ids: Vec<DomainId>,
 }
 
 /// A confidential app got a new client secret; the old one stops working.
@@ -785,6 +798,17 @@ fn upcast(kind: &str, schema: u16, bytes: &[u8]) -> Result<Event, CodecError> {
                 recheck: Vec::new(),
             }))
         }
+        ("AppChanged", 1) => {
+            let v1: AppChangedV1 = decode_exact(bytes)?;
+            Ok(Event::AppChanged(AppChanged {
+                app_id: v1.app_id,
+                name: v1.name,
+                redirect_uris: v1.redirect_uris,
+                post_logout_redirect_uris: v1.post_logout_redirect_uris,
+                domain_ids: v1.domain_ids,
+                id_token_alg: None,
+            }))
+        }
         ("SyncRunFailed", 1) => {
             let v1: SyncRunFailedV1 = decode_exact(bytes)?;
             Ok(Event::SyncRunFailed(SyncRunFailed {
@@ -1043,7 +1067,7 @@ event_catalogue! {
     /// See [`AppRegistered`].
     AppRegistered = "AppRegistered", schema 1, Provider;
     /// See [`AppChanged`].
-    AppChanged = "AppChanged", schema 1, Provider;
+    AppChanged = "AppChanged", schema 2, Provider;
     /// See [`AppSecretRotated`].
     AppSecretRotated = "AppSecretRotated", schema 1, Provider;
     /// See [`AppRemoved`].

@@ -410,6 +410,7 @@ pub fn sample_event(index: usize, s: &SampleSeed) -> Option<Event> {
             redirect_uris: vec![format!("https://app{}.contoso.com/cb", s.number)],
             post_logout_redirect_uris: vec![format!("https://app{}.contoso.com/", s.number)],
             domain_ids: vec![DomainId(s.uuid(4))],
+            id_token_alg: s.flag.then(|| "RS256".into()),
         }
         .into(),
         &"AppSecretRotated" => AppSecretRotated {

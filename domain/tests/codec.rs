@@ -270,6 +270,11 @@ fn records_of_older_schemas_are_upcast() {
                 assert_eq!(refresh.grant, None, "schema 1 did not record the grant");
                 assert_eq!(e.app_id, AppId(seed.uuid(19)));
             }
+            ("AppChanged", Event::AppChanged(e)) => {
+                assert_eq!(e.id_token_alg, None, "schema 1 could not change it");
+                assert_eq!(e.app_id, AppId(seed.uuid(19)));
+                assert_eq!(e.domain_ids.len(), 1);
+            }
             other => panic!("no expectation for {other:?}"),
         }
         seen += 1;

@@ -166,6 +166,9 @@ impl Provider {
                     a.post_logout_redirect_uris
                         .clone_from(&e.post_logout_redirect_uris);
                     a.domain_ids.clone_from(&e.domain_ids);
+                    if let Some(alg) = &e.id_token_alg {
+                        a.id_token_alg.clone_from(alg);
+                    }
                     a.updated_at = at;
                 }
             }

@@ -501,7 +501,26 @@ again on the log and compares every row.</p>
     })
 }
 
+/// The admin's forms on the Apps page: change an app (shown by a row's Edit), register one.
 const ADD_APP: &str = r#"
+<section class="card" id="edit-app-card" aria-labelledby="edit-app-title" hidden>
+<h2 id="edit-app-title">Edit app</h2>
+<form id="edit-app" class="grid">
+  <label for="e-name">Name</label>
+  <input id="e-name" name="name" required maxlength="200">
+  <label for="e-redirects">Redirect URIs</label>
+  <textarea id="e-redirects" name="redirect_uris" required rows="2"></textarea>
+  <label for="e-logout">Sign-out redirect URIs</label>
+  <textarea id="e-logout" name="post_logout_redirect_uris" rows="2"></textarea>
+  <label for="e-alg">ID token signature</label>
+  <select id="e-alg" name="id_token_signed_response_alg"><option value="ES256">ES256</option><option value="RS256">RS256 (for libraries that verify RSA only)</option></select>
+  <fieldset class="wide" id="e-domains">
+    <legend>Users of these domains may sign in</legend>
+  </fieldset>
+  <div class="actions wide"><button type="submit" class="primary">Save changes</button>
+  <button type="button" id="cancel-edit-app">Cancel</button></div>
+</form>
+</section>
 <section class="card" aria-labelledby="add-app-title">
 <h2 id="add-app-title">Register an app</h2>
 <p>Users of the chosen domains sign in to the app through idledger (OpenID Connect); no

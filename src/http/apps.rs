@@ -55,6 +55,9 @@ pub struct AppPatch {
     redirect_uris: Option<Vec<String>>,
     post_logout_redirect_uris: Option<Vec<String>>,
     domain_ids: Option<Vec<uuid::Uuid>>,
+    /// `ES256` or `RS256`: for a relying party whose library checks ID tokens with one
+    /// algorithm only. The provider makes a key for it before the next token, if none.
+    id_token_signed_response_alg: Option<String>,
 }
 
 /// An app as the API shows it (never its secret, but once at registration).
@@ -234,7 +237,7 @@ pub async fn get_one(State(s): State<AppState>, IdPath(id): IdPath) -> Result<Js
         .ok_or_else(|| ApiError::NotFound("app".into()))
 }
 
-/// Changes an app's name, redirect URIs or domains.
+/// Changes an app's name, redirect URIs, domains or ID token algorithm.
 pub async fn patch(
     State(s): State<AppState>,
     who: Principal,
@@ -245,9 +248,10 @@ pub async fn patch(
         && body.redirect_uris.is_none()
         && body.post_logout_redirect_uris.is_none()
         && body.domain_ids.is_none()
+        && body.id_token_signed_response_alg.is_none()
     {
         return Err(ApiError::Unprocessable(
-            "an empty patch says nothing: name, redirect_uris, post_logout_redirect_uris or domain_ids".into(),
+            "an empty patch says nothing: name, redirect_uris, post_logout_redirect_uris, domain_ids or id_token_signed_response_alg".into(),
         ));
     }
     let app_id = AppId(id);
@@ -263,6 +267,7 @@ pub async fn patch(
         Some(ids) => known_domains(&s, ids)?,
         None => current.domain_ids.clone(),
     };
+    let current_alg = current.id_token_alg.clone();
     let change = AppChanged {
         app_id,
         name: body.name.map_or(current.name, |n| n.trim().to_owned()),
@@ -271,7 +276,20 @@ pub async fn patch(
             .post_logout_redirect_uris
             .unwrap_or(current.post_logout_redirect_uris),
         domain_ids,
+        id_token_alg: Some(
+            body.id_token_signed_response_alg
+                .unwrap_or_else(|| current_alg.clone()),
+        ),
     };
+    // Its key is published before the app is told to expect it: the first token it
+    // gets after this answer verifies against the JWKS it may fetch now.
+    // A bad request makes nothing, keys included: checked first.
+    idledger_domain::decide::provider::check_change(&change)?;
+    if let Some(alg) = change.id_token_alg.as_deref().filter(|a| *a != current_alg) {
+        crate::provider::ensure_signing_keys(&s.engine, &who.actor(), &[alg], s.oidc.overlap())
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+    }
     let command = ProviderCommand::Change(change);
     let position = s
         .command(&StreamId::provider(), &who.actor(), evolve, |st| {

@@ -641,33 +641,56 @@ async fn an_app_registered_in_the_console_signs_a_passkey_user_in_through_chromi
     let callback = callback_server().await;
     let b = crate::support::Browser::start().await;
 
-    // An admin registers the app on the console's Apps page; RS256, for an RSA-only RP.
+    // An admin registers the app on the console's Apps page (ES256, the default).
     b.sign_in(&w.app.public, &w.app.admin).await;
     b.goto(&format!("{}/console/apps", w.app.public)).await;
     b.wait_text("#apps", "No apps yet").await;
     b.fill("#a-name", "Payroll").await;
     b.fill("#a-redirects", &callback).await;
-    let bye = callback.replace("/callback", "/bye");
-    b.fill("#a-logout", &bye).await;
-    b.css("#a-alg option[value=RS256]")
-        .await
-        .click()
-        .await
-        .unwrap();
     assert!(b.present("#a-domains input[type=checkbox]:checked").await);
     b.click("#add-app button[type=submit]").await;
     b.wait_text("#app-secret", "never shown again").await;
     let client_id = b.css("#new-client-id").await.text().await.unwrap();
     let secret = b.css("#new-client-secret").await.text().await.unwrap();
     b.wait_text("#apps", "Payroll").await;
-    let keys = b.wait_text("#signing-keys", "RS256").await;
-    assert!(keys.contains("ES256"), "{keys}");
+    let keys = b.wait_text("#signing-keys", "ES256").await;
+    assert!(!keys.contains("RS256"), "{keys}");
     // Copied, the secret is hidden again (and kept out of the screenshot).
     b.click("#hide-secret").await;
     assert!(
         !b.present("#new-client-secret").await,
         "the secret stays shown"
     );
+    // The app's library verifies RSA only, and it has a page to land on after signing
+    // out: the admin edits the app. Only what changed is sent; the RS256 key is published
+    // before the answer.
+    b.click("#apps button[data-edit]").await;
+    let shown = b.css("#e-redirects").await.prop("value").await.unwrap();
+    assert_eq!(shown.as_deref(), Some(callback.as_str()));
+    let bye = callback.replace("/callback", "/bye");
+    b.fill("#e-logout", &bye).await;
+    b.css("#e-alg option[value=RS256]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    b.click("#edit-app button[type=submit]").await;
+    b.wait_text("#flash", "Saved “Payroll”").await;
+    let keys = b.wait_text("#signing-keys", "RS256").await;
+    assert!(keys.contains("ES256"), "{keys}");
+    let (_, apps) = w.admin(Method::GET, "/v1/apps", None).await;
+    let app = &apps["items"][0];
+    assert_eq!(app["id_token_signed_response_alg"], "RS256", "{app}");
+    assert_eq!(app["post_logout_redirect_uris"], json!([bye]), "{app}");
+    assert_eq!(app["redirect_uris"], json!([callback]), "{app}");
+    let (_, events) = w.admin(Method::GET, "/v1/events?limit=1000", None).await;
+    let changes: Vec<&Value> = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "AppChanged")
+        .collect();
+    assert_eq!(changes.len(), 1, "{changes:?}");
     b.client
         .execute("window.scrollTo(0, 0)", vec![])
         .await
@@ -2139,6 +2162,16 @@ async fn empty_parameters_short_verifiers_refreshes_and_userinfo_follow_the_spec
     let (s, body) = w.admin(Method::PATCH, &app_path, Some(json!({}))).await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert_eq!(w.head().await, head);
+    // Nor does one with an algorithm the provider does not offer, or with a bad address
+    // beside a good algorithm: no key is made for a change that is refused.
+    for bad in [
+        json!({"id_token_signed_response_alg": "HS256"}),
+        json!({"id_token_signed_response_alg": "RS256", "redirect_uris": ["http://evil.example/cb"]}),
+    ] {
+        let (s, body) = w.admin(Method::PATCH, &app_path, Some(bad.clone())).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {body}");
+        assert_eq!(w.head().await, head, "{bad}");
+    }
     for (domains, status) in [
         (json!([other["id"]]), StatusCode::UNAUTHORIZED),
         (json!([w.domain]), StatusCode::OK),

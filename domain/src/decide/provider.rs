@@ -174,6 +174,26 @@ fn check_app(
     Ok(())
 }
 
+/// Whether `change` may be made, as far as it alone tells: the caller can check before it
+/// makes a signing key for the algorithm it names.
+pub fn check_change(change: &AppChanged) -> Result<(), Rejection> {
+    check_app(
+        &change.name,
+        &change.redirect_uris,
+        &change.post_logout_redirect_uris,
+        &change.domain_ids,
+    )?;
+    check_alg(change.id_token_alg.as_deref())
+}
+
+/// The ID tokens' algorithms on offer (discovery lists both).
+fn check_alg(alg: Option<&str>) -> Result<(), Rejection> {
+    match alg {
+        None | Some("ES256" | "RS256") => Ok(()),
+        Some(_) => Err(invalid("id_token_signed_response_alg", "ES256 or RS256")),
+    }
+}
+
 fn live(s: &ProviderState, app: AppId) -> Result<&AppFacts, Rejection> {
     s.apps
         .get(&app)
@@ -190,9 +210,7 @@ pub fn check_registration(app: &AppRegistered) -> Result<(), Rejection> {
         &app.post_logout_redirect_uris,
         &app.domain_ids,
     )?;
-    if !matches!(app.id_token_alg.as_str(), "ES256" | "RS256") {
-        return Err(invalid("id_token_signed_response_alg", "ES256 or RS256"));
-    }
+    check_alg(Some(&app.id_token_alg))?;
     if (app.client_type == ClientType::Confidential) != app.secret_hash.is_some() {
         return Err(invalid(
             "type",
@@ -216,12 +234,7 @@ pub fn decide(s: &ProviderState, c: ProviderCommand) -> Result<Vec<Event>, Rejec
         }
         ProviderCommand::Change(change) => {
             live(s, change.app_id)?;
-            check_app(
-                &change.name,
-                &change.redirect_uris,
-                &change.post_logout_redirect_uris,
-                &change.domain_ids,
-            )?;
+            check_change(&change)?;
             Ok(vec![change.into()])
         }
         ProviderCommand::RotateSecret {

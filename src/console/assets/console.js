@@ -980,6 +980,8 @@ function showSecret(a, what) {
 }
 
 const lines = (text) => (text ?? "").split("\n").map((l) => l.trim()).filter((l) => l);
+// Opens the edit form on an app (set by the Apps page for admins).
+let editApp = () => {};
 
 async function appsPage() {
   const domains = await allItems("/v1/domains?limit=1000&removed=false");
@@ -995,6 +997,7 @@ async function appsPage() {
         } }, "New secret"));
       }
       if (admin) {
+        actions.push(el("button", { type: "button", "data-edit": a.id, onclick: () => editApp(a) }, "Edit"));
         actions.push(el("button", { type: "button", class: "danger", "data-remove": a.id, onclick: async () => {
           if (!window.confirm(`Remove “${a.name}”? Its users can no longer sign in to it and its tokens are refused.`)) return;
           try { await api("DELETE", `/v1/apps/${a.id}`); flash(`Removed ${a.name}.`); await refresh(); }
@@ -1016,6 +1019,57 @@ async function appsPage() {
       el("td", {}, k.verify_until ? when(k.verify_until) : "in force")),
     "No signing key yet: the first app makes one.");
   const refresh = async () => { await refreshApps(); await refreshKeys(); };
+  // The edit form's fields as compared: lists as text, so that a save sends only what the
+  // admin changed from what the form showed, and never puts back another admin's change.
+  const editCard = $("#edit-app-card");
+  const editForm = $("#edit-app");
+  const fromApp = (a) => ({
+    name: a.name, redirect_uris: a.redirect_uris.join("\n"),
+    post_logout_redirect_uris: a.post_logout_redirect_uris.join("\n"),
+    id_token_signed_response_alg: a.id_token_signed_response_alg,
+    domain_ids: [...a.domain_ids].sort().join(","),
+  });
+  const fromEditForm = () => {
+    const f = new FormData(editForm);
+    return {
+      name: f.get("name").trim(), redirect_uris: lines(f.get("redirect_uris")).join("\n"),
+      post_logout_redirect_uris: lines(f.get("post_logout_redirect_uris")).join("\n"),
+      id_token_signed_response_alg: f.get("id_token_signed_response_alg"),
+      domain_ids: f.getAll("domain_ids").sort().join(","),
+    };
+  };
+  let editing, drawnApp;
+  editApp = (a) => {
+    editing = a;
+    drawnApp = fromApp(a);
+    const f = editForm.elements;
+    f.name.value = a.name;
+    f.redirect_uris.value = drawnApp.redirect_uris;
+    f.post_logout_redirect_uris.value = drawnApp.post_logout_redirect_uris;
+    f.id_token_signed_response_alg.value = a.id_token_signed_response_alg;
+    const box = $("#e-domains");
+    box.replaceChildren(box.querySelector("legend"), ...domains.map((d) => el("label", {},
+      el("input", { type: "checkbox", name: "domain_ids", value: d.id, checked: a.domain_ids.includes(d.id) }),
+      ` ${d.domain}`)));
+    $("#edit-app-title").textContent = `Edit “${a.name}”`;
+    editCard.hidden = false;
+    f.name.focus();
+  };
+  if (editForm) {
+    $("#cancel-edit-app").addEventListener("click", () => { editCard.hidden = true; });
+    wire(editForm, async () => {
+      const now = fromEditForm();
+      const changed = Object.keys(now).filter((k) => now[k] !== drawnApp[k]);
+      if (!changed.length) { flash("Nothing changed."); return; }
+      const asList = (k, v) => (k === "domain_ids" ? v.split(",").filter((x) => x)
+        : k.endsWith("_uris") ? v.split("\n").filter((x) => x) : v);
+      const a = await api("PATCH", `/v1/apps/${editing.id}`,
+        Object.fromEntries(changed.map((k) => [k, asList(k, now[k])])));
+      editCard.hidden = true;
+      flash(`Saved “${a.name}”.`);
+      await refresh();
+    });
+  }
   await refresh();
   const form = $("#add-app");
   if (!form) return;

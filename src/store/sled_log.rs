@@ -322,7 +322,9 @@ impl SledEventLog {
         };
         let log = db.open_tree("log").map_err(io)?;
         let layout = layout(&db, &log, true)?;
+        let started = std::time::Instant::now();
         let rebuilt = rebuild(&log, layout)?;
+        let indexed = started.elapsed();
         let tree = if tree {
             let record = |p: u64| match record_at(&log, layout, p)? {
                 Some(v) => Ok(v.to_vec()),
@@ -357,6 +359,13 @@ impl SledEventLog {
         } else {
             None
         };
+        // Where a slow start goes, for the operator who waits on one.
+        tracing::info!(
+            records = rebuilt.head.position,
+            index_secs = indexed.as_secs_f64(),
+            tree_secs = (started.elapsed() - indexed).as_secs_f64(),
+            "log opened"
+        );
         let (live, _) = broadcast::channel(LIVE_CAPACITY);
         let heads = rebuilt
             .streams

@@ -103,12 +103,37 @@ async fn an_admin_runs_the_whole_workflow_in_the_browser_and_an_auditor_only_rea
         (&json!(60), &json!("delete"), &json!(45)),
         "{saved}"
     );
-    // Back to what the rest of this walk expects.
+    // Back to what the rest of this walk expects. Meanwhile another admin changes the
+    // sync interval through the API: the form, being edited, is not redrawn under the
+    // admin, and its save sends only what the admin changed, so the other change stands.
     b.fill("#domain-settings #d-days", "30").await;
+    let (s, body) = app
+        .call(
+            Some(&app.admin),
+            Method::PATCH,
+            &format!("/v1/domains/{}", saved["id"].as_str().unwrap()),
+            Some(json!({"sync_interval_minutes": 50})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
     b.click("#domain-settings input[name=removal_behavior][value=deactivate]")
         .await;
     b.click("#domain-settings button[type=submit]").await;
     b.wait_text("#flash", "Settings saved").await;
+    let (_, domains) = app
+        .call(Some(&app.admin), Method::GET, "/v1/domains", None)
+        .await;
+    let saved = &domains["items"][0];
+    assert_eq!(
+        (
+            &saved["auto_password_change_days"],
+            &saved["removal_behavior"],
+            &saved["sync_interval_minutes"]
+        ),
+        (&json!(30), &json!("deactivate"), &json!(50)),
+        "{saved}"
+    );
 
     // What a run would do, a page of changes at a time.
     b.click("#sync-dry").await;

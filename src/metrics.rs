@@ -977,7 +977,9 @@ mod tests {
         assert!(!text.contains("# EOF"));
         // Known series exist at zero before their first event.
         assert!(
-            text.contains("idledger_key_writes_total{event=\"superseded\"} 0"),
+            text.contains(
+                "idledger_key_writes_total{domain=\"contoso.com\",event=\"superseded\"} 0"
+            ),
             "{text}"
         );
         assert!(text.contains("# TYPE idledger_sync_runs_total counter"));

@@ -41,7 +41,9 @@ fn domain_of(p: &Projections, e: &Event) -> Option<String> {
         _ => return None,
     };
     let domain = p.rotations.get(rotation)?.domain_id?;
-    Some(p.domains.get(domain)?.name.clone())
+    // A removed domain's name may be registered again, by another domain.
+    let domain = p.domains.get(domain).filter(|d| !d.removed)?;
+    Some(domain.name.clone())
 }
 
 impl Projector {

@@ -622,6 +622,7 @@ impl RotationService {
                 let domain = r
                     .domain_id
                     .and_then(|d| p.domains.get(d))
+                    .filter(|d| !d.removed)
                     .map(|d| d.name.clone());
                 (r.outcome, r.started_at, r.finished_at, domain)
             })

@@ -267,7 +267,6 @@ pub async fn patch(
         Some(ids) => known_domains(&s, ids)?,
         None => current.domain_ids.clone(),
     };
-    let current_alg = current.id_token_alg.clone();
     let change = AppChanged {
         app_id,
         name: body.name.map_or(current.name, |n| n.trim().to_owned()),
@@ -276,16 +275,16 @@ pub async fn patch(
             .post_logout_redirect_uris
             .unwrap_or(current.post_logout_redirect_uris),
         domain_ids,
-        id_token_alg: Some(
-            body.id_token_signed_response_alg
-                .unwrap_or_else(|| current_alg.clone()),
-        ),
+        // Only when asked: a patch of something else must not put back the algorithm it
+        // read before another admin changed it (`None` leaves it as the log has it).
+        id_token_alg: body.id_token_signed_response_alg.clone(),
     };
-    // Its key is published before the app is told to expect it: the first token it
-    // gets after this answer verifies against the JWKS it may fetch now.
     // A bad request makes nothing, keys included: checked first.
     idledger_domain::decide::provider::check_change(&change)?;
-    if let Some(alg) = change.id_token_alg.as_deref().filter(|a| *a != current_alg) {
+    // The algorithm's key is published before the app is told to expect it: the first
+    // token it gets after this answer verifies against the JWKS it may fetch now. (A key
+    // that exists already is left as it is.)
+    if let Some(alg) = change.id_token_alg.as_deref() {
         crate::provider::ensure_signing_keys(&s.engine, &who.actor(), &[alg], s.oidc.overlap())
             .await
             .map_err(|e| ApiError::Internal(e.to_string()))?;

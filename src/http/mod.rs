@@ -259,7 +259,7 @@ pub fn operations() -> Vec<Operation> {
             .page::<apps::App>(),
         op(M::GET, "/v1/apps/{id}", Read, "One app", get(apps::get_one))
             .json::<apps::App>(200),
-        op(M::PATCH, "/v1/apps/{id}", Admin, "Change an app's name, redirect URIs or domains", patch(apps::patch))
+        op(M::PATCH, "/v1/apps/{id}", Admin, "Change an app's name, redirect URIs, domains or ID token algorithm", patch(apps::patch))
             .body::<apps::AppPatch>()
             .json::<apps::App>(200),
         op(M::DELETE, "/v1/apps/{id}", Admin, "Remove an app", delete(apps::remove))

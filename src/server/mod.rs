@@ -310,12 +310,12 @@ pub async fn run(
             let redirect = match &config.redirect_listen {
                 None => None,
                 Some(at) => {
-                    let plain = std::net::TcpListener::bind(at)
-                        .map_err(|e| Error::Other(format!("cannot listen on {at}: {e}")))?;
-                    tracing::info!(addr = %plain.local_addr()?, "redirecting plain HTTP to HTTPS");
                     let origin = public_https.clone().ok_or_else(|| {
                         Error::Other("redirect_listen: the public URL is not https://".into())
                     })?;
+                    let plain = std::net::TcpListener::bind(at)
+                        .map_err(|e| Error::Other(format!("cannot listen on {at}: {e}")))?;
+                    tracing::info!(addr = %plain.local_addr()?, "redirecting plain HTTP to HTTPS");
                     let router = redirect_router(origin);
                     Some(tokio::spawn(http::serve(
                         plain,

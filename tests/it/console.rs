@@ -116,7 +116,8 @@ async fn an_admin_runs_the_whole_workflow_in_the_browser_and_an_auditor_only_rea
         )
         .await;
     assert_eq!(s, StatusCode::OK, "{body}");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The page has heard of it (its facts say so) while the form kept the admin's input.
+    b.wait_text("#domain-facts", "50 minutes").await;
     b.click("#domain-settings input[name=removal_behavior][value=deactivate]")
         .await;
     b.click("#domain-settings button[type=submit]").await;

@@ -342,6 +342,7 @@ async function domainPage() {
     ["Client Secret", d.credentials?.secret_set ? "saved (never shown)" : "none"],
     ["Sync", d.sync_active ? "active" : "stopped (no credentials)"],
     ["Next sync", d.next_sync_at ? when(d.next_sync_at) : (d.sync_active ? "running or soon" : "—")],
+    ["Sync interval", `${d.sync_interval_minutes} minutes`],
     ["Auto Password Change (days)", d.auto_password_change_days ?? "off"],
     ["Behavior when removing a user from a sync group", d.removal_behavior],
     ["Sync group", d.sync_group], ["Rotation group", d.rotation_group],
@@ -1047,10 +1048,15 @@ async function appsPage() {
     f.redirect_uris.value = drawnApp.redirect_uris;
     f.post_logout_redirect_uris.value = drawnApp.post_logout_redirect_uris;
     f.id_token_signed_response_alg.value = a.id_token_signed_response_alg;
+    // The app's domains this page does not list (added since it loaded) stay on it too:
+    // a save that did not mean to change them must not drop them.
+    const listed = new Set(domains.map((d) => d.id));
+    const choices = [...domains.map((d) => [d.id, d.domain]),
+      ...a.domain_ids.filter((id) => !listed.has(id)).map((id) => [id, id])];
     const box = $("#e-domains");
-    box.replaceChildren(box.querySelector("legend"), ...domains.map((d) => el("label", {},
-      el("input", { type: "checkbox", name: "domain_ids", value: d.id, checked: a.domain_ids.includes(d.id) }),
-      ` ${d.domain}`)));
+    box.replaceChildren(box.querySelector("legend"), ...choices.map(([id, name]) => el("label", {},
+      el("input", { type: "checkbox", name: "domain_ids", value: id, checked: a.domain_ids.includes(id) }),
+      ` ${name}`)));
     $("#edit-app-title").textContent = `Edit “${a.name}”`;
     editCard.hidden = false;
     f.name.focus();

@@ -587,7 +587,7 @@ async fn enrol_page(
     };
     let sso = match who.allowed {
         Ok(sso) => sso,
-        Err(why) => return pages::cannot_enrol(&who.display_name, why),
+        Err(why) => return pages::cannot_enrol(&who.display_name, why, me),
     };
     let (flow, csrf) = flow_of(&ctx, &headers);
     // Holding a working link is what stores a flow here.
@@ -1621,6 +1621,7 @@ async fn second_factor_page(State(ctx): State<Ctx>, headers: HeaderMap) -> Respo
             .unwrap_or((false, false))
     };
     let origin = waiting_app_origin(&ctx, &flow);
+    let me = signed_in(&ctx, &headers).map(|(_, session)| session.csrf);
     let page = pages::second_factor(
         &csrf,
         &who.display_name,
@@ -1628,6 +1629,7 @@ async fn second_factor_page(State(ctx): State<Ctx>, headers: HeaderMap) -> Respo
         totp,
         None,
         origin.as_deref(),
+        me.as_deref(),
     );
     with_flow_cookie(&ctx, &headers, page, &flow)
 }
@@ -1766,6 +1768,7 @@ async fn signin_totp(
         .unwrap_or_default();
     let csrf = ctx.store.csrf_of(&flow);
     let origin = waiting_app_origin(&ctx, &flow);
+    let me = signed_in(&ctx, &headers).map(|(_, session)| session.csrf);
     let mut page = pages::second_factor(
         &csrf,
         &name,
@@ -1773,6 +1776,7 @@ async fn signin_totp(
         totp,
         Some(message),
         origin.as_deref(),
+        me.as_deref(),
     );
     *page.status_mut() = StatusCode::UNAUTHORIZED;
     page
@@ -1880,7 +1884,7 @@ async fn me_sign_in_again(
     };
     match form {
         Ok(Form(f)) if same_secret(&f.csrf, &session.csrf) => {}
-        _ => return pages::stale_form(),
+        _ => return pages::stale_form(&session.csrf),
     }
     let (flow, _) = flow_of(&ctx, &headers);
     let now = chrono::Utc::now();
@@ -2001,7 +2005,7 @@ async fn me_form(
     let form = match form {
         Ok(Form(f)) if same_secret(&f.csrf, &session.csrf) => f,
         _ => {
-            return pages::stale_form();
+            return pages::stale_form(&session.csrf);
         }
     };
     let command = command(&form);
@@ -2108,6 +2112,6 @@ async fn sign_out(
             );
             r
         }
-        _ => pages::stale_form(),
+        _ => pages::stale_form(&session.csrf),
     }
 }

@@ -1978,7 +1978,7 @@ async fn confirm_end_session(
         return signed_out_leaving_cookies(&ctx, &target);
     };
     if !same_secret(&csrf, &session.csrf) {
-        return super::pages::stale_form();
+        return super::pages::stale_form(&session.csrf);
     }
     ctx.store.close(&cookie);
     signed_out(&ctx, &target)

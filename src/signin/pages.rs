@@ -64,25 +64,42 @@ fn page(status: StatusCode, title: &str, csrf: &str, main: &str) -> Response {
 
 /// A page that explains a problem and what to do next.
 pub fn problem(status: StatusCode, title: &str, message: &str) -> Response {
+    problem_of(status, title, message, None)
+}
+
+/// [`problem`], with the sign-out bar and the way back to `/me` for a signed-in user.
+fn problem_of(
+    status: StatusCode,
+    title: &str,
+    message: &str,
+    session_csrf: Option<&str>,
+) -> Response {
     page(
         status,
         title,
         "",
         &format!(
-            "<h1>{}</h1>\n<p role=\"alert\">{}</p>\n<p><a href=\"/signin\">Go to sign-in</a></p>",
+            "{}<h1>{}</h1>\n<p role=\"alert\">{}</p>\n{}",
+            sign_out_bar(session_csrf),
             esc(title),
-            esc(message)
+            esc(message),
+            match session_csrf {
+                Some(_) => to_me(true),
+                None => "<p><a href=\"/signin\">Go to sign-in</a></p>",
+            }
         ),
     )
 }
 
 /// A form that came without the session's CSRF token (another site's, or a page older
-/// than the session): nothing was done.
-pub fn stale_form() -> Response {
-    problem(
+/// than the session): nothing was done. Only signed-in users post these forms, so the
+/// page is a signed-in one (`session_csrf`: the session's token).
+pub fn stale_form(session_csrf: &str) -> Response {
+    problem_of(
         StatusCode::FORBIDDEN,
         "Nothing was done",
         "This form did not come from your current idledger page. Reload the page and try again.",
+        Some(session_csrf),
     )
 }
 
@@ -221,16 +238,23 @@ pub fn link_gone(why: LinkGone, session_csrf: Option<&str>) -> Response {
     )
 }
 
-/// 403: the user may not enrol (not active, or SSO off).
-pub fn cannot_enrol(display_name: &str, why: SignInFailure) -> Response {
+/// 403: the user may not enrol (not active, or SSO off). `session_csrf`: the visitor's
+/// session's token, when they are signed in (as someone who may sign in).
+pub fn cannot_enrol(
+    display_name: &str,
+    why: SignInFailure,
+    session_csrf: Option<&str>,
+) -> Response {
     page(
         StatusCode::FORBIDDEN,
         "Enrolment not available",
         "",
         &format!(
-            "<h1>{}</h1>\n<p role=\"alert\">Enrolment is not available for your account: {}</p>",
+            "{}<h1>{}</h1>\n<p role=\"alert\">Enrolment is not available for your account: {}</p>\n{}",
+            sign_out_bar(session_csrf),
             esc(display_name),
-            esc(why.message())
+            esc(why.message()),
+            to_me(session_csrf.is_some())
         ),
     )
 }
@@ -356,7 +380,8 @@ pub fn signin(csrf: &str, session_csrf: Option<&str>) -> Response {
 }
 
 /// The second step after Entra ID: a typed code or a passkey. `app_origin` is the origin
-/// of the app waiting for this sign-in, where the code form's answer leads.
+/// of the app waiting for this sign-in, where the code form's answer leads;
+/// `session_csrf`, the token of a session already open in this browser (signing in again).
 pub fn second_factor(
     csrf: &str,
     display_name: &str,
@@ -364,9 +389,11 @@ pub fn second_factor(
     totp: bool,
     error: Option<&str>,
     app_origin: Option<&str>,
+    session_csrf: Option<&str>,
 ) -> Response {
     let mut main = format!(
-        "<h1>{}</h1>\n<p>Entra ID confirmed your password. Now your second factor.</p>\n",
+        "{}<h1>{}</h1>\n<p>Entra ID confirmed your password. Now your second factor.</p>\n",
+        sign_out_bar(session_csrf),
         esc(display_name)
     );
     if let Some(e) = error {

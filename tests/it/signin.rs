@@ -381,6 +381,19 @@ async fn entra_credentials_and_an_authenticator_code_enrol_and_sign_in_with_ever
     );
     assert!(me.contains(">Sign out</button>"), "{me}");
     assert!(me.contains("fed, otp"), "{me}");
+    // A form that did not come from this page changes nothing, and the page that says so
+    // is still a signed-in one: "Sign out" and the way back.
+    let (s, page, _) = v
+        .post_form(
+            &format!("{}/me/passkeys/nope/rename", w.app.public),
+            &[("csrf", "stale"), ("name", "x")],
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert!(
+        page.contains(">Sign out</button>") && page.contains("href=\"/me\""),
+        "{page}"
+    );
     // The link is used up: 410, and nothing to register on the page.
     let link = outbox_link(&w, ALEX);
     let (s, page, _) = v.get(&link).await;
@@ -1680,6 +1693,43 @@ async fn passkeys_belong_to_one_user_and_keep_their_rules() {
     ] {
         assert!(csv.contains(want), "{want} missing:\n{csv}");
     }
+    // The same from the command line, with its manifest, which `verify-export` holds to the
+    // server's log.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sign-ins.csv");
+    let run = |args: &[&str]| {
+        let o = crate::support::idledger()
+            .args(args)
+            .args(["--server", &w.app.url])
+            .env("IDLEDGER_TOKEN", &w.app.admin)
+            .output()
+            .unwrap();
+        let report = String::from_utf8_lossy(&o.stdout).into_owned();
+        (o.status.code(), report)
+    };
+    let (code, report) = run(&[
+        "export",
+        "--kind",
+        "sign-ins",
+        "--format",
+        "csv",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(0), "{report}");
+    let exported = std::fs::read_to_string(&out).unwrap();
+    assert!(exported.contains("fed hwk"), "{exported}");
+    let (code, report) = run(&["verify-export", out.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{report}");
+    // One row taken out: the manifest no longer holds.
+    let cut: String = exported
+        .lines()
+        .filter(|l| !l.contains("counter_went_back"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&out, cut).unwrap();
+    let (code, report) = run(&["verify-export", out.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{report}");
 }
 
 /// An admin's request: method, path, body.

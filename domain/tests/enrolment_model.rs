@@ -13,6 +13,8 @@
 //! registered twice; and a completed enrolment leaves the user a way to sign in with their
 //! method. The same model runs three broken rule sets, which must be caught.
 
+mod common;
+
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use idledger_domain::decide::signin::{self, EnrolmentStep, SignInCommand, MAX_PASSKEYS};
 use idledger_domain::decide::user::{evolve, Status, UserState};
@@ -195,29 +197,10 @@ impl Model {
             totp: false,
             totp_step: None,
         };
-        m.append(vec![
-            UserDiscovered {
-                user_id: UserId(uuid::Uuid::from_u128(1)),
-                domain_id: DomainId(uuid::Uuid::from_u128(0xd0)),
-                external_id: "e".into(),
-                attributes: UserAttributes {
-                    user_principal_name: "u@contoso.com".into(),
-                    display_name: "U".into(),
-                    mail: None,
-                    given_name: None,
-                    surname: None,
-                    account_enabled: true,
-                },
-            }
-            .into(),
-            UserImported {
-                sso: SsoSettings {
-                    enabled: true,
-                    method,
-                },
-            }
-            .into(),
-        ]);
+        m.append(common::imported_user(
+            DomainId(uuid::Uuid::from_u128(0xd0)),
+            method,
+        ));
         m
     }
 

@@ -12,6 +12,8 @@
 //! however old, ends its family. The same model runs three broken rule sets, which must be
 //! caught, so the model is known to have teeth.
 
+mod common;
+
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use idledger_domain::decide::refresh::{
     RefreshRequest, MAX_FAMILIES, MAX_FAMILIES_PER_APP, REFRESH_IDLE,
@@ -160,29 +162,7 @@ impl Model {
             families: Vec::new(),
             next_token: 1,
         };
-        m.append(vec![
-            UserDiscovered {
-                user_id: UserId(uuid::Uuid::from_u128(1)),
-                domain_id: DOMAIN,
-                external_id: "e".into(),
-                attributes: UserAttributes {
-                    user_principal_name: "u@contoso.com".into(),
-                    display_name: "U".into(),
-                    mail: None,
-                    given_name: None,
-                    surname: None,
-                    account_enabled: true,
-                },
-            }
-            .into(),
-            UserImported {
-                sso: SsoSettings {
-                    enabled: true,
-                    method: SsoMethod::Passwordless,
-                },
-            }
-            .into(),
-        ]);
+        m.append(common::imported_user(DOMAIN, SsoMethod::Passwordless));
         m
     }
 

@@ -90,19 +90,21 @@ async fn an_admin_runs_the_whole_workflow_in_the_browser_and_an_auditor_only_rea
     b.wait_text("#flash", "Settings saved").await;
     let facts = b.wait_text("#domain-facts", "60").await;
     assert!(facts.contains("delete"), "{facts}");
-    let (_, domains) = app
-        .call(Some(&app.admin), Method::GET, "/v1/domains", None)
-        .await;
-    let saved = &domains["items"][0];
-    assert_eq!(
-        (
-            &saved["auto_password_change_days"],
-            &saved["removal_behavior"],
-            &saved["sync_interval_minutes"]
-        ),
-        (&json!(60), &json!("delete"), &json!(45)),
-        "{saved}"
-    );
+    // The settings the API holds: days, removal behaviour, sync interval.
+    let settings = || async {
+        let (_, domains) = app
+            .call(Some(&app.admin), Method::GET, "/v1/domains", None)
+            .await;
+        let d = &domains["items"][0];
+        let held = [
+            d["auto_password_change_days"].clone(),
+            d["removal_behavior"].clone(),
+            d["sync_interval_minutes"].clone(),
+        ];
+        (held, d["id"].as_str().unwrap().to_owned())
+    };
+    let (held, domain_id) = settings().await;
+    assert_eq!(held, [json!(60), json!("delete"), json!(45)]);
     // Back to what the rest of this walk expects. Meanwhile another admin changes the
     // sync interval through the API: the form, being edited, is not redrawn under the
     // admin, and its save sends only what the admin changed, so the other change stands.
@@ -111,7 +113,7 @@ async fn an_admin_runs_the_whole_workflow_in_the_browser_and_an_auditor_only_rea
         .call(
             Some(&app.admin),
             Method::PATCH,
-            &format!("/v1/domains/{}", saved["id"].as_str().unwrap()),
+            &format!("/v1/domains/{domain_id}"),
             Some(json!({"sync_interval_minutes": 50})),
         )
         .await;
@@ -122,19 +124,8 @@ async fn an_admin_runs_the_whole_workflow_in_the_browser_and_an_auditor_only_rea
         .await;
     b.click("#domain-settings button[type=submit]").await;
     b.wait_text("#flash", "Settings saved").await;
-    let (_, domains) = app
-        .call(Some(&app.admin), Method::GET, "/v1/domains", None)
-        .await;
-    let saved = &domains["items"][0];
-    assert_eq!(
-        (
-            &saved["auto_password_change_days"],
-            &saved["removal_behavior"],
-            &saved["sync_interval_minutes"]
-        ),
-        (&json!(30), &json!("deactivate"), &json!(50)),
-        "{saved}"
-    );
+    let (held, _) = settings().await;
+    assert_eq!(held, [json!(30), json!("deactivate"), json!(50)]);
 
     // What a run would do, a page of changes at a time.
     b.click("#sync-dry").await;

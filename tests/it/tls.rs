@@ -36,15 +36,7 @@ async fn sync_rotation_and_graph_check_take_the_tls_path() {
     );
     // Every handshake named the host (SNI: Graph's front ends route by it) and offered
     // HTTP/1.1 by ALPN.
-    let stats: Value = w
-        .sim_http
-        .get(format!("{}/_sim/stats", w.sim))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats = w.sim_get("/_sim/stats").await;
     let hellos = stats["tls_hellos"].as_array().unwrap();
     assert!(hellos.len() >= 2, "{stats}");
     for hello in hellos {

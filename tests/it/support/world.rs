@@ -219,8 +219,13 @@ impl World {
 
     /// Every request graphsim received, oldest first.
     pub async fn sim_requests(&self) -> Vec<Value> {
+        serde_json::from_value(self.sim_get("/_sim/requests").await).unwrap()
+    }
+
+    /// A graphsim control route's answer.
+    pub async fn sim_get(&self, path: &str) -> Value {
         self.sim_http
-            .get(format!("{}/_sim/requests", self.sim))
+            .get(format!("{}{path}", self.sim))
             .send()
             .await
             .unwrap()

@@ -182,7 +182,7 @@ fn add_domain() -> String {
         r#"
 <section class="card" aria-labelledby="add-title">
 <h2 id="add-title">Add domain settings</h2>
-<form id="add-domain" class="grid">
+<form id="add-domain" method="post" class="grid">
   <label for="d-domain">Domain</label>
   <input id="d-domain" name="domain" required placeholder="contoso.onmicrosoft.com">
   <label for="d-client">Application ID</label>
@@ -242,7 +242,7 @@ fn domain_admin() -> String {
 <section class="card" aria-labelledby="sso-title">
 <h2 id="sso-title">Default Single Sign-On Settings</h2>
 <p id="sso-defaults-note">Given to users as they are imported from now on; a user already imported keeps theirs (change it on the user's page).</p>
-<form id="sso-defaults" class="grid">
+<form id="sso-defaults" method="post" class="grid">
   <label for="sso-enabled">SSO</label>
   <select id="sso-enabled" name="enabled"><option value="true">On</option><option value="false">Off</option></select>
   <label for="sso-method">Login method</label>
@@ -252,7 +252,7 @@ fn domain_admin() -> String {
 </section>
 <section class="card" aria-labelledby="settings-title">
 <h2 id="settings-title">Domain settings</h2>
-<form id="domain-settings" class="grid">{DOMAIN_SETTINGS}
+<form id="domain-settings" method="post" class="grid">{DOMAIN_SETTINGS}
   <label for="d-interval">Sync every (minutes)</label>
   <input id="d-interval" name="sync_interval_minutes" type="number" min="1" max="1440" required>
   <div class="actions wide"><button type="submit">Save settings</button></div>
@@ -261,7 +261,7 @@ fn domain_admin() -> String {
 <section class="card" aria-labelledby="cred-title">
 <h2 id="cred-title">Credentials</h2>
 <p>The client secret is never shown again after saving.</p>
-<form id="replace-secret" class="grid">
+<form id="replace-secret" method="post" class="grid">
   <label for="cred-tenant" data-new-credentials hidden>Tenant ID</label>
   <input id="cred-tenant" name="tenant_id" autocomplete="off" data-new-credentials hidden disabled>
   <label for="cred-client" data-new-credentials hidden>Application ID</label>
@@ -334,7 +334,7 @@ pub(super) async fn import(
         let main = format!(
             r#"<section class="card">
 <p id="sso-note"></p>
-<form id="candidate-search" class="search" role="search">
+<form id="candidate-search" method="post" class="search" role="search">
   <label for="cq">Search candidates</label>
   <input id="cq" name="q" type="search" placeholder="name or principal name">
   <button type="submit">Search</button>
@@ -351,7 +351,7 @@ pub(super) async fn import(
 pub(super) async fn users(State(s): State<AppState>, headers: HeaderMap) -> Response {
     signed_in(&s, &headers, |v| {
         let main = r#"<section class="card">
-<form id="user-search" class="search" role="search">
+<form id="user-search" method="post" class="search" role="search">
   <label for="uq">Search</label>
   <input id="uq" name="q" type="search" placeholder="name or principal name">
   <label for="udomain">Domain</label>
@@ -380,19 +380,19 @@ const USER_ADMIN: &str = r#"
   <button type="button" id="invite">Send invite</button>
   <button type="button" id="unlock-sign-in">Lift sign-in locks</button>
 </div>
-<form id="assign-key" class="grid">
+<form id="assign-key" method="post" class="grid">
   <label for="key-id">Hardware key</label>
   <input id="key-id" name="key_id" required placeholder="key id">
   <div class="actions wide"><button type="submit">Assign key</button>
   <button type="button" id="unassign-key">Take key away</button>
   <button type="button" id="rewrite-key">Write the key again</button></div>
 </form>
-<form id="sso-override" class="grid">
+<form id="sso-override" method="post" class="grid">
   <label for="ov">SSO override</label>
   <select id="ov" name="override"><option value="">Domain default</option><option value="on-passwordless">On, passwordless</option><option value="on-password_and_second_factor">On, password and second factor</option><option value="off">Off</option></select>
   <div class="actions wide"><button type="submit">Save override</button></div>
 </form>
-<form id="reveal" class="grid">
+<form id="reveal" method="post" class="grid">
   <label for="reason">Reason for revealing the password</label>
   <input id="reason" name="reason" required minlength="3" placeholder="who asked, and why">
   <div class="actions wide"><button type="submit" class="danger">Reveal password</button></div>
@@ -412,7 +412,7 @@ pub(super) async fn user(
         let admin = if v.admin() { USER_ADMIN } else { "" };
         let main = format!(
             r#"<section class="card">
-<form id="as-of" class="search">
+<form id="as-of" method="post" class="search">
   <label for="at">As of</label>
   <input id="at" name="at" type="datetime-local" step="1">
   <button type="submit">Show</button>
@@ -436,7 +436,7 @@ pub(super) async fn user(
 pub(super) async fn rotations(State(s): State<AppState>, headers: HeaderMap) -> Response {
     signed_in(&s, &headers, |v| {
         let main = r#"<section class="card">
-<form id="upcoming-form" class="search">
+<form id="upcoming-form" method="post" class="search">
   <label for="within">Next days</label>
   <input id="within" name="within_days" type="number" min="1" max="3650" value="30">
   <button type="submit">Show</button>
@@ -445,7 +445,7 @@ pub(super) async fn rotations(State(s): State<AppState>, headers: HeaderMap) -> 
 </section>
 <section class="card" aria-labelledby="recent-title">
 <h2 id="recent-title">Recent outcomes</h2>
-<form id="recent-form" class="search">
+<form id="recent-form" method="post" class="search">
   <label for="recent-outcome">Outcome</label>
   <select id="recent-outcome" name="outcome"><option value="">All</option><option value="failed">Refused by Graph</option><option value="unknown">Unknown, tried again</option><option value="pending">In flight</option><option value="succeeded">Succeeded</option></select>
   <button type="submit">Show</button>
@@ -466,7 +466,7 @@ pub(super) async fn audit(State(s): State<AppState>, headers: HeaderMap) -> Resp
 </section>
 <section class="card" aria-labelledby="exp-title">
 <h2 id="exp-title">Exports</h2>
-<form id="export-form" class="grid">
+<form id="export-form" method="post" class="grid">
   <label for="kind">Kind</label>
   <select id="kind" name="kind"><option value="password-changes">Password changes</option><option value="events">Events</option><option value="users">Users</option><option value="sign-ins">Sign-ins</option></select>
   <label for="format">Format</label>
@@ -484,7 +484,7 @@ pub(super) async fn audit(State(s): State<AppState>, headers: HeaderMap) -> Resp
 <h2 id="ver-title">Verify an export</h2>
 <p>Drop an export and its manifest here, or choose them: the server runs the manifest's query
 again on the log and compares every row.</p>
-<form id="verify-export" class="grid drop">
+<form id="verify-export" method="post" class="grid drop">
   <label for="export-file">Export file</label>
   <input id="export-file" name="file" type="file" accept=".csv,.jsonl">
   <label for="manifest-file">Manifest</label>
@@ -505,7 +505,7 @@ again on the log and compares every row.</p>
 const ADD_APP: &str = r#"
 <section class="card" id="edit-app-card" aria-labelledby="edit-app-title" hidden>
 <h2 id="edit-app-title">Edit app</h2>
-<form id="edit-app" class="grid">
+<form id="edit-app" method="post" class="grid">
   <label for="e-name">Name</label>
   <input id="e-name" name="name" required maxlength="200">
   <label for="e-redirects">Redirect URIs</label>
@@ -525,7 +525,7 @@ const ADD_APP: &str = r#"
 <h2 id="add-app-title">Register an app</h2>
 <p>Users of the chosen domains sign in to the app through idledger (OpenID Connect); no
 consent screen: an app registered here is approved by you.</p>
-<form id="add-app" class="grid">
+<form id="add-app" method="post" class="grid">
   <label for="a-name">Name</label>
   <input id="a-name" name="name" required maxlength="200" placeholder="Payroll">
   <label for="a-redirects">Redirect URIs</label>
@@ -554,7 +554,7 @@ pub(super) async fn apps(State(s): State<AppState>, headers: HeaderMap) -> Respo
         let (add, rotate) = if v.admin() {
             (
                 ADD_APP,
-                r#"<form id="rotate-key" class="search">
+                r#"<form id="rotate-key" method="post" class="search">
   <label for="k-alg">Algorithm</label>
   <select id="k-alg" name="alg"><option>ES256</option><option>RS256</option></select>
   <button type="submit">Rotate signing key</button>
@@ -578,4 +578,25 @@ pub(super) async fn apps(State(s): State<AppState>, headers: HeaderMap) -> Respo
         );
         layout(v, "Apps", "apps", "apps", "", &main)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    /// A form sent before the page's script took it over (Enter pressed while the page
+    /// loads, or a script that failed) goes as the browser's own request: with `GET`, its
+    /// fields (a client secret among them) would land in the address bar, the history and
+    /// every proxy's log. Every form of the console posts, so a stray one is refused and
+    /// leaves nothing anywhere.
+    #[test]
+    fn every_form_posts_so_nothing_typed_lands_in_a_url() {
+        let source = include_str!("pages.rs");
+        let forms: Vec<&str> = source
+            .lines()
+            .filter(|l| l.contains("<form") && !l.contains("l.contains"))
+            .collect();
+        assert!(forms.len() >= 17, "{forms:?}");
+        for form in forms {
+            assert!(form.contains(r#"method="post""#), "{form}");
+        }
+    }
 }

@@ -25,6 +25,34 @@ impl Browser {
         }
         self.click("#verify-export button[type=submit]").await;
     }
+
+    /// The controls of the page an auditor may have: the forms that only read (search,
+    /// "as of", listings, exports, verifying an upload), pagers, a run's details, Verify
+    /// chain, Hide. Anything else (a command added later, say) fails here by name, not
+    /// only the commands a test thought to list.
+    async fn only_reading_controls(&self) {
+        let found = self
+            .client
+            .execute(
+                r##"const reading = new Set(["candidate-search", "user-search", "as-of",
+                     "upcoming-form", "recent-form", "export-form", "verify-export", "users-filter"]);
+                   const allowed = new Set(["verify-chain", "download-manifest", "hide-secret",
+                     "candidates-more", "users-more"]);
+                   return [...document.querySelectorAll(
+                       "main button, main form, main input[type=checkbox], main select, main textarea")]
+                     .filter((e) => !reading.has(e.closest("form")?.id))
+                     .filter((e) => !(e.tagName === "FORM" && reading.has(e.id)))
+                     .filter((e) => !allowed.has(e.id))
+                     .filter((e) => !("next" in e.dataset || "first" in e.dataset))
+                     .filter((e) => !e.closest("#runs"))
+                     .map((e) => `${e.tagName.toLowerCase()}#${e.id} ${e.textContent.trim().slice(0, 40)}`);"##,
+                vec![],
+            )
+            .await
+            .unwrap();
+        let page = self.client.current_url().await.unwrap();
+        assert_eq!(found, json!([]), "controls shown to an auditor on {page}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -143,6 +171,11 @@ async fn an_admin_runs_the_whole_workflow_in_the_browser_and_an_auditor_only_rea
         "the dry run's report outlived the run"
     );
     b.wait_text("#runs", "succeeded").await;
+    // From the top: the bar and the domain's facts, not wherever the last click left it.
+    b.client
+        .execute("window.scrollTo(0, 0)", vec![])
+        .await
+        .unwrap();
     b.screenshot("console-domain").await;
     // The domain's workstation logon certificate, in force since registration.
     b.wait_text("#certificates", "current").await;
@@ -399,8 +432,10 @@ async fn an_admin_runs_the_whole_workflow_in_the_browser_and_an_auditor_only_rea
     b.sign_in(&base, &auditor).await;
     b.wait_text("#domains", "contoso.onmicrosoft.com").await;
     assert!(!b.present("#add-domain").await && !b.present("#test-connection").await);
+    b.only_reading_controls().await;
     b.goto(&format!("{base}/console/domains/{id}")).await;
     b.wait_text("#runs", "succeeded").await;
+    b.only_reading_controls().await;
     for command in [
         "#sync-now",
         "#sync-dry",
@@ -419,6 +454,7 @@ async fn an_admin_runs_the_whole_workflow_in_the_browser_and_an_auditor_only_rea
     for command in ["#import-selected", "#import-all", "#candidates input"] {
         assert!(!b.present(command).await, "{command} shown to an auditor");
     }
+    b.only_reading_controls().await;
     b.goto(&format!("{base}/console/users")).await;
     b.fill("#uq", "alex").await;
     b.click("#user-search button[type=submit]").await;
@@ -436,6 +472,13 @@ async fn an_admin_runs_the_whole_workflow_in_the_browser_and_an_auditor_only_rea
         "#invite",
     ] {
         assert!(!b.present(command).await, "{command} shown to an auditor");
+    }
+    b.only_reading_controls().await;
+    for page in ["rotations", "apps", "audit"] {
+        b.goto(&format!("{base}/console/{page}")).await;
+        b.wait_text("main", "").await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        b.only_reading_controls().await;
     }
     // The auditor verifies an export by upload: as downloaded it matches; one byte changed,
     // the page names the first differing row.

@@ -37,7 +37,7 @@ impl Browser {
                 r##"const reading = new Set(["candidate-search", "user-search", "as-of",
                      "upcoming-form", "recent-form", "export-form", "verify-export", "users-filter"]);
                    const allowed = new Set(["verify-chain", "download-manifest", "hide-secret",
-                     "candidates-more", "users-more"]);
+                     "candidates-more", "users-more", "candidates-first", "users-first"]);
                    return [...document.querySelectorAll(
                        "main button, main form, main input[type=checkbox], main select, main textarea")]
                      .filter((e) => !reading.has(e.closest("form")?.id))
@@ -171,6 +171,14 @@ async fn an_admin_runs_the_whole_workflow_in_the_browser_and_an_auditor_only_rea
         "the dry run's report outlived the run"
     );
     b.wait_text("#runs", "succeeded").await;
+    // Each pager says whose pages it turns (a page holds several).
+    let pager = b
+        .css("[data-next=runs]")
+        .await
+        .attr("aria-label")
+        .await
+        .unwrap();
+    assert_eq!(pager.as_deref(), Some("Next page of Runs"));
     // From the top: the bar and the domain's facts, not wherever the last click left it.
     b.client
         .execute("window.scrollTo(0, 0)", vec![])
@@ -1167,6 +1175,14 @@ async fn a_next_page_keeps_its_query_and_names_stay_text() {
         assert!(std::time::Instant::now() < deadline, "no second page: {n}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Back to the first page of that listing (the edited query still not applied).
+    b.click("#users-first").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while b.client.execute(rows, vec![]).await.unwrap().as_u64() != Some(50) {
+        assert!(std::time::Instant::now() < deadline, "no first page again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!b.present("#users-first:not([hidden])").await);
     // Applied: the search now holds.
     b.click("#user-search button[type=submit]").await;
     b.wait_text("#users", "No users match").await;

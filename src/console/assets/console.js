@@ -123,8 +123,11 @@ function facts(dl, pairs) {
 /// filter in it) when the first page loads; `row` makes a row. Answers the function that
 /// loads the first page again.
 function pagedTable(table, query, row, empty) {
-  const first = el("button", { type: "button", hidden: true, "data-first": table.id }, "First page");
-  const more = el("button", { type: "button", hidden: true, "data-next": table.id }, "Next page");
+  // Named by their table's heading: a page with several tables has several pagers, and a
+  // screen reader lists buttons by name.
+  const of = table.closest("section")?.querySelector("h2")?.textContent ?? table.id;
+  const first = el("button", { type: "button", hidden: true, "data-first": table.id, "aria-label": `First page of ${of}` }, "First page");
+  const more = el("button", { type: "button", hidden: true, "data-next": table.id, "aria-label": `Next page of ${of}` }, "Next page");
   table.after(el("div", { class: "pager" }, first, more));
   const pages = pager(query, (page, after) => {
     fill(table, page.items.map(row), typeof empty === "function" ? empty() : empty);
@@ -153,6 +156,8 @@ function pager(query, show) {
   return {
     first: () => { base = query(); cursor = null; return load(base, null); },
     next: () => (cursor ? load(base, cursor) : Promise.resolve()),
+    // Back to the first page of the listing shown, not of a query edited since.
+    again: () => (base ? load(base, null) : Promise.resolve()),
   };
 }
 
@@ -582,7 +587,8 @@ async function importPage() {
     const params = new URLSearchParams({ limit: "50" });
     if (q) params.set("q", q);
     return `/v1/domains/${pageId}/candidates?${params}`;
-  }, (page) => {
+  }, (page, after) => {
+    $("#candidates-first").hidden = !after;
     fill($("#candidates"), page.items.map((u) => el("tr", {},
       el("td", {}, admin ? el("input", { type: "checkbox", value: u.id, "aria-label": `Select ${u.display_name}` }) : ""),
       el("td", {}, u.display_name), el("td", {}, u.user_principal_name), el("td", {}, u.mail ?? ""))),
@@ -592,6 +598,7 @@ async function importPage() {
   const load = (reset) => reset ? pages.first() : pages.next();
   $("#candidate-search").addEventListener("submit", (e) => { e.preventDefault(); load(true).catch((x) => flash(x.message, "error")); });
   $("#candidates-more").addEventListener("click", () => load(false).catch((x) => flash(x.message, "error")));
+  $("#candidates-first").addEventListener("click", () => pages.again().catch((x) => flash(x.message, "error")));
   await load(true);
   if (!admin) return;
   wire($("#import-selected"), async () => {
@@ -629,7 +636,8 @@ async function usersPage() {
     at = f.elements.at.value ? new Date(f.elements.at.value).toISOString() : null;
     if (at) params.set("at", at);
     return `/v1/users?${params}`;
-  }, (page) => {
+  }, (page, after) => {
+    $("#users-first").hidden = !after;
     $("h1").textContent = "Users" + (at ? ` (as of ${when(at)})` : "");
     fill($("#users"), page.items.map((u) => el("tr", {},
       el("td", {}, el("a", { href: `/console/users/${u.id}` }, u.display_name)),
@@ -645,6 +653,7 @@ async function usersPage() {
   const load = (reset) => reset ? pages.first() : pages.next();
   $("#user-search").addEventListener("submit", (e) => { e.preventDefault(); load(true).catch((x) => flash(x.message, "error")); });
   $("#users-more").addEventListener("click", () => load(false).catch((x) => flash(x.message, "error")));
+  $("#users-first").addEventListener("click", () => pages.again().catch((x) => flash(x.message, "error")));
   await load(true);
 }
 

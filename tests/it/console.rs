@@ -487,6 +487,11 @@ async fn an_admin_runs_the_whole_workflow_in_the_browser_and_an_auditor_only_rea
         b.wait_text("main", "").await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         b.only_reading_controls().await;
+        if page == "rotations" {
+            // What an auditor sees: the same figures, no command.
+            b.wait_text("#recent", "succeeded").await;
+            b.screenshot("console-rotations-auditor").await;
+        }
     }
     // The auditor verifies an export by upload: as downloaded it matches; one byte changed,
     // the page names the first differing row.

@@ -31,14 +31,29 @@ pub fn app(state: AppState) -> Router {
             get(sign_in_link_page).post(sign_in_link),
         )
         .route("/console/sign-out", post(sign_out))
-        .route("/console/domains", get(pages::domains))
-        .route("/console/domains/{id}", get(pages::domain))
-        .route("/console/domains/{id}/import", get(pages::import))
-        .route("/console/users", get(pages::users))
-        .route("/console/users/{id}", get(pages::user))
-        .route("/console/rotations", get(pages::rotations))
-        .route("/console/audit", get(pages::audit))
-        .route("/console/apps", get(pages::apps))
+        .route(
+            "/console/domains",
+            get(pages::domains).post(form_before_script),
+        )
+        .route(
+            "/console/domains/{id}",
+            get(pages::domain).post(form_before_script),
+        )
+        .route(
+            "/console/domains/{id}/import",
+            get(pages::import).post(form_before_script),
+        )
+        .route("/console/users", get(pages::users).post(form_before_script))
+        .route(
+            "/console/users/{id}",
+            get(pages::user).post(form_before_script),
+        )
+        .route(
+            "/console/rotations",
+            get(pages::rotations).post(form_before_script),
+        )
+        .route("/console/audit", get(pages::audit).post(form_before_script))
+        .route("/console/apps", get(pages::apps).post(form_before_script))
         .route("/console/assets/{file}", get(asset))
         .layer(axum::middleware::map_response(page_headers))
         .with_state(state.clone());
@@ -54,6 +69,13 @@ pub fn app(state: AppState) -> Router {
             crate::http::timeout,
         ))
         .layer(axum::middleware::from_fn(crate::http::record_request))
+}
+
+/// A page's form sent by the browser itself (Enter pressed before the page's script took
+/// the form over, or a script that failed): nothing is read or done, and the browser is
+/// sent back to the page, so that no reload or Back offers to send what was typed again.
+async fn form_before_script(uri: axum::http::Uri) -> Response {
+    Redirect::to(uri.path()).into_response()
 }
 
 /// Who is looking at a page.

@@ -341,8 +341,8 @@ pub(super) async fn import(
 </form>
 {actions}
 <table id="candidates"><thead><tr><th><span class="sr">Select</span></th><th>Name</th><th>Principal name</th><th>Mail</th></tr></thead><tbody></tbody></table>
-<div class="pager"><button type="button" id="candidates-first" hidden>First page</button>
-<button type="button" id="candidates-more" hidden>Next page</button></div>
+<div class="pager"><button type="button" id="candidates-first" aria-label="First page of candidates" hidden>First page</button>
+<button type="button" id="candidates-more" aria-label="Next page of candidates" hidden>Next page</button></div>
 </section>"#
         );
         layout(v, "Import from Entra ID", "users", "import", &id, &main)
@@ -365,8 +365,8 @@ pub(super) async fn users(State(s): State<AppState>, headers: HeaderMap) -> Resp
 </form>
 <p id="import-links" class="note"></p>
 <table id="users"><thead><tr><th>Name</th><th>Principal name</th><th>Status</th><th>Key</th><th>SSO</th><th>Rotation due</th></tr></thead><tbody></tbody></table>
-<div class="pager"><button type="button" id="users-first" hidden>First page</button>
-<button type="button" id="users-more" hidden>Next page</button></div>
+<div class="pager"><button type="button" id="users-first" aria-label="First page of users" hidden>First page</button>
+<button type="button" id="users-more" aria-label="Next page of users" hidden>Next page</button></div>
 </section>"#;
         layout(v, "Users", "users", "users", "", main)
     })

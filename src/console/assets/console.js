@@ -122,10 +122,10 @@ function facts(dl, pairs) {
 /// `table` shown a page at a time: `query()` is the first page's address, read (with any
 /// filter in it) when the first page loads; `row` makes a row. Answers the function that
 /// loads the first page again.
-function pagedTable(table, query, row, empty) {
+function pagedTable(table, query, row, empty, label) {
   // Named by their table's heading: a page with several tables has several pagers, and a
   // screen reader lists buttons by name.
-  const of = table.closest("section")?.querySelector("h2")?.textContent ?? table.id;
+  const of = label ?? table.closest("section")?.querySelector("h2")?.textContent ?? table.id;
   const first = el("button", { type: "button", hidden: true, "data-first": table.id, "aria-label": `First page of ${of}` }, "First page");
   const more = el("button", { type: "button", hidden: true, "data-next": table.id, "aria-label": `Next page of ${of}` }, "Next page");
   table.after(el("div", { class: "pager" }, first, more));
@@ -135,7 +135,8 @@ function pagedTable(table, query, row, empty) {
     first.hidden = !after;
   });
   more.addEventListener("click", () => pages.next().catch((e) => flash(e.message, "error")));
-  first.addEventListener("click", () => pages.first().catch((e) => flash(e.message, "error")));
+  // The first page of the listing shown, not of a filter edited but not applied.
+  first.addEventListener("click", () => pages.again().catch((e) => flash(e.message, "error")));
   return pages.first;
 }
 
@@ -384,7 +385,7 @@ async function domainPage() {
         () => `/v1/domains/${pageId}/sync-runs/${held.run_id}/held-removals?limit=50`,
         (h) => el("tr", {},
           el("td", {}, el("a", { href: `/console/users/${h.user_id}` }, h.display_name ?? h.user_id)),
-          el("td", {}, h.user_principal_name ?? "—")), "None left.")();
+          el("td", {}, h.user_principal_name ?? "—")), "None left.", "held removals")();
       wire($("#approve"), async () => {
         await api("POST", `/v1/domains/${pageId}/sync-runs/${held.run_id}/approve`);
         flash(held.approved ? "Removals finished." : "Removals approved.");
@@ -792,7 +793,8 @@ async function rotationsPage() {
     () => `/v1/rotations/upcoming?within_days=${encodeURIComponent($("#within").value || "30")}&limit=100`,
   (r) => el("tr", {},
     el("td", {}, el("a", { href: `/console/users/${r.user_id}` }, r.user_principal_name)),
-    el("td", {}, when(r.due_at)), el("td", {}, r.reason)), "No rotation is due in that time.");
+    el("td", {}, when(r.due_at)), el("td", {}, r.reason)), "No rotation is due in that time.",
+  "upcoming rotations");
   $("#upcoming-form").addEventListener("submit", (e) => { e.preventDefault(); load().catch((x) => flash(x.message, "error")); });
   await load();
   const recent = pagedTable($("#recent"), () => {

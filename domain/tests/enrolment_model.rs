@@ -22,7 +22,7 @@ use idledger_domain::decide::Rejection;
 use idledger_domain::events::*;
 use idledger_domain::*;
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestError, TestRunner};
+use proptest::test_runner::TestError;
 use std::collections::BTreeSet;
 
 type Decide = fn(&UserState, SignInCommand) -> Result<Vec<Event>, Rejection>;
@@ -525,20 +525,11 @@ fn run_model(
     cases: u32,
     counting: bool,
 ) -> Result<(), TestError<(SsoMethod, Vec<Step>)>> {
-    let mut runner = TestRunner::new(Config {
-        cases,
-        failure_persistence: None,
-        ..Config::default()
-    });
-    runner.run(
+    common::runner(cases).run(
         &(method(), proptest::collection::vec(step(), 1..80)),
         |(method, steps)| {
             let mut m = Model::new(decide, method, counting);
-            for s in &steps {
-                m.run(s)
-                    .map_err(|e| TestCaseError::fail(format!("{e} at {s:?}")))?;
-            }
-            Ok(())
+            common::each_step(&steps, |s| m.run(s))
         },
     )
 }

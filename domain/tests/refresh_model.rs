@@ -24,7 +24,7 @@ use idledger_domain::decide::Rejection;
 use idledger_domain::events::*;
 use idledger_domain::*;
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestError, TestRunner};
+use proptest::test_runner::TestError;
 
 type Decide = fn(&UserState, SignInCommand) -> Result<Vec<Event>, Rejection>;
 
@@ -451,18 +451,9 @@ fn signin_status_active() -> idledger_domain::decide::user::Status {
 }
 
 fn run_model(decide: Decide, cases: u32) -> Result<(), TestError<Vec<Step>>> {
-    let mut runner = TestRunner::new(Config {
-        cases,
-        failure_persistence: None,
-        ..Config::default()
-    });
-    runner.run(&proptest::collection::vec(step(), 1..120), |steps| {
+    common::runner(cases).run(&proptest::collection::vec(step(), 1..120), |steps| {
         let mut m = Model::new(decide);
-        for s in &steps {
-            m.run(s)
-                .map_err(|e| TestCaseError::fail(format!("{e} at {s:?}")))?;
-        }
-        Ok(())
+        common::each_step(&steps, |s| m.run(s))
     })
 }
 

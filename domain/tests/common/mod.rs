@@ -30,3 +30,24 @@ pub fn imported_user(domain: DomainId, method: SsoMethod) -> Vec<Event> {
         .into(),
     ]
 }
+
+/// A runner of `cases` cases that keeps no failure files: a model's failure prints its
+/// steps, and the broken rule sets each model runs to show its teeth would fill them.
+pub fn runner(cases: u32) -> proptest::test_runner::TestRunner {
+    proptest::test_runner::TestRunner::new(proptest::test_runner::Config {
+        cases,
+        failure_persistence: None,
+        ..proptest::test_runner::Config::default()
+    })
+}
+
+/// Runs every step through `run`, failing with the step that broke a rule.
+pub fn each_step<S: std::fmt::Debug>(
+    steps: &[S],
+    mut run: impl FnMut(&S) -> Result<(), String>,
+) -> Result<(), proptest::test_runner::TestCaseError> {
+    for s in steps {
+        run(s).map_err(|e| proptest::test_runner::TestCaseError::fail(format!("{e} at {s:?}")))?;
+    }
+    Ok(())
+}

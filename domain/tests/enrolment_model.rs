@@ -17,7 +17,7 @@ mod common;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use idledger_domain::decide::signin::{self, EnrolmentStep, SignInCommand, MAX_PASSKEYS};
-use idledger_domain::decide::user::{evolve, Status, UserState};
+use idledger_domain::decide::user::{Status, UserState};
 use idledger_domain::decide::Rejection;
 use idledger_domain::events::*;
 use idledger_domain::*;
@@ -154,9 +154,7 @@ struct Model {
     decide: Decide,
     /// Counted in [`SEEN`] (the real rules' runs only).
     counting: bool,
-    log: Vec<Event>,
-    /// The state folded step by step, as a running server holds it.
-    running: UserState,
+    stream: common::UserLog,
     now: DateTime<Utc>,
     /// Every link sent, with its expiry.
     sent: Vec<(LinkId, DateTime<Utc>)>,
@@ -182,8 +180,7 @@ impl Model {
         let mut m = Model {
             decide,
             counting,
-            log: Vec::new(),
-            running: UserState::default(),
+            stream: common::UserLog::default(),
             now: Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
             sent: Vec::new(),
             used: false,
@@ -205,15 +202,11 @@ impl Model {
     }
 
     fn append(&mut self, events: Vec<Event>) {
-        for e in events {
-            self.running = evolve(std::mem::take(&mut self.running), &e);
-            self.log.push(e);
-        }
+        self.stream.append(events);
     }
 
-    /// The state a restarted server folds from the log.
     fn folded(&self) -> UserState {
-        self.log.iter().fold(UserState::default(), evolve)
+        self.stream.folded()
     }
 
     fn set_sso(&mut self) {
@@ -241,7 +234,7 @@ impl Model {
         fate: Fate,
         expected: bool,
     ) -> Result<Option<Vec<Event>>, String> {
-        let before = self.log.len();
+        let before = self.stream.log.len();
         let decided = (self.decide)(&self.folded(), command.clone());
         if decided.is_ok() != expected {
             return Err(format!(
@@ -256,7 +249,7 @@ impl Model {
             Fate::Crashed => Ok(None),
             Fate::Answered | Fate::Lost => {
                 self.append(events.clone());
-                debug_assert!(self.log.len() >= before);
+                debug_assert!(self.stream.log.len() >= before);
                 Ok(Some(events))
             }
         }
@@ -281,7 +274,7 @@ impl Model {
     }
 
     fn run(&mut self, step: &Step) -> Result<(), String> {
-        let logged = self.log.len();
+        let logged = self.stream.log.len();
         let newest = self.sent.len().saturating_sub(1);
         let step = &match step.clone() {
             Step::Begin {
@@ -345,7 +338,7 @@ impl Model {
                     at: self.now,
                 };
                 if let Some(events) = self.decide(command, fate, expected)? {
-                    let started_before = self.log[..logged].iter().any(
+                    let started_before = self.stream.log[..logged].iter().any(
                         |e| matches!(e, Event::EnrolmentStarted(s) if s.link_id == link_id(n)),
                     );
                     let kinds: Vec<&str> = events.iter().map(Event::kind).collect();
@@ -484,13 +477,13 @@ impl Model {
 
     /// What must hold of the log and the state after every step.
     fn check(&self) -> Result<(), String> {
-        if self.folded() != self.running {
+        if self.folded() != self.stream.running {
             return Err("the state folded from the log differs from the running state".into());
         }
         let mut completed = BTreeSet::new();
         let mut started = BTreeSet::new();
         let mut credentials = BTreeSet::new();
-        for e in &self.log {
+        for e in &self.stream.log {
             match e {
                 Event::EnrolmentCompleted(c) if !completed.insert(c.link_id) => {
                     return Err(format!("link {:?} completed twice", c.link_id));
@@ -510,7 +503,7 @@ impl Model {
         // Whoever finished enrolling has what their method asks for (until an admin
         // changes the method: then the next invite enrols them again).
         if !completed.is_empty() {
-            let s = &self.running.signin;
+            let s = &self.stream.running.signin;
             let usable = !s.passkeys.is_empty() || s.totp;
             if !usable {
                 return Err("enrolled with nothing to sign in with".into());

@@ -19,7 +19,7 @@ use idledger_domain::decide::refresh::{
     RefreshRequest, MAX_FAMILIES, MAX_FAMILIES_PER_APP, REFRESH_IDLE,
 };
 use idledger_domain::decide::signin::{self, SignInCommand};
-use idledger_domain::decide::user::{evolve, UserState};
+use idledger_domain::decide::user::UserState;
 use idledger_domain::decide::Rejection;
 use idledger_domain::events::*;
 use idledger_domain::*;
@@ -144,9 +144,7 @@ struct Family {
 
 struct Model {
     decide: Decide,
-    log: Vec<Event>,
-    /// The state folded step by step, as a running server holds it.
-    running: UserState,
+    stream: common::UserLog,
     now: DateTime<Utc>,
     families: Vec<Family>,
     next_token: u64,
@@ -156,8 +154,7 @@ impl Model {
     fn new(decide: Decide) -> Model {
         let mut m = Model {
             decide,
-            log: Vec::new(),
-            running: UserState::default(),
+            stream: common::UserLog::default(),
             now: Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
             families: Vec::new(),
             next_token: 1,
@@ -167,15 +164,11 @@ impl Model {
     }
 
     fn append(&mut self, events: Vec<Event>) {
-        for e in events {
-            self.running = evolve(std::mem::take(&mut self.running), &e);
-            self.log.push(e);
-        }
+        self.stream.append(events);
     }
 
-    /// The state a restarted server folds from the log.
     fn folded(&self) -> UserState {
-        self.log.iter().fold(UserState::default(), evolve)
+        self.stream.folded()
     }
 
     fn allowed(&self) -> bool {
@@ -184,7 +177,7 @@ impl Model {
 
     /// The method the user signs in with now, if they may.
     fn method(&self) -> Option<SsoMethod> {
-        let s = &self.running;
+        let s = &self.stream.running;
         signin::sign_in_allowed(s.status, s.imported_sso, s.sso_override)
             .ok()
             .map(|sso| sso.method)
@@ -316,7 +309,7 @@ impl Model {
                     (self.decide)(&self.folded(), SignInCommand::RefreshAppTokens(request));
                 let accepted = matches!(decided.as_deref(), Ok([Event::AppTokensIssued(_)]));
                 let idle = self.now - f.last_used >= REFRESH_IDLE;
-                let revoked = self.log.iter().any(
+                let revoked = self.stream.log.iter().any(
                     |e| matches!(e, Event::AppTokenRefused(r) if r.revoked_family == Some(f.id)),
                 );
                 if accepted {
@@ -386,13 +379,13 @@ impl Model {
                 }
             }
             Step::Deactivate => {
-                let s = &self.running;
+                let s = &self.stream.running;
                 if s.status == signin_status_active() {
                     self.lose_sign_in(UserDeactivated { reason: None }.into());
                 }
             }
             Step::Reactivate => {
-                if self.running.status != signin_status_active() {
+                if self.stream.running.status != signin_status_active() {
                     self.append(vec![UserReactivated {}.into()]);
                 }
             }
@@ -436,10 +429,10 @@ impl Model {
             }
             Step::Wait(minutes) => self.now += Duration::minutes(minutes),
         }
-        if self.folded() != self.running {
+        if self.folded() != self.stream.running {
             return Err("the state folded from the log differs from the running state".into());
         }
-        if self.running.refresh.by_id.len() > MAX_FAMILIES {
+        if self.stream.running.refresh.by_id.len() > MAX_FAMILIES {
             return Err("more families than the bound".into());
         }
         Ok(())
@@ -537,7 +530,7 @@ fn families_stay_bounded_per_app_and_in_all() {
             at + Duration::seconds(1 + n as i64),
         )]);
     }
-    let families = &m.running.refresh.by_id;
+    let families = &m.stream.running.refresh.by_id;
     let of = |a: u8| families.values().filter(|f| f.app == app(a)).count();
     assert_eq!(of(0), MAX_FAMILIES_PER_APP);
     // App 0's least recently used went, and app 1 lost nothing to it.
@@ -552,7 +545,7 @@ fn families_stay_bounded_per_app_and_in_all() {
             at + Duration::minutes(1 + n as i64),
         )]);
     }
-    let families = &m.running.refresh.by_id;
+    let families = &m.stream.running.refresh.by_id;
     assert_eq!(families.len(), MAX_FAMILIES);
     assert!(!families.contains_key(&uuid::Uuid::from_u128(1)));
 }
@@ -591,7 +584,7 @@ fn a_token_spent_any_number_of_rotations_ago_ends_its_family() {
         current = next;
     }
     // The state of a family refreshed 500 times is what it was after one.
-    assert_eq!(m.running.refresh.by_id[&family].generation, 500);
+    assert_eq!(m.stream.running.refresh.by_id[&family].generation, 500);
     // A token of an earlier generation without this server's tag (made up from the ids
     // the log shows): unknown, nothing recorded, the family lives on.
     assert_eq!(

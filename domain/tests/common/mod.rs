@@ -51,3 +51,26 @@ pub fn each_step<S: std::fmt::Debug>(
     }
     Ok(())
 }
+
+/// A user's stream as a model keeps it: the records appended, and the state folded one
+/// record at a time as a running server holds it.
+#[derive(Default)]
+pub struct UserLog {
+    pub log: Vec<Event>,
+    pub running: idledger_domain::decide::user::UserState,
+}
+
+impl UserLog {
+    pub fn append(&mut self, events: Vec<Event>) {
+        for e in events {
+            self.running =
+                idledger_domain::decide::user::evolve(std::mem::take(&mut self.running), &e);
+            self.log.push(e);
+        }
+    }
+
+    /// The state a restarted server folds from the log.
+    pub fn folded(&self) -> idledger_domain::decide::user::UserState {
+        (self.log.iter()).fold(Default::default(), idledger_domain::decide::user::evolve)
+    }
+}

@@ -652,8 +652,8 @@ impl Server {
             return Ok(None);
         }
         let deadline = std::time::Instant::now() + patience;
-        // A server that knows no `covering` (an earlier build) refuses it: its latest
-        // head is waited for instead.
+        // A server that knows no `covering` (an earlier build) refuses it as an unknown
+        // field: its latest head is waited for instead. Any other refusal is reported.
         let mut covering = true;
         loop {
             let path = if covering {
@@ -663,7 +663,7 @@ impl Server {
             };
             let note = match self.get(&path) {
                 Ok(Ok(note)) => note,
-                Ok(Err(_)) if covering => {
+                Ok(Err(why)) if covering && why.contains("unknown field") => {
                     covering = false;
                     continue;
                 }

@@ -152,8 +152,6 @@ fn with_sum(bytes: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The bytes of a key file of the copy at `path`, checked against its SHA-256 line (files
-/// an earlier build wrote have none).
 /// The copy's kept signed tree head, if it has one. One that is not text is damage, not
 /// absence: it guards against a copy that reads shorter than it held.
 fn read_head_file(dir: &Path) -> Result<Option<String>, BackupError> {
@@ -164,6 +162,8 @@ fn read_head_file(dir: &Path) -> Result<Option<String>, BackupError> {
         .transpose()
 }
 
+/// The bytes of a key file of the copy at `path`, checked against its SHA-256 line (files
+/// an earlier build wrote have none).
 fn read_key_file(path: &Path) -> Result<Option<Vec<u8>>, BackupError> {
     let Some(bytes) = super::read_if_there(path.to_path_buf())? else {
         return Ok(None);
@@ -698,21 +698,17 @@ impl FollowCopy {
         if size.is_none_or(|s| s > self.verifier.last_position()) {
             return Ok(());
         }
-        let path = self.dir.join(SIGNED_TREE_HEAD);
         // Never a smaller head over a larger one: the copy keeps the widest signature it
         // was shown (what a later open checks it still holds).
-        let kept = super::read_if_there(path.clone())?;
-        if kept
-            .as_deref()
-            .and_then(|k| std::str::from_utf8(k).ok())
-            .and_then(note_size)
+        let kept = read_head_file(&self.dir)?;
+        if (kept.as_deref().and_then(note_size))
             .zip(size)
             .is_some_and(|(kept, new)| new < kept)
         {
             return Ok(());
         }
-        if kept.as_deref() != Some(note.as_bytes()) {
-            replace_whole(&path, note.as_bytes())?;
+        if kept.as_deref() != Some(note) {
+            replace_whole(&self.dir.join(SIGNED_TREE_HEAD), note.as_bytes())?;
         }
         Ok(())
     }

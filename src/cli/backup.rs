@@ -150,6 +150,9 @@ enum Round {
     Again(String),
     /// Not (a refused token, a server whose log is shorter than the copy).
     Stop(Error),
+    /// An earlier build, which knows no `exact_head`: ask without it (and wait for the
+    /// server's paced head instead).
+    NoExactHead,
 }
 
 /// Fetches one increment: the records after `from - 1`; answers it and the server's
@@ -184,6 +187,12 @@ async fn increment(
     }
     if !status.is_success() {
         let text = r.text().await.unwrap_or_default();
+        if exact_head
+            && status == reqwest::StatusCode::BAD_REQUEST
+            && text.contains("unknown field")
+        {
+            return Err(Round::NoExactHead);
+        }
         return Err(Round::Stop(Error::Other(format!(
             "{base}/v1/backup?from={from}: {status}: {text}"
         ))));
@@ -261,6 +270,7 @@ pub(crate) async fn keep_following(
     let mut added = 0u64;
     let mut failures = 0u32;
     let mut head_wait: Option<std::time::Instant> = None;
+    let mut server_knows_exact_head = true;
     loop {
         // Read before asking: the last increment must be asked for after the stop, or
         // records appended between the two would be left out.
@@ -268,11 +278,15 @@ pub(crate) async fn keep_following(
         let from = copy.position() + 1;
         // Caught up and about to stop, with records no head covers: this increment asks
         // for a head over exactly what the copy holds.
-        let exact_head = head_wait.is_some();
+        let exact_head = head_wait.is_some() && server_knows_exact_head;
         let (body, head) =
             match increment(&http, base, token, from, copy.keystore_sha256(), exact_head).await {
                 Ok(answer) => answer,
                 Err(Round::Stop(e)) => return Err(e),
+                Err(Round::NoExactHead) => {
+                    server_knows_exact_head = false;
+                    continue;
+                }
                 Err(Round::Again(why)) => {
                     failures += 1;
                     if args.once && failures > 20 {

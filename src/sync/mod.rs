@@ -639,7 +639,7 @@ impl SyncService {
                     run_id,
                     error,
                     graph_code: e.graph_code(),
-                    full: Some(read_full.load(Ordering::Acquire)),
+                    full: Some(read),
                 };
                 if let Err(e2) = crate::store::append_correlated(
                     &*engine.log,

@@ -625,7 +625,6 @@ fn the_reference_verifier_gives_the_known_roots() {
     ));
 }
 
-/// `idledger <args>` with the token set; its JSON line and exit code.
 /// `idledger prove` of `position` against `serve`, with `key`.
 fn prove(serve: &Serve, key: &str, position: &str) -> (Value, i32) {
     auditor_cli(
@@ -642,6 +641,7 @@ fn prove(serve: &Serve, key: &str, position: &str) -> (Value, i32) {
     )
 }
 
+/// `idledger <args>` with the token set; its JSON line and exit code.
 fn auditor_cli(token: &str, args: &[&str]) -> (Value, i32) {
     let out = idledger()
         .env("IDLEDGER_TOKEN", token)

@@ -202,6 +202,9 @@ mod tests {
         fn tree(&self) -> Option<Arc<crate::store::tree::LogTree>> {
             self.log.tree()
         }
+        fn times_ordered(&self) -> bool {
+            self.log.times_ordered()
+        }
         fn snapshots(&self) -> &Snapshots {
             self.log.snapshots()
         }

@@ -13,5 +13,5 @@ pub mod tree;
 pub mod verify;
 
 pub use export::{ExportFormat, ExportKind, ExportQuery, ExportSummary, Exporter};
-pub use fold::{fold, Prefix, Until};
+pub use fold::{fold, fold_user, Prefix, Until};
 pub use verify::{Problem, Verifier, VerifyReport};

@@ -254,22 +254,18 @@ pub async fn timeline(
     if version == 0 {
         return Err(ApiError::NotFound("user".into()));
     }
-    let until = match super::point_in_time(q.at, q.at_position)? {
-        // The position a replay to `at` reaches (a kept past state when the user's page
-        // asked for it just before).
-        Some(Until::Time(t)) => Some(s.replay_until(&who, Until::Time(t)).await?.position()),
-        Some(Until::Position(p)) => {
-            let head = s.engine.log.head().position;
-            if p > head {
-                return Err(ApiError::BadRequest(format!(
-                    "at_position {p} is past the log's head {head}"
-                )));
+    if let Some(until) = super::point_in_time(q.at, q.at_position)? {
+        let until = match until {
+            // Where a replay to `at` stops (a kept past state when the user's page asked
+            // for it just before): a log whose times went back is cut only by a fold.
+            Until::Time(_) if !s.engine.log.times_ordered() => {
+                Until::Position(s.replay_until(&who, until).await?.position())
             }
-            Some(p)
-        }
-        Some(Until::End) | None => None,
-    };
-    if let Some(until) = until {
+            until => {
+                s.reached(until).await?;
+                until
+            }
+        };
         version = versions_through(&*s.engine.log, &stream, version, until)?;
         // Not yet there, as `GET /v1/users/{id}?at=` says.
         if version == 0 {
@@ -335,20 +331,21 @@ pub async fn timeline(
     Ok(page(items, next))
 }
 
-/// How many of `stream`'s first `version` events lie at or before log position `until`:
-/// a binary search over the stream (its positions grow with its versions).
+/// How many of `stream`'s first `version` events lie at or before `until`: a binary
+/// search over the stream (its positions grow with its versions, and so do its times in a
+/// log whose times are ordered).
 fn versions_through(
     log: &dyn crate::store::EventLog,
     stream: &StreamId,
     version: u64,
-    until: u64,
+    until: Until,
 ) -> Result<u64, ApiError> {
     let (mut low, mut high) = (0, version);
     while low < high {
         let mid = low + (high - low).div_ceil(2);
         let at = log.read_stream(stream, mid, 1)?;
         match at.first() {
-            Some(e) if e.position <= until => low = mid,
+            Some(e) if !until.is_past(e) => low = mid,
             _ => high = mid - 1,
         }
     }

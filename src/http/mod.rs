@@ -38,7 +38,7 @@ use axum::response::Response;
 use axum::routing::{delete, get, post, put};
 use axum::Router;
 use idledger_domain::decide::Rejection;
-use idledger_domain::{Actor, Event, StreamId};
+use idledger_domain::{Actor, Event, StreamId, UserId};
 use serde::Deserialize;
 use std::sync::Arc;
 use std::time::Duration;
@@ -661,26 +661,7 @@ impl AppState {
         who: &Principal,
         until: idledger_replay::Until,
     ) -> Result<Arc<idledger_replay::Prefix>, ApiError> {
-        let head = self.engine.log.head().position;
-        match until {
-            idledger_replay::Until::Position(p) if p > head => {
-                return Err(ApiError::BadRequest(format!(
-                    "at_position {p} is past the log's head {head}"
-                )))
-            }
-            idledger_replay::Until::Time(t) if t > chrono::Utc::now() => {
-                return Err(ApiError::BadRequest(
-                    "at is in the future: leave it out for the state now".into(),
-                ))
-            }
-            idledger_replay::Until::Time(_) => {
-                // A group is stamped when the writer opens it and readable once flushed:
-                // events recorded at or before `at` may still be on their way. Every one
-                // was taken before this marker, so after it the prefix is whole.
-                self.engine.log.barrier().await;
-            }
-            _ => {}
-        }
+        self.reached(until).await?;
         if let Some(state) = self.past.kept(until) {
             // Answered at once, to a caller still live (revoked while it waited above?).
             who.live(self)?;
@@ -709,6 +690,63 @@ impl AppState {
             Ok(state)
         })
         .await?
+    }
+
+    /// Refuses a past point the log has not reached yet: its answer would change as the
+    /// log grows, and a past state does not. Returns once every record committed by a
+    /// point in time is readable.
+    pub async fn reached(&self, until: idledger_replay::Until) -> Result<(), ApiError> {
+        let head = self.engine.log.head().position;
+        match until {
+            idledger_replay::Until::Position(p) if p > head => Err(ApiError::BadRequest(format!(
+                "at_position {p} is past the log's head {head}"
+            ))),
+            idledger_replay::Until::Time(t) if t > chrono::Utc::now() => Err(ApiError::BadRequest(
+                "at is in the future: leave it out for the state now".into(),
+            )),
+            idledger_replay::Until::Time(_) => {
+                // A group is stamped when the writer opens it and readable once flushed:
+                // events recorded at or before `at` may still be on their way. Every one
+                // was taken before this marker, so after it the prefix is whole.
+                self.engine.log.barrier().await;
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// One user as they were at `at` or `at_position`, or as they are now: a fold of their
+    /// stream alone (see [`idledger_replay::fold_user`]; a few records, where the log's
+    /// prefix may be millions), or a kept past state that is that point. A log whose commit
+    /// times went back (an earlier build's) is folded from the start to a time instead.
+    /// Only the user's own part of the answer is filled in.
+    pub async fn user_at(
+        &self,
+        who: &Principal,
+        user: UserId,
+        at: Option<chrono::DateTime<chrono::Utc>>,
+        at_position: Option<u64>,
+    ) -> Result<ProjectionsAt<'_>, ApiError> {
+        let Some(until) = point_in_time(at, at_position)? else {
+            return Ok(ProjectionsAt::Live(self.engine.projector.read()));
+        };
+        if matches!(until, idledger_replay::Until::Time(_)) && !self.engine.log.times_ordered() {
+            return Ok(ProjectionsAt::Past(self.replay_until(who, until).await?));
+        }
+        self.reached(until).await?;
+        if let Some(state) = self.past.kept(until) {
+            who.live(self)?;
+            return Ok(ProjectionsAt::Past(state));
+        }
+        let log = self.engine.log.clone();
+        let state = tokio::task::spawn_blocking(move || {
+            let stream = crate::store::stream_envelopes(&*log, StreamId::user(user));
+            idledger_replay::fold_user(stream, until)
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
+        who.live(self)?;
+        Ok(ProjectionsAt::Past(Arc::new(state)))
     }
 
     /// The projections to answer from: as they were at `at` or `at_position` when one is

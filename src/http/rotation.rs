@@ -146,8 +146,8 @@ pub async fn history(
     ApiQuery(q): ApiQuery<HistoryQuery>,
 ) -> Result<Json<Page<PasswordChange>>, ApiError> {
     s.reach(q.min_position).await?;
-    let p = s.projections_at(&who, q.at, q.at_position).await?;
     let user = UserId(id);
+    let p = s.user_at(&who, user, q.at, q.at_position).await?;
     let u = known_user(&p, user)?;
     // Oldest first is log order. The cursor is the previous page's last rotation, found
     // in that order: ids (UUIDv7) follow the clock, which may have stepped back between

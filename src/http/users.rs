@@ -305,7 +305,7 @@ pub async fn get_one(
     ApiQuery(q): ApiQuery<OneQuery>,
 ) -> Result<Json<User>, ApiError> {
     s.reach(q.min_position).await?;
-    let p = s.projections_at(&who, q.at, q.at_position).await?;
+    let p = s.user_at(&who, UserId(id), q.at, q.at_position).await?;
     let answer = p.users.get(UserId(id)).map(|u| {
         Json(if p.is_past() {
             User::as_in(&p, u)

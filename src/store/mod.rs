@@ -253,6 +253,11 @@ pub trait EventLog: Send + Sync + 'static {
     /// The Merkle tree over the records, when the log keeps one.
     fn tree(&self) -> Option<Arc<tree::LogTree>>;
 
+    /// True when no record is stamped earlier than the one before it: then the records
+    /// committed by a time are a prefix of every stream, and one stream's own records
+    /// tell where a point in time falls in it.
+    fn times_ordered(&self) -> bool;
+
     /// Its streams' states as the command path last folded them.
     fn snapshots(&self) -> &Snapshots;
 
@@ -283,6 +288,32 @@ pub fn envelopes(
         |what| StoreError::Io(what.to_owned()),
     )
     .map(|r| r.and_then(|decoded| decoded))
+}
+
+/// A stream's envelopes in version order, read a page at a time as they are taken: a
+/// reader that stops early reads little more than it used.
+pub fn stream_envelopes(
+    log: &dyn EventLog,
+    stream: StreamId,
+) -> impl Iterator<Item = Result<Envelope, StoreError>> + '_ {
+    let mut page = std::collections::VecDeque::new();
+    let (mut from, mut read_all) = (1, false);
+    std::iter::from_fn(move || {
+        if page.is_empty() && !read_all {
+            match log.read_stream(&stream, from, FOLD_PAGE) {
+                Ok(read) => {
+                    read_all = read.len() < FOLD_PAGE;
+                    from += read.len() as u64;
+                    page.extend(read);
+                }
+                Err(e) => {
+                    read_all = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+        page.pop_front().map(Ok)
+    })
 }
 
 /// Why a command did not land.

@@ -92,6 +92,9 @@ struct Shared {
     stats: WriterStats,
     /// The Merkle tree over the records (none only when a benchmark turns it off).
     tree: Option<Arc<LogTree>>,
+    /// Commit times never go back in the log: the writer stamps each group no earlier
+    /// than the one before, so only a log written by an earlier build can break it.
+    times_ordered: bool,
 }
 
 /// A caller's answer channel with the answer it will get once the group is durable.
@@ -120,6 +123,8 @@ pub struct SledEventLog {
 struct Rebuilt {
     head: LogHead,
     last_time_us: i64,
+    /// No record is stamped earlier than the one before it.
+    times_ordered: bool,
     streams: FxHashMap<StreamId, Vec<u64>>,
     ids: FxHashMap<Uuid, (u64, u64)>,
 }
@@ -137,6 +142,7 @@ fn rebuild(log: &sled::Tree, layout: Layout) -> Result<Rebuilt, StoreError> {
     let mut r = Rebuilt {
         head: LogHead::default(),
         last_time_us: 0,
+        times_ordered: true,
         streams: FxHashMap::default(),
         ids: FxHashMap::default(),
     };
@@ -170,6 +176,7 @@ fn rebuild(log: &sled::Tree, layout: Layout) -> Result<Rebuilt, StoreError> {
             position: key,
             hash: raw.hash,
         };
+        r.times_ordered &= h.recorded_at_us >= r.last_time_us;
         r.last_time_us = h.recorded_at_us;
         last_bytes = Some(v);
     }
@@ -385,6 +392,7 @@ impl SledEventLog {
             closed: AtomicBool::new(false),
             stats: WriterStats::default(),
             tree,
+            times_ordered: rebuilt.times_ordered,
         });
         let (tx, rx) = mpsc::unbounded_channel();
         let writer = Writer {
@@ -934,6 +942,10 @@ impl EventLog for SledEventLog {
 
     fn tree(&self) -> Option<Arc<LogTree>> {
         self.shared.tree.clone()
+    }
+
+    fn times_ordered(&self) -> bool {
+        self.shared.times_ordered
     }
 
     fn snapshots(&self) -> &super::Snapshots {
@@ -1499,4 +1511,56 @@ pub async fn raw_append(
     drop(db);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(seconds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use idledger_domain::samples::{sample_event, SampleSeed};
+    use idledger_domain::{Actor, ProposedEvent};
+
+    /// A store whose records are stamped at `seconds`, one stream, in order.
+    fn stamped(seconds: &[i64]) -> sled::Tree {
+        let db = sled::Config::new().temporary(true).open().expect("opens");
+        let log = db.open_tree("log").expect("opens");
+        let stream = "bench-times".parse::<StreamId>().expect("a stream name");
+        let mut pages = PageWriter::new(Layout::Paged);
+        let mut prev = Hash::ZERO;
+        for (i, second) in seconds.iter().enumerate() {
+            let position = i as u64 + 1;
+            let proposed = ProposedEvent::new(
+                Uuid::from_u128(u128::from(position)),
+                Actor::System,
+                sample_event(0, &SampleSeed::golden()).expect("a sample"),
+            );
+            let fields = RecordFields {
+                position,
+                stream: &stream,
+                version: position,
+                recorded_at: DateTime::from_timestamp(1_800_000_000 + second, 0).expect("a time"),
+                proposed: &proposed,
+            };
+            let (bytes, hash) = encode_record(fields, &prev).expect("encodes");
+            pages.push(position, &bytes);
+            prev = hash;
+        }
+        for (first, page) in pages.finish() {
+            log.insert(be(first), page).expect("inserts");
+        }
+        log
+    }
+
+    #[test]
+    fn a_log_whose_times_went_back_is_told_apart() {
+        for (seconds, ordered) in [
+            (&[][..], true),
+            (&[1, 1, 2, 5][..], true),
+            (&[1, 5, 4, 6][..], false),
+            (&[3, 2][..], false),
+        ] {
+            let rebuilt = rebuild(&stamped(seconds), Layout::Paged).expect("rebuilds");
+            assert_eq!(rebuilt.times_ordered, ordered, "{seconds:?}");
+            assert_eq!(rebuilt.head.position, seconds.len() as u64);
+        }
+    }
 }

@@ -858,6 +858,70 @@ async fn a_newer_rotation_supersedes_every_write_still_owed_and_an_older_passwor
         told["items"].as_array().unwrap().iter().collect::<Vec<_>>(),
         expected
     );
+    // As of a time: everything committed by then, in the user's stream as in the log.
+    let time = |e: &Value| {
+        chrono::DateTime::parse_from_rfc3339(e["recorded_at"].as_str().unwrap()).unwrap()
+    };
+    let moment = time(story.iter().find(|e| e["position"] == started).unwrap());
+    let by_then: Vec<&Value> = story.iter().filter(|e| time(e) <= moment).collect();
+    let last = by_then.last().unwrap()["position"].as_u64().unwrap();
+    let encoded = moment
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+        .replace(':', "%3A");
+    let (_, told) = w
+        .admin(
+            Method::GET,
+            &format!("/v1/users/{id}/timeline?limit=1000&at={encoded}"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        told["items"].as_array().unwrap().iter().collect::<Vec<_>>(),
+        by_then
+    );
+    for path in ["", "/password-history"] {
+        let (s, by_time) = w
+            .admin(
+                Method::GET,
+                &format!("/v1/users/{id}{path}?at={encoded}"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{by_time}");
+        let (_, by_position) = w
+            .admin(
+                Method::GET,
+                &format!("/v1/users/{id}{path}?at_position={last}"),
+                None,
+            )
+            .await;
+        assert_eq!(by_time, by_position, "{path}");
+    }
+    // The user alone (their stream folded) is the user of the whole log's fold at every
+    // point of their story: rotations started and finished, writes queued and superseded.
+    for position in story.iter().map(|e| e["position"].as_u64().unwrap()) {
+        let (s, one) = w
+            .admin(
+                Method::GET,
+                &format!("/v1/users/{id}?at_position={position}"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{one}");
+        let (_, all) = w
+            .admin(
+                Method::GET,
+                &format!("/v1/users?at_position={position}&include_deleted=true&limit=1000"),
+                None,
+            )
+            .await;
+        let listed = all["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["id"] == one["id"]);
+        assert_eq!(Some(&one), listed, "at {position}");
+    }
     let (mut backwards, _) = crate::sync::all_pages(
         &w,
         &format!("/v1/users/{id}/timeline?order=newest&at_position={started}"),

@@ -34,6 +34,31 @@ pub struct RunUserOutcome {
     pub action: Option<RunAction>,
 }
 
+impl RunUserOutcome {
+    /// Adds this user to `c` (or takes them out), as the run's final counters count them.
+    fn tally(&self, c: &mut SyncCounters, add: bool) {
+        let field = match self.outcome {
+            Some(SyncOutcome::Added) => Some(&mut c.added),
+            Some(SyncOutcome::Changed | SyncOutcome::Rejoined) => Some(&mut c.changed),
+            Some(SyncOutcome::Left) => Some(&mut c.left),
+            Some(SyncOutcome::Deleted) => Some(&mut c.deleted),
+            None => None,
+        };
+        let action = match self.action {
+            Some(RunAction::Imported) => Some(&mut c.imported),
+            Some(RunAction::Deactivated | RunAction::Deleted) => Some(&mut c.removed),
+            Some(RunAction::Kept) | None => None,
+        };
+        for n in [field, action].into_iter().flatten() {
+            *n = if add {
+                n.saturating_add(1)
+            } else {
+                n.saturating_sub(1)
+            };
+        }
+    }
+}
+
 fn rank(o: Option<SyncOutcome>) -> u8 {
     match o {
         None => 0,
@@ -322,11 +347,18 @@ impl Domains {
             outcome: None,
             action: None,
         });
+        let before = *entry;
         if rank(outcome) > rank(entry.outcome) {
             entry.outcome = outcome;
         }
         if action.is_some() {
             entry.action = action;
+        }
+        // A running run counts what it has appended so far (a first sync of a large
+        // tenant runs for minutes); its final counters replace these when it completes.
+        if r.status == SyncRunStatus::Running {
+            before.tally(&mut r.counters, false);
+            entry.tally(&mut r.counters, true);
         }
     }
 

@@ -576,6 +576,131 @@ mod tests {
     }
 
     #[test]
+    fn a_running_sync_counts_what_it_has_appended_until_its_own_counters_replace_them() {
+        let domain = DomainId(uuid::Uuid::from_u128(2));
+        let run = idledger_domain::SyncRunId(uuid::Uuid::from_u128(3));
+        let (a, b, c) = (
+            user(),
+            UserId(uuid::Uuid::from_u128(4)),
+            UserId(uuid::Uuid::from_u128(5)),
+        );
+        let discovered = |u: UserId, n: &str| -> Event {
+            UserDiscovered {
+                user_id: u,
+                domain_id: domain,
+                external_id: n.into(),
+                attributes: name(n),
+            }
+            .into()
+        };
+        let mut p = folded(&on(
+            &StreamId::domain(domain),
+            0,
+            vec![DomainRegistered {
+                domain_id: domain,
+                name: "contoso.com".into(),
+                settings: Default::default(),
+            }
+            .into()],
+        ));
+        // Carol is known from before the run.
+        let mut position = 1;
+        let mut apply = |p: &mut Projections, stream: StreamId, run_event: bool, event: Event| {
+            let mut env = on(&stream, position, vec![event]).remove(0);
+            env.correlation_id = run_event.then_some(run.0);
+            position += 1;
+            p.apply(&env);
+        };
+        apply(&mut p, StreamId::user(c), false, discovered(c, "carol"));
+        let started = SyncRunStarted {
+            run_id: run,
+            trigger: idledger_domain::SyncTrigger::Manual,
+            dry_run: false,
+            full: true,
+        };
+        apply(&mut p, StreamId::domain(domain), false, started.into());
+        let so_far = |p: &Projections| p.domains.run(run).unwrap().counters;
+        apply(&mut p, StreamId::user(a), true, discovered(a, "ada"));
+        apply(&mut p, StreamId::user(b), true, discovered(b, "bob"));
+        apply(
+            &mut p,
+            StreamId::user(b),
+            true,
+            UserImported {
+                sso: SsoSettings::default(),
+            }
+            .into(),
+        );
+        assert_eq!((so_far(&p).added, so_far(&p).imported), (2, 1));
+        // Changed, then gone from the group and deactivated: one user, counted once, as
+        // what happened last outranks.
+        apply(
+            &mut p,
+            StreamId::user(c),
+            true,
+            UserAttributesChanged {
+                attributes: name("carol"),
+            }
+            .into(),
+        );
+        assert_eq!(so_far(&p).changed, 1);
+        apply(
+            &mut p,
+            StreamId::user(c),
+            true,
+            MemberLeftSyncGroup {
+                reason: LeaveReason::LeftGroup,
+            }
+            .into(),
+        );
+        apply(
+            &mut p,
+            StreamId::user(c),
+            true,
+            UserDeactivated {
+                reason: Some(LeaveReason::LeftGroup),
+            }
+            .into(),
+        );
+        let c_now = so_far(&p);
+        assert_eq!(
+            (
+                c_now.added,
+                c_now.changed,
+                c_now.left,
+                c_now.imported,
+                c_now.removed
+            ),
+            (2, 0, 1, 1, 1)
+        );
+        // Completed: the run's own counters (which also count the unchanged) stand.
+        let done = idledger_domain::SyncCounters {
+            added: 2,
+            left: 1,
+            imported: 1,
+            removed: 1,
+            unchanged: 7,
+            ..Default::default()
+        };
+        let completed = SyncRunCompleted {
+            run_id: run,
+            counters: done,
+            full: Some(true),
+        };
+        apply(&mut p, StreamId::domain(domain), false, completed.into());
+        apply(
+            &mut p,
+            StreamId::user(a),
+            true,
+            UserImported {
+                sso: SsoSettings::default(),
+            }
+            .into(),
+        );
+        assert_eq!(so_far(&p), done);
+    }
+
+    #[test]
     fn a_rotation_and_its_key_write_move_together() {
         let rotation = RotationId(uuid::Uuid::from_u128(7));
         let write = KeyWriteId(uuid::Uuid::from_u128(8));

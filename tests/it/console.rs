@@ -197,20 +197,9 @@ async fn an_admin_runs_the_whole_workflow_in_the_browser_and_an_auditor_only_rea
     b.wait_text("#outcomes", "added").await;
     b.wait_text("#outcomes", "Alex Wilber").await;
 
-    // Import two selected candidates.
+    // Import two selected candidates, chosen from two searches: a search redraws the
+    // table, and what was chosen before stays chosen.
     b.click("#import-link").await;
-    b.wait_text("#candidates", "Alex Wilber").await;
-    b.click("input[aria-label='Select Alex Wilber']").await;
-    b.click("input[aria-label='Select Allan Deyoung']").await;
-    b.screenshot("console-import").await;
-    b.click("#import-selected").await;
-    b.wait_text("#flash", "Imported 2 users").await;
-    let left = b.css("#candidates").await.text().await.unwrap();
-    assert!(
-        !left.contains("Alex Wilber") && left.contains("Brian Johnson"),
-        "{left}"
-    );
-    // Searched on the server: one name alone, then none, then all again.
     let only = async |want: &str| {
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
@@ -222,6 +211,34 @@ async fn an_admin_runs_the_whole_workflow_in_the_browser_and_an_auditor_only_rea
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };
+    b.wait_text("#candidates", "Alex Wilber").await;
+    b.click("input[aria-label='Select Alex Wilber']").await;
+    b.wait_text("#selected-count", "1 selected").await;
+    b.fill("#cq", "allan").await;
+    b.click("#candidate-search button[type=submit]").await;
+    only("Allan Deyoung").await;
+    b.click("input[aria-label='Select Allan Deyoung']").await;
+    b.wait_text("#selected-count", "2 selected").await;
+    b.fill("#cq", "").await;
+    b.click("#candidate-search button[type=submit]").await;
+    b.wait_text("#candidates", "Alex Wilber").await;
+    assert!(
+        b.present("input[aria-label='Select Alex Wilber']:checked")
+            .await
+    );
+    assert!(
+        b.present("input[aria-label='Select Allan Deyoung']:checked")
+            .await
+    );
+    b.screenshot("console-import").await;
+    b.click("#import-selected").await;
+    b.wait_text("#flash", "Imported 2 users").await;
+    let left = b.css("#candidates").await.text().await.unwrap();
+    assert!(
+        !left.contains("Alex Wilber") && left.contains("Brian Johnson"),
+        "{left}"
+    );
+    // Searched on the server: one name alone, then none, then all again.
     b.fill("#cq", "brian").await;
     b.click("#candidate-search button[type=submit]").await;
     only("Brian Johnson").await;
@@ -1218,6 +1235,26 @@ async fn a_next_page_keeps_its_query_and_names_stay_text() {
     b.wait_text("h1", "fabrikam.example").await;
     b.wait_text("#sso-defaults-note", "imported from now on")
         .await;
+    // Another admin changes the login method meanwhile: the form follows, and turning
+    // SSO off here keeps their method.
+    let (s, _) = app
+        .call(
+            Some(&app.admin),
+            Method::PUT,
+            &format!("/v1/domains/{domain}/sso-defaults"),
+            Some(json!({"enabled": true, "method": "password_and_second_factor"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let method = "return document.querySelector('#sso-method').value";
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while b.client.execute(method, vec![]).await.unwrap() != json!("password_and_second_factor") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the form kept the old method"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     b.css("#sso-enabled")
         .await
         .select_by_value("false")
@@ -1235,6 +1272,10 @@ async fn a_next_page_keeps_its_query_and_names_stay_text() {
         )
         .await;
     assert_eq!(d["sso_defaults"]["enabled"], false, "{d}");
+    assert_eq!(
+        d["sso_defaults"]["method"], "password_and_second_factor",
+        "{d}"
+    );
 }
 
 /// A user's page carries out its actions and shows their result: a key assigned and
@@ -1321,10 +1362,22 @@ async fn a_users_page_carries_out_its_actions_and_shows_the_past() {
     assert!(!facts.contains("K-0042"), "{facts}");
     b.wait_text("#timeline", "KeyUnassigned").await;
 
-    // An invite, sent and sent again: each one in the story.
-    for _ in 0..2 {
+    // An invite, sent and sent again: each one in the story. The first is sent from the
+    // past view, and the page comes back to the present to show it.
+    b.client
+        .execute(
+            "document.querySelector('#at').value = arguments[0]",
+            vec![moment.clone()],
+        )
+        .await
+        .unwrap();
+    b.click("#as-of button[type=submit]").await;
+    b.wait_text("h1", "(as of").await;
+    for label in ["Send invite", "Resend invite"] {
+        b.wait_text("#invite", label).await;
         b.click("#invite").await;
         b.wait_text("#flash", "Invite sent").await;
+        assert!(!b.css("h1").await.text().await.unwrap().contains("as of"));
         b.client
             .execute("document.querySelector('#flash').replaceChildren()", vec![])
             .await

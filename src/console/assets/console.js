@@ -137,7 +137,10 @@ function pagedTable(table, query, row, empty, label) {
   more.addEventListener("click", () => pages.next().catch((e) => flash(e.message, "error")));
   // The first page of the listing shown, not of a filter edited but not applied.
   first.addEventListener("click", () => pages.again().catch((e) => flash(e.message, "error")));
-  return pages.first;
+  // Called, the first page; `.current()`, the page shown again.
+  const load = () => pages.first();
+  load.current = () => (pages.current());
+  return load;
 }
 
 /// The pages of one listing. A cursor belongs to the query it came from: `first()` reads
@@ -146,12 +149,13 @@ function pagedTable(table, query, row, empty, label) {
 /// not yet applied never meets another listing's cursor. Only the answer to the latest
 /// request is shown: a slow one cannot overwrite a newer listing.
 function pager(query, show) {
-  let base = null, cursor = null, latest = 0;
+  let base = null, cursor = null, shown = null, latest = 0;
   const load = async (from, after) => {
     const ticket = ++latest;
     const page = await api("GET", withAfter(from, after));
     if (ticket !== latest) return;
     cursor = page.next;
+    shown = after;
     show(page, after);
   };
   return {
@@ -159,6 +163,8 @@ function pager(query, show) {
     next: () => (cursor ? load(base, cursor) : Promise.resolve()),
     // Back to the first page of the listing shown, not of a query edited since.
     again: () => (base ? load(base, null) : Promise.resolve()),
+    // The page shown, read again (a live update must not move a reader off it).
+    current: () => (base ? load(base, shown) : Promise.resolve()),
   };
 }
 
@@ -358,8 +364,9 @@ async function domainPage() {
   showFacts();
   const firstRuns = pagedTable($("#runs"),
     () => `/v1/domains/${pageId}/sync-runs?limit=20`, runRow, "No runs yet.");
-  const refreshRuns = async () => {
-    await firstRuns();
+  // Live updates read the page of runs shown again; an action shows the first.
+  const refreshRuns = async (live) => {
+    await (live ? firstRuns.current() : firstRuns());
     // From the domain, not the runs table: a run waiting for approval stays here however
     // many runs came after it.
     d = await api("GET", `/v1/domains/${pageId}`);
@@ -405,10 +412,19 @@ async function domainPage() {
     d = await api("GET", `/v1/domains/${pageId}`);
     showFacts();
     showForms();
-    await refreshRuns();
+    await refreshRuns(true);
   });
+  // A run going on (started here, by the schedule or by another admin) moves its counters
+  // with its users' events: shown at most once a second; its end is the domain's event.
+  let counted = 0;
+  const refreshCounters = coalesced(() => firstRuns.current());
   hearing.add((e) => {
     if (e.stream === `domain-${pageId}`) refreshLive().catch((x) => flash(x.message, "error"));
+    else if (e.correlation_id && e.correlation_id === d.last_sync?.run_id
+      && d.last_sync.status === "running" && Date.now() - counted >= 1000) {
+      counted = Date.now();
+      refreshCounters().catch((x) => flash(x.message, "error"));
+    }
   });
   follow(from, (e) => { for (const hear of hearing) hear(e); });
   const refreshCertificates = pagedTable($("#certificates"),
@@ -425,13 +441,24 @@ async function domainPage() {
     flash("A new certificate is in force; configure workstations with it. The old one is retired.");
   }, "Replace the workstation logon certificate? Workstations must be given the new one.");
   $("#import-link").href = `/console/domains/${pageId}/import`;
+  // As the settings form: redrawn as the domain changes (not under the admin's hand), and
+  // a save changes only what the admin changed, over the defaults as they are now.
   const sso = $("#sso-defaults");
-  sso.elements.enabled.value = String(d.sso_defaults.enabled);
-  sso.elements.method.value = d.sso_defaults.method;
+  const ssoFromForm = () => ({ enabled: sso.elements.enabled.value === "true", method: sso.elements.method.value });
+  let ssoDrawn = { ...d.sso_defaults };
+  const ssoForm = (force) => {
+    if (!force && sso.contains(document.activeElement)) return;
+    ssoDrawn = { ...d.sso_defaults };
+    sso.elements.enabled.value = String(ssoDrawn.enabled);
+    sso.elements.method.value = ssoDrawn.method;
+  };
+  ssoForm(true);
   wire(sso, async () => {
-    d = await api("PUT", `/v1/domains/${pageId}/sso-defaults`,
-      { enabled: sso.elements.enabled.value === "true", method: sso.elements.method.value });
+    const changed = Object.fromEntries(Object.entries(ssoFromForm()).filter(([k, v]) => v !== ssoDrawn[k]));
+    if (!Object.keys(changed).length) { flash("Nothing changed."); return; }
+    d = await api("PUT", `/v1/domains/${pageId}/sso-defaults`, { ...d.sso_defaults, ...changed });
     showFacts();
+    ssoForm(true);
     flash("SSO defaults saved: users imported from now on get them.");
   });
   // With credentials saved the form replaces the secret alone; once they are removed it
@@ -481,7 +508,7 @@ async function domainPage() {
     f.rotation_group.value = drawn.rotation_group;
     f.sync_interval_minutes.value = drawn.sync_interval_minutes;
   };
-  showForms = () => { credentialForm(); settingsForm(false); };
+  showForms = () => { credentialForm(); settingsForm(false); ssoForm(false); };
   showForms();
   wire(settings, async () => {
     const now = fromForm();
@@ -583,6 +610,19 @@ async function importPage() {
   $("h1").textContent = `Import from Entra ID: ${d.domain}`;
   $("#sso-note").textContent = `Imported users get the domain's SSO defaults: ${ssoText(d.sso_defaults)}.`;
   let q = "";
+  // Chosen on any page or search, kept while paging: an admin picks people from several
+  // searches, then imports them at once.
+  const selected = new Map();
+  const count = () => {
+    const n = selected.size;
+    const shown = $("#selected-count");
+    if (shown) shown.textContent = n ? `${n} selected` : "";
+  };
+  const pick = (u) => (e) => {
+    if (e.target.checked) selected.set(u.id, u.display_name);
+    else selected.delete(u.id);
+    count();
+  };
   const pages = pager(() => {
     q = $("#cq").value.trim();
     const params = new URLSearchParams({ limit: "50" });
@@ -591,7 +631,10 @@ async function importPage() {
   }, (page, after) => {
     $("#candidates-first").hidden = !after;
     fill($("#candidates"), page.items.map((u) => el("tr", {},
-      el("td", {}, admin ? el("input", { type: "checkbox", value: u.id, "aria-label": `Select ${u.display_name}` }) : ""),
+      el("td", {}, admin ? el("input", {
+        type: "checkbox", value: u.id, "aria-label": `Select ${u.display_name}`,
+        checked: selected.has(u.id), onchange: pick(u),
+      }) : ""),
       el("td", {}, u.display_name), el("td", {}, u.user_principal_name), el("td", {}, u.mail ?? ""))),
       q ? "No candidate matches." : "No candidates: every member of the sync group is imported.");
     $("#candidates-more").hidden = !page.next;
@@ -603,14 +646,18 @@ async function importPage() {
   await load(true);
   if (!admin) return;
   wire($("#import-selected"), async () => {
-    const ids = [...document.querySelectorAll("#candidates input:checked")].map((c) => c.value);
+    const ids = [...selected.keys()];
     if (!ids.length) throw new Error("Select at least one candidate.");
     const r = await api("POST", `/v1/domains/${pageId}/import`, { user_ids: ids });
+    selected.clear();
+    count();
     flash(`Imported ${r.imported} users.`);
     await load(true);
   });
   wire($("#import-all"), async () => {
     const r = await api("POST", `/v1/domains/${pageId}/import`, { all: true });
+    selected.clear();
+    count();
     flash(`Imported ${r.imported} users.`);
     await load(true);
   }, "Import every candidate of this domain?");
@@ -679,6 +726,8 @@ async function userPage() {
     ]);
     // The override form starts from the override in force, so saving it unchanged
     // changes nothing (a past state shown does not move it).
+    const invite = $("#invite");
+    if (invite && !at) invite.textContent = u.invited_at ? "Resend invite" : "Send invite";
     const ov = $("#ov");
     if (ov && !at) {
       const o = u.sso_override;
@@ -716,7 +765,14 @@ async function userPage() {
     show().then(history).catch((x) => flash(x.message, "error"));
   });
   if (!admin) return;
-  const after = async (message) => { await show(); await history(); flash(message); };
+  // An action's result is now: a page showing the past goes back to the present.
+  const after = async (message) => {
+    at = null;
+    $("#at").value = "";
+    await show();
+    await history();
+    flash(message);
+  };
   wire($("#activate"), async () => { await api("POST", `/v1/users/${pageId}/activate`); await after("Activated."); });
   wire($("#deactivate"), async () => { await api("POST", `/v1/users/${pageId}/deactivate`); await after("Deactivated."); },
     "Deactivate this user?");

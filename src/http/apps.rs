@@ -10,8 +10,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
-use idledger_domain::decide::provider::{decide, evolve, ProviderCommand};
-use idledger_domain::events::{AppChanged, AppRegistered};
+use idledger_domain::decide::provider::{decide, evolve, AppChange, AppSettings, ProviderCommand};
+use idledger_domain::events::AppRegistered;
 use idledger_domain::{AppId, ClientType, DomainId, StreamId};
 use idledger_projections::AppView;
 use serde::{Deserialize, Serialize};
@@ -255,41 +255,44 @@ pub async fn patch(
         ));
     }
     let app_id = AppId(id);
-    let current = {
-        let p = s.engine.projector.read();
-        p.provider
-            .app(app_id)
-            .filter(|a| !a.removed)
-            .cloned()
-            .ok_or_else(|| ApiError::NotFound("app".into()))?
-    };
-    let domain_ids = match &body.domain_ids {
-        Some(ids) => known_domains(&s, ids)?,
-        None => current.domain_ids.clone(),
-    };
-    let change = AppChanged {
+    let patch = AppChange {
         app_id,
-        name: body.name.map_or(current.name, |n| n.trim().to_owned()),
-        redirect_uris: body.redirect_uris.unwrap_or(current.redirect_uris),
-        post_logout_redirect_uris: body
-            .post_logout_redirect_uris
-            .unwrap_or(current.post_logout_redirect_uris),
-        domain_ids,
+        name: body.name.map(|n| n.trim().to_owned()),
+        redirect_uris: body.redirect_uris,
+        post_logout_redirect_uris: body.post_logout_redirect_uris,
+        domain_ids: match &body.domain_ids {
+            Some(ids) => Some(known_domains(&s, ids)?),
+            None => None,
+        },
         // Only when asked: a patch of something else must not put back the algorithm it
         // read before another admin changed it (`None` leaves it as the log has it).
         id_token_alg: body.id_token_signed_response_alg.clone(),
     };
-    // A bad request makes nothing, keys included: checked first.
-    idledger_domain::decide::provider::check_change(&change)?;
+    // A bad request makes nothing, keys included: checked first, over the app as the
+    // projections have it (the command checks again over the app as the log has it).
+    {
+        let p = s.engine.projector.read();
+        let now = p
+            .provider
+            .app(app_id)
+            .filter(|a| !a.removed)
+            .ok_or_else(|| ApiError::NotFound("app".into()))?;
+        idledger_domain::decide::provider::check_change(&patch.over(&AppSettings {
+            name: now.name.clone(),
+            redirect_uris: now.redirect_uris.clone(),
+            post_logout_redirect_uris: now.post_logout_redirect_uris.clone(),
+            domain_ids: now.domain_ids.clone(),
+        }))?;
+    }
     // The algorithm's key is published before the app is told to expect it: the first
     // token it gets after this answer verifies against the JWKS it may fetch now. (A key
     // that exists already is left as it is.)
-    if let Some(alg) = change.id_token_alg.as_deref() {
+    if let Some(alg) = patch.id_token_alg.as_deref() {
         crate::provider::ensure_signing_keys(&s.engine, &who.actor(), &[alg], s.oidc.overlap())
             .await
             .map_err(|e| ApiError::Internal(e.to_string()))?;
     }
-    let command = ProviderCommand::Change(change);
+    let command = ProviderCommand::Change(patch);
     let position = s
         .command(&StreamId::provider(), &who.actor(), evolve, |st| {
             decide(st, command.clone())

@@ -2187,6 +2187,26 @@ async fn empty_parameters_short_verifiers_refreshes_and_userinfo_follow_the_spec
         let r = raw.get(&userinfo).bearer_auth(access).send().await.unwrap();
         assert_eq!(r.status(), status, "serving {domains}");
     }
+    // Two admins change two settings at once: each keeps theirs.
+    for round in 0..10 {
+        let name = json!(format!("Payroll {round}"));
+        let uris = json!([format!("https://payroll.contoso.com/bye/{round}")]);
+        let (renamed, moved) = tokio::join!(
+            w.admin(Method::PATCH, &app_path, Some(json!({ "name": name }))),
+            w.admin(
+                Method::PATCH,
+                &app_path,
+                Some(json!({ "post_logout_redirect_uris": uris }))
+            ),
+        );
+        assert_eq!((renamed.0, moved.0), (StatusCode::OK, StatusCode::OK));
+        let (_, now) = w.admin(Method::GET, &app_path, None).await;
+        assert_eq!(
+            (&now["name"], &now["post_logout_redirect_uris"]),
+            (&name, &uris),
+            "round {round}"
+        );
+    }
     let (s, body) = w
         .admin(
             Method::DELETE,

@@ -13,6 +13,74 @@ pub struct AppFacts {
     pub client_type: ClientType,
     /// Removed.
     pub removed: bool,
+    /// What a change leaves as it is unless it names it (see [`AppChange`]).
+    pub settings: AppSettings,
+}
+
+/// An app's settings an admin changes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AppSettings {
+    /// Its name.
+    pub name: String,
+    /// Redirect URIs.
+    pub redirect_uris: Vec<String>,
+    /// Post-logout redirect URIs.
+    pub post_logout_redirect_uris: Vec<String>,
+    /// Domains whose users may sign in.
+    pub domain_ids: Vec<DomainId>,
+}
+
+/// A change of some of an app's settings: what it does not name stays as the log has it
+/// when the change is decided, so two admins changing two things both keep theirs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppChange {
+    /// The app.
+    pub app_id: AppId,
+    /// A new name.
+    pub name: Option<String>,
+    /// New redirect URIs.
+    pub redirect_uris: Option<Vec<String>>,
+    /// New post-logout redirect URIs.
+    pub post_logout_redirect_uris: Option<Vec<String>>,
+    /// New domains.
+    pub domain_ids: Option<Vec<DomainId>>,
+    /// A new algorithm for its ID tokens.
+    pub id_token_alg: Option<String>,
+}
+
+impl AppChange {
+    /// A patch of `app_id` that changes nothing yet.
+    pub fn of(app_id: AppId) -> Self {
+        AppChange {
+            app_id,
+            name: None,
+            redirect_uris: None,
+            post_logout_redirect_uris: None,
+            domain_ids: None,
+            id_token_alg: None,
+        }
+    }
+
+    /// The change this patch makes to an app whose settings are `now`.
+    pub fn over(&self, now: &AppSettings) -> AppChanged {
+        AppChanged {
+            app_id: self.app_id,
+            name: self.name.clone().unwrap_or_else(|| now.name.clone()),
+            redirect_uris: self
+                .redirect_uris
+                .clone()
+                .unwrap_or_else(|| now.redirect_uris.clone()),
+            post_logout_redirect_uris: self
+                .post_logout_redirect_uris
+                .clone()
+                .unwrap_or_else(|| now.post_logout_redirect_uris.clone()),
+            domain_ids: self
+                .domain_ids
+                .clone()
+                .unwrap_or_else(|| now.domain_ids.clone()),
+            id_token_alg: self.id_token_alg.clone(),
+        }
+    }
 }
 
 /// What provider decisions know.
@@ -38,8 +106,24 @@ pub fn evolve(mut s: ProviderState, e: &Event) -> ProviderState {
                     client_id: e.client_id.clone(),
                     client_type: e.client_type,
                     removed: false,
+                    settings: AppSettings {
+                        name: e.name.clone(),
+                        redirect_uris: e.redirect_uris.clone(),
+                        post_logout_redirect_uris: e.post_logout_redirect_uris.clone(),
+                        domain_ids: e.domain_ids.clone(),
+                    },
                 },
             );
+        }
+        Event::AppChanged(e) => {
+            if let Some(a) = s.apps.get_mut(&e.app_id) {
+                a.settings = AppSettings {
+                    name: e.name.clone(),
+                    redirect_uris: e.redirect_uris.clone(),
+                    post_logout_redirect_uris: e.post_logout_redirect_uris.clone(),
+                    domain_ids: e.domain_ids.clone(),
+                };
+            }
         }
         Event::AppRemoved(e) => {
             if let Some(a) = s.apps.get_mut(&e.app_id) {
@@ -82,8 +166,8 @@ pub fn evolve(mut s: ProviderState, e: &Event) -> ProviderState {
 pub enum ProviderCommand {
     /// Register an app.
     Register(AppRegistered),
-    /// Change an app's settings.
-    Change(AppChanged),
+    /// Change some of an app's settings.
+    Change(AppChange),
     /// Give a confidential app a new secret (its hash).
     RotateSecret {
         /// The app.
@@ -232,8 +316,8 @@ pub fn decide(s: &ProviderState, c: ProviderCommand) -> Result<Vec<Event>, Rejec
             check_registration(&app)?;
             Ok(vec![app.into()])
         }
-        ProviderCommand::Change(change) => {
-            live(s, change.app_id)?;
+        ProviderCommand::Change(patch) => {
+            let change = patch.over(&live(s, patch.app_id)?.settings);
             check_change(&change)?;
             Ok(vec![change.into()])
         }
@@ -357,6 +441,55 @@ mod tests {
             id_token_alg: "ES256".into(),
             secret_hash: (client_type == ClientType::Confidential).then_some(Hash([1; 32])),
         }
+    }
+
+    #[test]
+    fn two_changes_of_different_settings_keep_both() {
+        let registered = app(1, ClientType::Confidential);
+        let s = evolve(ProviderState::default(), &registered.clone().into());
+        let id = registered.app_id;
+        // Both asked for against the app as registered; the second is decided after the
+        // first landed, and names only its own setting.
+        let renamed = AppChange {
+            name: Some("Payroll (EU)".into()),
+            ..AppChange::of(id)
+        };
+        let moved = AppChange {
+            redirect_uris: Some(vec!["https://payroll.contoso.eu/cb".into()]),
+            ..AppChange::of(id)
+        };
+        let s = decide(&s, ProviderCommand::Change(renamed))
+            .unwrap_or_default()
+            .iter()
+            .fold(s, evolve);
+        let events = decide(&s, ProviderCommand::Change(moved)).unwrap_or_default();
+        let [Event::AppChanged(change)] = &events[..] else {
+            panic!("{events:?}");
+        };
+        assert_eq!(change.name, "Payroll (EU)");
+        assert_eq!(change.redirect_uris, ["https://payroll.contoso.eu/cb"]);
+        assert_eq!(change.domain_ids, registered.domain_ids);
+        assert_eq!(change.id_token_alg, None, "the algorithm only when named");
+        // What the merge makes is checked: a patch cannot leave an app without domains.
+        let emptied = AppChange {
+            domain_ids: Some(vec![]),
+            ..AppChange::of(id)
+        };
+        assert!(matches!(
+            decide(&s, ProviderCommand::Change(emptied)),
+            Err(Rejection::Invalid {
+                field: "domain_ids",
+                ..
+            })
+        ));
+        let unknown = AppChange {
+            name: Some("x".into()),
+            ..AppChange::of(AppId(uuid::Uuid::from_u128(9)))
+        };
+        assert!(matches!(
+            decide(&s, ProviderCommand::Change(unknown)),
+            Err(Rejection::NotFound("app"))
+        ));
     }
 
     #[test]

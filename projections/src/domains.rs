@@ -319,8 +319,15 @@ impl Domains {
             .filter_map(|id| self.runs.get(id))
     }
 
-    /// Notes a user event appended by a run (its correlation id is the run's id).
-    pub(crate) fn note_run_user_event(&mut self, run: SyncRunId, user: UserId, event: &Event) {
+    /// Notes a user event appended by a run (its correlation id is the run's id); the user
+    /// was in the sync group before it or not.
+    pub(crate) fn note_run_user_event(
+        &mut self,
+        run: SyncRunId,
+        user: UserId,
+        event: &Event,
+        was_member: bool,
+    ) {
         let Some(r) = self.runs.get_mut(&run) else {
             return;
         };
@@ -330,6 +337,8 @@ impl Domains {
             | Event::RotationGroupJoined(_)
             | Event::RotationGroupLeft(_) => (Some(SyncOutcome::Changed), None),
             Event::MemberRejoinedSyncGroup(_) => (Some(SyncOutcome::Rejoined), None),
+            // Out already, for another reason now: no news, as the run counts it.
+            Event::MemberLeftSyncGroup(_) if !was_member => (None, None),
             Event::MemberLeftSyncGroup(e) => (
                 Some(match e.reason {
                     idledger_domain::LeaveReason::LeftGroup => SyncOutcome::Left,
@@ -355,7 +364,8 @@ impl Domains {
             entry.action = action;
         }
         // A running run counts what it has appended so far (a first sync of a large
-        // tenant runs for minutes); its final counters replace these when it completes.
+        // tenant runs for minutes); its final counters replace these when it completes. A
+        // run that fails keeps the counts of what it did append.
         if r.status == SyncRunStatus::Running {
             before.tally(&mut r.counters, false);
             entry.tally(&mut r.counters, true);

@@ -99,7 +99,9 @@ impl Projections {
                 self.head_hash = env.hash;
                 if let Some(c) = env.correlation_id {
                     let run = idledger_domain::SyncRunId(c);
-                    self.domains.note_run_user_event(run, user_id, &env.event);
+                    let was_member = self.users.get(user_id).is_some_and(|u| u.in_sync_group);
+                    self.domains
+                        .note_run_user_event(run, user_id, &env.event, was_member);
                 }
                 self.users.apply_owned(user_id, env);
             }
@@ -124,6 +126,7 @@ impl Projections {
             }
             StreamKind::User => {
                 if let Some(user_id) = env.stream.user_id() {
+                    let was_member = self.users.get(user_id).is_some_and(|u| u.in_sync_group);
                     self.users.apply(user_id, env);
                     self.signins.apply(user_id, env);
                     if let Some(c) = env.correlation_id {
@@ -131,6 +134,7 @@ impl Projections {
                             idledger_domain::SyncRunId(c),
                             user_id,
                             &env.event,
+                            was_member,
                         );
                     }
                     let domain_id = self.users.get(user_id).map(|u| u.domain_id);
@@ -612,6 +616,18 @@ mod tests {
             p.apply(&env);
         };
         apply(&mut p, StreamId::user(c), false, discovered(c, "carol"));
+        // Dan left before it.
+        let dan = UserId(uuid::Uuid::from_u128(6));
+        apply(&mut p, StreamId::user(dan), false, discovered(dan, "dan"));
+        apply(
+            &mut p,
+            StreamId::user(dan),
+            false,
+            MemberLeftSyncGroup {
+                reason: LeaveReason::LeftGroup,
+            }
+            .into(),
+        );
         let started = SyncRunStarted {
             run_id: run,
             trigger: idledger_domain::SyncTrigger::Manual,
@@ -662,7 +678,18 @@ mod tests {
             }
             .into(),
         );
+        // Still out, for another reason now: no news, as the run counts it.
+        apply(
+            &mut p,
+            StreamId::user(dan),
+            true,
+            MemberLeftSyncGroup {
+                reason: LeaveReason::DeletedInEntra,
+            }
+            .into(),
+        );
         let c_now = so_far(&p);
+        assert_eq!(c_now.deleted, 0);
         assert_eq!(
             (
                 c_now.added,

@@ -328,7 +328,8 @@ pub(super) async fn import(
         let actions = if v.admin() {
             r#"<div class="actions"><button type="button" id="import-selected" class="primary">Import selected</button>
 <button type="button" id="import-all">Import all</button>
-<span id="selected-count" role="status"></span></div>"#
+<span id="selected-count" role="status"></span>
+<button type="button" id="clear-selection" hidden>Clear selection</button></div>"#
         } else {
             ""
         };

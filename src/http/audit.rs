@@ -250,21 +250,23 @@ pub async fn timeline(
 ) -> Result<Json<Page<TimelineEntry>>, ApiError> {
     s.reach(q.min_position).await?;
     let stream = StreamId::user(UserId(id));
+    let point = super::point_in_time(q.at, q.at_position)?;
+    if let Some(until) = point {
+        // Every event committed by `at` is readable after this (the version is read after).
+        s.reached(until).await?;
+    }
     let mut version = s.engine.log.stream_version(&stream);
     if version == 0 {
         return Err(ApiError::NotFound("user".into()));
     }
-    if let Some(until) = super::point_in_time(q.at, q.at_position)? {
+    if let Some(until) = point {
         let until = match until {
             // Where a replay to `at` stops (a kept past state when the user's page asked
             // for it just before): a log whose times went back is cut only by a fold.
             Until::Time(_) if !s.engine.log.times_ordered() => {
                 Until::Position(s.replay_until(&who, until).await?.position())
             }
-            until => {
-                s.reached(until).await?;
-                until
-            }
+            until => until,
         };
         version = versions_through(&*s.engine.log, &stream, version, until)?;
         // Not yet there, as `GET /v1/users/{id}?at=` says.

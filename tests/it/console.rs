@@ -214,6 +214,12 @@ async fn an_admin_runs_the_whole_workflow_in_the_browser_and_an_auditor_only_rea
     b.wait_text("#candidates", "Alex Wilber").await;
     b.click("input[aria-label='Select Alex Wilber']").await;
     b.wait_text("#selected-count", "1 selected").await;
+    // Let go of, then chosen again.
+    b.click("#clear-selection").await;
+    assert!(!b.present("#candidates input:checked").await);
+    assert!(!b.present("#clear-selection:not([hidden])").await);
+    b.click("input[aria-label='Select Alex Wilber']").await;
+    b.wait_text("#selected-count", "1 selected").await;
     b.fill("#cq", "allan").await;
     b.click("#candidate-search button[type=submit]").await;
     only("Allan Deyoung").await;
@@ -479,7 +485,12 @@ async fn an_admin_runs_the_whole_workflow_in_the_browser_and_an_auditor_only_rea
         .await;
     b.click("#import-links a").await;
     b.wait_text("#candidates", "Brian Johnson").await;
-    for command in ["#import-selected", "#import-all", "#candidates input"] {
+    for command in [
+        "#import-selected",
+        "#import-all",
+        "#clear-selection",
+        "#candidates input",
+    ] {
         assert!(!b.present(command).await, "{command} shown to an auditor");
     }
     b.only_reading_controls().await;

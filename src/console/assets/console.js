@@ -149,13 +149,14 @@ function pagedTable(table, query, row, empty, label) {
 /// not yet applied never meets another listing's cursor. Only the answer to the latest
 /// request is shown: a slow one cannot overwrite a newer listing.
 function pager(query, show) {
-  let base = null, cursor = null, shown = null, latest = 0;
+  let base = null, cursor = null, target = null, latest = 0;
   const load = async (from, after) => {
     const ticket = ++latest;
+    // The page asked for last, shown or on its way: what `current()` reads again.
+    target = after;
     const page = await api("GET", withAfter(from, after));
     if (ticket !== latest) return;
     cursor = page.next;
-    shown = after;
     show(page, after);
   };
   return {
@@ -163,8 +164,9 @@ function pager(query, show) {
     next: () => (cursor ? load(base, cursor) : Promise.resolve()),
     // Back to the first page of the listing shown, not of a query edited since.
     again: () => (base ? load(base, null) : Promise.resolve()),
-    // The page shown, read again (a live update must not move a reader off it).
-    current: () => (base ? load(base, shown) : Promise.resolve()),
+    // The page shown (or on its way), read again: a live update must not move a reader
+    // off it, nor undo a move they just asked for.
+    current: () => (base ? load(base, target) : Promise.resolve()),
   };
 }
 
@@ -416,14 +418,20 @@ async function domainPage() {
   });
   // A run going on (started here, by the schedule or by another admin) moves its counters
   // with its users' events: shown at most once a second; its end is the domain's event.
-  let counted = 0;
+  let counted = 0, owed = null;
   const refreshCounters = coalesced(() => firstRuns.current());
+  const count = () => {
+    counted = Date.now();
+    refreshCounters().catch((x) => flash(x.message, "error"));
+  };
   hearing.add((e) => {
     if (e.stream === `domain-${pageId}`) refreshLive().catch((x) => flash(x.message, "error"));
     else if (e.correlation_id && e.correlation_id === d.last_sync?.run_id
-      && d.last_sync.status === "running" && Date.now() - counted >= 1000) {
-      counted = Date.now();
-      refreshCounters().catch((x) => flash(x.message, "error"));
+      && d.last_sync.status === "running") {
+      const wait = counted + 1000 - Date.now();
+      // Within the second: once at its end, so the last events of a burst show too.
+      if (wait <= 0) count();
+      else if (!owed) owed = setTimeout(() => { owed = null; count(); }, wait);
     }
   });
   follow(from, (e) => { for (const hear of hearing) hear(e); });
@@ -617,6 +625,10 @@ async function importPage() {
     const n = selected.size;
     const shown = $("#selected-count");
     if (shown) shown.textContent = n ? `${n} selected` : "";
+    // Chosen people may leave the candidates (synced away, imported by another admin)
+    // and no listing shows them to untick: the whole choice can be let go.
+    const clear = $("#clear-selection");
+    if (clear) clear.hidden = !n;
   };
   const pick = (u) => (e) => {
     if (e.target.checked) selected.set(u.id, u.display_name);
@@ -645,6 +657,11 @@ async function importPage() {
   $("#candidates-first").addEventListener("click", () => pages.again().catch((x) => flash(x.message, "error")));
   await load(true);
   if (!admin) return;
+  $("#clear-selection").addEventListener("click", () => {
+    selected.clear();
+    count();
+    for (const c of document.querySelectorAll("#candidates input:checked")) c.checked = false;
+  });
   wire($("#import-selected"), async () => {
     const ids = [...selected.keys()];
     if (!ids.length) throw new Error("Select at least one candidate.");

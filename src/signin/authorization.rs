@@ -17,6 +17,20 @@ pub struct AuthRequest {
     pub(super) fresh_after: Option<DateTime<Utc>>,
     /// The user an `id_token_hint` names: the request is answered for them only.
     pub(super) hinted: Option<UserId>,
+    /// How the answer goes back to the app.
+    pub(super) response_mode: ResponseMode,
+}
+
+/// How an authorization answer reaches the app's redirect URI.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ResponseMode {
+    /// In the query of a redirect (RFC 6749 §4.1.2).
+    #[default]
+    Query,
+    /// In a form the browser posts there (OAuth 2.0 Form Post Response Mode): what ASP.NET
+    /// Core's and Microsoft.Identity.Web's handlers ask for by default. The code stays out
+    /// of the address bar, the history and the app's access logs.
+    FormPost,
 }
 
 impl AuthRequest {
@@ -28,6 +42,11 @@ impl AuthRequest {
     /// The app asking.
     pub fn app_id(&self) -> AppId {
         self.app
+    }
+
+    /// Where and how its answer goes.
+    pub(super) fn back(&self) -> (&str, ResponseMode) {
+        (&self.redirect_uri, self.response_mode)
     }
 }
 

@@ -12,7 +12,7 @@
 //! with SSO on, of one of the app's domains). The protocol's own rooms — SAML or
 //! WS-Federation later — would sit beside this file on the same sessions.
 
-use super::authorization::{origin_of, AuthRequest};
+use super::authorization::{origin_of, AuthRequest, ResponseMode};
 use super::{https, refuse, sessions, sign_in_stands, signed_in, Ctx, Refusal};
 use crate::http::session::same_secret;
 use crate::provider::{verify, TokenType};
@@ -360,7 +360,7 @@ struct Discovery {
     end_session_endpoint: String,
     scopes_supported: [&'static str; 4],
     response_types_supported: [&'static str; 1],
-    response_modes_supported: [&'static str; 1],
+    response_modes_supported: [&'static str; 2],
     grant_types_supported: [&'static str; 2],
     subject_types_supported: [&'static str; 1],
     id_token_signing_alg_values_supported: [&'static str; 2],
@@ -386,7 +386,7 @@ async fn discovery(State(ctx): State<Ctx>) -> Result<Json<Discovery>, Refusal> {
         issuer: iss,
         scopes_supported: SCOPES,
         response_types_supported: ["code"],
-        response_modes_supported: ["query"],
+        response_modes_supported: ["query", "form_post"],
         grant_types_supported: ["authorization_code", "refresh_token"],
         subject_types_supported: ["public"],
         id_token_signing_alg_values_supported: crate::provider::ALGS,
@@ -524,14 +524,14 @@ fn verifier_ok(verifier: &str) -> bool {
 /// An error sent back to the app (RFC 6749 §4.1.2.1).
 fn to_app(
     ctx: &Ctx,
-    redirect_uri: &str,
+    back: (&str, ResponseMode),
     state: Option<&str>,
     error: &str,
     description: &str,
 ) -> Response {
     answer_app(
         ctx,
-        redirect_uri,
+        back,
         &[("error", error), ("error_description", description)],
         state,
     )
@@ -539,20 +539,25 @@ fn to_app(
 
 /// Every answer at the redirect URI names its issuer (RFC 9207): an app that talks to
 /// several providers can then tell whose answer it holds, which defeats mix-up attacks.
+/// `back` is the redirect URI (registered: checked by the caller) and how to reach it.
 fn answer_app(
     ctx: &Ctx,
-    redirect_uri: &str,
+    (redirect_uri, mode): (&str, ResponseMode),
     params: &[(&str, &str)],
     state: Option<&str>,
 ) -> Response {
-    let mut url = String::from(redirect_uri);
-    let mut sep = if redirect_uri.contains('?') { '&' } else { '?' };
     let iss = issuer(ctx).ok();
     let all = params
         .iter()
         .copied()
         .chain(state.map(|s| ("state", s)))
         .chain(iss.as_deref().map(|i| ("iss", i)));
+    if mode == ResponseMode::FormPost {
+        let fields: Vec<(&str, &str)> = all.collect();
+        return super::pages::form_post(redirect_uri, origin_of(redirect_uri).as_deref(), &fields);
+    }
+    let mut url = String::from(redirect_uri);
+    let mut sep = if redirect_uri.contains('?') { '&' } else { '?' };
     for (name, value) in all {
         url.push(sep);
         url.push_str(name);
@@ -625,9 +630,10 @@ async fn authorize(
             return bad_client("The request's parameters could not be read.");
         };
         return match registered(&ctx, Some(&client_id), Some(&redirect_uri)) {
+            // The mode could not be read either: the query, which every app takes.
             Ok((_, redirect_uri)) => to_app(
                 &ctx,
-                &redirect_uri,
+                (&redirect_uri, ResponseMode::Query),
                 state.as_deref().filter(|s| s.len() <= MAX_STATE),
                 "invalid_request",
                 "a parameter is repeated or malformed",
@@ -640,18 +646,31 @@ async fn authorize(
             Ok(found) => found,
             Err(why) => return bad_client(why),
         };
+    let response_mode = match q.response_mode.as_deref() {
+        None | Some("query") => ResponseMode::Query,
+        Some("form_post") => ResponseMode::FormPost,
+        Some(_) => {
+            return to_app(
+                &ctx,
+                (&redirect_uri, ResponseMode::Query),
+                q.state.as_deref().filter(|s| s.len() <= MAX_STATE),
+                "invalid_request",
+                "response_mode: query or form_post",
+            )
+        }
+    };
+    let back = (redirect_uri.as_str(), response_mode);
     if q.state.as_ref().is_some_and(|s| s.len() > MAX_STATE) {
         return to_app(
             &ctx,
-            &redirect_uri,
+            back,
             None,
             "invalid_request",
             "the state is longer than 2048 characters",
         );
     }
     let state = q.state.as_deref();
-    let fail =
-        |error: &str, description: &str| to_app(&ctx, &redirect_uri, state, error, description);
+    let fail = |error: &str, description: &str| to_app(&ctx, back, state, error, description);
     // Request objects are not supported, and discovery says so; ignoring one would act on
     // parameters the app did not mean (OIDC Core §6).
     if q.request.is_some() {
@@ -664,9 +683,6 @@ async fn authorize(
         Some("code") => {}
         None => return fail("invalid_request", "response_type is required"),
         Some(_) => return fail("unsupported_response_type", "only response_type=code"),
-    }
-    if q.response_mode.as_deref().is_some_and(|m| m != "query") {
-        return fail("invalid_request", "only response_mode=query");
     }
     // Scopes it does not know are ignored (OIDC Core §3.1.2.1): the grant, recorded with
     // the tokens, holds the known ones once each.
@@ -760,6 +776,7 @@ async fn authorize(
         scope,
         fresh_after,
         hinted,
+        response_mode,
     };
     match continue_with(&ctx, &headers, &request).await {
         Some(answer) => answer,
@@ -809,7 +826,7 @@ async fn continue_with(ctx: &Ctx, headers: &HeaderMap, request: &AuthRequest) ->
     if request.hinted.is_some_and(|h| h != session.user) {
         return Some(to_app(
             ctx,
-            &request.redirect_uri,
+            request.back(),
             request.state.as_deref(),
             "login_required",
             "the user id_token_hint names is not the one signed in",
@@ -845,7 +862,7 @@ async fn continue_with(ctx: &Ctx, headers: &HeaderMap, request: &AuthRequest) ->
         .await;
         return Some(to_app(
             ctx,
-            &request.redirect_uri,
+            request.back(),
             state,
             "access_denied",
             "this app is not open to the signed-in user",
@@ -870,7 +887,7 @@ async fn continue_with(ctx: &Ctx, headers: &HeaderMap, request: &AuthRequest) ->
         if codes.len() >= MOST {
             return Some(to_app(
                 ctx,
-                &request.redirect_uri,
+                request.back(),
                 state,
                 "temporarily_unavailable",
                 "too many sign-ins at once; try again",
@@ -892,12 +909,7 @@ async fn continue_with(ctx: &Ctx, headers: &HeaderMap, request: &AuthRequest) ->
             },
         );
     }
-    Some(answer_app(
-        ctx,
-        &request.redirect_uri,
-        &[("code", &code)],
-        state,
-    ))
+    Some(answer_app(ctx, request.back(), &[("code", &code)], state))
 }
 
 /// After signing in: the request that was waiting in this browser's flow.
@@ -916,7 +928,7 @@ async fn resume(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
         None if !still_registered(&ctx, &request) => no_longer_registered(),
         None => to_app(
             &ctx,
-            &request.redirect_uri,
+            request.back(),
             request.state.as_deref(),
             "login_required",
             "the sign-in did not complete",

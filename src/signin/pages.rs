@@ -143,6 +143,35 @@ pub fn confirm_sign_out(
     response
 }
 
+/// An authorization answer in `response_mode=form_post`: a form of `fields` the page's
+/// script posts to the app's registered `action` at once (a button does without script).
+/// Its origin is the one place the form may lead besides this site.
+pub fn form_post(action: &str, origin: Option<&str>, fields: &[(&str, &str)]) -> Response {
+    let hidden: String = fields
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                r#"<input type="hidden" name="{}" value="{}">"#,
+                esc(k),
+                esc(v)
+            )
+        })
+        .collect();
+    let mut response = page(
+        StatusCode::OK,
+        "Back to the app",
+        "",
+        &format!(
+            r#"<h1>Back to the app</h1>
+<form method="post" action="{}" data-post-at-once>{hidden}<p role="status">Taking you back to the app.</p>
+<button type="submit">Continue</button></form>"#,
+            esc(action)
+        ),
+    );
+    leads_to(&mut response, origin);
+    response
+}
+
 /// Lets the page's forms lead to `origin` (a registered address's, checked by the caller)
 /// besides this site. Browsers check every hop of a form's redirects against
 /// `form-action`, so a form whose answer sends the browser on to an app needs the app's

@@ -625,7 +625,21 @@ pub(crate) async fn callback_server() -> String {
     let app = axum::Router::new()
         .route(
             "/callback",
-            axum::routing::get(|| async { axum::response::Html("<h1>Payroll: signed in</h1>") }),
+            axum::routing::get(|| async { axum::response::Html("<h1>Payroll: signed in</h1>") })
+                // An answer in `response_mode=form_post`: shows what it was sent.
+                .post(
+                    |axum::Form(fields): axum::Form<Vec<(String, String)>>| async move {
+                        let shown: String = fields
+                            .iter()
+                            .filter(|(k, v)| {
+                                k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                                    && !v.contains(['<', '>', '&', '"'])
+                            })
+                            .map(|(k, v)| format!("<p id=\"{k}\">{v}</p>"))
+                            .collect();
+                        axum::response::Html(format!("<h1>Payroll: posted</h1>{shown}"))
+                    },
+                ),
         )
         .route(
             "/bye",
@@ -830,6 +844,34 @@ async fn an_app_registered_in_the_console_signs_a_passkey_user_in_through_chromi
         answered,
         json!({"token": 200, "userinfo": 200, "sub": adele}),
         "the app's page could not read the answers"
+    );
+    // The same app asking for its answer by form (as ASP.NET Core's handler does): the
+    // browser posts the code, the state and the issuer to the redirect URI, and the code
+    // is as good as one in the query.
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    b.goto(&format!(
+        "{}/authorize?client_id={spa_id}&redirect_uri={}&response_type=code&scope=openid&code_challenge={}&code_challenge_method=S256&response_mode=form_post&state=posted",
+        w.app.public,
+        urlencoding::encode(&callback),
+        challenge.as_str()
+    ))
+    .await;
+    b.wait_text("h1", "Payroll: posted").await;
+    assert_eq!(b.url().await, callback, "the code stays out of the address");
+    assert_eq!(b.css("#state").await.text().await.unwrap(), "posted");
+    assert_eq!(b.css("#iss").await.text().await.unwrap(), w.app.public);
+    let posted = b.css("#code").await.text().await.unwrap();
+    let mut form = args(&posted);
+    form[2]["code_verifier"] = json!(verifier.secret());
+    let answered = b
+        .client
+        .execute_async(exchange_in_page, form)
+        .await
+        .unwrap();
+    assert_eq!(
+        answered,
+        json!({"token": 200, "userinfo": 200, "sub": adele}),
+        "the posted code"
     );
     // The same script from an origin no app registered reads nothing (same server, other
     // host name: another origin to the browser).
@@ -1501,7 +1543,7 @@ async fn malformed_and_oversized_requests_are_answered_without_being_kept() {
     }
     for (field, values) in [
         ("response_types_supported", json!(["code"])),
-        ("response_modes_supported", json!(["query"])),
+        ("response_modes_supported", json!(["query", "form_post"])),
         (
             "grant_types_supported",
             json!(["authorization_code", "refresh_token"]),
@@ -1587,6 +1629,12 @@ async fn malformed_and_oversized_requests_are_answered_without_being_kept() {
             "request_not_supported",
             Some("x4"),
         ),
+        // A mode it does not offer: told in the query, which every app reads.
+        (
+            "&response_mode=fragment&state=x5".to_owned(),
+            "invalid_request",
+            Some("x5"),
+        ),
     ];
     for (extra, error, state) in &cases {
         let mut fresh = Visitor::new();
@@ -1597,6 +1645,34 @@ async fn malformed_and_oversized_requests_are_answered_without_being_kept() {
         assert_eq!(get(&q, "state"), *state);
         assert_eq!(get(&q, "iss"), Some(w.app.public.as_str()), "{extra:.40}");
         assert!(!fresh.holds_cookies(), "no flow was kept: {extra:.40}");
+    }
+    // An app that asked for its answer by form gets its errors by form too: a page whose
+    // form goes to the registered address, and whose policy lets it go there.
+    let r = reqwest::Client::new()
+        .get(format!(
+            "{base}&response_mode=form_post&request=eyJ.e30.&state=x6"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let policy = r.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        policy.contains("form-action 'self' http://localhost:9"),
+        "{policy}"
+    );
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    let page = r.text().await.unwrap();
+    for field in [
+        format!(r#"action="{REDIRECT}""#),
+        r#"name="error" value="request_not_supported""#.to_owned(),
+        r#"name="state" value="x6""#.to_owned(),
+        format!(r#"name="iss" value="{}""#, w.app.public),
+    ] {
+        assert!(page.contains(&field), "{field}: {page}");
     }
     // A response type left out is a missing parameter; one given that is not `code` is
     // unsupported (RFC 6749 §4.1.2.1).

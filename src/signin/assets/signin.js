@@ -179,6 +179,10 @@
     });
   });
 
+  // An authorization answer for an app that asked for it by form (form_post).
+  const back = document.querySelector("form[data-post-at-once]");
+  if (back) back.submit();
+
   document.querySelectorAll("form[data-totp-confirm]").forEach((form) => {
     form.addEventListener("submit", async (event) => {
       event.preventDefault();

@@ -1022,19 +1022,28 @@ fn token_error(
 
 /// The app a token request authenticates as (RFC 6749 §2.3.1: Basic with URL-encoded
 /// parts, or the form's fields; a public app names itself and has no secret).
+/// A client that did not authenticate, and the registered app it named, if any.
+struct ClientRefused {
+    answer: TokenFail,
+    app: Option<AppId>,
+}
+
 fn client(
     ctx: &Ctx,
     headers: &HeaderMap,
     form: &TokenForm,
-) -> Result<idledger_projections::AppView, TokenFail> {
+) -> Result<idledger_projections::AppView, ClientRefused> {
     // Counted by the app it named (a guessed secret shows there), else as no app.
     let refused = |app: Option<AppId>| {
         crate::metrics::client_authentication_failed(app);
-        TokenFail(Box::new(token_error(
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            "client authentication failed",
-        )))
+        ClientRefused {
+            answer: TokenFail(Box::new(token_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "client authentication failed",
+            ))),
+            app,
+        }
     };
     let invalid = || refused(None);
     let basic = headers
@@ -1109,7 +1118,12 @@ async fn token(
     };
     let app = match client(&ctx, &headers, &form) {
         Ok(a) => a,
-        Err(r) => return r.into_response(),
+        Err(ClientRefused { answer, app }) => {
+            if let Some(app) = app {
+                record_grant_without_client(&ctx, app, &form).await;
+            }
+            return answer.into_response();
+        }
     };
     match form.grant_type.as_deref() {
         Some("authorization_code") => exchange_code(&ctx, &app, &form).await,
@@ -1124,6 +1138,41 @@ async fn token(
             "unsupported_grant_type",
             "authorization_code or refresh_token",
         ),
+    }
+}
+
+/// A user's code or refresh token presented for `app` by a caller who could not
+/// authenticate as it: a grant in the wrong hands, or an app misconfigured. The user the
+/// grant names has it in their history (at most once a minute per app: anyone holding the
+/// grant can repeat it). Nothing is spent or revoked: the app itself may still present it.
+async fn record_grant_without_client(ctx: &Ctx, app: AppId, form: &TokenForm) {
+    let user = match form.grant_type.as_deref() {
+        Some("authorization_code") => form.code.as_deref().and_then(|code| {
+            let codes = ctx.provider.codes.lock().unwrap_or_else(|e| e.into_inner());
+            codes
+                .get(&hash(code))
+                .filter(|g| g.request.app == app && g.created.elapsed() < ctx.app.oidc.code_ttl)
+                .map(|g| g.user)
+        }),
+        // Only a token this server made names a user worth telling (anyone can make up
+        // one that names a family in the log).
+        Some("refresh_token") => form
+            .refresh_token
+            .as_deref()
+            .and_then(|t| refresh_token_names(ctx, t))
+            .filter(|(_, issued_here)| *issued_here)
+            .map(|(name, _)| name.user),
+        _ => None,
+    };
+    if let Some(user) = user {
+        record_refusal(
+            ctx,
+            user,
+            app,
+            "invalid_client: a grant was presented for this app without its credentials",
+            None,
+        )
+        .await;
     }
 }
 

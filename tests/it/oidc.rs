@@ -1702,6 +1702,41 @@ async fn malformed_and_oversized_requests_are_answered_without_being_kept() {
     let code = get(&q, "code").unwrap().to_owned();
     let raw = reqwest::Client::new();
     let token_url = format!("{}/token", w.app.public);
+    // Her code presented without the app's secret, twice: refused, and in her history
+    // once (anyone holding it could repeat it); the code is not spent by it.
+    for _ in 0..2 {
+        let r = raw
+            .post(&token_url)
+            .basic_auth(&client_id, Some("not-the-secret"))
+            .form(&[
+                ("grant_type", "authorization_code"),
+                ("code", code.as_str()),
+                ("redirect_uri", REDIRECT),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+    let (_, story) = w
+        .admin(
+            Method::GET,
+            &format!("/v1/users/{adele}/timeline?order=newest&limit=50"),
+            None,
+        )
+        .await;
+    let told = story["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            e["kind"] == "AppTokenRefused"
+                && e["payload"]["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("invalid_client"))
+        })
+        .count();
+    assert_eq!(told, 1, "{story}");
     let basic = {
         use base64::Engine;
         base64::engine::general_purpose::STANDARD.encode(format!("{client_id}:{secret}"))

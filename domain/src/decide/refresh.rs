@@ -42,15 +42,20 @@ pub struct Family {
 pub struct Families {
     /// Live families (ended ones are removed).
     pub by_id: BTreeMap<uuid::Uuid, Family>,
-    /// When an app's authorization request (`access_denied`) was last refused and recorded.
-    pub authorization_refused_at: BTreeMap<AppId, DateTime<Utc>>,
+    /// When a refusal anyone can cause (see [`throttled_refusal`]) was last recorded, by
+    /// app and error code.
+    pub throttled_refused_at: BTreeMap<(AppId, &'static str), DateTime<Utc>>,
 }
 
-/// Whether a recorded refusal is of an authorization request: RFC 6749 names the error
-/// `access_denied` at the authorization endpoint only. Any site can send a signed-in
-/// browser there, so these are recorded at most once a minute per app.
-pub fn is_authorization_refusal(reason: &str) -> bool {
-    reason.starts_with("access_denied")
+/// The error code of a refusal anyone can cause, recorded at most once a minute per app
+/// and code: `access_denied` at the authorization endpoint (RFC 6749 names it there only;
+/// any site can send a signed-in browser there), `invalid_client` at the token endpoint
+/// (anyone holding a user's code or refresh token can present it without the app's
+/// credentials).
+pub fn throttled_refusal(reason: &str) -> Option<&'static str> {
+    ["access_denied", "invalid_client"]
+        .into_iter()
+        .find(|code| reason.starts_with(code))
 }
 
 impl Families {
@@ -95,8 +100,8 @@ impl Families {
                 if let Some(f) = e.revoked_family {
                     self.by_id.remove(&f);
                 }
-                if is_authorization_refusal(&e.reason) {
-                    self.authorization_refused_at.insert(e.app_id, e.at);
+                if let Some(code) = throttled_refusal(&e.reason) {
+                    self.throttled_refused_at.insert((e.app_id, code), e.at);
                 }
             }
             _ => {}

@@ -682,11 +682,12 @@ pub fn decide(s: &UserState, c: SignInCommand) -> Result<Vec<Event>, Rejection> 
             super::refresh::decide(s, r, allowed)
         }
         SignInCommand::RefuseAppToken(refused) => {
-            let recently = super::refresh::is_authorization_refusal(&refused.reason)
-                && s.refresh
-                    .authorization_refused_at
-                    .get(&refused.app_id)
-                    .is_some_and(|t| refused.at - *t < UNCOUNTED_RECORD_EVERY);
+            let recently = super::refresh::throttled_refusal(&refused.reason).is_some_and(|code| {
+                s.refresh
+                    .throttled_refused_at
+                    .get(&(refused.app_id, code))
+                    .is_some_and(|t| refused.at - *t < UNCOUNTED_RECORD_EVERY)
+            });
             if recently {
                 return Err(Rejection::Throttled(
                     "this app's request was refused a moment ago".into(),

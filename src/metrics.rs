@@ -634,6 +634,15 @@ fn tokens_of(r: &Recorded, e: &Event) {
                 })
                 .inc();
         }
+        Event::AppTokensRevoked(t) => {
+            r.tokens
+                .get_or_create(&TokenLabels {
+                    app: t.app_id.0.to_string(),
+                    grant: "refresh_token".to_owned(),
+                    outcome: "revoked",
+                })
+                .inc();
+        }
         _ => {}
     }
 }

@@ -405,6 +405,18 @@ pub struct AppTokenRefused {
     pub at: DateTime<Utc>,
 }
 
+/// The app revoked one of its refresh tokens (RFC 7009): the family it belongs to ends, and
+/// the access tokens of that grant with it.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct AppTokensRevoked {
+    /// The app.
+    pub app_id: AppId,
+    /// The refresh family ended (also the grant its access tokens name).
+    pub family: uuid::Uuid,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
 // ---- user stream ---------------------------------------------------------------------------
 
 /// A member of the sync group was seen for the first time: a candidate.
@@ -1090,4 +1102,6 @@ event_catalogue! {
     SigningKeyHandover = "SigningKeyHandover", schema 1, Provider;
     /// See [`SignInUnlocked`].
     SignInUnlocked = "SignInUnlocked", schema 1, User;
+    /// See [`AppTokensRevoked`].
+    AppTokensRevoked = "AppTokensRevoked", schema 1, User;
 }

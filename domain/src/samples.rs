@@ -465,6 +465,12 @@ pub fn sample_event(index: usize, s: &SampleSeed) -> Option<Event> {
             at: at(s.number),
         }
         .into(),
+        &"AppTokensRevoked" => AppTokensRevoked {
+            app_id: AppId(s.uuid(19)),
+            family: s.uuid(22),
+            at: at(s.number),
+        }
+        .into(),
         &"FederatedDomainsSeen" => FederatedDomainsSeen {
             names: vec![format!("{}.example", s.number), text],
         }

@@ -2,21 +2,22 @@
 //! and refresh, answers are lost (the app keeps presenting its old token), decisions are
 //! lost before they are appended (a crash), tokens are replayed by whoever copied them, the
 //! user is deactivated, reactivated or loses SSO, removes a passkey or an authenticator app,
-//! has their sign-in method changed, and time passes. Every decision folds the
+//! has their sign-in method changed, apps revoke their tokens (RFC 7009), and time passes. Every decision folds the
 //! log from scratch, as a restarted server does, and must equal the state folded step by
 //! step.
 //!
 //! After every step: a refresh is accepted only for the family's newest token, by its own
 //! app, while the user may sign in, within the idle limit, for a family no spent token, no
 //! loss of sign-in, no removed method and no change of method ever touched; such a refresh is never refused; and any spent token,
-//! however old, ends its family. The same model runs three broken rule sets, which must be
-//! caught, so the model is known to have teeth.
+//! however old, ends its family; a revocation ends a family only for its own app with a
+//! token this server issued it, and a revoked family refreshes nothing more. The same model
+//! runs four broken rule sets, which must be caught, so the model is known to have teeth.
 
 mod common;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use idledger_domain::decide::refresh::{
-    RefreshRequest, MAX_FAMILIES, MAX_FAMILIES_PER_APP, REFRESH_IDLE,
+    RefreshRequest, RevokeRequest, MAX_FAMILIES, MAX_FAMILIES_PER_APP, REFRESH_IDLE,
 };
 use idledger_domain::decide::signin::{self, SignInCommand};
 use idledger_domain::decide::user::UserState;
@@ -60,6 +61,13 @@ enum Step {
         lost: bool,
         crash: bool,
     },
+    /// The app revokes the token of family `pick` it names (RFC 7009); the decision may
+    /// never be appended.
+    Revoke {
+        pick: usize,
+        which: Which,
+        crash: bool,
+    },
     Deactivate,
     Reactivate,
     SsoOff,
@@ -86,8 +94,10 @@ fn step() -> impl Strategy<Value = Step> {
     ];
     prop_oneof![
         3 => (0u8..2, proptest::bool::weighted(0.2)).prop_map(|(app, lost)| Step::Exchange { app, lost }),
-        10 => (0usize..8, which, proptest::bool::weighted(0.2), proptest::bool::weighted(0.1))
+        10 => (0usize..8, which.clone(), proptest::bool::weighted(0.2), proptest::bool::weighted(0.1))
             .prop_map(|(pick, which, lost, crash)| Step::Refresh { pick, which, lost, crash }),
+        2 => (0usize..8, which, proptest::bool::weighted(0.1))
+            .prop_map(|(pick, which, crash)| Step::Revoke { pick, which, crash }),
         1 => Just(Step::Deactivate),
         1 => Just(Step::Reactivate),
         1 => Just(Step::SsoOff),
@@ -208,6 +218,37 @@ impl Model {
         }
     }
 
+    /// The token `which` names in family `i`: what is presented, the generation it names,
+    /// and the app presenting it; `None` when there is no such token.
+    fn present(&self, i: usize, which: Which) -> Option<(Hash, u64, AppId)> {
+        let f = &self.families[i];
+        // The generation a token names is its place in the family.
+        let generation_of = |h: &Hash| f.issued.iter().position(|x| x == h);
+        let newest_generation = f.issued.len() as u64 - 1;
+        let other = if f.app == app(0) { app(1) } else { app(0) };
+        Some(match which {
+            // None when the exchange's answer was lost: the app holds nothing.
+            Which::Held => (f.held, generation_of(&f.held)? as u64, f.app),
+            Which::Newest => (*f.issued.last()?, newest_generation, f.app),
+            Which::Spent(back) => {
+                let k = f.issued.len().checked_sub(back + 2)?;
+                (f.issued[k], k as u64, f.app)
+            }
+            Which::OtherApp => (f.held, generation_of(&f.held)? as u64, other),
+            Which::MadeUp => (hash(u64::MAX), newest_generation, f.app),
+            Which::MadeUpEarlier => (hash(u64::MAX), newest_generation.checked_sub(1)?, f.app),
+        })
+    }
+
+    /// The family was ended on the record: a spent token replayed, or the app revoked it.
+    fn ended(&self, family: uuid::Uuid) -> bool {
+        self.stream.log.iter().any(|e| match e {
+            Event::AppTokenRefused(r) => r.revoked_family == Some(family),
+            Event::AppTokensRevoked(r) => r.family == family,
+            _ => false,
+        })
+    }
+
     fn run(&mut self, step: &Step) -> Result<(), String> {
         match *step {
             Step::Exchange { app: a, lost } => {
@@ -261,35 +302,11 @@ impl Model {
                 }
                 let i = pick % self.families.len();
                 let next = self.token();
-                let f = &self.families[i];
-                // The generation a token names is its place in the family.
-                let generation_of = |h: &Hash| f.issued.iter().position(|x| x == h);
-                let newest_generation = f.issued.len() as u64 - 1;
-                let (presented, generation, by) = match which {
-                    Which::Held => match generation_of(&f.held) {
-                        Some(g) => (f.held, g as u64, f.app),
-                        // The exchange's answer was lost: the app holds nothing.
-                        None => return Ok(()),
-                    },
-                    Which::Newest => (*f.issued.last().unwrap(), newest_generation, f.app),
-                    Which::Spent(back) => match f.issued.len().checked_sub(back + 2) {
-                        Some(k) => (f.issued[k], k as u64, f.app),
-                        None => return Ok(()),
-                    },
-                    Which::OtherApp => match generation_of(&f.held) {
-                        Some(g) => (
-                            f.held,
-                            g as u64,
-                            if f.app == app(0) { app(1) } else { app(0) },
-                        ),
-                        None => return Ok(()),
-                    },
-                    Which::MadeUp => (hash(u64::MAX), newest_generation, f.app),
-                    Which::MadeUpEarlier if newest_generation > 0 => {
-                        (hash(u64::MAX), newest_generation - 1, f.app)
-                    }
-                    Which::MadeUpEarlier => return Ok(()),
+                let Some((presented, generation, by)) = self.present(i, which) else {
+                    return Ok(());
                 };
+                let f = &self.families[i];
+                let newest_generation = f.issued.len() as u64 - 1;
                 let newest = presented == *f.issued.last().unwrap();
                 let earlier = generation < newest_generation;
                 // Only what this server issued carries its tag.
@@ -309,9 +326,7 @@ impl Model {
                     (self.decide)(&self.folded(), SignInCommand::RefreshAppTokens(request));
                 let accepted = matches!(decided.as_deref(), Ok([Event::AppTokensIssued(_)]));
                 let idle = self.now - f.last_used >= REFRESH_IDLE;
-                let revoked = self.stream.log.iter().any(
-                    |e| matches!(e, Event::AppTokenRefused(r) if r.revoked_family == Some(f.id)),
-                );
+                let revoked = self.ended(f.id);
                 if accepted {
                     if !newest {
                         return Err(format!("a token not the newest was accepted ({which:?})"));
@@ -376,6 +391,45 @@ impl Model {
                             f.held = next;
                         }
                     }
+                }
+            }
+            Step::Revoke { pick, which, crash } => {
+                if self.families.is_empty() {
+                    return Ok(());
+                }
+                let i = pick % self.families.len();
+                let Some((presented, generation, by)) = self.present(i, which) else {
+                    return Ok(());
+                };
+                let f = &self.families[i];
+                let issued_here = !matches!(which, Which::MadeUp | Which::MadeUpEarlier);
+                let held = self.folded().refresh.by_id.contains_key(&f.id);
+                let request = RevokeRequest {
+                    app_id: by,
+                    family: f.id,
+                    generation,
+                    issued_here,
+                    presented,
+                    at: self.now,
+                };
+                let decided =
+                    (self.decide)(&self.folded(), SignInCommand::RevokeAppTokens(request));
+                let Ok(events) = decided else {
+                    return Err(format!("a revocation was refused: {decided:?}"));
+                };
+                let ends = matches!(
+                    events.as_slice(),
+                    [Event::AppTokensRevoked(r)] if r.family == f.id && r.app_id == f.app
+                );
+                let owns_a_live_family = by == f.app && issued_here && held;
+                if owns_a_live_family && !ends {
+                    return Err(format!("the app's revocation ended nothing: {events:?}"));
+                }
+                if !owns_a_live_family && !events.is_empty() {
+                    return Err(format!("a revocation by {which:?} acted: {events:?}"));
+                }
+                if !crash {
+                    self.append(events);
                 }
             }
             Step::Deactivate => {
@@ -488,12 +542,28 @@ fn refuses_every_refresh(s: &UserState, c: SignInCommand) -> Result<Vec<Event>, 
     }
 }
 
+/// Rules under which any app may revoke any family it names.
+fn anyone_revokes(s: &UserState, c: SignInCommand) -> Result<Vec<Event>, Rejection> {
+    match c {
+        SignInCommand::RevokeAppTokens(mut r) => {
+            if let Some(f) = s.refresh.by_id.get(&r.family) {
+                r.app_id = f.app;
+                r.presented = f.current;
+                r.generation = f.generation;
+            }
+            signin::decide(s, SignInCommand::RevokeAppTokens(r))
+        }
+        c => signin::decide(s, c),
+    }
+}
+
 #[test]
 fn the_model_catches_broken_rules() {
     for (name, broken) in [
         ("no replay detection", no_replay_detection as Decide),
         ("closed families revive", revives_closed_families as Decide),
         ("nothing refreshes", refuses_every_refresh as Decide),
+        ("anyone revokes", anyone_revokes as Decide),
     ] {
         assert!(
             run_model(broken, 2048).is_err(),

@@ -125,6 +125,17 @@ pub struct UserView {
 }
 
 impl UserView {
+    /// Keeps `grant` as revoked from `at` on: its access tokens are refused. Time is the
+    /// log's, so every fold of these records keeps the same; a grant is kept once however
+    /// often its end is recorded (each replay of a spent code is).
+    pub(crate) fn revoke_grant(&mut self, grant: uuid::Uuid, at: DateTime<Utc>) {
+        self.revoked_grants
+            .retain(|(_, kept)| at - *kept < REVOKED_GRANTS_KEPT);
+        if !self.grant_revoked(grant) {
+            self.revoked_grants.push((grant, at));
+        }
+    }
+
     /// The tokens of `grant` were revoked (their access tokens are refused).
     pub fn grant_revoked(&self, grant: uuid::Uuid) -> bool {
         self.revoked_grants.iter().any(|(g, _)| *g == grant)
@@ -517,15 +528,10 @@ impl Users {
             }
             Event::AppTokenRefused(e) => {
                 if let Some(grant) = e.revoked_family {
-                    // Time is the log's, so every fold of these records keeps the same.
-                    u.revoked_grants
-                        .retain(|(_, at)| e.at - *at < REVOKED_GRANTS_KEPT);
-                    // Each replay of a spent code is recorded; the grant is kept once.
-                    if !u.grant_revoked(grant) {
-                        u.revoked_grants.push((grant, e.at));
-                    }
+                    u.revoke_grant(grant, e.at);
                 }
             }
+            Event::AppTokensRevoked(e) => u.revoke_grant(e.family, e.at),
             Event::PasswordRevealed(e) => {
                 u.last_revealed_at = Some(env.recorded_at);
                 if u.password

@@ -673,6 +673,12 @@ fn sign_in_row(env: &Envelope) -> Option<SignInRow<'_>> {
             app_id: Some(e.app_id),
             ..blank("app tokens")
         },
+        Event::AppTokensRevoked(e) => SignInRow {
+            result: "revoked",
+            reason: "the app revoked its refresh token".into(),
+            app_id: Some(e.app_id),
+            ..blank("app tokens")
+        },
         Event::SignInLocked(e) => SignInRow {
             factor: e.factor.as_str(),
             result: "locked",

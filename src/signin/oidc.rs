@@ -24,7 +24,7 @@ use axum::{Json, Router};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use idledger_domain::decide::refresh::RefreshRequest;
+use idledger_domain::decide::refresh::{RefreshRequest, RevokeRequest};
 use idledger_domain::decide::signin::SignInCommand;
 use idledger_domain::events::{AppTokenRefused, AppTokensIssued, RefreshIssued, TokenGrant};
 use idledger_domain::{AppId, ClientType, Event, SsoMethod, StreamId, UserId};
@@ -57,6 +57,7 @@ pub fn routes(router: Router<Ctx>, ctx: &Ctx) -> Router<Ctx> {
         .route("/.well-known/openid-configuration", get(discovery))
         .route("/jwks.json", get(jwks))
         .route("/token", axum::routing::post(token))
+        .route("/revoke", axum::routing::post(revoke))
         .route("/userinfo", get(userinfo).post(userinfo))
         .layer(axum::middleware::from_fn_with_state(ctx.clone(), cors));
     router
@@ -349,6 +350,9 @@ fn issuer(ctx: &Ctx) -> Result<String, Refusal> {
 
 // ---- discovery ------------------------------------------------------------------------------
 
+/// How clients authenticate at the token and revocation endpoints.
+const TOKEN_AUTH_METHODS: [&str; 3] = ["client_secret_basic", "client_secret_post", "none"];
+
 /// The discovery document (OpenID Connect Discovery 1.0 §3).
 #[derive(Serialize)]
 struct Discovery {
@@ -358,6 +362,8 @@ struct Discovery {
     userinfo_endpoint: String,
     jwks_uri: String,
     end_session_endpoint: String,
+    revocation_endpoint: String,
+    revocation_endpoint_auth_methods_supported: [&'static str; 3],
     scopes_supported: [&'static str; 4],
     response_types_supported: [&'static str; 1],
     response_modes_supported: [&'static str; 2],
@@ -383,6 +389,8 @@ async fn discovery(State(ctx): State<Ctx>) -> Result<Json<Discovery>, Refusal> {
         userinfo_endpoint: format!("{iss}/userinfo"),
         jwks_uri: format!("{iss}/jwks.json"),
         end_session_endpoint: format!("{iss}/end_session"),
+        revocation_endpoint: format!("{iss}/revoke"),
+        revocation_endpoint_auth_methods_supported: TOKEN_AUTH_METHODS,
         issuer: iss,
         scopes_supported: SCOPES,
         response_types_supported: ["code"],
@@ -390,11 +398,7 @@ async fn discovery(State(ctx): State<Ctx>) -> Result<Json<Discovery>, Refusal> {
         grant_types_supported: ["authorization_code", "refresh_token"],
         subject_types_supported: ["public"],
         id_token_signing_alg_values_supported: crate::provider::ALGS,
-        token_endpoint_auth_methods_supported: [
-            "client_secret_basic",
-            "client_secret_post",
-            "none",
-        ],
+        token_endpoint_auth_methods_supported: TOKEN_AUTH_METHODS,
         code_challenge_methods_supported: ["S256"],
         claims_supported: [
             "iss",
@@ -939,7 +943,7 @@ async fn resume(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
 // ---- tokens -------------------------------------------------------------------------------------
 
 /// The token endpoint's form (RFC 6749 §4.1.3, §6).
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 struct TokenForm {
     #[serde(default, deserialize_with = "omitted_if_empty")]
     grant_type: Option<String>,
@@ -1174,6 +1178,81 @@ async fn record_grant_without_client(ctx: &Ctx, app: AppId, form: &TokenForm) {
         )
         .await;
     }
+}
+
+/// RFC 7009's form: the token and, for `client_secret_post` or `none`, the client. A
+/// `token_type_hint` is only a hint (§2.1) and goes unread: every token is looked up for
+/// what it is.
+#[derive(Deserialize)]
+struct RevokeForm {
+    #[serde(default, deserialize_with = "omitted_if_empty")]
+    token: Option<String>,
+    #[serde(default, deserialize_with = "omitted_if_empty")]
+    client_id: Option<String>,
+    #[serde(default, deserialize_with = "omitted_if_empty")]
+    client_secret: Option<String>,
+}
+
+/// Token revocation (RFC 7009), for an app signing its user out: a refresh token of the
+/// app ends its family, and the access tokens of that grant with it (`/userinfo` refuses
+/// them). An access token alone is not revoked (it lives minutes; its refresh token is
+/// what to revoke): `unsupported_token_type`, as §2.2.1 says. A token that is no app's
+/// live one is answered 200, as §2.2 says, and changes nothing.
+async fn revoke(
+    State(ctx): State<Ctx>,
+    headers: HeaderMap,
+    form: Result<Form<RevokeForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let Ok(Form(form)) = form else {
+        return token_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "the form could not be read",
+        );
+    };
+    let credentials = TokenForm {
+        client_id: form.client_id.clone(),
+        client_secret: form.client_secret.clone(),
+        ..TokenForm::default()
+    };
+    let app = match client(&ctx, &headers, &credentials) {
+        Ok(a) => a,
+        Err(ClientRefused { answer, .. }) => return answer.into_response(),
+    };
+    let Some(token) = form.token.as_deref() else {
+        return token_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "token is missing",
+        );
+    };
+    let done = || (StatusCode::OK, [(header::CACHE_CONTROL, "no-store")]).into_response();
+    if let Some((name, issued_here)) = refresh_token_names(&ctx, token) {
+        let request = RevokeRequest {
+            app_id: app.id,
+            family: name.family,
+            generation: name.generation,
+            issued_here,
+            presented: idledger_domain::Hash(hash(token)),
+            at: Utc::now(),
+        };
+        let command = || SignInCommand::RevokeAppTokens(request.clone());
+        return match decide_with_tries(&ctx, name.user, command).await {
+            // Revoked, or nothing of this app's to revoke (a user or family gone).
+            Ok(_) => done(),
+            Err(r) if r.status.is_client_error() => done(),
+            // Not recorded: the client is told to try again (§2.2.1 lets it).
+            Err(r) => unavailable(r.message).into_response(),
+        };
+    }
+    if verify(&ctx.app.engine, token.trim(), TokenType::Access, Utc::now()).is_some() {
+        return token_error(
+            StatusCode::BAD_REQUEST,
+            "unsupported_token_type",
+            "access tokens are not revoked one by one; revoking the refresh token ends them",
+        );
+    }
+    done()
 }
 
 fn invalid_grant(description: &str) -> Response {

@@ -1470,6 +1470,129 @@ async fn a_live_session_signs_in_again_when_asked_and_is_asked_before_a_sign_out
     assert_eq!((s, to.as_deref()), (StatusCode::SEE_OTHER, Some("/signin")));
 }
 
+/// An app signing its user out revokes its refresh token (RFC 7009): the family ends, on
+/// the record, and the access tokens of that grant with it; only the app's own token of
+/// this server's ends anything, and every other token is answered as the RFC says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_revokes_its_refresh_token_and_the_access_tokens_of_its_grant_end() {
+    let (w, adele, _) = signin_world().await;
+    let SignedInWithApp {
+        mut browser,
+        client_id,
+        secret,
+        ..
+    } = signed_in_with_app(&w, &adele).await;
+    let raw = reqwest::Client::new();
+    let public = &w.app.public;
+    let (token_url, revoke_url) = (format!("{public}/token"), format!("{public}/revoke"));
+    let discovery: Value = reqwest::get(format!("{public}/.well-known/openid-configuration"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(discovery["revocation_endpoint"], json!(revoke_url));
+    let mut signed_in = Vec::new();
+    for state in ["r0", "r1"] {
+        let code = code_for(
+            &mut browser,
+            public,
+            &client_id,
+            "openid%20offline_access",
+            state,
+        )
+        .await;
+        let r = exchange(&raw, &token_url, (&client_id, &secret), &code)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        signed_in.push(r.json::<Value>().await.unwrap());
+    }
+    let (kept, ended) = (&signed_in[0], &signed_in[1]);
+    let revoke = |token: &str, secret: &str| {
+        raw.post(&revoke_url)
+            .basic_auth(&client_id, Some(secret))
+            .form(&[("token", token), ("token_type_hint", "refresh_token")])
+            .send()
+    };
+    let refresh_token = ended["refresh_token"].as_str().unwrap();
+    // Without the app's secret: nothing is revoked.
+    let r = revoke(refresh_token, "not-the-secret").await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // An access token alone is not revoked one by one: the refresh token is.
+    let r = revoke(ended["access_token"].as_str().unwrap(), &secret)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"],
+        "unsupported_token_type"
+    );
+    let userinfo = format!("{public}/userinfo");
+    let reads = |access: &str| raw.get(&userinfo).bearer_auth(access).send();
+    assert_eq!(
+        reads(ended["access_token"].as_str().unwrap())
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    // Revoked, then again (already gone), then a made-up token: 200 each time.
+    for token in [refresh_token, refresh_token, "not-a-token-of-ours"] {
+        let r = revoke(token, &secret).await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{token}");
+        assert_eq!(r.headers()["cache-control"], "no-store");
+    }
+    let r = refresh_with(&raw, &token_url, (&client_id, &secret), refresh_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "invalid_grant");
+    assert_eq!(
+        reads(ended["access_token"].as_str().unwrap())
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::UNAUTHORIZED,
+        "the access token of a revoked grant"
+    );
+    // The other sign-in's grant lives on.
+    assert_eq!(
+        reads(kept["access_token"].as_str().unwrap())
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    let r = refresh_with(
+        &raw,
+        &token_url,
+        (&client_id, &secret),
+        kept["refresh_token"].as_str().unwrap(),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // On her record once, and in the sign-ins export's kinds.
+    let (_, story) = w
+        .admin(
+            Method::GET,
+            &format!("/v1/users/{adele}/timeline?order=newest&limit=50"),
+            None,
+        )
+        .await;
+    let revoked = story["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "AppTokensRevoked")
+        .count();
+    assert_eq!(revoked, 1, "{story}");
+}
+
 /// Many codes of one user exchanged at once: their appends race on the user's stream, and
 /// every one still gets its tokens (a race must not spend a code).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -96,6 +96,9 @@ impl Families {
                     },
                 );
             }
+            Event::AppTokensRevoked(e) => {
+                self.by_id.remove(&e.family);
+            }
             Event::AppTokenRefused(e) => {
                 if let Some(f) = e.revoked_family {
                     self.by_id.remove(&f);
@@ -165,6 +168,44 @@ pub struct RefreshRequest {
     pub scope: Option<Vec<String>>,
     /// Now.
     pub at: DateTime<Utc>,
+}
+
+/// An app's revocation of a refresh token (RFC 7009), the client's authentication checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RevokeRequest {
+    /// The authenticated client's app.
+    pub app_id: AppId,
+    /// The family the presented token names.
+    pub family: uuid::Uuid,
+    /// The generation the presented token names.
+    pub generation: u64,
+    /// The presented token's tag verifies: this server issued it.
+    pub issued_here: bool,
+    /// SHA-256 of the presented token.
+    pub presented: Hash,
+    /// Now.
+    pub at: DateTime<Utc>,
+}
+
+/// Decides a revocation: the family ends when the token is its current one, or one it
+/// spent (the app wants the grant gone, whichever token it kept). Nothing when the family
+/// is gone already, is another app's, or the token is made up: RFC 7009 answers the client
+/// the same either way, and only the app holding a grant ends it.
+pub fn revoke(s: &user::UserState, r: RevokeRequest) -> Vec<Event> {
+    let Some(family) = s.refresh.by_id.get(&r.family) else {
+        return Vec::new();
+    };
+    let current = family.current == r.presented && r.generation == family.generation;
+    let spent = r.generation < family.generation && r.issued_here;
+    if family.app != r.app_id || !(current || spent) {
+        return Vec::new();
+    }
+    vec![AppTokensRevoked {
+        app_id: r.app_id,
+        family: r.family,
+        at: r.at,
+    }
+    .into()]
 }
 
 /// Decides a refresh: the next token with the family's grant, a recorded refusal that ends

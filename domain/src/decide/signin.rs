@@ -395,6 +395,8 @@ pub enum SignInCommand {
     RefreshAppTokens(super::refresh::RefreshRequest),
     /// Record a refused token request.
     RefuseAppToken(AppTokenRefused),
+    /// An app revokes one of its refresh tokens.
+    RevokeAppTokens(super::refresh::RevokeRequest),
     /// Decide a sign-in attempt.
     SignIn {
         /// The evidence.
@@ -681,6 +683,7 @@ pub fn decide(s: &UserState, c: SignInCommand) -> Result<Vec<Event>, Rejection> 
             let allowed = allowed(s).map(|_| ()).map_err(|f| f.message().to_owned());
             super::refresh::decide(s, r, allowed)
         }
+        SignInCommand::RevokeAppTokens(r) => Ok(super::refresh::revoke(s, r)),
         SignInCommand::RefuseAppToken(refused) => {
             let recently = super::refresh::throttled_refusal(&refused.reason).is_some_and(|code| {
                 s.refresh

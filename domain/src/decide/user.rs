@@ -150,7 +150,9 @@ pub fn evolve(mut s: UserState, e: &Event) -> UserState {
                 s.current_password = Some(e.rotation_id);
             }
         }
-        Event::AppTokensIssued(_) | Event::AppTokenRefused(_) => s.refresh.evolve(e),
+        Event::AppTokensIssued(_) | Event::AppTokenRefused(_) | Event::AppTokensRevoked(_) => {
+            s.refresh.evolve(e)
+        }
         e => super::signin::evolve(&mut s.signin, e),
     }
     // Deactivation, deletion or SSO off ends every refresh family at once, and so does a

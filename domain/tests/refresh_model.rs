@@ -17,7 +17,7 @@ mod common;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use idledger_domain::decide::refresh::{
-    RefreshRequest, RevokeRequest, MAX_FAMILIES, MAX_FAMILIES_PER_APP, REFRESH_IDLE,
+    Presented, RefreshRequest, RevokeRequest, MAX_FAMILIES, MAX_FAMILIES_PER_APP, REFRESH_IDLE,
 };
 use idledger_domain::decide::signin::{self, SignInCommand};
 use idledger_domain::decide::user::UserState;
@@ -406,10 +406,12 @@ impl Model {
                 let held = self.folded().refresh.by_id.contains_key(&f.id);
                 let request = RevokeRequest {
                     app_id: by,
-                    family: f.id,
-                    generation,
-                    issued_here,
-                    presented,
+                    token: Presented::Refresh {
+                        family: f.id,
+                        generation,
+                        presented,
+                        issued_here,
+                    },
                     at: self.now,
                 };
                 let decided =
@@ -546,10 +548,16 @@ fn refuses_every_refresh(s: &UserState, c: SignInCommand) -> Result<Vec<Event>, 
 fn anyone_revokes(s: &UserState, c: SignInCommand) -> Result<Vec<Event>, Rejection> {
     match c {
         SignInCommand::RevokeAppTokens(mut r) => {
-            if let Some(f) = s.refresh.by_id.get(&r.family) {
-                r.app_id = f.app;
-                r.presented = f.current;
-                r.generation = f.generation;
+            if let Presented::Refresh { family, .. } = r.token {
+                if let Some(f) = s.refresh.by_id.get(&family) {
+                    r.app_id = f.app;
+                    r.token = Presented::Refresh {
+                        family,
+                        generation: f.generation,
+                        presented: f.current,
+                        issued_here: true,
+                    };
+                }
             }
             signin::decide(s, SignInCommand::RevokeAppTokens(r))
         }

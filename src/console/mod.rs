@@ -392,3 +392,20 @@ async fn sign_out(
         _ => (StatusCode::FORBIDDEN, pages::stale_form()).into_response(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The page hears every kind the live feed sends: the feed names each event by its
+    /// kind, and a kind the script does not listen for never reaches it.
+    #[test]
+    fn the_script_listens_for_every_event_kind() {
+        let listened = super::JS
+            .split_once("const KINDS = [")
+            .and_then(|(_, rest)| rest.split_once("];"))
+            .map(|(list, _)| list)
+            .expect("console.js holds KINDS");
+        for kind in idledger_domain::Event::KINDS {
+            assert!(listened.contains(&format!("\"{kind}\"")), "{kind}");
+        }
+    }
+}

@@ -57,3 +57,26 @@ pub(super) fn origin_of(uri: &str) -> Option<String> {
         .then(|| url.origin().ascii_serialization())
         .filter(|o| o != "null")
 }
+
+/// Whether a page's policy can name the origin of `uri` as a place its forms may lead:
+/// CSP's sources take a host name or an IPv4 address, not an IPv6 literal nor an app's
+/// own scheme without a host.
+pub(super) fn csp_can_name(uri: &str) -> bool {
+    origin_of(uri).is_some_and(|o| !o.contains('['))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_host_origins_go_in_a_policy() {
+        for (uri, named) in [
+            ("https://payroll.contoso.com/cb", true),
+            ("http://localhost:8080/cb", true),
+            ("http://127.0.0.1:8080/cb", true),
+            ("http://[::1]:8080/cb", false),
+            ("com.contoso.payroll:/cb", false),
+        ] {
+            assert_eq!(super::csp_can_name(uri), named, "{uri}");
+        }
+    }
+}

@@ -12,7 +12,7 @@
 //! with SSO on, of one of the app's domains). The protocol's own rooms — SAML or
 //! WS-Federation later — would sit beside this file on the same sessions.
 
-use super::authorization::{origin_of, AuthRequest, ResponseMode};
+use super::authorization::{csp_can_name, origin_of, AuthRequest, ResponseMode};
 use super::{https, refuse, sessions, sign_in_stands, signed_in, Ctx, Refusal};
 use crate::http::session::same_secret;
 use crate::provider::{verify, TokenType};
@@ -24,7 +24,7 @@ use axum::{Json, Router};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use idledger_domain::decide::refresh::{RefreshRequest, RevokeRequest};
+use idledger_domain::decide::refresh::{Presented, RefreshRequest, RevokeRequest};
 use idledger_domain::decide::signin::SignInCommand;
 use idledger_domain::events::{AppTokenRefused, AppTokensIssued, RefreshIssued, TokenGrant};
 use idledger_domain::{AppId, ClientType, Event, SsoMethod, StreamId, UserId};
@@ -652,7 +652,17 @@ async fn authorize(
         };
     let response_mode = match q.response_mode.as_deref() {
         None | Some("query") => ResponseMode::Query,
-        Some("form_post") => ResponseMode::FormPost,
+        // The answer page's policy must name where its form goes, or the browser stops it.
+        Some("form_post") if csp_can_name(&redirect_uri) => ResponseMode::FormPost,
+        Some("form_post") => {
+            return to_app(
+                &ctx,
+                (&redirect_uri, ResponseMode::Query),
+                q.state.as_deref().filter(|s| s.len() <= MAX_STATE),
+                "invalid_request",
+                "response_mode=form_post needs a redirect_uri with a host name or IPv4 address",
+            )
+        }
         Some(_) => {
             return to_app(
                 &ctx,
@@ -1114,11 +1124,7 @@ async fn token(
     form: Result<Form<TokenForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
     let Ok(Form(form)) = form else {
-        return token_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "the form could not be read",
-        );
+        return unreadable_form();
     };
     let app = match client(&ctx, &headers, &form) {
         Ok(a) => a,
@@ -1150,34 +1156,58 @@ async fn token(
 /// grant names has it in their history (at most once a minute per app: anyone holding the
 /// grant can repeat it). Nothing is spent or revoked: the app itself may still present it.
 async fn record_grant_without_client(ctx: &Ctx, app: AppId, form: &TokenForm) {
-    let user = match form.grant_type.as_deref() {
-        Some("authorization_code") => form.code.as_deref().and_then(|code| {
+    let (user, token) = match form.grant_type.as_deref() {
+        Some("authorization_code") => {
             let codes = ctx.provider.codes.lock().unwrap_or_else(|e| e.into_inner());
-            codes
-                .get(&hash(code))
-                .filter(|g| g.request.app == app && g.created.elapsed() < ctx.app.oidc.code_ttl)
-                .map(|g| g.user)
-        }),
-        // Only a token this server made names a user worth telling (anyone can make up
-        // one that names a family in the log).
-        Some("refresh_token") => form
+            let live = form.code.as_deref().and_then(|code| {
+                codes
+                    .get(&hash(code))
+                    .filter(|g| g.request.app == app && g.created.elapsed() < ctx.app.oidc.code_ttl)
+            });
+            match live {
+                Some(g) => (g.user, None),
+                None => return,
+            }
+        }
+        // The user's state tells whether the token still holds a family of the app: one
+        // spent or revoked long ago is no one's news.
+        Some("refresh_token") => match form
             .refresh_token
             .as_deref()
-            .and_then(|t| refresh_token_names(ctx, t))
-            .filter(|(_, issued_here)| *issued_here)
-            .map(|(name, _)| name.user),
-        _ => None,
+            .and_then(|t| Some((t, refresh_token_names(ctx, t)?)))
+        {
+            Some((t, (name, issued_here))) => (
+                name.user,
+                Some(Presented::Refresh {
+                    family: name.family,
+                    generation: name.generation,
+                    presented: idledger_domain::Hash(hash(t)),
+                    issued_here,
+                }),
+            ),
+            None => return,
+        },
+        _ => return,
     };
-    if let Some(user) = user {
-        record_refusal(
-            ctx,
-            user,
-            app,
-            "invalid_client: a grant was presented for this app without its credentials",
-            None,
-        )
-        .await;
-    }
+    let refused = AppTokenRefused {
+        app_id: app,
+        reason: "invalid_client: a grant was presented for this app without its credentials".into(),
+        revoked_family: None,
+        at: Utc::now(),
+    };
+    // Recorded after the answer: a live grant is answered as fast as a dead one.
+    let ctx = ctx.clone();
+    tokio::spawn(async move {
+        let command = || SignInCommand::RefuseGrantWithoutClient {
+            refused: refused.clone(),
+            token: token.clone(),
+        };
+        if let Err(e) = decide_with_tries(&ctx, user, command).await {
+            if e.status.is_server_error() {
+                tracing::warn!(%user, error = %e.message, "a token refusal could not be recorded");
+            }
+        }
+    });
 }
 
 /// RFC 7009's form: the token and, for `client_secret_post` or `none`, the client. A
@@ -1204,11 +1234,7 @@ async fn revoke(
     form: Result<Form<RevokeForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
     let Ok(Form(form)) = form else {
-        return token_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "the form could not be read",
-        );
+        return unreadable_form();
     };
     let credentials = TokenForm {
         client_id: form.client_id.clone(),
@@ -1227,32 +1253,93 @@ async fn revoke(
         );
     };
     let done = || (StatusCode::OK, [(header::CACHE_CONTROL, "no-store")]).into_response();
-    if let Some((name, issued_here)) = refresh_token_names(&ctx, token) {
-        let request = RevokeRequest {
-            app_id: app.id,
+    let now = Utc::now();
+    let (user, presented) = if let Some((name, issued_here)) = refresh_token_names(&ctx, token) {
+        let presented = Presented::Refresh {
             family: name.family,
             generation: name.generation,
-            issued_here,
             presented: idledger_domain::Hash(hash(token)),
-            at: Utc::now(),
+            issued_here,
         };
-        let command = || SignInCommand::RevokeAppTokens(request.clone());
-        return match decide_with_tries(&ctx, name.user, command).await {
-            // Revoked, or nothing of this app's to revoke (a user or family gone).
-            Ok(_) => done(),
-            Err(r) if r.status.is_client_error() => done(),
-            // Not recorded: the client is told to try again (§2.2.1 lets it).
-            Err(r) => unavailable(r.message).into_response(),
+        (name.user, presented)
+    } else {
+        // An access token of this app's: its grant, by the digest it names.
+        let Some(claims) = verify(&ctx.app.engine, token.trim(), TokenType::Access, now) else {
+            return done();
         };
-    }
-    if verify(&ctx.app.engine, token.trim(), TokenType::Access, Utc::now()).is_some() {
+        let user = claims["sub"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .map(UserId);
+        let grant = claims["grant_id"]
+            .as_str()
+            .and_then(|g| B64.decode(g).ok())
+            .and_then(|g| <[u8; 16]>::try_from(g).ok());
+        let ours = claims["client_id"].as_str() == Some(app.client_id.as_str());
+        match (user, grant) {
+            (Some(user), Some(grant)) if ours => (user, Presented::Access { grant }),
+            _ => return done(),
+        }
+    };
+    let access = matches!(presented, Presented::Access { .. });
+    let request = RevokeRequest {
+        app_id: app.id,
+        token: presented,
+        at: now,
+    };
+    let command = || SignInCommand::RevokeAppTokens(request.clone());
+    let decided = decide_with_tries(&ctx, user, command).await;
+    let nothing_to_end = matches!(&decided, Ok((events, _)) if events.is_empty());
+    if nothing_to_end && access && !grant_revoked(&ctx, user, token).await {
+        // A grant with no refresh family (no `offline_access`): its access tokens live
+        // minutes and are not revoked one by one (§2.2.1).
         return token_error(
             StatusCode::BAD_REQUEST,
             "unsupported_token_type",
-            "access tokens are not revoked one by one; revoking the refresh token ends them",
+            "this access token's grant has no refresh token to revoke; it expires soon",
         );
     }
-    done()
+    match decided {
+        // Revoked, or nothing of this app's to revoke (a user or family gone).
+        Ok(_) => done(),
+        Err(r) if r.status.is_client_error() => done(),
+        // Not recorded: the client is told to try again (§2.2.1 lets it).
+        Err(r) => unavailable(r.message).into_response(),
+    }
+}
+
+/// The access token's grant was revoked already (its refresh token revoked first, say),
+/// as far as the projections tell once they hold what the log held when asked.
+async fn grant_revoked(ctx: &Ctx, user: UserId, access_token: &str) -> bool {
+    let now = Utc::now();
+    let Some(claims) = verify(&ctx.app.engine, access_token.trim(), TokenType::Access, now) else {
+        return false;
+    };
+    let head = ctx.app.engine.log.head().position;
+    let waited = ctx
+        .app
+        .engine
+        .projector
+        .wait_for(head, std::time::Duration::from_secs(2))
+        .await;
+    if waited.is_err() {
+        return false;
+    }
+    let p = ctx.app.engine.projector.read();
+    p.users.get(user).is_some_and(|u| {
+        u.revoked_grants
+            .iter()
+            .any(|(grant, _)| claims["grant_id"].as_str() == Some(grant_ref(*grant).as_str()))
+    })
+}
+
+/// A token or revocation request whose form does not read (RFC 6749 §5.2).
+fn unreadable_form() -> Response {
+    token_error(
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        "the form could not be read",
+    )
 }
 
 fn invalid_grant(description: &str) -> Response {
@@ -1502,11 +1589,7 @@ struct Claims {
 /// who saw one (a resource server, a log) could make up a refresh token of an earlier
 /// generation, and presenting that ends the family as a replay.
 fn grant_ref(grant: uuid::Uuid) -> String {
-    let digest = Sha256::new()
-        .chain_update(b"idledger oidc grant reference\0")
-        .chain_update(grant.as_bytes())
-        .finalize();
-    B64.encode(&digest[..16])
+    B64.encode(idledger_domain::decide::refresh::grant_digest(grant))
 }
 
 fn acr_of(m: SsoMethod) -> &'static str {

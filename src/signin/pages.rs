@@ -115,16 +115,7 @@ pub fn confirm_sign_out(
         Some(name) => format!("{} asks to sign you out.", esc(name)),
         None => "A site asks to sign you out.".to_owned(),
     };
-    let hidden: String = carried
-        .iter()
-        .map(|(k, v)| {
-            format!(
-                r#"<input type="hidden" name="{}" value="{}">"#,
-                esc(k),
-                esc(v)
-            )
-        })
-        .collect();
+    let hidden = hidden_inputs(carried);
     let mut response = page(
         StatusCode::OK,
         "Sign out?",
@@ -143,11 +134,9 @@ pub fn confirm_sign_out(
     response
 }
 
-/// An authorization answer in `response_mode=form_post`: a form of `fields` the page's
-/// script posts to the app's registered `action` at once (a button does without script).
-/// Its origin is the one place the form may lead besides this site.
-pub fn form_post(action: &str, origin: Option<&str>, fields: &[(&str, &str)]) -> Response {
-    let hidden: String = fields
+/// `fields` as a form's hidden inputs.
+fn hidden_inputs(fields: &[(&str, &str)]) -> String {
+    fields
         .iter()
         .map(|(k, v)| {
             format!(
@@ -156,7 +145,14 @@ pub fn form_post(action: &str, origin: Option<&str>, fields: &[(&str, &str)]) ->
                 esc(v)
             )
         })
-        .collect();
+        .collect()
+}
+
+/// An authorization answer in `response_mode=form_post`: a form of `fields` the page's
+/// script posts to the app's registered `action` at once (a button does without script).
+/// Its origin is the one place the form may lead besides this site.
+pub fn form_post(action: &str, origin: Option<&str>, fields: &[(&str, &str)]) -> Response {
+    let hidden = hidden_inputs(fields);
     let mut response = page(
         StatusCode::OK,
         "Back to the app",

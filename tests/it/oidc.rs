@@ -1493,15 +1493,12 @@ async fn an_app_revokes_its_refresh_token_and_the_access_tokens_of_its_grant_end
         .unwrap();
     assert_eq!(discovery["revocation_endpoint"], json!(revoke_url));
     let mut signed_in = Vec::new();
-    for state in ["r0", "r1"] {
-        let code = code_for(
-            &mut browser,
-            public,
-            &client_id,
-            "openid%20offline_access",
-            state,
-        )
-        .await;
+    for (state, scope) in [
+        ("r0", "openid%20offline_access"),
+        ("r1", "openid%20offline_access"),
+        ("r2", "openid"),
+    ] {
+        let code = code_for(&mut browser, public, &client_id, scope, state).await;
         let r = exchange(&raw, &token_url, (&client_id, &secret), &code)
             .send()
             .await
@@ -1509,54 +1506,49 @@ async fn an_app_revokes_its_refresh_token_and_the_access_tokens_of_its_grant_end
         assert_eq!(r.status(), StatusCode::OK);
         signed_in.push(r.json::<Value>().await.unwrap());
     }
-    let (kept, ended) = (&signed_in[0], &signed_in[1]);
+    let (kept, ended, plain) = (&signed_in[0], &signed_in[1], &signed_in[2]);
     let revoke = |token: &str, secret: &str| {
         raw.post(&revoke_url)
             .basic_auth(&client_id, Some(secret))
-            .form(&[("token", token), ("token_type_hint", "refresh_token")])
+            .form(&[("token", token)])
             .send()
     };
-    let refresh_token = ended["refresh_token"].as_str().unwrap();
+    let (refresh_token, access) = (
+        ended["refresh_token"].as_str().unwrap(),
+        ended["access_token"].as_str().unwrap(),
+    );
+    let userinfo = format!("{public}/userinfo");
+    let reads = |access: &str| raw.get(&userinfo).bearer_auth(access).send();
+    let refreshes =
+        |token: &str| refresh_with(&raw, &token_url, (&client_id, &secret), token).send();
     // Without the app's secret: nothing is revoked.
-    let r = revoke(refresh_token, "not-the-secret").await.unwrap();
+    let r = revoke(access, "not-the-secret").await.unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    // An access token alone is not revoked one by one: the refresh token is.
-    let r = revoke(ended["access_token"].as_str().unwrap(), &secret)
+    assert_eq!(reads(access).await.unwrap().status(), StatusCode::OK);
+    // The access token first (as oidc-client-ts revokes): its grant ends, refresh token
+    // and all. Then the refresh token (gone already), the access token again, a made-up
+    // token: 200 each time.
+    for token in [access, refresh_token, access, "not-a-token-of-ours"] {
+        let r = revoke(token, &secret).await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{token}");
+        assert_eq!(r.headers()["cache-control"], "no-store");
+    }
+    let r = refreshes(refresh_token).await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "invalid_grant");
+    assert_eq!(
+        reads(access).await.unwrap().status(),
+        StatusCode::UNAUTHORIZED,
+        "the access token of a revoked grant"
+    );
+    // A grant without a refresh token: its access token is not revoked one by one.
+    let r = revoke(plain["access_token"].as_str().unwrap(), &secret)
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     assert_eq!(
         r.json::<Value>().await.unwrap()["error"],
         "unsupported_token_type"
-    );
-    let userinfo = format!("{public}/userinfo");
-    let reads = |access: &str| raw.get(&userinfo).bearer_auth(access).send();
-    assert_eq!(
-        reads(ended["access_token"].as_str().unwrap())
-            .await
-            .unwrap()
-            .status(),
-        StatusCode::OK
-    );
-    // Revoked, then again (already gone), then a made-up token: 200 each time.
-    for token in [refresh_token, refresh_token, "not-a-token-of-ours"] {
-        let r = revoke(token, &secret).await.unwrap();
-        assert_eq!(r.status(), StatusCode::OK, "{token}");
-        assert_eq!(r.headers()["cache-control"], "no-store");
-    }
-    let r = refresh_with(&raw, &token_url, (&client_id, &secret), refresh_token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
-    assert_eq!(r.json::<Value>().await.unwrap()["error"], "invalid_grant");
-    assert_eq!(
-        reads(ended["access_token"].as_str().unwrap())
-            .await
-            .unwrap()
-            .status(),
-        StatusCode::UNAUTHORIZED,
-        "the access token of a revoked grant"
     );
     // The other sign-in's grant lives on.
     assert_eq!(
@@ -1566,31 +1558,56 @@ async fn an_app_revokes_its_refresh_token_and_the_access_tokens_of_its_grant_end
             .status(),
         StatusCode::OK
     );
-    let r = refresh_with(
-        &raw,
-        &token_url,
-        (&client_id, &secret),
-        kept["refresh_token"].as_str().unwrap(),
-    )
-    .send()
-    .await
-    .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    // On her record once, and in the sign-ins export's kinds.
-    let (_, story) = w
-        .admin(
-            Method::GET,
-            &format!("/v1/users/{adele}/timeline?order=newest&limit=50"),
-            None,
-        )
-        .await;
-    let revoked = story["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["kind"] == "AppTokensRevoked")
-        .count();
-    assert_eq!(revoked, 1, "{story}");
+    let kept_refresh = kept["refresh_token"].as_str().unwrap();
+    // Refresh tokens presented without the app's secret: the revoked one is nobody's
+    // news, the live one is in her history (recorded after the answer).
+    for token in [refresh_token, kept_refresh] {
+        let r = raw
+            .post(&token_url)
+            .basic_auth(&client_id, Some("not-the-secret"))
+            .form(&[("grant_type", "refresh_token"), ("refresh_token", token)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+    let r = refreshes(kept_refresh).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "not spent by the refusal");
+    let count = |story: &Value, kind: &str, reason: &str| {
+        story["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| {
+                e["kind"] == kind
+                    && e["payload"]["reason"]
+                        .as_str()
+                        .is_none_or(|r| r.starts_with(reason))
+            })
+            .count()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let story = loop {
+        let (_, story) = w
+            .admin(
+                Method::GET,
+                &format!("/v1/users/{adele}/timeline?order=newest&limit=100"),
+                None,
+            )
+            .await;
+        if count(&story, "AppTokenRefused", "invalid_client") > 0
+            || std::time::Instant::now() > deadline
+        {
+            break story;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        count(&story, "AppTokenRefused", "invalid_client"),
+        1,
+        "{story}"
+    );
+    assert_eq!(count(&story, "AppTokensRevoked", ""), 1, "{story}");
 }
 
 /// Many codes of one user exchanged at once: their appends race on the user's stream, and
@@ -1841,25 +1858,33 @@ async fn malformed_and_oversized_requests_are_answered_without_being_kept() {
             .unwrap();
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     }
-    let (_, story) = w
-        .admin(
-            Method::GET,
-            &format!("/v1/users/{adele}/timeline?order=newest&limit=50"),
-            None,
-        )
-        .await;
-    let told = story["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| {
-            e["kind"] == "AppTokenRefused"
-                && e["payload"]["reason"]
-                    .as_str()
-                    .is_some_and(|r| r.starts_with("invalid_client"))
-        })
-        .count();
-    assert_eq!(told, 1, "{story}");
+    // Recorded after the answer (a live code is answered as fast as a dead one).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, story) = w
+            .admin(
+                Method::GET,
+                &format!("/v1/users/{adele}/timeline?order=newest&limit=50"),
+                None,
+            )
+            .await;
+        let told = story["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| {
+                e["kind"] == "AppTokenRefused"
+                    && e["payload"]["reason"]
+                        .as_str()
+                        .is_some_and(|r| r.starts_with("invalid_client"))
+            })
+            .count();
+        if told == 1 {
+            break;
+        }
+        assert!(told == 0 && std::time::Instant::now() < deadline, "{story}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let basic = {
         use base64::Engine;
         base64::engine::general_purpose::STANDARD.encode(format!("{client_id}:{secret}"))

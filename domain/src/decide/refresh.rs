@@ -170,42 +170,94 @@ pub struct RefreshRequest {
     pub at: DateTime<Utc>,
 }
 
-/// An app's revocation of a refresh token (RFC 7009), the client's authentication checked.
+/// What an access token names of its grant (`grant_id`, in base64url): the first 16 bytes
+/// of a one-way hash of the grant's id. Access tokens reach resource servers; the family id
+/// they would otherwise carry is what refresh tokens are checked against.
+pub fn grant_digest(grant: uuid::Uuid) -> [u8; 16] {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(b"idledger oidc grant reference\0")
+        .chain_update(grant.as_bytes())
+        .finalize();
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&digest[..16]);
+    out
+}
+
+/// A token an app presents, as far as the IO layer read it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Presented {
+    /// A refresh token: the family and generation it names, its hash, and whether this
+    /// server's tag on it verifies.
+    Refresh {
+        /// The family it names.
+        family: uuid::Uuid,
+        /// The generation it names.
+        generation: u64,
+        /// SHA-256 of the token.
+        presented: Hash,
+        /// This server issued it (a family's id and generations are in the log, so a token
+        /// without the tag is made up).
+        issued_here: bool,
+    },
+    /// An access token this server signed for the app: the digest of its grant.
+    Access {
+        /// See [`grant_digest`].
+        grant: [u8; 16],
+    },
+}
+
+impl Families {
+    /// The live family of `app` a token belongs to: its current refresh token, one it
+    /// spent that this server issued (a copy the app kept), or an access token of its
+    /// grant. `None` for anything else: another app's, a made-up one, a family gone.
+    pub fn holding(&self, app: AppId, token: &Presented) -> Option<uuid::Uuid> {
+        match token {
+            Presented::Refresh {
+                family,
+                generation,
+                presented,
+                issued_here,
+            } => {
+                let f = self.by_id.get(family).filter(|f| f.app == app)?;
+                let current = f.current == *presented && *generation == f.generation;
+                let spent = *generation < f.generation && *issued_here;
+                (current || spent).then_some(*family)
+            }
+            Presented::Access { grant } => self
+                .by_id
+                .iter()
+                .find(|(id, f)| f.app == app && grant_digest(**id) == *grant)
+                .map(|(id, _)| *id),
+        }
+    }
+}
+
+/// An app's revocation of a token (RFC 7009), the client's authentication checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RevokeRequest {
     /// The authenticated client's app.
     pub app_id: AppId,
-    /// The family the presented token names.
-    pub family: uuid::Uuid,
-    /// The generation the presented token names.
-    pub generation: u64,
-    /// The presented token's tag verifies: this server issued it.
-    pub issued_here: bool,
-    /// SHA-256 of the presented token.
-    pub presented: Hash,
+    /// The token it revokes.
+    pub token: Presented,
     /// Now.
     pub at: DateTime<Utc>,
 }
 
-/// Decides a revocation: the family ends when the token is its current one, or one it
-/// spent (the app wants the grant gone, whichever token it kept). Nothing when the family
-/// is gone already, is another app's, or the token is made up: RFC 7009 answers the client
-/// the same either way, and only the app holding a grant ends it.
+/// Decides a revocation: the family the token belongs to ends (the app wants the grant
+/// gone, whichever of its tokens it kept). Nothing when the token holds no live family of
+/// the app: RFC 7009 answers the client the same either way, and only the app holding a
+/// grant ends it.
 pub fn revoke(s: &user::UserState, r: RevokeRequest) -> Vec<Event> {
-    let Some(family) = s.refresh.by_id.get(&r.family) else {
-        return Vec::new();
-    };
-    let current = family.current == r.presented && r.generation == family.generation;
-    let spent = r.generation < family.generation && r.issued_here;
-    if family.app != r.app_id || !(current || spent) {
-        return Vec::new();
+    match s.refresh.holding(r.app_id, &r.token) {
+        Some(family) => vec![AppTokensRevoked {
+            app_id: r.app_id,
+            family,
+            at: r.at,
+        }
+        .into()],
+        None => Vec::new(),
     }
-    vec![AppTokensRevoked {
-        app_id: r.app_id,
-        family: r.family,
-        at: r.at,
-    }
-    .into()]
 }
 
 /// Decides a refresh: the next token with the family's grant, a recorded refusal that ends

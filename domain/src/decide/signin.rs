@@ -395,8 +395,17 @@ pub enum SignInCommand {
     RefreshAppTokens(super::refresh::RefreshRequest),
     /// Record a refused token request.
     RefuseAppToken(AppTokenRefused),
-    /// An app revokes one of its refresh tokens.
+    /// An app revokes one of its tokens.
     RevokeAppTokens(super::refresh::RevokeRequest),
+    /// A user's grant was presented for an app without the app's credentials: recorded
+    /// only when `token` (a refresh or access token; none for a code, checked by the
+    /// caller) belongs to a live family of that app.
+    RefuseGrantWithoutClient {
+        /// The refusal to record.
+        refused: AppTokenRefused,
+        /// The token presented.
+        token: Option<super::refresh::Presented>,
+    },
     /// Decide a sign-in attempt.
     SignIn {
         /// The evidence.
@@ -684,19 +693,15 @@ pub fn decide(s: &UserState, c: SignInCommand) -> Result<Vec<Event>, Rejection> 
             super::refresh::decide(s, r, allowed)
         }
         SignInCommand::RevokeAppTokens(r) => Ok(super::refresh::revoke(s, r)),
-        SignInCommand::RefuseAppToken(refused) => {
-            let recently = super::refresh::throttled_refusal(&refused.reason).is_some_and(|code| {
-                s.refresh
-                    .throttled_refused_at
-                    .get(&(refused.app_id, code))
-                    .is_some_and(|t| refused.at - *t < UNCOUNTED_RECORD_EVERY)
-            });
-            if recently {
-                return Err(Rejection::Throttled(
-                    "this app's request was refused a moment ago".into(),
-                ));
+        SignInCommand::RefuseAppToken(refused) => refuse_app_token(s, refused),
+        SignInCommand::RefuseGrantWithoutClient { refused, token } => {
+            // A token that holds nothing of the app's (spent long ago, revoked, made up,
+            // another app's) is nobody's news: recorded, it would let anyone holding an
+            // old copy write to the user's stream for ever.
+            if token.is_some_and(|t| s.refresh.holding(refused.app_id, &t).is_none()) {
+                return Err(Rejection::NotFound("refresh token"));
             }
-            Ok(vec![refused.into()])
+            refuse_app_token(s, refused)
         }
         SignInCommand::SignIn { proof, app, at } => {
             let factor = proof.factor();
@@ -716,6 +721,22 @@ pub fn decide(s: &UserState, c: SignInCommand) -> Result<Vec<Event>, Rejection> 
             }
         }
     }
+}
+
+/// Records a refusal, at most once a minute per app for those anyone can cause.
+fn refuse_app_token(s: &UserState, refused: AppTokenRefused) -> Result<Vec<Event>, Rejection> {
+    let recently = super::refresh::throttled_refusal(&refused.reason).is_some_and(|code| {
+        s.refresh
+            .throttled_refused_at
+            .get(&(refused.app_id, code))
+            .is_some_and(|t| refused.at - *t < UNCOUNTED_RECORD_EVERY)
+    });
+    if recently {
+        return Err(Rejection::Throttled(
+            "this app's request was refused a moment ago".into(),
+        ));
+    }
+    Ok(vec![refused.into()])
 }
 
 /// A sign-in attempt always yields events: success, or the failure (and a lock when it

@@ -24,7 +24,8 @@ const KINDS = ["DomainRegistered", "DomainSettingsChanged", "DomainCredentialsSe
   "SignInLocked", "WorkstationCertificateIssued", "WorkstationCertificateRetired",
   "AppRegistered", "AppChanged", "AppSecretRotated", "AppRemoved", "SigningKeyAdded",
   "SigningKeyRetired", "AppTokensIssued", "AppTokenRefused", "FederatedDomainsSeen",
-  "SyncQuarantineApplied", "KeyWriteWrittenLate", "SigningKeyHandover", "SignInUnlocked"];
+  "SyncQuarantineApplied", "KeyWriteWrittenLate", "SigningKeyHandover", "SignInUnlocked",
+  "AppTokensRevoked"];
 
 /// When the admin last pressed a key or a button. A request the page makes on its own
 /// well after that (a live refresh, a poll) says so, and does not keep an idle session

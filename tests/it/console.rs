@@ -376,6 +376,11 @@ async fn an_admin_runs_the_whole_workflow_in_the_browser_and_an_auditor_only_rea
 
     // The rotations page: who is due, and the recent outcomes with Graph's answers.
     b.goto(&format!("{base}/console/rotations")).await;
+    // Who is due next: Alex, within the domain's 30 days of his rotation.
+    b.fill("#within", "60").await;
+    b.click("#upcoming-form button[type=submit]").await;
+    b.wait_text("#upcoming", "alex.wilber@contoso.onmicrosoft.com")
+        .await;
     b.wait_text("#recent", "alex.wilber@contoso.onmicrosoft.com")
         .await;
     b.wait_text("#recent", "succeeded").await;
@@ -554,6 +559,18 @@ async fn an_admin_runs_the_whole_workflow_in_the_browser_and_an_auditor_only_rea
     std::fs::write(&manifest_file, &manifest).unwrap();
     b.verify_upload(&base, &file, &manifest_file).await;
     b.wait_text("#export-status", "Export ok").await;
+    // The live feed: an event appended now shows at the top, without a reload.
+    let (s, _) = app
+        .call(
+            Some(&app.admin),
+            Method::POST,
+            "/v1/tokens",
+            Some(json!({"role": "auditor", "name": "feed watcher"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    b.wait_text("#feed tbody tr:first-child", "TokenIssued")
+        .await;
     // The chain, re-hashed in the browser from the stored records.
     b.click("#verify-chain").await;
     let chain = b.wait_text("#verify-status", "Chain ok").await;

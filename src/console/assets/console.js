@@ -818,20 +818,31 @@ async function userPage() {
     await after("SSO override saved.");
   });
   wire($("#rotate"), async () => {
-    const started = await api("POST", `/v1/users/${pageId}/rotate`);
+    let started, already = "";
+    try {
+      started = await api("POST", `/v1/users/${pageId}/rotate`);
+    } catch (e) {
+      // One is under way already (the schedule's, another admin's): its outcome is what
+      // the admin wants to know.
+      if (!/in flight/.test(e.message)) throw e;
+      const newest = (await api("GET", `/v1/users/${pageId}/password-history?order=newest&limit=1`)).items[0];
+      if (!newest) throw e;
+      started = { rotation_id: newest.rotation_id };
+      already = "A rotation was already under way. ";
+    }
     if (!started.rotation_id) {
       await after(`Rotation requested: it starts ${when(started.deferred_until)}, once the last one's outcome is settled.`);
       return;
     }
-    flash("Rotation started.");
+    flash(`${already}Rotation started.`);
     // This rotation, not the history's first page: older rotations say nothing of it.
     let outcome = "pending";
     for (let i = 0; i < 40 && outcome === "pending"; i++) {
       outcome = (await api("GET", `/v1/users/${pageId}/password-history/${started.rotation_id}`)).outcome;
       if (outcome === "pending") await new Promise((r) => setTimeout(r, 250));
     }
-    await after(outcome === "pending" ? "Rotation still running: its outcome will show in the history."
-      : `Rotation finished: ${outcome}.`);
+    await after(already + (outcome === "pending" ? "Rotation still running: its outcome will show in the history."
+      : `Rotation finished: ${outcome}.`));
   });
   let hideRevealed;
   wire($("#reveal"), async () => {

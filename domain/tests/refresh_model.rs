@@ -681,3 +681,65 @@ fn a_token_spent_any_number_of_rotations_ago_ends_its_family() {
         Err(Rejection::NotFound("refresh token"))
     );
 }
+
+#[test]
+fn a_grant_presented_without_the_apps_credentials_is_recorded_only_while_it_holds_a_family() {
+    let mut m = Model::new(signin::decide);
+    let at = m.now;
+    let family = uuid::Uuid::from_u128(7);
+    m.append(vec![begun(7, 0, at)]);
+    let refused = |a: u8, minutes: i64| AppTokenRefused {
+        app_id: app(a),
+        reason: "invalid_client: a grant was presented for this app without its credentials".into(),
+        revoked_family: None,
+        at: at + Duration::minutes(minutes),
+    };
+    let token = |presented: Hash, issued_here: bool| Presented::Refresh {
+        family,
+        generation: 0,
+        presented,
+        issued_here,
+    };
+    let decide = |m: &Model, a: u8, minutes: i64, t: Presented| {
+        signin::decide(
+            &m.folded(),
+            SignInCommand::RefuseGrantWithoutClient {
+                refused: refused(a, minutes),
+                token: Some(t),
+            },
+        )
+    };
+    // Another app's family, or a token not of the family: nothing recorded.
+    for (a, t) in [
+        (1, token(hash(7), true)),
+        (0, token(hash(8), false)),
+        (0, Presented::Access { grant: [0; 16] }),
+    ] {
+        assert_eq!(
+            decide(&m, a, 1, t),
+            Err(Rejection::NotFound("refresh token"))
+        );
+    }
+    // Its app's live token: recorded, then not again within the minute.
+    let recorded = decide(&m, 0, 1, token(hash(7), true)).unwrap();
+    assert!(matches!(recorded.as_slice(), [Event::AppTokenRefused(_)]));
+    m.append(recorded);
+    assert!(matches!(
+        decide(&m, 0, 1, token(hash(7), true)),
+        Err(Rejection::Throttled(_))
+    ));
+    // An access token of the grant holds it too (by the digest it names).
+    let grant = idledger_domain::decide::refresh::grant_digest(family);
+    assert!(decide(&m, 0, 3, Presented::Access { grant }).is_ok());
+    // Revoked by its app: an old copy is nobody's news any more.
+    m.append(vec![AppTokensRevoked {
+        app_id: app(0),
+        family,
+        at: at + Duration::minutes(4),
+    }
+    .into()]);
+    assert_eq!(
+        decide(&m, 0, 5, token(hash(7), true)),
+        Err(Rejection::NotFound("refresh token"))
+    );
+}

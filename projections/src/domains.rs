@@ -319,14 +319,14 @@ impl Domains {
             .filter_map(|id| self.runs.get(id))
     }
 
-    /// Notes a user event appended by a run (its correlation id is the run's id); the user
-    /// was in the sync group before it or not.
+    /// Notes a user event appended by a run (its correlation id is the run's id), before
+    /// `users` takes it in.
     pub(crate) fn note_run_user_event(
         &mut self,
         run: SyncRunId,
         user: UserId,
         event: &Event,
-        was_member: bool,
+        users: &crate::Users,
     ) {
         let Some(r) = self.runs.get_mut(&run) else {
             return;
@@ -338,7 +338,9 @@ impl Domains {
             | Event::RotationGroupLeft(_) => (Some(SyncOutcome::Changed), None),
             Event::MemberRejoinedSyncGroup(_) => (Some(SyncOutcome::Rejoined), None),
             // Out already, for another reason now: no news, as the run counts it.
-            Event::MemberLeftSyncGroup(_) if !was_member => (None, None),
+            Event::MemberLeftSyncGroup(_) if !users.get(user).is_some_and(|u| u.in_sync_group) => {
+                (None, None)
+            }
             Event::MemberLeftSyncGroup(e) => (
                 Some(match e.reason {
                     idledger_domain::LeaveReason::LeftGroup => SyncOutcome::Left,

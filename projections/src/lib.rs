@@ -99,9 +99,8 @@ impl Projections {
                 self.head_hash = env.hash;
                 if let Some(c) = env.correlation_id {
                     let run = idledger_domain::SyncRunId(c);
-                    let was_member = self.users.get(user_id).is_some_and(|u| u.in_sync_group);
                     self.domains
-                        .note_run_user_event(run, user_id, &env.event, was_member);
+                        .note_run_user_event(run, user_id, &env.event, &self.users);
                 }
                 self.users.apply_owned(user_id, env);
             }
@@ -126,17 +125,18 @@ impl Projections {
             }
             StreamKind::User => {
                 if let Some(user_id) = env.stream.user_id() {
-                    let was_member = self.users.get(user_id).is_some_and(|u| u.in_sync_group);
-                    self.users.apply(user_id, env);
-                    self.signins.apply(user_id, env);
+                    // Before the user's record moves: a run's outcome may depend on
+                    // where the user stood.
                     if let Some(c) = env.correlation_id {
                         self.domains.note_run_user_event(
                             idledger_domain::SyncRunId(c),
                             user_id,
                             &env.event,
-                            was_member,
+                            &self.users,
                         );
                     }
+                    self.users.apply(user_id, env);
+                    self.signins.apply(user_id, env);
                     let domain_id = self.users.get(user_id).map(|u| u.domain_id);
                     self.rotations.apply(user_id, domain_id, env);
                     if let Some((rotation, state)) = self.key_writes.apply(user_id, env) {

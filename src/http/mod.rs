@@ -740,8 +740,8 @@ impl AppState {
         }
         let log = self.engine.log.clone();
         let state = tokio::task::spawn_blocking(move || {
-            let stream = crate::store::stream_envelopes(&*log, StreamId::user(user));
-            idledger_replay::fold_user(stream, until)
+            let stream = StreamId::user(user);
+            idledger_replay::fold_user(crate::store::stream_envelopes(&*log, &stream, 1), until)
         })
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))??;

@@ -290,17 +290,19 @@ pub fn envelopes(
     .map(|r| r.and_then(|decoded| decoded))
 }
 
-/// A stream's envelopes in version order, read a page at a time as they are taken: a
-/// reader that stops early reads little more than it used.
-pub fn stream_envelopes(
-    log: &dyn EventLog,
-    stream: StreamId,
-) -> impl Iterator<Item = Result<Envelope, StoreError>> + '_ {
+/// A stream's envelopes from version `from` on, in version order, read a page at a time
+/// as they are taken: a long stream is folded in bounded memory, and a reader that stops
+/// early reads little more than it used.
+pub fn stream_envelopes<'a>(
+    log: &'a dyn EventLog,
+    stream: &'a StreamId,
+    from: u64,
+) -> impl Iterator<Item = Result<Envelope, StoreError>> + 'a {
     let mut page = std::collections::VecDeque::new();
-    let (mut from, mut read_all) = (1, false);
+    let (mut from, mut read_all) = (from, false);
     std::iter::from_fn(move || {
         if page.is_empty() && !read_all {
-            match log.read_stream(&stream, from, FOLD_PAGE) {
+            match log.read_stream(stream, from, FOLD_PAGE) {
                 Ok(read) => {
                     read_all = read.len() < FOLD_PAGE;
                     from += read.len() as u64;
@@ -359,16 +361,10 @@ pub async fn decide_and_append<S: Default + Clone + Send + Sync + 'static>(
             .get(stream, evolve)
             .unwrap_or_else(|| (0, S::default()));
         let folded_from = version;
-        // In pages: a long stream (every token ever issued) folds in bounded memory.
-        loop {
-            let newer = log.read_stream(stream, version + 1, FOLD_PAGE)?;
-            for e in &newer {
-                state = evolve(state, &e.event);
-                version = e.version;
-            }
-            if newer.len() < FOLD_PAGE {
-                break;
-            }
+        for e in stream_envelopes(log, stream, version + 1) {
+            let e = e?;
+            state = evolve(state, &e.event);
+            version = e.version;
         }
         let events = match decide(&state) {
             Ok(events) if !events.is_empty() => events,

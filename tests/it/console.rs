@@ -1360,15 +1360,18 @@ async fn a_users_page_carries_out_its_actions_and_shows_the_past() {
     assert!(!facts.contains("K-0042"), "{facts}");
 
     // As of that moment the key was theirs; now it is not.
-    b.client
-        .execute(
-            "document.querySelector('#at').value = arguments[0]",
-            vec![moment.clone()],
-        )
-        .await
-        .unwrap();
-    b.click("#as-of button[type=submit]").await;
-    b.wait_text("h1", "(as of").await;
+    let as_of_moment = async || {
+        b.client
+            .execute(
+                "document.querySelector('#at').value = arguments[0]",
+                vec![moment.clone()],
+            )
+            .await
+            .unwrap();
+        b.click("#as-of button[type=submit]").await;
+        b.wait_text("h1", "(as of").await;
+    };
+    as_of_moment().await;
     b.wait_text("#user-facts", "K-0042").await;
     // Its story as it stood then: the key came, and had not yet gone.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -1392,15 +1395,7 @@ async fn a_users_page_carries_out_its_actions_and_shows_the_past() {
 
     // An invite, sent and sent again: each one in the story. The first is sent from the
     // past view, and the page comes back to the present to show it.
-    b.client
-        .execute(
-            "document.querySelector('#at').value = arguments[0]",
-            vec![moment.clone()],
-        )
-        .await
-        .unwrap();
-    b.click("#as-of button[type=submit]").await;
-    b.wait_text("h1", "(as of").await;
+    as_of_moment().await;
     for label in ["Send invite", "Resend invite"] {
         b.wait_text("#invite", label).await;
         b.click("#invite").await;

@@ -1,7 +1,9 @@
 //! Password rotation (ENGINE.md §7): never lock anyone out.
 //!
-//! The rules are [`idledger_domain::rotation`]'s, over the user's [`PasswordState`]; this
-//! module carries them out. A rotation is `RotationStarted` with the new password sealed,
+//! The rules are [`idledger_domain::rotation`]'s, over the user's stream
+//! ([`RotationStream`]), decided at the append through the one command path
+//! ([`crate::store::decide_and_append_timed`]); this module carries them out. A rotation
+//! is `RotationStarted` with the new password sealed,
 //! appended (so flushed) before Graph is asked; then, per attempt, Graph's answer decides
 //! the next event ([`after_attempt`]): `RotationSucceeded` with the key write in the same
 //! append, a definite `RotationFailed` (only while no attempt may have landed),
@@ -22,16 +24,15 @@ use crate::engine::Engine;
 use crate::password;
 use crate::projector::NotReached;
 use crate::secrets::{Secret, SecretsError};
-use crate::store::{AppendError, ExpectedVersion};
+use crate::store::AppendError;
 use crate::sync::{wait_cancelled, SyncService};
 use chrono::Utc;
 use futures_util::stream::{self, StreamExt};
 use idledger_domain::decide::Rejection;
-use idledger_domain::events::*;
 use idledger_domain::rotation::{
-    after_attempt, check_rotatable, events_after, in_federated_domain, may_ever_rotate, next,
-    on_resume, request_manual, AttemptResult, ManualRotation, Next, NextStep, PasswordState,
-    Protocol, RotationFacts,
+    after_attempt, check_rotatable, decide_interrupted, decide_start, decide_unopenable,
+    events_after, evolve_stream, in_federated_domain, may_ever_rotate, next, Asked, AttemptResult,
+    Next, NextStep, Protocol, RotationFacts, RotationStream, StartDecision,
 };
 use idledger_domain::{
     Actor, DomainId, Event, KeyWriteId, RotationId, RotationReason, StreamId, UserId,
@@ -151,6 +152,21 @@ pub enum ManualStart {
         /// About when it starts.
         until: chrono::DateTime<Utc>,
         /// Position of `RotationRequested` (the log's head when it was recorded already).
+        position: u64,
+    },
+}
+
+/// What [`RotationService::begin`] came to.
+enum Begun {
+    /// `RotationStarted` is on the device: `password` is to be driven to Graph.
+    Started {
+        id: RotationId,
+        position: u64,
+        password: Secret,
+    },
+    /// An admin's request, recorded for the scheduler.
+    Deferred {
+        until: chrono::DateTime<Utc>,
         position: u64,
     },
 }
@@ -373,8 +389,13 @@ impl RotationService {
             .acquire()
             .await
             .map_err(|_| RotationError::Stopping)?;
-        let (id, _, password) = self.begin(user, Some(reason), actor).await?;
-        self.drive(id, Some((password, Some(permit)))).await;
+        match self.begin(user, Some(reason), actor).await? {
+            Begun::Started { id, password, .. } => {
+                self.drive(id, Some((password, Some(permit)))).await
+            }
+            // Only an admin's request is deferred.
+            Begun::Deferred { .. } => {}
+        }
         Ok(())
     }
 
@@ -395,41 +416,21 @@ impl RotationService {
         user: UserId,
         actor: Actor,
     ) -> Result<ManualStart, RotationError> {
-        let engine = &self.inner.engine;
-        engine.settle().await?;
-        let (decision, version) = {
-            let p = engine.projector.read();
-            let u = self.rotatable(&p, user)?;
-            let decision = request_manual(&u.password, Utc::now(), &self.inner.config.protocol())?;
-            (decision, u.version)
-        };
-        match decision {
-            ManualRotation::Start => {
-                let (rotation_id, position, password) = self.begin(user, None, actor).await?;
+        self.inner.engine.settle().await?;
+        match self.begin(user, None, actor).await? {
+            Begun::Started {
+                id,
+                position,
+                password,
+            } => {
                 let svc = self.clone();
-                tokio::spawn(async move { svc.drive(rotation_id, Some((password, None))).await });
+                tokio::spawn(async move { svc.drive(id, Some((password, None))).await });
                 Ok(ManualStart::Started {
-                    rotation_id,
+                    rotation_id: id,
                     position,
                 })
             }
-            ManualRotation::Deferred { events, until } => {
-                let position = if events.is_empty() {
-                    engine.log.head().position
-                } else {
-                    crate::store::append_correlated(
-                        &*engine.log,
-                        StreamId::user(user),
-                        ExpectedVersion::Exact(version),
-                        &actor,
-                        None,
-                        events,
-                    )
-                    .await
-                    .map_err(conflict_on_race)?
-                };
-                Ok(ManualStart::Deferred { until, position })
-            }
+            Begun::Deferred { until, position } => Ok(ManualStart::Deferred { until, position }),
         }
     }
 
@@ -448,93 +449,52 @@ impl RotationService {
         Ok(u)
     }
 
-    /// Checks the user and the rules, makes and seals the password (a reassert seals
-    /// nothing new: it carries the current one), appends `RotationStarted`. `reason`:
-    /// what the scheduler decided; `None` for an admin's rotation the rules allow now.
+    /// Makes and seals a new password (a reassert seals nothing new: it carries the
+    /// current one), then decides the start on the user's stream as it is at the append
+    /// ([`decide_start`]) and appends `RotationStarted`, or an admin's deferred request.
+    /// `reason`: what the scheduler decided; `None` for an admin's request.
     async fn begin(
         &self,
         user: UserId,
         reason: Option<RotationReason>,
         actor: Actor,
-    ) -> Result<(RotationId, u64, Secret), RotationError> {
+    ) -> Result<Begun, RotationError> {
         let stream = StreamId::user(user);
-        let (version, length, domain, reason, current) = {
+        // What the rules need from other streams (the domain's settings and federation,
+        // the schedule), from the projections; the user's own state is folded at the append.
+        let (asked, length, domain, federated) = {
             let p = self.inner.engine.projector.read();
             let u = self.rotatable(&p, user)?;
-            // The projection may have moved since the decision: decide again on it.
-            let now = Utc::now();
-            let protocol = self.inner.config.protocol();
-            let decided = match reason {
-                // The scheduler chose at its tick, and the user may have waited behind the
-                // domain's limit since: whether they are due is decided again, on the
-                // projection as it is now (they may have left a group, lost their key, or
-                // just been rotated by hand).
-                Some(_) => self.next_for(&p, u, now),
-                None => next(&u.password, Some(RotationReason::Manual), now, &protocol),
-            };
-            let reason = match (reason, decided) {
-                (Some(RotationReason::Reassert), Next::Reassert) => RotationReason::Reassert,
-                (Some(r), Next::Start(now_due)) if r != RotationReason::Reassert => now_due,
-                (None, Next::Start(_)) => RotationReason::Manual,
-                (_, Next::Drive(_)) => {
-                    return Err(conflict("a rotation of this user is in flight"))
-                }
-                _ => {
-                    return Err(conflict(
-                        "the rules do not allow this rotation now; it was not started",
-                    ))
-                }
-            };
-            let current = match reason {
-                RotationReason::Reassert => {
-                    let c = u.password.current.and_then(|c| p.rotations.get(c));
-                    Some(
-                        c.ok_or_else(|| not_found("current password"))?
-                            .sealed_password
-                            .clone(),
-                    )
-                }
-                _ => None,
+            let f = facts(&p, u);
+            let asked = match reason {
+                Some(reason) => Asked::Scheduler {
+                    reason,
+                    due: f.due_at(Utc::now()),
+                    may_rotate: f.may_rotate(),
+                },
+                None => Asked::Admin,
             };
             let d = p
                 .domains
                 .get(u.domain_id)
                 .ok_or_else(|| not_found("domain"))?;
-            (
-                u.version,
-                d.settings.password_length,
-                u.domain_id,
-                reason,
-                current,
-            )
+            (asked, d.settings.password_length, u.domain_id, f.federated)
         };
         if self.inner.sync.client(domain).is_none() {
             return Err(RotationError::NoCredentials(
                 self.inner.sync.no_worker(domain).to_string(),
             ));
         }
-        let (password, sealed) = match current {
-            Some(sealed) => (self.inner.engine.keyring.unseal(&stream, &sealed)?, sealed),
-            None => {
+        let keyring = &self.inner.engine.keyring;
+        let new_password = match reason {
+            Some(RotationReason::Reassert) => None,
+            _ => {
                 let password = password::generate(length);
-                let sealed = self.inner.engine.keyring.seal(&stream, &password)?;
-                (password, sealed)
+                let sealed = keyring.seal(&stream, &password)?;
+                Some((password, sealed))
             }
         };
         let rotation_id = RotationId(uuid::Uuid::now_v7());
-        let started = RotationStarted {
-            rotation_id,
-            reason,
-            sealed_password: sealed,
-        };
-        // The password is on the device before Graph ever sees it.
-        let appending = self.append_settled(
-            &stream,
-            ExpectedVersion::Exact(version),
-            &actor,
-            rotation_id,
-            vec![started.into()],
-        );
         // Known to this process before it is in the log: a tick that sees the new rotation
         // at once must not take it for one an earlier process left open (interrupted), nor
         // drive it itself (behind the domain's limit, which a manual rotation is not).
@@ -547,60 +507,76 @@ impl RotationService {
             id: rotation_id,
         };
         Self::lock(&self.inner.in_flight).insert(rotation_id);
-        let done = match appending.await {
-            Ok(done) => done,
-            Err(e) => {
+        let decided = Mutex::new(None);
+        let protocol = self.inner.config.protocol();
+        let log = &*self.inner.engine.log;
+        let appended = crate::store::decide_and_append_timed(
+            log,
+            &stream,
+            &actor,
+            Some(rotation_id.0),
+            evolve_stream,
+            |s| {
+                let sealed = new_password.as_ref().map(|(_, sealed)| sealed);
+                let decision = decide_start(
+                    s,
+                    asked,
+                    federated,
+                    rotation_id,
+                    sealed,
+                    Utc::now(),
+                    &protocol,
+                )?;
+                let events = decision.events().to_vec();
+                *Self::lock(&decided) = Some(decision);
+                Ok(events)
+            },
+        )
+        .await;
+        // The password is on the device before Graph ever sees it, whatever the log's
+        // durability: with `durability = "process"` an acknowledged append may still be
+        // lost with the machine, and a password Graph set but the log lost locks its user
+        // out.
+        let settled = match appended {
+            Ok(position) => crate::store::EventLog::settle(log)
+                .await
+                .map(|()| position)
+                .map_err(|e| RotationError::Append(AppendError::Store(e))),
+            Err(e) => Err(e.into()),
+        };
+        let decided = Self::lock(&decided).take();
+        let (position, events, reason) = match (settled, decided) {
+            (Ok(position), Some(StartDecision::Start { events, reason })) => {
+                (position, events, reason)
+            }
+            (result, decided) => {
                 Self::lock(&self.inner.recovered).remove(&rotation_id);
-                return Err(match e {
-                    RotationError::Append(a) => conflict_on_race(a),
-                    e => e,
-                });
+                let position = result?;
+                return match decided {
+                    Some(StartDecision::Deferred { until, .. }) => {
+                        Ok(Begun::Deferred { until, position })
+                    }
+                    _ => Err(conflict("the rotation was not decided")),
+                };
             }
         };
         crate::crash::point("after_started");
+        let password = match (new_password, reason) {
+            (Some((password, _)), r) if r != RotationReason::Reassert => password,
+            _ => match events.first() {
+                Some(Event::RotationStarted(started)) => {
+                    keyring.unseal(&stream, &started.sealed_password)?
+                }
+                _ => return Err(conflict("the rotation was not decided")),
+            },
+        };
         // The caller's drive, started with no await in between, takes it over.
         std::mem::forget(claim);
-        Ok((rotation_id, done, password))
-    }
-
-    /// [`Self::append`], then on the device whatever the log's durability: with
-    /// `durability = "process"` an acknowledged append may still be lost with the machine,
-    /// and a password Graph set but the log lost locks its user out.
-    async fn append_settled(
-        &self,
-        stream: &StreamId,
-        expected: ExpectedVersion,
-        actor: &Actor,
-        rotation: RotationId,
-        events: Vec<Event>,
-    ) -> Result<u64, RotationError> {
-        let at = self
-            .append(stream, expected, actor, rotation, events)
-            .await?;
-        crate::store::EventLog::settle(&*self.inner.engine.log)
-            .await
-            .map_err(|e| RotationError::Append(AppendError::Store(e)))?;
-        Ok(at)
-    }
-
-    async fn append(
-        &self,
-        stream: &StreamId,
-        expected: ExpectedVersion,
-        actor: &Actor,
-        rotation: RotationId,
-        events: Vec<Event>,
-    ) -> Result<u64, RotationError> {
-        let log = &*self.inner.engine.log;
-        let at = crate::store::append_correlated(
-            log,
-            stream.clone(),
-            expected,
-            actor,
-            Some(rotation.0),
-            events,
-        );
-        Ok(at.await?)
+        Ok(Begun::Started {
+            id: rotation_id,
+            position,
+            password,
+        })
     }
 
     /// Drives a rotation to its outcome (or leaves it open when its domain's worker goes
@@ -681,7 +657,6 @@ impl RotationService {
             domain: u.domain_id,
             external: u.external_id.clone(),
             sealed: r.sealed_password.clone(),
-            state: u.password.clone(),
             open,
             max,
         }))
@@ -694,18 +669,29 @@ impl RotationService {
         if Self::lock(&self.inner.recovered).contains(&id) {
             return Ok(false);
         }
-        let events = on_resume(&o.state);
-        let actor = Actor::Scheduler(o.domain);
-        self.append(
-            &StreamId::user(o.user),
-            ExpectedVersion::Any,
-            &actor,
-            id,
-            events,
-        )
-        .await?;
+        self.record(o, id, |s| decide_interrupted(s, id)).await?;
         Self::lock(&self.inner.recovered).insert(id);
         Ok(true)
+    }
+
+    /// Appends what `decide` makes of the user's stream as it is at the append, for the
+    /// open rotation `id` of `o`.
+    async fn record(
+        &self,
+        o: &OpenView,
+        id: RotationId,
+        decide: impl Fn(&RotationStream) -> Vec<Event>,
+    ) -> Result<u64, RotationError> {
+        let position = crate::store::decide_and_append_timed(
+            &*self.inner.engine.log,
+            &StreamId::user(o.user),
+            &Actor::Scheduler(o.domain),
+            Some(id.0),
+            evolve_stream,
+            |s| Ok(decide(s)),
+        )
+        .await?;
+        Ok(position)
     }
 
     async fn drive_inner(
@@ -761,20 +747,9 @@ impl RotationService {
                     }
                     Err(e) => {
                         // The user's key was shredded: nothing to set, nothing to keep.
-                        let failed = RotationFailed {
-                            rotation_id: id,
-                            retryable: false,
-                            graph_code: None,
-                            error: format!("the sealed password cannot be opened: {e}"),
-                        };
-                        self.append(
-                            &stream,
-                            ExpectedVersion::Any,
-                            &actor,
-                            id,
-                            vec![failed.into()],
-                        )
-                        .await?;
+                        let error = format!("the sealed password cannot be opened: {e}");
+                        self.record(&o, id, |s| decide_unopenable(s, id, error.clone()))
+                            .await?;
                         return Ok(());
                     }
                 },
@@ -789,8 +764,7 @@ impl RotationService {
                 biased;
                 _ = wait_cancelled(cancelled) => {
                     // The request may have left: record that its outcome is unknown.
-                    let events = on_resume(&o.state);
-                    if let Err(e) = self.append(&stream, ExpectedVersion::Any, &actor, id, events).await {
+                    if let Err(e) = self.record(&o, id, |s| decide_interrupted(s, id)).await {
                         // Not on record either: the next drive records it as interrupted.
                         Self::lock(&self.inner.recovered).remove(&id);
                         return Err(e);
@@ -919,17 +893,8 @@ struct OpenView {
     domain: DomainId,
     external: String,
     sealed: idledger_domain::SealedSecret,
-    state: PasswordState,
     open: idledger_domain::rotation::OpenRotation,
     max: u32,
-}
-
-/// A concurrent change of the user between the decision and the append.
-fn conflict_on_race(e: AppendError) -> RotationError {
-    match e {
-        AppendError::WrongExpectedVersion { .. } => conflict("the user changed meanwhile; retry"),
-        e => RotationError::Append(e),
-    }
 }
 
 /// A permit of a domain's limit, held (for its drop) while the rotation runs; none for

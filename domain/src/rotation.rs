@@ -7,10 +7,10 @@ use crate::decide::user::Status;
 use crate::decide::Rejection;
 use crate::events::{
     KeyWriteQueued, KeyWriteSuperseded, RotationFailed, RotationInterrupted, RotationRequested,
-    RotationRetried, RotationSucceeded, SupersedeReason,
+    RotationRetried, RotationStarted, RotationSucceeded, SupersedeReason,
 };
 use crate::ids::{KeyId, KeyWriteId, RotationId};
-use crate::types::RotationReason;
+use crate::types::{RotationReason, SealedSecret};
 use crate::Event;
 use chrono::{DateTime, Duration, Utc};
 
@@ -647,6 +647,191 @@ pub fn on_resume(s: &PasswordState) -> Vec<Event> {
         .collect()
 }
 
+/// The user's stream as rotation commands decide on it: the user's standing and key, and
+/// the protocol's view of their passwords (folded with each event's commit time, which
+/// the uncertainty window is measured from).
+#[derive(Clone, Debug, Default)]
+pub struct RotationStream {
+    /// What every decision about the user knows.
+    pub user: crate::decide::user::UserState,
+    /// The protocol's state.
+    pub passwords: PasswordState,
+    /// The sealed password of each rotation that may still matter: the open one and the
+    /// current one (a reassert carries the current one again).
+    sealed: Vec<(RotationId, SealedSecret)>,
+}
+
+impl RotationStream {
+    /// The current password as sealed when its rotation started.
+    pub fn current_sealed(&self) -> Option<&SealedSecret> {
+        let current = self.passwords.current?;
+        self.sealed
+            .iter()
+            .find(|(id, _)| *id == current)
+            .map(|(_, sealed)| sealed)
+    }
+}
+
+/// Folds one committed event of the user's stream into [`RotationStream`].
+pub fn evolve_stream(mut s: RotationStream, e: &crate::Envelope) -> RotationStream {
+    if let Event::RotationStarted(started) = &e.event {
+        s.sealed
+            .push((started.rotation_id, started.sealed_password.clone()));
+    }
+    s.user = crate::decide::user::evolve(s.user, &e.event);
+    s.passwords = evolve(s.passwords, &e.event, e.recorded_at);
+    // Only the open and the current rotation's passwords can be sent again.
+    let (open, current) = (
+        s.passwords.open.as_ref().map(|o| o.rotation_id),
+        s.passwords.current,
+    );
+    s.sealed
+        .retain(|(id, _)| Some(*id) == open || Some(*id) == current);
+    if matches!(e.event, Event::UserDeleted(_)) {
+        s.sealed.clear();
+    }
+    s
+}
+
+/// Who asks for a new rotation, and what they decided beforehand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Asked {
+    /// The scheduler, at its look, for `reason` (a reassert, or a new password the
+    /// schedule or a request wants). `due` is what the schedule says now and `may_rotate`
+    /// whether the user may be rotated now ([`RotationFacts`]): the user may have waited
+    /// behind the domain's limit since the look, and is decided on again.
+    Scheduler {
+        /// What the look decided.
+        reason: RotationReason,
+        /// What the schedule says now.
+        due: Option<RotationReason>,
+        /// Whether the user may be rotated now.
+        may_rotate: bool,
+    },
+    /// An admin, now.
+    Admin,
+}
+
+/// What starting a rotation decided.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StartDecision {
+    /// Append these events: the rotation starts with `reason`; a reassert carries the
+    /// current password, anything else `new_password`.
+    Start {
+        /// `RotationStarted`.
+        events: Vec<Event>,
+        /// Why it starts.
+        reason: RotationReason,
+    },
+    /// An admin's request recorded (or already recorded) for later: these events; it is
+    /// expected to run about `until`.
+    Deferred {
+        /// The events to append.
+        events: Vec<Event>,
+        /// When it is expected to start.
+        until: DateTime<Utc>,
+    },
+}
+
+impl StartDecision {
+    /// The events to append.
+    pub fn events(&self) -> &[Event] {
+        match self {
+            StartDecision::Start { events, .. } | StartDecision::Deferred { events, .. } => events,
+        }
+    }
+}
+
+/// Decides a new rotation of the user folded in `s`, on the stream as it is at the
+/// append: whether it may start at all ([`check_rotatable`]; `federated` is the domain's
+/// fact), whether the protocol allows a new password now ([`next`], [`request_manual`]),
+/// and what it sends: a reassert the current password again, anything else
+/// `new_password`, sealed beforehand for the user.
+pub fn decide_start(
+    s: &RotationStream,
+    asked: Asked,
+    federated: bool,
+    rotation_id: RotationId,
+    new_password: Option<&SealedSecret>,
+    now: DateTime<Utc>,
+    p: &Protocol,
+) -> Result<StartDecision, Rejection> {
+    check_rotatable(s.user.status, s.user.key_id.is_some(), federated)?;
+    let reason = match asked {
+        Asked::Admin => match request_manual(&s.passwords, now, p)? {
+            ManualRotation::Start => RotationReason::Manual,
+            ManualRotation::Deferred { events, until } => {
+                return Ok(StartDecision::Deferred { events, until })
+            }
+        },
+        Asked::Scheduler {
+            reason,
+            due,
+            may_rotate,
+        } => {
+            let wanted = s.passwords.wanted(due).filter(|_| may_rotate);
+            match (reason, next(&s.passwords, wanted, now, p)) {
+                (RotationReason::Reassert, Next::Reassert) => RotationReason::Reassert,
+                (asked, Next::Start(now_due)) if asked != RotationReason::Reassert => now_due,
+                (_, Next::Drive(_)) => {
+                    return Err(Rejection::Conflict(
+                        "a rotation of this user is in flight".into(),
+                    ))
+                }
+                _ => {
+                    return Err(Rejection::Conflict(
+                        "the rules do not allow this rotation now; it was not started".into(),
+                    ))
+                }
+            }
+        }
+    };
+    let sealed_password = match reason {
+        RotationReason::Reassert => s
+            .current_sealed()
+            .cloned()
+            .ok_or(Rejection::NotFound("current password"))?,
+        _ => new_password
+            .cloned()
+            .ok_or_else(|| Rejection::Conflict("no new password was made for it".into()))?,
+    };
+    Ok(StartDecision::Start {
+        events: vec![RotationStarted {
+            rotation_id,
+            reason,
+            sealed_password,
+        }
+        .into()],
+        reason,
+    })
+}
+
+/// Records that rotation `rotation_id` was interrupted (found open by a process start, or
+/// its attempt cut short when the domain's credentials went away): whatever attempt was
+/// under way may have reached Graph ([`on_resume`]). Nothing once it is no longer open.
+pub fn decide_interrupted(s: &RotationStream, rotation_id: RotationId) -> Vec<Event> {
+    match &s.passwords.open {
+        Some(o) if o.rotation_id == rotation_id => on_resume(&s.passwords),
+        _ => vec![],
+    }
+}
+
+/// Ends the open rotation `rotation_id` of a deleted user whose password can no longer
+/// be opened (their key was shredded: nothing to set, nothing to keep). Nothing once it
+/// is no longer open.
+pub fn decide_unopenable(s: &RotationStream, rotation_id: RotationId, error: String) -> Vec<Event> {
+    match &s.passwords.open {
+        Some(o) if o.rotation_id == rotation_id => vec![RotationFailed {
+            rotation_id,
+            retryable: false,
+            graph_code: None,
+            error,
+        }
+        .into()],
+        _ => vec![],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1047,5 +1232,177 @@ mod tests {
         let s = given(&[started(2), interrupted(2)]);
         assert!(s.open.as_ref().unwrap().reached);
         assert_eq!(s.unconfirmed_candidate(), Some(rid(2)));
+    }
+
+    /// The user's stream: imported with a key, then `events`, the i-th recorded at `at(i)`.
+    fn stream_of(events: &[Event]) -> RotationStream {
+        let user = crate::ids::UserId(uuid::Uuid::from_u128(7));
+        let imported: Event = crate::events::UserImported {
+            sso: Default::default(),
+        }
+        .into();
+        let key: Event = crate::events::KeyAssigned {
+            key_id: KeyId("K-1".into()),
+        }
+        .into();
+        let mut all = vec![imported, key];
+        all.extend_from_slice(events);
+        all.iter()
+            .enumerate()
+            .fold(RotationStream::default(), |s, (i, e)| {
+                let envelope = crate::Envelope {
+                    position: i as u64 + 1,
+                    stream: crate::StreamId::user(user),
+                    version: i as u64 + 1,
+                    event_id: uuid::Uuid::from_u128(i as u128),
+                    recorded_at: at(i as i64 - 2),
+                    actor: crate::Actor::System,
+                    correlation_id: None,
+                    causation_id: None,
+                    event: e.clone(),
+                    prev_hash: crate::Hash([0; 32]),
+                    hash: crate::Hash([0; 32]),
+                };
+                evolve_stream(s, &envelope)
+            })
+    }
+
+    fn sealed(n: u8) -> SealedSecret {
+        SealedSecret {
+            key_id: crate::ids::DataKeyId(uuid::Uuid::from_u128(9)),
+            nonce: [n; 24],
+            ciphertext: vec![n],
+        }
+    }
+
+    fn started_with(n: u128, reason: RotationReason) -> Event {
+        RotationStarted {
+            rotation_id: rid(n),
+            reason,
+            sealed_password: sealed(n as u8),
+        }
+        .into()
+    }
+
+    fn scheduler(reason: RotationReason) -> Asked {
+        Asked::Scheduler {
+            reason,
+            due: Some(RotationReason::Scheduled),
+            may_rotate: true,
+        }
+    }
+
+    #[test]
+    fn a_start_is_decided_on_the_stream_as_it_is_at_the_append() {
+        let new = sealed(42);
+        let s = stream_of(&[]);
+        let decided = decide_start(&s, Asked::Admin, false, rid(5), Some(&new), at(1), &P);
+        assert_eq!(
+            decided,
+            Ok(StartDecision::Start {
+                events: vec![RotationStarted {
+                    rotation_id: rid(5),
+                    reason: RotationReason::Manual,
+                    sealed_password: new.clone(),
+                }
+                .into()],
+                reason: RotationReason::Manual,
+            })
+        );
+        // Another process started one meanwhile: nothing new while it is in flight.
+        let s = stream_of(&[started_with(1, RotationReason::Manual)]);
+        for asked in [Asked::Admin, scheduler(RotationReason::Scheduled)] {
+            assert!(matches!(
+                decide_start(&s, asked, false, rid(5), Some(&new), at(1), &P),
+                Err(Rejection::Conflict(_))
+            ));
+        }
+        // The key was taken away, the user deleted, the domain federated: no rotation.
+        let unassigned: Event = crate::events::KeyUnassigned {
+            key_id: KeyId("K-1".into()),
+        }
+        .into();
+        let deleted: Event = crate::events::UserDeleted { reason: None }.into();
+        for (s, federated) in [
+            (stream_of(&[unassigned]), false),
+            (stream_of(&[deleted]), false),
+            (stream_of(&[]), true),
+        ] {
+            assert!(
+                decide_start(&s, Asked::Admin, federated, rid(5), Some(&new), at(1), &P).is_err()
+            );
+        }
+        // The schedule no longer wants it (the user left the rotation group meanwhile).
+        let s = stream_of(&[]);
+        let not_now = Asked::Scheduler {
+            reason: RotationReason::Scheduled,
+            due: None,
+            may_rotate: true,
+        };
+        assert!(decide_start(&s, not_now, false, rid(5), Some(&new), at(1), &P).is_err());
+    }
+
+    #[test]
+    fn inside_the_window_an_admin_is_deferred_and_after_it_the_current_password_goes_first() {
+        let new = sealed(42);
+        // Rotation 1 confirmed; rotation 2's attempt interrupted at at(3), then confirmed.
+        let s = stream_of(&[
+            started_with(1, RotationReason::Initial),
+            succeeded(1),
+            started_with(2, RotationReason::Manual),
+            interrupted(2),
+            succeeded(2),
+        ]);
+        match decide_start(&s, Asked::Admin, false, rid(5), Some(&new), at(10), &P) {
+            Ok(StartDecision::Deferred { events, until }) => {
+                assert_eq!(until, at(123));
+                assert!(matches!(events.as_slice(), [Event::RotationRequested(_)]));
+            }
+            other => panic!("deferred expected, got {other:?}"),
+        }
+        // After the window the scheduler's reassert carries rotation 2's password again,
+        // never the new one; a new password asked for instead is refused.
+        assert_eq!(
+            decide_start(
+                &s,
+                scheduler(RotationReason::Reassert),
+                false,
+                rid(5),
+                None,
+                at(130),
+                &P
+            ),
+            Ok(StartDecision::Start {
+                events: vec![RotationStarted {
+                    rotation_id: rid(5),
+                    reason: RotationReason::Reassert,
+                    sealed_password: sealed(2),
+                }
+                .into()],
+                reason: RotationReason::Reassert,
+            })
+        );
+        assert!(decide_start(
+            &s,
+            scheduler(RotationReason::Scheduled),
+            false,
+            rid(5),
+            Some(&new),
+            at(130),
+            &P
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn interruptions_and_unopenable_passwords_are_recorded_only_for_the_open_rotation() {
+        let open = stream_of(&[started_with(1, RotationReason::Manual)]);
+        assert_eq!(decide_interrupted(&open, rid(1)), vec![interrupted(1)]);
+        assert_eq!(decide_interrupted(&open, rid(2)), vec![]);
+        assert_eq!(decide_unopenable(&open, rid(1), "shredded".into()).len(), 1);
+        // Ended meanwhile (another process recorded its outcome): nothing more.
+        let ended = stream_of(&[started_with(1, RotationReason::Manual), succeeded(1)]);
+        assert_eq!(decide_interrupted(&ended, rid(1)), vec![]);
+        assert_eq!(decide_unopenable(&ended, rid(1), "shredded".into()), vec![]);
     }
 }

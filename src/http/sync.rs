@@ -13,7 +13,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
-use idledger_domain::decide::user::{decide, evolve, UserCommand};
+use idledger_domain::decide::user::{decide_with, evolve, Outside, UserCommand};
 use idledger_domain::sync::SyncOutcome;
 use idledger_domain::{DomainId, StreamId, SyncCounters, SyncRunId, SyncTrigger, UserId};
 use idledger_projections::{Projections, RunAction, SyncRunStatus, SyncRunView, UserStatus};
@@ -597,7 +597,7 @@ pub async fn invite(
         token_hash: crate::http::token_hash(&secret),
         expires_at: chrono::Utc::now() + s.invite_ttl,
     };
-    let invite = {
+    let (invite, outside) = {
         let p = s.engine.projector.read();
         let u = p
             .users
@@ -613,14 +613,9 @@ pub async fn invite(
         let Some(d) = p.domains.get(u.domain_id) else {
             return Err(ApiError::NotFound("domain".into()));
         };
-        if d.removed {
-            return Err(ApiError::Conflict(
-                "the user's domain was removed: nothing looks after its users any more".into(),
-            ));
-        }
         let domain = d.name.clone();
         let a = &u.attributes;
-        crate::invite::Invite {
+        let invite = crate::invite::Invite {
             to: a
                 .mail
                 .clone()
@@ -630,7 +625,12 @@ pub async fn invite(
             domain,
             link: public.join(&format!("/enrol/{secret}")),
             expires_at: link.expires_at,
-        }
+        };
+        let outside = Outside {
+            domain_removed: d.removed,
+            ..Outside::default()
+        };
+        (invite, outside)
     };
     crate::invite::check_address(&invite.to).map_err(|e| ApiError::Unprocessable(e.to_string()))?;
     let record = UserCommand::RecordInvite {
@@ -640,7 +640,7 @@ pub async fn invite(
     };
     let position = s
         .command(&StreamId::user(user), &who.actor(), evolve, |st| {
-            decide(st, record.clone())
+            decide_with(st, record.clone(), &outside)
         })
         .await?;
     s.mailer.send(&invite).await.map_err(|e| match e {

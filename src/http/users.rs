@@ -7,7 +7,7 @@ use super::{page, AppState, Page};
 use axum::extract::State;
 use axum::Json;
 use chrono::{DateTime, Utc};
-use idledger_domain::decide::user::{decide, evolve, UserCommand};
+use idledger_domain::decide::user::{decide_with, evolve, Outside, UserCommand};
 use idledger_domain::{DomainId, KeyId, KeyWriteId, KeyWriteState, SsoSettings, StreamId, UserId};
 use idledger_projections::{Projections, UserStatus, UserView};
 use serde::{Deserialize, Serialize};
@@ -377,23 +377,37 @@ async fn run(
     id: uuid::Uuid,
     c: UserCommand,
 ) -> Result<Json<User>, ApiError> {
+    run_with(s, who, id, c, None).await
+}
+
+/// [`run`], for a command whose decision needs to know who else holds `key`.
+async fn run_with(
+    s: &AppState,
+    who: &Principal,
+    id: uuid::Uuid,
+    c: UserCommand,
+    key: Option<&KeyId>,
+) -> Result<Json<User>, ApiError> {
     let user = UserId(id);
-    if c.needs_live_domain() {
+    let outside = {
         let p = s.engine.projector.read();
-        let removed = p
-            .users
-            .get(user)
-            .and_then(|u| p.domains.get(u.domain_id))
-            .is_some_and(|d| d.removed);
-        if removed {
-            return Err(ApiError::Conflict(
-                "the user's domain was removed: nothing looks after its users any more".into(),
-            ));
+        Outside {
+            domain_removed: p
+                .users
+                .get(user)
+                .and_then(|u| p.domains.get(u.domain_id))
+                .is_some_and(|d| d.removed),
+            key_held_by: key.and_then(|key| {
+                p.users
+                    .key_holders(key)
+                    .find(|u| u.id != user && u.status != UserStatus::Deleted)
+                    .map(|u| u.id)
+            }),
         }
-    }
+    };
     let position = s
         .command(&StreamId::user(user), &who.actor(), evolve, |st| {
-            decide(st, c.clone())
+            decide_with(st, c.clone(), &outside)
         })
         .await?;
     s.reach(Some(position)).await?;
@@ -461,23 +475,12 @@ pub async fn put_key(
     // to two users.
     s.clone()
         .in_turn(&s.key_assignments, move |s| async move {
-            let holder = {
-                let p = s.engine.projector.read();
-                let holder = p
-                    .users
-                    .key_holders(&key)
-                    .find(|u| u.id.0 != id && u.status != UserStatus::Deleted)
-                    .map(|u| u.id);
-                holder
-            };
-            if let Some(other) = holder {
-                return Err(ApiError::Conflict(format!(
-                    "key {} is assigned to user {}; unassign it there first",
-                    key.0, other.0
-                )));
-            }
             let write = KeyWriteId(uuid::Uuid::now_v7());
-            run(&s, &who, id, UserCommand::AssignKey { key, write }).await
+            let c = UserCommand::AssignKey {
+                key: key.clone(),
+                write,
+            };
+            run_with(&s, &who, id, c, Some(&key)).await
         })
         .await
 }

@@ -1,7 +1,8 @@
 //! The event log: the single source of truth.
 //!
-//! [`EventLog`] is the boundary every other part of the binary uses; [`sled_log`] is the
-//! only module that knows sled. A later backend (NATS JetStream with
+//! [`EventLog`] is the boundary the services use; sled types appear only in this room
+//! ([`sled_log`] and [`page`]). Tools that read a stopped store (audit, backup, benches)
+//! open it as a [`sled_log::RawStore`]. A later backend (NATS JetStream with
 //! expected-last-subject-sequence, PostgreSQL) implements the same trait.
 
 pub mod page;
@@ -20,7 +21,7 @@ use tokio::sync::broadcast;
 
 pub use parallel_decode::Reader;
 pub use sled_log::SledEventLog;
-pub use snapshots::Snapshots;
+pub use snapshots::{Fold, Snapshots};
 pub use subscription::Subscription;
 pub use turns::StreamTurns;
 
@@ -354,17 +355,58 @@ pub async fn decide_and_append<S: Default + Clone + Send + Sync + 'static>(
     evolve: fn(S, &Event) -> S,
     decide: impl Fn(&S) -> Result<Vec<Event>, Rejection>,
 ) -> Result<u64, CommandError> {
+    command_path(
+        log,
+        stream,
+        actor,
+        correlation_id,
+        Fold::Events(evolve),
+        decide,
+    )
+    .await
+}
+
+/// [`decide_and_append`] for decisions that need to know when each event was committed
+/// (the rotation protocol's windows). The state after an append is not kept: the new
+/// events' commit times are known only once read back, which the next command does.
+pub async fn decide_and_append_timed<S: Default + Clone + Send + Sync + 'static>(
+    log: &dyn EventLog,
+    stream: &StreamId,
+    actor: &Actor,
+    correlation_id: Option<uuid::Uuid>,
+    evolve: fn(S, &Envelope) -> S,
+    decide: impl Fn(&S) -> Result<Vec<Event>, Rejection>,
+) -> Result<u64, CommandError> {
+    command_path(
+        log,
+        stream,
+        actor,
+        correlation_id,
+        Fold::Envelopes(evolve),
+        decide,
+    )
+    .await
+}
+
+async fn command_path<S: Default + Clone + Send + Sync + 'static>(
+    log: &dyn EventLog,
+    stream: &StreamId,
+    actor: &Actor,
+    correlation_id: Option<uuid::Uuid>,
+    fold: Fold<S>,
+    decide: impl Fn(&S) -> Result<Vec<Event>, Rejection>,
+) -> Result<u64, CommandError> {
     let _turn = log.turns().take(stream).await;
     let snapshots = log.snapshots();
     for attempt in 0..2 {
         let (mut version, mut state) = snapshots
-            .get(stream, evolve)
+            .get(stream, fold)
             .unwrap_or_else(|| (0, S::default()));
         let folded_from = version;
         for e in stream_envelopes(log, stream, version + 1) {
             let e = e?;
-            state = evolve(state, &e.event);
             version = e.version;
+            state = fold.apply(state, &e);
         }
         let events = match decide(&state) {
             Ok(events) if !events.is_empty() => events,
@@ -372,7 +414,7 @@ pub async fn decide_and_append<S: Default + Clone + Send + Sync + 'static>(
                 // Nothing to append, or refused: the fold is kept all the same, so that a
                 // run of refusals (made-up tokens naming a real user, say) folds nothing.
                 if version != folded_from {
-                    snapshots.put(stream, evolve, version, state);
+                    snapshots.put(stream, fold, version, state);
                 }
                 decided?;
                 return Ok(log.head().position);
@@ -391,14 +433,18 @@ pub async fn decide_and_append<S: Default + Clone + Send + Sync + 'static>(
             Ok(done) => {
                 // The events took the versions right after the fold's (the append
                 // expected exactly that version); anything else is not kept.
-                if !done.duplicate && done.stream_version == version + events.len() as u64 {
-                    let state = events.iter().fold(state, evolve);
-                    snapshots.put(stream, evolve, done.stream_version, state);
+                if let Fold::Events(evolve) = fold {
+                    if !done.duplicate && done.stream_version == version + events.len() as u64 {
+                        let state = events.iter().fold(state, evolve);
+                        snapshots.put(stream, fold, done.stream_version, state);
+                    }
+                } else if version != folded_from {
+                    snapshots.put(stream, fold, version, state);
                 }
                 return Ok(done.last_position);
             }
             Err(AppendError::WrongExpectedVersion { .. }) if attempt == 0 => {
-                snapshots.put(stream, evolve, version, state);
+                snapshots.put(stream, fold, version, state);
                 continue;
             }
             // Changed again meanwhile: the caller is told so, as a conflict to retry.

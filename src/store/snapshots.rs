@@ -7,7 +7,7 @@
 //! after a read or after an append the log acknowledged, and a reader folds everything
 //! after that version before deciding, so other writers' appends are never missed.
 
-use idledger_domain::{Event, StreamId};
+use idledger_domain::{Envelope, Event, StreamId};
 use rustc_hash::FxHashMap;
 use std::any::{Any, TypeId};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -37,8 +37,42 @@ impl Default for Snapshots {
     }
 }
 
-fn key<S: 'static>(stream: &StreamId, evolve: fn(S, &Event) -> S) -> Key {
-    (stream.clone(), TypeId::of::<S>(), evolve as usize)
+/// How a command folds its stream: the events alone, or with what the log recorded of
+/// each (the rotation protocol measures its windows from commit times).
+pub enum Fold<S> {
+    /// By event.
+    Events(fn(S, &Event) -> S),
+    /// By envelope.
+    Envelopes(fn(S, &Envelope) -> S),
+}
+
+impl<S> Clone for Fold<S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<S> Copy for Fold<S> {}
+
+impl<S> Fold<S> {
+    /// `s` with `e` folded in.
+    pub fn apply(self, s: S, e: &Envelope) -> S {
+        match self {
+            Fold::Events(f) => f(s, &e.event),
+            Fold::Envelopes(f) => f(s, e),
+        }
+    }
+
+    fn id(self) -> usize {
+        match self {
+            Fold::Events(f) => f as usize,
+            Fold::Envelopes(f) => f as usize,
+        }
+    }
+}
+
+fn key<S: 'static>(stream: &StreamId, fold: Fold<S>) -> Key {
+    (stream.clone(), TypeId::of::<S>(), fold.id())
 }
 
 impl Snapshots {
@@ -60,15 +94,15 @@ impl Snapshots {
         }
     }
 
-    /// The state `evolve` folded from `stream` and the version it reached, if kept.
+    /// The state `fold` made of `stream` and the version it reached, if kept.
     pub fn get<S: Clone + Send + Sync + 'static>(
         &self,
         stream: &StreamId,
-        evolve: fn(S, &Event) -> S,
+        fold: Fold<S>,
     ) -> Option<(u64, S)> {
         let kept = {
             let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-            let e = entries.get(&key(stream, evolve))?;
+            let e = entries.get(&key(stream, fold))?;
             (e.version, e.state.clone())
         };
         // Cloned outside the lock: a big state does not hold up other streams.
@@ -80,7 +114,7 @@ impl Snapshots {
     pub fn put<S: Send + Sync + 'static>(
         &self,
         stream: &StreamId,
-        evolve: fn(S, &Event) -> S,
+        fold: Fold<S>,
         version: u64,
         state: S,
     ) {
@@ -88,7 +122,7 @@ impl Snapshots {
         if capacity == 0 {
             return;
         }
-        let k = key(stream, evolve);
+        let k = key(stream, fold);
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if entries.get(&k).is_some_and(|e| e.version >= version) {
             return;
@@ -137,26 +171,26 @@ mod tests {
             StreamId::user(idledger_domain::UserId(uuid::Uuid::from_u128(1))),
             StreamId::user(idledger_domain::UserId(uuid::Uuid::from_u128(2))),
         );
-        assert_eq!(s.get(&a, count), None);
-        s.put(&a, count, 3, 3u64);
-        assert_eq!(s.get(&a, count), Some((3, 3)));
+        assert_eq!(s.get(&a, Fold::Events(count)), None);
+        s.put(&a, Fold::Events(count), 3, 3u64);
+        assert_eq!(s.get(&a, Fold::Events(count)), Some((3, 3)));
         // Another fold of the same stream is another entry.
         assert_eq!(s.get::<TokensState>(&a, evolve), None);
         // An older fold does not replace a newer one.
-        s.put(&a, count, 2, 2u64);
-        assert_eq!(s.get(&a, count), Some((3, 3)));
-        s.put(&b, count, 1, 1u64);
+        s.put(&a, Fold::Events(count), 2, 2u64);
+        assert_eq!(s.get(&a, Fold::Events(count)), Some((3, 3)));
+        s.put(&b, Fold::Events(count), 1, 1u64);
         // Full: taking a third forgets one of the others.
-        s.put(&c, count, 5, 5u64);
+        s.put(&c, Fold::Events(count), 5, 5u64);
         assert_eq!(s.len(), 2);
-        assert_eq!(s.get(&c, count), Some((5, 5)));
+        assert_eq!(s.get(&c, Fold::Events(count)), Some((5, 5)));
         let revoked: Event = TokenRevoked {
             token_id: TokenId(uuid::Uuid::nil()),
         }
         .into();
         let folded = evolve(TokensState::default(), &revoked);
-        s.put(&a, evolve, 1, folded.clone());
-        assert_eq!(s.get(&a, evolve), Some((1, folded)));
-        assert_eq!(Snapshots::new(0).get(&a, count), None);
+        s.put(&a, Fold::Events(evolve), 1, folded.clone());
+        assert_eq!(s.get(&a, Fold::Events(evolve)), Some((1, folded)));
+        assert_eq!(Snapshots::new(0).get(&a, Fold::Events(count)), None);
     }
 }

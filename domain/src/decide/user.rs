@@ -404,6 +404,37 @@ fn agents_write<'s>(
         .ok_or(Rejection::NotFound("key write"))
 }
 
+/// What a decision about a user needs from other streams, gathered by the caller from the
+/// projections when it sends the command.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Outside {
+    /// The user's domain was removed.
+    pub domain_removed: bool,
+    /// Another live user who holds the key an [`UserCommand::AssignKey`] names.
+    pub key_held_by: Option<UserId>,
+}
+
+/// Decides a command, with what it needs from other streams: a removed domain's users are
+/// looked after by nothing, and one key serves one live user.
+pub fn decide_with(
+    s: &UserState,
+    c: UserCommand,
+    outside: &Outside,
+) -> Result<Vec<Event>, Rejection> {
+    if outside.domain_removed && c.needs_live_domain() {
+        return Err(Rejection::Conflict(
+            "the user's domain was removed: nothing looks after its users any more".into(),
+        ));
+    }
+    if let (UserCommand::AssignKey { key, .. }, Some(other)) = (&c, outside.key_held_by) {
+        return Err(Rejection::Conflict(format!(
+            "key {} is assigned to user {}; unassign it there first",
+            key.0, other.0
+        )));
+    }
+    decide(s, c)
+}
+
 /// Decides a command.
 pub fn decide(s: &UserState, c: UserCommand) -> Result<Vec<Event>, Rejection> {
     match (s.status, c) {
@@ -865,6 +896,38 @@ mod tests {
         holding
             .when(UserCommand::UnassignKey)
             .then([KeyUnassigned { key_id: key("K1") }.into()]);
+    }
+
+    #[test]
+    fn a_removed_domains_users_get_nothing_new_and_one_key_serves_one_live_user() {
+        let s = [discovered(), imported()]
+            .iter()
+            .fold(UserState::default(), evolve);
+        let removed = Outside {
+            domain_removed: true,
+            ..Outside::default()
+        };
+        for c in [assign("K"), UserCommand::Activate] {
+            assert!(matches!(
+                decide_with(&s, c, &removed),
+                Err(Rejection::Conflict(m)) if m.contains("domain was removed")
+            ));
+        }
+        // What lets go of a user stays possible: nothing looks after them any more.
+        assert!(decide_with(&s, UserCommand::Deactivate, &removed).is_ok());
+        let held = Outside {
+            key_held_by: Some(UserId(uuid::Uuid::from_u128(5))),
+            ..Outside::default()
+        };
+        assert!(matches!(
+            decide_with(&s, assign("K"), &held),
+            Err(Rejection::Conflict(m)) if m.contains("unassign it there first")
+        ));
+        assert_eq!(
+            decide_with(&s, assign("K"), &Outside::default()),
+            decide(&s, assign("K"))
+        );
+        assert!(decide(&s, assign("K")).is_ok());
     }
 
     #[test]

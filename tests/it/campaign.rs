@@ -125,8 +125,10 @@ fn random_fault(rng: &mut StdRng, tenant: &str) -> Value {
         4 => f["drop_after_apply"] = true.into(),
         // Cut before Graph acted.
         5 => f["drop_connection"] = true.into(),
+        // Any 5xx: the client retries a 503 it was told to and takes any other as an
+        // outcome it cannot know.
         6 => {
-            f["status"] = 503.into();
+            f["status"] = [500, 502, 503, 504][rng.gen_range(0..4)].into();
             if rng.gen_bool(0.5) {
                 f["retry_after"] = 0.2.into();
             }

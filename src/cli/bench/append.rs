@@ -6,7 +6,7 @@ use crate::error::Error;
 use crate::notary::Notary;
 use crate::secrets::keystore::KeyFile;
 use crate::secrets::{Keyring, MasterKey};
-use crate::store::{AppendRequest, EventLog, ExpectedVersion, SledEventLog};
+use crate::store::{AppendRequest, Durability, EventLog, ExpectedVersion, SledEventLog};
 use clap::Args;
 use idledger_domain::{StreamId, UserId};
 use std::io::Write;
@@ -37,9 +37,11 @@ pub struct AppendArgs {
     #[arg(long)]
     pub ack_file: Option<PathBuf>,
     /// `device` (fdatasync before every acknowledgement) or `process` (sled's flush only);
-    /// the raw sled baseline syncs the same way.
-    #[arg(long, default_value = "device")]
-    pub durability: crate::store::Durability,
+    /// the raw sled baseline syncs the same way. `both`: the two compared in one run, on
+    /// fresh `durability-on` (device) and `durability-off` (process) dirs inside
+    /// `--data-dir`, alternating for `--rounds` rounds.
+    #[arg(long, default_value = "device", value_parser = ["device", "process", "both"])]
+    pub durability: String,
     /// `on`: the Merkle tree kept and heads signed (as `serve` does); `off`: neither;
     /// `both`: the two compared in one run, on fresh `tree-on` and `tree-off` dirs
     /// inside `--data-dir`, alternating for `--rounds` rounds.
@@ -57,13 +59,24 @@ pub struct AppendArgs {
     pub sth_interval_ms: u64,
 }
 
+impl AppendArgs {
+    /// The durability of a single run (`both` compares runs of each).
+    fn durability(&self) -> Durability {
+        match self.durability.as_str() {
+            "process" => Durability::Process,
+            _ => Durability::Device,
+        }
+    }
+}
+
 /// A log opened for the bench, with the notary that signs its heads when the tree is on.
 async fn open_log(
     dir: &Path,
     args: &AppendArgs,
+    durability: Durability,
     tree: bool,
 ) -> Result<(Arc<SledEventLog>, Option<Notary>), Error> {
-    let log = SledEventLog::open_with_tree(dir, args.durability, tree)?;
+    let log = SledEventLog::open_with_tree(dir, durability, tree)?;
     let notary = match log.tree() {
         None => None,
         Some(tree) => {
@@ -105,10 +118,14 @@ pub async fn append(args: AppendArgs) -> Result<ExitCode, Error> {
             "--events, --writers and --rounds must be positive".into(),
         ));
     }
-    if args.tree == "both" && args.metrics == "both" {
+    let compared = [&args.tree, &args.metrics, &args.durability];
+    if compared.iter().filter(|c| c.as_str() == "both").count() > 1 {
         return Err(Error::Other(
-            "compare one thing at a time: --tree both or --metrics both".into(),
+            "compare one thing at a time: --tree, --metrics or --durability both".into(),
         ));
+    }
+    if args.durability == "both" {
+        return both(&args, "durability").await;
     }
     if args.tree == "both" {
         return both(&args, "tree").await;
@@ -117,7 +134,8 @@ pub async fn append(args: AppendArgs) -> Result<ExitCode, Error> {
         return both(&args, "metrics").await;
     }
     crate::metrics::set_enabled(args.metrics == "on");
-    let (log, notary) = open_log(&args.data_dir, &args, args.tree == "on").await?;
+    let (log, notary) =
+        open_log(&args.data_dir, &args, args.durability(), args.tree == "on").await?;
     let ack = ack_writer(&args.ack_file)?;
     let flushes_before = log.stats().flushes.load(Ordering::Relaxed);
     let first_position = log.head().position + 1;
@@ -140,7 +158,7 @@ pub async fn append(args: AppendArgs) -> Result<ExitCode, Error> {
         std::ops::ControlFlow::Continue(())
     })?;
     let baseline =
-        crate::store::sled_log::raw_append(&args.data_dir, &records, flushes, args.durability)
+        crate::store::sled_log::raw_append(&args.data_dir, &records, flushes, args.durability())
             .await?;
     let events_per_s = args.events as f64 / seconds;
     let baseline_events_per_s = records.len() as f64 / baseline;
@@ -148,7 +166,7 @@ pub async fn append(args: AppendArgs) -> Result<ExitCode, Error> {
         "{}",
         serde_json::json!({
             "bench": "append",
-            "durability": args.durability.as_str(),
+            "durability": args.durability,
             "events": args.events,
             "writers": args.writers,
             "seconds": round3(seconds),
@@ -221,8 +239,9 @@ async fn fill(
     Ok(seconds)
 }
 
-/// `--tree both`: the same workload on a log with the tree and heads and on one without,
-/// alternating, each on its own fresh dir; the ratio of their throughputs.
+/// `--tree both` (or `--metrics`, `--durability`): the same workload with the switch on
+/// and off (durability: device and process), alternating, each on its own fresh dir; the
+/// ratio of their throughputs.
 async fn both(args: &AppendArgs, what: &str) -> Result<ExitCode, Error> {
     let mut seconds = [0f64; 2];
     let mut rounds = Vec::new();
@@ -245,10 +264,16 @@ async fn both(args: &AppendArgs, what: &str) -> Result<ExitCode, Error> {
                     dir.display()
                 )));
             }
-            // The compared switch; the other stays as `serve` runs (tree kept, metrics on).
+            // The compared switch; the others stay as `serve` runs (tree kept, metrics on)
+            // or as asked (durability).
             let tree = what != "tree" || on;
             crate::metrics::set_enabled(what != "metrics" || on);
-            let (log, notary) = open_log(&dir, args, tree).await?;
+            let durability = match (what, on) {
+                ("durability", true) => Durability::Device,
+                ("durability", false) => Durability::Process,
+                _ => args.durability(),
+            };
+            let (log, notary) = open_log(&dir, args, durability, tree).await?;
             let s = fill(&log, args, None).await?;
             if let Some(n) = notary {
                 n.sign_now().map_err(|e| Error::Other(e.to_string()))?;
@@ -273,7 +298,7 @@ async fn both(args: &AppendArgs, what: &str) -> Result<ExitCode, Error> {
     let (off, on) = (total / seconds[0], total / seconds[1]);
     let mut report = serde_json::json!({
         "bench": "append",
-        "durability": args.durability.as_str(),
+        "durability": args.durability,
         "events": args.events,
         "writers": args.writers,
         "rounds": rounds,

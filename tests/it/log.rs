@@ -614,7 +614,9 @@ async fn decisions_see_other_writers_appends_after_their_snapshot() {
         .await;
         assert!(refused.is_err());
         assert_eq!(seen.load(Ordering::SeqCst), 7);
-        let kept = log.snapshots().get(&stream, count);
+        let kept = log
+            .snapshots()
+            .get(&stream, idledger::store::Fold::Events(count));
         assert_eq!(kept, (capacity > 0).then_some((7, 7)));
         // A stream longer than one page of the fold is folded whole.
         for chunk in 0..9 {

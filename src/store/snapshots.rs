@@ -175,7 +175,7 @@ mod tests {
         s.put(&a, Fold::Events(count), 3, 3u64);
         assert_eq!(s.get(&a, Fold::Events(count)), Some((3, 3)));
         // Another fold of the same stream is another entry.
-        assert_eq!(s.get::<TokensState>(&a, evolve), None);
+        assert_eq!(s.get::<TokensState>(&a, Fold::Events(evolve)), None);
         // An older fold does not replace a newer one.
         s.put(&a, Fold::Events(count), 2, 2u64);
         assert_eq!(s.get(&a, Fold::Events(count)), Some((3, 3)));

@@ -3,7 +3,7 @@
 //! clicks it, then the same pages as an auditor, who finds no command at all. Assertions
 //! are on what the pages show. Screenshots of the main pages go to `docs/`.
 
-use crate::support::{ext, sim, spawn_app, Browser, APP, SECRET, TENANT};
+use crate::support::{ext, sim, spawn_app, Browser, APP, SECRET, SYNC, TENANT};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 use std::time::Duration;
@@ -1527,4 +1527,585 @@ async fn a_form_sent_before_its_script_leads_back_and_changes_nothing() {
         assert_eq!(r.headers()["location"], page);
     }
     assert_eq!(app.head(), head);
+}
+
+/// A command of chromedriver's own: one Chrome DevTools Protocol call in the session's
+/// browser (`goog/cdp/execute`). WebDriver has no word for where downloads go.
+#[derive(Debug)]
+struct CdpCommand {
+    cmd: &'static str,
+    params: serde_json::Value,
+}
+
+impl fantoccini::wd::WebDriverCompatibleCommand for CdpCommand {
+    fn endpoint(
+        &self,
+        base_url: &reqwest::Url,
+        session_id: Option<&str>,
+    ) -> Result<reqwest::Url, <reqwest::Url as std::str::FromStr>::Err> {
+        base_url.join(&format!(
+            "session/{}/goog/cdp/execute",
+            session_id.unwrap_or_default()
+        ))
+    }
+
+    fn method_and_body(&self, _: &reqwest::Url) -> (reqwest::Method, Option<String>) {
+        let body = json!({"cmd": self.cmd, "params": self.params});
+        (reqwest::Method::POST, Some(body.to_string()))
+    }
+}
+
+impl Browser {
+    /// Every input, select, textarea and button of the page without an accessible name (a
+    /// label with text, `aria-label`, `aria-labelledby`, or a button's own text), named by
+    /// id and where it sits; hidden fields (`type=hidden`) carry no name by design.
+    async fn unnamed_controls(&self) -> serde_json::Value {
+        self
+            .client
+            .execute(
+                r##"const said = (s) => (s ?? "").trim() !== "";
+                   const named = (e) => said(e.getAttribute("aria-label"))
+                     || (e.getAttribute("aria-labelledby") ?? "").split(/\s+/)
+                          .some((id) => id && said(document.getElementById(id)?.textContent))
+                     || [...(e.labels ?? [])].some((l) => said(l.textContent))
+                     || (e.tagName === "BUTTON" && said(e.textContent));
+                   return [...document.querySelectorAll("input, select, textarea, button")]
+                     .filter((e) => e.type !== "hidden" && !named(e))
+                     .map((e) => `${e.tagName.toLowerCase()}${e.id ? "#" + e.id : ""}`
+                       + `${e.name ? "[name=" + e.name + "]" : ""} in #${e.parentElement.closest("[id]")?.id ?? "?"}`);"##,
+                vec![],
+            )
+            .await
+            .unwrap()
+    }
+
+    /// [`Browser::unnamed_controls`] is empty, or the page's address and its offenders.
+    async fn every_control_named(&self) {
+        let unnamed = self.unnamed_controls().await;
+        let page = self.url().await;
+        assert_eq!(unnamed, json!([]), "controls without a name on {page}");
+    }
+
+    /// How many elements `selector` finds.
+    async fn count(&self, selector: &str) -> usize {
+        self.client
+            .find_all(fantoccini::Locator::Css(selector))
+            .await
+            .unwrap()
+            .len()
+    }
+
+    /// Waits until `selector` finds exactly `n` elements.
+    async fn wait_count(&self, selector: &str, n: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let found = self.count(selector).await;
+            if found == n {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{selector}: {found}, wanted {n}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Waits until the file `name` in `dir` is wholly downloaded (Chromium writes it under
+/// another name until it is); answers its bytes.
+async fn downloaded(dir: &std::path::Path, name: &str) -> Vec<u8> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let partial = std::fs::read_dir(dir).unwrap().any(|e| {
+            e.unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".crdownload")
+        });
+        if let (false, Ok(bytes)) = (partial, std::fs::read(dir.join(name))) {
+            return bytes;
+        }
+        let listed: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name} not downloaded: {listed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A call to graphsim's control routes that must succeed.
+async fn sim_control(sim: &str, method: Method, path: &str, body: Option<serde_json::Value>) {
+    let mut req = reqwest::Client::new().request(method, format!("{sim}{path}"));
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().await.unwrap();
+    assert!(r.status().is_success(), "{path}: {}", r.status());
+}
+
+/// What the whole-workflow test leaves unclicked, in one browser session: sign-in by
+/// keyboard alone; Test connection naming what is missing; the domains list with a failed
+/// sync's Graph code and the next sync; a run seen running and then done, live, with no
+/// reload and the page's fallback poll switched off (so the event stream brought it);
+/// a run's users a page at a time; Import all under the domain's SSO defaults; a rotation
+/// refused by Graph, with its reason; an export and its manifest downloaded for real, then
+/// dropped on the page to verify, as downloaded and tampered with. On every page, every
+/// control has a name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_consoles_other_features_show_what_they_did() {
+    let graph = sim().await;
+    // 25 members more than contoso's: a run then has more users than a page of 50.
+    let extra = |n: u32| format!("e0a80000-0000-4000-8000-{n:012}");
+    for n in 0..25 {
+        let body = json!({"id": extra(n), "userPrincipalName": format!("extra{n:02}@contoso.onmicrosoft.com"),
+                          "displayName": format!("Extra Member {n:02}")});
+        sim_control(&graph, Method::POST, "/_sim/users", Some(body)).await;
+        let member = format!("/_sim/groups/{SYNC}/members/{}", extra(n));
+        sim_control(&graph, Method::POST, &member, None).await;
+    }
+    let app = spawn_app().await;
+    let base = app.url.clone();
+    let b = Browser::start().await;
+
+    // The check of names finds a control without one (here, two put there for it).
+    b.goto(&format!("{base}/")).await;
+    b.css("#token").await;
+    b.client
+        .execute(
+            "const f = document.querySelector('form');
+             f.append(Object.assign(document.createElement('input'), { id: 'probe' }));
+             f.append(Object.assign(document.createElement('button'), { type: 'button', name: 'bare' }));",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        b.unnamed_controls().await,
+        json!(["input#probe in #?", "button[name=bare] in #?"])
+    );
+    // Sign-in by keyboard alone, on the page as served: the first Tab lands in the token
+    // field, typing fills it, Enter sends it.
+    b.goto(&format!("{base}/")).await;
+    b.css("#token").await;
+    b.every_control_named().await;
+    use fantoccini::actions::{InputSource, KeyAction, KeyActions};
+    let keys = |text: &str| {
+        text.chars()
+            .fold(KeyActions::new("keyboard".into()), |keys, c| {
+                keys.then(KeyAction::Down { value: c })
+                    .then(KeyAction::Up { value: c })
+            })
+    };
+    let press = |key: char| keys(&key.to_string());
+    b.client.perform_actions(press('\u{E004}')).await.unwrap();
+    let focused = b
+        .client
+        .execute("return document.activeElement.id", vec![])
+        .await
+        .unwrap();
+    assert_eq!(focused, json!("token"), "the first Tab stop");
+    b.client.perform_actions(keys(&app.admin)).await.unwrap();
+    b.client.perform_actions(press('\u{E007}')).await.unwrap();
+    b.wait_text("h1", "Domains").await;
+    b.wait_text("#domains", "No domains yet").await;
+    b.every_control_named().await;
+
+    // Test connection before saving: a permission the app lacks and a sync group Graph
+    // does not have are each said missing.
+    let app_path = format!("/_sim/apps/{APP}");
+    let read_only = json!({"permissions": ["User.Read.All", "Group.Read.All", "Domain.Read.All"]});
+    sim_control(&graph, Method::PATCH, &app_path, Some(read_only)).await;
+    b.fill("#d-domain", "contoso.onmicrosoft.com").await;
+    b.fill("#d-client", APP).await;
+    b.fill("#d-secret", SECRET).await;
+    b.fill("#d-tenant", TENANT).await;
+    b.fill("#d-sync", "Hideez Users Sync (old)").await;
+    b.click("details summary").await;
+    b.fill("#d-graph", &graph).await;
+    b.fill("#d-auth", &graph).await;
+    b.click("#test-connection").await;
+    let report = b.wait_text("#check-report", "Something is missing").await;
+    for said in [
+        "User-PasswordProfile.ReadWrite.All: missing",
+        "Sync group “Hideez Users Sync (old)”: not found",
+        "Rotation group “Hideez Key Auto Password Change”: found",
+    ] {
+        assert!(report.contains(said), "{said}: {report}");
+    }
+    // Marked as missing, not only worded so: the two permissions taken away and the
+    // group, and nothing else.
+    let marked = b
+        .client
+        .execute(
+            "return [...document.querySelectorAll('#check-report li.missing')].map((l) => l.textContent)",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let marked: Vec<String> = serde_json::from_value(marked).unwrap();
+    assert!(
+        marked.len() == 3
+            && marked.iter().any(|l| l.starts_with("User.ReadWrite.All"))
+            && marked.iter().any(|l| l.starts_with("User-PasswordProfile"))
+            && marked.iter().any(|l| l.starts_with("Sync group")),
+        "{marked:?}"
+    );
+    // Put right, the same check passes, and the domain is saved.
+    let full = json!({"permissions": ["User.Read.All", "Group.Read.All", "Domain.Read.All",
+                                      "User.ReadWrite.All", "User-PasswordProfile.ReadWrite.All"]});
+    sim_control(&graph, Method::PATCH, &app_path, Some(full)).await;
+    b.fill("#d-sync", "Hideez Users Sync").await;
+    b.click("#test-connection").await;
+    b.wait_text("#check-report", "Connection ok").await;
+    b.click("#add-domain button[type=submit]").await;
+    b.wait_text("#domain-facts", "saved (never shown)").await;
+    let domain = b.url().await.rsplit('/').next().unwrap().to_owned();
+
+    // A run Graph refuses: the domains list shows it failed, with Graph's code, and when
+    // the next one is due.
+    let refuse = json!({"path_prefix": "/v1.0/groups", "status": 403, "count": 1000});
+    sim_control(&graph, Method::POST, "/_sim/faults", Some(refuse)).await;
+    let run = sync_to_end(&app, &domain).await;
+    assert_eq!(run["status"], "failed", "{run}");
+    sim_control(&graph, Method::DELETE, "/_sim/faults", None).await;
+    b.goto(&format!("{base}/console/domains")).await;
+    let row = "#domains tbody tr:first-child";
+    b.wait_text(&format!("{row} td:nth-child(4)"), "failed")
+        .await;
+    b.wait_text(
+        &format!("{row} td:nth-child(6)"),
+        "Authorization_RequestDenied",
+    )
+    .await;
+    let (_, d) = app
+        .call(
+            Some(&app.admin),
+            Method::GET,
+            &format!("/v1/domains/{domain}"),
+            None,
+        )
+        .await;
+    let next = d["next_sync_at"].as_str().expect("a next sync scheduled");
+    let next = b
+        .client
+        .execute(
+            "return new Date(arguments[0]).toLocaleString()",
+            vec![json!(next)],
+        )
+        .await
+        .unwrap();
+    b.wait_text(&format!("{row} td:nth-child(5)"), next.as_str().unwrap())
+        .await;
+    b.every_control_named().await;
+
+    // A run that takes seconds (Graph holds a read), watched on the domain's page: seen
+    // running, then done, without a reload. The page's 2-second poll is switched off, so
+    // what shows the run's progress and end is the event stream.
+    b.click(&format!("{row} a")).await;
+    b.wait_text("#domain-facts", "active").await;
+    b.wait_text("#runs", "failed").await;
+    let hold = json!({"path_prefix": "/v1.0/groups/delta", "delay_ms": 3000, "count": 1});
+    sim_control(&graph, Method::POST, "/_sim/faults", Some(hold)).await;
+    b.client
+        .execute(
+            "window.__noReload = 1; window.__polls = 0;
+             const real = window.setInterval;
+             window.setInterval = (f, ms, ...rest) => {
+               if (ms === 2000) { window.__polls++; return 0; }
+               return real(f, ms, ...rest);
+             };",
+            vec![],
+        )
+        .await
+        .unwrap();
+    b.click("#sync-now").await;
+    b.wait_text("#live-status", "running").await;
+    b.wait_text("#live-status", "succeeded").await;
+    b.wait_text("#live-status", "added 54").await;
+    b.wait_text("#runs tbody tr:first-child", "succeeded").await;
+    let marks = b
+        .client
+        .execute("return [window.__noReload, window.__polls]", vec![])
+        .await
+        .unwrap();
+    assert_eq!(marks, json!([1, 1]), "reloaded, or polled another way");
+
+    // Its users, 50 to a page: the next page holds the rest, and back to the first.
+    b.click("#runs tbody tr:first-child button.link").await;
+    let users = "#outcomes tbody tr";
+    b.wait_count(users, 50).await;
+    let names = || async { b.css("#outcomes tbody").await.text().await.unwrap() };
+    let first_page = names().await;
+    assert!(!b.present("#outcomes-first").await);
+    // The rest, as many as the API has past the first 50.
+    let (_, runs) = app
+        .call(
+            Some(&app.admin),
+            Method::GET,
+            &format!("/v1/domains/{domain}/sync-runs?limit=1"),
+            None,
+        )
+        .await;
+    let path = format!(
+        "/v1/domains/{domain}/sync-runs/{}/outcomes?limit=1000",
+        runs["items"][0]["run_id"].as_str().unwrap()
+    );
+    let (_, all) = app.call(Some(&app.admin), Method::GET, &path, None).await;
+    let total = all["items"].as_array().unwrap().len();
+    assert!((51..100).contains(&total), "{all}");
+    b.click("#outcomes-more").await;
+    b.wait_count(users, total - 50).await;
+    let second_page = names().await;
+    for line in second_page.lines() {
+        let who = line.split('@').next().unwrap();
+        assert!(!first_page.contains(who), "{who} on both pages");
+    }
+    assert!(!b.present("#outcomes-more").await);
+    b.every_control_named().await;
+    b.click("#outcomes-first").await;
+    b.wait_count(users, 50).await;
+    assert_eq!(names().await, first_page);
+
+    // Import all, under the domain's SSO defaults, which the import page states.
+    let (s, _) = app
+        .call(
+            Some(&app.admin),
+            Method::PUT,
+            &format!("/v1/domains/{domain}/sso-defaults"),
+            Some(json!({"enabled": true, "method": "password_and_second_factor"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, candidates) = app
+        .call(
+            Some(&app.admin),
+            Method::GET,
+            &format!("/v1/domains/{domain}/candidates?limit=1000"),
+            None,
+        )
+        .await;
+    let waiting = candidates["items"].as_array().unwrap().len();
+    assert!(waiting > 50, "{candidates}");
+    b.click("#import-link").await;
+    b.wait_text("#sso-note", "password + second factor").await;
+    b.wait_text("#candidates", "Extra Member").await;
+    b.every_control_named().await;
+    b.click("#import-all").await;
+    let asked = b.client.get_alert_text().await.unwrap();
+    assert!(asked.contains("Import every candidate"), "{asked}");
+    b.client.accept_alert().await.unwrap();
+    b.wait_text("#flash", &format!("Imported {waiting} users"))
+        .await;
+    b.wait_text("#candidates", "every member of the sync group is imported")
+        .await;
+    assert!(!b.present("#candidates input").await);
+    assert!(!b.present("#candidates-more:not([hidden])").await);
+    // On the users page: no candidate left, and the imported have the defaults.
+    b.goto(&format!("{base}/console/users")).await;
+    b.wait_text("#users", "@contoso.onmicrosoft.com").await;
+    b.css("#ustatus")
+        .await
+        .select_by_label("candidate")
+        .await
+        .unwrap();
+    b.click("#user-search button[type=submit]").await;
+    // Left a candidate: only who is outside the sync group (a member of the rotation group
+    // alone), whom no import takes.
+    let (_, left) = app
+        .call(
+            Some(&app.admin),
+            Method::GET,
+            &format!("/v1/users?domain={domain}&status=candidate&limit=1000"),
+            None,
+        )
+        .await;
+    let left = left["items"].as_array().unwrap().clone();
+    assert!(
+        left.iter().all(|u| u["in_sync_group"] == json!(false)),
+        "{left:?}"
+    );
+    if left.is_empty() {
+        b.wait_text("#users", "No users match.").await;
+    } else {
+        let name = left[0]["display_name"].as_str().unwrap();
+        b.wait_text("#users", name).await;
+        b.wait_count("#users tbody tr", left.len()).await;
+    }
+    let listed = b.css("#users tbody").await.text().await.unwrap();
+    assert!(!listed.contains("Extra Member"), "{listed}");
+    b.css("#ustatus")
+        .await
+        .select_by_label("active")
+        .await
+        .unwrap();
+    b.fill("#uq", "Extra Member 07").await;
+    b.click("#user-search button[type=submit]").await;
+    b.wait_count("#users tbody tr", 1).await;
+    let shown = b.wait_text("#users tbody tr", "Extra Member 07").await;
+    assert!(
+        shown.contains("active") && shown.contains("password + second factor"),
+        "{shown}"
+    );
+    b.every_control_named().await;
+
+    // A rotation Graph refuses (403 on the password's PATCH): failed, with Graph's reason,
+    // on the user's page and on the rotations page.
+    let refuse = json!({"method": "PATCH", "path_prefix": format!("/v1.0/users/{}", extra(7)),
+                        "status": 403, "count": 1000});
+    sim_control(&graph, Method::POST, "/_sim/faults", Some(refuse)).await;
+    b.click("#users tbody a").await;
+    b.wait_text("h1", "Extra Member 07").await;
+    b.wait_text("#user-facts", "extra07@").await;
+    b.every_control_named().await;
+    // Rotated only with a key to take the new password.
+    b.fill("#key-id", "K-0107").await;
+    b.click("#assign-key button[type=submit]").await;
+    b.wait_text("#flash", "Key assigned").await;
+    b.click("#rotate").await;
+    b.wait_text("#flash", "Rotation finished: failed").await;
+    b.wait_text("#history", "Authorization_RequestDenied").await;
+    sim_control(&graph, Method::DELETE, "/_sim/faults", None).await;
+    b.goto(&format!("{base}/console/rotations")).await;
+    b.wait_text("#recent", "extra07@").await;
+    b.css("#recent-outcome")
+        .await
+        .select_by_value("failed")
+        .await
+        .unwrap();
+    b.click("#recent-form button[type=submit]").await;
+    b.wait_count("#recent tbody tr", 1).await;
+    let refused = b.wait_text("#recent tbody tr", "extra07@").await;
+    assert!(
+        refused.contains("failed") && refused.contains("Authorization_RequestDenied: "),
+        "{refused}"
+    );
+    b.every_control_named().await;
+
+    // The audit page: an export and its manifest downloaded as a browser saves them.
+    let downloads = tempfile::tempdir().unwrap();
+    b.client
+        .issue_cmd(CdpCommand {
+            cmd: "Browser.setDownloadBehavior",
+            params: json!({"behavior": "allow", "downloadPath": downloads.path()}),
+        })
+        .await
+        .unwrap();
+    b.goto(&format!("{base}/console/audit")).await;
+    b.wait_text("#log-facts", "Head position").await;
+    b.every_control_named().await;
+    b.click("#export-form button[type=submit]").await;
+    let csv_name = "idledger-password-changes.csv";
+    let csv = String::from_utf8(downloaded(downloads.path(), csv_name).await).unwrap();
+    assert!(
+        csv.starts_with("position,recorded_at,domain,user_id,user_principal_name,rotation_id,step"),
+        "{csv}"
+    );
+    assert!(csv.contains("Authorization_RequestDenied"), "{csv}");
+    let pinned = b.wait_text("#export-pin", "Up to log position").await;
+    b.click("#download-manifest").await;
+    let manifest_name = "idledger-password-changes.csv.manifest.json";
+    let manifest = String::from_utf8(downloaded(downloads.path(), manifest_name).await).unwrap();
+    let fields: serde_json::Value = serde_json::from_str(&manifest).unwrap();
+    // The manifest of that very file, at the position the page pinned.
+    use sha2::Digest;
+    let digest: String = sha2::Sha256::digest(csv.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(fields["file_sha256"], json!(digest), "{manifest}");
+    let at = fields["log_position"].as_u64().unwrap();
+    assert!(
+        pinned.contains(&format!("Up to log position {at},")),
+        "{pinned} / {manifest}"
+    );
+
+    // Dropped on the page (a drop event carrying the two files, as a drag from the
+    // desktop brings them): as downloaded, the export matches the log; one value changed,
+    // the page names the first differing row.
+    let verify_dropped = async |file: &str| {
+        let chosen = b
+            .client
+            .execute(
+                r##"const [csv, manifest, csvName, manifestName] = arguments;
+                   const dt = new DataTransfer();
+                   dt.items.add(new File([manifest], manifestName, { type: "application/json" }));
+                   dt.items.add(new File([csv], csvName, { type: "text/csv" }));
+                   const zone = document.querySelector("#verify-export");
+                   for (const kind of ["dragenter", "dragover", "drop"]) {
+                     zone.dispatchEvent(new DragEvent(kind, { bubbles: true, cancelable: true, dataTransfer: dt }));
+                   }
+                   return [document.querySelector("#export-file").files[0]?.name,
+                           document.querySelector("#manifest-file").files[0]?.name];"##,
+                vec![
+                    json!(file),
+                    json!(manifest),
+                    json!(csv_name),
+                    json!(manifest_name),
+                ],
+            )
+            .await
+            .unwrap();
+        assert_eq!(chosen, json!([csv_name, manifest_name]));
+        b.client
+            .execute(
+                "document.querySelector('#export-result').replaceChildren()",
+                vec![],
+            )
+            .await
+            .unwrap();
+        b.click("#verify-export button[type=submit]").await;
+        b.css("#export-status").await.text().await.unwrap()
+    };
+    let ok = verify_dropped(&csv).await;
+    assert!(ok.starts_with("Export ok"), "{ok}");
+    let tampered = csv.replacen(
+        "Authorization_RequestDenied",
+        "Authorization_RequestGranted",
+        1,
+    );
+    let differs = verify_dropped(&tampered).await;
+    let row = csv
+        .lines()
+        .position(|l| l.contains("Authorization_RequestDenied"))
+        .unwrap();
+    assert!(
+        differs.starts_with("Export differs") && differs.contains(&format!("differs at row {row}")),
+        "{differs}"
+    );
+
+    // The one page not yet visited.
+    b.goto(&format!("{base}/console/apps")).await;
+    b.wait_text("#signing-keys", "No signing key yet").await;
+    b.every_control_named().await;
+}
+
+/// Starts a run of `domain` through the API and waits for its end.
+async fn sync_to_end(app: &crate::support::App, domain: &str) -> serde_json::Value {
+    let (s, started) = app
+        .call(
+            Some(&app.admin),
+            Method::POST,
+            &format!("/v1/domains/{domain}/sync"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{started}");
+    let run = format!(
+        "/v1/domains/{domain}/sync-runs/{}",
+        started["run_id"].as_str().unwrap()
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, r) = app.call(Some(&app.admin), Method::GET, &run, None).await;
+        if r["status"] != "running" {
+            return r;
+        }
+        assert!(std::time::Instant::now() < deadline, "{r}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

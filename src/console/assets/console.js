@@ -328,11 +328,17 @@ async function showOutcomes(run, after) {
     el("td", {}, el("a", { href: `/console/users/${o.user_id}` }, o.display_name ?? o.user_id),
       o.user_principal_name ? el("small", {}, ` ${o.user_principal_name}`) : ""),
     el("td", {}, o.outcome ?? "—"), el("td", {}, o.action ?? "—"))), "This run changed no user.");
+  // Named like every other pager (a page with several tables has several), and a way
+  // back to the first page once past it.
+  const turn = (to) => () => showOutcomes(run, to).catch((e) => flash(e.message, "error"));
+  const first = after
+    ? el("button", { type: "button", id: "outcomes-first", "aria-label": "First page of the run's users", onclick: turn(null) }, "First users")
+    : null;
   const more = page.next
-    ? el("button", { type: "button", onclick: () => showOutcomes(run, page.next).catch((e) => flash(e.message, "error")) }, "Next users")
+    ? el("button", { type: "button", id: "outcomes-more", "aria-label": "Next page of the run's users", onclick: turn(page.next) }, "Next users")
     : null;
   $("#run-detail").replaceChildren(
-    el("h3", {}, `Run of ${when(run.started_at)}: users`), table, el("div", { class: "pager" }, more));
+    el("h3", {}, `Run of ${when(run.started_at)}: users`), table, el("div", { class: "pager" }, first, more));
 }
 
 function runRow(r) {
@@ -411,8 +417,12 @@ async function domainPage() {
   // The admin's forms, redrawn from the domain as it changes (credentials removed by
   // another admin must not leave a form that sends the old ones).
   let showForms = () => {};
+  // The latest event of the domain heard: a live read waits for the projections to hold
+  // it (the stream comes from the log, a step ahead of them), so a run's end is not read
+  // as still running with no later event to ask again; the reads after it see it too.
+  let domainHeard = 0;
   const refreshLive = coalesced(async () => {
-    d = await api("GET", `/v1/domains/${pageId}`);
+    d = await api("GET", `/v1/domains/${pageId}${domainHeard ? `?min_position=${domainHeard}` : ""}`);
     showFacts();
     showForms();
     await refreshRuns(true);
@@ -426,7 +436,10 @@ async function domainPage() {
     refreshCounters().catch((x) => flash(x.message, "error"));
   };
   hearing.add((e) => {
-    if (e.stream === `domain-${pageId}`) refreshLive().catch((x) => flash(x.message, "error"));
+    if (e.stream === `domain-${pageId}`) {
+      domainHeard = Math.max(domainHeard, e.position);
+      refreshLive().catch((x) => flash(x.message, "error"));
+    }
     else if (e.correlation_id && e.correlation_id === d.last_sync?.run_id
       && d.last_sync.status === "running") {
       const wait = counted + 1000 - Date.now();
@@ -597,13 +610,22 @@ async function domainPage() {
         clearInterval(timer);
         if (error) reject(error); else resolve();
       };
+      // The run as of the latest event heard, at least: the stream comes from the log and
+      // the projections may be a step behind it, and the run's last event must not be
+      // read as "still running" with no event left to ask again.
+      let heard = 0;
       const update = coalesced(async () => {
-        run = await api("GET", `/v1/domains/${pageId}/sync-runs/${started.run_id}`);
+        const at = heard ? `?min_position=${heard}` : "";
+        run = await api("GET", `/v1/domains/${pageId}/sync-runs/${started.run_id}${at}`);
         show(run);
         if (run.status !== "running") done();
       });
       const tick = () => update().catch(done);
-      const hear = (e) => { if (e.correlation_id === started.run_id || e.stream === `domain-${pageId}`) tick(); };
+      const hear = (e) => {
+        if (e.correlation_id !== started.run_id && e.stream !== `domain-${pageId}`) return;
+        heard = Math.max(heard, e.position);
+        tick();
+      };
       const timer = setInterval(tick, 2000);
       hearing.add(hear);
       tick();

@@ -31,22 +31,91 @@ fn arrows() -> BTreeMap<String, BTreeSet<String>> {
                 continue;
             }
             let from = room(&path, &src);
+            let code = code_of(&std::fs::read_to_string(&path).unwrap());
             let targets = graph.entry(from.clone()).or_default();
-            for line in std::fs::read_to_string(&path).unwrap().lines() {
-                let code = line.split("//").next().unwrap_or("");
-                for (i, _) in code.match_indices("crate::") {
-                    let to: String = code[i + 7..]
-                        .chars()
-                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                        .collect();
-                    if !to.is_empty() && to != from {
-                        targets.insert(to);
-                    }
-                }
-            }
+            targets.extend(rooms_named(&code).into_iter().filter(|to| *to != from));
         }
     }
     graph
+}
+
+/// A file's text without its line comments; a `//` right after a `:` (a URL's `://` in a
+/// string) does not start one, or the rest of its line would hide a path.
+fn code_of(text: &str) -> String {
+    text.lines()
+        .map(|line| {
+            let mut from = 0;
+            while let Some(i) = line[from..].find("//") {
+                let at = from + i;
+                if !line[..at].ends_with(':') {
+                    return &line[..at];
+                }
+                from = at + 2;
+            }
+            line
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The paths named right after a `crate::` or `super::`: `a::b`, or each path of a group
+/// (`{a::b, c::{d, e}}` → `a::b`, `c::{d, e}`), however it is spread over lines.
+fn paths_after(rest: &str) -> Vec<&str> {
+    let Some(group) = rest.strip_prefix('{') else {
+        return vec![rest];
+    };
+    let (mut depth, mut start, mut items) = (0, 0, Vec::new());
+    for (i, c) in group.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' if depth == 0 => {
+                items.push(&group[start..i]);
+                break;
+            }
+            '}' => depth -= 1,
+            ',' if depth == 0 => {
+                items.push(&group[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    items
+        .into_iter()
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect()
+}
+
+/// The rooms `code` names through `crate::…`, grouped imports included.
+fn rooms_named(code: &str) -> BTreeSet<String> {
+    let mut rooms = BTreeSet::new();
+    for (i, _) in code.match_indices("crate::") {
+        if code[..i].ends_with(|c: char| c.is_alphanumeric() || c == '_') {
+            continue;
+        }
+        for p in paths_after(&code[i + 7..]) {
+            let to: String = p
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if !to.is_empty() {
+                rooms.insert(to);
+            }
+        }
+    }
+    rooms
+}
+
+#[test]
+fn grouped_imports_and_urls_hide_no_arrow() {
+    let code = code_of(
+        "let u = \"http://x\"; use crate::cli::Args;\n\
+         use crate::{\n    http::{a, b},\n    // store is a comment\n    sync::Run,\n};\n\
+         idledger_crate::x; // crate::metrics in a comment",
+    );
+    let named: Vec<String> = rooms_named(&code).into_iter().collect();
+    assert_eq!(named, ["cli", "http", "sync"]);
 }
 
 /// A cycle through `node`, if any (depth-first, with the path so far).
@@ -155,27 +224,14 @@ fn sibling_arrows() -> BTreeMap<String, BTreeSet<String>> {
         // `super` is the parent of the module the file makes (`graph::types` → `graph`).
         let parent: Vec<String> = me[..me.len() - 1].to_vec();
         let here = graph.entry(me.join("::")).or_default();
-        let text = std::fs::read_to_string(file).unwrap();
-        let code: String = text
-            .lines()
-            .map(|l| l.split("//").next().unwrap_or(""))
-            .collect::<Vec<_>>()
-            .join("\n");
+        let code = code_of(&std::fs::read_to_string(file).unwrap());
         for (root, base) in [("crate::", Vec::new()), ("super::", parent.clone())] {
             for (i, _) in code.match_indices(root) {
                 if i > 0 && code[..i].ends_with(|c: char| c.is_alphanumeric() || c == '_') {
                     continue;
                 }
                 let rest = &code[i + root.len()..];
-                // `a::b::c`, or each path of a group `{a::b, c}`.
-                let paths: Vec<&str> = match rest.strip_prefix('{') {
-                    Some(group) => group[..group.find('}').unwrap_or(group.len())]
-                        .split(',')
-                        .map(str::trim)
-                        .collect(),
-                    None => vec![rest],
-                };
-                for p in paths {
+                for p in paths_after(rest) {
                     let mut target = base.clone();
                     target.extend(
                         p.split("::")

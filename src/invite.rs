@@ -16,9 +16,9 @@ pub struct SmtpConfig {
     pub host: String,
     /// Port (default 587 with STARTTLS, 465 with implicit TLS, 25 without TLS).
     pub port: Option<u16>,
-    /// `starttls` (default), `tls` or `none` (only for a relay on loopback).
-    #[serde(default = "default_security")]
-    pub security: String,
+    /// How the connection to the relay is protected.
+    #[serde(default)]
+    pub security: SmtpSecurity,
     /// Login, when the relay wants one.
     pub username: Option<String>,
     /// Password of the login.
@@ -27,8 +27,17 @@ pub struct SmtpConfig {
     pub from: String,
 }
 
-fn default_security() -> String {
-    "starttls".into()
+/// `smtp.security`: how the connection to the relay is protected.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpSecurity {
+    /// Plain SMTP upgraded with STARTTLS (port 587 by default).
+    #[default]
+    Starttls,
+    /// TLS from the first byte (port 465 by default).
+    Tls,
+    /// In the clear (port 25 by default): only for a relay on loopback.
+    None,
 }
 
 /// An invite could not be sent.
@@ -107,24 +116,19 @@ impl Mailer {
                 from: mailbox("idledger <noreply@idledger.invalid>")?,
             });
         };
-        let builder = match c.security.as_str() {
-            "starttls" => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&c.host),
-            "tls" => AsyncSmtpTransport::<Tokio1Executor>::relay(&c.host),
+        let builder = match c.security {
+            SmtpSecurity::Starttls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&c.host),
+            SmtpSecurity::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&c.host),
             // In the clear: the enrolment links and the relay's password would cross the
             // network readable, so only a relay on this machine is taken.
-            "none" if on_loopback(&c.host) => Ok(
+            SmtpSecurity::None if on_loopback(&c.host) => Ok(
                 AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&c.host),
             ),
-            "none" => {
+            SmtpSecurity::None => {
                 return Err(InviteError::Address(format!(
                     "smtp.security \"none\" sends invites in the clear: only for a relay on \
                      loopback, not {:?} (use starttls or tls)",
                     c.host
-                )))
-            }
-            other => {
-                return Err(InviteError::Address(format!(
-                    "smtp.security {other:?}: use starttls, tls or none"
                 )))
             }
         }
@@ -241,11 +245,11 @@ fn message(from: Mailbox, invite: &Invite) -> Result<Message, InviteError> {
 mod tests {
     use super::*;
 
-    fn smtp(host: &str, security: &str) -> SmtpConfig {
+    fn smtp(host: &str, security: SmtpSecurity) -> SmtpConfig {
         SmtpConfig {
             host: host.into(),
             port: None,
-            security: security.into(),
+            security,
             username: None,
             password: None,
             from: "idledger <noreply@contoso.com>".into(),
@@ -286,16 +290,42 @@ mod tests {
     async fn a_relay_in_the_clear_is_only_taken_on_loopback() {
         let dir = std::path::Path::new("/nonexistent");
         for host in ["localhost", "127.0.0.1", "::1", "[::1]"] {
-            let m = Mailer::new(Some(&smtp(host, "none")), dir);
+            let m = Mailer::new(Some(&smtp(host, SmtpSecurity::None)), dir);
             assert!(m.is_ok_and(|m| m.via() == "smtp"), "{host}");
         }
         for host in ["smtp.example.com", "10.0.0.5", "localhost.example.com"] {
-            let err = Mailer::new(Some(&smtp(host, "none")), dir)
+            let err = Mailer::new(Some(&smtp(host, SmtpSecurity::None)), dir)
                 .err()
                 .unwrap_or_else(|| panic!("{host} taken in the clear"))
                 .to_string();
             assert!(err.contains("smtp.security") && err.contains(host), "{err}");
         }
-        assert!(Mailer::new(Some(&smtp("smtp.example.com", "starttls")), dir).is_ok());
+        assert!(Mailer::new(Some(&smtp("smtp.example.com", SmtpSecurity::Starttls)), dir).is_ok());
+    }
+
+    /// The configuration's words are the ones the docs give, and another is refused when
+    /// the file is read, naming the choices.
+    #[test]
+    fn smtp_security_reads_its_three_words_and_defaults_to_starttls() {
+        let read = |extra: &str| {
+            toml::from_str::<SmtpConfig>(&format!("host = \"h\"\nfrom = \"f@h\"\n{extra}"))
+        };
+        assert_eq!(
+            read("").map(|c| c.security).ok(),
+            Some(SmtpSecurity::Starttls)
+        );
+        for (word, security) in [
+            ("starttls", SmtpSecurity::Starttls),
+            ("tls", SmtpSecurity::Tls),
+            ("none", SmtpSecurity::None),
+        ] {
+            let c = read(&format!("security = \"{word}\""));
+            assert_eq!(c.map(|c| c.security).ok(), Some(security), "{word}");
+        }
+        let err = read("security = \"ssl\"").err().map(|e| e.to_string());
+        assert!(
+            err.as_deref().is_some_and(|e| e.contains("starttls")),
+            "{err:?}"
+        );
     }
 }

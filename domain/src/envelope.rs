@@ -292,23 +292,70 @@ impl Envelope {
         self.event.schema()
     }
 
-    /// The JSON view used by `idledger log` and the event feed. Field names follow
-    /// ENGINE.md §2; hashes are hex; sealed secrets show as `"sealed"`.
-    pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "position": self.position,
-            "stream": self.stream.as_str(),
-            "version": self.version,
-            "event_id": self.event_id,
-            "recorded_at": self.recorded_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-            "actor": self.actor.to_string(),
-            "correlation_id": self.correlation_id,
-            "causation_id": self.causation_id,
-            "kind": self.kind(),
-            "schema": self.schema(),
-            "payload": self.event.payload_json(),
-            "prev_hash": self.prev_hash.to_hex(),
-            "hash": self.hash.to_hex(),
-        })
+    /// The JSON view used by `idledger log` and the event feed (see [`EnvelopeView`]).
+    pub fn view(&self) -> EnvelopeView {
+        EnvelopeView {
+            actor: self.actor.to_string(),
+            causation_id: self.causation_id,
+            correlation_id: self.correlation_id,
+            event_id: self.event_id,
+            hash: self.hash.to_hex(),
+            kind: self.kind(),
+            payload: self.event.payload_json(),
+            position: self.position,
+            prev_hash: self.prev_hash.to_hex(),
+            recorded_at: self
+                .recorded_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            schema: self.schema(),
+            stream: self.stream.as_str().to_owned(),
+            version: self.version,
+        }
     }
+
+    /// [`Envelope::view`] as a JSON value.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self.view()).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// An envelope as people and feeds read it (`idledger log`, `/v1/events`, the event
+/// stream): field names follow ENGINE.md §2, hashes are hex, sealed secrets show as
+/// `"sealed"`.
+///
+/// The fields are in alphabetical order: the view was first written as a JSON map, whose
+/// keys serialize sorted, and logs already written and compared hold that order.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct EnvelopeView {
+    /// Who caused it (`system`, `sync:<domain>`, `admin:<token>` …).
+    pub actor: String,
+    /// The event or command that caused this one.
+    pub causation_id: Option<Uuid>,
+    /// Ties the events of one sync run or rotation together.
+    pub correlation_id: Option<Uuid>,
+    /// Unique id: the idempotency key.
+    pub event_id: Uuid,
+    /// This record's hash (hex).
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[0-9a-f]{64}$"))]
+    pub hash: String,
+    /// The event kind (`UserImported` …).
+    pub kind: &'static str,
+    /// The event's fields, as its kind and schema version define them.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub payload: serde_json::Value,
+    /// Global position, from 1.
+    pub position: u64,
+    /// Hash of the previous record (hex; zeros before position 1).
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[0-9a-f]{64}$"))]
+    pub prev_hash: String,
+    /// Commit time, RFC 3339 in UTC with microseconds.
+    #[cfg_attr(feature = "openapi", schema(value_type = DateTime<Utc>))]
+    pub recorded_at: String,
+    /// The payload's schema version.
+    pub schema: u16,
+    /// The stream (`domain-{id}`, `user-{id}`, `tokens` …).
+    pub stream: String,
+    /// Version in the stream, from 1.
+    pub version: u64,
 }

@@ -6,6 +6,11 @@ use std::fmt;
 
 /// A SHA-256 digest. Hex in human-readable formats, raw bytes otherwise.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+#[cfg_attr(
+    feature = "openapi",
+    derive(utoipa::ToSchema),
+    schema(value_type = String, pattern = "^[0-9a-f]{64}$")
+)]
 pub struct Hash(pub [u8; 32]);
 
 impl Hash {
@@ -60,6 +65,7 @@ impl<'de> Deserialize<'de> for Hash {
 
 /// An API role.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Everything.
@@ -199,6 +205,7 @@ impl<'de> Deserialize<'de> for Actor {
 #[derive(
     Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize, Default,
 )]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum RemovalBehavior {
     /// The user stays active.
@@ -220,6 +227,7 @@ impl RemovalBehavior {
 
 /// How a user signs in with SSO.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum SsoMethod {
     /// Hardware key only.
@@ -231,6 +239,7 @@ pub enum SsoMethod {
 
 /// SSO settings: a domain's defaults or a user's override.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SsoSettings {
     /// Whether SSO is on.
@@ -403,6 +412,7 @@ pub enum LeaveReason {
 
 /// Why a rotation was started.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum RotationReason {
     /// First rotation after import and key assignment.
@@ -424,6 +434,7 @@ pub enum RotationReason {
 
 /// What started a sync run.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum SyncTrigger {
     /// The interval elapsed.
@@ -434,6 +445,7 @@ pub enum SyncTrigger {
 
 /// Counters of a sync run.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SyncCounters {
     /// Users seen for the first time.
     pub added: u32,
@@ -453,6 +465,7 @@ pub struct SyncCounters {
 
 /// Where a password delivered to a key stands.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum KeyWriteState {
     /// Waiting for the agent.
@@ -611,6 +624,7 @@ impl SignInFailure {
 
 /// How an app authenticates at the token endpoint.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ClientType {
     /// A server-side app holding a client secret (PKCE allowed).

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 
 /// What a run (or the approval of its held removals) did to a user besides the facts.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum RunAction {
     /// Imported (auto import).
@@ -202,6 +203,7 @@ impl DomainView {
 
 /// Where a sync run stands.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum SyncRunStatus {
     /// Started, not finished.

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 /// How a rotation ended, if it has.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum RotationOutcome {
     /// Started, no outcome yet: resumed with its own password after a restart.

@@ -16,6 +16,7 @@ pub const REVOKED_GRANTS_KEPT: chrono::Duration = chrono::Duration::days(2);
 
 /// Where a user stands.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum UserStatus {
     /// Seen in the sync group, not imported.

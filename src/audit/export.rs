@@ -16,6 +16,7 @@ use idledger_replay::verify::CheckedRecord;
 use idledger_replay::{ExportFormat, ExportKind, ExportQuery, ExportSummary, Exporter, Verifier};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
+use utoipa::ToSchema;
 
 /// An export kind from the CLI's or the API's words, or what to say instead.
 pub fn parse_kind(kind: &str) -> Result<ExportKind, String> {
@@ -182,23 +183,127 @@ pub fn export_file(
 }
 
 /// What `verify-export` found wrong.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum Problem {
     /// A row differs from, lacks or adds to what the log gives.
+    #[schema(value_type = RowMismatchSchema)]
     Row(RowMismatch),
     /// Anything else, named.
     Other {
-        /// `chain`, `chain_hash`, `row_count`, `row_positions`, `incomplete_range`,
-        /// `signed_head` or `file_sha256`.
-        problem: &'static str,
+        /// Which check failed.
+        problem: ProblemKind,
         /// What is wrong.
-        detail: serde_json::Value,
+        detail: ProblemDetail,
     },
 }
 
+/// The checks of `verify-export` beside the row comparison.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ProblemKind {
+    /// The log's hash chain, its versions or its signed heads (the detail is the chain
+    /// check's summary).
+    Chain,
+    /// The log's record at `log_position` is not the one the manifest names.
+    ChainHash,
+    /// The file's rows are not as many as the log gives.
+    RowCount,
+    /// The first or last row's position differs from the log's.
+    RowPositions,
+    /// The log holds records of the range past the export's end.
+    IncompleteRange,
+    /// The manifest's signed tree head does not cover the log it names.
+    SignedHead,
+    /// The file is not the one the manifest hashed.
+    #[serde(rename = "file_sha256")]
+    FileSha256,
+}
+
+/// Why a check failed: a sentence, or (for `chain`) the chain check's own summary.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum ProblemDetail {
+    /// Said in words.
+    Text(String),
+    /// `idledger verify`'s summary of the chain (`first_bad_position`, `reason` …).
+    #[schema(value_type = Object)]
+    Chain(serde_json::Value),
+}
+
+impl From<String> for ProblemDetail {
+    fn from(text: String) -> Self {
+        ProblemDetail::Text(text)
+    }
+}
+
+impl From<&str> for ProblemDetail {
+    fn from(text: &str) -> Self {
+        ProblemDetail::Text(text.to_owned())
+    }
+}
+
+/// Where an export file differs from the rows the log gives (1-based data rows).
+///
+/// Kept by hand: the type is `idledger_replay::export::RowMismatch`, and `idledger-replay`
+/// has no `openapi` feature yet (its files are outside this change).
+#[derive(ToSchema)]
+#[schema(as = RowMismatch)]
+#[serde(tag = "problem", rename_all = "snake_case")]
+#[allow(dead_code)] // only described
+pub enum RowMismatchSchema {
+    /// The CSV header is not the kind's columns.
+    Header,
+    /// Row `row` of the file is not the log's row `row`.
+    Differs {
+        /// Its number among the data rows, from 1 (the header is not counted).
+        row: usize,
+    },
+    /// The file ends before the log's rows do.
+    Missing {
+        /// The first row missing.
+        row: usize,
+        /// How many are missing.
+        count: usize,
+    },
+    /// The file has rows the log does not.
+    Extra {
+        /// The first extra row.
+        row: usize,
+        /// How many are extra.
+        count: usize,
+    },
+}
+
+/// What became of the manifest's signed tree head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SignedHeadCheck {
+    /// The log to `log_position` is in the manifest's signed tree head.
+    Verified,
+    /// The manifest carries none.
+    Absent,
+    /// No public key was given to check it with (`--public-key`).
+    Unchecked,
+    /// See `problems`.
+    Failed,
+}
+
+/// Whose key the signed head was checked with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HeadKeyOwner {
+    /// One the auditor brought, so the export sits in the history they hold.
+    Auditor,
+    /// The one the log itself keeps (the data dir's or the server's), which whoever
+    /// rewrote the log could have replaced too.
+    Log,
+    /// None: the head was not checked.
+    None,
+}
+
 /// `verify-export`'s report.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ExportCheck {
     /// No problem found.
     pub ok: bool,
@@ -206,15 +311,10 @@ pub struct ExportCheck {
     pub rows: u64,
     /// Where the log was read to (the manifest's).
     pub log_position: u64,
-    /// `verified` (the log to `log_position` is in the manifest's signed tree head),
-    /// `absent` (the manifest carries none), `unchecked` (no public key was given to
-    /// check it with: `--public-key`) or `failed` (see `problems`).
-    pub signed_head: &'static str,
-    /// Whose key `signed_head` was checked with: `auditor` (one the auditor brought, so
-    /// the export sits in the history they hold), `log` (the one the log itself keeps:
-    /// the data dir's or the server's, which whoever rewrote the log could have replaced
-    /// too) or `none`.
-    pub head_key: &'static str,
+    /// What became of the manifest's signed tree head.
+    pub signed_head: SignedHeadCheck,
+    /// Whose key `signed_head` was checked with.
+    pub head_key: HeadKeyOwner,
     /// Every problem found.
     pub problems: Vec<Problem>,
 }
@@ -240,11 +340,11 @@ impl<'a> HeadKey<'a> {
         }
     }
 
-    fn name(self) -> &'static str {
+    fn owner(self) -> HeadKeyOwner {
         match self {
-            HeadKey::None => "none",
-            HeadKey::OfLog(_) => "log",
-            HeadKey::Auditors(_) => "auditor",
+            HeadKey::None => HeadKeyOwner::None,
+            HeadKey::OfLog(_) => HeadKeyOwner::Log,
+            HeadKey::Auditors(_) => HeadKeyOwner::Auditor,
         }
     }
 }
@@ -343,26 +443,26 @@ pub fn verify_export_file(
     let chain = chain.finish();
     let mut problems = Vec::new();
     let signed_head = match check_signed_head(&m, &chain.tree_root, key) {
-        Ok(()) if m.signed_head.is_some() && key.key().is_none() => "unchecked",
-        Ok(()) if m.signed_head.is_some() => "verified",
-        Ok(()) => "absent",
+        Ok(()) if m.signed_head.is_some() && key.key().is_none() => SignedHeadCheck::Unchecked,
+        Ok(()) if m.signed_head.is_some() => SignedHeadCheck::Verified,
+        Ok(()) => SignedHeadCheck::Absent,
         Err(detail) => {
             problems.push(Problem::Other {
-                problem: "signed_head",
+                problem: ProblemKind::SignedHead,
                 detail: detail.into(),
             });
-            "failed"
+            SignedHeadCheck::Failed
         }
     };
     if !chain.ok {
         problems.push(Problem::Other {
-            problem: "chain",
-            detail: chain.summary_json(),
+            problem: ProblemKind::Chain,
+            detail: ProblemDetail::Chain(chain.summary_json()),
         });
     }
     if summary.log_position != m.log_position || summary.chain_hash != m.chain_hash {
         problems.push(Problem::Other {
-            problem: "chain_hash",
+            problem: ProblemKind::ChainHash,
             detail: format!(
                 "the log's record at position {} does not have the manifest's chain hash",
                 m.log_position
@@ -378,7 +478,7 @@ pub fn verify_export_file(
     if let Some(next) = next_recorded_at {
         if m.range.to.map_or(m.log_position == 0, |to| next <= to) {
             problems.push(Problem::Other {
-                problem: "incomplete_range",
+                problem: ProblemKind::IncompleteRange,
                 detail: format!(
                     "the log holds records of the range after position {}: rows were cut off, or the export was made before its range had closed (export it again)",
                     m.log_position
@@ -389,7 +489,7 @@ pub fn verify_export_file(
     }
     if m.first_position != summary.first_position || m.last_position != summary.last_position {
         problems.push(Problem::Other {
-            problem: "row_positions",
+            problem: ProblemKind::RowPositions,
             detail: format!(
                 "the manifest says rows from position {:?} to {:?}, the log gives {:?} to {:?}",
                 m.first_position, m.last_position, summary.first_position, summary.last_position
@@ -400,7 +500,7 @@ pub fn verify_export_file(
     problems.extend(mismatches.into_iter().map(Problem::Row));
     if m.rows != summary.rows {
         problems.push(Problem::Other {
-            problem: "row_count",
+            problem: ProblemKind::RowCount,
             detail: format!(
                 "the manifest says {} rows, the log gives {}",
                 m.rows, summary.rows
@@ -410,7 +510,7 @@ pub fn verify_export_file(
     }
     if m.file_sha256 != file_sha {
         problems.push(Problem::Other {
-            problem: "file_sha256",
+            problem: ProblemKind::FileSha256,
             detail: "the file is not the one the manifest describes".into(),
         });
     }
@@ -419,7 +519,7 @@ pub fn verify_export_file(
         rows: summary.rows,
         log_position: m.log_position,
         signed_head,
-        head_key: key.name(),
+        head_key: key.owner(),
         problems,
     })
 }

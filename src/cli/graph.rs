@@ -63,8 +63,11 @@ pub async fn check(args: CheckArgs) -> Result<ExitCode, Error> {
     };
     let report =
         crate::graph::check::check(settings, &trust, &args.sync_group, &args.rotation_group).await;
-    outln!("{report}")?;
-    Ok(if report["ok"] == true {
+    outln!(
+        "{}",
+        serde_json::to_string(&report).map_err(|e| Error::Other(e.to_string()))?
+    )?;
+    Ok(if report.ok() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

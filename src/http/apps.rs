@@ -30,21 +30,45 @@ pub struct NewApp {
     post_logout_redirect_uris: Vec<String>,
     /// `confidential` (a secret, shown once) or `public` (PKCE S256 required).
     #[serde(rename = "type")]
-    #[schema(value_type = String)]
-    client_type: ClientTypeBody,
+    client_type: ClientType,
     /// Users of these domains may sign in (at least one).
     domain_ids: Vec<uuid::Uuid>,
     /// `ES256` (the default) or `RS256`, for apps whose library verifies RSA only.
     #[serde(default)]
-    id_token_signed_response_alg: Option<String>,
+    id_token_signed_response_alg: Option<SigningAlg>,
 }
 
-/// `confidential` or `public`.
-#[derive(Deserialize, Clone, Copy)]
-#[serde(rename_all = "lowercase")]
-enum ClientTypeBody {
-    Confidential,
-    Public,
+/// The algorithms the provider signs ID tokens with: each has its own signing key.
+#[derive(Serialize, Deserialize, ToSchema, Clone, Copy, PartialEq, Eq, Debug, Default)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum SigningAlg {
+    /// ECDSA P-256 with SHA-256: every key set has one.
+    #[default]
+    Es256,
+    /// RSA PKCS#1 v1.5 with SHA-256, for libraries that verify nothing else.
+    Rs256,
+}
+
+impl SigningAlg {
+    /// The JOSE name, as the log records it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SigningAlg::Es256 => "ES256",
+            SigningAlg::Rs256 => "RS256",
+        }
+    }
+
+    /// The algorithm the log names, which the provider's decisions keep to these two; any
+    /// other is a log this build cannot serve.
+    fn recorded(name: &str) -> Result<SigningAlg, ApiError> {
+        match name {
+            "ES256" => Ok(SigningAlg::Es256),
+            "RS256" => Ok(SigningAlg::Rs256),
+            other => Err(ApiError::Internal(format!(
+                "the log names algorithm {other:?}"
+            ))),
+        }
+    }
 }
 
 /// `PATCH /v1/apps/{id}` body: what is given replaces what is there.
@@ -57,7 +81,7 @@ pub struct AppPatch {
     domain_ids: Option<Vec<uuid::Uuid>>,
     /// `ES256` or `RS256`: for a relying party whose library checks ID tokens with one
     /// algorithm only. The provider makes a key for it before the next token, if none.
-    id_token_signed_response_alg: Option<String>,
+    id_token_signed_response_alg: Option<SigningAlg>,
 }
 
 /// An app as the API shows it (never its secret, but once at registration).
@@ -72,9 +96,9 @@ pub struct App {
     redirect_uris: Vec<String>,
     post_logout_redirect_uris: Vec<String>,
     #[serde(rename = "type")]
-    client_type: &'static str,
+    client_type: ClientType,
     domain_ids: Vec<uuid::Uuid>,
-    id_token_signed_response_alg: String,
+    id_token_signed_response_alg: SigningAlg,
     removed: bool,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
@@ -83,26 +107,23 @@ pub struct App {
     position: Option<u64>,
 }
 
-impl From<&AppView> for App {
-    fn from(a: &AppView) -> App {
-        App {
+impl App {
+    fn of(a: &AppView) -> Result<App, ApiError> {
+        Ok(App {
             id: a.id.0,
             client_id: a.client_id.clone(),
             client_secret: None,
             name: a.name.clone(),
             redirect_uris: a.redirect_uris.clone(),
             post_logout_redirect_uris: a.post_logout_redirect_uris.clone(),
-            client_type: match a.client_type {
-                ClientType::Confidential => "confidential",
-                ClientType::Public => "public",
-            },
+            client_type: a.client_type,
             domain_ids: a.domain_ids.iter().map(|d| d.0).collect(),
-            id_token_signed_response_alg: a.id_token_alg.clone(),
+            id_token_signed_response_alg: SigningAlg::recorded(&a.id_token_alg)?,
             removed: a.removed,
             created_at: a.created_at,
             updated_at: a.updated_at,
             position: None,
-        }
+        })
     }
 }
 
@@ -135,11 +156,11 @@ async fn answer(
 ) -> Result<App, ApiError> {
     s.reach(Some(position)).await?;
     let p = s.engine.projector.read();
-    let mut app = App::from(
+    let mut app = App::of(
         p.provider
             .app(id)
             .ok_or_else(|| ApiError::NotFound("app".into()))?,
-    );
+    )?;
     app.client_secret = secret;
     app.position = Some(position);
     Ok(app)
@@ -151,13 +172,12 @@ pub async fn create(
     who: Principal,
     ApiJson(body): ApiJson<NewApp>,
 ) -> Result<(StatusCode, Json<App>), ApiError> {
-    let alg = body
-        .id_token_signed_response_alg
-        .unwrap_or_else(|| "ES256".into());
+    let alg = body.id_token_signed_response_alg.unwrap_or_default();
     let domain_ids = known_domains(&s, &body.domain_ids)?;
-    let (client_type, secret) = match body.client_type {
-        ClientTypeBody::Confidential => (ClientType::Confidential, Some(new_secret())),
-        ClientTypeBody::Public => (ClientType::Public, None),
+    let client_type = body.client_type;
+    let secret = match client_type {
+        ClientType::Confidential => Some(new_secret()),
+        ClientType::Public => None,
     };
     let app_id = AppId(uuid::Uuid::now_v7());
     let registered = AppRegistered {
@@ -168,7 +188,7 @@ pub async fn create(
         post_logout_redirect_uris: body.post_logout_redirect_uris,
         client_type,
         domain_ids,
-        id_token_alg: alg.clone(),
+        id_token_alg: alg.as_str().to_owned(),
         secret_hash: secret.as_deref().map(token_hash),
     };
     // The app's keys are published before it asks for a token (its library may fetch the
@@ -179,7 +199,7 @@ pub async fn create(
     crate::provider::ensure_signing_keys(
         &s.engine,
         &who.actor(),
-        &["ES256", alg.as_str()],
+        &[SigningAlg::Es256.as_str(), alg.as_str()],
         s.oidc.overlap(),
     )
     .await
@@ -222,19 +242,20 @@ pub async fn list(
     let apps = apps
         .into_iter()
         .skip(start)
-        .filter(|a| q.removed.is_none_or(|r| a.removed == r))
-        .map(App::from);
+        .filter(|a| q.removed.is_none_or(|r| a.removed == r));
     let (items, next) = page_of(apps, q.limit, |a| a.id)?;
+    let items = items.into_iter().map(App::of).collect::<Result<_, _>>()?;
     Ok(page(items, next))
 }
 
 /// One app.
 pub async fn get_one(State(s): State<AppState>, IdPath(id): IdPath) -> Result<Json<App>, ApiError> {
     let p = s.engine.projector.read();
-    p.provider
+    let app = p
+        .provider
         .app(AppId(id))
-        .map(|a| Json(App::from(a)))
-        .ok_or_else(|| ApiError::NotFound("app".into()))
+        .ok_or_else(|| ApiError::NotFound("app".into()))?;
+    Ok(Json(App::of(app)?))
 }
 
 /// Changes an app's name, redirect URIs, domains or ID token algorithm.
@@ -266,7 +287,9 @@ pub async fn patch(
         },
         // Only when asked: a patch of something else must not put back the algorithm it
         // read before another admin changed it (`None` leaves it as the log has it).
-        id_token_alg: body.id_token_signed_response_alg.clone(),
+        id_token_alg: body
+            .id_token_signed_response_alg
+            .map(|a| a.as_str().to_owned()),
     };
     // A bad request makes nothing, keys included: checked first, over the app as the
     // projections have it (the command checks again over the app as the log has it).
@@ -338,9 +361,8 @@ pub async fn rotate_secret(
 #[derive(Serialize, ToSchema)]
 pub struct SigningKey {
     kid: String,
-    alg: String,
-    /// `next` (published, signs from `signs_from`), `current` or `retired`.
-    status: &'static str,
+    alg: SigningAlg,
+    status: SigningKeyStatus,
     added_at: DateTime<Utc>,
     /// When it began, or begins, to sign.
     signs_from: DateTime<Utc>,
@@ -348,16 +370,35 @@ pub struct SigningKey {
     verify_until: Option<DateTime<Utc>>,
 }
 
+/// Where a signing key stands.
+#[derive(Serialize, ToSchema, Clone, Copy, PartialEq, Eq, Debug)]
+#[serde(rename_all = "lowercase")]
+pub enum SigningKeyStatus {
+    /// Published; signs from `signs_from`.
+    Next,
+    /// May sign.
+    Current,
+    /// Signs no more; published until `verify_until`.
+    Retired,
+}
+
 impl SigningKey {
-    fn of(k: &idledger_projections::SigningKeyView, now: DateTime<Utc>) -> Self {
-        SigningKey {
+    fn of(k: &idledger_projections::SigningKeyView, now: DateTime<Utc>) -> Result<Self, ApiError> {
+        // The projection names the status in these three words (`SigningKeyView::status`).
+        let status = match k.status(now) {
+            "next" => SigningKeyStatus::Next,
+            "current" => SigningKeyStatus::Current,
+            "retired" => SigningKeyStatus::Retired,
+            other => return Err(ApiError::Internal(format!("signing key status {other:?}"))),
+        };
+        Ok(SigningKey {
             kid: k.kid.clone(),
-            alg: k.alg.clone(),
-            status: k.status(now),
+            alg: SigningAlg::recorded(&k.alg)?,
+            status,
             added_at: k.added_at,
             signs_from: k.signs_from,
             verify_until: k.verify_until,
-        }
+        })
     }
 }
 
@@ -393,14 +434,12 @@ pub async fn keys(
             "key",
         )?,
     };
-    let items = p
-        .provider
-        .keys
-        .iter()
-        .rev()
-        .skip(start)
-        .map(|k| SigningKey::of(k, now));
-    let (items, next) = page_of(items, q.limit, |k| k.kid.clone())?;
+    let keys = p.provider.keys.iter().rev().skip(start);
+    let (keys, next) = page_of(keys, q.limit, |k| k.kid.clone())?;
+    let items = keys
+        .into_iter()
+        .map(|k| SigningKey::of(k, now))
+        .collect::<Result<_, _>>()?;
     Ok(page(items, next))
 }
 
@@ -409,7 +448,7 @@ pub async fn keys(
 #[serde(deny_unknown_fields)]
 pub struct RotateKeyQuery {
     /// `ES256` (the default) or `RS256`.
-    alg: Option<String>,
+    alg: Option<SigningAlg>,
 }
 
 /// Puts a new signing key in force for an algorithm; the previous one stays published
@@ -419,15 +458,10 @@ pub async fn rotate_key(
     who: Principal,
     ApiQuery(q): ApiQuery<RotateKeyQuery>,
 ) -> Result<(StatusCode, Json<SigningKey>), ApiError> {
-    let alg = q.alg.unwrap_or_else(|| "ES256".into());
-    if !crate::provider::ALGS.contains(&alg.as_str()) {
-        return Err(ApiError::Unprocessable(format!(
-            "alg {alg:?}: ES256 or RS256"
-        )));
-    }
+    let alg = q.alg.unwrap_or_default().as_str();
     // At once: an admin who asks may be replacing a key they fear is compromised.
     let overlap = s.oidc.overlap();
-    let kid = crate::provider::add_signing_key(&s.engine, &who.actor(), &alg, overlap, None)
+    let kid = crate::provider::add_signing_key(&s.engine, &who.actor(), alg, overlap, None)
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     let p = s.engine.projector.read();
@@ -437,5 +471,5 @@ pub async fn rotate_key(
         .iter()
         .find(|k| k.kid == kid)
         .ok_or_else(|| ApiError::Internal("the new key is not in the projection".into()))?;
-    Ok((StatusCode::CREATED, Json(SigningKey::of(k, Utc::now()))))
+    Ok((StatusCode::CREATED, Json(SigningKey::of(k, Utc::now())?)))
 }

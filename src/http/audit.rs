@@ -3,8 +3,8 @@
 
 use super::auth::Principal;
 use super::error::{ApiError, ApiPath, ApiQuery, IdPath};
-use super::schema::ExportFormatSchema;
 use super::{page, AppState, Page};
+use crate::audit::manifest::ExportFormatSchema;
 use crate::audit::{
     parse_kind, query_of, records_of_log, run_export, HashedWriter, Manifest, RowSink,
 };
@@ -12,7 +12,7 @@ use crate::error::Error;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::header;
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use idledger_domain::{StreamId, UserId};
@@ -484,13 +484,9 @@ fn room_for(dir: &std::path::Path, data_dir: &std::path::Path, more: u64) -> Res
     }
 }
 
-/// `verify-export`'s report (see the CLI): `ok`, `rows`, `log_position`, `signed_head`
-/// (checked with the server's own key: `head_key` is `log`) and `problems`, the first
-/// differing row among them.
-#[derive(ToSchema)]
-#[schema(value_type = Object)]
-#[allow(dead_code)] // only its schema is used: the answer is `audit::ExportCheck` itself
-pub struct ExportCheckSchema(serde_json::Value);
+/// The name the operation table uses for `verify-export`'s report (checked here with the
+/// server's own key: `head_key` is `log`).
+pub type ExportCheckSchema = crate::audit::export::ExportCheck;
 
 /// A directory of this process's own, removed when dropped.
 struct Scratch(std::path::PathBuf);
@@ -520,7 +516,7 @@ pub async fn verify_upload(
     who: Principal,
     headers: axum::http::HeaderMap,
     body: Body,
-) -> Result<Response, ApiError> {
+) -> Result<Json<ExportCheckSchema>, ApiError> {
     use futures_util::StreamExt;
     use tokio::io::AsyncWriteExt;
     let declared = headers
@@ -616,7 +612,7 @@ pub async fn verify_upload(
         })
         .await?
         .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
-    Ok(Json(report).into_response())
+    Ok(Json(report))
 }
 
 #[cfg(test)]

@@ -3,9 +3,7 @@
 
 use super::auth::Principal;
 use super::error::{from_json, ApiError, ApiJson, ApiQuery, IdPath};
-use super::schema::{
-    reference, Components, RemovalBehaviorSchema, SsoSettingsSchema, SyncRunStatusSchema,
-};
+use super::schema::{reference, Components};
 use super::{page, AppState, Consistency, Page};
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -39,7 +37,6 @@ pub struct SettingsPatch {
     #[serde(default, deserialize_with = "present")]
     auto_password_change_days: Option<Option<u16>>,
     /// What happens to users who leave the sync group.
-    #[schema(value_type = Option<RemovalBehaviorSchema>)]
     removal_behavior: Option<RemovalBehavior>,
     /// The sync group's display name.
     sync_group: Option<String>,
@@ -200,7 +197,6 @@ pub struct Domain {
     /// Rotate passwords every this many days; null: no rotation.
     auto_password_change_days: Option<u16>,
     /// What happens to users who leave the sync group.
-    #[schema(value_type = RemovalBehaviorSchema)]
     removal_behavior: RemovalBehavior,
     /// The sync group's display name.
     sync_group: String,
@@ -227,7 +223,6 @@ pub struct Domain {
     /// Rotations at once.
     max_concurrent_rotations: u32,
     /// SSO settings applied at import.
-    #[schema(value_type = SsoSettingsSchema)]
     sso_defaults: SsoSettings,
     /// The saved credentials, never the secret.
     credentials: Option<DomainCredentials>,
@@ -274,7 +269,6 @@ pub struct LastSync {
     /// The run this event belongs to (also the correlation id of its events).
     run_id: uuid::Uuid,
     /// Where it stands.
-    #[schema(value_type = SyncRunStatusSchema)]
     status: SyncRunStatus,
     /// When it started.
     started_at: DateTime<Utc>,
@@ -746,10 +740,7 @@ pub struct ConnectionCheck {
 
 /// What `idledger graph check` reports: the token, each permission granted or missing,
 /// the reads the product needs, both groups found or not, and `ok`.
-#[derive(Serialize, ToSchema)]
-#[serde(transparent)]
-#[schema(value_type = Object)]
-pub struct ConnectionReport(Value);
+pub use crate::graph::check::ConnectionReport;
 
 /// Tests a connection before it is saved (the console's **Test connection**): the same
 /// check as `idledger graph check`, with the server's Graph trust. Nothing is recorded.
@@ -800,5 +791,5 @@ pub async fn check_connection(
         &group(body.rotation_group, idledger_domain::DEFAULT_ROTATION_GROUP),
     )
     .await;
-    Ok(Json(ConnectionReport(report)))
+    Ok(Json(report))
 }

@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 #[derive(Serialize, ToSchema)]
 pub struct Health {
     /// Always `ok` when it answers.
-    status: &'static str,
+    status: Alive,
     /// How far an acknowledged append has gone.
     durability: crate::store::Durability,
     /// The last committed position.
@@ -21,10 +21,18 @@ pub struct Health {
     projector_position: u64,
 }
 
+/// What `/healthz` says of the process: that it answers.
+#[derive(Serialize, ToSchema, Clone, Copy, Debug)]
+#[serde(rename_all = "lowercase")]
+pub enum Alive {
+    /// It answers.
+    Ok,
+}
+
 /// Liveness with the log head and projector position.
 pub async fn healthz(State(s): State<AppState>) -> axum::Json<Health> {
     axum::Json(Health {
-        status: "ok",
+        status: Alive::Ok,
         durability: s.engine.log.durability(),
         head_position: s.engine.log.head().position,
         projector_position: s.engine.projector.position(),
@@ -34,11 +42,21 @@ pub async fn healthz(State(s): State<AppState>) -> axum::Json<Health> {
 /// `GET /readyz`: why the server is not ready, or that it is.
 #[derive(Serialize, ToSchema)]
 pub struct Readiness {
-    /// `ready`, or `not ready`.
-    status: &'static str,
+    status: ReadyStatus,
     /// What is wrong, when something is.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     problems: Vec<String>,
+}
+
+/// Whether the server takes traffic.
+#[derive(Serialize, ToSchema, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ReadyStatus {
+    /// It does (200).
+    #[serde(rename = "ready")]
+    Ready,
+    /// It does not (503): `problems` says why.
+    #[serde(rename = "not ready")]
+    NotReady,
 }
 
 /// What keeps this server from taking traffic: the log closed after a failed write,
@@ -173,9 +191,9 @@ pub async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
         status,
         axum::Json(Readiness {
             status: if problems.is_empty() {
-                "ready"
+                ReadyStatus::Ready
             } else {
-                "not ready"
+                ReadyStatus::NotReady
             },
             problems,
         }),
@@ -264,6 +282,6 @@ pub async fn metrics(
 }
 
 /// The OpenAPI document, built from the same table as the router.
-pub async fn openapi() -> impl IntoResponse {
+pub async fn openapi() -> axum::Json<super::openapi::Document> {
     axum::Json(super::openapi::document())
 }

@@ -6,8 +6,11 @@
 use super::error::ErrorBody;
 use super::schema::{reference, Components};
 use super::{operations, Access};
+use serde::Serialize;
 use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
 use utoipa::openapi::{RefOr, Schema};
+use utoipa::ToSchema;
 
 /// A schema and the components it needs.
 pub type SchemaOf = fn(&mut Components) -> RefOr<Schema>;
@@ -60,11 +63,56 @@ fn path_parameters(path: &str) -> Vec<Value> {
         .collect()
 }
 
+/// The OpenAPI 3.1 document itself, as `/v1/openapi.json` answers it. Its operations and
+/// schemas are objects of the OpenAPI specification's own meta-schema
+/// (<https://spec.openapis.org/oas/3.1/schema/2022-10-07>), not restated here.
+#[derive(Serialize, ToSchema)]
+pub struct Document {
+    components: DocumentComponents,
+    info: Info,
+    /// The OpenAPI version: `3.1.0`.
+    openapi: &'static str,
+    /// Each path's operations, by lowercase method.
+    #[schema(value_type = BTreeMap<String, BTreeMap<String, Object>>)]
+    paths: BTreeMap<String, Map<String, Value>>,
+}
+
+/// The document's reusable parts.
+#[derive(Serialize, ToSchema)]
+pub struct DocumentComponents {
+    /// Every schema the operations refer to, by name.
+    #[schema(value_type = BTreeMap<String, Object>)]
+    schemas: Map<String, Value>,
+    /// How callers authenticate: a bearer token.
+    #[serde(rename = "securitySchemes")]
+    #[schema(value_type = BTreeMap<String, Object>)]
+    security_schemes: Map<String, Value>,
+}
+
+/// What the document describes.
+#[derive(Serialize, ToSchema)]
+pub struct Info {
+    /// `idledger`.
+    title: &'static str,
+    /// This build's version.
+    version: &'static str,
+}
+
+/// The schema of an answer the operation table gives as other content.
+fn other_schema(media: &str, components: &mut Components) -> Value {
+    match media {
+        // The one JSON answer the table lists as other content is this document's own
+        // (`/v1/openapi.json`).
+        "application/json" => to_value(&reference::<Document>(components)),
+        _ => json!({"type": "string"}),
+    }
+}
+
 /// The document.
-pub fn document() -> Value {
+pub fn document() -> Document {
     let mut components: Components = Vec::new();
     let error = reference::<ErrorBody>(&mut components);
-    let mut paths = Map::new();
+    let mut paths: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
     for o in operations() {
         let mut parameters = path_parameters(o.path);
         if let Some(query) = o.query {
@@ -77,17 +125,33 @@ pub fn document() -> Value {
                     "application/json",
                     json!({"schema": to_value(&schema(&mut components))}),
                 ),
-                Content::Other(media) => (*media, json!({"schema": {"type": "string"}})),
+                Content::Other(media) => (
+                    *media,
+                    json!({"schema": other_schema(media, &mut components)}),
+                ),
             };
             // One status may carry several media types (an export's CSV or JSON Lines).
+            let description = if (200..300).contains(status) {
+                "Success"
+            } else {
+                "This operation's own answer with this status (its summary says when)"
+            };
             let answer = responses
                 .entry(status.to_string())
-                .or_insert_with(|| json!({"description": "Success", "content": {}}));
+                .or_insert_with(|| json!({"description": description, "content": {}}));
             answer["content"][media] = body;
         }
         responses.insert(
             "4XX".into(),
             json!({"description": "Refused: the body says why",
+                   "content": {"application/json": {"schema": to_value(&error)}}}),
+        );
+        // Any route can fail on this side (500, the details in the server's log), time
+        // out or find a bounded resource busy (503; busy adds `Retry-After`), or have its
+        // projections stopped (503). A status an operation documents itself wins.
+        responses.insert(
+            "5XX".into(),
+            json!({"description": "Failed on this side, or unavailable for now: the body says which",
                    "content": {"application/json": {"schema": to_value(&error)}}}),
         );
         let (security, roles) = match o.access {
@@ -117,20 +181,27 @@ pub fn document() -> Value {
                 "content": {media: {"schema": {"type": "string", "format": "binary"}}},
             });
         }
-        let entry = paths.entry(o.path.to_owned()).or_insert_with(|| json!({}));
-        entry[o.method.as_str().to_lowercase()] = operation;
+        paths
+            .entry(o.path.to_owned())
+            .or_default()
+            .insert(o.method.as_str().to_lowercase(), operation);
     }
     let schemas: Map<String, Value> = components
         .into_iter()
         .map(|(name, schema)| (name, to_value(&schema)))
         .collect();
-    json!({
-        "openapi": "3.1.0",
-        "info": {"title": "idledger", "version": env!("CARGO_PKG_VERSION")},
-        "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": schemas,
+    let mut security_schemes = Map::new();
+    security_schemes.insert("bearer".into(), json!({"type": "http", "scheme": "bearer"}));
+    Document {
+        components: DocumentComponents {
+            schemas,
+            security_schemes,
         },
-        "paths": paths,
-    })
+        info: Info {
+            title: "idledger",
+            version: env!("CARGO_PKG_VERSION"),
+        },
+        openapi: "3.1.0",
+        paths,
+    }
 }

@@ -45,8 +45,7 @@ pub fn issue_command(
 pub struct WorkstationCertificate {
     /// SHA-256 fingerprint of the DER (hex).
     id: String,
-    /// `current` or `retired`.
-    status: &'static str,
+    status: CertificateStatus,
     /// Valid from.
     not_before: DateTime<Utc>,
     /// Valid until.
@@ -60,14 +59,24 @@ pub struct WorkstationCertificate {
     position: Option<u64>,
 }
 
+/// Whether a certificate is the one in force.
+#[derive(Serialize, ToSchema, Clone, Copy, PartialEq, Eq, Debug)]
+#[serde(rename_all = "lowercase")]
+pub enum CertificateStatus {
+    /// In force: what workstations are configured with.
+    Current,
+    /// Replaced by a newer one (`retired_at`).
+    Retired,
+}
+
 impl From<&WorkstationCertificateView> for WorkstationCertificate {
     fn from(c: &WorkstationCertificateView) -> Self {
         WorkstationCertificate {
             id: c.id.clone(),
             status: if c.retired_at.is_none() {
-                "current"
+                CertificateStatus::Current
             } else {
-                "retired"
+                CertificateStatus::Retired
             },
             not_before: c.not_before,
             not_after: c.not_after,
@@ -83,7 +92,18 @@ impl From<&WorkstationCertificateView> for WorkstationCertificate {
 #[serde(deny_unknown_fields)]
 pub struct FormatQuery {
     /// `pem` (default) or `der`.
-    format: Option<String>,
+    format: Option<CertificateFormat>,
+}
+
+/// How a certificate file is encoded.
+#[derive(Deserialize, ToSchema, Clone, Copy, PartialEq, Eq, Debug, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CertificateFormat {
+    /// Base64 between `BEGIN CERTIFICATE` lines (`application/x-pem-file`, `.pem`).
+    #[default]
+    Pem,
+    /// The DER bytes (`application/pkix-cert`, `.cer`).
+    Der,
 }
 
 /// The certificate in force, as a file.
@@ -92,15 +112,6 @@ pub async fn download(
     IdPath(id): IdPath,
     ApiQuery(q): ApiQuery<FormatQuery>,
 ) -> Result<Response, ApiError> {
-    let der_format = match q.format.as_deref() {
-        None | Some("pem") => false,
-        Some("der") => true,
-        Some(other) => {
-            return Err(ApiError::BadRequest(format!(
-                "format {other:?}: use pem or der"
-            )))
-        }
-    };
     let (name, der) = {
         let p = s.engine.projector.read();
         let d = p
@@ -117,14 +128,13 @@ pub async fn download(
         |c: char| !c.is_ascii_alphanumeric() && c != '.' && c != '-',
         "_",
     );
-    let (kind, body, ext) = if der_format {
-        ("application/pkix-cert", der, "cer")
-    } else {
-        (
+    let (kind, body, ext) = match q.format.unwrap_or_default() {
+        CertificateFormat::Der => ("application/pkix-cert", der, "cer"),
+        CertificateFormat::Pem => (
             "application/x-pem-file",
             crate::workstation::pem(&der).into_bytes(),
             "pem",
-        )
+        ),
     };
     Ok((
         [

@@ -101,6 +101,7 @@ pub async fn run(args: ExportBenchArgs) -> Result<ExitCode, Error> {
         user: None,
     };
     let file = out.clone();
+    let manifest_path = crate::audit::Manifest::path_of(&out);
     let blocking = |job: Box<dyn FnOnce() -> Result<(f64, bool), Error> + Send>| async {
         tokio::task::spawn_blocking(job)
             .await
@@ -132,16 +133,15 @@ pub async fn run(args: ExportBenchArgs) -> Result<ExitCode, Error> {
         Ok((t.elapsed().as_secs_f64(), report.ok))
     }))
     .await?;
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("bench-export.csv.manifest.json"))?)
-            .map_err(|e| Error::Other(e.to_string()))?;
-    let rows = manifest["rows"].as_u64().unwrap_or(0);
+    let manifest: crate::audit::Manifest = serde_json::from_slice(&std::fs::read(&manifest_path)?)
+        .map_err(|e| Error::Other(e.to_string()))?;
+    let rows = manifest.rows;
     outln!(
         "{}",
         serde_json::json!({
             "bench": "export",
             "rows": rows,
-            "log_events": manifest["log_position"],
+            "log_events": manifest.log_position,
             "export_seconds": export_s,
             "export_rows_per_s": rows as f64 / export_s,
             "verify_seconds": verify_s,

@@ -491,6 +491,90 @@ mod tests {
         }
     }
 
+    /// Certificate Transparency's published proofs over the leaves of [`ct_leaves`], as
+    /// transparency-dev/merkle gives them (`proof/verify_test.go`: `inclusionProofs`,
+    /// whose leaf numbers count from 1, and `consistencyProofs`): the checks accept each,
+    /// and refuse it with any one bit of it changed, or for a neighbouring leaf or size.
+    #[test]
+    fn the_published_certificate_transparency_proofs_hold() {
+        let h = |x: &str| Hash(hex::decode(x).unwrap().try_into().unwrap());
+        let (n96, n5f, n6b) = (
+            h("96a296d224f285c67bee93c30f8a309157f0daa35dc5b87e410b78630a09cfc7"),
+            h("5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e"),
+            h("6b47aaf29ee3c2af9af889bc1fb9254dabd31177f16232dd6aab035ca39bf6e4"),
+        );
+        let (nbc, nca, nd3) = (
+            h("bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b"),
+            h("ca854ea128ed050b41b35ffc1b87b8eb2bde461e9e3b5596ece6b9d5975a0ae0"),
+            h("d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7"),
+        );
+        let (nfa, n6e, n0e, nb0) = (
+            h("fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125"),
+            h("6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d"),
+            h("0ebc5d3437fbe2db158b9f126a1d118e308181031d0a949f8dededebc558ef6a"),
+            h("b08693ec2e721597130641e8211e7eedccb4c26413963eee6c1e2ed16ffb1a5f"),
+        );
+        let leaves: Vec<Hash> = ct_leaves().iter().map(|l| leaf_hash(l)).collect();
+        let root = |size: u64| {
+            let mut f = Frontier::new();
+            leaves[..size as usize].iter().for_each(|l| f.push(*l));
+            f.root()
+        };
+        let flipped = |proof: &[Hash], at: usize| {
+            let mut p = proof.to_vec();
+            p[at].0[at % 32] ^= 0x08;
+            p
+        };
+        let inclusion: [(u64, u64, Vec<Hash>); 5] = [
+            (0, 1, vec![]),
+            (0, 8, vec![n96, n5f, n6b]),
+            (5, 8, vec![nbc, nca, nd3]),
+            (2, 3, vec![nfa]),
+            (1, 5, vec![n6e, n5f, nbc]),
+        ];
+        for (index, size, proof) in &inclusion {
+            let (index, size) = (*index, *size);
+            let leaf = &leaves[index as usize];
+            assert_eq!(
+                check_inclusion(proof, size, &root(size), index, leaf),
+                Ok(()),
+                "PATH({index}, {size})"
+            );
+            for at in 0..proof.len() {
+                let bent = flipped(proof, at);
+                assert!(check_inclusion(&bent, size, &root(size), index, leaf).is_err());
+            }
+            if size > 1 {
+                let other = (index + 1) % size;
+                assert!(check_inclusion(proof, size, &root(size), other, leaf).is_err());
+            }
+        }
+        let consistency: [(u64, u64, Vec<Hash>); 5] = [
+            (1, 1, vec![]),
+            (1, 8, vec![n96, n5f, n6b]),
+            (6, 8, vec![n0e, nca, nd3]),
+            (2, 5, vec![n5f, nbc]),
+            (6, 7, vec![n0e, nb0, nd3]),
+        ];
+        for (old, new, proof) in &consistency {
+            let (old, new) = (*old, *new);
+            assert_eq!(
+                check_consistency(proof, old, &root(old), new, &root(new)),
+                Ok(()),
+                "PROOF({old}, {new})"
+            );
+            for at in 0..proof.len() {
+                let bent = flipped(proof, at);
+                assert!(check_consistency(&bent, old, &root(old), new, &root(new)).is_err());
+            }
+            if old < new {
+                assert!(
+                    check_consistency(proof, old + 1, &root(old + 1), new, &root(new)).is_err()
+                );
+            }
+        }
+    }
+
     #[test]
     fn subtrees_pushed_whole_give_the_tree_of_their_leaves() {
         let leaf = |i: u64| leaf_hash(&i.to_be_bytes());

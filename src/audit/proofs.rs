@@ -7,6 +7,11 @@
 //!   of every head it signed; the new head is then kept as the auditor's checkpoint.
 //! - [`prove`]: one record is in the tree of a signed head (an inclusion proof).
 //! - [`compare`]: two auditors' checkpoints describe one history.
+//!
+//! The key: the one the auditor gives (`--public-key`, the strong form), else the one
+//! pinned beside the checkpoint file (`FILE.pub`, [`pin_path`]) at an earlier visit, else
+//! the server's own, trusted on first use: [`key_to_hold`]. A visit that holds pins the
+//! key it was checked with, so the next one holds the server to it.
 
 use super::chain;
 use super::source::Source;
@@ -18,7 +23,7 @@ use idledger_replay::tree::{
     check_consistency, check_inclusion, leaf_hash, LogPublicKey, SignedTreeHead, TreeHead,
 };
 use serde::{Deserialize, Serialize};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
@@ -101,10 +106,16 @@ impl Server {
     }
 
     /// The server's public key (to be compared with the one the auditor holds, never
-    /// trusted in its place).
+    /// trusted in its place unless the auditor holds none: see [`key_to_hold`]).
     pub fn public_key(&self) -> Result<LogPublicKey, Error> {
-        let text = self.get("/v1/log/public-key")?.map_err(Error::Other)?;
-        LogPublicKey::parse(&text).map_err(|e| Error::Other(e.to_string()))
+        self.public_key_answer()?.map_err(Error::Other)
+    }
+
+    /// The server's public key, or why its answer is none (a finding).
+    fn public_key_answer(&self) -> Result<Finding<LogPublicKey>, Error> {
+        Ok(self.get("/v1/log/public-key")?.and_then(|text| {
+            LogPublicKey::parse(&text).map_err(|e| format!("the server's public key: {e}"))
+        }))
     }
 
     fn latest_head(&self, key: &LogPublicKey) -> Result<Finding<SignedTreeHead>, Error> {
@@ -240,6 +251,109 @@ struct HeadsPage {
     next: Option<String>,
 }
 
+/// Where the key a check holds the server to came from. Reported, so that a script can
+/// tell a key the auditor brought from one taken on the server's word.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyFrom {
+    /// `--public-key`: a key the auditor holds.
+    Given,
+    /// The key pinned beside the checkpoint file by an earlier visit.
+    Pinned,
+    /// The server's own key, trusted on this first visit and pinned if the visit holds.
+    FirstUse,
+    /// The server's own key, not pinned: it proves only that the server signed a head,
+    /// not that the head is the log's.
+    Server,
+}
+
+/// The key a check holds the server to, and where it came from.
+#[derive(Clone, Debug)]
+pub struct HeldKey {
+    /// The log's public key.
+    pub key: LogPublicKey,
+    /// Where it came from.
+    pub from: KeyFrom,
+    /// The checkpoint file it is pinned beside (or to be pinned beside, if the visit
+    /// holds), if any.
+    pin: Option<PathBuf>,
+    /// Whether the pin file is still to be written.
+    unpinned: bool,
+}
+
+/// The file that pins the log's key beside a checkpoint file: `FILE.pub`, holding the key
+/// in the text form `idledger log-key` prints.
+pub fn pin_path(checkpoint: &Path) -> PathBuf {
+    let mut name = checkpoint.as_os_str().to_owned();
+    name.push(".pub");
+    PathBuf::from(name)
+}
+
+/// The key pinned beside `checkpoint`, if one is.
+pub fn pinned_key(checkpoint: &Path) -> Result<Option<LogPublicKey>, Error> {
+    let path = pin_path(checkpoint);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => LogPublicKey::parse(&text)
+            .map(Some)
+            .map_err(|e| Error::Other(format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::Other(format!("{}: {e}", path.display()))),
+    }
+}
+
+/// The key to hold `server` to: `given` (which must be the one pinned beside
+/// `checkpoint`, if one is: the auditor's own files cannot disagree about the log they
+/// follow), else the pinned one (the server's must be the same: a log's key never
+/// changes, so another key is another log, a finding), else the server's own.
+pub fn key_to_hold(
+    server: &Server,
+    given: Option<LogPublicKey>,
+    checkpoint: Option<&Path>,
+) -> Result<Finding<HeldKey>, Error> {
+    let pinned = checkpoint.map(pinned_key).transpose()?.flatten();
+    let held = |key, from| HeldKey {
+        key,
+        from,
+        pin: checkpoint.map(Path::to_path_buf),
+        unpinned: pinned.is_none(),
+    };
+    let pin_name = || checkpoint.map(|c| pin_path(c).display().to_string());
+    if let Some(given) = given {
+        if let Some(pinned) = pinned.as_ref().filter(|p| **p != given) {
+            return Err(Error::Other(format!(
+                "--public-key {given} is not the key pinned in {} ({pinned}): a log's key never changes; if this is another log, keep its checkpoint in another file",
+                pin_name().unwrap_or_default()
+            )));
+        }
+        return Ok(Ok(held(given, KeyFrom::Given)));
+    }
+    let served = server.public_key_answer()?;
+    if let Some(pinned) = pinned.clone() {
+        return Ok(match served {
+            Ok(served) if served != pinned => Err(format!(
+                "the server's public key {served} is not the key pinned in {} ({pinned}) at an earlier visit: a log's key never changes, so this server shows another log (or the pin was trusted from an impostor: check the key out of band, `idledger log-key` on the server's machine)",
+                pin_name().unwrap_or_default()
+            )),
+            // A server that will not say its key is still held to the pinned one: every
+            // head it shows is checked with it.
+            _ => Ok(held(pinned, KeyFrom::Pinned)),
+        });
+    }
+    let served = served.map_err(|why| {
+        Error::Other(format!(
+            "no --public-key given, none pinned beside the checkpoint, and {why}"
+        ))
+    })?;
+    Ok(Ok(held(served, KeyFrom::Server)))
+}
+
+impl HeldKey {
+    /// The pin file to write once a visit holds, if any.
+    fn to_pin(&self) -> Option<&Path> {
+        self.pin.as_deref().filter(|_| self.unpinned)
+    }
+}
+
 /// Why a head does not extend another: `None` when it does.
 fn extends(
     server: Option<&Server>,
@@ -302,33 +416,68 @@ pub struct CheckpointReport {
     /// What is wrong.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Where the key the server was held to came from.
+    pub key: KeyFrom,
     /// The whole log's check (chain and tree); null when there was no head to hold it to.
     pub log: serde_json::Value,
 }
 
-/// Checks the server's history against the checkpoint in `file` (if any) and the records
-/// against every head the server signed; on success writes the server's latest head to
-/// `file`.
-pub fn check_checkpoint(
+impl CheckpointReport {
+    /// A visit that failed before the log was read.
+    fn failed(key: KeyFrom, previous_tree_size: Option<u64>, reason: String) -> Self {
+        CheckpointReport {
+            ok: false,
+            previous_tree_size,
+            tree_size: None,
+            first_inconsistent_tree_size: None,
+            reason: Some(reason),
+            key,
+            log: serde_json::Value::Null,
+        }
+    }
+}
+
+/// An auditor's visit with the checkpoint in `file`: the key to hold the server to found
+/// ([`key_to_hold`]), then [`check_checkpoint`].
+pub fn visit(
     server: &Server,
-    key: &LogPublicKey,
+    given: Option<LogPublicKey>,
     file: &Path,
     on_position: impl FnMut(u64),
 ) -> Result<CheckpointReport, Error> {
+    match key_to_hold(server, given, Some(file))? {
+        Ok(held) => check_checkpoint(server, &held, file, on_position),
+        Err(why) => Ok(CheckpointReport::failed(KeyFrom::Pinned, None, why)),
+    }
+}
+
+/// Checks the server's history against the checkpoint in `file` (if any) and the records
+/// against every head the server signed, with `held`'s key; on success writes the
+/// server's latest head to `file`, and pins the key beside it if none was.
+pub fn check_checkpoint(
+    server: &Server,
+    held: &HeldKey,
+    file: &Path,
+    on_position: impl FnMut(u64),
+) -> Result<CheckpointReport, Error> {
+    let key = &held.key;
+    // The server's key taken on a visit that names a checkpoint is trusted on first use:
+    // it is pinned below if the visit holds.
+    let from = match held.from {
+        KeyFrom::Server => KeyFrom::FirstUse,
+        from => from,
+    };
     let previous = match std::fs::read_to_string(file) {
         Ok(text) => match key.open(&text) {
             Ok(head) => Some(head),
             // The head accepted before does not hold under the key: someone changed the
             // file, or it is another log's. A finding, not a check that could not run.
             Err(e) => {
-                return Ok(CheckpointReport {
-                    ok: false,
-                    previous_tree_size: None,
-                    tree_size: None,
-                    first_inconsistent_tree_size: None,
-                    reason: Some(format!("{}: {e}", file.display())),
-                    log: serde_json::Value::Null,
-                })
+                return Ok(CheckpointReport::failed(
+                    from,
+                    None,
+                    format!("{}: {e}", file.display()),
+                ))
             }
         },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -337,14 +486,11 @@ pub fn check_checkpoint(
     let latest = match server.latest_head(key)? {
         Ok(head) => head,
         Err(why) => {
-            return Ok(CheckpointReport {
-                ok: false,
-                previous_tree_size: previous.map(|h| h.head.tree_size),
-                tree_size: None,
-                first_inconsistent_tree_size: None,
-                reason: Some(why),
-                log: serde_json::Value::Null,
-            })
+            return Ok(CheckpointReport::failed(
+                from,
+                previous.map(|h| h.head.tree_size),
+                why,
+            ))
         }
     };
     let mut first_inconsistent = None;
@@ -393,7 +539,15 @@ pub fn check_checkpoint(
     }
     let ok = reason.is_none();
     if ok {
-        // A crash or a power loss leaves the old checkpoint or the new one.
+        // The pin first: a crash between the two leaves a pinned key and the checkpoint
+        // before (which the next visit checks with it), never a new checkpoint under a
+        // key nothing pins. Each write leaves the old file or the new one.
+        if let Some(checkpoint) = held.to_pin() {
+            crate::durable::replace_whole(
+                &pin_path(checkpoint),
+                format!("{}\n", held.key).as_bytes(),
+            )?;
+        }
         crate::durable::replace_whole(file, latest.to_note().as_bytes())?;
     }
     Ok(CheckpointReport {
@@ -402,12 +556,13 @@ pub fn check_checkpoint(
         tree_size: Some(latest.head.tree_size),
         first_inconsistent_tree_size: first_inconsistent,
         reason,
+        key: from,
         log: log.summary_json(),
     })
 }
 
 /// `prove`'s report.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Serialize)]
 pub struct ProveReport {
     /// The record is in the signed tree.
     pub ok: bool,
@@ -426,6 +581,25 @@ pub struct ProveReport {
     /// What failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Where the key the head was checked with came from: `server` proves only that the
+    /// server signed a head that holds the record.
+    pub key: KeyFrom,
+}
+
+impl ProveReport {
+    fn new(position: u64, key: KeyFrom) -> Self {
+        ProveReport {
+            ok: false,
+            position,
+            tree_size: None,
+            root_hash: None,
+            event_id: None,
+            stream: None,
+            kind: None,
+            reason: None,
+            key,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -439,17 +613,39 @@ struct EventItem {
     record: String,
 }
 
-/// Fetches the record at `position` and proves it in the server's latest signed head,
-/// checking everything here; with `checkpoint`, that head must also extend it.
-pub fn prove(
+/// [`prove`] with the key [`key_to_hold`] finds: `given`, else the one pinned beside
+/// `checkpoint`, else the server's own (never pinned by `prove`).
+pub fn prove_with(
     server: &Server,
-    key: &LogPublicKey,
+    given: Option<LogPublicKey>,
     position: u64,
     checkpoint: Option<&Path>,
 ) -> Result<ProveReport, Error> {
     if position == 0 {
         return Err(Error::Other("--position: from 1".into()));
     }
+    match key_to_hold(server, given, checkpoint)? {
+        Ok(held) => prove(server, &held, position, checkpoint),
+        Err(why) => Ok(ProveReport {
+            reason: Some(why),
+            ..ProveReport::new(position, KeyFrom::Pinned)
+        }),
+    }
+}
+
+/// Fetches the record at `position` and proves it in the server's latest signed head,
+/// checking everything here with `held`'s key; with `checkpoint`, that head must also
+/// extend it.
+pub fn prove(
+    server: &Server,
+    held: &HeldKey,
+    position: u64,
+    checkpoint: Option<&Path>,
+) -> Result<ProveReport, Error> {
+    if position == 0 {
+        return Err(Error::Other("--position: from 1".into()));
+    }
+    let key = &held.key;
     let old = match checkpoint {
         None => None,
         Some(file) => {
@@ -460,18 +656,14 @@ pub fn prove(
                 // See `check_checkpoint`: a finding.
                 Err(e) => {
                     return Ok(ProveReport {
-                        position,
                         reason: Some(format!("{}: {e}", file.display())),
-                        ..ProveReport::default()
+                        ..ProveReport::new(position, held.from)
                     })
                 }
             }
         }
     };
-    let mut report = ProveReport {
-        position,
-        ..ProveReport::default()
-    };
+    let mut report = ProveReport::new(position, held.from);
     if let Err(why) = prove_into(&mut report, server, key, old.as_ref())? {
         report.reason = Some(why);
     }
@@ -572,6 +764,52 @@ pub struct CompareReport {
     /// Why not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Where the key the checkpoints were checked with came from.
+    pub key: KeyFrom,
+}
+
+/// Compares the checkpoints in files `a` and `b` (see [`compare`]) with `given`, else
+/// with the key pinned beside them: beside both, the same key (two auditors shown two
+/// keys were shown two logs, a finding); beside one, that one (the other checkpoint must
+/// still verify with it). With neither, nothing says which log they are of: an error
+/// naming `--public-key`.
+pub fn compare_files(
+    a: &Path,
+    b: &Path,
+    given: Option<LogPublicKey>,
+    server: Option<&Server>,
+) -> Result<CompareReport, Error> {
+    let read = |path: &Path| {
+        std::fs::read_to_string(path).map_err(|e| Error::Other(format!("{}: {e}", path.display())))
+    };
+    let (text_a, text_b) = (read(a)?, read(b)?);
+    if let Some(key) = given {
+        return compare(&text_a, &text_b, &key, KeyFrom::Given, server);
+    }
+    let key = match (pinned_key(a)?, pinned_key(b)?) {
+        (Some(ka), Some(kb)) if ka != kb => {
+            return Ok(CompareReport {
+                ok: false,
+                a_tree_size: None,
+                b_tree_size: None,
+                reason: Some(format!(
+                    "the keys pinned beside the two checkpoints differ ({}: {ka}; {}: {kb}): they were accepted from two logs",
+                    pin_path(a).display(),
+                    pin_path(b).display()
+                )),
+                key: KeyFrom::Pinned,
+            })
+        }
+        (Some(key), _) | (None, Some(key)) => key,
+        (None, None) => {
+            return Err(Error::Other(format!(
+                "no key to check the checkpoints with: give --public-key KEY (the log's key, as `idledger log-key` prints it), or pin it beside a checkpoint ({} or {}; `idledger verify --server URL --checkpoint FILE` pins it)",
+                pin_path(a).display(),
+                pin_path(b).display()
+            )))
+        }
+    };
+    compare(&text_a, &text_b, &key, KeyFrom::Pinned, server)
 }
 
 /// Compares two checkpoints: the same size must have the same root; of different sizes,
@@ -580,6 +818,7 @@ pub fn compare(
     a: &str,
     b: &str,
     key: &LogPublicKey,
+    from: KeyFrom,
     server: Option<&Server>,
 ) -> Result<CompareReport, Error> {
     let (a, b) = match (key.open(a), key.open(b)) {
@@ -598,6 +837,7 @@ pub fn compare(
                 a_tree_size: a.ok().map(|h| h.head.tree_size),
                 b_tree_size: b.ok().map(|h| h.head.tree_size),
                 reason: Some(reason),
+                key: from,
             });
         }
     };
@@ -612,6 +852,7 @@ pub fn compare(
         a_tree_size: Some(a.head.tree_size),
         b_tree_size: Some(b.head.tree_size),
         reason,
+        key: from,
     })
 }
 

@@ -91,11 +91,14 @@ pub struct VerifyArgs {
     #[command(flatten)]
     pub dir: DataDir,
     /// A checkpoint file (with --server): the server's latest signed tree head must
-    /// extend the one in it, and replaces it once everything holds.
-    #[arg(long, requires = "server", requires = "public_key")]
+    /// extend the one in it, and replaces it once everything holds. The log's key is
+    /// pinned beside it in FILE.pub (without --public-key, the server's, trusted on first
+    /// use); a server whose key differs from the pinned one fails.
+    #[arg(long, requires = "server")]
     pub checkpoint: Option<PathBuf>,
     /// The log's public key (its text, or a file holding it), for --checkpoint (alone it
-    /// would check nothing, so it is refused without one).
+    /// would check nothing, so it is refused without one). Optional: without it the key
+    /// pinned beside the checkpoint is used, or the server's is trusted on first use.
     #[arg(long, requires = "checkpoint")]
     pub public_key: Option<String>,
 }
@@ -188,8 +191,10 @@ pub fn run() -> ExitCode {
         }
         Command::Demo(a) => runtime().and_then(|rt| rt.block_on(demo::run(a))),
         Command::Log(a) => inspect::log(&a),
-        Command::Verify(a) => match (&a.checkpoint, &a.dir.server, &a.public_key) {
-            (Some(file), Some(url), Some(key)) => proofs::verify_checkpoint(url, file, key),
+        Command::Verify(a) => match (&a.checkpoint, &a.dir.server) {
+            (Some(file), Some(url)) => {
+                proofs::verify_checkpoint(url, file, a.public_key.as_deref())
+            }
             _ => inspect::verify(&a.dir),
         },
         Command::LogKey(a) => proofs::log_key(&a),

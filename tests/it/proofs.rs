@@ -580,20 +580,28 @@ proptest! {
     }
 }
 
+/// RFC 6962's reference leaves, as Certificate Transparency's test suites use them.
+const CT_RECORDS: [&[u8]; 8] = [
+    b"",
+    b"\x00",
+    b"\x10",
+    b"\x20\x21",
+    b"\x30\x31",
+    b"\x40\x41\x42\x43",
+    b"\x50\x51\x52\x53\x54\x55\x56\x57",
+    b"\x60\x61\x62\x63\x64\x65\x66\x67\x68\x69\x6a\x6b\x6c\x6d\x6e\x6f",
+];
+
+fn unhex(h: &str) -> H {
+    hex::decode(h).unwrap().try_into().unwrap()
+}
+
 /// Known answers: the roots of RFC 6962's reference data (Certificate Transparency's
-/// test vectors) over the eight leaves below, for every prefix.
+/// test vectors) over the eight leaves below, for every prefix; and RFC 9162's worked
+/// example (§2.1.5), whose audit paths and consistency proofs the RFC gives by the names
+/// of the tree's nodes, checked here node by node.
 #[test]
 fn the_reference_verifier_gives_the_known_roots() {
-    let records: [&[u8]; 8] = [
-        b"",
-        b"\x00",
-        b"\x10",
-        b"\x20\x21",
-        b"\x30\x31",
-        b"\x40\x41\x42\x43",
-        b"\x50\x51\x52\x53\x54\x55\x56\x57",
-        b"\x60\x61\x62\x63\x64\x65\x66\x67\x68\x69\x6a\x6b\x6c\x6d\x6e\x6f",
-    ];
     let roots = [
         "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d",
         "fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125",
@@ -604,7 +612,7 @@ fn the_reference_verifier_gives_the_known_roots() {
         "ddb89be403809e325750d3d263cd78929c2942b7942a34b77e122c9594a74c8c",
         "5dc9da79a70659a9ad559cb701ded9a2ab9d823aad2f4960cfe370eff4604328",
     ];
-    let leaves: Vec<H> = records.iter().map(|r| rfc9162::leaf(r)).collect();
+    let leaves: Vec<H> = CT_RECORDS.iter().map(|r| rfc9162::leaf(r)).collect();
     for (n, want) in roots.iter().enumerate() {
         assert_eq!(
             hex::encode(rfc9162::mth(&leaves[..n + 1])),
@@ -613,16 +621,242 @@ fn the_reference_verifier_gives_the_known_roots() {
             n + 1
         );
     }
-    // And RFC 9162's worked example: the consistency proof from 3 to 7 is [c, d, g, l].
-    let proof = rfc9162::proof(3, &leaves[..7]);
-    assert_eq!(proof.len(), 4);
-    assert!(rfc9162::verify_consistency(
+    // RFC 9162 §2.1.5's tree of seven leaves d0..d6: leaves a b c d e f j, inner nodes
+    // g = (a, b), h = (c, d), i = (e, f), k = (g, h), l = (i, j).
+    let d = &leaves[..7];
+    let [a, b, c, dd, e, f, j] = [d[0], d[1], d[2], d[3], d[4], d[5], d[6]];
+    let (g, h, i) = (
+        rfc9162::node(&a, &b),
+        rfc9162::node(&c, &dd),
+        rfc9162::node(&e, &f),
+    );
+    let (k, l) = (rfc9162::node(&g, &h), rfc9162::node(&i, &j));
+    assert_eq!(rfc9162::node(&k, &l), rfc9162::mth(d), "the root is (k, l)");
+    // "The audit path for d0 is [b, h, l]", "for d3 is [c, g, l]", "for d4 is [f, j,
+    // k]", "for d6 is [i, k]".
+    for (index, want) in [
+        (0, vec![b, h, l]),
+        (3, vec![c, g, l]),
+        (4, vec![f, j, k]),
+        (6, vec![i, k]),
+    ] {
+        assert_eq!(rfc9162::path(index, d), want, "the audit path of d{index}");
+        assert!(rfc9162::verify_inclusion(
+            index as u64,
+            7,
+            &d[index],
+            &want,
+            &rfc9162::mth(d)
+        ));
+    }
+    // "PROOF(3, D[7]) = [c, d, g, l]", "PROOF(4, D[7]) = [l]", "PROOF(6, D[7]) = [i, j,
+    // k]".
+    for (m, want) in [(3, vec![c, dd, g, l]), (4, vec![l]), (6, vec![i, j, k])] {
+        assert_eq!(rfc9162::proof(m, d), want, "PROOF({m}, D[7])");
+        assert!(rfc9162::verify_consistency(
+            m as u64,
+            7,
+            &rfc9162::mth(&d[..m]),
+            &rfc9162::mth(d),
+            &want
+        ));
+    }
+}
+
+/// Published inclusion proofs over [`CT_RECORDS`]: `(leaf index, tree size, audit path)`.
+/// Certificate Transparency's reference vectors, as transparency-dev/merkle publishes
+/// them (`proof/verify_test.go`, `inclusionProofs`, whose leaf numbers count from 1: the
+/// indices here are theirs minus one), from google/certificate-transparency's
+/// `merkle_tree_test.cc`.
+const CT_INCLUSION: [(usize, usize, &[&str]); 5] = [
+    (0, 1, &[]),
+    (
+        0,
+        8,
+        &[
+            "96a296d224f285c67bee93c30f8a309157f0daa35dc5b87e410b78630a09cfc7",
+            "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
+            "6b47aaf29ee3c2af9af889bc1fb9254dabd31177f16232dd6aab035ca39bf6e4",
+        ],
+    ),
+    (
+        5,
+        8,
+        &[
+            "bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b",
+            "ca854ea128ed050b41b35ffc1b87b8eb2bde461e9e3b5596ece6b9d5975a0ae0",
+            "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
+        ],
+    ),
+    (
+        2,
         3,
+        &["fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125"],
+    ),
+    (
+        1,
+        5,
+        &[
+            "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d",
+            "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
+            "bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b",
+        ],
+    ),
+];
+
+/// Published consistency proofs over [`CT_RECORDS`]: `(old size, new size, proof)`, from
+/// the same file (`consistencyProofs`).
+const CT_CONSISTENCY: [(usize, usize, &[&str]); 5] = [
+    (1, 1, &[]),
+    (
+        1,
+        8,
+        &[
+            "96a296d224f285c67bee93c30f8a309157f0daa35dc5b87e410b78630a09cfc7",
+            "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
+            "6b47aaf29ee3c2af9af889bc1fb9254dabd31177f16232dd6aab035ca39bf6e4",
+        ],
+    ),
+    (
+        6,
+        8,
+        &[
+            "0ebc5d3437fbe2db158b9f126a1d118e308181031d0a949f8dededebc558ef6a",
+            "ca854ea128ed050b41b35ffc1b87b8eb2bde461e9e3b5596ece6b9d5975a0ae0",
+            "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
+        ],
+    ),
+    (
+        2,
+        5,
+        &[
+            "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
+            "bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b",
+        ],
+    ),
+    (
+        6,
         7,
-        &rfc9162::mth(&leaves[..3]),
-        &rfc9162::mth(&leaves[..7]),
-        &proof
-    ));
+        &[
+            "0ebc5d3437fbe2db158b9f126a1d118e308181031d0a949f8dededebc558ef6a",
+            "b08693ec2e721597130641e8211e7eedccb4c26413963eee6c1e2ed16ffb1a5f",
+            "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
+        ],
+    ),
+];
+
+/// The server's own proofs (`LogTree`, which `/v1/log/proof/*` answers from: a log's
+/// records are encoded envelopes, so no log over these leaves can be served) over
+/// Certificate Transparency's reference leaves: equal, hash by hash, to the published
+/// vectors above, and those hold for both this file's verifier and the auditor's
+/// (`idledger_replay::tree`). The published vectors cover a few sizes only; for every
+/// other proof over the eight leaves the expected hashes are computed here, by this
+/// file's RFC 9162 implementation (independent of the server's, but not published).
+#[test]
+fn the_server_gives_certificate_transparencys_published_proofs() {
+    use idledger_domain::Hash;
+    let leaves: Vec<H> = CT_RECORDS.iter().map(|r| rfc9162::leaf(r)).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let tree = idledger::store::tree::LogTree::open(dir.path(), 0, |_| unreachable!()).unwrap();
+    let batch: Vec<Hash> = leaves.iter().map(|h| Hash(*h)).collect();
+    // Two group commits, one ending mid-subtree.
+    tree.append(&batch[..3]);
+    tree.append(&batch[3..]);
+    let unhexed = |hashes: &[&str]| hashes.iter().map(|h| unhex(h)).collect::<Vec<H>>();
+    let plain = |hashes: Vec<Hash>| hashes.into_iter().map(|h| h.0).collect::<Vec<H>>();
+    let ours = |hashes: &[H]| hashes.iter().map(|h| Hash(*h)).collect::<Vec<Hash>>();
+    for (index, size, published) in CT_INCLUSION {
+        let want = unhexed(published);
+        let root = rfc9162::mth(&leaves[..size]);
+        let served = plain(tree.inclusion(index as u64, size as u64).unwrap());
+        assert_eq!(served, want, "the server's PATH({index}, {size})");
+        assert_eq!(rfc9162::path(index, &leaves[..size]), want);
+        assert!(rfc9162::verify_inclusion(
+            index as u64,
+            size as u64,
+            &leaves[index],
+            &want,
+            &root
+        ));
+        idledger_replay::tree::check_inclusion(
+            &ours(&want),
+            size as u64,
+            &Hash(root),
+            index as u64,
+            &Hash(leaves[index]),
+        )
+        .unwrap_or_else(|e| panic!("PATH({index}, {size}): {e}"));
+        if let Some(first) = want.first() {
+            let mut bent = want.clone();
+            bent[0] = flip(first, 3);
+            assert!(idledger_replay::tree::check_inclusion(
+                &ours(&bent),
+                size as u64,
+                &Hash(root),
+                index as u64,
+                &Hash(leaves[index]),
+            )
+            .is_err());
+        }
+    }
+    for (from, to, published) in CT_CONSISTENCY {
+        let want = unhexed(published);
+        let (old, new) = (rfc9162::mth(&leaves[..from]), rfc9162::mth(&leaves[..to]));
+        let served = plain(tree.consistency(from as u64, to as u64).unwrap());
+        assert_eq!(served, want, "the server's PROOF({from}, {to})");
+        assert_eq!(rfc9162::proof(from, &leaves[..to]), want);
+        assert!(rfc9162::verify_consistency(
+            from as u64,
+            to as u64,
+            &old,
+            &new,
+            &want
+        ));
+        idledger_replay::tree::check_consistency(
+            &ours(&want),
+            from as u64,
+            &Hash(old),
+            to as u64,
+            &Hash(new),
+        )
+        .unwrap_or_else(|e| panic!("PROOF({from}, {to}): {e}"));
+        if let Some(first) = want.first() {
+            let mut bent = want.clone();
+            bent[0] = flip(first, 4);
+            assert!(idledger_replay::tree::check_consistency(
+                &ours(&bent),
+                from as u64,
+                &Hash(old),
+                to as u64,
+                &Hash(new),
+            )
+            .is_err());
+        }
+    }
+    // Every other proof over the eight leaves: computed independently here, not
+    // published.
+    for size in 1..=8usize {
+        assert_eq!(
+            tree.root(size as u64).unwrap().0,
+            rfc9162::mth(&leaves[..size])
+        );
+        for index in 0..size {
+            let served = plain(tree.inclusion(index as u64, size as u64).unwrap());
+            assert_eq!(
+                served,
+                rfc9162::path(index, &leaves[..size]),
+                "PATH({index}, {size})"
+            );
+        }
+        for from in 1..=size {
+            let served = plain(tree.consistency(from as u64, size as u64).unwrap());
+            assert_eq!(
+                served,
+                rfc9162::proof(from, &leaves[..size]),
+                "PROOF({from}, {size})"
+            );
+        }
+    }
 }
 
 /// `idledger prove` of `position` against `serve`, with `key`.
@@ -643,19 +877,22 @@ fn prove(serve: &Serve, key: &str, position: &str) -> (Value, i32) {
 
 /// `idledger <args>` with the token set; its JSON line and exit code.
 fn auditor_cli(token: &str, args: &[&str]) -> (Value, i32) {
+    let (json, code, _) = auditor_cli_said(token, args);
+    (json, code)
+}
+
+/// [`auditor_cli`], and what the command said on stderr.
+fn auditor_cli_said(token: &str, args: &[&str]) -> (Value, i32, String) {
     let out = idledger()
         .env("IDLEDGER_TOKEN", token)
         .args(args)
         .output()
         .unwrap();
     let line = String::from_utf8_lossy(&out.stdout);
-    let json = serde_json::from_str(line.trim()).unwrap_or_else(|e| {
-        panic!(
-            "{args:?}: {e}: {line:?} {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (json, out.status.code().unwrap_or(-1))
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let json = serde_json::from_str(line.trim())
+        .unwrap_or_else(|e| panic!("{args:?}: {e}: {line:?} {stderr}"));
+    (json, out.status.code().unwrap_or(-1), stderr)
 }
 
 /// An auditor's visit: `verify --server --checkpoint`; its report and exit code.
@@ -1644,4 +1881,335 @@ async fn a_record_altered_on_the_way_is_not_proved() {
         assert_eq!(report["ok"], false, "{report}");
         assert!(report.to_string().contains(reason), "{reason}: {report}");
     }
+}
+
+/// The auditor's commands exactly as issue 14 spells them, with no `--public-key`: the
+/// first visit trusts the server's key on first use, says so, and pins it beside the
+/// checkpoint in the form `idledger log-key` prints; later visits, `prove --checkpoint`
+/// and `checkpoint compare` use the pinned key; `prove` alone says it proved only against
+/// the server's own key; `checkpoint compare` with no key anywhere names `--public-key`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_auditor_commands_work_as_the_issue_spells_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let fast = [("IDLEDGER_STH_INTERVAL_MS", "10")];
+    let serve = Serve::start_with(&data, None, &fast).await;
+    add_domains(&serve, &["a.example.com", "b.example.com"]).await;
+    let head = head_of(&serve).await;
+    head_covering(&serve.http, &serve.url, &serve.token, head).await;
+    let key = public_key_of(&data);
+    let file = |n: &str| dir.path().join(n).to_str().unwrap().to_owned();
+    let (cp, pin) = (file("auditor.checkpoint"), file("auditor.checkpoint.pub"));
+    let visit = |cp: &str| {
+        auditor_cli_said(
+            &serve.token,
+            &["verify", "--server", &serve.url, "--checkpoint", cp],
+        )
+    };
+
+    // `idledger verify --server URL --checkpoint FILE`, the first time.
+    let (first, code, said) = visit(&cp);
+    assert_eq!(code, 0, "{first} {said}");
+    assert_eq!(
+        (&first["ok"], &first["key"]),
+        (&json!(true), &json!("first_use"))
+    );
+    assert_eq!(first["tree_size"], head, "{first}");
+    assert!(said.contains("trusted on first use"), "{said}");
+    assert!(said.contains("--public-key"), "how to pin one: {said}");
+    assert!(said.contains(&pin), "where it is pinned: {said}");
+    assert_eq!(
+        std::fs::read_to_string(&pin).unwrap(),
+        format!("{key}\n"),
+        "the server's key, pinned as `idledger log-key` prints it"
+    );
+
+    // The next visit holds the server to the pinned key and says nothing about trust.
+    add_domains(&serve, &["c.example.com"]).await;
+    head_covering(&serve.http, &serve.url, &serve.token, head + PER_DOMAIN).await;
+    let (second, code, said) = visit(&cp);
+    assert_eq!(code, 0, "{second} {said}");
+    assert_eq!(second["key"], "pinned", "{second}");
+    assert_eq!(second["previous_tree_size"], head, "{second}");
+    assert!(!said.contains("first use"), "{said}");
+
+    // `idledger prove --server URL --position P`: against the server's own key, and said.
+    let (proved, code, said) = auditor_cli_said(
+        &serve.token,
+        &["prove", "--server", &serve.url, "--position", "2"],
+    );
+    assert_eq!(code, 0, "{proved} {said}");
+    assert_eq!(
+        (&proved["ok"], &proved["key"]),
+        (&json!(true), &json!("server"))
+    );
+    assert!(said.contains("server's own key"), "{said}");
+    // With the checkpoint, against the key pinned beside it.
+    let (proved, code, said) = auditor_cli_said(
+        &serve.token,
+        &[
+            "prove",
+            "--server",
+            &serve.url,
+            "--position",
+            "2",
+            "--checkpoint",
+            &cp,
+        ],
+    );
+    assert_eq!(code, 0, "{proved} {said}");
+    assert_eq!(proved["key"], "pinned", "{proved}");
+    assert!(!said.contains("server's own key"), "{said}");
+
+    // `idledger checkpoint compare A B`: another auditor's file of the same head, and
+    // one of a later head (the consistency proof from --server).
+    let other = file("other.checkpoint");
+    let (r, code, said) = visit(&other);
+    assert_eq!(code, 0, "{r} {said}");
+    assert_eq!(
+        r["tree_size"], second["tree_size"],
+        "no appends between: {r}"
+    );
+    let (same, code) = auditor_cli(&serve.token, &["checkpoint", "compare", &cp, &other]);
+    assert_eq!(code, 0, "{same}");
+    assert_eq!(
+        (&same["ok"], &same["key"]),
+        (&json!(true), &json!("pinned"))
+    );
+    add_domains(&serve, &["d.example.com"]).await;
+    let later = second["tree_size"].as_u64().unwrap() + PER_DOMAIN;
+    head_covering(&serve.http, &serve.url, &serve.token, later).await;
+    let (r, code) = {
+        let (r, code, _) = visit(&other);
+        (r, code)
+    };
+    assert_eq!((code, &r["tree_size"]), (0, &json!(later)), "{r}");
+    let (grown, code) = auditor_cli(
+        &serve.token,
+        &["checkpoint", "compare", &cp, &other, "--server", &serve.url],
+    );
+    assert_eq!(code, 0, "{grown}");
+    assert_eq!(grown["ok"], true, "{grown}");
+    // A pin beside one of the two is enough: the other must verify with it.
+    let bare = file("bare.checkpoint");
+    std::fs::copy(&other, &bare).unwrap();
+    let (one, code) = auditor_cli(
+        &serve.token,
+        &["checkpoint", "compare", &cp, &bare, "--server", &serve.url],
+    );
+    assert_eq!((code, &one["key"]), (0, &json!("pinned")), "{one}");
+    // No key given and none pinned: refused, naming the option that gives one.
+    let bare_too = file("bare-too.checkpoint");
+    std::fs::copy(&cp, &bare_too).unwrap();
+    let (refused, code) = auditor_cli(&serve.token, &["checkpoint", "compare", &bare, &bare_too]);
+    assert_eq!(code, 2, "{refused}");
+    assert_eq!(refused["checked"], false, "{refused}");
+    assert!(
+        refused["error"].as_str().unwrap().contains("--public-key"),
+        "{refused}"
+    );
+}
+
+/// A pinned key is what the server is held to: a server showing another key (another
+/// log's, behind the same checkpoint) fails the visit clearly and changes neither the
+/// checkpoint nor its pin; `prove --checkpoint` fails the same way; a key given that
+/// disagrees with the pin is refused; and two auditors' checkpoints pinned to two keys
+/// do not compare as one history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_whose_key_is_not_the_pinned_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
+    let fast = [("IDLEDGER_STH_INTERVAL_MS", "10")];
+    let a = Serve::start_with(&a_dir, None, &fast).await;
+    let b = Serve::start_with(&b_dir, None, &fast).await;
+    for s in [&a, &b] {
+        add_domains(s, &["one.example.com"]).await;
+        let head = head_of(s).await;
+        head_covering(&s.http, &s.url, &s.token, head).await;
+    }
+    let (a_key, b_key) = (public_key_of(&a_dir), public_key_of(&b_dir));
+    assert_ne!(a_key, b_key);
+    let file = |n: &str| dir.path().join(n).to_str().unwrap().to_owned();
+    let (cp, pin) = (file("auditor.checkpoint"), file("auditor.checkpoint.pub"));
+    let (first, code) = auditor_cli(
+        &a.token,
+        &["verify", "--server", &a.url, "--checkpoint", &cp],
+    );
+    assert_eq!((code, &first["key"]), (0, &json!("first_use")), "{first}");
+    let (kept, kept_pin) = (
+        std::fs::read_to_string(&cp).unwrap(),
+        std::fs::read_to_string(&pin).unwrap(),
+    );
+    assert_eq!(kept_pin.trim(), a_key);
+
+    // The same checkpoint, a server with another key.
+    let (swapped, code, said) = auditor_cli_said(
+        &b.token,
+        &["verify", "--server", &b.url, "--checkpoint", &cp],
+    );
+    assert_eq!(code, 1, "{swapped} {said}");
+    assert_eq!(
+        (&swapped["ok"], &swapped["key"]),
+        (&json!(false), &json!("pinned"))
+    );
+    let reason = swapped["reason"].as_str().unwrap();
+    assert!(reason.contains("is not the key pinned in"), "{reason}");
+    assert!(
+        reason.contains(&b_key) && reason.contains(&a_key),
+        "{reason}"
+    );
+    assert!(!said.contains("first use"), "{said}");
+    assert_eq!(std::fs::read_to_string(&cp).unwrap(), kept);
+    assert_eq!(std::fs::read_to_string(&pin).unwrap(), kept_pin);
+    let (proved, code) = auditor_cli(
+        &b.token,
+        &[
+            "prove",
+            "--server",
+            &b.url,
+            "--position",
+            "1",
+            "--checkpoint",
+            &cp,
+        ],
+    );
+    assert_eq!(code, 1, "{proved}");
+    assert!(
+        proved["reason"]
+            .as_str()
+            .unwrap()
+            .contains("is not the key pinned in"),
+        "{proved}"
+    );
+    // The other log's key given outright does not override the pin.
+    let (refused, code) = auditor_cli(
+        &b.token,
+        &[
+            "verify",
+            "--server",
+            &b.url,
+            "--checkpoint",
+            &cp,
+            "--public-key",
+            &b_key,
+        ],
+    );
+    assert_eq!(code, 2, "{refused}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("is not the key pinned in"),
+        "{refused}"
+    );
+    assert_eq!(std::fs::read_to_string(&pin).unwrap(), kept_pin);
+    // The original server still holds against its pinned key.
+    let (again, code) = auditor_cli(
+        &a.token,
+        &["verify", "--server", &a.url, "--checkpoint", &cp],
+    );
+    assert_eq!((code, &again["key"]), (0, &json!("pinned")), "{again}");
+
+    // Another auditor who first met the other server pinned the other key.
+    let theirs = file("theirs.checkpoint");
+    let (r, code) = auditor_cli(
+        &b.token,
+        &["verify", "--server", &b.url, "--checkpoint", &theirs],
+    );
+    assert_eq!(code, 0, "{r}");
+    let (compared, code) = auditor_cli(&a.token, &["checkpoint", "compare", &cp, &theirs]);
+    assert_eq!(code, 1, "{compared}");
+    assert!(
+        compared["reason"].as_str().unwrap().contains("differ"),
+        "{compared}"
+    );
+}
+
+/// The log's signing key is sealed at rest: its seed (unsealed here with the master key,
+/// the way the server does, and checked to be the key's by the public key it gives)
+/// appears in no file of the data dir, raw, in hex, in base64 (the form the sealed
+/// secret holds) or in the `PRIVATE+KEY` note form, while the public key is found in the
+/// key file by the same search (so the search can find what it looks for).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_signing_keys_seed_is_not_stored_in_the_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let fast = [("IDLEDGER_STH_INTERVAL_MS", "10")];
+    let mut serve = Serve::start_with(&data, None, &fast).await;
+    add_domains(&serve, &["sealed.example.com"]).await;
+    let head = head_of(&serve).await;
+    head_covering(&serve.http, &serve.url, &serve.token, head).await;
+    serve.stop();
+    let published = public_key_of(&data);
+
+    // The seed, unsealed from the key file with the data dir's master key.
+    let key_file = idledger::notary::key::key_path(&data);
+    let text = std::fs::read_to_string(&key_file).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "header, public key, sealed seed: {text}");
+    assert_eq!(lines[1], published);
+    let sealed: idledger_domain::SealedSecret =
+        idledger_domain::codec::decode_exact(&B64.decode(lines[2]).unwrap()).unwrap();
+    let (master, _) = idledger::secrets::MasterKey::load(&data, None, true).unwrap();
+    let keys = idledger::secrets::keystore::KeyFile::open(&data).unwrap();
+    let keyring = idledger::secrets::Keyring::open(master, std::sync::Arc::new(keys)).unwrap();
+    let subject = idledger_domain::StreamId::new("log-signing-key").unwrap();
+    let seed: [u8; 32] = B64
+        .decode(keyring.unseal(&subject, &sealed).unwrap().expose())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let name = published.split('+').next().unwrap();
+    let signing = idledger_replay::tree::LogSigningKey::from_seed(name, &seed).unwrap();
+    assert_eq!(
+        signing.public().to_string(),
+        published,
+        "the seed is the log's key's"
+    );
+
+    // Every form a 32-byte key is written in, found anywhere in `hay`.
+    let forms = |key: &[u8; 32]| -> Vec<(&'static str, Vec<u8>)> {
+        let url = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let bare = base64::engine::general_purpose::STANDARD_NO_PAD;
+        let note = [&[1u8][..], key].concat();
+        vec![
+            ("raw", key.to_vec()),
+            ("hex", hex::encode(key).into_bytes()),
+            ("HEX", hex::encode_upper(key).into_bytes()),
+            ("base64", bare.encode(key).into_bytes()),
+            ("base64url", url.encode(key).into_bytes()),
+            ("base64 of 0x01 ‖ key", bare.encode(&note).into_bytes()),
+        ]
+    };
+    let found = |hay: &[u8], key: &[u8; 32]| {
+        forms(key)
+            .into_iter()
+            .find(|(_, form)| hay.windows(form.len()).any(|w| w == form.as_slice()))
+            .map(|(name, _)| name)
+    };
+    let public = ed25519_dalek::SigningKey::from_bytes(&seed)
+        .verifying_key()
+        .to_bytes();
+    assert_eq!(
+        found(text.as_bytes(), &public),
+        Some("base64 of 0x01 ‖ key"),
+        "the search finds the public key where it is written"
+    );
+    let mut files = vec![data.clone()];
+    let mut scanned = 0;
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(
+            found(&bytes, &seed),
+            None,
+            "the log key's seed is in {} in the clear",
+            path.display()
+        );
+        scanned += 1;
+    }
+    assert!(scanned > 3, "{scanned} files scanned");
 }

@@ -175,6 +175,45 @@ mod tests {
         format!("{c:06}")
     }
 
+    /// The window is one step either side of now, no more: with RFC 6238's secret, at
+    /// times of its Appendix B, the codes of the steps before and after now pass (each
+    /// recorded as its own step) and those two or more steps away are refused as wrong.
+    /// The times are ones whose neighbouring steps' codes all differ, so no refusal can
+    /// be mistaken for a code that happened to match another step.
+    #[test]
+    fn the_window_is_one_step_either_side() {
+        let seed = b"12345678901234567890";
+        for t in [1111111109i64, 1234567890, 2000000000] {
+            let now = step_at(t);
+            let codes: Vec<u32> = (now - 4..=now + 4).map(|s| code(seed, s)).collect();
+            let mut distinct = codes.clone();
+            distinct.sort_unstable();
+            distinct.dedup();
+            assert_eq!(distinct.len(), codes.len(), "t={t}: {codes:?}");
+            for offset in -4i64..=4 {
+                let step = now.checked_add_signed(offset).unwrap();
+                let got = verify(seed, &show(code(seed, step)), t, None);
+                if offset.abs() <= 1 {
+                    assert_eq!(got, Ok(step), "t={t}, offset {offset}");
+                } else {
+                    assert_eq!(got, Err(CodeRefused::Wrong), "t={t}, offset {offset}");
+                }
+            }
+            // The same from the clock's side: the code of `t` passes until one step after
+            // its own and no further, and from one step before.
+            let typed = show(code(seed, now));
+            for offset in -3i64..=3 {
+                let at = t + offset * STEP_SECS;
+                let got = verify(seed, &typed, at, None);
+                assert_eq!(
+                    got.is_ok(),
+                    offset.abs() <= 1,
+                    "t={t}, at {offset} steps: {got:?}"
+                );
+            }
+        }
+    }
+
     proptest! {
         /// A code is accepted exactly within one step either side of its own step.
         #[test]
@@ -185,8 +224,12 @@ mod tests {
             let at = t + offset * STEP_SECS;
             match verify(&seed, &typed, at, None) {
                 Ok(s) => {
-                    prop_assert!(offset.abs() <= 1 || code(&seed, s) == code(&seed, step));
+                    // The step accepted is one the typed code belongs to, and within one
+                    // step of the verifier's now (the rule's ±1, written out: a wider
+                    // `SKEW` must fail here, not pass by the code having matched).
                     prop_assert_eq!(code(&seed, s), code(&seed, step));
+                    let now = step_at(at);
+                    prop_assert!(s.abs_diff(now) <= 1, "accepted step {} at now {}", s, now);
                 }
                 Err(e) => {
                     prop_assert_eq!(e, CodeRefused::Wrong);

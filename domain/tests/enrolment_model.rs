@@ -2,16 +2,23 @@
 //! one before), time passes, the user opens a link and begins, does the Entra step, and
 //! finishes with a passkey or an authenticator app; answers are lost (the browser tries
 //! again with the same credential or code), decisions are lost before they are appended
-//! (a crash), and admins deactivate and reactivate the user, turn SSO off and on and change
-//! the method. Every decision folds the log from scratch, as a restarted server does, and
-//! that state must equal the one folded step by step.
+//! (a crash), requests arrive late (decided, then appended after newer steps, as a slow
+//! request or a browser's second tab does), and admins deactivate and reactivate the user,
+//! turn SSO off and on and change the method. Every decision folds the log from scratch,
+//! as a restarted server does, and that state must equal the one folded step by step.
+//!
+//! A late request's append expects the version its decision folded, as
+//! `store::decide_and_append` does: when the stream has not moved it is appended as
+//! decided; when it has, the append is refused and the same command (with the time it was
+//! sent) is decided again on what is recorded now.
 //!
 //! After every step: a decision is accepted exactly when the model says (the link is the
-//! newest, unexpired and unused, the user may sign in, the step suits their method, the
-//! Entra step was done where the method needs it); a refused or crashed decision records
-//! nothing; a link completes at most once and only while it was open; no credential is
-//! registered twice; and a completed enrolment leaves the user a way to sign in with their
-//! method. The same model runs three broken rule sets, which must be caught.
+//! newest, unexpired at the request's time and unused, the user may sign in, the step suits
+//! their method, the Entra step was done where the method needs it); a refused or crashed
+//! decision records nothing; a link completes at most once and only while it was open; no
+//! credential is registered twice; and a completed enrolment leaves the user a way to sign
+//! in with their method. Three broken rule sets and an append that ignores the version
+//! must each be caught.
 
 mod common;
 
@@ -27,11 +34,26 @@ use std::collections::BTreeSet;
 
 type Decide = fn(&UserState, SignInCommand) -> Result<Vec<Event>, Rejection>;
 
+/// The rules a model run follows: the decisions, and whether a late append is held to
+/// the version its decision folded.
+#[derive(Clone, Copy)]
+struct Rules {
+    decide: Decide,
+    checks_version: bool,
+}
+
+const TODAY: Rules = Rules {
+    decide: signin::decide,
+    checks_version: true,
+};
+
 /// What the runs of the real rules went through, so that a model which never reaches an
 /// enrolment cannot pass as one that checks them: enrolments finished with a passkey and
-/// with an authenticator app, and retries of a credential whose answer was lost.
-static SEEN: [std::sync::atomic::AtomicU32; 3] =
-    [const { std::sync::atomic::AtomicU32::new(0) }; 3];
+/// with an authenticator app, retries of a credential whose answer was lost, late
+/// requests decided again because the stream had moved, and late requests appended as
+/// decided.
+static SEEN: [std::sync::atomic::AtomicU32; 5] =
+    [const { std::sync::atomic::AtomicU32::new(0) }; 5];
 
 fn seen(m: &Model, what: usize) {
     if m.counting {
@@ -48,6 +70,9 @@ enum Fate {
     Lost,
     /// Decided but never appended: the server crashed first.
     Crashed,
+    /// Decided, and held: its append (and so its answer) arrives at a later
+    /// [`Step::Land`], after whatever steps came between.
+    Late,
 }
 
 #[derive(Clone, Debug)]
@@ -69,7 +94,7 @@ enum Step {
         n: usize,
     },
     /// The user registers a passkey through link `n`: a new one, or again the last one
-    /// whose answer was lost.
+    /// whose answer was lost (or is late).
     Passkey {
         n: usize,
         again: bool,
@@ -80,6 +105,10 @@ enum Step {
     Totp {
         n: usize,
         fate: Fate,
+    },
+    /// One of the held (late) requests arrives at the log.
+    Land {
+        pick: usize,
     },
     Deactivate,
     Reactivate,
@@ -94,6 +123,7 @@ fn fate() -> impl Strategy<Value = Fate> {
         6 => Just(Fate::Answered),
         2 => Just(Fate::Lost),
         2 => Just(Fate::Crashed),
+        2 => Just(Fate::Late),
     ]
 }
 
@@ -129,6 +159,7 @@ fn step() -> impl Strategy<Value = Step> {
         5 => (pick(), any::<bool>(), any::<bool>(), fate())
             .prop_map(|(n, again, hardware, fate)| Step::Passkey { n, again, hardware, fate }),
         4 => (pick(), fate()).prop_map(|(n, fate)| Step::Totp { n, fate }),
+        3 => (0usize..4).prop_map(|pick| Step::Land { pick }),
         1 => Just(Step::Deactivate),
         1 => Just(Step::Reactivate),
         1 => Just(Step::SsoOff),
@@ -149,9 +180,129 @@ fn sealed() -> SealedSecret {
     }
 }
 
+/// What the browser asked through link `n`, with what it claimed (the Entra step done)
+/// when it sent the request: a late request carries its claim and its time unchanged.
+#[derive(Clone, Debug)]
+enum Request {
+    Begin {
+        n: usize,
+        step: EnrolmentStep,
+        entra: bool,
+    },
+    Passkey {
+        n: usize,
+        credential: String,
+        hardware: bool,
+        entra: bool,
+    },
+    Totp {
+        n: usize,
+        code_step: u64,
+        entra: bool,
+    },
+}
+
+impl Request {
+    fn command(&self, at: DateTime<Utc>) -> SignInCommand {
+        match self.clone() {
+            Request::Begin { n, step, entra } => SignInCommand::StartEnrolment {
+                link_id: link_id(n),
+                step,
+                entra_done: entra,
+                at,
+            },
+            Request::Passkey {
+                n,
+                credential,
+                hardware,
+                entra,
+            } => SignInCommand::RegisterPasskey {
+                enrolment: Some((link_id(n), entra)),
+                passkey: PasskeyRegistered {
+                    credential_id: credential,
+                    name: "Key".into(),
+                    sealed_public_key: sealed(),
+                    algorithm: -7,
+                    attachment: Some(if hardware {
+                        Attachment::CrossPlatform
+                    } else {
+                        Attachment::Platform
+                    }),
+                    sign_count: 0,
+                },
+                user_verified: true,
+                at,
+            },
+            Request::Totp {
+                n,
+                code_step,
+                entra,
+            } => SignInCommand::EnrolTotp {
+                enrolment: Some((link_id(n), entra)),
+                sealed_seed: sealed(),
+                step: code_step,
+                at,
+            },
+        }
+    }
+
+    /// Whether the model accepts this request, decided on what is recorded now, for a
+    /// request sent at `at`.
+    fn expected(&self, m: &Model, at: DateTime<Utc>) -> bool {
+        match *self {
+            Request::Begin { n, step, entra } => {
+                let suits = match (m.method, step) {
+                    (SsoMethod::Passwordless, EnrolmentStep::Passkey) => true,
+                    (SsoMethod::Passwordless, _) => false,
+                    (SsoMethod::PasswordAndSecondFactor, EnrolmentStep::Passkey) => entra,
+                    (SsoMethod::PasswordAndSecondFactor, _) => true,
+                };
+                m.open(n, at) && m.may_sign_in() && suits
+            }
+            Request::Passkey {
+                n,
+                ref credential,
+                entra,
+                ..
+            } => {
+                !m.passkeys.contains(credential)
+                    && m.may_sign_in()
+                    && m.open(n, at)
+                    && m.passkeys.len() < MAX_PASSKEYS
+                    && (m.method == SsoMethod::Passwordless || entra)
+            }
+            Request::Totp {
+                n,
+                code_step,
+                entra,
+            } => {
+                // A code of a step already used is refused, unless it replaces the app
+                // (its first code may fall in the old one's step).
+                let fresh = m.totp || m.totp_step.is_none_or(|u| code_step > u);
+                m.may_sign_in()
+                    && m.method == SsoMethod::PasswordAndSecondFactor
+                    && fresh
+                    && entra
+                    && m.open(n, at)
+            }
+        }
+    }
+}
+
+/// A request decided and not yet appended.
+#[derive(Debug)]
+struct Held {
+    request: Request,
+    /// When it was sent (the `at` of its command).
+    at: DateTime<Utc>,
+    /// The log's length its decision folded: the version its append expects.
+    version: usize,
+    events: Vec<Event>,
+}
+
 /// What the model knows, independently of the engine's state.
 struct Model {
-    decide: Decide,
+    rules: Rules,
     /// Counted in [`SEEN`] (the real rules' runs only).
     counting: bool,
     stream: common::UserLog,
@@ -171,14 +322,16 @@ struct Model {
     last_credential: Option<String>,
     next_credential: u32,
     totp: bool,
-    /// The last authenticator code step recorded.
+    /// The newest authenticator code step recorded.
     totp_step: Option<u64>,
+    /// Requests decided and on their way to the log.
+    held: Vec<Held>,
 }
 
 impl Model {
-    fn new(decide: Decide, method: SsoMethod, counting: bool) -> Model {
+    fn new(rules: Rules, method: SsoMethod, counting: bool) -> Model {
         let mut m = Model {
-            decide,
+            rules,
             counting,
             stream: common::UserLog::default(),
             now: Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
@@ -193,6 +346,7 @@ impl Model {
             next_credential: 0,
             totp: false,
             totp_step: None,
+            held: Vec::new(),
         };
         m.append(common::imported_user(
             DomainId(uuid::Uuid::from_u128(0xd0)),
@@ -217,41 +371,122 @@ impl Model {
         self.append(vec![UserSsoOverrideSet { sso: Some(sso) }.into()]);
     }
 
-    /// Whether link `n` is open now: the newest, unexpired, unused.
-    fn open(&self, n: usize) -> bool {
-        self.sent.len() == n + 1 && !self.used && self.now < self.sent[n].1
+    /// Whether link `n` is open for a request sent at `at`: the newest, unused, and not
+    /// expired by then.
+    fn open(&self, n: usize, at: DateTime<Utc>) -> bool {
+        self.sent.len() == n + 1 && !self.used && at < self.sent[n].1
     }
 
     fn may_sign_in(&self) -> bool {
         !self.deactivated && self.sso_on
     }
 
-    /// Decides `command` on the folded state; appends per `fate`. Checks the outcome
-    /// against `expected` and that nothing is recorded unless it was accepted and appended.
-    fn decide(
-        &mut self,
-        command: SignInCommand,
-        fate: Fate,
-        expected: bool,
+    /// Decides `request` (sent now) on the folded state, checks the outcome against the
+    /// model, and appends per `fate`. Answers whether it was appended.
+    fn decide(&mut self, request: Request, fate: Fate) -> Result<bool, String> {
+        let at = self.now;
+        let version = self.stream.log.len();
+        let Some(events) = self.decide_checked(&request, at)? else {
+            return Ok(false);
+        };
+        match fate {
+            Fate::Crashed => Ok(false),
+            Fate::Late => {
+                self.held.push(Held {
+                    request,
+                    at,
+                    version,
+                    events,
+                });
+                Ok(false)
+            }
+            Fate::Answered | Fate::Lost => self.accept(&request, events, version).map(|()| true),
+        }
+    }
+
+    /// Decides `request`, sent at `at`, on what is recorded now; fails when the decision
+    /// is not the model's. Answers the events of an accepted one.
+    fn decide_checked(
+        &self,
+        request: &Request,
+        at: DateTime<Utc>,
     ) -> Result<Option<Vec<Event>>, String> {
-        let before = self.stream.log.len();
-        let decided = (self.decide)(&self.folded(), command.clone());
+        let expected = request.expected(self, at);
+        let command = request.command(at);
+        let decided = (self.rules.decide)(&self.folded(), command.clone());
         if decided.is_ok() != expected {
             return Err(format!(
                 "model expects {}, decided {decided:?} for {command:?}",
                 if expected { "acceptance" } else { "refusal" }
             ));
         }
-        let Ok(events) = decided else {
-            return Ok(None);
-        };
-        match fate {
-            Fate::Crashed => Ok(None),
-            Fate::Answered | Fate::Lost => {
-                self.append(events.clone());
-                debug_assert!(self.stream.log.len() >= before);
-                Ok(Some(events))
+        Ok(decided.ok())
+    }
+
+    /// Appends the `events` decided for `request` on the log's first `version` records,
+    /// checks they are what such a decision records, and takes the model's side of them.
+    fn accept(
+        &mut self,
+        request: &Request,
+        events: Vec<Event>,
+        version: usize,
+    ) -> Result<(), String> {
+        match *request {
+            Request::Begin { n, .. } => {
+                let started_before = self.stream.log[..version]
+                    .iter()
+                    .any(|e| matches!(e, Event::EnrolmentStarted(s) if s.link_id == link_id(n)));
+                let kinds: Vec<&str> = events.iter().map(Event::kind).collect();
+                let want: &[&str] = if started_before {
+                    &[]
+                } else {
+                    &["EnrolmentStarted"]
+                };
+                if kinds != want {
+                    return Err(format!("a beginning recorded {kinds:?}"));
+                }
+                self.append(events);
             }
+            Request::Passkey {
+                n, ref credential, ..
+            } => {
+                self.finished(&events, n)?;
+                self.append(events);
+                self.passkeys.insert(credential.clone());
+                seen(self, 0);
+            }
+            Request::Totp { n, code_step, .. } => {
+                self.finished(&events, n)?;
+                self.append(events);
+                self.totp = true;
+                // The newest step counts: a late app's older code does not make a newer
+                // one usable again.
+                self.totp_step = self.totp_step.max(Some(code_step));
+                seen(self, 1);
+            }
+        }
+        Ok(())
+    }
+
+    /// A held request arrives: appended as decided if the stream has not moved since its
+    /// decision; otherwise refused by the version check and decided again now (with the
+    /// time it was sent), as `store::decide_and_append` does.
+    fn land(&mut self, pick: usize) -> Result<(), String> {
+        if self.held.is_empty() {
+            return Ok(());
+        }
+        let held = self.held.remove(pick % self.held.len());
+        if self.stream.log.len() == held.version || !self.rules.checks_version {
+            if self.stream.log.len() == held.version {
+                seen(self, 4);
+            }
+            return self.accept(&held.request, held.events, held.version);
+        }
+        seen(self, 3);
+        let version = self.stream.log.len();
+        match self.decide_checked(&held.request, held.at)? {
+            Some(events) => self.accept(&held.request, events, version),
+            None => Ok(()),
         }
     }
 
@@ -273,8 +508,14 @@ impl Model {
         }
     }
 
+    /// Runs one step, then checks what must hold after every step, whatever the step did
+    /// (nothing included).
     fn run(&mut self, step: &Step) -> Result<(), String> {
-        let logged = self.stream.log.len();
+        self.step(step)?;
+        self.check()
+    }
+
+    fn step(&mut self, step: &Step) -> Result<(), String> {
         let newest = self.sent.len().saturating_sub(1);
         let step = &match step.clone() {
             Step::Begin {
@@ -324,33 +565,7 @@ impl Model {
                     return Ok(());
                 }
                 let entra = self.entra_done.contains(&link_id(n));
-                let suits = match (self.method, step) {
-                    (SsoMethod::Passwordless, EnrolmentStep::Passkey) => true,
-                    (SsoMethod::Passwordless, _) => false,
-                    (SsoMethod::PasswordAndSecondFactor, EnrolmentStep::Passkey) => entra,
-                    (SsoMethod::PasswordAndSecondFactor, _) => true,
-                };
-                let expected = self.open(n) && self.may_sign_in() && suits;
-                let command = SignInCommand::StartEnrolment {
-                    link_id: link_id(n),
-                    step,
-                    entra_done: entra,
-                    at: self.now,
-                };
-                if let Some(events) = self.decide(command, fate, expected)? {
-                    let started_before = self.stream.log[..logged].iter().any(
-                        |e| matches!(e, Event::EnrolmentStarted(s) if s.link_id == link_id(n)),
-                    );
-                    let kinds: Vec<&str> = events.iter().map(Event::kind).collect();
-                    let want: &[&str] = if started_before {
-                        &[]
-                    } else {
-                        &["EnrolmentStarted"]
-                    };
-                    if kinds != want {
-                        return Err(format!("a beginning recorded {kinds:?}"));
-                    }
-                }
+                self.decide(Request::Begin { n, step, entra }, fate)?;
             }
             Step::Entra { n } => {
                 // The page begins the Entra step (recorded like any beginning) and Entra
@@ -358,16 +573,12 @@ impl Model {
                 if n >= self.sent.len() {
                     return Ok(());
                 }
-                let expected = self.open(n)
-                    && self.may_sign_in()
-                    && self.method == SsoMethod::PasswordAndSecondFactor;
-                let command = SignInCommand::StartEnrolment {
-                    link_id: link_id(n),
+                let begin = Request::Begin {
+                    n,
                     step: EnrolmentStep::Entra,
-                    entra_done: false,
-                    at: self.now,
+                    entra: false,
                 };
-                if self.decide(command, Fate::Answered, expected)?.is_some() {
+                if self.decide(begin, Fate::Answered)? {
                     self.entra_done.insert(link_id(n));
                 }
             }
@@ -387,38 +598,18 @@ impl Model {
                         format!("cred-{}", self.next_credential)
                     }
                 };
-                let entra = self.entra_done.contains(&link_id(n));
-                let expected = !self.passkeys.contains(&credential)
-                    && self.may_sign_in()
-                    && self.open(n)
-                    && self.passkeys.len() < MAX_PASSKEYS
-                    && (self.method == SsoMethod::Passwordless || entra);
-                let command = SignInCommand::RegisterPasskey {
-                    enrolment: Some((link_id(n), entra)),
-                    passkey: PasskeyRegistered {
-                        credential_id: credential.clone(),
-                        name: "Key".into(),
-                        sealed_public_key: sealed(),
-                        algorithm: -7,
-                        attachment: Some(if hardware {
-                            Attachment::CrossPlatform
-                        } else {
-                            Attachment::Platform
-                        }),
-                        sign_count: 0,
-                    },
-                    user_verified: true,
-                    at: self.now,
-                };
                 if again && self.passkeys.contains(&credential) {
                     seen(self, 2);
                 }
                 self.last_credential = Some(credential.clone());
-                if let Some(events) = self.decide(command, fate, expected)? {
-                    self.passkeys.insert(credential);
-                    self.finished(&events, n)?;
-                    seen(self, 0);
-                }
+                let entra = self.entra_done.contains(&link_id(n));
+                let request = Request::Passkey {
+                    n,
+                    credential,
+                    hardware,
+                    entra,
+                };
+                self.decide(request, fate)?;
             }
             Step::Totp { n, fate } => {
                 if n >= self.sent.len() {
@@ -426,27 +617,16 @@ impl Model {
                 }
                 let code_step = (self.now.timestamp() / 30) as u64;
                 let entra = self.entra_done.contains(&link_id(n));
-                // A code of a step already used is refused, unless it replaces the app
-                // (its first code may fall in the old one's step).
-                let fresh = self.totp || self.totp_step.is_none_or(|u| code_step > u);
-                let expected = self.may_sign_in()
-                    && self.method == SsoMethod::PasswordAndSecondFactor
-                    && fresh
-                    && entra
-                    && self.open(n);
-                let command = SignInCommand::EnrolTotp {
-                    enrolment: Some((link_id(n), entra)),
-                    sealed_seed: sealed(),
-                    step: code_step,
-                    at: self.now,
-                };
-                if let Some(events) = self.decide(command, fate, expected)? {
-                    self.totp = true;
-                    self.totp_step = Some(code_step);
-                    self.finished(&events, n)?;
-                    seen(self, 1);
-                }
+                self.decide(
+                    Request::Totp {
+                        n,
+                        code_step,
+                        entra,
+                    },
+                    fate,
+                )?;
             }
+            Step::Land { pick } => self.land(pick)?,
             Step::Deactivate => {
                 if !self.deactivated {
                     self.append(vec![UserDeactivated { reason: None }.into()]);
@@ -472,7 +652,7 @@ impl Model {
                 self.set_sso();
             }
         }
-        self.check()
+        Ok(())
     }
 
     /// What must hold of the log and the state after every step.
@@ -500,10 +680,22 @@ impl Model {
         if !completed.is_subset(&started) {
             return Err("a link completed without beginning".into());
         }
+        // The engine's state agrees with the model's on what is registered.
+        let s = &self.stream.running.signin;
+        if s.passkeys.keys().cloned().collect::<BTreeSet<_>>() != self.passkeys
+            || s.totp != self.totp
+        {
+            return Err(format!(
+                "the engine holds passkeys {:?} and an app {}, the model {:?} and {}",
+                s.passkeys.keys().collect::<Vec<_>>(),
+                s.totp,
+                self.passkeys,
+                self.totp
+            ));
+        }
         // Whoever finished enrolling has what their method asks for (until an admin
         // changes the method: then the next invite enrols them again).
         if !completed.is_empty() {
-            let s = &self.stream.running.signin;
             let usable = !s.passkeys.is_empty() || s.totp;
             if !usable {
                 return Err("enrolled with nothing to sign in with".into());
@@ -514,30 +706,32 @@ impl Model {
 }
 
 fn run_model(
-    decide: Decide,
+    rules: Rules,
     cases: u32,
     counting: bool,
 ) -> Result<(), TestError<(SsoMethod, Vec<Step>)>> {
     common::runner(cases).run(
         &(method(), proptest::collection::vec(step(), 1..80)),
         |(method, steps)| {
-            let mut m = Model::new(decide, method, counting);
+            let mut m = Model::new(rules, method, counting);
             common::each_step(&steps, |s| m.run(s))
         },
     )
 }
 
 #[test]
-fn enrolment_holds_under_lost_answers_crashes_expiry_and_admin_changes() {
-    if let Err(e) = run_model(signin::decide, 2000, true) {
+fn enrolment_holds_under_lost_answers_crashes_late_requests_expiry_and_admin_changes() {
+    if let Err(e) = run_model(TODAY, 2000, true) {
         panic!("{e}");
     }
     let seen = SEEN
         .each_ref()
         .map(|n| n.load(std::sync::atomic::Ordering::Relaxed));
+    // Late requests that land on an unmoved stream are the rarer kind (about 75 in a run).
+    let least = [50, 50, 50, 50, 20];
     assert!(
-        seen.iter().all(|n| *n >= 50),
-        "too few enrolments reached: {seen:?}"
+        seen.iter().zip(least).all(|(n, least)| *n >= least),
+        "too few enrolments, retries or late requests reached: {seen:?}, want {least:?}"
     );
 }
 
@@ -629,16 +823,28 @@ fn ignores_status(s: &UserState, c: SignInCommand) -> Result<Vec<Event>, Rejecti
 
 #[test]
 fn the_model_catches_broken_rules() {
-    for (name, broken) in [
-        ("links never expire", links_never_expire as Decide),
+    let broken = |decide: Decide| Rules {
+        decide,
+        checks_version: true,
+    };
+    for (name, rules) in [
+        ("links never expire", broken(links_never_expire)),
         (
             "the Entra step is taken on trust",
-            trusts_the_entra_claim as Decide,
+            broken(trusts_the_entra_claim),
         ),
-        ("status and SSO ignored", ignores_status as Decide),
+        ("status and SSO ignored", broken(ignores_status)),
+        // Only late requests tell this one: a decision appended after the stream moved.
+        (
+            "a late decision appended without the version check",
+            Rules {
+                decide: signin::decide,
+                checks_version: false,
+            },
+        ),
     ] {
         assert!(
-            run_model(broken, 2048, false).is_err(),
+            run_model(rules, 2048, false).is_err(),
             "the model did not catch: {name}"
         );
     }

@@ -264,6 +264,13 @@ async fn enrol_alex_with_code(w: &World, alex: &str) -> (Visitor, String, String
     let (s, page, _) = v.get(&link).await;
     assert_eq!(s, StatusCode::OK, "{page}");
     assert!(page.contains("<h1>Alex Wilber</h1>"), "{page}");
+    // Who the user is: name, principal name, domain.
+    assert!(
+        page.contains(&format!(
+            "<p class=\"who\">{ALEX} · contoso.onmicrosoft.com</p>"
+        )),
+        "{page}"
+    );
     // The controls by the names SIGNIN.md gives them.
     for name in [
         ">Sign in with Entra ID</button>",
@@ -821,9 +828,11 @@ async fn enrolment_links_that_do_not_work_say_why_and_change_nothing() {
     record_alex_invite(&w, &alex, expired, -chrono::Duration::minutes(1)).await;
     let used = "used-link-secret";
     let link_id = record_alex_invite(&w, &alex, used, chrono::Duration::hours(1)).await;
+    let head = w.head().await;
     let (s, page, _) = v.get(&format!("{}/enrol/{expired}", w.app.public)).await;
     assert_eq!(s, StatusCode::GONE);
     assert!(page.contains("newer invite replaced"), "{page}");
+    assert_eq!(w.head().await, head, "opening a replaced, expired link");
     crate::support::append(
         &*w.app.state.engine.log,
         alex_id,
@@ -836,16 +845,37 @@ async fn enrolment_links_that_do_not_work_say_why_and_change_nothing() {
     )
     .await;
     w.app.state.engine.settle().await.unwrap();
+    let head = w.head().await;
     let (s, page, _) = v.get(&format!("{}/enrol/{used}", w.app.public)).await;
     assert_eq!(s, StatusCode::GONE);
     assert!(page.contains("was used already"), "{page}");
+    // A ceremony begun on it is refused alike, and records nothing.
+    let (s, b) = v
+        .post_json(
+            &format!("{}/enrol/{used}/passkey/options", w.app.public),
+            &second_csrf,
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::GONE, "{b}");
+    assert_eq!(w.head().await, head, "opening a used link");
 
     // An expired link as the newest one.
     let latest = "latest-expired-secret";
     record_alex_invite(&w, &alex, latest, -chrono::Duration::seconds(1)).await;
+    let head = w.head().await;
     let (s, page, _) = v.get(&format!("{}/enrol/{latest}", w.app.public)).await;
     assert_eq!(s, StatusCode::GONE);
     assert!(page.contains("has expired"), "{page}");
+    let (s, b) = v
+        .post_json(
+            &format!("{}/enrol/{latest}/passkey/options", w.app.public),
+            &second_csrf,
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::GONE, "{b}");
+    assert_eq!(w.head().await, head, "opening an expired link");
 
     // A deactivated user's link leads to no enrolment.
     let (s, _) = w
@@ -925,6 +955,85 @@ async fn a_new_authenticator_app_from_an_invite_replaces_the_old_one_and_its_ses
     assert_eq!(new.get(&me).await.0, StatusCode::OK);
     let kinds = w.kinds(&alex).await;
     assert!(kinds.iter().any(|k| k == "TotpRemoved"), "{kinds:?}");
+}
+
+/// The authenticator app is removed from the user's page (`/me/totp/remove`), but not
+/// while it is the last second factor of a user who signs in with a password and a second
+/// factor: with a passkey beside it, it goes, the other browsers signed in go with it, and
+/// its codes sign no one in afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_authenticator_app_is_removed_from_me_unless_it_is_the_last_second_factor() {
+    let (w, _, alex) = signin_world().await;
+    let (mut v, secret) = enrol_alex(&w, &alex).await;
+    let me = format!("{}/me", w.app.public);
+    let remove = format!("{me}/totp/remove");
+    let (_, page, _) = v.get(&me).await;
+    assert!(page.contains("action=\"/me/totp/remove\""), "{page}");
+    let session_csrf = session_csrf_of(&page);
+    let flow_csrf = csrf_of(&page);
+
+    // The only second factor: refused, saying why, and nothing recorded.
+    let before = w.kinds(&alex).await;
+    let (s, page, _) = v.post_form(&remove, &[("csrf", &session_csrf)]).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{page}");
+    assert!(page.contains("last second factor"), "{page}");
+    assert_eq!(w.kinds(&alex).await, before);
+    // Nor without the session's CSRF token.
+    let (s, _, _) = v.post_form(&remove, &[("csrf", "forged")]).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert_eq!(w.kinds(&alex).await, before);
+
+    // A passkey beside it; and another browser signed in with a code.
+    let (s, options) = v
+        .post_json(&format!("{me}/passkeys/options"), &flow_csrf, json!({}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{options}");
+    let credential = SoftKey::new().register(&options, &w.app.public);
+    let (s, b) = v
+        .post_json(
+            &format!("{me}/passkeys"),
+            &flow_csrf,
+            json!({"credential": credential}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let mut other = Visitor::new();
+    let page = entra_sign_in(&w, &mut other, ALEX, ALEX_PASSWORD).await;
+    let next = totp_code(&secret, chrono::Utc::now().timestamp() + 30);
+    let (s, to) = type_code(&w, &mut other, &page, &next).await;
+    assert_eq!((s, to.as_str()), (StatusCode::SEE_OTHER, "/me"));
+
+    // Now it goes: recorded, gone from the page, and the other browser is out.
+    let before = w.kinds(&alex).await;
+    let (s, page, _) = v.post_form(&remove, &[("csrf", &session_csrf)]).await;
+    assert_eq!(s, StatusCode::OK, "{page}");
+    assert!(
+        page.contains("The authenticator app was removed."),
+        "{page}"
+    );
+    assert!(!page.contains("action=\"/me/totp/remove\""), "{page}");
+    assert_eq!(w.kinds(&alex).await[before.len()..], ["TotpRemoved"]);
+    assert_eq!(v.get(&me).await.0, StatusCode::OK);
+    let (s, _, to) = other.get(&me).await;
+    assert_eq!((s, to.as_deref()), (StatusCode::SEE_OTHER, Some("/signin")));
+
+    // After Entra, only the passkey is offered; a code of the removed app signs no one in.
+    let mut v = Visitor::new();
+    let page = entra_sign_in(&w, &mut v, ALEX, ALEX_PASSWORD).await;
+    assert!(
+        page.contains("Use a passkey") && !page.contains("action=\"/signin/totp\""),
+        "{page}"
+    );
+    let code = totp_code(&secret, chrono::Utc::now().timestamp() + 30);
+    let (s, text) = type_code(&w, &mut v, &page, &code).await;
+    assert_ne!(s, StatusCode::SEE_OTHER, "{text}");
+    assert!(s.is_client_error(), "{s}: {text}");
+    let (s, _, _) = v.get(&me).await;
+    assert_eq!(
+        s,
+        StatusCode::SEE_OTHER,
+        "signed in by a removed app's code"
+    );
 }
 
 #[tokio::test]
@@ -1049,6 +1158,51 @@ async fn sign_in_cookies_are_secure_when_the_public_origin_is_https() {
     );
 }
 
+/// WebDriver's "Add Credential" (W3C WebAuthn §11.5), which `support::browser` has no
+/// call for: puts a discoverable credential on a virtual authenticator.
+#[derive(Debug)]
+struct AddCredential {
+    authenticator: String,
+    body: Value,
+}
+
+impl fantoccini::wd::WebDriverCompatibleCommand for AddCredential {
+    fn endpoint(
+        &self,
+        base_url: &reqwest::Url,
+        session_id: Option<&str>,
+    ) -> Result<reqwest::Url, <reqwest::Url as std::str::FromStr>::Err> {
+        base_url.join(&format!(
+            "session/{}/webauthn/authenticator/{}/credential",
+            session_id.unwrap_or_default(),
+            self.authenticator
+        ))
+    }
+
+    fn method_and_body(&self, _: &reqwest::Url) -> (Method, Option<String>) {
+        (Method::POST, Some(self.body.to_string()))
+    }
+}
+
+/// Puts `credential` (as "Get Credentials" answers it: id, private key, counter) on
+/// `authenticator`, made out to the user whose handle is `user_handle` (base64url).
+async fn add_credential(b: &Browser, authenticator: &str, credential: &Value, user_handle: &str) {
+    b.client
+        .issue_cmd(AddCredential {
+            authenticator: authenticator.to_owned(),
+            body: json!({
+                "credentialId": credential["credentialId"],
+                "isResidentCredential": true,
+                "rpId": credential["rpId"],
+                "privateKey": credential["privateKey"],
+                "userHandle": user_handle,
+                "signCount": credential["signCount"],
+            }),
+        })
+        .await
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_enrols_a_passkey_from_an_invite_and_signs_in_with_it_in_chromium() {
     let (w, adele, alex) = signin_world().await;
@@ -1059,6 +1213,13 @@ async fn a_user_enrols_a_passkey_from_an_invite_and_signs_in_with_it_in_chromium
 
     b.goto(&link).await;
     b.wait_text("h1", "Adele Vance").await;
+    // Who she is: her principal name and her domain beside her name.
+    let who = b.wait_text("p.who", ADELE).await;
+    assert_eq!(
+        who.split(" · ").map(str::trim).collect::<Vec<_>>(),
+        [ADELE, "contoso.onmicrosoft.com"],
+        "{who}"
+    );
     b.fill("#passkey-name", "Hideez Key").await;
     b.click("button[data-webauthn=register]").await;
     b.wait_text("h1", "Adele Vance").await;
@@ -1082,6 +1243,39 @@ async fn a_user_enrols_a_passkey_from_an_invite_and_signs_in_with_it_in_chromium
     b.goto(&link).await;
     b.wait_text("[role=alert]", "was used already").await;
     assert!(b.present("a[href='/me']").await);
+
+    // A passkey of another user: Adele's credential (her key pair, her credential id), on
+    // an authenticator that holds it as Alex's. Signing in with it is refused on the page,
+    // signs no one in, and is on record on the stream of the credential's holder only.
+    b.click("form[action='/signout'] button").await;
+    b.wait_text("h1", "Sign in").await;
+    let adeles = b.authenticator_credentials(&key).await.remove(0);
+    b.remove_authenticator(&key).await;
+    let copy = b.add_authenticator("usb").await;
+    let alex_handle = B64.encode(uuid::Uuid::parse_str(&alex).unwrap().as_bytes());
+    add_credential(&b, &copy, &adeles, &alex_handle).await;
+    let (adele_before, alex_before) = (w.kinds(&adele).await, w.kinds(&alex).await);
+    b.click("button[data-webauthn=signin]").await;
+    b.wait_text("[role=alert]", "could not be verified").await;
+    assert!(b.url().await.ends_with("/signin"));
+    assert_eq!(
+        b.authenticator_credentials(&copy).await.len(),
+        1,
+        "the authenticator answered with the copy"
+    );
+    b.goto(&format!("{}/me", w.app.public)).await;
+    b.wait_text("h1", "Sign in").await;
+    let adele_after = w.events(&adele).await;
+    let new: Vec<&Value> = adele_after[adele_before.len()..].iter().collect();
+    assert_eq!(new.len(), 1, "{new:?}");
+    assert_eq!(new[0]["kind"], "SignInFailed", "{new:?}");
+    assert!(new[0].to_string().contains("unknown_credential"), "{new:?}");
+    assert_eq!(w.kinds(&alex).await, alex_before);
+    // Her own passkey back, as her authenticator held it, for what follows.
+    b.remove_authenticator(&copy).await;
+    let key = b.add_authenticator("usb").await;
+    let handle = adeles["userHandle"].as_str().unwrap().to_owned();
+    add_credential(&b, &key, &adeles, &handle).await;
 
     // An admin deactivates her: the open session ends, and the passkey no longer signs in.
     let (s, _) = w

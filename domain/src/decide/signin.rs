@@ -838,6 +838,7 @@ fn sign_in(s: &UserState, proof: Proof, app: Option<String>, at: DateTime<Utc>) 
 
 #[cfg(test)]
 mod tests {
+    use super::super::spec::{given, Stream, Then};
     use super::super::user::evolve as fold;
     use super::*;
     use proptest::prelude::*;
@@ -1309,6 +1310,181 @@ mod tests {
             }
         )
         .is_ok());
+    }
+
+    /// A user's stream under sign-in commands, for `given(…).when(…).then(…)`.
+    struct SignInStream;
+
+    impl Stream for SignInStream {
+        type State = UserState;
+        type Command = SignInCommand;
+        fn evolve(state: UserState, event: &Event) -> UserState {
+            fold(state, event)
+        }
+        fn decide(state: &UserState, command: SignInCommand) -> Result<Vec<Event>, Rejection> {
+            decide(state, command)
+        }
+    }
+
+    /// The records of a user signed up with `method` (as [`signed_up`] folds them): a
+    /// passkey `c1` that signed last at 1, and for a password user an authenticator app.
+    fn signed_up_events(method: SsoMethod) -> Vec<Event> {
+        let mut events = vec![
+            UserDiscovered {
+                user_id: UserId(uuid::Uuid::from_u128(4)),
+                domain_id: DomainId(uuid::Uuid::from_u128(1)),
+                external_id: "x".into(),
+                attributes: UserAttributes::default(),
+            }
+            .into(),
+            UserImported {
+                sso: SsoSettings {
+                    enabled: true,
+                    method,
+                },
+            }
+            .into(),
+            passkey("c1", Attachment::Platform).into(),
+        ];
+        if method == SsoMethod::PasswordAndSecondFactor {
+            events.push(
+                TotpEnrolled {
+                    sealed_seed: sealed(),
+                    step: 1,
+                }
+                .into(),
+            );
+        }
+        events
+    }
+
+    /// A counted failure of the passkey at `at` (a copy of it whose counter went back).
+    fn passkey_failed(at: DateTime<Utc>) -> Event {
+        SignInFailed {
+            factor: Factor::Passkey,
+            reason: SignInFailure::CounterWentBack,
+            app: None,
+            at,
+        }
+        .into()
+    }
+
+    /// A passwordless user whose passkey failed at each of `ago` before `at`; `at`, the
+    /// fifth attempt, fails too (its counter went back).
+    fn fifth_failure(ago: [Duration; 4], at: DateTime<Utc>) -> Then {
+        let mut past = signed_up_events(SsoMethod::Passwordless);
+        past.extend(ago.iter().map(|d| passkey_failed(at - *d)));
+        given::<SignInStream>(&past).when(SignInCommand::SignIn {
+            proof: by_passkey(1),
+            app: None,
+            at,
+        })
+    }
+
+    fn failed_only(at: DateTime<Utc>) -> Vec<Event> {
+        vec![passkey_failed(at)]
+    }
+
+    fn failed_and_locked(at: DateTime<Utc>) -> Vec<Event> {
+        vec![
+            passkey_failed(at),
+            SignInLocked {
+                factor: Factor::Passkey,
+                until: at + LOCK_FOR,
+            }
+            .into(),
+        ]
+    }
+
+    /// Five failures within five minutes lock the factor for fifteen minutes.
+    #[test]
+    fn five_failures_within_five_minutes_lock() {
+        let at = t0() + Duration::hours(1);
+        let m = Duration::minutes;
+        fifth_failure([m(4), m(3), m(2), m(1)], at).then(failed_and_locked(at));
+        // The oldest a moment inside the window still counts.
+        let just_inside = FAILURE_WINDOW - Duration::seconds(1);
+        fifth_failure([just_inside; 4], at).then(failed_and_locked(at));
+    }
+
+    /// Five failures spread over more than five minutes lock nothing: only those of the
+    /// last five minutes count.
+    #[test]
+    fn five_failures_spread_over_more_than_five_minutes_do_not_lock() {
+        let at = t0() + Duration::hours(1);
+        let m = Duration::minutes;
+        // Two minutes apart: eight minutes from the first to the fifth, three in any window.
+        fifth_failure([m(8), m(6), m(4), m(2)], at).then(failed_only(at));
+        // Four in a burst long ago, then one more.
+        fifth_failure([m(30), m(30), m(30), m(30)], at).then(failed_only(at));
+    }
+
+    /// The edge: four failures exactly five minutes before (the first moment they are out
+    /// of the window) and a new one lock nothing, where a second later they would have.
+    #[test]
+    fn failures_just_outside_the_window_do_not_count() {
+        let at = t0() + Duration::hours(1);
+        fifth_failure([FAILURE_WINDOW; 4], at).then(failed_only(at));
+        let s = Duration::seconds;
+        let out = FAILURE_WINDOW;
+        fifth_failure([out + s(3), out + s(2), out + s(1), out], at).then(failed_only(at));
+    }
+
+    /// The authenticator app is removed on request, unless it is the last second factor of
+    /// a user who signs in with a password and a second factor.
+    #[test]
+    fn the_authenticator_app_is_removed_unless_it_is_the_last_second_factor() {
+        let password = signed_up_events(SsoMethod::PasswordAndSecondFactor);
+        // With the passkey beside it: removed.
+        given::<SignInStream>(&password)
+            .when(SignInCommand::RemoveTotp)
+            .then([Event::from(TotpRemoved {})]);
+        // The passkey removed first: the app is the last second factor, and stays.
+        let mut alone = password.clone();
+        alone.push(
+            PasskeyRemoved {
+                credential_id: "c1".into(),
+            }
+            .into(),
+        );
+        given::<SignInStream>(&alone)
+            .when(SignInCommand::RemoveTotp)
+            .then_reject(Rejection::Conflict(
+                "this is your last second factor: add a passkey before removing it".into(),
+            ));
+        // Once removed, there is none to remove, and its codes sign no one in.
+        let mut removed = password.clone();
+        removed.push(TotpRemoved {}.into());
+        given::<SignInStream>(&removed)
+            .when(SignInCommand::RemoveTotp)
+            .then_reject(Rejection::NotFound("authenticator app"));
+        let s = given::<SignInStream>(&removed).state().clone();
+        let proof = Proof::EntraThenTotp {
+            code: "123456".into(),
+            seed: vec![3; 20],
+        };
+        assert_eq!(
+            failure(&attempt(&s, proof, t0())),
+            Some(SignInFailure::NotEnrolled)
+        );
+        // Where the method no longer needs it (SSO off, or passwordless now), the last
+        // one goes too.
+        for sso in [
+            SsoSettings {
+                enabled: false,
+                method: SsoMethod::PasswordAndSecondFactor,
+            },
+            SsoSettings {
+                enabled: true,
+                method: SsoMethod::Passwordless,
+            },
+        ] {
+            let mut changed = alone.clone();
+            changed.push(UserSsoOverrideSet { sso: Some(sso) }.into());
+            given::<SignInStream>(&changed)
+                .when(SignInCommand::RemoveTotp)
+                .then([Event::from(TotpRemoved {})]);
+        }
     }
 
     fn bad_passkey() -> Proof {

@@ -82,6 +82,7 @@ impl Observed {
 
 /// How a run affected one user (unchanged users have none).
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum SyncOutcome {
     /// Seen for the first time: a new candidate.

@@ -17,6 +17,7 @@ use std::ops::ControlFlow;
 
 /// What an export lists.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum ExportKind {
     /// Every step of every password change: rotations, key writes, reveals.
@@ -116,6 +117,7 @@ impl ExportKind {
 
 /// File format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum ExportFormat {
     /// RFC 4180 CSV with a header row.
@@ -780,6 +782,7 @@ impl RowCounter {
 
 /// Where an export file differs from the rows the log gives (1-based data rows).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "problem", rename_all = "snake_case")]
 pub enum RowMismatch {
     /// The CSV header is not the kind's columns.
@@ -1022,6 +1025,8 @@ mod tests {
             "-2",
             "@SUM(A1)",
             "\tx",
+            // A carriage return first: some spreadsheets drop it and run what follows.
+            "\r=1+1",
             "ok=1",
         ];
         let mut out = Vec::new();
@@ -1038,6 +1043,7 @@ mod tests {
                 "'-2",
                 "'@SUM(A1)",
                 "'\tx",
+                "'\r=1+1",
                 "ok=1"
             ]
         );

@@ -187,7 +187,6 @@ pub fn export_file(
 #[serde(untagged)]
 pub enum Problem {
     /// A row differs from, lacks or adds to what the log gives.
-    #[schema(value_type = RowMismatchSchema)]
     Row(RowMismatch),
     /// Anything else, named.
     Other {
@@ -241,38 +240,6 @@ impl From<&str> for ProblemDetail {
     fn from(text: &str) -> Self {
         ProblemDetail::Text(text.to_owned())
     }
-}
-
-/// Where an export file differs from the rows the log gives (1-based data rows).
-///
-/// Kept by hand: the type is `idledger_replay::export::RowMismatch`, and `idledger-replay`
-/// has no `openapi` feature yet (its files are outside this change).
-#[derive(ToSchema)]
-#[schema(as = RowMismatch)]
-#[serde(tag = "problem", rename_all = "snake_case")]
-#[allow(dead_code)] // only described
-pub enum RowMismatchSchema {
-    /// The CSV header is not the kind's columns.
-    Header,
-    /// Row `row` of the file is not the log's row `row`.
-    Differs {
-        /// Its number among the data rows, from 1 (the header is not counted).
-        row: usize,
-    },
-    /// The file ends before the log's rows do.
-    Missing {
-        /// The first row missing.
-        row: usize,
-        /// How many are missing.
-        count: usize,
-    },
-    /// The file has rows the log does not.
-    Extra {
-        /// The first extra row.
-        row: usize,
-        /// How many are extra.
-        count: usize,
-    },
 }
 
 /// What became of the manifest's signed tree head.

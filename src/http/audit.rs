@@ -4,7 +4,6 @@
 use super::auth::Principal;
 use super::error::{ApiError, ApiPath, ApiQuery, IdPath};
 use super::{page, AppState, Page};
-use crate::audit::manifest::ExportFormatSchema;
 use crate::audit::{
     parse_kind, query_of, records_of_log, run_export, HashedWriter, Manifest, RowSink,
 };
@@ -33,7 +32,6 @@ pub struct ExportParams {
     /// Only this user.
     user: Option<uuid::Uuid>,
     /// `csv` (the default) or `jsonl`.
-    #[param(value_type = Option<ExportFormatSchema>)]
     format: Option<ExportFormat>,
     /// Read the log only up to this position (1 to the head): the export's
     /// `x-idledger-log-position`, so that a manifest asked for later describes that very
@@ -484,10 +482,6 @@ fn room_for(dir: &std::path::Path, data_dir: &std::path::Path, more: u64) -> Res
     }
 }
 
-/// The name the operation table uses for `verify-export`'s report (checked here with the
-/// server's own key: `head_key` is `log`).
-pub type ExportCheckSchema = crate::audit::export::ExportCheck;
-
 /// A directory of this process's own, removed when dropped.
 struct Scratch(std::path::PathBuf);
 
@@ -516,7 +510,7 @@ pub async fn verify_upload(
     who: Principal,
     headers: axum::http::HeaderMap,
     body: Body,
-) -> Result<Json<ExportCheckSchema>, ApiError> {
+) -> Result<Json<crate::audit::export::ExportCheck>, ApiError> {
     use futures_util::StreamExt;
     use tokio::io::AsyncWriteExt;
     let declared = headers

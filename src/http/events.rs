@@ -10,9 +10,10 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::IntoResponse;
 use axum::Json;
 use base64::Engine;
+use idledger_domain::envelope::EnvelopeView;
 use idledger_domain::Event;
 use serde::{Deserialize, Serialize};
-use utoipa::IntoParams;
+use utoipa::{IntoParams, ToSchema};
 
 /// Most envelopes per page.
 pub const MAX_EVENTS_PAGE: usize = 100_000;
@@ -30,12 +31,14 @@ pub struct EventsQuery {
     min_position: Option<u64>,
 }
 
-/// An envelope as the log shows it (the domain's human view, documented as
-/// `EnvelopeView`) with its stored record, base64, so a client can check the chain.
-#[derive(Serialize)]
+/// An envelope as the log shows it (the domain's human view) with its stored record,
+/// base64, so a client can check the chain itself.
+#[derive(Serialize, ToSchema)]
 pub struct LoggedEvent {
     #[serde(flatten)]
-    envelope: serde_json::Value,
+    envelope: EnvelopeView,
+    /// The stored record, base64.
+    #[schema(content_encoding = "base64")]
     record: String,
 }
 
@@ -84,7 +87,7 @@ fn read_page(
         match idledger_domain::decode_record(bytes) {
             Ok(env) => {
                 items.push(LoggedEvent {
-                    envelope: env.to_json(),
+                    envelope: env.view(),
                     record: base64::engine::general_purpose::STANDARD.encode(bytes),
                 });
                 last = Some(pos);

@@ -208,7 +208,7 @@ impl Operation {
 pub fn operations() -> Vec<Operation> {
     use axum::http::Method as M;
     use axum::routing::patch;
-    use schema::{EnvelopeSchema, ManifestSchema, SsoSettingsSchema};
+    use idledger_domain::envelope::EnvelopeView;
     use Access::*;
     vec![
         op(M::GET, "/healthz", Open, "Liveness, log head and projector position", get(meta::healthz))
@@ -220,7 +220,7 @@ pub fn operations() -> Vec<Operation> {
             .other(200, "text/plain")
             .other(200, "application/openmetrics-text"),
         op(M::GET, "/v1/openapi.json", Open, "This document", get(meta::openapi))
-            .other(200, "application/json"),
+            .json::<openapi::Document>(200),
         op(M::POST, "/v1/tokens", Admin, "Issue an API token (its text is shown once)", post(tokens::create))
             .body::<tokens::NewToken>()
             .json::<tokens::TokenCreated>(201),
@@ -282,7 +282,7 @@ pub fn operations() -> Vec<Operation> {
             .query::<workstation::CertificatesQuery>()
             .page::<workstation::WorkstationCertificate>(),
         op(M::PUT, "/v1/domains/{id}/sso-defaults", Admin, "Set the SSO defaults applied at import", put(domains::put_sso_defaults))
-            .body::<SsoSettingsSchema>()
+            .body::<idledger_domain::SsoSettings>()
             .json::<domains::Domain>(200),
         op(M::POST, "/v1/domains/{id}/sync", Admin, "Start a sync run (202 with run_id; ?dry_run=true answers the changes)", post(sync::start))
             .query::<sync::SyncQuery>()
@@ -322,7 +322,7 @@ pub fn operations() -> Vec<Operation> {
             .json::<users::User>(200),
         op(M::GET, "/v1/users/{id}/events", Read, "The user's events", get(users::events))
             .query::<users::EventsQuery>()
-            .page::<EnvelopeSchema>(),
+            .page::<EnvelopeView>(),
         op(M::POST, "/v1/users/{id}/activate", Admin, "Reactivate a deactivated user", post(users::activate))
             .json::<users::User>(200),
         op(M::POST, "/v1/users/{id}/deactivate", Admin, "Deactivate a user", post(users::deactivate))
@@ -373,13 +373,13 @@ pub fn operations() -> Vec<Operation> {
             .other(200, "application/x-ndjson"),
         op(M::GET, "/v1/audit/exports/{kind}/manifest", Read, "The manifest of the same export query", get(audit::export_manifest))
             .query::<audit::ExportParams>()
-            .json::<ManifestSchema>(200),
+            .json::<crate::audit::Manifest>(200),
         op(M::POST, "/v1/audit/verify-export", Read, "Verify an export against the log (body: its manifest as one JSON line, then the file)", post(audit::verify_upload))
             .raw_body("application/octet-stream", "The export's manifest as one line of JSON, a newline, then the export file's bytes exactly as downloaded.")
-            .json::<audit::ExportCheckSchema>(200),
+            .json::<crate::audit::export::ExportCheck>(200),
         op(M::GET, "/v1/events", Read, "Envelopes from a position (with the stored record)", get(events::list))
             .query::<events::EventsQuery>()
-            .page::<EnvelopeSchema>(),
+            .page::<events::LoggedEvent>(),
         op(M::GET, "/v1/events/stream", Read, "Server-Sent Events: history, then live", get(events::stream))
             .query::<events::StreamQuery>()
             .other(200, "text/event-stream"),

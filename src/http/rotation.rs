@@ -5,7 +5,6 @@
 
 use super::auth::Principal;
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, IdPath};
-use super::schema::{KeyWriteStateSchema, RotationOutcomeSchema, RotationReasonSchema};
 use super::{page, page_of, AppState, Consistency, Page};
 use crate::rotation::{ManualStart, RotationError};
 use axum::extract::State;
@@ -114,14 +113,12 @@ pub struct HistoryQuery {
 #[derive(Serialize, ToSchema)]
 pub struct PasswordChange {
     rotation_id: uuid::Uuid,
-    #[schema(value_type = RotationReasonSchema)]
     reason: RotationReason,
     /// Who asked for it (`scheduler:<domain>`, `admin:<token>` …).
     #[schema(value_type = String)]
     actor: idledger_domain::Actor,
     started_at: DateTime<Utc>,
     finished_at: Option<DateTime<Utc>>,
-    #[schema(value_type = RotationOutcomeSchema)]
     outcome: RotationOutcome,
     /// Attempts after the first.
     retries: u32,
@@ -131,7 +128,6 @@ pub struct PasswordChange {
     /// Its password is the user's current one.
     current: bool,
     key_write_id: Option<uuid::Uuid>,
-    #[schema(value_type = Option<KeyWriteStateSchema>)]
     key_write_state: Option<KeyWriteState>,
     /// How often its password was revealed.
     reveals: u32,
@@ -370,7 +366,6 @@ pub struct DueRotation {
     user_principal_name: String,
     /// When it is expected to start.
     due_at: DateTime<Utc>,
-    #[schema(value_type = RotationReasonSchema)]
     reason: RotationReason,
 }
 
@@ -488,7 +483,7 @@ pub struct RecentQuery {
     /// The cursor `next` of the previous page.
     after: Option<uuid::Uuid>,
     /// Only rotations that ended so (`failed`: refused by Graph).
-    #[param(value_type = Option<RotationOutcomeSchema>)]
+    #[param(value_type = Option<RotationOutcome>)]
     outcome: Option<OutcomeFilter>,
     /// Only this domain's.
     domain_id: Option<uuid::Uuid>,

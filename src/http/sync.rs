@@ -3,9 +3,6 @@
 
 use super::auth::Principal;
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, IdPath};
-use super::schema::{
-    RunActionSchema, SyncCountersSchema, SyncOutcomeSchema, SyncRunStatusSchema, SyncTriggerSchema,
-};
 use super::users::User;
 use super::{page, page_of, AppState, Consistency, Page};
 use axum::extract::State;
@@ -29,10 +26,8 @@ pub struct RunOutcome {
     user_principal_name: Option<String>,
     display_name: Option<String>,
     /// What Entra ID said (none: the run only acted, e.g. an approved removal).
-    #[schema(value_type = Option<SyncOutcomeSchema>)]
     outcome: Option<SyncOutcome>,
     /// What the engine did about it beside recording the facts.
-    #[schema(value_type = Option<RunActionSchema>)]
     action: Option<RunAction>,
 }
 
@@ -41,17 +36,14 @@ pub struct RunOutcome {
 pub struct SyncRun {
     run_id: uuid::Uuid,
     domain_id: uuid::Uuid,
-    #[schema(value_type = SyncTriggerSchema)]
     trigger: SyncTrigger,
     /// Nothing was written but the run's own record.
     dry_run: bool,
     /// A full round (no delta token, or Graph expired it) rather than a delta.
     full: bool,
-    #[schema(value_type = SyncRunStatusSchema)]
     status: SyncRunStatus,
     started_at: DateTime<Utc>,
     finished_at: Option<DateTime<Utc>>,
-    #[schema(value_type = SyncCountersSchema)]
     counters: SyncCounters,
     /// Why it failed.
     error: Option<String>,
@@ -194,7 +186,6 @@ pub struct PlannedChange {
     /// Entra ID's object id.
     external_id: String,
     user_principal_name: String,
-    #[schema(value_type = Option<SyncOutcomeSchema>)]
     outcome: Option<SyncOutcome>,
     /// Kinds of the events a run would append for the user.
     events: Vec<String>,
@@ -243,7 +234,6 @@ pub struct DryRunReport {
     /// Always true.
     dry_run: bool,
     full: bool,
-    #[schema(value_type = SyncCountersSchema)]
     counters: SyncCounters,
     /// The deletion guard would trip.
     quarantined: bool,

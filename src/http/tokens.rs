@@ -2,7 +2,6 @@
 
 use super::auth::{new_token_text, token_hash, Principal};
 use super::error::{ApiError, ApiJson, ApiQuery, IdPath};
-use super::schema::RoleSchema;
 use super::{page, AppState, Page};
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -20,7 +19,6 @@ use utoipa::{IntoParams, ToSchema};
 #[serde(deny_unknown_fields)]
 pub struct NewToken {
     /// `admin`, `auditor` or `agent`.
-    #[schema(value_type = RoleSchema)]
     role: Role,
     /// A label (at most 200 characters).
     #[serde(default)]
@@ -83,7 +81,6 @@ pub struct Token {
     /// The token's id.
     id: uuid::Uuid,
     /// What the token may do.
-    #[schema(value_type = RoleSchema)]
     role: Role,
     /// Its label.
     name: String,

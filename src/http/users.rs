@@ -2,12 +2,12 @@
 
 use super::auth::Principal;
 use super::error::{ApiError, ApiJson, ApiQuery, IdPath};
-use super::schema::{KeyWriteStateSchema, SsoSettingsSchema, UserStatusSchema};
 use super::{page, AppState, Page};
 use axum::extract::State;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use idledger_domain::decide::user::{decide_with, evolve, Outside, UserCommand};
+use idledger_domain::envelope::EnvelopeView;
 use idledger_domain::{DomainId, KeyId, KeyWriteId, KeyWriteState, SsoSettings, StreamId, UserId};
 use idledger_projections::{Projections, UserStatus, UserView};
 use serde::{Deserialize, Serialize};
@@ -36,17 +36,14 @@ pub struct User {
     /// `accountEnabled`.
     account_enabled: bool,
     /// Where they stand.
-    #[schema(value_type = UserStatusSchema)]
     status: UserStatus,
     /// In the sync group now.
     in_sync_group: bool,
     /// In the rotation group now.
     in_rotation_group: bool,
     /// The SSO settings in force (off unless active).
-    #[schema(value_type = SsoSettingsSchema)]
     sso: SsoSettings,
     /// An admin's override of the domain's defaults.
-    #[schema(value_type = Option<SsoSettingsSchema>)]
     sso_override: Option<SsoSettings>,
     /// PC unlock with the key.
     pc_unlock: bool,
@@ -94,7 +91,6 @@ pub struct SignInLock {
 pub struct KeyWriteStatus {
     /// The key write.
     id: uuid::Uuid,
-    #[schema(value_type = KeyWriteStateSchema)]
     state: KeyWriteState,
     queued_at: DateTime<Utc>,
     /// When the agent answered.
@@ -333,7 +329,7 @@ pub async fn events(
     State(s): State<AppState>,
     IdPath(id): IdPath,
     ApiQuery(q): ApiQuery<EventsQuery>,
-) -> Result<Json<Page<serde_json::Value>>, ApiError> {
+) -> Result<Json<Page<EnvelopeView>>, ApiError> {
     let limit = q.limit.unwrap_or(1000);
     if !(1..=10_000).contains(&limit) {
         return Err(ApiError::BadRequest("limit: 1 to 10000".into()));
@@ -356,7 +352,7 @@ pub async fn events(
     let envs = s.engine.log.read_stream(&stream, from, limit + 1)?;
     let next = (envs.len() > limit).then(|| envs[limit].version.to_string());
     Ok(page(
-        envs.iter().take(limit).map(|e| e.to_json()).collect(),
+        envs.iter().take(limit).map(|e| e.view()).collect(),
         next,
     ))
 }
@@ -366,7 +362,7 @@ pub async fn events(
 #[serde(deny_unknown_fields)]
 pub struct UserPatch {
     /// The override; null falls back to the settings applied at import.
-    #[schema(value_type = Option<SsoSettingsSchema>, required = true)]
+    #[schema(value_type = Option<SsoSettings>, required = true)]
     #[serde(default, deserialize_with = "crate::json_fields::present")]
     sso_override: Option<Option<SsoSettings>>,
 }

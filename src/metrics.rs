@@ -26,9 +26,16 @@ use std::time::Duration;
 
 static ENABLED: AtomicBool = AtomicBool::new(true);
 
-/// Turns recording on or off (scrapes answer either way).
+/// Turns recording on or off (scrapes answer either way). Off, the connection gauges are
+/// cleared too: `serve` answers on its port (503) while it starts, before it reads the
+/// switch, and what those first connections recorded would otherwise stay on a side meant
+/// to record nothing.
 pub fn set_enabled(on: bool) {
     ENABLED.store(on, Ordering::Relaxed);
+    if !on {
+        RECORDED.connections.set(0);
+        RECORDED.connections_max.set(0);
+    }
 }
 
 /// Whether recording is on.
@@ -435,17 +442,31 @@ fn route_label(template: &str) -> String {
 
 /// A listener allows `max` connections at once.
 pub fn connections_allowed(max: usize) {
-    RECORDED.connections_max.set(max as i64);
+    if on() {
+        RECORDED.connections_max.set(max as i64);
+    }
 }
 
 /// A connection took a slot.
 pub fn connection_opened() {
-    RECORDED.connections.inc();
+    if on() {
+        RECORDED.connections.inc();
+    }
 }
 
-/// A connection gave its slot back.
+/// A connection gave its slot back. Never below zero: recording switched on while a
+/// connection was open (`serve` sets the switch once, before it listens, but `bench`
+/// flips it in one process) would otherwise count a close whose open went unseen.
 pub fn connection_closed() {
-    RECORDED.connections.dec();
+    if on() {
+        let _ =
+            RECORDED
+                .connections
+                .inner()
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    (n > 0).then(|| n - 1)
+                });
+    }
 }
 
 /// One HTTP request answered.

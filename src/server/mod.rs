@@ -255,6 +255,8 @@ pub async fn run(
     // While the log opens and the projections catch up (minutes, on a large log), the port
     // already answers: `/readyz` and everything else 503, so an orchestrator waits.
     let limits = connection_limits(config);
+    // The switch first: the start-up listener's connections are recorded (or not) too.
+    crate::metrics::set_enabled(config.metrics);
     let starting = Starting::serve(&listener, limits, tls.as_ref().map(|(_, _, c)| c.clone()))?;
     let started = start_with(data_dir, config, config.sync()?, config.rotation()).await;
     starting.stop().await;

@@ -159,9 +159,31 @@ async fn a_restored_data_dir_answers_as_the_original_did() {
     let user = crate::crash::user_with_key(&serve, &sim, &crate::support::ext(3)).await;
     // A rotation, so a sealed password is in the log.
     rotated(&serve, &user).await;
-    // Online, while another client keeps appending: the backup runs to the head when it
-    // was asked for, and restores to exactly that record.
-    let writing = keep_writing(&serve, 1);
+    // Its password as an admin sees it: a plaintext no backup may carry.
+    let revealed = serve
+        .call(
+            Method::POST,
+            &format!("/v1/users/{user}/password/reveal"),
+            Some(json!({"reason": "backup test"})),
+        )
+        .await["password"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(revealed.len() >= 12, "{revealed}");
+    // Online, while one client keeps appending and another keeps changing a user (their
+    // key), so the users' pages at the backup's position are not the pages of later: the
+    // backup runs to the head when it was asked for, and restores to exactly that record.
+    let listed = serve.call(Method::GET, "/v1/users?limit=1000", None).await;
+    let rekeyed = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["id"].as_str().unwrap().to_owned())
+        .find(|id| *id != user)
+        .unwrap();
+    let mut writing = keep_writing(&serve, 1);
+    writing.push(keep_rekeying(&serve, &rekeyed));
     tokio::time::sleep(Duration::from_millis(200)).await;
     let online = dir.path().join("online.backup");
     let (ok, taken, err) = run_with_token(
@@ -176,6 +198,20 @@ async fn a_restored_data_dir_answers_as_the_original_did() {
         taken["head_hash"],
         "{taken}"
     );
+    // Neither the online backup's file nor `GET /v1/backup` carries the master key (in any
+    // form it is kept in) or a secret in clear: the revealed password, the domain's client
+    // secret as the admin gave it.
+    let secrets = secrets_of(&data, &revealed);
+    let answer = serve.get("/v1/backup").await;
+    assert_eq!(answer.status(), reqwest::StatusCode::OK);
+    let answer = answer.bytes().await.unwrap().to_vec();
+    assert!(answer.len() > 1000, "{} bytes", answer.len());
+    for (what, bytes) in [
+        ("the online backup", std::fs::read(&online).unwrap()),
+        ("GET /v1/backup", answer),
+    ] {
+        carries_none(what, &bytes, &secrets);
+    }
     let back = dir.path().join("online-restored");
     let (ok, done, err) = restore(&online, &back, &[]);
     assert!(ok, "{err}");
@@ -251,6 +287,79 @@ async fn a_restored_data_dir_answers_as_the_original_did() {
     );
     assert!(ok, "{err}");
     assert_eq!(done["signed_tree_head"]["unsigned_records"], 1, "{done}");
+
+    // The backup taken during the load, restored and served with the same master key (and
+    // the admin's token, which lives in the log), answers as the original did at the
+    // backup's position, while the original goes on taking writes: the same users' pages,
+    // every event, the same export files, the same password, the same signed head.
+    std::fs::copy(data.join("master.key"), checked.join("master.key")).unwrap();
+    std::fs::copy(data.join("admin.token"), checked.join("admin.token")).unwrap();
+    let mut copy = Serve::start(&checked, None).await;
+    // The tree's leaves came with the restore: the head signed over them has the root
+    // `verify` computes from the records.
+    let sth = copy
+        .call(Method::GET, "/v1/log/sth?format=json", None)
+        .await;
+    assert_eq!(sth["tree_size"], verified["tree_size"], "{sth}");
+    assert_eq!(sth["root_hash"], verified["tree_root"], "{sth}");
+    let health = serve.call(Method::GET, "/healthz", None).await;
+    assert!(
+        health["head_position"].as_u64().unwrap() > position,
+        "the original took no writes after the backup: {health}"
+    );
+    let (users, pages) = users_at(&serve, position).await;
+    assert!(pages >= 3 && users.len() > 10, "{pages} pages");
+    assert_eq!(users, users_at(&copy, position).await.0, "the users differ");
+    let was = |items: &[Value]| {
+        items.iter().find(|u| u["id"] == rekeyed.as_str()).unwrap()["key_id"].clone()
+    };
+    let now = serve
+        .call(Method::GET, &format!("/v1/users/{rekeyed}"), None)
+        .await;
+    assert_ne!(
+        was(&users),
+        now["key_id"],
+        "the pages compared are the original's of now, not at the backup's position"
+    );
+    let events = events_to(&serve, position).await;
+    assert_eq!(events.len() as u64, position);
+    let copied = events_to(&copy, position).await;
+    assert_eq!(copied.len(), events.len());
+    if let Some(n) = (0..events.len()).find(|&n| events[n] != copied[n]) {
+        panic!("event {} differs: {} {}", n + 1, events[n], copied[n]);
+    }
+    for (kind, format) in [
+        ("password-changes", "csv"),
+        ("events", "jsonl"),
+        ("users", "csv"),
+    ] {
+        let path = format!("/v1/audit/exports/{kind}?format={format}&at_position={position}");
+        let mut files = Vec::new();
+        for s in [&serve, &copy] {
+            let r = s.get(&path).await;
+            assert_eq!(r.status(), reqwest::StatusCode::OK, "{kind}");
+            files.push(r.bytes().await.unwrap());
+        }
+        assert!(files[0].len() > 100, "{kind}: {} bytes", files[0].len());
+        assert!(files[0] == files[1], "{kind}: the exports differ");
+    }
+    let again = copy
+        .call(
+            Method::POST,
+            &format!("/v1/users/{user}/password/reveal"),
+            Some(json!({"reason": "backup test"})),
+        )
+        .await;
+    assert_eq!(again["password"], revealed.as_str(), "reveal differs");
+    // The head the backup carried is the restored log's own, timestamp and all.
+    let head = format!("/v1/log/sth/{position}?format=json");
+    assert_eq!(
+        serve.call(Method::GET, &head, None).await,
+        copy.call(Method::GET, &head, None).await,
+        "the signed head differs"
+    );
+    copy.stop();
+    crate::support::wait_released(&checked).await;
     for w in writing {
         w.abort();
     }
@@ -261,11 +370,7 @@ async fn a_restored_data_dir_answers_as_the_original_did() {
     let (ok, made, err) = run(&["backup", "--data-dir", path(&data), "--out", path(&file)]);
     assert!(ok, "{err}");
     let bytes = std::fs::read(&file).unwrap();
-    let master = std::fs::read(data.join("master.key")).unwrap();
-    assert!(
-        !bytes.windows(master.len()).any(|w| w == master.as_slice()),
-        "the master key is in the backup"
-    );
+    carries_none("the offline backup", &bytes, &secrets);
     // A second backup into the same file is refused: nothing is overwritten.
     let (ok, _, _) = run(&["backup", "--data-dir", path(&data), "--out", path(&file)]);
     assert!(!ok);
@@ -341,52 +446,6 @@ async fn a_restored_data_dir_answers_as_the_original_did() {
         assert!(files[0].len() > 100, "{kind}: {} bytes", files[0].len());
         assert!(files[0] == files[1], "{kind}: the exports differ");
     }
-
-    // Served with the same master key (and the admin's token, which lives in the log),
-    // the restored dir answers as the original does.
-    std::fs::copy(data.join("master.key"), restored.join("master.key")).unwrap();
-    std::fs::copy(data.join("admin.token"), restored.join("admin.token")).unwrap();
-    let mut answers = Vec::new();
-    for d in [&data, &restored] {
-        let mut s = Serve::start(d, None).await;
-        if d == &restored {
-            // The tree's leaves came with the restore: the head signed over them has the
-            // root `verify` computes from the records.
-            let sth = s.call(Method::GET, "/v1/log/sth?format=json", None).await;
-            assert_eq!(sth["tree_size"], verified["tree_size"], "{sth}");
-            assert_eq!(sth["root_hash"], verified["tree_root"], "{sth}");
-        }
-        let users = s.call(Method::GET, "/v1/users?limit=1000", None).await;
-        let events = s.call(Method::GET, "/v1/events?limit=1000", None).await;
-        let revealed = s
-            .call(
-                Method::POST,
-                &format!("/v1/users/{user}/password/reveal"),
-                Some(json!({"reason": "backup test"})),
-            )
-            .await;
-        // The head the backup carried is the restored log's own, timestamp and all.
-        let head = s
-            .call(
-                Method::GET,
-                &format!("/v1/log/sth/{}?format=json", made["position"]),
-                None,
-            )
-            .await;
-        answers.push((
-            users,
-            events["items"].as_array().unwrap()[..5].to_vec(),
-            revealed["password"].clone(),
-            head,
-        ));
-        s.stop();
-        crate::support::wait_released(d).await;
-    }
-    assert_eq!(answers[0].0, answers[1].0, "the users differ");
-    assert_eq!(answers[0].1, answers[1].1, "the first events differ");
-    assert!(answers[0].2.is_string());
-    assert_eq!(answers[0].2, answers[1].2, "reveal differs");
-    assert_eq!(answers[0].3, answers[1].3, "the signed head differs");
 }
 
 /// Rotates `user`'s password and waits until the rotation succeeded.
@@ -414,6 +473,83 @@ pub(crate) async fn rotated(serve: &Serve, user: &str) {
         assert!(Instant::now() < deadline, "{h}");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+/// What no backup may carry, each named: the master key of `data` as its file holds it
+/// (base64), its bytes, and their hex; `revealed`, a password in clear; the client secret
+/// the domain was made with (`crash::contoso_domain`'s).
+fn secrets_of(data: &Path, revealed: &str) -> Vec<(&'static str, Vec<u8>)> {
+    use base64::Engine;
+    let stored = std::fs::read_to_string(data.join("master.key")).unwrap();
+    let stored = stored.trim();
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(stored)
+        .unwrap();
+    assert_eq!(raw.len(), 32);
+    let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    vec![
+        ("the master key's file text", stored.as_bytes().to_vec()),
+        ("the master key's bytes", raw),
+        ("the master key in hex", hex.into_bytes()),
+        ("the revealed password", revealed.as_bytes().to_vec()),
+        (
+            "the client secret",
+            crate::support::SECRET.as_bytes().to_vec(),
+        ),
+    ]
+}
+
+/// Fails naming the secret `what` carries, if it carries any.
+fn carries_none(what: &str, bytes: &[u8], secrets: &[(&str, Vec<u8>)]) {
+    for (name, secret) in secrets {
+        assert!(
+            !bytes.windows(secret.len()).any(|w| w == secret.as_slice()),
+            "{what} carries {name}"
+        );
+    }
+}
+
+/// Every user (deleted ones too) as `serve` answers at `position`, paged 7 at a time
+/// through `next`; and how many pages that took.
+async fn users_at(serve: &Serve, position: u64) -> (Vec<Value>, usize) {
+    let mut users = Vec::new();
+    let mut after = String::new();
+    for pages in 1.. {
+        let page = serve
+            .call(
+                Method::GET,
+                &format!("/v1/users?include_deleted=true&at_position={position}&limit=7{after}"),
+                None,
+            )
+            .await;
+        let items = page["items"].as_array().unwrap();
+        assert!(items.len() <= 7, "{page}");
+        users.extend(items.iter().cloned());
+        match page["next"].as_str() {
+            Some(next) => after = format!("&after={next}"),
+            None => return (users, pages),
+        }
+    }
+    unreachable!()
+}
+
+/// Every event of `serve`'s log from the first to `position`, paged.
+async fn events_to(serve: &Serve, position: u64) -> Vec<Value> {
+    let mut events: Vec<Value> = Vec::new();
+    while (events.len() as u64) < position {
+        let page = serve
+            .call(
+                Method::GET,
+                &format!("/v1/events?from_position={}&limit=500", events.len() + 1),
+                None,
+            )
+            .await;
+        let items = page["items"].as_array().unwrap();
+        assert!(!items.is_empty(), "the log ends before {position}");
+        events.extend(items.iter().cloned());
+    }
+    events.truncate(position as usize);
+    events
 }
 
 /// The sections of a backup file: (tag, offset of the section, its length).
@@ -569,6 +705,26 @@ fn keep_writing(serve: &Serve, clients: usize) -> Vec<tokio::task::JoinHandle<()
         "/v1/tokens",
         |c, n| json!({"role": "auditor", "name": format!("load {c}/{n}")}),
     )
+}
+
+/// A client that keeps giving `user` a new key (each assignment an event on their stream,
+/// shown in their view) until aborted.
+fn keep_rekeying(serve: &Serve, user: &str) -> tokio::task::JoinHandle<()> {
+    let (url, token, user) = (serve.url.clone(), serve.token.clone(), user.to_owned());
+    tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        for n in 0.. {
+            let r = http
+                .put(format!("{url}/v1/users/{user}/key"))
+                .bearer_auth(&token)
+                .json(&json!({"key_id": format!("LOAD-{n}")}))
+                .send()
+                .await;
+            if r.is_err() {
+                break;
+            }
+        }
+    })
 }
 
 /// The hash the server's log holds at `position`.

@@ -749,3 +749,219 @@ async fn a_dry_run_is_not_counted_as_a_sync_run() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Waits until a scrape of `url` satisfies `ready`; answers it.
+async fn scrape_until(url: &str, what: &str, ready: impl Fn(&Scrape) -> bool) -> Scrape {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let scrape = Scrape::at(url).await;
+        if ready(&scrape) {
+            return scrape;
+        }
+        assert!(Instant::now() < deadline, "never seen: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A user's rotations once none is pending.
+async fn rotations_settled(serve: &crate::support::Serve, user: &str, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let h = serve
+            .call(
+                Method::GET,
+                &format!("/v1/users/{user}/password-history"),
+                None,
+            )
+            .await;
+        let items = h["items"].as_array().unwrap().clone();
+        if items.len() >= n && items.iter().all(|r| r["outcome"] != "pending") {
+            return items;
+        }
+        assert!(Instant::now() < deadline, "{h}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A rotation Graph refuses is counted as refused under its code's class (the series an
+/// alert on missing permissions watches), the projector's apply lag is observed for the
+/// events it folds, and a key write owed to an agent ages on the gauge until the agent
+/// acknowledges it. (A `serve` of its own: its figures are this test's alone.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_the_apply_lag_and_an_owed_writes_age_are_measured() {
+    use crate::crash::{add_fault, contoso_and_data_dir, user_with_key};
+    let (sim, _sim_state, _dir, data) = contoso_and_data_dir().await;
+    let mut serve = crate::support::Serve::start_with(&data, None, &[]).await;
+    let domain = "contoso.onmicrosoft.com";
+    let user = user_with_key(&serve, &sim, "c0a80000-0000-4000-8000-000000000003").await;
+    let lag = "idledger_projector_apply_lag_seconds";
+    let lag_sum = "idledger_projector_apply_lag_seconds_sum";
+    let before = Scrape::at(&serve.url).await;
+
+    // Graph refuses the password (403: Authorization_RequestDenied), once.
+    add_fault(
+        &sim,
+        json!({"method": "PATCH", "path_prefix": "/v1.0/users", "status": 403, "count": 1}),
+    )
+    .await;
+    serve
+        .call(Method::POST, &format!("/v1/users/{user}/rotate"), None)
+        .await;
+    let h = rotations_settled(&serve, &user, 1).await;
+    assert_eq!(h[0]["outcome"], "failed", "{h:?}");
+    assert_eq!(h[0]["graph_code"], "Authorization_RequestDenied", "{h:?}");
+    let refused = |class: &'static str| {
+        [
+            ("domain", domain),
+            ("outcome", "refused"),
+            ("code_class", class),
+        ]
+    };
+    let scrape = scrape_until(&serve.url, "the refusal", |s| {
+        s.value("idledger_rotations_total", &refused("authorization")) >= 1.0
+    })
+    .await;
+    assert_eq!(
+        scrape.value("idledger_rotations_total", &refused("authorization")),
+        1.0
+    );
+    // Under its own class only, and as no other outcome.
+    for class in [
+        "none",
+        "authentication",
+        "request",
+        "directory",
+        "service",
+        "other",
+    ] {
+        assert_eq!(
+            scrape.value("idledger_rotations_total", &refused(class)),
+            0.0,
+            "{class}"
+        );
+    }
+    for outcome in ["succeeded", "unknown"] {
+        assert_eq!(
+            scrape.value(
+                "idledger_rotations_total",
+                &[("domain", domain), ("outcome", outcome)]
+            ),
+            0.0,
+            "{outcome}"
+        );
+    }
+    assert_eq!(
+        scrape.value(
+            "idledger_rotation_duration_seconds",
+            &[("domain", domain), ("outcome", "refused")]
+        ),
+        1.0
+    );
+    // The rotation's events were folded, each batch's wait observed.
+    assert!(
+        scrape.value(lag, &[]) > before.value(lag, &[]),
+        "the apply lag's count did not move"
+    );
+    assert!(
+        scrape.value(lag_sum, &[]) > before.value(lag_sum, &[]),
+        "the apply lag's sum did not move"
+    );
+
+    // A rotation that succeeds queues a write for the user's key; no agent takes it yet.
+    let writes = [("domain", domain)];
+    let age = "idledger_key_writes_oldest_undelivered_age_seconds";
+    let owed = "idledger_key_writes_undelivered";
+    assert_eq!(scrape.value(owed, &writes), 0.0, "nothing owed yet");
+    assert_eq!(scrape.value(age, &writes), 0.0, "nothing owed yet");
+    serve
+        .call(Method::POST, &format!("/v1/users/{user}/rotate"), None)
+        .await;
+    let h = rotations_settled(&serve, &user, 2).await;
+    // Oldest first: the refused one, then this one.
+    assert_eq!(h[1]["outcome"], "succeeded", "{h:?}");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let waiting = Scrape::at(&serve.url).await;
+    assert_eq!(waiting.value(owed, &writes), 1.0);
+    let waited = waiting.value(age, &writes);
+    assert!(
+        (1.0..60.0).contains(&waited),
+        "a write queued over a second ago is {waited} s old"
+    );
+    // Fetched by the agent, it is still owed until acknowledged (as the gauge documents:
+    // the agent may have crashed before writing the key), and still ages.
+    let agent = serve
+        .call(
+            Method::POST,
+            "/v1/tokens",
+            Some(json!({"role": "agent", "name": "agent", "key_ids": ["K-0003"]})),
+        )
+        .await;
+    let agent = agent["token"].as_str().unwrap().to_owned();
+    let handed: Value = serve
+        .http
+        .get(format!("{}/v1/agent/key-writes", serve.url))
+        .bearer_auth(&agent)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let write = handed["items"][0].clone();
+    assert!(write["id"].is_string(), "{handed}");
+    let fetched = Scrape::at(&serve.url).await;
+    assert_eq!(fetched.value(owed, &writes), 1.0);
+    assert!(fetched.value(age, &writes) >= waited);
+    let r = serve
+        .http
+        .post(format!(
+            "{}/v1/agent/key-writes/{}/ack",
+            serve.url,
+            write["id"].as_str().unwrap()
+        ))
+        .bearer_auth(&agent)
+        .json(&json!({"result": "written", "delivery": write["delivery"]}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    // Acknowledged: nothing owed, and the domain's series stays, at zero.
+    let done = scrape_until(&serve.url, "the write acknowledged", |s| {
+        s.value(owed, &writes) == 0.0
+    })
+    .await;
+    assert!(done.has(age, &writes), "the domain's series is gone");
+    assert_eq!(done.value(age, &writes), 0.0);
+    serve.child.kill().unwrap();
+    serve.child.wait().unwrap();
+}
+
+/// With recording off (`IDLEDGER_METRICS=false`: the side `bench --metrics both` compares
+/// against), nothing is recorded, the connection gauges included, though `/metrics` still
+/// answers; with it on, the same scrape counts its own connection and the listener's cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_recording_off_not_even_connections_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut seen = Vec::new();
+    for on in ["false", "true"] {
+        let data = dir.path().join(on);
+        std::fs::create_dir_all(&data).unwrap();
+        let mut serve =
+            crate::support::Serve::start_with(&data, None, &[("IDLEDGER_METRICS", on)]).await;
+        // Requests over a kept-alive connection, and appends.
+        serve.grow(3, "load").await;
+        let scrape = Scrape::at(&serve.url).await;
+        seen.push(
+            [
+                "idledger_http_connections_open",
+                "idledger_http_connections_max",
+                "idledger_http_request_duration_seconds",
+                "idledger_events_appended_total",
+            ]
+            .map(|name| scrape.value(name, &[])),
+        );
+        serve.stop();
+    }
+    assert_eq!(seen[0], [0.0; 4], "recorded with recording off");
+    assert!(seen[1].iter().all(|v| *v >= 1.0), "{:?}", seen[1]);
+}

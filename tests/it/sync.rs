@@ -2086,68 +2086,133 @@ async fn an_insecure_url_saved_before_the_rule_gets_nothing() {
     assert_eq!(run["status"], "succeeded", "{run}");
 }
 
-/// Deleting a user destroys their secrets for real: the wrapped data key is in no file of
-/// the data dir afterwards (in any encoding the key store uses), and the master key can
-/// no longer open the user's sealed password.
+/// Deleting a user destroys their secrets for real: with the server stopped (its files
+/// whole and released), the user's data key is in no file of the data dir, neither its
+/// bytes nor the key wrapped as the key store keeps it (raw or base64), and the master key
+/// can no longer open the user's sealed password.
 #[tokio::test]
 async fn a_deleted_users_data_key_is_in_no_file_and_their_password_opens_no_more() {
     use base64::Engine;
+    use chacha20poly1305::aead::{Aead, KeyInit, Payload};
     use idledger::secrets::{KeyStorage, Keyring, MasterKey};
-    let w = world(json!({"auto_import": true, "removal_behavior": "delete"})).await;
-    w.sync().await;
-    let id = w.user(5).await.unwrap()["id"].as_str().unwrap().to_owned();
-    let (s, body) = w.put_key(&id, "K-0005").await;
-    assert_eq!(s, StatusCode::OK, "{body}");
-    let (s, body) = w
-        .admin(Method::POST, &format!("/v1/users/{id}/rotate"), None)
-        .await;
-    assert_eq!(s, StatusCode::ACCEPTED, "{body}");
-    let stream = idledger_domain::StreamId::user(idledger_domain::UserId(id.parse().unwrap()));
-    let sealed = {
-        let deadline = Instant::now() + Duration::from_secs(10);
+    use idledger::store::EventLog;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let sim = sim().await;
+    let mut serve = Serve::start(&data, None).await;
+    let domain = crate::crash::contoso_domain(
+        &serve,
+        &sim,
+        json!({"auto_import": true, "removal_behavior": "delete"}),
+    )
+    .await;
+    let sync = async |serve: &Serve| {
+        let run = serve
+            .call(Method::POST, &format!("/v1/domains/{domain}/sync"), None)
+            .await;
+        let run = run["run_id"].as_str().unwrap().to_owned();
+        let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let events = w
-                .app
-                .state
-                .engine
-                .log
-                .read_stream(&stream, 1, usize::MAX)
-                .unwrap();
-            let started = events.iter().find_map(|e| match &e.event {
-                idledger_domain::Event::RotationStarted(r) => Some(r.sealed_password.clone()),
-                _ => None,
-            });
-            if let Some(s) = started {
-                break s;
+            let r = serve
+                .call(
+                    Method::GET,
+                    &format!("/v1/domains/{domain}/sync-runs/{run}"),
+                    None,
+                )
+                .await;
+            if r["status"] != "running" {
+                assert_eq!(r["status"], "succeeded", "{r}");
+                return;
             }
-            assert!(Instant::now() < deadline);
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert!(Instant::now() < deadline, "{r}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
         }
     };
-    let data = w.app.dir.path();
-    let (master, _) = MasterKey::load(data, None, true).unwrap();
-    let keys = std::sync::Arc::new(idledger::secrets::keystore::KeyFile::open(data).unwrap());
+    sync(&serve).await;
+    let users = serve.call(Method::GET, "/v1/users?limit=1000", None).await;
+    let id = users["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["external_id"] == ext(5))
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    serve
+        .call(
+            Method::PUT,
+            &format!("/v1/users/{id}/key"),
+            Some(json!({"key_id": "K-0005"})),
+        )
+        .await;
+    crate::backup::rotated(&serve, &id).await;
+    let password = serve
+        .call(
+            Method::POST,
+            &format!("/v1/users/{id}/password/reveal"),
+            Some(json!({"reason": "shred test"})),
+        )
+        .await["password"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The user's data key while they live, as the key store keeps it (a nonce, then the
+    // key sealed under the master key with its id as associated data), and opened.
+    let stream = idledger_domain::StreamId::user(idledger_domain::UserId(id.parse().unwrap()));
+    let keys = idledger::secrets::keystore::KeyFile::open(&data).unwrap();
+    let key_id = keys
+        .get(format!("subject:{stream}").as_bytes())
+        .unwrap()
+        .expect("the user has a data key");
+    let key_id = uuid::Uuid::from_slice(&key_id).unwrap();
     let wrapped = keys
-        .get(format!("dk:{}", sealed.key_id).as_bytes())
+        .get(format!("dk:{key_id}").as_bytes())
         .unwrap()
         .expect("the user's data key is stored while the user lives");
-    assert!(Keyring::open(master.clone(), keys)
+    drop(keys);
+    let master = std::fs::read_to_string(data.join("master.key")).unwrap();
+    let master = b64.decode(master.trim()).unwrap();
+    let raw = chacha20poly1305::XChaCha20Poly1305::new_from_slice(&master)
         .unwrap()
-        .unseal(&stream, &sealed)
-        .is_ok());
+        .decrypt(
+            chacha20poly1305::XNonce::from_slice(&wrapped[..24]),
+            Payload {
+                msg: &wrapped[24..],
+                aad: key_id.as_bytes(),
+            },
+        )
+        .expect("the wrapped key opens with the master key");
+    assert_eq!(raw.len(), 32);
 
-    w.leave(5).await;
-    w.sync().await;
-    let (_, gone) = w.admin(Method::GET, &format!("/v1/users/{id}"), None).await;
+    // Out of the sync group, with removals deleting: deleted, and their key shredded.
+    let r = reqwest::Client::new()
+        .delete(format!("{sim}/_sim/groups/{SYNC}/members/{}", ext(5)))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    sync(&serve).await;
+    let gone = serve
+        .call(Method::GET, &format!("/v1/users/{id}"), None)
+        .await;
     assert_eq!(gone["status"], "deleted", "{gone}");
+    serve.stop();
+    crate::support::wait_released(&data).await;
 
     let needles = [
-        wrapped.clone(),
-        base64::engine::general_purpose::STANDARD
-            .encode(&wrapped)
-            .into_bytes(),
+        ("the data key", raw.clone()),
+        ("the data key in base64", b64.encode(&raw).into_bytes()),
+        ("the wrapped data key", wrapped.clone()),
+        (
+            "the wrapped data key in base64",
+            b64.encode(&wrapped).into_bytes(),
+        ),
     ];
-    let mut stack = vec![data.to_path_buf()];
+    let mut stack = vec![data.clone()];
+    let mut scanned = 0;
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
@@ -2156,16 +2221,44 @@ async fn a_deleted_users_data_key_is_in_no_file_and_their_password_opens_no_more
                 continue;
             }
             let bytes = std::fs::read(&path).unwrap();
-            for n in &needles {
+            scanned += 1;
+            for (what, n) in &needles {
                 assert!(
                     !bytes.windows(n.len()).any(|w| w == n.as_slice()),
-                    "the deleted user's data key is still in {}",
+                    "{what} of the deleted user is still in {}",
                     path.display()
                 );
             }
         }
     }
-    let keys = std::sync::Arc::new(idledger::secrets::keystore::KeyFile::open(data).unwrap());
+    assert!(scanned >= 3, "{scanned} files");
+    // Their sealed password, from the log: the key it names is the one looked for above
+    // (which opens it to the password revealed), and the master key opens it no more.
+    let log = crate::support::reopen(&data).await;
+    let sealed = log
+        .read_stream(&stream, 1, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .rev()
+        .find_map(|e| match e.event {
+            idledger_domain::Event::RotationStarted(r) => Some(r.sealed_password),
+            _ => None,
+        })
+        .expect("the rotation sealed a password");
+    assert_eq!(sealed.key_id.0, key_id);
+    let opened = chacha20poly1305::XChaCha20Poly1305::new_from_slice(&raw)
+        .unwrap()
+        .decrypt(
+            chacha20poly1305::XNonce::from_slice(&sealed.nonce),
+            Payload {
+                msg: &sealed.ciphertext,
+                aad: stream.as_str().as_bytes(),
+            },
+        )
+        .unwrap();
+    assert_eq!(opened, password.as_bytes());
+    let (master, _) = MasterKey::load(&data, None, true).unwrap();
+    let keys = std::sync::Arc::new(idledger::secrets::keystore::KeyFile::open(&data).unwrap());
     assert!(matches!(
         Keyring::open(master, keys)
             .unwrap()

@@ -3,6 +3,7 @@
 //! clicks it, then the same pages as an auditor, who finds no command at all. Assertions
 //! are on what the pages show. Screenshots of the main pages go to `docs/`.
 
+use crate::support::browser::SessionCommand;
 use crate::support::{ext, sim, spawn_app, Browser, APP, SECRET, SYNC, TENANT};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
@@ -1529,32 +1530,6 @@ async fn a_form_sent_before_its_script_leads_back_and_changes_nothing() {
     assert_eq!(app.head(), head);
 }
 
-/// A command of chromedriver's own: one Chrome DevTools Protocol call in the session's
-/// browser (`goog/cdp/execute`). WebDriver has no word for where downloads go.
-#[derive(Debug)]
-struct CdpCommand {
-    cmd: &'static str,
-    params: serde_json::Value,
-}
-
-impl fantoccini::wd::WebDriverCompatibleCommand for CdpCommand {
-    fn endpoint(
-        &self,
-        base_url: &reqwest::Url,
-        session_id: Option<&str>,
-    ) -> Result<reqwest::Url, <reqwest::Url as std::str::FromStr>::Err> {
-        base_url.join(&format!(
-            "session/{}/goog/cdp/execute",
-            session_id.unwrap_or_default()
-        ))
-    }
-
-    fn method_and_body(&self, _: &reqwest::Url) -> (reqwest::Method, Option<String>) {
-        let body = json!({"cmd": self.cmd, "params": self.params});
-        (reqwest::Method::POST, Some(body.to_string()))
-    }
-}
-
 impl Browser {
     /// Every input, select, textarea and button of the page without an accessible name (a
     /// label with text, `aria-label`, `aria-labelledby`, or a button's own text), named by
@@ -1989,9 +1964,14 @@ async fn the_consoles_other_features_show_what_they_did() {
     // The audit page: an export and its manifest downloaded as a browser saves them.
     let downloads = tempfile::tempdir().unwrap();
     b.client
-        .issue_cmd(CdpCommand {
-            cmd: "Browser.setDownloadBehavior",
-            params: json!({"behavior": "allow", "downloadPath": downloads.path()}),
+        // WebDriver has no word for where downloads go: chromedriver's DevTools passthrough.
+        .issue_cmd(SessionCommand {
+            method: reqwest::Method::POST,
+            path: "goog/cdp/execute".into(),
+            body: Some(json!({
+                "cmd": "Browser.setDownloadBehavior",
+                "params": {"behavior": "allow", "downloadPath": downloads.path()},
+            })),
         })
         .await
         .unwrap();

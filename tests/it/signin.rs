@@ -1158,51 +1158,6 @@ async fn sign_in_cookies_are_secure_when_the_public_origin_is_https() {
     );
 }
 
-/// WebDriver's "Add Credential" (W3C WebAuthn §11.5), which `support::browser` has no
-/// call for: puts a discoverable credential on a virtual authenticator.
-#[derive(Debug)]
-struct AddCredential {
-    authenticator: String,
-    body: Value,
-}
-
-impl fantoccini::wd::WebDriverCompatibleCommand for AddCredential {
-    fn endpoint(
-        &self,
-        base_url: &reqwest::Url,
-        session_id: Option<&str>,
-    ) -> Result<reqwest::Url, <reqwest::Url as std::str::FromStr>::Err> {
-        base_url.join(&format!(
-            "session/{}/webauthn/authenticator/{}/credential",
-            session_id.unwrap_or_default(),
-            self.authenticator
-        ))
-    }
-
-    fn method_and_body(&self, _: &reqwest::Url) -> (Method, Option<String>) {
-        (Method::POST, Some(self.body.to_string()))
-    }
-}
-
-/// Puts `credential` (as "Get Credentials" answers it: id, private key, counter) on
-/// `authenticator`, made out to the user whose handle is `user_handle` (base64url).
-async fn add_credential(b: &Browser, authenticator: &str, credential: &Value, user_handle: &str) {
-    b.client
-        .issue_cmd(AddCredential {
-            authenticator: authenticator.to_owned(),
-            body: json!({
-                "credentialId": credential["credentialId"],
-                "isResidentCredential": true,
-                "rpId": credential["rpId"],
-                "privateKey": credential["privateKey"],
-                "userHandle": user_handle,
-                "signCount": credential["signCount"],
-            }),
-        })
-        .await
-        .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_enrols_a_passkey_from_an_invite_and_signs_in_with_it_in_chromium() {
     let (w, adele, alex) = signin_world().await;
@@ -1253,7 +1208,7 @@ async fn a_user_enrols_a_passkey_from_an_invite_and_signs_in_with_it_in_chromium
     b.remove_authenticator(&key).await;
     let copy = b.add_authenticator("usb").await;
     let alex_handle = B64.encode(uuid::Uuid::parse_str(&alex).unwrap().as_bytes());
-    add_credential(&b, &copy, &adeles, &alex_handle).await;
+    b.add_credential(&copy, &adeles, &alex_handle).await;
     let (adele_before, alex_before) = (w.kinds(&adele).await, w.kinds(&alex).await);
     b.click("button[data-webauthn=signin]").await;
     b.wait_text("[role=alert]", "could not be verified").await;
@@ -1275,7 +1230,7 @@ async fn a_user_enrols_a_passkey_from_an_invite_and_signs_in_with_it_in_chromium
     b.remove_authenticator(&copy).await;
     let key = b.add_authenticator("usb").await;
     let handle = adeles["userHandle"].as_str().unwrap().to_owned();
-    add_credential(&b, &key, &adeles, &handle).await;
+    b.add_credential(&key, &adeles, &handle).await;
 
     // An admin deactivates her: the open session ends, and the passkey no longer signs in.
     let (s, _) = w

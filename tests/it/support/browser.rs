@@ -153,23 +153,24 @@ impl Browser {
     }
 }
 
-/// A command of WebDriver's WebAuthn extension (W3C WebAuthn §11: virtual authenticators),
-/// which chromedriver implements.
+/// A WebDriver command on the session (`session/{id}/{path}`) that fantoccini has no call
+/// for: WebDriver's WebAuthn extension (W3C WebAuthn §11: virtual authenticators) and
+/// chromedriver's own DevTools passthrough (`goog/cdp/execute`).
 #[derive(Debug)]
-struct WebauthnCommand {
-    method: reqwest::Method,
-    path: String,
-    body: Option<serde_json::Value>,
+pub struct SessionCommand {
+    pub method: reqwest::Method,
+    pub path: String,
+    pub body: Option<serde_json::Value>,
 }
 
-impl fantoccini::wd::WebDriverCompatibleCommand for WebauthnCommand {
+impl fantoccini::wd::WebDriverCompatibleCommand for SessionCommand {
     fn endpoint(
         &self,
         base_url: &reqwest::Url,
         session_id: Option<&str>,
     ) -> Result<reqwest::Url, <reqwest::Url as std::str::FromStr>::Err> {
         base_url.join(&format!(
-            "session/{}/webauthn/{}",
+            "session/{}/{}",
             session_id.unwrap_or_default(),
             self.path
         ))
@@ -189,9 +190,9 @@ impl Browser {
     pub async fn add_authenticator(&self, transport: &str) -> String {
         let answer = self
             .client
-            .issue_cmd(WebauthnCommand {
+            .issue_cmd(SessionCommand {
                 method: reqwest::Method::POST,
-                path: "authenticator".into(),
+                path: "webauthn/authenticator".into(),
                 body: Some(json!({
                     "protocol": "ctap2",
                     "transport": transport,
@@ -209,9 +210,9 @@ impl Browser {
     /// Removes a virtual authenticator (its credentials go with it).
     pub async fn remove_authenticator(&self, id: &str) {
         self.client
-            .issue_cmd(WebauthnCommand {
+            .issue_cmd(SessionCommand {
                 method: reqwest::Method::DELETE,
-                path: format!("authenticator/{id}"),
+                path: format!("webauthn/authenticator/{id}"),
                 body: None,
             })
             .await
@@ -222,14 +223,40 @@ impl Browser {
     pub async fn authenticator_credentials(&self, id: &str) -> Vec<serde_json::Value> {
         let answer = self
             .client
-            .issue_cmd(WebauthnCommand {
+            .issue_cmd(SessionCommand {
                 method: reqwest::Method::GET,
-                path: format!("authenticator/{id}/credentials"),
+                path: format!("webauthn/authenticator/{id}/credentials"),
                 body: None,
             })
             .await
             .unwrap();
         answer.as_array().cloned().unwrap_or_default()
+    }
+
+    /// Puts `credential` (as [`Self::authenticator_credentials`] answers it: id, private
+    /// key, counter) on `authenticator`, made out to the user whose handle is
+    /// `user_handle` (base64url): WebDriver's "Add Credential" (W3C WebAuthn §11.5).
+    pub async fn add_credential(
+        &self,
+        authenticator: &str,
+        credential: &serde_json::Value,
+        user_handle: &str,
+    ) {
+        self.client
+            .issue_cmd(SessionCommand {
+                method: reqwest::Method::POST,
+                path: format!("webauthn/authenticator/{authenticator}/credential"),
+                body: Some(json!({
+                    "credentialId": credential["credentialId"],
+                    "isResidentCredential": true,
+                    "rpId": credential["rpId"],
+                    "privateKey": credential["privateKey"],
+                    "userHandle": user_handle,
+                    "signCount": credential["signCount"],
+                })),
+            })
+            .await
+            .unwrap();
     }
 
     /// The URL the browser shows.
